@@ -1,0 +1,95 @@
+"""HTTP plumbing shared by the routes: body limits, JSON decoding, errors, OpenAPI bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from serve_ab.backends.base import InputError
+
+
+class ApiError(Exception):
+    """An error with its HTTP status; the message is shown to the client."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Bad input is the client's problem: answer 4xx with a message, keep the replica up."""
+
+    @api.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse({"error": err.message}, status_code=err.status_code)
+
+    @api.exception_handler(InputError)
+    async def _input_error(request: Request, err: InputError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=400)
+
+
+async def read_json(request: Request, max_body_bytes: int) -> Any:
+    """The decoded JSON body, refusing bodies over ``max_body_bytes`` before reading them."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise ApiError(400, f"content-length header is {declared!r}; expected a number") from None
+        if declared_bytes > max_body_bytes:
+            raise ApiError(413, _too_large(declared_bytes, max_body_bytes))
+    chunks = []
+    size_bytes = 0
+    async for chunk in request.stream():  # a chunked body has no content-length to trust
+        size_bytes += len(chunk)
+        if size_bytes > max_body_bytes:
+            raise ApiError(413, _too_large(size_bytes, max_body_bytes, at_least=True))
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"request body is not valid JSON: {err}") from None
+
+
+def _too_large(size_bytes: int, max_body_bytes: int, at_least: bool = False) -> str:
+    return (
+        f"request body is {'at least ' if at_least else ''}{size_bytes} bytes; this experiment "
+        f"accepts at most {max_body_bytes} (http.max_body_bytes)"
+    )
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the route reads and validates itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+def add_openapi_schemas(api: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Publish the bodies named by :func:`json_body` in the app's OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(title=api.title, version=api.version,
+                                 description=api.description, routes=api.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]

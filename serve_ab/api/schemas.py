@@ -1,0 +1,127 @@
+"""Request bodies of the HTTP API, and the Open Inference Protocol (KServe V2) codec.
+
+Pure: no Ray, no FastAPI. The router validates bodies with these models itself (after its
+size check) so every problem comes back as a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
+from serve_ab.config import format_validation_error
+
+
+class PredictRequest(BaseModel):
+    """``POST /predict``: a batch of instances and, optionally, the assignment key."""
+
+    model_config = ConfigDict(extra="allow")
+
+    inputs: list[Any] = Field(
+        ..., description="A batch of instances, e.g. [[0.0, 1.5, ...64 numbers]] for digits.",
+        json_schema_extra={"example": [[0.0] * 64]},
+    )
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Input name, as listed by GET /v2/models/{model}.")
+    shape: list[int] = Field(..., description="Tensor shape, batch first, e.g. [1, 64].")
+    datatype: str = Field(..., description="Open Inference Protocol datatype, e.g. FP32.")
+    data: list[Any] = Field(..., description="Tensor contents, flat in row-major order or nested.")
+    parameters: dict[str, Any] | None = Field(None, description="Per-tensor parameters (unused).")
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """``POST /v2/models/{model}/infer``; the assignment key may travel in ``parameters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="Echoed in the response.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="Request parameters; the experiment's assignment field is read here."
+    )
+    inputs: list[V2Tensor] = Field(..., min_length=1, description="One tensor per model input.")
+    outputs: list[V2RequestedOutput] | None = Field(None, description="Outputs to return.")
+
+
+def parse_body(model: type[BaseModel], body: Any) -> Any:
+    """Validate a decoded JSON body; raises :class:`InputError` naming each bad field."""
+    if not isinstance(body, dict):
+        raise InputError(f"request body must be a JSON object; got {type(body).__name__}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise InputError("; ".join(format_validation_error(err))) from None
+
+
+def decode_v2_inputs(
+    request: V2InferRequest, spec: InputSpec, output: OutputSpec, *, allow_non_finite: bool
+) -> np.ndarray:
+    """The model's input batch from a V2 request, checked against the model's spec."""
+    if len(request.inputs) != 1:
+        names = [t.name for t in request.inputs]
+        raise InputError(f"model takes exactly one input, '{spec.name}'; got {len(names)}: {names}")
+    tensor = request.inputs[0]
+    if tensor.name != spec.name:
+        raise InputError(f"unknown input '{tensor.name}'; this model's input is '{spec.name}'")
+    if tensor.datatype not in V2_DATATYPES:
+        raise InputError(
+            f"input '{tensor.name}' has datatype '{tensor.datatype}', which the Open Inference "
+            f"Protocol does not define; valid: {sorted(V2_DATATYPES)}"
+        )
+    if tensor.datatype != spec.datatype:
+        raise InputError(
+            f"input '{tensor.name}' has datatype {tensor.datatype}; this model takes {spec.datatype}"
+        )
+    if any(d < 0 for d in tensor.shape):
+        raise InputError(f"input '{tensor.name}' has a negative dimension in shape {tensor.shape}")
+    try:
+        data = np.asarray(tensor.data)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"input '{tensor.name}' data is ragged or mixed: {err}") from None
+    if data.dtype.kind not in "biuf":
+        raise InputError(
+            f"input '{tensor.name}' data must be numbers for {tensor.datatype}; got '{data.dtype}'"
+        )
+    expected_count = math.prod(tensor.shape)
+    if data.size != expected_count:
+        raise InputError(
+            f"input '{tensor.name}' has {data.size} values but shape {tensor.shape} needs "
+            f"{expected_count}"
+        )
+    if requested := request.outputs:
+        unknown = [o.name for o in requested if o.name != output.name]
+        if unknown:
+            raise InputError(f"unknown output(s) {unknown}; this model's output is '{output.name}'")
+    return check_batch(data.reshape(tensor.shape), spec, allow_non_finite=allow_non_finite)
+
+
+def encode_v2_response(
+    model: str, version: str, request_id: str, outputs: np.ndarray, output: OutputSpec
+) -> dict[str, Any]:
+    return {
+        "model_name": model,
+        "model_version": version,
+        "id": request_id,
+        "outputs": [
+            {
+                "name": output.name,
+                "datatype": output.datatype,
+                "shape": list(outputs.shape),
+                "data": outputs.ravel().tolist(),
+            }
+        ],
+    }

@@ -1,0 +1,59 @@
+"""The app builder: what ``import_path`` in a Ray Serve config file points at.
+
+``serve run configs/ab.yaml`` calls :func:`build_app` with the file's ``args:``; Python
+users call it themselves: ``serve.run(build_app({...}), name="ab", route_prefix="/")``.
+The experiment is checked, model paths included, before anything is deployed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from serve_ab.config import (
+    ConfigError,
+    DeploymentOptions,
+    ExperimentConfig,
+    Placement,
+    parse_experiment,
+)
+from serve_ab.serving.pool import ModelPool
+from serve_ab.serving.router import Router
+
+
+def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> ExperimentConfig:
+    """Make model paths absolute (replicas may run elsewhere) and check they exist."""
+    base_dir = base_dir or Path(os.getcwd())
+    errors = []
+    versions = []
+    for index, version in enumerate(cfg.versions):
+        path = Path(version.path)
+        resolved = path if path.is_absolute() else (base_dir / path).resolve()
+        if not resolved.is_file():
+            hint = " (build the example models with: python models/build.py)" if "models/" in version.path else ""
+            errors.append(
+                f"versions.{index}.path: no model file at {str(resolved)!r}{hint} (got {version.path!r})"
+            )
+        versions.append(version.model_copy(update={"path": str(resolved)}))
+    if errors:
+        raise ConfigError(errors)
+    return cfg.model_copy(update={"versions": versions})
+
+
+def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
+    """Build the serve-ab application for one experiment."""
+    cfg = resolve_model_paths(parse_experiment(args))
+    experiment = cfg.model_dump(mode="json")
+    pools = None
+    if cfg.placement is Placement.ISOLATED:
+        pools = {
+            version.name: ModelPool.options(
+                name=f"version-{version.name}",
+                **(version.deployment or DeploymentOptions()).to_ray(),
+            ).bind(version.model_dump(mode="json"))
+            for version in cfg.versions
+        }
+    return Router.options(**cfg.router.to_ray()).bind(experiment, pools)

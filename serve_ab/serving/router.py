@@ -1,0 +1,295 @@
+"""The router: the app's ingress deployment.
+
+Every request, over HTTP or through a DeploymentHandle, takes the same path:
+key -> version (:meth:`Router._choose_version`) -> checked batch -> that version's model.
+The versions are either held in this replica (colocated) or are other deployments whose
+handles this replica calls (isolated); both look the same from here.
+"""
+
+# No "from __future__ import annotations": FastAPI reads these route signatures at runtime
+# through Ray Serve's ingress wrapper, which cannot resolve string annotations.
+
+import asyncio
+import uuid
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_ab.api.http_util import (
+    ApiError,
+    add_openapi_schemas,
+    install_error_handlers,
+    json_body,
+    read_json,
+)
+from serve_ab.api.schemas import (
+    PredictRequest,
+    V2InferRequest,
+    decode_v2_inputs,
+    encode_v2_response,
+    parse_body,
+)
+from serve_ab.backends.base import InputError, InputSpec, OutputSpec, to_batch
+from serve_ab.config import ExperimentConfig, parse_experiment
+from serve_ab.routing import Assigner
+from serve_ab.serving.runtime import LoadedVersion
+
+VERSION_HEADER = "x-model-version"
+
+api = FastAPI(
+    title="serve-ab",
+    version="0.1.0",
+    description="Several versions of one model behind a traffic-splitting router. "
+    "`POST /predict` takes plain JSON; `/v2/...` is the Open Inference Protocol (KServe V2). "
+    "Every answer names the version that served it (body and `x-model-version` header).",
+)
+install_error_handlers(api)
+add_openapi_schemas(api, [PredictRequest, V2InferRequest])
+
+
+class VersionUnavailable(ApiError, LookupError):
+    """A pinned version that this experiment does not serve (404 over HTTP)."""
+
+    def __init__(self, message: str):
+        super().__init__(404, message)
+
+
+class _Version(Protocol):
+    async def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class RemoteVersion:
+    """A version served by its own deployment (isolated placement)."""
+
+    def __init__(self, name: str, handle: DeploymentHandle):
+        self.name = name
+        self.handle = handle
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        return await self.handle.predict.remote(batch)
+
+    async def describe(self) -> tuple[InputSpec, OutputSpec]:
+        return await self.handle.describe.remote()
+
+
+def _request_id() -> str:
+    # Ray Serve gives every request an id (and honours a client's x-request-id header);
+    # using it ties our answers to Serve's own access logs.
+    request_id = serve.context._get_serve_request_context().request_id
+    return request_id or uuid.uuid4().hex
+
+
+def _same_interface(specs: dict[str, tuple[InputSpec, OutputSpec]]) -> tuple[InputSpec, OutputSpec]:
+    """Versions compared in one experiment must take and return the same tensors."""
+    (first_name, first), *rest = specs.items()
+    for name, spec in rest:
+        if spec != first:
+            raise ValueError(
+                f"version {name!r} takes {spec[0]} and returns {spec[1]}, but version "
+                f"{first_name!r} takes {first[0]} and returns {first[1]}; the versions of one "
+                "experiment must share their input and output"
+            )
+    return first
+
+
+@serve.deployment(name="Router")
+@serve.ingress(api)
+class Router:
+    def __init__(self, experiment: dict[str, Any], pools: dict[str, DeploymentHandle] | None = None):
+        self.cfg: ExperimentConfig = parse_experiment(experiment)
+        self.assigner = Assigner(self.cfg.weights_pct(), self.cfg.assignment.salt)
+        self._interface: tuple[InputSpec, OutputSpec] | None = None
+        self.versions: dict[str, _Version]
+        if pools:
+            self.versions = {name: RemoteVersion(name, handle) for name, handle in pools.items()}
+        else:
+            loaded = {v.name: LoadedVersion(v) for v in self.cfg.versions}
+            self._interface = _same_interface(
+                {name: (v.input_spec, v.output_spec) for name, v in loaded.items()}
+            )
+            self.versions = loaded
+
+    # -- the traffic decision --------------------------------------------------------------
+
+    def _choose_version(self, key: str | None, pinned: str | None) -> str:
+        if pinned is None:
+            return self.assigner.assign(key)
+        if not self.cfg.pin.enabled:
+            raise ApiError(403, "pinning a version is turned off for this experiment (pin.enabled: false)")
+        if pinned not in self.versions:
+            raise VersionUnavailable(
+                f"unknown version {pinned!r}; this experiment serves {list(self.versions)}"
+            )
+        return pinned
+
+    async def _get_interface(self) -> tuple[InputSpec, OutputSpec]:
+        if self._interface is None:  # isolated: ask the versions' own replicas once
+            remote = list(self.versions.values())
+            described = await asyncio.gather(*(v.describe() for v in remote))  # type: ignore[attr-defined]
+            self._interface = _same_interface({v.name: d for v, d in zip(remote, described)})  # type: ignore[attr-defined]
+        return self._interface
+
+    def _key_from(self, fields: dict[str, Any] | None, headers: Any) -> str | None:
+        assignment = self.cfg.assignment
+        if assignment.key == "header":
+            return headers.get(assignment.header) if headers is not None else None
+        if assignment.key == "none" or not fields:
+            return None
+        key = fields.get(assignment.field)
+        if key is None:
+            return None
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise InputError(
+                f"assignment key '{assignment.field}' must be a string or an integer; "
+                f"got {type(key).__name__} {key!r}"
+            )
+        return str(key)
+
+    async def _serve(self, batch_values: Any, key: str | None, pinned: str | None) -> tuple[str, np.ndarray]:
+        version = self._choose_version(key, pinned)
+        input_spec, _ = await self._get_interface()
+        batch = to_batch(batch_values, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
+        return version, await self.versions[version].predict(batch)
+
+    # -- Python callers (DeploymentHandle) ----------------------------------------------------
+
+    async def predict(self, inputs: Any, key: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Serve a batch for a Python caller.
+
+        ``inputs`` is a numpy array or nested lists of shape ``[n, ...]``; ``key`` is the
+        assignment key (e.g. the user id); ``version`` pins a version. Returns
+        ``{"outputs": np.ndarray, "version": str, "request_id": str}``.
+        """
+        served_by, outputs = await self._serve(inputs, key, version)
+        return {"outputs": outputs, "version": served_by, "request_id": _request_id()}
+
+    async def experiment(self) -> dict[str, Any]:
+        """The experiment as this replica runs it: versions, weights and bucket ranges."""
+        return {
+            "model": self.cfg.model,
+            "placement": self.cfg.placement.value,
+            "versions": [
+                {"name": v.name, "backend": v.backend.value, "path": v.path} for v in self.cfg.versions
+            ],
+            "weights_pct": self.assigner.table.weights_pct(),
+            "bucket_ranges": {k: list(r) for k, r in self.assigner.table.ranges().items()},
+            "assignment": self.cfg.assignment.model_dump(),
+        }
+
+    # -- HTTP: plain JSON -------------------------------------------------------------------
+
+    @api.post("/predict", openapi_extra=json_body(PredictRequest), summary="Predict, routed by the experiment")
+    async def http_predict(self, request: Request) -> JSONResponse:
+        body = await read_json(request, self.cfg.http.max_body_bytes)
+        parsed = parse_body(PredictRequest, body)
+        key = self._key_from(body, request.headers)
+        version, outputs = await self._serve(parsed.inputs, key, request.headers.get(self.cfg.pin.header))
+        return JSONResponse(
+            {
+                "model": self.cfg.model,
+                "version": version,
+                "request_id": _request_id(),
+                "outputs": outputs.tolist(),
+            },
+            headers={VERSION_HEADER: version},
+        )
+
+    @api.get("/experiment", summary="The experiment this app runs: versions and weights")
+    async def http_experiment(self) -> dict[str, Any]:
+        return await self.experiment()
+
+    # -- HTTP: Open Inference Protocol (KServe V2) --------------------------------------------
+
+    @api.get("/v2", summary="Server metadata")
+    async def v2_server(self) -> dict[str, Any]:
+        return {"name": "serve-ab", "version": "0.1.0", "extensions": []}
+
+    @api.get("/v2/health/live", summary="Liveness")
+    async def v2_live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", summary="Readiness: every version loaded and answering")
+    async def v2_ready(self) -> JSONResponse:
+        ready = await self._is_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{model}", summary="Model metadata")
+    async def v2_model(self, model: str) -> dict[str, Any]:
+        self._check_model(model)
+        input_spec, output_spec = await self._get_interface()
+        return {
+            "name": self.cfg.model,
+            "versions": list(self.versions),
+            "platform": "serve-ab",
+            "inputs": [input_spec.to_v2()],
+            "outputs": [output_spec.to_v2()],
+        }
+
+    @api.get("/v2/models/{model}/ready", summary="Model readiness")
+    async def v2_model_ready(self, model: str) -> JSONResponse:
+        self._check_model(model)
+        ready = await self._is_ready()
+        return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{model}/versions/{version}", summary="Metadata of one version")
+    async def v2_version(self, model: str, version: str) -> dict[str, Any]:
+        self._check_model(model)
+        self._check_version(version)
+        input_spec, output_spec = await self._get_interface()
+        backend = self.cfg.version(version).backend.value
+        return {
+            "name": self.cfg.model,
+            "versions": [version],
+            "platform": {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport"}[backend],
+            "inputs": [input_spec.to_v2()],
+            "outputs": [output_spec.to_v2()],
+        }
+
+    @api.post("/v2/models/{model}/infer", openapi_extra=json_body(V2InferRequest),
+              summary="Inference, routed by the experiment")
+    async def v2_infer(self, model: str, request: Request) -> JSONResponse:
+        return await self._v2_infer(model, None, request)
+
+    @api.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=json_body(V2InferRequest),
+              summary="Inference on one version (pinned)")
+    async def v2_infer_version(self, model: str, version: str, request: Request) -> JSONResponse:
+        return await self._v2_infer(model, version, request)
+
+    async def _v2_infer(self, model: str, pinned: str | None, request: Request) -> JSONResponse:
+        self._check_model(model)
+        if pinned is not None:
+            self._check_version(pinned)
+        body = await read_json(request, self.cfg.http.max_body_bytes)
+        parsed = parse_body(V2InferRequest, body)
+        version = self._choose_version(
+            self._key_from(parsed.parameters, request.headers),
+            pinned or request.headers.get(self.cfg.pin.header),
+        )
+        input_spec, output_spec = await self._get_interface()
+        batch = decode_v2_inputs(parsed, input_spec, output_spec,
+                                 allow_non_finite=self.cfg.http.allow_non_finite)
+        outputs = await self.versions[version].predict(batch)
+        response = encode_v2_response(self.cfg.model, version, parsed.id or _request_id(),
+                                      outputs, output_spec)
+        return JSONResponse(response, headers={VERSION_HEADER: version})
+
+    def _check_model(self, model: str) -> None:
+        if model != self.cfg.model:
+            raise ApiError(404, f"unknown model {model!r}; this app serves {self.cfg.model!r}")
+
+    def _check_version(self, version: str) -> None:
+        if version not in self.versions:
+            raise ApiError(404, f"unknown version {version!r} of model {self.cfg.model!r}; "
+                                f"versions: {list(self.versions)}")
+
+    async def _is_ready(self) -> bool:
+        try:
+            await self._get_interface()
+        except Exception:  # a version still starting, or failing to load
+            return False
+        return True
+

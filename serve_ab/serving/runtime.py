@@ -1,0 +1,62 @@
+"""One model version loaded in this process, with its own dynamic batcher.
+
+Used by the router's replicas in colocated placement (one per version, side by side) and
+by a version's own replicas in isolated placement.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+from serve_ab.backends import load_predictor
+from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.config import VersionConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+class LoadedVersion:
+    """A version's predictor, loaded and warmed, behind an awaitable ``predict``."""
+
+    def __init__(self, version: VersionConfig):
+        self.name = version.name
+        self.predictor = load_predictor(
+            Path(version.path), version.backend.value,
+            device=version.device, intra_op_threads=version.intra_op_threads,
+        )
+        self.predictor.load()
+        self.predictor.warm_up()
+        self._batched = None
+        if version.batching is not None:
+            # serve.batch queues concurrent calls and hands them to _run_batch together.
+            self._batched = serve.batch(
+                max_batch_size=version.batching.max_batch_size,
+                batch_wait_timeout_s=version.batching.batch_wait_timeout_s,
+            )(self._run_batch)
+        logger.info(
+            "serve-ab loaded version %s (%s on %s) from %s",
+            self.name, self.predictor.backend, self.predictor.device, version.path,
+        )
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.predictor.input_spec
+
+    @property
+    def output_spec(self) -> OutputSpec:
+        return self.predictor.output_spec
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._batched is not None:
+            return await self._batched(batch)
+        # Small models answer in microseconds: running inline beats a thread hop.
+        return self.predictor.predict(batch)
+
+    async def _run_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        sizes = [len(b) for b in batches]
+        outputs = self.predictor.predict(np.concatenate(batches) if len(batches) > 1 else batches[0])
+        return np.split(outputs, np.cumsum(sizes)[:-1]) if len(batches) > 1 else [outputs]

@@ -1,0 +1,65 @@
+"""One real Ray Serve instance for the whole integration session, on a port of its own."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+DIGIT_ROW = [float(i % 16) for i in range(64)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServeInstance:
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="session")
+def serve_instance(model_repo):
+    import ray
+    from ray import serve
+
+    # Logical CPUs: the replicas reserve fractions of them; the machine has 2 real cores.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield ServeInstance(port=port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http():
+    with httpx.Client(timeout=30.0) as client:
+        yield client
+
+
+def experiment(model_repo, **changes) -> dict:
+    """The example A/B experiment over v1 (onnx) and v2 (torch), with changes."""
+    cfg = {
+        "model": "digits",
+        "versions": [
+            {"name": "v1", "path": str(model_repo / "digits/v1/model.onnx"), "backend": "onnx"},
+            {"name": "v2", "path": str(model_repo / "digits/v2/model.pt2"), "backend": "torch"},
+        ],
+        "weights": {"v1": 50, "v2": 50},
+        "assignment": {"key": "json", "field": "user_id", "salt": "it"},
+        "router": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+        "http": {"max_body_bytes": 8192},
+    }
+    cfg.update(changes)
+    return cfg

@@ -1,0 +1,293 @@
+"""Both placements on a real Ray Serve: HTTP (plain JSON and V2), handles, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from ray import serve
+
+from serve_ab import build_app
+from serve_ab.routing import Assigner
+from tests.integration.conftest import DIGIT_ROW, experiment
+
+PLACEMENTS = ["colocated", "isolated"]
+
+
+@pytest.fixture(scope="module")
+def apps(serve_instance, model_repo):
+    """Deploys the apps of this module once: one per placement, and one with pinning off."""
+    colocated = experiment(model_repo)
+    isolated = experiment(model_repo, placement="isolated")
+    for version in isolated["versions"]:
+        version["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
+    isolated["versions"][0]["batching"] = {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}
+    locked = experiment(
+        model_repo, weights={"v1": 0, "v2": 100}, pin={"enabled": False},
+        assignment={"key": "header", "header": "x-user-id", "salt": "it"},
+    )
+    serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
+    serve.run(build_app(isolated), name="isolated", route_prefix="/isolated")
+    serve.run(build_app(locked), name="locked", route_prefix="/locked")
+    yield serve_instance
+    for name in ("colocated", "isolated", "locked"):
+        serve.delete(name)
+
+
+def predict(http, apps, placement, body, headers=None):
+    return http.post(apps.url(f"/{placement}/predict"), json=body, headers=headers or {})
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_predict_names_the_version_that_served(http, apps, placement):
+    response = predict(http, apps, placement, {"inputs": [DIGIT_ROW, DIGIT_ROW], "user_id": "u-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["version"] in ("v1", "v2")
+    assert response.headers["x-model-version"] == body["version"]
+    assert body["request_id"] and response.headers["x-request-id"] == body["request_id"]
+    outputs = np.asarray(body["outputs"])
+    assert outputs.shape == (2, 10)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_assignment_is_sticky_and_matches_the_pure_assigner(http, apps, placement):
+    expected = Assigner({"v1": 50, "v2": 50}, salt="it")
+    served = {}
+    for i in range(60):
+        user = f"user-{i}"
+        body = predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": user}).json()
+        served[user] = body["version"]
+        assert body["version"] == expected.assign(user), user
+    again = {u: predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": u}).json()["version"]
+             for u in list(served)[:20]}
+    assert all(served[u] == v for u, v in again.items())
+    assert set(served.values()) == {"v1", "v2"}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_requests_without_key_split_at_random(http, apps, placement):
+    counts = Counter(predict(http, apps, placement, {"inputs": [DIGIT_ROW]}).json()["version"]
+                     for _ in range(80))
+    # 50/50 over 80 requests: each side below 20 has probability < 1e-5.
+    assert counts["v1"] >= 20 and counts["v2"] >= 20, counts
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_pin_header_and_unknown_pins(http, apps, placement):
+    for version in ("v1", "v2"):
+        response = predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": "u"},
+                           headers={"x-serve-ab-version": version})
+        assert response.json()["version"] == version
+    response = predict(http, apps, placement, {"inputs": [DIGIT_ROW]},
+                       headers={"x-serve-ab-version": "v9"})
+    assert response.status_code == 404 and "v9" in response.json()["error"]
+
+
+def test_pinning_can_be_turned_off_and_header_key(http, apps):
+    response = predict(http, apps, "locked", {"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": "v1"})
+    assert response.status_code == 403 and "pin.enabled" in response.json()["error"]
+    response = http.post(apps.url("/locked/v2/models/digits/versions/v1/infer"),
+                         json=v2_body([DIGIT_ROW]))
+    assert response.status_code == 403
+    response = predict(http, apps, "locked", {"inputs": [DIGIT_ROW]}, headers={"x-user-id": "abc"})
+    assert response.json()["version"] == "v2"  # weights 0/100
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_concurrent_requests_all_answered(http, apps, placement):
+    """Isolated v1 batches concurrent requests; every caller still gets its own rows."""
+    rows = [[float((i * 7 + j) % 17) for j in range(64)] for i in range(24)]
+
+    def call(i):
+        return predict(http, apps, placement, {"inputs": [rows[i]]},
+                       headers={"x-serve-ab-version": "v1"}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(len(rows))))
+    together = predict(http, apps, placement, {"inputs": rows},
+                       headers={"x-serve-ab-version": "v1"}).json()["outputs"]
+    np.testing.assert_allclose([a["outputs"][0] for a in answers], together, atol=1e-5)
+
+
+# -- Open Inference Protocol ------------------------------------------------------------------
+
+def v2_body(rows, **extra):
+    return {"inputs": [{"name": "input", "shape": [len(rows), 64], "datatype": "FP32",
+                        "data": [x for row in rows for x in row]}], **extra}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_v2_health_and_metadata(http, apps, placement):
+    base = apps.url(f"/{placement}/v2")
+    assert http.get(base + "/health/live").json() == {"live": True}
+    assert http.get(base + "/health/ready").json() == {"ready": True}
+    meta = http.get(base + "/models/digits").json()
+    assert meta["name"] == "digits" and meta["versions"] == ["v1", "v2"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert http.get(base + "/models/digits/ready").json() == {"name": "digits", "ready": True}
+    assert http.get(base + "/models/digits/versions/v2").json()["platform"] == "pytorch_torchexport"
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_v2_infer_routed_and_pinned(http, apps, placement):
+    base = apps.url(f"/{placement}/v2/models/digits")
+    expected = Assigner({"v1": 50, "v2": 50}, salt="it")
+    for user in ("ann", "ben", "cy", "dee"):
+        response = http.post(base + "/infer", json=v2_body([DIGIT_ROW], id="req-7",
+                                                            parameters={"user_id": user}))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"] == expected.assign(user) == response.headers["x-model-version"]
+        assert body["id"] == "req-7"
+        (output,) = body["outputs"]
+        assert output["name"] == "probabilities" and output["shape"] == [1, 10]
+        assert output["datatype"] == "FP32" and len(output["data"]) == 10
+    for version in ("v1", "v2"):
+        body = http.post(base + f"/versions/{version}/infer", json=v2_body([DIGIT_ROW] * 3)).json()
+        assert body["model_version"] == version and body["outputs"][0]["shape"] == [3, 10]
+
+
+# -- bad input: a clear 4xx, and the replica stays up ------------------------------------------
+
+BAD_PREDICT = [
+    ("not json", b"{inputs: [", 400, "not valid JSON"),
+    ("empty", b"", 400, "empty"),
+    ("array body", b"[1, 2]", 400, "JSON object"),
+    ("missing inputs", json.dumps({"user_id": "x"}).encode(), 400, "inputs: field required"),
+    ("wrong rank", json.dumps({"inputs": DIGIT_ROW}).encode(), 400, "Wrap a single instance"),
+    ("wrong width", json.dumps({"inputs": [[1.0, 2.0]]}).encode(), 400, "expected 64"),
+    ("strings", json.dumps({"inputs": [["a"] * 64]}).encode(), 400, "must hold numbers"),
+    ("booleans", json.dumps({"inputs": [[True] * 64]}).encode(), 400, "booleans"),
+    ("ragged", json.dumps({"inputs": [DIGIT_ROW, [1.0]]}).encode(), 400, "ragged"),
+    ("nan", ('{"inputs": [[NaN' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
+    ("infinity", ('{"inputs": [[Infinity' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
+    ("bad key", json.dumps({"inputs": [DIGIT_ROW], "user_id": [1]}).encode(), 400, "user_id"),
+    ("too large", json.dumps({"inputs": [DIGIT_ROW] * 100}).encode(), 413, "at most 8192"),
+]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("case, raw, status, message", BAD_PREDICT, ids=[c[0] for c in BAD_PREDICT])
+def test_bad_predict_input(http, apps, placement, case, raw, status, message):
+    response = http.post(apps.url(f"/{placement}/predict"), content=raw,
+                         headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+BAD_V2 = [
+    ("wrong datatype", v2_body([DIGIT_ROW]) | {"inputs": [{"name": "input", "shape": [1, 64],
+                                                            "datatype": "INT32", "data": [1] * 64}]},
+     "takes FP32"),
+    ("unknown datatype", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FLOAT",
+                                       "data": DIGIT_ROW}]}, "does not define"),
+    ("shape mismatch", {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                                     "data": DIGIT_ROW}]}, "needs 128"),
+    ("wrong shape", {"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32",
+                                  "data": DIGIT_ROW}]}, "expected 64"),
+    ("missing inputs", {"id": "x"}, "inputs: field required"),
+    ("no tensors", {"inputs": []}, "at least 1 item"),
+    ("wrong name", {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                 "data": DIGIT_ROW}]}, "this model's input is 'input'"),
+    ("missing data", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]},
+     "inputs.0.data: field required"),
+    ("unknown output", v2_body([DIGIT_ROW], outputs=[{"name": "logits"}]), "unknown output"),
+]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("case, body, message", BAD_V2, ids=[c[0] for c in BAD_V2])
+def test_bad_v2_input(http, apps, placement, case, body, message):
+    response = http.post(apps.url(f"/{placement}/v2/models/digits/infer"), json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_unknown_model_and_version_are_404(http, apps, placement):
+    base = apps.url(f"/{placement}/v2/models")
+    for response in (
+        http.post(base + "/cats/infer", json=v2_body([DIGIT_ROW])),
+        http.get(base + "/cats"),
+        http.get(base + "/cats/ready"),
+        http.post(base + "/digits/versions/v7/infer", json=v2_body([DIGIT_ROW])),
+        http.get(base + "/digits/versions/v7"),
+    ):
+        assert response.status_code == 404, response.text
+        assert "unknown" in response.json()["error"]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_replica_survives_bad_input(http, apps, placement):
+    """After every kind of bad request above, the same replica still answers."""
+    status = serve.status().applications[placement].deployments
+    replicas_before = {name: d.replica_states for name, d in status.items()}
+    for _, raw, _, _ in BAD_PREDICT:
+        http.post(apps.url(f"/{placement}/predict"), content=raw,
+                  headers={"content-type": "application/json"})
+    response = predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": "after"})
+    assert response.status_code == 200
+    status = serve.status().applications[placement].deployments
+    assert {name: d.replica_states for name, d in status.items()} == replicas_before
+    assert all(d.status == "HEALTHY" for d in status.values())
+
+
+def test_openapi_documents_the_bodies(http, apps):
+    spec = http.get(apps.url("/colocated/openapi.json")).json()
+    assert "/predict" in spec["paths"] and "/v2/models/{model}/infer" in spec["paths"]
+    assert {"PredictRequest", "V2InferRequest", "V2Tensor"} <= set(spec["components"]["schemas"])
+    assert http.get(apps.url("/colocated/docs")).status_code == 200
+
+
+# -- Python callers: DeploymentHandle ---------------------------------------------------------
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_handle_predict_with_key_and_pin(apps, placement):
+    handle = serve.get_app_handle(placement)
+    expected = Assigner({"v1": 50, "v2": 50}, salt="it")
+    batch = np.asarray([DIGIT_ROW] * 4, dtype=np.float32)
+    for user in ("ann", "ben", "cy"):
+        result = handle.predict.remote(batch, key=user).result()
+        assert result["version"] == expected.assign(user)
+        assert result["outputs"].shape == (4, 10) and result["request_id"]
+    assert handle.predict.remote([DIGIT_ROW], version="v2").result()["version"] == "v2"
+    with pytest.raises(Exception, match="must have shape"):
+        handle.predict.remote([[1.0]], key="ann").result()
+    with pytest.raises(Exception, match="unknown version 'v9'"):
+        handle.predict.remote([DIGIT_ROW], version="v9").result()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class Caller:
+    """Another team's deployment calling the experiment through its app handle."""
+
+    def __init__(self, app_name: str):
+        self.app_name = app_name
+
+    async def __call__(self, request) -> dict:
+        user = request.query_params["user"]
+        result = await serve.get_app_handle(self.app_name).predict.remote([DIGIT_ROW], key=user)
+        return {"version": result["version"], "digit": int(np.argmax(result["outputs"][0]))}
+
+
+def test_handle_from_another_deployment(http, apps):
+    serve.run(Caller.bind("colocated"), name="caller", route_prefix="/caller")
+    try:
+        expected = Assigner({"v1": 50, "v2": 50}, salt="it")
+        for user in ("ann", "ben"):
+            body = http.get(apps.url("/caller"), params={"user": user}).json()
+            assert body["version"] == expected.assign(user) and 0 <= body["digit"] <= 9
+    finally:
+        serve.delete("caller")
+
+
+def test_isolated_versions_are_their_own_deployments(apps):
+    deployments = serve.status().applications["isolated"].deployments
+    assert {"Router", "version-v1", "version-v2"} <= set(deployments)
+    assert set(serve.status().applications["colocated"].deployments) == {"Router"}
