@@ -96,13 +96,17 @@ def make_parser() -> argparse.ArgumentParser:
         "--no-check-files", action="store_true",
         help="do not check that model files exist (relative paths resolve against the cwd)",
     )
-    validate.set_defaults(handler=_cmd_validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    from serve_ab.analysis import cli_sample_size
+
+    cli_sample_size.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return args.handler(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

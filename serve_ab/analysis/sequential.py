@@ -1,0 +1,192 @@
+"""Always-valid inference for continuously monitored experiments (mixture SPRT).
+
+A fixed-horizon p-value checked at every look crosses alpha by chance far more often
+than alpha (at 50 looks, about one A/A test in three). The mixture sequential probability
+ratio test of Johari, Koomen, Pekelis & Walsh ("Peeking at A/B tests", KDD 2017; "Always
+valid inference", Operations Research 2022) gives p-values and confidence intervals that
+hold at every look, however often and whenever one stops.
+
+For a difference estimate ``d`` with variance ``V`` (Gaussian, or large-sample) and the
+alternative mixed over ``theta ~ N(theta0, tau^2)``, the mixture likelihood ratio is::
+
+    Lambda = sqrt(V / (V + tau^2)) * exp(tau^2 (d - theta0)^2 / (2 V (V + tau^2)))
+
+It is a martingale under H0, so by Ville's inequality P(sup Lambda >= 1/alpha) <= alpha.
+The always-valid p-value is the running minimum of 1/Lambda, hence non-increasing over
+looks; the confidence sequence is the set of theta0 with Lambda < 1/alpha, intersected
+over looks. Variances are plugged in from the data, as in the paper, so validity is
+asymptotic; early looks with fewer than ``min_samples`` per arm are skipped.
+
+Mixing parameter: ``tau`` is the spread of effects the test is tuned to find, in the
+metric's units. The default is ``DEFAULT_TAU_EFFECT_SIZE = 0.1`` standard deviations of
+one observation (pooled over the arms; for conversions sqrt(p(1-p)) of the pooled rate),
+i.e. a "small" standardised effect. The test is sharpest around the sample size where
+tau^2 is about ten times the variance of the difference (~2,000 per arm for this
+default) and loses little for sizes an order of magnitude either side; validity holds
+for any tau. Pass ``tau`` explicitly (say, the minimum detectable effect of the plan) to
+tune it.
+
+Example::
+
+    state = None
+    for look in looks:  # each look: cumulative summaries per arm
+        state = sequential_means(look.variant, look.control, previous=state)
+        if state.reject:
+            break
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_ab.analysis.ab import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, ConversionCounts, MeanSummary
+
+__all__ = [
+    "DEFAULT_TAU_EFFECT_SIZE",
+    "SequentialResult",
+    "always_valid_p_values",
+    "confidence_sequence_half_width",
+    "log_mixture_likelihood_ratio",
+    "sequential_means",
+    "sequential_proportions",
+]
+
+DEFAULT_TAU_EFFECT_SIZE = 0.1
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """State after one look; pass it as ``previous`` to the next look.
+
+    ``p_value`` and ``ci`` are always valid: reject H0 (no difference) as soon as
+    ``p_value <= alpha`` and the decision stands whenever one stops. An empty ``ci``
+    (lower > upper) can only happen when the plug-in assumptions fail badly.
+    """
+
+    looks: int
+    n_variant: int
+    n_control: int
+    estimate: float  # variant minus control at this look
+    tau: float  # mixing standard deviation used at this look, in metric units
+    likelihood_ratio: float  # this look's Lambda for theta0 = 0; NaN if the look was skipped
+    p_value: float
+    ci: tuple[float, float]
+    alpha: float
+    reject: bool
+
+
+# ---- vectorised cores (also used by simulations) -------------------------------------
+
+
+def log_mixture_likelihood_ratio(estimate, variance, tau, theta0=0.0):
+    """log Lambda of the normal-mixture SPRT; numpy-broadcasting (logs avoid overflow)."""
+    d, v, tau2 = np.asarray(estimate, float) - theta0, np.asarray(variance, float), np.square(tau)
+    return 0.5 * np.log(v / (v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2))
+
+
+def always_valid_p_values(estimates, variances, tau):
+    """Running-minimum p-values over looks (the last axis).
+
+    A NaN look (no variance yet) carries no evidence: fmin skips it, so it keeps the
+    previous p-value, as :func:`sequential_means` does.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_lr = log_mixture_likelihood_ratio(estimates, variances, tau)
+    return np.fmin.accumulate(np.fmin(1.0, np.exp(-log_lr)), axis=-1)
+
+
+def confidence_sequence_half_width(variance, tau, alpha):
+    """Half-width of {theta0 : Lambda(theta0) < 1/alpha} around the estimate."""
+    v, tau2 = np.asarray(variance, float), np.square(tau)
+    return np.sqrt(v * (v + tau2) / tau2 * (2.0 * math.log(1.0 / alpha) + np.log((v + tau2) / v)))
+
+
+# ---- one look at a time --------------------------------------------------------------
+
+
+def sequential_means(
+    variant: MeanSummary,
+    control: MeanSummary,
+    *,
+    previous: SequentialResult | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float | None = None,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> SequentialResult:
+    """Update the always-valid test of ``mean_variant - mean_control`` with a new look.
+
+    ``variant``/``control`` are cumulative summaries since the start of the experiment.
+    """
+    _check_tau(tau)
+    estimate = variant.mean - control.mean
+    variance = _var(variant.variance, variant.n) + _var(control.variance, control.n)
+    if tau is None and min(variant.n, control.n) >= 2:
+        tau = DEFAULT_TAU_EFFECT_SIZE * math.sqrt((variant.variance + control.variance) / 2.0)
+    enough = min(variant.n, control.n) >= max(min_samples, 2)
+    return _advance(previous, variant.n, control.n, estimate, variance, variance, tau, alpha, enough)
+
+
+def sequential_proportions(
+    variant: ConversionCounts,
+    control: ConversionCounts,
+    *,
+    previous: SequentialResult | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float | None = None,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> SequentialResult:
+    """Update the always-valid test of ``rate_variant - rate_control`` with a new look.
+
+    The p-value uses the pooled variance (the variance under H0, as the z-test does), which
+    keeps early looks at low rates from overstating evidence; the CI uses the unpooled one.
+    """
+    _check_tau(tau)
+    n_v, n_c = variant.trials, control.trials
+    enough = min(n_v, n_c) >= max(min_samples, 1)
+    if not enough:
+        return _advance(previous, n_v, n_c, math.nan, math.nan, math.nan, tau, alpha, False)
+    p_v, p_c = variant.rate, control.rate
+    pooled = (variant.conversions + control.conversions) / (n_v + n_c)
+    var_h0 = pooled * (1 - pooled) * (1 / n_v + 1 / n_c)
+    var_ci = p_v * (1 - p_v) / n_v + p_c * (1 - p_c) / n_c
+    if tau is None:
+        tau = DEFAULT_TAU_EFFECT_SIZE * math.sqrt(pooled * (1 - pooled))
+    return _advance(previous, n_v, n_c, p_v - p_c, var_h0, var_ci, tau, alpha, True)
+
+
+def _advance(previous, n_v, n_c, estimate, var_h0, var_ci, tau, alpha, enough) -> SequentialResult:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha ({alpha}) must be in (0, 1), e.g. 0.05")
+    if previous is not None and previous.alpha != alpha:
+        # The running minimum and intersection are only valid for one alpha throughout.
+        raise ValueError(f"alpha ({alpha}) differs from the previous looks' alpha ({previous.alpha}); keep it fixed")
+    if previous is not None and (n_v < previous.n_variant or n_c < previous.n_control):
+        raise ValueError(
+            f"sample sizes went down (variant {previous.n_variant} -> {n_v}, control {previous.n_control} -> {n_c}); "
+            "each look takes cumulative summaries since the start of the experiment"
+        )
+    p_prev = previous.p_value if previous else 1.0
+    lo_prev, hi_prev = previous.ci if previous else (-math.inf, math.inf)
+    looks = (previous.looks if previous else 0) + 1
+    # Zero variance or zero tau carries no evidence (e.g. no conversions yet): skip the look.
+    usable = enough and tau and var_h0 > 0 and var_ci > 0
+    if not usable:
+        return SequentialResult(looks, n_v, n_c, estimate, tau if tau is not None else math.nan, math.nan,
+                                p_prev, (lo_prev, hi_prev), alpha, p_prev <= alpha)
+    log_lr = float(log_mixture_likelihood_ratio(estimate, var_h0, tau))
+    p = min(p_prev, 1.0, math.exp(-log_lr))
+    half = float(confidence_sequence_half_width(var_ci, tau, alpha))
+    ci = (max(lo_prev, estimate - half), min(hi_prev, estimate + half))
+    return SequentialResult(looks, n_v, n_c, estimate, tau, math.exp(min(log_lr, 700.0)), p, ci, alpha, p <= alpha)
+
+
+def _check_tau(tau: float | None) -> None:
+    if tau is not None and not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau ({tau}) must be > 0, in the metric's units, e.g. the minimum detectable effect")
+
+
+def _var(variance: float, n: int) -> float:
+    return variance / n if n else math.nan
