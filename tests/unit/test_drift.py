@@ -1,0 +1,81 @@
+"""Drift measures against scipy and hand-computed values on known inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from serve_ab.analysis import drift
+
+
+def test_kl_matches_scipy_entropy_of_laplace_smoothed_counts():
+    p, q = [30, 50, 20], [40, 40, 20]
+    ps = (np.array(p) + 1.0) / (sum(p) + 3)
+    qs = (np.array(q) + 1.0) / (sum(q) + 3)
+    assert drift.kl_divergence(p, q) == pytest.approx(stats.entropy(ps, qs))
+    assert drift.kl_divergence(p, q) == pytest.approx(float(np.sum(ps * np.log(ps / qs))))
+
+
+def test_kl_by_hand_and_smoothing_keeps_missing_classes_finite():
+    # (1 + 1) / 3 = 2/3 against 1/2 and (0 + 1) / 3 = 1/3 against 1/2.
+    expected = 2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5)
+    assert drift.kl_divergence([1, 0], [1, 1]) == pytest.approx(expected)
+    assert math.isfinite(drift.kl_divergence([100, 0], [0, 100]))
+    assert drift.kl_divergence([5, 5], [5, 5]) == pytest.approx(0.0)
+
+
+def test_psi_known_value_and_symmetry():
+    # p = [0.5, 0.5], q = [0.25, 0.75]: 0.25 ln 2 - 0.25 ln(2/3) = 0.25 ln 3.
+    value = drift.psi([50, 50], [25, 75], smoothing=1e-12)
+    assert value == pytest.approx(0.25 * math.log(3), rel=1e-9)
+    assert drift.psi([25, 75], [50, 50], smoothing=1e-12) == pytest.approx(value)
+    assert drift.psi([10, 20, 30], [10, 20, 30]) == pytest.approx(0.0)
+
+
+def test_js_is_squared_base2_scipy_distance_in_unit_interval():
+    p, q = [30, 50, 20], [10, 10, 80]
+    assert drift.js_divergence(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2)
+    assert drift.js_divergence([7, 3], [70, 30]) == pytest.approx(0.0, abs=1e-12)
+    assert drift.js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
+
+
+def test_count_vectors_of_different_lengths_are_padded_with_zeros():
+    assert drift.js_divergence([5, 5], [5, 5, 0]) == pytest.approx(0.0, abs=1e-12)
+    assert drift.kl_divergence([5, 5], [5, 5, 5]) == pytest.approx(drift.kl_divergence([5, 5, 0], [5, 5, 5]))
+
+
+def test_ks_and_wasserstein_match_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 1.0, 300), rng.uniform(0.6, 1.0, 200)
+    assert drift.ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic)
+    assert drift.wasserstein(a, b) == pytest.approx(stats.wasserstein_distance(a, b))
+    assert drift.ks_statistic([0.1, 0.2], [0.8, 0.9]) == pytest.approx(1.0)
+    assert drift.wasserstein([0.5, 0.7], [0.6, 0.8]) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "p, q, match",
+    [
+        ([], [1], "non-empty"),
+        ([1, -1], [1, 1], ">= 0"),
+        ([0, 0], [1, 1], "sums to 0"),
+        ([[1, 2]], [1, 2], "1-D"),
+        ([1, float("nan")], [1, 1], "finite"),
+    ],
+)
+def test_bad_count_vectors_are_refused_with_the_value(p, q, match):
+    with pytest.raises(ValueError, match=match):
+        drift.kl_divergence(p, q)
+
+
+def test_bad_scores_and_smoothing_are_refused():
+    with pytest.raises(ValueError, match="empty"):
+        drift.ks_statistic([], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        drift.wasserstein([0.5, float("nan")], [0.5])
+    with pytest.raises(ValueError, match="smoothing is 0"):
+        drift.psi([1, 2], [2, 1], smoothing=0)
