@@ -111,6 +111,8 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
 
     Raises :class:`InputError` naming the problem; never reshapes or guesses.
     """
+    if batch.size == 0:
+        raise InputError(f"input '{spec.name}' is an empty batch; send at least one instance")
     if batch.ndim != len(spec.shape):
         hint = ""
         if batch.ndim == len(spec.shape) - 1:
@@ -125,8 +127,6 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
                 f"input '{spec.name}' must have shape {spec.describe()}; got "
                 f"{list(batch.shape)} (dimension {axis} is {got}, expected {want})"
             )
-    if batch.shape[0] == 0:
-        raise InputError(f"input '{spec.name}' is an empty batch; send at least one instance")
     kind = batch.dtype.kind
     want_kind = np.dtype(spec.dtype).kind
     if kind == "b" and want_kind != "b":

@@ -1,0 +1,127 @@
+"""ONNX models on onnxruntime: CUDA when the CUDA provider is there, CPU otherwise."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve_ab.backends._common import (
+    check_batch_dim,
+    check_device,
+    check_model_file,
+    check_threads,
+    warm_up,
+)
+from serve_ab.backends.base import InputSpec, OutputSpec
+
+logger = logging.getLogger(__name__)
+
+_CUDA_PROVIDER = "CUDAExecutionProvider"
+_CPU_PROVIDER = "CPUExecutionProvider"
+# onnxruntime names element types as strings, e.g. "tensor(float)".
+_NUMPY_DTYPES = {
+    "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+    "tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
+}
+
+
+class OnnxPredictor:
+    """Runs one ONNX model with one input and one output through onnxruntime.
+
+    ``device="auto"`` picks CUDA when onnxruntime has its CUDA provider (the
+    onnxruntime-gpu package) and CPU otherwise; ``device="cuda"`` without it is an error.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, path: str | Path, *, device: str = "auto",
+                 intra_op_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.requested_device = check_device(device)
+        self.intra_op_threads = check_threads(intra_op_threads)
+        #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
+        self.device = self.requested_device
+        self._session: Any = None
+        self._input_spec: InputSpec | None = None
+        self._output_spec: OutputSpec | None = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        self._require_loaded()
+        return self._input_spec
+
+    @property
+    def output_spec(self) -> OutputSpec:
+        self._require_loaded()
+        return self._output_spec
+
+    def load(self) -> None:
+        check_model_file(self.path, self.backend)
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        use_cuda = self.requested_device != "cpu" and _CUDA_PROVIDER in available
+        if self.requested_device == "cuda" and not use_cuda:
+            raise RuntimeError(
+                f"device 'cuda' was asked for {self.path} (onnx backend), but onnxruntime "
+                f"{onnxruntime.__version__} has no {_CUDA_PROVIDER}; available providers: "
+                f"{available}. Install onnxruntime-gpu (pip install 'serve-ab[gpu]') or use "
+                "device 'cpu' or 'auto'.")
+        options = onnxruntime.SessionOptions()
+        if self.intra_op_threads is not None:
+            options.intra_op_num_threads = self.intra_op_threads
+        providers = [_CUDA_PROVIDER, _CPU_PROVIDER] if use_cuda else [_CPU_PROVIDER]
+        try:
+            session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own classes for bad files
+            raise ValueError(
+                f"cannot load {self.path} with the onnx backend: {err}") from err
+        # onnxruntime drops a provider whose libraries fail to load (no CUDA driver, wrong
+        # cuDNN) with only a log line; check what the session really got.
+        if use_cuda and _CUDA_PROVIDER not in session.get_providers():
+            if self.requested_device == "cuda":
+                raise RuntimeError(
+                    f"device 'cuda' was asked for {self.path} (onnx backend), but onnxruntime "
+                    f"could not start {_CUDA_PROVIDER} (session providers: "
+                    f"{session.get_providers()}); check the CUDA and cuDNN libraries or use "
+                    "device 'cpu'.")
+            logger.warning("%s: %s failed to start; running on CPU", self.path, _CUDA_PROVIDER)
+            use_cuda = False
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{self.path} has {len(inputs)} inputs {[i.name for i in inputs]} and "
+                f"{len(outputs)} outputs {[o.name for o in outputs]}; serve-ab serves models "
+                "with exactly one input and one output")
+        name, dtype, shape = self._describe(inputs[0], "input")
+        self._input_spec = InputSpec(name=name, dtype=dtype, shape=shape)
+        name, dtype, shape = self._describe(outputs[0], "output")
+        self._output_spec = OutputSpec(name=name, dtype=dtype, shape=shape)
+        self._session = session
+        self.device = "cuda" if use_cuda else "cpu"
+
+    def warm_up(self) -> None:
+        warm_up(self)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self._require_loaded()
+        (result,) = self._session.run([self._output_spec.name], {self._input_spec.name: batch})
+        return result
+
+    def _describe(self, arg: Any, role: str) -> tuple[str, np.dtype, tuple[int, ...]]:
+        if arg.type not in _NUMPY_DTYPES:
+            raise ValueError(f"{self.path}: {role} '{arg.name}' has type {arg.type}, which "
+                             f"serve-ab cannot pass; supported: {sorted(_NUMPY_DTYPES)}")
+        # Named or unknown dims come back as strings or None: both are free.
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+        check_batch_dim(self.path, role, arg.name, shape)
+        return arg.name, np.dtype(_NUMPY_DTYPES[arg.type]), shape
+
+    def _require_loaded(self) -> None:
+        if self._session is None:
+            raise RuntimeError(f"{self.path} (onnx backend) is not loaded; call load() first")
