@@ -1,0 +1,149 @@
+"""End to end as a user runs it: ``serve run configs/ab.yaml``, HTTP, the CLI, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import DIGIT_ROW, free_port
+
+SERVE = Path(sys.executable).parent / "serve"
+SERVE_AB = Path(sys.executable).parent / "serve-ab"
+STARTUP_TIMEOUT_S = 240
+
+
+def start_serve_run(config_path: Path, log_path: Path) -> subprocess.Popen:
+    """``serve run`` with a Ray of its own: a fresh temp dir, so it cannot find (and join)
+    a cluster left over from an earlier test or a user's own ``ray start``."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TMPDIR": tempfile.mkdtemp(prefix="sab-")}  # short: Ray's socket paths are capped
+    env.pop("RAY_ADDRESS", None)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [str(SERVE), "run", str(config_path)], cwd=REPO_ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    process.ray_tmpdir = env["RAY_TMPDIR"]  # type: ignore[attr-defined]
+    return process
+
+
+def stop_serve_run(process: subprocess.Popen) -> int:
+    """Ctrl-C, as a user would; then make sure nothing of that Ray is left running."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+    returncode = process.poll()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of its session (raylet, workers)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    shutil.rmtree(process.ray_tmpdir, ignore_errors=True)  # type: ignore[attr-defined]
+    return returncode
+
+
+@pytest.fixture(params=["ab.yaml", "ab_isolated.yaml"])
+def served(request, model_repo, tmp_path):
+    """``serve run`` on a shipped config, moved to a free port (8000 may be taken)."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / request.param).read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config_path = tmp_path / request.param
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "serve.log"
+    process = start_serve_run(config_path, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"serve run exited early:\n{log_path.read_text()[-4000:]}"
+            try:
+                if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-4000:]}"
+            time.sleep(1)
+        yield base, config["applications"][0]["args"], process
+    finally:
+        stop_serve_run(process)
+
+
+def test_serve_run_serves_both_versions_over_http(served):
+    base, args, process = served
+    key_in_header = args["assignment"]["key"] == "header"
+    seen = Counter()
+    with httpx.Client(timeout=30) as client:
+        for i in range(60):
+            user = f"e2e-user-{i}"
+            body = {"inputs": [DIGIT_ROW]}
+            headers = {"x-user-id": user} if key_in_header else {}
+            if not key_in_header:
+                body["user_id"] = user
+            response = client.post(base + "/predict", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.headers["x-model-version"] == response.json()["version"]
+            seen[response.json()["version"]] += 1
+        assert set(seen) == {"v1", "v2"}, seen
+        v2 = client.post(base + "/v2/models/digits/infer", json={
+            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}],
+        })
+        assert v2.status_code == 200 and v2.json()["model_version"] in ("v1", "v2")
+        assert client.post(base + "/predict", content=b"{oops").status_code == 400
+        assert client.post(base + "/predict", json={"inputs": [DIGIT_ROW]}).status_code == 200
+
+
+def test_clean_shutdown_on_sigint(served):
+    base, _, process = served
+    assert stop_serve_run(process) == 0  # exited by itself, within 90 s of Ctrl-C
+    with pytest.raises(httpx.TransportError):
+        httpx.get(base + "/v2/health/live", timeout=2)
+
+
+def test_validate_cli_on_shipped_and_broken_configs(model_repo, tmp_path):
+    ok = subprocess.run([str(SERVE_AB), "validate", *sorted(map(str, (REPO_ROOT / "configs").glob("*.yaml")))],
+                        cwd=REPO_ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
+    bad["applications"][0]["args"]["placement"] = "everywhere"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([str(SERVE_AB), "validate", str(tmp_path / "bad.yaml")],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "applications.0.args.placement: Input should be 'colocated' or 'isolated' (got 'everywhere')" in result.stdout
+
+
+def test_serve_run_refuses_an_invalid_experiment_before_deploying(model_repo, tmp_path):
+    """The builder raises the schema's error; no replica is ever started.
+
+    (serve run itself stays up after a failed deploy, as Ray Serve does, so we stop it.)
+    """
+    config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
+    config["http_options"]["port"] = free_port()
+    config["applications"][0]["args"]["weights"] = {"v1": 50, "v2": 40}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "serve.log"
+    process = start_serve_run(tmp_path / "bad.yaml", log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while "weights: weights sum to 90%; they must sum to 100" not in log_path.read_text():
+            assert time.monotonic() < deadline, f"no schema error:\n{log_path.read_text()[-4000:]}"
+            time.sleep(1)
+        assert "Adding 1 replica" not in log_path.read_text()
+    finally:
+        stop_serve_run(process)
