@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from serve_ab.rollout_config import RolloutConfig
 from serve_ab.routing import NUM_BUCKETS
 
 # A version name ends up in URLs, metric labels and deployment names.
@@ -196,6 +197,29 @@ class HttpConfig(_Strict):
     )
 
 
+class ControlConfig(_Strict):
+    token_env: str = Field(
+        "SERVE_AB_CONTROL_TOKEN", min_length=1,
+        description="Environment variable holding the bearer token that control actions "
+        "(promote, abort, set weights...) need over HTTP.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Accept control actions without a token. Only for local experiments."
+    )
+
+
+class ControllerConfig(_Strict):
+    state_path: str = Field(
+        ".serve-ab/state.sqlite",
+        description="SQLite file holding rollout state, so a restarted controller resumes; a "
+        "relative path is resolved against the directory serve runs in.",
+    )
+    tick_s: float = Field(
+        0.25, gt=0, le=10, description="How often the controller looks at its windows and timers."
+    )
+    num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
+
+
 def _default_router() -> DeploymentOptions:
     return DeploymentOptions(num_replicas=1)
 
@@ -219,6 +243,13 @@ class ExperimentConfig(_Strict):
         default_factory=_default_router, description="Ray Serve options of the router deployment."
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP request limits.")
+    rollout: RolloutConfig | None = Field(
+        None, description="A canary or blue-green rollout from stable to candidate."
+    )
+    control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
+    controller: ControllerConfig = Field(
+        default_factory=ControllerConfig, description="The rollout controller deployment."
+    )
 
     @field_validator("versions")
     @classmethod
@@ -262,6 +293,24 @@ class ExperimentConfig(_Strict):
                         "replicas; use placement: isolated, or set router: instead"
                     )
         return placement
+
+    @model_validator(mode="after")
+    def _check_rollout(self) -> ExperimentConfig:
+        if self.rollout is None:
+            return self
+        names = [v.name for v in self.versions]
+        for role in ("stable", "candidate"):
+            name = getattr(self.rollout, role)
+            if name not in names:
+                raise ValueError(f"rollout.{role} is {name!r}, which is not served; versions: {names}")
+        if names.index(self.rollout.stable) > names.index(self.rollout.candidate):
+            # Contiguous ranges in listing order: stable first keeps moves one-way.
+            raise ValueError(
+                f"list rollout.stable ({self.rollout.stable!r}) before rollout.candidate "
+                f"({self.rollout.candidate!r}) under versions, so raising the candidate's weight "
+                "only moves users from stable to candidate"
+            )
+        return self
 
     def version(self, name: str) -> VersionConfig:
         for version in self.versions:

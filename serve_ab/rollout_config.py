@@ -296,6 +296,15 @@ class BlueGreenConfig(_Strict):
     auto_switch: bool = Field(
         True, description="Switch as soon as green is validated; false waits for a manual promote."
     )
+    validation_samples: str | None = Field(
+        None,
+        description="JSON file {inputs: [...], labels: [...]} run through green before the "
+        "switch (e.g. models/digits/samples.json); unset sends one all-zero instance.",
+    )
+    validation_min_accuracy: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of validation_samples green must label correctly (needs labels).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BlueGreenConfig:

@@ -23,7 +23,10 @@ import sys
 from dataclasses import asdict
 from typing import TextIO
 
-from serve_ab.analysis import power as _power
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # statsmodels takes seconds to import: only the command itself pays
+    from serve_ab.analysis import power as _power
 
 __all__ = ["add_parser", "run"]
 
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
 
 
 def _make_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
+    from serve_ab.analysis import power as _power
+
     common = dict(alpha=args.alpha, power=args.power, variants=args.variants, two_sided=not args.one_sided)
     if args.baseline_rate is None and args.relative:
         raise ValueError(f"argument --relative: only applies with --baseline-rate; with --std give --mde in the "

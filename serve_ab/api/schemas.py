@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
 from serve_ab.config import format_validation_error
@@ -25,6 +25,23 @@ class PredictRequest(BaseModel):
         ..., description="A batch of instances, e.g. [[0.0, 1.5, ...64 numbers]] for digits.",
         json_schema_extra={"example": [[0.0] * 64]},
     )
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /feedback``: a business outcome for a request served earlier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(..., min_length=1, description="The request_id of the served answer.")
+    name: str = Field("conversion", min_length=1, description="Metric name, e.g. revenue.")
+    value: float | None = Field(None, allow_inf_nan=False, description="A numeric outcome.")
+    converted: bool | None = Field(None, description="A yes/no outcome.")
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> FeedbackRequest:
+        if (self.value is None) == (self.converted is None):
+            raise ValueError("give exactly one of value (a number) or converted (true/false)")
+        return self
 
 
 class V2Tensor(BaseModel):

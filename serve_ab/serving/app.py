@@ -20,6 +20,7 @@ from serve_ab.config import (
     Placement,
     parse_experiment,
 )
+from serve_ab.serving.controller import RolloutController
 from serve_ab.serving.pool import ModelPool
 from serve_ab.serving.router import Router
 
@@ -40,7 +41,17 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
         versions.append(version.model_copy(update={"path": str(resolved)}))
     if errors:
         raise ConfigError(errors)
-    return cfg.model_copy(update={"versions": versions})
+    update: dict[str, Any] = {"versions": versions}
+    # The controller may run in another process: its files get absolute paths too.
+    update["controller"] = cfg.controller.model_copy(
+        update={"state_path": str((base_dir / cfg.controller.state_path).resolve())})
+    if cfg.rollout is not None and cfg.rollout.blue_green and cfg.rollout.blue_green.validation_samples:
+        samples = base_dir / cfg.rollout.blue_green.validation_samples
+        if not samples.is_file():
+            raise ConfigError([f"rollout.blue_green.validation_samples: no file at {str(samples)!r}"])
+        blue_green = cfg.rollout.blue_green.model_copy(update={"validation_samples": str(samples.resolve())})
+        update["rollout"] = cfg.rollout.model_copy(update={"blue_green": blue_green})
+    return cfg.model_copy(update=update)
 
 
 def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
@@ -56,4 +67,9 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }
-    return Router.options(**cfg.router.to_ray()).bind(experiment, pools)
+    controller = None
+    if cfg.rollout is not None:
+        controller = RolloutController.options(
+            ray_actor_options={"num_cpus": cfg.controller.num_cpus}
+        ).bind(experiment)
+    return Router.options(**cfg.router.to_ray()).bind(experiment, pools, controller)

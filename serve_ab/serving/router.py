@@ -10,6 +10,10 @@ handles this replica calls (isolated); both look the same from here.
 # through Ray Serve's ingress wrapper, which cannot resolve string annotations.
 
 import asyncio
+import hmac
+import logging
+import os
+import time
 import uuid
 from typing import Any, Protocol
 
@@ -34,11 +38,19 @@ from serve_ab.api.schemas import (
     parse_body,
 )
 from serve_ab.backends.base import InputError, InputSpec, OutputSpec, to_batch
+from serve_ab.api.schemas import FeedbackRequest
 from serve_ab.config import ExperimentConfig, parse_experiment
+from serve_ab.rollout import RolloutError
 from serve_ab.routing import Assigner
 from serve_ab.serving.runtime import LoadedVersion
 
 VERSION_HEADER = "x-model-version"
+CONTROL_ACTIONS = ("promote", "pause", "resume", "abort", "rollback", "weights")
+# Observations are sent to the controller in batches; a bound keeps memory flat when it is down.
+FLUSH_INTERVAL_S = 0.25
+MAX_PENDING_OBSERVATIONS = 50_000
+
+logger = logging.getLogger("ray.serve")
 
 api = FastAPI(
     title="serve-ab",
@@ -48,7 +60,7 @@ api = FastAPI(
     "Every answer names the version that served it (body and `x-model-version` header).",
 )
 install_error_handlers(api)
-add_openapi_schemas(api, [PredictRequest, V2InferRequest])
+add_openapi_schemas(api, [PredictRequest, V2InferRequest, FeedbackRequest])
 
 
 class VersionUnavailable(ApiError, LookupError):
@@ -99,10 +111,16 @@ def _same_interface(specs: dict[str, tuple[InputSpec, OutputSpec]]) -> tuple[Inp
 @serve.deployment(name="Router")
 @serve.ingress(api)
 class Router:
-    def __init__(self, experiment: dict[str, Any], pools: dict[str, DeploymentHandle] | None = None):
+    async def __init__(
+        self,
+        experiment: dict[str, Any],
+        pools: dict[str, DeploymentHandle] | None = None,
+        controller: DeploymentHandle | None = None,
+    ):
         self.cfg: ExperimentConfig = parse_experiment(experiment)
         self.assigner = Assigner(self.cfg.weights_pct(), self.cfg.assignment.salt)
         self._interface: tuple[InputSpec, OutputSpec] | None = None
+        self._token = os.environ.get(self.cfg.control.token_env) or None
         self.versions: dict[str, _Version]
         if pools:
             self.versions = {name: RemoteVersion(name, handle) for name, handle in pools.items()}
@@ -112,6 +130,60 @@ class Router:
                 {name: (v.input_spec, v.output_spec) for name, v in loaded.items()}
             )
             self.versions = loaded
+        self.controller = controller
+        self._pending: list[tuple] = []
+        self._epoch = -1
+        if controller is not None:
+            # Serve the controller's weights from the first request on: after a restart
+            # they are the rollout's, not the config's starting point.
+            self._apply(await controller.wait_for_update.remote(self._epoch, 0.0))
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._follow_controller()),
+                           loop.create_task(self._flush_observations())]
+
+    # -- following the controller --------------------------------------------------------------
+
+    def _apply(self, snapshot: dict[str, Any]) -> None:
+        self._epoch = snapshot["epoch"]
+        weights = {name: snapshot["weights"].get(name, 0.0) for name in self.versions}
+        if weights != self.assigner.table.weights_pct():
+            self.assigner.set_weights(weights)
+            logger.info("serve-ab router: weights now %s", weights)
+        for name in snapshot["retired"]:
+            if name in self.versions and weights.get(name, 0.0) == 0.0:
+                # Requests in flight hold their own reference; the model is freed after them.
+                del self.versions[name]
+                logger.info("serve-ab router: retired version %s", name)
+
+    async def _follow_controller(self) -> None:
+        while True:
+            try:
+                self._apply(await self.controller.wait_for_update.remote(self._epoch))
+            except Exception:  # controller restarting: keep serving the last weights
+                logger.warning("serve-ab router: controller unreachable; keeping weights", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    async def _flush_observations(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            if not self._pending:
+                continue
+            rows, self._pending = self._pending, []
+            try:
+                await self.controller.record.remote(rows)
+            except Exception:
+                logger.warning("serve-ab router: dropped %d observations", len(rows), exc_info=True)
+
+    def _observe(self, version: str, started_s: float, ok: bool, outputs: np.ndarray | None) -> None:
+        if self.controller is None or len(self._pending) >= MAX_PENDING_OBSERVATIONS:
+            return
+        predicted_class = score = None
+        if outputs is not None and outputs.ndim == 2 and len(outputs):
+            predicted_class = int(outputs[0].argmax())
+            score = float(outputs[0, predicted_class])
+        now_s = time.time()
+        self._pending.append((now_s, version, (now_s - started_s) * 1000.0, ok, predicted_class,
+                              score, _request_id()))
 
     # -- the traffic decision --------------------------------------------------------------
 
@@ -153,7 +225,17 @@ class Router:
         version = self._choose_version(key, pinned)
         input_spec, _ = await self._get_interface()
         batch = to_batch(batch_values, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
-        return version, await self.versions[version].predict(batch)
+        return version, await self._predict(version, batch)
+
+    async def _predict(self, version: str, batch: np.ndarray) -> np.ndarray:
+        started_s = time.time()
+        try:
+            outputs = await self.versions[version].predict(batch)
+        except Exception:
+            self._observe(version, started_s, False, None)
+            raise
+        self._observe(version, started_s, True, outputs)
+        return outputs
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
@@ -179,6 +261,63 @@ class Router:
             "bucket_ranges": {k: list(r) for k, r in self.assigner.table.ranges().items()},
             "assignment": self.cfg.assignment.model_dump(),
         }
+
+    async def interface(self) -> dict[str, Any]:
+        input_spec, output_spec = await self._get_interface()
+        return {"input_shape": list(input_spec.shape), "input": input_spec.to_v2(),
+                "output": output_spec.to_v2()}
+
+    # -- HTTP: rollout control and feedback ----------------------------------------------------
+
+    @api.get("/rollout/status", summary="Rollout phase, step, weights and gates (open)")
+    async def http_rollout_status(self, history: bool = False) -> dict[str, Any]:
+        if self.controller is None:
+            return {"model": self.cfg.model, "strategy": None, "phase": "static",
+                    "weights_pct": self.assigner.table.weights_pct(), "gates": [], "retired": []}
+        return await self.controller.status.remote(history)
+
+    @api.post("/rollout/{action}", summary="promote, pause, resume, abort, rollback or weights (token)")
+    async def http_rollout_action(self, action: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        if action not in CONTROL_ACTIONS:
+            raise ApiError(404, f"unknown action {action!r}; valid: {list(CONTROL_ACTIONS)}")
+        if self.controller is None:
+            raise ApiError(409, "this experiment has no rollout: add rollout: to its config")
+        body = {}
+        if request.headers.get("content-length", "0") != "0":
+            body = await read_json(request, self.cfg.http.max_body_bytes)
+            if not isinstance(body, dict):
+                raise ApiError(400, "request body must be a JSON object")
+        if action == "weights" and not isinstance(body.get("weights"), dict):
+            raise ApiError(400, 'set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
+        try:
+            return await self.controller.act.remote(action, body)
+        except (RolloutError, ValueError) as err:
+            cause = getattr(err, "cause", err)  # Ray wraps the controller's own exception
+            raise ApiError(409 if isinstance(err, RolloutError) else 400, str(cause)) from None
+
+    def _authorize(self, request: Request) -> None:
+        if self.cfg.control.allow_unauthenticated:
+            return
+        if self._token is None:
+            raise ApiError(401, f"control actions are disabled: no token is configured; set "
+                                f"{self.cfg.control.token_env} in the app's environment and send "
+                                "it as 'Authorization: Bearer <token>'")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not reveal how much of the token matched.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token.encode()):
+            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    @api.post("/feedback", openapi_extra=json_body(FeedbackRequest),
+              summary="Report a business outcome for a served request")
+    async def http_feedback(self, request: Request) -> JSONResponse:
+        feedback = parse_body(FeedbackRequest, await read_json(request, self.cfg.http.max_body_bytes))
+        if self.controller is None:
+            raise ApiError(409, "feedback is joined by the rollout controller; this experiment has no rollout")
+        version = await self.controller.feedback.remote(
+            feedback.request_id, feedback.name, feedback.value, feedback.converted)
+        # version is None while the request's own report is still on its way to the controller.
+        return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 
     # -- HTTP: plain JSON -------------------------------------------------------------------
 
@@ -272,7 +411,7 @@ class Router:
         input_spec, output_spec = await self._get_interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=self.cfg.http.allow_non_finite)
-        outputs = await self.versions[version].predict(batch)
+        outputs = await self._predict(version, batch)
         response = encode_v2_response(self.cfg.model, version, parsed.id or _request_id(),
                                       outputs, output_spec)
         return JSONResponse(response, headers={VERSION_HEADER: version})

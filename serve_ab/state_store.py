@@ -1,0 +1,62 @@
+"""Where rollout state survives a controller restart: an embedded SQLite file by default.
+
+One row per rollout key; each save replaces the row in one transaction, so a crash leaves
+either the old state or the new one, never half of each. SQLite is the embedded default
+for one node; a multi-node cluster needs the file on storage every node can reach, or
+another store behind the same two methods.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class StateStore(Protocol):
+    def load(self, key: str) -> dict[str, Any] | None: ...
+
+    def save(self, key: str, state: dict[str, Any]) -> None: ...
+
+
+class SqliteStateStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection per call: the controller saves a few times a minute at most.
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS rollout_state ("
+                " key TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at_s REAL NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO rollout_state (key, state, updated_at_s) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_at_s = excluded.updated_at_s",
+                (key, json.dumps(state), time.time()),
+            )
+
+
+class MemoryStateStore:
+    """For tests: the same contract, nothing on disk."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        return json.loads(self.rows[key]) if key in self.rows else None
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        self.rows[key] = json.dumps(state)

@@ -1,0 +1,167 @@
+"""The controller's logic with a fake clock: windows from router reports, feedback joins,
+persistence across a restart, control actions. No Ray is started."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_ab.config import parse_experiment
+from serve_ab.feedback import PENDING_TTL_S, FeedbackJoin
+from serve_ab.rollout import RolloutError
+from serve_ab.serving.controller import ControllerCore, rollout_key
+from serve_ab.state_store import MemoryStateStore, SqliteStateStore
+
+
+class FakeClock:
+    def __init__(self, t_s: float = 1_000_000.0):
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def advance(self, dt_s: float) -> None:
+        self.t_s += dt_s
+
+
+def experiment(candidate: str = "v2", **rollout_changes):
+    rollout = {
+        "strategy": "canary", "stable": "v1", "candidate": candidate,
+        "analysis": {"interval_s": 5, "min_samples": 10, "failure_limit": 0},
+        "gates": [{"metric": "error_rate", "max": 0.05},
+                  {"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.95}],
+        "steps": [{"set_weight": 10}, {"pause": {"duration": "10s"}}, {"set_weight": 100}],
+        "retire_after_s": 5,
+    }
+    rollout.update(rollout_changes)
+    return parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": candidate, "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 100},
+        "rollout": rollout,
+    })
+
+
+def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
+           correct: bool | None = None) -> None:
+    rows = [(clock(), version, 3.0, ok, 1, 0.9, f"{version}-{clock()}-{i}") for i in range(n)]
+    core.record(rows)
+    if correct is not None:
+        for row in rows:
+            core.feedback.add(row[6], "correct", None, correct, clock())
+
+
+def run_for(core, clock, seconds, per_second):
+    for _ in range(int(seconds)):
+        clock.advance(1.0)
+        for version, (n, kwargs) in per_second.items():
+            report(core, clock, version, n, **kwargs)
+        core.tick()
+
+
+def test_canary_promotes_on_good_reports_and_retires_the_old_version():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    core.tick()
+    assert core.snapshot()["weights"] == {"v1": 90.0, "v2": 10.0}
+    epoch = core.epoch
+    run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert core.rollout.phase.value == "promoted"
+    assert core.epoch > epoch
+    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+    clock.advance(10)
+    core.tick()
+    assert core.snapshot()["retired"] == ["v1"]
+    assert {g["metric"]: g["verdict"] for g in core.status()["gates"]} == {
+        "error_rate": "pass", "feedback_rate": "pass"}
+
+
+def test_failing_business_gate_rolls_back_with_the_reason():
+    clock = FakeClock()
+    core = ControllerCore(experiment("v3"), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v3": (5, {"correct": False})})
+    status = core.status()
+    assert status["phase"] == "aborted"
+    assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
+    assert "feedback_rate" in status["reason"] and "0.95" in status["reason"]
+
+
+def test_too_few_reports_hold_the_rollout_without_failing():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (1, {"correct": True})})
+    status = core.status()
+    assert status["phase"] == "progressing" and status["weights_pct"]["v2"] == 10.0
+    assert status["failures_total"] == 0
+    assert "no data" in status["reason"]
+
+
+def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
+    clock = FakeClock()
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    before = core.status(history=True)
+    assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
+
+    restarted = ControllerCore(experiment(), SqliteStateStore(tmp_path / "state.sqlite"), clock)
+    after = restarted.status(history=True)
+    assert (after["phase"], after["step_index"], after["weights_pct"]) == (
+        before["phase"], before["step_index"], before["weights_pct"])
+    assert after["history"] == before["history"]
+    # The pause keeps its original start: 4 more seconds finish it, not 10.
+    run_for(restarted, clock, 5, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert restarted.status()["weights_pct"]["v2"] == 100.0
+
+
+def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
+    clock = FakeClock()
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    first = ControllerCore(experiment(), store, clock)
+    first.act("promote", {"full": True})
+    assert first.status()["phase"] == "promoted"
+    second = ControllerCore(experiment("v3"), store, clock)
+    assert rollout_key(second.cfg) != rollout_key(first.cfg)
+    assert second.status()["phase"] == "progressing"
+    assert second.snapshot()["weights"] == {"v1": 100.0, "v3": 0.0}
+
+
+def test_actions_bump_the_epoch_and_refuse_what_the_phase_does_not_allow():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    epoch = core.epoch
+    core.act("weights", {"weights": {"v1": 70, "v2": 30}})
+    assert core.snapshot()["weights"] == {"v1": 70.0, "v2": 30.0} and core.epoch == epoch + 1
+    core.act("abort", {"reason": "operator saw errors"})
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    assert "operator saw errors" in core.status()["reason"]
+    with pytest.raises(RolloutError):
+        core.act("pause", {})
+    with pytest.raises(KeyError):
+        core.act("explode", {})
+
+
+def test_feedback_before_the_report_waits_for_it_and_expires():
+    join = FeedbackJoin()
+    assert join.add("r1", "correct", None, True, now_s=10.0) is None  # report not in yet
+    join.remember("r1", "v2", 10.1)
+    values, conversions = join.events(since_s=0.0)
+    assert [(c.version, c.converted) for c in conversions] == [("v2", True)]
+    assert join.add("r1", "revenue", 12.5, None, now_s=11.0) == "v2"
+    assert [(v.version, v.value) for v in join.events(since_s=0.0)[0]] == [("v2", 12.5)]
+    join.add("lost", "correct", None, False, now_s=20.0)
+    join.add("other", "correct", None, False, now_s=20.0 + PENDING_TTL_S + 1)
+    assert join.counts()["pending"] == 1  # "lost" expired, "other" still waits
+
+
+def test_feedback_memory_is_bounded():
+    join = FeedbackJoin(max_requests=100)
+    for i in range(1000):
+        join.remember(f"r{i}", "v1", float(i))
+    assert join.counts()["requests_remembered"] == 100
+    assert join.add("r0", "correct", None, True, now_s=1000.0) is None
