@@ -13,6 +13,7 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class ControllerCore:
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
+        self.started_at_s = clock()
         self._persist()
 
     # -- inputs ------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class ControllerCore:
             "failure_limit": r.analysis.failure_limit,
             "gates": self.last_analysis,
             "retired": list(self.retired),
+            "controller": {"pid": os.getpid(), "started_at_s": self.started_at_s},
         }
         if history:
             out["history"] = list(s.history)

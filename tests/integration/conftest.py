@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 DIGIT_ROW = [float(i % 16) for i in range(64)]
+# The control API's bearer token, given to every replica through the job's environment.
+CONTROL_TOKEN = "integration-test-token"
 
 
 def free_port() -> int:
@@ -32,7 +34,8 @@ def serve_instance(model_repo):
 
     # Logical CPUs: the replicas reserve fractions of them; the machine has 2 real cores.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
+                                       "SERVE_AB_CONTROL_TOKEN": CONTROL_TOKEN}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

@@ -1,0 +1,209 @@
+"""Canary rollouts on a real Ray Serve, under a steady load from another process.
+
+Timings are measured and printed (pytest -s shows them), never asserted: the machine is a
+shared 2-core box. What is asserted is what must hold at any speed: no failed request,
+the right end state, and no request served by a version after it was finished with.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from ray import serve
+
+from serve_ab import build_app
+from tests.integration.conftest import CONTROL_TOKEN, DIGIT_ROW, experiment
+from tests.support.loadgen import LoadGenerator, first_time_served_by, last_time_served_by
+
+AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
+WAIT_S = 180
+
+
+def canary(model_repo, tmp_path, candidate="v2", steps=None, **rollout):
+    cfg = experiment(model_repo, weights={"v1": 100})
+    cfg["versions"][1] = {
+        "v2": {"name": "v2", "path": str(model_repo / "digits/v2/model.pt2"), "backend": "torch"},
+        "v3": {"name": "v3", "path": str(model_repo / "digits/v3/model.onnx"), "backend": "onnx"},
+    }[candidate]
+    cfg["http"] = {"max_body_bytes": 65536}
+    cfg["rollout"] = {
+        "strategy": "canary", "stable": "v1", "candidate": candidate,
+        "analysis": {"interval_s": 3, "min_samples": 8, "failure_limit": 0, "progress_deadline_s": 120},
+        "gates": [{"metric": "error_rate", "max": 0.01},
+                  {"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.95}],
+        "steps": steps or [{"set_weight": 5}, {"pause": {"duration": "4s"}}, {"set_weight": 20},
+                           {"pause": {"duration": "4s"}}, {"set_weight": 50},
+                           {"pause": {"duration": "4s"}}, {"set_weight": 100}],
+        "retire_after_s": 2,
+        **rollout,
+    }
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    return cfg
+
+
+def wait_for(http, url, predicate, what):
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        status = http.get(url).json()
+        if predicate(status):
+            return status
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last status: {status}"
+        time.sleep(0.5)
+
+
+def load(apps, name, tmp_path, model_repo):
+    return LoadGenerator(apps.url(f"/{name}"), tmp_path / f"{name}.jsonl", concurrency=3,
+                         rate_per_worker_hz=30, users=500,
+                         samples=model_repo / "digits" / "samples.json", feedback="correct")
+
+
+@pytest.fixture
+def deployed(serve_instance):
+    names = []
+
+    def deploy(cfg, name):
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+        names.append(name)
+
+    yield deploy
+    for name in names:
+        serve.delete(name)
+
+
+def transition_time(status, to_phase):
+    return next(h["t_s"] for h in status["history"] if h["to_phase"] == to_phase)
+
+
+def test_canary_promotes_v2_and_retires_v1_with_no_failed_request(http, serve_instance, deployed,
+                                                                  model_repo, tmp_path):
+    deployed(canary(model_repo, tmp_path), "promote")
+    status_url = serve_instance.url("/promote/rollout/status?history=true")
+    with load(serve_instance, "promote", tmp_path, model_repo) as loadgen:
+        status = wait_for(http, status_url, lambda s: "v1" in s["retired"], "promotion and retirement of v1")
+        retired_at = time.time()
+        time.sleep(1.0)
+    summary = loadgen.summary
+    records = loadgen.records()
+    print(f"\npromotion: {summary.total} requests, {summary.failed} failed, by version {summary.by_version}")
+    assert summary.failed == 0, summary.failures
+    assert status["phase"] == "promoted" and status["weights_pct"] == {"v1": 0.0, "v2": 100.0}
+    # No v2 answer before the first step gave it traffic.
+    assert first_time_served_by(records, "v2") >= status["history"][1]["t_s"] - 0.5
+    # v1 is gone from the routers: it serves nothing once retired, and cannot be pinned.
+    assert not [r for r in records if r["version"] == "v1" and r["t_send"] > retired_at]
+    response = http.post(serve_instance.url("/promote/predict"), json={"inputs": [DIGIT_ROW]},
+                         headers={"x-serve-ab-version": "v1"})
+    assert response.status_code == 404
+
+
+def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, model_repo, tmp_path):
+    deployed(canary(model_repo, tmp_path, candidate="v3"), "rollback")
+    status_url = serve_instance.url("/rollback/rollout/status?history=true")
+    with load(serve_instance, "rollback", tmp_path, model_repo) as loadgen:
+        status = wait_for(http, status_url, lambda s: s["phase"] == "aborted", "the automatic rollback")
+        time.sleep(2.0)  # let requests in flight at the decision finish
+    summary = loadgen.summary
+    aborted_at = transition_time(status, "aborted")
+    last_v3 = last_time_served_by(loadgen.records(), "v3")
+    print(f"\nrollback: {summary.total} requests, {summary.failed} failed; reason: {status['reason']}")
+    records = loadgen.records()
+    v3_users = {r["user"] for r in records if r["version"] == "v3"}
+    back_on_v1 = [r["t_done"] for r in records
+                  if r["user"] in v3_users and r["version"] == "v1" and r["t_send"] >= aborted_at]
+    def after_ms(t_s):
+        return f"{(t_s - aborted_at) * 1000:+.0f} ms" if t_s is not None else "n/a"
+
+    print(f"rollback propagation: last answer from v3 {after_ms(last_v3)} after the decision; "
+          f"first answer by v1 to a former v3 user {after_ms(min(back_on_v1, default=None))}")
+    assert summary.failed == 0, summary.failures
+    assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
+    assert "feedback_rate" in status["reason"] and "0.95" in status["reason"]
+    failed = [g for g in status["gates"] if g["verdict"] == "fail"]
+    assert failed and failed[0]["value"] < failed[0]["threshold"]
+    # Every request sent after the decision (plus one long-poll round trip) went to v1.
+    late = [r for r in loadgen.records() if r["version"] == "v3" and r["t_send"] > aborted_at + 1.0]
+    assert not late, late[:3]
+
+
+def test_controller_killed_mid_rollout_resumes_at_the_same_step(http, serve_instance, deployed,
+                                                                model_repo, tmp_path):
+    steps = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
+    deployed(canary(model_repo, tmp_path, steps=steps), "resume")
+    status_url = serve_instance.url("/resume/rollout/status?history=true")
+    with load(serve_instance, "resume", tmp_path, model_repo) as loadgen:
+        before = wait_for(http, status_url, lambda s: s["phase"] == "paused", "the manual pause step")
+        pid = before["controller"]["pid"]
+        os.kill(pid, signal.SIGKILL)  # as a crash would; Ray Serve starts a new replica
+        after = wait_for(http, status_url, lambda s: s["controller"]["pid"] != pid, "a new controller")
+        assert (after["phase"], after["step_index"], after["weights_pct"]) == (
+            before["phase"], before["step_index"], before["weights_pct"])
+        assert after["history"] == before["history"]  # nothing repeated, nothing skipped
+        assert http.post(serve_instance.url("/resume/rollout/promote")).status_code == 401
+        response = http.post(serve_instance.url("/resume/rollout/promote"), headers=AUTH, json={})
+        assert response.status_code == 200, response.text
+        wait_for(http, status_url, lambda s: s["phase"] == "promoted", "promotion after resume")
+    print(f"\ncontroller restart: {loadgen.summary.total} requests, {loadgen.summary.failed} failed")
+    assert loadgen.summary.failed == 0, loadgen.summary.failures
+
+
+def test_control_needs_the_token_and_status_is_open(http, serve_instance, deployed, model_repo, tmp_path):
+    deployed(canary(model_repo, tmp_path, steps=[{"set_weight": 10}, {"pause": {}}]), "control")
+    base = serve_instance.url("/control/rollout")
+    assert http.get(base + "/status").json()["strategy"] == "canary"
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": CONTROL_TOKEN}):
+        response = http.post(base + "/pause", headers=headers)
+        assert response.status_code == 401 and "token" in response.json()["error"]
+        assert CONTROL_TOKEN not in response.text
+    response = http.post(base + "/weights", headers=AUTH, json={"weights": {"v1": 60, "v2": 30}})
+    assert response.status_code == 400 and "sum" in response.json()["error"]
+    response = http.post(base + "/weights", headers=AUTH, json={"weights": {"v1": 70, "v2": 30}})
+    assert response.status_code == 200 and response.json()["weights_pct"] == {"v1": 70.0, "v2": 30.0}
+    assert http.post(base + "/explode", headers=AUTH).status_code == 404
+    response = http.post(serve_instance.url("/control/feedback"),
+                         json={"request_id": "never-served", "converted": True})
+    assert response.status_code == 202 and response.json()["version"] is None
+    response = http.post(serve_instance.url("/control/feedback"), json={"request_id": "x"})
+    assert response.status_code == 400 and "exactly one of value" in response.json()["error"]
+
+
+def blue_green(model_repo, tmp_path, green="v2"):
+    cfg = canary(model_repo, tmp_path, candidate=green)
+    cfg["rollout"] = {
+        "strategy": "blue_green", "stable": "v1", "candidate": green,
+        "analysis": {"interval_s": 2, "min_samples": 5, "failure_limit": 0},
+        "gates": [{"metric": "error_rate", "max": 0.01}],
+        "blue_green": {"validation_samples": str(model_repo / "digits" / "samples.json"),
+                       "validation_min_accuracy": 0.9, "post_switch_watch_s": 4, "keep_blue_s": 6},
+        "retire_after_s": 2,
+    }
+    return cfg
+
+
+def test_blue_green_switches_after_validation_and_retires_blue(http, serve_instance, deployed,
+                                                              model_repo, tmp_path):
+    deployed(blue_green(model_repo, tmp_path), "bluegreen")
+    status_url = serve_instance.url("/bluegreen/rollout/status?history=true")
+    with load(serve_instance, "bluegreen", tmp_path, model_repo) as loadgen:
+        status = wait_for(http, status_url, lambda s: "v1" in s["retired"], "switch, watch and retirement")
+        time.sleep(1.0)
+    records = loadgen.records()
+    switched_at = transition_time(status, "switched")
+    print(f"\nblue-green: {loadgen.summary.total} requests, {loadgen.summary.failed} failed; "
+          f"{[h['reason'][:80] for h in status['history']]}")
+    assert loadgen.summary.failed == 0, loadgen.summary.failures
+    assert any("accuracy" in h["reason"] for h in status["history"])  # validated on the sample set
+    # Green took no user traffic before the switch, and all of it one round trip after.
+    assert first_time_served_by(records, "v2") >= switched_at - 0.5
+    assert not [r for r in records if r["version"] == "v1" and r["t_send"] > switched_at + 1.0]
+
+
+def test_blue_green_refuses_a_green_that_fails_validation(http, serve_instance, deployed,
+                                                         model_repo, tmp_path):
+    deployed(blue_green(model_repo, tmp_path, green="v3"), "badgreen")
+    status = wait_for(http, serve_instance.url("/badgreen/rollout/status?history=true"),
+                      lambda s: s["phase"] == "aborted", "validation to fail")
+    assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
+    assert "accuracy" in status["reason"] and "< 0.9" in status["reason"]
