@@ -1,0 +1,116 @@
+"""What a Ray Serve user writes by hand, to measure serve-ab against.
+
+- :class:`OnnxModel`: one ONNX model as a deployment, JSON in and JSON out over HTTP
+  (``__call__`` with a Starlette request, the shape of Ray Serve's own examples), and a
+  ``predict`` method for DeploymentHandle callers.
+- :class:`OnnxModelFastAPI`: the same model behind a FastAPI ingress, as serve-ab's router
+  is, so the cost of FastAPI itself can be told apart from serve-ab's own.
+- :class:`RandomSplit`: the usual workaround for serving several versions: an ingress that
+  draws a version per request with ``random.choices`` and calls that version's deployment
+  through its DeploymentHandle. Not sticky, no metrics, no rollout: just the traffic split.
+
+Every method is ``async def`` and runs the model inline, as serve-ab does: Ray Serve 2.60
+runs a plain ``def`` method in a thread pool, which a user could hit by accident but which
+would make the baseline slower than it needs to be.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the route signatures at runtime
+# through Ray Serve's ingress wrapper, which cannot resolve string annotations.
+
+import random
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+
+
+def _onnx_session(path: str, intra_op_threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@serve.deployment
+class OnnxModel:
+    def __init__(self, path: str, intra_op_threads: int = 1):
+        self.session = _onnx_session(path, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        (outputs,) = self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})
+        return outputs
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        outputs = await self.predict(body["inputs"])
+        return {"outputs": outputs.tolist()}
+
+
+fastapi_app = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(fastapi_app)
+class OnnxModelFastAPI:
+    def __init__(self, path: str, intra_op_threads: int = 1):
+        self.session = _onnx_session(path, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        (outputs,) = self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})
+        return outputs
+
+    @fastapi_app.post("/predict")
+    async def http_predict(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        outputs = await self.predict(body["inputs"])
+        return {"outputs": outputs.tolist()}
+
+
+@serve.deployment
+class RandomSplit:
+    def __init__(self, versions: dict[str, DeploymentHandle], weights_pct: dict[str, float]):
+        self.handles = versions
+        self.names = list(versions)
+        self.weights = [weights_pct[name] for name in self.names]
+
+    def _pick(self) -> str:
+        return random.choices(self.names, self.weights)[0]
+
+    async def predict(self, batch: Any) -> dict[str, Any]:
+        version = self._pick()
+        return {"version": version, "outputs": await self.handles[version].predict.remote(batch)}
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        version = self._pick()
+        batch = np.asarray(body["inputs"], dtype=np.float32)
+        outputs = await self.handles[version].predict.remote(batch)
+        return {"version": version, "outputs": outputs.tolist()}
+
+
+# -- builders: the same Ray options everywhere, so only the code path differs -----------
+
+
+def plain_app(path: str, options: dict[str, Any]) -> Application:
+    """(a) one version, by hand; HTTP at the app's route prefix (any path)."""
+    return OnnxModel.options(**options).bind(path)
+
+
+def plain_fastapi_app(path: str, options: dict[str, Any]) -> Application:
+    """(a') one version, by hand, behind FastAPI; HTTP at ``<prefix>/predict``."""
+    return OnnxModelFastAPI.options(**options).bind(path)
+
+
+def random_split_app(paths: dict[str, str], weights_pct: dict[str, float],
+                     options: dict[str, Any]) -> Application:
+    """(b) the workaround: an ingress plus one :class:`OnnxModel` deployment per version."""
+    versions = {name: OnnxModel.options(name=f"model-{name}", **options).bind(path)
+                for name, path in paths.items()}
+    return RandomSplit.options(**options).bind(versions, weights_pct)

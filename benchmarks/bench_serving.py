@@ -1,0 +1,727 @@
+"""serve-ab against plain Ray Serve and the hand-written workaround, in one Ray instance.
+
+    python benchmarks/bench_serving.py --quick   # under 3 minutes; prints one JSON line last
+    python benchmarks/bench_serving.py           # about 7 minutes; also writes benchmarks/RESULTS.md
+
+One model (digits v1, ONNX, onnxruntime with one intra-op thread, no batching) is served
+side by side, each app under its own route prefix on the same Ray Serve proxy:
+
+    (a)  plain       plain Ray Serve: one deployment, Starlette request -> JSON, by hand
+    (a') fastapi     the same by hand, behind a FastAPI ingress (as serve-ab's router is)
+    (b)  workaround  an ingress that draws a version with random.choices and calls one
+                     deployment per version (v1, v3: both ONNX MLPs) through its handle
+    (c)  colocated   serve-ab, v1 and v3 50/50, both held in the router's replica
+    (d)  isolated    serve-ab, v1 and v3 50/50, one deployment per version
+
+Every deployment gets the same Ray options (one replica, num_cpus 0.5,
+max_ongoing_requests 256). The HTTP load comes from a closed-loop generator in its own
+process (benchmarks/loadgen.py): N connections, each waiting for its answer before sending
+the next request, a batch of one digit per request, a different user id every time.
+Handle mode drives each app's ``predict`` through a DeploymentHandle from this process.
+
+Noise from other work on the machine is spread over every candidate: the measurement is
+made of short rounds, and in each round every candidate runs once, in an order rotated
+from round to round. At concurrency 1 the candidates are interleaved request by request
+(A, B, C, ..., then again; over one connection for HTTP), so latency differences are
+measured under the same conditions; a candidate's req/s there is its requests over the
+time they took.
+Ratios are taken within a round (candidate / (a) of the same round) and their median and
+range over the rounds are reported; latency percentiles pool every round's latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODELS = REPO / "models" / "digits"
+RESULTS_MD = HERE / "RESULTS.md"
+sys.path.insert(0, str(HERE))  # baselines.py, whether run as a script or imported
+
+# DESIGN.md, "Numbers to reach".
+TARGET_COLOCATED_VS_PLAIN = 0.95
+TARGET_P50_ADDED_MS = 0.3
+TARGET_COLOCATED_VS_WORKAROUND = 1.5
+TARGET_ISOLATED_VS_WORKAROUND = 1.0
+
+# The same Ray options for every deployment, baselines and serve-ab alike.
+REPLICA_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 256,
+}
+WEIGHTS_PCT = {"v1": 50.0, "v3": 50.0}
+
+
+@dataclass(frozen=True)
+class Mode:
+    concurrencies: tuple[int, ...]
+    handle_concurrencies: tuple[int, ...]
+    rounds: int
+    duration_s: float
+    handle_duration_s: float
+    warmup_s: float
+    in_run_warmup_s: float = 0.25
+
+
+QUICK = Mode(concurrencies=(1, 8), handle_concurrencies=(1, 8), rounds=3, duration_s=1.25,
+             handle_duration_s=0.75, warmup_s=1.0)
+FULL = Mode(concurrencies=(1, 4, 16, 32), handle_concurrencies=(1, 16), rounds=4,
+            duration_s=3.0, handle_duration_s=2.0, warmup_s=3.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tag: str          # (a), (b), ...
+    app: str          # app name, also its route prefix
+    label: str
+    http_path: str    # below the route prefix
+    handle_key: bool  # its handle's predict takes the assignment key (serve-ab's does)
+
+
+CANDIDATES = [
+    Candidate("(a)", "plain", "plain Ray Serve, by hand", "", False),
+    Candidate("(a')", "fastapi", "plain, FastAPI ingress", "/predict", False),
+    Candidate("(b)", "workaround", "workaround: random.choices", "", False),
+    Candidate("(c)", "colocated", "serve-ab colocated", "/predict", True),
+    Candidate("(d)", "isolated", "serve-ab isolated", "/predict", True),
+]
+BY_APP = {c.app: c for c in CANDIDATES}
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def describe_machine() -> dict[str, Any]:
+    import fastapi
+    import onnxruntime
+    import ray
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": memory_gib,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch_version,
+        "onnxruntime": onnxruntime.__version__,
+        "fastapi": fastapi.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def other_ray_instances() -> int:
+    """Raylets on this machine that are not ours: a sign that it is shared right now."""
+    try:
+        out = subprocess.run(["pgrep", "-c", "-x", "raylet"], capture_output=True, text=True,
+                             check=False)  # pgrep exits 1 when it finds none
+        return max(0, int(out.stdout.strip() or 0) - 1)
+    except (OSError, ValueError):
+        return -1
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- deploying the candidates --------------------------------------------------------------
+
+
+def start_serve() -> int:
+    """A Ray instance of our own and Serve's proxy on a free port; returns the port."""
+    import ray
+    from ray import serve
+
+    # Logical CPUs: every deployment reserves 0.5 of one; the real cores are shared by
+    # all replicas, the proxy and the load generator alike. Replicas import baselines.py
+    # from this folder, whatever directory the benchmark is started from.
+    python_path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": python_path}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def serve_ab_experiment(placement: str) -> dict[str, Any]:
+    versions = [
+        {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
+        {"name": "v3", "path": str(MODELS / "v3" / "model.onnx"), "backend": "onnx"},
+    ]
+    if placement == "isolated":
+        for version in versions:
+            version["deployment"] = REPLICA_OPTIONS
+    return {
+        "model": "digits",
+        "versions": versions,
+        "weights": WEIGHTS_PCT,
+        "assignment": {"key": "json", "field": "user_id", "salt": "bench"},
+        "placement": placement,
+        "router": REPLICA_OPTIONS,
+    }
+
+
+def deploy(candidates: list[Candidate]) -> None:
+    import baselines
+    from ray import serve
+
+    from serve_ab import build_app
+
+    v1 = str(MODELS / "v1" / "model.onnx")
+    v3 = str(MODELS / "v3" / "model.onnx")
+    apps = {
+        "plain": lambda: baselines.plain_app(v1, REPLICA_OPTIONS),
+        "fastapi": lambda: baselines.plain_fastapi_app(v1, REPLICA_OPTIONS),
+        "workaround": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
+                                                         REPLICA_OPTIONS),
+        "colocated": lambda: build_app(serve_ab_experiment("colocated")),
+        "isolated": lambda: build_app(serve_ab_experiment("isolated")),
+    }
+    log(f"deploying {', '.join(c.app for c in candidates)}")
+    # All at once: their replicas start side by side, which on a small machine is faster.
+    serve.run_many([serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}")
+                    for c in candidates])
+    log("deployed")
+
+
+def request_bodies(count: int = 256) -> tuple[list[str], list[tuple[np.ndarray, str]]]:
+    """JSON bodies for HTTP and (batch, key) pairs for handles: real digits, new user ids."""
+    rows = json.loads((MODELS / "samples.json").read_text())["inputs"]
+    bodies, handle_args = [], []
+    for i in range(count):
+        row = rows[i % len(rows)]
+        user = f"user-{i:05d}"
+        bodies.append(json.dumps({"inputs": [row], "user_id": user}))
+        handle_args.append((np.asarray([row], dtype=np.float32), user))
+    return bodies, handle_args
+
+
+def check_answers(candidates: list[Candidate], base_url: str, body: str) -> None:
+    """Each candidate answers 200 with one row of ten probabilities; else stop here."""
+    import httpx
+
+    with httpx.Client(timeout=30.0) as client:
+        for c in candidates:
+            response = client.post(base_url + f"/{c.app}{c.http_path}", content=body,
+                                   headers={"content-type": "application/json"})
+            if response.status_code != 200:
+                raise RuntimeError(f"{c.app} answered {response.status_code}: {response.text[:300]}")
+            outputs = np.asarray(response.json()["outputs"])
+            if outputs.shape != (1, 10) or abs(outputs.sum() - 1.0) > 1e-4:
+                raise RuntimeError(f"{c.app} answered outputs of shape {outputs.shape}: {outputs}")
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+class HttpLoad:
+    """The load generator process (loadgen.py --serve), one JSON line per run."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "loadgen.py"), "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def run(self, url: str, bodies: list[str], concurrency: int, duration_s: float,
+            warmup_s: float) -> dict[str, Any]:
+        return self._call({"url": url, "bodies": bodies, "concurrency": concurrency,
+                           "duration_s": duration_s, "warmup_s": warmup_s})
+
+    def alternate(self, urls: list[str], bodies: list[str], duration_s: float,
+                  warmup_s: float) -> dict[str, dict[str, Any]]:
+        """Concurrency 1, the URLs taking turns request by request; results by URL."""
+        return self._call({"urls": urls, "bodies": bodies, "duration_s": duration_s,
+                           "warmup_s": warmup_s})["per_url"]
+
+    def _call(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load generator exited (code {self.proc.poll()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _handle_closed_loop(call: Callable[[int], Any], concurrency: int, duration_s: float,
+                              warmup_s: float) -> dict[str, Any]:
+    latencies_ms: list[float] = []
+    completed = 0
+    errors: dict[str, int] = {}
+    measure_from = time.perf_counter() + warmup_s
+    stop_at = measure_from + duration_s
+
+    async def caller(index: int) -> None:
+        nonlocal completed
+        n = index
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                return
+            try:
+                await call(n)
+                error = None
+            except Exception as err:  # noqa: BLE001 - counted and reported, never hidden
+                error = type(err).__name__
+            n += concurrency
+            done = time.perf_counter()
+            if measure_from <= done < stop_at:
+                if error is None:
+                    completed += 1
+                    if sent >= measure_from:
+                        latencies_ms.append((done - sent) * 1e3)
+                else:
+                    errors[error] = errors.get(error, 0) + 1
+
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    return {"completed": completed, "throughput_rps": completed / duration_s,
+            "latencies_ms": latencies_ms, "errors": errors}
+
+
+async def _handle_alternating(callers: dict[str, Callable[[int], Any]], duration_s: float,
+                              warmup_s: float) -> dict[str, dict[str, Any]]:
+    """Concurrency 1 over handles, the apps taking turns call by call (as alternating())."""
+    apps = list(callers)
+    per_app = {app: {"completed": 0, "busy_s": 0.0, "latencies_ms": [], "errors": {}} for app in apps}
+    measure_from = time.perf_counter() + warmup_s
+    stop_at = measure_from + duration_s
+    n = 0
+    while time.perf_counter() < stop_at:
+        shift = n % len(apps)
+        for app in apps[shift:] + apps[:shift]:
+            sent = time.perf_counter()
+            try:
+                await callers[app](n)
+                error = None
+            except Exception as err:  # noqa: BLE001 - counted and reported, never hidden
+                error = type(err).__name__
+            done = time.perf_counter()
+            if sent >= measure_from:
+                stats = per_app[app]
+                if error is None:
+                    stats["completed"] += 1
+                    stats["busy_s"] += done - sent
+                    stats["latencies_ms"].append((done - sent) * 1e3)
+                else:
+                    stats["errors"][error] = stats["errors"].get(error, 0) + 1
+        n += 1
+    for stats in per_app.values():
+        stats["throughput_rps"] = stats["completed"] / stats["busy_s"] if stats["busy_s"] else 0.0
+    return per_app
+
+
+def handle_caller(candidate: Candidate, handle_args: list[tuple[np.ndarray, str]]) -> Callable[[int], Any]:
+    from ray import serve
+
+    handle = serve.get_app_handle(candidate.app)
+    if candidate.handle_key:
+        return lambda n: handle.predict.remote(handle_args[n % len(handle_args)][0],
+                                               key=handle_args[n % len(handle_args)][1])
+    return lambda n: handle.predict.remote(handle_args[n % len(handle_args)][0])
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def rotated(items: list[Candidate], round_index: int) -> list[Candidate]:
+    shift = round_index % len(items)
+    order = items[shift:] + items[:shift]
+    return order if round_index % 2 == 0 else order[::-1]
+
+
+def measure(candidates: list[Candidate], mode: Mode, port: int, bodies: list[str],
+            handle_args: list[tuple[np.ndarray, str]]) -> dict[str, Any]:
+    base_url = f"http://127.0.0.1:{port}"
+    url = {c.app: base_url + f"/{c.app}{c.http_path}" for c in candidates}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"http": {}, "handle": {}}
+    load = HttpLoad()
+    try:
+        log(f"warm-up: {mode.warmup_s:g} s per candidate over HTTP, 0.5 s over handles")
+        for c in candidates:
+            load.run(url[c.app], bodies, max(mode.concurrencies), mode.warmup_s, 0.0)
+        callers = {c.app: handle_caller(c, handle_args) for c in candidates}
+        for c in candidates:
+            asyncio.run(_handle_closed_loop(callers[c.app], max(mode.handle_concurrencies), 0.5, 0.0))
+
+        for r in range(mode.rounds):
+            for concurrency in mode.concurrencies:
+                log(f"round {r + 1}/{mode.rounds}, HTTP, concurrency {concurrency}")
+                if concurrency == 1:
+                    # One request in flight: alternate the candidates request by request.
+                    order = rotated(candidates, r)
+                    per_url = load.alternate([url[c.app] for c in order], bodies,
+                                             mode.duration_s * len(order), mode.in_run_warmup_s)
+                    for c in order:
+                        result = dict(per_url[url[c.app]], round=r)
+                        runs["http"].setdefault(1, {}).setdefault(c.app, []).append(result)
+                    continue
+                for c in rotated(candidates, r):
+                    result = load.run(url[c.app], bodies, concurrency, mode.duration_s,
+                                      mode.in_run_warmup_s)
+                    result["round"] = r
+                    runs["http"].setdefault(concurrency, {}).setdefault(c.app, []).append(result)
+            for concurrency in mode.handle_concurrencies:
+                log(f"round {r + 1}/{mode.rounds}, handle, concurrency {concurrency}")
+                if concurrency == 1:
+                    order = rotated(candidates, r)
+                    per_app = asyncio.run(_handle_alternating(
+                        {c.app: callers[c.app] for c in order},
+                        mode.handle_duration_s * len(order), mode.in_run_warmup_s))
+                    for app, result in per_app.items():
+                        runs["handle"].setdefault(1, {}).setdefault(app, []).append(dict(result, round=r))
+                    continue
+                for c in rotated(candidates, r):
+                    result = asyncio.run(_handle_closed_loop(
+                        callers[c.app], concurrency, mode.handle_duration_s, mode.in_run_warmup_s))
+                    result["round"] = r
+                    runs["handle"].setdefault(concurrency, {}).setdefault(c.app, []).append(result)
+    finally:
+        load.close()
+    return runs
+
+
+# -- summarising ---------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per candidate: throughput, pooled latency percentiles, ratios paired by round."""
+    out: dict[str, dict[str, Any]] = {}
+    for app, runs in runs_by_app.items():
+        pooled = np.concatenate([np.asarray(r["latencies_ms"], dtype=float) for r in runs])
+        p50, p99 = (np.percentile(pooled, [50, 99]) if pooled.size else (float("nan"),) * 2)
+        round_p50 = [float(np.percentile(r["latencies_ms"], 50)) for r in runs if r["latencies_ms"]]
+        errors: dict[str, int] = {}
+        for r in runs:
+            for kind, count in r["errors"].items():
+                errors[kind] = errors.get(kind, 0) + count
+        out[app] = {
+            "rps": _spread([r["throughput_rps"] for r in runs]),
+            "p50_ms": float(p50),
+            "p99_ms": float(p99),
+            "round_p50_ms": _spread(round_p50) if round_p50 else None,
+            "requests": int(sum(r["completed"] for r in runs)),
+            "errors": errors,
+        }
+
+    def paired(app: str, base: str) -> dict[str, Any] | None:
+        if app not in runs_by_app or base not in runs_by_app:
+            return None
+        base_by_round = {r["round"]: r for r in runs_by_app[base]}
+        ratios, p50_deltas = [], []
+        for r in runs_by_app[app]:
+            b = base_by_round.get(r["round"])
+            if b is None or not b["throughput_rps"]:
+                continue
+            ratios.append(r["throughput_rps"] / b["throughput_rps"])
+            if r["latencies_ms"] and b["latencies_ms"]:
+                p50_deltas.append(float(np.percentile(r["latencies_ms"], 50)
+                                        - np.percentile(b["latencies_ms"], 50)))
+        return {
+            "rps_ratio": _spread(ratios) if ratios else None,
+            "p50_added_ms": out[app]["p50_ms"] - out[base]["p50_ms"],
+            "round_p50_added_ms": _spread(p50_deltas) if p50_deltas else None,
+        }
+
+    for app, item in out.items():
+        item["vs_plain"] = paired(app, "plain")
+        if app in ("colocated", "isolated"):
+            item["vs_workaround"] = paired(app, "workaround")
+        if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
+            item["vs_fastapi"] = paired(app, "fastapi")
+    return out
+
+
+def _ratio_text(paired: dict[str, Any] | None) -> str:
+    if not paired or not paired["rps_ratio"]:
+        return "-"
+    s = paired["rps_ratio"]
+    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def table(summary: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
+    header = ["", "candidate", "req/s (min-max)", "p50 ms", "p99 ms",
+              "vs (a) req/s", "p50 vs (a) ms", "vs (b) req/s", "p50 vs (b) ms", "errors"]
+    rows = []
+    for c in CANDIDATES:
+        s = summary.get(c.app)
+        if s is None:
+            continue
+        vs_a, vs_b = s.get("vs_plain"), s.get("vs_workaround")
+        rows.append([
+            c.tag, c.label,
+            f"{s['rps']['median']:.0f} ({s['rps']['min']:.0f}-{s['rps']['max']:.0f})",
+            f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+            _ratio_text(vs_a) if c.app != "plain" else "1.00x",
+            f"{vs_a['p50_added_ms']:+.2f}" if vs_a and c.app != "plain" else "-",
+            _ratio_text(vs_b),
+            f"{vs_b['p50_added_ms']:+.2f}" if vs_b else "-",
+            str(sum(s["errors"].values())) if s["errors"] else "0",
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return lines
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
+    """(c) against (a'): both FastAPI ingresses, so this is what serve-ab's own code adds."""
+    paired = summary.get("colocated", {}).get("vs_fastapi")
+    if not paired or not paired["rps_ratio"]:
+        return None
+    return (f"(c) vs (a'), both behind FastAPI: {_ratio_text(paired)} req/s, "
+            f"p50 {paired['p50_added_ms']:+.2f} ms")
+
+
+def verdicts(http: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """DESIGN.md's serving targets, checked at every measured concurrency."""
+    checks = []
+    wanted = [
+        ("colocated", "vs_plain", "rps", "colocated vs plain, req/s", ">=", TARGET_COLOCATED_VS_PLAIN),
+        ("colocated", "vs_plain", "p50", "colocated p50 added over plain, ms", "<=", TARGET_P50_ADDED_MS),
+        ("colocated", "vs_workaround", "rps", "colocated vs workaround, req/s", ">=",
+         TARGET_COLOCATED_VS_WORKAROUND),
+        ("isolated", "vs_workaround", "rps", "isolated vs workaround, req/s", ">=",
+         TARGET_ISOLATED_VS_WORKAROUND),
+    ]
+    for concurrency, summary in sorted(http.items()):
+        items = []
+        for app, base, figure, what, op, target in wanted:
+            if figure == "p50" and concurrency != 1:
+                continue  # with requests queued, p50 follows throughput; latency added is at 1
+            paired = summary.get(app, {}).get(base)
+            if not paired or not paired["rps_ratio"]:
+                continue  # a candidate left out with --only
+            value = paired["rps_ratio"]["median"] if figure == "rps" else paired["p50_added_ms"]
+            items.append((what, value, op, target))
+        for what, value, op, target in items:
+            met = value >= target if op == ">=" else value <= target
+            checks.append({"concurrency": concurrency, "what": what, "value": round(value, 3),
+                           "target": f"{op} {target}", "met": bool(met)})
+    return checks
+
+
+def compact(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures for the JSON line, rounded."""
+    out: dict[str, Any] = {}
+    for app, s in summary.items():
+        item: dict[str, Any] = {
+            "rps": round(s["rps"]["median"], 1),
+            "rps_min": round(s["rps"]["min"], 1),
+            "rps_max": round(s["rps"]["max"], 1),
+            "p50_ms": round(s["p50_ms"], 3),
+            "p99_ms": round(s["p99_ms"], 3),
+            "errors": sum(s["errors"].values()),
+        }
+        for base in ("plain", "workaround", "fastapi"):
+            paired = s.get(f"vs_{base}")
+            if paired and app != base and paired["rps_ratio"]:
+                item[f"vs_{base}"] = round(paired["rps_ratio"]["median"], 3)
+                item[f"vs_{base}_min"] = round(paired["rps_ratio"]["min"], 3)
+                item[f"vs_{base}_max"] = round(paired["rps_ratio"]["max"], 3)
+                item[f"p50_added_vs_{base}_ms"] = round(paired["p50_added_ms"], 3)
+        out[app] = item
+    return out
+
+
+def write_results_md(report: dict[str, Any], http: dict[int, Any], handle: dict[int, Any],
+                     checks: list[dict[str, Any]], mode: Mode) -> None:
+    m = report["machine"]
+    written = (f"Written by `python benchmarks/bench_serving.py` on {report['date']} (full mode, "
+               f"{report['wall_s']:.0f} s). See `benchmarks/README.md` for what each row is.")
+    versions = (f"- Python {m['python']}, Ray {m['ray']}, torch {m['torch']}, "
+                f"onnxruntime {m['onnxruntime']}, FastAPI {m['fastapi']}, numpy {m['numpy']}")
+    shared = ("; the machine was shared with other work: absolute figures are noisy, ratios "
+              "less so" if report["shared"] else "")
+    load = (f"- load average before / after: {report['load_before']} / {report['load_after']}; "
+            f"other Ray instances on the machine (most seen): {report['other_ray_instances']}{shared}")
+    model = ("- model: digits v1 (ONNX MLP 64-64-10), a batch of one per request, no dynamic "
+             "batching; the split candidates serve v1 and v3 (ONNX MLP 64-16-10) at 50/50")
+    rounds = (f"- {mode.rounds} rounds; per round and concurrency every candidate runs "
+              f"{mode.duration_s:g} s over HTTP ({mode.handle_duration_s:g} s over handles) after "
+              f"{mode.in_run_warmup_s:g} s unmeasured, in an order rotated between rounds; at "
+              "concurrency 1 the candidates take turns request by request on one connection")
+    figures = ("- req/s: median over rounds (min-max); ratios: per-round ratio to (a) or (b) of "
+               "the same round, median (min-max); p50/p99: over all rounds' latencies pooled")
+    lines = [
+        "# Serving benchmark results", "", written, "",
+        "## Machine", "",
+        f"- {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB, {m['os']}",
+        versions, load, "",
+        "## Settings", "",
+        model,
+        f"- every deployment: {json.dumps(REPLICA_OPTIONS)}, onnxruntime intra_op threads 1",
+        rounds, figures, "",
+    ]
+    for concurrency, summary in sorted(http.items()):
+        lines += [f"## HTTP, {concurrency} concurrent connection{'s' * (concurrency != 1)}", ""]
+        lines += table(summary, markdown=True) + [""]
+        note = fastapi_note(summary)
+        lines += [note, ""] if note else []
+    for concurrency, summary in sorted(handle.items()):
+        plural = "s" * (concurrency != 1)
+        lines += [f"## DeploymentHandle from a driver, {concurrency} concurrent call{plural}", ""]
+        lines += table(summary, markdown=True) + [""]
+        note = fastapi_note(summary)
+        lines += [note, ""] if note else []
+    lines += ["## Targets (DESIGN.md)", "", "| concurrency | what | measured | target | met |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c['concurrency']} | {c['what']} | {c['value']} | {c['target']} | "
+              f"{'yes' if c['met'] else 'no'} |" for c in checks]
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="concurrency 1 and 8, 3 short rounds, no RESULTS.md (under 3 minutes)")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--duration", type=float, help="override the seconds per run")
+    parser.add_argument("--only", nargs="+", choices=list(BY_APP), metavar="APP",
+                        help=f"measure only these candidates, of {list(BY_APP)}")
+    args = parser.parse_args(argv)
+    candidates = [c for c in CANDIDATES if not args.only or c.app in args.only]
+    mode = QUICK if args.quick else FULL
+    if args.rounds or args.duration:
+        mode = Mode(mode.concurrencies, mode.handle_concurrencies, args.rounds or mode.rounds,
+                    args.duration or mode.duration_s, args.duration or mode.handle_duration_s,
+                    mode.warmup_s)
+    if not (MODELS / "v1" / "model.onnx").is_file() or not (MODELS / "v3" / "model.onnx").is_file():
+        print("the example models are missing: run python models/build.py", file=sys.stderr)
+        return 2
+
+    import ray
+    from ray import serve
+
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "bench": "serving",
+        "mode": "quick" if args.quick else "full",
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": describe_machine(),
+        "load_before": [round(x, 2) for x in load_average() or ()],
+    }
+    bodies, handle_args = request_bodies()
+    try:
+        port = start_serve()
+        deploy(candidates)
+        check_answers(candidates, f"http://127.0.0.1:{port}", bodies[0])
+        others_before = other_ray_instances()
+        runs = measure(candidates, mode, port, bodies, handle_args)
+        report["other_ray_instances"] = max(others_before, other_ray_instances())
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    report["load_after"] = [round(x, 2) for x in load_average() or ()]
+    # Other Ray instances, or more runnable work than cores before we even started.
+    report["shared"] = bool(report["other_ray_instances"]) or bool(
+        report["load_before"] and report["load_before"][0] > (os.cpu_count() or 1))
+
+    http = {c: summarize(by_app) for c, by_app in runs["http"].items()}
+    handle = {c: summarize(by_app) for c, by_app in runs["handle"].items()}
+    checks = verdicts(http)
+    report["wall_s"] = time.perf_counter() - started
+
+    for concurrency, summary in sorted(http.items()):
+        print(f"\nHTTP, concurrency {concurrency} ({mode.rounds} rounds x {mode.duration_s:g} s)")
+        print("\n".join(table(summary, markdown=False)))
+        note = fastapi_note(summary)
+        if note:
+            print(note)
+    for concurrency, summary in sorted(handle.items()):
+        print(f"\nDeploymentHandle from the driver, concurrency {concurrency} "
+              f"({mode.rounds} rounds x {mode.handle_duration_s:g} s)")
+        print("\n".join(table(summary, markdown=False)))
+        note = fastapi_note(summary)
+        if note:
+            print(note)
+    print("\nTargets (DESIGN.md)")
+    for c in checks:
+        print(f"  c={c['concurrency']:<3} {c['what']:<38} {c['value']:>8}  target {c['target']:<7} "
+              f"{'met' if c['met'] else 'NOT met'}")
+    print(f"load average before {report['load_before']}, after {report['load_after']}; "
+          f"other Ray instances on the machine: {report['other_ray_instances']}; "
+          f"{'shared' if report['shared'] else 'not shared'}; "
+          f"wall {report['wall_s']:.0f} s")
+    if not args.quick and not args.only:
+        write_results_md(report, http, handle, checks, mode)
+        print(f"wrote {RESULTS_MD.relative_to(REPO)}")
+
+    report["wall_s"] = round(report["wall_s"], 1)
+    report["http"] = {str(c): compact(s) for c, s in sorted(http.items())}
+    report["handle"] = {str(c): compact(s) for c, s in sorted(handle.items())}
+    report["targets"] = checks
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
