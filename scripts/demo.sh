@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# The demo: installs what it needs, starts `serve run configs/ab.yaml` (two versions of a
-# real model, 50/50), sends traffic the three ways users do, shows where it landed, stops.
+# The demo: installs what it needs, then
+#   1. A/B test: serve run configs/ab.yaml (v1 and v2, 50/50), traffic over HTTP, V2 and a
+#      DeploymentHandle, and where it landed;
+#   2. canary: serve run configs/canary.yaml under load, v2 promoted step by step;
+#   3. canary of the worse v3 (configs/canary_v3.yaml), rolled back automatically.
+# Pass ab or rollout to run only that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export RAY_USAGE_STATS_ENABLED=0
+PART=${1:-all}
 
-CONFIG=${1:-configs/ab.yaml}
+WORK=$(mktemp -d /tmp/sab-demo-XXXX)  # short: Ray's socket paths under it are capped
+export SERVE_AB_CONTROL_TOKEN=demo-token-$RANDOM$RANDOM
+SERVE_PID=
+cleanup() {
+  if [ -n "$SERVE_PID" ]; then kill -INT "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
 # Port 8000 is often held by another Ray; take it only when it is free.
 PORT=$(python - <<'PY'
 import socket
@@ -19,29 +32,66 @@ with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
 PY
 )
-RUN_CONFIG=$(mktemp --suffix=.yaml)
-sed "s/port: 8000/port: $PORT/" "$CONFIG" > "$RUN_CONFIG"
-LOG=$(mktemp --suffix=.log)
-# A Ray temp dir of its own: the demo starts its own local cluster, and the client's
-# ray.init(address="auto") finds that one, not another Ray running on this machine.
-export RAY_TMPDIR
-RAY_TMPDIR=$(mktemp -d /tmp/sab-demo-XXXX)
-echo "serve run $CONFIG (port $PORT, log $LOG)"
-set -m  # job control: the background serve run keeps its Ctrl-C (SIGINT) handler
-serve run "$RUN_CONFIG" >"$LOG" 2>&1 &
-SERVE_PID=$!
-set +m
-cleanup() {
-  kill -INT "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
-  rm -rf "$RUN_CONFIG" "$RAY_TMPDIR"
-}
-trap cleanup EXIT
+export SERVE_AB_URL="http://127.0.0.1:$PORT"
 
-for _ in $(seq 1 180); do
-  if curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$SERVE_PID" 2>/dev/null; then echo "serve run failed:"; tail -40 "$LOG"; exit 1; fi
-  sleep 1
-done
-python scripts/demo_client.py --url "http://127.0.0.1:$PORT"
-echo
-echo "Stopping serve run (Ctrl-C)."
+start_serve() {  # config file; a Ray of its own (fresh temp dir) and a fresh rollout state
+  local name; name=$(basename "$1" .yaml)
+  export RAY_TMPDIR="$WORK/ray-$name"
+  mkdir -p "$RAY_TMPDIR"
+  sed -e "s/port: 8000/port: $PORT/" -e "s#state_path: .serve-ab/state.sqlite#state_path: $WORK/$name.sqlite#" \
+    "$1" > "$WORK/$name.yaml"
+  echo "== serve run $1 (port $PORT, log $WORK/$name.log)"
+  set -m  # job control: the background serve run keeps its Ctrl-C (SIGINT) handler
+  serve run "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  SERVE_PID=$!
+  set +m
+  for _ in $(seq 1 180); do
+    if curl -sf "$SERVE_AB_URL/v2/health/ready" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$SERVE_PID" 2>/dev/null; then echo "serve run failed:"; tail -40 "$WORK/$name.log"; exit 1; fi
+    sleep 1
+  done
+  echo "serve run did not get ready in 180 s:"; tail -40 "$WORK/$name.log"; exit 1
+}
+
+stop_serve() {
+  kill -INT "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true
+  SERVE_PID=
+}
+
+watch_rollout() {  # until promoted or aborted, under a load whose clients report correctness
+  local name=$1
+  python -m tests.support.loadgen --url "$SERVE_AB_URL" --out "$WORK/$name.jsonl" \
+    --concurrency 3 --rate-per-worker-hz 30 --users 500 --stop-file "$WORK/$name.stop" \
+    --samples models/digits/samples.json --feedback correct >"$WORK/$name.load.log" 2>&1 &
+  local load_pid=$!
+  for _ in $(seq 1 60); do
+    serve-ab status --json > "$WORK/status.json"
+    python - "$WORK/status.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+bars = "  ".join(f"{v} {w:5.1f}%" for v, w in s["weights_pct"].items())
+print(f"   {s['phase']:<11} step {s['step_index']}/{s['steps_total']}  {bars}  {s['reason'][:90]}")
+PY
+    if grep -qE '"phase": "(promoted|aborted)"' "$WORK/status.json"; then break; fi
+    sleep 5
+  done
+  touch "$WORK/$name.stop"; wait "$load_pid" || true
+  echo "   load: $(tail -1 "$WORK/$name.load.log")"
+  serve-ab status --history
+}
+
+if [ "$PART" = all ] || [ "$PART" = ab ]; then
+  start_serve configs/ab.yaml
+  python scripts/demo_client.py --url "$SERVE_AB_URL"
+  stop_serve
+fi
+if [ "$PART" = all ] || [ "$PART" = rollout ]; then
+  start_serve configs/canary.yaml
+  echo "-- canary of v2: 5% -> 20% -> 50% -> 100% while gates watch it"
+  watch_rollout canary
+  stop_serve
+  start_serve configs/canary_v3.yaml
+  echo "-- canary of v3, the worse model: its clients' 'correct' feedback should fail the gate"
+  watch_rollout canary_v3
+  stop_serve
+fi
