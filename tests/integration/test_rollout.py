@@ -207,3 +207,25 @@ def test_blue_green_refuses_a_green_that_fails_validation(http, serve_instance, 
                       lambda s: s["phase"] == "aborted", "validation to fail")
     assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
     assert "accuracy" in status["reason"] and "< 0.9" in status["reason"]
+
+
+def test_a_new_candidate_arrives_by_redeploying_without_dropping_traffic(http, serve_instance, deployed,
+                                                                        model_repo, tmp_path):
+    steps = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
+    deployed(canary(model_repo, tmp_path, steps=steps), "redeploy")
+    status_url = serve_instance.url("/redeploy/rollout/status")
+    with load(serve_instance, "redeploy", tmp_path, model_repo) as loadgen:
+        wait_for(http, status_url, lambda s: s["phase"] == "paused", "the v2 canary to pause")
+        redeployed_at = time.time()
+        # What `serve deploy` / `serve run` of an edited config does: the same app, new args.
+        serve.run(build_app(canary(model_repo, tmp_path, candidate="v3", steps=steps)),
+                  name="redeploy", route_prefix="/redeploy")
+        status = wait_for(http, status_url, lambda s: s["candidate"] == "v3" and s["phase"] == "paused",
+                          "the v3 canary to start")
+        loadgen.wait_until(lambda records: any(r["version"] == "v3" for r in records), timeout_s=60)
+    print(f"\nredeploy: {loadgen.summary.total} requests, {loadgen.summary.failed} failed, "
+          f"by version {loadgen.summary.by_version}")
+    assert loadgen.summary.failed == 0, loadgen.summary.failures
+    assert status["weights_pct"] == {"v1": 80.0, "v3": 20.0}
+    assert not [r for r in loadgen.records() if r["version"] == "v2" and r["t_send"] > time.time()]
+    assert first_time_served_by(loadgen.records(), "v3") > redeployed_at

@@ -146,3 +146,19 @@ def test_validate_cli_unreadable_files(tmp_path, capsys):
     assert cli_main(["validate", str(tmp_path / "broken.yaml"), str(tmp_path / "nope.yaml")]) == 1
     out = capsys.readouterr().out
     assert "not valid YAML" in out and "no such file" in out
+
+
+def test_rollout_versions_must_be_served_and_ordered():
+    rollout = {"strategy": "canary", "stable": "v1", "candidate": "v9", "steps": [{"set_weight": 5}]}
+    assert any("rollout.candidate is 'v9', which is not served" in e
+               for e in errors_of(with_changes(rollout=rollout)))
+    rollout = {"strategy": "canary", "stable": "v2", "candidate": "v1", "steps": [{"set_weight": 5}]}
+    assert any("list rollout.stable ('v2') before rollout.candidate" in e
+               for e in errors_of(with_changes(rollout=rollout)))
+
+
+def test_mirrored_validation_is_refused_until_mirroring_exists():
+    rollout = {"strategy": "blue_green", "stable": "v1", "candidate": "v2",
+               "blue_green": {"validation_min_samples": 50}}
+    assert any("mirroring live traffic to green is not supported yet" in e
+               for e in errors_of(with_changes(rollout=rollout)))
