@@ -229,3 +229,33 @@ def test_a_new_candidate_arrives_by_redeploying_without_dropping_traffic(http, s
     assert status["weights_pct"] == {"v1": 80.0, "v3": 20.0}
     assert not [r for r in loadgen.records() if r["version"] == "v2" and r["t_send"] > time.time()]
     assert first_time_served_by(loadgen.records(), "v3") > redeployed_at
+
+
+def test_isolated_promotion_scales_the_old_version_to_zero(http, serve_instance, deployed,
+                                                          model_repo, tmp_path):
+    """Isolated placement: after promotion the router drops v1's handle and v1's own
+    deployment, autoscaled with min_replicas 0, gives its replicas back. (The deployment
+    entry itself stays in the app, at zero replicas, until the config is redeployed.)"""
+    cfg = canary(model_repo, tmp_path, steps=[{"set_weight": 50}, {"pause": {"duration": "4s"}},
+                                               {"set_weight": 100}])
+    cfg["placement"] = "isolated"
+    scale_to_zero = {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 1, "max_replicas": 1,
+                                            "downscale_delay_s": 2, "upscale_delay_s": 0},
+                     "ray_actor_options": {"num_cpus": 0.1}}
+    for version in cfg["versions"]:
+        version["deployment"] = scale_to_zero
+    deployed(cfg, "isolated-retire")
+    status_url = serve_instance.url("/isolated-retire/rollout/status")
+    with load(serve_instance, "isolated-retire", tmp_path, model_repo) as loadgen:
+        wait_for(http, status_url, lambda s: "v1" in s["retired"], "promotion and retirement of v1")
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            v1 = serve.status().applications["isolated-retire"].deployments["version-v1"]
+            if sum(v1.replica_states.values()) == 0:
+                break
+            assert time.monotonic() < deadline, f"v1 still has replicas: {v1.replica_states}"
+            time.sleep(1)
+        v2 = serve.status().applications["isolated-retire"].deployments["version-v2"]
+        assert v2.replica_states.get("RUNNING", 0) >= 1
+    print(f"\nisolated retirement: {loadgen.summary.total} requests, {loadgen.summary.failed} failed")
+    assert loadgen.summary.failed == 0, loadgen.summary.failures

@@ -68,6 +68,7 @@ VERSION_HEADER = "x-model-version"
 # httpx applies it to each phase (connect, write, read, pool) of a request.
 REQUEST_TIMEOUT_S = 10.0
 DIGIT_ROW = [float(i % 16) for i in range(64)]
+STARTUP_TIMEOUT_S = 60.0
 _STOP_POLL_S = 0.05
 _MAX_FAILURES_KEPT = 5
 _MAX_ERROR_CHARS = 200
@@ -438,6 +439,9 @@ class LoadGenerator:
             command += ["--feedback", self.feedback]
         with self._log_file.open("wb") as log:
             self._process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # Return once requests flow: on a busy machine the process takes seconds to start,
+        # and a test that acts before then would not be testing anything under load.
+        self.wait_until(lambda records: len(records) > 0, timeout_s=STARTUP_TIMEOUT_S)
         return self
 
     def records(self) -> list[LoadRecord]:
