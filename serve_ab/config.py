@@ -12,8 +12,6 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -21,17 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from serve_ab._schema import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab._schema import Strict as _Strict
 from serve_ab.rollout_config import RolloutConfig
-from serve_ab.routing import NUM_BUCKETS
-
-# A version name ends up in URLs, metric labels and deployment names.
-VERSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-# Weights are percentages resolved to buckets of 1/100 of a percent.
-WEIGHT_RESOLUTION_PCT = 100.0 / NUM_BUCKETS
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Backend(str, Enum):

@@ -634,6 +634,10 @@ class Rollout:
             analysis=results, verdict=verdict,
         )
 
+    def status_line(self) -> str:
+        """One line on where the rollout stands and what it waits for, as of now."""
+        return self._status(self._now())
+
     def _status(self, now: float) -> str:
         """One line on where the rollout stands and what it waits for."""
         s = self.state

@@ -31,19 +31,14 @@ from typing import Annotated, Any, Union
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
     model_validator,
 )
 
-from serve_ab.routing import NUM_BUCKETS
-
-# Same rule as serve_ab.config.VERSION_NAME_PATTERN; repeated because config imports us.
-VERSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-# Weights resolve to buckets of 1/100 of a percent (see serve_ab.routing).
-WEIGHT_RESOLUTION_PCT = 100.0 / NUM_BUCKETS
+from serve_ab._schema import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab._schema import Strict as _Strict
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -74,10 +69,6 @@ def parse_duration_s(value: Any) -> float:
 
 #: Seconds, written as a number or a string with a unit.
 DurationS = Annotated[float, BeforeValidator(parse_duration_s)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Strategy(str, Enum):

@@ -162,7 +162,7 @@ class ControllerCore:
             "steps_total": len(steps),
             "step": step_text,
             "weights_pct": weights,
-            "reason": self.rollout._status(now),
+            "reason": self.rollout.status_line(),
             "next_step_in_s": next_step_in_s,
             "failures_total": s.failures_total,
             "failure_limit": r.analysis.failure_limit,
