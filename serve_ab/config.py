@@ -293,15 +293,6 @@ class ExperimentConfig(_Strict):
             name = getattr(self.rollout, role)
             if name not in names:
                 raise ValueError(f"rollout.{role} is {name!r}, which is not served; versions: {names}")
-        blue_green = self.rollout.blue_green
-        if blue_green is not None and blue_green.validation_min_samples is not None:
-            # The state machine can judge gates on mirrored traffic, but the router does not
-            # mirror requests yet: green would wait for samples that never come.
-            raise ValueError(
-                f"rollout.blue_green.validation_min_samples is {blue_green.validation_min_samples}, "
-                "but mirroring live traffic to green is not supported yet; remove it and "
-                "validate on validation_samples"
-            )
         if names.index(self.rollout.stable) > names.index(self.rollout.candidate):
             # Contiguous ranges in listing order: stable first keeps moves one-way.
             raise ValueError(

@@ -287,6 +287,11 @@ class BlueGreenConfig(_Strict):
     auto_switch: bool = Field(
         True, description="Switch as soon as green is validated; false waits for a manual promote."
     )
+    validation_mirror_pct: float = Field(
+        10.0, gt=0, le=100,
+        description="With validation_min_samples: the share of live requests mirrored to green "
+        "while it validates; green's answers are compared by the gates, never returned.",
+    )
     validation_samples: str | None = Field(
         None,
         description="JSON file {inputs: [...], labels: [...]} run through green before the "

@@ -131,7 +131,17 @@ class ControllerCore:
         """What routers need: the weights of every version, and what may be unloaded."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights)
-        return {"epoch": self.epoch, "weights": weights, "retired": list(self.retired)}
+        return {"epoch": self.epoch, "weights": weights, "retired": list(self.retired),
+                "mirror": self.mirror()}
+
+    def mirror(self) -> dict[str, Any] | None:
+        """Blue-green validating on live traffic: which version gets copies, and how many."""
+        r = self.cfg.rollout
+        settings = r.blue_green_settings
+        if (r.strategy is Strategy.BLUE_GREEN and settings.validation_min_samples is not None
+                and self.rollout.phase in (Phase.VALIDATING, Phase.VALIDATED)):
+            return {"version": r.candidate, "percent": settings.validation_mirror_pct}
+        return None
 
     def status(self, history: bool = False) -> dict[str, Any]:
         r = self.cfg.rollout

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import os
+import random
 import time
 import uuid
 from typing import Any, Protocol
@@ -21,6 +22,19 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RaySystemError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
 from ray.serve.handle import DeploymentHandle
 
 from serve_ab.api.http_util import (
@@ -49,6 +63,13 @@ CONTROL_ACTIONS = ("promote", "pause", "resume", "abort", "rollback", "weights")
 # Observations are sent to the controller in batches; a bound keeps memory flat when it is down.
 FLUSH_INTERVAL_S = 0.25
 MAX_PENDING_OBSERVATIONS = 50_000
+# Isolated placement: a version whose calls complete none for STALL_S while no replica answers
+# a probe within PROBE_TIMEOUT_S is down. Healthy replicas answer a probe in milliseconds; a
+# model that blocks its replica for seconds per call needs these raised.
+WATCHDOG_INTERVAL_S = 0.25
+STALL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+WATCHDOG_IDLE_EXIT_S = 30.0  # the watchdog of an idle (or retired) version stops
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,17 +96,111 @@ class _Version(Protocol):
 
 
 class RemoteVersion:
-    """A version served by its own deployment (isolated placement)."""
+    """A version served by its own deployment (isolated placement).
+
+    When the version's replicas die, Ray Serve does not fail the calls: it queues them (and
+    re-queues those the dead replica had not accepted) until a new replica has started, which
+    takes its health check period plus a model load, longer than clients wait. So a watchdog
+    runs beside the calls: when they stop completing and the replicas do not answer a probe,
+    the version is down, its waiting calls are cancelled and new ones fail at once with
+    :class:`RemoteVersion.Down`, for the router to serve elsewhere, until a probe is answered.
+    """
+
+    class Down(RuntimeError):
+        """No replica of the version answers; raised instead of waiting for a new one."""
+
+    # The replica failed, not the request: it died (RayActorError covers ActorDiedError and
+    # ActorUnavailableError), its worker or node went away, or Serve had no replica to take it.
+    UNAVAILABLE = (Down, RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError,
+                   RaySystemError, DeploymentUnavailableError, ReplicaUnavailableError,
+                   BackPressureError)
 
     def __init__(self, name: str, handle: DeploymentHandle):
         self.name = name
         self.handle = handle
+        self._pending: set[Any] = set()  # the DeploymentResponses awaited now
+        self._progress = False  # a call completed since the watchdog last looked
+        self._down_reason: str | None = None
+        self._watchdog: asyncio.Task | None = None
+
+    @classmethod
+    def is_unavailable(cls, err: BaseException) -> bool:
+        """True when ``err`` says the version could not serve, not that the request was bad.
+
+        Ray re-raises a replica's own exception as a class deriving from both RayTaskError and
+        that exception, so a model's InputError (or an ApiError) is never taken for an outage.
+        """
+        return isinstance(err, cls.UNAVAILABLE) and not isinstance(err, (InputError, ApiError))
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
-        return await self.handle.predict.remote(batch)
+        if self._down_reason is not None:
+            raise RemoteVersion.Down(self._down_reason)
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        response = self.handle.predict.remote(batch)
+        self._pending.add(response)
+        try:
+            return await response
+        except RequestCancelledError:
+            if self._down_reason is None:  # cancelled by its caller, not by the watchdog
+                raise
+            raise RemoteVersion.Down(self._down_reason) from None
+        finally:
+            self._pending.discard(response)
+            self._progress = True
 
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
         return await self.handle.describe.remote()
+
+    async def _watch(self) -> None:
+        # Only a version seen answering can be declared down: one that has not answered since
+        # it was idle may be starting from zero replicas (autoscaling), which is worth the wait.
+        answered = False
+        stalled_s = idle_s = 0.0
+        try:
+            while idle_s < WATCHDOG_IDLE_EXIT_S:
+                self._progress = False
+                await asyncio.sleep(WATCHDOG_INTERVAL_S)
+                if self._down_reason is not None:
+                    if await self._answers_probe():
+                        logger.info("serve-ab router: version %s answers again", self.name)
+                        self._down_reason = None
+                    continue
+                answered = answered or self._progress
+                stalled = bool(self._pending) and not self._progress
+                stalled_s = stalled_s + WATCHDOG_INTERVAL_S if stalled else 0.0
+                idle_s = 0.0 if self._pending or self._progress else idle_s + WATCHDOG_INTERVAL_S
+                if answered and stalled_s >= STALL_S and not await self._answers_probe() \
+                        and not self._progress:
+                    self._mark_down(stalled_s)
+                    stalled_s = 0.0
+        except Exception:  # a watchdog bug must not keep the version down: back to waiting
+            logger.exception("serve-ab router: watchdog of version %s failed", self.name)
+            self._down_reason = None
+        finally:
+            self._watchdog = None
+
+    async def _answers_probe(self) -> bool:
+        response = None
+        try:
+            response = self.handle.describe.remote()
+            await asyncio.wait_for(response, PROBE_TIMEOUT_S)
+        except Exception:  # timed out waiting for a replica, the replica died, or no deployment
+            if response is not None:
+                response.cancel()
+            return False
+        return True
+
+    def _mark_down(self, stalled_s: float) -> None:
+        self._down_reason = (
+            f"version {self.name!r} (deployment {self.handle.deployment_name!r}) is unavailable: "
+            f"no call completed for {stalled_s:.1f}s and no replica answered a probe within "
+            f"{PROBE_TIMEOUT_S:g}s; its requests are served elsewhere until one answers"
+        )
+        logger.warning("serve-ab router: %s (%d waiting calls cancelled)", self._down_reason,
+                       len(self._pending))
+        for response in list(self._pending):
+            response.cancel()
 
 
 def _request_id() -> str:
@@ -133,6 +248,9 @@ class Router:
         self.controller = controller
         self._pending: list[tuple] = []
         self._epoch = -1
+        self._mirror: dict[str, Any] | None = None  # {"version", "percent"} from the controller
+        self._mirror_tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
+        self._rng = random.Random()
         if controller is not None:
             # Serve the controller's weights from the first request on: after a restart
             # they are the rollout's, not the config's starting point.
@@ -145,6 +263,7 @@ class Router:
 
     def _apply(self, snapshot: dict[str, Any]) -> None:
         self._epoch = snapshot["epoch"]
+        self._mirror = snapshot.get("mirror")
         weights = {name: snapshot["weights"].get(name, 0.0) for name in self.versions}
         if weights != self.assigner.table.weights_pct():
             self.assigner.set_weights(weights)
@@ -174,7 +293,8 @@ class Router:
             except Exception:
                 logger.warning("serve-ab router: dropped %d observations", len(rows), exc_info=True)
 
-    def _observe(self, version: str, started_s: float, ok: bool, outputs: np.ndarray | None) -> None:
+    def _observe(self, version: str, started_s: float, ok: bool, outputs: np.ndarray | None,
+                 mirrored: bool = False) -> None:
         if self.controller is None or len(self._pending) >= MAX_PENDING_OBSERVATIONS:
             return
         predicted_class = score = None
@@ -183,7 +303,8 @@ class Router:
             score = float(outputs[0, predicted_class])
         now_s = time.time()
         self._pending.append((now_s, version, (now_s - started_s) * 1000.0, ok, predicted_class,
-                              score, _request_id()))
+                              # A mirrored answer must not take over the request's feedback.
+                              score, None if mirrored else _request_id()))
 
     # -- the traffic decision --------------------------------------------------------------
 
@@ -225,17 +346,62 @@ class Router:
         version = self._choose_version(key, pinned)
         input_spec, _ = await self._get_interface()
         batch = to_batch(batch_values, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
-        return version, await self._predict(version, batch)
+        return await self._predict(version, batch, may_fall_back=pinned is None)
 
-    async def _predict(self, version: str, batch: np.ndarray) -> np.ndarray:
+    async def _predict(self, version: str, batch: np.ndarray, *,
+                       may_fall_back: bool = True) -> tuple[str, np.ndarray]:
+        """Serve ``batch`` on ``version``; returns the version that served it and the outputs."""
+        started_s = time.time()
+        try:
+            outputs = await self.versions[version].predict(batch)
+        except Exception as err:
+            # Recorded against the version that failed, so the rollout's error_rate gate sees it.
+            self._observe(version, started_s, False, None)
+            if not may_fall_back or not RemoteVersion.is_unavailable(err):
+                raise  # a pinned request (QA, blue-green validation) is answered by its version only
+            # Its replica died or is unavailable: serve the request once more elsewhere. Safe
+            # because inference is idempotent (a read with no side effect), so running it twice
+            # (if the dead replica had got as far as computing it) changes nothing.
+            rollout = self.cfg.rollout
+            if rollout is not None and version != rollout.stable and rollout.stable in self.versions:
+                fallback = rollout.stable
+            else:
+                weights = self.assigner.table.weights_pct()
+                fallback = next((name for name in self.versions
+                                 if name != version and weights.get(name, 0.0) > 0.0), None)
+            if fallback is None:
+                raise
+            logger.warning("serve-ab router: version %s unavailable (%s); retrying the request on %s",
+                           version, type(err).__name__, fallback)
+            version, started_s = fallback, time.time()
+            try:
+                outputs = await self.versions[version].predict(batch)
+            except Exception:
+                self._observe(version, started_s, False, None)
+                raise  # once only: a second outage is the caller's answer
+        self._observe(version, started_s, True, outputs)
+        if self._mirror is not None and may_fall_back:
+            self._mirror_copy(batch)
+        return version, outputs
+
+    def _mirror_copy(self, batch: np.ndarray) -> None:
+        """Send a copy to the mirrored version in the background: the client does not wait
+        for it, never sees its answer, and never sees its failure."""
+        mirror = self._mirror
+        if mirror["version"] not in self.versions or self._rng.random() * 100.0 >= mirror["percent"]:
+            return
+        task = asyncio.get_running_loop().create_task(self._mirrored(mirror["version"], batch))
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _mirrored(self, version: str, batch: np.ndarray) -> None:
         started_s = time.time()
         try:
             outputs = await self.versions[version].predict(batch)
         except Exception:
-            self._observe(version, started_s, False, None)
-            raise
-        self._observe(version, started_s, True, outputs)
-        return outputs
+            self._observe(version, started_s, False, None, mirrored=True)
+            return
+        self._observe(version, started_s, True, outputs, mirrored=True)
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
@@ -411,7 +577,8 @@ class Router:
         input_spec, output_spec = await self._get_interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=self.cfg.http.allow_non_finite)
-        outputs = await self._predict(version, batch)
+        version, outputs = await self._predict(version, batch, may_fall_back=pinned is None and
+                                               request.headers.get(self.cfg.pin.header) is None)
         response = encode_v2_response(self.cfg.model, version, parsed.id or _request_id(),
                                       outputs, output_spec)
         return JSONResponse(response, headers={VERSION_HEADER: version})

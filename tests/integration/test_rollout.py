@@ -262,3 +262,36 @@ def test_isolated_promotion_scales_the_old_version_to_zero(http, serve_instance,
         assert v2.replica_states.get("RUNNING", 0) >= 1
     print(f"\nisolated retirement: {loadgen.summary.total} requests, {loadgen.summary.failed} failed")
     assert loadgen.summary.failed == 0, loadgen.summary.failures
+
+
+def test_blue_green_validates_green_on_mirrored_live_traffic(http, serve_instance, deployed,
+                                                             model_repo, tmp_path):
+    cfg = blue_green(model_repo, tmp_path)
+    cfg["rollout"]["blue_green"].update(validation_min_samples=10, validation_mirror_pct=100)
+    deployed(cfg, "mirror")
+    status_url = serve_instance.url("/mirror/rollout/status?history=true")
+    with load(serve_instance, "mirror", tmp_path, model_repo) as loadgen:
+        status = wait_for(http, status_url, lambda s: s["phase"] in ("switched", "promoted"),
+                          "validation on mirrored traffic and the switch")
+    switched_at = transition_time(status, "switched")
+    print(f"\nmirrored validation: {loadgen.summary.total} requests, {loadgen.summary.failed} failed; "
+          f"{[h['reason'][:100] for h in status['history']]}")
+    assert loadgen.summary.failed == 0, loadgen.summary.failures
+    # Green answered mirrored copies, never a client, before the switch.
+    assert first_time_served_by(loadgen.records(), "v2") >= switched_at - 0.5
+
+
+def test_mirrored_answers_are_what_the_gates_judge(http, serve_instance, deployed, model_repo, tmp_path):
+    """A latency bound no model can meet: green fails it on mirrored copies alone (it has
+    no user traffic), which shows the copies reach the gates; blue keeps every user."""
+    cfg = blue_green(model_repo, tmp_path)
+    cfg["rollout"]["blue_green"].update(validation_min_samples=5, validation_mirror_pct=100)
+    cfg["rollout"]["gates"] = [{"metric": "latency_p50_ms", "max": 0.0001}]
+    deployed(cfg, "mirrorfail")
+    with load(serve_instance, "mirrorfail", tmp_path, model_repo) as loadgen:
+        status = wait_for(http, serve_instance.url("/mirrorfail/rollout/status"),
+                          lambda s: s["phase"] == "aborted", "green to fail on mirrored traffic")
+    assert loadgen.summary.failed == 0 and set(loadgen.summary.by_version) == {"v1"}
+    (gate,) = status["gates"]
+    assert gate["verdict"] == "fail" and gate["value"] > 0.0001, gate
+    assert "latency_p50_ms" in status["reason"] and "v2" in status["reason"]

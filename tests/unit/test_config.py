@@ -155,10 +155,3 @@ def test_rollout_versions_must_be_served_and_ordered():
     rollout = {"strategy": "canary", "stable": "v2", "candidate": "v1", "steps": [{"set_weight": 5}]}
     assert any("list rollout.stable ('v2') before rollout.candidate" in e
                for e in errors_of(with_changes(rollout=rollout)))
-
-
-def test_mirrored_validation_is_refused_until_mirroring_exists():
-    rollout = {"strategy": "blue_green", "stable": "v1", "candidate": "v2",
-               "blue_green": {"validation_min_samples": 50}}
-    assert any("mirroring live traffic to green is not supported yet" in e
-               for e in errors_of(with_changes(rollout=rollout)))

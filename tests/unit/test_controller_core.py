@@ -165,3 +165,20 @@ def test_feedback_memory_is_bounded():
         join.remember(f"r{i}", "v1", float(i))
     assert join.counts()["requests_remembered"] == 100
     assert join.add("r0", "correct", None, True, now_s=1000.0) is None
+
+
+def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
+    clock = FakeClock()
+    cfg = experiment(**{"strategy": "blue_green", "steps": [],
+                        "blue_green": {"validation_min_samples": 10, "validation_mirror_pct": 25,
+                                       "post_switch_watch_s": 5, "keep_blue_s": 10}})
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    core.tick()
+    assert core.snapshot()["mirror"] == {"version": "v2", "percent": 25.0}
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    core.rollout.report_validation(True, "sample set passed")
+    # Green's mirrored answers fill its window; the gates judge them against blue's.
+    run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert core.status()["phase"] in ("switched", "promoted")
+    assert core.snapshot()["mirror"] is None
+    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}

@@ -1,0 +1,266 @@
+"""Reliability on a real Ray Serve: replicas killed under load, and the HTTP API fuzzed.
+
+Processes are killed with SIGKILL, as a crash or the OOM killer would; Ray Serve starts a
+replacement on its own. Counts are measured and printed (pytest -s shows them); timings are
+never asserted, the machine being a shared 2-core box.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+from ray import serve
+
+from serve_ab import build_app
+from tests.integration.conftest import DIGIT_ROW, experiment
+from tests.support.loadgen import LoadGenerator, is_ok
+
+WAIT_S = 120
+CONCURRENCY = 3
+RETRY_LOG_LINE = "retrying the request on"
+
+
+@pytest.fixture
+def deployed(serve_instance):
+    """Deploys apps under names unique to this run (replica processes are found by name)."""
+    names = []
+
+    def deploy(cfg, label):
+        name = f"rel-{label}-{uuid.uuid4().hex[:6]}"
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+        names.append(name)
+        return name
+
+    yield deploy
+    for name in names:
+        serve.delete(name)
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Pids of the replica processes of one deployment, by the title Ray gives them.
+
+    Ray names a replica's actor class ``ServeReplica:<app>:<deployment>`` and sets its process
+    title to ``ray::<class>`` (plus ``.<method>`` while it runs one). The state API would say
+    the same, but it needs the dashboard, which the session's Ray runs without.
+    """
+    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        head = cmdline.split(b"\0", 1)[0].split(b" ", 1)[0]
+        if head == title or head.startswith(title + b"."):
+            pids.append(int(proc.name))
+    return pids
+
+
+def poll(predicate, timeout_s):
+    """The first truthy value of ``predicate()``, or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value or None
+        time.sleep(0.25)
+
+
+def wait_for(predicate, what, timeout_s=WAIT_S):
+    value = poll(predicate, timeout_s)
+    assert value, f"timed out waiting for {what}"
+    return value
+
+
+def retries_logged(app: str) -> int:
+    """How many times the app's routers retried a request on another version (their logs)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return sum(path.read_text(errors="replace").count(RETRY_LOG_LINE)
+               for path in logs.glob(f"replica_{app}_Router_*.log"))
+
+
+def pinned_outputs(http, predict_url: str, version: str) -> list | None:
+    """The outputs of a request pinned to ``version``; None if it was not answered."""
+    response = http.post(predict_url, json={"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": version})
+    return response.json()["outputs"] if response.status_code == 200 else None
+
+
+def deployment_running(app: str, deployment: str, replicas: int) -> bool:
+    status = serve.status().applications[app].deployments[deployment]
+    return status.status == "HEALTHY" and status.replica_states.get("RUNNING", 0) == replicas
+
+
+# -- a candidate's replica dies mid-canary (isolated placement) ----------------------------------
+
+def isolated_canary(model_repo, tmp_path) -> dict:
+    cfg = experiment(model_repo, placement="isolated", weights={"v1": 100})
+    for version in cfg["versions"]:
+        version["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
+    cfg["rollout"] = {
+        "strategy": "canary", "stable": "v1", "candidate": "v2",
+        "analysis": {"interval_s": 2, "min_samples": 5, "failure_limit": 0, "progress_deadline_s": 120},
+        "gates": [{"metric": "error_rate", "max": 0.01}],
+        "steps": [{"set_weight": 50}, {"pause": {}}],
+    }
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    return cfg
+
+
+def test_candidate_replica_killed_mid_canary_fails_no_request(http, serve_instance, deployed,
+                                                              model_repo, tmp_path):
+    """The candidate's only replica is SIGKILLed while it takes half of the traffic.
+
+    Ray Serve fails only the calls the replica had accepted (ActorDiedError); the others,
+    and every call made to v2 afterwards, wait in Serve's queue for a replacement, which
+    comes after the controller's health check and a model load, longer than a client waits.
+    The router's watchdog sees v2's calls stop completing and its probe go unanswered, and
+    declares v2 down; each call that failed or waited, and each new one, is recorded as an
+    error of v2 and served again on v1. So no client sees a failure, and the errors breach
+    ``error_rate max 0.01`` (``failure_limit 0``): the controller rolls back.
+
+    Robust to timing: zero failed requests must hold whatever happens. The rollback is
+    required whenever a retry was logged, i.e. whenever an error was recorded for v2 (with
+    load on v2 at the kill, always in practice); a kill that found no call for v2 at all
+    would leave nothing to record, and the test then says so instead of failing. Last, the
+    load runs on until Serve has replaced the replica and the routers serve v2 again.
+    """
+    app = deployed(isolated_canary(model_repo, tmp_path), "cand")
+    status_url = serve_instance.url(f"/{app}/rollout/status?history=true")
+    with LoadGenerator(serve_instance.url(f"/{app}"), tmp_path / "load.jsonl",
+                       concurrency=CONCURRENCY, rate_per_worker_hz=30, users=500) as load:
+        wait_for(lambda: http.get(status_url).json()["phase"] == "paused", "the canary at 50%")
+        load.wait_until(lambda records: sum(r["version"] == "v2" for r in records) >= 20, timeout_s=60)
+        (pid,) = replica_pids(app, "version-v2")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+        status = poll(lambda: (s := http.get(status_url).json())["phase"] == "aborted" and s,
+                      timeout_s=30) or http.get(status_url).json()
+        # Load on until Serve has replaced the replica, and the routers use v2 again: a request
+        # pinned to v2 answers with v2's probabilities, not v1's (v1 is onnx, v2 torch).
+        wait_for(lambda: replica_pids(app, "version-v2") not in ([], [pid]), "a new v2 replica")
+        wait_for(lambda: deployment_running(app, "version-v2", 1), "the new v2 replica to run")
+        predict_url = serve_instance.url(f"/{app}/predict")
+        v1_outputs = pinned_outputs(http, predict_url, "v1")
+        assert v1_outputs is not None
+        wait_for(lambda: (v2 := pinned_outputs(http, predict_url, "v2")) is not None and v2 != v1_outputs,
+                 "the routers to serve v2 again")
+    summary = load.summary
+    retries = retries_logged(app)
+    after_kill = [r for r in load.records() if r["t_send"] >= killed_at]
+    print(f"\ncandidate killed: {summary.total} requests ({len(after_kill)} after the kill), "
+          f"{summary.failed} failed, {retries} retried on v1; phase {status.get('phase')}: "
+          f"{status.get('reason')}")
+    assert summary.failed == 0, summary.failures
+    assert after_kill and all(is_ok(r) for r in after_kill)
+    if retries:  # an error was recorded for v2: the gate must have seen it
+        assert status.get("phase") == "aborted", status
+        assert "error_rate" in status["reason"], status["reason"]
+        assert status["weights_pct"] == {"v1": 100.0, "v2": 0.0}
+    else:
+        print("the kill found v2 idle: no error to record, so no rollback was expected")
+
+
+# -- one of two router replicas dies (colocated placement) ---------------------------------------
+
+def test_one_of_two_router_replicas_killed(http, serve_instance, deployed, model_repo, tmp_path):
+    """One of two router replicas is SIGKILLed under load; the other keeps serving.
+
+    A request the dead replica was holding cannot be finished by anyone: the proxy answers it
+    with a 5xx. So the test bounds the failures at one per load worker (each has one request
+    in flight; a request Serve sends to the dead replica afterwards is routed again, not
+    failed), and requires OK answers afterwards: from the survivor while Serve replaces the
+    replica, and once both run again.
+
+    What a client may retry on a 5xx or a dropped connection: ``POST /predict`` and
+    ``POST /v2/models/{model}[/versions/{version}]/infer`` are idempotent reads, safe to send
+    again (a keyed request lands on the same version again). ``POST /feedback`` is not (a
+    repeated report counts twice) and neither are the ``/rollout/*`` actions, whose effect
+    the caller should check with ``GET /rollout/status`` before repeating one.
+    """
+    cfg = experiment(model_repo, router={"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}})
+    app = deployed(cfg, "router")
+    with LoadGenerator(serve_instance.url(f"/{app}"), tmp_path / "load.jsonl",
+                       concurrency=CONCURRENCY, rate_per_worker_hz=30, users=500) as load:
+        load.wait_until(lambda records: len(records) >= 30, timeout_s=60)
+        pids = wait_for(lambda: len(p := replica_pids(app, "Router")) == 2 and p, "two router processes")
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.time()
+        # The survivor keeps answering while the replica is replaced...
+        load.wait_until(lambda records: sum(is_ok(r) for r in records if r["t_send"] > killed_at) >= 30,
+                        timeout_s=60)
+        wait_for(lambda: set(replica_pids(app, "Router")) - set(pids), "a new router replica")
+        wait_for(lambda: deployment_running(app, "Router", 2), "the new router replica to run")
+        replaced_at = time.time()
+        # ...and both answer once it is back.
+        load.wait_until(lambda records: sum(is_ok(r) for r in records if r["t_send"] > replaced_at) >= 30,
+                        timeout_s=60)
+    records = load.records()
+    failed = [r for r in records if not is_ok(r)]
+    print(f"\nrouter replica killed: {len(records)} requests, {len(failed)} failed "
+          f"({sorted({r['error'] for r in failed})}); bound {CONCURRENCY}")
+    assert len(failed) <= CONCURRENCY, failed
+    assert all(r["t_done"] >= killed_at for r in failed), "a request failed before the kill"
+    # The OK answers after the kill and after the replacement were awaited above.
+    response = http.post(serve_instance.url(f"/{app}/predict"), json={"inputs": [DIGIT_ROW]})
+    assert response.status_code == 200, response.text
+
+
+# -- the HTTP API fuzzed from its OpenAPI schema -------------------------------------------------
+
+MAX_EXAMPLES_PER_MODE = 15  # per operation, valid and invalid data: a few hundred calls in all
+
+
+def test_http_api_fuzzed_from_its_openapi_schema_gives_no_5xx(http, serve_instance, deployed, model_repo):
+    """Schemathesis generates requests, valid and invalid, for every operation of /openapi.json.
+
+    Every answer must be below 500 (bad input is a 4xx that names the problem), and the
+    replica must stay up: HEALTHY, the same replica, and a good request still answered. The
+    ``/rollout/*`` actions are fuzzed too: the fuzzer has no token, so they answer 401.
+    """
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    app = deployed(experiment(model_repo), "fuzz")
+    base_url = serve_instance.url(f"/{app}")
+    schema = schemathesis.openapi.from_dict(http.get(base_url + "/openapi.json").json())
+    replicas_before = serve.status().applications[app].deployments["Router"].replica_states
+    server_errors: list[str] = []
+    calls = operations = 0
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @settings(max_examples=MAX_EXAMPLES_PER_MODE, deadline=None, database=None,
+                      derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def fuzz(case):
+                nonlocal calls
+                response = case.call(base_url=base_url, timeout=30)
+                calls += 1
+                if response.status_code >= 500:
+                    server_errors.append(f"{operation.label} [{mode.value}] -> {response.status_code} "
+                                         f"{response.text[:200]} for {case.as_curl_command()}")
+
+            try:
+                fuzz()
+            except Unsatisfiable:  # nothing to make invalid: an operation without parameters
+                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
+
+    print(f"\nschemathesis {schemathesis.__version__}: {calls} requests over {operations} operations, "
+          f"{len(server_errors)} server errors")
+    assert not server_errors, "\n".join(server_errors[:10])
+    status = serve.status().applications[app].deployments["Router"]
+    assert status.status == "HEALTHY" and status.replica_states == replicas_before
+    response = http.post(base_url + "/predict", json={"inputs": [DIGIT_ROW], "user_id": "after-fuzz"})
+    assert response.status_code == 200, response.text
