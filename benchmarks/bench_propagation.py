@@ -459,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     control: Control | None = None
     with tempfile.TemporaryDirectory(prefix="bench-propagation-") as tmp:
         try:
+            os.environ[TOKEN_ENV] = token  # inherited by the replicas; runtime_env would log it
             context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                               runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", TOKEN_ENV: token}})
+                               runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
             session_dir = Path(context.address_info["session_dir"])
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -33,9 +34,11 @@ def serve_instance(model_repo):
     from ray import serve
 
     # Logical CPUs: the replicas reserve fractions of them; the machine has 2 real cores.
+    # The token reaches the replicas as a user's does: in the environment Ray starts from.
+    # Not through runtime_env env_vars, which Ray writes in clear to runtime_env_agent.log.
+    os.environ["SERVE_AB_CONTROL_TOKEN"] = CONTROL_TOKEN
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
-                                       "SERVE_AB_CONTROL_TOKEN": CONTROL_TOKEN}})
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

@@ -1,0 +1,243 @@
+"""Resident memory per replica: two versions colocated vs the same two versions isolated.
+
+    python benchmarks/bench_memory.py --quick   # about 1 minute; one JSON line last
+    python benchmarks/bench_memory.py           # the same, more requests and samples
+
+One Ray instance of its own (Serve on a free port, never 8000) runs, side by side:
+
+    colocated  serve-ab, placement colocated: ONE router replica holding v1 (ONNX) and
+               v2 (torch, model.pt2) in its own process
+    isolated   serve-ab, placement isolated: a router replica plus one replica of
+               version-v1 and one of version-v2, each a process of its own
+    bare       a Serve deployment that does nothing (the cost of a replica process alone)
+
+After a few requests to each app (so both versions have answered), the replica processes
+are found by the titles Ray gives them (``ray::ServeReplica:<app>:<deployment>``, read
+from /proc/<pid>/cmdline) and their memory is read from /proc: **RSS** (VmRSS in
+/proc/<pid>/status: counts shared pages, e.g. libraries, in every process that maps them),
+**PSS** and **USS** (/proc/<pid>/smaps_rollup: proportional share, and private pages only).
+Reported per replica, summed per placement, and the ratio isolated / colocated. Serve's
+controller and proxy are the same for both placements and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODELS = REPO / "models" / "digits"
+sys.path.insert(0, str(HERE))
+
+from bench_serving import (
+    describe_machine,
+    free_port,
+    load_average,
+    log,
+    other_ray_instances,
+)
+
+ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
+                                  "max_ongoing_requests": 64}
+VERSION_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
+                                   "max_ongoing_requests": 64}
+
+
+def experiment(placement: str) -> dict[str, Any]:
+    versions = [
+        {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
+        {"name": "v2", "path": str(MODELS / "v2" / "model.pt2"), "backend": "torch"},
+    ]
+    if placement == "isolated":
+        for version in versions:
+            version["deployment"] = VERSION_OPTIONS
+    return {
+        "model": "digits",
+        "versions": versions,
+        "weights": {"v1": 50, "v2": 50},
+        "assignment": {"key": "json", "field": "user_id", "salt": "memory"},
+        "placement": placement,
+        "router": ROUTER_OPTIONS,
+    }
+
+
+# -- /proc ---------------------------------------------------------------------------------
+
+
+def _title(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Processes titled ``ray::ServeReplica:<app>:<deployment>`` (setproctitle rewrites argv)."""
+    wanted = f"ServeReplica:{app}:{deployment}"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            title = _title(entry)
+            if title.startswith("ray::") and (title.split()[0] == f"ray::{wanted}"
+                                               or title.split()[0].startswith(f"ray::{wanted}.")):
+                pids.append(int(entry))
+    return sorted(pids)
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss_mib"] = int(line.split()[1]) / 1024
+    try:
+        fields = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                fields[parts[0].rstrip(":")] = int(parts[1])
+        out["pss_mib"] = fields["Pss"] / 1024
+        out["uss_mib"] = (fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024
+    except (OSError, KeyError):
+        pass
+    return out
+
+
+def sample(layout: dict[str, list[str]], samples: int, every_s: float) -> dict[str, dict[str, Any]]:
+    """Median over ``samples`` readings of every replica's memory, by "<app>:<deployment>"."""
+    readings: dict[str, list[dict[str, float]]] = {}
+    pids: dict[str, int] = {}
+    for i in range(samples):
+        if i:
+            time.sleep(every_s)
+        for app, deployments in layout.items():
+            for deployment in deployments:
+                found = replica_pids(app, deployment)
+                if len(found) != 1:
+                    raise RuntimeError(f"expected one process titled ray::ServeReplica:{app}:{deployment}, "
+                                       f"found {found}")
+                key = f"{app}:{deployment}"
+                pids[key] = found[0]
+                readings.setdefault(key, []).append(memory_mib(found[0]))
+    result = {}
+    for key, rows in readings.items():
+        result[key] = {"pid": pids[key]}
+        for field in rows[0]:
+            result[key][field] = round(statistics.median(r[field] for r in rows), 1)
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer warm-up requests and samples")
+    args = parser.parse_args(argv)
+    requests_per_app = 20 if args.quick else 200
+    samples = 3 if args.quick else 10
+
+    import httpx
+    import ray
+    from ray import serve
+
+    from serve_ab import build_app
+
+    started = time.perf_counter()
+    suffix = secrets.token_hex(3)  # other Ray instances on a shared machine may run apps too
+    colocated, isolated, bare = f"memcol{suffix}", f"memiso{suffix}", f"membare{suffix}"
+    report: dict[str, Any] = {
+        "bench": "memory",
+        "mode": "quick" if args.quick else "full",
+        "machine": describe_machine(),
+        "load_before": [round(x, 2) for x in load_average() or ()],
+    }
+
+    @serve.deployment(name="Bare", **ROUTER_OPTIONS)
+    class Bare:
+        async def __call__(self, request) -> dict:
+            return {"ok": True}
+
+    rows = json.loads((MODELS / "samples.json").read_text())["inputs"]
+    try:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        log("deploying colocated (1 router: v1 onnx + v2 torch), isolated (router + 2 versions), bare")
+        serve.run_many([
+            serve.RunTarget(build_app(experiment("colocated")), name=colocated, route_prefix=f"/{colocated}"),
+            serve.RunTarget(build_app(experiment("isolated")), name=isolated, route_prefix=f"/{isolated}"),
+            serve.RunTarget(Bare.bind(), name=bare, route_prefix=f"/{bare}"),
+        ])
+        served: dict[str, dict[str, int]] = {}
+        with httpx.Client(timeout=30.0) as client:
+            for app in (colocated, isolated):
+                by_version: dict[str, int] = {}
+                for i in range(requests_per_app):
+                    response = client.post(f"http://127.0.0.1:{port}/{app}/predict",
+                                           json={"inputs": [rows[i % len(rows)]], "user_id": f"u{i}"})
+                    response.raise_for_status()
+                    version = response.headers.get("x-model-version", "?")
+                    by_version[version] = by_version.get(version, 0) + 1
+                served[app] = by_version
+            client.post(f"http://127.0.0.1:{port}/{bare}").raise_for_status()
+        log(f"served: {served}")
+        time.sleep(1.0)
+        layout = {colocated: ["Router"], isolated: ["Router", "version-v1", "version-v2"], bare: ["Bare"]}
+        measured = sample(layout, samples, 0.5)
+        report["other_ray_instances"] = other_ray_instances()
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+    def placement(app: str, name: str) -> dict[str, Any]:
+        replicas = {key.split(":", 1)[1]: value for key, value in measured.items() if key.startswith(app + ":")}
+        total = {f: round(sum(r[f] for r in replicas.values()), 1)
+                 for f in ("rss_mib", "pss_mib", "uss_mib") if all(f in r for r in replicas.values())}
+        return {"placement": name, "replicas": replicas, "total": total}
+
+    col, iso, nothing = placement(colocated, "colocated"), placement(isolated, "isolated"), placement(bare, "bare")
+    ratio = {f: round(iso["total"][f] / col["total"][f], 2) for f in col["total"] if f in iso["total"]}
+    report.update({
+        "versions": {"v1": "ONNX MLP 64-64-10 (onnxruntime)", "v2": "torch export (model.pt2)"},
+        "served": served,
+        "colocated": col,
+        "isolated": iso,
+        "bare_replica": nothing["replicas"].get("Bare"),
+        "ratio_isolated_over_colocated": ratio,
+        "samples": samples,
+        "load_after": [round(x, 2) for x in load_average() or ()],
+        "wall_s": round(time.perf_counter() - started, 1),
+    })
+
+    print("\nResident memory per replica (MiB, median of "
+          f"{samples} readings): RSS / PSS / USS")
+    for p in (col, iso):
+        for deployment, r in p["replicas"].items():
+            print(f"  {p['placement']:<10} {deployment:<12} {r.get('rss_mib', 0):8.1f} "
+                  f"{r.get('pss_mib', 0):8.1f} {r.get('uss_mib', 0):8.1f}")
+        t = p["total"]
+        print(f"  {p['placement']:<10} {'TOTAL':<12} {t.get('rss_mib', 0):8.1f} "
+              f"{t.get('pss_mib', 0):8.1f} {t.get('uss_mib', 0):8.1f}")
+    b = report["bare_replica"] or {}
+    print(f"  {'bare':<10} {'Bare':<12} {b.get('rss_mib', 0):8.1f} {b.get('pss_mib', 0):8.1f} "
+          f"{b.get('uss_mib', 0):8.1f}   (a replica that does nothing)")
+    print("isolated / colocated: " + ", ".join(f"{k[:-4].upper()} {v:.2f}x" for k, v in ratio.items()))
+    print(f"load average before {report['load_before']}, after {report['load_after']}; "
+          f"wall {report['wall_s']:.0f} s")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
