@@ -214,14 +214,15 @@ def test_blue_green_refuses_a_green_that_fails_validation(http, serve_instance, 
 
 def test_a_new_candidate_arrives_by_redeploying_without_dropping_traffic(http, serve_instance, deployed,
                                                                         model_repo, tmp_path):
+    # No gates: this is about the redeploy, not about judging v3 (which its gates would roll back).
     steps = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
-    deployed(canary(model_repo, tmp_path, steps=steps), "redeploy")
+    deployed(canary(model_repo, tmp_path, steps=steps, gates=[]), "redeploy")
     status_url = serve_instance.url("/redeploy/rollout/status")
     with load(serve_instance, "redeploy", tmp_path, model_repo) as loadgen:
         wait_for(http, status_url, lambda s: s["phase"] == "paused", "the v2 canary to pause")
         redeployed_at = time.time()
         # What `serve deploy` / `serve run` of an edited config does: the same app, new args.
-        serve.run(build_app(canary(model_repo, tmp_path, candidate="v3", steps=steps)),
+        serve.run(build_app(canary(model_repo, tmp_path, candidate="v3", steps=steps, gates=[])),
                   name="redeploy", route_prefix="/redeploy")
         status = wait_for(http, status_url, lambda s: s["candidate"] == "v3" and s["phase"] == "paused",
                           "the v3 canary to start")
