@@ -73,6 +73,19 @@ def deployed(serve_instance):
         serve.delete(name)
 
 
+def switched_at_router(http, url, user, version):
+    """When the (single) router replica routes ``user`` to ``version``: the send time of the
+    first such answer. Causal, not timed: every request sent later sees the same table."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        t_send = time.time()
+        body = http.post(url, json={"user_id": user, "inputs": [DIGIT_ROW]}).json()
+        if body["version"] == version:
+            return t_send
+        assert time.monotonic() < deadline, f"{user} still served by {body['version']}"
+        time.sleep(0.05)
+
+
 def transition_time(status, to_phase):
     return next(h["t_s"] for h in status["history"] if h["to_phase"] == to_phase)
 
@@ -104,8 +117,9 @@ def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, m
     status_url = serve_instance.url("/rollback/rollout/status?history=true")
     with load(serve_instance, "rollback", tmp_path, model_repo) as loadgen:
         status = wait_for(http, status_url, lambda s: s["phase"] == "aborted", "the automatic rollback")
-        seen_aborted_at = time.time()
-        time.sleep(2.0)  # let requests in flight at the decision finish
+        v3_user = next(r["user"] for r in loadgen.records() if r["version"] == "v3")
+        router_switched_at = switched_at_router(http, serve_instance.url("/rollback/predict"), v3_user, "v1")
+        time.sleep(1.0)  # more load after the switch, for the check below
     summary = loadgen.summary
     aborted_at = transition_time(status, "aborted")
     last_v3 = last_time_served_by(loadgen.records(), "v3")
@@ -124,9 +138,9 @@ def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, m
     assert "feedback_rate" in status["reason"] and "0.95" in status["reason"]
     failed = [g for g in status["gates"] if g["verdict"] == "fail"]
     assert failed and failed[0]["value"] < failed[0]["threshold"]
-    # Every request sent a while after the decision went to v1. (How soon is measured by
-    # benchmarks/bench_propagation.py; the slack here keeps a busy machine from failing it.)
-    late = [r for r in loadgen.records() if r["version"] == "v3" and r["t_send"] > seen_aborted_at + 1.0]
+    # Once the router had switched, every request went to v1. (How soon it switches is
+    # measured by benchmarks/bench_propagation.py, not asserted here.)
+    late = [r for r in loadgen.records() if r["version"] == "v3" and r["t_send"] > router_switched_at]
     assert not late, late[:3]
 
 
@@ -189,18 +203,18 @@ def test_blue_green_switches_after_validation_and_retires_blue(http, serve_insta
     deployed(blue_green(model_repo, tmp_path), "bluegreen")
     status_url = serve_instance.url("/bluegreen/rollout/status?history=true")
     with load(serve_instance, "bluegreen", tmp_path, model_repo) as loadgen:
-        status = wait_for(http, status_url, lambda s: "v1" in s["retired"], "switch, watch and retirement")
-        time.sleep(1.0)
+        status = wait_for(http, status_url, lambda s: s["phase"] in ("switched", "promoted"), "the switch")
+        router_switched_at = switched_at_router(http, serve_instance.url("/bluegreen/predict"), "probe", "v2")
+        status = wait_for(http, status_url, lambda s: "v1" in s["retired"], "watch and retirement")
     records = loadgen.records()
     switched_at = transition_time(status, "switched")
     print(f"\nblue-green: {loadgen.summary.total} requests, {loadgen.summary.failed} failed; "
           f"{[h['reason'][:80] for h in status['history']]}")
     assert loadgen.summary.failed == 0, loadgen.summary.failures
     assert any("accuracy" in h["reason"] for h in status["history"])  # validated on the sample set
-    # Green took no user traffic before the switch, and all of it soon after (blue is kept
-    # loaded for keep_blue_s = 6 s, so a request routed to it late would still be answered).
+    # Green took no user traffic before the switch, and all of it once the router switched.
     assert first_time_served_by(records, "v2") >= switched_at - 0.5
-    assert not [r for r in records if r["version"] == "v1" and r["t_send"] > switched_at + 3.0]
+    assert not [r for r in records if r["version"] == "v1" and r["t_send"] > router_switched_at]
 
 
 def test_blue_green_refuses_a_green_that_fails_validation(http, serve_instance, deployed,
