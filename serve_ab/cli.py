@@ -98,11 +98,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=_cmd_validate)
 
-    from serve_ab import cli_rollout
+    from serve_ab import cli_rollout, report_cli
     from serve_ab.analysis import cli_sample_size
 
     cli_sample_size.add_parser(sub)
     cli_rollout.add_parsers(sub)
+    report_cli.add_parsers(sub)
     return parser
 
 

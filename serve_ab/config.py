@@ -210,6 +210,68 @@ class ControllerConfig(_Strict):
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
 
 
+class ShadowConfig(_Strict):
+    """Mirror a share of live requests to a version whose answers are compared, never returned."""
+
+    version: str = Field(..., pattern=VERSION_NAME_PATTERN, description="The version that gets copies.")
+    percent: float = Field(
+        ..., gt=0.0, le=100.0,
+        description="Share of live requests (served by any other version) copied to it, in percent.",
+    )
+
+
+class FeedbackMetric(_Strict):
+    """A business metric clients report with POST /feedback, and which way is better."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Feedback name, e.g. correct or revenue.")
+    kind: Literal["conversion", "mean"] = Field(
+        ..., description="conversion: a yes/no outcome (a rate); mean: a value such as revenue."
+    )
+    direction: Literal["increase", "decrease"] = Field(
+        "increase", description="Which way is better for this metric."
+    )
+
+
+class RecordsConfig(_Strict):
+    path: str = Field(
+        ".serve-ab/runs.sqlite",
+        description="SQLite file of run records (configuration and latest results of each "
+        "experiment); a relative path is resolved against the directory serve runs in.",
+    )
+    interval_s: float = Field(60.0, gt=0, description="How often the run record is refreshed.")
+    mlflow: bool = Field(
+        False, description="Also log each run record to MLflow (needs mlflow installed; the "
+        "tracking URI comes from MLFLOW_TRACKING_URI)."
+    )
+
+
+class AnalysisConfig(_Strict):
+    """How the A/B report judges the variants against the control."""
+
+    control: str | None = Field(
+        None, pattern=VERSION_NAME_PATTERN,
+        description="The version the others are compared with; default rollout.stable, else the first version.",
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of every test.")
+    power: float = Field(0.8, gt=0.0, lt=1.0, description="Power the sample-size figures aim for.")
+    correction: Literal["holm", "bh", "none"] = Field(
+        "holm", description="Multiple-testing correction across metrics and variants."
+    )
+    sequential: bool = Field(
+        True, description="Also report always-valid (mSPRT) p-values, safe to look at continuously."
+    )
+    mde_relative: float = Field(
+        0.05, gt=0.0, le=10.0,
+        description="Smallest relative lift worth detecting (0.05 = 5%), used for power and samples needed.",
+    )
+    metrics: list[FeedbackMetric] = Field(
+        default_factory=list,
+        description="Feedback metrics to judge; a feedback name not listed is still reported, "
+        "its kind taken from the feedback (converted: conversion, value: mean).",
+    )
+    records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
+
+
 def _default_router() -> DeploymentOptions:
     return DeploymentOptions(num_replicas=1)
 
@@ -238,7 +300,16 @@ class ExperimentConfig(_Strict):
     )
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
     controller: ControllerConfig = Field(
-        default_factory=ControllerConfig, description="The rollout controller deployment."
+        default_factory=ControllerConfig,
+        description="The controller deployment: collects what routers served, runs the rollout.",
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror live traffic to a version.")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="The A/B report.")
+    resources_missing: Literal["fail", "cpu"] = Field(
+        "fail",
+        description="When a version asks for GPUs the cluster does not have: fail at deploy "
+        "time with a message, or (cpu) run it on the CPU instead. Custom resources no node "
+        "has always fail.",
     )
 
     @field_validator("versions")
@@ -283,6 +354,28 @@ class ExperimentConfig(_Strict):
                         "replicas; use placement: isolated, or set router: instead"
                     )
         return placement
+
+    @model_validator(mode="after")
+    def _check_shadow_and_control(self) -> ExperimentConfig:
+        names = [v.name for v in self.versions]
+        if self.shadow is not None:
+            if self.shadow.version not in names:
+                raise ValueError(f"shadow.version is {self.shadow.version!r}, which is not served; "
+                                 f"versions: {names}")
+            if len(names) < 2:
+                raise ValueError("shadow needs a second version to serve live traffic")
+        if self.analysis.control is not None and self.analysis.control not in names:
+            raise ValueError(f"analysis.control is {self.analysis.control!r}, which is not served; "
+                             f"versions: {names}")
+        return self
+
+    def control_version(self) -> str:
+        """The version the A/B report compares the others with."""
+        if self.analysis.control is not None:
+            return self.analysis.control
+        if self.rollout is not None:
+            return self.rollout.stable
+        return self.versions[0].name
 
     @model_validator(mode="after")
     def _check_rollout(self) -> ExperimentConfig:

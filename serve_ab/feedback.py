@@ -8,6 +8,7 @@ each recent request id, bounded in count and age, so memory stays flat under any
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serve_ab.gates import ConversionEvent, FeedbackEvent
@@ -25,6 +26,9 @@ MAX_PENDING = 50_000
 class FeedbackJoin:
     max_requests: int = MAX_REQUESTS
     request_ttl_s: float = REQUEST_TTL_S
+    #: Called with (version, name, value, converted, t_s) for every joined feedback, e.g. to
+    #: keep cumulative totals beside the windows the gates read.
+    on_emit: Callable[[str, str, float | None, bool | None, float], None] | None = None
 
     def __post_init__(self) -> None:
         self._served: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
@@ -67,6 +71,8 @@ class FeedbackJoin:
 
     def _emit(self, version: str, name: str, value: float | None, converted: bool | None,
               t_s: float) -> None:
+        if self.on_emit is not None:
+            self.on_emit(version, name, value, converted, t_s)
         if converted is not None:
             self._conversions.append(ConversionEvent(version, name, bool(converted), t_s))
         else:

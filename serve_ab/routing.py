@@ -77,9 +77,13 @@ class Assigner:
         self.table = SplitTable.from_weights(weights_pct)
 
     def assign(self, key: str | None) -> str:
+        return self.assign_unit(key)[0]
+
+    def assign_unit(self, key: str | None) -> tuple[str, int | None]:
+        """The version, and the key's 64-bit hash (None without a key): the same in every
+        router process, so the report can count distinct users per version."""
         if key is None:
-            bucket = self._rng.randrange(NUM_BUCKETS)
-        else:
-            digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt_bytes).digest()
-            bucket = int.from_bytes(digest, "big") % NUM_BUCKETS
-        return self.table.version_for_bucket(bucket)
+            return self.table.version_for_bucket(self._rng.randrange(NUM_BUCKETS)), None
+        digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt_bytes).digest()
+        unit = int.from_bytes(digest, "big")
+        return self.table.version_for_bucket(unit % NUM_BUCKETS), unit

@@ -20,7 +20,8 @@ from serve_ab.config import (
     Placement,
     parse_experiment,
 )
-from serve_ab.serving.controller import RolloutController
+from serve_ab.serving.controller import ExperimentController
+from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
 from serve_ab.serving.router import Router
 
@@ -45,6 +46,9 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
     # The controller may run in another process: its files get absolute paths too.
     update["controller"] = cfg.controller.model_copy(
         update={"state_path": str((base_dir / cfg.controller.state_path).resolve())})
+    records = cfg.analysis.records.model_copy(
+        update={"path": str((base_dir / cfg.analysis.records.path).resolve())})
+    update["analysis"] = cfg.analysis.model_copy(update={"records": records})
     if cfg.rollout is not None and cfg.rollout.blue_green and cfg.rollout.blue_green.validation_samples:
         samples = base_dir / cfg.rollout.blue_green.validation_samples
         if not samples.is_file():
@@ -57,6 +61,8 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
 def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     """Build the serve-ab application for one experiment."""
     cfg = resolve_model_paths(parse_experiment(args))
+    # GPUs or custom resources the cluster cannot give: refuse now, never wait forever.
+    cfg = fit_to_cluster(cfg)
     experiment = cfg.model_dump(mode="json")
     pools = None
     if cfg.placement is Placement.ISOLATED:
@@ -67,9 +73,11 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }
-    controller = None
-    if cfg.rollout is not None:
-        controller = RolloutController.options(
-            ray_actor_options={"num_cpus": cfg.controller.num_cpus}
-        ).bind(experiment)
-    return Router.options(**cfg.router.to_ray()).bind(experiment, pools, controller)
+    # Every app has a controller: it holds the figures of the report and the metrics, and
+    # runs the rollout when there is one.
+    controller = ExperimentController.options(
+        ray_actor_options={"num_cpus": cfg.controller.num_cpus}
+    ).bind(experiment)
+    # The router writes its own access line, which names the version (api/access_log.py).
+    return Router.options(**cfg.router.to_ray(), logging_config={"enable_access_log": False}).bind(
+        experiment, pools, controller)

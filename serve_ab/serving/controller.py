@@ -1,10 +1,15 @@
-"""The rollout controller: one deployment in the app that decides the weights.
+"""The controller: one deployment in every app, beside the router.
 
-Routers report what they served (:meth:`RolloutController.record`) and long-poll for
-weights (:meth:`RolloutController.wait_for_update`), so a decision reaches every router
-replica as soon as it is made, with no polling delay. The decisions themselves come from
-the pure :class:`serve_ab.rollout.Rollout`; this class only feeds it windows of
-observations, persists its state after every change, and serves the control actions.
+Routers report what they served (:meth:`ExperimentController.record`) and long-poll for
+weights (:meth:`ExperimentController.wait_for_update`), so a decision reaches every router
+replica as soon as it is made, with no polling delay. Being the only replica that sees
+every request, the controller is also where the app's figures live: the cumulative
+per-version statistics (:class:`serve_ab.experiment_stats.ExperimentStats`) behind the A/B
+report and the Prometheus metrics, and the run record.
+
+With a rollout, the decisions come from the pure :class:`serve_ab.rollout.Rollout`; this
+class only feeds it windows of observations, persists its state after every change, and
+serves the control actions. Without one, the weights are the config's.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import numpy as np
 from ray import serve
 
 from serve_ab.config import ExperimentConfig, parse_experiment
+from serve_ab.experiment_stats import ExperimentStats
 from serve_ab.feedback import FeedbackJoin
 from serve_ab.gates import Observation, build_windows
-from serve_ab.rollout import Phase, Rollout
+from serve_ab.rollout import Phase, Rollout, RolloutError
 from serve_ab.rollout_config import PauseStep, SetWeightStep, Strategy
 from serve_ab.state_store import SqliteStateStore
 
@@ -33,6 +39,10 @@ logger = logging.getLogger("ray.serve")
 # Observations kept for windows; a bound so a flood cannot exhaust the controller's memory.
 MAX_OBSERVATIONS = 200_000
 LONG_POLL_TIMEOUT_S = 10.0
+# Observations older than this are dropped when there is no rollout window to size it by.
+STATIC_WINDOW_S = 120.0
+# The report's sequential (always-valid) p-values take a look this often, and on every request.
+REPORT_INTERVAL_S = 5.0
 
 
 def rollout_key(cfg: ExperimentConfig) -> str:
@@ -46,42 +56,89 @@ class ControllerCore:
     """Everything the controller does, minus Ray: testable with a fake clock."""
 
     def __init__(self, cfg: ExperimentConfig, store, clock=time.time):
-        assert cfg.rollout is not None, "a controller needs a rollout"
         self.cfg = cfg
         self.clock = clock
         self.store = store
-        self.key = rollout_key(cfg)
-        saved = store.load(self.key)
-        if saved is not None:
-            self.rollout = Rollout.from_dict(cfg.rollout, saved, clock)
-            logger.info("serve-ab controller resumed %s at step %s, phase %s, weights %s",
-                        self.key, self.rollout.state.step_index, self.rollout.phase.value,
-                        self.rollout.weights)
-        else:
-            self.rollout = Rollout(cfg.rollout, clock)
+        self.rollout: Rollout | None = None
+        self.key = rollout_key(cfg) if cfg.rollout is not None else None
+        if cfg.rollout is not None:
+            saved = store.load(self.key)
+            if saved is not None:
+                self.rollout = Rollout.from_dict(cfg.rollout, saved, clock)
+                logger.info("serve-ab controller resumed %s at step %s, phase %s, weights %s",
+                            self.key, self.rollout.state.step_index, self.rollout.phase.value,
+                            self.rollout.weights)
+            else:
+                self.rollout = Rollout(cfg.rollout, clock)
         self.observations: collections.deque[Observation] = collections.deque(maxlen=MAX_OBSERVATIONS)
-        self.feedback = FeedbackJoin()
+        self.started_at_s = clock()
+        self.stats = ExperimentStats(
+            [v.name for v in cfg.versions], self.started_at_s,
+            shadow_version=cfg.shadow.version if cfg.shadow is not None else None,
+            feedback_kinds={m.name: m.kind for m in cfg.analysis.metrics},
+        )
+        self.feedback = FeedbackJoin(on_emit=self._feedback_joined)
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
-        self.started_at_s = clock()
+        self.run_id, self.run_started_at_s = self._run_identity()
         self._persist()
+
+    def _run_identity(self) -> tuple[str, float]:
+        """The run this controller continues: the same config as the saved run is the same
+        run (a restarted controller), any change starts a new one."""
+        config = self.cfg.model_dump(mode="json")
+        fingerprint = json.dumps(config, sort_keys=True)
+        key = f"run:{self.cfg.model}"
+        saved = self.store.load(key)
+        if saved is not None and saved.get("fingerprint") == fingerprint:
+            return saved["run_id"], saved["started_at_s"]
+        started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
+        run_id = f"{self.cfg.model}-{started}-{os.getpid()}"
+        self.store.save(key, {"run_id": run_id, "started_at_s": self.started_at_s,
+                              "fingerprint": fingerprint})
+        return run_id, self.started_at_s
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def record(self, rows: list[tuple]) -> None:
-        """Rows of (t_s, version, latency_ms, ok, predicted_class, score, request_id)."""
-        for t_s, version, latency_ms, ok, predicted_class, score, request_id in rows:
-            self.observations.append(Observation(version, latency_ms, ok, predicted_class, score, t_s))
+    def record(self, rows: list[tuple], pairs: list[tuple] = ()) -> None:
+        """What routers served.
+
+        ``rows``: (t_s, version, latency_ms, error_kind, predicted_class, score, request_id,
+        unit, assigned, mirrored); error_kind is None for a success, mirrored rows are copies
+        the client never saw (they feed the candidate's gate windows, not its A/B figures).
+        ``pairs``: (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
+        shadow_latency_ms, error_kind), one per copy sent to a mirrored version.
+        """
+        for (t_s, version, latency_ms, error_kind, predicted_class, score, request_id, unit,
+             assigned, mirrored) in rows:
+            self.observations.append(Observation(version, latency_ms, error_kind is None,
+                                                 predicted_class, score, t_s))
+            if mirrored:
+                continue
+            self.stats.record(t_s, version, latency_ms, error_kind, predicted_class, unit, assigned)
             if request_id:
                 self.feedback.remember(request_id, version, t_s)
+        for (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
+             shadow_latency_ms, error_kind) in pairs:
+            if shadow_version == self.stats.shadow_version:
+                self.stats.record_pair(t_s, live_version, live_class, shadow_class, score_diff,
+                                       shadow_latency_ms, error_kind)
+
+    def _feedback_joined(self, version: str, name: str, value: float | None,
+                         converted: bool | None, t_s: float) -> None:
+        self.stats.record_feedback(t_s, version, name, value, converted)
 
     # -- the loop ----------------------------------------------------------------------------
 
     def tick(self) -> bool:
         """One look at timers and windows; True when the weights or phase changed."""
-        before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         now = self.clock()
+        if self.rollout is None:
+            while self.observations and self.observations[0].t_s < now - STATIC_WINDOW_S:
+                self.observations.popleft()
+            return False
+        before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         interval_s = self.cfg.rollout.analysis.interval_s
         while self.observations and self.observations[0].t_s < now - 2 * interval_s - 60:
             self.observations.popleft()
@@ -105,6 +162,8 @@ class ControllerCore:
 
     def act(self, action: str, body: dict[str, Any]) -> None:
         """A control action; raises RolloutError when the phase does not allow it."""
+        if self.rollout is None:
+            raise RolloutError("this experiment has no rollout: add rollout: to its config")
         if action == "promote":
             self.rollout.promote(full=bool(body.get("full", False)))
         elif action == "pause":
@@ -123,27 +182,48 @@ class ControllerCore:
         self.epoch += 1
 
     def _persist(self) -> None:
-        self.store.save(self.key, self.rollout.to_dict())
+        if self.rollout is not None:
+            self.store.save(self.key, self.rollout.to_dict())
 
     # -- outputs -----------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """What routers need: the weights of every version, and what may be unloaded."""
+    def weights(self) -> dict[str, float]:
+        """The weights of every version now, in listing order."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
-        weights.update(self.rollout.weights)
-        return {"epoch": self.epoch, "weights": weights, "retired": list(self.retired),
-                "mirror": self.mirror()}
+        weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
+        return weights
 
-    def mirror(self) -> dict[str, Any] | None:
-        """Blue-green validating on live traffic: which version gets copies, and how many."""
+    def snapshot(self) -> dict[str, Any]:
+        """What routers need: the weights of every version, what may be unloaded, and which
+        versions get copies of live requests."""
+        return {"epoch": self.epoch, "weights": self.weights(), "retired": list(self.retired),
+                "mirrors": self.mirrors()}
+
+    def mirrors(self) -> list[dict[str, Any]]:
+        """Versions that get copies of live requests, and what share: the configured shadow,
+        and a blue-green green validating on live traffic."""
+        mirrors = []
+        if self.cfg.shadow is not None:
+            mirrors.append({"version": self.cfg.shadow.version, "percent": self.cfg.shadow.percent})
         r = self.cfg.rollout
-        settings = r.blue_green_settings
-        if (r.strategy is Strategy.BLUE_GREEN and settings.validation_min_samples is not None
-                and self.rollout.phase in (Phase.VALIDATING, Phase.VALIDATED)):
-            return {"version": r.candidate, "percent": settings.validation_mirror_pct}
-        return None
+        if r is not None and r.strategy is Strategy.BLUE_GREEN:
+            settings = r.blue_green_settings
+            if (settings.validation_min_samples is not None
+                    and self.rollout.phase in (Phase.VALIDATING, Phase.VALIDATED)
+                    and r.candidate != (self.cfg.shadow.version if self.cfg.shadow else None)):
+                mirrors.append({"version": r.candidate, "percent": settings.validation_mirror_pct})
+        return mirrors
+
+    def stats_snapshot(self, samples: bool = True) -> dict[str, Any]:
+        return self.stats.snapshot(self.clock(), samples=samples)
 
     def status(self, history: bool = False) -> dict[str, Any]:
+        if self.rollout is None:
+            return {"model": self.cfg.model, "strategy": None, "phase": "static",
+                    "weights_pct": self.weights(), "gates": [], "retired": [],
+                    "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
+                    "run_id": self.run_id,
+                    "controller": {"pid": os.getpid(), "started_at_s": self.started_at_s}}
         r = self.cfg.rollout
         s = self.rollout.state
         now = self.clock()
@@ -178,6 +258,8 @@ class ControllerCore:
             "failure_limit": r.analysis.failure_limit,
             "gates": self.last_analysis,
             "retired": list(self.retired),
+            "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
+            "run_id": self.run_id,
             "controller": {"pid": os.getpid(), "started_at_s": self.started_at_s},
         }
         if history:
@@ -185,28 +267,71 @@ class ControllerCore:
         return out
 
 
-@serve.deployment(name="RolloutController", num_replicas=1, max_ongoing_requests=1000)
-class RolloutController:
+@serve.deployment(name="Controller", num_replicas=1, max_ongoing_requests=1000)
+class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
         self.core = ControllerCore(cfg, SqliteStateStore(Path(cfg.controller.state_path)))
         self._changed = asyncio.Event()
-        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        self._report: dict[str, Any] | None = None
+        self._sequential_state: dict[str, Any] | None = None
+        self._report_lock = asyncio.Lock()
+        self._recorder = None
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._analyse())]
 
     async def _run(self) -> None:
         validated = False
         while True:
             try:
-                if self.core.rollout.phase is Phase.VALIDATING and not validated:
+                rollout = self.core.rollout
+                if rollout is not None and rollout.phase is Phase.VALIDATING and not validated:
                     validated = True
                     passed, reason = await self._validate_green()
-                    self.core.rollout.report_validation(passed, reason)
+                    rollout.report_validation(passed, reason)
                     self._notify()
                 if self.core.tick():
                     self._notify()
             except Exception:  # a bad tick must not stop the rollout's clock
                 logger.exception("serve-ab controller tick failed")
             await asyncio.sleep(self.core.cfg.controller.tick_s)
+
+    async def _analyse(self) -> None:
+        """Refresh the report (one look of the sequential tests) and the run record."""
+        records = self.core.cfg.analysis.records
+        last_record_s = 0.0
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            try:
+                report = await self._refresh_report()
+                now_s = time.time()
+                if now_s - last_record_s >= records.interval_s:
+                    last_record_s = now_s
+                    await asyncio.to_thread(self._save_record, report, now_s)
+            except Exception:  # the report must never take the controller down
+                logger.exception("serve-ab controller: report refresh failed")
+
+    async def _refresh_report(self) -> dict[str, Any]:
+        from serve_ab.analysis.report import build_report  # scipy/statsmodels: load on first use
+
+        async with self._report_lock:
+            snapshot = self.core.stats_snapshot(samples=True)
+            weights = self.core.weights()
+            # The statistics take tens of milliseconds: off the loop that answers long polls.
+            report, self._sequential_state = await asyncio.to_thread(
+                build_report, self.core.cfg, snapshot, weights, self._sequential_state)
+            report["run_id"] = self.core.run_id
+            self._report = report
+            return report
+
+    def _save_record(self, report: dict[str, Any], now_s: float) -> None:
+        from serve_ab.run_records import RunRecorder
+
+        records = self.core.cfg.analysis.records
+        if self._recorder is None:
+            self._recorder = RunRecorder(Path(records.path), mlflow=records.mlflow)
+        self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"), report,
+                            started_at_s=self.core.run_started_at_s, updated_at_s=now_s)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -244,8 +369,8 @@ class RolloutController:
 
     # -- called by routers --------------------------------------------------------------------
 
-    async def record(self, rows: list[tuple]) -> None:
-        self.core.record(rows)
+    async def record(self, rows: list[tuple], pairs: list[tuple] = ()) -> None:
+        self.core.record(rows, pairs)
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = LONG_POLL_TIMEOUT_S) -> dict[str, Any]:
         if known_epoch == self.core.epoch:
@@ -263,6 +388,21 @@ class RolloutController:
 
     async def status(self, history: bool = False) -> dict[str, Any]:
         return self.core.status(history)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats_snapshot(samples=True)
+
+    async def report(self) -> dict[str, Any]:
+        """A fresh report (and one more sequential look); also refreshes the run record."""
+        report = await self._refresh_report()
+        await asyncio.to_thread(self._save_record, report, time.time())
+        return report
+
+    async def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition of this app's figures: (body, content type)."""
+        from serve_ab.metrics import render
+
+        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
     async def act(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         self.core.act(action, body)

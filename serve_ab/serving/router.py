@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import (
     NodeDiedError,
@@ -37,6 +37,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from serve_ab.api.access_log import AccessLog
 from serve_ab.api.http_util import (
     ApiError,
     add_openapi_schemas,
@@ -82,6 +83,7 @@ api = FastAPI(
 )
 install_error_handlers(api)
 add_openapi_schemas(api, [PredictRequest, V2InferRequest, FeedbackRequest])
+api.add_middleware(AccessLog, logger=logger)
 
 
 class VersionUnavailable(ApiError, LookupError):
@@ -203,6 +205,26 @@ class RemoteVersion:
             response.cancel()
 
 
+def _error_kind(err: BaseException) -> str:
+    """How a call failed, for the error counters: the version's replicas were unavailable,
+    the model refused the input, the call was cancelled, or the model itself raised."""
+    if isinstance(err, InputError):
+        return "input"
+    if isinstance(err, (RequestCancelledError, asyncio.CancelledError)):
+        return "cancelled"
+    if RemoteVersion.is_unavailable(err):
+        return "unavailable"
+    return "model"
+
+
+def _first_row(outputs: np.ndarray | None) -> tuple[int | None, float | None]:
+    """The predicted class and its score of a request's first instance (classifiers)."""
+    if outputs is None or outputs.ndim != 2 or not len(outputs):
+        return None, None
+    predicted_class = int(outputs[0].argmax())
+    return predicted_class, float(outputs[0, predicted_class])
+
+
 def _request_id() -> str:
     # Ray Serve gives every request an id (and honours a client's x-request-id header);
     # using it ties our answers to Serve's own access logs.
@@ -247,8 +269,9 @@ class Router:
             self.versions = loaded
         self.controller = controller
         self._pending: list[tuple] = []
+        self._pending_pairs: list[tuple] = []
         self._epoch = -1
-        self._mirror: dict[str, Any] | None = None  # {"version", "percent"} from the controller
+        self._mirrors: list[dict[str, Any]] = []  # [{"version", "percent"}] from the controller
         self._mirror_tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
         self._rng = random.Random()
         if controller is not None:
@@ -263,7 +286,7 @@ class Router:
 
     def _apply(self, snapshot: dict[str, Any]) -> None:
         self._epoch = snapshot["epoch"]
-        self._mirror = snapshot.get("mirror")
+        self._mirrors = snapshot.get("mirrors") or []
         weights = {name: snapshot["weights"].get(name, 0.0) for name in self.versions}
         if weights != self.assigner.table.weights_pct():
             self.assigner.set_weights(weights)
@@ -285,39 +308,40 @@ class Router:
     async def _flush_observations(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            if not self._pending:
+            if not self._pending and not self._pending_pairs:
                 continue
             rows, self._pending = self._pending, []
+            pairs, self._pending_pairs = self._pending_pairs, []
             try:
-                await self.controller.record.remote(rows)
+                await self.controller.record.remote(rows, pairs)
             except Exception:
                 logger.warning("serve-ab router: dropped %d observations", len(rows), exc_info=True)
 
-    def _observe(self, version: str, started_s: float, ok: bool, outputs: np.ndarray | None,
+    def _observe(self, version: str, started_s: float, error_kind: str | None,
+                 outputs: np.ndarray | None, unit: int | None = None, assigned: bool = False,
                  mirrored: bool = False) -> None:
         if self.controller is None or len(self._pending) >= MAX_PENDING_OBSERVATIONS:
             return
-        predicted_class = score = None
-        if outputs is not None and outputs.ndim == 2 and len(outputs):
-            predicted_class = int(outputs[0].argmax())
-            score = float(outputs[0, predicted_class])
+        predicted_class, score = _first_row(outputs)
         now_s = time.time()
-        self._pending.append((now_s, version, (now_s - started_s) * 1000.0, ok, predicted_class,
+        self._pending.append((now_s, version, (now_s - started_s) * 1000.0, error_kind,
+                              predicted_class, score,
                               # A mirrored answer must not take over the request's feedback.
-                              score, None if mirrored else _request_id()))
+                              None if mirrored else _request_id(), unit, assigned, mirrored))
 
     # -- the traffic decision --------------------------------------------------------------
 
-    def _choose_version(self, key: str | None, pinned: str | None) -> str:
+    def _choose_version(self, key: str | None, pinned: str | None) -> tuple[str, int | None]:
+        """The version for a request, and its key's hash (None when pinned or keyless)."""
         if pinned is None:
-            return self.assigner.assign(key)
+            return self.assigner.assign_unit(key)
         if not self.cfg.pin.enabled:
             raise ApiError(403, "pinning a version is turned off for this experiment (pin.enabled: false)")
         if pinned not in self.versions:
             raise VersionUnavailable(
                 f"unknown version {pinned!r}; this experiment serves {list(self.versions)}"
             )
-        return pinned
+        return pinned, None
 
     async def _get_interface(self) -> tuple[InputSpec, OutputSpec]:
         if self._interface is None:  # isolated: ask the versions' own replicas once
@@ -343,20 +367,27 @@ class Router:
         return str(key)
 
     async def _serve(self, batch_values: Any, key: str | None, pinned: str | None) -> tuple[str, np.ndarray]:
-        version = self._choose_version(key, pinned)
+        version, unit = self._choose_version(key, pinned)
         input_spec, _ = await self._get_interface()
         batch = to_batch(batch_values, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
-        return await self._predict(version, batch, may_fall_back=pinned is None)
+        return await self._predict(version, batch, may_fall_back=pinned is None, unit=unit)
 
-    async def _predict(self, version: str, batch: np.ndarray, *,
-                       may_fall_back: bool = True) -> tuple[str, np.ndarray]:
-        """Serve ``batch`` on ``version``; returns the version that served it and the outputs."""
+    async def _predict(self, version: str, batch: np.ndarray, *, may_fall_back: bool = True,
+                       unit: int | None = None) -> tuple[str, np.ndarray]:
+        """Serve ``batch`` on ``version``; returns the version that served it and the outputs.
+
+        ``may_fall_back`` is False for pinned requests, which are answered by their version
+        only; only the others count as assigned (the sample-ratio check's denominator).
+        """
         started_s = time.time()
+        assigned = may_fall_back
         try:
             outputs = await self.versions[version].predict(batch)
-        except Exception as err:
+        except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
-            self._observe(version, started_s, False, None)
+            self._observe(version, started_s, _error_kind(err), None, unit, assigned)
+            if not isinstance(err, Exception):
+                raise  # cancelled: the client went away
             if not may_fall_back or not RemoteVersion.is_unavailable(err):
                 raise  # a pinned request (QA, blue-green validation) is answered by its version only
             # Its replica died or is unavailable: serve the request once more elsewhere. Safe
@@ -371,37 +402,62 @@ class Router:
                                  if name != version and weights.get(name, 0.0) > 0.0), None)
             if fallback is None:
                 raise
-            logger.warning("serve-ab router: version %s unavailable (%s); retrying the request on %s",
-                           version, type(err).__name__, fallback)
-            version, started_s = fallback, time.time()
+            logger.warning("serve-ab router: request %s: version %s unavailable (%s); retrying the request on %s",
+                           _request_id(), version, type(err).__name__, fallback)
+            version, started_s, assigned = fallback, time.time(), False
             try:
                 outputs = await self.versions[version].predict(batch)
-            except Exception:
-                self._observe(version, started_s, False, None)
+            except BaseException as retry_err:
+                self._observe(version, started_s, _error_kind(retry_err), None, unit, assigned)
                 raise  # once only: a second outage is the caller's answer
-        self._observe(version, started_s, True, outputs)
-        if self._mirror is not None and may_fall_back:
-            self._mirror_copy(batch)
+        self._observe(version, started_s, None, outputs, unit, assigned)
+        if self._mirrors and may_fall_back:
+            for mirror in self._mirrors:
+                self._mirror_copy(mirror, version, batch, outputs)
         return version, outputs
 
-    def _mirror_copy(self, batch: np.ndarray) -> None:
-        """Send a copy to the mirrored version in the background: the client does not wait
+    def _mirror_copy(self, mirror: dict[str, Any], live_version: str, batch: np.ndarray,
+                     live_outputs: np.ndarray) -> None:
+        """Send a copy to a mirrored version in the background: the client does not wait
         for it, never sees its answer, and never sees its failure."""
-        mirror = self._mirror
-        if mirror["version"] not in self.versions or self._rng.random() * 100.0 >= mirror["percent"]:
+        version = mirror["version"]
+        if version == live_version or version not in self.versions \
+                or self._rng.random() * 100.0 >= mirror["percent"]:
             return
-        task = asyncio.get_running_loop().create_task(self._mirrored(mirror["version"], batch))
+        task = asyncio.get_running_loop().create_task(
+            self._mirrored(version, live_version, batch, live_outputs, _request_id()))
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
 
-    async def _mirrored(self, version: str, batch: np.ndarray) -> None:
+    async def _mirrored(self, version: str, live_version: str, batch: np.ndarray,
+                        live_outputs: np.ndarray, request_id: str) -> None:
         started_s = time.time()
         try:
             outputs = await self.versions[version].predict(batch)
-        except Exception:
-            self._observe(version, started_s, False, None, mirrored=True)
+        except Exception as err:
+            kind = _error_kind(err)
+            logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",
+                        request_id, version, kind, type(err).__name__)
+            self._observe(version, started_s, kind, None, mirrored=True)
+            self._pair(live_version, version, live_outputs, None, started_s, kind)
             return
-        self._observe(version, started_s, True, outputs, mirrored=True)
+        self._observe(version, started_s, None, outputs, mirrored=True)
+        self._pair(live_version, version, live_outputs, outputs, started_s, None)
+
+    def _pair(self, live_version: str, version: str, live_outputs: np.ndarray,
+              outputs: np.ndarray | None, started_s: float, error_kind: str | None) -> None:
+        """The live and the mirrored answer to the same request, for the paired comparison."""
+        if len(self._pending_pairs) >= MAX_PENDING_OBSERVATIONS:
+            return
+        now_s = time.time()
+        live_class, live_score = _first_row(live_outputs)
+        shadow_class, _ = _first_row(outputs)
+        score_diff = None
+        if live_class is not None and outputs is not None and outputs.shape == live_outputs.shape:
+            # How much more (or less) the shadow believes the class live answered.
+            score_diff = float(outputs[0, live_class]) - live_score
+        self._pending_pairs.append((now_s, live_version, version, live_class, shadow_class,
+                                    score_diff, (now_s - started_s) * 1000.0, error_kind))
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
@@ -412,7 +468,10 @@ class Router:
         assignment key (e.g. the user id); ``version`` pins a version. Returns
         ``{"outputs": np.ndarray, "version": str, "request_id": str}``.
         """
+        started_s = time.perf_counter()
         served_by, outputs = await self._serve(inputs, key, version)
+        # The handle path's access line (Ray's own is off: it cannot name the version).
+        logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
         return {"outputs": outputs, "version": served_by, "request_id": _request_id()}
 
     async def experiment(self) -> dict[str, Any]:
@@ -479,9 +538,12 @@ class Router:
     async def http_feedback(self, request: Request) -> JSONResponse:
         feedback = parse_body(FeedbackRequest, await read_json(request, self.cfg.http.max_body_bytes))
         if self.controller is None:
-            raise ApiError(409, "feedback is joined by the rollout controller; this experiment has no rollout")
+            raise ApiError(409, "feedback is joined by the controller; this router runs without one")
         version = await self.controller.feedback.remote(
             feedback.request_id, feedback.name, feedback.value, feedback.converted)
+        if version is None:
+            logger.info("serve-ab router: feedback %r for request %s waits for its report",
+                        feedback.name, feedback.request_id)
         # version is None while the request's own report is still on its way to the controller.
         return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 
@@ -506,6 +568,24 @@ class Router:
     @api.get("/experiment", summary="The experiment this app runs: versions and weights")
     async def http_experiment(self) -> dict[str, Any]:
         return await self.experiment()
+
+    @api.get("/experiment/report", summary="The A/B report: per-variant figures, tests, verdicts (open)")
+    async def http_report(self) -> dict[str, Any]:
+        return await self._from_controller("report")
+
+    @api.get("/experiment/stats", summary="The raw cumulative figures behind the report (open)")
+    async def http_stats(self) -> dict[str, Any]:
+        return await self._from_controller("stats")
+
+    @api.get("/metrics", summary="Prometheus metrics of this app, from its one controller (open)")
+    async def http_metrics(self) -> Response:
+        body, content_type = await self._from_controller("metrics")
+        return Response(content=body, media_type=content_type)
+
+    async def _from_controller(self, method: str) -> Any:
+        if self.controller is None:
+            raise ApiError(409, f"{method} comes from the controller; this router runs without one")
+        return await getattr(self.controller, method).remote()
 
     # -- HTTP: Open Inference Protocol (KServe V2) --------------------------------------------
 
@@ -570,7 +650,7 @@ class Router:
             self._check_version(pinned)
         body = await read_json(request, self.cfg.http.max_body_bytes)
         parsed = parse_body(V2InferRequest, body)
-        version = self._choose_version(
+        version, unit = self._choose_version(
             self._key_from(parsed.parameters, request.headers),
             pinned or request.headers.get(self.cfg.pin.header),
         )
@@ -578,7 +658,8 @@ class Router:
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=self.cfg.http.allow_non_finite)
         version, outputs = await self._predict(version, batch, may_fall_back=pinned is None and
-                                               request.headers.get(self.cfg.pin.header) is None)
+                                               request.headers.get(self.cfg.pin.header) is None,
+                                               unit=unit)
         response = encode_v2_response(self.cfg.model, version, parsed.id or _request_id(),
                                       outputs, output_spec)
         return JSONResponse(response, headers={VERSION_HEADER: version})

@@ -289,5 +289,6 @@ def test_handle_from_another_deployment(http, apps):
 
 def test_isolated_versions_are_their_own_deployments(apps):
     deployments = serve.status().applications["isolated"].deployments
-    assert {"Router", "version-v1", "version-v2"} <= set(deployments)
-    assert set(serve.status().applications["colocated"].deployments) == {"Router"}
+    assert set(deployments) == {"Router", "Controller", "version-v1", "version-v2"}
+    # Colocated: the versions live in the router's replicas; the controller only keeps figures.
+    assert set(serve.status().applications["colocated"].deployments) == {"Router", "Controller"}

@@ -44,7 +44,8 @@ def experiment(candidate: str = "v2", **rollout_changes):
 
 def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
            correct: bool | None = None) -> None:
-    rows = [(clock(), version, 3.0, ok, 1, 0.9, f"{version}-{clock()}-{i}") for i in range(n)]
+    rows = [(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
+             i, True, False) for i in range(n)]
     core.record(rows)
     if correct is not None:
         for row in rows:
@@ -174,11 +175,69 @@ def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
                                        "post_switch_watch_s": 5, "keep_blue_s": 10}})
     core = ControllerCore(cfg, MemoryStateStore(), clock)
     core.tick()
-    assert core.snapshot()["mirror"] == {"version": "v2", "percent": 25.0}
+    assert core.snapshot()["mirrors"] == [{"version": "v2", "percent": 25.0}]
     assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
     core.rollout.report_validation(True, "sample set passed")
     # Green's mirrored answers fill its window; the gates judge them against blue's.
     run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
     assert core.status()["phase"] in ("switched", "promoted")
-    assert core.snapshot()["mirror"] is None
+    assert core.snapshot()["mirrors"] == []
     assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+
+
+def ab_experiment(**changes):
+    return parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"},
+                     {"name": "v3", "path": "c.onnx", "backend": "onnx"}],
+        "weights": {"v1": 50, "v2": 50},
+        **changes,
+    })
+
+
+def test_without_a_rollout_the_weights_are_the_configs_and_actions_are_refused():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    assert core.snapshot()["weights"] == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    assert core.snapshot()["mirrors"] == []
+    assert core.tick() is False
+    status = core.status()
+    assert status["phase"] == "static" and status["strategy"] is None
+    with pytest.raises(RolloutError, match="no rollout"):
+        core.act("promote", {})
+
+
+def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    report(core, clock, "v1", 4, correct=True)
+    report(core, clock, "v2", 2, ok=False)
+    # A mirrored copy feeds the gate windows only, never the A/B figures.
+    core.record([(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)])
+    versions = core.stats_snapshot()["versions"]
+    assert (versions["v1"]["requests"], versions["v1"]["units"]) == (4, 4)
+    assert versions["v1"]["feedback"] == {"correct": {"kind": "conversion", "n": 4, "successes": 4}}
+    assert (versions["v2"]["requests"], versions["v2"]["errors"]) == (2, 2)
+    assert len(core.observations) == 7
+
+
+def test_a_configured_shadow_is_mirrored_and_its_pairs_recorded():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(shadow={"version": "v3", "percent": 10}), MemoryStateStore(), clock)
+    assert core.snapshot()["mirrors"] == [{"version": "v3", "percent": 10.0}]
+    core.record([], [(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
+                     (clock(), "v2", "v3", 4, 9, -0.3, 2.0, None),
+                     (clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)])  # not the shadow: ignored
+    shadow = core.stats_snapshot()["shadow"]
+    assert (shadow["version"], shadow["pairs"], shadow["agree"]) == ("v3", 2, 1)
+    assert shadow["pairs_by_live_version"] == {"v1": 1, "v2": 1}
+
+
+def test_a_restarted_controller_continues_the_same_run_and_a_new_config_starts_another():
+    store = MemoryStateStore()
+    first = ControllerCore(ab_experiment(), store, FakeClock())
+    again = ControllerCore(ab_experiment(), store, FakeClock(2_000_000.0))
+    assert again.run_id == first.run_id and again.run_started_at_s == first.run_started_at_s
+    changed = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, FakeClock(3_000_000.0))
+    assert changed.run_id != first.run_id

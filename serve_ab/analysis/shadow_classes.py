@@ -1,0 +1,97 @@
+"""Per-class flips between live and shadow labels, from the paired confusion counts.
+
+For each class ``k`` the pairs form a 2x2 table of ``live == k`` against ``shadow == k``;
+only its discordant cells carry evidence that the shadow predicts ``k`` more or less often
+than the live model on the same requests (McNemar's test, as ``shadow.compare_correctness``
+does for correctness flags). Working from counts keeps this cheap however many pairs
+there are: the controller recomputes it every few seconds.
+
+Example::
+
+    confusion = [(3, 3, 480), (3, 8, 25), (8, 3, 4), (8, 8, 491)]   # (live, shadow, n)
+    tests = class_flip_tests(confusion)
+    tests[0].cls, tests[0].to_other, tests[0].from_other, tests[0].p_value
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from statsmodels.stats.contingency_tables import mcnemar
+
+from serve_ab.analysis.shadow import EXACT_BELOW_DISCORDANT
+
+__all__ = ["ClassFlipTest", "class_flip_tests"]
+
+
+@dataclass(frozen=True)
+class ClassFlipTest:
+    """Class ``cls``: pairs where live said it and shadow did not (``to_other``), and back.
+
+    ``diff`` is the shadow's share of pairs labelled ``cls`` minus the live one's.
+    """
+
+    cls: Hashable
+    both: int  # live and shadow both said cls
+    to_other: int  # live said cls, shadow another class
+    from_other: int  # live another class, shadow said cls
+    neither: int
+    live_count: int
+    shadow_count: int
+    diff: float
+    statistic: float
+    p_value: float
+    method: str  # "exact_binomial" or "mcnemar_chi2" (continuity-corrected); "none" without pairs
+
+
+def class_flip_tests(confusion: Iterable[tuple[Hashable, Hashable, int]]) -> list[ClassFlipTest]:
+    """One McNemar test per class seen on either side, in sorted class order.
+
+    ``confusion`` holds ``(live_class, shadow_class, count)`` cells (repeats add up), as
+    ``ExperimentStats.snapshot()["shadow"]["confusion"]`` gives them. The exact binomial
+    test is used below ``EXACT_BELOW_DISCORDANT`` discordant pairs, else the
+    continuity-corrected chi-square; with no discordant pair the p-value is 1.
+    """
+    cells: dict[tuple[Hashable, Hashable], int] = {}
+    for index, cell in enumerate(confusion):
+        try:
+            live, shadow, count = cell
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"confusion cell {index} is {cell!r}; expected (live_class, shadow_class, count), e.g. (3, 8, 25)"
+            ) from None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"confusion cell {index} ({live!r}, {shadow!r}) has count {count!r}; "
+                             "counts are integers >= 0")
+        cells[(live, shadow)] = cells.get((live, shadow), 0) + count
+    total = sum(cells.values())
+    classes = sorted({c for pair in cells for c in pair}, key=_sort_key)
+    out = []
+    for k in classes:
+        both = cells.get((k, k), 0)
+        live_count = sum(n for (a, _), n in cells.items() if a == k)
+        shadow_count = sum(n for (_, b), n in cells.items() if b == k)
+        to_other, from_other = live_count - both, shadow_count - both
+        neither = total - both - to_other - from_other
+        discordant = to_other + from_other
+        exact = discordant < EXACT_BELOW_DISCORDANT
+        if total == 0:
+            statistic, p, method = math.nan, math.nan, "none"
+        elif discordant == 0:
+            statistic, p = 0.0, 1.0  # the same count of k on both sides, pair by pair
+            method = "exact_binomial" if exact else "mcnemar_chi2"
+        else:
+            result = mcnemar([[both, to_other], [from_other, neither]], exact=exact, correction=True)
+            statistic, p = float(result.statistic), float(result.pvalue)
+            method = "exact_binomial" if exact else "mcnemar_chi2"
+        diff = (from_other - to_other) / total if total else math.nan
+        out.append(ClassFlipTest(k, both, to_other, from_other, neither, live_count, shadow_count, diff,
+                                 statistic, p, method))
+    return out
+
+
+def _sort_key(value: Hashable) -> tuple[int, object]:
+    # Classes are ints in practice; anything else sorts after them by its text.
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))

@@ -1,0 +1,303 @@
+"""Cumulative figures of a running experiment, per version: what the A/B report and the
+Prometheus metrics are computed from.
+
+The controller feeds every request the routers served (:meth:`ExperimentStats.record`),
+every paired live/shadow answer (:meth:`ExperimentStats.record_pair`) and every feedback
+joined to its version (:meth:`ExperimentStats.record_feedback`). Memory stays bounded
+however long the experiment runs: counts and sums are exact, latencies are kept as a
+fixed-bucket histogram (exact counts, for Prometheus) plus a uniform reservoir sample
+(for Mann-Whitney and the plots), and the timeline coarsens as it grows.
+
+:meth:`ExperimentStats.snapshot` returns plain JSON-able data; its layout is documented
+there and is the contract between this module, ``analysis/report.py`` and ``metrics.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Prometheus' default latency buckets start at 5 ms; a small model answers in well under
+# one, so the buckets start at 0.25 ms. Upper bounds in seconds (base unit).
+LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                     0.5, 1.0, 2.5, 5.0, 10.0)
+RESERVOIR_SIZE = 10_000
+# Distinct assignment keys kept per version for the sample-ratio check; beyond this the
+# check falls back to request counts (reported as such).
+MAX_UNITS = 1_000_000
+TIMELINE_BUCKET_S = 10.0
+MAX_TIMELINE_POINTS = 360  # past this, neighbouring points merge and the bucket doubles
+
+ERROR_KINDS = ("unavailable", "model", "input", "cancelled")
+
+
+@dataclass
+class Reservoir:
+    """Uniform sample of at most ``size`` values from a stream (Vitter's algorithm R)."""
+
+    size: int = RESERVOIR_SIZE
+    seen: int = 0
+    values: list[float] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+            return
+        slot = self.rng.randrange(self.seen)
+        if slot < self.size:
+            self.values[slot] = value
+
+
+@dataclass
+class LatencyStats:
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    count: int = 0
+    sum_s: float = 0.0
+    sample: Reservoir = field(default_factory=Reservoir)
+
+    def add(self, latency_ms: float) -> None:
+        latency_s = latency_ms / 1000.0
+        index = next((i for i, le in enumerate(LATENCY_BUCKETS_S) if latency_s <= le),
+                     len(LATENCY_BUCKETS_S))
+        self.bucket_counts[index] += 1
+        self.count += 1
+        self.sum_s += latency_s
+        self.sample.add(latency_ms)
+
+    def to_dict(self, samples: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "count": self.count,
+            "sum_s": self.sum_s,
+            # Non-cumulative counts per bucket; the last one is (largest bound, +Inf).
+            "buckets_le_s": list(LATENCY_BUCKETS_S),
+            "bucket_counts": list(self.bucket_counts),
+        }
+        if samples:
+            out["sample_ms"] = list(self.sample.values)
+        return out
+
+
+@dataclass
+class FeedbackTotals:
+    kind: str  # "conversion" or "mean"
+    n: int = 0
+    successes: int = 0  # conversion
+    total: float = 0.0  # mean
+    total_sq: float = 0.0
+
+    def add(self, value: float | None, converted: bool | None) -> None:
+        self.n += 1
+        if self.kind == "conversion":
+            self.successes += int(bool(converted))
+        else:
+            self.total += float(value)
+            self.total_sq += float(value) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "conversion":
+            return {"kind": "conversion", "n": self.n, "successes": self.successes}
+        return {"kind": "mean", "n": self.n, "sum": self.total, "sum_sq": self.total_sq}
+
+
+@dataclass
+class VersionStats:
+    requests: int = 0
+    assigned: int = 0  # chosen by the assignment (not pinned, not a retry elsewhere)
+    errors: collections.Counter = field(default_factory=collections.Counter)
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    predictions: collections.Counter = field(default_factory=collections.Counter)
+    units: set[int] = field(default_factory=set)
+    units_overflow: bool = False
+    feedback: dict[str, FeedbackTotals] = field(default_factory=dict)
+
+    def to_dict(self, samples: bool) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "assigned": self.assigned,
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+            "latency": self.latency.to_dict(samples),
+            "predictions": {str(k): v for k, v in sorted(self.predictions.items())},
+            "units": None if self.units_overflow else len(self.units),
+            "feedback": {name: totals.to_dict() for name, totals in sorted(self.feedback.items())},
+        }
+
+
+@dataclass
+class ShadowStats:
+    """Paired answers: the live version's and the shadow's, on the same requests."""
+
+    mirrored: int = 0  # copies sent (answered or not)
+    errors: collections.Counter = field(default_factory=collections.Counter)
+    pairs: int = 0
+    agree: int = 0
+    # (live_class, shadow_class) -> count; the diagonal is agreement.
+    confusion: collections.Counter = field(default_factory=collections.Counter)
+    # Shadow's minus live's score for the class live predicted, per pair.
+    score_diff_n: int = 0
+    score_diff_sum: float = 0.0
+    score_diff_sum_sq: float = 0.0
+    score_diff_sample: Reservoir = field(default_factory=Reservoir)
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    by_live_version: collections.Counter = field(default_factory=collections.Counter)
+
+    def to_dict(self, samples: bool) -> dict[str, Any]:
+        out = {
+            "mirrored": self.mirrored,
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+            "pairs": self.pairs,
+            "agree": self.agree,
+            "confusion": [[int(a), int(b), n] for (a, b), n in sorted(self.confusion.items())],
+            "score_diff": {"n": self.score_diff_n, "sum": self.score_diff_sum,
+                           "sum_sq": self.score_diff_sum_sq},
+            "latency": self.latency.to_dict(samples),
+            "pairs_by_live_version": dict(self.by_live_version),
+        }
+        if samples:
+            out["score_diff"]["sample"] = list(self.score_diff_sample.values)
+        return out
+
+
+class ExperimentStats:
+    """Everything the report and the metrics need, accumulated since the controller started."""
+
+    def __init__(self, versions: Iterable[str], started_at_s: float,
+                 shadow_version: str | None = None, feedback_kinds: dict[str, str] | None = None):
+        self.started_at_s = started_at_s
+        self.versions: dict[str, VersionStats] = {name: VersionStats() for name in versions}
+        self.shadow_version = shadow_version
+        self.shadow = ShadowStats()
+        self.feedback_kinds = dict(feedback_kinds or {})
+        self.feedback_unjoined = 0  # feedback that never found the request it is about
+        self.feedback_mismatched = 0  # a conversion for a metric that is a mean, or vice versa
+        self.timeline_bucket_s = TIMELINE_BUCKET_S
+        # bucket start -> [requests per version, feedback per version]
+        self._timeline: dict[float, dict[str, collections.Counter]] = {}
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def record(self, t_s: float, version: str, latency_ms: float, error_kind: str | None,
+               predicted_class: int | None, unit: int | None, assigned: bool) -> None:
+        """One request the router served (or failed to) on ``version``."""
+        stats = self.versions.get(version)
+        if stats is None:
+            return  # a version this experiment does not serve (an old config's report)
+        stats.requests += 1
+        stats.assigned += int(assigned)
+        if error_kind is not None:
+            stats.errors[error_kind] += 1
+        else:
+            stats.latency.add(latency_ms)
+            if predicted_class is not None:
+                stats.predictions[predicted_class] += 1
+        if unit is not None and assigned and not stats.units_overflow:
+            stats.units.add(unit)
+            if len(stats.units) > MAX_UNITS:
+                stats.units_overflow, stats.units = True, set()
+        self._point(t_s)["requests"][version] += 1
+
+    def record_pair(self, t_s: float, live_version: str, live_class: int | None,
+                    shadow_class: int | None, score_diff: float | None, shadow_latency_ms: float,
+                    error_kind: str | None) -> None:
+        """One copy sent to the shadow version, with both answers when the shadow answered."""
+        shadow = self.shadow
+        shadow.mirrored += 1
+        if error_kind is not None:
+            shadow.errors[error_kind] += 1
+            return
+        shadow.latency.add(shadow_latency_ms)
+        if live_class is None or shadow_class is None:
+            return
+        shadow.pairs += 1
+        shadow.by_live_version[live_version] += 1
+        shadow.agree += int(live_class == shadow_class)
+        shadow.confusion[(live_class, shadow_class)] += 1
+        if score_diff is not None and math.isfinite(score_diff):
+            shadow.score_diff_n += 1
+            shadow.score_diff_sum += score_diff
+            shadow.score_diff_sum_sq += score_diff * score_diff
+            shadow.score_diff_sample.add(score_diff)
+
+    def record_feedback(self, t_s: float, version: str | None, name: str, value: float | None,
+                        converted: bool | None) -> None:
+        """Feedback joined to the version that served its request (None: never joined)."""
+        if version is None or version not in self.versions:
+            self.feedback_unjoined += 1
+            return
+        kind = self.feedback_kinds.get(name) or ("conversion" if converted is not None else "mean")
+        totals = self.versions[version].feedback.get(name)
+        if totals is None:
+            totals = self.versions[version].feedback[name] = FeedbackTotals(kind)
+        if (totals.kind == "conversion") != (converted is not None):
+            # A metric declared (or first seen) as one kind, reported as the other: not mixed in.
+            self.feedback_mismatched += 1
+            return
+        totals.add(value, converted)
+        self._point(t_s)["feedback"][version] += 1
+
+    # -- output ----------------------------------------------------------------------------
+
+    def snapshot(self, now_s: float, samples: bool = True) -> dict[str, Any]:
+        """Plain data::
+
+            {"started_at_s", "now_s",
+             "versions": {name: {"requests", "assigned", "errors", "errors_by_kind",
+                                 "latency": {"count", "sum_s", "buckets_le_s", "bucket_counts",
+                                             "sample_ms" (when samples)},
+                                 "predictions": {class: n}, "units": distinct keys or None,
+                                 "feedback": {name: {"kind": "conversion", "n", "successes"}
+                                                  | {"kind": "mean", "n", "sum", "sum_sq"}}}},
+             "shadow": None | {"version", "mirrored", "errors", "errors_by_kind", "pairs", "agree",
+                               "confusion": [[live_class, shadow_class, n]],
+                               "score_diff": {"n", "sum", "sum_sq", "sample" (when samples)},
+                               "latency": {...}, "pairs_by_live_version": {name: n}},
+             "feedback_unjoined": n, "feedback_mismatched": n,
+             "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]}}
+        """
+        shadow = None
+        if self.shadow_version is not None:
+            shadow = {"version": self.shadow_version, **self.shadow.to_dict(samples)}
+        return {
+            "started_at_s": self.started_at_s,
+            "now_s": now_s,
+            "versions": {name: stats.to_dict(samples) for name, stats in self.versions.items()},
+            "shadow": shadow,
+            "feedback_unjoined": self.feedback_unjoined,
+            "feedback_mismatched": self.feedback_mismatched,
+            "timeline": {
+                "bucket_s": self.timeline_bucket_s,
+                "points": [
+                    {"t_s": t_s, "requests": dict(point["requests"]), "feedback": dict(point["feedback"])}
+                    for t_s, point in sorted(self._timeline.items())
+                ],
+            },
+        }
+
+    def _point(self, t_s: float) -> dict[str, collections.Counter]:
+        start_s = math.floor(t_s / self.timeline_bucket_s) * self.timeline_bucket_s
+        point = self._timeline.get(start_s)
+        if point is None:
+            if len(self._timeline) >= MAX_TIMELINE_POINTS:
+                self._coarsen()
+                return self._point(t_s)
+            point = self._timeline[start_s] = {"requests": collections.Counter(),
+                                               "feedback": collections.Counter()}
+        return point
+
+    def _coarsen(self) -> None:
+        self.timeline_bucket_s *= 2
+        merged: dict[float, dict[str, collections.Counter]] = {}
+        for t_s, point in self._timeline.items():
+            start_s = math.floor(t_s / self.timeline_bucket_s) * self.timeline_bucket_s
+            into = merged.setdefault(start_s, {"requests": collections.Counter(),
+                                               "feedback": collections.Counter()})
+            into["requests"].update(point["requests"])
+            into["feedback"].update(point["feedback"])
+        self._timeline = merged

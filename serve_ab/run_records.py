@@ -1,0 +1,334 @@
+"""Run records: each experiment's configuration and latest results, in an embedded SQLite file.
+
+The controller saves the record every ``analysis.records.interval_s`` (an upsert keyed by
+the run id), so the record left when the app stops holds its final results; ``serve-ab runs``
+lists the records and ``serve-ab report --from-record RUN_ID`` renders one without the app.
+
+With ``mlflow=True`` each save is also logged to MLflow, when the ``mlflow`` package (or
+``mlflow-skinny``) is importable: one MLflow run per record, the configuration as params, the
+report's headline figures as metrics, the tracking URI from ``MLFLOW_TRACKING_URI``. MLflow is
+a mirror: when it is missing or failing, a warning is logged and the SQLite record is still
+written; an experiment never fails because of it.
+
+Example::
+
+    recorder = RunRecorder(Path(".serve-ab/runs.sqlite"))
+    recorder.save("digits-20260101-120000", cfg.model_dump(mode="json"), report, started_at_s, now_s)
+    [r.run_id for r in recorder.list()]
+    recorder.load("digits-20260101-120000").report["srm"]["mismatch"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_metrics", "mlflow_params"]
+
+DEFAULT_RECORDS_PATH = Path(".serve-ab/runs.sqlite")  # as RecordsConfig.path's default
+SCHEMA_VERSION = 1
+MLFLOW_EXPERIMENT_PREFIX = "serve-ab/"
+# MLflow refuses longer param values (500 characters up to MLflow 2.x) and >100 params a batch.
+_MLFLOW_PARAM_CHARS = 500
+_MLFLOW_BATCH = 100
+_SQLITE_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        TEXT PRIMARY KEY,
+    model         TEXT,
+    started_at_s  REAL NOT NULL,
+    updated_at_s  REAL NOT NULL,
+    saves         INTEGER NOT NULL DEFAULT 1,
+    config_json   TEXT NOT NULL,
+    report_json   TEXT NOT NULL,
+    mlflow_run_id TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``serve-ab runs``."""
+
+    run_id: str
+    model: str | None
+    started_at_s: float
+    updated_at_s: float
+    saves: int
+    versions: list[str]
+    control: str | None
+    requests: int
+    srm_mismatch: bool | None
+    mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    config: dict[str, Any]
+    report: dict[str, Any]
+    started_at_s: float
+    updated_at_s: float
+    saves: int
+    mlflow_run_id: str | None
+
+
+class RunRecorder:
+    """Reads and writes run records in the SQLite file at ``path`` (created on first save).
+
+    Safe to share between threads, and between processes: each call opens its own short
+    connection, so ``serve-ab runs`` can read while the controller writes.
+    """
+
+    def __init__(self, path: Path | str, mlflow: bool = False):
+        self.path = Path(path)
+        self.mlflow = mlflow
+        self._mlflow_module: Any = None
+        self._mlflow_unavailable = False
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(self, run_id: str, config: Mapping[str, Any], report: Mapping[str, Any],
+             started_at_s: float, updated_at_s: float) -> None:
+        """Insert the record, or replace its configuration and results (the first start stays).
+
+        Raises ``sqlite3.Error``/``OSError`` when the file cannot be written (a caller that must
+        not stop, like the controller, logs them); MLflow problems are only logged.
+        """
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValueError(f"run_id ({run_id!r}) must be a non-empty string, e.g. 'digits-20260101-120000'")
+        for name, value in (("started_at_s", started_at_s), ("updated_at_s", updated_at_s)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} ({value!r}) must be a finite time in seconds since the epoch")
+        config_json = _dumps(config, "config")
+        report_json = _dumps(report, "report")
+        model = config.get("model") if isinstance(config, Mapping) else None
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect(create=True) as db:
+                db.execute(
+                    "INSERT INTO runs (run_id, model, started_at_s, updated_at_s, saves, config_json, report_json) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?) "
+                    "ON CONFLICT(run_id) DO UPDATE SET model = excluded.model, "
+                    "started_at_s = MIN(runs.started_at_s, excluded.started_at_s), "
+                    "updated_at_s = excluded.updated_at_s, saves = runs.saves + 1, "
+                    "config_json = excluded.config_json, report_json = excluded.report_json",
+                    (run_id, model, float(started_at_s), float(updated_at_s), config_json, report_json),
+                )
+                row = db.execute("SELECT saves, mlflow_run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if self.mlflow:
+                mlflow_run_id = self._log_mlflow(run_id, config, report, started_at_s, updated_at_s,
+                                                 step=int(row[0]), mlflow_run_id=row[1])
+                if mlflow_run_id is not None and mlflow_run_id != row[1]:
+                    with self._connect(create=True) as db:
+                        db.execute("UPDATE runs SET mlflow_run_id = ? WHERE run_id = ?", (mlflow_run_id, run_id))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark the run's MLflow run as ended (``FINISHED``, ``FAILED`` or ``KILLED``); the SQLite
+        record needs nothing: it is complete after every save."""
+        if not self.mlflow:
+            return
+        record = self.load(run_id)
+        mlflow = self._import_mlflow()
+        if mlflow is None or record.mlflow_run_id is None:
+            return
+        try:
+            mlflow.tracking.MlflowClient().set_terminated(record.mlflow_run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
+            self._warn_once(f"finish:{type(err).__name__}", f"MLflow: could not end run {record.mlflow_run_id} "
+                            f"of {run_id!r}: {err}")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list(self) -> list[RunSummary]:
+        """Every record, the most recently updated first."""
+        with self._connect(create=False) as db:
+            rows = db.execute(
+                "SELECT run_id, model, started_at_s, updated_at_s, saves, report_json, mlflow_run_id "
+                "FROM runs ORDER BY updated_at_s DESC, run_id").fetchall()
+        out = []
+        for run_id, model, started, updated, saves, report_json, mlflow_run_id in rows:
+            report = _loads(report_json)
+            experiment = report.get("experiment") or {}
+            variants = report.get("variants") or {}
+            srm = report.get("srm") or {}
+            out.append(RunSummary(
+                run_id=run_id, model=model, started_at_s=started, updated_at_s=updated, saves=saves,
+                versions=list(experiment.get("versions") or variants),
+                control=experiment.get("control"),
+                requests=sum(int(v.get("requests") or 0) for v in variants.values()),
+                srm_mismatch=srm.get("mismatch") if srm.get("applicable", True) else None,
+                mlflow_run_id=mlflow_run_id,
+            ))
+        return out
+
+    def load(self, run_id: str) -> RunRecord:
+        """The record of ``run_id``; ``KeyError`` naming the known ids when there is none."""
+        with self._connect(create=False) as db:
+            row = db.execute(
+                "SELECT run_id, config_json, report_json, started_at_s, updated_at_s, saves, mlflow_run_id "
+                "FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                known = [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY updated_at_s DESC LIMIT 10")]
+        if row is None:
+            hint = f"; recent ones: {', '.join(known)}" if known else "; it holds no records yet"
+            raise KeyError(f"no run record {run_id!r} in {self.path}{hint}")
+        return RunRecord(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], row[5], row[6])
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self, create: bool) -> Iterator[sqlite3.Connection]:
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"no run records at {self.path}: no experiment with analysis.records has "
+                                    "saved one there yet (pass the file with --records, e.g. .serve-ab/runs.sqlite)")
+        db = sqlite3.connect(self.path, timeout=_SQLITE_TIMEOUT_S)
+        try:
+            if create:
+                # WAL lets readers (serve-ab runs) go on while the controller writes.
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise ValueError(f"{self.path} is not a serve-ab run record file (schema version {version}, "
+                                     f"expected {SCHEMA_VERSION})")
+            with db:  # one transaction, committed on success
+                yield db
+        finally:
+            db.close()
+
+    def _import_mlflow(self) -> Any:
+        if self._mlflow_unavailable:
+            return None
+        if self._mlflow_module is None:
+            try:
+                import mlflow  # seconds to import: only when asked for
+            except ImportError as err:
+                self._mlflow_unavailable = True
+                self._warn_once("import", "analysis.records.mlflow is true but MLflow cannot be imported "
+                                f"({err}); install mlflow or mlflow-skinny. Run records are still written "
+                                f"to {self.path}")
+                return None
+            self._mlflow_module = mlflow
+        return self._mlflow_module
+
+    def _log_mlflow(self, run_id: str, config: Mapping[str, Any], report: Mapping[str, Any],
+                    started_at_s: float, updated_at_s: float, step: int, mlflow_run_id: str | None) -> str | None:
+        mlflow = self._import_mlflow()
+        if mlflow is None:
+            return None
+        try:
+            from mlflow.entities import Metric, Param
+
+            client = mlflow.tracking.MlflowClient()  # MLFLOW_TRACKING_URI, else MLflow's default
+            if mlflow_run_id is None:
+                name = MLFLOW_EXPERIMENT_PREFIX + str(config.get("model") or "experiment")
+                experiment = client.get_experiment_by_name(name)
+                experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+                run = client.create_run(experiment_id, start_time=int(started_at_s * 1000), run_name=run_id,
+                                        tags={"serve_ab.run_id": run_id})
+                mlflow_run_id = run.info.run_id
+                # Params cannot change once logged, so they are the configuration the run started with.
+                params = [Param(k, v) for k, v in mlflow_params(config).items()]
+                for i in range(0, len(params), _MLFLOW_BATCH):
+                    client.log_batch(mlflow_run_id, params=params[i:i + _MLFLOW_BATCH])
+            timestamp_ms = int(updated_at_s * 1000)
+            metrics = [Metric(k, v, timestamp_ms, step) for k, v in mlflow_metrics(report).items()]
+            for i in range(0, len(metrics), _MLFLOW_BATCH):
+                client.log_batch(mlflow_run_id, metrics=metrics[i:i + _MLFLOW_BATCH])
+        except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
+            self._warn_once(f"log:{type(err).__name__}", f"MLflow logging of run record {run_id!r} failed: "
+                            f"{type(err).__name__}: {err}; the SQLite record at {self.path} is written")
+            return mlflow_run_id
+        return mlflow_run_id
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+
+def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The configuration flattened to dotted keys (``weights.v1``), values as text."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
+            for v in value:  # versions, metrics: by name rather than position
+                walk(f"{prefix}.{v['name']}", {k: x for k, x in v.items() if k != "name"})
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            out[_mlflow_key(prefix)] = text[:_MLFLOW_PARAM_CHARS]
+
+    walk("", dict(config))
+    return out
+
+
+def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """Headline figures of a report: per version requests, error rate, p95 latency; per
+    metric and variant lift and p-values; the SRM p-value; shadow agreement. Missing
+    (None) figures are left out."""
+    out: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[_mlflow_key(key)] = float(value)
+
+    for name, variant in (report.get("variants") or {}).items():
+        put(f"{name}.requests", variant.get("requests"))
+        put(f"{name}.error_rate", variant.get("error_rate"))
+        put(f"{name}.latency_p95_ms", (variant.get("latency_ms") or {}).get("p95"))
+    for metric in report.get("metrics") or []:
+        for c in metric.get("comparisons") or []:
+            prefix = f"{metric['name']}.{c['variant']}"
+            put(f"{prefix}.value", c.get("value_variant"))
+            put(f"{prefix}.abs_lift", c.get("abs_lift"))
+            put(f"{prefix}.rel_lift", c.get("rel_lift"))
+            put(f"{prefix}.p_value", c.get("p_value"))
+            put(f"{prefix}.p_adjusted", c.get("p_adjusted"))
+            put(f"{prefix}.p_sequential", (c.get("sequential") or {}).get("p_value"))
+    srm = report.get("srm") or {}
+    put("srm.p_value", srm.get("p_value"))
+    shadow = report.get("shadow") or {}
+    put("shadow.agreement", (shadow.get("agreement") or {}).get("rate"))
+    put("shadow.pairs", shadow.get("pairs"))
+    return out
+
+
+def _mlflow_key(key: str) -> str:
+    # MLflow names allow letters, digits, _ - . / and spaces.
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)[:250]
+
+
+def _dumps(value: Any, what: str) -> str:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping (a JSON object), got {type(value).__name__}")
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} is not plain JSON ({err}); build_report's output and "
+                         "ExperimentConfig.model_dump(mode='json') are") from None
+
+
+def _loads(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
