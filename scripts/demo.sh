@@ -3,8 +3,10 @@
 #   1. A/B test: serve run configs/ab.yaml (v1 and v2, 50/50), traffic over HTTP, V2 and a
 #      DeploymentHandle, and where it landed;
 #   2. canary: serve run configs/canary.yaml under load, v2 promoted step by step;
-#   3. canary of the worse v3 (configs/canary_v3.yaml), rolled back automatically.
-# Pass ab or rollout to run only that part.
+#   3. canary of the worse v3 (configs/canary_v3.yaml), rolled back automatically;
+#   4. A/B test of v1 against v3 with v2 in shadow (configs/ab_v3.yaml): clients report
+#      whether each answer was right, then serve-ab report (table and HTML) and /metrics.
+# Pass ab, rollout or report to run only that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -94,4 +96,20 @@ if [ "$PART" = all ] || [ "$PART" = rollout ]; then
   echo "-- canary of v3, the worse model: its clients' 'correct' feedback should fail the gate"
   watch_rollout canary_v3
   stop_serve
+fi
+if [ "$PART" = all ] || [ "$PART" = report ]; then
+  start_serve configs/ab_v3.yaml
+  echo "-- A/B of v1 against v3 for 40 s, 500 users reporting whether each answer was right"
+  python -m tests.support.loadgen --url "$SERVE_AB_URL" --out "$WORK/ab_v3.jsonl" \
+    --concurrency 3 --rate-per-worker-hz 30 --users 500 --duration-s 40 \
+    --samples models/digits/samples.json --feedback correct >"$WORK/ab_v3.load.log" 2>&1
+  echo "   load: $(tail -1 "$WORK/ab_v3.load.log")"
+  serve-ab report
+  mkdir -p benchmarks/out
+  serve-ab report --html benchmarks/out/report.html
+  echo "-- Prometheus metrics of the app ($SERVE_AB_URL/metrics), requests per version:"
+  curl -s "$SERVE_AB_URL/metrics" | grep '^serve_ab_requests_total' || true
+  stop_serve
+  echo "-- run records (.serve-ab/runs.sqlite); the HTML report is benchmarks/out/report.html"
+  serve-ab runs
 fi

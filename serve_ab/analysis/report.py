@@ -485,6 +485,10 @@ def _power_plan(spec: dict[str, Any], versions: Mapping[str, Any], control: str,
             if not 0 < baseline < 1:
                 raise ValueError(f"the control's rate is {baseline:g}; a baseline for power must be in (0, 1)")
             signed = mde if spec["direction"] == "increase" else -mde
+            if not 0 < baseline * (1 + signed) < 1:
+                # The lift is impossible from this baseline (+5% of a 97% rate); the test is
+                # two-sided, so plan for a change of the same size the other way.
+                signed = -signed
             plan = power.sample_size_conversions(baseline, signed, relative=True, alpha=analysis.alpha,
                                                  power=analysis.power, variants=variants)
             out.update(method="two-proportion z-test (Cohen's h)", baseline=baseline, mde_signed=signed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import httpx
@@ -66,6 +67,8 @@ def experiment(model_repo, **changes) -> dict:
         "assignment": {"key": "json", "field": "user_id", "salt": "it"},
         "router": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
         "http": {"max_body_bytes": 8192},
+        # Run records of test apps stay out of the repository's .serve-ab/.
+        "analysis": {"records": {"path": os.path.join(tempfile.gettempdir(), "serve-ab-tests", "runs.sqlite")}},
     }
     cfg.update(changes)
     return cfg

@@ -291,6 +291,18 @@ def test_power_for_a_zero_error_rate_says_why_there_is_none():
     assert c["power"] is None and "rate is 0" in c["power_note"]
 
 
+def test_power_near_a_rate_of_one_plans_for_the_same_change_downwards():
+    cfg = make_cfg(shadow=None)
+    report, _ = Sim(cfg, seed=3).run(2000, correct={"v1": 0.97, "v2": 0.97}).report()
+    c = _cmp(report, "correct")
+    base = c["value_control"]
+    assert base * (1 + cfg.analysis.mde_relative) > 1  # +5% of ~97% is impossible
+    effect = abs(proportion_effectsize(base * (1 - cfg.analysis.mde_relative), base))
+    required = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=cfg.analysis.alpha,
+                                                      power=cfg.analysis.power, ratio=1.0))
+    assert c["power"]["required_per_arm"] == required
+
+
 # ---- sequential ------------------------------------------------------------------------------
 
 
