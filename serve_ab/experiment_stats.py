@@ -14,6 +14,7 @@ there and is the contract between this module, ``analysis/report.py`` and ``metr
 
 from __future__ import annotations
 
+import base64
 import collections
 import math
 import random
@@ -280,6 +281,59 @@ class ExperimentStats:
             },
         }
 
+    # -- surviving a controller restart --------------------------------------------------------
+
+    def to_state(self, now_s: float) -> dict[str, Any]:
+        """The snapshot plus the distinct users, enough to carry on after a restart."""
+        state = self.snapshot(now_s, samples=True)
+        state["unit_sets"] = {
+            name: None if stats.units_overflow else base64.b64encode(
+                b"".join(u.to_bytes(8, "big") for u in stats.units)).decode()
+            for name, stats in self.versions.items()
+        }
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], shadow_version: str | None = None,
+                   feedback_kinds: dict[str, str] | None = None) -> ExperimentStats:
+        """Figures saved by :meth:`to_state`, for the versions this experiment serves."""
+        stats = cls(state["versions"], state["started_at_s"], shadow_version, feedback_kinds)
+        for name, saved in state["versions"].items():
+            version = stats.versions[name]
+            version.requests, version.assigned = saved["requests"], saved["assigned"]
+            version.errors.update(saved["errors_by_kind"])
+            _restore_latency(version.latency, saved["latency"])
+            version.predictions.update({int(k): n for k, n in saved["predictions"].items()})
+            packed = (state.get("unit_sets") or {}).get(name)
+            if packed is None and saved["units"] is not None and saved["units"] > 0:
+                version.units_overflow = True  # counted, but the keys were not kept
+            elif packed:
+                raw = base64.b64decode(packed)
+                version.units = {int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8)}
+            for metric, totals in saved["feedback"].items():
+                restored = version.feedback[metric] = FeedbackTotals(totals["kind"], totals["n"])
+                restored.successes = totals.get("successes", 0)
+                restored.total, restored.total_sq = totals.get("sum", 0.0), totals.get("sum_sq", 0.0)
+        shadow = state.get("shadow")
+        if shadow is not None and shadow["version"] == shadow_version:
+            s = stats.shadow
+            s.mirrored, s.pairs, s.agree = shadow["mirrored"], shadow["pairs"], shadow["agree"]
+            s.errors.update(shadow["errors_by_kind"])
+            s.confusion.update({(a, b): n for a, b, n in shadow["confusion"]})
+            diff = shadow["score_diff"]
+            s.score_diff_n, s.score_diff_sum, s.score_diff_sum_sq = diff["n"], diff["sum"], diff["sum_sq"]
+            s.score_diff_sample.values = list(diff.get("sample", []))
+            s.score_diff_sample.seen = diff["n"]
+            _restore_latency(s.latency, shadow["latency"])
+            s.by_live_version.update(shadow["pairs_by_live_version"])
+        stats.feedback_unjoined = state.get("feedback_unjoined", 0)
+        stats.feedback_mismatched = state.get("feedback_mismatched", 0)
+        stats.timeline_bucket_s = state["timeline"]["bucket_s"]
+        for point in state["timeline"]["points"]:
+            stats._timeline[point["t_s"]] = {"requests": collections.Counter(point["requests"]),
+                                             "feedback": collections.Counter(point["feedback"])}
+        return stats
+
     def _point(self, t_s: float) -> dict[str, collections.Counter]:
         start_s = math.floor(t_s / self.timeline_bucket_s) * self.timeline_bucket_s
         point = self._timeline.get(start_s)
@@ -301,3 +355,12 @@ class ExperimentStats:
             into["requests"].update(point["requests"])
             into["feedback"].update(point["feedback"])
         self._timeline = merged
+
+
+def _restore_latency(latency: LatencyStats, saved: dict[str, Any]) -> None:
+    if list(saved["buckets_le_s"]) != list(LATENCY_BUCKETS_S):
+        return  # saved with other buckets: start the histogram afresh rather than misfile it
+    latency.bucket_counts = list(saved["bucket_counts"])
+    latency.count, latency.sum_s = saved["count"], saved["sum_s"]
+    latency.sample.values = list(saved.get("sample_ms", []))
+    latency.sample.seen = saved["count"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -72,17 +73,27 @@ class ControllerCore:
                 self.rollout = Rollout(cfg.rollout, clock)
         self.observations: collections.deque[Observation] = collections.deque(maxlen=MAX_OBSERVATIONS)
         self.started_at_s = clock()
-        self.stats = ExperimentStats(
-            [v.name for v in cfg.versions], self.started_at_s,
-            shadow_version=cfg.shadow.version if cfg.shadow is not None else None,
-            feedback_kinds={m.name: m.kind for m in cfg.analysis.metrics},
-        )
+        self.run_id, self.run_started_at_s = self._run_identity()
+        shadow_version = cfg.shadow.version if cfg.shadow is not None else None
+        feedback_kinds = {m.name: m.kind for m in cfg.analysis.metrics}
+        saved_stats = store.load(self._stats_key())
+        if saved_stats is not None:  # a restarted controller carries on with the run's figures
+            self.stats = ExperimentStats.from_state(saved_stats, shadow_version, feedback_kinds)
+        else:
+            self.stats = ExperimentStats([v.name for v in cfg.versions], self.started_at_s,
+                                         shadow_version, feedback_kinds)
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined)
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
-        self.run_id, self.run_started_at_s = self._run_identity()
         self._persist()
+
+    def _stats_key(self) -> str:
+        return f"stats:{self.run_id}"
+
+    def save_stats(self) -> None:
+        """Keep the run's figures, so a restarted controller does not start them from zero."""
+        self.store.save(self._stats_key(), self.stats.to_state(self.clock()))
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -94,7 +105,7 @@ class ControllerCore:
         if saved is not None and saved.get("fingerprint") == fingerprint:
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
-        run_id = f"{self.cfg.model}-{started}-{os.getpid()}"
+        run_id = f"{self.cfg.model}-{started}-{hashlib.blake2b(fingerprint.encode(), digest_size=4).hexdigest()}"
         self.store.save(key, {"run_id": run_id, "started_at_s": self.started_at_s,
                               "fingerprint": fingerprint})
         return run_id, self.started_at_s
@@ -303,6 +314,8 @@ class ExperimentController:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             try:
+                state = self.core.stats.to_state(time.time())
+                await asyncio.to_thread(self.core.store.save, self.core._stats_key(), state)
                 report = await self._refresh_report()
                 now_s = time.time()
                 if now_s - last_record_s >= records.interval_s:

@@ -241,3 +241,15 @@ def test_a_restarted_controller_continues_the_same_run_and_a_new_config_starts_a
     assert again.run_id == first.run_id and again.run_started_at_s == first.run_started_at_s
     changed = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, FakeClock(3_000_000.0))
     assert changed.run_id != first.run_id
+
+
+def test_a_restarted_controller_carries_on_with_the_runs_figures():
+    store = MemoryStateStore()
+    clock = FakeClock()
+    first = ControllerCore(ab_experiment(), store, clock)
+    report(first, clock, "v1", 5, correct=True)
+    first.save_stats()
+    again = ControllerCore(ab_experiment(), store, clock)
+    assert again.stats_snapshot() == first.stats_snapshot()
+    fresh = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)  # a new run
+    assert fresh.stats_snapshot()["versions"]["v1"]["requests"] == 0

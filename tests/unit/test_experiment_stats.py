@@ -98,3 +98,18 @@ def test_units_past_the_bound_stop_being_counted(monkeypatch):
     for unit in range(10):
         stats.record(1.0, "v1", 1.0, None, None, unit, True)
     assert stats.snapshot(2.0)["versions"]["v1"]["units"] is None
+
+
+def test_figures_survive_a_restart_through_their_saved_state():
+    stats = ExperimentStats(["v1", "v2"], 5.0, shadow_version="v2", feedback_kinds={"correct": "conversion"})
+    for i in range(50):
+        stats.record(10.0 + i, "v1" if i % 2 else "v2", 1.0 + i, "model" if i == 7 else None, i % 3, i % 20, True)
+        stats.record_feedback(10.0 + i, "v1", "correct", None, i % 4 != 0)
+        stats.record_pair(10.0 + i, "v1", i % 3, (i + i // 10) % 3, 0.01 * i, 2.0, None)
+    state = json.loads(json.dumps(stats.to_state(100.0)))  # as the store keeps it
+    restored = ExperimentStats.from_state(state, shadow_version="v2", feedback_kinds={"correct": "conversion"})
+    assert restored.snapshot(100.0) == stats.snapshot(100.0)
+    # ...and it carries on counting the same users once, not again.
+    for again in (stats, restored):
+        again.record(200.0, "v1", 1.0, None, 0, 3, True)
+    assert restored.snapshot(300.0) == stats.snapshot(300.0)
