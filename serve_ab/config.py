@@ -55,6 +55,9 @@ class AutoscalingConfig(_Strict):
     )
     upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load before scaling up.")
     downscale_delay_s: float = Field(600.0, ge=0, description="Sustained idle before scaling down.")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which Ray averages the ongoing requests it scales on."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:

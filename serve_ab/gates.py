@@ -4,6 +4,13 @@ Too few samples is INCONCLUSIVE, never FAIL: "no data" is not "bad data" (Flagge
 A gate relative to stable compares with the stable version in the same window, so both
 versions are judged under the same load.
 
+A ``promql`` gate judges a number some Prometheus computed: the caller queries it (see
+:func:`serve_ab.promql.fetch_promql_values`) and puts the :class:`PromQLResult` on the
+candidate's window, keyed by the gate's name. An empty answer is INCONCLUSIVE, like too few
+samples; so is a failed query (Prometheus down, a bad query): an outage is not evidence
+against the candidate, so it does not roll it back, but it holds the rollout like missing
+data, and ``analysis.progress_deadline_s`` aborts a rollout held by an outage that lasts.
+
 Example::
 
     windows = build_windows(observations, versions=("v1", "v2"))
@@ -90,6 +97,15 @@ class ConversionStats:
 
 
 @dataclass(frozen=True)
+class PromQLResult:
+    """The answer to one promql gate's query: a value, no data (None), or an error."""
+
+    query: str  # as sent, placeholders substituted
+    value: float | None = None
+    error: str | None = None  # why the query failed; value is None then
+
+
+@dataclass(frozen=True)
 class WindowStats:
     """What one version did during one analysis window."""
 
@@ -104,6 +120,12 @@ class WindowStats:
     scores: Sequence[float] | np.ndarray = ()
     feedback: Mapping[str, FeedbackStats] = field(default_factory=dict)
     conversions: Mapping[str, ConversionStats] = field(default_factory=dict)
+    #: promql gates' answers, by gate name; set on the candidate's window by the caller.
+    promql: Mapping[str, PromQLResult] = field(default_factory=dict)
+    #: Copies of live requests this version answered, and on how many it predicted the
+    #: class the live version answered (shadow, or blue-green validation on live traffic).
+    shadow_pairs: int = 0
+    shadow_agreements: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.error_count <= self.request_count:
@@ -221,6 +243,11 @@ def _samples(gate: Gate, window: WindowStats) -> tuple[int, str]:
         return len(window.scores), "scores"
     if metric is GateMetric.FEEDBACK_MEAN:
         return window.feedback.get(gate.name, FeedbackStats()).count, f"'{gate.name}' feedback values"
+    if metric is GateMetric.SHADOW_AGREEMENT:
+        return window.shadow_pairs, "requests compared with the live answer"
+    if metric is GateMetric.PROMQL:  # the query's own range is its window; one value or none
+        answer = window.promql.get(gate.name)
+        return int(answer is not None and answer.value is not None), "query values"
     return window.conversions.get(gate.name, ConversionStats()).trials, f"'{gate.name}' outcomes"
 
 
@@ -233,6 +260,8 @@ def _metric(gate: Gate, window: WindowStats) -> float:
         return window.error_count / window.request_count
     if metric is GateMetric.FEEDBACK_MEAN:
         return window.feedback[gate.name].mean
+    if metric is GateMetric.SHADOW_AGREEMENT:
+        return window.shadow_agreements / window.shadow_pairs
     return window.conversions[gate.name].rate
 
 
@@ -247,6 +276,9 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     def result(verdict: Verdict, reason: str, value=None, cand=None, stab=None) -> GateResult:
         return GateResult(gate.label, gate.metric.value, verdict, value, gate.threshold,
                           gate.bound, reason, cand, stab)
+
+    if gate.metric is GateMetric.PROMQL:
+        return _evaluate_promql(gate, candidate, result)
 
     sides = [(candidate, "candidate")] + ([(stable, "stable")] if gate.needs_stable else [])
     for window, role in sides:
@@ -285,6 +317,28 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
         return result(Verdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
     side = "above" if upper else "below"
     return result(Verdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
+
+
+def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
+    """A promql gate: min_samples does not apply, the query's range decides what it sees."""
+    metric = f"promql[{gate.name}]"
+    answer = candidate.promql.get(gate.name)
+    if answer is None:
+        return result(Verdict.INCONCLUSIVE, f"no data for {metric}: not queried yet for {candidate.version}")
+    if answer.error is not None:
+        return result(Verdict.INCONCLUSIVE, f"{metric} query failed, so {candidate.version} cannot be "
+                                            f"judged on it: {answer.error}; query: {answer.query}")
+    if answer.value is None:
+        return result(Verdict.INCONCLUSIVE, f"no data for {metric}: the query returned no samples; is "
+                                            f"{candidate.version} receiving traffic? query: {answer.query}")
+    value = answer.value
+    what = f"{metric} on {candidate.version} is {_fmt(value)}"
+    upper = gate.bound == "max"
+    if (value <= gate.threshold) if upper else (value >= gate.threshold):
+        return result(Verdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, value)
+    side = "above" if upper else "below"
+    return result(Verdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}; query: {answer.query}",
+                  value, value)
 
 
 def evaluate_gates(

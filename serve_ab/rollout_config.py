@@ -91,6 +91,11 @@ class GateMetric(str, Enum):
     #: Business feedback reported by clients, picked by ``name``.
     FEEDBACK_MEAN = "feedback_mean"
     FEEDBACK_RATE = "feedback_rate"
+    #: A PromQL ``query`` against a Prometheus server, one number (see :mod:`serve_ab.promql`).
+    PROMQL = "promql"
+    #: Share of requests copied to the candidate (``shadow:`` on it, or a blue-green green
+    #: validating on live traffic) on which it predicted the class the live version answered.
+    SHADOW_AGREEMENT = "shadow_agreement"
 
 
 DRIFT_METRICS = frozenset(
@@ -99,6 +104,32 @@ DRIFT_METRICS = frozenset(
 )
 FEEDBACK_METRICS = frozenset({GateMetric.FEEDBACK_MEAN, GateMetric.FEEDBACK_RATE})
 BOUND_KEYS = ("max", "min", "max_ratio_to_stable", "min_ratio_to_stable")
+#: What a promql gate's query may contain; ``{{interval}}`` is analysis.interval_s as a
+#: PromQL duration, e.g. ``rate(x[{{interval}}])``.
+PROMQL_PLACEHOLDERS = ("candidate", "stable", "model", "interval")
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def promql_placeholders(query: str) -> list[str]:
+    """The ``{{name}}`` placeholders in ``query``, in order of appearance."""
+    return _PLACEHOLDER_RE.findall(query)
+
+
+def render_promql(query: str, values: dict[str, str]) -> str:
+    """``query`` with every ``{{name}}`` (spaces inside allowed) replaced by ``values[name]``."""
+    return _PLACEHOLDER_RE.sub(lambda match: values[match.group(1)], query)
+
+
+class PrometheusConfig(_Strict):
+    """Where promql gates send their queries (Prometheus' HTTP API, /api/v1/query)."""
+
+    url: str = Field(
+        ..., min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+[^\s?#]*$",
+        description="Base URL of the Prometheus server, e.g. http://prometheus:9090 (no /api/...).",
+    )
+    timeout_s: DurationS = Field(
+        5.0, gt=0, le=60, description="Longest a query may take; a slower one is a failed query."
+    )
 
 
 class Gate(_Strict):
@@ -107,7 +138,17 @@ class Gate(_Strict):
     metric: GateMetric = Field(..., description="What is measured on the candidate's window.")
     name: str | None = Field(
         None, min_length=1, max_length=128,
-        description="Feedback name for feedback_mean / feedback_rate, e.g. revenue; unset otherwise.",
+        description="Feedback name for feedback_mean / feedback_rate, e.g. revenue; for promql, "
+        "the gate's name, e.g. error_ratio (unique among promql gates); unset otherwise.",
+    )
+    query: str | None = Field(
+        None, min_length=1, max_length=16384,
+        description="promql only: an instant query that returns one number (a scalar or a "
+        "one-sample vector); {{candidate}}, {{stable}}, {{model}} and {{interval}} are "
+        "substituted before it is sent.",
+    )
+    prometheus: PrometheusConfig | None = Field(
+        None, description="promql only: the Prometheus to ask; unset uses rollout.analysis.prometheus.",
     )
     max: float | None = Field(None, allow_inf_nan=False, description="Absolute upper bound.")
     min: float | None = Field(None, allow_inf_nan=False, description="Absolute lower bound.")
@@ -130,13 +171,19 @@ class Gate(_Strict):
                 f"{', '.join(BOUND_KEYS)}, e.g. {{metric: {metric}, max: 0.1}} (add a second "
                 "gate for a second bound)"
             )
+        if self.metric is GateMetric.PROMQL:
+            return self._check_promql()
+        for key in ("query", "prometheus"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"gate {metric} takes no {key}; only metric: promql does")
         if self.metric in FEEDBACK_METRICS and self.name is None:
             raise ValueError(
                 f"gate {metric} needs the feedback name, e.g. {{metric: {metric}, name: revenue, ...}}"
             )
         if self.metric not in FEEDBACK_METRICS and self.name is not None:
             raise ValueError(
-                f"gate {metric} takes no name (got {self.name!r}); only feedback_mean and feedback_rate do"
+                f"gate {metric} takes no name (got {self.name!r}); only feedback_mean, feedback_rate "
+                "and promql do"
             )
         if self.metric in DRIFT_METRICS and self.max is None:
             raise ValueError(
@@ -148,11 +195,38 @@ class Gate(_Strict):
                 f"gate {metric} bound is {next(iter(bounds.values()))}; {metric} is never "
                 "negative, so use a bound >= 0"
             )
-        if self.metric in (GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.DRIFT_JS):
+        if self.metric is GateMetric.SHADOW_AGREEMENT and self.min is None:
+            raise ValueError(
+                f"gate {metric} has {next(iter(bounds))}; it takes min, the least agreement with "
+                f"the live answers, e.g. {{metric: {metric}, min: 0.95}}"
+            )
+        if self.metric in (GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.DRIFT_JS,
+                           GateMetric.SHADOW_AGREEMENT):
             for key in ("max", "min"):
                 value = bounds.get(key)
                 if value is not None and not 0.0 <= value <= 1.0:
                     raise ValueError(f"gate {metric} {key} is {value}; a rate is in [0, 1], e.g. 0.01")
+        return self
+
+    def _check_promql(self) -> Gate:
+        example = ("{metric: promql, name: error_ratio, max: 0.01, query: 'sum(rate(serve_ab_errors_total"
+                   "{version=\"{{candidate}}\"}[1m])) / sum(rate(serve_ab_requests_total"
+                   "{version=\"{{candidate}}\"}[1m]))'}")
+        if self.name is None or self.query is None:
+            missing = " and ".join(key for key in ("name", "query") if getattr(self, key) is None)
+            raise ValueError(f"gate promql needs {missing}, e.g. {example}")
+        if self.bound not in ("max", "min"):
+            raise ValueError(
+                f"gate promql[{self.name}] has {self.bound}; a promql gate takes max or min: write "
+                "the comparison with stable into the query, e.g. 'sum(rate(m{version=\"{{candidate}}\"}[1m])) "
+                "/ sum(rate(m{version=\"{{stable}}\"}[1m]))'"
+            )
+        unknown = sorted(set(promql_placeholders(self.query)) - set(PROMQL_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(
+                f"gate promql[{self.name}] query has placeholder(s) {', '.join('{{%s}}' % u for u in unknown)}; "
+                f"valid: {', '.join('{{%s}}' % p for p in PROMQL_PLACEHOLDERS)}"
+            )
         return self
 
     @property
@@ -193,6 +267,9 @@ class AnalysisConfig(_Strict):
         600.0, gt=0,
         description="Longest the rollout may be held waiting for a passing analysis or a "
         "validation before it is aborted; manual pauses do not count. Unset waits forever.",
+    )
+    prometheus: PrometheusConfig | None = Field(
+        None, description="The Prometheus promql gates ask, unless a gate names its own.",
     )
 
 
@@ -352,6 +429,21 @@ class RolloutConfig(_Strict):
             raise ValueError(
                 f"steps apply only to strategy canary; strategy blue_green got {len(self.steps)} steps"
             )
+        promql_names: set[str] = set()
+        for index, gate in enumerate(self.gates):
+            if gate.metric is not GateMetric.PROMQL:
+                continue
+            if gate.name in promql_names:
+                raise ValueError(
+                    f"gates[{index}]: promql gate name {gate.name!r} is used twice; promql gate "
+                    "names must be unique (the name keys the query's value)"
+                )
+            promql_names.add(gate.name)
+            if gate.prometheus is None and self.analysis.prometheus is None:
+                raise ValueError(
+                    f"gates[{index}] (promql[{gate.name}]) has no Prometheus to ask: set "
+                    "analysis.prometheus: {url: http://prometheus:9090} or prometheus: on the gate"
+                )
         weight_pct = 0.0
         for index, step in enumerate(self.steps):
             if isinstance(step, SetWeightStep):
@@ -371,3 +463,10 @@ class RolloutConfig(_Strict):
     @property
     def blue_green_settings(self) -> BlueGreenConfig:
         return self.blue_green or BlueGreenConfig()
+
+    def prometheus_for(self, gate: Gate) -> PrometheusConfig:
+        """The Prometheus a promql gate asks: its own, else analysis.prometheus."""
+        prometheus = gate.prometheus or self.analysis.prometheus
+        if prometheus is None:  # refused by _check; reachable only with an unvalidated gate
+            raise ValueError(f"gate {gate.label} has no Prometheus to ask")
+        return prometheus

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,3 +94,20 @@ def add_openapi_schemas(api: FastAPI, models: list[type[BaseModel]]) -> None:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats made valid JSON: NaN becomes null, infinities the
+    strings "Infinity" and "-Infinity" (which ``float()`` reads back). A gate's ratio to a
+    stable version at 0 is infinite, and Starlette refuses to encode that."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

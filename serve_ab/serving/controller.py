@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from ray import serve
 from serve_ab.config import ExperimentConfig, parse_experiment
 from serve_ab.experiment_stats import ExperimentStats
 from serve_ab.feedback import FeedbackJoin
-from serve_ab.gates import Observation, build_windows
+from serve_ab.gates import Observation, PromQLResult, build_windows
+from serve_ab.promql import PromQLPoller
 from serve_ab.rollout import Phase, Rollout, RolloutError
 from serve_ab.rollout_config import PauseStep, SetWeightStep, Strategy
 from serve_ab.state_store import SqliteStateStore
@@ -72,6 +75,9 @@ class ControllerCore:
             else:
                 self.rollout = Rollout(cfg.rollout, clock)
         self.observations: collections.deque[Observation] = collections.deque(maxlen=MAX_OBSERVATIONS)
+        # (t_s, mirrored version, agreed) of each answered copy, for shadow_agreement gates.
+        self.pair_observations: collections.deque[tuple[float, str, bool]] = collections.deque(
+            maxlen=MAX_OBSERVATIONS)
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
@@ -132,6 +138,8 @@ class ControllerCore:
                 self.feedback.remember(request_id, version, t_s)
         for (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
              shadow_latency_ms, error_kind) in pairs:
+            if error_kind is None and live_class is not None and shadow_class is not None:
+                self.pair_observations.append((t_s, shadow_version, live_class == shadow_class))
             if shadow_version == self.stats.shadow_version:
                 self.stats.record_pair(t_s, live_version, live_class, shadow_class, score_diff,
                                        shadow_latency_ms, error_kind)
@@ -142,23 +150,35 @@ class ControllerCore:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def tick(self) -> bool:
-        """One look at timers and windows; True when the weights or phase changed."""
+    def tick(self, promql: Mapping[str, PromQLResult] | None = None) -> bool:
+        """One look at timers and windows; True when the weights or phase changed.
+
+        ``promql``: the latest answers of the rollout's promql gates, by gate name.
+        """
         now = self.clock()
         if self.rollout is None:
             while self.observations and self.observations[0].t_s < now - STATIC_WINDOW_S:
                 self.observations.popleft()
+            self.pair_observations.clear()  # only gates read them
             return False
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         interval_s = self.cfg.rollout.analysis.interval_s
         while self.observations and self.observations[0].t_s < now - 2 * interval_s - 60:
             self.observations.popleft()
+        while self.pair_observations and self.pair_observations[0][0] < now - 2 * interval_s - 60:
+            self.pair_observations.popleft()
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
         feedback, conversions = self.feedback.events(since_s=now - interval_s)
         windows = build_windows(
             self.observations, versions=versions, feedback=feedback, conversions=conversions,
             start_s=now - interval_s, end_s=now + 1.0,
         )
+        candidate = self.cfg.rollout.candidate
+        agreed = [agree for t_s, version, agree in self.pair_observations
+                  if version == candidate and t_s >= now - interval_s]
+        windows[candidate] = dataclasses.replace(
+            windows[candidate], promql=promql or {}, shadow_pairs=len(agreed),
+            shadow_agreements=sum(agreed))
         decision = self.rollout.tick(windows)
         if decision.analysis:
             self.last_analysis = [g.to_dict() for g in decision.analysis]
@@ -288,6 +308,8 @@ class ExperimentController:
         self._sequential_state: dict[str, Any] | None = None
         self._report_lock = asyncio.Lock()
         self._recorder = None
+        # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
+        self._promql = PromQLPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._analyse())]
 
@@ -301,7 +323,10 @@ class ExperimentController:
                     passed, reason = await self._validate_green()
                     rollout.report_validation(passed, reason)
                     self._notify()
-                if self.core.tick():
+                promql = None
+                if self._promql is not None and rollout is not None:
+                    promql = self._promql.poll(self.core.clock(), active=not rollout.done)
+                if self.core.tick(promql):
                     self._notify()
             except Exception:  # a bad tick must not stop the rollout's clock
                 logger.exception("serve-ab controller tick failed")

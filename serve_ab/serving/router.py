@@ -43,6 +43,7 @@ from serve_ab.api.http_util import (
     add_openapi_schemas,
     install_error_handlers,
     json_body,
+    json_safe,
     read_json,
 )
 from serve_ab.api.schemas import (
@@ -495,14 +496,15 @@ class Router:
     # -- HTTP: rollout control and feedback ----------------------------------------------------
 
     @api.get("/rollout/status", summary="Rollout phase, step, weights and gates (open)")
-    async def http_rollout_status(self, history: bool = False) -> dict[str, Any]:
+    async def http_rollout_status(self, history: bool = False) -> JSONResponse:
         if self.controller is None:
-            return {"model": self.cfg.model, "strategy": None, "phase": "static",
-                    "weights_pct": self.assigner.table.weights_pct(), "gates": [], "retired": []}
-        return await self.controller.status.remote(history)
+            return JSONResponse({"model": self.cfg.model, "strategy": None, "phase": "static",
+                                 "weights_pct": self.assigner.table.weights_pct(), "gates": [],
+                                 "retired": []})
+        return JSONResponse(json_safe(await self.controller.status.remote(history)))
 
     @api.post("/rollout/{action}", summary="promote, pause, resume, abort, rollback or weights (token)")
-    async def http_rollout_action(self, action: str, request: Request) -> dict[str, Any]:
+    async def http_rollout_action(self, action: str, request: Request) -> JSONResponse:
         self._authorize(request)
         if action not in CONTROL_ACTIONS:
             raise ApiError(404, f"unknown action {action!r}; valid: {list(CONTROL_ACTIONS)}")
@@ -516,7 +518,7 @@ class Router:
         if action == "weights" and not isinstance(body.get("weights"), dict):
             raise ApiError(400, 'set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
         try:
-            return await self.controller.act.remote(action, body)
+            return JSONResponse(json_safe(await self.controller.act.remote(action, body)))
         except (RolloutError, ValueError) as err:
             cause = getattr(err, "cause", err)  # Ray wraps the controller's own exception
             raise ApiError(409 if isinstance(err, RolloutError) else 400, str(cause)) from None
@@ -570,12 +572,12 @@ class Router:
         return await self.experiment()
 
     @api.get("/experiment/report", summary="The A/B report: per-variant figures, tests, verdicts (open)")
-    async def http_report(self) -> dict[str, Any]:
-        return await self._from_controller("report")
+    async def http_report(self) -> JSONResponse:
+        return JSONResponse(json_safe(await self._from_controller("report")))
 
     @api.get("/experiment/stats", summary="The raw cumulative figures behind the report (open)")
-    async def http_stats(self) -> dict[str, Any]:
-        return await self._from_controller("stats")
+    async def http_stats(self) -> JSONResponse:
+        return JSONResponse(json_safe(await self._from_controller("stats")))
 
     @api.get("/metrics", summary="Prometheus metrics of this app, from its one controller (open)")
     async def http_metrics(self) -> Response:

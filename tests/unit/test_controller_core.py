@@ -253,3 +253,26 @@ def test_a_restarted_controller_carries_on_with_the_runs_figures():
     assert again.stats_snapshot() == first.stats_snapshot()
     fresh = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)  # a new run
     assert fresh.stats_snapshot()["versions"]["v1"]["requests"] == 0
+
+
+def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests():
+    clock = FakeClock()
+    base = experiment(gates=[{"metric": "shadow_agreement", "min": 0.9}],
+                      steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
+    # Beside its 10% of traffic, v2 answers copies of all of v1's requests.
+    cfg = parse_experiment({**base.model_dump(mode="json", exclude_none=True),
+                            "shadow": {"version": "v2", "percent": 100}})
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    assert {"version": "v2", "percent": 100.0} in core.snapshot()["mirrors"]
+    for second in range(12):
+        clock.advance(1.0)
+        report(core, clock, "v1", 10)
+        report(core, clock, "v2", 1)
+        # v2 answers the copies with another class 3 times in 10: agreement 0.7 < 0.9.
+        core.record([], [(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)])
+        core.tick()
+    status = core.status()
+    assert status["phase"] == "aborted", status
+    assert "shadow_agreement" in status["reason"]
+    gate = next(g for g in status["gates"] if g["metric"] == "shadow_agreement")
+    assert gate["verdict"] == "fail" and abs(gate["value"] - 0.7) < 1e-9

@@ -124,6 +124,8 @@ def test_bad_steps_are_refused_with_the_value(steps, expected):
         ({"metric": "latency_p95_ms", "max": -1}, "never negative"),
         ({"metric": "latency_p95_ms", "max_ratio_to_stable": 0}, "greater than 0"),
         ({"metric": "latency_p42_ms", "max": 1}, "latency_p95_ms"),
+        ({"metric": "shadow_agreement", "max": 0.5}, "it takes min, the least agreement"),
+        ({"metric": "shadow_agreement", "min": 95}, "shadow_agreement min is 95.0; a rate is in [0, 1]"),
     ],
 )
 def test_bad_gates_are_refused(gate, expected):
