@@ -43,7 +43,7 @@ def test_half_gpus_on_a_cpu_only_cluster_are_refused_with_the_field_value_and_wa
     for index, name in ((0, "v1"), (1, "v2")):
         line = next(l for l in message.splitlines() if f"versions.{index}.deployment" in l)
         assert line.strip().startswith(f"- versions.{index}.deployment.ray_actor_options.num_gpus: ")
-        assert f"version '{name}' asks for 0.5 GPUs per replica" in line
+        assert f"version '{name}' asks for 0.5 GPU per replica" in line
         assert "the cluster has no GPU" in line
         assert "resources_missing: cpu" in line and "add a node with a GPU" in line
         assert line.endswith("(got 0.5)")
@@ -84,7 +84,7 @@ def test_replicas_are_summed_and_a_fraction_over_half_cannot_share_a_gpu():
     # 2 x 0.5 fit one GPU; 2 x 0.5 + 1 x 0.5 do not.
     apply_resource_policy(isolated(0.5, replicas=2), ONE_GPU)
     message = refusal(isolated(0.5, 0.5, replicas=2), ONE_GPU)
-    assert "version 'v2' asks for 0.5 GPUs x 2 replica(s)" in message and "needs 2 GPUs" in message
+    assert "version 'v2' asks for 0.5 GPU x 2 replica(s)" in message and "needs 2 GPUs" in message
     # 1.8 GPUs in all, but each 0.6 needs a GPU of its own: three of them need three.
     message = refusal(isolated(0.6, replicas=3), two_gpus)
     assert "needs 3 GPUs, but the cluster has 2 GPUs" in message
@@ -128,7 +128,7 @@ def test_a_gpu_must_sit_on_a_node_that_has_the_custom_resource_too():
     nodes = [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "accel_a": 1.0}]
     total = {"CPU": 2.0, "GPU": 1.0, "accel_a": 1.0}
     cfg = isolated(0.5, resources={"accel_a": 1})
-    assert "0.5 GPUs per replica together with {'accel_a': 1.0}" in refusal(cfg, total, nodes)
+    assert "0.5 GPU per replica together with {'accel_a': 1.0}" in refusal(cfg, total, nodes)
     fitted = apply_resource_policy(isolated(0.5, resources_missing="cpu", resources={"accel_a": 1}),
                                    total, nodes)
     assert fitted.versions[0].device == "cpu"
@@ -144,7 +144,7 @@ def test_colocated_router_gpu_falls_back_for_every_version():
         "router": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}},
     }
     message = refusal(parse_experiment(args), CPU_ONLY)
-    assert "router.ray_actor_options.num_gpus: the router (it holds every version) asks for 0.5 GPUs" in message
+    assert "router.ray_actor_options.num_gpus: the router (it holds every version) asks for 0.5 GPU" in message
     fitted = apply_resource_policy(parse_experiment({**args, "resources_missing": "cpu"}), CPU_ONLY)
     assert fitted.router.ray_actor_options.num_gpus == 0 and fitted.router.num_replicas == 2
     assert [v.device for v in fitted.versions] == ["cpu", "cpu"]
