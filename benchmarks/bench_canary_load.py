@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
 import tempfile
@@ -47,14 +46,13 @@ sys.path.insert(0, str(HERE))
 from bench_serving import (
     HttpLoad,
     describe_machine,
-    free_port,
     load_average,
     log,
     other_ray_instances,
     request_bodies,
 )
+from cluster import Cluster, cluster, deployed, missing_models
 
-TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5},
                                   "max_ongoing_requests": 256}
 
@@ -95,25 +93,26 @@ def window(result: dict[str, Any]) -> dict[str, Any]:
             "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 s pauses, 5 s windows")
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections (default 8)")
     parser.add_argument("--pause", type=float, help="seconds of each timed pause (quick 1, full 3)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     pause_s = args.pause or (1.0 if args.quick else 3.0)
     retire_after_s = 0.5 if args.quick else 1.0
     window_s = round(3 * pause_s + retire_after_s + 2.0, 2)
 
     import httpx
-    import ray
     from ray import serve
 
     from serve_ab import build_app
 
     started = time.perf_counter()
     app = f"canaryload{secrets.token_hex(3)}"
-    token = secrets.token_urlsafe(24)
     report: dict[str, Any] = {
         "bench": "canary_load",
         "mode": "quick" if args.quick else "full",
@@ -123,64 +122,55 @@ def main(argv: list[str] | None = None) -> int:
         "retire_after_s": retire_after_s,
     }
     bodies, _ = request_bodies()
-    load: HttpLoad | None = None
+    base = f"{cluster.base_url}/{app}"
     with tempfile.TemporaryDirectory(prefix="bench-canary-load-") as tmp, \
-            httpx.Client(timeout=30.0, headers={"authorization": f"Bearer {token}"}) as control:
-        try:
-            os.environ[TOKEN_ENV] = token  # inherited by the replicas; runtime_env would log it
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            base = f"http://127.0.0.1:{port}/{app}"
-            log(f"deploying {app}: colocated v1 + v3, canary held at its first (manual) pause")
-            serve.run(build_app(experiment(Path(tmp) / "state.sqlite", pause_s, retire_after_s)),
-                      name=app, route_prefix=f"/{app}")
-            status = control.get(f"{base}/rollout/status").json()
-            log(f"phase {status['phase']}, weights {status['weights_pct']}")
-            load = HttpLoad()
-            url = f"{base}/predict"
-            load.run(url, bodies, args.concurrency, 1.0, 0.5)  # warm-up, unmeasured
-            log(f"static (before): {window_s:g} s at concurrency {args.concurrency}")
-            before = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
-            response = control.post(f"{base}/rollout/promote", json={})
-            if response.status_code != 200:
-                raise RuntimeError(f"promote answered {response.status_code}: {response.text[:300]}")
-            t_open = time.time() + 0.1  # the loadgen's 0.1 s unmeasured, roughly
-            log(f"canary: {window_s:g} s, pauses {pause_s:g} s")
-            during = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
-            t_close = time.time()
-            deadline = time.monotonic() + 60
-            while True:
-                status = control.get(f"{base}/rollout/status?history=true").json()
-                if (status["phase"] == "promoted" and "v1" in status.get("retired", [])) \
-                        or time.monotonic() > deadline:
-                    break
-                time.sleep(0.25)
-            report["phase_after_canary_window"] = status["phase"]
-            log(f"static (after): phase {status['phase']}, weights {status['weights_pct']}, "
-                f"retired {status.get('retired')}")
-            after = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
-            history = status.get("history", [])
-            report["steps"] = [
-                {"to_phase": h.get("to_phase"), "step_index": h.get("step_index"),
-                 "t_from_window_open_s": round(h["t_s"] - t_open, 2) if "t_s" in h else None,
-                 "reason": h.get("reason")}
-                for h in history
-            ]
-            report["window_close_s"] = round(t_close - t_open, 2)
-            report["final"] = {"phase": status["phase"], "weights_pct": status["weights_pct"],
-                               "retired": status.get("retired")}
-            report["other_ray_instances"] = other_ray_instances()
-        finally:
+            httpx.Client(timeout=30.0, headers={"authorization": f"Bearer {cluster.token}"}) as control:
+        log(f"deploying {app}: colocated v1 + v3, canary held at its first (manual) pause")
+        target = serve.RunTarget(
+            build_app(experiment(Path(tmp) / "state.sqlite", pause_s, retire_after_s)),
+            name=app, route_prefix=f"/{app}")
+        load: HttpLoad | None = None
+        with deployed([target]):
             try:
+                status = control.get(f"{base}/rollout/status").json()
+                log(f"phase {status['phase']}, weights {status['weights_pct']}")
+                load = HttpLoad()
+                url = f"{base}/predict"
+                load.run(url, bodies, args.concurrency, 1.0, 0.5)  # warm-up, unmeasured
+                log(f"static (before): {window_s:g} s at concurrency {args.concurrency}")
+                before = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
+                response = control.post(f"{base}/rollout/promote", json={})
+                if response.status_code != 200:
+                    raise RuntimeError(f"promote answered {response.status_code}: {response.text[:300]}")
+                t_open = time.time() + 0.1  # the loadgen's 0.1 s unmeasured, roughly
+                log(f"canary: {window_s:g} s, pauses {pause_s:g} s")
+                during = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
+                t_close = time.time()
+                deadline = time.monotonic() + 60
+                while True:
+                    status = control.get(f"{base}/rollout/status?history=true").json()
+                    if (status["phase"] == "promoted" and "v1" in status.get("retired", [])) \
+                            or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.25)
+                report["phase_after_canary_window"] = status["phase"]
+                log(f"static (after): phase {status['phase']}, weights {status['weights_pct']}, "
+                    f"retired {status.get('retired')}")
+                after = window(load.run(url, bodies, args.concurrency, window_s, 0.1))
+            finally:
                 if load is not None:
                     load.close()
-            finally:
-                try:
-                    serve.shutdown()
-                finally:
-                    ray.shutdown()
+        history = status.get("history", [])
+        report["steps"] = [
+            {"to_phase": h.get("to_phase"), "step_index": h.get("step_index"),
+             "t_from_window_open_s": round(h["t_s"] - t_open, 2) if "t_s" in h else None,
+             "reason": h.get("reason")}
+            for h in history
+        ]
+        report["window_close_s"] = round(t_close - t_open, 2)
+        report["final"] = {"phase": status["phase"], "weights_pct": status["weights_pct"],
+                           "retired": status.get("retired")}
+        report["other_ray_instances"] = other_ray_instances()
 
     static = (before["rps"] + after["rps"]) / 2
     report.update({
@@ -205,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {step['t_from_window_open_s']!s:>7} s  -> {step['to_phase']} (step {step['step_index']}): {step['reason']}")
     print(f"canary window closed at {report.get('window_close_s')} s; final {report.get('final')}")
     print(f"load average before {report['load_before']}, after {report['load_after']}; wall {report['wall_s']:.0f} s")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_models("v1/model.onnx", "v3/model.onnx")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    with cluster(num_cpus=4) as c:
+        report = run(c, args)
     print(json.dumps(report))
     return 0
 

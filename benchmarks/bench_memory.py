@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py --quick   # about 1 minute; one JSON line last
     python benchmarks/bench_memory.py           # the same, more requests and samples
 
-One Ray instance of its own (Serve on a free port, never 8000) runs, side by side:
+One Ray instance (its own, or run_all.py's; Serve on a free port, never 8000) runs, side by side:
 
     colocated  serve-ab, placement colocated: ONE router replica holding v1 (ONNX) and
                v2 (torch, model.pt2) in its own process
@@ -17,7 +17,9 @@ from /proc/<pid>/cmdline) and their memory is read from /proc: **RSS** (VmRSS in
 /proc/<pid>/status: counts shared pages, e.g. libraries, in every process that maps them),
 **PSS** and **USS** (/proc/<pid>/smaps_rollup: proportional share, and private pages only).
 Reported per replica, summed per placement, and the ratio isolated / colocated. Serve's
-controller and proxy are the same for both placements and are left out.
+controller and proxy are the same for both placements and are left out; so is serve-ab's
+own controller (one ``Controller`` replica in every app), which is read and shown beside
+the totals, not in them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray import serve
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODELS = REPO / "models" / "digits"
@@ -39,14 +43,15 @@ sys.path.insert(0, str(HERE))
 
 from bench_serving import (
     describe_machine,
-    free_port,
     load_average,
     log,
     other_ray_instances,
 )
+from cluster import Cluster, cluster, deployed, missing_models
 
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
                                   "max_ongoing_requests": 64}
+CONTROLLER = "Controller"  # serve-ab's controller deployment, one replica in every app
 VERSION_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
                                    "max_ongoing_requests": 64}
 
@@ -137,16 +142,17 @@ def sample(layout: dict[str, list[str]], samples: int, every_s: float) -> dict[s
 # -- the run -------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer warm-up requests and samples")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     requests_per_app = 20 if args.quick else 200
     samples = 3 if args.quick else 10
 
     import httpx
-    import ray
-    from ray import serve
 
     from serve_ab import build_app
 
@@ -161,50 +167,42 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     @serve.deployment(name="Bare", **ROUTER_OPTIONS)
-    class Bare:
+    class Bare:  # defined here, so that it is pickled by value, not imported by the replica
         async def __call__(self, request) -> dict:
             return {"ok": True}
 
     rows = json.loads((MODELS / "samples.json").read_text())["inputs"]
-    try:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        log("deploying colocated (1 router: v1 onnx + v2 torch), isolated (router + 2 versions), bare")
-        serve.run_many([
-            serve.RunTarget(build_app(experiment("colocated")), name=colocated, route_prefix=f"/{colocated}"),
-            serve.RunTarget(build_app(experiment("isolated")), name=isolated, route_prefix=f"/{isolated}"),
-            serve.RunTarget(Bare.bind(), name=bare, route_prefix=f"/{bare}"),
-        ])
+    log("deploying colocated (1 router: v1 onnx + v2 torch), isolated (router + 2 versions), bare")
+    with deployed([
+        serve.RunTarget(build_app(experiment("colocated")), name=colocated, route_prefix=f"/{colocated}"),
+        serve.RunTarget(build_app(experiment("isolated")), name=isolated, route_prefix=f"/{isolated}"),
+        serve.RunTarget(Bare.bind(), name=bare, route_prefix=f"/{bare}"),
+    ]):
         served: dict[str, dict[str, int]] = {}
         with httpx.Client(timeout=30.0) as client:
             for app in (colocated, isolated):
                 by_version: dict[str, int] = {}
                 for i in range(requests_per_app):
-                    response = client.post(f"http://127.0.0.1:{port}/{app}/predict",
+                    response = client.post(f"{cluster.base_url}/{app}/predict",
                                            json={"inputs": [rows[i % len(rows)]], "user_id": f"u{i}"})
                     response.raise_for_status()
                     version = response.headers.get("x-model-version", "?")
                     by_version[version] = by_version.get(version, 0) + 1
                 served[app] = by_version
-            client.post(f"http://127.0.0.1:{port}/{bare}").raise_for_status()
+            client.post(f"{cluster.base_url}/{bare}").raise_for_status()
         log(f"served: {served}")
         time.sleep(1.0)
-        layout = {colocated: ["Router"], isolated: ["Router", "version-v1", "version-v2"], bare: ["Bare"]}
+        layout = {colocated: ["Router", CONTROLLER], isolated: ["Router", "version-v1", "version-v2", CONTROLLER],
+                  bare: ["Bare"]}
         measured = sample(layout, samples, 0.5)
         report["other_ray_instances"] = other_ray_instances()
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
     def placement(app: str, name: str) -> dict[str, Any]:
         replicas = {key.split(":", 1)[1]: value for key, value in measured.items() if key.startswith(app + ":")}
+        controller = replicas.pop(CONTROLLER, None)
         total = {f: round(sum(r[f] for r in replicas.values()), 1)
                  for f in ("rss_mib", "pss_mib", "uss_mib") if all(f in r for r in replicas.values())}
-        return {"placement": name, "replicas": replicas, "total": total}
+        return {"placement": name, "replicas": replicas, "total": total, "controller": controller}
 
     col, iso, nothing = placement(colocated, "colocated"), placement(isolated, "isolated"), placement(bare, "bare")
     ratio = {f: round(iso["total"][f] / col["total"][f], 2) for f in col["total"] if f in iso["total"]}
@@ -229,12 +227,26 @@ def main(argv: list[str] | None = None) -> int:
         t = p["total"]
         print(f"  {p['placement']:<10} {'TOTAL':<12} {t.get('rss_mib', 0):8.1f} "
               f"{t.get('pss_mib', 0):8.1f} {t.get('uss_mib', 0):8.1f}")
+        c = p["controller"] or {}
+        print(f"  {p['placement']:<10} {CONTROLLER:<12} {c.get('rss_mib', 0):8.1f} "
+              f"{c.get('pss_mib', 0):8.1f} {c.get('uss_mib', 0):8.1f}   (one in every app; not in TOTAL)")
     b = report["bare_replica"] or {}
     print(f"  {'bare':<10} {'Bare':<12} {b.get('rss_mib', 0):8.1f} {b.get('pss_mib', 0):8.1f} "
           f"{b.get('uss_mib', 0):8.1f}   (a replica that does nothing)")
     print("isolated / colocated: " + ", ".join(f"{k[:-4].upper()} {v:.2f}x" for k, v in ratio.items()))
     print(f"load average before {report['load_before']}, after {report['load_after']}; "
           f"wall {report['wall_s']:.0f} s")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_models("v1/model.onnx", "v2/model.pt2")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    with cluster(num_cpus=4) as c:
+        report = run(c, args)
     print(json.dumps(report))
     return 0
 

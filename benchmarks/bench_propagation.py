@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -55,10 +54,11 @@ REPO = HERE.parent
 MODELS = REPO / "models" / "digits"
 sys.path.insert(0, str(HERE))  # bench_serving.py, whether run as a script or imported
 
+from cluster import Cluster, cluster, deployed, missing_models
+
 APP = "propagation"
 SALT = "propagation"
 ROUTER_REPLICAS = 2
-TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"
 HALF = {"v1": 50.0, "v3": 50.0}
 ALL_STABLE = {"v1": 100.0, "v3": 0.0}
 REQUEST_ID_PREFIX = "pb"
@@ -412,7 +412,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *lines]]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10,
                         help="rounds in all; the last uses abort unless --no-abort (default 10)")
@@ -423,21 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--observe", type=float, default=1.5, help="seconds of load after t0 (default 1.5)")
     parser.add_argument("--load-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.load_process:
-        return load_main()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1; got {args.rounds}")
-    if not (MODELS / "v1" / "model.onnx").is_file() or not (MODELS / "v3" / "model.onnx").is_file():
-        print("the example models are missing: run python models/build.py", file=sys.stderr)
-        return 2
+    return args
 
-    import ray
-    from bench_serving import (
-        describe_machine,
-        free_port,
-        load_average,
-        other_ray_instances,
-    )
+
+def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    from bench_serving import describe_machine, load_average, other_ray_instances
     from ray import serve
 
     from serve_ab import build_app
@@ -454,41 +446,32 @@ def main(argv: list[str] | None = None) -> int:
                     + ("; last round POST /rollout/abort" if not args.no_abort else ""),
     }
     bodies = v3_bodies()
-    token = secrets.token_urlsafe(24)
-    load: Load | None = None
-    control: Control | None = None
+    base_url = f"{cluster.base_url}/{APP}"
     with tempfile.TemporaryDirectory(prefix="bench-propagation-") as tmp:
-        try:
-            os.environ[TOKEN_ENV] = token  # inherited by the replicas; runtime_env would log it
-            context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                               runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-            session_dir = Path(context.address_info["session_dir"])
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            base_url = f"http://127.0.0.1:{port}/{APP}"
-            log(f"deploying {APP}: {ROUTER_REPLICAS} router replicas, v1 + v3 colocated")
-            serve.run(build_app(experiment(Path(tmp) / "state.sqlite")), name=APP, route_prefix=f"/{APP}")
-            control = Control(base_url, token)
-            wait_until(lambda: control.status()["weights_pct"] == HALF, "the canary to reach 50 %", every_s=0.25)
-            others_before = other_ray_instances()
-            load = Load(base_url + "/predict", bodies, args.concurrency, Path(tmp) / "records.json")
-            log(f"load running on {args.concurrency} connections; {args.rounds} rounds")
-            rounds = run_rounds(control, bodies[0], args.rounds, not args.no_abort, args.hold, args.observe)
-            records = load.stop()
-            report["other_ray_instances"] = max(others_before, other_ray_instances())
-            report["final_phase"] = control.status()["phase"]
-        finally:
+        log(f"deploying {APP}: {ROUTER_REPLICAS} router replicas, v1 + v3 colocated")
+        target = serve.RunTarget(build_app(experiment(Path(tmp) / "state.sqlite")), name=APP,
+                                 route_prefix=f"/{APP}")
+        load: Load | None = None
+        control: Control | None = None
+        with deployed([target]):
             try:
+                control = Control(base_url, cluster.token)
+                wait_until(lambda: control.status()["weights_pct"] == HALF, "the canary to reach 50 %",
+                           every_s=0.25)
+                others_before = other_ray_instances()
+                load = Load(base_url + "/predict", bodies, args.concurrency, Path(tmp) / "records.json")
+                log(f"load running on {args.concurrency} connections; {args.rounds} rounds")
+                rounds = run_rounds(control, bodies[0], args.rounds, not args.no_abort, args.hold,
+                                    args.observe)
+                records = load.stop()
+                report["other_ray_instances"] = max(others_before, other_ray_instances())
+                report["final_phase"] = control.status()["phase"]
+            finally:
                 if load is not None:
                     load.close()
                 if control is not None:
                     control.close()
-            finally:
-                try:
-                    serve.shutdown()
-                finally:
-                    ray.shutdown()
-    served_by, applied = read_replica_logs(session_dir)
+    served_by, applied = read_replica_logs(cluster.session_dir)
     report["load_after"] = [round(x, 2) for x in load_average() or ()]
     report["shared"] = bool(report["other_ray_instances"]) or bool(
         report["load_before"] and report["load_before"][0] > (os.cpu_count() or 1))
@@ -542,6 +525,19 @@ def main(argv: list[str] | None = None) -> int:
     report["abort_round"] = abort_row
     report["replicas_with_traffic"] = len(replicas_with_traffic)
     report["errors"] = errors
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.load_process:
+        return load_main()
+    missing = missing_models("v1/model.onnx", "v3/model.onnx")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    with cluster(num_cpus=4) as c:
+        report = run(c, args)
     print(json.dumps(report))
     return 0
 

@@ -69,12 +69,16 @@ def measure(num_versions: int, number: int, repeat: int) -> dict[str, dict[str, 
             for name, runs in per_call_us.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls (about 2 s)")
     parser.add_argument("--versions", type=int, nargs="+", default=[2, 5],
                         help="numbers of versions to split between (default: 2 5)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Print the table; return the figures."""
     number, repeat = (10_000, 10) if args.quick else (20_000, 40)
 
     print(f"routing decision cost, Python {platform.python_version()} on {platform.machine()}, "
@@ -101,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     summary["under_target"] = bool(all_ok)
     print(f"target: one decision under {TARGET_US:g} us -> {'met' if all_ok else 'NOT met'}")
-    print(json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(run(parse_args(argv))))
     return 0
 
 

@@ -37,7 +37,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,8 @@ REPO = HERE.parent
 MODELS = REPO / "models" / "digits"
 RESULTS_MD = HERE / "RESULTS.md"
 sys.path.insert(0, str(HERE))  # baselines.py, whether run as a script or imported
+
+from cluster import Cluster, cluster, deployed, missing_models
 
 # DESIGN.md, "Numbers to reach".
 TARGET_COLOCATED_VS_PLAIN = 0.95
@@ -164,33 +165,11 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- deploying the candidates --------------------------------------------------------------
-
-
-def start_serve() -> int:
-    """A Ray instance of our own and Serve's proxy on a free port; returns the port."""
-    import ray
-    from ray import serve
-
-    # Logical CPUs: every deployment reserves 0.5 of one; the real cores are shared by
-    # all replicas, the proxy and the load generator alike. Replicas import baselines.py
-    # from this folder, whatever directory the benchmark is started from.
-    python_path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": python_path}})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
 
 
 def serve_ab_experiment(placement: str) -> dict[str, Any]:
@@ -211,7 +190,8 @@ def serve_ab_experiment(placement: str) -> dict[str, Any]:
     }
 
 
-def deploy(candidates: list[Candidate]) -> None:
+def run_targets(candidates: list[Candidate]) -> list[Any]:
+    """The apps to deploy, one ``serve.RunTarget`` per candidate, each under its own prefix."""
     import baselines
     from ray import serve
 
@@ -227,11 +207,7 @@ def deploy(candidates: list[Candidate]) -> None:
         "colocated": lambda: build_app(serve_ab_experiment("colocated")),
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
     }
-    log(f"deploying {', '.join(c.app for c in candidates)}")
-    # All at once: their replicas start side by side, which on a small machine is faster.
-    serve.run_many([serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}")
-                    for c in candidates])
-    log("deployed")
+    return [serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}") for c in candidates]
 
 
 def request_bodies(count: int = 256) -> tuple[list[str], list[tuple[np.ndarray, str]]]:
@@ -396,12 +372,14 @@ def measure(candidates: list[Candidate], mode: Mode, port: int, bodies: list[str
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {"http": {}, "handle": {}}
     load = HttpLoad()
     try:
-        log(f"warm-up: {mode.warmup_s:g} s per candidate over HTTP, 0.5 s over handles")
+        handle_warmup_s = min(0.5, mode.warmup_s)
+        log(f"warm-up: {mode.warmup_s:g} s per candidate over HTTP, {handle_warmup_s:g} s over handles")
         for c in candidates:
             load.run(url[c.app], bodies, max(mode.concurrencies), mode.warmup_s, 0.0)
         callers = {c.app: handle_caller(c, handle_args) for c in candidates}
         for c in candidates:
-            asyncio.run(_handle_closed_loop(callers[c.app], max(mode.handle_concurrencies), 0.5, 0.0))
+            asyncio.run(_handle_closed_loop(callers[c.app], max(mode.handle_concurrencies),
+                                            handle_warmup_s, 0.0))
 
         for r in range(mode.rounds):
             for concurrency in mode.concurrencies:
@@ -637,28 +615,27 @@ def write_results_md(report: dict[str, Any], http: dict[int, Any], handle: dict[
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="concurrency 1 and 8, 3 short rounds, no RESULTS.md (under 3 minutes)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--duration", type=float, help="override the seconds per run")
+    parser.add_argument("--warmup", type=float, help="override the unmeasured seconds per candidate first")
     parser.add_argument("--only", nargs="+", choices=list(BY_APP), metavar="APP",
                         help=f"measure only these candidates, of {list(BY_APP)}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-results-md", action="store_true", help="never write RESULTS.md")
+    return parser.parse_args(argv)
+
+
+def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """Deploy the candidates on ``cluster``, measure them, print the tables; the report."""
     candidates = [c for c in CANDIDATES if not args.only or c.app in args.only]
     mode = QUICK if args.quick else FULL
-    if args.rounds or args.duration:
+    if args.rounds or args.duration or args.warmup:
         mode = Mode(mode.concurrencies, mode.handle_concurrencies, args.rounds or mode.rounds,
                     args.duration or mode.duration_s, args.duration or mode.handle_duration_s,
-                    mode.warmup_s)
-    if not (MODELS / "v1" / "model.onnx").is_file() or not (MODELS / "v3" / "model.onnx").is_file():
-        print("the example models are missing: run python models/build.py", file=sys.stderr)
-        return 2
-
-    import ray
-    from ray import serve
-
+                    args.warmup or mode.warmup_s)
     started = time.perf_counter()
     report: dict[str, Any] = {
         "bench": "serving",
@@ -666,20 +643,17 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "load_before": [round(x, 2) for x in load_average() or ()],
+        "rounds": mode.rounds, "duration_s": mode.duration_s, "warmup_s": mode.warmup_s,
+        "handle_duration_s": mode.handle_duration_s,
     }
     bodies, handle_args = request_bodies()
-    try:
-        port = start_serve()
-        deploy(candidates)
-        check_answers(candidates, f"http://127.0.0.1:{port}", bodies[0])
+    log(f"deploying {', '.join(c.app for c in candidates)}")
+    with deployed(run_targets(candidates)):
+        log("deployed")
+        check_answers(candidates, cluster.base_url, bodies[0])
         others_before = other_ray_instances()
-        runs = measure(candidates, mode, port, bodies, handle_args)
+        runs = measure(candidates, mode, cluster.port, bodies, handle_args)
         report["other_ray_instances"] = max(others_before, other_ray_instances())
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
     report["load_after"] = [round(x, 2) for x in load_average() or ()]
     # Other Ray instances, or more runnable work than cores before we even started.
     report["shared"] = bool(report["other_ray_instances"]) or bool(
@@ -711,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
           f"other Ray instances on the machine: {report['other_ray_instances']}; "
           f"{'shared' if report['shared'] else 'not shared'}; "
           f"wall {report['wall_s']:.0f} s")
-    if not args.quick and not args.only:
+    if not args.quick and not args.only and not args.no_results_md:
         write_results_md(report, http, handle, checks, mode)
         print(f"wrote {RESULTS_MD.relative_to(REPO)}")
 
@@ -719,6 +693,17 @@ def main(argv: list[str] | None = None) -> int:
     report["http"] = {str(c): compact(s) for c, s in sorted(http.items())}
     report["handle"] = {str(c): compact(s) for c, s in sorted(handle.items())}
     report["targets"] = checks
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_models("v1/model.onnx", "v3/model.onnx")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    with cluster() as c:
+        report = run(c, args)
     print(json.dumps(report))
     return 0
 

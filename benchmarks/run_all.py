@@ -1,29 +1,39 @@
-"""Every benchmark, one after the other, in one command.
+"""Every benchmark, one after the other, in one command, on one Ray instance.
 
-    python benchmarks/run_all.py --quick   # about 5 minutes on the shared 2-core dev machine (not 3); one JSON line last
-    python benchmarks/run_all.py           # about 10-11 minutes; also writes benchmarks/RESULTS.md
+    python benchmarks/run_all.py --quick   # under 3 minutes on the shared 2-core dev machine; one JSON line last
+    python benchmarks/run_all.py           # about 9-10 minutes; also writes benchmarks/RESULTS.md
     python benchmarks/run_all.py --quick --only memory canary_load
 
-Each part runs as a subprocess of its own (each starts and shuts down its own Ray
-instance, so one part's leftovers cannot slow the next): routing, serving, propagation,
-memory, canary_load. Their human-readable output is passed through to stderr; the last
-stdout line of each (its JSON) is collected, and one combined JSON line is printed last:
-the machine, a few headline figures, then every part's own JSON.
+The parts (routing, serving, propagation, memory, canary_load) run in this process, one
+after the other, on ONE Ray instance and Serve proxy started here (routing needs neither).
+Starting Ray and Serve once instead of once per part is most of what makes --quick fit
+in 3 minutes. Each part deploys its own apps and deletes them when it ends; the deletion
+overlaps the next part's deployment, and a part measures only once the previous part's
+apps are gone (cluster.deployed). Apps a failed part leaves behind are deleted here.
+
+Each part's human-readable output goes to stderr as it runs and is kept; its figures are
+collected, and one combined JSON line is printed last: the machine, a few headline
+figures, what --quick shortened, then every part's own figures. A part that fails or runs
+over its time limit is reported (its error) and the others still run.
 
 In full mode RESULTS.md is written: bench_serving.py writes its tables first, then the
 other parts' output is appended, with the machine's description and the load average.
-A part that fails is reported (exit code, the end of its stderr) and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import importlib
+import io
 import json
 import signal
-import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +42,37 @@ REPO = HERE.parent
 RESULTS_MD = HERE / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
-# name -> (script, quick arguments, full arguments, timeout s in quick / full mode)
-PARTS: dict[str, tuple[str, list[str], list[str], tuple[int, int]]] = {
-    "routing": ("bench_routing.py", ["--quick"], [], (60, 120)),
-    # Quick: bench_serving's own quick mode (concurrency 1 and 8) with 2 rounds of 1 s, not 3 of 1.25 s.
-    "serving": ("bench_serving.py", ["--quick", "--rounds", "2", "--duration", "1.0"], [], (300, 900)),
-    # Quick: 3 rounds (2 weight rounds + the abort round), shorter hold and observation.
-    "propagation": ("bench_propagation.py", ["--rounds", "3", "--hold", "0.5", "--observe", "0.75"], [],
-                    (180, 300)),
-    "memory": ("bench_memory.py", ["--quick"], [], (180, 240)),
-    # Quick: 0.5 s pauses (2.5 s of canary moves in a 4 s window), not 3 s pauses in 12 s.
-    "canary_load": ("bench_canary_load.py", ["--quick", "--pause", "0.5"], [], (180, 300)),
+
+@dataclass(frozen=True)
+class Part:
+    module: str
+    quick_args: list[str]
+    full_args: list[str]
+    time_limit_s: tuple[int, int]   # quick, full
+    quick_note: str                 # what --quick shortens, against full
+    needs_cluster: bool = True
+    in_quick: bool = True           # False: full mode (or --only) only, to keep --quick short
+
+
+PARTS: dict[str, Part] = {
+    "routing": Part("bench_routing", ["--quick"], [], (60, 120),
+                    "10 turns of 10000 calls (full: 40 of 20000)", needs_cluster=False),
+    "serving": Part("bench_serving", ["--quick", "--rounds", "2", "--duration", "0.5", "--warmup", "0.5"],
+                    [], (240, 900),
+                    "concurrency 1 and 8 (HTTP and handles), 2 rounds of 0.5 s per candidate, 0.5 s "
+                    "warm-up (full: HTTP 1/4/16/32 and handles 1/16, 4 rounds of 3 s / 2 s, 3 s warm-up)"),
+    "propagation": Part("bench_propagation", ["--rounds", "3", "--hold", "0.5", "--observe", "0.75"], [],
+                        (120, 300), "2 weight rounds + the abort round, hold 0.5 s, observe 0.75 s "
+                        "(full: 9 + abort, hold 1 s, observe 1.5 s)"),
+    "memory": Part("bench_memory", ["--quick"], [], (120, 240),
+                   "20 requests per app, 3 readings (full: 200, 10)"),
+    "canary_load": Part("bench_canary_load", ["--quick", "--pause", "0.5"], [], (120, 300),
+                        "pauses 0.5 s, windows 4 s (full: pauses 3 s, windows 12 s)"),
+    # Not one of the issue's figures: what a shadow costs clients. Left out of --quick (two
+    # more apps to deploy would push it past three minutes); --only shadow runs it quickly.
+    "shadow": Part("bench_shadow", ["--duration-s", "2"], [], (120, 240),
+                   "not run by --quick (with --only shadow: 2 s per measurement; full: 10 s)",
+                   in_quick=False),
 }
 
 
@@ -50,41 +80,80 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] run_all: {message}", file=sys.stderr, flush=True)
 
 
-def run_part(name: str, quick: bool) -> dict[str, Any]:
-    script, quick_args, full_args, (quick_timeout, full_timeout) = PARTS[name]
-    command = [sys.executable, str(HERE / script), *(quick_args if quick else full_args)]
-    log(f"{name}: {' '.join(Path(c).name if c.endswith('.py') else c for c in command[1:])}")
+class PartTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise PartTimeout in this (the main) thread after ``seconds``: the part's own
+    finally: blocks then close its load generator and delete its apps."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise PartTimeout(f"over its time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Tee(io.TextIOBase):
+    """Writes to every stream: the part's output is shown as it comes and kept."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def delete_leftover_apps(part: str) -> None:
+    """Apps a failed part left deployed (parts delete their own: see cluster.deployed)."""
+    from cluster import DELETED_APPS
+    from ray import serve
+
+    for name, app in serve.status().applications.items():
+        if name not in DELETED_APPS and app.status != "DELETING":
+            log(f"{part}: app {name!r} was left deployed; deleting it")
+            serve.delete(name, _blocking=False)
+
+
+def run_part(name: str, quick: bool, cluster: Any, extra_args: list[str]) -> dict[str, Any]:
+    part = PARTS[name]
+    argv = [*(part.quick_args if quick else part.full_args), *extra_args]
+    log(f"{name}: {part.module}.py {' '.join(argv)}".rstrip())
     started = time.perf_counter()
-    # stderr (progress logs) goes straight through; stdout is kept to find the JSON line.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO)
-    try:
-        stdout, _ = proc.communicate(timeout=quick_timeout if quick else full_timeout)
-        rc: Any = proc.returncode
-    except subprocess.TimeoutExpired:
-        # SIGINT first: the part's finally: blocks shut its Ray instance down; then kill.
-        log(f"{name}: over its time limit, interrupting it")
-        proc.send_signal(signal.SIGINT)
+    kept = io.StringIO()
+    result: dict[str, Any] = {"rc": 0, "json": None}
+    with contextlib.redirect_stdout(Tee(kept, sys.stderr)):
         try:
-            stdout, _ = proc.communicate(timeout=45)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, _ = proc.communicate()
-        rc = "timeout"
-    wall = round(time.perf_counter() - started, 1)
-    lines = stdout.rstrip("\n").splitlines()
-    result: dict[str, Any] = {"rc": rc, "wall_s": wall}
-    try:
-        result["json"] = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        result["json"] = None
-    kept = lines[:-1] if result["json"] is not None else lines
-    # Ray's own shutdown chatter (e.g. "(raylet) Task ServeController.graceful_shutdown failed")
-    # lands on stdout; it is not the part's output.
-    kept = [line for line in kept if "(raylet)" not in line]
-    text = "\n".join(kept).strip("\n")
-    print(text, file=sys.stderr, flush=True)
-    result["text"] = text
-    log(f"{name}: exit {rc}, {wall:.0f} s")
+            module = importlib.import_module(part.module)
+            args = module.parse_args(argv)
+            with time_limit(part.time_limit_s[0 if quick else 1]):
+                result["json"] = module.run(cluster, args) if part.needs_cluster else module.run(args)
+        except PartTimeout as err:
+            result.update(rc="timeout", error=str(err))
+        except Exception as err:  # noqa: BLE001 - one part failing must not stop the others
+            result.update(rc=1, error=f"{type(err).__name__}: {err}")
+            traceback.print_exc(file=sys.stdout)
+    if part.needs_cluster and cluster is not None:
+        delete_leftover_apps(name)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    # Ray's own shutdown chatter (e.g. "(raylet) Task ServeController.graceful_shutdown
+    # failed") may land on stdout; it is not the part's output.
+    result["text"] = "\n".join(line for line in kept.getvalue().splitlines()
+                               if "(raylet)" not in line).strip("\n")
+    log(f"{name}: {'ok' if result['rc'] == 0 else result.get('error')}, {result['wall_s']:.0f} s")
     return result
 
 
@@ -117,6 +186,10 @@ def headline(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["memory_isolated_over_colocated"] = get("memory", "ratio_isolated_over_colocated")
     out["canary_load_ratio"] = get("canary_load", "ratio_canary_over_static")
     out["canary_load_failed"] = get("canary_load", "failed_requests")
+    if get("shadow", "bench"):
+        out["shadow_p50_added_ms"] = get("shadow", "p50_added_ms")
+        out["shadow_p99_ratio"] = get("shadow", "p99_ratio_shadow_to_none")
+        out["shadow_throughput_ratio"] = get("shadow", "throughput_ratio_shadow_to_none")
     return out
 
 
@@ -132,6 +205,10 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
     lines += [
         "",
         f"# Other benchmarks (`python benchmarks/run_all.py`, {report['date']}, {report['wall_s']:.0f} s in all)",
+        "",
+        ("Every part ran in one process on one Ray instance and Serve proxy "
+         f"(started in {report.get('cluster_start_s', 0):.0f} s), each deploying its own apps "
+         "and deleting them when done."),
         "",
         "## Machine, for every part",
         "",
@@ -150,12 +227,13 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
     ]
     titles = {"routing": "Routing (`bench_routing.py`)", "propagation": "Rollback propagation (`bench_propagation.py`)",
               "memory": "Memory per replica (`bench_memory.py`)",
-              "canary_load": "Throughput while a canary moves (`bench_canary_load.py`)"}
+              "canary_load": "Throughput while a canary moves (`bench_canary_load.py`)",
+              "shadow": "What a shadow costs clients (`bench_shadow.py`)"}
     for name, title in titles.items():
         part = parts.get(name)
         if part is None:
             continue
-        lines += ["", f"## {title}", "", f"exit {part['rc']}, {part['wall_s']:.0f} s", "", "```",
+        lines += ["", f"## {title}", "", f"exit {part['rc']}{': ' + part['error'] if 'error' in part else ''}, {part['wall_s']:.0f} s", "", "```",
                   part["text"].strip("\n") or "(no output)", "```"]
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
@@ -167,7 +245,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these parts, of {list(PARTS)} (no RESULTS.md)")
     args = parser.parse_args(argv)
     from bench_serving import describe_machine, load_average, other_ray_instances
+    from cluster import cluster, missing_models
 
+    missing = missing_models("v1/model.onnx", "v2/model.pt2", "v3/model.onnx", "samples.json")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    if args.only:
+        names = [name for name in PARTS if name in args.only]
+    else:
+        names = [name for name in PARTS if PARTS[name].in_quick or not args.quick]
     started = time.perf_counter()
     report: dict[str, Any] = {
         "bench": "all",
@@ -175,13 +262,31 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "load_before": [round(x, 2) for x in load_average() or ()],
-        "other_ray_instances_before": other_ray_instances(),
     }
+    if args.quick:
+        report["quick_shortens"] = {name: PARTS[name].quick_note for name in names}
+        log("--quick: every part shortened, fewer rounds and shorter runs than full mode:")
+        for name in names:
+            log(f"  {name}: {PARTS[name].quick_note}")
     parts: dict[str, dict[str, Any]] = {}
-    for name in PARTS:
-        if args.only and name not in args.only:
-            continue
-        parts[name] = run_part(name, args.quick)
+    with contextlib.ExitStack() as stack:
+        # Only the JSON line goes to stdout: Ray's own messages (e.g. "(raylet) Task
+        # ServeController.graceful_shutdown failed" at shutdown) go to stderr with the rest.
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        shared = None
+        if any(PARTS[name].needs_cluster for name in names):
+            log("starting one Ray instance and Serve proxy for every part")
+            shared = stack.enter_context(cluster(num_cpus=8))
+            report["cluster_start_s"] = round(time.perf_counter() - started, 1)
+            # Counted once ours runs: other_ray_instances() leaves one raylet out, ours.
+            report["other_ray_instances"] = other_ray_instances()
+            log(f"Serve on port {shared.port}, started in {report['cluster_start_s']:.0f} s")
+        for name in names:
+            # bench_serving writes RESULTS.md in full mode; with --only, run_all writes none.
+            extra = ["--no-results-md"] if name == "serving" and args.only else []
+            parts[name] = run_part(name, args.quick, shared, extra)
+        shutdown_from = time.perf_counter()
+    report["cluster_shutdown_s"] = round(time.perf_counter() - shutdown_from, 1)
     report["load_after"] = [round(x, 2) for x in load_average() or ()]
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["headline"] = headline(parts)
@@ -189,13 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not args.only:
         append_results(parts, report)
         log(f"wrote {RESULTS_MD.relative_to(REPO)}")
-    log(f"done in {report['wall_s']:.0f} s; failed parts: {report['failed_parts'] or 'none'}")
+    per_part = ", ".join(f"{n} {p['wall_s']:.0f} s" for n, p in parts.items())
+    log(f"done in {report['wall_s']:.0f} s ({per_part}); "
+        f"load average before {report['load_before']}, after {report['load_after']}; "
+        f"failed parts: {report['failed_parts'] or 'none'}")
     print(json.dumps(report["headline"], indent=1), file=sys.stderr)
     report["parts"] = {}
     for name, part in parts.items():
         data = dict(part["json"] or {})
         data.pop("machine", None)  # once, at the top
-        report["parts"][name] = {"rc": part["rc"], "wall_s": part["wall_s"], "result": data}
+        entry = {"rc": part["rc"], "wall_s": part["wall_s"], "result": data}
+        if "error" in part:
+            entry["error"] = part["error"]
+        report["parts"][name] = entry
     print(json.dumps(report))
     return 1 if report["failed_parts"] else 0
 

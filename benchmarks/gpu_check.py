@@ -1,0 +1,439 @@
+"""GPU check: served throughput with dynamic batching vs the same model offline.
+
+    python benchmarks/gpu_check.py                  # CUDA, both backends; one JSON line last
+    python benchmarks/gpu_check.py --device cpu     # the same measurement on the CPU
+    python benchmarks/gpu_check.py --backends torch --hidden 4096 --rows-per-request 64
+
+The model is an MLP 64-H-...-H-10 with seeded random weights, written by models/build.py's
+own writers as model.onnx and model.pt2, so both backends run the same network. For each
+backend (onnx: onnxruntime on its CUDAExecutionProvider; torch: the torch.export program
+moved to cuda), in one Ray instance:
+
+- **offline**: the predictor serve-ab itself uses (``serve_ab.backends.load_predictor``,
+  the same device and threads), in this process, on batches of B rows back to back;
+- **served**: a serve-ab app, isolated placement: router replica(s) on the CPU and the
+  version's own deployment (one replica, one GPU) with ``batching: {max_batch_size: M}``,
+  under closed-loop HTTP load (loadgen.py) of R rows per request at concurrency 2M, so a
+  full batch is B = R x M rows, the offline batch size;
+- the ratio served rows/s / offline rows/s is taken within each round (the two alternate),
+  median and range over the rounds; DESIGN.md's target is at least 0.8x.
+
+GPU memory per version: the version replica's own GPU memory, per process from NVML
+(pynvml, or the copy vendored in Ray) or else ``nvidia-smi --query-compute-apps``; where
+neither lists the replica's pid (a container's pid namespace), the device's used memory
+before and after deploying it. For torch, also ``torch.cuda.max_memory_allocated()`` of the
+offline run in this process (the same model and batch; the replica's own counter cannot be
+read from outside it). The JSON names the method used.
+
+Without a GPU (``--device cuda``, the default): one JSON line ``{"gpu": false, "reason": ...}``
+and exit status 2, before Ray starts, so nothing waits for a GPU that is not there. A
+backend that cannot use the GPU that is there (onnxruntime without CUDAExecutionProvider,
+i.e. the onnxruntime package instead of onnxruntime-gpu; a CPU-only torch) is reported with
+the reason and never run on the CPU instead; exit status 1. ``--time-limit`` stops a run
+that hangs (exit 1, its apps deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))  # models/build.py, for its ONNX and torch.export writers
+
+from bench_memory import replica_pids
+from bench_serving import HttpLoad, describe_machine, load_average, log
+from cluster import cluster, deployed
+
+TARGET_SERVED_VS_OFFLINE = 0.8  # DESIGN.md, "Numbers to reach"
+BACKENDS = {"onnx": "model.onnx", "torch": "model.pt2"}
+# Serving costs about the same per request whatever the model, so the ratio can only near
+# 1 when a batch keeps the device busy for longer than its requests take to get through
+# Serve: on a GPU that takes a wide model and many rows per request (and routers to parse
+# them); on the CPU a smaller one keeps the run short (the CPU mode checks the script).
+DEFAULTS: dict[str, dict[str, int]] = {
+    "cuda": {"hidden": 8192, "layers": 4, "rows_per_request": 32, "router_replicas": 4},
+    "cpu": {"hidden": 1024, "layers": 2, "rows_per_request": 8, "router_replicas": 1},
+}
+EXIT_BACKEND_FAILED, EXIT_NO_GPU = 1, 2
+
+
+class TimeLimit(Exception):
+    """--time-limit ran out (SIGALRM)."""
+
+
+# -- is there a GPU, and can each backend use it -------------------------------------------
+
+
+def nvidia_smi(*args: str) -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def probe_gpu() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    listed = nvidia_smi("-L")
+    return {
+        "nvidia_smi_gpus": [line for line in (listed or "").splitlines() if line.startswith("GPU")],
+        "nvidia_smi": shutil.which("nvidia-smi") is not None,
+        "torch": torch.__version__,
+        "torch_cuda_build": torch.version.cuda,
+        "torch_cuda_available": torch.cuda.is_available(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+
+
+def no_gpu_reason(probe: dict[str, Any]) -> str | None:
+    if probe["nvidia_smi_gpus"] or probe["torch_cuda_available"]:
+        return None
+    if not probe["nvidia_smi"]:
+        return "no NVIDIA GPU: nvidia-smi is not installed and torch sees no CUDA device"
+    return "no NVIDIA GPU: nvidia-smi -L lists none and torch sees no CUDA device"
+
+
+def backend_cannot_use_cuda(backend: str, probe: dict[str, Any]) -> str | None:
+    if backend == "onnx" and "CUDAExecutionProvider" not in probe["onnxruntime_providers"]:
+        return (f"onnxruntime {probe['onnxruntime']} has no CUDAExecutionProvider (providers: "
+                f"{probe['onnxruntime_providers']}): install onnxruntime-gpu "
+                "(pip install 'serve-ab[gpu]'); not run on the CPU instead")
+    if backend == "torch" and not probe["torch_cuda_available"]:
+        built = f"built for CUDA {probe['torch_cuda_build']}" if probe["torch_cuda_build"] else "a CPU-only build"
+        return f"torch {probe['torch']} ({built}) sees no CUDA device; not run on the CPU instead"
+    return None
+
+
+# -- GPU memory ----------------------------------------------------------------------------
+
+
+def _nvml() -> Any:
+    try:
+        import pynvml
+    except ImportError:
+        from ray._private.thirdparty import pynvml
+    pynvml.nvmlInit()
+    return pynvml
+
+
+def process_gpu_memory_mib(pid: int) -> tuple[float | None, str]:
+    """The GPU memory one process holds, and how it was read (or why it could not be)."""
+    try:
+        nvml = _nvml()
+        seen: list[int] = []
+        used = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(index)):
+                seen.append(proc.pid)
+                if proc.pid == pid and proc.usedGpuMemory is not None:
+                    used.append(proc.usedGpuMemory / 2**20)
+        if used:
+            return round(sum(used), 1), "NVML per-process used memory (pynvml)"
+        nvml_note = f"NVML lists pids {seen}, not {pid}"
+    except Exception as err:  # noqa: BLE001 - no NVML library, no driver: try nvidia-smi
+        nvml_note = f"NVML unavailable ({type(err).__name__})"
+    out = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    if out is None:
+        return None, f"{nvml_note}; nvidia-smi unavailable"
+    rows = [line.split(",") for line in out.splitlines() if line.strip()]
+    used = [float(mib) for p, mib in rows if int(p) == pid]
+    if used:
+        return round(sum(used), 1), "nvidia-smi --query-compute-apps per-process used_memory"
+    return None, f"{nvml_note}; nvidia-smi lists pids {[int(p) for p, _ in rows]}, not {pid}"
+
+
+def device_used_mib() -> float | None:
+    try:
+        nvml = _nvml()
+        return sum(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used
+                   for i in range(nvml.nvmlDeviceGetCount())) / 2**20
+    except Exception:  # noqa: BLE001 - fall back to nvidia-smi
+        out = nvidia_smi("--query-gpu=memory.used", "--format=csv,noheader,nounits")
+        return sum(float(x) for x in out.split()) if out else None
+
+
+# -- the model -----------------------------------------------------------------------------
+
+
+def build_models(out_dir: Path, hidden: int, layers: int, seed: int = 0) -> dict[str, Path]:
+    """The same random MLP as model.onnx and model.pt2 (models/build.py's writers check
+    that onnxruntime and torch agree on it)."""
+    import torch
+    from torch import nn
+
+    from models import build
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        widths = [build.N_FEATURES, *[hidden] * layers]
+        modules: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(widths):
+            modules += [nn.Linear(n_in, n_out), nn.ReLU()]
+        logits = nn.Sequential(*modules, nn.Linear(widths[-1], build.N_CLASSES)).eval()
+    check = np.random.default_rng(seed).uniform(0, 16, (8, build.N_FEATURES)).astype(np.float32)
+    paths = {backend: out_dir / name for backend, name in BACKENDS.items()}
+    build._write_onnx(logits, paths["onnx"], check)
+    build._write_pt2(logits, paths["torch"])
+    return paths
+
+
+# -- offline and served --------------------------------------------------------------------
+
+
+def offline_rows_per_s(predictor: Any, batch: np.ndarray, duration_s: float) -> float:
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < duration_s:
+        predictor.predict(batch)
+        calls += 1
+    return calls * len(batch) / elapsed
+
+
+def experiment(path: Path, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    actor = {"num_cpus": 1, "num_gpus": 1} if args.device == "cuda" else {"num_cpus": 1}
+    return {
+        "model": "gpucheck",
+        "placement": "isolated",
+        "versions": [{
+            "name": "v1", "path": str(path), "backend": backend, "device": args.device,
+            "intra_op_threads": args.threads,
+            "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s},
+            "deployment": {"num_replicas": 1, "ray_actor_options": actor,
+                           "max_ongoing_requests": 4 * args.concurrency},
+        }],
+        "weights": {"v1": 100},
+        "assignment": {"key": "none"},
+        "router": {"num_replicas": args.router_replicas, "ray_actor_options": {"num_cpus": 0.5},
+                   "max_ongoing_requests": 4 * args.concurrency},
+    }
+
+
+def check_backend(backend: str, path: Path, args: argparse.Namespace, base_url: str,
+                  bodies: list[str]) -> dict[str, Any]:
+    """Offline and served rounds for one backend; its figures."""
+    import httpx
+    from ray import serve
+
+    from serve_ab import build_app
+    from serve_ab.backends import load_predictor
+
+    rows = args.rows_per_request * args.max_batch_size
+    batch = np.random.default_rng(1).uniform(0, 16, (rows, 64)).astype(np.float32)
+    predictor = load_predictor(path, backend, device=args.device, intra_op_threads=args.threads)
+    predictor.load()  # device cuda without CUDA raises here: never a silent CPU run
+    predictor.warm_up()
+    on_cuda_torch = args.device == "cuda" and backend == "torch"
+    if on_cuda_torch:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    offline_rows_per_s(predictor, batch, 1.0)  # warm: allocator caches and arenas at batch size
+    used_before = device_used_mib() if args.device == "cuda" else None
+
+    app = f"gpucheck-{backend}"
+    result: dict[str, Any] = {"device": predictor.device, "batch_rows": rows}
+    log(f"{backend}: deploying {app} (router x{args.router_replicas}, version v1 on {args.device}, "
+        f"max_batch_size {args.max_batch_size})")
+    with deployed([serve.RunTarget(build_app(experiment(path, backend, args)), name=app,
+                                   route_prefix=f"/{app}")]):
+        url = f"{base_url}/{app}/predict"
+        answer = httpx.post(url, content=bodies[0], headers={"content-type": "application/json"},
+                            timeout=60.0)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{app} answered {answer.status_code}: {answer.text[:300]}")
+        if len(answer.json()["outputs"]) != args.rows_per_request:
+            raise RuntimeError(f"{app} answered {len(answer.json()['outputs'])} rows for "
+                               f"{args.rows_per_request}: {answer.text[:300]}")
+        load = HttpLoad()
+        try:
+            load.run(url, bodies, args.concurrency, 1.0, 0.5)  # warm-up, unmeasured
+            offline, served, ratios, latencies, errors = [], [], [], [], 0
+            for r in range(args.rounds):
+                offline.append(offline_rows_per_s(predictor, batch, args.duration))
+                run = load.run(url, bodies, args.concurrency, args.duration, 0.25)
+                served.append(run["throughput_rps"] * args.rows_per_request)
+                latencies += run["latencies_ms"]
+                errors += sum(run["errors"].values())
+                ratios.append(served[-1] / offline[-1])
+                log(f"{backend}: round {r + 1}/{args.rounds}: offline {offline[-1]:,.0f} rows/s, "
+                    f"served {served[-1]:,.0f} rows/s, ratio {ratios[-1]:.3f}")
+        finally:
+            load.close()
+        memory: dict[str, Any] = {}
+        if args.device == "cuda":
+            pids = replica_pids(app, "version-v1")
+            mib, method = process_gpu_memory_mib(pids[0]) if len(pids) == 1 else (
+                None, f"found {len(pids)} processes titled ray::ServeReplica:{app}:version-v1")
+            if mib is None and used_before is not None and (used_after := device_used_mib()) is not None:
+                mib, method = round(used_after - used_before, 1), (
+                    f"device used memory after minus before deploying ({method})")
+            memory = {"replica_mib": mib, "method": method}
+            if on_cuda_torch:
+                memory["offline_max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    result.update({
+        "offline_rows_s": round(statistics.median(offline), 1),
+        # Which side limits: the device (a full batch's time) or Serve (requests per second).
+        "offline_batch_ms": round(rows / statistics.median(offline) * 1e3, 3),
+        "served_rows_s": round(statistics.median(served), 1),
+        "served_requests_s": round(statistics.median(served) / args.rows_per_request, 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "met": statistics.median(ratios) >= TARGET_SERVED_VS_OFFLINE,
+        "served_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
+        "served_errors": errors,
+        "gpu_memory": memory or None,
+    })
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--hidden", type=int, help="hidden width (default: cuda 8192, cpu 1024)")
+    parser.add_argument("--layers", type=int, help="hidden layers (default: cuda 4, cpu 2)")
+    parser.add_argument("--rows-per-request", type=int, help="R (default: cuda 32, cpu 8)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="M, requests per batch (default 16)")
+    parser.add_argument("--batch-wait-s", type=float, default=0.005, help="batch_wait_timeout_s (default 0.005)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight (default 2M)")
+    parser.add_argument("--router-replicas", type=int, help="(default: cuda 4, cpu 1)")
+    parser.add_argument("--threads", type=int, default=1, help="intra_op_threads, served and offline (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="offline/served rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (default 3)")
+    parser.add_argument("--time-limit", type=int, default=480, help="give up after this many seconds")
+    args = parser.parse_args(argv)
+    for name, value in DEFAULTS[args.device].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.concurrency = args.concurrency or 2 * args.max_batch_size
+    return args
+
+
+def request_bodies(rows_per_request: int, count: int = 64) -> list[str]:
+    rng = np.random.default_rng(2)
+    return [json.dumps({"inputs": rng.uniform(0, 16, (rows_per_request, 64)).round(2).tolist()})
+            for _ in range(count)]
+
+
+def run_backends(args: argparse.Namespace, runnable: list[str], backends: dict[str, Any]) -> None:
+    """Measure each runnable backend on one Ray instance; results go into ``backends``."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        log(f"writing MLP 64-{args.hidden}x{args.layers}-10 as ONNX and torch.export")
+        paths = build_models(Path(tmp), args.hidden, args.layers)
+        bodies = request_bodies(args.rows_per_request)
+        with cluster(num_cpus=max(4, args.router_replicas + 2)) as c:
+            import ray
+
+            ray_gpus = ray.cluster_resources().get("GPU", 0)
+            for backend in runnable:
+                if args.device == "cuda" and ray_gpus < 1:
+                    # Deploying would leave the version pending for a GPU forever.
+                    backends[backend] = {"ran": False, "error": f"Ray sees {ray_gpus} GPUs (check "
+                                         "CUDA_VISIBLE_DEVICES); the version needs 1"}
+                    continue
+                try:
+                    backends[backend] = {"ran": True, **check_backend(backend, paths[backend], args,
+                                                                      c.base_url, bodies)}
+                except TimeLimit:
+                    raise
+                except Exception as err:  # noqa: BLE001 - reported; the other backend still runs
+                    backends[backend] = {"ran": False, "error": f"{type(err).__name__}: {err}"}
+                    log(f"{backend}: failed: {type(err).__name__}: {err}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeLimit(f"gpu_check ran over --time-limit {args.time_limit} s")
+
+    previous_handler = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(args.time_limit)
+    report: dict[str, Any] = {
+        "bench": "gpu_check", "device": args.device,
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    backends: dict[str, Any] = {}
+    try:
+        probe = probe_gpu()
+        report["gpu"] = no_gpu_reason(probe) is None
+        if args.device == "cuda" and not report["gpu"]:
+            reason = no_gpu_reason(probe)
+            print(f"gpu_check: {reason}; nothing measured (try --device cpu)", file=sys.stderr)
+            print(json.dumps({**report, "reason": reason, "probe": probe}))
+            return EXIT_NO_GPU
+        report.update({
+            "machine": describe_machine(), "probe": probe,
+            "model": f"MLP 64-{'-'.join([str(args.hidden)] * args.layers)}-10, random weights (seed 0)",
+            "rows_per_request": args.rows_per_request, "max_batch_size": args.max_batch_size,
+            "batch_rows": args.rows_per_request * args.max_batch_size, "concurrency": args.concurrency,
+            "router_replicas": args.router_replicas, "threads": args.threads, "rounds": args.rounds,
+            "duration_s": args.duration, "target": TARGET_SERVED_VS_OFFLINE,
+            "load_before": [round(x, 2) for x in load_average() or ()],
+        })
+        for backend in args.backends:
+            reason = backend_cannot_use_cuda(backend, probe) if args.device == "cuda" else None
+            if reason:
+                backends[backend] = {"ran": False, "error": reason}
+                log(f"{backend}: not measured: {reason}")
+        runnable = [b for b in args.backends if b not in backends]
+        if runnable:
+            run_backends(args, runnable, backends)
+    except TimeLimit as err:
+        report["error"] = str(err)
+        log(str(err))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous_handler)
+    report.update({"backends": backends, "load_after": [round(x, 2) for x in load_average() or ()],
+                   "wall_s": round(time.perf_counter() - started, 1)})
+
+    print(f"\nServed with dynamic batching vs offline, {args.device}, {report['model']}, batch "
+          f"{report['batch_rows']} rows ({args.max_batch_size} requests x {args.rows_per_request} rows), "
+          f"concurrency {args.concurrency}, {args.rounds} rounds x {args.duration:g} s")
+    for backend, r in backends.items():
+        if not r["ran"]:
+            print(f"  {backend:<6} not measured: {r['error']}")
+            continue
+        memory = r["gpu_memory"] or {}
+        mem = f"; GPU memory {memory.get('replica_mib')} MiB ({memory.get('method')})" if memory else ""
+        if "offline_max_memory_allocated_mib" in memory:
+            mem += f", offline max_memory_allocated {memory['offline_max_memory_allocated_mib']} MiB"
+        print(f"  {backend:<6} offline {r['offline_rows_s']:>10,.0f} rows/s ({r['offline_batch_ms']} ms a batch)  "
+              f"served {r['served_rows_s']:>10,.0f} rows/s ({r['served_requests_s']:,.0f} requests/s)  ratio {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})  target >= "
+              f"{TARGET_SERVED_VS_OFFLINE} {'met' if r['met'] else 'NOT met'}; p50 {r['served_p50_ms']} ms, "
+              f"errors {r['served_errors']}{mem}")
+    print(f"load average before {report['load_before']}, after {report['load_after']}; wall {report['wall_s']:.0f} s")
+    print(json.dumps(report))
+    failed = "error" in report or any(not r["ran"] for r in backends.values())
+    return EXIT_BACKEND_FAILED if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
