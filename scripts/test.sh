@@ -29,4 +29,5 @@ fi
 . .venv/bin/activate
 # Ray on a shared CI machine: no dashboard or usage stats, and fail fast rather than hang.
 export RAY_USAGE_STATS_ENABLED=0
-exec python -m pytest tests -q -p no:cacheprovider "$@"
+# --durations: the slowest tests in the log, to keep the suite within its time budget.
+exec python -m pytest tests -q -p no:cacheprovider --durations=20 "$@"

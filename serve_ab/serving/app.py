@@ -25,6 +25,8 @@ from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
 from serve_ab.serving.router import Router
 
+CONTROLLER_SHUTDOWN_S = 1.0
+
 
 def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> ExperimentConfig:
     """Make model paths absolute (replicas may run elsewhere) and check they exist."""
@@ -76,7 +78,10 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     # Every app has a controller: it holds the figures of the report and the metrics, and
     # runs the rollout when there is one.
     controller = ExperimentController.options(
-        ray_actor_options={"num_cpus": cfg.controller.num_cpus}
+        ray_actor_options={"num_cpus": cfg.controller.num_cpus},
+        # Its ongoing requests at shutdown are the routers' long polls (up to 10 s each),
+        # safe to cut: without this, deleting or redeploying an app waited them out.
+        graceful_shutdown_timeout_s=CONTROLLER_SHUTDOWN_S,
     ).bind(experiment)
     # The router writes its own access line, which names the version (api/access_log.py).
     return Router.options(**cfg.router.to_ray(), logging_config={"enable_access_log": False}).bind(

@@ -38,7 +38,8 @@ def serve_instance(model_repo):
     # The token reaches the replicas as a user's does: in the environment Ray starts from.
     # Not through runtime_env env_vars, which Ray writes in clear to runtime_env_agent.log.
     os.environ["SERVE_AB_CONTROL_TOKEN"] = CONTROL_TOKEN
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # num_gpus=0: the same cluster on a machine with a GPU, for the GPU-fallback test.
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
