@@ -15,6 +15,7 @@ there and is the contract between this module, ``analysis/report.py`` and ``metr
 from __future__ import annotations
 
 import base64
+import bisect
 import collections
 import math
 import random
@@ -64,9 +65,8 @@ class LatencyStats:
 
     def add(self, latency_ms: float) -> None:
         latency_s = latency_ms / 1000.0
-        index = next((i for i, le in enumerate(LATENCY_BUCKETS_S) if latency_s <= le),
-                     len(LATENCY_BUCKETS_S))
-        self.bucket_counts[index] += 1
+        # The first bucket whose upper bound is >= the latency (Prometheus' "le").
+        self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
         self.count += 1
         self.sum_s += latency_s
         self.sample.add(latency_ms)
@@ -184,6 +184,10 @@ class ExperimentStats:
 
     # -- inputs ----------------------------------------------------------------------------
 
+    def count_unjoined(self, n: int) -> None:
+        """Feedback dropped before it found the request it is about."""
+        self.feedback_unjoined += n
+
     def record(self, t_s: float, version: str, latency_ms: float, error_kind: str | None,
                predicted_class: int | None, unit: int | None, assigned: bool) -> None:
         """One request the router served (or failed to) on ``version``."""
@@ -226,10 +230,10 @@ class ExperimentStats:
             shadow.score_diff_sum_sq += score_diff * score_diff
             shadow.score_diff_sample.add(score_diff)
 
-    def record_feedback(self, t_s: float, version: str | None, name: str, value: float | None,
+    def record_feedback(self, t_s: float, version: str, name: str, value: float | None,
                         converted: bool | None) -> None:
-        """Feedback joined to the version that served its request (None: never joined)."""
-        if version is None or version not in self.versions:
+        """Feedback joined to the version that served its request."""
+        if version not in self.versions:
             self.feedback_unjoined += 1
             return
         kind = self.feedback_kinds.get(name) or ("conversion" if converted is not None else "mean")

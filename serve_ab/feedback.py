@@ -29,6 +29,11 @@ class FeedbackJoin:
     #: Called with (version, name, value, converted, t_s) for every joined feedback, e.g. to
     #: keep cumulative totals beside the windows the gates read.
     on_emit: Callable[[str, str, float | None, bool | None, float], None] | None = None
+    #: Keep the joined events for :meth:`events` (a rollout's gate windows need them).
+    keep_events: bool = True
+    #: Called with the number of feedbacks dropped unjoined: their request's report never
+    #: came within PENDING_TTL_S, or too many were waiting.
+    on_unjoined: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self._served: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
@@ -48,7 +53,7 @@ class FeedbackJoin:
             _, waiting = next(iter(self._pending.items()))
             if waiting[0][3] >= now_s - PENDING_TTL_S:
                 break
-            self._pending.popitem(last=False)
+            self._drop_oldest_pending()
         while self._served:
             _, (_, t_s) = next(iter(self._served.items()))
             if t_s >= now_s - self.request_ttl_s:
@@ -64,15 +69,22 @@ class FeedbackJoin:
         if served is None:
             self._pending.setdefault(request_id, []).append((name, value, converted, now_s))
             while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
+                self._drop_oldest_pending()
             return None
         self._emit(served[0], name, value, converted, now_s)
         return served[0]
+
+    def _drop_oldest_pending(self) -> None:
+        _, dropped = self._pending.popitem(last=False)
+        if self.on_unjoined is not None:
+            self.on_unjoined(len(dropped))
 
     def _emit(self, version: str, name: str, value: float | None, converted: bool | None,
               t_s: float) -> None:
         if self.on_emit is not None:
             self.on_emit(version, name, value, converted, t_s)
+        if not self.keep_events:
+            return
         if converted is not None:
             self._conversions.append(ConversionEvent(version, name, bool(converted), t_s))
         else:

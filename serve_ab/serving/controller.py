@@ -43,8 +43,6 @@ logger = logging.getLogger("ray.serve")
 # Observations kept for windows; a bound so a flood cannot exhaust the controller's memory.
 MAX_OBSERVATIONS = 200_000
 LONG_POLL_TIMEOUT_S = 10.0
-# Observations older than this are dropped when there is no rollout window to size it by.
-STATIC_WINDOW_S = 120.0
 # The report's sequential (always-valid) p-values take a look this often, and on every request.
 REPORT_INTERVAL_S = 5.0
 
@@ -88,7 +86,9 @@ class ControllerCore:
         else:
             self.stats = ExperimentStats([v.name for v in cfg.versions], self.started_at_s,
                                          shadow_version, feedback_kinds)
-        self.feedback = FeedbackJoin(on_emit=self._feedback_joined)
+        # Feedback events are kept for the gates' windows only; the totals go to self.stats.
+        self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=self.rollout is not None,
+                                     on_unjoined=self.stats.count_unjoined)
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
@@ -97,9 +97,14 @@ class ControllerCore:
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
 
-    def save_stats(self) -> None:
-        """Keep the run's figures, so a restarted controller does not start them from zero."""
-        self.store.save(self._stats_key(), self.stats.to_state(self.clock()))
+    def save_stats(self, state: dict[str, Any] | None = None) -> None:
+        """Keep the run's figures, so a restarted controller does not start them from zero.
+
+        ``state``: ``self.stats.to_state()`` taken earlier, when saving from another thread.
+        """
+        if state is None:
+            state = self.stats.to_state(self.clock())
+        self.store.save(self._stats_key(), state)
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -127,10 +132,12 @@ class ControllerCore:
         ``pairs``: (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
         shadow_latency_ms, error_kind), one per copy sent to a mirrored version.
         """
+        gated = self.rollout is not None  # windows are only read by a rollout's gates
         for (t_s, version, latency_ms, error_kind, predicted_class, score, request_id, unit,
              assigned, mirrored) in rows:
-            self.observations.append(Observation(version, latency_ms, error_kind is None,
-                                                 predicted_class, score, t_s))
+            if gated:
+                self.observations.append(Observation(version, latency_ms, error_kind is None,
+                                                     predicted_class, score, t_s))
             if mirrored:
                 continue
             self.stats.record(t_s, version, latency_ms, error_kind, predicted_class, unit, assigned)
@@ -138,7 +145,7 @@ class ControllerCore:
                 self.feedback.remember(request_id, version, t_s)
         for (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
              shadow_latency_ms, error_kind) in pairs:
-            if error_kind is None and live_class is not None and shadow_class is not None:
+            if gated and error_kind is None and live_class is not None and shadow_class is not None:
                 self.pair_observations.append((t_s, shadow_version, live_class == shadow_class))
             if shadow_version == self.stats.shadow_version:
                 self.stats.record_pair(t_s, live_version, live_class, shadow_class, score_diff,
@@ -155,12 +162,9 @@ class ControllerCore:
 
         ``promql``: the latest answers of the rollout's promql gates, by gate name.
         """
-        now = self.clock()
         if self.rollout is None:
-            while self.observations and self.observations[0].t_s < now - STATIC_WINDOW_S:
-                self.observations.popleft()
-            self.pair_observations.clear()  # only gates read them
             return False
+        now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         interval_s = self.cfg.rollout.analysis.interval_s
         while self.observations and self.observations[0].t_s < now - 2 * interval_s - 60:
@@ -339,8 +343,8 @@ class ExperimentController:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             try:
-                state = self.core.stats.to_state(time.time())
-                await asyncio.to_thread(self.core.store.save, self.core._stats_key(), state)
+                # Taken here, on the loop that also records; written to SQLite off it.
+                await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()))
                 report = await self._refresh_report()
                 now_s = time.time()
                 if now_s - last_record_s >= records.interval_s:

@@ -252,8 +252,8 @@ class Router:
     async def __init__(
         self,
         experiment: dict[str, Any],
-        pools: dict[str, DeploymentHandle] | None = None,
-        controller: DeploymentHandle | None = None,
+        pools: dict[str, DeploymentHandle] | None,
+        controller: DeploymentHandle,
     ):
         self.cfg: ExperimentConfig = parse_experiment(experiment)
         self.assigner = Assigner(self.cfg.weights_pct(), self.cfg.assignment.salt)
@@ -275,13 +275,12 @@ class Router:
         self._mirrors: list[dict[str, Any]] = []  # [{"version", "percent"}] from the controller
         self._mirror_tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
         self._rng = random.Random()
-        if controller is not None:
-            # Serve the controller's weights from the first request on: after a restart
-            # they are the rollout's, not the config's starting point.
-            self._apply(await controller.wait_for_update.remote(self._epoch, 0.0))
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._follow_controller()),
-                           loop.create_task(self._flush_observations())]
+        # Serve the controller's weights from the first request on: after a restart they
+        # are the rollout's, not the config's starting point.
+        self._apply(await controller.wait_for_update.remote(self._epoch, 0.0))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow_controller()),
+                       loop.create_task(self._flush_observations())]
 
     # -- following the controller --------------------------------------------------------------
 
@@ -321,7 +320,7 @@ class Router:
     def _observe(self, version: str, started_s: float, error_kind: str | None,
                  outputs: np.ndarray | None, unit: int | None = None, assigned: bool = False,
                  mirrored: bool = False) -> None:
-        if self.controller is None or len(self._pending) >= MAX_PENDING_OBSERVATIONS:
+        if len(self._pending) >= MAX_PENDING_OBSERVATIONS:
             return
         predicted_class, score = _first_row(outputs)
         now_s = time.time()
@@ -497,10 +496,6 @@ class Router:
 
     @api.get("/rollout/status", summary="Rollout phase, step, weights and gates (open)")
     async def http_rollout_status(self, history: bool = False) -> JSONResponse:
-        if self.controller is None:
-            return JSONResponse({"model": self.cfg.model, "strategy": None, "phase": "static",
-                                 "weights_pct": self.assigner.table.weights_pct(), "gates": [],
-                                 "retired": []})
         return JSONResponse(json_safe(await self.controller.status.remote(history)))
 
     @api.post("/rollout/{action}", summary="promote, pause, resume, abort, rollback or weights (token)")
@@ -508,8 +503,6 @@ class Router:
         self._authorize(request)
         if action not in CONTROL_ACTIONS:
             raise ApiError(404, f"unknown action {action!r}; valid: {list(CONTROL_ACTIONS)}")
-        if self.controller is None:
-            raise ApiError(409, "this experiment has no rollout: add rollout: to its config")
         body = {}
         if request.headers.get("content-length", "0") != "0":
             body = await read_json(request, self.cfg.http.max_body_bytes)
@@ -539,8 +532,6 @@ class Router:
               summary="Report a business outcome for a served request")
     async def http_feedback(self, request: Request) -> JSONResponse:
         feedback = parse_body(FeedbackRequest, await read_json(request, self.cfg.http.max_body_bytes))
-        if self.controller is None:
-            raise ApiError(409, "feedback is joined by the controller; this router runs without one")
         version = await self.controller.feedback.remote(
             feedback.request_id, feedback.name, feedback.value, feedback.converted)
         if version is None:
@@ -585,8 +576,6 @@ class Router:
         return Response(content=body, media_type=content_type)
 
     async def _from_controller(self, method: str) -> Any:
-        if self.controller is None:
-            raise ApiError(409, f"{method} comes from the controller; this router runs without one")
         return await getattr(self.controller, method).remote()
 
     # -- HTTP: Open Inference Protocol (KServe V2) --------------------------------------------

@@ -46,7 +46,7 @@ def test_feedback_kinds_come_from_the_config_or_the_first_report():
     stats.record_feedback(1.0, "v2", "revenue", 3.0, None)
     stats.record_feedback(1.0, "v2", "revenue", 5.0, None)
     stats.record_feedback(1.0, "v2", "revenue", None, True)  # declared a mean: not mixed in
-    stats.record_feedback(1.0, None, "correct", None, True)  # never joined to a request
+    stats.count_unjoined(1)  # one never joined to a request
     snap = stats.snapshot(2.0)
     assert snap["versions"]["v1"]["feedback"] == {"correct": {"kind": "conversion", "n": 2, "successes": 1}}
     assert snap["versions"]["v2"]["feedback"] == {"revenue": {"kind": "mean", "n": 2, "sum": 8.0, "sum_sq": 34.0}}

@@ -66,7 +66,7 @@ def realistic_stats() -> ExperimentStats:
         if i % 10 == 0:
             stats.record_pair(t_s, version, i % 10, (i // 10) % 10 if i % 20 else i % 10, 0.05, 2.0,
                               "unavailable" if i == 190 else None)
-    stats.record_feedback(t_s, None, "correct", None, converted=True)  # never joined
+    stats.count_unjoined(1)  # never joined
     return stats
 
 
