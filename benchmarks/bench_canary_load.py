@@ -30,7 +30,6 @@ controller's history relative to the canary window.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from bench_serving import (
     other_ray_instances,
     request_bodies,
 )
-from cluster import Cluster, cluster, deployed, missing_models
+from cluster import Cluster, deployed, run_standalone
 
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5},
                                   "max_ongoing_requests": 256}
@@ -200,14 +199,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = missing_models("v1/model.onnx", "v3/model.onnx")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with cluster(num_cpus=4) as c:
-        report = run(c, args)
-    print(json.dumps(report))
-    return 0
+    return run_standalone(run, args, "v1/model.onnx", "v3/model.onnx")
 
 
 if __name__ == "__main__":

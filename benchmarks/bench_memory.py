@@ -47,7 +47,7 @@ from bench_serving import (
     log,
     other_ray_instances,
 )
-from cluster import Cluster, cluster, deployed, missing_models
+from cluster import Cluster, deployed, run_standalone
 
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
                                   "max_ongoing_requests": 64}
@@ -241,14 +241,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = missing_models("v1/model.onnx", "v2/model.pt2")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with cluster(num_cpus=4) as c:
-        report = run(c, args)
-    print(json.dumps(report))
-    return 0
+    return run_standalone(run, args, "v1/model.onnx", "v2/model.pt2")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ REPO = HERE.parent
 MODELS = REPO / "models" / "digits"
 sys.path.insert(0, str(HERE))  # bench_serving.py, whether run as a script or imported
 
-from cluster import Cluster, cluster, deployed, missing_models
+from cluster import Cluster, deployed, run_standalone
 
 APP = "propagation"
 SALT = "propagation"
@@ -532,14 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.load_process:
         return load_main()
-    missing = missing_models("v1/model.onnx", "v3/model.onnx")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with cluster(num_cpus=4) as c:
-        report = run(c, args)
-    print(json.dumps(report))
-    return 0
+    return run_standalone(run, args, "v1/model.onnx", "v3/model.onnx")
 
 
 if __name__ == "__main__":

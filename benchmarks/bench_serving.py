@@ -54,7 +54,7 @@ MODELS = REPO / "models" / "digits"
 RESULTS_MD = HERE / "RESULTS.md"
 sys.path.insert(0, str(HERE))  # baselines.py, whether run as a script or imported
 
-from cluster import Cluster, cluster, deployed, missing_models
+from cluster import Cluster, deployed, run_standalone
 
 # DESIGN.md, "Numbers to reach".
 TARGET_COLOCATED_VS_PLAIN = 0.95
@@ -698,14 +698,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = missing_models("v1/model.onnx", "v3/model.onnx")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with cluster() as c:
-        report = run(c, args)
-    print(json.dumps(report))
-    return 0
+    return run_standalone(run, args, "v1/model.onnx", "v3/model.onnx", num_cpus=8)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ is also run on v2 (the torch model, slower than v1) in the background, after v1'
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Any
 
 import httpx
 from bench_serving import HttpLoad, request_bodies
-from cluster import Cluster, cluster, deployed, missing_models
+from cluster import Cluster, deployed, run_standalone
 
 from serve_ab.config import parse_experiment
 
@@ -111,14 +110,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = missing_models(*MODELS_USED)
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with cluster(num_cpus=4) as c:
-        report = run(c, args)
-    print(json.dumps(report))
-    return 0
+    return run_standalone(run, args, *MODELS_USED)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ ends (:func:`deployed`), also on errors, and measures only once every other app 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 #: Apps deployed() has asked Serve to delete (their status may read RUNNING for a moment).
@@ -118,3 +120,16 @@ def deployed(targets: list, others_gone_within_s: float = 120.0) -> Iterator[Non
             except Exception as err:  # noqa: BLE001 - Serve itself may be down; say so, go on
                 print(f"could not delete app {name}: {type(err).__name__}: {err}",
                       file=sys.stderr, flush=True)
+
+
+def run_standalone(run: Callable[[Cluster, Any], dict[str, Any]], args: Any, *model_files: str,
+                   num_cpus: int = 4) -> int:
+    """A part run by itself: check its models, start a cluster of its own, print its JSON."""
+    missing = missing_models(*model_files)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    with cluster(num_cpus=num_cpus) as c:
+        report = run(c, args)
+    print(json.dumps(report))
+    return 0

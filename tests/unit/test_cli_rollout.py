@@ -6,16 +6,14 @@ import argparse
 import copy
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 import serve_ab.analysis
 from serve_ab import cli, cli_rollout
 from serve_ab.cli_rollout import render_status
+from tests.support.fake_http import FakeApp
 
 TOKEN = "s3cret-token-value"
 
@@ -46,41 +44,8 @@ STATIC = {"model": "digits", "strategy": None, "phase": "static", "weights_pct":
           "gates": [], "retired": []}
 
 
-class FakeControlAPI:
-    """Records every request; answers ``responses[(method, path)]`` (status, JSON body or raw bytes)."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.responses: dict[tuple[str, str], tuple[int, object]] = {}
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self):
-                split = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                api.requests.append({
-                    "method": self.command, "path": split.path, "query": parse_qs(split.query),
-                    "authorization": self.headers.get("Authorization"),
-                    "body": json.loads(raw) if raw else None,
-                })
-                code, body = api.responses.get((self.command, split.path), (404, {"error": "no such route"}))
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _handle
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+class FakeControlAPI(FakeApp):
+    """The control API's routes, canned."""
 
     def reset(self):
         self.requests.clear()
@@ -92,10 +57,8 @@ class FakeControlAPI:
 @pytest.fixture(scope="module")
 def _server():
     fake = FakeControlAPI()
-    fake.thread.start()
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    fake.close()
 
 
 @pytest.fixture

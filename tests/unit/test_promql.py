@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from pydantic import ValidationError
 
-from serve_ab.gates import PromQLResult, Verdict, WindowStats, evaluate_gate, evaluate_gates
+from serve_ab.gates import (
+    PromQLResult,
+    Verdict,
+    WindowStats,
+    evaluate_gate,
+    evaluate_gates,
+)
 from serve_ab.promql import (
     PromQLPoller,
     fetch_promql_values,
@@ -25,6 +30,7 @@ from serve_ab.promql import (
 from serve_ab.rollout import Phase, Rollout
 from serve_ab.rollout_config import Gate, GateMetric, RolloutConfig, render_promql
 from tests.integration.conftest import free_port
+from tests.support.fake_http import ServedInThread
 
 
 def vector(*values, labels=None):
@@ -36,7 +42,7 @@ def scalar(value):
     return {"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, value]}}
 
 
-class FakePrometheus:
+class FakePrometheus(ServedInThread):
     """Prometheus' /api/v1/query on a real socket: answers by query text, records what it got."""
 
     def __init__(self):
@@ -67,18 +73,11 @@ class FakePrometheus:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     def answer(self, query: str, body, status: int = 200, delay_s: float = 0.0) -> None:
         self.answers[query] = (status, body, delay_s)
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import argparse
 import json
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +13,7 @@ import serve_ab.analysis
 from serve_ab import cli, report_cli
 from serve_ab.report_cli import render_html, render_table
 from serve_ab.run_records import RunRecorder
+from tests.support.fake_http import FakeApp
 from tests.unit.test_report import Sim, make_cfg
 
 
@@ -101,45 +100,18 @@ def test_html_marks_a_mismatch_in_red(skewed_report):
 # --- the commands against a fake app -------------------------------------------------------
 
 
-class FakeApp:
-    def __init__(self):
-        self.responses: dict[str, tuple[int, object]] = {}
-        self.paths: list[str] = []
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                app.paths.append(self.path)
-                code, body = app.responses.get(self.path, (404, {"detail": "Not Found"}))
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-
 @pytest.fixture(scope="module")
 def _server():
     fake = FakeApp()
-    fake.thread.start()
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    fake.close()
 
 
 @pytest.fixture
 def app(_server, report, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", _server.url)
-    _server.paths.clear()
-    _server.responses = {"/experiment/report": (200, report)}
+    _server.requests.clear()
+    _server.responses = {("GET", "/experiment/report"): (200, report)}
     return _server
 
 
@@ -155,7 +127,7 @@ def _run(argv, capsys):
 def test_report_prints_the_table_from_the_endpoint(app, report, capsys):
     code, out, err = _run(["report"], capsys)
     assert code == 0 and err == ""
-    assert app.paths == ["/experiment/report"]
+    assert app.paths() == ["/experiment/report"]
     assert out.rstrip("\n") == render_table(report)
 
 
@@ -189,7 +161,7 @@ def test_unreachable_app_is_a_clear_error(app, capsys, monkeypatch):
 
 
 def test_app_answering_garbage_is_a_clear_error(app, capsys):
-    app.responses = {"/experiment/report": (200, b"<html>proxy</html>")}
+    app.responses = {("GET", "/experiment/report"): (200, b"<html>proxy</html>")}
     code, _, err = _run(["report"], capsys)
     assert code == 1 and "answered 200 but not with JSON" in err
 
