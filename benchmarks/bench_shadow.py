@@ -27,7 +27,7 @@ import httpx
 from bench_serving import HttpLoad, request_bodies
 from cluster import Cluster, deployed, run_standalone
 
-from serve_ab.config import parse_experiment
+from serve_ab.config.experiment import parse_experiment
 
 MODELS_USED = ("v1/model.onnx", "v2/model.pt2")
 ROUTER = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 256}

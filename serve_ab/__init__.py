@@ -1,6 +1,6 @@
 """serve-ab: several versions of a model on Ray Serve, and safe traffic moves between them.
 
-The pure core (``serve_ab.config``, ``serve_ab.routing``) imports no Ray; ``build_app``
+The pure core (``serve_ab.config``, ``serve_ab.routing``, ``serve_ab.rollout``, ``serve_ab.analysis``) imports no Ray; ``build_app``
 (the Ray layer) is imported on first use so that ``import serve_ab`` stays cheap.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from serve_ab.config import ConfigError, ExperimentConfig, parse_experiment
+from serve_ab.config.experiment import ConfigError, ExperimentConfig, parse_experiment
 from serve_ab.routing import Assigner, SplitTable, bucket_of
 
 if TYPE_CHECKING:

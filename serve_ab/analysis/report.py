@@ -49,7 +49,7 @@ from scipy import stats as _stats
 from serve_ab.analysis import ab, drift, power, sequential
 from serve_ab.analysis import shadow as shadow_stats
 from serve_ab.analysis.shadow_classes import class_flip_tests
-from serve_ab.config import ExperimentConfig
+from serve_ab.config.experiment import ExperimentConfig
 
 __all__ = ["REPORT_SCHEMA", "build_report"]
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
-from serve_ab.config import format_validation_error
+from serve_ab.config.experiment import format_validation_error
 
 
 class PredictRequest(BaseModel):

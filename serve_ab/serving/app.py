@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_ab.config import (
+from serve_ab.config.experiment import (
     ConfigError,
     DeploymentOptions,
     ExperimentConfig,

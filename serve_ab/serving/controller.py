@@ -4,7 +4,7 @@ Routers report what they served (:meth:`ExperimentController.record`) and long-p
 weights (:meth:`ExperimentController.wait_for_update`), so a decision reaches every router
 replica as soon as it is made, with no polling delay. Being the only replica that sees
 every request, the controller is also where the app's figures live: the cumulative
-per-version statistics (:class:`serve_ab.experiment_stats.ExperimentStats`) behind the A/B
+per-version statistics (:class:`serve_ab.analysis.accumulate.ExperimentStats`) behind the A/B
 report and the Prometheus metrics, and the run record.
 
 With a rollout, the decisions come from the pure :class:`serve_ab.rollout.Rollout`; this
@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve_ab.config import ExperimentConfig, parse_experiment
-from serve_ab.experiment_stats import ExperimentStats
-from serve_ab.feedback import FeedbackJoin
-from serve_ab.gates import Observation, PromQLResult, build_windows
-from serve_ab.promql import PromQLPoller
-from serve_ab.rollout import Phase, Rollout, RolloutError
-from serve_ab.rollout_config import PauseStep, SetWeightStep, Strategy
-from serve_ab.state_store import SqliteStateStore
+from serve_ab.config.experiment import ExperimentConfig, parse_experiment
+from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.rollout.feedback import FeedbackJoin
+from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
+from serve_ab.rollout.promql import PromQLPoller
+from serve_ab.rollout.machine import Phase, Rollout, RolloutError
+from serve_ab.config.rollout import PauseStep, SetWeightStep, Strategy
+from serve_ab.store.state import SqliteStateStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -367,7 +367,7 @@ class ExperimentController:
             return report
 
     def _save_record(self, report: dict[str, Any], now_s: float) -> None:
-        from serve_ab.run_records import RunRecorder
+        from serve_ab.store.runs import RunRecorder
 
         records = self.core.cfg.analysis.records
         if self._recorder is None:
@@ -442,7 +442,7 @@ class ExperimentController:
 
     async def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition of this app's figures: (body, content type)."""
-        from serve_ab.metrics import render
+        from serve_ab.serving.metrics import render
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serve_ab.config import (
+from serve_ab.config.experiment import (
     ConfigError,
     DeploymentOptions,
     ExperimentConfig,

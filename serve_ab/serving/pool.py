@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 
 from serve_ab.backends.base import InputSpec, OutputSpec
-from serve_ab.config import VersionConfig
+from serve_ab.config.experiment import VersionConfig
 from serve_ab.serving.runtime import LoadedVersion
 
 

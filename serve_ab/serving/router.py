@@ -55,8 +55,8 @@ from serve_ab.api.schemas import (
 )
 from serve_ab.backends.base import InputError, InputSpec, OutputSpec, to_batch
 from serve_ab.api.schemas import FeedbackRequest
-from serve_ab.config import ExperimentConfig, parse_experiment
-from serve_ab.rollout import RolloutError
+from serve_ab.config.experiment import ExperimentConfig, parse_experiment
+from serve_ab.rollout.machine import RolloutError
 from serve_ab.routing import Assigner
 from serve_ab.serving.runtime import LoadedVersion
 

@@ -14,7 +14,7 @@ from ray import serve
 
 from serve_ab.backends import load_predictor
 from serve_ab.backends.base import InputSpec, OutputSpec
-from serve_ab.config import VersionConfig
+from serve_ab.config.experiment import VersionConfig
 
 logger = logging.getLogger("ray.serve")
 

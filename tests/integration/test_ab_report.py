@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
-from serve_ab.run_records import RunRecorder
+from serve_ab.store.runs import RunRecorder
 from tests.integration.conftest import experiment
 from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
 

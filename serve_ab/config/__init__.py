@@ -1,0 +1,70 @@
+"""The one schema of an experiment: what ``args:`` holds in a Ray Serve config file.
+
+``experiment`` is the top level (versions, assignment, shadow, analysis, control);
+``rollout`` is its ``rollout:`` part (canary steps, blue-green, gates); ``_base`` is what
+both share. Pure: no Ray import. Import the names from here::
+
+    from serve_ab.config import ExperimentConfig, parse_experiment
+"""
+
+from serve_ab.config.experiment import (
+    AnalysisConfig,
+    AssignmentConfig,
+    AutoscalingConfig,
+    Backend,
+    BatchingConfig,
+    ConfigError,
+    ControlConfig,
+    ControllerConfig,
+    DeploymentOptions,
+    ExperimentConfig,
+    FeedbackMetric,
+    HttpConfig,
+    PinConfig,
+    Placement,
+    RayActorOptions,
+    RecordsConfig,
+    ShadowConfig,
+    VersionConfig,
+    format_validation_error,
+    parse_experiment,
+)
+from serve_ab.config.rollout import (
+    BlueGreenConfig,
+    Gate,
+    GateMetric,
+    PrometheusConfig,
+    RolloutConfig,
+    Strategy,
+    parse_duration_s,
+)
+
+__all__ = [
+    "AnalysisConfig",
+    "AssignmentConfig",
+    "AutoscalingConfig",
+    "Backend",
+    "BatchingConfig",
+    "BlueGreenConfig",
+    "ConfigError",
+    "ControlConfig",
+    "ControllerConfig",
+    "DeploymentOptions",
+    "ExperimentConfig",
+    "FeedbackMetric",
+    "Gate",
+    "GateMetric",
+    "HttpConfig",
+    "PinConfig",
+    "Placement",
+    "PrometheusConfig",
+    "RayActorOptions",
+    "RecordsConfig",
+    "RolloutConfig",
+    "ShadowConfig",
+    "Strategy",
+    "VersionConfig",
+    "format_validation_error",
+    "parse_duration_s",
+    "parse_experiment",
+]

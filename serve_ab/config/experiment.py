@@ -1,0 +1,446 @@
+"""The one schema of an experiment.
+
+The same models are what ``args:`` holds in a Ray Serve config file, what
+:func:`serve_ab.build_app` takes, and what ``serve-ab validate`` checks. Unknown keys are
+errors, and every error names the field path, the value received and what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab.config._base import Strict as _Strict
+from serve_ab.config.rollout import RolloutConfig
+
+
+class Backend(str, Enum):
+    ONNX = "onnx"
+    TORCH = "torch"
+
+
+class Placement(str, Enum):
+    #: The router's own replicas hold every version in-process; switching is a pointer change.
+    COLOCATED = "colocated"
+    #: One Ray Serve deployment per version; the router calls its handle.
+    ISOLATED = "isolated"
+
+
+class BatchingConfig(_Strict):
+    max_batch_size: int = Field(16, ge=1, le=4096, description="Largest batch one model call takes.")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0.0, le=1.0,
+        description="How long the first request of a batch waits for others to join it.",
+    )
+
+
+class AutoscalingConfig(_Strict):
+    """The part of Ray Serve's autoscaling_config that serve-ab passes through."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas, 0 allows scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load before scaling up.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Sustained idle before scaling down.")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which Ray averages the ongoing requests it scales on."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be greater than or equal to "
+                f"min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class RayActorOptions(_Strict):
+    num_cpus: float = Field(
+        0.25, ge=0, description="CPUs reserved per replica; fractional so several fit a small node."
+    )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; 0.5 lets two share one GPU.")
+    memory: int | None = Field(None, ge=0, description="Bytes of memory reserved per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {accelerator_a: 1}."
+    )
+
+    def to_ray(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory is not None:
+            options["memory"] = self.memory
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve options of one deployment (the router, or a version in isolated placement)."""
+
+    num_replicas: int | None = Field(
+        None, ge=1, description="Fixed replica count; leave unset when autoscaling_config is set."
+    )
+    autoscaling_config: AutoscalingConfig | None = Field(
+        None, description="Ray Serve autoscaling; excludes num_replicas."
+    )
+    ray_actor_options: RayActorOptions = Field(
+        default_factory=RayActorOptions, description="Resources each replica reserves."
+    )
+    max_ongoing_requests: int = Field(
+        256, ge=1, le=100_000,
+        description="Requests a replica takes at once; Ray's default of 5 throttles async code.",
+    )
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError(
+                f"set either num_replicas ({self.num_replicas}) or autoscaling_config, not both"
+            )
+        return self
+
+    def to_ray(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        options: dict[str, Any] = {
+            "ray_actor_options": self.ray_actor_options.to_ray(),
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+class VersionConfig(_Strict):
+    name: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version name, e.g. v1.")
+    path: str = Field(
+        ..., min_length=1,
+        description="Model file; a relative path is resolved against the directory serve runs in.",
+    )
+    backend: Backend = Field(..., description="Model runtime: onnx (onnxruntime) or torch.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses CUDA when a GPU is visible to the replica, else the CPU."
+    )
+    intra_op_threads: int | None = Field(
+        1, ge=1, le=256,
+        description="Threads one model call may use; 1 keeps small models from fighting over cores.",
+    )
+    batching: BatchingConfig | None = Field(
+        None, description="Dynamic batching of concurrent requests; unset sends each on its own."
+    )
+    deployment: DeploymentOptions | None = Field(
+        None, description="Ray Serve options of this version's deployment (isolated placement only).",
+    )
+
+
+class AssignmentConfig(_Strict):
+    key: Literal["json", "header", "none"] = Field(
+        "json",
+        description="Where the sticky key comes from: a JSON body field, a header, or none "
+        "(every request split at random by weight).",
+    )
+    field: str = Field(
+        "user_id", min_length=1,
+        description="JSON field holding the key (key: json); in Open Inference Protocol "
+        "requests it is read from the request's parameters.",
+    )
+    header: str = Field("x-user-id", min_length=1, description="Header holding the key (key: header).")
+    salt: str = Field(
+        "serve-ab", min_length=1,
+        description="Mixed into the hash; a new salt reshuffles users between variants.",
+    )
+
+    @field_validator("header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return value.lower()
+
+
+class PinConfig(_Strict):
+    enabled: bool = Field(True, description="Allow a header to pin a request to a version, for QA.")
+    header: str = Field("x-serve-ab-version", min_length=1, description="Header naming the version.")
+
+    @field_validator("header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return value.lower()
+
+
+class HttpConfig(_Strict):
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    allow_non_finite: bool = Field(
+        False, description="Pass NaN and infinity to the model instead of refusing them with 400."
+    )
+
+
+class ControlConfig(_Strict):
+    token_env: str = Field(
+        "SERVE_AB_CONTROL_TOKEN", min_length=1,
+        description="Environment variable holding the bearer token that control actions "
+        "(promote, abort, set weights...) need over HTTP.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Accept control actions without a token. Only for local experiments."
+    )
+
+
+class ControllerConfig(_Strict):
+    state_path: str = Field(
+        ".serve-ab/state.sqlite",
+        description="SQLite file holding rollout state, so a restarted controller resumes; a "
+        "relative path is resolved against the directory serve runs in.",
+    )
+    tick_s: float = Field(
+        0.25, gt=0, le=10, description="How often the controller looks at its windows and timers."
+    )
+    num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
+
+
+class ShadowConfig(_Strict):
+    """Mirror a share of live requests to a version whose answers are compared, never returned."""
+
+    version: str = Field(..., pattern=VERSION_NAME_PATTERN, description="The version that gets copies.")
+    percent: float = Field(
+        ..., gt=0.0, le=100.0,
+        description="Share of live requests (served by any other version) copied to it, in percent.",
+    )
+
+
+class FeedbackMetric(_Strict):
+    """A business metric clients report with POST /feedback, and which way is better."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Feedback name, e.g. correct or revenue.")
+    kind: Literal["conversion", "mean"] = Field(
+        ..., description="conversion: a yes/no outcome (a rate); mean: a value such as revenue."
+    )
+    direction: Literal["increase", "decrease"] = Field(
+        "increase", description="Which way is better for this metric."
+    )
+
+
+class RecordsConfig(_Strict):
+    path: str = Field(
+        ".serve-ab/runs.sqlite",
+        description="SQLite file of run records (configuration and latest results of each "
+        "experiment); a relative path is resolved against the directory serve runs in.",
+    )
+    interval_s: float = Field(60.0, gt=0, description="How often the run record is refreshed.")
+    mlflow: bool = Field(
+        False, description="Also log each run record to MLflow (needs mlflow installed; the "
+        "tracking URI comes from MLFLOW_TRACKING_URI)."
+    )
+
+
+class AnalysisConfig(_Strict):
+    """How the A/B report judges the variants against the control."""
+
+    control: str | None = Field(
+        None, pattern=VERSION_NAME_PATTERN,
+        description="The version the others are compared with; default rollout.stable, else the first version.",
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of every test.")
+    power: float = Field(0.8, gt=0.0, lt=1.0, description="Power the sample-size figures aim for.")
+    correction: Literal["holm", "bh", "none"] = Field(
+        "holm", description="Multiple-testing correction across metrics and variants."
+    )
+    sequential: bool = Field(
+        True, description="Also report always-valid (mSPRT) p-values, safe to look at continuously."
+    )
+    mde_relative: float = Field(
+        0.05, gt=0.0, le=10.0,
+        description="Smallest relative lift worth detecting (0.05 = 5%), used for power and samples needed.",
+    )
+    metrics: list[FeedbackMetric] = Field(
+        default_factory=list,
+        description="Feedback metrics to judge; a feedback name not listed is still reported, "
+        "its kind taken from the feedback (converted: conversion, value: mean).",
+    )
+    records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
+
+
+def _default_router() -> DeploymentOptions:
+    return DeploymentOptions(num_replicas=1)
+
+
+class ExperimentConfig(_Strict):
+    """An experiment: which versions of one model are served and how traffic is split."""
+
+    model: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Model name used in URLs.")
+    versions: list[VersionConfig] = Field(..., min_length=1, description="Versions served.")
+    weights: dict[str, float] = Field(
+        ...,
+        description="Traffic share per version in percent, summing to 100; a version left "
+        "out gets 0. Versions own contiguous bucket ranges in the order they are listed.",
+    )
+    assignment: AssignmentConfig = Field(default_factory=AssignmentConfig, description="Sticky key.")
+    pin: PinConfig = Field(default_factory=PinConfig, description="Version pinning for QA.")
+    placement: Placement = Field(
+        Placement.COLOCATED, validate_default=True, description="colocated or isolated."
+    )
+    router: DeploymentOptions = Field(
+        default_factory=_default_router, description="Ray Serve options of the router deployment."
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP request limits.")
+    rollout: RolloutConfig | None = Field(
+        None, description="A canary or blue-green rollout from stable to candidate."
+    )
+    control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
+    controller: ControllerConfig = Field(
+        default_factory=ControllerConfig,
+        description="The controller deployment: collects what routers served, runs the rollout.",
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror live traffic to a version.")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="The A/B report.")
+    resources_missing: Literal["fail", "cpu"] = Field(
+        "fail",
+        description="When a version asks for GPUs the cluster does not have: fail at deploy "
+        "time with a message, or (cpu) run it on the CPU instead. Custom resources no node "
+        "has always fail.",
+    )
+
+    @field_validator("versions")
+    @classmethod
+    def _unique_names(cls, versions: list[VersionConfig]) -> list[VersionConfig]:
+        seen: set[str] = set()
+        for version in versions:
+            if version.name in seen:
+                raise ValueError(f"version name {version.name!r} appears twice; names must be unique")
+            seen.add(version.name)
+        return versions
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, weights: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        # When versions failed to parse, their own errors say why; still check the sum.
+        names = [v.name for v in info.data["versions"]] if "versions" in info.data else None
+        for name, weight_pct in weights.items():
+            if names is not None and name not in names:
+                raise ValueError(f"weights names version {name!r}, which is not served; versions: {names}")
+            if not math.isfinite(weight_pct) or not 0.0 <= weight_pct <= 100.0:
+                raise ValueError(f"{name} is {weight_pct}; a weight is a percentage in [0, 100]")
+            if abs(weight_pct / WEIGHT_RESOLUTION_PCT - round(weight_pct / WEIGHT_RESOLUTION_PCT)) > 1e-6:
+                raise ValueError(
+                    f"{name} is {weight_pct}; weights resolve to {WEIGHT_RESOLUTION_PCT}% "
+                    "steps, e.g. 12.5 or 33.33"
+                )
+        total_pct = sum(weights.values())
+        if abs(total_pct - 100.0) > 1e-6:
+            raise ValueError(f"weights sum to {total_pct:g}%; they must sum to 100")
+        return weights
+
+    @field_validator("placement")
+    @classmethod
+    def _check_placement(cls, placement: Placement, info: ValidationInfo) -> Placement:
+        if placement is Placement.COLOCATED:
+            for index, version in enumerate(info.data.get("versions", [])):
+                if version.deployment is not None:
+                    raise ValueError(
+                        f"versions.{index}.deployment is set for version {version.name!r}, but "
+                        "placement is colocated, where every version lives in the router's "
+                        "replicas; use placement: isolated, or set router: instead"
+                    )
+        return placement
+
+    @model_validator(mode="after")
+    def _check_shadow_and_control(self) -> ExperimentConfig:
+        names = [v.name for v in self.versions]
+        if self.shadow is not None:
+            if self.shadow.version not in names:
+                raise ValueError(f"shadow.version is {self.shadow.version!r}, which is not served; "
+                                 f"versions: {names}")
+            if len(names) < 2:
+                raise ValueError("shadow needs a second version to serve live traffic")
+        if self.analysis.control is not None and self.analysis.control not in names:
+            raise ValueError(f"analysis.control is {self.analysis.control!r}, which is not served; "
+                             f"versions: {names}")
+        return self
+
+    def control_version(self) -> str:
+        """The version the A/B report compares the others with."""
+        if self.analysis.control is not None:
+            return self.analysis.control
+        if self.rollout is not None:
+            return self.rollout.stable
+        return self.versions[0].name
+
+    @model_validator(mode="after")
+    def _check_rollout(self) -> ExperimentConfig:
+        if self.rollout is None:
+            return self
+        names = [v.name for v in self.versions]
+        for role in ("stable", "candidate"):
+            name = getattr(self.rollout, role)
+            if name not in names:
+                raise ValueError(f"rollout.{role} is {name!r}, which is not served; versions: {names}")
+        if names.index(self.rollout.stable) > names.index(self.rollout.candidate):
+            # Contiguous ranges in listing order: stable first keeps moves one-way.
+            raise ValueError(
+                f"list rollout.stable ({self.rollout.stable!r}) before rollout.candidate "
+                f"({self.rollout.candidate!r}) under versions, so raising the candidate's weight "
+                "only moves users from stable to candidate"
+            )
+        return self
+
+    def version(self, name: str) -> VersionConfig:
+        for version in self.versions:
+            if version.name == name:
+                return version
+        raise KeyError(name)
+
+    def weights_pct(self) -> dict[str, float]:
+        """Weights of every version in listing order, 0 for those left out."""
+        return {v.name: float(self.weights.get(v.name, 0.0)) for v in self.versions}
+
+
+class ConfigError(ValueError):
+    """An invalid experiment; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str], where: str = "experiment"):
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"invalid {where} ({len(errors)} error{'s' * (len(errors) != 1)}):\n{lines}")
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per error: field path, what is wrong or valid, and the value received."""
+    lines = []
+    for item in err.errors(include_url=False):
+        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"].removeprefix("Value error, ")
+        received = item.get("input")
+        if item["type"] == "missing":
+            lines.append(f"{path or '<root>'}: field required")
+        elif isinstance(received, dict) and item["type"] != "extra_forbidden":
+            lines.append(f"{path or '<root>'}: {message}")
+        else:
+            lines.append(f"{path or '<root>'}: {message} (got {received!r})")
+    return lines
+
+
+def parse_experiment(args: Any, where: str = "experiment") -> ExperimentConfig:
+    """Validate ``args`` (a dict, or an ExperimentConfig) or raise :class:`ConfigError`."""
+    if isinstance(args, ExperimentConfig):
+        return args
+    if not isinstance(args, dict):
+        raise ConfigError([f"<root>: expected a mapping of experiment fields (got {args!r})"], where)
+    try:
+        return ExperimentConfig.model_validate(args)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), where) from None

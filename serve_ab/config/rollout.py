@@ -1,0 +1,472 @@
+"""The ``rollout:`` part of an experiment: canary steps, blue-green settings and gates.
+
+Example (YAML, as embedded under ``rollout:`` in an experiment)::
+
+    strategy: canary
+    stable: v1
+    candidate: v2
+    analysis: {interval_s: 10, min_samples: 50, failure_limit: 1, progress_deadline_s: 10m}
+    gates:
+      - {metric: latency_p95_ms, max_ratio_to_stable: 1.5}
+      - {metric: error_rate, max: 0.01}
+      - {metric: drift_js, max: 0.1}
+    steps:
+      - set_weight: 5
+      - pause: {duration: 30s}
+      - analysis: {}
+      - set_weight: 50
+      - pause: {}            # wait for a manual promote
+      - set_weight: 100
+
+Durations are numbers of seconds or strings like ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from typing import Annotated, Any, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
+
+from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab.config._base import Strict as _Strict
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration_s(value: Any) -> float:
+    """Seconds in ``value``: a number of seconds, or a string like ``"30s"``, ``"5m"``, ``"1h"``.
+
+    >>> parse_duration_s("30s"), parse_duration_s("1.5m"), parse_duration_s(10)
+    (30.0, 90.0, 10.0)
+    """
+    hint = "use a number of seconds or a string like '500ms', '30s', '5m' or '1h'"
+    if isinstance(value, bool):  # bool is an int subclass; True is not "1 second"
+        raise ValueError(f"invalid duration {value!r}: {hint}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ValueError(f"invalid duration {value!r}: {hint}")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: {hint}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: it must be finite and >= 0; {hint}")
+    return seconds
+
+
+#: Seconds, written as a number or a string with a unit.
+DurationS = Annotated[float, BeforeValidator(parse_duration_s)]
+
+
+class Strategy(str, Enum):
+    CANARY = "canary"
+    BLUE_GREEN = "blue_green"
+
+
+class GateMetric(str, Enum):
+    LATENCY_P50_MS = "latency_p50_ms"
+    LATENCY_P95_MS = "latency_p95_ms"
+    LATENCY_P99_MS = "latency_p99_ms"
+    ERROR_RATE = "error_rate"
+    #: Drift of the predicted-class distribution, candidate against stable.
+    DRIFT_KL = "drift_kl"
+    DRIFT_PSI = "drift_psi"
+    DRIFT_JS = "drift_js"
+    #: Drift of the score distribution (e.g. top-class probability).
+    DRIFT_KS = "drift_ks"
+    DRIFT_WASSERSTEIN = "drift_wasserstein"
+    #: Business feedback reported by clients, picked by ``name``.
+    FEEDBACK_MEAN = "feedback_mean"
+    FEEDBACK_RATE = "feedback_rate"
+    #: A PromQL ``query`` against a Prometheus server, one number (see :mod:`serve_ab.rollout.promql`).
+    PROMQL = "promql"
+    #: Share of requests copied to the candidate (``shadow:`` on it, or a blue-green green
+    #: validating on live traffic) on which it predicted the class the live version answered.
+    SHADOW_AGREEMENT = "shadow_agreement"
+
+
+DRIFT_METRICS = frozenset(
+    {GateMetric.DRIFT_KL, GateMetric.DRIFT_PSI, GateMetric.DRIFT_JS,
+     GateMetric.DRIFT_KS, GateMetric.DRIFT_WASSERSTEIN}
+)
+FEEDBACK_METRICS = frozenset({GateMetric.FEEDBACK_MEAN, GateMetric.FEEDBACK_RATE})
+BOUND_KEYS = ("max", "min", "max_ratio_to_stable", "min_ratio_to_stable")
+#: What a promql gate's query may contain; ``{{interval}}`` is analysis.interval_s as a
+#: PromQL duration, e.g. ``rate(x[{{interval}}])``.
+PROMQL_PLACEHOLDERS = ("candidate", "stable", "model", "interval")
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def promql_placeholders(query: str) -> list[str]:
+    """The ``{{name}}`` placeholders in ``query``, in order of appearance."""
+    return _PLACEHOLDER_RE.findall(query)
+
+
+def render_promql(query: str, values: dict[str, str]) -> str:
+    """``query`` with every ``{{name}}`` (spaces inside allowed) replaced by ``values[name]``."""
+    return _PLACEHOLDER_RE.sub(lambda match: values[match.group(1)], query)
+
+
+class PrometheusConfig(_Strict):
+    """Where promql gates send their queries (Prometheus' HTTP API, /api/v1/query)."""
+
+    url: str = Field(
+        ..., min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+[^\s?#]*$",
+        description="Base URL of the Prometheus server, e.g. http://prometheus:9090 (no /api/...).",
+    )
+    timeout_s: DurationS = Field(
+        5.0, gt=0, le=60, description="Longest a query may take; a slower one is a failed query."
+    )
+
+
+class Gate(_Strict):
+    """One check on the candidate; exactly one bound per gate keeps its verdict readable."""
+
+    metric: GateMetric = Field(..., description="What is measured on the candidate's window.")
+    name: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Feedback name for feedback_mean / feedback_rate, e.g. revenue; for promql, "
+        "the gate's name, e.g. error_ratio (unique among promql gates); unset otherwise.",
+    )
+    query: str | None = Field(
+        None, min_length=1, max_length=16384,
+        description="promql only: an instant query that returns one number (a scalar or a "
+        "one-sample vector); {{candidate}}, {{stable}}, {{model}} and {{interval}} are "
+        "substituted before it is sent.",
+    )
+    prometheus: PrometheusConfig | None = Field(
+        None, description="promql only: the Prometheus to ask; unset uses rollout.analysis.prometheus.",
+    )
+    max: float | None = Field(None, allow_inf_nan=False, description="Absolute upper bound.")
+    min: float | None = Field(None, allow_inf_nan=False, description="Absolute lower bound.")
+    max_ratio_to_stable: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Upper bound on candidate / stable, both measured in the same window.",
+    )
+    min_ratio_to_stable: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Lower bound on candidate / stable, both measured in the same window.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Gate:
+        metric = self.metric.value
+        bounds = {key: getattr(self, key) for key in BOUND_KEYS if getattr(self, key) is not None}
+        if len(bounds) != 1:
+            raise ValueError(
+                f"gate {metric} has bounds {sorted(bounds) or 'none'}; give exactly one of "
+                f"{', '.join(BOUND_KEYS)}, e.g. {{metric: {metric}, max: 0.1}} (add a second "
+                "gate for a second bound)"
+            )
+        if self.metric is GateMetric.PROMQL:
+            return self._check_promql()
+        for key in ("query", "prometheus"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"gate {metric} takes no {key}; only metric: promql does")
+        if self.metric in FEEDBACK_METRICS and self.name is None:
+            raise ValueError(
+                f"gate {metric} needs the feedback name, e.g. {{metric: {metric}, name: revenue, ...}}"
+            )
+        if self.metric not in FEEDBACK_METRICS and self.name is not None:
+            raise ValueError(
+                f"gate {metric} takes no name (got {self.name!r}); only feedback_mean, feedback_rate "
+                "and promql do"
+            )
+        if self.metric in DRIFT_METRICS and self.max is None:
+            raise ValueError(
+                f"gate {metric} has {next(iter(bounds))}; drift already compares the candidate "
+                f"with stable, so it takes only max, e.g. {{metric: {metric}, max: 0.1}}"
+            )
+        if self.metric not in FEEDBACK_METRICS and bounds.get("max", bounds.get("min", 0.0)) < 0:
+            raise ValueError(
+                f"gate {metric} bound is {next(iter(bounds.values()))}; {metric} is never "
+                "negative, so use a bound >= 0"
+            )
+        if self.metric is GateMetric.SHADOW_AGREEMENT and self.min is None:
+            raise ValueError(
+                f"gate {metric} has {next(iter(bounds))}; it takes min, the least agreement with "
+                f"the live answers, e.g. {{metric: {metric}, min: 0.95}}"
+            )
+        if self.metric in (GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.DRIFT_JS,
+                           GateMetric.SHADOW_AGREEMENT):
+            for key in ("max", "min"):
+                value = bounds.get(key)
+                if value is not None and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"gate {metric} {key} is {value}; a rate is in [0, 1], e.g. 0.01")
+        return self
+
+    def _check_promql(self) -> Gate:
+        example = ("{metric: promql, name: error_ratio, max: 0.01, query: 'sum(rate(serve_ab_errors_total"
+                   "{version=\"{{candidate}}\"}[1m])) / sum(rate(serve_ab_requests_total"
+                   "{version=\"{{candidate}}\"}[1m]))'}")
+        if self.name is None or self.query is None:
+            missing = " and ".join(key for key in ("name", "query") if getattr(self, key) is None)
+            raise ValueError(f"gate promql needs {missing}, e.g. {example}")
+        if self.bound not in ("max", "min"):
+            raise ValueError(
+                f"gate promql[{self.name}] has {self.bound}; a promql gate takes max or min: write "
+                "the comparison with stable into the query, e.g. 'sum(rate(m{version=\"{{candidate}}\"}[1m])) "
+                "/ sum(rate(m{version=\"{{stable}}\"}[1m]))'"
+            )
+        unknown = sorted(set(promql_placeholders(self.query)) - set(PROMQL_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(
+                f"gate promql[{self.name}] query has placeholder(s) {', '.join('{{%s}}' % u for u in unknown)}; "
+                f"valid: {', '.join('{{%s}}' % p for p in PROMQL_PLACEHOLDERS)}"
+            )
+        return self
+
+    @property
+    def bound(self) -> str:
+        return next(key for key in BOUND_KEYS if getattr(self, key) is not None)
+
+    @property
+    def threshold(self) -> float:
+        return float(getattr(self, self.bound))
+
+    @property
+    def needs_stable(self) -> bool:
+        """True when the verdict needs the stable version's traffic in the same window."""
+        return self.metric in DRIFT_METRICS or self.bound.endswith("_ratio_to_stable")
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. ``latency_p95_ms <= 1.5x stable``."""
+        metric = self.metric.value + (f"[{self.name}]" if self.name else "")
+        op = "<=" if self.bound.startswith("max") else ">="
+        suffix = "x stable" if self.bound.endswith("_ratio_to_stable") else ""
+        return f"{metric} {op} {self.threshold:g}{suffix}"
+
+
+class AnalysisConfig(_Strict):
+    interval_s: DurationS = Field(10.0, gt=0, description="Seconds between two gate analyses.")
+    min_samples: int = Field(
+        50, ge=1,
+        description="Samples a version needs in a window before a gate judges it; fewer is "
+        "inconclusive (no data), never a failure.",
+    )
+    failure_limit: int = Field(
+        0, ge=0,
+        description="Failed analyses tolerated during the rollout; the next one aborts it "
+        "(0 aborts at the first failure).",
+    )
+    progress_deadline_s: DurationS | None = Field(
+        600.0, gt=0,
+        description="Longest the rollout may be held waiting for a passing analysis or a "
+        "validation before it is aborted; manual pauses do not count. Unset waits forever.",
+    )
+    prometheus: PrometheusConfig | None = Field(
+        None, description="The Prometheus promql gates ask, unless a gate names its own.",
+    )
+
+
+class SetWeightStep(_Strict):
+    set_weight: float = Field(
+        ..., allow_inf_nan=False, description="Candidate's share of traffic in percent, 0..100."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SetWeightStep:
+        weight_pct = self.set_weight
+        if not 0.0 <= weight_pct <= 100.0:
+            raise ValueError(
+                f"set_weight is {weight_pct:g}; it must be 0..100 (percent), e.g. set_weight: 20"
+            )
+        steps = weight_pct / WEIGHT_RESOLUTION_PCT
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(
+                f"set_weight is {weight_pct}; weights resolve to {WEIGHT_RESOLUTION_PCT:g}% steps, e.g. 12.5"
+            )
+        return self
+
+
+class PauseSpec(_Strict):
+    duration: DurationS | None = Field(
+        None, description="How long to wait, e.g. 30s; unset waits for a manual promote."
+    )
+
+
+class PauseStep(_Strict):
+    pause: PauseSpec = Field(..., description="{} waits for promote; {duration: 30s} waits 30 s.")
+
+
+class InlineAnalysis(_Strict):
+    min_samples: int | None = Field(
+        None, ge=1, description="Overrides analysis.min_samples for this step only."
+    )
+
+
+class AnalysisStep(_Strict):
+    analysis: InlineAnalysis = Field(
+        ..., description="Blocks until an analysis run in this step passes (or failures abort)."
+    )
+
+
+STEP_KINDS = ("set_weight", "pause", "analysis")
+
+
+def _check_step_shape(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in STEP_KINDS:
+        raise ValueError(
+            f"a step must have exactly one key, one of {', '.join(STEP_KINDS)}; got {value!r}; "
+            "e.g. {set_weight: 20} or {pause: {duration: 30s}}"
+        )
+    return value
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return next(iter(value), None)
+    for kind, cls in (("set_weight", SetWeightStep), ("pause", PauseStep), ("analysis", AnalysisStep)):
+        if isinstance(value, cls):
+            return kind
+    return None
+
+
+Step = Annotated[
+    Union[
+        Annotated[SetWeightStep, Tag("set_weight")],
+        Annotated[PauseStep, Tag("pause")],
+        Annotated[AnalysisStep, Tag("analysis")],
+    ],
+    Discriminator(_step_kind),
+    BeforeValidator(_check_step_shape),
+]
+
+
+class BlueGreenConfig(_Strict):
+    validation_min_samples: int | None = Field(
+        None, ge=1,
+        description="When set, the gates must also pass on traffic mirrored to green, judged "
+        "with this many samples; unset, validation rests on report_validation alone.",
+    )
+    post_switch_watch_s: DurationS = Field(
+        300.0, ge=0, description="After the switch, how long gates watch green before it is final."
+    )
+    keep_blue_s: DurationS = Field(
+        600.0, ge=0, description="How long blue stays loaded after the switch, for instant rollback."
+    )
+    auto_switch: bool = Field(
+        True, description="Switch as soon as green is validated; false waits for a manual promote."
+    )
+    validation_mirror_pct: float = Field(
+        10.0, gt=0, le=100,
+        description="With validation_min_samples: the share of live requests mirrored to green "
+        "while it validates; green's answers are compared by the gates, never returned.",
+    )
+    validation_samples: str | None = Field(
+        None,
+        description="JSON file {inputs: [...], labels: [...]} run through green before the "
+        "switch (e.g. models/digits/samples.json); unset sends one all-zero instance.",
+    )
+    validation_min_accuracy: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of validation_samples green must label correctly (needs labels).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BlueGreenConfig:
+        if self.keep_blue_s < self.post_switch_watch_s:
+            raise ValueError(
+                f"keep_blue_s ({self.keep_blue_s:g}) must be >= post_switch_watch_s "
+                f"({self.post_switch_watch_s:g}): the watch rolls back to blue, so blue must "
+                "still be loaded"
+            )
+        return self
+
+
+class RolloutConfig(_Strict):
+    """How a candidate replaces the stable version: canary steps or a blue-green switch."""
+
+    strategy: Strategy = Field(..., description="canary or blue_green.")
+    stable: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version serving now (blue).")
+    candidate: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version rolled out (green).")
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description="When and how strictly gates are judged."
+    )
+    gates: list[Gate] = Field(
+        default_factory=list, description="Checks on the candidate; all must pass to progress."
+    )
+    steps: list[Step] = Field(default_factory=list, description="Canary steps, run in order.")
+    blue_green: BlueGreenConfig | None = Field(
+        None, description="Blue-green settings (strategy blue_green only); unset uses defaults."
+    )
+    retire_after_s: DurationS = Field(
+        60.0, ge=0,
+        description="Drain delay before the version that lost (old stable after promotion, "
+        "candidate after abort) may be unloaded.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutConfig:
+        if self.stable == self.candidate:
+            raise ValueError(f"stable and candidate must differ; both are {self.stable!r}")
+        if self.strategy is Strategy.CANARY:
+            if not self.steps:
+                raise ValueError(
+                    "a canary needs steps, e.g. [{set_weight: 5}, {pause: {duration: 5m}}, {set_weight: 100}]"
+                )
+            if self.blue_green is not None:
+                raise ValueError(
+                    "blue_green settings apply only to strategy blue_green; remove them or change strategy"
+                )
+        elif self.steps:
+            raise ValueError(
+                f"steps apply only to strategy canary; strategy blue_green got {len(self.steps)} steps"
+            )
+        promql_names: set[str] = set()
+        for index, gate in enumerate(self.gates):
+            if gate.metric is not GateMetric.PROMQL:
+                continue
+            if gate.name in promql_names:
+                raise ValueError(
+                    f"gates[{index}]: promql gate name {gate.name!r} is used twice; promql gate "
+                    "names must be unique (the name keys the query's value)"
+                )
+            promql_names.add(gate.name)
+            if gate.prometheus is None and self.analysis.prometheus is None:
+                raise ValueError(
+                    f"gates[{index}] (promql[{gate.name}]) has no Prometheus to ask: set "
+                    "analysis.prometheus: {url: http://prometheus:9090} or prometheus: on the gate"
+                )
+        weight_pct = 0.0
+        for index, step in enumerate(self.steps):
+            if isinstance(step, SetWeightStep):
+                weight_pct = step.set_weight
+            elif isinstance(step, AnalysisStep):
+                if not self.gates:
+                    raise ValueError(
+                        f"steps[{index}] is an analysis step, but no gates are configured under gates:"
+                    )
+                if weight_pct == 0:
+                    raise ValueError(
+                        f"steps[{index}] is an analysis step while the candidate's weight is 0: "
+                        "it would get no traffic to judge; put a set_weight step before it"
+                    )
+        return self
+
+    @property
+    def blue_green_settings(self) -> BlueGreenConfig:
+        return self.blue_green or BlueGreenConfig()
+
+    def prometheus_for(self, gate: Gate) -> PrometheusConfig:
+        """The Prometheus a promql gate asks: its own, else analysis.prometheus."""
+        prometheus = gate.prometheus or self.analysis.prometheus
+        if prometheus is None:  # refused by _check; reachable only with an unvalidated gate
+            raise ValueError(f"gate {gate.label} has no Prometheus to ask")
+        return prometheus

@@ -1,0 +1,12 @@
+"""Rollouts, pure and clock-driven: no Ray import, nothing sleeps.
+
+- ``machine``: the canary / blue-green state machine (:class:`Rollout` returns a
+  :class:`Decision` from each tick);
+- ``gates``: gate evaluation over per-version windows;
+- ``promql``: gates whose values come from Prometheus;
+- ``feedback``: joining clients' feedback to the version that answered.
+"""
+
+from serve_ab.rollout.machine import Decision, Phase, Rollout, RolloutError, RolloutState
+
+__all__ = ["Decision", "Phase", "Rollout", "RolloutError", "RolloutState"]

@@ -1,0 +1,99 @@
+"""Business feedback joined to the version that served the request (pure).
+
+Clients send ``{request_id, name, value}`` (a revenue, a rating) or
+``{request_id, name, converted}`` after the fact; the join keeps which version served
+each recent request id, bounded in count and age, so memory stays flat under any load.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent
+
+MAX_REQUESTS = 500_000
+REQUEST_TTL_S = 3600.0
+MAX_EVENTS = 200_000
+# Feedback can overtake the router's report of the request it is about (reports are
+# batched); it waits this long for that report before it is dropped.
+PENDING_TTL_S = 30.0
+MAX_PENDING = 50_000
+
+
+@dataclass
+class FeedbackJoin:
+    max_requests: int = MAX_REQUESTS
+    request_ttl_s: float = REQUEST_TTL_S
+    #: Called with (version, name, value, converted, t_s) for every joined feedback, e.g. to
+    #: keep cumulative totals beside the windows the gates read.
+    on_emit: Callable[[str, str, float | None, bool | None, float], None] | None = None
+    #: Keep the joined events for :meth:`events` (a rollout's gate windows need them).
+    keep_events: bool = True
+    #: Called with the number of feedbacks dropped unjoined: their request's report never
+    #: came within PENDING_TTL_S, or too many were waiting.
+    on_unjoined: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._served: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        self._values: collections.deque[FeedbackEvent] = collections.deque(maxlen=MAX_EVENTS)
+        self._conversions: collections.deque[ConversionEvent] = collections.deque(maxlen=MAX_EVENTS)
+        self._pending: collections.OrderedDict[str, list[tuple]] = collections.OrderedDict()
+
+    def remember(self, request_id: str, version: str, t_s: float) -> None:
+        self._served[request_id] = (version, t_s)
+        while len(self._served) > self.max_requests:
+            self._served.popitem(last=False)
+        for name, value, converted, at_s in self._pending.pop(request_id, ()):
+            self._emit(version, name, value, converted, at_s)
+
+    def _expire(self, now_s: float) -> None:
+        while self._pending:
+            _, waiting = next(iter(self._pending.items()))
+            if waiting[0][3] >= now_s - PENDING_TTL_S:
+                break
+            self._drop_oldest_pending()
+        while self._served:
+            _, (_, t_s) = next(iter(self._served.items()))
+            if t_s >= now_s - self.request_ttl_s:
+                break
+            self._served.popitem(last=False)
+
+    def add(self, request_id: str, name: str, value: float | None, converted: bool | None,
+            now_s: float) -> str | None:
+        """Record feedback; returns the version it joined to, or None while it waits for
+        the request's report (dropped after PENDING_TTL_S if none comes)."""
+        self._expire(now_s)
+        served = self._served.get(request_id)
+        if served is None:
+            self._pending.setdefault(request_id, []).append((name, value, converted, now_s))
+            while len(self._pending) > MAX_PENDING:
+                self._drop_oldest_pending()
+            return None
+        self._emit(served[0], name, value, converted, now_s)
+        return served[0]
+
+    def _drop_oldest_pending(self) -> None:
+        _, dropped = self._pending.popitem(last=False)
+        if self.on_unjoined is not None:
+            self.on_unjoined(len(dropped))
+
+    def _emit(self, version: str, name: str, value: float | None, converted: bool | None,
+              t_s: float) -> None:
+        if self.on_emit is not None:
+            self.on_emit(version, name, value, converted, t_s)
+        if not self.keep_events:
+            return
+        if converted is not None:
+            self._conversions.append(ConversionEvent(version, name, bool(converted), t_s))
+        else:
+            self._values.append(FeedbackEvent(version, name, float(value), t_s))
+
+    def events(self, since_s: float) -> tuple[list[FeedbackEvent], list[ConversionEvent]]:
+        return ([e for e in self._values if e.t_s >= since_s],
+                [e for e in self._conversions if e.t_s >= since_s])
+
+    def counts(self) -> dict[str, int]:
+        return {"requests_remembered": len(self._served), "values": len(self._values),
+                "conversions": len(self._conversions), "pending": len(self._pending)}

@@ -1,0 +1,672 @@
+"""The rollout state machine: canary steps and blue-green switches, pure and clock-driven.
+
+Nothing here sleeps or talks to Ray. The controller calls :meth:`Rollout.tick` with the
+latest window per version; the rollout reads its injected clock, runs gate analysis when
+one is due, advances steps, and returns a :class:`Decision` (weights to push, versions
+that may be unloaded). Its state is a plain dict (:meth:`Rollout.to_dict`), so a
+restarted controller resumes at the same step, with the same weights and timers.
+
+Example::
+
+    rollout = Rollout(config, clock=time.time)
+    decision = rollout.tick({"v1": stable_window, "v2": candidate_window})
+    if decision.weights_changed:
+        push_to_routers(decision.weights)
+    for version in decision.retire:
+        unload(version)
+
+The persisted times come from the clock, so a rollout that is saved and restored in
+another process needs a clock shared by both (``time.time``, not ``time.monotonic``).
+
+Canary: a step leaves when it is done (weight set, pause elapsed, inline analysis
+passed) unless the latest analysis in that step failed or had no data; then the rollout
+holds, and ``analysis.progress_deadline_s`` of holding aborts it. Analysis runs every
+``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
+candidate still serving 20% is rolled back), but not while an operator paused the rollout.
+
+Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
+on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
+failing gate rolls back to blue. Blue gets no traffic after the switch, so the watch
+judges absolute gates and only those relative gates whose stable side still has data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from serve_ab.rollout.gates import (
+    GateResult,
+    Verdict,
+    WindowStats,
+    evaluate_gates,
+    overall_verdict,
+    sample_count,
+)
+from serve_ab.config.rollout import AnalysisStep, PauseStep, RolloutConfig, SetWeightStep, Strategy
+
+STATE_SCHEMA = 1
+MAX_HISTORY = 500
+# Fake clocks advance by float sums (0.1 + 0.2 != 0.3); timers compare with this slack.
+_EPS_S = 1e-9
+
+
+class Phase(str, Enum):
+    PROGRESSING = "progressing"  # canary: applying weights, waiting out timed pauses
+    ANALYZING = "analyzing"  # canary: inline analysis step, blocks until a run passes
+    PAUSED = "paused"  # a `pause: {}` step waiting for promote, or an operator's pause()
+    VALIDATING = "validating"  # blue-green: green at weight 0, waiting for validation
+    VALIDATED = "validated"  # blue-green: validated, waiting for promote to switch
+    SWITCHED = "switched"  # blue-green: green has 100%, watched for post_switch_watch_s
+    PROMOTED = "promoted"  # done: candidate has 100%
+    ABORTED = "aborted"  # done: stable has 100% (failed, aborted or rolled back)
+
+
+TERMINAL_PHASES = frozenset({Phase.PROMOTED, Phase.ABORTED})
+
+
+class RolloutError(RuntimeError):
+    """An action that the rollout's current phase does not allow."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a tick or an action decided; the caller pushes ``weights`` when they changed."""
+
+    phase: Phase
+    weights: Mapping[str, float]
+    weights_changed: bool
+    step_index: int
+    reason: str
+    #: Versions that may be unloaded now (their drain delay has passed); repeated on every
+    #: later decision, so a caller that missed one still gets it.
+    retire: tuple[str, ...] = ()
+    #: Gate results when an analysis ran during this call, else empty.
+    analysis: tuple[GateResult, ...] = ()
+    verdict: Verdict | None = None
+
+
+@dataclass
+class RolloutState:
+    """Everything a restarted controller needs; all fields are JSON-able once dumped."""
+
+    strategy: str
+    stable: str
+    candidate: str
+    phase: Phase
+    weights: dict[str, float]
+    started_at_s: float
+    step_index: int = 0
+    step_started_at_s: float = 0.0
+    failures_total: int = 0
+    failures_consecutive: int = 0
+    last_analysis_at_s: float | None = None  # None: no analysis cadence running
+    step_verdict: Verdict | None = None  # latest analysis verdict within this step
+    last_analysis_reason: str = ""
+    held_since_s: float | None = None  # waiting on an analysis or a validation since
+    paused_by: str | None = None  # "step" (pause: {}) or "operator"
+    paused_at_s: float | None = None
+    resume_phase: Phase | None = None
+    validation_passed: bool | None = None
+    switched_at_s: float | None = None
+    finished_at_s: float | None = None
+    retire_version: str | None = None
+    retire_at_s: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": STATE_SCHEMA}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else value
+        out["weights"] = dict(self.weights)
+        out["history"] = [dict(h) for h in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
+        if data.get("schema") != STATE_SCHEMA:
+            raise ValueError(
+                f"rollout state schema is {data.get('schema')!r}; this version reads {STATE_SCHEMA}"
+            )
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names - {"schema"})
+        if unknown:
+            raise ValueError(f"rollout state has unknown keys {unknown}")
+        required = ("strategy", "stable", "candidate", "phase", "weights", "started_at_s")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ValueError(f"rollout state lacks {missing}; it was not written by Rollout.to_dict")
+        values = {k: v for k, v in data.items() if k in names}
+        values["phase"] = Phase(values["phase"])
+        for key, enum in (("resume_phase", Phase), ("step_verdict", Verdict)):
+            if values.get(key) is not None:
+                values[key] = enum(values[key])
+        values["weights"] = {k: float(v) for k, v in values["weights"].items()}
+        values["history"] = [dict(h) for h in values.get("history", [])]
+        return cls(**values)
+
+
+class Rollout:
+    """One canary or blue-green rollout of ``config.candidate`` over ``config.stable``."""
+
+    def __init__(self, config: RolloutConfig, clock: Callable[[], float], state: RolloutState | None = None):
+        self.config = config
+        self._clock = clock
+        if state is None:
+            now = float(clock())
+            blue_green = config.strategy is Strategy.BLUE_GREEN
+            state = RolloutState(
+                strategy=config.strategy.value, stable=config.stable, candidate=config.candidate,
+                phase=Phase.VALIDATING if blue_green else Phase.PROGRESSING,
+                weights={config.stable: 100.0, config.candidate: 0.0},
+                started_at_s=now, step_started_at_s=now,
+            )
+            self.state = state
+            self._record(now, None, state.phase, "rollout started")
+            if blue_green:
+                state.held_since_s = now  # validation counts against the progress deadline
+                if self._mirror_gates():
+                    state.last_analysis_at_s = now
+        else:
+            self.state = state
+            self._check_matches_config()
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.state.to_dict()
+
+    @classmethod
+    def from_dict(cls, config: RolloutConfig, data: Mapping[str, Any], clock: Callable[[], float]) -> Rollout:
+        """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
+        return cls(config, clock, RolloutState.from_dict(data))
+
+    def _check_matches_config(self) -> None:
+        s, c = self.state, self.config
+        saved = (s.strategy, s.stable, s.candidate)
+        wanted = (c.strategy.value, c.stable, c.candidate)
+        if saved != wanted:
+            raise ValueError(
+                f"saved rollout is {saved} (strategy, stable, candidate) but the config says "
+                f"{wanted}; start a new rollout or restore the matching config"
+            )
+        if c.strategy is Strategy.CANARY and s.step_index > len(c.steps):
+            raise ValueError(
+                f"saved rollout is at step {s.step_index}, but the config has {len(c.steps)} steps"
+            )
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    # -- read-only views -----------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self.state.weights)
+
+    @property
+    def done(self) -> bool:
+        return self.state.phase in TERMINAL_PHASES
+
+    # -- the tick ------------------------------------------------------------------------
+
+    def tick(self, windows: Mapping[str, WindowStats]) -> Decision:
+        """Advance by the clock; ``windows`` holds the latest window of each version.
+
+        A version missing from ``windows`` counts as having no data (inconclusive).
+        """
+        now = self._now()
+        before = dict(self.state.weights)
+        results: tuple[GateResult, ...] = ()
+        verdict = None
+        if not self.done and self.state.paused_by != "operator":
+            results, verdict = self._maybe_analyze(now, windows)
+        if self._automation_running():
+            self._advance(now)
+        if self._automation_running():
+            self._check_deadline(now)
+        return self._decision(now, before, results, verdict)
+
+    # -- operator actions ----------------------------------------------------------------
+
+    def promote(self, *, full: bool = False, reason: str = "promoted by operator") -> Decision:
+        """Skip the current step or wait (a ``pause: {}``, a timed pause, a hold, the
+        validation, the post-switch watch); ``full=True`` goes straight to 100% candidate."""
+        now, before = self._now(), dict(self.state.weights)
+        self._require_active("promote")
+        s = self.state
+        if full:
+            if s.switched_at_s is None:
+                s.switched_at_s = now
+            self._finish_promoted(now, f"{reason} (full: remaining steps and analysis skipped)")
+            return self._decision(now, before)
+        if s.paused_by == "operator":
+            self._unpause(now)
+        if self.config.strategy is Strategy.CANARY:
+            s.paused_by = None
+            left = f"{reason}: left step {s.step_index} ({self._step_text()})"
+            self._next_step(now, Phase.PROGRESSING, left)
+        elif s.phase in (Phase.VALIDATING, Phase.VALIDATED):
+            self._switch(now, f"{reason}: switched to {s.candidate}")
+        else:
+            self._finish_promoted(now, f"{reason}: post-switch watch ended early")
+        if self._automation_running():
+            self._advance(now)
+        return self._decision(now, before)
+
+    def pause(self, reason: str = "paused by operator") -> Decision:
+        """Stop automation (steps, analysis, deadline) until :meth:`resume`; weights stay."""
+        now, before = self._now(), dict(self.state.weights)
+        self._require_active("pause")
+        s = self.state
+        if s.paused_by != "operator":
+            s.resume_phase = s.phase
+            s.paused_by, s.paused_at_s = "operator", now
+            self._transition(now, Phase.PAUSED, reason)
+        return self._decision(now, before)
+
+    def resume(self, reason: str = "resumed by operator") -> Decision:
+        """Undo :meth:`pause`; at a ``pause: {}`` step, continue past it (like promote)."""
+        now, before = self._now(), dict(self.state.weights)
+        self._require_active("resume")
+        s = self.state
+        if s.paused_by == "operator":
+            self._unpause(now, reason)
+            if self._automation_running():
+                self._advance(now)
+        elif s.paused_by == "step":
+            s.paused_by = None
+            done = f"{reason}: step {s.step_index} ({self._step_text()}) done"
+            self._next_step(now, Phase.PROGRESSING, done)
+            self._advance(now)
+        return self._decision(now, before)
+
+    def abort(self, reason: str = "aborted by operator") -> Decision:
+        """Send all traffic to stable now; the candidate is retired after the drain delay."""
+        now, before = self._now(), dict(self.state.weights)
+        if self.state.phase is Phase.PROMOTED:
+            raise RolloutError(
+                "cannot abort: rollout is already promoted; "
+                f"use rollback() to go back to {self.config.stable}"
+            )
+        if self.state.phase is not Phase.ABORTED:
+            self._abort(now, reason)
+        return self._decision(now, before)
+
+    def rollback(self, reason: str = "rolled back by operator") -> Decision:
+        """Go back to stable at once, also after promotion while stable is still loaded."""
+        now, before = self._now(), dict(self.state.weights)
+        s = self.state
+        if s.phase is Phase.PROMOTED:
+            if s.retire_at_s is not None and now >= s.retire_at_s - _EPS_S:
+                raise RolloutError(
+                    f"cannot roll back: {s.stable} was released for unloading at t={s.retire_at_s:g}s "
+                    f"(now {now:g}s); start a new rollout with {s.stable} as candidate instead"
+                )
+            self._abort(now, f"{reason} after promotion")
+        elif s.phase is not Phase.ABORTED:
+            self._abort(now, reason)
+        return self._decision(now, before)
+
+    def set_weights(
+        self, weights_pct: Mapping[str, float], reason: str = "weights set by operator"
+    ) -> Decision:
+        """Manual override, e.g. ``{"v1": 70, "v2": 30}``; pauses the rollout so the next
+        step does not overwrite it (:meth:`resume` continues; the next set_weight step wins)."""
+        now, before = self._now(), dict(self.state.weights)
+        self._require_active("set weights")
+        s = self.state
+        versions = (s.stable, s.candidate)
+        unknown = sorted(set(weights_pct) - set(versions))
+        if unknown:
+            raise ValueError(
+                f"weights name {unknown}, which are not in this rollout; versions: {list(versions)}"
+            )
+        new = {v: float(weights_pct.get(v, 0.0)) for v in versions}
+        for version, weight_pct in new.items():
+            if not math.isfinite(weight_pct) or not 0.0 <= weight_pct <= 100.0:
+                raise ValueError(f"{version} is {weight_pct}; a weight is a percentage in [0, 100]")
+        total_pct = sum(new.values())
+        if abs(total_pct - 100.0) > 1e-6:
+            raise ValueError(
+                f"weights {new} sum to {total_pct:g}%; they must sum to 100, "
+                f"e.g. {{{s.stable!r}: 80, {s.candidate!r}: 20}}"
+            )
+        if s.paused_by is None:
+            s.resume_phase = s.phase
+            s.paused_by, s.paused_at_s = "operator", now
+            self._transition(now, Phase.PAUSED, f"{reason}: {new}; paused until resume()")
+        else:
+            self._record(now, s.phase, s.phase, f"{reason}: {new}")
+        self._apply_weights(now, new)
+        return self._decision(now, before)
+
+    def report_validation(self, passed: bool, reason: str = "") -> Decision:
+        """Blue-green: the caller ran green's synthetic request set and reports the outcome."""
+        now, before = self._now(), dict(self.state.weights)
+        s = self.state
+        if self.config.strategy is not Strategy.BLUE_GREEN:
+            raise RolloutError("report_validation is for blue_green rollouts; this one is a canary")
+        validating = s.phase is Phase.VALIDATING or (
+            s.paused_by == "operator" and s.resume_phase is Phase.VALIDATING
+        )
+        if not validating:
+            raise RolloutError(f"validation is reported while validating; the rollout is {s.phase.value}")
+        if not passed:
+            self._abort(now, f"validation of {s.candidate} failed: {reason or 'no reason given'}")
+        else:
+            s.validation_passed = True
+            detail = f": {reason}" if reason else ""
+            self._record(now, s.phase, s.phase, f"validation of {s.candidate} passed{detail}")
+            if self._automation_running():
+                self._advance(now)
+        return self._decision(now, before)
+
+    # -- analysis ------------------------------------------------------------------------
+
+    def _mirror_gates(self) -> bool:
+        return self.config.blue_green_settings.validation_min_samples is not None
+
+    def _analysis_active(self) -> bool:
+        s = self.state
+        if self.config.strategy is Strategy.CANARY:
+            return s.weights[s.candidate] > 0 or s.phase is Phase.ANALYZING
+        if s.phase in (Phase.VALIDATING, Phase.VALIDATED):
+            return self._mirror_gates()
+        return s.phase is Phase.SWITCHED
+
+    def _min_samples(self) -> int:
+        s, c = self.state, self.config
+        if s.phase in (Phase.VALIDATING, Phase.VALIDATED):
+            return c.blue_green_settings.validation_min_samples or c.analysis.min_samples
+        step = self._current_step()
+        if isinstance(step, AnalysisStep) and step.analysis.min_samples is not None:
+            return step.analysis.min_samples
+        return c.analysis.min_samples
+
+    def _maybe_analyze(
+        self, now: float, windows: Mapping[str, WindowStats]
+    ) -> tuple[tuple[GateResult, ...], Verdict | None]:
+        s = self.state
+        if not self._analysis_active():
+            return (), None
+        if s.last_analysis_at_s is None:  # first tick with traffic: give it an interval of data
+            s.last_analysis_at_s = now
+            return (), None
+        if now - s.last_analysis_at_s < self.config.analysis.interval_s - _EPS_S:
+            return (), None
+        s.last_analysis_at_s = now
+        candidate, stable = windows.get(s.candidate), windows.get(s.stable)
+        candidate = WindowStats(version=s.candidate) if candidate is None else candidate
+        stable = WindowStats(version=s.stable) if stable is None else stable
+        min_samples = self._min_samples()
+        gates = list(self.config.gates)
+        if s.phase is Phase.SWITCHED:  # blue has no traffic after the switch (module doc)
+            gates = [g for g in gates if not g.needs_stable or sample_count(g, stable) >= min_samples]
+        results = tuple(evaluate_gates(gates, candidate, stable, min_samples))
+        verdict = overall_verdict(results)
+        s.step_verdict = verdict
+        picked = [r for r in results if r.verdict is verdict] or list(results)
+        s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or "no gates configured"
+        if verdict is Verdict.FAIL:
+            s.failures_total += 1
+            s.failures_consecutive += 1
+            limit = self.config.analysis.failure_limit
+            failed = "; ".join(
+                f"gate {r.gate} failed: {r.metric} = {r.value:.4g}, {r.bound} {r.threshold:g} ({r.reason})"
+                for r in results if r.verdict is Verdict.FAIL
+            )
+            if s.failures_total > limit:
+                self._abort(now, f"{s.candidate} failed analysis {s.failures_total} time(s), over "
+                                 f"failure_limit {limit}: {failed}")
+            else:
+                self._record(now, s.phase, s.phase,
+                             f"analysis failed ({s.failures_total} of {limit} tolerated): {failed}")
+        elif verdict is Verdict.PASS:
+            s.failures_consecutive = 0
+        return results, verdict
+
+    # -- stepping ------------------------------------------------------------------------
+
+    def _automation_running(self) -> bool:
+        return not self.done and self.state.paused_by is None
+
+    def _current_step(self):
+        steps = self.config.steps
+        index = self.state.step_index
+        return steps[index] if self.config.strategy is Strategy.CANARY and index < len(steps) else None
+
+    def _step_text(self) -> str:
+        step = self._current_step()
+        if isinstance(step, SetWeightStep):
+            return f"set_weight {step.set_weight:g}"
+        if isinstance(step, PauseStep):
+            d = step.pause.duration
+            return "pause until promote" if d is None else f"pause {d:g}s"
+        if isinstance(step, AnalysisStep):
+            return "analysis"
+        return self.state.phase.value
+
+    def _advance(self, now: float) -> None:
+        if self.config.strategy is Strategy.CANARY:
+            self._advance_canary(now)
+        else:
+            self._advance_blue_green(now)
+
+    def _advance_canary(self, now: float) -> None:
+        s = self.state
+        while self._automation_running():
+            step = self._current_step()
+            if step is None:
+                self._finish_promoted(now, f"all {len(self.config.steps)} steps done")
+                return
+            if isinstance(step, SetWeightStep):
+                weight_pct = step.set_weight
+                self._apply_weights(now, {s.stable: 100.0 - weight_pct, s.candidate: weight_pct})
+                applied = f"step {s.step_index}: {s.candidate} set to {weight_pct:g}%"
+                self._next_step(now, Phase.PROGRESSING, applied)
+            elif isinstance(step, PauseStep):
+                duration_s = step.pause.duration
+                if duration_s is None:
+                    s.paused_by = "step"
+                    self._transition(now, Phase.PAUSED, f"step {s.step_index}: waiting for promote()")
+                    return
+                if now - s.step_started_at_s < duration_s - _EPS_S or not self._may_leave(now):
+                    return
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: pause of {duration_s:g}s done")
+            else:  # AnalysisStep
+                if s.phase is not Phase.ANALYZING:
+                    s.held_since_s = s.step_started_at_s
+                    entered = f"step {s.step_index}: analysis until a run passes"
+                    self._transition(now, Phase.ANALYZING, entered)
+                if s.step_verdict is not Verdict.PASS:
+                    return
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: analysis passed")
+
+    def _advance_blue_green(self, now: float) -> None:
+        s, bg = self.state, self.config.blue_green_settings
+        if s.phase is Phase.VALIDATING:
+            if not s.validation_passed:
+                return
+            if self._mirror_gates() and s.step_verdict is not Verdict.PASS:
+                return
+            if bg.auto_switch:
+                self._switch(now, f"{s.candidate} validated; switched (auto_switch)")
+            else:
+                s.held_since_s = None  # a human decides now; no deadline
+                waiting = f"{s.candidate} validated; waiting for promote() to switch"
+                self._transition(now, Phase.VALIDATED, waiting)
+                return
+        if s.phase is Phase.SWITCHED:
+            if now - s.switched_at_s < bg.post_switch_watch_s - _EPS_S or not self._may_leave(now):
+                return
+            self._finish_promoted(now, f"post-switch watch of {bg.post_switch_watch_s:g}s passed")
+
+    def _may_leave(self, now: float) -> bool:
+        """A wait is over; leave unless the latest analysis in this step failed or had no data."""
+        s = self.state
+        if s.step_verdict in (None, Verdict.PASS):
+            return True
+        if s.held_since_s is None:
+            s.held_since_s = now
+            self._record(now, s.phase, s.phase, f"holding at step {s.step_index}: latest analysis "
+                                                f"{s.step_verdict.value}: {s.last_analysis_reason}")
+        return False
+
+    def _check_deadline(self, now: float) -> None:
+        s, deadline_s = self.state, self.config.analysis.progress_deadline_s
+        if deadline_s is None or s.held_since_s is None or now - s.held_since_s <= deadline_s + _EPS_S:
+            return
+        waited = "validation" if s.phase is Phase.VALIDATING else "a passing analysis"
+        last = f"; last analysis {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else ""
+        self._abort(now, f"progress deadline exceeded: waited {now - s.held_since_s:g}s for {waited} "
+                         f"at step {s.step_index} (progress_deadline_s {deadline_s:g}){last}")
+
+    # -- state changes -------------------------------------------------------------------
+
+    def _next_step(self, now: float, phase: Phase, reason: str) -> None:
+        s = self.state
+        s.step_index += 1
+        s.step_started_at_s = now
+        s.step_verdict = None
+        s.held_since_s = None
+        self._transition(now, phase, reason)
+
+    def _apply_weights(self, now: float, weights: dict[str, float]) -> None:
+        s = self.state
+        s.weights = {s.stable: weights[s.stable], s.candidate: weights[s.candidate]}
+        if self.config.strategy is Strategy.CANARY:
+            if s.weights[s.candidate] <= 0:
+                s.last_analysis_at_s = None
+            elif s.last_analysis_at_s is None:
+                s.last_analysis_at_s = now  # the first run waits one interval for data
+
+    def _switch(self, now: float, reason: str) -> None:
+        s = self.state
+        s.weights = {s.stable: 0.0, s.candidate: 100.0}
+        s.switched_at_s = now
+        s.last_analysis_at_s = now
+        s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
+        s.step_started_at_s = now
+        s.step_verdict = None
+        s.held_since_s = None
+        self._transition(now, Phase.SWITCHED, reason)
+
+    def _unpause(self, now: float, reason: str = "resumed") -> None:
+        # Time spent paused does not count toward pauses, watches or the deadline.
+        s = self.state
+        paused_s = now - (s.paused_at_s if s.paused_at_s is not None else now)
+        s.step_started_at_s += paused_s
+        if s.switched_at_s is not None and s.phase is not Phase.PROMOTED:
+            s.switched_at_s += paused_s
+        if s.held_since_s is not None:
+            s.held_since_s += paused_s
+        if s.last_analysis_at_s is not None:
+            s.last_analysis_at_s = now  # windows from the pause are stale
+        phase = s.resume_phase or Phase.PROGRESSING
+        s.paused_by = "step" if phase is Phase.PAUSED else None
+        s.paused_at_s, s.resume_phase = None, None
+        self._transition(now, phase, reason)
+
+    def _finish_promoted(self, now: float, reason: str) -> None:
+        s = self.state
+        s.weights = {s.stable: 0.0, s.candidate: 100.0}
+        self._finish(now, Phase.PROMOTED, reason)
+        s.retire_version = s.stable
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            s.retire_at_s = max(s.switched_at_s + self.config.blue_green_settings.keep_blue_s, now)
+        else:
+            s.retire_at_s = now + self.config.retire_after_s
+
+    def _abort(self, now: float, reason: str) -> None:
+        s = self.state
+        s.weights = {s.stable: 100.0, s.candidate: 0.0}
+        self._finish(now, Phase.ABORTED, reason)
+        s.retire_version = s.candidate
+        s.retire_at_s = now + self.config.retire_after_s
+
+    def _finish(self, now: float, phase: Phase, reason: str) -> None:
+        s = self.state
+        s.finished_at_s = now
+        s.paused_by = s.paused_at_s = s.resume_phase = s.held_since_s = None
+        s.last_analysis_at_s = None
+        self._transition(now, phase, reason)
+
+    def _transition(self, now: float, phase: Phase, reason: str) -> None:
+        s = self.state
+        previous, s.phase = s.phase, phase
+        self._record(now, previous, phase, reason)
+
+    def _record(self, now: float, from_phase: Phase | None, to_phase: Phase, reason: str) -> None:
+        history = self.state.history
+        history.append({
+            "t_s": now, "from_phase": from_phase.value if from_phase else None,
+            "to_phase": to_phase.value, "step_index": self.state.step_index, "reason": reason,
+        })
+        del history[:-MAX_HISTORY]  # a long hold must not grow the persisted state forever
+
+    def _require_active(self, action: str) -> None:
+        if self.done:
+            raise RolloutError(
+                f"cannot {action}: rollout is already {self.state.phase.value} "
+                f"({self.state.history[-1]['reason']})"
+            )
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _decision(self, now: float, before: Mapping[str, float],
+                  results: tuple[GateResult, ...] = (), verdict: Verdict | None = None) -> Decision:
+        s = self.state
+        retire: tuple[str, ...] = ()
+        if self.done and s.retire_version and s.retire_at_s is not None and now >= s.retire_at_s - _EPS_S:
+            retire = (s.retire_version,)
+        return Decision(
+            phase=s.phase, weights=dict(s.weights), weights_changed=dict(before) != s.weights,
+            step_index=s.step_index, reason=self._status(now), retire=retire,
+            analysis=results, verdict=verdict,
+        )
+
+    def status_line(self) -> str:
+        """One line on where the rollout stands and what it waits for, as of now."""
+        return self._status(self._now())
+
+    def _status(self, now: float) -> str:
+        """One line on where the rollout stands and what it waits for."""
+        s = self.state
+        if self.done:
+            last = s.history[-1]["reason"]
+            if s.retire_version and s.retire_at_s is not None and now < s.retire_at_s - _EPS_S:
+                return f"{last}; {s.retire_version} may be unloaded in {s.retire_at_s - now:g}s"
+            return last
+        if s.paused_by == "operator":
+            return "paused by operator; resume() to continue"
+        if s.held_since_s is not None and s.step_verdict not in (None, Verdict.PASS):
+            return (f"holding at step {s.step_index} ({self._step_text()}) for {now - s.held_since_s:g}s: "
+                    f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}")
+        if s.phase is Phase.PAUSED:
+            return f"step {s.step_index}: waiting for promote()"
+        if s.phase is Phase.ANALYZING:
+            return f"step {s.step_index}: waiting for an analysis run to pass"
+        if s.phase is Phase.VALIDATING:
+            waiting = [] if s.validation_passed else ["report_validation()"]
+            if self._mirror_gates() and s.step_verdict is not Verdict.PASS:
+                waiting.append("gates on mirrored traffic")
+            return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
+        if s.phase is Phase.VALIDATED:
+            return f"{s.candidate} validated; waiting for promote() to switch"
+        if s.phase is Phase.SWITCHED:
+            left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - now
+            return f"watching {s.candidate} after the switch, {max(left_s, 0.0):g}s left"
+        step = self._current_step()
+        if isinstance(step, PauseStep) and step.pause.duration is not None:
+            left_s = s.step_started_at_s + step.pause.duration - now
+            return f"step {s.step_index} ({self._step_text()}): {max(left_s, 0.0):g}s left"
+        return f"step {s.step_index} ({self._step_text()})"

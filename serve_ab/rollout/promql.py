@@ -1,0 +1,190 @@
+"""PromQL as a gate metric source, the way Flagger and Argo Rollouts use Prometheus.
+
+A gate ``{metric: promql, name: ..., query: ..., max|min: ...}`` sends its instant query to
+Prometheus' HTTP API (``GET <url>/api/v1/query``) and judges the one number that comes
+back. ``{{candidate}}``, ``{{stable}}``, ``{{model}}`` and ``{{interval}}`` (the analysis
+interval as a PromQL duration, e.g. ``10s``) are substituted first::
+
+    rollout:
+      analysis: {interval_s: 30s, prometheus: {url: http://prometheus:9090, timeout_s: 5}}
+      gates:
+        - metric: promql
+          name: error_ratio
+          max: 0.01
+          query: |
+            sum(rate(serve_ab_errors_total{model="{{model}}", version="{{candidate}}"}[{{interval}}]))
+            / sum(rate(serve_ab_requests_total{model="{{model}}", version="{{candidate}}"}[{{interval}}]))
+
+What the answer means for the gate (see :mod:`serve_ab.rollout.gates`):
+
+- a scalar, or a vector of exactly one sample: the value;
+- an empty vector, or NaN (e.g. ``0/0`` on a version with no traffic): no data, the gate
+  is INCONCLUSIVE, as Flagger halts on "no values found";
+- anything else (Prometheus unreachable or too slow, an HTTP error, a query Prometheus
+  refuses, a matrix or several series): a failed query, logged as a warning with the
+  query, and INCONCLUSIVE with the error in the gate's reason. Flagger counts a failed
+  query as a failed check; here an outage of the metrics system does not roll a healthy
+  candidate back (Argo Rollouts likewise keeps "error" apart from "failed"), but it never
+  lets the candidate advance either, and ``analysis.progress_deadline_s`` aborts a
+  rollout held by a failure that lasts.
+
+The controller polls with :class:`PromQLPoller` off its tick, so a slow Prometheus never
+delays a weight change, and puts the latest answers on the candidate's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from serve_ab.rollout.gates import PromQLResult
+from serve_ab.config.rollout import GateMetric, RolloutConfig, render_promql
+
+logger = logging.getLogger("ray.serve")
+
+__all__ = ["PromQLPoller", "fetch_promql_values", "promql_duration", "query_value", "run_query"]
+
+
+async def query_value(url: str, query: str, timeout_s: float) -> float | None:
+    """The one number ``query`` returns, or None for no data and for a failed query (logged
+    as a warning naming the query). :func:`run_query` tells the two apart."""
+    return (await run_query(url, query, timeout_s)).value
+
+
+async def run_query(url: str, query: str, timeout_s: float,
+                    client: httpx.AsyncClient | None = None) -> PromQLResult:
+    """Run one instant query; never raises for what Prometheus or the network does."""
+    endpoint = url.rstrip("/") + "/api/v1/query"
+    try:
+        if client is None:
+            async with httpx.AsyncClient(timeout=timeout_s) as own:
+                response = await own.get(endpoint, params={"query": query})
+        else:
+            response = await client.get(endpoint, params={"query": query}, timeout=timeout_s)
+        value = _parse(response, endpoint)
+    except (httpx.HTTPError, _QueryError) as err:
+        reason = str(err) or type(err).__name__
+        if isinstance(err, httpx.TimeoutException):
+            reason = f"no answer from {endpoint} within timeout_s {timeout_s:g}"
+        elif isinstance(err, httpx.TransportError):
+            reason = f"cannot reach {endpoint}: {type(err).__name__}: {err}"
+        logger.warning("serve-ab promql query failed: %s; query: %s", reason, query)
+        return PromQLResult(query, None, reason)
+    return PromQLResult(query, value)
+
+
+class _QueryError(ValueError):
+    pass
+
+
+def _parse(response: httpx.Response, endpoint: str) -> float | None:
+    """The value in an /api/v1/query answer; None for no data; _QueryError for anything else."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise _QueryError(f"HTTP {response.status_code} from {endpoint} is not JSON: "
+                          f"{response.text[:200]!r}") from None
+    if not isinstance(body, dict) or response.status_code != 200 or body.get("status") != "success":
+        detail = body.get("error") if isinstance(body, dict) else None
+        kind = body.get("errorType") if isinstance(body, dict) else None
+        raise _QueryError(f"Prometheus answered HTTP {response.status_code}"
+                          + (f", {kind}: {detail}" if detail else f": {str(body)[:200]}"))
+    data = body.get("data") or {}
+    result_type, result = data.get("resultType"), data.get("result")
+    if result_type == "scalar":
+        sample = result
+    elif result_type == "vector":
+        if not result:
+            return None
+        if len(result) > 1:
+            series = ", ".join(str(item.get("metric", {})) for item in result[:3])
+            raise _QueryError(f"the query returned {len(result)} series ({series}{', ...' * (len(result) > 3)}); "
+                              "a gate needs one number: aggregate them, e.g. sum(...) or max(...)")
+        sample = result[0].get("value")
+    else:
+        raise _QueryError(f"the query returned a {result_type}; a gate needs an instant scalar or a "
+                          "one-sample vector (a range selector [5m] needs a function such as rate())")
+    try:
+        value = float(sample[1])
+    except (TypeError, ValueError, IndexError):
+        raise _QueryError(f"cannot read a number from the sample {sample!r}") from None
+    return None if math.isnan(value) else value
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL duration for ``seconds``: ``10s``, or ``1500ms`` when not whole seconds."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def rendered_queries(rollout: RolloutConfig, model: str) -> dict[str, str]:
+    """Each promql gate's query by gate name, placeholders substituted."""
+    values = {"candidate": rollout.candidate, "stable": rollout.stable, "model": model,
+              "interval": promql_duration(rollout.analysis.interval_s)}
+    return {gate.name: render_promql(gate.query, values)
+            for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
+
+
+async def fetch_promql_values(rollout: RolloutConfig, model: str) -> dict[str, PromQLResult]:
+    """Every promql gate's answer, by gate name, queried concurrently ({} without such gates)."""
+    gates = {gate.name: gate for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
+    if not gates:
+        return {}
+    queries = rendered_queries(rollout, model)
+    async with httpx.AsyncClient() as client:
+        answers = await asyncio.gather(*(
+            run_query(rollout.prometheus_for(gate).url, queries[name], rollout.prometheus_for(gate).timeout_s, client)
+            for name, gate in gates.items()
+        ))
+    return dict(zip(gates, answers))
+
+
+class PromQLPoller:
+    """Keeps the latest answers of a rollout's promql gates fresh, off the caller's loop.
+
+    :meth:`poll` never waits on Prometheus: it starts a refresh in the background when the
+    last one is ``refresh_s`` old (default half the analysis interval, so an analysis judges
+    answers at most that old plus one timeout) and returns the latest answers.
+    """
+
+    def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None):
+        self.rollout = rollout
+        self.model = model
+        self.refresh_s = rollout.analysis.interval_s / 2 if refresh_s is None else refresh_s
+        self.enabled = any(gate.metric is GateMetric.PROMQL for gate in rollout.gates)
+        self.latest: dict[str, PromQLResult] = {}
+        self._started_at_s: float | None = None
+        self._task: asyncio.Task | None = None
+
+    def poll(self, now_s: float, active: bool = True) -> Mapping[str, PromQLResult]:
+        """The latest answers; starts a refresh when one is due and ``active`` (analysis may run)."""
+        if not self.enabled:
+            return {}
+        if self._task is not None and self._task.done():
+            self._collect(self._task)
+            self._task = None
+        due = self._started_at_s is None or now_s - self._started_at_s >= self.refresh_s
+        if active and due and self._task is None:
+            self._started_at_s = now_s
+            self._task = asyncio.get_running_loop().create_task(fetch_promql_values(self.rollout, self.model))
+        return self.latest
+
+    @property
+    def refreshing(self) -> bool:
+        """True while a refresh is in flight."""
+        return self._task is not None and not self._task.done()
+
+    def _collect(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        err: Any = task.exception()
+        if err is not None:  # run_query() does not raise; this is a bug, kept out of the tick loop
+            logger.error("serve-ab promql refresh failed: %r", err)
+            return
+        self.latest = task.result()

@@ -1,0 +1,276 @@
+"""``serve-ab status`` and the rollout actions, against a fake control API on a local port."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import socket
+import time
+
+import pytest
+
+import serve_ab.cli
+from serve_ab.cli import command as cli, rollout as cli_rollout
+from serve_ab.cli.rollout import render_status
+from tests.support.fake_http import FakeApp
+
+TOKEN = "s3cret-token-value"
+
+CANARY = {
+    "model": "digits", "strategy": "canary", "stable": "v1", "candidate": "v2",
+    "phase": "progressing", "step_index": 2, "steps_total": 7, "step": "pause 30s",
+    "weights_pct": {"v1": 80.0, "v2": 20.0},
+    "reason": "step 3/7: pause 30s, 12 s left",
+    "next_step_in_s": 12.3,
+    "failures_total": 0, "failure_limit": 1,
+    "gates": [
+        {"gate": "latency_p95_ms <= 50", "metric": "latency_p95_ms", "verdict": "pass",
+         "value": 3.2, "threshold": 50.0, "reason": "3.2 <= 50"},
+        {"gate": "error_rate <= 0.01", "metric": "error_rate", "verdict": "inconclusive",
+         "value": None, "threshold": 0.01, "reason": "no data for v2"},
+    ],
+    "retired": [],
+    "history": [
+        {"t_s": 1764312000.5, "from_phase": None, "to_phase": "progressing", "step_index": 0,
+         "reason": "rollout started"},
+        {"t_s": 1764312060.0, "from_phase": "progressing", "to_phase": "paused", "step_index": 3,
+         "reason": "paused by operator"},
+    ],
+}
+
+# An app without a rollout answers only these keys.
+STATIC = {"model": "digits", "strategy": None, "phase": "static", "weights_pct": {"v1": 50.0, "v2": 50.0},
+          "gates": [], "retired": []}
+
+
+class FakeControlAPI(FakeApp):
+    """The control API's routes, canned."""
+
+    def reset(self):
+        self.requests.clear()
+        self.responses = {("GET", "/rollout/status"): (200, CANARY)}
+        for action in ("promote", "pause", "resume", "abort", "rollback", "weights"):
+            self.responses[("POST", f"/rollout/{action}")] = (200, {**CANARY, "phase": "paused"})
+
+
+@pytest.fixture(scope="module")
+def _server():
+    fake = FakeControlAPI()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def api(_server, monkeypatch):
+    """The fake app, fresh canned answers, ``SERVE_AB_URL`` pointing at it and no token in env."""
+    monkeypatch.delenv("SERVE_AB_CONTROL_TOKEN", raising=False)
+    monkeypatch.setenv("SERVE_AB_URL", _server.url)
+    _server.reset()
+    return _server
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="serve-ab")
+    cli_rollout.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _run(argv, capsys):
+    code = _main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_serve_ab_wires_the_rollout_commands(api, capsys, monkeypatch):
+    # The real sample-size parser imports statsmodels (seconds); its wiring has its own tests.
+    stub = argparse.Namespace(add_parser=lambda sub: None)
+    monkeypatch.setattr(serve_ab.cli, "sample_size", stub)
+    assert cli.main(["status"]) == 0 and "canary: v1 -> v2" in capsys.readouterr().out
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def test_render_shows_rollout_step_bars_gates_and_reason():
+    text = render_status(CANARY)
+    assert "digits" in text and "canary: v1 -> v2" in text
+    assert "progressing, step 3 of 7: pause 30s" in text
+    assert "v1   80.0%  " + "#" * 32 + "." * 8 + " (stable)" in text
+    assert "v2   20.0%  " + "#" * 8 + "." * 32 + " (candidate)" in text
+    assert "in 12 s" in text and "0 of 1 tolerated" in text
+    assert "step 3/7: pause 30s, 12 s left" in text
+    gate_rows = [line for line in text.splitlines() if "<=" in line]
+    assert gate_rows[0].split()[:6] == ["latency_p95_ms", "<=", "50", "3.2", "50", "pass"]
+    assert gate_rows[1].split()[:6] == ["error_rate", "<=", "0.01", "-", "0.01", "inconclusive"]
+    assert "no data for v2" in gate_rows[1]
+    assert "history" not in text
+
+
+def test_render_bar_width_and_history_in_local_time():
+    text = render_status(CANARY, history=True, width=10)
+    assert "#" * 8 + "." * 2 + " (stable)" in text
+    first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1764312000.5))
+    second = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1764312060.0))
+    assert f"{first}  start -> progressing  step 1  rollout started" in text
+    assert f"{second}  progressing -> paused  step 4  paused by operator" in text
+    assert "(no transitions yet)" in render_status({**CANARY, "history": []}, history=True)
+
+
+def test_render_static_app_shows_only_model_and_weights():
+    text = render_status(STATIC)
+    assert "none (static weights)" in text and "v2   50.0%" in text
+    assert "step" not in text and "gates" not in text and "failures" not in text
+    assert render_status(STATIC, history=True) == text
+
+
+def test_render_short_summarises_gates():
+    text = render_status(CANARY, short=True)
+    assert "gates  1 pass, 1 inconclusive" in text and "latency_p95_ms" not in text
+
+
+# --- status over HTTP ----------------------------------------------------------------------
+
+
+def test_status_gets_open_endpoint_without_token(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    code, out, _ = _run(["status"], capsys)
+    assert code == 0 and "step 3 of 7: pause 30s" in out
+    assert api.requests == [{"method": "GET", "path": "/rollout/status", "query": {},
+                             "authorization": None, "body": None}]
+
+
+def test_status_history_and_json(api, capsys):
+    code, out, _ = _run(["status", "--history"], capsys)
+    assert code == 0 and "progressing -> paused" in out
+    assert api.requests[-1]["query"] == {"history": ["true"]}
+    code, out, _ = _run(["status", "--json", "--url", api.url + "/"], capsys)
+    assert code == 0 and json.loads(out) == CANARY
+
+
+def test_status_of_static_app(api, capsys):
+    api.responses[("GET", "/rollout/status")] = (200, STATIC)
+    code, out, _ = _run(["status"], capsys)
+    assert code == 0 and "none (static weights)" in out
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, path, body", [
+    (["promote"], "/rollout/promote", {"full": False}),
+    (["promote", "--full"], "/rollout/promote", {"full": True}),
+    (["pause"], "/rollout/pause", None),
+    (["resume"], "/rollout/resume", None),
+    (["abort"], "/rollout/abort", {"reason": "aborted by operator"}),
+    (["abort", "--reason", "p95 too high"], "/rollout/abort", {"reason": "p95 too high"}),
+    (["rollback"], "/rollout/rollback", None),
+    (["set-weights", "v1=80", "v2=20"], "/rollout/weights", {"weights": {"v1": 80, "v2": 20}}),
+    (["set-weights", "v1=87.5", "v2=12.5"], "/rollout/weights", {"weights": {"v1": 87.5, "v2": 12.5}}),
+])
+def test_action_sends_method_path_body_and_env_token(api, capsys, monkeypatch, argv, path, body):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert api.requests == [{"method": "POST", "path": path, "query": {},
+                             "authorization": f"Bearer {TOKEN}", "body": body}]
+    assert f"{argv[0]}: ok" in out and "paused, step 3 of 7" in out and "#" * 32 in out
+    assert TOKEN not in out + err
+
+
+def test_token_option_overrides_env(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "from-env")
+    code, out, err = _run(["pause", "--token", TOKEN], capsys)
+    assert code == 0 and api.requests[0]["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in out + err
+
+
+def test_action_json_prints_the_new_status(api, capsys):
+    code, out, _ = _run(["resume", "--json"], capsys)
+    assert code == 0 and json.loads(out)["phase"] == "paused"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_401_without_token_hints_at_env_and_option(api, capsys):
+    api.responses[("POST", "/rollout/promote")] = (401, {"error": "missing bearer token"})
+    code, out, err = _run(["promote"], capsys)
+    assert code == 1 and out == ""
+    assert api.requests[0]["authorization"] is None
+    assert "error: 401 missing bearer token" in err
+    assert "SERVE_AB_CONTROL_TOKEN" in err and "--token" in err and "no token was sent" in err
+
+
+def test_401_with_refused_token_never_prints_it(api, capsys):
+    # A misbehaving proxy that echoes the header back must not leak it either.
+    api.responses[("POST", "/rollout/pause")] = (401, {"error": f"bad token Bearer {TOKEN}"})
+    code, out, err = _run(["pause", "--token", TOKEN], capsys)
+    assert code == 1 and "error: 401 bad token Bearer ***" in err and "was refused" in err
+    assert TOKEN not in out + err
+
+
+def test_409_prints_status_and_message(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    api.responses[("POST", "/rollout/resume")] = (409, {"error": "cannot resume: rollout is aborted"})
+    code, out, err = _run(["resume"], capsys)
+    assert (code, out) == (1, "")
+    assert err.strip() == "error: 409 cannot resume: rollout is aborted"
+
+
+def test_error_without_json_body_falls_back_to_text(api, capsys):
+    api.responses[("POST", "/rollout/weights")] = (400, b"bad gateway page")
+    code, _, err = _run(["set-weights", "v1=100"], capsys)
+    assert code == 1 and "error: 400 bad gateway page" in err
+
+
+def test_connection_refused(api, capsys, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{port}")
+    code, out, err = _run(["status"], capsys)
+    assert code == 1 and out == ""
+    assert f"error: cannot reach http://127.0.0.1:{port}: " in err
+    assert "serve run configs/canary.yaml" in err
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("v1:80", "'v1:80': expected NAME=PCT"),
+    ("=80", "'=80': expected NAME=PCT"),
+    ("v1=lots", "'v1=lots': 'lots' is not a number; expected NAME=PCT"),
+    ("v1=120", "'v1=120': 120 is outside [0, 100]; expected NAME=PCT"),
+    ("v1=nan", "'v1=nan': nan is outside [0, 100]"),
+])
+def test_set_weights_bad_pair_is_a_usage_error(api, capsys, pair, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["set-weights", "v2=20", pair])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and "e.g. v1=80 v2=20" in err
+    assert api.requests == []
+
+
+def test_set_weights_duplicate_name_is_a_usage_error(api, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["set-weights", "v1=80", "v1=20"])
+    assert exit_info.value.code == 2
+    assert "v1 is given twice (v1=80 and v1=20)" in capsys.readouterr().err
+    assert api.requests == []
+
+
+def test_bad_url_from_option_or_env_is_a_usage_error(api, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["status", "--url", "localhost:8000"])
+    assert exit_info.value.code == 2 and "'localhost:8000' is not an http(s) URL" in capsys.readouterr().err
+    monkeypatch.setenv("SERVE_AB_URL", "127.0.0.1:8000")
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["status"])
+    assert exit_info.value.code == 2 and "$SERVE_AB_URL: '127.0.0.1:8000'" in capsys.readouterr().err
+
+
+def test_canned_status_is_not_mutated():
+    before = copy.deepcopy(CANARY)
+    render_status(CANARY, history=True, short=True)
+    assert CANARY == before

@@ -1,0 +1,165 @@
+"""The rollout schema: the documented YAML parses, bad values are refused with the value."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from serve_ab.config import rollout as rc
+from serve_ab.config.rollout import (
+    AnalysisStep,
+    GateMetric,
+    PauseStep,
+    RolloutConfig,
+    SetWeightStep,
+    Strategy,
+    parse_duration_s,
+)
+
+EXAMPLE = """
+rollout:
+  strategy: canary
+  stable: v1
+  candidate: v2
+  analysis: {interval_s: 10, min_samples: 50, failure_limit: 1, progress_deadline_s: 600}
+  gates:
+    - {metric: latency_p95_ms, max: 50}
+    - {metric: latency_p95_ms, max_ratio_to_stable: 1.5}
+    - {metric: error_rate, max: 0.01}
+    - {metric: drift_js, max: 0.1}
+    - {metric: feedback_mean, name: revenue, min_ratio_to_stable: 0.95}
+    - {metric: feedback_rate, name: conversion, min: 0.02}
+  steps:
+    - set_weight: 5
+    - pause: {duration: 30s}
+    - analysis: {}
+    - set_weight: 20
+    - pause: {}
+    - set_weight: 50
+    - set_weight: 100
+  retire_after_s: 60
+"""
+
+
+def base(**changes) -> dict:
+    doc = yaml.safe_load(EXAMPLE)["rollout"]
+    doc.update(changes)
+    return doc
+
+
+def error_text(doc: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        RolloutConfig.model_validate(doc)
+    return str(info.value)
+
+
+def test_documented_example_parses():
+    config = RolloutConfig.model_validate(base())
+    assert config.strategy is Strategy.CANARY
+    assert [type(s) for s in config.steps] == [
+        SetWeightStep, PauseStep, AnalysisStep, SetWeightStep, PauseStep, SetWeightStep, SetWeightStep
+    ]
+    assert config.steps[1].pause.duration == 30.0 and config.steps[4].pause.duration is None
+    assert config.analysis.failure_limit == 1 and config.analysis.progress_deadline_s == 600.0
+    assert [g.label for g in config.gates][:2] == ["latency_p95_ms <= 50", "latency_p95_ms <= 1.5x stable"]
+    assert config.gates[4].metric is GateMetric.FEEDBACK_MEAN and config.gates[4].needs_stable
+    assert not config.gates[0].needs_stable and config.gates[3].needs_stable
+    # A dump parses back to the same config (what a controller persists or passes around).
+    assert RolloutConfig.model_validate(config.model_dump()) == config
+
+
+def test_blue_green_defaults_and_settings():
+    doc = base(strategy="blue_green", steps=[], blue_green={"post_switch_watch_s": "5m", "keep_blue_s": "10m"})
+    config = RolloutConfig.model_validate(doc)
+    assert config.blue_green_settings.post_switch_watch_s == 300.0
+    assert config.blue_green_settings.keep_blue_s == 600.0
+    bare = RolloutConfig.model_validate(base(strategy="blue_green", steps=[]))
+    assert bare.blue_green is None and bare.blue_green_settings.auto_switch is True
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1.5m", 90.0), ("500ms", 0.5), (" 10 s ", 10.0),
+     ("45", 45.0), (12, 12.0), (0.25, 0.25), (0, 0.0)],
+)
+def test_parse_duration_s(text, seconds):
+    assert parse_duration_s(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["30 sec", "5d", "-1s", "", "1m30s", True, None, -3, float("inf"), [30]])
+def test_parse_duration_s_refuses_with_the_value_and_the_valid_forms(bad):
+    with pytest.raises(ValueError) as info:
+        parse_duration_s(bad)
+    assert repr(bad) in str(info.value) and "'30s'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        ([{"set_weight": 150}], "set_weight is 150; it must be 0..100"),
+        ([{"set_weight": -5}], "set_weight is -5; it must be 0..100"),
+        ([{"set_weight": 12.345}], "weights resolve to 0.01% steps"),
+        ([{"set_weight": 5, "pause": {}}], "a step must have exactly one key"),
+        ([{"sleep": 5}], "got {'sleep': 5}"),
+        (["set_weight 5"], "a step must have exactly one key"),
+        ([{"set_weight": 5}, {"pause": {"duration": "30 sec"}}], "invalid duration '30 sec'"),
+        ([{"set_weight": 5}, {"pause": {"wait": 3}}], "Extra inputs are not permitted"),
+        ([{"analysis": {}}], "while the candidate's weight is 0"),
+    ],
+)
+def test_bad_steps_are_refused_with_the_value(steps, expected):
+    assert expected in error_text(base(steps=steps))
+
+
+@pytest.mark.parametrize(
+    "gate, expected",
+    [
+        ({"metric": "latency_p95_ms", "max": 50, "max_ratio_to_stable": 2}, "give exactly one of"),
+        ({"metric": "latency_p95_ms"}, "has bounds none"),
+        ({"metric": "feedback_mean", "min": 1}, "needs the feedback name"),
+        ({"metric": "error_rate", "name": "x", "max": 0.1}, "takes no name (got 'x')"),
+        ({"metric": "drift_js", "max_ratio_to_stable": 2}, "takes only max"),
+        ({"metric": "error_rate", "max": 5}, "error_rate max is 5.0; a rate is in [0, 1]"),
+        ({"metric": "latency_p95_ms", "max": -1}, "never negative"),
+        ({"metric": "latency_p95_ms", "max_ratio_to_stable": 0}, "greater than 0"),
+        ({"metric": "latency_p42_ms", "max": 1}, "latency_p95_ms"),
+        ({"metric": "shadow_agreement", "max": 0.5}, "it takes min, the least agreement"),
+        ({"metric": "shadow_agreement", "min": 95}, "shadow_agreement min is 95.0; a rate is in [0, 1]"),
+    ],
+)
+def test_bad_gates_are_refused(gate, expected):
+    assert expected in error_text(base(gates=[gate]))
+
+
+def test_cross_field_rules():
+    assert "stable and candidate must differ; both are 'v1'" in error_text(base(candidate="v1"))
+    assert "a canary needs steps" in error_text(base(steps=[]))
+    assert "steps apply only to strategy canary" in error_text(base(strategy="blue_green"))
+    assert "only to strategy blue_green" in error_text(base(blue_green={}))
+    no_gates = base(gates=[])
+    assert "analysis step, but no gates" in error_text(no_gates)
+    short_keep = base(strategy="blue_green", steps=[], blue_green={"post_switch_watch_s": 300, "keep_blue_s": 60})
+    assert "keep_blue_s (60) must be >= post_switch_watch_s (300)" in error_text(short_keep)
+    assert "Extra inputs are not permitted" in error_text(base(canary_weight=5))
+    assert "String should match pattern" in error_text(base(candidate="v 2"))
+    assert "greater than 0" in error_text(base(analysis={"interval_s": 0}))
+
+
+def test_config_is_frozen():
+    config = RolloutConfig.model_validate(base())
+    with pytest.raises(ValidationError):
+        config.stable = "v9"
+
+
+def _models(module) -> list[type[BaseModel]]:
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
+            and obj is not rc._Strict]
+
+
+def test_every_field_has_a_description_and_extra_keys_are_forbidden():
+    for model in _models(rc):
+        assert model.model_config.get("extra") == "forbid", model
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"

@@ -1,0 +1,449 @@
+"""The rollout state machine, stepped tick by tick with a fake clock (never sleeping)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serve_ab.rollout.gates import Verdict, WindowStats
+from serve_ab.rollout.machine import Phase, Rollout, RolloutError
+from serve_ab.config.rollout import RolloutConfig
+
+
+class FakeClock:
+    def __init__(self, t_s: float = 1000.0):
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def advance(self, seconds: float) -> float:
+        self.t_s += seconds
+        return self.t_s
+
+
+GATES = [
+    {"metric": "latency_p95_ms", "max": 50},
+    {"metric": "latency_p95_ms", "max_ratio_to_stable": 1.5},
+    {"metric": "error_rate", "max": 0.01},
+    {"metric": "drift_js", "max": 0.1},
+]
+STEPS = [
+    {"set_weight": 5},
+    {"pause": {"duration": "30s"}},
+    {"analysis": {}},
+    {"set_weight": 20},
+    {"pause": {}},
+    {"set_weight": 50},
+    {"set_weight": 100},
+]
+
+
+def canary(steps=STEPS, **analysis) -> RolloutConfig:
+    settings = {"interval_s": 10, "min_samples": 50, "failure_limit": 0, "progress_deadline_s": 120}
+    settings.update(analysis)
+    return RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2", "analysis": settings,
+        "gates": GATES, "steps": steps, "retire_after_s": 60,
+    })
+
+
+def blue_green(**settings) -> RolloutConfig:
+    bg = {"post_switch_watch_s": 300, "keep_blue_s": 600}
+    bg.update(settings)
+    return RolloutConfig.model_validate({
+        "strategy": "blue_green", "stable": "blue", "candidate": "green",
+        "analysis": {"interval_s": 10, "min_samples": 50, "progress_deadline_s": 600},
+        "gates": GATES, "blue_green": bg, "retire_after_s": 60,
+    })
+
+
+def win(version: str, n: int = 100, latency_ms: float = 10.0, errors: int = 0) -> WindowStats:
+    return WindowStats(version, request_count=n, error_count=errors,
+                       latencies_ms=(latency_ms,) * (n - errors), class_counts=(n // 2, n - n // 2))
+
+
+def healthy(stable="v1", candidate="v2") -> dict[str, WindowStats]:
+    return {stable: win(stable), candidate: win(candidate)}
+
+
+def slow(stable="v1", candidate="v2") -> dict[str, WindowStats]:
+    return {stable: win(stable), candidate: win(candidate, latency_ms=80.0)}
+
+
+def no_data(stable="v1", candidate="v2") -> dict[str, WindowStats]:
+    return {stable: win(stable), candidate: win(candidate, n=3)}
+
+
+def run_until(rollout: Rollout, clock: FakeClock, seconds: float, windows, step_s: float = 1.0):
+    decision = None
+    for _ in range(int(round(seconds / step_s))):
+        clock.advance(step_s)
+        decision = rollout.tick(windows)
+    return decision
+
+
+# -- canary ------------------------------------------------------------------------------
+
+
+def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_delay():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    assert rollout.weights == {"v1": 100.0, "v2": 0.0} and rollout.phase is Phase.PROGRESSING
+
+    first = rollout.tick(healthy())
+    assert first.weights_changed and first.weights == {"v1": 95.0, "v2": 5.0}
+    assert first.step_index == 1 and "30s left" in first.reason
+
+    clock.advance(10)
+    d = rollout.tick(healthy())  # background analysis while the canary has traffic
+    assert d.verdict is Verdict.PASS and len(d.analysis) == len(GATES) and not d.weights_changed
+
+    d = run_until(rollout, clock, 20, healthy())
+    assert d.phase is Phase.ANALYZING and d.step_index == 2 and d.weights == {"v1": 95.0, "v2": 5.0}
+    clock.advance(10)
+    d = rollout.tick(healthy())  # inline analysis passes -> set_weight 20 -> pause: {}
+    assert d.phase is Phase.PAUSED and d.weights == {"v1": 80.0, "v2": 20.0} and d.weights_changed
+    assert "waiting for promote()" in d.reason
+
+    d = run_until(rollout, clock, 3600, healthy(), step_s=10)  # waits for a human
+    assert d.phase is Phase.PAUSED and d.verdict is Verdict.PASS and d.step_index == 4
+
+    d = rollout.promote()
+    assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0} and d.weights_changed
+    assert d.retire == () and "v1 may be unloaded in 60s" in d.reason
+    clock.advance(59.5)
+    assert rollout.tick(healthy()).retire == ()
+    clock.advance(0.5)
+    retired = rollout.tick(healthy())
+    assert retired.retire == ("v1",) and not retired.weights_changed
+    assert [h["to_phase"] for h in rollout.to_dict()["history"]][-1] == "promoted"
+
+
+def test_failed_gate_rolls_back_to_stable_at_once_naming_gate_value_and_threshold():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(slow())
+    clock.advance(10)
+    d = rollout.tick(slow())
+    assert d.phase is Phase.ABORTED and d.verdict is Verdict.FAIL
+    assert d.weights == {"v1": 100.0, "v2": 0.0} and d.weights_changed
+    assert "latency_p95_ms <= 50" in d.reason and "= 80" in d.reason and "max 50" in d.reason
+    assert "failure_limit 0" in d.reason
+    assert d.retire == ()
+    clock.advance(60)
+    assert rollout.tick(slow()).retire == ("v2",)
+    with pytest.raises(RolloutError, match="already aborted"):
+        rollout.promote()
+
+
+def test_failure_limit_tolerates_that_many_failures_and_a_failure_holds_the_step():
+    clock = FakeClock()
+    rollout = Rollout(canary(failure_limit=2), clock)
+    rollout.tick(healthy())
+    for failures in (1, 2):
+        clock.advance(10)
+        d = rollout.tick(slow())
+        assert d.verdict is Verdict.FAIL and d.phase is Phase.PROGRESSING
+        assert d.weights == {"v1": 95.0, "v2": 5.0}
+        assert rollout.state.failures_total == failures
+    clock.advance(10)  # the pause is over, but the latest run failed: hold
+    d = rollout.tick(no_data())
+    assert d.phase is Phase.PROGRESSING and d.step_index == 1 and "holding at step 1" in d.reason
+    clock.advance(10)
+    d = rollout.tick(healthy())
+    assert d.phase is Phase.ANALYZING and rollout.state.failures_consecutive == 0
+    clock.advance(10)
+    d = rollout.tick(slow())  # the third failure in total exceeds the limit
+    assert d.phase is Phase.ABORTED and "failed analysis 3 time(s), over failure_limit 2" in d.reason
+
+
+def test_inconclusive_holds_without_progress_and_says_no_data():
+    clock = FakeClock()
+    rollout = Rollout(canary(progress_deadline_s=None), clock)
+    rollout.tick(no_data())
+    d = run_until(rollout, clock, 300, no_data(), step_s=5)
+    assert d.phase is Phase.PROGRESSING and d.step_index == 1 and d.weights == {"v1": 95.0, "v2": 5.0}
+    assert "no data" in d.reason and "candidate v2 has 3" in d.reason and "50 needed" in d.reason
+    holds = [h for h in rollout.to_dict()["history"] if "holding" in h["reason"]]
+    assert len(holds) == 1  # a hold is recorded once, not every tick
+    clock.advance(10)
+    assert rollout.tick(healthy()).phase is Phase.ANALYZING  # data arrived: progress resumes
+
+
+def test_progress_deadline_exceeded_aborts_with_that_reason():
+    clock = FakeClock()
+    rollout = Rollout(canary(progress_deadline_s=60), clock)
+    rollout.tick(no_data())
+    d = run_until(rollout, clock, 30, no_data())  # pause over at +30, held from then on
+    assert d.phase is Phase.PROGRESSING
+    d = run_until(rollout, clock, 60, no_data())
+    assert d.phase is Phase.PROGRESSING  # exactly at the deadline: not yet exceeded
+    clock.advance(1)
+    d = rollout.tick(no_data())
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0}
+    assert "progress deadline exceeded" in d.reason and "progress_deadline_s 60" in d.reason
+    assert "no data" in d.reason
+
+
+def test_inline_analysis_step_counts_toward_the_deadline_from_its_start():
+    clock = FakeClock()
+    steps = [{"set_weight": 10}, {"analysis": {"min_samples": 500}}, {"set_weight": 100}]
+    rollout = Rollout(canary(steps=steps, progress_deadline_s=45), clock)
+    d = rollout.tick(healthy())
+    assert d.phase is Phase.ANALYZING  # 100 samples, the step wants 500
+    d = run_until(rollout, clock, 40, healthy(), step_s=10)
+    assert d.phase is Phase.ANALYZING and "500 needed" in d.reason
+    d = run_until(rollout, clock, 10, healthy(), step_s=10)
+    assert d.phase is Phase.ABORTED and "for a passing analysis" in d.reason
+
+
+def test_manual_promote_past_an_open_pause_and_resume_does_the_same():
+    steps = [{"set_weight": 10}, {"pause": {}}, {"set_weight": 30}, {"pause": {}}, {"set_weight": 100}]
+    clock = FakeClock()
+    rollout = Rollout(canary(steps=steps), clock)
+    assert rollout.tick(healthy()).phase is Phase.PAUSED
+    d = rollout.promote()
+    assert d.phase is Phase.PAUSED and d.weights == {"v1": 70.0, "v2": 30.0} and d.weights_changed
+    d = rollout.resume()
+    assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0}
+
+
+def test_promote_skips_a_timed_pause_and_full_promote_jumps_to_100():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    d = rollout.promote()
+    assert d.phase is Phase.ANALYZING and d.step_index == 2
+    d = rollout.promote(full=True)
+    assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0}
+    assert "full" in d.reason
+
+
+def test_failing_canary_is_rolled_back_even_while_waiting_at_an_open_pause():
+    steps = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
+    clock = FakeClock()
+    rollout = Rollout(canary(steps=steps), clock)
+    rollout.tick(healthy())
+    clock.advance(10)
+    assert rollout.tick(slow()).phase is Phase.ABORTED
+
+
+def test_operator_abort_and_rollback():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    d = rollout.abort("bad dashboards")
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "bad dashboards" in d.reason
+    assert rollout.abort().weights_changed is False  # idempotent
+    assert rollout.rollback().phase is Phase.ABORTED
+
+    other = Rollout(canary(), FakeClock())
+    other.tick(healthy())
+    d = other.rollback()
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "rolled back" in d.reason
+
+
+def test_rollback_after_promotion_while_the_old_stable_is_still_loaded():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    rollout.promote(full=True)
+    clock.advance(30)
+    d = rollout.rollback()
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and d.weights_changed
+    clock.advance(60)
+    assert rollout.tick(healthy()).retire == ("v2",)
+
+    late = Rollout(canary(), clock)
+    late.tick(healthy())
+    late.promote(full=True)
+    clock.advance(61)
+    with pytest.raises(RolloutError, match="released for unloading"):
+        late.rollback()
+    with pytest.raises(RolloutError, match="use rollback"):
+        late.abort()
+
+
+def test_operator_pause_freezes_steps_analysis_and_timers():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    clock.advance(15)
+    rollout.tick(healthy())
+    d = rollout.pause()
+    assert d.phase is Phase.PAUSED and "resume()" in d.reason
+    assert rollout.pause().phase is Phase.PAUSED  # idempotent
+    d = run_until(rollout, clock, 600, slow(), step_s=10)
+    assert d.phase is Phase.PAUSED and d.analysis == ()  # no analysis while an operator holds it
+    d = rollout.resume()
+    assert d.phase is Phase.PROGRESSING and "15s left" in d.reason  # the pause continues, not restarts
+    clock.advance(14)
+    assert rollout.tick(healthy()).step_index == 1
+    clock.advance(1)
+    assert rollout.tick(healthy()).phase is Phase.ANALYZING
+
+
+def test_manual_weights_are_validated_and_pause_the_rollout():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    with pytest.raises(ValueError, match="sum to 90%; they must sum to 100"):
+        rollout.set_weights({"v1": 80, "v2": 10})
+    with pytest.raises(ValueError, match=r"v1 is -20.0; a weight is a percentage in \[0, 100\]"):
+        rollout.set_weights({"v1": -20, "v2": 120})
+    with pytest.raises(ValueError, match=r"weights name \['v3'\]"):
+        rollout.set_weights({"v3": 100})
+    d = rollout.set_weights({"v1": 60, "v2": 40})
+    assert d.phase is Phase.PAUSED and d.weights == {"v1": 60.0, "v2": 40.0} and d.weights_changed
+    clock.advance(100)
+    assert rollout.tick(healthy()).weights == {"v1": 60.0, "v2": 40.0}
+    d = rollout.resume()  # the pause step still has 30 s to go
+    assert d.phase is Phase.PROGRESSING and d.weights == {"v1": 60.0, "v2": 40.0}
+
+
+def test_restart_mid_pause_resumes_same_step_and_weights_without_restarting_the_pause():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    run_until(rollout, clock, 20, healthy(), step_s=10)
+    saved = json.loads(json.dumps(rollout.to_dict()))  # what a store would hold
+    assert saved["phase"] == "progressing" and saved["step_index"] == 1
+    assert saved["weights"] == {"v1": 95.0, "v2": 5.0}
+
+    clock.advance(5)  # the controller was down for 5 s
+    restored = Rollout.from_dict(canary(), saved, clock)
+    d = restored.tick(healthy())
+    assert d.step_index == 1 and d.weights == {"v1": 95.0, "v2": 5.0} and not d.weights_changed
+    assert "5s left" in d.reason  # 25 s of the 30 s pause already done
+    clock.advance(5)
+    d = restored.tick(healthy())
+    assert d.phase is Phase.ANALYZING and d.step_index == 2
+    steps_applied = [h for h in restored.to_dict()["history"] if "set to 5%" in h["reason"]]
+    assert len(steps_applied) == 1  # set_weight 5 was not repeated
+
+
+def test_restart_at_an_open_pause_and_during_a_hold_keeps_waiting_and_deadline():
+    steps = [{"set_weight": 10}, {"pause": {}}, {"set_weight": 100}]
+    clock = FakeClock()
+    rollout = Rollout(canary(steps=steps), clock)
+    rollout.tick(healthy())
+    restored = Rollout.from_dict(canary(steps=steps), rollout.to_dict(), clock)
+    assert restored.phase is Phase.PAUSED and restored.state.paused_by == "step"
+    assert restored.promote().phase is Phase.PROMOTED
+
+    held = Rollout(canary(progress_deadline_s=60), clock)
+    held.tick(no_data())
+    run_until(held, clock, 50, no_data())  # held since +30
+    again = Rollout.from_dict(canary(progress_deadline_s=60), held.to_dict(), clock)
+    clock.advance(41)
+    assert again.tick(no_data()).phase is Phase.ABORTED
+
+
+def test_restore_refuses_a_state_of_another_rollout():
+    rollout = Rollout(canary(), FakeClock())
+    saved = rollout.to_dict()
+    other = canary().model_copy(update={"candidate": "v3"})
+    with pytest.raises(ValueError, match="start a new rollout or restore the matching config"):
+        Rollout.from_dict(other, saved, FakeClock())
+    with pytest.raises(ValueError, match="schema"):
+        Rollout.from_dict(canary(), {**saved, "schema": 99}, FakeClock())
+
+
+def test_history_entries_name_time_phases_and_reason():
+    clock = FakeClock(0.0)
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    clock.advance(10)
+    rollout.tick(slow())
+    history = rollout.to_dict()["history"]
+    assert set(history[-1]) == {"t_s", "from_phase", "to_phase", "step_index", "reason"}
+    assert (history[-1]["t_s"], history[-1]["from_phase"], history[-1]["to_phase"]) == (10.0, "progressing", "aborted")
+
+
+# -- blue-green --------------------------------------------------------------------------
+
+
+def bg_windows(green_latency_ms: float = 10.0, blue_n: int = 0) -> dict[str, WindowStats]:
+    return {"blue": win("blue", n=blue_n), "green": win("green", latency_ms=green_latency_ms)}
+
+
+def test_blue_green_happy_path_switches_once_and_retires_blue_after_keep_blue_s():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    d = rollout.tick(bg_windows())
+    assert d.phase is Phase.VALIDATING and d.weights == {"blue": 100.0, "green": 0.0}
+    assert "report_validation()" in d.reason
+    clock.advance(20)
+    d = rollout.report_validation(True, "512 synthetic requests matched")
+    assert d.phase is Phase.SWITCHED and d.weights == {"blue": 0.0, "green": 100.0} and d.weights_changed
+    switched_at = clock.t_s
+
+    d = run_until(rollout, clock, 290, bg_windows(), step_s=10)
+    assert d.phase is Phase.SWITCHED and d.verdict is Verdict.PASS
+    # Blue gets no traffic now, so relative gates are left out instead of holding the watch.
+    assert [r.gate for r in d.analysis] == ["latency_p95_ms <= 50", "error_rate <= 0.01"]
+    d = run_until(rollout, clock, 10, bg_windows(), step_s=10)
+    assert d.phase is Phase.PROMOTED and d.weights == {"blue": 0.0, "green": 100.0} and not d.weights_changed
+
+    clock.t_s = switched_at + 599
+    assert rollout.tick(bg_windows()).retire == ()
+    clock.t_s = switched_at + 600
+    assert rollout.tick(bg_windows()).retire == ("blue",)
+
+
+def test_blue_green_post_switch_gate_failure_rolls_back_to_blue():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    rollout.report_validation(True)
+    run_until(rollout, clock, 100, bg_windows(), step_s=10)
+    clock.advance(10)
+    d = rollout.tick(bg_windows(green_latency_ms=90.0))
+    assert d.phase is Phase.ABORTED and d.weights == {"blue": 100.0, "green": 0.0} and d.weights_changed
+    assert "latency_p95_ms <= 50" in d.reason and "= 90" in d.reason
+    clock.advance(60)
+    assert rollout.tick(bg_windows()).retire == ("green",)
+
+
+def test_blue_green_validation_on_mirrored_traffic_and_manual_switch():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(validation_min_samples=64, auto_switch=False), clock)
+    rollout.report_validation(True)
+    d = rollout.tick(bg_windows(blue_n=100))
+    assert d.phase is Phase.VALIDATING and "gates on mirrored traffic" in d.reason
+    clock.advance(10)
+    d = rollout.tick({"blue": win("blue"), "green": win("green", n=40)})
+    assert d.phase is Phase.VALIDATING and "green has 40" in d.reason and "64 needed" in d.reason
+    clock.advance(10)
+    d = rollout.tick(bg_windows(blue_n=100))
+    assert d.phase is Phase.VALIDATED and d.weights == {"blue": 100.0, "green": 0.0}
+    d = run_until(rollout, clock, 3600, bg_windows(blue_n=100), step_s=60)
+    assert d.phase is Phase.VALIDATED  # waiting for a human is not a deadline
+    d = rollout.promote()
+    assert d.phase is Phase.SWITCHED and d.weights == {"blue": 0.0, "green": 100.0}
+
+
+def test_blue_green_failed_validation_aborts_and_deadline_applies():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    d = rollout.report_validation(False, "3 of 512 answers differ")
+    assert d.phase is Phase.ABORTED and "3 of 512 answers differ" in d.reason
+    assert d.weights == {"blue": 100.0, "green": 0.0} and not d.weights_changed
+
+    waiting = Rollout(blue_green(), clock)
+    d = run_until(waiting, clock, 601, bg_windows(), step_s=60.1)
+    assert d.phase is Phase.ABORTED and "for validation" in d.reason
+    with pytest.raises(RolloutError, match="for blue_green"):
+        Rollout(canary(), clock).report_validation(True)
+
+
+def test_blue_green_restart_mid_watch_keeps_the_switch_time():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    rollout.report_validation(True)
+    run_until(rollout, clock, 200, bg_windows(), step_s=10)
+    restored = Rollout.from_dict(blue_green(), json.loads(json.dumps(rollout.to_dict())), clock)
+    d = run_until(restored, clock, 90, bg_windows(), step_s=10)
+    assert d.phase is Phase.SWITCHED and "10s left" in d.reason
+    assert run_until(restored, clock, 10, bg_windows(), step_s=10).phase is Phase.PROMOTED

@@ -1,0 +1,341 @@
+"""PromQL gates: the schema, the provider against a fake Prometheus HTTP API, the verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from pydantic import ValidationError
+
+from serve_ab.rollout.gates import (
+    PromQLResult,
+    Verdict,
+    WindowStats,
+    evaluate_gate,
+    evaluate_gates,
+)
+from serve_ab.rollout.promql import (
+    PromQLPoller,
+    fetch_promql_values,
+    promql_duration,
+    query_value,
+    rendered_queries,
+    run_query,
+)
+from serve_ab.rollout.machine import Phase, Rollout
+from serve_ab.config.rollout import Gate, GateMetric, RolloutConfig, render_promql
+from tests.integration.conftest import free_port
+from tests.support.fake_http import ServedInThread
+
+
+def vector(*values, labels=None):
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {**(labels or {}), "i": str(i)}, "value": [1700000000.0, v]} for i, v in enumerate(values)]}}
+
+
+def scalar(value):
+    return {"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, value]}}
+
+
+class FakePrometheus(ServedInThread):
+    """Prometheus' /api/v1/query on a real socket: answers by query text, records what it got."""
+
+    def __init__(self):
+        self.answers: dict[str, tuple[int, object, float]] = {}  # query -> (status, body, delay_s)
+        self.received: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                url = urlparse(self.path)
+                query = parse_qs(url.query).get("query", [""])[0]
+                fake.received.append(query)
+                if url.path != "/api/v1/query":
+                    status, body, delay_s = 404, "404 page not found", 0.0
+                else:
+                    status, body, delay_s = fake.answers.get(query, (200, vector(), 0.0))
+                time.sleep(delay_s)
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "text/plain" if isinstance(body, str) else "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out first
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Handler)
+
+    def answer(self, query: str, body, status: int = 200, delay_s: float = 0.0) -> None:
+        self.answers[query] = (status, body, delay_s)
+
+
+
+@pytest.fixture
+def prometheus():
+    fake = FakePrometheus()
+    yield fake
+    fake.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- the provider ----------------------------------------------------------------------------
+
+def test_single_sample_vector_and_scalar_give_the_value(prometheus):
+    prometheus.answer("up", vector("0.25", labels={"job": "serve-ab"}))
+    prometheus.answer("scalar(up)", scalar("1e-3"))
+    assert run(query_value(prometheus.url, "up", 2)) == 0.25
+    assert run(query_value(prometheus.url + "/", "scalar(up)", 2)) == 0.001
+    assert prometheus.received == ["up", "scalar(up)"]
+
+
+@pytest.mark.parametrize("body", [vector(), vector("NaN"), scalar("NaN")])
+def test_empty_result_or_nan_is_no_data_not_an_error(prometheus, body):
+    prometheus.answer("q", body)
+    result = run(run_query(prometheus.url, "q", 2))
+    assert result == PromQLResult("q", None, None)
+
+
+def test_infinity_is_a_value(prometheus):
+    prometheus.answer("q", vector("+Inf"))
+    assert run(query_value(prometheus.url, "q", 2)) == float("inf")
+
+
+@pytest.mark.parametrize(
+    "status, body, expected",
+    [
+        (400, {"status": "error", "errorType": "bad_data",
+               "error": 'invalid parameter "query": 1:5: parse error: unexpected "}"'},
+         'Prometheus answered HTTP 400, bad_data: invalid parameter "query": 1:5: parse error'),
+        (503, {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"},
+         "HTTP 503, unavailable: TSDB not ready"),
+        (502, "<html>Bad Gateway</html>", "HTTP 502 from http://127.0.0.1:"),
+        (200, vector("1", "2", "3", "4"), "the query returned 4 series"),
+        (200, {"status": "success", "data": {"resultType": "matrix", "result": []}},
+         "the query returned a matrix; a gate needs an instant scalar or a one-sample vector"),
+        (200, {"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [1.0, "lots"]}]}}, "cannot read a number from the sample [1.0, 'lots']"),
+    ],
+)
+def test_errors_are_reported_with_the_query_and_never_raise(prometheus, caplog, status, body, expected):
+    query = 'sum(rate(serve_ab_errors_total{version="v2"}[1m]))'
+    prometheus.answer(query, body, status=status)
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        result = run(run_query(prometheus.url, query, 2))
+        assert run(query_value(prometheus.url, query, 2)) is None
+    assert result.value is None and expected in result.error, result.error
+    assert result.query == query
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(query in w and expected in w for w in warnings)
+
+
+def test_unreachable_and_slow_prometheus_are_errors_naming_the_endpoint(prometheus):
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = run(run_query(closed, "up", 2))
+    assert result.value is None and result.error.startswith(f"cannot reach {closed}/api/v1/query")
+    # The answer would come after 3 s; the 0.2 s timeout turns it into an error, not a value.
+    prometheus.answer("slow", vector("1"), delay_s=3.0)
+    result = run(run_query(prometheus.url, "slow", 0.2))
+    assert result.value is None
+    assert result.error == f"no answer from {prometheus.url}/api/v1/query within timeout_s 0.2"
+
+
+def test_wrong_path_is_an_error_not_no_data(prometheus):
+    result = run(run_query(prometheus.url + "/prometheus", "up", 2))
+    assert result.value is None and "HTTP 404" in result.error
+
+
+# -- placeholders, configuration, several gates ------------------------------------------------
+
+ERROR_RATIO = ('sum(rate(serve_ab_errors_total{model="{{model}}", version="{{ candidate }}"}[{{interval}}])) / '
+               'sum(rate(serve_ab_requests_total{model="{{model}}", version="{{candidate}}"}[{{interval}}]))')
+LATENCY_VS_STABLE = ('histogram_quantile(0.95, sum by (le) (rate(x{version="{{candidate}}"}[1m]))) / '
+                     'histogram_quantile(0.95, sum by (le) (rate(x{version="{{stable}}"}[1m])))')
+
+
+def rollout_config(url: str, other_url: str | None = None, **analysis) -> RolloutConfig:
+    latency_gate = {"metric": "promql", "name": "latency_vs_stable", "max": 1.5, "query": LATENCY_VS_STABLE}
+    if other_url:
+        latency_gate["prometheus"] = {"url": other_url, "timeout_s": "1s"}
+    return RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2",
+        "analysis": {"interval_s": 10, "min_samples": 5, "failure_limit": 0,
+                     "prometheus": {"url": url, "timeout_s": 2}, **analysis},
+        "gates": [{"metric": "promql", "name": "error_ratio", "max": 0.05, "query": ERROR_RATIO}, latency_gate],
+        "steps": [{"set_weight": 20}, {"pause": {"duration": "1m"}}, {"set_weight": 100}],
+    })
+
+
+def test_placeholders_are_substituted():
+    rendered = rendered_queries(rollout_config("http://p:9090", interval_s="1.5s"), "digits")
+    assert rendered["error_ratio"] == (
+        'sum(rate(serve_ab_errors_total{model="digits", version="v2"}[1500ms])) / '
+        'sum(rate(serve_ab_requests_total{model="digits", version="v2"}[1500ms]))')
+    assert 'x{version="v2"}' in rendered["latency_vs_stable"] and 'x{version="v1"}' in rendered["latency_vs_stable"]
+    assert "{{" not in "".join(rendered.values())
+    assert render_promql("{{a}}-{{ b }}-{{a}}", {"a": "1", "b": "2"}) == "1-2-1"
+    assert [promql_duration(s) for s in (10, 60.0, 0.25, 90.5)] == ["10s", "60s", "250ms", "90500ms"]
+
+
+def test_fetch_asks_each_gates_prometheus_and_keys_answers_by_gate_name(prometheus):
+    other = FakePrometheus()
+    try:
+        config = rollout_config(prometheus.url, other.url)
+        rendered = rendered_queries(config, "digits")
+        prometheus.answer(rendered["error_ratio"], vector("0.01"))
+        other.answer(rendered["latency_vs_stable"], scalar("1.2"))
+        answers = run(fetch_promql_values(config, "digits"))
+    finally:
+        other.close()
+    assert answers == {"error_ratio": PromQLResult(rendered["error_ratio"], 0.01),
+                       "latency_vs_stable": PromQLResult(rendered["latency_vs_stable"], 1.2)}
+    assert prometheus.received == [rendered["error_ratio"]] and other.received == [rendered["latency_vs_stable"]]
+    no_promql = RolloutConfig.model_validate({**config.model_dump(), "gates": [{"metric": "error_rate", "max": 0.1}]})
+    assert run(fetch_promql_values(no_promql, "digits")) == {}
+
+
+def test_schema_accepts_promql_gates_and_refuses_bad_ones_with_the_value():
+    gate = Gate.model_validate({"metric": "promql", "name": "error_ratio", "min": -1, "query": "q"})
+    assert gate.metric is GateMetric.PROMQL and gate.label == "promql[error_ratio] >= -1"
+    assert not gate.needs_stable  # the query itself compares with stable when it needs to
+
+    def error(gate: dict, **rollout) -> str:
+        doc = {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 100}],
+               "gates": [gate], **rollout}
+        with pytest.raises(ValidationError) as info:
+            RolloutConfig.model_validate(doc)
+        return str(info.value)
+
+    where = {"analysis": {"prometheus": {"url": "http://p:9090"}}}
+    assert "gate promql needs name and query, e.g. {metric: promql" in error({"metric": "promql", "max": 1}, **where)
+    assert "gate promql needs query" in error({"metric": "promql", "name": "x", "max": 1}, **where)
+    assert "gate promql[x] has max_ratio_to_stable; a promql gate takes max or min" in error(
+        {"metric": "promql", "name": "x", "query": "q", "max_ratio_to_stable": 1.5}, **where)
+    assert "query has placeholder(s) {{canary}}; valid: {{candidate}}, {{stable}}, {{model}}, {{interval}}" in error(
+        {"metric": "promql", "name": "x", "query": 'up{v="{{canary}}"}', "max": 1}, **where)
+    assert "gate error_rate takes no query; only metric: promql does" in error(
+        {"metric": "error_rate", "max": 0.1, "query": "q"}, **where)
+    assert ("gates[0] (promql[x]) has no Prometheus to ask: set analysis.prometheus: "
+            "{url: http://prometheus:9090} or prometheus: on the gate") in error(
+        {"metric": "promql", "name": "x", "query": "q", "max": 1})
+    assert "String should match pattern" in error(
+        {"metric": "promql", "name": "x", "query": "q", "max": 1, "prometheus": {"url": "prometheus:9090"}})
+    assert "timeout_s" in error(
+        {"metric": "promql", "name": "x", "query": "q", "max": 1,
+         "prometheus": {"url": "http://p:9090", "timeout_s": "2m"}})
+    doc = {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 100}], **where,
+           "gates": [{"metric": "promql", "name": "x", "query": "a", "max": 1},
+                     {"metric": "promql", "name": "x", "query": "b", "min": 0}]}
+    with pytest.raises(ValidationError, match="promql gate name 'x' is used twice"):
+        RolloutConfig.model_validate(doc)
+
+
+# -- verdicts --------------------------------------------------------------------------------
+
+def candidate_with(answer: PromQLResult | None) -> WindowStats:
+    return WindowStats("v2", promql={} if answer is None else {"error_ratio": answer})
+
+
+GATE = Gate.model_validate({"metric": "promql", "name": "error_ratio", "max": 0.05, "query": "q"})
+STABLE = WindowStats("v1")
+
+
+def test_gate_passes_fails_and_is_inconclusive_without_data_or_on_error():
+    ok = evaluate_gate(GATE, candidate_with(PromQLResult("q", 0.01)), STABLE, min_samples=50)
+    assert ok.verdict is Verdict.PASS and ok.value == 0.01
+    assert ok.reason == "promql[error_ratio] on v2 is 0.01, within max 0.05"
+    bad = evaluate_gate(GATE, candidate_with(PromQLResult("q", 0.2)), STABLE, min_samples=50)
+    assert bad.verdict is Verdict.FAIL and (bad.value, bad.threshold, bad.bound) == (0.2, 0.05, "max")
+    assert bad.reason == "promql[error_ratio] on v2 is 0.2, above max 0.05; query: q"
+    low = Gate.model_validate({"metric": "promql", "name": "error_ratio", "min": 0.5, "query": "q"})
+    assert evaluate_gate(low, candidate_with(PromQLResult("q", 0.2)), STABLE, 1).verdict is Verdict.FAIL
+    empty = evaluate_gate(GATE, candidate_with(PromQLResult("q", None)), STABLE, min_samples=50)
+    assert empty.verdict is Verdict.INCONCLUSIVE and empty.value is None
+    assert "no data for promql[error_ratio]: the query returned no samples; is v2 receiving traffic?" in empty.reason
+    failed = evaluate_gate(GATE, candidate_with(PromQLResult("q", None, "cannot reach x")), STABLE, 50)
+    assert failed.verdict is Verdict.INCONCLUSIVE
+    assert failed.reason == "promql[error_ratio] query failed, so v2 cannot be judged on it: cannot reach x; query: q"
+    missing = evaluate_gate(GATE, candidate_with(None), STABLE, 50)
+    assert missing.verdict is Verdict.INCONCLUSIVE and "not queried yet" in missing.reason
+
+
+def test_from_fake_prometheus_to_verdicts(prometheus):
+    config = rollout_config(prometheus.url)
+    rendered = rendered_queries(config, "digits")
+    prometheus.answer(rendered["error_ratio"], vector("0.2"))
+    prometheus.answer(rendered["latency_vs_stable"], vector())
+    answers = run(fetch_promql_values(config, "digits"))
+    results = evaluate_gates(config.gates, WindowStats("v2", promql=answers), STABLE, min_samples=5)
+    assert [r.verdict for r in results] == [Verdict.FAIL, Verdict.INCONCLUSIVE]
+
+
+def test_a_rollout_aborts_on_a_failing_query_value_and_holds_on_a_query_error():
+    def drive(answer: PromQLResult, seconds: int) -> Rollout:
+        now = [0.0]
+        rollout = Rollout(rollout_config("http://p:9090"), clock=lambda: now[0])
+        for _ in range(seconds):
+            windows = {"v1": WindowStats("v1", request_count=100),
+                       "v2": WindowStats("v2", request_count=100,
+                                         promql={"error_ratio": answer,
+                                                 "latency_vs_stable": PromQLResult("q2", 1.0)})}
+            rollout.tick(windows)
+            if rollout.done:
+                break
+            now[0] += 1.0
+        return rollout
+
+    bad = drive(PromQLResult("q", 0.2), 30)
+    assert bad.phase is Phase.ABORTED and "promql[error_ratio]" in bad.state.history[-1]["reason"]
+    down = drive(PromQLResult("q", None, "cannot reach http://p:9090/api/v1/query"), 120)
+    assert down.phase is Phase.PROGRESSING and down.state.step_index == 1  # held past its 1m pause
+    assert "cannot reach" in down.status_line()
+    good = drive(PromQLResult("q", 0.01), 120)
+    assert good.phase is Phase.PROMOTED
+
+
+def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
+    config = rollout_config(prometheus.url)  # interval_s 10: refresh every 5 s by default
+    rendered = rendered_queries(config, "digits")
+    prometheus.answer(rendered["error_ratio"], vector("0.01"), delay_s=0.3)
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        poller = PromQLPoller(config, "digits")
+        # Synchronous, and the answer needs the loop to turn: it cannot have waited for it.
+        assert poller.poll(now_s=100.0) == {} and poller.refreshing
+        await until(lambda: poller.poll(now_s=100.5), "the first refresh never completed")
+        first = dict(poller.latest)
+        assert len(prometheus.received) == 2
+        prometheus.answer(rendered["error_ratio"], vector("0.07"), delay_s=0.3)
+        poller.poll(now_s=104.0)  # not due yet (refresh_s 5)
+        assert not poller.refreshing
+        poller.poll(now_s=106.0, active=False)  # due, but no analysis can run
+        assert not poller.refreshing and poller.latest == first
+        poller.poll(now_s=106.0)  # due: both gates asked once more, in the background
+        assert poller.refreshing
+        poller.poll(now_s=112.0)  # due again, but that refresh is still in flight
+        await until(lambda: poller.poll(now_s=106.2)["error_ratio"].value == 0.07,
+                    "the second refresh never completed")
+        return first
+
+    first = run(scenario())
+    assert first["error_ratio"].value == 0.01 and first["latency_vs_stable"].value is None
+    assert len(prometheus.received) == 4  # one first refresh, one more, nothing while in flight
+    assert PromQLPoller(rollout_config(prometheus.url).model_copy(update={"gates": []}), "d").poll(0.0) == {}

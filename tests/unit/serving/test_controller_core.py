@@ -1,0 +1,281 @@
+"""The controller's logic with a fake clock: windows from router reports, feedback joins,
+persistence across a restart, control actions. No Ray is started."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_ab.config.experiment import parse_experiment
+from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
+from serve_ab.rollout.machine import RolloutError
+from serve_ab.serving.controller import ControllerCore, rollout_key
+from serve_ab.store.state import MemoryStateStore, SqliteStateStore
+
+
+class FakeClock:
+    def __init__(self, t_s: float = 1_000_000.0):
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def advance(self, dt_s: float) -> None:
+        self.t_s += dt_s
+
+
+def experiment(candidate: str = "v2", **rollout_changes):
+    rollout = {
+        "strategy": "canary", "stable": "v1", "candidate": candidate,
+        "analysis": {"interval_s": 5, "min_samples": 10, "failure_limit": 0},
+        "gates": [{"metric": "error_rate", "max": 0.05},
+                  {"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.95}],
+        "steps": [{"set_weight": 10}, {"pause": {"duration": "10s"}}, {"set_weight": 100}],
+        "retire_after_s": 5,
+    }
+    rollout.update(rollout_changes)
+    return parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": candidate, "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 100},
+        "rollout": rollout,
+    })
+
+
+def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
+           correct: bool | None = None) -> None:
+    rows = [(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
+             i, True, False) for i in range(n)]
+    core.record(rows)
+    if correct is not None:
+        for row in rows:
+            core.feedback.add(row[6], "correct", None, correct, clock())
+
+
+def run_for(core, clock, seconds, per_second):
+    for _ in range(int(seconds)):
+        clock.advance(1.0)
+        for version, (n, kwargs) in per_second.items():
+            report(core, clock, version, n, **kwargs)
+        core.tick()
+
+
+def test_canary_promotes_on_good_reports_and_retires_the_old_version():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    core.tick()
+    assert core.snapshot()["weights"] == {"v1": 90.0, "v2": 10.0}
+    epoch = core.epoch
+    run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert core.rollout.phase.value == "promoted"
+    assert core.epoch > epoch
+    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+    clock.advance(10)
+    core.tick()
+    assert core.snapshot()["retired"] == ["v1"]
+    assert {g["metric"]: g["verdict"] for g in core.status()["gates"]} == {
+        "error_rate": "pass", "feedback_rate": "pass"}
+
+
+def test_failing_business_gate_rolls_back_with_the_reason():
+    clock = FakeClock()
+    core = ControllerCore(experiment("v3"), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v3": (5, {"correct": False})})
+    status = core.status()
+    assert status["phase"] == "aborted"
+    assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
+    assert "feedback_rate" in status["reason"] and "0.95" in status["reason"]
+
+
+def test_too_few_reports_hold_the_rollout_without_failing():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (1, {"correct": True})})
+    status = core.status()
+    assert status["phase"] == "progressing" and status["weights_pct"]["v2"] == 10.0
+    assert status["failures_total"] == 0
+    assert "no data" in status["reason"]
+
+
+def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
+    clock = FakeClock()
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    before = core.status(history=True)
+    assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
+
+    restarted = ControllerCore(experiment(), SqliteStateStore(tmp_path / "state.sqlite"), clock)
+    after = restarted.status(history=True)
+    assert (after["phase"], after["step_index"], after["weights_pct"]) == (
+        before["phase"], before["step_index"], before["weights_pct"])
+    assert after["history"] == before["history"]
+    # The pause keeps its original start: 4 more seconds finish it, not 10.
+    run_for(restarted, clock, 5, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert restarted.status()["weights_pct"]["v2"] == 100.0
+
+
+def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
+    clock = FakeClock()
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    first = ControllerCore(experiment(), store, clock)
+    first.act("promote", {"full": True})
+    assert first.status()["phase"] == "promoted"
+    second = ControllerCore(experiment("v3"), store, clock)
+    assert rollout_key(second.cfg) != rollout_key(first.cfg)
+    assert second.status()["phase"] == "progressing"
+    assert second.snapshot()["weights"] == {"v1": 100.0, "v3": 0.0}
+
+
+def test_actions_bump_the_epoch_and_refuse_what_the_phase_does_not_allow():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    epoch = core.epoch
+    core.act("weights", {"weights": {"v1": 70, "v2": 30}})
+    assert core.snapshot()["weights"] == {"v1": 70.0, "v2": 30.0} and core.epoch == epoch + 1
+    core.act("abort", {"reason": "operator saw errors"})
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    assert "operator saw errors" in core.status()["reason"]
+    with pytest.raises(RolloutError):
+        core.act("pause", {})
+    with pytest.raises(KeyError):
+        core.act("explode", {})
+
+
+def test_feedback_before_the_report_waits_for_it_and_expires():
+    unjoined = []
+    join = FeedbackJoin(on_unjoined=unjoined.append)
+    assert join.add("r1", "correct", None, True, now_s=10.0) is None  # report not in yet
+    join.remember("r1", "v2", 10.1)
+    values, conversions = join.events(since_s=0.0)
+    assert [(c.version, c.converted) for c in conversions] == [("v2", True)]
+    assert join.add("r1", "revenue", 12.5, None, now_s=11.0) == "v2"
+    assert [(v.version, v.value) for v in join.events(since_s=0.0)[0]] == [("v2", 12.5)]
+    join.add("lost", "correct", None, False, now_s=20.0)
+    join.add("other", "correct", None, False, now_s=20.0 + PENDING_TTL_S + 1)
+    assert join.counts()["pending"] == 1  # "lost" expired, "other" still waits
+    assert unjoined == [1]  # and "lost" was counted as never joined
+
+
+def test_feedback_memory_is_bounded():
+    join = FeedbackJoin(max_requests=100)
+    for i in range(1000):
+        join.remember(f"r{i}", "v1", float(i))
+    assert join.counts()["requests_remembered"] == 100
+    assert join.add("r0", "correct", None, True, now_s=1000.0) is None
+
+
+def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
+    clock = FakeClock()
+    cfg = experiment(**{"strategy": "blue_green", "steps": [],
+                        "blue_green": {"validation_min_samples": 10, "validation_mirror_pct": 25,
+                                       "post_switch_watch_s": 5, "keep_blue_s": 10}})
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    core.tick()
+    assert core.snapshot()["mirrors"] == [{"version": "v2", "percent": 25.0}]
+    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    core.rollout.report_validation(True, "sample set passed")
+    # Green's mirrored answers fill its window; the gates judge them against blue's.
+    run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    assert core.status()["phase"] in ("switched", "promoted")
+    assert core.snapshot()["mirrors"] == []
+    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+
+
+def ab_experiment(**changes):
+    return parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"},
+                     {"name": "v3", "path": "c.onnx", "backend": "onnx"}],
+        "weights": {"v1": 50, "v2": 50},
+        **changes,
+    })
+
+
+def test_without_a_rollout_the_weights_are_the_configs_and_actions_are_refused():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    assert core.snapshot()["weights"] == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    assert core.snapshot()["mirrors"] == []
+    assert core.tick() is False
+    status = core.status()
+    assert status["phase"] == "static" and status["strategy"] is None
+    with pytest.raises(RolloutError, match="no rollout"):
+        core.act("promote", {})
+
+
+def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    report(core, clock, "v1", 4, correct=True)
+    report(core, clock, "v2", 2, ok=False)
+    # A mirrored copy feeds the gate windows only, never the A/B figures.
+    core.record([(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)])
+    versions = core.stats_snapshot()["versions"]
+    assert (versions["v1"]["requests"], versions["v1"]["units"]) == (4, 4)
+    assert versions["v1"]["feedback"] == {"correct": {"kind": "conversion", "n": 4, "successes": 4}}
+    assert (versions["v2"]["requests"], versions["v2"]["errors"]) == (2, 2)
+    # Without a rollout no gate reads windows, so none are kept.
+    assert len(core.observations) == 0 and core.feedback.counts()["conversions"] == 0
+
+
+def test_a_configured_shadow_is_mirrored_and_its_pairs_recorded():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(shadow={"version": "v3", "percent": 10}), MemoryStateStore(), clock)
+    assert core.snapshot()["mirrors"] == [{"version": "v3", "percent": 10.0}]
+    core.record([], [(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
+                     (clock(), "v2", "v3", 4, 9, -0.3, 2.0, None),
+                     (clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)])  # not the shadow: ignored
+    shadow = core.stats_snapshot()["shadow"]
+    assert (shadow["version"], shadow["pairs"], shadow["agree"]) == ("v3", 2, 1)
+    assert shadow["pairs_by_live_version"] == {"v1": 1, "v2": 1}
+
+
+def test_a_restarted_controller_continues_the_same_run_and_a_new_config_starts_another():
+    store = MemoryStateStore()
+    first = ControllerCore(ab_experiment(), store, FakeClock())
+    again = ControllerCore(ab_experiment(), store, FakeClock(2_000_000.0))
+    assert again.run_id == first.run_id and again.run_started_at_s == first.run_started_at_s
+    changed = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, FakeClock(3_000_000.0))
+    assert changed.run_id != first.run_id
+
+
+def test_a_restarted_controller_carries_on_with_the_runs_figures():
+    store = MemoryStateStore()
+    clock = FakeClock()
+    first = ControllerCore(ab_experiment(), store, clock)
+    report(first, clock, "v1", 5, correct=True)
+    first.save_stats()
+    again = ControllerCore(ab_experiment(), store, clock)
+    assert again.stats_snapshot() == first.stats_snapshot()
+    fresh = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)  # a new run
+    assert fresh.stats_snapshot()["versions"]["v1"]["requests"] == 0
+
+
+def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests():
+    clock = FakeClock()
+    base = experiment(gates=[{"metric": "shadow_agreement", "min": 0.9}],
+                      steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
+    # Beside its 10% of traffic, v2 answers copies of all of v1's requests.
+    cfg = parse_experiment({**base.model_dump(mode="json", exclude_none=True),
+                            "shadow": {"version": "v2", "percent": 100}})
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    assert {"version": "v2", "percent": 100.0} in core.snapshot()["mirrors"]
+    for second in range(12):
+        clock.advance(1.0)
+        report(core, clock, "v1", 10)
+        report(core, clock, "v2", 1)
+        # v2 answers the copies with another class 3 times in 10: agreement 0.7 < 0.9.
+        core.record([], [(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)])
+        core.tick()
+    status = core.status()
+    assert status["phase"] == "aborted", status
+    assert "shadow_agreement" in status["reason"]
+    gate = next(g for g in status["gates"] if g["metric"] == "shadow_agreement")
+    assert gate["verdict"] == "fail" and abs(gate["value"] - 0.7) < 1e-9

@@ -1,0 +1,150 @@
+"""Run records in SQLite, and their MLflow mirror (real mlflow-skinny with a local file store)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import types
+
+import pytest
+
+from serve_ab.store.runs import RunRecorder, mlflow_metrics, mlflow_params
+
+CONFIG = {"model": "digits", "weights": {"v1": 50.0, "v2": 50.0},
+          "versions": [{"name": "v1", "path": "m/v1.onnx"}, {"name": "v2", "path": "m/v2.pt2"}],
+          "analysis": {"alpha": 0.05, "correction": "holm"}}
+
+
+def report(requests_v2: int, p: float = 0.01, mismatch: bool = False) -> dict:
+    return {
+        "experiment": {"model": "digits", "control": "v1", "versions": ["v1", "v2"]},
+        "variants": {"v1": {"requests": 100, "error_rate": 0.01, "latency_ms": {"p95": 3.5}},
+                     "v2": {"requests": requests_v2, "error_rate": None, "latency_ms": {"p95": 4.0}}},
+        "metrics": [{"name": "correct", "comparisons": [
+            {"variant": "v2", "value_variant": 0.93, "abs_lift": 0.03, "rel_lift": 0.033, "p_value": p,
+             "p_adjusted": 2 * p, "sequential": {"p_value": 0.2}}]}],
+        "srm": {"applicable": True, "p_value": 0.5, "mismatch": mismatch},
+        "shadow": None,
+    }
+
+
+def test_save_load_round_trip_and_upsert(tmp_path):
+    path = tmp_path / "nested" / "runs.sqlite"  # the folder is created on first save
+    recorder = RunRecorder(path)
+    recorder.save("run-a", CONFIG, report(90), started_at_s=100.0, updated_at_s=160.0)
+    record = recorder.load("run-a")
+    assert (record.config, record.report) == (CONFIG, report(90))
+    assert (record.started_at_s, record.updated_at_s, record.saves) == (100.0, 160.0, 1)
+
+    recorder.save("run-a", CONFIG, report(250, mismatch=True), started_at_s=130.0, updated_at_s=220.0)
+    record = recorder.load("run-a")
+    assert record.report == report(250, mismatch=True)  # the latest results replace the earlier
+    assert (record.started_at_s, record.updated_at_s, record.saves) == (100.0, 220.0, 2)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_list_newest_first_with_summaries(tmp_path):
+    recorder = RunRecorder(tmp_path / "runs.sqlite")
+    recorder.save("old", CONFIG, report(10), 0.0, 50.0)
+    recorder.save("new", CONFIG, report(20, mismatch=True), 60.0, 90.0)
+    runs = recorder.list()
+    assert [r.run_id for r in runs] == ["new", "old"]
+    assert (runs[0].model, runs[0].control, runs[0].versions, runs[0].requests) == ("digits", "v1", ["v1", "v2"], 120)
+    assert (runs[0].srm_mismatch, runs[1].srm_mismatch) == (True, False)
+
+
+def test_missing_file_and_unknown_run_say_what_exists(tmp_path):
+    recorder = RunRecorder(tmp_path / "none.sqlite")
+    with pytest.raises(FileNotFoundError, match="no run records at .*none.sqlite"):
+        recorder.list()
+    assert not (tmp_path / "none.sqlite").exists()  # reading never creates the file
+    recorder.save("run-a", CONFIG, report(1), 0.0, 1.0)
+    with pytest.raises(KeyError, match="no run record 'run-b' .*recent ones: run-a"):
+        recorder.load("run-b")
+
+
+def test_other_sqlite_files_and_bad_inputs_are_refused(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(ValueError, match="not a serve-ab run record file"):
+        RunRecorder(other).list()
+    recorder = RunRecorder(tmp_path / "runs.sqlite")
+    with pytest.raises(ValueError, match="report is not plain JSON"):
+        recorder.save("r", CONFIG, {"x": float("nan")}, 0.0, 1.0)
+    with pytest.raises(ValueError, match="run_id \\(''\\) must be a non-empty string"):
+        recorder.save("", CONFIG, report(1), 0.0, 1.0)
+    with pytest.raises(ValueError, match="updated_at_s \\(inf\\) must be a finite time"):
+        recorder.save("r", CONFIG, report(1), 0.0, float("inf"))
+
+
+def test_mlflow_params_and_metrics_are_flat_and_finite():
+    params = mlflow_params(CONFIG)
+    assert params["weights.v1"] == "50.0" and params["versions.v2.path"] == "m/v2.pt2"
+    assert params["analysis.correction"] == "holm"
+    metrics = mlflow_metrics(report(90))
+    assert metrics["v1.requests"] == 100 and metrics["v1.latency_p95_ms"] == 3.5
+    assert "v2.error_rate" not in metrics  # None is left out, never logged as NaN
+    assert metrics["correct.v2.p_value"] == 0.01 and metrics["correct.v2.p_sequential"] == 0.2
+    assert metrics["srm.p_value"] == 0.5
+
+
+def test_mlflow_missing_warns_once_and_keeps_the_sqlite_record(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+    with caplog.at_level(logging.WARNING, logger="serve_ab.store.runs"):
+        recorder.save("run-a", CONFIG, report(1), 0.0, 1.0)
+        recorder.save("run-a", CONFIG, report(2), 0.0, 2.0)
+        recorder.finish("run-a")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "MLflow cannot be imported" in warnings[0]
+    assert recorder.load("run-a").report == report(2)
+
+
+def test_a_failing_mlflow_never_fails_the_save(tmp_path, monkeypatch, caplog):
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise ConnectionError("tracking server down")
+
+    fake = types.ModuleType("mlflow")
+    fake.tracking = types.SimpleNamespace(MlflowClient=Broken)
+    entities = types.ModuleType("mlflow.entities")
+    entities.Metric = entities.Param = object
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setitem(sys.modules, "mlflow.entities", entities)
+    recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+    with caplog.at_level(logging.WARNING, logger="serve_ab.store.runs"):
+        recorder.save("run-a", CONFIG, report(1), 0.0, 1.0)
+        recorder.save("run-a", CONFIG, report(3), 0.0, 2.0)
+    assert caplog.records[0].getMessage().startswith(
+        "MLflow logging of run record 'run-a' failed: ConnectionError: tracking server down")
+    assert len(caplog.records) == 1
+    assert recorder.load("run-a").report == report(3)
+
+
+def test_mlflow_logs_one_run_per_record_with_params_and_metric_history(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")  # mlflow-skinny is in the dev extra
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind a flag
+    recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+    recorder.save("digits-run-1", CONFIG, report(90, p=0.04), 100.0, 160.0)
+    recorder.save("digits-run-1", CONFIG, report(250, p=0.002), 100.0, 220.0)
+    recorder.finish("digits-run-1")
+
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("serve-ab/digits")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # the second save updated the same run
+    run = runs[0]
+    assert run.info.run_name == "digits-run-1" and run.data.tags["serve_ab.run_id"] == "digits-run-1"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["weights.v2"] == "50.0"
+    assert run.data.metrics["v2.requests"] == 250 and run.data.metrics["correct.v2.p_value"] == 0.002
+    history = client.get_metric_history(run.info.run_id, "v2.requests")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 90.0), (2, 250.0)]
+    assert recorder.load("digits-run-1").mlflow_run_id == run.info.run_id
+    json.dumps(recorder.load("digits-run-1").report)
