@@ -75,7 +75,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=functools.partial(run, parser=status), action=None)
 
     for action, help_text in _ACTION_HELP.items():
-        parser = subparsers.add_parser(action, parents=[connection, auth], help=help_text,
+        # argparse %-formats help (not descriptions): a literal % must be doubled there.
+        parser = subparsers.add_parser(action, parents=[connection, auth], help=help_text.replace("%", "%%"),
                                        description=help_text[0].upper() + help_text[1:] + ".")
         if action == "promote":
             parser.add_argument("--full", action="store_true",

@@ -274,3 +274,12 @@ def test_canned_status_is_not_mutated():
     before = copy.deepcopy(CANARY)
     render_status(CANARY, history=True, short=True)
     assert CANARY == before
+
+
+def test_help_of_every_command_renders(capsys):
+    # argparse %-formats help strings: one literal "%" (as in "100%") broke `serve-ab --help`.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "straight to 100%" in out and "100%%" not in out
