@@ -11,7 +11,8 @@ import pytest
 
 import serve_ab.cli
 from serve_ab.cli import command as cli, report as report_cli
-from serve_ab.cli.report import render_html, render_table
+from serve_ab.cli.render_html import render_html
+from serve_ab.cli.render_table import render_table
 from serve_ab.store.runs import RunRecorder
 from tests.support.fake_http import FakeApp
 from tests.unit.analysis.test_report import Sim, make_cfg
