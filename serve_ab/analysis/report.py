@@ -2,9 +2,9 @@
 
 Pure: no Ray, no I/O. The controller calls :func:`build_report` every few seconds with the
 snapshot (``ExperimentStats.snapshot()``, samples included), the weights it routes by and
-the sequential state the previous call returned; ``serve-ab report`` renders the result.
-
-What it holds (top-level keys of the report)::
+the sequential state the previous call returned; ``serve-ab report`` renders the result. The
+result is a typed :class:`~serve_ab.analysis.report_model.Report` (its fields are described
+there, and its JSON schema is published in docs/report.schema.json). What it holds::
 
     schema          1
     generated_at_s  the snapshot's now_s; started_at_s, elapsed_s
@@ -25,7 +25,7 @@ What it holds (top-level keys of the report)::
                     requests_cumulative, feedback_cumulative}
     warnings        sentences a person should read first
 
-Every float is finite or None (never NaN), so ``json.dumps(report, allow_nan=False)`` works.
+Every float is finite or None (never NaN), so ``report.model_dump(mode="json")`` is plain JSON.
 
 Fixed-horizon p-values (``p_value``, corrected in ``p_adjusted`` across every comparison of
 every metric) are only valid at a sample size planned in advance; looked at every minute
@@ -48,12 +48,12 @@ from scipy import stats as _stats
 
 from serve_ab.analysis import ab, drift, power, sequential
 from serve_ab.analysis import shadow as shadow_stats
+from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.analysis.shadow_classes import class_flip_tests
 from serve_ab.config.experiment import ExperimentConfig
 
 __all__ = ["REPORT_SCHEMA", "build_report"]
 
-REPORT_SCHEMA = 1
 LATENCY_HISTOGRAM_BINS = 40
 # The histogram's range stops at this pooled percentile (the tail lands in the last bin):
 # one 2-second outlier would otherwise squeeze every other bar into the first bin.
@@ -69,14 +69,15 @@ def build_report(
     snapshot: Mapping[str, Any],
     weights_pct: Mapping[str, float],
     sequential_state: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    run_id: str | None = None,
+) -> tuple[Report, dict[str, Any]]:
     """The report of ``snapshot``, and the sequential state to pass to the next call.
 
     ``weights_pct`` are the weights the routers use now (percent; a version left out has 0).
     ``sequential_state`` is what the previous call returned (None at the first call); it is
     plain JSON-able data, ``{metric: {variant: look}}``. A state that no longer fits the data
     (fewer samples than last time: the figures restarted; another alpha) starts afresh, and the
-    report's ``warnings`` say so.
+    report's ``warnings`` say so. ``run_id`` names the run record the report belongs to.
     """
     if sequential_state is not None and not isinstance(sequential_state, Mapping):
         raise ValueError(f"sequential_state must be None or the mapping the previous build_report returned, "
@@ -144,6 +145,7 @@ def build_report(
     now_s = float(snapshot.get("now_s", started_at_s))
     report = {
         "schema": REPORT_SCHEMA,
+        "run_id": run_id,
         "generated_at_s": now_s,
         "started_at_s": started_at_s,
         "elapsed_s": now_s - started_at_s,
@@ -173,7 +175,8 @@ def build_report(
         },
         "warnings": warnings,
     }
-    return _jsonable(report), _jsonable(new_state)
+    # Built as plain data, then typed once: the model checks every figure is finite or None.
+    return Report.model_validate(_jsonable(report)), _jsonable(new_state)
 
 
 # ---- inputs ----------------------------------------------------------------------------------

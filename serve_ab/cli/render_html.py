@@ -11,6 +11,7 @@ import io
 import math
 from typing import Any
 
+from serve_ab.analysis.report_model import MetricResult, Report
 from serve_ab.cli.render_table import (
     _VERDICT_TEXT, _headline, _int, _metric_rows, _metric_title, _num, _p, _pct, _power_plan_note, _rel,
     _shadow_lines, _srm_flag, _srm_text, _when,
@@ -34,22 +35,21 @@ th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: Report) -> str:
     """One self-contained page: headline cards, warnings, plots (inline SVG) and the tables."""
-    exp = report.get("experiment") or {}
-    srm = report.get("srm") or {}
+    exp, srm = report.experiment, report.srm
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>serve-ab report: {esc(str(exp.get('model', '')))}</title><style>{_CSS}</style></head><body>",
-        f"<h1>A/B report: {esc(str(exp.get('model', '?')))}</h1>",
-        f"<p class='sub'>{esc(_headline(report))}<br>generated {esc(_when(report.get('generated_at_s')))}</p>",
+        f"<title>serve-ab report: {esc(exp.model)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>A/B report: {esc(exp.model)}</h1>",
+        f"<p class='sub'>{esc(_headline(report))}<br>generated {esc(_when(report.generated_at_s))}</p>",
     ]
-    if srm.get("mismatch"):
+    if srm.mismatch:
         parts.append(f"<div class='warn bad'><b>Sample ratio mismatch.</b> {esc(_srm_text(srm))}: the split is "
                      "broken, so no other figure here can be trusted.</div>")
-    for warning in report.get("warnings") or []:
-        if srm.get("mismatch") and warning.startswith("sample ratio mismatch"):
+    for warning in report.warnings:
+        if srm.mismatch and warning.startswith("sample ratio mismatch"):
             continue
         parts.append(f"<div class='warn'>{esc(warning)}</div>")
     parts.append(_verdict_cards(report))
@@ -59,14 +59,14 @@ def render_html(report: dict[str, Any]) -> str:
     if "lift" in plots:
         parts.append(_figure(plots["lift"], "Relative lift of each variant over the control, with confidence "
                                             "intervals; colour is the verdict"))
-    for metric in report.get("metrics") or []:
+    for metric in report.metrics:
         parts.append(f"<h3>{esc(_metric_title(metric, exp))}</h3>")
         parts.append(_html_table(_metric_rows(metric, exp, _srm_flag(srm)), verdict_col=7))
         note = _power_plan_note(metric)
         if note:
             parts.append(f"<p class='sub'>{esc(note)}</p>")
-        if f"metric:{metric['name']}" in plots:
-            parts.append(_figure(plots[f"metric:{metric['name']}"], f"{metric['name']} per version with "
+        if f"metric:{metric.name}" in plots:
+            parts.append(_figure(plots[f"metric:{metric.name}"], f"{metric.name} per version with "
                                                                      "confidence intervals"))
     parts.append("<h2>Latency</h2>")
     if "latency" in plots:
@@ -78,43 +78,42 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(_figure(plots["timeline"], "Cumulative requests and feedback per version"))
     else:
         parts.append("<p class='sub'>no traffic recorded yet</p>")
-    shadow = report.get("shadow")
-    if shadow:
-        parts.append(f"<h2>Shadow: {esc(str(shadow.get('version')))}</h2>")
+    shadow = report.shadow
+    if shadow is not None:
+        parts.append(f"<h2>Shadow: {esc(str(shadow.version))}</h2>")
         parts.append("<pre>" + esc("\n".join(_shadow_lines(shadow)[1:])) + "</pre>")
         if "shadow" in plots:
             parts.append(_figure(plots["shadow"], "Live class vs shadow class on the same requests "
                                                   "(off-diagonal cells are flips)"))
-        tests = shadow.get("class_tests") or []
+        tests = shadow.class_tests
         if tests:
             rows = [["class", "live", "shadow", "live->other", "other->shadow class", "p (adj.)", "test"]]
-            rows += [[str(t["class"]), _int(t["live_count"]), _int(t["shadow_count"]), _int(t["to_other"]),
-                      _int(t["from_other"]), _p(t["p_adjusted"]), t["method"]] for t in tests]
+            rows += [[str(t.class_), _int(t.live_count), _int(t.shadow_count), _int(t.to_other),
+                      _int(t.from_other), _p(t.p_adjusted), t.method] for t in tests]
             parts.append(_html_table(rows))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
 
 
-def _verdict_cards(report: dict[str, Any]) -> str:
+def _verdict_cards(report: Report) -> str:
     cards = []
-    for metric in report.get("metrics") or []:
-        for c in metric.get("comparisons") or []:
-            verdict = c.get("verdict") or "not_enough_data"
-            color = _VERDICT_COLOR.get(verdict, "#57606a")
+    for metric in report.metrics:
+        for c in metric.comparisons:
+            verdict = c.verdict
+            color = _VERDICT_COLOR[verdict]
             cards.append(
-                f"<div class='card'><span class='sub'>{html.escape(metric['name'])}: {html.escape(c['variant'])} vs "
-                f"{html.escape(c['control'])}</span><b style='color:{color}'>{_VERDICT_TEXT.get(verdict, verdict)}</b>"
-                f"{html.escape(_rel(c.get('rel_lift'), c.get('rel_ci')))}</div>")
+                f"<div class='card'><span class='sub'>{html.escape(metric.name)}: {html.escape(c.variant)} vs "
+                f"{html.escape(c.control)}</span><b style='color:{color}'>{_VERDICT_TEXT[verdict]}</b>"
+                f"{html.escape(_rel(c.rel_lift, c.rel_ci))}</div>")
     return "<div class='cards'>" + "".join(cards) + "</div>" if cards else ""
 
 
-def _latency_rows(report: dict[str, Any]) -> list[list[str]]:
+def _latency_rows(report: Report) -> list[list[str]]:
     rows = [["version", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
-    for name, v in (report.get("variants") or {}).items():
-        lat = v.get("latency_ms") or {}
-        rows.append([f"{name} ({v.get('role')})", _int(v.get("requests")), _int(v.get("errors")),
-                     _pct(v.get("error_rate"), 2), _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99")),
-                     _num(lat.get("mean"))])
+    for name, v in report.variants.items():
+        lat = v.latency_ms
+        rows.append([f"{name} ({v.role})", _int(v.requests), _int(v.errors), _pct(v.error_rate, 2),
+                     _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
     return rows
 
 
@@ -138,7 +137,7 @@ def _figure(svg: str, caption: str) -> str:
     return f"<figure class='plot'>{svg}<figcaption class='sub'>{html.escape(caption)}</figcaption></figure>"
 
 
-def _plots(report: dict[str, Any]) -> dict[str, str]:
+def _plots(report: Report) -> dict[str, str]:
     """Inline SVGs by name; a plot without data is left out."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -149,11 +148,11 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         lift = _lift_plot(report, Figure)
         if lift:
             out["lift"] = lift
-        for metric in report.get("metrics") or []:
-            if metric.get("kind") in ("conversion", "mean"):
+        for metric in report.metrics:
+            if metric.kind in ("conversion", "mean"):
                 svg = _arm_plot(metric, report, Figure)
                 if svg:
-                    out[f"metric:{metric['name']}"] = svg
+                    out[f"metric:{metric.name}"] = svg
         latency = _latency_plot(report, Figure)
         if latency:
             out["latency"] = latency
@@ -180,11 +179,11 @@ def _colors(names: list[str]) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
 
 
-def _lift_plot(report: dict[str, Any], Figure: Any) -> str | None:
+def _lift_plot(report: Report, Figure: Any) -> str | None:
     # One panel per metric, each with its own scale: a +300% error rate must not flatten a +2% conversion.
     panels = []
-    for metric in report.get("metrics") or []:
-        rows = [c for c in metric.get("comparisons") or [] if c.get("rel_lift") is not None]
+    for metric in report.metrics:
+        rows = [c for c in metric.comparisons if c.rel_lift is not None]
         if rows:
             panels.append((metric, rows))
     if not panels:
@@ -193,38 +192,38 @@ def _lift_plot(report: dict[str, Any], Figure: Any) -> str | None:
     fig = Figure(figsize=(7.5, 0.42 * sum(heights) + 0.6))
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     for ax, (metric, rows) in zip(axes, panels):
-        arrow = "higher is better" if metric.get("direction") == "increase" else "lower is better"
+        arrow = "higher is better" if metric.direction == "increase" else "lower is better"
         for y, c in enumerate(reversed(rows)):
-            color = _VERDICT_COLOR.get(c.get("verdict"), "#57606a")
-            ci = c.get("rel_ci")
+            color = _VERDICT_COLOR[c.verdict]
+            ci = c.rel_ci
             if ci and None not in ci:
                 ax.plot([ci[0] * 100, ci[1] * 100], [y, y], color=color, linewidth=3, alpha=0.55,
                         solid_capstyle="butt")
-            ax.plot([c["rel_lift"] * 100], [y], "o", color=color)
-            ax.annotate(f"{c['rel_lift'] * 100:+.1f}%  {_VERDICT_TEXT.get(c.get('verdict'), '')}",
-                        (c["rel_lift"] * 100, y), textcoords="offset points", xytext=(0, 6), ha="center",
+            ax.plot([c.rel_lift * 100], [y], "o", color=color)
+            ax.annotate(f"{c.rel_lift * 100:+.1f}%  {_VERDICT_TEXT[c.verdict]}",
+                        (c.rel_lift * 100, y), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=8, color=color)
         ax.axvline(0, color="#1f2328", linewidth=0.8)
         ax.set_ylim(-0.6, len(rows) - 0.2)
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([c["variant"] for c in reversed(rows)])
-        ax.set_title(f"{metric['name']} ({arrow})", loc="left", fontsize=9)
+        ax.set_yticklabels([c.variant for c in reversed(rows)])
+        ax.set_title(f"{metric.name} ({arrow})", loc="left", fontsize=9)
     axes[-1].set_xlabel("relative lift over the control (%), with its confidence interval")
     fig.tight_layout()
     return _svg(fig)
 
 
-def _arm_plot(metric: dict[str, Any], report: dict[str, Any], Figure: Any) -> str | None:
-    arms = [(name, arm) for name, arm in (metric.get("arms") or {}).items() if arm.get("value") is not None]
+def _arm_plot(metric: MetricResult, report: Report, Figure: Any) -> str | None:
+    arms = [(name, arm) for name, arm in metric.arms.items() if arm.value is not None]
     if not arms:
         return None
-    control = (report.get("experiment") or {}).get("control")
-    scale = 100.0 if metric.get("kind") == "conversion" else 1.0
-    colors = _colors((report.get("experiment") or {}).get("versions") or [name for name, _ in arms])
+    control = report.experiment.control
+    scale = 100.0 if metric.kind == "conversion" else 1.0
+    colors = _colors(report.experiment.versions or [name for name, _ in arms])
     fig = Figure(figsize=(7.5, 0.5 * len(arms) + 1.0))
     ax = fig.add_subplot()
     for y, (name, arm) in enumerate(reversed(arms)):
-        value, ci = arm["value"] * scale, arm.get("ci")
+        value, ci = arm.value * scale, arm.ci
         color = colors.get(name, "#57606a")
         if ci and None not in ci:
             # max(0, ...): a Wilson bound at a rate of 0 or 1 can sit a rounding error past the rate.
@@ -233,32 +232,33 @@ def _arm_plot(metric: dict[str, Any], report: dict[str, Any], Figure: Any) -> st
                         color=color, capsize=4)
         else:
             ax.plot([value], [y], "o", color=color)
-        ax.annotate(f"{value:.2f}{'%' if scale == 100 else ''}  n={arm.get('n', 0):,}", (value, y),
+        ax.annotate(f"{value:.2f}{'%' if scale == 100 else ''}  n={arm.n:,}", (value, y),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
-    if control is not None and (metric.get("arms") or {}).get(control, {}).get("value") is not None:
-        ax.axvline(metric["arms"][control]["value"] * scale, color="#8c959f", linestyle="--", linewidth=0.8)
+    control_arm = metric.arms.get(control)
+    if control_arm is not None and control_arm.value is not None:
+        ax.axvline(control_arm.value * scale, color="#8c959f", linestyle="--", linewidth=0.8)
     ax.set_yticks(range(len(arms)))
     ax.set_yticklabels([f"{n} (control)" if n == control else n for n, _ in reversed(arms)])
-    ax.set_xlabel(f"{metric['name']} ({'%' if scale == 100 else metric.get('value_is', 'value')})")
+    ax.set_xlabel(f"{metric.name} ({'%' if scale == 100 else metric.value_is})")
     return _svg(fig)
 
 
-def _latency_plot(report: dict[str, Any], Figure: Any) -> str | None:
-    hist = (report.get("plots") or {}).get("latency_histogram")
-    if not hist or not any(sum(c) for c in hist["counts"].values()):
+def _latency_plot(report: Report, Figure: Any) -> str | None:
+    hist = report.plots.latency_histogram
+    if hist is None or not any(sum(c) for c in hist.counts.values()):
         return None
-    edges = hist["edges_ms"]
-    names = [n for n, c in hist["counts"].items() if sum(c)]
-    colors = _colors([*((report.get("experiment") or {}).get("versions") or []), *hist["counts"]])
-    variants = report.get("variants") or {}
+    edges = hist.edges_ms
+    names = [n for n, c in hist.counts.items() if sum(c)]
+    colors = _colors([*report.experiment.versions, *hist.counts])
+    variants = report.variants
     fig = Figure(figsize=(7.5, 3.4))
     ax = fig.add_subplot()
     for name in names:
-        counts = hist["counts"][name]
+        counts = hist.counts[name]
         total = sum(counts)
         density = [c / total for c in counts]
         ax.stairs(density, edges, label=name, color=colors[name], linewidth=1.6)
-        p50 = ((variants.get(name) or {}).get("latency_ms") or {}).get("p50")
+        p50 = variants[name].latency_ms.p50 if name in variants else None
         if p50 is not None:
             ax.axvline(p50, color=colors[name], linestyle=":", linewidth=1)
     ax.set_xlabel("latency (ms); dotted: median")
@@ -267,17 +267,17 @@ def _latency_plot(report: dict[str, Any], Figure: Any) -> str | None:
     return _svg(fig)
 
 
-def _timeline_plot(report: dict[str, Any], Figure: Any) -> str | None:
-    timeline = (report.get("plots") or {}).get("timeline") or {}
-    t_s = timeline.get("t_s") or []
+def _timeline_plot(report: Report, Figure: Any) -> str | None:
+    timeline = report.plots.timeline
+    t_s = timeline.t_s
     if not t_s:
         return None
-    start = report.get("started_at_s") or t_s[0]
+    start = report.started_at_s or t_s[0]
     minutes = [0.0] + [(t - start) / 60.0 for t in t_s]  # every count starts at 0
-    requests = {k: [0, *v] for k, v in (timeline.get("requests_cumulative") or {}).items()}
-    feedback = {k: [0, *v] for k, v in (timeline.get("feedback_cumulative") or {}).items()}
+    requests = {k: [0, *v] for k, v in timeline.requests_cumulative.items()}
+    feedback = {k: [0, *v] for k, v in timeline.feedback_cumulative.items()}
     colors = _colors(list(requests))
-    weights = (report.get("experiment") or {}).get("weights_pct_now") or {}
+    weights = report.experiment.weights_pct_now
     has_feedback = any(series[-1] for series in feedback.values())
     fig = Figure(figsize=(7.5, 3.0 * (2 if has_feedback else 1) + 0.3))
     axes = fig.subplots(2 if has_feedback else 1, 2, squeeze=False)
@@ -309,9 +309,10 @@ def _timeline_plot(report: dict[str, Any], Figure: Any) -> str | None:
     return _svg(fig)
 
 
-def _shadow_plot(report: dict[str, Any], Figure: Any) -> str | None:
-    confusion = ((report.get("shadow") or {}).get("confusion")) or {}
-    classes, counts = confusion.get("classes") or [], confusion.get("counts") or []
+def _shadow_plot(report: Report, Figure: Any) -> str | None:
+    if report.shadow is None:
+        return None
+    classes, counts = report.shadow.confusion.classes, report.shadow.confusion.counts
     if not classes or not any(any(row) for row in counts):
         return None
     fig = Figure(figsize=(4.8, 4.2))

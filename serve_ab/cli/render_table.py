@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_ab.analysis.report_model import Comparison, Experiment, MetricResult, Report, ShadowResult, Srm
 from serve_ab.cli import rollout as cli_rollout
 
 __all__ = ["render_runs", "render_table"]
@@ -21,147 +22,134 @@ _VERDICT_TEXT = {"better": "BETTER", "worse": "WORSE", "no_difference": "no diff
 # --- terminal ------------------------------------------------------------------------------
 
 
-def render_table(report: dict[str, Any]) -> str:
+def render_table(report: Report) -> str:
     """The terminal view: a header, warnings, one table per metric, then the shadow comparison."""
-    exp = report.get("experiment") or {}
-    srm = report.get("srm") or {}
+    exp, srm = report.experiment, report.srm
     lines = [_headline(report)]
-    for warning in report.get("warnings") or []:
+    for warning in report.warnings:
         lines.append(f"WARNING: {warning}")
     lines.append(f"SRM: {_srm_text(srm)}")
     srm_flag = _srm_flag(srm)
-    for metric in report.get("metrics") or []:
+    for metric in report.metrics:
         lines += ["", _metric_title(metric, exp)]
         lines += _table(_metric_rows(metric, exp, srm_flag))
         note = _power_plan_note(metric)
         if note:
             lines.append(f"  {note}")
-    shadow = report.get("shadow")
-    if shadow:
-        lines += ["", *_shadow_lines(shadow)]
+    if report.shadow is not None:
+        lines += ["", *_shadow_lines(report.shadow)]
     return "\n".join(lines)
 
 
-def _headline(report: dict[str, Any]) -> str:
-    exp = report.get("experiment") or {}
-    variants = ", ".join(exp.get("variants") or []) or "none"
-    elapsed = cli_rollout._duration(report.get("elapsed_s") or 0.0)
-    options = [f"alpha {exp.get('alpha')}", f"correction {exp.get('correction')}",
-               "sequential" if exp.get("sequential") else "fixed horizon",
-               f"MDE {_pct(exp.get('mde_relative'), 0)}"]
-    return (f"{exp.get('model', '?')}: control {exp.get('control', '?')} vs {variants}, running {elapsed} "
-            f"({', '.join(options)})")
+def _headline(report: Report) -> str:
+    exp = report.experiment
+    variants = ", ".join(exp.variants) or "none"
+    elapsed = cli_rollout._duration(report.elapsed_s)
+    options = [f"alpha {exp.alpha}", f"correction {exp.correction}",
+               "sequential" if exp.sequential else "fixed horizon",
+               f"MDE {_pct(exp.mde_relative, 0)}"]
+    return f"{exp.model}: control {exp.control} vs {variants}, running {elapsed} ({', '.join(options)})"
 
 
-def _srm_text(srm: dict[str, Any]) -> str:
-    if not srm:
-        return "-"
-    observed = ", ".join(f"{k} {v:,}" for k, v in (srm.get("observed") or {}).items())
-    if not srm.get("applicable", True):
-        return f"not checked: {srm.get('reason')}"
-    if srm.get("p_value") is None:
-        return f"no traffic yet ({srm.get('basis')})"
-    state = "MISMATCH" if srm.get("mismatch") else "ok"
-    return (f"{state} ({srm.get('basis')}: {observed}; weights {_weights_text(srm.get('weights_pct'))}; "
-            f"chi-square p = {_p(srm.get('p_value'))}, flagged below {srm.get('threshold_p')})")
+def _srm_text(srm: Srm) -> str:
+    observed = ", ".join(f"{k} {v:,}" for k, v in srm.observed.items())
+    if not srm.applicable:
+        return f"not checked: {srm.reason}"
+    if srm.p_value is None:
+        return f"no traffic yet ({srm.basis})"
+    state = "MISMATCH" if srm.mismatch else "ok"
+    return (f"{state} ({srm.basis}: {observed}; weights {_weights_text(srm.weights_pct)}; "
+            f"chi-square p = {_p(srm.p_value)}, flagged below {srm.threshold_p})")
 
 
-def _srm_flag(srm: dict[str, Any]) -> str:
-    if not srm or not srm.get("applicable", True) or srm.get("p_value") is None:
+def _srm_flag(srm: Srm) -> str:
+    if not srm.applicable or srm.p_value is None:
         return "n/a"
-    return "MISMATCH" if srm.get("mismatch") else "ok"
+    return "MISMATCH" if srm.mismatch else "ok"
 
 
-def _metric_title(metric: dict[str, Any], exp: dict[str, Any]) -> str:
-    better = "higher" if metric.get("direction") == "increase" else "lower"
+def _metric_title(metric: MetricResult, exp: Experiment) -> str:
+    better = "higher" if metric.direction == "increase" else "lower"
     test = {"z_two_proportions": "two-proportion z-test", "welch_t": "Welch's t-test",
-            "mann_whitney_u": "Mann-Whitney U"}.get(metric.get("test"), metric.get("test"))
-    value = {"rate": "rate", "mean": "mean", "median": "median"}.get(metric.get("value_is"), "value")
-    basis = "sequential (always valid)" if exp.get("sequential") and metric.get("kind") != "latency" \
-        else "fixed horizon"
-    return f"{metric.get('name')}  ({value}, {better} is better; {test}; verdict: {basis})"
+            "mann_whitney_u": "Mann-Whitney U"}[metric.test]
+    basis = "sequential (always valid)" if exp.sequential and metric.kind != "latency" else "fixed horizon"
+    return f"{metric.name}  ({metric.value_is}, {better} is better; {test}; verdict: {basis})"
 
 
-def _metric_rows(metric: dict[str, Any], exp: dict[str, Any], srm_flag: str) -> list[list[str]]:
-    kind = metric.get("kind")
-    confidence = f"{1 - float(exp.get('alpha') or 0.05):.0%}"
-    header = ["variant", "n", metric.get("value_is") or "value", f"lift [{confidence} CI]",
+def _metric_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> list[list[str]]:
+    kind = metric.kind
+    confidence = f"{1 - exp.alpha:.0%}"
+    header = ["variant", "n", metric.value_is, f"lift [{confidence} CI]",
               f"rel lift [{confidence} CI]", "p (adj.)", "p (always valid)", "verdict", "SRM", "power / needed"]
     rows = [header]
-    control = exp.get("control")
-    arms = metric.get("arms") or {}
-    if control in arms:
-        arm = arms[control]
-        rows.append([f"{control} (control)", _int(arm.get("n")), _value(arm.get("value"), kind),
-                     "", "", "", "", "", srm_flag, ""])
-    for c in metric.get("comparisons") or []:
-        seq = c.get("sequential")
+    control = exp.control
+    if control in metric.arms:
+        arm = metric.arms[control]
+        rows.append([f"{control} (control)", _int(arm.n), _value(arm.value, kind), "", "", "", "", "", srm_flag, ""])
+    for c in metric.comparisons:
         rows.append([
-            c["variant"], _int(c.get("n_variant")), _value(c.get("value_variant"), kind),
-            _lift(c.get("abs_lift"), c.get("abs_ci"), kind),
-            _rel(c.get("rel_lift"), c.get("rel_ci")),
-            _p(c.get("p_adjusted")),
-            _p(seq.get("p_adjusted")) if seq else "-",
-            _VERDICT_TEXT.get(c.get("verdict"), str(c.get("verdict"))),
+            c.variant, _int(c.n_variant), _value(c.value_variant, kind),
+            _lift(c.abs_lift, c.abs_ci, kind),
+            _rel(c.rel_lift, c.rel_ci),
+            _p(c.p_adjusted),
+            _p(c.sequential.p_adjusted) if c.sequential else "-",
+            _VERDICT_TEXT[c.verdict],
             srm_flag,
             _power_text(c),
         ])
     return rows
 
 
-def _power_text(c: dict[str, Any]) -> str:
-    p = c.get("power")
-    if not p:
+def _power_text(c: Comparison) -> str:
+    p = c.power
+    if p is None:
         return "-"
-    needed = p.get("samples_needed") or {}
-    more = max(needed.values()) if needed else 0
+    more = max(p.samples_needed.values()) if p.samples_needed else 0
     tail = "enough samples" if more == 0 else f"{more:,} more per arm"
-    return f"{_pct(p.get('achieved'), 0)} / {tail}"
+    return f"{_pct(p.achieved, 0)} / {tail}"
 
 
-def _power_plan_note(metric: dict[str, Any]) -> str | None:
-    plan = metric.get("power_plan")
+def _power_plan_note(metric: MetricResult) -> str | None:
+    plan = metric.power_plan
     if plan:
-        return (f"power: {plan['required_per_arm']:,} per arm to detect {_pct(plan['mde_relative'], 1)} "
-                f"(abs {_num(plan['mde_abs'])}) at power {plan['target_power']:g}; {plan['method']}")
-    notes = {c.get("power_note") for c in metric.get("comparisons") or [] if c.get("power_note")}
+        return (f"power: {plan.required_per_arm:,} per arm to detect {_pct(plan.mde_relative, 1)} "
+                f"(abs {_num(plan.mde_abs)}) at power {plan.target_power:g}; {plan.method}")
+    notes = {c.power_note for c in metric.comparisons if c.power_note}
     return "; ".join(sorted(notes)) or None
 
 
-def _shadow_lines(shadow: dict[str, Any]) -> list[str]:
-    agreement = shadow.get("agreement") or {}
-    conf = f"{float(agreement.get('confidence') or 0.95):.0%}"
-    lines = [f"shadow {shadow.get('version')}: {shadow.get('mirrored', 0):,} mirrored, "
-             f"{shadow.get('pairs', 0):,} paired, {shadow.get('errors', 0):,} errors"
-             + (f" ({_pct(shadow.get('error_rate'), 2)})" if shadow.get("error_rate") is not None else "")]
-    if agreement.get("rate") is not None:
-        lo, hi = agreement.get("ci") or (None, None)
-        lines.append(f"  agreement   {_pct(agreement['rate'], 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}]")
-    flips = shadow.get("flips") or {}
-    if flips.get("top"):
-        top = ", ".join(f"{f['live']}->{f['shadow']} x{f['n']}" for f in flips["top"][:5])
-        lines.append(f"  flips       {flips.get('total', 0):,} ({_pct(flips.get('rate'), 2)}); most: {top}")
-    significant = [t for t in shadow.get("class_tests") or [] if t.get("significant")]
-    if shadow.get("class_tests"):
+def _shadow_lines(shadow: ShadowResult) -> list[str]:
+    agreement = shadow.agreement
+    conf = f"{agreement.confidence:.0%}"
+    lines = [f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {shadow.errors:,} errors"
+             + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")]
+    if agreement.rate is not None:
+        lo, hi = agreement.ci or (None, None)
+        lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}]")
+    flips = shadow.flips
+    if flips.top:
+        top = ", ".join(f"{f.live}->{f.shadow} x{f.n}" for f in flips.top[:5])
+        lines.append(f"  flips       {flips.total:,} ({_pct(flips.rate, 2)}); most: {top}")
+    significant = [t for t in shadow.class_tests if t.significant]
+    if shadow.class_tests:
         if significant:
-            parts = [f"class {t['class']}: live {t['live_count']:,} -> shadow {t['shadow_count']:,} "
-                     f"(p {_p(t['p_adjusted'])})" for t in significant]
+            parts = [f"class {t.class_}: live {t.live_count:,} -> shadow {t.shadow_count:,} "
+                     f"(p {_p(t.p_adjusted)})" for t in significant]
             lines.append("  classes     shifted: " + "; ".join(parts))
         else:
             lines.append("  classes     no class predicted significantly more or less often (McNemar per class)")
-    score = shadow.get("score_diff") or {}
-    if score.get("mean") is not None:
-        ci = score.get("ci")
-        ci_text = f" [{conf} CI {_num(ci[0])}, {_num(ci[1])}]" if ci else ""
-        lines.append(f"  score diff  mean {_num(score['mean'])}{ci_text}, p {_p(score.get('p_value'))} "
-                     f"(shadow minus live, n {score['n']:,})")
-    drift = shadow.get("drift")
+    score = shadow.score_diff
+    if score.mean is not None:
+        ci_text = f" [{conf} CI {_num(score.ci[0])}, {_num(score.ci[1])}]" if score.ci else ""
+        lines.append(f"  score diff  mean {_num(score.mean)}{ci_text}, p {_p(score.p_value)} "
+                     f"(shadow minus live, n {score.n:,})")
+    drift = shadow.drift
     if drift:
-        lines.append(f"  drift       KL {_num(drift['kl'])}, PSI {_num(drift['psi'])}, JS {_num(drift['js'])}")
-    latency = shadow.get("latency_ms") or {}
-    if latency.get("p50") is not None:
-        lines.append(f"  latency     p50 {_num(latency['p50'])} ms, p95 {_num(latency['p95'])} ms, "
-                     f"p99 {_num(latency['p99'])} ms")
+        lines.append(f"  drift       KL {_num(drift.kl)}, PSI {_num(drift.psi)}, JS {_num(drift.js)}")
+    latency = shadow.latency_ms
+    if latency.p50 is not None:
+        lines.append(f"  latency     p50 {_num(latency.p50)} ms, p95 {_num(latency.p95)} ms, "
+                     f"p99 {_num(latency.p99)} ms")
     return lines
 
 
@@ -173,7 +161,7 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
     for s in summaries:
         srm = "n/a" if s.srm_mismatch is None else ("MISMATCH" if s.srm_mismatch else "ok")
         rows.append([s.run_id, s.model or "-", _when(s.started_at_s), _when(s.updated_at_s),
-                     ",".join(s.versions), s.control or "-", f"{s.requests:,}", srm])
+                     ",".join(s.versions) or "-", s.control or "-", _int(s.requests), srm])
     return "\n".join(_table(rows, indent=""))
 
 

@@ -30,6 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
+from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.cli import rollout as cli_rollout
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import render_runs, render_table
@@ -38,6 +41,7 @@ __all__ = ["REPORT_PATH", "add_parsers", "run_report", "run_runs"]
 
 REPORT_PATH = "/experiment/report"
 DEFAULT_RECORDS = ".serve-ab/runs.sqlite"  # analysis.records.path's default, relative to serve run's cwd
+_MAX_PROBLEMS = 5  # validation problems listed for a report that does not fit
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +102,7 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             print(f"error: cannot write {args.html}: {e.strerror or e}", file=err)
             return 1
         print(f"wrote {args.html}", file=err)
-    print(json.dumps(report, indent=2) if args.json else render_table(report), file=out)
+    print(json.dumps(report.model_dump(mode="json"), indent=2) if args.json else render_table(report), file=out)
     return 0
 
 
@@ -123,9 +127,9 @@ def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO
     return 0
 
 
-def _report_from_app(url: str, timeout_s: float, err: TextIO) -> dict[str, Any] | None:
+def _report_from_app(url: str, timeout_s: float, err: TextIO) -> Report | None:
     try:
-        return cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=None, timeout_s=timeout_s, params=None)
+        data = cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=None, timeout_s=timeout_s, params=None)
     except cli_rollout._Failure as failure:
         for line in failure.lines:
             print(line, file=err)
@@ -133,18 +137,40 @@ def _report_from_app(url: str, timeout_s: float, err: TextIO) -> dict[str, Any] 
             print(f"hint: {url} has no {REPORT_PATH}: is it a serve-ab app, and one recent enough to report? "
                   "(GET /rollout/status answers on every serve-ab app)", file=err)
         return None
+    return _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
+                  err)
 
 
-def _report_from_record(run_id: str, path: Path, err: TextIO) -> dict[str, Any] | None:
+def _report_from_record(run_id: str, path: Path, err: TextIO) -> Report | None:
     from serve_ab.store.runs import RunRecorder
 
     try:
-        return RunRecorder(path).load(run_id).report
+        data = RunRecorder(path).load(run_id).report
     except KeyError as e:
         print(f"error: {e.args[0]}", file=err)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError and the like
         print(f"error: cannot read run records at {path}: {type(e).__name__}: {e}", file=err)
+    else:
+        return _parse(data, f"run record {run_id!r} in {path}",
+                      "a record written by an older serve-ab may not fit this report layout", err)
     return None
+
+
+def _parse(data: Any, source: str, hint: str, err: TextIO) -> Report | None:
+    """``data`` as a Report, or None after saying which fields do not fit (never a traceback)."""
+    try:
+        return Report.model_validate(data)
+    except ValidationError as e:
+        schema = data.get("schema") if isinstance(data, dict) else None
+        print(f"error: the report of {source} does not fit the report layout (schema {schema!r}, this serve-ab "
+              f"reads schema {REPORT_SCHEMA}); {e.error_count()} problem(s):", file=err)
+        for problem in e.errors()[:_MAX_PROBLEMS]:
+            where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            print(f"  {where}: {problem['msg']}", file=err)
+        if e.error_count() > _MAX_PROBLEMS:
+            print(f"  ... and {e.error_count() - _MAX_PROBLEMS} more", file=err)
+        print(f"hint: {hint}", file=err)
+        return None
 

@@ -31,6 +31,7 @@ from ray import serve
 
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.analysis.report_model import Report
 from serve_ab.rollout.feedback import FeedbackJoin
 from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
 from serve_ab.rollout.promql import PromQLPoller
@@ -353,7 +354,7 @@ class ExperimentController:
             except Exception:  # the report must never take the controller down
                 logger.exception("serve-ab controller: report refresh failed")
 
-    async def _refresh_report(self) -> dict[str, Any]:
+    async def _refresh_report(self) -> Report:
         from serve_ab.analysis.report import build_report  # scipy/statsmodels: load on first use
 
         async with self._report_lock:
@@ -361,19 +362,19 @@ class ExperimentController:
             weights = self.core.weights()
             # The statistics take tens of milliseconds: off the loop that answers long polls.
             report, self._sequential_state = await asyncio.to_thread(
-                build_report, self.core.cfg, snapshot, weights, self._sequential_state)
-            report["run_id"] = self.core.run_id
+                build_report, self.core.cfg, snapshot, weights, self._sequential_state, self.core.run_id)
             self._report = report
             return report
 
-    def _save_record(self, report: dict[str, Any], now_s: float) -> None:
+    def _save_record(self, report: Report, now_s: float) -> None:
         from serve_ab.store.runs import RunRecorder
 
         records = self.core.cfg.analysis.records
         if self._recorder is None:
             self._recorder = RunRecorder(Path(records.path), mlflow=records.mlflow)
-        self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"), report,
-                            started_at_s=self.core.run_started_at_s, updated_at_s=now_s)
+        self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"),
+                            report.model_dump(mode="json"), started_at_s=self.core.run_started_at_s,
+                            updated_at_s=now_s, summary=report.run_summary(), metrics=report.headline_metrics())
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -434,8 +435,9 @@ class ExperimentController:
     async def stats(self) -> dict[str, Any]:
         return self.core.stats_snapshot(samples=True)
 
-    async def report(self) -> dict[str, Any]:
-        """A fresh report (and one more sequential look); also refreshes the run record."""
+    async def report(self) -> Report:
+        """A fresh report (and one more sequential look); also refreshes the run record. The
+        router answers it as ``report.model_dump(mode="json")``."""
         report = await self._refresh_report()
         await asyncio.to_thread(self._save_record, report, time.time())
         return report

@@ -4,18 +4,24 @@ The controller saves the record every ``analysis.records.interval_s`` (an upsert
 the run id), so the record left when the app stops holds its final results; ``serve-ab runs``
 lists the records and ``serve-ab report --from-record RUN_ID`` renders one without the app.
 
+The store knows nothing of the report's layout (it sits below ``analysis``): it keeps the
+report as the JSON the caller hands it (``Report.model_dump(mode="json")``), with the few
+figures ``serve-ab runs`` lists (``Report.run_summary()``) and the headline metrics for MLflow
+(``Report.headline_metrics()``) computed by the caller too.
+
 With ``mlflow=True`` each save is also logged to MLflow, when the ``mlflow`` package (or
 ``mlflow-skinny``) is importable: one MLflow run per record, the configuration as params, the
-report's headline figures as metrics, the tracking URI from ``MLFLOW_TRACKING_URI``. MLflow is
+headline metrics, the tracking URI from ``MLFLOW_TRACKING_URI``. MLflow is
 a mirror: when it is missing or failing, a warning is logged and the SQLite record is still
 written; an experiment never fails because of it.
 
 Example::
 
     recorder = RunRecorder(Path(".serve-ab/runs.sqlite"))
-    recorder.save("digits-20260101-120000", cfg.model_dump(mode="json"), report, started_at_s, now_s)
+    recorder.save("digits-20260101-120000", cfg.model_dump(mode="json"), report.model_dump(mode="json"),
+                  started_at_s, now_s, summary=report.run_summary(), metrics=report.headline_metrics())
     [r.run_id for r in recorder.list()]
-    recorder.load("digits-20260101-120000").report["srm"]["mismatch"]
+    Report.model_validate(recorder.load("digits-20260101-120000").report).srm.mismatch
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_metrics", "mlflow_params"]
+__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_params"]
 
 DEFAULT_RECORDS_PATH = Path(".serve-ab/runs.sqlite")  # as RecordsConfig.path's default
-SCHEMA_VERSION = 1
+# 2 added summary_json; a version 1 file is read as it is and upgraded on its next save.
+SCHEMA_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 MLFLOW_EXPERIMENT_PREFIX = "serve-ab/"
 # MLflow refuses longer param values (500 characters up to MLflow 2.x) and >100 params a batch.
 _MLFLOW_PARAM_CHARS = 500
@@ -53,7 +61,8 @@ CREATE TABLE IF NOT EXISTS runs (
     saves         INTEGER NOT NULL DEFAULT 1,
     config_json   TEXT NOT NULL,
     report_json   TEXT NOT NULL,
-    mlflow_run_id TEXT
+    mlflow_run_id TEXT,
+    summary_json  TEXT
 )
 """
 
@@ -69,7 +78,7 @@ class RunSummary:
     saves: int
     versions: list[str]
     control: str | None
-    requests: int
+    requests: int | None  # None (as the others) for a record saved without a summary
     srm_mismatch: bool | None
     mlflow_run_id: str | None
 
@@ -103,8 +112,13 @@ class RunRecorder:
     # -- writing ---------------------------------------------------------------------------
 
     def save(self, run_id: str, config: Mapping[str, Any], report: Mapping[str, Any],
-             started_at_s: float, updated_at_s: float) -> None:
+             started_at_s: float, updated_at_s: float, *, summary: Mapping[str, Any] | None = None,
+             metrics: Mapping[str, float] | None = None) -> None:
         """Insert the record, or replace its configuration and results (the first start stays).
+
+        ``report`` is plain JSON (``Report.model_dump(mode="json")``); ``summary`` what ``list``
+        shows of it (``Report.run_summary()``: versions, control, requests, srm_mismatch) and
+        ``metrics`` the flat figures logged to MLflow (``Report.headline_metrics()``).
 
         Raises ``sqlite3.Error``/``OSError`` when the file cannot be written (a caller that must
         not stop, like the controller, logs them); MLflow problems are only logged.
@@ -116,22 +130,24 @@ class RunRecorder:
                 raise ValueError(f"{name} ({value!r}) must be a finite time in seconds since the epoch")
         config_json = _dumps(config, "config")
         report_json = _dumps(report, "report")
+        summary_json = None if summary is None else _dumps(summary, "summary")
         model = config.get("model") if isinstance(config, Mapping) else None
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect(create=True) as db:
                 db.execute(
-                    "INSERT INTO runs (run_id, model, started_at_s, updated_at_s, saves, config_json, report_json) "
-                    "VALUES (?, ?, ?, ?, 1, ?, ?) "
+                    "INSERT INTO runs (run_id, model, started_at_s, updated_at_s, saves, config_json, report_json, "
+                    "summary_json) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
                     "ON CONFLICT(run_id) DO UPDATE SET model = excluded.model, "
                     "started_at_s = MIN(runs.started_at_s, excluded.started_at_s), "
                     "updated_at_s = excluded.updated_at_s, saves = runs.saves + 1, "
-                    "config_json = excluded.config_json, report_json = excluded.report_json",
-                    (run_id, model, float(started_at_s), float(updated_at_s), config_json, report_json),
+                    "config_json = excluded.config_json, report_json = excluded.report_json, "
+                    "summary_json = excluded.summary_json",
+                    (run_id, model, float(started_at_s), float(updated_at_s), config_json, report_json, summary_json),
                 )
                 row = db.execute("SELECT saves, mlflow_run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if self.mlflow:
-                mlflow_run_id = self._log_mlflow(run_id, config, report, started_at_s, updated_at_s,
+                mlflow_run_id = self._log_mlflow(run_id, config, metrics or {}, started_at_s, updated_at_s,
                                                  step=int(row[0]), mlflow_run_id=row[1])
                 if mlflow_run_id is not None and mlflow_run_id != row[1]:
                     with self._connect(create=True) as db:
@@ -157,21 +173,20 @@ class RunRecorder:
     def list(self) -> list[RunSummary]:
         """Every record, the most recently updated first."""
         with self._connect(create=False) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            summary_column = "summary_json" if version >= 2 else "NULL"
             rows = db.execute(
-                "SELECT run_id, model, started_at_s, updated_at_s, saves, report_json, mlflow_run_id "
+                f"SELECT run_id, model, started_at_s, updated_at_s, saves, {summary_column}, mlflow_run_id "
                 "FROM runs ORDER BY updated_at_s DESC, run_id").fetchall()
         out = []
-        for run_id, model, started, updated, saves, report_json, mlflow_run_id in rows:
-            report = _loads(report_json)
-            experiment = report.get("experiment") or {}
-            variants = report.get("variants") or {}
-            srm = report.get("srm") or {}
+        for run_id, model, started, updated, saves, summary_json, mlflow_run_id in rows:
+            summary = _loads(summary_json) if summary_json else {}
             out.append(RunSummary(
                 run_id=run_id, model=model, started_at_s=started, updated_at_s=updated, saves=saves,
-                versions=list(experiment.get("versions") or variants),
-                control=experiment.get("control"),
-                requests=sum(int(v.get("requests") or 0) for v in variants.values()),
-                srm_mismatch=srm.get("mismatch") if srm.get("applicable", True) else None,
+                versions=[str(v) for v in summary.get("versions") or []],
+                control=summary.get("control"),
+                requests=summary.get("requests"),
+                srm_mismatch=summary.get("srm_mismatch"),
                 mlflow_run_id=mlflow_run_id,
             ))
         return out
@@ -202,12 +217,14 @@ class RunRecorder:
                 # WAL lets readers (serve-ab runs) go on while the controller writes.
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
+                if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                    db.execute("ALTER TABLE runs ADD COLUMN summary_json TEXT")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             else:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version != SCHEMA_VERSION:
+                if version not in _READABLE_VERSIONS:
                     raise ValueError(f"{self.path} is not a serve-ab run record file (schema version {version}, "
-                                     f"expected {SCHEMA_VERSION})")
+                                     f"expected one of {list(_READABLE_VERSIONS)})")
             with db:  # one transaction, committed on success
                 yield db
         finally:
@@ -228,7 +245,7 @@ class RunRecorder:
             self._mlflow_module = mlflow
         return self._mlflow_module
 
-    def _log_mlflow(self, run_id: str, config: Mapping[str, Any], report: Mapping[str, Any],
+    def _log_mlflow(self, run_id: str, config: Mapping[str, Any], metrics: Mapping[str, float],
                     started_at_s: float, updated_at_s: float, step: int, mlflow_run_id: str | None) -> str | None:
         mlflow = self._import_mlflow()
         if mlflow is None:
@@ -249,9 +266,10 @@ class RunRecorder:
                 for i in range(0, len(params), _MLFLOW_BATCH):
                     client.log_batch(mlflow_run_id, params=params[i:i + _MLFLOW_BATCH])
             timestamp_ms = int(updated_at_s * 1000)
-            metrics = [Metric(k, v, timestamp_ms, step) for k, v in mlflow_metrics(report).items()]
-            for i in range(0, len(metrics), _MLFLOW_BATCH):
-                client.log_batch(mlflow_run_id, metrics=metrics[i:i + _MLFLOW_BATCH])
+            points = [Metric(_mlflow_key(k), float(v), timestamp_ms, step) for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and math.isfinite(v)]  # MLflow would log NaN; leave it out
+            for i in range(0, len(points), _MLFLOW_BATCH):
+                client.log_batch(mlflow_run_id, metrics=points[i:i + _MLFLOW_BATCH])
         except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
             self._warn_once(f"log:{type(err).__name__}", f"MLflow logging of run record {run_id!r} failed: "
                             f"{type(err).__name__}: {err}; the SQLite record at {self.path} is written")
@@ -283,37 +301,6 @@ def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def mlflow_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """Headline figures of a report: per version requests, error rate, p95 latency; per
-    metric and variant lift and p-values; the SRM p-value; shadow agreement. Missing
-    (None) figures are left out."""
-    out: dict[str, float] = {}
-
-    def put(key: str, value: Any) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[_mlflow_key(key)] = float(value)
-
-    for name, variant in (report.get("variants") or {}).items():
-        put(f"{name}.requests", variant.get("requests"))
-        put(f"{name}.error_rate", variant.get("error_rate"))
-        put(f"{name}.latency_p95_ms", (variant.get("latency_ms") or {}).get("p95"))
-    for metric in report.get("metrics") or []:
-        for c in metric.get("comparisons") or []:
-            prefix = f"{metric['name']}.{c['variant']}"
-            put(f"{prefix}.value", c.get("value_variant"))
-            put(f"{prefix}.abs_lift", c.get("abs_lift"))
-            put(f"{prefix}.rel_lift", c.get("rel_lift"))
-            put(f"{prefix}.p_value", c.get("p_value"))
-            put(f"{prefix}.p_adjusted", c.get("p_adjusted"))
-            put(f"{prefix}.p_sequential", (c.get("sequential") or {}).get("p_value"))
-    srm = report.get("srm") or {}
-    put("srm.p_value", srm.get("p_value"))
-    shadow = report.get("shadow") or {}
-    put("shadow.agreement", (shadow.get("agreement") or {}).get("rate"))
-    put("shadow.pairs", shadow.get("pairs"))
-    return out
-
-
 def _mlflow_key(key: str) -> str:
     # MLflow names allow letters, digits, _ - . / and spaces.
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)[:250]
@@ -325,7 +312,7 @@ def _dumps(value: Any, what: str) -> str:
     try:
         return json.dumps(value, allow_nan=False, sort_keys=False)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} is not plain JSON ({err}); build_report's output and "
+        raise ValueError(f"{what} is not plain JSON ({err}); Report.model_dump(mode='json') and "
                          "ExperimentConfig.model_dump(mode='json') are") from None
 
 

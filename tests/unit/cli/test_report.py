@@ -10,6 +10,7 @@ import socket
 import pytest
 
 import serve_ab.cli
+from serve_ab.analysis.report_model import Report
 from serve_ab.cli import command as cli, report as report_cli
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import render_table
@@ -54,9 +55,9 @@ def test_table_has_a_block_per_metric_with_the_columns(report):
             assert column in header, (metric, column)
         assert block[2].lstrip().startswith("v1 (control)") and block[3].lstrip().startswith("v2 ")
     errors = _block(text, "error_rate")
-    c = next(m for m in report["metrics"] if m["name"] == "error_rate")["comparisons"][0]
-    assert f"{c['abs_lift'] * 100:+.2f} pp" in errors[3] and "WORSE" in errors[3]
-    assert f"{report['variants']['v2']['requests']:,}" in errors[3]
+    c = report.metric("error_rate").comparisons[0]
+    assert f"{c.abs_lift * 100:+.2f} pp" in errors[3] and "WORSE" in errors[3]
+    assert f"{report.variants['v2'].requests:,}" in errors[3]
     assert "SRM: ok (units:" in text
     assert "shadow v3:" in text and "agreement" in text and "drift       KL" in text
 
@@ -112,7 +113,7 @@ def _server():
 def app(_server, report, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", _server.url)
     _server.requests.clear()
-    _server.responses = {("GET", "/experiment/report"): (200, report)}
+    _server.responses = {("GET", "/experiment/report"): (200, report.model_dump(mode="json"))}
     return _server
 
 
@@ -134,7 +135,8 @@ def test_report_prints_the_table_from_the_endpoint(app, report, capsys):
 
 def test_report_json_prints_the_report(app, report, capsys):
     code, out, _ = _run(["report", "--json", "--url", app.url + "/"], capsys)
-    assert code == 0 and json.loads(out) == report
+    assert code == 0 and json.loads(out) == report.model_dump(mode="json")
+    assert Report.model_validate_json(out) == report
 
 
 def test_report_html_writes_the_page(app, report, capsys, tmp_path):
@@ -181,9 +183,10 @@ def test_usage_errors_exit_2(app, capsys, argv, message):
 def test_from_record_and_runs_work_without_an_app(report, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", "http://127.0.0.1:9")  # never asked
     path = tmp_path / "runs.sqlite"
-    RunRecorder(path).save("digits-1", {"model": "digits"}, report, 1000.0, 1200.0)
+    RunRecorder(path).save("digits-1", {"model": "digits"}, report.model_dump(mode="json"), 1000.0, 1200.0,
+                           summary=report.run_summary(), metrics=report.headline_metrics())
     code, out, _ = _run(["report", "--from-record", "digits-1", "--records", str(path), "--json"], capsys)
-    assert code == 0 and json.loads(out) == report
+    assert code == 0 and Report.model_validate_json(out) == report
     code, out, _ = _run(["runs", "--records", str(path)], capsys)
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["run", "id", "model"]
@@ -196,9 +199,29 @@ def test_missing_record_and_missing_file_exit_1(report, capsys, tmp_path):
     path = tmp_path / "runs.sqlite"
     code, _, err = _run(["runs", "--records", str(path)], capsys)
     assert code == 1 and "no run records at" in err
-    RunRecorder(path).save("digits-1", {"model": "digits"}, report, 1000.0, 1200.0)
+    RunRecorder(path).save("digits-1", {"model": "digits"}, report.model_dump(mode="json"), 1000.0, 1200.0)
     code, _, err = _run(["report", "--from-record", "nope", "--records", str(path)], capsys)
     assert code == 1 and "no run record 'nope'" in err and "digits-1" in err
+
+
+def test_a_record_of_another_layout_is_a_clear_error_naming_the_run(report, capsys, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    old = report.model_dump(mode="json")
+    del old["plots"]
+    old["srm"]["mismatch"] = "maybe"
+    RunRecorder(path).save("digits-0", {"model": "digits"}, old, 1000.0, 1200.0)
+    code, out, err = _run(["report", "--from-record", "digits-0", "--records", str(path)], capsys)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"error: the report of run record 'digits-0' in {path} does not fit the report layout" in err
+    assert "  plots: Field required" in err and "  srm.mismatch: Input should be a valid boolean" in err
+    assert "hint: a record written by an older serve-ab" in err
+
+
+def test_an_app_answering_another_layout_is_a_clear_error(app, report, capsys):
+    app.responses = {("GET", "/experiment/report"): (200, {**report.model_dump(mode="json"), "extra": 1})}
+    code, out, err = _run(["report"], capsys)
+    assert code == 1 and out == ""
+    assert "/experiment/report does not fit the report layout" in err and "  extra: Extra inputs" in err
 
 
 def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
@@ -206,4 +229,4 @@ def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
     stub = argparse.Namespace(add_parser=lambda sub: None)
     monkeypatch.setattr(serve_ab.cli, "sample_size", stub)
     assert cli.main(["report", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["experiment"]["model"] == "digits"
+    assert Report.model_validate_json(capsys.readouterr().out).experiment.model == "digits"

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from serve_ab.store.runs import RunRecorder, mlflow_metrics, mlflow_params
+from serve_ab.store.runs import RunRecorder, mlflow_params
 
 CONFIG = {"model": "digits", "weights": {"v1": 50.0, "v2": 50.0},
           "versions": [{"name": "v1", "path": "m/v1.onnx"}, {"name": "v2", "path": "m/v2.pt2"}],
@@ -28,6 +28,17 @@ def report(requests_v2: int, p: float = 0.01, mismatch: bool = False) -> dict:
         "srm": {"applicable": True, "p_value": 0.5, "mismatch": mismatch},
         "shadow": None,
     }
+
+
+def summary(requests_v2: int, mismatch: bool = False) -> dict:
+    """What Report.run_summary() gives for report(requests_v2, mismatch=...)."""
+    return {"versions": ["v1", "v2"], "control": "v1", "requests": 100 + requests_v2, "srm_mismatch": mismatch}
+
+
+def headline(requests_v2: int, p: float = 0.01) -> dict:
+    """Some of what Report.headline_metrics() gives for report(requests_v2, p)."""
+    return {"v1.requests": 100.0, "v2.requests": float(requests_v2), "correct.v2.p_value": p,
+            "correct.v2.p_adjusted": 2 * p, "srm.p_value": 0.5}
 
 
 def test_save_load_round_trip_and_upsert(tmp_path):
@@ -48,8 +59,8 @@ def test_save_load_round_trip_and_upsert(tmp_path):
 
 def test_list_newest_first_with_summaries(tmp_path):
     recorder = RunRecorder(tmp_path / "runs.sqlite")
-    recorder.save("old", CONFIG, report(10), 0.0, 50.0)
-    recorder.save("new", CONFIG, report(20, mismatch=True), 60.0, 90.0)
+    recorder.save("old", CONFIG, report(10), 0.0, 50.0, summary=summary(10))
+    recorder.save("new", CONFIG, report(20, mismatch=True), 60.0, 90.0, summary=summary(20, mismatch=True))
     runs = recorder.list()
     assert [r.run_id for r in runs] == ["new", "old"]
     assert (runs[0].model, runs[0].control, runs[0].versions, runs[0].requests) == ("digits", "v1", ["v1", "v2"], 120)
@@ -81,15 +92,10 @@ def test_other_sqlite_files_and_bad_inputs_are_refused(tmp_path):
         recorder.save("r", CONFIG, report(1), 0.0, float("inf"))
 
 
-def test_mlflow_params_and_metrics_are_flat_and_finite():
+def test_mlflow_params_are_flat():
     params = mlflow_params(CONFIG)
     assert params["weights.v1"] == "50.0" and params["versions.v2.path"] == "m/v2.pt2"
     assert params["analysis.correction"] == "holm"
-    metrics = mlflow_metrics(report(90))
-    assert metrics["v1.requests"] == 100 and metrics["v1.latency_p95_ms"] == 3.5
-    assert "v2.error_rate" not in metrics  # None is left out, never logged as NaN
-    assert metrics["correct.v2.p_value"] == 0.01 and metrics["correct.v2.p_sequential"] == 0.2
-    assert metrics["srm.p_value"] == 0.5
 
 
 def test_mlflow_missing_warns_once_and_keeps_the_sqlite_record(tmp_path, monkeypatch, caplog):
@@ -131,8 +137,9 @@ def test_mlflow_logs_one_run_per_record_with_params_and_metric_history(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind a flag
     recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
-    recorder.save("digits-run-1", CONFIG, report(90, p=0.04), 100.0, 160.0)
-    recorder.save("digits-run-1", CONFIG, report(250, p=0.002), 100.0, 220.0)
+    recorder.save("digits-run-1", CONFIG, report(90, p=0.04), 100.0, 160.0,
+                  metrics={**headline(90, p=0.04), "v2.error_rate": float("nan")})  # NaN is left out
+    recorder.save("digits-run-1", CONFIG, report(250, p=0.002), 100.0, 220.0, metrics=headline(250, p=0.002))
     recorder.finish("digits-run-1")
 
     client = mlflow.tracking.MlflowClient(uri)
@@ -146,5 +153,32 @@ def test_mlflow_logs_one_run_per_record_with_params_and_metric_history(tmp_path,
     assert run.data.metrics["v2.requests"] == 250 and run.data.metrics["correct.v2.p_value"] == 0.002
     history = client.get_metric_history(run.info.run_id, "v2.requests")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 90.0), (2, 250.0)]
+    assert "v2.error_rate" not in run.data.metrics
     assert recorder.load("digits-run-1").mlflow_run_id == run.info.run_id
     json.dumps(recorder.load("digits-run-1").report)
+
+
+def test_a_record_saved_without_a_summary_lists_with_blanks(tmp_path):
+    recorder = RunRecorder(tmp_path / "runs.sqlite")
+    recorder.save("bare", CONFIG, report(5), 0.0, 1.0)
+    (run,) = recorder.list()
+    assert (run.run_id, run.model, run.versions, run.control, run.requests, run.srm_mismatch) == (
+        "bare", "digits", [], None, None, None)
+
+
+def test_a_version_1_file_is_read_and_upgraded_on_the_next_save(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as db:  # the layout before summary_json
+        db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, model TEXT, started_at_s REAL NOT NULL, "
+                   "updated_at_s REAL NOT NULL, saves INTEGER NOT NULL DEFAULT 1, config_json TEXT NOT NULL, "
+                   "report_json TEXT NOT NULL, mlflow_run_id TEXT)")
+        db.execute("INSERT INTO runs VALUES ('old', 'digits', 0, 1, 1, ?, ?, NULL)",
+                   (json.dumps(CONFIG), json.dumps(report(1))))
+        db.execute("PRAGMA user_version = 1")
+    recorder = RunRecorder(path)
+    assert [(r.run_id, r.requests) for r in recorder.list()] == [("old", None)]
+    assert recorder.load("old").report == report(1)
+    recorder.save("new", CONFIG, report(2), 5.0, 6.0, summary=summary(2))
+    assert [(r.run_id, r.requests) for r in recorder.list()] == [("new", 102), ("old", None)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

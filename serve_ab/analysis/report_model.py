@@ -1,0 +1,432 @@
+"""The A/B report's one typed shape: what :func:`serve_ab.analysis.report.build_report` returns.
+
+Every renderer (the terminal table, the HTML page), the run records and ``serve-ab report
+--json`` read this model; it travels as ``report.model_dump(mode="json")`` and comes back
+with ``Report.model_validate(data)``. Its JSON schema is published in
+``docs/report.schema.json``; regenerate it after changing a model here::
+
+    python -m serve_ab.analysis.report_model > docs/report.schema.json
+
+(``tests/unit/analysis/test_report_schema.py`` fails while the file is stale.)
+
+Pure data: pydantic only (no numpy, no scipy), so the CLI can read a report cheaply. Every
+float is finite or None (``allow_inf_nan=False``): a figure that cannot be computed yet
+is None, never NaN, so the JSON is plain JSON. Unknown keys are refused (``extra="forbid"``),
+so a report from another layout fails loudly instead of rendering half empty; bump
+``REPORT_SCHEMA`` when a change is not backwards compatible.
+
+Example::
+
+    report, state = build_report(cfg, stats.snapshot(now_s), weights_pct)
+    (m,) = [m for m in report.metrics if m.name == "error_rate"]
+    m.comparisons[0].verdict, report.srm.mismatch, report.headline_metrics()["v1.requests"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ab.Verdict's values; spelled out so that reading a report never imports scipy (ab does).
+Verdict = Literal["better", "worse", "no_difference", "not_enough_data"]
+
+__all__ = [
+    "REPORT_SCHEMA", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
+    "ConversionArm", "ConversionFeedback", "Drift", "Experiment", "Flip", "Flips", "LatencyArm",
+    "LatencyHistogram", "LatencySummary", "MeanArm", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
+    "PowerPlan", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "Timeline",
+    "VariantResult", "Verdict", "report_json_schema",
+]
+
+REPORT_SCHEMA = 1
+
+Num = Annotated[float, Field(allow_inf_nan=False)]
+# [low, high]; a bound that cannot be computed yet is None.
+Interval = Annotated[list[Num | None], Field(min_length=2, max_length=2)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- experiment ------------------------------------------------------------------------------
+
+
+class ShadowSetup(_Model):
+    version: str = Field(description="the version that receives mirrored requests")
+    percent: Num = Field(description="share of live requests mirrored to it, in percent")
+
+
+class Experiment(_Model):
+    model: str
+    control: str
+    variants: list[str] = Field(description="versions compared with the control (weight > 0 or requests > 0)")
+    versions: list[str] = Field(description="every version served, the control first as configured")
+    weights_pct: dict[str, Num] = Field(description="the configured weights, percent")
+    weights_pct_now: dict[str, Num] = Field(description="the weights the routers use now, percent")
+    alpha: Num
+    power: Num = Field(description="the target power of the sample-size plans")
+    correction: Literal["holm", "bh", "none"] = Field(description="multiple-comparison correction of p_adjusted")
+    sequential: bool = Field(description="whether always-valid (mSPRT) figures drive the verdicts")
+    mde_relative: Num = Field(description="minimum detectable effect, relative to the control")
+    min_samples: int = Field(description="per arm, below which a verdict is not_enough_data")
+    shadow: ShadowSetup | None
+
+
+# ---- per variant -----------------------------------------------------------------------------
+
+
+class LatencySummary(_Model):
+    count: int = Field(description="successful requests")
+    mean_all: Num | None = Field(description="mean over every successful request (exact), ms")
+    n_sample: int = Field(description="size of the latency sample the percentiles come from")
+    mean: Num | None = Field(description="mean of the sample, ms")
+    p50: Num | None
+    p95: Num | None
+    p99: Num | None
+    min: Num | None
+    max: Num | None
+
+
+class ConversionFeedback(_Model):
+    kind: Literal["conversion"]
+    n: int
+    successes: int
+    value: Num | None = Field(description="successes / n")
+
+
+class MeanFeedback(_Model):
+    kind: Literal["mean"]
+    n: int
+    value: Num | None = Field(description="the mean")
+    std: Num | None = Field(description="sample standard deviation (ddof=1)")
+
+
+class VariantResult(_Model):
+    role: Literal["control", "variant", "shadow", "control+shadow", "variant+shadow"]
+    weight_pct: Num = Field(description="the weight routed by now, percent")
+    requests: int
+    assigned: int = Field(description="requests routed by the assignment (not pinned to a version)")
+    units: int | None = Field(description="distinct assignment keys (users); None when not counted")
+    errors: int
+    error_rate: Num | None
+    errors_by_kind: dict[str, int]
+    latency_ms: LatencySummary
+    predictions: dict[str, int] = Field(description="requests per predicted class")
+    prediction_share: dict[str, Num]
+    feedback: dict[str, Annotated[ConversionFeedback | MeanFeedback, Field(discriminator="kind")]]
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+class ConversionArm(_Model):
+    n: int
+    successes: int
+    value: Num | None = Field(description="the rate")
+    ci: Interval | None = Field(description="Wilson interval at 1 - alpha")
+
+
+class MeanArm(_Model):
+    n: int
+    value: Num | None = Field(description="the mean")
+    std: Num | None
+    ci: Interval | None = Field(description="t interval at 1 - alpha")
+
+
+class LatencyArm(_Model):
+    n: int = Field(description="size of the latency sample")
+    value: Num | None = Field(description="the median, ms")
+    ci: None = Field(description="always None: the median gets no interval here")
+    mean: Num | None
+    p95: Num | None
+
+
+class PowerPlan(_Model):
+    """One sample-size plan per metric, from the control's baseline."""
+
+    method: str
+    mde_relative: Num
+    mde_abs: Num = Field(description="the effect planned for, in the metric's units")
+    baseline: Num
+    target_power: Num
+    alpha: Num
+    alpha_per_comparison: Num
+    required_per_arm: int
+    remaining_per_arm: dict[str, int]
+    remaining_total: int
+    power_now: Num | None = Field(description="power at the smallest arm's current size")
+    complete: bool
+
+
+class SequentialFigures(_Model):
+    """Always-valid (mSPRT) figures of one comparison."""
+
+    p_value: Num | None
+    p_adjusted: Num | None = Field(description="corrected as the fixed-horizon p-values")
+    ci: Interval = Field(description="always-valid interval of the absolute lift")
+    looks: int
+    estimate: Num | None
+    tau: Num | None = Field(description="the mixing prior's scale")
+    verdict: Verdict
+
+
+class ComparisonPower(_Model):
+    achieved: Num | None = Field(description="power at min(n_variant, n_control) for the planned effect")
+    target: Num
+    mde_relative: Num
+    mde_abs: Num
+    required_per_arm: int
+    samples_needed: dict[str, int] = Field(description="per arm (variant and control), still to collect")
+    complete: bool
+
+
+class Comparison(_Model):
+    """One variant against the control on one metric."""
+
+    variant: str
+    control: str
+    test: str
+    n_variant: int
+    n_control: int
+    value_variant: Num | None
+    value_control: Num | None
+    abs_lift: Num | None = Field(description="variant minus control, in the metric's units")
+    abs_ci: Interval
+    rel_lift: Num | None = Field(description="abs_lift / value_control")
+    rel_ci: Interval = Field(description="delta-method interval of rel_lift")
+    p_value: Num | None = Field(description="fixed-horizon, uncorrected")
+    p_adjusted: Num | None = Field(description="corrected across every comparison of every metric")
+    fixed_verdict: Verdict
+    sequential: SequentialFigures | None
+    sequential_note: str | None = Field(
+        default=None, description="why a comparison has no sequential figures while analysis.sequential is on")
+    verdict: Verdict = Field(description="follows the sequential figures when there are any, else fixed_verdict")
+    verdict_basis: Literal["fixed_horizon", "sequential"]
+    power: ComparisonPower | None
+    power_note: str | None = Field(description="why there are no power figures")
+
+
+class MetricResult(_Model):
+    name: str
+    kind: Literal["conversion", "mean", "latency"]
+    source: Literal["requests", "latency sample", "feedback"]
+    test: Literal["z_two_proportions", "welch_t", "mann_whitney_u"]
+    direction: Literal["increase", "decrease"] = Field(description="which way is better")
+    unit: str
+    value_is: Literal["rate", "mean", "median"]
+    arms: dict[str, ConversionArm | MeanArm | LatencyArm] = Field(description="per version")
+    power_plan: PowerPlan | None
+    comparisons: list[Comparison]
+
+
+# ---- sample-ratio mismatch -------------------------------------------------------------------
+
+
+class Srm(_Model):
+    """Chi-square check of the counts per version against the weights."""
+
+    applicable: bool = Field(description="false while the weights move (a rollout) or differ from the config")
+    basis: Literal["units", "assigned"]
+    basis_note: str
+    observed: dict[str, int]
+    weights_pct: dict[str, Num]
+    expected: dict[str, Num] | None
+    statistic: Num | None
+    dof: int | None
+    p_value: Num | None
+    threshold_p: Num = Field(description="flagged as a mismatch below this p-value")
+    mismatch: bool
+    reason: str | None = Field(description="why it is not checked, or 'no traffic yet'")
+
+
+# ---- shadow ----------------------------------------------------------------------------------
+
+
+class Agreement(_Model):
+    n: int
+    agree: int
+    rate: Num | None
+    ci: Interval | None = Field(description="Wilson interval at confidence")
+    confidence: Num
+
+
+class Flip(_Model):
+    live: int = Field(description="the live version's class")
+    shadow: int = Field(description="the shadow's class on the same request")
+    n: int
+    share_of_pairs: Num
+
+
+class Flips(_Model):
+    total: int
+    rate: Num | None
+    top: list[Flip] = Field(description="the most frequent flips, most first")
+
+
+class ClassFlipTest(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    class_: int = Field(alias="class")
+    live_count: int
+    shadow_count: int
+    to_other: int
+    from_other: int
+    diff: Num | None = Field(description="shadow's share of pairs with this class minus the live one's")
+    statistic: Num | None
+    p_value: Num | None
+    p_adjusted: Num | None
+    method: str
+    significant: bool
+
+
+class PairedMean(_Model):
+    """Shadow-minus-live score differences on the same requests."""
+
+    n: int
+    mean: Num | None
+    std: Num | None
+    ci: Interval | None
+    p_value: Num | None = Field(description="paired t-test")
+    confidence: Num
+
+
+class Drift(_Model):
+    """The shadow's class distribution (candidate) against the live one (reference)."""
+
+    classes: list[int]
+    live_counts: list[int]
+    shadow_counts: list[int]
+    kl: Num | None
+    psi: Num | None
+    js: Num | None
+
+
+class Confusion(_Model):
+    classes: list[int]
+    counts: list[list[int]] = Field(description="counts[i][j]: live said classes[i], shadow classes[j]")
+
+
+class ShadowResult(_Model):
+    version: str | None
+    mirrored: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    error_rate: Num | None
+    pairs: int = Field(description="mirrored requests whose live answer they were paired with")
+    pairs_by_live_version: dict[str, int]
+    agreement: Agreement
+    flips: Flips
+    class_tests: list[ClassFlipTest] = Field(description="McNemar (or exact) test per class")
+    score_diff: PairedMean
+    drift: Drift | None
+    latency_ms: LatencySummary
+    confusion: Confusion
+
+
+# ---- plots -----------------------------------------------------------------------------------
+
+
+class LatencyHistogram(_Model):
+    edges_ms: list[Num]
+    counts: dict[str, list[int]] = Field(description="per version (and '<shadow> (shadow)'), per bin")
+    clipped: dict[str, int] = Field(description="values above the last edge, counted in the last bin")
+    note: str
+
+
+class Timeline(_Model):
+    bucket_s: Num
+    t_s: list[Num] = Field(description="end of each bucket, seconds since the epoch")
+    requests_cumulative: dict[str, list[int]]
+    feedback_cumulative: dict[str, list[int]]
+
+
+class Plots(_Model):
+    latency_histogram: LatencyHistogram | None
+    timeline: Timeline
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+class Report(_Model):
+    """The A/B report of one experiment at one moment (see ``serve_ab.analysis.report``)."""
+
+    schema_version: int = Field(REPORT_SCHEMA, alias="schema",
+                                description="the report layout's version; bumped on incompatible changes")
+    run_id: str | None = Field(default=None, description="the run record's id; None outside a running app")
+    generated_at_s: Num = Field(description="the snapshot's time, seconds since the epoch")
+    started_at_s: Num
+    elapsed_s: Num
+    experiment: Experiment
+    variants: dict[str, VariantResult]
+    metrics: list[MetricResult] = Field(description="error_rate, latency_ms, then each feedback metric")
+    srm: Srm
+    shadow: ShadowResult | None = Field(description="the paired live/shadow comparison; None without shadow")
+    plots: Plots
+    warnings: list[str] = Field(description="sentences a person should read first")
+
+    # "schema" shadows a BaseModel attribute, so the field has another name in Python.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    def metric(self, name: str) -> MetricResult:
+        """The metric called ``name``; ``KeyError`` naming the ones there are."""
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(f"no metric {name!r} in the report; it has {[m.name for m in self.metrics]}")
+
+    def headline_metrics(self) -> dict[str, float]:
+        """Headline figures, flat (for MLflow): per version requests, error rate, p95 latency; per
+        metric and variant value, lifts and p-values; the SRM p-value; shadow agreement. Missing
+        (None) figures are left out."""
+        out: dict[str, float] = {}
+
+        def put(key: str, value: float | int | None) -> None:
+            if value is not None and math.isfinite(value):
+                out[key] = float(value)
+
+        for name, variant in self.variants.items():
+            put(f"{name}.requests", variant.requests)
+            put(f"{name}.error_rate", variant.error_rate)
+            put(f"{name}.latency_p95_ms", variant.latency_ms.p95)
+        for metric in self.metrics:
+            for c in metric.comparisons:
+                prefix = f"{metric.name}.{c.variant}"
+                put(f"{prefix}.value", c.value_variant)
+                put(f"{prefix}.abs_lift", c.abs_lift)
+                put(f"{prefix}.rel_lift", c.rel_lift)
+                put(f"{prefix}.p_value", c.p_value)
+                put(f"{prefix}.p_adjusted", c.p_adjusted)
+                put(f"{prefix}.p_sequential", c.sequential.p_value if c.sequential else None)
+        put("srm.p_value", self.srm.p_value)
+        if self.shadow is not None:
+            put("shadow.agreement", self.shadow.agreement.rate)
+            put("shadow.pairs", self.shadow.pairs)
+        return out
+
+    def run_summary(self) -> dict[str, Any]:
+        """What ``serve-ab runs`` lists of a record: versions, control, requests, SRM mismatch (None
+        when not checked)."""
+        return {
+            "versions": list(self.experiment.versions),
+            "control": self.experiment.control,
+            "requests": sum(v.requests for v in self.variants.values()),
+            "srm_mismatch": self.srm.mismatch if self.srm.applicable else None,
+        }
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The JSON schema of ``Report.model_dump(mode="json")``, as published in docs/report.schema.json."""
+    schema = Report.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":
+    print(json.dumps(report_json_schema(), indent=2))
