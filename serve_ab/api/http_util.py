@@ -11,28 +11,16 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from serve_ab.backends.base import InputError
-
-
-class ApiError(Exception):
-    """An error with its HTTP status; the message is shown to the client."""
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
+from serve_ab.api.errors import client_message, http_status
+from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError
 
 
 def install_error_handlers(api: FastAPI) -> None:
     """Bad input is the client's problem: answer 4xx with a message, keep the replica up."""
 
-    @api.exception_handler(ApiError)
-    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse({"error": err.message}, status_code=err.status_code)
-
-    @api.exception_handler(InputError)
-    async def _input_error(request: Request, err: InputError) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=400)
+    @api.exception_handler(ServeAbError)
+    async def _serve_ab_error(request: Request, err: ServeAbError) -> JSONResponse:
+        return JSONResponse({"error": client_message(err)}, status_code=http_status(err))
 
 
 async def read_json(request: Request, max_body_bytes: int) -> Any:
@@ -42,23 +30,23 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         try:
             declared_bytes = int(declared)
         except ValueError:
-            raise ApiError(400, f"content-length header is {declared!r}; expected a number") from None
+            raise InvalidInput(f"content-length header is {declared!r}; expected a number") from None
         if declared_bytes > max_body_bytes:
-            raise ApiError(413, _too_large(declared_bytes, max_body_bytes))
+            raise BodyTooLarge(_too_large(declared_bytes, max_body_bytes))
     chunks = []
     size_bytes = 0
     async for chunk in request.stream():  # a chunked body has no content-length to trust
         size_bytes += len(chunk)
         if size_bytes > max_body_bytes:
-            raise ApiError(413, _too_large(size_bytes, max_body_bytes, at_least=True))
+            raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:
-        raise ApiError(400, "request body is empty; send a JSON object")
+        raise InvalidInput("request body is empty; send a JSON object")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"request body is not valid JSON: {err}") from None
+        raise InvalidInput(f"request body is not valid JSON: {err}") from None
 
 
 def _too_large(size_bytes: int, max_body_bytes: int, at_least: bool = False) -> str:

@@ -142,3 +142,29 @@ def encode_v2_response(
             }
         ],
     }
+
+
+class ActionRequest(BaseModel):
+    """``POST /rollout/{action}``: the body of a control action (every field optional).
+
+    Strict: ``{"full": "false"}`` is an error, not a promotion to 100%.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    full: bool = Field(False, description="promote: skip the remaining steps and go to 100%.")
+    reason: str | None = Field(None, min_length=1, max_length=500,
+                               description="abort: recorded in the rollout's history.")
+    weights: dict[str, float] | None = Field(
+        None, description='weights: percent per version, e.g. {"v1": 80, "v2": 20}.')
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_as_floats(cls, value: Any) -> Any:
+        # Strict mode refuses an int where a float is declared; JSON has one number type.
+        if isinstance(value, dict) and isinstance(value.get("weights"), dict):
+            weights = value["weights"]
+            value = {**value, "weights": {
+                k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                for k, v in weights.items()}}
+        return value

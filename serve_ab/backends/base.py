@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from serve_ab.errors import InvalidInput
+
 # Open Inference Protocol (KServe V2) datatype names and the numpy dtypes they map to.
 V2_DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -39,7 +41,7 @@ V2_DATATYPES: dict[str, np.dtype] = {
 _DATATYPE_BY_DTYPE = {dtype: name for name, dtype in V2_DATATYPES.items()}
 
 
-class InputError(ValueError):
+class InputError(InvalidInput):
     """A request's inputs do not fit the model. The message is shown to the client."""
 
 

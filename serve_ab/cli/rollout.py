@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from serve_ab.serving.core.messages import Action
+
 __all__ = ["add_parsers", "render_status", "run", "DEFAULT_URL", "URL_ENV", "TOKEN_ENV"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -38,13 +40,16 @@ DEFAULT_TIMEOUT_S = 10.0
 
 _RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url or " + URL_ENV
 _ACTION_HELP = {
-    "promote": "move the candidate on: leave a pause step, or with --full go straight to 100%",
-    "pause": "hold the rollout at its current weights until resume",
-    "resume": "continue a paused rollout",
-    "abort": "stop the rollout and send all traffic to the stable version",
-    "rollback": "send all traffic back to the stable version (also after a promotion)",
-    "set-weights": "set the traffic split by hand, e.g. v1=80 v2=20 (pauses the rollout)",
+    Action.PROMOTE: "move the candidate on: leave a pause step, or with --full go straight to 100%",
+    Action.PAUSE: "hold the rollout at its current weights until resume",
+    Action.RESUME: "continue a paused rollout",
+    Action.ABORT: "stop the rollout and send all traffic to the stable version",
+    Action.ROLLBACK: "send all traffic back to the stable version (also after a promotion)",
+    Action.WEIGHTS: "set the traffic split by hand, e.g. v1=80 v2=20 (pauses the rollout)",
 }
+# The command's name where it differs from the action's ("serve-ab set-weights").
+_COMMAND = {action: action.value for action in Action} | {Action.WEIGHTS: "set-weights"}
+assert set(_ACTION_HELP) == set(Action), "every control action needs its command"
 
 
 class _Failure(Exception):
@@ -74,7 +79,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--history", action="store_true", help="add the list of phase transitions")
     status.set_defaults(func=functools.partial(run, parser=status), action=None)
 
-    for action, help_text in _ACTION_HELP.items():
+    for act, help_text in _ACTION_HELP.items():
+        action = _COMMAND[act]
         # argparse %-formats help (not descriptions): a literal % must be doubled there.
         parser = subparsers.add_parser(action, parents=[connection, auth], help=help_text.replace("%", "%%"),
                                        description=help_text[0].upper() + help_text[1:] + ".")
@@ -87,7 +93,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         elif action == "set-weights":
             parser.add_argument("weights", nargs="+", type=_weight_pair, metavar="NAME=PCT",
                                 help="a version and its share of traffic in percent, e.g. v1=80 v2=20")
-        parser.set_defaults(func=functools.partial(run, parser=parser), action=action, history=False)
+        parser.set_defaults(func=functools.partial(run, parser=parser), action=action, control=act,
+                            history=False)
 
 
 def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
@@ -121,22 +128,23 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
 
 
 def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
-    action = args.action
+    action: Action | None = getattr(args, "control", None)
     if action is None:
         return "GET", "/rollout/status", None
-    if action == "promote":
-        return "POST", "/rollout/promote", {"full": args.full}
-    if action == "abort":
-        return "POST", "/rollout/abort", {"reason": args.reason}
-    if action == "set-weights":
+    path = f"/rollout/{action.value}"
+    if action is Action.PROMOTE:
+        return "POST", path, {"full": args.full}
+    if action is Action.ABORT:
+        return "POST", path, {"reason": args.reason}
+    if action is Action.WEIGHTS:
         weights: dict[str, float | int] = {}
         for name, pct in args.weights:
             if name in weights:
                 raise ValueError(f"argument NAME=PCT: {name} is given twice ({name}={weights[name]:g} and "
                                  f"{name}={pct:g}); give each version once, e.g. v1=80 v2=20")
             weights[name] = int(pct) if pct.is_integer() else pct
-        return "POST", "/rollout/weights", {"weights": weights}
-    return "POST", f"/rollout/{action}", None
+        return "POST", path, {"weights": weights}
+    return "POST", path, None
 
 
 def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, token: str | None,

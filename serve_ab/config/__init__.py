@@ -8,7 +8,7 @@ both share. Pure: no Ray import. Import the names from here::
 """
 
 from serve_ab.config.experiment import (
-    AnalysisConfig,
+    ReportAnalysisConfig,
     AssignmentConfig,
     AutoscalingConfig,
     Backend,
@@ -40,7 +40,7 @@ from serve_ab.config.rollout import (
 )
 
 __all__ = [
-    "AnalysisConfig",
+    "ReportAnalysisConfig",
     "AssignmentConfig",
     "AutoscalingConfig",
     "Backend",

@@ -248,7 +248,7 @@ class RecordsConfig(_Strict):
     )
 
 
-class AnalysisConfig(_Strict):
+class ReportAnalysisConfig(_Strict):
     """How the A/B report judges the variants against the control."""
 
     control: str | None = Field(
@@ -307,7 +307,7 @@ class ExperimentConfig(_Strict):
         description="The controller deployment: collects what routers served, runs the rollout.",
     )
     shadow: ShadowConfig | None = Field(None, description="Mirror live traffic to a version.")
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="The A/B report.")
+    analysis: ReportAnalysisConfig = Field(default_factory=ReportAnalysisConfig, description="The A/B report.")
     resources_missing: Literal["fail", "cpu"] = Field(
         "fail",
         description="When a version asks for GPUs the cluster does not have: fail at deploy "

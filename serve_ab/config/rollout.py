@@ -251,7 +251,7 @@ class Gate(_Strict):
         return f"{metric} {op} {self.threshold:g}{suffix}"
 
 
-class AnalysisConfig(_Strict):
+class GateAnalysisConfig(_Strict):
     interval_s: DurationS = Field(10.0, gt=0, description="Seconds between two gate analyses.")
     min_samples: int = Field(
         50, ge=1,
@@ -396,8 +396,8 @@ class RolloutConfig(_Strict):
     strategy: Strategy = Field(..., description="canary or blue_green.")
     stable: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version serving now (blue).")
     candidate: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version rolled out (green).")
-    analysis: AnalysisConfig = Field(
-        default_factory=AnalysisConfig, description="When and how strictly gates are judged."
+    analysis: GateAnalysisConfig = Field(
+        default_factory=GateAnalysisConfig, description="When and how strictly gates are judged."
     )
     gates: list[Gate] = Field(
         default_factory=list, description="Checks on the candidate; all must pass to progress."

@@ -15,7 +15,7 @@ Example::
 
     windows = build_windows(observations, versions=("v1", "v2"))
     results = evaluate_gates(config.gates, windows["v2"], windows["v1"], min_samples=50)
-    overall_verdict(results)      # Verdict.PASS, FAIL or INCONCLUSIVE
+    overall_verdict(results)      # GateVerdict.PASS, FAIL or INCONCLUSIVE
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from serve_ab.analysis import drift
 from serve_ab.config.rollout import Gate, GateMetric
 
 
-class Verdict(str, Enum):
+class GateVerdict(str, Enum):
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
@@ -194,7 +194,7 @@ def build_windows(
 class GateResult:
     gate: str  # the gate's label, e.g. "latency_p95_ms <= 1.5x stable"
     metric: str
-    verdict: Verdict
+    verdict: GateVerdict
     #: What was compared with the threshold: the metric, or candidate / stable for ratios.
     value: float | None
     threshold: float
@@ -273,7 +273,7 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     """Judge one gate on the candidate's window, with stable's window where the gate needs it."""
     metric = gate.metric.value + (f"[{gate.name}]" if gate.name else "")
 
-    def result(verdict: Verdict, reason: str, value=None, cand=None, stab=None) -> GateResult:
+    def result(verdict: GateVerdict, reason: str, value=None, cand=None, stab=None) -> GateResult:
         return GateResult(gate.label, gate.metric.value, verdict, value, gate.threshold,
                           gate.bound, reason, cand, stab)
 
@@ -284,7 +284,7 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     for window, role in sides:
         seen, unit = _samples(gate, window)
         if seen < min_samples:
-            return result(Verdict.INCONCLUSIVE,
+            return result(GateVerdict.INCONCLUSIVE,
                           f"no data for {metric}: {role} {window.version} has {seen} {unit} in "
                           f"this window, {min_samples} needed; is it receiving traffic?")
 
@@ -298,7 +298,7 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     elif gate.needs_stable:
         cand, stab = _metric(gate, candidate), _metric(gate, stable)
         if stab < 0 or (stab == 0 and cand < 0):
-            return result(Verdict.INCONCLUSIVE,
+            return result(GateVerdict.INCONCLUSIVE,
                           f"{metric}: a ratio to stable {stable.version}'s {_fmt(stab)} is not "
                           "meaningful for negative values; use an absolute min or max gate",
                           None, cand, stab)
@@ -314,9 +314,9 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     upper = gate.bound.startswith("max")
     passed = value <= gate.threshold if upper else value >= gate.threshold
     if passed:
-        return result(Verdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
+        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
     side = "above" if upper else "below"
-    return result(Verdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
+    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
 
 
 def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
@@ -324,20 +324,20 @@ def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
     metric = f"promql[{gate.name}]"
     answer = candidate.promql.get(gate.name)
     if answer is None:
-        return result(Verdict.INCONCLUSIVE, f"no data for {metric}: not queried yet for {candidate.version}")
+        return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: not queried yet for {candidate.version}")
     if answer.error is not None:
-        return result(Verdict.INCONCLUSIVE, f"{metric} query failed, so {candidate.version} cannot be "
+        return result(GateVerdict.INCONCLUSIVE, f"{metric} query failed, so {candidate.version} cannot be "
                                             f"judged on it: {answer.error}; query: {answer.query}")
     if answer.value is None:
-        return result(Verdict.INCONCLUSIVE, f"no data for {metric}: the query returned no samples; is "
+        return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: the query returned no samples; is "
                                             f"{candidate.version} receiving traffic? query: {answer.query}")
     value = answer.value
     what = f"{metric} on {candidate.version} is {_fmt(value)}"
     upper = gate.bound == "max"
     if (value <= gate.threshold) if upper else (value >= gate.threshold):
-        return result(Verdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, value)
+        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, value)
     side = "above" if upper else "below"
-    return result(Verdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}; query: {answer.query}",
+    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}; query: {answer.query}",
                   value, value)
 
 
@@ -350,11 +350,11 @@ def evaluate_gates(
     return [evaluate_gate(gate, candidate, stable, min_samples) for gate in gates]
 
 
-def overall_verdict(results: Iterable[GateResult]) -> Verdict:
+def overall_verdict(results: Iterable[GateResult]) -> GateVerdict:
     """FAIL if any gate failed, else INCONCLUSIVE if any lacked data, else PASS (also when empty)."""
     verdicts = {r.verdict for r in results}
-    if Verdict.FAIL in verdicts:
-        return Verdict.FAIL
-    if Verdict.INCONCLUSIVE in verdicts:
-        return Verdict.INCONCLUSIVE
-    return Verdict.PASS
+    if GateVerdict.FAIL in verdicts:
+        return GateVerdict.FAIL
+    if GateVerdict.INCONCLUSIVE in verdicts:
+        return GateVerdict.INCONCLUSIVE
+    return GateVerdict.PASS

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from serve_ab.errors import ActionRefused
 from serve_ab.rollout.gates import (
     GateResult,
-    Verdict,
+    GateVerdict,
     WindowStats,
     evaluate_gates,
     overall_verdict,
@@ -68,7 +69,7 @@ class Phase(str, Enum):
 TERMINAL_PHASES = frozenset({Phase.PROMOTED, Phase.ABORTED})
 
 
-class RolloutError(RuntimeError):
+class RolloutError(ActionRefused):
     """An action that the rollout's current phase does not allow."""
 
 
@@ -86,7 +87,7 @@ class Decision:
     retire: tuple[str, ...] = ()
     #: Gate results when an analysis ran during this call, else empty.
     analysis: tuple[GateResult, ...] = ()
-    verdict: Verdict | None = None
+    verdict: GateVerdict | None = None
 
 
 @dataclass
@@ -104,7 +105,7 @@ class RolloutState:
     failures_total: int = 0
     failures_consecutive: int = 0
     last_analysis_at_s: float | None = None  # None: no analysis cadence running
-    step_verdict: Verdict | None = None  # latest analysis verdict within this step
+    step_verdict: GateVerdict | None = None  # latest analysis verdict within this step
     last_analysis_reason: str = ""
     held_since_s: float | None = None  # waiting on an analysis or a validation since
     paused_by: str | None = None  # "step" (pause: {}) or "operator"
@@ -142,7 +143,7 @@ class RolloutState:
             raise ValueError(f"rollout state lacks {missing}; it was not written by Rollout.to_dict")
         values = {k: v for k, v in data.items() if k in names}
         values["phase"] = Phase(values["phase"])
-        for key, enum in (("resume_phase", Phase), ("step_verdict", Verdict)):
+        for key, enum in (("resume_phase", Phase), ("step_verdict", GateVerdict)):
             if values.get(key) is not None:
                 values[key] = enum(values[key])
         values["weights"] = {k: float(v) for k, v in values["weights"].items()}
@@ -252,7 +253,7 @@ class Rollout:
             self._unpause(now)
         if self.config.strategy is Strategy.CANARY:
             s.paused_by = None
-            left = f"{reason}: left step {s.step_index} ({self._step_text()})"
+            left = f"{reason}: left step {s.step_index} ({self.step_text()})"
             self._next_step(now, Phase.PROGRESSING, left)
         elif s.phase in (Phase.VALIDATING, Phase.VALIDATED):
             self._switch(now, f"{reason}: switched to {s.candidate}")
@@ -284,7 +285,7 @@ class Rollout:
                 self._advance(now)
         elif s.paused_by == "step":
             s.paused_by = None
-            done = f"{reason}: step {s.step_index} ({self._step_text()}) done"
+            done = f"{reason}: step {s.step_index} ({self.step_text()}) done"
             self._next_step(now, Phase.PROGRESSING, done)
             self._advance(now)
         return self._decision(now, before)
@@ -394,7 +395,7 @@ class Rollout:
 
     def _maybe_analyze(
         self, now: float, windows: Mapping[str, WindowStats]
-    ) -> tuple[tuple[GateResult, ...], Verdict | None]:
+    ) -> tuple[tuple[GateResult, ...], GateVerdict | None]:
         s = self.state
         if not self._analysis_active():
             return (), None
@@ -416,13 +417,13 @@ class Rollout:
         s.step_verdict = verdict
         picked = [r for r in results if r.verdict is verdict] or list(results)
         s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or "no gates configured"
-        if verdict is Verdict.FAIL:
+        if verdict is GateVerdict.FAIL:
             s.failures_total += 1
             s.failures_consecutive += 1
             limit = self.config.analysis.failure_limit
             failed = "; ".join(
                 f"gate {r.gate} failed: {r.metric} = {r.value:.4g}, {r.bound} {r.threshold:g} ({r.reason})"
-                for r in results if r.verdict is Verdict.FAIL
+                for r in results if r.verdict is GateVerdict.FAIL
             )
             if s.failures_total > limit:
                 self._abort(now, f"{s.candidate} failed analysis {s.failures_total} time(s), over "
@@ -430,7 +431,7 @@ class Rollout:
             else:
                 self._record(now, s.phase, s.phase,
                              f"analysis failed ({s.failures_total} of {limit} tolerated): {failed}")
-        elif verdict is Verdict.PASS:
+        elif verdict is GateVerdict.PASS:
             s.failures_consecutive = 0
         return results, verdict
 
@@ -444,7 +445,8 @@ class Rollout:
         index = self.state.step_index
         return steps[index] if self.config.strategy is Strategy.CANARY and index < len(steps) else None
 
-    def _step_text(self) -> str:
+    def step_text(self) -> str:
+        """The current step in a few words (``set_weight 20``, ``pause 30s``, ``analysis``)."""
         step = self._current_step()
         if isinstance(step, SetWeightStep):
             return f"set_weight {step.set_weight:g}"
@@ -487,7 +489,7 @@ class Rollout:
                     s.held_since_s = s.step_started_at_s
                     entered = f"step {s.step_index}: analysis until a run passes"
                     self._transition(now, Phase.ANALYZING, entered)
-                if s.step_verdict is not Verdict.PASS:
+                if s.step_verdict is not GateVerdict.PASS:
                     return
                 self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: analysis passed")
 
@@ -496,7 +498,7 @@ class Rollout:
         if s.phase is Phase.VALIDATING:
             if not s.validation_passed:
                 return
-            if self._mirror_gates() and s.step_verdict is not Verdict.PASS:
+            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
                 return
             if bg.auto_switch:
                 self._switch(now, f"{s.candidate} validated; switched (auto_switch)")
@@ -513,7 +515,7 @@ class Rollout:
     def _may_leave(self, now: float) -> bool:
         """A wait is over; leave unless the latest analysis in this step failed or had no data."""
         s = self.state
-        if s.step_verdict in (None, Verdict.PASS):
+        if s.step_verdict in (None, GateVerdict.PASS):
             return True
         if s.held_since_s is None:
             s.held_since_s = now
@@ -623,7 +625,7 @@ class Rollout:
     # -- decisions -----------------------------------------------------------------------
 
     def _decision(self, now: float, before: Mapping[str, float],
-                  results: tuple[GateResult, ...] = (), verdict: Verdict | None = None) -> Decision:
+                  results: tuple[GateResult, ...] = (), verdict: GateVerdict | None = None) -> Decision:
         s = self.state
         retire: tuple[str, ...] = ()
         if self.done and s.retire_version and s.retire_at_s is not None and now >= s.retire_at_s - _EPS_S:
@@ -648,8 +650,8 @@ class Rollout:
             return last
         if s.paused_by == "operator":
             return "paused by operator; resume() to continue"
-        if s.held_since_s is not None and s.step_verdict not in (None, Verdict.PASS):
-            return (f"holding at step {s.step_index} ({self._step_text()}) for {now - s.held_since_s:g}s: "
+        if s.held_since_s is not None and s.step_verdict not in (None, GateVerdict.PASS):
+            return (f"holding at step {s.step_index} ({self.step_text()}) for {now - s.held_since_s:g}s: "
                     f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}")
         if s.phase is Phase.PAUSED:
             return f"step {s.step_index}: waiting for promote()"
@@ -657,7 +659,7 @@ class Rollout:
             return f"step {s.step_index}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
             waiting = [] if s.validation_passed else ["report_validation()"]
-            if self._mirror_gates() and s.step_verdict is not Verdict.PASS:
+            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
                 waiting.append("gates on mirrored traffic")
             return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
         if s.phase is Phase.VALIDATED:
@@ -668,5 +670,5 @@ class Rollout:
         step = self._current_step()
         if isinstance(step, PauseStep) and step.pause.duration is not None:
             left_s = s.step_started_at_s + step.pause.duration - now
-            return f"step {s.step_index} ({self._step_text()}): {max(left_s, 0.0):g}s left"
-        return f"step {s.step_index} ({self._step_text()})"
+            return f"step {s.step_index} ({self.step_text()}): {max(left_s, 0.0):g}s left"
+        return f"step {s.step_index} ({self.step_text()})"

@@ -36,8 +36,11 @@ from serve_ab.rollout.feedback import FeedbackJoin
 from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
-from serve_ab.config.rollout import PauseStep, SetWeightStep, Strategy
+from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.state import SqliteStateStore
+from serve_ab.api.schemas import ActionRequest
+from serve_ab.errors import InvalidInput, UnknownAction
+from serve_ab.serving.core.messages import Action, Mirror, Observations, RoutingSnapshot
 
 logger = logging.getLogger("ray.serve")
 
@@ -124,33 +127,31 @@ class ControllerCore:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def record(self, rows: list[tuple], pairs: list[tuple] = ()) -> None:
-        """What routers served.
+    def record(self, observations: Observations) -> None:
+        """What a router served: answers and failures of every version, and shadow pairs.
 
-        ``rows``: (t_s, version, latency_ms, error_kind, predicted_class, score, request_id,
-        unit, assigned, mirrored); error_kind is None for a success, mirrored rows are copies
-        the client never saw (they feed the candidate's gate windows, not its A/B figures).
-        ``pairs``: (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
-        shadow_latency_ms, error_kind), one per copy sent to a mirrored version.
+        Mirrored rows are copies the client never saw: they feed the candidate's gate
+        windows, not its A/B figures.
         """
         gated = self.rollout is not None  # windows are only read by a rollout's gates
-        for (t_s, version, latency_ms, error_kind, predicted_class, score, request_id, unit,
-             assigned, mirrored) in rows:
+        for row in observations.served:
             if gated:
-                self.observations.append(Observation(version, latency_ms, error_kind is None,
-                                                     predicted_class, score, t_s))
-            if mirrored:
+                self.observations.append(Observation(row.version, row.latency_ms, row.error_kind is None,
+                                                     row.predicted_class, row.score, row.t_s))
+            if row.mirrored:
                 continue
-            self.stats.record(t_s, version, latency_ms, error_kind, predicted_class, unit, assigned)
-            if request_id:
-                self.feedback.remember(request_id, version, t_s)
-        for (t_s, live_version, shadow_version, live_class, shadow_class, score_diff,
-             shadow_latency_ms, error_kind) in pairs:
-            if gated and error_kind is None and live_class is not None and shadow_class is not None:
-                self.pair_observations.append((t_s, shadow_version, live_class == shadow_class))
-            if shadow_version == self.stats.shadow_version:
-                self.stats.record_pair(t_s, live_version, live_class, shadow_class, score_diff,
-                                       shadow_latency_ms, error_kind)
+            self.stats.record(row.t_s, row.version, row.latency_ms, row.error_kind, row.predicted_class,
+                              row.unit, row.assigned)
+            if row.request_id:
+                self.feedback.remember(row.request_id, row.version, row.t_s)
+        for pair in observations.pairs:
+            if gated and pair.error_kind is None and pair.live_class is not None \
+                    and pair.shadow_class is not None:
+                self.pair_observations.append((pair.t_s, pair.shadow_version,
+                                               pair.live_class == pair.shadow_class))
+            if pair.shadow_version == self.stats.shadow_version:
+                self.stats.record_pair(pair.t_s, pair.live_version, pair.live_class, pair.shadow_class,
+                                       pair.score_diff, pair.shadow_latency_ms, pair.error_kind)
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float) -> None:
@@ -196,24 +197,32 @@ class ControllerCore:
             logger.info("serve-ab rollout %s: %s, weights %s", self.key, decision.reason, decision.weights)
         return changed
 
-    def act(self, action: str, body: dict[str, Any]) -> None:
-        """A control action; raises RolloutError when the phase does not allow it."""
+    def act(self, action: Action, body: ActionRequest = ActionRequest()) -> None:
+        """A control action; raises ActionRefused (RolloutError) when the phase does not
+        allow it, InvalidInput when its body does not fit it."""
         if self.rollout is None:
             raise RolloutError("this experiment has no rollout: add rollout: to its config")
-        if action == "promote":
-            self.rollout.promote(full=bool(body.get("full", False)))
-        elif action == "pause":
+        if action is Action.PROMOTE:
+            self.rollout.promote(full=body.full)
+        elif action is Action.PAUSE:
             self.rollout.pause()
-        elif action == "resume":
+        elif action is Action.RESUME:
             self.rollout.resume()
-        elif action == "abort":
-            self.rollout.abort(str(body.get("reason") or "aborted by operator"))
-        elif action == "rollback":
+        elif action is Action.ABORT:
+            self.rollout.abort(body.reason or "aborted by operator")
+        elif action is Action.ROLLBACK:
             self.rollout.rollback()
-        elif action == "weights":
-            self.rollout.set_weights(body["weights"])
+        elif action is Action.WEIGHTS:
+            if body.weights is None:
+                raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
+            try:
+                self.rollout.set_weights(body.weights)
+            except RolloutError:
+                raise
+            except ValueError as err:  # weights that do not fit the experiment
+                raise InvalidInput(str(err)) from None
         else:
-            raise KeyError(action)
+            raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}")
         self._persist()
         self.epoch += 1
 
@@ -229,25 +238,24 @@ class ControllerCore:
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
         return weights
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RoutingSnapshot:
         """What routers need: the weights of every version, what may be unloaded, and which
         versions get copies of live requests."""
-        return {"epoch": self.epoch, "weights": self.weights(), "retired": list(self.retired),
-                "mirrors": self.mirrors()}
+        return RoutingSnapshot(self.epoch, self.weights(), tuple(self.retired), tuple(self.mirrors()))
 
-    def mirrors(self) -> list[dict[str, Any]]:
+    def mirrors(self) -> list[Mirror]:
         """Versions that get copies of live requests, and what share: the configured shadow,
         and a blue-green green validating on live traffic."""
         mirrors = []
         if self.cfg.shadow is not None:
-            mirrors.append({"version": self.cfg.shadow.version, "percent": self.cfg.shadow.percent})
+            mirrors.append(Mirror(self.cfg.shadow.version, self.cfg.shadow.percent))
         r = self.cfg.rollout
         if r is not None and r.strategy is Strategy.BLUE_GREEN:
             settings = r.blue_green_settings
             if (settings.validation_min_samples is not None
                     and self.rollout.phase in (Phase.VALIDATING, Phase.VALIDATED)
                     and r.candidate != (self.cfg.shadow.version if self.cfg.shadow else None)):
-                mirrors.append({"version": r.candidate, "percent": settings.validation_mirror_pct})
+                mirrors.append(Mirror(r.candidate, settings.validation_mirror_pct))
         return mirrors
 
     def stats_snapshot(self, samples: bool = True) -> dict[str, Any]:
@@ -267,17 +275,12 @@ class ControllerCore:
         step_text = None
         next_step_in_s = None
         if r.strategy is Strategy.CANARY and s.step_index < len(steps):
+            step_text = self.rollout.step_text()
             step = steps[s.step_index]
-            if isinstance(step, SetWeightStep):
-                step_text = f"set_weight {step.set_weight:g}"
-            elif isinstance(step, PauseStep):
-                duration_s = step.pause.duration
-                step_text = f"pause {duration_s:g}s" if duration_s is not None else "pause (until promoted)"
-                if duration_s is not None and self.rollout.phase is Phase.PROGRESSING:
-                    next_step_in_s = max(0.0, s.step_started_at_s + duration_s - now)
-            else:
-                step_text = "analysis"
-        weights = self.snapshot()["weights"]
+            if isinstance(step, PauseStep) and step.pause.duration is not None \
+                    and self.rollout.phase is Phase.PROGRESSING:
+                next_step_in_s = max(0.0, s.step_started_at_s + step.pause.duration - now)
+        weights = self.weights()
         out = {
             "model": self.cfg.model,
             "strategy": r.strategy.value,
@@ -412,10 +415,10 @@ class ExperimentController:
 
     # -- called by routers --------------------------------------------------------------------
 
-    async def record(self, rows: list[tuple], pairs: list[tuple] = ()) -> None:
-        self.core.record(rows, pairs)
+    async def record(self, observations: Observations) -> None:
+        self.core.record(observations)
 
-    async def wait_for_update(self, known_epoch: int, timeout_s: float = LONG_POLL_TIMEOUT_S) -> dict[str, Any]:
+    async def wait_for_update(self, known_epoch: int, timeout_s: float = LONG_POLL_TIMEOUT_S) -> RoutingSnapshot:
         if known_epoch == self.core.epoch:
             changed = self._changed
             try:
@@ -448,7 +451,7 @@ class ExperimentController:
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
-    async def act(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def act(self, action: Action, body: ActionRequest) -> dict[str, Any]:
         self.core.act(action, body)
         self._notify()
         return self.core.status()

@@ -78,13 +78,13 @@ from prometheus_client.utils import floatToGoString
 
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.analysis.accumulate import ERROR_KINDS
-from serve_ab.rollout.gates import Verdict
+from serve_ab.rollout.gates import GateVerdict
 from serve_ab.rollout.machine import Phase
 
 PREFIX = "serve_ab_"
 #: ``static``: an app without rollout; then every phase of a canary or blue-green rollout.
 PHASES = ("static", *(phase.value for phase in Phase))
-VERDICTS = tuple(verdict.value for verdict in Verdict)
+VERDICTS = tuple(verdict.value for verdict in GateVerdict)
 #: Prometheus' text format 0.0.4: what every Prometheus 2.x scrapes.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 

@@ -50,6 +50,9 @@ class LoadedVersion:
     def output_spec(self) -> OutputSpec:
         return self.predictor.output_spec
 
+    async def describe(self) -> tuple[InputSpec, OutputSpec]:
+        return self.input_spec, self.output_spec
+
     async def predict(self, batch: np.ndarray) -> np.ndarray:
         if self._batched is not None:
             return await self._batched(batch)

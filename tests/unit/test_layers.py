@@ -1,6 +1,6 @@
 """The import graph of serve_ab runs one way, top to bottom (see README, "Layout").
 
-cli -> serving -> rollout -> analysis | api -> config -> routing | backends | store.
+cli -> serving -> rollout -> analysis | api -> config -> routing | backends | store -> errors.
 A module may import its own package and any lower floor, never a higher floor or a
 sibling on its own floor; the checks read the source, so lazy imports inside functions
 count too.
@@ -25,6 +25,7 @@ FLOORS = {
     "routing": 1,
     "backends": 1,
     "store": 1,
+    "errors": 0,
 }
 
 
@@ -72,3 +73,13 @@ def test_imports_only_go_down(path: Path):
         if FLOORS[part] >= FLOORS[own]:
             wrong.append(f"line {line}: {module} (floor {FLOORS[part]}, this is {own} on floor {FLOORS[own]})")
     assert not wrong, f"{path.relative_to(PACKAGE)} imports upwards or sideways: {wrong}"
+
+
+def test_the_router_core_and_its_routes_import_no_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, serve_ab.serving.core.router, serve_ab.serving.http; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the router core pulled in Ray: {out}"

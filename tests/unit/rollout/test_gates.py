@@ -15,7 +15,7 @@ from serve_ab.rollout.gates import (
     FeedbackEvent,
     FeedbackStats,
     Observation,
-    Verdict,
+    GateVerdict,
     WindowStats,
     build_windows,
     evaluate_gate,
@@ -43,9 +43,9 @@ STABLE = window("v1")
 def test_absolute_latency_gate_passes_and_fails_with_value_and_threshold():
     g = gate(metric="latency_p95_ms", max=50)
     ok = evaluate_gate(g, window(latency_ms=30.0), STABLE, min_samples=50)
-    assert ok.verdict is Verdict.PASS and ok.value == pytest.approx(30.0)
+    assert ok.verdict is GateVerdict.PASS and ok.value == pytest.approx(30.0)
     bad = evaluate_gate(g, window(latency_ms=80.0), STABLE, min_samples=50)
-    assert bad.verdict is Verdict.FAIL
+    assert bad.verdict is GateVerdict.FAIL
     assert (bad.value, bad.threshold, bad.bound) == (pytest.approx(80.0), 50.0, "max")
     assert "latency_p95_ms on v2 is 80" in bad.reason and "above max 50" in bad.reason
 
@@ -60,7 +60,7 @@ def test_latency_percentile_is_numpy_percentile():
 def test_too_few_samples_is_inconclusive_never_fail_and_says_seen_vs_needed():
     g = gate(metric="latency_p95_ms", max=50)
     result = evaluate_gate(g, window(n=3, latency_ms=900.0), STABLE, min_samples=50)
-    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.verdict is GateVerdict.INCONCLUSIVE
     assert result.value is None
     assert "no data" in result.reason and "candidate v2 has 3" in result.reason and "50 needed" in result.reason
 
@@ -68,18 +68,18 @@ def test_too_few_samples_is_inconclusive_never_fail_and_says_seen_vs_needed():
 def test_relative_gate_needs_stable_data_in_the_same_window():
     g = gate(metric="latency_p95_ms", max_ratio_to_stable=1.5)
     result = evaluate_gate(g, window(), window("v1", n=10), min_samples=50)
-    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.verdict is GateVerdict.INCONCLUSIVE
     assert "stable v1 has 10" in result.reason
     # An absolute gate does not care about stable.
-    assert evaluate_gate(gate(metric="error_rate", max=0.01), window(), window("v1", n=0), 50).verdict is Verdict.PASS
+    assert evaluate_gate(gate(metric="error_rate", max=0.01), window(), window("v1", n=0), 50).verdict is GateVerdict.PASS
 
 
 def test_ratio_gate_compares_with_stable():
     g = gate(metric="latency_p95_ms", max_ratio_to_stable=1.5)
     ok = evaluate_gate(g, window(latency_ms=14.0), window("v1", latency_ms=10.0), 50)
-    assert ok.verdict is Verdict.PASS and ok.value == pytest.approx(1.4)
+    assert ok.verdict is GateVerdict.PASS and ok.value == pytest.approx(1.4)
     bad = evaluate_gate(g, window(latency_ms=16.0), window("v1", latency_ms=10.0), 50)
-    assert bad.verdict is Verdict.FAIL
+    assert bad.verdict is GateVerdict.FAIL
     assert (bad.candidate_value, bad.stable_value, bad.value) == (16.0, 10.0, pytest.approx(1.6))
     assert "1.6x stable v1 (10)" in bad.reason and "max_ratio_to_stable 1.5" in bad.reason
 
@@ -87,9 +87,9 @@ def test_ratio_gate_compares_with_stable():
 def test_ratio_with_zero_on_stable():
     g = gate(metric="error_rate", max_ratio_to_stable=2.0)
     both_zero = evaluate_gate(g, window(errors=0), window("v1", errors=0), 50)
-    assert both_zero.verdict is Verdict.PASS and both_zero.value == 1.0
+    assert both_zero.verdict is GateVerdict.PASS and both_zero.value == 1.0
     only_candidate = evaluate_gate(g, window(errors=5), window("v1", errors=0), 50)
-    assert only_candidate.verdict is Verdict.FAIL and math.isinf(only_candidate.value)
+    assert only_candidate.verdict is GateVerdict.FAIL and math.isinf(only_candidate.value)
 
 
 def test_ratio_to_negative_stable_is_inconclusive_not_guessed():
@@ -97,23 +97,23 @@ def test_ratio_to_negative_stable_is_inconclusive_not_guessed():
     cand = window(feedback={"profit": FeedbackStats(100, 50.0, 60.0)})
     stab = window("v1", feedback={"profit": FeedbackStats(100, -50.0, 60.0)})
     result = evaluate_gate(g, cand, stab, 50)
-    assert result.verdict is Verdict.INCONCLUSIVE and "negative" in result.reason
+    assert result.verdict is GateVerdict.INCONCLUSIVE and "negative" in result.reason
 
 
 def test_error_rate_gate():
     g = gate(metric="error_rate", max=0.01)
-    assert evaluate_gate(g, window(n=200, errors=1), STABLE, 50).verdict is Verdict.PASS
+    assert evaluate_gate(g, window(n=200, errors=1), STABLE, 50).verdict is GateVerdict.PASS
     bad = evaluate_gate(g, window(n=200, errors=10), STABLE, 50)
-    assert bad.verdict is Verdict.FAIL and bad.value == pytest.approx(0.05)
+    assert bad.verdict is GateVerdict.FAIL and bad.value == pytest.approx(0.05)
 
 
 def test_class_drift_gates_use_the_drift_module():
     cand, stab = window(classes=(80, 20)), window("v1", classes=(50, 50))
     js = evaluate_gate(gate(metric="drift_js", max=0.01), cand, stab, 50)
     assert js.value == pytest.approx(jensenshannon([80, 20], [50, 50], base=2) ** 2)
-    assert js.verdict is Verdict.FAIL and "drift_js of v2 against stable v1" in js.reason
+    assert js.verdict is GateVerdict.FAIL and "drift_js of v2 against stable v1" in js.reason
     kl = evaluate_gate(gate(metric="drift_kl", max=1.0), cand, stab, 50)
-    assert kl.verdict is Verdict.PASS and kl.value == pytest.approx(drift.kl_divergence([80, 20], [50, 50]))
+    assert kl.verdict is GateVerdict.PASS and kl.value == pytest.approx(drift.kl_divergence([80, 20], [50, 50]))
     psi = evaluate_gate(gate(metric="drift_psi", max=0.1), cand, stab, 50)
     assert psi.value == pytest.approx(drift.psi([80, 20], [50, 50]))
 
@@ -121,11 +121,11 @@ def test_class_drift_gates_use_the_drift_module():
 def test_score_drift_gates():
     cand, stab = window(scores=[0.6] * 100), window("v1", scores=[0.9] * 100)
     ks = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, stab, 50)
-    assert ks.verdict is Verdict.FAIL and ks.value == pytest.approx(1.0)
+    assert ks.verdict is GateVerdict.FAIL and ks.value == pytest.approx(1.0)
     ws = evaluate_gate(gate(metric="drift_wasserstein", max=0.5), cand, stab, 50)
-    assert ws.verdict is Verdict.PASS and ws.value == pytest.approx(0.3)
+    assert ws.verdict is GateVerdict.PASS and ws.value == pytest.approx(0.3)
     few = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, window("v1", scores=[0.9] * 5), 50)
-    assert few.verdict is Verdict.INCONCLUSIVE and "stable v1 has 5 scores" in few.reason
+    assert few.verdict is GateVerdict.INCONCLUSIVE and "stable v1 has 5 scores" in few.reason
 
 
 def test_feedback_gates():
@@ -133,23 +133,23 @@ def test_feedback_gates():
     cand = window(feedback={"revenue": FeedbackStats(100, 900.0, 9000.0)})
     stab = window("v1", feedback={"revenue": FeedbackStats(100, 1000.0, 11000.0)})
     result = evaluate_gate(mean_gate, cand, stab, 50)
-    assert result.verdict is Verdict.FAIL and result.value == pytest.approx(0.9)
+    assert result.verdict is GateVerdict.FAIL and result.value == pytest.approx(0.9)
     assert "below min_ratio_to_stable 0.95" in result.reason
     rate_gate = gate(metric="feedback_rate", name="conversion", min=0.02)
     assert evaluate_gate(rate_gate, window(conversions={"conversion": ConversionStats(100, 3)}),
-                         STABLE, 50).verdict is Verdict.PASS
+                         STABLE, 50).verdict is GateVerdict.PASS
     missing = evaluate_gate(rate_gate, window(), STABLE, 50)
-    assert missing.verdict is Verdict.INCONCLUSIVE and "'conversion' outcomes" in missing.reason
+    assert missing.verdict is GateVerdict.INCONCLUSIVE and "'conversion' outcomes" in missing.reason
 
 
 def test_evaluate_gates_keeps_order_and_overall_verdict():
     gates = [gate(metric="latency_p95_ms", max=50), gate(metric="error_rate", max=0.01)]
     results = evaluate_gates(gates, window(latency_ms=80.0), STABLE, min_samples=50)
     assert [r.metric for r in results] == ["latency_p95_ms", "error_rate"]
-    assert overall_verdict(results) is Verdict.FAIL
-    assert overall_verdict(evaluate_gates(gates, window(n=1), STABLE, 50)) is Verdict.INCONCLUSIVE
-    assert overall_verdict(evaluate_gates(gates, window(), STABLE, 50)) is Verdict.PASS
-    assert overall_verdict([]) is Verdict.PASS
+    assert overall_verdict(results) is GateVerdict.FAIL
+    assert overall_verdict(evaluate_gates(gates, window(n=1), STABLE, 50)) is GateVerdict.INCONCLUSIVE
+    assert overall_verdict(evaluate_gates(gates, window(), STABLE, 50)) is GateVerdict.PASS
+    assert overall_verdict([]) is GateVerdict.PASS
     with pytest.raises(ValueError, match="min_samples is 0"):
         evaluate_gates(gates, window(), STABLE, min_samples=0)
     assert results[0].to_dict()["verdict"] == "fail"

@@ -6,21 +6,11 @@ import json
 
 import pytest
 
-from serve_ab.rollout.gates import Verdict, WindowStats
+from tests.support.fakes import FakeClock
+
+from serve_ab.rollout.gates import GateVerdict, WindowStats
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import RolloutConfig
-
-
-class FakeClock:
-    def __init__(self, t_s: float = 1000.0):
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def advance(self, seconds: float) -> float:
-        self.t_s += seconds
-        return self.t_s
 
 
 GATES = [
@@ -88,7 +78,7 @@ def run_until(rollout: Rollout, clock: FakeClock, seconds: float, windows, step_
 
 
 def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_delay():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     assert rollout.weights == {"v1": 100.0, "v2": 0.0} and rollout.phase is Phase.PROGRESSING
 
@@ -98,7 +88,7 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
 
     clock.advance(10)
     d = rollout.tick(healthy())  # background analysis while the canary has traffic
-    assert d.verdict is Verdict.PASS and len(d.analysis) == len(GATES) and not d.weights_changed
+    assert d.verdict is GateVerdict.PASS and len(d.analysis) == len(GATES) and not d.weights_changed
 
     d = run_until(rollout, clock, 20, healthy())
     assert d.phase is Phase.ANALYZING and d.step_index == 2 and d.weights == {"v1": 95.0, "v2": 5.0}
@@ -108,7 +98,7 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
     assert "waiting for promote()" in d.reason
 
     d = run_until(rollout, clock, 3600, healthy(), step_s=10)  # waits for a human
-    assert d.phase is Phase.PAUSED and d.verdict is Verdict.PASS and d.step_index == 4
+    assert d.phase is Phase.PAUSED and d.verdict is GateVerdict.PASS and d.step_index == 4
 
     d = rollout.promote()
     assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0} and d.weights_changed
@@ -122,12 +112,12 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
 
 
 def test_failed_gate_rolls_back_to_stable_at_once_naming_gate_value_and_threshold():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(slow())
     clock.advance(10)
     d = rollout.tick(slow())
-    assert d.phase is Phase.ABORTED and d.verdict is Verdict.FAIL
+    assert d.phase is Phase.ABORTED and d.verdict is GateVerdict.FAIL
     assert d.weights == {"v1": 100.0, "v2": 0.0} and d.weights_changed
     assert "latency_p95_ms <= 50" in d.reason and "= 80" in d.reason and "max 50" in d.reason
     assert "failure_limit 0" in d.reason
@@ -139,13 +129,13 @@ def test_failed_gate_rolls_back_to_stable_at_once_naming_gate_value_and_threshol
 
 
 def test_failure_limit_tolerates_that_many_failures_and_a_failure_holds_the_step():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(failure_limit=2), clock)
     rollout.tick(healthy())
     for failures in (1, 2):
         clock.advance(10)
         d = rollout.tick(slow())
-        assert d.verdict is Verdict.FAIL and d.phase is Phase.PROGRESSING
+        assert d.verdict is GateVerdict.FAIL and d.phase is Phase.PROGRESSING
         assert d.weights == {"v1": 95.0, "v2": 5.0}
         assert rollout.state.failures_total == failures
     clock.advance(10)  # the pause is over, but the latest run failed: hold
@@ -160,7 +150,7 @@ def test_failure_limit_tolerates_that_many_failures_and_a_failure_holds_the_step
 
 
 def test_inconclusive_holds_without_progress_and_says_no_data():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(progress_deadline_s=None), clock)
     rollout.tick(no_data())
     d = run_until(rollout, clock, 300, no_data(), step_s=5)
@@ -173,7 +163,7 @@ def test_inconclusive_holds_without_progress_and_says_no_data():
 
 
 def test_progress_deadline_exceeded_aborts_with_that_reason():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(progress_deadline_s=60), clock)
     rollout.tick(no_data())
     d = run_until(rollout, clock, 30, no_data())  # pause over at +30, held from then on
@@ -188,7 +178,7 @@ def test_progress_deadline_exceeded_aborts_with_that_reason():
 
 
 def test_inline_analysis_step_counts_toward_the_deadline_from_its_start():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     steps = [{"set_weight": 10}, {"analysis": {"min_samples": 500}}, {"set_weight": 100}]
     rollout = Rollout(canary(steps=steps, progress_deadline_s=45), clock)
     d = rollout.tick(healthy())
@@ -201,7 +191,7 @@ def test_inline_analysis_step_counts_toward_the_deadline_from_its_start():
 
 def test_manual_promote_past_an_open_pause_and_resume_does_the_same():
     steps = [{"set_weight": 10}, {"pause": {}}, {"set_weight": 30}, {"pause": {}}, {"set_weight": 100}]
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(steps=steps), clock)
     assert rollout.tick(healthy()).phase is Phase.PAUSED
     d = rollout.promote()
@@ -211,7 +201,7 @@ def test_manual_promote_past_an_open_pause_and_resume_does_the_same():
 
 
 def test_promote_skips_a_timed_pause_and_full_promote_jumps_to_100():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     d = rollout.promote()
@@ -223,7 +213,7 @@ def test_promote_skips_a_timed_pause_and_full_promote_jumps_to_100():
 
 def test_failing_canary_is_rolled_back_even_while_waiting_at_an_open_pause():
     steps = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(steps=steps), clock)
     rollout.tick(healthy())
     clock.advance(10)
@@ -231,7 +221,7 @@ def test_failing_canary_is_rolled_back_even_while_waiting_at_an_open_pause():
 
 
 def test_operator_abort_and_rollback():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     d = rollout.abort("bad dashboards")
@@ -239,14 +229,14 @@ def test_operator_abort_and_rollback():
     assert rollout.abort().weights_changed is False  # idempotent
     assert rollout.rollback().phase is Phase.ABORTED
 
-    other = Rollout(canary(), FakeClock())
+    other = Rollout(canary(), FakeClock(1000.0))
     other.tick(healthy())
     d = other.rollback()
     assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "rolled back" in d.reason
 
 
 def test_rollback_after_promotion_while_the_old_stable_is_still_loaded():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     rollout.promote(full=True)
@@ -267,7 +257,7 @@ def test_rollback_after_promotion_while_the_old_stable_is_still_loaded():
 
 
 def test_operator_pause_freezes_steps_analysis_and_timers():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     clock.advance(15)
@@ -286,7 +276,7 @@ def test_operator_pause_freezes_steps_analysis_and_timers():
 
 
 def test_manual_weights_are_validated_and_pause_the_rollout():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     with pytest.raises(ValueError, match="sum to 90%; they must sum to 100"):
@@ -304,7 +294,7 @@ def test_manual_weights_are_validated_and_pause_the_rollout():
 
 
 def test_restart_mid_pause_resumes_same_step_and_weights_without_restarting_the_pause():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
     rollout.tick(healthy())
     run_until(rollout, clock, 20, healthy(), step_s=10)
@@ -326,7 +316,7 @@ def test_restart_mid_pause_resumes_same_step_and_weights_without_restarting_the_
 
 def test_restart_at_an_open_pause_and_during_a_hold_keeps_waiting_and_deadline():
     steps = [{"set_weight": 10}, {"pause": {}}, {"set_weight": 100}]
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(canary(steps=steps), clock)
     rollout.tick(healthy())
     restored = Rollout.from_dict(canary(steps=steps), rollout.to_dict(), clock)
@@ -342,13 +332,13 @@ def test_restart_at_an_open_pause_and_during_a_hold_keeps_waiting_and_deadline()
 
 
 def test_restore_refuses_a_state_of_another_rollout():
-    rollout = Rollout(canary(), FakeClock())
+    rollout = Rollout(canary(), FakeClock(1000.0))
     saved = rollout.to_dict()
     other = canary().model_copy(update={"candidate": "v3"})
     with pytest.raises(ValueError, match="start a new rollout or restore the matching config"):
-        Rollout.from_dict(other, saved, FakeClock())
+        Rollout.from_dict(other, saved, FakeClock(1000.0))
     with pytest.raises(ValueError, match="schema"):
-        Rollout.from_dict(canary(), {**saved, "schema": 99}, FakeClock())
+        Rollout.from_dict(canary(), {**saved, "schema": 99}, FakeClock(1000.0))
 
 
 def test_history_entries_name_time_phases_and_reason():
@@ -370,7 +360,7 @@ def bg_windows(green_latency_ms: float = 10.0, blue_n: int = 0) -> dict[str, Win
 
 
 def test_blue_green_happy_path_switches_once_and_retires_blue_after_keep_blue_s():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(blue_green(), clock)
     d = rollout.tick(bg_windows())
     assert d.phase is Phase.VALIDATING and d.weights == {"blue": 100.0, "green": 0.0}
@@ -381,7 +371,7 @@ def test_blue_green_happy_path_switches_once_and_retires_blue_after_keep_blue_s(
     switched_at = clock.t_s
 
     d = run_until(rollout, clock, 290, bg_windows(), step_s=10)
-    assert d.phase is Phase.SWITCHED and d.verdict is Verdict.PASS
+    assert d.phase is Phase.SWITCHED and d.verdict is GateVerdict.PASS
     # Blue gets no traffic now, so relative gates are left out instead of holding the watch.
     assert [r.gate for r in d.analysis] == ["latency_p95_ms <= 50", "error_rate <= 0.01"]
     d = run_until(rollout, clock, 10, bg_windows(), step_s=10)
@@ -394,7 +384,7 @@ def test_blue_green_happy_path_switches_once_and_retires_blue_after_keep_blue_s(
 
 
 def test_blue_green_post_switch_gate_failure_rolls_back_to_blue():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(blue_green(), clock)
     rollout.report_validation(True)
     run_until(rollout, clock, 100, bg_windows(), step_s=10)
@@ -407,7 +397,7 @@ def test_blue_green_post_switch_gate_failure_rolls_back_to_blue():
 
 
 def test_blue_green_validation_on_mirrored_traffic_and_manual_switch():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(blue_green(validation_min_samples=64, auto_switch=False), clock)
     rollout.report_validation(True)
     d = rollout.tick(bg_windows(blue_n=100))
@@ -425,7 +415,7 @@ def test_blue_green_validation_on_mirrored_traffic_and_manual_switch():
 
 
 def test_blue_green_failed_validation_aborts_and_deadline_applies():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(blue_green(), clock)
     d = rollout.report_validation(False, "3 of 512 answers differ")
     assert d.phase is Phase.ABORTED and "3 of 512 answers differ" in d.reason
@@ -439,7 +429,7 @@ def test_blue_green_failed_validation_aborts_and_deadline_applies():
 
 
 def test_blue_green_restart_mid_watch_keeps_the_switch_time():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     rollout = Rollout(blue_green(), clock)
     rollout.report_validation(True)
     run_until(rollout, clock, 200, bg_windows(), step_s=10)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from serve_ab.rollout.gates import (
     PromQLResult,
-    Verdict,
+    GateVerdict,
     WindowStats,
     evaluate_gate,
     evaluate_gates,
@@ -254,21 +254,21 @@ STABLE = WindowStats("v1")
 
 def test_gate_passes_fails_and_is_inconclusive_without_data_or_on_error():
     ok = evaluate_gate(GATE, candidate_with(PromQLResult("q", 0.01)), STABLE, min_samples=50)
-    assert ok.verdict is Verdict.PASS and ok.value == 0.01
+    assert ok.verdict is GateVerdict.PASS and ok.value == 0.01
     assert ok.reason == "promql[error_ratio] on v2 is 0.01, within max 0.05"
     bad = evaluate_gate(GATE, candidate_with(PromQLResult("q", 0.2)), STABLE, min_samples=50)
-    assert bad.verdict is Verdict.FAIL and (bad.value, bad.threshold, bad.bound) == (0.2, 0.05, "max")
+    assert bad.verdict is GateVerdict.FAIL and (bad.value, bad.threshold, bad.bound) == (0.2, 0.05, "max")
     assert bad.reason == "promql[error_ratio] on v2 is 0.2, above max 0.05; query: q"
     low = Gate.model_validate({"metric": "promql", "name": "error_ratio", "min": 0.5, "query": "q"})
-    assert evaluate_gate(low, candidate_with(PromQLResult("q", 0.2)), STABLE, 1).verdict is Verdict.FAIL
+    assert evaluate_gate(low, candidate_with(PromQLResult("q", 0.2)), STABLE, 1).verdict is GateVerdict.FAIL
     empty = evaluate_gate(GATE, candidate_with(PromQLResult("q", None)), STABLE, min_samples=50)
-    assert empty.verdict is Verdict.INCONCLUSIVE and empty.value is None
+    assert empty.verdict is GateVerdict.INCONCLUSIVE and empty.value is None
     assert "no data for promql[error_ratio]: the query returned no samples; is v2 receiving traffic?" in empty.reason
     failed = evaluate_gate(GATE, candidate_with(PromQLResult("q", None, "cannot reach x")), STABLE, 50)
-    assert failed.verdict is Verdict.INCONCLUSIVE
+    assert failed.verdict is GateVerdict.INCONCLUSIVE
     assert failed.reason == "promql[error_ratio] query failed, so v2 cannot be judged on it: cannot reach x; query: q"
     missing = evaluate_gate(GATE, candidate_with(None), STABLE, 50)
-    assert missing.verdict is Verdict.INCONCLUSIVE and "not queried yet" in missing.reason
+    assert missing.verdict is GateVerdict.INCONCLUSIVE and "not queried yet" in missing.reason
 
 
 def test_from_fake_prometheus_to_verdicts(prometheus):
@@ -278,7 +278,7 @@ def test_from_fake_prometheus_to_verdicts(prometheus):
     prometheus.answer(rendered["latency_vs_stable"], vector())
     answers = run(fetch_promql_values(config, "digits"))
     results = evaluate_gates(config.gates, WindowStats("v2", promql=answers), STABLE, min_samples=5)
-    assert [r.verdict for r in results] == [Verdict.FAIL, Verdict.INCONCLUSIVE]
+    assert [r.verdict for r in results] == [GateVerdict.FAIL, GateVerdict.INCONCLUSIVE]
 
 
 def test_a_rollout_aborts_on_a_failing_query_value_and_holds_on_a_query_error():

@@ -10,17 +10,10 @@ from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import RolloutError
 from serve_ab.serving.controller import ControllerCore, rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
-
-
-class FakeClock:
-    def __init__(self, t_s: float = 1_000_000.0):
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def advance(self, dt_s: float) -> None:
-        self.t_s += dt_s
+from serve_ab.api.schemas import ActionRequest
+from serve_ab.errors import UnknownAction
+from serve_ab.serving.core.messages import Action, Mirror, Observations, ServedRequest, ShadowPair
+from tests.support.fakes import FakeClock
 
 
 def experiment(candidate: str = "v2", **rollout_changes):
@@ -44,12 +37,12 @@ def experiment(candidate: str = "v2", **rollout_changes):
 
 def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
            correct: bool | None = None) -> None:
-    rows = [(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
-             i, True, False) for i in range(n)]
-    core.record(rows)
+    rows = [ServedRequest(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
+                          i, True, False) for i in range(n)]
+    core.record(Observations(rows))
     if correct is not None:
         for row in rows:
-            core.feedback.add(row[6], "correct", None, correct, clock())
+            core.feedback.add(row.request_id, "correct", None, correct, clock())
 
 
 def run_for(core, clock, seconds, per_second):
@@ -63,17 +56,17 @@ def run_for(core, clock, seconds, per_second):
 def test_canary_promotes_on_good_reports_and_retires_the_old_version():
     clock = FakeClock()
     core = ControllerCore(experiment(), MemoryStateStore(), clock)
-    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
     core.tick()
-    assert core.snapshot()["weights"] == {"v1": 90.0, "v2": 10.0}
+    assert core.snapshot().weights == {"v1": 90.0, "v2": 10.0}
     epoch = core.epoch
     run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
     assert core.rollout.phase.value == "promoted"
     assert core.epoch > epoch
-    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+    assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
     clock.advance(10)
     core.tick()
-    assert core.snapshot()["retired"] == ["v1"]
+    assert core.snapshot().retired == ("v1",)
     assert {g["metric"]: g["verdict"] for g in core.status()["gates"]} == {
         "error_rate": "pass", "feedback_rate": "pass"}
 
@@ -123,12 +116,12 @@ def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
     clock = FakeClock()
     store = SqliteStateStore(tmp_path / "state.sqlite")
     first = ControllerCore(experiment(), store, clock)
-    first.act("promote", {"full": True})
+    first.act(Action.PROMOTE, ActionRequest(full=True))
     assert first.status()["phase"] == "promoted"
     second = ControllerCore(experiment("v3"), store, clock)
     assert rollout_key(second.cfg) != rollout_key(first.cfg)
     assert second.status()["phase"] == "progressing"
-    assert second.snapshot()["weights"] == {"v1": 100.0, "v3": 0.0}
+    assert second.snapshot().weights == {"v1": 100.0, "v3": 0.0}
 
 
 def test_actions_bump_the_epoch_and_refuse_what_the_phase_does_not_allow():
@@ -136,15 +129,15 @@ def test_actions_bump_the_epoch_and_refuse_what_the_phase_does_not_allow():
     core = ControllerCore(experiment(), MemoryStateStore(), clock)
     core.tick()
     epoch = core.epoch
-    core.act("weights", {"weights": {"v1": 70, "v2": 30}})
-    assert core.snapshot()["weights"] == {"v1": 70.0, "v2": 30.0} and core.epoch == epoch + 1
-    core.act("abort", {"reason": "operator saw errors"})
-    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 70, "v2": 30}))
+    assert core.snapshot().weights == {"v1": 70.0, "v2": 30.0} and core.epoch == epoch + 1
+    core.act(Action.ABORT, ActionRequest(reason="operator saw errors"))
+    assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
     assert "operator saw errors" in core.status()["reason"]
     with pytest.raises(RolloutError):
-        core.act("pause", {})
-    with pytest.raises(KeyError):
-        core.act("explode", {})
+        core.act(Action.PAUSE)
+    with pytest.raises(UnknownAction):
+        core.act("explode")
 
 
 def test_feedback_before_the_report_waits_for_it_and_expires():
@@ -177,14 +170,14 @@ def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
                                        "post_switch_watch_s": 5, "keep_blue_s": 10}})
     core = ControllerCore(cfg, MemoryStateStore(), clock)
     core.tick()
-    assert core.snapshot()["mirrors"] == [{"version": "v2", "percent": 25.0}]
-    assert core.snapshot()["weights"] == {"v1": 100.0, "v2": 0.0}
+    assert core.snapshot().mirrors == (Mirror("v2", 25.0),)
+    assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
     core.rollout.report_validation(True, "sample set passed")
     # Green's mirrored answers fill its window; the gates judge them against blue's.
     run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
     assert core.status()["phase"] in ("switched", "promoted")
-    assert core.snapshot()["mirrors"] == []
-    assert core.snapshot()["weights"] == {"v1": 0.0, "v2": 100.0}
+    assert core.snapshot().mirrors == ()
+    assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
 
 
 def ab_experiment(**changes):
@@ -201,13 +194,13 @@ def ab_experiment(**changes):
 def test_without_a_rollout_the_weights_are_the_configs_and_actions_are_refused():
     clock = FakeClock()
     core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
-    assert core.snapshot()["weights"] == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
-    assert core.snapshot()["mirrors"] == []
+    assert core.snapshot().weights == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    assert core.snapshot().mirrors == ()
     assert core.tick() is False
     status = core.status()
     assert status["phase"] == "static" and status["strategy"] is None
     with pytest.raises(RolloutError, match="no rollout"):
-        core.act("promote", {})
+        core.act(Action.PROMOTE)
 
 
 def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
@@ -216,7 +209,7 @@ def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
     report(core, clock, "v1", 4, correct=True)
     report(core, clock, "v2", 2, ok=False)
     # A mirrored copy feeds the gate windows only, never the A/B figures.
-    core.record([(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)])
+    core.record(Observations([ServedRequest(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)]))
     versions = core.stats_snapshot()["versions"]
     assert (versions["v1"]["requests"], versions["v1"]["units"]) == (4, 4)
     assert versions["v1"]["feedback"] == {"correct": {"kind": "conversion", "n": 4, "successes": 4}}
@@ -228,10 +221,11 @@ def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
 def test_a_configured_shadow_is_mirrored_and_its_pairs_recorded():
     clock = FakeClock()
     core = ControllerCore(ab_experiment(shadow={"version": "v3", "percent": 10}), MemoryStateStore(), clock)
-    assert core.snapshot()["mirrors"] == [{"version": "v3", "percent": 10.0}]
-    core.record([], [(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
-                     (clock(), "v2", "v3", 4, 9, -0.3, 2.0, None),
-                     (clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)])  # not the shadow: ignored
+    assert core.snapshot().mirrors == (Mirror("v3", 10.0),)
+    core.record(Observations([], [ShadowPair(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
+                                                  ShadowPair(clock(), "v2", "v3", 4, 9, -0.3, 2.0, None),
+                                                  # not the shadow: ignored
+                                                  ShadowPair(clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)]))
     shadow = core.stats_snapshot()["shadow"]
     assert (shadow["version"], shadow["pairs"], shadow["agree"]) == ("v3", 2, 1)
     assert shadow["pairs_by_live_version"] == {"v1": 1, "v2": 1}
@@ -266,13 +260,13 @@ def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests()
     cfg = parse_experiment({**base.model_dump(mode="json", exclude_none=True),
                             "shadow": {"version": "v2", "percent": 100}})
     core = ControllerCore(cfg, MemoryStateStore(), clock)
-    assert {"version": "v2", "percent": 100.0} in core.snapshot()["mirrors"]
+    assert Mirror("v2", 100.0) in core.snapshot().mirrors
     for second in range(12):
         clock.advance(1.0)
         report(core, clock, "v1", 10)
         report(core, clock, "v2", 1)
         # v2 answers the copies with another class 3 times in 10: agreement 0.7 < 0.9.
-        core.record([], [(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)])
+        core.record(Observations([], [ShadowPair(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)]))
         core.tick()
     status = core.status()
     assert status["phase"] == "aborted", status

@@ -1,0 +1,36 @@
+"""The one place where serve-ab's errors become HTTP statuses (and, later, gRPC codes).
+
+The core raises :mod:`serve_ab.errors` exceptions, which know nothing of transports; this
+table decides what a client sees. The most specific class wins (``BodyTooLarge`` before
+``InvalidInput``), and anything unknown is the server's fault (500).
+"""
+
+from __future__ import annotations
+
+from serve_ab import errors
+
+HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
+    errors.BodyTooLarge: 413,
+    errors.InvalidInput: 400,
+    errors.Unauthorized: 401,
+    errors.PinningDisabled: 403,
+    errors.NotFound: 404,
+    errors.ActionRefused: 409,
+    errors.VersionUnavailable: 503,
+}
+
+
+def http_status(err: BaseException) -> int:
+    """The HTTP status for ``err``: its nearest class in :data:`HTTP_STATUS`, else 500."""
+    for cls in type(err).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def client_message(err: BaseException) -> str:
+    """What the client is told. An error raised in another replica arrives wrapped by Ray
+    (a class deriving from both the original and RayTaskError) whose ``str`` is a whole
+    traceback; its ``cause`` is the original, whose message is meant for the client."""
+    original = getattr(err, "cause", None) or err
+    return getattr(original, "message", None) or str(original)

@@ -1,0 +1,73 @@
+"""What can go wrong with a request or an action, without transport: no HTTP status here.
+
+The router core raises these; ``serve_ab.api.errors`` maps them to HTTP statuses (and gRPC
+codes) in one table, and a Python caller through a DeploymentHandle gets them as they are
+(Ray re-raises a replica's exception as a class deriving from it, so ``except
+VersionNotServed`` works across the handle). Every message is shown to the client as is,
+so it says what was received and what would be valid.
+"""
+
+from __future__ import annotations
+
+
+class ServeAbError(Exception):
+    """Base of the errors a caller can act on; one message argument, so they pickle."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServeAbError, ValueError):
+    """The request itself is wrong: its body, a field, a key, the shape of its inputs."""
+
+
+class BodyTooLarge(InvalidInput):
+    """The request body is over ``http.max_body_bytes``."""
+
+
+class Unauthorized(ServeAbError):
+    """A control action without the right token (or with none configured)."""
+
+
+class PinningDisabled(ServeAbError):
+    """A request pinned a version while ``pin.enabled`` is false."""
+
+
+class NotFound(ServeAbError, LookupError):
+    """Something the request names does not exist here."""
+
+
+class VersionNotServed(NotFound):
+    """A version this experiment does not serve (never did, or retired)."""
+
+
+class UnknownModel(NotFound):
+    """A model name other than the one this app serves."""
+
+
+class UnknownAction(NotFound):
+    """A control action that does not exist."""
+
+
+class ActionRefused(ServeAbError):
+    """A control action the rollout's phase does not allow (promote an aborted rollout)."""
+
+
+class VersionUnavailable(ServeAbError):
+    """No replica of a version can answer now: it died, or stalls past the watchdog's limits."""
+
+
+__all__ = [
+    "ActionRefused",
+    "BodyTooLarge",
+    "InvalidInput",
+    "NotFound",
+    "PinningDisabled",
+    "ServeAbError",
+    "Unauthorized",
+    "UnknownAction",
+    "UnknownModel",
+    "VersionNotServed",
+    "VersionUnavailable",
+]

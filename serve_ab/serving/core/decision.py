@@ -1,0 +1,67 @@
+"""The traffic decision: which version answers a request, and where it goes if that fails.
+
+This is the one short function a reader looks for (:meth:`TrafficDecision.choose`): a pinned
+request goes to its version (when pinning is on and the version is served); any other is
+assigned by the split, key -> bucket -> version (:mod:`serve_ab.routing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple
+
+from serve_ab.config.experiment import AssignmentConfig, PinConfig
+from serve_ab.errors import InvalidInput, PinningDisabled, VersionNotServed
+from serve_ab.routing import Assigner
+
+
+class Choice(NamedTuple):
+    version: str
+    unit: int | None  # the key's hash: the unit of analysis; None when keyless or pinned
+    assigned: bool  # chosen by the split (only these enter the A/B figures and the SRM check)
+
+
+class TrafficDecision:
+    """Key extraction, pins, the split and the fallback, over the versions served now."""
+
+    def __init__(self, assigner: Assigner, assignment: AssignmentConfig, pin: PinConfig,
+                 stable: str | None = None):
+        self.assigner = assigner
+        self.assignment = assignment
+        self.pin = pin
+        self.stable = stable  # a rollout's stable version: the first fallback
+
+    def key_from(self, fields: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> str | None:
+        """The assignment key of a request: a header, or a field of its JSON body."""
+        if self.assignment.key == "header":
+            return headers.get(self.assignment.header) if headers is not None else None
+        if self.assignment.key == "none" or not fields:
+            return None
+        key = fields.get(self.assignment.field)
+        if key is None:
+            return None
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise InvalidInput(
+                f"assignment key '{self.assignment.field}' must be a string or an integer; "
+                f"got {type(key).__name__} {key!r}"
+            )
+        return str(key)
+
+    def choose(self, key: str | None, pinned: str | None, served: Collection[str]) -> Choice:
+        """The version for a request: its pin, or the split's choice for its key."""
+        if pinned is None:
+            version, unit = self.assigner.assign_unit(key)
+            return Choice(version, unit, True)
+        if not self.pin.enabled:
+            raise PinningDisabled("pinning a version is turned off for this experiment (pin.enabled: false)")
+        if pinned not in served:
+            raise VersionNotServed(f"unknown version {pinned!r}; this experiment serves {list(served)}")
+        return Choice(pinned, None, False)
+
+    def fallback_for(self, failed: str, served: Collection[str]) -> str | None:
+        """Where a request goes when ``failed`` cannot answer: the stable version, else any
+        other version with traffic; None when there is nowhere to go."""
+        if self.stable is not None and failed != self.stable and self.stable in served:
+            return self.stable
+        weights = self.assigner.table.weights_pct()
+        return next((name for name in served if name != failed and weights.get(name, 0.0) > 0.0), None)

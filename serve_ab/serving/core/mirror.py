@@ -1,0 +1,61 @@
+"""Copies of live requests to mirrored versions (shadow, a validating blue-green green)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from serve_ab.serving.core.messages import Mirror
+from serve_ab.serving.core.observe import ObservationBuffer
+from serve_ab.serving.core.versions import Version, error_kind
+
+logger = logging.getLogger("ray.serve")
+
+
+class MirrorSender:
+    """Sends a copy in the background: the client does not wait for it, never sees its
+    answer, and never sees its failure. Both answers are recorded as a pair."""
+
+    def __init__(self, observations: ObservationBuffer, clock: Callable[[], float],
+                 rng: random.Random | None = None):
+        self.observations = observations
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.mirrors: Sequence[Mirror] = ()
+        self._tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
+
+    def send(self, versions: Mapping[str, Version], live_version: str, batch: np.ndarray,
+             live_outputs: np.ndarray, request_id: str) -> None:
+        for mirror in self.mirrors:
+            version = versions.get(mirror.version)
+            if mirror.version == live_version or version is None \
+                    or self.rng.random() * 100.0 >= mirror.percent:
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _mirrored(self, name: str, version: Version, live_version: str, batch: np.ndarray,
+                        live_outputs: np.ndarray, request_id: str) -> None:
+        started_s = self.clock()
+        try:
+            outputs = await version.predict(batch)
+        except Exception as err:
+            kind = error_kind(err)
+            logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",
+                        request_id, name, kind, type(err).__name__)
+            self.observations.served(name, started_s, kind, None, request_id=None, mirrored=True)
+            self.observations.pair(live_version, name, live_outputs, None, started_s, kind)
+            return
+        self.observations.served(name, started_s, None, outputs, request_id=None, mirrored=True)
+        self.observations.pair(live_version, name, live_outputs, outputs, started_s, None)
+
+    async def drain(self) -> None:
+        """Wait for the copies in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

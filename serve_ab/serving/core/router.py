@@ -1,0 +1,177 @@
+"""The router's work, without Ray: every request over HTTP, gRPC or a handle comes here.
+
+key -> version (:class:`TrafficDecision`) -> checked batch -> that version's ``predict``
+-> observation (:class:`ObservationBuffer`) -> copies to mirrored versions
+(:class:`MirrorSender`). Beside the requests, two loops: :meth:`RouterCore.follow` long-polls
+the controller for a :class:`RoutingSnapshot` and applies it; :meth:`RouterCore.flush` sends
+the observations once per interval. Both keep serving with the last weights while the
+controller is away. Clock, sleep and the request id are injected, so unit tests drive
+everything with fakes and never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
+from serve_ab.config.experiment import ExperimentConfig
+from serve_ab.errors import UnknownModel, VersionNotServed, VersionUnavailable
+from serve_ab.routing import Assigner
+from serve_ab.serving.core.decision import Choice, TrafficDecision
+from serve_ab.serving.core.messages import ControllerApi, RoutingSnapshot
+from serve_ab.serving.core.mirror import MirrorSender
+from serve_ab.serving.core.observe import ObservationBuffer
+from serve_ab.serving.core.versions import Version, error_kind, same_interface
+
+logger = logging.getLogger("ray.serve")
+
+FLUSH_INTERVAL_S = 0.25
+RETRY_FOLLOW_S = 0.5  # between long polls while the controller is unreachable
+
+
+async def _sleep(delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+
+
+class RouterCore:
+    """One router replica's state and request path."""
+
+    def __init__(self, cfg: ExperimentConfig, versions: Mapping[str, Version], controller: ControllerApi,
+                 *, request_id: Callable[[], str], clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = _sleep,
+                 interface: tuple[InputSpec, OutputSpec] | None = None):
+        self.cfg = cfg
+        self.versions: dict[str, Version] = dict(versions)
+        self.controller = controller
+        self.request_id = request_id
+        self.clock = clock
+        self.sleep = sleep
+        self.decision = TrafficDecision(Assigner(cfg.weights_pct(), cfg.assignment.salt), cfg.assignment,
+                                        cfg.pin, cfg.rollout.stable if cfg.rollout is not None else None)
+        self.observations = ObservationBuffer(clock)
+        self.mirrors = MirrorSender(self.observations, clock)
+        self.epoch = -1
+        self._interface = interface  # colocated: known at load; isolated: asked once
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def serve(self, inputs: Any, key: str | None, pinned: str | None) -> tuple[str, np.ndarray]:
+        """Serve a batch of instances (nested lists or an array): the version and its outputs."""
+        choice = self.decision.choose(key, pinned, self.versions)
+        input_spec, _ = await self.interface()
+        batch = to_batch(inputs, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
+        return await self.predict(choice, batch)
+
+    async def predict(self, choice: Choice, batch: np.ndarray) -> tuple[str, np.ndarray]:
+        """Serve ``batch`` on the chosen version; returns the version that served it and the outputs.
+
+        A pinned request (QA, blue-green validation) is answered by its version only. An
+        assigned one whose version cannot answer (its replicas died) is served once more on
+        the fallback: safe, because inference is idempotent (a read with no side effect).
+        """
+        version, request_id = choice.version, self.request_id()
+        started_s = self.clock()
+        try:
+            outputs = await self._version(version).predict(batch)
+        except BaseException as err:
+            # Recorded against the version that failed, so the rollout's error_rate gate sees it.
+            self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
+                                     unit=choice.unit, assigned=choice.assigned)
+            if not choice.assigned or not isinstance(err, VersionUnavailable):
+                raise
+            fallback = self.decision.fallback_for(version, self.versions)
+            if fallback is None:
+                raise
+            logger.warning("serve-ab router: request %s: version %s unavailable; retrying the request on %s",
+                           request_id, version, fallback)
+            version, started_s = fallback, self.clock()
+            try:
+                outputs = await self._version(version).predict(batch)
+            except BaseException as retry_err:  # once only: a second outage is the caller's answer
+                self.observations.served(version, started_s, error_kind(retry_err), None,
+                                         request_id=request_id, unit=choice.unit)
+                raise
+            self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
+            return version, outputs
+        self.observations.served(version, started_s, None, outputs, request_id=request_id,
+                                 unit=choice.unit, assigned=choice.assigned)
+        if choice.assigned:
+            self.mirrors.send(self.versions, version, batch, outputs, request_id)
+        return version, outputs
+
+    def _version(self, name: str) -> Version:
+        version = self.versions.get(name)
+        if version is None:  # retired between the decision and the call
+            raise VersionNotServed(f"version {name!r} is no longer served; this experiment serves "
+                                   f"{list(self.versions)}")
+        return version
+
+    async def interface(self) -> tuple[InputSpec, OutputSpec]:
+        """The input and output every version shares (asked of isolated versions once)."""
+        if self._interface is None:
+            names = list(self.versions)
+            described = await asyncio.gather(*(self.versions[n].describe() for n in names))
+            self._interface = same_interface(dict(zip(names, described)))
+        return self._interface
+
+    async def is_ready(self) -> bool:
+        try:
+            await self.interface()
+        except Exception:  # a version still starting, or failing to load
+            return False
+        return True
+
+    def check_model(self, model: str) -> None:
+        if model != self.cfg.model:
+            raise UnknownModel(f"unknown model {model!r}; this app serves {self.cfg.model!r}")
+
+    def check_version(self, version: str) -> None:
+        if version not in self.versions:
+            raise VersionNotServed(f"unknown version {version!r} of model {self.cfg.model!r}; "
+                                   f"versions: {list(self.versions)}")
+
+    # -- following the controller --------------------------------------------------------------
+
+    def apply(self, snapshot: RoutingSnapshot) -> None:
+        """Serve by the controller's snapshot: weights, retired versions, mirrors."""
+        self.epoch = snapshot.epoch
+        self.mirrors.mirrors = snapshot.mirrors
+        weights = {name: snapshot.weights.get(name, 0.0) for name in self.versions}
+        if weights != self.decision.assigner.table.weights_pct():
+            self.decision.assigner.set_weights(weights)
+            logger.info("serve-ab router: weights now %s", weights)
+        for name in snapshot.retired:
+            if name in self.versions and weights.get(name, 0.0) == 0.0:
+                # Requests in flight hold their own reference; the model is freed after them.
+                del self.versions[name]
+                logger.info("serve-ab router: retired version %s", name)
+
+    async def follow(self) -> None:
+        """Apply every new snapshot as soon as the controller has it (a long poll)."""
+        while True:
+            try:
+                self.apply(await self.controller.wait_for_update(self.epoch))
+            except Exception:  # controller restarting: keep serving the last weights
+                logger.warning("serve-ab router: controller unreachable; keeping weights", exc_info=True)
+                await self.sleep(RETRY_FOLLOW_S)
+
+    async def flush(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        """Send what was served to the controller, one message per interval."""
+        while True:
+            await self.sleep(interval_s)
+            await self.flush_once()
+
+    async def flush_once(self) -> None:
+        batch = self.observations.drain()
+        if batch is None:
+            return
+        try:
+            await self.controller.record(batch)
+        except Exception:
+            logger.warning("serve-ab router: dropped %d observations", len(batch), exc_info=True)

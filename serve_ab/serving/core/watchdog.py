@@ -1,0 +1,170 @@
+"""A version served by its own deployment (isolated placement), watched.
+
+When a version's replicas die, Ray Serve does not fail the calls: it queues them (and
+re-queues those the dead replica had not accepted) until a new replica has started, which
+takes its health check period plus a model load, longer than clients wait. So a watchdog
+runs beside the calls: when they stop completing and no replica answers a probe, the
+version is down, its waiting calls are cancelled and new ones fail at once with
+:class:`~serve_ab.errors.VersionUnavailable`, for the router to serve elsewhere, until a
+probe is answered again.
+
+No Ray here: the calls come from a :class:`RemoteCalls` (the Ray layer wraps a
+DeploymentHandle; tests use fakes that fail, stall and recover), and time from an injected
+clock and sleep, so the down -> probe -> recovered cycle is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.errors import VersionUnavailable
+
+logger = logging.getLogger("ray.serve")
+
+
+class Call(Protocol):
+    """A call in flight: awaitable, and cancellable (a DeploymentResponse is one)."""
+
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
+    def cancel(self) -> None: ...
+
+
+class RemoteCalls(Protocol):
+    """How to reach one isolated version's replicas."""
+
+    name: str  # where the calls go, for messages (e.g. the deployment's name)
+
+    def predict(self, batch: np.ndarray) -> Call: ...
+
+    def describe(self) -> Call: ...
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    """A version whose calls complete none for ``stall_s`` while no replica answers a probe
+    within ``probe_timeout_s`` is down. Healthy replicas answer a probe in milliseconds; a
+    model that blocks its replica for seconds per call needs these raised."""
+
+    interval_s: float = 0.25
+    stall_s: float = 1.0
+    probe_timeout_s: float = 2.0
+    idle_exit_s: float = 30.0  # the watchdog of an idle (or retired) version stops
+
+
+async def _sleep(delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+
+
+class WatchedVersion:
+    """An isolated version as the router calls it: ``predict`` and ``describe``."""
+
+    def __init__(self, version: str, calls: RemoteCalls,
+                 is_unavailable: Callable[[BaseException], bool],
+                 settings: WatchdogSettings = WatchdogSettings(),
+                 sleep: Callable[[float], Awaitable[None]] = _sleep):
+        self.name = version
+        self.calls = calls
+        self.is_unavailable = is_unavailable  # the replica failed, not the request
+        self.settings = settings
+        self.sleep = sleep
+        self._pending: set[Call] = set()
+        self._cancelled: set[Call] = set()  # cancelled by the watchdog, not by their callers
+        self._progress = False  # a call completed since the watchdog last looked
+        self.down_reason: str | None = None
+        self._watchdog: asyncio.Task | None = None
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.down_reason is not None:
+            raise VersionUnavailable(self.down_reason)
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        call = self.calls.predict(batch)
+        self._pending.add(call)
+        try:
+            return await call
+        except Exception as err:
+            if call in self._cancelled and self.down_reason is not None:
+                raise VersionUnavailable(self.down_reason) from None
+            if self.is_unavailable(err):
+                raise VersionUnavailable(
+                    f"version {self.name!r} ({self.calls.name}) could not serve the request: "
+                    f"{type(err).__name__}") from err
+            raise
+        finally:
+            self._pending.discard(call)
+            self._cancelled.discard(call)
+            self._progress = True
+
+    async def describe(self) -> tuple[InputSpec, OutputSpec]:
+        return await self.calls.describe()
+
+    async def _watch(self) -> None:
+        # Only a version seen answering can be declared down: one that has not answered since
+        # it was idle may be starting from zero replicas (autoscaling), which is worth the wait.
+        s = self.settings
+        answered = False
+        stalled_s = idle_s = 0.0
+        try:
+            while idle_s < s.idle_exit_s:
+                self._progress = False
+                await self.sleep(s.interval_s)
+                if self.down_reason is not None:
+                    if await self._answers_probe():
+                        logger.info("serve-ab router: version %s answers again", self.name)
+                        self.down_reason = None
+                    continue
+                answered = answered or self._progress
+                stalled = bool(self._pending) and not self._progress
+                stalled_s = stalled_s + s.interval_s if stalled else 0.0
+                idle_s = 0.0 if self._pending or self._progress else idle_s + s.interval_s
+                if answered and stalled_s >= s.stall_s and not await self._answers_probe() \
+                        and not self._progress:
+                    self._mark_down(stalled_s)
+                    stalled_s = 0.0
+        except Exception:  # a watchdog bug must not keep the version down: back to waiting
+            logger.exception("serve-ab router: watchdog of version %s failed", self.name)
+            self.down_reason = None
+        finally:
+            self._watchdog = None
+
+    async def _answers_probe(self) -> bool:
+        """Whether a replica answers ``describe`` within the probe timeout (on the injected clock)."""
+        probe = self.calls.describe()
+        answer = asyncio.ensure_future(_awaited(probe))
+        timer = asyncio.ensure_future(self.sleep(self.settings.probe_timeout_s))
+        try:
+            await asyncio.wait({answer, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if answer.done() and not answer.cancelled() and answer.exception() is None:
+            return True
+        # Timed out waiting for a replica, the replica died, or there is no deployment.
+        answer.cancel()
+        probe.cancel()
+        if answer.done() and not answer.cancelled():
+            answer.exception()  # retrieved, so asyncio does not log it as never retrieved
+        return False
+
+    def _mark_down(self, stalled_s: float) -> None:
+        self.down_reason = (
+            f"version {self.name!r} ({self.calls.name}) is unavailable: no call completed for "
+            f"{stalled_s:.1f}s and no replica answered a probe within {self.settings.probe_timeout_s:g}s; "
+            "its requests are served elsewhere until one answers"
+        )
+        logger.warning("serve-ab router: %s (%d waiting calls cancelled)", self.down_reason,
+                       len(self._pending))
+        for call in list(self._pending):
+            self._cancelled.add(call)
+            call.cancel()
+
+
+async def _awaited(call: Call) -> Any:
+    return await call

@@ -1,0 +1,260 @@
+"""The HTTP routes of the router: one table, each route a few lines over :class:`RouterCore`.
+
+No Ray here. The router deployment serves this FastAPI app (``@serve.ingress``) and hands
+its core to :func:`use_core`; unit tests hand a core over fakes and call the same routes
+through FastAPI's TestClient. Errors are :mod:`serve_ab.errors` exceptions, turned into
+statuses in one place (:mod:`serve_ab.api.errors`).
+"""
+
+# No "from __future__ import annotations": FastAPI reads these route signatures at runtime
+# through Ray Serve's ingress wrapper, which cannot resolve string annotations.
+
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from serve_ab.api.access_log import AccessLog
+from serve_ab.api.http_util import add_openapi_schemas, install_error_handlers, json_body, json_safe, read_json
+from serve_ab.api.schemas import (
+    ActionRequest,
+    FeedbackRequest,
+    PredictRequest,
+    V2InferRequest,
+    decode_v2_inputs,
+    encode_v2_response,
+    parse_body,
+)
+from serve_ab.errors import InvalidInput, UnknownAction
+from serve_ab.serving.core.auth import ControlAuth
+from serve_ab.serving.core.messages import Action
+from serve_ab.serving.core.router import RouterCore
+
+VERSION_HEADER = "x-model-version"
+SERVER_VERSION = "0.1.0"
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport"}
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="serve-ab",
+    version=SERVER_VERSION,
+    description="Several versions of one model behind a traffic-splitting router. "
+    "`POST /predict` takes plain JSON; `/v2/...` is the Open Inference Protocol (KServe V2). "
+    "Every answer names the version that served it (body and `x-model-version` header).",
+)
+install_error_handlers(api)
+add_openapi_schemas(api, [PredictRequest, V2InferRequest, FeedbackRequest, ActionRequest])
+api.add_middleware(AccessLog, logger=logger)
+
+
+class Served:
+    """What the routes need of one router replica: its core and who may steer it."""
+
+    def __init__(self, core: RouterCore, auth: ControlAuth):
+        self.core = core
+        self.auth = auth
+
+
+# One router replica is one process, so one module-level slot holds its core. Ray Serve
+# copies the FastAPI app into the replica, but the routes reach this slot through the
+# module, so the copy and the original see the same value.
+_served: Served | None = None
+
+
+def use_core(served: Served | None) -> None:
+    global _served
+    _served = served
+
+
+def served() -> Served:
+    if _served is None:
+        raise RuntimeError("no router core yet: the replica is still starting")
+    return _served
+
+
+def _json(value: Any, headers: dict[str, str] | None = None, status_code: int = 200) -> JSONResponse:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return JSONResponse(json_safe(value), headers=headers, status_code=status_code)
+
+
+# -- plain JSON ------------------------------------------------------------------------------
+
+@api.post("/predict", openapi_extra=json_body(PredictRequest), summary="Predict, routed by the experiment")
+async def http_predict(request: Request, s: Served = Depends(served)) -> JSONResponse:
+    core = s.core
+    body = await read_json(request, core.cfg.http.max_body_bytes)
+    parsed = parse_body(PredictRequest, body)
+    key = core.decision.key_from(body, request.headers)
+    version, outputs = await core.serve(parsed.inputs, key, request.headers.get(core.cfg.pin.header))
+    return JSONResponse({"model": core.cfg.model, "version": version, "request_id": core.request_id(),
+                         "outputs": outputs.tolist()}, headers={VERSION_HEADER: version})
+
+
+@api.get("/experiment", summary="The experiment this app runs: versions and weights")
+async def http_experiment(s: Served = Depends(served)) -> dict[str, Any]:
+    return describe_experiment(s.core)
+
+
+def describe_experiment(core: RouterCore) -> dict[str, Any]:
+    """The experiment as this replica runs it: versions, weights and bucket ranges."""
+    table = core.decision.assigner.table
+    return {
+        "model": core.cfg.model,
+        "placement": core.cfg.placement.value,
+        "versions": [{"name": v.name, "backend": v.backend.value, "path": v.path} for v in core.cfg.versions],
+        "weights_pct": table.weights_pct(),
+        "bucket_ranges": {k: list(r) for k, r in table.ranges().items()},
+        "assignment": core.cfg.assignment.model_dump(),
+    }
+
+
+# -- rollout control, feedback, figures ------------------------------------------------------
+
+@api.get("/rollout/status", summary="Rollout phase, step, weights and gates (open)")
+async def http_rollout_status(history: bool = False, s: Served = Depends(served)) -> JSONResponse:
+    return _json(await s.core.controller.status(history))
+
+
+@api.post("/rollout/{action}", openapi_extra=json_body(ActionRequest),
+          summary="promote, pause, resume, abort, rollback or weights (token)")
+async def http_rollout_action(action: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+    s.auth.check(request.headers.get("authorization"))
+    try:
+        act = Action(action)
+    except ValueError:
+        raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}") from None
+    body = ActionRequest()
+    if request.headers.get("content-length", "0") != "0":
+        body = parse_body(ActionRequest, await read_json(request, s.core.cfg.http.max_body_bytes))
+    if act is Action.WEIGHTS and body.weights is None:
+        raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
+    return _json(await s.core.controller.act(act, body))
+
+
+@api.post("/feedback", openapi_extra=json_body(FeedbackRequest),
+          summary="Report a business outcome for a served request")
+async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONResponse:
+    feedback = parse_body(FeedbackRequest, await read_json(request, s.core.cfg.http.max_body_bytes))
+    version = await s.core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
+                                               feedback.converted)
+    # version is None while the request's own report is still on its way to the controller.
+    return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
+
+
+@api.get("/experiment/report", summary="The A/B report: per-variant figures, tests, verdicts (open)")
+async def http_report(s: Served = Depends(served)) -> JSONResponse:
+    return _json(await s.core.controller.report())
+
+
+@api.get("/experiment/stats", summary="The raw cumulative figures behind the report (open)")
+async def http_stats(s: Served = Depends(served)) -> JSONResponse:
+    return _json(await s.core.controller.stats())
+
+
+@api.get("/metrics", summary="Prometheus metrics of this app, from its one controller (open)")
+async def http_metrics(s: Served = Depends(served)) -> Response:
+    body, content_type = await s.core.controller.metrics()
+    return Response(content=body, media_type=content_type)
+
+
+# -- Open Inference Protocol (KServe V2) -----------------------------------------------------
+
+class V2Endpoints:
+    """The V2 data plane over one core, as KServe's ``V2Endpoints`` over its ``DataPlane``."""
+
+    def __init__(self, core: RouterCore):
+        self.core = core
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "serve-ab", "version": SERVER_VERSION, "extensions": []}
+
+    def check(self, model: str, version: str | None) -> None:
+        """404 for a model or version this app does not serve."""
+        self.core.check_model(model)
+        if version is not None:
+            self.core.check_version(version)
+
+    async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        core = self.core
+        self.check(model, version)
+        input_spec, output_spec = await core.interface()
+        platform = PLATFORMS[core.cfg.version(version).backend.value] if version is not None else "serve-ab"
+        return {"name": core.cfg.model, "versions": [version] if version is not None else list(core.versions),
+                "platform": platform, "inputs": [input_spec.to_v2()], "outputs": [output_spec.to_v2()]}
+
+    async def infer(self, model: str, version: str | None, body: Any,
+                    headers: Any) -> tuple[str, dict[str, Any]]:
+        """Serve a V2 request; the version in the path, or the pin header, pins it."""
+        core = self.core
+        self.check(model, version)
+        parsed = parse_body(V2InferRequest, body)
+        choice = core.decision.choose(core.decision.key_from(parsed.parameters, headers),
+                                      version or headers.get(core.cfg.pin.header), core.versions)
+        input_spec, output_spec = await core.interface()
+        batch = decode_v2_inputs(parsed, input_spec, output_spec,
+                                 allow_non_finite=core.cfg.http.allow_non_finite)
+        served_by, outputs = await core.predict(choice, batch)
+        return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or core.request_id(),
+                                             outputs, output_spec)
+
+
+def _v2(s: Served = Depends(served)) -> V2Endpoints:
+    return V2Endpoints(s.core)
+
+
+@api.get("/v2", summary="Server metadata")
+async def v2_server(v2: V2Endpoints = Depends(_v2)) -> dict[str, Any]:
+    return v2.server_metadata()
+
+
+@api.get("/v2/health/live", summary="Liveness")
+async def v2_live() -> dict[str, Any]:
+    return {"live": True}
+
+
+@api.get("/v2/health/ready", summary="Readiness: every version loaded and answering")
+async def v2_ready(s: Served = Depends(served)) -> JSONResponse:
+    ready = await s.core.is_ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@api.get("/v2/models/{model}", summary="Model metadata")
+async def v2_model(model: str, v2: V2Endpoints = Depends(_v2)) -> dict[str, Any]:
+    return await v2.model_metadata(model)
+
+
+@api.get("/v2/models/{model}/ready", summary="Model readiness")
+async def v2_model_ready(model: str, s: Served = Depends(served)) -> JSONResponse:
+    s.core.check_model(model)
+    ready = await s.core.is_ready()
+    return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
+
+@api.get("/v2/models/{model}/versions/{version}", summary="Metadata of one version")
+async def v2_version(model: str, version: str, v2: V2Endpoints = Depends(_v2)) -> dict[str, Any]:
+    return await v2.model_metadata(model, version)
+
+
+@api.post("/v2/models/{model}/infer", openapi_extra=json_body(V2InferRequest),
+          summary="Inference, routed by the experiment")
+async def v2_infer(model: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+    return await _v2_infer(s, model, None, request)
+
+
+@api.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=json_body(V2InferRequest),
+          summary="Inference on one version (pinned)")
+async def v2_infer_version(model: str, version: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+    return await _v2_infer(s, model, version, request)
+
+
+async def _v2_infer(s: Served, model: str, version: str | None, request: Request) -> JSONResponse:
+    v2 = V2Endpoints(s.core)
+    v2.check(model, version)  # a wrong path is a 404 whatever the body
+    body = await read_json(request, s.core.cfg.http.max_body_bytes)
+    served_by, response = await v2.infer(model, version, body, request.headers)
+    return JSONResponse(response, headers={VERSION_HEADER: served_by})
+

@@ -1,0 +1,51 @@
+"""Bad requests and what the router must answer to each: shared by the route-level unit
+tests (every case's status and message) and the integration test that checks the replica
+survives them all."""
+
+from __future__ import annotations
+
+import json
+
+DIGIT_ROW = [float(i % 16) for i in range(64)]
+
+
+def v2_body(rows, **extra):
+    return {"inputs": [{"name": "input", "shape": [len(rows), 64], "datatype": "FP32",
+                        "data": [x for row in rows for x in row]}], **extra}
+
+
+BAD_PREDICT = [
+    ("not json", b"{inputs: [", 400, "not valid JSON"),
+    ("empty", b"", 400, "empty"),
+    ("array body", b"[1, 2]", 400, "JSON object"),
+    ("missing inputs", json.dumps({"user_id": "x"}).encode(), 400, "inputs: field required"),
+    ("wrong rank", json.dumps({"inputs": DIGIT_ROW}).encode(), 400, "Wrap a single instance"),
+    ("wrong width", json.dumps({"inputs": [[1.0, 2.0]]}).encode(), 400, "expected 64"),
+    ("strings", json.dumps({"inputs": [["a"] * 64]}).encode(), 400, "must hold numbers"),
+    ("booleans", json.dumps({"inputs": [[True] * 64]}).encode(), 400, "booleans"),
+    ("ragged", json.dumps({"inputs": [DIGIT_ROW, [1.0]]}).encode(), 400, "ragged"),
+    ("nan", ('{"inputs": [[NaN' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
+    ("infinity", ('{"inputs": [[Infinity' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
+    ("bad key", json.dumps({"inputs": [DIGIT_ROW], "user_id": [1]}).encode(), 400, "user_id"),
+    ("too large", json.dumps({"inputs": [DIGIT_ROW] * 100}).encode(), 413, "at most 8192"),
+]
+
+
+BAD_V2 = [
+    ("wrong datatype", v2_body([DIGIT_ROW]) | {"inputs": [{"name": "input", "shape": [1, 64],
+                                                            "datatype": "INT32", "data": [1] * 64}]},
+     "takes FP32"),
+    ("unknown datatype", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FLOAT",
+                                       "data": DIGIT_ROW}]}, "does not define"),
+    ("shape mismatch", {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                                     "data": DIGIT_ROW}]}, "needs 128"),
+    ("wrong shape", {"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32",
+                                  "data": DIGIT_ROW}]}, "expected 64"),
+    ("missing inputs", {"id": "x"}, "inputs: field required"),
+    ("no tensors", {"inputs": []}, "at least 1 item"),
+    ("wrong name", {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                 "data": DIGIT_ROW}]}, "this model's input is 'input'"),
+    ("missing data", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]},
+     "inputs.0.data: field required"),
+    ("unknown output", v2_body([DIGIT_ROW], outputs=[{"name": "logits"}]), "unknown output"),
+]

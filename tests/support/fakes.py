@@ -1,0 +1,104 @@
+"""Fakes shared by the unit tests: a clock, controllers and versions that fail, stall and recover."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.serving.core.messages import Action, Observations, RoutingSnapshot
+
+
+class FakeClock:
+    """Seconds that move only when told (``advance``); also an async ``sleep`` that advances
+    it and lets other tasks run, so loops driven by it take no wall-clock time."""
+
+    def __init__(self, t_s: float = 1_000_000.0):
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def advance(self, dt_s: float) -> float:
+        self.t_s += dt_s
+        return self.t_s
+
+    async def sleep(self, delay_s: float) -> None:
+        self.t_s += delay_s
+        for _ in range(3):  # a few turns of the loop: callbacks of finished calls run
+            await asyncio.sleep(0)
+
+
+DIGITS_INPUT = InputSpec(name="input", dtype=np.dtype("float32"), shape=(-1, 64))
+DIGITS_OUTPUT = OutputSpec(name="probabilities", dtype=np.dtype("float32"), shape=(-1, 10))
+
+
+class FakeVersion:
+    """A colocated version answering class ``answer`` (one-hot), or raising ``fail``."""
+
+    def __init__(self, answer: int = 0, fail: BaseException | None = None,
+                 spec: tuple[InputSpec, OutputSpec] = (DIGITS_INPUT, DIGITS_OUTPUT)):
+        self.answer = answer
+        self.fail = fail
+        self.spec = spec
+        self.calls = 0
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        out = np.zeros((len(batch), self.spec[1].shape[-1]), dtype=np.float32)
+        out[:, self.answer] = 1.0
+        return out
+
+    async def describe(self) -> tuple[InputSpec, OutputSpec]:
+        return self.spec
+
+
+class FakeController:
+    """Records what a router sends and answers with a settable snapshot."""
+
+    def __init__(self, snapshot: RoutingSnapshot | None = None, fail: bool = False):
+        self.snapshot = snapshot or RoutingSnapshot(0, {})
+        self.fail = fail
+        self.recorded: list[Observations] = []
+        self.actions: list[tuple[Action, Any]] = []
+        self.updates = asyncio.Event()
+
+    async def record(self, observations: Observations) -> None:
+        if self.fail:
+            raise ConnectionError("controller down")
+        self.recorded.append(observations)
+
+    async def wait_for_update(self, known_epoch: int, timeout_s: float = 10.0) -> RoutingSnapshot:
+        if self.fail:
+            raise ConnectionError("controller down")
+        if known_epoch == self.snapshot.epoch:
+            await self.updates.wait()
+            self.updates.clear()
+        return self.snapshot
+
+    def push(self, snapshot: RoutingSnapshot) -> None:
+        self.snapshot = snapshot
+        self.updates.set()
+
+    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
+        return "v1"
+
+    async def act(self, action: Action, body: Any) -> dict[str, Any]:
+        self.actions.append((action, body))
+        return {"phase": "progressing"}
+
+    async def status(self, history: bool = False) -> dict[str, Any]:
+        return {"phase": "static", "history": [] if history else None}
+
+    async def stats(self) -> dict[str, Any]:
+        return {"versions": {}}
+
+    async def report(self) -> dict[str, Any]:
+        return {"schema": 1}
+
+    async def metrics(self) -> tuple[bytes, str]:
+        return b"# no metrics\n", "text/plain; version=0.0.4"

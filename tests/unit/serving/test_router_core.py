@@ -1,0 +1,323 @@
+"""The router's request path without Ray: decision, fallback, mirroring, observations,
+the routing-table follower and the isolated versions' watchdog, with fakes and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_ab.config import parse_experiment
+from serve_ab.errors import InvalidInput, PinningDisabled, VersionNotServed, VersionUnavailable
+from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
+from serve_ab.serving.core.observe import ObservationBuffer
+from serve_ab.serving.core.router import RouterCore
+from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
+from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeClock, FakeController, FakeVersion
+
+ROW = [[0.0] * 64]
+
+
+def experiment(**changes):
+    cfg = {
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 50, "v2": 50},
+        "assignment": {"key": "json", "field": "user_id", "salt": "unit"},
+    }
+    cfg.update(changes)
+    return parse_experiment(cfg)
+
+
+def make_core(versions=None, controller=None, clock=None, **changes) -> RouterCore:
+    clock = clock or FakeClock()
+    return RouterCore(experiment(**changes), versions or {"v1": FakeVersion(1), "v2": FakeVersion(2)},
+                      controller or FakeController(), request_id=lambda: "req-1", clock=clock,
+                      sleep=clock.sleep)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- the traffic decision --------------------------------------------------------------------
+
+def test_same_key_same_version_and_shares_near_weights():
+    core = make_core()
+    first = {f"user-{i}": run(core.serve(ROW, f"user-{i}", None))[0] for i in range(400)}
+    again = {f"user-{i}": run(core.serve(ROW, f"user-{i}", None))[0] for i in range(400)}
+    assert first == again
+    assert 150 < sum(v == "v2" for v in first.values()) < 250
+
+
+def test_pins_serve_the_pinned_version_and_are_not_assigned():
+    core = make_core()
+    version, outputs = run(core.serve(ROW, "someone", "v2"))
+    assert version == "v2" and int(outputs[0].argmax()) == 2
+    row = core.observations.drain().served[0]
+    assert (row.version, row.assigned, row.unit) == ("v2", False, None)
+
+
+def test_pinning_an_unknown_version_or_with_pins_off_is_a_domain_error():
+    core = make_core()
+    with pytest.raises(VersionNotServed, match="'v9'.*serves \\['v1', 'v2'\\]"):
+        run(core.serve(ROW, None, "v9"))
+    with pytest.raises(PinningDisabled, match="pin.enabled: false"):
+        run(make_core(pin={"enabled": False}).serve(ROW, None, "v1"))
+
+
+def test_a_bad_key_is_invalid_input():
+    core = make_core()
+    with pytest.raises(InvalidInput, match="'user_id' must be a string or an integer; got list"):
+        core.decision.key_from({"user_id": [1]}, {})
+    assert core.decision.key_from({"user_id": 7}, {}) == "7"
+
+
+# -- fallback ----------------------------------------------------------------------------------
+
+def test_an_unavailable_version_is_served_once_more_on_the_stable():
+    down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
+    core = make_core({"v1": FakeVersion(1), "v2": down})
+    key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
+    version, _ = run(core.serve(ROW, key, None))
+    assert version == "v1" and down.calls == 1
+    rows = core.observations.drain().served
+    assert [(r.version, r.error_kind, r.assigned) for r in rows] == [("v2", "unavailable", True),
+                                                                     ("v1", None, False)]
+
+
+def test_no_fallback_for_pins_model_errors_or_a_second_outage():
+    broken = FakeVersion(2, fail=RuntimeError("model bug"))
+    core = make_core({"v1": FakeVersion(1), "v2": broken}, weights={"v1": 0, "v2": 100})
+    with pytest.raises(RuntimeError, match="model bug"):
+        run(core.serve(ROW, "u", None))
+    assert core.observations.drain().served[0].error_kind == "model"
+    down = FakeVersion(fail=VersionUnavailable("down"))
+    core = make_core({"v1": FakeVersion(1), "v2": down})
+    with pytest.raises(VersionUnavailable):
+        run(core.serve(ROW, None, "v2"))  # pinned: answered by its version only
+    both_down = make_core({"v1": FakeVersion(fail=VersionUnavailable("a")),
+                           "v2": FakeVersion(fail=VersionUnavailable("b"))})
+    with pytest.raises(VersionUnavailable):
+        run(both_down.serve(ROW, "u", None))
+    assert len(both_down.observations.drain().served) == 2
+
+
+# -- mirroring ---------------------------------------------------------------------------------
+
+def test_mirrored_copies_are_recorded_apart_and_never_answer():
+    shadow = FakeVersion(3)
+    core = make_core({"v1": FakeVersion(1), "v2": shadow}, weights={"v1": 100})
+
+    async def go():
+        core.apply(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}, (), (Mirror("v2", 100.0),)))
+        answers = [await core.serve(ROW, f"u{i}", None) for i in range(5)]
+        await core.mirrors.drain()
+        return answers
+
+    answers = run(go())
+    assert {v for v, _ in answers} == {"v1"} and shadow.calls == 5
+    batch = core.observations.drain()
+    mirrored = [r for r in batch.served if r.mirrored]
+    assert len(mirrored) == 5 and all(r.request_id is None for r in mirrored)
+    assert [(p.live_class, p.shadow_class) for p in batch.pairs] == [(1, 3)] * 5
+
+
+def test_a_failing_mirror_is_counted_but_the_client_gets_its_answer():
+    core = make_core({"v1": FakeVersion(1), "v2": FakeVersion(fail=VersionUnavailable("down"))},
+                     weights={"v1": 100})
+
+    async def go():
+        core.apply(RoutingSnapshot(1, {"v1": 100.0}, (), (Mirror("v2", 100.0),)))
+        answer = await core.serve(ROW, "u", None)
+        await core.mirrors.drain()
+        return answer
+
+    assert run(go())[0] == "v1"
+    batch = core.observations.drain()
+    assert [p.error_kind for p in batch.pairs] == ["unavailable"]
+
+
+# -- observations and following the controller ------------------------------------------------
+
+def test_the_buffer_is_bounded_and_drains_into_one_message():
+    clock = FakeClock()
+    buffer = ObservationBuffer(clock, max_pending=3)
+    for _ in range(5):
+        buffer.served("v1", clock() - 0.002, None, np.eye(10)[:1], request_id="r")
+    assert len(buffer) == 3 and buffer.dropped == 2
+    batch = buffer.drain()
+    assert len(batch.served) == 3 and batch.served[0].latency_ms == pytest.approx(2.0)
+    assert buffer.drain() is None
+
+
+def test_flush_sends_and_a_controller_outage_drops_only_that_batch():
+    controller = FakeController()
+    core = make_core(controller=controller)
+    run(core.serve(ROW, "u", None))
+    run(core.flush_once())
+    assert len(controller.recorded) == 1 and len(controller.recorded[0].served) == 1
+    controller.fail = True
+    run(core.serve(ROW, "u", None))
+    run(core.flush_once())  # logged, not raised: the data path never waits on the control path
+    assert len(controller.recorded) == 1 and len(core.observations) == 0
+
+
+def test_the_follower_applies_weights_and_retires_versions():
+    clock = FakeClock()
+    controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    core = make_core(controller=controller, clock=clock)
+
+    async def go():
+        core.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        controller.push(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}, ("v2",)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    run(go())
+    assert core.epoch == 1 and list(core.versions) == ["v1"]
+    assert {run(core.serve(ROW, f"u{i}", None))[0] for i in range(50)} == {"v1"}
+    with pytest.raises(VersionNotServed):
+        run(core.serve(ROW, None, "v2"))
+
+
+def test_the_follower_keeps_the_last_weights_while_the_controller_is_away():
+    clock = FakeClock()
+    controller = FakeController(fail=True)
+    core = make_core(controller=controller, clock=clock, weights={"v1": 100})
+
+    async def go():
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    run(go())
+    assert clock() > 1_000_000.0  # it retried on the fake clock, never on the wall clock
+    assert run(core.serve(ROW, "u", None))[0] == "v1"
+
+
+# -- the watchdog of isolated versions ---------------------------------------------------------
+
+class FakeCall:
+    """A call in flight that the test resolves, fails, or leaves hanging."""
+
+    def __init__(self):
+        self.future = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self):
+        self.cancelled = True
+        if not self.future.done():
+            self.future.set_exception(RuntimeError("cancelled by its caller"))
+
+
+class FakeCalls:
+    """An isolated deployment whose replicas answer, stall, or come back."""
+
+    name = "deployment 'version-v2'"
+
+    def __init__(self):
+        self.stalled = False
+        self.predicts: list[FakeCall] = []
+
+    def predict(self, batch):
+        call = FakeCall()
+        self.predicts.append(call)
+        if not self.stalled:
+            call.future.set_result(np.eye(10, dtype=np.float32)[:len(batch)])
+        return call
+
+    def describe(self):
+        call = FakeCall()
+        if not self.stalled:
+            call.future.set_result((DIGITS_INPUT, DIGITS_OUTPUT))
+        return call
+
+
+def test_watchdog_down_probe_recovered_cycle_on_a_fake_clock():
+    clock = FakeClock()
+    calls = FakeCalls()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+
+    async def go():
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
+        batch = np.zeros((1, 64), np.float32)
+        await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        await version.predict(batch)  # seen answering while watched: may now be declared down
+        calls.stalled = True
+        waiting = asyncio.get_running_loop().create_task(version.predict(batch))
+        started = clock()
+        for _ in range(10_000):
+            if version.down_reason is not None:
+                break
+            await asyncio.sleep(0)
+        down_after_s = clock() - started
+        with pytest.raises(VersionUnavailable, match="no call completed for"):
+            await waiting  # the stalled call was cancelled and failed over, not left waiting
+        with pytest.raises(VersionUnavailable):
+            await version.predict(batch)  # new calls fail at once while down
+        calls.stalled = False
+        for _ in range(10_000):
+            if version.down_reason is None:
+                break
+            await asyncio.sleep(0)
+        answer = await version.predict(batch)
+        return down_after_s, answer
+
+    down_after_s, answer = run(go())
+    # Stalled for stall_s, then a probe that timed out after probe_timeout_s: all fake time.
+    assert settings.stall_s <= down_after_s <= settings.stall_s + settings.probe_timeout_s + 2 * settings.interval_s
+    assert answer.shape == (1, 10)
+    assert calls.predicts[2].cancelled
+
+
+def test_a_version_never_seen_answering_is_not_declared_down():
+    clock = FakeClock()
+    calls = FakeCalls()
+    calls.stalled = True  # e.g. scaling up from zero replicas
+
+    async def go():
+        version = WatchedVersion("v2", calls, lambda err: False, sleep=clock.sleep)
+        waiting = asyncio.get_running_loop().create_task(version.predict(np.zeros((1, 64), np.float32)))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert version.down_reason is None and not waiting.done()
+        calls.predicts[0].future.set_result(np.eye(10)[:1])
+        return await waiting
+
+    assert run(go()).shape == (1, 10)
+
+
+def test_replica_failures_become_version_unavailable_and_request_errors_pass_through():
+    clock = FakeClock()
+
+    class Dead(Exception):
+        pass
+
+    class Failing(FakeCalls):
+        def __init__(self, err):
+            super().__init__()
+            self.err = err
+
+        def predict(self, batch):
+            call = FakeCall()
+            call.future.set_exception(self.err)
+            return call
+
+    async def go(err):
+        version = WatchedVersion("v2", Failing(err), lambda e: isinstance(e, Dead), sleep=clock.sleep)
+        await version.predict(np.zeros((1, 64), np.float32))
+
+    with pytest.raises(VersionUnavailable, match="could not serve the request: Dead"):
+        run(go(Dead()))
+    with pytest.raises(InvalidInput):
+        run(go(InvalidInput("bad shape")))
