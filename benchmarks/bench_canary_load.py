@@ -1,10 +1,10 @@
 """Throughput while a canary moves, vs the same app with static weights.
 
-    python benchmarks/bench_canary_load.py --quick   # about 1 minute; one JSON line last
-    python benchmarks/bench_canary_load.py           # longer pauses and windows
+    python -m benchmarks.bench_canary_load --quick   # about 1 minute; one JSON line last
+    python -m benchmarks.bench_canary_load           # longer pauses and windows
 
 One serve-ab colocated app (v1 stable, v3 candidate, both ONNX, held in one router
-replica: num_cpus 0.5, max_ongoing_requests 256, as in bench_serving.py) with a
+replica: num_cpus 0.5, max_ongoing_requests 256, as in bench_serving) with a
 ``rollout:`` (canary, no gates, a ``state_path`` in a temporary directory, a random control
 token given to the replicas through the environment Ray starts from). Its steps:
 
@@ -12,7 +12,7 @@ token given to the replicas through the environment Ray starts from). Its steps:
      {pause: {duration: P}}, {set_weight: 50}, {pause: {duration: P}}, {set_weight: 100}]
 
 The first, manual pause holds the app at static weights (v1 100 %). The closed-loop load
-generator (benchmarks/loadgen.py, its own process, N keep-alive connections, a new user id
+generator (benchmarks.loadgen, its own process, N keep-alive connections, a new user id
 per request) then measures, each for W seconds after 0.1 s unmeasured:
 
 1. **static, before**: v1 100 %, the rollout paused;
@@ -37,20 +37,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MODELS = REPO / "models" / "digits"
-sys.path.insert(0, str(HERE))
-
-from bench_serving import (
-    HttpLoad,
-    describe_machine,
-    load_average,
+from benchmarks.cluster import Cluster, deployed, run_standalone
+from benchmarks.common import (
+    digits_experiment,
+    load_now,
     log,
     other_ray_instances,
+    percentile,
+    report_header,
     request_bodies,
+    version,
 )
-from cluster import Cluster, deployed, run_standalone
+from benchmarks.loadgen import HttpLoad
 
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5},
                                   "max_ongoing_requests": 256}
@@ -58,38 +56,27 @@ ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_
 
 def experiment(state_path: Path, pause_s: float, retire_after_s: float) -> dict[str, Any]:
     pause = {"pause": {"duration": f"{pause_s:g}s"}}
-    return {
-        "model": "digits",
-        "versions": [
-            {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
-            {"name": "v3", "path": str(MODELS / "v3" / "model.onnx"), "backend": "onnx"},
-        ],
-        "weights": {"v1": 100},
-        "assignment": {"key": "json", "field": "user_id", "salt": "canaryload"},
-        "placement": "colocated",
-        "router": ROUTER_OPTIONS,
-        "rollout": {
+    return digits_experiment(
+        [version("v1"), version("v3")], {"v1": 100}, "canaryload", ROUTER_OPTIONS,
+        rollout={
             "strategy": "canary", "stable": "v1", "candidate": "v3",
             "steps": [{"pause": {}}, {"set_weight": 5}, pause, {"set_weight": 20}, pause,
                       {"set_weight": 50}, pause, {"set_weight": 100}],
             "retire_after_s": retire_after_s,
         },
-        "controller": {"state_path": str(state_path), "tick_s": 0.1},
-    }
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(len(values) * q))], 2)
+        controller={"state_path": str(state_path), "tick_s": 0.1},
+    )
 
 
 def window(result: dict[str, Any]) -> dict[str, Any]:
     latencies = result.pop("latencies_ms", [])
+
+    def at(fraction: float) -> float | None:
+        return round(percentile(latencies, fraction), 2) if latencies else None
+
     return {"rps": round(result["throughput_rps"], 1), "completed": result["completed"],
             "failed": sum(result["errors"].values()), "errors": result["errors"],
-            "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99)}
+            "p50_ms": at(0.5), "p99_ms": at(0.99)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,14 +99,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     app = f"canaryload{secrets.token_hex(3)}"
-    report: dict[str, Any] = {
-        "bench": "canary_load",
-        "mode": "quick" if args.quick else "full",
-        "machine": describe_machine(),
-        "load_before": [round(x, 2) for x in load_average() or ()],
-        "concurrency": args.concurrency, "pause_s": pause_s, "window_s": window_s,
-        "retire_after_s": retire_after_s,
-    }
+    report = report_header("canary_load", args.quick, dated=False, concurrency=args.concurrency,
+                           pause_s=pause_s, window_s=window_s, retire_after_s=retire_after_s)
     bodies, _ = request_bodies()
     base = f"{cluster.base_url}/{app}"
     with tempfile.TemporaryDirectory(prefix="bench-canary-load-") as tmp, \
@@ -179,7 +160,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_canary_over_after": round(during["rps"] / after["rps"], 3) if after["rps"] else None,
         "failed_requests": before["failed"] + during["failed"] + after["failed"],
         "failed_during_canary": during["failed"],
-        "load_after": [round(x, 2) for x in load_average() or ()],
+        "load_after": load_now(),
         "wall_s": round(time.perf_counter() - started, 1),
     })
     print(f"\nClosed loop, concurrency {args.concurrency}, {window_s:g} s per window")

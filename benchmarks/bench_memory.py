@@ -1,9 +1,9 @@
 """Resident memory per replica: two versions colocated vs the same two versions isolated.
 
-    python benchmarks/bench_memory.py --quick   # about 1 minute; one JSON line last
-    python benchmarks/bench_memory.py           # the same, more requests and samples
+    python -m benchmarks.bench_memory --quick   # about 1 minute; one JSON line last
+    python -m benchmarks.bench_memory           # the same, more requests and samples
 
-One Ray instance (its own, or run_all.py's; Serve on a free port, never 8000) runs, side by side:
+One Ray instance (its own, or run_all's; Serve on a free port, never 8000) runs, side by side:
 
     colocated  serve-ab, placement colocated: ONE router replica holding v1 (ONNX) and
                v2 (torch, model.pt2) in its own process
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import statistics
 import sys
@@ -36,18 +35,17 @@ from typing import Any
 
 from ray import serve
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MODELS = REPO / "models" / "digits"
-sys.path.insert(0, str(HERE))
-
-from bench_serving import (
-    describe_machine,
-    load_average,
+from benchmarks.cluster import Cluster, deployed, run_standalone
+from benchmarks.common import (
+    MODELS,
+    digits_experiment,
+    load_now,
     log,
     other_ray_instances,
+    replica_pids,
+    report_header,
+    version,
 )
-from cluster import Cluster, deployed, run_standalone
 
 ROUTER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
                                   "max_ongoing_requests": 64}
@@ -57,44 +55,12 @@ VERSION_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num
 
 
 def experiment(placement: str) -> dict[str, Any]:
-    versions = [
-        {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
-        {"name": "v2", "path": str(MODELS / "v2" / "model.pt2"), "backend": "torch"},
-    ]
-    if placement == "isolated":
-        for version in versions:
-            version["deployment"] = VERSION_OPTIONS
-    return {
-        "model": "digits",
-        "versions": versions,
-        "weights": {"v1": 50, "v2": 50},
-        "assignment": {"key": "json", "field": "user_id", "salt": "memory"},
-        "placement": placement,
-        "router": ROUTER_OPTIONS,
-    }
+    return digits_experiment([version("v1"), version("v2", "torch")], {"v1": 50, "v2": 50}, "memory",
+                             ROUTER_OPTIONS, placement,
+                             VERSION_OPTIONS if placement == "isolated" else None)
 
 
 # -- /proc ---------------------------------------------------------------------------------
-
-
-def _title(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def replica_pids(app: str, deployment: str) -> list[int]:
-    """Processes titled ``ray::ServeReplica:<app>:<deployment>`` (setproctitle rewrites argv)."""
-    wanted = f"ServeReplica:{app}:{deployment}"
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            title = _title(entry)
-            if title.startswith("ray::") and (title.split()[0] == f"ray::{wanted}"
-                                               or title.split()[0].startswith(f"ray::{wanted}.")):
-                pids.append(int(entry))
-    return sorted(pids)
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -159,12 +125,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     suffix = secrets.token_hex(3)  # other Ray instances on a shared machine may run apps too
     colocated, isolated, bare = f"memcol{suffix}", f"memiso{suffix}", f"membare{suffix}"
-    report: dict[str, Any] = {
-        "bench": "memory",
-        "mode": "quick" if args.quick else "full",
-        "machine": describe_machine(),
-        "load_before": [round(x, 2) for x in load_average() or ()],
-    }
+    report = report_header("memory", args.quick, dated=False)
 
     @serve.deployment(name="Bare", **ROUTER_OPTIONS)
     class Bare:  # defined here, so that it is pickled by value, not imported by the replica
@@ -214,7 +175,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "bare_replica": nothing["replicas"].get("Bare"),
         "ratio_isolated_over_colocated": ratio,
         "samples": samples,
-        "load_after": [round(x, 2) for x in load_average() or ()],
+        "load_after": load_now(),
         "wall_s": round(time.perf_counter() - started, 1),
     })
 

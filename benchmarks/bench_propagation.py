@@ -1,7 +1,7 @@
 """Rollback propagation: from the decision to the last request routed to the bad version.
 
-    python benchmarks/bench_propagation.py            # about 1 minute; one JSON line last
-    python benchmarks/bench_propagation.py --rounds 3 --concurrency 4
+    python -m benchmarks.bench_propagation            # about 1 minute; one JSON line last
+    python -m benchmarks.bench_propagation --rounds 3 --concurrency 4
 
 One canary app (colocated: v1 stable and v3 candidate, both ONNX) with two router
 replicas holds at 50 % (steps ``[{set_weight: 50}, {pause: {}}]``). A load process keeps
@@ -33,14 +33,11 @@ sent in the last half of the hold went to v3.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import itertools
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,12 +46,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MODELS = REPO / "models" / "digits"
-sys.path.insert(0, str(HERE))  # bench_serving.py, whether run as a script or imported
-
-from cluster import Cluster, deployed, run_standalone
+from benchmarks.cluster import Cluster, deployed, run_standalone
+from benchmarks.common import (
+    MODELS,
+    digits_experiment,
+    load_now,
+    log,
+    machine_shared,
+    other_ray_instances,
+    report_header,
+    spread,
+    version,
+)
+from benchmarks.loadgen import HttpLoad, Record
 
 APP = "propagation"
 SALT = "propagation"
@@ -66,10 +70,6 @@ REQUEST_ID_PREFIX = "pb"
 LOG_LINE = re.compile(
     r"^\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ (\S+) (?:(\S+) )?-- (.*)$"
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the load process ----------------------------------------------------------------------
@@ -91,133 +91,22 @@ def v3_bodies(count: int = 256) -> list[str]:
     return bodies
 
 
-async def _drive(url: str, bodies: list[bytes], concurrency: int, stop: asyncio.Event,
-                 answered: asyncio.Event) -> list[tuple[str, float, float, str]]:
-    """Closed loop on ``concurrency`` keep-alive connections until ``stop``; one record per
-    request: (request id, t_send, t_done, version or error), times from time.monotonic()."""
-    import aiohttp
-
-    records: list[tuple[str, float, float, str]] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     headers={"content-type": "application/json"}) as session:
-
-        async def connection(index: int) -> None:
-            n = 0
-            while not stop.is_set():
-                request_id = f"{REQUEST_ID_PREFIX}-{index}-{n}"
-                body = bodies[(index + n * concurrency) % len(bodies)]
-                n += 1
-                t_send = time.monotonic()
-                try:
-                    async with session.post(url, data=body, headers={"x-request-id": request_id}) as response:
-                        await response.read()
-                        outcome = (response.headers.get("x-model-version", "no version header")
-                                   if response.status == 200 else f"http {response.status}")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                    outcome = type(err).__name__
-                t_done = time.monotonic()
-                records.append((request_id, t_send, t_done, outcome))
-                if outcome in HALF:
-                    answered.set()
-                else:
-                    await asyncio.sleep(0.01)  # a failing server must not become a busy loop
-
-        await asyncio.gather(*(connection(i) for i in range(concurrency)))
-    return records
-
-
-async def _load_process(command: dict[str, Any]) -> None:
-    """Run the load until a line arrives on stdin; then write the records to command["out"]."""
-    stop, answered = asyncio.Event(), asyncio.Event()
-    bodies = [b.encode() for b in command["bodies"]]
-    task = asyncio.create_task(_drive(command["url"], bodies, command["concurrency"], stop, answered))
-    try:
-        await asyncio.wait_for(answered.wait(), 60)
-        print("answering", flush=True)
-    except asyncio.TimeoutError:
-        print("no answer in 60 s", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    stop.set()
-    records = await task
-    Path(command["out"]).write_text(json.dumps(records))
-    print("done", flush=True)
-
-
-def load_main() -> int:
-    command = json.loads(sys.stdin.readline())
-    try:
-        import uvloop
-
-        uvloop.run(_load_process(command))
-    except ImportError:  # plain asyncio works, just costs more CPU
-        asyncio.run(_load_process(command))
-    return 0
-
-
-class Load:
-    """The load process: started, then stopped once, giving back every request's record."""
-
-    def __init__(self, url: str, bodies: list[str], concurrency: int, out: Path):
-        self.out = out
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--load-process"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"url": url, "bodies": bodies, "concurrency": concurrency,
-                                          "out": str(out)}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline().strip()
-        if line != "answering":
-            self.close()
-            raise RuntimeError(f"the load process did not get answers: {line or 'it exited'}")
-
-    def stop(self) -> list[tuple[str, float, float, str]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline().strip()
-        if line != "done":
-            raise RuntimeError(f"the load process ended without its records (exit {self.proc.poll()})")
-        return [tuple(r) for r in json.loads(self.out.read_text())]
-
-    def close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.write("stop\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, ValueError):
-                pass
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 # -- the app -------------------------------------------------------------------------------
 
 
 def experiment(state_path: Path) -> dict[str, Any]:
-    return {
-        "model": "digits",
-        "versions": [
-            {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
-            {"name": "v3", "path": str(MODELS / "v3" / "model.onnx"), "backend": "onnx"},
-        ],
-        "weights": {"v1": 100},
-        "assignment": {"key": "json", "field": "user_id", "salt": SALT},
-        "placement": "colocated",
-        "router": {"num_replicas": ROUTER_REPLICAS, "ray_actor_options": {"num_cpus": 0.25},
-                   "max_ongoing_requests": 256},
-        "rollout": {
+    return digits_experiment(
+        [version("v1"), version("v3")], {"v1": 100}, SALT,
+        {"num_replicas": ROUTER_REPLICAS, "ray_actor_options": {"num_cpus": 0.25},
+         "max_ongoing_requests": 256},
+        rollout={
             "strategy": "canary", "stable": "v1", "candidate": "v3",
             "steps": [{"set_weight": 50}, {"pause": {}}],
             # No gates: the decision is ours. v3 stays loaded after the abort round.
             "retire_after_s": 600,
         },
-        "controller": {"state_path": str(state_path), "tick_s": 0.25},
-    }
+        controller={"state_path": str(state_path), "tick_s": 0.25},
+    )
 
 
 @dataclass
@@ -329,7 +218,7 @@ def _median_gap_ms(t_sends: list[float]) -> float | None:
     return round(statistics.median(gaps) * 1e3, 2) if gaps else None
 
 
-def summarize_round(r: Round, records: list[tuple[str, float, float, str]], served_by: dict[str, str],
+def summarize_round(r: Round, records: list[Record], served_by: dict[str, str],
                     applied: dict[str, list[tuple[float, dict]]], observe_s: float) -> dict[str, Any]:
     held = [x for x in records if r.t_hold <= x[1] < r.t_end]
     hold = [x for x in held if x[1] < r.t0]
@@ -379,11 +268,10 @@ def summarize_round(r: Round, records: list[tuple[str, float, float, str]], serv
     }
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": round(statistics.median(values), 1), "min": min(values), "max": max(values)}
+def _spread(values: list[float | None]) -> dict[str, float] | None:
+    """:func:`spread` over the rounds that have the figure, the median to 0.1 ms."""
+    present = [v for v in values if v is not None]
+    return dict(s, median=round(s["median"], 1)) if (s := present and spread(present)) else None
 
 
 def _cell(value: Any) -> str:
@@ -421,7 +309,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections (default 8)")
     parser.add_argument("--hold", type=float, default=1.0, help="seconds at 50/50 before t0 (default 1)")
     parser.add_argument("--observe", type=float, default=1.5, help="seconds of load after t0 (default 1.5)")
-    parser.add_argument("--load-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1; got {args.rounds}")
@@ -429,29 +316,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
-    from bench_serving import describe_machine, load_average, other_ray_instances
     from ray import serve
 
     from serve_ab import build_app
 
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "bench": "propagation",
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "load_before": [round(x, 2) for x in load_average() or ()],
-        "router_replicas": ROUTER_REPLICAS,
-        "concurrency": args.concurrency,
-        "decision": "POST /rollout/weights {v1: 100, v3: 0}"
-                    + ("; last round POST /rollout/abort" if not args.no_abort else ""),
-    }
+    report = report_header("propagation", router_replicas=ROUTER_REPLICAS, concurrency=args.concurrency,
+                           decision="POST /rollout/weights {v1: 100, v3: 0}"
+                                    + ("; last round POST /rollout/abort" if not args.no_abort else ""))
     bodies = v3_bodies()
     base_url = f"{cluster.base_url}/{APP}"
     with tempfile.TemporaryDirectory(prefix="bench-propagation-") as tmp:
         log(f"deploying {APP}: {ROUTER_REPLICAS} router replicas, v1 + v3 colocated")
         target = serve.RunTarget(build_app(experiment(Path(tmp) / "state.sqlite")), name=APP,
                                  route_prefix=f"/{APP}")
-        load: Load | None = None
+        load: HttpLoad | None = None
         control: Control | None = None
         with deployed([target]):
             try:
@@ -459,11 +338,13 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
                 wait_until(lambda: control.status()["weights_pct"] == HALF, "the canary to reach 50 %",
                            every_s=0.25)
                 others_before = other_ray_instances()
-                load = Load(base_url + "/predict", bodies, args.concurrency, Path(tmp) / "records.json")
+                load = HttpLoad()
+                load.start_recording(base_url + "/predict", bodies, args.concurrency,
+                                     Path(tmp) / "records.json", REQUEST_ID_PREFIX)
                 log(f"load running on {args.concurrency} connections; {args.rounds} rounds")
                 rounds = run_rounds(control, bodies[0], args.rounds, not args.no_abort, args.hold,
                                     args.observe)
-                records = load.stop()
+                records = load.stop_recording()
                 report["other_ray_instances"] = max(others_before, other_ray_instances())
                 report["final_phase"] = control.status()["phase"]
             finally:
@@ -472,9 +353,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
                 if control is not None:
                     control.close()
     served_by, applied = read_replica_logs(cluster.session_dir)
-    report["load_after"] = [round(x, 2) for x in load_average() or ()]
-    report["shared"] = bool(report["other_ray_instances"]) or bool(
-        report["load_before"] and report["load_before"][0] > (os.cpu_count() or 1))
+    report["load_after"] = load_now()
+    report["shared"] = machine_shared(report["other_ray_instances"], report["load_before"])
     report["wall_s"] = round(time.perf_counter() - started, 1)
 
     rows = [summarize_round(r, records, served_by, applied, args.observe) for r in rounds]
@@ -530,8 +410,6 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.load_process:
-        return load_main()
     return run_standalone(run, args, "v1/model.onnx", "v3/model.onnx")
 
 

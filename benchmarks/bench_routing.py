@@ -1,7 +1,7 @@
 """Cost of one routing decision, against what the usual workaround does per request.
 
-    python benchmarks/bench_routing.py            # about 10 s
-    python benchmarks/bench_routing.py --quick    # about 2 s
+    python -m benchmarks.bench_routing            # about 10 s
+    python -m benchmarks.bench_routing --quick    # about 2 s
 
 Times ``Assigner.assign`` with a key (BLAKE2b of salt and key, then a bisect over the
 bucket bounds) and without one (a random bucket), and, in the same run, the baseline

@@ -1,7 +1,7 @@
 """serve-ab against plain Ray Serve and the hand-written workaround, in one Ray instance.
 
-    python benchmarks/bench_serving.py --quick   # under 3 minutes; prints one JSON line last
-    python benchmarks/bench_serving.py           # about 7 minutes; also writes benchmarks/RESULTS.md
+    python -m benchmarks.bench_serving --quick   # under 3 minutes; prints one JSON line last
+    python -m benchmarks.bench_serving           # about 7 minutes; also writes benchmarks/RESULTS.md
 
 One model (digits v1, ONNX, onnxruntime with one intra-op thread, no batching) is served
 side by side, each app under its own route prefix on the same Ray Serve proxy:
@@ -15,7 +15,7 @@ side by side, each app under its own route prefix on the same Ray Serve proxy:
 
 Every deployment gets the same Ray options (one replica, num_cpus 0.5,
 max_ongoing_requests 256). The HTTP load comes from a closed-loop generator in its own
-process (benchmarks/loadgen.py): N connections, each waiting for its answer before sending
+process (benchmarks.loadgen): N connections, each waiting for its answer before sending
 the next request, a batch of one digit per request, a different user id every time.
 Handle mode drives each app's ``predict`` through a DeploymentHandle from this process.
 
@@ -33,28 +33,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MODELS = REPO / "models" / "digits"
-RESULTS_MD = HERE / "RESULTS.md"
-sys.path.insert(0, str(HERE))  # baselines.py, whether run as a script or imported
-
-from cluster import Cluster, deployed, run_standalone
+from benchmarks.cluster import Cluster, deployed, run_standalone
+from benchmarks.common import (
+    MODELS,
+    REPO,
+    RESULTS_MD,
+    digits_experiment,
+    load_now,
+    log,
+    machine_shared,
+    other_ray_instances,
+    report_header,
+    request_bodies,
+    spread,
+    version,
+)
+from benchmarks.loadgen import HttpLoad, handle_alternating, handle_closed_loop
 
 # DESIGN.md, "Numbers to reach".
 TARGET_COLOCATED_VS_PLAIN = 0.95
@@ -107,93 +110,19 @@ CANDIDATES = [
 BY_APP = {c.app: c for c in CANDIDATES}
 
 
-# -- the machine --------------------------------------------------------------------------
-
-
-def describe_machine() -> dict[str, Any]:
-    import fastapi
-    import onnxruntime
-    import ray
-
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "not installed"
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory_gib = None
-    try:
-        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gib": memory_gib,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "torch": torch_version,
-        "onnxruntime": onnxruntime.__version__,
-        "fastapi": fastapi.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def other_ray_instances() -> int:
-    """Raylets on this machine that are not ours: a sign that it is shared right now."""
-    try:
-        out = subprocess.run(["pgrep", "-c", "-x", "raylet"], capture_output=True, text=True,
-                             check=False)  # pgrep exits 1 when it finds none
-        return max(0, int(out.stdout.strip() or 0) - 1)
-    except (OSError, ValueError):
-        return -1
-
-
-def load_average() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # -- deploying the candidates --------------------------------------------------------------
 
 
 def serve_ab_experiment(placement: str) -> dict[str, Any]:
-    versions = [
-        {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
-        {"name": "v3", "path": str(MODELS / "v3" / "model.onnx"), "backend": "onnx"},
-    ]
-    if placement == "isolated":
-        for version in versions:
-            version["deployment"] = REPLICA_OPTIONS
-    return {
-        "model": "digits",
-        "versions": versions,
-        "weights": WEIGHTS_PCT,
-        "assignment": {"key": "json", "field": "user_id", "salt": "bench"},
-        "placement": placement,
-        "router": REPLICA_OPTIONS,
-    }
+    return digits_experiment([version("v1"), version("v3")], WEIGHTS_PCT, "bench", REPLICA_OPTIONS,
+                             placement, REPLICA_OPTIONS if placement == "isolated" else None)
 
 
 def run_targets(candidates: list[Candidate]) -> list[Any]:
     """The apps to deploy, one ``serve.RunTarget`` per candidate, each under its own prefix."""
-    import baselines
     from ray import serve
+
+    from benchmarks import baselines
 
     from serve_ab import build_app
 
@@ -208,18 +137,6 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
     }
     return [serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}") for c in candidates]
-
-
-def request_bodies(count: int = 256) -> tuple[list[str], list[tuple[np.ndarray, str]]]:
-    """JSON bodies for HTTP and (batch, key) pairs for handles: real digits, new user ids."""
-    rows = json.loads((MODELS / "samples.json").read_text())["inputs"]
-    bodies, handle_args = [], []
-    for i in range(count):
-        row = rows[i % len(rows)]
-        user = f"user-{i:05d}"
-        bodies.append(json.dumps({"inputs": [row], "user_id": user}))
-        handle_args.append((np.asarray([row], dtype=np.float32), user))
-    return bodies, handle_args
 
 
 def check_answers(candidates: list[Candidate], base_url: str, body: str) -> None:
@@ -238,112 +155,6 @@ def check_answers(candidates: list[Candidate], base_url: str, body: str) -> None
 
 
 # -- load ----------------------------------------------------------------------------------
-
-
-class HttpLoad:
-    """The load generator process (loadgen.py --serve), one JSON line per run."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "loadgen.py"), "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-
-    def run(self, url: str, bodies: list[str], concurrency: int, duration_s: float,
-            warmup_s: float) -> dict[str, Any]:
-        return self._call({"url": url, "bodies": bodies, "concurrency": concurrency,
-                           "duration_s": duration_s, "warmup_s": warmup_s})
-
-    def alternate(self, urls: list[str], bodies: list[str], duration_s: float,
-                  warmup_s: float) -> dict[str, dict[str, Any]]:
-        """Concurrency 1, the URLs taking turns request by request; results by URL."""
-        return self._call({"urls": urls, "bodies": bodies, "duration_s": duration_s,
-                           "warmup_s": warmup_s})["per_url"]
-
-    def _call(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the load generator exited (code {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-async def _handle_closed_loop(call: Callable[[int], Any], concurrency: int, duration_s: float,
-                              warmup_s: float) -> dict[str, Any]:
-    latencies_ms: list[float] = []
-    completed = 0
-    errors: dict[str, int] = {}
-    measure_from = time.perf_counter() + warmup_s
-    stop_at = measure_from + duration_s
-
-    async def caller(index: int) -> None:
-        nonlocal completed
-        n = index
-        while True:
-            sent = time.perf_counter()
-            if sent >= stop_at:
-                return
-            try:
-                await call(n)
-                error = None
-            except Exception as err:  # noqa: BLE001 - counted and reported, never hidden
-                error = type(err).__name__
-            n += concurrency
-            done = time.perf_counter()
-            if measure_from <= done < stop_at:
-                if error is None:
-                    completed += 1
-                    if sent >= measure_from:
-                        latencies_ms.append((done - sent) * 1e3)
-                else:
-                    errors[error] = errors.get(error, 0) + 1
-
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    return {"completed": completed, "throughput_rps": completed / duration_s,
-            "latencies_ms": latencies_ms, "errors": errors}
-
-
-async def _handle_alternating(callers: dict[str, Callable[[int], Any]], duration_s: float,
-                              warmup_s: float) -> dict[str, dict[str, Any]]:
-    """Concurrency 1 over handles, the apps taking turns call by call (as alternating())."""
-    apps = list(callers)
-    per_app = {app: {"completed": 0, "busy_s": 0.0, "latencies_ms": [], "errors": {}} for app in apps}
-    measure_from = time.perf_counter() + warmup_s
-    stop_at = measure_from + duration_s
-    n = 0
-    while time.perf_counter() < stop_at:
-        shift = n % len(apps)
-        for app in apps[shift:] + apps[:shift]:
-            sent = time.perf_counter()
-            try:
-                await callers[app](n)
-                error = None
-            except Exception as err:  # noqa: BLE001 - counted and reported, never hidden
-                error = type(err).__name__
-            done = time.perf_counter()
-            if sent >= measure_from:
-                stats = per_app[app]
-                if error is None:
-                    stats["completed"] += 1
-                    stats["busy_s"] += done - sent
-                    stats["latencies_ms"].append((done - sent) * 1e3)
-                else:
-                    stats["errors"][error] = stats["errors"].get(error, 0) + 1
-        n += 1
-    for stats in per_app.values():
-        stats["throughput_rps"] = stats["completed"] / stats["busy_s"] if stats["busy_s"] else 0.0
-    return per_app
 
 
 def handle_caller(candidate: Candidate, handle_args: list[tuple[np.ndarray, str]]) -> Callable[[int], Any]:
@@ -378,7 +189,7 @@ def measure(candidates: list[Candidate], mode: Mode, port: int, bodies: list[str
             load.run(url[c.app], bodies, max(mode.concurrencies), mode.warmup_s, 0.0)
         callers = {c.app: handle_caller(c, handle_args) for c in candidates}
         for c in candidates:
-            asyncio.run(_handle_closed_loop(callers[c.app], max(mode.handle_concurrencies),
+            asyncio.run(handle_closed_loop(callers[c.app], max(mode.handle_concurrencies),
                                             handle_warmup_s, 0.0))
 
         for r in range(mode.rounds):
@@ -402,14 +213,14 @@ def measure(candidates: list[Candidate], mode: Mode, port: int, bodies: list[str
                 log(f"round {r + 1}/{mode.rounds}, handle, concurrency {concurrency}")
                 if concurrency == 1:
                     order = rotated(candidates, r)
-                    per_app = asyncio.run(_handle_alternating(
+                    per_app = asyncio.run(handle_alternating(
                         {c.app: callers[c.app] for c in order},
                         mode.handle_duration_s * len(order), mode.in_run_warmup_s))
                     for app, result in per_app.items():
                         runs["handle"].setdefault(1, {}).setdefault(app, []).append(dict(result, round=r))
                     continue
                 for c in rotated(candidates, r):
-                    result = asyncio.run(_handle_closed_loop(
+                    result = asyncio.run(handle_closed_loop(
                         callers[c.app], concurrency, mode.handle_duration_s, mode.in_run_warmup_s))
                     result["round"] = r
                     runs["handle"].setdefault(concurrency, {}).setdefault(c.app, []).append(result)
@@ -419,10 +230,6 @@ def measure(candidates: list[Candidate], mode: Mode, port: int, bodies: list[str
 
 
 # -- summarising ---------------------------------------------------------------------------
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -437,10 +244,10 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             for kind, count in r["errors"].items():
                 errors[kind] = errors.get(kind, 0) + count
         out[app] = {
-            "rps": _spread([r["throughput_rps"] for r in runs]),
+            "rps": spread([r["throughput_rps"] for r in runs]),
             "p50_ms": float(p50),
             "p99_ms": float(p99),
-            "round_p50_ms": _spread(round_p50) if round_p50 else None,
+            "round_p50_ms": spread(round_p50) if round_p50 else None,
             "requests": int(sum(r["completed"] for r in runs)),
             "errors": errors,
         }
@@ -459,9 +266,9 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
                 p50_deltas.append(float(np.percentile(r["latencies_ms"], 50)
                                         - np.percentile(b["latencies_ms"], 50)))
         return {
-            "rps_ratio": _spread(ratios) if ratios else None,
+            "rps_ratio": spread(ratios) if ratios else None,
             "p50_added_ms": out[app]["p50_ms"] - out[base]["p50_ms"],
-            "round_p50_added_ms": _spread(p50_deltas) if p50_deltas else None,
+            "round_p50_added_ms": spread(p50_deltas) if p50_deltas else None,
         }
 
     for app, item in out.items():
@@ -571,7 +378,7 @@ def compact(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def write_results_md(report: dict[str, Any], http: dict[int, Any], handle: dict[int, Any],
                      checks: list[dict[str, Any]], mode: Mode) -> None:
     m = report["machine"]
-    written = (f"Written by `python benchmarks/bench_serving.py` on {report['date']} (full mode, "
+    written = (f"Written by `python -m benchmarks.bench_serving` on {report['date']} (full mode, "
                f"{report['wall_s']:.0f} s). See `benchmarks/README.md` for what each row is.")
     versions = (f"- Python {m['python']}, Ray {m['ray']}, torch {m['torch']}, "
                 f"onnxruntime {m['onnxruntime']}, FastAPI {m['fastapi']}, numpy {m['numpy']}")
@@ -637,15 +444,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
                     args.duration or mode.duration_s, args.duration or mode.handle_duration_s,
                     args.warmup or mode.warmup_s)
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "bench": "serving",
-        "mode": "quick" if args.quick else "full",
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "load_before": [round(x, 2) for x in load_average() or ()],
-        "rounds": mode.rounds, "duration_s": mode.duration_s, "warmup_s": mode.warmup_s,
-        "handle_duration_s": mode.handle_duration_s,
-    }
+    report = report_header("serving", args.quick, rounds=mode.rounds, duration_s=mode.duration_s,
+                           warmup_s=mode.warmup_s, handle_duration_s=mode.handle_duration_s)
     bodies, handle_args = request_bodies()
     log(f"deploying {', '.join(c.app for c in candidates)}")
     with deployed(run_targets(candidates)):
@@ -654,10 +454,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         others_before = other_ray_instances()
         runs = measure(candidates, mode, cluster.port, bodies, handle_args)
         report["other_ray_instances"] = max(others_before, other_ray_instances())
-    report["load_after"] = [round(x, 2) for x in load_average() or ()]
-    # Other Ray instances, or more runnable work than cores before we even started.
-    report["shared"] = bool(report["other_ray_instances"]) or bool(
-        report["load_before"] and report["load_before"][0] > (os.cpu_count() or 1))
+    report["load_after"] = load_now()
+    report["shared"] = machine_shared(report["other_ray_instances"], report["load_before"])
 
     http = {c: summarize(by_app) for c, by_app in runs["http"].items()}
     handle = {c: summarize(by_app) for c, by_app in runs["handle"].items()}

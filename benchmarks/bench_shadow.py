@@ -5,7 +5,7 @@ v1 to every client (colocated, one router replica each). Every request to the sh
 is also run on v2 (the torch model, slower than v1) in the background, after v1's answer.
 
 - latency: one connection alternates between the two apps request by request
-  (``loadgen.alternating``), so both see the same machine at the same moment; the figure
+  (``HttpLoad.alternate``), so both see the same machine at the same moment; the figure
   is the ratio of p50 and p99 with the shadow to without, and the p50 difference in ms.
 - throughput: each app under a closed loop of ``--concurrency`` connections in turn; the
   shadow's work runs on the same replica, so it costs capacity even though no client waits
@@ -13,7 +13,7 @@ is also run on v2 (the torch model, slower than v1) in the background, after v1'
 - the shadowed app's controller is asked how many copies it compared, which must be close
   to the requests it served (a check that the shadow really ran).
 
-    python benchmarks/bench_shadow.py [--duration-s 10] [--concurrency 8]
+    python -m benchmarks.bench_shadow [--duration-s 10] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import sys
 from typing import Any
 
 import httpx
-from bench_serving import HttpLoad, request_bodies
-from cluster import Cluster, deployed, run_standalone
 
+from benchmarks.cluster import Cluster, deployed, run_standalone
+from benchmarks.common import digits_experiment, percentile, request_bodies, version
+from benchmarks.loadgen import HttpLoad
 from serve_ab.config.experiment import parse_experiment
 
 MODELS_USED = ("v1/model.onnx", "v2/model.pt2")
@@ -34,27 +35,12 @@ ROUTER = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoin
 
 
 def experiment(shadow: bool) -> dict[str, Any]:
-    from cluster import MODELS
-
-    cfg: dict[str, Any] = {
-        "model": "digits",
-        "versions": [
-            {"name": "v1", "path": str(MODELS / "v1" / "model.onnx"), "backend": "onnx"},
-            {"name": "v2", "path": str(MODELS / "v2" / "model.pt2"), "backend": "torch"},
-        ],
-        "weights": {"v1": 100},
-        "assignment": {"key": "json", "field": "user_id", "salt": "bench-shadow"},
-        "router": ROUTER,
-    }
+    cfg = digits_experiment([version("v1"), version("v2", "torch")], {"v1": 100}, "bench-shadow",
+                            ROUTER, placement=None)
     if shadow:
         cfg["shadow"] = {"version": "v2", "percent": 100}
     parse_experiment(cfg)  # a bad benchmark config fails here, not inside Serve
     return cfg
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +74,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"requests failed: alternating {errors}, "
                            f"closed loop {[t.get('errors') for t in throughput.values()]}")
     p50 = {name: statistics.median(values) for name, values in latency.items()}
-    p99 = {name: percentile(values, 99) for name, values in latency.items()}
+    p99 = {name: percentile(values, 0.99) for name, values in latency.items()}
     rps = {name: t["throughput_rps"] for name, t in throughput.items()}
     served = stats["versions"]["v1"]["requests"]
     return {

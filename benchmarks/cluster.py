@@ -1,7 +1,7 @@
 """The Ray instance and Serve proxy the benchmarks run on.
 
 A script run by itself starts one of its own (``with cluster() as c: run(c, args)``);
-``run_all.py`` starts one and hands it to every part in turn, so Ray and Serve start once
+``benchmarks.run_all`` starts one and hands it to every part in turn, so Ray and Serve start once
 and not once per part. Either way each part deploys its own apps and deletes them when it
 ends (:func:`deployed`), also on errors, and measures only once every other app is gone.
 """
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from benchmarks.common import MODELS, REPO
+
 #: Apps deployed() has asked Serve to delete (their status may read RUNNING for a moment).
 DELETED_APPS: set[str] = set()
-MODELS = HERE.parent / "models" / "digits"
 TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"
 
 
@@ -67,8 +67,8 @@ def cluster(num_cpus: int = 8) -> Iterator[Cluster]:
     token = secrets.token_urlsafe(24)
     previous_token = os.environ.get(TOKEN_ENV)
     os.environ[TOKEN_ENV] = token
-    # Replicas import baselines.py from this folder, whatever directory we started in.
-    python_path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    # Replicas import benchmarks.baselines from the repository, whatever directory we started in.
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     try:
         context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",

@@ -1,8 +1,8 @@
 """GPU check: served throughput with dynamic batching vs the same model offline.
 
-    python benchmarks/gpu_check.py                  # CUDA, both backends; one JSON line last
-    python benchmarks/gpu_check.py --device cpu     # the same measurement on the CPU
-    python benchmarks/gpu_check.py --backends torch --hidden 4096 --rows-per-request 64
+    python -m benchmarks.gpu_check                  # CUDA, both backends; one JSON line last
+    python -m benchmarks.gpu_check --device cpu     # the same measurement on the CPU
+    python -m benchmarks.gpu_check --backends torch --hidden 4096 --rows-per-request 64
 
 The model is an MLP 64-H-...-H-10 with seeded random weights, written by models/build.py's
 own writers as model.onnx and model.pt2, so both backends run the same network. For each
@@ -13,7 +13,7 @@ moved to cuda), in one Ray instance:
   the same device and threads), in this process, on batches of B rows back to back;
 - **served**: a serve-ab app, isolated placement: router replica(s) on the CPU and the
   version's own deployment (one replica, one GPU) with ``batching: {max_batch_size: M}``,
-  under closed-loop HTTP load (loadgen.py) of R rows per request at concurrency 2M, so a
+  under closed-loop HTTP load (benchmarks.loadgen) of R rows per request at concurrency 2M, so a
   full batch is B = R x M rows, the offline batch size;
 - the ratio served rows/s / offline rows/s is taken within each round (the two alternate),
   median and range over the rounds; DESIGN.md's target is at least 0.8x.
@@ -51,14 +51,9 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))  # models/build.py, for its ONNX and torch.export writers
-
-from bench_memory import replica_pids
-from bench_serving import HttpLoad, describe_machine, load_average, log
-from cluster import cluster, deployed
+from benchmarks.cluster import cluster, deployed
+from benchmarks.common import describe_machine, load_now, log, replica_pids
+from benchmarks.loadgen import HttpLoad
 
 TARGET_SERVED_VS_OFFLINE = 0.8  # DESIGN.md, "Numbers to reach"
 BACKENDS = {"onnx": "model.onnx", "torch": "model.pt2"}
@@ -395,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_rows": args.rows_per_request * args.max_batch_size, "concurrency": args.concurrency,
             "router_replicas": args.router_replicas, "threads": args.threads, "rounds": args.rounds,
             "duration_s": args.duration, "target": TARGET_SERVED_VS_OFFLINE,
-            "load_before": [round(x, 2) for x in load_average() or ()],
+            "load_before": load_now(),
         })
         for backend in args.backends:
             reason = backend_cannot_use_cuda(backend, probe) if args.device == "cuda" else None
@@ -411,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous_handler)
-    report.update({"backends": backends, "load_after": [round(x, 2) for x in load_average() or ()],
+    report.update({"backends": backends, "load_after": load_now(),
                    "wall_s": round(time.perf_counter() - started, 1)})
 
     print(f"\nServed with dynamic batching vs offline, {args.device}, {report['model']}, batch "

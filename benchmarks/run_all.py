@@ -1,8 +1,8 @@
 """Every benchmark, one after the other, in one command, on one Ray instance.
 
-    python benchmarks/run_all.py --quick   # under 3 minutes on the shared 2-core dev machine; one JSON line last
-    python benchmarks/run_all.py           # about 9-10 minutes; also writes benchmarks/RESULTS.md
-    python benchmarks/run_all.py --quick --only memory canary_load
+    python -m benchmarks.run_all --quick   # under 3 minutes on the shared 2-core dev machine; one JSON line last
+    python -m benchmarks.run_all           # about 9-10 minutes; also writes benchmarks/RESULTS.md
+    python -m benchmarks.run_all --quick --only memory canary_load
 
 The parts (routing, serving, propagation, memory, canary_load) run in this process, one
 after the other, on ONE Ray instance and Serve proxy started here (routing needs neither).
@@ -16,7 +16,7 @@ collected, and one combined JSON line is printed last: the machine, a few headli
 figures, what --quick shortened, then every part's own figures. A part that fails or runs
 over its time limit is reported (its error) and the others still run.
 
-In full mode RESULTS.md is written: bench_serving.py writes its tables first, then the
+In full mode RESULTS.md is written: bench_serving writes its tables first, then the
 other parts' output is appended, with the machine's description and the load average.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import importlib
 import io
 import json
@@ -34,18 +33,15 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS_MD = HERE / "RESULTS.md"
-sys.path.insert(0, str(HERE))
+from benchmarks.cluster import DELETED_APPS, cluster, missing_models
+from benchmarks.common import REPO, RESULTS_MD, load_now, other_ray_instances, report_header
 
 
 @dataclass(frozen=True)
 class Part:
-    module: str
+    module: str                     # below the benchmarks package
     quick_args: list[str]
     full_args: list[str]
     time_limit_s: tuple[int, int]   # quick, full
@@ -119,7 +115,6 @@ class Tee(io.TextIOBase):
 
 def delete_leftover_apps(part: str) -> None:
     """Apps a failed part left deployed (parts delete their own: see cluster.deployed)."""
-    from cluster import DELETED_APPS
     from ray import serve
 
     for name, app in serve.status().applications.items():
@@ -131,13 +126,13 @@ def delete_leftover_apps(part: str) -> None:
 def run_part(name: str, quick: bool, cluster: Any, extra_args: list[str]) -> dict[str, Any]:
     part = PARTS[name]
     argv = [*(part.quick_args if quick else part.full_args), *extra_args]
-    log(f"{name}: {part.module}.py {' '.join(argv)}".rstrip())
+    log(f"{name}: python -m benchmarks.{part.module} {' '.join(argv)}".rstrip())
     started = time.perf_counter()
     kept = io.StringIO()
     result: dict[str, Any] = {"rc": 0, "json": None}
     with contextlib.redirect_stdout(Tee(kept, sys.stderr)):
         try:
-            module = importlib.import_module(part.module)
+            module = importlib.import_module(f"benchmarks.{part.module}")
             args = module.parse_args(argv)
             with time_limit(part.time_limit_s[0 if quick else 1]):
                 result["json"] = module.run(cluster, args) if part.needs_cluster else module.run(args)
@@ -204,7 +199,7 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
     m = report["machine"]
     lines += [
         "",
-        f"# Other benchmarks (`python benchmarks/run_all.py`, {report['date']}, {report['wall_s']:.0f} s in all)",
+        f"# Other benchmarks (`python -m benchmarks.run_all`, {report['date']}, {report['wall_s']:.0f} s in all)",
         "",
         ("Every part ran in one process on one Ray instance and Serve proxy "
          f"(started in {report.get('cluster_start_s', 0):.0f} s), each deploying its own apps "
@@ -244,9 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(PARTS), metavar="PART",
                         help=f"run only these parts, of {list(PARTS)} (no RESULTS.md)")
     args = parser.parse_args(argv)
-    from bench_serving import describe_machine, load_average, other_ray_instances
-    from cluster import cluster, missing_models
-
     missing = missing_models("v1/model.onnx", "v2/model.pt2", "v3/model.onnx", "samples.json")
     if missing:
         print(missing, file=sys.stderr)
@@ -256,13 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = [name for name in PARTS if PARTS[name].in_quick or not args.quick]
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "bench": "all",
-        "mode": "quick" if args.quick else "full",
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "load_before": [round(x, 2) for x in load_average() or ()],
-    }
+    report = report_header("all", args.quick)
     if args.quick:
         report["quick_shortens"] = {name: PARTS[name].quick_note for name in names}
         log("--quick: every part shortened, fewer rounds and shorter runs than full mode:")
@@ -287,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             parts[name] = run_part(name, args.quick, shared, extra)
         shutdown_from = time.perf_counter()
     report["cluster_shutdown_s"] = round(time.perf_counter() - shutdown_from, 1)
-    report["load_after"] = [round(x, 2) for x in load_average() or ()]
+    report["load_after"] = load_now()
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["headline"] = headline(parts)
     report["failed_parts"] = [n for n, p in parts.items() if p["rc"] != 0 or p["json"] is None]

@@ -1,20 +1,16 @@
 """benchmarks/gpu_check.py without a GPU and without Ray: what it says when it cannot measure.
 
-The measurement itself needs Ray (and, for its purpose, a GPU); ``python
-benchmarks/gpu_check.py --device cpu`` runs it end to end on any machine.
+The measurement itself needs Ray (and, for its purpose, a GPU); ``python -m
+benchmarks.gpu_check --device cpu`` runs it end to end on any machine.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 NO_GPU = {
     "nvidia_smi_gpus": [], "nvidia_smi": False, "torch": "2.13.0+cpu", "torch_cuda_build": None,
@@ -28,11 +24,7 @@ GPU_BUT_NO_CUDA_BACKENDS = {**NO_GPU, "nvidia_smi": True,
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return importlib.import_module("benchmarks.gpu_check")
 
 
 def test_no_gpu_prints_one_json_line_and_exits_2(gpu_check, monkeypatch, capsys):

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.loadgen import HttpLoad
 from tests.support import loadgen
 from tests.support.loadgen import (
     LoadGenerator,
@@ -271,6 +272,39 @@ def test_version_comes_from_the_body_else_the_header():
     assert loadgen._version_of(httpx.Response(200, json={"version": "v1"}, headers=header)) == "v1"
     assert loadgen._version_of(httpx.Response(502, text="<html>bad gateway</html>", headers=header)) == "v2"
     assert loadgen._version_of(httpx.Response(500, json={"error": "boom"})) is None
+
+
+def test_the_benchmarks_load_process_runs_alternates_and_records(server, tmp_path):
+    url = base_url(server) + "/predict"
+    bodies = [json.dumps({"user_id": f"user-{k}", "inputs": [[0.0]]}) for k in range(4)]
+    load = HttpLoad()
+    try:
+        run = load.run(url, bodies, concurrency=2, duration_s=0.3, warmup_s=0.1)
+        assert run["completed"] > 0 and run["errors"] == {}
+        assert 0 < len(run["latencies_ms"]) <= run["completed"]
+
+        other = url + "?other"
+        per_url = load.alternate([url, other], bodies, duration_s=0.3, warmup_s=0.05)
+        assert set(per_url) == {url, other}
+        # Turn by turn: neither URL can be more than one request ahead of the other.
+        assert abs(per_url[url]["completed"] - per_url[other]["completed"]) <= 1
+        assert all(stats["throughput_rps"] > 0 for stats in per_url.values())
+
+        server.mode = "fail"
+        failing = load.run(url, bodies, concurrency=1, duration_s=0.2, warmup_s=0.0)
+        assert failing["completed"] == 0 and failing["errors"].get("500", 0) > 0
+        server.mode = "parity"
+
+        load.start_recording(url, bodies, 2, tmp_path / "records.json", request_id_prefix="t")
+        time.sleep(0.1)
+        records = load.stop_recording()
+    finally:
+        load.close()
+    assert load.proc.returncode == 0
+    assert records and all(t_send <= t_done for _, t_send, t_done, _ in records)
+    assert {outcome for *_, outcome in records} == {"v1", "v2"}
+    assert len({request_id for request_id, *_ in records}) == len(records)
+    assert all(request_id.startswith("t-") for request_id, *_ in records)
 
 
 def test_public_names():
