@@ -1,0 +1,1 @@
+"""serve-ab benchmarks, run from the repository root as ``python -m benchmarks.<script>``."""
