@@ -34,7 +34,7 @@ __all__ = [
     "Direction",
     "MeanSummary",
     "SrmResult",
-    "Verdict",
+    "ABVerdict",
     "adjust",
     "adjust_p_values",
     "check_srm",
@@ -67,7 +67,7 @@ class Direction(str, Enum):
     LOWER_IS_BETTER = "lower_is_better"  # latency, error rate, cost
 
 
-class Verdict(str, Enum):
+class ABVerdict(str, Enum):
     BETTER = "better"
     WORSE = "worse"
     # Not significant at alpha: absence of evidence, not evidence of equality; read the
@@ -151,7 +151,7 @@ class Comparison:
     p_value: float
     p_adjusted: float
     significant: bool
-    verdict: Verdict
+    verdict: ABVerdict
     # The sign that says which arm the test found ahead (+1 variant, -1 control). It is
     # the sign of abs_lift except for rank tests, where medians can tie while ranks differ.
     effect_sign: int = 0
@@ -414,9 +414,9 @@ def adjust(comparisons: Sequence[Comparison], method: Correction | str = Correct
     adjusted = adjust_p_values([c.p_value for c in comparisons], method)
     out = []
     for c, p_adj in zip(comparisons, adjusted):
-        enough = c.verdict is not Verdict.NOT_ENOUGH_DATA
+        enough = c.verdict is not ABVerdict.NOT_ENOUGH_DATA
         verdict = _verdict(float(p_adj), c.effect_sign, c.alpha, c.direction, enough)
-        out.append(replace(c, p_adjusted=float(p_adj), significant=verdict in (Verdict.BETTER, Verdict.WORSE),
+        out.append(replace(c, p_adjusted=float(p_adj), significant=verdict in (ABVerdict.BETTER, ABVerdict.WORSE),
                            verdict=verdict))
     return out
 
@@ -476,17 +476,17 @@ def _comparison(metric, variant, control, test, direction, alpha, n_v, n_c, valu
         n_variant=int(n_v), n_control=int(n_c), value_variant=float(value_v), value_control=float(value_c),
         abs_lift=float(diff), abs_ci=(float(abs_ci[0]), float(abs_ci[1])), rel_lift=float(rel),
         rel_ci=(float(rel_ci[0]), float(rel_ci[1])), p_value=float(p), p_adjusted=float(p),
-        significant=verdict in (Verdict.BETTER, Verdict.WORSE), verdict=verdict, effect_sign=effect_sign,
+        significant=verdict in (ABVerdict.BETTER, ABVerdict.WORSE), verdict=verdict, effect_sign=effect_sign,
     )
 
 
-def _verdict(p: float, effect_sign: int, alpha: float, direction: Direction, enough: bool) -> Verdict:
+def _verdict(p: float, effect_sign: int, alpha: float, direction: Direction, enough: bool) -> ABVerdict:
     if not enough or math.isnan(p):
-        return Verdict.NOT_ENOUGH_DATA
+        return ABVerdict.NOT_ENOUGH_DATA
     if p >= alpha or effect_sign == 0:
-        return Verdict.NO_DIFFERENCE
+        return ABVerdict.NO_DIFFERENCE
     good_sign = 1 if direction is Direction.HIGHER_IS_BETTER else -1
-    return Verdict.BETTER if effect_sign == good_sign else Verdict.WORSE
+    return ABVerdict.BETTER if effect_sign == good_sign else ABVerdict.WORSE
 
 
 def _relative_lift(est_v: float, var_v: float, est_c: float, var_c: float, alpha: float):

@@ -114,7 +114,7 @@ def build_report(
         seq_results = _sequential_looks(metrics, versions, control, alpha, sequential_state or {},
                                         new_state, warnings)
     # Always-valid p-values are valid p-values at any look, so the same correction applies.
-    seq_keys = [key for key in seq_results if adjusted_by_key[key].verdict is not ab.Verdict.NOT_ENOUGH_DATA]
+    seq_keys = [key for key in seq_results if adjusted_by_key[key].verdict is not ab.ABVerdict.NOT_ENOUGH_DATA]
     seq_adjusted = dict(zip(seq_keys, _adjust([seq_results[k].p_value for k in seq_keys], correction)))
 
     for metric in metrics:
@@ -377,7 +377,7 @@ def _comparison_dict(c: ab.Comparison, seq: sequential.SequentialResult | None, 
     }
     verdict, basis = c.verdict, "fixed_horizon"
     if seq is not None:
-        enough = c.verdict is not ab.Verdict.NOT_ENOUGH_DATA
+        enough = c.verdict is not ab.ABVerdict.NOT_ENOUGH_DATA
         p_adj = seq_p_adjusted if seq_p_adjusted is not None else math.nan
         seq_verdict = _sequential_verdict(p_adj, seq.estimate, seq.alpha, c.direction, enough)
         out["sequential"] = {"p_value": seq.p_value, "p_adjusted": p_adj, "ci": list(seq.ci), "looks": seq.looks,
@@ -390,13 +390,13 @@ def _comparison_dict(c: ab.Comparison, seq: sequential.SequentialResult | None, 
     return out
 
 
-def _sequential_verdict(p: float, estimate: float, alpha: float, direction: ab.Direction, enough: bool) -> ab.Verdict:
+def _sequential_verdict(p: float, estimate: float, alpha: float, direction: ab.Direction, enough: bool) -> ab.ABVerdict:
     if not enough or math.isnan(p) or math.isnan(estimate):
-        return ab.Verdict.NOT_ENOUGH_DATA
+        return ab.ABVerdict.NOT_ENOUGH_DATA
     if p > alpha or estimate == 0:  # sequential rejects at p <= alpha
-        return ab.Verdict.NO_DIFFERENCE
+        return ab.ABVerdict.NO_DIFFERENCE
     good = estimate > 0 if direction is ab.Direction.HIGHER_IS_BETTER else estimate < 0
-    return ab.Verdict.BETTER if good else ab.Verdict.WORSE
+    return ab.ABVerdict.BETTER if good else ab.ABVerdict.WORSE
 
 
 def _adjust(p_values: list[float], correction: ab.Correction | None) -> list[float]:

@@ -30,15 +30,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# ab.Verdict's values; spelled out so that reading a report never imports scipy (ab does).
-Verdict = Literal["better", "worse", "no_difference", "not_enough_data"]
+# ab.ABVerdict values; spelled out so that reading a report never imports scipy (ab does).
+ABVerdict = Literal["better", "worse", "no_difference", "not_enough_data"]
 
 __all__ = [
     "REPORT_SCHEMA", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
     "ConversionArm", "ConversionFeedback", "Drift", "Experiment", "Flip", "Flips", "LatencyArm",
     "LatencyHistogram", "LatencySummary", "MeanArm", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
     "PowerPlan", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "Timeline",
-    "VariantResult", "Verdict", "report_json_schema",
+    "VariantResult", "ABVerdict", "report_json_schema",
 ]
 
 REPORT_SCHEMA = 1
@@ -171,7 +171,7 @@ class SequentialFigures(_Model):
     looks: int
     estimate: Num | None
     tau: Num | None = Field(description="the mixing prior's scale")
-    verdict: Verdict
+    verdict: ABVerdict
 
 
 class ComparisonPower(_Model):
@@ -200,11 +200,11 @@ class Comparison(_Model):
     rel_ci: Interval = Field(description="delta-method interval of rel_lift")
     p_value: Num | None = Field(description="fixed-horizon, uncorrected")
     p_adjusted: Num | None = Field(description="corrected across every comparison of every metric")
-    fixed_verdict: Verdict
+    fixed_verdict: ABVerdict
     sequential: SequentialFigures | None
     sequential_note: str | None = Field(
         default=None, description="why a comparison has no sequential figures while analysis.sequential is on")
-    verdict: Verdict = Field(description="follows the sequential figures when there are any, else fixed_verdict")
+    verdict: ABVerdict = Field(description="follows the sequential figures when there are any, else fixed_verdict")
     verdict_basis: Literal["fixed_horizon", "sequential"]
     power: ComparisonPower | None
     power_note: str | None = Field(description="why there are no power figures")

@@ -312,7 +312,7 @@ class ExperimentController:
         cfg = parse_experiment(experiment)
         self.core = ControllerCore(cfg, SqliteStateStore(Path(cfg.controller.state_path)))
         self._changed = asyncio.Event()
-        self._report: dict[str, Any] | None = None
+        self._report: Report | None = None
         self._sequential_state: dict[str, Any] | None = None
         self._report_lock = asyncio.Lock()
         self._recorder = None

@@ -17,7 +17,7 @@ from serve_ab.analysis.ab import (
     Correction,
     Direction,
     MeanSummary,
-    Verdict,
+    ABVerdict,
 )
 
 TOL = 1e-6
@@ -88,7 +88,7 @@ def test_two_proportion_z_test_matches_statsmodels():
     assert close(float(ab.two_proportion_z_test(560, 5000, 480, 5100)[0]), z)
     assert close(got.abs_ci[0], low) and close(got.abs_ci[1], high)
     assert close(got.value_variant, 0.112) and close(got.abs_lift, 0.112 - 480 / 5100)
-    assert got.verdict is Verdict.BETTER and got.significant
+    assert got.verdict is ABVerdict.BETTER and got.significant
 
 
 def test_chi_square_matches_chi2_contingency_and_equals_z_test_for_two_arms():
@@ -105,7 +105,7 @@ def test_chi_square_matches_chi2_contingency_and_equals_z_test_for_two_arms():
 
 def test_no_conversions_anywhere_is_not_enough_data():
     got = ab.compare_proportions(ConversionCounts(0, 500), ConversionCounts(0, 500), metric="ctr")
-    assert got.verdict is Verdict.NOT_ENOUGH_DATA and math.isnan(got.p_value)
+    assert got.verdict is ABVerdict.NOT_ENOUGH_DATA and math.isnan(got.p_value)
     assert math.isnan(ab.conversion_chi_square({"a": ConversionCounts(0, 9), "b": ConversionCounts(0, 9)}).p_value)
 
 
@@ -120,11 +120,11 @@ def test_mann_whitney_matches_scipy_and_lower_latency_is_better(rng):
     assert close(got.p_value, ref.pvalue)
     assert close(got.value_variant, np.median(variant_ms)) and close(got.value_control, np.median(control_ms))
     assert got.direction is Direction.LOWER_IS_BETTER
-    assert got.verdict is Verdict.BETTER, got
+    assert got.verdict is ABVerdict.BETTER, got
     assert got.abs_ci[0] < got.abs_lift < got.abs_ci[1] < 0
 
     slower = ab.compare_mann_whitney(control_ms * 1.2, control_ms, metric="latency_ms")
-    assert slower.verdict is Verdict.WORSE
+    assert slower.verdict is ABVerdict.WORSE
 
 
 def test_mann_whitney_small_samples_use_scipy_exact_method():
@@ -138,17 +138,17 @@ def test_mann_whitney_small_samples_use_scipy_exact_method():
 
 def test_verdict_follows_direction():
     hi, lo = MeanSummary(1000, 10.5, 4.0), MeanSummary(1000, 10.0, 4.0)
-    assert ab.compare_means(hi, lo, metric="m").verdict is Verdict.BETTER
-    assert ab.compare_means(hi, lo, metric="m", direction=Direction.LOWER_IS_BETTER).verdict is Verdict.WORSE
+    assert ab.compare_means(hi, lo, metric="m").verdict is ABVerdict.BETTER
+    assert ab.compare_means(hi, lo, metric="m", direction=Direction.LOWER_IS_BETTER).verdict is ABVerdict.WORSE
     same = ab.compare_means(MeanSummary(1000, 10.01, 4.0), lo, metric="m")
-    assert same.verdict is Verdict.NO_DIFFERENCE and not same.significant
+    assert same.verdict is ABVerdict.NO_DIFFERENCE and not same.significant
 
 
 def test_too_few_samples_is_not_enough_data():
     got = ab.compare_means(MeanSummary(10, 10.5, 4.0), MeanSummary(1000, 1.0, 4.0), metric="m")
-    assert got.verdict is Verdict.NOT_ENOUGH_DATA and math.isnan(got.p_value)
+    assert got.verdict is ABVerdict.NOT_ENOUGH_DATA and math.isnan(got.p_value)
     assert ab.compare_means(MeanSummary(10, 10.5, 4.0), MeanSummary(1000, 1.0, 4.0), metric="m",
-                            min_samples=5).verdict is Verdict.BETTER
+                            min_samples=5).verdict is ABVerdict.BETTER
 
 
 def test_compare_to_control_compares_every_other_arm_in_order():
@@ -184,9 +184,9 @@ def test_adjust_recomputes_significance_and_verdict():
         "d": MeanSummary(2000, 10.0, 9.0),
     }
     raw = ab.compare_to_control(arms, control="control", metric="m", compare=ab.compare_means)
-    assert [r.verdict for r in raw] == [Verdict.BETTER, Verdict.BETTER, Verdict.NO_DIFFERENCE]
+    assert [r.verdict for r in raw] == [ABVerdict.BETTER, ABVerdict.BETTER, ABVerdict.NO_DIFFERENCE]
     held = ab.adjust(raw, method=Correction.HOLM)
-    assert [r.verdict for r in held] == [Verdict.NO_DIFFERENCE, Verdict.BETTER, Verdict.NO_DIFFERENCE]
+    assert [r.verdict for r in held] == [ABVerdict.NO_DIFFERENCE, ABVerdict.BETTER, ABVerdict.NO_DIFFERENCE]
     np.testing.assert_allclose([r.p_adjusted for r in held], multipletests([r.p_value for r in raw], method="holm")[1])
     assert all(isinstance(r, Comparison) and r.p_value == o.p_value for r, o in zip(held, raw))
     with pytest.raises(ValueError, match=r"correction method \('bonf'\) must be one of 'holm', 'fdr_bh'"):

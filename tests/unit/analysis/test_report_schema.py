@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from serve_ab.analysis import ab
-from serve_ab.analysis.report_model import Report, Verdict, report_json_schema
+from serve_ab.analysis.report_model import ABVerdict, Report, report_json_schema
 from tests.unit.cli.test_report import _run, _server, app, report  # noqa: F401 - the fake app and its report
 
 PUBLISHED = Path(__file__).resolve().parents[3] / "docs" / "report.schema.json"
@@ -45,4 +45,4 @@ def test_report_json_from_the_cli_validates_against_the_published_schema_and_par
 
 
 def test_the_models_verdicts_are_the_analysis_verdicts():
-    assert set(typing.get_args(Verdict)) == {v.value for v in ab.Verdict}
+    assert set(typing.get_args(ABVerdict)) == {v.value for v in ab.ABVerdict}

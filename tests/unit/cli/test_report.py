@@ -227,6 +227,6 @@ def test_an_app_answering_another_layout_is_a_clear_error(app, report, capsys):
 def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
     # The real sample-size parser imports statsmodels (seconds); its wiring has its own tests.
     stub = argparse.Namespace(add_parser=lambda sub: None)
-    monkeypatch.setattr(serve_ab.cli, "sample_size", stub)
+    monkeypatch.setattr(serve_ab.cli, "sample_size", stub, raising=False)
     assert cli.main(["report", "--json"]) == 0
     assert Report.model_validate_json(capsys.readouterr().out).experiment.model == "digits"

@@ -86,7 +86,7 @@ def _run(argv, capsys):
 def test_serve_ab_wires_the_rollout_commands(api, capsys, monkeypatch):
     # The real sample-size parser imports statsmodels (seconds); its wiring has its own tests.
     stub = argparse.Namespace(add_parser=lambda sub: None)
-    monkeypatch.setattr(serve_ab.cli, "sample_size", stub)
+    monkeypatch.setattr(serve_ab.cli, "sample_size", stub, raising=False)
     assert cli.main(["status"]) == 0 and "canary: v1 -> v2" in capsys.readouterr().out
 
 
