@@ -157,6 +157,12 @@ class ActionRequest(BaseModel):
                                description="abort: recorded in the rollout's history.")
     weights: dict[str, float] | None = Field(
         None, description='weights: percent per version, e.g. {"v1": 80, "v2": 20}.')
+    from_step: int | None = Field(
+        None, ge=0, description="A precondition: act only if the rollout is at this step index "
+        "(a retried promote is then a no-op, not a second step).")
+    revision: int | None = Field(
+        None, ge=0, description="A precondition: act only if the rollout's state revision is this "
+        "one (as `serve-ab status --json` shows it), like HTTP If-Match.")
 
     @model_validator(mode="before")
     @classmethod

@@ -40,7 +40,7 @@ from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.state import SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, UnknownAction
-from serve_ab.serving.core.messages import Action, Mirror, Observations, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, RoutingSnapshot
 
 logger = logging.getLogger("ray.serve")
 
@@ -197,7 +197,7 @@ class ControllerCore:
             logger.info("serve-ab rollout %s: %s, weights %s", self.key, decision.reason, decision.weights)
         return changed
 
-    def act(self, action: Action, body: ActionRequest = ActionRequest()) -> None:
+    def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> None:
         """A control action; raises ActionRefused (RolloutError) when the phase does not
         allow it, InvalidInput when its body does not fit it."""
         if self.rollout is None:
@@ -451,7 +451,7 @@ class ExperimentController:
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
-    async def act(self, action: Action, body: ActionRequest) -> dict[str, Any]:
-        self.core.act(action, body)
+    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any]:
+        self.core.act(action, body, actor)
         self._notify()
         return self.core.status()

@@ -122,7 +122,7 @@ async def http_rollout_status(history: bool = False, s: Served = Depends(served)
 @api.post("/rollout/{action}", openapi_extra=json_body(ActionRequest),
           summary="promote, pause, resume, abort, rollback or weights (token)")
 async def http_rollout_action(action: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
-    s.auth.check(request.headers.get("authorization"))
+    actor = s.auth.check(request.headers.get("authorization"), request.client.host if request.client else None)
     try:
         act = Action(action)
     except ValueError:
@@ -132,7 +132,7 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
         body = parse_body(ActionRequest, await read_json(request, s.core.cfg.http.max_body_bytes))
     if act is Action.WEIGHTS and body.weights is None:
         raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
-    return _json(await s.core.controller.act(act, body))
+    return _json(await s.core.controller.act(act, body, actor))
 
 
 @api.post("/feedback", openapi_extra=json_body(FeedbackRequest),

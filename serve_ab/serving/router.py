@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ServeAbError
 from serve_ab.serving.core.auth import ControlAuth
-from serve_ab.serving.core.messages import Action, Observations, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, Observations, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.versions import Version, same_interface
 from serve_ab.serving.core.watchdog import Call, WatchedVersion
@@ -89,8 +89,8 @@ class ControllerClient:
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
         return await self.handle.feedback.remote(request_id, name, value, converted)
 
-    async def act(self, action: Action, body: Any) -> dict[str, Any]:
-        return await self.handle.act.remote(action, body)
+    async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
+        return await self.handle.act.remote(action, body, actor)
 
     async def status(self, history: bool = False) -> dict[str, Any]:
         return await self.handle.status.remote(history)

@@ -65,6 +65,7 @@ class FakeController:
         self.fail = fail
         self.recorded: list[Observations] = []
         self.actions: list[tuple[Action, Any]] = []
+        self.actors: list[Any] = []
         self.updates = asyncio.Event()
 
     async def record(self, observations: Observations) -> None:
@@ -87,8 +88,9 @@ class FakeController:
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
         return "v1"
 
-    async def act(self, action: Action, body: Any) -> dict[str, Any]:
+    async def act(self, action: Action, body: Any, actor: Any = None) -> dict[str, Any]:
         self.actions.append((action, body))
+        self.actors.append(actor)
         return {"phase": "progressing"}
 
     async def status(self, history: bool = False) -> dict[str, Any]:

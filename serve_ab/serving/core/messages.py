@@ -27,6 +27,16 @@ class Action(str, Enum):
     WEIGHTS = "weights"
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for a control action, as recorded in the rollout's history: the token's
+    name and role (never the token), and the client's address."""
+
+    name: str  # e.g. "operator", or "anonymous" when control.allow_unauthenticated
+    role: str  # viewer | operator | qa
+    address: str | None = None  # the client's host as the router saw it
+
+
 class ServedRequest(NamedTuple):
     """One answer (or failure) of one version, as a router saw it."""
 
@@ -94,7 +104,7 @@ class ControllerApi(Protocol):
     async def feedback(self, request_id: str, name: str, value: float | None,
                        converted: bool | None) -> str | None: ...
 
-    async def act(self, action: Action, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]: ...
 
     async def status(self, history: bool = False) -> dict[str, Any]: ...
 
