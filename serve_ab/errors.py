@@ -54,17 +54,40 @@ class ActionRefused(ServeAbError):
     """A control action the rollout's phase does not allow (promote an aborted rollout)."""
 
 
+class Forbidden(ServeAbError):
+    """A credential that is present but does not allow this (a forged or expired feedback
+    token, a role without the right)."""
+
+
+class Conflict(ServeAbError):
+    """The request repeats or contradicts what is already recorded (feedback reported twice)."""
+
+
+class StoreUnavailable(ServeAbError):
+    """The rollout's state could not be saved; nothing was changed, so the action can be
+    sent again (a tick retries by itself)."""
+
+
 class VersionUnavailable(ServeAbError):
     """No replica of a version can answer now: it died, or stalls past the watchdog's limits."""
 
 
+class BadOutput(VersionUnavailable):
+    """A version answered, but not with a usable answer (NaN or infinity in its outputs): it is
+    treated as unable to serve, so an assigned request is served by the fallback instead."""
+
+
 __all__ = [
     "ActionRefused",
+    "BadOutput",
     "BodyTooLarge",
+    "Conflict",
+    "Forbidden",
     "InvalidInput",
     "NotFound",
     "PinningDisabled",
     "ServeAbError",
+    "StoreUnavailable",
     "Unauthorized",
     "UnknownAction",
     "UnknownModel",

@@ -14,9 +14,13 @@ HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
     errors.InvalidInput: 400,
     errors.Unauthorized: 401,
     errors.PinningDisabled: 403,
+    errors.Forbidden: 403,
+    errors.Conflict: 409,
     errors.NotFound: 404,
     errors.ActionRefused: 409,
+    errors.BadOutput: 502,
     errors.VersionUnavailable: 503,
+    errors.StoreUnavailable: 503,
 }
 
 

@@ -12,6 +12,7 @@ Examples::
 
     serve-ab status --history
     SERVE_AB_CONTROL_TOKEN=... serve-ab promote
+    serve-ab promote --from-step 3      # only if the rollout is still at step 3 (safe to retry)
     serve-ab set-weights v1=80 v2=20 --url http://10.0.0.5:8000 --token ...
     serve-ab abort --reason "error rate up on v2"
 
@@ -71,6 +72,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     auth = argparse.ArgumentParser(add_help=False)
     auth.add_argument("--token", default=None,
                       help=f"control token, sent as a bearer token (default: ${TOKEN_ENV})")
+    auth.add_argument("--revision", type=_count, default=None, metavar="N",
+                      help="act only if the rollout's state is still at revision N (as `status` "
+                      "shows it); otherwise the app refuses with 409 and changes nothing")
 
     status = subparsers.add_parser(
         "status", parents=[connection], help="show the rollout: phase, weights, gates",
@@ -87,6 +91,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         if action == "promote":
             parser.add_argument("--full", action="store_true",
                                 help="skip the remaining steps and give the candidate 100%%")
+            parser.add_argument("--from-step", type=_step_number, default=None, metavar="N",
+                                help="act only if the rollout is still at step N, as `status` shows it "
+                                "(step N of M): a retried promote is then refused, not a second step")
         elif action == "abort":
             parser.add_argument("--reason", default="aborted by operator",
                                 help="recorded in the rollout's history (default: 'aborted by operator')")
@@ -132,19 +139,24 @@ def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | N
     if action is None:
         return "GET", "/rollout/status", None
     path = f"/rollout/{action.value}"
+    body: dict[str, Any] = {}
     if action is Action.PROMOTE:
-        return "POST", path, {"full": args.full}
-    if action is Action.ABORT:
-        return "POST", path, {"reason": args.reason}
-    if action is Action.WEIGHTS:
+        body["full"] = args.full
+        if args.from_step is not None:
+            body["from_step"] = args.from_step - 1  # the app counts steps from 0, `status` from 1
+    elif action is Action.ABORT:
+        body["reason"] = args.reason
+    elif action is Action.WEIGHTS:
         weights: dict[str, float | int] = {}
         for name, pct in args.weights:
             if name in weights:
                 raise ValueError(f"argument NAME=PCT: {name} is given twice ({name}={weights[name]:g} and "
                                  f"{name}={pct:g}); give each version once, e.g. v1=80 v2=20")
             weights[name] = int(pct) if pct.is_integer() else pct
-        return "POST", path, {"weights": weights}
-    return "POST", path, None
+        body["weights"] = weights
+    if getattr(args, "revision", None) is not None:
+        body["revision"] = args.revision
+    return "POST", path, body or None
 
 
 def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, token: str | None,
@@ -171,6 +183,8 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
                 f"hint: actions need the app's control token: set {TOKEN_ENV} or pass --token"
                 + (" (the token sent was refused)" if token else " (no token was sent)")
             )
+        elif response.status_code == 503 and method == "POST":
+            lines.append("hint: nothing was changed; send the same command again")
         elif response.status_code == 404 and path == "/rollout/status":
             lines.append(f"hint: is {url} a serve-ab app? its control API answers at /rollout/status")
         raise _Failure(*lines)
@@ -217,6 +231,9 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
     else:
         rows.append(("rollout", f"{strategy}: {stable} -> {candidate}"))
         rows.append(("phase", phase + _step_text(status)))
+        if status.get("revision") is not None:
+            rows.append(("revision", f"{status['revision']}  (serve-ab <action> --revision {status['revision']} "
+                                     "acts only on this state)"))
         if status.get("next_step_in_s") is not None:
             rows.append(("next step", f"in {_duration(status['next_step_in_s'])}"))
         if status.get("failure_limit") is not None:
@@ -285,8 +302,18 @@ def _history_lines(history: Any) -> list[str]:
         change = f"{entry.get('from_phase') or 'start'} -> {entry.get('to_phase')}"
         step = entry.get("step_index")
         at_step = f"  step {step + 1}" if isinstance(step, int) else ""
-        lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}".rstrip())
+        lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}{_by(entry)}".rstrip())
     return lines
+
+
+def _by(entry: dict[str, Any]) -> str:
+    """``  [promote by alice (operator) from 10.0.0.7]`` for an entry an action wrote."""
+    if not entry.get("action"):
+        return ""
+    actor = entry.get("actor") or {}
+    who = f" by {actor.get('name') or 'unknown'} ({actor.get('role') or '?'})" if actor else " by unknown"
+    where = f" from {actor['address']}" if actor.get("address") else ""
+    return f"  [{entry['action']}{who}{where}]"
 
 
 def _number(value: Any) -> str:
@@ -320,6 +347,27 @@ def _weight_pair(text: str) -> tuple[str, float]:
     if not math.isfinite(pct) or not 0.0 <= pct <= 100.0:
         raise argparse.ArgumentTypeError(f"{text!r}: {pct_text} is outside [0, 100]; {expected}")
     return name, pct
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0, e.g. --revision 12")
+    return value
+
+
+def _step_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a step number >= 1 as `serve-ab status` shows it (step N of M), e.g. --from-step 3")
+    return value
 
 
 def _url(text: str) -> str:

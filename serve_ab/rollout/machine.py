@@ -4,7 +4,13 @@ Nothing here sleeps or talks to Ray. The controller calls :meth:`Rollout.tick` w
 latest window per version; the rollout reads its injected clock, runs gate analysis when
 one is due, advances steps, and returns a :class:`Decision` (weights to push, versions
 that may be unloaded). Its state is a plain dict (:meth:`Rollout.to_dict`), so a
-restarted controller resumes at the same step, with the same weights and timers.
+restarted controller resumes at the same step, with the same weights and timers; its
+``revision`` is the caller's to bump on every save (an ``If-Match`` for actions), and
+:meth:`Rollout.copy` lets the caller decide on a copy, save it, and only then apply it.
+
+Operator actions take the ``actor`` who asked (name, role, address: never a token); the
+history entries they write name the action and that actor, and an action that changed
+nothing still writes one, so the history accounts for every request.
 
 Example::
 
@@ -20,7 +26,12 @@ another process needs a clock shared by both (``time.time``, not ``time.monotoni
 
 Canary: a step leaves when it is done (weight set, pause elapsed, inline analysis
 passed) unless the latest analysis in that step failed or had no data; then the rollout
-holds, and ``analysis.progress_deadline_s`` of holding aborts it. Analysis runs every
+holds, and ``analysis.progress_deadline_s`` of holding aborts it. A timed pause (and the
+blue-green watch) with gates and candidate traffic needs evidence: it ends only once an
+analysis with enough samples has passed in it, so a pause shorter than ``interval_s``
+waits for one; "not analysed yet" is never a pass. ``set_weight`` steps take no time.
+Every change of weights restarts the analysis interval, so an analysis only reads a
+window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
 candidate still serving 20% is rolled back), but not while an operator paused the rollout.
 
@@ -32,8 +43,9 @@ judges absolute gates and only those relative gates whose stable side still has 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -116,6 +128,7 @@ class RolloutState:
     finished_at_s: float | None = None
     retire_version: str | None = None
     retire_at_s: float | None = None
+    revision: int = 0  # bumped by the caller on every save; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +161,7 @@ class RolloutState:
                 values[key] = enum(values[key])
         values["weights"] = {k: float(v) for k, v in values["weights"].items()}
         values["history"] = [dict(h) for h in values.get("history", [])]
+        values["revision"] = int(values.get("revision", 0))
         return cls(**values)
 
 
@@ -157,6 +171,8 @@ class Rollout:
     def __init__(self, config: RolloutConfig, clock: Callable[[], float], state: RolloutState | None = None):
         self.config = config
         self._clock = clock
+        self._acting: dict[str, Any] | None = None  # the action and actor being applied
+        self._records = 0  # history entries written by this object
         if state is None:
             now = float(clock())
             blue_green = config.strategy is Strategy.BLUE_GREEN
@@ -185,6 +201,10 @@ class Rollout:
     def from_dict(cls, config: RolloutConfig, data: Mapping[str, Any], clock: Callable[[], float]) -> Rollout:
         """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
         return cls(config, clock, RolloutState.from_dict(data))
+
+    def copy(self) -> Rollout:
+        """An independent rollout in the same state: decide on it, save it, then swap it in."""
+        return Rollout.from_dict(self.config, self.to_dict(), self._clock)
 
     def _check_matches_config(self) -> None:
         s, c = self.state, self.config
@@ -238,9 +258,47 @@ class Rollout:
 
     # -- operator actions ----------------------------------------------------------------
 
-    def promote(self, *, full: bool = False, reason: str = "promoted by operator") -> Decision:
+    def require(self, *, from_step: int | None = None, revision: int | None = None) -> None:
+        """Refuse an action whose preconditions no longer hold: a retried ``promote`` that
+        names the step it already left is refused, not taken as a second promote."""
+        s = self.state
+        where = f"step {s.step_index} ({self.step_text()}), revision {s.revision}, phase {s.phase.value}"
+        if from_step is not None and from_step != s.step_index:
+            moved = "has already left" if from_step < s.step_index else "has not reached"
+            raise RolloutError(
+                f"refused: from_step is {from_step} but the rollout is at {where}; it {moved} step "
+                f"{from_step}, so nothing was done. Read the status again and send from_step "
+                f"{s.step_index} to act on the current step"
+            )
+        if revision is not None and revision != s.revision:
+            raise RolloutError(
+                f"refused: revision is {revision} but the rollout is at {where}; its state changed "
+                f"since it was read, so nothing was done. Read the status again and send revision "
+                f"{s.revision} to act on it"
+            )
+
+    @contextlib.contextmanager
+    def _action(self, action: str, actor: Mapping[str, Any] | None) -> Iterator[None]:
+        """Entries written during ``action`` name it and its actor; if it wrote none (a
+        pause of a paused rollout), one entry still records the request."""
+        self._acting = {"action": action, "actor": dict(actor) if actor is not None else None}
+        written = self._records
+        try:
+            yield
+            if self._records == written:
+                s = self.state
+                self._record(self._now(), s.phase, s.phase, f"{action}: nothing to change")
+        finally:
+            self._acting = None
+
+    def promote(self, *, full: bool = False, reason: str = "promoted by operator",
+                actor: Mapping[str, Any] | None = None) -> Decision:
         """Skip the current step or wait (a ``pause: {}``, a timed pause, a hold, the
         validation, the post-switch watch); ``full=True`` goes straight to 100% candidate."""
+        with self._action("promote", actor):
+            return self._promote(full, reason)
+
+    def _promote(self, full: bool, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         self._require_active("promote")
         s = self.state
@@ -263,8 +321,12 @@ class Rollout:
             self._advance(now)
         return self._decision(now, before)
 
-    def pause(self, reason: str = "paused by operator") -> Decision:
+    def pause(self, reason: str = "paused by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
         """Stop automation (steps, analysis, deadline) until :meth:`resume`; weights stay."""
+        with self._action("pause", actor):
+            return self._pause(reason)
+
+    def _pause(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         self._require_active("pause")
         s = self.state
@@ -274,8 +336,12 @@ class Rollout:
             self._transition(now, Phase.PAUSED, reason)
         return self._decision(now, before)
 
-    def resume(self, reason: str = "resumed by operator") -> Decision:
+    def resume(self, reason: str = "resumed by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
         """Undo :meth:`pause`; at a ``pause: {}`` step, continue past it (like promote)."""
+        with self._action("resume", actor):
+            return self._resume(reason)
+
+    def _resume(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         self._require_active("resume")
         s = self.state
@@ -290,8 +356,12 @@ class Rollout:
             self._advance(now)
         return self._decision(now, before)
 
-    def abort(self, reason: str = "aborted by operator") -> Decision:
+    def abort(self, reason: str = "aborted by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
         """Send all traffic to stable now; the candidate is retired after the drain delay."""
+        with self._action("abort", actor):
+            return self._abort_action(reason)
+
+    def _abort_action(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         if self.state.phase is Phase.PROMOTED:
             raise RolloutError(
@@ -302,8 +372,13 @@ class Rollout:
             self._abort(now, reason)
         return self._decision(now, before)
 
-    def rollback(self, reason: str = "rolled back by operator") -> Decision:
+    def rollback(self, reason: str = "rolled back by operator", *,
+                 actor: Mapping[str, Any] | None = None) -> Decision:
         """Go back to stable at once, also after promotion while stable is still loaded."""
+        with self._action("rollback", actor):
+            return self._rollback(reason)
+
+    def _rollback(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         s = self.state
         if s.phase is Phase.PROMOTED:
@@ -318,10 +393,15 @@ class Rollout:
         return self._decision(now, before)
 
     def set_weights(
-        self, weights_pct: Mapping[str, float], reason: str = "weights set by operator"
+        self, weights_pct: Mapping[str, float], reason: str = "weights set by operator", *,
+        actor: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Manual override, e.g. ``{"v1": 70, "v2": 30}``; pauses the rollout so the next
         step does not overwrite it (:meth:`resume` continues; the next set_weight step wins)."""
+        with self._action("weights", actor):
+            return self._set_weights(weights_pct, reason)
+
+    def _set_weights(self, weights_pct: Mapping[str, float], reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         self._require_active("set weights")
         s = self.state
@@ -513,15 +593,25 @@ class Rollout:
             self._finish_promoted(now, f"post-switch watch of {bg.post_switch_watch_s:g}s passed")
 
     def _may_leave(self, now: float) -> bool:
-        """A wait is over; leave unless the latest analysis in this step failed or had no data."""
+        """A wait is over; leave once the latest analysis in this step passed, or, where no
+        gate could judge (no gates, no candidate traffic), when none ran."""
         s = self.state
-        if s.step_verdict in (None, GateVerdict.PASS):
+        if s.step_verdict is GateVerdict.PASS or (s.step_verdict is None and not self._needs_evidence()):
             return True
         if s.held_since_s is None:
             s.held_since_s = now
-            self._record(now, s.phase, s.phase, f"holding at step {s.step_index}: latest analysis "
-                                                f"{s.step_verdict.value}: {s.last_analysis_reason}")
+            self._record(now, s.phase, s.phase, f"holding at step {s.step_index}: {self._hold_reason()}")
         return False
+
+    def _needs_evidence(self) -> bool:
+        return bool(self.config.gates) and self._analysis_active()
+
+    def _hold_reason(self) -> str:
+        s = self.state
+        if s.step_verdict is None:
+            return (f"no analysis in this step yet; waiting for one with enough samples to pass "
+                    f"(every {self.config.analysis.interval_s:g}s)")
+        return f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}"
 
     def _check_deadline(self, now: float) -> None:
         s, deadline_s = self.state, self.config.analysis.progress_deadline_s
@@ -544,12 +634,14 @@ class Rollout:
 
     def _apply_weights(self, now: float, weights: dict[str, float]) -> None:
         s = self.state
+        before = s.weights
         s.weights = {s.stable: weights[s.stable], s.candidate: weights[s.candidate]}
         if self.config.strategy is Strategy.CANARY:
             if s.weights[s.candidate] <= 0:
                 s.last_analysis_at_s = None
-            elif s.last_analysis_at_s is None:
-                s.last_analysis_at_s = now  # the first run waits one interval for data
+            elif s.last_analysis_at_s is None or s.weights != before:
+                # The next run waits one interval, so its window holds these weights only.
+                s.last_analysis_at_s = now
 
     def _switch(self, now: float, reason: str) -> None:
         s = self.state
@@ -609,10 +701,14 @@ class Rollout:
 
     def _record(self, now: float, from_phase: Phase | None, to_phase: Phase, reason: str) -> None:
         history = self.state.history
-        history.append({
+        entry = {
             "t_s": now, "from_phase": from_phase.value if from_phase else None,
             "to_phase": to_phase.value, "step_index": self.state.step_index, "reason": reason,
-        })
+        }
+        if self._acting is not None:
+            entry.update(self._acting)
+        history.append(entry)
+        self._records += 1
         del history[:-MAX_HISTORY]  # a long hold must not grow the persisted state forever
 
     def _require_active(self, action: str) -> None:
@@ -650,9 +746,10 @@ class Rollout:
             return last
         if s.paused_by == "operator":
             return "paused by operator; resume() to continue"
-        if s.held_since_s is not None and s.step_verdict not in (None, GateVerdict.PASS):
+        unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
+        if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait):
             return (f"holding at step {s.step_index} ({self.step_text()}) for {now - s.held_since_s:g}s: "
-                    f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}")
+                    f"{self._hold_reason()}")
         if s.phase is Phase.PAUSED:
             return f"step {s.step_index}: waiting for promote()"
         if s.phase is Phase.ANALYZING:

@@ -8,8 +8,16 @@ per-version statistics (:class:`serve_ab.analysis.accumulate.ExperimentStats`) b
 report and the Prometheus metrics, and the run record.
 
 With a rollout, the decisions come from the pure :class:`serve_ab.rollout.Rollout`; this
-class only feeds it windows of observations, persists its state after every change, and
-serves the control actions. Without one, the weights are the config's.
+class only feeds it windows of observations and serves the control actions. Every decision
+(a tick's change, an action, a validation) is taken on a copy of the rollout, saved, and
+only then applied (memory, epoch, routers): a save that fails changes nothing, the action
+is refused with :class:`~serve_ab.errors.StoreUnavailable` and a tick decides again next
+time. Without a rollout, the weights are the config's.
+
+One clock: rows are stamped with the controller's clock when they arrive, so a router whose
+clock is off neither starves nor fools the gates (the latency it measured is a duration and
+is kept). Only requests assigned by the split and mirrored copies enter gate windows;
+pinned ones never move a gate.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,23 +41,27 @@ from ray import serve
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
-from serve_ab.rollout.feedback import FeedbackJoin
+from serve_ab.rollout.feedback import REQUEST_TTL_S, FeedbackJoin
 from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.state import SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
-from serve_ab.errors import InvalidInput, UnknownAction
+from serve_ab.errors import InvalidInput, StoreUnavailable, UnknownAction
 from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, RoutingSnapshot
 
 logger = logging.getLogger("ray.serve")
 
 # Observations kept for windows; a bound so a flood cannot exhaust the controller's memory.
 MAX_OBSERVATIONS = 200_000
-LONG_POLL_TIMEOUT_S = 10.0
+# Bounded so that a stopping controller drains its routers' polls quickly and still has
+# time for its final run record (app.py's graceful shutdown timeout is above this).
+LONG_POLL_TIMEOUT_S = 2.0
 # The report's sequential (always-valid) p-values take a look this often, and on every request.
 REPORT_INTERVAL_S = 5.0
+# Blue-green validation's time limit when the rollout has no progress deadline.
+VALIDATION_TIMEOUT_S = 120.0
 
 
 def rollout_key(cfg: ExperimentConfig) -> str:
@@ -75,7 +88,10 @@ class ControllerCore:
                             self.key, self.rollout.state.step_index, self.rollout.phase.value,
                             self.rollout.weights)
             else:
-                self.rollout = Rollout(cfg.rollout, clock)
+                fresh = Rollout(cfg.rollout, clock)
+                fresh.state.revision = 1
+                self.store.save(self.key, fresh.to_dict())
+                self.rollout = fresh
         self.observations: collections.deque[Observation] = collections.deque(maxlen=MAX_OBSERVATIONS)
         # (t_s, mirrored version, agreed) of each answered copy, for shadow_agreement gates.
         self.pair_observations: collections.deque[tuple[float, str, bool]] = collections.deque(
@@ -91,12 +107,13 @@ class ControllerCore:
             self.stats = ExperimentStats([v.name for v in cfg.versions], self.started_at_s,
                                          shadow_version, feedback_kinds)
         # Feedback events are kept for the gates' windows only; the totals go to self.stats.
+        # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=self.rollout is not None,
-                                     on_unjoined=self.stats.count_unjoined)
+                                     on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
+                                     request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
-        self._persist()
 
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
@@ -131,26 +148,29 @@ class ControllerCore:
         """What a router served: answers and failures of every version, and shadow pairs.
 
         Mirrored rows are copies the client never saw: they feed the candidate's gate
-        windows, not its A/B figures.
+        windows, not its A/B figures. Pinned rows (neither assigned nor mirrored) enter no
+        gate window. Every row is stamped with this controller's clock on receipt: the
+        router's ``t_s`` comes from another machine's clock.
         """
+        now = self.clock()
         gated = self.rollout is not None  # windows are only read by a rollout's gates
         for row in observations.served:
-            if gated:
+            if gated and (row.assigned or row.mirrored):
                 self.observations.append(Observation(row.version, row.latency_ms, row.error_kind is None,
-                                                     row.predicted_class, row.score, row.t_s))
+                                                     row.predicted_class, row.score, now))
             if row.mirrored:
                 continue
-            self.stats.record(row.t_s, row.version, row.latency_ms, row.error_kind, row.predicted_class,
+            self.stats.record(now, row.version, row.latency_ms, row.error_kind, row.predicted_class,
                               row.unit, row.assigned)
             if row.request_id:
-                self.feedback.remember(row.request_id, row.version, row.t_s)
+                self.feedback.remember(row.request_id, row.version, now)
         for pair in observations.pairs:
             if gated and pair.error_kind is None and pair.live_class is not None \
                     and pair.shadow_class is not None:
-                self.pair_observations.append((pair.t_s, pair.shadow_version,
+                self.pair_observations.append((now, pair.shadow_version,
                                                pair.live_class == pair.shadow_class))
             if pair.shadow_version == self.stats.shadow_version:
-                self.stats.record_pair(pair.t_s, pair.live_version, pair.live_class, pair.shadow_class,
+                self.stats.record_pair(now, pair.live_version, pair.live_class, pair.shadow_class,
                                        pair.score_diff, pair.shadow_latency_ms, pair.error_kind)
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
@@ -162,7 +182,9 @@ class ControllerCore:
     def tick(self, promql: Mapping[str, PromQLResult] | None = None) -> bool:
         """One look at timers and windows; True when the weights or phase changed.
 
-        ``promql``: the latest answers of the rollout's promql gates, by gate name.
+        ``promql``: the latest answers of the rollout's promql gates, by gate name. Raises
+        :class:`StoreUnavailable` when the decision could not be saved; then nothing was
+        applied, and the next tick decides again.
         """
         if self.rollout is None:
             return False
@@ -185,50 +207,126 @@ class ControllerCore:
         windows[candidate] = dataclasses.replace(
             windows[candidate], promql=promql or {}, shadow_pairs=len(agreed),
             shadow_agreements=sum(agreed))
-        decision = self.rollout.tick(windows)
+        saved = self.rollout.to_dict()
+        draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
+        decision = draft.tick(windows)
+        if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
+            self._commit(draft)
         if decision.analysis:
             self.last_analysis = [g.to_dict() for g in decision.analysis]
         self.retired = decision.retire
         changed = before != (self.rollout.phase, dict(self.rollout.weights), self.retired)
-        if changed or decision.analysis:
-            self._persist()
         if changed:
             self.epoch += 1
             logger.info("serve-ab rollout %s: %s, weights %s", self.key, decision.reason, decision.weights)
         return changed
 
     def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> None:
-        """A control action; raises ActionRefused (RolloutError) when the phase does not
-        allow it, InvalidInput when its body does not fit it."""
+        """A control action; raises ActionRefused (RolloutError) when the phase or a
+        precondition (``from_step``, ``revision``) does not allow it, InvalidInput when its
+        body does not fit it, StoreUnavailable when it could not be saved (nothing changed)."""
         if self.rollout is None:
             raise RolloutError("this experiment has no rollout: add rollout: to its config")
+        if not isinstance(action, Action):
+            raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}")
+        draft = self.rollout.copy()
+        draft.require(from_step=body.from_step, revision=body.revision)
+        by = dataclasses.asdict(actor) if actor is not None else None
+        reason = {"reason": body.reason} if body.reason else {}
         if action is Action.PROMOTE:
-            self.rollout.promote(full=body.full)
+            draft.promote(full=body.full, actor=by, **reason)
         elif action is Action.PAUSE:
-            self.rollout.pause()
+            draft.pause(actor=by, **reason)
         elif action is Action.RESUME:
-            self.rollout.resume()
+            draft.resume(actor=by, **reason)
         elif action is Action.ABORT:
-            self.rollout.abort(body.reason or "aborted by operator")
+            draft.abort(actor=by, **reason)
         elif action is Action.ROLLBACK:
-            self.rollout.rollback()
-        elif action is Action.WEIGHTS:
+            draft.rollback(actor=by, **reason)
+        else:  # Action.WEIGHTS
             if body.weights is None:
                 raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
             try:
-                self.rollout.set_weights(body.weights)
+                draft.set_weights(body.weights, actor=by, **reason)
             except RolloutError:
                 raise
             except ValueError as err:  # weights that do not fit the experiment
                 raise InvalidInput(str(err)) from None
-        else:
-            raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}")
-        self._persist()
+        self._commit(draft)
         self.epoch += 1
 
-    def _persist(self) -> None:
-        if self.rollout is not None:
-            self.store.save(self.key, self.rollout.to_dict())
+    def report_validation(self, passed: bool, reason: str) -> None:
+        """Blue-green: the outcome of green's validation; passing may switch at once, so it
+        is saved first and pushed with a new epoch like any other decision."""
+        draft = self.rollout.copy()
+        draft.report_validation(passed, reason)
+        self._commit(draft)
+        self.epoch += 1
+
+    def _commit(self, draft: Rollout) -> None:
+        """Save ``draft`` with the next revision, then make it the rollout; a failed save
+        raises StoreUnavailable and leaves the rollout as it was."""
+        draft.state.revision = self.rollout.state.revision + 1
+        try:
+            self.store.save(self.key, draft.to_dict())
+        except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
+            logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
+            raise StoreUnavailable(
+                f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
+                f"changed (still at step {self.rollout.state.step_index}, revision "
+                f"{self.rollout.state.revision}); try again"
+            ) from None
+        self.rollout = draft
+
+    def validation_timeout_s(self) -> float:
+        """How long green's validation may take: what is left of the progress deadline,
+        less two ticks so its own failure, not the deadline, ends the rollout."""
+        r = self.cfg.rollout
+        deadline_s = r.analysis.progress_deadline_s
+        held_since_s = self.rollout.state.held_since_s
+        if deadline_s is None or held_since_s is None:
+            return VALIDATION_TIMEOUT_S
+        left_s = held_since_s + deadline_s - self.clock() - 2 * self.cfg.controller.tick_s
+        return max(left_s, 0.001)
+
+    async def validate_green(self, predict, interface, timeout_s: float) -> tuple[bool, str]:
+        """Run the synthetic request set through green before it gets any traffic.
+
+        ``predict(inputs)`` answers with green pinned (the controller pins whatever the
+        public pin setting); ``interface()`` gives the model's input shape. A green that
+        does not answer within ``timeout_s`` fails validation instead of holding it up.
+        """
+        settings = self.cfg.rollout.blue_green_settings
+        green = self.cfg.rollout.candidate
+        if settings.validation_samples:
+            samples = json.loads(Path(settings.validation_samples).read_text())
+            inputs, labels = samples["inputs"], samples.get("labels")
+        else:
+            inputs, labels = None, None
+
+        async def run() -> Any:
+            batch = inputs
+            if batch is None:
+                spec = await interface()
+                batch = np.zeros((1, *[max(d, 1) for d in spec["input_shape"][1:]]), dtype=np.float32)
+            return await predict(batch)
+
+        try:
+            result = await asyncio.wait_for(run(), timeout_s)
+        except asyncio.TimeoutError:
+            return False, f"validation of {green}: no answer within {timeout_s:g}s (inside progress_deadline_s)"
+        except Exception as err:
+            return False, f"validation of {green} failed: {type(err).__name__}: {err}"
+        outputs = np.asarray(result["outputs"])
+        if not np.isfinite(outputs).all():
+            return False, f"validation of {green}: outputs contain NaN or infinity"
+        if labels is not None and settings.validation_min_accuracy > 0:
+            accuracy = float(np.mean(outputs.argmax(axis=1) == np.asarray(labels)))
+            if accuracy < settings.validation_min_accuracy:
+                return False, (f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples "
+                               f"< {settings.validation_min_accuracy}")
+            return True, f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples"
+        return True, f"validation of {green}: {len(outputs)} sample outputs finite and well-formed"
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -267,7 +365,7 @@ class ControllerCore:
                     "weights_pct": self.weights(), "gates": [], "retired": [],
                     "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
                     "run_id": self.run_id,
-                    "controller": {"pid": os.getpid(), "started_at_s": self.started_at_s}}
+                    "controller": {"started_at_s": self.started_at_s}}
         r = self.cfg.rollout
         s = self.rollout.state
         now = self.clock()
@@ -287,6 +385,7 @@ class ControllerCore:
             "stable": r.stable,
             "candidate": r.candidate,
             "phase": self.rollout.phase.value,
+            "revision": s.revision,
             "step_index": s.step_index,
             "steps_total": len(steps),
             "step": step_text,
@@ -299,18 +398,34 @@ class ControllerCore:
             "retired": list(self.retired),
             "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
             "run_id": self.run_id,
-            "controller": {"pid": os.getpid(), "started_at_s": self.started_at_s},
+            "controller": {"started_at_s": self.started_at_s},
         }
         if history:
             out["history"] = list(s.history)
         return out
 
 
+def feedback_key(cfg: ExperimentConfig, store) -> bytes:
+    """The feedback tokens' key: from ``feedback.key_env`` when set (every replica of every
+    app that shares it accepts the others' tokens), else made once and kept in the store, so
+    tokens issued before a controller restart stay valid."""
+    from_env = os.environ.get(cfg.feedback.key_env)
+    if from_env:
+        return from_env.encode()
+    saved = store.load(f"feedback-key:{cfg.model}")
+    if saved is None:
+        saved = {"key_hex": secrets.token_hex(32)}
+        store.save(f"feedback-key:{cfg.model}", saved)
+    return bytes.fromhex(saved["key_hex"])
+
+
 @serve.deployment(name="Controller", num_replicas=1, max_ongoing_requests=1000)
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
-        self.core = ControllerCore(cfg, SqliteStateStore(Path(cfg.controller.state_path)))
+        store = SqliteStateStore(Path(cfg.controller.state_path))
+        self.core = ControllerCore(cfg, store)
+        self._feedback_key = feedback_key(cfg, store)
         self._changed = asyncio.Event()
         self._report: Report | None = None
         self._sequential_state: dict[str, Any] | None = None
@@ -322,28 +437,45 @@ class ExperimentController:
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._analyse())]
 
     async def _run(self) -> None:
-        validated = False
+        validation: asyncio.Task | None = None  # runs once per controller
+        outcome: tuple[bool, str] | None = None  # validation's result, until it is saved
+        reported = False
         while True:
             try:
                 rollout = self.core.rollout
-                if rollout is not None and rollout.phase is Phase.VALIDATING and not validated:
-                    validated = True
-                    passed, reason = await self._validate_green()
-                    rollout.report_validation(passed, reason)
-                    self._notify()
+                if rollout is not None and rollout.phase is Phase.VALIDATING and validation is None:
+                    # A task, so ticks (mirror gates, the deadline) go on while green answers.
+                    validation = asyncio.get_running_loop().create_task(self._validate_green())
+                if validation is not None and validation.done() and outcome is None and not reported:
+                    try:
+                        outcome = validation.result()
+                    except Exception as err:  # e.g. an unreadable validation_samples file
+                        outcome = False, f"validation could not run: {type(err).__name__}: {err}"
+                if outcome is not None:
+                    try:
+                        self.core.report_validation(*outcome)  # StoreUnavailable: kept, sent next tick
+                        self._notify()
+                    except RolloutError as err:  # the deadline or an operator ended validation first
+                        logger.info("serve-ab controller: validation outcome not used: %s", err)
+                    outcome, reported = None, True
                 promql = None
                 if self._promql is not None and rollout is not None:
                     promql = self._promql.poll(self.core.clock(), active=not rollout.done)
                 if self.core.tick(promql):
                     self._notify()
+            except StoreUnavailable as err:  # nothing was applied; the next tick decides again
+                logger.warning("serve-ab controller: %s", err)
             except Exception:  # a bad tick must not stop the rollout's clock
                 logger.exception("serve-ab controller tick failed")
             await asyncio.sleep(self.core.cfg.controller.tick_s)
 
     async def _analyse(self) -> None:
-        """Refresh the report (one look of the sequential tests) and the run record."""
+        """Refresh the report (one look of the sequential tests) and keep the run record: at
+        the first traffic, at every rollout phase change, every ``records.interval_s``, and at
+        the stop (:meth:`__del__`). A run shorter than the interval is never lost."""
         records = self.core.cfg.analysis.records
         last_record_s = 0.0
+        recorded: tuple[bool, str | None] = (False, None)  # (had traffic, phase) at the last record
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             try:
@@ -351,11 +483,32 @@ class ExperimentController:
                 await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()))
                 report = await self._refresh_report()
                 now_s = time.time()
-                if now_s - last_record_s >= records.interval_s:
-                    last_record_s = now_s
+                state = (self._requests() > 0, self._phase())
+                if state != recorded or now_s - last_record_s >= records.interval_s:
+                    last_record_s, recorded = now_s, state
                     await asyncio.to_thread(self._save_record, report, now_s)
             except Exception:  # the report must never take the controller down
                 logger.exception("serve-ab controller: report refresh failed")
+
+    def _requests(self) -> int:
+        return sum(v.requests for v in self.core.stats.versions.values())
+
+    def _phase(self) -> str | None:
+        return self.core.rollout.phase.value if self.core.rollout is not None else None
+
+    async def __del__(self) -> None:
+        """The stop: the last figures go into the run record and its MLflow run is ended.
+
+        Ray Serve calls this when the replica shuts down (Ctrl-C of ``serve run``, a delete or
+        a redeploy), after in-flight calls drained and within ``graceful_shutdown_timeout_s``.
+        """
+        for task in getattr(self, "_tasks", ()):
+            task.cancel()
+        try:
+            report = await self._refresh_report()
+            await asyncio.to_thread(self._save_record, report, time.time(), True)
+        except Exception:
+            logger.exception("serve-ab controller: the final run record could not be written")
 
     async def _refresh_report(self) -> Report:
         from serve_ab.analysis.report import build_report  # scipy/statsmodels: load on first use
@@ -369,7 +522,7 @@ class ExperimentController:
             self._report = report
             return report
 
-    def _save_record(self, report: Report, now_s: float) -> None:
+    def _save_record(self, report: Report, now_s: float, final: bool = False) -> None:
         from serve_ab.store.runs import RunRecorder
 
         records = self.core.cfg.analysis.records
@@ -378,40 +531,24 @@ class ExperimentController:
         self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"),
                             report.model_dump(mode="json"), started_at_s=self.core.run_started_at_s,
                             updated_at_s=now_s, summary=report.run_summary(), metrics=report.headline_metrics())
+        if final:
+            self._recorder.finish(self.core.run_id)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     async def _validate_green(self) -> tuple[bool, str]:
-        """Run the synthetic request set through green, pinned, before it gets any traffic."""
-        r = self.core.cfg.rollout
-        settings = r.blue_green_settings
-        green = r.candidate
-        if settings.validation_samples:
-            samples = json.loads(Path(settings.validation_samples).read_text())
-            inputs, labels = samples["inputs"], samples.get("labels")
-        else:
-            inputs, labels = None, None
+        """Green's synthetic request set, through the router with green pinned by the
+        controller (allowed whatever ``pin.enabled`` says), within the progress deadline."""
         app_name = serve.get_replica_context().app_name
         router = serve.get_deployment_handle("Router", app_name)
-        try:
-            if inputs is None:
-                spec = await router.interface.remote()
-                inputs = np.zeros((1, *[max(d, 1) for d in spec["input_shape"][1:]]), dtype=np.float32)
-            result = await router.predict.remote(inputs, version=green)
-        except Exception as err:
-            return False, f"validation of {green} failed: {type(err).__name__}: {err}"
-        outputs = np.asarray(result["outputs"])
-        if not np.isfinite(outputs).all():
-            return False, f"validation of {green}: outputs contain NaN or infinity"
-        if labels is not None and settings.validation_min_accuracy > 0:
-            accuracy = float(np.mean(outputs.argmax(axis=1) == np.asarray(labels)))
-            if accuracy < settings.validation_min_accuracy:
-                return False, (f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples "
-                               f"< {settings.validation_min_accuracy}")
-            return True, f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples"
-        return True, f"validation of {green}: {len(outputs)} sample outputs finite and well-formed"
+        green = self.core.cfg.rollout.candidate
+        return await self.core.validate_green(
+            predict=lambda inputs: router.predict.remote(inputs, version=green),
+            interface=lambda: router.interface.remote(),
+            timeout_s=self.core.validation_timeout_s(),
+        )
 
     # -- called by routers --------------------------------------------------------------------
 
@@ -427,8 +564,13 @@ class ExperimentController:
                 pass
         return self.core.snapshot()
 
-    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
-        return self.core.feedback.add(request_id, name, value, converted, self.core.clock())
+    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
+                       version: str | None = None) -> str | None:
+        return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version)
+
+    async def feedback_key(self) -> bytes:
+        """The key routers sign feedback tokens with (see serving/core/feedback_token.py)."""
+        return self._feedback_key
 
     # -- control -----------------------------------------------------------------------------
 
@@ -439,11 +581,10 @@ class ExperimentController:
         return self.core.stats_snapshot(samples=True)
 
     async def report(self) -> Report:
-        """A fresh report (and one more sequential look); also refreshes the run record. The
-        router answers it as ``report.model_dump(mode="json")``."""
-        report = await self._refresh_report()
-        await asyncio.to_thread(self._save_record, report, time.time())
-        return report
+        """A fresh report (and one more sequential look). A read: the run record is written by
+        the controller's own loop, never by whoever asks. The router answers it as
+        ``report.model_dump(mode="json")``."""
+        return await self._refresh_report()
 
     async def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition of this app's figures: (body, content type)."""

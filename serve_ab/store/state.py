@@ -8,14 +8,19 @@ another store behind the same two methods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 
 class StateStore(Protocol):
+    """``save`` returns only once the state is durable and raises when it is not; the
+    controller applies a decision only after its save returned."""
+
     def load(self, key: str) -> dict[str, Any] | None: ...
 
     def save(self, key: str, state: dict[str, Any]) -> None: ...
@@ -32,8 +37,16 @@ class SqliteStateStore:
                 " key TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at_s REAL NOT NULL)"
             )
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # sqlite3's own context manager commits but never closes; a long-lived controller
+        # would otherwise hold one open file per save until the garbage collector runs.
+        db = sqlite3.connect(self.path, timeout=10)
+        try:
+            with db:  # one transaction: committed on success, rolled back on any error
+                yield db
+        finally:
+            db.close()
 
     def load(self, key: str) -> dict[str, Any] | None:
         with self._connect() as db:
@@ -41,11 +54,14 @@ class SqliteStateStore:
         return json.loads(row[0]) if row else None
 
     def save(self, key: str, state: dict[str, Any]) -> None:
+        """Durable when it returns (SQLite's default synchronous mode); raises otherwise,
+        and then the previous state is still the saved one."""
+        text = json.dumps(state)  # before the transaction: a state that cannot be written writes nothing
         with self._connect() as db:
             db.execute(
                 "INSERT INTO rollout_state (key, state, updated_at_s) VALUES (?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_at_s = excluded.updated_at_s",
-                (key, json.dumps(state), time.time()),
+                (key, text, time.time()),
             )
 
 

@@ -66,6 +66,7 @@ class FakeController:
         self.recorded: list[Observations] = []
         self.actions: list[tuple[Action, Any]] = []
         self.actors: list[Any] = []
+        self.feedbacks: list[tuple] = []
         self.updates = asyncio.Event()
 
     async def record(self, observations: Observations) -> None:
@@ -85,8 +86,13 @@ class FakeController:
         self.snapshot = snapshot
         self.updates.set()
 
-    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
-        return "v1"
+    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
+                       version: str | None = None) -> str | None:
+        self.feedbacks.append((request_id, name, value, converted, version))
+        return version or "v1"
+
+    async def feedback_key(self) -> bytes:
+        return b"k" * 32
 
     async def act(self, action: Action, body: Any, actor: Any = None) -> dict[str, Any]:
         self.actions.append((action, body))
@@ -104,3 +110,26 @@ class FakeController:
 
     async def metrics(self) -> tuple[bytes, str]:
         return b"# no metrics\n", "text/plain; version=0.0.4"
+
+
+class FailingStore:
+    """A state store whose saves fail while ``failing`` is set (a full disk, a lost shared
+    store); loads keep working. Wraps a :class:`MemoryStateStore` holding what was saved."""
+
+    def __init__(self, failing: bool = False):
+        from serve_ab.store.state import MemoryStateStore
+
+        self.inner = MemoryStateStore()
+        self.failing = failing
+        self.saves = 0
+        self.refused = 0
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        return self.inner.load(key)
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        if self.failing:
+            self.refused += 1
+            raise OSError(28, "No space left on device")
+        self.inner.save(key, state)
+        self.saves += 1

@@ -283,3 +283,49 @@ def test_help_of_every_command_renders(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "straight to 100%" in out and "100%%" not in out
+
+
+# --- preconditions and who acted -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, body", [
+    (["promote", "--from-step", "3"], {"full": False, "from_step": 2}),  # as `status` shows it
+    (["promote", "--from-step", "3", "--revision", "41"], {"full": False, "from_step": 2, "revision": 41}),
+    (["pause", "--revision", "41"], {"revision": 41}),
+    (["abort", "--revision", "0"], {"reason": "aborted by operator", "revision": 0}),
+])
+def test_preconditions_are_sent_in_the_body(api, capsys, argv, body):
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    assert api.requests[0]["body"] == body
+
+
+@pytest.mark.parametrize("argv", [["promote", "--from-step", "0"], ["pause", "--revision", "-1"],
+                                  ["promote", "--from-step", "x"]])
+def test_bad_preconditions_are_usage_errors(api, capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(argv)
+    assert exit_info.value.code == 2 and api.requests == []
+    assert "e.g. --" in capsys.readouterr().err
+
+
+def test_503_says_nothing_changed_and_to_retry(api, capsys):
+    api.responses[("POST", "/rollout/abort")] = (503, {"error": "state could not be saved; try again"})
+    code, _, err = _run(["abort"], capsys)
+    assert code == 1 and "nothing was changed; send the same command again" in err
+
+
+def test_history_shows_who_acted_from_where_and_the_revision():
+    status = {**CANARY, "revision": 41, "history": [
+        *CANARY["history"],
+        {"t_s": 1764312070.0, "from_phase": "paused", "to_phase": "aborted", "step_index": 3,
+         "reason": "p95 up", "action": "abort",
+         "actor": {"name": "alice", "role": "operator", "address": "10.0.0.7"}},
+        {"t_s": 1764312080.0, "from_phase": "aborted", "to_phase": "aborted", "step_index": 3,
+         "reason": "abort: nothing to change", "action": "abort", "actor": None},
+    ]}
+    text = render_status(status, history=True)
+    assert "revision   41  (serve-ab <action> --revision 41 acts only on this state)" in text
+    assert "p95 up  [abort by alice (operator) from 10.0.0.7]" in text
+    assert "abort: nothing to change  [abort by unknown]" in text
+    assert "rollout started" in text and "rollout started  [" not in text

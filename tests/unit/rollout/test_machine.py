@@ -437,3 +437,101 @@ def test_blue_green_restart_mid_watch_keeps_the_switch_time():
     d = run_until(restored, clock, 90, bg_windows(), step_s=10)
     assert d.phase is Phase.SWITCHED and "10s left" in d.reason
     assert run_until(restored, clock, 10, bg_windows(), step_s=10).phase is Phase.PROMOTED
+
+
+# -- evidence, preconditions, who acted -----------------------------------------------------
+
+SHORT_PAUSES = [{"set_weight": 10}, {"pause": {"duration": "2s"}}, {"set_weight": 50},
+                {"pause": {"duration": "2s"}}, {"set_weight": 100}]
+
+
+def failing(stable="v1", candidate="v2") -> dict[str, WindowStats]:
+    return {stable: win(stable), candidate: win(candidate, errors=100)}
+
+
+def test_a_pause_shorter_than_the_interval_waits_for_a_passing_analysis():
+    clock = FakeClock()
+    rollout = Rollout(canary(SHORT_PAUSES), clock)
+    rollout.tick(healthy())
+    run_until(rollout, clock, 9, healthy())
+    # The 2 s pause is long over, but no analysis has run at 10%: not analysed is no pass.
+    assert rollout.weights["v2"] == 10.0
+    assert "no analysis in this step yet" in rollout.status_line()
+    run_until(rollout, clock, 1, healthy())  # the first analysis at 10% passes
+    assert rollout.weights["v2"] == 50.0
+    run_until(rollout, clock, 9, healthy())
+    assert rollout.weights["v2"] == 50.0  # each weight gets its own analysis
+    run_until(rollout, clock, 1, healthy())
+    assert rollout.phase is Phase.PROMOTED
+
+
+@pytest.mark.parametrize("windows, failure_limit, ended_by", [
+    (failing, 0, "over failure_limit 0"),
+    (failing, 99, "progress deadline exceeded"),  # failures tolerated: held until the deadline
+    (no_data, 0, "progress deadline exceeded"),
+])
+def test_a_candidate_without_a_passing_analysis_never_reaches_100_percent(windows, failure_limit, ended_by):
+    clock = FakeClock()
+    rollout = Rollout(canary(SHORT_PAUSES, failure_limit=failure_limit), clock)
+    seen = set()
+    for _ in range(400):
+        clock.advance(1.0)
+        seen.add(rollout.tick(windows()).weights["v2"])
+    assert seen <= {0.0, 10.0}
+    assert rollout.phase is Phase.ABORTED and ended_by in rollout.status_line()
+
+
+def test_a_pause_without_gates_or_candidate_traffic_needs_no_analysis():
+    clock = FakeClock()
+    config = RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2", "analysis": {"interval_s": 10},
+        "steps": [{"pause": {"duration": "2s"}}, {"set_weight": 10}, {"pause": {"duration": "2s"}}],
+    })
+    rollout = Rollout(config, clock)
+    run_until(rollout, clock, 5, {})
+    assert rollout.phase is Phase.PROMOTED
+
+
+def test_preconditions_refuse_a_retried_promote_and_a_stale_revision():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    run_until(rollout, clock, 10, healthy())
+    at = rollout.state.step_index
+    rollout.require(from_step=at, revision=0)
+    rollout.promote()
+    with pytest.raises(RolloutError, match=rf"from_step is {at} but the rollout is at step {at + 1} .*"
+                                           rf"already left step {at}"):
+        rollout.require(from_step=at)
+    rollout.state.revision = 7
+    with pytest.raises(RolloutError, match="revision is 6 but .* revision 7"):
+        rollout.require(revision=6)
+    with pytest.raises(RolloutError, match="has not reached"):
+        rollout.require(from_step=at + 5)
+
+
+def test_actions_record_what_who_and_from_where_and_a_no_op_is_recorded_too():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    alice = {"name": "alice", "role": "operator", "address": "10.0.0.7"}
+    rollout.pause(actor=alice)
+    rollout.pause(actor=alice)  # already paused: nothing changes, the request is still recorded
+    rollout.abort("p95 up", actor={"name": "bob", "role": "operator", "address": None})
+    entries = [h for h in rollout.state.history if h.get("action")]
+    assert [(h["action"], h["actor"]["name"]) for h in entries] == [
+        ("pause", "alice"), ("pause", "alice"), ("abort", "bob")]
+    assert entries[0]["actor"]["address"] == "10.0.0.7" and entries[0]["to_phase"] == "paused"
+    assert "nothing to change" in entries[1]["reason"] and "p95 up" in entries[2]["reason"]
+    assert "action" not in rollout.state.history[0]  # the rollout's own start is nobody's action
+    restored = Rollout.from_dict(canary(), json.loads(json.dumps(rollout.to_dict())), clock)
+    assert restored.state.history == rollout.state.history
+
+
+def test_copy_is_independent_and_state_without_a_revision_still_loads():
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock)
+    draft = rollout.copy()
+    draft.abort()
+    assert rollout.phase is Phase.PROGRESSING and draft.phase is Phase.ABORTED
+    old = rollout.to_dict()
+    del old["revision"]
+    assert Rollout.from_dict(canary(), old, clock).state.revision == 0

@@ -11,9 +11,9 @@ from serve_ab.rollout.machine import RolloutError
 from serve_ab.serving.controller import ControllerCore, rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
-from serve_ab.errors import UnknownAction
-from serve_ab.serving.core.messages import Action, Mirror, Observations, ServedRequest, ShadowPair
-from tests.support.fakes import FakeClock
+from serve_ab.errors import ActionRefused, StoreUnavailable, UnknownAction
+from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, ServedRequest, ShadowPair
+from tests.support.fakes import FailingStore, FakeClock
 
 
 def experiment(candidate: str = "v2", **rollout_changes):
@@ -273,3 +273,206 @@ def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests()
     assert "shadow_agreement" in status["reason"]
     gate = next(g for g in status["gates"] if g["metric"] == "shadow_agreement")
     assert gate["verdict"] == "fail" and abs(gate["value"] - 0.7) < 1e-9
+
+
+# -- strict, idempotent control --------------------------------------------------------------
+
+OPERATOR = Actor("alice", "operator", "10.0.0.7")
+
+
+def paused_canary(store=None):
+    clock = FakeClock()
+    cfg = experiment(steps=[{"set_weight": 10}, {"pause": {}}, {"set_weight": 50}, {"pause": {}},
+                            {"set_weight": 100}])
+    core = ControllerCore(cfg, store or MemoryStateStore(), clock)
+    core.tick()
+    assert core.status()["step_index"] == 1 and core.status()["phase"] == "paused"
+    return core, clock
+
+
+def test_a_retried_promote_with_from_step_is_refused_not_a_second_step():
+    core, _ = paused_canary()
+    core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)
+    assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
+    epoch, revision = core.epoch, core.status()["revision"]
+    with pytest.raises(ActionRefused, match="from_step is 1 but the rollout is at step 3"):
+        core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)  # the client's retry
+    assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
+    assert (core.epoch, core.status()["revision"]) == (epoch, revision)
+
+
+def test_revision_grows_with_every_saved_change_and_is_a_precondition():
+    store = MemoryStateStore()
+    core, _ = paused_canary(store)
+    revision = core.status()["revision"]
+    assert store.load(core.key)["revision"] == revision > 0
+    with pytest.raises(ActionRefused, match=f"revision is {revision - 1} but .*revision {revision}"):
+        core.act(Action.ABORT, ActionRequest(revision=revision - 1), OPERATOR)
+    assert core.status()["phase"] == "paused"
+    core.act(Action.PAUSE, ActionRequest(revision=revision), OPERATOR)
+    assert core.status()["revision"] == store.load(core.key)["revision"] == revision + 1
+
+
+def test_every_action_records_who_what_when_and_from_where_never_a_token():
+    core, clock = paused_canary()
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 70, "v2": 30}), OPERATOR)
+    core.act(Action.ABORT, ActionRequest(reason="errors on v2"), Actor("ci", "operator", None))
+    acted = [h for h in core.status(history=True)["history"] if h.get("action")]
+    assert [(h["action"], h["actor"], h["t_s"]) for h in acted] == [
+        ("weights", {"name": "alice", "role": "operator", "address": "10.0.0.7"}, clock()),
+        ("abort", {"name": "ci", "role": "operator", "address": None}, clock())]
+    assert "errors on v2" in acted[1]["reason"]
+    assert "token" not in str(acted)
+
+
+# -- persist, then apply ---------------------------------------------------------------------
+
+
+def test_a_failed_save_refuses_the_action_and_changes_nothing():
+    store = FailingStore()
+    core, _ = paused_canary(store)
+    before = (core.status(history=True), core.snapshot(), core.epoch, store.load(core.key))
+    store.failing = True
+    for action, body in [(Action.ABORT, ActionRequest()), (Action.PROMOTE, ActionRequest(from_step=1)),
+                         (Action.WEIGHTS, ActionRequest(weights={"v1": 0, "v2": 100}))]:
+        with pytest.raises(StoreUnavailable, match="nothing was changed .*try again"):
+            core.act(action, body, OPERATOR)
+    assert (core.status(history=True), core.snapshot(), core.epoch, store.load(core.key)) == before
+    store.failing = False
+    core.act(Action.ABORT, ActionRequest(), OPERATOR)  # the retry goes through
+    assert store.load(core.key)["phase"] == "aborted" and core.snapshot().weights["v2"] == 0.0
+    assert core.epoch == before[2] + 1
+
+
+def test_a_failed_save_during_a_tick_applies_nothing_and_the_next_tick_retries():
+    store = FailingStore()
+    clock = FakeClock()
+    core = ControllerCore(experiment(), store, clock)
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        core.tick()  # would set v2 to 10%
+    snapshot = core.snapshot()
+    assert (snapshot.epoch, snapshot.weights) == (0, {"v1": 100.0, "v2": 0.0})
+    assert core.status()["revision"] == store.load(core.key)["revision"] == 1
+    store.failing = False
+    assert core.tick() is True
+    assert core.snapshot().weights["v2"] == 10.0 and store.load(core.key)["weights"]["v2"] == 10.0
+    assert core.epoch == 1
+
+
+def blue_green_experiment(**settings):
+    bg = {"post_switch_watch_s": 5, "keep_blue_s": 10, **settings}
+    return experiment(strategy="blue_green", steps=[], blue_green=bg,
+                      analysis={"interval_s": 5, "min_samples": 10, "progress_deadline_s": 60})
+
+
+def test_the_blue_green_switch_is_saved_first_and_pushed_with_a_new_epoch():
+    store = FailingStore()
+    clock = FakeClock()
+    core = ControllerCore(blue_green_experiment(), store, clock)
+    epoch = core.epoch
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        core.report_validation(True, "sample set passed")
+    assert core.status()["phase"] == "validating" and core.epoch == epoch
+    store.failing = False
+    core.report_validation(True, "sample set passed")
+    assert core.status()["phase"] == "switched" and core.epoch == epoch + 1
+    assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
+    assert store.load(core.key)["phase"] == "switched"
+
+
+def test_validation_of_a_green_that_never_answers_fails_within_the_deadline():
+    import asyncio
+
+    clock = FakeClock()
+    core = ControllerCore(blue_green_experiment(), MemoryStateStore(), clock)
+    clock.advance(50)
+    assert 0 < core.validation_timeout_s() <= 10  # what is left of the 60 s deadline
+    pinned = []
+
+    async def never(inputs):
+        pinned.append(inputs.shape)
+        await asyncio.Event().wait()
+
+    async def interface():
+        return {"input_shape": [-1, 64]}
+
+    async def answers(inputs):
+        return {"outputs": [[0.1, 0.9]]}
+
+    passed, reason = asyncio.run(core.validate_green(never, interface, timeout_s=0.01))
+    assert passed is False and "no answer within 0.01s" in reason and pinned == [(1, 64)]
+    assert asyncio.run(core.validate_green(answers, interface, timeout_s=1.0))[0] is True
+
+
+# -- one clock, assigned traffic only --------------------------------------------------------
+
+
+def test_a_router_clock_6s_behind_still_fills_the_windows():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    for _ in range(30):
+        clock.advance(1.0)
+        for version, n in (("v1", 20), ("v2", 5)):
+            rows = [ServedRequest(clock() - 6.0, version, 3.0, None, 1, 0.9, f"{version}-{clock()}-{i}",
+                                  i, True, False) for i in range(n)]
+            core.record(Observations(rows))
+            for row in rows:
+                core.feedback.add(row.request_id, "correct", None, True, clock())
+        core.tick()
+    status = core.status()
+    assert status["phase"] == "promoted", status["reason"]
+
+
+def test_pinned_failing_traffic_to_the_candidate_moves_no_gate():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    for _ in range(30):
+        clock.advance(1.0)
+        report(core, clock, "v1", 20, correct=True)
+        report(core, clock, "v2", 5, correct=True)
+        # A tester pins v2 and every pinned request fails: not assigned, not mirrored.
+        core.record(Observations([ServedRequest(clock(), "v2", 900.0, "model", None, None, None, None,
+                                                False, False) for _ in range(50)]))
+        core.tick()
+    status = core.status()
+    assert status["phase"] == "promoted" and status["failures_total"] == 0, status["reason"]
+
+
+def test_pinned_traffic_alone_is_no_evidence():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    for _ in range(20):
+        clock.advance(1.0)
+        report(core, clock, "v1", 20, correct=True)
+        core.record(Observations([ServedRequest(clock(), "v2", 3.0, None, 1, 0.9, None, None, False, False)
+                                  for _ in range(50)]))
+        core.tick()
+    status = core.status()
+    assert status["weights_pct"]["v2"] == 10.0 and "no data" in status["reason"]
+
+
+# -- no step is left without evidence --------------------------------------------------------
+
+
+@pytest.mark.parametrize("ok, phase", [(True, "promoted"), (False, "aborted")])
+def test_a_canary_with_pauses_shorter_than_the_interval_waits_for_a_passing_analysis(ok, phase):
+    clock = FakeClock()
+    cfg = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1s"}}, {"set_weight": 50},
+                            {"pause": {"duration": "1s"}}, {"set_weight": 100}])
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    core.tick()
+    highest = 0.0
+    for _ in range(40):
+        clock.advance(1.0)
+        report(core, clock, "v1", 20, correct=True)
+        report(core, clock, "v2", 5, ok=ok, correct=True)
+        core.tick()
+        if core.status()["phase"] != "promoted":
+            highest = max(highest, core.snapshot().weights["v2"])
+    assert core.status()["phase"] == phase
+    assert highest == (50.0 if ok else 10.0)
