@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -52,10 +53,11 @@ def main() -> None:
     sticky = sum(len(v) == 1 for v in served_by.values())
     print(f"   sticky: {sticky}/{len(served_by)} users always got the same version")
 
-    print("\n2. HTTP, pinned for QA with the x-serve-ab-version header:")
+    print("\n2. HTTP, pinned for QA with the x-serve-ab-version header (needs the QA or operator token):")
+    token = os.environ.get("SERVE_AB_QA_TOKEN") or os.environ.get("SERVE_AB_CONTROL_TOKEN", "")
     for version in experiment["bucket_ranges"]:
         response = client.post("/predict", json={"inputs": [rows[0]]},
-                               headers={"x-serve-ab-version": version})
+                               headers={"x-serve-ab-version": version, "authorization": f"Bearer {token}"})
         print(f"   asked {version} -> served by {response.json()['version']}")
 
     print("\n3. Open Inference Protocol (KServe V2): POST /v2/models/digits/infer")

@@ -265,7 +265,8 @@ def _send(client: httpx.Client, predict_url: str, user: str, workload: _Workload
             workload.labels[k % len(workload.labels)]
         try:
             client.post(predict_url.rsplit("/", 1)[0] + "/feedback", json={
-                "request_id": body["request_id"], "name": workload.feedback_name, "converted": correct})
+                "request_id": body["request_id"], "feedback_token": body.get("feedback_token"),
+                "name": workload.feedback_name, "converted": correct})
         except httpx.HTTPError:
             pass  # feedback is best effort, as from a real client
     return LoadRecord(

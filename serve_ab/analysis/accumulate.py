@@ -34,7 +34,7 @@ MAX_UNITS = 1_000_000
 TIMELINE_BUCKET_S = 10.0
 MAX_TIMELINE_POINTS = 360  # past this, neighbouring points merge and the bucket doubles
 
-ERROR_KINDS = ("unavailable", "model", "input", "cancelled")
+ERROR_KINDS = ("unavailable", "output", "model", "input", "cancelled")
 
 
 @dataclass
@@ -178,6 +178,7 @@ class ExperimentStats:
         self.feedback_kinds = dict(feedback_kinds or {})
         self.feedback_unjoined = 0  # feedback that never found the request it is about
         self.feedback_mismatched = 0  # a conversion for a metric that is a mean, or vice versa
+        self.feedback_duplicates = 0  # a second report of the same request and metric, refused
         self.timeline_bucket_s = TIMELINE_BUCKET_S
         # bucket start -> [requests per version, feedback per version]
         self._timeline: dict[float, dict[str, collections.Counter]] = {}
@@ -187,6 +188,10 @@ class ExperimentStats:
     def count_unjoined(self, n: int) -> None:
         """Feedback dropped before it found the request it is about."""
         self.feedback_unjoined += n
+
+    def count_duplicate(self) -> None:
+        """Feedback refused because its request and metric were reported already."""
+        self.feedback_duplicates += 1
 
     def record(self, t_s: float, version: str, latency_ms: float, error_kind: str | None,
                predicted_class: int | None, unit: int | None, assigned: bool) -> None:
@@ -263,7 +268,7 @@ class ExperimentStats:
                                "confusion": [[live_class, shadow_class, n]],
                                "score_diff": {"n", "sum", "sum_sq", "sample" (when samples)},
                                "latency": {...}, "pairs_by_live_version": {name: n}},
-             "feedback_unjoined": n, "feedback_mismatched": n,
+             "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]}}
         """
         shadow = None
@@ -276,6 +281,7 @@ class ExperimentStats:
             "shadow": shadow,
             "feedback_unjoined": self.feedback_unjoined,
             "feedback_mismatched": self.feedback_mismatched,
+            "feedback_duplicates": self.feedback_duplicates,
             "timeline": {
                 "bucket_s": self.timeline_bucket_s,
                 "points": [
@@ -332,6 +338,7 @@ class ExperimentStats:
             s.by_live_version.update(shadow["pairs_by_live_version"])
         stats.feedback_unjoined = state.get("feedback_unjoined", 0)
         stats.feedback_mismatched = state.get("feedback_mismatched", 0)
+        stats.feedback_duplicates = state.get("feedback_duplicates", 0)
         stats.timeline_bucket_s = state["timeline"]["bucket_s"]
         for point in state["timeline"]["points"]:
             stats._timeline[point["t_s"]] = {"requests": collections.Counter(point["requests"]),

@@ -44,9 +44,34 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
     if not raw:
         raise InvalidInput("request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise InvalidInput("request body nests arrays or objects too deeply") from None
+    # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no UTF-8 text can hold: a key
+    # hashed, an id echoed or a name logged would fail later. Only bodies that escape a
+    # surrogate at all are walked.
+    if b"\\ud" in raw or b"\\uD" in raw:
+        _check_text(body)
+    return body
+
+
+def _check_text(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(f"request body holds a lone UTF-16 surrogate in {item[:40]!r}; "
+                                   "send valid Unicode text") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _too_large(size_bytes: int, max_body_bytes: int, at_least: bool = False) -> str:

@@ -32,8 +32,13 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(..., min_length=1, description="The request_id of the served answer.")
-    name: str = Field("conversion", min_length=1, description="Metric name, e.g. revenue.")
+    request_id: str = Field(..., min_length=1, max_length=128,
+                            description="The request_id of the served answer.")
+    feedback_token: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="The feedback_token of the same answer (required unless feedback.require_token is false).")
+    name: str = Field("conversion", min_length=1, max_length=64,
+                      description="Metric name, one the experiment declares, e.g. correct or revenue.")
     value: float | None = Field(None, allow_inf_nan=False, description="A numeric outcome.")
     converted: bool | None = Field(None, description="A yes/no outcome.")
 
@@ -127,12 +132,14 @@ def decode_v2_inputs(
 
 
 def encode_v2_response(
-    model: str, version: str, request_id: str, outputs: np.ndarray, output: OutputSpec
+    model: str, version: str, request_id: str, outputs: np.ndarray, output: OutputSpec,
+    parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "model_name": model,
         "model_version": version,
         "id": request_id,
+        **({"parameters": parameters} if parameters else {}),
         "outputs": [
             {
                 "name": output.name,

@@ -145,7 +145,18 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
             f"input '{spec.name}' contains NaN or infinity; this experiment rejects them "
             "(set http.allow_non_finite: true to pass them to the model)"
         )
-    return batch.astype(spec.dtype, copy=False)
+    out = batch.astype(spec.dtype, copy=False)
+    # Checked after the cast too: 1e39 is finite as a float64 and infinite as FP32, and 300
+    # wraps around as INT8; the model would see values the client never sent.
+    if out is not batch:
+        if want_kind == "f" and not allow_non_finite and not np.isfinite(out).all():
+            raise InputError(f"input '{spec.name}' holds values beyond {spec.datatype}'s range "
+                             f"(largest magnitude {np.finfo(out.dtype).max:.3g})")
+        if want_kind in "iu" and not np.array_equal(out, batch):
+            info = np.iinfo(out.dtype)
+            raise InputError(f"input '{spec.name}' holds values outside {spec.datatype}'s range "
+                             f"[{info.min}, {info.max}]")
+    return out
 
 
 def to_batch(values: Any, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:

@@ -21,7 +21,7 @@ from pydantic import (
 
 from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
 from serve_ab.config._base import Strict as _Strict
-from serve_ab.config.rollout import RolloutConfig
+from serve_ab.config.rollout import FEEDBACK_METRICS, RolloutConfig
 
 
 class Backend(str, Enum):
@@ -172,7 +172,10 @@ class AssignmentConfig(_Strict):
 
 
 class PinConfig(_Strict):
-    enabled: bool = Field(True, description="Allow a header to pin a request to a version, for QA.")
+    enabled: bool = Field(
+        False, description="Allow a header (or a V2 version path) to pin a request to a version, "
+        "for QA. Pinned requests need the QA or operator token, and never enter gates or A/B figures.",
+    )
     header: str = Field("x-serve-ab-version", min_length=1, description="Header naming the version.")
 
     @field_validator("header")
@@ -190,14 +193,49 @@ class HttpConfig(_Strict):
     )
 
 
+class FeedbackConfig(_Strict):
+    """How clients report outcomes (``POST /feedback``) for answers they received."""
+
+    require_token: bool = Field(
+        True, description="Every answer carries a signed feedback_token (request, version, expiry) "
+        "and POST /feedback needs it. false accepts feedback by request id alone: only for "
+        "clients on a trusted network.",
+    )
+    token_ttl_s: float = Field(
+        3600.0, gt=0.0, le=7 * 86400.0, description="How long an answer's feedback token is valid."
+    )
+    key_env: str = Field(
+        "SERVE_AB_FEEDBACK_KEY", min_length=1,
+        description="Environment variable holding the key that signs feedback tokens; unset, the "
+        "controller makes one and keeps it in its state store, and every router asks it for it.",
+    )
+
+
 class ControlConfig(_Strict):
     token_env: str = Field(
         "SERVE_AB_CONTROL_TOKEN", min_length=1,
         description="Environment variable holding the bearer token that control actions "
         "(promote, abort, set weights...) need over HTTP.",
     )
+    qa_token_env: str = Field(
+        "SERVE_AB_QA_TOKEN", min_length=1,
+        description="Environment variable holding the QA token: pinning a version (pin.enabled).",
+    )
+    viewer_token_env: str = Field(
+        "SERVE_AB_VIEWER_TOKEN", min_length=1,
+        description="Environment variable holding the viewer token: status, report, stats, metrics "
+        "when protect_reads is true.",
+    )
+    tokens_file: str | None = Field(
+        None, description="A YAML or JSON file of named tokens, [{name, role, token}], role one of "
+        "viewer, qa, operator; names (never tokens) are recorded with every action.",
+    )
+    protect_reads: bool = Field(
+        False, description="Status, report, stats, metrics and the experiment need a viewer (or "
+        "operator) token too. Health and model metadata stay open.",
+    )
     allow_unauthenticated: bool = Field(
-        False, description="Accept control actions without a token. Only for local experiments."
+        False, description="Accept control actions and pins without a token. Only for local experiments."
     )
 
 
@@ -269,8 +307,8 @@ class ReportAnalysisConfig(_Strict):
     )
     metrics: list[FeedbackMetric] = Field(
         default_factory=list,
-        description="Feedback metrics to judge; a feedback name not listed is still reported, "
-        "its kind taken from the feedback (converted: conversion, value: mean).",
+        description="Feedback metrics to judge. POST /feedback accepts only the names listed "
+        "here or named by a rollout's feedback gates.",
     )
     records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
 
@@ -302,6 +340,7 @@ class ExperimentConfig(_Strict):
         None, description="A canary or blue-green rollout from stable to candidate."
     )
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Client feedback.")
     controller: ControllerConfig = Field(
         default_factory=ControllerConfig,
         description="The controller deployment: collects what routers served, runs the rollout.",
@@ -397,6 +436,13 @@ class ExperimentConfig(_Strict):
                 "only moves users from stable to candidate"
             )
         return self
+
+    def feedback_names(self) -> frozenset[str]:
+        """The feedback names clients may report: analysis.metrics and feedback gates."""
+        names = {m.name for m in self.analysis.metrics}
+        if self.rollout is not None:
+            names |= {g.name for g in self.rollout.gates if g.metric in FEEDBACK_METRICS and g.name}
+        return frozenset(names)
 
     def version(self, name: str) -> VersionConfig:
         for version in self.versions:

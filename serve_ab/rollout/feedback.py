@@ -11,6 +11,7 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from serve_ab.errors import Conflict
 from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent
 
 MAX_REQUESTS = 500_000
@@ -34,8 +35,13 @@ class FeedbackJoin:
     #: Called with the number of feedbacks dropped unjoined: their request's report never
     #: came within PENDING_TTL_S, or too many were waiting.
     on_unjoined: Callable[[int], None] | None = None
+    #: Called for every feedback refused as a repeat of one already counted.
+    on_duplicate: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
+        # (request id, name) of every feedback counted, for as long as a token can bring it
+        # back: one report per request and metric, however often a client sends it.
+        self._reported: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
         self._served: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._values: collections.deque[FeedbackEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._conversions: collections.deque[ConversionEvent] = collections.deque(maxlen=MAX_EVENTS)
@@ -59,12 +65,26 @@ class FeedbackJoin:
             if t_s >= now_s - self.request_ttl_s:
                 break
             self._served.popitem(last=False)
+        while self._reported:
+            _, t_s = next(iter(self._reported.items()))
+            if t_s >= now_s - self.request_ttl_s:
+                break
+            self._reported.popitem(last=False)
 
     def add(self, request_id: str, name: str, value: float | None, converted: bool | None,
-            now_s: float) -> str | None:
+            now_s: float, version: str | None = None) -> str | None:
         """Record feedback; returns the version it joined to, or None while it waits for
-        the request's report (dropped after PENDING_TTL_S if none comes)."""
+        the request's report (dropped after PENDING_TTL_S if none comes).
+
+        ``version``: the version that served the request, when the client proved it (a
+        feedback token); the feedback is then counted at once. A second report of the same
+        request and name raises :class:`~serve_ab.errors.Conflict`.
+        """
         self._expire(now_s)
+        self._once(request_id, name, now_s)
+        if version is not None:
+            self._emit(version, name, value, converted, now_s)
+            return version
         served = self._served.get(request_id)
         if served is None:
             self._pending.setdefault(request_id, []).append((name, value, converted, now_s))
@@ -73,6 +93,17 @@ class FeedbackJoin:
             return None
         self._emit(served[0], name, value, converted, now_s)
         return served[0]
+
+    def _once(self, request_id: str, name: str, now_s: float) -> None:
+        key = (request_id, name)
+        if key in self._reported:
+            if self.on_duplicate is not None:
+                self.on_duplicate()
+            raise Conflict(f"feedback {name!r} for request {request_id!r} was reported already; "
+                           "each request takes one report per metric")
+        self._reported[key] = now_s
+        while len(self._reported) > self.max_requests:
+            self._reported.popitem(last=False)
 
     def _drop_oldest_pending(self) -> None:
         _, dropped = self._pending.popitem(last=False)
@@ -95,5 +126,6 @@ class FeedbackJoin:
                 [e for e in self._conversions if e.t_s >= since_s])
 
     def counts(self) -> dict[str, int]:
-        return {"requests_remembered": len(self._served), "values": len(self._values),
+        return {"requests_remembered": len(self._served), "reported": len(self._reported),
+                "values": len(self._values),
                 "conversions": len(self._conversions), "pending": len(self._pending)}

@@ -23,9 +23,13 @@ from serve_ab.config.experiment import (
 from serve_ab.serving.controller import ExperimentController
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
+from serve_ab.serving.core.auth import load_tokens
 from serve_ab.serving.router import Router
 
-CONTROLLER_SHUTDOWN_S = 1.0
+# A stopping controller waits for its routers' long polls (at most LONG_POLL_TIMEOUT_S, 2 s),
+# then writes the run's final record (a report and an SQLite write, well under a second).
+CONTROLLER_SHUTDOWN_S = 5.0
+CONTROLLER_SHUTDOWN_LOOP_S = 0.2
 
 
 def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> ExperimentConfig:
@@ -48,6 +52,15 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
     # The controller may run in another process: its files get absolute paths too.
     update["controller"] = cfg.controller.model_copy(
         update={"state_path": str((base_dir / cfg.controller.state_path).resolve())})
+    if cfg.control.tokens_file:
+        tokens_file = (base_dir / cfg.control.tokens_file).resolve()
+        if not tokens_file.is_file():
+            raise ConfigError([f"control.tokens_file: no file at {str(tokens_file)!r} (got {cfg.control.tokens_file!r})"])
+        update["control"] = cfg.control.model_copy(update={"tokens_file": str(tokens_file)})
+        try:  # a malformed file is refused now, not at the first request
+            load_tokens(update["control"], environ={})
+        except ValueError as err:
+            raise ConfigError([str(err)]) from None
     records = cfg.analysis.records.model_copy(
         update={"path": str((base_dir / cfg.analysis.records.path).resolve())})
     update["analysis"] = cfg.analysis.model_copy(update={"records": records})
@@ -79,9 +92,11 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     # runs the rollout when there is one.
     controller = ExperimentController.options(
         ray_actor_options={"num_cpus": cfg.controller.num_cpus},
-        # Its ongoing requests at shutdown are the routers' long polls (up to 10 s each),
-        # safe to cut: without this, deleting or redeploying an app waited them out.
+        # Its ongoing requests at shutdown are the routers' long polls, which return within
+        # LONG_POLL_TIMEOUT_S; checked every CONTROLLER_SHUTDOWN_LOOP_S, so a delete takes about
+        # that long plus the final record, not Ray's default 2 s wait loops.
         graceful_shutdown_timeout_s=CONTROLLER_SHUTDOWN_S,
+        graceful_shutdown_wait_loop_s=CONTROLLER_SHUTDOWN_LOOP_S,
     ).bind(experiment)
     # The router writes its own access line, which names the version (api/access_log.py).
     return Router.options(**cfg.router.to_ray(), logging_config={"enable_access_log": False}).bind(

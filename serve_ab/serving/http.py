@@ -10,6 +10,7 @@ statuses in one place (:mod:`serve_ab.api.errors`).
 # through Ray Serve's ingress wrapper, which cannot resolve string annotations.
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -27,12 +28,13 @@ from serve_ab.api.schemas import (
     encode_v2_response,
     parse_body,
 )
-from serve_ab.errors import InvalidInput, UnknownAction
-from serve_ab.serving.core.auth import ControlAuth
+from serve_ab.errors import InvalidInput, PinningDisabled, UnknownAction
+from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
 
 VERSION_HEADER = "x-model-version"
+FEEDBACK_TOKEN_HEADER = "x-feedback-token"
 SERVER_VERSION = "0.1.0"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport"}
 
@@ -75,6 +77,29 @@ def served() -> Served:
     return _served
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _pinned(s: Served, request: Request, version: str | None = None) -> str | None:
+    """The version a request pins (a V2 version path, or the pin header), once allowed:
+    pinning must be on (pin.enabled) and the caller hold the QA or operator token."""
+    pinned = version or request.headers.get(s.core.cfg.pin.header)
+    if pinned is None:
+        return None
+    if not s.core.cfg.pin.enabled:
+        raise PinningDisabled("pinning a version is turned off for this experiment (pin.enabled: false)")
+    s.auth.check(request.headers.get("authorization"), _address(request), Role.QA)
+    return pinned
+
+
+def reader(request: Request, s: Served = Depends(served)) -> Served:
+    """The replica, for a route that reads figures: open unless control.protect_reads."""
+    if s.core.cfg.control.protect_reads:
+        s.auth.check(request.headers.get("authorization"), _address(request), Role.VIEWER)
+    return s
+
+
 def _json(value: Any, headers: dict[str, str] | None = None, status_code: int = 200) -> JSONResponse:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
@@ -89,13 +114,16 @@ async def http_predict(request: Request, s: Served = Depends(served)) -> JSONRes
     body = await read_json(request, core.cfg.http.max_body_bytes)
     parsed = parse_body(PredictRequest, body)
     key = core.decision.key_from(body, request.headers)
-    version, outputs = await core.serve(parsed.inputs, key, request.headers.get(core.cfg.pin.header))
-    return JSONResponse({"model": core.cfg.model, "version": version, "request_id": core.request_id(),
-                         "outputs": outputs.tolist()}, headers={VERSION_HEADER: version})
+    version, outputs = await core.serve(parsed.inputs, key, _pinned(s, request))
+    request_id = core.request_id()
+    token = core.feedback_token(request_id, version)
+    return JSONResponse({"model": core.cfg.model, "version": version, "request_id": request_id,
+                         "feedback_token": token, "outputs": outputs.tolist()},
+                        headers={VERSION_HEADER: version, FEEDBACK_TOKEN_HEADER: token})
 
 
 @api.get("/experiment", summary="The experiment this app runs: versions and weights")
-async def http_experiment(s: Served = Depends(served)) -> dict[str, Any]:
+async def http_experiment(s: Served = Depends(reader)) -> dict[str, Any]:
     return describe_experiment(s.core)
 
 
@@ -105,7 +133,9 @@ def describe_experiment(core: RouterCore) -> dict[str, Any]:
     return {
         "model": core.cfg.model,
         "placement": core.cfg.placement.value,
-        "versions": [{"name": v.name, "backend": v.backend.value, "path": v.path} for v in core.cfg.versions],
+        # The file's name only: an open answer does not show the server's directories.
+        "versions": [{"name": v.name, "backend": v.backend.value, "file": Path(v.path).name}
+                     for v in core.cfg.versions],
         "weights_pct": table.weights_pct(),
         "bucket_ranges": {k: list(r) for k, r in table.ranges().items()},
         "assignment": core.cfg.assignment.model_dump(),
@@ -115,14 +145,14 @@ def describe_experiment(core: RouterCore) -> dict[str, Any]:
 # -- rollout control, feedback, figures ------------------------------------------------------
 
 @api.get("/rollout/status", summary="Rollout phase, step, weights and gates (open)")
-async def http_rollout_status(history: bool = False, s: Served = Depends(served)) -> JSONResponse:
+async def http_rollout_status(history: bool = False, s: Served = Depends(reader)) -> JSONResponse:
     return _json(await s.core.controller.status(history))
 
 
 @api.post("/rollout/{action}", openapi_extra=json_body(ActionRequest),
           summary="promote, pause, resume, abort, rollback or weights (token)")
 async def http_rollout_action(action: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
-    actor = s.auth.check(request.headers.get("authorization"), request.client.host if request.client else None)
+    actor = s.auth.check(request.headers.get("authorization"), _address(request), Role.OPERATOR)
     try:
         act = Action(action)
     except ValueError:
@@ -138,25 +168,31 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
 @api.post("/feedback", openapi_extra=json_body(FeedbackRequest),
           summary="Report a business outcome for a served request")
 async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONResponse:
-    feedback = parse_body(FeedbackRequest, await read_json(request, s.core.cfg.http.max_body_bytes))
-    version = await s.core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
-                                               feedback.converted)
+    core = s.core
+    feedback = parse_body(FeedbackRequest, await read_json(request, core.cfg.http.max_body_bytes))
+    declared = core.cfg.feedback_names()
+    if feedback.name not in declared:
+        raise InvalidInput(f"unknown feedback name {feedback.name!r}; this experiment takes "
+                           f"{sorted(declared)} (analysis.metrics, or a rollout's feedback gates)")
+    proven = core.verify_feedback(feedback.feedback_token, feedback.request_id)
+    version = await core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
+                                             feedback.converted, proven)
     # version is None while the request's own report is still on its way to the controller.
     return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 
 
 @api.get("/experiment/report", summary="The A/B report: per-variant figures, tests, verdicts (open)")
-async def http_report(s: Served = Depends(served)) -> JSONResponse:
+async def http_report(s: Served = Depends(reader)) -> JSONResponse:
     return _json(await s.core.controller.report())
 
 
 @api.get("/experiment/stats", summary="The raw cumulative figures behind the report (open)")
-async def http_stats(s: Served = Depends(served)) -> JSONResponse:
+async def http_stats(s: Served = Depends(reader)) -> JSONResponse:
     return _json(await s.core.controller.stats())
 
 
 @api.get("/metrics", summary="Prometheus metrics of this app, from its one controller (open)")
-async def http_metrics(s: Served = Depends(served)) -> Response:
+async def http_metrics(s: Served = Depends(reader)) -> Response:
     body, content_type = await s.core.controller.metrics()
     return Response(content=body, media_type=content_type)
 
@@ -186,20 +222,23 @@ class V2Endpoints:
         return {"name": core.cfg.model, "versions": [version] if version is not None else list(core.versions),
                 "platform": platform, "inputs": [input_spec.to_v2()], "outputs": [output_spec.to_v2()]}
 
-    async def infer(self, model: str, version: str | None, body: Any,
+    async def infer(self, model: str, pinned: str | None, body: Any,
                     headers: Any) -> tuple[str, dict[str, Any]]:
-        """Serve a V2 request; the version in the path, or the pin header, pins it."""
+        """Serve a V2 request, pinned to ``pinned`` when the caller was allowed to pin."""
         core = self.core
-        self.check(model, version)
+        self.check(model, pinned)
         parsed = parse_body(V2InferRequest, body)
-        choice = core.decision.choose(core.decision.key_from(parsed.parameters, headers),
-                                      version or headers.get(core.cfg.pin.header), core.versions)
+        choice = core.decision.choose(core.decision.key_from(parsed.parameters, headers), pinned, core.versions)
         input_spec, output_spec = await core.interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=core.cfg.http.allow_non_finite)
         served_by, outputs = await core.predict(choice, batch)
-        return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or core.request_id(),
-                                             outputs, output_spec)
+        # The feedback token is tied to Serve's request id (what the router recorded), so it
+        # travels with that id in the response parameters, whatever id the client chose.
+        request_id = core.request_id()
+        parameters = {"request_id": request_id, "feedback_token": core.feedback_token(request_id, served_by)}
+        return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or request_id,
+                                             outputs, output_spec, parameters)
 
 
 def _v2(s: Served = Depends(served)) -> V2Endpoints:
@@ -254,7 +293,9 @@ async def v2_infer_version(model: str, version: str, request: Request, s: Served
 async def _v2_infer(s: Served, model: str, version: str | None, request: Request) -> JSONResponse:
     v2 = V2Endpoints(s.core)
     v2.check(model, version)  # a wrong path is a 404 whatever the body
+    pinned = _pinned(s, request, version)
     body = await read_json(request, s.core.cfg.http.max_body_bytes)
-    served_by, response = await v2.infer(model, version, body, request.headers)
-    return JSONResponse(response, headers={VERSION_HEADER: served_by})
+    served_by, response = await v2.infer(model, pinned, body, request.headers)
+    return JSONResponse(response, headers={VERSION_HEADER: served_by,
+                                           FEEDBACK_TOKEN_HEADER: response["parameters"]["feedback_token"]})
 

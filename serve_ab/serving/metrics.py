@@ -41,6 +41,7 @@ Shadow traffic (when the app mirrors to a shadow version; ``version`` is the sha
 Per app:
 
 - ``serve_ab_feedback_unjoined_total`` counter: feedback that matched no served request.
+- ``serve_ab_feedback_duplicates_total`` counter: feedback refused as a repeat (same request, metric).
 - ``serve_ab_stats_start_time_seconds`` gauge: Unix time the counters started from.
 - ``serve_ab_rollout_info{strategy,stable,candidate}`` gauge, always 1 (rollouts only).
 - ``serve_ab_rollout_phase{phase}`` gauge, a state set: one series per phase (``static``
@@ -204,11 +205,15 @@ class _SnapshotCollector(Collector):
         unjoined = CounterMetricFamily(PREFIX + "feedback_unjoined_total",
                                        "Feedback that matched no request served.", labels=["model"])
         unjoined.add_metric([self.model], self.snapshot.get("feedback_unjoined", 0))
+        duplicates = CounterMetricFamily(PREFIX + "feedback_duplicates_total",
+                                         "Feedback refused: its request and metric were reported already.",
+                                         labels=["model"])
+        duplicates.add_metric([self.model], self.snapshot.get("feedback_duplicates", 0))
         started = GaugeMetricFamily(PREFIX + "stats_start_time_seconds",
                                     "Unix time the counters started from (the controller's start).",
                                     labels=["model"])
         started.add_metric([self.model], self.snapshot["started_at_s"])
-        yield from (unjoined, started)
+        yield from (unjoined, duplicates, started)
 
     def _rollout(self) -> Iterator[Metric]:
         status, model = self.status, self.model

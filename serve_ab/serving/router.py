@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ServeAbError
-from serve_ab.serving.core.auth import ControlAuth
+from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.messages import Action, Actor, Observations, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.versions import Version, same_interface
@@ -86,8 +85,12 @@ class ControllerClient:
             return await self.handle.wait_for_update.remote(known_epoch)
         return await self.handle.wait_for_update.remote(known_epoch, timeout_s)
 
-    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None) -> str | None:
-        return await self.handle.feedback.remote(request_id, name, value, converted)
+    async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
+                       version: str | None = None) -> str | None:
+        return await self.handle.feedback.remote(request_id, name, value, converted, version)
+
+    async def feedback_key(self) -> bytes:
+        return await self.handle.feedback_key.remote()
 
     async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
         return await self.handle.act.remote(action, body, actor)
@@ -132,7 +135,8 @@ class Router:
             versions = loaded
         client = ControllerClient(controller)
         self.core = RouterCore(cfg, versions, client, request_id=_request_id, interface=interface)
-        use_core(Served(self.core, ControlAuth(cfg.control, os.environ.get(cfg.control.token_env))))
+        self.core.use_feedback_key(await client.feedback_key())
+        use_core(Served(self.core, ControlAuth(cfg.control, load_tokens(cfg.control))))
         # Serve the controller's weights from the first request on: after a restart they
         # are the rollout's, not the config's starting point.
         self.core.apply(await client.wait_for_update(self.core.epoch, 0.0))
@@ -145,15 +149,20 @@ class Router:
         """Serve a batch for a Python caller.
 
         ``inputs`` is a numpy array or nested lists of shape ``[n, ...]``; ``key`` is the
-        assignment key (e.g. the user id); ``version`` pins a version. Returns
-        ``{"outputs": np.ndarray, "version": str, "request_id": str}``. Raises the errors of
+        assignment key (e.g. the user id); ``version`` pins a version (callers inside the
+        cluster may pin whatever ``pin.enabled`` says: it governs the public HTTP header).
+        Pinned requests never enter gates or A/B figures. Returns
+        ``{"outputs": np.ndarray, "version": str, "request_id": str, "feedback_token": str}``.
+        Raises the errors of
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
         started_s = time.perf_counter()
         served_by, outputs = await self.core.serve(inputs, key, version)
         # The handle path's access line (Ray's own is off: it cannot name the version).
         logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
-        return {"outputs": outputs, "version": served_by, "request_id": _request_id()}
+        request_id = _request_id()
+        return {"outputs": outputs, "version": served_by, "request_id": request_id,
+                "feedback_token": self.core.feedback_token(request_id, served_by)}
 
     async def experiment(self) -> dict[str, Any]:
         """The experiment as this replica runs it: versions, weights and bucket ranges."""

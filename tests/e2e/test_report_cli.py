@@ -55,6 +55,7 @@ def test_report_of_a_running_ab_test_with_shadow(model_repo, tmp_path):
                                                            "inputs": [data["inputs"][index]]}).json()
                 correct = int(np.argmax(body["outputs"][0])) == data["labels"][index]
                 client.post(url + "/feedback", json={"request_id": body["request_id"], "name": "correct",
+                                                     "feedback_token": body["feedback_token"],
                                                      "converted": correct})
             deadline = time.monotonic() + 30
             while client.get(url + "/experiment/stats").json()["versions"]["v1"]["requests"] \

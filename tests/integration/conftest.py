@@ -13,6 +13,7 @@ import pytest
 DIGIT_ROW = [float(i % 16) for i in range(64)]
 # The control API's bearer token, given to every replica through the job's environment.
 CONTROL_TOKEN = "integration-test-token"
+AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 
 
 def free_port() -> int:
@@ -68,6 +69,8 @@ def experiment(model_repo, **changes) -> dict:
         "assignment": {"key": "json", "field": "user_id", "salt": "it"},
         "router": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
         "http": {"max_body_bytes": 8192},
+        # Pinning is off by default; the tests pin with the operator token (QA's would do too).
+        "pin": {"enabled": True},
         # Run records of test apps stay out of the repository's .serve-ab/.
         "analysis": {"records": {"path": os.path.join(tempfile.gettempdir(), "serve-ab-tests", "runs.sqlite")}},
     }

@@ -46,7 +46,8 @@ def test_ab_v1_against_v3_with_feedback_finds_v3_worse_and_no_srm(serve_instance
             body = served.json()
             correct = int(np.argmax(body["outputs"][0])) == data["labels"][index]
             fed = client.post(serve_instance.url(f"/{app}/feedback"),
-                              json={"request_id": body["request_id"], "name": "correct", "converted": correct})
+                              json={"request_id": body["request_id"], "feedback_token": body["feedback_token"],
+                                    "name": "correct", "converted": correct})
             assert fed.status_code == 202, fed.text
             return body["version"], correct
 

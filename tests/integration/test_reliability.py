@@ -18,7 +18,8 @@ import ray
 from ray import serve
 
 from serve_ab import build_app
-from tests.integration.conftest import DIGIT_ROW, experiment
+from benchmarks.common import replica_pids  # noqa: F401 (test_shadow imports it from here)
+from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
 from tests.support.loadgen import LoadGenerator, is_ok
 
 WAIT_S = 120
@@ -40,28 +41,6 @@ def deployed(serve_instance):
     yield deploy
     for name in names:
         serve.delete(name)
-
-
-def replica_pids(app: str, deployment: str) -> list[int]:
-    """Pids of the replica processes of one deployment, by the title Ray gives them.
-
-    Ray names a replica's actor class ``ServeReplica:<app>:<deployment>`` and sets its process
-    title to ``ray::<class>`` (plus ``.<method>`` while it runs one). The state API would say
-    the same, but it needs the dashboard, which the session's Ray runs without.
-    """
-    title = f"ray::ServeReplica:{app}:{deployment}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        head = cmdline.split(b"\0", 1)[0].split(b" ", 1)[0]
-        if head == title or head.startswith(title + b"."):
-            pids.append(int(proc.name))
-    return pids
 
 
 def poll(predicate, timeout_s):
@@ -89,7 +68,7 @@ def retries_logged(app: str) -> int:
 
 def pinned_outputs(http, predict_url: str, version: str) -> list | None:
     """The outputs of a request pinned to ``version``; None if it was not answered."""
-    response = http.post(predict_url, json={"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": version})
+    response = http.post(predict_url, json={"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": version, **AUTH})
     return response.json()["outputs"] if response.status_code == 200 else None
 
 

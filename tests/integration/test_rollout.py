@@ -15,10 +15,10 @@ import pytest
 from ray import serve
 
 from serve_ab import build_app
-from tests.integration.conftest import CONTROL_TOKEN, DIGIT_ROW, experiment
+from benchmarks.common import replica_pids
+from tests.integration.conftest import AUTH, CONTROL_TOKEN, DIGIT_ROW, experiment
 from tests.support.loadgen import LoadGenerator, first_time_served_by, last_time_served_by
 
-AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 WAIT_S = 180
 
 
@@ -108,7 +108,7 @@ def test_canary_promotes_v2_and_retires_v1_with_no_failed_request(http, serve_in
     # v1 is gone from the routers: it serves nothing once retired, and cannot be pinned.
     assert not [r for r in records if r["version"] == "v1" and r["t_send"] > retired_at]
     response = http.post(serve_instance.url("/promote/predict"), json={"inputs": [DIGIT_ROW]},
-                         headers={"x-serve-ab-version": "v1"})
+                         headers={"x-serve-ab-version": "v1", **AUTH})
     assert response.status_code == 404
 
 
@@ -151,9 +151,10 @@ def test_controller_killed_mid_rollout_resumes_at_the_same_step(http, serve_inst
     status_url = serve_instance.url("/resume/rollout/status?history=true")
     with load(serve_instance, "resume", tmp_path, model_repo) as loadgen:
         before = wait_for(http, status_url, lambda s: s["phase"] == "paused", "the manual pause step")
-        pid = before["controller"]["pid"]
+        started = before["controller"]["started_at_s"]
+        (pid,) = replica_pids("resume", "Controller")
         os.kill(pid, signal.SIGKILL)  # as a crash would; Ray Serve starts a new replica
-        after = wait_for(http, status_url, lambda s: s["controller"]["pid"] != pid, "a new controller")
+        after = wait_for(http, status_url, lambda s: s["controller"]["started_at_s"] != started, "a new controller")
         assert (after["phase"], after["step_index"], after["weights_pct"]) == (
             before["phase"], before["step_index"], before["weights_pct"])
         assert after["history"] == before["history"]  # nothing repeated, nothing skipped
@@ -178,9 +179,14 @@ def test_control_needs_the_token_and_status_is_open(http, serve_instance, deploy
     response = http.post(base + "/weights", headers=AUTH, json={"weights": {"v1": 70, "v2": 30}})
     assert response.status_code == 200 and response.json()["weights_pct"] == {"v1": 70.0, "v2": 30.0}
     assert http.post(base + "/explode", headers=AUTH).status_code == 404
+    # Feedback needs the token of a served answer; a made-up one moves nothing.
     response = http.post(serve_instance.url("/control/feedback"),
-                         json={"request_id": "never-served", "converted": True})
-    assert response.status_code == 202 and response.json()["version"] is None
+                         json={"request_id": "never-served", "name": "correct", "converted": True})
+    assert response.status_code == 401 and "feedback_token" in response.json()["error"]
+    response = http.post(serve_instance.url("/control/feedback"),
+                         json={"request_id": "never-served", "name": "correct", "converted": True,
+                               "feedback_token": "v2.99999999999.AAAAAAAAAAAAAAAAAAAAAA"})
+    assert response.status_code == 403
     response = http.post(serve_instance.url("/control/feedback"), json={"request_id": "x"})
     assert response.status_code == 400 and "exactly one of value" in response.json()["error"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ from ray import serve
 from serve_ab import build_app
 from serve_ab.routing import Assigner
 from serve_ab.errors import VersionNotServed
-from tests.integration.conftest import DIGIT_ROW, experiment
+from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
 from tests.support.bad_input import BAD_PREDICT, v2_body
 
 PLACEMENTS = ["colocated", "isolated"]
@@ -83,15 +82,15 @@ def test_requests_without_key_split_at_random(http, apps, placement):
 def test_pin_header_and_unknown_pins(http, apps, placement):
     for version in ("v1", "v2"):
         response = predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": "u"},
-                           headers={"x-serve-ab-version": version})
+                           headers={"x-serve-ab-version": version, **AUTH})
         assert response.json()["version"] == version
     response = predict(http, apps, placement, {"inputs": [DIGIT_ROW]},
-                       headers={"x-serve-ab-version": "v9"})
+                       headers={"x-serve-ab-version": "v9", **AUTH})
     assert response.status_code == 404 and "v9" in response.json()["error"]
 
 
 def test_pinning_can_be_turned_off_and_header_key(http, apps):
-    response = predict(http, apps, "locked", {"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": "v1"})
+    response = predict(http, apps, "locked", {"inputs": [DIGIT_ROW]}, headers={"x-serve-ab-version": "v1", **AUTH})
     assert response.status_code == 403 and "pin.enabled" in response.json()["error"]
     response = http.post(apps.url("/locked/v2/models/digits/versions/v1/infer"),
                          json=v2_body([DIGIT_ROW]))
@@ -107,12 +106,12 @@ def test_concurrent_requests_all_answered(http, apps, placement):
 
     def call(i):
         return predict(http, apps, placement, {"inputs": [rows[i]]},
-                       headers={"x-serve-ab-version": "v1"}).json()
+                       headers={"x-serve-ab-version": "v1", **AUTH}).json()
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, range(len(rows))))
     together = predict(http, apps, placement, {"inputs": rows},
-                       headers={"x-serve-ab-version": "v1"}).json()["outputs"]
+                       headers={"x-serve-ab-version": "v1", **AUTH}).json()["outputs"]
     np.testing.assert_allclose([a["outputs"][0] for a in answers], together, atol=1e-5)
 
 
@@ -146,7 +145,7 @@ def test_v2_infer_routed_and_pinned(http, apps, placement):
         assert output["name"] == "probabilities" and output["shape"] == [1, 10]
         assert output["datatype"] == "FP32" and len(output["data"]) == 10
     for version in ("v1", "v2"):
-        body = http.post(base + f"/versions/{version}/infer", json=v2_body([DIGIT_ROW] * 3)).json()
+        body = http.post(base + f"/versions/{version}/infer", json=v2_body([DIGIT_ROW] * 3), headers=AUTH).json()
         assert body["model_version"] == version and body["outputs"][0]["shape"] == [3, 10]
 
 

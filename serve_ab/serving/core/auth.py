@@ -1,31 +1,126 @@
-"""Who may steer a rollout: the operator's bearer token."""
+"""Who may do what: named tokens with a role each.
+
+Roles, from least to most: ``viewer`` reads status, report, stats and metrics (needed only
+with ``control.protect_reads``); ``qa`` pins requests to a version; ``operator`` acts on the
+rollout and may do everything the others may. Tokens come from environment variables
+(``control.token_env`` is the operator's, ``qa_token_env``, ``viewer_token_env``) and from
+``control.tokens_file``. A token is never logged or recorded: its name is.
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 
 from serve_ab.config.experiment import ControlConfig
-from serve_ab.errors import Unauthorized
+from serve_ab.errors import Forbidden, Unauthorized
 from serve_ab.serving.core.messages import Actor
 
 
+class Role(str, Enum):
+    VIEWER = "viewer"
+    QA = "qa"
+    OPERATOR = "operator"
+
+
+# What each role may do besides its own (an operator may pin and read; QA may read).
+_GRANTS = {
+    Role.VIEWER: {Role.VIEWER},
+    Role.QA: {Role.QA, Role.VIEWER},
+    Role.OPERATOR: {Role.OPERATOR, Role.QA, Role.VIEWER},
+}
+
+
+@dataclass(frozen=True)
+class NamedToken:
+    name: str
+    role: Role
+    token: str
+
+
+def load_tokens(control: ControlConfig, environ: Mapping[str, str] = os.environ) -> list[NamedToken]:
+    """Every token the app accepts: the three environment variables, then the file."""
+    tokens = [NamedToken(role.value, role, environ[env]) for role, env in (
+        (Role.OPERATOR, control.token_env), (Role.QA, control.qa_token_env), (Role.VIEWER, control.viewer_token_env))
+        if environ.get(env)]
+    if control.tokens_file:
+        tokens += _tokens_from_file(Path(control.tokens_file))
+    return tokens
+
+
+def _tokens_from_file(path: Path) -> list[NamedToken]:
+    import yaml  # JSON is YAML too
+
+    where = f"control.tokens_file ({str(path)!r})"
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{where}: cannot read it: {err}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: expected a list like [{{name: alice, role: operator, token: ...}}], "
+                         f"got {type(entries).__name__}")
+    tokens = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"name", "role", "token"}:
+            raise ValueError(f"{where}: entry {index} must have exactly name, role and token; got "
+                             f"{sorted(entry) if isinstance(entry, dict) else json.dumps(entry)[:40]}")
+        if entry["role"] not in {r.value for r in Role}:
+            raise ValueError(f"{where}: entry {index} ({entry['name']!r}) has role {entry['role']!r}; "
+                             f"valid: {[r.value for r in Role]}")
+        if not isinstance(entry["token"], str) or len(entry["token"]) < 16:
+            raise ValueError(f"{where}: entry {index} ({entry['name']!r}): a token needs at least 16 characters")
+        tokens.append(NamedToken(str(entry["name"]), Role(entry["role"]), entry["token"]))
+    return tokens
+
+
 class ControlAuth:
-    """Checks ``Authorization: Bearer <token>`` against the token from the app's environment."""
+    """Checks ``Authorization: Bearer <token>`` for a role."""
 
-    def __init__(self, control: ControlConfig, token: str | None):
+    def __init__(self, control: ControlConfig, tokens: list[NamedToken]):
         self.control = control
-        self._token = token or None
+        self.tokens = tokens
 
-    def check(self, authorization: str | None, address: str | None = None) -> Actor:
-        """Who is asking, or :class:`Unauthorized`."""
+    def check(self, authorization: str | None, address: str | None = None,
+              role: Role = Role.OPERATOR) -> Actor:
+        """Who is asking, if they may act as ``role``; else :class:`Unauthorized` (no or an
+        unknown token) or :class:`Forbidden` (a token whose role does not allow it)."""
         if self.control.allow_unauthenticated:
-            return Actor("anonymous", "operator", address)
-        if self._token is None:
-            raise Unauthorized(f"control actions are disabled: no token is configured; set "
-                               f"{self.control.token_env} in the app's environment and send "
-                               "it as 'Authorization: Bearer <token>'")
+            return Actor("anonymous", Role.OPERATOR.value, address)
+        if not any(t.role in _holders(role) for t in self.tokens):
+            raise Unauthorized(f"{_what(role)} is disabled: no token with that right is configured; set "
+                               f"{_env_for(self.control, role)} in the app's environment (or list one in "
+                               "control.tokens_file) and send it as 'Authorization: Bearer <token>'")
         scheme, _, given = (authorization or "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of the token matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token.encode()):
-            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
-        return Actor("operator", "operator", address)
+        found = None
+        if scheme.lower() == "bearer" and given:
+            for token in self.tokens:
+                # compare_digest: the time taken does not reveal how much of a token matched.
+                if hmac.compare_digest(given.encode(), token.token.encode()):
+                    found = token
+        if found is None:
+            raise Unauthorized(f"{_what(role)} needs a bearer token: missing or wrong "
+                               "(Authorization: Bearer <token>)")
+        if role not in _GRANTS[found.role]:
+            raise Forbidden(f"token {found.name!r} has role {found.role.value}, which may not "
+                            f"{_what(role, verb=True)}; that needs {' or '.join(r.value for r in _holders(role))}")
+        return Actor(found.name, found.role.value, address)
+
+
+def _holders(role: Role) -> list[Role]:
+    return [r for r, grants in _GRANTS.items() if role in grants]
+
+
+def _what(role: Role, verb: bool = False) -> str:
+    return {Role.OPERATOR: ("control actions", "act on the rollout"),
+            Role.QA: ("pinning a version", "pin a version"),
+            Role.VIEWER: ("reading this app's figures", "read them")}[role][verb]
+
+
+def _env_for(control: ControlConfig, role: Role) -> str:
+    return {Role.OPERATOR: control.token_env, Role.QA: f"{control.qa_token_env} or {control.token_env}",
+            Role.VIEWER: f"{control.viewer_token_env} or {control.token_env}"}[role]

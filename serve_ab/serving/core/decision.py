@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
-from serve_ab.config.experiment import AssignmentConfig, PinConfig
-from serve_ab.errors import InvalidInput, PinningDisabled, VersionNotServed
+from serve_ab.config.experiment import AssignmentConfig
+from serve_ab.errors import InvalidInput, VersionNotServed
 from serve_ab.routing import Assigner
 
 
@@ -24,11 +24,9 @@ class Choice(NamedTuple):
 class TrafficDecision:
     """Key extraction, pins, the split and the fallback, over the versions served now."""
 
-    def __init__(self, assigner: Assigner, assignment: AssignmentConfig, pin: PinConfig,
-                 stable: str | None = None):
+    def __init__(self, assigner: Assigner, assignment: AssignmentConfig, stable: str | None = None):
         self.assigner = assigner
         self.assignment = assignment
-        self.pin = pin
         self.stable = stable  # a rollout's stable version: the first fallback
 
     def key_from(self, fields: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> str | None:
@@ -48,12 +46,14 @@ class TrafficDecision:
         return str(key)
 
     def choose(self, key: str | None, pinned: str | None, served: Collection[str]) -> Choice:
-        """The version for a request: its pin, or the split's choice for its key."""
+        """The version for a request: its pin, or the split's choice for its key.
+
+        Whether the caller may pin is decided where it comes in (HTTP: pin.enabled and the QA
+        token; a DeploymentHandle is inside the cluster and may): here a pin is a pin.
+        """
         if pinned is None:
             version, unit = self.assigner.assign_unit(key)
             return Choice(version, unit, True)
-        if not self.pin.enabled:
-            raise PinningDisabled("pinning a version is turned off for this experiment (pin.enabled: false)")
         if pinned not in served:
             raise VersionNotServed(f"unknown version {pinned!r}; this experiment serves {list(served)}")
         return Choice(pinned, None, False)

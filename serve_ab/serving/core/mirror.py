@@ -11,7 +11,7 @@ import numpy as np
 
 from serve_ab.serving.core.messages import Mirror
 from serve_ab.serving.core.observe import ObservationBuffer
-from serve_ab.serving.core.versions import Version, error_kind
+from serve_ab.serving.core.versions import Version, answer, error_kind
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,7 +44,7 @@ class MirrorSender:
                         live_outputs: np.ndarray, request_id: str) -> None:
         started_s = self.clock()
         try:
-            outputs = await version.predict(batch)
+            outputs = await answer(name, version, batch)
         except Exception as err:
             kind = error_kind(err)
             logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",

@@ -21,13 +21,14 @@ import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
 from serve_ab.config.experiment import ExperimentConfig
-from serve_ab.errors import UnknownModel, VersionNotServed, VersionUnavailable
+from serve_ab.errors import Forbidden, Unauthorized, UnknownModel, VersionNotServed, VersionUnavailable
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
+from serve_ab.serving.core.feedback_token import FeedbackSigner
 from serve_ab.serving.core.messages import ControllerApi, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
-from serve_ab.serving.core.versions import Version, error_kind, same_interface
+from serve_ab.serving.core.versions import Version, answer, error_kind, same_interface
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,10 +54,11 @@ class RouterCore:
         self.clock = clock
         self.sleep = sleep
         self.decision = TrafficDecision(Assigner(cfg.weights_pct(), cfg.assignment.salt), cfg.assignment,
-                                        cfg.pin, cfg.rollout.stable if cfg.rollout is not None else None)
+                                        cfg.rollout.stable if cfg.rollout is not None else None)
         self.observations = ObservationBuffer(clock)
         self.mirrors = MirrorSender(self.observations, clock)
         self.epoch = -1
+        self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._interface = interface  # colocated: known at load; isolated: asked once
 
     # -- the request path ----------------------------------------------------------------------
@@ -78,7 +80,7 @@ class RouterCore:
         version, request_id = choice.version, self.request_id()
         started_s = self.clock()
         try:
-            outputs = await self._version(version).predict(batch)
+            outputs = await answer(version, self._version(version), batch)
         except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
             self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
@@ -92,7 +94,7 @@ class RouterCore:
                            request_id, version, fallback)
             version, started_s = fallback, self.clock()
             try:
-                outputs = await self._version(version).predict(batch)
+                outputs = await answer(version, self._version(version), batch)
             except BaseException as retry_err:  # once only: a second outage is the caller's answer
                 self.observations.served(version, started_s, error_kind(retry_err), None,
                                          request_id=request_id, unit=choice.unit)
@@ -126,6 +128,32 @@ class RouterCore:
         except Exception:  # a version still starting, or failing to load
             return False
         return True
+
+    # -- feedback tokens ----------------------------------------------------------------------
+
+    def use_feedback_key(self, key: bytes) -> None:
+        self.signer = FeedbackSigner(key, self.cfg.feedback.token_ttl_s, self.clock)
+
+    def feedback_token(self, request_id: str, version: str) -> str:
+        """The token an answer carries, for its client's feedback."""
+        if self.signer is None:
+            raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
+        return self.signer.issue(request_id, version)
+
+    def verify_feedback(self, token: str | None, request_id: str) -> str | None:
+        """The version a feedback is about, proven by its token; None when the experiment
+        takes feedback by request id alone (feedback.require_token: false)."""
+        if not self.cfg.feedback.require_token:
+            return None
+        if token is None:
+            raise Unauthorized("feedback needs the feedback_token of the answer it is about: send "
+                               '{"request_id", "feedback_token", "name", ...} as the answer gave them')
+        if self.signer is None:
+            raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
+        version = self.signer.verify(token, request_id)
+        if version not in {v.name for v in self.cfg.versions}:
+            raise Forbidden(f"feedback_token names version {version!r}, which this experiment does not serve")
+        return version
 
     def check_model(self, model: str) -> None:
         if model != self.cfg.model:

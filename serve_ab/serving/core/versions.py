@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from serve_ab.backends.base import InputError, InputSpec, OutputSpec
-from serve_ab.errors import VersionUnavailable
+from serve_ab.errors import BadOutput, VersionUnavailable
 
 
 class Version(Protocol):
@@ -30,9 +30,19 @@ def error_kind(err: BaseException) -> str:
         return "input"
     if isinstance(err, asyncio.CancelledError):
         return "cancelled"
+    if isinstance(err, BadOutput):
+        return "output"
     if isinstance(err, VersionUnavailable):
         return "unavailable"
     return "model"
+
+
+async def answer(name: str, version: Version, batch: np.ndarray) -> np.ndarray:
+    """``version``'s outputs for ``batch``, checked: NaN or infinity is no answer."""
+    outputs = await version.predict(batch)
+    if outputs.dtype.kind == "f" and not np.isfinite(outputs).all():
+        raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
+    return outputs
 
 
 def same_interface(specs: Mapping[str, tuple[InputSpec, OutputSpec]]) -> tuple[InputSpec, OutputSpec]:

@@ -7,21 +7,20 @@ from fastapi.testclient import TestClient
 
 from serve_ab.config import parse_experiment
 from serve_ab.serving import http as routes
-from serve_ab.serving.core.auth import ControlAuth
+from serve_ab.serving.core.auth import ControlAuth, NamedToken, Role, load_tokens
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
 from tests.support.bad_input import BAD_PREDICT, BAD_V2, v2_body
-from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeController, FakeVersion
+from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeClock, FakeController, FakeVersion
 
 ROW = [0.0] * 64
-TOKEN = "unit-token"
+TOKEN = "unit-operator-token"
+QA_TOKEN = "unit-qa-token-0123"
+VIEWER_TOKEN = "unit-viewer-token-01"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(params=["colocated", "isolated"])
-def app(request):
-    """The routes over a core whose versions are fakes. Colocated, the interface is known at
-    load; isolated, the core asks the versions for it (``describe``) on first use."""
+def make_app(placement: str, **changes):
     cfg = parse_experiment({
         "model": "digits",
         "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
@@ -29,17 +28,44 @@ def app(request):
         "weights": {"v1": 50, "v2": 50},
         "assignment": {"key": "json", "field": "user_id", "salt": "unit"},
         "http": {"max_body_bytes": 8192},
+        "analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]},
+        "feedback": {"token_ttl_s": 60},
+        "pin": {"enabled": True},
+        **changes,
     })
     controller = FakeController()
-    interface = (DIGITS_INPUT, DIGITS_OUTPUT) if request.param == "colocated" else None
+    interface = (DIGITS_INPUT, DIGITS_OUTPUT) if placement == "colocated" else None
+    clock = FakeClock()
     core = RouterCore(cfg, {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
-                      request_id=lambda: "req-1", interface=interface)
-    routes.use_core(routes.Served(core, ControlAuth(cfg.control, TOKEN)))
+                      request_id=lambda: "req-1", interface=interface, clock=clock)
+    core.use_feedback_key(b"unit-test-feedback-key-32-bytes!")
+    controller.clock = clock
+    tokens = [NamedToken("operator", Role.OPERATOR, TOKEN), NamedToken("alice-qa", Role.QA, QA_TOKEN),
+              NamedToken("dashboards", Role.VIEWER, VIEWER_TOKEN)]
+    routes.use_core(routes.Served(core, ControlAuth(cfg.control, tokens)))
+    return controller
+
+
+@pytest.fixture(params=["colocated", "isolated"])
+def app(request):
+    """The routes over a core whose versions are fakes. Colocated, the interface is known at
+    load; isolated, the core asks the versions for it (``describe``) on first use."""
+    controller = make_app(request.param)
     try:
         with TestClient(routes.api, raise_server_exceptions=False) as client:
             yield client, controller
     finally:
         routes.use_core(None)
+
+
+@pytest.fixture
+def client_for():
+    """A client over an app made with config changes, e.g. client_for(pin={"enabled": False})."""
+    def make(**changes):
+        make_app("colocated", **changes)
+        return TestClient(routes.api, raise_server_exceptions=False)
+    yield make
+    routes.use_core(None)
 
 
 def test_predict_names_the_version_in_body_and_header(app):
@@ -75,7 +101,7 @@ def test_unknown_model_and_version_are_404(app):
         client.get("/v2/models/cats/ready"),
         client.post("/v2/models/digits/versions/v7/infer", json=v2_body([ROW])),
         client.get("/v2/models/digits/versions/v7"),
-        client.post("/predict", json={"inputs": [ROW]}, headers={"x-serve-ab-version": "v7"}),
+        client.post("/predict", json={"inputs": [ROW]}, headers={"x-serve-ab-version": "v7", **AUTH}),
     ):
         assert response.status_code == 404, response.text
         assert "unknown" in response.json()["error"]
@@ -91,7 +117,8 @@ def test_v2_routes(app):
     assert client.get("/v2/models/other").status_code == 404
     assert client.get("/v2/models/digits/versions/v9").status_code == 404
     tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}
-    response = client.post("/v2/models/digits/versions/v2/infer", json={"id": "x", "inputs": [tensor]})
+    response = client.post("/v2/models/digits/versions/v2/infer", json={"id": "x", "inputs": [tensor]},
+                           headers={"authorization": f"Bearer {QA_TOKEN}"})
     assert response.status_code == 200 and response.json()["model_version"] == "v2"
     assert response.json()["id"] == "x" and response.json()["outputs"][0]["shape"] == [1, 10]
     # A wrong model is a 404 whatever the body.
@@ -123,3 +150,123 @@ def test_figures_and_openapi(app):
     assert {"PredictRequest", "V2InferRequest", "V2Tensor", "FeedbackRequest", "ActionRequest"} \
         <= set(schema["components"]["schemas"])
     assert "/v2/models/{model}/infer" in schema["paths"]
+
+
+def test_feedback_needs_the_token_of_the_answer(app):
+    client, controller = app
+    answer = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"})
+    body = answer.json()
+    assert answer.headers["x-feedback-token"] == body["feedback_token"]
+    feedback = {"request_id": body["request_id"], "feedback_token": body["feedback_token"],
+                "name": "correct", "converted": True}
+    assert client.post("/feedback", json=feedback).status_code == 202
+    assert controller.feedbacks[-1] == (body["request_id"], "correct", None, True, body["version"])
+    # No token, a token of another request, a tampered one, an undeclared metric.
+    without = {k: v for k, v in feedback.items() if k != "feedback_token"}
+    assert client.post("/feedback", json=without).status_code == 401
+    assert client.post("/feedback", json=feedback | {"request_id": "made-up"}).status_code == 403
+    other = "v1" if body["version"] == "v2" else "v2"
+    forged = feedback | {"feedback_token": other + body["feedback_token"][len(body["version"]):]}
+    assert client.post("/feedback", json=forged).status_code == 403
+    response = client.post("/feedback", json=feedback | {"name": "made_up_metric"})
+    assert response.status_code == 400 and "'correct'" in response.json()["error"]
+    assert client.post("/feedback", json=feedback | {"request_id": "x" * 200}).status_code == 400
+    assert len(controller.feedbacks) == 1
+    # Expired: the fake clock moves past the token's lifetime.
+    controller.clock.advance(61)
+    response = client.post("/feedback", json=feedback)
+    assert response.status_code == 403 and "expired" in response.json()["error"]
+
+
+def test_v2_answers_carry_a_feedback_token(app):
+    client, _ = app
+    tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}
+    response = client.post("/v2/models/digits/infer", json={"id": "mine", "inputs": [tensor]})
+    parameters = response.json()["parameters"]
+    assert response.json()["id"] == "mine" and parameters["request_id"] == "req-1"
+    assert response.headers["x-feedback-token"] == parameters["feedback_token"]
+
+
+def test_pinning_is_privileged(client_for):
+    pinned = {"json": {"inputs": [ROW], "user_id": "alice"}}
+    client = client_for()
+    assert client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2"}).status_code == 401
+    viewer = client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2",
+                                                        "authorization": f"Bearer {VIEWER_TOKEN}"})
+    assert viewer.status_code == 403 and "qa or operator" in viewer.json()["error"]
+    for token in (QA_TOKEN, TOKEN):
+        response = client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2",
+                                                              "authorization": f"Bearer {token}"})
+        assert response.status_code == 200 and response.json()["version"] == "v2"
+    tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}
+    assert client.post("/v2/models/digits/versions/v2/infer", json={"inputs": [tensor]}).status_code == 401
+    off = client_for(pin={"enabled": False})
+    response = off.post("/predict", **pinned, headers={"x-serve-ab-version": "v2", **AUTH})
+    assert response.status_code == 403 and "pin.enabled: false" in response.json()["error"]
+
+
+def test_roles_and_protected_reads(client_for):
+    client = client_for()
+    # The QA and viewer tokens may not act on the rollout; the operator's may.
+    assert client.post("/rollout/pause", headers={"authorization": f"Bearer {QA_TOKEN}"}).status_code == 403
+    assert client.post("/rollout/pause", headers={"authorization": f"Bearer {VIEWER_TOKEN}"}).status_code == 403
+    assert client.post("/rollout/pause", headers=AUTH).status_code == 200
+    assert client.get("/rollout/status").status_code == 200  # reads are open by default
+    protected = client_for(control={"protect_reads": True})
+    for path in ("/rollout/status", "/experiment/report", "/experiment/stats", "/metrics", "/experiment"):
+        assert protected.get(path).status_code == 401, path
+        assert protected.get(path, headers={"authorization": f"Bearer {VIEWER_TOKEN}"}).status_code == 200, path
+    assert protected.get("/v2/health/ready").status_code == 200  # health stays open for probes
+
+
+def test_who_acted_is_recorded_by_name_never_by_token(app):
+    client, controller = app
+    assert client.post("/rollout/abort", headers=AUTH, json={"reason": "p95"}).status_code == 200
+    actor = controller.actors[-1]
+    assert (actor.name, actor.role) == ("operator", "operator") and TOKEN not in repr(actor)
+
+
+def test_open_answers_show_no_paths(app):
+    client, _ = app
+    versions = client.get("/experiment").json()["versions"]
+    assert versions[0] == {"name": "v1", "backend": "onnx", "file": "a.onnx"}
+
+
+def test_named_tokens_from_a_file(tmp_path):
+    from serve_ab.config import parse_experiment as parse
+
+    path = tmp_path / "tokens.yaml"
+    path.write_text("- {name: alice, role: operator, token: alice-token-0123456}\n"
+                    "- {name: grafana, role: viewer, token: grafana-token-01234}\n")
+    cfg = parse({"model": "m", "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"}],
+                 "weights": {"v1": 100}, "control": {"tokens_file": str(path)}})
+    tokens = load_tokens(cfg.control, environ={"SERVE_AB_CONTROL_TOKEN": "env-operator-token"})
+    assert [(t.name, t.role.value) for t in tokens] == [("operator", "operator"), ("alice", "operator"),
+                                                        ("grafana", "viewer")]
+    auth = ControlAuth(cfg.control, tokens)
+    assert auth.check("Bearer alice-token-0123456").name == "alice"
+    path.write_text("- {name: bob, role: admin, token: bob-token-0123456789}\n")
+    with pytest.raises(ValueError, match="role 'admin'; valid: \\['viewer', 'qa', 'operator'\\]"):
+        load_tokens(cfg.control, environ={})
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"[" * 8000, "too deeply"),  # 100,000 gave a RecursionError; this app takes 8 KiB bodies
+    (b'{"inputs": [[0' + b", 0" * 63 + b']], "user_id": "\\ud800"}', "lone UTF-16 surrogate"),
+    (b'{"inputs": [[1e39' + b", 0" * 63 + b"]]}", "beyond FP32's range"),
+    (b'{"inputs": [[' + b"9" * 400 + b", 0" * 63 + b"]]}", "must hold numbers"),
+])
+def test_inputs_that_once_gave_a_5xx_are_4xx(app, raw, words):
+    client, _ = app
+    response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+    assert client.post("/predict", json={"inputs": [ROW]}).status_code == 200
+
+
+def test_a_surrogate_in_a_v2_id_is_refused_not_echoed(app):
+    client, _ = app
+    raw = (b'{"id": "\\udc00", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0'
+           + b", 0" * 63 + b"]}]}")
+    response = client.post("/v2/models/digits/infer", content=raw)
+    assert response.status_code == 400 and "surrogate" in response.json()["error"]

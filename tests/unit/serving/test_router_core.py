@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serve_ab.config import parse_experiment
-from serve_ab.errors import InvalidInput, PinningDisabled, VersionNotServed, VersionUnavailable
+from serve_ab.errors import BadOutput, InvalidInput, VersionNotServed, VersionUnavailable
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.router import RouterCore
@@ -60,12 +60,13 @@ def test_pins_serve_the_pinned_version_and_are_not_assigned():
     assert (row.version, row.assigned, row.unit) == ("v2", False, None)
 
 
-def test_pinning_an_unknown_version_or_with_pins_off_is_a_domain_error():
+def test_pinning_an_unknown_version_is_a_domain_error_and_handles_may_pin_with_pins_off():
     core = make_core()
     with pytest.raises(VersionNotServed, match="'v9'.*serves \\['v1', 'v2'\\]"):
         run(core.serve(ROW, None, "v9"))
-    with pytest.raises(PinningDisabled, match="pin.enabled: false"):
-        run(make_core(pin={"enabled": False}).serve(ROW, None, "v1"))
+    # pin.enabled governs the public header (tests/unit/serving/test_http.py); callers inside
+    # the cluster (the controller's blue-green validation) pin whatever it says.
+    assert run(make_core(pin={"enabled": False}).serve(ROW, None, "v1"))[0] == "v1"
 
 
 def test_a_bad_key_is_invalid_input():
@@ -321,3 +322,19 @@ def test_replica_failures_become_version_unavailable_and_request_errors_pass_thr
         run(go(Dead()))
     with pytest.raises(InvalidInput):
         run(go(InvalidInput("bad shape")))
+
+
+def test_a_non_finite_answer_is_a_version_error_served_elsewhere():
+    class NaNVersion(FakeVersion):
+        async def predict(self, batch):
+            out = await super().predict(batch)
+            out[:, 0] = np.nan
+            return out
+
+    core = make_core({"v1": FakeVersion(1), "v2": NaNVersion(2)})
+    key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
+    version, outputs = run(core.serve(ROW, key, None))
+    assert version == "v1" and np.isfinite(outputs).all()
+    assert [(r.version, r.error_kind) for r in core.observations.drain().served] == [("v2", "output"), ("v1", None)]
+    with pytest.raises(BadOutput, match="NaN or infinity"):
+        run(core.serve(ROW, None, "v2"))  # pinned: no fallback, a 502 over HTTP
