@@ -22,6 +22,10 @@ class InvalidInput(ServeAbError, ValueError):
     """The request itself is wrong: its body, a field, a key, the shape of its inputs."""
 
 
+class Unprocessable(InvalidInput):
+    """A body that parses but does not fit its schema where the API says 422 (control actions)."""
+
+
 class BodyTooLarge(InvalidInput):
     """The request body is over ``http.max_body_bytes``."""
 
@@ -89,6 +93,7 @@ __all__ = [
     "ServeAbError",
     "StoreUnavailable",
     "Unauthorized",
+    "Unprocessable",
     "UnknownAction",
     "UnknownModel",
     "VersionNotServed",

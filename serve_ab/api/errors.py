@@ -11,6 +11,7 @@ from serve_ab import errors
 
 HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
     errors.BodyTooLarge: 413,
+    errors.Unprocessable: 422,
     errors.InvalidInput: 400,
     errors.Unauthorized: 401,
     errors.PinningDisabled: 403,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
 from serve_ab.config.experiment import format_validation_error
+from serve_ab.errors import InvalidInput
 
 
 class PredictRequest(BaseModel):
@@ -79,14 +80,14 @@ class V2InferRequest(BaseModel):
     outputs: list[V2RequestedOutput] | None = Field(None, description="Outputs to return.")
 
 
-def parse_body(model: type[BaseModel], body: Any) -> Any:
-    """Validate a decoded JSON body; raises :class:`InputError` naming each bad field."""
+def parse_body(model: type[BaseModel], body: Any, error: type[InvalidInput] = InputError) -> Any:
+    """Validate a decoded JSON body; raises ``error`` (a 400 by default) naming each bad field."""
     if not isinstance(body, dict):
-        raise InputError(f"request body must be a JSON object; got {type(body).__name__}")
+        raise error(f"request body must be a JSON object; got {type(body).__name__}")
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise InputError("; ".join(format_validation_error(err))) from None
+        raise error("; ".join(format_validation_error(err))) from None
 
 
 def decode_v2_inputs(

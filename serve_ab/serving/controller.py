@@ -162,7 +162,7 @@ class ControllerCore:
                 continue
             self.stats.record(now, row.version, row.latency_ms, row.error_kind, row.predicted_class,
                               row.unit, row.assigned)
-            if row.request_id:
+            if row.request_id and not row.pinned:  # feedback on pinned answers moves no gate
                 self.feedback.remember(row.request_id, row.version, now)
         for pair in observations.pairs:
             if gated and pair.error_kind is None and pair.live_class is not None \

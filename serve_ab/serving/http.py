@@ -28,7 +28,7 @@ from serve_ab.api.schemas import (
     encode_v2_response,
     parse_body,
 )
-from serve_ab.errors import InvalidInput, PinningDisabled, UnknownAction
+from serve_ab.errors import InvalidInput, PinningDisabled, Unprocessable, UnknownAction
 from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
@@ -114,9 +114,10 @@ async def http_predict(request: Request, s: Served = Depends(served)) -> JSONRes
     body = await read_json(request, core.cfg.http.max_body_bytes)
     parsed = parse_body(PredictRequest, body)
     key = core.decision.key_from(body, request.headers)
-    version, outputs = await core.serve(parsed.inputs, key, _pinned(s, request))
+    pinned = _pinned(s, request)
+    version, outputs = await core.serve(parsed.inputs, key, pinned)
     request_id = core.request_id()
-    token = core.feedback_token(request_id, version)
+    token = core.feedback_token(request_id, version, assigned=pinned is None)
     return JSONResponse({"model": core.cfg.model, "version": version, "request_id": request_id,
                          "feedback_token": token, "outputs": outputs.tolist()},
                         headers={VERSION_HEADER: version, FEEDBACK_TOKEN_HEADER: token})
@@ -159,7 +160,9 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
         raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}") from None
     body = ActionRequest()
     if request.headers.get("content-length", "0") != "0":
-        body = parse_body(ActionRequest, await read_json(request, s.core.cfg.http.max_body_bytes))
+        # 422, as FastAPI answers a body that parses but does not fit (e.g. {"full": "false"}).
+        body = parse_body(ActionRequest, await read_json(request, s.core.cfg.http.max_body_bytes),
+                          error=Unprocessable)
     if act is Action.WEIGHTS and body.weights is None:
         raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
     return _json(await s.core.controller.act(act, body, actor))
@@ -174,7 +177,10 @@ async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONRe
     if feedback.name not in declared:
         raise InvalidInput(f"unknown feedback name {feedback.name!r}; this experiment takes "
                            f"{sorted(declared)} (analysis.metrics, or a rollout's feedback gates)")
-    proven = core.verify_feedback(feedback.feedback_token, feedback.request_id)
+    proven, counted = core.verify_feedback(feedback.feedback_token, feedback.request_id)
+    if not counted:  # a pinned answer: QA's traffic moves no gate and no A/B figure
+        return JSONResponse({"request_id": feedback.request_id, "version": proven, "counted": False},
+                            status_code=202)
     version = await core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
                                              feedback.converted, proven)
     # version is None while the request's own report is still on its way to the controller.
@@ -236,7 +242,8 @@ class V2Endpoints:
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
         request_id = core.request_id()
-        parameters = {"request_id": request_id, "feedback_token": core.feedback_token(request_id, served_by)}
+        parameters = {"request_id": request_id,
+                      "feedback_token": core.feedback_token(request_id, served_by, assigned=pinned is None)}
         return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or request_id,
                                              outputs, output_spec, parameters)
 

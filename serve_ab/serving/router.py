@@ -162,7 +162,7 @@ class Router:
         logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
         request_id = _request_id()
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
-                "feedback_token": self.core.feedback_token(request_id, served_by)}
+                "feedback_token": self.core.feedback_token(request_id, served_by, assigned=version is None)}
 
     async def experiment(self) -> dict[str, Any]:
         """The experiment as this replica runs it: versions, weights and bucket ranges."""

@@ -147,3 +147,43 @@ def test_serve_run_refuses_an_invalid_experiment_before_deploying(model_repo, tm
         assert "Adding 1 replica" not in log_path.read_text()
     finally:
         stop_serve_run(process)
+
+
+def test_a_stopped_run_keeps_every_request_in_its_record(model_repo, tmp_path):
+    """``serve run configs/ab.yaml``, 150 requests, Ctrl-C: ``serve-ab runs`` shows all 150.
+
+    The run is far shorter than ``records.interval_s`` (60 s): the record is written at the
+    first traffic and, with the final figures, by the controller on its way down.
+    """
+    config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
+    config["http_options"]["port"] = port = free_port()
+    args = config["applications"][0]["args"]
+    records = tmp_path / "runs.sqlite"
+    args["analysis"] = {**args.get("analysis", {}), "records": {"path": str(records)}}
+    args["controller"] = {**args.get("controller", {}), "state_path": str(tmp_path / "state.sqlite")}
+    (tmp_path / "ab.yaml").write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "serve.log"
+    process = start_serve_run(tmp_path / "ab.yaml", log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"serve run exited early:\n{log_path.read_text()[-4000:]}"
+            try:
+                if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-4000:]}"
+            time.sleep(1)
+        with httpx.Client(timeout=30) as client:
+            for i in range(150):
+                response = client.post(base + "/predict", json={"user_id": f"u{i}", "inputs": [DIGIT_ROW]})
+                assert response.status_code == 200, response.text
+    finally:
+        assert stop_serve_run(process) == 0, log_path.read_text()[-4000:]
+    listed = subprocess.run([str(SERVE_AB), "runs", "--records", str(records)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("digits-")]
+    assert " 150 " in f" {row} ", listed.stdout

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+from ray import serve
 
 from serve_ab.store.runs import RunRecorder
 from tests.integration.conftest import experiment
@@ -60,7 +61,9 @@ def test_ab_v1_against_v3_with_feedback_finds_v3_worse_and_no_srm(serve_instance
         def complete():
             stats = client.get(serve_instance.url(f"/{app}/experiment/stats")).json()["versions"]
             fed = sum(stats[v]["feedback"].get("correct", {}).get("n", 0) for v in ("v1", "v3"))
-            return fed == REQUESTS and stats
+            # Feedback with a token counts on arrival, so it may overtake its request's row.
+            requests = sum(stats[v]["requests"] for v in ("v1", "v3"))
+            return fed == REQUESTS and requests == REQUESTS and stats
 
         stats = wait_for(complete, "every request and its feedback at the controller", timeout_s=60)
         report = client.get(serve_instance.url(f"/{app}/experiment/report")).json()
@@ -77,9 +80,12 @@ def test_ab_v1_against_v3_with_feedback_finds_v3_worse_and_no_srm(serve_instance
     assert comparison["verdict"] == "worse", comparison
     assert comparison["abs_ci"][1] < 0  # the whole interval below zero
     assert report["srm"]["mismatch"] is False, report["srm"]
-    # The run record holds the configuration and the latest results.
+    # Stopped, the app leaves a run record with the configuration and every request: the
+    # controller writes its last record on the way down (reading the report writes none).
+    serve.delete(app)
     records = RunRecorder(tmp_path / "runs.sqlite")
     (run,) = records.list()
     saved = records.load(run.run_id)
     assert saved.config["weights"] == {"v1": 50, "v3": 50}
+    assert sum(saved.report["variants"][v]["requests"] for v in ("v1", "v3")) == REQUESTS
     assert metric(saved.report, "correct")["comparisons"][0]["verdict"] == "worse"

@@ -20,6 +20,7 @@ from ray import serve
 from serve_ab import build_app
 from benchmarks.common import replica_pids  # noqa: F401 (test_shadow imports it from here)
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
+from tests.support.fuzz import fuzz_openapi
 from tests.support.loadgen import LoadGenerator, is_ok
 
 WAIT_S = 120
@@ -205,38 +206,14 @@ def test_http_api_fuzzed_from_its_openapi_schema_gives_no_5xx(http, serve_instan
     ``/rollout/*`` actions are fuzzed too: the fuzzer has no token, so they answer 401.
     """
     schemathesis = pytest.importorskip("schemathesis")
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis.errors import Unsatisfiable
 
     app = deployed(experiment(model_repo), "fuzz")
     base_url = serve_instance.url(f"/{app}")
-    schema = schemathesis.openapi.from_dict(http.get(base_url + "/openapi.json").json())
     replicas_before = serve.status().applications[app].deployments["Router"].replica_states
-    server_errors: list[str] = []
-    calls = operations = 0
-
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        operations += 1
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-
-            @settings(max_examples=MAX_EXAMPLES_PER_MODE, deadline=None, database=None,
-                      derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def fuzz(case):
-                nonlocal calls
-                response = case.call(base_url=base_url, timeout=30)
-                calls += 1
-                if response.status_code >= 500:
-                    server_errors.append(f"{operation.label} [{mode.value}] -> {response.status_code} "
-                                         f"{response.text[:200]} for {case.as_curl_command()}")
-
-            try:
-                fuzz()
-            except Unsatisfiable:  # nothing to make invalid: an operation without parameters
-                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
-
-    print(f"\nschemathesis {schemathesis.__version__}: {calls} requests over {operations} operations, "
+    calls, server_errors = fuzz_openapi(http.get(base_url + "/openapi.json").json(),
+                                        lambda case: case.call(base_url=base_url, timeout=30),
+                                        MAX_EXAMPLES_PER_MODE)
+    print(f"\nschemathesis {schemathesis.__version__}: {calls} requests, "
           f"{len(server_errors)} server errors")
     assert not server_errors, "\n".join(server_errors[:10])
     status = serve.status().applications[app].deployments["Router"]

@@ -113,7 +113,14 @@ def test_canary_promotes_v2_and_retires_v1_with_no_failed_request(http, serve_in
 
 
 def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, model_repo, tmp_path):
-    deployed(canary(model_repo, tmp_path, candidate="v3"), "rollback")
+    # Pauses of three analysis intervals each: the gates judge point estimates on 3 s windows
+    # (tens of outcomes), so one analysis of the worse v3 passes by chance now and then (one
+    # 4 s pause is one look); with nine looks, any of which fails it, the rollback is all but
+    # certain. Gates that carry their uncertainty are issue 11's.
+    steps = [{"set_weight": 5}, {"pause": {"duration": "10s"}}, {"set_weight": 20},
+             {"pause": {"duration": "10s"}}, {"set_weight": 50}, {"pause": {"duration": "10s"}},
+             {"set_weight": 100}]
+    deployed(canary(model_repo, tmp_path, candidate="v3", steps=steps), "rollback")
     status_url = serve_instance.url("/rollback/rollout/status?history=true")
     with load(serve_instance, "rollback", tmp_path, model_repo) as loadgen:
         status = wait_for(http, status_url, lambda s: s["phase"] == "aborted", "the automatic rollback")

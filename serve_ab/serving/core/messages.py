@@ -50,6 +50,7 @@ class ServedRequest(NamedTuple):
     unit: int | None  # the assignment key's hash; None when keyless or pinned
     assigned: bool  # routed by the split (not pinned, not a fallback retry)
     mirrored: bool  # a copy the client never saw
+    pinned: bool = False  # pinned to its version (QA, validation): stays out of gates and figures
 
 
 class ShadowPair(NamedTuple):

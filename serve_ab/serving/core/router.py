@@ -84,7 +84,7 @@ class RouterCore:
         except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
             self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
-                                     unit=choice.unit, assigned=choice.assigned)
+                                     unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned)
             if not choice.assigned or not isinstance(err, VersionUnavailable):
                 raise
             fallback = self.decision.fallback_for(version, self.versions)
@@ -102,7 +102,7 @@ class RouterCore:
             self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
             return version, outputs
         self.observations.served(version, started_s, None, outputs, request_id=request_id,
-                                 unit=choice.unit, assigned=choice.assigned)
+                                 unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned)
         if choice.assigned:
             self.mirrors.send(self.versions, version, batch, outputs, request_id)
         return version, outputs
@@ -134,26 +134,28 @@ class RouterCore:
     def use_feedback_key(self, key: bytes) -> None:
         self.signer = FeedbackSigner(key, self.cfg.feedback.token_ttl_s, self.clock)
 
-    def feedback_token(self, request_id: str, version: str) -> str:
-        """The token an answer carries, for its client's feedback."""
+    def feedback_token(self, request_id: str, version: str, assigned: bool = True) -> str:
+        """The token an answer carries, for its client's feedback (``assigned``: False for a
+        pinned request, whose feedback is then not counted)."""
         if self.signer is None:
             raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
-        return self.signer.issue(request_id, version)
+        return self.signer.issue(request_id, version, assigned)
 
-    def verify_feedback(self, token: str | None, request_id: str) -> str | None:
-        """The version a feedback is about, proven by its token; None when the experiment
-        takes feedback by request id alone (feedback.require_token: false)."""
+    def verify_feedback(self, token: str | None, request_id: str) -> tuple[str | None, bool]:
+        """The version a feedback is about, proven by its token, and whether it counts (the
+        request was assigned by the split, not pinned); (None, True) when the experiment takes
+        feedback by request id alone (feedback.require_token: false)."""
         if not self.cfg.feedback.require_token:
-            return None
+            return None, True
         if token is None:
             raise Unauthorized("feedback needs the feedback_token of the answer it is about: send "
                                '{"request_id", "feedback_token", "name", ...} as the answer gave them')
         if self.signer is None:
             raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
-        version = self.signer.verify(token, request_id)
+        version, assigned = self.signer.verify(token, request_id)
         if version not in {v.name for v in self.cfg.versions}:
             raise Forbidden(f"feedback_token names version {version!r}, which this experiment does not serve")
-        return version
+        return version, assigned
 
     def check_model(self, model: str) -> None:
         if model != self.cfg.model:

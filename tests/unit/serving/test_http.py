@@ -132,9 +132,9 @@ def test_control_needs_the_token_and_a_strict_body(app):
     assert client.post("/rollout/explode", headers=AUTH).status_code == 404
     # A string is not a boolean: {"full": "false"} must not promote to 100%.
     response = client.post("/rollout/promote", headers=AUTH, json={"full": "false"})
-    assert response.status_code == 400 and "full" in response.json()["error"]
+    assert response.status_code == 422 and "full" in response.json()["error"]
     assert client.post("/rollout/weights", headers=AUTH, json={}).status_code == 400
-    assert client.post("/rollout/weights", headers=AUTH, json={"weights": {"v1": None}}).status_code == 400
+    assert client.post("/rollout/weights", headers=AUTH, json={"weights": {"v1": None}}).status_code == 422
     assert client.post("/rollout/promote", headers=AUTH, json={"full": True}).status_code == 200
     assert client.post("/rollout/weights", headers=AUTH, json={"weights": {"v1": 80, "v2": 20}}).status_code == 200
     assert [(a, b.full, b.weights) for a, b in controller.actions] == [
@@ -270,3 +270,20 @@ def test_a_surrogate_in_a_v2_id_is_refused_not_echoed(app):
            + b", 0" * 63 + b"]}]}")
     response = client.post("/v2/models/digits/infer", content=raw)
     assert response.status_code == 400 and "surrogate" in response.json()["error"]
+
+
+def test_feedback_on_a_pinned_answer_is_accepted_and_not_counted(app):
+    client, controller = app
+    answer = client.post("/predict", json={"inputs": [ROW]}, headers={"x-serve-ab-version": "v2", **AUTH}).json()
+    response = client.post("/feedback", json={"request_id": answer["request_id"], "name": "correct",
+                                              "feedback_token": answer["feedback_token"], "converted": False})
+    assert response.status_code == 202 and response.json()["counted"] is False
+    assert controller.feedbacks == []
+
+
+def test_a_control_body_that_does_not_fit_is_422(app):
+    client, controller = app
+    response = client.post("/rollout/promote", headers=AUTH, json={"full": "false"})
+    assert response.status_code == 422 and "full" in response.json()["error"]
+    assert client.post("/rollout/abort", headers=AUTH, json={"why": "x"}).status_code == 422
+    assert controller.actions == []
