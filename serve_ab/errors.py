@@ -76,6 +76,11 @@ class VersionUnavailable(ServeAbError):
     """No replica of a version can answer now: it died, or stalls past the watchdog's limits."""
 
 
+class ControllerUnavailable(ServeAbError):
+    """The controller (figures, rollout, feedback) cannot be reached now: it is restarting.
+    Serving goes on with the last weights; the client may retry."""
+
+
 class BadOutput(VersionUnavailable):
     """A version answered, but not with a usable answer (NaN or infinity in its outputs): it is
     treated as unable to serve, so an assigned request is served by the fallback instead."""
@@ -86,6 +91,7 @@ __all__ = [
     "BadOutput",
     "BodyTooLarge",
     "Conflict",
+    "ControllerUnavailable",
     "Forbidden",
     "InvalidInput",
     "NotFound",

@@ -21,6 +21,7 @@ HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
     errors.ActionRefused: 409,
     errors.BadOutput: 502,
     errors.VersionUnavailable: 503,
+    errors.ControllerUnavailable: 503,
     errors.StoreUnavailable: 503,
 }
 

@@ -23,8 +23,9 @@ def install_error_handlers(api: FastAPI) -> None:
         return JSONResponse({"error": client_message(err)}, status_code=http_status(err))
 
 
-async def read_json(request: Request, max_body_bytes: int) -> Any:
-    """The decoded JSON body, refusing bodies over ``max_body_bytes`` before reading them."""
+async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
+    """The decoded JSON body, refusing bodies over ``max_body_bytes`` before reading them;
+    ``allow_empty``: an empty body is None rather than an error."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -42,6 +43,8 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:
+        if allow_empty:
+            return None
         raise InvalidInput("request body is empty; send a JSON object")
     try:
         body = json.loads(raw)

@@ -47,6 +47,7 @@ from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.state import SqliteStateStore
+from serve_ab.api.errors import client_message
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, StoreUnavailable, UnknownAction
 from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, RoutingSnapshot
@@ -248,8 +249,6 @@ class ControllerCore:
                 raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
             try:
                 draft.set_weights(body.weights, actor=by, **reason)
-            except RolloutError:
-                raise
             except ValueError as err:  # weights that do not fit the experiment
                 raise InvalidInput(str(err)) from None
         self._commit(draft)
@@ -316,7 +315,10 @@ class ControllerCore:
         except asyncio.TimeoutError:
             return False, f"validation of {green}: no answer within {timeout_s:g}s (inside progress_deadline_s)"
         except Exception as err:
-            return False, f"validation of {green} failed: {type(err).__name__}: {err}"
+            # The history is shown by the open status: the error's own message (a Ray-wrapped one
+            # is a whole traceback with server paths) goes to the log only.
+            logger.warning("serve-ab controller: validation of %s failed", green, exc_info=True)
+            return False, f"validation of {green} failed: {type(err).__name__}: {client_message(err)[:200]}"
         outputs = np.asarray(result["outputs"])
         if not np.isfinite(outputs).all():
             return False, f"validation of {green}: outputs contain NaN or infinity"
@@ -450,7 +452,8 @@ class ExperimentController:
                     try:
                         outcome = validation.result()
                     except Exception as err:  # e.g. an unreadable validation_samples file
-                        outcome = False, f"validation could not run: {type(err).__name__}: {err}"
+                        logger.warning("serve-ab controller: validation could not run", exc_info=err)
+                        outcome = False, f"validation could not run: {type(err).__name__} (see the controller's log)"
                 if outcome is not None:
                     try:
                         self.core.report_validation(*outcome)  # StoreUnavailable: kept, sent next tick

@@ -88,7 +88,8 @@ def _pinned(s: Served, request: Request, version: str | None = None) -> str | No
     if pinned is None:
         return None
     if not s.core.cfg.pin.enabled:
-        raise PinningDisabled("pinning a version is turned off for this experiment (pin.enabled: false)")
+        raise PinningDisabled(f"pinning a version ({pinned!r}) is turned off for this experiment "
+                              "(pin.enabled: false)")
     s.auth.check(request.headers.get("authorization"), _address(request), Role.QA)
     return pinned
 
@@ -118,9 +119,11 @@ async def http_predict(request: Request, s: Served = Depends(served)) -> JSONRes
     version, outputs = await core.serve(parsed.inputs, key, pinned)
     request_id = core.request_id()
     token = core.feedback_token(request_id, version, assigned=pinned is None)
+    headers = {VERSION_HEADER: version}
+    if token is not None:
+        headers[FEEDBACK_TOKEN_HEADER] = token
     return JSONResponse({"model": core.cfg.model, "version": version, "request_id": request_id,
-                         "feedback_token": token, "outputs": outputs.tolist()},
-                        headers={VERSION_HEADER: version, FEEDBACK_TOKEN_HEADER: token})
+                         "feedback_token": token, "outputs": outputs.tolist()}, headers=headers)
 
 
 @api.get("/experiment", summary="The experiment this app runs: versions and weights")
@@ -158,13 +161,10 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
         act = Action(action)
     except ValueError:
         raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}") from None
-    body = ActionRequest()
-    if request.headers.get("content-length", "0") != "0":
-        # 422, as FastAPI answers a body that parses but does not fit (e.g. {"full": "false"}).
-        body = parse_body(ActionRequest, await read_json(request, s.core.cfg.http.max_body_bytes),
-                          error=Unprocessable)
-    if act is Action.WEIGHTS and body.weights is None:
-        raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
+    # Read whatever came, with or without content-length (a chunked body is a body too), and
+    # 422 for one that parses but does not fit, as FastAPI answers (e.g. {"full": "false"}).
+    raw = await read_json(request, s.core.cfg.http.max_body_bytes, allow_empty=True)
+    body = ActionRequest() if raw is None else parse_body(ActionRequest, raw, error=Unprocessable)
     return _json(await s.core.controller.act(act, body, actor))
 
 
@@ -173,16 +173,18 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
 async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONResponse:
     core = s.core
     feedback = parse_body(FeedbackRequest, await read_json(request, core.cfg.http.max_body_bytes))
-    declared = core.cfg.feedback_names()
+    declared = core.feedback_names
     if feedback.name not in declared:
         raise InvalidInput(f"unknown feedback name {feedback.name!r}; this experiment takes "
                            f"{sorted(declared)} (analysis.metrics, or a rollout's feedback gates)")
-    proven, counted = core.verify_feedback(feedback.feedback_token, feedback.request_id)
-    if not counted:  # a pinned answer: QA's traffic moves no gate and no A/B figure
-        return JSONResponse({"request_id": feedback.request_id, "version": proven, "counted": False},
+    proven = core.verify_feedback(feedback.feedback_token, feedback.request_id)
+    if proven is not None and not proven.assigned:  # a pinned answer: QA's traffic moves nothing
+        return JSONResponse({"request_id": feedback.request_id, "version": proven.version, "counted": False},
                             status_code=202)
-    version = await core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
-                                             feedback.converted, proven)
+    # A proven answer is counted once per answer (its id), whatever its request id.
+    version = await core.controller.feedback(
+        proven.answer_id if proven else feedback.request_id, feedback.name, feedback.value,
+        feedback.converted, proven.version if proven else None)
     # version is None while the request's own report is still on its way to the controller.
     return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 
@@ -242,8 +244,10 @@ class V2Endpoints:
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
         request_id = core.request_id()
-        parameters = {"request_id": request_id,
-                      "feedback_token": core.feedback_token(request_id, served_by, assigned=pinned is None)}
+        parameters = {"request_id": request_id}
+        token = core.feedback_token(request_id, served_by, assigned=pinned is None)
+        if token is not None:
+            parameters["feedback_token"] = token
         return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or request_id,
                                              outputs, output_spec, parameters)
 
@@ -303,6 +307,8 @@ async def _v2_infer(s: Served, model: str, version: str | None, request: Request
     pinned = _pinned(s, request, version)
     body = await read_json(request, s.core.cfg.http.max_body_bytes)
     served_by, response = await v2.infer(model, pinned, body, request.headers)
-    return JSONResponse(response, headers={VERSION_HEADER: served_by,
-                                           FEEDBACK_TOKEN_HEADER: response["parameters"]["feedback_token"]})
+    headers = {VERSION_HEADER: served_by}
+    if "feedback_token" in response["parameters"]:
+        headers[FEEDBACK_TOKEN_HEADER] = response["parameters"]["feedback_token"]
+    return JSONResponse(response, headers=headers)
 

@@ -31,7 +31,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
-from serve_ab.errors import ServeAbError
+from serve_ab.errors import ControllerUnavailable, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.messages import Action, Actor, Observations, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
@@ -41,6 +41,7 @@ from serve_ab.serving.http import Served, api, describe_experiment, use_core
 from serve_ab.serving.runtime import LoadedVersion
 
 logger = logging.getLogger("ray.serve")
+SHUTDOWN_DRAIN_S = 2.0  # how long a stopping router waits for mirrored copies in flight
 
 # The replica failed, not the request: it died (RayActorError covers ActorDiedError and
 # ActorUnavailableError), its worker or node went away, or Serve had no replica to take it.
@@ -72,40 +73,54 @@ class _HandleCalls:
 
 
 class ControllerClient:
-    """The controller's deployment as a :class:`~serve_ab.serving.core.messages.ControllerApi`."""
+    """The controller's deployment as a :class:`~serve_ab.serving.core.messages.ControllerApi`.
+
+    A controller that is restarting answers with Ray's errors; they become
+    :class:`~serve_ab.errors.ControllerUnavailable` (503, "retry"), never a 500.
+    """
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
+    @staticmethod
+    async def _ask(call: Any) -> Any:
+        try:
+            return await call
+        except _UNAVAILABLE as err:
+            if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
+                raise
+            raise ControllerUnavailable("the controller cannot be reached now (it is restarting); "
+                                        "retry in a few seconds") from err
+
     async def record(self, observations: Observations) -> None:
-        await self.handle.record.remote(observations)
+        await self._ask(self.handle.record.remote(observations))
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float | None = None) -> RoutingSnapshot:
         if timeout_s is None:
-            return await self.handle.wait_for_update.remote(known_epoch)
-        return await self.handle.wait_for_update.remote(known_epoch, timeout_s)
+            return await self._ask(self.handle.wait_for_update.remote(known_epoch))
+        return await self._ask(self.handle.wait_for_update.remote(known_epoch, timeout_s))
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None) -> str | None:
-        return await self.handle.feedback.remote(request_id, name, value, converted, version)
+        return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version))
 
     async def feedback_key(self) -> bytes:
-        return await self.handle.feedback_key.remote()
+        return await self._ask(self.handle.feedback_key.remote())
 
     async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
-        return await self.handle.act.remote(action, body, actor)
+        return await self._ask(self.handle.act.remote(action, body, actor))
 
     async def status(self, history: bool = False) -> dict[str, Any]:
-        return await self.handle.status.remote(history)
+        return await self._ask(self.handle.status.remote(history))
 
     async def stats(self) -> dict[str, Any]:
-        return await self.handle.stats.remote()
+        return await self._ask(self.handle.stats.remote())
 
     async def report(self) -> Any:
-        return await self.handle.report.remote()
+        return await self._ask(self.handle.report.remote())
 
     async def metrics(self) -> tuple[bytes, str]:
-        return await self.handle.metrics.remote()
+        return await self._ask(self.handle.metrics.remote())
 
 
 def _request_id() -> str:
@@ -142,6 +157,19 @@ class Router:
         self.core.apply(await client.wait_for_update(self.core.epoch, 0.0))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.core.follow()), loop.create_task(self.core.flush())]
+
+    async def __del__(self) -> None:
+        """A stopping replica (scale-down, redeploy, Ctrl-C) hands over what it served last."""
+        for task in getattr(self, "_tasks", ()):
+            task.cancel()
+        core = getattr(self, "core", None)
+        if core is None:
+            return
+        try:  # copies in flight first: their pairs go in the same last message
+            await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
+        except asyncio.TimeoutError:
+            pass
+        await core.flush_once()
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 

@@ -10,7 +10,6 @@ rollout and may do everything the others may. Tokens come from environment varia
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,13 +66,17 @@ def _tokens_from_file(path: Path) -> list[NamedToken]:
     tokens = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != {"name", "role", "token"}:
-            raise ValueError(f"{where}: entry {index} must have exactly name, role and token; got "
-                             f"{sorted(entry) if isinstance(entry, dict) else json.dumps(entry)[:40]}")
+            # Never the entry itself: it may be a token.
+            got = sorted(map(str, entry)) if isinstance(entry, dict) else f"a {type(entry).__name__}"
+            raise ValueError(f"{where}: entry {index} must have exactly name, role and token; got {got}")
         if entry["role"] not in {r.value for r in Role}:
             raise ValueError(f"{where}: entry {index} ({entry['name']!r}) has role {entry['role']!r}; "
                              f"valid: {[r.value for r in Role]}")
         if not isinstance(entry["token"], str) or len(entry["token"]) < 16:
             raise ValueError(f"{where}: entry {index} ({entry['name']!r}): a token needs at least 16 characters")
+        if any(t.token == entry["token"] for t in tokens):
+            raise ValueError(f"{where}: entry {index} ({entry['name']!r}) repeats another entry's token; "
+                             "each name needs its own token, or actions would be recorded under the wrong one")
         tokens.append(NamedToken(str(entry["name"]), Role(entry["role"]), entry["token"]))
     return tokens
 

@@ -1,9 +1,11 @@
 """Feedback tokens: an answer's proof that feedback about it comes from whoever received it.
 
-Every answer carries ``feedback_token`` = ``<version>.<expires_at_s>.<a|p>.<mac>``, the MAC
-an HMAC-SHA256 (first 16 bytes, base64url) over the request id, the version, the expiry and
-whether the split assigned the request (``a``) or it was pinned (``p``), with a key the app
-holds. Feedback on a pinned answer is accepted and not counted: pinned traffic stays out of
+Every answer carries ``feedback_token`` = ``<version>.<expires_at_s>.<a|p>.<nonce>.<mac>``,
+the MAC an HMAC-SHA256 (first 16 bytes, base64url) over the app's model name, the request id,
+the version, the expiry, whether the split assigned the request (``a``) or it was pinned
+(``p``) and a nonce, with a key the app holds. The nonce names the answer: request ids can
+repeat (a client's own ``x-request-id``; several handle calls inside one parent request), and
+one report per answer and metric is what counts. Feedback on a pinned answer is accepted and not counted: pinned traffic stays out of
 the gates and the A/B figures. ``POST /feedback`` must bring it back with the request id: a made-up
 request id, another version, a changed expiry or an expired token is refused. Replays (the
 same request and metric reported twice) are the controller's to refuse: it remembers what
@@ -16,47 +18,65 @@ import base64
 import hashlib
 import hmac
 import math
+import secrets
 from collections.abc import Callable
+from typing import NamedTuple
 
 from serve_ab.errors import Forbidden
 
 MAC_BYTES = 16
 
 
-def _mac(key: bytes, request_id: str, version: str, expires_at_s: int, flag: str) -> str:
-    message = f"{request_id}\x00{version}\x00{expires_at_s}\x00{flag}".encode("utf-8", "surrogatepass")
-    digest = hmac.new(key, message, hashlib.sha256).digest()[:MAC_BYTES]
+class Proven(NamedTuple):
+    version: str  # the version that served the answer
+    assigned: bool  # the split chose it (False: pinned, so its feedback is not counted)
+    answer_id: str  # unique per answer: the key of "one report per answer and metric"
+
+
+def _mac(key: bytes, scope: str, request_id: str, version: str, expires_at_s: int, flag: str, nonce: str) -> str:
+    message = f"{scope}\x00{request_id}\x00{version}\x00{expires_at_s}\x00{flag}\x00{nonce}"
+    digest = hmac.new(key, message.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:MAC_BYTES]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 class FeedbackSigner:
-    def __init__(self, key: bytes, ttl_s: float, clock: Callable[[], float]):
+    """Issues and checks the tokens of one app: ``scope`` (the model's name) is signed too,
+    so apps that share a key (``feedback.key_env``) do not accept each other's tokens."""
+
+    def __init__(self, key: bytes, ttl_s: float, clock: Callable[[], float], scope: str):
         if len(key) < 16:
-            raise ValueError(f"a feedback key needs at least 16 bytes; got {len(key)}")
+            raise ValueError(f"a feedback key needs at least 16 bytes; got {len(key)} (set a longer "
+                             "one in the environment variable that feedback.key_env names)")
         self.key = key
+        self.scope = scope
         self.ttl_s = ttl_s
         self.clock = clock
 
     def issue(self, request_id: str, version: str, assigned: bool = True) -> str:
         expires_at_s = math.ceil(self.clock() + self.ttl_s)
         flag = "a" if assigned else "p"
-        return f"{version}.{expires_at_s}.{flag}.{_mac(self.key, request_id, version, expires_at_s, flag)}"
+        nonce = secrets.token_urlsafe(6)
+        mac = _mac(self.key, self.scope, request_id, version, expires_at_s, flag, nonce)
+        return f"{version}.{expires_at_s}.{flag}.{nonce}.{mac}"
 
-    def verify(self, token: str, request_id: str) -> tuple[str, bool]:
-        """The version that served ``request_id`` and whether the split assigned it, or
-        :class:`Forbidden` saying why not."""
-        # A version name may hold dots (VERSION_NAME_PATTERN); expiry, flag and MAC never do.
+    def verify(self, token: str, request_id: str) -> Proven:
+        """What the token proves about the answer to ``request_id``, or :class:`Forbidden`
+        saying why it proves nothing."""
+        # A version name may hold dots (VERSION_NAME_PATTERN); the other fields never do.
         version, _, rest = token.rpartition(".")
+        version, _, nonce = version.rpartition(".")
         version, _, flag = version.rpartition(".")
         version, _, expires = version.rpartition(".")
-        if not version or not expires.isdigit() or flag not in ("a", "p"):
+        # isascii: "²".isdigit() is true, and int("²") raises.
+        if not version or not (expires.isascii() and expires.isdigit()) or flag not in ("a", "p"):
             raise Forbidden("feedback_token is malformed; send back the feedback_token of the answer "
                             "this feedback is about, unchanged")
         expires_at_s = int(expires)
-        if not hmac.compare_digest(rest.encode(), _mac(self.key, request_id, version, expires_at_s, flag).encode()):
+        expected = _mac(self.key, self.scope, request_id, version, expires_at_s, flag, nonce)
+        if not hmac.compare_digest(rest.encode("utf-8", "surrogatepass"), expected.encode()):
             raise Forbidden(f"feedback_token does not match request_id {request_id!r}; send the "
                             "request_id and feedback_token of the same answer")
         if expires_at_s < self.clock():
             raise Forbidden(f"feedback_token expired {self.clock() - expires_at_s:.0f}s ago "
                             f"(tokens are valid for {self.ttl_s:g}s after the answer)")
-        return version, flag == "a"
+        return Proven(version, flag == "a", f"{request_id}#{nonce}")

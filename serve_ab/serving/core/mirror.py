@@ -14,6 +14,8 @@ from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import Version, answer, error_kind
 
 logger = logging.getLogger("ray.serve")
+# Copies in flight at most: a slow mirrored version must not pile tasks up in the router.
+MAX_IN_FLIGHT = 1000
 
 
 class MirrorSender:
@@ -27,6 +29,7 @@ class MirrorSender:
         self.rng = rng or random.Random()
         self.mirrors: Sequence[Mirror] = ()
         self._tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
+        self.skipped = 0  # copies not sent because MAX_IN_FLIGHT were still out
 
     def send(self, versions: Mapping[str, Version], live_version: str, batch: np.ndarray,
              live_outputs: np.ndarray, request_id: str) -> None:
@@ -34,6 +37,9 @@ class MirrorSender:
             version = versions.get(mirror.version)
             if mirror.version == live_version or version is None \
                     or self.rng.random() * 100.0 >= mirror.percent:
+                continue
+            if len(self._tasks) >= MAX_IN_FLIGHT:
+                self.skipped += 1
                 continue
             task = asyncio.get_running_loop().create_task(
                 self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id))

@@ -24,7 +24,7 @@ from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.errors import Forbidden, Unauthorized, UnknownModel, VersionNotServed, VersionUnavailable
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
-from serve_ab.serving.core.feedback_token import FeedbackSigner
+from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.messages import ControllerApi, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
@@ -36,16 +36,12 @@ FLUSH_INTERVAL_S = 0.25
 RETRY_FOLLOW_S = 0.5  # between long polls while the controller is unreachable
 
 
-async def _sleep(delay_s: float) -> None:
-    await asyncio.sleep(delay_s)
-
-
 class RouterCore:
     """One router replica's state and request path."""
 
     def __init__(self, cfg: ExperimentConfig, versions: Mapping[str, Version], controller: ControllerApi,
                  *, request_id: Callable[[], str], clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = _sleep,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  interface: tuple[InputSpec, OutputSpec] | None = None):
         self.cfg = cfg
         self.versions: dict[str, Version] = dict(versions)
@@ -59,6 +55,8 @@ class RouterCore:
         self.mirrors = MirrorSender(self.observations, clock)
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
+        self._version_names = frozenset(v.name for v in cfg.versions)
+        self.feedback_names = cfg.feedback_names()  # what POST /feedback accepts
         self._interface = interface  # colocated: known at load; isolated: asked once
 
     # -- the request path ----------------------------------------------------------------------
@@ -80,7 +78,7 @@ class RouterCore:
         version, request_id = choice.version, self.request_id()
         started_s = self.clock()
         try:
-            outputs = await answer(version, self._version(version), batch)
+            outputs = await answer(version, self._version(version, choice.assigned), batch)
         except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
             self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
@@ -107,11 +105,12 @@ class RouterCore:
             self.mirrors.send(self.versions, version, batch, outputs, request_id)
         return version, outputs
 
-    def _version(self, name: str) -> Version:
+    def _version(self, name: str, assigned: bool = False) -> Version:
         version = self.versions.get(name)
         if version is None:  # retired between the decision and the call
-            raise VersionNotServed(f"version {name!r} is no longer served; this experiment serves "
-                                   f"{list(self.versions)}")
+            message = f"version {name!r} is no longer served; this experiment serves {list(self.versions)}"
+            # The split chose it, not the client: serve the request elsewhere, as for an outage.
+            raise VersionUnavailable(message) if assigned else VersionNotServed(message)
         return version
 
     async def interface(self) -> tuple[InputSpec, OutputSpec]:
@@ -132,30 +131,33 @@ class RouterCore:
     # -- feedback tokens ----------------------------------------------------------------------
 
     def use_feedback_key(self, key: bytes) -> None:
-        self.signer = FeedbackSigner(key, self.cfg.feedback.token_ttl_s, self.clock)
+        self.signer = FeedbackSigner(key, self.cfg.feedback.token_ttl_s, self.clock, scope=self.cfg.model)
 
-    def feedback_token(self, request_id: str, version: str, assigned: bool = True) -> str:
+    def feedback_token(self, request_id: str, version: str, assigned: bool = True) -> str | None:
         """The token an answer carries, for its client's feedback (``assigned``: False for a
-        pinned request, whose feedback is then not counted)."""
-        if self.signer is None:
-            raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
-        return self.signer.issue(request_id, version, assigned)
-
-    def verify_feedback(self, token: str | None, request_id: str) -> tuple[str | None, bool]:
-        """The version a feedback is about, proven by its token, and whether it counts (the
-        request was assigned by the split, not pinned); (None, True) when the experiment takes
-        feedback by request id alone (feedback.require_token: false)."""
+        pinned request, whose feedback is then not counted); None when feedback needs none."""
         if not self.cfg.feedback.require_token:
-            return None, True
+            return None  # not minted: an HMAC per answer that nobody would check
+        return self._signer().issue(request_id, version, assigned)
+
+    def verify_feedback(self, token: str | None, request_id: str) -> Proven | None:
+        """What the feedback's token proves (the version, whether it counts, the answer's id);
+        None when the experiment takes feedback by request id alone (feedback.require_token: false)."""
+        if not self.cfg.feedback.require_token:
+            return None
         if token is None:
             raise Unauthorized("feedback needs the feedback_token of the answer it is about: send "
                                '{"request_id", "feedback_token", "name", ...} as the answer gave them')
+        proven = self._signer().verify(token, request_id)
+        if proven.version not in self._version_names:
+            raise Forbidden(f"feedback_token names version {proven.version!r}, which this experiment "
+                            f"does not serve ({sorted(self._version_names)})")
+        return proven
+
+    def _signer(self) -> FeedbackSigner:
         if self.signer is None:
             raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
-        version, assigned = self.signer.verify(token, request_id)
-        if version not in {v.name for v in self.cfg.versions}:
-            raise Forbidden(f"feedback_token names version {version!r}, which this experiment does not serve")
-        return version, assigned
+        return self.signer
 
     def check_model(self, model: str) -> None:
         if model != self.cfg.model:

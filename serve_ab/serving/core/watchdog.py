@@ -59,17 +59,13 @@ class WatchdogSettings:
     idle_exit_s: float = 30.0  # the watchdog of an idle (or retired) version stops
 
 
-async def _sleep(delay_s: float) -> None:
-    await asyncio.sleep(delay_s)
-
-
 class WatchedVersion:
     """An isolated version as the router calls it: ``predict`` and ``describe``."""
 
     def __init__(self, version: str, calls: RemoteCalls,
                  is_unavailable: Callable[[BaseException], bool],
                  settings: WatchdogSettings = WatchdogSettings(),
-                 sleep: Callable[[float], Awaitable[None]] = _sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.name = version
         self.calls = calls
         self.is_unavailable = is_unavailable  # the replica failed, not the request
@@ -91,8 +87,9 @@ class WatchedVersion:
         try:
             return await call
         except Exception as err:
-            if call in self._cancelled and self.down_reason is not None:
-                raise VersionUnavailable(self.down_reason) from None
+            if call in self._cancelled:  # even if a probe was answered since: the call was cut
+                raise VersionUnavailable(self.down_reason or f"version {self.name!r} stalled; its call "
+                                         "was cancelled and is served elsewhere") from None
             if self.is_unavailable(err):
                 raise VersionUnavailable(
                     f"version {self.name!r} ({self.calls.name}) could not serve the request: "

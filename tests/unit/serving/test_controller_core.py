@@ -476,3 +476,11 @@ def test_a_canary_with_pauses_shorter_than_the_interval_waits_for_a_passing_anal
             highest = max(highest, core.snapshot().weights["v2"])
     assert core.status()["phase"] == phase
     assert highest == (50.0 if ok else 10.0)
+
+
+def test_weights_without_weights_is_invalid_input():
+    from serve_ab.errors import InvalidInput
+
+    core = ControllerCore(experiment(), MemoryStateStore(), FakeClock())
+    with pytest.raises(InvalidInput, match="weights"):
+        core.act(Action.WEIGHTS, ActionRequest())

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_ab.config import parse_experiment
+from serve_ab.errors import Forbidden
 from serve_ab.serving import http as routes
 from serve_ab.serving.core.auth import ControlAuth, NamedToken, Role, load_tokens
 from serve_ab.serving.core.messages import Action
@@ -133,7 +134,10 @@ def test_control_needs_the_token_and_a_strict_body(app):
     # A string is not a boolean: {"full": "false"} must not promote to 100%.
     response = client.post("/rollout/promote", headers=AUTH, json={"full": "false"})
     assert response.status_code == 422 and "full" in response.json()["error"]
-    assert client.post("/rollout/weights", headers=AUTH, json={}).status_code == 400
+    # A body without content-length (chunked) is read too: its precondition is not lost.
+    chunked = client.post("/rollout/promote", headers=AUTH, content=iter([b'{"from_step": ', b"2}"]))
+    assert chunked.status_code == 200 and controller.actions[-1][1].from_step == 2
+    controller.actions.clear()
     assert client.post("/rollout/weights", headers=AUTH, json={"weights": {"v1": None}}).status_code == 422
     assert client.post("/rollout/promote", headers=AUTH, json={"full": True}).status_code == 200
     assert client.post("/rollout/weights", headers=AUTH, json={"weights": {"v1": 80, "v2": 20}}).status_code == 200
@@ -160,7 +164,8 @@ def test_feedback_needs_the_token_of_the_answer(app):
     feedback = {"request_id": body["request_id"], "feedback_token": body["feedback_token"],
                 "name": "correct", "converted": True}
     assert client.post("/feedback", json=feedback).status_code == 202
-    assert controller.feedbacks[-1] == (body["request_id"], "correct", None, True, body["version"])
+    answer_id, *rest = controller.feedbacks[-1]
+    assert answer_id.startswith(body["request_id"] + "#") and rest == ["correct", None, True, body["version"]]
     # No token, a token of another request, a tampered one, an undeclared metric.
     without = {k: v for k, v in feedback.items() if k != "feedback_token"}
     assert client.post("/feedback", json=without).status_code == 401
@@ -287,3 +292,26 @@ def test_a_control_body_that_does_not_fit_is_422(app):
     assert response.status_code == 422 and "full" in response.json()["error"]
     assert client.post("/rollout/abort", headers=AUTH, json={"why": "x"}).status_code == 422
     assert controller.actions == []
+
+
+def test_each_answer_is_its_own_feedback_unit_even_when_request_ids_repeat(app):
+    client, controller = app  # the fake core gives every answer the request id "req-1"
+    tokens = [client.post("/predict", json={"inputs": [ROW]}).json()["feedback_token"] for _ in range(2)]
+    for token in tokens:
+        response = client.post("/feedback", json={"request_id": "req-1", "feedback_token": token,
+                                                  "name": "correct", "converted": True})
+        assert response.status_code == 202
+    assert len({f[0] for f in controller.feedbacks}) == 2
+
+
+def test_tokens_of_another_app_sharing_the_key_are_refused():
+    from serve_ab.serving.core.feedback_token import FeedbackSigner
+
+    clock = FakeClock()
+    key = b"a-key-shared-by-two-apps-32bytes"
+    token = FeedbackSigner(key, 60, clock, scope="digits").issue("r1", "v1")
+    assert FeedbackSigner(key, 60, clock, scope="digits").verify(token, "r1").version == "v1"
+    with pytest.raises(Forbidden):
+        FeedbackSigner(key, 60, clock, scope="other-model").verify(token, "r1")
+    with pytest.raises(Forbidden, match="malformed"):  # "²" is a digit to str.isdigit, not to int()
+        FeedbackSigner(key, 60, clock, scope="digits").verify("v1.²³.a.abc.def", "r1")
