@@ -270,6 +270,11 @@ def test_isolated_promotion_scales_the_old_version_to_zero(http, serve_instance,
     cfg = canary(model_repo, tmp_path, steps=[{"set_weight": 50}, {"pause": {"duration": "4s"}},
                                                {"set_weight": 100}])
     cfg["placement"] = "isolated"
+    # What is tested is the retirement. On a loaded 2-core machine a 0.1-CPU replica can stall
+    # past the watchdog's limits (1 s without a completed call, then a 2 s probe): its requests
+    # go to v1 and count as v2's errors, and with failure_limit 0 one such analysis aborted the
+    # canary (seen once in a full-suite run). Two failed analyses are tolerated here.
+    cfg["rollout"]["analysis"]["failure_limit"] = 2
     scale_to_zero = {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 1, "max_replicas": 1,
                                             "downscale_delay_s": 2, "upscale_delay_s": 0},
                      "ray_actor_options": {"num_cpus": 0.1}}
