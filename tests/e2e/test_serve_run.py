@@ -57,6 +57,20 @@ def stop_serve_run(process: subprocess.Popen) -> int:
     return returncode
 
 
+def wait_until_ready(process: subprocess.Popen, base: str, log_path: Path) -> None:
+    """Until every version answers (``/v2/health/ready``), or fail with the log's tail."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        assert process.poll() is None, f"serve run exited early:\n{log_path.read_text()[-4000:]}"
+        try:
+            if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-4000:]}"
+        time.sleep(1)
+
+
 @pytest.fixture(params=["ab.yaml", "ab_isolated.yaml"])
 def served(request, model_repo, tmp_path):
     """``serve run`` on a shipped config, moved to a free port (8000 may be taken)."""
@@ -69,16 +83,7 @@ def served(request, model_repo, tmp_path):
     process = start_serve_run(config_path, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"serve run exited early:\n{log_path.read_text()[-4000:]}"
-            try:
-                if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-4000:]}"
-            time.sleep(1)
+        wait_until_ready(process, base, log_path)
         yield base, config["applications"][0]["args"], process
     finally:
         stop_serve_run(process)
@@ -166,16 +171,7 @@ def test_a_stopped_run_keeps_every_request_in_its_record(model_repo, tmp_path):
     process = start_serve_run(tmp_path / "ab.yaml", log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"serve run exited early:\n{log_path.read_text()[-4000:]}"
-            try:
-                if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-4000:]}"
-            time.sleep(1)
+        wait_until_ready(process, base, log_path)
         with httpx.Client(timeout=30) as client:
             for i in range(150):
                 response = client.post(base + "/predict", json={"user_id": f"u{i}", "inputs": [DIGIT_ROW]})
