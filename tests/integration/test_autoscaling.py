@@ -121,7 +121,11 @@ def test_each_version_scales_with_its_weight_through_a_canary(http, serve_instan
         assert status["phase"] == "promoted", status
         watch.wait_for("v2 100%, v1 retired", lambda c: c["version-v1"] == 0 and c["version-v2"] >= 2,
                        "retired v1 to go down to 0 replicas (its min_replicas)")
-        assert "v1" in http.get(base + "/status").json()["retired"]
+        # v1's replicas may reach 0 (no traffic) before retire_after_s has passed: wait for both.
+        deadline = time.monotonic() + 30
+        while "v1" not in http.get(base + "/status").json()["retired"]:
+            assert time.monotonic() < deadline, http.get(base + "/status").json()
+            time.sleep(0.5)
     print(f"\nisolated canary, running replicas (v1: min 0, v2: min 1; max 3):\n{watch.report()}"
           f"\nload: {loadgen.summary.total} requests, {loadgen.summary.failed} failed, "
           f"by version {dict(loadgen.summary.by_version)}")
