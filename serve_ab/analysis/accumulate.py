@@ -14,23 +14,28 @@ there and is the contract between this module, ``analysis/report.py`` and ``metr
 
 from __future__ import annotations
 
-import base64
 import bisect
 import collections
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from serve_ab.analysis.unit_sample import UnitSample
+from serve_ab.analysis.units import SplitTotals
+from serve_ab.routing import NUM_BUCKETS, SplitTable
 
 # Prometheus' default latency buckets start at 5 ms; a small model answers in well under
 # one, so the buckets start at 0.25 ms. Upper bounds in seconds (base unit).
 LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      0.5, 1.0, 2.5, 5.0, 10.0)
 RESERVOIR_SIZE = 10_000
-# Distinct assignment keys kept per version for the sample-ratio check; beyond this the
-# check falls back to request counts (reported as such).
-MAX_UNITS = 1_000_000
+# Splits (weights routed by) kept apart for the per-unit figures; a rollout has a handful.
+# Past this the oldest is dropped (counted in ``splits_dropped``, and the report warns).
+MAX_SPLITS = 32
 TIMELINE_BUCKET_S = 10.0
 MAX_TIMELINE_POINTS = 360  # past this, neighbouring points merge and the bucket doubles
 
@@ -113,8 +118,6 @@ class VersionStats:
     errors: collections.Counter = field(default_factory=collections.Counter)
     latency: LatencyStats = field(default_factory=LatencyStats)
     predictions: collections.Counter = field(default_factory=collections.Counter)
-    units: set[int] = field(default_factory=set)
-    units_overflow: bool = False
     feedback: dict[str, FeedbackTotals] = field(default_factory=dict)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
@@ -125,9 +128,51 @@ class VersionStats:
             "errors_by_kind": dict(self.errors),
             "latency": self.latency.to_dict(samples),
             "predictions": {str(k): v for k, v in sorted(self.predictions.items())},
-            "units": None if self.units_overflow else len(self.units),
             "feedback": {name: totals.to_dict() for name, totals in sorted(self.feedback.items())},
         }
+
+
+def split_key(weights_pct: Mapping[str, float]) -> str:
+    """A split's name: the bucket range of every version, e.g. ``v1:0-9500,v2:9500-10000``.
+    Two periods with the same ranges route every user alike, so they are one split."""
+    ranges = SplitTable.from_weights(weights_pct).ranges()
+    return ",".join(f"{v}:{lo}-{hi}" for v, (lo, hi) in ranges.items())
+
+
+@dataclass
+class SplitRecord:
+    """What was assigned under one split: per-unit totals of every metric, and units seen."""
+
+    weights_pct: dict[str, float]
+    first_s: float
+    last_s: float
+    metrics: dict[str, SplitTotals] = field(default_factory=dict)
+    units: UnitSample = field(default_factory=UnitSample)
+
+    def __post_init__(self) -> None:
+        self.table = SplitTable.from_weights(self.weights_pct)
+
+    def bucket(self, version: str, unit: int | None) -> int | None:
+        """The unit's bucket, or None (its own unit) when keyless, or when the row's version is
+        not the one this split routes the bucket to (a row whose split was not known)."""
+        if unit is None:
+            return None
+        bucket = unit % NUM_BUCKETS
+        return bucket if self.table.version_for_bucket(bucket) == version else None
+
+    def totals(self, metric: str) -> SplitTotals:
+        table = self.metrics.get(metric)
+        if table is None:
+            table = self.metrics[metric] = SplitTotals()
+        return table
+
+    def arm_of_bucket(self, versions: list[str]) -> np.ndarray:
+        """Index in ``versions`` of the version each bucket routes to (-1: another one)."""
+        out = np.full(NUM_BUCKETS, -1)
+        for version, (lo, hi) in self.table.ranges().items():
+            if version in versions:
+                out[lo:hi] = versions.index(version)
+        return out
 
 
 @dataclass
@@ -182,6 +227,34 @@ class ExperimentStats:
         self.timeline_bucket_s = TIMELINE_BUCKET_S
         # bucket start -> [requests per version, feedback per version]
         self._timeline: dict[float, dict[str, collections.Counter]] = {}
+        # Per-unit figures, by split (see analysis/units.py); the split routed by now is
+        # the one a row without a known split counts under.
+        self.splits: dict[str, SplitRecord] = {}
+        self.splits_dropped = 0
+        self.units_all = UnitSample()  # distinct users per version over the whole run
+        self.weights_now: dict[str, float] = {}
+
+    def set_weights(self, weights_pct: Mapping[str, float]) -> None:
+        """The weights the routers route by now (percent, every version of this experiment)."""
+        self.weights_now = {name: float(weights_pct.get(name, 0.0)) for name in self.versions}
+
+    def _split(self, t_s: float, weights_pct: Mapping[str, float] | None) -> SplitRecord | None:
+        weights = weights_pct if weights_pct is not None else self.weights_now
+        if not weights:
+            return None
+        weights = {name: float(weights.get(name, 0.0)) for name in self.versions}
+        try:
+            key = split_key(weights)
+        except ValueError:
+            return None  # weights that do not sum to 100: not a split a router used
+        record = self.splits.get(key)
+        if record is None:
+            if len(self.splits) >= MAX_SPLITS:
+                self.splits.pop(next(iter(self.splits)))
+                self.splits_dropped += 1
+            record = self.splits[key] = SplitRecord(weights, t_s, t_s)
+        record.last_s = max(record.last_s, t_s)
+        return record
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -194,8 +267,14 @@ class ExperimentStats:
         self.feedback_duplicates += 1
 
     def record(self, t_s: float, version: str, latency_ms: float, error_kind: str | None,
-               predicted_class: int | None, unit: int | None, assigned: bool) -> None:
-        """One request the router served (or failed to) on ``version``."""
+               predicted_class: int | None, unit: int | None, assigned: bool,
+               split: Mapping[str, float] | None = None) -> None:
+        """One request the router served (or failed to) on ``version``.
+
+        Only ``assigned`` rows (routed by the split: not pinned, not a fallback retry) enter
+        the per-unit figures, under ``split`` (the weights the router routed by; None: the
+        weights now): intention to treat.
+        """
         stats = self.versions.get(version)
         if stats is None:
             return  # a version this experiment does not serve (an old config's report)
@@ -207,10 +286,15 @@ class ExperimentStats:
             stats.latency.add(latency_ms)
             if predicted_class is not None:
                 stats.predictions[predicted_class] += 1
-        if unit is not None and assigned and not stats.units_overflow:
-            stats.units.add(unit)
-            if len(stats.units) > MAX_UNITS:
-                stats.units_overflow, stats.units = True, set()
+        if assigned:
+            self.units_all.add(version, unit)
+            record = self._split(t_s, split)
+            if record is not None:
+                bucket = record.bucket(version, unit)
+                record.units.add(version, unit)
+                record.totals("error_rate").add(bucket, version, float(error_kind is not None))
+                if error_kind is None:
+                    record.totals("latency_ms").add(bucket, version, latency_ms)
         self._point(t_s)["requests"][version] += 1
 
     def record_pair(self, t_s: float, live_version: str, live_class: int | None,
@@ -236,8 +320,10 @@ class ExperimentStats:
             shadow.score_diff_sample.add(score_diff)
 
     def record_feedback(self, t_s: float, version: str, name: str, value: float | None,
-                        converted: bool | None) -> None:
-        """Feedback joined to the version that served its request."""
+                        converted: bool | None, unit: int | None = None,
+                        split: Mapping[str, float] | None = None, assigned: bool = True) -> None:
+        """Feedback joined to the version its request was assigned to; ``unit`` and ``split``
+        are that request's (None: keyless, and the weights now)."""
         if version not in self.versions:
             self.feedback_unjoined += 1
             return
@@ -250,6 +336,11 @@ class ExperimentStats:
             self.feedback_mismatched += 1
             return
         totals.add(value, converted)
+        if assigned:
+            record = self._split(t_s, split)
+            if record is not None:
+                outcome = float(bool(converted)) if converted is not None else float(value)
+                record.totals(f"feedback/{name}").add(record.bucket(version, unit), version, outcome)
         self._point(t_s)["feedback"][version] += 1
 
     # -- output ----------------------------------------------------------------------------
@@ -269,15 +360,25 @@ class ExperimentStats:
                                "score_diff": {"n", "sum", "sum_sq", "sample" (when samples)},
                                "latency": {...}, "pairs_by_live_version": {name: n}},
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
-             "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]}}
+             "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
+             "weights_now": {v: pct},
+             "splits": [{"key", "weights_pct", "first_s", "last_s",
+                         "metrics": {"error_rate" | "latency_ms" | "feedback/<name>": SplitTotals.to_dict()},
+                         "units_kept": {v: n}, "units_fraction", "units_keyless": {v: n}}],
+             "splits_dropped": n}
+
+        ``units`` per version estimates the distinct users assigned to it over the run
+        (a uniform sample past ``unit_sample.MAX_SAMPLED_UNITS``; see analysis/unit_sample.py).
         """
         shadow = None
         if self.shadow_version is not None:
             shadow = {"version": self.shadow_version, **self.shadow.to_dict(samples)}
+        units = self.units_all.estimates(self.versions)
         return {
             "started_at_s": self.started_at_s,
             "now_s": now_s,
-            "versions": {name: stats.to_dict(samples) for name, stats in self.versions.items()},
+            "versions": {name: {**stats.to_dict(samples), "units": units[name]}
+                         for name, stats in self.versions.items()},
             "shadow": shadow,
             "feedback_unjoined": self.feedback_unjoined,
             "feedback_mismatched": self.feedback_mismatched,
@@ -289,18 +390,25 @@ class ExperimentStats:
                     for t_s, point in sorted(self._timeline.items())
                 ],
             },
+            "weights_now": dict(self.weights_now),
+            "splits": [
+                {"key": key, "weights_pct": dict(record.weights_pct), "first_s": record.first_s,
+                 "last_s": record.last_s,
+                 "metrics": {name: totals.to_dict() for name, totals in record.metrics.items()},
+                 "units_kept": record.units.kept(self.versions), "units_fraction": record.units.fraction,
+                 "units_keyless": dict(record.units.keyless)}
+                for key, record in self.splits.items()
+            ],
+            "splits_dropped": self.splits_dropped,
         }
 
     # -- surviving a controller restart --------------------------------------------------------
 
     def to_state(self, now_s: float) -> dict[str, Any]:
-        """The snapshot plus the distinct users, enough to carry on after a restart."""
+        """The snapshot plus the sampled users, enough to carry on after a restart."""
         state = self.snapshot(now_s, samples=True)
-        state["unit_sets"] = {
-            name: None if stats.units_overflow else base64.b64encode(
-                b"".join(u.to_bytes(8, "big") for u in stats.units)).decode()
-            for name, stats in self.versions.items()
-        }
+        state["unit_samples"] = {"all": self.units_all.to_dict(),
+                                 "splits": {key: r.units.to_dict() for key, r in self.splits.items()}}
         return state
 
     @classmethod
@@ -314,12 +422,6 @@ class ExperimentStats:
             version.errors.update(saved["errors_by_kind"])
             _restore_latency(version.latency, saved["latency"])
             version.predictions.update({int(k): n for k, n in saved["predictions"].items()})
-            packed = (state.get("unit_sets") or {}).get(name)
-            if packed is None and saved["units"] is not None and saved["units"] > 0:
-                version.units_overflow = True  # counted, but the keys were not kept
-            elif packed:
-                raw = base64.b64decode(packed)
-                version.units = {int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8)}
             for metric, totals in saved["feedback"].items():
                 restored = version.feedback[metric] = FeedbackTotals(totals["kind"], totals["n"])
                 restored.successes = totals.get("successes", 0)
@@ -336,6 +438,20 @@ class ExperimentStats:
             s.score_diff_sample.seen = diff["n"]
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
+        samples = state.get("unit_samples") or {}
+        if samples.get("all"):
+            stats.units_all = UnitSample.from_dict(samples["all"])
+        stats.weights_now = {k: float(v) for k, v in (state.get("weights_now") or {}).items() if k in stats.versions}
+        for saved in state.get("splits") or []:
+            weights = {name: float(saved["weights_pct"].get(name, 0.0)) for name in stats.versions}
+            if split_key(weights) != saved["key"]:
+                continue  # saved by an experiment with other versions: not this one's split
+            record = stats.splits[saved["key"]] = SplitRecord(weights, saved["first_s"], saved["last_s"])
+            record.metrics = {name: SplitTotals.from_dict(t) for name, t in saved["metrics"].items()}
+            packed = (samples.get("splits") or {}).get(saved["key"])
+            if packed:
+                record.units = UnitSample.from_dict(packed)
+        stats.splits_dropped = state.get("splits_dropped", 0)
         stats.feedback_unjoined = state.get("feedback_unjoined", 0)
         stats.feedback_mismatched = state.get("feedback_mismatched", 0)
         stats.feedback_duplicates = state.get("feedback_duplicates", 0)

@@ -39,18 +39,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
 from scipy import stats as _stats
 
-from serve_ab.analysis import ab, drift, power, sequential
+from serve_ab.analysis import ab, comparisons, drift
 from serve_ab.analysis import shadow as shadow_stats
+from serve_ab.analysis.accumulate import split_key
+from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.analysis.shadow_classes import class_flip_tests
 from serve_ab.config.experiment import ExperimentConfig
+from serve_ab.routing import NUM_BUCKETS, SplitTable
 
 __all__ = ["REPORT_SCHEMA", "build_report"]
 
@@ -95,40 +98,13 @@ def build_report(
 
     variants = {name: _variant_section(name, data, control, weights[name], cfg) for name, data in versions.items()}
 
-    metric_specs = _metric_specs(cfg, versions, warnings)
-    metrics: list[dict[str, Any]] = []
-    all_comparisons: list[ab.Comparison] = []
-    for spec in metric_specs:
-        metric, comparisons = _metric(spec, versions, control, compared, alpha)
-        metrics.append(metric)
-        all_comparisons.extend(comparisons)
-        metric["_comparisons"] = comparisons
-
+    family = _family(cfg, control)
+    specs = _metric_specs(cfg, versions, warnings)
+    splits = _splits(snapshot, list(versions), warnings)
+    previous = sequential_state or {}
+    metrics, new_state = _metrics(specs, splits, versions, control, compared, family, weights, cfg, previous)
     correction = _CORRECTIONS[analysis.correction]
-    adjusted = ab.adjust(all_comparisons, correction) if correction is not None else list(all_comparisons)
-    adjusted_by_key = {(c.metric, c.variant): c for c in adjusted}
-
-    new_state: dict[str, Any] = {}
-    seq_results: dict[tuple[str, str], sequential.SequentialResult] = {}
-    if analysis.sequential:
-        seq_results = _sequential_looks(metrics, versions, control, alpha, sequential_state or {},
-                                        new_state, warnings)
-    # Always-valid p-values are valid p-values at any look, so the same correction applies.
-    seq_keys = [key for key in seq_results if adjusted_by_key[key].verdict is not ab.ABVerdict.NOT_ENOUGH_DATA]
-    seq_adjusted = dict(zip(seq_keys, _adjust([seq_results[k].p_value for k in seq_keys], correction)))
-
-    for metric in metrics:
-        comparisons = metric.pop("_comparisons")
-        spec = metric.pop("_spec")
-        plan = _power_plan(spec, versions, control, compared, cfg)
-        metric["power_plan"] = plan["summary"]
-        metric["comparisons"] = []
-        for raw in comparisons:
-            key = (raw.metric, raw.variant)
-            metric["comparisons"].append(_comparison_dict(
-                adjusted_by_key[key], seq_results.get(key), seq_adjusted.get(key), plan, spec, analysis.sequential))
-
-    srm = _srm(versions, weights, cfg)
+    srm = _srm(splits, weights)
     if srm["mismatch"]:
         warnings.insert(0, (
             f"sample ratio mismatch: {srm['basis']} per version {srm['observed']} do not fit the weights "
@@ -139,7 +115,7 @@ def build_report(
                         "(unknown request id, or a metric reported as the other kind) and are not counted")
     if any("sample_ms" not in v["latency"] for v in versions.values()):
         warnings.append("the snapshot has no latency samples (snapshot(samples=False)); latency percentiles "
-                        "and the Mann-Whitney test need them")
+                        "need them")
 
     started_at_s = float(snapshot.get("started_at_s", 0.0))
     now_s = float(snapshot.get("now_s", started_at_s))
@@ -162,6 +138,9 @@ def build_report(
             "sequential": analysis.sequential,
             "mde_relative": analysis.mde_relative,
             "min_samples": ab.DEFAULT_MIN_SAMPLES,
+            "family_size": family.size,
+            "alpha_per_comparison": family.alpha_per_comparison,
+            "splits": len(splits),
             "shadow": None if cfg.shadow is None else {"version": cfg.shadow.version,
                                                        "percent": cfg.shadow.percent},
         },
@@ -205,30 +184,53 @@ def _weights(weights_pct: Mapping[str, float], versions: Mapping[str, Any]) -> d
     return out
 
 
-def _metric_specs(cfg: ExperimentConfig, versions: Mapping[str, Any], warnings: list[str]) -> list[dict[str, Any]]:
+def _family(cfg: ExperimentConfig, control: str) -> comparisons.Family:
+    """The decision family, from the config alone: (error_rate, latency_ms, each configured
+    feedback metric) x (each version other than the control that the config gives traffic,
+    or a rollout's candidate). Fixed before any data, so a verdict never flips because a
+    metric or a variant turned up later."""
+    configured = cfg.weights_pct()
+    variants = {v.name for v in cfg.versions if v.name != control and configured.get(v.name, 0.0) > 0}
+    if cfg.rollout is not None and cfg.rollout.candidate != control:
+        variants.add(cfg.rollout.candidate)
+    size = (2 + len(cfg.analysis.metrics)) * max(len(variants), 1)
+    if cfg.analysis.correction == "none":
+        size = 1
+    return comparisons.Family(size=size, alpha=cfg.analysis.alpha, correction=cfg.analysis.correction)
+
+
+def _metric_specs(cfg: ExperimentConfig, versions: Mapping[str, Any],
+                  warnings: list[str]) -> list[comparisons.MetricSpec]:
+    guard = cfg.analysis.guardrails
     specs = [
-        {"name": "error_rate", "kind": "conversion", "source": "requests", "direction": "decrease",
-         "unit": "share of requests"},
-        {"name": "latency_ms", "kind": "latency", "source": "latency sample", "direction": "decrease",
-         "unit": "ms"},
+        comparisons.MetricSpec("error_rate", "conversion", "requests", "error_rate", "decrease",
+                               "errors per assigned request", True, ("abs", guard.error_rate_margin_abs)),
+        comparisons.MetricSpec("latency_ms", "mean", "requests", "latency_ms", "decrease",
+                               "ms per successful assigned request", True,
+                               ("relative", guard.latency_margin_relative)),
     ]
     configured = {m.name: m for m in cfg.analysis.metrics}
     seen: dict[str, str] = {}
     for data in versions.values():
         for name, totals in (data.get("feedback") or {}).items():
             seen.setdefault(name, totals.get("kind", "mean"))
-    names = list(configured) + sorted(set(seen) - set(configured))
-    for name in names:
+    for name in list(configured) + sorted(set(seen) - set(configured)):
         if name in configured:
-            kind, direction = configured[name].kind, configured[name].direction
+            kind, direction, in_family = configured[name].kind, configured[name].direction, True
         else:
-            kind, direction = seen[name], "increase"
-        specs.append({"name": name, "kind": kind, "source": "feedback", "direction": direction,
-                      "unit": "rate" if kind == "conversion" else "value"})
+            # Not configured: reported, but outside the family (exploratory).
+            kind, direction, in_family = seen[name], "increase", False
+        specs.append(comparisons.MetricSpec(name, kind, "feedback", f"feedback/{name}", direction,
+                                            "rate per report" if kind == "conversion" else "mean per report",
+                                            in_family))
     for name, kind in seen.items():
         if name in configured and configured[name].kind != kind:
             warnings.append(f"feedback {name!r} is configured as {configured[name].kind} under analysis.metrics "
                             f"but arrives as {kind}; its figures are left out")
+    unplanned = sorted(set(seen) - set(configured))
+    if unplanned:
+        warnings.append(f"feedback metric(s) {unplanned} are not listed under analysis.metrics: they are "
+                        "reported as exploratory, outside the decision family, each at alpha on its own")
     return specs
 
 
@@ -306,97 +308,149 @@ def _mean_summary(totals: Mapping[str, Any]) -> ab.MeanSummary:
 # ---- metrics ---------------------------------------------------------------------------------
 
 
-def _metric(spec: dict[str, Any], versions: Mapping[str, Any], control: str, compared: list[str],
-            alpha: float) -> tuple[dict[str, Any], list[ab.Comparison]]:
-    name, kind = spec["name"], spec["kind"]
-    direction = _DIRECTIONS[spec["direction"]]
-    arms_data: dict[str, Any] = {}
-    arms: dict[str, dict[str, Any]] = {}
-    for version, data in versions.items():
-        if spec["source"] == "requests":
-            counts = ab.ConversionCounts(int(data["errors"]), int(data["requests"]))
-            arms_data[version] = counts
-            arms[version] = _conversion_arm(counts, alpha)
-        elif kind == "latency":
-            sample = np.asarray(data["latency"].get("sample_ms") or [], dtype=float)
-            arms_data[version] = sample
-            summary = _latency_summary(data["latency"])
-            arms[version] = {"n": int(sample.size), "value": summary["p50"], "ci": None,
-                             "mean": summary["mean"], "p95": summary["p95"]}
-        else:
-            totals = (data.get("feedback") or {}).get(name)
-            if totals is not None and totals.get("kind") != kind:
-                totals = None  # the other kind: warned about in _metric_specs
-            if kind == "conversion":
-                counts = ab.ConversionCounts(int(totals["successes"]), int(totals["n"])) if totals \
-                    else ab.ConversionCounts(0, 0)
-                arms_data[version] = counts
-                arms[version] = _conversion_arm(counts, alpha)
-            else:
-                summary = _mean_summary(totals or {})
-                arms_data[version] = summary
-                arms[version] = _mean_arm(summary, alpha)
-    test = {"conversion": ab.compare_proportions, "mean": ab.compare_means,
-            "latency": ab.compare_mann_whitney}[kind]
-    subset = {v: arms_data[v] for v in [control, *compared]}
-    comparisons = ab.compare_to_control(subset, control=control, metric=name, compare=test, alpha=alpha,
-                                        direction=direction)
-    test_name = {"conversion": "z_two_proportions", "mean": "welch_t", "latency": "mann_whitney_u"}[kind]
-    metric = {"name": name, "kind": kind, "source": spec["source"], "test": test_name,
-              "direction": spec["direction"], "unit": spec["unit"],
-              "value_is": {"conversion": "rate", "mean": "mean", "latency": "median"}[kind],
-              "arms": arms, "_spec": {**spec, "arms_data": arms_data}}
-    return metric, comparisons
+@dataclass(frozen=True)
+class _Split:
+    key: str
+    weights_pct: dict[str, float]
+    arm_of_bucket: np.ndarray
+    totals: dict[str, SplitTotals]
+    units_kept: dict[str, int]
+    units_fraction: float
+    units_keyless: dict[str, int]
 
 
-def _conversion_arm(counts: ab.ConversionCounts, alpha: float) -> dict[str, Any]:
-    if counts.trials == 0:
-        return {"n": 0, "successes": 0, "value": None, "ci": None}
-    return {"n": counts.trials, "successes": counts.conversions, "value": counts.rate,
-            "ci": list(shadow_stats.wilson_interval(counts.conversions, counts.trials, 1.0 - alpha))}
-
-
-def _mean_arm(summary: ab.MeanSummary, alpha: float) -> dict[str, Any]:
-    ci = None
-    if summary.n > 1:
-        half = float(_stats.t.ppf(1.0 - alpha / 2.0, summary.n - 1)) * math.sqrt(summary.variance / summary.n)
-        ci = [summary.mean - half, summary.mean + half]
-    return {"n": summary.n, "value": summary.mean if summary.n else None,
-            "std": math.sqrt(summary.variance) if summary.n > 1 else None, "ci": ci}
-
-
-def _comparison_dict(c: ab.Comparison, seq: sequential.SequentialResult | None, seq_p_adjusted: float | None,
-                     plan: dict[str, Any], spec: dict[str, Any], sequential_on: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "variant": c.variant, "control": c.control, "test": c.test,
-        "n_variant": c.n_variant, "n_control": c.n_control,
-        "value_variant": c.value_variant, "value_control": c.value_control,
-        "abs_lift": c.abs_lift, "abs_ci": list(c.abs_ci), "rel_lift": c.rel_lift, "rel_ci": list(c.rel_ci),
-        "p_value": c.p_value, "p_adjusted": c.p_adjusted, "fixed_verdict": c.verdict.value,
-        "sequential": None,
-    }
-    verdict, basis = c.verdict, "fixed_horizon"
-    if seq is not None:
-        enough = c.verdict is not ab.ABVerdict.NOT_ENOUGH_DATA
-        p_adj = seq_p_adjusted if seq_p_adjusted is not None else math.nan
-        seq_verdict = _sequential_verdict(p_adj, seq.estimate, seq.alpha, c.direction, enough)
-        out["sequential"] = {"p_value": seq.p_value, "p_adjusted": p_adj, "ci": list(seq.ci), "looks": seq.looks,
-                             "estimate": seq.estimate, "tau": seq.tau, "verdict": seq_verdict.value}
-        verdict, basis = seq_verdict, "sequential"
-    elif sequential_on:
-        out["sequential_note"] = "no always-valid version of the Mann-Whitney test; the verdict is fixed-horizon"
-    out["verdict"], out["verdict_basis"] = verdict.value, basis
-    out.update(_power_for(plan, spec, c))
+def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) -> list[_Split]:
+    out = []
+    for saved in snapshot.get("splits") or []:
+        weights = {name: float(saved["weights_pct"].get(name, 0.0)) for name in names}
+        arm = np.full(NUM_BUCKETS, -1)
+        for version, (lo, hi) in SplitTable.from_weights(weights).ranges().items():
+            arm[lo:hi] = names.index(version)
+        out.append(_Split(saved["key"], weights, arm,
+                          {m: SplitTotals.from_dict(t) for m, t in (saved.get("metrics") or {}).items()},
+                          dict(saved.get("units_kept") or {}), float(saved.get("units_fraction", 1.0)),
+                          dict(saved.get("units_keyless") or {})))
+    if len(out) > 1:
+        warnings.append(f"the weights changed {len(out) - 1} time(s): every comparison is made within each "
+                        "split of traffic and combined across them (inverse-variance), never pooled across "
+                        "splits, which would confound the versions with time")
+    if snapshot.get("splits_dropped"):
+        warnings.append(f"{snapshot['splits_dropped']} early split(s) were dropped from the per-unit figures "
+                        "(more than 32 different weightings)")
     return out
 
 
-def _sequential_verdict(p: float, estimate: float, alpha: float, direction: ab.Direction, enough: bool) -> ab.ABVerdict:
-    if not enough or math.isnan(p) or math.isnan(estimate):
-        return ab.ABVerdict.NOT_ENOUGH_DATA
-    if p > alpha or estimate == 0:  # sequential rejects at p <= alpha
-        return ab.ABVerdict.NO_DIFFERENCE
-    good = estimate > 0 if direction is ab.Direction.HIGHER_IS_BETTER else estimate < 0
-    return ab.ABVerdict.BETTER if good else ab.ABVerdict.WORSE
+def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions: Mapping[str, Any],
+             control: str, compared: list[str], family: comparisons.Family, weights: Mapping[str, float],
+             cfg: ExperimentConfig, previous: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    analysis = cfg.analysis
+    names = list(versions)
+    ratios: dict[tuple[str, str], RatioComparison | None] = {}
+    for spec in specs:
+        tables = [(s.arm_of_bucket, s.totals[spec.totals]) for s in splits if spec.totals in s.totals]
+        for variant in compared:
+            ratios[(spec.name, variant)] = compare_ratio(tables, variant=variant, control=control, versions=names)
+    # Fixed-horizon p-values corrected over the family fixed from the config: comparisons not
+    # tested yet count as p = 1, so the correction does not loosen while data trickle in.
+    family_keys = [(spec.name, v) for spec in specs if spec.in_family for v in compared]
+    p_raw = {key: _fixed_p(ratios[key], analysis) for key in ratios}
+    family_p = [p_raw[k] for k in family_keys]
+    padded = [1.0 if math.isnan(p) else p for p in family_p]
+    padded += [1.0] * max(0, family.size - len(padded))
+    correction = _CORRECTIONS[analysis.correction]
+    adjusted = _adjust(padded, correction)[:len(family_keys)]
+    p_adjusted = dict(zip(family_keys, adjusted))
+
+    metrics, new_state = [], {}
+    for spec in specs:
+        tables = [(s.arm_of_bucket, s.totals[spec.totals]) for s in splits if spec.totals in s.totals]
+        metric = {"name": spec.name, "kind": spec.kind, "source": spec.source, "test": "delta_method_z",
+                  "direction": spec.direction, "unit": spec.unit, "in_family": spec.in_family,
+                  "value_is": "rate" if spec.kind == "conversion" else "mean",
+                  "analysis_unit": "randomisation unit (user; keyless requests each their own)",
+                  "splits": len(tables),
+                  "arms": {v: _ratio_arm(tables, names.index(v), v, analysis.alpha,
+                                         versions[v]["latency"] if spec.name == "latency_ms" else None)
+                           for v in names},
+                  "comparisons": []}
+        state_metric = previous.get(spec.name) if isinstance(previous.get(spec.name), Mapping) else {}
+        for variant in compared:
+            key = (spec.name, variant)
+            p = p_raw[key]
+            p_adj = p_adjusted.get(key, p)  # outside the family: on its own at alpha
+            own_family = family if spec.in_family else comparisons.Family(1, family.alpha, "none")
+            total = weights.get(control, 0.0) + weights.get(variant, 0.0)
+            allocation = ((weights.get(control, 0.0), weights.get(variant, 0.0)) if total > 0 else (50.0, 50.0))
+            figures, state = comparisons.judge(
+                spec, ratios[key], variant=variant, control=control, family=own_family,
+                p_adjusted=p_adj if not math.isnan(p_adj) else 1.0,
+                previous=state_metric.get(variant) if isinstance(state_metric, Mapping) else None,
+                sequential_on=analysis.sequential, min_units=ab.DEFAULT_MIN_SAMPLES,
+                mde_relative=analysis.mde_relative, target_power=analysis.power,
+                allocation_pct=_allocation(allocation))
+            metric["comparisons"].append(figures)
+            new_state.setdefault(spec.name, {})[variant] = state
+        metric["power_plan"] = _power_summary(metric["comparisons"])
+        metrics.append(metric)
+    return metrics, new_state
+
+
+def _allocation(pair: tuple[float, float]) -> tuple[float, float]:
+    control, variant = pair
+    if control <= 0 or variant <= 0:
+        return 50.0, 50.0  # one arm at 0 now (a promoted or rolled-back rollout): plan as if even
+    return 100.0 * control / (control + variant), 100.0 * variant / (control + variant)
+
+
+def _fixed_p(ratio: RatioComparison | None, analysis) -> float:
+    if ratio is None or min(ratio.units_variant, ratio.units_control) < ab.DEFAULT_MIN_SAMPLES:
+        return math.nan
+    return comparisons.fixed_p(ratio)
+
+
+def _power_summary(comparisons_: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metric's plan: the largest per-arm requirement over its comparisons."""
+    planned = [c["power"] for c in comparisons_ if c.get("power")]
+    if not planned:
+        return None
+    worst = max(planned, key=lambda p: p["required_per_arm"])
+    return {"test": worst["test"], "mde_relative": worst["mde_relative"], "mde_abs": worst["mde_abs"],
+            "target_power": worst["target"], "alpha_per_comparison": worst["alpha_per_comparison"],
+            "family_size": worst["family_size"], "required_per_arm": worst["required_per_arm"],
+            "power_now": min(p["achieved"] for p in planned),
+            "complete": all(p["complete"] for p in planned)}
+
+
+def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version: str, alpha: float,
+               latency: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One version over every split it was assigned in (descriptive: pooled over time, unlike
+    the comparisons): its ratio, units and a delta-method interval per unit."""
+    s = np.zeros(NUM_BUCKETS)
+    n = np.zeros(NUM_BUCKETS)
+    keyless = np.zeros(len(KEYLESS_FIELDS))
+    for arm, table in tables:
+        mask = arm == index
+        s[mask] += table.s[mask]
+        n[mask] += table.n[mask]
+        if version in table.keyless:
+            keyless += table.keyless[version]
+    total_s, total_n = float(s.sum() + keyless[1]), float(n.sum() + keyless[2])
+    units = int(np.count_nonzero(n) + keyless[0])
+    out: dict[str, Any] = {"n": units, "total": total_n, "value": None, "ci": None, "p50": None, "p95": None}
+    if latency is not None:
+        summary = _latency_summary(latency)
+        out.update(p50=summary["p50"], p95=summary["p95"])
+    if total_n <= 0:
+        return out
+    value = total_s / total_n
+    out["value"] = value
+    if units >= 2:
+        resid = s - value * n
+        sq = float(resid @ resid) + max(float(keyless[3] - 2 * value * keyless[5] + value * value * keyless[4]), 0.0)
+        se = math.sqrt(sq * units / (units - 1)) / total_n
+        half = float(_stats.norm.ppf(1.0 - alpha / 2.0)) * se
+        out["ci"] = [value - half, value + half]
+    return out
 
 
 def _adjust(p_values: list[float], correction: ab.Correction | None) -> list[float]:
@@ -405,186 +459,73 @@ def _adjust(p_values: list[float], correction: ab.Correction | None) -> list[flo
     return [float(p) for p in ab.adjust_p_values(p_values, correction)]
 
 
-# ---- sequential ------------------------------------------------------------------------------
-
-
-def _sequential_looks(metrics: list[dict[str, Any]], versions: Mapping[str, Any], control: str, alpha: float,
-                      state: Mapping[str, Any], new_state: dict[str, Any],
-                      warnings: list[str]) -> dict[tuple[str, str], sequential.SequentialResult]:
-    results = {}
-    reset: list[str] = []
-    for metric in metrics:
-        spec = metric["_spec"]
-        if spec["kind"] not in ("conversion", "mean"):
-            continue
-        name, arms = spec["name"], spec["arms_data"]
-        look = sequential.sequential_proportions if spec["kind"] == "conversion" else sequential.sequential_means
-        previous_by_variant = state.get(name) if isinstance(state.get(name), Mapping) else {}
-        for comparison in metric["_comparisons"]:
-            variant = comparison.variant
-            previous = _decode_look(previous_by_variant.get(variant))
-            try:
-                result = look(arms[variant], arms[control], previous=previous, alpha=alpha)
-            except ValueError:
-                if previous is None:
-                    raise
-                # Fewer samples than the last look (the figures restarted) or another alpha.
-                reset.append(f"{name}/{variant}")
-                result = look(arms[variant], arms[control], previous=None, alpha=alpha)
-            results[(name, variant)] = result
-            new_state.setdefault(name, {})[variant] = _encode_look(result)
-    if reset:
-        warnings.append(f"sequential tests restarted for {', '.join(reset)}: the counts went down since the "
-                        "last look (the controller's figures restarted) or alpha changed")
-    return results
-
-
-def _encode_look(result: sequential.SequentialResult) -> dict[str, Any]:
-    out = asdict(result)
-    out["ci"] = list(result.ci)
-    return out  # NaN/inf become None in _jsonable
-
-
-def _decode_look(data: Any) -> sequential.SequentialResult | None:
-    if not isinstance(data, Mapping):
-        return None
-    try:
-        lo, hi = data["ci"]
-        return sequential.SequentialResult(
-            looks=int(data["looks"]), n_variant=int(data["n_variant"]), n_control=int(data["n_control"]),
-            estimate=_float(data["estimate"]), tau=_float(data["tau"]),
-            likelihood_ratio=_float(data["likelihood_ratio"]), p_value=float(data["p_value"]),
-            ci=(-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)),
-            alpha=float(data["alpha"]), reject=bool(data["reject"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None  # a state from another layout: start afresh
-
-
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-# ---- power -----------------------------------------------------------------------------------
-
-
-def _power_plan(spec: dict[str, Any], versions: Mapping[str, Any], control: str, compared: list[str],
-                cfg: ExperimentConfig) -> dict[str, Any]:
-    """One plan per metric: the baseline is always the control's, so every comparison shares it."""
-    analysis = cfg.analysis
-    arms = spec["arms_data"]
-    variants = 1 + len(compared)
-    mde = analysis.mde_relative
-    out: dict[str, Any] = {"plan": None, "summary": None, "note": None, "kind": spec["kind"]}
-    if variants < 2:
-        out["note"] = "no variant to compare with the control"
-        return out
-    try:
-        if spec["kind"] == "conversion":
-            counts = arms[control]
-            if counts.trials < 2:
-                raise ValueError("the control has no data yet")
-            baseline = counts.rate
-            if not 0 < baseline < 1:
-                raise ValueError(f"the control's rate is {baseline:g}; a baseline for power must be in (0, 1)")
-            signed = mde if spec["direction"] == "increase" else -mde
-            if not 0 < baseline * (1 + signed) < 1:
-                # The lift is impossible from this baseline (+5% of a 97% rate); the test is
-                # two-sided, so plan for a change of the same size the other way.
-                signed = -signed
-            plan = power.sample_size_conversions(baseline, signed, relative=True, alpha=analysis.alpha,
-                                                 power=analysis.power, variants=variants)
-            out.update(method="two-proportion z-test (Cohen's h)", baseline=baseline, mde_signed=signed)
-        else:
-            if spec["kind"] == "latency":
-                sample = arms[control]
-                summary = ab.MeanSummary.from_samples(sample) if sample.size else ab.MeanSummary(0, math.nan, math.nan)
-                out["method"] = "t-test on the latency sample's means (an approximation for Mann-Whitney)"
-            else:
-                summary = arms[control]
-                out["method"] = "t-test (Cohen's d)"
-            if summary.n < 2 or not summary.variance > 0:
-                raise ValueError("the control has fewer than 2 values or no spread yet")
-            if summary.mean == 0:
-                raise ValueError("the control's mean is 0, so a relative effect is 0")
-            std = math.sqrt(summary.variance)
-            mde_abs = mde * abs(summary.mean)
-            plan = power.sample_size_means(std, mde_abs, alpha=analysis.alpha, power=analysis.power,
-                                           variants=variants)
-            out.update(baseline=summary.mean, std=std)
-    except ValueError as err:
-        out["note"] = f"no power figures: {err}"
-        return out
-    n_now = {arm: _arm_n(arms[arm]) for arm in [control, *compared]}
-    prog = power.progress(plan, n_now)
-    out["plan"] = plan
-    out["progress"] = prog
-    out["summary"] = {
-        "method": out["method"], "mde_relative": mde, "mde_abs": plan.mde_abs, "baseline": out["baseline"],
-        "target_power": analysis.power, "alpha": analysis.alpha, "alpha_per_comparison": plan.alpha_per_comparison,
-        "required_per_arm": plan.n_per_variant, "remaining_per_arm": prog.remaining_per_variant,
-        "remaining_total": prog.remaining_total, "power_now": prog.power_now, "complete": prog.complete,
-    }
-    return out
-
-
-def _power_for(plan: dict[str, Any], spec: dict[str, Any], c: ab.Comparison) -> dict[str, Any]:
-    if plan["plan"] is None:
-        return {"power": None, "power_note": plan["note"]}
-    p: power.SampleSizePlan = plan["plan"]
-    n = min(c.n_variant, c.n_control)
-    if plan["kind"] == "conversion":
-        achieved = power.power_conversions(plan["baseline"], plan["mde_signed"], n, relative=True,
-                                           alpha=p.alpha, variants=p.variants)
-    else:
-        achieved = power.power_means(p.std, p.mde_abs, n, alpha=p.alpha, variants=p.variants)
-    remaining = plan["progress"].remaining_per_variant
-    return {"power": {
-        "achieved": achieved, "target": p.power, "mde_relative": plan["summary"]["mde_relative"],
-        "mde_abs": p.mde_abs, "required_per_arm": p.n_per_variant,
-        "samples_needed": {c.variant: remaining[c.variant], c.control: remaining[c.control]},
-        "complete": remaining[c.variant] == 0 and remaining[c.control] == 0,
-    }, "power_note": None}
-
-
-def _arm_n(data: Any) -> int:
-    if isinstance(data, ab.ConversionCounts):
-        return data.trials
-    if isinstance(data, ab.MeanSummary):
-        return data.n
-    return int(np.asarray(data).size)
-
-
 # ---- sample-ratio mismatch -------------------------------------------------------------------
 
 
-def _srm(versions: Mapping[str, Any], weights: dict[str, float], cfg: ExperimentConfig) -> dict[str, Any]:
-    live = [v for v in versions if weights[v] > 0]
-    by_units = all(versions[v].get("units") is not None and versions[v]["units"] > 0 for v in live)
-    basis = "units" if by_units else "assigned"
-    observed = {v: int((versions[v].get("units") or 0) if by_units else versions[v].get("assigned", 0))
-                for v in versions}
+def _srm(splits: list[_Split], weights: dict[str, float]) -> dict[str, Any]:
+    """Units per version under the split routed by now, against its weights.
+
+    Keyed units come from a uniform sample of units (exact chi-square on the sample; see
+    analysis/unit_sample.py); keyless requests, each its own unit, are tested apart and the
+    two chi-squares added (independent samples, degrees of freedom added)."""
     out: dict[str, Any] = {
-        "applicable": True, "basis": basis,
-        "basis_note": ("distinct assignment keys (users) per version" if by_units else
-                       "requests routed by the assignment (no pinned ones), since some version has no distinct "
-                       "key count"),
-        "observed": observed, "weights_pct": dict(weights), "expected": None, "statistic": None, "dof": None,
+        "applicable": True, "basis": "units",
+        "basis_note": "distinct users per version under the current weights (a uniform sample of them past "
+                      "200,000), plus keyless requests, each its own unit",
+        "observed": {}, "weights_pct": dict(weights), "expected": None, "statistic": None, "dof": None,
         "p_value": None, "threshold_p": ab.SRM_THRESHOLD_P, "mismatch": False, "reason": None,
+        "sampled_fraction": None, "other_splits": [],
     }
-    configured = cfg.weights_pct()
-    if cfg.rollout is not None or any(abs(configured.get(v, 0.0) - weights[v]) > 1e-9 for v in versions):
-        out["applicable"] = False
-        out["reason"] = ("weights move during a rollout" if cfg.rollout is not None else
-                         f"the weights now {weights} differ from the configured {configured}")
-        out["reason"] += "; counts since the start mix several splits, so they cannot be checked against one"
+    try:
+        now_key = split_key(weights)
+    except ValueError:
+        now_key = None
+    current = next((s for s in splits if s.key == now_key), None)
+    for split in splits:
+        if split is current:
+            continue
+        result = _srm_split(split)
+        if result is not None:
+            out["other_splits"].append({"split": split.key, "p_value": result[2], "mismatch": result[4]})
+    if current is None:
+        out["reason"] = "no traffic yet under the weights routed by now"
         return out
-    result = ab.check_srm(observed, weights)
-    out.update(expected=result.expected, statistic=result.statistic, dof=result.dof, p_value=result.p_value,
-               mismatch=result.mismatch)
-    if sum(observed.values()) == 0:
-        out["reason"] = "no traffic yet"
+    result = _srm_split(current)
+    names = list(weights)
+    out["observed"] = {v: round(current.units_kept.get(v, 0) / current.units_fraction)
+                       + current.units_keyless.get(v, 0) for v in names}
+    out["sampled_fraction"] = current.units_fraction
+    if result is None:
+        out["reason"] = "no traffic yet under the weights routed by now"
+        return out
+    expected, statistic, p, dof, mismatch = result
+    out.update(expected=expected, statistic=statistic, p_value=p, dof=dof, mismatch=mismatch)
     return out
+
+
+def _srm_split(split: _Split) -> tuple[dict[str, float], float, float, int, bool] | None:
+    weights = split.weights_pct
+    expected: dict[str, float] = dict.fromkeys(weights, 0.0)
+    statistic, dof, any_data, outright = 0.0, 0, False, False
+    for counts in (split.units_kept, split.units_keyless):
+        observed = {v: int(counts.get(v, 0)) for v in weights}
+        if sum(observed.values()) == 0:
+            continue
+        any_data = True
+        result = ab.check_srm(observed, weights)
+        for v, e in result.expected.items():
+            expected[v] += e
+        if math.isinf(result.statistic):
+            outright = True
+        else:
+            statistic += result.statistic
+            dof += result.dof
+    if not any_data:
+        return None
+    if outright:
+        return expected, math.inf, 0.0, dof, True
+    p = float(_stats.chi2.sf(statistic, dof)) if dof > 0 else 1.0
+    return expected, statistic, p, dof, bool(p < ab.SRM_THRESHOLD_P)
 
 
 # ---- shadow ----------------------------------------------------------------------------------
@@ -615,6 +556,8 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
                          "kl": drift.kl_divergence(shadow_counts, live_counts),
                          "psi": drift.psi(shadow_counts, live_counts),
                          "js": drift.js_divergence(shadow_counts, live_counts)}
+        js = drift_section["js"]
+        drift_section["js_distance"] = math.sqrt(max(js, 0.0)) if js is not None and math.isfinite(js) else None
     return {
         "version": shadow.get("version"),
         "mirrored": mirrored,

@@ -34,14 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field
 ABVerdict = Literal["better", "worse", "no_difference", "not_enough_data"]
 
 __all__ = [
-    "REPORT_SCHEMA", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
-    "ConversionArm", "ConversionFeedback", "Drift", "Experiment", "Flip", "Flips", "LatencyArm",
-    "LatencyHistogram", "LatencySummary", "MeanArm", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
-    "PowerPlan", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "Timeline",
-    "VariantResult", "ABVerdict", "report_json_schema",
+    "REPORT_SCHEMA", "ABVerdict", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
+    "ConversionFeedback", "Drift", "Experiment", "FixedFigures", "Flip", "Flips", "Guardrail",
+    "LatencyHistogram", "LatencySummary", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
+    "PowerPlan", "RatioArm", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "SrmSplit",
+    "Timeline", "VariantResult", "report_json_schema",
 ]
 
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2  # 2: per-unit metrics, splits, one estimand per verdict, guardrails
 
 Num = Annotated[float, Field(allow_inf_nan=False)]
 # [low, high]; a bound that cannot be computed yet is None.
@@ -72,7 +72,11 @@ class Experiment(_Model):
     correction: Literal["holm", "bh", "none"] = Field(description="multiple-comparison correction of p_adjusted")
     sequential: bool = Field(description="whether always-valid (mSPRT) figures drive the verdicts")
     mde_relative: Num = Field(description="minimum detectable effect, relative to the control")
-    min_samples: int = Field(description="per arm, below which a verdict is not_enough_data")
+    min_samples: int = Field(description="units per arm below which a verdict is not_enough_data")
+    family_size: int = Field(description="comparisons in the decision family, fixed from the config: "
+                             "(error_rate, latency_ms, configured feedback metrics) x configured variants")
+    alpha_per_comparison: Num = Field(description="alpha / family_size: the level of each sequential test")
+    splits: int = Field(description="distinct weightings traffic was assigned under; compared within each")
     shadow: ShadowSetup | None
 
 
@@ -110,7 +114,8 @@ class VariantResult(_Model):
     weight_pct: Num = Field(description="the weight routed by now, percent")
     requests: int
     assigned: int = Field(description="requests routed by the assignment (not pinned to a version)")
-    units: int | None = Field(description="distinct assignment keys (users); None when not counted")
+    units: int | None = Field(description="distinct users assigned to it (estimated from a uniform sample "
+                              "past 200,000), plus keyless requests; None when not counted")
     errors: int
     error_rate: Num | None
     errors_by_kind: dict[str, int]
@@ -123,102 +128,121 @@ class VariantResult(_Model):
 # ---- metrics ---------------------------------------------------------------------------------
 
 
-class ConversionArm(_Model):
-    n: int
-    successes: int
-    value: Num | None = Field(description="the rate")
-    ci: Interval | None = Field(description="Wilson interval at 1 - alpha")
+class RatioArm(_Model):
+    """One version over every split it was assigned in: descriptive, pooled over time."""
 
-
-class MeanArm(_Model):
-    n: int
-    value: Num | None = Field(description="the mean")
-    std: Num | None
-    ci: Interval | None = Field(description="t interval at 1 - alpha")
-
-
-class LatencyArm(_Model):
-    n: int = Field(description="size of the latency sample")
-    value: Num | None = Field(description="the median, ms")
-    ci: None = Field(description="always None: the median gets no interval here")
-    mean: Num | None
-    p95: Num | None
+    n: int = Field(description="units: users (buckets of users) with data, plus keyless requests")
+    total: Num = Field(description="the denominator: assigned requests, successful requests or feedback reports")
+    value: Num | None = Field(description="the ratio: a rate or a mean per request/report")
+    ci: Interval | None = Field(description="delta-method interval per unit at 1 - alpha")
+    p50: Num | None = Field(description="latency only: median of the latency sample, ms (descriptive)")
+    p95: Num | None = Field(description="latency only: 95th percentile of the latency sample, ms (descriptive)")
 
 
 class PowerPlan(_Model):
-    """One sample-size plan per metric, from the control's baseline."""
+    """The metric's plan: the largest requirement over its comparisons."""
 
-    method: str
+    test: str = Field(description="the test the plan is for: the one the verdict uses")
     mde_relative: Num
     mde_abs: Num = Field(description="the effect planned for, in the metric's units")
-    baseline: Num
     target_power: Num
-    alpha: Num
     alpha_per_comparison: Num
-    required_per_arm: int
-    remaining_per_arm: dict[str, int]
-    remaining_total: int
-    power_now: Num | None = Field(description="power at the smallest arm's current size")
+    family_size: int
+    required_per_arm: int = Field(description="units")
+    power_now: Num | None
     complete: bool
 
 
 class SequentialFigures(_Model):
-    """Always-valid (mSPRT) figures of one comparison."""
+    """Always-valid (mSPRT) figures of one comparison, at alpha / family_size."""
 
-    p_value: Num | None
-    p_adjusted: Num | None = Field(description="corrected as the fixed-horizon p-values")
-    ci: Interval = Field(description="always-valid interval of the absolute lift")
+    p_value: Num | None = Field(description="running minimum over looks, uncorrected")
+    p_adjusted: Num | None = Field(description="p_value x family_size (Bonferroni over the fixed family)")
+    ci: Interval = Field(description="confidence sequence of the absolute lift, intersected over looks")
+    rel_ci: Interval = Field(description="Fieller interval of the relative lift, intersected over looks")
     looks: int
     estimate: Num | None
-    tau: Num | None = Field(description="the mixing prior's scale")
+    tau: Num | None = Field(description="the mixing prior's scale, from the minimum detectable effect")
+    alpha_per_comparison: Num
     verdict: ABVerdict
 
 
+class FixedFigures(_Model):
+    """Fixed-horizon figures: valid only when read once, at the planned sample."""
+
+    p_value: Num | None
+    p_adjusted: Num | None = Field(description="corrected over the fixed family (untested ones count as 1)")
+    level: Num = Field(description="the level the correction left this comparison: alpha x p / p_adjusted")
+    abs_ci: Interval
+    rel_ci: Interval
+    verdict: ABVerdict
+
+
+class Guardrail(_Model):
+    """Non-inferiority of a health metric, on a confidence sequence at alpha (outside the family)."""
+
+    margin: Num
+    margin_kind: Literal["abs", "relative"]
+    margin_abs: Num = Field(description="the margin in the metric's units")
+    alpha: Num
+    ci: Interval
+    status: Literal["non_inferior", "inferior", "inconclusive"]
+
+
 class ComparisonPower(_Model):
-    achieved: Num | None = Field(description="power at min(n_variant, n_control) for the planned effect")
+    test: str
+    achieved: Num | None = Field(description="power now, for the planned effect, of the test the verdict uses")
     target: Num
     mde_relative: Num
     mde_abs: Num
-    required_per_arm: int
-    samples_needed: dict[str, int] = Field(description="per arm (variant and control), still to collect")
+    alpha_per_comparison: Num
+    family_size: int
+    required_per_arm: int = Field(description="units, the larger arm")
+    required: dict[str, int] = Field(description="units per arm: variant, control")
+    units_needed: dict[str, int] = Field(description="units per arm still to collect")
     complete: bool
 
 
 class Comparison(_Model):
-    """One variant against the control on one metric."""
+    """One variant against the control on one metric: one estimand (the difference of the
+    split-stratified ratios), one test, the interval of that test."""
 
     variant: str
     control: str
-    test: str
-    n_variant: int
-    n_control: int
+    test: Literal["delta_method_z"]
+    n_variant: int = Field(description="units")
+    n_control: int = Field(description="units")
+    splits_used: int = Field(description="splits where both arms had units, combined by inverse variance")
     value_variant: Num | None
     value_control: Num | None
     abs_lift: Num | None = Field(description="variant minus control, in the metric's units")
-    abs_ci: Interval
-    rel_lift: Num | None = Field(description="abs_lift / value_control")
-    rel_ci: Interval = Field(description="delta-method interval of rel_lift")
+    abs_ci: Interval = Field(description="the interval of the verdict's test (sequential or fixed)")
+    rel_lift: Num | None = Field(description="value_variant / value_control - 1")
+    rel_ci: Interval = Field(description="Fieller interval of rel_lift, from the verdict's test")
     p_value: Num | None = Field(description="fixed-horizon, uncorrected")
-    p_adjusted: Num | None = Field(description="corrected across every comparison of every metric")
-    fixed_verdict: ABVerdict
+    p_adjusted: Num | None = Field(description="fixed-horizon, corrected over the fixed family")
+    fixed: FixedFigures | None
     sequential: SequentialFigures | None
-    sequential_note: str | None = Field(
-        default=None, description="why a comparison has no sequential figures while analysis.sequential is on")
-    verdict: ABVerdict = Field(description="follows the sequential figures when there are any, else fixed_verdict")
+    guardrail: Guardrail | None
+    verdict: ABVerdict
     verdict_basis: Literal["fixed_horizon", "sequential"]
+    verdict_note: str | None = None
     power: ComparisonPower | None
     power_note: str | None = Field(description="why there are no power figures")
 
 
 class MetricResult(_Model):
     name: str
-    kind: Literal["conversion", "mean", "latency"]
-    source: Literal["requests", "latency sample", "feedback"]
-    test: Literal["z_two_proportions", "welch_t", "mann_whitney_u"]
+    kind: Literal["conversion", "mean"]
+    source: Literal["requests", "feedback"]
+    test: Literal["delta_method_z"]
     direction: Literal["increase", "decrease"] = Field(description="which way is better")
     unit: str
-    value_is: Literal["rate", "mean", "median"]
-    arms: dict[str, ConversionArm | MeanArm | LatencyArm] = Field(description="per version")
+    in_family: bool = Field(description="configured before the data: part of the decision family")
+    value_is: Literal["rate", "mean"]
+    analysis_unit: str
+    splits: int
+    arms: dict[str, RatioArm] = Field(description="per version")
     power_plan: PowerPlan | None
     comparisons: list[Comparison]
 
@@ -226,11 +250,17 @@ class MetricResult(_Model):
 # ---- sample-ratio mismatch -------------------------------------------------------------------
 
 
+class SrmSplit(_Model):
+    split: str
+    p_value: Num | None
+    mismatch: bool
+
+
 class Srm(_Model):
     """Chi-square check of the counts per version against the weights."""
 
-    applicable: bool = Field(description="false while the weights move (a rollout) or differ from the config")
-    basis: Literal["units", "assigned"]
+    applicable: bool = Field(description="checked under the weights routed by now")
+    basis: Literal["units"]
     basis_note: str
     observed: dict[str, int]
     weights_pct: dict[str, Num]
@@ -241,6 +271,8 @@ class Srm(_Model):
     threshold_p: Num = Field(description="flagged as a mismatch below this p-value")
     mismatch: bool
     reason: str | None = Field(description="why it is not checked, or 'no traffic yet'")
+    sampled_fraction: Num | None = Field(description="share of keyed users in the sample the test counts")
+    other_splits: list[SrmSplit] = Field(description="the same check under earlier weights")
 
 
 # ---- shadow ----------------------------------------------------------------------------------
@@ -303,7 +335,8 @@ class Drift(_Model):
     shadow_counts: list[int]
     kl: Num | None
     psi: Num | None
-    js: Num | None
+    js: Num | None = Field(description="Jensen-Shannon divergence in bits (the square of js_distance)")
+    js_distance: Num | None = Field(description="Jensen-Shannon distance, in [0, 1]")
 
 
 class Confusion(_Model):
@@ -404,6 +437,7 @@ class Report(_Model):
                 put(f"{prefix}.p_value", c.p_value)
                 put(f"{prefix}.p_adjusted", c.p_adjusted)
                 put(f"{prefix}.p_sequential", c.sequential.p_value if c.sequential else None)
+                put(f"{prefix}.units_variant", c.n_variant)
         put("srm.p_value", self.srm.p_value)
         if self.shadow is not None:
             put("shadow.agreement", self.shadow.agreement.rate)

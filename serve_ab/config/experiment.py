@@ -286,6 +286,19 @@ class RecordsConfig(_Strict):
     )
 
 
+class GuardrailConfig(_Strict):
+    """Non-inferiority margins of the health metrics every report checks beside its verdicts."""
+
+    error_rate_margin_abs: float = Field(
+        0.01, gt=0.0, lt=1.0,
+        description="A variant's error rate may exceed the control's by at most this (0.01 = 1 point).",
+    )
+    latency_margin_relative: float = Field(
+        0.10, gt=0.0, le=10.0,
+        description="A variant's mean latency may exceed the control's by at most this share (0.10 = 10%).",
+    )
+
+
 class ReportAnalysisConfig(_Strict):
     """How the A/B report judges the variants against the control."""
 
@@ -299,7 +312,8 @@ class ReportAnalysisConfig(_Strict):
         "holm", description="Multiple-testing correction across metrics and variants."
     )
     sequential: bool = Field(
-        True, description="Also report always-valid (mSPRT) p-values, safe to look at continuously."
+        True, description="Verdicts from always-valid (mSPRT) tests, safe to read continuously; "
+        "false: fixed-horizon verdicts, withheld until the planned sample is reached.",
     )
     mde_relative: float = Field(
         0.05, gt=0.0, le=10.0,
@@ -310,6 +324,8 @@ class ReportAnalysisConfig(_Strict):
         description="Feedback metrics to judge. POST /feedback accepts only the names listed "
         "here or named by a rollout's feedback gates.",
     )
+    guardrails: GuardrailConfig = Field(
+        default_factory=GuardrailConfig, description="Non-inferiority margins of error rate and latency.")
     records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
 
 

@@ -1,0 +1,276 @@
+"""One variant against the control on one metric: the estimate, its test, its interval, its
+verdict, its power, and (for health metrics) its non-inferiority check. Pure.
+
+Every figure of a comparison comes from one estimand and one variance: the difference of
+the split-stratified ratios ``D = A - B`` with its delta-method variance per unit
+(:mod:`serve_ab.analysis.units`). So:
+
+- the fixed-horizon p-value is the z-test of D, and its interval is D +- z * se at the level
+  the correction left that comparison (``alpha * p / p_adjusted``), so the interval excludes
+  0 exactly when ``p_adjusted < alpha``;
+- the relative lift is A/B - 1 with Fieller's interval from the same variances, which
+  excludes 0 exactly when the absolute interval does;
+- the sequential figures are the mSPRT of D (Johari et al.) at ``alpha / m``, m the family
+  size fixed from the config (metrics x variants), with the mixing scale tau set from the
+  minimum detectable effect; the p-value is a running minimum and the confidence sequence a
+  running intersection, so a verdict, once reached, stands (Bonferroni over a fixed family:
+  Holm or BH would need every look's intervals again to stay consistent with their p-values).
+
+With ``analysis.sequential`` (the default) the verdict is the sequential one; without it the
+fixed-horizon verdict is withheld until the planned sample is reached and then frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scipy import stats
+
+from serve_ab.analysis import ab, power
+from serve_ab.analysis.sequential import confidence_sequence_half_width, log_mixture_likelihood_ratio
+from serve_ab.analysis.units import RatioComparison, fieller_ratio_interval
+
+__all__ = ["Family", "MetricSpec", "judge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # "conversion" (a rate) or "mean"
+    source: str  # "requests" or "feedback"
+    totals: str  # key of the per-split totals: error_rate, latency_ms, feedback/<name>
+    direction: str  # "increase" or "decrease": which way is better
+    unit: str
+    in_family: bool  # configured before the data came: counts towards the family size
+    guardrail: tuple[str, float] | None = None  # ("abs" | "relative", margin): non-inferiority
+
+
+@dataclass(frozen=True)
+class Family:
+    """The comparisons one decision rests on, fixed from the config before data arrive."""
+
+    size: int
+    alpha: float
+    correction: str  # holm | bh | none
+
+    @property
+    def alpha_per_comparison(self) -> float:
+        return self.alpha / self.size
+
+
+def _z(alpha: float) -> float:
+    return float(stats.norm.ppf(1.0 - alpha / 2.0))
+
+
+def fixed_p(ratio: RatioComparison) -> float:
+    se = math.sqrt(ratio.var_diff)
+    return float(2.0 * stats.norm.sf(abs(ratio.diff) / se)) if se > 0 else math.nan
+
+
+def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, control: str, family: Family,
+          p_adjusted: float, previous: Mapping[str, Any] | None, sequential_on: bool, min_units: int,
+          mde_relative: float, target_power: float, allocation_pct: tuple[float, float]
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The comparison's figures (plain data, for the report model) and its state for the next look."""
+    previous = dict(previous or {})
+    direction = ab.Direction.HIGHER_IS_BETTER if spec.direction == "increase" else ab.Direction.LOWER_IS_BETTER
+    out: dict[str, Any] = {
+        "variant": variant, "control": control, "test": "delta_method_z",
+        "n_variant": ratio.units_variant if ratio else 0, "n_control": ratio.units_control if ratio else 0,
+        "splits_used": ratio.splits_used if ratio else 0,
+        "value_variant": ratio.value_variant if ratio else None,
+        "value_control": ratio.value_control if ratio else None,
+        "abs_lift": ratio.diff if ratio else None, "rel_lift": None,
+        "abs_ci": [None, None], "rel_ci": [None, None],
+        "p_value": None, "p_adjusted": None, "fixed": None, "sequential": None, "guardrail": None,
+        "verdict": "not_enough_data", "verdict_basis": "sequential" if sequential_on else "fixed_horizon",
+        "power": None, "power_note": None,
+    }
+    enough = (ratio is not None and min(ratio.units_variant, ratio.units_control) >= min_units
+              and ratio.var_diff > 0 and math.isfinite(ratio.diff))
+    state: dict[str, Any] = {}
+    if not enough:
+        # Keep the sequential record: fewer units than the minimum never undoes a verdict.
+        if previous.get("seq"):
+            state["seq"] = previous["seq"]
+        out["power_note"] = (f"fewer than {min_units} units in an arm, or no spread yet"
+                             if ratio is not None else "no split where both arms have units yet")
+        return _restore_sequential(out, state, family, direction) if state else out, state
+    if ratio.value_control != 0:
+        out["rel_lift"] = ratio.value_variant / ratio.value_control - 1.0
+
+    # -- fixed horizon -------------------------------------------------------------------------
+    p = fixed_p(ratio)
+    se = math.sqrt(ratio.var_diff)
+    # The level the correction left this comparison: its interval excludes 0 iff p_adj < alpha.
+    level = family.alpha * (p / p_adjusted) if p_adjusted > 0 else family.alpha_per_comparison
+    level = min(max(level, 1e-300), family.alpha)
+    crit = _z(level)
+    fixed_verdict = _verdict(p_adjusted, ratio.diff, family.alpha, direction)
+    fixed = {"p_value": p, "p_adjusted": p_adjusted, "level": level,
+             "abs_ci": [ratio.diff - crit * se, ratio.diff + crit * se],
+             "rel_ci": _rel(ratio, crit), "verdict": fixed_verdict}
+    out["p_value"], out["p_adjusted"] = p, p_adjusted
+
+    # -- power ---------------------------------------------------------------------------------
+    plan = _power(ratio, family, sequential_on, mde_relative, target_power, allocation_pct,
+                  previous.get("tau"))
+    out["power"], out["power_note"] = plan.get("figures"), plan.get("note")
+    tau = plan.get("tau") or previous.get("tau") or _fallback_tau(ratio)
+    state["tau"] = tau
+
+    # -- sequential ----------------------------------------------------------------------------
+    seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"))
+    state["seq"] = seq
+    guard = None
+    if spec.guardrail is not None:
+        guard = _guardrail(spec, ratio, tau, family.alpha, previous.get("guard"), direction)
+        state["guard"] = guard["state"]
+        out["guardrail"] = guard["figures"]
+
+    if sequential_on:
+        out.update(fixed=fixed)
+        out = _restore_sequential(out, state, family, direction)
+    else:
+        frozen = previous.get("frozen")
+        if frozen is None and plan.get("complete"):
+            frozen = {"verdict": fixed_verdict, "abs_ci": fixed["abs_ci"], "rel_ci": fixed["rel_ci"],
+                      "p_adjusted": p_adjusted}
+        if frozen is not None:
+            state["frozen"] = frozen
+            out.update(verdict=frozen["verdict"], abs_ci=frozen["abs_ci"], rel_ci=frozen["rel_ci"], fixed=fixed)
+        else:
+            out.update(fixed=fixed, abs_ci=fixed["abs_ci"], rel_ci=fixed["rel_ci"], verdict="not_enough_data")
+            out["verdict_note"] = ("fixed-horizon verdict withheld until the planned sample is reached "
+                                   "(analysis.sequential is off)")
+    return out, state
+
+
+def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Family,
+                        direction: ab.Direction) -> dict[str, Any]:
+    seq = state["seq"]
+    if out["verdict_basis"] != "sequential":
+        return out
+    lo, hi = seq["lo"], seq["hi"]
+    p_adj = min(1.0, seq["p"] * family.size)
+    # Decided by the interval itself (the same event as p <= alpha / m, up to rounding), so
+    # the verdict and the interval shown can never disagree.
+    rejected = (lo is not None and lo > 0) or (hi is not None and hi < 0)
+    if rejected:
+        effect = (lo if lo is not None and lo > 0 else 0.0) + (hi if hi is not None and hi < 0 else 0.0)
+        verdict = _verdict(0.0, effect, family.alpha, direction)
+    else:
+        verdict = "no_difference"
+    out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
+                         "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
+                         "estimate": seq.get("estimate"), "tau": seq.get("tau"),
+                         "alpha_per_comparison": family.alpha_per_comparison, "verdict": verdict}
+    out.update(verdict=verdict, abs_ci=[lo, hi], rel_ci=[seq.get("rel_lo"), seq.get("rel_hi")])
+    return out
+
+
+def _verdict(p: float, effect: float, alpha: float, direction: ab.Direction) -> str:
+    if math.isnan(p) or p >= alpha or effect == 0 or math.isnan(effect):
+        return "no_difference"
+    good = effect > 0 if direction is ab.Direction.HIGHER_IS_BETTER else effect < 0
+    return "better" if good else "worse"
+
+
+def _rel(ratio: RatioComparison, crit: float) -> list[float | None]:
+    bounds = fieller_ratio_interval(ratio.value_variant, ratio.value_control, ratio.var_variant,
+                                    ratio.var_control, ratio.cov, crit)
+    if bounds is None:
+        return [None, None]
+    return [bounds[0] - 1.0, bounds[1] - 1.0]
+
+
+def _fallback_tau(ratio: RatioComparison) -> float:
+    """A tenth of a unit's standard deviation, when there is no baseline to scale the MDE by."""
+    per_unit = (ratio.var_variant * ratio.units_variant + ratio.var_control * ratio.units_control) / 2.0
+    return 0.1 * math.sqrt(per_unit) if per_unit > 0 else 1e-9
+
+
+def _merge(bound: float | None, new: float, pick) -> float:
+    return new if bound is None else pick(bound, new)
+
+
+def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
+                     previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One mSPRT look at D: running-minimum p-value, running intersection of the sequence."""
+    prev = dict(previous or {})
+    v = ratio.var_diff
+    log_lr = float(log_mixture_likelihood_ratio(ratio.diff, v, tau))
+    p = min(prev.get("p", 1.0), 1.0, math.exp(-min(log_lr, 700.0)))
+    half = float(confidence_sequence_half_width(v, tau, alpha))
+    lo = _merge(prev.get("lo"), ratio.diff - half, max)
+    hi = _merge(prev.get("hi"), ratio.diff + half, min)
+    out = {"p": p, "lo": lo, "hi": hi, "looks": int(prev.get("looks", 0)) + 1, "estimate": ratio.diff,
+           "tau": tau, "units": ratio.units_variant + ratio.units_control,
+           "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi")}
+    # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
+    # is the look's test of D = 0, so the relative interval excludes 0 iff the absolute does.
+    rel = _rel(ratio, half / math.sqrt(v))
+    if rel[0] is None and ratio.diff - half > 0 or ratio.diff + half < 0 and rel[0] is None:
+        # Fieller's set is unbounded (the control's ratio is not clearly away from 0) while the
+        # look rejects: all that is known is the side.
+        rel = [0.0, None] if ratio.diff > 0 else [None, 0.0]
+    if rel[0] is not None:
+        out["rel_lo"] = _merge(prev.get("rel_lo"), rel[0], max)
+    if rel[1] is not None:
+        out["rel_hi"] = _merge(prev.get("rel_hi"), rel[1], min)
+    return out
+
+
+def _guardrail(spec: MetricSpec, ratio: RatioComparison, tau: float, alpha: float,
+               previous: Mapping[str, Any] | None, direction: ab.Direction) -> dict[str, Any]:
+    """Non-inferiority on a confidence sequence at alpha (outside the decision family): the
+    variant is not worse than the control by more than the margin."""
+    kind, margin = spec.guardrail
+    margin_abs = margin if kind == "abs" else margin * abs(ratio.value_control)
+    seq = _sequential_look(ratio, tau, alpha, previous)
+    lo, hi = seq["lo"], seq["hi"]
+    # "Worse" is up for a lower-is-better metric; the margin is on that side.
+    if direction is ab.Direction.LOWER_IS_BETTER:
+        status = "non_inferior" if hi < margin_abs else ("inferior" if lo > margin_abs else "inconclusive")
+    else:
+        status = "non_inferior" if lo > -margin_abs else ("inferior" if hi < -margin_abs else "inconclusive")
+    figures = {"margin": margin, "margin_kind": kind, "margin_abs": margin_abs, "alpha": alpha,
+               "ci": [lo, hi], "status": status}
+    return {"figures": figures, "state": seq}
+
+
+def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_relative: float,
+           target_power: float, allocation_pct: tuple[float, float], tau_before: float | None) -> dict[str, Any]:
+    baseline = ratio.value_control
+    if baseline == 0:
+        return {"note": "the control's value is 0, so a relative effect is 0: no power figures"}
+    effect = mde_relative * abs(baseline)
+    # tau is fixed at the first look that has a baseline: the test must not retune itself.
+    tau = tau_before or effect
+    unit_var_v = ratio.var_variant * ratio.units_variant
+    unit_var_c = ratio.var_control * ratio.units_control
+    alpha = family.alpha_per_comparison
+    try:
+        plan = power.units_per_arm(effect, unit_var_c, unit_var_v, alpha=alpha, power=target_power,
+                                   sequential=sequential_on, tau=tau, allocation=allocation_pct)
+    except ValueError as err:
+        return {"note": f"no power figures: {err}", "tau": tau}
+    if sequential_on:
+        achieved = power.sequential_power(effect, ratio.var_diff, tau, alpha)
+    else:
+        achieved = power.fixed_power(effect, ratio.var_diff, alpha)
+    needed_c = max(0, plan.n_control - ratio.units_control)
+    needed_v = max(0, plan.n_variant - ratio.units_variant)
+    figures = {
+        "test": "mSPRT (always valid)" if sequential_on else "z-test (fixed horizon)",
+        "achieved": achieved, "target": target_power, "mde_relative": mde_relative, "mde_abs": effect,
+        "alpha_per_comparison": alpha, "family_size": family.size,
+        "required_per_arm": max(plan.n_control, plan.n_variant),
+        "required": {"variant": plan.n_variant, "control": plan.n_control},
+        "units_needed": {"variant": needed_v, "control": needed_c},
+        "complete": needed_c == 0 and needed_v == 0,
+    }
+    return {"figures": figures, "tau": tau, "complete": figures["complete"]}

@@ -1,0 +1,233 @@
+"""Per-unit analysis of ratio metrics: users randomised in buckets, analysed as buckets.
+
+serve-ab assigns ``bucket = hash(salt, key) mod 10000``, so a user's requests all land in
+one bucket and buckets are disjoint sets of independent users: independent clusters.
+Statistics computed from per-bucket totals are therefore a valid cluster-level analysis,
+with memory fixed at buckets x metrics x splits however many users arrive. A request
+without a key is its own unit (its bucket was drawn at random per request), so keyless
+requests are kept apart as exact unit-level moments.
+
+Every metric here is a ratio of two unit-level sums, ``R = sum(S) / sum(N)``: errors per
+request, latency per successful request, conversions per feedback report, revenue per
+report. Its variance comes from the delta method (Deng, Knoblich & Lu 2018, "Applying the
+Delta Method in Metric Analytics"), written as the influence of each unit on R::
+
+    psi_u = (S_u - R * N_u) / sum(N)            Var(R) ~ sum_u psi_u^2 * n / (n - 1)
+
+With one request per unit this is the usual binomial/Welch variance (a unit test checks).
+
+**Splits.** The comparison is valid only between arms exposed under the same split: a
+canary's 5% and 50% periods differ in time as well as in weight, and pooling them confounds
+the two (Simpson's paradox). Figures are kept per *split* (the bucket ranges routed by),
+compared within each split, and combined with inverse-variance weights fixed per split:
+``A = sum_e w_e R_variant,e``, ``B = sum_e w_e R_control,e``, ``D = A - B``. A user who
+stays in the same bucket across splits links them, so the variance of D is computed from
+each bucket's influence summed over splits (its covariance across splits included), not
+as if splits were independent.
+
+Example::
+
+    table = SplitTotals.empty()
+    table.add(bucket=17, version="v2", value=1.0, count=1)       # one error on v2
+    ratio = compare_ratio([(arm_of_bucket, table)], variant="v2", control="v1")
+    ratio.diff, ratio.var_diff, ratio.value_variant
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve_ab.routing import NUM_BUCKETS
+
+__all__ = ["KEYLESS_FIELDS", "RatioComparison", "SplitTotals", "compare_ratio", "fieller_ratio_interval"]
+
+# Moments of keyless units, per version: each such request is a unit on its own.
+KEYLESS_FIELDS = ("units", "s", "n", "ss", "nn", "sn")
+
+
+@dataclass
+class SplitTotals:
+    """One metric under one split: per-bucket sums, and keyless units' moments per version."""
+
+    s: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BUCKETS))
+    n: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BUCKETS))
+    keyless: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> SplitTotals:
+        return cls()
+
+    def add(self, bucket: int | None, version: str, value: float, count: float = 1.0) -> None:
+        """``value`` summed into the numerator and ``count`` into the denominator of a unit."""
+        if bucket is not None:
+            self.s[bucket] += value
+            self.n[bucket] += count
+            return
+        moments = self.keyless.get(version)
+        if moments is None:
+            moments = self.keyless[version] = np.zeros(len(KEYLESS_FIELDS))
+        moments += (1.0, value, count, value * value, count * count, value * count)
+
+    def merge(self, other: SplitTotals) -> None:
+        """Add another replica's (or an earlier run's) totals: sums are mergeable."""
+        self.s += other.s
+        self.n += other.n
+        for version, moments in other.keyless.items():
+            if version in self.keyless:
+                self.keyless[version] = self.keyless[version] + moments
+            else:
+                self.keyless[version] = moments.copy()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Sparse plain data: only buckets with data."""
+        used = np.flatnonzero((self.n != 0) | (self.s != 0))
+        return {"buckets": used.tolist(), "s": self.s[used].tolist(), "n": self.n[used].tolist(),
+                "keyless": {v: m.tolist() for v, m in self.keyless.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitTotals:
+        out = cls()
+        used = np.asarray(data.get("buckets", []), dtype=int)
+        out.s[used] = np.asarray(data.get("s", []), dtype=float)
+        out.n[used] = np.asarray(data.get("n", []), dtype=float)
+        out.keyless = {v: np.asarray(m, dtype=float) for v, m in (data.get("keyless") or {}).items()}
+        return out
+
+
+@dataclass(frozen=True)
+class ArmSplit:
+    """One arm in one split: its ratio and its denominator's total."""
+
+    value: float
+    total_n: float
+    units: int
+
+
+@dataclass(frozen=True)
+class RatioComparison:
+    """Variant against control on one ratio metric, combined over the splits both saw.
+
+    ``value_*`` are the split-weighted ratios A and B (with one split, the plain ratios);
+    ``var_*`` and ``cov`` their delta-method (co)variances; ``diff = A - B``.
+    """
+
+    value_variant: float
+    value_control: float
+    var_variant: float
+    var_control: float
+    cov: float
+    units_variant: int  # distinct units (buckets with data plus keyless units) per arm
+    units_control: int
+    splits_used: int  # splits where both arms had at least two units
+    splits_weights: tuple[float, ...]
+
+    @property
+    def diff(self) -> float:
+        return self.value_variant - self.value_control
+
+    @property
+    def var_diff(self) -> float:
+        return max(self.var_variant + self.var_control - 2.0 * self.cov, 0.0)
+
+
+def _arm(table: SplitTotals, in_arm: np.ndarray, version: str) -> tuple[ArmSplit, np.ndarray]:
+    """The arm's ratio in one split, and its keyless moments."""
+    s, n = table.s[in_arm], table.n[in_arm]
+    k = table.keyless.get(version, np.zeros(len(KEYLESS_FIELDS)))
+    total_s, total_n = float(s.sum() + k[1]), float(n.sum() + k[2])
+    units = int(np.count_nonzero(n) + k[0])
+    value = total_s / total_n if total_n > 0 else math.nan
+    return ArmSplit(value, total_n, units), k
+
+
+def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: str, control: str,
+                  versions: Sequence[str]) -> RatioComparison | None:
+    """Combine ``variant`` against ``control`` over ``splits``: (arm index per bucket, totals).
+
+    ``arm_of_bucket[b]`` is the index in ``versions`` of the version bucket ``b`` routes to
+    under that split. A split where either arm has fewer than two units is left out (there
+    is no variance to weigh it by). None when no split is usable.
+    """
+    iv, ic = versions.index(variant), versions.index(control)
+    per_split = []
+    for arm_of_bucket, table in splits:
+        mask_v, mask_c = arm_of_bucket == iv, arm_of_bucket == ic
+        arm_v, k_v = _arm(table, mask_v, variant)
+        arm_c, k_c = _arm(table, mask_c, control)
+        if arm_v.units < 2 or arm_c.units < 2:
+            continue
+        # Each split's own variance of its difference, only to weigh the splits.
+        var_v = _arm_var(table, mask_v, arm_v, k_v)
+        var_c = _arm_var(table, mask_c, arm_c, k_c)
+        per_split.append((table, mask_v, mask_c, arm_v, arm_c, k_v, k_c, var_v + var_c))
+    if not per_split:
+        return None
+    raw = np.array([1.0 / v if v > 0 else math.inf for *_, v in per_split])
+    if np.isinf(raw).any():  # a split without spread: weigh the splits by size instead
+        raw = np.array([min(p[3].total_n, p[4].total_n) for p in per_split])
+    weights = raw / raw.sum()
+
+    psi_v, psi_c = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    keyless_var_v = keyless_var_c = 0.0
+    value_v = value_c = 0.0
+    used_v, used_c = np.zeros(NUM_BUCKETS, bool), np.zeros(NUM_BUCKETS, bool)
+    keyless_units_v = keyless_units_c = 0
+    for w, (table, mask_v, mask_c, arm_v, arm_c, k_v, k_c, _) in zip(weights, per_split):
+        value_v += w * arm_v.value
+        value_c += w * arm_c.value
+        psi_v[mask_v] += w * (table.s[mask_v] - arm_v.value * table.n[mask_v]) / arm_v.total_n
+        psi_c[mask_c] += w * (table.s[mask_c] - arm_c.value * table.n[mask_c]) / arm_c.total_n
+        keyless_var_v += w * w * _keyless_sq(k_v, arm_v.value) / arm_v.total_n ** 2
+        keyless_var_c += w * w * _keyless_sq(k_c, arm_c.value) / arm_c.total_n ** 2
+        used_v |= mask_v & (table.n != 0)
+        used_c |= mask_c & (table.n != 0)
+        keyless_units_v += int(k_v[0])
+        keyless_units_c += int(k_c[0])
+    units_v = int(used_v.sum()) + keyless_units_v
+    units_c = int(used_c.sum()) + keyless_units_c
+    # n / (n - 1): the sum of squared influences is the variance with the mean known.
+    var_v = (float(psi_v @ psi_v) + keyless_var_v) * units_v / max(units_v - 1, 1)
+    var_c = (float(psi_c @ psi_c) + keyless_var_c) * units_c / max(units_c - 1, 1)
+    # A bucket in the variant under one split and in the control under another links them.
+    cov = float(psi_v @ psi_c)
+    return RatioComparison(value_v, value_c, var_v, var_c, cov, units_v, units_c, len(per_split),
+                           tuple(float(w) for w in weights))
+
+
+def _arm_var(table: SplitTotals, mask: np.ndarray, arm: ArmSplit, keyless: np.ndarray) -> float:
+    resid = table.s[mask] - arm.value * table.n[mask]
+    total = float(resid @ resid) + _keyless_sq(keyless, arm.value)
+    return total / arm.total_n ** 2 * arm.units / max(arm.units - 1, 1)
+
+
+def _keyless_sq(k: np.ndarray, r: float) -> float:
+    """sum over keyless units of (S - r N)^2, from their moments."""
+    if k[0] == 0:
+        return 0.0
+    return max(float(k[3] - 2.0 * r * k[5] + r * r * k[4]), 0.0)
+
+
+def fieller_ratio_interval(a: float, b: float, var_a: float, var_b: float, cov: float,
+                           crit: float) -> tuple[float, float] | None:
+    """Fieller's interval for a / b: every rho with (a - rho b)^2 <= crit^2 Var(a - rho b).
+
+    At rho = 1 the condition is exactly the test of a - b = 0 with the same variance, so the
+    interval excludes 1 exactly when that test rejects: a relative lift never contradicts
+    the absolute one. None when b is not clearly away from 0 (the set is unbounded).
+    """
+    c2 = crit * crit
+    qa = b * b - c2 * var_b
+    if qa <= 0:
+        return None
+    qb = -2.0 * (a * b - c2 * cov)
+    qc = a * a - c2 * var_a
+    disc = qb * qb - 4.0 * qa * qc
+    if disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return (-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)
