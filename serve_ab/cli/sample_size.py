@@ -1,4 +1,4 @@
-"""``serve-ab sample-size``: how many requests per variant a fixed-horizon test needs.
+"""``serve-ab sample-size``: how many users (randomisation units) and requests each arm needs.
 
 Wiring, for ``serve_ab/cli/command.py``::
 
@@ -12,6 +12,16 @@ Examples::
     serve-ab sample-size --baseline-rate 0.10 --mde 0.02
     serve-ab sample-size --baseline-rate 0.10 --mde 0.15 --relative --variants 3 --json
     serve-ab sample-size --std 12.5 --mde 1.0 --power 0.9
+    serve-ab sample-size --baseline-rate 0.10 --mde 0.02 --requests-per-unit 5 --icc 0.05 --sequential
+    serve-ab sample-size --baseline-rate 0.10 --mde 0.02 --allocation 95:5
+
+The plan is for a fixed-horizon test by default (read once, at the planned size); with
+``--sequential`` it is for the always-valid mSPRT the report runs, with its mixing scale
+tau = the MDE. Without ``--requests-per-unit``, ``--icc``, ``--allocation`` and
+``--sequential`` every request is its own unit and the numbers are statsmodels' (Cohen's h
+with the z-test for rates, the t-test for means). A unit sending ``M`` requests with
+intra-class correlation ``RHO`` counts as ``M / (1 + (M - 1) RHO)`` independent requests
+(Kish's design effect).
 """
 
 from __future__ import annotations
@@ -19,32 +29,35 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from dataclasses import asdict
-from typing import TextIO
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # statsmodels takes seconds to import: only the command itself pays
     from serve_ab.analysis import power as _power
 
 __all__ = ["add_parser", "run"]
 
+# A variance needs two observations; no arm is planned with fewer units.
+_MIN_UNITS = 2
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``sample-size``; sets ``func`` (``args -> exit code``) on the namespace."""
     parser = subparsers.add_parser(
         "sample-size",
-        help="samples per variant needed to detect a minimum effect",
-        description="Samples per variant for a fixed-horizon A/B test: conversions (two-proportion "
-        "z-test) with --baseline-rate, or means (t-test) with --std. With more than two variants, "
-        "each comparison against the control gets alpha/(variants-1).",
+        help="users (randomisation units) and requests per arm needed to detect a minimum effect",
+        description="Users (randomisation units) and requests per arm for an A/B test: conversions "
+        "with --baseline-rate, or means with --std (per request). The default plans a fixed-horizon "
+        "test (two-proportion z-test, or t-test); --sequential plans the always-valid mSPRT the report "
+        "runs. With more than two variants, each comparison against the control gets alpha/(variants-1).",
     )
     metric = parser.add_mutually_exclusive_group(required=True)
     metric.add_argument("--baseline-rate", type=_open_unit("--baseline-rate", "0.10"), metavar="RATE",
                         help="control conversion rate, in (0, 1), e.g. 0.10")
     metric.add_argument("--std", type=_positive("--std"), metavar="STD",
-                        help="standard deviation of the metric per observation, > 0, e.g. 12.5")
+                        help="standard deviation of the metric per request, > 0, e.g. 12.5")
     parser.add_argument("--mde", type=_nonzero("--mde"), required=True,
                         help="minimum detectable effect: rate points (0.02) or metric units; "
                         "with --relative a fraction of the baseline rate (0.2 = +20%%)")
@@ -55,7 +68,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="probability of detecting the effect, in (0, 1) (default: 0.8)")
     parser.add_argument("--variants", type=_at_least_two, default=2,
                         help="arms including the control, >= 2 (default: 2)")
-    parser.add_argument("--one-sided", action="store_true", help="plan a one-sided test (default: two-sided)")
+    parser.add_argument("--one-sided", action="store_true",
+                        help="plan a one-sided fixed-horizon test (default: two-sided)")
+    parser.add_argument("--requests-per-unit", type=_at_least_one, default=1.0, metavar="M",
+                        help="mean requests per randomisation unit (user), >= 1 (default: 1: each request "
+                        "is its own unit)")
+    parser.add_argument("--icc", type=_closed_unit, default=0.0, metavar="RHO",
+                        help="intra-class correlation of one unit's requests, in [0, 1]; the variance per "
+                        "request is multiplied by the design effect 1 + (M - 1) RHO (default: 0)")
+    parser.add_argument("--allocation", type=_allocation, default=None, metavar="C:V",
+                        help="traffic split control:variant in percent, summing to 100, e.g. 95:5 "
+                        "(only with --variants 2; default: equal arms)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="plan for the always-valid mSPRT the report runs (tau = the MDE), which may "
+                        "be read at every look; default: a fixed-horizon test read once")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=functools.partial(run, parser=parser))
     return parser
@@ -72,16 +98,74 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
             raise
         parser.error(str(e))  # exits with status 2
     if args.json:
-        print(json.dumps(asdict(plan), indent=2, sort_keys=True), file=out)
+        print(json.dumps(plan, indent=2, sort_keys=True), file=out)
     else:
         print(_table(plan), file=out)
     return 0
 
 
-def _make_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
+def _make_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """The request-level plan (statsmodels), then units per arm for the test and split asked for."""
     from serve_ab.analysis import power as _power
 
-    common = dict(alpha=args.alpha, power=args.power, variants=args.variants, two_sided=not args.one_sided)
+    base = _request_plan(args)
+    allocation = getattr(args, "allocation", None)
+    sequential = getattr(args, "sequential", False)
+    m = getattr(args, "requests_per_unit", 1.0)
+    icc = getattr(args, "icc", 0.0)
+    if allocation is not None and args.variants != 2:
+        raise ValueError(f"argument --allocation: only applies with --variants 2 (got --variants {args.variants} "
+                         f"and --allocation {allocation[0]:g}:{allocation[1]:g}); with more variants arms are equal")
+    if sequential and args.one_sided:
+        raise ValueError("argument --one-sided: not with --sequential: the mSPRT the report runs is two-sided")
+    share_c, share_v = allocation or (50.0, 50.0)
+    ratio = share_v / share_c  # units in each variant arm per unit in the control arm
+    deff = _power.design_effect(m, icc)
+    scale = deff / m  # a unit's variance, relative to one request's
+
+    tau = None
+    if sequential:
+        if base.kind == "conversion":
+            p0, p1 = base.baseline_rate, base.baseline_rate + base.mde_abs
+            var_c, var_v = p0 * (1 - p0) * scale, p1 * (1 - p1) * scale
+        else:
+            var_c = var_v = base.std**2 * scale
+        tau = abs(base.mde_abs)
+        up = _power.units_per_arm(base.mde_abs, var_c, var_v, alpha=base.alpha_per_comparison, power=base.power,
+                                  sequential=True, tau=tau, allocation=(share_c, share_v))
+        units_c, units_v, exact_c = up.n_control, up.n_variant, up.n_control_exact
+        test = "mSPRT (always valid), normal mixture with tau = the MDE"
+    else:
+        req_c = base.n_per_variant_exact if ratio == 1 else _fixed_requests_control(base, ratio)
+        exact_c = req_c * scale
+        units_c = max(_MIN_UNITS, math.ceil(exact_c - 1e-9))
+        units_v = max(_MIN_UNITS, math.ceil(req_c * ratio * scale - 1e-9))
+        test = ("fixed-horizon two-proportion z-test" if base.kind == "conversion"
+                else "fixed-horizon two-sample t-test")
+
+    plan = asdict(base)
+    del plan["n_per_variant"], plan["n_per_variant_exact"], plan["n_total"]
+    variant_arms = base.variants - 1
+    plan.update(
+        test=test, sequential=sequential, tau=tau,
+        requests_per_unit=m, icc=icc, design_effect=deff,
+        allocation={"control": share_c, "variant": share_v},
+        units_per_arm={"control": units_c, "variant": units_v},
+        requests_per_arm={"control": _requests(units_c, m), "variant": _requests(units_v, m)},
+        units_total=units_c + variant_arms * units_v,
+        requests_total=_requests(units_c, m) + variant_arms * _requests(units_v, m),
+        # Kept from the request-level plan: per arm when the arms are equal (now in units), else null.
+        n_per_variant=units_c if ratio == 1 else None,
+        n_per_variant_exact=exact_c if ratio == 1 else None,
+        n_total=units_c + variant_arms * units_v,
+    )
+    return plan
+
+
+def _request_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
+    from serve_ab.analysis import power as _power
+
+    common = {"alpha": args.alpha, "power": args.power, "variants": args.variants, "two_sided": not args.one_sided}
     if args.baseline_rate is None and args.relative:
         raise ValueError(f"argument --relative: only applies with --baseline-rate; with --std give --mde in the "
                          f"metric's units (got --std {args.std} --mde {args.mde})")
@@ -100,25 +184,64 @@ def _make_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
 _OPTIONS = ("--baseline-rate", "--std", "--mde", "--alpha", "--power", "--variants")
 
 
-def _table(plan: _power.SampleSizePlan) -> str:
-    if plan.kind == "conversion":
-        target = plan.baseline_rate + plan.mde_abs
-        head = "conversions, two-proportion z-test"
-        rows = [("baseline rate", f"{plan.baseline_rate:.4g}"),
-                ("minimum effect", f"{plan.mde_abs:+.4g} ({plan.mde_abs / plan.baseline_rate:+.1%}) -> {target:.4g}")]
+def _fixed_requests_control(base: _power.SampleSizePlan, ratio: float) -> float:
+    """Control-arm requests for the fixed test with ``ratio`` variant requests per control request."""
+    from statsmodels.stats.power import NormalIndPower, TTestIndPower
+
+    solver = NormalIndPower() if base.kind == "conversion" else TTestIndPower()
+    kw = {"effect_size": base.effect_size, "alpha": base.alpha_per_comparison, "ratio": ratio,
+          "alternative": "two-sided" if base.two_sided else "larger"}
+    smallest = _MIN_UNITS * max(1.0, 1.0 / ratio)  # both arms hold >= 2
+    if solver.power(nobs1=smallest, **kw) >= base.power:
+        return smallest  # huge effects: the t-test's root finder fails below 2 per arm
+    return float(solver.solve_power(nobs1=None, power=base.power, **kw))
+
+
+def _requests(units: int, m: float) -> int:
+    return math.ceil(units * m - 1e-9)  # expected requests, rounded up
+
+
+def _table(plan: dict[str, Any]) -> str:
+    mde = plan["mde_abs"]
+    if plan["kind"] == "conversion":
+        base_rate = plan["baseline_rate"]
+        head = "conversions, " + ("mSPRT on the difference in rates" if plan["sequential"]
+                                  else "two-proportion z-test")
+        rows = [("baseline rate", f"{base_rate:.4g}"),
+                ("minimum effect", f"{mde:+.4g} ({mde / base_rate:+.1%}) -> {base_rate + mde:.4g}")]
     else:
-        head = "means, two-sample t-test"
-        rows = [("std dev", f"{plan.std:.4g}"), ("minimum effect", f"{plan.mde_abs:+.4g} ({plan.effect_size:.3g} sd)")]
-    comparisons = plan.variants - 1
+        head = "means, " + ("mSPRT on the difference in means" if plan["sequential"] else "two-sample t-test")
+        rows = [("std dev", f"{plan['std']:.4g} per request"),
+                ("minimum effect", f"{mde:+.4g} ({plan['effect_size']:.3g} sd)")]
+    comparisons = plan["variants"] - 1
     rows += [
-        ("alpha", f"{plan.alpha:g} ({'two' if plan.two_sided else 'one'}-sided"
-                  + (f", {plan.alpha_per_comparison:.3g} per comparison x {comparisons})" if comparisons > 1 else ")")),
-        ("power", f"{plan.power:g}"),
-        ("per variant", f"{plan.n_per_variant:,}"),
-        (f"total ({plan.variants} variants)", f"{plan.n_total:,}"),
+        ("alpha", f"{plan['alpha']:g} ({'two' if plan['two_sided'] else 'one'}-sided"
+                  + (f", {plan['alpha_per_comparison']:.3g} per comparison x {comparisons})"
+                     if comparisons > 1 else ")")),
+        ("power", f"{plan['power']:g}"),
     ]
+    if plan["sequential"]:
+        test = f"mSPRT, valid at every look (tau {plan['tau']:.4g}); power at the final look, more if monitored"
+        rows.append(("test", test))
+    else:
+        rows.append(("test", "fixed horizon: read once, at the planned size"))
+    clustering = f"{plan['requests_per_unit']:g} (ICC {plan['icc']:g}, design effect {plan['design_effect']:.4g})"
+    rows.append(("requests per unit", clustering))
+    units, requests = plan["units_per_arm"], plan["requests_per_arm"]
+    if plan["n_per_variant"] is not None:
+        rows.append(("per variant", f"{units['control']:,} units, {requests['control']:,} requests"))
+    else:
+        share = plan["allocation"]
+        rows.append(("allocation", f"{share['control']:g}:{share['variant']:g} (control:variant)"))
+        rows.append(("control", f"{units['control']:,} units, {requests['control']:,} requests"))
+        rows.append(("variant", f"{units['variant']:,} units, {requests['variant']:,} requests"))
+    rows.append((f"total ({plan['variants']} variants)",
+                 f"{plan['units_total']:,} units, {plan['requests_total']:,} requests"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"sample size ({head})"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+# ---- argparse types: each names its option, the value, and what is valid -----------------
 
 
 def _open_unit(option: str, example: str):
@@ -142,7 +265,7 @@ def _positive(option: str):
 def _nonzero(option: str):
     def parse(text: str) -> float:
         value = _float(text)
-        if value == 0 or value != value or abs(value) == float("inf"):
+        if value == 0 or math.isnan(value) or abs(value) == float("inf"):
             raise argparse.ArgumentTypeError(f"{text} must be a non-zero number; e.g. {option} 0.02")
         return value
     return parse
@@ -156,6 +279,40 @@ def _at_least_two(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"{value} must be >= 2 (arms including the control); e.g. --variants 2")
     return value
+
+
+def _at_least_one(text: str) -> float:
+    value = _float(text)
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number >= 1 (mean requests per randomisation unit); "
+                                         f"e.g. --requests-per-unit 5")
+    return value
+
+
+def _closed_unit(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1] (the intra-class correlation of one unit's "
+                                         f"requests); e.g. --icc 0.05")
+    return value
+
+
+def _allocation(text: str) -> tuple[float, float]:
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        share_c, share_v = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not C:V (control:variant percentages summing to 100); "
+                                         f"e.g. --allocation 95:5") from None
+    if not (0 < share_c < 100 and 0 < share_v < 100):
+        raise argparse.ArgumentTypeError(f"{text}: each share must be > 0 and < 100 (control:variant percentages "
+                                         f"summing to 100); e.g. --allocation 95:5")
+    if abs(share_c + share_v - 100) > 1e-6:
+        raise argparse.ArgumentTypeError(f"{text} sums to {share_c + share_v:g}, not 100 (control:variant "
+                                         f"percentages); e.g. --allocation 95:5")
+    return share_c, share_v
 
 
 def _float(text: str) -> float:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
+from statsmodels.stats.proportion import proportion_effectsize
 
+from serve_ab.analysis.power import (
+    design_effect,
+    sample_size_conversions,
+    sample_size_means,
+    units_per_arm,
+)
 from serve_ab.cli import sample_size as cli_sample_size
-from serve_ab.analysis.power import sample_size_conversions, sample_size_means
 
 
 def _main(argv: list[str]) -> int:
@@ -18,10 +26,16 @@ def _main(argv: list[str]) -> int:
     return args.func(args)
 
 
+def _json(capsys, argv: list[str]) -> dict:
+    assert _main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_conversions_table(capsys):
     assert _main(["--baseline-rate", "0.10", "--mde", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "conversions" in out and "3,835" in out and "7,670" in out and "+20.0%" in out
+    assert "fixed horizon" in out and "3,835 units, 3,835 requests" in out
 
 
 def test_relative_mde_and_variants_as_json(capsys):
@@ -39,6 +53,91 @@ def test_means_with_power_and_one_sided(capsys):
     assert got["kind"] == "mean" and got["two_sided"] is False
 
 
+def test_without_the_new_flags_units_are_requests_and_match_statsmodels(capsys):
+    got = _json(capsys, ["--baseline-rate", "0.10", "--mde", "0.02"])
+    ref = NormalIndPower().solve_power(proportion_effectsize(0.12, 0.10), alpha=0.05, power=0.8)
+    assert got["units_per_arm"] == got["requests_per_arm"] == {"control": math.ceil(ref), "variant": math.ceil(ref)}
+    assert got["n_per_variant"] == 3835 and got["n_total"] == got["units_total"] == got["requests_total"] == 7670
+    assert got["n_per_variant_exact"] == pytest.approx(ref, rel=1e-9)
+    assert got["design_effect"] == 1.0 and got["allocation"] == {"control": 50.0, "variant": 50.0}
+    assert got["test"] == "fixed-horizon two-proportion z-test" and got["sequential"] is False and got["tau"] is None
+
+    means = _json(capsys, ["--std", "12.5", "--mde", "1.0"])
+    ref = TTestIndPower().solve_power(0.08, alpha=0.05, power=0.8)
+    assert means["units_per_arm"]["control"] == math.ceil(ref) and means["test"] == "fixed-horizon two-sample t-test"
+
+
+@pytest.mark.parametrize(
+    "metric, m, icc",
+    [
+        (["--baseline-rate", "0.10", "--mde", "0.02"], 5, 0.05),
+        (["--baseline-rate", "0.3", "--mde", "-0.1", "--relative", "--variants", "3"], 12, 0.01),
+        (["--std", "12.5", "--mde", "1.0"], 3.5, 0.2),
+    ],
+)
+def test_clustered_units_follow_the_design_effect(capsys, metric, m, icc):
+    requests = _json(capsys, metric)
+    got = _json(capsys, [*metric, "--requests-per-unit", str(m), "--icc", str(icc)])
+    deff = 1 + (m - 1) * icc
+    assert got["design_effect"] == pytest.approx(deff) == design_effect(m, icc)
+    expected = math.ceil(requests["n_per_variant_exact"] * deff / m)
+    for arm in ("control", "variant"):
+        assert abs(got["units_per_arm"][arm] - expected) <= 1
+        assert got["requests_per_arm"][arm] == math.ceil(got["units_per_arm"][arm] * m - 1e-9)
+    assert got["units_total"] == got["units_per_arm"]["control"] * got["variants"]
+    assert got["requests_per_unit"] == m and got["icc"] == icc
+
+
+def test_unequal_allocation_matches_normal_ind_power_with_ratio(capsys):
+    got = _json(capsys, ["--baseline-rate", "0.10", "--mde", "0.02", "--allocation", "95:5"])
+    ratio = 5 / 95
+    ref = NormalIndPower().solve_power(proportion_effectsize(0.12, 0.10), alpha=0.05, power=0.8, ratio=ratio)
+    assert got["units_per_arm"] == {"control": math.ceil(ref), "variant": math.ceil(ref * ratio)}
+    assert got["allocation"] == {"control": 95.0, "variant": 5.0}
+    assert got["n_per_variant"] is None and got["n_total"] == got["units_total"] == math.ceil(ref) + math.ceil(ref * ratio)
+
+    means = _json(capsys, ["--std", "12.5", "--mde", "1.0", "--allocation", "80:20", "--one-sided"])
+    ref = TTestIndPower().solve_power(0.08, alpha=0.05, power=0.8, ratio=0.25, alternative="larger")
+    assert means["units_per_arm"] == {"control": math.ceil(ref), "variant": math.ceil(ref * 0.25)}
+
+    # With clustering as well: each arm's requests-level size times deff / M.
+    both = _json(capsys, ["--baseline-rate", "0.10", "--mde", "0.02", "--allocation", "95:5",
+                          "--requests-per-unit", "5", "--icc", "0.05"])
+    ref = NormalIndPower().solve_power(proportion_effectsize(0.12, 0.10), alpha=0.05, power=0.8, ratio=ratio)
+    assert both["units_per_arm"] == {"control": math.ceil(ref * 1.2 / 5), "variant": math.ceil(ref * ratio * 1.2 / 5)}
+    assert both["requests_per_arm"] == {"control": 5 * both["units_per_arm"]["control"],
+                                        "variant": 5 * both["units_per_arm"]["variant"]}
+
+
+def test_allocation_table_lists_each_arm(capsys):
+    assert _main(["--baseline-rate", "0.10", "--mde", "0.02", "--allocation", "95:5"]) == 0
+    out = capsys.readouterr().out
+    assert "95:5 (control:variant)" in out and "  control " in out and "  variant " in out
+
+
+def test_sequential_plans_the_msprt_with_tau_the_mde(capsys):
+    argv = ["--baseline-rate", "0.10", "--mde", "0.02", "--requests-per-unit", "4", "--icc", "0.1"]
+    fixed = _json(capsys, argv)
+    got = _json(capsys, [*argv, "--sequential"])
+    deff = 1 + 3 * 0.1
+    ref = units_per_arm(0.02, 0.1 * 0.9 * deff / 4, 0.12 * 0.88 * deff / 4, alpha=0.05, power=0.8, tau=0.02)
+    assert got["units_per_arm"] == {"control": ref.n_control, "variant": ref.n_variant}
+    assert got["sequential"] is True and got["tau"] == pytest.approx(0.02) and got["test"].startswith("mSPRT")
+    assert got["units_per_arm"]["control"] > 1.5 * fixed["units_per_arm"]["control"]  # valid at every look costs
+
+    three = _json(capsys, ["--std", "12.5", "--mde", "1.0", "--variants", "3", "--sequential"])
+    ref = units_per_arm(1.0, 12.5**2, alpha=0.025, power=0.8, tau=1.0)
+    assert three["units_per_arm"]["control"] == ref.n_control and three["units_total"] == 3 * ref.n_control
+
+    canary = _json(capsys, [*argv, "--sequential", "--allocation", "90:10"])
+    ref = units_per_arm(0.02, 0.1 * 0.9 * deff / 4, 0.12 * 0.88 * deff / 4, tau=0.02, allocation=(90, 10))
+    assert canary["units_per_arm"] == {"control": ref.n_control, "variant": ref.n_variant}
+
+    assert _main([*argv, "--sequential"]) == 0
+    out = capsys.readouterr().out
+    assert "mSPRT" in out and "valid at every look" in out and "design effect 1.3" in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -54,6 +153,19 @@ def test_means_with_power_and_one_sided(capsys):
         (["--baseline-rate", "0.1", "--mde", "0.02", "--variants", "1"], "argument --variants: 1 must be >= 2"),
         (["--std", "0", "--mde", "1"], "argument --std: 0 must be a number > 0"),
         (["--std", "3", "--mde", "1", "--relative"], "argument --relative: only applies with --baseline-rate"),
+        (["--std", "3", "--mde", "1", "--icc", "1.5"], "argument --icc: 1.5 is not in [0, 1]"),
+        (["--std", "3", "--mde", "1", "--icc", "-0.1"], "argument --icc: -0.1 is not in [0, 1]"),
+        (["--std", "3", "--mde", "1", "--requests-per-unit", "0.5"],
+         "argument --requests-per-unit: 0.5 must be a number >= 1"),
+        (["--std", "3", "--mde", "1", "--requests-per-unit", "x"], "argument --requests-per-unit: 'x' is not a number"),
+        (["--std", "3", "--mde", "1", "--allocation", "90:5"],
+         "argument --allocation: 90:5 sums to 95, not 100 (control:variant percentages); e.g. --allocation 95:5"),
+        (["--std", "3", "--mde", "1", "--allocation", "abc"], "argument --allocation: 'abc' is not C:V"),
+        (["--std", "3", "--mde", "1", "--allocation", "50:30:20"], "argument --allocation: '50:30:20' is not C:V"),
+        (["--std", "3", "--mde", "1", "--allocation", "100:0"], "argument --allocation: 100:0: each share must be > 0"),
+        (["--std", "3", "--mde", "1", "--allocation", "95:5", "--variants", "3"],
+         "argument --allocation: only applies with --variants 2 (got --variants 3"),
+        (["--std", "3", "--mde", "1", "--sequential", "--one-sided"], "argument --one-sided: not with --sequential"),
     ],
 )
 def test_invalid_combinations_name_the_option_and_the_range(capsys, argv, message):
@@ -61,3 +173,17 @@ def test_invalid_combinations_name_the_option_and_the_range(capsys, argv, messag
         _main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--icc", "1.5", "not in [0, 1]"), ("--allocation", "90:5", "sums to 95, not 100"),
+     ("--allocation", "abc", "is not C:V"), ("--requests-per-unit", "0", "must be a number >= 1")],
+)
+def test_the_serve_ab_entry_point_exits_2_naming_the_flag(capsys, flag, value, message):
+    from serve_ab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample-size", "--baseline-rate", "0.1", "--mde", "0.02", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: " in (err := capsys.readouterr().err) and value in err and message in err
