@@ -4,13 +4,24 @@ Class distributions are given as count vectors (index = predicted class); vector
 different lengths are padded with zeros, since a class one version never predicted has
 count 0 there. Scores (e.g. top-class probability) are given as samples.
 
+Scales: ``js_divergence`` is in bits and is the *square* of ``js_distance`` (scipy's
+``jensenshannon`` and Evidently report the distance), so a divergence of 0.1 is a distance
+of about 0.32. A divergence measured on a small sample is biased upwards (it is never
+negative), so a gate also asks :func:`class_homogeneity_test` whether the counts show any
+difference at all before it calls a divergence drift.
+
     >>> round(js_divergence([50, 50], [50, 50]), 6)
+    0.0
+    >>> round(js_distance([80, 20], [50, 50]) ** 2 - js_divergence([80, 20], [50, 50]), 12)
     0.0
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -68,6 +79,103 @@ def js_divergence(candidate: ArrayLike, reference: ArrayLike) -> float:
     """
     p, q = _aligned(candidate, reference)
     return float(jensenshannon(p, q, base=2) ** 2)
+
+
+def js_distance(candidate: ArrayLike, reference: ArrayLike) -> float:
+    """Jensen-Shannon distance with base-2 logs, in [0, 1]: the square root of
+    :func:`js_divergence`, and a metric (it obeys the triangle inequality)."""
+    p, q = _aligned(candidate, reference)
+    return float(jensenshannon(p, q, base=2))
+
+
+#: Cochran's rule for the chi-square approximation: no expected count below 1 and at most
+#: 20% below 5; a sparser table is tested by Monte Carlo instead.
+_SPARSE_EXPECTED, _SPARSE_SHARE = 5.0, 0.2
+_MC_MIN_TABLES, _MC_MAX_TABLES = 1999, 199_999
+_MC_BATCH_CELLS = 2_000_000  # memory of one batch of simulated tables, in counts
+
+
+@dataclass(frozen=True)
+class HomogeneityTest:
+    """A test that two class-count vectors come from one distribution."""
+
+    statistic: float  # Pearson's chi-square on the 2 x classes table
+    p_value: float
+    classes: int  # classes seen on either side; all-zero columns are dropped
+    method: str  # "chi-square", "Monte Carlo" or "none" (fewer than two classes seen)
+    tables: int = 0  # Monte Carlo only: tables simulated
+
+    def describe(self) -> str:
+        if self.method == "none":
+            return "one class seen on both sides, nothing to test"
+        if self.method == "Monte Carlo":
+            return (f"Monte Carlo chi-square test, {self.classes} classes, {self.tables} tables, "
+                    f"p = {self.p_value:.3g}")
+        return f"chi-square test on {self.classes} classes, p = {self.p_value:.3g}"
+
+
+def class_homogeneity_test(candidate: ArrayLike, reference: ArrayLike, *, alpha: float = 0.05,
+                           seed: int = 0) -> HomogeneityTest:
+    """Pearson's chi-square test of homogeneity on the 2 x classes table of counts.
+
+    Classes neither side predicted are dropped (they carry no information). When expected
+    counts are small (any below 1, or more than 20% below 5: Cochran's rule) the chi-square
+    distribution is a poor guide, so the p-value is a Monte Carlo exact test instead:
+    tables with the same row and column totals are drawn from the multivariate
+    hypergeometric distribution (the permutation distribution of the class labels) and
+    p = (1 + tables at least as extreme) / (1 + tables). This is valid for any number of
+    tables and needs no merging of sparse classes, which would hide a shift into a rare
+    class. ``alpha`` sets how many tables are drawn (enough that p can fall well below it,
+    1,999 to 199,999), and the draw stops early once p cannot fall below ``alpha``; the
+    seed is fixed, so the same counts always get the same p-value.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha is {alpha!r}; it must be in (0, 1), e.g. 0.05")
+    p, q = _aligned(candidate, reference)
+    for counts, what in ((p, "candidate"), (q, "reference")):
+        if not np.all(counts == np.round(counts)):
+            raise ValueError(f"{what} counts must be whole numbers for a test, got {counts.tolist()}")
+    return _homogeneity(tuple(int(c) for c in p), tuple(int(c) for c in q), float(alpha), seed)
+
+
+@functools.lru_cache(maxsize=256)  # every class-drift gate of one analysis asks the same
+def _homogeneity(p: tuple[int, ...], q: tuple[int, ...], alpha: float, seed: int) -> HomogeneityTest:
+    table = np.array([p, q], dtype=float)
+    table = table[:, table.sum(axis=0) > 0]
+    classes = table.shape[1]
+    if classes < 2:
+        return HomogeneityTest(0.0, 1.0, classes, "none")
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    expected = np.outer(rows, cols) / table.sum()
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    sparse = expected.min() < 1 or np.mean(expected < _SPARSE_EXPECTED) > _SPARSE_SHARE
+    if not sparse:
+        return HomogeneityTest(statistic, float(stats.chi2.sf(statistic, classes - 1)), classes, "chi-square")
+    tables = int(min(max(_MC_MIN_TABLES, math.ceil(20 / alpha)), _MC_MAX_TABLES))
+    rng = np.random.default_rng(seed)
+    most = max(1, _MC_BATCH_CELLS // classes)
+    # Ties in the statistic (common in sparse tables) must count as "as extreme".
+    at_least = statistic - 1e-9 * max(1.0, statistic)
+    extreme = drawn = 0
+    while drawn < tables:
+        # Batches double, so a table far from significance stops after the first one.
+        size = min(max(_MC_MIN_TABLES, drawn), most, tables - drawn)
+        first = rng.multivariate_hypergeometric(cols.astype(np.int64), int(rows[0]), size=size,
+                                                method="count")
+        sim = np.stack([first, cols - first], axis=1)  # (size, 2, classes)
+        sim_statistic = np.sum((sim - expected) ** 2 / expected, axis=(1, 2))
+        extreme += int(np.sum(sim_statistic >= at_least))
+        drawn += size
+        if (1 + extreme) / (1 + tables) >= alpha:  # p can no longer fall below alpha
+            break
+    return HomogeneityTest(statistic, (1 + extreme) / (1 + drawn), classes, "Monte Carlo", drawn)
+
+
+def ks_test(candidate: ArrayLike, reference: ArrayLike) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's ``ks_2samp``, exact for
+    small samples, conservative with ties)."""
+    result = stats.ks_2samp(_scores(candidate, "candidate scores"), _scores(reference, "reference scores"))
+    return float(result.statistic), float(result.pvalue)
 
 
 def _scores(scores: ArrayLike, what: str) -> np.ndarray:

@@ -43,6 +43,65 @@ def test_js_is_squared_base2_scipy_distance_in_unit_interval():
     assert drift.js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
 
 
+def test_js_distance_is_the_square_root_of_the_divergence():
+    p, q = [30, 50, 20], [10, 10, 80]
+    assert drift.js_distance(p, q) == pytest.approx(jensenshannon(p, q, base=2))
+    assert drift.js_distance(p, q) ** 2 == pytest.approx(drift.js_divergence(p, q))
+    assert drift.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
+    # The scales differ most where thresholds live: a divergence of 0.1 is a distance of 0.32.
+    assert math.sqrt(0.1) == pytest.approx(0.316, abs=1e-3)
+
+
+def test_homogeneity_test_is_pearson_chi_square_without_empty_classes():
+    p, q = [120, 80, 0, 50], [100, 100, 0, 50]
+    result = drift.class_homogeneity_test(p, q)
+    statistic, p_value, dof, _ = stats.chi2_contingency([[120, 80, 50], [100, 100, 50]], correction=False)
+    assert (result.method, result.classes) == ("chi-square", 3) and dof == 2
+    assert result.statistic == pytest.approx(statistic) and result.p_value == pytest.approx(p_value)
+    same = drift.class_homogeneity_test([40, 0], [60, 0])
+    assert (same.method, same.p_value) == ("none", 1.0) and "nothing to test" in same.describe()
+
+
+def test_sparse_tables_use_a_seeded_monte_carlo_test():
+    p, q = [3, 0, 1, 0, 2, 1, 0, 2, 1, 0], [0, 2, 1, 1, 0, 1, 2, 0, 1, 2]
+    result = drift.class_homogeneity_test(p, q, alpha=0.05)
+    assert result.method == "Monte Carlo" and result.tables >= 1999
+    assert drift.class_homogeneity_test(list(p), list(q), alpha=0.05) == result  # same counts, same p
+    # Against the permutation distribution of the labels, estimated independently.
+    totals = np.add(p, q)
+    labels = np.repeat(np.arange(10), totals)
+    rng = np.random.default_rng(123)
+    firsts = np.array([np.bincount(rng.permutation(labels)[:10], minlength=10) for _ in range(4000)])
+    expected = totals / 2  # 10 predictions a side
+    simulated = (((firsts - expected) ** 2 + (totals - firsts - expected) ** 2) / expected).sum(axis=1)
+    assert result.p_value == pytest.approx(np.mean(simulated >= result.statistic - 1e-9), abs=0.03)
+    # A small alpha draws enough tables to go below it when the shift is real.
+    shifted = drift.class_homogeneity_test([12, 0, 0, 0, 0, 0, 0, 0, 0, 0], [1] * 10 + [2], alpha=1e-4)
+    assert shifted.p_value < 1e-4 and shifted.tables > 20_000
+
+
+def test_monte_carlo_p_values_are_valid_under_no_drift():
+    rng = np.random.default_rng(7)
+    probs = np.array([0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.03, 0.02])
+    p_values = [drift.class_homogeneity_test(rng.multinomial(15, probs), rng.multinomial(15, probs), alpha=0.05,
+                                             seed=int(i)).p_value for i in range(300)]
+    assert np.mean(np.array(p_values) < 0.05) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+
+
+def test_homogeneity_test_refuses_fractional_counts_and_bad_alpha():
+    with pytest.raises(ValueError, match="whole numbers"):
+        drift.class_homogeneity_test([0.5, 1.5], [1, 1])
+    with pytest.raises(ValueError, match="alpha is 0"):
+        drift.class_homogeneity_test([1, 1], [1, 1], alpha=0)
+
+
+def test_ks_test_matches_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 1.0, 300), rng.uniform(0.6, 1.0, 200)
+    result = stats.ks_2samp(a, b)
+    assert drift.ks_test(a, b) == (pytest.approx(result.statistic), pytest.approx(result.pvalue))
+
+
 def test_count_vectors_of_different_lengths_are_padded_with_zeros():
     assert drift.js_divergence([5, 5], [5, 5, 0]) == pytest.approx(0.0, abs=1e-12)
     assert drift.kl_divergence([5, 5], [5, 5, 5]) == pytest.approx(drift.kl_divergence([5, 5, 0], [5, 5, 5]))
