@@ -27,9 +27,10 @@ MAX_PENDING = 50_000
 class FeedbackJoin:
     max_requests: int = MAX_REQUESTS
     request_ttl_s: float = REQUEST_TTL_S
-    #: Called with (version, name, value, converted, t_s) for every joined feedback, e.g. to
-    #: keep cumulative totals beside the windows the gates read.
-    on_emit: Callable[[str, str, float | None, bool | None, float], None] | None = None
+    #: Called with (version, name, value, converted, t_s, unit, split) for every joined
+    #: feedback, e.g. to keep cumulative totals beside the windows the gates read; ``unit``
+    #: and ``split`` are the request's (its assignment key's hash or bucket, and its routing epoch).
+    on_emit: Callable[..., None] | None = None
     #: Keep the joined events for :meth:`events` (a rollout's gate windows need them).
     keep_events: bool = True
     #: Called with the number of feedbacks dropped unjoined: their request's report never
@@ -42,17 +43,18 @@ class FeedbackJoin:
         # (request id, name) of every feedback counted, for as long as a token can bring it
         # back: one report per request and metric, however often a client sends it.
         self._reported: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
-        self._served: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        self._served: collections.OrderedDict[str, tuple[str, float, int | None, int]] = collections.OrderedDict()
         self._values: collections.deque[FeedbackEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._conversions: collections.deque[ConversionEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._pending: collections.OrderedDict[str, list[tuple]] = collections.OrderedDict()
 
-    def remember(self, request_id: str, version: str, t_s: float) -> None:
-        self._served[request_id] = (version, t_s)
+    def remember(self, request_id: str, version: str, t_s: float, unit: int | None = None,
+                 split: int = -1) -> None:
+        self._served[request_id] = (version, t_s, unit, split)
         while len(self._served) > self.max_requests:
             self._served.popitem(last=False)
         for name, value, converted, at_s in self._pending.pop(request_id, ()):
-            self._emit(version, name, value, converted, at_s)
+            self._emit(version, name, value, converted, at_s, unit, split)
 
     def _expire(self, now_s: float) -> None:
         while self._pending:
@@ -61,7 +63,7 @@ class FeedbackJoin:
                 break
             self._drop_oldest_pending()
         while self._served:
-            _, (_, t_s) = next(iter(self._served.items()))
+            _, (_, t_s, _, _) = next(iter(self._served.items()))
             if t_s >= now_s - self.request_ttl_s:
                 break
             self._served.popitem(last=False)
@@ -72,7 +74,7 @@ class FeedbackJoin:
             self._reported.popitem(last=False)
 
     def add(self, request_id: str, name: str, value: float | None, converted: bool | None,
-            now_s: float, version: str | None = None) -> str | None:
+            now_s: float, version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
         """Record feedback; returns the version it joined to, or None while it waits for
         the request's report (dropped after PENDING_TTL_S if none comes).
 
@@ -83,7 +85,7 @@ class FeedbackJoin:
         self._expire(now_s)
         self._once(request_id, name, now_s)
         if version is not None:
-            self._emit(version, name, value, converted, now_s)
+            self._emit(version, name, value, converted, now_s, unit, split)
             return version
         served = self._served.get(request_id)
         if served is None:
@@ -91,7 +93,7 @@ class FeedbackJoin:
             while len(self._pending) > MAX_PENDING:
                 self._drop_oldest_pending()
             return None
-        self._emit(served[0], name, value, converted, now_s)
+        self._emit(served[0], name, value, converted, now_s, served[2], served[3])
         return served[0]
 
     def _once(self, request_id: str, name: str, now_s: float) -> None:
@@ -111,9 +113,9 @@ class FeedbackJoin:
             self.on_unjoined(len(dropped))
 
     def _emit(self, version: str, name: str, value: float | None, converted: bool | None,
-              t_s: float) -> None:
+              t_s: float, unit: int | None = None, split: int = -1) -> None:
         if self.on_emit is not None:
-            self.on_emit(version, name, value, converted, t_s)
+            self.on_emit(version, name, value, converted, t_s, unit, split)
         if not self.keep_events:
             return
         if converted is not None:

@@ -54,6 +54,8 @@ from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, 
 
 logger = logging.getLogger("ray.serve")
 
+# Routing epochs whose weights are remembered (a router reports within seconds of an epoch).
+MAX_EPOCHS_REMEMBERED = 1000
 # Observations kept for windows; a bound so a flood cannot exhaust the controller's memory.
 MAX_OBSERVATIONS = 200_000
 # Bounded so that a stopping controller drains its routers' polls quickly and still has
@@ -115,6 +117,10 @@ class ControllerCore:
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
+        # The weights of every routing epoch published, so each row counts under the split
+        # its router assigned it by (rows and feedback arrive after the weights moved on).
+        self._epoch_weights: dict[int, dict[str, float]] = {}
+        self.snapshot()
 
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
@@ -162,9 +168,11 @@ class ControllerCore:
             if row.mirrored:
                 continue
             self.stats.record(now, row.version, row.latency_ms, row.error_kind, row.predicted_class,
-                              row.unit, row.assigned)
-            if row.request_id and not row.pinned:  # feedback on pinned answers moves no gate
-                self.feedback.remember(row.request_id, row.version, now)
+                              row.unit, row.assigned, self._split_weights(row.split))
+            # Intention to treat: feedback joins the request's assigned row (the version the
+            # split chose, even when a fallback answered); pinned answers' feedback moves nothing.
+            if row.request_id and row.assigned:
+                self.feedback.remember(row.request_id, row.version, now, unit=row.unit, split=row.split)
         for pair in observations.pairs:
             if gated and pair.error_kind is None and pair.live_class is not None \
                     and pair.shadow_class is not None:
@@ -175,8 +183,13 @@ class ControllerCore:
                                        pair.score_diff, pair.shadow_latency_ms, pair.error_kind)
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
-                         converted: bool | None, t_s: float) -> None:
-        self.stats.record_feedback(t_s, version, name, value, converted)
+                         converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
+        self.stats.record_feedback(t_s, version, name, value, converted, unit, self._split_weights(split))
+
+    def _split_weights(self, epoch: int) -> dict[str, float] | None:
+        """The weights routers routed by at ``epoch``; None (the weights now) for an epoch this
+        controller never published (a router that followed the controller before a restart)."""
+        return self._epoch_weights.get(epoch)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -341,7 +354,13 @@ class ControllerCore:
     def snapshot(self) -> RoutingSnapshot:
         """What routers need: the weights of every version, what may be unloaded, and which
         versions get copies of live requests."""
-        return RoutingSnapshot(self.epoch, self.weights(), tuple(self.retired), tuple(self.mirrors()))
+        weights = self.weights()
+        if self._epoch_weights.get(self.epoch) != weights:
+            self._epoch_weights[self.epoch] = weights
+            while len(self._epoch_weights) > MAX_EPOCHS_REMEMBERED:
+                self._epoch_weights.pop(next(iter(self._epoch_weights)))
+            self.stats.set_weights(weights)
+        return RoutingSnapshot(self.epoch, weights, tuple(self.retired), tuple(self.mirrors()))
 
     def mirrors(self) -> list[Mirror]:
         """Versions that get copies of live requests, and what share: the configured shadow,
@@ -568,8 +587,12 @@ class ExperimentController:
         return self.core.snapshot()
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None) -> str | None:
-        return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version)
+                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+        """Feedback on an answer: by request id alone (joined when the router's report of it
+        comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
+        epoch the request was assigned under)."""
+        return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
+                                      unit=unit, split=split)
 
     async def feedback_key(self) -> bytes:
         """The key routers sign feedback tokens with (see serving/core/feedback_token.py)."""

@@ -116,9 +116,9 @@ async def http_predict(request: Request, s: Served = Depends(served)) -> JSONRes
     parsed = parse_body(PredictRequest, body)
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
-    version, outputs = await core.serve(parsed.inputs, key, pinned)
+    choice, version, outputs = await core.serve_choice(parsed.inputs, key, pinned)
     request_id = core.request_id()
-    token = core.feedback_token(request_id, version, assigned=pinned is None)
+    token = core.feedback_token_for(request_id, choice)
     headers = {VERSION_HEADER: version}
     if token is not None:
         headers[FEEDBACK_TOKEN_HEADER] = token
@@ -182,9 +182,12 @@ async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONRe
         return JSONResponse({"request_id": feedback.request_id, "version": proven.version, "counted": False},
                             status_code=202)
     # A proven answer is counted once per answer (its id), whatever its request id.
-    version = await core.controller.feedback(
-        proven.answer_id if proven else feedback.request_id, feedback.name, feedback.value,
-        feedback.converted, proven.version if proven else None)
+    if proven is not None:
+        version = await core.controller.feedback(proven.answer_id, feedback.name, feedback.value,
+                                                 feedback.converted, proven.version, proven.bucket, proven.epoch)
+    else:
+        version = await core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
+                                                 feedback.converted)
     # version is None while the request's own report is still on its way to the controller.
     return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 
@@ -236,7 +239,7 @@ class V2Endpoints:
         core = self.core
         self.check(model, pinned)
         parsed = parse_body(V2InferRequest, body)
-        choice = core.decision.choose(core.decision.key_from(parsed.parameters, headers), pinned, core.versions)
+        choice = core.choose(core.decision.key_from(parsed.parameters, headers), pinned)
         input_spec, output_spec = await core.interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=core.cfg.http.allow_non_finite)
@@ -245,7 +248,7 @@ class V2Endpoints:
         # travels with that id in the response parameters, whatever id the client chose.
         request_id = core.request_id()
         parameters = {"request_id": request_id}
-        token = core.feedback_token(request_id, served_by, assigned=pinned is None)
+        token = core.feedback_token_for(request_id, choice)
         if token is not None:
             parameters["feedback_token"] = token
         return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or request_id,

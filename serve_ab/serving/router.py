@@ -101,8 +101,9 @@ class ControllerClient:
         return await self._ask(self.handle.wait_for_update.remote(known_epoch, timeout_s))
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None) -> str | None:
-        return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version))
+                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+        return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
+                                                           unit, split))
 
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())
@@ -185,12 +186,12 @@ class Router:
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
         started_s = time.perf_counter()
-        served_by, outputs = await self.core.serve(inputs, key, version)
+        choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
         # The handle path's access line (Ray's own is off: it cannot name the version).
         logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
         request_id = _request_id()
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
-                "feedback_token": self.core.feedback_token(request_id, served_by, assigned=version is None)}
+                "feedback_token": self.core.feedback_token_for(request_id, choice)}
 
     async def experiment(self) -> dict[str, Any]:
         """The experiment as this replica runs it: versions, weights and bucket ranges."""

@@ -67,6 +67,7 @@ class FakeController:
         self.actions: list[tuple[Action, Any]] = []
         self.actors: list[Any] = []
         self.feedbacks: list[tuple] = []
+        self.feedback_units: list[tuple[int | None, int]] = []  # (bucket, routing epoch) a token proved
         self.updates = asyncio.Event()
 
     async def record(self, observations: Observations) -> None:
@@ -87,8 +88,9 @@ class FakeController:
         self.updates.set()
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None) -> str | None:
+                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
         self.feedbacks.append((request_id, name, value, converted, version))
+        self.feedback_units.append((unit, split))
         return version or "v1"
 
     async def feedback_key(self) -> bytes:

@@ -19,6 +19,7 @@ class Choice(NamedTuple):
     version: str
     unit: int | None  # the key's hash: the unit of analysis; None when keyless or pinned
     assigned: bool  # chosen by the split (only these enter the A/B figures and the SRM check)
+    epoch: int = -1  # the routing epoch (weights) the split chose under; set by the router
 
 
 class TrafficDecision:

@@ -1,9 +1,12 @@
 """Feedback tokens: an answer's proof that feedback about it comes from whoever received it.
 
-Every answer carries ``feedback_token`` = ``<version>.<expires_at_s>.<a|p>.<nonce>.<mac>``,
+Every answer carries ``feedback_token`` = ``<version>.<expires_at_s>.<flag>.<nonce>.<mac>``,
 the MAC an HMAC-SHA256 (first 16 bytes, base64url) over the app's model name, the request id,
-the version, the expiry, whether the split assigned the request (``a``) or it was pinned
-(``p``) and a nonce, with a key the app holds. The nonce names the answer: request ids can
+the version, the expiry, the flag and a nonce, with a key the app holds. The flag says
+whether the split assigned the request or it was pinned (``p``); an assigned one's flag is
+``a<bucket>e<epoch>``: the user's assignment bucket (empty when keyless) and the routing
+epoch it was assigned under, so its feedback joins the right unit and split of the A/B
+figures (``a`` alone, from older routers, counts as keyless under the weights now). The nonce names the answer: request ids can
 repeat (a client's own ``x-request-id``; several handle calls inside one parent request), and
 one report per answer and metric is what counts. Feedback on a pinned answer is accepted and not counted: pinned traffic stays out of
 the gates and the A/B figures. ``POST /feedback`` must bring it back with the request id: a made-up
@@ -18,19 +21,25 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
+from serve_ab.routing import NUM_BUCKETS
+
 from serve_ab.errors import Forbidden
 
 MAC_BYTES = 16
+_ASSIGNED = re.compile(r"a(?:(\d{0,5})e(-?\d{1,12}))?")
 
 
 class Proven(NamedTuple):
     version: str  # the version that served the answer
     assigned: bool  # the split chose it (False: pinned, so its feedback is not counted)
     answer_id: str  # unique per answer: the key of "one report per answer and metric"
+    bucket: int | None = None  # the user's assignment bucket; None when keyless (or not said)
+    epoch: int = -1  # the routing epoch the request was assigned under; -1 when not said
 
 
 def _mac(key: bytes, scope: str, request_id: str, version: str, expires_at_s: int, flag: str, nonce: str) -> str:
@@ -52,9 +61,12 @@ class FeedbackSigner:
         self.ttl_s = ttl_s
         self.clock = clock
 
-    def issue(self, request_id: str, version: str, assigned: bool = True) -> str:
+    def issue(self, request_id: str, version: str, assigned: bool = True, unit: int | None = None,
+              epoch: int = -1) -> str:
         expires_at_s = math.ceil(self.clock() + self.ttl_s)
-        flag = "a" if assigned else "p"
+        flag = "p"
+        if assigned:
+            flag = f"a{'' if unit is None else unit % NUM_BUCKETS}e{epoch}"
         nonce = secrets.token_urlsafe(6)
         mac = _mac(self.key, self.scope, request_id, version, expires_at_s, flag, nonce)
         return f"{version}.{expires_at_s}.{flag}.{nonce}.{mac}"
@@ -68,7 +80,8 @@ class FeedbackSigner:
         version, _, flag = version.rpartition(".")
         version, _, expires = version.rpartition(".")
         # isascii: "²".isdigit() is true, and int("²") raises.
-        if not version or not (expires.isascii() and expires.isdigit()) or flag not in ("a", "p"):
+        assigned = _ASSIGNED.fullmatch(flag) if flag.isascii() else None
+        if not version or not (expires.isascii() and expires.isdigit()) or (flag != "p" and assigned is None):
             raise Forbidden("feedback_token is malformed; send back the feedback_token of the answer "
                             "this feedback is about, unchanged")
         expires_at_s = int(expires)
@@ -79,4 +92,8 @@ class FeedbackSigner:
         if expires_at_s < self.clock():
             raise Forbidden(f"feedback_token expired {self.clock() - expires_at_s:.0f}s ago "
                             f"(tokens are valid for {self.ttl_s:g}s after the answer)")
-        return Proven(version, flag == "a", f"{request_id}#{nonce}")
+        if assigned is None:
+            return Proven(version, False, f"{request_id}#{nonce}")
+        bucket, epoch = assigned.groups()
+        return Proven(version, True, f"{request_id}#{nonce}", int(bucket) if bucket else None,
+                      int(epoch) if epoch is not None else -1)

@@ -51,6 +51,7 @@ class ServedRequest(NamedTuple):
     assigned: bool  # routed by the split (not pinned, not a fallback retry)
     mirrored: bool  # a copy the client never saw
     pinned: bool = False  # pinned to its version (QA, validation): stays out of gates and figures
+    split: int = -1  # the routing epoch the router assigned it under (its weights: the split)
 
 
 class ShadowPair(NamedTuple):
@@ -103,7 +104,8 @@ class ControllerApi(Protocol):
     async def wait_for_update(self, known_epoch: int, timeout_s: float = ...) -> RoutingSnapshot: ...
 
     async def feedback(self, request_id: str, name: str, value: float | None,
-                       converted: bool | None, version: str | None = None) -> str | None: ...
+                       converted: bool | None, version: str | None = None,
+                       unit: int | None = None, split: int = -1) -> str | None: ...
 
     async def feedback_key(self) -> bytes: ...
 

@@ -36,7 +36,7 @@ class ObservationBuffer:
 
     def served(self, version: str, started_s: float, error_kind: str | None,
                outputs: np.ndarray | None, *, request_id: str | None, unit: int | None = None,
-               assigned: bool = False, mirrored: bool = False, pinned: bool = False) -> None:
+               assigned: bool = False, mirrored: bool = False, pinned: bool = False, split: int = -1) -> None:
         if len(self._served) >= self.max_pending:
             self.dropped += 1
             return
@@ -44,7 +44,7 @@ class ObservationBuffer:
         now_s = self.clock()
         self._served.append(ServedRequest(now_s, version, (now_s - started_s) * 1000.0, error_kind,
                                           predicted_class, score, request_id, unit, assigned, mirrored,
-                                          pinned))
+                                          pinned, split))
 
     def pair(self, live_version: str, shadow_version: str, live_outputs: np.ndarray,
              outputs: np.ndarray | None, started_s: float, error_kind: str | None) -> None:

@@ -63,10 +63,22 @@ class RouterCore:
 
     async def serve(self, inputs: Any, key: str | None, pinned: str | None) -> tuple[str, np.ndarray]:
         """Serve a batch of instances (nested lists or an array): the version and its outputs."""
-        choice = self.decision.choose(key, pinned, self.versions)
+        _, version, outputs = await self.serve_choice(inputs, key, pinned)
+        return version, outputs
+
+    async def serve_choice(self, inputs: Any, key: str | None,
+                           pinned: str | None) -> tuple[Choice, str, np.ndarray]:
+        """As :meth:`serve`, with the traffic decision (for the answer's feedback token)."""
+        choice = self.choose(key, pinned)
         input_spec, _ = await self.interface()
         batch = to_batch(inputs, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
-        return await self.predict(choice, batch)
+        version, outputs = await self.predict(choice, batch)
+        return choice, version, outputs
+
+    def choose(self, key: str | None, pinned: str | None) -> Choice:
+        """The traffic decision, stamped with the routing epoch it was made under: the split
+        its figures belong to."""
+        return self.decision.choose(key, pinned, self.versions)._replace(epoch=self.epoch)
 
     async def predict(self, choice: Choice, batch: np.ndarray) -> tuple[str, np.ndarray]:
         """Serve ``batch`` on the chosen version; returns the version that served it and the outputs.
@@ -82,7 +94,8 @@ class RouterCore:
         except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
             self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
-                                     unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned)
+                                     unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned,
+                                     split=choice.epoch)
             if not choice.assigned or not isinstance(err, VersionUnavailable):
                 raise
             fallback = self.decision.fallback_for(version, self.versions)
@@ -100,7 +113,8 @@ class RouterCore:
             self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
             return version, outputs
         self.observations.served(version, started_s, None, outputs, request_id=request_id,
-                                 unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned)
+                                 unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned,
+                                 split=choice.epoch)
         if choice.assigned:
             self.mirrors.send(self.versions, version, batch, outputs, request_id)
         return version, outputs
@@ -133,12 +147,20 @@ class RouterCore:
     def use_feedback_key(self, key: bytes) -> None:
         self.signer = FeedbackSigner(key, self.cfg.feedback.token_ttl_s, self.clock, scope=self.cfg.model)
 
-    def feedback_token(self, request_id: str, version: str, assigned: bool = True) -> str | None:
+    def feedback_token(self, request_id: str, version: str, assigned: bool = True,
+                       unit: int | None = None, epoch: int = -1) -> str | None:
         """The token an answer carries, for its client's feedback (``assigned``: False for a
         pinned request, whose feedback is then not counted); None when feedback needs none."""
         if not self.cfg.feedback.require_token:
             return None  # not minted: an HMAC per answer that nobody would check
-        return self._signer().issue(request_id, version, assigned)
+        return self._signer().issue(request_id, version, assigned, unit, epoch)
+
+    def feedback_token_for(self, request_id: str, choice: Choice) -> str | None:
+        """The token of an answer to ``choice``. It names the version the split *assigned*
+        (intention to treat: feedback on an answer a fallback served counts for the assigned
+        version, as its failure did), with the user's bucket and the routing epoch, so the
+        feedback joins its unit and split."""
+        return self.feedback_token(request_id, choice.version, choice.assigned, choice.unit, choice.epoch)
 
     def verify_feedback(self, token: str | None, request_id: str) -> Proven | None:
         """What the feedback's token proves (the version, whether it counts, the answer's id);

@@ -484,3 +484,43 @@ def test_weights_without_weights_is_invalid_input():
     core = ControllerCore(experiment(), MemoryStateStore(), FakeClock())
     with pytest.raises(InvalidInput, match="weights"):
         core.act(Action.WEIGHTS, ActionRequest())
+
+
+def _row(clock, version, unit, split, *, request_id=None, assigned=True, ok=True):
+    # Not assigned and not pinned: a fallback's answer.
+    return ServedRequest(clock(), version, 3.0, None if ok else "model", 1, 0.9, request_id, unit, assigned,
+                         False, False, split)
+
+
+def test_rows_and_their_feedback_count_under_the_split_their_router_assigned_them_by():
+    """Rows arrive after the weights moved on; each counts under its routing epoch's weights,
+    and feedback joins the unit and split of the request it is about."""
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    first = core.snapshot().epoch
+    v1_unit = next(u for u in range(100) if u < 5000)  # bucket < 5000: v1 under 50/50
+    core.record(Observations([_row(clock, "v1", v1_unit, first, request_id="r1")]))
+    # The weights change, as a promote would: a new epoch with its own weights.
+    core._epoch_weights[first + 1] = {"v1": 20.0, "v2": 80.0, "v3": 0.0}
+    core.record(Observations([_row(clock, "v2", 9999, first + 1, request_id="r2")]))
+    core.feedback.add("r1", "correct", None, True, clock())
+    core.feedback.add("r2", "correct", None, False, clock())
+    splits = {s["key"]: s for s in core.stats_snapshot()["splits"]}
+    assert set(splits) == {"v1:0-5000,v2:5000-10000,v3:10000-10000", "v1:0-2000,v2:2000-10000,v3:10000-10000"}
+    early = splits["v1:0-5000,v2:5000-10000,v3:10000-10000"]["metrics"]
+    late = splits["v1:0-2000,v2:2000-10000,v3:10000-10000"]["metrics"]
+    assert early["error_rate"]["buckets"] == [v1_unit] and late["error_rate"]["buckets"] == [9999]
+    assert early["feedback/correct"]["s"] == [1.0] and late["feedback/correct"]["n"] == [1.0]
+
+
+def test_feedback_on_a_fallback_answer_counts_for_the_assigned_version():
+    """Intention to treat: the failed assigned row names the request; the fallback's answer
+    (not assigned) is not what the feedback joins."""
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    epoch = core.snapshot().epoch
+    core.record(Observations([_row(clock, "v2", 7777, epoch, request_id="r", ok=False),
+                              _row(clock, "v1", 7777, epoch, request_id="r", assigned=False)]))
+    assert core.feedback.add("r", "correct", None, True, clock()) == "v2"
+    versions = core.stats_snapshot()["versions"]
+    assert versions["v2"]["feedback"]["correct"]["n"] == 1 and not versions["v1"]["feedback"]

@@ -89,6 +89,34 @@ def test_an_unavailable_version_is_served_once_more_on_the_stable():
                                                                      ("v1", None, False)]
 
 
+def test_rows_carry_the_routing_epoch_they_were_assigned_under():
+    core = make_core()
+    core.apply(RoutingSnapshot(7, {"v1": 50.0, "v2": 50.0}))
+    run(core.serve(ROW, "alice", None))
+    core.apply(RoutingSnapshot(8, {"v1": 20.0, "v2": 80.0}))
+    run(core.serve(ROW, "alice", None))
+    assert [r.split for r in core.observations.drain().served] == [7, 8]
+
+
+def test_a_fallback_answers_token_names_the_assigned_version_and_its_unit():
+    """Intention to treat: the feedback on an answer a fallback served counts for the version
+    the split assigned, in the user's bucket and the split it was assigned under."""
+    down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
+    core = make_core({"v1": FakeVersion(1), "v2": down})
+    core.use_feedback_key(b"k" * 32)
+    core.apply(RoutingSnapshot(3, {"v1": 50.0, "v2": 50.0}))
+    key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
+    choice, served_by, _ = run(core.serve_choice(ROW, key, None))
+    assert served_by == "v1" and choice.version == "v2"
+    proven = core.verify_feedback(core.feedback_token_for("req-1", choice), "req-1")
+    _, unit = core.decision.assigner.assign_unit(key)
+    assert (proven.version, proven.assigned, proven.bucket, proven.epoch) == ("v2", True, unit % 10_000, 3)
+    pinned = run(core.serve_choice(ROW, None, "v1"))[0]
+    assert core.verify_feedback(core.feedback_token_for("req-1", pinned), "req-1").assigned is False
+    keyless = run(core.serve_choice(ROW, None, None))[0]
+    assert core.verify_feedback(core.feedback_token_for("req-1", keyless), "req-1").bucket is None
+
+
 def test_no_fallback_for_pins_model_errors_or_a_second_outage():
     broken = FakeVersion(2, fail=RuntimeError("model bug"))
     core = make_core({"v1": FakeVersion(1), "v2": broken}, weights={"v1": 0, "v2": 100})
