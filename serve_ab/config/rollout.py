@@ -84,7 +84,11 @@ class GateMetric(str, Enum):
     #: Drift of the predicted-class distribution, candidate against stable.
     DRIFT_KL = "drift_kl"
     DRIFT_PSI = "drift_psi"
+    #: Jensen-Shannon divergence in bits, in [0, 1]: the *square* of the JS distance, so
+    #: max 0.1 here is a distance of about 0.32 (Evidently and scipy report the distance).
     DRIFT_JS = "drift_js"
+    #: Jensen-Shannon distance (base-2 logs), in [0, 1]: the square root of drift_js.
+    DRIFT_JS_DISTANCE = "drift_js_distance"
     #: Drift of the score distribution (e.g. top-class probability).
     DRIFT_KS = "drift_ks"
     DRIFT_WASSERSTEIN = "drift_wasserstein"
@@ -99,7 +103,7 @@ class GateMetric(str, Enum):
 
 
 DRIFT_METRICS = frozenset(
-    {GateMetric.DRIFT_KL, GateMetric.DRIFT_PSI, GateMetric.DRIFT_JS,
+    {GateMetric.DRIFT_KL, GateMetric.DRIFT_PSI, GateMetric.DRIFT_JS, GateMetric.DRIFT_JS_DISTANCE,
      GateMetric.DRIFT_KS, GateMetric.DRIFT_WASSERSTEIN}
 )
 FEEDBACK_METRICS = frozenset({GateMetric.FEEDBACK_MEAN, GateMetric.FEEDBACK_RATE})
@@ -201,7 +205,7 @@ class Gate(_Strict):
                 f"the live answers, e.g. {{metric: {metric}, min: 0.95}}"
             )
         if self.metric in (GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.DRIFT_JS,
-                           GateMetric.SHADOW_AGREEMENT):
+                           GateMetric.DRIFT_JS_DISTANCE, GateMetric.SHADOW_AGREEMENT):
             for key in ("max", "min"):
                 value = bounds.get(key)
                 if value is not None and not 0.0 <= value <= 1.0:
@@ -257,6 +261,14 @@ class GateAnalysisConfig(_Strict):
         50, ge=1,
         description="Samples a version needs in a window before a gate judges it; fewer is "
         "inconclusive (no data), never a failure.",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="Error rate of the gates over one step: a gate passes only when its "
+        "confidence bound is within the threshold and fails only when the opposite bound is "
+        "outside it. The k-th analysis of a step is judged at alpha * 6 / (pi^2 k^2), so the "
+        "chance of a false pass (or of a false failure) of a gate over all the step's analyses "
+        "is at most alpha. Smaller alpha needs more traffic per window to decide.",
     )
     failure_limit: int = Field(
         0, ge=0,

@@ -1,31 +1,67 @@
 """Gate evaluation: one window of observations per version in, one verdict per gate out.
 
+A verdict rests on evidence, not on a point estimate: a gate PASSes only when a confidence
+bound says the candidate is within its threshold, FAILs only when the opposite bound says
+it is outside, and is INCONCLUSIVE otherwise, which holds the rollout. Ten requests without
+an error do not show an error rate below 1%; it takes about 300 (the upper bound of
+0 errors in n requests at 95% is about 3 / n). Each bound is one-sided at the level
+``alpha`` the caller passes, already spent over the step's analyses
+(:func:`alpha_for_look`), so a gate falsely passes (or falsely fails) at any analysis of a
+step with probability at most the configured ``analysis.alpha``. The bounds, per metric:
+
+- rates (``error_rate``, ``feedback_rate``, ``shadow_agreement``): Clopper-Pearson, exact;
+- ``feedback_mean``: Student's t;
+- ``latency_p50/p95/p99_ms``: distribution-free, from binomial order statistics (no normal
+  approximation, valid for any latency distribution); the value shown is numpy's percentile;
+- ``*_ratio_to_stable`` (non-inferiority), on candidate / stable: rates by Katz's log
+  interval, means by Fieller's, quantiles by combining each arm's bounds at alpha / 2
+  (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
+  negative stable value no meaningful one: both are INCONCLUSIVE, with the reason.
+
+Drift gates are harm detectors: they FAIL only when a test on the data rejects "same
+distribution" at ``alpha`` *and* the divergence exceeds ``max``, and otherwise PASS. A
+divergence from a small sample is biased upwards (ten predictions per side over ten classes
+give PSI > 0.25 most of the time with no drift at all), so the test keeps noise from
+rolling back a good candidate, and ``max`` keeps a real but harmless shift from doing so
+on large windows. Holding the rollout instead would make every drift gate block low
+traffic; the other gates already say when there is too little evidence to advance. Class
+counts (``drift_kl``, ``drift_psi``, ``drift_js``, ``drift_js_distance``) are tested by
+Pearson's chi-square test of homogeneity, or a Monte Carlo exact test when expected counts
+are small (:func:`serve_ab.analysis.drift.class_homogeneity_test`); scores (``drift_ks``,
+``drift_wasserstein``) by the two-sample Kolmogorov-Smirnov test. Scales: ``drift_js`` is
+the Jensen-Shannon divergence in bits, the *square* of the JS distance that scipy and
+Evidently report (0.1 is a distance of about 0.32); ``drift_js_distance`` is the distance.
+
 Too few samples is INCONCLUSIVE, never FAIL: "no data" is not "bad data" (Flagger).
 A gate relative to stable compares with the stable version in the same window, so both
 versions are judged under the same load.
 
-A ``promql`` gate judges a number some Prometheus computed: the caller queries it (see
-:func:`serve_ab.rollout.promql.fetch_promql_values`) and puts the :class:`PromQLResult` on the
-candidate's window, keyed by the gate's name. An empty answer is INCONCLUSIVE, like too few
-samples; so is a failed query (Prometheus down, a bad query): an outage is not evidence
-against the candidate, so it does not roll it back, but it holds the rollout like missing
-data, and ``analysis.progress_deadline_s`` aborts a rollout held by an outage that lasts.
+A ``promql`` gate judges a number some Prometheus computed, as given (no bound): the caller
+queries it (see :func:`serve_ab.rollout.promql.fetch_promql_values`) and puts the
+:class:`PromQLResult` on the candidate's window, keyed by the gate's name. An empty answer is
+INCONCLUSIVE, like too few samples; so is a failed query (Prometheus down, a bad query): an
+outage is not evidence against the candidate, so it does not roll it back, but it holds the
+rollout like missing data, and ``analysis.progress_deadline_s`` aborts a rollout held by an
+outage that lasts.
 
 Example::
 
     windows = build_windows(observations, versions=("v1", "v2"))
-    results = evaluate_gates(config.gates, windows["v2"], windows["v1"], min_samples=50)
+    alpha = alpha_for_look(config.analysis.alpha, look)   # look: 1, 2, ... within a step
+    results = evaluate_gates(config.gates, windows["v2"], windows["v1"], min_samples=50, alpha=alpha)
     overall_verdict(results)      # GateVerdict.PASS, FAIL or INCONCLUSIVE
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+from scipy import stats
 
 from serve_ab.analysis import drift
 from serve_ab.config.rollout import Gate, GateMetric
@@ -195,20 +231,31 @@ class GateResult:
     gate: str  # the gate's label, e.g. "latency_p95_ms <= 1.5x stable"
     metric: str
     verdict: GateVerdict
-    #: What was compared with the threshold: the metric, or candidate / stable for ratios.
+    #: What was compared with the threshold: the metric, or candidate / stable for ratios
+    #: (a point estimate; the verdict rests on ``lower`` and ``upper``).
     value: float | None
     threshold: float
     bound: str  # max, min, max_ratio_to_stable or min_ratio_to_stable
     reason: str
     candidate_value: float | None = None
     stable_value: float | None = None
+    #: One-sided confidence bounds on ``value``'s scale, each at level ``alpha``; None where
+    #: the gate uses no bound (drift, promql, no data). An infinite bound: none exists at
+    #: this sample size.
+    lower: float | None = None
+    upper: float | None = None
+    #: The level this analysis judged at (already spent over the step's analyses).
+    alpha: float | None = None
+    #: Drift gates: the p-value of the test on the counts or scores.
+    p_value: float | None = None
 
     def to_dict(self) -> dict:
         return {
             "gate": self.gate, "metric": self.metric, "verdict": self.verdict.value,
             "value": self.value, "threshold": self.threshold, "bound": self.bound,
             "reason": self.reason, "candidate_value": self.candidate_value,
-            "stable_value": self.stable_value,
+            "stable_value": self.stable_value, "lower": self.lower, "upper": self.upper,
+            "alpha": self.alpha, "p_value": self.p_value,
         }
 
 
@@ -221,8 +268,32 @@ _CLASS_DRIFT = {
     GateMetric.DRIFT_KL: drift.kl_divergence,
     GateMetric.DRIFT_PSI: drift.psi,
     GateMetric.DRIFT_JS: drift.js_divergence,
+    GateMetric.DRIFT_JS_DISTANCE: drift.js_distance,
 }
 _SCORE_DRIFT = {GateMetric.DRIFT_KS: drift.ks_statistic, GateMetric.DRIFT_WASSERSTEIN: drift.wasserstein}
+_RATES = frozenset({GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.SHADOW_AGREEMENT})
+
+
+def alpha_for_look(alpha: float, look: int) -> float:
+    """The level of the ``look``-th analysis (1, 2, ...) of a step: ``alpha * 6 / (pi^2 k^2)``.
+
+    These sum to ``alpha`` over k = 1, 2, ... (the sum of 1/k^2 is pi^2/6), so by the union
+    bound a gate passes a candidate outside its threshold at any analysis of the step with
+    probability at most ``alpha``, however long the step holds; likewise for failing one
+    inside it. The first look gets 0.61 alpha, the tenth 0.006 alpha.
+
+    >>> round(alpha_for_look(0.05, 1), 4), round(alpha_for_look(0.05, 10), 6)
+    (0.0304, 0.000304)
+    """
+    if look < 1:
+        raise ValueError(f"look is {look}; analyses of a step are counted from 1")
+    _check_alpha(alpha)
+    return alpha * 6.0 / (math.pi ** 2 * look ** 2)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha is {alpha!r}; it must be in (0, 0.5), e.g. 0.05")
 
 
 def sample_count(gate: Gate, window: WindowStats) -> int:
@@ -251,31 +322,152 @@ def _samples(gate: Gate, window: WindowStats) -> tuple[int, str]:
     return window.conversions.get(gate.name, ConversionStats()).trials, f"'{gate.name}' outcomes"
 
 
-def _metric(gate: Gate, window: WindowStats) -> float:
-    """The gate's metric on one window that has enough samples (drift excepted)."""
-    metric = gate.metric
-    if metric in _PERCENTILES:
-        return float(np.percentile(np.asarray(window.latencies_ms, dtype=float), _PERCENTILES[metric]))
-    if metric is GateMetric.ERROR_RATE:
-        return window.error_count / window.request_count
-    if metric is GateMetric.FEEDBACK_MEAN:
-        return window.feedback[gate.name].mean
-    if metric is GateMetric.SHADOW_AGREEMENT:
-        return window.shadow_agreements / window.shadow_pairs
-    return window.conversions[gate.name].rate
+# -- confidence bounds, each one-sided at level alpha ---------------------------------------
+
+
+def _rate_counts(gate: Gate, window: WindowStats) -> tuple[int, int, str]:
+    """Successes, trials, and the two in words, for a rate metric."""
+    if gate.metric is GateMetric.ERROR_RATE:
+        x, n = window.error_count, window.request_count
+        return x, n, f"{x} errors in {n} requests"
+    if gate.metric is GateMetric.SHADOW_AGREEMENT:
+        x, n = window.shadow_agreements, window.shadow_pairs
+        return x, n, f"{x} agreements in {n} requests compared with the live answer"
+    stats_ = window.conversions[gate.name]
+    x, n = stats_.successes, stats_.trials
+    return x, n, f"{x} successes in {n} '{gate.name}' outcomes"
+
+
+def _rate_bounds(x: int, n: int, alpha: float) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) one-sided bounds on a proportion."""
+    lower = 0.0 if x == 0 else float(stats.beta.ppf(alpha, x, n - x + 1))
+    upper = 1.0 if x == n else float(stats.beta.ppf(1 - alpha, x + 1, n - x))
+    return lower, upper
+
+
+def _quantile_bounds(ordered: np.ndarray, q: float, alpha: float) -> tuple[float, float]:
+    """Distribution-free bounds on the q-quantile from order statistics.
+
+    The number of samples below the true quantile is Binomial(n, q) (at most so with
+    ties, which only makes these bounds conservative), so the smallest order statistic
+    x_(u) with P(Binomial <= u - 1) >= 1 - alpha is an upper bound, and the largest x_(l)
+    with P(Binomial >= l) >= 1 - alpha a lower one. Too few samples for a bound gives inf
+    (upper) or 0 (lower: latencies are never negative).
+    """
+    n = ordered.size
+    cdf = stats.binom.cdf(np.arange(n + 1), n, q)
+    u = int(np.searchsorted(cdf, 1 - alpha, side="left"))  # 0-based index of x_(u)
+    low = int(np.searchsorted(cdf, alpha, side="right")) - 1  # 0-based index of x_(l)
+    upper = float(ordered[u]) if u < n else math.inf
+    lower = float(ordered[low]) if low >= 0 else 0.0
+    return lower, upper
+
+
+def _mean_moments(stats_: FeedbackStats) -> tuple[float, float]:
+    """The mean and the variance of the mean (inf with one value)."""
+    n, mean = stats_.count, stats_.mean
+    if n < 2:
+        return mean, math.inf
+    variance = max(stats_.total_sq - n * mean * mean, 0.0) / (n - 1)
+    return mean, variance / n
+
+
+def _mean_bounds(stats_: FeedbackStats, alpha: float) -> tuple[float, float]:
+    """Student-t one-sided bounds on a mean."""
+    mean, var_mean = _mean_moments(stats_)
+    if not math.isfinite(var_mean):
+        return -math.inf, math.inf
+    half = float(stats.t.ppf(1 - alpha, stats_.count - 1)) * math.sqrt(var_mean)
+    return mean - half, mean + half
+
+
+def _rate_ratio_bounds(x1: int, n1: int, x2: int, n2: int, alpha: float) -> tuple[float, float]:
+    """Katz's log interval on the ratio of two proportions.
+
+    With a zero cell (no events, or only events) Katz's variance is zero or undefined, so
+    then 0.5 is added to every cell of the 2 x 2 table (Haldane-Anscombe); a ratio with one
+    side at 0 events then gets a wide interval instead of a certain one.
+    """
+    if 0 in (x1, n1 - x1, x2, n2 - x2):
+        x1, n1, x2, n2 = x1 + 0.5, n1 + 1.0, x2 + 0.5, n2 + 1.0
+    log_ratio = math.log((x1 / n1) / (x2 / n2))
+    se = math.sqrt(1 / x1 - 1 / n1 + 1 / x2 - 1 / n2)
+    z = float(stats.norm.ppf(1 - alpha))
+    return math.exp(log_ratio - z * se), math.exp(log_ratio + z * se)
+
+
+def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float) -> tuple[float, float]:
+    """Fieller's bounds on candidate mean / stable mean (stable's mean > 0).
+
+    The ratio r is inside where |m1 - r m2| <= t sqrt(v1 + r^2 v2); t has min(n1, n2) - 1
+    degrees of freedom, a conservative stand-in for Welch's. When stable's mean is not
+    clearly above 0 (m2^2 <= t^2 v2) the set is unbounded: no bound on either side.
+    """
+    m1, v1 = _mean_moments(cand)
+    m2, v2 = _mean_moments(stab)
+    df = min(cand.count, stab.count) - 1
+    if df < 1:
+        return -math.inf, math.inf
+    t = float(stats.t.ppf(1 - alpha, df))
+    a = m2 * m2 - t * t * v2
+    if a <= 0:
+        return -math.inf, math.inf
+    b, c = m1 * m2, m1 * m1 - t * t * v1
+    root = math.sqrt(max(b * b - a * c, 0.0))
+    return (b - root) / a, (b + root) / a
+
+
+def _ratio(numerator: float, denominator: float, empty: float) -> float:
+    """numerator / denominator for bounds of non-negative quantities; ``empty`` for 0/0."""
+    if denominator == 0:
+        return empty if numerator == 0 else math.inf
+    return numerator / denominator
+
+
+# -- verdicts --------------------------------------------------------------------------------
 
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int) -> GateResult:
-    """Judge one gate on the candidate's window, with stable's window where the gate needs it."""
+def _confidence(alpha: float) -> str:
+    """1 - alpha as a percentage with enough digits to show alpha: 97.0%, 99.9924%."""
+    digits = max(1, 1 - math.floor(math.log10(100 * alpha)))
+    return f"{100 * (1 - alpha):.{digits}f}%"
+
+
+def _judge(gate: Gate, lower: float, upper: float, alpha: float, of: str = "") -> tuple[GateVerdict, str]:
+    """PASS when the bound on the threshold's side is within it, FAIL when the other bound is
+    beyond it, INCONCLUSIVE otherwise; and the comparison in words."""
+    level, limit = _confidence(alpha), f"{gate.bound} {_fmt(gate.threshold)}"
+    if gate.bound.startswith("max"):
+        if upper < gate.threshold:
+            return GateVerdict.PASS, f"upper {level} bound{of} {_fmt(upper)} is below {limit}: pass"
+        if lower > gate.threshold:
+            return GateVerdict.FAIL, f"lower {level} bound{of} {_fmt(lower)} is above {limit}: fail"
+        return GateVerdict.INCONCLUSIVE, f"upper {level} bound{of} {_fmt(upper)} is not below {limit}: inconclusive"
+    if lower > gate.threshold:
+        return GateVerdict.PASS, f"lower {level} bound{of} {_fmt(lower)} is above {limit}: pass"
+    if upper < gate.threshold:
+        return GateVerdict.FAIL, f"upper {level} bound{of} {_fmt(upper)} is below {limit}: fail"
+    return GateVerdict.INCONCLUSIVE, f"lower {level} bound{of} {_fmt(lower)} is not above {limit}: inconclusive"
+
+
+def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int, *,
+                  alpha: float = 0.05) -> GateResult:
+    """Judge one gate on the candidate's window, with stable's window where the gate needs it.
+
+    ``alpha`` is this analysis' level, already spent over the step's analyses by the caller
+    (:func:`alpha_for_look`); the default suits a single look.
+    """
+    _check_alpha(alpha)
     metric = gate.metric.value + (f"[{gate.name}]" if gate.name else "")
 
-    def result(verdict: GateVerdict, reason: str, value=None, cand=None, stab=None) -> GateResult:
+    def result(verdict: GateVerdict, reason: str, value=None, cand=None, stab=None, *,
+               lower=None, upper=None, p_value=None, level=alpha) -> GateResult:
         return GateResult(gate.label, gate.metric.value, verdict, value, gate.threshold,
-                          gate.bound, reason, cand, stab)
+                          gate.bound, reason, cand, stab, lower, upper, level, p_value)
 
     if gate.metric is GateMetric.PROMQL:
         return _evaluate_promql(gate, candidate, result)
@@ -289,40 +481,106 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
                           f"this window, {min_samples} needed; is it receiving traffic?")
 
     if gate.metric in _CLASS_DRIFT or gate.metric in _SCORE_DRIFT:
-        if gate.metric in _CLASS_DRIFT:
-            value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
-        else:
-            value = _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
-        what = f"{metric} of {candidate.version} against stable {stable.version} is {_fmt(value)}"
-        cand = stab = None
-    elif gate.needs_stable:
-        cand, stab = _metric(gate, candidate), _metric(gate, stable)
-        if stab < 0 or (stab == 0 and cand < 0):
-            return result(GateVerdict.INCONCLUSIVE,
-                          f"{metric}: a ratio to stable {stable.version}'s {_fmt(stab)} is not "
-                          "meaningful for negative values; use an absolute min or max gate",
-                          None, cand, stab)
-        # Equal zeros (e.g. no errors on either side) are a ratio of 1, not a division by zero.
-        value = 1.0 if cand == stab else (cand / stab if stab > 0 else math.inf)
-        what = (f"{metric} on {candidate.version} is {_fmt(cand)}, {_fmt(value)}x stable "
-                f"{stable.version} ({_fmt(stab)})")
-    else:
-        value = cand = _metric(gate, candidate)
-        stab = None
-        what = f"{metric} on {candidate.version} is {_fmt(value)}"
+        return _evaluate_drift(gate, metric, candidate, stable, alpha, result)
+    if gate.needs_stable:
+        return _evaluate_ratio(gate, metric, candidate, stable, alpha, result)
 
-    upper = gate.bound.startswith("max")
-    passed = value <= gate.threshold if upper else value >= gate.threshold
-    if passed:
-        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
-    side = "above" if upper else "below"
-    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}", value, cand, stab)
+    if gate.metric in _PERCENTILES:
+        ordered = np.sort(np.asarray(candidate.latencies_ms, dtype=float))
+        percentile = _PERCENTILES[gate.metric]
+        value = float(np.percentile(ordered, percentile))
+        lower, upper = _quantile_bounds(ordered, percentile / 100, alpha)
+        seen = f"p{percentile:g} of {ordered.size} successful requests is {_fmt(value)} ms"
+    elif gate.metric in _RATES:
+        x, n, seen = _rate_counts(gate, candidate)
+        value = x / n
+        lower, upper = _rate_bounds(x, n, alpha)
+    else:  # feedback_mean
+        stats_ = candidate.feedback[gate.name]
+        value = stats_.mean
+        lower, upper = _mean_bounds(stats_, alpha)
+        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values"
+    verdict, judged = _judge(gate, lower, upper, alpha)
+    return result(verdict, f"{metric} on {candidate.version}: {seen}, {judged}", value, value,
+                  lower=lower, upper=upper)
+
+
+def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
+                    result) -> GateResult:
+    """Non-inferiority to stable: a confidence interval on candidate / stable."""
+    (seen_cand, unit), (seen_stab, _) = _samples(gate, candidate), _samples(gate, stable)
+    sizes = f"{seen_cand} and {seen_stab} {unit}"
+    if gate.metric in _PERCENTILES:
+        percentile = _PERCENTILES[gate.metric]
+        arms = [np.sort(np.asarray(w.latencies_ms, dtype=float)) for w in (candidate, stable)]
+        cand, stab = (float(np.percentile(a, percentile)) for a in arms)
+    elif gate.metric in _RATES:
+        (x1, n1, _), (x2, n2, _) = _rate_counts(gate, candidate), _rate_counts(gate, stable)
+        cand, stab = x1 / n1, x2 / n2
+    else:  # feedback_mean
+        cand_stats, stab_stats = candidate.feedback[gate.name], stable.feedback[gate.name]
+        cand, stab = cand_stats.mean, stab_stats.mean
+
+    if stab < 0 or (stab == 0 and cand < 0):
+        return result(GateVerdict.INCONCLUSIVE,
+                      f"{metric}: a ratio to stable {stable.version}'s {_fmt(stab)} is not "
+                      "meaningful for negative values; use an absolute min or max gate",
+                      None, cand, stab)
+    if cand == stab == 0:
+        # 0 / 0 reads as a ratio of 1, but no sample size bounds it: zero events on both
+        # sides say nothing about how much more often the candidate would have them.
+        return result(GateVerdict.INCONCLUSIVE,
+                      f"{metric}: {candidate.version} and stable {stable.version} are both 0 ({sizes}), "
+                      f"so their ratio cannot be bounded; judge such a metric with an absolute gate, "
+                      f"e.g. {{metric: {gate.metric.value}, max: 0.01}}", 1.0, cand, stab)
+    value = cand / stab if stab > 0 else math.inf
+
+    if gate.metric in _PERCENTILES:
+        # Each arm's bound at alpha / 2: both hold together with probability >= 1 - alpha.
+        (cand_low, cand_up), (stab_low, stab_up) = (
+            _quantile_bounds(a, percentile / 100, alpha / 2) for a in arms)
+        lower = 0.0 if math.isinf(stab_up) else _ratio(cand_low, stab_up, 0.0)
+        upper = _ratio(cand_up, stab_low, math.inf)
+    elif gate.metric in _RATES:
+        lower, upper = _rate_ratio_bounds(x1, n1, x2, n2, alpha)
+    else:
+        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha)
+    verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
+    if math.isinf(lower) and math.isinf(upper):
+        judged += f" ({stable.version}'s mean is not clearly above 0)"
+    reason = (f"{metric} on {candidate.version} is {_fmt(cand)}, {_fmt(value)}x stable "
+              f"{stable.version} ({_fmt(stab)}), from {sizes}; {judged}")
+    return result(verdict, reason, value, cand, stab, lower=lower, upper=upper)
+
+
+def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
+                    result) -> GateResult:
+    """A harm detector: FAIL only when a test shows a difference and the divergence exceeds max."""
+    if gate.metric in _CLASS_DRIFT:
+        value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
+        test = drift.class_homogeneity_test(candidate.class_counts, stable.class_counts, alpha=alpha)
+        p_value, tested = test.p_value, test.describe()
+    else:
+        statistic, p_value = drift.ks_test(candidate.scores, stable.scores)
+        value = statistic if gate.metric is GateMetric.DRIFT_KS else \
+            _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
+        tested = f"KS test on {len(candidate.scores)} and {len(stable.scores)} scores, p = {p_value:.3g}"
+    what = f"{metric} of {candidate.version} against stable {stable.version} is {_fmt(value)} ({tested})"
+    limit, level = f"max {_fmt(gate.threshold)}", f"{alpha:.3g}"
+    if p_value >= alpha:
+        verdict, judged = GateVerdict.PASS, f"no difference shown at alpha {level}: pass"
+    elif value > gate.threshold:
+        verdict, judged = GateVerdict.FAIL, f"a difference shown at alpha {level}, and above {limit}: fail"
+    else:
+        verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
+    return result(verdict, f"{what}; {judged}", value, p_value=p_value)
 
 
 def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
     """A promql gate: min_samples does not apply, the query's range decides what it sees."""
     metric = f"promql[{gate.name}]"
     answer = candidate.promql.get(gate.name)
+    result = functools.partial(result, level=None)  # a number judged as given: no level
     if answer is None:
         return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: not queried yet for {candidate.version}")
     if answer.error is not None:
@@ -342,12 +600,15 @@ def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
 
 
 def evaluate_gates(
-    gates: Sequence[Gate], candidate: WindowStats, stable: WindowStats, min_samples: int
+    gates: Sequence[Gate], candidate: WindowStats, stable: WindowStats, min_samples: int, *,
+    alpha: float = 0.05,
 ) -> list[GateResult]:
-    """One :class:`GateResult` per gate, in the order the gates are configured."""
+    """One :class:`GateResult` per gate, in the order the gates are configured; ``alpha`` as
+    for :func:`evaluate_gate`."""
     if min_samples < 1:
         raise ValueError(f"min_samples is {min_samples}; it must be >= 1")
-    return [evaluate_gate(gate, candidate, stable, min_samples) for gate in gates]
+    _check_alpha(alpha)
+    return [evaluate_gate(gate, candidate, stable, min_samples, alpha=alpha) for gate in gates]
 
 
 def overall_verdict(results: Iterable[GateResult]) -> GateVerdict:

@@ -126,6 +126,8 @@ def test_bad_steps_are_refused_with_the_value(steps, expected):
         ({"metric": "latency_p42_ms", "max": 1}, "latency_p95_ms"),
         ({"metric": "shadow_agreement", "max": 0.5}, "it takes min, the least agreement"),
         ({"metric": "shadow_agreement", "min": 95}, "shadow_agreement min is 95.0; a rate is in [0, 1]"),
+        ({"metric": "drift_js_distance", "max": 1.5}, "drift_js_distance max is 1.5; a rate is in [0, 1]"),
+        ({"metric": "drift_js_distance", "min": 0.1}, "takes only max"),
     ],
 )
 def test_bad_gates_are_refused(gate, expected):
@@ -144,6 +146,16 @@ def test_cross_field_rules():
     assert "Extra inputs are not permitted" in error_text(base(canary_weight=5))
     assert "String should match pattern" in error_text(base(candidate="v 2"))
     assert "greater than 0" in error_text(base(analysis={"interval_s": 0}))
+    assert "less than 0.5" in error_text(base(analysis={"alpha": 0.5}))
+    assert "greater than 0" in error_text(base(analysis={"alpha": 0}))
+
+
+def test_analysis_alpha_defaults_to_5_percent_and_drift_js_distance_is_a_drift_gate():
+    config = RolloutConfig.model_validate(base())
+    assert config.analysis.alpha == 0.05
+    assert RolloutConfig.model_validate(base(analysis={"alpha": 0.01})).analysis.alpha == 0.01
+    gate = RolloutConfig.model_validate(base(gates=[{"metric": "drift_js_distance", "max": 0.3}])).gates[0]
+    assert gate.metric in rc.DRIFT_METRICS and gate.needs_stable and gate.label == "drift_js_distance <= 0.3"
 
 
 def test_config_is_frozen():

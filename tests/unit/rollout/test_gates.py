@@ -1,4 +1,8 @@
-"""Gate verdicts on hand-built windows: pass, fail, and "no data" that is never a failure."""
+"""Gate verdicts on hand-built windows: pass and fail on evidence (confidence bounds),
+inconclusive when the bounds straddle the threshold, and "no data" that is never a failure.
+
+Windows here are large enough to be evidence: a point estimate within the threshold is no
+longer a pass (tests/unit/rollout/test_gate_calibration.py measures how often gates err)."""
 
 from __future__ import annotations
 
@@ -6,23 +10,25 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from serve_ab.analysis import drift
+from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import (
     ConversionEvent,
     ConversionStats,
     FeedbackEvent,
     FeedbackStats,
-    Observation,
     GateVerdict,
+    Observation,
     WindowStats,
+    alpha_for_look,
     build_windows,
     evaluate_gate,
     evaluate_gates,
     overall_verdict,
 )
-from serve_ab.config.rollout import Gate
 
 
 def gate(**kwargs) -> Gate:
@@ -47,7 +53,40 @@ def test_absolute_latency_gate_passes_and_fails_with_value_and_threshold():
     bad = evaluate_gate(g, window(latency_ms=80.0), STABLE, min_samples=50)
     assert bad.verdict is GateVerdict.FAIL
     assert (bad.value, bad.threshold, bad.bound) == (pytest.approx(80.0), 50.0, "max")
-    assert "latency_p95_ms on v2 is 80" in bad.reason and "above max 50" in bad.reason
+    assert (bad.lower, bad.upper, bad.alpha) == (80.0, 80.0, 0.05)
+    assert "latency_p95_ms on v2: p95 of 100 successful requests is 80 ms" in bad.reason
+    assert "lower 95.0% bound 80 is above max 50: fail" in bad.reason
+
+
+def test_latency_bounds_are_binomial_order_statistics():
+    # For p95 of n = 200 at 95% (one-sided): x_(u) with u the least such that
+    # P(Binomial(200, 0.95) <= u - 1) >= 0.95, and x_(l) the largest with P(B >= l) >= 0.95.
+    latencies = np.arange(1.0, 201.0)  # x_(i) = i
+    result = evaluate_gate(gate(metric="latency_p95_ms", max=1000), WindowStats("v2", 200, latencies_ms=latencies),
+                           STABLE, 10)
+    cdf = stats.binom.cdf(np.arange(201), 200, 0.95)
+    u = min(k for k in range(1, 201) if cdf[k - 1] >= 0.95)
+    low = max(k for k in range(1, 201) if cdf[k - 1] <= 0.05)
+    assert (result.lower, result.upper) == (float(low), float(u))
+    assert result.lower < result.value < result.upper and result.verdict is GateVerdict.PASS
+    # Too few samples for an upper bound on p99 (0.99^100 > 0.05): never a pass, but a
+    # lower bound above max still fails.
+    few = WindowStats("v2", 100, latencies_ms=np.full(100, 30.0))
+    p99 = evaluate_gate(gate(metric="latency_p99_ms", max=50), few, STABLE, 10)
+    assert p99.verdict is GateVerdict.INCONCLUSIVE and math.isinf(p99.upper)
+    assert evaluate_gate(gate(metric="latency_p99_ms", max=20), few, STABLE, 10).verdict is GateVerdict.FAIL
+
+
+def test_spread_latencies_near_the_threshold_are_inconclusive_until_the_window_is_large():
+    g = gate(metric="latency_p95_ms", max=50)
+    rng = np.random.default_rng(0)
+    # Lognormal with p95 = 45 ms: 10% below max, so a small window cannot tell.
+    sigma = 0.5
+    scale = 45.0 / math.exp(sigma * stats.norm.ppf(0.95))
+    small = WindowStats("v2", 60, latencies_ms=scale * rng.lognormal(0.0, sigma, 60))
+    large = WindowStats("v2", 20_000, latencies_ms=scale * rng.lognormal(0.0, sigma, 20_000))
+    assert evaluate_gate(g, small, STABLE, 10).verdict is GateVerdict.INCONCLUSIVE
+    assert evaluate_gate(g, large, STABLE, 10).verdict is GateVerdict.PASS
 
 
 def test_latency_percentile_is_numpy_percentile():
@@ -71,7 +110,8 @@ def test_relative_gate_needs_stable_data_in_the_same_window():
     assert result.verdict is GateVerdict.INCONCLUSIVE
     assert "stable v1 has 10" in result.reason
     # An absolute gate does not care about stable.
-    assert evaluate_gate(gate(metric="error_rate", max=0.01), window(), window("v1", n=0), 50).verdict is GateVerdict.PASS
+    assert evaluate_gate(gate(metric="error_rate", max=0.01), window(n=1000), window("v1", n=0),
+                         50).verdict is GateVerdict.PASS
 
 
 def test_ratio_gate_compares_with_stable():
@@ -82,14 +122,50 @@ def test_ratio_gate_compares_with_stable():
     assert bad.verdict is GateVerdict.FAIL
     assert (bad.candidate_value, bad.stable_value, bad.value) == (16.0, 10.0, pytest.approx(1.6))
     assert "1.6x stable v1 (10)" in bad.reason and "max_ratio_to_stable 1.5" in bad.reason
+    assert "lower 95.0% bound on the ratio 1.6 is above" in bad.reason
+
+
+def test_latency_ratio_bounds_combine_each_arms_bounds_at_half_alpha():
+    rng = np.random.default_rng(1)
+    cand_ms, stab_ms = rng.lognormal(3.0, 0.4, 500), rng.lognormal(2.9, 0.4, 800)
+    g = gate(metric="latency_p95_ms", max_ratio_to_stable=1.5)
+    result = evaluate_gate(g, WindowStats("v2", 500, latencies_ms=cand_ms), WindowStats("v1", 800, latencies_ms=stab_ms),
+                           50, alpha=0.05)
+    def one_arm(ms):
+        return evaluate_gate(gate(metric="latency_p95_ms", max=1e9), WindowStats("v", ms.size, latencies_ms=ms),
+                             STABLE, 50, alpha=0.025)
+
+    cand, stab = one_arm(cand_ms), one_arm(stab_ms)
+    assert result.upper == pytest.approx(cand.upper / stab.lower)
+    assert result.lower == pytest.approx(cand.lower / stab.upper)
+    assert result.lower < result.value < result.upper < 1.5 and result.verdict is GateVerdict.PASS
 
 
 def test_ratio_with_zero_on_stable():
     g = gate(metric="error_rate", max_ratio_to_stable=2.0)
-    both_zero = evaluate_gate(g, window(errors=0), window("v1", errors=0), 50)
-    assert both_zero.verdict is GateVerdict.PASS and both_zero.value == 1.0
-    only_candidate = evaluate_gate(g, window(errors=5), window("v1", errors=0), 50)
+    # 0 / 0 reads as 1, but zero events on both sides cannot bound a ratio, however many.
+    both_zero = evaluate_gate(g, window(n=5000, errors=0), window("v1", n=5000, errors=0), 50)
+    assert both_zero.verdict is GateVerdict.INCONCLUSIVE and both_zero.value == 1.0
+    assert "both 0" in both_zero.reason and "absolute gate" in both_zero.reason
+    # 5 against 0 in 100 is weak evidence (the 0.5 continuity correction makes it so) ...
+    weak = evaluate_gate(g, window(errors=5), window("v1", errors=0), 50)
+    assert weak.verdict is GateVerdict.INCONCLUSIVE and math.isinf(weak.value)
+    # ... 30 against 0 in 300 is not.
+    only_candidate = evaluate_gate(g, window(n=300, errors=30), window("v1", n=300, errors=0), 50)
     assert only_candidate.verdict is GateVerdict.FAIL and math.isinf(only_candidate.value)
+    assert only_candidate.lower > 2.0
+
+
+def test_rate_ratio_is_katz_log_interval():
+    g = gate(metric="error_rate", max_ratio_to_stable=3.0)
+    result = evaluate_gate(g, window(n=2000, errors=40), window("v1", n=4000, errors=50), 50)
+    log_ratio = math.log((40 / 2000) / (50 / 4000))
+    se = math.sqrt(1 / 40 - 1 / 2000 + 1 / 50 - 1 / 4000)
+    z = stats.norm.ppf(0.95)
+    assert result.value == pytest.approx(1.6)
+    assert (result.lower, result.upper) == (pytest.approx(math.exp(log_ratio - z * se)),
+                                            pytest.approx(math.exp(log_ratio + z * se)))
+    assert result.verdict is GateVerdict.PASS
 
 
 def test_ratio_to_negative_stable_is_inconclusive_not_guessed():
@@ -102,9 +178,32 @@ def test_ratio_to_negative_stable_is_inconclusive_not_guessed():
 
 def test_error_rate_gate():
     g = gate(metric="error_rate", max=0.01)
-    assert evaluate_gate(g, window(n=200, errors=1), STABLE, 50).verdict is GateVerdict.PASS
+    ok = evaluate_gate(g, window(n=1000, errors=1), STABLE, 50)
+    assert ok.verdict is GateVerdict.PASS and ok.upper == pytest.approx(stats.beta.ppf(0.95, 2, 999))
     bad = evaluate_gate(g, window(n=200, errors=10), STABLE, 50)
     assert bad.verdict is GateVerdict.FAIL and bad.value == pytest.approx(0.05)
+    assert bad.lower == pytest.approx(stats.beta.ppf(0.05, 10, 191)) and bad.lower > 0.01
+    # A point estimate within max is not evidence: 1 error in 200 (0.5%) could be 2%.
+    assert evaluate_gate(g, window(n=200, errors=1), STABLE, 50).verdict is GateVerdict.INCONCLUSIVE
+    none = evaluate_gate(g, window(n=40), STABLE, 10)
+    assert none.verdict is GateVerdict.INCONCLUSIVE and none.upper == pytest.approx(1 - 0.05 ** (1 / 40))
+    assert none.reason == ("error_rate on v2: 0 errors in 40 requests, upper 95.0% bound 0.07216 "
+                           "is not below max 0.01: inconclusive")
+
+
+def test_min_bounds_mirror_max_and_the_level_is_the_alpha_given():
+    g = gate(metric="shadow_agreement", min=0.9)
+
+    def judge(agree, alpha=0.05):
+        return evaluate_gate(g, WindowStats("v2", shadow_pairs=500, shadow_agreements=agree), STABLE, 50, alpha=alpha)
+
+    assert judge(490).verdict is GateVerdict.PASS and judge(490).lower > 0.9
+    assert judge(400).verdict is GateVerdict.FAIL and judge(400).upper < 0.9
+    assert judge(460).verdict is GateVerdict.INCONCLUSIVE  # 0.92, bounds around 0.9
+    # A smaller alpha (a later look) widens the bounds.
+    late = alpha_for_look(0.05, 20)
+    assert judge(470).verdict is GateVerdict.PASS and judge(470, late).verdict is GateVerdict.INCONCLUSIVE
+    assert judge(470, late).alpha == late and "lower 99.9924% bound" in judge(470, late).reason
 
 
 def test_class_drift_gates_use_the_drift_module():
@@ -112,10 +211,29 @@ def test_class_drift_gates_use_the_drift_module():
     js = evaluate_gate(gate(metric="drift_js", max=0.01), cand, stab, 50)
     assert js.value == pytest.approx(jensenshannon([80, 20], [50, 50], base=2) ** 2)
     assert js.verdict is GateVerdict.FAIL and "drift_js of v2 against stable v1" in js.reason
+    assert js.p_value == pytest.approx(stats.chi2_contingency([[80, 20], [50, 50]], correction=False)[1])
+    assert js.lower is None and js.upper is None and "chi-square test on 2 classes" in js.reason
     kl = evaluate_gate(gate(metric="drift_kl", max=1.0), cand, stab, 50)
     assert kl.verdict is GateVerdict.PASS and kl.value == pytest.approx(drift.kl_divergence([80, 20], [50, 50]))
+    assert "but within max 1" in kl.reason  # shown, but too small to matter
     psi = evaluate_gate(gate(metric="drift_psi", max=0.1), cand, stab, 50)
-    assert psi.value == pytest.approx(drift.psi([80, 20], [50, 50]))
+    assert psi.value == pytest.approx(drift.psi([80, 20], [50, 50])) and psi.verdict is GateVerdict.FAIL
+    distance = evaluate_gate(gate(metric="drift_js_distance", max=0.25), cand, stab, 50)
+    assert distance.value == pytest.approx(math.sqrt(js.value)) and distance.verdict is GateVerdict.FAIL
+
+
+def test_class_drift_needs_a_test_that_rejects_not_just_a_large_divergence():
+    # 10 predictions a side over 10 classes: PSI is large by chance alone.
+    cand = window(n=10, classes=(3, 0, 1, 0, 2, 1, 0, 2, 1, 0))
+    stab = window("v1", n=10, classes=(0, 2, 1, 1, 0, 1, 2, 0, 1, 2))
+    psi = evaluate_gate(gate(metric="drift_psi", max=0.25), cand, stab, 10)
+    assert psi.value > 0.25 and psi.p_value > 0.05 and psi.verdict is GateVerdict.PASS
+    assert "Monte Carlo" in psi.reason and "no difference shown at alpha 0.05: pass" in psi.reason
+    # A real shift at 200 a side fails.
+    shifted = window(n=200, classes=(110, 10, 10, 10, 10, 10, 10, 10, 10, 10))
+    even = window("v1", n=200, classes=(20,) * 10)
+    result = evaluate_gate(gate(metric="drift_psi", max=0.25), shifted, even, 10)
+    assert result.verdict is GateVerdict.FAIL and result.p_value < 1e-6
 
 
 def test_score_drift_gates():
@@ -124,20 +242,36 @@ def test_score_drift_gates():
     assert ks.verdict is GateVerdict.FAIL and ks.value == pytest.approx(1.0)
     ws = evaluate_gate(gate(metric="drift_wasserstein", max=0.5), cand, stab, 50)
     assert ws.verdict is GateVerdict.PASS and ws.value == pytest.approx(0.3)
+    assert ks.p_value == pytest.approx(stats.ks_2samp([0.6] * 100, [0.9] * 100).pvalue)
     few = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, window("v1", scores=[0.9] * 5), 50)
     assert few.verdict is GateVerdict.INCONCLUSIVE and "stable v1 has 5 scores" in few.reason
+    # Same distribution, small samples: the KS statistic exceeds 0.2 by chance, the test does not reject.
+    rng = np.random.default_rng(3)
+    same = evaluate_gate(gate(metric="drift_ks", max=0.2), window(n=30, scores=rng.uniform(size=30)),
+                         window("v1", n=30, scores=rng.uniform(size=30)), 10)
+    assert same.verdict is GateVerdict.PASS and same.p_value >= 0.05
+
+
+def feedback(n: int, mean: float, sd: float) -> FeedbackStats:
+    return FeedbackStats(n, n * mean, (n - 1) * sd * sd + n * mean * mean)
 
 
 def test_feedback_gates():
     mean_gate = gate(metric="feedback_mean", name="revenue", min_ratio_to_stable=0.95)
-    cand = window(feedback={"revenue": FeedbackStats(100, 900.0, 9000.0)})
-    stab = window("v1", feedback={"revenue": FeedbackStats(100, 1000.0, 11000.0)})
+    cand = window(feedback={"revenue": feedback(1000, 9.0, 3.0)})
+    stab = window("v1", feedback={"revenue": feedback(1000, 10.0, 3.2)})
     result = evaluate_gate(mean_gate, cand, stab, 50)
     assert result.verdict is GateVerdict.FAIL and result.value == pytest.approx(0.9)
-    assert "below min_ratio_to_stable 0.95" in result.reason
+    assert "upper 95.0% bound on the ratio" in result.reason and "below min_ratio_to_stable 0.95" in result.reason
+    # The same means from 100 values each: the ratio could still be 0.95.
+    small = evaluate_gate(mean_gate, window(feedback={"revenue": feedback(100, 9.0, 3.0)}),
+                          window("v1", feedback={"revenue": feedback(100, 10.0, 3.2)}), 50)
+    assert small.verdict is GateVerdict.INCONCLUSIVE and small.lower < 0.95 < small.upper
     rate_gate = gate(metric="feedback_rate", name="conversion", min=0.02)
-    assert evaluate_gate(rate_gate, window(conversions={"conversion": ConversionStats(100, 3)}),
+    assert evaluate_gate(rate_gate, window(conversions={"conversion": ConversionStats(1000, 60)}),
                          STABLE, 50).verdict is GateVerdict.PASS
+    assert evaluate_gate(rate_gate, window(conversions={"conversion": ConversionStats(100, 3)}),
+                         STABLE, 50).verdict is GateVerdict.INCONCLUSIVE
     missing = evaluate_gate(rate_gate, window(), STABLE, 50)
     assert missing.verdict is GateVerdict.INCONCLUSIVE and "'conversion' outcomes" in missing.reason
 
@@ -148,11 +282,23 @@ def test_evaluate_gates_keeps_order_and_overall_verdict():
     assert [r.metric for r in results] == ["latency_p95_ms", "error_rate"]
     assert overall_verdict(results) is GateVerdict.FAIL
     assert overall_verdict(evaluate_gates(gates, window(n=1), STABLE, 50)) is GateVerdict.INCONCLUSIVE
-    assert overall_verdict(evaluate_gates(gates, window(), STABLE, 50)) is GateVerdict.PASS
+    assert overall_verdict(evaluate_gates(gates, window(n=1000), STABLE, 50)) is GateVerdict.PASS
     assert overall_verdict([]) is GateVerdict.PASS
     with pytest.raises(ValueError, match="min_samples is 0"):
         evaluate_gates(gates, window(), STABLE, min_samples=0)
-    assert results[0].to_dict()["verdict"] == "fail"
+    with pytest.raises(ValueError, match=r"alpha is 0.5; it must be in \(0, 0.5\)"):
+        evaluate_gates(gates, window(), STABLE, 50, alpha=0.5)
+    as_dict = results[0].to_dict()
+    assert as_dict["verdict"] == "fail"
+    assert (as_dict["lower"], as_dict["upper"], as_dict["alpha"], as_dict["p_value"]) == (80.0, 80.0, 0.05, None)
+
+
+def test_alpha_for_look_spends_alpha_over_a_step():
+    assert alpha_for_look(0.05, 1) == pytest.approx(0.05 * 6 / math.pi ** 2)
+    assert alpha_for_look(0.05, 3) == pytest.approx(alpha_for_look(0.05, 1) / 9)
+    assert sum(alpha_for_look(0.05, k) for k in range(1, 100_000)) == pytest.approx(0.05, rel=1e-4)
+    with pytest.raises(ValueError, match="counted from 1"):
+        alpha_for_look(0.05, 0)
 
 
 def test_build_windows_from_observations():

@@ -49,7 +49,9 @@ def blue_green(**settings) -> RolloutConfig:
     })
 
 
-def win(version: str, n: int = 100, latency_ms: float = 10.0, errors: int = 0) -> WindowStats:
+# Gates judge confidence bounds, so a healthy window must be evidence: 0 errors in 2,000
+# requests bounds the error rate below 1% even at the 360th analysis of a step.
+def win(version: str, n: int = 2000, latency_ms: float = 10.0, errors: int = 0) -> WindowStats:
     return WindowStats(version, request_count=n, error_count=errors,
                        latencies_ms=(latency_ms,) * (n - errors), class_counts=(n // 2, n - n // 2))
 
@@ -179,12 +181,12 @@ def test_progress_deadline_exceeded_aborts_with_that_reason():
 
 def test_inline_analysis_step_counts_toward_the_deadline_from_its_start():
     clock = FakeClock(1000.0)
-    steps = [{"set_weight": 10}, {"analysis": {"min_samples": 500}}, {"set_weight": 100}]
+    steps = [{"set_weight": 10}, {"analysis": {"min_samples": 5000}}, {"set_weight": 100}]
     rollout = Rollout(canary(steps=steps, progress_deadline_s=45), clock)
     d = rollout.tick(healthy())
-    assert d.phase is Phase.ANALYZING  # 100 samples, the step wants 500
+    assert d.phase is Phase.ANALYZING  # 2,000 samples, the step wants 5,000
     d = run_until(rollout, clock, 40, healthy(), step_s=10)
-    assert d.phase is Phase.ANALYZING and "500 needed" in d.reason
+    assert d.phase is Phase.ANALYZING and "5000 needed" in d.reason
     d = run_until(rollout, clock, 10, healthy(), step_s=10)
     assert d.phase is Phase.ABORTED and "for a passing analysis" in d.reason
 
