@@ -81,6 +81,10 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
         "variant": variant, "control": control, "test": "delta_method_z",
         "n_variant": ratio.units_variant if ratio else 0, "n_control": ratio.units_control if ratio else 0,
         "splits_used": ratio.splits_used if ratio else 0,
+        "cuped": None if ratio is None or ratio.cuped is None else {
+            "theta": ratio.cuped.theta, "variance_reduction": ratio.cuped.variance_reduction,
+            "pre_units": ratio.cuped.pre_units, "abs_lift_unadjusted": ratio.cuped.diff_unadjusted,
+            "se_unadjusted": math.sqrt(max(ratio.cuped.var_diff_unadjusted, 0.0))},
         "value_variant": ratio.value_variant if ratio else None,
         "value_control": ratio.value_control if ratio else None,
         "abs_lift": ratio.diff if ratio else None, "rel_lift": None,

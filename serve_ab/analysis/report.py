@@ -312,6 +312,8 @@ def _mean_summary(totals: Mapping[str, Any]) -> ab.MeanSummary:
 class _Split:
     key: str
     weights_pct: dict[str, float]
+    first_s: float
+    last_s: float
     arm_of_bucket: np.ndarray
     totals: dict[str, SplitTotals]
     units_kept: dict[str, int]
@@ -326,7 +328,8 @@ def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) 
         arm = np.full(NUM_BUCKETS, -1)
         for version, (lo, hi) in SplitTable.from_weights(weights).ranges().items():
             arm[lo:hi] = names.index(version)
-        out.append(_Split(saved["key"], weights, arm,
+        out.append(_Split(saved["key"], weights, float(saved.get("first_s", 0.0)), float(saved.get("last_s", 0.0)),
+                          arm,
                           {m: SplitTotals.from_dict(t) for m, t in (saved.get("metrics") or {}).items()},
                           dict(saved.get("units_kept") or {}), float(saved.get("units_fraction", 1.0)),
                           dict(saved.get("units_keyless") or {})))
@@ -349,7 +352,9 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
     for spec in specs:
         tables = [(s.arm_of_bucket, s.totals[spec.totals]) for s in splits if spec.totals in s.totals]
         for variant in compared:
-            ratios[(spec.name, variant)] = compare_ratio(tables, variant=variant, control=control, versions=names)
+            pre = _pre_period(splits, spec.totals, variant, control) if analysis.cuped else None
+            ratios[(spec.name, variant)] = compare_ratio(tables, variant=variant, control=control, versions=names,
+                                                         pre=pre)
     # Fixed-horizon p-values corrected over the family fixed from the config: comparisons not
     # tested yet count as p = 1, so the correction does not loosen while data trickle in.
     family_keys = [(spec.name, v) for spec in specs if spec.in_family for v in compared]
@@ -393,6 +398,24 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
         metric["power_plan"] = _power_summary(metric["comparisons"])
         metrics.append(metric)
     return metrics, new_state
+
+
+def _pre_period(splits: list[_Split], metric: str, variant: str, control: str) -> SplitTotals | None:
+    """Per-bucket totals of ``metric`` from before ``variant`` first had traffic (splits that
+    gave it 0 and the control some), for CUPED; None without such a period."""
+    exposed = [s.first_s for s in splits if s.weights_pct.get(variant, 0.0) > 0]
+    if not exposed:
+        return None
+    start_s = min(exposed)
+    before = [s for s in splits if s.weights_pct.get(variant, 0.0) == 0 and s.weights_pct.get(control, 0.0) > 0
+              and s.last_s <= start_s and metric in s.totals]
+    if not before:
+        return None
+    pre = SplitTotals()
+    for split in before:
+        pre.s += split.totals[metric].s
+        pre.n += split.totals[metric].n
+    return pre
 
 
 def _allocation(pair: tuple[float, float]) -> tuple[float, float]:

@@ -35,7 +35,7 @@ ABVerdict = Literal["better", "worse", "no_difference", "not_enough_data"]
 
 __all__ = [
     "REPORT_SCHEMA", "ABVerdict", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
-    "ConversionFeedback", "Drift", "Experiment", "FixedFigures", "Flip", "Flips", "Guardrail",
+    "ConversionFeedback", "CupedFigures", "Drift", "Experiment", "FixedFigures", "Flip", "Flips", "Guardrail",
     "LatencyHistogram", "LatencySummary", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
     "PowerPlan", "RatioArm", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "SrmSplit",
     "Timeline", "VariantResult", "report_json_schema",
@@ -203,6 +203,16 @@ class ComparisonPower(_Model):
     complete: bool
 
 
+class CupedFigures(_Model):
+    """The pre-period adjustment (CUPED) applied to a comparison."""
+
+    theta: Num
+    variance_reduction: Num = Field(description="1 - Var(adjusted) / Var(unadjusted) of the difference")
+    pre_units: int = Field(description="buckets of users seen before the variant had traffic")
+    abs_lift_unadjusted: Num
+    se_unadjusted: Num
+
+
 class Comparison(_Model):
     """One variant against the control on one metric: one estimand (the difference of the
     split-stratified ratios), one test, the interval of that test."""
@@ -213,6 +223,7 @@ class Comparison(_Model):
     n_variant: int = Field(description="units")
     n_control: int = Field(description="units")
     splits_used: int = Field(description="splits where both arms had units, combined by inverse variance")
+    cuped: CupedFigures | None = Field(description="the pre-period adjustment, when there was a pre-period")
     value_variant: Num | None
     value_control: Num | None
     abs_lift: Num | None = Field(description="variant minus control, in the metric's units")

@@ -109,6 +109,24 @@ class ArmSplit:
 
 
 @dataclass(frozen=True)
+class Cuped:
+    """CUPED (Deng, Xu, Kohavi & Walker 2013) on the split-stratified difference: the same
+    buckets' ratio in a pre-period (before the variant had traffic) as the covariate.
+
+    ``theta = Cov(D, C) / Var(C)`` from the per-bucket influences, where C is the difference
+    the pre-period shows between the buckets later assigned to each arm (0 in expectation:
+    the pre-period predates the assignment). ``variance_reduction`` is 1 - Var(D - theta C) /
+    Var(D), about the squared correlation of a bucket's pre- and in-period outcomes.
+    """
+
+    theta: float
+    variance_reduction: float
+    pre_units: int  # buckets with pre-period data in either arm
+    diff_unadjusted: float
+    var_diff_unadjusted: float
+
+
+@dataclass(frozen=True)
 class RatioComparison:
     """Variant against control on one ratio metric, combined over the splits both saw.
 
@@ -125,6 +143,7 @@ class RatioComparison:
     units_control: int
     splits_used: int  # splits where both arms had at least two units
     splits_weights: tuple[float, ...]
+    cuped: Cuped | None = None  # the pre-period adjustment applied, if any
 
     @property
     def diff(self) -> float:
@@ -146,12 +165,13 @@ def _arm(table: SplitTotals, in_arm: np.ndarray, version: str) -> tuple[ArmSplit
 
 
 def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: str, control: str,
-                  versions: Sequence[str]) -> RatioComparison | None:
+                  versions: Sequence[str], pre: SplitTotals | None = None) -> RatioComparison | None:
     """Combine ``variant`` against ``control`` over ``splits``: (arm index per bucket, totals).
 
     ``arm_of_bucket[b]`` is the index in ``versions`` of the version bucket ``b`` routes to
     under that split. A split where either arm has fewer than two units is left out (there
-    is no variance to weigh it by). None when no split is usable.
+    is no variance to weigh it by). None when no split is usable. ``pre``: per-bucket totals
+    of the same metric from before the variant had traffic, for CUPED (see :class:`Cuped`).
     """
     iv, ic = versions.index(variant), versions.index(control)
     per_split = []
@@ -195,8 +215,47 @@ def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: 
     var_c = (float(psi_c @ psi_c) + keyless_var_c) * units_c / max(units_c - 1, 1)
     # A bucket in the variant under one split and in the control under another links them.
     cov = float(psi_v @ psi_c)
-    return RatioComparison(value_v, value_c, var_v, var_c, cov, units_v, units_c, len(per_split),
-                           tuple(float(w) for w in weights))
+    plain = RatioComparison(value_v, value_c, var_v, var_c, cov, units_v, units_c, len(per_split),
+                            tuple(float(w) for w in weights))
+    if pre is None:
+        return plain
+    return _cuped(plain, pre, weights, per_split, psi_v, psi_c, keyless_var_v, keyless_var_c)
+
+
+def _cuped(plain: RatioComparison, pre: SplitTotals, weights: np.ndarray, per_split: list,
+           psi_v: np.ndarray, psi_c: np.ndarray, keyless_var_v: float, keyless_var_c: float) -> RatioComparison:
+    """``plain`` adjusted by the pre-period covariate, or ``plain`` when it cannot be."""
+    chi_v, chi_c = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    in_arms = np.zeros(NUM_BUCKETS, bool)
+    pre_v = pre_c = 0.0
+    for w, (_, mask_v, mask_c, *_rest) in zip(weights, per_split):
+        in_arms |= mask_v | mask_c
+        n_v, n_c = pre.n[mask_v], pre.n[mask_c]
+        if np.count_nonzero(n_v) < 2 or np.count_nonzero(n_c) < 2:
+            return plain  # too few of these buckets were seen before: nothing to adjust by
+        r_v, r_c = float(pre.s[mask_v].sum() / n_v.sum()), float(pre.s[mask_c].sum() / n_c.sum())
+        pre_v += w * r_v
+        pre_c += w * r_c
+        chi_v[mask_v] += w * (pre.s[mask_v] - r_v * n_v) / n_v.sum()
+        chi_c[mask_c] += w * (pre.s[mask_c] - r_c * n_c) / n_c.sum()
+    phi_d, phi_c = psi_v - psi_c, chi_v - chi_c
+    var_cov = float(phi_c @ phi_c)
+    if var_cov <= 0:
+        return plain
+    theta = float(phi_d @ phi_c) / var_cov
+    pooled_pre = (pre_v + pre_c) / 2.0
+    adj_v, adj_c = psi_v - theta * chi_v, psi_c - theta * chi_c
+    units_v, units_c = plain.units_variant, plain.units_control
+    var_v = (float(adj_v @ adj_v) + keyless_var_v) * units_v / max(units_v - 1, 1)
+    var_c = (float(adj_c @ adj_c) + keyless_var_c) * units_c / max(units_c - 1, 1)
+    adjusted = RatioComparison(
+        plain.value_variant - theta * (pre_v - pooled_pre), plain.value_control - theta * (pre_c - pooled_pre),
+        var_v, var_c, float(adj_v @ adj_c), units_v, units_c, plain.splits_used, plain.splits_weights)
+    reduction = 1.0 - adjusted.var_diff / plain.var_diff if plain.var_diff > 0 else 0.0
+    pre_units = int(np.count_nonzero(pre.n[in_arms]))
+    return RatioComparison(adjusted.value_variant, adjusted.value_control, var_v, var_c, adjusted.cov, units_v,
+                           units_c, plain.splits_used, plain.splits_weights,
+                           Cuped(theta, reduction, pre_units, plain.diff, plain.var_diff))
 
 
 def _arm_var(table: SplitTotals, mask: np.ndarray, arm: ArmSplit, keyless: np.ndarray) -> float:

@@ -324,6 +324,10 @@ class ReportAnalysisConfig(_Strict):
         description="Feedback metrics to judge. POST /feedback accepts only the names listed "
         "here or named by a rollout's feedback gates.",
     )
+    cuped: bool = Field(
+        True, description="Adjust each comparison by the same users' figures from before the variant had "
+        "traffic (CUPED), when there was such a period: weights giving it 0, then more.",
+    )
     guardrails: GuardrailConfig = Field(
         default_factory=GuardrailConfig, description="Non-inferiority margins of error rate and latency.")
     records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
