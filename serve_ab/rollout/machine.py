@@ -35,6 +35,15 @@ window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
 candidate still serving 20% is rolled back), but not while an operator paused the rollout.
 
+Gates judge evidence, not point estimates (:mod:`serve_ab.rollout.gates`), and a step
+advances on the first analysis that passes, so each analysis of a step spends part of
+``analysis.alpha``: the k-th is judged at :func:`~serve_ab.rollout.gates.alpha_for_look`
+(alpha * 6 / (pi^2 k^2)), which keeps the chance that a gate falsely passes at any analysis
+of the step below alpha however long the step holds. ``analyses_in_step`` counts them; it
+restarts with each step (and at the blue-green switch), not at an operator's pause, which
+would otherwise buy a held candidate fresh chances. An analysis in which no gate had enough
+samples cannot pass or fail on evidence, so it spends nothing and is not counted.
+
 Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
 on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
 failing gate rolls back to blue. Blue gets no traffic after the switch, so the watch
@@ -50,21 +59,39 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from serve_ab.config.rollout import (
+    AnalysisStep,
+    Gate,
+    GateMetric,
+    PauseStep,
+    RolloutConfig,
+    SetWeightStep,
+    Strategy,
+)
 from serve_ab.errors import ActionRefused
 from serve_ab.rollout.gates import (
     GateResult,
     GateVerdict,
     WindowStats,
+    alpha_for_look,
     evaluate_gates,
     overall_verdict,
     sample_count,
 )
-from serve_ab.config.rollout import AnalysisStep, PauseStep, RolloutConfig, SetWeightStep, Strategy
 
 STATE_SCHEMA = 1
 MAX_HISTORY = 500
 # Fake clocks advance by float sums (0.1 + 0.2 != 0.3); timers compare with this slack.
 _EPS_S = 1e-9
+
+
+def _has_samples(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int) -> bool:
+    """Whether ``gate`` can judge on evidence: a promql value is judged as given, so it spends
+    no alpha; any other gate needs min_samples on each side it reads."""
+    if gate.metric is GateMetric.PROMQL:
+        return False
+    sides = (candidate, stable) if gate.needs_stable else (candidate,)
+    return all(sample_count(gate, window) >= min_samples for window in sides)
 
 
 class Phase(str, Enum):
@@ -118,6 +145,7 @@ class RolloutState:
     failures_consecutive: int = 0
     last_analysis_at_s: float | None = None  # None: no analysis cadence running
     step_verdict: GateVerdict | None = None  # latest analysis verdict within this step
+    analyses_in_step: int = 0  # analyses with evidence in this step; sets their alpha
     last_analysis_reason: str = ""
     held_since_s: float | None = None  # waiting on an analysis or a validation since
     paused_by: str | None = None  # "step" (pause: {}) or "operator"
@@ -162,6 +190,7 @@ class RolloutState:
         values["weights"] = {k: float(v) for k, v in values["weights"].items()}
         values["history"] = [dict(h) for h in values.get("history", [])]
         values["revision"] = int(values.get("revision", 0))
+        values["analyses_in_step"] = int(values.get("analyses_in_step", 0))  # absent before alpha spending
         return cls(**values)
 
 
@@ -492,7 +521,10 @@ class Rollout:
         gates = list(self.config.gates)
         if s.phase is Phase.SWITCHED:  # blue has no traffic after the switch (module doc)
             gates = [g for g in gates if not g.needs_stable or sample_count(g, stable) >= min_samples]
-        results = tuple(evaluate_gates(gates, candidate, stable, min_samples))
+        if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
+            s.analyses_in_step += 1
+        alpha = alpha_for_look(self.config.analysis.alpha, max(s.analyses_in_step, 1))
+        results = tuple(evaluate_gates(gates, candidate, stable, min_samples, alpha=alpha))
         verdict = overall_verdict(results)
         s.step_verdict = verdict
         picked = [r for r in results if r.verdict is verdict] or list(results)
@@ -629,6 +661,7 @@ class Rollout:
         s.step_index += 1
         s.step_started_at_s = now
         s.step_verdict = None
+        s.analyses_in_step = 0
         s.held_since_s = None
         self._transition(now, phase, reason)
 
@@ -651,6 +684,7 @@ class Rollout:
         s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
         s.step_started_at_s = now
         s.step_verdict = None
+        s.analyses_in_step = 0
         s.held_since_s = None
         self._transition(now, Phase.SWITCHED, reason)
 

@@ -6,12 +6,10 @@ import json
 
 import pytest
 
-from tests.support.fakes import FakeClock
-
-from serve_ab.rollout.gates import GateVerdict, WindowStats
-from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import RolloutConfig
-
+from serve_ab.rollout.gates import GateVerdict, WindowStats, alpha_for_look
+from serve_ab.rollout.machine import Phase, Rollout, RolloutError
+from tests.support.fakes import FakeClock
 
 GATES = [
     {"metric": "latency_p95_ms", "max": 50},
@@ -70,7 +68,7 @@ def no_data(stable="v1", candidate="v2") -> dict[str, WindowStats]:
 
 def run_until(rollout: Rollout, clock: FakeClock, seconds: float, windows, step_s: float = 1.0):
     decision = None
-    for _ in range(int(round(seconds / step_s))):
+    for _ in range(round(seconds / step_s)):
         clock.advance(step_s)
         decision = rollout.tick(windows)
     return decision
@@ -412,8 +410,10 @@ def test_blue_green_validation_on_mirrored_traffic_and_manual_switch():
     assert d.phase is Phase.VALIDATED and d.weights == {"blue": 100.0, "green": 0.0}
     d = run_until(rollout, clock, 3600, bg_windows(blue_n=100), step_s=60)
     assert d.phase is Phase.VALIDATED  # waiting for a human is not a deadline
+    assert rollout.state.analyses_in_step > 0  # validation's analyses on mirrored traffic
     d = rollout.promote()
     assert d.phase is Phase.SWITCHED and d.weights == {"blue": 0.0, "green": 100.0}
+    assert rollout.state.analyses_in_step == 0  # the watch spends its own alpha
 
 
 def test_blue_green_failed_validation_aborts_and_deadline_applies():
@@ -537,3 +537,70 @@ def test_copy_is_independent_and_state_without_a_revision_still_loads():
     old = rollout.to_dict()
     del old["revision"]
     assert Rollout.from_dict(canary(), old, clock).state.revision == 0
+
+
+# -- alpha spent over the analyses of a step ---------------------------------------------
+
+TWO_ANALYSES = [{"set_weight": 10}, {"analysis": {}}, {"set_weight": 50}, {"analysis": {}}, {"set_weight": 100}]
+
+
+def borderline(stable="v1", candidate="v2") -> dict[str, WindowStats]:
+    # 1% errors against error_rate max 0.01: the bounds straddle max, so it stays inconclusive.
+    return {stable: win(stable), candidate: win(candidate, errors=20)}
+
+
+def test_each_analysis_of_a_step_spends_alpha_and_the_next_step_starts_over():
+    clock = FakeClock()
+    rollout = Rollout(canary(TWO_ANALYSES, alpha=0.1), clock)
+    rollout.tick(borderline())
+    for look in (1, 2, 3):
+        clock.advance(10)
+        d = rollout.tick(borderline())
+        assert d.verdict is GateVerdict.INCONCLUSIVE and rollout.state.analyses_in_step == look
+        assert {r.alpha for r in d.analysis} == {alpha_for_look(0.1, look)}
+    clock.advance(10)
+    rollout.tick(no_data())  # no gate could judge: nothing spent
+    assert rollout.state.analyses_in_step == 3
+    rollout.pause()
+    rollout.resume()  # an operator's pause buys a held candidate no fresh alpha
+    assert rollout.state.analyses_in_step == 3
+    clock.advance(10)
+    d = rollout.tick(healthy())
+    assert d.verdict is GateVerdict.PASS and d.analysis[0].alpha == alpha_for_look(0.1, 4)
+    assert rollout.state.step_index == 3 and rollout.state.analyses_in_step == 0
+    clock.advance(10)
+    d = rollout.tick(borderline())
+    assert d.analysis[0].alpha == alpha_for_look(0.1, 1) and rollout.state.analyses_in_step == 1
+
+
+def test_a_window_that_passes_a_first_look_does_not_pass_a_later_one():
+    # 0 errors in 400 requests: error_rate's upper bound is 0.0087 at the first look's alpha
+    # (0.030) but 0.0166 at the fifth's (0.0012), above max 0.01.
+    small = {"v1": win("v1"), "v2": win("v2", n=400)}
+    clock = FakeClock()
+    first = Rollout(canary(TWO_ANALYSES), clock)
+    first.tick(small)
+    clock.advance(10)
+    assert first.tick(small).verdict is GateVerdict.PASS and first.state.step_index == 3
+
+    held = Rollout(canary(TWO_ANALYSES), clock)
+    held.tick(borderline())
+    run_until(held, clock, 40, borderline(), step_s=10)
+    clock.advance(10)
+    d = held.tick(small)
+    assert d.verdict is GateVerdict.INCONCLUSIVE and held.state.step_index == 1
+    assert "error_rate on v2: 0 errors in 400 requests, upper 99.88% bound 0.01664 is not below max 0.01" in d.reason
+
+
+def test_the_analysis_count_is_saved_and_a_state_saved_without_it_loads():
+    clock = FakeClock()
+    rollout = Rollout(canary(TWO_ANALYSES), clock)
+    rollout.tick(borderline())
+    run_until(rollout, clock, 20, borderline(), step_s=10)
+    saved = json.loads(json.dumps(rollout.to_dict()))
+    assert saved["analyses_in_step"] == 2
+    restored = Rollout.from_dict(canary(TWO_ANALYSES), saved, clock)
+    clock.advance(10)
+    assert restored.tick(borderline()).analysis[0].alpha == alpha_for_look(0.05, 3)
+    del saved["analyses_in_step"]  # written before alpha spending
+    assert Rollout.from_dict(canary(TWO_ANALYSES), saved, clock).state.analyses_in_step == 0
