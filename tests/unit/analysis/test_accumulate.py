@@ -6,12 +6,22 @@ import json
 
 import numpy as np
 
+import pytest
+
 from serve_ab.analysis import accumulate as experiment_stats
-from serve_ab.analysis.accumulate import LATENCY_BUCKETS_S, ExperimentStats, Reservoir
+from serve_ab.analysis.accumulate import LATENCY_BUCKETS_S, ExperimentStats, Reservoir, split_key
+from serve_ab.analysis.unit_sample import UnitSample
+from serve_ab.analysis.units import KEYLESS_FIELDS, SplitTotals
+from serve_ab.routing import NUM_BUCKETS
+
+HALF = {"v1": 50.0, "v2": 50.0}
+# Units whose bucket (unit % 10,000) the 50/50 split routes to v1 (buckets 0-4999) or v2.
+V1_UNIT, V2_UNIT = 3 * NUM_BUCKETS + 17, 5 * NUM_BUCKETS + 7017
 
 
 def test_requests_errors_latency_and_predictions_are_counted_per_version():
     stats = ExperimentStats(["v1", "v2"], started_at_s=0.0)
+    stats.set_weights(HALF)
     stats.record(1.0, "v1", 0.4, None, 3, unit=11, assigned=True)
     stats.record(1.5, "v1", 30.0, None, 3, unit=12, assigned=True)
     stats.record(2.0, "v1", 5.0, "unavailable", None, unit=11, assigned=True)
@@ -92,24 +102,182 @@ def test_timeline_coarsens_instead_of_growing(monkeypatch):
     assert sum(p["requests"]["v1"] for p in timeline["points"]) == 200
 
 
-def test_units_past_the_bound_stop_being_counted(monkeypatch):
-    monkeypatch.setattr(experiment_stats, "MAX_UNITS", 5)
-    stats = ExperimentStats(["v1"], 0.0)
-    for unit in range(10):
-        stats.record(1.0, "v1", 1.0, None, None, unit, True)
-    assert stats.snapshot(2.0)["versions"]["v1"]["units"] is None
+# ---- per-unit figures, by split --------------------------------------------------------------
+
+
+def _split(snapshot, weights):
+    """The snapshot's split routed by ``weights``, its totals as SplitTotals."""
+    key = split_key(weights)
+    (saved,) = [s for s in snapshot["splits"] if s["key"] == key]
+    return saved, {name: SplitTotals.from_dict(t) for name, t in saved["metrics"].items()}
+
+
+def test_assigned_rows_sum_into_their_units_buckets_under_the_split():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    stats.record(1.0, "v1", 10.0, None, 1, V1_UNIT, True)
+    stats.record(2.0, "v1", 30.0, None, 1, V1_UNIT, True)  # the same user again: the same unit
+    stats.record(3.0, "v1", 5.0, "model", None, V1_UNIT, True)
+    stats.record(4.0, "v2", 20.0, None, 1, V2_UNIT, True)
+    stats.record_feedback(4.0, "v2", "correct", None, True, unit=V2_UNIT)
+    snap = stats.snapshot(5.0)
+    assert snap["weights_now"] == HALF and len(snap["splits"]) == 1
+    saved, totals = _split(snap, HALF)
+    assert (saved["first_s"], saved["last_s"], saved["weights_pct"]) == (1.0, 4.0, HALF)
+    b1, b2 = V1_UNIT % NUM_BUCKETS, V2_UNIT % NUM_BUCKETS
+    errors, latency, correct = totals["error_rate"], totals["latency_ms"], totals["feedback/correct"]
+    assert (errors.s[b1], errors.n[b1], errors.s[b2], errors.n[b2]) == (1.0, 3.0, 0.0, 1.0)
+    assert (latency.s[b1], latency.n[b1]) == (40.0, 2.0)  # successful requests only
+    assert (correct.s[b2], correct.n[b2]) == (1.0, 1.0)
+    assert errors.n.sum() == 4 and not errors.keyless
+    assert saved["units_kept"] == {"v1": 1, "v2": 1} and saved["units_fraction"] == 1.0
+    json.dumps(snap)
+
+
+def test_a_keyless_request_is_its_own_unit():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    for latency in (1.0, 2.0, 4.0):
+        stats.record(1.0, "v2", latency, None, None, None, True)
+    stats.record(1.0, "v2", 9.0, "model", None, None, True)
+    snap = stats.snapshot(2.0)
+    saved, totals = _split(snap, HALF)
+    moments = dict(zip(KEYLESS_FIELDS, totals["latency_ms"].keyless["v2"]))
+    assert moments == {"units": 3, "s": 7.0, "n": 3.0, "ss": 21.0, "nn": 3.0, "sn": 7.0}
+    assert dict(zip(KEYLESS_FIELDS, totals["error_rate"].keyless["v2"]))["units"] == 4
+    assert totals["error_rate"].n.sum() == 0  # no bucket: each its own unit
+    assert saved["units_keyless"] == {"v2": 4} and snap["versions"]["v2"]["units"] == 4
+
+
+def test_pinned_and_unassigned_rows_are_counted_but_not_per_unit():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    stats.record(1.0, "v2", 1.0, None, 1, V1_UNIT, assigned=False)  # pinned to v2
+    stats.record_feedback(1.0, "v2", "correct", None, True, unit=V1_UNIT, assigned=False)
+    snap = stats.snapshot(2.0)
+    v2 = snap["versions"]["v2"]
+    assert (v2["requests"], v2["assigned"], v2["units"]) == (1, 0, 0)
+    assert v2["feedback"]["correct"]["n"] == 1  # in the version's own totals
+    assert snap["splits"] == []  # nothing entered a split
+
+
+def test_a_row_on_a_version_its_bucket_is_not_routed_to_counts_as_its_own_unit():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    stats.record(1.0, "v2", 1.0, None, 1, V1_UNIT, True)  # v1's bucket, served by v2
+    _, totals = _split(stats.snapshot(2.0), HALF)
+    assert totals["error_rate"].n.sum() == 0 and totals["error_rate"].keyless["v2"][0] == 1
+
+
+def test_without_weights_there_is_no_split_to_count_under():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.record(1.0, "v1", 1.0, None, 1, V1_UNIT, True)
+    stats.set_weights({"v1": 60, "v2": 30})  # not 100 in all: no router routes by it
+    stats.record(2.0, "v1", 1.0, None, 1, V1_UNIT, True)
+    snap = stats.snapshot(3.0)
+    assert snap["splits"] == [] and snap["versions"]["v1"]["assigned"] == 2
+
+
+def test_each_weighting_is_its_own_split_and_rows_count_under_the_one_they_were_routed_by():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights({"v1": 90, "v2": 10})
+    stats.record(1.0, "v1", 1.0, None, 1, V1_UNIT, True)
+    stats.set_weights(HALF)
+    stats.record(2.0, "v2", 1.0, None, 1, V2_UNIT, True)
+    # A late row routed under the old weights counts there, not under the weights now.
+    stats.record(3.0, "v1", 1.0, "model", None, V1_UNIT + 1, True, split={"v1": 90, "v2": 10})
+    stats.set_weights({"v1": 50.00001, "v2": 49.99999})  # the same bucket ranges: the same split
+    stats.record(4.0, "v2", 1.0, None, 1, V2_UNIT, True)
+    snap = stats.snapshot(5.0)
+    assert [s["key"] for s in snap["splits"]] == [split_key({"v1": 90, "v2": 10}), split_key(HALF)]
+    old, old_totals = _split(snap, {"v1": 90, "v2": 10})
+    new, new_totals = _split(snap, HALF)
+    assert old_totals["error_rate"].n.sum() == 2 and old_totals["error_rate"].s.sum() == 1
+    assert new_totals["error_rate"].n.sum() == 2 and (new["first_s"], new["last_s"]) == (2.0, 4.0)
+    assert old["units_kept"] == {"v1": 2, "v2": 0} and new["units_kept"] == {"v1": 0, "v2": 1}
+
+
+def test_splits_past_the_bound_drop_the_oldest_and_say_so(monkeypatch):
+    monkeypatch.setattr(experiment_stats, "MAX_SPLITS", 3)
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    for i, pct in enumerate((10, 20, 30, 40, 50)):
+        stats.set_weights({"v1": 100 - pct, "v2": pct})
+        stats.record(float(i), "v1", 1.0, None, None, None, True)
+    snap = stats.snapshot(9.0)
+    assert [s["weights_pct"]["v2"] for s in snap["splits"]] == [30, 40, 50] and snap["splits_dropped"] == 2
+
+
+def test_units_past_the_sample_bound_are_estimated_from_a_uniform_sample():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    stats.units_all = UnitSample(max_units=1000)
+    rng = np.random.default_rng(3)
+    units = rng.integers(0, 2**63, 20_000)
+    for unit in units.tolist():
+        version = "v1" if unit % NUM_BUCKETS < 5000 else "v2"
+        stats.record(1.0, version, 1.0, None, None, unit, True)
+    estimated = stats.snapshot(2.0)["versions"]
+    exact = int((units % NUM_BUCKETS < 5000).sum())
+    # ~1,000 kept of 20,000: each estimate within a few binomial standard errors
+    fraction = stats.units_all.fraction
+    assert stats.units_all.size() <= 1000 and fraction < 0.1
+    for version, true in (("v1", exact), ("v2", units.size - exact)):
+        assert abs(estimated[version]["units"] - true) < 4 * np.sqrt(true / fraction)
 
 
 def test_figures_survive_a_restart_through_their_saved_state():
-    stats = ExperimentStats(["v1", "v2"], 5.0, shadow_version="v2", feedback_kinds={"correct": "conversion"})
-    for i in range(50):
-        stats.record(10.0 + i, "v1" if i % 2 else "v2", 1.0 + i, "model" if i == 7 else None, i % 3, i % 20, True)
-        stats.record_feedback(10.0 + i, "v1", "correct", None, i % 4 != 0)
-        stats.record_pair(10.0 + i, "v1", i % 3, (i + i // 10) % 3, 0.01 * i, 2.0, None)
+    kinds = {"correct": "conversion"}
+    stats = ExperimentStats(["v1", "v2"], 5.0, shadow_version="v2", feedback_kinds=kinds)
+    stats.set_weights({"v1": 80, "v2": 20})
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 2**63, 40).tolist()
+
+    def feed(into, t, user):
+        version = "v1" if user % NUM_BUCKETS < into.weights_now["v1"] * 100 else "v2"
+        into.record(t, version, 1.0 + t % 7, "model" if user % 11 == 0 else None, user % 3, user, True)
+        into.record_feedback(t, version, "correct", None, user % 4 != 0, unit=user)
+        into.record(t, version, 2.0, None, 1, None, True)  # a keyless one
+        into.record_pair(t, "v1", user % 3, (user // 7) % 3, 0.01, 2.0, None)
+
+    for i, user in enumerate(users):
+        if i == 20:
+            stats.set_weights(HALF)
+        feed(stats, 10.0 + i, user)
     state = json.loads(json.dumps(stats.to_state(100.0)))  # as the store keeps it
-    restored = ExperimentStats.from_state(state, shadow_version="v2", feedback_kinds={"correct": "conversion"})
+    restored = ExperimentStats.from_state(state, shadow_version="v2", feedback_kinds=kinds)
     assert restored.snapshot(100.0) == stats.snapshot(100.0)
+    assert len(restored.snapshot(100.0)["splits"]) == 2 and restored.weights_now == HALF
+    assert restored.units_all.units == stats.units_all.units
+    for key, record in stats.splits.items():
+        assert restored.splits[key].units.units == record.units.units
+        assert restored.splits[key].units.keyless == record.units.keyless
     # ...and it carries on counting the same users once, not again.
     for again in (stats, restored):
-        again.record(200.0, "v1", 1.0, None, 0, 3, True)
+        for i, user in enumerate(users[:10]):
+            feed(again, 200.0 + i, user)
     assert restored.snapshot(300.0) == stats.snapshot(300.0)
+
+
+def test_a_sampled_unit_sample_survives_a_restart_with_its_threshold():
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(HALF)
+    stats.record(0.0, "v1", 1.0, None, None, V1_UNIT, True)
+    (record,) = stats.splits.values()
+    record.units.max_units = 50
+    for unit in np.random.default_rng(2).integers(0, 2**63, 500).tolist():
+        stats.record(1.0, "v1" if unit % NUM_BUCKETS < 5000 else "v2", 1.0, None, None, unit, True)
+    restored = ExperimentStats.from_state(json.loads(json.dumps(stats.to_state(2.0))))
+    again = restored.splits[split_key(record.weights_pct)].units
+    assert record.units.theta < 2**64 and again.theta == record.units.theta
+    assert again.units == record.units.units
+    assert restored.snapshot(2.0)["splits"] == stats.snapshot(2.0)["splits"]
+
+
+@pytest.mark.parametrize("weights", [{"v1": 100, "v2": 0}, {"v1": 0, "v2": 100}])
+def test_a_version_at_zero_weight_gets_no_buckets(weights):
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(weights)
+    served = "v1" if weights["v1"] else "v2"
+    stats.record(1.0, served, 1.0, None, None, V1_UNIT, True)
+    _, totals = _split(stats.snapshot(2.0), weights)
+    assert totals["error_rate"].n[V1_UNIT % NUM_BUCKETS] == 1
