@@ -11,10 +11,10 @@ import io
 import math
 from typing import Any
 
-from serve_ab.analysis.report_model import MetricResult, Report
+from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
-    _VERDICT_TEXT, _headline, _int, _metric_rows, _metric_title, _num, _p, _pct, _power_plan_note, _rel,
-    _shadow_lines, _srm_flag, _srm_text, _when,
+    _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _metric_test, _metric_title, _num, _options, _p,
+    _pct, _rel, _shadow_lines, _srm_earlier_text, _srm_flag, _srm_text, _when,
 )
 
 __all__ = ["render_html"]
@@ -43,7 +43,8 @@ def render_html(report: Report) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>serve-ab report: {esc(exp.model)}</title><style>{_CSS}</style></head><body>",
         f"<h1>A/B report: {esc(exp.model)}</h1>",
-        f"<p class='sub'>{esc(_headline(report))}<br>generated {esc(_when(report.generated_at_s))}</p>",
+        (f"<p class='sub'>{esc(_headline(report))}<br>{esc(_options(exp))}<br>"
+         f"generated {esc(_when(report.generated_at_s))}</p>"),
     ]
     if srm.mismatch:
         parts.append(f"<div class='warn bad'><b>Sample ratio mismatch.</b> {esc(_srm_text(srm))}: the split is "
@@ -61,10 +62,11 @@ def render_html(report: Report) -> str:
                                             "intervals; colour is the verdict"))
     for metric in report.metrics:
         parts.append(f"<h3>{esc(_metric_title(metric, exp))}</h3>")
-        parts.append(_html_table(_metric_rows(metric, exp, _srm_flag(srm)), verdict_col=7))
-        note = _power_plan_note(metric)
-        if note:
-            parts.append(f"<p class='sub'>{esc(note)}</p>")
+        parts.append(f"<p class='sub'>{esc(_metric_test(metric, exp))}</p>")
+        parts.append(_html_table(_arm_rows(metric, exp)))
+        if metric.comparisons:
+            parts.append(_html_table(_comparison_rows(metric, exp, _srm_flag(srm)), verdict_col=6,
+                                     numeric=(1, 4, 5)))
         if f"metric:{metric.name}" in plots:
             parts.append(_figure(plots[f"metric:{metric.name}"], f"{metric.name} per version with "
                                                                      "confidence intervals"))
@@ -74,6 +76,9 @@ def render_html(report: Report) -> str:
     parts.append(_html_table(_latency_rows(report)))
     parts.append("<h2>Traffic and sample size over time</h2>")
     parts.append(f"<p>Sample ratio check: {esc(_srm_text(srm))}</p>")
+    earlier = _srm_earlier_text(srm)
+    if earlier:
+        parts.append(f"<p>Under earlier splits: {esc(earlier)}</p>")
     if "timeline" in plots:
         parts.append(_figure(plots["timeline"], "Cumulative requests and feedback per version"))
     else:
@@ -108,6 +113,21 @@ def _verdict_cards(report: Report) -> str:
     return "<div class='cards'>" + "".join(cards) + "</div>" if cards else ""
 
 
+def _comparison_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> list[list[str]]:
+    """One row per comparison: the figures of its one estimand, the verdict's own interval."""
+    rows = [["comparison", "units", "value", "abs lift [interval]", "p (fixed) / adj.", "sequential p adj.",
+             "verdict", "rel lift [interval]", "guardrail", "CUPED", "power"]]
+    for c in metric.comparisons:
+        cells = _comparison_cells(metric, c)
+        verdict = cells["verdict_short"] + (" (SRM MISMATCH)" if srm_flag == "MISMATCH" else "")
+        interval = f" ({cells['interval']})" if cells["interval"] and c.abs_lift is not None else ""
+        note = f" — {c.verdict_note}" if c.verdict_note else ""
+        rows.append([cells["label"], cells["units"], cells["value"], cells["abs"] + interval,
+                     f"{cells['p']} / {cells['p_adjusted']}", cells["p_sequential"], verdict + note, cells["rel"],
+                     cells["guardrail"], cells["cuped"], cells["power"]])
+    return rows
+
+
 def _latency_rows(report: Report) -> list[list[str]]:
     rows = [["version", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
     for name, v in report.variants.items():
@@ -117,18 +137,18 @@ def _latency_rows(report: Report) -> list[list[str]]:
     return rows
 
 
-def _html_table(rows: list[list[str]], verdict_col: int | None = None) -> str:
+def _html_table(rows: list[list[str]], verdict_col: int | None = None, numeric: tuple[int, ...] = (1,)) -> str:
     esc = html.escape
     out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in rows[0]) + "</tr>"]
-    reverse = {v: k for k, v in _VERDICT_TEXT.items()}
     for row in rows[1:]:
         cells = []
         for i, cell in enumerate(row):
             if i == verdict_col and cell:
-                color = _VERDICT_COLOR.get(reverse.get(cell, ""), "#1f2328")
+                verdict = next((k for k, text in _VERDICT_TEXT.items() if cell.startswith(text)), "")
+                color = _VERDICT_COLOR.get(verdict, "#1f2328")
                 cells.append(f"<td class='verdict' style='color:{color}'>{esc(cell)}</td>")
             else:
-                cells.append(f"<td class='n'>{esc(cell)}</td>" if i == 1 else f"<td>{esc(cell)}</td>")
+                cells.append(f"<td class='n'>{esc(cell)}</td>" if i in numeric else f"<td>{esc(cell)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "".join(out) + "</table>"
 

@@ -1,11 +1,17 @@
 """The terminal view of an A/B report (``serve-ab report``) and of the run list (``serve-ab runs``).
 
-The cell formatters here (``_p``, ``_pct``, ``_lift`` ...) and the per-metric rows are shared
-with the HTML page (``render_html.py``), so both views show the same figures the same way.
+Each metric is a block: a title naming its test and what its verdict rests on, a small table
+of the arms (pooled over splits, descriptive), then one stack of labelled lines per comparison
+(the figures of one estimand: units, values, lifts with the verdict's own interval, p-values,
+verdict, guardrail, power). A stack instead of one wide row keeps every line within
+``WIDTH`` columns. The cell formatters here (``_p``, ``_pct``, ``_lift`` ...) and the comparison
+figures (:func:`_comparison_cells`) are shared with the HTML page (``render_html.py``), so both
+views show the same figures the same way.
 """
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -13,29 +19,33 @@ from typing import Any
 from serve_ab.analysis.report_model import Comparison, Experiment, MetricResult, Report, ShadowResult, Srm
 from serve_ab.cli import rollout as cli_rollout
 
-__all__ = ["render_runs", "render_table"]
+__all__ = ["WIDTH", "render_runs", "render_table"]
+
+WIDTH = 100  # columns: the view must read in a 100-column terminal
 
 _VERDICT_TEXT = {"better": "BETTER", "worse": "WORSE", "no_difference": "no difference",
                  "not_enough_data": "not enough data"}
+_GUARDRAIL_TEXT = {"non_inferior": "non-inferior", "inferior": "INFERIOR", "inconclusive": "inconclusive"}
+_LABEL = 11  # width of the labels of a comparison's lines
 
 
 # --- terminal ------------------------------------------------------------------------------
 
 
 def render_table(report: Report) -> str:
-    """The terminal view: a header, warnings, one table per metric, then the shadow comparison."""
+    """The terminal view: a header, warnings, the SRM check, one block per metric, the shadow."""
     exp, srm = report.experiment, report.srm
-    lines = [_headline(report)]
+    lines = [*_wrap(_headline(report)), *_wrap(f"  {_options(exp)}", indent="    ")]
     for warning in report.warnings:
-        lines.append(f"WARNING: {warning}")
-    lines.append(f"SRM: {_srm_text(srm)}")
+        lines += _wrap(f"WARNING: {warning}", indent="  ")
+    lines += _srm_lines(srm)
     srm_flag = _srm_flag(srm)
     for metric in report.metrics:
-        lines += ["", _metric_title(metric, exp)]
-        lines += _table(_metric_rows(metric, exp, srm_flag))
-        note = _power_plan_note(metric)
-        if note:
-            lines.append(f"  {note}")
+        lines += ["", *_wrap(_metric_title(metric, exp), indent="  ")]
+        lines += _wrap(f"  {_metric_test(metric, exp)}", indent="    ")
+        lines += _table(_arm_rows(metric, exp))
+        for c in metric.comparisons:
+            lines += _comparison_lines(metric, c, srm_flag)
     if report.shadow is not None:
         lines += ["", *_shadow_lines(report.shadow)]
     return "\n".join(lines)
@@ -44,22 +54,58 @@ def render_table(report: Report) -> str:
 def _headline(report: Report) -> str:
     exp = report.experiment
     variants = ", ".join(exp.variants) or "none"
-    elapsed = cli_rollout._duration(report.elapsed_s)
-    options = [f"alpha {exp.alpha}", f"correction {exp.correction}",
-               "sequential" if exp.sequential else "fixed horizon",
-               f"MDE {_pct(exp.mde_relative, 0)}"]
-    return f"{exp.model}: control {exp.control} vs {variants}, running {elapsed} ({', '.join(options)})"
+    return f"{exp.model}: control {exp.control} vs {variants}, running {cli_rollout._duration(report.elapsed_s)}"
+
+
+def _options(exp: Experiment) -> str:
+    """How the verdicts are reached: the settings a reader needs to weigh them."""
+    options = [f"alpha {exp.alpha:g}", f"correction {exp.correction}",
+               "sequential verdicts" if exp.sequential else "fixed-horizon verdicts",
+               f"MDE {_pct(exp.mde_relative, 0)}", f"family of {exp.family_size} comparisons"]
+    if exp.splits > 1:
+        options.append(f"{exp.splits} splits")
+    return ", ".join(options)
+
+
+def _srm_lines(srm: Srm) -> list[str]:
+    lines = _wrap(f"SRM: {_srm_text(srm)}", indent="  ")
+    earlier = _srm_earlier_text(srm)
+    if earlier:
+        lines += _wrap(f"SRM under earlier splits: {earlier}", indent="  ")
+    return lines
 
 
 def _srm_text(srm: Srm) -> str:
-    observed = ", ".join(f"{k} {v:,}" for k, v in srm.observed.items())
+    """The check under the split routed by now: units per version, and the sample they come from."""
     if not srm.applicable:
         return f"not checked: {srm.reason}"
     if srm.p_value is None:
-        return f"no traffic yet ({srm.basis})"
+        return f"no traffic yet ({srm.reason or 'no units under the weights routed by now'})"
+    shown = {k: v for k, v in srm.observed.items() if v or srm.weights_pct.get(k, 0.0) > 0}
     state = "MISMATCH" if srm.mismatch else "ok"
-    return (f"{state} ({srm.basis}: {observed}; weights {_weights_text(srm.weights_pct)}; "
-            f"chi-square p = {_p(srm.p_value)}, flagged below {srm.threshold_p})")
+    weights = {k: v for k, v in srm.weights_pct.items() if k in shown}
+    fraction = srm.sampled_fraction
+    if fraction is not None and fraction < 1:
+        # The test counts the sample; the figures shown are its estimates of every unit.
+        observed = ", ".join(f"{k} ~{v:,}" for k, v in shown.items())
+        digits = 3 if fraction < 0.01 else 1
+        basis = f"{srm.basis}: {observed}, estimated from a {_pct(fraction, digits)} sample of users"
+    else:
+        basis = f"{srm.basis}: " + ", ".join(f"{k} {v:,}" for k, v in shown.items())
+    return (f"{state} ({basis}; weights {_weights_text(weights)}; "
+            f"chi-square p = {_p(srm.p_value)}, flagged below {srm.threshold_p:g})")
+
+
+def _srm_earlier_text(srm: Srm) -> str | None:
+    """Earlier splits: each mismatch named, the others counted."""
+    if not srm.other_splits:
+        return None
+    bad = [s for s in srm.other_splits if s.mismatch]
+    ok = len(srm.other_splits) - len(bad)
+    parts = [f"MISMATCH under {s.split} (p = {_p(s.p_value)})" for s in bad]
+    if ok:
+        parts.append(f"{ok} ok")
+    return "; ".join(parts)
 
 
 def _srm_flag(srm: Srm) -> str:
@@ -70,52 +116,153 @@ def _srm_flag(srm: Srm) -> str:
 
 def _metric_title(metric: MetricResult, exp: Experiment) -> str:
     better = "higher" if metric.direction == "increase" else "lower"
-    test = {"z_two_proportions": "two-proportion z-test", "welch_t": "Welch's t-test",
-            "mann_whitney_u": "Mann-Whitney U"}[metric.test]
-    basis = "sequential (always valid)" if exp.sequential and metric.kind != "latency" else "fixed horizon"
-    return f"{metric.name}  ({metric.value_is}, {better} is better; {test}; verdict: {basis})"
+    family = "" if metric.in_family else "; exploratory, outside the decision family"
+    return f"{metric.name}  ({metric.unit}; {better} is better{family})"
 
 
-def _metric_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> list[list[str]]:
-    kind = metric.kind
-    confidence = f"{1 - exp.alpha:.0%}"
-    header = ["variant", "n", metric.value_is, f"lift [{confidence} CI]",
-              f"rel lift [{confidence} CI]", "p (adj.)", "p (always valid)", "verdict", "SRM", "power / needed"]
+def _metric_test(metric: MetricResult, exp: Experiment) -> str:
+    """The test and what the verdict rests on."""
+    test = {"delta_method_z": "delta-method z per unit"}.get(metric.test, metric.test)
+    splits = f", within each of {metric.splits} splits" if metric.splits > 1 else ""
+    basis = _basis(metric, exp)
+    return f"test: {test}{splits}; verdict: {basis}"
+
+
+def _basis(metric: MetricResult, exp: Experiment) -> str:
+    bases = {c.verdict_basis for c in metric.comparisons}
+    basis = bases.pop() if len(bases) == 1 else ("sequential" if exp.sequential else "fixed_horizon")
+    if basis == "sequential":
+        alpha = exp.alpha_per_comparison if metric.in_family else exp.alpha
+        return f"sequential (mSPRT at alpha {_num(alpha)}, always valid)"
+    return "fixed horizon (z-test, read once the planned sample is reached)"
+
+
+def _kind(metric: MetricResult) -> str:
+    if metric.kind == "conversion":
+        return "conversion"
+    return "latency" if metric.name == "latency_ms" else "mean"
+
+
+def _arm_rows(metric: MetricResult, exp: Experiment) -> list[list[str]]:
+    """The arms (pooled over splits: descriptive); latency adds its sample's p50 and p95."""
+    kind = _kind(metric)
+    confidence = f"{1 - exp.alpha:.0%} CI"
+    header = ["version", "units", metric.value_is, confidence]
+    if kind == "latency":
+        header += ["p50", "p95"]
     rows = [header]
-    control = exp.control
-    if control in metric.arms:
-        arm = metric.arms[control]
-        rows.append([f"{control} (control)", _int(arm.n), _value(arm.value, kind), "", "", "", "", "", srm_flag, ""])
-    for c in metric.comparisons:
-        rows.append([
-            c.variant, _int(c.n_variant), _value(c.value_variant, kind),
-            _lift(c.abs_lift, c.abs_ci, kind),
-            _rel(c.rel_lift, c.rel_ci),
-            _p(c.p_adjusted),
-            _p(c.sequential.p_adjusted) if c.sequential else "-",
-            _VERDICT_TEXT[c.verdict],
-            srm_flag,
-            _power_text(c),
-        ])
+    shown = [exp.control, *exp.variants]
+    shown += [name for name, arm in metric.arms.items() if name not in shown and arm.n > 0]
+    for name in shown:
+        arm = metric.arms.get(name)
+        if arm is None:
+            continue
+        label = f"{name} (control)" if name == exp.control else name
+        row = [label, _int(arm.n), _value(arm.value, kind), _interval(arm.ci, kind, signed=False)]
+        if kind == "latency":
+            row += [_value(arm.p50, kind), _value(arm.p95, kind)]
+        rows.append(row)
     return rows
+
+
+def _comparison_cells(metric: MetricResult, c: Comparison) -> dict[str, str]:
+    """One comparison's figures as text, for both views."""
+    kind = _kind(metric)
+    seq = c.sequential
+    verdict = _VERDICT_TEXT[c.verdict]
+    if c.verdict_note:
+        verdict += f" ({c.verdict_note})"
+    seq_p = "-" if seq is None else _p(seq.p_adjusted)
+    return {
+        "label": f"{c.variant} vs {c.control}",
+        "units": f"{_int(c.n_variant)} vs {_int(c.n_control)}",
+        "value": f"{_value(c.value_variant, kind)} vs {_value(c.value_control, kind)}",
+        "abs": _lift(c.abs_lift, c.abs_ci, kind),
+        "interval": _interval_name(c),
+        "rel": _rel(c.rel_lift, c.rel_ci),
+        "p": _p(c.p_value),
+        "p_adjusted": _p(c.p_adjusted),
+        "p_sequential": seq_p,
+        "verdict": verdict,
+        "verdict_short": _VERDICT_TEXT[c.verdict],
+        "guardrail": _guardrail_text(c, kind),
+        "cuped": _cuped_text(c, kind),
+        "power": _power_text(c),
+    }
+
+
+def _comparison_lines(metric: MetricResult, c: Comparison, srm_flag: str) -> list[str]:
+    cells = _comparison_cells(metric, c)
+    verdict = cells["verdict"]
+    if srm_flag == "MISMATCH":
+        verdict += "  [SRM MISMATCH: do not trust]"
+    rows = [("verdict", verdict),
+            ("units", cells["units"]),
+            ("value", cells["value"] + (" (within splits, combined)" if c.splits_used > 1 else "")),
+            ("abs lift", f"{cells['abs']}  {cells['interval']}".rstrip() if c.abs_lift is not None else "-"),
+            ("rel lift", cells["rel"]),
+            ("p", (f"{cells['p']} fixed horizon, {cells['p_adjusted']} adjusted; "
+                   f"sequential {cells['p_sequential']} adjusted"))]
+    if c.guardrail is not None:
+        rows.append(("guardrail", cells["guardrail"]))
+    if c.cuped is not None:
+        rows.append(("CUPED", cells["cuped"]))
+    rows.append(("power", cells["power"]))
+    head = f"  {cells['label']}"
+    lines = []
+    for i, (label, text) in enumerate(rows):
+        prefix = (head if i == 0 else "").ljust(len(head)) + "  " + label.ljust(_LABEL)
+        lines += _wrap(prefix + text, indent=" " * len(prefix))
+    return lines
+
+
+def _interval_name(c: Comparison) -> str:
+    """What the abs/rel intervals shown are: the verdict's test's own interval."""
+    if c.verdict_basis == "sequential":
+        if c.sequential is None:
+            return ""
+        return f"{_conf(c.sequential.alpha_per_comparison)} confidence sequence"
+    if c.fixed is None:
+        return ""
+    if c.verdict != "not_enough_data":
+        return "CI frozen at the planned sample"
+    return f"{_conf(c.fixed.level)} CI (the level the correction leaves)"
+
+
+def _guardrail_text(c: Comparison, kind: str) -> str:
+    g = c.guardrail
+    if g is None:
+        return "-"
+    if g.margin_kind == "abs":
+        margin = f"+{g.margin * 100:g}pp" if kind == "conversion" else f"+{g.margin:g}"
+    else:
+        unit = " ms" if kind == "latency" else ""
+        margin = f"+{g.margin * 100:g}% = +{_num(g.margin_abs)}{unit}"
+    return f"{_GUARDRAIL_TEXT[g.status]} (margin {margin}; {_conf(g.alpha)} sequence {_interval(g.ci, kind)})"
+
+
+def _cuped_text(c: Comparison, kind: str) -> str:
+    """The pre-period adjustment: what it bought, and the lift without it."""
+    cuped = c.cuped
+    if cuped is None:
+        return "-"
+    unit = {"conversion": " pp", "latency": " ms"}.get(kind, "")
+    scale = 100.0 if kind == "conversion" else 1.0
+    return (f"variance -{_pct(cuped.variance_reduction, 0)} (theta {_num(cuped.theta)}, "
+            f"{cuped.pre_units:,} units seen before); unadjusted abs lift "
+            f"{_bound(cuped.abs_lift_unadjusted, kind, True)}{unit} (se {cuped.se_unadjusted * scale:.4g}{unit})")
 
 
 def _power_text(c: Comparison) -> str:
     p = c.power
     if p is None:
-        return "-"
-    more = max(p.samples_needed.values()) if p.samples_needed else 0
-    tail = "enough samples" if more == 0 else f"{more:,} more per arm"
-    return f"{_pct(p.achieved, 0)} / {tail}"
-
-
-def _power_plan_note(metric: MetricResult) -> str | None:
-    plan = metric.power_plan
-    if plan:
-        return (f"power: {plan.required_per_arm:,} per arm to detect {_pct(plan.mde_relative, 1)} "
-                f"(abs {_num(plan.mde_abs)}) at power {plan.target_power:g}; {plan.method}")
-    notes = {c.power_note for c in metric.comparisons if c.power_note}
-    return "; ".join(sorted(notes)) or None
+        return f"- ({c.power_note})" if c.power_note else "-"
+    test = "mSPRT" if p.test.startswith("mSPRT") else "fixed-horizon z"
+    more = max(p.units_needed.values()) if p.units_needed else 0
+    tail = "reached" if more == 0 else f"{more:,} more per arm"
+    achieved = f", {_pct(p.achieved, 0)} now" if p.achieved is not None else ""
+    return (f"{p.required_per_arm:,} units per arm needed for MDE {_pct(p.mde_relative, 1)} at power "
+            f"{p.target:g} ({test}); {tail}{achieved}")
 
 
 def _shadow_lines(shadow: ShadowResult) -> list[str]:
@@ -150,7 +297,7 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     if latency.p50 is not None:
         lines.append(f"  latency     p50 {_num(latency.p50)} ms, p95 {_num(latency.p95)} ms, "
                      f"p99 {_num(latency.p99)} ms")
-    return lines
+    return [wrapped for line in lines for wrapped in _wrap(line, indent=" " * 14)]
 
 
 def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
@@ -162,17 +309,25 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
         srm = "n/a" if s.srm_mismatch is None else ("MISMATCH" if s.srm_mismatch else "ok")
         rows.append([s.run_id, s.model or "-", _when(s.started_at_s), _when(s.updated_at_s),
                      ",".join(s.versions) or "-", s.control or "-", _int(s.requests), srm])
-    return "\n".join(_table(rows, indent=""))
+    return "\n".join(_table(rows, indent="", numeric=(6,)))
 
 
-def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+def _table(rows: list[list[str]], indent: str = "  ", numeric: tuple[int, ...] = (1,)) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    numeric = {1}  # n column right-aligned
     out = []
     for row in rows:
         cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)]
         out.append((indent + "  ".join(cells)).rstrip())
     return out
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    """``text`` broken at spaces into lines of at most WIDTH columns; the lines after the first
+    start with ``indent`` (a word longer than a line stays whole)."""
+    if len(text) <= WIDTH:
+        return [text]
+    return textwrap.wrap(text, width=WIDTH, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 # --- formatting ----------------------------------------------------------------------------
@@ -184,22 +339,36 @@ def _value(value: Any, kind: str | None) -> str:
     if kind == "conversion":
         return _pct(value, 2)
     if kind == "latency":
-        return f"{value:.3g} ms"
+        return f"{value:.4g} ms"
     return _num(value)
 
 
+def _bound(value: Any, kind: str | None, signed: bool) -> str:
+    if value is None:
+        return "-"
+    sign = "+" if signed else ""
+    if kind == "conversion":
+        return f"{value * 100:{sign}.2f}" + ("" if signed else "%")
+    return f"{value:{sign}.4g}"
+
+
+def _interval(ci: Any, kind: str | None, signed: bool = True) -> str:
+    """``[lo, hi]`` in the metric's units (a bound not known yet is '-'); differences are
+    signed, in percentage points for rates."""
+    if not ci:
+        return "-"
+    unit = {"conversion": " pp" if signed else "", "latency": " ms"}.get(kind or "", "")
+    return f"[{_bound(ci[0], kind, signed)}, {_bound(ci[1], kind, signed)}]{unit}"
+
+
 def _lift(lift: Any, ci: Any, kind: str | None) -> str:
+    """A difference and its interval: ``+1.54 pp [+0.51, +2.58]``."""
     if lift is None:
         return "-"
-    if kind == "conversion":
-        text = f"{lift * 100:+.2f} pp"
-        if ci and None not in ci:
-            text += f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]"
-        return text
-    unit = " ms" if kind == "latency" else ""
-    text = f"{lift:+.4g}{unit}"
-    if ci and None not in ci:
-        text += f" [{ci[0]:+.4g}, {ci[1]:+.4g}]"
+    unit = {"conversion": " pp", "latency": " ms"}.get(kind or "", "")
+    text = f"{_bound(lift, kind, True)}{unit}"
+    if ci and any(b is not None for b in ci):
+        text += f" [{_bound(ci[0], kind, True)}, {_bound(ci[1], kind, True)}]"
     return text
 
 
@@ -207,9 +376,15 @@ def _rel(rel: Any, ci: Any) -> str:
     if rel is None:
         return "-"
     text = f"{rel * 100:+.1f}%"
-    if ci and None not in ci:
-        text += f" [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
+    if ci and any(b is not None for b in ci):
+        bounds = ["-" if b is None else f"{b * 100:+.1f}" for b in ci]
+        text += f" [{bounds[0]}, {bounds[1]}]"
     return text
+
+
+def _conf(alpha: float) -> str:
+    """The confidence of a level ``alpha``: 0.05 -> '95%', 0.01/3 -> '99.67%'."""
+    return f"{(1.0 - float(alpha)) * 100:.4g}%"
 
 
 def _p(p: Any) -> str:
@@ -237,4 +412,3 @@ def _weights_text(weights: Any) -> str:
 
 def _when(t_s: Any) -> str:
     return "-" if t_s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t_s)))
-

@@ -11,9 +11,9 @@ import pytest
 
 import serve_ab.cli
 from serve_ab.analysis.report_model import Report
-from serve_ab.cli import command as cli, report as report_cli
+from serve_ab.cli import command as cli, render_html as render_html_module, report as report_cli
 from serve_ab.cli.render_html import render_html
-from serve_ab.cli.render_table import render_table
+from serve_ab.cli.render_table import WIDTH, render_table
 from serve_ab.store.runs import RunRecorder
 from tests.support.fake_http import FakeApp
 from tests.unit.analysis.test_report import Sim, make_cfg
@@ -31,7 +31,20 @@ def report():
 @pytest.fixture(scope="module")
 def skewed_report():
     cfg = make_cfg(shadow=None)
-    return Sim(cfg, seed=4).run(4000, split={"v1": 0.56, "v2": 0.44}, correct={"v1": 0.9, "v2": 0.9}).report()[0]
+    # The routers split 56/44 while the experiment (and its record) says 50/50: a broken split.
+    return Sim(cfg, seed=4, users=20000).run(4000, route={"v1": 56, "v2": 44, "v3": 0},
+                                             correct={"v1": 0.9, "v2": 0.9}).report()[0]
+
+
+@pytest.fixture(scope="module")
+def canary_report():
+    """Two splits, the current one's SRM on a sample of users, the first one's split broken."""
+    cfg = make_cfg(shadow=None, weights={"v1": 80, "v2": 20})
+    sim = Sim(cfg, seed=6, users=20000).run(3000, route={"v1": 70, "v2": 30, "v3": 0}, correct={"v1": 0.9, "v2": 0.9})
+    sim.set_split({"v1": 50, "v2": 50}).run(1, correct={"v1": 0.9, "v2": 0.9})
+    (record,) = [r for r in sim.stats.splits.values() if r.weights_pct["v1"] == 50]
+    record.units.max_units = 500
+    return sim.run(2000, correct={"v1": 0.9, "v2": 0.9}).report()[0]
 
 
 # --- terminal ------------------------------------------------------------------------------
@@ -44,39 +57,109 @@ def _block(text: str, title: str) -> list[str]:
     return lines[start:end]
 
 
-def test_table_has_a_block_per_metric_with_the_columns(report):
+def _field(block: list[str], label: str) -> str:
+    """The text of a comparison's line ``label`` (with its wrapped continuation)."""
+    start = next(i for i, line in enumerate(block) if line[12:].startswith(label + " "))
+    text = [block[start][_TEXT_COLUMN:]]
+    for line in block[start + 1:]:
+        if not line.startswith(" " * _TEXT_COLUMN):
+            break
+        text.append(line.strip())
+    return " ".join(text).strip()
+
+
+_TEXT_COLUMN = len("  v2 vs v1") + 2 + 11  # the comparison's name, two spaces, an 11-column label
+
+
+def test_table_has_a_block_per_metric_with_the_figures_of_each_comparison(report):
     text = render_table(report)
-    assert text.splitlines()[0].startswith("digits: control v1 vs v2")
+    lines = text.splitlines()
+    assert lines[0].startswith("digits: control v1 vs v2, running")
+    assert "sequential verdicts" in lines[1] and "family of 5 comparisons" in lines[1]
+    assert all(len(line) <= WIDTH for line in lines), max(lines, key=len)
     for metric in ("error_rate", "latency_ms", "correct", "revenue", "cost"):
         block = _block(text, metric)
-        header = block[1]
-        for column in ("variant", "n", "lift [95% CI]", "rel lift", "p (adj.)", "p (always valid)", "verdict",
-                       "SRM", "power / needed"):
-            assert column in header, (metric, column)
-        assert block[2].lstrip().startswith("v1 (control)") and block[3].lstrip().startswith("v2 ")
+        m = report.metric(metric)
+        c = m.comparisons[0]
+        assert "test: delta-method z per unit; verdict: sequential (mSPRT at alpha 0.01" in block[1]
+        assert block[2].split()[:2] == ["version", "units"] and "95% CI" in block[2]
+        assert block[3].lstrip().startswith("v1 (control)") and block[4].lstrip().startswith("v2 ")
+        assert f"{m.arms['v1'].n:,}" in block[3]
+        assert block[5].startswith("  v2 vs v1  verdict")
+        assert _field(block, "units") == f"{c.n_variant:,} vs {c.n_control:,}"
+        assert _field(block, "abs lift").endswith("99% confidence sequence")
+        assert _field(block, "p").endswith("adjusted") and "sequential" in _field(block, "p")
+        power = _field(block, "power")
+        assert power.startswith(f"{c.power.required_per_arm:,} units per arm needed for MDE 5.0% at power 0.8 "
+                                "(mSPRT)"), power
+        assert ("guardrail" in "\n".join(block)) == (metric in ("error_rate", "latency_ms"))
     errors = _block(text, "error_rate")
     c = report.metric("error_rate").comparisons[0]
-    assert f"{c.abs_lift * 100:+.2f} pp" in errors[3] and "WORSE" in errors[3]
-    assert f"{report.variants['v2'].requests:,}" in errors[3]
-    assert "SRM: ok (units:" in text
+    lo, hi = c.abs_ci
+    assert _field(errors, "abs lift").startswith(f"{c.abs_lift * 100:+.2f} pp [{lo * 100:+.2f}, {hi * 100:+.2f}]")
+    assert _field(errors, "guardrail").startswith(
+        {"non_inferior": "non-inferior", "inferior": "INFERIOR", "inconclusive": "inconclusive"}[c.guardrail.status]
+        + " (margin +1pp;")
+    latency = _block(text, "latency_ms")
+    assert latency[2].split()[-2:] == ["p50", "p95"] and "ms" in latency[3]
+    assert "(margin +10% = +" in _field(latency, "guardrail")
+    correct = report.metric("correct").comparisons[0]
+    assert _field(_block(text, "correct"), "verdict") == {"better": "BETTER", "worse": "WORSE",
+                                                          "no_difference": "no difference"}[correct.verdict]
+    rel_lo, rel_hi = correct.rel_ci
+    assert _field(_block(text, "correct"), "rel lift") == (
+        f"{correct.rel_lift * 100:+.1f}% [{rel_lo * 100:+.1f}, {rel_hi * 100:+.1f}]")
+    assert "SRM: ok (units: v1 " in text
     assert "shadow v3:" in text and "agreement" in text and "drift       KL" in text
 
 
-def test_table_flags_srm_mismatch_on_every_row(skewed_report):
+def test_table_flags_srm_mismatch_on_every_verdict(skewed_report):
     text = render_table(skewed_report)
     assert "WARNING: sample ratio mismatch" in text and "SRM: MISMATCH" in text
-    rows = _block(text, "correct")[2:4]  # control and variant
-    assert [row.split()[0] for row in rows] == ["v1", "v2"] and all("MISMATCH" in row for row in rows)
+    verdicts = [line for line in text.splitlines() if line.startswith("  v2 vs v1  verdict")]
+    assert len(verdicts) == 5 and all("SRM MISMATCH" in line for line in verdicts)
+
+
+def test_table_shows_the_sampled_fraction_and_the_earlier_splits_mismatch(canary_report):
+    text = render_table(canary_report)
+    srm = canary_report.srm
+    assert srm.sampled_fraction < 1 and srm.other_splits[0].mismatch
+    flat = " ".join(line.strip() for line in text.splitlines())
+    assert "sample of users" in flat and f"{srm.sampled_fraction * 100:.1f}%" in flat
+    assert f"MISMATCH under {srm.other_splits[0].split}" in flat
+    assert "within each of 2 splits" in flat and "(within splits, combined)" in flat
+    assert all(len(line) <= WIDTH for line in text.splitlines())
+
+
+def test_table_with_sequential_off_says_the_verdict_is_withheld():
+    cfg = make_cfg(shadow=None, analysis={"sequential": False})
+    report, _ = Sim(cfg, seed=5).run(400, correct={"v1": 0.9, "v2": 0.9}).report()
+    block = _block(render_table(report), "correct")
+    assert "verdict: fixed horizon" in block[1]
+    assert _field(block, "verdict").startswith("not enough data (fixed-horizon verdict withheld")
+    assert "CI (the level the correction leaves)" in _field(block, "abs lift")
+
+
+def test_table_shows_the_pre_period_adjustment():
+    cfg = make_cfg(shadow=None, weights={"v1": 100, "v2": 0})
+    sim = Sim(cfg, seed=7, users=1500).run(1500, correct={"v1": 0.5, "v2": 0.5})
+    report, _ = sim.set_split({"v1": 50, "v2": 50}).run(1500, correct={"v1": 0.5, "v2": 0.5}).report()
+    c = report.metric("correct").comparisons[0]
+    assert c.cuped is not None
+    cuped = _field(_block(render_table(report), "correct"), "CUPED")
+    assert cuped.startswith(f"variance -{c.cuped.variance_reduction * 100:.0f}% (theta ")
+    assert f"{c.cuped.pre_units:,} units seen before); unadjusted abs lift " in cuped and cuped.endswith(" pp)")
 
 
 def test_table_of_an_empty_experiment_says_not_enough_data():
-    from serve_ab.analysis.report import build_report
     from serve_ab.analysis.accumulate import ExperimentStats
+    from serve_ab.analysis.report import build_report
 
     cfg = make_cfg(shadow=None)
     empty, _ = build_report(cfg, ExperimentStats(["v1", "v2", "v3"], 0.0).snapshot(0.0), cfg.weights_pct())
     text = render_table(empty)
     assert "not enough data" in text and "SRM: no traffic yet" in text
+    assert "power      - (no split where both arms have units yet)" in text
     assert render_html(empty).count("<svg") == 0  # nothing to plot, and no crash
 
 
@@ -86,17 +169,34 @@ def test_table_of_an_empty_experiment_says_not_enough_data():
 def test_html_is_self_contained_with_an_svg_per_plot(report):
     page = render_html(report)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    # lift forest, error_rate/correct/revenue/cost per arm, latency, timeline, shadow flips
-    assert page.count("<svg") == page.count("</svg>") == 8
+    # lift forest, each metric's arms (error_rate, latency_ms, correct, revenue, cost), latency, timeline,
+    # shadow flips
+    assert page.count("<svg") == page.count("</svg>") == 9
     # nothing fetched from elsewhere: no scripts, stylesheets, images or fonts by URL
     assert "<?xml" not in page and not re.search(r"<script|<link|<img|src=|href=\"http|url\((?!#)", page)
-    for text in ("A/B report: digits", "error_rate", "Latency distribution", "Shadow: v3", "WORSE"):
-        assert text in page
+    for text in ("A/B report: digits", "error_rate", "Latency distribution", "Shadow: v3", "WORSE",
+                 "<th>sequential p adj.</th>", "<th>guardrail</th>", "units per arm needed for MDE",
+                 "delta-method z per unit", "99% confidence sequence"):
+        assert text in page, text
+    c = report.metric("correct").comparisons[0]
+    assert f"<td class='n'>{c.n_variant:,} vs {c.n_control:,}</td>" in page
 
 
-def test_html_marks_a_mismatch_in_red(skewed_report):
+@pytest.fixture
+def no_plots(monkeypatch):
+    """For tests of the page's text: matplotlib takes a second or more per page."""
+    monkeypatch.setattr(render_html_module, "_plots", lambda report: {})
+
+
+def test_html_marks_a_mismatch_in_red(skewed_report, no_plots):
     page = render_html(skewed_report)
     assert "class='warn bad'><b>Sample ratio mismatch.</b>" in page
+    assert "(SRM MISMATCH)" in page
+
+
+def test_html_shows_the_earlier_splits_and_the_sampled_fraction(canary_report, no_plots):
+    page = render_html(canary_report)
+    assert "Under earlier splits: MISMATCH under" in page and "sample of users" in page
 
 
 # --- the commands against a fake app -------------------------------------------------------
@@ -143,7 +243,7 @@ def test_report_html_writes_the_page(app, report, capsys, tmp_path):
     target = tmp_path / "report.html"
     code, out, err = _run(["report", "--html", str(target)], capsys)
     assert code == 0 and f"wrote {target}" in err and "error_rate" in out
-    assert target.read_text().count("<svg") == 8
+    assert target.read_text().count("<svg") == 9
 
 
 def test_app_without_the_endpoint_is_a_clear_error(app, capsys):
