@@ -16,6 +16,13 @@ from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, 
 from tests.support.fakes import FailingStore, FakeClock
 
 
+# Requests per second that make a 5 s window evidence for the gates below: an error_rate
+# max 0.05 passes only once its upper confidence bound is under 0.05 (about 60 clean requests
+# at the first analysis of a step, more at later ones, which spend less alpha), and a
+# feedback_rate min_ratio_to_stable 0.95 only once the ratio's lower bound is over 0.95.
+EV_STABLE, EV_CANDIDATE = 150, 60
+
+
 def experiment(candidate: str = "v2", **rollout_changes):
     rollout = {
         "strategy": "canary", "stable": "v1", "candidate": candidate,
@@ -60,7 +67,7 @@ def test_canary_promotes_on_good_reports_and_retires_the_old_version():
     core.tick()
     assert core.snapshot().weights == {"v1": 90.0, "v2": 10.0}
     epoch = core.epoch
-    run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    run_for(core, clock, 30, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     assert core.rollout.phase.value == "promoted"
     assert core.epoch > epoch
     assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
@@ -98,7 +105,7 @@ def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
     store = SqliteStateStore(tmp_path / "state.sqlite")
     core = ControllerCore(experiment(), store, clock)
     core.tick()
-    run_for(core, clock, 6, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     before = core.status(history=True)
     assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
 
@@ -108,7 +115,7 @@ def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
         before["phase"], before["step_index"], before["weights_pct"])
     assert after["history"] == before["history"]
     # The pause keeps its original start: 4 more seconds finish it, not 10.
-    run_for(restarted, clock, 5, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    run_for(restarted, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     assert restarted.status()["weights_pct"]["v2"] == 100.0
 
 
@@ -174,7 +181,7 @@ def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
     assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
     core.rollout.report_validation(True, "sample set passed")
     # Green's mirrored answers fill its window; the gates judge them against blue's.
-    run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v2": (5, {"correct": True})})
+    run_for(core, clock, 8, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     assert core.status()["phase"] in ("switched", "promoted")
     assert core.snapshot().mirrors == ()
     assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
@@ -415,7 +422,7 @@ def test_a_router_clock_6s_behind_still_fills_the_windows():
     core.tick()
     for _ in range(30):
         clock.advance(1.0)
-        for version, n in (("v1", 20), ("v2", 5)):
+        for version, n in (("v1", EV_STABLE), ("v2", EV_CANDIDATE)):
             rows = [ServedRequest(clock() - 6.0, version, 3.0, None, 1, 0.9, f"{version}-{clock()}-{i}",
                                   i, True, False) for i in range(n)]
             core.record(Observations(rows))
@@ -432,8 +439,8 @@ def test_pinned_failing_traffic_to_the_candidate_moves_no_gate():
     core.tick()
     for _ in range(30):
         clock.advance(1.0)
-        report(core, clock, "v1", 20, correct=True)
-        report(core, clock, "v2", 5, correct=True)
+        report(core, clock, "v1", EV_STABLE, correct=True)
+        report(core, clock, "v2", EV_CANDIDATE, correct=True)
         # A tester pins v2 and every pinned request fails: not assigned, not mirrored.
         core.record(Observations([ServedRequest(clock(), "v2", 900.0, "model", None, None, None, None,
                                                 False, False) for _ in range(50)]))
@@ -469,8 +476,8 @@ def test_a_canary_with_pauses_shorter_than_the_interval_waits_for_a_passing_anal
     highest = 0.0
     for _ in range(40):
         clock.advance(1.0)
-        report(core, clock, "v1", 20, correct=True)
-        report(core, clock, "v2", 5, ok=ok, correct=True)
+        report(core, clock, "v1", EV_STABLE, correct=True)
+        report(core, clock, "v2", EV_CANDIDATE, ok=ok, correct=True)
         core.tick()
         if core.status()["phase"] != "promoted":
             highest = max(highest, core.snapshot().weights["v2"])
