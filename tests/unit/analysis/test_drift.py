@@ -65,7 +65,8 @@ def test_homogeneity_test_is_pearson_chi_square_without_empty_classes():
 def test_sparse_tables_use_a_seeded_monte_carlo_test():
     p, q = [3, 0, 1, 0, 2, 1, 0, 2, 1, 0], [0, 2, 1, 1, 0, 1, 2, 0, 1, 2]
     result = drift.class_homogeneity_test(p, q, alpha=0.05)
-    assert result.method == "Monte Carlo" and result.tables >= 1999
+    assert result.method == "Monte Carlo" and result.p_value > 0.05
+    assert result.tables < 1999  # p could no longer fall below alpha: the draw stopped early
     assert drift.class_homogeneity_test(list(p), list(q), alpha=0.05) == result  # same counts, same p
     # Against the permutation distribution of the labels, estimated independently.
     totals = np.add(p, q)
