@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from serve_ab.analysis import comparisons, power
+from serve_ab.analysis import power
 from serve_ab.analysis.comparisons import Family, MetricSpec, fixed_p, judge
 from serve_ab.analysis.units import RatioComparison
 
