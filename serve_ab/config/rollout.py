@@ -257,6 +257,12 @@ class Gate(_Strict):
 
 class GateAnalysisConfig(_Strict):
     interval_s: DurationS = Field(10.0, gt=0, description="Seconds between two gate analyses.")
+    window_s: DurationS | None = Field(
+        None, gt=0,
+        description="The longest stretch an analysis reads: everything since the current step began, "
+        "up to this many seconds back, so evidence accumulates while a step is held. Default: 10 x "
+        "interval_s (and never less than interval_s).",
+    )
     min_samples: int = Field(
         50, ge=1,
         description="Samples a version needs in a window before a gate judges it; fewer is "

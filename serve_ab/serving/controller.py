@@ -204,20 +204,23 @@ class ControllerCore:
             return False
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
-        interval_s = self.cfg.rollout.analysis.interval_s
-        while self.observations and self.observations[0].t_s < now - 2 * interval_s - 60:
+        window_s = self._window_s()
+        while self.observations and self.observations[0].t_s < now - window_s - 60:
             self.observations.popleft()
-        while self.pair_observations and self.pair_observations[0][0] < now - 2 * interval_s - 60:
+        while self.pair_observations and self.pair_observations[0][0] < now - window_s - 60:
             self.pair_observations.popleft()
+        # An analysis reads the whole current step (its weights), up to window_s back: evidence
+        # accumulates while a step is held, and every look is valid as the gates spend alpha.
+        start_s = max(self.rollout.state.step_started_at_s, now - window_s)
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
-        feedback, conversions = self.feedback.events(since_s=now - interval_s)
+        feedback, conversions = self.feedback.events(since_s=start_s)
         windows = build_windows(
             self.observations, versions=versions, feedback=feedback, conversions=conversions,
-            start_s=now - interval_s, end_s=now + 1.0,
+            start_s=start_s, end_s=now + 1.0,
         )
         candidate = self.cfg.rollout.candidate
         agreed = [agree for t_s, version, agree in self.pair_observations
-                  if version == candidate and t_s >= now - interval_s]
+                  if version == candidate and t_s >= start_s]
         windows[candidate] = dataclasses.replace(
             windows[candidate], promql=promql or {}, shadow_pairs=len(agreed),
             shadow_agreements=sum(agreed))
@@ -234,6 +237,10 @@ class ControllerCore:
             self.epoch += 1
             logger.info("serve-ab rollout %s: %s, weights %s", self.key, decision.reason, decision.weights)
         return changed
+
+    def _window_s(self) -> float:
+        analysis = self.cfg.rollout.analysis
+        return max(analysis.window_s or 10.0 * analysis.interval_s, analysis.interval_s)
 
     def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> None:
         """A control action; raises ActionRefused (RolloutError) when the phase or a

@@ -31,11 +31,14 @@ def canary(model_repo, tmp_path, candidate="v2", steps=None, **rollout):
     cfg["http"] = {"max_body_bytes": 65536}
     cfg["rollout"] = {
         "strategy": "canary", "stable": "v1", "candidate": candidate,
+        # Gates pass on evidence (a confidence bound inside the threshold), so the thresholds
+        # and steps are ones ~90 requests/s can decide within seconds: 0 errors in ~60 of the
+        # candidate's requests bound its error rate under 5%; ~150 outcomes per side bound the
+        # ratio of 'correct' rates over 0.95 when both models are about as accurate.
         "analysis": {"interval_s": 3, "min_samples": 8, "failure_limit": 0, "progress_deadline_s": 120},
-        "gates": [{"metric": "error_rate", "max": 0.01},
+        "gates": [{"metric": "error_rate", "max": 0.05},
                   {"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.95}],
-        "steps": steps or [{"set_weight": 5}, {"pause": {"duration": "4s"}}, {"set_weight": 20},
-                           {"pause": {"duration": "4s"}}, {"set_weight": 50},
+        "steps": steps or [{"set_weight": 20}, {"pause": {"duration": "4s"}}, {"set_weight": 50},
                            {"pause": {"duration": "4s"}}, {"set_weight": 100}],
         "retire_after_s": 2,
         **rollout,
@@ -113,14 +116,10 @@ def test_canary_promotes_v2_and_retires_v1_with_no_failed_request(http, serve_in
 
 
 def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, model_repo, tmp_path):
-    # Pauses of three analysis intervals each: the gates judge point estimates on 3 s windows
-    # (tens of outcomes), so one analysis of the worse v3 passes by chance now and then (one
-    # 4 s pause is one look); with nine looks, any of which fails it, the rollback is all but
-    # certain. Gates that carry their uncertainty are issue 11's.
-    steps = [{"set_weight": 5}, {"pause": {"duration": "10s"}}, {"set_weight": 20},
-             {"pause": {"duration": "10s"}}, {"set_weight": 50}, {"pause": {"duration": "10s"}},
-             {"set_weight": 100}]
-    deployed(canary(model_repo, tmp_path, candidate="v3", steps=steps), "rollback")
+    # v3 answers 'correct' ~85% as often as v1: at 20% of ~90 requests/s the upper bound of that
+    # ratio drops under 0.95 within a few analyses, and it can pass no step before that (a
+    # pass needs the lower bound above 0.95).
+    deployed(canary(model_repo, tmp_path, candidate="v3"), "rollback")
     status_url = serve_instance.url("/rollback/rollout/status?history=true")
     with load(serve_instance, "rollback", tmp_path, model_repo) as loadgen:
         status = wait_for(http, status_url, lambda s: s["phase"] == "aborted", "the automatic rollback")
@@ -203,7 +202,7 @@ def blue_green(model_repo, tmp_path, green="v2"):
     cfg["rollout"] = {
         "strategy": "blue_green", "stable": "v1", "candidate": green,
         "analysis": {"interval_s": 2, "min_samples": 5, "failure_limit": 0},
-        "gates": [{"metric": "error_rate", "max": 0.01}],
+        "gates": [{"metric": "error_rate", "max": 0.05}],
         "blue_green": {"validation_samples": str(model_repo / "digits" / "samples.json"),
                        "validation_min_accuracy": 0.9, "post_switch_watch_s": 4, "keep_blue_s": 6},
         "retire_after_s": 2,
