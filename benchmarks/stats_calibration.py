@@ -1,0 +1,694 @@
+"""Do serve-ab's verdicts and gates err as often as they claim? Measured through the real pipeline.
+
+    python -m benchmarks.stats_calibration --quick   # smoke size: 18-23 s here; JSON line last
+    python -m benchmarks.stats_calibration           # 470 s wall (441 s CPU) on 2 shared cores
+                                                     # at load 3-4; about 4 min on 2 idle ones
+
+Every simulated request goes where a router's would: ``ExperimentStats.record`` /
+``record_feedback`` (per-bucket totals, by split) -> ``snapshot`` -> ``build_report``, read
+at several looks with the sequential state passed from one look to the next; gates go
+through ``build_windows`` -> ``evaluate_gates``. No formula stands in for the pipeline: the
+rates below are what the report and the gates said, counted over repetitions, each with its
+Monte Carlo standard error sqrt(p (1 - p) / reps).
+
+Users are units: a random 64-bit integer, routed by its bucket (``unit % 10000``) through
+``SplitTable.from_weights``, sending 4 requests each. Their outcomes are clustered: a user's
+conversion rate is drawn from a Beta with ``a + b = 1 / icc - 1`` (ICC 0.3), and latency and
+revenue carry a per-user normal effect holding 30% of the variance (latency on the log
+scale). The experiment is configured with ``analysis.mde_relative: 0.2``, the defaults
+otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
+
+1. A/A, clustered users: 250 users per arm (exactly; units drawn until each arm is full), 10
+   looks. Per metric (a conversion and a mean feedback metric, error_rate with a per-user
+   error rate of mean 5%, latency_ms): the fixed-horizon p-value below 0.05 at the final look,
+   the same at any of the 10 looks (peeking, for contrast), any better/worse verdict over the
+   10 looks, and, for contrast, the naive request-level test at the final look (two-proportion
+   z-test on request counts; Welch's t-test for the means), which ignores the clustering.
+2. Power at the planned n: conversion 0.3 against 0.36 (the configured +20%), ICC 0.3. The
+   plan is ``power.units_per_arm`` with the true per-unit variances, alpha / family size,
+   ``sequential=True``, tau = the effect: what the report itself plans with (its
+   ``power.required_per_arm`` at the final look is shown beside). That many users per arm,
+   read at 10 looks: how often the verdict is ``better``.
+3. Canary epochs: weights v2 5% -> 20% -> 50%, the same number of users (and requests) per
+   period, the base conversion rate falling linearly from 0.5 to 0.2 over the three periods,
+   equal in both arms at every moment (A/A), then with the candidate 20% below stable at every
+   moment; 3 looks per period. The users per period are sized so that the mSPRT read once at
+   the end has power 0.8 against the drop. Contrast: the naive request-level z-test on counts
+   pooled over the epochs, which confounds the version with time.
+4. Gates, one analysis at alpha 0.05 (the machine's first look of a step uses 0.030, later
+   ones less) and ``min_samples=1``, so the confidence bounds alone decide: a candidate with
+   5% errors against ``{metric: error_rate, max: 0.01}`` at windows of 10, 30, 100 and 1000
+   requests; a healthy one (0.1%) at 3000; ``{metric: drift_psi, max: 0.25}`` with 10
+   equally likely classes and no drift at 10 and 50 predictions per side.
+
+Scenarios 2 and 3 feed the conversion feedback only (no ``record`` of the requests), which
+leaves their metric's path through the pipeline unchanged and halves their cost.
+
+Prints one table per scenario, the checks issue #11 asks for, then one JSON line last with
+every figure. Needs no Ray; ``--workers`` processes (default 2) share the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import inspect
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy
+from scipy import stats
+
+from benchmarks.common import load_now
+from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.analysis.power import design_effect, sequential_power, units_per_arm
+from serve_ab.analysis.report import build_report
+from serve_ab.config.experiment import ExperimentConfig
+from serve_ab.config.rollout import Gate
+from serve_ab.rollout.gates import Observation, build_windows, evaluate_gates
+from serve_ab.routing import NUM_BUCKETS, SplitTable
+
+ALPHA = 0.05
+ICC = 0.3
+REQUESTS_PER_USER = 4
+MDE_RELATIVE = 0.2
+TARGET_POWER = 0.8
+LOOKS = 10
+
+AA_USERS_PER_ARM = 250
+AA_CONVERSION = 0.3
+AA_ERROR_RATE = 0.05
+AA_LATENCY_MEDIAN_MS = 10.0
+AA_LATENCY_LOG_SD = 0.5
+AA_REVENUE_MEAN, AA_REVENUE_SD = 10.0, 3.0
+
+POWER_BASE = 0.3
+
+CANARY_SPLITS_PCT = (5.0, 20.0, 50.0)  # v2's weight per period
+CANARY_BASE_FROM, CANARY_BASE_TO = 0.5, 0.2
+CANARY_DROP = 0.2
+CANARY_LOOKS_PER_PERIOD = 3
+
+GATE_BAD_ERROR_RATE = 0.05
+GATE_HEALTHY_ERROR_RATE = 0.001
+GATE_ERROR_MAX = 0.01
+GATE_BAD_WINDOWS = (10, 30, 100, 1000)
+GATE_HEALTHY_WINDOW = 3000
+GATE_DRIFT_MAX = 0.25
+GATE_DRIFT_CLASSES = 10
+GATE_DRIFT_WINDOWS = (10, 50)
+
+# What issue #11 asks of each figure.
+LIMIT_AA = 0.06
+POWER_TOLERANCE = 0.05
+LIMIT_GATE = 0.05
+
+VERSIONS = ("v1", "v2")
+CONVERSION, MEAN = "converted", "revenue"
+FEEDBACK_KINDS = {CONVERSION: "conversion", MEAN: "mean"}
+AA_METRICS = ("error_rate", "latency_ms", CONVERSION, MEAN)
+
+
+@dataclass(frozen=True)
+class Mode:
+    aa_reps: int
+    power_reps: int
+    canary_reps: int  # each of A/A and the drop
+    gate_reps: int
+
+
+def default_mode(reps: int) -> Mode:
+    """``reps`` is the A/A's; the costlier scenarios run fewer, the cheap gates more."""
+    return Mode(aa_reps=reps, power_reps=reps, canary_reps=max(2, reps // 2), gate_reps=max(4, reps * 5 // 2))
+
+
+FULL_REPS = 400
+QUICK = Mode(aa_reps=12, power_reps=6, canary_reps=4, gate_reps=60)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """How often something happened in ``reps`` repetitions, with its Monte Carlo SE."""
+
+    hits: int
+    reps: int
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.reps if self.reps else math.nan
+
+    @property
+    def mc_se(self) -> float:
+        p = self.value
+        return math.sqrt(p * (1 - p) / self.reps) if self.reps else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.value, "mc_se": self.mc_se, "hits": self.hits, "reps": self.reps}
+
+    def __str__(self) -> str:
+        return f"{self.value:6.3f} ± {self.mc_se:.3f}"
+
+
+def count(flags: Iterable[bool]) -> Rate:
+    """The rate of True among one flag per repetition."""
+    flags = [bool(f) for f in flags]
+    return Rate(sum(flags), len(flags))
+
+
+# ---- the pipeline ------------------------------------------------------------------------
+
+
+def experiment(weights_pct: Mapping[str, float], metrics: tuple[str, ...] = (CONVERSION, MEAN)) -> ExperimentConfig:
+    return ExperimentConfig.model_validate({
+        "model": "calibration",
+        "versions": [{"name": v, "path": f"{v}.onnx", "backend": "onnx"} for v in VERSIONS],
+        "weights": dict(weights_pct),
+        "analysis": {"mde_relative": MDE_RELATIVE, "alpha": ALPHA, "power": TARGET_POWER,
+                     "metrics": [{"name": m, "kind": FEEDBACK_KINDS[m]} for m in metrics]},
+    })
+
+
+def beta_rates(rng: np.random.Generator, mean: np.ndarray | float, size: int) -> np.ndarray:
+    """Per-user rates with mean ``mean`` whose requests share the intra-class correlation ICC."""
+    concentration = 1.0 / ICC - 1.0  # a + b; the ICC of Beta-Binomial draws is 1 / (a + b + 1)
+    mean = np.broadcast_to(np.asarray(mean, dtype=float), (size,))
+    return rng.beta(mean * concentration, (1.0 - mean) * concentration)
+
+
+def fill_arms(rng: np.random.Generator, table: SplitTable, per_arm: Mapping[str, int]) -> tuple[np.ndarray, list[str]]:
+    """Random units, each routed by its bucket, until every arm has exactly its quota; shuffled."""
+    units: list[int] = []
+    arms: list[str] = []
+    left = dict(per_arm)
+    while any(left.values()):
+        for unit in rng.integers(0, 2**63, size=4 * sum(left.values()) + 16):
+            version = table.version_for_bucket(int(unit) % NUM_BUCKETS)
+            if left.get(version, 0) > 0:
+                left[version] -= 1
+                units.append(int(unit))
+                arms.append(version)
+    order = rng.permutation(len(units))
+    return np.asarray(units, dtype=np.int64)[order], [arms[i] for i in order]
+
+
+def route(rng: np.random.Generator, table: SplitTable, count_: int) -> tuple[list[int], list[str]]:
+    units = [int(u) for u in rng.integers(0, 2**63, size=count_)]
+    return units, [table.version_for_bucket(u % NUM_BUCKETS) for u in units]
+
+
+def look_bounds(total: int, looks: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, total, looks + 1).round().astype(int)
+    return list(itertools.pairwise(edges.tolist()))
+
+
+def comparison(report, metric: str):
+    for m in report.metrics:
+        if m.name == metric:
+            return m.comparisons[0] if m.comparisons else None
+    return None
+
+
+def decided(c) -> str | None:
+    return c.verdict if c is not None and c.verdict in ("better", "worse") else None
+
+
+def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:
+    """The naive test: requests as if independent, pooled two-proportion z-test."""
+    if min(n1, n2) == 0:
+        return math.nan
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return float(2 * stats.norm.sf(abs(x1 / n1 - x2 / n2) / se)) if se > 0 else math.nan
+
+
+def naive_p_values(snapshot: Mapping[str, Any]) -> dict[str, float]:
+    """Request-level tests on the snapshot's per-version totals (ignoring who sent what)."""
+    a, b = (snapshot["versions"][v] for v in VERSIONS)
+    out = {"error_rate": two_proportion_p(b["errors"], b["requests"], a["errors"], a["requests"])}
+    fa, fb = a["feedback"].get(CONVERSION), b["feedback"].get(CONVERSION)
+    if fa and fb:
+        out[CONVERSION] = two_proportion_p(fb["successes"], fb["n"], fa["successes"], fa["n"])
+    ma, mb = a["feedback"].get(MEAN), b["feedback"].get(MEAN)
+    if ma and mb:
+        def moments(t):
+            mean = t["sum"] / t["n"]
+            return mean, math.sqrt(max(t["sum_sq"] - t["sum"] * mean, 0.0) / (t["n"] - 1)), t["n"]
+        (m1, s1, n1), (m2, s2, n2) = moments(mb), moments(ma)
+        out[MEAN] = float(stats.ttest_ind_from_stats(m1, s1, n1, m2, s2, n2, equal_var=False).pvalue)
+    la, lb = a["latency"].get("sample_ms"), b["latency"].get("sample_ms")
+    if la and lb:
+        out["latency_ms"] = float(stats.ttest_ind(lb, la, equal_var=False).pvalue)
+    return out
+
+
+# ---- 1. A/A, clustered users ----------------------------------------------------------------
+
+
+def aa_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    weights = {"v1": 50.0, "v2": 50.0}
+    cfg = experiment(weights)
+    table = SplitTable.from_weights(weights)
+    units, arms = fill_arms(rng, table, {v: AA_USERS_PER_ARM for v in VERSIONS})
+    users = len(units)
+    conversion = beta_rates(rng, AA_CONVERSION, users)
+    errors = beta_rates(rng, AA_ERROR_RATE, users)
+    latency_user = rng.normal(0.0, math.sqrt(ICC) * AA_LATENCY_LOG_SD, users)
+    revenue_user = rng.normal(AA_REVENUE_MEAN, math.sqrt(ICC) * AA_REVENUE_SD, users)
+    within_latency_sd, within_revenue_sd = math.sqrt(1 - ICC) * AA_LATENCY_LOG_SD, math.sqrt(1 - ICC) * AA_REVENUE_SD
+
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    st.set_weights(weights)
+    state = None
+    verdict_any = dict.fromkeys(AA_METRICS, False)
+    fixed_any = dict.fromkeys(AA_METRICS, False)
+    fixed_final = dict.fromkeys(AA_METRICS, False)
+    for look, (lo, hi) in enumerate(look_bounds(users, LOOKS), start=1):
+        for i in range(lo, hi):
+            unit, version = int(units[i]), arms[i]
+            failed = rng.random(REQUESTS_PER_USER) < errors[i]
+            latency = np.exp(math.log(AA_LATENCY_MEDIAN_MS) + latency_user[i]
+                             + rng.normal(0.0, within_latency_sd, REQUESTS_PER_USER))
+            converted = rng.random(REQUESTS_PER_USER) < conversion[i]
+            revenue = revenue_user[i] + rng.normal(0.0, within_revenue_sd, REQUESTS_PER_USER)
+            for r in range(REQUESTS_PER_USER):
+                if failed[r]:
+                    st.record(look, version, 0.0, "model", None, unit, True, split=weights)
+                    continue  # no answer, so no feedback on it
+                st.record(look, version, float(latency[r]), None, 1, unit, True, split=weights)
+                st.record_feedback(look, version, CONVERSION, None, bool(converted[r]), unit=unit, split=weights)
+                st.record_feedback(look, version, MEAN, float(revenue[r]), None, unit=unit, split=weights)
+        snapshot = st.snapshot(float(look))
+        report, state = build_report(cfg, snapshot, weights, state)
+        for metric in AA_METRICS:
+            c = comparison(report, metric)
+            verdict_any[metric] |= decided(c) is not None
+            significant = c is not None and c.p_value is not None and c.p_value < ALPHA
+            fixed_any[metric] |= significant
+            fixed_final[metric] = significant
+    naive = naive_p_values(snapshot)
+    return {"verdict_any": verdict_any, "fixed_any": fixed_any, "fixed_final": fixed_final,
+            "naive_final": {m: not math.isnan(p) and p < ALPHA for m, p in naive.items()}}
+
+
+# ---- 2. power at the planned n ----------------------------------------------------------------
+
+
+def unit_variance(rate: float) -> float:
+    """Variance one user adds to its arm's per-request rate: p (1 - p) x design effect / m."""
+    return rate * (1 - rate) * design_effect(REQUESTS_PER_USER, ICC) / REQUESTS_PER_USER
+
+
+def family_size(cfg: ExperimentConfig) -> int:
+    # As the report fixes it from the config: (error_rate, latency_ms, feedback metrics) x variants.
+    return 2 + len(cfg.analysis.metrics)
+
+
+def power_plan() -> dict[str, Any]:
+    cfg = experiment({"v1": 50.0, "v2": 50.0})
+    effect = MDE_RELATIVE * POWER_BASE
+    alpha = ALPHA / family_size(cfg)
+    plan = units_per_arm(effect, unit_variance(POWER_BASE), unit_variance(POWER_BASE + effect), alpha=alpha,
+                         power=TARGET_POWER, sequential=True, tau=effect)
+    return {"base": POWER_BASE, "variant": POWER_BASE + effect, "effect_abs": effect,
+            "alpha_per_comparison": alpha, "family_size": family_size(cfg), "tau": effect,
+            "n_control": plan.n_control, "n_variant": plan.n_variant,
+            "power_at_plan_one_look": plan.power_at_plan}
+
+
+def power_rep(seed: np.random.SeedSequence, n_control: int, n_variant: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    weights = {"v1": 50.0, "v2": 50.0}
+    cfg = experiment(weights)
+    units, arms = fill_arms(rng, SplitTable.from_weights(weights), {"v1": n_control, "v2": n_variant})
+    effect = MDE_RELATIVE * POWER_BASE
+    means = np.where(np.asarray(arms) == "v2", POWER_BASE + effect, POWER_BASE)
+    rates = beta_rates(rng, means, len(units))
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    st.set_weights(weights)
+    state, verdict, looks_to_verdict, c = None, None, None, None
+    for look, (lo, hi) in enumerate(look_bounds(len(units), LOOKS), start=1):
+        converted = rng.random((hi - lo, REQUESTS_PER_USER)) < rates[lo:hi, None]
+        for i in range(lo, hi):
+            unit, version = int(units[i]), arms[i]
+            for outcome in converted[i - lo]:
+                st.record_feedback(look, version, CONVERSION, None, bool(outcome), unit=unit, split=weights)
+        report, state = build_report(cfg, st.snapshot(float(look)), weights, state)
+        c = comparison(report, CONVERSION)
+        if verdict is None and decided(c):
+            verdict, looks_to_verdict = decided(c), look
+    return {"verdict": verdict, "looks_to_verdict": looks_to_verdict,
+            "report_required_per_arm": c.power.required_per_arm if c is not None and c.power else None}
+
+
+# ---- 3. canary epochs with a drifting base rate -------------------------------------------------
+
+
+def canary_base(t: np.ndarray) -> np.ndarray:
+    """The base conversion rate at time t in [0, periods): linear from 0.5 to 0.2."""
+    return CANARY_BASE_FROM + (CANARY_BASE_TO - CANARY_BASE_FROM) * t / len(CANARY_SPLITS_PCT)
+
+
+def canary_users_per_period() -> dict[str, Any]:
+    """Users per period for the mSPRT read once at the end to have power 0.8 against the drop,
+    from the true per-split variances combined by inverse variance (as the report combines)."""
+    cfg = experiment({"v1": 100 - CANARY_SPLITS_PCT[0], "v2": CANARY_SPLITS_PCT[0]}, metrics=(CONVERSION,))
+    alpha = ALPHA / family_size(cfg)
+    # The report fixes tau at its first look with a baseline: mde_relative x the control's rate then.
+    tau = MDE_RELATIVE * float(canary_base(np.array(0.5 / CANARY_LOOKS_PER_PERIOD)))
+
+    def figures(users: float) -> tuple[float, float, float]:
+        info = weighted = 0.0
+        for k, share_pct in enumerate(CANARY_SPLITS_PCT):
+            base = float(canary_base(np.array(k + 0.5)))
+            share = share_pct / 100.0
+            var = unit_variance(base) / ((1 - share) * users) + unit_variance(base * (1 - CANARY_DROP)) / (share * users)
+            info += 1.0 / var
+            weighted += -CANARY_DROP * base / var
+        effect, var = weighted / info, 1.0 / info
+        return effect, var, sequential_power(effect, var, tau, alpha)
+
+    lo, hi = 10.0, 10.0
+    while figures(hi)[2] < TARGET_POWER:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if figures(mid)[2] < TARGET_POWER else (lo, mid)
+    users = math.ceil(hi)
+    effect, var, achieved = figures(users)
+    return {"users_per_period": users, "alpha_per_comparison": alpha, "family_size": family_size(cfg),
+            "tau_approx": tau, "combined_effect_abs": effect, "combined_se": math.sqrt(var),
+            "power_one_look": achieved}
+
+
+def canary_rep(seed: np.random.SeedSequence, users_per_period: int, drop: float) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    first = {"v1": 100 - CANARY_SPLITS_PCT[0], "v2": CANARY_SPLITS_PCT[0]}
+    cfg = experiment(first, metrics=(CONVERSION,))
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    state, verdict, look = None, None, 0
+    for period, share_pct in enumerate(CANARY_SPLITS_PCT):
+        weights = {"v1": 100.0 - share_pct, "v2": share_pct}
+        st.set_weights(weights)
+        units, arms = route(rng, SplitTable.from_weights(weights), users_per_period)
+        t = period + np.sort(rng.random(users_per_period))  # arrival times within the period
+        base = canary_base(t)
+        means = np.where(np.asarray(arms) == "v2", base * (1 - drop), base)
+        rates = beta_rates(rng, means, users_per_period)
+        converted = rng.random((users_per_period, REQUESTS_PER_USER)) < rates[:, None]
+        for lo, hi in look_bounds(users_per_period, CANARY_LOOKS_PER_PERIOD):
+            for i in range(lo, hi):
+                t_s = 1000.0 * float(t[i])
+                for outcome in converted[i]:
+                    st.record_feedback(t_s, arms[i], CONVERSION, None, bool(outcome), unit=units[i], split=weights)
+            look += 1
+            snapshot = st.snapshot(1000.0 * float(t[hi - 1]))
+            report, state = build_report(cfg, snapshot, weights, state)
+            if verdict is None:
+                verdict = decided(comparison(report, CONVERSION))
+    pooled = naive_p_values(snapshot).get(CONVERSION, math.nan)
+    a, b = (snapshot["versions"][v]["feedback"][CONVERSION] for v in VERSIONS)
+    return {"verdict": verdict, "naive_pooled_significant": not math.isnan(pooled) and pooled < ALPHA,
+            "naive_pooled_lower": b["successes"] / b["n"] < a["successes"] / a["n"]}
+
+
+# ---- 4. gates at small windows --------------------------------------------------------------------
+
+
+def _gate_alpha_kwargs() -> dict[str, float]:
+    # evaluate_gates takes alpha= since gates have three outcomes; older versions took none.
+    return {"alpha": ALPHA} if "alpha" in inspect.signature(evaluate_gates).parameters else {}
+
+
+def judge_window(gate: Gate, candidate: list[Observation], stable: list[Observation]) -> str:
+    windows = build_windows(candidate + stable, versions=VERSIONS, num_classes=GATE_DRIFT_CLASSES)
+    (result,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs())
+    return result.verdict.value
+
+
+def requests(rng: np.random.Generator, version: str, count_: int, error_rate: float) -> list[Observation]:
+    failed = rng.random(count_) < error_rate
+    return [Observation(version, 5.0, not bad, None if bad else 0) for bad in failed]
+
+
+def predictions(rng: np.random.Generator, version: str, count_: int) -> list[Observation]:
+    return [Observation(version, 5.0, True, int(c)) for c in rng.integers(0, GATE_DRIFT_CLASSES, count_)]
+
+
+def gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    error_gate = Gate.model_validate({"metric": "error_rate", "max": GATE_ERROR_MAX})
+    drift_gate = Gate.model_validate({"metric": "drift_psi", "max": GATE_DRIFT_MAX})
+    out: dict[str, Any] = {}
+    for n in GATE_BAD_WINDOWS:
+        out[f"bad_{n}"] = judge_window(error_gate, requests(rng, "v2", n, GATE_BAD_ERROR_RATE),
+                                       requests(rng, "v1", n, GATE_HEALTHY_ERROR_RATE))
+    n = GATE_HEALTHY_WINDOW
+    out[f"healthy_{n}"] = judge_window(error_gate, requests(rng, "v2", n, GATE_HEALTHY_ERROR_RATE),
+                                       requests(rng, "v1", n, GATE_HEALTHY_ERROR_RATE))
+    for n in GATE_DRIFT_WINDOWS:
+        out[f"drift_{n}"] = judge_window(drift_gate, predictions(rng, "v2", n), predictions(rng, "v1", n))
+    return out
+
+
+# ---- running the repetitions -------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
+}
+
+
+def _task(job: tuple[str, np.random.SeedSequence, dict[str, Any]]) -> dict[str, Any]:
+    name, seed, kwargs = job
+    return SCENARIOS[name](seed, **kwargs)
+
+
+def run_reps(pool: ProcessPoolExecutor | None, name: str, index: int, reps: int, seed: int,
+             **kwargs: Any) -> list[dict[str, Any]]:
+    """``reps`` repetitions of a scenario; repetition r always gets the same seed, however split."""
+    jobs = [(name, np.random.SeedSequence(seed, spawn_key=(index, r)), kwargs) for r in range(reps)]
+    if pool is None:
+        return [_task(job) for job in jobs]
+    return list(pool.map(_task, jobs, chunksize=max(1, reps // 32)))
+
+
+# ---- summaries and checks -------------------------------------------------------------------------
+
+
+def summarise_aa(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = {}
+    for metric in AA_METRICS:
+        rows[metric] = {
+            "fixed_p_lt_alpha_final": count(o["fixed_final"][metric] for o in outcomes),
+            "fixed_p_lt_alpha_any_look": count(o["fixed_any"][metric] for o in outcomes),
+            "verdict_any_look": count(o["verdict_any"][metric] for o in outcomes),
+            "naive_request_level_final": count(o["naive_final"].get(metric, False) for o in outcomes),
+        }
+    return rows
+
+
+def summarise_power(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    looks = [o["looks_to_verdict"] for o in outcomes if o["verdict"] == "better"]
+    required = [o["report_required_per_arm"] for o in outcomes if o["report_required_per_arm"] is not None]
+    return {"better": count(o["verdict"] == "better" for o in outcomes),
+            "worse": count(o["verdict"] == "worse" for o in outcomes),
+            "median_looks_to_verdict": float(np.median(looks)) if looks else None,
+            "report_required_per_arm_median": float(np.median(required)) if required else None,
+            "report_required_per_arm_range": [min(required), max(required)] if required else None}
+
+
+def summarise_canary(aa: list[dict[str, Any]], drop: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"aa_any_verdict": count(o["verdict"] is not None for o in aa),
+            "aa_naive_pooled_significant": count(o["naive_pooled_significant"] for o in aa),
+            "aa_naive_pooled_candidate_lower": count(o["naive_pooled_lower"] for o in aa),
+            "drop_worse": count(o["verdict"] == "worse" for o in drop),
+            "drop_better": count(o["verdict"] == "better" for o in drop),
+            "drop_naive_pooled_significant": count(o["naive_pooled_significant"] for o in drop)}
+
+
+def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
+    return {case: {verdict: count(o[case] == verdict for o in outcomes)
+                   for verdict in ("pass", "fail", "inconclusive")}
+            for case in outcomes[0]}
+
+
+def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
+           gates: dict[str, dict[str, Rate]]) -> list[dict[str, Any]]:
+    """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
+    beside it, so a reader can tell a miss from noise)."""
+    out = []
+
+    def check(what: str, rate: Rate, ok: bool, limit: str) -> None:
+        out.append({"check": what, "limit": limit, **rate.to_dict(), "within": ok})
+
+    for metric, row in aa.items():
+        for key, label in (("fixed_p_lt_alpha_final", "fixed p < 0.05 at the final look"),
+                           ("verdict_any_look", "any verdict over 10 looks")):
+            check(f"A/A {metric}: {label}", row[key], row[key].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+    better = power["better"]
+    check("power at the planned n (better)", better, abs(better.value - TARGET_POWER) <= POWER_TOLERANCE,
+          f"{TARGET_POWER} ± {POWER_TOLERANCE}")
+    check("canary A/A: any verdict", canary["aa_any_verdict"], canary["aa_any_verdict"].value <= ALPHA,
+          f"<= {ALPHA}")
+    worse = canary["drop_worse"]
+    check("canary 20% drop: WORSE", worse, worse.value >= TARGET_POWER - POWER_TOLERANCE,
+          f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})")
+    for n in GATE_BAD_WINDOWS:
+        rate = gates[f"bad_{n}"]["pass"]
+        check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate,
+              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+    for n in GATE_DRIFT_WINDOWS:
+        rate = gates[f"drift_{n}"]["fail"]
+        check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate,
+              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+    return out
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    aa = result["aa"]
+    print(f"\n1. A/A, clustered users ({AA_USERS_PER_ARM} users per arm, {REQUESTS_PER_USER} requests each, "
+          f"ICC {ICC}, {LOOKS} looks; {aa['reps']} reps; rate ± MC SE)")
+    header = ("metric", "fixed p<.05 final", "fixed p<.05 any look", "verdict any look", "naive request-level")
+    print(f"  {header[0]:<12} {header[1]:>18} {header[2]:>21} {header[3]:>17} {header[4]:>20}")
+    for metric, row in aa["metrics"].items():
+        print(f"  {metric:<12} {_r(row['fixed_p_lt_alpha_final']):>18} {_r(row['fixed_p_lt_alpha_any_look']):>21} "
+              f"{_r(row['verdict_any_look']):>17} {_r(row['naive_request_level_final']):>20}")
+
+    p = result["power"]
+    plan = p["plan"]
+    print(f"\n2. Power at the planned n ({plan['base']} vs {plan['variant']:.2f}, ICC {ICC}, {LOOKS} looks; "
+          f"{p['reps']} reps)")
+    print(f"  plan: units_per_arm(effect {plan['effect_abs']:.3g}, alpha {plan['alpha_per_comparison']:.4g} "
+          f"= 0.05/{plan['family_size']}, mSPRT, tau {plan['tau']:.3g}) = {plan['n_control']} per arm "
+          f"(power read once at the end {plan['power_at_plan_one_look']:.3f})")
+    print(f"  the report's own plan at the final look: median {p['report_required_per_arm_median']}, "
+          f"range {p['report_required_per_arm_range']} per arm")
+    print(f"  verdict better: {_r(p['better'])}  (target {TARGET_POWER}); worse: {_r(p['worse'])}; "
+          f"median look of the verdict: {p['median_looks_to_verdict']}")
+
+    c = result["canary"]
+    size = c["sizing"]
+    print(f"\n3. Canary epochs (v2 at {' -> '.join(f'{s:g}%' for s in CANARY_SPLITS_PCT)}, "
+          f"{size['users_per_period']} users per period, base rate {CANARY_BASE_FROM} -> {CANARY_BASE_TO}, "
+          f"{CANARY_LOOKS_PER_PERIOD} looks per period; {c['reps']} reps per case)")
+    print(f"  A/A  any verdict:                    {_r(c['aa_any_verdict'])}   (alpha {ALPHA})")
+    print(f"  A/A  naive pooled z-test p<.05:       {_r(c['aa_naive_pooled_significant'])}   "
+          f"(candidate looks lower: {_r(c['aa_naive_pooled_candidate_lower'])})")
+    print(f"  -20% WORSE:                          {_r(c['drop_worse'])}   (sized for power {TARGET_POWER}; "
+          f"read once at the end: {size['power_one_look']:.3f})")
+    print(f"  -20% better (wrong side):            {_r(c['drop_better'])}")
+
+    g = result["gates"]
+    print(f"\n4. Gates (one analysis at alpha {ALPHA}, min_samples 1; {g['reps']} reps; "
+          f"evaluate_gates alpha= keyword: {g['alpha_keyword']})")
+    print(f"  {'case':<46} {'pass':>15} {'fail':>15} {'inconclusive':>15}")
+    labels = {**{f"bad_{n}": f"error_rate<=0.01, 5% errors, {n} requests" for n in GATE_BAD_WINDOWS},
+              f"healthy_{GATE_HEALTHY_WINDOW}": f"error_rate<=0.01, 0.1% errors, {GATE_HEALTHY_WINDOW} requests",
+              **{f"drift_{n}": f"drift_psi<=0.25, no drift, {n} per side" for n in GATE_DRIFT_WINDOWS}}
+    for case, row in g["cases"].items():
+        print(f"  {labels[case]:<46} {_r(row['pass']):>15} {_r(row['fail']):>15} {_r(row['inconclusive']):>15}")
+
+    print("\nChecks (issue #11):")
+    for item in result["checks"]:
+        mark = "ok  " if item["within"] else "MISS"
+        print(f"  {mark} {item['check']:<62} {item['rate']:.3f} ± {item['mc_se']:.3f}  ({item['limit']})")
+    print(f"\nwall time {result['wall_s']:.0f} s with {result['workers']} worker(s)", flush=True)
+
+
+def _r(rate: dict[str, Any]) -> str:
+    return f"{rate['rate']:.3f} ± {rate['mc_se']:.3f}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Rate):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    mode = QUICK if args.quick and args.reps is None else default_mode(args.reps or FULL_REPS)
+    started = time.perf_counter()
+    header = {"bench": "stats_calibration", "mode": "quick" if args.quick else "full",
+              "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                          "numpy": np.__version__, "scipy": scipy.__version__},
+              "load_before": load_now(), "seed": args.seed, "workers": args.workers}
+    plan = power_plan()
+    sizing = canary_users_per_period()
+    pool = ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else None
+    try:
+        aa = run_reps(pool, "aa", 1, mode.aa_reps, args.seed)
+        power = run_reps(pool, "power", 2, mode.power_reps, args.seed,
+                         n_control=plan["n_control"], n_variant=plan["n_variant"])
+        canary_aa = run_reps(pool, "canary", 3, mode.canary_reps, args.seed,
+                             users_per_period=sizing["users_per_period"], drop=0.0)
+        canary_drop = run_reps(pool, "canary", 4, mode.canary_reps, args.seed,
+                               users_per_period=sizing["users_per_period"], drop=CANARY_DROP)
+        gates = run_reps(pool, "gates", 5, mode.gate_reps, args.seed)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    aa_rows = summarise_aa(aa)
+    power_rows = summarise_power(power)
+    canary_rows = summarise_canary(canary_aa, canary_drop)
+    gate_rows = summarise_gates(gates)
+    result = {
+        **header,
+        "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
+                   "mde_relative": MDE_RELATIVE, "target_power": TARGET_POWER, "looks": LOOKS},
+        "aa": {"reps": mode.aa_reps, "users_per_arm": AA_USERS_PER_ARM, "metrics": aa_rows},
+        "power": {"reps": mode.power_reps, "plan": plan, **power_rows},
+        "canary": {"reps": mode.canary_reps, "sizing": sizing, **canary_rows},
+        "gates": {"reps": mode.gate_reps, "alpha": ALPHA, "min_samples": 1,
+                  "alpha_keyword": bool(_gate_alpha_kwargs()), "cases": gate_rows},
+        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows),
+        "load_after": load_now(),
+    }
+    result["wall_s"] = time.perf_counter() - started
+    return _jsonable(result)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke size for CI (under 30 s); rates are noisy")
+    parser.add_argument("--reps", type=int, default=None,
+                        help=f"A/A and power repetitions (default {FULL_REPS}); each canary case runs half as many, "
+                             "the gates 5/2 times as many")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every repetition (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="processes sharing the repetitions (default 2)")
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 2:
+        parser.error(f"--reps is {args.reps}; give at least 2, e.g. --reps 400")
+    if args.workers < 1:
+        parser.error(f"--workers is {args.workers}; give at least 1, e.g. --workers 2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = run(parse_args(argv))
+    print_tables(result)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""benchmarks/stats_calibration.py --quick runs end to end and ends with its JSON line.
+
+Only the shape is checked: at the smoke size the rates are too noisy to assert on (the full
+run, ``python -m benchmarks.stats_calibration``, is where they are read).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AA_METRICS = {"error_rate", "latency_ms", "converted", "revenue"}
+RATE_KEYS = {"rate", "mc_se", "hits", "reps"}
+
+
+def test_quick_run_ends_with_one_json_line_of_every_figure():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.stats_calibration", "--quick"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert report["bench"] == "stats_calibration" and report["mode"] == "quick"
+    assert {"aa", "power", "canary", "gates", "checks", "wall_s"} <= set(report)
+
+    assert set(report["aa"]["metrics"]) == AA_METRICS
+    for row in report["aa"]["metrics"].values():
+        assert set(row) == {"fixed_p_lt_alpha_final", "fixed_p_lt_alpha_any_look", "verdict_any_look",
+                            "naive_request_level_final"}
+        assert all(RATE_KEYS <= set(rate) for rate in row.values())
+
+    power = report["power"]
+    assert RATE_KEYS <= set(power["better"])
+    assert power["plan"]["n_control"] > 0 and power["plan"]["n_variant"] > 0
+
+    canary = report["canary"]
+    for key in ("aa_any_verdict", "drop_worse", "aa_naive_pooled_significant"):
+        assert RATE_KEYS <= set(canary[key])
+    assert canary["sizing"]["users_per_period"] > 0
+
+    cases = report["gates"]["cases"]
+    assert set(cases) == {"bad_10", "bad_30", "bad_100", "bad_1000", "healthy_3000", "drift_10", "drift_50"}
+    for row in cases.values():
+        assert set(row) == {"pass", "fail", "inconclusive"}
+        assert sum(rate["hits"] for rate in row.values()) == report["gates"]["reps"]
+
+    assert all({"check", "limit", "rate", "mc_se", "within"} <= set(item) for item in report["checks"])
