@@ -201,6 +201,24 @@ def test_a_sequential_verdict_does_not_flip_when_a_later_look_contradicts_it():
     assert lo <= hi, "an empty interval must not be shown as the verdict's interval"
 
 
+@pytest.mark.xfail(strict=True, reason="a look whose Fieller set is unbounded sets rel_lo to exactly 0.0; a later "
+                                        "bounded look then gives [0.0, hi], which contains 0; see the report")
+def test_the_relative_interval_of_a_sequential_verdict_never_contains_zero():
+    def look(value_v, value_c, var_v, var_c, previous):
+        ratio = _ratio(value_v, value_c, var_v, var_c)
+        return judge(CORRECT, ratio, variant="v2", control="v1", family=Family(1, 0.05, "none"),
+                     p_adjusted=fixed_p(ratio), previous=previous, sequential_on=True, min_units=30,
+                     mde_relative=10.0, target_power=0.8, allocation_pct=(50.0, 50.0))
+
+    # The control's rate is not clearly away from 0: Fieller's set is unbounded, the look rejects.
+    out, state = look(0.30, 0.02, 1e-5, 4e-4, None)
+    assert out["verdict"] == "better" and out["rel_ci"][1] is None
+    # A later, noisier look that does not reject on its own, with a bounded Fieller interval.
+    out, _ = look(0.30, 0.10, 8e-3, 1e-5, json.loads(json.dumps(state)))
+    assert out["verdict"] == "better" and None not in out["rel_ci"]
+    assert out["rel_ci"][0] > 0
+
+
 def test_fewer_units_than_the_minimum_is_not_enough_data():
     out, state = _look(CORRECT, _rate(0.9, 0.5, 20))
     assert out["verdict"] == "not_enough_data" and "fewer than 30 units" in out["power_note"]
