@@ -6,7 +6,9 @@ every paired live/shadow answer (:meth:`ExperimentStats.record_pair`) and every 
 joined to its version (:meth:`ExperimentStats.record_feedback`). Memory stays bounded
 however long the experiment runs: counts and sums are exact, latencies are kept as a
 fixed-bucket histogram (exact counts, for Prometheus) plus a uniform reservoir sample
-(for Mann-Whitney and the plots), and the timeline coarsens as it grows.
+(for percentiles and the plots), the timeline coarsens as it grows, and the per-unit
+figures the A/B comparisons use are per-bucket sums per split (``analysis/units.py``)
+with a bounded uniform sample of users for the sample-ratio check.
 
 :meth:`ExperimentStats.snapshot` returns plain JSON-able data; its layout is documented
 there and is the contract between this module, ``analysis/report.py`` and ``metrics.py``.
@@ -444,8 +446,11 @@ class ExperimentStats:
         stats.weights_now = {k: float(v) for k, v in (state.get("weights_now") or {}).items() if k in stats.versions}
         for saved in state.get("splits") or []:
             weights = {name: float(saved["weights_pct"].get(name, 0.0)) for name in stats.versions}
-            if split_key(weights) != saved["key"]:
-                continue  # saved by an experiment with other versions: not this one's split
+            try:
+                if split_key(weights) != saved["key"]:
+                    continue  # saved by an experiment with other versions: not this one's split
+            except ValueError:
+                continue  # its weights do not sum to 100 over these versions: another layout
             record = stats.splits[saved["key"]] = SplitRecord(weights, saved["first_s"], saved["last_s"])
             record.metrics = {name: SplitTotals.from_dict(t) for name, t in saved["metrics"].items()}
             packed = (samples.get("splits") or {}).get(saved["key"])

@@ -97,12 +97,14 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
               and ratio.var_diff > 0 and math.isfinite(ratio.diff))
     state: dict[str, Any] = {}
     if not enough:
-        # Keep the sequential record: fewer units than the minimum never undoes a verdict.
-        if previous.get("seq"):
-            state["seq"] = previous["seq"]
+        # Keep the whole record: a look with too few units never undoes a verdict or a plan.
+        state = dict(previous)
         out["power_note"] = (f"fewer than {min_units} units in an arm, or no spread yet"
                              if ratio is not None else "no split where both arms have units yet")
-        return _restore_sequential(out, state, family, direction) if state else out, state
+        if state.get("frozen") is not None and not sequential_on:
+            frozen = state["frozen"]
+            out.update(verdict=frozen["verdict"], abs_ci=frozen["abs_ci"], rel_ci=frozen["rel_ci"])
+        return _restore_sequential(out, state, family, direction) if state.get("seq") else out, state
     if ratio.value_control != 0:
         out["rel_lift"] = ratio.value_variant / ratio.value_control - 1.0
 
@@ -120,21 +122,23 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
     out["p_value"], out["p_adjusted"] = p, p_adjusted
 
     # -- power ---------------------------------------------------------------------------------
-    plan = _power(ratio, family, sequential_on, mde_relative, target_power, allocation_pct,
-                  previous.get("tau"))
-    out["power"], out["power_note"] = plan.get("figures"), plan.get("note")
-    tau = plan.get("tau") or previous.get("tau") or _fallback_tau(ratio)
+    # tau is fixed at the first look with data: the test must not retune itself to the data.
+    tau = previous.get("tau") or _tau(ratio, mde_relative)
     state["tau"] = tau
+    plan = _power(ratio, family, sequential_on, mde_relative, target_power, allocation_pct, tau)
+    out["power"], out["power_note"] = plan.get("figures"), plan.get("note")
 
     # -- sequential ----------------------------------------------------------------------------
     seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"))
     state["seq"] = seq
     guard = None
     if spec.guardrail is not None:
-        guard = _guardrail(spec, ratio, tau, family.alpha, previous.get("guard"), direction)
+        guard = _guardrail(spec, ratio, family.alpha, previous.get("guard"), direction)
         state["guard"] = guard["state"]
         out["guardrail"] = guard["figures"]
 
+    if previous.get("decided"):
+        state["decided"] = previous["decided"]
     if sequential_on:
         out.update(fixed=fixed)
         out = _restore_sequential(out, state, family, direction)
@@ -161,13 +165,18 @@ def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Fami
     lo, hi = seq["lo"], seq["hi"]
     p_adj = min(1.0, seq["p"] * family.size)
     # Decided by the interval itself (the same event as p <= alpha / m, up to rounding), so
-    # the verdict and the interval shown can never disagree.
-    rejected = (lo is not None and lo > 0) or (hi is not None and hi < 0)
-    if rejected:
-        effect = (lo if lo is not None and lo > 0 else 0.0) + (hi if hi is not None and hi < 0 else 0.0)
-        verdict = _verdict(0.0, effect, family.alpha, direction)
-    else:
+    # the verdict and the interval shown can never disagree; the first decision stands.
+    verdict = state.get("decided")
+    if verdict is None and (lo is not None and lo > 0) != (hi is not None and hi < 0):
+        verdict = _verdict(0.0, lo if lo is not None and lo > 0 else hi, family.alpha, direction)
+        state["decided"] = verdict
+    if verdict is None:
         verdict = "no_difference"
+    if lo is not None and hi is not None and lo > hi:
+        # Looks that disagree beyond their sequences (the estimand moved: a new split, CUPED
+        # starting): keep the decision, and say the interval is empty rather than invent one.
+        out["verdict_note"] = (f"the confidence sequence is empty ([{lo:.4g}, {hi:.4g}]): later looks "
+                               "disagree with earlier ones beyond their uncertainty; the first verdict stands")
     out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
                          "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
                          "estimate": seq.get("estimate"), "tau": seq.get("tau"),
@@ -191,10 +200,13 @@ def _rel(ratio: RatioComparison, crit: float) -> list[float | None]:
     return [bounds[0] - 1.0, bounds[1] - 1.0]
 
 
-def _fallback_tau(ratio: RatioComparison) -> float:
-    """A tenth of a unit's standard deviation, when there is no baseline to scale the MDE by."""
+def _tau(ratio: RatioComparison, mde_relative: float) -> float:
+    """The mSPRT's mixing scale: the minimum detectable effect, but at least a tenth of a
+    unit's standard deviation. An MDE far below the noise (5% of a 0.7% error rate) would make
+    the confidence sequence hundreds of times wider than the effects worth seeing."""
     per_unit = (ratio.var_variant * ratio.units_variant + ratio.var_control * ratio.units_control) / 2.0
-    return 0.1 * math.sqrt(per_unit) if per_unit > 0 else 1e-9
+    floor = 0.1 * math.sqrt(per_unit) if per_unit > 0 else 1e-9
+    return max(mde_relative * abs(ratio.value_control), floor)
 
 
 def _merge(bound: float | None, new: float, pick) -> float:
@@ -217,10 +229,7 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
     # is the look's test of D = 0, so the relative interval excludes 0 iff the absolute does.
     rel = _rel(ratio, half / math.sqrt(v))
-    if rel[0] is None and ratio.diff - half > 0 or ratio.diff + half < 0 and rel[0] is None:
-        # Fieller's set is unbounded (the control's ratio is not clearly away from 0) while the
-        # look rejects: all that is known is the side.
-        rel = [0.0, None] if ratio.diff > 0 else [None, 0.0]
+    # Fieller's set unbounded (the control's ratio not clearly away from 0): no bound this look.
     if rel[0] is not None:
         out["rel_lo"] = _merge(prev.get("rel_lo"), rel[0], max)
     if rel[1] is not None:
@@ -228,12 +237,14 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     return out
 
 
-def _guardrail(spec: MetricSpec, ratio: RatioComparison, tau: float, alpha: float,
+def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
                previous: Mapping[str, Any] | None, direction: ab.Direction) -> dict[str, Any]:
     """Non-inferiority on a confidence sequence at alpha (outside the decision family): the
-    variant is not worse than the control by more than the margin."""
+    variant is not worse than the control by more than the margin. The sequence is tuned to
+    effects of the margin's size (tau = margin, fixed at the first look)."""
     kind, margin = spec.guardrail
     margin_abs = margin if kind == "abs" else margin * abs(ratio.value_control)
+    tau = (previous or {}).get("tau") or margin_abs or _tau(ratio, 0.0)
     seq = _sequential_look(ratio, tau, alpha, previous)
     lo, hi = seq["lo"], seq["hi"]
     # "Worse" is up for a lower-is-better metric; the margin is on that side.
@@ -247,21 +258,20 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, tau: float, alpha: floa
 
 
 def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_relative: float,
-           target_power: float, allocation_pct: tuple[float, float], tau_before: float | None) -> dict[str, Any]:
+           target_power: float, allocation_pct: tuple[float, float], tau: float) -> dict[str, Any]:
     baseline = ratio.value_control
     if baseline == 0:
         return {"note": "the control's value is 0, so a relative effect is 0: no power figures"}
     effect = mde_relative * abs(baseline)
-    # tau is fixed at the first look that has a baseline: the test must not retune itself.
-    tau = tau_before or effect
     unit_var_v = ratio.var_variant * ratio.units_variant
     unit_var_c = ratio.var_control * ratio.units_control
     alpha = family.alpha_per_comparison
     try:
         plan = power.units_per_arm(effect, unit_var_c, unit_var_v, alpha=alpha, power=target_power,
-                                   sequential=sequential_on, tau=tau, allocation=allocation_pct)
+                                   sequential=sequential_on, tau=tau if sequential_on else None,
+                                   allocation=allocation_pct)
     except ValueError as err:
-        return {"note": f"no power figures: {err}", "tau": tau}
+        return {"note": f"no power figures: {err}"}
     if sequential_on:
         achieved = power.sequential_power(effect, ratio.var_diff, tau, alpha)
     else:
@@ -277,4 +287,4 @@ def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_rela
         "units_needed": {"variant": needed_v, "control": needed_c},
         "complete": needed_c == 0 and needed_v == 0,
     }
-    return {"figures": figures, "tau": tau, "complete": figures["complete"]}
+    return {"figures": figures, "complete": figures["complete"]}

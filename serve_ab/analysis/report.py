@@ -6,19 +6,19 @@ the sequential state the previous call returned; ``serve-ab report`` renders the
 result is a typed :class:`~serve_ab.analysis.report_model.Report` (its fields are described
 there, and its JSON schema is published in docs/report.schema.json). What it holds::
 
-    schema          1
+    schema          2
     generated_at_s  the snapshot's now_s; started_at_s, elapsed_s
     experiment      model, control, variants (compared with the control), versions,
                     weights_pct (configured), weights_pct_now (routed by now), alpha, power,
-                    correction, sequential, mde_relative, shadow
+                    correction, sequential, mde_relative, family_size, alpha_per_comparison,
+                    splits, shadow
     variants        {version: requests, assigned, units, errors, error_rate, errors_by_kind,
-                     latency_ms {n_sample, count, mean, mean_all, p50, p95, p99, min, max},
-                     predictions {class: n}, prediction_share {class: share},
-                     feedback {name: {kind, n, value, ...}}, weight_pct, role}
-    metrics         [{name, kind, source, test, direction, unit, arms {version: {n, value, ci}},
-                      comparisons [see _comparison_dict]}]   error_rate, latency_ms, feedback
-    srm             sample-ratio check: applicable, basis (units|assigned), observed,
-                    expected, statistic, dof, p_value, threshold_p, mismatch, reason
+                     latency_ms {...}, predictions, prediction_share, feedback, weight_pct, role}
+    metrics         [{name, kind, test, direction, in_family, arms {version: {n units, total,
+                      value, ci, p50, p95}}, power_plan, comparisons [comparisons.judge]}]
+                    error_rate, latency_ms (mean per request), then each feedback metric
+    srm             units per version under the weights routed by now (a uniform sample of
+                    them past 200,000 per split), and earlier splits' results
     shadow          None, or the paired live/shadow comparison (agreement, flips,
                     class_tests, score_diff, drift, latency_ms, confusion)
     plots           latency_histogram {edges_ms, counts, clipped}, timeline {t_s,
@@ -27,12 +27,10 @@ there, and its JSON schema is published in docs/report.schema.json). What it hol
 
 Every float is finite or None (never NaN), so ``report.model_dump(mode="json")`` is plain JSON.
 
-Fixed-horizon p-values (``p_value``, corrected in ``p_adjusted`` across every comparison of
-every metric) are only valid at a sample size planned in advance; looked at every minute
-they cross alpha by chance. With ``analysis.sequential`` each conversion and mean metric
-also carries always-valid mSPRT figures, and its ``verdict`` follows them
-(``verdict_basis: "sequential"``); latency (Mann-Whitney) has no sequential version here, so
-its verdict stays fixed-horizon.
+Every metric is analysed per randomisation unit (``analysis/units.py``), within each split
+of traffic and combined across splits; each comparison has one estimand and one test
+(``analysis/comparisons.py``): the always-valid mSPRT by default (``analysis.sequential``),
+safe to read at every refresh, or a fixed-horizon z-test withheld until the planned sample.
 """
 
 from __future__ import annotations
@@ -102,7 +100,8 @@ def build_report(
     specs = _metric_specs(cfg, versions, warnings)
     splits = _splits(snapshot, list(versions), warnings)
     previous = sequential_state or {}
-    metrics, new_state = _metrics(specs, splits, versions, control, compared, family, weights, cfg, previous)
+    metrics, new_state = _metrics(specs, splits, versions, control, compared, family, weights, cfg, previous,
+                                  warnings)
     correction = _CORRECTIONS[analysis.correction]
     srm = _srm(splits, weights)
     if srm["mismatch"]:
@@ -345,7 +344,8 @@ def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) 
 
 def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions: Mapping[str, Any],
              control: str, compared: list[str], family: comparisons.Family, weights: Mapping[str, float],
-             cfg: ExperimentConfig, previous: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             cfg: ExperimentConfig, previous: Mapping[str, Any],
+             warnings: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     analysis = cfg.analysis
     names = list(versions)
     ratios: dict[tuple[str, str], RatioComparison | None] = {}
@@ -386,10 +386,19 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
             own_family = family if spec.in_family else comparisons.Family(1, family.alpha, "none")
             total = weights.get(control, 0.0) + weights.get(variant, 0.0)
             allocation = ((weights.get(control, 0.0), weights.get(variant, 0.0)) if total > 0 else (50.0, 50.0))
+            before = state_metric.get(variant) if isinstance(state_metric, Mapping) else None
+            ratio = ratios[key]
+            seen_before = ((before or {}).get("seq") or {}).get("units", 0)
+            if ratio is not None and seen_before > ratio.units_variant + ratio.units_control:
+                # Fewer units than at the last look: the figures restarted (another run's state,
+                # or lost figures). Running minima from other data would be meaningless.
+                warnings.append(f"sequential test of {spec.name}/{variant} restarted: {seen_before} units at "
+                                f"the last look, {ratio.units_variant + ratio.units_control} now")
+                before = None
             figures, state = comparisons.judge(
-                spec, ratios[key], variant=variant, control=control, family=own_family,
+                spec, ratio, variant=variant, control=control, family=own_family,
                 p_adjusted=p_adj if not math.isnan(p_adj) else 1.0,
-                previous=state_metric.get(variant) if isinstance(state_metric, Mapping) else None,
+                previous=before,
                 sequential_on=analysis.sequential, min_units=ab.DEFAULT_MIN_SAMPLES,
                 mde_relative=analysis.mde_relative, target_power=analysis.power,
                 allocation_pct=_allocation(allocation))

@@ -94,12 +94,13 @@ class UnitSample:
         self._halve()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"theta": str(self.theta), "keyless": dict(self.keyless),
+        return {"theta": str(self.theta), "max_units": self.max_units, "keyless": dict(self.keyless),
                 "units": {v: base64.b64encode(np.array(sorted(s), dtype=">u8").tobytes()).decode()
                           for v, s in self.units.items()}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], max_units: int = MAX_SAMPLED_UNITS) -> UnitSample:
+    def from_dict(cls, data: Mapping[str, Any], max_units: int | None = None) -> UnitSample:
+        max_units = max_units or int(data.get("max_units", MAX_SAMPLED_UNITS))
         out = cls(max_units=max_units, theta=int(data.get("theta", _FULL)),
                   keyless={v: int(n) for v, n in (data.get("keyless") or {}).items()})
         for version, packed in (data.get("units") or {}).items():
