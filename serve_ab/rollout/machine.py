@@ -29,7 +29,9 @@ passed) unless the latest analysis in that step failed or had no data; then the 
 holds, and ``analysis.progress_deadline_s`` of holding aborts it. A timed pause (and the
 blue-green watch) with gates and candidate traffic needs evidence: it ends only once an
 analysis with enough samples has passed in it, so a pause shorter than ``interval_s``
-waits for one; "not analysed yet" is never a pass. ``set_weight`` steps take no time.
+waits for one; "not analysed yet" is never a pass. ``set_weight`` steps take no time,
+except one below 100% that is followed by another ``set_weight`` or by the end: no later
+step would judge that weight, so it waits there for a passing analysis itself.
 Every change of weights restarts the analysis interval, so an analysis only reads a
 window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
@@ -584,8 +586,18 @@ class Rollout:
                 return
             if isinstance(step, SetWeightStep):
                 weight_pct = step.set_weight
-                self._apply_weights(now, {s.stable: 100.0 - weight_pct, s.candidate: weight_pct})
+                target = {s.stable: 100.0 - weight_pct, s.candidate: weight_pct}
                 applied = f"step {s.step_index}: {s.candidate} set to {weight_pct:g}%"
+                if not self._judged_later(weight_pct):
+                    if s.weights != target:
+                        self._apply_weights(now, target)
+                        self._record(now, s.phase, s.phase, f"{applied}; the next step moves on, so an "
+                                                            "analysis must pass at this weight first")
+                    if not self._may_leave(now):
+                        return
+                    self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: analysis at {weight_pct:g}% passed")
+                    continue
+                self._apply_weights(now, target)
                 self._next_step(now, Phase.PROGRESSING, applied)
             elif isinstance(step, PauseStep):
                 duration_s = step.pause.duration
@@ -634,6 +646,15 @@ class Rollout:
             s.held_since_s = now
             self._record(now, s.phase, s.phase, f"holding at step {s.step_index}: {self._hold_reason()}")
         return False
+
+    def _judged_later(self, weight_pct: float) -> bool:
+        """Whether a later step judges the candidate at this weight before it moves on: true
+        unless the next step is another set_weight or the end, in which case this set_weight
+        step itself must see a passing analysis (no weight is left without evidence)."""
+        if not self.config.gates or not 0.0 < weight_pct < 100.0:
+            return True
+        following = self.config.steps[self.state.step_index + 1:self.state.step_index + 2]
+        return bool(following) and not isinstance(following[0], SetWeightStep)
 
     def _needs_evidence(self) -> bool:
         return bool(self.config.gates) and self._analysis_active()

@@ -77,6 +77,27 @@ def run_until(rollout: Rollout, clock: FakeClock, seconds: float, windows, step_
 # -- canary ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("steps", [
+    [{"set_weight": 5}, {"set_weight": 100}],       # back to back
+    [{"set_weight": 10}],                           # the last step below 100: the end promotes
+])
+def test_no_weight_is_left_for_the_next_without_a_passing_analysis(steps):
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(steps), clock)
+    d = rollout.tick(healthy())
+    assert d.phase is Phase.PROGRESSING and d.weights["v2"] == steps[0]["set_weight"]
+    clock.advance(5)
+    d = rollout.tick({"v1": win("v1"), "v2": win("v2", errors=1000)})  # before any analysis: held
+    assert d.phase is Phase.PROGRESSING and d.weights["v2"] == steps[0]["set_weight"]
+    clock.advance(10)
+    d = rollout.tick({"v1": win("v1"), "v2": win("v2", errors=1000)})  # a failing candidate: rolled back
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0}
+    healthy_run = Rollout(canary(steps), clock)
+    healthy_run.tick(healthy())
+    clock.advance(10)
+    assert healthy_run.tick(healthy()).phase is Phase.PROMOTED
+
+
 def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_delay():
     clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)
@@ -101,6 +122,11 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
     assert d.phase is Phase.PAUSED and d.verdict is GateVerdict.PASS and d.step_index == 4
 
     d = rollout.promote()
+    # set_weight 50 is followed by set_weight 100: 50% must see a passing analysis first.
+    assert d.phase is Phase.PROGRESSING and d.weights == {"v1": 50.0, "v2": 50.0} and d.weights_changed
+    assert any("analysis must pass at this weight" in h["reason"] for h in rollout.to_dict()["history"])
+    clock.advance(10)
+    d = rollout.tick(healthy())
     assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0} and d.weights_changed
     assert d.retire == () and "v1 may be unloaded in 60s" in d.reason
     clock.advance(59.5)
