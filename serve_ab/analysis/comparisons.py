@@ -31,7 +31,7 @@ from scipy import stats
 
 from serve_ab.analysis import ab, power
 from serve_ab.analysis.sequential import confidence_sequence_half_width, log_mixture_likelihood_ratio
-from serve_ab.analysis.units import RatioComparison, fieller_ratio_interval
+from serve_ab.analysis.units import RatioComparison, fieller_ratio_bounds
 
 __all__ = ["Family", "MetricSpec", "judge"]
 
@@ -46,6 +46,11 @@ class MetricSpec:
     unit: str
     in_family: bool  # configured before the data came: counts towards the family size
     guardrail: tuple[str, float] | None = None  # ("abs" | "relative", margin): non-inferiority
+
+    @property
+    def nonnegative(self) -> bool:
+        """Rates and latencies cannot be negative (a feedback mean, e.g. a margin, can)."""
+        return self.kind == "conversion" or self.totals == "latency_ms"
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
     fixed_verdict = _verdict(p_adjusted, ratio.diff, family.alpha, direction)
     fixed = {"p_value": p, "p_adjusted": p_adjusted, "level": level,
              "abs_ci": [ratio.diff - crit * se, ratio.diff + crit * se],
-             "rel_ci": _rel(ratio, crit), "verdict": fixed_verdict}
+             "rel_ci": _rel(ratio, crit, spec.nonnegative), "verdict": fixed_verdict}
     out["p_value"], out["p_adjusted"] = p, p_adjusted
 
     # -- power ---------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
     out["power"], out["power_note"] = plan.get("figures"), plan.get("note")
 
     # -- sequential ----------------------------------------------------------------------------
-    seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"))
+    seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"), spec.nonnegative)
     state["seq"] = seq
     guard = None
     if spec.guardrail is not None:
@@ -192,12 +197,10 @@ def _verdict(p: float, effect: float, alpha: float, direction: ab.Direction) -> 
     return "better" if good else "worse"
 
 
-def _rel(ratio: RatioComparison, crit: float) -> list[float | None]:
-    bounds = fieller_ratio_interval(ratio.value_variant, ratio.value_control, ratio.var_variant,
-                                    ratio.var_control, ratio.cov, crit)
-    if bounds is None:
-        return [None, None]
-    return [bounds[0] - 1.0, bounds[1] - 1.0]
+def _rel(ratio: RatioComparison, crit: float, nonnegative: bool) -> list[float | None]:
+    lo, hi = fieller_ratio_bounds(ratio.value_variant, ratio.value_control, ratio.var_variant,
+                                  ratio.var_control, ratio.cov, crit, nonnegative)
+    return [None if lo is None else lo - 1.0, None if hi is None else hi - 1.0]
 
 
 def _tau(ratio: RatioComparison, mde_relative: float) -> float:
@@ -214,7 +217,7 @@ def _merge(bound: float | None, new: float, pick) -> float:
 
 
 def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
-                     previous: Mapping[str, Any] | None) -> dict[str, Any]:
+                     previous: Mapping[str, Any] | None, nonnegative: bool = False) -> dict[str, Any]:
     """One mSPRT look at D: running-minimum p-value, running intersection of the sequence."""
     prev = dict(previous or {})
     v = ratio.var_diff
@@ -228,7 +231,7 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
            "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi")}
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
     # is the look's test of D = 0, so the relative interval excludes 0 iff the absolute does.
-    rel = _rel(ratio, half / math.sqrt(v))
+    rel = _rel(ratio, half / math.sqrt(v), nonnegative)
     # Fieller's set unbounded (the control's ratio not clearly away from 0): no bound this look.
     if rel[0] is not None:
         out["rel_lo"] = _merge(prev.get("rel_lo"), rel[0], max)

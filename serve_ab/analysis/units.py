@@ -290,3 +290,28 @@ def fieller_ratio_interval(a: float, b: float, var_a: float, var_b: float, cov: 
         return None
     root = math.sqrt(disc)
     return (-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)
+
+
+def fieller_ratio_bounds(a: float, b: float, var_a: float, var_b: float, cov: float, crit: float,
+                         nonnegative: bool) -> tuple[float | None, float | None]:
+    """Fieller's set for a / b as (lower, upper), a bound None where the set is unbounded.
+
+    When b is not clearly away from 0 the set is two rays, (-inf, r1] and [r2, inf), or the
+    whole line. A ratio of two ``nonnegative`` figures (rates, latencies) cannot be below 0,
+    so a ray entirely below 0 is dropped and the other one bounds the ratio on one side.
+    """
+    bounded = fieller_ratio_interval(a, b, var_a, var_b, cov, crit)
+    if bounded is not None:
+        return bounded
+    c2 = crit * crit
+    qa = b * b - c2 * var_b
+    qb = -2.0 * (a * b - c2 * cov)
+    qc = a * a - c2 * var_a
+    disc = qb * qb - 4.0 * qa * qc
+    if qa >= 0 or disc <= 0 or not nonnegative:
+        return None, None
+    root = math.sqrt(disc)
+    r1, r2 = sorted(((-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)))
+    if r1 < 0:
+        return r2, None  # (-inf, r1] holds no ratio of nonnegative figures
+    return None, None

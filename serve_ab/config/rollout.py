@@ -259,9 +259,10 @@ class GateAnalysisConfig(_Strict):
     interval_s: DurationS = Field(10.0, gt=0, description="Seconds between two gate analyses.")
     window_s: DurationS | None = Field(
         None, gt=0,
-        description="The longest stretch an analysis reads: everything since the current step began, "
-        "up to this many seconds back, so evidence accumulates while a step is held. Default: 10 x "
-        "interval_s (and never less than interval_s).",
+        description="The longest stretch an analysis reads. Unset (the default): everything since the "
+        "current step began, so evidence accumulates while a step is held. A cap makes gates "
+        "follow recent behaviour, but then later analyses (which spend less alpha) see no more "
+        "data than earlier ones, and a held step may never pass; keep it many intervals long.",
     )
     min_samples: int = Field(
         50, ge=1,

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -205,12 +206,14 @@ class ControllerCore:
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         window_s = self._window_s()
+        # Kept for the window (the deques' maxlen bounds them whatever the window).
         while self.observations and self.observations[0].t_s < now - window_s - 60:
             self.observations.popleft()
         while self.pair_observations and self.pair_observations[0][0] < now - window_s - 60:
             self.pair_observations.popleft()
-        # An analysis reads the whole current step (its weights), up to window_s back: evidence
-        # accumulates while a step is held, and every look is valid as the gates spend alpha.
+        # An analysis reads the whole current step (its weights), up to window_s back when set:
+        # evidence accumulates while a step is held, and every look is valid as the gates spend
+        # alpha over the step's looks.
         start_s = max(self.rollout.state.step_started_at_s, now - window_s)
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
         feedback, conversions = self.feedback.events(since_s=start_s)
@@ -240,7 +243,7 @@ class ControllerCore:
 
     def _window_s(self) -> float:
         analysis = self.cfg.rollout.analysis
-        return max(analysis.window_s or 10.0 * analysis.interval_s, analysis.interval_s)
+        return math.inf if analysis.window_s is None else max(analysis.window_s, analysis.interval_s)
 
     def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> None:
         """A control action; raises ActionRefused (RolloutError) when the phase or a

@@ -35,7 +35,7 @@ def canary(model_repo, tmp_path, candidate="v2", steps=None, **rollout):
         # and steps are ones ~90 requests/s can decide within seconds: 0 errors in ~60 of the
         # candidate's requests bound its error rate under 5%; ~150 outcomes per side bound the
         # ratio of 'correct' rates over 0.95 when both models are about as accurate.
-        "analysis": {"interval_s": 3, "min_samples": 8, "failure_limit": 0, "progress_deadline_s": 120},
+        "analysis": {"interval_s": 5, "min_samples": 8, "failure_limit": 0, "progress_deadline_s": 120},
         "gates": [{"metric": "error_rate", "max": 0.05},
                   {"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.95}],
         "steps": steps or [{"set_weight": 20}, {"pause": {"duration": "4s"}}, {"set_weight": 50},

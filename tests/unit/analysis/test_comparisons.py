@@ -201,15 +201,10 @@ def test_a_sequential_verdict_stands_when_a_later_look_contradicts_it():
     assert out["verdict"] == "better" and "empty" in out["verdict_note"] and out["sequential"]["looks"] == 3
 
 
-REL_ZERO = ("still open after the fix that leaves the relative bounds as they were when Fieller's set is "
-            "unbounded: the first look rejects (BETTER, abs_ci [0.214, 0.346]) but adds no relative bound, "
-            "so the second look's own interval, [-0.73, 4.79], is shown with BETTER. For a rate (never below "
-            "0) that first set is rel >= 2.51 (the ray at negative ratios is impossible), which would give "
-            "[2.51, 4.79]; the old code gave [0.0, 4.79]")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=REL_ZERO)
 def test_the_relative_interval_of_a_sequential_verdict_never_contains_zero():
+    """The first look rejects while Fieller's set is two rays; for a rate (never below 0) the
+    negative ray is impossible, so the look bounds the relative lift from below (>= 2.51),
+    and a later, noisier look cannot show an interval that reaches below 0."""
     def look(value_v, value_c, var_v, var_c, previous):
         ratio = _ratio(value_v, value_c, var_v, var_c)
         return judge(CORRECT, ratio, variant="v2", control="v1", family=Family(1, 0.05, "none"),
