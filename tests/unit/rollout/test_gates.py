@@ -233,7 +233,8 @@ def test_class_drift_needs_a_test_that_rejects_not_just_a_large_divergence():
     shifted = window(n=200, classes=(110, 10, 10, 10, 10, 10, 10, 10, 10, 10))
     even = window("v1", n=200, classes=(20,) * 10)
     result = evaluate_gate(gate(metric="drift_psi", max=0.25), shifted, even, 10)
-    assert result.verdict is GateVerdict.FAIL and result.p_value < 1e-6
+    # (Monte Carlo below 20 expected per cell: p is 1 / (1 + tables drawn) at its smallest.)
+    assert result.verdict is GateVerdict.FAIL and result.p_value <= 1e-3
 
 
 def test_score_drift_gates():
