@@ -8,7 +8,8 @@ each recent request id, bounded in count and age, so memory stays flat under any
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from serve_ab.errors import Conflict
@@ -40,9 +41,10 @@ class FeedbackJoin:
     on_duplicate: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        # (request id, name) of every feedback counted, for as long as a token can bring it
-        # back: one report per request and metric, however often a client sends it.
-        self._reported: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        # A 64-bit hash of (request id, name) of every feedback counted, with when, for as long
+        # as a token can bring it back: one report per request and metric, however often a
+        # client sends it. Hashes keep it small and easy to save (see reported_since).
+        self._reported: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._served: collections.OrderedDict[str, tuple[str, float, int | None, int]] = collections.OrderedDict()
         self._values: collections.deque[FeedbackEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._conversions: collections.deque[ConversionEvent] = collections.deque(maxlen=MAX_EVENTS)
@@ -96,8 +98,32 @@ class FeedbackJoin:
         self._emit(served[0], name, value, converted, now_s, served[2], served[3])
         return served[0]
 
+    @staticmethod
+    def reported_key(request_id: str, name: str) -> int:
+        raw = f"{request_id}\x00{name}".encode("utf-8", "surrogatepass")
+        return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+    def reported_since(self, since_s: float) -> list[tuple[int, float]]:
+        """The (key, time) of every feedback counted at or after ``since_s``, oldest first:
+        what a controller saves so that a replay after its restart is still refused."""
+        out = []
+        for key in reversed(self._reported):
+            t_s = self._reported[key]
+            if t_s < since_s:
+                break
+            out.append((key, t_s))
+        out.reverse()
+        return out
+
+    def restore_reported(self, entries: Iterable[tuple[int, float]]) -> None:
+        """Remember feedback counted before a restart (as :meth:`reported_since` gave it)."""
+        for key, t_s in sorted(entries, key=lambda entry: entry[1]):
+            self._reported.setdefault(int(key), float(t_s))
+        while len(self._reported) > self.max_requests:
+            self._reported.popitem(last=False)
+
     def _once(self, request_id: str, name: str, now_s: float) -> None:
-        key = (request_id, name)
+        key = self.reported_key(request_id, name)
         if key in self._reported:
             if self.on_duplicate is not None:
                 self.on_duplicate()

@@ -115,6 +115,7 @@ class ControllerCore:
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=self.rollout is not None,
                                      on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
                                      request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
+        self._restore_reported()
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
@@ -126,14 +127,56 @@ class ControllerCore:
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
 
-    def save_stats(self, state: dict[str, Any] | None = None) -> None:
-        """Keep the run's figures, so a restarted controller does not start them from zero.
+    def save_stats(self, state: dict[str, Any] | None = None,
+                   reported: dict[str, dict[str, Any]] | None = None) -> None:
+        """Keep the run's figures, so a restarted controller does not start them from zero,
+        and which feedback it counted lately, so a replay after the restart is still refused.
 
-        ``state``: ``self.stats.to_state()`` taken earlier, when saving from another thread.
+        ``state``, ``reported``: ``self.stats.to_state()`` and :meth:`reported_rows` taken
+        earlier, when saving from another thread. Saved one after the other, moments apart:
+        a restart loses at most the last few seconds of both, alike.
         """
         if state is None:
             state = self.stats.to_state(self.clock())
+        if reported is None:
+            reported = self.reported_rows()
         self.store.save(self._stats_key(), state)
+        for key, row in reported.items():
+            self.store.save(key, row)
+        # Minutes older than a token's life can bring nothing back: drop their rows.
+        oldest = int(self.clock() // 60) - self._reported_minutes()
+        for minute in range(self._reported_dropped_before, oldest):
+            self.store.delete(self._reported_key(minute))
+        self._reported_dropped_before = max(self._reported_dropped_before, oldest)
+
+    # -- feedback already counted, across a restart ---------------------------------------------
+
+    def _reported_key(self, minute: int) -> str:
+        return f"feedback-reported:{self.run_id}:{minute}"
+
+    def _reported_minutes(self) -> int:
+        return int(self.feedback.request_ttl_s // 60) + 2
+
+    def reported_rows(self) -> dict[str, dict[str, Any]]:
+        """This minute's and the last one's counted feedback, one store row per minute (the
+        earlier minutes' rows were complete when last saved)."""
+        minute = int(self.clock() // 60)
+        rows: dict[str, dict[str, Any]] = {}
+        for key, t_s in self.feedback.reported_since((minute - 1) * 60.0):
+            row = rows.setdefault(self._reported_key(int(t_s // 60)), {"keys": [], "t_s": []})
+            row["keys"].append(format(key, "016x"))
+            row["t_s"].append(round(t_s, 3))
+        return rows
+
+    def _restore_reported(self) -> None:
+        minute = int(self.clock() // 60)
+        self._reported_dropped_before = minute - self._reported_minutes()
+        entries = []
+        for m in range(self._reported_dropped_before, minute + 1):
+            row = self.store.load(self._reported_key(m))
+            if row:
+                entries.extend(zip((int(k, 16) for k in row["keys"]), row["t_s"]))
+        self.feedback.restore_reported(entries)
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -512,7 +555,8 @@ class ExperimentController:
             await asyncio.sleep(REPORT_INTERVAL_S)
             try:
                 # Taken here, on the loop that also records; written to SQLite off it.
-                await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()))
+                await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()),
+                                        self.core.reported_rows())
                 report = await self._refresh_report()
                 now_s = time.time()
                 state = (self._requests() > 0, self._phase())

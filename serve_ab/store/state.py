@@ -25,6 +25,8 @@ class StateStore(Protocol):
 
     def save(self, key: str, state: dict[str, Any]) -> None: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 class SqliteStateStore:
     def __init__(self, path: str | Path):
@@ -64,6 +66,10 @@ class SqliteStateStore:
                 (key, text, time.time()),
             )
 
+    def delete(self, key: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM rollout_state WHERE key = ?", (key,))
+
 
 class MemoryStateStore:
     """For tests: the same contract, nothing on disk."""
@@ -76,3 +82,6 @@ class MemoryStateStore:
 
     def save(self, key: str, state: dict[str, Any]) -> None:
         self.rows[key] = json.dumps(state)
+
+    def delete(self, key: str) -> None:
+        self.rows.pop(key, None)

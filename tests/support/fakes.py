@@ -135,3 +135,6 @@ class FailingStore:
             raise OSError(28, "No space left on device")
         self.inner.save(key, state)
         self.saves += 1
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)

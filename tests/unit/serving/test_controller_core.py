@@ -3,6 +3,8 @@ persistence across a restart, control actions. No Ray is started."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from serve_ab.config.experiment import parse_experiment
@@ -11,7 +13,7 @@ from serve_ab.rollout.machine import RolloutError
 from serve_ab.serving.controller import ControllerCore, rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
-from serve_ab.errors import ActionRefused, StoreUnavailable, UnknownAction
+from serve_ab.errors import ActionRefused, Conflict, StoreUnavailable, UnknownAction
 from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, ServedRequest, ShadowPair
 from tests.support.fakes import FailingStore, FakeClock
 
@@ -551,3 +553,26 @@ def test_feedback_on_a_fallback_answer_counts_for_the_assigned_version():
     assert core.feedback.add("r", "correct", None, True, clock()) == "v2"
     versions = core.stats_snapshot()["versions"]
     assert versions["v2"]["feedback"]["correct"]["n"] == 1 and not versions["v1"]["feedback"]
+
+
+def test_a_replay_after_a_controller_restart_is_still_refused(tmp_path):
+    """The answers' feedback counted lately is saved with the figures; a restarted controller
+    refuses a token's second report as the first controller would have."""
+    clock = FakeClock(1_000_000.0)
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    core = ControllerCore(ab_experiment(), store, clock)
+    core.feedback.add("answer-1#n1", "correct", None, True, clock(), version="v1")
+    clock.advance(70)  # into the next minute: both rows are saved
+    core.feedback.add("answer-2#n2", "correct", None, False, clock(), version="v2")
+    core.save_stats()
+    restarted = ControllerCore(ab_experiment(), SqliteStateStore(tmp_path / "state.sqlite"), clock)
+    for answer in ("answer-1#n1", "answer-2#n2"):
+        with pytest.raises(Conflict):
+            restarted.feedback.add(answer, "correct", None, True, clock(), version="v1")
+    assert restarted.feedback.add("answer-3#n3", "correct", None, True, clock(), version="v1") == "v1"
+    # Rows older than a token's life are dropped as time goes on.
+    clock.advance(restarted.feedback.request_ttl_s + 300)
+    restarted.save_stats()
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        rows = db.execute("SELECT key FROM rollout_state WHERE key LIKE 'feedback-reported:%'").fetchall()
+    assert rows == [], rows
