@@ -116,10 +116,15 @@ def test_canary_promotes_v2_and_retires_v1_with_no_failed_request(http, serve_in
 
 
 def test_worse_v3_is_rolled_back_automatically(http, serve_instance, deployed, model_repo, tmp_path):
-    # v3 answers 'correct' ~85% as often as v1: at 20% of ~90 requests/s the upper bound of that
-    # ratio drops under 0.95 within a few analyses, and it can pass no step before that (a
-    # pass needs the lower bound above 0.95).
-    deployed(canary(model_repo, tmp_path, candidate="v3"), "rollback")
+    # v3 is right ~87% of the time on these samples (v1 ~95%). Gates decide on evidence and
+    # spend alpha over a step's analyses, so the bound that fails v3 must clear the threshold
+    # by a margin this machine's ~25 requests/s reach within seconds: an absolute floor of
+    # 0.95 at 50% (v3's ratio to v1, ~0.92, is too close to a 0.95 ratio gate to be called
+    # within the deadline at this load; the unit tests judge ratio gates).
+    steps = [{"set_weight": 50}, {"pause": {"duration": "10s"}}, {"set_weight": 100}]
+    gates = [{"metric": "error_rate", "max": 0.05},
+             {"metric": "feedback_rate", "name": "correct", "min": 0.95}]
+    deployed(canary(model_repo, tmp_path, candidate="v3", steps=steps, gates=gates), "rollback")
     status_url = serve_instance.url("/rollback/rollout/status?history=true")
     with load(serve_instance, "rollback", tmp_path, model_repo) as loadgen:
         status = wait_for(http, status_url, lambda s: s["phase"] == "aborted", "the automatic rollback")
