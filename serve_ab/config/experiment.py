@@ -191,6 +191,11 @@ class HttpConfig(_Strict):
     allow_non_finite: bool = Field(
         False, description="Pass NaN and infinity to the model instead of refusing them with 400."
     )
+    metrics_on_app: bool = Field(
+        True, description="Serve GET /metrics under this app's route prefix. false: only a separate "
+        "metrics app serves it (import_path serve_ab.serving.app:build_metrics_app, args {app: <this "
+        "app's name>}), on a route prefix of its own that the network can keep private.",
+    )
 
 
 class FeedbackConfig(_Strict):

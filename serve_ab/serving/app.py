@@ -18,6 +18,7 @@ from serve_ab.config.experiment import (
     DeploymentOptions,
     ExperimentConfig,
     Placement,
+    format_validation_error,
     parse_experiment,
 )
 from serve_ab.serving.controller import ExperimentController
@@ -71,6 +72,18 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
         blue_green = cfg.rollout.blue_green.model_copy(update={"validation_samples": str(samples.resolve())})
         update["rollout"] = cfg.rollout.model_copy(update={"blue_green": blue_green})
     return cfg.model_copy(update=update)
+
+
+def build_metrics_app(args: dict[str, Any]) -> Application:
+    """A separate app serving one experiment app's ``/metrics`` (see serving/metrics_app.py)."""
+    from pydantic import ValidationError
+
+    from serve_ab.serving.metrics_app import build
+
+    try:
+        return build(args)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), where="metrics app") from None
 
 
 def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:

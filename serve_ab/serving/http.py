@@ -28,7 +28,7 @@ from serve_ab.api.schemas import (
     encode_v2_response,
     parse_body,
 )
-from serve_ab.errors import InvalidInput, PinningDisabled, Unprocessable, UnknownAction
+from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction
 from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
@@ -204,6 +204,8 @@ async def http_stats(s: Served = Depends(reader)) -> JSONResponse:
 
 @api.get("/metrics", summary="Prometheus metrics of this app, from its one controller (open)")
 async def http_metrics(s: Served = Depends(reader)) -> Response:
+    if not s.core.cfg.http.metrics_on_app:
+        raise NotFound("this app serves its metrics on a separate metrics app (http.metrics_on_app: false)")
     body, content_type = await s.core.controller.metrics()
     return Response(content=body, media_type=content_type)
 

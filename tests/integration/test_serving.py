@@ -10,6 +10,7 @@ import pytest
 from ray import serve
 
 from serve_ab import build_app
+from serve_ab.serving.app import build_metrics_app
 from serve_ab.routing import Assigner
 from serve_ab.errors import VersionNotServed
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
@@ -27,7 +28,7 @@ def apps(serve_instance, model_repo):
         version["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}
     isolated["versions"][0]["batching"] = {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}
     locked = experiment(
-        model_repo, weights={"v1": 0, "v2": 100}, pin={"enabled": False},
+        model_repo, weights={"v1": 0, "v2": 100}, pin={"enabled": False}, http={"metrics_on_app": False},
         assignment={"key": "header", "header": "x-user-id", "salt": "it"},
     )
     serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
@@ -213,6 +214,21 @@ def test_handle_from_another_deployment(http, apps):
             assert body["version"] == expected.assign(user) and 0 <= body["digit"] <= 9
     finally:
         serve.delete("caller")
+
+
+def test_metrics_on_a_separate_route_prefix(http, apps):
+    """With http.metrics_on_app false the experiment answers 404 on /metrics, and a metrics
+    app on its own prefix serves them, asking the controller across apps."""
+    serve.run(build_metrics_app({"app": "locked"}), name="locked-metrics", route_prefix="/internal/locked")
+    try:
+        assert predict(http, apps, "locked", {"inputs": [DIGIT_ROW]}, headers={"x-user-id": "m"}).status_code == 200
+        scraped = http.get(apps.url("/internal/locked/metrics"))
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        assert 'serve_ab_requests_total{' in scraped.text and 'version="v2"' in scraped.text
+        hidden = http.get(apps.url("/locked/metrics"))
+        assert hidden.status_code == 404 and "metrics_on_app" in hidden.json()["error"]
+    finally:
+        serve.delete("locked-metrics")
 
 
 def test_isolated_versions_are_their_own_deployments(apps):

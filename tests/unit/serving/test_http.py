@@ -315,3 +315,9 @@ def test_tokens_of_another_app_sharing_the_key_are_refused():
         FeedbackSigner(key, 60, clock, scope="other-model").verify(token, "r1")
     with pytest.raises(Forbidden, match="malformed"):  # "²" is a digit to str.isdigit, not to int()
         FeedbackSigner(key, 60, clock, scope="digits").verify("v1.²³.a.abc.def", "r1")
+
+
+def test_metrics_off_the_app_is_a_404_naming_the_setting(client_for):
+    client = client_for(http={"max_body_bytes": 8192, "metrics_on_app": False})
+    response = client.get("/metrics")
+    assert response.status_code == 404 and "metrics_on_app" in response.json()["error"]

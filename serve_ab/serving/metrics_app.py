@@ -1,0 +1,57 @@
+"""A separate app that serves one experiment's ``/metrics`` on a route prefix of its own.
+
+Prometheus scrapes ``/metrics``; the prediction and control routes are public. Where the
+metrics should be reachable only from inside (a private ingress path, a firewall rule on a
+prefix), deploy the experiment with ``http: {metrics_on_app: false}`` and this app beside it::
+
+    applications:
+      - {name: digits, route_prefix: /, import_path: serve_ab.serving.app:build_app, args: {...}}
+      - name: digits-metrics
+        route_prefix: /internal/digits
+        import_path: serve_ab.serving.app:build_metrics_app
+        args: {app: digits}
+
+``GET /internal/digits/metrics`` then answers what the experiment's controller renders, asked
+through a DeploymentHandle across apps; the experiment app answers 404 on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
+
+
+class MetricsAppConfig(BaseModel):
+    """The ``args:`` of :func:`serve_ab.serving.app.build_metrics_app`."""
+
+    model_config = ConfigDict(extra="forbid")
+    app: str = Field(..., min_length=1, description="The name of the experiment app whose metrics to serve.")
+    num_cpus: float = Field(0.05, ge=0.0, description="CPU the one replica reserves.")
+
+
+@serve.deployment(name="Metrics", num_replicas=1, max_ongoing_requests=100)
+@serve.ingress(metrics_api)
+class MetricsEndpoint:
+    def __init__(self, app: str):
+        self.app = app
+
+    @metrics_api.get("/metrics")
+    async def metrics(self) -> Response:
+        controller = serve.get_deployment_handle("Controller", self.app)
+        try:
+            body, content_type = await controller.metrics.remote()
+        except Exception as err:  # the experiment app is not running (yet): not this app's fault
+            return JSONResponse({"error": f"no metrics from app {self.app!r}: {type(err).__name__}"},
+                                status_code=503)
+        return Response(content=body, media_type=content_type)
+
+
+def build(args: dict[str, Any]) -> Any:
+    cfg = MetricsAppConfig.model_validate(args)
+    return MetricsEndpoint.options(ray_actor_options={"num_cpus": cfg.num_cpus}).bind(cfg.app)

@@ -1,0 +1,22 @@
+"""The separate metrics app's arguments are checked like an experiment's: a ConfigError that
+names the field, before anything is deployed."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_ab.config.experiment import ConfigError
+from serve_ab.serving.app import build_metrics_app
+
+
+@pytest.mark.parametrize("args, field", [({}, "app"), ({"app": ""}, "app"), ({"app": "x", "extra": 1}, "extra"),
+                                         ({"app": "x", "num_cpus": -1}, "num_cpus")])
+def test_bad_arguments_name_the_field(args, field):
+    with pytest.raises(ConfigError, match=field) as raised:
+        build_metrics_app(args)
+    assert "metrics app" in str(raised.value)
+
+
+def test_good_arguments_bind_one_deployment():
+    app = build_metrics_app({"app": "digits"})
+    assert type(app).__name__ == "Application"
