@@ -109,7 +109,20 @@ def _json(value: Any, headers: dict[str, str] | None = None, status_code: int = 
 
 # -- plain JSON ------------------------------------------------------------------------------
 
-@api.post("/predict", openapi_extra=json_body(PredictRequest), summary="Predict, routed by the experiment")
+# OpenAPI links say how one answer feeds the next call: the answer's request id and token are
+# what POST /feedback takes back (schemathesis' stateful runs follow them).
+_FEEDBACK_LINK = {"200": {"description": "the answer, its version, request id and feedback token", "links": {
+    "ReportFeedback": {
+        "operationId": "feedback",
+        "requestBody": {"request_id": "$response.body#/request_id",
+                        "feedback_token": "$response.body#/feedback_token",
+                        "name": "correct", "converted": True},
+    },
+}}}
+
+
+@api.post("/predict", openapi_extra={**json_body(PredictRequest), "responses": _FEEDBACK_LINK},
+          operation_id="predict", summary="Predict, routed by the experiment")
 async def http_predict(request: Request, s: Served = Depends(served)) -> JSONResponse:
     core = s.core
     body = await read_json(request, core.cfg.http.max_body_bytes)
@@ -168,7 +181,7 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
     return _json(await s.core.controller.act(act, body, actor))
 
 
-@api.post("/feedback", openapi_extra=json_body(FeedbackRequest),
+@api.post("/feedback", openapi_extra=json_body(FeedbackRequest), operation_id="feedback",
           summary="Report a business outcome for a served request")
 async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONResponse:
     core = s.core

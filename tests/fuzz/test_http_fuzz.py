@@ -5,6 +5,7 @@ the same routes over a core with fakes. Every answer must be below 500."""
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from tests.unit.serving.test_http import ROW, make_app
 schemathesis = pytest.importorskip("schemathesis")
 
 EXAMPLES_PER_MODE = 200  # per operation and mode, at most: over 2,000 requests in all
+STATEFUL_EXAMPLES = 150  # sequences of up to 6 linked calls
 
 
 @pytest.fixture
@@ -39,6 +41,43 @@ def test_every_operation_fuzzed_from_the_openapi_schema_gives_no_5xx(client):
     assert calls >= 2000
     assert not server_errors, "\n".join(server_errors[:10])
     assert client.post("/predict", json={"inputs": [ROW]}).status_code == 200
+
+
+def test_stateful_sequences_following_the_openapi_links_give_no_5xx(client):
+    """Schemathesis' state machine over the schema's links: a prediction's request id and
+    feedback token fed to POST /feedback, V2 metadata to inference, inference to a pinned
+    version; interleaved with random calls. (Replays are the controller's to refuse: the
+    controller tests check that; here the controller is a fake.)"""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", routes.api)
+    seen = {"calls": 0, "feedback_202": 0}
+    server_errors: list[str] = []
+
+    class Workflow(schema.as_state_machine()):
+        def before_call(self, case):
+            # Realistic data for about half the predictions (schemathesis' "inject realistic
+            # test data"): a random body is almost never a 64-pixel row, and only an answer
+            # carries the request id and token the link to /feedback passes on. Chosen from the
+            # generated body itself, so hypothesis replays it alike.
+            if case.operation.path == "/predict":
+                digest = zlib.crc32(json.dumps(case.body, sort_keys=True, default=repr).encode())
+                if digest % 2:
+                    case.body = {"inputs": [ROW], "user_id": f"user-{digest % 1000}"}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            # The bar here is "no 5xx, ever"; conformance of every 4xx body is not asserted.
+            seen["calls"] += 1
+            if case.operation.path == "/feedback":
+                seen[f"feedback_{response.status_code}"] = seen.get(f"feedback_{response.status_code}", 0) + 1
+            if response.status_code >= 500:
+                server_errors.append(f"{case.operation.label} -> {response.status_code} {response.text[:200]}")
+
+    Workflow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=6, deadline=None,
+                                   database=None, derandomize=True, suppress_health_check=list(HealthCheck)))
+    print(f"\nstateful: {seen['calls']} requests; feedback answered {dict((k, v) for k, v in seen.items() if k.startswith('feedback'))}")
+    assert not server_errors, "\n".join(server_errors[:10])
+    # The link was followed: answers' own request ids and tokens made feedback that counts.
+    assert seen["feedback_202"] > 0, seen
+    assert seen["calls"] >= 500
 
 
 JSON = st.recursive(
