@@ -39,15 +39,16 @@ class MetricsAppConfig(BaseModel):
 @serve.ingress(metrics_api)
 class MetricsEndpoint:
     def __init__(self, app: str):
-        self.app = app
+        # Not ``self.app``: serve.ingress gives the class an ``app`` property (the FastAPI app).
+        self.experiment_app = app
 
     @metrics_api.get("/metrics")
     async def metrics(self) -> Response:
-        controller = serve.get_deployment_handle("Controller", self.app)
+        controller = serve.get_deployment_handle("Controller", self.experiment_app)
         try:
             body, content_type = await controller.metrics.remote()
         except Exception as err:  # the experiment app is not running (yet): not this app's fault
-            return JSONResponse({"error": f"no metrics from app {self.app!r}: {type(err).__name__}"},
+            return JSONResponse({"error": f"no metrics from app {self.experiment_app!r}: {type(err).__name__}"},
                                 status_code=503)
         return Response(content=body, media_type=content_type)
 
