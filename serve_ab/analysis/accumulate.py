@@ -232,6 +232,7 @@ class ExperimentStats:
         # Per-unit figures, by split (see analysis/units.py); the split routed by now is
         # the one a row without a known split counts under.
         self.splits: dict[str, SplitRecord] = {}
+        self._split_keys: dict[tuple[float, ...], str] = {}  # weights -> split_key, a cache
         self.splits_dropped = 0
         self.units_all = UnitSample()  # distinct users per version over the whole run
         self.weights_now: dict[str, float] = {}
@@ -245,10 +246,15 @@ class ExperimentStats:
         if not weights:
             return None
         weights = {name: float(weights.get(name, 0.0)) for name in self.versions}
-        try:
-            key = split_key(weights)
-        except ValueError:
-            return None  # weights that do not sum to 100: not a split a router used
+        # Every row asks: the key (a bucket table built from the weights) is worked out once
+        # per distinct weighting, not once per request.
+        seen = tuple(weights.values())
+        key = self._split_keys.get(seen)
+        if key is None:
+            try:
+                key = self._split_keys[seen] = split_key(weights)
+            except ValueError:
+                return None  # weights that do not sum to 100: not a split a router used
         record = self.splits.get(key)
         if record is None:
             if len(self.splits) >= MAX_SPLITS:

@@ -26,16 +26,15 @@ import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
-from serve_ab.routing import NUM_BUCKETS
-
 from serve_ab.errors import Forbidden
+from serve_ab.routing import NUM_BUCKETS
 
 MAC_BYTES = 16
 _ASSIGNED = re.compile(r"a(?:(\d{0,5})e(-?\d{1,12}))?")
 
 
 class Proven(NamedTuple):
-    version: str  # the version that served the answer
+    version: str  # the version the split assigned (the one that served it, unless a fallback did)
     assigned: bool  # the split chose it (False: pinned, so its feedback is not counted)
     answer_id: str  # unique per answer: the key of "one report per answer and metric"
     bucket: int | None = None  # the user's assignment bucket; None when keyless (or not said)
