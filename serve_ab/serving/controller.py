@@ -47,7 +47,7 @@ from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
-from serve_ab.store.state import SqliteStateStore
+from serve_ab.store.state import open_store
 from serve_ab.api.errors import client_message
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, StoreUnavailable, UnknownAction
@@ -486,10 +486,8 @@ def feedback_key(cfg: ExperimentConfig, store) -> bytes:
     from_env = os.environ.get(cfg.feedback.key_env)
     if from_env:
         return from_env.encode()
-    saved = store.load(f"feedback-key:{cfg.model}")
-    if saved is None:
-        saved = {"key_hex": secrets.token_hex(32)}
-        store.save(f"feedback-key:{cfg.model}", saved)
+    # Created atomically: routers starting beside a controller may make it at the same moment.
+    saved = store.create(f"feedback-key:{cfg.model}", {"key_hex": secrets.token_hex(32)})
     return bytes.fromhex(saved["key_hex"])
 
 
@@ -497,7 +495,7 @@ def feedback_key(cfg: ExperimentConfig, store) -> bytes:
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
-        store = SqliteStateStore(Path(cfg.controller.state_path))
+        store = open_store(cfg.controller)
         self.core = ControllerCore(cfg, store)
         self._feedback_key = feedback_key(cfg, store)
         self._changed = asyncio.Event()

@@ -27,6 +27,16 @@ class StateStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
+        """Save ``state`` under ``key`` unless a row is there already; returns the row kept.
+        Atomic: of two replicas creating the same key at once, both get the same row."""
+        ...
+
+
+def open_store(controller_cfg: Any) -> StateStore:
+    """The store a :class:`~serve_ab.config.experiment.ControllerConfig` names."""
+    return SqliteStateStore(Path(controller_cfg.state_path))
+
 
 class SqliteStateStore:
     def __init__(self, path: str | Path):
@@ -70,6 +80,14 @@ class SqliteStateStore:
         with self._connect() as db:
             db.execute("DELETE FROM rollout_state WHERE key = ?", (key,))
 
+    def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
+        text = json.dumps(state)
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO rollout_state (key, state, updated_at_s) VALUES (?, ?, ?)",
+                       (key, text, time.time()))
+            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0])
+
 
 class MemoryStateStore:
     """For tests: the same contract, nothing on disk."""
@@ -85,3 +103,7 @@ class MemoryStateStore:
 
     def delete(self, key: str) -> None:
         self.rows.pop(key, None)
+
+    def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
+        self.rows.setdefault(key, json.dumps(state))
+        return json.loads(self.rows[key])
