@@ -1,12 +1,15 @@
 """Cumulative figures of a running experiment, per version: what the A/B report and the
 Prometheus metrics are computed from.
 
-The controller feeds every request the routers served (:meth:`ExperimentStats.record`),
-every paired live/shadow answer (:meth:`ExperimentStats.record_pair`) and every feedback
-joined to its version (:meth:`ExperimentStats.record_feedback`). Memory stays bounded
-however long the experiment runs: counts and sums are exact, latencies are kept as a
-fixed-bucket histogram (exact counts, for Prometheus) plus a uniform reservoir sample
-(for percentiles and the plots), the timeline coarsens as it grows, and the per-unit
+Routers summarise each interval of what they served in an
+:class:`~serve_ab.analysis.aggregate.IntervalAggregate`, and the controller merges it
+(:meth:`ExperimentStats.merge`); every feedback joined to its version comes one by one
+(:meth:`ExperimentStats.record_feedback`). :meth:`ExperimentStats.record` and
+:meth:`ExperimentStats.record_pair` fold single rows (tests, simulations). Every figure is
+mergeable, and memory stays bounded however long the experiment runs: counts and sums are
+exact, latencies are kept as a fixed-bucket histogram (exact counts, for Prometheus) plus a
+log-bucket sketch within 1% (``analysis/sketch.py``, for percentiles and the plots), the
+timeline coarsens as it grows, and the per-unit
 figures the A/B comparisons use are per-bucket sums per split (``analysis/units.py``)
 with a bounded uniform sample of users for the sample-ratio check.
 
@@ -19,22 +22,24 @@ from __future__ import annotations
 import bisect
 import collections
 import math
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.unit_sample import UnitSample
 from serve_ab.analysis.units import SplitTotals
 from serve_ab.routing import NUM_BUCKETS, SplitTable
+
+if TYPE_CHECKING:
+    from serve_ab.analysis.aggregate import IntervalAggregate
 
 # Prometheus' default latency buckets start at 5 ms; a small model answers in well under
 # one, so the buckets start at 0.25 ms. Upper bounds in seconds (base unit).
 LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      0.5, 1.0, 2.5, 5.0, 10.0)
-RESERVOIR_SIZE = 10_000
 # Splits (weights routed by) kept apart for the per-unit figures; a rollout has a handful.
 # Past this the oldest is dropped (counted in ``splits_dropped``, and the report warns).
 MAX_SPLITS = 32
@@ -45,30 +50,14 @@ ERROR_KINDS = ("unavailable", "output", "model", "input", "cancelled")
 
 
 @dataclass
-class Reservoir:
-    """Uniform sample of at most ``size`` values from a stream (Vitter's algorithm R)."""
-
-    size: int = RESERVOIR_SIZE
-    seen: int = 0
-    values: list[float] = field(default_factory=list)
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
-
-    def add(self, value: float) -> None:
-        self.seen += 1
-        if len(self.values) < self.size:
-            self.values.append(value)
-            return
-        slot = self.rng.randrange(self.seen)
-        if slot < self.size:
-            self.values[slot] = value
-
-
-@dataclass
 class LatencyStats:
+    """Latencies of successful requests: Prometheus' fixed buckets (exact counts) and a
+    log-bucket sketch (quantiles within 1%), both mergeable across routers and intervals."""
+
     bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     count: int = 0
     sum_s: float = 0.0
-    sample: Reservoir = field(default_factory=Reservoir)
+    sketch: LogHistogram = field(default_factory=LogHistogram)
 
     def add(self, latency_ms: float) -> None:
         latency_s = latency_ms / 1000.0
@@ -76,7 +65,13 @@ class LatencyStats:
         self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
         self.count += 1
         self.sum_s += latency_s
-        self.sample.add(latency_ms)
+        self.sketch.add(latency_ms)
+
+    def merge(self, other: LatencyStats) -> None:
+        self.bucket_counts = [a + b for a, b in zip(self.bucket_counts, other.bucket_counts)]
+        self.count += other.count
+        self.sum_s += other.sum_s
+        self.sketch.merge(other.sketch)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -87,7 +82,7 @@ class LatencyStats:
             "bucket_counts": list(self.bucket_counts),
         }
         if samples:
-            out["sample_ms"] = list(self.sample.values)
+            out["sketch_ms"] = self.sketch.to_wire()
         return out
 
 
@@ -121,6 +116,25 @@ class VersionStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     predictions: collections.Counter = field(default_factory=collections.Counter)
     feedback: dict[str, FeedbackTotals] = field(default_factory=dict)
+
+    def add(self, latency_ms: float, error_kind: str | None, predicted_class: int | None,
+            assigned: bool) -> None:
+        self.requests += 1
+        self.assigned += int(assigned)
+        if error_kind is not None:
+            self.errors[error_kind] += 1
+        else:
+            self.latency.add(latency_ms)
+            if predicted_class is not None:
+                self.predictions[predicted_class] += 1
+
+    def merge(self, other: VersionStats) -> None:
+        """Add another router's (or interval's) requests; feedback is merged by the caller."""
+        self.requests += other.requests
+        self.assigned += other.assigned
+        self.errors.update(other.errors)
+        self.latency.merge(other.latency)
+        self.predictions.update(other.predictions)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         return {
@@ -162,6 +176,13 @@ class SplitRecord:
         bucket = unit % NUM_BUCKETS
         return bucket if self.table.version_for_bucket(bucket) == version else None
 
+    def merge(self, metrics: Mapping[str, SplitTotals], units: UnitSample, t_s: float) -> None:
+        """A router's figures of this split (see analysis/aggregate.py)."""
+        for name, totals in metrics.items():
+            self.totals(name).merge(totals)
+        self.units.merge(units)
+        self.last_s = max(self.last_s, t_s)
+
     def totals(self, metric: str) -> SplitTotals:
         table = self.metrics.get(metric)
         if table is None:
@@ -191,9 +212,42 @@ class ShadowStats:
     score_diff_n: int = 0
     score_diff_sum: float = 0.0
     score_diff_sum_sq: float = 0.0
-    score_diff_sample: Reservoir = field(default_factory=Reservoir)
+    score_diff_sketch: LogHistogram = field(default_factory=LogHistogram)
     latency: LatencyStats = field(default_factory=LatencyStats)
     by_live_version: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
+            score_diff: float | None, shadow_latency_ms: float, error_kind: str | None) -> None:
+        """One copy sent to the shadow version, with both answers when the shadow answered."""
+        self.mirrored += 1
+        if error_kind is not None:
+            self.errors[error_kind] += 1
+            return
+        self.latency.add(shadow_latency_ms)
+        if live_class is None or shadow_class is None:
+            return
+        self.pairs += 1
+        self.by_live_version[live_version] += 1
+        self.agree += int(live_class == shadow_class)
+        self.confusion[(live_class, shadow_class)] += 1
+        if score_diff is not None and math.isfinite(score_diff):
+            self.score_diff_n += 1
+            self.score_diff_sum += score_diff
+            self.score_diff_sum_sq += score_diff * score_diff
+            self.score_diff_sketch.add(score_diff)
+
+    def merge(self, other: ShadowStats) -> None:
+        self.mirrored += other.mirrored
+        self.errors.update(other.errors)
+        self.pairs += other.pairs
+        self.agree += other.agree
+        self.confusion.update(other.confusion)
+        self.score_diff_n += other.score_diff_n
+        self.score_diff_sum += other.score_diff_sum
+        self.score_diff_sum_sq += other.score_diff_sum_sq
+        self.score_diff_sketch.merge(other.score_diff_sketch)
+        self.latency.merge(other.latency)
+        self.by_live_version.update(other.by_live_version)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {
@@ -209,7 +263,7 @@ class ShadowStats:
             "pairs_by_live_version": dict(self.by_live_version),
         }
         if samples:
-            out["score_diff"]["sample"] = list(self.score_diff_sample.values)
+            out["score_diff"]["sketch"] = self.score_diff_sketch.to_wire()
         return out
 
 
@@ -286,14 +340,7 @@ class ExperimentStats:
         stats = self.versions.get(version)
         if stats is None:
             return  # a version this experiment does not serve (an old config's report)
-        stats.requests += 1
-        stats.assigned += int(assigned)
-        if error_kind is not None:
-            stats.errors[error_kind] += 1
-        else:
-            stats.latency.add(latency_ms)
-            if predicted_class is not None:
-                stats.predictions[predicted_class] += 1
+        stats.add(latency_ms, error_kind, predicted_class, assigned)
         if assigned:
             self.units_all.add(version, unit)
             record = self._split(t_s, split)
@@ -309,23 +356,27 @@ class ExperimentStats:
                     shadow_class: int | None, score_diff: float | None, shadow_latency_ms: float,
                     error_kind: str | None) -> None:
         """One copy sent to the shadow version, with both answers when the shadow answered."""
-        shadow = self.shadow
-        shadow.mirrored += 1
-        if error_kind is not None:
-            shadow.errors[error_kind] += 1
-            return
-        shadow.latency.add(shadow_latency_ms)
-        if live_class is None or shadow_class is None:
-            return
-        shadow.pairs += 1
-        shadow.by_live_version[live_version] += 1
-        shadow.agree += int(live_class == shadow_class)
-        shadow.confusion[(live_class, shadow_class)] += 1
-        if score_diff is not None and math.isfinite(score_diff):
-            shadow.score_diff_n += 1
-            shadow.score_diff_sum += score_diff
-            shadow.score_diff_sum_sq += score_diff * score_diff
-            shadow.score_diff_sample.add(score_diff)
+        self.shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind)
+
+    def merge(self, t_s: float, aggregate: IntervalAggregate) -> None:
+        """What a router served in one interval (``analysis/aggregate.py``), merged at ``t_s``:
+        the same figures as recording each of its requests, at a cost that does not depend on
+        how many requests it holds."""
+        for version, theirs in aggregate.versions.items():
+            stats = self.versions.get(version)
+            if stats is None:
+                continue  # a version this experiment does not serve
+            stats.merge(theirs)
+            self._point(t_s)["requests"][version] += theirs.requests
+        for split in aggregate.splits.values():
+            mine = {name: weights for name, weights in split.weights_pct.items() if name in self.versions}
+            record = self._split(t_s, mine)
+            if record is not None:
+                record.merge(split.metrics, split.units, t_s)
+            self.units_all.merge(split.units)
+        shadow = aggregate.shadow.get(self.shadow_version) if self.shadow_version is not None else None
+        if shadow is not None:
+            self.shadow.merge(shadow)
 
     def record_feedback(self, t_s: float, version: str, name: str, value: float | None,
                         converted: bool | None, unit: int | None = None,
@@ -359,13 +410,13 @@ class ExperimentStats:
             {"started_at_s", "now_s",
              "versions": {name: {"requests", "assigned", "errors", "errors_by_kind",
                                  "latency": {"count", "sum_s", "buckets_le_s", "bucket_counts",
-                                             "sample_ms" (when samples)},
+                                             "sketch_ms" (when samples: LogHistogram.to_wire())},
                                  "predictions": {class: n}, "units": distinct keys or None,
                                  "feedback": {name: {"kind": "conversion", "n", "successes"}
                                                   | {"kind": "mean", "n", "sum", "sum_sq"}}}},
              "shadow": None | {"version", "mirrored", "errors", "errors_by_kind", "pairs", "agree",
                                "confusion": [[live_class, shadow_class, n]],
-                               "score_diff": {"n", "sum", "sum_sq", "sample" (when samples)},
+                               "score_diff": {"n", "sum", "sum_sq", "sketch" (when samples)},
                                "latency": {...}, "pairs_by_live_version": {name: n}},
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
@@ -442,8 +493,7 @@ class ExperimentStats:
             s.confusion.update({(a, b): n for a, b, n in shadow["confusion"]})
             diff = shadow["score_diff"]
             s.score_diff_n, s.score_diff_sum, s.score_diff_sum_sq = diff["n"], diff["sum"], diff["sum_sq"]
-            s.score_diff_sample.values = list(diff.get("sample", []))
-            s.score_diff_sample.seen = diff["n"]
+            s.score_diff_sketch = _restore_sketch(diff.get("sketch"), diff.get("sample"))
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
         samples = state.get("unit_samples") or {}
@@ -500,5 +550,11 @@ def _restore_latency(latency: LatencyStats, saved: dict[str, Any]) -> None:
         return  # saved with other buckets: start the histogram afresh rather than misfile it
     latency.bucket_counts = list(saved["bucket_counts"])
     latency.count, latency.sum_s = saved["count"], saved["sum_s"]
-    latency.sample.values = list(saved.get("sample_ms", []))
-    latency.sample.seen = saved["count"]
+    latency.sketch = _restore_sketch(saved.get("sketch_ms"), saved.get("sample_ms"))
+
+
+def _restore_sketch(sketch: Mapping[str, Any] | None, sample: list[float] | None) -> LogHistogram:
+    """A saved sketch; from a state saved before sketches, the sample it kept instead."""
+    if sketch is not None:
+        return LogHistogram.from_wire(sketch)
+    return LogHistogram.of(sample or [])

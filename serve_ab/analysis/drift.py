@@ -27,6 +27,8 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from serve_ab.analysis.sketch import LogHistogram
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
@@ -205,3 +207,36 @@ def wasserstein(candidate: ArrayLike, reference: ArrayLike) -> float:
     """Earth mover's distance between two score samples, in the scores' own unit."""
     return float(stats.wasserstein_distance(_scores(candidate, "candidate scores"),
                                             _scores(reference, "reference scores")))
+
+
+# -- on sketches: what the gates read, merged from every router's intervals ----------------------
+
+
+def ks_test_sketched(candidate: LogHistogram, reference: LogHistogram) -> tuple[float, float]:
+    """Kolmogorov-Smirnov on two log-bucket sketches (``analysis/sketch.py``): the largest gap
+    between the two CDFs at the buckets' edges, which is the statistic of the bucketed
+    values (ties within a bucket, so never above the raw values' statistic: conservative),
+    and its p-value from scipy's distribution of the two-sample statistic (``kstwo`` at the
+    effective size n*m/(n+m), as ``ks_2samp``'s asymptotic method)."""
+    n, m = candidate.count, reference.count
+    if not n or not m:
+        raise ValueError("drift needs at least one score on each side")
+    counts = np.vstack([candidate.counts, reference.counts]).astype(float)
+    used = counts.sum(axis=0) > 0
+    cdf = np.cumsum(counts[:, used], axis=1) / np.array([[n], [m]], dtype=float)
+    statistic = float(np.max(np.abs(cdf[0] - cdf[1])))
+    effective_n = max(int(round(n * m / (n + m))), 1)
+    return statistic, float(min(max(stats.kstwo.sf(statistic, effective_n), 0.0), 1.0))
+
+
+def ks_statistic_sketched(candidate: LogHistogram, reference: LogHistogram) -> float:
+    return ks_test_sketched(candidate, reference)[0]
+
+
+def wasserstein_sketched(candidate: LogHistogram, reference: LogHistogram) -> float:
+    """Earth mover's distance between two sketches, each value at its bucket's representative
+    (within 1% of the value)."""
+    if not candidate.count or not reference.count:
+        raise ValueError("drift needs at least one score on each side")
+    (u, u_w), (v, v_w) = candidate.values_and_weights(), reference.values_and_weights()
+    return float(stats.wasserstein_distance(u, v, u_weights=u_w, v_weights=v_w))

@@ -47,6 +47,7 @@ from scipy import stats as _stats
 from serve_ab.analysis import ab, comparisons, drift
 from serve_ab.analysis import shadow as shadow_stats
 from serve_ab.analysis.accumulate import split_key
+from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.analysis.shadow_classes import class_flip_tests
@@ -112,7 +113,7 @@ def build_report(
     if snapshot.get("feedback_unjoined"):
         warnings.append(f"{snapshot['feedback_unjoined']} feedback report(s) could not be joined to a version "
                         "(unknown request id, or a metric reported as the other kind) and are not counted")
-    if any("sample_ms" not in v["latency"] for v in versions.values()):
+    if any("sketch_ms" not in v["latency"] for v in versions.values()):
         warnings.append("the snapshot has no latency samples (snapshot(samples=False)); latency percentiles "
                         "need them")
 
@@ -265,20 +266,24 @@ def _variant_section(name: str, data: Mapping[str, Any], control: str, weight_pc
 
 def _latency_summary(latency: Mapping[str, Any]) -> dict[str, Any]:
     count = int(latency.get("count", 0))
-    sample = np.asarray(latency.get("sample_ms") or [], dtype=float)
+    sketch = _sketch(latency)
     out: dict[str, Any] = {
         "count": count,
         # Over every successful request (exact), not only the sample.
         "mean_all": 1000.0 * float(latency.get("sum_s", 0.0)) / count if count else None,
-        "n_sample": int(sample.size),
+        "n_sample": sketch.count,
     }
-    if sample.size:
-        p50, p95, p99 = np.percentile(sample, [50, 95, 99])
-        out.update(mean=float(sample.mean()), p50=float(p50), p95=float(p95), p99=float(p99),
-                   min=float(sample.min()), max=float(sample.max()))
+    if sketch.count:
+        # Quantiles within 1% of the values' own (a log-bucket sketch of every request).
+        out.update(mean=sketch.mean, p50=sketch.quantile(0.50), p95=sketch.quantile(0.95),
+                   p99=sketch.quantile(0.99), min=sketch.min, max=sketch.max)
     else:
         out.update(mean=None, p50=None, p95=None, p99=None, min=None, max=None)
     return out
+
+
+def _sketch(latency: Mapping[str, Any] | None) -> LogHistogram:
+    return LogHistogram.from_wire((latency or {}).get("sketch_ms"))
 
 
 def _feedback_arm(totals: Mapping[str, Any]) -> dict[str, Any]:
@@ -640,24 +645,27 @@ def _paired_mean(totals: Mapping[str, Any], confidence: float) -> dict[str, Any]
 
 
 def _latency_histogram(versions: Mapping[str, Any], shadow: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    samples = {name: np.asarray(data["latency"].get("sample_ms") or [], dtype=float) for name, data in versions.items()}
+    sketches = {name: _sketch(data["latency"]) for name, data in versions.items()}
     if shadow is not None:
-        samples[f"{shadow.get('version')} (shadow)"] = np.asarray(
-            (shadow.get("latency") or {}).get("sample_ms") or [], dtype=float)
-    pooled = np.concatenate([s for s in samples.values()]) if samples else np.array([])
-    if pooled.size == 0:
+        sketches[f"{shadow.get('version')} (shadow)"] = _sketch(shadow.get("latency"))
+    pooled = LogHistogram()
+    for sketch in sketches.values():
+        pooled.merge(sketch)
+    if pooled.count == 0:
         return None
-    lo = float(pooled.min())
-    hi = float(np.percentile(pooled, LATENCY_HISTOGRAM_TOP_PCT))
+    lo = pooled.min
+    hi = pooled.quantile(LATENCY_HISTOGRAM_TOP_PCT / 100)
     if hi <= lo:
         hi = lo + max(abs(lo) * 0.01, 1e-3)
     edges = np.linspace(lo, hi, LATENCY_HISTOGRAM_BINS + 1)
     counts, clipped = {}, {}
-    for name, sample in samples.items():
-        counts[name] = np.histogram(np.minimum(sample, hi), bins=edges)[0].tolist()
-        clipped[name] = int((sample > hi).sum())
+    for name, sketch in sketches.items():
+        counts[name] = sketch.histogram(edges).tolist() if sketch.count else [0] * LATENCY_HISTOGRAM_BINS
+        values, weights = sketch.values_and_weights()
+        clipped[name] = int(weights[values > hi].sum())
     return {"edges_ms": edges.tolist(), "counts": counts, "clipped": clipped,
-            "note": f"values above the pooled p{LATENCY_HISTOGRAM_TOP_PCT:g} ({hi:.3g} ms) are counted in the last bin"}
+            "note": f"values above the pooled p{LATENCY_HISTOGRAM_TOP_PCT:g} ({hi:.3g} ms) are counted in the "
+                    "last bin; each value is placed within 1% (a log-bucket sketch)"}
 
 
 def _timeline(snapshot: Mapping[str, Any], names: list[str]) -> dict[str, Any]:

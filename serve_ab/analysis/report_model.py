@@ -86,7 +86,7 @@ class Experiment(_Model):
 class LatencySummary(_Model):
     count: int = Field(description="successful requests")
     mean_all: Num | None = Field(description="mean over every successful request (exact), ms")
-    n_sample: int = Field(description="size of the latency sample the percentiles come from")
+    n_sample: int = Field(description="successful requests in the latency sketch the percentiles come from (every one; within 1%)")
     mean: Num | None = Field(description="mean of the sample, ms")
     p50: Num | None
     p95: Num | None

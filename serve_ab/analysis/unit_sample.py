@@ -84,11 +84,18 @@ class UnitSample:
         return {v: round(len(self.units.get(v, ())) / f) + self.keyless.get(v, 0) for v in versions}
 
     def merge(self, other: UnitSample) -> None:
-        self.theta = min(self.theta, other.theta)
+        """Add another sample (a router's interval, a replica's run). The cost is the other
+        sample's size; this one is re-filtered only when the other's theta is lower."""
+        if other.theta < self.theta:
+            self.theta = other.theta
+            for version, kept in self.units.items():
+                self.units[version] = {u for u in kept if _mix(u) < self.theta}
         for version, kept in other.units.items():
-            self.units.setdefault(version, set()).update(kept)
-        for version, kept in list(self.units.items()):
-            self.units[version] = {u for u in kept if _mix(u) < self.theta}
+            mine = self.units.setdefault(version, set())
+            if other.theta > self.theta:
+                mine.update(u for u in kept if _mix(u) < self.theta)
+            else:
+                mine.update(kept)
         for version, n in other.keyless.items():
             self.keyless[version] = self.keyless.get(version, 0) + n
         self._halve()

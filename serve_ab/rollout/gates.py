@@ -64,6 +64,7 @@ import numpy as np
 from scipy import special
 
 from serve_ab.analysis import drift
+from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.config.rollout import Gate, GateMetric
 
 
@@ -149,11 +150,12 @@ class WindowStats:
     request_count: int = 0
     error_count: int = 0
     #: Latencies of successful requests; errors are judged by error_rate instead, and a
-    #: version that fast-fails would otherwise look quick.
-    latencies_ms: Sequence[float] | np.ndarray = ()
+    #: version that fast-fails would otherwise look quick. A sketch merged from the routers'
+    #: reports (values given as a sequence are sketched here).
+    latencies_ms: LogHistogram | Sequence[float] | np.ndarray = ()
     #: Predicted-class counts, index = class.
     class_counts: tuple[int, ...] = ()
-    scores: Sequence[float] | np.ndarray = ()
+    scores: LogHistogram | Sequence[float] | np.ndarray = ()
     feedback: Mapping[str, FeedbackStats] = field(default_factory=dict)
     conversions: Mapping[str, ConversionStats] = field(default_factory=dict)
     #: promql gates' answers, by gate name; set on the candidate's window by the caller.
@@ -164,6 +166,10 @@ class WindowStats:
     shadow_agreements: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("latencies_ms", "scores"):
+            value = getattr(self, name)
+            if not isinstance(value, LogHistogram):
+                object.__setattr__(self, name, LogHistogram.of(value))
         if not 0 <= self.error_count <= self.request_count:
             raise ValueError(
                 f"{self.version}: error_count ({self.error_count}) must be in "
@@ -270,7 +276,8 @@ _CLASS_DRIFT = {
     GateMetric.DRIFT_JS: drift.js_divergence,
     GateMetric.DRIFT_JS_DISTANCE: drift.js_distance,
 }
-_SCORE_DRIFT = {GateMetric.DRIFT_KS: drift.ks_statistic, GateMetric.DRIFT_WASSERSTEIN: drift.wasserstein}
+_SCORE_DRIFT = {GateMetric.DRIFT_KS: drift.ks_statistic_sketched,
+                GateMetric.DRIFT_WASSERSTEIN: drift.wasserstein_sketched}
 _RATES = frozenset({GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.SHADOW_AGREEMENT})
 
 
@@ -346,28 +353,26 @@ def _rate_bounds(x: int, n: int, alpha: float) -> tuple[float, float]:
     return lower, upper
 
 
-def _percentile(ordered: np.ndarray, percentile: float) -> float:
-    """np.percentile's default (linear) on sorted data, without its per-call overhead."""
-    h = (ordered.size - 1) * percentile / 100
-    below = math.floor(h)
-    above = min(below + 1, ordered.size - 1)
-    return float(ordered[below] + (h - below) * (ordered[above] - ordered[below]))
+def _percentile(latencies: LogHistogram, percentile: float) -> float:
+    """numpy's default (linear) percentile of the sketched values, within 1%."""
+    return latencies.quantile(percentile / 100)
 
 
-def _quantile_bounds(ordered: np.ndarray, q: float, alpha: float) -> tuple[float, float]:
+def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float) -> tuple[float, float]:
     """Distribution-free bounds on the q-quantile from order statistics.
 
     The number of samples below the true quantile is Binomial(n, q) (at most so with
     ties, which only makes these bounds conservative), so the smallest order statistic
     x_(u) with P(Binomial <= u - 1) >= 1 - alpha is an upper bound, and the largest x_(l)
-    with P(Binomial >= l) >= 1 - alpha a lower one. Too few samples for a bound gives inf
-    (upper) or 0 (lower: latencies are never negative).
+    with P(Binomial >= l) >= 1 - alpha a lower one. From the sketch, each order statistic is
+    replaced by the edge of its bucket on the safe side (at most 2% wider). Too few samples
+    for a bound gives inf (upper) or 0 (lower: latencies are never negative).
     """
-    n = ordered.size
+    n = latencies.count
     u = _binomial_quantile(1 - alpha, n, q)  # 0-based index of x_(u)
     low = _binomial_quantile(alpha, n, q, strictly=True) - 1  # 0-based index of x_(l)
-    upper = float(ordered[u]) if u < n else math.inf
-    lower = float(ordered[low]) if low >= 0 else 0.0
+    upper = latencies.rank_bounds(u)[1] if u < n else math.inf
+    lower = latencies.rank_bounds(low)[0] if low >= 0 else 0.0
     return lower, upper
 
 
@@ -513,11 +518,11 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
         return _evaluate_ratio(gate, metric, candidate, stable, alpha, result)
 
     if gate.metric in _PERCENTILES:
-        ordered = np.sort(np.asarray(candidate.latencies_ms, dtype=float))
+        latencies = candidate.latencies_ms
         percentile = _PERCENTILES[gate.metric]
-        value = _percentile(ordered, percentile)
-        lower, upper = _quantile_bounds(ordered, percentile / 100, alpha)
-        seen = f"p{percentile:g} of {ordered.size} successful requests is {_fmt(value)} ms"
+        value = _percentile(latencies, percentile)
+        lower, upper = _quantile_bounds(latencies, percentile / 100, alpha)
+        seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms"
     elif gate.metric in _RATES:
         x, n, seen = _rate_counts(gate, candidate)
         value = x / n
@@ -539,7 +544,7 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     sizes = f"{seen_cand} and {seen_stab} {unit}"
     if gate.metric in _PERCENTILES:
         percentile = _PERCENTILES[gate.metric]
-        arms = [np.sort(np.asarray(w.latencies_ms, dtype=float)) for w in (candidate, stable)]
+        arms = [w.latencies_ms for w in (candidate, stable)]
         cand, stab = (_percentile(a, percentile) for a in arms)
     elif gate.metric in _RATES:
         (x1, n1, _), (x2, n2, _) = _rate_counts(gate, candidate), _rate_counts(gate, stable)
@@ -588,7 +593,7 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         test = drift.class_homogeneity_test(candidate.class_counts, stable.class_counts, alpha=alpha)
         p_value, tested = test.p_value, test.describe()
     else:
-        statistic, p_value = drift.ks_test(candidate.scores, stable.scores)
+        statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores)
         value = statistic if gate.metric is GateMetric.DRIFT_KS else \
             _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
         tested = f"KS test on {len(candidate.scores)} and {len(stable.scores)} scores, p = {p_value:.3g}"

@@ -43,7 +43,8 @@ from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
 from serve_ab.rollout.feedback import REQUEST_TTL_S, FeedbackJoin
-from serve_ab.rollout.gates import Observation, PromQLResult, build_windows
+from serve_ab.rollout.gates import PromQLResult
+from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
@@ -51,14 +52,13 @@ from serve_ab.store.state import open_store
 from serve_ab.api.errors import client_message
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, StoreUnavailable, UnknownAction
-from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Mirror, RoutingSnapshot
+from serve_ab.serving.reports import RouterReports
 
 logger = logging.getLogger("ray.serve")
 
 # Routing epochs whose weights are remembered (a router reports within seconds of an epoch).
 MAX_EPOCHS_REMEMBERED = 1000
-# Observations kept for windows; a bound so a flood cannot exhaust the controller's memory.
-MAX_OBSERVATIONS = 200_000
 # Bounded so that a stopping controller drains its routers' polls quickly and still has
 # time for its final run record (app.py's graceful shutdown timeout is above this).
 LONG_POLL_TIMEOUT_S = 2.0
@@ -96,10 +96,11 @@ class ControllerCore:
                 fresh.state.revision = 1
                 self.store.save(self.key, fresh.to_dict())
                 self.rollout = fresh
-        self.observations: collections.deque[Observation] = collections.deque(maxlen=MAX_OBSERVATIONS)
-        # (t_s, mirrored version, agreed) of each answered copy, for shadow_agreement gates.
-        self.pair_observations: collections.deque[tuple[float, str, bool]] = collections.deque(
-            maxlen=MAX_OBSERVATIONS)
+        # The gates' windows, merged from the routers' reports (kept per second for a sliding
+        # window_s, and as a running total over the step).
+        window_s = cfg.rollout.analysis.window_s if cfg.rollout is not None else None
+        self.gate_windows = GateWindows(keep_s=(window_s or 0.0) + 120.0)
+        self.reports = RouterReports()
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
@@ -195,36 +196,30 @@ class ControllerCore:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def record(self, observations: Observations) -> None:
-        """What a router served: answers and failures of every version, and shadow pairs.
+    def record(self, report: IntervalReport) -> bool:
+        """A router's interval: merged into the run's figures and the gates' windows.
 
-        Mirrored rows are copies the client never saw: they feed the candidate's gate
-        windows, not its A/B figures. Pinned rows (neither assigned nor mirrored) enter no
-        gate window. Every row is stamped with this controller's clock on receipt: the
-        router's ``t_s`` comes from another machine's clock.
+        Its cost depends on versions, splits and the buckets the interval touched, not on how
+        many requests it covers. Stamped with this controller's clock on receipt: the
+        router's clock is another machine's. Mirrored copies feed the candidate's gate
+        windows, not its A/B figures; pinned requests enter no gate window. True when the
+        versions some router could not load changed (the weights change with them).
         """
         now = self.clock()
-        gated = self.rollout is not None  # windows are only read by a rollout's gates
-        for row in observations.served:
-            if gated and (row.assigned or row.mirrored):
-                self.observations.append(Observation(row.version, row.latency_ms, row.error_kind is None,
-                                                     row.predicted_class, row.score, now))
-            if row.mirrored:
-                continue
-            self.stats.record(now, row.version, row.latency_ms, row.error_kind, row.predicted_class,
-                              row.unit, row.assigned, self._split_weights(row.split))
-            # Intention to treat: feedback joins the request's assigned row (the version the
-            # split chose, even when a fallback answered); pinned answers' feedback moves nothing.
-            if row.request_id and row.assigned:
-                self.feedback.remember(row.request_id, row.version, now, unit=row.unit, split=row.split)
-        for pair in observations.pairs:
-            if gated and pair.error_kind is None and pair.live_class is not None \
-                    and pair.shadow_class is not None:
-                self.pair_observations.append((now, pair.shadow_version,
-                                               pair.live_class == pair.shadow_class))
-            if pair.shadow_version == self.stats.shadow_version:
-                self.stats.record_pair(now, pair.live_version, pair.live_class, pair.shadow_class,
-                                       pair.score_diff, pair.shadow_latency_ms, pair.error_kind)
+        aggregate = report.aggregate
+        failed_changed = self.reports.received(report, now)
+        if self.rollout is not None:  # windows are only read by a rollout's gates
+            pairs = {version: (shadow.pairs, shadow.agree) for version, shadow in aggregate.shadow.items()}
+            self.gate_windows.add(now, aggregate.gates, pairs)
+        self.stats.merge(now, aggregate)
+        # Only when feedback comes without tokens: it is joined by the ids of assigned
+        # answers (intention to treat: the version the split chose).
+        for request_id, version, unit, split in aggregate.feedback_ids:
+            self.feedback.remember(request_id, version, now, unit=unit, split=split)
+        if failed_changed:
+            # Routers learn of it with the next epoch: a failed version gets no traffic.
+            self.epoch += 1
+        return failed_changed
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
@@ -248,30 +243,26 @@ class ControllerCore:
             return False
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
-        window_s = self._window_s()
-        # Kept for the window (the deques' maxlen bounds them whatever the window).
-        while self.observations and self.observations[0].t_s < now - window_s - 60:
-            self.observations.popleft()
-        while self.pair_observations and self.pair_observations[0][0] < now - window_s - 60:
-            self.pair_observations.popleft()
         # An analysis reads the whole current step (its weights), up to window_s back when set:
         # evidence accumulates while a step is held, and every look is valid as the gates spend
         # alpha over the step's looks.
-        start_s = max(self.rollout.state.step_started_at_s, now - window_s)
+        step_started_s = self.rollout.state.step_started_at_s
+        start_s = max(step_started_s, now - self._window_s())
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
         feedback, conversions = self.feedback.events(since_s=start_s)
-        windows = build_windows(
-            self.observations, versions=versions, feedback=feedback, conversions=conversions,
-            start_s=start_s, end_s=now + 1.0,
-        )
+        gates, pairs = self.gate_windows.window(start_s, step=start_s == step_started_s)
+        windows = window_stats(gates, versions=versions, feedback=feedback, conversions=conversions,
+                               start_s=start_s, end_s=now + 1.0)
         candidate = self.cfg.rollout.candidate
-        agreed = [agree for t_s, version, agree in self.pair_observations
-                  if version == candidate and t_s >= start_s]
+        shadow_pairs, shadow_agreements = pairs.get(candidate, (0, 0))
         windows[candidate] = dataclasses.replace(
-            windows[candidate], promql=promql or {}, shadow_pairs=len(agreed),
-            shadow_agreements=sum(agreed))
+            windows[candidate], promql=promql or {}, shadow_pairs=shadow_pairs,
+            shadow_agreements=shadow_agreements)
         saved = self.rollout.to_dict()
         draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
+        failed = self.reports.failed_versions(now).get(candidate)
+        if failed is not None and not draft.done:
+            draft.abort(reason=f"candidate {candidate} failed to load: {failed}")
         decision = draft.tick(windows)
         if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
             self._commit(draft)
@@ -399,9 +390,18 @@ class ControllerCore:
     # -- outputs -----------------------------------------------------------------------------
 
     def weights(self) -> dict[str, float]:
-        """The weights of every version now, in listing order."""
+        """The weights of every version now, in listing order. A version some router could not
+        load gets none: its share goes to the first version that loaded (the control, or the
+        stable, whose rollout then aborts)."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
+        failed = self.reports.failed_versions(self.clock())
+        healthy = [name for name in weights if name not in failed]
+        if failed and healthy:
+            for name in failed:
+                if name in weights:
+                    weights[healthy[0]] += weights[name]
+                    weights[name] = 0.0
         return weights
 
     def snapshot(self) -> RoutingSnapshot:
@@ -439,7 +439,9 @@ class ControllerCore:
                     "weights_pct": self.weights(), "gates": [], "retired": [],
                     "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
                     "run_id": self.run_id,
-                    "controller": {"started_at_s": self.started_at_s}}
+                    "controller": {"started_at_s": self.started_at_s},
+                    "routers": self.reports.to_dict(self.clock()),
+                    "failed_versions": self.reports.failed_versions(self.clock())}
         r = self.cfg.rollout
         s = self.rollout.state
         now = self.clock()
@@ -473,6 +475,8 @@ class ControllerCore:
             "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
             "run_id": self.run_id,
             "controller": {"started_at_s": self.started_at_s},
+            "routers": self.reports.to_dict(now),
+            "failed_versions": self.reports.failed_versions(now),
         }
         if history:
             out["history"] = list(s.history)
@@ -626,8 +630,9 @@ class ExperimentController:
 
     # -- called by routers --------------------------------------------------------------------
 
-    async def record(self, observations: Observations) -> None:
-        self.core.record(observations)
+    async def record(self, report: IntervalReport) -> None:
+        if self.core.record(report):
+            self._notify()
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = LONG_POLL_TIMEOUT_S) -> RoutingSnapshot:
         if known_epoch == self.core.epoch:

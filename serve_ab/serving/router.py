@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
-from serve_ab.serving.core.messages import Action, Actor, Observations, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.versions import Version, same_interface
 from serve_ab.serving.core.watchdog import Call, WatchedVersion
@@ -92,8 +92,8 @@ class ControllerClient:
             raise ControllerUnavailable("the controller cannot be reached now (it is restarting); "
                                         "retry in a few seconds") from err
 
-    async def record(self, observations: Observations) -> None:
-        await self._ask(self.handle.record.remote(observations))
+    async def record(self, report: IntervalReport) -> None:
+        await self._ask(self.handle.record.remote(report))
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float | None = None) -> RoutingSnapshot:
         if timeout_s is None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec
-from serve_ab.serving.core.messages import Action, Observations, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, IntervalReport, RoutingSnapshot
 
 
 class FakeClock:
@@ -63,17 +63,17 @@ class FakeController:
     def __init__(self, snapshot: RoutingSnapshot | None = None, fail: bool = False):
         self.snapshot = snapshot or RoutingSnapshot(0, {})
         self.fail = fail
-        self.recorded: list[Observations] = []
+        self.recorded: list[IntervalReport] = []
         self.actions: list[tuple[Action, Any]] = []
         self.actors: list[Any] = []
         self.feedbacks: list[tuple] = []
         self.feedback_units: list[tuple[int | None, int]] = []  # (bucket, routing epoch) a token proved
         self.updates = asyncio.Event()
 
-    async def record(self, observations: Observations) -> None:
+    async def record(self, report: IntervalReport) -> None:
         if self.fail:
             raise ConnectionError("controller down")
-        self.recorded.append(observations)
+        self.recorded.append(report)
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = 10.0) -> RoutingSnapshot:
         if self.fail:

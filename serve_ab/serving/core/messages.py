@@ -1,10 +1,10 @@
 """The contract between routers and the controller: typed, cheap to pickle, no Ray.
 
-Routers send :class:`Observations` (what they served) and long-poll for a
-:class:`RoutingSnapshot` (what to serve); operators' requests reach the controller as an
-:class:`Action`. :class:`ControllerApi` names every remote method a router calls, so no
-method is looked up by a string. Rows are NamedTuples: a batch of ten thousand pickles in
-milliseconds, and fields are read by name on both sides.
+Routers send an :class:`IntervalReport` (what they served, aggregated) once per interval and
+long-poll for a :class:`RoutingSnapshot` (what to serve); operators' requests reach the
+controller as an :class:`Action`. :class:`ControllerApi` names every remote method a router
+calls, so no method is looked up by a string. A report's size does not depend on how many
+requests it covers (see analysis/aggregate.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
+
+from serve_ab.analysis.aggregate import IntervalAggregate
 
 
 class Action(str, Enum):
@@ -37,45 +39,16 @@ class Actor:
     address: str | None = None  # the client's host as the router saw it
 
 
-class ServedRequest(NamedTuple):
-    """One answer (or failure) of one version, as a router saw it."""
-
-    t_s: float
-    version: str
-    latency_ms: float
-    error_kind: str | None  # None: answered; else input | model | unavailable | cancelled
-    predicted_class: int | None  # the first instance's argmax (classifiers)
-    score: float | None  # its score
-    request_id: str | None  # None for mirrored copies: they must not take the request's feedback
-    unit: int | None  # the assignment key's hash; None when keyless or pinned
-    assigned: bool  # routed by the split (not pinned, not a fallback retry)
-    mirrored: bool  # a copy the client never saw
-    pinned: bool = False  # pinned to its version (QA, validation): stays out of gates and figures
-    split: int = -1  # the routing epoch the router assigned it under (its weights: the split)
-
-
-class ShadowPair(NamedTuple):
-    """The live and the mirrored answer to the same request."""
-
-    t_s: float
-    live_version: str
-    shadow_version: str
-    live_class: int | None
-    shadow_class: int | None
-    score_diff: float | None  # shadow's score minus live's, for the class live answered
-    shadow_latency_ms: float
-    error_kind: str | None  # how the mirrored copy failed, None when it answered
-
-
 @dataclass(frozen=True)
-class Observations:
-    """One router's report of an interval."""
+class IntervalReport:
+    """One router's report of an interval: what it served, as mergeable aggregates."""
 
-    served: list[ServedRequest] = field(default_factory=list)
-    pairs: list[ShadowPair] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.served) + len(self.pairs)
+    router: str  # the replica's id, for the controller's per-router figures
+    aggregate: IntervalAggregate
+    # Earlier intervals merged in because the controller did not take them (it was away).
+    delayed_intervals: int = 0
+    # Versions this replica could not load, with the error: they get no traffic.
+    failed_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,7 +72,7 @@ class RoutingSnapshot:
 class ControllerApi(Protocol):
     """The controller's methods a router calls (remote, through a DeploymentHandle)."""
 
-    async def record(self, observations: Observations) -> None: ...
+    async def record(self, report: IntervalReport) -> None: ...
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = ...) -> RoutingSnapshot: ...
 

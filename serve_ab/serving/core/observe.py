@@ -1,15 +1,23 @@
-"""What a router served, buffered until the next flush to the controller."""
+"""What a router served, folded into this interval's aggregate until the next flush.
+
+Every answer updates an :class:`~serve_ab.analysis.aggregate.IntervalAggregate` in place
+(counts, sketches, per-bucket sums): memory and the message to the controller are the same
+size at ten requests a second or ten thousand, and nothing is ever dropped. A report the
+controller did not take is merged back (:meth:`ObservationBuffer.restore`) and goes with the
+next one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from serve_ab.serving.core.messages import Observations, ServedRequest, ShadowPair
+from serve_ab.analysis.aggregate import IntervalAggregate
 
-# A bound keeps a router's memory flat while the controller is down or slow.
-MAX_PENDING = 50_000
+# Routing epochs whose weights a router remembers: rows are folded within milliseconds of
+# their decision, so only the last few are ever asked for.
+MAX_EPOCHS = 16
 
 
 def first_row(outputs: np.ndarray | None) -> tuple[int | None, float | None]:
@@ -21,54 +29,64 @@ def first_row(outputs: np.ndarray | None) -> tuple[int | None, float | None]:
 
 
 class ObservationBuffer:
-    """Rows of served requests and shadow pairs; :meth:`drain` hands them over in one message.
+    """This interval's aggregate of served requests and shadow pairs.
 
-    ``clock`` gives wall-clock seconds (the controller compares rows of many routers).
-    Past ``max_pending`` rows new ones are dropped and counted in :attr:`dropped`.
+    ``clock`` measures latencies (seconds). ``keep_request_ids``: also list assigned
+    answers' request ids, for feedback sent without tokens (``feedback.require_token:
+    false``), which the controller joins by request id. Splits are named by the weights
+    their epoch routed by (:meth:`routed_by`), so the controller files a report under the
+    right split whatever epochs it has heard of.
     """
 
-    def __init__(self, clock: Callable[[], float], max_pending: int = MAX_PENDING):
+    def __init__(self, clock: Callable[[], float], keep_request_ids: bool = False):
         self.clock = clock
-        self.max_pending = max_pending
-        self.dropped = 0
-        self._served: list[ServedRequest] = []
-        self._pairs: list[ShadowPair] = []
+        self.keep_request_ids = keep_request_ids
+        self._weights: dict[int, dict[str, float]] = {}
+        self._current = IntervalAggregate()
+        self.unsent = 0  # reports the controller did not take since the last one it did
+
+    def routed_by(self, epoch: int, weights_pct: Mapping[str, float]) -> None:
+        """The weights requests decided under ``epoch`` were routed by."""
+        self._weights[epoch] = dict(weights_pct)
+        while len(self._weights) > MAX_EPOCHS:
+            self._weights.pop(next(iter(self._weights)))
 
     def served(self, version: str, started_s: float, error_kind: str | None,
                outputs: np.ndarray | None, *, request_id: str | None, unit: int | None = None,
                assigned: bool = False, mirrored: bool = False, pinned: bool = False, split: int = -1) -> None:
-        if len(self._served) >= self.max_pending:
-            self.dropped += 1
-            return
+        """One answer or failure. ``assigned``: routed by the split (it enters the A/B figures
+        and gates); ``mirrored``: a copy the client never saw (gates only); neither: pinned
+        or a fallback retry (counted, in no comparison)."""
         predicted_class, score = first_row(outputs)
-        now_s = self.clock()
-        self._served.append(ServedRequest(now_s, version, (now_s - started_s) * 1000.0, error_kind,
-                                          predicted_class, score, request_id, unit, assigned, mirrored,
-                                          pinned, split))
+        self._current.served(version, (self.clock() - started_s) * 1000.0, error_kind, predicted_class, score,
+                             unit=unit, assigned=assigned, mirrored=mirrored, split=split,
+                             weights_pct=self._weights.get(split), request_id=request_id,
+                             keep_request_id=self.keep_request_ids)
 
     def pair(self, live_version: str, shadow_version: str, live_outputs: np.ndarray,
              outputs: np.ndarray | None, started_s: float, error_kind: str | None) -> None:
         """The live and the mirrored answer to the same request, for the paired comparison."""
-        if len(self._pairs) >= self.max_pending:
-            self.dropped += 1
-            return
-        now_s = self.clock()
         live_class, live_score = first_row(live_outputs)
         shadow_class, _ = first_row(outputs)
         score_diff = None
         if live_class is not None and outputs is not None and outputs.shape == live_outputs.shape:
             # How much more (or less) the shadow believes the class live answered.
             score_diff = float(outputs[0, live_class]) - live_score
-        self._pairs.append(ShadowPair(now_s, live_version, shadow_version, live_class, shadow_class,
-                                      score_diff, (now_s - started_s) * 1000.0, error_kind))
+        self._current.pair(live_version, shadow_version, live_class, shadow_class, score_diff,
+                           (self.clock() - started_s) * 1000.0, error_kind)
 
-    def drain(self) -> Observations | None:
-        """Everything buffered since the last drain, or None when there is nothing."""
-        if not self._served and not self._pairs:
+    def drain(self) -> IntervalAggregate | None:
+        """This interval's aggregate, or None when nothing was served; a new interval starts."""
+        if not self._current:
             return None
-        batch = Observations(self._served, self._pairs)
-        self._served, self._pairs = [], []
-        return batch
+        aggregate, self._current = self._current, self._current.next_interval()
+        return aggregate
+
+    def restore(self, aggregate: IntervalAggregate) -> None:
+        """A drained aggregate the controller did not take: it goes with the next report."""
+        self.unsent += 1
+        self._current.merge(aggregate)
 
     def __len__(self) -> int:
-        return len(self._served) + len(self._pairs)
+        """Requests and copies folded in since the last drain."""
+        return self._current.rows

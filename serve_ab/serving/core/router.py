@@ -1,10 +1,10 @@
 """The router's work, without Ray: every request over HTTP, gRPC or a handle comes here.
 
 key -> version (:class:`TrafficDecision`) -> checked batch -> that version's ``predict``
--> observation (:class:`ObservationBuffer`) -> copies to mirrored versions
+-> this interval's aggregate (:class:`ObservationBuffer`) -> copies to mirrored versions
 (:class:`MirrorSender`). Beside the requests, two loops: :meth:`RouterCore.follow` long-polls
 the controller for a :class:`RoutingSnapshot` and applies it; :meth:`RouterCore.flush` sends
-the observations once per interval. Both keep serving with the last weights while the
+the interval's aggregate once per interval. Both keep serving with the last weights while the
 controller is away. Clock, sleep and the request id are injected, so unit tests drive
 everything with fakes and never wait.
 """
@@ -25,7 +25,7 @@ from serve_ab.errors import Forbidden, Unauthorized, UnknownModel, VersionNotSer
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
 from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
-from serve_ab.serving.core.messages import ControllerApi, RoutingSnapshot
+from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import Version, answer, error_kind, same_interface
@@ -51,7 +51,11 @@ class RouterCore:
         self.sleep = sleep
         self.decision = TrafficDecision(Assigner(cfg.weights_pct(), cfg.assignment.salt), cfg.assignment,
                                         cfg.rollout.stable if cfg.rollout is not None else None)
-        self.observations = ObservationBuffer(clock)
+        # Without tokens, feedback names only its request id: the controller joins it by the
+        # ids of assigned answers, which the reports then carry.
+        self.observations = ObservationBuffer(clock, keep_request_ids=not cfg.feedback.require_token)
+        self.observations.routed_by(-1, self.decision.assigner.table.weights_pct())
+        self.replica = "router"  # named in reports; the Ray shell sets the replica's id
         self.mirrors = MirrorSender(self.observations, clock)
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
@@ -200,6 +204,7 @@ class RouterCore:
         if weights != self.decision.assigner.table.weights_pct():
             self.decision.assigner.set_weights(weights)
             logger.info("serve-ab router: weights now %s", weights)
+        self.observations.routed_by(snapshot.epoch, self.decision.assigner.table.weights_pct())
         for name in snapshot.retired:
             if name in self.versions and weights.get(name, 0.0) == 0.0:
                 # Requests in flight hold their own reference; the model is freed after them.
@@ -222,10 +227,16 @@ class RouterCore:
             await self.flush_once()
 
     async def flush_once(self) -> None:
-        batch = self.observations.drain()
-        if batch is None:
+        """Send this interval's aggregate; one the controller does not take goes with the next."""
+        aggregate = self.observations.drain()
+        if aggregate is None:
             return
+        report = IntervalReport(self.replica, aggregate, delayed_intervals=self.observations.unsent)
         try:
-            await self.controller.record(batch)
+            await self.controller.record(report)
         except Exception:
-            logger.warning("serve-ab router: dropped %d observations", len(batch), exc_info=True)
+            self.observations.restore(aggregate)
+            logger.warning("serve-ab router: the controller did not take this interval's report "
+                           "(%d requests); it goes with the next one", aggregate.rows, exc_info=True)
+        else:
+            self.observations.unsent = 0

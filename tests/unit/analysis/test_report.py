@@ -36,6 +36,7 @@ from serve_ab.routing import NUM_BUCKETS, Assigner
 
 # Relative to the reference (stricter than 1e-6 absolute for small p-values and CIs).
 REL = 1e-6
+SKETCH_REL = 0.01  # percentiles come from a log-bucket sketch (analysis/sketch.py)
 SALT = "sim"
 FEEDBACK = ("correct", "revenue", "cost")
 
@@ -258,7 +259,8 @@ def test_variant_figures_come_from_the_counts_and_the_sample(busy):
         lat = v.latency_ms
         assert lat.n_sample == sample.size == lat.count
         for key, q in (("p50", 50), ("p95", 95), ("p99", 99)):
-            assert getattr(lat, key) == pytest.approx(np.percentile(sample, q), rel=REL, abs=1e-12)
+            # From the log-bucket sketch: within its stated 1%.
+            assert getattr(lat, key) == pytest.approx(np.percentile(sample, q), rel=SKETCH_REL)
         assert lat.mean == pytest.approx(sample.mean(), rel=REL, abs=1e-12)
         assert lat.mean_all == pytest.approx(sample.mean(), rel=REL, abs=1e-12)
         assert sum(v.predictions.values()) == sample.size
@@ -321,8 +323,8 @@ def test_error_rate_is_worse_and_latency_is_a_slower_mean_with_descriptive_perce
     for v in ("v1", "v2"):
         arm = latency.arms[v]
         assert arm.value == pytest.approx(np.mean(sim.latency[v]), rel=REL)
-        assert arm.p50 == pytest.approx(np.percentile(sim.latency[v], 50), rel=REL)
-        assert arm.p95 == pytest.approx(np.percentile(sim.latency[v], 95), rel=REL)
+        assert arm.p50 == pytest.approx(np.percentile(sim.latency[v], 50), rel=SKETCH_REL)
+        assert arm.p95 == pytest.approx(np.percentile(sim.latency[v], 95), rel=SKETCH_REL)
     assert _metric(report, "correct").arms["v1"].p50 is None  # percentiles are latency's only
 
 

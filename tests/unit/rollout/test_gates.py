@@ -67,7 +67,9 @@ def test_latency_bounds_are_binomial_order_statistics():
     cdf = stats.binom.cdf(np.arange(201), 200, 0.95)
     u = min(k for k in range(1, 201) if cdf[k - 1] >= 0.95)
     low = max(k for k in range(1, 201) if cdf[k - 1] <= 0.05)
-    assert (result.lower, result.upper) == (float(low), float(u))
+    # From the sketch: each order statistic's bucket edge on the safe side, at most 2% out.
+    assert float(low) * 0.98 <= result.lower <= float(low)
+    assert float(u) <= result.upper <= float(u) * 1.02
     assert result.lower < result.value < result.upper and result.verdict is GateVerdict.PASS
     # Too few samples for an upper bound on p99 (0.99^100 > 0.05): never a pass, but a
     # lower bound above max still fails.
@@ -93,7 +95,7 @@ def test_latency_percentile_is_numpy_percentile():
     latencies = np.linspace(1.0, 100.0, 200)
     w = WindowStats("v2", request_count=200, latencies_ms=latencies)
     result = evaluate_gate(gate(metric="latency_p99_ms", max=1000), w, STABLE, min_samples=10)
-    assert result.value == pytest.approx(np.percentile(latencies, 99))
+    assert result.value == pytest.approx(np.percentile(latencies, 99), rel=0.01)  # the sketch's accuracy
 
 
 def test_too_few_samples_is_inconclusive_never_fail_and_says_seen_vs_needed():
@@ -242,7 +244,7 @@ def test_score_drift_gates():
     ks = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, stab, 50)
     assert ks.verdict is GateVerdict.FAIL and ks.value == pytest.approx(1.0)
     ws = evaluate_gate(gate(metric="drift_wasserstein", max=0.5), cand, stab, 50)
-    assert ws.verdict is GateVerdict.PASS and ws.value == pytest.approx(0.3)
+    assert ws.verdict is GateVerdict.PASS and ws.value == pytest.approx(0.3, rel=0.02)  # 1% per side
     assert ks.p_value == pytest.approx(stats.ks_2samp([0.6] * 100, [0.9] * 100).pvalue)
     few = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, window("v1", scores=[0.9] * 5), 50)
     assert few.verdict is GateVerdict.INCONCLUSIVE and "stable v1 has 5 scores" in few.reason
@@ -319,8 +321,8 @@ def test_build_windows_from_observations():
     v1, v2 = windows["v1"], windows["v2"]
     assert (v1.request_count, v1.error_count, v1.class_counts) == (2, 0, (1, 0, 1))
     assert (v2.request_count, v2.error_count, v2.class_counts) == (2, 1, (0, 1, 0))
-    assert v2.latencies_ms == (30.0,)  # errors are judged by error_rate, not latency
-    assert v2.scores == (0.7,)
+    assert (v2.latencies_ms.count, v2.latencies_ms.max) == (1, 30.0)  # errors are judged by error_rate
+    assert (v2.scores.count, v2.scores.max) == (1, 0.7)
     assert v2.feedback["revenue"] == FeedbackStats(2, 8.0, 34.0) and v2.feedback["revenue"].mean == 4.0
     assert v2.conversions["conversion"] == ConversionStats(2, 1)
     assert v1.feedback == {} and "v3" not in windows

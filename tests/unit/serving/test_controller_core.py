@@ -14,7 +14,8 @@ from serve_ab.serving.controller import ControllerCore, rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import ActionRefused, Conflict, StoreUnavailable, UnknownAction
-from serve_ab.serving.core.messages import Action, Actor, Mirror, Observations, ServedRequest, ShadowPair
+from serve_ab.serving.core.messages import Action, Actor, Mirror
+from tests.support.reports import ServedRequest, ShadowPair, report_of
 from tests.support.fakes import FailingStore, FakeClock
 
 
@@ -44,11 +45,16 @@ def experiment(candidate: str = "v2", **rollout_changes):
     })
 
 
+def record(core: ControllerCore, rows=(), pairs=()) -> None:
+    """A router's report of ``rows`` and ``pairs``, filed under the controller's epochs."""
+    core.record(report_of(rows, pairs, core=core))
+
+
 def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
            correct: bool | None = None) -> None:
     rows = [ServedRequest(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
                           i, True, False) for i in range(n)]
-    core.record(Observations(rows))
+    record(core, rows)
     if correct is not None:
         for row in rows:
             core.feedback.add(row.request_id, "correct", None, correct, clock())
@@ -220,23 +226,23 @@ def test_served_requests_and_joined_feedback_reach_the_experiment_stats():
     report(core, clock, "v1", 4, correct=True)
     report(core, clock, "v2", 2, ok=False)
     # A mirrored copy feeds the gate windows only, never the A/B figures.
-    core.record(Observations([ServedRequest(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)]))
+    record(core, [ServedRequest(clock(), "v2", 1.0, None, 1, 0.9, None, None, False, True)])
     versions = core.stats_snapshot()["versions"]
     assert (versions["v1"]["requests"], versions["v1"]["units"]) == (4, 4)
     assert versions["v1"]["feedback"] == {"correct": {"kind": "conversion", "n": 4, "successes": 4}}
     assert (versions["v2"]["requests"], versions["v2"]["errors"]) == (2, 2)
     # Without a rollout no gate reads windows, so none are kept.
-    assert len(core.observations) == 0 and core.feedback.counts()["conversions"] == 0
+    assert core.gate_windows.window(0.0, step=False)[0] == {} and core.feedback.counts()["conversions"] == 0
 
 
 def test_a_configured_shadow_is_mirrored_and_its_pairs_recorded():
     clock = FakeClock()
     core = ControllerCore(ab_experiment(shadow={"version": "v3", "percent": 10}), MemoryStateStore(), clock)
     assert core.snapshot().mirrors == (Mirror("v3", 10.0),)
-    core.record(Observations([], [ShadowPair(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
+    record(core, [], [ShadowPair(clock(), "v1", "v3", 4, 4, 0.01, 2.0, None),
                                                   ShadowPair(clock(), "v2", "v3", 4, 9, -0.3, 2.0, None),
                                                   # not the shadow: ignored
-                                                  ShadowPair(clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)]))
+                                                  ShadowPair(clock(), "v1", "v2", 4, 9, -0.3, 2.0, None)])
     shadow = core.stats_snapshot()["shadow"]
     assert (shadow["version"], shadow["pairs"], shadow["agree"]) == ("v3", 2, 1)
     assert shadow["pairs_by_live_version"] == {"v1": 1, "v2": 1}
@@ -277,7 +283,7 @@ def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests()
         report(core, clock, "v1", 10)
         report(core, clock, "v2", 1)
         # v2 answers the copies with another class 3 times in 10: agreement 0.7 < 0.9.
-        core.record(Observations([], [ShadowPair(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)]))
+        record(core, [], [ShadowPair(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)])
         core.tick()
     status = core.status()
     assert status["phase"] == "aborted", status
@@ -429,7 +435,7 @@ def test_a_router_clock_6s_behind_still_fills_the_windows():
         for version, n in (("v1", EV_STABLE), ("v2", EV_CANDIDATE)):
             rows = [ServedRequest(clock() - 6.0, version, 3.0, None, 1, 0.9, f"{version}-{clock()}-{i}",
                                   i, True, False) for i in range(n)]
-            core.record(Observations(rows))
+            record(core, rows)
             for row in rows:
                 core.feedback.add(row.request_id, "correct", None, True, clock())
         core.tick()
@@ -446,8 +452,8 @@ def test_pinned_failing_traffic_to_the_candidate_moves_no_gate():
         report(core, clock, "v1", EV_STABLE, correct=True)
         report(core, clock, "v2", EV_CANDIDATE, correct=True)
         # A tester pins v2 and every pinned request fails: not assigned, not mirrored.
-        core.record(Observations([ServedRequest(clock(), "v2", 900.0, "model", None, None, None, None,
-                                                False, False) for _ in range(50)]))
+        record(core, [ServedRequest(clock(), "v2", 900.0, "model", None, None, None, None,
+                                                False, False) for _ in range(50)])
         core.tick()
     status = core.status()
     assert status["phase"] == "promoted" and status["failures_total"] == 0, status["reason"]
@@ -460,8 +466,8 @@ def test_pinned_traffic_alone_is_no_evidence():
     for _ in range(20):
         clock.advance(1.0)
         report(core, clock, "v1", 20, correct=True)
-        core.record(Observations([ServedRequest(clock(), "v2", 3.0, None, 1, 0.9, None, None, False, False)
-                                  for _ in range(50)]))
+        record(core, [ServedRequest(clock(), "v2", 3.0, None, 1, 0.9, None, None, False, False)
+                                  for _ in range(50)])
         core.tick()
     status = core.status()
     assert status["weights_pct"]["v2"] == 10.0 and "no data" in status["reason"]
@@ -528,10 +534,10 @@ def test_rows_and_their_feedback_count_under_the_split_their_router_assigned_the
     core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
     first = core.snapshot().epoch
     v1_unit = next(u for u in range(100) if u < 5000)  # bucket < 5000: v1 under 50/50
-    core.record(Observations([_row(clock, "v1", v1_unit, first, request_id="r1")]))
+    record(core, [_row(clock, "v1", v1_unit, first, request_id="r1")])
     # The weights change, as a promote would: a new epoch with its own weights.
     core._epoch_weights[first + 1] = {"v1": 20.0, "v2": 80.0, "v3": 0.0}
-    core.record(Observations([_row(clock, "v2", 9999, first + 1, request_id="r2")]))
+    record(core, [_row(clock, "v2", 9999, first + 1, request_id="r2")])
     core.feedback.add("r1", "correct", None, True, clock())
     core.feedback.add("r2", "correct", None, False, clock())
     splits = {s["key"]: s for s in core.stats_snapshot()["splits"]}
@@ -548,8 +554,8 @@ def test_feedback_on_a_fallback_answer_counts_for_the_assigned_version():
     clock = FakeClock()
     core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
     epoch = core.snapshot().epoch
-    core.record(Observations([_row(clock, "v2", 7777, epoch, request_id="r", ok=False),
-                              _row(clock, "v1", 7777, epoch, request_id="r", assigned=False)]))
+    record(core, [_row(clock, "v2", 7777, epoch, request_id="r", ok=False),
+                              _row(clock, "v1", 7777, epoch, request_id="r", assigned=False)])
     assert core.feedback.add("r", "correct", None, True, clock()) == "v2"
     versions = core.stats_snapshot()["versions"]
     assert versions["v2"]["feedback"]["correct"]["n"] == 1 and not versions["v1"]["feedback"]

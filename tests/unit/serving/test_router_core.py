@@ -4,6 +4,7 @@ the routing-table follower and the isolated versions' watchdog, with fakes and a
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import numpy as np
 import pytest
@@ -56,8 +57,9 @@ def test_pins_serve_the_pinned_version_and_are_not_assigned():
     core = make_core()
     version, outputs = run(core.serve(ROW, "someone", "v2"))
     assert version == "v2" and int(outputs[0].argmax()) == 2
-    row = core.observations.drain().served[0]
-    assert (row.version, row.assigned, row.unit) == ("v2", False, None)
+    interval = core.observations.drain()
+    assert (interval.versions["v2"].requests, interval.versions["v2"].assigned) == (1, 0)
+    assert interval.splits == {} and interval.gates == {}  # in no comparison and no gate
 
 
 def test_pinning_an_unknown_version_is_a_domain_error_and_handles_may_pin_with_pins_off():
@@ -84,9 +86,11 @@ def test_an_unavailable_version_is_served_once_more_on_the_stable():
     key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
     version, _ = run(core.serve(ROW, key, None))
     assert version == "v1" and down.calls == 1
-    rows = core.observations.drain().served
-    assert [(r.version, r.error_kind, r.assigned) for r in rows] == [("v2", "unavailable", True),
-                                                                     ("v1", None, False)]
+    interval = core.observations.drain()
+    v1, v2 = interval.versions["v1"], interval.versions["v2"]
+    assert (dict(v2.errors), v2.assigned) == ({"unavailable": 1}, 1)
+    assert (v1.requests, dict(v1.errors), v1.assigned) == (1, {}, 0)  # the retry: counted, not assigned
+    assert set(interval.gates) == {"v2"} and interval.gates["v2"].errors == 1
 
 
 def test_rows_carry_the_routing_epoch_they_were_assigned_under():
@@ -95,7 +99,9 @@ def test_rows_carry_the_routing_epoch_they_were_assigned_under():
     run(core.serve(ROW, "alice", None))
     core.apply(RoutingSnapshot(8, {"v1": 20.0, "v2": 80.0}))
     run(core.serve(ROW, "alice", None))
-    assert [r.split for r in core.observations.drain().served] == [7, 8]
+    splits = core.observations.drain().splits
+    assert sorted(splits) == [7, 8]
+    assert splits[8].weights_pct == {"v1": 20.0, "v2": 80.0}  # filed under the weights it was routed by
 
 
 def test_a_fallback_answers_token_names_the_assigned_version_and_its_unit():
@@ -122,7 +128,7 @@ def test_no_fallback_for_pins_model_errors_or_a_second_outage():
     core = make_core({"v1": FakeVersion(1), "v2": broken}, weights={"v1": 0, "v2": 100})
     with pytest.raises(RuntimeError, match="model bug"):
         run(core.serve(ROW, "u", None))
-    assert core.observations.drain().served[0].error_kind == "model"
+    assert dict(core.observations.drain().versions["v2"].errors) == {"model": 1}
     down = FakeVersion(fail=VersionUnavailable("down"))
     core = make_core({"v1": FakeVersion(1), "v2": down})
     with pytest.raises(VersionUnavailable):
@@ -131,7 +137,7 @@ def test_no_fallback_for_pins_model_errors_or_a_second_outage():
                            "v2": FakeVersion(fail=VersionUnavailable("b"))})
     with pytest.raises(VersionUnavailable):
         run(both_down.serve(ROW, "u", None))
-    assert len(both_down.observations.drain().served) == 2
+    assert sum(v.requests for v in both_down.observations.drain().versions.values()) == 2
 
 
 # -- mirroring ---------------------------------------------------------------------------------
@@ -148,10 +154,9 @@ def test_mirrored_copies_are_recorded_apart_and_never_answer():
 
     answers = run(go())
     assert {v for v, _ in answers} == {"v1"} and shadow.calls == 5
-    batch = core.observations.drain()
-    mirrored = [r for r in batch.served if r.mirrored]
-    assert len(mirrored) == 5 and all(r.request_id is None for r in mirrored)
-    assert [(p.live_class, p.shadow_class) for p in batch.pairs] == [(1, 3)] * 5
+    interval = core.observations.drain()
+    assert "v2" not in interval.versions and interval.gates["v2"].requests == 5  # gates only
+    assert interval.shadow["v2"].pairs == 5 and dict(interval.shadow["v2"].confusion) == {(1, 3): 5}
 
 
 def test_a_failing_mirror_is_counted_but_the_client_gets_its_answer():
@@ -165,33 +170,46 @@ def test_a_failing_mirror_is_counted_but_the_client_gets_its_answer():
         return answer
 
     assert run(go())[0] == "v1"
-    batch = core.observations.drain()
-    assert [p.error_kind for p in batch.pairs] == ["unavailable"]
+    interval = core.observations.drain()
+    assert dict(interval.shadow["v2"].errors) == {"unavailable": 1}
 
 
 # -- observations and following the controller ------------------------------------------------
 
-def test_the_buffer_is_bounded_and_drains_into_one_message():
+def test_an_interval_is_one_aggregate_whose_size_does_not_grow_with_requests():
     clock = FakeClock()
-    buffer = ObservationBuffer(clock, max_pending=3)
-    for _ in range(5):
-        buffer.served("v1", clock() - 0.002, None, np.eye(10)[:1], request_id="r")
-    assert len(buffer) == 3 and buffer.dropped == 2
-    batch = buffer.drain()
-    assert len(batch.served) == 3 and batch.served[0].latency_ms == pytest.approx(2.0)
+    buffer = ObservationBuffer(clock)
+    buffer.routed_by(-1, {"v1": 50.0, "v2": 50.0})
+    sizes = []
+    for n in (100, 10_000):
+        for i in range(n):
+            buffer.served("v1", clock() - 0.002, None, np.eye(10)[:1], request_id="r", unit=i % 50,
+                          assigned=True)
+        assert len(buffer) == n
+        interval = buffer.drain()
+        assert interval.versions["v1"].latency.count == n
+        assert interval.versions["v1"].latency.sketch.quantile(0.5) == pytest.approx(2.0, rel=0.01)
+        sizes.append(len(pickle.dumps(interval)))
     assert buffer.drain() is None
+    # 100x the requests, the same 50 users: the message is the same size.
+    assert sizes[1] < sizes[0] * 1.2, sizes
 
 
-def test_flush_sends_and_a_controller_outage_drops_only_that_batch():
+def test_flush_sends_and_a_controller_outage_delays_the_interval_into_the_next_report():
     controller = FakeController()
     core = make_core(controller=controller)
     run(core.serve(ROW, "u", None))
     run(core.flush_once())
-    assert len(controller.recorded) == 1 and len(controller.recorded[0].served) == 1
+    assert len(controller.recorded) == 1 and controller.recorded[0].aggregate.rows == 1
     controller.fail = True
     run(core.serve(ROW, "u", None))
     run(core.flush_once())  # logged, not raised: the data path never waits on the control path
-    assert len(controller.recorded) == 1 and len(core.observations) == 0
+    assert len(controller.recorded) == 1 and len(core.observations) == 1  # kept, not dropped
+    controller.fail = False
+    run(core.serve(ROW, "u", None))
+    run(core.flush_once())
+    late = controller.recorded[1]
+    assert (late.aggregate.rows, late.delayed_intervals) == (2, 1)
 
 
 def test_the_follower_applies_weights_and_retires_versions():
@@ -363,6 +381,7 @@ def test_a_non_finite_answer_is_a_version_error_served_elsewhere():
     key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
     version, outputs = run(core.serve(ROW, key, None))
     assert version == "v1" and np.isfinite(outputs).all()
-    assert [(r.version, r.error_kind) for r in core.observations.drain().served] == [("v2", "output"), ("v1", None)]
+    interval = core.observations.drain()
+    assert dict(interval.versions["v2"].errors) == {"output": 1} and interval.versions["v1"].requests == 1
     with pytest.raises(BadOutput, match="NaN or infinity"):
         run(core.serve(ROW, None, "v2"))  # pinned: no fallback, a 502 over HTTP

@@ -1,0 +1,178 @@
+"""What one router served in one interval, summarised so the controller only merges.
+
+A router folds every request into an :class:`IntervalAggregate` as it answers it and sends
+the aggregate once per interval; the controller merges it into the run's figures
+(:meth:`ExperimentStats.merge <serve_ab.analysis.accumulate.ExperimentStats.merge>`) and
+into the gates' windows (:class:`GateAggregate`). Its size depends on versions, splits and
+the buckets the interval touched, never on how many requests it holds, so the controller's
+cost per interval is routers x versions x metrics whatever the request rate. Every part
+merges exactly (sums, counts, log-bucket sketches, per-bucket sums, unit samples): a report
+that could not be sent is merged into the next one, and nothing is lost but time.
+
+The per-request path (:meth:`IntervalAggregate.served`) is a handful of dictionary and
+array updates: it runs on the router for every answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from serve_ab.analysis.accumulate import ShadowStats, VersionStats
+from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.analysis.unit_sample import UnitSample
+from serve_ab.analysis.units import SplitTotals
+from serve_ab.routing import NUM_BUCKETS, SplitTable
+
+__all__ = ["ROUTER_MAX_UNITS", "GateAggregate", "IntervalAggregate", "SplitAggregate"]
+
+# Distinct units a router sends per split and interval: past it, its sample's theta halves
+# (and stays halved), so a report stays small under any number of users. The controller's
+# sample (analysis/unit_sample.py) is a uniform sample at the smallest theta it merged.
+ROUTER_MAX_UNITS = 4096
+
+
+@dataclass
+class GateAggregate:
+    """What one version did for the gates (requests the split assigned, and mirrored copies)."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_ms: LogHistogram = field(default_factory=LogHistogram)  # successful requests
+    class_counts: collections.Counter = field(default_factory=collections.Counter)
+    scores: LogHistogram = field(default_factory=LogHistogram)
+
+    def add(self, latency_ms: float, ok: bool, predicted_class: int | None, score: float | None) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+            return
+        self.latency_ms.add(latency_ms)
+        if predicted_class is not None:
+            self.class_counts[predicted_class] += 1
+        if score is not None and math.isfinite(score):
+            self.scores.add(score)
+
+    def merge(self, other: GateAggregate) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_ms.merge(other.latency_ms)
+        self.class_counts.update(other.class_counts)
+        self.scores.merge(other.scores)
+
+
+@dataclass
+class SplitAggregate:
+    """Requests a router assigned under one split (the weights it routed by)."""
+
+    weights_pct: dict[str, float]
+    metrics: dict[str, SplitTotals] = field(default_factory=dict)
+    units: UnitSample = field(default_factory=lambda: UnitSample(max_units=ROUTER_MAX_UNITS))
+
+    def __post_init__(self) -> None:
+        self._table = SplitTable.from_weights(self.weights_pct)
+
+    def bucket(self, version: str, unit: int | None) -> int | None:
+        """The unit's bucket when this split routes it to ``version`` (an assigned request's
+        always is); else None, a unit on its own, as the controller files such rows."""
+        if unit is None:
+            return None
+        bucket = unit % NUM_BUCKETS
+        return bucket if self._table.version_for_bucket(bucket) == version else None
+
+    def totals(self, metric: str) -> SplitTotals:
+        table = self.metrics.get(metric)
+        if table is None:
+            table = self.metrics[metric] = SplitTotals()
+        return table
+
+
+@dataclass
+class IntervalAggregate:
+    """One router's interval. ``versions``: every request not mirrored (the A/B figures);
+    ``gates``: assigned and mirrored requests (the rollout's windows); ``splits``: assigned
+    requests per routing epoch; ``shadow``: mirrored copies per shadow version;
+    ``feedback_ids``: (request id, version, unit, epoch) of assigned answers, only when
+    feedback comes without tokens (the controller must then join it by request id)."""
+
+    versions: dict[str, VersionStats] = field(default_factory=dict)
+    gates: dict[str, GateAggregate] = field(default_factory=dict)
+    splits: dict[int, SplitAggregate] = field(default_factory=dict)
+    shadow: dict[str, ShadowStats] = field(default_factory=dict)
+    feedback_ids: list[tuple[str, str, int | None, int]] = field(default_factory=list)
+    rows: int = 0  # requests and copies folded in
+    # Each split's unit-sample theta once it halved: kept from interval to interval.
+    unit_thetas: dict[int, int] = field(default_factory=dict)
+
+    def served(self, version: str, latency_ms: float, error_kind: str | None, predicted_class: int | None,
+               score: float | None, *, unit: int | None, assigned: bool, mirrored: bool, split: int,
+               weights_pct: Mapping[str, float] | None, request_id: str | None = None,
+               keep_request_id: bool = False) -> None:
+        """One answer (or failure) of ``version``; ``weights_pct``: the weights of ``split``."""
+        self.rows += 1
+        if assigned or mirrored:
+            gate = self.gates.get(version)
+            if gate is None:
+                gate = self.gates[version] = GateAggregate()
+            gate.add(latency_ms, error_kind is None, predicted_class, score)
+        if mirrored:
+            return
+        stats = self.versions.get(version)
+        if stats is None:
+            stats = self.versions[version] = VersionStats()
+        stats.add(latency_ms, error_kind, predicted_class, assigned)
+        if not assigned or weights_pct is None:
+            return
+        record = self.splits.get(split)
+        if record is None:
+            units = UnitSample(max_units=ROUTER_MAX_UNITS)
+            if split in self.unit_thetas:
+                units.theta = self.unit_thetas[split]
+            record = self.splits[split] = SplitAggregate(dict(weights_pct), units=units)
+        bucket = record.bucket(version, unit)
+        record.units.add(version, unit)
+        record.totals("error_rate").add(bucket, version, float(error_kind is not None))
+        if error_kind is None:
+            record.totals("latency_ms").add(bucket, version, latency_ms)
+        if keep_request_id and request_id:
+            self.feedback_ids.append((request_id, version, unit, split))
+
+    def pair(self, live_version: str, shadow_version: str, live_class: int | None, shadow_class: int | None,
+             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None) -> None:
+        """A mirrored copy's answer beside the live one."""
+        self.rows += 1
+        shadow = self.shadow.get(shadow_version)
+        if shadow is None:
+            shadow = self.shadow[shadow_version] = ShadowStats()
+        shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind)
+
+    def merge(self, other: IntervalAggregate) -> None:
+        """Fold a later (or an unsent) interval into this one."""
+        for version, theirs in other.versions.items():
+            self.versions.setdefault(version, VersionStats()).merge(theirs)
+        for version, gate in other.gates.items():
+            self.gates.setdefault(version, GateAggregate()).merge(gate)
+        for epoch, split in other.splits.items():
+            mine = self.splits.setdefault(epoch, SplitAggregate(dict(split.weights_pct)))
+            for name, totals in split.metrics.items():
+                mine.totals(name).merge(totals)
+            mine.units.merge(split.units)
+        for epoch, theta in other.unit_thetas.items():
+            self.unit_thetas[epoch] = min(theta, self.unit_thetas.get(epoch, theta))
+        for version, shadow in other.shadow.items():
+            self.shadow.setdefault(version, ShadowStats()).merge(shadow)
+        self.feedback_ids.extend(other.feedback_ids)
+        self.rows += other.rows
+
+    def next_interval(self) -> IntervalAggregate:
+        """An empty aggregate that keeps each split's unit-sample theta (see ROUTER_MAX_UNITS)."""
+        thetas = dict(self.unit_thetas)
+        thetas.update({epoch: split.units.theta for epoch, split in self.splits.items()
+                       if split.units.theta < thetas.get(epoch, split.units.theta + 1)})
+        # A router sees a handful of epochs; keep the latest few.
+        return IntervalAggregate(unit_thetas=dict(sorted(thetas.items())[-16:]))
+
+    def __bool__(self) -> bool:
+        return self.rows > 0

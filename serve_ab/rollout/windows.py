@@ -1,0 +1,120 @@
+"""The gates' windows, merged from the routers' interval aggregates (pure).
+
+The controller files each router's per-version :class:`GateAggregate` under the second it
+arrived (its own clock). A rollout's analysis reads the whole current step, or its last
+``window_s``: the step's total is kept as a running merge (so a look costs versions, not
+requests or seconds held), and the last few minutes are kept per second, from which a new
+step's total starts and a sliding window is summed.
+
+Example::
+
+    windows = GateWindows(keep_s=120.0)
+    windows.add(now_s, report.aggregate.gates, {"v2": (pairs, agreements)})
+    gates, pairs = windows.window(start_s=step_started_at_s, step=True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from serve_ab.analysis.aggregate import GateAggregate
+from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent, FeedbackStats, ConversionStats, WindowStats
+
+__all__ = ["GateWindows", "window_stats"]
+
+SLOT_S = 1.0
+
+
+class _Totals:
+    """Per-version gate aggregates and shadow pair counts over some span."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, GateAggregate] = {}
+        self.pairs: dict[str, list[int]] = {}  # mirrored version -> [answered pairs, agreements]
+
+    def add(self, gates: Mapping[str, GateAggregate], pairs: Mapping[str, tuple[int, int]]) -> None:
+        for version, gate in gates.items():
+            mine = self.gates.get(version)
+            if mine is None:
+                mine = self.gates[version] = GateAggregate()
+            mine.merge(gate)
+        for version, (n, agreed) in pairs.items():
+            mine_pairs = self.pairs.setdefault(version, [0, 0])
+            mine_pairs[0] += n
+            mine_pairs[1] += agreed
+
+    def merge(self, other: _Totals) -> None:
+        self.add(other.gates, {v: (n, a) for v, (n, a) in other.pairs.items()})
+
+
+class GateWindows:
+    """Gate aggregates by arrival time: per-second slots for the last ``keep_s``, and the
+    running total since the step started."""
+
+    def __init__(self, keep_s: float = 120.0, slot_s: float = SLOT_S):
+        self.keep_s = keep_s
+        self.slot_s = slot_s
+        self._slots: dict[float, _Totals] = {}
+        self._since_s = math.inf  # the running total's start (a step's start)
+        self._since = _Totals()
+
+    def add(self, t_s: float, gates: Mapping[str, GateAggregate],
+            pairs: Mapping[str, tuple[int, int]] = {}) -> None:  # noqa: B006 (read only)
+        start = math.floor(t_s / self.slot_s) * self.slot_s
+        slot = self._slots.get(start)
+        if slot is None:
+            slot = self._slots[start] = _Totals()
+            for old in [s for s in self._slots if s < t_s - self.keep_s]:
+                del self._slots[old]
+        slot.add(gates, pairs)
+        if t_s >= self._since_s:
+            self._since.add(gates, pairs)
+
+    def window(self, start_s: float, *, step: bool) -> tuple[dict[str, GateAggregate], dict[str, tuple[int, int]]]:
+        """What arrived since ``start_s``. ``step``: ``start_s`` is the step's start, whose
+        running total is kept (and started afresh from the slots when the step changed);
+        otherwise a sliding window summed from the slots."""
+        if step and start_s == self._since_s:
+            totals = self._since
+        else:
+            totals = _Totals()
+            for slot_start, slot in self._slots.items():
+                if slot_start >= start_s:
+                    totals.merge(slot)
+            if step:
+                self._since_s, self._since = start_s, totals
+        return totals.gates, {v: (n, a) for v, (n, a) in totals.pairs.items()}
+
+
+def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
+                 feedback: Iterable[FeedbackEvent] = (), conversions: Iterable[ConversionEvent] = (),
+                 start_s: float = -math.inf, end_s: float = math.inf) -> dict[str, WindowStats]:
+    """One :class:`WindowStats` per version from merged gate aggregates and the feedback
+    events with ``start_s <= t_s < end_s``. Class counts get one length on every side, so
+    drift compares like with like."""
+    names = list(versions)
+    classes = [c for name in names if name in gates for c in gates[name].class_counts]
+    width = max(classes) + 1 if classes else 0
+    out = {}
+    for name in names:
+        gate = gates.get(name) or GateAggregate()
+        means: dict[str, list[float]] = {}
+        for event in feedback:
+            if event.version == name and start_s <= event.t_s < end_s:
+                means.setdefault(event.name, []).append(float(event.value))
+        rates: dict[str, list[bool]] = {}
+        for event in conversions:
+            if event.version == name and start_s <= event.t_s < end_s:
+                rates.setdefault(event.name, []).append(bool(event.converted))
+        out[name] = WindowStats(
+            version=name,
+            request_count=gate.requests,
+            error_count=gate.errors,
+            latencies_ms=gate.latency_ms,
+            class_counts=tuple(gate.class_counts.get(c, 0) for c in range(width)),
+            scores=gate.scores,
+            feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v)) for k, v in means.items()},
+            conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates.items()},
+        )
+    return out

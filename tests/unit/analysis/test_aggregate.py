@@ -1,0 +1,90 @@
+"""A router's interval aggregate merged at the controller gives the figures that recording
+every request there gave: the same counts, per-bucket sums, units and shadow pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.analysis.aggregate import ROUTER_MAX_UNITS, IntervalAggregate
+
+WEIGHTS = {"v1": 80.0, "v2": 20.0}
+LATER = {"v1": 50.0, "v2": 50.0}
+
+
+def traffic(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        version = "v2" if rng.random() < 0.3 else "v1"
+        unit = int(rng.integers(0, 2_000)) if rng.random() < 0.9 else None
+        kind = rng.choice(["assigned", "pinned", "mirrored"], p=[0.8, 0.1, 0.1])
+        error = "model" if rng.random() < 0.05 else None
+        weights, split = (WEIGHTS, 1) if rng.random() < 0.6 else (LATER, 2)
+        yield dict(version=version, latency_ms=float(rng.lognormal(1.0, 0.5)), error_kind=error,
+                   predicted_class=int(rng.integers(0, 10)), score=float(rng.random()),
+                   unit=None if kind != "assigned" else unit, assigned=kind == "assigned",
+                   mirrored=kind == "mirrored", split=split, weights=weights)
+
+
+def test_merged_intervals_equal_recording_every_request():
+    direct = ExperimentStats(["v1", "v2"], 0.0, shadow_version="v2")
+    merged = ExperimentStats(["v1", "v2"], 0.0, shadow_version="v2")
+    routers = [IntervalAggregate(), IntervalAggregate(), IntervalAggregate()]
+    for i, row in enumerate(traffic(seed=1, n=3_000)):
+        if not row["mirrored"]:
+            direct.record(1.0, row["version"], row["latency_ms"], row["error_kind"], row["predicted_class"],
+                          row["unit"], row["assigned"], split=row["weights"])
+        routers[i % 3].served(row["version"], row["latency_ms"], row["error_kind"], row["predicted_class"],
+                              row["score"], unit=row["unit"], assigned=row["assigned"], mirrored=row["mirrored"],
+                              split=row["split"], weights_pct=row["weights"])
+        if row["mirrored"]:
+            direct.record_pair(1.0, "v1", 3, row["predicted_class"], 0.1, row["latency_ms"], row["error_kind"])
+            routers[i % 3].pair("v1", "v2", 3, row["predicted_class"], 0.1, row["latency_ms"], row["error_kind"])
+    for router in routers:
+        merged.merge(1.0, router)
+    a, b = direct.snapshot(2.0), merged.snapshot(2.0)
+    for name in ("v1", "v2"):
+        for field in ("requests", "assigned", "errors", "errors_by_kind", "predictions", "units"):
+            assert a["versions"][name][field] == b["versions"][name][field], (name, field)
+        la, lb = a["versions"][name]["latency"], b["versions"][name]["latency"]
+        assert la["bucket_counts"] == lb["bucket_counts"] and la["sum_s"] == pytest.approx(lb["sum_s"])
+        assert la["sketch_ms"]["counts"] == lb["sketch_ms"]["counts"]
+    assert [s["key"] for s in a["splits"]] == [s["key"] for s in b["splits"]]
+    for sa, sb in zip(a["splits"], b["splits"]):
+        assert sa["units_kept"] == sb["units_kept"] and sa["units_keyless"] == sb["units_keyless"]
+        for metric in sa["metrics"]:
+            ma, mb = sa["metrics"][metric], sb["metrics"][metric]
+            assert ma["buckets"] == mb["buckets"]
+            assert np.allclose(ma["s"], mb["s"]) and np.allclose(ma["n"], mb["n"])
+            assert {v: np.round(m, 6).tolist() for v, m in ma["keyless"].items()} == \
+                   {v: np.round(m, 6).tolist() for v, m in mb["keyless"].items()}
+    sha, shb = a["shadow"], b["shadow"]
+    for field in ("mirrored", "errors", "pairs", "agree", "confusion", "pairs_by_live_version"):
+        assert sha[field] == shb[field], field
+
+
+def test_a_router_sends_a_bounded_sample_of_units_and_keeps_its_theta():
+    aggregate = IntervalAggregate()
+    for unit in range(50_000):  # 50,000 distinct users in one interval
+        aggregate.served("v1", 1.0, None, None, None, unit=unit, assigned=True, mirrored=False, split=0,
+                         weights_pct={"v1": 100.0})
+    sample = aggregate.splits[0].units
+    assert sample.size() <= ROUTER_MAX_UNITS and sample.theta < 2**64
+    # An unbiased estimate of the users, from the sample.
+    assert sample.estimates(["v1"])["v1"] == pytest.approx(50_000, rel=0.1)
+    following = aggregate.next_interval()
+    following.served("v1", 1.0, None, None, None, unit=1, assigned=True, mirrored=False, split=0,
+                     weights_pct={"v1": 100.0})
+    assert following.splits[0].units.theta == sample.theta
+
+
+def test_an_unsent_interval_merges_into_the_next():
+    first, second = IntervalAggregate(), IntervalAggregate()
+    for aggregate, n in ((first, 3), (second, 4)):
+        for i in range(n):
+            aggregate.served("v1", 2.0, None, 1, 0.9, unit=i, assigned=True, mirrored=False, split=0,
+                             weights_pct={"v1": 100.0})
+    second.merge(first)
+    assert second.rows == 7 and second.versions["v1"].requests == 7 and second.gates["v1"].requests == 7
+    assert second.splits[0].metrics["error_rate"].n.sum() == 7
