@@ -1,0 +1,95 @@
+"""Rollout state in Redis, so a controller rescheduled to another node resumes where it was.
+
+The same contract as :class:`~serve_ab.store.state.SqliteStateStore`: one JSON value per key,
+under a prefix (``serve-ab:`` by default) so one Redis can hold several apps.
+
+What ``save`` guarantees: it returns once the Redis primary acknowledged the ``SET`` and
+raises otherwise (the controller then applies nothing). An acknowledged write is in the
+primary's memory and its append-only file; it is on disk within a second with the server
+running ``appendonly yes`` and ``appendfsync everysec`` (or before the reply with
+``appendfsync always``). Without AOF a Redis restart loses the state, and a failover to a
+replica may lose the last writes it had not received. serve-ab does not send ``WAIT``:
+the guarantee is the primary's, which is what one controller writing a few times a minute
+needs; run Redis with AOF.
+
+Calls fail fast: short socket and connect timeouts and one immediate retry (a pooled
+connection Redis closed, e.g. after a restart), so an unreachable Redis makes a save raise
+within a few seconds instead of holding the controller's loop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from serve_ab.store.url import StoreURL, parse_store_url, redact_url
+
+__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_TIMEOUT_S", "RedisStateStore", "redis_client"]
+
+DEFAULT_KEY_PREFIX = "serve-ab:"
+DEFAULT_TIMEOUT_S = 2.0
+
+
+def redis_client(url: str, *, password: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> redis.Redis:
+    """A client for ``url`` (``redis://`` or ``rediss://``) that fails within about 2 x ``timeout_s``."""
+    parsed: StoreURL = parse_store_url(url)
+    if not parsed.is_redis:
+        raise ValueError(f"{redact_url(url)!r} is not a redis:// or rediss:// URL")
+    return redis.Redis(
+        host=parsed.host, port=parsed.port, db=parsed.db, username=parsed.username,
+        password=password if password is not None else parsed.password, ssl=parsed.scheme == "rediss",
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        # redis-py's default retries three times with backoff (seconds); one at once is enough
+        # to replace a connection the server closed, and keeps a dead server's cost bounded.
+        retry=Retry(NoBackoff(), 1), decode_responses=False,
+    )
+
+
+class RedisStateStore:
+    """:class:`~serve_ab.store.state.StateStore` on Redis. Errors are ``redis.RedisError``s,
+    raised to the caller (the controller refuses the decision and changes nothing)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_KEY_PREFIX, *, name: str = "redis"):
+        self.client = client
+        self.prefix = prefix
+        self._name = name  # the URL with its password redacted, for messages
+
+    @classmethod
+    def from_url(cls, url: str, *, password: str | None = None, prefix: str = DEFAULT_KEY_PREFIX,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStateStore:
+        return cls(redis_client(url, password=password, timeout_s=timeout_s), prefix, name=redact_url(url))
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self._name!r}, prefix={self.prefix!r})"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + "state:" + key
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        text = self.client.get(self._key(key))
+        return json.loads(text) if text is not None else None
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        """Returns once Redis acknowledged the write (see the module's note on durability)."""
+        text = json.dumps(state)  # first: a state that cannot be written sends nothing
+        if not self.client.set(self._key(key), text):
+            raise redis.RedisError(f"Redis did not acknowledge the write of {key!r} to {self._name}")
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self._key(key))
+
+    def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
+        # SET NX and GET in one MULTI/EXEC: nothing runs between them, on any Redis version.
+        text = json.dumps(state)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self._key(key), text, nx=True)
+        pipe.get(self._key(key))
+        _, kept = pipe.execute()
+        return json.loads(kept)
+
+    def close(self) -> None:
+        self.client.close()
