@@ -26,9 +26,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from serve_ab.store.runs import RunRecorder
 from serve_ab.store.url import StoreURL, parse_store_url, redact_url
 
-__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_TIMEOUT_S", "RedisStateStore", "redis_client"]
+__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_TIMEOUT_S", "RedisRunRecorder", "RedisStateStore", "redis_client"]
 
 DEFAULT_KEY_PREFIX = "serve-ab:"
 DEFAULT_TIMEOUT_S = 2.0
@@ -93,3 +94,74 @@ class RedisStateStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+# One hash per record; started_at_s keeps the earliest start, saves counts the saves, and a
+# sorted set orders the records by their last update, in one atomic step.
+_UPSERT_RECORD = """
+local started = ARGV[3]
+local old = redis.call('HGET', KEYS[1], 'started_at_s')
+if old and tonumber(old) < tonumber(started) then started = old end
+redis.call('HSET', KEYS[1], 'model', ARGV[2], 'started_at_s', started, 'updated_at_s', ARGV[4],
+           'config_json', ARGV[5], 'report_json', ARGV[6], 'summary_json', ARGV[7])
+local saves = redis.call('HINCRBY', KEYS[1], 'saves', 1)
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+local mlflow = redis.call('HGET', KEYS[1], 'mlflow_run_id')
+return {saves, mlflow or ''}
+"""
+_FIELDS = (b"model", b"started_at_s", b"updated_at_s", b"saves", b"config_json", b"report_json", b"summary_json",
+           b"mlflow_run_id")
+
+
+class RedisRunRecorder(RunRecorder):
+    """Run records in Redis, beside the rollout state: ``{prefix}record:{run_id}`` hashes and
+    the ``{prefix}records`` index by last update. MLflow mirroring as in :class:`RunRecorder`."""
+
+    def __init__(self, url: str, mlflow: bool = False, *, password: str | None = None,
+                 prefix: str = DEFAULT_KEY_PREFIX, timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__(redact_url(url), mlflow=mlflow)
+        self.path = redact_url(url)  # what messages name; never the password
+        self.client = redis_client(url, password=password, timeout_s=timeout_s)
+        self.prefix = prefix
+        self._upsert_script = self.client.register_script(_UPSERT_RECORD)
+
+    def _record_key(self, run_id: str) -> str:
+        return f"{self.prefix}record:{run_id}"
+
+    def _index_key(self) -> str:
+        return f"{self.prefix}records"
+
+    def _upsert(self, run_id: str, model: str | None, started_at_s: float, updated_at_s: float,
+                config_json: str, report_json: str, summary_json: str | None) -> tuple[int, str | None]:
+        saves, mlflow_run_id = self._upsert_script(
+            keys=[self._record_key(run_id), self._index_key()],
+            args=[run_id, json.dumps(model), repr(started_at_s), repr(updated_at_s), config_json, report_json,
+                  summary_json or ""])
+        return int(saves), mlflow_run_id.decode() or None
+
+    def _set_mlflow_run_id(self, run_id: str, mlflow_run_id: str) -> None:
+        self.client.hset(self._record_key(run_id), "mlflow_run_id", mlflow_run_id)
+
+    def _summary_rows(self) -> list[tuple]:
+        run_ids = [r.decode() for r in self.client.zrevrange(self._index_key(), 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(self._record_key(run_id), *_FIELDS)
+        rows = []
+        for run_id, values in zip(run_ids, pipe.execute()):
+            if values[0] is None:  # deleted by hand since the index was read
+                continue
+            f = dict(zip(_FIELDS, values))
+            rows.append((run_id, json.loads(f[b"model"]), float(f[b"started_at_s"]), float(f[b"updated_at_s"]),
+                         int(f[b"saves"]), f[b"summary_json"].decode() or None,
+                         f[b"mlflow_run_id"].decode() if f[b"mlflow_run_id"] else None))
+        return rows
+
+    def _record_row(self, run_id: str) -> tuple[tuple | None, list[str]]:
+        values = self.client.hmget(self._record_key(run_id), *_FIELDS)
+        if values[0] is None:
+            return None, [r.decode() for r in self.client.zrevrange(self._index_key(), 0, 9)]
+        f = dict(zip(_FIELDS, values))
+        return (run_id, f[b"config_json"].decode(), f[b"report_json"].decode(), float(f[b"started_at_s"]),
+                float(f[b"updated_at_s"]), int(f[b"saves"]),
+                f[b"mlflow_run_id"].decode() if f[b"mlflow_run_id"] else None), []

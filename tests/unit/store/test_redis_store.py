@@ -155,3 +155,68 @@ def test_a_stopped_redis_refuses_the_action_and_changes_nothing(redis_server):
 def test_parse_experiment_accepts_a_redis_store(redis_url):
     cfg = parse_experiment({**ab_experiment().model_dump(mode="json"), "controller": {"store_url": redis_url}})
     assert cfg.controller.store_url == redis_url
+
+
+# -- run records -------------------------------------------------------------------------------
+
+RECORD_CONFIG = {"model": "digits", "controller": {"store_url": "redis://:s3cret@redis.internal:6379/0"}}
+
+
+def test_run_records_in_redis_round_trip_upsert_and_list(redis_url):
+    from serve_ab.store.redis_store import RedisRunRecorder
+
+    recorder = RedisRunRecorder(redis_url)
+    recorder.save("run-a", RECORD_CONFIG, {"n": 1}, started_at_s=100.0, updated_at_s=160.0,
+                  summary={"versions": ["v1", "v2"], "control": "v1", "requests": 10, "srm_mismatch": False})
+    moved = RedisRunRecorder(redis_url)  # a controller on another node carries on with the record
+    moved.save("run-a", RECORD_CONFIG, {"n": 2}, started_at_s=130.0, updated_at_s=220.0)
+    moved.save("run-b", {"model": "other"}, {"n": 1}, started_at_s=200.0, updated_at_s=210.0)
+    record = recorder.load("run-a")
+    assert (record.report, record.started_at_s, record.updated_at_s, record.saves) == ({"n": 2}, 100.0, 220.0, 2)
+    assert record.config["controller"]["store_url"] == "redis://:***@redis.internal:6379/0"  # never the password
+    assert [(s.run_id, s.model, s.saves, s.requests) for s in recorder.list()] == [
+        ("run-a", "digits", 2, None), ("run-b", "other", 1, None)]
+    with pytest.raises(KeyError, match="no run record 'nope' in redis://127.0.0.1:.*recent ones: run-a, run-b"):
+        recorder.load("nope")
+
+
+def test_open_recorder_follows_the_store_url(redis_url, tmp_path):
+    from serve_ab.store.redis_store import RedisRunRecorder
+    from serve_ab.store.runs import RunRecorder, open_recorder
+
+    on_redis = ab_experiment(controller={"store_url": redis_url})
+    assert isinstance(open_recorder(on_redis), RedisRunRecorder)
+    on_sqlite = ab_experiment(analysis={"records": {"path": str(tmp_path / "runs.sqlite")}})
+    recorder = open_recorder(on_sqlite)
+    assert type(recorder) is RunRecorder and recorder.path == tmp_path / "runs.sqlite"
+
+
+def test_serve_ab_runs_and_report_read_records_from_redis(redis_url, capsys):
+    from serve_ab.cli.command import main as cli_main
+    from serve_ab.store.redis_store import RedisRunRecorder
+
+    RedisRunRecorder(redis_url).save("digits-1", {"model": "digits"}, {"n": 1}, 1000.0, 1200.0,
+                                     summary={"versions": ["v1"], "control": "v1", "requests": 7})
+    assert cli_main(["runs", "--store", redis_url, "--json"]) == 0
+    assert '"run_id": "digits-1"' in capsys.readouterr().out
+    assert cli_main(["runs", "--store", redis_url, "--store-key-prefix", "other:"]) == 0
+    assert "no run records in redis://" in capsys.readouterr().out
+    # A record that does not fit the report layout: read from Redis, then refused with the reasons.
+    assert cli_main(["report", "--from-record", "digits-1", "--store", redis_url]) == 1
+    assert f"run record 'digits-1' in {redis_url}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["runs", "--store", "sqlite:///x.sqlite"])
+    assert "is not a Redis URL" in capsys.readouterr().err
+
+
+def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    from serve_ab.cli.command import main as cli_main
+
+    started = time.monotonic()
+    assert cli_main(["runs", "--store", f"redis://:pw@127.0.0.1:{port}/0"]) == 1
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert f"cannot read run records at redis://:***@127.0.0.1:{port}/0: ConnectionError" in err and "pw@" not in err
