@@ -5,26 +5,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-# Prometheus for tests/e2e/test_prometheus.py, which scrapes a running app with a real
-# server: Debian's package, installed only here (setup.sh also serves the demo, which needs
-# no system packages) and only when it is missing and we may install (root, as in CI, or
-# passwordless sudo). Otherwise that test skips, or fails when CI=true.
-if ! command -v prometheus >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# Real servers the tests start themselves, from Debian's packages: prometheus for
+# tests/e2e/test_prometheus.py (scrapes a running app) and redis-server for the Redis state
+# store tests (tests/unit/store). Installed only here (setup.sh also serves the demo, which
+# needs no system packages) and only when missing and we may install (root, as in CI, or
+# passwordless sudo). Otherwise those tests skip, or fail when CI=true.
+apt_install_if_missing() {  # COMMAND PACKAGE TESTS
+  command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
   if [ "$(id -u)" -eq 0 ]; then as_root=(); elif sudo -n true 2>/dev/null; then as_root=(sudo -n); else as_root=(false); fi
   apt_log=$(mktemp)
-  install_prometheus() {
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  install_package() {
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$2"
   }
   # Try without a package-list refresh first: it is slow, and usually the lists are there.
-  if install_prometheus >"$apt_log" 2>&1 || { "${as_root[@]}" apt-get update -q && install_prometheus; } >>"$apt_log" 2>&1; then
-    echo "installed $(prometheus --version 2>&1 | head -n 1) for the Prometheus end-to-end test"
+  if install_package "$@" >"$apt_log" 2>&1 || { "${as_root[@]}" apt-get update -q && install_package "$@"; } >>"$apt_log" 2>&1; then
+    echo "installed $("$1" --version 2>&1 | head -n 1) for $3"
   else
     tail -n 5 "$apt_log" >&2
-    echo "note: could not install prometheus (needs root or passwordless sudo: apt-get install -y prometheus);" \
-         "tests/e2e/test_prometheus.py will skip, or fail under CI=true" >&2
+    echo "note: could not install $2 (needs root or passwordless sudo: apt-get install -y $2);" \
+         "$3 will skip, or fail under CI=true" >&2
   fi
   rm -f "$apt_log"
-fi
+}
+apt_install_if_missing prometheus prometheus tests/e2e/test_prometheus.py
+apt_install_if_missing redis-server redis-server "the Redis store tests"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 # Ray on a shared CI machine: no dashboard or usage stats, and fail fast rather than hang.

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 - fixtures for every layer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 

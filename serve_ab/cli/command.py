@@ -9,7 +9,13 @@ from typing import Any
 
 import yaml
 
-from serve_ab.config.experiment import ConfigError, format_validation_error, parse_experiment
+from serve_ab.config.experiment import (
+    ConfigError,
+    ExperimentConfig,
+    Placement,
+    format_validation_error,
+    parse_experiment,
+)
 
 BUILDER_PREFIX = "serve_ab"
 
@@ -20,6 +26,47 @@ def validate_file(path: Path, check_files: bool = True) -> list[str]:
     Takes a Ray Serve config file (``applications:``, whose serve-ab apps hold the
     experiment in ``args:``) or a bare experiment file.
     """
+    return check_file(path, check_files)[0]
+
+
+def check_file(path: Path, check_files: bool = True) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of a config file: errors make it invalid, warnings are advice
+    (e.g. a multi-node app keeping its state in a node-local SQLite file)."""
+    warnings: list[str] = []
+    errors = _check_file(path, check_files, warnings)
+    return errors, warnings
+
+
+def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning when the config looks like it runs on several nodes but keeps its state in SQLite.
+
+    Several nodes: isolated placement (each version its own deployment, placed anywhere),
+    more than one router replica (fixed or autoscaled) or any GPU asked for (GPU nodes beside
+    the head). The controller can then be rescheduled to another node, where a SQLite file
+    on the first node's disk is out of reach and the rollout restarts at 0% candidate.
+    """
+    if cfg.controller.store_url is not None:
+        return []
+    router = cfg.router
+    reasons = []
+    if cfg.placement is Placement.ISOLATED:
+        reasons.append("placement is isolated")
+    if (router.num_replicas or 1) > 1 or (router.autoscaling_config and router.autoscaling_config.max_replicas > 1):
+        reasons.append("the router has more than one replica")
+    options = [cfg.router.ray_actor_options, *(v.deployment.ray_actor_options for v in cfg.versions if v.deployment)]
+    if any(o.num_gpus > 0 for o in options):
+        reasons.append("it asks for GPUs")
+    if not reasons:
+        return []
+    where = f"{prefix}.controller" if prefix else "controller"
+    return [(f"{where}: rollout state is kept in a SQLite file on one node ({cfg.controller.state_path}), but "
+            f"this app looks like it runs on several nodes ({', '.join(reasons)}); a controller moved to another "
+            f"node would not find it, and would restart a rollout from its first step and the run's figures from "
+            f"zero. For a multi-node cluster set "
+            f"{where}.store_url: redis://HOST:6379/0 (see the README, 'Running on a multi-node Ray cluster')")]
+
+
+def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -29,10 +76,10 @@ def validate_file(path: Path, check_files: bool = True) -> list[str]:
     if not isinstance(raw, dict):
         return [f"{path}: expected a mapping at the top level (got {type(raw).__name__})"]
     if "applications" not in raw:
-        return _validate_experiment(raw, "", check_files)
+        return _validate_experiment(raw, "", check_files, warnings)
 
-    from ray.serve.schema import ServeDeploySchema  # Ray's own check of its own format
     from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema  # Ray's own check of its own format
 
     errors: list[str] = []
     try:
@@ -44,7 +91,7 @@ def validate_file(path: Path, check_files: bool = True) -> list[str]:
     for index, app in enumerate(apps if isinstance(apps, list) else []):
         if isinstance(app, dict) and str(app.get("import_path", "")).startswith(BUILDER_PREFIX):
             found = True
-            errors += _validate_experiment(app.get("args"), f"applications.{index}.args", check_files)
+            errors += _validate_experiment(app.get("args"), f"applications.{index}.args", check_files, warnings)
     if not found and not errors:
         errors.append(
             f"applications: no application imports {BUILDER_PREFIX} (e.g. import_path: "
@@ -53,11 +100,12 @@ def validate_file(path: Path, check_files: bool = True) -> list[str]:
     return errors
 
 
-def _validate_experiment(args: Any, prefix: str, check_files: bool) -> list[str]:
+def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: list[str]) -> list[str]:
     try:
         cfg = parse_experiment(args)
     except ConfigError as err:
         return [f"{prefix}.{e}" if prefix else e for e in err.errors]
+    warnings += multi_node_warnings(cfg, prefix)
     if not check_files:
         return []
     from serve_ab.serving.app import resolve_model_paths
@@ -72,7 +120,7 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool) -> list[str]
 def _cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        errors = validate_file(Path(path), check_files=not args.no_check_files)
+        errors, warnings = check_file(Path(path), check_files=not args.no_check_files)
         if errors:
             status = 1
             print(f"{path}: {len(errors)} error{'s' * (len(errors) != 1)}")
@@ -80,6 +128,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"  - {error}")
         else:
             print(f"{path}: ok")
+        for warning in warnings:  # advice: the exit status stays the errors'
+            print(f"  warning: {warning}")
     return status
 
 

@@ -13,6 +13,7 @@ Examples::
     serve-ab report --html report.html            # the same, plus a page with plots
     serve-ab report --json --url http://10.0.0.5:8000
     serve-ab runs --records .serve-ab/runs.sqlite
+    serve-ab runs --store redis://redis.internal:6379/0     # an app with controller.store_url
     serve-ab report --from-record digits-20260101-120000 --html final.html
 
 Exit codes, as the rollout commands: 0 ok; 1 the app answered with an error or could not be
@@ -64,16 +65,63 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="render a stored run record instead of asking a running app (see serve-ab runs)")
     report.add_argument("--records", type=Path, default=None, metavar="PATH",
                         help=f"run record file for --from-record (default: {DEFAULT_RECORDS})")
+    report.add_argument("--store", type=_store_url, default=None, metavar="URL",
+                        help="for --from-record: the Redis the app keeps its state in (controller.store_url)")
+    _add_store_options(report)
     report.set_defaults(func=functools.partial(run_report, parser=report))
 
     runs = subparsers.add_parser(
         "runs", help="list stored run records (configuration and final results of each experiment)",
-        description="List the run records in the SQLite file experiments write (analysis.records.path).",
+        description="List the run records experiments write: the SQLite file at analysis.records.path, or "
+        "the Redis of controller.store_url (--store).",
     )
-    runs.add_argument("--records", type=Path, default=Path(DEFAULT_RECORDS), metavar="PATH",
-                      help=f"run record file (default: {DEFAULT_RECORDS})")
+    where = runs.add_mutually_exclusive_group()
+    where.add_argument("--records", type=Path, default=None, metavar="PATH",
+                       help=f"run record file (default: {DEFAULT_RECORDS})")
+    where.add_argument("--store", type=_store_url, default=None, metavar="URL",
+                       help="the Redis the app keeps its state in (controller.store_url), e.g. "
+                       "redis://redis.internal:6379/0")
+    _add_store_options(runs)
     runs.add_argument("--json", action="store_true", help="print the list as JSON")
     runs.set_defaults(func=run_runs)
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store-password-env", default=None, metavar="NAME",
+                        help="environment variable holding the Redis password (controller.store_password_env)")
+    parser.add_argument("--store-key-prefix", default=None, metavar="PREFIX",
+                        help="the app's controller.store_key_prefix (default: serve-ab:)")
+
+
+def _store_url(text: str) -> str:
+    from serve_ab.store.url import parse_store_url, redact_url
+
+    try:
+        if parse_store_url(text).is_redis:
+            return text
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    raise argparse.ArgumentTypeError(f"{redact_url(text)!r} is not a Redis URL; for a SQLite file use --records "
+                                     "PATH, for Redis e.g. --store redis://redis.internal:6379/0")
+
+
+def _records_location(args: argparse.Namespace) -> tuple[Any, str]:
+    """The recorder ``--records``/``--store`` name, and how messages name it."""
+    from serve_ab.store.runs import recorder_at
+    from serve_ab.store.url import redact_url
+
+    store = getattr(args, "store", None)
+    if store is None:
+        path = args.records or Path(DEFAULT_RECORDS)
+        return recorder_at(path), str(path)
+    password = None
+    if args.store_password_env is not None:
+        import os
+
+        if args.store_password_env not in os.environ:
+            raise ValueError(f"--store-password-env names {args.store_password_env!r}, which is not set")
+        password = os.environ[args.store_password_env]
+    return recorder_at(store, password=password, prefix=args.store_key_prefix), redact_url(store)
 
 
 def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
@@ -84,13 +132,15 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             raise ValueError("argument --from-record: renders a stored record; it cannot be combined with --url")
         if args.from_record is None and args.records is not None:
             raise ValueError("argument --records: only applies with --from-record RUN_ID")
+        if getattr(args, "store", None) is not None and (args.from_record is None or args.records is not None):
+            raise ValueError("argument --store: only applies with --from-record RUN_ID, instead of --records")
         url = None if args.from_record is not None else (args.url or cli_rollout._env_url())
     except ValueError as e:
         if parser is None:
             raise
         parser.error(str(e))  # exits with status 2
     if args.from_record is not None:
-        report = _report_from_record(args.from_record, args.records or Path(DEFAULT_RECORDS), err)
+        report = _report_from_record(args.from_record, args, err)
     else:
         report = _report_from_app(url, args.timeout_s, err)
     if report is None:
@@ -108,22 +158,22 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
 
 def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    from serve_ab.store.runs import RunRecorder
-
+    where = str(args.records or DEFAULT_RECORDS)
     try:
-        summaries = RunRecorder(args.records).list()
+        recorder, where = _records_location(args)
+        summaries = recorder.list()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
         return 1
-    except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError: not a database, locked, ...
-        print(f"error: cannot read run records at {args.records}: {type(e).__name__}: {e}", file=err)
+    except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError (not a database, locked), redis errors
+        print(f"error: cannot read run records at {where}: {type(e).__name__}: {e}", file=err)
         return 1
     if args.json:
         from dataclasses import asdict
 
         print(json.dumps([asdict(s) for s in summaries], indent=2), file=out)
     else:
-        print(render_runs(summaries, args.records), file=out)
+        print(render_runs(summaries, where), file=out)
     return 0
 
 
@@ -141,16 +191,16 @@ def _report_from_app(url: str, timeout_s: float, err: TextIO) -> Report | None:
                   err)
 
 
-def _report_from_record(run_id: str, path: Path, err: TextIO) -> Report | None:
-    from serve_ab.store.runs import RunRecorder
-
+def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> Report | None:
+    path = str(args.records or DEFAULT_RECORDS)
     try:
-        data = RunRecorder(path).load(run_id).report
+        recorder, path = _records_location(args)
+        data = recorder.load(run_id).report
     except KeyError as e:
         print(f"error: {e.args[0]}", file=err)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
-    except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError and the like
+    except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError, redis errors and the like
         print(f"error: cannot read run records at {path}: {type(e).__name__}: {e}", file=err)
     else:
         return _parse(data, f"run record {run_id!r} in {path}",

@@ -22,6 +22,7 @@ from pydantic import (
 from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
 from serve_ab.config._base import Strict as _Strict
 from serve_ab.config.rollout import FEEDBACK_METRICS, RolloutConfig
+from serve_ab.store.url import parse_store_url, redact_url
 
 
 class Backend(str, Enum):
@@ -248,12 +249,55 @@ class ControllerConfig(_Strict):
     state_path: str = Field(
         ".serve-ab/state.sqlite",
         description="SQLite file holding rollout state, so a restarted controller resumes; a "
-        "relative path is resolved against the directory serve runs in.",
+        "relative path is resolved against the directory serve runs in. Unused with a redis store_url.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="Where rollout state, statistics and the feedback key are kept: "
+        "redis://HOST[:PORT][/DB] (rediss:// for TLS) for a cluster of several nodes, so a "
+        "controller moved to another node resumes; sqlite:///PATH is another spelling of "
+        "state_path (and becomes it). Unset: SQLite at state_path.",
+    )
+    store_password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the Redis password (read by the controller's "
+        "process, never logged); instead of a password in store_url, which Ray shows with the config.",
+    )
+    store_key_prefix: str = Field(
+        "serve-ab:", pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",
+        description="Prefix of every Redis key, so one Redis can hold several apps or clusters.",
     )
     tick_s: float = Field(
         0.25, gt=0, le=10, description="How often the controller looks at its windows and timers."
     )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
+        return url
+
+    @model_validator(mode="after")
+    def _one_store(self) -> ControllerConfig:
+        parsed = parse_store_url(self.store_url) if self.store_url is not None else None
+        if self.store_password_env is not None and (parsed is None or not parsed.is_redis):
+            raise ValueError(f"store_password_env ({self.store_password_env!r}) is only read with a redis "
+                             "store_url, e.g. store_url: redis://redis.internal:6379/0")
+        if parsed is not None and parsed.is_redis and parsed.password is not None and self.store_password_env:
+            raise ValueError(f"store_url {redact_url(self.store_url)!r} holds a password and store_password_env "
+                             f"({self.store_password_env!r}) names another; keep one")
+        if parsed is not None and parsed.scheme == "sqlite":
+            # One spelling from here on: state_path, which the app builder makes absolute
+            # against serve run's directory (the controller may run elsewhere).
+            if "state_path" in self.model_fields_set and self.state_path != parsed.path:
+                raise ValueError(f"store_url ({self.store_url!r}) and state_path ({self.state_path!r}) name two "
+                                 "SQLite files; keep one")
+            object.__setattr__(self, "state_path", parsed.path)
+            object.__setattr__(self, "store_url", None)
+            self.__pydantic_fields_set__ = (self.model_fields_set | {"state_path"}) - {"store_url"}
+        return self
 
 
 class ShadowConfig(_Strict):
@@ -496,6 +540,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
         path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
         message = item["msg"].removeprefix("Value error, ")
         received = item.get("input")
+        if isinstance(received, str):
+            received = redact_url(received)  # a store URL's password is never printed
         if item["type"] == "missing":
             lines.append(f"{path or '<root>'}: field required")
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":

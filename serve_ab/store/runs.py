@@ -12,8 +12,12 @@ figures ``serve-ab runs`` lists (``Report.run_summary()``) and the headline metr
 With ``mlflow=True`` each save is also logged to MLflow, when the ``mlflow`` package (or
 ``mlflow-skinny``) is importable: one MLflow run per record, the configuration as params, the
 headline metrics, the tracking URI from ``MLFLOW_TRACKING_URI``. MLflow is
-a mirror: when it is missing or failing, a warning is logged and the SQLite record is still
+a mirror: when it is missing or failing, a warning is logged and the record is still
 written; an experiment never fails because of it.
+
+With a Redis store (``controller.store_url: redis://...``) the records live in that Redis
+instead (:class:`~serve_ab.store.redis_store.RedisRunRecorder`, opened by :func:`open_recorder`),
+so a controller rescheduled to another node goes on with the same record.
 
 Example::
 
@@ -38,7 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_params"]
+from serve_ab.store.url import parse_store_url, redact_url
+
+__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_params", "open_recorder",
+           "recorder_at"]
 
 DEFAULT_RECORDS_PATH = Path(".serve-ab/runs.sqlite")  # as RecordsConfig.path's default
 # 2 added summary_json; a version 1 file is read as it is and upgraded on its next save.
@@ -128,30 +135,19 @@ class RunRecorder:
         for name, value in (("started_at_s", started_at_s), ("updated_at_s", updated_at_s)):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} ({value!r}) must be a finite time in seconds since the epoch")
+        config = _without_passwords(config)
         config_json = _dumps(config, "config")
         report_json = _dumps(report, "report")
         summary_json = None if summary is None else _dumps(summary, "summary")
         model = config.get("model") if isinstance(config, Mapping) else None
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect(create=True) as db:
-                db.execute(
-                    "INSERT INTO runs (run_id, model, started_at_s, updated_at_s, saves, config_json, report_json, "
-                    "summary_json) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
-                    "ON CONFLICT(run_id) DO UPDATE SET model = excluded.model, "
-                    "started_at_s = MIN(runs.started_at_s, excluded.started_at_s), "
-                    "updated_at_s = excluded.updated_at_s, saves = runs.saves + 1, "
-                    "config_json = excluded.config_json, report_json = excluded.report_json, "
-                    "summary_json = excluded.summary_json",
-                    (run_id, model, float(started_at_s), float(updated_at_s), config_json, report_json, summary_json),
-                )
-                row = db.execute("SELECT saves, mlflow_run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            saves, saved_mlflow_run_id = self._upsert(run_id, model, float(started_at_s), float(updated_at_s),
+                                                      config_json, report_json, summary_json)
             if self.mlflow:
                 mlflow_run_id = self._log_mlflow(run_id, config, metrics or {}, started_at_s, updated_at_s,
-                                                 step=int(row[0]), mlflow_run_id=row[1])
-                if mlflow_run_id is not None and mlflow_run_id != row[1]:
-                    with self._connect(create=True) as db:
-                        db.execute("UPDATE runs SET mlflow_run_id = ? WHERE run_id = ?", (mlflow_run_id, run_id))
+                                                 step=saves, mlflow_run_id=saved_mlflow_run_id)
+                if mlflow_run_id is not None and mlflow_run_id != saved_mlflow_run_id:
+                    self._set_mlflow_run_id(run_id, mlflow_run_id)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Mark the run's MLflow run as ended (``FINISHED``, ``FAILED`` or ``KILLED``); the SQLite
@@ -172,14 +168,8 @@ class RunRecorder:
 
     def list(self) -> list[RunSummary]:
         """Every record, the most recently updated first."""
-        with self._connect(create=False) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            summary_column = "summary_json" if version >= 2 else "NULL"
-            rows = db.execute(
-                f"SELECT run_id, model, started_at_s, updated_at_s, saves, {summary_column}, mlflow_run_id "
-                "FROM runs ORDER BY updated_at_s DESC, run_id").fetchall()
         out = []
-        for run_id, model, started, updated, saves, summary_json, mlflow_run_id in rows:
+        for run_id, model, started, updated, saves, summary_json, mlflow_run_id in self._summary_rows():
             summary = _loads(summary_json) if summary_json else {}
             out.append(RunSummary(
                 run_id=run_id, model=model, started_at_s=started, updated_at_s=updated, saves=saves,
@@ -193,16 +183,56 @@ class RunRecorder:
 
     def load(self, run_id: str) -> RunRecord:
         """The record of ``run_id``; ``KeyError`` naming the known ids when there is none."""
-        with self._connect(create=False) as db:
-            row = db.execute(
-                "SELECT run_id, config_json, report_json, started_at_s, updated_at_s, saves, mlflow_run_id "
-                "FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                known = [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY updated_at_s DESC LIMIT 10")]
+        row, known = self._record_row(run_id)
         if row is None:
             hint = f"; recent ones: {', '.join(known)}" if known else "; it holds no records yet"
             raise KeyError(f"no run record {run_id!r} in {self.path}{hint}")
         return RunRecord(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], row[5], row[6])
+
+    # -- storage: SQLite here, Redis in RedisRunRecorder -------------------------------------
+
+    def _upsert(self, run_id: str, model: str | None, started_at_s: float, updated_at_s: float,
+                config_json: str, report_json: str, summary_json: str | None) -> tuple[int, str | None]:
+        """Insert or update the record (the earliest start kept, saves counted); returns
+        ``(saves, mlflow_run_id)`` after the write."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect(create=True) as db:
+            db.execute(
+                "INSERT INTO runs (run_id, model, started_at_s, updated_at_s, saves, config_json, report_json, "
+                "summary_json) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET model = excluded.model, "
+                "started_at_s = MIN(runs.started_at_s, excluded.started_at_s), "
+                "updated_at_s = excluded.updated_at_s, saves = runs.saves + 1, "
+                "config_json = excluded.config_json, report_json = excluded.report_json, "
+                "summary_json = excluded.summary_json",
+                (run_id, model, started_at_s, updated_at_s, config_json, report_json, summary_json),
+            )
+            row = db.execute("SELECT saves, mlflow_run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0]), row[1]
+
+    def _set_mlflow_run_id(self, run_id: str, mlflow_run_id: str) -> None:
+        with self._connect(create=True) as db:
+            db.execute("UPDATE runs SET mlflow_run_id = ? WHERE run_id = ?", (mlflow_run_id, run_id))
+
+    def _summary_rows(self) -> list[tuple]:
+        """``(run_id, model, started, updated, saves, summary_json, mlflow_run_id)``, newest first."""
+        with self._connect(create=False) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            summary_column = "summary_json" if version >= 2 else "NULL"
+            return db.execute(
+                f"SELECT run_id, model, started_at_s, updated_at_s, saves, {summary_column}, mlflow_run_id "
+                "FROM runs ORDER BY updated_at_s DESC, run_id").fetchall()
+
+    def _record_row(self, run_id: str) -> tuple[tuple | None, list[str]]:
+        """``((run_id, config_json, report_json, started, updated, saves, mlflow_run_id) or None,
+        the ten most recent run ids when there is no such record)``."""
+        with self._connect(create=False) as db:
+            row = db.execute(
+                "SELECT run_id, config_json, report_json, started_at_s, updated_at_s, saves, mlflow_run_id "
+                "FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None:
+                return row, []
+            return None, [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY updated_at_s DESC LIMIT 10")]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -272,7 +302,7 @@ class RunRecorder:
                 client.log_batch(mlflow_run_id, metrics=points[i:i + _MLFLOW_BATCH])
         except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
             self._warn_once(f"log:{type(err).__name__}", f"MLflow logging of run record {run_id!r} failed: "
-                            f"{type(err).__name__}: {err}; the SQLite record at {self.path} is written")
+                            f"{type(err).__name__}: {err}; the record at {self.path} is written")
             return mlflow_run_id
         return mlflow_run_id
 
@@ -280,6 +310,39 @@ class RunRecorder:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)
+
+
+def open_recorder(experiment_cfg: Any, environ: Mapping[str, str] | None = None) -> RunRecorder:
+    """The recorder an :class:`~serve_ab.config.experiment.ExperimentConfig` names: in Redis when
+    ``controller.store_url`` is a Redis URL, else the SQLite file at ``analysis.records.path``."""
+    records, controller = experiment_cfg.analysis.records, experiment_cfg.controller
+    if getattr(controller, "store_url", None) is not None and parse_store_url(controller.store_url).is_redis:
+        from serve_ab.store.redis_store import RedisRunRecorder
+        from serve_ab.store.state import store_password
+
+        return RedisRunRecorder(controller.store_url, mlflow=records.mlflow,
+                                password=store_password(controller, environ), prefix=controller.store_key_prefix)
+    return RunRecorder(Path(records.path), mlflow=records.mlflow)
+
+
+def recorder_at(location: str | Path, *, password: str | None = None, prefix: str | None = None) -> RunRecorder:
+    """For ``serve-ab runs``: a redis:// or rediss:// URL, else a SQLite file's path."""
+    text = str(location)
+    if text.lower().startswith(("redis://", "rediss://")):
+        from serve_ab.store.redis_store import DEFAULT_KEY_PREFIX, RedisRunRecorder
+
+        return RedisRunRecorder(text, password=password, prefix=prefix or DEFAULT_KEY_PREFIX)
+    return RunRecorder(Path(text))
+
+
+def _without_passwords(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` with a password in ``controller.store_url`` masked: records and MLflow params
+    are read by more people than may write to the store."""
+    controller = config.get("controller") if isinstance(config, Mapping) else None
+    url = controller.get("store_url") if isinstance(controller, Mapping) else None
+    if not isinstance(url, str) or redact_url(url) == url:
+        return config
+    return {**config, "controller": {**controller, "store_url": redact_url(url)}}
 
 
 def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:

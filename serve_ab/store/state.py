@@ -2,19 +2,22 @@
 
 One row per rollout key; each save replaces the row in one transaction, so a crash leaves
 either the old state or the new one, never half of each. SQLite is the embedded default
-for one node; a multi-node cluster needs the file on storage every node can reach, or
-another store behind the same two methods.
+for one node; a multi-node cluster, where the controller may restart on another node, uses
+Redis (``controller.store_url: redis://...``, :mod:`serve_ab.store.redis_store`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Protocol
+
+from serve_ab.store.url import parse_store_url
 
 
 class StateStore(Protocol):
@@ -33,9 +36,34 @@ class StateStore(Protocol):
         ...
 
 
-def open_store(controller_cfg: Any) -> StateStore:
-    """The store a :class:`~serve_ab.config.experiment.ControllerConfig` names."""
-    return SqliteStateStore(Path(controller_cfg.state_path))
+def open_store(controller_cfg: Any, environ: Mapping[str, str] | None = None) -> StateStore:
+    """The store a :class:`~serve_ab.config.experiment.ControllerConfig` names: Redis for a
+    ``redis://``/``rediss://`` ``store_url`` (the password from ``store_password_env`` when
+    set), else SQLite at ``state_path`` (a sqlite ``store_url`` became ``state_path``)."""
+    url = getattr(controller_cfg, "store_url", None)
+    if url is None:
+        return SqliteStateStore(Path(controller_cfg.state_path))
+    parsed = parse_store_url(url)
+    if parsed.scheme == "sqlite":  # a config built without validation; validated ones hold None
+        return SqliteStateStore(Path(parsed.path))
+    from serve_ab.store.redis_store import (
+        RedisStateStore,  # the redis client: only when used
+    )
+
+    return RedisStateStore.from_url(url, password=store_password(controller_cfg, environ),
+                                    prefix=controller_cfg.store_key_prefix)
+
+
+def store_password(controller_cfg: Any, environ: Mapping[str, str] | None = None) -> str | None:
+    """The Redis password from the variable ``store_password_env`` names; an error when it is unset."""
+    name = getattr(controller_cfg, "store_password_env", None)
+    if name is None:
+        return None
+    environ = os.environ if environ is None else environ
+    if name not in environ:
+        raise ValueError(f"controller.store_password_env names {name!r}, which is not set in the "
+                         "controller's environment (set it there, e.g. with runtime_env env_vars)")
+    return environ[name]
 
 
 class SqliteStateStore:

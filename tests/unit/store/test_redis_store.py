@@ -1,0 +1,222 @@
+"""The Redis store against a real ``redis-server``: fails fast when Redis is gone, creates
+atomically under concurrent clients, and lets a controller resume on another "node" (a
+fresh store object, as a rescheduled controller opens)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import redis
+
+from serve_ab.api.schemas import ActionRequest
+from serve_ab.config.experiment import ControllerConfig, parse_experiment
+from serve_ab.errors import StoreUnavailable
+from serve_ab.serving.controller import ControllerCore, feedback_key
+from serve_ab.serving.core.messages import Action
+from serve_ab.store.redis_store import RedisStateStore
+from serve_ab.store.state import SqliteStateStore, open_store
+from tests.support.fakes import FakeClock
+from tests.unit.serving.test_controller_core import (
+    EV_CANDIDATE,
+    EV_STABLE,
+    ab_experiment,
+    experiment,
+    report,
+    run_for,
+)
+
+FAST_S = 0.5  # the client's timeouts in these tests; production's default is 2 s
+
+
+def test_a_stopped_redis_makes_save_raise_at_once_and_keeps_the_last_state(redis_server):
+    store = RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S)
+    store.save("k", {"revision": 1})
+    redis_server.stop()
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        store.save("k", {"revision": 2})
+    assert time.monotonic() - started < 2 * FAST_S + 1.0
+    redis_server.start()  # same port, same AOF: the acknowledged write survived the kill
+    assert RedisStateStore.from_url(redis_server.url).load("k") == {"revision": 1}
+
+
+def test_a_redis_that_never_answers_makes_save_raise_within_the_timeouts():
+    """Accepts the connection (the kernel does) and then says nothing: a hung server."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        store = RedisStateStore.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_s=FAST_S)
+        started = time.monotonic()
+        with pytest.raises(redis.RedisError):
+            store.save("k", {"revision": 1})
+        elapsed = time.monotonic() - started
+    assert elapsed < 2 * FAST_S + 1.0, elapsed  # one try and one retry, each within the timeout
+
+
+def test_create_under_concurrent_clients_keeps_one_value(redis_url):
+    clients = [RedisStateStore.from_url(redis_url) for _ in range(8)]
+    barrier = threading.Barrier(len(clients))
+    kept: list[dict] = []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        for round_ in range(50):
+            kept.append(clients[i].create(f"feedback-key:{round_}", {"key_hex": f"{i:02x}"}))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for round_ in range(50):
+        saved = clients[0].load(f"feedback-key:{round_}")
+        assert saved is not None
+    # Every caller got the row that is stored: one value per key, whoever came first.
+    stored = {clients[0].load(f"feedback-key:{r}")["key_hex"] for r in range(50)}
+    assert len(kept) == 8 * 50 and {k["key_hex"] for k in kept} == stored
+
+
+def test_keys_carry_the_prefix_so_apps_can_share_one_redis(redis_url):
+    a = RedisStateStore.from_url(redis_url, prefix="app-a:")
+    b = RedisStateStore.from_url(redis_url, prefix="app-b:")
+    a.save("k", {"app": "a"})
+    b.save("k", {"app": "b"})
+    assert (a.load("k"), b.load("k")) == ({"app": "a"}, {"app": "b"})
+    assert sorted(redis.Redis.from_url(redis_url).keys()) == [b"app-a:state:k", b"app-b:state:k"]
+
+
+def test_open_store_picks_the_store_from_the_url(redis_url, tmp_path):
+    assert isinstance(open_store(ControllerConfig(state_path=str(tmp_path / "s.sqlite"))), SqliteStateStore)
+    sqlite_cfg = ControllerConfig(store_url=f"sqlite:///{tmp_path}/u.sqlite")
+    assert open_store(sqlite_cfg).path == tmp_path / "u.sqlite"
+    store = open_store(ControllerConfig(store_url=redis_url, store_key_prefix="x:"))
+    assert isinstance(store, RedisStateStore) and store.prefix == "x:"
+
+
+def test_a_password_comes_from_the_env_variable_and_is_never_shown(redis_server):
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "s3cret")
+    cfg = ControllerConfig(store_url=redis_server.url, store_password_env="SERVE_AB_TEST_REDIS_PASSWORD")
+    with pytest.raises(ValueError, match="SERVE_AB_TEST_REDIS_PASSWORD.*not set"):
+        open_store(cfg, environ={})
+    store = open_store(cfg, environ={"SERVE_AB_TEST_REDIS_PASSWORD": "s3cret"})
+    store.save("k", {"ok": True})
+    with pytest.raises(redis.AuthenticationError) as err:
+        open_store(cfg, environ={"SERVE_AB_TEST_REDIS_PASSWORD": "wrong"}).load("k")
+    assert "wrong" not in str(err.value)
+    in_url = redis_server.url.replace("redis://", "redis://:s3cret@")
+    store = open_store(ControllerConfig(store_url=in_url))
+    assert store.load("k") == {"ok": True} and "s3cret" not in repr(store)
+
+
+def test_a_controller_on_a_fresh_redis_store_resumes_the_rollout_at_the_same_step_and_weights(redis_url):
+    clock = FakeClock()
+    core = ControllerCore(experiment(), RedisStateStore.from_url(redis_url), clock)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    before = core.status(history=True)
+    assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
+
+    moved = ControllerCore(experiment(), RedisStateStore.from_url(redis_url), clock)  # another node
+    after = moved.status(history=True)
+    assert (after["phase"], after["step_index"], after["weights_pct"], after["history"]) == (
+        before["phase"], before["step_index"], before["weights_pct"], before["history"])
+    assert moved.snapshot().weights == core.snapshot().weights
+    run_for(moved, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    assert moved.status()["weights_pct"]["v2"] == 100.0
+
+
+def test_a_controller_on_a_fresh_redis_store_keeps_the_run_figures_and_feedback_key(redis_url):
+    clock = FakeClock()
+    first_store = RedisStateStore.from_url(redis_url)
+    first = ControllerCore(ab_experiment(), first_store, clock)
+    report(first, clock, "v1", 5, correct=True)
+    first.save_stats()
+    moved_store = RedisStateStore.from_url(redis_url)
+    moved = ControllerCore(ab_experiment(), moved_store, clock)
+    assert moved.run_id == first.run_id and moved.stats_snapshot() == first.stats_snapshot()
+    assert feedback_key(ab_experiment(), moved_store) == feedback_key(ab_experiment(), first_store)
+
+
+def test_a_stopped_redis_refuses_the_action_and_changes_nothing(redis_server):
+    clock = FakeClock()
+    core = ControllerCore(experiment(), RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S), clock)
+    core.tick()
+    before = core.status()
+    redis_server.stop()
+    with pytest.raises(StoreUnavailable):
+        core.act(Action.PROMOTE, ActionRequest(full=True))
+    assert core.status()["weights_pct"] == before["weights_pct"]
+    assert core.status()["phase"] == before["phase"]
+
+
+def test_parse_experiment_accepts_a_redis_store(redis_url):
+    cfg = parse_experiment({**ab_experiment().model_dump(mode="json"), "controller": {"store_url": redis_url}})
+    assert cfg.controller.store_url == redis_url
+
+
+# -- run records -------------------------------------------------------------------------------
+
+RECORD_CONFIG = {"model": "digits", "controller": {"store_url": "redis://:s3cret@redis.internal:6379/0"}}
+
+
+def test_run_records_in_redis_round_trip_upsert_and_list(redis_url):
+    from serve_ab.store.redis_store import RedisRunRecorder
+
+    recorder = RedisRunRecorder(redis_url)
+    recorder.save("run-a", RECORD_CONFIG, {"n": 1}, started_at_s=100.0, updated_at_s=160.0,
+                  summary={"versions": ["v1", "v2"], "control": "v1", "requests": 10, "srm_mismatch": False})
+    moved = RedisRunRecorder(redis_url)  # a controller on another node carries on with the record
+    moved.save("run-a", RECORD_CONFIG, {"n": 2}, started_at_s=130.0, updated_at_s=220.0)
+    moved.save("run-b", {"model": "other"}, {"n": 1}, started_at_s=200.0, updated_at_s=210.0)
+    record = recorder.load("run-a")
+    assert (record.report, record.started_at_s, record.updated_at_s, record.saves) == ({"n": 2}, 100.0, 220.0, 2)
+    assert record.config["controller"]["store_url"] == "redis://:***@redis.internal:6379/0"  # never the password
+    assert [(s.run_id, s.model, s.saves, s.requests) for s in recorder.list()] == [
+        ("run-a", "digits", 2, None), ("run-b", "other", 1, None)]
+    with pytest.raises(KeyError, match="no run record 'nope' in redis://127.0.0.1:.*recent ones: run-a, run-b"):
+        recorder.load("nope")
+
+
+def test_open_recorder_follows_the_store_url(redis_url, tmp_path):
+    from serve_ab.store.redis_store import RedisRunRecorder
+    from serve_ab.store.runs import RunRecorder, open_recorder
+
+    on_redis = ab_experiment(controller={"store_url": redis_url})
+    assert isinstance(open_recorder(on_redis), RedisRunRecorder)
+    on_sqlite = ab_experiment(analysis={"records": {"path": str(tmp_path / "runs.sqlite")}})
+    recorder = open_recorder(on_sqlite)
+    assert type(recorder) is RunRecorder and recorder.path == tmp_path / "runs.sqlite"
+
+
+def test_serve_ab_runs_and_report_read_records_from_redis(redis_url, capsys):
+    from serve_ab.cli.command import main as cli_main
+    from serve_ab.store.redis_store import RedisRunRecorder
+
+    RedisRunRecorder(redis_url).save("digits-1", {"model": "digits"}, {"n": 1}, 1000.0, 1200.0,
+                                     summary={"versions": ["v1"], "control": "v1", "requests": 7})
+    assert cli_main(["runs", "--store", redis_url, "--json"]) == 0
+    assert '"run_id": "digits-1"' in capsys.readouterr().out
+    assert cli_main(["runs", "--store", redis_url, "--store-key-prefix", "other:"]) == 0
+    assert "no run records in redis://" in capsys.readouterr().out
+    # A record that does not fit the report layout: read from Redis, then refused with the reasons.
+    assert cli_main(["report", "--from-record", "digits-1", "--store", redis_url]) == 1
+    assert f"run record 'digits-1' in {redis_url}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["runs", "--store", "sqlite:///x.sqlite"])
+    assert "is not a Redis URL" in capsys.readouterr().err
+
+
+def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    from serve_ab.cli.command import main as cli_main
+
+    started = time.monotonic()
+    assert cli_main(["runs", "--store", f"redis://:pw@127.0.0.1:{port}/0"]) == 1
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert f"cannot read run records at redis://:***@127.0.0.1:{port}/0: ConnectionError" in err and "pw@" not in err
