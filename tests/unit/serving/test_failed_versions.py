@@ -15,7 +15,12 @@ from serve_ab.errors import VersionUnavailable
 from serve_ab.serving import http as routes
 from serve_ab.serving.core.auth import ControlAuth, NamedToken, Role
 from serve_ab.serving.core.router import RouterCore
-from serve_ab.serving.core.versions import FailedVersion, VersionLoadFailed, load_each, load_error_text
+from serve_ab.serving.core.versions import (
+    FailedVersion,
+    VersionLoadFailed,
+    load_each,
+    load_error_text,
+)
 from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
 from tests.support.fakes import (
     DIGITS_INPUT,

@@ -15,7 +15,12 @@ from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
 from serve_ab.store.keys import feedback_key, rollout_key
 from serve_ab.store.state import MemoryStateStore
-from tests.support.fakes import FakeClock, FakeController, FakeVersion, unreachable_store
+from tests.support.fakes import (
+    FakeClock,
+    FakeController,
+    FakeVersion,
+    unreachable_store,
+)
 
 ROW = [[0.0] * 64]
 KEY_ENV = "SERVE_AB_UNIT_FEEDBACK_KEY"
