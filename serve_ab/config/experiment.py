@@ -199,6 +199,30 @@ class HttpConfig(_Strict):
     )
 
 
+class IsolationConfig(_Strict):
+    """How long the router waits on a version in its own deployment (placement: isolated).
+
+    A version that does not answer in time is served around, never waited on: the stable's
+    requests never wait for a candidate that is still starting or cannot start."""
+
+    describe_timeout_s: float = Field(
+        60.0, gt=0.0, le=3600.0,
+        description="How long a version has to tell the router its input and output; one that "
+        "does not (still starting, or its replicas cannot be placed) is reported failed, its "
+        "requests are served by the stable version, and it is asked again every recheck_s.",
+    )
+    call_timeout_s: float = Field(
+        60.0, gt=0.0, le=3600.0,
+        description="How long one request may wait on a version; past it the call is cancelled "
+        "and the request is served by the stable version (a pinned one gets a 503).",
+    )
+    recheck_s: float = Field(
+        10.0, gt=0.0, le=3600.0,
+        description="How often a version reported failed because it did not answer (or answered "
+        "with an error) is asked again; it serves again once it answers with the experiment's interface.",
+    )
+
+
 class FeedbackConfig(_Strict):
     """How clients report outcomes (``POST /feedback``) for answers they received."""
 
@@ -400,6 +424,10 @@ class ExperimentConfig(_Strict):
     pin: PinConfig = Field(default_factory=PinConfig, description="Version pinning for QA.")
     placement: Placement = Field(
         Placement.COLOCATED, validate_default=True, description="colocated or isolated."
+    )
+    isolation: IsolationConfig = Field(
+        default_factory=IsolationConfig,
+        description="Time limits on versions in their own deployments (placement: isolated).",
     )
     router: DeploymentOptions = Field(
         default_factory=_default_router, description="Ray Serve options of the router deployment."

@@ -284,7 +284,9 @@ async def v2_live() -> dict[str, Any]:
     return {"live": True}
 
 
-@api.get("/v2/health/ready", summary="Readiness: every version loaded and answering")
+# Ready means the app can answer: one version serves (a failed candidate is served around, and
+# its own /versions/{version}/ready says why), so a probe does not pull a serving router.
+@api.get("/v2/health/ready", summary="Readiness: a version loaded and answering")
 async def v2_ready(s: Served = Depends(served)) -> JSONResponse:
     ready = await s.core.is_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -300,6 +302,16 @@ async def v2_model_ready(model: str, s: Served = Depends(served)) -> JSONRespons
     s.core.check_model(model)
     ready = await s.core.is_ready()
     return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
+
+@api.get("/v2/models/{model}/versions/{version}/ready", summary="Readiness of one version")
+async def v2_version_ready(model: str, version: str, s: Served = Depends(served)) -> JSONResponse:
+    s.core.check_model(model)
+    ready, why = await s.core.version_ready(version)
+    body: dict[str, Any] = {"name": model, "version": version, "ready": ready}
+    if why is not None:  # e.g. "failed to load: ValueError: cannot load model.onnx ..." (no paths)
+        body["error"] = why
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @api.get("/v2/models/{model}/versions/{version}", summary="Metadata of one version")

@@ -2,8 +2,12 @@
 
 Everything a request goes through (the traffic decision, fallback, mirroring, observations)
 is in :mod:`serve_ab.serving.core`, which has no Ray import; the HTTP routes are in
-:mod:`serve_ab.serving.http`. Here: building the core from Ray handles, the two background
+:mod:`serve_ab.serving.http`. Here: building the core from Ray handles, the background
 loops, and the methods Python callers reach through a DeploymentHandle.
+
+A replica starts without the controller (:mod:`serve_ab.serving.core.startup`: weights and
+feedback key from the state store) and without every version (a version that fails to load
+or does not answer is served around: :meth:`RouterCore.failed_versions`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from serve_ab.errors import ControllerUnavailable, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.messages import Action, Actor, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
-from serve_ab.serving.core.versions import Version, same_interface
-from serve_ab.serving.core.watchdog import Call, WatchedVersion
+from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
+from serve_ab.serving.core.versions import Version
+from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
 from serve_ab.serving.http import Served, api, describe_experiment, use_core
-from serve_ab.serving.runtime import LoadedVersion
+from serve_ab.serving.runtime import load_versions
+from serve_ab.store.state import open_store
 
 logger = logging.getLogger("ray.serve")
 SHUTDOWN_DRAIN_S = 2.0  # how long a stopping router waits for mirrored copies in flight
@@ -141,23 +147,26 @@ class Router:
     ):
         cfg: ExperimentConfig = parse_experiment(experiment)
         versions: Mapping[str, Version]
-        interface = None
         if pools:
-            versions = {name: WatchedVersion(name, _HandleCalls(handle), replica_unavailable)
+            settings = WatchdogSettings(call_timeout_s=cfg.isolation.call_timeout_s)
+            versions = {name: WatchedVersion(name, _HandleCalls(handle), replica_unavailable, settings)
                         for name, handle in pools.items()}
         else:
-            loaded = {v.name: LoadedVersion(v) for v in cfg.versions}
-            interface = same_interface({name: (v.input_spec, v.output_spec) for name, v in loaded.items()})
-            versions = loaded
+            versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
         client = ControllerClient(controller)
-        self.core = RouterCore(cfg, versions, client, request_id=_request_id, interface=interface)
-        self.core.use_feedback_key(await client.feedback_key())
+        self.core = RouterCore(cfg, versions, client, request_id=_request_id)
+        # The saved rollout's weights (after a restart they are not the config's) and the
+        # feedback key, from the store: never awaiting the controller, which may be down.
+        start(self.core, prepare(cfg, lambda: open_store(cfg.controller), self.core.clock))
         use_core(Served(self.core, ControlAuth(cfg.control, load_tokens(cfg.control))))
-        # Serve the controller's weights from the first request on: after a restart they
-        # are the rollout's, not the config's starting point.
-        self.core.apply(await client.wait_for_update(self.core.epoch, 0.0))
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.core.follow()), loop.create_task(self.core.flush())]
+        self._tasks = [
+            loop.create_task(self.core.follow()),  # catches up with the controller when it answers
+            loop.create_task(self.core.flush()),
+            loop.create_task(self.core.watch_versions()),
+            loop.create_task(settle_feedback_key(self.core, client, lambda: open_store(cfg.controller),
+                                                 self.core.sleep)),
+        ]
 
     async def __del__(self) -> None:
         """A stopping replica (scale-down, redeploy, Ctrl-C) hands over what it served last."""

@@ -1,12 +1,14 @@
 """One model version loaded in this process, with its own dynamic batcher.
 
 Used by the router's replicas in colocated placement (one per version, side by side) and
-by a version's own replicas in isolated placement.
+by a version's own replicas in isolated placement. :func:`load_versions` loads each on its
+own: a version that fails to load is held as a failed version and the others serve.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from ray import serve
 from serve_ab.backends import load_predictor
 from serve_ab.backends.base import InputSpec, OutputSpec
 from serve_ab.config.experiment import VersionConfig
+from serve_ab.serving.core.versions import Version, load_each
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,3 +66,9 @@ class LoadedVersion:
         sizes = [len(b) for b in batches]
         outputs = self.predictor.predict(np.concatenate(batches) if len(batches) > 1 else batches[0])
         return np.split(outputs, np.cumsum(sizes)[:-1]) if len(batches) > 1 else [outputs]
+
+
+def load_versions(versions: Iterable[VersionConfig]) -> dict[str, Version]:
+    """Each version loaded and warmed, or a :class:`~serve_ab.serving.core.versions.FailedVersion`
+    holding why it could not be (a corrupt file, no GPU): one bad file never stops a replica."""
+    return load_each(versions, LoadedVersion)

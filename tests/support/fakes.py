@@ -57,6 +57,39 @@ class FakeVersion:
         return self.spec
 
 
+class SilentVersion(FakeVersion):
+    """An isolated version whose replicas never start: ``describe`` and ``predict`` never answer
+    (until ``wake()``, for versions that come up late)."""
+
+    def __init__(self, answer: int = 0, spec: tuple[InputSpec, OutputSpec] = (DIGITS_INPUT, DIGITS_OUTPUT)):
+        super().__init__(answer, spec=spec)
+        self.awake = False
+        self.describes = 0
+
+    def wake(self) -> None:
+        self.awake = True
+
+    async def describe(self) -> tuple[InputSpec, OutputSpec]:
+        self.describes += 1
+        if not self.awake:
+            await asyncio.get_running_loop().create_future()  # never resolved; cancelled by the timeout
+        return self.spec
+
+
+def failing_loader(bad: dict[str, BaseException]):
+    """A colocated loader (``LoadedVersion``'s stand-in) that raises ``bad[name]`` for those names."""
+    def load(version_cfg: Any) -> FakeVersion:
+        if version_cfg.name in bad:
+            raise bad[version_cfg.name]
+        return FakeVersion(int(version_cfg.name.lstrip("v")))
+    return load
+
+
+def unreachable_store() -> Any:
+    """An ``open_store`` whose store cannot be reached (a lost shared disk, a down Redis)."""
+    raise OSError(5, "Input/output error: the state store cannot be reached")
+
+
 class FakeController:
     """Records what a router sends and answers with a settable snapshot."""
 
@@ -94,6 +127,8 @@ class FakeController:
         return version or "v1"
 
     async def feedback_key(self) -> bytes:
+        if self.fail:
+            raise ConnectionError("controller down")
         return b"k" * 32
 
     async def act(self, action: Action, body: Any, actor: Any = None) -> dict[str, Any]:

@@ -7,6 +7,14 @@ the controller for a :class:`RoutingSnapshot` and applies it; :meth:`RouterCore.
 the interval's aggregate once per interval. Both keep serving with the last weights while the
 controller is away. Clock, sleep and the request id are injected, so unit tests drive
 everything with fakes and never wait.
+
+A version that cannot serve never stops the others: one that failed to load, or (isolated)
+did not answer ``describe`` in time, or takes another input than the experiment's, is a
+failed version (:meth:`RouterCore.failed_versions`); the split's requests to it are served
+by the fallback and pinned ones get a 503 naming why. The experiment's interface comes from
+the first version that answers, the stable one winning a disagreement, so the stable's
+requests never wait on a candidate; :meth:`RouterCore.watch_versions` asks the failed
+isolated versions again.
 """
 
 from __future__ import annotations
@@ -21,14 +29,29 @@ import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
 from serve_ab.config.experiment import ExperimentConfig
-from serve_ab.errors import Forbidden, Unauthorized, UnknownModel, VersionNotServed, VersionUnavailable
+from serve_ab.errors import (
+    ControllerUnavailable,
+    Forbidden,
+    Unauthorized,
+    UnknownModel,
+    VersionNotServed,
+    VersionUnavailable,
+)
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
 from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
-from serve_ab.serving.core.versions import Version, answer, error_kind, same_interface
+from serve_ab.serving.core.versions import (
+    FailedVersion,
+    Version,
+    VersionLoadFailed,
+    answer,
+    error_kind,
+    load_error_text,
+    within,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,7 +84,17 @@ class RouterCore:
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)
         self.feedback_names = cfg.feedback_names()  # what POST /feedback accepts
-        self._interface = interface  # colocated: known at load; isolated: asked once
+        # The experiment's input and output: given (tests), or the first answer to describe().
+        self._interface = interface
+        self.isolation = cfg.isolation
+        self._preferred = cfg.control_version()  # the stable: its interface wins a disagreement
+        self._reference: str | None = None  # the version the interface was taken from
+        self._failed: dict[str, str] = {n: v.reason for n, v in self.versions.items()
+                                        if isinstance(v, FailedVersion)}
+        # Versions seen answering with the experiment's interface: only these take the split's requests.
+        self._agreed: set[str] = set() if interface is None else set(self.versions) - set(self._failed)
+        self._checks: dict[str, asyncio.Future] = {}  # describe() calls in flight, per version
+        self._key_warned = False
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -92,6 +125,8 @@ class RouterCore:
         the fallback: safe, because inference is idempotent (a read with no side effect).
         """
         version, request_id = choice.version, self.request_id()
+        if not choice.assigned and version not in self._agreed:
+            await self._checked(version)  # a pinned version still starting: its answer to describe()
         started_s = self.clock()
         try:
             outputs = await answer(version, self._version(version, choice.assigned), batch)
@@ -102,7 +137,7 @@ class RouterCore:
                                      split=choice.epoch)
             if not choice.assigned or not isinstance(err, VersionUnavailable):
                 raise
-            fallback = self.decision.fallback_for(version, self.versions)
+            fallback = self.decision.fallback_for(version, self._agreed)
             if fallback is None:
                 raise
             logger.warning("serve-ab router: request %s: version %s unavailable; retrying the request on %s",
@@ -129,22 +164,127 @@ class RouterCore:
             message = f"version {name!r} is no longer served; this experiment serves {list(self.versions)}"
             # The split chose it, not the client: serve the request elsewhere, as for an outage.
             raise VersionUnavailable(message) if assigned else VersionNotServed(message)
+        if name in self._failed:
+            raise VersionUnavailable(f"version {name!r} of model {self.cfg.model!r} cannot serve: "
+                                     f"{self._failed[name]}")
+        if assigned and name not in self._agreed:  # isolated, still starting: not worth the wait
+            raise VersionUnavailable(f"version {name!r} has not answered yet; served elsewhere")
         return version
 
+    # -- which versions can serve ---------------------------------------------------------------
+
+    def failed_versions(self) -> dict[str, str]:
+        """The versions that cannot serve now, each with why (a load error, a describe that
+        timed out or failed, another interface): for the router's report to the controller."""
+        return dict(self._failed)
+
     async def interface(self) -> tuple[InputSpec, OutputSpec]:
-        """The input and output every version shares (asked of isolated versions once)."""
+        """The experiment's input and output: the first version's to answer ``describe``
+        (every version is asked at once; none is waited on past isolation.describe_timeout_s)."""
         if self._interface is None:
-            names = list(self.versions)
-            described = await asyncio.gather(*(self.versions[n].describe() for n in names))
-            self._interface = same_interface(dict(zip(names, described)))
+            checks = [self._start_check(n) for n in self.versions
+                      if n not in self._agreed and n not in self._failed]
+            while self._interface is None:
+                pending = [c for c in checks if not c.done()]
+                if not pending:
+                    break
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if self._interface is None:
+                why = "; ".join(f"{n}: {r}" for n, r in self._failed.items()) or "no version answered"
+                raise VersionUnavailable(f"no version of model {self.cfg.model!r} can serve now ({why})")
         return self._interface
 
-    async def is_ready(self) -> bool:
+    def _start_check(self, name: str) -> asyncio.Future:
+        check = self._checks.get(name)
+        if check is None or check.done():
+            check = self._checks[name] = asyncio.ensure_future(self._check(name))
+        return check
+
+    async def _checked(self, name: str) -> None:
+        """Wait for ``name``'s answer to describe(), asking when nobody has yet."""
+        if name in self.versions and name not in self._agreed and name not in self._failed:
+            await self._start_check(name)
+
+    async def _check(self, name: str) -> None:
+        version = self.versions.get(name)
+        if version is None:
+            return
+        timeout_s = self.isolation.describe_timeout_s
+        try:
+            spec = await within(version.describe(), timeout_s, self.sleep)
+        except TimeoutError:
+            self._fail(name, f"did not answer within {timeout_s:g}s (isolation.describe_timeout_s): "
+                             "still starting, or its replicas cannot start")
+        except VersionLoadFailed as err:  # an isolated version's deployment could not load it
+            # Across Ray, the error is a RayTaskError too: its cause holds the message.
+            self._fail(name, getattr(getattr(err, "cause", err), "message", None) or "failed to load")
+        except Exception as err:
+            self._fail(name, f"describe() failed: {load_error_text(err)}")
+        else:
+            self._accept(name, spec)
+
+    def _accept(self, name: str, spec: tuple[InputSpec, OutputSpec]) -> None:
+        if self._interface is not None and spec != self._interface:
+            if name != self._preferred or self._reference in (None, name):
+                self._fail(name, self._mismatch(spec, self._reference, self._interface))
+                return
+            # The stable disagrees with the first version to answer: the stable is right.
+            for other in sorted(self._agreed):
+                self._fail(other, self._mismatch(self._interface, name, spec))
+        if self._interface is None or spec != self._interface:
+            self._interface, self._reference = spec, name
+        if name in self._failed:
+            logger.info("serve-ab router: version %s answers again; serving it", name)
+            del self._failed[name]
+        self._agreed.add(name)
+
+    @staticmethod
+    def _mismatch(spec: tuple[InputSpec, OutputSpec], other: str | None,
+                  other_spec: tuple[InputSpec, OutputSpec]) -> str:
+        other_text = f"version {other!r}" if other is not None else "the experiment"
+        return (f"takes {spec[0]} and returns {spec[1]}, but {other_text} takes {other_spec[0]} and "
+                f"returns {other_spec[1]}; the versions of one experiment must share their input and output")
+
+    def _fail(self, name: str, reason: str) -> None:
+        if self._failed.get(name) != reason:
+            logger.warning("serve-ab router: version %s cannot serve: %s", name, reason)
+        self._failed[name] = reason
+        self._agreed.discard(name)
+
+    async def watch_versions(self) -> None:
+        """Ask every version at once, so a failure is known (and reported) before a request
+        needs it; then ask the failed isolated versions again every isolation.recheck_s (a
+        colocated load failure stays: a new file needs a redeploy)."""
         try:
             await self.interface()
-        except Exception:  # a version still starting, or failing to load
+        except VersionUnavailable as err:
+            logger.warning("serve-ab router: %s", err.message)
+        while True:
+            await self.sleep(self.isolation.recheck_s)
+            for name in list(self._failed):
+                if name in self.versions and not isinstance(self.versions[name], FailedVersion):
+                    self._start_check(name)
+
+    async def _ask_all(self) -> None:
+        try:
+            await self.interface()
+        except VersionUnavailable:
+            pass
+
+    async def is_ready(self) -> bool:
+        """The model is ready when one version serves (the stable, or any other)."""
+        try:
+            await self.interface()
+        except Exception:  # no version loaded, or none answering yet
             return False
         return True
+
+    async def version_ready(self, name: str) -> tuple[bool, str | None]:
+        """Whether ``name`` serves, and when not, why (None while it is still starting)."""
+        self.check_version(name)
+        await self._ask_all()
+        await self._checked(name)
+        return name in self._agreed, self._failed.get(name)
 
     # -- feedback tokens ----------------------------------------------------------------------
 
@@ -157,7 +297,13 @@ class RouterCore:
         pinned request, whose feedback is then not counted); None when feedback needs none."""
         if not self.cfg.feedback.require_token:
             return None  # not minted: an HMAC per answer that nobody would check
-        return self._signer().issue(request_id, version, assigned, unit, epoch)
+        if self.signer is None:  # the key is on its way (feedback_key_loop): serve, untokened
+            if not self._key_warned:
+                logger.warning("serve-ab router: no feedback key yet (state store unreachable); "
+                               "answers carry no feedback_token until it is known")
+                self._key_warned = True
+            return None
+        return self.signer.issue(request_id, version, assigned, unit, epoch)
 
     def feedback_token_for(self, request_id: str, choice: Choice) -> str | None:
         """The token of an answer to ``choice``. It names the version the split *assigned*
@@ -182,7 +328,8 @@ class RouterCore:
 
     def _signer(self) -> FeedbackSigner:
         if self.signer is None:
-            raise RuntimeError("no feedback key yet: call use_feedback_key() when the replica starts")
+            raise ControllerUnavailable("feedback cannot be checked yet: this router has not got the "
+                                        "feedback key (the state store is unreachable); retry in a few seconds")
         return self.signer
 
     def check_model(self, model: str) -> None:
@@ -209,6 +356,8 @@ class RouterCore:
             if name in self.versions and weights.get(name, 0.0) == 0.0:
                 # Requests in flight hold their own reference; the model is freed after them.
                 del self.versions[name]
+                self._failed.pop(name, None)
+                self._agreed.discard(name)
                 logger.info("serve-ab router: retired version %s", name)
 
     async def follow(self) -> None:

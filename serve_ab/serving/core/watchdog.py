@@ -6,7 +6,8 @@ takes its health check period plus a model load, longer than clients wait. So a 
 runs beside the calls: when they stop completing and no replica answers a probe, the
 version is down, its waiting calls are cancelled and new ones fail at once with
 :class:`~serve_ab.errors.VersionUnavailable`, for the router to serve elsewhere, until a
-probe is answered again.
+probe is answered again. One call that waits past ``call_timeout_s`` (isolation.call_timeout_s)
+is cancelled the same way, even on a version never seen answering (one still starting).
 
 No Ray here: the calls come from a :class:`RemoteCalls` (the Ray layer wraps a
 DeploymentHandle; tests use fakes that fail, stall and recover), and time from an injected
@@ -57,6 +58,7 @@ class WatchdogSettings:
     stall_s: float = 1.0
     probe_timeout_s: float = 2.0
     idle_exit_s: float = 30.0  # the watchdog of an idle (or retired) version stops
+    call_timeout_s: float = 60.0  # one call waiting longer is cancelled and served elsewhere
 
 
 class WatchedVersion:
@@ -71,8 +73,8 @@ class WatchedVersion:
         self.is_unavailable = is_unavailable  # the replica failed, not the request
         self.settings = settings
         self.sleep = sleep
-        self._pending: set[Call] = set()
-        self._cancelled: set[Call] = set()  # cancelled by the watchdog, not by their callers
+        self._pending: dict[Call, float] = {}  # calls in flight -> seconds waited (watchdog ticks)
+        self._cancelled: dict[Call, str] = {}  # cancelled by the watchdog (why), not by their callers
         self._progress = False  # a call completed since the watchdog last looked
         self.down_reason: str | None = None
         self._watchdog: asyncio.Task | None = None
@@ -83,21 +85,20 @@ class WatchedVersion:
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         call = self.calls.predict(batch)
-        self._pending.add(call)
+        self._pending[call] = 0.0
         try:
             return await call
         except Exception as err:
             if call in self._cancelled:  # even if a probe was answered since: the call was cut
-                raise VersionUnavailable(self.down_reason or f"version {self.name!r} stalled; its call "
-                                         "was cancelled and is served elsewhere") from None
+                raise VersionUnavailable(self._cancelled[call]) from None
             if self.is_unavailable(err):
                 raise VersionUnavailable(
                     f"version {self.name!r} ({self.calls.name}) could not serve the request: "
                     f"{type(err).__name__}") from err
             raise
         finally:
-            self._pending.discard(call)
-            self._cancelled.discard(call)
+            self._pending.pop(call, None)
+            self._cancelled.pop(call, None)
             self._progress = True
 
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
@@ -113,6 +114,7 @@ class WatchedVersion:
             while idle_s < s.idle_exit_s:
                 self._progress = False
                 await self.sleep(s.interval_s)
+                self._cancel_overdue()
                 if self.down_reason is not None:
                     if await self._answers_probe():
                         logger.info("serve-ab router: version %s answers again", self.name)
@@ -150,6 +152,17 @@ class WatchedVersion:
             answer.exception()  # retrieved, so asyncio does not log it as never retrieved
         return False
 
+    def _cancel_overdue(self) -> None:
+        s = self.settings
+        for call, waited_s in list(self._pending.items()):
+            self._pending[call] = waited_s = waited_s + s.interval_s
+            if waited_s >= s.call_timeout_s and call not in self._cancelled:
+                self._cancelled[call] = (
+                    f"version {self.name!r} ({self.calls.name}) did not answer within "
+                    f"{s.call_timeout_s:g}s (isolation.call_timeout_s); its call was cancelled")
+                logger.warning("serve-ab router: %s", self._cancelled[call])
+                call.cancel()
+
     def _mark_down(self, stalled_s: float) -> None:
         self.down_reason = (
             f"version {self.name!r} ({self.calls.name}) is unavailable: no call completed for "
@@ -159,7 +172,7 @@ class WatchedVersion:
         logger.warning("serve-ab router: %s (%d waiting calls cancelled)", self.down_reason,
                        len(self._pending))
         for call in list(self._pending):
-            self._cancelled.add(call)
+            self._cancelled[call] = self.down_reason
             call.cancel()
 
 

@@ -1,0 +1,269 @@
+"""A version that cannot serve is isolated: it failed to load (colocated), never answers or
+answers with another interface (isolated). The stable serves meanwhile, the split's requests
+to the failed version fall back, pinned ones get a 503 naming why. No Ray, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_ab.backends.base import InputSpec
+from serve_ab.errors import VersionUnavailable
+from serve_ab.serving import http as routes
+from serve_ab.serving.core.auth import ControlAuth, NamedToken, Role
+from serve_ab.serving.core.router import RouterCore
+from serve_ab.serving.core.versions import (
+    FailedVersion,
+    VersionLoadFailed,
+    load_each,
+    load_error_text,
+)
+from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
+from tests.support.fakes import (
+    DIGITS_INPUT,
+    DIGITS_OUTPUT,
+    FakeClock,
+    FakeController,
+    FakeVersion,
+    SilentVersion,
+    failing_loader,
+)
+from tests.unit.serving.test_router_core import FakeCalls, experiment
+
+ROW = [[0.0] * 64]
+CORRUPT = ValueError("cannot load /srv/models/digits/v2/model.onnx with the onnx backend: "
+                     "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from "
+                     "/srv/models/digits/v2/model.onnx failed:Protobuf parsing failed.\nTraceback ...")
+QA = "unit-qa-token-0123"
+
+
+def core_over(versions, clock=None, **changes) -> RouterCore:
+    clock = clock or FakeClock()
+    return RouterCore(experiment(pin={"enabled": True}, **changes), versions, FakeController(),
+                      request_id=lambda: "req-1", clock=clock, sleep=clock.sleep)
+
+
+def colocated_with_corrupt_v2() -> RouterCore:
+    cfg = experiment()
+    return core_over(load_each(cfg.versions, failing_loader({"v2": CORRUPT})))
+
+
+def keys_for(core: RouterCore, version: str, n: int = 5) -> list[str]:
+    return [k for k in map(str, range(500)) if core.decision.assigner.assign(k) == version][:n]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- colocated: a version that fails to load -----------------------------------------------
+
+def test_a_load_error_is_a_short_line_without_server_paths():
+    text = load_error_text(CORRUPT)
+    assert text.startswith("ValueError: cannot load model.onnx with the onnx backend")
+    assert "/srv" not in text and "Traceback" not in text
+    assert load_error_text(RuntimeError("x" * 1000)).endswith("...")
+
+
+def test_the_stable_serves_while_the_candidate_failed_to_load_and_the_fallback_is_counted():
+    core = colocated_with_corrupt_v2()
+    assert isinstance(core.versions["v2"], FailedVersion)
+    assert list(core.failed_versions()) == ["v2"]
+    assert core.failed_versions()["v2"].startswith("failed to load: ValueError: cannot load model.onnx")
+    for key in keys_for(core, "v2"):
+        version, outputs = run(core.serve(ROW, key, None))
+        assert version == "v1" and int(outputs[0].argmax()) == 1
+    rows = core.observations.drain().served
+    assert [(r.version, r.error_kind, r.assigned) for r in rows[:2]] == [("v2", "unavailable", True),
+                                                                         ("v1", None, False)]
+    assert len(rows) == 10
+
+
+def test_a_request_pinned_to_the_failed_version_is_a_503_naming_the_load_error():
+    core = colocated_with_corrupt_v2()
+    with pytest.raises(VersionUnavailable, match="'v2' of model 'digits' cannot serve: failed to load: "
+                                                 "ValueError: cannot load model.onnx") as caught:
+        run(core.serve(ROW, None, "v2"))
+    assert "/srv" not in caught.value.message
+
+
+def test_readiness_of_the_model_and_of_each_version():
+    core = colocated_with_corrupt_v2()
+    assert run(core.is_ready())
+    assert run(core.version_ready("v1")) == (True, None)
+    ready, why = run(core.version_ready("v2"))
+    assert not ready and why.startswith("failed to load: ValueError")
+
+
+def test_every_version_failed_is_not_ready_and_a_503():
+    cfg = experiment()
+    core = core_over(load_each(cfg.versions, failing_loader({"v1": CORRUPT, "v2": CORRUPT})))
+    assert not run(core.is_ready())
+    with pytest.raises(VersionUnavailable, match="no version of model 'digits' can serve now"):
+        run(core.serve(ROW, "u", None))
+
+
+def test_the_interface_comes_from_the_loaded_versions_only():
+    other = (InputSpec("input", np.dtype("float32"), (-1, 32)), DIGITS_OUTPUT)
+    cfg = experiment()
+    core = core_over(load_each(cfg.versions, failing_loader({"v1": CORRUPT})) | {"v2": FakeVersion(2, spec=other)})
+    assert run(core.interface()) == other  # v1 failed: v2's interface is the experiment's
+    assert run(core.serve([[0.0] * 32], "u", None))[0] == "v2"
+
+
+def test_http_ready_endpoints_and_pins_with_a_failed_candidate():
+    core = colocated_with_corrupt_v2()
+    core.use_feedback_key(b"unit-test-feedback-key-32-bytes!")
+    routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [NamedToken("qa", Role.QA, QA)])))
+    try:
+        with TestClient(routes.api, raise_server_exceptions=False) as client:
+            assert client.get("/v2/health/ready").status_code == 200
+            assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
+            assert client.get("/v2/models/digits/versions/v1/ready").json()["ready"] is True
+            response = client.get("/v2/models/digits/versions/v2/ready")
+            assert response.status_code == 503 and response.json()["ready"] is False
+            assert response.json()["error"].startswith("failed to load: ValueError: cannot load model.onnx")
+            assert client.get("/v2/models/digits/versions/v9/ready").status_code == 404
+            for key in keys_for(core, "v2", 3):
+                answer = client.post("/predict", json={"inputs": ROW, "user_id": key})
+                assert answer.status_code == 200 and answer.json()["version"] == "v1"
+            pinned = client.post("/predict", json={"inputs": ROW},
+                                 headers={"x-serve-ab-version": "v2", "authorization": f"Bearer {QA}"})
+            assert pinned.status_code == 503 and "failed to load" in pinned.json()["error"]
+            assert "/srv" not in pinned.text
+    finally:
+        routes.use_core(None)
+
+
+# -- isolated: a version that never answers, answers with an error, or another interface ---
+
+def test_the_stable_never_waits_on_a_candidate_that_never_starts():
+    async def never(_delay_s: float) -> None:  # time stands still: no describe ever times out
+        await asyncio.get_running_loop().create_future()
+
+    core = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": SilentVersion(2)}, FakeController(),
+                      request_id=lambda: "req-1", clock=FakeClock(), sleep=never)
+
+    async def go():
+        keys = keys_for(core, "v1", 3) + keys_for(core, "v2", 3)
+        return [await core.serve(ROW, k, None) for k in keys]
+
+    # Answered while the candidate is still silent, so without waiting for its timeout: the
+    # candidate's share fell back to the stable.
+    assert {v for v, _ in run(go())} == {"v1"}
+    assert core.failed_versions() == {}
+    rows = core.observations.drain().served
+    assert sum(r.version == "v2" and r.error_kind == "unavailable" for r in rows) == 3
+
+
+def test_a_candidate_that_never_answers_describe_is_failed_after_the_timeout():
+    clock = FakeClock()
+    core = core_over({"v1": FakeVersion(1), "v2": SilentVersion(2)}, clock)
+
+    async def go():
+        answer = await core.serve(ROW, keys_for(core, "v2", 1)[0], None)
+        for _ in range(20):  # the candidate's check times out on the fake clock, in the background
+            await asyncio.sleep(0)
+        return answer
+
+    assert run(go())[0] == "v1"
+    assert "did not answer within 60s (isolation.describe_timeout_s)" in core.failed_versions()["v2"]
+    ready, why = run(core.version_ready("v2"))
+    assert not ready and "did not answer" in why
+    assert run(core.version_ready("v1")) == (True, None)
+
+
+def test_a_pinned_request_waits_for_a_starting_version_at_most_the_describe_timeout():
+    clock = FakeClock()
+    core = core_over({"v1": FakeVersion(1), "v2": SilentVersion(2)}, clock,
+                     isolation={"describe_timeout_s": 5})
+    with pytest.raises(VersionUnavailable, match="did not answer within 5s"):
+        run(core.serve(ROW, None, "v2"))
+
+
+def test_a_version_whose_deployment_failed_to_load_reports_its_load_error():
+    class LoadFailedPool(FakeVersion):
+        async def describe(self):
+            raise VersionLoadFailed("failed to load: ValueError: cannot load model.onnx")
+
+    core = core_over({"v1": FakeVersion(1), "v2": LoadFailedPool(2)})
+    assert run(core.is_ready())
+    assert core.failed_versions() == {"v2": "failed to load: ValueError: cannot load model.onnx"}
+
+
+def test_a_candidate_with_another_interface_is_failed_and_the_stable_wins_a_disagreement():
+    other = (InputSpec("input", np.dtype("float32"), (-1, 32)), DIGITS_OUTPUT)
+    core = core_over({"v1": FakeVersion(1), "v2": FakeVersion(2, spec=other)})
+    assert run(core.interface()) == (DIGITS_INPUT, DIGITS_OUTPUT)
+    assert "the versions of one experiment must share their input and output" in core.failed_versions()["v2"]
+
+    clock = FakeClock()
+    late_stable = SilentVersion(1)
+    core = core_over({"v1": late_stable, "v2": FakeVersion(2, spec=other)}, clock)
+
+    async def go():
+        first = await core.interface()  # the candidate answered first
+        await core._checks["v1"]  # the stable's first describe timed out
+        late_stable.wake()
+        await core._start_check("v1")  # asked again (watch_versions), it answers
+        return first, await core.interface()
+
+    first, then = run(go())
+    assert first == other and then == (DIGITS_INPUT, DIGITS_OUTPUT)
+    assert list(core.failed_versions()) == ["v2"]
+
+
+def test_a_version_that_starts_late_is_asked_again_and_serves():
+    clock = FakeClock()
+    late = SilentVersion(2)
+    core = core_over({"v1": FakeVersion(1), "v2": late}, clock, isolation={"recheck_s": 10})
+
+    async def go():
+        watcher = asyncio.get_running_loop().create_task(core.watch_versions())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        failed = core.failed_versions()
+        late.wake()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        watcher.cancel()
+        return failed
+
+    failed = run(go())
+    assert "v2" in failed and core.failed_versions() == {}
+    assert run(core.serve(ROW, keys_for(core, "v2", 1)[0], None))[0] == "v2"
+
+
+def test_a_colocated_load_failure_is_not_asked_again():
+    core = colocated_with_corrupt_v2()
+    clock = core.clock
+
+    async def go():
+        watcher = asyncio.get_running_loop().create_task(core.watch_versions())
+        for _ in range(30):
+            await asyncio.sleep(0)
+        watcher.cancel()
+
+    run(go())
+    assert clock() > 1_000_000.0 and "v2" in core.failed_versions()
+
+
+def test_a_call_that_waits_past_the_call_timeout_is_cancelled_and_served_elsewhere():
+    clock = FakeClock()
+    calls = FakeCalls()
+    calls.stalled = True  # replicas not started: never seen answering, so never "down"
+    settings = WatchdogSettings(call_timeout_s=3.0)
+
+    async def go():
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
+        started = clock()
+        with pytest.raises(VersionUnavailable, match="did not answer within 3s"):
+            await version.predict(np.zeros((1, 64), np.float32))
+        return clock() - started
+
+    waited_s = run(go())
+    assert settings.call_timeout_s <= waited_s <= settings.call_timeout_s + settings.interval_s
+    assert calls.predicts[0].cancelled
