@@ -23,14 +23,11 @@ pinned ones never move a gate.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +45,8 @@ from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
+from serve_ab.store.keys import feedback_key, rollout_key
+from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import open_store
 from serve_ab.api.errors import client_message
 from serve_ab.api.schemas import ActionRequest
@@ -66,13 +65,6 @@ LONG_POLL_TIMEOUT_S = 2.0
 REPORT_INTERVAL_S = 5.0
 # Blue-green validation's time limit when the rollout has no progress deadline.
 VALIDATION_TIMEOUT_S = 120.0
-
-
-def rollout_key(cfg: ExperimentConfig) -> str:
-    """One persisted rollout per (model, strategy, stable, candidate): a new candidate starts fresh."""
-    assert cfg.rollout is not None
-    r = cfg.rollout
-    return f"{cfg.model}:{r.strategy.value}:{r.stable}->{r.candidate}"
 
 
 class ControllerCore:
@@ -483,18 +475,6 @@ class ControllerCore:
         return out
 
 
-def feedback_key(cfg: ExperimentConfig, store) -> bytes:
-    """The feedback tokens' key: from ``feedback.key_env`` when set (every replica of every
-    app that shares it accepts the others' tokens), else made once and kept in the store, so
-    tokens issued before a controller restart stay valid."""
-    from_env = os.environ.get(cfg.feedback.key_env)
-    if from_env:
-        return from_env.encode()
-    # Created atomically: routers starting beside a controller may make it at the same moment.
-    saved = store.create(f"feedback-key:{cfg.model}", {"key_hex": secrets.token_hex(32)})
-    return bytes.fromhex(saved["key_hex"])
-
-
 @serve.deployment(name="Controller", num_replicas=1, max_ongoing_requests=1000)
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
@@ -601,11 +581,8 @@ class ExperimentController:
             return report
 
     def _save_record(self, report: Report, now_s: float, final: bool = False) -> None:
-        from serve_ab.store.runs import RunRecorder
-
-        records = self.core.cfg.analysis.records
-        if self._recorder is None:
-            self._recorder = RunRecorder(Path(records.path), mlflow=records.mlflow)
+        if self._recorder is None:  # where the store is: Redis records a run that outlives a node
+            self._recorder = open_recorder(self.core.cfg)
         self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"),
                             report.model_dump(mode="json"), started_at_s=self.core.run_started_at_s,
                             updated_at_s=now_s, summary=report.run_summary(), metrics=report.headline_metrics())

@@ -155,6 +155,7 @@ class Router:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
         client = ControllerClient(controller)
         self.core = RouterCore(cfg, versions, client, request_id=_request_id)
+        self.core.replica = serve.get_replica_context().replica_tag
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.
         start(self.core, prepare(cfg, lambda: open_store(cfg.controller), self.core.clock))

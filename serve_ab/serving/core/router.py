@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.errors import (
@@ -378,13 +379,18 @@ class RouterCore:
     async def flush_once(self) -> None:
         """Send this interval's aggregate; one the controller does not take goes with the next."""
         aggregate = self.observations.drain()
+        failed = self.failed_versions()
         if aggregate is None:
-            return
-        report = IntervalReport(self.replica, aggregate, delayed_intervals=self.observations.unsent)
+            if not failed:
+                return
+            aggregate = IntervalAggregate()  # idle, but the controller must hear what failed
+        report = IntervalReport(self.replica, aggregate, delayed_intervals=self.observations.unsent,
+                                failed_versions=failed)
         try:
             await self.controller.record(report)
         except Exception:
-            self.observations.restore(aggregate)
+            if aggregate:
+                self.observations.restore(aggregate)
             logger.warning("serve-ab router: the controller did not take this interval's report "
                            "(%d requests); it goes with the next one", aggregate.rows, exc_info=True)
         else:

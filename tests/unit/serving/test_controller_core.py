@@ -10,7 +10,8 @@ import pytest
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import RolloutError
-from serve_ab.serving.controller import ControllerCore, rollout_key
+from serve_ab.serving.controller import ControllerCore
+from serve_ab.store.keys import rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import ActionRefused, Conflict, StoreUnavailable, UnknownAction
