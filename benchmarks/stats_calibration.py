@@ -75,6 +75,7 @@ from serve_ab.analysis.power import design_effect, sequential_power, units_per_a
 from serve_ab.analysis.report import build_report
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.config.rollout import Gate
+from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.rollout.gates import Observation, build_windows, evaluate_gates
 from serve_ab.routing import NUM_BUCKETS, SplitTable
 
@@ -248,9 +249,10 @@ def naive_p_values(snapshot: Mapping[str, Any]) -> dict[str, float]:
             return mean, math.sqrt(max(t["sum_sq"] - t["sum"] * mean, 0.0) / (t["n"] - 1)), t["n"]
         (m1, s1, n1), (m2, s2, n2) = moments(mb), moments(ma)
         out[MEAN] = float(stats.ttest_ind_from_stats(m1, s1, n1, m2, s2, n2, equal_var=False).pvalue)
-    la, lb = a["latency"].get("sample_ms"), b["latency"].get("sample_ms")
-    if la and lb:
-        out["latency_ms"] = float(stats.ttest_ind(lb, la, equal_var=False).pvalue)
+    la, lb = (LogHistogram.from_wire(x["latency"].get("sketch_ms")) for x in (a, b))
+    if la.count > 1 and lb.count > 1:  # every request's latency, each within 1% (the sketch)
+        expand = lambda h: np.repeat(h.values_and_weights()[0], h.values_and_weights()[1].astype(int))  # noqa: E731
+        out["latency_ms"] = float(stats.ttest_ind(expand(lb), expand(la), equal_var=False).pvalue)
     return out
 
 
