@@ -18,7 +18,7 @@ there, and its JSON schema is published in docs/report.schema.json). What it hol
                       value, ci, p50, p95}}, power_plan, comparisons [comparisons.judge]}]
                     error_rate, latency_ms (mean per request), then each feedback metric
     srm             units per version under the weights routed by now (a uniform sample of
-                    them past 200,000 per split), and earlier splits' results
+                    them past 100,000 per split), and earlier splits' results
     shadow          None, or the paired live/shadow comparison (agreement, flips,
                     class_tests, score_diff, drift, latency_ms, confusion)
     plots           latency_histogram {edges_ms, counts, clipped}, timeline {t_s,
@@ -508,7 +508,7 @@ def _srm(splits: list[_Split], weights: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "applicable": True, "basis": "units",
         "basis_note": "distinct users per version under the current weights (a uniform sample of them past "
-                      "200,000), plus keyless requests, each its own unit",
+                      "100,000), plus keyless requests, each its own unit",
         "observed": {}, "weights_pct": dict(weights), "expected": None, "statistic": None, "dof": None,
         "p_value": None, "threshold_p": ab.SRM_THRESHOLD_P, "mismatch": False, "reason": None,
         "sampled_fraction": None, "other_splits": [],

@@ -115,7 +115,7 @@ class VariantResult(_Model):
     requests: int
     assigned: int = Field(description="requests routed by the assignment (not pinned to a version)")
     units: int | None = Field(description="distinct users assigned to it (estimated from a uniform sample "
-                              "past 200,000), plus keyless requests; None when not counted")
+                              "past 100,000), plus keyless requests; None when not counted")
     errors: int
     error_rate: Num | None
     errors_by_kind: dict[str, int]

@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["MAX_SAMPLED_UNITS", "UnitSample"]
 
-MAX_SAMPLED_UNITS = 200_000
+MAX_SAMPLED_UNITS = 100_000
 _FULL = 1 << 64
 _MASK = _FULL - 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -295,6 +295,11 @@ class ControllerConfig(_Strict):
         0.25, gt=0, le=10, description="How often the controller looks at its windows and timers."
     )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources the controller replica asks for, e.g. {ctl: 0.1} to keep it "
+        "on the nodes that offer it (Serve restarts it on another such node if its node is lost).",
+    )
 
     @field_validator("store_url")
     @classmethod

@@ -104,7 +104,8 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     # Every app has a controller: it holds the figures of the report and the metrics, and
     # runs the rollout when there is one.
     controller = ExperimentController.options(
-        ray_actor_options={"num_cpus": cfg.controller.num_cpus},
+        ray_actor_options={"num_cpus": cfg.controller.num_cpus,
+                           **({"resources": dict(cfg.controller.resources)} if cfg.controller.resources else {})},
         # Its ongoing requests at shutdown are the routers' long polls, which return within
         # LONG_POLL_TIMEOUT_S; checked every CONTROLLER_SHUTDOWN_LOOP_S, so a delete takes about
         # that long plus the final record, not Ray's default 2 s wait loops.

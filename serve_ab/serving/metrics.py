@@ -214,6 +214,31 @@ class _SnapshotCollector(Collector):
                                     labels=["model"])
         started.add_metric([self.model], self.snapshot["started_at_s"])
         yield from (unjoined, duplicates, started)
+        yield from self._routers()
+
+    def _routers(self) -> Iterator[Metric]:
+        """What the routers' interval reports say: how many report, what reached the
+        controller late (merged into a later report while it was away), what failed to load."""
+        routers = self.status.get("routers") or {}
+        model = self.model
+        live = GaugeMetricFamily(PREFIX + "routers_reporting",
+                                 "Router replicas that reported in the last minute.", labels=["model"])
+        live.add_metric([model], routers.get("routers", 0))
+        reports = CounterMetricFamily(PREFIX + "router_reports_total",
+                                      "Interval reports the controller merged, from every router.", labels=["model"])
+        reports.add_metric([model], routers.get("reports_total", 0))
+        delayed = CounterMetricFamily(
+            PREFIX + "router_intervals_delayed_total",
+            "Intervals a router could not send when due (the controller was away) and sent with a later report.",
+            labels=["model"])
+        delayed.add_metric([model], routers.get("delayed_intervals_total", 0))
+        failed = GaugeMetricFamily(PREFIX + "version_load_failed",
+                                   "1 when some router replica could not load the version (it gets no traffic).",
+                                   labels=["model", "version"])
+        broken = self.status.get("failed_versions") or {}
+        for version in self.snapshot["versions"]:
+            failed.add_metric([model, version], float(version in broken))
+        yield from (live, reports, delayed, failed)
 
     def _rollout(self) -> Iterator[Metric]:
         status, model = self.status, self.model

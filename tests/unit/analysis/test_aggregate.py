@@ -88,3 +88,48 @@ def test_an_unsent_interval_merges_into_the_next():
     second.merge(first)
     assert second.rows == 7 and second.versions["v1"].requests == 7 and second.gates["v1"].requests == 7
     assert second.splits[0].metrics["error_rate"].n.sum() == 7
+
+
+def test_five_million_users_keep_the_state_bounded_and_srm_still_runs():
+    """Routers' intervals of 100,000 new users each, 5M in all, merged by the controller: the
+    saved state stops growing once the unit samples are full, the estimate of users stays
+    close, and the sample-ratio check runs on the sampled users."""
+    import json
+
+    from serve_ab.analysis.accumulate import ExperimentStats
+    from serve_ab.analysis.aggregate import SplitAggregate
+    from serve_ab.analysis.unit_sample import MAX_SAMPLED_UNITS
+    from serve_ab.routing import SplitTable
+
+    weights = {"v1": 50.0, "v2": 50.0}
+    table = SplitTable.from_weights(weights)
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.set_weights(weights)
+    router = IntervalAggregate()
+    sizes = {}
+    for interval in range(50):
+        split = SplitAggregate(dict(weights))
+        if 0 in router.unit_thetas:
+            split.units.theta = router.unit_thetas[0]
+        start = interval * 100_000
+        for unit in range(start, start + 100_000):  # what served() adds per assigned request
+            split.units.add(table.version_for_bucket(unit % 10_000), unit)
+        router.splits[0], router.rows = split, 100_000
+        stats.merge(float(interval), router)
+        router = router.next_interval()
+        if (interval + 1) % 5 == 0:
+            sizes[(interval + 1) * 100_000] = len(json.dumps(stats.to_state(float(interval))))
+    # Two unit samples (the split's, the run's) of at most MAX_SAMPLED_UNITS 8-byte units,
+    # base64 in JSON: a bound set by the cap, not by the users. Exact sets of 5M users would
+    # take about 55 MB.
+    bound = 2 * MAX_SAMPLED_UNITS * 12 + 200_000
+    assert max(sizes.values()) <= bound, sizes
+    assert sizes[5_000_000] < 0.05 * 5_000_000 * 11, sizes
+    assert stats.units_all.size() <= MAX_SAMPLED_UNITS
+    users = stats.units_all.estimates(["v1", "v2"])
+    assert sum(users.values()) == pytest.approx(5_000_000, rel=0.02)
+    kept = stats.snapshot(50.0)["splits"][0]["units_kept"]
+    from scipy import stats as scipy_stats
+
+    p_value = scipy_stats.chisquare([kept["v1"], kept["v2"]]).pvalue
+    assert sum(kept.values()) > 50_000 and p_value > 1e-4, (kept, p_value)
