@@ -5,9 +5,11 @@
                                                      # (1,000 A/A reps, 400 power, 200 canary)
 
 Every simulated request goes where a router's would: ``ExperimentStats.record`` /
-``record_feedback`` (per-bucket totals, by split) -> ``snapshot`` -> ``build_report``, read
-at several looks with the sequential state passed from one look to the next; gates go
-through ``build_windows`` -> ``evaluate_gates``. No formula stands in for the pipeline: the
+``record_feedback`` (per-bucket totals, by split; the same figures as routers' interval
+aggregates merged by the controller, which tests/unit/analysis/test_aggregate.py checks)
+-> ``snapshot`` -> ``build_report``, read at several looks with the sequential state passed
+from one look to the next; gates go through the routers' ``GateAggregate`` ->
+``window_stats`` (sketches) -> ``evaluate_gates``. No formula stands in for the pipeline: the
 rates below are what the report and the gates said, counted over repetitions, each with its
 Monte Carlo standard error sqrt(p (1 - p) / reps).
 
@@ -76,7 +78,9 @@ from serve_ab.analysis.report import build_report
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.config.rollout import Gate
 from serve_ab.analysis.sketch import LogHistogram
-from serve_ab.rollout.gates import Observation, build_windows, evaluate_gates
+from serve_ab.analysis.aggregate import GateAggregate
+from serve_ab.rollout.gates import Observation, evaluate_gates
+from serve_ab.rollout.windows import window_stats
 from serve_ab.routing import NUM_BUCKETS, SplitTable
 
 ALPHA = 0.05
@@ -436,7 +440,10 @@ def _gate_alpha_kwargs() -> dict[str, float]:
 
 
 def judge_window(gate: Gate, candidate: list[Observation], stable: list[Observation]) -> str:
-    windows = build_windows(candidate + stable, versions=VERSIONS, num_classes=GATE_DRIFT_CLASSES)
+    gates: dict[str, GateAggregate] = {}
+    for o in candidate + stable:  # what routers fold per request, merged as the controller does
+        gates.setdefault(o.version, GateAggregate()).add(o.latency_ms, o.ok, o.predicted_class, o.score)
+    windows = window_stats(gates, versions=VERSIONS)
     (result,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs())
     return result.verdict.value
 
