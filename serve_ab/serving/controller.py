@@ -254,7 +254,7 @@ class ControllerCore:
         draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
         failed = self.reports.failed_versions(now).get(candidate)
         if failed is not None and not draft.done:
-            draft.abort(reason=f"candidate {candidate} failed to load: {failed}")
+            draft.abort(reason=f"candidate {candidate} {failed}")  # e.g. "failed to load: ValueError: ..."
         decision = draft.tick(windows)
         if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
             self._commit(draft)
@@ -383,12 +383,14 @@ class ControllerCore:
 
     def weights(self) -> dict[str, float]:
         """The weights of every version now, in listing order. A version some router could not
-        load gets none: its share goes to the first version that loaded (the control, or the
-        stable, whose rollout then aborts)."""
+        load gets none: its share goes to the rollout's stable, or else the first version listed
+        that loaded (the control)."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
         failed = self.reports.failed_versions(self.clock())
         healthy = [name for name in weights if name not in failed]
+        if self.cfg.rollout is not None and self.cfg.rollout.stable in healthy:
+            healthy.insert(0, self.cfg.rollout.stable)
         if failed and healthy:
             for name in failed:
                 if name in weights:

@@ -9,7 +9,7 @@ import pytest
 
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
-from serve_ab.rollout.machine import RolloutError
+from serve_ab.rollout.machine import Phase, RolloutError
 from serve_ab.serving.controller import ControllerCore
 from serve_ab.store.keys import rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
@@ -583,3 +583,30 @@ def test_a_replay_after_a_controller_restart_is_still_refused(tmp_path):
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
         rows = db.execute("SELECT key FROM rollout_state WHERE key LIKE 'feedback-reported:%'").fetchall()
     assert rows == [], rows
+
+
+def test_a_candidate_a_router_could_not_load_gets_no_traffic_and_its_canary_aborts_with_the_error():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.tick()
+    assert core.weights() == {"v1": 90.0, "v2": 10.0}
+    epoch = core.epoch
+    assert core.record(report_of(failed_versions={"v2": "failed to load: ValueError: bad file"}, core=core))
+    assert core.epoch == epoch + 1  # routers hear of it at once
+    assert core.status()["failed_versions"] == {"v2": "failed to load: ValueError: bad file (router replica router-1)"}
+    core.tick()
+    assert core.rollout.phase is Phase.ABORTED and core.weights() == {"v1": 100.0, "v2": 0.0}
+    assert "candidate v2 failed to load: ValueError: bad file" in core.status()["reason"]
+    # A router that stops reporting for a minute is forgotten, and so is what failed there.
+    clock.advance(61.0)
+    record(core, [ServedRequest(clock(), "v1", 1.0, None, 1, 0.9, None, 5, True, False)])
+    assert core.status()["failed_versions"] == {}
+
+
+def test_a_static_ab_gives_a_failed_variants_share_to_the_first_version_that_loaded():
+    clock = FakeClock()
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
+    before = core.weights()
+    core.record(report_of(failed_versions={"v2": "failed to load: x"}, core=core))
+    after = core.weights()
+    assert after["v2"] == 0.0 and sum(after.values()) == pytest.approx(100.0) and after["v1"] > before["v1"]
