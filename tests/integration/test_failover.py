@@ -37,12 +37,10 @@ DIGIT_ROW = [float(i % 16) for i in range(64)]
 
 
 def experiment(models: Path, redis_url: str) -> dict:
-    def version(name: str) -> dict:
-        return {"name": name, "path": str(models / "digits" / name / "model.onnx"), "backend": "onnx"}
-
     return {
         "model": "digits",
-        "versions": [version("v1"), version("v2")],
+        "versions": [{"name": "v1", "path": str(models / "digits" / "v1" / "model.onnx"), "backend": "onnx"},
+                     {"name": "v2", "path": str(models / "digits" / "v2" / "model.pt2"), "backend": "torch"}],
         "weights": {"v1": 100},
         "assignment": {"key": "json", "field": "user_id", "salt": "failover-it"},
         "router": {"num_replicas": 1, "max_ongoing_requests": 64,
