@@ -186,7 +186,9 @@ class LogHistogram:
 
     # Pickled sparse: a router's report would otherwise carry 22 KB per histogram.
     def __getstate__(self) -> dict[str, Any]:
-        return self.to_wire()
+        used = np.flatnonzero(self.counts).astype(np.int32)
+        return {"index": used, "counts": self.counts[used], "count": self.count, "sum": self.total,
+                "min": self.min if self.count else None, "max": self.max if self.count else None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         restored = LogHistogram.from_wire(state)

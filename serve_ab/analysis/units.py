@@ -83,9 +83,11 @@ class SplitTotals:
             else:
                 self.keyless[version] = moments.copy()
 
-    # Pickled sparse (a router's interval touches few buckets): 160 KB dense otherwise.
+    # Pickled sparse, as arrays (a memory copy to load, where lists would cost a Python float
+    # per value): a router's interval touches some of the buckets, 160 KB dense otherwise.
     def __getstate__(self) -> dict[str, Any]:
-        return self.to_dict()
+        used = np.flatnonzero((self.n != 0) | (self.s != 0)).astype(np.int32)
+        return {"buckets": used, "s": self.s[used], "n": self.n[used], "keyless": dict(self.keyless)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         restored = SplitTotals.from_dict(state)

@@ -43,6 +43,11 @@ Per app:
 - ``serve_ab_feedback_unjoined_total`` counter: feedback that matched no served request.
 - ``serve_ab_feedback_duplicates_total`` counter: feedback refused as a repeat (same request, metric).
 - ``serve_ab_stats_start_time_seconds`` gauge: Unix time the counters started from.
+- ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute;
+  ``serve_ab_router_reports_total`` counter: interval reports merged;
+  ``serve_ab_router_intervals_delayed_total`` counter: intervals a router sent late, merged
+  into a later report, because the controller was away when they were due.
+- ``serve_ab_version_load_failed{version}`` gauge: 1 when some router could not load it.
 - ``serve_ab_rollout_info{strategy,stable,candidate}`` gauge, always 1 (rollouts only).
 - ``serve_ab_rollout_phase{phase}`` gauge, a state set: one series per phase (``static``
   for an app without rollout, and every rollout phase), 1 for the current one.
