@@ -253,13 +253,13 @@ def test_app_without_the_endpoint_is_a_clear_error(app, capsys):
     assert "error: 404 Not Found" in err and "has no /experiment/report" in err
 
 
-def test_unreachable_app_is_a_clear_error(app, capsys, monkeypatch):
+def test_unreachable_app_is_a_clear_error_exit_4(app, capsys, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{port}")
     code, out, err = _run(["report"], capsys)
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     assert f"error: cannot reach http://127.0.0.1:{port}" in err
 
 

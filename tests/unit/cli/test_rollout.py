@@ -44,6 +44,13 @@ STATIC = {"model": "digits", "strategy": None, "phase": "static", "weights_pct":
           "gates": [], "retired": []}
 
 
+def closed_port() -> int:
+    """A port nobody listens on (once the socket that took it is closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class FakeControlAPI(FakeApp):
     """The control API's routes, canned."""
 
@@ -225,14 +232,11 @@ def test_error_without_json_body_falls_back_to_text(api, capsys):
     assert code == 1 and "error: 400 bad gateway page" in err
 
 
-def test_connection_refused(api, capsys, monkeypatch):
-    with socket.socket() as s:  # a port nobody listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{port}")
+def test_connection_refused_exits_4(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{closed_port()}")
     code, out, err = _run(["status"], capsys)
-    assert code == 1 and out == ""
-    assert f"error: cannot reach http://127.0.0.1:{port}: " in err
+    assert code == 4 and out == ""
+    assert "error: cannot reach http://127.0.0.1:" in err
     assert "serve run configs/canary.yaml" in err
 
 
