@@ -238,8 +238,10 @@ def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> i
         return ExitCode.INTERRUPTED
     if not table and result.status is not None:
         print(dump(result.status, args.output), file=out)
-    for line in result.lines:
-        print(line, file=out if table and result.code == ExitCode.OK else err)
+    if result.code != ExitCode.OK:
+        _print_lines(result.lines, None, err)
+    elif table:  # -o json|yaml: the final status is all there is to say
+        _print_lines(result.lines, None, out)
     return result.code
 
 

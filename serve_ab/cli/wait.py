@@ -102,8 +102,8 @@ def progress_text(status: dict[str, Any]) -> str:
     """``paused, step 2 of 3: pause, v1 80% v2 20% (reason)``: one line for a progress log."""
     phase = str(status.get("phase") or "unknown")
     index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
-    at = f", step {index + 1} of {total}" if isinstance(index, int) and total else ""
-    at += f": {step}" if at and step else ""
+    # As `serve-ab status`: a step only while there is one (a promoted canary's index is past the last).
+    at = f", step {index + 1} of {total}: {step}" if isinstance(index, int) and total and step else ""
     weights = " ".join(f"{name} {float(pct):g}%" for name, pct in (status.get("weights_pct") or {}).items())
     reason = f" ({status['reason']})" if status.get("reason") else ""
     return f"{phase}{at}, {weights}{reason}" if weights else f"{phase}{at}{reason}"
