@@ -22,8 +22,8 @@ import serve_ab.cli
 from serve_ab.cli import command as cli
 from serve_ab.cli.serve_apps import SERVE_APPS_PATH, app_url, default_address
 from tests.support.fake_http import FakeApp
-from tests.unit.cli.test_rollout import CANARY, _run, api, closed_port  # noqa: F401 (fixtures)
-from tests.unit.cli.test_rollout import _server  # noqa: F401
+from tests.unit.cli.control_api import CANARY, closed_port
+from tests.unit.cli.control_api import run as _run
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "serve_applications.json").read_text())
 DASHBOARD = "http://127.0.0.1:8265"

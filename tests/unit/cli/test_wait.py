@@ -15,8 +15,8 @@ import yaml
 from serve_ab.cli import rollout as cli_rollout
 from serve_ab.cli.options import parse_duration_s
 from serve_ab.cli.wait import UNREACHABLE_GRACE_S, wait_for_rollout
-from tests.unit.cli.test_rollout import CANARY, STATIC, _main, _run, api, closed_port  # noqa: F401 (fixtures)
-from tests.unit.cli.test_rollout import _server  # noqa: F401
+from tests.unit.cli.control_api import CANARY, STATIC, closed_port
+from tests.unit.cli.control_api import main as _main, run as _run
 
 PAUSED = {**CANARY, "phase": "paused", "step_index": 1, "steps_total": 3, "step": "pause",
           "weights_pct": {"v1": 80.0, "v2": 20.0}, "reason": "step 2/3: paused until promote",
