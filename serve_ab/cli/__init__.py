@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK: the serve-ab entry point is here; argcomplete's global completion looks for it
 """The ``serve-ab`` command.
 
 - ``command``: the entry point (parser) and ``validate``;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,10 +134,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["serve-ab"], shell=args.shell), end="")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from serve_ab.cli.options import EXIT_CODES_HELP
+
     parser = argparse.ArgumentParser(
         prog="serve-ab",
         description="Serve several versions of a model on Ray Serve and move traffic between them.",
+        epilog=EXIT_CODES_HELP + "\n\nshell completion: eval \"$(serve-ab completion bash)\" (or zsh, fish)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -155,11 +170,25 @@ def make_parser() -> argparse.ArgumentParser:
     cli_sample_size.add_parser(sub)
     cli_rollout.add_parsers(sub)
     report_cli.add_parsers(sub)
+
+    completion = sub.add_parser(
+        "completion", help="print the shell code that completes serve-ab's commands and flags",
+        description="Print the code that makes the shell complete serve-ab's commands and flags (argcomplete); "
+        "e.g. add `eval \"$(serve-ab completion bash)\"` to ~/.bashrc, or `serve-ab completion zsh` to "
+        "~/.zshrc. The same as argcomplete's `register-python-argcomplete serve-ab`.",
+    )
+    completion.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
+    completion.set_defaults(func=_cmd_completion)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit, run nothing
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     return args.func(args)
 
 

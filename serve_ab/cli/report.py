@@ -11,13 +11,14 @@ Examples::
 
     serve-ab report                               # GET $SERVE_AB_URL/experiment/report, as tables
     serve-ab report --html report.html            # the same, plus a page with plots
-    serve-ab report --json --url http://10.0.0.5:8000
+    serve-ab report -o json --url http://10.0.0.5:8000
+    serve-ab report -o yaml --app digits-ab --address http://head:8265   # the app by its Serve name
     serve-ab runs --records .serve-ab/runs.sqlite
     serve-ab runs --store redis://redis.internal:6379/0     # an app with controller.store_url
     serve-ab report --from-record digits-20260101-120000 --html final.html
 
-Exit codes, as the rollout commands: 0 ok; 1 the app answered with an error or could not be
-reached, or the record is missing; 2 usage error.
+Exit codes, as every command (``serve_ab/cli/options.py``): 0 ok; 1 the app answered with an
+error, or the record is missing; 2 usage error; 4 the app could not be reached.
 
 Nothing heavy is imported until a command runs: matplotlib only for ``--html``.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.cli import rollout as cli_rollout
+from serve_ab.cli.options import ExitCode, RequestFailed, add_output_option, dump
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import render_runs, render_table
 
@@ -48,17 +49,13 @@ _MAX_PROBLEMS = 5  # validation problems listed for a report that does not fit
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``report`` and ``runs``; each sets ``func`` (``args -> exit code``)."""
     report = subparsers.add_parser(
-        "report", help="the A/B report: lifts, p-values, verdicts, SRM, power (tables, --json or --html)",
+        "report", help="the A/B report: lifts, p-values, verdicts, SRM, power (tables, -o json|yaml, or --html)",
         description="Fetch the running app's A/B report (GET /experiment/report) or read a stored run "
-        "record, and print a table per metric; --json prints the report as JSON, --html FILE also writes "
+        "record, and print a table per metric; -o json|yaml prints the report as data, --html FILE also writes "
         "a self-contained page with plots.",
     )
-    report.add_argument("--url", type=cli_rollout._url, default=None,
-                        help=f"the app's base URL (default: ${cli_rollout.URL_ENV} or {cli_rollout.DEFAULT_URL})")
-    report.add_argument("--timeout-s", type=cli_rollout._timeout_s, default=cli_rollout.DEFAULT_TIMEOUT_S,
-                        metavar="SECONDS",
-                        help=f"seconds to wait for the app (default: {cli_rollout.DEFAULT_TIMEOUT_S:g})")
-    report.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    cli_rollout.add_connection_options(report)
+    add_output_option(report, "the report")
     report.add_argument("--html", type=Path, default=None, metavar="FILE",
                         help="also write the report with plots to FILE (one self-contained HTML page)")
     report.add_argument("--from-record", default=None, metavar="RUN_ID",
@@ -82,7 +79,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                        help="the Redis the app keeps its state in (controller.store_url), e.g. "
                        "redis://redis.internal:6379/0")
     _add_store_options(runs)
-    runs.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_output_option(runs, "the list")
     runs.set_defaults(func=run_runs)
 
 
@@ -128,23 +125,28 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
                out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        if args.from_record is not None and args.url is not None:
-            raise ValueError("argument --from-record: renders a stored record; it cannot be combined with --url")
+        if args.from_record is not None and (args.url is not None or args.app is not None):
+            raise ValueError("argument --from-record: renders a stored record; it cannot be combined with "
+                             f"{'--url' if args.url is not None else '--app'}")
         if args.from_record is None and args.records is not None:
             raise ValueError("argument --records: only applies with --from-record RUN_ID")
         if getattr(args, "store", None) is not None and (args.from_record is None or args.records is not None):
             raise ValueError("argument --store: only applies with --from-record RUN_ID, instead of --records")
-        url = None if args.from_record is not None else (args.url or cli_rollout._env_url())
+        url = None if args.from_record is not None else cli_rollout.resolve_url(args)
     except ValueError as e:
         if parser is None:
             raise
         parser.error(str(e))  # exits with status 2
+    except RequestFailed as failure:
+        for line in failure.lines:
+            print(line, file=err)
+        return failure.code
     if args.from_record is not None:
-        report = _report_from_record(args.from_record, args, err)
+        report, code = _report_from_record(args.from_record, args, err), ExitCode.FAILED
     else:
-        report = _report_from_app(url, args.timeout_s, err)
+        report, code = _report_from_app(url, args.request_timeout_s, err)
     if report is None:
-        return 1
+        return code
     if args.html is not None:
         try:
             args.html.write_text(render_html(report), encoding="utf-8")
@@ -152,8 +154,9 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             print(f"error: cannot write {args.html}: {e.strerror or e}", file=err)
             return 1
         print(f"wrote {args.html}", file=err)
-    print(json.dumps(report.model_dump(mode="json"), indent=2) if args.json else render_table(report), file=out)
-    return 0
+    data = report.model_dump(mode="json")
+    print(render_table(report) if args.output == "table" else dump(data, args.output), file=out)
+    return ExitCode.OK
 
 
 def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -168,27 +171,29 @@ def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError (not a database, locked), redis errors
         print(f"error: cannot read run records at {where}: {type(e).__name__}: {e}", file=err)
         return 1
-    if args.json:
+    if args.output == "table":
+        print(render_runs(summaries, where), file=out)
+    else:
         from dataclasses import asdict
 
-        print(json.dumps([asdict(s) for s in summaries], indent=2), file=out)
-    else:
-        print(render_runs(summaries, where), file=out)
-    return 0
+        print(dump([asdict(s) for s in summaries], args.output), file=out)
+    return ExitCode.OK
 
 
-def _report_from_app(url: str, timeout_s: float, err: TextIO) -> Report | None:
+def _report_from_app(url: str, timeout_s: float, err: TextIO) -> tuple[Report | None, int]:
+    """The report and OK, or None and the exit code, after saying why."""
     try:
         data = cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=None, timeout_s=timeout_s, params=None)
-    except cli_rollout._Failure as failure:
+    except RequestFailed as failure:
         for line in failure.lines:
             print(line, file=err)
         if failure.lines[0].startswith("error: 404"):
             print(f"hint: {url} has no {REPORT_PATH}: is it a serve-ab app, and one recent enough to report? "
                   "(GET /rollout/status answers on every serve-ab app)", file=err)
-        return None
-    return _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
-                  err)
+        return None, failure.code
+    report = _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
+                    err)
+    return report, ExitCode.OK if report is not None else ExitCode.FAILED
 
 
 def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> Report | None:

@@ -11,35 +11,49 @@ open; actions send ``Authorization: Bearer <token>``. Wiring, for ``serve_ab/cli
 Examples::
 
     serve-ab status --history
+    serve-ab status --wait --timeout 30m -o json   # for CI: exit 0 promoted, 1 aborted, 3 timed out
+    serve-ab status --watch --app digits-canary    # redraw live; the app found by name through Ray
     SERVE_AB_CONTROL_TOKEN=... serve-ab promote
     serve-ab promote --from-step 3      # only if the rollout is still at step 3 (safe to retry)
     serve-ab set-weights v1=80 v2=20 --url http://10.0.0.5:8000 --token ...
     serve-ab abort --reason "error rate up on v2"
 
-Exit codes: 0 ok; 1 the app answered with an error or could not be reached; 2 usage error.
+Exit codes: see ``serve_ab/cli/options.py`` (0 ok, 1 error or aborted, 2 usage, 3 timed out,
+4 unreachable).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import sys
 import time
 from typing import Any, TextIO
 
+from serve_ab.cli import serve_apps
+from serve_ab.cli import wait as cli_wait
+from serve_ab.cli.options import (
+    DeprecatedAlias,
+    ExitCode,
+    RequestFailed,
+    add_output_option,
+    dump,
+    duration_s,
+)
 from serve_ab.serving.core.messages import Action
 
-__all__ = ["add_parsers", "render_status", "run", "DEFAULT_URL", "URL_ENV", "TOKEN_ENV"]
+__all__ = ["DEFAULT_URL", "TOKEN_ENV", "URL_ENV", "add_connection_options", "add_parsers", "render_status",
+           "resolve_url", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "SERVE_AB_URL"
 TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_INTERVAL_S = 2.0
 
-_RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url or " + URL_ENV
+_RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url, --app or " + URL_ENV
 _ACTION_HELP = {
     Action.PROMOTE: "move the candidate on: leave a pause step, or with --full go straight to 100%",
     Action.PAUSE: "hold the rollout at its current weights until resume",
@@ -52,23 +66,37 @@ _ACTION_HELP = {
 _COMMAND = {action: action.value for action in Action} | {Action.WEIGHTS: "set-weights"}
 assert set(_ACTION_HELP) == set(Action), "every control action needs its command"
 
+_Failure = RequestFailed  # the name report.py and older callers use
 
-class _Failure(Exception):
-    """A request that did not give a status; ``lines`` go to stderr, the command exits 1."""
+# The wait loop's clock and sleep; tests replace them with a fake clock.
+_clock = time.monotonic
+_sleep = time.sleep
 
-    def __init__(self, *lines: str):
-        super().__init__(lines[0])
-        self.lines = lines
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Which app to talk to (``--url``, ``--app`` with ``--address``, ``$SERVE_AB_URL``) and
+    how long one request may take; read back by :func:`resolve_url`."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", type=_url, default=None,
+                       help=f"the app's base URL (default: ${URL_ENV} or {DEFAULT_URL})")
+    where.add_argument("--app", default=None, metavar="NAME",
+                       help="the Serve application's name, looked up in Ray's dashboard (see --address): "
+                       "its proxy and route prefix give the URL")
+    parser.add_argument("--address", type=_url, default=None, metavar="URL",
+                        help="with --app: Ray's dashboard (default: $RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS if "
+                        f"an http URL, or {serve_apps.DEFAULT_ADDRESS})")
+    parser.add_argument("--request-timeout", dest="request_timeout_s", type=duration_s,
+                        default=DEFAULT_TIMEOUT_S, metavar="DURATION",
+                        help=f"how long one request may take, e.g. 10s (default: {DEFAULT_TIMEOUT_S:g}s)")
+    parser.add_argument("--timeout-s", dest="request_timeout_s", type=duration_s, action=DeprecatedAlias,
+                        new_flag="--request-timeout", help=argparse.SUPPRESS)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the status and action commands; each sets ``func`` (``args -> exit code``)."""
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--url", type=_url, default=None,
-                            help=f"the app's base URL (default: ${URL_ENV} or {DEFAULT_URL})")
-    connection.add_argument("--timeout-s", type=_timeout_s, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                            help=f"seconds to wait for the app (default: {DEFAULT_TIMEOUT_S:g})")
-    connection.add_argument("--json", action="store_true", help="print the status as the app's raw JSON")
+    add_connection_options(connection)
+    add_output_option(connection, "the status")
     auth = argparse.ArgumentParser(add_help=False)
     auth.add_argument("--token", default=None,
                       help=f"control token, sent as a bearer token (default: ${TOKEN_ENV})")
@@ -77,10 +105,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                       "shows it); otherwise the app refuses with 409 and changes nothing")
 
     status = subparsers.add_parser(
-        "status", parents=[connection], help="show the rollout: phase, weights, gates",
-        description="Show the running app's rollout: phase and step, traffic weights, analysis gates.",
+        "status", parents=[connection], help="show the rollout: phase, weights, gates; --wait for it to end",
+        description="Show the running app's rollout: phase and step, traffic weights, analysis gates. "
+        "--wait blocks until the rollout ends and exits 0 promoted, 1 aborted or rolled back, 3 timed out, "
+        "4 unreachable; --watch redraws it live.",
     )
     status.add_argument("--history", action="store_true", help="add the list of phase transitions")
+    follow = status.add_mutually_exclusive_group()
+    follow.add_argument("--wait", action="store_true",
+                        help="block until the rollout is promoted (exit 0) or aborted/rolled back (exit 1), "
+                        "printing a line per phase or step change (-o json|yaml: only the final status)")
+    follow.add_argument("--watch", action="store_true",
+                        help="redraw the status every --interval until the rollout ends or Ctrl-C")
+    status.add_argument("--timeout", dest="timeout_s", type=duration_s, default=None, metavar="DURATION",
+                        help="with --wait/--watch: give up (exit 3) after this long, e.g. 30s, 10m, 1h30m "
+                        "(default: no limit)")
+    status.add_argument("--interval", dest="interval_s", type=duration_s, default=DEFAULT_INTERVAL_S,
+                        metavar="DURATION",
+                        help=f"with --wait/--watch: time between polls (default: {DEFAULT_INTERVAL_S:g}s)")
     status.set_defaults(func=functools.partial(run, parser=status), action=None)
 
     for act, help_text in _ACTION_HELP.items():
@@ -101,7 +143,22 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("weights", nargs="+", type=_weight_pair, metavar="NAME=PCT",
                                 help="a version and its share of traffic in percent, e.g. v1=80 v2=20")
         parser.set_defaults(func=functools.partial(run, parser=parser), action=action, control=act,
-                            history=False)
+                            history=False, wait=False, watch=False, timeout_s=None)
+
+
+def resolve_url(args: argparse.Namespace) -> str:
+    """The app's base URL: ``--url``, else ``--app`` through Ray's dashboard, else ``$SERVE_AB_URL``.
+
+    Raises ValueError for a usage error, RequestFailed when ``--app`` cannot be resolved.
+    """
+    app, address = getattr(args, "app", None), getattr(args, "address", None)
+    if address is not None and app is None:
+        raise ValueError("argument --address: only applies with --app NAME (--url names the app itself)")
+    if args.url:
+        return args.url
+    if app is not None:
+        return serve_apps.resolve_app_url(app, address or serve_apps.default_address(), args.request_timeout_s)
+    return _env_url()
 
 
 def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
@@ -110,28 +167,82 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
     out, err = out or sys.stdout, err or sys.stderr
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
     try:
-        url = args.url or _env_url()
         request = _request_for(args)
+        if args.timeout_s is not None and not (args.wait or args.watch):
+            raise ValueError("argument --timeout: only applies with --wait or --watch (--request-timeout "
+                             "bounds one request)")
+        if args.watch and args.output != "table":
+            raise ValueError(f"argument --watch: draws the table; for -o {args.output} use --wait, which "
+                             "prints only the final status")
+        url = resolve_url(args)
     except ValueError as e:
         if parser is None:
             raise
         parser.error(str(e))  # exits with status 2
+    except RequestFailed as failure:
+        _print_lines(failure.lines, token, err)
+        return failure.code
     method, path, body = request
+    fetch = functools.partial(_send, url, method, path, body=body, token=token, timeout_s=args.request_timeout_s,
+                              params={"history": "true"} if args.history else None)
+    if args.wait or args.watch:
+        return _follow(args, fetch, out, err)
     try:
-        status = _send(url, method, path, body=body, token=token, timeout_s=args.timeout_s,
-                       params={"history": "true"} if args.history else None)
-    except _Failure as failure:
-        for line in failure.lines:
-            print(_redact(line, token), file=err)
-        return 1
-    if args.json:
-        text = json.dumps(status, indent=2, sort_keys=True)
+        status = fetch()
+    except RequestFailed as failure:
+        _print_lines(failure.lines, token, err)
+        return failure.code
+    if args.output != "table":
+        text = dump(status, args.output)
     elif args.action is None:
         text = render_status(status, history=args.history)
     else:
         text = f"{args.action}: ok\n" + render_status(status, short=True)
     print(_redact(text, token), file=out)
-    return 0
+    return ExitCode.OK
+
+
+def _print_lines(lines: tuple[str, ...], token: str | None, err: TextIO) -> None:
+    for line in lines:
+        print(_redact(line, token), file=err)
+
+
+def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> int:
+    """``--wait`` (a line per change, then the outcome) or ``--watch`` (redraw every poll)."""
+    table = args.output == "table"
+    tty = bool(getattr(out, "isatty", lambda: False)())
+    last: dict[str, Any] = {"key": None, "frame": None}
+
+    def progress(status: dict[str, Any], elapsed_s: float) -> None:
+        if args.watch:
+            frame = render_status(status, history=args.history)
+            if tty:  # clear the screen and home the cursor: a redraw without curses
+                out.write("\x1b[H\x1b[2J" + f"every {args.interval_s:g}s, {cli_wait.elapsed_text(elapsed_s)} "
+                          "elapsed (Ctrl-C to stop)\n\n" + frame + "\n")
+                out.flush()
+            elif frame != last["frame"]:  # a log, not a screen: only frames that changed
+                print(f"--- {cli_wait.elapsed_text(elapsed_s)}\n{frame}", file=out, flush=True)
+            last["frame"] = frame
+        elif table and cli_wait.progress_key(status) != last["key"]:
+            print(f"[{cli_wait.elapsed_text(elapsed_s)}] {cli_wait.progress_text(status)}", file=out, flush=True)
+        last["key"] = cli_wait.progress_key(status)
+
+    def failed(failure: RequestFailed, elapsed_s: float) -> None:
+        print(f"[{cli_wait.elapsed_text(elapsed_s)}] {failure.lines[0]} (retrying)", file=err, flush=True)
+
+    try:
+        result = cli_wait.wait_for_rollout(fetch, timeout_s=args.timeout_s, interval_s=args.interval_s,
+                                           clock=_clock, sleep=_sleep, on_status=progress, on_failure=failed)
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return ExitCode.INTERRUPTED
+    if not table and result.status is not None:
+        print(dump(result.status, args.output), file=out)
+    if result.code != ExitCode.OK:
+        _print_lines(result.lines, None, err)
+    elif table:  # -o json|yaml: the final status is all there is to say
+        _print_lines(result.lines, None, out)
+    return result.code
 
 
 def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
@@ -164,7 +275,7 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
     try:
         import httpx
     except ImportError:  # a dev extra for now; the commands cannot work without it
-        raise _Failure("error: these commands need httpx; install it with `pip install httpx`") from None
+        raise RequestFailed("error: these commands need httpx; install it with `pip install httpx`") from None
     headers = {"Authorization": f"Bearer {token}"} if token and method != "GET" else {}
     try:
         # A plain-http URL never does TLS with the app (a proxy's TLS is verified on its own), so
@@ -172,10 +283,11 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
         response = httpx.request(method, url + path, json=body, params=params, headers=headers,
                                  timeout=timeout_s, verify=url.startswith("https://"))
     except httpx.TimeoutException as e:
-        raise _Failure(f"error: cannot reach {url}: no answer within {timeout_s:g} s ({type(e).__name__})",
-                       _RUN_HINT + "; or raise --timeout-s") from None
+        raise RequestFailed(f"error: cannot reach {url}: no answer within {timeout_s:g} s ({type(e).__name__})",
+                            _RUN_HINT + "; or raise --request-timeout", code=ExitCode.UNREACHABLE) from None
     except httpx.TransportError as e:
-        raise _Failure(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT) from None
+        raise RequestFailed(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT,
+                            code=ExitCode.UNREACHABLE) from None
     if response.status_code != 200:
         lines = [f"error: {response.status_code} {_error_message(response)}"]
         if response.status_code == 401:
@@ -187,13 +299,13 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
             lines.append("hint: nothing was changed; send the same command again")
         elif response.status_code == 404 and path == "/rollout/status":
             lines.append(f"hint: is {url} a serve-ab app? its control API answers at /rollout/status")
-        raise _Failure(*lines)
+        raise RequestFailed(*lines)
     try:
         status = response.json()
     except ValueError:
-        raise _Failure(f"error: {url}{path} answered 200 but not with JSON: {response.text[:200]!r}") from None
+        raise RequestFailed(f"error: {url}{path} answered 200 but not with JSON: {response.text[:200]!r}") from None
     if not isinstance(status, dict):
-        raise _Failure(f"error: {url}{path} answered 200 with {type(status).__name__}, expected a status object")
+        raise RequestFailed(f"error: {url}{path} answered 200 with {type(status).__name__}, expected a status object")
     return status
 
 
@@ -383,13 +495,3 @@ def _env_url() -> str:
         return _url(text)
     except argparse.ArgumentTypeError as e:
         raise ValueError(f"${URL_ENV}: {e}") from None
-
-
-def _timeout_s(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0, e.g. --timeout-s 10")
-    return value

@@ -10,7 +10,7 @@ Wiring, for ``serve_ab/cli/command.py``::
 Examples::
 
     serve-ab sample-size --baseline-rate 0.10 --mde 0.02
-    serve-ab sample-size --baseline-rate 0.10 --mde 0.15 --relative --variants 3 --json
+    serve-ab sample-size --baseline-rate 0.10 --mde 0.15 --relative --variants 3 -o json
     serve-ab sample-size --std 12.5 --mde 1.0 --power 0.9
     serve-ab sample-size --baseline-rate 0.10 --mde 0.02 --requests-per-unit 5 --icc 0.05 --sequential
     serve-ab sample-size --baseline-rate 0.10 --mde 0.02 --allocation 95:5
@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
+
+from serve_ab.cli.options import add_output_option, dump
 
 if TYPE_CHECKING:  # statsmodels takes seconds to import: only the command itself pays
     from serve_ab.analysis import power as _power
@@ -82,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--sequential", action="store_true",
                         help="plan for the always-valid mSPRT the report runs (tau = the MDE), which may "
                         "be read at every look; default: a fixed-horizon test read once")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_output_option(parser, "the plan")
     parser.set_defaults(func=functools.partial(run, parser=parser))
     return parser
 
@@ -97,10 +98,7 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         if parser is None:
             raise
         parser.error(str(e))  # exits with status 2
-    if args.json:
-        print(json.dumps(plan, indent=2, sort_keys=True), file=out)
-    else:
-        print(_table(plan), file=out)
+    print(_table(plan) if args.output == "table" else dump(plan, args.output), file=out)
     return 0
 
 

@@ -72,3 +72,59 @@ def test_operator_promotes_a_paused_canary_with_the_cli(model_repo, tmp_path, mo
         assert "promoted by operator" in history.stdout
     finally:
         stop_serve_run(process)
+
+
+def test_status_wait_exits_3_while_a_canary_holds_and_0_once_it_is_promoted(model_repo, tmp_path, monkeypatch):
+    """What a CI step runs: ``serve-ab status --wait --timeout`` and its exit codes, against a real canary."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / "canary.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    app_name = config["applications"][0]["name"]
+    args = config["applications"][0]["args"]
+    args["rollout"]["steps"] = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
+    args["controller"]["state_path"] = str(tmp_path / "state.sqlite")
+    (tmp_path / "canary.yaml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    process = start_serve_run(tmp_path / "canary.yaml", tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(url + "/rollout/status", timeout=2).json().get("phase") == "paused":
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-4000:]
+            time.sleep(1)
+
+        started = time.monotonic()
+        held = serve_ab("status", "--wait", "--timeout", "3s", "--interval", "1s", url=url)
+        assert held.returncode == 3, held.stdout + held.stderr
+        assert time.monotonic() - started >= 3.0
+        assert "paused, step 2 of 3" in held.stdout and "timed out after 3s" in held.stderr
+        assert "serve-ab promote" in held.stderr
+
+        promoted = serve_ab("promote", token=TOKEN, url=url)
+        assert promoted.returncode == 0, promoted.stderr
+        done = serve_ab("status", "--wait", "--timeout", "60s", "--interval", "1s", "-o", "json", url=url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        final = json.loads(done.stdout)  # -o json: nothing but the final object
+        assert final["phase"] == "promoted" and final["weights_pct"]["v2"] == 100.0
+
+        # --app NAME through the dashboard `serve run` started, when it is ours (port 8265 may be taken by
+        # another Ray on this machine, which then has no such app).
+        try:
+            details = httpx.get("http://127.0.0.1:8265/api/serve/applications/", timeout=5).json()
+        except (httpx.TransportError, ValueError):
+            details = {}
+        if (details.get("http_options") or {}).get("port") == port and app_name in details.get("applications", {}):
+            env = {k: v for k, v in os.environ.items() if k not in ("SERVE_AB_URL", "RAY_ADDRESS")}
+            by_name = subprocess.run([str(SERVE_AB), "status", "--wait", "--timeout", "10s", "--app", app_name,
+                                      "--address", "http://127.0.0.1:8265"], env=env, cwd=REPO_ROOT,
+                                     capture_output=True, text=True, timeout=60)
+            assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+            assert "promoted" in by_name.stdout
+    finally:
+        stop_serve_run(process)

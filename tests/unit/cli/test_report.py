@@ -8,6 +8,7 @@ import re
 import socket
 
 import pytest
+import yaml
 
 import serve_ab.cli
 from serve_ab.analysis.report_model import Report
@@ -239,6 +240,11 @@ def test_report_json_prints_the_report(app, report, capsys):
     assert Report.model_validate_json(out) == report
 
 
+def test_report_yaml_is_the_same_data_as_json(app, report, capsys):
+    code, out, _ = _run(["report", "-o", "yaml"], capsys)
+    assert code == 0 and Report.model_validate(yaml.safe_load(out)) == report
+
+
 def test_report_html_writes_the_page(app, report, capsys, tmp_path):
     target = tmp_path / "report.html"
     code, out, err = _run(["report", "--html", str(target)], capsys)
@@ -253,13 +259,13 @@ def test_app_without_the_endpoint_is_a_clear_error(app, capsys):
     assert "error: 404 Not Found" in err and "has no /experiment/report" in err
 
 
-def test_unreachable_app_is_a_clear_error(app, capsys, monkeypatch):
+def test_unreachable_app_is_a_clear_error_exit_4(app, capsys, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{port}")
     code, out, err = _run(["report"], capsys)
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     assert f"error: cannot reach http://127.0.0.1:{port}" in err
 
 
@@ -293,6 +299,8 @@ def test_from_record_and_runs_work_without_an_app(report, capsys, tmp_path, monk
     assert lines[1].startswith("digits-1") and "v1,v2,v3" in lines[1] and " ok" in lines[1]
     code, out, _ = _run(["runs", "--records", str(path), "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["run_id"] == "digits-1"
+    code, out, _ = _run(["runs", "--records", str(path), "-o", "yaml"], capsys)
+    assert code == 0 and yaml.safe_load(out)[0]["run_id"] == "digits-1"
 
 
 def test_missing_record_and_missing_file_exit_1(report, capsys, tmp_path):

@@ -5,82 +5,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import socket
 import time
 
 import pytest
 
 import serve_ab.cli
-from serve_ab.cli import command as cli, rollout as cli_rollout
+from serve_ab.cli import command as cli
 from serve_ab.cli.rollout import render_status
-from tests.support.fake_http import FakeApp
+from tests.unit.cli.control_api import CANARY, STATIC, closed_port
+from tests.unit.cli.control_api import main as _main, run as _run
 
 TOKEN = "s3cret-token-value"
-
-CANARY = {
-    "model": "digits", "strategy": "canary", "stable": "v1", "candidate": "v2",
-    "phase": "progressing", "step_index": 2, "steps_total": 7, "step": "pause 30s",
-    "weights_pct": {"v1": 80.0, "v2": 20.0},
-    "reason": "step 3/7: pause 30s, 12 s left",
-    "next_step_in_s": 12.3,
-    "failures_total": 0, "failure_limit": 1,
-    "gates": [
-        {"gate": "latency_p95_ms <= 50", "metric": "latency_p95_ms", "verdict": "pass",
-         "value": 3.2, "threshold": 50.0, "reason": "3.2 <= 50"},
-        {"gate": "error_rate <= 0.01", "metric": "error_rate", "verdict": "inconclusive",
-         "value": None, "threshold": 0.01, "reason": "no data for v2"},
-    ],
-    "retired": [],
-    "history": [
-        {"t_s": 1764312000.5, "from_phase": None, "to_phase": "progressing", "step_index": 0,
-         "reason": "rollout started"},
-        {"t_s": 1764312060.0, "from_phase": "progressing", "to_phase": "paused", "step_index": 3,
-         "reason": "paused by operator"},
-    ],
-}
-
-# An app without a rollout answers only these keys.
-STATIC = {"model": "digits", "strategy": None, "phase": "static", "weights_pct": {"v1": 50.0, "v2": 50.0},
-          "gates": [], "retired": []}
-
-
-class FakeControlAPI(FakeApp):
-    """The control API's routes, canned."""
-
-    def reset(self):
-        self.requests.clear()
-        self.responses = {("GET", "/rollout/status"): (200, CANARY)}
-        for action in ("promote", "pause", "resume", "abort", "rollback", "weights"):
-            self.responses[("POST", f"/rollout/{action}")] = (200, {**CANARY, "phase": "paused"})
-
-
-@pytest.fixture(scope="module")
-def _server():
-    fake = FakeControlAPI()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def api(_server, monkeypatch):
-    """The fake app, fresh canned answers, ``SERVE_AB_URL`` pointing at it and no token in env."""
-    monkeypatch.delenv("SERVE_AB_CONTROL_TOKEN", raising=False)
-    monkeypatch.setenv("SERVE_AB_URL", _server.url)
-    _server.reset()
-    return _server
-
-
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="serve-ab")
-    cli_rollout.add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def _run(argv, capsys):
-    code = _main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_serve_ab_wires_the_rollout_commands(api, capsys, monkeypatch):
@@ -225,14 +160,11 @@ def test_error_without_json_body_falls_back_to_text(api, capsys):
     assert code == 1 and "error: 400 bad gateway page" in err
 
 
-def test_connection_refused(api, capsys, monkeypatch):
-    with socket.socket() as s:  # a port nobody listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{port}")
+def test_connection_refused_exits_4(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{closed_port()}")
     code, out, err = _run(["status"], capsys)
-    assert code == 1 and out == ""
-    assert f"error: cannot reach http://127.0.0.1:{port}: " in err
+    assert code == 4 and out == ""
+    assert "error: cannot reach http://127.0.0.1:" in err
     assert "serve run configs/canary.yaml" in err
 
 

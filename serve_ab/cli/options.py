@@ -1,0 +1,128 @@
+"""What the ``serve-ab`` commands share: exit codes, durations, ``-o table|json|yaml``.
+
+Exit codes are one table for every command, so that a CI step can branch on them:
+
+==  =====================================================================================
+0   ok; with ``status --wait``: the rollout was promoted (blue-green: switched, and its
+    post-switch watch passed)
+1   the app answered with an error, a record is missing; with ``--wait``: the rollout was
+    aborted or rolled back
+2   usage error (a bad flag or value; nothing was sent)
+3   ``--wait``/``--watch`` timed out before the rollout ended
+4   the app (or, for ``--app``, Ray's dashboard) could not be reached
+==  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from enum import IntEnum
+from typing import Any
+
+__all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "OUTPUTS", "DeprecatedAlias", "ExitCode", "RequestFailed",
+           "add_output_option", "dump", "duration_s", "parse_duration_s"]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2  # argparse's own
+    TIMEOUT = 3
+    UNREACHABLE = 4
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  ok; status --wait: the rollout was promoted (blue-green: switched and watched)
+  1  the app answered with an error; status --wait: the rollout was aborted or rolled back
+  2  usage error (bad flag or value; nothing was sent)
+  3  status --wait/--watch: timed out before the rollout ended
+  4  the app (or, for --app, Ray's dashboard) could not be reached"""
+
+
+class RequestFailed(Exception):
+    """A request that did not give an answer; ``lines`` go to stderr, the command exits ``code``."""
+
+    def __init__(self, *lines: str, code: int = ExitCode.FAILED):
+        super().__init__(lines[0])
+        self.lines = lines
+        self.code = int(code)
+
+
+# --- durations -----------------------------------------------------------------------------
+
+DURATION_FORMS = "a duration > 0 such as 30s, 10m, 1h30m, 500ms, or plain seconds such as 45 or 2.5"
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration_s(text: str) -> float:
+    """``"1h30m"`` -> 5400.0; units in the order h, m, s, ms, each once; a bare number is seconds.
+
+    Raises ValueError (with the text and the valid forms) for anything else, zero included.
+    """
+    value = text.strip()
+    seconds: float | None = None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _PART.findall(value)
+        units = [unit for _, unit in parts]
+        in_order = units == sorted(set(units), key=list(_UNIT_S).index)
+        if parts and in_order and "".join(n + u for n, u in parts) == value:
+            seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    if seconds is None or not 0 < seconds < math.inf:
+        raise ValueError(f"{text!r} is not a valid duration; expected {DURATION_FORMS}")
+    return seconds
+
+
+def duration_s(text: str) -> float:
+    """``parse_duration_s`` as an argparse type: argparse names the flag in front of the message."""
+    try:
+        return parse_duration_s(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag kept working: stores into the new flag's ``dest`` and says what to use instead."""
+
+    def __init__(self, option_strings, dest, *, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"warning: {option_string} is deprecated and will be removed; use {self.new_flag} "
+              f"(it takes durations such as 10s)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+# --- output --------------------------------------------------------------------------------
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+def add_output_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-o table|json|yaml`` (and ``--json``, its older spelling), into ``args.output``."""
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table",
+                        help=f"how to print {what}: table (for people, the default), json or yaml")
+    parser.add_argument("--json", dest="output", action="store_const", const="json",
+                        help="the same as -o json")
+
+
+def dump(data: Any, output: str) -> str:
+    """``data`` (plain JSON values) as ``output`` (``json`` or ``yaml``)."""
+    if output == "json":
+        return json.dumps(data, indent=2, sort_keys=True)
+    if output == "yaml":
+        import yaml
+
+        # Through JSON first, so that both formats print the same values (tuples, NaN as in JSON).
+        return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=True, allow_unicode=True).rstrip("\n")
+    raise ValueError(f"output {output!r}: expected one of json, yaml")

@@ -1,0 +1,125 @@
+"""``serve-ab status --wait|--watch``: poll ``/rollout/status`` until the rollout ends.
+
+The loop is a function of a ``fetch`` callable, a clock and a sleep, so tests drive it with
+a fake clock and never sleep. It ends when the rollout does: ``promoted`` (a blue-green
+rollout reaches it once its post-switch watch has passed) exits 0, ``aborted`` (failed,
+aborted or rolled back) exits 1; a deadline passed first exits 3.
+
+An app that cannot be reached at the first poll ends the wait at once (exit 4: a typo in a
+URL must not hold a CI job for its whole timeout). Once it has answered, a failed poll (a
+proxy restarting, a controller moving node) is retried for up to ``UNREACHABLE_GRACE_S``
+before the wait gives up with that failure's code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_ab.cli.options import ExitCode, RequestFailed
+
+__all__ = ["UNREACHABLE_GRACE_S", "WaitResult", "end_code", "wait_for_rollout"]
+
+UNREACHABLE_GRACE_S = 60.0
+# Phases that end a rollout (serve_ab.rollout.machine.TERMINAL_PHASES), and their exit codes.
+_END_CODES = {"promoted": ExitCode.OK, "aborted": ExitCode.FAILED}
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    code: int
+    status: dict[str, Any] | None  # the last status the app gave, if any
+    lines: tuple[str, ...] = field(default=())  # why, for people
+
+
+def end_code(status: dict[str, Any]) -> int | None:
+    """The exit code of a status whose rollout has ended, else None."""
+    if status.get("strategy") is None:  # static weights: there is nothing to wait for
+        return ExitCode.OK
+    return _END_CODES.get(str(status.get("phase")))
+
+
+def wait_for_rollout(
+    fetch: Callable[[], dict[str, Any]], *, timeout_s: float | None, interval_s: float,
+    clock: Callable[[], float], sleep: Callable[[float], None],
+    on_status: Callable[[dict[str, Any], float], None] = lambda status, elapsed_s: None,
+    on_failure: Callable[[RequestFailed, float], None] = lambda failure, elapsed_s: None,
+) -> WaitResult:
+    """Poll ``fetch`` every ``interval_s`` until the rollout ends or ``timeout_s`` passes.
+
+    ``fetch`` returns a status or raises RequestFailed; ``on_status``/``on_failure`` see every
+    poll with the seconds elapsed since the start.
+    """
+    start = clock()
+    deadline = start + timeout_s if timeout_s is not None else math.inf
+    last: dict[str, Any] | None = None
+    failing_since: float | None = None
+    while True:
+        now = clock()
+        try:
+            status = fetch()
+        except RequestFailed as failure:
+            if last is None:
+                return WaitResult(failure.code, None, failure.lines)
+            failing_since = now if failing_since is None else failing_since
+            on_failure(failure, now - start)
+            if now - failing_since >= UNREACHABLE_GRACE_S:
+                return WaitResult(failure.code, last, (*failure.lines,
+                                  f"error: gave up after {now - failing_since:.0f} s of failed polls"))
+        else:
+            failing_since, last = None, status
+            on_status(status, now - start)
+            code = end_code(status)
+            if code is not None:
+                return WaitResult(code, status, (_ended_line(status, now - start),))
+        now = clock()
+        if now >= deadline:
+            return WaitResult(ExitCode.TIMEOUT, last, _timeout_lines(last, now - start))
+        sleep(max(min(interval_s, deadline - now), 0.0))
+
+
+def _ended_line(status: dict[str, Any], elapsed_s: float) -> str:
+    if status.get("strategy") is None:
+        return "no rollout (static weights): nothing to wait for"
+    reason = f": {status['reason']}" if status.get("reason") else ""
+    return f"{status.get('phase')} after {elapsed_text(elapsed_s)}{reason}"
+
+
+def _timeout_lines(status: dict[str, Any] | None, elapsed_s: float) -> tuple[str, ...]:
+    lines = [f"error: timed out after {elapsed_text(elapsed_s)} waiting for the rollout to end"
+             + (f"; it is still {progress_text(status)}" if status else "")]
+    phase = status.get("phase") if status else None
+    if phase == "paused":
+        lines.append("hint: a paused rollout waits for `serve-ab promote` (or resume, after an operator's pause)")
+    elif phase == "validated":
+        lines.append("hint: a validated blue-green rollout waits for `serve-ab promote` to switch")
+    return tuple(lines)
+
+
+def progress_text(status: dict[str, Any]) -> str:
+    """``paused, step 2 of 3: pause, v1 80% v2 20% (reason)``: one line for a progress log."""
+    phase = str(status.get("phase") or "unknown")
+    index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
+    # As `serve-ab status`: a step only while there is one (a promoted canary's index is past the last).
+    at = f", step {index + 1} of {total}: {step}" if isinstance(index, int) and total and step else ""
+    weights = " ".join(f"{name} {float(pct):g}%" for name, pct in (status.get("weights_pct") or {}).items())
+    reason = f" ({status['reason']})" if status.get("reason") else ""
+    return f"{phase}{at}, {weights}{reason}" if weights else f"{phase}{at}{reason}"
+
+
+def progress_key(status: dict[str, Any]) -> tuple:
+    """What a progress line is printed on a change of: phase, step and weights (not the reason,
+    whose countdown changes every poll)."""
+    weights = tuple(sorted((str(k), float(v)) for k, v in (status.get("weights_pct") or {}).items()))
+    return status.get("phase"), status.get("step_index"), weights
+
+
+def elapsed_text(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 1 or seconds == 0 else f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,194 @@
+"""``--app NAME``: the app's URL from Ray's dashboard, against a fake dashboard answering a
+recorded ``GET /api/serve/applications/``; and shell completion.
+
+``data/serve_applications.json`` was made by Ray 2.60's own serializer
+(``ServeInstanceDetails._get_user_facing_json_serializable_dict(exclude_unset=True)``, what the
+dashboard answers) for a cluster with three applications: ``digits-canary`` at ``/``,
+``digits-ab`` at ``/ab`` and ``batch-scorer`` without an HTTP route; proxies on every node,
+``http_options: {host: 0.0.0.0, port: 8000}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import serve_ab.cli
+from serve_ab.cli import command as cli
+from serve_ab.cli.serve_apps import SERVE_APPS_PATH, app_url, default_address
+from tests.support.fake_http import FakeApp
+from tests.unit.cli.control_api import CANARY, closed_port
+from tests.unit.cli.control_api import run as _run
+
+RECORDED = json.loads((Path(__file__).parent / "data" / "serve_applications.json").read_text())
+DASHBOARD = "http://127.0.0.1:8265"
+
+
+@pytest.fixture(scope="module")
+def _dashboard_server():
+    fake = FakeApp()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def dashboard(_dashboard_server, api, monkeypatch):
+    """The fake dashboard, its proxy port pointing at the fake control API."""
+    for name in ("RAY_DASHBOARD_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    details = copy.deepcopy(RECORDED)
+    details["http_options"]["port"] = int(api.url.rsplit(":", 1)[1])
+    _dashboard_server.requests.clear()
+    _dashboard_server.responses = {("GET", SERVE_APPS_PATH): (200, details)}
+    api.responses[("GET", "/ab/rollout/status")] = (200, CANARY)
+    return _dashboard_server
+
+
+def test_the_recorded_answer_is_rays_own_schema():
+    from ray.serve.schema import ServeInstanceDetails
+
+    ServeInstanceDetails.model_validate(RECORDED)
+
+
+# --- resolution (pure) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, address, url", [
+    ("digits-canary", DASHBOARD, "http://127.0.0.1:8000"),
+    ("digits-ab", DASHBOARD, "http://127.0.0.1:8000/ab"),
+    # A port-forwarded dashboard: the proxy is forwarded the same way, not at the node IP Ray reports.
+    ("digits-ab", "http://localhost:18265", "http://localhost:8000/ab"),
+    ("digits-ab", "https://ray-head.internal", "http://ray-head.internal:8000/ab"),
+    ("digits-ab", "http://[::1]:8265", "http://[::1]:8000/ab"),
+])
+def test_app_url_is_the_dashboards_host_the_proxy_port_and_the_route_prefix(name, address, url):
+    assert app_url(RECORDED, name, address) == url
+
+
+def test_app_url_follows_an_explicit_bind_address_root_path_and_tls():
+    details = copy.deepcopy(RECORDED)
+    details["http_options"] = {"host": "10.0.0.5", "port": 9000, "root_path": "/serve/",
+                               "ssl_certfile": "/etc/tls/cert.pem", "ssl_keyfile": "/etc/tls/key.pem"}
+    assert app_url(details, "digits-ab", "http://localhost:8265") == "https://10.0.0.5:9000/serve/ab"
+    details["http_options"] = {"host": "127.0.0.1"}  # loopback-bound: reachable on the head node only
+    assert app_url(details, "digits-ab", "http://ray-head:8265") == "http://ray-head:8000/ab"
+
+
+def test_app_url_names_what_is_deployed_when_the_app_is_missing_or_has_no_route():
+    with pytest.raises(LookupError, match=r"no Serve application named 'digits' at http://h:8265 \(deployed: "
+                       r"batch-scorer, digits-ab, digits-canary\)"):
+        app_url(RECORDED, "digits", "http://h:8265")
+    with pytest.raises(LookupError, match="'batch-scorer' has no HTTP route"):
+        app_url(RECORDED, "batch-scorer", "http://h:8265")
+    with pytest.raises(LookupError, match=r"\(deployed: none\)"):
+        app_url({"applications": {}}, "digits", "http://h:8265")
+
+
+@pytest.mark.parametrize("env, address", [
+    ({}, "http://127.0.0.1:8265"),
+    ({"RAY_ADDRESS": "10.0.0.5:6379"}, "http://127.0.0.1:8265"),  # a GCS address, not the dashboard
+    ({"RAY_ADDRESS": "http://head:8265/"}, "http://head:8265"),
+    ({"RAY_ADDRESS": "http://head:8265", "RAY_DASHBOARD_ADDRESS": "http://dash:8265"}, "http://dash:8265"),
+])
+def test_default_address_from_rays_environment(monkeypatch, env, address):
+    for name in ("RAY_DASHBOARD_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_address() == address
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def test_status_app_asks_the_dashboard_then_the_app(dashboard, api, capsys):
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert code == 0, err
+    assert dashboard.paths() == [SERVE_APPS_PATH]
+    assert api.paths() == ["/ab/rollout/status"] and "canary: v1 -> v2" in out
+
+
+def test_app_takes_the_dashboard_from_the_environment_and_beats_serve_ab_url(dashboard, api, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_DASHBOARD_ADDRESS", dashboard.url)
+    code, _, err = _run(["status", "--app", "digits-ab", "-o", "json"], capsys)
+    assert code == 0, err
+    assert api.paths() == ["/ab/rollout/status"]  # not $SERVE_AB_URL's /rollout/status
+
+
+def test_report_takes_app_too(dashboard, api, capsys):
+    code, _, err = _run(["status", "--app", "digits-canary", "--address", dashboard.url], capsys)
+    assert code == 0 and api.paths() == ["/rollout/status"]
+    from serve_ab.cli import report as report_cli
+
+    parser = argparse.ArgumentParser(prog="serve-ab")
+    report_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", "--app", "digits-ab", "--address", dashboard.url])
+    code = args.func(args, out=io.StringIO(), err=io.StringIO())
+    assert code == 1 and api.paths()[-1] == "/ab/experiment/report"  # the fake app has no report
+
+
+def test_unknown_app_and_unreachable_dashboard_exit_4(dashboard, api, capsys):
+    code, out, err = _run(["status", "--app", "digits", "--address", dashboard.url, "--wait"], capsys)
+    assert (code, out) == (4, "") and "no Serve application named 'digits'" in err and "digits-ab" in err
+    address = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", address], capsys)
+    assert (code, out) == (4, "") and f"error: cannot reach Ray's dashboard at {address}" in err
+    assert "--address" in err and api.requests == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["status", "--app", "digits-ab", "--url", "http://x:1"], "argument --url: not allowed with argument --app"),
+    (["status", "--address", "http://x:8265"], "argument --address: only applies with --app NAME"),
+    (["status", "--app", "a", "--address", "head:8265"], "argument --address: 'head:8265' is not an http(s) URL"),
+])
+def test_app_usage_errors_exit_2(api, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(argv, capsys)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- help and completion -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_sample_size(monkeypatch):
+    # The real sample-size parser imports statsmodels (seconds); its wiring has its own tests.
+    monkeypatch.setattr(serve_ab.cli, "sample_size", argparse.Namespace(add_parser=lambda sub: None), raising=False)
+
+
+def test_help_lists_the_exit_codes(no_sample_size, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "3  status --wait/--watch: timed out" in out and "4  the app" in out
+    assert 'eval "$(serve-ab completion bash)"' in out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_shell_code(no_sample_size, capsys, shell):
+    assert cli.main(["completion", shell]) == 0
+    assert "serve-ab" in capsys.readouterr().out
+
+
+def test_completion_completes_commands_and_flags(no_sample_size, monkeypatch):
+    import argcomplete
+    import argcomplete.io
+
+    class Finder(argcomplete.CompletionFinder):
+        def _init_debug_stream(self):  # argcomplete's own advice: its fd 9 is pytest's (faulthandler)
+            argcomplete.io.debug_stream = io.StringIO()
+
+    answers = []
+    for line in ["serve-ab sta", "serve-ab status --wa", "serve-ab status -o "]:
+        monkeypatch.setenv("_ARGCOMPLETE", "1")
+        monkeypatch.setenv("COMP_LINE", line)
+        monkeypatch.setenv("COMP_POINT", str(len(line)))
+        stream = io.StringIO()
+        Finder()(cli.make_parser(), output_stream=stream, exit_method=lambda code: None)
+        answers.append({word.strip() for word in stream.getvalue().split("\013")})
+    assert "status" in answers[0] and {"--wait", "--watch"} <= answers[1] and {"table", "json", "yaml"} <= answers[2]
