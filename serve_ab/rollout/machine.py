@@ -242,6 +242,12 @@ class Rollout:
         """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
         return cls(config, clock, RolloutState.from_dict(data))
 
+    def new_history(self) -> list[dict[str, Any]]:
+        """The history entries this object wrote since it was built or restored, in order
+        (what a decision taken on a copy adds: the caller notifies them once it is saved)."""
+        history = self.state.history
+        return history[len(history) - min(self._records, len(history)):]
+
     def copy(self) -> Rollout:
         """An independent rollout in the same state: decide on it, save it, then swap it in."""
         return Rollout.from_dict(self.config, self.to_dict(), self._clock)
