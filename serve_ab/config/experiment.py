@@ -21,7 +21,7 @@ from pydantic import (
 
 from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
 from serve_ab.config._base import Strict as _Strict
-from serve_ab.config.rollout import FEEDBACK_METRICS, RolloutConfig
+from serve_ab.config.rollout import FEEDBACK_METRICS, NotificationReceiver, RolloutConfig
 from serve_ab.store.url import parse_store_url, redact_url
 
 
@@ -441,6 +441,12 @@ class ExperimentConfig(_Strict):
     rollout: RolloutConfig | None = Field(
         None, description="A canary or blue-green rollout from stable to candidate."
     )
+    notifications: list[NotificationReceiver] = Field(
+        default_factory=list,
+        description="Where the rollout's events go (phase changes, failed analyses, operators' "
+        "actions): generic JSON webhooks and Slack incoming webhooks, e.g. [{type: slack, "
+        "url_from_env: SLACK_WEBHOOK_URL, events: [phase_changed, analysis_failed]}].",
+    )
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Client feedback.")
     controller: ControllerConfig = Field(
@@ -524,7 +530,15 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _check_rollout(self) -> ExperimentConfig:
         if self.rollout is None:
+            if self.notifications:
+                raise ValueError("notifications send a rollout's events, but this experiment has no "
+                                 "rollout:; add one or remove notifications")
             return self
+        labels = [receiver.label for receiver in self.notifications]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"notifications name receiver(s) {twice} more than once; give each a "
+                             "unique name: (it labels the receiver's metrics)")
         names = [v.name for v in self.versions]
         for role in ("stable", "candidate"):
             name = getattr(self.rollout, role)

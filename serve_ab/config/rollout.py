@@ -100,6 +100,9 @@ class GateMetric(str, Enum):
     #: Share of requests copied to the candidate (``shadow:`` on it, or a blue-green green
     #: validating on live traffic) on which it predicted the class the live version answered.
     SHADOW_AGREEMENT = "shadow_agreement"
+    #: An external check: an HTTP endpoint answering ``{"pass": true|false}`` and/or
+    #: ``{"value": 0.93}`` (see :mod:`serve_ab.rollout.webhook`).
+    WEBHOOK = "webhook"
 
 
 DRIFT_METRICS = frozenset(
@@ -136,6 +139,127 @@ class PrometheusConfig(_Strict):
     )
 
 
+#: Event kinds sent to notification receivers (see :mod:`serve_ab.rollout.notify`).
+NOTIFICATION_EVENTS = ("phase_changed", "progress", "analysis_failed", "action")
+_URL_RE = re.compile(r"^https?://[^\s/?#@]+(?:[/?][^\s#]*)?$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+_URL_EXAMPLE = "e.g. https://hooks.example.com/serve-ab"
+
+
+def check_hook_url(field: str, value: str | None) -> None:
+    """Refuse anything but an http(s) URL with a host, naming the field and the value."""
+    if value is not None and not _URL_RE.match(value):
+        raise ValueError(f"{field} is {value!r}; it must be an http:// or https:// URL with a host "
+                         f"and no user:password@ (put credentials in headers_from_env), {_URL_EXAMPLE}")
+
+
+def check_hook_headers(headers: dict[str, str], headers_from_env: dict[str, str]) -> None:
+    for name in (*headers, *headers_from_env):
+        if not _HEADER_NAME_RE.match(name):
+            raise ValueError(f"header name {name!r} is not a valid HTTP header name, e.g. Authorization")
+    both = sorted(set(headers) & set(headers_from_env))
+    if both:
+        raise ValueError(f"header(s) {both} are in both headers and headers_from_env; keep one")
+    for name, env in headers_from_env.items():
+        if not _ENV_NAME_RE.match(env):
+            raise ValueError(f"headers_from_env.{name} is {env!r}; give the NAME of an environment "
+                             "variable holding the value (never the secret itself), e.g. SLACK_TOKEN")
+
+
+class HttpHook(_Strict):
+    """An HTTP endpoint serve-ab calls: a notification receiver, a confirm step.
+
+    Secrets never go into the config: ``url_from_env`` and ``headers_from_env`` name
+    environment variables (of the controller's process) that hold them; their values are
+    read when the controller starts and are never logged or shown in the status.
+    """
+
+    url: str | None = Field(
+        None, max_length=2048, description="Where to send, e.g. https://hooks.example.com/serve-ab; "
+        "or url_from_env when the URL is itself a secret (a Slack incoming webhook).",
+    )
+    url_from_env: str | None = Field(
+        None, description="Name of an environment variable holding the URL, e.g. SLACK_WEBHOOK_URL.",
+    )
+    timeout_s: DurationS = Field(5.0, gt=0, le=60, description="Longest one request may take.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers that are not secret, e.g. {X-Team: ml}.",
+    )
+    headers_from_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Request headers whose values come from environment variables, by name, "
+        "e.g. {Authorization: HOOK_AUTH} sends the value of $HOOK_AUTH.",
+    )
+
+    @model_validator(mode="after")
+    def _check_hook(self) -> HttpHook:
+        if (self.url is None) == (self.url_from_env is None):
+            raise ValueError(f"give exactly one of url or url_from_env (got "
+                             f"{'both' if self.url else 'neither'}), {_URL_EXAMPLE}")
+        check_hook_url("url", self.url)
+        if self.url_from_env is not None and not _ENV_NAME_RE.match(self.url_from_env):
+            raise ValueError(f"url_from_env is {self.url_from_env!r}; give the NAME of an environment "
+                             "variable holding the URL, e.g. SLACK_WEBHOOK_URL")
+        check_hook_headers(self.headers, self.headers_from_env)
+        return self
+
+    @property
+    def target(self) -> str:
+        """How logs, metrics and reasons name this endpoint: scheme, host and path of a
+        literal url (no query, which may hold a token), or $VAR for url_from_env."""
+        if self.url is None:
+            return f"${self.url_from_env}"
+        return display_url(self.url)
+
+
+def display_url(url: str) -> str:
+    """``url`` without its query and fragment, which may carry a token."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+class ReceiverType(str, Enum):
+    #: A JSON object per event (see :func:`serve_ab.rollout.notify.webhook_payload`).
+    WEBHOOK = "webhook"
+    #: A Slack-compatible incoming webhook: ``{"text": ...}``.
+    SLACK = "slack"
+
+
+class NotificationReceiver(HttpHook):
+    """Where rollout events go: ``{type: webhook|slack, url|url_from_env, events?, timeout_s?}``."""
+
+    type: ReceiverType = Field(..., description="webhook (a JSON object per event) or slack.")
+    name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Names the receiver in logs and metrics; unset: type and host, e.g. slack:hooks.slack.com.",
+    )
+    events: list[str] = Field(
+        default_factory=lambda: list(NOTIFICATION_EVENTS),
+        description="Which events to send: phase_changed, progress (a step moved, weights set, a "
+        "hold), analysis_failed, action (an operator's); unset sends all.",
+    )
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Tries per event, with exponential backoff, before it counts as failed.",
+    )
+
+    @model_validator(mode="after")
+    def _check_events(self) -> NotificationReceiver:
+        unknown = [event for event in self.events if event not in NOTIFICATION_EVENTS]
+        if unknown or not self.events:
+            raise ValueError(f"events has {unknown or 'nothing'}; valid: {', '.join(NOTIFICATION_EVENTS)} "
+                             "(leave events unset for all)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The receiver's name in logs and the ``receiver`` label of its metrics (never a secret)."""
+        if self.name is not None:
+            return self.name
+        if self.url is None:
+            return f"{self.type.value}:${self.url_from_env}"
+        return f"{self.type.value}:{self.url.split('/')[2]}"
+
+
 class Gate(_Strict):
     """One check on the candidate; exactly one bound per gate keeps its verdict readable."""
 
@@ -143,7 +267,8 @@ class Gate(_Strict):
     name: str | None = Field(
         None, min_length=1, max_length=128,
         description="Feedback name for feedback_mean / feedback_rate, e.g. revenue; for promql, "
-        "the gate's name, e.g. error_ratio (unique among promql gates); unset otherwise.",
+        "the gate's name, e.g. error_ratio (unique among promql gates); for webhook, an optional "
+        "name shown in reasons (unique among webhook gates); unset otherwise.",
     )
     query: str | None = Field(
         None, min_length=1, max_length=16384,
@@ -153,6 +278,20 @@ class Gate(_Strict):
     )
     prometheus: PrometheusConfig | None = Field(
         None, description="promql only: the Prometheus to ask; unset uses rollout.analysis.prometheus.",
+    )
+    url: str | None = Field(
+        None, max_length=2048,
+        description="webhook only: the endpoint asked (POST, a JSON description of the rollout), "
+        "e.g. http://checks:8080/canary; it answers {\"pass\": true|false, \"reason\"?: ...} "
+        "and/or {\"value\": 0.93} judged by min or max.",
+    )
+    timeout_s: DurationS | None = Field(
+        None, gt=0, le=60, description="webhook only: longest the endpoint may take (default 5 s); "
+        "slower is no answer (inconclusive).",
+    )
+    headers_from_env: dict[str, str] | None = Field(
+        None, description="webhook only: request headers from environment variables, by name, "
+        "e.g. {Authorization: CHECKS_TOKEN}.",
     )
     max: float | None = Field(None, allow_inf_nan=False, description="Absolute upper bound.")
     min: float | None = Field(None, allow_inf_nan=False, description="Absolute lower bound.")
@@ -169,6 +308,11 @@ class Gate(_Strict):
     def _check(self) -> Gate:
         metric = self.metric.value
         bounds = {key: getattr(self, key) for key in BOUND_KEYS if getattr(self, key) is not None}
+        if self.metric is GateMetric.WEBHOOK:
+            return self._check_webhook(bounds)
+        for key in ("url", "timeout_s", "headers_from_env"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"gate {metric} takes no {key}; only metric: webhook does")
         if len(bounds) != 1:
             raise ValueError(
                 f"gate {metric} has bounds {sorted(bounds) or 'none'}; give exactly one of "
@@ -233,13 +377,36 @@ class Gate(_Strict):
             )
         return self
 
+    def _check_webhook(self, bounds: dict[str, float]) -> Gate:
+        example = "{metric: webhook, name: smoke, url: http://checks:8080/canary, timeout_s: 5}"
+        if self.url is None:
+            raise ValueError(f"gate webhook needs url, e.g. {example}")
+        check_hook_url("url", self.url)
+        if len(bounds) > 1 or any(key.endswith("_ratio_to_stable") for key in bounds):
+            raise ValueError(
+                f"gate webhook has bounds {sorted(bounds)}; it takes none (the endpoint's pass decides) "
+                "or one of min or max, which judges the value it answers, e.g. "
+                "{metric: webhook, url: http://checks:8080/canary, min: 0.9}"
+            )
+        if self.query is not None or self.prometheus is not None:
+            raise ValueError("gate webhook takes no query or prometheus; only metric: promql does")
+        check_hook_headers({}, self.headers_from_env or {})
+        return self
+
+    @property
+    def key(self) -> str:
+        """What keys a promql or webhook gate's answer: its name, else (webhook) its url."""
+        return self.name if self.name is not None else (self.url or self.metric.value)
+
     @property
     def bound(self) -> str:
-        return next(key for key in BOUND_KEYS if getattr(self, key) is not None)
+        """max, min, max_ratio_to_stable or min_ratio_to_stable; ``pass`` for a webhook gate
+        without one, whose endpoint's pass (1) or fail (0) is judged against 1."""
+        return next((key for key in BOUND_KEYS if getattr(self, key) is not None), "pass")
 
     @property
     def threshold(self) -> float:
-        return float(getattr(self, self.bound))
+        return 1.0 if self.bound == "pass" else float(getattr(self, self.bound))
 
     @property
     def needs_stable(self) -> bool:
@@ -250,6 +417,10 @@ class Gate(_Strict):
     def label(self) -> str:
         """Short human name, e.g. ``latency_p95_ms <= 1.5x stable``."""
         metric = self.metric.value + (f"[{self.name}]" if self.name else "")
+        if self.metric is GateMetric.WEBHOOK:
+            metric = f"webhook[{self.name or display_url(self.url or '')}]"
+            if self.bound == "pass":
+                return f"{metric} passes"
         op = "<=" if self.bound.startswith("max") else ">="
         suffix = "x stable" if self.bound.endswith("_ratio_to_stable") else ""
         return f"{metric} {op} {self.threshold:g}{suffix}"
@@ -334,7 +505,27 @@ class AnalysisStep(_Strict):
     )
 
 
-STEP_KINDS = ("set_weight", "pause", "analysis")
+class ConfirmSpec(HttpHook):
+    interval_s: DurationS = Field(
+        10.0, gt=0, description="How often the endpoint is asked while the step waits.",
+    )
+
+
+class ConfirmStep(_Strict):
+    """Flagger's confirm-promotion: hold at the current weight until an external system says
+    yes. Its endpoint is asked (POST, a JSON description of the rollout) every ``interval_s``
+    and must answer 2xx with ``{"confirm": true}``; ``{"confirm": false, "reason"?: ...}``,
+    no answer or an error keep it waiting. Like ``pause: {}`` it has no deadline (promote
+    skips it, abort ends it), and analysis still runs at the current weight, so a bad
+    candidate is rolled back while it waits; once confirmed it leaves when the step's latest
+    analysis passed, like a timed pause."""
+
+    confirm: ConfirmSpec = Field(
+        ..., description="{url: https://approvals/serve-ab, timeout_s?: 5s, interval_s?: 10s}.",
+    )
+
+
+STEP_KINDS = ("set_weight", "pause", "analysis", "confirm")
 
 
 def _check_step_shape(value: Any) -> Any:
@@ -351,7 +542,8 @@ def _check_step_shape(value: Any) -> Any:
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         return next(iter(value), None)
-    for kind, cls in (("set_weight", SetWeightStep), ("pause", PauseStep), ("analysis", AnalysisStep)):
+    for kind, cls in (("set_weight", SetWeightStep), ("pause", PauseStep), ("analysis", AnalysisStep),
+                      ("confirm", ConfirmStep)):
         if isinstance(value, cls):
             return kind
     return None
@@ -362,6 +554,7 @@ Step = Annotated[
         Annotated[SetWeightStep, Tag("set_weight")],
         Annotated[PauseStep, Tag("pause")],
         Annotated[AnalysisStep, Tag("analysis")],
+        Annotated[ConfirmStep, Tag("confirm")],
     ],
     Discriminator(_step_kind),
     BeforeValidator(_check_step_shape),
@@ -448,6 +641,15 @@ class RolloutConfig(_Strict):
             raise ValueError(
                 f"steps apply only to strategy canary; strategy blue_green got {len(self.steps)} steps"
             )
+        webhook_keys: set[str] = set()
+        for index, gate in enumerate(self.gates):
+            if gate.metric is GateMetric.WEBHOOK:
+                if gate.key in webhook_keys:
+                    raise ValueError(
+                        f"gates[{index}]: webhook gate {gate.key!r} is configured twice; give each "
+                        "webhook gate a unique name (the name, else the url, keys its answer)"
+                    )
+                webhook_keys.add(gate.key)
         promql_names: set[str] = set()
         for index, gate in enumerate(self.gates):
             if gate.metric is not GateMetric.PROMQL:

@@ -4,6 +4,8 @@
   :class:`Decision` from each tick);
 - ``gates``: gate evaluation over per-version windows;
 - ``promql``: gates whose values come from Prometheus;
+- ``webhook``: webhook gates and confirm steps, asked in the background;
+- ``notify``: rollout events sent to webhooks and Slack, from background threads;
 - ``feedback``: joining clients' feedback to the version that answered.
 """
 

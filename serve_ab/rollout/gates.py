@@ -44,6 +44,14 @@ outage is not evidence against the candidate, so it does not roll it back, but i
 rollout like missing data, and ``analysis.progress_deadline_s`` aborts a rollout held by an
 outage that lasts.
 
+A ``webhook`` gate judges what an external endpoint answered (polled off the tick by
+:class:`serve_ab.rollout.webhook.WebhookPoller`, put on the candidate's window as a
+:class:`WebhookResult` keyed by the gate's name, else its url): ``{"pass": false}`` FAILs,
+quoting the body's ``reason``; with a ``min`` or ``max`` the answered ``value`` is judged as
+given, otherwise ``{"pass": true}`` PASSes. No answer (a timeout, a refused connection, a
+non-2xx status, a body that is not such JSON) is INCONCLUSIVE, never a pass, exactly like a
+failed promql query.
+
 Example::
 
     windows = build_windows(observations, versions=("v1", "v2"))
@@ -65,7 +73,7 @@ from scipy import special
 
 from serve_ab.analysis import drift
 from serve_ab.analysis.sketch import LogHistogram
-from serve_ab.config.rollout import Gate, GateMetric
+from serve_ab.config.rollout import Gate, GateMetric, display_url
 
 
 class GateVerdict(str, Enum):
@@ -143,6 +151,24 @@ class PromQLResult:
 
 
 @dataclass(frozen=True)
+class WebhookResult:
+    """What a webhook gate's or a confirm step's endpoint answered, or why it did not.
+
+    ``passed``: the body's ``pass`` (gates) or ``confirm`` (confirm steps); ``value``: its
+    ``value``; ``reason``: its ``reason``; ``error``: why there is no usable answer (then
+    the rest is None). ``asked_at_s``: when it was asked, on the controller's clock, so an
+    answer asked for before a step began never decides that step.
+    """
+
+    target: str  # the endpoint, without query string
+    passed: bool | None = None
+    value: float | None = None
+    reason: str | None = None
+    error: str | None = None
+    asked_at_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class WindowStats:
     """What one version did during one analysis window."""
 
@@ -160,6 +186,8 @@ class WindowStats:
     conversions: Mapping[str, ConversionStats] = field(default_factory=dict)
     #: promql gates' answers, by gate name; set on the candidate's window by the caller.
     promql: Mapping[str, PromQLResult] = field(default_factory=dict)
+    #: webhook gates' answers, by gate key (name, else url); set on the candidate's window.
+    webhooks: Mapping[str, WebhookResult] = field(default_factory=dict)
     #: Copies of live requests this version answered, and on how many it predicted the
     #: class the live version answered (shadow, or blue-green validation on live traffic).
     shadow_pairs: int = 0
@@ -326,6 +354,9 @@ def _samples(gate: Gate, window: WindowStats) -> tuple[int, str]:
     if metric is GateMetric.PROMQL:  # the query's own range is its window; one value or none
         answer = window.promql.get(gate.name)
         return int(answer is not None and answer.value is not None), "query values"
+    if metric is GateMetric.WEBHOOK:
+        answer = window.webhooks.get(gate.key)
+        return int(answer is not None and answer.error is None), "answers"
     return window.conversions.get(gate.name, ConversionStats()).trials, f"'{gate.name}' outcomes"
 
 
@@ -503,6 +534,8 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
 
     if gate.metric is GateMetric.PROMQL:
         return _evaluate_promql(gate, candidate, result)
+    if gate.metric is GateMetric.WEBHOOK:
+        return _evaluate_webhook(gate, candidate, result)
 
     sides = [(candidate, "candidate")] + ([(stable, "stable")] if gate.needs_stable else [])
     for window, role in sides:
@@ -629,6 +662,39 @@ def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
     side = "above" if upper else "below"
     return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}; query: {answer.query}",
                   value, value)
+
+
+def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
+    """A webhook gate: the endpoint's pass, or its value against min / max, as given."""
+    metric = f"webhook[{gate.name or display_url(gate.url or '')}]"
+    answer = candidate.webhooks.get(gate.key)
+    result = functools.partial(result, level=None)  # an external verdict: no level
+    if answer is None:
+        return result(GateVerdict.INCONCLUSIVE, f"no answer from {metric} yet for {candidate.version}")
+    if answer.error is not None:
+        return result(GateVerdict.INCONCLUSIVE, f"{metric} gave no answer, so {candidate.version} cannot "
+                                            f"be judged on it (held, not failed): {answer.error}")
+    said = f": {answer.reason!r}" if answer.reason else ""
+    if answer.passed is False:
+        value = answer.value if answer.value is not None else 0.0
+        return result(GateVerdict.FAIL, f"{metric} answered pass: false for {candidate.version}{said}",
+                      value, value)
+    if gate.bound == "pass":
+        if answer.passed is True:
+            return result(GateVerdict.PASS, f"{metric} answered pass: true for {candidate.version}{said}",
+                          1.0, 1.0)
+        return result(GateVerdict.INCONCLUSIVE, f"{metric} answered no pass for {candidate.version} (only a "
+                                            f"value, and the gate has no min or max to judge it){said}")
+    if answer.value is None:
+        return result(GateVerdict.INCONCLUSIVE, f"{metric} answered no value for {candidate.version}; the "
+                                            f"gate judges value against {gate.bound} {_fmt(gate.threshold)}{said}")
+    value = answer.value
+    what = f"{metric} on {candidate.version} is {_fmt(value)}"
+    upper = gate.bound == "max"
+    if (value <= gate.threshold) if upper else (value >= gate.threshold):
+        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}{said}", value, value)
+    side = "above" if upper else "below"
+    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}{said}", value, value)
 
 
 def evaluate_gates(

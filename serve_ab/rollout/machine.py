@@ -32,6 +32,9 @@ analysis with enough samples has passed in it, so a pause shorter than ``interva
 waits for one; "not analysed yet" is never a pass. ``set_weight`` steps take no time,
 except one below 100% that is followed by another ``set_weight`` or by the end: no later
 step would judge that weight, so it waits there for a passing analysis itself.
+A ``confirm`` step waits, with no deadline, until the caller's ``tick(confirm=...)`` brings
+a yes from its endpoint asked since the step began, then leaves like a timed pause (once an
+analysis passed in it, where gates can judge); analysis goes on while it waits.
 Every change of weights restarts the analysis interval, so an analysis only reads a
 window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
@@ -63,6 +66,7 @@ from typing import Any
 
 from serve_ab.config.rollout import (
     AnalysisStep,
+    ConfirmStep,
     Gate,
     GateMetric,
     PauseStep,
@@ -74,6 +78,7 @@ from serve_ab.errors import ActionRefused
 from serve_ab.rollout.gates import (
     GateResult,
     GateVerdict,
+    WebhookResult,
     WindowStats,
     alpha_for_look,
     evaluate_gates,
@@ -82,6 +87,8 @@ from serve_ab.rollout.gates import (
 )
 
 STATE_SCHEMA = 1
+#: How the history entry of a failed analysis begins.
+ANALYSIS_FAILED = "analysis failed"
 MAX_HISTORY = 500
 # Fake clocks advance by float sums (0.1 + 0.2 != 0.3); timers compare with this slack.
 _EPS_S = 1e-9
@@ -89,8 +96,8 @@ _EPS_S = 1e-9
 
 def _has_samples(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int) -> bool:
     """Whether ``gate`` can judge on evidence: a promql value is judged as given, so it spends
-    no alpha; any other gate needs min_samples on each side it reads."""
-    if gate.metric is GateMetric.PROMQL:
+    no alpha (so is a webhook's answer); any other gate needs min_samples on each side it reads."""
+    if gate.metric in (GateMetric.PROMQL, GateMetric.WEBHOOK):
         return False
     sides = (candidate, stable) if gate.needs_stable else (candidate,)
     return all(sample_count(gate, window) >= min_samples for window in sides)
@@ -158,6 +165,7 @@ class RolloutState:
     finished_at_s: float | None = None
     retire_version: str | None = None
     retire_at_s: float | None = None
+    confirm_answer: str | None = None  # a confirm step: its endpoint's latest answer, in words
     revision: int = 0  # bumped by the caller on every save; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,6 +212,7 @@ class Rollout:
         self._clock = clock
         self._acting: dict[str, Any] | None = None  # the action and actor being applied
         self._records = 0  # history entries written by this object
+        self._confirm: WebhookResult | None = None  # the confirm step's answer, during tick()
         if state is None:
             now = float(clock())
             blue_green = config.strategy is Strategy.BLUE_GREEN
@@ -232,6 +241,12 @@ class Rollout:
     def from_dict(cls, config: RolloutConfig, data: Mapping[str, Any], clock: Callable[[], float]) -> Rollout:
         """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
         return cls(config, clock, RolloutState.from_dict(data))
+
+    def new_history(self) -> list[dict[str, Any]]:
+        """The history entries this object wrote since it was built or restored, in order
+        (what a decision taken on a copy adds: the caller notifies them once it is saved)."""
+        history = self.state.history
+        return history[len(history) - min(self._records, len(history)):]
 
     def copy(self) -> Rollout:
         """An independent rollout in the same state: decide on it, save it, then swap it in."""
@@ -270,12 +285,15 @@ class Rollout:
 
     # -- the tick ------------------------------------------------------------------------
 
-    def tick(self, windows: Mapping[str, WindowStats]) -> Decision:
+    def tick(self, windows: Mapping[str, WindowStats], confirm: WebhookResult | None = None) -> Decision:
         """Advance by the clock; ``windows`` holds the latest window of each version.
 
         A version missing from ``windows`` counts as having no data (inconclusive).
+        ``confirm``: at a confirm step, its endpoint's latest answer (one asked for before the
+        step began is ignored).
         """
         now = self._now()
+        self._confirm = confirm
         before = dict(self.state.weights)
         results: tuple[GateResult, ...] = ()
         verdict = None
@@ -452,13 +470,13 @@ class Rollout:
                 f"weights {new} sum to {total_pct:g}%; they must sum to 100, "
                 f"e.g. {{{s.stable!r}: 80, {s.candidate!r}: 20}}"
             )
+        self._apply_weights(now, new)  # first, so the entry below shows the new weights
         if s.paused_by is None:
             s.resume_phase = s.phase
             s.paused_by, s.paused_at_s = "operator", now
             self._transition(now, Phase.PAUSED, f"{reason}: {new}; paused until resume()")
         else:
             self._record(now, s.phase, s.phase, f"{reason}: {new}")
-        self._apply_weights(now, new)
         return self._decision(now, before)
 
     def report_validation(self, passed: bool, reason: str = "") -> Decision:
@@ -536,15 +554,16 @@ class Rollout:
             s.failures_consecutive += 1
             limit = self.config.analysis.failure_limit
             failed = "; ".join(
-                f"gate {r.gate} failed: {r.metric} = {r.value:.4g}, {r.bound} {r.threshold:g} ({r.reason})"
+                f"gate {r.gate} failed: {r.metric} = "
+                f"{'no value' if r.value is None else format(r.value, '.4g')}, {r.bound} {r.threshold:g} ({r.reason})"
                 for r in results if r.verdict is GateVerdict.FAIL
             )
+            # Every failed analysis has its own entry (notifications send it as analysis_failed).
+            self._record(now, s.phase, s.phase, f"{ANALYSIS_FAILED} ({s.failures_total} of {limit} "
+                                                f"tolerated): {failed}")
             if s.failures_total > limit:
                 self._abort(now, f"{s.candidate} failed analysis {s.failures_total} time(s), over "
                                  f"failure_limit {limit}: {failed}")
-            else:
-                self._record(now, s.phase, s.phase,
-                             f"analysis failed ({s.failures_total} of {limit} tolerated): {failed}")
         elif verdict is GateVerdict.PASS:
             s.failures_consecutive = 0
         return results, verdict
@@ -569,6 +588,8 @@ class Rollout:
             return "pause until promote" if d is None else f"pause {d:g}s"
         if isinstance(step, AnalysisStep):
             return "analysis"
+        if isinstance(step, ConfirmStep):
+            return f"confirm by {step.confirm.target}"
         return self.state.phase.value
 
     def _advance(self, now: float) -> None:
@@ -608,6 +629,12 @@ class Rollout:
                 if now - s.step_started_at_s < duration_s - _EPS_S or not self._may_leave(now):
                     return
                 self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: pause of {duration_s:g}s done")
+            elif isinstance(step, ConfirmStep):
+                if not self._confirmed(step) or not self._may_leave(now):
+                    return
+                said = s.confirm_answer
+                s.confirm_answer = None
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: {said}")
             else:  # AnalysisStep
                 if s.phase is not Phase.ANALYZING:
                     s.held_since_s = s.step_started_at_s
@@ -635,6 +662,22 @@ class Rollout:
             if now - s.switched_at_s < bg.post_switch_watch_s - _EPS_S or not self._may_leave(now):
                 return
             self._finish_promoted(now, f"post-switch watch of {bg.post_switch_watch_s:g}s passed")
+
+    def _confirmed(self, step: ConfirmStep) -> bool:
+        """Whether the confirm step's endpoint said yes, asked since the step began; keeps
+        its latest answer in words for the status line."""
+        s, answer = self.state, self._confirm
+        if answer is None or answer.asked_at_s < s.step_started_at_s - _EPS_S:
+            return False
+        said = f": {answer.reason!r}" if answer.reason else ""
+        if answer.error is not None:
+            words = f"no answer from {step.confirm.target}: {answer.error}"
+        elif answer.passed:
+            words = f"confirmed by {step.confirm.target}{said}"
+        else:
+            words = f"{step.confirm.target} answered confirm: false{said}"
+        s.confirm_answer = words
+        return answer.error is None and answer.passed is True
 
     def _may_leave(self, now: float) -> bool:
         """A wait is over; leave once the latest analysis in this step passed, or, where no
@@ -684,6 +727,7 @@ class Rollout:
         s.step_verdict = None
         s.analyses_in_step = 0
         s.held_since_s = None
+        s.confirm_answer = None
         self._transition(now, phase, reason)
 
     def _apply_weights(self, now: float, weights: dict[str, float]) -> None:
@@ -759,6 +803,7 @@ class Rollout:
         entry = {
             "t_s": now, "from_phase": from_phase.value if from_phase else None,
             "to_phase": to_phase.value, "step_index": self.state.step_index, "reason": reason,
+            "weights": dict(self.state.weights),
         }
         if self._acting is not None:
             entry.update(self._acting)
@@ -823,4 +868,8 @@ class Rollout:
         if isinstance(step, PauseStep) and step.pause.duration is not None:
             left_s = s.step_started_at_s + step.pause.duration - now
             return f"step {s.step_index} ({self.step_text()}): {max(left_s, 0.0):g}s left"
+        if isinstance(step, ConfirmStep):
+            return (f"step {s.step_index}: waiting for {step.confirm.target} to answer "
+                    f'{{"confirm": true}} (asked every {step.confirm.interval_s:g}s); latest: '
+                    f"{s.confirm_answer or 'no answer yet'}")
         return f"step {s.step_index} ({self.step_text()})"

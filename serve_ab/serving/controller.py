@@ -43,6 +43,9 @@ from serve_ab.rollout.feedback import REQUEST_TTL_S, FeedbackJoin
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
+from serve_ab.rollout.gates import WebhookResult
+from serve_ab.rollout.notify import NotificationSender, events_from_history
+from serve_ab.rollout.webhook import WebhookPoller, confirm_key
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.keys import feedback_key, rollout_key
@@ -70,12 +73,15 @@ VALIDATION_TIMEOUT_S = 120.0
 class ControllerCore:
     """Everything the controller does, minus Ray: testable with a fake clock."""
 
-    def __init__(self, cfg: ExperimentConfig, store, clock=time.time):
+    def __init__(self, cfg: ExperimentConfig, store, clock=time.time, app: str | None = None):
         self.cfg = cfg
         self.clock = clock
         self.store = store
+        self.app = app
         self.rollout: Rollout | None = None
         self.key = rollout_key(cfg) if cfg.rollout is not None else None
+        # Sends every saved history entry to cfg.notifications from its own threads.
+        self.notifier = NotificationSender.maybe(cfg.notifications)
         if cfg.rollout is not None:
             saved = store.load(self.key)
             if saved is not None:
@@ -88,6 +94,7 @@ class ControllerCore:
                 fresh.state.revision = 1
                 self.store.save(self.key, fresh.to_dict())
                 self.rollout = fresh
+                self._announce(fresh)
         # The gates' windows, merged from the routers' reports (kept per second for a sliding
         # window_s, and as a running total over the step).
         window_s = cfg.rollout.analysis.window_s if cfg.rollout is not None else None
@@ -224,10 +231,12 @@ class ControllerCore:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def tick(self, promql: Mapping[str, PromQLResult] | None = None) -> bool:
+    def tick(self, promql: Mapping[str, PromQLResult] | None = None,
+             webhooks: Mapping[str, WebhookResult] | None = None) -> bool:
         """One look at timers and windows; True when the weights or phase changed.
 
-        ``promql``: the latest answers of the rollout's promql gates, by gate name. Raises
+        ``promql``: the latest answers of the rollout's promql gates, by gate name;
+        ``webhooks``: of its webhook gates and confirm step (:class:`WebhookPoller`). Raises
         :class:`StoreUnavailable` when the decision could not be saved; then nothing was
         applied, and the next tick decides again.
         """
@@ -248,14 +257,14 @@ class ControllerCore:
         candidate = self.cfg.rollout.candidate
         shadow_pairs, shadow_agreements = pairs.get(candidate, (0, 0))
         windows[candidate] = dataclasses.replace(
-            windows[candidate], promql=promql or {}, shadow_pairs=shadow_pairs,
+            windows[candidate], promql=promql or {}, webhooks=webhooks or {}, shadow_pairs=shadow_pairs,
             shadow_agreements=shadow_agreements)
         saved = self.rollout.to_dict()
         draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
         failed = self.reports.failed_versions(now).get(candidate)
         if failed is not None and not draft.done:
             draft.abort(reason=f"candidate {candidate} {failed}")  # e.g. "failed to load: ValueError: ..."
-        decision = draft.tick(windows)
+        decision = draft.tick(windows, confirm=(webhooks or {}).get(confirm_key(draft.state.step_index)))
         if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
             self._commit(draft)
         if decision.analysis:
@@ -325,6 +334,19 @@ class ControllerCore:
                 f"{self.rollout.state.revision}); try again"
             ) from None
         self.rollout = draft
+        self._announce(draft)
+
+    def _announce(self, saved: Rollout) -> None:
+        """Notify the history entries a saved decision wrote; never raises, never blocks."""
+        if self.notifier is None:
+            return
+        try:
+            r, s = self.cfg.rollout, saved.state
+            self.notifier.publish(events_from_history(
+                saved.new_history(), model=self.cfg.model, rollout=self.key, strategy=r.strategy.value,
+                stable=r.stable, candidate=r.candidate, revision=s.revision, weights_pct=s.weights, app=self.app))
+        except Exception:  # notifications must never stop a decision
+            logger.exception("serve-ab rollout %s: notifications not queued", self.key)
 
     def validation_timeout_s(self) -> float:
         """How long green's validation may take: what is left of the progress deadline,
@@ -471,6 +493,7 @@ class ControllerCore:
             "controller": {"started_at_s": self.started_at_s},
             "routers": self.reports.to_dict(now),
             "failed_versions": self.reports.failed_versions(now),
+            "notifications": self.notifier.counts() if self.notifier is not None else {},
         }
         if history:
             out["history"] = list(s.history)
@@ -482,7 +505,7 @@ class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
         store = open_store(cfg.controller)
-        self.core = ControllerCore(cfg, store)
+        self.core = ControllerCore(cfg, store, app=serve.get_replica_context().app_name)
         self._feedback_key = feedback_key(cfg, store)
         self._changed = asyncio.Event()
         self._report: Report | None = None
@@ -491,6 +514,8 @@ class ExperimentController:
         self._recorder = None
         # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
         self._promql = PromQLPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
+        # Likewise for webhook gates and confirm steps.
+        self._webhooks = WebhookPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._analyse())]
 
@@ -520,7 +545,10 @@ class ExperimentController:
                 promql = None
                 if self._promql is not None and rollout is not None:
                     promql = self._promql.poll(self.core.clock(), active=not rollout.done)
-                if self.core.tick(promql):
+                webhooks = None
+                if self._webhooks is not None and rollout is not None:
+                    webhooks = self._webhooks.poll(self.core.clock(), rollout)
+                if self.core.tick(promql, webhooks):
                     self._notify()
             except StoreUnavailable as err:  # nothing was applied; the next tick decides again
                 logger.warning("serve-ab controller: %s", err)
@@ -564,6 +592,9 @@ class ExperimentController:
         """
         for task in getattr(self, "_tasks", ()):
             task.cancel()
+        core = getattr(self, "core", None)
+        if core is not None and core.notifier is not None:  # the last events (an abort) go out first
+            await asyncio.to_thread(core.notifier.close, 2.0)
         try:
             report = await self._refresh_report()
             await asyncio.to_thread(self._save_record, report, time.time(), True)

@@ -56,6 +56,13 @@ Per app:
 - ``serve_ab_rollout_failures_total`` counter: failed analyses of this rollout;
   ``serve_ab_rollout_failure_limit`` gauge: failures tolerated before an abort.
 
+Per notification receiver (``receiver``: its name, else type and host; see
+:mod:`serve_ab.rollout.notify`):
+
+- ``serve_ab_notifications_sent_total`` counter: rollout events delivered.
+- ``serve_ab_notifications_failed_total`` counter: events given up on after every attempt,
+  or dropped because the receiver was too far behind.
+
 Per gate, from the latest analysis (``version`` is the candidate; ``gate`` the gate's label,
 e.g. ``latency_p95_ms <= 1.5x stable``; ``metric`` and ``bound`` as configured):
 
@@ -274,6 +281,17 @@ class _SnapshotCollector(Collector):
                                            labels=["model"])
             failures.add_metric([model], status["failures_total"])
             yield failures
+        receivers = status.get("notifications") or {}
+        if receivers:
+            sent = CounterMetricFamily(PREFIX + "notifications_sent_total", "Rollout events delivered, per receiver.",
+                                       labels=["model", "receiver"])
+            failed = CounterMetricFamily(PREFIX + "notifications_failed_total",
+                                         "Rollout events not delivered after every attempt, or dropped, per receiver.",
+                                         labels=["model", "receiver"])
+            for receiver, counts in receivers.items():
+                sent.add_metric([model, receiver], counts["sent"])
+                failed.add_metric([model, receiver], counts["failed"])
+            yield from (sent, failed)
 
     def _gates(self) -> Iterator[Metric]:
         results = self.status.get("gates") or []

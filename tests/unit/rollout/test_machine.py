@@ -374,7 +374,7 @@ def test_history_entries_name_time_phases_and_reason():
     clock.advance(10)
     rollout.tick(slow())
     history = rollout.to_dict()["history"]
-    assert set(history[-1]) == {"t_s", "from_phase", "to_phase", "step_index", "reason"}
+    assert set(history[-1]) == {"t_s", "from_phase", "to_phase", "step_index", "reason", "weights"}
     assert (history[-1]["t_s"], history[-1]["from_phase"], history[-1]["to_phase"]) == (10.0, "progressing", "aborted")
 
 

@@ -610,3 +610,84 @@ def test_a_static_ab_gives_a_failed_variants_share_to_the_first_version_that_loa
     core.record(report_of(failed_versions={"v2": "failed to load: x"}, core=core))
     after = core.weights()
     assert after["v2"] == 0.0 and sum(after.values()) == pytest.approx(100.0) and after["v1"] > before["v1"]
+
+
+# -- notifications, webhook gates (a real receiver on a loopback socket) ---------------------
+
+def with_receiver(cfg, url: str):
+    from serve_ab.config.rollout import NotificationReceiver
+
+    return cfg.model_copy(update={"notifications": [NotificationReceiver(type="webhook", url=url, name="ops")]})
+
+
+def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
+    from tests.unit.rollout.hooks import HookServer
+
+    hooks = HookServer()
+    clock = FakeClock()
+    steps = [{"set_weight": 10}, {"pause": {"duration": "10s"}}, {"pause": {}}, {"set_weight": 100}]
+    core = ControllerCore(with_receiver(experiment(steps=steps), hooks.url + "/events"), MemoryStateStore(), clock,
+                          app="shop")
+    try:
+        core.tick()
+        run_for(core, clock, 30, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+        assert core.rollout.phase is Phase.PAUSED
+        core.act(Action.PROMOTE, ActionRequest(), Actor("alice", "operator", "10.0.0.7"))
+        assert core.rollout.phase is Phase.PROMOTED
+        assert core.notifier.flush(10)
+        history = core.status(history=True)["history"]
+        bodies = hooks.bodies("/events")
+        assert [(b["from_phase"], b["phase"], b["reason"]) for b in bodies] == [
+            (h["from_phase"], h["to_phase"], h["reason"]) for h in history]
+        phases = [b["phase"] for b in bodies if b["event"] == "phase_changed"]
+        assert phases == ["progressing", "paused"]  # then promote's own entries are actions
+        actions = [b for b in bodies if b["event"] == "action"]
+        assert actions[-1]["phase"] == "promoted" and actions[-1]["actor"]["name"] == "alice"
+        assert actions[-1]["weights_pct"] == {"v1": 0.0, "v2": 100.0}
+        assert {b["app"] for b in bodies} == {"shop"} and bodies[0]["rollout"] == "digits:canary:v1->v2"
+        revisions = [b["revision"] for b in bodies]
+        assert revisions == sorted(revisions) and revisions[-1] == core.rollout.state.revision
+        assert core.status()["notifications"] == {"ops": {"sent": len(bodies), "failed": 0}}
+    finally:
+        core.notifier.close()
+        hooks.close()
+
+
+def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
+    import asyncio
+
+    from serve_ab.rollout.webhook import WebhookPoller
+    from tests.unit.rollout.hooks import HookServer
+
+    hooks = HookServer()
+    hooks.answer("/gate", (200, {"pass": False, "reason": "integration suite: 3 of 40 failed"}))
+    clock = FakeClock()
+    gates = [{"metric": "webhook", "url": hooks.url + "/gate", "name": "suite", "timeout_s": 2}]
+    cfg = with_receiver(experiment(gates=gates), hooks.url + "/events")
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+
+    async def drive() -> None:
+        poller = WebhookPoller(cfg.rollout, cfg.model)
+        for _ in range(20):
+            clock.advance(1.0)
+            report(core, clock, "v1", 20)
+            report(core, clock, "v2", 5)
+            poller.poll(clock(), core.rollout)
+            while poller.refreshing:  # a test's shortcut: the controller never waits
+                await asyncio.sleep(0.01)
+            core.tick(None, poller.poll(clock(), core.rollout))
+            if core.rollout.done:
+                return
+
+    try:
+        asyncio.run(drive())
+        status = core.status()
+        assert status["phase"] == "aborted" and status["weights_pct"] == {"v1": 100.0, "v2": 0.0}
+        assert "webhook[suite]" in status["reason"] and "'integration suite: 3 of 40 failed'" in status["reason"]
+        assert hooks.bodies("/gate")[0]["candidate"] == "v2"
+        assert core.notifier.flush(10)
+        events = [(b["event"], b["phase"]) for b in hooks.bodies("/events")]
+        assert events[-2:] == [("analysis_failed", "progressing"), ("phase_changed", "aborted")]
+    finally:
+        core.notifier.close()
+        hooks.close()

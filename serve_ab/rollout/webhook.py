@@ -1,0 +1,214 @@
+"""Webhook gates and confirm steps: external systems that judge or approve a rollout.
+
+Both are endpoints serve-ab asks with ``POST`` and a JSON description of the rollout::
+
+    {"kind": "gate" | "confirm", "name": "smoke", "model": "digits", "stable": "v1",
+     "candidate": "v2", "phase": "progressing", "step_index": 2, "weights_pct": {"v1": 80, "v2": 20}}
+
+- a gate ``{metric: webhook, url: ..., timeout_s: 5, name?: ..., min|max?: ...}`` wants 2xx
+  with ``{"pass": true|false, "reason"?: "..."}`` and/or ``{"value": 0.93}`` (judged by the
+  gate's min or max); see :mod:`serve_ab.rollout.gates` for the verdicts;
+- a confirm step ``{confirm: {url: ..., interval_s?: 10s}}`` wants 2xx with
+  ``{"confirm": true}``; ``false`` (with an optional ``reason``) keeps it waiting.
+
+A timeout, a refused connection, a non-2xx status or a body that is not such an object is no
+answer: the gate is INCONCLUSIVE (it holds the rollout, and ``progress_deadline_s`` ends an
+outage that lasts) and the confirm step keeps waiting; neither ever passes on it.
+
+:class:`WebhookPoller` asks in the background, like :class:`serve_ab.rollout.promql.PromQLPoller`:
+a slow endpoint never delays a tick, which judges the latest answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from serve_ab.config.rollout import ConfirmStep, GateMetric, HttpHook, RolloutConfig, display_url
+from serve_ab.rollout.gates import WebhookResult
+from serve_ab.rollout.machine import Rollout
+
+logger = logging.getLogger("ray.serve")
+
+__all__ = ["MissingSecret", "WebhookPoller", "ask", "confirm_key", "resolve_headers", "resolve_url"]
+
+# A reason quoted from an answer is cut here: it ends up in history entries and status lines.
+MAX_REASON_CHARS = 300
+
+
+class MissingSecret(ValueError):
+    """An environment variable a hook needs is not set (its name is in the message, never a value)."""
+
+
+def resolve_url(hook: HttpHook, env: Mapping[str, str] = os.environ) -> str:
+    if hook.url is not None:
+        return hook.url
+    url = env.get(hook.url_from_env or "")
+    if not url:
+        raise MissingSecret(f"environment variable {hook.url_from_env} (url_from_env) is not set")
+    return url
+
+
+def resolve_headers(headers: Mapping[str, str], headers_from_env: Mapping[str, str],
+                    env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    out = dict(headers)
+    for name, variable in headers_from_env.items():
+        value = env.get(variable)
+        if value is None:
+            raise MissingSecret(f"environment variable {variable} (headers_from_env.{name}) is not set")
+        out[name] = value
+    return out
+
+
+def confirm_key(step_index: int) -> str:
+    """The key of a confirm step's answer: one per step, so an old yes never confirms a later step."""
+    return f"confirm@{step_index}"
+
+
+async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer: str = "pass",
+              headers: Mapping[str, str] | None = None, asked_at_s: float = 0.0,
+              client: httpx.AsyncClient | None = None) -> WebhookResult:
+    """POST ``payload`` to ``url`` and read ``answer`` (``pass`` or ``confirm``) from the reply;
+    never raises for what the endpoint or the network does."""
+    target = display_url(url)
+    try:
+        if client is None:
+            async with httpx.AsyncClient(timeout=timeout_s) as own:
+                response = await own.post(url, json=dict(payload), headers=dict(headers or {}))
+        else:
+            response = await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
+        passed, value, reason = _parse(response, target, answer)
+    except httpx.TimeoutException:
+        return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s)
+    except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
+        return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s)
+    except _BadAnswer as err:
+        return _failed(target, str(err), asked_at_s)
+    return WebhookResult(target, passed, value, reason, None, asked_at_s)
+
+
+def _failed(target: str, error: str, asked_at_s: float) -> WebhookResult:
+    logger.warning("serve-ab webhook %s: %s", target, error)
+    return WebhookResult(target, error=error, asked_at_s=asked_at_s)
+
+
+class _BadAnswer(ValueError):
+    pass
+
+
+def _parse(response: httpx.Response, target: str, answer: str) -> tuple[bool | None, float | None, str | None]:
+    expected = ('{"confirm": true}' if answer == "confirm"
+                else '{"pass": true} or {"pass": false, "reason": "..."} or {"value": 0.93}')
+    if not 200 <= response.status_code < 300:
+        raise _BadAnswer(f"HTTP {response.status_code} from {target}: {response.text[:200]!r}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _BadAnswer(f"{target} answered {response.text[:200]!r}, not a JSON object like {expected}")
+    passed, value, reason = body.get(answer), body.get("value"), body.get("reason")
+    if passed is not None and not isinstance(passed, bool):
+        raise _BadAnswer(f"{target} answered {answer}: {passed!r}; it must be true or false, e.g. {expected}")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _BadAnswer(f"{target} answered value: {value!r}; it must be a finite number, e.g. 0.93")
+        value = float(value)
+    if passed is None and (answer == "confirm" or value is None):
+        raise _BadAnswer(f"{target} answered {str(body)[:200]}, without {answer}; expected {expected}")
+    if reason is not None:
+        reason = str(reason)[:MAX_REASON_CHARS]
+    return passed, value, reason
+
+
+class WebhookPoller:
+    """Keeps the latest answers of a rollout's webhook gates and current confirm step fresh,
+    off the caller's loop.
+
+    :meth:`poll` never waits on an endpoint: it starts a request in the background for each
+    hook whose last one is due (gates every half ``analysis.interval_s``, a confirm step every
+    ``interval_s``; never two at once for one hook) and returns the latest answers, by gate
+    key and by :func:`confirm_key`.
+    """
+
+    def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None,
+                 env: Mapping[str, str] = os.environ):
+        self.rollout = rollout
+        self.model = model
+        self.env = env
+        self.refresh_s = rollout.analysis.interval_s / 2 if refresh_s is None else refresh_s
+        self.gates = {gate.key: gate for gate in rollout.gates if gate.metric is GateMetric.WEBHOOK}
+        self.enabled = bool(self.gates) or any(isinstance(step, ConfirmStep) for step in rollout.steps)
+        self.latest: dict[str, WebhookResult] = {}
+        self._started_at_s: dict[str, float] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def poll(self, now_s: float, rollout: Rollout) -> Mapping[str, WebhookResult]:
+        """The latest answers; starts the requests that are due for ``rollout`` as it stands."""
+        if not self.enabled:
+            return {}
+        for key, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[key]
+                self._collect(key, task)
+        s = rollout.state
+        if rollout.done or s.paused_by == "operator":
+            return dict(self.latest)
+        for key, gate in self.gates.items():
+            self._maybe_ask(now_s, key, self.refresh_s, "gate", gate.url, {}, gate.headers_from_env or {},
+                            gate.timeout_s or 5.0, "pass", rollout)
+        index = s.step_index
+        step = self.rollout.steps[index] if index < len(self.rollout.steps) else None
+        if isinstance(step, ConfirmStep):
+            hook = step.confirm
+            try:
+                url = resolve_url(hook, self.env)
+            except MissingSecret as err:
+                self.latest[confirm_key(index)] = WebhookResult(hook.target, error=str(err), asked_at_s=now_s)
+            else:
+                self._maybe_ask(now_s, confirm_key(index), hook.interval_s, "confirm", url, hook.headers,
+                                hook.headers_from_env, hook.timeout_s, "confirm", rollout)
+        return dict(self.latest)
+
+    def _maybe_ask(self, now_s: float, key: str, refresh_s: float, kind: str, url: str,
+                   headers: Mapping[str, str], headers_from_env: Mapping[str, str], timeout_s: float,
+                   answer: str, rollout: Rollout) -> None:
+        started = self._started_at_s.get(key)
+        if key in self._tasks or (started is not None and now_s - started < refresh_s):
+            return
+        self._started_at_s[key] = now_s
+        try:
+            resolved = resolve_headers(headers, headers_from_env, self.env)
+        except MissingSecret as err:
+            self.latest[key] = WebhookResult(display_url(url), error=str(err), asked_at_s=now_s)
+            return
+        s = rollout.state
+        payload = {"kind": kind, "name": key if kind == "gate" else "confirm", "model": self.model,
+                   "stable": s.stable, "candidate": s.candidate, "phase": s.phase.value,
+                   "step_index": s.step_index, "weights_pct": dict(s.weights)}
+        self._tasks[key] = asyncio.get_running_loop().create_task(
+            ask(url, payload, timeout_s=timeout_s, answer=answer, headers=resolved, asked_at_s=now_s))
+
+    @property
+    def refreshing(self) -> bool:
+        """True while some request is in flight."""
+        return any(not task.done() for task in self._tasks.values())
+
+    def _collect(self, key: str, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        err: Any = task.exception()
+        if err is not None:  # ask() does not raise; this is a bug, kept out of the tick loop
+            logger.error("serve-ab webhook %s failed: %r", key, err)
+            return
+        self.latest[key] = task.result()
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()

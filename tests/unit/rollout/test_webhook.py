@@ -1,0 +1,240 @@
+"""Webhook gates and confirm steps: the schema, answers from a real endpoint on a loopback
+socket, the verdicts, the background poller, and the state machine holding and advancing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from serve_ab.config.rollout import Gate, RolloutConfig
+from serve_ab.rollout.gates import GateVerdict, WebhookResult, WindowStats, evaluate_gate
+from serve_ab.rollout.machine import Phase, Rollout
+from serve_ab.rollout.webhook import WebhookPoller, ask, confirm_key
+from tests.support.fakes import FakeClock
+from tests.unit.rollout.hooks import HookServer
+
+STABLE = WindowStats("v1", request_count=100)
+
+
+@pytest.fixture
+def hooks():
+    server = HookServer()
+    yield server
+    server.close()
+
+
+def gate(**changes) -> Gate:
+    return Gate.model_validate({"metric": "webhook", "url": "http://checks:8080/canary", "name": "smoke", **changes})
+
+
+def verdict_of(g: Gate, answer: WebhookResult | None):
+    window = WindowStats("v2", request_count=100, webhooks={} if answer is None else {g.key: answer})
+    return evaluate_gate(g, window, STABLE, min_samples=50)
+
+
+def asked(url: str, answer: str = "pass", timeout_s: float = 2.0) -> WebhookResult:
+    return asyncio.run(ask(url, {"kind": "gate"}, timeout_s=timeout_s, answer=answer, asked_at_s=5.0))
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+def test_webhook_gates_parse_with_no_bound_or_one_of_min_max():
+    plain, valued = gate(), gate(name=None, min=0.9, timeout_s="2s")
+    assert (plain.bound, plain.threshold, plain.label, plain.key) == ("pass", 1.0, "webhook[smoke] passes", "smoke")
+    assert (valued.bound, valued.threshold, valued.timeout_s) == ("min", 0.9, 2.0)
+    assert valued.label == "webhook[http://checks:8080/canary] >= 0.9" and valued.key == "http://checks:8080/canary"
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"metric": "webhook"}, "gate webhook needs url, e.g. {metric: webhook"),
+    ({"metric": "webhook", "url": "checks:8080"}, "url is 'checks:8080'; it must be an http:// or https:// URL"),
+    ({"metric": "webhook", "url": "http://c/x", "min": 0.9, "max": 1.0}, "bounds ['max', 'min']; it takes none"),
+    ({"metric": "webhook", "url": "http://c/x", "max_ratio_to_stable": 1.1}, "or one of min or max"),
+    ({"metric": "webhook", "url": "http://c/x", "query": "up"}, "takes no query"),
+    ({"metric": "error_rate", "max": 0.1, "url": "http://c/x"}, "gate error_rate takes no url; only metric: webhook"),
+    ({"metric": "webhook", "url": "http://c/x", "headers_from_env": {"Authorization": "Bearer x"}},
+     "give the NAME of an environment variable"),
+])
+def test_webhook_gate_errors_name_the_field_value_and_what_is_valid(doc, expected):
+    with pytest.raises(ValidationError) as info:
+        Gate.model_validate(doc)
+    assert expected in str(info.value)
+
+
+def canary(gates=(), steps=None, **analysis) -> RolloutConfig:
+    return RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2", "gates": list(gates),
+        "analysis": {"interval_s": 5, "min_samples": 10, "progress_deadline_s": 60, **analysis},
+        "steps": steps or [{"set_weight": 20}, {"pause": {"duration": "5s"}}, {"set_weight": 100}]})
+
+
+def test_two_webhook_gates_need_different_keys_and_confirm_steps_parse():
+    with pytest.raises(ValidationError, match="webhook gate 'http://c/x' is configured twice"):
+        canary([{"metric": "webhook", "url": "http://c/x"}, {"metric": "webhook", "url": "http://c/x", "min": 1}])
+    config = canary(steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "APPROVALS_URL", "interval_s": "30s"}},
+                           {"set_weight": 100}])
+    assert config.steps[1].confirm.interval_s == 30.0 and config.steps[1].confirm.target == "$APPROVALS_URL"
+    with pytest.raises(ValidationError, match="exactly one key, one of set_weight, pause, analysis, confirm"):
+        canary(steps=[{"confirm": {"url": "http://a/b"}, "set_weight": 5}])
+    with pytest.raises(ValidationError, match="url is 'approvals'"):
+        canary(steps=[{"confirm": {"url": "approvals"}}])
+
+
+# -- answers and verdicts --------------------------------------------------------------------
+
+def test_pass_fail_and_value_against_a_threshold(hooks):
+    hooks.answer("/ok", (200, {"pass": True}))
+    hooks.answer("/no", (200, {"pass": False, "reason": "smoke test 3 of 40 failed"}))
+    hooks.answer("/score", (201, {"value": 0.93}))
+    ok, no, score = asked(hooks.url + "/ok"), asked(hooks.url + "/no"), asked(hooks.url + "/score")
+    assert (ok.passed, ok.error, ok.asked_at_s, ok.target) == (True, None, 5.0, hooks.url + "/ok")
+    assert verdict_of(gate(), ok).verdict is GateVerdict.PASS
+    failed = verdict_of(gate(), no)
+    assert failed.verdict is GateVerdict.FAIL and "'smoke test 3 of 40 failed'" in failed.reason
+    assert verdict_of(gate(min=0.9), score).verdict is GateVerdict.PASS
+    below = verdict_of(gate(min=0.95), score)
+    assert below.verdict is GateVerdict.FAIL and below.value == 0.93 and "below min 0.95" in below.reason
+    assert verdict_of(gate(max=0.9), score).verdict is GateVerdict.FAIL
+    # A value without a bound to judge it, or a bound without a value: no verdict.
+    assert verdict_of(gate(), score).verdict is GateVerdict.INCONCLUSIVE
+    assert verdict_of(gate(min=0.9), ok).verdict is GateVerdict.INCONCLUSIVE
+    # pass: false fails whatever the value says.
+    assert verdict_of(gate(min=0.5), WebhookResult("t", passed=False, value=0.9)).verdict is GateVerdict.FAIL
+
+
+def test_no_answer_is_inconclusive_never_a_pass(hooks):
+    hooks.answer("/slow", (200, {"pass": True}, 1.0))
+    hooks.answer("/500", (500, {"pass": True}))
+    hooks.answer("/html", (200, "<html>ok</html>"))
+    hooks.answer("/odd", (200, {"pass": "yes"}))
+    hooks.answer("/empty", (200, {"status": "fine"}))
+    outcomes = {
+        "timeout": asked(hooks.url + "/slow", timeout_s=0.2),
+        "refused": asked("http://127.0.0.1:9/gate"),
+        "500": asked(hooks.url + "/500"),
+        "not json": asked(hooks.url + "/html"),
+        "not a bool": asked(hooks.url + "/odd"),
+        "no pass": asked(hooks.url + "/empty"),
+    }
+    assert "within timeout_s 0.2" in outcomes["timeout"].error
+    assert "cannot reach http://127.0.0.1:9/gate: ConnectError" == outcomes["refused"].error
+    assert outcomes["500"].error.startswith("HTTP 500 from")
+    assert "pass: 'yes'; it must be true or false" in outcomes["not a bool"].error
+    for what, answer in outcomes.items():
+        result = verdict_of(gate(), answer)
+        assert result.verdict is GateVerdict.INCONCLUSIVE, what
+        assert "held, not failed" in result.reason and answer.error in result.reason
+    assert verdict_of(gate(), None).verdict is GateVerdict.INCONCLUSIVE
+
+
+def test_a_webhook_gate_answering_false_aborts_a_rollout_and_an_outage_holds_it():
+    def drive(answer: WebhookResult, seconds: int) -> Rollout:
+        clock = FakeClock(0.0)
+        rollout = Rollout(canary([{"metric": "webhook", "url": "http://c/x", "name": "smoke"}]), clock)
+        for _ in range(seconds):
+            rollout.tick({"v2": WindowStats("v2", request_count=100, webhooks={"smoke": answer})})
+            if rollout.done:
+                break
+            clock.advance(1.0)
+        return rollout
+
+    bad = drive(WebhookResult("http://c/x", passed=False, reason="p95 regression"), 30)
+    assert bad.phase is Phase.ABORTED
+    assert "webhook[smoke]" in bad.state.history[-1]["reason"] and "'p95 regression'" in bad.status_line()
+    assert bad.state.history[-2]["reason"].startswith("analysis failed (1 of 0 tolerated)")
+    down = drive(WebhookResult("http://c/x", error="cannot reach http://c/x: ConnectError"), 40)
+    assert down.phase is Phase.PROGRESSING and down.state.failures_total == 0
+    assert "cannot reach" in down.status_line()
+    assert drive(WebhookResult("http://c/x", error="gone"), 80).phase is Phase.ABORTED  # progress deadline
+    assert drive(WebhookResult("http://c/x", passed=True), 30).phase is Phase.PROMOTED
+
+
+# -- confirm steps in the state machine ------------------------------------------------------
+
+def confirm_canary(**analysis) -> RolloutConfig:
+    return canary(steps=[{"set_weight": 20}, {"confirm": {"url": "http://approvals/ok?token=x"}},
+                         {"set_weight": 100}], **analysis)
+
+
+def test_a_confirm_step_holds_until_a_yes_asked_within_the_step_then_advances():
+    clock = FakeClock(100.0)
+    rollout = Rollout(confirm_canary(progress_deadline_s=30), clock)
+    rollout.tick({})
+    assert rollout.state.step_index == 1 and rollout.weights == {"v1": 80.0, "v2": 20.0}
+    assert 'waiting for http://approvals/ok to answer {"confirm": true}' in rollout.status_line()
+    # A yes asked before the step began does not count; no, and no answer, keep it waiting.
+    for answer in (WebhookResult("http://approvals/ok", passed=True, asked_at_s=99.0),
+                   WebhookResult("http://approvals/ok", passed=False, reason="change freeze", asked_at_s=101.0),
+                   WebhookResult("http://approvals/ok", error="HTTP 503 from http://approvals/ok", asked_at_s=102.0)):
+        for _ in range(30):  # longer than the progress deadline: a confirm step has none
+            clock.advance(1.0)
+            rollout.tick({}, confirm=answer)
+        assert rollout.phase is Phase.PROGRESSING and rollout.state.step_index == 1
+    assert "latest: no answer from http://approvals/ok: HTTP 503" in rollout.status_line()
+    clock.advance(1.0)
+    rollout.tick({}, confirm=WebhookResult("http://approvals/ok", passed=True, reason="CAB-12", asked_at_s=clock()))
+    assert rollout.phase is Phase.PROMOTED
+    assert any(h["reason"] == "step 1: confirmed by http://approvals/ok: 'CAB-12'" for h in rollout.state.history)
+
+
+def test_a_confirmed_step_still_needs_a_passing_analysis_and_promote_skips_it():
+    clock = FakeClock(0.0)
+    config = canary([{"metric": "error_rate", "max": 0.05}],
+                    steps=[{"set_weight": 20}, {"confirm": {"url": "http://a/ok"}}, {"set_weight": 100}])
+    rollout = Rollout(config, clock)
+    rollout.tick({})
+    yes = WebhookResult("http://a/ok", passed=True, asked_at_s=1.0)
+    clock.advance(1.0)
+    rollout.tick({}, confirm=yes)  # confirmed, but no analysis has passed at 20% yet
+    assert rollout.state.step_index == 1 and "holding at step 1" in rollout.status_line()
+    clock.advance(5.0)
+    rollout.tick({"v2": WindowStats("v2", request_count=400)}, confirm=yes)
+    assert rollout.phase is Phase.PROMOTED
+    waiting = Rollout(config, FakeClock(0.0))
+    waiting.tick({})
+    assert waiting.state.step_index == 1
+    waiting.promote(actor={"name": "alice", "role": "operator"})  # no answer needed
+    assert waiting.phase is Phase.PROMOTED
+    assert "promoted by operator: left step 1 (confirm by http://a/ok)" == waiting.state.history[-3]["reason"]
+
+
+# -- the poller ------------------------------------------------------------------------------
+
+def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks):
+    hooks.answer("/gate", (200, {"pass": True}, 0.3))
+    hooks.answer("/confirm", (200, {"confirm": False, "reason": "freeze"}))
+    config = canary([{"metric": "webhook", "url": hooks.url + "/gate", "name": "smoke"}],
+                    steps=[{"set_weight": 20}, {"confirm": {"url": hooks.url + "/confirm", "interval_s": 10}},
+                           {"set_weight": 100}])
+    clock = FakeClock(0.0)
+    rollout = Rollout(config, clock)
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        poller = WebhookPoller(config, "digits")
+        started = time.monotonic()
+        assert poller.poll(clock(), rollout) == {} and poller.refreshing  # asked, not awaited
+        assert time.monotonic() - started < 0.1
+        await until(lambda: "smoke" in poller.poll(clock(), rollout), "the gate's answer never came")
+        assert confirm_key(0) not in poller.latest  # step 0 is a set_weight step
+        rollout.tick({})  # now at the confirm step
+        answers = poller.poll(clock(), rollout)  # the gate is not due again (refresh 2.5 s)
+        await until(lambda: confirm_key(1) in poller.poll(clock(), rollout), "the confirm step was never asked")
+        return answers, dict(poller.latest)
+
+    _, latest = asyncio.run(scenario())
+    assert latest["smoke"].passed is True
+    assert (latest[confirm_key(1)].passed, latest[confirm_key(1)].reason) == (False, "freeze")
+    gate_body = hooks.bodies("/gate")[0]
+    assert gate_body == {"kind": "gate", "name": "smoke", "model": "digits", "stable": "v1", "candidate": "v2",
+                         "phase": "progressing", "step_index": 0, "weights_pct": {"v1": 100.0, "v2": 0.0}}
+    assert len(hooks.bodies("/gate")) == 1 and hooks.bodies("/confirm")[0]["kind"] == "confirm"
+    assert WebhookPoller(canary(), "digits").poll(0.0, rollout) == {}
