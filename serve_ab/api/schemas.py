@@ -69,7 +69,7 @@ class V2Tensor(BaseModel):
     @field_validator("data")
     @classmethod
     def _data_or_binary(cls, data: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
-        if data is None and "binary_data_size" not in (info.data.get("parameters") or {}):
+        if data is None and (info.data.get("parameters") or {}).get("binary_data_size") is None:
             raise PydanticCustomError("missing", "Field required")
         return data
 

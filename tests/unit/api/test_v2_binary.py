@@ -153,6 +153,7 @@ MALFORMED = [
      "input 'input' has parameters.binary_data_size, but the request has no Inference-Header-Content-Length"),
     ("neither data nor size", header_of([{"name": "input", "datatype": "FP32", "shape": [1, 64]}]), None,
      "inputs.0.data: field required"),
+    ("null size", header_of([fp32(None)]), None, "inputs.0.data: field required"),
     ("negative dimension", header_of([fp32(0, shape=[-1, 64])]), str(len(header_of([fp32(0, shape=[-1, 64])]))),
      "negative dimension in shape [-1, 64]"),
     ("unknown datatype", header_of([fp32(4, datatype="FLOAT")]) + b"\x00" * 4,
