@@ -26,6 +26,12 @@ def install_error_handlers(api: FastAPI) -> None:
 async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
     """The decoded JSON body, refusing bodies over ``max_body_bytes`` before reading them;
     ``allow_empty``: an empty body is None rather than an error."""
+    return decode_json(await read_body(request, max_body_bytes), allow_empty=allow_empty)
+
+
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The raw body, refusing bodies over ``max_body_bytes`` (declared or streamed) before
+    holding more than that."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -41,17 +47,21 @@ async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = F
         if size_bytes > max_body_bytes:
             raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes, allow_empty: bool = False, what: str = "request body") -> Any:
+    """``raw`` decoded as JSON, or a 400 naming ``what`` and the problem."""
     if not raw:
         if allow_empty:
             return None
-        raise InvalidInput("request body is empty; send a JSON object")
+        raise InvalidInput(f"{what} is empty; send a JSON object")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"request body is not valid JSON: {err}") from None
+        raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     except RecursionError:
-        raise InvalidInput("request body nests arrays or objects too deeply") from None
+        raise InvalidInput(f"{what} nests arrays or objects too deeply") from None
     # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no UTF-8 text can hold: a key
     # hashed, an id echoed or a name logged would fail later. Only bodies that escape a
     # surrogate at all are walked.

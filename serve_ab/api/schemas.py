@@ -7,10 +7,12 @@ size check) so every problem comes back as a 400 that names the field.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
 from serve_ab.config.experiment import format_validation_error
@@ -56,8 +58,38 @@ class V2Tensor(BaseModel):
     name: str = Field(..., description="Input name, as listed by GET /v2/models/{model}.")
     shape: list[int] = Field(..., description="Tensor shape, batch first, e.g. [1, 64].")
     datatype: str = Field(..., description="Open Inference Protocol datatype, e.g. FP32.")
-    data: list[Any] = Field(..., description="Tensor contents, flat in row-major order or nested.")
-    parameters: dict[str, Any] | None = Field(None, description="Per-tensor parameters (unused).")
+    # Before data: data's check reads it.
+    parameters: dict[str, Any] | None = Field(
+        None, description='Per-tensor parameters: {"binary_data_size": N} when the values travel '
+        "as raw bytes after the JSON (the binary tensor data extension).")
+    data: list[Any] | None = Field(
+        None, validate_default=True,
+        description="Tensor contents, flat in row-major order or nested; absent for a binary input.")
+
+    @field_validator("data")
+    @classmethod
+    def _data_or_binary(cls, data: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if data is None and (info.data.get("parameters") or {}).get("binary_data_size") is None:
+            raise PydanticCustomError("missing", "Field required")
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> V2Tensor:
+        size = (self.parameters or {}).get("binary_data_size")
+        if size is None:
+            return self
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"parameters.binary_data_size must be a whole number of bytes, e.g. 256; "
+                             f"got {size!r}")
+        if self.data is not None:
+            raise ValueError("give the values either in data or as binary_data_size raw bytes after "
+                             "the JSON, not both")
+        return self
+
+    @property
+    def binary_data_size(self) -> int | None:
+        """Bytes of this tensor after the JSON header, or None for values in ``data``."""
+        return (self.parameters or {}).get("binary_data_size")
 
 
 class V2RequestedOutput(BaseModel):
@@ -90,20 +122,26 @@ def parse_body(model: type[BaseModel], body: Any, error: type[InvalidInput] = In
         raise error("; ".join(format_validation_error(err))) from None
 
 
+# Defined by the protocol but taken by no model served here: a clear "this model takes FP32".
+_V2_OTHER_DATATYPES = ("BYTES", "BF16")
+
+
 def decode_v2_inputs(
-    request: V2InferRequest, spec: InputSpec, output: OutputSpec, *, allow_non_finite: bool
+    request: V2InferRequest, spec: InputSpec, output: OutputSpec, *, allow_non_finite: bool,
+    binary: Mapping[int, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The model's input batch from a V2 request, checked against the model's spec."""
+    """The model's input batch from a V2 request, checked against the model's spec;
+    ``binary``: the values of inputs sent as binary tensor data, by position in the request."""
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
         raise InputError(f"model takes exactly one input, '{spec.name}'; got {len(names)}: {names}")
     tensor = request.inputs[0]
     if tensor.name != spec.name:
         raise InputError(f"unknown input '{tensor.name}'; this model's input is '{spec.name}'")
-    if tensor.datatype not in V2_DATATYPES:
+    if tensor.datatype not in V2_DATATYPES and tensor.datatype not in _V2_OTHER_DATATYPES:
         raise InputError(
             f"input '{tensor.name}' has datatype '{tensor.datatype}', which the Open Inference "
-            f"Protocol does not define; valid: {sorted(V2_DATATYPES)}"
+            f"Protocol does not define; valid: {sorted([*V2_DATATYPES, *_V2_OTHER_DATATYPES])}"
         )
     if tensor.datatype != spec.datatype:
         raise InputError(
@@ -111,10 +149,15 @@ def decode_v2_inputs(
         )
     if any(d < 0 for d in tensor.shape):
         raise InputError(f"input '{tensor.name}' has a negative dimension in shape {tensor.shape}")
-    try:
-        data = np.asarray(tensor.data)
-    except (ValueError, TypeError) as err:
-        raise InputError(f"input '{tensor.name}' data is ragged or mixed: {err}") from None
+    if binary is not None and 0 in binary:
+        data = binary[0]  # already checked against shape and datatype, byte for byte
+    elif tensor.data is None:
+        raise InputError(f"input '{tensor.name}' has parameters.binary_data_size but no binary data came")
+    else:
+        try:
+            data = np.asarray(tensor.data)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"input '{tensor.name}' data is ragged or mixed: {err}") from None
     if data.dtype.kind not in "biuf":
         raise InputError(
             f"input '{tensor.name}' data must be numbers for {tensor.datatype}; got '{data.dtype}'"
@@ -134,21 +177,21 @@ def decode_v2_inputs(
 
 def encode_v2_response(
     model: str, version: str, request_id: str, outputs: np.ndarray, output: OutputSpec,
-    parameters: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None, binary_data_size: int | None = None,
 ) -> dict[str, Any]:
+    """The V2 answer; ``binary_data_size``: the output travels as that many raw bytes after
+    the JSON (the binary tensor data extension) instead of in ``data``."""
+    tensor: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": list(outputs.shape)}
+    if binary_data_size is None:
+        tensor["data"] = outputs.ravel().tolist()
+    else:
+        tensor["parameters"] = {"binary_data_size": binary_data_size}
     return {
         "model_name": model,
         "model_version": version,
         "id": request_id,
         **({"parameters": parameters} if parameters else {}),
-        "outputs": [
-            {
-                "name": output.name,
-                "datatype": output.datatype,
-                "shape": list(outputs.shape),
-                "data": outputs.ravel().tolist(),
-            }
-        ],
+        "outputs": [tensor],
     }
 
 

@@ -18,7 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from serve_ab.api.access_log import AccessLog
-from serve_ab.api.http_util import add_openapi_schemas, install_error_handlers, json_body, json_safe, read_json
+from serve_ab.api.http_util import (
+    add_openapi_schemas,
+    install_error_handlers,
+    json_body,
+    json_safe,
+    read_body,
+    read_json,
+)
 from serve_ab.api.schemas import (
     ActionRequest,
     FeedbackRequest,
@@ -27,6 +34,17 @@ from serve_ab.api.schemas import (
     decode_v2_inputs,
     encode_v2_response,
     parse_body,
+)
+from serve_ab.api.v2_binary import (
+    CONTENT_TYPE,
+    EXTENSION,
+    HEADER_LENGTH,
+    V2Body,
+    binary_inputs,
+    encode_v2_body,
+    read_v2_body,
+    tensor_to_bytes,
+    wants_binary_output,
 )
 from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction
 from serve_ab.serving.core.auth import ControlAuth, Role
@@ -232,7 +250,7 @@ class V2Endpoints:
         self.core = core
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "serve-ab", "version": SERVER_VERSION, "extensions": []}
+        return {"name": "serve-ab", "version": SERVER_VERSION, "extensions": [EXTENSION]}
 
     def check(self, model: str, version: str | None) -> None:
         """404 for a model or version this app does not serve."""
@@ -248,16 +266,19 @@ class V2Endpoints:
         return {"name": core.cfg.model, "versions": [version] if version is not None else list(core.versions),
                 "platform": platform, "inputs": [input_spec.to_v2()], "outputs": [output_spec.to_v2()]}
 
-    async def infer(self, model: str, pinned: str | None, body: Any,
-                    headers: Any) -> tuple[str, dict[str, Any]]:
-        """Serve a V2 request, pinned to ``pinned`` when the caller was allowed to pin."""
+    async def infer(self, model: str, pinned: str | None, body: V2Body,
+                    headers: Any) -> tuple[str, dict[str, Any], bytes | None]:
+        """Serve a V2 request, pinned to ``pinned`` when the caller was allowed to pin; returns
+        the version that served, the answer's JSON and its binary tensor data (None: all JSON)."""
         core = self.core
         self.check(model, pinned)
-        parsed = parse_body(V2InferRequest, body)
+        parsed = parse_body(V2InferRequest, body.header)
+        arrays = binary_inputs(parsed, body.tensors)
         choice = core.choose(core.decision.key_from(parsed.parameters, headers), pinned)
         input_spec, output_spec = await core.interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
-                                 allow_non_finite=core.cfg.http.allow_non_finite)
+                                 allow_non_finite=core.cfg.http.allow_non_finite, binary=arrays)
+        binary = wants_binary_output(parsed, output_spec.name)
         served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
@@ -266,8 +287,10 @@ class V2Endpoints:
         token = core.feedback_token_for(request_id, choice)
         if token is not None:
             parameters["feedback_token"] = token
-        return served_by, encode_v2_response(core.cfg.model, served_by, parsed.id or request_id,
-                                             outputs, output_spec, parameters)
+        tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary else None
+        response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs, output_spec,
+                                      parameters, binary_data_size=None if tensors is None else len(tensors))
+        return served_by, response, tensors
 
 
 def _v2(s: Served = Depends(served)) -> V2Endpoints:
@@ -319,26 +342,36 @@ async def v2_version(model: str, version: str, v2: V2Endpoints = Depends(_v2)) -
     return await v2.model_metadata(model, version)
 
 
+# Either body is JSON, or (binary tensor data extension) JSON then raw tensor bytes, the JSON's
+# length in the Inference-Header-Content-Length header: see serve_ab.api.v2_binary.
+_V2_BINARY = ("Also takes and answers the binary tensor data extension (tritonclient's default): "
+              "the JSON's length in `Inference-Header-Content-Length`, raw tensor bytes after it.")
+
+
 @api.post("/v2/models/{model}/infer", openapi_extra=json_body(V2InferRequest),
-          summary="Inference, routed by the experiment")
-async def v2_infer(model: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+          summary="Inference, routed by the experiment", description=_V2_BINARY)
+async def v2_infer(model: str, request: Request, s: Served = Depends(served)) -> Response:
     return await _v2_infer(s, model, None, request)
 
 
 @api.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=json_body(V2InferRequest),
-          summary="Inference on one version (pinned)")
-async def v2_infer_version(model: str, version: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+          summary="Inference on one version (pinned)", description=_V2_BINARY)
+async def v2_infer_version(model: str, version: str, request: Request, s: Served = Depends(served)) -> Response:
     return await _v2_infer(s, model, version, request)
 
 
-async def _v2_infer(s: Served, model: str, version: str | None, request: Request) -> JSONResponse:
+async def _v2_infer(s: Served, model: str, version: str | None, request: Request) -> Response:
     v2 = V2Endpoints(s.core)
     v2.check(model, version)  # a wrong path is a 404 whatever the body
     pinned = _pinned(s, request, version)
-    body = await read_json(request, s.core.cfg.http.max_body_bytes)
-    served_by, response = await v2.infer(model, pinned, body, request.headers)
+    raw = await read_body(request, s.core.cfg.http.max_body_bytes)
+    body = read_v2_body(raw, request.headers.get(HEADER_LENGTH))
+    served_by, response, tensors = await v2.infer(model, pinned, body, request.headers)
     headers = {VERSION_HEADER: served_by}
     if "feedback_token" in response["parameters"]:
         headers[FEEDBACK_TOKEN_HEADER] = response["parameters"]["feedback_token"]
-    return JSONResponse(response, headers=headers)
-
+    if tensors is None:
+        return JSONResponse(response, headers=headers)
+    content, header_length = encode_v2_body(response, tensors)
+    headers[HEADER_LENGTH] = str(header_length)
+    return Response(content, media_type=CONTENT_TYPE, headers=headers)
