@@ -31,7 +31,7 @@ __all__ = ["ROUTER_MAX_UNITS", "GateAggregate", "IntervalAggregate", "SplitAggre
 # Distinct units a router sends per split and interval: past it, its sample's theta halves
 # (and stays halved), so a report stays small under any number of users. The controller's
 # sample (analysis/unit_sample.py) is a uniform sample at the smallest theta it merged.
-ROUTER_MAX_UNITS = 4096
+ROUTER_MAX_UNITS = 1024
 
 
 @dataclass

@@ -132,4 +132,6 @@ def test_five_million_users_keep_the_state_bounded_and_srm_still_runs():
     from scipy import stats as scipy_stats
 
     p_value = scipy_stats.chisquare([kept["v1"], kept["v2"]]).pvalue
-    assert sum(kept.values()) > 50_000 and p_value > 1e-4, (kept, p_value)
+    # 100,000 new users per router interval is extreme: each router sends 1,024 of them (theta
+    # 1/128), which still leaves the check tens of thousands of users.
+    assert sum(kept.values()) > 20_000 and p_value > 1e-4, (kept, p_value)
