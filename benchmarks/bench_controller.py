@@ -43,7 +43,7 @@ TICK_S = 0.25  # the controller's default tick_s
 ROUTERS = 4
 USERS = 5_000_000
 QUICK_RATES = (1_000, 10_000, 100_000)
-FULL_RATES = (1_000, 3_000, 10_000, 30_000, 100_000)
+FULL_RATES = (1_000, 3_000, 10_000, 30_000, 100_000, 1_000_000)
 # The baseline is not run past the rate at which it fell this far behind (it would only queue).
 GIVE_UP_LAG_INTERVALS = 8
 
@@ -247,8 +247,10 @@ def run(_cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
         kept = [r["rate_rps"] for r in results if r["design"] == design and r["kept_up"]]
         return max(kept, default=0)
 
-    aggregates = [r for r in results if r["design"] == "aggregates"]
-    flat = aggregates[-1]["cpu_s_per_interval"] / aggregates[0]["cpu_s_per_interval"]
+    aggregates = {r["rate_rps"]: r["cpu_s_per_interval"] for r in results if r["design"] == "aggregates"}
+    # DESIGN.md's figure: CPU per interval as the represented rate grows 100x.
+    flat = aggregates[rates[0] * 100] / aggregates[rates[0]]
+    flat_full = aggregates[rates[-1]] / aggregates[rates[0]]
     best_aggregates, best_rows = highest("aggregates"), highest("per_request")
     # The rate the baseline kept up with is a lower bound on what it absorbs; when it kept
     # up with none of them, the lowest rate tried is the (generous) bound.
@@ -260,14 +262,16 @@ def run(_cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
         "highest_rate_kept_up_rps": {"aggregates": best_aggregates, "per_request": best_rows},
         "rate_ratio_aggregates_over_per_request": best_aggregates / baseline,
         "rate_ratio_is_lower_bound": best_aggregates == rates[-1],
-        "aggregates_cpu_highest_over_lowest_rate": flat,
+        "aggregates_cpu_100x_rate_over_lowest": flat,
+        "aggregates_cpu_highest_over_lowest_rate": flat_full,
         "rate_span": rates[-1] / rates[0],
         "load_before": load_before, "load_after": load_now(), "other_ray_instances": other_ray_instances(),
     }
     print(f"aggregates kept up to {best_aggregates:,} req/s, per-request to {best_rows:,} req/s: "
           f"{report['rate_ratio_aggregates_over_per_request']:.0f}x"
           f"{' (at least: the highest rate tried)' if report['rate_ratio_is_lower_bound'] else ''}; "
-          f"aggregates' CPU per interval at {rates[-1]:,} vs {rates[0]:,} req/s: {flat:.2f}x")
+          f"aggregates' CPU per interval at {rates[0] * 100:,} vs {rates[0]:,} req/s: {flat:.2f}x "
+          f"(at {rates[-1]:,}: {flat_full:.2f}x)")
     return report
 
 

@@ -64,6 +64,8 @@ PARTS: dict[str, Part] = {
                    "20 requests per app, 3 readings (full: 200, 10)"),
     "canary_load": Part("bench_canary_load", ["--quick", "--pause", "0.5"], [], (120, 300),
                         "pauses 0.5 s, windows 4 s (full: pauses 3 s, windows 12 s)"),
+    "controller": Part("bench_controller", ["--quick"], [], (180, 420),
+                       "1k/10k/100k req/s represented, 3 s each (full: 1k to 1M, 8 s each)"),
     # Not one of the figures: what a shadow costs clients. Left out of --quick (two
     # more apps to deploy would push it past three minutes); --only shadow runs it quickly.
     "shadow": Part("bench_shadow", ["--duration-s", "2"], [], (120, 240),
@@ -176,6 +178,8 @@ def headline(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     prop = get("propagation", "summary_weights_rounds", "propagation_ms") or {}
     out["propagation_median_ms"], out["propagation_max_ms"] = prop.get("median"), prop.get("max")
     out["propagation_errors"] = get("propagation", "errors")
+    out["controller_rate_ratio_vs_per_request"] = get("controller", "rate_ratio_aggregates_over_per_request")
+    out["controller_cpu_100x_rate"] = get("controller", "aggregates_cpu_100x_rate_over_lowest")
     out["memory_colocated_rss_mib"] = get("memory", "colocated", "total", "rss_mib")
     out["memory_isolated_rss_mib"] = get("memory", "isolated", "total", "rss_mib")
     out["memory_isolated_over_colocated"] = get("memory", "ratio_isolated_over_colocated")
@@ -222,6 +226,7 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
     ]
     titles = {"routing": "Routing (`bench_routing.py`)", "propagation": "Rollback propagation (`bench_propagation.py`)",
               "memory": "Memory per replica (`bench_memory.py`)",
+              "controller": "Controller cost vs traffic (`bench_controller.py`)",
               "canary_load": "Throughput while a canary moves (`bench_canary_load.py`)",
               "shadow": "What a shadow costs clients (`bench_shadow.py`)"}
     for name, title in titles.items():
