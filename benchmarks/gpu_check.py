@@ -3,10 +3,27 @@
     python -m benchmarks.gpu_check                  # CUDA, both backends; one JSON line last
     python -m benchmarks.gpu_check --device cpu     # the same measurement on the CPU
     python -m benchmarks.gpu_check --backends torch --hidden 4096 --rows-per-request 64
+    python benchmarks/gpu_check.py --no-ray         # a GPU box with torch and numpy, no Ray
+    python benchmarks/gpu_check.py --no-ray --device cpu --quick   # what the unit tests run
 
-The model is an MLP 64-H-...-H-10 with seeded random weights, written by models/build.py's
-own writers as model.onnx and model.pt2, so both backends run the same network. For each
-backend (onnx: onnxruntime on its CUDAExecutionProvider; torch: the torch.export program
+**--no-ray** (needs only torch and numpy; onnx and onnxruntime optional, the onnx backend
+skipped with the reason where either is missing): no Ray, no HTTP, one process. Per backend:
+the **bare** model (the exported torch module on a tensor already on the device,
+synchronized; or onnxruntime's ``InferenceSession.run``), the **predictor**
+(``load_predictor(...).predict``) and the **served** path (that predictor behind
+``serve_ab.backends.Batcher``, the batcher ``LoadedVersion`` runs in every replica, fed by 2M
+concurrent callers of R rows on one event loop) at the same batch B = R x M: rows/s, p50
+per batch (per request when served), ``ratio`` = served/bare. **Colocated**: two versions
+(v1 seed 0, v2 seed 1) loaded side by side on one device, half the callers each, vs one:
+``colocated.vs_one_version``. **GPU memory** per version: ``torch.cuda.mem_get_info`` before
+and after each version's load and warm-up (after the CUDA context exists), torch's
+``memory_allocated`` too, and for torch the ``max_memory_allocated`` peak while served and
+colocated; null on the CPU, with the reason. What it leaves out: HTTP, the router and Ray's
+handle hops (the Ray path below measures them).
+
+The model, on both paths, is an MLP 64-H-...-H-10 with seeded random weights, written by
+models/build.py's own writers as model.onnx and model.pt2, so both backends run the same
+network. Without --no-ray, for each backend (onnx: onnxruntime on its CUDAExecutionProvider; torch: the torch.export program
 moved to cuda), in one Ray instance:
 
 - **offline**: the predictor serve-ab itself uses (``serve_ab.backends.load_predictor``,
@@ -36,9 +53,14 @@ that hangs (exit 1, its apps deleted).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import itertools
 import json
+import os
+import platform
 import shutil
 import signal
 import statistics
@@ -46,14 +68,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.cluster import cluster, deployed
-from benchmarks.common import describe_machine, load_now, log, replica_pids
-from benchmarks.loadgen import HttpLoad
+if not __package__:  # python benchmarks/gpu_check.py: the checkout is not on sys.path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Only the standard library and numpy up here: --no-ray runs where Ray, fastapi, pydantic and
+# onnxruntime are not installed; each is imported by the path that needs it.
+from benchmarks.common import load_now, log  # noqa: E402
 
 TARGET_SERVED_VS_OFFLINE = 0.8  # DESIGN.md, "Numbers to reach"
 BACKENDS = {"onnx": "model.onnx", "torch": "model.pt2"}
@@ -87,9 +113,12 @@ def nvidia_smi(*args: str) -> str | None:
 
 
 def probe_gpu() -> dict[str, Any]:
-    import onnxruntime
     import torch
 
+    try:
+        import onnxruntime
+    except ImportError:  # a torch-only box: the onnx backend is skipped, with this reason
+        onnxruntime = None
     listed = nvidia_smi("-L")
     return {
         "nvidia_smi_gpus": [line for line in (listed or "").splitlines() if line.startswith("GPU")],
@@ -97,9 +126,20 @@ def probe_gpu() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_cuda_build": torch.version.cuda,
         "torch_cuda_available": torch.cuda.is_available(),
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "onnxruntime": onnxruntime.__version__ if onnxruntime else None,
+        "onnxruntime_providers": onnxruntime.get_available_providers() if onnxruntime else [],
+        # Writing the ONNX model needs the onnx package (models/build.py's writer).
+        "onnx": importable("onnx"),
     }
+
+
+def importable(name: str) -> bool:
+    if name in sys.modules:  # None there: blocked on purpose (the tests do it)
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def no_gpu_reason(probe: dict[str, Any]) -> str | None:
@@ -108,6 +148,17 @@ def no_gpu_reason(probe: dict[str, Any]) -> str | None:
     if not probe["nvidia_smi"]:
         return "no NVIDIA GPU: nvidia-smi is not installed and torch sees no CUDA device"
     return "no NVIDIA GPU: nvidia-smi -L lists none and torch sees no CUDA device"
+
+
+def backend_missing(backend: str, probe: dict[str, Any]) -> str | None:
+    """Why a backend cannot run here at all (a package that is not installed), or None."""
+    if backend == "onnx" and probe["onnxruntime"] is None:
+        return ("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for "
+                "CUDA); the onnx backend is skipped")
+    if backend == "onnx" and not probe.get("onnx", True):
+        return ("the onnx package is not installed, so the ONNX model cannot be written "
+                "(pip install onnx); the onnx backend is skipped")
+    return None
 
 
 def backend_cannot_use_cuda(backend: str, probe: dict[str, Any]) -> str | None:
@@ -172,9 +223,11 @@ def device_used_mib() -> float | None:
 # -- the model -----------------------------------------------------------------------------
 
 
-def build_models(out_dir: Path, hidden: int, layers: int, seed: int = 0) -> dict[str, Path]:
+def build_models(out_dir: Path, hidden: int, layers: int, seed: int = 0,
+                 backends: tuple[str, ...] | list[str] = tuple(BACKENDS)) -> dict[str, Path]:
     """The same random MLP as model.onnx and model.pt2 (models/build.py's writers check
-    that onnxruntime and torch agree on it)."""
+    that onnxruntime and torch agree on it); only the files of ``backends`` are written, so
+    a torch-only box never needs onnx."""
     import torch
     from torch import nn
 
@@ -188,9 +241,12 @@ def build_models(out_dir: Path, hidden: int, layers: int, seed: int = 0) -> dict
             modules += [nn.Linear(n_in, n_out), nn.ReLU()]
         logits = nn.Sequential(*modules, nn.Linear(widths[-1], build.N_CLASSES)).eval()
     check = np.random.default_rng(seed).uniform(0, 16, (8, build.N_FEATURES)).astype(np.float32)
-    paths = {backend: out_dir / name for backend, name in BACKENDS.items()}
-    build._write_onnx(logits, paths["onnx"], check)
-    build._write_pt2(logits, paths["torch"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {backend: out_dir / BACKENDS[backend] for backend in backends}
+    if "onnx" in paths:
+        build._write_onnx(logits, paths["onnx"], check)
+    if "torch" in paths:
+        build._write_pt2(logits, paths["torch"])
     return paths
 
 
@@ -230,6 +286,9 @@ def check_backend(backend: str, path: Path, args: argparse.Namespace, base_url: 
     import httpx
     from ray import serve
 
+    from benchmarks.cluster import deployed
+    from benchmarks.common import replica_pids
+    from benchmarks.loadgen import HttpLoad
     from serve_ab import build_app
     from serve_ab.backends import load_predictor
 
@@ -303,12 +362,271 @@ def check_backend(backend: str, path: Path, args: argparse.Namespace, base_url: 
     return result
 
 
+# -- without Ray: the served path in this process -------------------------------------------
+
+
+def describe_box() -> dict[str, Any]:
+    """The machine, without importing what --no-ray must do without (Ray, fastapi)."""
+    def installed(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "numpy": np.__version__,
+            **{name: installed(name) for name in ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "ray")}}
+
+
+class GpuMemory:
+    """Device memory in use, two ways: the device's own count (``torch.cuda.mem_get_info``:
+    every allocator, onnxruntime's arena and cuBLAS workspaces included) and torch's
+    allocator (``memory_allocated``, tensors only). On the CPU: nothing, and why."""
+
+    def __init__(self, device: str):
+        self.on_cuda = device == "cuda"
+        if self.on_cuda:
+            import torch
+
+            self.torch = torch
+            # The CUDA context is the process's, not a version's: created before counting.
+            torch.zeros(1, device="cuda")
+            torch.cuda.synchronize()
+
+    def used_mib(self) -> tuple[float, float] | None:
+        if not self.on_cuda:
+            return None
+        self.torch.cuda.synchronize()
+        free, total = self.torch.cuda.mem_get_info()
+        return (total - free) / 2**20, self.torch.cuda.memory_allocated() / 2**20
+
+    def delta(self, before: tuple[float, float] | None) -> dict[str, float] | None:
+        after = self.used_mib()
+        if before is None or after is None:
+            return None
+        return {"device_mib": round(after[0] - before[0], 1),
+                "torch_allocated_mib": round(after[1] - before[1], 1)}
+
+    def reset_peak(self) -> float | None:
+        if not self.on_cuda:
+            return None
+        self.torch.cuda.reset_peak_memory_stats()
+        return self.torch.cuda.memory_allocated() / 2**20
+
+    def peak_over(self, base_mib: float | None) -> float | None:
+        if base_mib is None:
+            return None
+        return round(self.torch.cuda.max_memory_allocated() / 2**20 - base_mib, 1)
+
+
+def load_bare(backend: str, path: Path, device: str, threads: int) -> Any:
+    """The model alone, loaded from the same file without serve-ab: a function of one numpy
+    batch that runs it once and waits for the device. torch: the exported program's module,
+    the input copied to the device beforehand (outside the timing) and the output left there;
+    onnx: ``InferenceSession.run`` on the numpy batch (its copies are the session's own)."""
+    if backend == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        name = session.get_inputs()[0].name
+
+        def prepare(batch: np.ndarray) -> Any:
+            return partial(session.run, None, {name: batch})
+
+        return prepare
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    torch.set_num_threads(threads)
+    program = torch.export.load(str(path))
+    if device == "cuda":
+        program = move_to_device_pass(program, "cuda")
+    module = program.module()
+
+    def prepare(batch: np.ndarray) -> Any:
+        tensor = torch.from_numpy(batch).to(device)
+
+        def call() -> None:
+            with torch.inference_mode():
+                module(tensor)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        return call
+
+    return prepare
+
+
+def time_calls(call: Any, rows: int, duration_s: float) -> dict[str, float]:
+    """``call()`` back to back: rows/s and the p50 time of one call (one batch)."""
+    times: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return {"rows_s": len(times) * rows / (time.perf_counter() - started),
+            "p50_ms": statistics.median(times) * 1e3}
+
+
+async def _closed_loop(batchers: list[Any], requests: list[np.ndarray], concurrency: int,
+                       duration_s: float) -> dict[str, Any]:
+    """``concurrency`` callers, each awaiting its answer before it sends again, spread over
+    ``batchers`` in turn (two versions: half the callers each), as a replica's event loop
+    sees concurrent requests."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    rows = [0] * len(batchers)
+    end = loop.time() + duration_s
+
+    async def caller(i: int) -> None:
+        k = i
+        while loop.time() < end:
+            t0 = time.perf_counter()
+            out = await batchers[i % len(batchers)].predict(requests[k % len(requests)])
+            latencies.append(time.perf_counter() - t0)
+            rows[i % len(batchers)] += len(out)
+            k += concurrency
+
+    before = [(b.batches_run, b.requests_run) for b in batchers]
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    batches = sum(b.batches_run - n for b, (n, _) in zip(batchers, before))
+    answered = sum(b.requests_run - n for b, (_, n) in zip(batchers, before))
+    return {"rows_s": sum(rows) / elapsed, "per_version_rows_s": [r / elapsed for r in rows],
+            "request_p50_ms": statistics.median(latencies) * 1e3,
+            "requests_per_batch": answered / max(batches, 1)}
+
+
+def served(batchers: list[Any], requests: list[np.ndarray], concurrency: int,
+           duration_s: float) -> dict[str, Any]:
+    return asyncio.run(_closed_loop(batchers, requests, concurrency, duration_s))
+
+
+def check_backend_no_ray(backend: str, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """Bare model, predictor, served (one version) and colocated (two) for one backend."""
+    from serve_ab.backends import Batcher, load_predictor, predict_together
+
+    rows = args.rows_per_request * args.max_batch_size
+    rng = np.random.default_rng(1)
+    batch = rng.uniform(0, 16, (rows, 64)).astype(np.float32)
+    requests = [rng.uniform(0, 16, (args.rows_per_request, 64)).astype(np.float32) for _ in range(64)]
+    memory = GpuMemory(args.device)
+    versions, loads = [], []
+    for path in paths:  # v1, then v2 beside it on the same device, as a colocated replica holds them
+        before = memory.used_mib()
+        predictor = load_predictor(path, backend, device=args.device, intra_op_threads=args.threads)
+        predictor.load()  # device cuda without CUDA raises here: never a silent CPU run
+        predictor.warm_up()
+        predictor.predict(batch)  # allocator caches and arenas at the batch size
+        loads.append(memory.delta(before))
+        # The replicas' own batcher (LoadedVersion), fed by concurrent callers in one event loop.
+        versions.append(Batcher(partial(predict_together, predictor), max_batch_size=args.max_batch_size,
+                                batch_wait_timeout_s=args.batch_wait_s))
+    bare = load_bare(backend, paths[0], args.device, args.threads)(batch)
+    one, two = versions[:1], versions
+    log(f"{backend}: bare model, predictor, served and colocated on {predictor.device}, batch {rows} rows")
+    for run in (lambda: time_calls(bare, rows, 0.3), lambda: served(one, requests, args.concurrency, 0.3),
+                lambda: served(two, requests, args.concurrency, 0.3)):
+        run()  # warm-up, unmeasured
+    rounds: list[dict[str, Any]] = []
+    peaks: dict[str, float | None] = {}
+    for r in range(args.rounds):
+        result = {"bare": time_calls(bare, rows, args.duration),
+                  "predictor": time_calls(partial(versions[0].run_batch, [batch]), rows, args.duration)}
+        base = memory.reset_peak()
+        result["served"] = served(one, requests, args.concurrency, args.duration)
+        peaks["served"] = memory.peak_over(base)
+        base = memory.reset_peak()
+        result["colocated"] = served(two, requests, args.concurrency, args.duration)
+        peaks["colocated"] = memory.peak_over(base)
+        rounds.append(result)
+        log(f"{backend}: round {r + 1}/{args.rounds}: bare {result['bare']['rows_s']:,.0f} rows/s, "
+            f"predictor {result['predictor']['rows_s']:,.0f}, served {result['served']['rows_s']:,.0f} "
+            f"({result['served']['requests_per_batch']:.1f} requests a batch), colocated "
+            f"{result['colocated']['rows_s']:,.0f}; served/bare "
+            f"{result['served']['rows_s'] / result['bare']['rows_s']:.3f}")
+
+    def median(part: str, field: str) -> float:
+        return statistics.median(x[part][field] for x in rounds)
+
+    def ratios(top: str, bottom: str) -> list[float]:
+        return [x[top]["rows_s"] / x[bottom]["rows_s"] for x in rounds]
+
+    served_vs_bare = ratios("served", "bare")
+    if memory.on_cuda:
+        gpu_memory: dict[str, Any] = {
+            "per_version": {f"v{i + 1}": load for i, load in enumerate(loads)},
+            "one_version_mib": loads[0]["device_mib"],
+            "two_versions_mib": round(loads[0]["device_mib"] + loads[1]["device_mib"], 1),
+            "method": "torch.cuda.mem_get_info used before/after load()+warm_up() of each version "
+                      "(after the CUDA context exists); torch_allocated_mib: memory_allocated, tensors only",
+        }
+        if backend == "torch":
+            gpu_memory.update({"served_peak_mib": peaks["served"], "colocated_peak_mib": peaks["colocated"],
+                               "peak_method": "torch.cuda.max_memory_allocated over the run, above what "
+                                              "was allocated before it (activations, copies)"})
+    else:
+        gpu_memory = None
+    return {
+        "device": predictor.device, "batch_rows": rows,
+        "bare_rows_s": round(median("bare", "rows_s"), 1),
+        "bare_batch_p50_ms": round(median("bare", "p50_ms"), 3),
+        "predictor_rows_s": round(median("predictor", "rows_s"), 1),
+        "predictor_batch_p50_ms": round(median("predictor", "p50_ms"), 3),
+        "served_rows_s": round(median("served", "rows_s"), 1),
+        "served_request_p50_ms": round(median("served", "request_p50_ms"), 3),
+        "served_requests_per_batch": round(median("served", "requests_per_batch"), 2),
+        "ratio": round(statistics.median(served_vs_bare), 3),
+        "ratio_min": round(min(served_vs_bare), 3),
+        "ratio_max": round(max(served_vs_bare), 3),
+        "met": statistics.median(served_vs_bare) >= TARGET_SERVED_VS_OFFLINE,
+        "predictor_vs_bare": round(statistics.median(ratios("predictor", "bare")), 3),
+        "served_vs_predictor": round(statistics.median(ratios("served", "predictor")), 3),
+        "colocated": {
+            "rows_s": round(median("colocated", "rows_s"), 1),
+            "per_version_rows_s": [round(statistics.median(x["colocated"]["per_version_rows_s"][i]
+                                                           for x in rounds), 1) for i in range(2)],
+            "request_p50_ms": round(median("colocated", "request_p50_ms"), 3),
+            "requests_per_batch": round(median("colocated", "requests_per_batch"), 2),
+            "vs_one_version": round(statistics.median(ratios("colocated", "served")), 3),
+        },
+        "gpu_memory": gpu_memory,
+        **({} if gpu_memory else {"gpu_memory_reason": f"device {args.device}: no GPU memory to count"}),
+    }
+
+
+def run_backends_no_ray(args: argparse.Namespace, runnable: list[str], backends: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        log(f"writing MLP 64-{args.hidden}x{args.layers}-10 twice (v1 seed 0, v2 seed 1) as "
+            f"{' and '.join(BACKENDS[b] for b in runnable)}")
+        v1 = build_models(Path(tmp) / "v1", args.hidden, args.layers, seed=0, backends=runnable)
+        v2 = build_models(Path(tmp) / "v2", args.hidden, args.layers, seed=1, backends=runnable)
+        for backend in runnable:
+            try:
+                backends[backend] = {"ran": True, **check_backend_no_ray(backend, [v1[backend], v2[backend]], args)}
+            except TimeLimit:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported; the other backend still runs
+                backends[backend] = {"ran": False, "error": f"{type(err).__name__}: {err}"}
+                log(f"{backend}: failed: {type(err).__name__}: {err}")
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="no Ray, no HTTP: the replicas' predictor and batcher in this process "
+                             "vs the bare model, and two versions colocated (needs only torch and numpy)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 0.5 s and, unless given, hidden 256: checks the script, not the device")
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
     parser.add_argument("--hidden", type=int, help="hidden width (default: cuda 8192, cpu 1024)")
     parser.add_argument("--layers", type=int, help="hidden layers (default: cuda 4, cpu 2)")
@@ -318,13 +636,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="requests in flight (default 2M)")
     parser.add_argument("--router-replicas", type=int, help="(default: cuda 4, cpu 1)")
     parser.add_argument("--threads", type=int, default=1, help="intra_op_threads, served and offline (default 1)")
-    parser.add_argument("--rounds", type=int, default=3, help="offline/served rounds (default 3)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (default 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default 3; --quick 1)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds per run (default 3, --no-ray 2, --quick 0.5)")
     parser.add_argument("--time-limit", type=int, default=480, help="give up after this many seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.hidden = args.hidden or 256
     for name, value in DEFAULTS[args.device].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (0.5 if args.quick else 2.0 if args.no_ray else 3.0)
     args.concurrency = args.concurrency or 2 * args.max_batch_size
     return args
 
@@ -341,6 +664,8 @@ def run_backends(args: argparse.Namespace, runnable: list[str], backends: dict[s
         log(f"writing MLP 64-{args.hidden}x{args.layers}-10 as ONNX and torch.export")
         paths = build_models(Path(tmp), args.hidden, args.layers)
         bodies = request_bodies(args.rows_per_request)
+        from benchmarks.cluster import cluster
+
         with cluster(num_cpus=max(4, args.router_replicas + 2)) as c:
             import ray
 
@@ -361,6 +686,12 @@ def run_backends(args: argparse.Namespace, runnable: list[str], backends: dict[s
                     log(f"{backend}: failed: {type(err).__name__}: {err}")
 
 
+def describe_machine() -> dict[str, Any]:
+    from benchmarks.common import describe_machine as with_ray
+
+    return with_ray()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -371,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGALRM, expire)
     signal.alarm(args.time_limit)
     report: dict[str, Any] = {
-        "bench": "gpu_check", "device": args.device,
+        "bench": "gpu_check", "mode": "no-ray" if args.no_ray else "ray", "device": args.device,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     backends: dict[str, Any] = {}
@@ -384,22 +715,25 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**report, "reason": reason, "probe": probe}))
             return EXIT_NO_GPU
         report.update({
-            "machine": describe_machine(), "probe": probe,
+            "machine": describe_box() if args.no_ray else describe_machine(), "probe": probe,
             "model": f"MLP 64-{'-'.join([str(args.hidden)] * args.layers)}-10, random weights (seed 0)",
             "rows_per_request": args.rows_per_request, "max_batch_size": args.max_batch_size,
             "batch_rows": args.rows_per_request * args.max_batch_size, "concurrency": args.concurrency,
-            "router_replicas": args.router_replicas, "threads": args.threads, "rounds": args.rounds,
-            "duration_s": args.duration, "target": TARGET_SERVED_VS_OFFLINE,
-            "load_before": load_now(),
+            "threads": args.threads, "rounds": args.rounds, "duration_s": args.duration,
+            "target": TARGET_SERVED_VS_OFFLINE, "load_before": load_now(),
         })
+        if not args.no_ray:
+            report["router_replicas"] = args.router_replicas
         for backend in args.backends:
-            reason = backend_cannot_use_cuda(backend, probe) if args.device == "cuda" else None
-            if reason:
+            if skipped := backend_missing(backend, probe):
+                backends[backend] = {"ran": False, "skipped": skipped}
+                log(f"{backend}: skipped: {skipped}")
+            elif args.device == "cuda" and (reason := backend_cannot_use_cuda(backend, probe)):
                 backends[backend] = {"ran": False, "error": reason}
                 log(f"{backend}: not measured: {reason}")
         runnable = [b for b in args.backends if b not in backends]
         if runnable:
-            run_backends(args, runnable, backends)
+            (run_backends_no_ray if args.no_ray else run_backends)(args, runnable, backends)
     except TimeLimit as err:
         report["error"] = str(err)
         log(str(err))
@@ -408,13 +742,26 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGALRM, previous_handler)
     report.update({"backends": backends, "load_after": load_now(),
                    "wall_s": round(time.perf_counter() - started, 1)})
+    (print_no_ray if args.no_ray else print_ray)(args, report)
+    print(json.dumps(report))
+    failed = ("error" in report or not any(r["ran"] for r in backends.values())
+              or any("error" in r for r in backends.values()))
+    return EXIT_BACKEND_FAILED if failed else 0
 
-    print(f"\nServed with dynamic batching vs offline, {args.device}, {report['model']}, batch "
-          f"{report['batch_rows']} rows ({args.max_batch_size} requests x {args.rows_per_request} rows), "
+
+def _not_measured(backend: str, r: dict[str, Any]) -> bool:
+    if r["ran"]:
+        return False
+    print(f"  {backend:<6} {'skipped' if 'skipped' in r else 'not measured'}: {r.get('skipped') or r['error']}")
+    return True
+
+
+def print_ray(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    print(f"\nServed with dynamic batching vs offline, {args.device}, {report.get('model')}, batch "
+          f"{report.get('batch_rows')} rows ({args.max_batch_size} requests x {args.rows_per_request} rows), "
           f"concurrency {args.concurrency}, {args.rounds} rounds x {args.duration:g} s")
-    for backend, r in backends.items():
-        if not r["ran"]:
-            print(f"  {backend:<6} not measured: {r['error']}")
+    for backend, r in report["backends"].items():
+        if _not_measured(backend, r):
             continue
         memory = r["gpu_memory"] or {}
         mem = f"; GPU memory {memory.get('replica_mib')} MiB ({memory.get('method')})" if memory else ""
@@ -424,10 +771,30 @@ def main(argv: list[str] | None = None) -> int:
               f"served {r['served_rows_s']:>10,.0f} rows/s ({r['served_requests_s']:,.0f} requests/s)  ratio {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})  target >= "
               f"{TARGET_SERVED_VS_OFFLINE} {'met' if r['met'] else 'NOT met'}; p50 {r['served_p50_ms']} ms, "
               f"errors {r['served_errors']}{mem}")
-    print(f"load average before {report['load_before']}, after {report['load_after']}; wall {report['wall_s']:.0f} s")
-    print(json.dumps(report))
-    failed = "error" in report or any(not r["ran"] for r in backends.values())
-    return EXIT_BACKEND_FAILED if failed else 0
+    print(f"load average before {report.get('load_before')}, after {report['load_after']}; wall {report['wall_s']:.0f} s")
+
+
+def print_no_ray(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    print(f"\nNo Ray: the replicas' predictor + batcher in one process vs the bare model, {args.device}, "
+          f"{report.get('model')}, batch {report.get('batch_rows')} rows ({args.max_batch_size} requests x "
+          f"{args.rows_per_request} rows), {args.concurrency} callers, {args.rounds} rounds x {args.duration:g} s")
+    for backend, r in report["backends"].items():
+        if _not_measured(backend, r):
+            continue
+        c = r["colocated"]
+        print(f"  {backend:<6} bare {r['bare_rows_s']:>10,.0f} rows/s (p50 {r['bare_batch_p50_ms']} ms a batch)  "
+              f"predictor {r['predictor_rows_s']:>10,.0f} (p50 {r['predictor_batch_p50_ms']} ms)  "
+              f"served {r['served_rows_s']:>10,.0f} (p50 {r['served_request_p50_ms']} ms a request, "
+              f"{r['served_requests_per_batch']} requests a batch)")
+        print(f"         served/bare {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) target >= "
+              f"{TARGET_SERVED_VS_OFFLINE} {'met' if r['met'] else 'NOT met'}; predictor/bare "
+              f"{r['predictor_vs_bare']:.3f}; served/predictor {r['served_vs_predictor']:.3f}")
+        memory = r["gpu_memory"]
+        mem = (f"{memory['one_version_mib']} MiB one version, {memory['two_versions_mib']} MiB two"
+               if memory else r["gpu_memory_reason"])
+        print(f"         colocated v1+v2 {c['rows_s']:>10,.0f} rows/s = {c['vs_one_version']:.3f}x one version "
+              f"(p50 {c['request_p50_ms']} ms); GPU memory: {mem}")
+    print(f"load average before {report.get('load_before')}, after {report['load_after']}; wall {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

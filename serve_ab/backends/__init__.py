@@ -23,11 +23,13 @@ from serve_ab.backends.base import (
     check_batch,
     to_batch,
 )
+from serve_ab.backends.batching import Batcher, predict_together
 from serve_ab.backends.onnx import OnnxPredictor
 from serve_ab.backends.torch import TorchPredictor
 
 __all__ = [
     "BACKENDS",
+    "Batcher",
     "InputError",
     "InputSpec",
     "OnnxPredictor",
@@ -36,6 +38,7 @@ __all__ = [
     "TorchPredictor",
     "check_batch",
     "load_predictor",
+    "predict_together",
     "to_batch",
 ]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from ray import serve
 
-from serve_ab.backends import load_predictor
+from serve_ab.backends import Batcher, load_predictor, predict_together
 from serve_ab.backends.base import InputSpec, OutputSpec
 from serve_ab.config.experiment import VersionConfig
 from serve_ab.serving.core.versions import Version, load_each
@@ -33,13 +33,14 @@ class LoadedVersion:
         )
         self.predictor.load()
         self.predictor.warm_up()
-        self._batched = None
+        self._batcher = None
         if version.batching is not None:
-            # serve.batch queues concurrent calls and hands them to _run_batch together.
-            self._batched = serve.batch(
+            # Ray-free, so that benchmarks/gpu_check.py --no-ray times this same batcher.
+            self._batcher = Batcher(
+                partial(predict_together, self.predictor),
                 max_batch_size=version.batching.max_batch_size,
                 batch_wait_timeout_s=version.batching.batch_wait_timeout_s,
-            )(self._run_batch)
+            )
         logger.info(
             "serve-ab loaded version %s (%s on %s) from %s",
             self.name, self.predictor.backend, self.predictor.device, version.path,
@@ -57,15 +58,10 @@ class LoadedVersion:
         return self.input_spec, self.output_spec
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
-        if self._batched is not None:
-            return await self._batched(batch)
+        if self._batcher is not None:
+            return await self._batcher.predict(batch)
         # Small models answer in microseconds: running inline beats a thread hop.
         return self.predictor.predict(batch)
-
-    async def _run_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(b) for b in batches]
-        outputs = self.predictor.predict(np.concatenate(batches) if len(batches) > 1 else batches[0])
-        return np.split(outputs, np.cumsum(sizes)[:-1]) if len(batches) > 1 else [outputs]
 
 
 def load_versions(versions: Iterable[VersionConfig]) -> dict[str, Version]:

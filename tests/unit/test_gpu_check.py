@@ -87,3 +87,65 @@ def test_defaults_follow_the_device(gpu_check):
     cuda, cpu = gpu_check.parse_args([]), gpu_check.parse_args(["--device", "cpu", "--hidden", "64"])
     assert (cuda.hidden, cuda.router_replicas, cuda.concurrency) == (8192, 4, 2 * cuda.max_batch_size)
     assert (cpu.hidden, cpu.layers, cpu.rows_per_request) == (64, 2, 8)
+
+
+# What a locked-down GPU box lacks: every import of these fails in the child process.
+NOT_INSTALLED = ("ray", "fastapi", "pydantic", "httpx", "onnxruntime", "onnx", "serve_ab.serving")
+RUN_WITHOUT = """
+import runpy, sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+sys.argv = ["gpu_check", *{argv!r}]
+runpy.run_module("benchmarks.gpu_check", run_name="__main__")
+"""
+
+
+def test_no_ray_runs_with_only_torch_and_numpy():
+    """``--no-ray --device cpu``: the replicas' predictor and batcher vs the bare torch model,
+    and two versions colocated, with Ray, fastapi, pydantic and onnxruntime not importable."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = ["--no-ray", "--device", "cpu", "--quick", "--time-limit", "100"]
+    done = subprocess.run([sys.executable, "-c", RUN_WITHOUT.format(blocked=NOT_INSTALLED, argv=argv)],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                          timeout=150, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["mode"], report["device"], report["gpu"]) == ("no-ray", "cpu", False)
+    onnx, torch = report["backends"]["onnx"], report["backends"]["torch"]
+    assert not onnx["ran"] and "onnxruntime is not installed" in onnx["skipped"]
+    assert torch["ran"] and torch["device"] == "cpu" and torch["batch_rows"] == 8 * 16
+    for field in ("bare_rows_s", "predictor_rows_s", "served_rows_s", "bare_batch_p50_ms",
+                  "served_request_p50_ms"):
+        assert torch[field] > 0, field
+    assert torch["ratio"] == pytest.approx(torch["served_rows_s"] / torch["bare_rows_s"], rel=0.01)
+    # The batcher filled its batches: 2M callers, batches of M requests.
+    assert torch["served_requests_per_batch"] > 1
+    colocated = torch["colocated"]
+    assert colocated["rows_s"] > 0 and len(colocated["per_version_rows_s"]) == 2
+    assert all(rows > 0 for rows in colocated["per_version_rows_s"])
+    assert colocated["vs_one_version"] == pytest.approx(colocated["rows_s"] / torch["served_rows_s"], rel=0.5)
+    assert torch["gpu_memory"] is None and "no GPU memory" in torch["gpu_memory_reason"]
+    assert "served/bare" in done.stdout and "colocated" in done.stdout
+
+
+def test_no_ray_skips_onnx_when_only_the_onnx_package_is_missing(gpu_check):
+    probe = {**NO_GPU, "onnx": False}
+    assert "onnx package is not installed" in gpu_check.backend_missing("onnx", probe)
+    assert gpu_check.backend_missing("torch", probe) is None
+    assert gpu_check.backend_missing("onnx", {**NO_GPU, "onnx": True}) is None
+
+
+def test_only_the_requested_model_files_are_written(gpu_check, tmp_path):
+    paths = gpu_check.build_models(tmp_path, hidden=8, layers=1, backends=["torch"])
+    assert list(paths) == ["torch"] and paths["torch"].is_file()
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_quick_and_no_ray_defaults(gpu_check):
+    quick = gpu_check.parse_args(["--no-ray", "--device", "cpu", "--quick"])
+    assert (quick.rounds, quick.duration, quick.hidden) == (1, 0.5, 256)
+    assert gpu_check.parse_args(["--no-ray", "--device", "cpu"]).duration == 2.0
+    assert gpu_check.parse_args(["--device", "cpu"]).duration == 3.0

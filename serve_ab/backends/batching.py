@@ -1,0 +1,114 @@
+"""Dynamic batching of concurrent ``predict`` calls: plain asyncio, no Ray.
+
+A version's replicas (``serve_ab.serving.runtime.LoadedVersion``, colocated or isolated)
+put each request's rows through a :class:`Batcher`: the first request of a batch waits up
+to ``batch_wait_timeout_s`` for others to join it, at most ``max_batch_size`` requests go
+to the model in one call, and each caller gets back its own rows. It is the same policy
+as Ray Serve's ``@serve.batch`` (one batch at a time, run on the replica's event loop),
+kept here so that ``benchmarks/gpu_check.py --no-ray`` times the code the replicas run on
+a machine where Ray cannot be installed.
+
+Example::
+
+    batcher = Batcher(partial(predict_together, predictor), max_batch_size=16,
+                      batch_wait_timeout_s=0.002)
+    rows_out = await batcher.predict(rows_in)   # from many tasks at once
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from serve_ab.backends.base import Predictor
+
+__all__ = ["Batcher", "predict_together"]
+
+
+def predict_together(predictor: Predictor, batches: list[np.ndarray]) -> list[np.ndarray]:
+    """One model call for several requests' rows; each request gets its own rows back."""
+    if len(batches) == 1:
+        return [predictor.predict(batches[0])]
+    outputs = predictor.predict(np.concatenate(batches))
+    return np.split(outputs, np.cumsum([len(b) for b in batches])[:-1])
+
+
+class Batcher:
+    """Queues concurrent calls and hands them to ``run_batch`` together.
+
+    ``run_batch`` takes the waiting requests' arrays (at most ``max_batch_size``) and
+    returns one result per request, in order; an exception fails every request of that
+    batch and no other. It runs inline on the event loop, as ``@serve.batch`` runs a
+    replica's batch: a model that answers in milliseconds gains nothing from a thread hop.
+    """
+
+    def __init__(self, run_batch: Callable[[list[np.ndarray]], list[np.ndarray]], *,
+                 max_batch_size: int, batch_wait_timeout_s: float):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r} "
+                             "(e.g. max_batch_size=16)")
+        if not batch_wait_timeout_s >= 0:
+            raise ValueError(f"batch_wait_timeout_s must be >= 0; got {batch_wait_timeout_s!r} "
+                             "(e.g. batch_wait_timeout_s=0.002)")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        #: Batches run and requests answered so far (what a benchmark checks batches fill).
+        self.batches_run = 0
+        self.requests_run = 0
+        self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # First call, or a new event loop (a test's asyncio.run): the old loop's
+            # futures can never be answered, so they are dropped with it.
+            self._pending.clear()
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work())
+        future = loop.create_future()
+        self._pending.append((batch, future))
+        self._arrived.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            deadline = loop.time() + self.batch_wait_timeout_s
+            while len(self._pending) < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                self._arrived.clear()
+                # Waiting on an event, not on a queue's get(): a timeout can never drop a request.
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            taken = [self._pending.popleft()
+                     for _ in range(min(self.max_batch_size, len(self._pending)))]
+            self._run([(batch, future) for batch, future in taken if not future.cancelled()])
+
+    def _run(self, taken: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        if not taken:
+            return
+        try:
+            outputs = self.run_batch([batch for batch, _ in taken])
+            if len(outputs) != len(taken):
+                raise RuntimeError(f"run_batch returned {len(outputs)} results for {len(taken)} "
+                                   "requests; it must return one per request, in order")
+        except Exception as err:  # noqa: BLE001 - every caller of this batch gets the error
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        self.batches_run += 1
+        self.requests_run += len(taken)
+        for (_, future), output in zip(taken, outputs):
+            if not future.done():
+                future.set_result(output)

@@ -1,0 +1,156 @@
+"""The replicas' dynamic batcher (serve_ab.backends.batching): plain asyncio, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_ab.backends import Batcher, predict_together
+
+
+class Doubler:
+    """A predictor that records the batch sizes it was called with."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        return batch * 2
+
+
+def _rows(i: int, n: int = 3) -> np.ndarray:
+    return np.full((n, 2), float(i), dtype=np.float32)
+
+
+def test_concurrent_calls_share_one_model_call_and_get_their_own_rows():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(_rows(i, n=i + 1)) for i in range(5)))
+
+    results = asyncio.run(go())
+    assert model.calls == [1 + 2 + 3 + 4 + 5]
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out, _rows(i, n=i + 1) * 2)
+    assert (batcher.batches_run, batcher.requests_run) == (1, 5)
+
+
+def test_no_batch_takes_more_than_max_batch_size_requests():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=4, batch_wait_timeout_s=0.05)
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(10)))
+
+    results = asyncio.run(go())
+    assert model.calls == [4, 4, 2]
+    assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(10)]
+
+
+def test_a_lone_request_waits_at_most_the_timeout():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=64, batch_wait_timeout_s=0.02)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batcher.predict(_rows(1))
+        return loop.time() - started
+
+    waited_s = asyncio.run(go())
+    assert 0.015 <= waited_s < 1.0
+    assert model.calls == [3]
+
+
+def test_an_error_fails_its_batch_only_and_the_batcher_keeps_serving():
+    calls = []
+
+    def run_batch(batches):
+        calls.append(len(batches))
+        if len(calls) == 1:
+            raise ValueError("model exploded")
+        return [b + 1 for b in batches]
+
+    batcher = Batcher(run_batch, max_batch_size=2, batch_wait_timeout_s=0.0)
+
+    async def go():
+        first = await asyncio.gather(batcher.predict(_rows(0)), batcher.predict(_rows(1)),
+                                     return_exceptions=True)
+        return first, await batcher.predict(_rows(2))
+
+    first, after = asyncio.run(go())
+    assert all(isinstance(r, ValueError) and "model exploded" in str(r) for r in first)
+    np.testing.assert_array_equal(after, _rows(2) + 1)
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_hang():
+    batcher = Batcher(lambda batches: batches[:1], max_batch_size=4, batch_wait_timeout_s=0.01)
+
+    async def go():
+        return await asyncio.gather(batcher.predict(_rows(0)), batcher.predict(_rows(1)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert all(isinstance(r, RuntimeError) and "1 results for 2 requests" in str(r) for r in results)
+
+
+def test_a_cancelled_request_is_left_out_of_its_batch():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+
+    async def go():
+        gone = asyncio.ensure_future(batcher.predict(_rows(0, n=5)))
+        kept = asyncio.ensure_future(batcher.predict(_rows(1, n=2)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await kept
+
+    out = asyncio.run(go())
+    np.testing.assert_array_equal(out, _rows(1, n=2) * 2)
+    assert model.calls == [2]
+
+
+def test_the_batcher_survives_a_new_event_loop():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.0)
+    for i in range(2):
+        np.testing.assert_array_equal(asyncio.run(batcher.predict(_rows(i))), _rows(i) * 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_size": 0, "batch_wait_timeout_s": 0.0}, "max_batch_size must be a positive integer"),
+    ({"max_batch_size": 4, "batch_wait_timeout_s": -1.0}, "batch_wait_timeout_s must be >= 0"),
+])
+def test_bad_settings_are_refused_with_an_example(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Batcher(lambda b: b, **kwargs)
+
+
+def test_the_replicas_use_this_batcher_not_ray_serve_batch():
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[3] / "serve_ab/serving/runtime.py").read_text()
+    assert "Batcher(" in source and "serve.batch" not in source
+
+
+def test_a_loaded_version_batches_through_it_without_ray(model_repo):
+    # runtime.py no longer needs Ray for batching: the replica's own class, in this process.
+    from serve_ab.config.experiment import VersionConfig
+    from serve_ab.serving.runtime import LoadedVersion
+
+    version = LoadedVersion(VersionConfig(
+        name="v1", path=str(model_repo / "digits/v1/model.onnx"), backend="onnx", device="cpu",
+        batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.05}))
+    rows = [np.random.default_rng(i).uniform(0, 16, (i + 1, 64)).astype(np.float32) for i in range(4)]
+
+    async def go():
+        return await asyncio.gather(*(version.predict(r) for r in rows))
+
+    results = asyncio.run(go())
+    for r, out in zip(rows, results):
+        np.testing.assert_allclose(out, version.predictor.predict(r), atol=1e-6)
+    assert (version._batcher.batches_run, version._batcher.requests_run) == (1, 4)
