@@ -136,15 +136,17 @@ def infer_response(response: Mapping[str, Any], tensors: bytes | None) -> pb.Mod
                                     id=response.get("id") or "")
     for name, value in (response.get("parameters") or {}).items():
         message.parameters[name].CopyFrom(parameter_of(value))
+    # FP16 and BF16 have no typed field: an answer holding one goes raw.
+    raw = tensors is not None or any(o["datatype"] not in CONTENTS_FIELD for o in response["outputs"])
     offset = 0
     for output in response["outputs"]:
         tensor = message.outputs.add(name=output["name"], datatype=output["datatype"], shape=output["shape"])
         size = (output.get("parameters") or {}).get("binary_data_size")
-        if tensors is not None:
+        if raw:
             if size is None:  # raw for one output means raw for all (the protocol's rule)
                 message.raw_output_contents.append(tensor_to_bytes(np.asarray(output["data"]), output["datatype"]))
             else:
-                message.raw_output_contents.append(tensors[offset:offset + size])
+                message.raw_output_contents.append(tensors[offset:offset + size])  # type: ignore[index]
                 offset += size
         else:
             getattr(tensor.contents, CONTENTS_FIELD[output["datatype"]]).extend(output["data"])

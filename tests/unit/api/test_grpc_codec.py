@@ -150,6 +150,13 @@ def test_a_json_answer_becomes_typed_contents():
     assert list(message.outputs[0].contents.fp32_contents) == [0.25, 0.75]
 
 
+def test_an_fp16_answer_goes_raw_even_for_a_typed_request():
+    response = {"model_name": "m", "model_version": "v1", "outputs": [
+        {"name": "out", "datatype": "FP16", "shape": [1, 2], "data": [0.5, 1.0]}]}
+    message = codec.infer_response(response, None)
+    assert np.frombuffer(message.raw_output_contents[0], dtype="<f2").tolist() == [0.5, 1.0]
+
+
 def test_parameters_round_trip_every_kind():
     for value in (True, 7, 2.5, "alice"):
         assert codec.parameter_value(codec.parameter_of(value)) == value

@@ -198,3 +198,44 @@ def test_an_unexpected_failure_is_internal_without_its_traceback(service):
     grpc_v2.served.core.is_ready = broken
     _, context = call(grpc_v2.server_ready, pb.ServerReadyRequest())
     assert context.code == grpc.StatusCode.INTERNAL and "secret" not in context.details
+
+
+def test_random_malformed_requests_are_never_a_server_error(service):
+    """Shapes, datatypes, names, raw sizes and typed fields picked at random (seeded): every
+    answer is OK or a client's status code, never INTERNAL or UNKNOWN."""
+    import random
+
+    grpc_v2 = service()
+    rng = random.Random(14)
+    datatypes = ["FP32", "FP64", "INT32", "INT64", "BOOL", "FP16", "BYTES", "FLOAT", ""]
+    fields = ["fp32_contents", "fp64_contents", "int_contents", "int64_contents", "bool_contents", "bytes_contents"]
+    seen = set()
+    for _ in range(300):
+        request = pb.ModelInferRequest(model_name=rng.choice(["digits", "digits", "", "x"]),
+                                       model_version=rng.choice(["", "", "", "v1", "v9"]))
+        for _ in range(rng.choice([0, 1, 1, 1, 2])):
+            shape = [rng.choice([-1, 0, 1, 2, 32, 64]) for _ in range(rng.choice([0, 1, 2, 2, 3]))]
+            tensor = request.inputs.add(name=rng.choice(["input", "input", "pixels"]),
+                                        datatype=rng.choice(datatypes), shape=shape)
+            if rng.random() < 0.5:
+                request.raw_input_contents.append(bytes(rng.choice([0, 3, 256, 512])))
+            else:
+                field = rng.choice(fields)
+                values = {"bool_contents": [True] * 64, "bytes_contents": [b"a"] * 64}.get(field, [1] * 64)
+                getattr(tensor.contents, field).extend(values[:rng.choice([0, 1, 64])])
+        if rng.random() < 0.3:
+            request.parameters["user_id"].double_param = 0.5
+        response, context = call(grpc_v2.model_infer, request)
+        seen.add(context.code)
+        assert context.code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (request, context.details)
+    assert grpc.StatusCode.INVALID_ARGUMENT in seen and grpc.StatusCode.NOT_FOUND in seen
+
+
+def test_the_grpc_methods_import_no_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, serve_ab.serving.grpc_v2; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"serve_ab.serving.grpc_v2 pulled in Ray: {out}"
