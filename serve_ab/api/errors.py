@@ -1,11 +1,13 @@
-"""The one place where serve-ab's errors become HTTP statuses (and, later, gRPC codes).
+"""The one place where serve-ab's errors become HTTP statuses and gRPC status codes.
 
-The core raises :mod:`serve_ab.errors` exceptions, which know nothing of transports; this
-table decides what a client sees. The most specific class wins (``BodyTooLarge`` before
-``InvalidInput``), and anything unknown is the server's fault (500).
+The core raises :mod:`serve_ab.errors` exceptions, which know nothing of transports; these
+tables decide what a client sees. The most specific class wins (``BodyTooLarge`` before
+``InvalidInput``), and anything unknown is the server's fault (500, INTERNAL).
 """
 
 from __future__ import annotations
+
+from grpc import StatusCode
 
 from serve_ab import errors
 
@@ -24,6 +26,31 @@ HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
     errors.ControllerUnavailable: 503,
     errors.StoreUnavailable: 503,
 }
+
+
+# gRPC's own meanings: UNAVAILABLE says "retry may succeed" (an outage, a restarting
+# controller); RESOURCE_EXHAUSTED is what gRPC answers for a message over its size limit.
+GRPC_STATUS: dict[type[errors.ServeAbError], StatusCode] = {
+    errors.BodyTooLarge: StatusCode.RESOURCE_EXHAUSTED,
+    errors.InvalidInput: StatusCode.INVALID_ARGUMENT,
+    errors.Unauthorized: StatusCode.UNAUTHENTICATED,
+    errors.PinningDisabled: StatusCode.PERMISSION_DENIED,
+    errors.Forbidden: StatusCode.PERMISSION_DENIED,
+    errors.Conflict: StatusCode.ALREADY_EXISTS,
+    errors.NotFound: StatusCode.NOT_FOUND,
+    errors.ActionRefused: StatusCode.FAILED_PRECONDITION,
+    errors.VersionUnavailable: StatusCode.UNAVAILABLE,
+    errors.ControllerUnavailable: StatusCode.UNAVAILABLE,
+    errors.StoreUnavailable: StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(err: BaseException) -> StatusCode:
+    """The gRPC status code for ``err``: its nearest class in :data:`GRPC_STATUS`, else INTERNAL."""
+    for cls in type(err).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return StatusCode.INTERNAL
 
 
 def http_status(err: BaseException) -> int:

@@ -42,6 +42,8 @@ from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
 from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
+from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+from serve_ab.serving.grpc_v2 import GrpcInference
 from serve_ab.serving.http import Served, api, describe_experiment, use_core
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
@@ -159,7 +161,9 @@ class Router:
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.
         start(self.core, prepare(cfg, lambda: open_store(cfg.controller), self.core.clock))
-        use_core(Served(self.core, ControlAuth(cfg.control, load_tokens(cfg.control))))
+        served = Served(self.core, ControlAuth(cfg.control, load_tokens(cfg.control)))
+        use_core(served)
+        self.grpc = GrpcInference(served)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.core.follow()),  # catches up with the controller when it answers
@@ -211,3 +215,26 @@ class Router:
         input_spec, output_spec = await self.core.interface()
         return {"input_shape": list(input_spec.shape), "input": input_spec.to_v2(),
                 "output": output_spec.to_v2()}
+
+    # -- gRPC: the Open Inference Protocol through Serve's gRPC proxy (grpc_options) -----------
+    # Serve calls the ingress method named after the RPC; grpc_context is Ray's
+    # RayServegRPCContext. The work is in serve_ab.serving.grpc_v2.
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context: Any) -> pb.ServerLiveResponse:
+        return await self.grpc.server_live(request, grpc_context)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, grpc_context: Any) -> pb.ServerReadyResponse:
+        return await self.grpc.server_ready(request, grpc_context)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any) -> pb.ModelReadyResponse:
+        return await self.grpc.model_ready(request, grpc_context)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             grpc_context: Any) -> pb.ServerMetadataResponse:
+        return await self.grpc.server_metadata(request, grpc_context)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, grpc_context: Any) -> pb.ModelMetadataResponse:
+        return await self.grpc.model_metadata(request, grpc_context)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any) -> pb.ModelInferResponse:
+        return await self.grpc.model_infer(request, grpc_context)

@@ -26,7 +26,7 @@ import yaml
 
 from serve_ab.routing import Assigner
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_serve_run import start_serve_run, stop_serve_run
+from tests.e2e.test_serve_run import on_free_ports, start_serve_run, stop_serve_run
 from tests.integration.conftest import DIGIT_ROW, free_port
 
 WEIGHTS_PCT = {"v1": 80, "v2": 20}
@@ -108,8 +108,7 @@ class PrometheusServer:
 def test_prometheus_scrapes_the_app_and_promql_matches_the_split(model_repo, tmp_path):
     binary = prometheus_binary()
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
-    app_port = free_port()
-    config["http_options"]["port"] = app_port
+    app_port = on_free_ports(config)
     args = config["applications"][0]["args"]
     args["weights"] = dict(WEIGHTS_PCT)
     assert config["applications"][0]["route_prefix"] == "/"

@@ -24,10 +24,20 @@ SERVE_AB = Path(sys.executable).parent / "serve-ab"
 STARTUP_TIMEOUT_S = 240
 
 
-def start_serve_run(config_path: Path, log_path: Path) -> subprocess.Popen:
+def on_free_ports(config: dict) -> int:
+    """Move a shipped config's HTTP port, and its gRPC port if it has one, to free ports (8000
+    and 9000 may be taken); returns the HTTP port."""
+    config["http_options"]["port"] = port = free_port()
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = free_port()
+    return port
+
+
+def start_serve_run(config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``serve run`` with a Ray of its own: a fresh temp dir, so it cannot find (and join)
-    a cluster left over from an earlier test or a user's own ``ray start``."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    a cluster left over from an earlier test or a user's own ``ray start``; ``env``: more
+    environment variables for it."""
+    env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_TMPDIR": tempfile.mkdtemp(prefix="sab-")}  # short: Ray's socket paths are capped
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "w") as log:
@@ -75,8 +85,7 @@ def wait_until_ready(process: subprocess.Popen, base: str, log_path: Path) -> No
 def served(request, model_repo, tmp_path):
     """``serve run`` on a shipped config, moved to a free port (8000 may be taken)."""
     config = yaml.safe_load((REPO_ROOT / "configs" / request.param).read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
+    port = on_free_ports(config)
     config_path = tmp_path / request.param
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / "serve.log"
@@ -139,7 +148,7 @@ def test_serve_run_refuses_an_invalid_experiment_before_deploying(model_repo, tm
     (serve run itself stays up after a failed deploy, as Ray Serve does, so we stop it.)
     """
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
-    config["http_options"]["port"] = free_port()
+    on_free_ports(config)
     config["applications"][0]["args"]["weights"] = {"v1": 50, "v2": 40}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     log_path = tmp_path / "serve.log"
@@ -161,7 +170,7 @@ def test_a_stopped_run_keeps_every_request_in_its_record(model_repo, tmp_path):
     first traffic and, with the final figures, by the controller on its way down.
     """
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
-    config["http_options"]["port"] = port = free_port()
+    port = on_free_ports(config)
     args = config["applications"][0]["args"]
     records = tmp_path / "runs.sqlite"
     args["analysis"] = {**args.get("analysis", {}), "records": {"path": str(records)}}

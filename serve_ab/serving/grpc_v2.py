@@ -1,0 +1,169 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: ``inference.GRPCInferenceService``.
+
+Ray Serve's gRPC proxy calls the router's methods named after the RPCs (``ModelInfer``, ...);
+each is one line over :class:`GrpcInference`, which serves them over the same core and the
+same V2 data plane as the HTTP routes (:class:`~serve_ab.serving.http.V2Endpoints`): the
+same key, pin, split, checks and feedback token. No Ray here: ``context`` is whatever has
+``invocation_metadata()``, ``peer()``, ``set_code``, ``set_details`` and
+``set_trailing_metadata`` (Ray's ``RayServegRPCContext``, a fake in the unit tests).
+
+Per request, as over HTTP: the assignment key is the request's ``parameters[<field>]`` or,
+for ``assignment.key: header``, that header's name as gRPC metadata (lower-cased); a non-empty
+``model_version`` (or the pin header as metadata) pins a version, which needs ``pin.enabled``
+and the QA or operator token as ``authorization: Bearer <token>`` metadata. The answer names
+its version in ``model_version``, carries ``request_id`` and ``feedback_token`` in its
+parameters, and both in trailing metadata as the HTTP headers do.
+
+Errors become status codes in one table (:data:`serve_ab.api.errors.GRPC_STATUS`) with the
+error's message as details; the response is then empty, as gRPC clients expect.
+"""
+
+# Everything below reads its annotations only as documentation (no FastAPI here).
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from serve_ab.api.errors import client_message, grpc_status
+from serve_ab.api.grpc import codec
+from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+from serve_ab.errors import BodyTooLarge, PinningDisabled, ServeAbError
+from serve_ab.serving.core.auth import Role
+from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints
+
+logger = logging.getLogger("ray.serve")
+M = TypeVar("M", bound=Message)
+
+
+class Context(Protocol):
+    """What these methods use of a gRPC servicer context (Ray's ``RayServegRPCContext``)."""
+
+    def invocation_metadata(self) -> Any: ...
+    def peer(self) -> str: ...
+    def set_code(self, code: Any) -> None: ...
+    def set_details(self, details: str) -> None: ...
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None: ...
+
+
+class Metadata(dict):
+    """A call's metadata by lower-cased name: gRPC sends names lower-cased, while the config
+    may spell a header ``X-User-Id``, as HTTP's case-blind headers allow."""
+
+    def __init__(self, context: Context):
+        super().__init__((str(k).lower(), v) for k, v in context.invocation_metadata() or ())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+class GrpcInference:
+    """The six RPCs of ``inference.GRPCInferenceService`` over one router replica."""
+
+    def __init__(self, served: Served):
+        self.served = served
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return await _answer(context, pb.ServerReadyResponse, self._server_ready)
+
+    async def _server_ready(self) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.served.core.is_ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return await _answer(context, pb.ModelReadyResponse, lambda: self._model_ready(request))
+
+    async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        core = self.served.core
+        core.check_model(request.name)
+        if request.version:
+            ready, _ = await core.version_ready(request.version)
+        else:
+            ready = await core.is_ready()
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest,
+                              context: Context) -> pb.ServerMetadataResponse:
+        return await _answer(context, pb.ServerMetadataResponse, self._server_metadata)
+
+    async def _server_metadata(self) -> pb.ServerMetadataResponse:
+        return codec.server_metadata(V2Endpoints(self.served.core).server_metadata())
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest,
+                             context: Context) -> pb.ModelMetadataResponse:
+        return await _answer(context, pb.ModelMetadataResponse, lambda: self._model_metadata(request))
+
+    async def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        v2 = V2Endpoints(self.served.core)
+        return codec.model_metadata(await v2.model_metadata(request.name,
+                                                            request.version or None))
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        return await _answer(context, pb.ModelInferResponse, lambda: self._model_infer(request, context))
+
+    async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        started_s = time.perf_counter()
+        core = self.served.core
+        size_bytes = request.ByteSize()
+        if size_bytes > core.cfg.http.max_body_bytes:  # the HTTP body's limit, for the same batches
+            raise BodyTooLarge(f"the request is {size_bytes} bytes; this experiment takes at most "
+                               f"{core.cfg.http.max_body_bytes} (http.max_body_bytes)")
+        v2 = V2Endpoints(core)
+        version = request.model_version or None
+        v2.check(request.model_name, version)  # a wrong model or version is NOT_FOUND whatever the inputs
+        metadata = Metadata(context)
+        pinned = self._pinned(version, metadata, context)
+        body, _ = codec.infer_body(request)
+        served_by, response, tensors = await v2.infer(request.model_name, pinned, body, metadata)
+        trailing = [(VERSION_HEADER, served_by)]
+        token = response.get("parameters", {}).get("feedback_token")
+        if token is not None:
+            trailing.append((FEEDBACK_TOKEN_HEADER, token))
+        context.set_trailing_metadata(trailing)
+        # The gRPC path's access line (Ray's own cannot name the version).
+        logger.info("ModelInfer version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
+        return codec.infer_response(response, tensors)
+
+    def _pinned(self, version: str | None, metadata: Metadata, context: Context) -> str | None:
+        """As HTTP's pins: ``model_version`` or the pin header, once pinning is on and the
+        caller holds the QA or operator token."""
+        s = self.served
+        pinned = version or metadata.get(s.core.cfg.pin.header)
+        if pinned is None:
+            return None
+        if not s.core.cfg.pin.enabled:
+            raise PinningDisabled(f"pinning a version ({pinned!r}) is turned off for this experiment "
+                                  "(pin.enabled: false)")
+        s.auth.check(metadata.get("authorization"), _address(context), Role.QA)
+        return pinned
+
+
+def _address(context: Context) -> str | None:
+    """The caller's address from gRPC's peer string, e.g. ``ipv4:10.0.0.7:52144``."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or None
+    if kind == "ipv6":  # ipv6:[::1]:52144
+        return rest.rpartition(":")[0].strip("[]") or None
+    return peer or None
+
+
+async def _answer(context: Context, empty: Callable[[], M], call: Callable[[], Awaitable[M]]) -> M:
+    """``call``'s answer; on an error, its status code and message on ``context`` and an empty
+    response (returned, not raised, so Ray's proxy sends the code without logging a traceback)."""
+    try:
+        return await call()
+    except ServeAbError as err:
+        context.set_code(grpc_status(err))
+        context.set_details(client_message(err))
+    except Exception:
+        logger.exception("serve-ab router: a gRPC call failed")
+        context.set_code(grpc_status(RuntimeError()))
+        context.set_details("internal error in the serve-ab router; its log has the traceback")
+    return empty()
