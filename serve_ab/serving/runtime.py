@@ -15,7 +15,7 @@ import numpy as np
 from ray import serve
 
 from serve_ab.backends import load_predictor
-from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.backends.base import Batch, InputSpec, OutputSpec, batch_size, concat_batches, split_outputs
 from serve_ab.config.experiment import VersionConfig
 from serve_ab.serving.core.versions import Version, load_each
 
@@ -28,8 +28,8 @@ class LoadedVersion:
     def __init__(self, version: VersionConfig):
         self.name = version.name
         self.predictor = load_predictor(
-            Path(version.path), version.backend.value,
-            device=version.device, intra_op_threads=version.intra_op_threads,
+            None if version.path is None else Path(version.path), version.backend.value,
+            **version.predictor_options(),
         )
         self.predictor.load()
         self.predictor.warm_up()
@@ -42,7 +42,7 @@ class LoadedVersion:
             )(self._run_batch)
         logger.info(
             "serve-ab loaded version %s (%s on %s) from %s",
-            self.name, self.predictor.backend, self.predictor.device, version.path,
+            self.name, self.predictor.backend, self.predictor.device, version.path or version.class_,
         )
 
     @property
@@ -56,16 +56,16 @@ class LoadedVersion:
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
         return self.input_spec, self.output_spec
 
-    async def predict(self, batch: np.ndarray) -> np.ndarray:
+    async def predict(self, batch: Batch) -> Batch:
         if self._batched is not None:
             return await self._batched(batch)
         # Small models answer in microseconds: running inline beats a thread hop.
         return self.predictor.predict(batch)
 
-    async def _run_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(b) for b in batches]
-        outputs = self.predictor.predict(np.concatenate(batches) if len(batches) > 1 else batches[0])
-        return np.split(outputs, np.cumsum(sizes)[:-1]) if len(batches) > 1 else [outputs]
+    async def _run_batch(self, batches: list[Batch]) -> list[Batch]:
+        # A multi-input (or multi-output) model's batches are {name: array}: cut per name.
+        sizes = [batch_size(b) for b in batches]
+        return split_outputs(self.predictor.predict(concat_batches(batches)), sizes)
 
 
 def load_versions(versions: Iterable[VersionConfig]) -> dict[str, Version]:
