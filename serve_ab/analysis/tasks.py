@@ -34,6 +34,7 @@ import numpy as np
 __all__ = ["CLASSIFICATION", "TASKS", "PairComparison", "TaskRule", "cosine", "select_output", "task_rules"]
 
 TASKS = ("classification", "regression", "embedding")
+DEFAULT_THRESHOLD = 0.99  # embedding: cosine at least this agrees (task_options.threshold unset)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class TaskRule:
 
     task: str = "classification"
     tolerance: float | None = None
-    threshold: float = 0.99
+    threshold: float = DEFAULT_THRESHOLD
     output: str | None = None
 
     def __post_init__(self) -> None:
@@ -96,7 +97,8 @@ class TaskRule:
         """The rule of a version config (anything with ``task`` and ``task_options``)."""
         options = version.task_options
         task = getattr(version.task, "value", version.task)
-        return cls(task, options.tolerance, options.threshold, options.output)
+        threshold = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD
+        return cls(task, options.tolerance, threshold, options.output)
 
     def summary(self, outputs: Any) -> tuple[int | None, float | None]:
         """(predicted class, score) of a request's first instance, for the aggregates."""

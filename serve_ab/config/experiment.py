@@ -87,9 +87,10 @@ class TaskOptions(_Strict):
         None, ge=0, allow_inf_nan=False,
         description="regression: a shadow agrees with live when |shadow - live| <= tolerance, "
         "in the output's own units (e.g. 5.0 for a disease score). Required for regression.")
-    threshold: float = Field(
-        0.99, ge=-1.0, le=1.0,
-        description="embedding: a shadow agrees with live when their cosine similarity is at least this.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="embedding: a shadow agrees with live when their cosine similarity is at least "
+        "this; unset: 0.99.")
 
 
 class Placement(str, Enum):
@@ -267,7 +268,7 @@ class VersionConfig(_Strict):
         if self.task is not Task.REGRESSION and options.tolerance is not None:
             raise ValueError(f"task_options.tolerance is for task regression; this version's task is "
                              f"{self.task.value}")
-        if self.task is not Task.EMBEDDING and "threshold" in options.model_fields_set:
+        if self.task is not Task.EMBEDDING and options.threshold is not None:
             raise ValueError(f"task_options.threshold is for task embedding; this version's task is "
                              f"{self.task.value}")
         if options.output is not None and self.outputs is not None and \
