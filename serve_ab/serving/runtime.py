@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from ray import serve
 
 from serve_ab.backends import load_predictor
