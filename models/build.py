@@ -10,7 +10,18 @@ probabilities), laid out Triton-style so the serving layer has something real to
     models/digits/<v>/metrics.json  test accuracy measured on the written file
 
 Every model takes ``input`` (float32, [batch, 64]) and returns ``probabilities``
-(float32, [batch, 10]); softmax is inside the model. Seeds and the split are fixed and
+(float32, [batch, 10]); softmax is inside the model.
+
+Beside them, a regression with two inputs, from scikit-learn's bundled ``diabetes`` data
+(442 patients, ten baseline variables -> a disease progression score a year later)::
+
+    models/diabetes/samples.json    32 held-out instances ({"inputs": {name: rows}, "targets"})
+    models/diabetes/v1/model.onnx   least squares (Concat + Gemm), the baseline
+    models/diabetes/v2/model.pt2    MLP 10-32-1 (torch.export, two tensor arguments)
+
+Both take ``demographics`` (float32, [batch, 4]: age, sex, bmi, bp) and ``blood``
+(float32, [batch, 6]: s1..s6), scaled as scikit-learn ships them, and return ``value``
+(float32, [batch, 1]). Seeds and the split are fixed and
 torch runs on one thread, so a rebuild on the same stack gives the same predictions.
 
 Run ``python models/build.py [--out models]`` from the repository root.
@@ -82,6 +93,16 @@ RECIPES: tuple[Recipe, ...] = (
 )
 
 
+DIABETES = "diabetes"
+DIABETES_INPUTS = (("demographics", 4), ("blood", 6))
+DIABETES_OUTPUT = "value"
+DIABETES_SAMPLES = 32
+DIABETES_SEED = 3
+DIABETES_HIDDEN = 32
+DIABETES_STEPS = 400
+DIABETES_FILES = {"v1": "model.onnx", "v2": "model.pt2"}
+
+
 def model_path(out_dir: Path, recipe: Recipe) -> Path:
     return Path(out_dir) / MODEL_NAME / recipe.version / recipe.filename
 
@@ -96,6 +117,9 @@ def expected_files(out_dir: Path) -> list[Path]:
     for recipe in RECIPES:
         model = model_path(out_dir, recipe)
         files += [model, model.with_name("metrics.json")]
+    files.append(Path(out_dir) / DIABETES / "samples.json")
+    for version, filename in DIABETES_FILES.items():
+        files += [Path(out_dir) / DIABETES / version / filename, Path(out_dir) / DIABETES / version / "metrics.json"]
     return files
 
 
@@ -117,7 +141,8 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def build_all(out_dir: Path) -> dict[str, float]:
-    """Train, write and check every version; returns ``{version: test accuracy}``."""
+    """Train, write and check every version (digits and diabetes); returns the digits
+    versions' ``{version: test accuracy}`` (diabetes': :func:`build_diabetes`)."""
     import torch
 
     out_dir = Path(out_dir)
@@ -142,9 +167,159 @@ def build_all(out_dir: Path) -> dict[str, float]:
             _write_metrics(path.with_name("metrics.json"), recipe, accuracy, len(y_test),
                            len(y_train) if recipe.train_limit is None else recipe.train_limit)
             accuracies[recipe.version] = accuracy
+        build_diabetes(out_dir)
     finally:
         torch.set_num_threads(previous_threads)
     return accuracies
+
+
+# ---- diabetes: a regression with two inputs --------------------------------------------------
+
+
+def load_diabetes_split() -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """``(inputs_train, y_train, inputs_test, y_test)``; inputs by name, float32."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    data = load_diabetes()
+    x = data.data.astype(np.float32)
+    y = data.target.astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
+    return _diabetes_inputs(x_train), y_train, _diabetes_inputs(x_test), y_test
+
+
+def _diabetes_inputs(x: np.ndarray) -> dict[str, np.ndarray]:
+    out, start = {}, 0
+    for name, width in DIABETES_INPUTS:
+        out[name] = np.ascontiguousarray(x[:, start:start + width])
+        start += width
+    return out
+
+
+def build_diabetes(out_dir: Path) -> dict[str, dict[str, float]]:
+    """Fit, write and check both diabetes versions; returns ``{version: {"rmse", "mae"}}``."""
+    import torch
+
+    out_dir = Path(out_dir)
+    train, y_train, test, y_test = load_diabetes_split()
+    root = out_dir / DIABETES
+    samples = {"inputs": {name: array[:DIABETES_SAMPLES].tolist() for name, array in test.items()},
+               "targets": y_test[:DIABETES_SAMPLES].tolist()}
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / "samples.json", (json.dumps(samples) + "\n").encode())
+    x_train = np.concatenate([train[name] for name, _ in DIABETES_INPUTS], axis=1).astype(np.float64)
+    # v1: ordinary least squares, solved exactly (float64), written as Concat + Gemm.
+    design = np.hstack([x_train, np.ones((len(x_train), 1))])
+    coef, *_ = np.linalg.lstsq(design, y_train.astype(np.float64), rcond=None)
+    weight, bias = coef[:-1].astype(np.float32), coef[-1:].astype(np.float32)
+    scores = {}
+    for version, filename in DIABETES_FILES.items():
+        path = root / version / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if version == "v1":
+            _write_diabetes_onnx(weight, bias, path)
+            description, architecture = "least squares on the ten variables", "linear 10-1"
+        else:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                _write_diabetes_pt2(_train_diabetes_mlp(x_train.astype(np.float32), y_train), path)
+            finally:
+                torch.set_num_threads(previous)
+            description, architecture = "MLP on the ten variables", f"MLP 10-{DIABETES_HIDDEN}-1, ReLU"
+        predicted = _predict_diabetes(path, test)[:, 0]
+        rmse = float(np.sqrt(np.mean((predicted - y_test) ** 2)))
+        mae = float(np.mean(np.abs(predicted - y_test)))
+        scores[version] = {"rmse": rmse, "mae": mae}
+        metrics = {"model": DIABETES, "version": version, "backend": "onnx" if filename.endswith("onnx") else "torch",
+                   "file": filename, "rmse": round(rmse, 3), "mae": round(mae, 3), "n_test": len(y_test),
+                   "n_train": len(y_train), "architecture": architecture, "description": description,
+                   "build": {"script": "models/build.py", "dataset": "sklearn.datasets.load_diabetes",
+                             "split": f"train_test_split(test_size={TEST_FRACTION}, random_state={SPLIT_SEED})",
+                             "seed": DIABETES_SEED}}
+        _write_atomic(path.with_name("metrics.json"), (json.dumps(metrics, indent=2) + "\n").encode())
+    return scores
+
+
+def _write_diabetes_onnx(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(weight.reshape(-1, 1), "weight")
+    b = numpy_helper.from_array(bias, "bias")
+    names = [name for name, _ in DIABETES_INPUTS]
+    nodes = [helper.make_node("Concat", names, ["features"], name="concat", axis=1),
+             helper.make_node("Gemm", ["features", "weight", "bias"], [DIABETES_OUTPUT], name="linear")]
+    graph = helper.make_graph(
+        nodes, DIABETES,
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width]) for name, width in DIABETES_INPUTS],
+        [helper.make_tensor_value_info(DIABETES_OUTPUT, TensorProto.FLOAT, ["batch", 1])],
+        initializer=[w, b])
+    model = helper.make_model(graph, producer_name="serve-ab models/build.py", ir_version=ONNX_IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    _write_atomic(path, model.SerializeToString())
+
+
+def _train_diabetes_mlp(x: np.ndarray, y: np.ndarray):
+    import torch
+    from torch import nn
+
+    mean, std = float(y.mean()), float(y.std())
+    features, target = torch.from_numpy(x), torch.from_numpy((y - mean) / std).unsqueeze(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DIABETES_SEED)
+        net = nn.Sequential(nn.Linear(x.shape[1], DIABETES_HIDDEN), nn.ReLU(), nn.Linear(DIABETES_HIDDEN, 1))
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
+        for _ in range(DIABETES_STEPS):  # full batch: 331 rows
+            optimizer.zero_grad()
+            nn.functional.mse_loss(net(features), target).backward()
+            optimizer.step()
+    net.eval()
+    with torch.no_grad():  # predict in the target's own units
+        net[2].weight.mul_(std)
+        net[2].bias.mul_(std).add_(mean)
+    return net
+
+
+def _write_diabetes_pt2(net, path: Path) -> None:
+    import torch
+    from torch import nn
+
+    class Regressor(nn.Module):
+        __module__ = "models.build"  # fixed, for byte-identical rebuilds (see _write_pt2)
+        __qualname__ = "Regressor"
+
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, demographics: torch.Tensor, blood: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {DIABETES_OUTPUT: self.net(torch.cat([demographics, blood], dim=1))}
+
+    batch = torch.export.Dim("batch", min=1)
+    example = tuple(torch.zeros(8, width) for _, width in DIABETES_INPUTS)
+    program = torch.export.export(Regressor(net).eval(), example,
+                                  dynamic_shapes={name: {0: batch} for name, _ in DIABETES_INPUTS})
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _predict_diabetes(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([DIABETES_OUTPUT], inputs)[0]
+    import torch
+
+    module = torch.export.load(str(path)).module()
+    with torch.inference_mode():
+        args = [torch.from_numpy(inputs[name]) for name, _ in DIABETES_INPUTS]
+        return module(*args)[DIABETES_OUTPUT].numpy()
 
 
 def _train(recipe: Recipe, x_train: np.ndarray, y_train: np.ndarray):
@@ -357,7 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in RECIPES:
         print(f"{MODEL_NAME}/{recipe.version}  {recipe.backend:5}  "
               f"accuracy {accuracies[recipe.version]:.4f}  {recipe.architecture}")
-    print(f"wrote {Path(args.out) / MODEL_NAME} in {elapsed_s:.1f} s")
+    for version in DIABETES_FILES:
+        figures = json.loads((Path(args.out) / DIABETES / version / "metrics.json").read_text())
+        print(f"{DIABETES}/{version}  {'onnx' if DIABETES_FILES[version].endswith('onnx') else 'torch':5}  "
+              f"RMSE {figures['rmse']:.2f}  MAE {figures['mae']:.2f}")
+    print(f"wrote {Path(args.out) / MODEL_NAME} and {Path(args.out) / DIABETES} in {elapsed_s:.1f} s")
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
 from serve_ab.analysis.units import SplitTotals
 from serve_ab.routing import NUM_BUCKETS, SplitTable
@@ -200,7 +201,13 @@ class SplitRecord:
 
 @dataclass
 class ShadowStats:
-    """Paired answers: the live version's and the shadow's, on the same requests."""
+    """Paired answers: the live version's and the shadow's, on the same requests.
+
+    What "agree" means is the task's (:mod:`serve_ab.analysis.tasks`): the same class, a value
+    within tolerance, or a cosine at least the threshold. Classifiers fill ``confusion``;
+    regressions ``live_values``/``shadow_values`` (the predicted values, for numeric drift)
+    and ``score_diff`` with shadow - live; embeddings ``similarity`` (cosine per pair).
+    """
 
     mirrored: int = 0  # copies sent (answered or not)
     errors: collections.Counter = field(default_factory=collections.Counter)
@@ -213,28 +220,55 @@ class ShadowStats:
     score_diff_sum: float = 0.0
     score_diff_sum_sq: float = 0.0
     score_diff_sketch: LogHistogram = field(default_factory=LogHistogram)
+    score_diff_abs_sum: float = 0.0  # sum of |shadow - live|: the mean absolute difference
     latency: LatencyStats = field(default_factory=LatencyStats)
     by_live_version: collections.Counter = field(default_factory=collections.Counter)
+    # Embeddings: cosine similarity per pair.
+    similarity_n: int = 0
+    similarity_sum: float = 0.0
+    similarity_sum_sq: float = 0.0
+    similarity_sketch: LogHistogram = field(default_factory=LogHistogram)
+    # Regressions: the values live and shadow predicted, for numeric drift (KS, Wasserstein).
+    live_values: LogHistogram = field(default_factory=LogHistogram)
+    shadow_values: LogHistogram = field(default_factory=LogHistogram)
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
-            score_diff: float | None, shadow_latency_ms: float, error_kind: str | None) -> None:
-        """One copy sent to the shadow version, with both answers when the shadow answered."""
+            score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
+            comparison: PairComparison | None = None) -> None:
+        """One copy sent to the shadow version, with both answers when the shadow answered;
+        ``comparison``: the task's verdict (None: a classifier's classes)."""
         self.mirrored += 1
         if error_kind is not None:
             self.errors[error_kind] += 1
             return
         self.latency.add(shadow_latency_ms)
-        if live_class is None or shadow_class is None:
+        if comparison is not None:
+            agree = comparison.agree
+        else:
+            agree = None if live_class is None or shadow_class is None else live_class == shadow_class
+        if agree is None:
             return
         self.pairs += 1
         self.by_live_version[live_version] += 1
-        self.agree += int(live_class == shadow_class)
-        self.confusion[(live_class, shadow_class)] += 1
+        self.agree += int(agree)
+        if live_class is not None and shadow_class is not None:
+            self.confusion[(live_class, shadow_class)] += 1
         if score_diff is not None and math.isfinite(score_diff):
             self.score_diff_n += 1
             self.score_diff_sum += score_diff
             self.score_diff_sum_sq += score_diff * score_diff
+            self.score_diff_abs_sum += abs(score_diff)
             self.score_diff_sketch.add(score_diff)
+        if comparison is None:
+            return
+        if comparison.similarity is not None and math.isfinite(comparison.similarity):
+            self.similarity_n += 1
+            self.similarity_sum += comparison.similarity
+            self.similarity_sum_sq += comparison.similarity * comparison.similarity
+            self.similarity_sketch.add(comparison.similarity)
+        if comparison.live_value is not None and comparison.shadow_value is not None:
+            self.live_values.add(comparison.live_value)
+            self.shadow_values.add(comparison.shadow_value)
 
     def merge(self, other: ShadowStats) -> None:
         self.mirrored += other.mirrored
@@ -246,8 +280,15 @@ class ShadowStats:
         self.score_diff_sum += other.score_diff_sum
         self.score_diff_sum_sq += other.score_diff_sum_sq
         self.score_diff_sketch.merge(other.score_diff_sketch)
+        self.score_diff_abs_sum += other.score_diff_abs_sum
         self.latency.merge(other.latency)
         self.by_live_version.update(other.by_live_version)
+        self.similarity_n += other.similarity_n
+        self.similarity_sum += other.similarity_sum
+        self.similarity_sum_sq += other.similarity_sum_sq
+        self.similarity_sketch.merge(other.similarity_sketch)
+        self.live_values.merge(other.live_values)
+        self.shadow_values.merge(other.shadow_values)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {
@@ -258,12 +299,16 @@ class ShadowStats:
             "agree": self.agree,
             "confusion": [[int(a), int(b), n] for (a, b), n in sorted(self.confusion.items())],
             "score_diff": {"n": self.score_diff_n, "sum": self.score_diff_sum,
-                           "sum_sq": self.score_diff_sum_sq},
+                           "sum_sq": self.score_diff_sum_sq, "abs_sum": self.score_diff_abs_sum},
             "latency": self.latency.to_dict(samples),
             "pairs_by_live_version": dict(self.by_live_version),
+            "similarity": {"n": self.similarity_n, "sum": self.similarity_sum,
+                           "sum_sq": self.similarity_sum_sq},
         }
         if samples:
             out["score_diff"]["sketch"] = self.score_diff_sketch.to_wire()
+            out["similarity"]["sketch"] = self.similarity_sketch.to_wire()
+            out["values"] = {"live": self.live_values.to_wire(), "shadow": self.shadow_values.to_wire()}
         return out
 
 
@@ -354,9 +399,10 @@ class ExperimentStats:
 
     def record_pair(self, t_s: float, live_version: str, live_class: int | None,
                     shadow_class: int | None, score_diff: float | None, shadow_latency_ms: float,
-                    error_kind: str | None) -> None:
+                    error_kind: str | None, comparison: PairComparison | None = None) -> None:
         """One copy sent to the shadow version, with both answers when the shadow answered."""
-        self.shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind)
+        self.shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind,
+                        comparison=comparison)
 
     def merge(self, t_s: float, aggregate: IntervalAggregate) -> None:
         """What a router served in one interval (``analysis/aggregate.py``), merged at ``t_s``:
@@ -416,8 +462,10 @@ class ExperimentStats:
                                                   | {"kind": "mean", "n", "sum", "sum_sq"}}}},
              "shadow": None | {"version", "mirrored", "errors", "errors_by_kind", "pairs", "agree",
                                "confusion": [[live_class, shadow_class, n]],
-                               "score_diff": {"n", "sum", "sum_sq", "sketch" (when samples)},
-                               "latency": {...}, "pairs_by_live_version": {name: n}},
+                               "score_diff": {"n", "sum", "sum_sq", "abs_sum", "sketch" (when samples)},
+                               "latency": {...}, "pairs_by_live_version": {name: n},
+                               "similarity": {"n", "sum", "sum_sq", "sketch" (when samples)},
+                               "values": {"live", "shadow"} (sketches, when samples)},
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
              "weights_now": {v: pct},
@@ -494,6 +542,14 @@ class ExperimentStats:
             diff = shadow["score_diff"]
             s.score_diff_n, s.score_diff_sum, s.score_diff_sum_sq = diff["n"], diff["sum"], diff["sum_sq"]
             s.score_diff_sketch = _restore_sketch(diff.get("sketch"), diff.get("sample"))
+            s.score_diff_abs_sum = diff.get("abs_sum", 0.0)  # absent from states saved before it
+            similarity = shadow.get("similarity") or {}
+            s.similarity_n = similarity.get("n", 0)
+            s.similarity_sum, s.similarity_sum_sq = similarity.get("sum", 0.0), similarity.get("sum_sq", 0.0)
+            s.similarity_sketch = _restore_sketch(similarity.get("sketch"), None)
+            values = shadow.get("values") or {}
+            s.live_values = _restore_sketch(values.get("live"), None)
+            s.shadow_values = _restore_sketch(values.get("shadow"), None)
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
         samples = state.get("unit_samples") or {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from serve_ab.analysis.accumulate import ShadowStats, VersionStats
 from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
 from serve_ab.analysis.units import SplitTotals
 from serve_ab.routing import NUM_BUCKETS, SplitTable
@@ -140,13 +141,16 @@ class IntervalAggregate:
             self.feedback_ids.append((request_id, version, unit, split))
 
     def pair(self, live_version: str, shadow_version: str, live_class: int | None, shadow_class: int | None,
-             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None) -> None:
-        """A mirrored copy's answer beside the live one."""
+             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
+             comparison: PairComparison | None = None) -> None:
+        """A mirrored copy's answer beside the live one; ``comparison``: the task's verdict on
+        the pair (:mod:`serve_ab.analysis.tasks`; None: classes compared as a classifier's)."""
         self.rows += 1
         shadow = self.shadow.get(shadow_version)
         if shadow is None:
             shadow = self.shadow[shadow_version] = ShadowStats()
-        shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind)
+        shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind,
+                   comparison=comparison)
 
     def merge(self, other: IntervalAggregate) -> None:
         """Fold a later (or an unsent) interval into this one."""

@@ -51,6 +51,7 @@ from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.analysis.shadow_classes import class_flip_tests
+from serve_ab.analysis.tasks import CLASSIFICATION, TaskRule
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.routing import NUM_BUCKETS, SplitTable
 
@@ -147,7 +148,7 @@ def build_report(
         "variants": variants,
         "metrics": metrics,
         "srm": srm,
-        "shadow": _shadow_section(snapshot.get("shadow"), alpha, correction),
+        "shadow": _shadow_section(snapshot.get("shadow"), alpha, correction, _shadow_task(cfg)),
         "plots": {
             "latency_histogram": _latency_histogram(versions, snapshot.get("shadow")),
             "timeline": _timeline(snapshot, list(versions)),
@@ -568,8 +569,47 @@ def _srm_split(split: _Split) -> tuple[dict[str, float], float, float, int, bool
 # ---- shadow ----------------------------------------------------------------------------------
 
 
+def _shadow_task(cfg: ExperimentConfig) -> TaskRule:
+    """The task the shadow's answers are compared by (the versions of one experiment share it)."""
+    if cfg.shadow is None:
+        return CLASSIFICATION
+    return TaskRule.of(cfg.version(cfg.shadow.version))
+
+
+def _agreement_rule(task: TaskRule) -> str:
+    if task.task == "regression":
+        return f"|shadow - live| <= {task.tolerance:g}"
+    if task.task == "embedding":
+        return f"cosine(shadow, live) >= {task.threshold:g}"
+    return "the same argmax class"
+
+
+def _value_drift(shadow: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The shadow's predicted values against live's on the same requests (regression)."""
+    values = shadow.get("values") or {}
+    live, mirrored = LogHistogram.from_wire(values.get("live")), LogHistogram.from_wire(values.get("shadow"))
+    if not live.count or not mirrored.count:
+        return None
+    statistic, p_value = drift.ks_test_sketched(mirrored, live)
+    return {"n": live.count, "live_mean": live.mean, "shadow_mean": mirrored.mean,
+            "live_p50": live.quantile(0.5), "shadow_p50": mirrored.quantile(0.5),
+            "ks": statistic, "ks_p_value": p_value, "wasserstein": drift.wasserstein_sketched(mirrored, live)}
+
+
+def _similarity(shadow: Mapping[str, Any], threshold: float, confidence: float) -> dict[str, Any] | None:
+    """Cosine similarity of the shadow's vectors with live's on the same requests (embedding)."""
+    totals = shadow.get("similarity") or {}
+    if not totals.get("n"):
+        return None
+    summary = _paired_mean(totals, confidence)
+    sketch = LogHistogram.from_wire(totals.get("sketch")) if totals.get("sketch") else None
+    return {**summary, "threshold": threshold,
+            "p05": sketch.quantile(0.05) if sketch is not None and sketch.count else None,
+            "min": sketch.min if sketch is not None and sketch.count else None}
+
+
 def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
-                    correction: ab.Correction | None) -> dict[str, Any] | None:
+                    correction: ab.Correction | None, task: TaskRule = CLASSIFICATION) -> dict[str, Any] | None:
     if shadow is None:
         return None
     confidence = 1.0 - alpha
@@ -615,11 +655,21 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
              "p_adjusted": p_adj, "method": t.method, "significant": not math.isnan(p_adj) and p_adj <= alpha}
             for t, p_adj in zip(tests, p_adjusted)
         ],
-        "score_diff": _paired_mean(shadow.get("score_diff") or {}, confidence),
+        "score_diff": {**_paired_mean(shadow.get("score_diff") or {}, confidence),
+                       "mean_abs": _mean_abs(shadow.get("score_diff") or {})},
         "drift": drift_section,
         "latency_ms": _latency_summary(shadow.get("latency") or {}),
         "confusion": {"classes": classes, "counts": matrix},
+        "task": task.task,
+        "agreement_rule": _agreement_rule(task),
+        "value_drift": _value_drift(shadow) if task.task == "regression" else None,
+        "similarity": _similarity(shadow, task.threshold, confidence) if task.task == "embedding" else None,
     }
+
+
+def _mean_abs(totals: Mapping[str, Any]) -> float | None:
+    n = int(totals.get("n") or 0)
+    return float(totals["abs_sum"]) / n if n and totals.get("abs_sum") is not None else None
 
 
 def _paired_mean(totals: Mapping[str, Any], confidence: float) -> dict[str, Any]:

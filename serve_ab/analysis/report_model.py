@@ -37,8 +37,8 @@ __all__ = [
     "REPORT_SCHEMA", "ABVerdict", "Agreement", "ClassFlipTest", "Comparison", "ComparisonPower", "Confusion",
     "ConversionFeedback", "CupedFigures", "Drift", "Experiment", "FixedFigures", "Flip", "Flips", "Guardrail",
     "LatencyHistogram", "LatencySummary", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
-    "PowerPlan", "RatioArm", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Srm", "SrmSplit",
-    "Timeline", "VariantResult", "report_json_schema",
+    "PowerPlan", "RatioArm", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Similarity", "Srm",
+    "SrmSplit", "Timeline", "ValueDrift", "VariantResult", "report_json_schema",
 ]
 
 REPORT_SCHEMA = 2  # 2: per-unit metrics, splits, one estimand per verdict, guardrails
@@ -336,6 +336,7 @@ class PairedMean(_Model):
     ci: Interval | None
     p_value: Num | None = Field(description="paired t-test")
     confidence: Num
+    mean_abs: Num | None = Field(default=None, description="mean absolute difference (score_diff only)")
 
 
 class Drift(_Model):
@@ -355,6 +356,35 @@ class Confusion(_Model):
     counts: list[list[int]] = Field(description="counts[i][j]: live said classes[i], shadow classes[j]")
 
 
+class ValueDrift(_Model):
+    """Regression: the shadow's predicted values (candidate) against live's (reference), on the
+    same requests, from log-bucket sketches (each value within 1%)."""
+
+    n: int
+    live_mean: Num | None
+    shadow_mean: Num | None
+    live_p50: Num | None
+    shadow_p50: Num | None
+    ks: Num | None = Field(description="Kolmogorov-Smirnov statistic, in [0, 1]")
+    ks_p_value: Num | None
+    wasserstein: Num | None = Field(description="earth mover's distance, in the output's units")
+
+
+class Similarity(_Model):
+    """Embedding: cosine similarity of the shadow's vector with live's, per request."""
+
+    n: int
+    mean: Num | None
+    std: Num | None
+    ci: Interval | None
+    p_value: Num | None = Field(description="paired t-test of mean cosine 0 (rarely of interest)")
+    confidence: Num
+    mean_abs: Num | None = None
+    threshold: Num = Field(description="agreement: cosine at least this")
+    p05: Num | None = Field(description="5th percentile of the cosine")
+    min: Num | None
+
+
 class ShadowResult(_Model):
     version: str | None
     mirrored: int
@@ -370,6 +400,11 @@ class ShadowResult(_Model):
     drift: Drift | None
     latency_ms: LatencySummary
     confusion: Confusion
+    task: Literal["classification", "regression", "embedding"] = Field(
+        default="classification", description="what the answers are; agreement and drift follow it")
+    agreement_rule: str | None = Field(default=None, description="when a shadow answer agrees, in words")
+    value_drift: ValueDrift | None = Field(default=None, description="regression only")
+    similarity: Similarity | None = Field(default=None, description="embedding only")
 
 
 # ---- plots -----------------------------------------------------------------------------------

@@ -14,7 +14,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve_ab.backends.base import V2_DATATYPES, InputError, InputSpec, OutputSpec, check_batch
+from serve_ab.backends.base import (
+    V2_DATATYPES,
+    Batch,
+    InputError,
+    InputSpec,
+    InputSpecs,
+    OutputSpec,
+    OutputSpecs,
+    check_batch,
+    outputs_to_json,
+    specs_of,
+)
 from serve_ab.config.experiment import format_validation_error
 from serve_ab.errors import InvalidInput
 
@@ -24,8 +35,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    inputs: list[Any] = Field(
-        ..., description="A batch of instances, e.g. [[0.0, 1.5, ...64 numbers]] for digits.",
+    inputs: list[Any] | dict[str, list[Any]] = Field(
+        ..., description="A batch of instances, e.g. [[0.0, 1.5, ...64 numbers]] for digits; for a "
+        'model with several inputs, a batch per input name, e.g. {"demographics": [[...4]], "blood": [[...6]]}.',
         json_schema_extra={"example": [[0.0] * 64]},
     )
 
@@ -127,17 +139,58 @@ _V2_OTHER_DATATYPES = ("BYTES", "BF16")
 
 
 def decode_v2_inputs(
-    request: V2InferRequest, spec: InputSpec, output: OutputSpec, *, allow_non_finite: bool,
-    binary: Mapping[int, np.ndarray] | None = None,
-) -> np.ndarray:
+    request: V2InferRequest, spec: InputSpec | InputSpecs, output: OutputSpec | OutputSpecs, *,
+    allow_non_finite: bool, binary: Mapping[int, np.ndarray] | None = None,
+) -> Batch:
     """The model's input batch from a V2 request, checked against the model's spec;
-    ``binary``: the values of inputs sent as binary tensor data, by position in the request."""
+    ``binary``: the values of inputs sent as binary tensor data, by position in the request.
+    A one-input model gets one array; a multi-input model ``{input name: array}``, every
+    input named once and holding as many instances."""
+    if isinstance(spec, InputSpecs):
+        return _decode_named(request, spec, output, allow_non_finite, binary)
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
         raise InputError(f"model takes exactly one input, '{spec.name}'; got {len(names)}: {names}")
     tensor = request.inputs[0]
     if tensor.name != spec.name:
         raise InputError(f"unknown input '{tensor.name}'; this model's input is '{spec.name}'")
+    _check_requested(request, output)
+    return _decode_tensor(tensor, 0, spec, allow_non_finite, binary)
+
+
+def _decode_named(request: V2InferRequest, specs: InputSpecs, output: OutputSpec | OutputSpecs,
+                  allow_non_finite: bool, binary: Mapping[int, np.ndarray] | None) -> dict[str, np.ndarray]:
+    names = [t.name for t in request.inputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"input(s) {twice} appear more than once; send each of {list(specs.names)} once")
+    unknown = [n for n in names if n not in specs.names]
+    if unknown:
+        raise InputError(f"unknown input(s) {unknown}; this model's inputs are {list(specs.names)}")
+    missing = [n for n in specs.names if n not in names]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; this model takes {list(specs.names)}")
+    _check_requested(request, output)
+    batch = {t.name: _decode_tensor(t, i, specs.by_name(t.name), allow_non_finite, binary)
+             for i, t in enumerate(request.inputs)}
+    sizes = {name: len(array) for name, array in batch.items()}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"every input must hold as many instances (the first dimension); got {sizes}")
+    return {name: batch[name] for name in specs.names}
+
+
+def _check_requested(request: V2InferRequest, output: OutputSpec | OutputSpecs) -> None:
+    if requested := request.outputs:
+        names = [o.name for o in specs_of(output)]
+        unknown = [o.name for o in requested if o.name not in names]
+        if unknown:
+            if len(names) == 1:
+                raise InputError(f"unknown output(s) {unknown}; this model's output is '{names[0]}'")
+            raise InputError(f"unknown output(s) {unknown}; this model's outputs are {names}")
+
+
+def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_finite: bool,
+                   binary: Mapping[int, np.ndarray] | None) -> np.ndarray:
     if tensor.datatype not in V2_DATATYPES and tensor.datatype not in _V2_OTHER_DATATYPES:
         raise InputError(
             f"input '{tensor.name}' has datatype '{tensor.datatype}', which the Open Inference "
@@ -149,16 +202,19 @@ def decode_v2_inputs(
         )
     if any(d < 0 for d in tensor.shape):
         raise InputError(f"input '{tensor.name}' has a negative dimension in shape {tensor.shape}")
-    if binary is not None and 0 in binary:
-        data = binary[0]  # already checked against shape and datatype, byte for byte
+    if binary is not None and index in binary:
+        data = binary[index]  # already checked against shape and datatype, byte for byte
     elif tensor.data is None:
         raise InputError(f"input '{tensor.name}' has parameters.binary_data_size but no binary data came")
     else:
         try:
-            data = np.asarray(tensor.data)
+            data = np.asarray(tensor.data, dtype=object if spec.datatype == "BYTES" else None)
         except (ValueError, TypeError) as err:
             raise InputError(f"input '{tensor.name}' data is ragged or mixed: {err}") from None
-    if data.dtype.kind not in "biuf":
+    if spec.datatype == "BYTES":
+        if data.dtype.kind not in "OUS":
+            raise InputError(f"input '{tensor.name}' data must be strings for BYTES; got '{data.dtype}'")
+    elif data.dtype.kind not in "biuf":
         raise InputError(
             f"input '{tensor.name}' data must be numbers for {tensor.datatype}; got '{data.dtype}'"
         )
@@ -168,30 +224,34 @@ def decode_v2_inputs(
             f"input '{tensor.name}' has {data.size} values but shape {tensor.shape} needs "
             f"{expected_count}"
         )
-    if requested := request.outputs:
-        unknown = [o.name for o in requested if o.name != output.name]
-        if unknown:
-            raise InputError(f"unknown output(s) {unknown}; this model's output is '{output.name}'")
     return check_batch(data.reshape(tensor.shape), spec, allow_non_finite=allow_non_finite)
 
 
 def encode_v2_response(
-    model: str, version: str, request_id: str, outputs: np.ndarray, output: OutputSpec,
-    parameters: dict[str, Any] | None = None, binary_data_size: int | None = None,
+    model: str, version: str, request_id: str, outputs: Batch, output: OutputSpec | OutputSpecs,
+    parameters: dict[str, Any] | None = None, binary_data_size: int | None = None, *,
+    binary_data_sizes: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The V2 answer; ``binary_data_size``: the output travels as that many raw bytes after
-    the JSON (the binary tensor data extension) instead of in ``data``."""
-    tensor: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": list(outputs.shape)}
-    if binary_data_size is None:
-        tensor["data"] = outputs.ravel().tolist()
-    else:
-        tensor["parameters"] = {"binary_data_size": binary_data_size}
+    """The V2 answer; ``binary_data_size``: the (one) output travels as that many raw bytes
+    after the JSON (the binary tensor data extension) instead of in ``data``. A multi-output
+    model's ``outputs`` is ``{name: array}``, answered as one tensor per output in the
+    model's order; ``binary_data_sizes`` names the bytes of each output sent as binary."""
+    tensors = []
+    for spec in specs_of(output):
+        values = outputs[spec.name] if isinstance(outputs, dict) else outputs
+        size = binary_data_size if not isinstance(output, OutputSpecs) else (binary_data_sizes or {}).get(spec.name)
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(values.shape)}
+        if size is None:
+            tensor["data"] = outputs_to_json(values.ravel())
+        else:
+            tensor["parameters"] = {"binary_data_size": size}
+        tensors.append(tensor)
     return {
         "model_name": model,
         "model_version": version,
         "id": request_id,
         **({"parameters": parameters} if parameters else {}),
-        "outputs": [tensor],
+        "outputs": tensors,
     }
 
 

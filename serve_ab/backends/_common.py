@@ -48,17 +48,69 @@ def check_batch_dim(path: Path, role: str, name: str, shape: tuple[int, ...]) ->
             "the first dimension must be a dynamic batch dimension (e.g. [-1, 64])")
 
 
+def zeros_for(spec: Any, size: int) -> Any:
+    """A batch of ``size`` zero instances for an input description (one spec or several)."""
+    from serve_ab.backends.base import InputSpecs
+
+    def one(s: Any) -> np.ndarray:
+        # A free non-batch dim gets 1: any size is valid for it.
+        shape = (size, *(d if d >= 0 else 1 for d in s.shape[1:]))
+        if np.dtype(s.dtype).kind == "O":
+            return np.full(shape, b"", dtype=object)
+        return np.zeros(shape, dtype=s.dtype)
+
+    if isinstance(spec, InputSpecs):
+        return {s.name: one(s) for s in spec}
+    return one(spec)
+
+
+def check_output(predictor: Any, result: Any, size: int) -> None:
+    """Raise naming the model when ``result`` does not fit its output description."""
+    from serve_ab.backends.base import OutputSpecs
+
+    expected = predictor.output_spec
+    where = f"{predictor.path} ({predictor.backend} backend)"
+    if isinstance(expected, OutputSpecs):
+        if not isinstance(result, dict) or set(result) != set(expected.names):
+            got = sorted(result) if isinstance(result, dict) else type(result).__name__
+            raise RuntimeError(f"{where} returned {got} for a batch of {size}; its output spec names "
+                               f"{list(expected.names)}")
+        pairs = [(spec, result[spec.name]) for spec in expected]
+    else:
+        pairs = [(expected, result)]
+    for spec, array in pairs:
+        want = (size, *spec.shape[1:])
+        if not isinstance(array, np.ndarray) or array.ndim != len(want) or any(
+                w >= 0 and g != w for g, w in zip(array.shape, want)):
+            shape = list(array.shape) if isinstance(array, np.ndarray) else type(array).__name__
+            raise RuntimeError(
+                f"{where} returned shape {shape} for output '{spec.name}' and a batch of {size}; "
+                f"its output spec says {list(spec.shape)}")
+
+
 def warm_up(predictor: Any) -> None:
     """Run zero batches through ``predictor`` and check the output shape on the way."""
-    spec, expected = predictor.input_spec, predictor.output_spec
     for size in WARM_UP_BATCH_SIZES:
-        # A free non-batch dim gets 1: any size is valid for it.
-        shape = (size, *(d if d >= 0 else 1 for d in spec.shape[1:]))
-        result = predictor.predict(np.zeros(shape, dtype=spec.dtype))
-        want = (size, *expected.shape[1:])
-        if result.ndim != len(want) or any(
-                w >= 0 and g != w for g, w in zip(result.shape, want)):
-            raise RuntimeError(
-                f"{predictor.path} ({predictor.backend} backend) returned shape "
-                f"{list(result.shape)} for a batch of {size}; its output spec says "
-                f"{list(expected.shape)}")
+        check_output(predictor, predictor.predict(zeros_for(predictor.input_spec, size)), size)
+
+
+def check_declared(path: Path, backend: str, role: str, read: Any, declared: Any) -> None:
+    """A version's declared ``inputs:``/``outputs:`` must match what the model file says."""
+    if declared is None:
+        return
+    from serve_ab.backends.base import specs_of
+
+    got, want = specs_of(read), specs_of(declared)
+    problems = []
+    if [s.name for s in got] != [s.name for s in want]:
+        problems.append(f"names {[s.name for s in want]} declared, {[s.name for s in got]} in the file")
+    else:
+        for g, w in zip(got, want):
+            if np.dtype(g.dtype) != np.dtype(w.dtype):
+                problems.append(f"'{g.name}' declared {w.datatype}, the file says {g.datatype}")
+            elif len(g.shape) != len(w.shape) or any(
+                    a >= 0 and b >= 0 and a != b for a, b in zip(g.shape, w.shape)):
+                problems.append(f"'{g.name}' declared shape {list(w.shape)}, the file says {list(g.shape)}")
+    if problems:
+        raise ValueError(f"{path} ({backend} backend): {role} declared in the config do not match the "
+                         f"model: {'; '.join(problems)} (drop the {role}: declaration or fix it)")

@@ -17,7 +17,8 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +40,12 @@ V2_DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype(np.float64),
 }
 _DATATYPE_BY_DTYPE = {dtype: name for name, dtype in V2_DATATYPES.items()}
+# BYTES (strings, raw bytes) travel as numpy object arrays of ``bytes``; only the python
+# backend (and ONNX string tensors) take them, so they are kept apart from the numeric types.
+BYTES_DTYPE = np.dtype(object)
+_DATATYPE_BY_DTYPE[BYTES_DTYPE] = "BYTES"
+#: Every datatype an input or output may be declared with (``inputs:``/``outputs:`` in a version).
+DATATYPES: dict[str, np.dtype] = {**V2_DATATYPES, "BYTES": BYTES_DTYPE}
 
 
 class InputError(InvalidInput):
@@ -83,20 +90,110 @@ class OutputSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+class _Specs(tuple):
+    """Several named tensors, in the model's order. A model with one input (or output) is
+    described by its lone :class:`InputSpec` (:class:`OutputSpec`), exactly as before; only
+    a model with several gets an :class:`InputSpecs` (:class:`OutputSpecs`)."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self)
+
+    def by_name(self, name: str) -> Any:
+        for spec in self:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_v2(self) -> list[dict[str, Any]]:
+        return [spec.to_v2() for spec in self]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self))})"
+
+
+class InputSpecs(_Specs):
+    """The inputs of a model that takes several, e.g. ``age_sex`` and ``blood``."""
+
+    def describe(self) -> str:
+        return "{" + ", ".join(f"{s.name}: {s.describe()}" for s in self) + "}"
+
+
+class OutputSpecs(_Specs):
+    """The outputs of a model that returns several."""
+
+
+def specs_of(spec: Any) -> tuple[Any, ...]:
+    """The tensors of an input or output description, one or several, as a tuple."""
+    return tuple(spec) if isinstance(spec, _Specs) else (spec,)
+
+
+def input_signature(specs: Sequence[InputSpec]) -> InputSpec | InputSpecs:
+    """One spec for a one-input model (the long-standing form), :class:`InputSpecs` otherwise."""
+    if not specs:
+        raise ValueError("a model takes at least one input")
+    _check_distinct([s.name for s in specs], "input")
+    return specs[0] if len(specs) == 1 else InputSpecs(specs)
+
+
+def output_signature(specs: Sequence[OutputSpec]) -> OutputSpec | OutputSpecs:
+    if not specs:
+        raise ValueError("a model returns at least one output")
+    _check_distinct([s.name for s in specs], "output")
+    return specs[0] if len(specs) == 1 else OutputSpecs(specs)
+
+
+def _check_distinct(names: list[str], role: str) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ValueError(f"{role} names must be distinct; {sorted(seen)} appear more than once in {names}")
+
+
+#: A batch as a model takes it: one array (one input), or one per input name.
+Batch = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+def batch_size(batch: Batch) -> int:
+    """Instances in a batch (every input of a multi-input batch has as many)."""
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch)
+
+
+def concat_batches(batches: Sequence[Batch]) -> Batch:
+    """Several requests' batches as one model call (dynamic batching)."""
+    if len(batches) == 1:
+        return batches[0]
+    if isinstance(batches[0], dict):
+        return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    return np.concatenate(batches)
+
+
+def split_outputs(outputs: Batch, sizes: Sequence[int]) -> list[Batch]:
+    """One model call's outputs cut back into each request's rows."""
+    if len(sizes) == 1:
+        return [outputs]
+    cuts = np.cumsum(sizes)[:-1]
+    if isinstance(outputs, dict):
+        parts = {name: np.split(array, cuts) for name, array in outputs.items()}
+        return [{name: parts[name][i] for name in outputs} for i in range(len(sizes))]
+    return np.split(outputs, cuts)
+
+
 @runtime_checkable
 class Predictor(Protocol):
     """What the serving layer needs from a model backend."""
 
-    #: Backend name as written in the config: ``onnx`` or ``torch``.
+    #: Backend name as written in the config: ``onnx``, ``torch`` or ``python``.
     backend: str
     #: ``cpu`` or ``cuda``; known after ``load()``.
     device: str
 
     @property
-    def input_spec(self) -> InputSpec: ...
+    def input_spec(self) -> InputSpec | InputSpecs: ...
 
     @property
-    def output_spec(self) -> OutputSpec: ...
+    def output_spec(self) -> OutputSpec | OutputSpecs: ...
 
     def load(self) -> None:
         """Read the model file and place it on its device."""
@@ -104,8 +201,10 @@ class Predictor(Protocol):
     def warm_up(self) -> None:
         """Run a few batches so the first user request does not pay for lazy init."""
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch, already checked by :func:`to_batch`; returns ``(n, ...)``."""
+    def predict(self, batch: Batch) -> Batch:
+        """Run one batch, already checked by :func:`to_batch`; returns ``(n, ...)``: one
+        array for a one-output model, else ``{output name: array}``. A one-input model
+        takes one array, a multi-input model ``{input name: array}``."""
 
 
 def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:
@@ -131,6 +230,8 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
             )
     kind = batch.dtype.kind
     want_kind = np.dtype(spec.dtype).kind
+    if want_kind == "O":
+        return _bytes_batch(batch, spec)
     if kind == "b" and want_kind != "b":
         raise InputError(f"input '{spec.name}' holds booleans; expected numbers ({spec.datatype})")
     if kind not in "biuf":
@@ -159,8 +260,28 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
     return out
 
 
-def to_batch(values: Any, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:
-    """Turn JSON-decoded nested lists into a checked batch for ``spec``."""
+def _bytes_batch(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A BYTES input as an object array of ``bytes`` (strings are UTF-8 encoded)."""
+    if batch.dtype.kind in "US":
+        return np.vectorize(_as_bytes, otypes=[object])(batch)
+    if batch.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in batch.flat):
+        return np.vectorize(_as_bytes, otypes=[object])(batch) if batch.size else batch
+    raise InputError(f"input '{spec.name}' must hold strings (BYTES); got values of type '{batch.dtype}'")
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: bool) -> Batch:
+    """Turn JSON-decoded nested lists into a checked batch for ``spec``.
+
+    A multi-input model takes ``{input name: nested list}``, every input with as many
+    instances, and gets ``{input name: array}``; a one-input model takes the nested list
+    and gets one array.
+    """
+    if isinstance(spec, InputSpecs):
+        return _named_batch(values, spec, allow_non_finite)
     if isinstance(values, np.ndarray):
         return check_batch(values, spec, allow_non_finite=allow_non_finite)
     if not isinstance(values, list):
@@ -176,3 +297,35 @@ def to_batch(values: Any, spec: InputSpec, *, allow_non_finite: bool) -> np.ndar
             f"of shape {spec.describe()}"
         ) from None
     return check_batch(array, spec, allow_non_finite=allow_non_finite)
+
+
+def _named_batch(values: Any, specs: InputSpecs, allow_non_finite: bool) -> dict[str, np.ndarray]:
+    if not isinstance(values, Mapping):
+        raise InputError(f"this model takes several inputs {list(specs.names)}: send them by name, "
+                         f"e.g. {{\"inputs\": {{\"{specs[0].name}\": [...], \"{specs[1].name}\": [...]}}}}; "
+                         f"got {type(values).__name__}")
+    missing = [n for n in specs.names if n not in values]
+    unknown = sorted(str(n) for n in values if n not in specs.names)
+    if missing or unknown:
+        raise InputError(f"this model takes inputs {list(specs.names)}; "
+                         + "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                                       f"unknown {unknown}" if unknown else "") if part))
+    batch = {spec.name: to_batch(values[spec.name], spec, allow_non_finite=allow_non_finite) for spec in specs}
+    sizes = {name: len(array) for name, array in batch.items()}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"every input must hold as many instances; got {sizes}")
+    return batch
+
+
+def outputs_to_json(outputs: Batch) -> Any:
+    """Outputs as JSON values: nested lists, ``{name: nested list}`` for several outputs,
+    BYTES decoded as UTF-8 text."""
+    if isinstance(outputs, dict):
+        return {name: outputs_to_json(array) for name, array in outputs.items()}
+    if outputs.dtype.kind == "O":
+        return np.vectorize(_as_text, otypes=[object])(outputs).tolist() if outputs.size else outputs.tolist()
+    return outputs.tolist()
+
+
+def _as_text(value: Any) -> Any:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value

@@ -23,17 +23,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serve_ab.backends.base import Predictor
+from serve_ab.backends.base import Batch, Predictor, batch_size, concat_batches, split_outputs
 
 __all__ = ["Batcher", "predict_together"]
 
 
-def predict_together(predictor: Predictor, batches: list[np.ndarray]) -> list[np.ndarray]:
-    """One model call for several requests' rows; each request gets its own rows back."""
+def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
+    """One model call for several requests' rows; each request gets its own rows back. A
+    multi-input (or multi-output) model's batches are ``{name: array}``, cut per name."""
     if len(batches) == 1:
         return [predictor.predict(batches[0])]
-    outputs = predictor.predict(np.concatenate(batches))
-    return np.split(outputs, np.cumsum([len(b) for b in batches])[:-1])
+    outputs = predictor.predict(concat_batches(batches))
+    return split_outputs(outputs, [batch_size(b) for b in batches])
 
 
 class Batcher:
@@ -45,7 +46,7 @@ class Batcher:
     replica's batch: a model that answers in milliseconds gains nothing from a thread hop.
     """
 
-    def __init__(self, run_batch: Callable[[list[np.ndarray]], list[np.ndarray]], *,
+    def __init__(self, run_batch: Callable[[list[Batch]], list[Batch]], *,
                  max_batch_size: int, batch_wait_timeout_s: float):
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r} "
@@ -59,11 +60,11 @@ class Batcher:
         #: Batches run and requests answered so far (what a benchmark checks batches fill).
         self.batches_run = 0
         self.requests_run = 0
-        self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._pending: deque[tuple[Batch, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
-    async def predict(self, batch: np.ndarray) -> np.ndarray:
+    async def predict(self, batch: Batch) -> Batch:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # First call, or a new event loop (a test's asyncio.run): the old loop's
@@ -94,7 +95,7 @@ class Batcher:
                      for _ in range(min(self.max_batch_size, len(self._pending)))]
             self._run([(batch, future) for batch, future in taken if not future.cancelled()])
 
-    def _run(self, taken: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    def _run(self, taken: list[tuple[Batch, asyncio.Future]]) -> None:
         if not taken:
             return
         try:

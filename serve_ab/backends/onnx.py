@@ -10,12 +10,21 @@ import numpy as np
 
 from serve_ab.backends._common import (
     check_batch_dim,
+    check_declared,
     check_device,
     check_model_file,
     check_threads,
     warm_up,
 )
-from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.backends.base import (
+    Batch,
+    InputSpec,
+    InputSpecs,
+    OutputSpec,
+    OutputSpecs,
+    input_signature,
+    output_signature,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +40,8 @@ _NUMPY_DTYPES = {
 
 
 class OnnxPredictor:
-    """Runs one ONNX model with one input and one output through onnxruntime.
+    """Runs one ONNX model through onnxruntime: one input or several (fed by name), one
+    output or several (returned by name); numeric and boolean tensors.
 
     ``device="auto"`` picks CUDA when onnxruntime has its CUDA provider (the
     onnxruntime-gpu package) and CPU otherwise; ``device="cuda"`` without it is an error.
@@ -40,23 +50,26 @@ class OnnxPredictor:
     backend = "onnx"
 
     def __init__(self, path: str | Path, *, device: str = "auto",
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, inputs: InputSpec | InputSpecs | None = None,
+                 outputs: OutputSpec | OutputSpecs | None = None) -> None:
         self.path = Path(path)
+        self.declared = (inputs, outputs)  # from the config: checked against the file at load
         self.requested_device = check_device(device)
         self.intra_op_threads = check_threads(intra_op_threads)
         #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
         self.device = self.requested_device
         self._session: Any = None
-        self._input_spec: InputSpec | None = None
-        self._output_spec: OutputSpec | None = None
+        self._input_spec: InputSpec | InputSpecs | None = None
+        self._output_spec: OutputSpec | OutputSpecs | None = None
+        self._output_names: list[str] = []
 
     @property
-    def input_spec(self) -> InputSpec:
+    def input_spec(self) -> InputSpec | InputSpecs:
         self._require_loaded()
         return self._input_spec
 
     @property
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self) -> OutputSpec | OutputSpecs:
         self._require_loaded()
         return self._output_spec
 
@@ -93,25 +106,24 @@ class OnnxPredictor:
             logger.warning("%s: %s failed to start; running on CPU", self.path, _CUDA_PROVIDER)
             use_cuda = False
         inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(
-                f"{self.path} has {len(inputs)} inputs {[i.name for i in inputs]} and "
-                f"{len(outputs)} outputs {[o.name for o in outputs]}; serve-ab serves models "
-                "with exactly one input and one output")
-        name, dtype, shape = self._describe(inputs[0], "input")
-        self._input_spec = InputSpec(name=name, dtype=dtype, shape=shape)
-        name, dtype, shape = self._describe(outputs[0], "output")
-        self._output_spec = OutputSpec(name=name, dtype=dtype, shape=shape)
+        self._input_spec = input_signature([InputSpec(*self._describe(i, "input")) for i in inputs])
+        self._output_spec = output_signature([OutputSpec(*self._describe(o, "output")) for o in outputs])
+        check_declared(self.path, self.backend, "inputs", self._input_spec, self.declared[0])
+        check_declared(self.path, self.backend, "outputs", self._output_spec, self.declared[1])
+        self._output_names = [o.name for o in outputs]
         self._session = session
         self.device = "cuda" if use_cuda else "cpu"
 
     def warm_up(self) -> None:
         warm_up(self)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> Batch:
         self._require_loaded()
-        (result,) = self._session.run([self._output_spec.name], {self._input_spec.name: batch})
-        return result
+        feed = batch if isinstance(batch, dict) else {self._input_spec.name: batch}
+        results = self._session.run(self._output_names, feed)
+        if len(results) == 1:
+            return results[0]
+        return dict(zip(self._output_names, results))
 
     def _describe(self, arg: Any, role: str) -> tuple[str, np.dtype, tuple[int, ...]]:
         if arg.type not in _NUMPY_DTYPES:

@@ -7,9 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.backends.base import (
+    Batch,
+    InputSpec,
+    InputSpecs,
+    OutputSpec,
+    OutputSpecs,
+    input_signature,
+    output_signature,
+)
 from serve_ab.backends._common import (
     check_batch_dim,
+    check_declared,
     check_device,
     check_model_file,
     check_threads,
@@ -18,33 +27,36 @@ from serve_ab.backends._common import (
 
 
 class TorchPredictor:
-    """Runs one ``torch.export`` program with one tensor input and one tensor output.
+    """Runs one ``torch.export`` program: tensor inputs in, tensor outputs out.
 
-    The input's name is the exported ``forward`` argument's; the output's is the key when
-    the program returns a one-entry dict (as ``models/build.py`` writes), else ``output``.
+    Inputs are named after the exported ``forward`` arguments (a multi-input batch is fed
+    positionally, in the program's order). Outputs are named by the keys when the program returns a dict
+    (as ``models/build.py`` writes), else ``output`` (one) or ``output_0``, ``output_1``...
     """
 
     backend = "torch"
 
     def __init__(self, path: str | Path, *, device: str = "auto",
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, inputs: InputSpec | InputSpecs | None = None,
+                 outputs: OutputSpec | OutputSpecs | None = None) -> None:
         self.path = Path(path)
+        self.declared = (inputs, outputs)  # from the config: checked against the file at load
         self.requested_device = check_device(device)
         self.intra_op_threads = check_threads(intra_op_threads)
         #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
         self.device = self.requested_device
         self._module: Any = None
-        self._output_key: str | None = None
-        self._input_spec: InputSpec | None = None
-        self._output_spec: OutputSpec | None = None
+        self._output_keys: list[Any] = []
+        self._input_spec: InputSpec | InputSpecs | None = None
+        self._output_spec: OutputSpec | OutputSpecs | None = None
 
     @property
-    def input_spec(self) -> InputSpec:
+    def input_spec(self) -> InputSpec | InputSpecs:
         self._require_loaded()
         return self._input_spec
 
     @property
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self) -> OutputSpec | OutputSpecs:
         self._require_loaded()
         return self._output_spec
 
@@ -69,7 +81,9 @@ class TorchPredictor:
                 f"cannot load {self.path} with the torch backend (expected a torch.export "
                 f".pt2 archive written by torch.export.save): {err}") from err
         self._input_spec = self._describe_input(program)
-        self._output_spec, self._output_key = self._describe_output(program)
+        self._output_spec, self._output_keys = self._describe_output(program)
+        check_declared(self.path, self.backend, "inputs", self._input_spec, self.declared[0])
+        check_declared(self.path, self.backend, "outputs", self._output_spec, self.declared[1])
         if use_cuda:
             from torch.export.passes import move_to_device_pass
 
@@ -80,50 +94,63 @@ class TorchPredictor:
     def warm_up(self) -> None:
         warm_up(self)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> Batch:
         self._require_loaded()
         import torch
 
-        # torch.from_numpy warns on read-only arrays (e.g. np.frombuffer of a request body).
-        tensor = torch.from_numpy(np.require(batch, requirements=["C", "W"]))
+        def tensor(array: np.ndarray) -> Any:
+            # torch.from_numpy warns on read-only arrays (e.g. np.frombuffer of a request body).
+            return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device)
+
         with torch.inference_mode():
-            result = self._module(tensor.to(self.device))
+            if isinstance(batch, dict):
+                # Positionally, in the program's order: the placeholders carry the arg names.
+                result = self._module(*[tensor(batch[name]) for name in self._input_spec.names])
+            else:
+                result = self._module(tensor(batch))
         if isinstance(result, dict):
-            result = result[self._output_key]
+            values = [result[key] for key in self._output_keys]
         elif isinstance(result, (tuple, list)):
-            (result,) = result
-        return result.cpu().numpy()
+            values = list(result)
+        else:
+            values = [result]
+        arrays = [value.cpu().numpy() for value in values]
+        if len(arrays) == 1:
+            return arrays[0]
+        return {spec.name: array for spec, array in zip(self._output_spec, arrays)}
 
-    def _describe_input(self, program: Any) -> InputSpec:
+    def _describe_input(self, program: Any) -> InputSpec | InputSpecs:
         user_inputs = program.graph_signature.user_inputs
-        if len(user_inputs) != 1:
-            raise ValueError(f"{self.path} takes {len(user_inputs)} inputs {list(user_inputs)}; "
-                             "serve-ab serves models with exactly one tensor input")
-        (name,) = user_inputs
-        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-        dtype, shape = self._describe_value(node.meta.get("val"), "input", name)
-        return InputSpec(name=name, dtype=dtype, shape=shape)
+        specs = []
+        for name in user_inputs:
+            node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+            dtype, shape = self._describe_value(node.meta.get("val"), "input", name)
+            specs.append(InputSpec(name=name, dtype=dtype, shape=shape))
+        return input_signature(specs)
 
-    def _describe_output(self, program: Any) -> tuple[OutputSpec, str | None]:
+    def _describe_output(self, program: Any) -> tuple[OutputSpec | OutputSpecs, list[Any]]:
         output_node = next(n for n in program.graph.nodes if n.op == "output")
         values = output_node.args[0]
-        if len(values) != 1:
-            raise ValueError(f"{self.path} returns {len(values)} outputs; serve-ab serves "
-                             "models with exactly one tensor output")
         out_spec = program.call_spec.out_spec
-        key = None
+        keys: list[Any] = []
         if out_spec is not None and out_spec.type is dict:
-            (key,) = out_spec.context
-        name = key if isinstance(key, str) else "output"
-        dtype, shape = self._describe_value(values[0].meta.get("val"), "output", name)
-        return OutputSpec(name=name, dtype=dtype, shape=shape), key
+            keys = list(out_spec.context)
+        if keys and all(isinstance(k, str) for k in keys):
+            names = keys
+        else:
+            names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
+        specs = []
+        for name, value in zip(names, values):
+            dtype, shape = self._describe_value(value.meta.get("val"), "output", name)
+            specs.append(OutputSpec(name=name, dtype=dtype, shape=shape))
+        return output_signature(specs), keys
 
     def _describe_value(self, value: Any, role: str, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         import torch
 
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{self.path}: {role} '{name}' is not a tensor ({value!r}); "
-                             "serve-ab serves models with one tensor in and one tensor out")
+                             "serve-ab serves models whose inputs and outputs are tensors")
         try:
             dtype = torch.empty(0, dtype=value.dtype).numpy().dtype
         except TypeError as err:  # bfloat16 and friends have no numpy dtype

@@ -272,7 +272,10 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
              + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")]
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
-        lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}]")
+        rule = f" ({shadow.agreement_rule})" if shadow.task != "classification" and shadow.agreement_rule else ""
+        lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}]{rule}")
+    if shadow.task != "classification":
+        return [wrapped for line in lines + _task_lines(shadow, conf) for wrapped in _wrap(line, indent=" " * 14)]
     flips = shadow.flips
     if flips.top:
         top = ", ".join(f"{f.live}->{f.shadow} x{f.n}" for f in flips.top[:5])
@@ -298,6 +301,30 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
         lines.append(f"  latency     p50 {_num(latency.p50)} ms, p95 {_num(latency.p95)} ms, "
                      f"p99 {_num(latency.p99)} ms")
     return [wrapped for line in lines for wrapped in _wrap(line, indent=" " * 14)]
+
+
+def _task_lines(shadow: ShadowResult, conf: str) -> list[str]:
+    """A regression's or an embedding's shadow figures (a classifier's are flips and classes)."""
+    lines = []
+    score = shadow.score_diff
+    if shadow.task == "regression" and score.mean is not None:
+        ci_text = f" [{conf} CI {_num(score.ci[0])}, {_num(score.ci[1])}]" if score.ci else ""
+        lines.append(f"  value diff  mean {_num(score.mean)}{ci_text}, mean |diff| {_num(score.mean_abs)}, "
+                     f"p {_p(score.p_value)} (shadow minus live, n {score.n:,})")
+    drift = shadow.value_drift
+    if drift is not None:
+        lines.append(f"  values      live mean {_num(drift.live_mean)}, shadow mean {_num(drift.shadow_mean)}; "
+                     f"drift KS {_num(drift.ks)} (p {_p(drift.ks_p_value)}), Wasserstein {_num(drift.wasserstein)}")
+    similarity = shadow.similarity
+    if similarity is not None and similarity.mean is not None:
+        ci_text = f" [{conf} CI {_num(similarity.ci[0])}, {_num(similarity.ci[1])}]" if similarity.ci else ""
+        lines.append(f"  cosine      mean {_num(similarity.mean)}{ci_text}, p5 {_num(similarity.p05)}, "
+                     f"min {_num(similarity.min)} (n {similarity.n:,})")
+    latency = shadow.latency_ms
+    if latency.p50 is not None:
+        lines.append(f"  latency     p50 {_num(latency.p50)} ms, p95 {_num(latency.p95)} ms, "
+                     f"p99 {_num(latency.p99)} ms")
+    return lines
 
 
 def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -28,6 +29,68 @@ from serve_ab.store.url import parse_store_url, redact_url
 class Backend(str, Enum):
     ONNX = "onnx"
     TORCH = "torch"
+    #: A Python class (``class: my_pkg.model:Model``): scikit-learn, XGBoost, Hugging Face...
+    PYTHON = "python"
+
+
+class Task(str, Enum):
+    """What a model's answer means, so that a shadow is compared with live the right way."""
+
+    #: Class scores (probabilities or logits), one per class: agreement is the same argmax.
+    CLASSIFICATION = "classification"
+    #: A predicted value: agreement is |shadow - live| <= task_options.tolerance.
+    REGRESSION = "regression"
+    #: A vector: agreement is cosine(shadow, live) >= task_options.threshold.
+    EMBEDDING = "embedding"
+
+
+class Datatype(str, Enum):
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class TensorConfig(_Strict):
+    """One declared input or output tensor, e.g. {name: blood, datatype: FP32, shape: [-1, 6]}."""
+
+    name: str = Field(..., min_length=1, max_length=128, description="Tensor name, as requests send it.")
+    datatype: Datatype = Field(..., description="Open Inference Protocol datatype, e.g. FP32, INT64, BYTES.")
+    shape: list[int] = Field(
+        ..., min_length=1, description="Dimensions, batch first; -1 marks a free one and the batch "
+        "dimension is always -1, e.g. [-1, 6].")
+
+    @field_validator("shape")
+    @classmethod
+    def _batch_first(cls, shape: list[int]) -> list[int]:
+        if shape[0] != -1:
+            raise ValueError(f"the first dimension is the batch and must be -1, e.g. [-1, {shape[-1]}]")
+        if any(d < -1 for d in shape):
+            raise ValueError("a dimension is a size (0 or more) or -1 (free)")
+        return shape
+
+
+class TaskOptions(_Strict):
+    output: str | None = Field(
+        None, min_length=1, description="The output the task reads, for a model with several; "
+        "unset: the first.")
+    tolerance: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="regression: a shadow agrees with live when |shadow - live| <= tolerance, "
+        "in the output's own units (e.g. 5.0 for a disease score). Required for regression.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="embedding: a shadow agrees with live when their cosine similarity is at least "
+        "this; unset: 0.99.")
 
 
 class Placement(str, Enum):
@@ -129,11 +192,32 @@ class DeploymentOptions(_Strict):
 
 class VersionConfig(_Strict):
     name: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version name, e.g. v1.")
-    path: str = Field(
-        ..., min_length=1,
-        description="Model file; a relative path is resolved against the directory serve runs in.",
+    path: str | None = Field(
+        None, min_length=1,
+        description="Model file; a relative path is resolved against the directory serve runs in. "
+        "Required for onnx and torch; for python, optional and handed to the class's load(path).",
     )
-    backend: Backend = Field(..., description="Model runtime: onnx (onnxruntime) or torch.")
+    backend: Backend = Field(
+        ..., description="Model runtime: onnx (onnxruntime), torch (torch.export .pt2) or python "
+        "(a class: see class).")
+    class_: str | None = Field(
+        None, alias="class",
+        description="backend python: the model's class as module.path:ClassName, with methods "
+        "load(path) and predict(inputs: dict[str, np.ndarray]); importable where serve runs.")
+    inputs: list[TensorConfig] | None = Field(
+        None, min_length=1,
+        description="The model's inputs by name, datatype and shape. python: required unless the "
+        "class declares input_spec. onnx/torch: read from the file, and checked against this if set.")
+    outputs: list[TensorConfig] | None = Field(
+        None, min_length=1,
+        description="The model's outputs, as inputs; python: unset reads them from a first call.")
+    task: Task = Field(
+        Task.CLASSIFICATION,
+        description="What the answer is, for shadow comparisons and drift: classification (agreement "
+        "of the argmax class), regression (a value; agreement within task_options.tolerance) or "
+        "embedding (a vector; agreement when cosine >= task_options.threshold).")
+    task_options: TaskOptions = Field(
+        default_factory=TaskOptions, description="The task's settings: tolerance, threshold, output.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses CUDA when a GPU is visible to the replica, else the CPU."
     )
@@ -147,6 +231,76 @@ class VersionConfig(_Strict):
     deployment: DeploymentOptions | None = Field(
         None, description="Ray Serve options of this version's deployment (isolated placement only).",
     )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    @field_validator("class_")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            from serve_ab.backends.python import import_model_class
+
+            import_model_class(value)  # raises ValueError: the field's own error
+        return value
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> VersionConfig:
+        backend = self.backend.value
+        if self.backend is Backend.PYTHON:
+            if self.class_ is None:
+                raise ValueError("backend python needs class: the model's class, e.g. class: my_pkg.model:Model")
+        else:
+            if self.path is None:
+                raise ValueError(f"backend {backend} needs path: the model file, e.g. path: models/digits/v1/model.onnx")
+            if self.class_ is not None:
+                raise ValueError(f"class is for backend python; backend {backend} reads path ({self.path!r})")
+        for role in ("inputs", "outputs"):
+            names = [t.name for t in getattr(self, role) or []]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{role} names {twice} more than once; each tensor needs its own name")
+        options = self.task_options
+        if self.task is Task.REGRESSION and options.tolerance is None:
+            raise ValueError("task regression needs task_options.tolerance: how far apart (in the "
+                             "output's units) a shadow and live value may be and still agree, e.g. "
+                             "task_options: {tolerance: 5.0}")
+        if self.task is not Task.REGRESSION and options.tolerance is not None:
+            raise ValueError(f"task_options.tolerance is for task regression; this version's task is "
+                             f"{self.task.value}")
+        if self.task is not Task.EMBEDDING and options.threshold is not None:
+            raise ValueError(f"task_options.threshold is for task embedding; this version's task is "
+                             f"{self.task.value}")
+        if options.output is not None and self.outputs is not None and \
+                options.output not in [t.name for t in self.outputs]:
+            raise ValueError(f"task_options.output is {options.output!r}, which is not among outputs "
+                             f"{[t.name for t in self.outputs]}")
+        return self
+
+    def declared_specs(self) -> tuple[Any, Any]:
+        """The declared inputs and outputs as backend specs (None where not declared)."""
+        from serve_ab.backends.base import (
+            DATATYPES,
+            InputSpec,
+            OutputSpec,
+            input_signature,
+            output_signature,
+        )
+
+        inputs = outputs = None
+        if self.inputs is not None:
+            inputs = input_signature([InputSpec(t.name, DATATYPES[t.datatype.value], tuple(t.shape))
+                                      for t in self.inputs])
+        if self.outputs is not None:
+            outputs = output_signature([OutputSpec(t.name, DATATYPES[t.datatype.value], tuple(t.shape))
+                                        for t in self.outputs])
+        return inputs, outputs
+
+    def predictor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`serve_ab.backends.load_predictor` beyond path and backend."""
+        inputs, outputs = self.declared_specs()
+        return {"device": self.device, "intra_op_threads": self.intra_op_threads,
+                "class_path": self.class_, "inputs": inputs, "outputs": outputs}
 
 
 class AssignmentConfig(_Strict):
@@ -504,6 +658,19 @@ class ExperimentConfig(_Strict):
                         "replicas; use placement: isolated, or set router: instead"
                     )
         return placement
+
+    @model_validator(mode="after")
+    def _one_task(self) -> ExperimentConfig:
+        first = self.versions[0]
+        for index, version in enumerate(self.versions[1:], start=1):
+            if (version.task, version.task_options) != (first.task, first.task_options):
+                raise ValueError(
+                    f"versions.{index} ({version.name!r}) has task {version.task.value} "
+                    f"{version.task_options.model_dump(exclude_defaults=True)}, but versions.0 "
+                    f"({first.name!r}) has {first.task.value} {first.task_options.model_dump(exclude_defaults=True)}; "
+                    "the versions of one experiment are compared answer for answer, so they share "
+                    "task and task_options")
+        return self
 
     @model_validator(mode="after")
     def _check_shadow_and_control(self) -> ExperimentConfig:

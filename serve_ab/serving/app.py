@@ -39,9 +39,13 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
     errors = []
     versions = []
     for index, version in enumerate(cfg.versions):
+        if version.path is None:  # a python model without a file
+            versions.append(version)
+            continue
         path = Path(version.path)
         resolved = path if path.is_absolute() else (base_dir / path).resolve()
-        if not resolved.is_file():
+        # A python model's path may be a directory (a Hugging Face snapshot, say).
+        if not (resolved.is_file() or (version.backend.value == "python" and resolved.exists())):
             hint = " (build the example models with: python models/build.py)" if "models/" in version.path else ""
             errors.append(
                 f"versions.{index}.path: no model file at {str(resolved)!r}{hint} (got {version.path!r})"

@@ -46,6 +46,7 @@ from serve_ab.api.v2_binary import (
     tensor_to_bytes,
     wants_binary_output,
 )
+from serve_ab.backends.base import OutputSpecs, outputs_to_json, specs_of
 from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction
 from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.messages import Action
@@ -54,7 +55,7 @@ from serve_ab.serving.core.router import RouterCore
 VERSION_HEADER = "x-model-version"
 FEEDBACK_TOKEN_HEADER = "x-feedback-token"
 SERVER_VERSION = "0.1.0"
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport"}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport", "python": "python"}
 
 logger = logging.getLogger("ray.serve")
 
@@ -154,7 +155,7 @@ async def http_predict(request: Request, s: Served = Depends(served)) -> JSONRes
     if token is not None:
         headers[FEEDBACK_TOKEN_HEADER] = token
     return JSONResponse({"model": core.cfg.model, "version": version, "request_id": request_id,
-                         "feedback_token": token, "outputs": outputs.tolist()}, headers=headers)
+                         "feedback_token": token, "outputs": outputs_to_json(outputs)}, headers=headers)
 
 
 @api.get("/experiment", summary="The experiment this app runs: versions and weights")
@@ -169,7 +170,8 @@ def describe_experiment(core: RouterCore) -> dict[str, Any]:
         "model": core.cfg.model,
         "placement": core.cfg.placement.value,
         # The file's name only: an open answer does not show the server's directories.
-        "versions": [{"name": v.name, "backend": v.backend.value, "file": Path(v.path).name}
+        "versions": [{"name": v.name, "backend": v.backend.value,
+                      "file": Path(v.path).name if v.path is not None else None}
                      for v in core.cfg.versions],
         "weights_pct": table.weights_pct(),
         "bucket_ranges": {k: list(r) for k, r in table.ranges().items()},
@@ -264,7 +266,8 @@ class V2Endpoints:
         input_spec, output_spec = await core.interface()
         platform = PLATFORMS[core.cfg.version(version).backend.value] if version is not None else "serve-ab"
         return {"name": core.cfg.model, "versions": [version] if version is not None else list(core.versions),
-                "platform": platform, "inputs": [input_spec.to_v2()], "outputs": [output_spec.to_v2()]}
+                "platform": platform, "inputs": [s.to_v2() for s in specs_of(input_spec)],
+                "outputs": [s.to_v2() for s in specs_of(output_spec)]}
 
     async def infer(self, model: str, pinned: str | None, body: V2Body,
                     headers: Any) -> tuple[str, dict[str, Any], bytes | None]:
@@ -278,7 +281,6 @@ class V2Endpoints:
         input_spec, output_spec = await core.interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=core.cfg.http.allow_non_finite, binary=arrays)
-        binary = wants_binary_output(parsed, output_spec.name)
         served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
@@ -287,6 +289,14 @@ class V2Endpoints:
         token = core.feedback_token_for(request_id, choice)
         if token is not None:
             parameters["feedback_token"] = token
+        if isinstance(output_spec, OutputSpecs):  # several outputs: each its own binary choice
+            chunks = {spec.name: tensor_to_bytes(outputs[spec.name], spec.datatype)
+                      for spec in output_spec if wants_binary_output(parsed, spec.name)}
+            response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs,
+                                          output_spec, parameters,
+                                          binary_data_sizes={name: len(c) for name, c in chunks.items()})
+            return served_by, response, b"".join(chunks.values()) if chunks else None
+        binary = wants_binary_output(parsed, output_spec.name)
         tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary else None
         response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs, output_spec,
                                       parameters, binary_data_size=None if tensors is None else len(tensors))

@@ -12,10 +12,8 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from serve_ab.backends import Batcher, load_predictor, predict_together
-from serve_ab.backends.base import InputSpec, OutputSpec
+from serve_ab.backends.base import Batch, InputSpec, OutputSpec
 from serve_ab.config.experiment import VersionConfig
 from serve_ab.serving.core.versions import Version, load_each
 
@@ -28,8 +26,8 @@ class LoadedVersion:
     def __init__(self, version: VersionConfig):
         self.name = version.name
         self.predictor = load_predictor(
-            Path(version.path), version.backend.value,
-            device=version.device, intra_op_threads=version.intra_op_threads,
+            None if version.path is None else Path(version.path), version.backend.value,
+            **version.predictor_options(),
         )
         self.predictor.load()
         self.predictor.warm_up()
@@ -43,7 +41,7 @@ class LoadedVersion:
             )
         logger.info(
             "serve-ab loaded version %s (%s on %s) from %s",
-            self.name, self.predictor.backend, self.predictor.device, version.path,
+            self.name, self.predictor.backend, self.predictor.device, version.path or version.class_,
         )
 
     @property
@@ -57,7 +55,7 @@ class LoadedVersion:
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
         return self.input_spec, self.output_spec
 
-    async def predict(self, batch: np.ndarray) -> np.ndarray:
+    async def predict(self, batch: Batch) -> Batch:
         if self._batcher is not None:
             return await self._batcher.predict(batch)
         # Small models answer in microseconds: running inline beats a thread hop.

@@ -10,22 +10,19 @@ next one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-
-import numpy as np
+from typing import Any
 
 from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.analysis.tasks import CLASSIFICATION, TaskRule
 
 # Routing epochs whose weights a router remembers: rows are folded within milliseconds of
 # their decision, so only the last few are ever asked for.
 MAX_EPOCHS = 16
 
 
-def first_row(outputs: np.ndarray | None) -> tuple[int | None, float | None]:
+def first_row(outputs: Any) -> tuple[int | None, float | None]:
     """The predicted class and its score of a request's first instance (classifiers)."""
-    if outputs is None or outputs.ndim != 2 or not len(outputs):
-        return None, None
-    predicted_class = int(outputs[0].argmax())
-    return predicted_class, float(outputs[0, predicted_class])
+    return CLASSIFICATION.summary(outputs)
 
 
 class ObservationBuffer:
@@ -35,11 +32,15 @@ class ObservationBuffer:
     answers' request ids, for feedback sent without tokens (``feedback.require_token:
     false``), which the controller joins by request id. Splits are named by the weights
     their epoch routed by (:meth:`routed_by`), so the controller files a report under the
-    right split whatever epochs it has heard of.
+    right split whatever epochs it has heard of. ``tasks``: each version's
+    :class:`~serve_ab.analysis.tasks.TaskRule` (what its answers mean); a version not named
+    is a classifier.
     """
 
-    def __init__(self, clock: Callable[[], float], keep_request_ids: bool = False):
+    def __init__(self, clock: Callable[[], float], keep_request_ids: bool = False,
+                 tasks: Mapping[str, TaskRule] | None = None):
         self.clock = clock
+        self.tasks = dict(tasks or {})
         self.keep_request_ids = keep_request_ids
         self._weights: dict[int, dict[str, float]] = {}
         self._current = IntervalAggregate()
@@ -52,28 +53,25 @@ class ObservationBuffer:
             self._weights.pop(next(iter(self._weights)))
 
     def served(self, version: str, started_s: float, error_kind: str | None,
-               outputs: np.ndarray | None, *, request_id: str | None, unit: int | None = None,
+               outputs: Any, *, request_id: str | None, unit: int | None = None,
                assigned: bool = False, mirrored: bool = False, pinned: bool = False, split: int = -1) -> None:
         """One answer or failure. ``assigned``: routed by the split (it enters the A/B figures
         and gates); ``mirrored``: a copy the client never saw (gates only); neither: pinned
         or a fallback retry (counted, in no comparison)."""
-        predicted_class, score = first_row(outputs)
+        predicted_class, score = self.tasks.get(version, CLASSIFICATION).summary(outputs)
         self._current.served(version, (self.clock() - started_s) * 1000.0, error_kind, predicted_class, score,
                              unit=unit, assigned=assigned, mirrored=mirrored, split=split,
                              weights_pct=self._weights.get(split), request_id=request_id,
                              keep_request_id=self.keep_request_ids)
 
-    def pair(self, live_version: str, shadow_version: str, live_outputs: np.ndarray,
-             outputs: np.ndarray | None, started_s: float, error_kind: str | None) -> None:
-        """The live and the mirrored answer to the same request, for the paired comparison."""
-        live_class, live_score = first_row(live_outputs)
-        shadow_class, _ = first_row(outputs)
-        score_diff = None
-        if live_class is not None and outputs is not None and outputs.shape == live_outputs.shape:
-            # How much more (or less) the shadow believes the class live answered.
-            score_diff = float(outputs[0, live_class]) - live_score
-        self._current.pair(live_version, shadow_version, live_class, shadow_class, score_diff,
-                           (self.clock() - started_s) * 1000.0, error_kind)
+    def pair(self, live_version: str, shadow_version: str, live_outputs: Any,
+             outputs: Any, started_s: float, error_kind: str | None) -> None:
+        """The live and the mirrored answer to the same request, for the paired comparison
+        (by the shadow's task: the versions of one experiment share it)."""
+        compared = self.tasks.get(shadow_version, CLASSIFICATION).compare(live_outputs, outputs)
+        self._current.pair(live_version, shadow_version, compared.live_class, compared.shadow_class,
+                           compared.score_diff, (self.clock() - started_s) * 1000.0, error_kind,
+                           comparison=compared)
 
     def drain(self) -> IntervalAggregate | None:
         """This interval's aggregate, or None when nothing was served; a new interval starts."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.analysis.tasks import task_rules
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.errors import (
@@ -77,7 +78,8 @@ class RouterCore:
                                         cfg.rollout.stable if cfg.rollout is not None else None)
         # Without tokens, feedback names only its request id: the controller joins it by the
         # ids of assigned answers, which the reports then carry.
-        self.observations = ObservationBuffer(clock, keep_request_ids=not cfg.feedback.require_token)
+        self.observations = ObservationBuffer(clock, keep_request_ids=not cfg.feedback.require_token,
+                                              tasks=task_rules(cfg.versions))
         self.observations.routed_by(-1, self.decision.assigner.table.weights_pct())
         self.replica = "router"  # named in reports; the Ray shell sets the replica's id
         self.mirrors = MirrorSender(self.observations, clock)

@@ -50,8 +50,10 @@ def error_kind(err: BaseException) -> str:
 async def answer(name: str, version: Version, batch: np.ndarray) -> np.ndarray:
     """``version``'s outputs for ``batch``, checked: NaN or infinity is no answer."""
     outputs = await version.predict(batch)
-    if outputs.dtype.kind == "f" and not np.isfinite(outputs).all():
-        raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
+    # A multi-output model answers {name: array}.
+    for array in (outputs.values() if isinstance(outputs, dict) else (outputs,)):
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
     return outputs
 
 

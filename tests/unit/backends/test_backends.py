@@ -142,7 +142,7 @@ def test_to_batch_accepts_integers_and_casts_to_the_model_dtype():
 # --- errors people can act on ----------------------------------------------------------
 
 def test_unknown_backend_names_the_valid_ones(model_repo):
-    with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'.*\['onnx', 'torch'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'.*\['onnx', 'torch', 'python'\]"):
         load_predictor(model_repo / "digits" / "v1" / "model.onnx", "tensorflow")
 
 

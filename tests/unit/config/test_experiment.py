@@ -71,7 +71,7 @@ def test_version_errors_name_the_index_and_value():
     cfg["versions"][1]["backend"] = "tensorflow"
     cfg["versions"][0]["batching"] = {"max_batch_size": 0}
     errors = errors_of(cfg)
-    assert "versions.1.backend: Input should be 'onnx' or 'torch' (got 'tensorflow')" in errors
+    assert "versions.1.backend: Input should be 'onnx', 'torch' or 'python' (got 'tensorflow')" in errors
     assert any(e.startswith("versions.0.batching.max_batch_size:") and "(got 0)" in e for e in errors)
 
 
@@ -126,7 +126,7 @@ def test_validate_cli_prints_every_error(tmp_path, capsys):
     assert cli_main(["validate", "--no-check-files", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "3 errors" in out
-    assert "applications.0.args.versions.0.backend: Input should be 'onnx' or 'torch' (got 'tf')" in out
+    assert "applications.0.args.versions.0.backend: Input should be 'onnx', 'torch' or 'python' (got 'tf')" in out
     assert "applications.0.args.weights: weights sum to 90%" in out
     assert "http_options.port" in out and "'eighty'" in out
 

@@ -1,0 +1,66 @@
+"""Python-backend model classes for the unit tests (importable as tests.unit.backends.python_models)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve_ab.backends.base import InputSpec, OutputSpec
+
+
+class Linear:
+    """Two named inputs, one output, declared on the class; ``load`` reads weights from a .npy."""
+
+    input_spec = [InputSpec("demographics", np.float32, (-1, 4)), InputSpec("blood", np.float32, (-1, 6))]
+    output_spec = OutputSpec("value", np.float32, (-1, 1))
+
+    def load(self, path):
+        self.weight = np.load(path) if path else np.ones(10, dtype=np.float32)
+        self.calls = []
+
+    def predict(self, inputs):
+        self.calls.append(len(inputs["demographics"]))
+        x = np.concatenate([inputs["demographics"], inputs["blood"]], axis=1)
+        return (x @ self.weight)[:, None]
+
+
+class TwoOutputs:
+    """Declares nothing: inputs come from the config, outputs from a first call."""
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        return {"total": x.sum(axis=1, keepdims=True), "label": (x[:, :1] > 0).astype(np.int64)}
+
+
+class Text:
+    """A BYTES input: the length of each string."""
+
+    input_spec = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    output_spec = {"name": "length", "datatype": "INT64", "shape": [-1]}
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        return np.array([len(v) for v in inputs["text"]], dtype=np.int64)
+
+
+class NoPredict:
+    def load(self, path):
+        pass
+
+
+class WrongShape:
+    input_spec = InputSpec("x", np.float32, (-1, 2))
+    output_spec = OutputSpec("y", np.float32, (-1, 3))
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        return np.zeros((len(inputs["x"]), 2), dtype=np.float32)
+
+
+NOT_A_CLASS = 3
