@@ -21,8 +21,6 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-import numpy as np
-
 from serve_ab.backends.base import Batch, Predictor, batch_size, concat_batches, split_outputs
 
 __all__ = ["Batcher", "predict_together"]

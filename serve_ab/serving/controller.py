@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from serve_ab.backends.base import DATATYPES
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
@@ -378,7 +379,10 @@ class ControllerCore:
             batch = inputs
             if batch is None:
                 spec = await interface()
-                batch = np.zeros((1, *[max(d, 1) for d in spec["input_shape"][1:]]), dtype=np.float32)
+                # One all-zeros instance of every input, in its own shape and datatype.
+                zeros = {t["name"]: np.zeros((1, *[max(d, 1) for d in t["shape"][1:]]), dtype=DATATYPES[t["datatype"]])
+                         for t in spec["inputs"]}
+                batch = next(iter(zeros.values())) if len(zeros) == 1 else zeros
             return await predict(batch)
 
         try:
@@ -390,7 +394,12 @@ class ControllerCore:
             # is a whole traceback with server paths) goes to the log only.
             logger.warning("serve-ab controller: validation of %s failed", green, exc_info=True)
             return False, f"validation of {green} failed: {type(err).__name__}: {client_message(err)[:200]}"
-        outputs = np.asarray(result["outputs"])
+        outputs = result["outputs"]
+        if isinstance(outputs, dict):  # several outputs: each must be finite; the first is judged
+            if not all(np.isfinite(np.asarray(o, dtype=float)).all() for o in outputs.values()):
+                return False, f"validation of {green}: outputs contain NaN or infinity"
+            outputs = next(iter(outputs.values()))
+        outputs = np.asarray(outputs)
         if not np.isfinite(outputs).all():
             return False, f"validation of {green}: outputs contain NaN or infinity"
         if labels is not None and settings.validation_min_accuracy > 0:

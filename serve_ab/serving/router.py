@@ -34,6 +34,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
@@ -212,9 +213,14 @@ class Router:
         return describe_experiment(self.core)
 
     async def interface(self) -> dict[str, Any]:
+        """The model's tensors, as V2 metadata: ``inputs`` and ``outputs``, and for a model of
+        one input and output also ``input_shape``, ``input`` and ``output`` (the older form)."""
         input_spec, output_spec = await self.core.interface()
-        return {"input_shape": list(input_spec.shape), "input": input_spec.to_v2(),
-                "output": output_spec.to_v2()}
+        inputs, outputs = specs_of(input_spec), specs_of(output_spec)
+        out: dict[str, Any] = {"inputs": [s.to_v2() for s in inputs], "outputs": [s.to_v2() for s in outputs]}
+        if len(inputs) == 1 and len(outputs) == 1:
+            out.update(input_shape=list(input_spec.shape), input=input_spec.to_v2(), output=output_spec.to_v2())
+        return out
 
     # -- gRPC: the Open Inference Protocol through Serve's gRPC proxy (grpc_options) -----------
     # Serve calls the ingress method named after the RPC; grpc_context is Ray's

@@ -414,7 +414,7 @@ def test_validation_of_a_green_that_never_answers_fails_within_the_deadline():
         await asyncio.Event().wait()
 
     async def interface():
-        return {"input_shape": [-1, 64]}
+        return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]}
 
     async def answers(inputs):
         return {"outputs": [[0.1, 0.9]]}
