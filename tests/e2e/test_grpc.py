@@ -1,5 +1,6 @@
-"""``serve run configs/ab.yaml`` over gRPC with a real client: tritonclient.grpc against Ray
-Serve's gRPC proxy, answers compared with the plain JSON endpoint's.
+"""``serve run configs/ab.yaml`` with the real V2 clients: tritonclient.grpc against Ray Serve's
+gRPC proxy, and tritonclient.http (binary tensor data and JSON) against its HTTP proxy, answers
+compared with the plain JSON endpoint's.
 
 tritonclient[grpc] pins protobuf < 7 while Ray needs protobuf 7, so the client runs in a
 virtual environment of its own (``.venv-grpc-client`` at the repository root, or
@@ -24,8 +25,9 @@ from tests.e2e.test_serve_run import on_free_ports, start_serve_run, stop_serve_
 from tests.integration.conftest import DIGIT_ROW
 
 CLIENT_VENV = Path(os.environ.get("SERVE_AB_GRPC_CLIENT_VENV", REPO_ROOT / ".venv-grpc-client"))
-CLIENT_PACKAGES = ["tritonclient[grpc]>=2.50,<3", "numpy"]
+CLIENT_PACKAGES = ["tritonclient[grpc,http]>=2.50,<3", "numpy"]
 CLIENT_SCRIPT = REPO_ROOT / "tests" / "support" / "grpc_client.py"
+HTTP_CLIENT_SCRIPT = REPO_ROOT / "tests" / "support" / "triton_http_client.py"
 QA_TOKEN = "e2e-grpc-qa-token-0123"
 
 
@@ -39,7 +41,7 @@ def _unavailable(why: str) -> None:
 def client_python() -> Path:
     """The client venv's python, made (once) if it is missing."""
     python = CLIENT_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import tritonclient.grpc, numpy"]
+    probe = [str(python), "-c", "import tritonclient.grpc, tritonclient.http, numpy"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     steps = [[sys.executable, "-m", "venv", str(CLIENT_VENV)],
@@ -101,3 +103,19 @@ def test_tritonclient_grpc_gets_the_json_endpoints_answers(client_python, served
     assert refusals["unknown_version"]["code"] == "NOT_FOUND"
     assert refusals["pin_without_token"]["code"] == "UNAUTHENTICATED"
     assert got["pinned"]["version"] == "v2"
+
+
+def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client_python, served_grpc):
+    base, _, log_path = served_grpc
+    rows = [DIGIT_ROW, list(reversed(DIGIT_ROW))]
+    done = subprocess.run([str(client_python), str(HTTP_CLIENT_SCRIPT), "--url", base.removeprefix("http://"),
+                           "--model", "digits", "--user", "http-bob", "--rows", json.dumps(rows)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:] + "\n" + log_path.read_text()[-4000:]
+    got = json.loads(done.stdout)
+    plain = httpx.post(base + "/predict", json={"inputs": rows, "user_id": "http-bob"}, timeout=30).json()
+    assert got["live"] and got["ready"] and got["model_ready"]
+    assert got["binary"]["binary_output"] is True and got["json"]["binary_output"] is False
+    for mode in ("binary", "json"):
+        assert got[mode]["version"] == plain["version"], mode
+        assert got[mode]["outputs"] == plain["outputs"], mode
