@@ -128,8 +128,11 @@ class RouterCore:
         the fallback: safe, because inference is idempotent (a read with no side effect).
         """
         version, request_id = choice.version, self.request_id()
-        if not choice.assigned and version not in self._agreed:
-            await self._checked(version)  # a pinned version still starting: its answer to describe()
+        if version not in self._agreed:
+            # A version still starting (isolated): its own requests wait for its answer to
+            # describe(), at most isolation.describe_timeout_s; no other version's do. Sending
+            # its share elsewhere meanwhile would count a healthy version's start as its errors.
+            await self._checked(version)
         started_s = self.clock()
         try:
             outputs = await answer(version, self._version(version, choice.assigned), batch)
@@ -170,8 +173,6 @@ class RouterCore:
         if name in self._failed:
             raise VersionUnavailable(f"version {name!r} of model {self.cfg.model!r} cannot serve: "
                                      f"{self._failed[name]}")
-        if assigned and name not in self._agreed:  # isolated, still starting: not worth the wait
-            raise VersionUnavailable(f"version {name!r} has not answered yet; served elsewhere")
         return version
 
     # -- which versions can serve ---------------------------------------------------------------

@@ -149,15 +149,47 @@ def test_the_stable_never_waits_on_a_candidate_that_never_starts():
                       request_id=lambda: "req-1", clock=FakeClock(), sleep=never)
 
     async def go():
-        keys = keys_for(core, "v1", 3) + keys_for(core, "v2", 3)
-        return [await core.serve(ROW, k, None) for k in keys]
+        stable = [await core.serve(ROW, k, None) for k in keys_for(core, "v1", 3)]
+        # The candidate's own users wait for its first answer (up to describe_timeout_s), and
+        # are not sent to the stable meanwhile: its start is not its errors.
+        waiting = asyncio.ensure_future(core.serve(ROW, keys_for(core, "v2", 1)[0], None))
+        await asyncio.sleep(0.05)
+        pending = not waiting.done()
+        waiting.cancel()
+        return stable, pending
 
-    # Answered while the candidate is still silent, so without waiting for its timeout: the
-    # candidate's share fell back to the stable.
-    assert {v for v, _ in run(go())} == {"v1"}
+    stable, pending = run(go())
+    assert {v for v, _ in stable} == {"v1"} and pending
     assert core.failed_versions() == {}
-    interval = core.observations.drain()
-    assert interval.versions["v2"].errors["unavailable"] == 3
+    assert "v2" not in core.observations.drain().versions
+
+
+def test_a_candidate_that_answers_late_serves_its_own_users():
+    class LateVersion(FakeVersion):
+        def __init__(self, value: int):
+            super().__init__(value)
+            self.started = asyncio.Event()
+
+        async def describe(self):
+            await self.started.wait()
+            return await super().describe()
+
+    async def never(_delay_s: float) -> None:  # no describe times out while it loads
+        await asyncio.get_running_loop().create_future()
+
+    late = LateVersion(2)
+    core = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": late}, FakeController(),
+                      request_id=lambda: "req-1", clock=FakeClock(), sleep=never)
+
+    async def go():
+        request = asyncio.ensure_future(core.serve(ROW, keys_for(core, "v2", 1)[0], None))
+        await asyncio.sleep(0.01)
+        late.started.set()  # the replica finished loading its model
+        return await request
+
+    version, outputs = run(go())
+    assert version == "v2" and int(outputs[0].argmax()) == 2
+    assert dict(core.observations.drain().versions["v2"].errors) == {}
 
 
 def test_a_candidate_that_never_answers_describe_is_failed_after_the_timeout():
