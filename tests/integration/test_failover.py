@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.support import own_ray
 from tests.integration.conftest import free_port
 
 APP = "failover"
@@ -181,29 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def test_a_lost_node_moves_the_controller_which_resumes_from_redis_while_routers_serve(
         model_repo, redis_server, tmp_path):
-    out, log_path = tmp_path / "failover.json", tmp_path / "failover.log"
-    ray_tmpdir = tempfile.mkdtemp(prefix="sab-fo-")  # short: Ray's socket paths are capped
-    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.test_failover", "--models", str(model_repo),
-             "--redis", redis_server.url, "--out", str(out)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        returncode = process.wait(timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        returncode = None
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
-    tail = log_path.read_text(errors="replace")[-6000:]
-    assert returncode == 0, f"failover scenario {'timed out' if returncode is None else 'failed'}:\n{tail}"
-    facts = json.loads(out.read_text())
+    facts = own_ray.run_scenario("tests.integration.test_failover",
+                                 ["--models", str(model_repo), "--redis", redis_server.url], tmp_path,
+                                 timeout_s=SCENARIO_TIMEOUT_S, name="failover")
     print(f"\nfailover: controller moved {facts['controller_node_before'][:8]} -> "
           f"{(facts['controller_node_after'] or '?')[:8]} in {facts['recovered_s']:.1f} s; "
           f"{facts['requests_ok']} requests answered ({facts['requests_during_recovery']} while it moved), "

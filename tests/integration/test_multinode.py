@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.support import own_ray
 from tests.integration.conftest import free_port
 
 APP = "multinode"
@@ -126,29 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_scenario(models: Path, tmp_path: Path) -> dict:
-    out, log_path = tmp_path / "multinode.json", tmp_path / "multinode.log"
-    ray_tmpdir = tempfile.mkdtemp(prefix="sab-mn-")  # short: Ray's socket paths are capped
-    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.test_multinode", "--models", str(models), "--out", str(out)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        returncode = process.wait(timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        returncode = None
-    finally:
-        try:  # raylets, GCS and workers of that cluster, should its own shutdown have missed any
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
-    tail = log_path.read_text(errors="replace")[-6000:]
-    assert returncode == 0, f"multi-node scenario {'timed out' if returncode is None else 'failed'}:\n{tail}"
-    return json.loads(out.read_text())
+    return own_ray.run_scenario("tests.integration.test_multinode", ["--models", str(models)], tmp_path,
+                                timeout_s=SCENARIO_TIMEOUT_S, name="multinode")
 
 
 def test_each_version_runs_on_the_node_with_its_accelerator_and_traffic_splits(model_repo, tmp_path):
