@@ -5,6 +5,8 @@
   ``predict`` method for DeploymentHandle callers.
 - :class:`OnnxModelFastAPI`: the same model behind a FastAPI ingress, as serve-ab's router
   is, so the cost of FastAPI itself can be told apart from serve-ab's own.
+- :class:`OnnxModelBatched`: :class:`OnnxModel` with ``@serve.batch``, against serve-ab with
+  batching on.
 - :class:`RandomSplit`: the usual workaround for serving several versions: an ingress that
   draws a version per request with ``random.choices`` and calls that version's deployment
   through its DeploymentHandle. Not sticky, no metrics, no rollout: just the traffic split.
@@ -73,6 +75,33 @@ class OnnxModelFastAPI:
         return {"outputs": outputs.tolist()}
 
 
+# Dynamic batching, the same settings for (a+) and serve-ab's (c+): serve-ab's defaults.
+BATCH_MAX_SIZE = 16
+BATCH_WAIT_TIMEOUT_S = 0.002
+
+
+@serve.deployment
+class OnnxModelBatched:
+    """(a+) :class:`OnnxModel` with Ray Serve's own dynamic batching, as its docs write it."""
+
+    def __init__(self, path: str, intra_op_threads: int = 1):
+        self.session = _onnx_session(path, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @serve.batch(max_batch_size=BATCH_MAX_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def predict_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        (outputs,) = self.session.run(None, {self.input_name: np.concatenate(batches)})
+        return np.split(outputs, np.cumsum([len(b) for b in batches])[:-1])
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        return await self.predict_batch(np.asarray(batch, dtype=np.float32))
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        outputs = await self.predict(body["inputs"])
+        return {"outputs": outputs.tolist()}
+
+
 @serve.deployment
 class RandomSplit:
     def __init__(self, versions: dict[str, DeploymentHandle], weights_pct: dict[str, float]):
@@ -101,6 +130,11 @@ class RandomSplit:
 def plain_app(path: str, options: dict[str, Any]) -> Application:
     """(a) one version, by hand; HTTP at the app's route prefix (any path)."""
     return OnnxModel.options(**options).bind(path)
+
+
+def plain_batched_app(path: str, options: dict[str, Any]) -> Application:
+    """(a+) one version, by hand, with ``@serve.batch``; HTTP at the app's route prefix."""
+    return OnnxModelBatched.options(**options).bind(path)
 
 
 def plain_fastapi_app(path: str, options: dict[str, Any]) -> Application:

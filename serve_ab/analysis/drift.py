@@ -24,10 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-from scipy.spatial.distance import jensenshannon
 
 from serve_ab.analysis.sketch import LogHistogram
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: a router imports this module (through the rollout's
+    gates) but never runs a test, and scipy.stats costs a process ~55 MB and a second to import."""
+    from scipy import stats
+
+    return stats
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -83,6 +89,8 @@ def js_divergence(candidate: ArrayLike, reference: ArrayLike) -> float:
     scipy returns the JS *distance* (the square root), so it is squared here.
     """
     p, q = _aligned(candidate, reference)
+    from scipy.spatial.distance import jensenshannon  # scipy on first use, as _scipy_stats
+
     return float(jensenshannon(p, q, base=2) ** 2)
 
 
@@ -90,6 +98,8 @@ def js_distance(candidate: ArrayLike, reference: ArrayLike) -> float:
     """Jensen-Shannon distance with base-2 logs, in [0, 1]: the square root of
     :func:`js_divergence`, and a metric (it obeys the triangle inequality)."""
     p, q = _aligned(candidate, reference)
+    from scipy.spatial.distance import jensenshannon
+
     return float(jensenshannon(p, q, base=2))
 
 
@@ -159,7 +169,8 @@ def _homogeneity(p: tuple[int, ...], q: tuple[int, ...], alpha: float, seed: int
     # Monte Carlo test is exact at any size and cheap at these sizes.
     sparse = expected.min() < _SPARSE_EXPECTED
     if not sparse:
-        return HomogeneityTest(statistic, float(stats.chi2.sf(statistic, classes - 1)), classes, "chi-square")
+        return HomogeneityTest(statistic, float(_scipy_stats().chi2.sf(statistic, classes - 1)), classes,
+                               "chi-square")
     tables = int(min(max(_MC_MIN_TABLES, math.ceil(20 / alpha)), _MC_MAX_TABLES))
     rng = np.random.default_rng(seed)
     most = max(1, _MC_BATCH_CELLS // classes)
@@ -184,7 +195,8 @@ def _homogeneity(p: tuple[int, ...], q: tuple[int, ...], alpha: float, seed: int
 def ks_test(candidate: ArrayLike, reference: ArrayLike) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's ``ks_2samp``, exact for
     small samples, conservative with ties)."""
-    result = stats.ks_2samp(_scores(candidate, "candidate scores"), _scores(reference, "reference scores"))
+    result = _scipy_stats().ks_2samp(_scores(candidate, "candidate scores"),
+                                     _scores(reference, "reference scores"))
     return float(result.statistic), float(result.pvalue)
 
 
@@ -199,13 +211,13 @@ def _scores(scores: ArrayLike, what: str) -> np.ndarray:
 
 def ks_statistic(candidate: ArrayLike, reference: ArrayLike) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two CDFs, in [0, 1]."""
-    return float(stats.ks_2samp(_scores(candidate, "candidate scores"),
+    return float(_scipy_stats().ks_2samp(_scores(candidate, "candidate scores"),
                                 _scores(reference, "reference scores")).statistic)
 
 
 def wasserstein(candidate: ArrayLike, reference: ArrayLike) -> float:
     """Earth mover's distance between two score samples, in the scores' own unit."""
-    return float(stats.wasserstein_distance(_scores(candidate, "candidate scores"),
+    return float(_scipy_stats().wasserstein_distance(_scores(candidate, "candidate scores"),
                                             _scores(reference, "reference scores")))
 
 
@@ -226,7 +238,7 @@ def ks_test_sketched(candidate: LogHistogram, reference: LogHistogram) -> tuple[
     cdf = np.cumsum(counts[:, used], axis=1) / np.array([[n], [m]], dtype=float)
     statistic = float(np.max(np.abs(cdf[0] - cdf[1])))
     effective_n = max(int(round(n * m / (n + m))), 1)
-    return statistic, float(min(max(stats.kstwo.sf(statistic, effective_n), 0.0), 1.0))
+    return statistic, float(min(max(_scipy_stats().kstwo.sf(statistic, effective_n), 0.0), 1.0))
 
 
 def ks_statistic_sketched(candidate: LogHistogram, reference: LogHistogram) -> float:
@@ -239,4 +251,4 @@ def wasserstein_sketched(candidate: LogHistogram, reference: LogHistogram) -> fl
     if not candidate.count or not reference.count:
         raise ValueError("drift needs at least one score on each side")
     (u, u_w), (v, v_w) = candidate.values_and_weights(), reference.values_and_weights()
-    return float(stats.wasserstein_distance(u, v, u_weights=u_w, v_weights=v_w))
+    return float(_scipy_stats().wasserstein_distance(u, v, u_weights=u_w, v_weights=v_w))

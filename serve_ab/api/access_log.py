@@ -15,6 +15,10 @@ import time
 from typing import Any
 
 VERSION_HEADER = b"x-model-version"
+# Marks the line as an access line for Ray's handlers: with Ray's own access log off, they
+# write it to the replica's log file only, not to stderr as well (profiled: the stderr copy
+# made this line cost twice what Ray's own access line costs a plain deployment).
+ACCESS_LINE = {"serve_access_log": True}
 
 
 class AccessLog:
@@ -43,4 +47,4 @@ class AccessLog:
             await self.app(scope, receive, send_and_note)
         finally:
             self.logger.info("%s %s %d version=%s %.1fms", scope["method"], scope["path"], status,
-                             version, (time.perf_counter() - started_s) * 1000.0)
+                             version, (time.perf_counter() - started_s) * 1000.0, extra=ACCESS_LINE)

@@ -6,9 +6,12 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
 from serve_ab.api.errors import client_message, http_status
@@ -40,14 +43,23 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
             raise InvalidInput(f"content-length header is {declared!r}; expected a number") from None
         if declared_bytes > max_body_bytes:
             raise BodyTooLarge(_too_large(declared_bytes, max_body_bytes))
+    # The ASGI messages themselves rather than request.stream(): the same bytes without its
+    # per-chunk generator (this is on every inference request's path).
     chunks = []
     size_bytes = 0
-    async for chunk in request.stream():  # a chunked body has no content-length to trust
-        size_bytes += len(chunk)
-        if size_bytes > max_body_bytes:
-            raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:  # a chunked body has no content-length to trust
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size_bytes += len(chunk)
+            if size_bytes > max_body_bytes:
+                raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decode_json(raw: bytes, allow_empty: bool = False, what: str = "request body") -> Any:
@@ -57,7 +69,13 @@ def decode_json(raw: bytes, allow_empty: bool = False, what: str = "request body
             return None
         raise InvalidInput(f"{what} is empty; send a JSON object")
     try:
-        body = json.loads(raw)
+        # orjson first: several times faster, and it refuses what the slow path must look at
+        # (lone surrogates, NaN and Infinity literals, numbers out of a double's range).
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        body = json.loads(raw)  # NaN and Infinity literals: allowed, for http.allow_non_finite
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     except RecursionError:
@@ -137,3 +155,30 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class RawResponse(Response):
+    """A Starlette ``Response`` whose headers are given as ASGI wants them (lower-case latin-1
+    bytes) and taken as they are: no per-request header normalisation."""
+
+    def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]):
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+def json_response(value: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer encoded by orjson (numpy arrays included; NaN and infinities as null),
+    several times faster than Starlette's ``JSONResponse`` on an inference answer."""
+    body = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    raw = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+    if headers:
+        raw += [(name.lower().encode("latin-1"), text.encode("latin-1")) for name, text in headers.items()]
+    return RawResponse(body, status_code, raw)

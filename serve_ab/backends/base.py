@@ -241,16 +241,22 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
         )
     if kind == "f" and want_kind in "iu" and not np.all(np.mod(batch, 1) == 0):
         raise InputError(f"input '{spec.name}' expects integers ({spec.datatype}); got fractions")
-    if kind == "f" and not allow_non_finite and not np.isfinite(batch).all():
-        raise InputError(
-            f"input '{spec.name}' contains NaN or infinity; this experiment rejects them "
-            "(set http.allow_non_finite: true to pass them to the model)"
-        )
     out = batch.astype(spec.dtype, copy=False)
-    # Checked after the cast too: 1e39 is finite as a float64 and infinite as FP32, and 300
-    # wraps around as INT8; the model would see values the client never sent.
+    # Float to float, one finiteness check of the cast serves both rules (a cast keeps NaN and
+    # infinity, and turns 1e39, finite as a float64, into FP32's infinity); the batch is looked
+    # at again only to say which rule a refused one broke.
+    if kind == "f" and not allow_non_finite and not np.isfinite(out if want_kind == "f" else batch).all():
+        if not np.isfinite(batch).all():
+            raise InputError(
+                f"input '{spec.name}' contains NaN or infinity; this experiment rejects them "
+                "(set http.allow_non_finite: true to pass them to the model)"
+            )
+        raise InputError(f"input '{spec.name}' holds values beyond {spec.datatype}'s range "
+                         f"(largest magnitude {np.finfo(out.dtype).max:.3g})")
+    # Checked after the cast too: 300 wraps around as INT8; the model would see values the
+    # client never sent.
     if out is not batch:
-        if want_kind == "f" and not allow_non_finite and not np.isfinite(out).all():
+        if want_kind == "f" and kind != "f" and not allow_non_finite and not np.isfinite(out).all():
             raise InputError(f"input '{spec.name}' holds values beyond {spec.datatype}'s range "
                              f"(largest magnitude {np.finfo(out.dtype).max:.3g})")
         if want_kind in "iu" and not np.array_equal(out, batch):

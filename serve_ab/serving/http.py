@@ -13,15 +13,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from serve_ab.api.access_log import AccessLog
+from serve_ab.api.fast_routes import FastRoute, FastRoutes
 from serve_ab.api.http_util import (
     add_openapi_schemas,
     install_error_handlers,
     json_body,
+    json_response,
     json_safe,
     read_body,
     read_json,
@@ -34,6 +37,7 @@ from serve_ab.api.schemas import (
     decode_v2_inputs,
     encode_v2_response,
     parse_body,
+    predict_inputs,
 )
 from serve_ab.api.v2_binary import (
     CONTENT_TYPE,
@@ -68,7 +72,6 @@ api = FastAPI(
 )
 install_error_handlers(api)
 add_openapi_schemas(api, [PredictRequest, V2InferRequest, FeedbackRequest, ActionRequest])
-api.add_middleware(AccessLog, logger=logger)
 
 
 class Served:
@@ -96,6 +99,12 @@ def served() -> Served:
     return _served
 
 
+async def current() -> Served:
+    """:func:`served` as a FastAPI dependency. ``async``: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop per request."""
+    return served()
+
+
 def _address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -113,7 +122,7 @@ def _pinned(s: Served, request: Request, version: str | None = None) -> str | No
     return pinned
 
 
-def reader(request: Request, s: Served = Depends(served)) -> Served:
+async def reader(request: Request, s: Served = Depends(current)) -> Served:
     """The replica, for a route that reads figures: open unless control.protect_reads."""
     if s.core.cfg.control.protect_reads:
         s.auth.check(request.headers.get("authorization"), _address(request), Role.VIEWER)
@@ -142,20 +151,28 @@ _FEEDBACK_LINK = {"200": {"description": "the answer, its version, request id an
 
 @api.post("/predict", openapi_extra={**json_body(PredictRequest), "responses": _FEEDBACK_LINK},
           operation_id="predict", summary="Predict, routed by the experiment")
-async def http_predict(request: Request, s: Served = Depends(served)) -> JSONResponse:
+async def http_predict(request: Request, s: Served = Depends(current)) -> Response:
     core = s.core
     body = await read_json(request, core.cfg.http.max_body_bytes)
-    parsed = parse_body(PredictRequest, body)
+    inputs = predict_inputs(body)
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
-    choice, version, outputs = await core.serve_choice(parsed.inputs, key, pinned)
+    choice, version, outputs = await core.serve_choice(inputs, key, pinned)
     request_id = core.request_id()
     token = core.feedback_token_for(request_id, choice)
     headers = {VERSION_HEADER: version}
     if token is not None:
         headers[FEEDBACK_TOKEN_HEADER] = token
-    return JSONResponse({"model": core.cfg.model, "version": version, "request_id": request_id,
-                         "feedback_token": token, "outputs": outputs_to_json(outputs)}, headers=headers)
+    return json_response({"model": core.cfg.model, "version": version, "request_id": request_id,
+                          "feedback_token": token, "outputs": outputs_json(outputs)}, headers=headers)
+
+
+def outputs_json(outputs: Any) -> Any:
+    """Outputs as orjson takes them: a numeric array as it is (orjson writes numpy arrays
+    itself), widened to float64 so the digits are those ``tolist()`` gives; else JSON values."""
+    if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "fiub":
+        return outputs.astype(np.float64, copy=False) if outputs.dtype.kind == "f" else outputs
+    return outputs_to_json(outputs)
 
 
 @api.get("/experiment", summary="The experiment this app runs: versions and weights")
@@ -188,7 +205,7 @@ async def http_rollout_status(history: bool = False, s: Served = Depends(reader)
 
 @api.post("/rollout/{action}", openapi_extra=json_body(ActionRequest),
           summary="promote, pause, resume, abort, rollback or weights (token)")
-async def http_rollout_action(action: str, request: Request, s: Served = Depends(served)) -> JSONResponse:
+async def http_rollout_action(action: str, request: Request, s: Served = Depends(current)) -> JSONResponse:
     actor = s.auth.check(request.headers.get("authorization"), _address(request), Role.OPERATOR)
     try:
         act = Action(action)
@@ -203,7 +220,7 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
 
 @api.post("/feedback", openapi_extra=json_body(FeedbackRequest), operation_id="feedback",
           summary="Report a business outcome for a served request")
-async def http_feedback(request: Request, s: Served = Depends(served)) -> JSONResponse:
+async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONResponse:
     core = s.core
     feedback = parse_body(FeedbackRequest, await read_json(request, core.cfg.http.max_body_bytes))
     declared = core.feedback_names
@@ -303,7 +320,7 @@ class V2Endpoints:
         return served_by, response, tensors
 
 
-def _v2(s: Served = Depends(served)) -> V2Endpoints:
+async def _v2(s: Served = Depends(current)) -> V2Endpoints:
     return V2Endpoints(s.core)
 
 
@@ -320,7 +337,7 @@ async def v2_live() -> dict[str, Any]:
 # Ready means the app can answer: one version serves (a failed candidate is served around, and
 # its own /versions/{version}/ready says why), so a probe does not pull a serving router.
 @api.get("/v2/health/ready", summary="Readiness: a version loaded and answering")
-async def v2_ready(s: Served = Depends(served)) -> JSONResponse:
+async def v2_ready(s: Served = Depends(current)) -> JSONResponse:
     ready = await s.core.is_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
@@ -331,14 +348,14 @@ async def v2_model(model: str, v2: V2Endpoints = Depends(_v2)) -> dict[str, Any]
 
 
 @api.get("/v2/models/{model}/ready", summary="Model readiness")
-async def v2_model_ready(model: str, s: Served = Depends(served)) -> JSONResponse:
+async def v2_model_ready(model: str, s: Served = Depends(current)) -> JSONResponse:
     s.core.check_model(model)
     ready = await s.core.is_ready()
     return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
 
 @api.get("/v2/models/{model}/versions/{version}/ready", summary="Readiness of one version")
-async def v2_version_ready(model: str, version: str, s: Served = Depends(served)) -> JSONResponse:
+async def v2_version_ready(model: str, version: str, s: Served = Depends(current)) -> JSONResponse:
     s.core.check_model(model)
     ready, why = await s.core.version_ready(version)
     body: dict[str, Any] = {"name": model, "version": version, "ready": ready}
@@ -360,13 +377,13 @@ _V2_BINARY = ("Also takes and answers the binary tensor data extension (tritoncl
 
 @api.post("/v2/models/{model}/infer", openapi_extra=json_body(V2InferRequest),
           summary="Inference, routed by the experiment", description=_V2_BINARY)
-async def v2_infer(model: str, request: Request, s: Served = Depends(served)) -> Response:
+async def v2_infer(model: str, request: Request, s: Served = Depends(current)) -> Response:
     return await _v2_infer(s, model, None, request)
 
 
 @api.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=json_body(V2InferRequest),
           summary="Inference on one version (pinned)", description=_V2_BINARY)
-async def v2_infer_version(model: str, version: str, request: Request, s: Served = Depends(served)) -> Response:
+async def v2_infer_version(model: str, version: str, request: Request, s: Served = Depends(current)) -> Response:
     return await _v2_infer(s, model, version, request)
 
 
@@ -381,7 +398,30 @@ async def _v2_infer(s: Served, model: str, version: str | None, request: Request
     if "feedback_token" in response["parameters"]:
         headers[FEEDBACK_TOKEN_HEADER] = response["parameters"]["feedback_token"]
     if tensors is None:
-        return JSONResponse(response, headers=headers)
+        return json_response(response, headers=headers)
     content, header_length = encode_v2_body(response, tensors)
     headers[HEADER_LENGTH] = str(header_length)
     return Response(content, media_type=CONTENT_TYPE, headers=headers)
+
+
+# -- the app the router serves ---------------------------------------------------------------
+
+async def _fast_predict(request: Request) -> Response:
+    return await http_predict(request, served())
+
+
+async def _fast_v2_infer(request: Request, model: str) -> Response:
+    return await _v2_infer(served(), model, None, request)
+
+
+async def _fast_v2_infer_version(request: Request, model: str, version: str) -> Response:
+    return await _v2_infer(served(), model, version, request)
+
+
+# The inference routes skip FastAPI's middlewares, routing and dependencies (serve_ab.api.fast_routes);
+# FastAPI serves the rest and documents all. The access log wraps both.
+app = AccessLog(FastRoutes(api, [
+    FastRoute("POST", "/predict", _fast_predict),
+    FastRoute("POST", "/v2/models/{model}/infer", _fast_v2_infer),
+    FastRoute("POST", "/v2/models/{model}/versions/{version}/infer", _fast_v2_infer_version),
+]), logger=logger)

@@ -34,6 +34,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from serve_ab.api.access_log import ACCESS_LINE
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
@@ -45,7 +46,7 @@ from serve_ab.serving.core.versions import Version
 from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.serving.grpc_v2 import GrpcInference
-from serve_ab.serving.http import Served, api, describe_experiment, use_core
+from serve_ab.serving.http import Served, app, describe_experiment, use_core
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
 
@@ -140,7 +141,7 @@ def _request_id() -> str:
 
 
 @serve.deployment(name="Router")
-@serve.ingress(api)
+@serve.ingress(app)
 class Router:
     async def __init__(
         self,
@@ -203,7 +204,8 @@ class Router:
         started_s = time.perf_counter()
         choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
         # The handle path's access line (Ray's own is off: it cannot name the version).
-        logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
+        logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
+                    extra=ACCESS_LINE)
         request_id = _request_id()
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
                 "feedback_token": self.core.feedback_token_for(request_id, choice)}

@@ -25,7 +25,7 @@ STATEFUL_EXAMPLES = 150  # sequences of up to 6 linked calls
 @pytest.fixture
 def client():
     make_app("colocated")
-    with TestClient(routes.api, raise_server_exceptions=False) as client:
+    with TestClient(routes.app, raise_server_exceptions=False) as client:
         yield client
     routes.use_core(None)
 
@@ -48,7 +48,7 @@ def test_stateful_sequences_following_the_openapi_links_give_no_5xx(client):
     feedback token fed to POST /feedback, V2 metadata to inference, inference to a pinned
     version; interleaved with random calls. (Replays are the controller's to refuse: the
     controller tests check that; here the controller is a fake.)"""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", routes.api)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", routes.app)
     seen = {"calls": 0, "feedback_202": 0}
     server_errors: list[str] = []
 

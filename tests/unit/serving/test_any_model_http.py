@@ -68,7 +68,7 @@ def client(versions):
     core = RouterCore(cfg, versions, FakeController(), request_id=lambda: "req-1", clock=FakeClock())
     routes.use_core(routes.Served(core, ControlAuth(cfg.control, [])))
     try:
-        with TestClient(routes.api, raise_server_exceptions=False) as test_client:
+        with TestClient(routes.app, raise_server_exceptions=False) as test_client:
             yield test_client
     finally:
         routes.use_core(None)

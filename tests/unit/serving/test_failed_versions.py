@@ -120,7 +120,7 @@ def test_http_ready_endpoints_and_pins_with_a_failed_candidate():
     core.use_feedback_key(b"unit-test-feedback-key-32-bytes!")
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [NamedToken("qa", Role.QA, QA)])))
     try:
-        with TestClient(routes.api, raise_server_exceptions=False) as client:
+        with TestClient(routes.app, raise_server_exceptions=False) as client:
             assert client.get("/v2/health/ready").status_code == 200
             assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
             assert client.get("/v2/models/digits/versions/v1/ready").json()["ready"] is True

@@ -87,7 +87,7 @@ def test_infer_answers_as_the_json_route_does(service, raw):
     request.parameters["user_id"].string_param = "alice"
     response, context = call(grpc_v2.model_infer, request)
     assert context.code is None, context.details
-    with TestClient(routes.api) as client:
+    with TestClient(routes.app) as client:
         plain = client.post("/predict", json={"inputs": np.tile(ROW, (2, 1)).tolist(), "user_id": "alice"}).json()
     assert response.model_version == plain["version"] and response.id == "mine"
     np.testing.assert_array_equal(outputs_of(response), np.array(plain["outputs"], dtype=np.float32))

@@ -53,7 +53,7 @@ def app(request):
     load; isolated, the core asks the versions for it (``describe``) on first use."""
     controller = make_app(request.param)
     try:
-        with TestClient(routes.api, raise_server_exceptions=False) as client:
+        with TestClient(routes.app, raise_server_exceptions=False) as client:
             yield client, controller
     finally:
         routes.use_core(None)
@@ -64,7 +64,7 @@ def client_for():
     """A client over an app made with config changes, e.g. client_for(pin={"enabled": False})."""
     def make(**changes):
         make_app("colocated", **changes)
-        return TestClient(routes.api, raise_server_exceptions=False)
+        return TestClient(routes.app, raise_server_exceptions=False)
     yield make
     routes.use_core(None)
 

@@ -58,7 +58,7 @@ def use_app() -> None:
 def client():
     use_app()
     try:
-        yield TestClient(routes.api, raise_server_exceptions=False)
+        yield TestClient(routes.app, raise_server_exceptions=False)
     finally:
         routes.use_core(None)
 
@@ -187,7 +187,7 @@ def server():
     use_app()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(routes.api, log_level="warning", lifespan="off")
+    config = uvicorn.Config(routes.app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -208,7 +208,7 @@ def server():
 @pytest.mark.parametrize("binary_output", [True, False, None], ids=["binary-out", "json-out", "default-out"])
 def test_tritonclient_in_every_mode_answers_the_json_endpoints_numbers(server, binary_input, binary_output):
     httpclient = pytest.importorskip("tritonclient.http")
-    expected, reference = json_answer(TestClient(routes.api), ROWS)
+    expected, reference = json_answer(TestClient(routes.app), ROWS)
     client = httpclient.InferenceServerClient(url=server)
     try:
         assert client.is_server_ready() and client.is_model_ready("digits")
@@ -232,7 +232,7 @@ def test_tritonclient_on_a_pinned_version_and_its_errors(server):
     from tritonclient.utils import InferenceServerException
 
     auth = {"authorization": f"Bearer {QA_TOKEN}"}
-    expected, _ = json_answer(TestClient(routes.api), ROWS, path="/v2/models/digits/versions/v1/infer", headers=auth)
+    expected, _ = json_answer(TestClient(routes.app), ROWS, path="/v2/models/digits/versions/v1/infer", headers=auth)
     client = httpclient.InferenceServerClient(url=server)
     try:
         tensor = httpclient.InferInput("input", list(ROWS.shape), "FP32")

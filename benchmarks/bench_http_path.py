@@ -1,0 +1,214 @@
+"""serve-ab's own per-request cost, without Ray: the router's ASGI app against hand-written ones.
+
+Every candidate is an ASGI app called in this process with the same request (one digit,
+a new ``user_id`` each time) and the same ONNX model (digits v1, onnxruntime, one thread),
+so only the code between the bytes in and the bytes out differs:
+
+- **plain**: what Ray Serve runs for a hand-written ``__call__`` (``baselines.OnnxModel``):
+  a Starlette ``Request``, ``await request.json()``, ``session.run``, the dict as JSON.
+- **fastapi**: the same route by hand in a FastAPI app (``baselines.OnnxModelFastAPI``).
+- **serve-ab**: ``serve_ab.serving.http.app``, the router's app, over a :class:`RouterCore`
+  holding v1 and v3 (ONNX, 50/50, keyed on ``user_id``) and a controller that takes the
+  reports and never answers a long poll; the fast inference routes, the access line,
+  feedback tokens and the interval's aggregate included.
+
+The candidates take turns call by call (so a burst of other work hits them all); the figure
+is each one's median microseconds per request over ``--rounds`` rounds, and serve-ab's
+difference to each baseline. Ray's own request path (proxy, actor calls, body fetch) is the
+same for every deployment and is measured by ``bench_serving.py``; this isolates ours.
+
+    python -m benchmarks.bench_http_path            # ~20 s
+    python -m benchmarks.bench_http_path --quick    # ~5 s
+"""
+
+# No "from __future__ import annotations": FastAPI reads the route signature below at runtime.
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cluster import missing_models
+from benchmarks.common import MODELS, log, report_header, request_bodies
+
+
+class _QuietController:
+    """Takes the router's reports; the long poll never answers (weights stay the config's)."""
+
+    def __init__(self) -> None:
+        self.reports = 0
+
+    async def record(self, report: Any) -> None:
+        self.reports += 1
+
+    async def wait_for_update(self, known_epoch: int, timeout_s: float = 10.0) -> Any:
+        await asyncio.Event().wait()
+
+    async def feedback_key(self) -> bytes:
+        return b"k" * 32
+
+
+def _session(path: str) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def plain_app(path: str) -> Any:
+    """Ray Serve's shape for a plain ``__call__``: a Starlette request in, a dict out as JSON."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    session = _session(path)
+    name = session.get_inputs()[0].name
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        body = await Request(scope, receive).json()
+        (outputs,) = session.run(None, {name: np.asarray(body["inputs"], dtype=np.float32)})
+        await JSONResponse({"outputs": outputs.tolist()})(scope, receive, send)
+
+    return app
+
+
+def fastapi_app(path: str) -> Any:
+    from fastapi import FastAPI, Request
+
+    session = _session(path)
+    name = session.get_inputs()[0].name
+    api = FastAPI()
+
+    @api.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        (outputs,) = session.run(None, {name: np.asarray(body["inputs"], dtype=np.float32)})
+        return {"outputs": outputs.tolist()}
+
+    return api
+
+
+def serve_ab_app() -> tuple[Any, Any]:
+    """The router's app over a core holding v1 and v3; returns the app and the core."""
+    from serve_ab.config import parse_experiment
+    from serve_ab.serving import http as routes
+    from serve_ab.serving.core.auth import ControlAuth
+    from serve_ab.serving.core.router import RouterCore
+    from serve_ab.serving.runtime import load_versions
+
+    from benchmarks.common import digits_experiment, version
+
+    cfg = parse_experiment(digits_experiment([version("v1"), version("v3")], {"v1": 50.0, "v3": 50.0},
+                                             "bench", {"num_replicas": 1}))
+    counter = iter(range(10**12))
+    core = RouterCore(cfg, load_versions(cfg.versions), _QuietController(),
+                      request_id=lambda: f"req-{next(counter)}")
+    core.use_feedback_key(b"bench-feedback-key-of-32-bytes!!")
+    routes.use_core(routes.Served(core, ControlAuth(cfg.control, [])))
+    return routes.app, core
+
+
+async def call(app: Any, path: str, body: bytes) -> int:
+    """One POST through an ASGI app, as Serve's replica hands it over; the status."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    sent = False
+    status = 0
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def measure(apps: dict[str, tuple[Any, str]], bodies: list[bytes], calls_per_round: int,
+                  rounds: int) -> dict[str, list[float]]:
+    """Per app, the median microseconds per call of each round; the apps take turns call by call."""
+    per_round: dict[str, list[float]] = {name: [] for name in apps}
+    names = list(apps)
+    for r in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in apps}
+        order = names[r % len(names):] + names[:r % len(names)]
+        for i in range(calls_per_round):
+            body = bodies[i % len(bodies)]
+            for name in order:
+                app, path = apps[name]
+                started = time.perf_counter()
+                status = await call(app, path, body)
+                times[name].append((time.perf_counter() - started) * 1e6)
+                if status != 200:
+                    raise RuntimeError(f"{name} answered {status}")
+        for name in apps:
+            per_round[name].append(statistics.median(times[name]))
+    return per_round
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 rounds of 400 calls (default 15 of 1000)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_models("v1/model.onnx", "v3/model.onnx")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    # The access line goes where Serve's logger would put it: a file, not this terminal.
+    logging.getLogger("ray.serve").handlers[:] = [logging.NullHandler()]
+    logging.getLogger("ray.serve").propagate = False
+    rounds, calls = (5, 400) if args.quick else (15, 1000)
+    report = report_header("http_path", args.quick, rounds=rounds, calls_per_round=calls)
+    json_bodies, _ = request_bodies()
+    bodies = [b.encode() for b in json_bodies]
+    v1 = str(MODELS / "v1" / "model.onnx")
+    serve_ab, core = serve_ab_app()
+    apps = {"plain": (plain_app(v1), "/"), "fastapi": (fastapi_app(v1), "/predict"),
+            "serve-ab": (serve_ab, "/predict")}
+
+    async def run() -> dict[str, list[float]]:
+        flush = asyncio.get_running_loop().create_task(core.flush())  # reports go out, as in a replica
+        try:
+            await measure(apps, bodies, 200, 1)  # warm-up
+            return await measure(apps, bodies, calls, rounds)
+        finally:
+            flush.cancel()
+
+    log(f"{rounds} rounds of {calls} calls per candidate, taking turns")
+    per_round = asyncio.run(run())
+    out = {name: round(statistics.median(values), 1) for name, values in per_round.items()}
+    added = {base: [s - b for s, b in zip(per_round["serve-ab"], per_round[base])] for base in ("plain", "fastapi")}
+    print(f"\nmicroseconds per request, median of {rounds} round medians (min-max of the rounds):", file=sys.stderr)
+    for name, values in per_round.items():
+        print(f"  {name:<9} {out[name]:7.1f}  ({min(values):.1f}-{max(values):.1f})", file=sys.stderr)
+    for base, deltas in added.items():
+        print(f"  serve-ab - {base:<8} {statistics.median(deltas):+7.1f}  "
+              f"({min(deltas):+.1f} to {max(deltas):+.1f})", file=sys.stderr)
+    report.update(us_per_request=out,
+                  serve_ab_added_us={base: round(statistics.median(d), 1) for base, d in added.items()},
+                  serve_ab_added_us_range={base: [round(min(d), 1), round(max(d), 1)] for base, d in added.items()})
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
