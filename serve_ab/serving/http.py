@@ -418,10 +418,14 @@ async def _fast_v2_infer_version(request: Request, model: str, version: str) -> 
     return await _v2_infer(served(), model, version, request)
 
 
+def _request_id_now() -> str | None:
+    return _served.core.request_id() if _served is not None else None
+
+
 # The inference routes skip FastAPI's middlewares, routing and dependencies (serve_ab.api.fast_routes);
 # FastAPI serves the rest and documents all. The access log wraps both.
 app = AccessLog(FastRoutes(api, [
     FastRoute("POST", "/predict", _fast_predict),
     FastRoute("POST", "/v2/models/{model}/infer", _fast_v2_infer),
     FastRoute("POST", "/v2/models/{model}/versions/{version}/infer", _fast_v2_infer_version),
-]), logger=logger)
+]), logger=logger, request_id=_request_id_now)

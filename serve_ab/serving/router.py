@@ -34,7 +34,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from serve_ab.api.access_log import ACCESS_LINE
+from serve_ab.api.access_log import line_extra
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
@@ -204,9 +204,9 @@ class Router:
         started_s = time.perf_counter()
         choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
         # The handle path's access line (Ray's own is off: it cannot name the version).
-        logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
-                    extra=ACCESS_LINE)
         request_id = _request_id()
+        logger.info("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
+                    extra=line_extra(request_id))
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
                 "feedback_token": self.core.feedback_token_for(request_id, choice)}
 
