@@ -3,7 +3,8 @@
 Deploys the apps of ``bench_serving.py`` that are asked for (default: plain Ray Serve and
 serve-ab colocated), keeps ``--concurrency`` connections busy on one app at a time for
 ``--duration`` seconds while ``py-spy record`` samples that app's ingress replica, then
-prints, per app, the share of the replica's busy samples spent in each part of the request
+prints, per app, the CPU time per request of each of its processes (measured first,
+unprofiled, the apps taking turns), the share of the replica's busy samples spent in each part of the request
 path (inclusive: a sample counts for every part on its stack) and the functions with the
 most samples of their own. The collapsed stacks go to ``--out`` (one file per app), which
 ``flamegraph.pl`` or speedscope draw as flame graphs.
@@ -49,7 +50,8 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("json encode/decode", ("json/",)),
 ]
 INGRESS = {"plain": "OnnxModel", "fastapi": "OnnxModelFastAPI", "workaround": "RandomSplit",
-           "colocated": "Router", "isolated": "Router"}
+           "colocated": "Router", "isolated": "Router", "plain_batch": "OnnxModelBatched",
+           "colocated_batch": "Router"}
 
 
 @dataclass
@@ -120,25 +122,54 @@ def summarize(stacks: list[tuple[list[str], int]], top: int = 15) -> tuple[int, 
     return total, pct, tops
 
 
+@dataclass
+class CpuUse:
+    throughput_rps: float
+    cpu_ms_per_request: dict[str, float]
+    idle_cpu_ms_per_s: dict[str, float]
+
+
+def measure_cpu(cluster: Cluster, apps: list[str], load: HttpLoad, bodies: list[str], concurrency: int,
+                rounds: int, slice_s: float) -> dict[str, CpuUse]:
+    """Each app's processes' CPU time, unprofiled (py-spy's sampling costs the sampled process
+    CPU too): idle, then per request under load. The apps take turns in short slices, so a
+    machine that slows down or speeds up meanwhile (a shared one does) weighs on them all."""
+    urls = {app: f"{cluster.base_url}/{app}{BY_APP[app].http_path}" for app in apps}
+    processes = {app: app_processes(app) for app in apps}
+    for app in apps:
+        load.run(urls[app], bodies, concurrency, 2.0, 0.0)  # warm: first requests compile and connect
+    idle_s = {app: dict.fromkeys(processes[app], 0.0) for app in apps}
+    busy_s = {app: dict.fromkeys(processes[app], 0.0) for app in apps}
+    completed = dict.fromkeys(apps, 0)
+    measured_s = dict.fromkeys(apps, 0.0)
+    for r in range(rounds):
+        for app in apps[r % len(apps):] + apps[:r % len(apps)]:
+            # Idle first: a Serve replica costs CPU with no request at all (metrics, long polls).
+            before = {name: cpu_s(pid) for name, pid in processes[app].items()}
+            time.sleep(slice_s / 2)
+            after = {name: cpu_s(pid) for name, pid in processes[app].items()}
+            for name in before:
+                idle_s[app][name] += after[name] - before[name]
+            result = load.run(urls[app], bodies, concurrency, slice_s, 0.0)
+            done = {name: cpu_s(pid) for name, pid in processes[app].items()}
+            for name in after:
+                busy_s[app][name] += done[name] - after[name]
+            completed[app] += result["completed"]
+            measured_s[app] += slice_s
+    return {app: CpuUse(
+        throughput_rps=round(completed[app] / measured_s[app], 1),
+        cpu_ms_per_request={name: round(1000.0 * t / max(1, completed[app]), 3) for name, t in busy_s[app].items()},
+        idle_cpu_ms_per_s={name: round(1000.0 * t / (rounds * slice_s / 2), 1) for name, t in idle_s[app].items()},
+    ) for app in apps}
+
+
 def profile_app(cluster: Cluster, app: str, load: HttpLoad, bodies: list[str], concurrency: int,
-                duration_s: float, rate_hz: int, out_dir: Path) -> Profile:
+                duration_s: float, rate_hz: int, out_dir: Path, cpu: CpuUse) -> Profile:
     pids = replica_pids(app, INGRESS[app])
     if not pids:
         raise RuntimeError(f"no replica process of {app}:{INGRESS[app]} found")
     url = f"{cluster.base_url}/{app}{BY_APP[app].http_path}"
-    load.run(url, bodies, concurrency, 2.0, 0.0)  # warm: the first requests compile and connect
-    # CPU first, unprofiled: py-spy's sampling costs the sampled process CPU too. Idle, then
-    # loaded: a Serve replica costs CPU with no request at all (its metrics and long polls).
     processes = app_processes(app)
-    idle_from = {name: cpu_s(pid) for name, pid in processes.items()}
-    time.sleep(duration_s)
-    idle_ms_per_s = {name: round(1000.0 * (cpu_s(pid) - idle_from[name]) / duration_s, 1)
-                     for name, pid in processes.items()}
-    cpu_before = {name: cpu_s(pid) for name, pid in processes.items()}
-    unprofiled = load.run(url, bodies, concurrency, duration_s, 0.0)
-    cpu_after = {name: cpu_s(pid) for name, pid in processes.items()}
-    completed = max(1, unprofiled["completed"])
-    cpu_ms = {name: round(1000.0 * (cpu_after[name] - cpu_before[name]) / completed, 3) for name in processes}
     out = out_dir / f"{app}.collapsed.txt"
     spy = _py_spy(pids[0], duration_s, rate_hz, out)
     # serve-ab's controller too, at the same time: what the app's reports cost it.
@@ -154,9 +185,9 @@ def profile_app(cluster: Cluster, app: str, load: HttpLoad, bodies: list[str], c
         if process.returncode != 0 or not path.is_file():
             raise RuntimeError(f"py-spy failed ({process.returncode}): {err.strip()[-500:]}")
     samples, parts, tops = summarize(read_collapsed(out))
-    return Profile(app, samples, parts, tops, round(unprofiled["throughput_rps"], 1),
-                   str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out), cpu_ms,
-                   idle_ms_per_s)
+    return Profile(app, samples, parts, tops, cpu.throughput_rps,
+                   str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out), cpu.cpu_ms_per_request,
+                   cpu.idle_cpu_ms_per_s)
 
 
 def _py_spy(pid: int, duration_s: float, rate_hz: int, out: Path) -> subprocess.Popen:
@@ -173,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sampling per app")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--cpu-rounds", type=int, default=4, help="rounds of the CPU measurement")
+    parser.add_argument("--cpu-slice", type=float, default=3.0,
+                        help="seconds each app is loaded per round of the CPU measurement (idle: half)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "profiles",
                         help="where the collapsed stacks go")
     return parser.parse_args(argv)
@@ -185,19 +219,25 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     with deployed(run_targets([BY_APP[a] for a in args.apps])):
         load = HttpLoad()
         try:
-            for app in args.apps:
+            apps = list(dict.fromkeys(args.apps))
+            log(f"CPU per process: {args.cpu_rounds} rounds, each app {args.cpu_slice:g} s idle and "
+                f"{args.cpu_slice:g} s loaded per round, taking turns")
+            cpu = measure_cpu(cluster, apps, load, bodies, args.concurrency, args.cpu_rounds, args.cpu_slice)
+            for app in apps:
                 log(f"profiling {app}: concurrency {args.concurrency}, {args.duration:g} s")
                 profiles.append(profile_app(cluster, app, load, bodies, args.concurrency, args.duration,
-                                            args.rate, args.out))
+                                            args.rate, args.out, cpu[app]))
         finally:
             load.close()
     for p in profiles:
-        print(f"\n{p.app}: {p.samples} busy samples, {p.throughput_rps} req/s unprofiled; stacks in {p.path}",
+        print(f"\n{p.app}: {p.samples} busy samples, {p.throughput_rps} req/s (CPU measurement); stacks in {p.path}",
               file=sys.stderr)
         for name, pct in sorted(p.parts_pct.items(), key=lambda kv: -kv[1]):
             print(f"  {pct:5.1f} %  {name}", file=sys.stderr)
+        print(f"  CPU per request, all of the app's processes and the proxy: {sum(p.cpu_ms_per_request.values()):.2f} ms",
+              file=sys.stderr)
         print("  CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in p.cpu_ms_per_request.items())
-              + " (measured unprofiled)", file=sys.stderr)
+              + " (unprofiled, apps taking turns)", file=sys.stderr)
         print("  CPU while idle, per second: " + ", ".join(f"{name} {ms:.1f} ms"
                                                           for name, ms in p.idle_cpu_ms_per_s.items()),
               file=sys.stderr)

@@ -53,9 +53,9 @@ class Part:
 PARTS: dict[str, Part] = {
     "routing": Part("bench_routing", ["--quick"], [], (60, 120),
                     "10 turns of 10000 calls (full: 40 of 20000)", needs_cluster=False),
-    "serving": Part("bench_serving", ["--quick", "--rounds", "2", "--duration", "0.5", "--warmup", "0.5"],
+    "serving": Part("bench_serving", ["--quick", "--rounds", "3", "--duration", "1.0", "--warmup", "0.5"],
                     [], (240, 900),
-                    "concurrency 1 and 8 (HTTP and handles), 2 rounds of 0.5 s per candidate, 0.5 s "
+                    "concurrency 1 and 8 (HTTP and handles), 3 rounds of 1 s per candidate, 0.5 s "
                     "warm-up (full: HTTP 1/4/16/32 and handles 1/16, 4 rounds of 3 s / 2 s, 3 s warm-up)"),
     "propagation": Part("bench_propagation", ["--rounds", "3", "--hold", "0.5", "--observe", "0.75"], [],
                         (120, 300), "2 weight rounds + the abort round, hold 0.5 s, observe 0.75 s "
