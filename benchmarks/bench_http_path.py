@@ -173,9 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    # The access line goes where Serve's logger would put it: a file, not this terminal.
-    logging.getLogger("ray.serve").handlers[:] = [logging.NullHandler()]
-    logging.getLogger("ray.serve").propagate = False
+    # The access line is formatted and handled, as in a replica, but goes nowhere.
+    serve_logger = logging.getLogger("ray.serve")
+    handlers, propagate = serve_logger.handlers[:], serve_logger.propagate
+    serve_logger.handlers[:], serve_logger.propagate = [logging.NullHandler()], False
+    try:
+        return _main(args)
+    finally:
+        serve_logger.handlers[:], serve_logger.propagate = handlers, propagate
+
+
+def _main(args: argparse.Namespace) -> int:
     rounds, calls = (5, 400) if args.quick else (15, 1000)
     report = report_header("http_path", args.quick, rounds=rounds, calls_per_round=calls)
     json_bodies, _ = request_bodies()
@@ -194,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             flush.cancel()
 
     log(f"{rounds} rounds of {calls} calls per candidate, taking turns")
-    per_round = asyncio.run(run())
+    try:
+        per_round = asyncio.run(run())
+    finally:
+        from serve_ab.serving import http as routes
+
+        routes.use_core(None)  # the module's one core slot: left as found
     out = {name: round(statistics.median(values), 1) for name, values in per_round.items()}
     added = {base: [s - b for s, b in zip(per_round["serve-ab"], per_round[base])] for base in ("plain", "fastapi")}
     print(f"\nmicroseconds per request, median of {rounds} round medians (min-max of the rounds):", file=sys.stderr)

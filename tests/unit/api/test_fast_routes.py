@@ -1,0 +1,117 @@
+"""The inference routes ahead of FastAPI (serve_ab.api.fast_routes) and the JSON they read and write."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+
+from serve_ab.api.fast_routes import FastRoute, FastRoutes, route_path
+from serve_ab.api.http_util import decode_json, json_response
+from serve_ab.errors import InvalidInput, UnknownModel
+
+
+def make_client() -> tuple[TestClient, list[str]]:
+    seen: list[str] = []
+    api = FastAPI()
+
+    @api.get("/other")
+    async def other() -> dict:
+        seen.append("fastapi")
+        return {"by": "fastapi"}
+
+    @api.post("/predict")  # declared for the docs, as serve_ab.serving.http does; never reached
+    async def documented_predict() -> dict:
+        seen.append("fastapi predict")
+        return {}
+
+    async def predict(request: Request):
+        seen.append("fast")
+        body = decode_json(await request.body())
+        return json_response({"echo": body, "outputs": np.array([[0.5, 0.25]], dtype=np.float32)},
+                             headers={"X-Model-Version": "v1"})
+
+    async def infer(request: Request, model: str, version: str | None = None):
+        seen.append(f"fast {model} {version}")
+        if model != "digits":
+            raise UnknownModel(f"unknown model {model!r}; this app serves 'digits'")
+        return json_response({"model": model, "version": version})
+
+    async def broken(request: Request):
+        raise RuntimeError("a bug")
+
+    app = FastRoutes(api, [
+        FastRoute("POST", "/predict", predict),
+        FastRoute("POST", "/v2/models/{model}/infer", infer),
+        FastRoute("POST", "/v2/models/{model}/versions/{version}/infer", infer),
+        FastRoute("POST", "/broken", broken),
+    ])
+    return TestClient(app, raise_server_exceptions=False), seen
+
+
+def test_inference_paths_are_served_ahead_of_fastapi_and_the_rest_by_fastapi():
+    client, seen = make_client()
+    answer = client.post("/predict", json={"inputs": [[1.0]]})
+    assert answer.status_code == 200 and answer.headers["x-model-version"] == "v1"
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["outputs"] == [[0.5, 0.25]]
+    assert client.post("/v2/models/digits/versions/v2/infer", json={}).json() == {"model": "digits", "version": "v2"}
+    assert client.get("/other").json() == {"by": "fastapi"}
+    assert seen == ["fast", "fast digits v2", "fastapi"]
+
+
+def test_a_method_or_path_the_fast_routes_do_not_take_goes_to_fastapi():
+    client, seen = make_client()
+    assert client.get("/predict").status_code == 405  # FastAPI: no GET /predict
+    assert client.post("/v2/models/a/b/infer", json={}).status_code == 404  # a segment holds no "/"
+    assert seen == []
+
+
+def test_errors_are_the_same_answers_fastapi_gives():
+    client, _ = make_client()
+    missing = client.post("/v2/models/other/infer", json={})
+    assert missing.status_code == 404 and "unknown model 'other'" in missing.json()["error"]
+    bad = client.post("/predict", content=b"{not json")
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    broken = client.post("/broken", json={})
+    assert broken.status_code == 500 and broken.text == "Internal Server Error"
+
+
+def test_route_path_is_below_the_apps_route_prefix():
+    assert route_path({"path": "/digits/predict", "root_path": "/digits"}) == "/predict"
+    assert route_path({"path": "/predict", "root_path": "/digits"}) == "/predict"  # already below it
+    assert route_path({"path": "/digits", "root_path": "/digits"}) == "/"
+    assert route_path({"path": "/predict"}) == "/predict"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"inputs": [[1.5, 2]], "user_id": "u"}', {"inputs": [[1.5, 2]], "user_id": "u"}),
+    (b'[NaN, Infinity, -Infinity]', [math.nan, math.inf, -math.inf]),  # orjson refuses: json reads
+    (b'{"user_id": 123456789012345678901234567890}', {"user_id": 123456789012345678901234567890}),
+    (b'[1e400]', [math.inf]),
+])
+def test_decode_json_reads_what_the_standard_library_reads(raw, expected):
+    got = decode_json(raw)
+    assert json.dumps(got) == json.dumps(expected)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"user_id": "\\ud800"}', "lone UTF-16 surrogate"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+    (b"", "empty"),
+])
+def test_decode_json_refuses_what_it_refused_before(raw, message):
+    with pytest.raises(InvalidInput, match=message):
+        decode_json(raw)
+
+
+def test_json_response_writes_numpy_with_tolist_digits_and_nan_as_null():
+    outputs = np.array([[0.1, np.nan]], dtype=np.float64)
+    body = json_response({"outputs": outputs}).body
+    assert json.loads(body) == {"outputs": [[0.1, None]]}
