@@ -1,13 +1,13 @@
 """Every benchmark, one after the other, in one command, on one Ray instance.
 
-    python -m benchmarks.run_all --quick   # under 3 minutes on the shared 2-core dev machine; one JSON line last
-    python -m benchmarks.run_all           # about 9-10 minutes; also writes benchmarks/RESULTS.md
+    python -m benchmarks.run_all --quick   # about 4.5 minutes on the shared 2-core dev machine; one JSON line last
+    python -m benchmarks.run_all           # about 15 minutes; also writes benchmarks/RESULTS.md
     python -m benchmarks.run_all --quick --only memory canary_load
 
 The parts (routing, serving, propagation, memory, canary_load) run in this process, one
 after the other, on ONE Ray instance and Serve proxy started here (routing needs neither).
 Starting Ray and Serve once instead of once per part is most of what makes --quick fit
-in 3 minutes. Each part deploys its own apps and deletes them when it ends; the deletion
+in about 4.5 minutes. Each part deploys its own apps and deletes them when it ends; the deletion
 overlaps the next part's deployment, and a part measures only once the previous part's
 apps are gone (cluster.deployed). Apps a failed part leaves behind are deleted here.
 
