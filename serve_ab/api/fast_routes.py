@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
 from serve_ab.api.errors import client_message, http_status
@@ -72,6 +72,8 @@ class FastRoutes:
             response = await handler(Request(scope, receive), **params)
         except ServeAbError as err:
             response = json_response({"error": client_message(err)}, status_code=http_status(err))
+        except ClientDisconnect:
+            return  # the client went away mid-body: nobody to answer, nothing was served
         except Exception:
             logger.exception("serve-ab: %s %s failed", scope["method"], scope["path"])
             response = PlainTextResponse("Internal Server Error", status_code=500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from serve_ab.api.fast_routes import FastRoute, FastRoutes, route_path
-from serve_ab.api.http_util import decode_json, json_response
+from serve_ab.api.http_util import decode_json, json_response, read_body
 from serve_ab.errors import InvalidInput, UnknownModel
 
 
@@ -115,3 +116,22 @@ def test_json_response_writes_numpy_with_tolist_digits_and_nan_as_null():
     outputs = np.array([[0.1, np.nan]], dtype=np.float64)
     body = json_response({"outputs": outputs}).body
     assert json.loads(body) == {"outputs": [[0.1, None]]}
+
+
+def test_a_client_gone_mid_body_gets_no_answer_and_logs_no_error(caplog):
+    async def predict(request: Request):
+        return json_response({"body": len(await read_body(request, 1024))})
+
+    app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
+             "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    assert sent == [] and "failed" not in caplog.text
