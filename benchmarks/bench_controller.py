@@ -6,7 +6,8 @@
 Simulated routers (plain Ray actors, no model) feed one controller actor at rising
 *represented* request rates, for two designs side by side in the same run:
 
-    aggregates   serve-ab now: each router sends one IntervalReport per interval (0.25 s),
+    aggregates   serve-ab now: each router sends one IntervalReport per interval (0.25 s, a
+                 short controller.report_interval_s: four times the default's reports),
                  whatever the requests it covers; the controller is the real ControllerCore
                  (canary rollout, gate windows, statistics) and merges it.
     per_request  the design before (the baseline): each router sends a row per request and
@@ -38,7 +39,7 @@ import numpy as np
 
 from benchmarks.common import load_now, log, other_ray_instances, report_header
 
-INTERVAL_S = 0.25
+INTERVAL_S = 0.25  # a short controller.report_interval_s (the default is 1 s): more to merge
 TICK_S = 0.25  # the controller's default tick_s
 ROUTERS = 4
 USERS = 5_000_000

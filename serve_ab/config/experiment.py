@@ -448,6 +448,12 @@ class ControllerConfig(_Strict):
     tick_s: float = Field(
         0.25, gt=0, le=10, description="How often the controller looks at its windows and timers."
     )
+    report_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        description="How often each router replica sends the controller what it served (one "
+        "message per interval; none while idle), so gates and reports see traffic at most this "
+        "late. Shorter reacts sooner and costs every router a Ray call per interval.",
+    )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,

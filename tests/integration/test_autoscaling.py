@@ -99,7 +99,7 @@ def test_each_version_scales_with_its_weight_through_a_canary(http, serve_instan
         "steps": [{"pause": {}}, {"set_weight": 80}, {"pause": {}}, {"set_weight": 100}],
         "retire_after_s": 2,
     }
-    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1, "report_interval_s": 0.25}
     deployed(cfg, "autoscale-canary")
     base = serve_instance.url("/autoscale-canary/rollout")
     watch = ReplicaWatch("autoscale-canary", ["version-v1", "version-v2"])

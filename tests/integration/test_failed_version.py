@@ -56,7 +56,8 @@ def test_a_canary_of_a_candidate_that_fails_to_load_aborts_with_the_load_error(s
     corrupt = tmp_path / "model.onnx"
     corrupt.write_bytes(b"not a model" * 16)
     cfg = experiment(model_repo, weights={"v1": 100},
-                     controller={"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1},
+                     controller={"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1,
+                                 "report_interval_s": 0.25},
                      rollout={"strategy": "canary", "stable": "v1", "candidate": "v2",
                               "analysis": {"interval_s": 1, "min_samples": 10},
                               "gates": [{"metric": "error_rate", "max": 0.05}],

@@ -40,7 +40,8 @@ def experiment(models: Path, redis_url: str) -> dict:
         "assignment": {"key": "json", "field": "user_id", "salt": "failover-it"},
         "router": {"num_replicas": 1, "max_ongoing_requests": 64,
                    "ray_actor_options": {"num_cpus": 0.1, "resources": {"head": 0.1}}},
-        "controller": {"store_url": redis_url, "tick_s": 0.1, "num_cpus": 0.05, "resources": {"ctl": 0.5}},
+        "controller": {"store_url": redis_url, "tick_s": 0.1, "report_interval_s": 0.25, "num_cpus": 0.05,
+                       "resources": {"ctl": 0.5}},
         "control": {"allow_unauthenticated": True},
         "rollout": {
             "strategy": "canary", "stable": "v1", "candidate": "v2",

@@ -90,7 +90,7 @@ def isolated_canary(model_repo, tmp_path) -> dict:
         "gates": [{"metric": "error_rate", "max": 0.01}],
         "steps": [{"set_weight": 50}, {"pause": {}}],
     }
-    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1, "report_interval_s": 0.25}
     return cfg
 
 

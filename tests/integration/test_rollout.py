@@ -43,7 +43,7 @@ def canary(model_repo, tmp_path, candidate="v2", steps=None, **rollout):
         "retire_after_s": 2,
         **rollout,
     }
-    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1, "report_interval_s": 0.25}
     return cfg
 
 

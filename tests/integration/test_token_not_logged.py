@@ -25,7 +25,7 @@ def canary_cfg(model_repo, tmp_path) -> dict:
     cfg["versions"][1] = {"name": "v3", "path": str(model_repo / "digits/v3/model.onnx"), "backend": "onnx"}
     cfg["rollout"] = {"strategy": "canary", "stable": "v1", "candidate": "v3",
                       "steps": [{"set_weight": 5}, {"pause": {}}]}
-    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1}
+    cfg["controller"] = {"state_path": str(tmp_path / "state.sqlite"), "tick_s": 0.1, "report_interval_s": 0.25}
     return cfg
 
 

@@ -44,6 +44,7 @@ def test_good_config_and_defaults():
     assert cfg.assignment.key == "json" and cfg.assignment.field == "user_id"
     assert cfg.router.to_ray()["max_ongoing_requests"] > 5  # Ray's default throttles the router
     assert cfg.router.to_ray()["ray_actor_options"]["num_cpus"] < 1
+    assert cfg.controller.report_interval_s == 1.0
 
 
 def test_version_left_out_of_weights_gets_zero():
@@ -60,6 +61,9 @@ def test_version_left_out_of_weights_gets_zero():
     ({"placement": "sideways"}, "placement: Input should be 'colocated' or 'isolated' (got 'sideways')"),
     ({"versions": []}, "versions: List should have at least 1 item"),
     ({"model": "bad name!"}, "model: String should match pattern"),
+    ({"controller": {"report_interval_s": 0}}, "controller.report_interval_s: Input should be greater than 0 (got 0)"),
+    ({"controller": {"report_interval_s": 120}},
+     "controller.report_interval_s: Input should be less than or equal to 60 (got 120)"),
 ])
 def test_top_level_errors(change, expected):
     errors = errors_of(with_changes(**change))

@@ -212,6 +212,31 @@ def test_flush_sends_and_a_controller_outage_delays_the_interval_into_the_next_r
     assert (late.aggregate.rows, late.delayed_intervals) == (2, 1)
 
 
+@pytest.mark.parametrize("interval_s", [0.25, 1.0, 5.0])
+def test_reports_go_once_per_report_interval_and_none_while_idle(interval_s):
+    controller = FakeController()
+    slept_s: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        slept_s.append(delay_s)
+        await asyncio.sleep(0)
+
+    core = RouterCore(experiment(controller={"report_interval_s": interval_s}),
+                      {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                      request_id=lambda: "req-1", clock=FakeClock(), sleep=sleep)
+
+    async def scenario():
+        await core.serve(ROW, "u", None)
+        flushing = asyncio.get_running_loop().create_task(core.flush())
+        for _ in range(20):  # the first interval's report, then idle intervals: nothing to send
+            await asyncio.sleep(0)
+        flushing.cancel()
+
+    run(scenario())
+    assert len(slept_s) > 3 and set(slept_s) == {interval_s}
+    assert len(controller.recorded) == 1 and controller.recorded[0].aggregate.rows == 1
+
+
 def test_the_follower_applies_weights_and_retires_versions():
     clock = FakeClock()
     controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
