@@ -364,10 +364,18 @@ class RouterCore:
                 logger.info("serve-ab router: retired version %s", name)
 
     async def follow(self) -> None:
-        """Apply every new snapshot as soon as the controller has it (a long poll)."""
+        """Apply every new snapshot as soon as the controller has it (a long poll).
+
+        At a change of weights, what was served under the old ones is reported at once: the
+        controller files reports by arrival, so the new step's gate windows start clean rather
+        than with up to ``report_interval_s`` of the step before."""
         while True:
             try:
-                self.apply(await self.controller.wait_for_update(self.epoch))
+                snapshot = await self.controller.wait_for_update(self.epoch)
+                weights_before = self.decision.assigner.table.weights_pct()
+                self.apply(snapshot)
+                if self.decision.assigner.table.weights_pct() != weights_before:
+                    await self.flush_once()
             except Exception:  # controller restarting: keep serving the last weights
                 logger.warning("serve-ab router: controller unreachable; keeping weights", exc_info=True)
                 await self.sleep(RETRY_FOLLOW_S)

@@ -257,6 +257,29 @@ def test_the_follower_applies_weights_and_retires_versions():
         run(core.serve(ROW, None, "v2"))
 
 
+def test_a_change_of_weights_reports_what_the_old_weights_served_at_once():
+    controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    core = make_core(controller=controller)
+
+    async def go():
+        core.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        for i in range(20):
+            await core.serve(ROW, f"u{i}", None)
+        controller.push(RoutingSnapshot(1, {"v1": 50.0, "v2": 50.0}))  # same weights: nothing sent
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert controller.recorded == []
+        controller.push(RoutingSnapshot(2, {"v1": 80.0, "v2": 20.0}))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    run(go())  # no flush loop runs: only the change of weights sent this report
+    assert len(controller.recorded) == 1 and controller.recorded[0].aggregate.rows == 20
+    assert len(core.observations) == 0
+
+
 def test_the_follower_keeps_the_last_weights_while_the_controller_is_away():
     clock = FakeClock()
     controller = FakeController(fail=True)
