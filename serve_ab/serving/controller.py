@@ -509,6 +509,21 @@ class ControllerCore:
         return out
 
 
+def _build_report(*args: Any) -> tuple[Report, dict[str, Any]]:
+    # scipy and statsmodels load on first use, here in the worker thread: imported on the
+    # event loop they held long polls, reports and actions for 1-4 s on a busy 2-core
+    # machine (a rollback acknowledged 3.4 s late in bench_propagation).
+    from serve_ab.analysis.report import build_report
+
+    return build_report(*args)
+
+
+def _load_statistics() -> None:
+    """The report's statistics, imported off the event loop as the controller starts, so
+    neither its first report nor a drift gate's first look waits for the import."""
+    import serve_ab.analysis.report  # noqa: F401
+
+
 @serve.deployment(name="Controller", num_replicas=1, max_ongoing_requests=1000)
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
@@ -526,7 +541,8 @@ class ExperimentController:
         # Likewise for webhook gates and confirm steps.
         self._webhooks = WebhookPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._analyse())]
+        self._tasks = [loop.create_task(asyncio.to_thread(_load_statistics)),
+                       loop.create_task(self._run()), loop.create_task(self._analyse())]
 
     async def _run(self) -> None:
         validation: asyncio.Task | None = None  # runs once per controller
@@ -611,14 +627,12 @@ class ExperimentController:
             logger.exception("serve-ab controller: the final run record could not be written")
 
     async def _refresh_report(self) -> Report:
-        from serve_ab.analysis.report import build_report  # scipy/statsmodels: load on first use
-
         async with self._report_lock:
             snapshot = self.core.stats_snapshot(samples=True)
             weights = self.core.weights()
             # The statistics take tens of milliseconds: off the loop that answers long polls.
             report, self._sequential_state = await asyncio.to_thread(
-                build_report, self.core.cfg, snapshot, weights, self._sequential_state, self.core.run_id)
+                _build_report, self.core.cfg, snapshot, weights, self._sequential_state, self.core.run_id)
             self._report = report
             return report
 
