@@ -220,7 +220,9 @@ def _median_gap_ms(t_sends: list[float]) -> float | None:
 
 def summarize_round(r: Round, records: list[Record], served_by: dict[str, str],
                     applied: dict[str, list[tuple[float, dict]]], observe_s: float) -> dict[str, Any]:
-    held = [x for x in records if r.t_hold <= x[1] < r.t_end]
+    # Answered before the next round's restore was sent: a request still in flight then may
+    # reach a router after the restore, and its v3 answer belongs to the next round.
+    held = [x for x in records if r.t_hold <= x[1] and x[2] < r.t_end]
     hold = [x for x in held if x[1] < r.t0]
     # The probe saw v3 on one replica; the other may take a few ms more, so only the last
     # half of the hold must be all v3.
