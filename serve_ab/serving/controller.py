@@ -512,7 +512,7 @@ class ControllerCore:
 def _build_report(*args: Any) -> tuple[Report, dict[str, Any]]:
     # scipy and statsmodels load on first use, here in the worker thread: imported on the
     # event loop they held long polls, reports and actions for 1-4 s on a busy 2-core
-    # machine (a rollback acknowledged 3.4 s late in bench_propagation).
+    # machine (a rollback acknowledged 3.6 s late in bench_propagation).
     from serve_ab.analysis.report import build_report
 
     return build_report(*args)

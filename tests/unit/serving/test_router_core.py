@@ -280,6 +280,30 @@ def test_a_change_of_weights_reports_what_the_old_weights_served_at_once():
     assert len(core.observations) == 0
 
 
+def test_a_slow_report_at_a_change_of_weights_never_holds_up_the_next_change():
+    class SlowToRecord(FakeController):
+        async def record(self, report):
+            await asyncio.Event().wait()  # never answers
+
+    controller = SlowToRecord(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    core = make_core(controller=controller)
+
+    async def go():
+        core.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        await core.serve(ROW, "u", None)
+        controller.push(RoutingSnapshot(1, {"v1": 80.0, "v2": 20.0}))  # its report hangs
+        for _ in range(5):
+            await asyncio.sleep(0)
+        controller.push(RoutingSnapshot(2, {"v1": 100.0, "v2": 0.0}))  # the rollback
+        for _ in range(5):
+            await asyncio.sleep(0)
+        follower.cancel()
+        return core.epoch
+
+    assert run(go()) == 2
+
+
 def test_the_follower_keeps_the_last_weights_while_the_controller_is_away():
     clock = FakeClock()
     controller = FakeController(fail=True)
