@@ -347,12 +347,14 @@ class RouterCore:
 
     # -- following the controller --------------------------------------------------------------
 
-    def apply(self, snapshot: RoutingSnapshot) -> None:
-        """Serve by the controller's snapshot: weights, retired versions, mirrors."""
+    def apply(self, snapshot: RoutingSnapshot) -> bool:
+        """Serve by the controller's snapshot: weights, retired versions, mirrors. True when
+        the weights changed."""
         self.epoch = snapshot.epoch
         self.mirrors.mirrors = snapshot.mirrors
         weights = {name: snapshot.weights.get(name, 0.0) for name in self.versions}
-        if weights != self.decision.assigner.table.weights_pct():
+        changed = weights != self.decision.assigner.table.weights_pct()
+        if changed:
             self.decision.assigner.set_weights(weights)
             logger.info("serve-ab router: weights now %s", weights)
         self.observations.routed_by(snapshot.epoch, self.decision.assigner.table.weights_pct())
@@ -363,6 +365,7 @@ class RouterCore:
                 self._failed.pop(name, None)
                 self._agreed.discard(name)
                 logger.info("serve-ab router: retired version %s", name)
+        return changed
 
     async def follow(self) -> None:
         """Apply every new snapshot as soon as the controller has it (a long poll).
@@ -372,10 +375,7 @@ class RouterCore:
         than with up to ``report_interval_s`` of the step before."""
         while True:
             try:
-                snapshot = await self.controller.wait_for_update(self.epoch)
-                weights_before = self.decision.assigner.table.weights_pct()
-                self.apply(snapshot)
-                if self.decision.assigner.table.weights_pct() != weights_before:
+                if self.apply(await self.controller.wait_for_update(self.epoch)):
                     # In a task: the next long poll (a rollback, say) never waits on this call.
                     self._reporting.add(report := asyncio.get_running_loop().create_task(self.flush_once()))
                     report.add_done_callback(self._reporting.discard)
