@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import socket
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,10 +19,52 @@ CONTROL_TOKEN = "integration-test-token"
 AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 
 
+# Ports are picked below the kernel's ephemeral range, above Ray's worker ports (10002-19999
+# by default). A port the kernel handed out (bind to port 0) and that is free now can become
+# any later process's own: `serve run` starts a dozen Ray processes, each binding port 0,
+# before its proxy binds the ports of the config, and a full-suite run saw the proxy fail with
+# "Failed to bind to address [::]:44669" and the test wait out its 240 s.
+PORTS_FROM = 20000
+_picked: set[int] = set()
+_random = random.Random()  # seeded from the OS: parallel sessions do not pick alike
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, on IPv4 and IPv6 alike (gRPC binds [::]), never given twice
+    in this session."""
+    top = _ephemeral_from() - 1
+    if top <= PORTS_FROM:  # an unusual kernel setting: fall back to what the kernel hands out
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    for _ in range(1000):
+        port = _random.randint(PORTS_FROM, top)
+        if port not in _picked and _bindable(port):
+            _picked.add(port)
+            return port
+    raise RuntimeError(f"no free port in {PORTS_FROM}-{top} after 1000 tries")
+
+
+def _ephemeral_from() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (with SO_REUSEADDR, as servers set it)."""
+    families = [(socket.AF_INET, "0.0.0.0")] + ([(socket.AF_INET6, "::")] if socket.has_ipv6 else [])
+    for family, host in families:
+        try:
+            with socket.socket(family) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+        except OSError as err:
+            if family == socket.AF_INET6 and err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                continue  # no IPv6 on this machine: IPv4 decides
+            return False
+    return True
 
 
 @dataclass
