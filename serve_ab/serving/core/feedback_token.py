@@ -18,8 +18,10 @@ it counted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import math
+import random
 import re
 import secrets
 from collections.abc import Callable
@@ -40,13 +42,6 @@ class Proven(NamedTuple):
     epoch: int = -1  # the routing epoch the request was assigned under; -1 when not said
 
 
-def _mac(key: bytes, scope: str, request_id: str, version: str, expires_at_s: int, flag: str, nonce: str) -> str:
-    message = f"{scope}\x00{request_id}\x00{version}\x00{expires_at_s}\x00{flag}\x00{nonce}"
-    # hmac.digest: the one-shot C path, without an HMAC object per token.
-    digest = hmac.digest(key, message.encode("utf-8", "surrogatepass"), "sha256")[:MAC_BYTES]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 class FeedbackSigner:
     """Issues and checks the tokens of one app: ``scope`` (the model's name) is signed too,
     so apps that share a key (``feedback.key_env``) do not accept each other's tokens."""
@@ -59,6 +54,15 @@ class FeedbackSigner:
         self.scope = scope
         self.ttl_s = ttl_s
         self.clock = clock
+        # The key's HMAC state, made once and copied per token: hmac.digest(key, ...) sets up
+        # the key (and, with OpenSSL 3, looks SHA-256 up) on every call. With the nonce below,
+        # a token costs the request path about 20 us less (the router's app in one process).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # Nonces from a generator seeded by the OS once: as unlikely to repeat as a random
+        # token's, without a system call per answer (secrets.token_urlsafe reads os.urandom
+        # every time). They need not be secret (the MAC covers them), only distinct; a counter
+        # would be distinct too, but would tell clients how many answers a replica gave.
+        self._nonces = random.Random(secrets.randbits(128))
 
     def issue(self, request_id: str, version: str, assigned: bool = True, unit: int | None = None,
               epoch: int = -1) -> str:
@@ -66,8 +70,8 @@ class FeedbackSigner:
         flag = "p"
         if assigned:
             flag = f"a{'' if unit is None else unit % NUM_BUCKETS}e{epoch}"
-        nonce = secrets.token_urlsafe(6)
-        mac = _mac(self.key, self.scope, request_id, version, expires_at_s, flag, nonce)
+        nonce = f"{self._nonces.getrandbits(48):012x}"
+        mac = self._mac(request_id, version, expires_at_s, flag, nonce)
         return f"{version}.{expires_at_s}.{flag}.{nonce}.{mac}"
 
     def verify(self, token: str, request_id: str) -> Proven:
@@ -84,7 +88,7 @@ class FeedbackSigner:
             raise Forbidden("feedback_token is malformed; send back the feedback_token of the answer "
                             "this feedback is about, unchanged")
         expires_at_s = int(expires)
-        expected = _mac(self.key, self.scope, request_id, version, expires_at_s, flag, nonce)
+        expected = self._mac(request_id, version, expires_at_s, flag, nonce)
         if not hmac.compare_digest(rest.encode("utf-8", "surrogatepass"), expected.encode()):
             raise Forbidden(f"feedback_token does not match request_id {request_id!r}; send the "
                             "request_id and feedback_token of the same answer")
@@ -96,3 +100,9 @@ class FeedbackSigner:
         bucket, epoch = assigned.groups()
         return Proven(version, True, f"{request_id}#{nonce}", int(bucket) if bucket else None,
                       int(epoch) if epoch is not None else -1)
+
+    def _mac(self, request_id: str, version: str, expires_at_s: int, flag: str, nonce: str) -> str:
+        message = f"{self.scope}\x00{request_id}\x00{version}\x00{expires_at_s}\x00{flag}\x00{nonce}"
+        mac = self._keyed.copy()
+        mac.update(message.encode("utf-8", "surrogatepass"))
+        return base64.urlsafe_b64encode(mac.digest()[:MAC_BYTES]).rstrip(b"=").decode("ascii")
