@@ -1,9 +1,10 @@
 """What one router served in one interval, summarised so the controller only merges.
 
-A router folds every request into an :class:`IntervalAggregate` as it answers it and sends
-the aggregate once per interval; the controller merges it into the run's figures
-(:meth:`ExperimentStats.merge <serve_ab.analysis.accumulate.ExperimentStats.merge>`) and
-into the gates' windows (:class:`GateAggregate`). Its size depends on versions, splits and
+A router folds every request into an :class:`IntervalAggregate` (a few hundred at a time,
+:mod:`serve_ab.serving.core.observe`) and sends the aggregate once per interval; the
+controller merges it into the run's figures (:meth:`ExperimentStats.merge
+<serve_ab.analysis.accumulate.ExperimentStats.merge>`) and into the gates' windows
+(:class:`GateAggregate`). Its size depends on versions, splits and
 the buckets the interval touched, never on how many requests it holds, so the controller's
 cost per interval is routers x versions x metrics whatever the request rate. Every part
 merges exactly (sums, counts, log-bucket sketches, per-bucket sums, unit samples): a report

@@ -1,0 +1,77 @@
+"""The router's observation buffer: answers held, then folded into the interval's aggregate."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from serve_ab.serving.core import observe
+from serve_ab.serving.core.observe import FOLD_ROWS, MAX_EPOCHS, ObservationBuffer
+
+WEIGHTS = {"v1": 50.0, "v2": 50.0}
+
+
+def _serve(buffer: ObservationBuffer, count: int, split: int = 0, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        outputs = rng.random((1, 10)).astype(np.float32)
+        version = "v1" if i % 2 else "v2"
+        kind = "model" if i % 17 == 0 else None
+        buffer.served(version, -rng.random() / 100, kind, outputs if kind is None else None,
+                      request_id=f"r{i}", unit=int(rng.integers(0, 2**32)), assigned=i % 5 != 0,
+                      pinned=i % 5 == 0, split=split)
+
+
+def _buffer() -> ObservationBuffer:
+    buffer = ObservationBuffer(clock=lambda: 0.0, keep_request_ids=True)
+    buffer.routed_by(0, WEIGHTS)
+    return buffer
+
+
+def test_held_answers_make_the_aggregate_folding_each_at_once_makes(monkeypatch):
+    held = _buffer()
+    _serve(held, 3 * FOLD_ROWS + 7)
+    monkeypatch.setattr(observe, "FOLD_ROWS", 1)  # every answer folded as it is served
+    at_once = _buffer()
+    _serve(at_once, 3 * FOLD_ROWS + 7)
+    assert pickle.dumps(held.drain()) == pickle.dumps(at_once.drain())
+
+
+def test_held_answers_count_and_are_folded_every_fold_rows():
+    buffer = _buffer()
+    _serve(buffer, FOLD_ROWS - 1)
+    assert len(buffer) == FOLD_ROWS - 1  # held, not folded yet, but served
+    _serve(buffer, 1)
+    assert buffer._current.rows == FOLD_ROWS  # the memory a buffer holds stays bounded
+    aggregate = buffer.drain()
+    assert aggregate is not None and aggregate.rows == FOLD_ROWS
+    assert buffer.drain() is None
+
+
+def test_answers_held_across_many_new_epochs_keep_their_split():
+    """Rows are folded before an epoch is added: held past MAX_EPOCHS changes of weights,
+    they would otherwise find their split's weights forgotten and leave the A/B figures."""
+    buffer = _buffer()
+    _serve(buffer, 10, split=0)
+    for epoch in range(1, MAX_EPOCHS + 2):
+        buffer.routed_by(epoch, {"v1": 100.0 - epoch, "v2": float(epoch)})
+    aggregate = buffer.drain()
+    assert aggregate.splits[0].weights_pct == WEIGHTS
+    assert aggregate.splits[0].metrics["error_rate"].n.sum() + sum(
+        m[2] for m in aggregate.splits[0].metrics["error_rate"].keyless.values()) == 8  # 10 less 2 pinned
+
+
+@pytest.mark.parametrize("restore_first", [True, False])
+def test_a_report_not_taken_goes_with_the_held_answers(restore_first):
+    buffer = _buffer()
+    _serve(buffer, 5)
+    first = buffer.drain()
+    _serve(buffer, 3, seed=1)
+    if restore_first:
+        buffer.restore(first)
+    assert len(buffer) == 8 if restore_first else 3
+    if not restore_first:
+        buffer.restore(first)
+    assert buffer.drain().rows == 8
