@@ -13,8 +13,9 @@ so only the code between the bytes in and the bytes out differs:
   feedback tokens and the interval's aggregate included.
 
 The candidates take turns call by call (so a burst of other work hits them all); the figure
-is each one's median microseconds per request over ``--rounds`` rounds, and serve-ab's
-difference to each baseline. Ray's own request path (proxy, actor calls, body fetch) is the
+is each one's mean microseconds per request in a round (a mean, so that work done once every
+few hundred calls, such as folding the held answers into the aggregate, is counted), the
+median over ``--rounds`` rounds, and serve-ab's difference to each baseline. Ray's own request path (proxy, actor calls, body fetch) is the
 same for every deployment and is measured by ``bench_serving.py``; this isolates ours.
 
     python -m benchmarks.bench_http_path            # ~20 s
@@ -141,7 +142,7 @@ async def call(app: Any, path: str, body: bytes) -> int:
 
 async def measure(apps: dict[str, tuple[Any, str]], bodies: list[bytes], calls_per_round: int,
                   rounds: int) -> dict[str, list[float]]:
-    """Per app, the median microseconds per call of each round; the apps take turns call by call."""
+    """Per app, the mean microseconds per call of each round; the apps take turns call by call."""
     per_round: dict[str, list[float]] = {name: [] for name in apps}
     names = list(apps)
     for r in range(rounds):
@@ -157,7 +158,7 @@ async def measure(apps: dict[str, tuple[Any, str]], bodies: list[bytes], calls_p
                 if status != 200:
                     raise RuntimeError(f"{name} answered {status}")
         for name in apps:
-            per_round[name].append(statistics.median(times[name]))
+            per_round[name].append(statistics.fmean(times[name]))
     return per_round
 
 
@@ -210,7 +211,7 @@ def _main(args: argparse.Namespace) -> int:
         routes.use_core(None)  # the module's one core slot: left as found
     out = {name: round(statistics.median(values), 1) for name, values in per_round.items()}
     added = {base: [s - b for s, b in zip(per_round["serve-ab"], per_round[base])] for base in ("plain", "fastapi")}
-    print(f"\nmicroseconds per request, median of {rounds} round medians (min-max of the rounds):", file=sys.stderr)
+    print(f"\nmicroseconds per request, median of {rounds} round means (min-max of the rounds):", file=sys.stderr)
     for name, values in per_round.items():
         print(f"  {name:<9} {out[name]:7.1f}  ({min(values):.1f}-{max(values):.1f})", file=sys.stderr)
     for base, deltas in added.items():
