@@ -15,8 +15,9 @@ so only the code between the bytes in and the bytes out differs:
 The candidates take turns call by call (so a burst of other work hits them all); the figure
 is each one's mean microseconds per request in a round (a mean, so that work done once every
 few hundred calls, such as folding the held answers into the aggregate, is counted), the
-median over ``--rounds`` rounds, and serve-ab's difference to each baseline. Ray's own request path (proxy, actor calls, body fetch) is the
-same for every deployment and is measured by ``bench_serving.py``; this isolates ours.
+median over ``--rounds`` rounds, and serve-ab's difference to each baseline. Ray's own
+request path (proxy, actor calls, body fetch) is the same for every deployment and is
+measured by ``bench_serving.py``; this isolates ours.
 
     python -m benchmarks.bench_http_path            # ~20 s
     python -m benchmarks.bench_http_path --quick    # ~5 s
