@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from serve_ab.api.fast_routes import FastRoute, FastRoutes, route_path
-from serve_ab.api.http_util import decode_json, json_response, read_body
+from serve_ab.api.http_util import decode_json, has_long_number, json_response, read_body
 from serve_ab.errors import InvalidInput, UnknownModel
 
 
@@ -99,6 +101,17 @@ def test_route_path_is_below_the_apps_route_prefix():
 def test_decode_json_reads_what_the_standard_library_reads(raw, expected):
     got = decode_json(raw)
     assert json.dumps(got) == json.dumps(expected)
+
+
+def test_has_long_number_finds_exactly_the_runs_of_twenty_digits_a_regex_finds():
+    rng = random.Random(0)
+    alphabet = b"0123456789.,-e []\"\x00\xff\xd9"  # digits, separators, bytes beside the digits' codes
+    for _ in range(3000):
+        raw = bytes(rng.choice(alphabet[:10]) if rng.random() < 0.8 else rng.choice(alphabet)
+                    for _ in range(rng.randrange(0, 60)))
+        assert has_long_number(raw) == bool(re.search(rb"[0-9]{20}", raw)), raw
+    assert has_long_number(b'{"user_id": 12345678901234567890}')
+    assert not has_long_number(b'{"user_id": 1234567890123456789, "x": 0.1234567890123456789}')
 
 
 @pytest.mark.parametrize("raw, message", [
