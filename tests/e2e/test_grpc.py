@@ -56,9 +56,11 @@ def client_python() -> Path:
     return python
 
 
-@pytest.fixture
-def served_grpc(model_repo, tmp_path):
-    """``serve run configs/ab.yaml`` as shipped (gRPC included), on free ports, with a QA token."""
+@pytest.fixture(scope="module")
+def served_grpc(model_repo, tmp_path_factory):
+    """``serve run configs/ab.yaml`` as shipped (gRPC included), on free ports, with a QA token;
+    one run for the module's tests (a run costs 25-40 s to start), which only read from it."""
+    tmp_path = tmp_path_factory.mktemp("grpc")
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
     assert "grpc_options" in config, "configs/ab.yaml serves gRPC (grpc_options)"
     port = on_free_ports(config)

@@ -28,54 +28,12 @@ def serve_ab(*args, token: str | None = None, url: str) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=60)
 
 
-def test_operator_promotes_a_paused_canary_with_the_cli(model_repo, tmp_path, monkeypatch):
-    config = yaml.safe_load((REPO_ROOT / "configs" / "canary.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    args = config["applications"][0]["args"]
-    args["rollout"]["steps"] = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}]
-    args["controller"]["state_path"] = str(tmp_path / "state.sqlite")
-    (tmp_path / "canary.yaml").write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{port}"
-    # The token reaches the replicas the way a user gives it: exported before serve run.
-    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
-    process = start_serve_run(tmp_path / "canary.yaml", tmp_path / "serve.log")
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                status = httpx.get(url + "/rollout/status", timeout=2).json()
-                if status.get("phase") == "paused":
-                    break
-            except (httpx.TransportError, ValueError):
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-4000:]
-            time.sleep(1)
-        shown = serve_ab("status", url=url)
-        assert shown.returncode == 0, shown.stderr
-        assert "paused" in shown.stdout and "v2" in shown.stdout and "20.0%" in shown.stdout
-
-        refused = serve_ab("promote", url=url)
-        assert refused.returncode == 1 and "401" in refused.stderr
-        wrong = serve_ab("promote", token="not-the-token", url=url)
-        assert wrong.returncode == 1 and "not-the-token" not in wrong.stdout + wrong.stderr
-
-        promoted = serve_ab("promote", token=TOKEN, url=url)
-        assert promoted.returncode == 0, promoted.stderr
-        assert TOKEN not in promoted.stdout + promoted.stderr
-        status = json.loads(serve_ab("status", "--json", url=url).stdout)
-        assert status["phase"] == "promoted" and status["weights_pct"]["v2"] == 100.0
-        answer = httpx.post(url + "/predict", json={"user_id": "anyone", "inputs": [DIGIT_ROW]}).json()
-        assert answer["version"] == "v2"
-        history = serve_ab("status", "--history", url=url)
-        assert "promoted by operator" in history.stdout
-    finally:
-        stop_serve_run(process)
-
-
-def test_status_wait_exits_3_while_a_canary_holds_and_0_once_it_is_promoted(model_repo, tmp_path, monkeypatch):
-    """What a CI step runs: ``serve-ab status --wait --timeout`` and its exit codes, against a real canary."""
+def test_operator_runs_a_paused_canary_with_the_cli(model_repo, tmp_path, monkeypatch):
+    """One canary, as an operator and a CI step see it: ``serve-ab status`` shows the pause,
+    ``status --wait --timeout`` exits 3 while the canary holds, ``promote`` needs the token
+    (401 without, the wrong one never echoed), and once promoted ``status --wait`` exits 0
+    with the final state (``-o json``), the answers come from v2 and the history names who
+    promoted. (One serve run for all of it: a run costs 25-40 s to start.)"""
     config = yaml.safe_load((REPO_ROOT / "configs" / "canary.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
@@ -85,6 +43,7 @@ def test_status_wait_exits_3_while_a_canary_holds_and_0_once_it_is_promoted(mode
     args["controller"]["state_path"] = str(tmp_path / "state.sqlite")
     (tmp_path / "canary.yaml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
+    # The token reaches the replicas the way a user gives it: exported before serve run.
     monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
     process = start_serve_run(tmp_path / "canary.yaml", tmp_path / "serve.log")
     try:
@@ -98,6 +57,9 @@ def test_status_wait_exits_3_while_a_canary_holds_and_0_once_it_is_promoted(mode
             assert process.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-4000:]
             time.sleep(1)
+        shown = serve_ab("status", url=url)
+        assert shown.returncode == 0, shown.stderr
+        assert "paused" in shown.stdout and "v2" in shown.stdout and "20.0%" in shown.stdout
 
         started = time.monotonic()
         held = serve_ab("status", "--wait", "--timeout", "3s", "--interval", "1s", url=url)
@@ -106,12 +68,24 @@ def test_status_wait_exits_3_while_a_canary_holds_and_0_once_it_is_promoted(mode
         assert "paused, step 2 of 3" in held.stdout and "timed out after 3s" in held.stderr
         assert "serve-ab promote" in held.stderr
 
+        refused = serve_ab("promote", url=url)
+        assert refused.returncode == 1 and "401" in refused.stderr
+        wrong = serve_ab("promote", token="not-the-token", url=url)
+        assert wrong.returncode == 1 and "not-the-token" not in wrong.stdout + wrong.stderr
+
         promoted = serve_ab("promote", token=TOKEN, url=url)
         assert promoted.returncode == 0, promoted.stderr
+        assert TOKEN not in promoted.stdout + promoted.stderr
         done = serve_ab("status", "--wait", "--timeout", "60s", "--interval", "1s", "-o", "json", url=url)
         assert done.returncode == 0, done.stdout + done.stderr
         final = json.loads(done.stdout)  # -o json: nothing but the final object
         assert final["phase"] == "promoted" and final["weights_pct"]["v2"] == 100.0
+        status = json.loads(serve_ab("status", "--json", url=url).stdout)
+        assert status["phase"] == "promoted" and status["weights_pct"]["v2"] == 100.0
+        answer = httpx.post(url + "/predict", json={"user_id": "anyone", "inputs": [DIGIT_ROW]}).json()
+        assert answer["version"] == "v2"
+        history = serve_ab("status", "--history", url=url)
+        assert "promoted by operator" in history.stdout
 
         # --app NAME through the dashboard `serve run` started, when it is ours (port 8265 may be taken by
         # another Ray on this machine, which then has no such app).

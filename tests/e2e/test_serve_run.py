@@ -81,11 +81,28 @@ def wait_until_ready(process: subprocess.Popen, base: str, log_path: Path) -> No
         time.sleep(1)
 
 
-@pytest.fixture(params=["ab.yaml", "ab_isolated.yaml"])
-def served(request, model_repo, tmp_path):
-    """``serve run`` on a shipped config, moved to a free port (8000 may be taken)."""
+class ServedRun:
+    """A running ``serve run`` and what the tests sent it: ``answered`` counts the inference
+    requests answered 200, which the run's record must hold once it is stopped."""
+
+    def __init__(self, base: str, args: dict, process: subprocess.Popen, records: Path, log_path: Path):
+        self.base, self.args, self.process, self.records, self.log_path = base, args, process, records, log_path
+        self.answered = 0
+
+
+# One serve run per shipped config for the whole module (each costs 25-40 s to start): the
+# tests use it in order, and the last one stops it with Ctrl-C.
+@pytest.fixture(scope="module", params=["ab.yaml", "ab_isolated.yaml"])
+def served(request, model_repo, tmp_path_factory):
+    """``serve run`` on a shipped config, moved to a free port (8000 may be taken), its run
+    record and state in a temp dir."""
+    tmp_path = tmp_path_factory.mktemp(request.param.removesuffix(".yaml"))
     config = yaml.safe_load((REPO_ROOT / "configs" / request.param).read_text())
     port = on_free_ports(config)
+    args = config["applications"][0]["args"]
+    records = tmp_path / "runs.sqlite"
+    args["analysis"] = {**args.get("analysis", {}), "records": {"path": str(records)}}
+    args["controller"] = {**args.get("controller", {}), "state_path": str(tmp_path / "state.sqlite")}
     config_path = tmp_path / request.param
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / "serve.log"
@@ -93,13 +110,13 @@ def served(request, model_repo, tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, base, log_path)
-        yield base, config["applications"][0]["args"], process
+        yield ServedRun(base, args, process, records, log_path)
     finally:
         stop_serve_run(process)
 
 
 def test_serve_run_serves_both_versions_over_http(served):
-    base, args, process = served
+    base, args = served.base, served.args
     key_in_header = args["assignment"]["key"] == "header"
     seen = Counter()
     with httpx.Client(timeout=30) as client:
@@ -111,6 +128,7 @@ def test_serve_run_serves_both_versions_over_http(served):
                 body["user_id"] = user
             response = client.post(base + "/predict", json=body, headers=headers)
             assert response.status_code == 200, response.text
+            served.answered += 1
             assert response.headers["x-model-version"] == response.json()["version"]
             seen[response.json()["version"]] += 1
         assert set(seen) == {"v1", "v2"}, seen
@@ -118,15 +136,33 @@ def test_serve_run_serves_both_versions_over_http(served):
             "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}],
         })
         assert v2.status_code == 200 and v2.json()["model_version"] in ("v1", "v2")
+        served.answered += 1
         assert client.post(base + "/predict", content=b"{oops").status_code == 400
         assert client.post(base + "/predict", json={"inputs": [DIGIT_ROW]}).status_code == 200
+        served.answered += 1
 
 
-def test_clean_shutdown_on_sigint(served):
-    base, _, process = served
-    assert stop_serve_run(process) == 0  # exited by itself, within 90 s of Ctrl-C
+def test_a_run_stopped_with_ctrl_c_exits_cleanly_and_keeps_every_request_in_its_record(served):
+    """150 more requests, Ctrl-C: serve run exits 0 within 90 s, and ``serve-ab runs`` shows
+    every request the run answered.
+
+    The run is far shorter than ``records.interval_s`` (60 s): the record is written at the
+    first traffic and, with the final figures, by the controller on its way down.
+    """
+    with httpx.Client(timeout=30) as client:
+        for i in range(150):
+            response = client.post(served.base + "/predict", json={"user_id": f"u{i}", "inputs": [DIGIT_ROW]},
+                                   headers={"x-user-id": f"u{i}"})
+            assert response.status_code == 200, response.text
+            served.answered += 1
+    assert stop_serve_run(served.process) == 0, served.log_path.read_text()[-4000:]
     with pytest.raises(httpx.TransportError):
-        httpx.get(base + "/v2/health/live", timeout=2)
+        httpx.get(served.base + "/v2/health/live", timeout=2)
+    listed = subprocess.run([str(SERVE_AB), "runs", "--records", str(served.records)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("digits-")]
+    assert f" {served.answered} " in f" {row} ", (served.answered, listed.stdout)
 
 
 def test_validate_cli_on_shipped_and_broken_configs(model_repo, tmp_path):
@@ -161,34 +197,3 @@ def test_serve_run_refuses_an_invalid_experiment_before_deploying(model_repo, tm
         assert "Adding 1 replica" not in log_path.read_text()
     finally:
         stop_serve_run(process)
-
-
-def test_a_stopped_run_keeps_every_request_in_its_record(model_repo, tmp_path):
-    """``serve run configs/ab.yaml``, 150 requests, Ctrl-C: ``serve-ab runs`` shows all 150.
-
-    The run is far shorter than ``records.interval_s`` (60 s): the record is written at the
-    first traffic and, with the final figures, by the controller on its way down.
-    """
-    config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
-    port = on_free_ports(config)
-    args = config["applications"][0]["args"]
-    records = tmp_path / "runs.sqlite"
-    args["analysis"] = {**args.get("analysis", {}), "records": {"path": str(records)}}
-    args["controller"] = {**args.get("controller", {}), "state_path": str(tmp_path / "state.sqlite")}
-    (tmp_path / "ab.yaml").write_text(yaml.safe_dump(config))
-    log_path = tmp_path / "serve.log"
-    process = start_serve_run(tmp_path / "ab.yaml", log_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, base, log_path)
-        with httpx.Client(timeout=30) as client:
-            for i in range(150):
-                response = client.post(base + "/predict", json={"user_id": f"u{i}", "inputs": [DIGIT_ROW]})
-                assert response.status_code == 200, response.text
-    finally:
-        assert stop_serve_run(process) == 0, log_path.read_text()[-4000:]
-    listed = subprocess.run([str(SERVE_AB), "runs", "--records", str(records)], cwd=REPO_ROOT,
-                            capture_output=True, text=True)
-    assert listed.returncode == 0, listed.stdout + listed.stderr
-    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("digits-")]
-    assert " 150 " in f" {row} ", listed.stdout

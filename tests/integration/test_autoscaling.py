@@ -10,9 +10,10 @@ waits for its batch without using a CPU, as a request waits for a slow model; on
 2-core machine a model that is really slow would starve Ray itself. With a closed loop of
 ``LOAD_WORKERS`` clients, about that many requests are always in flight, shared between
 the versions by weight, and Ray Serve's autoscaler aims for ``target_ongoing_requests`` per
-replica. Ray Serve averages over ``look_back_period_s`` (30 s, its default: serve-ab's
-config does not pass that field through), so a change of load shows in replica counts
-after tens of seconds; the waits are bounded by deadlines and the counts seen are printed.
+replica. Ray Serve averages over ``look_back_period_s`` (30 s by default; here 11 s, just
+above the 10-s interval at which replicas report their load, which Ray requires), so a
+change of load shows in replica counts after ten to twenty seconds. The waits are bounded by
+deadlines and the counts seen are printed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ SLOW_BATCHING = {"max_batch_size": 64, "batch_wait_timeout_s": 0.25}
 
 def autoscaling(min_replicas: int, **changes) -> dict:
     return {"min_replicas": min_replicas, "initial_replicas": 1, "max_replicas": 3,
-            "target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 3, **changes}
+            "target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 3,
+            "look_back_period_s": 11, **changes}
 
 
 class ReplicaWatch:

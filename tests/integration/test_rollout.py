@@ -279,11 +279,16 @@ def test_isolated_promotion_scales_the_old_version_to_zero(http, serve_instance,
     # go to v1 and count as v2's errors, and with failure_limit 0 one such analysis aborted the
     # canary (seen once in a full-suite run). Two failed analyses are tolerated here.
     cfg["rollout"]["analysis"]["failure_limit"] = 2
-    scale_to_zero = {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 1, "max_replicas": 1,
-                                            "downscale_delay_s": 2, "upscale_delay_s": 0},
-                     "ray_actor_options": {"num_cpus": 0.1}}
-    for version in cfg["versions"]:
-        version["deployment"] = scale_to_zero
+    # v1 may go to zero replicas (min_replicas 0) and is let go quickly: Ray averages load over
+    # 30 s by default, here 11 (it wants more than its 10-s metrics interval). The window then
+    # holds one or two load reports, and a late one reads as no load: so v2, which serves all
+    # of the traffic after the promotion, keeps at least one replica (min_replicas 1), as a
+    # user would configure the version that is to stay.
+    autoscaling = {"initial_replicas": 1, "max_replicas": 1, "downscale_delay_s": 2, "upscale_delay_s": 0,
+                   "look_back_period_s": 11}
+    for version, min_replicas in zip(cfg["versions"], (0, 1)):
+        version["deployment"] = {"autoscaling_config": {**autoscaling, "min_replicas": min_replicas},
+                                 "ray_actor_options": {"num_cpus": 0.1}}
     deployed(cfg, "isolated-retire")
     status_url = serve_instance.url("/isolated-retire/rollout/status")
     with load(serve_instance, "isolated-retire", tmp_path, model_repo) as loadgen:
