@@ -108,6 +108,13 @@ class BatchingConfig(_Strict):
     )
 
 
+# Ray Serve's replicas and handles report their load every 10 s (its AutoscalingConfig's
+# metrics_interval_s, which serve-ab leaves at its default). A look-back window no longer
+# than that may hold no report at all, which reads as no load: Ray warns, and says a later
+# release will refuse it. Here it is refused now, naming the field.
+RAY_METRICS_INTERVAL_S = 10.0
+
+
 class AutoscalingConfig(_Strict):
     """The part of Ray Serve's autoscaling_config that serve-ab passes through."""
 
@@ -120,7 +127,9 @@ class AutoscalingConfig(_Strict):
     upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load before scaling up.")
     downscale_delay_s: float = Field(600.0, ge=0, description="Sustained idle before scaling down.")
     look_back_period_s: float = Field(
-        30.0, gt=0, description="Window over which Ray averages the ongoing requests it scales on."
+        30.0, gt=RAY_METRICS_INTERVAL_S,
+        description="Window over which Ray averages the ongoing requests it scales on; more than "
+        f"the {RAY_METRICS_INTERVAL_S:g} s at which replicas report them.",
     )
 
     @model_validator(mode="after")

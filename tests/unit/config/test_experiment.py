@@ -101,12 +101,17 @@ def test_scaling_options():
     cfg["versions"][0]["deployment"] = {"autoscaling_config": {"min_replicas": 4, "max_replicas": 3}}
     assert any("max_replicas (3) must be greater than or equal to min_replicas (4)" in e
                for e in errors_of(cfg))
+    # Ray's replicas report their load every 10 s: a shorter window may hold no report.
+    cfg["versions"][0]["deployment"] = {"autoscaling_config": {"look_back_period_s": 5}}
+    errors = errors_of(cfg)
+    assert any("look_back_period_s" in e and "greater than 10" in e and "(got 5)" in e for e in errors), errors
     cfg["versions"][0]["deployment"] = {
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "look_back_period_s": 11},
         "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5},
     }
     options = parse_experiment(cfg).versions[0].deployment.to_ray()
     assert options["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in options
+    assert options["autoscaling_config"]["look_back_period_s"] == 11
     assert options["ray_actor_options"]["num_gpus"] == 0.5
 
 
