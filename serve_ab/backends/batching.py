@@ -59,7 +59,11 @@ class Batcher:
         self.batches_run = 0
         self.requests_run = 0
         self._pending: deque[tuple[Batch, asyncio.Future]] = deque()
-        self._arrived = asyncio.Event()
+        # What the worker awaits: the first request when idle, then a full batch or the
+        # deadline, whichever comes first. One future and one timer per batch, woken once:
+        # waiting with asyncio.wait_for on an event, as @serve.batch does, costs a task and
+        # a timer for every request that joins a batch.
+        self._wakeup: asyncio.Future | None = None
         self._worker: asyncio.Task | None = None
 
     async def predict(self, batch: Batch) -> Batch:
@@ -68,27 +72,33 @@ class Batcher:
             # First call, or a new event loop (a test's asyncio.run): the old loop's
             # futures can never be answered, so they are dropped with it.
             self._pending.clear()
-            self._arrived = asyncio.Event()
+            self._wakeup = None
             self._worker = loop.create_task(self._work())
         future = loop.create_future()
         self._pending.append((batch, future))
-        self._arrived.set()
+        # The worker waits for the first request of a batch, then for the batch to fill.
+        if len(self._pending) == 1 or len(self._pending) >= self.max_batch_size:
+            self._wake()
         return await future
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-            deadline = loop.time() + self.batch_wait_timeout_s
-            while len(self._pending) < self.max_batch_size and (left := deadline - loop.time()) > 0:
-                self._arrived.clear()
-                # Waiting on an event, not on a queue's get(): a timeout can never drop a request.
+            if not self._pending:
+                self._wakeup = loop.create_future()
+                await self._wakeup  # the first request of the next batch
+            if len(self._pending) < self.max_batch_size and self.batch_wait_timeout_s > 0:
+                self._wakeup = loop.create_future()
+                deadline = loop.call_later(self.batch_wait_timeout_s, self._wake)
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except asyncio.TimeoutError:
-                    break
+                    await self._wakeup  # a full batch, or the deadline
+                finally:
+                    deadline.cancel()
+            self._wakeup = None
             taken = [self._pending.popleft()
                      for _ in range(min(self.max_batch_size, len(self._pending)))]
             self._run([(batch, future) for batch, future in taken if not future.cancelled()])

@@ -51,6 +51,24 @@ def test_no_batch_takes_more_than_max_batch_size_requests():
     assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(10)]
 
 
+def test_a_batch_that_fills_runs_at_once_whenever_its_requests_arrive():
+    """Requests arriving over several loop turns fill a batch; the full batch does not wait
+    out batch_wait_timeout_s (30 s here: a wait would hit the 5-s bound below)."""
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=4, batch_wait_timeout_s=30.0)
+
+    async def go():
+        first = [asyncio.ensure_future(batcher.predict(_rows(i, n=1))) for i in range(2)]
+        await asyncio.sleep(0)  # the worker takes the first request and starts waiting
+        await asyncio.sleep(0)
+        later = [asyncio.ensure_future(batcher.predict(_rows(i, n=1))) for i in range(2, 8)]
+        return await asyncio.wait_for(asyncio.gather(*first, *later), timeout=5.0)
+
+    results = asyncio.run(go())
+    assert model.calls == [4, 4]
+    assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(8)]
+
+
 def test_a_lone_request_waits_at_most_the_timeout():
     model = Doubler()
     batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=64, batch_wait_timeout_s=0.02)
