@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import free_port
+
 INSTALL = "sudo apt-get install -y redis-server (scripts/test.sh does this when run as root)"
 START_TIMEOUT_S = 10.0
 
@@ -30,19 +32,13 @@ def redis_server_binary() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """One ``redis-server`` process; :meth:`stop` and :meth:`start` again on the same port and data."""
 
     def __init__(self, binary: str, directory: Path):
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()  # below the ephemeral range: Ray's processes take ports there
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = directory / "redis.log"
         self.process: subprocess.Popen | None = None

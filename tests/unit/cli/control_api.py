@@ -4,9 +4,9 @@ the ``api`` fixture (``conftest.py``) serves it to the CLI tests."""
 from __future__ import annotations
 
 import argparse
-import socket
 
 from serve_ab.cli import rollout as cli_rollout
+from tests.integration.conftest import free_port
 from tests.support.fake_http import FakeApp
 
 CANARY = {
@@ -37,10 +37,9 @@ STATIC = {"model": "digits", "strategy": None, "phase": "static", "weights_pct":
 
 
 def closed_port() -> int:
-    """A port nobody listens on (once the socket that took it is closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on: below the ephemeral range, so that no process binding port 0
+    (Ray's, when the suite runs the tests with Ray beside these) can take it meanwhile."""
+    return free_port()
 
 
 class FakeControlAPI(FakeApp):

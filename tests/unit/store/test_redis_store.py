@@ -18,6 +18,7 @@ from serve_ab.serving.controller import ControllerCore, feedback_key
 from serve_ab.serving.core.messages import Action
 from serve_ab.store.redis_store import RedisStateStore
 from serve_ab.store.state import SqliteStateStore, open_store
+from tests.integration.conftest import free_port
 from tests.support.fakes import FakeClock
 from tests.unit.serving.test_controller_core import (
     EV_CANDIDATE,
@@ -210,9 +211,7 @@ def test_serve_ab_runs_and_report_read_records_from_redis(redis_url, capsys):
 
 
 def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there, and no process binding port 0 takes it
     from serve_ab.cli.command import main as cli_main
 
     started = time.monotonic()
