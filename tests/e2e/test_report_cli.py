@@ -18,7 +18,7 @@ from tests.integration.conftest import free_port
 
 import subprocess
 
-REQUESTS = 400
+REQUESTS = 200  # enough for every table, plot and the shadow's pairs; the verdict is tested in test_ab_report
 
 
 def serve_ab(*args: str) -> subprocess.CompletedProcess:
