@@ -580,8 +580,34 @@ class ReportAnalysisConfig(_Strict):
     records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
 
 
-def _default_router() -> DeploymentOptions:
-    return DeploymentOptions(num_replicas=1)
+# Ray Serve reads these in each replica process at start; set through the router's
+# runtime_env, they change the router's replicas only (ray/serve/_private/constants.py).
+RAY_USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
+
+
+class RouterOptions(DeploymentOptions):
+    """Ray Serve options of the router deployment, and how its replicas run serve-ab's code."""
+
+    separate_thread: bool = Field(
+        False,
+        description="Run the router's code (and a colocated model) in a thread of its own, and its "
+        "calls to other deployments on a loop of their own, beside Ray Serve's replica loop: Ray's "
+        "defaults. Off, one event loop does all of it, and each request skips the thread hops. Turn "
+        "it on when a colocated model blocks for tens of milliseconds per call, so that the replica "
+        "keeps answering Ray's queue-length probes and health checks meanwhile.",
+    )
+
+    def to_ray(self) -> dict[str, Any]:
+        options = super().to_ray()
+        flag = "1" if self.separate_thread else "0"
+        options["ray_actor_options"]["runtime_env"] = {
+            "env_vars": {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag}}
+        return options
+
+
+def _default_router() -> RouterOptions:
+    return RouterOptions(num_replicas=1)
 
 
 class ExperimentConfig(_Strict):
@@ -603,7 +629,7 @@ class ExperimentConfig(_Strict):
         default_factory=IsolationConfig,
         description="Time limits on versions in their own deployments (placement: isolated).",
     )
-    router: DeploymentOptions = Field(
+    router: RouterOptions = Field(
         default_factory=_default_router, description="Ray Serve options of the router deployment."
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP request limits.")

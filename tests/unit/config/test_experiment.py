@@ -47,6 +47,23 @@ def test_good_config_and_defaults():
     assert cfg.controller.report_interval_s == 1.0
 
 
+def test_router_runs_on_rays_replica_loop_unless_asked_for_a_thread():
+    # One loop by default (no thread hop per request); Ray's own default on request. The flags
+    # travel in the router's runtime_env, so the versions' deployments keep Ray's defaults.
+    default_env = parse_experiment(GOOD).router.to_ray()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert default_env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                           "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+    threaded = parse_experiment(with_changes(router={"num_replicas": 1, "separate_thread": True}))
+    assert threaded.router.to_ray()["ray_actor_options"]["runtime_env"]["env_vars"] == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+    isolated = parse_experiment(with_changes(placement="isolated",
+                                             versions=[dict(v, deployment={"num_replicas": 1})
+                                                       for v in GOOD["versions"]]))
+    assert all("runtime_env" not in v.deployment.to_ray()["ray_actor_options"] for v in isolated.versions)
+    assert "router.separate_thread: Input should be a valid boolean" in \
+        errors_of(with_changes(router={"separate_thread": "maybe"}))[0]
+
+
 def test_version_left_out_of_weights_gets_zero():
     cfg = parse_experiment(with_changes(weights={"v1": 100}))
     assert cfg.weights_pct() == {"v1": 100.0, "v2": 0.0}
