@@ -117,5 +117,6 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
         graceful_shutdown_wait_loop_s=CONTROLLER_SHUTDOWN_LOOP_S,
     ).bind(experiment)
     # The router writes its own access line, which names the version (api/access_log.py).
-    return Router.options(**cfg.router.to_ray(), logging_config={"enable_access_log": False}).bind(
+    router_options = cfg.router.to_ray(isolated=cfg.placement is Placement.ISOLATED)
+    return Router.options(**router_options, logging_config={"enable_access_log": False}).bind(
         experiment, pools, controller)
