@@ -594,8 +594,9 @@ class RouterOptions(DeploymentOptions):
         description="Run the router's code (and a colocated model) in a thread of its own, and its "
         "calls to other deployments on a loop of their own, beside Ray Serve's replica loop: Ray's "
         "defaults. Off, one event loop does all of it and each request skips the thread hops. "
-        "Unset: off in colocated placement, on in isolated (where the router's loop would also "
-        "carry every call to the versions; benchmarks/README.md, fifth round). Turn it on when a "
+        "Unset: off in colocated placement; in isolated, Ray's setting as the cluster has it (its "
+        "default is on: there the router's loop would also carry every call to the versions; "
+        "benchmarks/README.md, fifth round). Turn it on when a "
         "colocated model blocks for tens of milliseconds per call, so that the replica keeps "
         "answering Ray's queue-length probes and health checks meanwhile.",
     )
@@ -603,8 +604,9 @@ class RouterOptions(DeploymentOptions):
     def to_ray(self, isolated: bool = False) -> dict[str, Any]:
         """``Deployment.options`` for the router of an experiment in isolated placement or not."""
         options = super().to_ray()
-        threads = isolated if self.separate_thread is None else self.separate_thread
-        flag = "1" if threads else "0"
+        if self.separate_thread is None and isolated:
+            return options  # Ray's setting, as the cluster has it
+        flag = "1" if self.separate_thread else "0"
         options["ray_actor_options"]["runtime_env"] = {
             "env_vars": {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag}}
         return options
