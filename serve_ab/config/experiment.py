@@ -594,11 +594,11 @@ class RouterOptions(DeploymentOptions):
         description="Run the router's code (and a colocated model) in a thread of its own, and its "
         "calls to other deployments on a loop of their own, beside Ray Serve's replica loop: Ray's "
         "defaults. Off, one event loop does all of it and each request skips the thread hops. "
-        "Unset: off in colocated placement; in isolated, Ray's setting as the cluster has it (its "
-        "default is on: there the router's loop would also carry every call to the versions; "
-        "benchmarks/README.md, fifth round). Turn it on when a "
-        "colocated model blocks for tens of milliseconds per call, so that the replica keeps "
-        "answering Ray's queue-length probes and health checks meanwhile.",
+        "Unset: off in colocated placement; in isolated, Ray's setting as the cluster has it "
+        "(on by default: there the router's loop would also carry every call to the versions; "
+        "benchmarks/README.md, fifth round). Turn it on when a colocated model blocks for tens "
+        "of milliseconds per call, so that the replica keeps answering Ray's queue-length probes "
+        "and health checks meanwhile.",
     )
 
     def to_ray(self, isolated: bool = False) -> dict[str, Any]:
