@@ -33,7 +33,7 @@ from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.errors import BodyTooLarge, PinningDisabled, ServeAbError
 from serve_ab.serving.core.auth import Role
-from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints
+from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints, access_lines
 
 logger = logging.getLogger("ray.serve")
 M = TypeVar("M", bound=Message)
@@ -126,7 +126,8 @@ class GrpcInference:
             trailing.append((FEEDBACK_TOKEN_HEADER, token))
         context.set_trailing_metadata(trailing)
         # The gRPC path's access line (Ray's own cannot name the version).
-        logger.info("ModelInfer version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0)
+        access_lines.write("ModelInfer version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
+                           request_id=core.request_id())
         return codec.infer_response(response, tensors)
 
     def _pinned(self, version: str | None, metadata: Metadata, context: Context) -> str | None:

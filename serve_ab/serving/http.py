@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from serve_ab.api.access_log import AccessLog
+from serve_ab.api.access_log import AccessLines, AccessLog
 from serve_ab.api.fast_routes import FastRoute, FastRoutes
 from serve_ab.api.http_util import (
     add_openapi_schemas,
@@ -62,6 +62,8 @@ SERVER_VERSION = "0.1.0"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport", "python": "python"}
 
 logger = logging.getLogger("ray.serve")
+# The access lines of every way in (HTTP, handles, gRPC); a handle call's may wait for its answer to leave.
+access_lines = AccessLines(logger)
 
 api = FastAPI(
     title="serve-ab",
@@ -428,4 +430,4 @@ app = AccessLog(FastRoutes(api, [
     FastRoute("POST", "/predict", _fast_predict),
     FastRoute("POST", "/v2/models/{model}/infer", _fast_v2_infer),
     FastRoute("POST", "/v2/models/{model}/versions/{version}/infer", _fast_v2_infer_version),
-]), logger=logger, request_id=_request_id_now)
+]), access_lines, request_id=_request_id_now)

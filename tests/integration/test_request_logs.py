@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import ray
+from ray import serve
 
 from tests.integration.conftest import DIGIT_ROW, experiment
 from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
@@ -32,9 +33,17 @@ def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, 
     assert http.post(serve_instance.url(f"/{app}/predict"), headers={"x-request-id": bad_id},
                      json={"user_id": "x", "inputs": [[1.0]]}).status_code == 400
 
+    # Handle calls: one at a time, so each line is held until the answer has left, then written.
+    handle = serve.get_app_handle(app)
+    called = {}
+    for i in range(3):
+        answer = handle.predict.remote([DIGIT_ROW], key=f"user-{i}").result(timeout_s=60)
+        called[answer["request_id"]] = answer["version"]
+
     def lines_for_every_request():
         lines = router_log_lines(app)
         found = {rid: [ln for ln in lines if rid in ln and "/predict" in ln] for rid in [*sent, bad_id]}
+        found |= {rid: [ln for ln in lines if rid in ln and "predict version=" in ln] for rid in called}
         return found if all(found.values()) else None
 
     found = wait_for(lines_for_every_request, "an access line per request in the router's log", timeout_s=30)
@@ -43,3 +52,6 @@ def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, 
         assert f"version={version}" in line and " 200 " in line, line
     (line,) = found[bad_id]
     assert "version=-" in line and " 400 " in line, line  # refused before any version saw it
+    for request_id, version in called.items():
+        (line,) = found[request_id]
+        assert f"predict version={version} " in line, line
