@@ -11,12 +11,15 @@ A handle call's line can wait until the answer has left (:class:`AccessLines`, `
 Through Ray's handlers (filters, formatter, a write to the replica's log file) a line costs
 microseconds in a loop but a tenth of a millisecond or more of a call's latency in a busy
 replica, and the caller waits for the line: Ray hands a handle call's return value over
-only once the method has returned. The router holds the line of a call that was alone in
-the replica for ``LINE_DELAY_S`` and writes it in the call's own context, so Ray's filters
-stamp it as before; a line whose call had others in flight is written at once, as there
-is no idle moment to wait for. An HTTP request's line is written at once: the answer is
-already on its way through Ray's queue when the line is written, and in paired runs
-holding it made concurrency 1 slower, not faster (``benchmarks/README.md``).
+only once the method has returned. The router holds the line of a ``predict`` call that
+finished with no other ``predict`` in flight (:class:`CallsInFlight`) for ``LINE_DELAY_S``;
+with others in flight it is written at once, as there is no idle moment to wait for, and a
+held batch written during a later call costs that call instead. A held line keeps its
+figure (measured in the call) and its request id (in ``extra``); it is written in a copy of
+the call's context, so that handlers reading Ray's request context (JSON logs' route and
+app, a user's own handlers) see the call's. Its timestamp is 2 ms late and it may follow
+later requests' lines. An HTTP request's line is written at once: holding it made
+concurrency 1 slower, not faster, in paired runs (``benchmarks/README.md``, sixth round).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextvars
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -49,11 +53,32 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+class CallsInFlight:
+    """How many calls of a method are being served: ``with calls:`` around each."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> CallsInFlight:
+        self.count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+
+    @property
+    def none(self) -> bool:
+        return self.count == 0
+
+
 class AccessLines:
     """Access lines, written at once or (``hold``) after :data:`LINE_DELAY_S` on the same loop.
 
-    Outside a running event loop a held line is written at once too. :meth:`flush` writes
-    what is held (a stopping replica calls it).
+    For one event loop at a time (the replica's): a held line while another loop that is
+    still running holds lines is written at once, and one held on a loop that has stopped
+    is written by the next. Outside a running event loop a held line is written at once too.
+    :meth:`flush` writes what is held (a stopping replica calls it); a line that fails to be
+    written is reported on stderr, as logging's handlers do, and the others still are.
     """
 
     def __init__(self, logger: logging.Logger, delay_s: float = LINE_DELAY_S):
@@ -70,6 +95,9 @@ class AccessLines:
             self.logger.info(message, *args, extra=extra)
             return
         if self._timer is not None and self._timer_loop is not loop:
+            if self._timer_loop is not None and self._timer_loop.is_running():
+                self.logger.info(message, *args, extra=extra)  # another thread's loop owns what is held
+                return
             self.flush()  # held on a loop that has stopped (tests run one loop after another)
         self._held.append((contextvars.copy_context(), message, args, extra))
         if self._timer is None:
@@ -81,7 +109,10 @@ class AccessLines:
         self._timer = self._timer_loop = None
         held, self._held = self._held, []
         for context, message, args, extra in held:
-            context.run(self.logger.info, message, *args, extra=extra)
+            try:
+                context.run(self.logger.info, message, *args, extra=extra)
+            except Exception:  # a filter's error: lose this line only, never a request
+                traceback.print_exc()
 
     def __len__(self) -> int:
         return len(self._held)

@@ -127,7 +127,7 @@ class GrpcInference:
         context.set_trailing_metadata(trailing)
         # The gRPC path's access line (Ray's own cannot name the version).
         access_lines.write("ModelInfer version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
-                           request_id=core.request_id())
+                           request_id=response.get("parameters", {}).get("request_id"))
         return codec.infer_response(response, tensors)
 
     def _pinned(self, version: str | None, metadata: Metadata, context: Context) -> str | None:

@@ -34,6 +34,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from serve_ab.api.access_log import CallsInFlight
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
@@ -159,7 +160,7 @@ class Router:
         client = ControllerClient(controller)
         self.core = RouterCore(cfg, versions, client, request_id=_request_id)
         self.core.replica = serve.get_replica_context().replica_tag
-        self._calls_in_flight = 0  # handle calls being served: when their access lines are written
+        self._predicts = CallsInFlight()  # handle predict calls being served: when their lines are written
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.
         start(self.core, prepare(cfg, lambda: open_store(cfg.controller), self.core.clock))
@@ -179,15 +180,17 @@ class Router:
         """A stopping replica (scale-down, redeploy, Ctrl-C) hands over what it served last."""
         for task in getattr(self, "_tasks", ()):
             task.cancel()
-        access_lines.flush()  # the last answers' lines, held for a moment (serve_ab.api.access_log)
-        core = getattr(self, "core", None)
-        if core is None:
-            return
-        try:  # copies in flight first: their pairs go in the same last message
-            await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
-        except asyncio.TimeoutError:
-            pass
-        await core.flush_once()
+        try:
+            core = getattr(self, "core", None)
+            if core is None:
+                return
+            try:  # copies in flight first: their pairs go in the same last message
+                await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
+            except asyncio.TimeoutError:
+                pass
+            await core.flush_once()
+        finally:
+            access_lines.flush()  # the last calls' lines, held for a moment (serve_ab.api.access_log)
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
@@ -203,17 +206,15 @@ class Router:
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
         started_s = time.perf_counter()
-        self._calls_in_flight += 1
-        try:
+        with self._predicts:
             choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
-        finally:
-            self._calls_in_flight -= 1
         # The handle path's access line (Ray's own is off: it cannot name the version). The
-        # caller waits for it, so a call that was alone leaves it until its answer has gone;
-        # with others in flight there is no idle moment to wait for (serve_ab.api.access_log).
+        # caller waits for it, so with no other predict in flight it is left until the answer
+        # has gone; with others in flight there is no idle moment to wait for
+        # (serve_ab.api.access_log).
         request_id = _request_id()
         access_lines.write("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
-                           request_id=request_id, hold=self._calls_in_flight == 0)
+                           request_id=request_id, hold=self._predicts.none)
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
                 "feedback_token": self.core.feedback_token_for(request_id, choice)}
 

@@ -33,7 +33,7 @@ def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, 
     assert http.post(serve_instance.url(f"/{app}/predict"), headers={"x-request-id": bad_id},
                      json={"user_id": "x", "inputs": [[1.0]]}).status_code == 400
 
-    # Handle calls: one at a time, so each line is held until the answer has left, then written.
+    # Handle calls, one at a time: the case where the line is held until the answer has left.
     handle = serve.get_app_handle(app)
     called = {}
     for i in range(3):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 
-from serve_ab.api.access_log import AccessLines, AccessLog
+from serve_ab.api.access_log import AccessLines, AccessLog, CallsInFlight
 
 REQUEST = contextvars.ContextVar("request", default=None)  # stands in for Ray's request context
 
@@ -119,3 +120,65 @@ def test_lines_held_on_a_loop_that_stopped_are_written_not_lost():
     assert [m for m, _, _ in kept.lines] == ["predict version=v1"] and len(lines) == 1
     lines.flush()  # what a stopping replica does
     assert [m for m, _, _ in kept.lines] == ["predict version=v1", "predict version=v2"] and len(lines) == 0
+
+
+def test_calls_in_flight_counts_each_call_out_however_it_ends():
+    calls = CallsInFlight()
+
+    async def call(outcome: str) -> None:
+        with calls:
+            assert not calls.none
+            await asyncio.sleep(0.01)
+            if outcome == "error":
+                raise ValueError("bad input")
+
+    async def main() -> None:
+        done = asyncio.create_task(call("ok"))
+        failed = asyncio.create_task(call("error"))
+        cancelled = asyncio.create_task(call("ok"))
+        await asyncio.sleep(0)
+        assert calls.count == 3
+        cancelled.cancel()
+        results = await asyncio.gather(done, failed, cancelled, return_exceptions=True)
+        assert results[0] is None and isinstance(results[1], ValueError)
+        assert isinstance(results[2], asyncio.CancelledError)
+
+    asyncio.run(main())
+    assert calls.none and calls.count == 0
+
+
+def test_a_line_that_fails_to_be_written_loses_only_itself(capsys):
+    logger, kept = kept_logger("failing")
+    logger.addFilter(lambda record: 1 / 0 if record.args == ("v2",) else True)  # a broken filter
+    lines = AccessLines(logger, delay_s=60.0)
+
+    async def main() -> None:
+        for version in ("v1", "v2", "v3"):
+            lines.write("predict version=%s", version, request_id=version, hold=True)
+        lines.flush()
+
+    asyncio.run(main())
+    assert [m for m, _, _ in kept.lines] == ["predict version=v1", "predict version=v3"]
+    assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_a_line_from_a_second_running_loop_is_written_at_once_and_the_firsts_stay_held():
+    logger, kept = kept_logger("two-loops")
+    lines = AccessLines(logger, delay_s=60.0)
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    try:
+        async def hold(version: str) -> None:
+            lines.write("predict version=%s", version, request_id=version, hold=True)
+
+        asyncio.run_coroutine_threadsafe(hold("v1"), other).result(timeout=10)
+        assert kept.lines == [] and len(lines) == 1
+        asyncio.run(hold("v2"))  # this thread's loop: the other one still runs and holds v1
+        assert [m for m, _, _ in kept.lines] == ["predict version=v2"] and len(lines) == 1
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(timeout=10)
+        other.close()
+    lines.flush()
+    assert [m for m, _, _ in kept.lines] == ["predict version=v2", "predict version=v1"]
