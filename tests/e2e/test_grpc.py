@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -74,13 +75,20 @@ def served_grpc(model_repo, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, base, log_path)
-        yield base, f"127.0.0.1:{config['grpc_options']['port']}", log_path
+        yield base, f"127.0.0.1:{config['grpc_options']['port']}", log_path, Path(process.ray_tmpdir)
     finally:
         stop_serve_run(process)
 
 
+def router_log_lines(ray_tmpdir: Path) -> list[str]:
+    """The lines of the router replicas' log files of a ``serve run`` with its own RAY_TMPDIR
+    (``session_latest`` only: the session's own folder is the same one under its dated name)."""
+    return [line for path in ray_tmpdir.glob("ray/session_latest/logs/serve/replica_*_Router_*.log")
+            for line in path.read_text(errors="replace").splitlines()]
+
+
 def test_tritonclient_grpc_gets_the_json_endpoints_answers(client_python, served_grpc):
-    base, grpc_url, log_path = served_grpc
+    base, grpc_url, log_path, ray_tmpdir = served_grpc
     rows = [DIGIT_ROW, list(reversed(DIGIT_ROW))]
     done = subprocess.run([str(client_python), str(CLIENT_SCRIPT), "--url", grpc_url, "--model", "digits",
                            "--user", "grpc-alice", "--rows", json.dumps(rows), "--pin", "v2", "--token", QA_TOKEN],
@@ -106,9 +114,18 @@ def test_tritonclient_grpc_gets_the_json_endpoints_answers(client_python, served
     assert refusals["pin_without_token"]["code"] == "UNAUTHENTICATED"
     assert got["pinned"]["version"] == "v2"
 
+    # The call's access line in the router's log names its version, with its request id.
+    request_id = got["raw"]["parameters"]["request_id"]["string_param"]
+    deadline = time.monotonic() + 30
+    while not (lines := [ln for ln in router_log_lines(ray_tmpdir) if request_id in ln]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lines, f"no line with request id {request_id} in the router's log under {ray_tmpdir}"
+    (line,) = lines
+    assert f"ModelInfer version={got['raw']['version']} " in line, line
+
 
 def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client_python, served_grpc):
-    base, _, log_path = served_grpc
+    base, _, log_path, _ = served_grpc
     rows = [DIGIT_ROW, list(reversed(DIGIT_ROW))]
     done = subprocess.run([str(client_python), str(HTTP_CLIENT_SCRIPT), "--url", base.removeprefix("http://"),
                            "--model", "digits", "--user", "http-bob", "--rows", json.dumps(rows)],
