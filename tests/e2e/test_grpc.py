@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 from tests.e2e.test_serve_run import on_free_ports, start_serve_run, stop_serve_run, wait_until_ready
 from tests.integration.conftest import DIGIT_ROW
+from tests.integration.test_reliability import wait_for
 
 CLIENT_VENV = Path(os.environ.get("SERVE_AB_GRPC_CLIENT_VENV", REPO_ROOT / ".venv-grpc-client"))
 CLIENT_PACKAGES = ["tritonclient[grpc,http]>=2.50,<3", "numpy"]
@@ -116,11 +116,8 @@ def test_tritonclient_grpc_gets_the_json_endpoints_answers(client_python, served
 
     # The call's access line in the router's log names its version, with its request id.
     request_id = got["raw"]["parameters"]["request_id"]["string_param"]
-    deadline = time.monotonic() + 30
-    while not (lines := [ln for ln in router_log_lines(ray_tmpdir) if request_id in ln]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert lines, f"no line with request id {request_id} in the router's log under {ray_tmpdir}"
-    (line,) = lines
+    (line,) = wait_for(lambda: [ln for ln in router_log_lines(ray_tmpdir) if request_id in ln] or None,
+                       f"a line with request id {request_id} in the router's log under {ray_tmpdir}", timeout_s=30)
     assert f"ModelInfer version={got['raw']['version']} " in line, line
 
 
