@@ -13,7 +13,6 @@ or does not answer is served around: :meth:`RouterCore.failed_versions`).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,7 +49,6 @@ from serve_ab.serving.http import Served, access_lines, app, describe_experiment
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
 
-logger = logging.getLogger("ray.serve")
 SHUTDOWN_DRAIN_S = 2.0  # how long a stopping router waits for mirrored copies in flight
 
 # The replica failed, not the request: it died (RayActorError covers ActorDiedError and
