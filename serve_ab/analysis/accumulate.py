@@ -68,6 +68,19 @@ class LatencyStats:
         self.sum_s += latency_s
         self.sketch.add(latency_ms)
 
+    def add_many(self, latencies_ms: np.ndarray) -> None:
+        """:meth:`add` of every latency of a float array (the sums may round differently)."""
+        if not latencies_ms.size:
+            return
+        latencies_s = latencies_ms / 1000.0
+        # searchsorted "left" is bisect_left: the first bound >= the latency, as in add().
+        per_bucket = np.bincount(np.searchsorted(LATENCY_BUCKETS_S, latencies_s, side="left"),
+                                 minlength=len(self.bucket_counts))
+        self.bucket_counts = [a + b for a, b in zip(self.bucket_counts, per_bucket.tolist())]
+        self.count += int(latencies_ms.size)
+        self.sum_s += float(latencies_s.sum())
+        self.sketch.add_many(latencies_ms)
+
     def merge(self, other: LatencyStats) -> None:
         self.bucket_counts = [a + b for a, b in zip(self.bucket_counts, other.bucket_counts)]
         self.count += other.count
@@ -128,6 +141,16 @@ class VersionStats:
             self.latency.add(latency_ms)
             if predicted_class is not None:
                 self.predictions[predicted_class] += 1
+
+    def add_many(self, latencies_ms: np.ndarray, error_kinds: list[str], predicted_classes: list[int],
+                 requests: int, assigned: int) -> None:
+        """What :meth:`add` of ``requests`` rows leaves: ``assigned`` of them assigned, the
+        failed ones' ``error_kinds``, the successful ones' latencies and predicted classes."""
+        self.requests += requests
+        self.assigned += assigned
+        self.errors.update(error_kinds)
+        self.latency.add_many(latencies_ms)
+        self.predictions.update(predicted_classes)
 
     def merge(self, other: VersionStats) -> None:
         """Add another router's (or interval's) requests; feedback is merged by the caller."""

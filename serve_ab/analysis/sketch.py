@@ -99,6 +99,9 @@ class LogHistogram:
             self.max = value
 
     def add_many(self, values: np.ndarray) -> None:
+        """:meth:`add` of every value of a float array (the sum may round differently)."""
+        if not values.size:
+            return
         magnitude = np.abs(values)
         with np.errstate(divide="ignore"):
             k = np.clip(np.ceil(np.log(np.maximum(magnitude, MIN_ABS) / MIN_ABS) / _LOG_GAMMA), 1, _K)

@@ -39,6 +39,15 @@ def _mix(unit: int) -> int:
     return z ^ (z >> 31)
 
 
+def _mix_many(units: np.ndarray) -> np.ndarray:
+    """:func:`_mix` of every unit of a uint64 array (arithmetic modulo 2**64, as there)."""
+    with np.errstate(over="ignore"):
+        z = units + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 @dataclass
 class UnitSample:
     """A uniform sample of distinct units, per version."""
@@ -58,6 +67,23 @@ class UnitSample:
         if unit in kept:
             return
         kept.add(unit)
+        if self.size() > self.max_units:
+            self._halve()
+
+    def add_many(self, version: str, units: list[int], keyless: int = 0) -> None:
+        """What :meth:`add` of each unit (and of ``keyless`` keyless requests) leaves. The
+        sample is the same whatever the order: a unit is kept when it lies below the final
+        theta, and theta halves until the kept units fit, so adding them all and then halving
+        ends where halving on the way does."""
+        if keyless:
+            self.keyless[version] = self.keyless.get(version, 0) + keyless
+        if not units:
+            return
+        below = _mix_many(np.array(units, dtype=np.uint64)) < np.uint64(self.theta) if self.theta < _FULL else None
+        fresh = units if below is None else [u for u, keep in zip(units, below.tolist()) if keep]
+        if not fresh:
+            return
+        self.units.setdefault(version, set()).update(fresh)
         if self.size() > self.max_units:
             self._halve()
 

@@ -73,6 +73,24 @@ class SplitTotals:
             moments = self.keyless[version] = np.zeros(len(KEYLESS_FIELDS))
         moments += (1.0, value, count, value * value, count * count, value * count)
 
+    def add_many(self, buckets: np.ndarray, version: str, values: np.ndarray) -> None:
+        """:meth:`add` of each ``values[i]`` with a count of 1, in bucket ``buckets[i]``;
+        a bucket of -1 is a unit on its own (as ``None`` there)."""
+        keyed = buckets >= 0
+        if keyed.all():
+            np.add.at(self.s, buckets, values)
+            np.add.at(self.n, buckets, 1.0)
+            return
+        np.add.at(self.s, buckets[keyed], values[keyed])
+        np.add.at(self.n, buckets[keyed], 1.0)
+        alone = values[~keyed]
+        moments = self.keyless.get(version)
+        if moments is None:
+            moments = self.keyless[version] = np.zeros(len(KEYLESS_FIELDS))
+        total = float(alone.sum())
+        squares = float(alone @ alone)
+        moments += (alone.size, total, alone.size, squares, alone.size, total)
+
     def merge(self, other: SplitTotals) -> None:
         """Add another replica's (or an earlier run's) totals: sums are mergeable."""
         self.s += other.s

@@ -9,6 +9,8 @@ import pytest
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.aggregate import ROUTER_MAX_UNITS, IntervalAggregate
 
+from tests.support.aggregates import assert_same
+
 WEIGHTS = {"v1": 80.0, "v2": 20.0}
 LATER = {"v1": 50.0, "v2": 50.0}
 
@@ -135,3 +137,77 @@ def test_five_million_users_keep_the_state_bounded_and_srm_still_runs():
     # 100,000 new users per router interval is extreme: each router sends 1,024 of them (theta
     # 1/128), which still leaves the check tens of thousands of users.
     assert sum(kept.values()) > 20_000 and p_value > 1e-4, (kept, p_value)
+
+
+def reference_served(aggregate: IntervalAggregate, row: tuple, weights_by_split: dict, keep: bool) -> None:
+    """The fold of one answer, row by row, with the per-row methods: what served_rows must equal."""
+    from serve_ab.analysis.aggregate import GateAggregate, SplitAggregate
+    from serve_ab.analysis.accumulate import VersionStats
+    from serve_ab.analysis.unit_sample import UnitSample
+
+    version, latency_ms, error_kind, predicted_class, score, unit, assigned, mirrored, split, request_id = row
+    aggregate.rows += 1
+    if assigned or mirrored:
+        aggregate.gates.setdefault(version, GateAggregate()).add(latency_ms, error_kind is None, predicted_class, score)
+    if mirrored:
+        return
+    aggregate.versions.setdefault(version, VersionStats()).add(latency_ms, error_kind, predicted_class, assigned)
+    weights = weights_by_split.get(split)
+    if not assigned or weights is None:
+        return
+    if split not in aggregate.splits:
+        units = UnitSample(max_units=ROUTER_MAX_UNITS)
+        units.theta = aggregate.unit_thetas.get(split, units.theta)
+        aggregate.splits[split] = SplitAggregate(dict(weights), units=units)
+    record = aggregate.splits[split]
+    bucket = record.bucket(version, unit)
+    record.units.add(version, unit)
+    record.totals("error_rate").add(bucket, version, float(error_kind is not None))
+    if error_kind is None:
+        record.totals("latency_ms").add(bucket, version, latency_ms)
+    if keep and request_id:
+        aggregate.feedback_ids.append((request_id, version, unit, split))
+
+
+def random_rows(rng: np.random.Generator, n: int, users: int) -> list[tuple]:
+    rows = []
+    for i in range(n):
+        version = str(rng.choice(["v1", "v2", "v3"], p=[0.6, 0.3, 0.1]))
+        kind = str(rng.choice(["assigned", "pinned", "mirrored"], p=[0.8, 0.1, 0.1]))
+        unit = int(rng.integers(0, users)) * 7_919_003 if rng.random() < 0.85 else None  # spread over buckets
+        error = str(rng.choice(["model", "unavailable"])) if rng.random() < 0.07 else None
+        score = float(rng.choice([rng.random(), np.nan, np.inf])) if rng.random() < 0.9 else None
+        predicted = int(rng.integers(0, 10)) if rng.random() < 0.9 else None
+        rows.append((version, float(rng.lognormal(0.5, 1.0)), error, predicted, score, unit, kind == "assigned",
+                     kind == "mirrored", int(rng.choice([1, 2, 3])), f"r{i}" if rng.random() < 0.95 else None))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_folding_many_rows_at_once_equals_folding_them_one_by_one(seed):
+    """Routers fold a few hundred held answers at once, as arrays: every count, sketch,
+    per-bucket sum, unit sample (halving included) and feedback id is what folding each
+    answer by itself gives, over intervals of any size, some splits without weights."""
+    rng = np.random.default_rng(seed)
+    weights = {1: {"v1": 50.0, "v2": 50.0}, 2: {"v1": 34.0, "v2": 33.0, "v3": 33.0}}  # split 3: not known
+    keep = seed % 2 == 0
+    batched, reference = IntervalAggregate(), IntervalAggregate()
+    for interval in range(3):
+        for size in (1, 7, 256, int(rng.integers(2, 2_000))):
+            rows = random_rows(rng, size, users=5_000 if seed < 3 else 300)
+            batched.served_rows(rows, weights, keep)
+            for row in rows:
+                reference_served(reference, row, weights, keep)
+        assert_same(batched, reference)
+        batched, reference = batched.next_interval(), reference.next_interval()
+    assert_same(batched, reference)
+
+
+def test_many_distinct_units_halve_the_batched_sample_as_one_by_one():
+    rows = [("v1", 1.0, None, 1, 0.5, unit * 104_729, True, False, 0, None) for unit in range(20_000)]
+    batched, reference = IntervalAggregate(), IntervalAggregate()
+    batched.served_rows(rows, {0: {"v1": 100.0}})
+    for row in rows:
+        reference_served(reference, row, {0: {"v1": 100.0}}, False)
+    assert batched.splits[0].units.theta < 2**64
+    assert_same(batched, reference)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
 from serve_ab.serving.core import observe
 from serve_ab.serving.core.observe import FOLD_ROWS, MAX_EPOCHS, ObservationBuffer
+
+from tests.support.aggregates import assert_same
 
 WEIGHTS = {"v1": 50.0, "v2": 50.0}
 
@@ -36,7 +36,7 @@ def test_held_answers_make_the_aggregate_folding_each_at_once_makes(monkeypatch)
     monkeypatch.setattr(observe, "FOLD_ROWS", 1)  # every answer folded as it is served
     at_once = _buffer()
     _serve(at_once, 3 * FOLD_ROWS + 7)
-    assert pickle.dumps(held.drain()) == pickle.dumps(at_once.drain())
+    assert_same(held.drain(), at_once.drain())
 
 
 def test_held_answers_count_and_are_folded_every_fold_rows():
