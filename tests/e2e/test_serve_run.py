@@ -33,6 +33,10 @@ def on_free_ports(config: dict) -> int:
     return port
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_serve_run(config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``serve run`` with a Ray of its own: a fresh temp dir, so it cannot find (and join)
     a cluster left over from an earlier test or a user's own ``ray start``; ``env``: more
@@ -44,6 +48,10 @@ def start_serve_run(config_path: Path, log_path: Path, env: dict[str, str] | Non
         process = subprocess.Popen(
             [str(SERVE), "run", str(config_path)], cwd=REPO_ROOT, env=env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Ctrl-C as at a terminal: a suite started in the background (nohup, `&`, some CI
+            # runners) runs with SIGINT ignored, which the child would inherit, and Python then
+            # never raises KeyboardInterrupt, so stop_serve_run's Ctrl-C would do nothing.
+            preexec_fn=_default_sigint,
         )
     process.ray_tmpdir = env["RAY_TMPDIR"]  # type: ignore[attr-defined]
     return process
