@@ -600,6 +600,12 @@ class RouterOptions(DeploymentOptions):
         "of milliseconds per call, so that the replica keeps answering Ray's queue-length probes "
         "and health checks meanwhile.",
     )
+    access_log: bool = Field(
+        True,
+        description="Ray Serve's access line for each request to the router, with the version that "
+        "answered it appended (version=v2; version=- when none did). false is Ray Serve's "
+        "logging_config.enable_access_log: false: no access lines; other log lines are kept.",
+    )
 
     def to_ray(self, isolated: bool = False) -> dict[str, Any]:
         """``Deployment.options`` for the router of an experiment in isolated placement or not."""

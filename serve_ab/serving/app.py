@@ -116,7 +116,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
         graceful_shutdown_timeout_s=CONTROLLER_SHUTDOWN_S,
         graceful_shutdown_wait_loop_s=CONTROLLER_SHUTDOWN_LOOP_S,
     ).bind(experiment)
-    # The router writes its own access line, which names the version (api/access_log.py).
+    # Ray Serve's access line, with the version that answered (serve_ab/api/access_log.py).
     router_options = cfg.router.to_ray(isolated=cfg.placement is Placement.ISOLATED)
-    return Router.options(**router_options, logging_config={"enable_access_log": False}).bind(
+    return Router.options(**router_options, logging_config={"enable_access_log": cfg.router.access_log}).bind(
         experiment, pools, controller)

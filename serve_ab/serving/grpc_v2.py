@@ -22,7 +22,6 @@ error's message as details; the response is then empty, as gRPC clients expect.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -33,7 +32,7 @@ from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.errors import BodyTooLarge, PinningDisabled, ServeAbError
 from serve_ab.serving.core.auth import Role
-from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints, access_lines
+from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints
 
 logger = logging.getLogger("ray.serve")
 M = TypeVar("M", bound=Message)
@@ -107,7 +106,6 @@ class GrpcInference:
         return await _answer(context, pb.ModelInferResponse, lambda: self._model_infer(request, context))
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        started_s = time.perf_counter()
         core = self.served.core
         size_bytes = request.ByteSize()
         if size_bytes > core.cfg.http.max_body_bytes:  # the HTTP body's limit, for the same batches
@@ -125,9 +123,6 @@ class GrpcInference:
         if token is not None:
             trailing.append((FEEDBACK_TOKEN_HEADER, token))
         context.set_trailing_metadata(trailing)
-        # The gRPC path's access line (Ray's own cannot name the version).
-        access_lines.write("ModelInfer version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
-                           request_id=response.get("parameters", {}).get("request_id"))
         return codec.infer_response(response, tensors)
 
     def _pinned(self, version: str | None, metadata: Metadata, context: Context) -> str | None:

@@ -9,7 +9,6 @@ statuses in one place (:mod:`serve_ab.api.errors`).
 # No "from __future__ import annotations": FastAPI reads these route signatures at runtime
 # through Ray Serve's ingress wrapper, which cannot resolve string annotations.
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from serve_ab.api.access_log import AccessLines, AccessLog
 from serve_ab.api.fast_routes import FastRoute, FastRoutes
 from serve_ab.api.http_util import (
     add_openapi_schemas,
@@ -61,9 +59,6 @@ FEEDBACK_TOKEN_HEADER = "x-feedback-token"
 SERVER_VERSION = "0.1.0"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torchexport", "python": "python"}
 
-logger = logging.getLogger("ray.serve")
-# The access lines of every way in (HTTP, handles, gRPC); a handle call's may wait for its answer to leave.
-access_lines = AccessLines(logger)
 
 api = FastAPI(
     title="serve-ab",
@@ -420,14 +415,10 @@ async def _fast_v2_infer_version(request: Request, model: str, version: str) -> 
     return await _v2_infer(served(), model, version, request)
 
 
-def _request_id_now() -> str | None:
-    return _served.core.request_id() if _served is not None else None
-
-
 # The inference routes skip FastAPI's middlewares, routing and dependencies (serve_ab.api.fast_routes);
-# FastAPI serves the rest and documents all. The access log wraps both.
-app = AccessLog(FastRoutes(api, [
+# FastAPI serves the rest and documents all.
+app = FastRoutes(api, [
     FastRoute("POST", "/predict", _fast_predict),
     FastRoute("POST", "/v2/models/{model}/infer", _fast_v2_infer),
     FastRoute("POST", "/v2/models/{model}/versions/{version}/infer", _fast_v2_infer_version),
-]), access_lines, request_id=_request_id_now)
+])

@@ -13,7 +13,7 @@ or does not answer is served around: :meth:`RouterCore.failed_versions`).
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +33,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from serve_ab.api.access_log import CallsInFlight
+from serve_ab.api.access_log import RAY_SERVE_LOGGER, VersionsAnswered, name_versions_on_access_lines
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, ServeAbError
@@ -45,7 +45,7 @@ from serve_ab.serving.core.versions import Version
 from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.serving.grpc_v2 import GrpcInference
-from serve_ab.serving.http import Served, access_lines, app, describe_experiment, use_core
+from serve_ab.serving.http import Served, app, describe_experiment, use_core
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
 
@@ -156,9 +156,13 @@ class Router:
         else:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
         client = ControllerClient(controller)
-        self.core = RouterCore(cfg, versions, client, request_id=_request_id)
+        # Ray Serve's access line names the version that answered (serve_ab.api.access_log).
+        answered = VersionsAnswered()
+        if cfg.router.access_log:
+            name_versions_on_access_lines(logging.getLogger(RAY_SERVE_LOGGER), answered)
+        self.core = RouterCore(cfg, versions, client, request_id=_request_id,
+                               on_answer=answered.note if cfg.router.access_log else None)
         self.core.replica = serve.get_replica_context().replica_tag
-        self._predicts = CallsInFlight()  # handle predict calls being served: when their lines are written
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.
         start(self.core, prepare(cfg, lambda: open_store(cfg.controller), self.core.clock))
@@ -178,17 +182,14 @@ class Router:
         """A stopping replica (scale-down, redeploy, Ctrl-C) hands over what it served last."""
         for task in getattr(self, "_tasks", ()):
             task.cancel()
-        try:
-            core = getattr(self, "core", None)
-            if core is None:
-                return
-            try:  # copies in flight first: their pairs go in the same last message
-                await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
-            except asyncio.TimeoutError:
-                pass
-            await core.flush_once()
-        finally:
-            access_lines.flush()  # the last calls' lines, held for a moment (serve_ab.api.access_log)
+        core = getattr(self, "core", None)
+        if core is None:
+            return
+        try:  # copies in flight first: their pairs go in the same last message
+            await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
+        except asyncio.TimeoutError:
+            pass
+        await core.flush_once()
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
@@ -203,16 +204,8 @@ class Router:
         Raises the errors of
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
-        started_s = time.perf_counter()
-        with self._predicts:
-            choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
-        # The handle path's access line (Ray's own is off: it cannot name the version). The
-        # caller waits for it, so with no other predict in flight it is left until the answer
-        # has gone; with others in flight there is no idle moment to wait for
-        # (serve_ab.api.access_log).
+        choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
         request_id = _request_id()
-        access_lines.write("predict version=%s %.1fms", served_by, (time.perf_counter() - started_s) * 1000.0,
-                           request_id=request_id, hold=self._predicts.none)
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
                 "feedback_token": self.core.feedback_token_for(request_id, choice)}
 

@@ -1,7 +1,9 @@
-"""Every line the router writes about a request carries the request's id and its version."""
+"""Ray Serve's access line for each request to the router carries the request's id and the version
+that answered it."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -42,16 +44,46 @@ def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, 
 
     def lines_for_every_request():
         lines = router_log_lines(app)
-        found = {rid: [ln for ln in lines if rid in ln and "/predict" in ln] for rid in [*sent, bad_id]}
-        found |= {rid: [ln for ln in lines if rid in ln and "predict version=" in ln] for rid in called}
+        found = {rid: [ln for ln in lines if rid in ln and " version=" in ln] for rid in [*sent, bad_id, *called]}
         return found if all(found.values()) else None
 
+    # Ray's line: "<request id> -- POST /<app> 200 4.1ms version=v1"; "CALL predict OK ..." for a handle.
     found = wait_for(lines_for_every_request, "an access line per request in the router's log", timeout_s=30)
     for request_id, version in sent.items():
         (line,) = found[request_id]
-        assert f"version={version}" in line and " 200 " in line, line
+        assert f"POST /{app} 200 " in line and line.endswith(f"ms version={version}"), line
     (line,) = found[bad_id]
-    assert "version=-" in line and " 400 " in line, line  # refused before any version saw it
+    assert f"POST /{app} 400 " in line and line.endswith("ms version=-"), line  # refused before any version
     for request_id, version in called.items():
         (line,) = found[request_id]
-        assert f"predict version={version} " in line, line
+        assert "CALL predict OK " in line and line.endswith(f"ms version={version}"), line
+
+
+def test_router_access_log_false_writes_no_access_lines_and_keeps_serving(http, serve_instance, deployed,
+                                                                         model_repo, tmp_path):
+    # Ray Serve's logging_config.enable_access_log: false, as for a plain deployment.
+    cfg = experiment(model_repo, controller={"state_path": str(tmp_path / "state.sqlite")},
+                     router={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "access_log": False})
+    app = deployed(cfg, "nologs")
+    request_ids = []
+    for i in range(4):
+        request_id = uuid.uuid4().hex
+        response = http.post(serve_instance.url(f"/{app}/predict"), headers={"x-request-id": request_id},
+                             json={"user_id": f"user-{i}", "inputs": [DIGIT_ROW]})
+        assert response.status_code == 200 and response.json()["version"] in {"v1", "v2"}
+        request_ids.append(request_id)
+    handle = serve.get_app_handle(app)
+    for i in range(2):
+        request_ids.append(handle.predict.remote([DIGIT_ROW], key=f"user-{i}").result(timeout_s=60)["request_id"])
+    # A line is written as its answer leaves; two seconds more for the file to show it.
+    time.sleep(2.0)
+    lines = router_log_lines(app)
+    assert lines, "the router's replica log is still written (startup and other lines)"
+    assert not [ln for ln in lines if "version=" in ln], "no access line with access_log: false"
+    assert not [ln for ln in lines if any(rid in ln for rid in request_ids)]
+    # What was served still counts: the report has all six answers.
+    def served() -> int:
+        versions = http.get(serve_instance.url(f"/{app}/experiment/stats")).json()["versions"]
+        return sum(figures["requests"] for figures in versions.values())
+
+    wait_for(lambda: served() == 6, "the six answers at the controller", timeout_s=30)

@@ -66,11 +66,14 @@ class RouterCore:
     def __init__(self, cfg: ExperimentConfig, versions: Mapping[str, Version], controller: ControllerApi,
                  *, request_id: Callable[[], str], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 interface: tuple[InputSpec, OutputSpec] | None = None):
+                 interface: tuple[InputSpec, OutputSpec] | None = None,
+                 on_answer: Callable[[str, str], None] | None = None):
         self.cfg = cfg
         self.versions: dict[str, Version] = dict(versions)
         self.controller = controller
         self.request_id = request_id
+        # Told (request id, version) of each answered request: the version on its access line.
+        self.on_answer = on_answer
         self.clock = clock
         self.sleep = sleep
         self.decision = TrafficDecision(Assigner(cfg.weights_pct(), cfg.assignment.salt), cfg.assignment,
@@ -156,12 +159,16 @@ class RouterCore:
                                          request_id=request_id, unit=choice.unit)
                 raise
             self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
+            if self.on_answer is not None:
+                self.on_answer(request_id, version)
             return version, outputs
         self.observations.served(version, started_s, None, outputs, request_id=request_id,
                                  unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned,
                                  split=choice.epoch)
         if choice.assigned:
             self.mirrors.send(self.versions, version, batch, outputs, request_id)
+        if self.on_answer is not None:
+            self.on_answer(request_id, version)
         return version, outputs
 
     def _version(self, name: str, assigned: bool = False) -> Version:

@@ -1,184 +1,104 @@
-"""The access line: the version that answered; a held line waits until the answer has left."""
+"""The version on Ray Serve's access line: noted by the router, appended by a logger filter."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import threading
 
-from serve_ab.api.access_log import AccessLines, AccessLog, CallsInFlight
-
-REQUEST = contextvars.ContextVar("request", default=None)  # stands in for Ray's request context
+from serve_ab.api.access_log import VersionOnAccessLine, VersionsAnswered, name_versions_on_access_lines
 
 
 class Kept(logging.Handler):
-    """Each record as Ray's filters would see it: the request context when it is handled."""
-
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[tuple[str, str | None, str | None]] = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((record.getMessage(), getattr(record, "request_id", None), REQUEST.get()))
+        self.lines.append(record.getMessage())
 
 
-def kept_logger(name: str) -> tuple[logging.Logger, Kept]:
+def ray_like_logger(name: str) -> tuple[logging.Logger, Kept]:
     logger = logging.getLogger(f"test-access-log.{name}")
-    logger.handlers[:], logger.propagate = [], False
+    logger.handlers[:], logger.filters[:], logger.propagate = [], [], False
     logger.setLevel(logging.INFO)
-    handler = Kept()
-    logger.addHandler(handler)
-    return logger, handler
+    kept = Kept()
+    logger.addHandler(kept)
+    return logger, kept
 
 
-async def answer(app) -> list[dict]:
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app({"type": "http", "method": "POST", "path": "/predict", "headers": []}, receive, send)
-    return sent
+def access_line(logger: logging.Logger, request_id: str, text: str = "POST /app 200 4.1ms") -> None:
+    # As Ray Serve writes it (replica.py, _record_errors_and_metrics): a preformatted message,
+    # the request's id and serve_access_log in ``extra``.
+    logger.info(text, extra={"skip_context_filter": True, "serve_access_log": True, "request_id": request_id})
 
 
-def test_an_http_line_names_the_version_and_is_written_with_the_answer():
-    logger, kept = kept_logger("http")
-
-    async def model(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-model-version", b"v3")]})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def main() -> None:
-        REQUEST.set("r1")
-        sent = await answer(AccessLog(model, AccessLines(logger), request_id=REQUEST.get))
-        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-        assert len(kept.lines) == 1  # written before the loop runs anything else
-
-    asyncio.run(main())
-    ((message, request_id, context),) = kept.lines
-    assert message.startswith("POST /predict 200 version=v3 ") and message.endswith("ms")
-    assert request_id == "r1" and context == "r1"
+def test_the_access_line_names_the_version_that_answered_its_request():
+    logger, kept = ray_like_logger("names")
+    answered = VersionsAnswered()
+    name_versions_on_access_lines(logger, answered)
+    answered.note("r1", "v1")
+    answered.note("r2", "v2")
+    access_line(logger, "r2", "CALL predict OK 2.0ms")
+    access_line(logger, "r1")
+    access_line(logger, "r3", "POST /app 400 0.8ms")  # refused before any version answered
+    logger.info("a line of the router's own with 100%% of %s", "args")  # not an access line: untouched
+    assert kept.lines == ["CALL predict OK 2.0ms version=v2", "POST /app 200 4.1ms version=v1",
+                          "POST /app 400 0.8ms version=-", "a line of the router's own with 100% of args"]
+    assert len(answered) == 0  # each note is taken by its line
 
 
-def test_a_failed_request_is_logged_as_a_500_with_no_version():
-    logger, kept = kept_logger("failed")
-
-    async def broken(scope, receive, send):
-        raise RuntimeError("model crashed")
-
-    async def main() -> None:
-        try:
-            await answer(AccessLog(broken, AccessLines(logger), request_id=lambda: "r9"))
-        except RuntimeError:
-            pass
-
-    asyncio.run(main())
-    ((message, request_id, _),) = kept.lines
-    assert message.startswith("POST /predict 500 version=- ") and request_id == "r9"
+def test_a_note_is_taken_once_and_a_second_line_for_the_same_id_says_no_version():
+    logger, kept = ray_like_logger("once")
+    answered = VersionsAnswered()
+    name_versions_on_access_lines(logger, answered)
+    answered.note("r1", "v1")
+    access_line(logger, "r1")
+    access_line(logger, "r1")
+    assert kept.lines == ["POST /app 200 4.1ms version=v1", "POST /app 200 4.1ms version=-"]
 
 
-def test_a_held_line_waits_for_the_loop_then_is_written_in_its_calls_context():
-    logger, kept = kept_logger("held")
-    lines = AccessLines(logger, delay_s=0.001)
-
-    async def one_call(request_id: str) -> None:
-        REQUEST.set(request_id)  # a task's own context, as Ray gives each request
-        lines.write("predict version=%s %.1fms", "v3", 1.25, request_id=request_id, hold=True)
-        assert kept.lines == []  # the call returns before its line is written
-
-    async def main() -> None:
-        await asyncio.gather(asyncio.create_task(one_call("r1")), asyncio.create_task(one_call("r2")))
-        assert len(lines) == 2
-        await asyncio.sleep(0.05)  # past the delay: the loop writes what it holds
-
-    asyncio.run(main())
-    assert len(lines) == 0
-    assert sorted((rid, context) for _, rid, context in kept.lines) == [("r1", "r1"), ("r2", "r2")]
-    assert {message for message, _, _ in kept.lines} == {"predict version=v3 1.2ms"}
+def test_notes_whose_lines_never_come_are_bounded_oldest_first():
+    # A replica whose access lines are off through a user's logging_config: no line takes them.
+    answered = VersionsAnswered(max_notes=3)
+    for i in range(5):
+        answered.note(f"r{i}", f"v{i}")
+    assert len(answered) == 3
+    assert [answered.take(f"r{i}") for i in range(5)] == [None, None, "v2", "v3", "v4"]
+    assert answered.take(None) is None
 
 
-def test_outside_an_event_loop_a_held_line_is_written_at_once():
-    logger, kept = kept_logger("at-once")
-    AccessLines(logger).write("predict version=%s", "v1", request_id="r1", hold=True)
-    assert kept.lines == [("predict version=v1", "r1", None)]
+def test_putting_the_filter_on_again_replaces_it_and_survives_new_handlers():
+    logger, _ = ray_like_logger("again")
+    first, second = VersionsAnswered(), VersionsAnswered()
+    name_versions_on_access_lines(logger, first)
+    name_versions_on_access_lines(logger, second)
+    assert [type(f) for f in logger.filters] == [VersionOnAccessLine]
+    # Ray Serve reconfiguring its logging clears the handlers, not the logger's filters.
+    logger.handlers.clear()
+    kept = Kept()
+    logger.addHandler(kept)
+    second.note("r1", "v3")
+    access_line(logger, "r1")
+    assert kept.lines == ["POST /app 200 4.1ms version=v3"]
 
 
-def test_lines_held_on_a_loop_that_stopped_are_written_not_lost():
-    logger, kept = kept_logger("stopped")
-    lines = AccessLines(logger, delay_s=60.0)  # never due while these loops run
+def test_notes_and_lines_from_two_threads_lose_nothing():
+    # An isolated router notes in its user-code thread; Ray writes its lines on the replica's loop.
+    logger, kept = ray_like_logger("threads")
+    answered = VersionsAnswered(max_notes=100_000)
+    name_versions_on_access_lines(logger, answered)
+    ids = [f"r{i}" for i in range(20_000)]
+    noted = threading.Event()
 
-    async def write(version: str) -> None:
-        lines.write("predict version=%s", version, request_id=version, hold=True)
+    def note_all() -> None:
+        for request_id in ids:
+            answered.note(request_id, "v1")
+        noted.set()
 
-    asyncio.run(write("v1"))  # its loop is closed with the line held
-    assert kept.lines == [] and len(lines) == 1
-    asyncio.run(write("v2"))  # the next loop's first held line writes the stopped loop's
-    assert [m for m, _, _ in kept.lines] == ["predict version=v1"] and len(lines) == 1
-    lines.flush()  # what a stopping replica does
-    assert [m for m, _, _ in kept.lines] == ["predict version=v1", "predict version=v2"] and len(lines) == 0
-
-
-def test_calls_in_flight_counts_each_call_out_however_it_ends():
-    calls = CallsInFlight()
-
-    async def call(outcome: str) -> None:
-        with calls:
-            assert not calls.none
-            await asyncio.sleep(0.01)
-            if outcome == "error":
-                raise ValueError("bad input")
-
-    async def main() -> None:
-        done = asyncio.create_task(call("ok"))
-        failed = asyncio.create_task(call("error"))
-        cancelled = asyncio.create_task(call("ok"))
-        await asyncio.sleep(0)
-        assert calls.count == 3
-        cancelled.cancel()
-        results = await asyncio.gather(done, failed, cancelled, return_exceptions=True)
-        assert results[0] is None and isinstance(results[1], ValueError)
-        assert isinstance(results[2], asyncio.CancelledError)
-
-    asyncio.run(main())
-    assert calls.none and calls.count == 0
-
-
-def test_a_line_that_fails_to_be_written_loses_only_itself(capsys):
-    logger, kept = kept_logger("failing")
-    logger.addFilter(lambda record: 1 / 0 if record.args == ("v2",) else True)  # a broken filter
-    lines = AccessLines(logger, delay_s=60.0)
-
-    async def main() -> None:
-        for version in ("v1", "v2", "v3"):
-            lines.write("predict version=%s", version, request_id=version, hold=True)
-        lines.flush()
-
-    asyncio.run(main())
-    assert [m for m, _, _ in kept.lines] == ["predict version=v1", "predict version=v3"]
-    assert "ZeroDivisionError" in capsys.readouterr().err
-
-
-def test_a_line_from_a_second_running_loop_is_written_at_once_and_the_firsts_stay_held():
-    logger, kept = kept_logger("two-loops")
-    lines = AccessLines(logger, delay_s=60.0)
-    other = asyncio.new_event_loop()
-    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread = threading.Thread(target=note_all)
     thread.start()
-    try:
-        async def hold(version: str) -> None:
-            lines.write("predict version=%s", version, request_id=version, hold=True)
-
-        asyncio.run_coroutine_threadsafe(hold("v1"), other).result(timeout=10)
-        assert kept.lines == [] and len(lines) == 1
-        asyncio.run(hold("v2"))  # this thread's loop: the other one still runs and holds v1
-        assert [m for m, _, _ in kept.lines] == ["predict version=v2"] and len(lines) == 1
-    finally:
-        other.call_soon_threadsafe(other.stop)
-        thread.join(timeout=10)
-        other.close()
-    lines.flush()
-    assert [m for m, _, _ in kept.lines] == ["predict version=v2", "predict version=v1"]
+    noted.wait(timeout=60)
+    thread.join(timeout=60)
+    for request_id in ids:
+        access_line(logger, request_id)
+    assert kept.lines.count("POST /app 200 4.1ms version=v1") == len(ids) and len(answered) == 0

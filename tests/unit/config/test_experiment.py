@@ -71,6 +71,15 @@ def test_router_runs_on_rays_replica_loop_when_colocated_unless_asked_for_thread
         errors_of(with_changes(router={"separate_thread": "maybe"}))[0]
 
 
+def test_router_access_log_is_on_unless_switched_off_and_is_not_a_ray_option():
+    assert parse_experiment(GOOD).router.access_log is True
+    off = parse_experiment(with_changes(router={"num_replicas": 1, "access_log": False}))
+    assert off.router.access_log is False
+    assert "access_log" not in off.router.to_ray() and "logging_config" not in off.router.to_ray()
+    assert "router.access_log: Input should be a valid boolean" in \
+        errors_of(with_changes(router={"access_log": "sometimes"}))[0]
+
+
 def test_version_left_out_of_weights_gets_zero():
     cfg = parse_experiment(with_changes(weights={"v1": 100}))
     assert cfg.weights_pct() == {"v1": 100.0, "v2": 0.0}

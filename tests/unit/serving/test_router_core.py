@@ -93,6 +93,24 @@ def test_an_unavailable_version_is_served_once_more_on_the_stable():
     assert set(interval.gates) == {"v2"} and interval.gates["v2"].errors == 1
 
 
+def test_each_answered_request_is_told_with_the_version_that_answered_it():
+    # What Ray Serve's access line then names (serve_ab.api.access_log): the fallback's name
+    # for a retried request, nothing for one no version answered.
+    told = []
+    down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
+    ids = iter(f"req-{i}" for i in range(10))
+    core = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": down}, FakeController(),
+                      request_id=lambda: next(ids), on_answer=lambda *told_now: told.append(told_now))
+    to_v2 = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
+    run(core.serve(ROW, to_v2, None))
+    run(core.serve(ROW, None, "v1"))
+    with pytest.raises(VersionUnavailable):
+        run(core.serve(ROW, None, "v2"))  # pinned to the version that is down: no answer
+    with pytest.raises(InvalidInput):
+        run(core.serve([[1.0]], None, None))  # refused before any version
+    assert told == [("req-0", "v1"), ("req-1", "v1")]
+
+
 def test_rows_carry_the_routing_epoch_they_were_assigned_under():
     core = make_core()
     core.apply(RoutingSnapshot(7, {"v1": 50.0, "v2": 50.0}))

@@ -1,0 +1,35 @@
+"""bench_serving's choice of candidates and its pairing, without Ray (the runs are made up)."""
+
+from __future__ import annotations
+
+from benchmarks import bench_serving
+
+
+def run(round_index: int, rps: float, p50_ms: float) -> dict:
+    return {"round": round_index, "throughput_rps": rps, "latencies_ms": [p50_ms] * 5,
+            "completed": 5, "errors": {}}
+
+
+def test_the_candidates_without_access_lines_run_only_when_named():
+    by_default = [c.app for c in bench_serving.chosen(None)]
+    assert by_default == ["plain", "fastapi", "workaround", "colocated", "isolated", "plain_batch",
+                          "colocated_batch"]
+    only = bench_serving.parse_args(["--only", "colocated_quiet", "plain_quiet", "plain"]).only
+    assert [c.app for c in bench_serving.chosen(only)] == ["plain", "plain_quiet", "colocated_quiet"]
+
+
+def test_without_access_lines_serve_ab_is_paired_with_plain_without_its_line():
+    runs = {
+        "plain": [run(0, 100.0, 4.0), run(1, 100.0, 4.0)],
+        "colocated": [run(0, 95.0, 4.3), run(1, 97.0, 4.2)],
+        "plain_quiet": [run(0, 110.0, 3.8), run(1, 100.0, 3.9)],
+        "colocated_quiet": [run(0, 110.0, 3.9), run(1, 105.0, 3.9)],
+    }
+    summary = bench_serving.summarize(runs)
+    paired = summary["colocated_quiet"]["vs_plain_quiet"]
+    assert paired["rps_ratio"] == {"median": 1.025, "min": 1.0, "max": 1.05}  # round by round
+    assert abs(paired["p50_added_ms"] - 0.05) < 1e-9
+    assert "vs_plain_quiet" not in summary["colocated"]
+    assert "(c-) vs (a-), both without access lines: 1.02x (1.00-1.05) req/s, p50 +0.05 ms" in \
+        bench_serving.fastapi_note(summary)
+    assert bench_serving.compact(summary)["colocated_quiet"]["vs_plain_quiet"] == 1.025
