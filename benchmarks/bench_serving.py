@@ -103,6 +103,8 @@ class Candidate:
     # Dynamic batching on: measured over HTTP with requests queued (concurrency > 1) only,
     # where batches can fill; one request at a time would only time the batch wait.
     batched: bool = False
+    # Measured only when named with --only (the targets are about the defaults).
+    on_request: bool = False
 
 
 CANDIDATES = [
@@ -113,6 +115,10 @@ CANDIDATES = [
     Candidate("(d)", "isolated", "serve-ab isolated", "/predict", True),
     Candidate("(a+)", "plain_batch", "plain + @serve.batch", "", False, batched=True),
     Candidate("(c+)", "colocated_batch", "serve-ab colocated, batching on", "/predict", True, batched=True),
+    # Both without Ray Serve's access line (logging_config.enable_access_log: false; serve-ab's
+    # router.access_log: false): what the line costs each, and the router's path without it.
+    Candidate("(a-)", "plain_quiet", "plain, no access line", "", False, on_request=True),
+    Candidate("(c-)", "colocated_quiet", "serve-ab colocated, no access line", "/predict", True, on_request=True),
 ]
 BY_APP = {c.app: c for c in CANDIDATES}
 
@@ -120,14 +126,15 @@ BY_APP = {c.app: c for c in CANDIDATES}
 # -- deploying the candidates --------------------------------------------------------------
 
 
-def serve_ab_experiment(placement: str, batched: bool = False) -> dict[str, Any]:
+def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True) -> dict[str, Any]:
     versions = [version("v1"), version("v3")]
     if batched:
         from benchmarks.baselines import BATCH_MAX_SIZE, BATCH_WAIT_TIMEOUT_S
 
         batching = {"max_batch_size": BATCH_MAX_SIZE, "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
         versions = [dict(v, batching=batching) for v in versions]
-    return digits_experiment(versions, WEIGHTS_PCT, "bench", REPLICA_OPTIONS,
+    router = REPLICA_OPTIONS if access_log else dict(REPLICA_OPTIONS, access_log=False)
+    return digits_experiment(versions, WEIGHTS_PCT, "bench", router,
                              placement, REPLICA_OPTIONS if placement == "isolated" else None)
 
 
@@ -150,6 +157,9 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
         "plain_batch": lambda: baselines.plain_batched_app(v1, REPLICA_OPTIONS),
         "colocated_batch": lambda: build_app(serve_ab_experiment("colocated", batched=True)),
+        "plain_quiet": lambda: baselines.plain_app(v1, dict(REPLICA_OPTIONS,
+                                                            logging_config={"enable_access_log": False})),
+        "colocated_quiet": lambda: build_app(serve_ab_experiment("colocated", access_log=False)),
     }
     return [serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}") for c in candidates]
 
@@ -295,6 +305,8 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_fastapi"] = paired(app, "fastapi")
         if app == "colocated_batch":  # both batching, with the same settings
             item["vs_plain_batch"] = paired(app, "plain_batch")
+        if app == "colocated_quiet":  # both without access lines
+            item["vs_plain_quiet"] = paired(app, "plain_quiet")
     return out
 
 
@@ -343,6 +355,10 @@ def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
     paired = summary.get("colocated_batch", {}).get("vs_plain_batch")
     if paired and paired["rps_ratio"]:
         notes.append(f"(c+) vs (a+), both batching ({BATCH_TEXT}): {_ratio_text(paired)} req/s, "
+                     f"p50 {paired['p50_added_ms']:+.2f} ms")
+    paired = summary.get("colocated_quiet", {}).get("vs_plain_quiet")
+    if paired and paired["rps_ratio"]:
+        notes.append(f"(c-) vs (a-), both without access lines: {_ratio_text(paired)} req/s, "
                      f"p50 {paired['p50_added_ms']:+.2f} ms")
     return "\n".join(notes) or None
 
@@ -394,7 +410,7 @@ def compact(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": round(s["p99_ms"], 3),
             "errors": sum(s["errors"].values()),
         }
-        for base in ("plain", "workaround", "fastapi", "plain_batch"):
+        for base in ("plain", "workaround", "fastapi", "plain_batch", "plain_quiet"):
             paired = s.get(f"vs_{base}")
             if paired and app != base and paired["rps_ratio"]:
                 item[f"vs_{base}"] = round(paired["rps_ratio"]["median"], 3)
@@ -466,9 +482,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen(only: list[str] | None) -> list[Candidate]:
+    """The candidates named with --only, or else every one not measured only on request."""
+    if only:
+        return [c for c in CANDIDATES if c.app in only]
+    return [c for c in CANDIDATES if not c.on_request]
+
+
 def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     """Deploy the candidates on ``cluster``, measure them, print the tables; the report."""
-    candidates = [c for c in CANDIDATES if not args.only or c.app in args.only]
+    candidates = chosen(args.only)
     mode = QUICK if args.quick else FULL
     if args.rounds or args.duration or args.warmup:
         mode = Mode(mode.concurrencies, mode.handle_concurrencies, args.rounds or mode.rounds,
