@@ -7,66 +7,83 @@ on Ray Serve's logger (:class:`VersionOnAccessLine`) appends it to that request'
 "POST /app 200 4.1ms version=v2", or "version=-" when no version answered (a 400, a failed
 call). So serve-ab's line is plain Ray Serve's, written when Ray writes it and costing what it
 costs; ``router.access_log: false`` is Ray's ``logging_config.enable_access_log: false``.
+The line shows what Ray's does: the app's route prefix, not the path below it.
 
 An earlier design wrote a line of its own from the router's code and switched Ray's off.
-Written in the request, before Ray had handed the answer on, it cost 0.3-0.4 ms of latency at
-concurrency 1 over HTTP, held for 2 ms or put on the loop's next turn no less
+Written in the request, before Ray had handed the answer on, it cost 0.3-0.45 ms of latency
+at concurrency 1 over HTTP; held for 2 ms or put on the loop's next turn, no less
 (``benchmarks/README.md``, sixth and ninth rounds).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 
 RAY_SERVE_LOGGER = "ray.serve"  # the logger Ray Serve's replicas write their access lines to
 # Set by Ray Serve on its access line's record (ray/serve/_private/replica.py), with the request's id.
 RAY_ACCESS_LINE_ATTR = "serve_access_log"
 RAY_REQUEST_ID_ATTR = "request_id"
-# Notes kept for lines not yet written: the requests in flight, and more. Beyond it the oldest
-# note goes, so that a replica whose access lines are off (a user's logging_config) holds a
-# bounded number.
+# Request ids with notes not yet taken: the requests in flight, and more. Beyond it the oldest
+# go, so that notes no line takes (Ray's logger above INFO, a client gone before its answer)
+# stay bounded.
 MAX_NOTES = 4096
 
 
 class VersionsAnswered:
-    """request id -> the version that answered it, until its access line takes it.
+    """request id -> the versions that answered it, until its access lines take them.
 
     ``note`` runs in the router's code and ``take`` in Ray's logging call, which may be on
-    another thread (an isolated router runs its code in a thread of its own): each is one
-    ``OrderedDict`` call, atomic under the GIL.
+    another thread (an isolated router runs its code in a thread of its own), hence the lock.
+    Two requests may share an id (a client resending its ``x-request-id``): each keeps its
+    note, taken first noted, first taken.
     """
 
     def __init__(self, max_notes: int = MAX_NOTES):
         self.max_notes = max_notes
-        self._versions: OrderedDict[str, str] = OrderedDict()
+        self._versions: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def note(self, request_id: str, version: str) -> None:
-        self._versions[request_id] = version
-        if len(self._versions) > self.max_notes:
-            try:
-                self._versions.popitem(last=False)
-            except KeyError:  # taken meanwhile by another thread
-                pass
+        with self._lock:
+            noted = self._versions.get(request_id)
+            if noted is None:
+                self._versions[request_id] = [version]
+                if len(self._versions) > self.max_notes:
+                    self._versions.popitem(last=False)
+            else:
+                noted.append(version)
 
-    def take(self, request_id: str | None) -> str | None:
-        return self._versions.pop(request_id, None) if request_id is not None else None
+    def take(self, request_id: str) -> str | None:
+        with self._lock:
+            noted = self._versions.get(request_id)
+            if noted is None:
+                return None
+            version = noted.pop(0)
+            if not noted:
+                del self._versions[request_id]
+            return version
 
     def __len__(self) -> int:
         return len(self._versions)
 
 
 class VersionOnAccessLine(logging.Filter):
-    """Appends ``version=<name>`` to Ray Serve's access lines; lets every record through."""
+    """Appends ``version=<name>`` to Ray Serve's access lines; lets every record through.
+
+    Only records with a request id: Ray's debug lines about a request starting carry the
+    access-line mark too, but get their id later, from a handler's filter.
+    """
 
     def __init__(self, versions: VersionsAnswered):
         super().__init__()
         self.versions = versions
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, RAY_ACCESS_LINE_ATTR, False):
-            version = self.versions.take(getattr(record, RAY_REQUEST_ID_ATTR, None))
-            record.msg = f"{record.msg} version={version or '-'}"
+        request_id = getattr(record, RAY_REQUEST_ID_ATTR, None)
+        if request_id and getattr(record, RAY_ACCESS_LINE_ATTR, False):
+            record.msg = f"{record.msg} version={self.versions.take(request_id) or '-'}"
         return True
 
 

@@ -117,6 +117,8 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
         graceful_shutdown_wait_loop_s=CONTROLLER_SHUTDOWN_LOOP_S,
     ).bind(experiment)
     # Ray Serve's access line, with the version that answered (serve_ab/api/access_log.py).
+    # A logging_config only to switch it off: a deployment's own one would hide the app's.
     router_options = cfg.router.to_ray(isolated=cfg.placement is Placement.ISOLATED)
-    return Router.options(**router_options, logging_config={"enable_access_log": cfg.router.access_log}).bind(
-        experiment, pools, controller)
+    if not cfg.router.access_log:
+        router_options["logging_config"] = {"enable_access_log": False}
+    return Router.options(**router_options).bind(experiment, pools, controller)

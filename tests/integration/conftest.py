@@ -121,3 +121,12 @@ def experiment(model_repo, **changes) -> dict:
     }
     cfg.update(changes)
     return cfg
+
+
+def router_log_lines(app: str) -> list[str]:
+    """Every line the Router replicas of ``app`` wrote to their log files in this Ray session."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [line for path in logs.glob(f"replica_{app}_Router_*.log")
+            for line in path.read_text(errors="replace").splitlines()]

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
-import ray
 from ray import serve
 
-from tests.integration.conftest import DIGIT_ROW, experiment
+from tests.integration.conftest import DIGIT_ROW, experiment, router_log_lines
 from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
-
-
-def router_log_lines(app: str) -> list[str]:
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    return [line for path in logs.glob(f"replica_{app}_Router_*.log")
-            for line in path.read_text(errors="replace").splitlines()]
 
 
 def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, deployed, model_repo, tmp_path):
@@ -35,7 +27,7 @@ def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, 
     assert http.post(serve_instance.url(f"/{app}/predict"), headers={"x-request-id": bad_id},
                      json={"user_id": "x", "inputs": [[1.0]]}).status_code == 400
 
-    # Handle calls, one at a time: the case where the line is held until the answer has left.
+    # Handle calls: Ray's line for them is "CALL predict OK ...".
     handle = serve.get_app_handle(app)
     called = {}
     for i in range(3):
@@ -79,8 +71,7 @@ def test_router_access_log_false_writes_no_access_lines_and_keeps_serving(http, 
     time.sleep(2.0)
     lines = router_log_lines(app)
     assert lines, "the router's replica log is still written (startup and other lines)"
-    assert not [ln for ln in lines if "version=" in ln], "no access line with access_log: false"
-    assert not [ln for ln in lines if any(rid in ln for rid in request_ids)]
+    assert not [ln for ln in lines if any(rid in ln for rid in request_ids)], "no access line"
     # What was served still counts: the report has all six answers.
     def served() -> int:
         versions = http.get(serve_instance.url(f"/{app}/experiment/stats")).json()["versions"]

@@ -13,7 +13,8 @@ from serve_ab import build_app
 from serve_ab.serving.app import build_metrics_app
 from serve_ab.routing import Assigner
 from serve_ab.errors import VersionNotServed
-from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
+from tests.integration.conftest import AUTH, DIGIT_ROW, experiment, router_log_lines
+from tests.integration.test_reliability import wait_for
 from tests.support.bad_input import BAD_PREDICT, v2_body
 
 PLACEMENTS = ["colocated", "isolated"]
@@ -54,6 +55,25 @@ def test_predict_names_the_version_that_served(http, apps, placement):
     outputs = np.asarray(body["outputs"])
     assert outputs.shape == (2, 10)
     np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_rays_access_line_names_the_version_in_both_placements(http, apps, placement):
+    # Isolated: the router's code (which notes the version) runs in Ray's user-code thread,
+    # while Ray writes the access line on the replica's own loop.
+    body = predict(http, apps, placement, {"inputs": [DIGIT_ROW], "user_id": "u-line"}).json()
+    called = serve.get_app_handle(placement).predict.remote([DIGIT_ROW], key="u-line").result(timeout_s=60)
+    wanted = {body["request_id"]: body["version"], called["request_id"]: called["version"]}
+
+    def lines():
+        logged = router_log_lines(placement)
+        found = {rid: [ln for ln in logged if rid in ln and " version=" in ln] for rid in wanted}
+        return found if all(found.values()) else None
+
+    found = wait_for(lines, f"the access lines of {sorted(wanted)}", timeout_s=30)
+    for request_id, version in wanted.items():
+        (line,) = found[request_id]
+        assert line.endswith(f"ms version={version}"), line
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)

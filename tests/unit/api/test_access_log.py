@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from serve_ab.api.access_log import VersionOnAccessLine, VersionsAnswered, name_versions_on_access_lines
@@ -57,14 +58,38 @@ def test_a_note_is_taken_once_and_a_second_line_for_the_same_id_says_no_version(
     assert kept.lines == ["POST /app 200 4.1ms version=v1", "POST /app 200 4.1ms version=-"]
 
 
-def test_notes_whose_lines_never_come_are_bounded_oldest_first():
-    # A replica whose access lines are off through a user's logging_config: no line takes them.
+def test_notes_no_line_takes_are_bounded_oldest_first():
+    # Ray's logger above INFO, or a client gone before its answer: no line takes these.
     answered = VersionsAnswered(max_notes=3)
     for i in range(5):
         answered.note(f"r{i}", f"v{i}")
     assert len(answered) == 3
     assert [answered.take(f"r{i}") for i in range(5)] == [None, None, "v2", "v3", "v4"]
-    assert answered.take(None) is None
+
+
+def test_two_requests_with_one_id_each_get_a_line_with_a_version():
+    # A client resending its x-request-id: neither note is lost, first noted first taken.
+    logger, kept = ray_like_logger("same-id")
+    answered = VersionsAnswered()
+    name_versions_on_access_lines(logger, answered)
+    answered.note("dup", "v1")
+    answered.note("dup", "v2")
+    access_line(logger, "dup")
+    access_line(logger, "dup")
+    assert kept.lines == ["POST /app 200 4.1ms version=v1", "POST /app 200 4.1ms version=v2"]
+    assert len(answered) == 0
+
+
+def test_rays_debug_lines_about_a_request_starting_are_left_alone():
+    # Marked serve_access_log too, with no request id yet (a handler's filter adds it later).
+    logger, kept = ray_like_logger("debug")
+    logger.setLevel(logging.DEBUG)
+    answered = VersionsAnswered()
+    name_versions_on_access_lines(logger, answered)
+    answered.note("r1", "v1")
+    logger.debug("Started executing request to method 'predict'.", extra={"serve_access_log": True})
+    access_line(logger, "r1")
+    assert kept.lines == ["Started executing request to method 'predict'.", "POST /app 200 4.1ms version=v1"]
 
 
 def test_putting_the_filter_on_again_replaces_it_and_survives_new_handlers():
@@ -82,23 +107,36 @@ def test_putting_the_filter_on_again_replaces_it_and_survives_new_handlers():
     assert kept.lines == ["POST /app 200 4.1ms version=v3"]
 
 
-def test_notes_and_lines_from_two_threads_lose_nothing():
-    # An isolated router notes in its user-code thread; Ray writes its lines on the replica's loop.
+def test_notes_and_lines_on_two_threads_at_once_lose_nothing():
+    # An isolated router notes on its user-code thread while Ray writes lines on the replica's
+    # loop: here both run at once, each line a little behind its note.
     logger, kept = ray_like_logger("threads")
     answered = VersionsAnswered(max_notes=100_000)
     name_versions_on_access_lines(logger, answered)
-    ids = [f"r{i}" for i in range(20_000)]
-    noted = threading.Event()
+    ids = [f"r{i // 2}" for i in range(20_000)]  # each id twice in a row, as a resent x-request-id
+    noted = [0]
+    start = threading.Barrier(2)
 
     def note_all() -> None:
-        for request_id in ids:
-            answered.note(request_id, "v1")
-        noted.set()
+        start.wait()
+        for i, request_id in enumerate(ids):
+            answered.note(request_id, f"v{i % 3}")
+            noted[0] = i + 1
 
-    thread = threading.Thread(target=note_all)
-    thread.start()
-    noted.wait(timeout=60)
-    thread.join(timeout=60)
-    for request_id in ids:
-        access_line(logger, request_id)
-    assert kept.lines.count("POST /app 200 4.1ms version=v1") == len(ids) and len(answered) == 0
+    switch_s = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns far more often than by default
+    try:
+        thread = threading.Thread(target=note_all)
+        thread.start()
+        start.wait()
+        for i, request_id in enumerate(ids):
+            while noted[0] <= i:  # the line comes after its note, as in a replica
+                pass
+            access_line(logger, request_id)
+        thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(switch_s)
+    versions = [line.rsplit("version=", 1)[1] for line in kept.lines]
+    assert len(versions) == len(ids) and "-" not in versions and len(answered) == 0
+    assert {v: versions.count(v) for v in ("v0", "v1", "v2")} == \
+        {f"v{k}": sum(1 for i in range(len(ids)) if i % 3 == k) for k in range(3)}
