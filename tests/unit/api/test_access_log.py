@@ -27,6 +27,14 @@ def ray_like_logger(name: str) -> tuple[logging.Logger, Kept]:
     return logger, kept
 
 
+def naming_versions(name: str, **notes_options: int) -> tuple[logging.Logger, Kept, VersionsAnswered]:
+    """A logger as Ray Serve's, with the router's filter on it, and the notes it reads."""
+    logger, kept = ray_like_logger(name)
+    answered = VersionsAnswered(**notes_options)
+    name_versions_on_access_lines(logger, answered)
+    return logger, kept, answered
+
+
 def access_line(logger: logging.Logger, request_id: str, text: str = "POST /app 200 4.1ms") -> None:
     # As Ray Serve writes it (replica.py, _record_errors_and_metrics): a preformatted message,
     # the request's id and serve_access_log in ``extra``.
@@ -34,9 +42,7 @@ def access_line(logger: logging.Logger, request_id: str, text: str = "POST /app 
 
 
 def test_the_access_line_names_the_version_that_answered_its_request():
-    logger, kept = ray_like_logger("names")
-    answered = VersionsAnswered()
-    name_versions_on_access_lines(logger, answered)
+    logger, kept, answered = naming_versions("names")
     answered.note("r1", "v1")
     answered.note("r2", "v2")
     access_line(logger, "r2", "CALL predict OK 2.0ms")
@@ -49,9 +55,7 @@ def test_the_access_line_names_the_version_that_answered_its_request():
 
 
 def test_a_note_is_taken_once_and_a_second_line_for_the_same_id_says_no_version():
-    logger, kept = ray_like_logger("once")
-    answered = VersionsAnswered()
-    name_versions_on_access_lines(logger, answered)
+    logger, kept, answered = naming_versions("once")
     answered.note("r1", "v1")
     access_line(logger, "r1")
     access_line(logger, "r1")
@@ -69,9 +73,7 @@ def test_notes_no_line_takes_are_bounded_oldest_first():
 
 def test_two_requests_with_one_id_each_get_a_line_with_a_version():
     # A client resending its x-request-id: neither note is lost, first noted first taken.
-    logger, kept = ray_like_logger("same-id")
-    answered = VersionsAnswered()
-    name_versions_on_access_lines(logger, answered)
+    logger, kept, answered = naming_versions("same-id")
     answered.note("dup", "v1")
     answered.note("dup", "v2")
     access_line(logger, "dup")
@@ -82,10 +84,8 @@ def test_two_requests_with_one_id_each_get_a_line_with_a_version():
 
 def test_rays_debug_lines_about_a_request_starting_are_left_alone():
     # Marked serve_access_log too, with no request id yet (a handler's filter adds it later).
-    logger, kept = ray_like_logger("debug")
+    logger, kept, answered = naming_versions("debug")
     logger.setLevel(logging.DEBUG)
-    answered = VersionsAnswered()
-    name_versions_on_access_lines(logger, answered)
     answered.note("r1", "v1")
     logger.debug("Started executing request to method 'predict'.", extra={"serve_access_log": True})
     access_line(logger, "r1")
@@ -110,9 +110,7 @@ def test_putting_the_filter_on_again_replaces_it_and_survives_new_handlers():
 def test_notes_and_lines_on_two_threads_at_once_lose_nothing():
     # An isolated router notes on its user-code thread while Ray writes lines on the replica's
     # loop: here both run at once, each line a little behind its note.
-    logger, kept = ray_like_logger("threads")
-    answered = VersionsAnswered(max_notes=100_000)
-    name_versions_on_access_lines(logger, answered)
+    logger, kept, answered = naming_versions("threads", max_notes=100_000)
     ids = [f"r{i // 2}" for i in range(20_000)]  # each id twice in a row, as a resent x-request-id
     noted = [0]
     start = threading.Barrier(2)
