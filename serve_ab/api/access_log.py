@@ -72,6 +72,8 @@ class VersionsAnswered:
 class VersionOnAccessLine(logging.Filter):
     """Appends ``version=<name>`` to Ray Serve's access lines; lets every record through.
 
+    The version is also the record's ``model_version`` (None when no version answered):
+    Ray's JSON logs give every such attribute a field of its own; its text lines ignore it.
     Only records with a request id: Ray's debug lines about a request starting carry the
     access-line mark too, but get their id later, from a handler's filter.
     """
@@ -83,7 +85,9 @@ class VersionOnAccessLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         request_id = getattr(record, RAY_REQUEST_ID_ATTR, None)
         if request_id and getattr(record, RAY_ACCESS_LINE_ATTR, False):
-            record.msg = f"{record.msg} version={self.versions.take(request_id) or '-'}"
+            version = self.versions.take(request_id)
+            record.msg = f"{record.msg} version={version or '-'}"
+            record.model_version = version
         return True
 
 

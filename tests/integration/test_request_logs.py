@@ -3,10 +3,13 @@ that answered it."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 from ray import serve
+
+from serve_ab import build_app
 
 from tests.integration.conftest import DIGIT_ROW, experiment, router_log_lines
 from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
@@ -78,3 +81,30 @@ def test_router_access_log_false_writes_no_access_lines_and_keeps_serving(http, 
         return sum(figures["requests"] for figures in versions.values())
 
     wait_for(lambda: served() == 6, "the six answers at the controller", timeout_s=30)
+
+
+def test_the_apps_json_logging_reaches_the_router_and_gives_the_version_a_field(http, serve_instance,
+                                                                               model_repo, tmp_path):
+    # The app's logging_config (here from serve.run; a config file's `logging_config:` alike)
+    # applies to the router, which sets none of its own while its access line is on.
+    cfg = experiment(model_repo, controller={"state_path": str(tmp_path / "state.sqlite")})
+    app = f"json-logs-{uuid.uuid4().hex[:6]}"
+    serve.run(build_app(cfg), name=app, route_prefix=f"/{app}", logging_config={"encoding": "JSON"})
+    try:
+        request_id = uuid.uuid4().hex
+        answer = http.post(serve_instance.url(f"/{app}/predict"), headers={"x-request-id": request_id},
+                           json={"user_id": "json-user", "inputs": [DIGIT_ROW]})
+        assert answer.status_code == 200, answer.text
+
+        def access_record():
+            for line in router_log_lines(app):
+                record = json.loads(line) if line.startswith("{") else {}
+                if record.get("request_id") == request_id and "model_version" in record:
+                    return record
+            return None
+
+        record = wait_for(access_record, "the JSON access line of the request", timeout_s=30)
+        assert record["model_version"] == answer.json()["version"]
+        assert record["message"].endswith(f"ms version={record['model_version']}"), record
+    finally:
+        serve.delete(app)

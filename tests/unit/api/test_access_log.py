@@ -13,9 +13,11 @@ class Kept(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self.model_versions: list[str | None] = []  # what a JSON formatter gives a field of its own
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
+        self.model_versions.append(getattr(record, "model_version", "(not set)"))
 
 
 def ray_like_logger(name: str) -> tuple[logging.Logger, Kept]:
@@ -51,6 +53,7 @@ def test_the_access_line_names_the_version_that_answered_its_request():
     logger.info("a line of the router's own with 100%% of %s", "args")  # not an access line: untouched
     assert kept.lines == ["CALL predict OK 2.0ms version=v2", "POST /app 200 4.1ms version=v1",
                           "POST /app 400 0.8ms version=-", "a line of the router's own with 100% of args"]
+    assert kept.model_versions == ["v2", "v1", None, "(not set)"]
     assert len(answered) == 0  # each note is taken by its line
 
 
