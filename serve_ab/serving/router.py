@@ -157,11 +157,12 @@ class Router:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
         client = ControllerClient(controller)
         # Ray Serve's access line names the version that answered (serve_ab.api.access_log).
-        answered = VersionsAnswered()
+        on_answer = None
         if cfg.router.access_log:
+            answered = VersionsAnswered()
             name_versions_on_access_lines(logging.getLogger(RAY_SERVE_LOGGER), answered)
-        self.core = RouterCore(cfg, versions, client, request_id=_request_id,
-                               on_answer=answered.note if cfg.router.access_log else None)
+            on_answer = answered.note
+        self.core = RouterCore(cfg, versions, client, request_id=_request_id, on_answer=on_answer)
         self.core.replica = serve.get_replica_context().replica_tag
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.
