@@ -22,7 +22,7 @@ MAX_EPOCHS = 16
 # Answers held before they are folded into the aggregate, all at once and as arrays
 # (IntervalAggregate.served_rows): about 4 us an answer in all against 10 us folding each
 # by itself (in a loop, 2026-12-03), and 2.5-3.4 us less per request in the router's app
-# (benchmarks/bench_http_path.py, old and new code taking turns). A held row is a small
+# (benchmarks/bench_request_path.py, old and new code taking turns). A held row is a small
 # tuple (aggregate.ROW_FIELDS): the answer's outputs are summarised (class, score) first.
 # 256 bounds the request that folds: about 0.4 ms for the lot.
 FOLD_ROWS = 256

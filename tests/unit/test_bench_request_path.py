@@ -1,0 +1,67 @@
+"""The benchmarks that need no Ray: bench_request_path runs and compares, profile_router's summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_request_path
+from benchmarks.profile_router import PARTS, read_collapsed, summarize
+from benchmarks.common import MODELS
+
+
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
+@pytest.mark.parametrize("cold", [False, True])
+def test_bench_request_path_quick_prints_per_request_costs_and_serve_abs_difference(capsys, monkeypatch, cold):
+    # A few rounds of a few calls: the figures are not checked, only that every candidate ran
+    # through the real code (a non-200 answer, or none, fails the run) and the JSON says so.
+    monkeypatch.setattr(bench_request_path, "measure", _short(bench_request_path.measure))
+    assert bench_request_path.main(["--quick"] + (["--cold", "--evict-mib", "1"] if cold else [])) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["us_per_request"]) == {"plain", "fastapi", "serve-ab", "plain-handle", "serve-ab-handle"}
+    assert all(v > 0 for v in report["us_per_request"].values())
+    assert set(report["serve_ab_added_us"]) == {"plain", "fastapi", "plain-handle"}
+    assert report["cold"] is cold and report["evict_mib"] == (1 if cold else 0)
+
+
+def test_the_handle_candidate_runs_the_routers_own_method_with_rays_request_id():
+    import asyncio
+
+    from benchmarks.bench_request_path import in_request_context, serve_ab_app, serve_ab_handle
+    from serve_ab.serving import http as routes
+
+    _, core = serve_ab_app()
+    try:
+        in_request_context("req-42")
+        answer = asyncio.run(serve_ab_handle(core)(np.zeros((1, 64), dtype=np.float32), "user-1"))
+    finally:
+        routes.use_core(None)
+    assert answer["request_id"] == "req-42"
+    assert answer["version"] in {"v1", "v3"} and answer["outputs"].shape == (1, 10)
+    assert answer["feedback_token"].startswith(answer["version"] + ".")
+
+
+def _short(measure):
+    async def short(candidates, calls_per_round, rounds, evict):
+        return await measure(candidates, min(calls_per_round, 20), min(rounds, 3), evict)
+    return short
+
+
+def test_profile_summary_counts_a_sample_once_per_part_and_names_the_leaf(tmp_path):
+    path = tmp_path / "stacks.txt"
+    path.write_text(
+        "run (ray/serve/_private/replica.py:10);http_predict (serve_ab/serving/http.py:5);"
+        "run (onnxruntime/capi/session.py:3) 30\n"
+        "run (ray/serve/_private/replica.py:10);info (logging/__init__.py:1) 10\n"
+    )
+    total, parts, tops = summarize(read_collapsed(path))
+    assert total == 40
+    names = dict(PARTS)
+    assert set(parts) == set(names)
+    assert parts["Ray Serve: request path (replica, ASGI proxying)"] == 100.0
+    assert parts["model (onnxruntime session.run)"] == 75.0
+    assert parts["serve-ab: routing, checks, observations"] == 75.0
+    assert parts["logging (access lines, Ray's log formatter)"] == 25.0
+    assert tops[0] == ("run (session.py)", 75.0)
