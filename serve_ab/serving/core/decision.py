@@ -46,18 +46,19 @@ class TrafficDecision:
             )
         return str(key)
 
-    def choose(self, key: str | None, pinned: str | None, served: Collection[str]) -> Choice:
-        """The version for a request: its pin, or the split's choice for its key.
+    def choose(self, key: str | None, pinned: str | None, served: Collection[str], epoch: int = -1) -> Choice:
+        """The version for a request: its pin, or the split's choice for its key, under the
+        routing epoch ``epoch``.
 
         Whether the caller may pin is decided where it comes in (HTTP: pin.enabled and the QA
         token; a DeploymentHandle is inside the cluster and may): here a pin is a pin.
         """
         if pinned is None:
             version, unit = self.assigner.assign_unit(key)
-            return Choice(version, unit, True)
+            return Choice(version, unit, True, epoch)
         if pinned not in served:
             raise VersionNotServed(f"unknown version {pinned!r}; this experiment serves {list(served)}")
-        return Choice(pinned, None, False)
+        return Choice(pinned, None, False, epoch)
 
     def fallback_for(self, failed: str, served: Collection[str]) -> str | None:
         """Where a request goes when ``failed`` cannot answer: the stable version, else any

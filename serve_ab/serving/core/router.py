@@ -121,7 +121,7 @@ class RouterCore:
     def choose(self, key: str | None, pinned: str | None) -> Choice:
         """The traffic decision, stamped with the routing epoch it was made under: the split
         its figures belong to."""
-        return self.decision.choose(key, pinned, self.versions)._replace(epoch=self.epoch)
+        return self.decision.choose(key, pinned, self.versions, self.epoch)
 
     async def predict(self, choice: Choice, batch: np.ndarray) -> tuple[str, np.ndarray]:
         """Serve ``batch`` on the chosen version; returns the version that served it and the outputs.
