@@ -11,7 +11,9 @@ next one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.tasks import CLASSIFICATION, TaskRule
@@ -23,9 +25,23 @@ MAX_EPOCHS = 16
 # (IntervalAggregate.served_rows): about 4 us an answer in all against 10 us folding each
 # by itself (in a loop, 2026-12-03), and 2.5-3.4 us less per request in the router's app
 # (benchmarks/bench_request_path.py, old and new code taking turns). A held row is a small
-# tuple (aggregate.ROW_FIELDS): the answer's outputs are summarised (class, score) first.
+# tuple: the answer's outputs, summarised (class, score) at the fold (aggregate.ROW_FIELDS).
 # 256 bounds the request that folds: about 0.4 ms for the lot.
 FOLD_ROWS = 256
+# An answer's outputs up to this size are held with its row and summarised (class, score)
+# when the rows are folded, all in one loop: summarising each as it was served cost a
+# request about 50 us in a replica, whose caches the other processes empty between two
+# requests (benchmarks/README.md, tenth round), against a few in a loop. Larger outputs
+# (and several outputs by name) are summarised at once, so held rows keep at most
+# FOLD_ROWS x this alive.
+HELD_OUTPUT_BYTES = 4096
+
+
+class Summarised(NamedTuple):
+    """An answer's outputs already summarised when it was served (too large to hold)."""
+
+    predicted_class: int | None
+    score: float | None
 
 
 def first_row(outputs: Any) -> tuple[int | None, float | None]:
@@ -69,9 +85,9 @@ class ObservationBuffer:
         and gates); ``mirrored``: a copy the client never saw (gates only); neither: pinned
         or a fallback retry (counted, in no comparison)."""
         latency_ms = (self.clock() - started_s) * 1000.0
-        predicted_class, score = self.tasks.get(version, CLASSIFICATION).summary(outputs)
-        self._rows.append((version, latency_ms, error_kind, predicted_class, score, unit, assigned, mirrored,
-                           split, request_id))
+        if outputs is not None and (type(outputs) is not np.ndarray or outputs.nbytes > HELD_OUTPUT_BYTES):
+            outputs = Summarised(*self.tasks.get(version, CLASSIFICATION).summary(outputs))
+        self._rows.append((version, latency_ms, error_kind, outputs, unit, assigned, mirrored, split, request_id))
         if len(self._rows) >= FOLD_ROWS:
             self._fold()
 
@@ -79,7 +95,13 @@ class ObservationBuffer:
         """Fold the held answers into the aggregate, in the order they were served."""
         if self._rows:
             rows, self._rows = self._rows, []
-            self._current.served_rows(rows, self._weights, self.keep_request_ids)
+            tasks = self.tasks
+            self._current.served_rows(
+                [(version, latency_ms, error_kind,
+                  *(outputs if type(outputs) is Summarised else tasks.get(version, CLASSIFICATION).summary(outputs)),
+                  unit, assigned, mirrored, split, request_id)
+                 for version, latency_ms, error_kind, outputs, unit, assigned, mirrored, split, request_id in rows],
+                self._weights, self.keep_request_ids)
 
     def pair(self, live_version: str, shadow_version: str, live_outputs: Any,
              outputs: Any, started_s: float, error_kind: str | None) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.analysis.tasks import CLASSIFICATION
 from serve_ab.serving.core import observe
-from serve_ab.serving.core.observe import FOLD_ROWS, MAX_EPOCHS, ObservationBuffer
+from serve_ab.serving.core.observe import FOLD_ROWS, HELD_OUTPUT_BYTES, MAX_EPOCHS, ObservationBuffer
 
 from tests.support.aggregates import assert_same
 
@@ -37,6 +39,55 @@ def test_held_answers_make_the_aggregate_folding_each_at_once_makes(monkeypatch)
     at_once = _buffer()
     _serve(at_once, 3 * FOLD_ROWS + 7)
     assert_same(held.drain(), at_once.drain())
+
+
+@pytest.mark.parametrize("held_output_bytes", [0, HELD_OUTPUT_BYTES])
+def test_outputs_summarised_at_the_fold_make_the_aggregate_summarising_at_once_makes(monkeypatch, held_output_bytes):
+    """Small outputs are held with their rows and summarised at the fold; larger ones (here
+    all, with 0 bytes held) at once. The figures are the same either way, for outputs of
+    every kind a task summarises: a float and an integer array, several outputs by name."""
+    def serve(buffer: ObservationBuffer) -> None:
+        rng = np.random.default_rng(3)
+        for i in range(FOLD_ROWS + 9):
+            outputs = [rng.random((1, 10)).astype(np.float32), rng.integers(0, 9, (2, 4)),
+                       {"probs": rng.random((1, 3)), "logits": rng.random((1, 3))}, None][i % 4]
+            buffer.served("v1" if i % 2 else "v2", 0.0, None if outputs is not None else "model", outputs,
+                          request_id=f"r{i}", unit=i, assigned=True, split=0)
+
+    monkeypatch.setattr(observe, "HELD_OUTPUT_BYTES", held_output_bytes)
+    held = _buffer()
+    serve(held)
+    # The same answers, each summarised by hand and given to the aggregate one by one.
+    expected = IntervalAggregate()
+    for version, _, error_kind, outputs, unit, assigned, mirrored, split, request_id in _rows_of(serve):
+        expected.served(version, 0.0, error_kind, *CLASSIFICATION.summary(outputs), unit=unit, assigned=assigned,
+                        mirrored=mirrored, split=split, weights_pct=WEIGHTS, request_id=request_id,
+                        keep_request_id=True)
+    assert_same(held.drain(), expected)
+
+
+def _rows_of(serve) -> list[tuple]:
+    """What ``serve`` gives a buffer's ``served``, row by row (outputs not summarised)."""
+    rows: list[tuple] = []
+
+    class Recorder:
+        def served(self, version, started_s, error_kind, outputs, *, request_id, unit=None, assigned=False,
+                   mirrored=False, pinned=False, split=-1):
+            rows.append((version, started_s, error_kind, outputs, unit, assigned, mirrored, split, request_id))
+
+    serve(Recorder())
+    return rows
+
+
+def test_only_small_outputs_are_held_until_the_fold():
+    buffer = _buffer()
+    small = np.zeros((1, HELD_OUTPUT_BYTES // 4), dtype=np.float32)
+    large = np.zeros((1, HELD_OUTPUT_BYTES // 4 + 1), dtype=np.float32)
+    for outputs in (small, large, {"probs": small}):
+        buffer.served("v1", 0.0, None, outputs, request_id="r", assigned=True, split=0)
+    held = [row[3] for row in buffer._rows]
+    assert held[0] is small  # a reference, summarised at the fold
+    assert held[1] == (0, 0.0) and held[2] == (0, 0.0)  # summarised at once: nothing large is kept
 
 
 def test_held_answers_count_and_are_folded_every_fold_rows():
