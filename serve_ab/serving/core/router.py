@@ -113,7 +113,8 @@ class RouterCore:
                            pinned: str | None) -> tuple[Choice, str, np.ndarray]:
         """As :meth:`serve`, with the traffic decision (for the answer's feedback token)."""
         choice = self.choose(key, pinned)
-        input_spec, _ = await self.interface()
+        # Known after the first answer to describe(): no coroutine to await per request.
+        input_spec, _ = self._interface or await self.interface()
         batch = to_batch(inputs, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
         version, outputs = await self.predict(choice, batch)
         return choice, version, outputs
