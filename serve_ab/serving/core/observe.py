@@ -33,7 +33,8 @@ FOLD_ROWS = 256
 # request about 50 us in a replica, whose caches the other processes empty between two
 # requests (benchmarks/README.md, tenth round), against a few in a loop. Larger outputs
 # (and several outputs by name) are summarised at once, so held rows keep at most
-# FOLD_ROWS x this alive.
+# FOLD_ROWS x this alive (with dynamic batching, an answer is a view of its batch's outputs,
+# which it keeps: at most max_batch_size times more).
 HELD_OUTPUT_BYTES = 4096
 
 
