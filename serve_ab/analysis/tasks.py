@@ -132,9 +132,9 @@ class TaskRule:
 
 
 def _classification_summary(array: np.ndarray | None) -> tuple[int | None, float | None]:
-    if array is None or not isinstance(array, np.ndarray) or array.ndim != 2 or not len(array) \
+    if array is None or not isinstance(array, np.ndarray) or array.ndim != 2 or not array.size \
             or array.dtype.kind not in "biuf":
-        return None, None
+        return None, None  # also (n, 0): no class to pick
     predicted_class = int(array[0].argmax())
     return predicted_class, float(array[0, predicted_class])
 

@@ -1,7 +1,7 @@
 """What a router served, folded into this interval's aggregate until the next flush.
 
-Every answer is summarised (latency, class, score) as it is served and folded, with up to
-``FOLD_ROWS`` others and as arrays, into an :class:`~serve_ab.analysis.aggregate.IntervalAggregate`
+Every answer is held as it is served and folded, with up to ``FOLD_ROWS`` others, summarised
+(latency, class, score) and as arrays, into an :class:`~serve_ab.analysis.aggregate.IntervalAggregate`
 (counts, sketches, per-bucket sums): memory and the message to the controller are the same
 size at ten requests a second or ten thousand, and nothing is ever dropped. A report the
 controller did not take is merged back (:meth:`ObservationBuffer.restore`) and goes with the
@@ -10,6 +10,7 @@ next one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.tasks import CLASSIFICATION, TaskRule
+
+logger = logging.getLogger("ray.serve")
 
 # Routing epochs whose weights a router remembers: rows are folded before any epoch is
 # added (routed_by), so only the last few are ever asked for.
@@ -48,6 +51,16 @@ class Summarised(NamedTuple):
 def first_row(outputs: Any) -> tuple[int | None, float | None]:
     """The predicted class and its score of a request's first instance (classifiers)."""
     return CLASSIFICATION.summary(outputs)
+
+
+def _summary(task: TaskRule, outputs: Any) -> tuple[int | None, float | None]:
+    """``task``'s summary of a held answer; an answer it cannot summarise counts without a
+    class or score rather than failing the fold, which would lose the rows held with it."""
+    try:
+        return task.summary(outputs)
+    except Exception:
+        logger.exception("serve-ab router: could not summarise an answer's outputs; counted without them")
+        return None, None
 
 
 class ObservationBuffer:
@@ -86,7 +99,10 @@ class ObservationBuffer:
         and gates); ``mirrored``: a copy the client never saw (gates only); neither: pinned
         or a fallback retry (counted, in no comparison)."""
         latency_ms = (self.clock() - started_s) * 1000.0
-        if outputs is not None and (type(outputs) is not np.ndarray or outputs.nbytes > HELD_OUTPUT_BYTES):
+        # Held: a plain numeric array, small. Objects (BYTES) are summarised at once: their
+        # nbytes counts pointers, not the strings they hold, and they summarise to nothing.
+        if outputs is not None and (type(outputs) is not np.ndarray or outputs.nbytes > HELD_OUTPUT_BYTES
+                                    or outputs.dtype.kind not in "biuf"):
             outputs = Summarised(*self.tasks.get(version, CLASSIFICATION).summary(outputs))
         self._rows.append((version, latency_ms, error_kind, outputs, unit, assigned, mirrored, split, request_id))
         if len(self._rows) >= FOLD_ROWS:
@@ -99,7 +115,7 @@ class ObservationBuffer:
             tasks = self.tasks
             self._current.served_rows(
                 [(version, latency_ms, error_kind,
-                  *(outputs if type(outputs) is Summarised else tasks.get(version, CLASSIFICATION).summary(outputs)),
+                  *(outputs if type(outputs) is Summarised else _summary(tasks.get(version, CLASSIFICATION), outputs)),
                   unit, assigned, mirrored, split, request_id)
                  for version, latency_ms, error_kind, outputs, unit, assigned, mirrored, split, request_id in rows],
                 self._weights, self.keep_request_ids)

@@ -90,6 +90,35 @@ def test_only_small_outputs_are_held_until_the_fold():
     assert held[1] == (0, 0.0) and held[2] == (0, 0.0)  # summarised at once: nothing large is kept
 
 
+def test_an_object_output_is_summarised_at_once_whatever_it_holds():
+    """nbytes counts an object array's pointers: 8 bytes may hold megabytes of text."""
+    buffer = _buffer()
+    text = np.array([[b"x" * 1_000_000]], dtype=object)
+    buffer.served("v1", 0.0, None, text, request_id="r", assigned=True, split=0)
+    assert buffer._rows[0][3] == (None, None)
+
+
+def test_an_answer_that_cannot_be_summarised_loses_no_other_answer(monkeypatch):
+    buffer = _buffer()
+    _serve(buffer, 5)
+    buffer.served("v1", 0.0, None, np.zeros((1, 0), dtype=np.float32), request_id="empty", assigned=True, split=0)
+    monkeypatch.setattr(observe.TaskRule, "summary", _fails_on_empty(observe.TaskRule.summary))
+    aggregate = buffer.drain()
+    assert aggregate is not None and aggregate.rows == 6  # the 5 before it, and itself without a class
+
+
+def test_a_classifier_with_no_class_summarises_to_nothing():
+    assert CLASSIFICATION.summary(np.zeros((1, 0), dtype=np.float32)) == (None, None)
+
+
+def _fails_on_empty(summary):
+    def wrapped(self, outputs):
+        if isinstance(outputs, np.ndarray) and not outputs.size:
+            raise ValueError("attempt to get argmax of an empty sequence")
+        return summary(self, outputs)
+    return wrapped
+
+
 def test_held_answers_count_and_are_folded_every_fold_rows():
     buffer = _buffer()
     _serve(buffer, FOLD_ROWS - 1)
