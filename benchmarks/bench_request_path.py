@@ -24,7 +24,7 @@ is each one's mean microseconds per request in a round (a mean, so that work don
 few hundred calls, such as folding the held answers into the aggregate, is counted), the
 median over the rounds, and serve-ab's difference to each baseline.
 
-``--cold`` writes a buffer larger than the last-level cache (``--evict-mib``, 64 MiB) before
+``--cold`` reads a buffer larger than the last-level cache (``--evict-mib``, 64 MiB) before
 every call, outside the timing, so each call finds its code and data evicted. That is the
 state a replica's request path runs in at low load: between two requests, the proxy, the
 caller and Ray's own processes run on the same cores. Warm, in a loop, the router's path
@@ -112,12 +112,10 @@ def fastapi_app(path: str) -> Any:
     return api
 
 
-def serve_ab_app() -> tuple[Any, Any]:
-    """The router's app over a core holding v1 and v3; returns the app and the core."""
+def serve_ab_core() -> Any:
+    """A router's core holding v1 and v3 (ONNX, 50/50, keyed), as a replica builds it."""
     from serve_ab.api.access_log import VersionsAnswered
     from serve_ab.config import parse_experiment
-    from serve_ab.serving import http as routes
-    from serve_ab.serving.core.auth import ControlAuth
     from serve_ab.serving.core.router import RouterCore
     from serve_ab.serving.router import _request_id
     from serve_ab.serving.runtime import load_versions
@@ -132,7 +130,16 @@ def serve_ab_app() -> tuple[Any, Any]:
     core = RouterCore(cfg, load_versions(cfg.versions), _QuietController(),
                       request_id=_request_id, on_answer=VersionsAnswered().note)
     core.use_feedback_key(b"bench-feedback-key-of-32-bytes!!")
-    routes.use_core(routes.Served(core, ControlAuth(cfg.control, [])))
+    return core
+
+
+def serve_ab_app() -> tuple[Any, Any]:
+    """The router's app over a core of its own; returns the app and the core."""
+    from serve_ab.serving import http as routes
+    from serve_ab.serving.core.auth import ControlAuth
+
+    core = serve_ab_core()
+    routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
     return routes.app, core
 
 
@@ -196,14 +203,17 @@ def in_request_context(request_id: str) -> None:
 
 
 class Evictor:
-    """Writes ``mib`` MiB before each call, evicting the caches (``--cold``); or nothing."""
+    """Reads ``mib`` MiB before each call, evicting the caches (``--cold``); or nothing.
+
+    A read, not a write: written lines would leave the cache dirty, and the timed call would
+    pay for writing them back as it evicts them."""
 
     def __init__(self, mib: int):
-        self.buffer = np.zeros(mib * 2**20 // 8) if mib > 0 else None
+        self.buffer = np.ones(mib * 2**20 // 8) if mib > 0 else None
 
     def __call__(self) -> None:
         if self.buffer is not None:
-            np.add(self.buffer, 1.0, out=self.buffer)
+            self.buffer.sum()
 
 
 # A candidate: given the call's number, one request through it; raises if it was not answered.
@@ -239,6 +249,7 @@ async def measure(candidates: dict[str, Candidate], calls_per_round: int, rounds
         for _ in range(calls_per_round):
             call_number += 1
             for name in order:
+                await asyncio.sleep(0)  # the loop's other tasks (the cores' report loops) run, as in a replica
                 in_request_context(f"req-{name}-{call_number}")
                 evict()
                 started = time.perf_counter()
@@ -259,13 +270,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="5 rounds of 400 calls (default 15 of 1000); with --cold, 3 of 60 (default 7 of 150)")
     parser.add_argument("--cold", action="store_true", help="evict the caches before every call")
     parser.add_argument("--evict-mib", type=int, default=64, metavar="MIB",
-                        help="how much --cold writes before each call (default 64: more than this "
+                        help="how much --cold reads before each call (default 64: more than this "
                              "machine's 32 MiB last-level cache)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cold and args.evict_mib < 1:
+        print(f"--evict-mib is {args.evict_mib}; give at least 1 (MiB read before each call)", file=sys.stderr)
+        return 2
     missing = missing_models("v1/model.onnx", "v3/model.onnx")
     if missing:
         print(missing, file=sys.stderr)
@@ -285,24 +299,27 @@ def _main(args: argparse.Namespace) -> int:
     bodies = [b.encode() for b in json_bodies]
     v1 = str(MODELS / "v1" / "model.onnx")
     serve_ab, core = serve_ab_app()
+    handle_core = serve_ab_core()  # its own, so that neither candidate folds the other's answers
     candidates = {
         "plain": http_candidate(plain_app(v1), "/", bodies),
         "fastapi": http_candidate(fastapi_app(v1), "/predict", bodies),
         "serve-ab": http_candidate(serve_ab, "/predict", bodies),
         "plain-handle": handle_candidate(plain_handle(v1), handle_args, keyed=False),
-        "serve-ab-handle": handle_candidate(serve_ab_handle(core), handle_args, keyed=True),
+        "serve-ab-handle": handle_candidate(serve_ab_handle(handle_core), handle_args, keyed=True),
     }
 
     async def run() -> dict[str, list[float]]:
-        flush = asyncio.get_running_loop().create_task(core.flush())  # reports go out, as in a replica
+        loop = asyncio.get_running_loop()
+        flushes = [loop.create_task(c.flush()) for c in (core, handle_core)]  # reports go out, as in a replica
         try:
             await measure(candidates, 200, 1, Evictor(0))  # warm-up
             return await measure(candidates, calls, rounds, Evictor(evict_mib))
         finally:
-            flush.cancel()
+            for flush in flushes:
+                flush.cancel()
 
     log(f"{rounds} rounds of {calls} calls per candidate, taking turns"
-        + (f", {evict_mib} MiB written before each call" if args.cold else ""))
+        + (f", {evict_mib} MiB read before each call" if args.cold else ""))
     try:
         per_round = asyncio.run(run())
     finally:

@@ -26,21 +26,23 @@ def test_bench_request_path_quick_prints_per_request_costs_and_serve_abs_differe
     assert report["cold"] is cold and report["evict_mib"] == (1 if cold else 0)
 
 
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
 def test_the_handle_candidate_runs_the_routers_own_method_with_rays_request_id():
     import asyncio
 
-    from benchmarks.bench_request_path import in_request_context, serve_ab_app, serve_ab_handle
-    from serve_ab.serving import http as routes
+    from benchmarks.bench_request_path import in_request_context, serve_ab_core, serve_ab_handle
 
-    _, core = serve_ab_app()
-    try:
-        in_request_context("req-42")
-        answer = asyncio.run(serve_ab_handle(core)(np.zeros((1, 64), dtype=np.float32), "user-1"))
-    finally:
-        routes.use_core(None)
+    core = serve_ab_core()
+    in_request_context("req-42")
+    answer = asyncio.run(serve_ab_handle(core)(np.zeros((1, 64), dtype=np.float32), "user-1"))
     assert answer["request_id"] == "req-42"
     assert answer["version"] in {"v1", "v3"} and answer["outputs"].shape == (1, 10)
     assert answer["feedback_token"].startswith(answer["version"] + ".")
+
+
+def test_cold_needs_something_to_read(capsys):
+    assert bench_request_path.main(["--cold", "--evict-mib", "0"]) == 2
+    assert "--evict-mib is 0" in capsys.readouterr().err
 
 
 def _short(measure):
