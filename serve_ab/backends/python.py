@@ -18,7 +18,10 @@ The version config names a class (``class: my_pkg.model:Model``) and, optionally
 
 ``predict`` gets a batch (first axis: instances) of every input by name, already checked
 against the input spec, and returns one array (one output) or one per output name, each
-with as many rows. The ``batching:`` config applies as for any backend. A spec may also be
+with as many rows, new ones each call: the router reads an answer's outputs after it has
+been served (its class and score for the figures, a shadow's comparison), so an array the
+class writes into again on its next call would change them. The ``batching:`` config
+applies as for any backend. A spec may also be
 given as dicts, ``{"name": "blood", "datatype": "FP32", "shape": [-1, 8]}``.
 """
 
