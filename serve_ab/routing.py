@@ -69,6 +69,9 @@ class Assigner:
     def __init__(self, weights_pct: Mapping[str, float], salt: str, rng: random.Random | None = None):
         self.salt = salt
         self._salt_bytes = salt.encode()[:64]
+        # The salt's keyed state, copied per key: the same digest as keying a new hash each
+        # time (bucket_of), without setting the key up again.
+        self._keyed = hashlib.blake2b(digest_size=8, key=self._salt_bytes)
         self._rng = rng or random.Random()
         self.table = SplitTable.from_weights(weights_pct)
 
@@ -84,6 +87,7 @@ class Assigner:
         router process, so the report can count distinct users per version."""
         if key is None:
             return self.table.version_for_bucket(self._rng.randrange(NUM_BUCKETS)), None
-        digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt_bytes).digest()
-        unit = int.from_bytes(digest, "big")
+        hashed = self._keyed.copy()
+        hashed.update(key.encode())
+        unit = int.from_bytes(hashed.digest(), "big")
         return self.table.version_for_bucket(unit % NUM_BUCKETS), unit

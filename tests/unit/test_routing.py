@@ -93,6 +93,10 @@ def test_same_buckets_in_a_fresh_process():
 def test_known_bucket_values_never_change():
     # Pinned values: a change here reshuffles every running experiment's users.
     assert [bucket_of(k, "serve-ab") for k in ("alice", "bob", "user-1")] == KNOWN_BUCKETS
+    # The router's assigner hashes from a keyed state it copies: the same buckets.
+    assigner = Assigner({"v1": 100.0}, "serve-ab")
+    assert [assigner.assign_unit(k)[1] % NUM_BUCKETS for k in ("alice", "bob", "user-1")] == KNOWN_BUCKETS
+    assert all(assigner.assign_unit(k)[1] % NUM_BUCKETS == bucket_of(k, "serve-ab") for k in KEYS[:2000])
 
 
 KNOWN_BUCKETS = [92, 368, 168]
