@@ -68,6 +68,7 @@ class FeedbackSigner:
         # every time). They need not be secret (the MAC covers them), only distinct; a counter
         # would be distinct too, but would tell clients how many answers a replica gave.
         self._nonces = random.Random(secrets.randbits(128))
+        # Taken from without a lock: a router issues tokens on its replica's one event loop.
         self._unused_nonces: list[str] = []
 
     def issue(self, request_id: str, version: str, assigned: bool = True, unit: int | None = None,

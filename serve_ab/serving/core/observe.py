@@ -54,8 +54,8 @@ def first_row(outputs: Any) -> tuple[int | None, float | None]:
 
 
 def _summary(task: TaskRule, outputs: Any) -> tuple[int | None, float | None]:
-    """``task``'s summary of a held answer; an answer it cannot summarise counts without a
-    class or score rather than failing the fold, which would lose the rows held with it."""
+    """``task``'s summary of an answer; one it cannot summarise counts without a class or
+    score rather than failing its request, or the fold, which would lose the rows held with it."""
     try:
         return task.summary(outputs)
     except Exception:
@@ -103,7 +103,7 @@ class ObservationBuffer:
         # nbytes counts pointers, not the strings they hold, and they summarise to nothing.
         if outputs is not None and (type(outputs) is not np.ndarray or outputs.nbytes > HELD_OUTPUT_BYTES
                                     or outputs.dtype.kind not in "biuf"):
-            outputs = Summarised(*self.tasks.get(version, CLASSIFICATION).summary(outputs))
+            outputs = Summarised(*_summary(self.tasks.get(version, CLASSIFICATION), outputs))
         self._rows.append((version, latency_ms, error_kind, outputs, unit, assigned, mirrored, split, request_id))
         if len(self._rows) >= FOLD_ROWS:
             self._fold()

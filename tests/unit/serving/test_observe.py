@@ -105,6 +105,9 @@ def test_an_answer_that_cannot_be_summarised_loses_no_other_answer(monkeypatch):
     monkeypatch.setattr(observe.TaskRule, "summary", _fails_on_empty(observe.TaskRule.summary))
     aggregate = buffer.drain()
     assert aggregate is not None and aggregate.rows == 6  # the 5 before it, and itself without a class
+    # Summarised as it is served (a large output): the request is not failed either.
+    buffer.served("v1", 0.0, None, {"probs": np.zeros((1, 0))}, request_id="empty-dict", assigned=True, split=0)
+    assert buffer.drain().rows == 1
 
 
 def test_a_classifier_with_no_class_summarises_to_nothing():
@@ -113,7 +116,8 @@ def test_a_classifier_with_no_class_summarises_to_nothing():
 
 def _fails_on_empty(summary):
     def wrapped(self, outputs):
-        if isinstance(outputs, np.ndarray) and not outputs.size:
+        array = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+        if isinstance(array, np.ndarray) and not array.size:
             raise ValueError("attempt to get argmax of an empty sequence")
         return summary(self, outputs)
     return wrapped
