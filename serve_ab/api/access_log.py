@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 
 RAY_SERVE_LOGGER = "ray.serve"  # the logger Ray Serve's replicas write their access lines to
 # Set by Ray Serve on its access line's record (ray/serve/_private/replica.py), with the request's id.
@@ -42,7 +41,12 @@ class VersionsAnswered:
 
     def __init__(self, max_notes: int = MAX_NOTES):
         self.max_notes = max_notes
-        self._versions: OrderedDict[str, list[str]] = OrderedDict()
+        # A dict keeps insertion order too, and its code is warm in any Python process: with
+        # the caches emptied between requests, a note took 18 us with an OrderedDict, 10 with
+        # a dict (benchmarks/README.md, eleventh round). Where no line takes the notes (Ray's
+        # logger above INFO), evicting the oldest then skips the deleted entries before it:
+        # 2.4 us a note at MAX_NOTES against 0.7 for an OrderedDict, in a loop.
+        self._versions: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def note(self, request_id: str, version: str) -> None:
@@ -51,7 +55,7 @@ class VersionsAnswered:
             if noted is None:
                 self._versions[request_id] = [version]
                 if len(self._versions) > self.max_notes:
-                    self._versions.popitem(last=False)
+                    del self._versions[next(iter(self._versions))]  # the oldest
             else:
                 noted.append(version)
 
