@@ -119,6 +119,9 @@ CANDIDATES = [
     # router.access_log: false): what the line costs each, and the router's path without it.
     Candidate("(a-)", "plain_quiet", "plain, no access line", "", False, on_request=True),
     Candidate("(c-)", "colocated_quiet", "serve-ab colocated, no access line", "/predict", True, on_request=True),
+    # (a) once more, the same code and options in an app of its own: an A/A. Its ratio to (a)
+    # is what the benchmark reads when nothing differs, the floor under every other ratio.
+    Candidate("(a=)", "plain_twin", "plain again (A/A)", "", False, on_request=True),
 ]
 BY_APP = {c.app: c for c in CANDIDATES}
 
@@ -160,6 +163,7 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "plain_quiet": lambda: baselines.plain_app(v1, dict(REPLICA_OPTIONS,
                                                             logging_config={"enable_access_log": False})),
         "colocated_quiet": lambda: build_app(serve_ab_experiment("colocated", access_log=False)),
+        "plain_twin": lambda: baselines.plain_app(v1, REPLICA_OPTIONS),
     }
     return [serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}") for c in candidates]
 
@@ -360,6 +364,10 @@ def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
     if paired and paired["rps_ratio"]:
         notes.append(f"(c-) vs (a-), both without access lines: {_ratio_text(paired)} req/s, "
                      f"p50 {paired['p50_added_ms']:+.2f} ms")
+    paired = summary.get("plain_twin", {}).get("vs_plain")
+    if paired and paired["rps_ratio"]:
+        notes.append(f"(a=) vs (a), the same app twice (A/A, the noise floor): {_ratio_text(paired)} "
+                     f"req/s, p50 {paired['p50_added_ms']:+.2f} ms")
     return "\n".join(notes) or None
 
 

@@ -33,3 +33,14 @@ def test_without_access_lines_serve_ab_is_paired_with_plain_without_its_line():
     assert "(c-) vs (a-), both without access lines: 1.02x (1.00-1.05) req/s, p50 +0.05 ms" in \
         bench_serving.fastapi_note(summary)
     assert bench_serving.compact(summary)["colocated_quiet"]["vs_plain_quiet"] == 1.025
+
+
+def test_the_a_a_twin_runs_only_when_named_and_is_paired_with_plain():
+    assert "plain_twin" not in [c.app for c in bench_serving.chosen(None)]
+    runs = {"plain": [run(0, 100.0, 4.0), run(1, 100.0, 4.0), run(2, 100.0, 4.0)],
+            "plain_twin": [run(0, 90.0, 4.1), run(1, 104.0, 3.9), run(2, 101.0, 4.0)]}
+    summary = bench_serving.summarize(runs)
+    assert summary["plain_twin"]["vs_plain"]["rps_ratio"] == {"median": 1.01, "min": 0.9, "max": 1.04}
+    assert "(a=) vs (a), the same app twice (A/A, the noise floor): 1.01x (0.90-1.04) req/s" in \
+        bench_serving.fastapi_note(summary)
+    assert bench_serving.verdicts({4: summary}) == []  # an A/A is no target
