@@ -175,12 +175,18 @@ def headline(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out[f"serving_c{concurrency}_isolated_vs_workaround"] = (apps.get("isolated") or {}).get("vs_workaround")
         if "colocated_batch" in apps:
             out[f"serving_c{concurrency}_batching_vs_serve_batch"] = apps["colocated_batch"].get("vs_plain_batch")
+        # The A/A: plain's twin against plain, what the figures above read when nothing differs.
+        out[f"serving_c{concurrency}_a_a_vs_plain"] = (apps.get("plain_twin") or {}).get("vs_plain")
         if concurrency == "1":
             out["serving_c1_p50_added_vs_plain_ms"] = (apps.get("colocated") or {}).get("p50_added_vs_plain_ms")
+            out["serving_c1_a_a_p50_added_ms"] = (apps.get("plain_twin") or {}).get("p50_added_vs_plain_ms")
     for concurrency, apps in (get("serving", "handle") or {}).items():
         out[f"serving_handle_c{concurrency}_colocated_vs_plain"] = (apps.get("colocated") or {}).get("vs_plain")
+        out[f"serving_handle_c{concurrency}_a_a_vs_plain"] = (apps.get("plain_twin") or {}).get("vs_plain")
         if concurrency == "1":
             out["serving_handle_c1_p50_added_vs_plain_ms"] = (apps.get("colocated") or {}).get(
+                "p50_added_vs_plain_ms")
+            out["serving_handle_c1_a_a_p50_added_ms"] = (apps.get("plain_twin") or {}).get(
                 "p50_added_vs_plain_ms")
     prop = get("propagation", "summary_weights_rounds", "propagation_ms") or {}
     out["propagation_median_ms"], out["propagation_max_ms"] = prop.get("median"), prop.get("max")

@@ -13,7 +13,7 @@ def run(round_index: int, rps: float, p50_ms: float) -> dict:
 def test_the_candidates_without_access_lines_run_only_when_named():
     by_default = [c.app for c in bench_serving.chosen(None)]
     assert by_default == ["plain", "fastapi", "workaround", "colocated", "isolated", "plain_batch",
-                          "colocated_batch"]
+                          "colocated_batch", "plain_twin"]
     only = bench_serving.parse_args(["--only", "colocated_quiet", "plain_quiet", "plain"]).only
     assert [c.app for c in bench_serving.chosen(only)] == ["plain", "plain_quiet", "colocated_quiet"]
 
@@ -35,12 +35,21 @@ def test_without_access_lines_serve_ab_is_paired_with_plain_without_its_line():
     assert bench_serving.compact(summary)["colocated_quiet"]["vs_plain_quiet"] == 1.025
 
 
-def test_the_a_a_twin_runs_only_when_named_and_is_paired_with_plain():
-    assert "plain_twin" not in [c.app for c in bench_serving.chosen(None)]
+def test_the_a_a_twin_is_paired_with_plain_and_shown_beside_the_targets_against_plain():
     runs = {"plain": [run(0, 100.0, 4.0), run(1, 100.0, 4.0), run(2, 100.0, 4.0)],
-            "plain_twin": [run(0, 90.0, 4.1), run(1, 104.0, 3.9), run(2, 101.0, 4.0)]}
+            "plain_twin": [run(0, 90.0, 4.1), run(1, 104.0, 3.9), run(2, 101.0, 4.0)],
+            "workaround": [run(0, 70.0, 6.0), run(1, 70.0, 6.0), run(2, 70.0, 6.0)],
+            "colocated": [run(0, 99.0, 4.2), run(1, 98.0, 4.2), run(2, 105.0, 4.2)]}
     summary = bench_serving.summarize(runs)
     assert summary["plain_twin"]["vs_plain"]["rps_ratio"] == {"median": 1.01, "min": 0.9, "max": 1.04}
     assert "(a=) vs (a), the same app twice (A/A, the noise floor): 1.01x (0.90-1.04) req/s" in \
         bench_serving.fastapi_note(summary)
-    assert bench_serving.verdicts({4: summary}) == []  # an A/A is no target
+    checks = {(c["concurrency"], c["what"]): c for c in bench_serving.verdicts({1: summary})}
+    assert len(checks) == 3  # the A/A is no target of its own
+    rps, p50 = checks[(1, "colocated vs plain, req/s")], checks[(1, "colocated p50 added over plain, ms")]
+    assert (rps["value"], rps["met"], rps["a_a"]) == (0.99, False, 1.01)
+    assert (round(p50["value"], 3), p50["a_a"]) == (0.2, 0.0)
+    assert checks[(1, "colocated vs workaround, req/s")]["a_a"] is None  # against plain only
+    without_twin = bench_serving.verdicts({1: bench_serving.summarize(
+        {k: v for k, v in runs.items() if k != "plain_twin"})})
+    assert {c["a_a"] for c in without_twin} == {None}
