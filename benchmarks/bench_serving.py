@@ -1,7 +1,7 @@
 """serve-ab against plain Ray Serve and the hand-written workaround, in one Ray instance.
 
     python -m benchmarks.bench_serving --quick   # under 3 minutes; prints one JSON line last
-    python -m benchmarks.bench_serving           # about 7 minutes; also writes benchmarks/RESULTS.md
+    python -m benchmarks.bench_serving           # about 9 minutes; also writes benchmarks/RESULTS.md
 
 One model (digits v1, ONNX, onnxruntime with one intra-op thread, no batching) is served
 side by side, each app under its own route prefix on the same Ray Serve proxy:
@@ -12,6 +12,7 @@ side by side, each app under its own route prefix on the same Ray Serve proxy:
                      deployment per version (v1, v3: both ONNX MLPs) through its handle
     (c)  colocated   serve-ab, v1 and v3 50/50, both held in the router's replica
     (d)  isolated    serve-ab, v1 and v3 50/50, one deployment per version
+    (a=) plain_twin  (a) deployed a second time: an A/A, what a ratio reads when nothing differs
 
 Every deployment gets the same Ray options (one replica, num_cpus 0.5,
 max_ongoing_requests 256). The HTTP load comes from a closed-loop generator in its own
