@@ -68,10 +68,9 @@ class Assigner:
 
     def __init__(self, weights_pct: Mapping[str, float], salt: str, rng: random.Random | None = None):
         self.salt = salt
-        self._salt_bytes = salt.encode()[:64]
         # The salt's keyed state, copied per key: the same digest as keying a new hash each
         # time (bucket_of), without setting the key up again.
-        self._keyed = hashlib.blake2b(digest_size=8, key=self._salt_bytes)
+        self._keyed = hashlib.blake2b(digest_size=8, key=salt.encode()[:64])
         self._rng = rng or random.Random()
         self.table = SplitTable.from_weights(weights_pct)
 
