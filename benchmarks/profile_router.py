@@ -6,11 +6,15 @@ serve-ab colocated), keeps ``--concurrency`` connections busy on one app at a ti
 prints, per app, the CPU time per request of each of its processes (measured first,
 unprofiled, the apps taking turns), the share of the replica's busy samples spent in each part of the request
 path (inclusive: a sample counts for every part on its stack) and the functions with the
-most samples of their own. The collapsed stacks go to ``--out`` (one file per app), which
-``flamegraph.pl`` or speedscope draw as flame graphs.
+most samples of their own. Serve's HTTP proxy and serve-ab's controller are sampled at the
+same time; the proxy's functions are given in samples per request served meanwhile, since
+it serves every app and its shares would not compare between them. The collapsed stacks go
+to ``--out`` (one file per app and process), which ``flamegraph.pl`` or speedscope draw as
+flame graphs.
 
     python -m benchmarks.profile_router                        # plain and colocated, c8, 10 s each
     python -m benchmarks.profile_router --apps colocated isolated --concurrency 16
+    python -m benchmarks.profile_router --apps plain plain_twin colocated --concurrency 16 --cpu-rounds 8
 
 py-spy ships with Ray's dependencies; it attaches to a process of the same user (no root
 needed where ptrace is allowed). ``--nonblocking`` keeps it from pausing the replica, so the
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -51,7 +56,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 INGRESS = {"plain": "OnnxModel", "fastapi": "OnnxModelFastAPI", "workaround": "RandomSplit",
            "colocated": "Router", "isolated": "Router", "plain_batch": "OnnxModelBatched",
-           "colocated_batch": "Router"}
+           "colocated_batch": "Router", "plain_twin": "OnnxModel"}
 
 
 @dataclass
@@ -66,6 +71,10 @@ class Profile:
     # what the app costs the machine, which py-spy's shares of one process do not show.
     cpu_ms_per_request: dict[str, float]
     idle_cpu_ms_per_s: dict[str, float]  # the same processes with no request at all
+    # Serve's HTTP proxy, sampled at the same time: its functions' samples per request served
+    # meanwhile (the proxy serves every app, so shares of it would not compare between apps).
+    proxy_samples_per_request: float = 0.0
+    proxy_top_per_request: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
 def app_processes(app: str) -> dict[str, int]:
@@ -176,18 +185,27 @@ def profile_app(cluster: Cluster, app: str, load: HttpLoad, bodies: list[str], c
     controller = processes.get("Controller")
     controller_out = out_dir / f"{app}.controller.collapsed.txt"
     controller_spy = _py_spy(controller, duration_s, rate_hz, controller_out) if controller else None
+    proxy = processes.get("(Serve's proxy)")
+    proxy_out = out_dir / f"{app}.proxy.collapsed.txt"
+    proxy_spy = _py_spy(proxy, duration_s, rate_hz, proxy_out) if proxy else None
     time.sleep(0.5)  # py-spy attaches
-    load.run(url, bodies, concurrency, duration_s, 0.0)
-    for process, path in ((spy, out), (controller_spy, controller_out)):
+    served = load.run(url, bodies, concurrency, duration_s, 0.0)["completed"]
+    for process, path in ((spy, out), (controller_spy, controller_out), (proxy_spy, proxy_out)):
         if process is None:
             continue
         _, err = process.communicate(timeout=duration_s + 60)
         if process.returncode != 0 or not path.is_file():
             raise RuntimeError(f"py-spy failed ({process.returncode}): {err.strip()[-500:]}")
     samples, parts, tops = summarize(read_collapsed(out))
-    return Profile(app, samples, parts, tops, cpu.throughput_rps,
-                   str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out), cpu.cpu_ms_per_request,
-                   cpu.idle_cpu_ms_per_s)
+    profile = Profile(app, samples, parts, tops, cpu.throughput_rps,
+                      str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out), cpu.cpu_ms_per_request,
+                      cpu.idle_cpu_ms_per_s)
+    if proxy_spy is not None and served:
+        proxy_samples, _, proxy_tops = summarize(read_collapsed(proxy_out))
+        profile.proxy_samples_per_request = round(proxy_samples / served, 3)
+        profile.proxy_top_per_request = [(name, round(pct * proxy_samples / 100.0 / served, 3))
+                                         for name, pct in proxy_tops]
+    return profile
 
 
 def _py_spy(pid: int, duration_s: float, rate_hz: int, out: Path) -> subprocess.Popen:
@@ -244,6 +262,11 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         print("  most samples of their own:", file=sys.stderr)
         for name, pct in p.top_self:
             print(f"  {pct:5.1f} %  {name}", file=sys.stderr)
+        if p.proxy_top_per_request:
+            print(f"  Serve's proxy meanwhile: {p.proxy_samples_per_request:.3f} busy samples a request; "
+                  "most of their own, samples a request:", file=sys.stderr)
+            for name, per_request in p.proxy_top_per_request:
+                print(f"  {per_request:6.3f}  {name}", file=sys.stderr)
     return {"bench": "profile_router", "concurrency": args.concurrency, "duration_s": args.duration,
             "profiles": [p.__dict__ for p in profiles]}
 
