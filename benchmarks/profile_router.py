@@ -122,10 +122,7 @@ def summarize(stacks: list[tuple[list[str], int]], top: int = 15) -> tuple[int, 
                     break
         for name in seen:
             parts[name] += count
-        # "function (path/to/file.py:line)" -> "function (file.py)": one entry per function.
-        leaf = frames[-1]
-        func, _, where = leaf.partition(" (")
-        self_time[f"{func} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})"] += count
+        self_time[_function(frames[-1])] += count
     pct = {name: round(100.0 * parts[name] / total, 1) for name, _ in PARTS} if total else {}
     tops = [(name, round(100.0 * n / total, 1)) for name, n in self_time.most_common(top)] if total else []
     return total, pct, tops
@@ -201,11 +198,27 @@ def profile_app(cluster: Cluster, app: str, load: HttpLoad, bodies: list[str], c
                       str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out), cpu.cpu_ms_per_request,
                       cpu.idle_cpu_ms_per_s)
     if proxy_spy is not None and served:
-        proxy_samples, _, proxy_tops = summarize(read_collapsed(proxy_out))
-        profile.proxy_samples_per_request = round(proxy_samples / served, 3)
-        profile.proxy_top_per_request = [(name, round(pct * proxy_samples / 100.0 / served, 3))
-                                         for name, pct in proxy_tops]
+        profile.proxy_samples_per_request, profile.proxy_top_per_request = per_request(
+            read_collapsed(proxy_out), served)
     return profile
+
+
+def per_request(stacks: list[tuple[list[str], int]], served: int,
+                top: int = 15) -> tuple[float, list[tuple[str, float]]]:
+    """Busy samples per request served, and the functions with the most samples of their
+    own, in samples per request: figures that compare between apps for a process that
+    serves them all (a share of its samples would not)."""
+    total = sum(count for _, count in stacks)
+    own: collections.Counter[str] = collections.Counter()
+    for frames, count in stacks:
+        own[_function(frames[-1])] += count
+    return round(total / served, 3), [(name, round(n / served, 3)) for name, n in own.most_common(top)]
+
+
+def _function(frame: str) -> str:
+    """"function (path/to/file.py:line)" -> "function (file.py)": one entry per function."""
+    func, _, where = frame.partition(" (")
+    return f"{func} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})"
 
 
 def _py_spy(pid: int, duration_s: float, rate_hz: int, out: Path) -> subprocess.Popen:
