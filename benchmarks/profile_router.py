@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ class Profile:
     # Serve's HTTP proxy, sampled at the same time: its functions' samples per request served
     # meanwhile (the proxy serves every app, so shares of it would not compare between apps).
     proxy_samples_per_request: float = 0.0
-    proxy_top_per_request: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    proxy_top_per_request: list[tuple[str, float]] = field(default_factory=list)
 
 
 def app_processes(app: str) -> dict[str, int]:
@@ -216,7 +215,7 @@ def per_request(stacks: list[tuple[list[str], int]], served: int,
 
 
 def _function(frame: str) -> str:
-    """"function (path/to/file.py:line)" -> "function (file.py)": one entry per function."""
+    """A frame's function and file, one entry per function: "f (path/to/file.py:12)" -> "f (file.py)"."""
     func, _, where = frame.partition(" (")
     return f"{func} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})"
 
@@ -278,8 +277,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         if p.proxy_top_per_request:
             print(f"  Serve's proxy meanwhile: {p.proxy_samples_per_request:.3f} busy samples a request; "
                   "most of their own, samples a request:", file=sys.stderr)
-            for name, per_request in p.proxy_top_per_request:
-                print(f"  {per_request:6.3f}  {name}", file=sys.stderr)
+            for name, samples in p.proxy_top_per_request:
+                print(f"  {samples:6.3f}  {name}", file=sys.stderr)
     return {"bench": "profile_router", "concurrency": args.concurrency, "duration_s": args.duration,
             "profiles": [p.__dict__ for p in profiles]}
 
