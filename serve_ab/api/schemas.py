@@ -11,7 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from serve_ab.backends.base import (
@@ -23,7 +32,9 @@ from serve_ab.backends.base import (
     OutputSpec,
     OutputSpecs,
     check_batch,
+    check_shape,
     outputs_to_json,
+    reshaped,
     specs_of,
 )
 from serve_ab.config.experiment import format_validation_error
@@ -68,7 +79,8 @@ class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., description="Input name, as listed by GET /v2/models/{model}.")
-    shape: list[int] = Field(..., description="Tensor shape, batch first, e.g. [1, 64].")
+    # Strict: true or "64" is not a dimension (the protocol's shape is int64s).
+    shape: list[StrictInt] = Field(..., description="Tensor shape, batch first, e.g. [1, 64].")
     datatype: str = Field(..., description="Open Inference Protocol datatype, e.g. FP32.")
     # Before data: data's check reads it.
     parameters: dict[str, Any] | None = Field(
@@ -214,6 +226,7 @@ def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_fini
         )
     if any(d < 0 for d in tensor.shape):
         raise InputError(f"input '{tensor.name}' has a negative dimension in shape {tensor.shape}")
+    check_shape(tensor.shape, spec)
     if binary is not None and index in binary:
         data = binary[index]  # already checked against shape and datatype, byte for byte
     elif tensor.data is None:
@@ -236,7 +249,7 @@ def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_fini
             f"input '{tensor.name}' has {data.size} values but shape {tensor.shape} needs "
             f"{expected_count}"
         )
-    return check_batch(data.reshape(tensor.shape), spec, allow_non_finite=allow_non_finite)
+    return check_batch(reshaped(data, tensor.name, tensor.shape), spec, allow_non_finite=allow_non_finite)
 
 
 def encode_v2_response(

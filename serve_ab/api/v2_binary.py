@@ -31,7 +31,7 @@ import numpy as np
 
 from serve_ab.api.http_util import decode_json
 from serve_ab.api.schemas import V2InferRequest
-from serve_ab.backends.base import V2_DATATYPES, InputError
+from serve_ab.backends.base import V2_DATATYPES, InputError, reshaped
 from serve_ab.errors import InvalidInput
 
 #: The HTTP header that carries the JSON part's length, as tritonclient spells it.
@@ -126,7 +126,7 @@ def tensor_from_bytes(buf: bytes | memoryview, name: str, datatype: str, shape: 
     array = np.frombuffer(buf, dtype=dtype)
     if datatype == "BOOL" and count and np.frombuffer(buf, dtype=np.uint8).max() > 1:
         raise InputError(f"input '{name}' is BOOL, whose bytes must be 0 or 1")
-    return array.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    return reshaped(array.astype(dtype.newbyteorder("="), copy=False), name, shape)
 
 
 def _bytes_elements(view: memoryview, name: str, shape: list[int], count: int) -> np.ndarray:
@@ -149,7 +149,7 @@ def _bytes_elements(view: memoryview, name: str, shape: list[int], count: int) -
         raise InputError(f"input '{name}' (BYTES) holds {len(items)} elements, but shape {shape} needs {count}")
     array = np.empty(count, dtype=object)
     array[:] = items
-    return array.reshape(shape)
+    return reshaped(array, name, shape)
 
 
 def tensor_to_bytes(values: np.ndarray, datatype: str) -> bytes:

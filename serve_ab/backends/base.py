@@ -207,6 +207,35 @@ class Predictor(Protocol):
         takes one array, a multi-input model ``{input name: array}``."""
 
 
+def check_shape(shape: Sequence[int], spec: InputSpec) -> None:
+    """Raise :class:`InputError` unless ``shape`` has ``spec``'s rank and fixed dimensions.
+
+    Also called on a V2 tensor's declared shape before any array is built, so a shape numpy
+    cannot build (70 dimensions, ``[0, 2**62]``) is refused as the wrong shape it is.
+    """
+    if len(shape) != len(spec.shape):
+        hint = ""
+        if len(shape) == len(spec.shape) - 1:
+            hint = " Wrap a single instance in a list to make a batch of one."
+        raise InputError(f"input '{spec.name}' must have shape {spec.describe()}; got {list(shape)}.{hint}")
+    for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+        if axis > 0 and want >= 0 and got != want:
+            raise InputError(
+                f"input '{spec.name}' must have shape {spec.describe()}; got "
+                f"{list(shape)} (dimension {axis} is {got}, expected {want})"
+            )
+
+
+def reshaped(array: np.ndarray, name: str, shape: Sequence[int]) -> np.ndarray:
+    """``array`` in a V2 tensor's declared ``shape``, whose size the caller checked: a shape
+    numpy cannot build (more than 64 dimensions, a dimension past its index range beside a 0)
+    is the client's error, not a 500."""
+    try:
+        return array.reshape(shape)
+    except (ValueError, OverflowError) as err:
+        raise InputError(f"input '{name}' has shape {list(shape)}, which no array can have ({err})") from None
+
+
 def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:
     """Check an array against ``spec`` and return it in the model's dtype.
 
@@ -214,20 +243,7 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
     """
     if batch.size == 0:
         raise InputError(f"input '{spec.name}' is an empty batch; send at least one instance")
-    if batch.ndim != len(spec.shape):
-        hint = ""
-        if batch.ndim == len(spec.shape) - 1:
-            hint = " Wrap a single instance in a list to make a batch of one."
-        raise InputError(
-            f"input '{spec.name}' must have shape {spec.describe()}; got "
-            f"{list(batch.shape)}.{hint}"
-        )
-    for axis, (got, want) in enumerate(zip(batch.shape, spec.shape)):
-        if axis > 0 and want >= 0 and got != want:
-            raise InputError(
-                f"input '{spec.name}' must have shape {spec.describe()}; got "
-                f"{list(batch.shape)} (dimension {axis} is {got}, expected {want})"
-            )
+    check_shape(batch.shape, spec)
     kind = batch.dtype.kind
     want_kind = np.dtype(spec.dtype).kind
     if want_kind == "O":

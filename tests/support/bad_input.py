@@ -48,4 +48,13 @@ BAD_V2 = [
     ("missing data", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]},
      "inputs.0.data: field required"),
     ("unknown output", v2_body([DIGIT_ROW], outputs=[{"name": "logits"}]), "unknown output"),
+    # Shapes numpy cannot build (no values needed beside the zero; 70 > numpy's 64 dimensions).
+    ("huge dimension beside a zero", {"inputs": [{"name": "input", "shape": [0, 2**62], "datatype": "FP32",
+                                                  "data": []}]}, "dimension 1 is 4611686018427387904"),
+    ("70 dimensions", {"inputs": [{"name": "input", "shape": [1] * 70, "datatype": "FP32", "data": [5]}]},
+     "must have shape [n, 64]"),
+    ("boolean dimension", {"inputs": [{"name": "input", "shape": [True, 64], "datatype": "FP32",
+                                       "data": DIGIT_ROW}]}, "inputs.0.shape.0"),
+    ("string dimension", {"inputs": [{"name": "input", "shape": ["1", "64"], "datatype": "FP32",
+                                      "data": DIGIT_ROW}]}, "inputs.0.shape.0"),
 ]

@@ -77,6 +77,25 @@ def test_malformed_bytes_elements(raw, shape, message):
         tensor_from_bytes(raw, "text", "BYTES", shape)
 
 
+@pytest.mark.parametrize("datatype, raw, shape", [
+    ("FP32", b"", [0, 10**30]),        # past numpy's index range
+    ("FP32", b"", [0, 2**62]),         # in range, but too big an array for numpy
+    ("FP32", b"\x00" * 4, [1] * 70),   # more dimensions than numpy's 64
+    ("BYTES", b"", [0, 10**30]),
+    ("BYTES", b"\x01\x00\x00\x00a", [1] * 70),
+])
+def test_a_shape_no_array_can_have_is_an_input_error(datatype, raw, shape):
+    # Its bytes add up (zero values, or one), so only building the array can refuse it.
+    with pytest.raises(InputError, match="which no array can have"):
+        tensor_from_bytes(raw, "input", datatype, shape)
+
+
+def test_a_binary_shape_no_array_can_have_is_a_400_through_the_v2_decoder():
+    raw, header_length = binary_request([("input", "FP32", [0, 10**30], b"")])
+    with pytest.raises(InvalidInput, match="which no array can have"):
+        parsed(raw, header_length)
+
+
 def test_a_bytes_input_reaches_the_model_check_and_is_refused_clearly():
     raw, length = binary_request([("input", "BYTES", [1], tensor_to_bytes(np.array([b"hi"], object), "BYTES"))])
     request, arrays = parsed(raw, length)
