@@ -300,12 +300,18 @@ def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: boo
 
     A multi-input model takes ``{input name: nested list}``, every input with as many
     instances, and gets ``{input name: array}``; a one-input model takes the nested list
-    and gets one array.
+    (bare, or as ``{its input's name: nested list}``) and gets one array.
     """
     if isinstance(spec, InputSpecs):
         return _named_batch(values, spec, allow_non_finite)
     if isinstance(values, np.ndarray):
         return check_batch(values, spec, allow_non_finite=allow_non_finite)
+    if isinstance(values, Mapping):
+        # By name, as a multi-input model's: a client need not know how many inputs a model has.
+        if list(values) != [spec.name]:
+            raise InputError(f"this model's one input is '{spec.name}'; got input(s) {list(values)}. Send "
+                             f"{{\"inputs\": {{\"{spec.name}\": [...]}}}} or the bare list {{\"inputs\": [...]}}")
+        values = values[spec.name]
     if not isinstance(values, list):
         raise InputError(
             f"input '{spec.name}' must be a list of instances with shape {spec.describe()}; "

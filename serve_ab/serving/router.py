@@ -36,8 +36,9 @@ from ray.serve.handle import DeploymentHandle
 from serve_ab.api.access_log import RAY_SERVE_LOGGER, VersionsAnswered, name_versions_on_access_lines
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
-from serve_ab.errors import ControllerUnavailable, ServeAbError
+from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
+from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Action, Actor, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
@@ -194,7 +195,8 @@ class Router:
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 
-    async def predict(self, inputs: Any, key: str | None = None, version: str | None = None) -> dict[str, Any]:
+    async def predict(self, inputs: Any, key: str | int | None = None,
+                      version: str | None = None) -> dict[str, Any]:
         """Serve a batch for a Python caller.
 
         ``inputs`` is a numpy array or nested lists of shape ``[n, ...]``; ``key`` is the
@@ -205,6 +207,10 @@ class Router:
         Raises the errors of
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
+        key = None if key is None else key_text(key, "key")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInput(f"version must be a version's name, e.g. 'v1'; got {type(version).__name__} "
+                               f"{version!r}")
         choice, served_by, outputs = await self.core.serve_choice(inputs, key, version)
         request_id = _request_id()
         return {"outputs": outputs, "version": served_by, "request_id": request_id,

@@ -12,7 +12,7 @@ from ray import serve
 from serve_ab import build_app
 from serve_ab.serving.app import build_metrics_app
 from serve_ab.routing import Assigner
-from serve_ab.errors import VersionNotServed
+from serve_ab.errors import InvalidInput, VersionNotServed
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment, router_log_lines
 from tests.integration.test_reliability import wait_for
 from tests.support.bad_input import BAD_PREDICT, v2_body
@@ -205,6 +205,10 @@ def test_handle_predict_with_key_and_pin(apps, placement):
         assert result["version"] == expected.assign(user)
         assert result["outputs"].shape == (4, 10) and result["request_id"]
     assert handle.predict.remote([DIGIT_ROW], version="v2").result()["version"] == "v2"
+    # An integer key is that user's digits, as user_id: 7 is over HTTP; anything else a clear error.
+    assert handle.predict.remote([DIGIT_ROW], key=7).result()["version"] == expected.assign("7")
+    with pytest.raises(InvalidInput, match="key must be a string or an integer; got list"):
+        handle.predict.remote([DIGIT_ROW], key=[1]).result()
     with pytest.raises(Exception, match="must have shape"):
         handle.predict.remote([[1.0]], key="ann").result()
     # A Python exception naming the version, not an HTTP status.

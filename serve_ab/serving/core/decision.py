@@ -22,6 +22,16 @@ class Choice(NamedTuple):
     epoch: int = -1  # the routing epoch (weights) the split chose under; set by the router
 
 
+def key_text(key: Any, what: str) -> str:
+    """An assignment key as the split hashes it: a string, or an integer's digits (so
+    ``user_id: 5`` and ``"5"`` are one user, over HTTP and through a handle alike)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise InvalidInput(f"{what} must be a string or an integer; got {type(key).__name__} {key!r}")
+    return str(key)
+
+
 class TrafficDecision:
     """Key extraction, pins, the split and the fallback, over the versions served now."""
 
@@ -37,14 +47,7 @@ class TrafficDecision:
         if self.assignment.key == "none" or not fields:
             return None
         key = fields.get(self.assignment.field)
-        if key is None:
-            return None
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise InvalidInput(
-                f"assignment key '{self.assignment.field}' must be a string or an integer; "
-                f"got {type(key).__name__} {key!r}"
-            )
-        return str(key)
+        return None if key is None else key_text(key, f"assignment key '{self.assignment.field}'")
 
     def choose(self, key: str | None, pinned: str | None, served: Collection[str], epoch: int = -1) -> Choice:
         """The version for a request: its pin, or the split's choice for its key, under the

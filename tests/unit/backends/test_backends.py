@@ -111,10 +111,12 @@ ROW = [1.0] * 64
     ([[1.0] * 63 + [float("nan")]], "NaN or infinity"),
     ([[1.0] * 63 + [float("inf")]], "NaN or infinity"),
     (np.empty((0, 64), np.float32), "empty batch"),
-    ({"input": [ROW]}, "must be a list of instances"),
+    ({"pixels": [ROW]}, "this model's one input is 'input'; got input(s) ['pixels']"),
+    ({"input": [ROW], "extra": [ROW]}, "got input(s) ['input', 'extra']"),
+    ({"input": "1.0"}, "must be a list of instances"),
     ("1.0", "must be a list of instances"),
 ], ids=["one-instance", "extra-axis", "63-features", "strings", "one-string", "booleans",
-        "ragged", "nan", "inf", "empty", "dict", "string"])
+        "ragged", "nan", "inf", "empty", "other-name", "extra-name", "named-string", "string"])
 def test_to_batch_rejects_bad_input(values, message):
     with pytest.raises(InputError) as caught:
         to_batch(values, SPEC, allow_non_finite=False)
@@ -132,6 +134,11 @@ def test_to_batch_passes_non_finite_when_allowed(value):
     batch = to_batch([[1.0] * 63 + [value]], SPEC, allow_non_finite=True)
     assert batch.dtype == np.float32
     np.testing.assert_array_equal(batch[0, -1], np.float32(value))  # NaN equals NaN here
+
+
+def test_a_one_input_model_takes_its_input_by_name_as_a_multi_input_model_does():
+    named = to_batch({"input": [ROW, ROW]}, SPEC, allow_non_finite=False)
+    np.testing.assert_array_equal(named, to_batch([ROW, ROW], SPEC, allow_non_finite=False))
 
 
 def test_to_batch_accepts_integers_and_casts_to_the_model_dtype():

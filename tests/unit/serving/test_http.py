@@ -78,6 +78,13 @@ def test_predict_names_the_version_in_body_and_header(app):
     assert len(body["outputs"][0]) == 10
 
 
+def test_predict_takes_a_one_input_models_input_by_name(app):
+    client, _ = app
+    bare = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    named = client.post("/predict", json={"inputs": {"input": [ROW]}, "user_id": "alice"}).json()
+    assert (named["version"], named["outputs"]) == (bare["version"], bare["outputs"])
+
+
 @pytest.mark.parametrize("case, raw, status, message", BAD_PREDICT, ids=[c[0] for c in BAD_PREDICT])
 def test_bad_predict_input(app, case, raw, status, message):
     client, _ = app

@@ -11,6 +11,7 @@ import pytest
 
 from serve_ab.config import parse_experiment
 from serve_ab.errors import BadOutput, InvalidInput, VersionNotServed, VersionUnavailable
+from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.router import RouterCore
@@ -76,6 +77,17 @@ def test_a_bad_key_is_invalid_input():
     with pytest.raises(InvalidInput, match="'user_id' must be a string or an integer; got list"):
         core.decision.key_from({"user_id": [1]}, {})
     assert core.decision.key_from({"user_id": 7}, {}) == "7"
+
+
+@pytest.mark.parametrize("key, text", [("ann", "ann"), (7, "7"), (-3, "-3")])
+def test_a_handles_key_is_hashed_as_the_same_user_over_http(key, text):
+    assert key_text(key, "key") == text == make_core().decision.key_from({"user_id": key}, {})
+
+
+@pytest.mark.parametrize("key", [True, 1.5, [1], {"id": 1}, b"ann"])
+def test_a_handles_key_of_another_type_is_invalid_input(key):
+    with pytest.raises(InvalidInput, match=f"key must be a string or an integer; got {type(key).__name__}"):
+        key_text(key, "key")
 
 
 # -- fallback ----------------------------------------------------------------------------------
