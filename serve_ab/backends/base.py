@@ -306,7 +306,7 @@ def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: boo
         return _named_batch(values, spec, allow_non_finite)
     if isinstance(values, np.ndarray):
         return check_batch(values, spec, allow_non_finite=allow_non_finite)
-    if isinstance(values, Mapping):
+    if isinstance(values, dict):  # (not Mapping: an ABC check costs the hot path more)
         # By name, as a multi-input model's: a client need not know how many inputs a model has.
         if list(values) != [spec.name]:
             raise InputError(f"this model's one input is '{spec.name}'; got input(s) {list(values)}. Send "
