@@ -72,7 +72,8 @@ watch_rollout() {  # until promoted or aborted, under a load whose clients repor
 import json, sys
 s = json.load(open(sys.argv[1]))
 bars = "  ".join(f"{v} {w:5.1f}%" for v, w in s["weights_pct"].items())
-print(f"   {s['phase']:<11} step {s['step_index']}/{s['steps_total']}  {bars}  {s['reason'][:90]}")
+step = min(s["step_index"] + 1, s["steps_total"])  # counted from 1, as serve-ab status does; past the last when done
+print(f"   {s['phase']:<11} step {step}/{s['steps_total']}  {bars}  {s['reason'][:90]}")
 PY
     if grep -qE '"phase": "(promoted|aborted)"' "$WORK/status.json"; then break; fi
     sleep 5

@@ -263,7 +263,7 @@ class Rollout:
             )
         if c.strategy is Strategy.CANARY and s.step_index > len(c.steps):
             raise ValueError(
-                f"saved rollout is at step {s.step_index}, but the config has {len(c.steps)} steps"
+                f"saved rollout is at step index {s.step_index}, but the config has {len(c.steps)} steps"
             )
 
     def _now(self) -> float:
@@ -311,13 +311,17 @@ class Rollout:
         """Refuse an action whose preconditions no longer hold: a retried ``promote`` that
         names the step it already left is refused, not taken as a second promote."""
         s = self.state
-        where = f"step {s.step_index} ({self.step_text()}), revision {s.revision}, phase {s.phase.value}"
+        # People count steps from 1 (`serve-ab status`, `--from-step`); from_step, as
+        # step_index, counts from 0. The message gives both, so either reader can act on it.
+        where = (f"step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), revision {s.revision}, "
+                 f"phase {s.phase.value}")
         if from_step is not None and from_step != s.step_index:
             moved = "has already left" if from_step < s.step_index else "has not reached"
             raise RolloutError(
-                f"refused: from_step is {from_step} but the rollout is at {where}; it {moved} step "
-                f"{from_step}, so nothing was done. Read the status again and send from_step "
-                f"{s.step_index} to act on the current step"
+                f"refused: from_step is {from_step} (step {from_step + 1}) but the rollout is at {where}; "
+                f"it {moved} step {from_step + 1}, so nothing was done. Read the status again and send "
+                f"from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's command line) to act on "
+                "the current step"
             )
         if revision is not None and revision != s.revision:
             raise RolloutError(
@@ -360,7 +364,7 @@ class Rollout:
             self._unpause(now)
         if self.config.strategy is Strategy.CANARY:
             s.paused_by = None
-            left = f"{reason}: left step {s.step_index} ({self.step_text()})"
+            left = f"{reason}: left step {s.step_index + 1} ({self.step_text()})"
             self._next_step(now, Phase.PROGRESSING, left)
         elif s.phase in (Phase.VALIDATING, Phase.VALIDATED):
             self._switch(now, f"{reason}: switched to {s.candidate}")
@@ -400,7 +404,7 @@ class Rollout:
                 self._advance(now)
         elif s.paused_by == "step":
             s.paused_by = None
-            done = f"{reason}: step {s.step_index} ({self.step_text()}) done"
+            done = f"{reason}: step {s.step_index + 1} ({self.step_text()}) done"
             self._next_step(now, Phase.PROGRESSING, done)
             self._advance(now)
         return self._decision(now, before)
@@ -608,7 +612,7 @@ class Rollout:
             if isinstance(step, SetWeightStep):
                 weight_pct = step.set_weight
                 target = {s.stable: 100.0 - weight_pct, s.candidate: weight_pct}
-                applied = f"step {s.step_index}: {s.candidate} set to {weight_pct:g}%"
+                applied = f"step {s.step_index + 1}: {s.candidate} set to {weight_pct:g}%"
                 if not self._judged_later(weight_pct):
                     if s.weights != target:
                         self._apply_weights(now, target)
@@ -616,7 +620,7 @@ class Rollout:
                                                             "analysis must pass at this weight first")
                     if not self._may_leave(now):
                         return
-                    self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: analysis at {weight_pct:g}% passed")
+                    self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: analysis at {weight_pct:g}% passed")
                     continue
                 self._apply_weights(now, target)
                 self._next_step(now, Phase.PROGRESSING, applied)
@@ -624,25 +628,25 @@ class Rollout:
                 duration_s = step.pause.duration
                 if duration_s is None:
                     s.paused_by = "step"
-                    self._transition(now, Phase.PAUSED, f"step {s.step_index}: waiting for promote()")
+                    self._transition(now, Phase.PAUSED, f"step {s.step_index + 1}: waiting for promote()")
                     return
                 if now - s.step_started_at_s < duration_s - _EPS_S or not self._may_leave(now):
                     return
-                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: pause of {duration_s:g}s done")
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: pause of {duration_s:g}s done")
             elif isinstance(step, ConfirmStep):
                 if not self._confirmed(step) or not self._may_leave(now):
                     return
                 said = s.confirm_answer
                 s.confirm_answer = None
-                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: {said}")
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: {said}")
             else:  # AnalysisStep
                 if s.phase is not Phase.ANALYZING:
                     s.held_since_s = s.step_started_at_s
-                    entered = f"step {s.step_index}: analysis until a run passes"
+                    entered = f"step {s.step_index + 1}: analysis until a run passes"
                     self._transition(now, Phase.ANALYZING, entered)
                 if s.step_verdict is not GateVerdict.PASS:
                     return
-                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index}: analysis passed")
+                self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: analysis passed")
 
     def _advance_blue_green(self, now: float) -> None:
         s, bg = self.state, self.config.blue_green_settings
@@ -687,7 +691,7 @@ class Rollout:
             return True
         if s.held_since_s is None:
             s.held_since_s = now
-            self._record(now, s.phase, s.phase, f"holding at step {s.step_index}: {self._hold_reason()}")
+            self._record(now, s.phase, s.phase, f"holding at step {s.step_index + 1}: {self._hold_reason()}")
         return False
 
     def _judged_later(self, weight_pct: float) -> bool:
@@ -716,7 +720,7 @@ class Rollout:
         waited = "validation" if s.phase is Phase.VALIDATING else "a passing analysis"
         last = f"; last analysis {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else ""
         self._abort(now, f"progress deadline exceeded: waited {now - s.held_since_s:g}s for {waited} "
-                         f"at step {s.step_index} (progress_deadline_s {deadline_s:g}){last}")
+                         f"at step {s.step_index + 1} (progress_deadline_s {deadline_s:g}){last}")
 
     # -- state changes -------------------------------------------------------------------
 
@@ -848,12 +852,12 @@ class Rollout:
             return "paused by operator; resume() to continue"
         unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
         if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait):
-            return (f"holding at step {s.step_index} ({self.step_text()}) for {now - s.held_since_s:g}s: "
+            return (f"holding at step {s.step_index + 1} ({self.step_text()}) for {now - s.held_since_s:g}s: "
                     f"{self._hold_reason()}")
         if s.phase is Phase.PAUSED:
-            return f"step {s.step_index}: waiting for promote()"
+            return f"step {s.step_index + 1}: waiting for promote()"
         if s.phase is Phase.ANALYZING:
-            return f"step {s.step_index}: waiting for an analysis run to pass"
+            return f"step {s.step_index + 1}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
             waiting = [] if s.validation_passed else ["report_validation()"]
             if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
@@ -867,9 +871,9 @@ class Rollout:
         step = self._current_step()
         if isinstance(step, PauseStep) and step.pause.duration is not None:
             left_s = s.step_started_at_s + step.pause.duration - now
-            return f"step {s.step_index} ({self.step_text()}): {max(left_s, 0.0):g}s left"
+            return f"step {s.step_index + 1} ({self.step_text()}): {max(left_s, 0.0):g}s left"
         if isinstance(step, ConfirmStep):
-            return (f"step {s.step_index}: waiting for {step.confirm.target} to answer "
+            return (f"step {s.step_index + 1}: waiting for {step.confirm.target} to answer "
                     f'{{"confirm": true}} (asked every {step.confirm.interval_s:g}s); latest: '
                     f"{s.confirm_answer or 'no answer yet'}")
-        return f"step {s.step_index} ({self.step_text()})"
+        return f"step {s.step_index + 1} ({self.step_text()})"

@@ -166,7 +166,7 @@ def test_failure_limit_tolerates_that_many_failures_and_a_failure_holds_the_step
         assert rollout.state.failures_total == failures
     clock.advance(10)  # the pause is over, but the latest run failed: hold
     d = rollout.tick(no_data())
-    assert d.phase is Phase.PROGRESSING and d.step_index == 1 and "holding at step 1" in d.reason
+    assert d.phase is Phase.PROGRESSING and d.step_index == 1 and "holding at step 2" in d.reason
     clock.advance(10)
     d = rollout.tick(healthy())
     assert d.phase is Phase.ANALYZING and rollout.state.failures_consecutive == 0
@@ -527,8 +527,10 @@ def test_preconditions_refuse_a_retried_promote_and_a_stale_revision():
     at = rollout.state.step_index
     rollout.require(from_step=at, revision=0)
     rollout.promote()
-    with pytest.raises(RolloutError, match=rf"from_step is {at} but the rollout is at step {at + 1} .*"
-                                           rf"already left step {at}"):
+    # Step numbers as people count them (status, --from-step) beside from_step's index.
+    with pytest.raises(RolloutError, match=rf"from_step is {at} \(step {at + 1}\) but the rollout is at step "
+                                           rf"{at + 2} \(.*; from_step {at + 1}\).*already left step {at + 1}.*"
+                                           rf"send from_step {at + 1} \(--from-step {at + 2} on"):
         rollout.require(from_step=at)
     rollout.state.revision = 7
     with pytest.raises(RolloutError, match="revision is 6 but .* revision 7"):

@@ -177,7 +177,7 @@ def test_a_confirm_step_holds_until_a_yes_asked_within_the_step_then_advances():
     clock.advance(1.0)
     rollout.tick({}, confirm=WebhookResult("http://approvals/ok", passed=True, reason="CAB-12", asked_at_s=clock()))
     assert rollout.phase is Phase.PROMOTED
-    assert any(h["reason"] == "step 1: confirmed by http://approvals/ok: 'CAB-12'" for h in rollout.state.history)
+    assert any(h["reason"] == "step 2: confirmed by http://approvals/ok: 'CAB-12'" for h in rollout.state.history)
 
 
 def test_a_confirmed_step_still_needs_a_passing_analysis_and_promote_skips_it():
@@ -189,7 +189,7 @@ def test_a_confirmed_step_still_needs_a_passing_analysis_and_promote_skips_it():
     yes = WebhookResult("http://a/ok", passed=True, asked_at_s=1.0)
     clock.advance(1.0)
     rollout.tick({}, confirm=yes)  # confirmed, but no analysis has passed at 20% yet
-    assert rollout.state.step_index == 1 and "holding at step 1" in rollout.status_line()
+    assert rollout.state.step_index == 1 and "holding at step 2" in rollout.status_line()
     clock.advance(5.0)
     rollout.tick({"v2": WindowStats("v2", request_count=400)}, confirm=yes)
     assert rollout.phase is Phase.PROMOTED
@@ -198,7 +198,7 @@ def test_a_confirmed_step_still_needs_a_passing_analysis_and_promote_skips_it():
     assert waiting.state.step_index == 1
     waiting.promote(actor={"name": "alice", "role": "operator"})  # no answer needed
     assert waiting.phase is Phase.PROMOTED
-    assert "promoted by operator: left step 1 (confirm by http://a/ok)" == waiting.state.history[-3]["reason"]
+    assert "promoted by operator: left step 2 (confirm by http://a/ok)" == waiting.state.history[-3]["reason"]
 
 
 # -- the poller ------------------------------------------------------------------------------

@@ -313,7 +313,7 @@ def test_a_retried_promote_with_from_step_is_refused_not_a_second_step():
     core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)
     assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
     epoch, revision = core.epoch, core.status()["revision"]
-    with pytest.raises(ActionRefused, match="from_step is 1 but the rollout is at step 3"):
+    with pytest.raises(ActionRefused, match=r"from_step is 1 \(step 2\) but the rollout is at step 4 \(.*from_step 3\)"):
         core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)  # the client's retry
     assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
     assert (core.epoch, core.status()["revision"]) == (epoch, revision)
