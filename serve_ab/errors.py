@@ -30,6 +30,10 @@ class BodyTooLarge(InvalidInput):
     """The request body is over ``http.max_body_bytes``."""
 
 
+class UnsupportedEncoding(InvalidInput):
+    """A request body in a Content-Encoding this server does not decode."""
+
+
 class Unauthorized(ServeAbError):
     """A control action without the right token (or with none configured)."""
 

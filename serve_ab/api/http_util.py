@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
 from serve_ab.api.errors import client_message, http_status
-from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError
+from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -59,7 +60,38 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    return raw if encoding is None else decompressed(raw, encoding, max_body_bytes)
+
+
+# What tritonclient's request_compression_algorithm sends (gzip.compress, zlib.compress), as
+# Triton and KServe's servers decode it. 32 + 15: zlib detects a gzip or a zlib header itself.
+_DECODED_ENCODINGS = ("gzip", "deflate", "identity")
+_GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
+
+
+def decompressed(raw: bytes, encoding: str, max_body_bytes: int) -> bytes:
+    """``raw`` decoded from its Content-Encoding; the decoded body is held to ``max_body_bytes``
+    too, so a small compressed body cannot expand past the limit (a zip bomb)."""
+    name = encoding.strip().lower()
+    if name == "identity":
+        return raw
+    if name not in _DECODED_ENCODINGS:
+        raise UnsupportedEncoding(f"content-encoding is {encoding!r}; this server decodes request bodies in "
+                                  f"{list(_DECODED_ENCODINGS)}, one at a time")
+    decoder = zlib.decompressobj(_GZIP_OR_ZLIB)
+    try:
+        body = decoder.decompress(raw, max_body_bytes + 1)
+    except zlib.error as err:
+        raise InvalidInput(f"request body is not valid {name} data (content-encoding: {encoding}): {err}") from None
+    if len(body) > max_body_bytes:
+        raise BodyTooLarge(f"request body decompresses to more than {max_body_bytes} bytes; this experiment "
+                           f"accepts at most {max_body_bytes} (http.max_body_bytes), counted after decoding")
+    if not decoder.eof:
+        raise InvalidInput(f"request body ends inside its {name} data (content-encoding: {encoding}): "
+                           "it was cut short")
+    return body
 
 
 # Every ASCII digit as "0", every other byte as a space: a run of 20 digits is then a plain

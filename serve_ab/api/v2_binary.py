@@ -58,7 +58,15 @@ class V2Body:
 def read_v2_body(raw: bytes, header_length: str | None) -> V2Body:
     """Split a request body by its ``Inference-Header-Content-Length`` (None: all JSON)."""
     if header_length is None:
-        return V2Body(decode_json(raw))
+        try:
+            return V2Body(decode_json(raw))
+        except InvalidInput as err:
+            if b'"binary_data_size"' not in raw:
+                raise
+            # Binary tensor data after the JSON, without the header that says where it starts.
+            raise InvalidInput(f"{err.message}. The body's JSON names binary_data_size, so raw tensor bytes "
+                               f"seem to follow it: send the JSON's length in bytes in the {HEADER_LENGTH} "
+                               "header") from None
     length = _header_length(header_length, len(raw))
     what = f"the JSON header (the body's first {length} bytes, per {HEADER_LENGTH})"
     return V2Body(decode_json(raw[:length], what=what), raw[length:])

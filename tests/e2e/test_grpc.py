@@ -133,6 +133,6 @@ def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client
     plain = httpx.post(base + "/predict", json={"inputs": rows, "user_id": "http-bob"}, timeout=30).json()
     assert got["live"] and got["ready"] and got["model_ready"]
     assert got["binary"]["binary_output"] is True and got["json"]["binary_output"] is False
-    for mode in ("binary", "json"):
+    for mode in ("binary", "json", "gzip", "deflate"):
         assert got[mode]["version"] == plain["version"], mode
         assert got[mode]["outputs"] == plain["outputs"], mode

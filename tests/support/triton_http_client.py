@@ -1,5 +1,6 @@
 """tritonclient.http against a running app, as a user's process would call it: health,
-metadata, and infer in the client's default mode (binary tensor data both ways) and in JSON.
+metadata, and infer in the client's default mode (binary tensor data both ways) and in JSON,
+with the request body as sent and compressed (gzip, deflate).
 
 Runs in the gRPC client's virtual environment (tests/e2e/test_grpc.py makes it with
 tritonclient[http,grpc]); prints one JSON object.
@@ -29,11 +30,12 @@ def main() -> None:
     metadata = client.get_model_metadata(args.model)
     input_name, output_name = metadata["inputs"][0]["name"], metadata["outputs"][0]["name"]
 
-    def infer(binary: bool) -> dict:
+    def infer(binary: bool, compression: str | None = None) -> dict:
         tensor = httpclient.InferInput(input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch, binary_data=binary)
         wanted = httpclient.InferRequestedOutput(output_name, binary_data=binary)
-        result = client.infer(args.model, [tensor], outputs=[wanted], parameters={"user_id": args.user})
+        result = client.infer(args.model, [tensor], outputs=[wanted], parameters={"user_id": args.user},
+                              request_compression_algorithm=compression)
         response = result.get_response()
         return {"version": response["model_version"], "outputs": result.as_numpy(output_name).tolist(),
                 "binary_output": "binary_data_size" in (response["outputs"][0].get("parameters") or {})}
@@ -45,6 +47,9 @@ def main() -> None:
         "model": metadata,
         "binary": infer(binary=True),  # tritonclient's default: raw bytes in and out
         "json": infer(binary=False),
+        # The body compressed, as Triton's and KServe's servers take it (Content-Encoding).
+        "gzip": infer(binary=True, compression="gzip"),
+        "deflate": infer(binary=False, compression="deflate"),
     }))
 
 

@@ -90,6 +90,12 @@ def test_a_shape_no_array_can_have_is_an_input_error(datatype, raw, shape):
         tensor_from_bytes(raw, "input", datatype, shape)
 
 
+def test_binary_data_without_the_length_header_is_a_400_that_names_the_header():
+    raw, _ = binary_request([("input", "FP32", [1, 2], np.array([1.5, -2.0], "<f4").tobytes())])
+    with pytest.raises(InvalidInput, match="not valid JSON.*names binary_data_size.*Inference-Header-Content-Length"):
+        parsed(raw, None)
+
+
 def test_a_binary_shape_no_array_can_have_is_a_400_through_the_v2_decoder():
     raw, header_length = binary_request([("input", "FP32", [0, 10**30], b"")])
     with pytest.raises(InvalidInput, match="which no array can have"):

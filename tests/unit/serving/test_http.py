@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -76,6 +80,32 @@ def test_predict_names_the_version_in_body_and_header(app):
     body = response.json()
     assert body["version"] == response.headers["x-model-version"] and body["request_id"] == "req-1"
     assert len(body["outputs"][0]) == 10
+
+
+@pytest.mark.parametrize("encoding, compress", [
+    ("gzip", gzip.compress), ("deflate", zlib.compress), ("GZip ", gzip.compress), ("identity", bytes)])
+def test_a_compressed_body_is_decoded(app, encoding, compress):
+    client, _ = app
+    raw = json.dumps({"inputs": [ROW], "user_id": "alice"}).encode()
+    plain = client.post("/predict", content=raw).json()
+    response = client.post("/predict", content=compress(raw), headers={"content-encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == plain["outputs"]
+
+
+@pytest.mark.parametrize("encoding, body, status, message", [
+    ("br", b"{}", 415, "content-encoding is 'br'; this server decodes request bodies in ['gzip', 'deflate'"),
+    ("gzip, deflate", b"{}", 415, "one at a time"),
+    ("gzip", b"{not gzip}", 400, "not valid gzip data"),
+    ("gzip", gzip.compress(b'{"inputs": []}')[:-12], 400, "cut short"),
+    # 8 KiB is the app's http.max_body_bytes: 60 KB of zeros compresses to ~100 bytes.
+    ("gzip", gzip.compress(b'{"inputs": [[' + b"0," * 30_000 + b"0]]}"), 413, "decompresses to more than 8192"),
+])
+def test_a_body_that_cannot_be_decoded_is_a_4xx_naming_why(app, encoding, body, status, message):
+    client, _ = app
+    response = client.post("/predict", content=body, headers={"content-encoding": encoding})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
 
 
 def test_predict_takes_a_one_input_models_input_by_name(app):

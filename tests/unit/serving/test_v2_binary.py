@@ -227,6 +227,21 @@ def test_tritonclient_in_every_mode_answers_the_json_endpoints_numbers(server, b
         client.close()
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_tritonclient_with_a_compressed_request_body(server, compression):
+    httpclient = pytest.importorskip("tritonclient.http")
+    expected, _ = json_answer(TestClient(routes.app), ROWS)
+    client = httpclient.InferenceServerClient(url=server)
+    try:
+        tensor = httpclient.InferInput("input", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS)
+        result = client.infer("digits", [tensor], parameters={"user_id": "alice"},
+                              request_compression_algorithm=compression)
+        assert result.as_numpy("probabilities").tobytes() == expected.tobytes()
+    finally:
+        client.close()
+
+
 def test_tritonclient_on_a_pinned_version_and_its_errors(server):
     httpclient = pytest.importorskip("tritonclient.http")
     from tritonclient.utils import InferenceServerException
