@@ -150,8 +150,8 @@ class RouterCore:
             fallback = self.decision.fallback_for(version, self._agreed)
             if fallback is None:
                 raise
-            logger.warning("serve-ab router: request %s: version %s unavailable; retrying the request on %s",
-                           request_id, version, fallback)
+            logger.warning("serve-ab router: request %s: version %s could not answer (%s); retrying the request on %s",
+                           request_id, version, err, fallback)
             version, started_s = fallback, self.clock()
             try:
                 outputs = await answer(version, self._version(version), batch)

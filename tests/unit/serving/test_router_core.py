@@ -92,12 +92,15 @@ def test_a_handles_key_of_another_type_is_invalid_input(key):
 
 # -- fallback ----------------------------------------------------------------------------------
 
-def test_an_unavailable_version_is_served_once_more_on_the_stable():
+def test_an_unavailable_version_is_served_once_more_on_the_stable(caplog):
     down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
     core = make_core({"v1": FakeVersion(1), "v2": down})
     key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
-    version, _ = run(core.serve(ROW, key, None))
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        version, _ = run(core.serve(ROW, key, None))
     assert version == "v1" and down.calls == 1
+    # The log says why (an outage, or a NaN answer), not only that it retried.
+    assert "version v2 could not answer (v2 is down); retrying the request on v1" in caplog.text
     interval = core.observations.drain()
     v1, v2 = interval.versions["v1"], interval.versions["v2"]
     assert (dict(v2.errors), v2.assigned) == ({"unavailable": 1}, 1)
