@@ -2,7 +2,9 @@
 
 ``experiment`` is the top level (versions, assignment, shadow, analysis, control);
 ``rollout`` is its ``rollout:`` part (canary steps, blue-green, gates); ``_base`` is what
-both share. Pure: no Ray import. Import the names from here::
+both share; ``serve_file`` is what ``serve-ab validate`` checks around them in a Ray Serve
+config file (the YAML, import paths, the metrics app's args). Pure: no Ray import. Import
+the names from here::
 
     from serve_ab.config import ExperimentConfig, parse_experiment
 """
@@ -39,6 +41,7 @@ from serve_ab.config.rollout import (
     Strategy,
     parse_duration_s,
 )
+from serve_ab.config.serve_file import MetricsAppConfig, load_yaml
 
 __all__ = [
     "ReportAnalysisConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "Gate",
     "GateMetric",
     "HttpConfig",
+    "MetricsAppConfig",
     "PinConfig",
     "Placement",
     "PrometheusConfig",
@@ -67,6 +71,7 @@ __all__ = [
     "Strategy",
     "VersionConfig",
     "format_validation_error",
+    "load_yaml",
     "parse_duration_s",
     "parse_experiment",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict
 
 from serve_ab.routing import NUM_BUCKETS
@@ -10,9 +12,41 @@ from serve_ab.routing import NUM_BUCKETS
 VERSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Weights are percentages resolved to buckets of 1/100 of a percent (see serve_ab.routing).
 WEIGHT_RESOLUTION_PCT = 100.0 / NUM_BUCKETS
+# An HTTP header name is a token (RFC 9110 5.1): no spaces, no colon.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
+# Ray refuses these in a resources dict (ray/_common/utils.py, resources_from_ray_options),
+# and quantities finer than 1/10000 (ray_option_utils._validate_resource_quantity).
+RAY_RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", "bundle")
+RAY_RESOURCE_RESOLUTION = 0.0001
+
+
+def check_header_name(field: str, value: str, example: str) -> str:
+    if not HEADER_NAME_RE.fullmatch(value):  # fullmatch: $ alone lets a trailing newline through
+        raise ValueError(f"{field} {value!r} is not an HTTP header name: letters, digits and "
+                         f"!#$%&'*+.^_`|~- only, no spaces or colon, e.g. {example}")
+    return value
+
+
+def check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Refuse what Ray would refuse only at deploy time, naming the key and the value."""
+    for name, quantity in resources.items():
+        if name in RAY_RESERVED_RESOURCES:
+            raise ValueError(
+                f"resources has {name!r} (got {name}: {quantity:g}); Ray reserves "
+                f"{', '.join(RAY_RESERVED_RESOURCES)} for its own keywords: use num_cpus, num_gpus or "
+                "memory beside resources, and resources only for custom ones, e.g. {accel_a: 1}")
+        if 0 < quantity < RAY_RESOURCE_RESOLUTION:
+            raise ValueError(f"resources.{name} is {quantity:g}; Ray counts resources in steps of "
+                             f"{RAY_RESOURCE_RESOLUTION:g}, so use 0 or at least {RAY_RESOURCE_RESOLUTION:g}")
+    return resources
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; parsed values are immutable."""
+    """Unknown keys are errors; parsed values are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ``strict``: a value of the wrong type is an error, never converted (pydantic would read
+    ``true`` as 1 and ``"50"`` as 50 where a number is expected); an int is still a valid
+    float. Enum fields set ``strict=False`` so that their values are written as strings.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

@@ -8,8 +8,11 @@ errors, and every error names the field path, the value received and what is val
 from __future__ import annotations
 
 import math
+import os
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     ConfigDict,
@@ -20,10 +23,22 @@ from pydantic import (
     model_validator,
 )
 
-from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab.config._base import (
+    VERSION_NAME_PATTERN,
+    WEIGHT_RESOLUTION_PCT,
+    check_header_name,
+    check_ray_resources,
+)
 from serve_ab.config._base import Strict as _Strict
-from serve_ab.config.rollout import FEEDBACK_METRICS, NotificationReceiver, RolloutConfig
-from serve_ab.store.url import parse_store_url, redact_url
+from serve_ab.config.rollout import (
+    FEEDBACK_METRICS,
+    STEP_KINDS,
+    GateMetric,
+    NotificationReceiver,
+    RolloutConfig,
+    Strategy,
+)
+from serve_ab.store.url import REDIS_DEFAULT_PORT, parse_store_url, redact_url
 
 
 class Backend(str, Enum):
@@ -64,7 +79,8 @@ class TensorConfig(_Strict):
     """One declared input or output tensor, e.g. {name: blood, datatype: FP32, shape: [-1, 6]}."""
 
     name: str = Field(..., min_length=1, max_length=128, description="Tensor name, as requests send it.")
-    datatype: Datatype = Field(..., description="Open Inference Protocol datatype, e.g. FP32, INT64, BYTES.")
+    datatype: Datatype = Field(
+        ..., strict=False, description="Open Inference Protocol datatype, e.g. FP32, INT64, BYTES.")
     shape: list[int] = Field(
         ..., min_length=1, description="Dimensions, batch first; -1 marks a free one and the batch "
         "dimension is always -1, e.g. [-1, 6].")
@@ -139,6 +155,12 @@ class AutoscalingConfig(_Strict):
                 f"max_replicas ({self.max_replicas}) must be greater than or equal to "
                 f"min_replicas ({self.min_replicas})"
             )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) must be between min_replicas ({self.min_replicas}) "
+                f"and max_replicas ({self.max_replicas}), e.g. initial_replicas: {self.min_replicas}"
+            )
         return self
 
 
@@ -148,9 +170,15 @@ class RayActorOptions(_Strict):
     )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; 0.5 lets two share one GPU.")
     memory: int | None = Field(None, ge=0, description="Bytes of memory reserved per replica.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per replica, e.g. {accelerator_a: 1}."
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {accelerator_a: 1}; "
+        "CPUs, GPUs and memory are num_cpus, num_gpus and memory."
     )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        return check_ray_resources(resources)
 
     def to_ray(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
@@ -207,7 +235,8 @@ class VersionConfig(_Strict):
         "Required for onnx and torch; for python, optional and handed to the class's load(path).",
     )
     backend: Backend = Field(
-        ..., description="Model runtime: onnx (onnxruntime), torch (torch.export .pt2) or python "
+        ..., strict=False,
+        description="Model runtime: onnx (onnxruntime), torch (torch.export .pt2) or python "
         "(a class: see class).")
     class_: str | None = Field(
         None, alias="class",
@@ -221,7 +250,7 @@ class VersionConfig(_Strict):
         None, min_length=1,
         description="The model's outputs, as inputs; python: unset reads them from a first call.")
     task: Task = Field(
-        Task.CLASSIFICATION,
+        Task.CLASSIFICATION, strict=False,
         description="What the answer is, for shadow comparisons and drift: classification (agreement "
         "of the argmax class), regression (a value; agreement within task_options.tolerance) or "
         "embedding (a vector; agreement when cosine >= task_options.threshold).")
@@ -332,7 +361,7 @@ class AssignmentConfig(_Strict):
     @field_validator("header")
     @classmethod
     def _lower_header(cls, value: str) -> str:
-        return value.lower()
+        return check_header_name("header", value, "x-user-id").lower()
 
 
 class PinConfig(_Strict):
@@ -345,7 +374,7 @@ class PinConfig(_Strict):
     @field_validator("header")
     @classmethod
     def _lower_header(cls, value: str) -> str:
-        return value.lower()
+        return check_header_name("header", value, "x-serve-ab-version").lower()
 
 
 class HttpConfig(_Strict):
@@ -432,9 +461,17 @@ class ControlConfig(_Strict):
     )
 
 
+def _check_sqlite_path(field: str, path: str) -> str:
+    """A SQLite file's path: a directory there (or a name ending in /) cannot be opened as one."""
+    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+        raise ValueError(f"{field} {path!r} is a directory; give the path of a SQLite file (created "
+                         "if missing), e.g. .serve-ab/state.sqlite")
+    return path
+
+
 class ControllerConfig(_Strict):
     state_path: str = Field(
-        ".serve-ab/state.sqlite",
+        ".serve-ab/state.sqlite", min_length=1,
         description="SQLite file holding rollout state, so a restarted controller resumes; a "
         "relative path is resolved against the directory serve runs in. Unused with a redis store_url.",
     )
@@ -470,11 +507,26 @@ class ControllerConfig(_Strict):
         "on the nodes that offer it (Serve restarts it on another such node if its node is lost).",
     )
 
+    @field_validator("state_path")
+    @classmethod
+    def _state_file(cls, path: str) -> str:
+        return _check_sqlite_path("state_path", path)
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        return check_ray_resources(resources)
+
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, url: str | None) -> str | None:
         if url is not None:
-            parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
+            parsed = parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
+            # parse_store_url reads a port of 0 as "no port" (6379); nothing listens on port 0.
+            if parsed.is_redis and urlsplit(url).port == 0:
+                raise ValueError(f"store URL {redact_url(url)!r} has port 0; give the port Redis listens "
+                                 f"on (1-65535) or leave it out for {REDIS_DEFAULT_PORT}, e.g. "
+                                 "redis://redis.internal:6379/0")
         return url
 
     @model_validator(mode="after")
@@ -522,7 +574,7 @@ class FeedbackMetric(_Strict):
 
 class RecordsConfig(_Strict):
     path: str = Field(
-        ".serve-ab/runs.sqlite",
+        ".serve-ab/runs.sqlite", min_length=1,
         description="SQLite file of run records (configuration and latest results of each "
         "experiment); a relative path is resolved against the directory serve runs in.",
     )
@@ -531,6 +583,11 @@ class RecordsConfig(_Strict):
         False, description="Also log each run record to MLflow (needs mlflow installed; the "
         "tracking URI comes from MLFLOW_TRACKING_URI)."
     )
+
+    @field_validator("path")
+    @classmethod
+    def _records_file(cls, path: str) -> str:
+        return _check_sqlite_path("path", path)
 
 
 class GuardrailConfig(_Strict):
@@ -578,6 +635,17 @@ class ReportAnalysisConfig(_Strict):
     guardrails: GuardrailConfig = Field(
         default_factory=GuardrailConfig, description="Non-inferiority margins of error rate and latency.")
     records: RecordsConfig = Field(default_factory=RecordsConfig, description="Run records.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, metrics: list[FeedbackMetric]) -> list[FeedbackMetric]:
+        names = [m.name for m in metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            # The report keys figures by name, so one would hide the other.
+            raise ValueError(f"names {twice} more than once; each metric needs its own name, e.g. "
+                             "[{name: correct, kind: conversion}, {name: revenue, kind: mean}]")
+        return metrics
 
 
 # Ray Serve reads these in each replica process at start; set through the router's
@@ -635,7 +703,7 @@ class ExperimentConfig(_Strict):
     assignment: AssignmentConfig = Field(default_factory=AssignmentConfig, description="Sticky key.")
     pin: PinConfig = Field(default_factory=PinConfig, description="Version pinning for QA.")
     placement: Placement = Field(
-        Placement.COLOCATED, validate_default=True, description="colocated or isolated."
+        Placement.COLOCATED, validate_default=True, strict=False, description="colocated or isolated."
     )
     isolation: IsolationConfig = Field(
         default_factory=IsolationConfig,
@@ -771,7 +839,39 @@ class ExperimentConfig(_Strict):
                 f"({self.rollout.candidate!r}) under versions, so raising the candidate's weight "
                 "only moves users from stable to candidate"
             )
+        # The rollout owns the weights from the start (stable 100%); others would be ignored.
+        given = {name: weight for name, weight in self.weights_pct().items() if weight}
+        starting = {self.rollout.stable: 100.0}
+        if given != starting:
+            shown = ", ".join(f"{name}: {weight:g}" for name, weight in given.items())
+            raise ValueError(
+                f"weights is {{{shown}}}, but a rollout starts at rollout.stable 100% and then sets "
+                f"the weights itself; write weights: {{{self.rollout.stable}: 100}}"
+            )
+        self._check_shadow_agreement_fed()
         return self
+
+    def _check_shadow_agreement_fed(self) -> None:
+        """A shadow_agreement gate judges copies of live requests sent to the candidate: the
+        shadow, or a blue-green green validating on mirrored traffic. Without them it never
+        has data and holds the rollout until the deadline aborts it."""
+        rollout = self.rollout
+        assert rollout is not None
+        if not any(gate.metric is GateMetric.SHADOW_AGREEMENT for gate in rollout.gates):
+            return
+        if self.shadow is not None and self.shadow.version == rollout.candidate:
+            return
+        mirrored = rollout.strategy is Strategy.BLUE_GREEN and \
+            rollout.blue_green_settings.validation_min_samples is not None
+        if mirrored:
+            return
+        shadow = "no shadow:" if self.shadow is None else f"shadow.version {self.shadow.version!r}"
+        raise ValueError(
+            f"rollout.gates has a shadow_agreement gate, but it would get no data: it judges copies "
+            f"of live requests sent to the candidate ({rollout.candidate!r}), and this experiment has "
+            f"{shadow}; add shadow: {{version: {rollout.candidate}, percent: 20}} (or, for blue_green, "
+            "blue_green.validation_min_samples), or remove the gate"
+        )
 
     def feedback_names(self) -> frozenset[str]:
         """The feedback names clients may report: analysis.metrics and feedback gates."""
@@ -800,22 +900,41 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {where} ({len(errors)} error{'s' * (len(errors) != 1)}):\n{lines}")
 
 
+#: The path of an error about the experiment as a whole (a rule across fields).
+ROOT_PATH = "<root>"
+
+
+def _error_path(loc: tuple[Any, ...]) -> list[str]:
+    # A step's loc repeats its kind: the union's tag, then the field (steps.1.pause.pause.duration).
+    return [str(part) for index, part in enumerate(loc)
+            if not (part in STEP_KINDS and loc[index + 1:index + 2] == (part,))]
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
     """One line per error: field path, what is wrong or valid, and the value received."""
     lines = []
     for item in err.errors(include_url=False):
-        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        path = ".".join(part for part in (prefix, *_error_path(item["loc"])) if part != "") or ROOT_PATH
         message = item["msg"].removeprefix("Value error, ")
         received = item.get("input")
         if isinstance(received, str):
             received = redact_url(received)  # a store URL's password is never printed
         if item["type"] == "missing":
-            lines.append(f"{path or '<root>'}: field required")
+            lines.append(f"{path}: field required")
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":
-            lines.append(f"{path or '<root>'}: {message}")
+            lines.append(f"{path}: {message}")
         else:
-            lines.append(f"{path or '<root>'}: {message} (got {received!r})")
+            lines.append(f"{path}: {message} (got {received!r})")
     return lines
+
+
+def errors_under(prefix: str, errors: list[str]) -> list[str]:
+    """``errors`` (from :func:`format_validation_error`) of something found at ``prefix`` in a
+    file, e.g. ``applications.0.args``: its paths start there, and its root is the prefix."""
+    if not prefix:
+        return list(errors)
+    return [prefix + error.removeprefix(ROOT_PATH) if error.startswith(f"{ROOT_PATH}:")
+            else f"{prefix}.{error}" for error in errors]
 
 
 def parse_experiment(args: Any, where: str = "experiment") -> ExperimentConfig:
@@ -823,7 +942,7 @@ def parse_experiment(args: Any, where: str = "experiment") -> ExperimentConfig:
     if isinstance(args, ExperimentConfig):
         return args
     if not isinstance(args, dict):
-        raise ConfigError([f"<root>: expected a mapping of experiment fields (got {args!r})"], where)
+        raise ConfigError([f"{ROOT_PATH}: expected a mapping of experiment fields (got {args!r})"], where)
     try:
         return ExperimentConfig.model_validate(args)
     except ValidationError as err:

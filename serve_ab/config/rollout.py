@@ -37,7 +37,11 @@ from pydantic import (
     model_validator,
 )
 
-from serve_ab.config._base import VERSION_NAME_PATTERN, WEIGHT_RESOLUTION_PCT
+from serve_ab.config._base import (
+    HEADER_NAME_RE,
+    VERSION_NAME_PATTERN,
+    WEIGHT_RESOLUTION_PCT,
+)
 from serve_ab.config._base import Strict as _Strict
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -110,6 +114,13 @@ DRIFT_METRICS = frozenset(
      GateMetric.DRIFT_KS, GateMetric.DRIFT_WASSERSTEIN}
 )
 FEEDBACK_METRICS = frozenset({GateMetric.FEEDBACK_MEAN, GateMetric.FEEDBACK_RATE})
+LATENCY_METRICS = frozenset({GateMetric.LATENCY_P50_MS, GateMetric.LATENCY_P95_MS, GateMetric.LATENCY_P99_MS})
+#: Metrics where less is better: only an upper bound (max, max_ratio_to_stable) makes sense.
+LOWER_IS_BETTER = LATENCY_METRICS | {GateMetric.ERROR_RATE}
+#: Rates judged by exact (Clopper-Pearson) confidence bounds, which never reach 0 or 1.
+RATE_METRICS = frozenset({GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.SHADOW_AGREEMENT})
+#: Metrics whose values lie in [0, 1].
+UNIT_INTERVAL_METRICS = RATE_METRICS | {GateMetric.DRIFT_JS, GateMetric.DRIFT_JS_DISTANCE, GateMetric.DRIFT_KS}
 BOUND_KEYS = ("max", "min", "max_ratio_to_stable", "min_ratio_to_stable")
 #: What a promql gate's query may contain; ``{{interval}}`` is analysis.interval_s as a
 #: PromQL duration, e.g. ``rate(x[{{interval}}])``.
@@ -143,7 +154,6 @@ class PrometheusConfig(_Strict):
 NOTIFICATION_EVENTS = ("phase_changed", "progress", "analysis_failed", "action")
 _URL_RE = re.compile(r"^https?://[^\s/?#@]+(?:[/?][^\s#]*)?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 _URL_EXAMPLE = "e.g. https://hooks.example.com/serve-ab"
 
 
@@ -156,7 +166,7 @@ def check_hook_url(field: str, value: str | None) -> None:
 
 def check_hook_headers(headers: dict[str, str], headers_from_env: dict[str, str]) -> None:
     for name in (*headers, *headers_from_env):
-        if not _HEADER_NAME_RE.match(name):
+        if not HEADER_NAME_RE.fullmatch(name):
             raise ValueError(f"header name {name!r} is not a valid HTTP header name, e.g. Authorization")
     both = sorted(set(headers) & set(headers_from_env))
     if both:
@@ -228,7 +238,7 @@ class ReceiverType(str, Enum):
 class NotificationReceiver(HttpHook):
     """Where rollout events go: ``{type: webhook|slack, url|url_from_env, events?, timeout_s?}``."""
 
-    type: ReceiverType = Field(..., description="webhook (a JSON object per event) or slack.")
+    type: ReceiverType = Field(..., strict=False, description="webhook (a JSON object per event) or slack.")
     name: str | None = Field(
         None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
         description="Names the receiver in logs and metrics; unset: type and host, e.g. slack:hooks.slack.com.",
@@ -263,7 +273,7 @@ class NotificationReceiver(HttpHook):
 class Gate(_Strict):
     """One check on the candidate; exactly one bound per gate keeps its verdict readable."""
 
-    metric: GateMetric = Field(..., description="What is measured on the candidate's window.")
+    metric: GateMetric = Field(..., strict=False, description="What is measured on the candidate's window.")
     name: str | None = Field(
         None, min_length=1, max_length=128,
         description="Feedback name for feedback_mean / feedback_rate, e.g. revenue; for promql, "
@@ -348,12 +358,39 @@ class Gate(_Strict):
                 f"gate {metric} has {next(iter(bounds))}; it takes min, the least agreement with "
                 f"the live answers, e.g. {{metric: {metric}, min: 0.95}}"
             )
-        if self.metric in (GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateMetric.DRIFT_JS,
-                           GateMetric.DRIFT_JS_DISTANCE, GateMetric.SHADOW_AGREEMENT):
+        if self.metric in UNIT_INTERVAL_METRICS:
+            what = "a rate" if self.metric in RATE_METRICS else metric
             for key in ("max", "min"):
                 value = bounds.get(key)
                 if value is not None and not 0.0 <= value <= 1.0:
-                    raise ValueError(f"gate {metric} {key} is {value}; a rate is in [0, 1], e.g. 0.01")
+                    raise ValueError(f"gate {metric} {key} is {value}; {what} is in [0, 1], e.g. 0.01")
+        return self._check_decidable()
+
+    def _check_decidable(self) -> Gate:
+        """Refuse thresholds the traffic can never decide: gates judge confidence bounds
+        (serve_ab/rollout/gates.py), passing on max only when the upper bound is below it."""
+        metric, bound = self.metric.value, self.bound
+        if self.metric in LOWER_IS_BETTER and bound.startswith("min"):
+            raise ValueError(
+                f"gate {metric} has {bound} ({self.threshold:g}); lower {metric} is better, so a lower "
+                f"bound would pass a candidate for being worse; use max or max_ratio_to_stable, "
+                f"e.g. {{metric: {metric}, max: {0.01 if self.metric is GateMetric.ERROR_RATE else 250}}}"
+            )
+        if self.metric in RATE_METRICS and (self.max == 0 or self.min == 1):
+            side, edge, example = ("upper", "above 0", 0.01) if self.max == 0 else ("lower", "below 1", 0.99)
+            raise ValueError(
+                f"gate {metric} has {bound} {self.threshold:g}, which no traffic can show: the gate "
+                f"passes on the rate's {side} confidence bound, which stays {edge} however many "
+                "requests come, so the rollout would hold until progress_deadline_s aborts it; use a "
+                f"rate the traffic can show, e.g. {bound}: {example}"
+                + (" (0 errors bound the error rate under 1% after ~350-800 requests)"
+                   if self.metric is GateMetric.ERROR_RATE else "")
+            )
+        if self.metric in LATENCY_METRICS and self.max == 0:
+            raise ValueError(
+                f"gate {metric} has max 0, which every request exceeds, so it always fails; give "
+                f"the most milliseconds a candidate may take, e.g. {{metric: {metric}, max: 250}}"
+            )
         return self
 
     def _check_promql(self) -> Gate:
@@ -462,6 +499,18 @@ class GateAnalysisConfig(_Strict):
         None, description="The Prometheus promql gates ask, unless a gate names its own.",
     )
 
+    @model_validator(mode="after")
+    def _deadline_after_first_analysis(self) -> GateAnalysisConfig:
+        deadline_s = self.progress_deadline_s
+        if deadline_s is not None and deadline_s <= self.interval_s:
+            # The first analysis comes one interval after the candidate gets traffic.
+            raise ValueError(
+                f"progress_deadline_s ({deadline_s:g}) must be longer than interval_s "
+                f"({self.interval_s:g}): a hold would be aborted before its first analysis; e.g. "
+                f"progress_deadline_s: {max(600.0, 10 * self.interval_s):g} (null waits forever)"
+            )
+        return self
+
 
 class SetWeightStep(_Strict):
     set_weight: float = Field(
@@ -526,6 +575,16 @@ class ConfirmStep(_Strict):
 
 
 STEP_KINDS = ("set_weight", "pause", "analysis", "confirm")
+
+
+def _step_words(step: Any) -> str:
+    """A step in a few words, e.g. ``set_weight 20``, ``pause 30s``, ``analysis``."""
+    if isinstance(step, SetWeightStep):
+        return f"set_weight {step.set_weight:g}"
+    if isinstance(step, PauseStep):
+        duration_s = step.pause.duration
+        return "pause until promote" if duration_s is None else f"pause {duration_s:g}s"
+    return "analysis" if isinstance(step, AnalysisStep) else "confirm"
 
 
 def _check_step_shape(value: Any) -> Any:
@@ -605,7 +664,7 @@ class BlueGreenConfig(_Strict):
 class RolloutConfig(_Strict):
     """How a candidate replaces the stable version: canary steps or a blue-green switch."""
 
-    strategy: Strategy = Field(..., description="canary or blue_green.")
+    strategy: Strategy = Field(..., strict=False, description="canary or blue_green.")
     stable: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version serving now (blue).")
     candidate: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version rolled out (green).")
     analysis: GateAnalysisConfig = Field(
@@ -679,7 +738,34 @@ class RolloutConfig(_Strict):
                         f"steps[{index}] is an analysis step while the candidate's weight is 0: "
                         "it would get no traffic to judge; put a set_weight step before it"
                     )
+        self._check_gates_judge_a_weight()
         return self
+
+    def _check_gates_judge_a_weight(self) -> None:
+        """No blind promotion: with gates, some step must let them judge the candidate at a
+        weight above 0 before it moves on. In the Rollout machine (serve_ab/rollout/machine.py,
+        _judged_later and _may_leave) a set_weight strictly between 0 and 100 waits for a
+        passing analysis itself or leaves that to the next step; a timed pause, confirm or
+        analysis step waits for one at any weight above 0; an open pause runs the gates (a
+        failure aborts) while the operator decides."""
+        if not self.gates or self.strategy is not Strategy.CANARY:
+            return
+        weight_pct = 0.0
+        for step in self.steps:
+            if isinstance(step, SetWeightStep):
+                weight_pct = step.set_weight
+                if 0.0 < weight_pct < 100.0:
+                    return
+            elif weight_pct > 0.0:
+                return
+        raise ValueError(
+            f"steps [{', '.join(_step_words(step) for step in self.steps)}] never let the gates judge "
+            "the candidate: it gets no traffic (weight above 0) in a step that waits for a passing "
+            "analysis, so the rollout would promote it to 100% without one. Give it a weight between "
+            "0 and 100 (a set_weight waits there for a passing analysis, or the pause, confirm or "
+            "analysis step after it does), e.g. steps: [{set_weight: 5}, {pause: {duration: 5m}}, "
+            "{set_weight: 100}]"
+        )
 
     @property
     def blue_green_settings(self) -> BlueGreenConfig:

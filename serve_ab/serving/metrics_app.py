@@ -21,18 +21,13 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+
+from serve_ab.config import MetricsAppConfig  # its schema lives with the others, for serve-ab validate
 
 metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
 
 
-class MetricsAppConfig(BaseModel):
-    """The ``args:`` of :func:`serve_ab.serving.app.build_metrics_app`."""
-
-    model_config = ConfigDict(extra="forbid")
-    app: str = Field(..., min_length=1, description="The name of the experiment app whose metrics to serve.")
-    num_cpus: float = Field(0.05, ge=0.0, description="CPU the one replica reserves.")
 
 
 @serve.deployment(name="Metrics", num_replicas=1, max_ongoing_requests=100)

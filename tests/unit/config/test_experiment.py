@@ -197,3 +197,248 @@ def test_rollout_versions_must_be_served_and_ordered():
     rollout = {"strategy": "canary", "stable": "v2", "candidate": "v1", "steps": [{"set_weight": 5}]}
     assert any("list rollout.stable ('v2') before rollout.candidate" in e
                for e in errors_of(with_changes(rollout=rollout)))
+
+
+# -- what Ray would refuse only at deploy time -------------------------------------------------
+
+
+def isolated(**deployment):
+    cfg = with_changes(placement="isolated")
+    cfg["versions"][1]["deployment"] = deployment
+    return cfg
+
+
+@pytest.mark.parametrize("autoscaling, says", [
+    ({"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5},
+     "initial_replicas (5) must be between min_replicas (1) and max_replicas (2)"),
+    ({"min_replicas": 2, "max_replicas": 3, "initial_replicas": 1},
+     "initial_replicas (1) must be between min_replicas (2) and max_replicas (3)"),
+])
+def test_initial_replicas_outside_min_and_max_is_refused(autoscaling, says):
+    [error] = errors_of(isolated(autoscaling_config=autoscaling))
+    assert error.startswith("versions.1.deployment.autoscaling_config: ") and says in error
+    ok = {"min_replicas": 1, "max_replicas": 3, "initial_replicas": 3}
+    assert parse_experiment(isolated(autoscaling_config=ok)).versions[1].deployment.autoscaling_config \
+        .initial_replicas == 3
+
+
+@pytest.mark.parametrize("where", ["version", "router", "controller"])
+@pytest.mark.parametrize("resources, says", [
+    ({"CPU": 1}, "resources has 'CPU' (got CPU: 1); Ray reserves CPU, GPU, memory"),
+    ({"memory": 1024}, "resources has 'memory'"),
+    ({"GPU": 1}, "use num_cpus, num_gpus or memory"),
+    ({"accel_a": 0.00001}, "resources.accel_a is 1e-05; Ray counts resources in steps of 0.0001"),
+])
+def test_resources_ray_refuses_are_refused_here(where, resources, says):
+    if where == "version":
+        cfg, path = isolated(ray_actor_options={"resources": resources}), "versions.1.deployment.ray_actor_options"
+    elif where == "router":
+        cfg, path = with_changes(router={"ray_actor_options": {"resources": resources}}), "router.ray_actor_options"
+    else:
+        cfg, path = with_changes(controller={"resources": resources}), "controller"
+    [error] = errors_of(cfg)
+    assert error.startswith(f"{path}.resources: ") and says in error, error
+
+
+def test_negative_resources_are_refused_and_custom_ones_kept():
+    [error] = errors_of(isolated(ray_actor_options={"resources": {"accel_a": -1}}))
+    assert error == ("versions.1.deployment.ray_actor_options.resources.accel_a: "
+                     "Input should be greater than or equal to 0 (got -1)")
+    cfg = parse_experiment(isolated(ray_actor_options={"resources": {"accel_a": 0.5, "accel_b": 0}}))
+    assert cfg.versions[1].deployment.to_ray()["ray_actor_options"]["resources"] == {"accel_a": 0.5, "accel_b": 0}
+
+
+def test_state_and_records_paths_must_name_a_file(tmp_path):
+    [error] = errors_of(with_changes(controller={"state_path": ""}))
+    assert error == "controller.state_path: String should have at least 1 character (got '')"
+    for path in (str(tmp_path), "state/"):
+        [error] = errors_of(with_changes(controller={"state_path": path}))
+        assert error == (f"controller.state_path: state_path {path!r} is a directory; give the path of a "
+                         f"SQLite file (created if missing), e.g. .serve-ab/state.sqlite (got {path!r})")
+    [error] = errors_of(with_changes(analysis={"records": {"path": str(tmp_path)}}))
+    assert error.startswith("analysis.records.path: path ") and "is a directory" in error
+    ok = str(tmp_path / "state.sqlite")
+    assert parse_experiment(with_changes(controller={"state_path": ok})).controller.state_path == ok
+
+
+# -- no silent coercion ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"weights": {"v1": True, "v2": 99}}, "weights.v1: Input should be a valid number (got True)"),
+    ({"weights": {"v1": "50", "v2": "50"}}, "weights.v1: Input should be a valid number (got '50')"),
+    ({"router": {"num_replicas": True}}, "router.num_replicas: Input should be a valid integer (got True)"),
+    ({"router": {"num_replicas": "2"}}, "router.num_replicas: Input should be a valid integer (got '2')"),
+    ({"controller": {"tick_s": "1"}}, "controller.tick_s: Input should be a valid number (got '1')"),
+    ({"pin": {"enabled": "yes"}}, "pin.enabled: Input should be a valid boolean (got 'yes')"),
+])
+def test_bools_and_strings_are_not_numbers(change, expected):
+    assert expected in errors_of(with_changes(**change))
+
+
+def test_weights_take_ints_and_floats():
+    assert parse_experiment(with_changes(weights={"v1": 87.5, "v2": 12.5})).weights_pct() == {"v1": 87.5, "v2": 12.5}
+    assert parse_experiment(with_changes(weights={"v1": 90, "v2": 10.0})).weights_pct() == {"v1": 90.0, "v2": 10.0}
+
+
+def test_every_enum_field_accepts_its_values_as_strings():
+    # Models are strict (no coercion), so an enum field must opt out to read YAML's strings.
+    import enum
+
+    from serve_ab.config import experiment as ec
+    from serve_ab.config import rollout as rc
+
+    models = [obj for module in (ec, rc) for obj in vars(module).values()
+              if isinstance(obj, type) and issubclass(obj, ec._Strict)]
+    enum_fields = [(model, name) for model in models for name, info in model.model_fields.items()
+                   if isinstance(info.annotation, type) and issubclass(info.annotation, enum.Enum)]
+    assert len(enum_fields) >= 7
+    for model, name in enum_fields:
+        strict = [m.strict for m in model.model_fields[name].metadata if hasattr(m, "strict")]
+        assert strict == [False], f"{model.__name__}.{name}: give it Field(..., strict=False)"
+
+
+@pytest.mark.parametrize("header", ["x user id", "bad header:", "x-user-id\n", ""])
+@pytest.mark.parametrize("part", ["assignment", "pin"])
+def test_assignment_and_pin_headers_must_be_http_tokens(part, header):
+    [error] = errors_of(with_changes(**{part: {"header": header}}))
+    assert error.startswith(f"{part}.header: "), error
+    if header:
+        assert "is not an HTTP header name" in error and f"(got {header!r})" in error
+
+
+def test_header_names_are_lowercased():
+    cfg = parse_experiment(with_changes(assignment={"key": "header", "header": "X-User-Id"},
+                                        pin={"header": "X-Pin"}))
+    assert (cfg.assignment.header, cfg.pin.header) == ("x-user-id", "x-pin")
+
+
+# -- rules across fields -----------------------------------------------------------------------
+
+CANARY = {"strategy": "canary", "stable": "v1", "candidate": "v2",
+          "gates": [{"metric": "error_rate", "max": 0.05}],
+          "steps": [{"set_weight": 10}, {"pause": {"duration": "1m"}}, {"set_weight": 100}]}
+
+
+@pytest.mark.parametrize("weights, shown", [
+    ({"v1": 50, "v2": 50}, "{v1: 50, v2: 50}"),
+    ({"v2": 100}, "{v2: 100}"),
+])
+def test_weights_a_rollout_would_ignore_are_refused(weights, shown):
+    [error] = errors_of(with_changes(weights=weights, rollout=CANARY))
+    assert error == (f"<root>: weights is {shown}, but a rollout starts at rollout.stable 100% and then "
+                     "sets the weights itself; write weights: {v1: 100}")
+    for ok in ({"v1": 100}, {"v1": 100, "v2": 0}):
+        assert parse_experiment(with_changes(weights=ok, rollout=CANARY)).rollout.candidate == "v2"
+
+
+def test_a_shadow_agreement_gate_needs_copies_sent_to_the_candidate():
+    gates = [{"metric": "shadow_agreement", "min": 0.9}]
+    canary = {**CANARY, "gates": gates}
+    [error] = errors_of(with_changes(weights={"v1": 100}, rollout=canary))
+    assert "shadow_agreement gate, but it would get no data" in error and "no shadow:" in error
+    assert "add shadow: {version: v2, percent: 20}" in error
+    [error] = errors_of(with_changes(weights={"v1": 100}, rollout=canary, shadow={"version": "v1", "percent": 10}))
+    assert "shadow.version 'v1'" in error
+    fed = parse_experiment(with_changes(weights={"v1": 100}, rollout=canary, shadow={"version": "v2", "percent": 10}))
+    assert fed.rollout.gates[0].min == 0.9
+    blue_green = {"strategy": "blue_green", "stable": "v1", "candidate": "v2", "gates": gates}
+    assert "would get no data" in errors_of(with_changes(weights={"v1": 100}, rollout=blue_green))[0]
+    mirrored = {**blue_green, "blue_green": {"validation_min_samples": 20}}
+    assert parse_experiment(with_changes(weights={"v1": 100}, rollout=mirrored)).rollout is not None
+
+
+def test_analysis_metric_names_are_unique():
+    metrics = [{"name": "c", "kind": "conversion"}, {"name": "c", "kind": "mean"}]
+    [error] = errors_of(with_changes(analysis={"metrics": metrics}))
+    assert error.startswith("analysis.metrics: names ['c'] more than once")
+
+
+# -- the validate command ----------------------------------------------------------------------
+
+
+def serve_file(tmp_path, args: dict, **app) -> Path:
+    raw = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
+    raw["applications"][0]["args"] = args
+    raw["applications"][0].update(app)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_validate_error_paths_name_the_field_once(tmp_path):
+    args = with_changes(weights={"v1": 100}, rollout={**CANARY, "candidate": "v9"})
+    assert validate_file(serve_file(tmp_path, args), check_files=False) == [
+        "applications.0.args: rollout.candidate is 'v9', which is not served; versions: ['v1', 'v2']"]
+    steps = [{"set_weight": "ten"}, {"pause": {"duration": "soon"}}]
+    errors = validate_file(serve_file(tmp_path, with_changes(rollout={**CANARY, "steps": steps})), False)
+    assert any(e.startswith("applications.0.args.rollout.steps.0.set_weight: Input should be a valid number")
+               for e in errors), errors
+    assert any(e.startswith("applications.0.args.rollout.steps.1.pause.duration: invalid duration 'soon'")
+               for e in errors), errors
+    assert not any("<root>" in e for e in errors)
+
+
+def test_validate_says_a_file_is_empty(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    [error] = validate_file(tmp_path / "empty.yaml")
+    assert error.endswith("empty.yaml: the file is empty; expected an experiment, or a Ray Serve config "
+                          "file with applications:")
+
+
+def test_validate_refuses_a_key_given_twice(tmp_path):
+    text = (REPO_ROOT / "configs" / "ab.yaml").read_text()
+    line = next(i for i, x in enumerate(text.splitlines(), start=1) if x.strip().startswith("weights:"))
+    doubled = text.replace("      weights: {v1: 50, v2: 50}\n",
+                           "      weights: {v1: 50, v2: 50}\n      weights: {v1: 100}\n")
+    assert doubled != text
+    (tmp_path / "twice.yaml").write_text(doubled)
+    [error] = validate_file(tmp_path / "twice.yaml", check_files=False)
+    assert error.endswith(f"not valid YAML: key 'weights' appears twice in one mapping, at lines {line} and "
+                          f"{line + 1}; YAML would keep only the second, so keep one")
+
+
+def test_load_yaml_is_safe_load_without_duplicate_keys():
+    from serve_ab.config.serve_file import load_yaml
+
+    text = "base: &b {x: 1, y: 2}\nmerged: {<<: *b, y: 3}\nlist: [1, {a: 1}]\n"
+    assert load_yaml(text) == yaml.safe_load(text)  # a merge key may be overridden
+    with pytest.raises(yaml.YAMLError, match="key 'a' appears twice in one mapping, at lines 2 and 3"):
+        load_yaml("top:\n  a: 1\n  a: 2\n")
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("!!python/object:os.system {}\n")  # still the safe loader
+
+
+@pytest.mark.parametrize("import_path", ["serve_ab.serving.app:build_ap", "serve_ab.servng.app:build_app",
+                                         "serve_ab.serving.app:Router"])
+def test_validate_refuses_an_import_path_that_is_no_builder(tmp_path, import_path):
+    [error] = validate_file(serve_file(tmp_path, GOOD, import_path=import_path), check_files=False)
+    assert error.startswith(f"applications.0.import_path: {import_path!r} is not one of serve-ab's app builders; "
+                            "valid: serve_ab.serving.app:build_app (experiment)")
+    for ok in ("serve_ab.serving.app:build_app", "serve_ab.serving.app.build_app", "serve_ab:build_app"):
+        assert validate_file(serve_file(tmp_path, GOOD, import_path=ok), check_files=False) == [], ok
+
+
+def test_validate_checks_the_metrics_app_against_its_own_args(tmp_path):
+    # README, Security: the metrics app beside the experiment.
+    raw = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
+    raw["applications"][0]["args"]["http"] = {"metrics_on_app": False}
+    raw["applications"].append({"name": "digits-metrics", "route_prefix": "/internal/digits",
+                                "import_path": "serve_ab.serving.app:build_metrics_app", "args": {"app": "digits"}})
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert validate_file(path, check_files=False) == []
+    raw["applications"][1]["args"] = {"ap": "digits", "num_cpus": True}
+    path.write_text(yaml.safe_dump(raw))
+    assert sorted(validate_file(path, check_files=False)) == [
+        "applications.1.args.ap: Extra inputs are not permitted (got 'digits')",
+        "applications.1.args.app: field required",
+        "applications.1.args.num_cpus: Input should be a valid number (got True)",
+    ]
+
+
+def test_the_metrics_app_schema_is_the_one_build_metrics_app_reads():
+    from serve_ab.config.serve_file import MetricsAppConfig
+    from serve_ab.serving import metrics_app
+
+    assert metrics_app.MetricsAppConfig is MetricsAppConfig

@@ -126,7 +126,7 @@ def test_bad_steps_are_refused_with_the_value(steps, expected):
         ({"metric": "latency_p42_ms", "max": 1}, "latency_p95_ms"),
         ({"metric": "shadow_agreement", "max": 0.5}, "it takes min, the least agreement"),
         ({"metric": "shadow_agreement", "min": 95}, "shadow_agreement min is 95.0; a rate is in [0, 1]"),
-        ({"metric": "drift_js_distance", "max": 1.5}, "drift_js_distance max is 1.5; a rate is in [0, 1]"),
+        ({"metric": "drift_js_distance", "max": 1.5}, "drift_js_distance max is 1.5; drift_js_distance is in [0, 1]"),
         ({"metric": "drift_js_distance", "min": 0.1}, "takes only max"),
     ],
 )
@@ -175,3 +175,103 @@ def test_every_field_has_a_description_and_extra_keys_are_forbidden():
         assert model.model_config.get("extra") == "forbid", model
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no description"
+
+
+# -- thresholds no traffic can decide --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gate, expected",
+    [
+        ({"metric": "error_rate", "max": 0}, "gate error_rate has max 0, which no traffic can show"),
+        ({"metric": "feedback_rate", "name": "c", "max": 0}, "rate's upper confidence bound, which stays above 0"),
+        ({"metric": "shadow_agreement", "min": 1}, "rate's lower confidence bound, which stays below 1"),
+        ({"metric": "latency_p95_ms", "max": 0}, "gate latency_p95_ms has max 0, which every request exceeds"),
+        ({"metric": "error_rate", "min": 0.01}, "gate error_rate has min (0.01); lower error_rate is better"),
+        ({"metric": "latency_p99_ms", "min": 100}, "lower latency_p99_ms is better, so a lower bound would pass"),
+        ({"metric": "latency_p50_ms", "min_ratio_to_stable": 0.9}, "has min_ratio_to_stable (0.9); lower"),
+        ({"metric": "drift_ks", "max": 1.5}, "gate drift_ks max is 1.5; drift_ks is in [0, 1]"),
+    ],
+)
+def test_thresholds_no_traffic_can_decide_are_refused(gate, expected):
+    assert expected in error_text(base(gates=[gate]))
+
+
+@pytest.mark.parametrize("gate", [
+    {"metric": "error_rate", "max": 0.001}, {"metric": "error_rate", "max_ratio_to_stable": 1.2},
+    {"metric": "latency_p95_ms", "max": 0.5}, {"metric": "drift_ks", "max": 1},
+    {"metric": "feedback_rate", "name": "c", "min": 0.99}, {"metric": "feedback_mean", "name": "r", "max": 0},
+    {"metric": "promql", "name": "q", "query": "x", "max": 0,
+     "prometheus": {"url": "http://prometheus:9090"}},
+])
+def test_thresholds_traffic_can_decide_are_kept(gate):
+    assert RolloutConfig.model_validate(base(gates=[gate])).gates[0].metric.value == gate["metric"]
+
+
+def test_progress_deadline_must_outlast_the_first_analysis():
+    text = error_text(base(analysis={"interval_s": 60, "progress_deadline_s": "30s"}))
+    assert "progress_deadline_s (30) must be longer than interval_s (60)" in text
+    assert "progress_deadline_s (60) must be longer" in error_text(base(analysis={"interval_s": 60,
+                                                                                   "progress_deadline_s": 60}))
+    for deadline in (61, None):
+        config = RolloutConfig.model_validate(base(analysis={"interval_s": 60, "progress_deadline_s": deadline}))
+        assert config.analysis.progress_deadline_s == deadline
+
+
+# -- no blind promotion ------------------------------------------------------------------------
+
+BLIND = [
+    [{"set_weight": 0}],
+    [{"pause": {"duration": "10s"}}],
+    [{"set_weight": 100}],
+    [{"set_weight": 0}, {"pause": {"duration": "10s"}}, {"set_weight": 100}],
+    [{"pause": {}}, {"set_weight": 100}],
+]
+JUDGED = [
+    [{"set_weight": 5}],
+    [{"set_weight": 5}, {"set_weight": 100}],
+    [{"set_weight": 20}, {"pause": {}}, {"set_weight": 100}],
+    [{"set_weight": 100}, {"pause": {"duration": "10s"}}],
+    [{"pause": {}}, {"set_weight": 50}, {"analysis": {}}, {"set_weight": 100}],
+]
+
+
+@pytest.mark.parametrize("steps", BLIND)
+def test_a_gated_canary_whose_steps_never_judge_the_candidate_is_refused(steps):
+    text = error_text(base(steps=steps))
+    assert "never let the gates judge the candidate" in text and "e.g. steps: [{set_weight: 5}" in text
+    assert RolloutConfig.model_validate(base(steps=steps, gates=[])).steps  # no gates: nothing to judge
+
+
+def test_the_blind_steps_are_named_in_the_error():
+    text = error_text(base(steps=[{"set_weight": 0}, {"pause": {"duration": "10s"}}, {"pause": {}}]))
+    assert "steps [set_weight 0, pause 10s, pause until promote] never let" in text
+
+
+@pytest.mark.parametrize("steps, blind", [(s, True) for s in BLIND] + [(s, False) for s in JUDGED])
+def test_the_rule_is_the_machines_a_failing_candidate_is_promoted_only_by_the_refused_steps(steps, blind):
+    """Run the Rollout machine on a candidate failing its gate, with an operator who promotes
+    past a ``pause: {}`` after a minute: the steps the schema refuses promote it; the ones it
+    keeps roll it back first."""
+    from serve_ab.rollout.gates import WindowStats
+    from serve_ab.rollout.machine import Phase, Rollout
+    from tests.support.fakes import FakeClock
+
+    gates = [{"metric": "error_rate", "max": 0.01}]
+    if blind:  # what the schema refuses, built past it
+        config = RolloutConfig.model_validate(base(steps=steps, gates=[])).model_copy(
+            update={"gates": [rc.Gate.model_validate(g) for g in gates]})
+    else:
+        config = RolloutConfig.model_validate(base(steps=steps, gates=gates))
+    failing = {"v1": WindowStats("v1", request_count=2000),
+               "v2": WindowStats("v2", request_count=2000, error_count=1000)}
+    clock = FakeClock(1000.0)
+    rollout = Rollout(config, clock)
+    paused_s = 0
+    for _ in range(600):
+        rollout.tick(failing)
+        paused_s = paused_s + 1 if rollout.phase is Phase.PAUSED else 0
+        if paused_s >= 60:
+            rollout.promote()
+        clock.advance(1.0)
+    assert rollout.phase is (Phase.PROMOTED if blind else Phase.ABORTED), rollout.phase

@@ -110,3 +110,13 @@ def test_validate_warns_when_a_multi_node_config_keeps_state_in_sqlite(tmp_path,
     assert "(the router has more than one replica)" in out
     assert "set controller.store_url: redis://HOST:6379/0" in out
     assert out.count(": ok") == 4
+
+
+def test_port_0_is_refused_not_read_as_the_default_port():
+    [error] = errors_of(store_url="redis://redis:0/0")
+    assert error == ("controller.store_url: store URL 'redis://redis:0/0' has port 0; give the port Redis "
+                     "listens on (1-65535) or leave it out for 6379, e.g. redis://redis.internal:6379/0 "
+                     "(got 'redis://redis:0/0')")
+    [error] = errors_of(store_url="rediss://admin:hunter2@redis:0/0")
+    assert "has port 0" in error and "hunter2" not in error
+    assert parse_experiment(experiment(store_url="redis://redis/0")).controller.store_url == "redis://redis/0"

@@ -272,11 +272,12 @@ def test_a_restarted_controller_carries_on_with_the_runs_figures():
 
 def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests():
     clock = FakeClock()
-    base = experiment(gates=[{"metric": "shadow_agreement", "min": 0.9}],
-                      steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
+    base = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
     # Beside its 10% of traffic, v2 answers copies of all of v1's requests.
+    rollout = {**base.rollout.model_dump(mode="json", exclude_none=True),
+               "gates": [{"metric": "shadow_agreement", "min": 0.9}]}
     cfg = parse_experiment({**base.model_dump(mode="json", exclude_none=True),
-                            "shadow": {"version": "v2", "percent": 100}})
+                            "shadow": {"version": "v2", "percent": 100}, "rollout": rollout})
     core = ControllerCore(cfg, MemoryStateStore(), clock)
     assert Mirror("v2", 100.0) in core.snapshot().mirrors
     for second in range(12):

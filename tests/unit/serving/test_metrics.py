@@ -26,7 +26,7 @@ def experiment(**changes) -> dict:
         "model": "digits",
         "versions": [{"name": name, "path": f"models/digits/{name}/model.onnx", "backend": "onnx"}
                      for name in ("v1", "v2", "v3")],
-        "weights": {"v1": 80, "v2": 20},
+        "weights": {"v1": 100},
         "shadow": {"version": "v3", "percent": 10},
         "analysis": {"metrics": [{"name": "correct", "kind": "conversion"},
                                  {"name": "revenue", "kind": "mean"}]},
