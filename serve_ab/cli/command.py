@@ -14,9 +14,11 @@ from serve_ab.config.experiment import (
     ConfigError,
     ExperimentConfig,
     Placement,
+    errors_under,
     format_validation_error,
     parse_experiment,
 )
+from serve_ab.config.serve_file import AppKind, check_app, load_yaml
 
 BUILDER_PREFIX = "serve_ab"
 
@@ -69,11 +71,19 @@ def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
 
 def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return [f"{path}: no such file"]
+    except IsADirectoryError:
+        return [f"{path}: is a directory; give a config file (.yaml), e.g. configs/ab.yaml"]
+    except UnicodeDecodeError as err:
+        return [f"{path}: not a text file (byte {err.start} is not UTF-8); a config is YAML text, e.g. configs/ab.yaml"]
+    except OSError as err:  # permission denied, a FIFO, an I/O error
+        return [f"{path}: cannot be read: {err.strerror or type(err).__name__}"]
     except yaml.YAMLError as err:
         return [f"{path}: not valid YAML: {err}"]
+    if raw is None:
+        return [f"{path}: the file is empty; expected an experiment, or a Ray Serve config file with applications:"]
     if not isinstance(raw, dict):
         return [f"{path}: expected a mapping at the top level (got {type(raw).__name__})"]
     if "applications" not in raw:
@@ -92,7 +102,10 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
     for index, app in enumerate(apps if isinstance(apps, list) else []):
         if isinstance(app, dict) and str(app.get("import_path", "")).startswith(BUILDER_PREFIX):
             found = True
-            errors += _validate_experiment(app.get("args"), f"applications.{index}.args", check_files, warnings)
+            kind, app_errors = check_app(app, f"applications.{index}")
+            errors += app_errors
+            if kind is AppKind.EXPERIMENT:
+                errors += _validate_experiment(app.get("args"), f"applications.{index}.args", check_files, warnings)
     if not found and not errors:
         errors.append(
             f"applications: no application imports {BUILDER_PREFIX} (e.g. import_path: "
@@ -105,7 +118,7 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
     try:
         cfg = parse_experiment(args)
     except ConfigError as err:
-        return [f"{prefix}.{e}" if prefix else e for e in err.errors]
+        return errors_under(prefix, err.errors)
     warnings += multi_node_warnings(cfg, prefix)
     if not check_files:
         return []
@@ -114,14 +127,18 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
     try:
         resolve_model_paths(cfg)
     except ConfigError as err:
-        return [f"{prefix}.{e}" if prefix else e for e in err.errors]
+        return errors_under(prefix, err.errors)
     return []
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        errors, warnings = check_file(Path(path), check_files=not args.no_check_files)
+        try:
+            errors, warnings = check_file(Path(path), check_files=not args.no_check_files)
+        except Exception as err:  # noqa: BLE001 - one file's surprise must not hide the other files' results
+            errors, warnings = [(f"{path}: could not be checked ({type(err).__name__}: {err}); this is a bug in "
+                                 "serve-ab validate, please report it with the file")], []
         if errors:
             status = 1
             print(f"{path}: {len(errors)} error{'s' * (len(errors) != 1)}")

@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 __all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "OUTPUTS", "DeprecatedAlias", "ExitCode", "RequestFailed",
-           "add_output_option", "dump", "duration_s", "parse_duration_s"]
+           "add_output_option", "check_http_url", "dump", "duration_s", "parse_duration_s"]
 
 
 class ExitCode(IntEnum):
@@ -51,6 +51,36 @@ class RequestFailed(Exception):
         super().__init__(lines[0])
         self.lines = lines
         self.code = int(code)
+
+
+# --- URLs ----------------------------------------------------------------------------------
+
+
+def check_http_url(text: str) -> str:
+    """``text`` as an http(s) base URL without its trailing slash, checked as httpx will read it.
+
+    Raises ValueError saying what is wrong (``http://256.0.0.1:8000``: an invalid IPv4 address;
+    ``http://[::1:8000``: an unclosed IPv6 bracket; a port outside 1-65535; no host), so a
+    command can refuse it as a usage error before sending anything.
+    """
+    import httpx  # the commands that take a URL send with it anyway
+
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    authority = text.split("://", 1)[1].split("/", 1)[0]
+    if authority.count("[") != authority.count("]"):
+        raise ValueError(f"{text!r} is not a valid URL (its IPv6 address lacks the closing ']', as in "
+                         "http://[::1]:8000)")
+    try:
+        url = httpx.URL(text)
+        port = url.port  # httpx takes any number here; the socket layer would wrap it
+    except (httpx.InvalidURL, ValueError) as e:
+        raise ValueError(f"{text!r} is not a valid URL ({e})") from None
+    if not url.host:
+        raise ValueError(f"{text!r} is not a valid URL (it has no host)")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{text!r} is not a valid URL (port {port} is outside 1-65535)")
+    return text.rstrip("/")
 
 
 # --- durations -----------------------------------------------------------------------------

@@ -328,15 +328,72 @@ def _task_lines(shadow: ShadowResult, conf: str) -> list[str]:
 
 
 def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
-    """The ``serve-ab runs`` table."""
+    """The ``serve-ab runs`` table.
+
+    A record file is read as it is found (edited by hand, written by another tool): a cell that
+    does not hold what its column should is shown as ``?<value>`` and counted in a note below,
+    and the rest of the table is drawn.
+    """
     if not summaries:
         return f"no run records in {path}" if path else "no run records"
     rows = [["run id", "model", "started", "updated", "versions", "control", "requests", "SRM"]]
+    bad: list[str] = []
+
+    def cell(run_id: Any, column: str, value: Any, show) -> str:
+        try:
+            return show(value)
+        except (TypeError, ValueError, OverflowError, OSError):  # OSError: time_t out of range on some platforms
+            bad.append(f"run {run_id!r}, {column} = {_short(value)}")
+            return f"?{_short(value)}"
+
     for s in summaries:
-        srm = "n/a" if s.srm_mismatch is None else ("MISMATCH" if s.srm_mismatch else "ok")
-        rows.append([s.run_id, s.model or "-", _when(s.started_at_s), _when(s.updated_at_s),
-                     ",".join(s.versions) or "-", s.control or "-", _int(s.requests), srm])
-    return "\n".join(_table(rows, indent="", numeric=(6,)))
+        run = s.run_id
+        rows.append([str(run), cell(run, "model", s.model, _text_cell), cell(run, "started", s.started_at_s, _when),
+                     cell(run, "updated", s.updated_at_s, _when), cell(run, "versions", s.versions, _versions_cell),
+                     cell(run, "control", s.control, _text_cell), cell(run, "requests", s.requests, _count_cell),
+                     cell(run, "SRM", s.srm_mismatch, _srm_cell)])
+    lines = _table(rows, indent="", numeric=(6,))
+    if bad:
+        where = f" in {path}" if path else ""
+        lines += ["", *_wrap(f"note: {len(bad)} value(s){where} are not what their column should hold "
+                             "(shown as ?value), as if written by something other than serve-ab:", "  ")]
+        lines += [f"  {problem}" for problem in bad]
+    return "\n".join(lines)
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _text_cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _versions_cell(value: Any) -> str:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(value)
+    return ",".join(value) or "-"
+
+
+def _count_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+        raise ValueError(value)
+    return f"{int(value):,}"
+
+
+def _srm_cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if not isinstance(value, bool):
+        raise TypeError(value)
+    return "MISMATCH" if value else "ok"
 
 
 def _table(rows: list[list[str]], indent: str = "  ", numeric: tuple[int, ...] = (1,)) -> list[str]:
@@ -437,5 +494,19 @@ def _weights_text(weights: Any) -> str:
     return ", ".join(f"{k} {float(v):g}%" for k, v in (weights or {}).items())
 
 
+def _when_text(t_s: Any) -> str:
+    """:func:`_when`, or ``?<value>`` for a value that is not a time (a record may hold anything)."""
+    try:
+        return _when(t_s)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"?{_short(t_s)}"
+
+
 def _when(t_s: Any) -> str:
-    return "-" if t_s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t_s)))
+    """Local time of seconds since the epoch; raises ValueError, OverflowError or OSError for one
+    that is not a time (a text, NaN, 1e20)."""
+    if t_s is None:
+        return "-"
+    if isinstance(t_s, (str, bytes, bool)):  # float("1e9") would read a text as a time
+        raise TypeError(t_s)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t_s)))

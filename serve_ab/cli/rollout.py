@@ -39,6 +39,7 @@ from serve_ab.cli.options import (
     ExitCode,
     RequestFailed,
     add_output_option,
+    check_http_url,
     dump,
     duration_s,
 )
@@ -82,7 +83,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--app", default=None, metavar="NAME",
                        help="the Serve application's name, looked up in Ray's dashboard (see --address): "
                        "its proxy and route prefix give the URL")
-    parser.add_argument("--address", type=_url, default=None, metavar="URL",
+    parser.add_argument("--address", type=_address, default=None, metavar="URL",
                         help="with --app: Ray's dashboard (default: $RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS if "
                         f"an http URL, or {serve_apps.DEFAULT_ADDRESS})")
     parser.add_argument("--request-timeout", dest="request_timeout_s", type=duration_s,
@@ -288,6 +289,9 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
     except httpx.TransportError as e:
         raise RequestFailed(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT,
                             code=ExitCode.UNREACHABLE) from None
+    except httpx.InvalidURL as e:  # one the flags' check let through, or one built from the dashboard's answer
+        raise RequestFailed(f"error: {url!r} is not a valid URL ({e}); give the app's base URL, e.g. {DEFAULT_URL}",
+                            code=ExitCode.USAGE) from None
     if response.status_code != 200:
         lines = [f"error: {response.status_code} {_error_message(response)}"]
         if response.status_code == 401:
@@ -483,10 +487,17 @@ def _step_number(text: str) -> int:
 
 
 def _url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http(s) URL; give the app's base URL, e.g. {DEFAULT_URL}")
-    return text.rstrip("/")
+    try:
+        return check_http_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give the app's base URL, e.g. {DEFAULT_URL}") from None
+
+
+def _address(text: str) -> str:
+    try:
+        return check_http_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give Ray's dashboard, e.g. {serve_apps.DEFAULT_ADDRESS}") from None
 
 
 def _env_url() -> str:

@@ -19,7 +19,9 @@ The plan is for a fixed-horizon test by default (read once, at the planned size)
 ``--sequential`` it is for the always-valid mSPRT the report runs, with its mixing scale
 tau = the MDE. Without ``--requests-per-unit``, ``--icc``, ``--allocation`` and
 ``--sequential`` every request is its own unit and the numbers are statsmodels' (Cohen's h
-with the z-test for rates, the t-test for means). A unit sending ``M`` requests with
+with the z-test for rates, the t-test for means): their power, whose root in the sample size
+is bracketed here (``solve_power`` returns NaN, or silently a wrong size, for tiny effects or
+alphas and lopsided allocations). A unit sending ``M`` requests with
 intra-class correlation ``RHO`` counts as ``M / (1 + (M - 1) RHO)`` independent requests
 (Kish's design effect).
 """
@@ -30,7 +32,9 @@ import argparse
 import functools
 import math
 import sys
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, replace
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, TextIO
 
 from serve_ab.cli.options import add_output_option, dump
@@ -42,6 +46,22 @@ __all__ = ["add_parser", "run"]
 
 # A variance needs two observations; no arm is planned with fewer units.
 _MIN_UNITS = 2
+# The effects planned, in standard deviations of one request (Cohen's h for rates, d for means).
+# Below 1e-6 sd a plan needs more than 1e13 units per arm, far beyond any traffic (and near 1e-8
+# statsmodels' root finder gives up with NaN). Any effect over about 10 sd needs only the minimum
+# of 2 units per arm, and one over 1,000 sd (where scipy's noncentral t starts to return NaN at
+# small alphas) is a sign that --std and --mde are in different units.
+_MIN_EFFECT_SD = 1e-6
+_MAX_EFFECT_SD = 1e3
+# No root is sought beyond this many units in the control arm (as serve_ab.analysis.power).
+_MAX_UNITS = 1e18
+_MAX_REQUESTS_PER_UNIT = 1e12
+# The smallest alpha, and alpha per comparison, planned: below, statsmodels' and scipy's tails fail
+# (the t-test's power at alpha 1e-300 claims 2 units suffice).
+_MIN_ALPHA = 1e-12
+_MIN_ALPHA_PER_COMPARISON = 1e-15
+# Degrees of freedom beyond which the t-test's power is the z-test's (to about 1e-5).
+_NORMAL_DF = 1e5
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,8 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="minimum detectable effect: rate points (0.02) or metric units; "
                         "with --relative a fraction of the baseline rate (0.2 = +20%%)")
     parser.add_argument("--relative", action="store_true", help="read --mde relative to --baseline-rate")
-    parser.add_argument("--alpha", type=_open_unit("--alpha", "0.05"), default=0.05,
-                        help="family-wise significance level, in (0, 1) (default: 0.05)")
+    parser.add_argument("--alpha", type=_alpha, default=0.05,
+                        help=f"family-wise significance level over the variants-1 comparisons with the control, in "
+                        f"[{_MIN_ALPHA:g}, 1) (default: 0.05). The report's family is larger: it runs each comparison "
+                        "at analysis.alpha / ((2 + feedback metrics) x compared variants); to plan for that, give it "
+                        "here, e.g. --alpha 0.0125 for 0.05 over error rate, latency and two feedback metrics")
     parser.add_argument("--power", type=_open_unit("--power", "0.8"), default=0.8,
                         help="probability of detecting the effect, in (0, 1) (default: 0.8)")
     parser.add_argument("--variants", type=_at_least_two, default=2,
@@ -93,7 +116,11 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
     """Compute and print the plan; invalid combinations go to ``parser.error`` (exit 2)."""
     out = out or sys.stdout
     try:
-        plan = _make_plan(args)
+        with warnings.catch_warnings():
+            # statsmodels warns (ConvergenceWarning, RuntimeWarning) where its root finder struggles;
+            # the inputs are bounded beforehand and every figure checked after, so the warnings say nothing.
+            warnings.simplefilter("ignore")
+            plan = _make_plan(args)
     except ValueError as e:
         if parser is None:
             raise
@@ -129,12 +156,15 @@ def _make_plan(args: argparse.Namespace) -> dict[str, Any]:
         else:
             var_c = var_v = base.std**2 * scale
         tau = abs(base.mde_abs)
-        up = _power.units_per_arm(base.mde_abs, var_c, var_v, alpha=base.alpha_per_comparison, power=base.power,
-                                  sequential=True, tau=tau, allocation=(share_c, share_v))
+        try:
+            up = _power.units_per_arm(base.mde_abs, var_c, var_v, alpha=base.alpha_per_comparison, power=base.power,
+                                      sequential=True, tau=tau, allocation=(share_c, share_v))
+        except ValueError as e:  # no size below the solver's bound reaches the power
+            raise ValueError(_unplannable(args, base.effect_size, str(e))) from None
         units_c, units_v, exact_c = up.n_control, up.n_variant, up.n_control_exact
         test = "mSPRT (always valid), normal mixture with tau = the MDE"
     else:
-        req_c = base.n_per_variant_exact if ratio == 1 else _fixed_requests_control(base, ratio)
+        req_c = base.n_per_variant_exact if ratio == 1 else _fixed_requests_control(args, base, ratio)
         exact_c = req_c * scale
         units_c = max(_MIN_UNITS, math.ceil(exact_c - 1e-9))
         units_v = max(_MIN_UNITS, math.ceil(req_c * ratio * scale - 1e-9))
@@ -167,32 +197,136 @@ def _request_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
     if args.baseline_rate is None and args.relative:
         raise ValueError(f"argument --relative: only applies with --baseline-rate; with --std give --mde in the "
                          f"metric's units (got --std {args.std} --mde {args.mde})")
+    if args.alpha / (args.variants - 1) < _MIN_ALPHA_PER_COMPARISON:
+        raise ValueError(f"argument --variants: {args.variants} variants leave each of their {args.variants - 1} "
+                         f"comparisons alpha {args.alpha / (args.variants - 1):.2g} (--alpha {args.alpha:g}), below "
+                         f"the {_MIN_ALPHA_PER_COMPARISON:g} serve-ab plans for")
+    effect_sd = _check_effect(args)
     try:
         if args.baseline_rate is not None:
-            return _power.sample_size_conversions(args.baseline_rate, args.mde, relative=args.relative, **common)
-        return _power.sample_size_means(args.std, args.mde, **common)
+            plan = _power.sample_size_conversions(args.baseline_rate, args.mde, relative=args.relative, **common)
+        else:
+            plan = _power.sample_size_means(args.std, args.mde, **common)
     except ValueError as e:
         # The library's messages start with its parameter's name; the user typed an option.
         message = str(e)
         name = message.removeprefix("relative ").split(" ", 1)[0]
         option = f"--{name.replace('_', '-')}"
-        raise ValueError(f"argument {option}: {message}" if option in _OPTIONS else message) from None
+        if option in _OPTIONS:
+            raise ValueError(f"argument {option}: {message}") from None
+        # Not a check of an input: statsmodels' root finder failed (NaN); the size is solved below.
+        plan = _unsolved_plan(args, effect_sd)
+    except (TypeError, ArithmeticError):  # its root finder failing another way
+        plan = _unsolved_plan(args, effect_sd)
+    # The library's size is statsmodels' solve_power, which can be silently wrong at extremes
+    # (alpha 1e-15, d 0.1: a tenth of the size); bracketing the root of the same power is not.
+    n = _fixed_requests_control(args, plan, 1.0)
+    n_per_variant = math.ceil(n - 1e-9)
+    return replace(plan, n_per_variant_exact=n, n_per_variant=n_per_variant, n_total=n_per_variant * plan.variants)
+
+
+def _unsolved_plan(args: argparse.Namespace, effect_sd: float) -> _power.SampleSizePlan:
+    """The request-level plan, its size still to solve, for inputs the library checked."""
+    from serve_ab.analysis import power as _power
+
+    alpha_per_comparison = args.alpha / (args.variants - 1)
+    common = {"kind": "mean", "n_per_variant": 0, "n_per_variant_exact": math.nan, "variants": args.variants,
+              "n_total": 0, "alpha": args.alpha, "alpha_per_comparison": alpha_per_comparison, "power": args.power,
+              "two_sided": not args.one_sided, "effect_size": effect_sd, "mde_abs": args.mde}
+    if args.baseline_rate is None:
+        return _power.SampleSizePlan(**common, std=args.std)
+    mde_abs = args.mde * args.baseline_rate if args.relative else args.mde
+    return _power.SampleSizePlan(**(common | {"kind": "conversion", "mde_abs": mde_abs}),
+                                 baseline_rate=args.baseline_rate)
 
 
 _OPTIONS = ("--baseline-rate", "--std", "--mde", "--alpha", "--power", "--variants")
 
 
-def _fixed_requests_control(base: _power.SampleSizePlan, ratio: float) -> float:
-    """Control-arm requests for the fixed test with ``ratio`` variant requests per control request."""
+def _check_effect(args: argparse.Namespace) -> float:
+    """The effect in standard deviations of one request; refuses effects too small or too large
+    to plan, in terms of the flags given.
+
+    Runs before the solvers, which return NaN (with warnings) outside about 1e-8 to 1e10 sd.
+    """
+    if args.baseline_rate is not None:
+        p0 = args.baseline_rate
+        mde_abs = args.mde * p0 if args.relative else args.mde
+        if not 0 < p0 + mde_abs < 1:
+            return math.nan  # the library names the range --mde must be in
+        effect_sd = abs(2 * math.asin(math.sqrt(p0 + mde_abs)) - 2 * math.asin(math.sqrt(p0)))
+        # Near p0, Cohen's h is mde / sqrt(p0 (1 - p0)).
+        smallest = _MIN_EFFECT_SD * math.sqrt(p0 * (1 - p0)) / (p0 if args.relative else 1.0)
+        given, what = f"{args.mde:g}", "standard deviations of the rate (Cohen's h)"
+    else:
+        effect_sd = abs(args.mde) / args.std
+        smallest = _MIN_EFFECT_SD * args.std
+        given, what = f"{args.mde:g} with --std {args.std:g}", "standard deviations"
+    if effect_sd < _MIN_EFFECT_SD:
+        alpha = args.alpha / (args.variants - 1) / (2 if not args.one_sided else 1)
+        z = -NormalDist().inv_cdf(alpha) + NormalDist().inv_cdf(args.power)
+        about = 2 * z * z / effect_sd**2  # the normal approximation, per arm
+        raise ValueError(f"argument --mde: {given} is too small to plan: it is {effect_sd:.2g} {what}, which would "
+                         f"need about {about:.1e} units per arm; serve-ab plans effects of at least "
+                         f"{_MIN_EFFECT_SD:g} sd (here |--mde| >= {smallest:.2g})")
+    if effect_sd > _MAX_EFFECT_SD:  # only means: a rate's h is at most pi
+        raise ValueError(f"argument --mde: {given} is too large to plan: it is {effect_sd:.2g} {what}; serve-ab "
+                         f"plans effects of at most {_MAX_EFFECT_SD:g} sd (here |--mde| <= "
+                         f"{_MAX_EFFECT_SD * args.std:.2g}), and any effect over about 10 sd needs only "
+                         f"{_MIN_UNITS} units per arm; are --std and --mde in the same units?")
+    return effect_sd
+
+
+def _unplannable(args: argparse.Namespace, effect_sd: float, why: str) -> str:
+    """A plan the solvers could not make although the effect is within bounds (e.g. a lopsided
+    --allocation with a tiny --mde)."""
+    flags = [f"--mde {args.mde:g}", f"--alpha {args.alpha:g}", f"--power {args.power:g}"]
+    if getattr(args, "allocation", None) is not None:
+        flags.append(f"--allocation {args.allocation[0]:g}:{args.allocation[1]:g}")
+    return (f"argument --mde: cannot plan {', '.join(flags)} (an effect of {effect_sd:.2g} sd): {why}; "
+            "a larger --mde or --alpha, a smaller --power or a more even --allocation needs fewer units")
+
+
+def _fixed_requests_control(args: argparse.Namespace, base: _power.SampleSizePlan, ratio: float) -> float:
+    """Control-arm requests for the fixed test with ``ratio`` variant requests per control request.
+
+    The root of statsmodels' power in ``nobs1``, bracketed here: its ``solve_power`` returns a
+    wrong size, silently, for a small effect with a lopsided ratio (3 units for 1e-6 sd at
+    99.999:0.001) or a small alpha (the t-test's at alpha 1e-4, d 0.1: 3,787 per arm, power 0.68).
+    """
+    from scipy import optimize
     from statsmodels.stats.power import NormalIndPower, TTestIndPower
 
     solver = NormalIndPower() if base.kind == "conversion" else TTestIndPower()
     kw = {"effect_size": base.effect_size, "alpha": base.alpha_per_comparison, "ratio": ratio,
           "alternative": "two-sided" if base.two_sided else "larger"}
+
+    def power_at(n: float) -> float:
+        power = float(solver.power(nobs1=n, **kw))
+        if not math.isfinite(power) and base.two_sided:
+            # scipy's noncentral t gives NaN for the far lower tail: rejections in the wrong direction,
+            # fewer than alpha/2 of them. Without them the power is a hair low, so the plan a hair large.
+            power = float(solver.power(nobs1=n, **(kw | {"alpha": kw["alpha"] / 2, "alternative": "larger"})))
+        if not math.isfinite(power) and n * (1 + ratio) > _NORMAL_DF:
+            power = float(NormalIndPower().power(nobs1=n, **kw))  # t is normal at this many degrees of freedom
+        return power
+
+    def short_of_target(n: float) -> float:
+        power = power_at(n)
+        if not math.isfinite(power):
+            raise ValueError(_unplannable(args, base.effect_size, f"the test's power at {n:.3g} units is {power}"))
+        return power - base.power
+
     smallest = _MIN_UNITS * max(1.0, 1.0 / ratio)  # both arms hold >= 2
-    if solver.power(nobs1=smallest, **kw) >= base.power:
+    if short_of_target(smallest) >= 0:
         return smallest  # huge effects: the t-test's root finder fails below 2 per arm
-    return float(solver.solve_power(nobs1=None, power=base.power, **kw))
+    hi = 2 * smallest
+    while short_of_target(hi) < 0:
+        hi *= 2
+        if hi > _MAX_UNITS:
+            why = f"no size below {_MAX_UNITS:g} units reaches power {base.power:g}"
+            raise ValueError(_unplannable(args, base.effect_size, why))
+    return float(optimize.brentq(short_of_target, hi / 2, hi, xtol=1e-9, rtol=1e-13))
 
 
 def _requests(units: int, m: float) -> int:
@@ -242,6 +376,13 @@ def _table(plan: dict[str, Any]) -> str:
 # ---- argparse types: each names its option, the value, and what is valid -----------------
 
 
+def _alpha(text: str) -> float:
+    value = _float(text)
+    if not _MIN_ALPHA <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [{_MIN_ALPHA:g}, 1); e.g. --alpha 0.05")
+    return value
+
+
 def _open_unit(option: str, example: str):
     def parse(text: str) -> float:
         value = _float(text)
@@ -281,9 +422,9 @@ def _at_least_two(text: str) -> int:
 
 def _at_least_one(text: str) -> float:
     value = _float(text)
-    if not 1 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a number >= 1 (mean requests per randomisation unit); "
-                                         f"e.g. --requests-per-unit 5")
+    if not 1 <= value <= _MAX_REQUESTS_PER_UNIT:
+        raise argparse.ArgumentTypeError(f"{text} must be a number >= 1 and <= {_MAX_REQUESTS_PER_UNIT:g} (mean "
+                                         f"requests per randomisation unit); e.g. --requests-per-unit 5")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the CLI tests: the fake control API."""
+"""Fixtures of the CLI tests: the fake control API; no Ray token of this machine's."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ def api(_control_server, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", _control_server.url)
     _control_server.reset()
     return _control_server
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_token(monkeypatch, tmp_path):
+    """``--app`` sends Ray's auth token from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token: none of the machine's may reach a test (or a fake dashboard)."""
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))

@@ -338,3 +338,72 @@ def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
     monkeypatch.setattr(serve_ab.cli, "sample_size", stub, raising=False)
     assert cli.main(["report", "--json"]) == 0
     assert Report.model_validate_json(capsys.readouterr().out).experiment.model == "digits"
+
+
+# --- records as found: odd values and corrupt JSON -----------------------------------------------
+
+
+def _edit(path, sql: str, *params) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute(sql, params)
+
+
+def _two_runs(report, path) -> None:
+    for run_id, updated in (("good", 1300.0), ("odd", 1200.0)):
+        RunRecorder(path).save(run_id, {"model": "digits"}, report.model_dump(mode="json"), 1000.0, updated,
+                               summary=report.run_summary(), metrics=report.headline_metrics())
+
+
+@pytest.mark.parametrize("started, summary, shown", [
+    ("yesterday", None, "?'yesterday'"),
+    (1e20, None, "?1e+20"),
+    (float("inf"), None, "?inf"),
+    (1000.0, {"versions": ["v1"], "requests": "lots", "control": 5, "srm_mismatch": "x"}, "?'lots'"),
+])
+def test_runs_renders_what_it_can_and_marks_the_bad_cells(report, capsys, tmp_path, started, summary, shown):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, "UPDATE runs SET started_at_s = ? WHERE run_id = 'odd'", started)
+    if summary is not None:
+        _edit(path, "UPDATE runs SET summary_json = ? WHERE run_id = 'odd'", json.dumps(summary))
+    code, out, err = _run(["runs", "--records", str(path)], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[1].startswith("good ") and "v1,v2,v3" in lines[1] and "?" not in lines[1]
+    assert lines[2].startswith("odd ") and shown in lines[2]
+    note = " ".join(line.strip() for line in lines[4:6])
+    assert f"value(s) in {path} are not what their column should hold (shown as ?value)" in note
+    assert any(line.startswith("  run 'odd', ") for line in lines)
+    assert all(len(line) <= WIDTH for line in lines)
+    if summary is not None:
+        assert "  run 'odd', control = 5" in lines and "  run 'odd', SRM = 'x'" in lines
+
+
+def test_runs_names_the_run_and_column_of_corrupt_json(report, capsys, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, "UPDATE runs SET summary_json = '{bad summary' WHERE run_id = 'odd'")
+    code, out, err = _run(["runs", "--records", str(path)], capsys)
+    assert (code, out) == (1, "")
+    assert (f"error: the run records at {path} hold text that is not JSON: run 'odd', column summary_json: "
+            "Expecting property name enclosed in double quotes at line 1, column 2") in err
+    assert "hint: repair or delete that record" in err
+
+
+@pytest.mark.parametrize("column", ["report_json", "config_json"])
+def test_from_record_names_the_column_of_corrupt_json(report, capsys, tmp_path, column):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, f"UPDATE runs SET {column} = '{{\"cut\": ' WHERE run_id = 'odd'")
+    code, out, err = _run(["report", "--from-record", "odd", "--records", str(path)], capsys)
+    assert (code, out) == (1, "")
+    assert f"error: run record 'odd' in {path} holds text that is not JSON: column {column}: Expecting value" in err
+    code, _, err = _run(["report", "--from-record", "good", "--records", str(path), "--json"], capsys)
+    assert code == 0 and err == ""
+
+
+def test_html_of_a_record_whose_time_is_not_a_time_still_renders(report):
+    odd = report.model_copy(update={"generated_at_s": 1e20})
+    assert "generated ?1e+20" in render_html(odd)

@@ -148,7 +148,7 @@ def test_sequential_plans_the_msprt_with_tau_the_mde(capsys):
         (["--baseline-rate", "0.9", "--mde", "0.2"],
          "argument --mde: mde (0.2) moves the rate 0.9 to 1.1; it must stay in (0, 1), so mde must be in (-0.9, 0.1)"),
         (["--baseline-rate", "0.1", "--mde", "0"], "argument --mde: 0 must be a non-zero number"),
-        (["--baseline-rate", "0.1", "--mde", "0.02", "--alpha", "1"], "argument --alpha: 1 is not in (0, 1)"),
+        (["--baseline-rate", "0.1", "--mde", "0.02", "--alpha", "1"], "argument --alpha: 1 is not in [1e-12, 1)"),
         (["--baseline-rate", "0.1", "--mde", "0.02", "--power", "0.01"], "argument --power: power (0.01) must exceed"),
         (["--baseline-rate", "0.1", "--mde", "0.02", "--variants", "1"], "argument --variants: 1 must be >= 2"),
         (["--std", "0", "--mde", "1"], "argument --std: 0 must be a number > 0"),
@@ -187,3 +187,90 @@ def test_the_serve_ab_entry_point_exits_2_naming_the_flag(capsys, flag, value, m
         main(["sample-size", "--baseline-rate", "0.1", "--mde", "0.02", flag, value])
     assert exit_info.value.code == 2
     assert f"argument {flag}: " in (err := capsys.readouterr().err) and value in err and message in err
+
+
+# --- extremes: a clear refusal naming the flag, or a plan that holds; never NaN or warnings ----
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--baseline-rate", "0.1", "--mde", "1e-9"],
+         ("argument --mde: 1e-09 is too small to plan: it is 3.3e-09 standard deviations of the rate (Cohen's h), "
+          "which would need about 1.4e+18 units per arm; serve-ab plans effects of at least 1e-06 sd "
+          "(here |--mde| >= 3e-07)")),
+        (["--baseline-rate", "0.1", "--mde", "1e-9", "--sequential"], "argument --mde: 1e-09 is too small to plan"),
+        (["--baseline-rate", "0.1", "--mde", "1e-8", "--relative"], "(here |--mde| >= 3e-06)"),
+        (["--std", "1", "--mde", "1e-7"], "argument --mde: 1e-07 with --std 1 is too small to plan"),
+        (["--std", "1e-10", "--mde", "1"],
+         ("argument --mde: 1 with --std 1e-10 is too large to plan: it is 1e+10 standard deviations; serve-ab "
+          "plans effects of at most 1000 sd (here |--mde| <= 1e-07)")),
+        (["--std", "1", "--mde", "1e10"], "are --std and --mde in the same units?"),
+        (["--std", "1", "--mde=-1e10", "--sequential"], "argument --mde: -1e+10 with --std 1 is too large to plan"),
+        (["--baseline-rate", "0.1", "--mde", "0.02", "--requests-per-unit", "1e308"],
+         "argument --requests-per-unit: 1e308 must be a number >= 1 and <= 1e+12"),
+        (["--std", "1", "--mde", "0.1", "--alpha", "1e-20"], "argument --alpha: 1e-20 is not in [1e-12, 1)"),
+        (["--std", "1", "--mde", "0.1", "--alpha", "1e-12", "--variants", "10000"],
+         "argument --variants: 10000 variants leave each of their 9999 comparisons alpha 1e-16"),
+        (["--std", "1", "--mde", "1e-6", "--allocation", "99.999:0.001", "--sequential"],
+         ("argument --mde: cannot plan --mde 1e-06, --alpha 0.05, --power 0.8, --allocation 99.999:0.001 (an "
+          "effect of 1e-06 sd): no sample size below 1e18")),
+    ],
+)
+def test_effects_out_of_reach_are_refused_naming_the_flag_without_warnings(capsys, recwarn, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert "NaN" not in err and "Warning" not in err and len(recwarn) == 0
+
+
+def _t_power(d: float, n_control: int, n_variant: int, alpha: float) -> float:
+    """The two-sided t-test's power, its upper tail alone (scipy's lower tail is NaN at small alphas)."""
+    return TTestIndPower().power(effect_size=d, nobs1=n_control, ratio=n_variant / n_control, alpha=alpha / 2,
+                                 alternative="larger")
+
+
+@pytest.mark.parametrize("argv, d, alpha", [
+    # statsmodels' solve_power answered 3,787 (power 0.68), 3,734 (0.28) and 3 units (!) for these.
+    (["--std", "1", "--mde", "0.1", "--alpha", "1e-4"], 0.1, 1e-4),
+    (["--std", "1", "--mde", "0.1", "--alpha", "1e-6"], 0.1, 1e-6),
+    (["--std", "1", "--mde", "1e-6", "--allocation", "99.999:0.001"], 1e-6, 0.05),
+    (["--std", "2", "--mde", "0.2", "--alpha", "1e-10", "--variants", "3"], 0.1, 0.5e-10),
+])
+def test_plans_at_small_alphas_and_lopsided_splits_reach_their_power(capsys, recwarn, argv, d, alpha):
+    got = _json(capsys, argv)
+    n_c, n_v = got["units_per_arm"]["control"], got["units_per_arm"]["variant"]
+    assert _t_power(d, n_c, n_v, alpha) >= 0.8 - 1e-5  # the planned size reaches the power
+    assert _t_power(d, n_c * 0.99, n_v * 0.99, alpha) < 0.8  # and is not much more than needed
+    assert len(recwarn) == 0 and capsys.readouterr().err == ""
+
+
+def test_a_huge_effect_within_bounds_plans_the_minimum(capsys):
+    got = _json(capsys, ["--std", "1", "--mde", "1000"])
+    assert got["units_per_arm"] == {"control": 2, "variant": 2}
+
+
+def test_alpha_help_says_how_to_plan_for_the_reports_family(capsys):
+    with pytest.raises(SystemExit):
+        _main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(2 + feedback metrics) x compared variants" in out and "--alpha 0.0125" in out
+
+
+def test_the_readmes_planned_users_come_out_of_the_command_it_names(capsys):
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
+    planned, flags = re.search(r"Planned ([\d,]+) users per arm .*? gives the same \1 with `([^`]+)`", readme).groups()
+    got = _json(capsys, flags.split())
+    assert got["units_per_arm"]["control"] == int(planned.replace(",", "")) == 1105
+    # The --alpha named is the report's own per-comparison alpha for the simulated experiment
+    # (error rate, latency and two feedback metrics, one variant).
+    from benchmarks.stats_calibration import experiment
+    from serve_ab.analysis.report import _family
+
+    assert got["alpha"] == pytest.approx(_family(experiment({"v1": 50.0, "v2": 50.0}), "v1").alpha_per_comparison)
+    default = _json(capsys, [f for f in flags.split() if f not in ("--alpha", "0.0125")])
+    assert f"({default['units_per_arm']['control']} at the default 0.05)" in readme

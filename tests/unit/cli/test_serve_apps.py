@@ -152,6 +152,134 @@ def test_app_usage_errors_exit_2(api, capsys, argv, message):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+# --- Ray's token authentication ------------------------------------------------------------
+
+
+def _token_file(text: str, path: Path | None = None) -> Path:
+    path = path or Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_app_sends_rays_token_from_the_default_file_to_the_dashboard_only(dashboard, api, capsys):
+    _token_file("tok-from-file\n")  # as `ray start` writes it, a newline or not
+    code, _, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert code == 0, err
+    assert dashboard.requests[0]["authorization"] == "Bearer tok-from-file"
+    assert api.requests[0]["authorization"] is None  # the app never sees the cluster's token
+
+
+@pytest.mark.parametrize("env, sent", [
+    ({"RAY_AUTH_TOKEN": "tok-env", "RAY_AUTH_TOKEN_PATH": "PATHFILE"}, "Bearer tok-env"),
+    ({"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "PATHFILE"}, "Bearer tok-path"),  # empty: not set, as in Ray
+    ({"RAY_AUTH_TOKEN_PATH": "PATHFILE", "RAY_AUTH_MODE": "token"}, "Bearer tok-path"),
+    ({}, "Bearer tok-home"),
+    ({"RAY_AUTH_TOKEN": "tok-env", "RAY_AUTH_MODE": "disabled"}, None),
+])
+def test_the_token_is_found_where_ray_finds_it(dashboard, api, capsys, monkeypatch, tmp_path, env, sent):
+    _token_file("tok-home")
+    path_file = _token_file("  tok-path\n", tmp_path / "elsewhere" / "token")
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(path_file) if value == "PATHFILE" else value)
+    code, _, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert code == 0, err
+    assert dashboard.requests[0]["authorization"] == sent
+
+
+@pytest.mark.parametrize("content", [None, "\n"])
+def test_an_unreadable_token_path_is_a_usage_error_and_nothing_is_sent(dashboard, api, capsys, monkeypatch,
+                                                                       tmp_path, content):
+    _token_file("tok-home")  # Ray does not fall back to it either
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (2, "") and "Traceback" not in err
+    assert f"error: $RAY_AUTH_TOKEN_PATH names '{path}', which" in err
+    assert ("cannot be read (No such file or directory)" if content is None else "is empty") in err
+    assert dashboard.requests == [] and api.requests == []
+
+
+def test_a_dashboard_asking_for_a_token_says_how_to_give_it(dashboard, api, capsys):
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (401, b"Unauthorized: Missing authentication token")}
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (4, "")
+    assert "answered 401 to GET /api/serve/applications/: Unauthorized: Missing authentication token" in err
+    assert "token authentication on and none was found in $RAY_AUTH_TOKEN" in err
+    assert "`ray get-auth-token`" in err and "export RAY_AUTH_TOKEN=<token>" in err
+    assert dashboard.requests[0]["authorization"] is None and api.requests == []
+
+
+def test_a_refused_token_is_named_by_its_source_never_printed(dashboard, api, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong-token")
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (403, b"Forbidden: Invalid authentication token wrong-token")}
+    code, _, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert code == 4 and "refused the token from $RAY_AUTH_TOKEN" in err
+    assert "wrong-token" not in err and "Invalid authentication token ***" in err
+
+
+# --- URLs that are not URLs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["status", "--url", "http://256.0.0.1:8000"], {},
+     ("argument --url: 'http://256.0.0.1:8000' is not a valid URL (Invalid IPv4 address: '256.0.0.1'); give the "
+      "app's base URL, e.g. http://127.0.0.1:8000")),
+    (["promote", "--url", "http://[::1:8000"], {},
+     "argument --url: 'http://[::1:8000' is not a valid URL (its IPv6 address lacks the closing ']'"),
+    (["status", "--url", "http://app:99999"], {}, "(port 99999 is outside 1-65535)"),
+    (["status", "--url", "http://:8000"], {}, "(it has no host)"),
+    (["status"], {"SERVE_AB_URL": "http://256.0.0.1:8000"}, "error: $SERVE_AB_URL: 'http://256.0.0.1:8000' is not"),
+    (["status", "--app", "a", "--address", "http://256.0.0.1:8265"], {},
+     ("argument --address: 'http://256.0.0.1:8265' is not a valid URL (Invalid IPv4 address: '256.0.0.1'); give "
+      "Ray's dashboard, e.g. http://127.0.0.1:8265")),
+    (["status", "--app", "a"], {"RAY_DASHBOARD_ADDRESS": "http://[::1:8265"},
+     "error: $RAY_DASHBOARD_ADDRESS: 'http://[::1:8265' is not a valid URL"),
+    (["status", "--app", "a"], {"RAY_ADDRESS": "http://256.0.0.1:8265"}, "error: $RAY_ADDRESS: 'http://256.0.0.1"),
+])
+def test_an_invalid_url_is_a_usage_error_naming_it(api, capsys, monkeypatch, argv, env, message):
+    for name in ("RAY_DASHBOARD_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        _run(argv, capsys)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert api.requests == []
+
+
+def test_report_refuses_an_invalid_url_the_same_way(api, capsys, monkeypatch):
+    from serve_ab.cli import report as report_cli
+
+    monkeypatch.setenv("SERVE_AB_URL", "http://256.0.0.1:8000")
+    parser = argparse.ArgumentParser(prog="serve-ab")
+    report_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report"])
+    with pytest.raises(SystemExit) as exit_info:
+        args.func(args)
+    assert exit_info.value.code == 2 and "$SERVE_AB_URL: 'http://256.0.0.1:8000' is not a valid URL" in (
+        capsys.readouterr().err)
+
+
+def test_an_invalid_url_from_the_dashboards_answer_is_an_error_not_a_traceback(dashboard, api, capsys):
+    details = copy.deepcopy(RECORDED)
+    details["http_options"] = {"host": "256.0.0.1", "port": 8000}
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (200, details)}
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (2, "") and "error: 'http://256.0.0.1:8000/ab' is not a valid URL" in err
+
+
+@pytest.mark.parametrize("text", ["http://127.0.0.1:8000/", "https://ray-head.internal", "http://[::1]:8265",
+                                  "http://localhost:1"])
+def test_check_http_url_takes_urls_and_strips_the_trailing_slash(text):
+    from serve_ab.cli.options import check_http_url
+
+    assert check_http_url(text) == text.rstrip("/")
+
+
 # --- help and completion -------------------------------------------------------------------
 
 

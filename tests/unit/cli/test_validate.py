@@ -1,0 +1,52 @@
+"""``serve-ab validate``: files that are not config text are reported, one by one, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serve_ab.cli import command as cli
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+GOOD = REPO_ROOT / "configs" / "ab.yaml"
+
+
+def test_a_binary_file_and_a_directory_are_reported_and_the_other_files_still_checked(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x81")
+    folder = tmp_path / "adir.yaml"
+    folder.mkdir()
+    code = cli.main(["validate", "--no-check-files", str(binary), str(folder), str(GOOD)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"{binary}: 1 error\n  - {binary}: not a text file (byte 0 is not UTF-8)" in out
+    assert f"{folder}: 1 error\n  - {folder}: is a directory; give a config file (.yaml)" in out
+    assert f"{GOOD}: ok" in out  # checked after the two that failed
+
+
+def test_an_unreadable_file_is_reported(tmp_path, capsys, monkeypatch):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("model: x")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert cli.main(["validate", "--no-check-files", str(secret)]) == 1
+    assert f"  - {secret}: cannot be read: Permission denied" in capsys.readouterr().out
+
+
+def test_a_surprise_in_one_file_is_reported_and_the_rest_still_checked(tmp_path, capsys, monkeypatch):
+    first = tmp_path / "first.yaml"
+    first.write_text("model: x")
+    real = cli.check_file
+
+    def check(path, check_files=True):
+        if path == first:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(path, check_files)
+
+    monkeypatch.setattr(cli, "check_file", check)
+    assert cli.main(["validate", "--no-check-files", str(first), str(GOOD)]) == 1
+    out = capsys.readouterr().out
+    assert f"  - {first}: could not be checked (RecursionError: maximum recursion depth exceeded)" in out
+    assert f"{GOOD}: ok" in out
