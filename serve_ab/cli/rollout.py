@@ -371,7 +371,7 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
         lines += ["", "gates"] + _gate_table(gates)
 
     if history and strategy is not None:  # a static app has no phases to move between
-        lines += ["", "history"] + _history_lines(status.get("history"))
+        lines += ["", "history"] + _history_lines(status.get("history"), status.get("steps_total"))
     return "\n".join(lines)
 
 
@@ -407,7 +407,7 @@ def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _history_lines(history: Any) -> list[str]:
+def _history_lines(history: Any, steps_total: Any = None) -> list[str]:
     if history is None:
         return ["  (the app sent no history)"]
     if not history:
@@ -417,6 +417,8 @@ def _history_lines(history: Any) -> list[str]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry.get("t_s", 0.0))))
         change = f"{entry.get('from_phase') or 'start'} -> {entry.get('to_phase')}"
         step = entry.get("step_index")
+        if isinstance(step, int) and isinstance(steps_total, int):
+            step = min(step, steps_total - 1)  # a finished rollout's index is past its last step
         at_step = f"  step {step + 1}" if isinstance(step, int) else ""
         lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}{_by(entry)}".rstrip())
     return lines

@@ -53,6 +53,13 @@ def test_render_bar_width_and_history_in_local_time():
     assert "(no transitions yet)" in render_status({**CANARY, "history": []}, history=True)
 
 
+def test_a_finished_rollouts_history_names_its_last_step_not_one_past_it():
+    done = {"from_phase": "progressing", "to_phase": "promoted", "step_index": 7, "t_from": 0,
+            "t_s": 1764312100.0, "reason": "all 7 steps done"}
+    text = render_status({**CANARY, "steps_total": 7, "history": [done]}, history=True)
+    assert "progressing -> promoted  step 7  all 7 steps done" in text
+
+
 def test_render_static_app_shows_only_model_and_weights():
     text = render_status(STATIC)
     assert "none (static weights)" in text and "v2   50.0%" in text
