@@ -80,18 +80,29 @@ def decompressed(raw: bytes, encoding: str, max_body_bytes: int) -> bytes:
     if name not in _DECODED_ENCODINGS:
         raise UnsupportedEncoding(f"content-encoding is {encoding!r}; this server decodes request bodies in "
                                   f"{list(_DECODED_ENCODINGS)}, one at a time")
-    decoder = zlib.decompressobj(_GZIP_OR_ZLIB)
-    try:
-        body = decoder.decompress(raw, max_body_bytes + 1)
-    except zlib.error as err:
-        raise InvalidInput(f"request body is not valid {name} data (content-encoding: {encoding}): {err}") from None
-    if len(body) > max_body_bytes:
-        raise BodyTooLarge(f"request body decompresses to more than {max_body_bytes} bytes; this experiment "
-                           f"accepts at most {max_body_bytes} (http.max_body_bytes), counted after decoding")
-    if not decoder.eof:
-        raise InvalidInput(f"request body ends inside its {name} data (content-encoding: {encoding}): "
-                           "it was cut short")
-    return body
+    parts: list[bytes] = []
+    size_bytes = 0
+    rest = raw
+    while rest:  # gzip allows several members one after another (RFC 1952); each is decoded
+        decoder = zlib.decompressobj(_GZIP_OR_ZLIB)
+        try:
+            part = decoder.decompress(rest, max_body_bytes + 1 - size_bytes)
+        except zlib.error as err:
+            where = "" if not parts else f" after {len(raw) - len(rest)} bytes of valid data"
+            raise InvalidInput(f"request body is not valid {name} data{where} (content-encoding: {encoding}): "
+                               f"{err}") from None
+        size_bytes += len(part)
+        if size_bytes > max_body_bytes:
+            raise BodyTooLarge(f"request body decompresses to more than {max_body_bytes} bytes; this experiment "
+                               f"accepts at most {max_body_bytes} (http.max_body_bytes), counted after decoding")
+        if not decoder.eof:
+            raise InvalidInput(f"request body ends inside its {name} data (content-encoding: {encoding}): "
+                               "it was cut short")
+        parts.append(part)
+        rest = decoder.unused_data
+    if not parts:
+        raise InvalidInput(f"request body is empty, but content-encoding says {encoding}; send the {name} data")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # Every ASCII digit as "0", every other byte as a space: a run of 20 digits is then a plain

@@ -98,6 +98,8 @@ def test_a_compressed_body_is_decoded(app, encoding, compress):
     ("gzip, deflate", b"{}", 415, "one at a time"),
     ("gzip", b"{not gzip}", 400, "not valid gzip data"),
     ("gzip", gzip.compress(b'{"inputs": []}')[:-12], 400, "cut short"),
+    ("gzip", gzip.compress(b'{"inputs": []}') + b"garbage", 400, "not valid gzip data after 34 bytes of valid data"),
+    ("gzip", b"", 400, "request body is empty, but content-encoding says gzip"),
     # 8 KiB is the app's http.max_body_bytes: 60 KB of zeros compresses to ~100 bytes.
     ("gzip", gzip.compress(b'{"inputs": [[' + b"0," * 30_000 + b"0]]}"), 413, "decompresses to more than 8192"),
 ])
@@ -106,6 +108,17 @@ def test_a_body_that_cannot_be_decoded_is_a_4xx_naming_why(app, encoding, body, 
     response = client.post("/predict", content=body, headers={"content-encoding": encoding})
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+def test_a_gzip_body_of_several_members_is_decoded_whole(app):
+    # RFC 1952: members one after another; gzip.decompress reads them all, and so must the route.
+    client, _ = app
+    raw = json.dumps({"inputs": [ROW], "user_id": "alice"}).encode()
+    plain = client.post("/predict", content=raw).json()
+    members = gzip.compress(raw[:40]) + gzip.compress(raw[40:])
+    response = client.post("/predict", content=members, headers={"content-encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == plain["outputs"]
 
 
 def test_predict_takes_a_one_input_models_input_by_name(app):
