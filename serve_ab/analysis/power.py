@@ -41,6 +41,7 @@ __all__ = [
     "UnitsPlan",
     "design_effect",
     "fixed_power",
+    "n_control_exact",
     "power_conversions",
     "power_means",
     "progress",
@@ -53,6 +54,10 @@ __all__ = [
 
 # A variance needs two observations; no plan asks for fewer per arm.
 _MIN_N_PER_VARIANT = 2
+# No root is sought beyond this many samples in the control arm.
+_MAX_N = 1e18
+# Degrees of freedom beyond which the t-test's power is the z-test's (to about 1e-5).
+_NORMAL_DF = 1e5
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def sample_size_conversions(
     _check_common(alpha, variants)
     _check_power(power, alpha, variants)
     effect = abs(float(proportion_effectsize(baseline_rate + mde_abs, baseline_rate)))
-    n = _solve(NormalIndPower(), effect, alpha, power, variants, two_sided)
+    n = _solve("conversion", effect, alpha / (variants - 1), power, two_sided)
     return _plan("conversion", n, variants, alpha, power, two_sided, effect, mde_abs, baseline_rate=baseline_rate)
 
 
@@ -120,7 +125,7 @@ def sample_size_means(
     _check_common(alpha, variants)
     _check_power(power, alpha, variants)
     effect = abs(mde) / std
-    n = _solve(TTestIndPower(), effect, alpha, power, variants, two_sided)
+    n = _solve("mean", effect, alpha / (variants - 1), power, two_sided)
     return _plan("mean", n, variants, alpha, power, two_sided, effect, mde, std=std)
 
 
@@ -318,8 +323,8 @@ def units_per_arm(
         hi = 2 * lo
         while power_at(hi) < power:
             hi *= 2
-            if hi > 1e18:
-                raise ValueError(f"no sample size below 1e18 reaches power {power} for effect_abs {effect_abs}")
+            if hi > _MAX_N:
+                raise ValueError(f"no sample size below {_MAX_N:g} reaches power {power} for effect_abs {effect_abs}")
         root = optimize.brentq(lambda n: power_at(n) - power, lo, hi, xtol=1e-9, rtol=1e-13)
     n_c = max(_MIN_N_PER_VARIANT, math.ceil(root - 1e-9))
     n_v = max(_MIN_N_PER_VARIANT, math.ceil(root * ratio - 1e-9))
@@ -335,23 +340,52 @@ def units_per_arm(
 # ---- helpers -------------------------------------------------------------------------
 
 
-def _solve(solver, effect: float, alpha: float, power: float, variants: int, two_sided: bool) -> float:
-    kind = "conversion" if isinstance(solver, NormalIndPower) else "mean"
-    if _power(kind, effect, _MIN_N_PER_VARIANT, alpha / (variants - 1), two_sided) >= power:
-        # Huge effects: statsmodels' t-test root finder fails below 2 per arm (it returns NaN).
-        return float(_MIN_N_PER_VARIANT)
-    return float(solver.solve_power(
-        effect_size=effect, alpha=alpha / (variants - 1), power=power, ratio=1.0,
-        alternative="two-sided" if two_sided else "larger",
-    ))
+def _solve(kind: str, effect: float, alpha: float, power: float, two_sided: bool, ratio: float = 1.0) -> float:
+    """Control-arm samples at which the test reaches ``power`` (``alpha`` per comparison; ``ratio``
+    variant samples per control sample): the bracketed root of statsmodels' own power.
+
+    Not statsmodels' ``solve_power``: it returns NaN, or silently a wrong size, for tiny effects
+    or alphas and lopsided ratios (the t-test at alpha 1e-4, d 0.1: 3,787 per arm, power 0.68).
+    """
+    def short_of_target(n: float) -> float:
+        achieved = _power(kind, effect, n, alpha, two_sided, ratio)
+        if not math.isfinite(achieved):
+            raise ValueError(f"the test's power at {n:.3g} per arm is {achieved} (effect {effect:.3g} sd, "
+                             f"alpha {alpha:g}); no plan can be made for it")
+        return achieved - power
+
+    smallest = _MIN_N_PER_VARIANT * max(1.0, 1.0 / ratio)  # both arms hold >= 2
+    if short_of_target(smallest) >= 0:
+        return float(smallest)  # huge effects: the t-test's root finder fails below 2 per arm
+    hi = 2 * smallest
+    while short_of_target(hi) < 0:
+        hi *= 2
+        if hi > _MAX_N:
+            raise ValueError(f"no sample size below {_MAX_N:g} per arm reaches power {power:g} "
+                             f"(effect {effect:.3g} sd, alpha {alpha:g})")
+    return float(optimize.brentq(short_of_target, hi / 2, hi, xtol=1e-9, rtol=1e-13))
 
 
-def _power(kind: str, effect: float, n: float, alpha: float, two_sided: bool) -> float:
-    if n < _MIN_N_PER_VARIANT:
+def _power(kind: str, effect: float, n: float, alpha: float, two_sided: bool, ratio: float = 1.0) -> float:
+    if n < _MIN_N_PER_VARIANT or n * ratio < _MIN_N_PER_VARIANT:
         return 0.0
     solver = NormalIndPower() if kind == "conversion" else TTestIndPower()
-    return float(solver.power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0,
-                              alternative="two-sided" if two_sided else "larger"))
+    kw = {"effect_size": effect, "nobs1": n, "alpha": alpha, "ratio": ratio}
+    achieved = float(solver.power(**kw, alternative="two-sided" if two_sided else "larger"))
+    if not math.isfinite(achieved) and two_sided:
+        # scipy's noncentral t gives NaN for the far lower tail: rejections in the wrong direction,
+        # fewer than alpha/2 of them. Without them the power is a hair low, so a plan a hair large.
+        achieved = float(solver.power(**(kw | {"alpha": alpha / 2}), alternative="larger"))
+    if not math.isfinite(achieved) and n * (1 + ratio) > _NORMAL_DF:
+        # At this many degrees of freedom the t-test is the z-test.
+        achieved = float(NormalIndPower().power(**kw, alternative="two-sided" if two_sided else "larger"))
+    return achieved
+
+
+def n_control_exact(plan: SampleSizePlan, ratio: float) -> float:
+    """Control-arm samples for ``plan``'s test with ``ratio`` variant samples per control
+    sample (a lopsided split), not rounded."""
+    return _solve(plan.kind, plan.effect_size, plan.alpha_per_comparison, plan.power, plan.two_sided, ratio)
 
 
 def _plan(kind, n, variants, alpha, power, two_sided, effect, mde_abs, **extra) -> SampleSizePlan:

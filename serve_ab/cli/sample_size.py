@@ -20,8 +20,8 @@ The plan is for a fixed-horizon test by default (read once, at the planned size)
 tau = the MDE. Without ``--requests-per-unit``, ``--icc``, ``--allocation`` and
 ``--sequential`` every request is its own unit and the numbers are statsmodels' (Cohen's h
 with the z-test for rates, the t-test for means): their power, whose root in the sample size
-is bracketed here (``solve_power`` returns NaN, or silently a wrong size, for tiny effects or
-alphas and lopsided allocations). A unit sending ``M`` requests with
+:mod:`serve_ab.analysis.power` brackets (``solve_power`` returns NaN, or silently a wrong
+size, for tiny effects or alphas and lopsided allocations). A unit sending ``M`` requests with
 intra-class correlation ``RHO`` counts as ``M / (1 + (M - 1) RHO)`` independent requests
 (Kish's design effect).
 """
@@ -33,7 +33,7 @@ import functools
 import math
 import sys
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -53,15 +53,11 @@ _MIN_UNITS = 2
 # small alphas) is a sign that --std and --mde are in different units.
 _MIN_EFFECT_SD = 1e-6
 _MAX_EFFECT_SD = 1e3
-# No root is sought beyond this many units in the control arm (as serve_ab.analysis.power).
-_MAX_UNITS = 1e18
 _MAX_REQUESTS_PER_UNIT = 1e12
 # The smallest alpha, and alpha per comparison, planned: below, statsmodels' and scipy's tails fail
 # (the t-test's power at alpha 1e-300 claims 2 units suffice).
 _MIN_ALPHA = 1e-12
 _MIN_ALPHA_PER_COMPARISON = 1e-15
-# Degrees of freedom beyond which the t-test's power is the z-test's (to about 1e-5).
-_NORMAL_DF = 1e5
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -214,30 +210,10 @@ def _request_plan(args: argparse.Namespace) -> _power.SampleSizePlan:
         option = f"--{name.replace('_', '-')}"
         if option in _OPTIONS:
             raise ValueError(f"argument {option}: {message}") from None
-        # Not a check of an input: statsmodels' root finder failed (NaN); the size is solved below.
-        plan = _unsolved_plan(args, effect_sd)
-    except (TypeError, ArithmeticError):  # its root finder failing another way
-        plan = _unsolved_plan(args, effect_sd)
-    # The library's size is statsmodels' solve_power, which can be silently wrong at extremes
-    # (alpha 1e-15, d 0.1: a tenth of the size); bracketing the root of the same power is not.
-    n = _fixed_requests_control(args, plan, 1.0)
-    n_per_variant = math.ceil(n - 1e-9)
-    return replace(plan, n_per_variant_exact=n, n_per_variant=n_per_variant, n_total=n_per_variant * plan.variants)
-
-
-def _unsolved_plan(args: argparse.Namespace, effect_sd: float) -> _power.SampleSizePlan:
-    """The request-level plan, its size still to solve, for inputs the library checked."""
-    from serve_ab.analysis import power as _power
-
-    alpha_per_comparison = args.alpha / (args.variants - 1)
-    common = {"kind": "mean", "n_per_variant": 0, "n_per_variant_exact": math.nan, "variants": args.variants,
-              "n_total": 0, "alpha": args.alpha, "alpha_per_comparison": alpha_per_comparison, "power": args.power,
-              "two_sided": not args.one_sided, "effect_size": effect_sd, "mde_abs": args.mde}
-    if args.baseline_rate is None:
-        return _power.SampleSizePlan(**common, std=args.std)
-    mde_abs = args.mde * args.baseline_rate if args.relative else args.mde
-    return _power.SampleSizePlan(**(common | {"kind": "conversion", "mde_abs": mde_abs}),
-                                 baseline_rate=args.baseline_rate)
+        raise ValueError(_unplannable(args, effect_sd, message)) from None  # the solver's bounds
+    except ArithmeticError as e:  # an overflow inside statsmodels or scipy
+        raise ValueError(_unplannable(args, effect_sd, f"{type(e).__name__}: {e}")) from None
+    return plan
 
 
 _OPTIONS = ("--baseline-rate", "--std", "--mde", "--alpha", "--power", "--variants")
@@ -288,45 +264,13 @@ def _unplannable(args: argparse.Namespace, effect_sd: float, why: str) -> str:
 
 
 def _fixed_requests_control(args: argparse.Namespace, base: _power.SampleSizePlan, ratio: float) -> float:
-    """Control-arm requests for the fixed test with ``ratio`` variant requests per control request.
+    """Control-arm requests for the fixed test with ``ratio`` variant requests per control request."""
+    from serve_ab.analysis import power as _power
 
-    The root of statsmodels' power in ``nobs1``, bracketed here: its ``solve_power`` returns a
-    wrong size, silently, for a small effect with a lopsided ratio (3 units for 1e-6 sd at
-    99.999:0.001) or a small alpha (the t-test's at alpha 1e-4, d 0.1: 3,787 per arm, power 0.68).
-    """
-    from scipy import optimize
-    from statsmodels.stats.power import NormalIndPower, TTestIndPower
-
-    solver = NormalIndPower() if base.kind == "conversion" else TTestIndPower()
-    kw = {"effect_size": base.effect_size, "alpha": base.alpha_per_comparison, "ratio": ratio,
-          "alternative": "two-sided" if base.two_sided else "larger"}
-
-    def power_at(n: float) -> float:
-        power = float(solver.power(nobs1=n, **kw))
-        if not math.isfinite(power) and base.two_sided:
-            # scipy's noncentral t gives NaN for the far lower tail: rejections in the wrong direction,
-            # fewer than alpha/2 of them. Without them the power is a hair low, so the plan a hair large.
-            power = float(solver.power(nobs1=n, **(kw | {"alpha": kw["alpha"] / 2, "alternative": "larger"})))
-        if not math.isfinite(power) and n * (1 + ratio) > _NORMAL_DF:
-            power = float(NormalIndPower().power(nobs1=n, **kw))  # t is normal at this many degrees of freedom
-        return power
-
-    def short_of_target(n: float) -> float:
-        power = power_at(n)
-        if not math.isfinite(power):
-            raise ValueError(_unplannable(args, base.effect_size, f"the test's power at {n:.3g} units is {power}"))
-        return power - base.power
-
-    smallest = _MIN_UNITS * max(1.0, 1.0 / ratio)  # both arms hold >= 2
-    if short_of_target(smallest) >= 0:
-        return smallest  # huge effects: the t-test's root finder fails below 2 per arm
-    hi = 2 * smallest
-    while short_of_target(hi) < 0:
-        hi *= 2
-        if hi > _MAX_UNITS:
-            why = f"no size below {_MAX_UNITS:g} units reaches power {base.power:g}"
-            raise ValueError(_unplannable(args, base.effect_size, why))
-    return float(optimize.brentq(short_of_target, hi / 2, hi, xtol=1e-9, rtol=1e-13))
+    try:
+        return _power.n_control_exact(base, ratio)
+    except ValueError as e:  # no size below the solver's bound reaches the power
+        raise ValueError(_unplannable(args, base.effect_size, str(e))) from None
 
 
 def _requests(units: int, m: float) -> int:

@@ -78,6 +78,22 @@ def test_power_matches_statsmodels_and_brackets_the_plan():
     assert power_conversions(0.10, 0.02, n) >= 0.8 > power_conversions(0.10, 0.02, n - 1)
 
 
+@pytest.mark.parametrize("alpha, effect", [(1e-4, 0.1), (1e-8, 0.05), (1e-12, 0.3)])
+def test_small_alphas_get_the_size_that_reaches_the_power(alpha, effect):
+    # statsmodels' solve_power returned 3,787 per arm at alpha 1e-4, d 0.1: power 0.68, not 0.8.
+    plan = sample_size_means(1.0, effect, alpha=alpha, power=0.8)
+    assert power_means(1.0, effect, plan.n_per_variant, alpha=alpha) >= 0.8
+    assert power_means(1.0, effect, plan.n_per_variant - 1, alpha=alpha) < 0.8
+
+
+def test_a_lopsided_split_reaches_the_power_in_both_arms():
+    plan = sample_size_conversions(0.10, 0.02)
+    n_c = power.n_control_exact(plan, 0.25)  # a variant arm a quarter of the control's
+    assert NormalIndPower().power(effect_size=plan.effect_size, nobs1=n_c, alpha=0.05, ratio=0.25) == \
+        pytest.approx(0.8, abs=1e-9)
+    assert n_c > plan.n_per_variant_exact  # fewer variant samples: more control samples
+
+
 def test_huge_effects_need_the_minimum_of_two_per_arm():
     plan = sample_size_means(1.0, 10.0)
     assert plan.n_per_variant == 2 and power_means(1.0, 10.0, 2) >= 0.8

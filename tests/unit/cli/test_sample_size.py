@@ -214,7 +214,7 @@ def test_the_serve_ab_entry_point_exits_2_naming_the_flag(capsys, flag, value, m
          "argument --variants: 10000 variants leave each of their 9999 comparisons alpha 1e-16"),
         (["--std", "1", "--mde", "1e-6", "--allocation", "99.999:0.001", "--sequential"],
          ("argument --mde: cannot plan --mde 1e-06, --alpha 0.05, --power 0.8, --allocation 99.999:0.001 (an "
-          "effect of 1e-06 sd): no sample size below 1e18")),
+          "effect of 1e-06 sd): no sample size below 1e+18")),
     ],
 )
 def test_effects_out_of_reach_are_refused_naming_the_flag_without_warnings(capsys, recwarn, argv, message):
