@@ -147,12 +147,26 @@ def add_output_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def dump(data: Any, output: str) -> str:
-    """``data`` (plain JSON values) as ``output`` (``json`` or ``yaml``)."""
+    """``data`` (plain JSON values) as ``output`` (``json`` or ``yaml``). A number that is not
+    finite is written as null, as pydantic writes JSON: ``NaN`` and ``Infinity`` are not JSON,
+    and ``jq`` or ``JSON.parse`` would refuse the whole document."""
     if output == "json":
-        return json.dumps(data, indent=2, sort_keys=True)
+        return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False)
     if output == "yaml":
         import yaml
 
-        # Through JSON first, so that both formats print the same values (tuples, NaN as in JSON).
-        return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=True, allow_unicode=True).rstrip("\n")
+        # Through JSON first, so that both formats print the same values (tuples, null for NaN).
+        plain = json.loads(json.dumps(_finite(data), allow_nan=False))
+        return yaml.safe_dump(plain, sort_keys=True, allow_unicode=True).rstrip("\n")
     raise ValueError(f"output {output!r}: expected one of json, yaml")
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with every float that is not finite replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data

@@ -346,18 +346,28 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
             bad.append(f"run {run_id!r}, {column} = {_short(value)}")
             return f"?{_short(value)}"
 
+    unreadable: list[str] = []
     for s in summaries:
         run = s.run_id
-        rows.append([str(run), cell(run, "model", s.model, _text_cell), cell(run, "started", s.started_at_s, _when),
-                     cell(run, "updated", s.updated_at_s, _when), cell(run, "versions", s.versions, _versions_cell),
-                     cell(run, "control", s.control, _text_cell), cell(run, "requests", s.requests, _count_cell),
-                     cell(run, "SRM", s.srm_mismatch, _srm_cell)])
+        row = [str(run), cell(run, "model", s.model, _text_cell), cell(run, "started", s.started_at_s, _when),
+               cell(run, "updated", s.updated_at_s, _when)]
+        if s.problem is not None:
+            unreadable.append(f"run {run!r}, {s.problem}")
+            row += ["?", "?", "?", "?"]
+        else:
+            row += [cell(run, "versions", s.versions, _versions_cell), cell(run, "control", s.control, _text_cell),
+                    cell(run, "requests", s.requests, _count_cell), cell(run, "SRM", s.srm_mismatch, _srm_cell)]
+        rows.append(row)
     lines = _table(rows, indent="", numeric=(6,))
+    where = f" in {path}" if path else ""
     if bad:
-        where = f" in {path}" if path else ""
         lines += ["", *_wrap(f"note: {len(bad)} value(s){where} are not what their column should hold "
                              "(shown as ?value), as if written by something other than serve-ab:", "  ")]
         lines += [f"  {problem}" for problem in bad]
+    if unreadable:
+        lines += ["", *_wrap(f"note: the summary of {len(unreadable)} record(s){where} is not JSON (versions, "
+                             "control, requests and SRM shown as ?); repair or delete the record:", "  ")]
+        lines += [f"  {problem}" for problem in unreadable]
     return "\n".join(lines)
 
 

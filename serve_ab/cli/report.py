@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +38,7 @@ from serve_ab.cli import rollout as cli_rollout
 from serve_ab.cli.options import ExitCode, RequestFailed, add_output_option, dump
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import render_runs, render_table
+from serve_ab.store.runs import CorruptRecord
 
 __all__ = ["REPORT_PATH", "add_parsers", "run_report", "run_runs"]
 
@@ -163,15 +163,9 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
 def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     where = str(args.records or DEFAULT_RECORDS)
-    recorder = None
     try:
         recorder, where = _records_location(args)
         summaries = recorder.list()
-    except json.JSONDecodeError as e:
-        print(f"error: the run records at {where} hold text that is not JSON: {_corrupt_json(recorder, e)}", file=err)
-        print("hint: repair or delete that record: the list is read whole, so one bad record hides the others",
-              file=err)
-        return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
         return 1
@@ -205,13 +199,12 @@ def _report_from_app(url: str, timeout_s: float, err: TextIO) -> tuple[Report | 
 
 def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> Report | None:
     path = str(args.records or DEFAULT_RECORDS)
-    recorder = None
     try:
         recorder, path = _records_location(args)
         data = recorder.load(run_id).report
-    except json.JSONDecodeError as e:
-        print(f"error: run record {run_id!r} in {path} holds text that is not JSON: "
-              f"{_corrupt_json(recorder, e, run_id)}", file=err)
+    except CorruptRecord as e:
+        print(f"error: run record {run_id!r} in {path} holds text that is not JSON: {e.detail}", file=err)
+        print("hint: repair or delete that record (`serve-ab runs` lists the others)", file=err)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=err)
     except (FileNotFoundError, ValueError) as e:
@@ -222,28 +215,6 @@ def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> R
         return _parse(data, f"run record {run_id!r} in {path}",
                       "a record written by an older serve-ab may not fit this report layout", err)
     return None
-
-
-def _corrupt_json(recorder: Any, error: json.JSONDecodeError, run_id: str | None = None) -> str:
-    """Which run and column hold the text ``error`` is about, and where in it: the recorder's
-    own message names neither."""
-    detail = f"{error.msg} at line {error.lineno}, column {error.colno}"
-    # The recorder's rows, as it reads them (SQLite or Redis), to find the one that does not parse.
-    try:
-        if run_id is None:
-            rows = [(row[0], {"summary_json": row[5]}) for row in recorder._summary_rows()]
-        else:
-            row = recorder._record_row(run_id)[0]
-            rows = [(row[0], {"config_json": row[1], "report_json": row[2]})] if row else []
-    except Exception:  # noqa: BLE001 - the search is a courtesy; the error stands without it
-        return detail
-    for found_id, columns in rows:
-        for column, text in columns.items():
-            try:
-                json.loads(text or "null")
-            except json.JSONDecodeError:
-                return f"{f'run {found_id!r}, ' if run_id is None else ''}column {column}: {detail}"
-    return detail
 
 
 def _parse(data: Any, source: str, hint: str, err: TextIO) -> Report | None:

@@ -44,8 +44,8 @@ from typing import Any
 
 from serve_ab.store.url import parse_store_url, redact_url
 
-__all__ = ["DEFAULT_RECORDS_PATH", "RunRecord", "RunRecorder", "RunSummary", "mlflow_params", "open_recorder",
-           "recorder_at"]
+__all__ = ["DEFAULT_RECORDS_PATH", "CorruptRecord", "RunRecord", "RunRecorder", "RunSummary", "mlflow_params",
+           "open_recorder", "recorder_at"]
 
 DEFAULT_RECORDS_PATH = Path(".serve-ab/runs.sqlite")  # as RecordsConfig.path's default
 # 2 added summary_json; a version 1 file is read as it is and upgraded on its next save.
@@ -88,6 +88,18 @@ class RunSummary:
     requests: int | None  # None (as the others) for a record saved without a summary
     srm_mismatch: bool | None
     mlflow_run_id: str | None
+    # Why the summary could not be read (its stored text is not JSON), else None: the record
+    # is still listed, so that one damaged record does not hide the others.
+    problem: str | None = None
+
+
+class CorruptRecord(ValueError):
+    """A stored column of a run record holds text that is not JSON (edited by hand, cut short)."""
+
+    def __init__(self, run_id: str, column: str, what: str):
+        self.run_id, self.column = run_id, column
+        self.detail = f"column {column}: {what}"
+        super().__init__(f"run record {run_id!r} holds text that is not JSON: {self.detail}")
 
 
 @dataclass(frozen=True)
@@ -167,10 +179,15 @@ class RunRecorder:
     # -- reading ---------------------------------------------------------------------------
 
     def list(self) -> list[RunSummary]:
-        """Every record, the most recently updated first."""
+        """Every record, the most recently updated first; a record whose summary is not JSON is
+        listed with its ``problem`` and no summary."""
         out = []
         for run_id, model, started, updated, saves, summary_json, mlflow_run_id in self._summary_rows():
-            summary = _loads(summary_json) if summary_json else {}
+            problem = None
+            try:
+                summary = _loads(summary_json, run_id, "summary_json") if summary_json else {}
+            except CorruptRecord as err:
+                summary, problem = {}, err.detail
             out.append(RunSummary(
                 run_id=run_id, model=model, started_at_s=started, updated_at_s=updated, saves=saves,
                 versions=[str(v) for v in summary.get("versions") or []],
@@ -178,16 +195,19 @@ class RunRecorder:
                 requests=summary.get("requests"),
                 srm_mismatch=summary.get("srm_mismatch"),
                 mlflow_run_id=mlflow_run_id,
+                problem=problem,
             ))
         return out
 
     def load(self, run_id: str) -> RunRecord:
-        """The record of ``run_id``; ``KeyError`` naming the known ids when there is none."""
+        """The record of ``run_id``; ``KeyError`` naming the known ids when there is none,
+        :class:`CorruptRecord` when a stored column is not JSON."""
         row, known = self._record_row(run_id)
         if row is None:
             hint = f"; recent ones: {', '.join(known)}" if known else "; it holds no records yet"
             raise KeyError(f"no run record {run_id!r} in {self.path}{hint}")
-        return RunRecord(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], row[5], row[6])
+        return RunRecord(row[0], _loads(row[1], run_id, "config_json"), _loads(row[2], run_id, "report_json"),
+                         row[3], row[4], row[5], row[6])
 
     # -- storage: SQLite here, Redis in RedisRunRecorder -------------------------------------
 
@@ -379,6 +399,13 @@ def _dumps(value: Any, what: str) -> str:
                          "ExperimentConfig.model_dump(mode='json') are") from None
 
 
-def _loads(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
+def _loads(text: str | bytes, run_id: str, column: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptRecord(run_id, column, f"{err.msg} at line {err.lineno}, column {err.colno}") from None
+    except UnicodeDecodeError as err:  # a BLOB that is not UTF-8
+        raise CorruptRecord(run_id, column, f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    if not isinstance(value, dict):
+        raise CorruptRecord(run_id, column, f"holds JSON {type(value).__name__} {text!r:.40}, not an object")
+    return value

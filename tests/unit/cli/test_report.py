@@ -381,15 +381,51 @@ def test_runs_renders_what_it_can_and_marks_the_bad_cells(report, capsys, tmp_pa
         assert "  run 'odd', control = 5" in lines and "  run 'odd', SRM = 'x'" in lines
 
 
-def test_runs_names_the_run_and_column_of_corrupt_json(report, capsys, tmp_path):
+@pytest.mark.parametrize("cell, problem", [
+    ("'{bad summary'", "column summary_json: Expecting property name enclosed in double quotes at line 1, column 2"),
+    ("'[1, 2]'", "column summary_json: holds JSON list '[1, 2]', not an object"),
+    ("x'80'", "column summary_json: not UTF-8 (invalid start byte at byte 0)"),
+])
+def test_runs_lists_every_record_and_names_the_one_whose_summary_is_not_json(report, capsys, tmp_path, cell,
+                                                                             problem):
     path = tmp_path / "runs.sqlite"
     _two_runs(report, path)
-    _edit(path, "UPDATE runs SET summary_json = '{bad summary' WHERE run_id = 'odd'")
+    _edit(path, f"UPDATE runs SET summary_json = {cell} WHERE run_id = 'odd'")
     code, out, err = _run(["runs", "--records", str(path)], capsys)
-    assert (code, out) == (1, "")
-    assert (f"error: the run records at {path} hold text that is not JSON: run 'odd', column summary_json: "
-            "Expecting property name enclosed in double quotes at line 1, column 2") in err
-    assert "hint: repair or delete that record" in err
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    # One damaged record no longer hides the others: the good one is listed whole.
+    assert lines[1].startswith("good ") and "v1,v2,v3" in lines[1] and "?" not in lines[1]
+    assert lines[2].startswith("odd ") and lines[2].split()[-4:] == ["?", "?", "?", "?"]
+    note = " ".join(line.strip() for line in lines[4:])
+    assert f"note: the summary of 1 record(s) in {path} is not JSON" in note
+    assert f"run 'odd', {problem}" in note
+    code, out, err = _run(["runs", "--records", str(path), "-o", "json"], capsys)
+    assert code == 0 and err == ""
+    listed = {run["run_id"]: run for run in json.loads(out)}
+    assert listed["good"]["problem"] is None and listed["good"]["versions"] == ["v1", "v2", "v3"]
+    assert listed["odd"]["problem"] == problem and listed["odd"]["versions"] == []
+
+
+def _strict_json(text: str):
+    """``text`` parsed as JSON proper: Python's json reads NaN and Infinity, which JSON has not."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_runs_prints_null_for_a_number_that_is_not_finite(report, capsys, tmp_path, output):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, "UPDATE runs SET started_at_s = ? WHERE run_id = 'odd'", float("inf"))
+    _edit(path, "UPDATE runs SET summary_json = ? WHERE run_id = 'good'",
+          '{"versions": ["v1"], "requests": NaN, "srm_mismatch": false}')
+    code, out, err = _run(["runs", "--records", str(path), "-o", output], capsys)
+    assert code == 0 and err == ""
+    listed = {run["run_id"]: run for run in (_strict_json(out) if output == "json" else yaml.safe_load(out))}
+    assert listed["odd"]["started_at_s"] is None and listed["odd"]["updated_at_s"] == 1200.0
+    assert listed["good"]["requests"] is None and listed["good"]["versions"] == ["v1"]
 
 
 @pytest.mark.parametrize("column", ["report_json", "config_json"])
@@ -400,6 +436,7 @@ def test_from_record_names_the_column_of_corrupt_json(report, capsys, tmp_path, 
     code, out, err = _run(["report", "--from-record", "odd", "--records", str(path)], capsys)
     assert (code, out) == (1, "")
     assert f"error: run record 'odd' in {path} holds text that is not JSON: column {column}: Expecting value" in err
+    assert "hint: repair or delete that record" in err
     code, _, err = _run(["report", "--from-record", "good", "--records", str(path), "--json"], capsys)
     assert code == 0 and err == ""
 

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from serve_ab.store.runs import RunRecorder, mlflow_params
+from serve_ab.store.runs import CorruptRecord, RunRecorder, mlflow_params
 
 CONFIG = {"model": "digits", "weights": {"v1": 50.0, "v2": 50.0},
           "versions": [{"name": "v1", "path": "m/v1.onnx"}, {"name": "v2", "path": "m/v2.pt2"}],
@@ -75,6 +75,25 @@ def test_missing_file_and_unknown_run_say_what_exists(tmp_path):
     recorder.save("run-a", CONFIG, report(1), 0.0, 1.0)
     with pytest.raises(KeyError, match="no run record 'run-b' .*recent ones: run-a"):
         recorder.load("run-b")
+
+
+def test_a_record_whose_text_is_not_json_is_listed_with_its_problem_and_refused_by_name(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    recorder = RunRecorder(path)
+    for run_id, updated in (("good", 90.0), ("cut", 80.0)):
+        recorder.save(run_id, CONFIG, report(10), 0.0, updated, summary=summary(10))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET summary_json = '{\"versions\": [', report_json = 'null x' "
+                   "WHERE run_id = 'cut'")
+    good, cut = recorder.list()
+    assert (good.run_id, good.problem, good.requests) == ("good", None, 110)
+    assert (cut.run_id, cut.versions, cut.requests) == ("cut", [], None)
+    assert cut.problem == "column summary_json: Expecting value at line 1, column 15"
+    with pytest.raises(CorruptRecord, match="run record 'cut' holds text that is not JSON: column report_json: "
+                                            "Extra data at line 1, column 6") as caught:
+        recorder.load("cut")
+    assert (caught.value.run_id, caught.value.column) == ("cut", "report_json")
+    assert recorder.load("good").report == report(10)
 
 
 def test_other_sqlite_files_and_bad_inputs_are_refused(tmp_path):
