@@ -12,7 +12,6 @@ import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     ConfigDict,
@@ -38,7 +37,7 @@ from serve_ab.config.rollout import (
     RolloutConfig,
     Strategy,
 )
-from serve_ab.store.url import REDIS_DEFAULT_PORT, parse_store_url, redact_url
+from serve_ab.store.url import parse_store_url, redact_url
 
 
 class Backend(str, Enum):
@@ -521,12 +520,7 @@ class ControllerConfig(_Strict):
     @classmethod
     def _store_url(cls, url: str | None) -> str | None:
         if url is not None:
-            parsed = parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
-            # parse_store_url reads a port of 0 as "no port" (6379); nothing listens on port 0.
-            if parsed.is_redis and urlsplit(url).port == 0:
-                raise ValueError(f"store URL {redact_url(url)!r} has port 0; give the port Redis listens "
-                                 f"on (1-65535) or leave it out for {REDIS_DEFAULT_PORT}, e.g. "
-                                 "redis://redis.internal:6379/0")
+            parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
         return url
 
     @model_validator(mode="after")
@@ -805,6 +799,16 @@ class ExperimentConfig(_Strict):
         if self.analysis.control is not None and self.analysis.control not in names:
             raise ValueError(f"analysis.control is {self.analysis.control!r}, which is not served; "
                              f"versions: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pin_header(self) -> ExperimentConfig:
+        # One header cannot be both: every user's key would be read as a version to pin to.
+        if self.pin.enabled and self.assignment.key == "header" and self.pin.header == self.assignment.header:
+            raise ValueError(
+                f"pin.header and assignment.header are both {self.pin.header!r}: a user's key would be "
+                "read as a version to pin to; give each its own header, e.g. assignment.header: "
+                "x-user-id and pin.header: x-serve-ab-version")
         return self
 
     def control_version(self) -> str:

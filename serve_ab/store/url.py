@@ -70,6 +70,9 @@ def parse_store_url(url: str) -> StoreURL:
         if not parts.hostname:
             raise ValueError(f"store URL {shown!r} names no host; valid: redis://HOST[:PORT][/DB], "
                              "e.g. redis://redis.internal:6379/0")
+        if port == 0:  # urlsplit reads it; nothing listens there, and `or` below would make it 6379
+            raise ValueError(f"store URL {shown!r} has port 0; give the port Redis listens on (1-65535) or "
+                             f"leave it out for {REDIS_DEFAULT_PORT}, e.g. redis://redis.internal:6379/0")
         db_text = parts.path.strip("/")
         if db_text and not db_text.isdigit():
             raise ValueError(f"store URL {shown!r}: the database after the host must be a number, "

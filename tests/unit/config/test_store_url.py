@@ -120,3 +120,6 @@ def test_port_0_is_refused_not_read_as_the_default_port():
     [error] = errors_of(store_url="rediss://admin:hunter2@redis:0/0")
     assert "has port 0" in error and "hunter2" not in error
     assert parse_experiment(experiment(store_url="redis://redis/0")).controller.store_url == "redis://redis/0"
+    # The CLI's --store reads URLs with the same parser.
+    with pytest.raises(ValueError, match="'redis://redis:0/0' has port 0"):
+        parse_store_url("redis://redis:0/0")
