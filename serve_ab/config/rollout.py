@@ -500,7 +500,13 @@ class GateAnalysisConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _deadline_after_first_analysis(self) -> GateAnalysisConfig:
+    def _check_times(self) -> GateAnalysisConfig:
+        if self.window_s is not None and self.window_s < self.interval_s:
+            raise ValueError(
+                f"window_s ({self.window_s:g}) is shorter than interval_s ({self.interval_s:g}): the "
+                "traffic between one analysis's window and the next would never be judged; keep it "
+                f"many intervals long, e.g. window_s: {10 * self.interval_s:g} (unset reads the whole step)"
+            )
         deadline_s = self.progress_deadline_s
         if deadline_s is not None and deadline_s <= self.interval_s:
             # The first analysis comes one interval after the candidate gets traffic.
@@ -700,6 +706,14 @@ class RolloutConfig(_Strict):
             raise ValueError(
                 f"steps apply only to strategy canary; strategy blue_green got {len(self.steps)} steps"
             )
+        seen: dict[str, int] = {}
+        for index, gate in enumerate(self.gates):
+            # The same check twice is a slip (a copied gate whose bound was to change), and its
+            # verdicts would be listed twice.
+            same = seen.setdefault(gate.model_dump_json(exclude_none=True), index)
+            if same != index:
+                raise ValueError(f"gates[{index}] repeats gates[{same}] ({gate.label}); remove one, or "
+                                 "change the metric or bound it was meant to have")
         webhook_keys: set[str] = set()
         for index, gate in enumerate(self.gates):
             if gate.metric is GateMetric.WEBHOOK:
@@ -747,24 +761,29 @@ class RolloutConfig(_Strict):
         _judged_later and _may_leave) a set_weight strictly between 0 and 100 waits for a
         passing analysis itself or leaves that to the next step; a timed pause, confirm or
         analysis step waits for one at any weight above 0; an open pause runs the gates (a
-        failure aborts) while the operator decides."""
+        failure aborts) while the operator decides. At 100% stable has no traffic, so only the
+        gates that need none judge there (_maybe_analyze)."""
         if not self.gates or self.strategy is not Strategy.CANARY:
             return
+        judge_at_100 = any(not gate.needs_stable for gate in self.gates)
         weight_pct = 0.0
         for step in self.steps:
             if isinstance(step, SetWeightStep):
                 weight_pct = step.set_weight
                 if 0.0 < weight_pct < 100.0:
                     return
-            elif weight_pct > 0.0:
+            elif 0.0 < weight_pct < 100.0 or (weight_pct == 100.0 and judge_at_100):
                 return
+        only_relative = "" if judge_at_100 else (
+            " (at 100% only gates that need no stable traffic judge, and every gate here compares "
+            "with stable)")
         raise ValueError(
             f"steps [{', '.join(_step_words(step) for step in self.steps)}] never let the gates judge "
             "the candidate: it gets no traffic (weight above 0) in a step that waits for a passing "
-            "analysis, so the rollout would promote it to 100% without one. Give it a weight between "
-            "0 and 100 (a set_weight waits there for a passing analysis, or the pause, confirm or "
-            "analysis step after it does), e.g. steps: [{set_weight: 5}, {pause: {duration: 5m}}, "
-            "{set_weight: 100}]"
+            f"analysis{only_relative}, so the rollout would promote it to 100% without one. Give it a "
+            "weight between 0 and 100 (a set_weight waits there for a passing analysis, or the pause, "
+            "confirm or analysis step after it does), e.g. steps: [{set_weight: 5}, "
+            "{pause: {duration: 5m}}, {set_weight: 100}]"
         )
 
     @property

@@ -52,7 +52,8 @@ samples cannot pass or fail on evidence, so it spends nothing and is not counted
 Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
 on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
 failing gate rolls back to blue. Blue gets no traffic after the switch, so the watch
-judges absolute gates and only those relative gates whose stable side still has data.
+judges absolute gates and only those relative gates whose stable side still has data; so
+does a canary's analysis while the candidate has 100% (a bake before promotion).
 """
 
 from __future__ import annotations
@@ -543,7 +544,7 @@ class Rollout:
         stable = WindowStats(version=s.stable) if stable is None else stable
         min_samples = self._min_samples()
         gates = list(self.config.gates)
-        if s.phase is Phase.SWITCHED:  # blue has no traffic after the switch (module doc)
+        if s.weights[s.stable] == 0:  # after a switch, or a canary at 100% (module doc)
             gates = [g for g in gates if not g.needs_stable or sample_count(g, stable) >= min_samples]
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
@@ -552,7 +553,9 @@ class Rollout:
         verdict = overall_verdict(results)
         s.step_verdict = verdict
         picked = [r for r in results if r.verdict is verdict] or list(results)
-        s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or "no gates configured"
+        s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or (
+            "no gates configured" if not self.config.gates else
+            f"every gate compares {s.candidate} with {s.stable}, which has no traffic now")
         if verdict is GateVerdict.FAIL:
             s.failures_total += 1
             s.failures_consecutive += 1

@@ -210,6 +210,21 @@ def test_progress_deadline_must_outlast_the_first_analysis():
         assert config.analysis.progress_deadline_s == deadline
 
 
+def test_a_window_shorter_than_the_interval_is_refused():
+    text = error_text(base(analysis={"interval_s": 30, "window_s": "10s"}))
+    assert "window_s (10) is shorter than interval_s (30)" in text and "e.g. window_s: 300" in text
+    config = RolloutConfig.model_validate(base(analysis={"interval_s": 30, "window_s": 30}))
+    assert config.analysis.window_s == 30
+
+
+def test_the_same_gate_twice_is_refused_and_two_bounds_on_one_metric_are_kept():
+    gate = {"metric": "error_rate", "max": 0.01}
+    text = error_text(base(gates=[gate, {"metric": "latency_p95_ms", "max": 100}, dict(gate)]))
+    assert "gates[2] repeats gates[0] (error_rate <= 0.01)" in text
+    kept = RolloutConfig.model_validate(base(gates=[gate, {"metric": "error_rate", "max": 0.02}]))
+    assert [g.max for g in kept.gates] == [0.01, 0.02]
+
+
 # -- no blind promotion ------------------------------------------------------------------------
 
 BLIND = [
@@ -228,11 +243,21 @@ JUDGED = [
 ]
 
 
-@pytest.mark.parametrize("steps", BLIND)
-def test_a_gated_canary_whose_steps_never_judge_the_candidate_is_refused(steps):
-    text = error_text(base(steps=steps))
+ABSOLUTE = [{"metric": "error_rate", "max": 0.01}]
+# Stable has no traffic at 100%, so the machine leaves out the gates that compare with it.
+RELATIVE = [{"metric": "latency_p95_ms", "max_ratio_to_stable": 1.5}, {"metric": "drift_js", "max": 0.1}]
+BLIND_RELATIVE = [[{"set_weight": 100}, {"pause": {"duration": "10s"}}],
+                  [{"pause": {}}, {"set_weight": 100}, {"pause": {"duration": "1m"}}]]
+
+
+@pytest.mark.parametrize("steps, gates", [(s, ABSOLUTE) for s in BLIND] + [(s, RELATIVE) for s in BLIND_RELATIVE])
+def test_a_gated_canary_whose_steps_never_judge_the_candidate_is_refused(steps, gates):
+    text = error_text(base(steps=steps, gates=gates))
     assert "never let the gates judge the candidate" in text and "e.g. steps: [{set_weight: 5}" in text
     assert RolloutConfig.model_validate(base(steps=steps, gates=[])).steps  # no gates: nothing to judge
+    if gates is RELATIVE:
+        assert "at 100% only gates that need no stable traffic judge" in text
+        assert RolloutConfig.model_validate(base(steps=steps, gates=RELATIVE + ABSOLUTE)).steps
 
 
 def test_the_blind_steps_are_named_in_the_error():
@@ -240,8 +265,10 @@ def test_the_blind_steps_are_named_in_the_error():
     assert "steps [set_weight 0, pause 10s, pause until promote] never let" in text
 
 
-@pytest.mark.parametrize("steps, blind", [(s, True) for s in BLIND] + [(s, False) for s in JUDGED])
-def test_the_rule_is_the_machines_a_failing_candidate_is_promoted_only_by_the_refused_steps(steps, blind):
+@pytest.mark.parametrize("steps, gates, blind", [(s, ABSOLUTE, True) for s in BLIND]
+                         + [(s, RELATIVE, True) for s in BLIND_RELATIVE]
+                         + [(s, ABSOLUTE, False) for s in JUDGED] + [(s, RELATIVE, False) for s in JUDGED[:3]])
+def test_the_rule_is_the_machines_a_failing_candidate_is_promoted_only_by_the_refused_steps(steps, gates, blind):
     """Run the Rollout machine on a candidate failing its gate, with an operator who promotes
     past a ``pause: {}`` after a minute: the steps the schema refuses promote it; the ones it
     keeps roll it back first."""
@@ -249,19 +276,24 @@ def test_the_rule_is_the_machines_a_failing_candidate_is_promoted_only_by_the_re
     from serve_ab.rollout.machine import Phase, Rollout
     from tests.support.fakes import FakeClock
 
-    gates = [{"metric": "error_rate", "max": 0.01}]
     if blind:  # what the schema refuses, built past it
         config = RolloutConfig.model_validate(base(steps=steps, gates=[])).model_copy(
             update={"gates": [rc.Gate.model_validate(g) for g in gates]})
     else:
         config = RolloutConfig.model_validate(base(steps=steps, gates=gates))
-    failing = {"v1": WindowStats("v1", request_count=2000),
-               "v2": WindowStats("v2", request_count=2000, error_count=1000)}
+
+    def failing() -> dict[str, WindowStats]:
+        """Errors, and slower answers of other classes than stable's, which gets no traffic at 100%."""
+        stable_n = 0 if rollout.weights["v1"] == 0 else 2000
+        return {"v1": WindowStats("v1", request_count=stable_n, latencies_ms=(10.0,) * stable_n,
+                                  class_counts=(stable_n, 0)),
+                "v2": WindowStats("v2", request_count=2000, error_count=1000, latencies_ms=(90.0,) * 1000,
+                                  class_counts=(0, 1000))}
     clock = FakeClock(1000.0)
     rollout = Rollout(config, clock)
     paused_s = 0
     for _ in range(600):
-        rollout.tick(failing)
+        rollout.tick(failing())
         paused_s = paused_s + 1 if rollout.phase is Phase.PAUSED else 0
         if paused_s >= 60:
             rollout.promote()

@@ -381,6 +381,29 @@ def test_history_entries_name_time_phases_and_reason():
 # -- blue-green --------------------------------------------------------------------------
 
 
+def test_a_pause_at_100_percent_judges_the_gates_that_need_no_stable_traffic():
+    """A bake at 100%: stable has no traffic, so the relative gates (a ratio, drift) are left
+    out as after a blue-green switch, instead of holding until the deadline aborts a rollout
+    that is fine; the absolute gates still judge, and a failure still rolls back."""
+    steps = [{"set_weight": 50}, {"pause": {"duration": "30s"}}, {"set_weight": 100},
+             {"pause": {"duration": "60s"}}]
+    at_100 = {"v1": win("v1", n=0), "v2": win("v2")}
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(steps), clock)
+    d = run_until(rollout, clock, 40, healthy(), step_s=10)
+    assert d.weights == {"v1": 0.0, "v2": 100.0} and d.phase is Phase.PROGRESSING
+    d = run_until(rollout, clock, 20, at_100, step_s=10)
+    assert d.verdict is GateVerdict.PASS
+    assert [r.gate for r in d.analysis] == ["latency_p95_ms <= 50", "error_rate <= 0.01"]
+    d = run_until(rollout, clock, 60, at_100, step_s=10)
+    assert d.phase is Phase.PROMOTED
+
+    failing_run = Rollout(canary(steps), clock)
+    run_until(failing_run, clock, 40, healthy(), step_s=10)
+    d = run_until(failing_run, clock, 20, {"v1": win("v1", n=0), "v2": win("v2", errors=500)}, step_s=10)
+    assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "error_rate <= 0.01" in d.reason
+
+
 def bg_windows(green_latency_ms: float = 10.0, blue_n: int = 0) -> dict[str, WindowStats]:
     return {"blue": win("blue", n=blue_n), "green": win("green", latency_ms=green_latency_ms)}
 
