@@ -365,7 +365,7 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
                              "(shown as ?value), as if written by something other than serve-ab:", "  ")]
         lines += [f"  {problem}" for problem in bad]
     if unreadable:
-        lines += ["", *_wrap(f"note: the summary of {len(unreadable)} record(s){where} is not JSON (versions, "
+        lines += ["", *_wrap(f"note: the summary of {len(unreadable)} record(s){where} cannot be read (versions, "
                              "control, requests and SRM shown as ?); repair or delete the record:", "  ")]
         lines += [f"  {problem}" for problem in unreadable]
     return "\n".join(lines)

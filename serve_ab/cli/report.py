@@ -203,7 +203,7 @@ def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> R
         recorder, path = _records_location(args)
         data = recorder.load(run_id).report
     except CorruptRecord as e:
-        print(f"error: run record {run_id!r} in {path} holds text that is not JSON: {e.detail}", file=err)
+        print(f"error: run record {run_id!r} in {path} cannot be read: {e.detail}", file=err)
         print("hint: repair or delete that record (`serve-ab runs` lists the others)", file=err)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=err)

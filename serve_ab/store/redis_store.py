@@ -20,6 +20,7 @@ within a few seconds instead of holding the controller's loop.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -152,9 +153,9 @@ class RedisRunRecorder(RunRecorder):
             if values[0] is None:  # deleted by hand since the index was read
                 continue
             f = dict(zip(_FIELDS, values))
-            rows.append((run_id, json.loads(f[b"model"]), float(f[b"started_at_s"]), float(f[b"updated_at_s"]),
-                         int(f[b"saves"]), f[b"summary_json"].decode() or None,
-                         f[b"mlflow_run_id"].decode() if f[b"mlflow_run_id"] else None))
+            rows.append((run_id, _cell(json.loads, f[b"model"]), _cell(float, f[b"started_at_s"]),
+                         _cell(float, f[b"updated_at_s"]), _cell(int, f[b"saves"]), f[b"summary_json"] or None,
+                         _cell(bytes.decode, f[b"mlflow_run_id"]) or None))
         return rows
 
     def _record_row(self, run_id: str) -> tuple[tuple | None, list[str]]:
@@ -162,6 +163,18 @@ class RedisRunRecorder(RunRecorder):
         if values[0] is None:
             return None, [r.decode() for r in self.client.zrevrange(self._index_key(), 0, 9)]
         f = dict(zip(_FIELDS, values))
-        return (run_id, f[b"config_json"].decode(), f[b"report_json"].decode(), float(f[b"started_at_s"]),
-                float(f[b"updated_at_s"]), int(f[b"saves"]),
-                f[b"mlflow_run_id"].decode() if f[b"mlflow_run_id"] else None), []
+        return (run_id, f[b"config_json"], f[b"report_json"], _cell(float, f[b"started_at_s"]),
+                _cell(float, f[b"updated_at_s"]), _cell(int, f[b"saves"]),
+                _cell(bytes.decode, f[b"mlflow_run_id"]) or None), []
+
+
+def _cell(convert: Callable[[bytes], Any], raw: bytes | None) -> Any:
+    """A stored field as its type, or, when it does not convert (written by hand, by another
+    tool), as its text: one odd field is shown as such (``serve-ab runs`` marks it ``?``)
+    and does not stop the list. A missing field is None."""
+    if raw is None:
+        return None
+    try:
+        return convert(raw)
+    except (ValueError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return raw.decode(errors="replace")

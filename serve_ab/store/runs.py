@@ -88,18 +88,18 @@ class RunSummary:
     requests: int | None  # None (as the others) for a record saved without a summary
     srm_mismatch: bool | None
     mlflow_run_id: str | None
-    # Why the summary could not be read (its stored text is not JSON), else None: the record
+    # Why the summary could not be read (its stored text is not a JSON object), else None: the record
     # is still listed, so that one damaged record does not hide the others.
     problem: str | None = None
 
 
 class CorruptRecord(ValueError):
-    """A stored column of a run record holds text that is not JSON (edited by hand, cut short)."""
+    """A stored column of a run record is not a JSON object (edited by hand, cut short)."""
 
     def __init__(self, run_id: str, column: str, what: str):
         self.run_id, self.column = run_id, column
         self.detail = f"column {column}: {what}"
-        super().__init__(f"run record {run_id!r} holds text that is not JSON: {self.detail}")
+        super().__init__(f"run record {run_id!r} cannot be read: {self.detail}")
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ class RunRecorder:
     # -- reading ---------------------------------------------------------------------------
 
     def list(self) -> list[RunSummary]:
-        """Every record, the most recently updated first; a record whose summary is not JSON is
-        listed with its ``problem`` and no summary."""
+        """Every record, the most recently updated first; a record whose summary is not a JSON
+        object is listed with its ``problem`` and no summary."""
         out = []
         for run_id, model, started, updated, saves, summary_json, mlflow_run_id in self._summary_rows():
             problem = None
@@ -188,9 +188,11 @@ class RunRecorder:
                 summary = _loads(summary_json, run_id, "summary_json") if summary_json else {}
             except CorruptRecord as err:
                 summary, problem = {}, err.detail
+            versions = summary.get("versions") or []
             out.append(RunSummary(
                 run_id=run_id, model=model, started_at_s=started, updated_at_s=updated, saves=saves,
-                versions=[str(v) for v in summary.get("versions") or []],
+                # Anything but a list is kept as found, for the table to mark (``?value``).
+                versions=[str(v) for v in versions] if isinstance(versions, list) else versions,
                 control=summary.get("control"),
                 requests=summary.get("requests"),
                 srm_mismatch=summary.get("srm_mismatch"),
@@ -201,7 +203,7 @@ class RunRecorder:
 
     def load(self, run_id: str) -> RunRecord:
         """The record of ``run_id``; ``KeyError`` naming the known ids when there is none,
-        :class:`CorruptRecord` when a stored column is not JSON."""
+        :class:`CorruptRecord` when a stored column is not a JSON object."""
         row, known = self._record_row(run_id)
         if row is None:
             hint = f"; recent ones: {', '.join(known)}" if known else "; it holds no records yet"
@@ -403,9 +405,13 @@ def _loads(text: str | bytes, run_id: str, column: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CorruptRecord(run_id, column, f"{err.msg} at line {err.lineno}, column {err.colno}") from None
+        raise CorruptRecord(run_id, column, f"not JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     except UnicodeDecodeError as err:  # a BLOB that is not UTF-8
-        raise CorruptRecord(run_id, column, f"not UTF-8 ({err.reason} at byte {err.start})") from None
+        raise CorruptRecord(run_id, column, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(value, dict):
-        raise CorruptRecord(run_id, column, f"holds JSON {type(value).__name__} {text!r:.40}, not an object")
+        raise CorruptRecord(run_id, column, f"holds a JSON {_JSON_TYPES.get(type(value), 'value')} "
+                                            f"({json.dumps(value)[:40]}), not an object")
     return value
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}

@@ -361,6 +361,7 @@ def _two_runs(report, path) -> None:
     (1e20, None, "?1e+20"),
     (float("inf"), None, "?inf"),
     (1000.0, {"versions": ["v1"], "requests": "lots", "control": 5, "srm_mismatch": "x"}, "?'lots'"),
+    (1000.0, {"versions": 5, "requests": 3}, "?5"),
 ])
 def test_runs_renders_what_it_can_and_marks_the_bad_cells(report, capsys, tmp_path, started, summary, shown):
     path = tmp_path / "runs.sqlite"
@@ -377,14 +378,16 @@ def test_runs_renders_what_it_can_and_marks_the_bad_cells(report, capsys, tmp_pa
     assert f"value(s) in {path} are not what their column should hold (shown as ?value)" in note
     assert any(line.startswith("  run 'odd', ") for line in lines)
     assert all(len(line) <= WIDTH for line in lines)
-    if summary is not None:
+    if summary is not None and "control" in summary:
         assert "  run 'odd', control = 5" in lines and "  run 'odd', SRM = 'x'" in lines
 
 
 @pytest.mark.parametrize("cell, problem", [
-    ("'{bad summary'", "column summary_json: Expecting property name enclosed in double quotes at line 1, column 2"),
-    ("'[1, 2]'", "column summary_json: holds JSON list '[1, 2]', not an object"),
-    ("x'80'", "column summary_json: not UTF-8 (invalid start byte at byte 0)"),
+    ("'{bad summary'",
+     "column summary_json: not JSON: Expecting property name enclosed in double quotes at line 1, column 2"),
+    ("'[1, 2]'", "column summary_json: holds a JSON array ([1, 2]), not an object"),
+    ("'null'", "column summary_json: holds a JSON null (null), not an object"),
+    ("x'80'", "column summary_json: not UTF-8 text (invalid start byte at byte 0)"),
 ])
 def test_runs_lists_every_record_and_names_the_one_whose_summary_is_not_json(report, capsys, tmp_path, cell,
                                                                              problem):
@@ -398,7 +401,7 @@ def test_runs_lists_every_record_and_names_the_one_whose_summary_is_not_json(rep
     assert lines[1].startswith("good ") and "v1,v2,v3" in lines[1] and "?" not in lines[1]
     assert lines[2].startswith("odd ") and lines[2].split()[-4:] == ["?", "?", "?", "?"]
     note = " ".join(line.strip() for line in lines[4:])
-    assert f"note: the summary of 1 record(s) in {path} is not JSON" in note
+    assert f"note: the summary of 1 record(s) in {path} cannot be read" in note
     assert f"run 'odd', {problem}" in note
     code, out, err = _run(["runs", "--records", str(path), "-o", "json"], capsys)
     assert code == 0 and err == ""
@@ -435,7 +438,7 @@ def test_from_record_names_the_column_of_corrupt_json(report, capsys, tmp_path, 
     _edit(path, f"UPDATE runs SET {column} = '{{\"cut\": ' WHERE run_id = 'odd'")
     code, out, err = _run(["report", "--from-record", "odd", "--records", str(path)], capsys)
     assert (code, out) == (1, "")
-    assert f"error: run record 'odd' in {path} holds text that is not JSON: column {column}: Expecting value" in err
+    assert f"error: run record 'odd' in {path} cannot be read: column {column}: not JSON: Expecting value" in err
     assert "hint: repair or delete that record" in err
     code, _, err = _run(["report", "--from-record", "good", "--records", str(path), "--json"], capsys)
     assert code == 0 and err == ""

@@ -210,6 +210,30 @@ def test_serve_ab_runs_and_report_read_records_from_redis(redis_url, capsys):
     assert "is not a Redis URL" in capsys.readouterr().err
 
 
+def test_one_damaged_redis_record_is_listed_as_such_beside_the_others(redis_url, capsys):
+    from serve_ab.cli.command import main as cli_main
+    from serve_ab.store.redis_store import RedisRunRecorder
+    from serve_ab.store.runs import CorruptRecord
+
+    recorder = RedisRunRecorder(redis_url, prefix="damaged:")
+    for run_id, updated in (("good", 1200.0), ("odd", 1100.0)):
+        recorder.save(run_id, {"model": "digits"}, {"n": 1}, 1000.0, updated,
+                      summary={"versions": ["v1"], "control": "v1", "requests": 7})
+    # Edited by hand: a model that is not JSON, a time that is not a number, a cut summary
+    # and a report that is not UTF-8.
+    recorder.client.hset("damaged:record:odd", mapping={
+        "model": "digits", "started_at_s": "yesterday", "summary_json": '{"versions": [', "report_json": b"\x80"})
+    good, odd = recorder.list()
+    assert (good.run_id, good.model, good.requests, good.problem) == ("good", "digits", 7, None)
+    assert (odd.run_id, odd.model, odd.started_at_s, odd.versions) == ("odd", "digits", "yesterday", [])
+    assert odd.problem == "column summary_json: not JSON: Expecting value at line 1, column 15"
+    with pytest.raises(CorruptRecord, match="column report_json: not UTF-8 text"):
+        recorder.load("odd")
+    assert cli_main(["runs", "--store", redis_url, "--store-key-prefix", "damaged:"]) == 0
+    out = capsys.readouterr().out
+    assert "run 'odd', started = 'yesterday'" in out and "run 'odd', column summary_json: not JSON" in out
+
+
 def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys):
     port = free_port()  # nothing listens there, and no process binding port 0 takes it
     from serve_ab.cli.command import main as cli_main

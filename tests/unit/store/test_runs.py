@@ -88,8 +88,8 @@ def test_a_record_whose_text_is_not_json_is_listed_with_its_problem_and_refused_
     good, cut = recorder.list()
     assert (good.run_id, good.problem, good.requests) == ("good", None, 110)
     assert (cut.run_id, cut.versions, cut.requests) == ("cut", [], None)
-    assert cut.problem == "column summary_json: Expecting value at line 1, column 15"
-    with pytest.raises(CorruptRecord, match="run record 'cut' holds text that is not JSON: column report_json: "
+    assert cut.problem == "column summary_json: not JSON: Expecting value at line 1, column 15"
+    with pytest.raises(CorruptRecord, match="run record 'cut' cannot be read: column report_json: not JSON: "
                                             "Extra data at line 1, column 6") as caught:
         recorder.load("cut")
     assert (caught.value.run_id, caught.value.column) == ("cut", "report_json")
