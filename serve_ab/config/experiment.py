@@ -803,12 +803,13 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_pin_header(self) -> ExperimentConfig:
-        # One header cannot be both: every user's key would be read as a version to pin to.
-        if self.pin.enabled and self.assignment.key == "header" and self.pin.header == self.assignment.header:
+        # One header cannot be both: every user's key would be read as a version to pin to
+        # (and refused with 403 while pinning is off, since the pin header is read either way).
+        if self.assignment.key == "header" and self.pin.header == self.assignment.header:
             raise ValueError(
                 f"pin.header and assignment.header are both {self.pin.header!r}: a user's key would be "
-                "read as a version to pin to; give each its own header, e.g. assignment.header: "
-                "x-user-id and pin.header: x-serve-ab-version")
+                "read as a version to pin to (a 403 while pin.enabled is false); give each its own "
+                "header, e.g. assignment.header: x-user-id and pin.header: x-serve-ab-version")
         return self
 
     def control_version(self) -> str:
