@@ -451,6 +451,13 @@ class Gate(_Strict):
         return self.metric in DRIFT_METRICS or self.bound.endswith("_ratio_to_stable")
 
     @property
+    def needs_live_stable(self) -> bool:
+        """True when the gate has no data unless stable serves beside the candidate: it compares
+        the two (needs_stable), or judges copies of stable's live requests sent to the candidate
+        (shadow_agreement). At a canary's 100% or after a blue-green switch it cannot judge."""
+        return self.needs_stable or self.metric is GateMetric.SHADOW_AGREEMENT
+
+    @property
     def label(self) -> str:
         """Short human name, e.g. ``latency_p95_ms <= 1.5x stable``."""
         metric = self.metric.value + (f"[{self.name}]" if self.name else "")
@@ -470,7 +477,8 @@ class GateAnalysisConfig(_Strict):
         description="The longest stretch an analysis reads. Unset (the default): everything since the "
         "current step began, so evidence accumulates while a step is held. A cap makes gates "
         "follow recent behaviour, but then later analyses (which spend less alpha) see no more "
-        "data than earlier ones, and a held step may never pass; keep it many intervals long.",
+        "data than earlier ones, and a held step may never pass; keep it many intervals long "
+        "(one shorter than interval_s reads interval_s, so no traffic goes unjudged).",
     )
     min_samples: int = Field(
         50, ge=1,
@@ -500,13 +508,7 @@ class GateAnalysisConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_times(self) -> GateAnalysisConfig:
-        if self.window_s is not None and self.window_s < self.interval_s:
-            raise ValueError(
-                f"window_s ({self.window_s:g}) is shorter than interval_s ({self.interval_s:g}): the "
-                "traffic between one analysis's window and the next would never be judged; keep it "
-                f"many intervals long, e.g. window_s: {10 * self.interval_s:g} (unset reads the whole step)"
-            )
+    def _deadline_after_first_analysis(self) -> GateAnalysisConfig:
         deadline_s = self.progress_deadline_s
         if deadline_s is not None and deadline_s <= self.interval_s:
             # The first analysis comes one interval after the candidate gets traffic.
@@ -762,11 +764,11 @@ class RolloutConfig(_Strict):
         passing analysis itself or leaves that to the next step; a timed pause, confirm or
         analysis step waits for one at any weight above 0; an open pause runs the gates (a
         failure aborts) while the operator decides. At 100% stable has no traffic, so only the
-        gates that need none judge there (_maybe_analyze)."""
+        gates that need none judge there (machine._judges_without_stable)."""
         if not self.gates or self.strategy is not Strategy.CANARY:
             return
-        judge_at_100 = any(not gate.needs_stable for gate in self.gates)
-        weight_pct = 0.0
+        judge_at_100 = any(not gate.needs_live_stable for gate in self.gates)
+        weight_pct, waits_at_100 = 0.0, False
         for step in self.steps:
             if isinstance(step, SetWeightStep):
                 weight_pct = step.set_weight
@@ -774,9 +776,11 @@ class RolloutConfig(_Strict):
                     return
             elif 0.0 < weight_pct < 100.0 or (weight_pct == 100.0 and judge_at_100):
                 return
-        only_relative = "" if judge_at_100 else (
-            " (at 100% only gates that need no stable traffic judge, and every gate here compares "
-            "with stable)")
+            else:
+                waits_at_100 = waits_at_100 or weight_pct == 100.0
+        only_relative = " (at 100% stable has no traffic, and every gate here needs it: a ratio to " \
+            "stable, drift or shadow_agreement; an absolute gate such as {metric: error_rate, max: " \
+            "0.01} would judge there)" if waits_at_100 else ""
         raise ValueError(
             f"steps [{', '.join(_step_words(step) for step in self.steps)}] never let the gates judge "
             "the candidate: it gets no traffic (weight above 0) in a step that waits for a passing "

@@ -52,8 +52,10 @@ samples cannot pass or fail on evidence, so it spends nothing and is not counted
 Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
 on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
 failing gate rolls back to blue. Blue gets no traffic after the switch, so the watch
-judges absolute gates and only those relative gates whose stable side still has data; so
-does a canary's analysis while the candidate has 100% (a bake before promotion).
+judges absolute gates and only those gates needing stable live (a ratio to it, drift,
+shadow_agreement) whose data is still there; so does a canary's analysis while the candidate
+has 100% (a bake before promotion). Where every gate needs stable, such an analysis judges
+nothing and passes, as one with no gates does.
 """
 
 from __future__ import annotations
@@ -102,6 +104,16 @@ def _has_samples(gate: Gate, candidate: WindowStats, stable: WindowStats, min_sa
         return False
     sides = (candidate, stable) if gate.needs_stable else (candidate,)
     return all(sample_count(gate, window) >= min_samples for window in sides)
+
+
+def _judges_without_stable(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int) -> bool:
+    """While stable has no traffic (a canary at 100%, blue-green after the switch): whether
+    ``gate`` still judges. One that needs stable live judges only while the side it reads
+    still holds samples (requests served before the weights changed)."""
+    if not gate.needs_live_stable:
+        return True
+    side = stable if gate.needs_stable else candidate  # shadow_agreement counts pairs on the candidate
+    return sample_count(gate, side) >= min_samples
 
 
 class Phase(str, Enum):
@@ -545,7 +557,7 @@ class Rollout:
         min_samples = self._min_samples()
         gates = list(self.config.gates)
         if s.weights[s.stable] == 0:  # after a switch, or a canary at 100% (module doc)
-            gates = [g for g in gates if not g.needs_stable or sample_count(g, stable) >= min_samples]
+            gates = [g for g in gates if _judges_without_stable(g, candidate, stable, min_samples)]
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
         alpha = alpha_for_look(self.config.analysis.alpha, max(s.analyses_in_step, 1))
@@ -555,7 +567,7 @@ class Rollout:
         picked = [r for r in results if r.verdict is verdict] or list(results)
         s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or (
             "no gates configured" if not self.config.gates else
-            f"every gate compares {s.candidate} with {s.stable}, which has no traffic now")
+            f"every gate needs {s.stable} to serve beside {s.candidate}, and it has no traffic now")
         if verdict is GateVerdict.FAIL:
             s.failures_total += 1
             s.failures_consecutive += 1

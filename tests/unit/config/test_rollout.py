@@ -210,13 +210,6 @@ def test_progress_deadline_must_outlast_the_first_analysis():
         assert config.analysis.progress_deadline_s == deadline
 
 
-def test_a_window_shorter_than_the_interval_is_refused():
-    text = error_text(base(analysis={"interval_s": 30, "window_s": "10s"}))
-    assert "window_s (10) is shorter than interval_s (30)" in text and "e.g. window_s: 300" in text
-    config = RolloutConfig.model_validate(base(analysis={"interval_s": 30, "window_s": 30}))
-    assert config.analysis.window_s == 30
-
-
 def test_the_same_gate_twice_is_refused_and_two_bounds_on_one_metric_are_kept():
     gate = {"metric": "error_rate", "max": 0.01}
     text = error_text(base(gates=[gate, {"metric": "latency_p95_ms", "max": 100}, dict(gate)]))
@@ -245,7 +238,8 @@ JUDGED = [
 
 ABSOLUTE = [{"metric": "error_rate", "max": 0.01}]
 # Stable has no traffic at 100%, so the machine leaves out the gates that compare with it.
-RELATIVE = [{"metric": "latency_p95_ms", "max_ratio_to_stable": 1.5}, {"metric": "drift_js", "max": 0.1}]
+RELATIVE = [{"metric": "latency_p95_ms", "max_ratio_to_stable": 1.5}, {"metric": "drift_js", "max": 0.1},
+            {"metric": "shadow_agreement", "min": 0.95}]  # nothing is mirrored to the live version
 BLIND_RELATIVE = [[{"set_weight": 100}, {"pause": {"duration": "10s"}}],
                   [{"pause": {}}, {"set_weight": 100}, {"pause": {"duration": "1m"}}]]
 
@@ -255,9 +249,17 @@ def test_a_gated_canary_whose_steps_never_judge_the_candidate_is_refused(steps, 
     text = error_text(base(steps=steps, gates=gates))
     assert "never let the gates judge the candidate" in text and "e.g. steps: [{set_weight: 5}" in text
     assert RolloutConfig.model_validate(base(steps=steps, gates=[])).steps  # no gates: nothing to judge
+    at_100 = "(at 100% stable has no traffic, and every gate here needs it: a ratio to stable, drift or "
     if gates is RELATIVE:
-        assert "at 100% only gates that need no stable traffic judge" in text
+        assert at_100 in text and "an absolute gate such as {metric: error_rate, max: 0.01} would judge" in text
         assert RolloutConfig.model_validate(base(steps=steps, gates=RELATIVE + ABSOLUTE)).steps
+    else:
+        assert at_100 not in text
+
+
+def test_the_hint_about_100_percent_comes_only_with_a_step_that_waits_there():
+    text = error_text(base(steps=[{"set_weight": 0}, {"pause": {"duration": "10s"}}], gates=RELATIVE))
+    assert "never let the gates judge the candidate" in text and "at 100% stable has no traffic" not in text
 
 
 def test_the_blind_steps_are_named_in_the_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -402,6 +403,26 @@ def test_a_pause_at_100_percent_judges_the_gates_that_need_no_stable_traffic():
     run_until(failing_run, clock, 40, healthy(), step_s=10)
     d = run_until(failing_run, clock, 20, {"v1": win("v1", n=0), "v2": win("v2", errors=500)}, step_s=10)
     assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "error_rate <= 0.01" in d.reason
+
+
+def test_at_100_percent_a_shadow_agreement_gate_is_left_out_too():
+    """Nothing is mirrored to the version that serves every request, so the agreement gate
+    has no pairs at 100% and, like a ratio to stable, is left out instead of holding."""
+    config = RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2",
+        "analysis": {"interval_s": 10, "min_samples": 50, "progress_deadline_s": 120},
+        "gates": [{"metric": "error_rate", "max": 0.01}, {"metric": "shadow_agreement", "min": 0.9}],
+        "steps": [{"set_weight": 50}, {"pause": {"duration": "30s"}}, {"set_weight": 100},
+                  {"pause": {"duration": "60s"}}]})
+    mirrored = {"v1": win("v1"), "v2": dataclasses.replace(win("v2"), shadow_pairs=500, shadow_agreements=490)}
+    clock = FakeClock(1000.0)
+    rollout = Rollout(config, clock)
+    d = run_until(rollout, clock, 40, mirrored, step_s=10)
+    assert d.weights == {"v1": 0.0, "v2": 100.0}
+    d = run_until(rollout, clock, 20, {"v1": win("v1", n=0), "v2": win("v2")}, step_s=10)
+    assert d.verdict is GateVerdict.PASS and [r.gate for r in d.analysis] == ["error_rate <= 0.01"]
+    d = run_until(rollout, clock, 60, {"v1": win("v1", n=0), "v2": win("v2")}, step_s=10)
+    assert d.phase is Phase.PROMOTED
 
 
 def bg_windows(green_latency_ms: float = 10.0, blue_n: int = 0) -> dict[str, WindowStats]:
