@@ -109,12 +109,19 @@ class FeedbackTotals:
     total_sq: float = 0.0
 
     def add(self, value: float | None, converted: bool | None) -> None:
-        self.n += 1
         if self.kind == "conversion":
+            self.n += 1
             self.successes += int(bool(converted))
-        else:
-            self.total += float(value)
-            self.total_sq += float(value) ** 2
+            return
+        value = float(value)
+        square = value * value
+        if not math.isfinite(square):
+            # Checked before anything is counted: a value whose square overflows would leave
+            # n and the sum counted without it (the router refuses these with a 400 first).
+            raise ValueError(f"feedback value {value!r} is too large to count")
+        self.n += 1
+        self.total += value
+        self.total_sq += square
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "conversion":

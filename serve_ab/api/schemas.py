@@ -15,6 +15,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationError,
     ValidationInfo,
@@ -38,6 +40,10 @@ from serve_ab.backends.base import (
     specs_of,
 )
 from serve_ab.config.experiment import format_validation_error
+
+# The largest feedback value taken (a revenue, a rating): squares stay far from overflow in
+# the sums behind a mean's variance, and no business outcome comes near it.
+MAX_FEEDBACK_VALUE = 1e15
 from serve_ab.errors import InvalidInput
 
 
@@ -65,8 +71,20 @@ class FeedbackRequest(BaseModel):
         description="The feedback_token of the same answer (required unless feedback.require_token is false).")
     name: str = Field("conversion", min_length=1, max_length=64,
                       description="Metric name, one the experiment declares, e.g. correct or revenue.")
-    value: float | None = Field(None, allow_inf_nan=False, description="A numeric outcome.")
-    converted: bool | None = Field(None, description="A yes/no outcome.")
+    # Strict: "12" or true is not a number and 1 or "yes" not a yes/no; a client sending them
+    # has a bug that a silent cast would hide in the figures.
+    value: StrictFloat | None = Field(
+        None, allow_inf_nan=False,
+        description=f"A numeric outcome, within ±{MAX_FEEDBACK_VALUE:g}, for a metric of kind mean.")
+    converted: StrictBool | None = Field(None, description="A yes/no outcome, for a metric of kind conversion.")
+
+    @field_validator("value")
+    @classmethod
+    def _bounded(cls, value: float | None) -> float | None:
+        if value is not None and abs(value) > MAX_FEEDBACK_VALUE:
+            # Its square would overflow the sums of squares behind the metric's variance.
+            raise ValueError(f"value must be within ±{MAX_FEEDBACK_VALUE:g}; got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _one_outcome(self) -> FeedbackRequest:

@@ -880,10 +880,41 @@ class ExperimentConfig(_Strict):
 
     def feedback_names(self) -> frozenset[str]:
         """The feedback names clients may report: analysis.metrics and feedback gates."""
-        names = {m.name for m in self.analysis.metrics}
+        return frozenset(self.feedback_kinds())
+
+    def feedback_kinds(self) -> dict[str, Literal["conversion", "mean"]]:
+        """Each feedback name clients may report, and its kind: ``conversion`` (reported as
+        ``converted``) or ``mean`` (reported as ``value``). A feedback_rate gate reads a
+        conversion, a feedback_mean gate a mean; analysis.metrics say which."""
+        kinds: dict[str, Literal["conversion", "mean"]] = {m.name: m.kind for m in self.analysis.metrics}
         if self.rollout is not None:
-            names |= {g.name for g in self.rollout.gates if g.metric in FEEDBACK_METRICS and g.name}
-        return frozenset(names)
+            for gate in self.rollout.gates:
+                if gate.metric in FEEDBACK_METRICS and gate.name:
+                    kinds.setdefault(gate.name, _GATE_FEEDBACK_KIND[gate.metric])
+        return kinds
+
+    @model_validator(mode="after")
+    def _check_feedback_kinds(self) -> ExperimentConfig:
+        # One name, one kind: feedback is counted as the kind its name has, so a name read as a
+        # rate by one part and as a mean by another would leave one of them without data.
+        if self.rollout is None:
+            return self
+        declared = {m.name: m.kind for m in self.analysis.metrics}
+        seen: dict[str, tuple[str, str]] = {name: (kind, f"analysis.metrics ({kind})")
+                                            for name, kind in declared.items()}
+        for index, gate in enumerate(self.rollout.gates):
+            if gate.metric not in FEEDBACK_METRICS or not gate.name:
+                continue
+            kind = _GATE_FEEDBACK_KIND[gate.metric]
+            where = f"rollout.gates.{index} ({gate.metric.value})"
+            before = seen.setdefault(gate.name, (kind, where))
+            if before[0] != kind:
+                raise ValueError(
+                    f"{where} reads feedback {gate.name!r} as a {kind}, but {before[1]} reads it as a "
+                    f"{before[0]}; a name has one kind (feedback_rate and kind: conversion take "
+                    "converted: true/false, feedback_mean and kind: mean take a value), so use "
+                    "another name for one of them")
+        return self
 
     def version(self, name: str) -> VersionConfig:
         for version in self.versions:
@@ -894,6 +925,10 @@ class ExperimentConfig(_Strict):
     def weights_pct(self) -> dict[str, float]:
         """Weights of every version in listing order, 0 for those left out."""
         return {v.name: float(self.weights.get(v.name, 0.0)) for v in self.versions}
+
+
+_GATE_FEEDBACK_KIND: dict[GateMetric, Literal["conversion", "mean"]] = {
+    GateMetric.FEEDBACK_RATE: "conversion", GateMetric.FEEDBACK_MEAN: "mean"}
 
 
 class ConfigError(ValueError):

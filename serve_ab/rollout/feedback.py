@@ -85,17 +85,20 @@ class FeedbackJoin:
         request and name raises :class:`~serve_ab.errors.Conflict`.
         """
         self._expire(now_s)
-        self._once(request_id, name, now_s)
+        key = self._once(request_id, name)
         if version is not None:
             self._emit(version, name, value, converted, now_s, unit, split)
+            self._mark(key, now_s)  # only once counted: a refused one may be sent again, mended
             return version
         served = self._served.get(request_id)
         if served is None:
             self._pending.setdefault(request_id, []).append((name, value, converted, now_s))
+            self._mark(key, now_s)
             while len(self._pending) > MAX_PENDING:
                 self._drop_oldest_pending()
             return None
         self._emit(served[0], name, value, converted, now_s, served[2], served[3])
+        self._mark(key, now_s)
         return served[0]
 
     @staticmethod
@@ -122,13 +125,17 @@ class FeedbackJoin:
         while len(self._reported) > self.max_requests:
             self._reported.popitem(last=False)
 
-    def _once(self, request_id: str, name: str, now_s: float) -> None:
+    def _once(self, request_id: str, name: str) -> int:
+        """The key of this report, or :class:`Conflict` when it was counted already."""
         key = self.reported_key(request_id, name)
         if key in self._reported:
             if self.on_duplicate is not None:
                 self.on_duplicate()
             raise Conflict(f"feedback {name!r} for request {request_id!r} was reported already; "
                            "each request takes one report per metric")
+        return key
+
+    def _mark(self, key: int, now_s: float) -> None:
         self._reported[key] = now_s
         while len(self._reported) > self.max_requests:
             self._reported.popitem(last=False)

@@ -104,7 +104,7 @@ class ControllerCore:
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
-        feedback_kinds = {m.name: m.kind for m in cfg.analysis.metrics}
+        feedback_kinds = cfg.feedback_kinds()
         saved_stats = store.load(self._stats_key())
         if saved_stats is not None:  # a restarted controller carries on with the run's figures
             self.stats = ExperimentStats.from_state(saved_stats, shadow_version, feedback_kinds)
@@ -681,6 +681,10 @@ class ExperimentController:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
         epoch the request was assigned under)."""
+        if value is not None and not math.isfinite(float(value) * float(value)):
+            # Routers refuse these first; checked here too, before the join holds it (a held
+            # one would fail later, in the merge of the report that joins it).
+            raise InvalidInput(f"feedback value {value!r} is too large to count")
         return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
                                       unit=unit, split=split)
 

@@ -220,10 +220,18 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
 async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONResponse:
     core = s.core
     feedback = parse_body(FeedbackRequest, await read_json(request, core.cfg.http.max_body_bytes))
-    declared = core.feedback_names
-    if feedback.name not in declared:
-        raise InvalidInput(f"unknown feedback name {feedback.name!r}; this experiment takes "
-                           f"{sorted(declared)} (analysis.metrics, or a rollout's feedback gates)")
+    kind = core.feedback_kinds.get(feedback.name)
+    if kind is None:
+        named = "name is missing" if "name" not in feedback.model_fields_set else \
+            f"unknown feedback name {feedback.name!r}"
+        raise InvalidInput(f"{named}; this experiment takes {sorted(core.feedback_kinds)} "
+                           "(analysis.metrics, or a rollout's feedback gates)")
+    if kind == "conversion" and feedback.converted is None:
+        raise InvalidInput(f"feedback {feedback.name!r} is a conversion (a yes/no outcome): send "
+                           "converted: true or false, not value")
+    if kind == "mean" and feedback.value is None:
+        raise InvalidInput(f"feedback {feedback.name!r} is a mean (a numeric outcome such as revenue): "
+                           "send value: <number>, not converted")
     proven = core.verify_feedback(feedback.feedback_token, feedback.request_id)
     if proven is not None and not proven.assigned:  # a pinned answer: QA's traffic moves nothing
         return JSONResponse({"request_id": feedback.request_id, "version": proven.version, "counted": False},

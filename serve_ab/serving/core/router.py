@@ -88,7 +88,7 @@ class RouterCore:
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)
-        self.feedback_names = cfg.feedback_names()  # what POST /feedback accepts
+        self.feedback_kinds = cfg.feedback_kinds()  # what POST /feedback accepts, and as what
         # The experiment's input and output: given (tests), or the first answer to describe().
         self._interface = interface
         self.isolation = cfg.isolation

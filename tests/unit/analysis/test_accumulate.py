@@ -64,6 +64,15 @@ def test_feedback_kinds_come_from_the_config_or_the_first_report():
     assert snap["feedback_unjoined"] == 1 and snap["feedback_mismatched"] == 1
 
 
+def test_a_feedback_value_whose_square_overflows_is_refused_before_anything_is_counted():
+    stats = ExperimentStats(["v1"], 0.0, feedback_kinds={"revenue": "mean"})
+    stats.record_feedback(1.0, "v1", "revenue", 12.5, None)
+    with pytest.raises(ValueError, match="too large"):
+        stats.record_feedback(1.0, "v1", "revenue", 1e308, None)
+    assert stats.snapshot(2.0)["versions"]["v1"]["feedback"]["revenue"] == \
+        {"kind": "mean", "n": 1, "sum": 12.5, "sum_sq": 156.25}
+
+
 def test_shadow_pairs_give_agreement_confusion_and_score_differences():
     stats = ExperimentStats(["v1", "v2"], 0.0, shadow_version="v2")
     stats.record_pair(1.0, "v1", 3, 3, -0.1, 1.0, None)

@@ -199,6 +199,20 @@ def test_rollout_versions_must_be_served_and_ordered():
                for e in errors_of(with_changes(rollout=rollout)))
 
 
+def test_a_feedback_name_has_one_kind_across_metrics_and_gates():
+    rollout = {"strategy": "canary", "stable": "v1", "candidate": "v2",
+               "gates": [{"metric": "feedback_mean", "name": "correct", "min": 0.5}],
+               "steps": [{"set_weight": 5}, {"analysis": {}}, {"set_weight": 100}]}
+    metrics = {"metrics": [{"name": "correct", "kind": "conversion"}]}
+    errors = errors_of(with_changes(weights={"v1": 100}, rollout=rollout, analysis=metrics))
+    assert any("rollout.gates.0 (feedback_mean) reads feedback 'correct' as a mean, but "
+               "analysis.metrics (conversion) reads it as a conversion" in e for e in errors), errors
+    rollout["gates"].append({"metric": "feedback_rate", "name": "paid", "min": 0.1})
+    rollout["gates"][0]["name"] = "revenue"
+    cfg = parse_experiment(with_changes(weights={"v1": 100}, rollout=rollout, analysis=metrics))
+    assert cfg.feedback_kinds() == {"correct": "conversion", "revenue": "mean", "paid": "conversion"}
+
+
 # -- what Ray would refuse only at deploy time -------------------------------------------------
 
 

@@ -37,3 +37,18 @@ def test_by_request_id_the_feedback_waits_for_the_report_and_is_counted_once():
         join.add("r1", "correct", None, True, 1.5)
     join.remember("r1", "v1", 2.0)
     assert [e[0] for e in emitted] == ["v1"]
+
+
+def test_a_report_that_cannot_be_counted_is_not_remembered_so_a_mended_one_is_taken():
+    """When counting fails (a value too large for the variance's sums), the request is not
+    marked as reported: the client's corrected report is counted, not refused as a replay."""
+    def count(version, name, value, converted, *rest):
+        if value is not None and value > 1e200:
+            raise ValueError("too large")
+        emitted.append(value)
+    emitted = []
+    join = FeedbackJoin(on_emit=count)
+    with pytest.raises(ValueError):
+        join.add("r1", "revenue", 1e300, None, 1.0, version="v1")
+    assert join.add("r1", "revenue", 12.5, None, 2.0, version="v1") == "v1"
+    assert emitted == [12.5] and join.counts()["reported"] == 1

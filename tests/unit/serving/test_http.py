@@ -233,6 +233,32 @@ def test_feedback_needs_the_token_of_the_answer(app):
     assert response.status_code == 403 and "expired" in response.json()["error"]
 
 
+def test_feedback_of_the_wrong_kind_or_size_is_refused_and_leaves_nothing_counted(client_for):
+    """A value for a conversion, converted for a mean, a value whose square overflows the
+    variance's sums, or a number sent as text: a 400 naming the problem, nothing counted, and
+    the right report is still taken afterwards."""
+    client = client_for(analysis={"metrics": [{"name": "correct", "kind": "conversion"},
+                                              {"name": "revenue", "kind": "mean"}]})
+    controller = routes.served().core.controller
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    proof = {"request_id": body["request_id"], "feedback_token": body["feedback_token"]}
+    refusals = [
+        ({"name": "correct", "value": 1.0}, "is a conversion"),
+        ({"name": "revenue", "converted": True}, "is a mean"),
+        ({"name": "revenue", "value": 1e308}, "within ±1e+15"),
+        ({"name": "revenue", "value": "12"}, "valid number"),
+        ({"name": "correct", "converted": 1}, "valid boolean"),
+        ({"converted": True}, "name is missing"),
+    ]
+    for fields, says in refusals:
+        response = client.post("/feedback", json=proof | fields)
+        assert response.status_code == 400 and says in response.json()["error"], (fields, response.text)
+    assert controller.feedbacks == []
+    assert client.post("/feedback", json=proof | {"name": "revenue", "value": 12.5}).status_code == 202
+    assert client.post("/feedback", json=proof | {"name": "correct", "converted": True}).status_code == 202
+    assert [f[1:3] for f in controller.feedbacks] == [("revenue", 12.5), ("correct", None)]
+
+
 def test_v2_answers_carry_a_feedback_token(app):
     client, _ = app
     tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}
