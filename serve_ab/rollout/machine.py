@@ -403,7 +403,9 @@ class Rollout:
         return self._decision(now, before)
 
     def resume(self, reason: str = "resumed by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
-        """Undo :meth:`pause`; at a ``pause: {}`` step, continue past it (like promote)."""
+        """Undo :meth:`pause` (or the pause of :meth:`set_weights`). A ``pause: {}`` step is left
+        by :meth:`promote` only, as Argo Rollouts' is: a second resume meant for an operator's
+        pause must not also move the candidate on."""
         with self._action("resume", actor):
             return self._resume(reason)
 
@@ -416,10 +418,9 @@ class Rollout:
             if self._automation_running():
                 self._advance(now)
         elif s.paused_by == "step":
-            s.paused_by = None
-            done = f"{reason}: step {s.step_index + 1} ({self.step_text()}) done"
-            self._next_step(now, Phase.PROGRESSING, done)
-            self._advance(now)
+            raise RolloutError(
+                f"cannot resume: the rollout waits at step {s.step_index + 1} ({self.step_text()}); "
+                "resume lifts an operator's pause only, serve-ab promote continues past this step")
         return self._decision(now, before)
 
     def abort(self, reason: str = "aborted by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:

@@ -216,14 +216,25 @@ def test_inline_analysis_step_counts_toward_the_deadline_from_its_start():
     assert d.phase is Phase.ABORTED and "for a passing analysis" in d.reason
 
 
-def test_manual_promote_past_an_open_pause_and_resume_does_the_same():
+def test_an_open_pause_is_left_by_promote_and_resume_does_not_move_it_on():
     steps = [{"set_weight": 10}, {"pause": {}}, {"set_weight": 30}, {"pause": {}}, {"set_weight": 100}]
     clock = FakeClock(1000.0)
     rollout = Rollout(canary(steps=steps), clock)
     assert rollout.tick(healthy()).phase is Phase.PAUSED
     d = rollout.promote()
     assert d.phase is Phase.PAUSED and d.weights == {"v1": 70.0, "v2": 30.0} and d.weights_changed
+    # An operator's pause and resume at the open pause, then a second resume (a retried
+    # command, a script): the rollout stays at step 4, 30%, and says what continues it.
+    rollout.pause()
     d = rollout.resume()
+    assert d.phase is Phase.PAUSED and d.step_index == 3 and d.weights == {"v1": 70.0, "v2": 30.0}
+    with pytest.raises(RolloutError, match=r"waits at step 4 \(pause until promote\); resume lifts"):
+        rollout.resume()
+    rollout.set_weights({"v1": 60, "v2": 40})  # a hand-set split at the open pause: still held
+    with pytest.raises(RolloutError, match="promote continues past this step"):
+        rollout.resume()
+    assert rollout.state.step_index == 3 and rollout.state.weights == {"v1": 60.0, "v2": 40.0}
+    d = rollout.promote()
     assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0}
 
 
