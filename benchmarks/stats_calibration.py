@@ -43,7 +43,14 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    requests; a healthy one (0.1%) at 3000; ``{metric: drift_psi, max: 0.25}`` with 10
    equally likely classes and no drift at 10 and 50 predictions per side.
 
-Scenarios 2 and 3 feed the conversion feedback only (no ``record`` of the requests), which
+5. A small arm and a rare event: weights 90/10, a 1% conversion, one request per user,
+   20,000 users, 30 looks spaced geometrically (the small arm has a few dozen users at the
+   first). A/A: any verdict, and the fixed p below 0.05 at the last look. Then the candidate
+   converting at 2%: how often the verdict is ``better``. The small arm often has no event
+   at the early looks, where its own variance is 0; the difference's variance is at least the
+   pooled one (``analysis/units.py``), without which 23% of these A/A runs got a verdict.
+
+Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
 
 Prints one table per scenario, the checks issue #11 asks for, then one JSON line last with
@@ -103,6 +110,12 @@ CANARY_SPLITS_PCT = (5.0, 20.0, 50.0)  # v2's weight per period
 CANARY_BASE_FROM, CANARY_BASE_TO = 0.5, 0.2
 CANARY_DROP = 0.2
 CANARY_LOOKS_PER_PERIOD = 3
+
+RARE_WEIGHTS = {"v1": 90.0, "v2": 10.0}
+RARE_RATE = 0.01
+RARE_LIFT = 1.0  # the candidate converting at 2%
+RARE_USERS = 20_000
+RARE_LOOKS = 30
 
 GATE_BAD_ERROR_RATE = 0.05
 GATE_HEALTHY_ERROR_RATE = 0.001
@@ -431,6 +444,30 @@ def canary_rep(seed: np.random.SeedSequence, users_per_period: int, drop: float)
             "naive_pooled_lower": b["successes"] / b["n"] < a["successes"] / a["n"]}
 
 
+# ---- 5. a small arm and a rare event ------------------------------------------------------------------
+
+
+def rare_rep(seed: np.random.SeedSequence, lift: float) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    cfg = experiment(RARE_WEIGHTS, metrics=(CONVERSION,))
+    units, arms = route(rng, SplitTable.from_weights(RARE_WEIGHTS), RARE_USERS)
+    rates = np.where(np.asarray(arms) == "v2", RARE_RATE * (1 + lift), RARE_RATE)
+    converted = rng.random(RARE_USERS) < rates
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    st.set_weights(RARE_WEIGHTS)
+    edges = np.unique(np.geomspace(RARE_USERS / 40, RARE_USERS, RARE_LOOKS).astype(int))
+    state, verdict, c, lo = None, None, None, 0
+    for look, hi in enumerate(edges.tolist(), start=1):
+        for i in range(lo, hi):
+            st.record_feedback(float(look), arms[i], CONVERSION, None, bool(converted[i]), unit=units[i],
+                               split=RARE_WEIGHTS)
+        lo = hi
+        report, state = build_report(cfg, st.snapshot(float(look)), RARE_WEIGHTS, state)
+        c = comparison(report, CONVERSION)
+        verdict = verdict or decided(c)
+    return {"verdict": verdict, "fixed_final": c is not None and c.p_value is not None and c.p_value < ALPHA}
+
+
 # ---- 4. gates at small windows --------------------------------------------------------------------
 
 
@@ -476,6 +513,7 @@ def gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
 # ---- running the repetitions -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "rare": rare_rep,
     "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
 }
 
@@ -528,6 +566,13 @@ def summarise_canary(aa: list[dict[str, Any]], drop: list[dict[str, Any]]) -> di
             "drop_naive_pooled_significant": count(o["naive_pooled_significant"] for o in drop)}
 
 
+def summarise_rare(aa: list[dict[str, Any]], lifted: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"aa_any_verdict": count(o["verdict"] is not None for o in aa),
+            "aa_fixed_p_lt_alpha_final": count(o["fixed_final"] for o in aa),
+            "lift_better": count(o["verdict"] == "better" for o in lifted),
+            "lift_worse": count(o["verdict"] == "worse" for o in lifted)}
+
+
 def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
     return {case: {verdict: count(o[case] == verdict for o in outcomes)
                    for verdict in ("pass", "fail", "inconclusive")}
@@ -535,7 +580,7 @@ def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]
 
 
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
-           gates: dict[str, dict[str, Rate]]) -> list[dict[str, Any]]:
+           gates: dict[str, dict[str, Rate]], rare: dict[str, Any]) -> list[dict[str, Any]]:
     """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
     beside it, so a reader can tell a miss from noise)."""
     out = []
@@ -555,6 +600,10 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
     worse = canary["drop_worse"]
     check("canary 20% drop: WORSE", worse, worse.value >= TARGET_POWER - POWER_TOLERANCE,
           f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})")
+    check("90/10, 1% rate, A/A: any verdict over 30 looks", rare["aa_any_verdict"],
+          rare["aa_any_verdict"].value <= ALPHA, f"<= {ALPHA}")
+    check("90/10, 1% rate, A/A: fixed p < 0.05 at the last look", rare["aa_fixed_p_lt_alpha_final"],
+          rare["aa_fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
     for n in GATE_BAD_WINDOWS:
         rate = gates[f"bad_{n}"]["pass"]
         check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate,
@@ -613,6 +662,15 @@ def print_tables(result: dict[str, Any]) -> None:
     for case, row in g["cases"].items():
         print(f"  {labels[case]:<46} {_r(row['pass']):>15} {_r(row['fail']):>15} {_r(row['inconclusive']):>15}")
 
+    r = result["rare"]
+    print(f"\n5. A small arm and a rare event (weights {RARE_WEIGHTS['v1']:g}/{RARE_WEIGHTS['v2']:g}, "
+          f"conversion {RARE_RATE:g}, {RARE_USERS:,} users with one request, {RARE_LOOKS} looks; "
+          f"{r['reps']} reps per case)")
+    print(f"  A/A  any verdict:                    {_r(r['aa_any_verdict'])}   (alpha {ALPHA})")
+    print(f"  A/A  fixed p<.05 at the last look:   {_r(r['aa_fixed_p_lt_alpha_final'])}")
+    print(f"  candidate at {RARE_RATE * (1 + RARE_LIFT):g}: better {_r(r['lift_better'])}, "
+          f"worse {_r(r['lift_worse'])}")
+
     print("\nChecks (issue #11):")
     for item in result["checks"]:
         mark = "ok  " if item["within"] else "MISS"
@@ -656,6 +714,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         canary_drop = run_reps(pool, "canary", 4, mode.canary_reps, args.seed,
                                users_per_period=sizing["users_per_period"], drop=CANARY_DROP)
         gates = run_reps(pool, "gates", 5, mode.gate_reps, args.seed)
+        rare_aa = run_reps(pool, "rare", 6, mode.canary_reps, args.seed, lift=0.0)
+        rare_lift = run_reps(pool, "rare", 7, mode.canary_reps, args.seed, lift=RARE_LIFT)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -663,6 +723,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     power_rows = summarise_power(power)
     canary_rows = summarise_canary(canary_aa, canary_drop)
     gate_rows = summarise_gates(gates)
+    rare_rows = summarise_rare(rare_aa, rare_lift)
     result = {
         **header,
         "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
@@ -672,7 +733,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "canary": {"reps": mode.canary_reps, "sizing": sizing, **canary_rows},
         "gates": {"reps": mode.gate_reps, "alpha": ALPHA, "min_samples": 1,
                   "alpha_keyword": bool(_gate_alpha_kwargs()), "cases": gate_rows},
-        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows),
+        "rare": {"reps": mode.canary_reps, "weights_pct": RARE_WEIGHTS, "rate": RARE_RATE, "lift": RARE_LIFT,
+                 "users": RARE_USERS, "looks": RARE_LOOKS, **rare_rows},
+        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows),
         "load_after": load_now(),
     }
     result["wall_s"] = time.perf_counter() - started

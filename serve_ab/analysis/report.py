@@ -340,7 +340,7 @@ def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) 
                           dict(saved.get("units_keyless") or {})))
     if len(out) > 1:
         warnings.append(f"the weights changed {len(out) - 1} time(s): every comparison is made within each "
-                        "split of traffic and combined across them (inverse-variance), never pooled across "
+                        "split of traffic and combined across them (weighted by the arms' sizes), never pooled across "
                         "splits, which would confound the versions with time")
     if snapshot.get("splits_dropped"):
         warnings.append(f"{snapshot['splits_dropped']} early split(s) were dropped from the per-unit figures "
@@ -378,7 +378,9 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
         metric = {"name": spec.name, "kind": spec.kind, "source": spec.source, "test": "delta_method_z",
                   "direction": spec.direction, "unit": spec.unit, "in_family": spec.in_family,
                   "value_is": "rate" if spec.kind == "conversion" else "mean",
-                  "analysis_unit": "randomisation unit (user; keyless requests each their own)",
+                  "analysis_unit": ("bucket of users (users hash into 10,000 buckets, so two may share one and "
+                                    "the counts here can be below the distinct users; keyless requests "
+                                    "each their own)"),
                   "splits": len(tables),
                   "arms": {v: _ratio_arm(tables, names.index(v), v, analysis.alpha,
                                          versions[v]["latency"] if spec.name == "latency_ms" else None)

@@ -222,7 +222,7 @@ class Comparison(_Model):
     test: Literal["delta_method_z"]
     n_variant: int = Field(description="units")
     n_control: int = Field(description="units")
-    splits_used: int = Field(description="splits where both arms had units, combined by inverse variance")
+    splits_used: int = Field(description="splits where both arms had units, combined with weights from the arms' sizes")
     cuped: CupedFigures | None = Field(description="the pre-period adjustment, when there was a pre-period")
     value_variant: Num | None
     value_control: Num | None

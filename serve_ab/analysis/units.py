@@ -19,11 +19,18 @@ With one request per unit this is the usual binomial/Welch variance (a unit test
 **Splits.** The comparison is valid only between arms exposed under the same split: a
 canary's 5% and 50% periods differ in time as well as in weight, and pooling them confounds
 the two (Simpson's paradox). Figures are kept per *split* (the bucket ranges routed by),
-compared within each split, and combined with inverse-variance weights fixed per split:
+compared within each split, and combined with inverse-variance weights fixed per split (the
+split's pooled variance, both arms as one sample, so the weights do not follow chance events
+in one arm):
 ``A = sum_e w_e R_variant,e``, ``B = sum_e w_e R_control,e``, ``D = A - B``. A user who
 stays in the same bucket across splits links them, so the variance of D is computed from
 each bucket's influence summed over splits (its covariance across splits included), not
 as if splits were independent.
+
+**Small arms.** The difference's variance is at least what it would be if both arms were one
+population (the null hypothesis; for a rate, the score test's pooled ``p(1-p)(1/n_v + 1/n_c)``):
+an arm of a few hundred users with no event yet, or none of a heavy tail's large values,
+otherwise reads a variance near 0 and makes a chance difference look certain.
 
 Example::
 
@@ -35,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +180,9 @@ class RatioComparison:
     splits_used: int  # splits where both arms had at least two units
     splits_weights: tuple[float, ...]
     cuped: Cuped | None = None  # the pre-period adjustment applied, if any
+    #: The arms' own (Wald) variances, before the pooled floor (see the module's "Small arms").
+    own_var_variant: float | None = None
+    own_var_control: float | None = None
 
     @property
     def diff(self) -> float:
@@ -180,6 +191,13 @@ class RatioComparison:
     @property
     def var_diff(self) -> float:
         return max(self.var_variant + self.var_control - 2.0 * self.cov, 0.0)
+
+    @property
+    def own_var_diff(self) -> float:
+        """The Wald variance of the difference, from the arms' own variances."""
+        var_v = self.var_variant if self.own_var_variant is None else self.own_var_variant
+        var_c = self.var_control if self.own_var_control is None else self.own_var_control
+        return max(var_v + var_c - 2.0 * self.cov, 0.0)
 
 
 def _arm(table: SplitTotals, in_arm: np.ndarray, version: str) -> tuple[ArmSplit, np.ndarray]:
@@ -209,15 +227,19 @@ def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: 
         arm_c, k_c = _arm(table, mask_c, control)
         if arm_v.units < 2 or arm_c.units < 2:
             continue
-        # Each split's own variance of its difference, only to weigh the splits.
-        var_v = _arm_var(table, mask_v, arm_v, k_v)
-        var_c = _arm_var(table, mask_c, arm_c, k_c)
-        per_split.append((table, mask_v, mask_c, arm_v, arm_c, k_v, k_c, var_v + var_c))
+        per_split.append((table, mask_v, mask_c, arm_v, arm_c, k_v, k_c))
     if not per_split:
         return None
-    raw = np.array([1.0 / v if v > 0 else math.inf for *_, v in per_split])
-    if np.isinf(raw).any():  # a split without spread: weigh the splits by size instead
-        raw = np.array([min(p[3].total_n, p[4].total_n) for p in per_split])
+    # Inverse-variance weights, from each split's pooled variance (both arms as one sample),
+    # never the arms' own: a split whose small arm happens to show no event has an own variance
+    # near 0, and weighing by it handed that split half the weight and a biased verdict. The
+    # pooled variance does not depend on which arm the events fell in. A split without spread
+    # at all: weights from the arms' sizes (Cochran-Mantel-Haenszel's for a difference).
+    pooled = np.array([_pooled_per_unit(*p) * (1.0 / p[3].units + 1.0 / p[4].units) for p in per_split])
+    if (pooled > 0).all():
+        raw = 1.0 / pooled
+    else:
+        raw = np.array([p[3].units * p[4].units / (p[3].units + p[4].units) for p in per_split])
     weights = raw / raw.sum()
 
     psi_v, psi_c = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
@@ -225,7 +247,7 @@ def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: 
     value_v = value_c = 0.0
     used_v, used_c = np.zeros(NUM_BUCKETS, bool), np.zeros(NUM_BUCKETS, bool)
     keyless_units_v = keyless_units_c = 0
-    for w, (table, mask_v, mask_c, arm_v, arm_c, k_v, k_c, _) in zip(weights, per_split):
+    for w, (table, mask_v, mask_c, arm_v, arm_c, k_v, k_c) in zip(weights, per_split):
         value_v += w * arm_v.value
         value_c += w * arm_c.value
         psi_v[mask_v] += w * (table.s[mask_v] - arm_v.value * table.n[mask_v]) / arm_v.total_n
@@ -245,9 +267,64 @@ def compare_ratio(splits: Sequence[tuple[np.ndarray, SplitTotals]], *, variant: 
     cov = float(psi_v @ psi_c)
     plain = RatioComparison(value_v, value_c, var_v, var_c, cov, units_v, units_c, len(per_split),
                             tuple(float(w) for w in weights))
+    pooled_v, pooled_c = _pooled_arm_vars(weights, per_split, var_v, var_c)
     if pre is None:
-        return plain
-    return _cuped(plain, pre, weights, per_split, psi_v, psi_c, keyless_var_v, keyless_var_c)
+        return _at_least_pooled(plain, pooled_v, pooled_c, 1.0)
+    adjusted = _cuped(plain, pre, weights, per_split, psi_v, psi_c, keyless_var_v, keyless_var_c)
+    kept = adjusted.var_diff / plain.var_diff if adjusted.cuped is not None and plain.var_diff > 0 else 1.0
+    return _at_least_pooled(adjusted, pooled_v, pooled_c, kept)
+
+
+def _pooled_arm_vars(weights: np.ndarray, per_split: list, var_v: float, var_c: float) -> tuple[float, float]:
+    """Each arm's variance as if both arms were one population (the null hypothesis): per
+    split, the per-unit variance around the pooled ratio of both arms, over this arm's units.
+
+    This is the score test's variance (for a rate, ``p(1-p)/n`` with ``p`` pooled). The arms'
+    own (Wald) variances fail where the small arm of an unequal split shows no event, or none
+    of a heavy tail's large values: its variance reads 0 or near it, and the difference looks
+    certain (an A/A at 90/10 with a 1% rate got a verdict in 23% of runs). A user's covariance
+    across splits is taken from the arms' own variances, as in :func:`compare_ratio`.
+    """
+    within_v = within_c = pooled_v = pooled_c = 0.0
+    for w, split in zip(weights, per_split):
+        table, mask_v, mask_c, arm_v, arm_c, k_v, k_c = split
+        per_unit = _pooled_per_unit(*split)
+        pooled_v += w * w * per_unit / arm_v.units
+        pooled_c += w * w * per_unit / arm_c.units
+        within_v += w * w * _arm_var(table, mask_v, arm_v, k_v)
+        within_c += w * w * _arm_var(table, mask_c, arm_c, k_c)
+    # What the arms' own variances hold beyond their splits' sum: the same users across splits.
+    return pooled_v + max(var_v - within_v, 0.0), pooled_c + max(var_c - within_c, 0.0)
+
+
+def _pooled_per_unit(table: SplitTotals, mask_v: np.ndarray, mask_c: np.ndarray, arm_v: ArmSplit,
+                     arm_c: ArmSplit, k_v: np.ndarray, k_c: np.ndarray) -> float:
+    """One split's variance of the ratio per unit, both arms as one sample: the squared
+    influence ``(S - r N) / mean N`` around the pooled ratio ``r``, averaged over units."""
+    units = arm_v.units + arm_c.units
+    total_n = arm_v.total_n + arm_c.total_n
+    r = (arm_v.value * arm_v.total_n + arm_c.value * arm_c.total_n) / total_n
+    both = mask_v | mask_c
+    resid = table.s[both] - r * table.n[both]
+    mean_n = total_n / units
+    return (float(resid @ resid) + _keyless_sq(k_v, r) + _keyless_sq(k_c, r)) / ((units - 1) * mean_n ** 2)
+
+
+def _at_least_pooled(ratio: RatioComparison, pooled_v: float, pooled_c: float, kept: float) -> RatioComparison:
+    """``ratio`` with the variance of its difference at least the pooled one (times ``kept``,
+    the share of the variance CUPED left): a test at level alpha when the arms do not differ
+    (the score test's variance), and never narrower than the arms' own (Wald's, which stays
+    where it is larger: a small arm that is truly noisier). The arms' variances and their
+    covariance are scaled together, so Fieller's interval of the lift widens with it."""
+    pooled_diff = (pooled_v + pooled_c) * kept - 2.0 * ratio.cov
+    own = dataclasses.replace(ratio, own_var_variant=ratio.var_variant, own_var_control=ratio.var_control)
+    if not pooled_diff > ratio.var_diff:
+        return own
+    if ratio.var_diff <= 0:  # no spread in either arm's own figures: the pooled ones are all there is
+        return dataclasses.replace(own, var_variant=pooled_v * kept, var_control=pooled_c * kept)
+    scale = pooled_diff / ratio.var_diff
+    return dataclasses.replace(own, var_variant=ratio.var_variant * scale, var_control=ratio.var_control * scale,
+                               cov=ratio.cov * scale)
 
 
 def _cuped(plain: RatioComparison, pre: SplitTotals, weights: np.ndarray, per_split: list,

@@ -196,10 +196,31 @@ def cluster_mean(y, groups):
 
 
 def reference(sim, metric, variant="v2", control="v1", split=None):
-    """(D, Var D, value_v, value_c, var_v, var_c, units_v, units_c) of one split (or the only one)."""
-    value_v, var_v, n_v = cluster_mean(*sim.outcomes(metric, variant, split))
-    value_c, var_c, n_c = cluster_mean(*sim.outcomes(metric, control, split))
+    """(D, Var D, value_v, value_c, var_v, var_c, units_v, units_c) of one split (or the only one).
+
+    The arms' variances are their own cluster-robust ones, both scaled up when the pooled
+    variance of the difference is larger: the cluster-robust variance of both arms' data as
+    one sample, times n (1/n_v + 1/n_c)."""
+    (y_v, g_v), (y_c, g_c) = sim.outcomes(metric, variant, split), sim.outcomes(metric, control, split)
+    value_v, var_v, n_v = cluster_mean(y_v, g_v)
+    value_c, var_c, n_c = cluster_mean(y_c, g_c)
+    _, var_pooled, n = cluster_mean(np.concatenate([y_v, y_c]), np.concatenate([g_v, g_c]))
+    scale = max(1.0, var_pooled * n * (1 / n_v + 1 / n_c) / (var_v + var_c))
+    var_v, var_c = var_v * scale, var_c * scale
     return value_v - value_c, var_v + var_c, value_v, value_c, var_v, var_c, n_v, n_c
+
+
+def pooled_var_diff(sim, metric, variant="v2", control="v1", split=None):
+    """The variance of the difference if the arms did not differ: the cluster-robust variance
+    of both arms' data as one sample, times n (1/n_v + 1/n_c)."""
+    (y_v, g_v), (y_c, g_c) = sim.outcomes(metric, variant, split), sim.outcomes(metric, control, split)
+    _, var_pooled, n = cluster_mean(np.concatenate([y_v, y_c]), np.concatenate([g_v, g_c]))
+    return var_pooled * n * (1 / len(np.unique(g_v)) + 1 / len(np.unique(g_c)))
+
+
+def arm_reference(sim, metric, version):
+    """(value, cluster-robust variance, clusters) of one arm alone: its own interval's."""
+    return cluster_mean(*sim.outcomes(metric, version))
 
 
 def expected_tau(mde_relative, value_c, var_v, var_c, n_v, n_c):
@@ -289,7 +310,8 @@ def test_each_metric_is_the_ratio_of_its_units_with_the_cluster_robust_variance(
     metric = _metric(report, name)
     d, var_d, value_v, value_c, var_v, var_c, n_v, n_c = reference(sim, name)
     z = stats.norm.ppf(1 - report.experiment.alpha / 2)
-    for version, value, var, n in (("v2", value_v, var_v, n_v), ("v1", value_c, var_c, n_c)):
+    for version in ("v2", "v1"):
+        value, var, n = arm_reference(sim, name, version)
         arm = metric.arms[version]
         assert arm.n == n and arm.value == pytest.approx(value, rel=REL)
         assert arm.ci == pytest.approx([value - z * math.sqrt(var), value + z * math.sqrt(var)], rel=REL)
@@ -337,8 +359,12 @@ def test_keyless_requests_are_each_their_own_unit_so_a_rate_is_the_binomial_z_te
     n = {v: sim.requests[v] for v in ("v1", "v2")}
     assert (c.n_variant, c.n_control) == (n["v2"], n["v1"])  # a unit per request
     pv, pc = e["v2"] / n["v2"], e["v1"] / n["v1"]
-    # Binomial variances, up to the n / (n - 1) of a variance per unit.
-    var = pv * (1 - pv) / (n["v2"] - 1) + pc * (1 - pc) / (n["v1"] - 1)
+    # Binomial variances, up to the n / (n - 1) of a variance per unit; each at least the score
+    # test's, from the rate of both arms pooled.
+    units = n["v1"] + n["v2"]
+    p = (e["v1"] + e["v2"]) / units
+    pooled = p * (1 - p) * units / (units - 1)
+    var = max(pv * (1 - pv) / (n["v2"] - 1) + pc * (1 - pc) / (n["v1"] - 1), pooled / n["v2"] + pooled / n["v1"])
     assert c.p_value == pytest.approx(2 * stats.norm.sf(abs(pv - pc) / math.sqrt(var)), rel=REL)
     assert report.variants["v1"].units == n["v1"] and report.srm.observed["v1"] == n["v1"]
     lo, hi = proportion_confint(e["v2"], n["v2"], alpha=0.05, method="normal")
@@ -563,11 +589,11 @@ def test_a_canary_with_a_falling_base_rate_and_equal_arms_gets_no_verdict():
     assert c.splits_used == 2 and report.experiment.splits == 2
     assert any("weights changed 1 time" in w for w in report.warnings)
     # Each arm's value is the same weighted combination of its two splits' rates, with the
-    # inverse-variance weights of the splits' differences.
+    # inverse of each split's pooled variance of the difference (both arms as one sample).
     per = [reference(sim, "correct", split=s) for s in (0, 1)]
     w = (c.value_variant - per[1][2]) / (per[0][2] - per[1][2])
     assert c.value_control == pytest.approx(w * per[0][3] + (1 - w) * per[1][3], rel=1e-9)
-    inverse = [1 / p[1] for p in per]
+    inverse = [1 / pooled_var_diff(sim, "correct", split=s) for s in (0, 1)]
     assert w == pytest.approx(inverse[0] / sum(inverse), rel=1e-6)
 
 

@@ -3,7 +3,9 @@
 References: with one request per unit the delta-method variance is the binomial (rates) or
 sample (means) variance of the mean, times n / (n - 1); with clustered units it is the
 cluster-robust variance of statsmodels' OLS on an intercept; combined over splits that share
-buckets its z-scores are standard normal under no effect (checked by simulation).
+buckets its z-scores are standard normal under no effect (checked by simulation). Each arm's
+difference's variance in a comparison is at least the pooled one (the score test's); a small
+arm with no event yet is the case it is for.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def test_a_rate_with_one_request_per_unit_has_the_binomial_variance(keyless):
         for i, y in enumerate(outcomes[version]):
             table.add(None if keyless else first + i, version, float(y))
     ratio = _compare((HALF, table))
-    for version, value, var, units in (("v2", ratio.value_variant, ratio.var_variant, ratio.units_variant),
-                                       ("v1", ratio.value_control, ratio.var_control, ratio.units_control)):
+    for version, value, var, units in (("v2", ratio.value_variant, ratio.own_var_variant, ratio.units_variant),
+                                       ("v1", ratio.value_control, ratio.own_var_control, ratio.units_control)):
         y = outcomes[version]
         n, p = y.size, y.mean()
         assert units == n and value == pytest.approx(p, rel=1e-12)
@@ -69,8 +71,8 @@ def test_a_mean_with_one_request_per_unit_has_the_sample_variance_of_the_mean(ke
         for i, y in enumerate(values[version]):
             table.add(None if keyless else first + i, version, float(y))
     ratio = _compare((HALF, table))
-    for version, value, var in (("v2", ratio.value_variant, ratio.var_variant),
-                                ("v1", ratio.value_control, ratio.var_control)):
+    for version, value, var in (("v2", ratio.value_variant, ratio.own_var_variant),
+                                ("v1", ratio.value_control, ratio.own_var_control)):
         y = values[version]
         n = y.size
         assert value == pytest.approx(y.mean(), rel=1e-12)
@@ -109,8 +111,8 @@ def test_with_clustered_units_the_variance_is_statsmodels_cluster_robust_varianc
             groups[version].append(bucket if bucket is not None else -1 - i)
             ys[version].append(y)
     ratio = _compare((HALF, table))
-    for version, value, var in (("v2", ratio.value_variant, ratio.var_variant),
-                                ("v1", ratio.value_control, ratio.var_control)):
+    for version, value, var in (("v2", ratio.value_variant, ratio.own_var_variant),
+                                ("v1", ratio.value_control, ratio.own_var_control)):
         ref_value, ref_var = _cluster_var(np.asarray(ys[version]), np.asarray(groups[version]))
         assert value == pytest.approx(ref_value, rel=1e-12)
         assert var == pytest.approx(ref_var, rel=1e-6)  # asked: within 1%; it is the same formula
@@ -122,10 +124,10 @@ def test_with_clustered_units_the_variance_is_statsmodels_cluster_robust_varianc
     _, g = np.unique(g, return_inverse=True)
     fit = sm.OLS(y, sm.add_constant(treat)).fit(cov_type="cluster", cov_kwds={"groups": g})
     assert ratio.diff == pytest.approx(fit.params[1], rel=1e-10)
-    assert ratio.var_diff == pytest.approx(fit.bse[1] ** 2, rel=0.01)
+    assert ratio.own_var_diff == pytest.approx(fit.bse[1] ** 2, rel=0.01)
     # ...and clustering matters here: treating requests as independent understates it.
     naive = sum(np.var(ys[v], ddof=1) / len(ys[v]) for v in ys)
-    assert ratio.var_diff > 1.3 * naive
+    assert ratio.own_var_diff > 1.3 * naive
 
 
 def test_a_mean_per_request_with_clustered_units_is_statsmodels_cluster_robust_too():
@@ -144,7 +146,7 @@ def test_a_mean_per_request_with_clustered_units_is_statsmodels_cluster_robust_t
     ratio = _compare((HALF, table))
     value, var = _cluster_var(np.asarray(ys), np.asarray(groups))
     assert ratio.value_control == pytest.approx(value, rel=1e-12)
-    assert ratio.var_control == pytest.approx(var, rel=1e-6)
+    assert ratio.own_var_control == pytest.approx(var, rel=1e-6)
 
 
 # ---- splits -----------------------------------------------------------------------------------
@@ -182,14 +184,27 @@ def test_across_splits_that_share_buckets_the_z_scores_are_standard_normal_under
     assert abs(z.mean()) < 0.2 and 0.75 < z.var() < 1.3, (z.mean(), z.var())
 
 
-def test_splits_are_combined_with_inverse_variance_weights_and_a_thin_split_is_left_out():
+def _pooled_var_diff(arms, table, units_v, units_c):
+    """statsmodels' cluster-robust variance of the split's rate, both arms as one sample, per
+    unit, times 1/n_v + 1/n_c: the variance of the difference if the arms did not differ."""
+    used = np.flatnonzero(table.n)
+    n, s = table.n[used].astype(int), table.s[used].astype(int)
+    y = np.concatenate([np.r_[np.ones(k), np.zeros(m - k)] for k, m in zip(s, n)])
+    _, var = _cluster_var(y, np.repeat(used, n))
+    return var * used.size * (1 / units_v + 1 / units_c)
+
+
+def test_splits_are_combined_with_pooled_inverse_variance_weights_and_a_thin_split_is_left_out():
     rng = np.random.default_rng(6)
     effect = rng.normal(0.0, 0.5, NUM_BUCKETS)
     first, second = _arms(80), _arms(50)
     t1 = _split_data(rng, first, 0.4, effect, 1.0)
     t2 = _split_data(rng, second, 0.2, effect, 1.0)
     r1, r2, both = _compare((first, t1)), _compare((second, t2)), _compare((first, t1), (second, t2))
-    w = np.array([1 / r1.var_diff, 1 / r2.var_diff])
+    # Each split's weight: the inverse of its pooled variance (not the arms' own, which a
+    # chance lack of events in one arm drives to 0).
+    w = np.array([1 / _pooled_var_diff(a, t, r.units_variant, r.units_control)
+                  for a, t, r in ((first, t1, r1), (second, t2, r2))])
     w /= w.sum()
     assert both.splits_weights == pytest.approx(tuple(w), rel=1e-9)
     assert both.value_variant == pytest.approx(w @ [r1.value_variant, r2.value_variant], rel=1e-12)
@@ -271,3 +286,23 @@ def test_cuped_on_a_pre_period_keeps_z_standard_normal_and_cuts_the_variance():
     z = np.asarray(z)
     assert abs(z.mean()) < 0.25 and 0.7 < z.var() < 1.35, (z.mean(), z.var())
     assert 0.1 < np.mean(reduction) < 0.9  # about 0.2 here (1,500 runs)
+
+
+def test_a_small_arm_with_no_event_yet_gets_the_pooled_variance_not_zero():
+    """0 of 187 against 14 of 1,597 (a 1% rate at 90/10): the arm's own variance is 0, which
+    made the difference look certain (z = -3.7); the pooled one is the score test's (z ~ -1.3,
+    Fisher's exact test p ~ 0.4)."""
+    table = SplitTotals()
+    for i in range(187):
+        table.add(9000 + i, "v2", 0.0)
+    for i in range(1597):
+        table.add(i, "v1", 1.0 if i < 14 else 0.0)
+    ratio = _compare((_arms(90), table))
+    assert ratio.own_var_variant == 0.0 and ratio.value_variant == 0.0
+    units = 187 + 1597
+    p = 14 / units
+    pooled = p * (1 - p) * units / (units - 1)
+    assert ratio.own_var_diff == pytest.approx(ratio.own_var_control, rel=1e-12)
+    assert ratio.var_diff == pytest.approx(pooled / 187 + pooled / 1597, rel=1e-9)
+    z = ratio.diff / math.sqrt(ratio.var_diff)
+    assert -1.5 < z < -1.1
