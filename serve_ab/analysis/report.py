@@ -383,7 +383,8 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
                                     "each their own)"),
                   "splits": len(tables),
                   "arms": {v: _ratio_arm(tables, names.index(v), v, analysis.alpha,
-                                         versions[v]["latency"] if spec.name == "latency_ms" else None)
+                                         versions[v]["latency"] if spec.name == "latency_ms" else None,
+                                         _range_of(spec))
                            for v in names},
                   "comparisons": []}
         state_metric = previous.get(spec.name) if isinstance(previous.get(spec.name), Mapping) else {}
@@ -461,10 +462,19 @@ def _power_summary(comparisons_: list[dict[str, Any]]) -> dict[str, Any] | None:
             "complete": all(p["complete"] for p in planned)}
 
 
+def _range_of(spec: Any) -> tuple[float, float]:
+    """Where a metric's values can lie: a rate in [0, 1], a non-negative mean from 0."""
+    if spec.kind == "conversion":
+        return 0.0, 1.0
+    return (0.0 if spec.nonnegative else -math.inf), math.inf
+
+
 def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version: str, alpha: float,
-               latency: Mapping[str, Any] | None) -> dict[str, Any]:
+               latency: Mapping[str, Any] | None, value_range: tuple[float, float] = (-math.inf, math.inf)
+               ) -> dict[str, Any]:
     """One version over every split it was assigned in (descriptive: pooled over time, unlike
-    the comparisons): its ratio, units and a delta-method interval per unit."""
+    the comparisons): its ratio, units and a delta-method interval per unit, kept within the
+    values the metric can take (an error rate of 3.7% over 27 users is not [-3.6%, 11.0%])."""
     s = np.zeros(NUM_BUCKETS)
     n = np.zeros(NUM_BUCKETS)
     keyless = np.zeros(len(KEYLESS_FIELDS))
@@ -489,7 +499,8 @@ def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version
         sq = float(resid @ resid) + max(float(keyless[3] - 2 * value * keyless[5] + value * value * keyless[4]), 0.0)
         se = math.sqrt(sq * units / (units - 1)) / total_n
         half = float(_stats.norm.ppf(1.0 - alpha / 2.0)) * se
-        out["ci"] = [value - half, value + half]
+        low, high = value_range
+        out["ci"] = [max(value - half, low), min(value + half, high)]
     return out
 
 

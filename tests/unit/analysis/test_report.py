@@ -846,3 +846,21 @@ def test_bad_inputs_name_the_value_and_what_is_valid():
         build_report(cfg, snap, {"v1": 100, "v2": -5})
     with pytest.raises(ValueError, match="sequential_state must be None or the mapping .* got list"):
         build_report(cfg, snap, {"v1": 100}, [1])
+
+
+def test_an_arms_interval_stays_within_the_values_its_metric_can_take():
+    """A 3% error rate over a few dozen users: the delta-method interval would reach below 0."""
+    cfg = make_cfg(shadow=None)
+    report, _ = Sim(cfg, seed=3).run(80, error_rate={"v1": 0.03, "v2": 0.03}).report()
+    clipped = 0
+    for metric in report.metrics:
+        for arm in metric.arms.values():
+            if arm.ci is None:
+                continue
+            low, high = arm.ci
+            if metric.kind == "conversion":
+                assert 0.0 <= low <= arm.value <= high <= 1.0, (metric.name, arm)
+                clipped += low == 0.0
+            elif metric.name == "latency_ms":
+                assert low >= 0.0
+    assert clipped  # the case this is for occurred
