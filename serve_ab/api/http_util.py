@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -25,6 +26,20 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServeAbError)
     async def _serve_ab_error(request: Request, err: ServeAbError) -> JSONResponse:
         return JSONResponse({"error": client_message(err)}, status_code=http_status(err))
+
+    @api.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own check of a route's parameters (?history=maybe): the same 422, in the
+        # {"error": ...} shape of every other error of this API, naming the parameter.
+        return JSONResponse({"error": _parameter_errors(err)}, status_code=422)
+
+
+def _parameter_errors(err: RequestValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "query")
+        lines.append(f"{where or 'request'}: {problem.get('msg', 'invalid')} (got {problem.get('input')!r})")
+    return "; ".join(lines)
 
 
 async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:

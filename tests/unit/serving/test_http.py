@@ -286,6 +286,13 @@ def test_pinning_is_privileged(client_for):
     assert response.status_code == 403 and "pin.enabled: false" in response.json()["error"]
 
 
+def test_a_bad_query_parameter_is_a_422_in_the_apis_error_shape(client_for):
+    response = client_for().get("/rollout/status?history=maybe")
+    assert response.status_code == 422
+    assert response.json() == {"error": "history: Input should be a valid boolean, unable to interpret "
+                                        "input (got 'maybe')"}
+
+
 def test_roles_and_protected_reads(client_for):
     client = client_for()
     # The QA and viewer tokens may not act on the rollout; the operator's may.
