@@ -54,8 +54,8 @@ from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import open_store
 from serve_ab.api.errors import client_message
 from serve_ab.api.schemas import ActionRequest
-from serve_ab.errors import InvalidInput, StoreUnavailable, UnknownAction
-from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Mirror, RoutingSnapshot
+from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
+from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Mirror, Refused, RoutingSnapshot
 from serve_ab.serving.reports import RouterReports
 
 logger = logging.getLogger("ray.serve")
@@ -677,16 +677,19 @@ class ExperimentController:
         return self.core.snapshot()
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None | Refused:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
         epoch the request was assigned under)."""
         if value is not None and not math.isfinite(float(value) * float(value)):
             # Routers refuse these first; checked here too, before the join holds it (a held
             # one would fail later, in the merge of the report that joins it).
-            raise InvalidInput(f"feedback value {value!r} is too large to count")
-        return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
-                                      unit=unit, split=split)
+            return Refused(InvalidInput(f"feedback value {value!r} is too large to count"))
+        try:
+            return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
+                                          unit=unit, split=split)
+        except ServeAbError as err:  # a repeat (409): answered, not logged as a failure
+            return Refused(err)
 
     async def feedback_key(self) -> bytes:
         """The key routers sign feedback tokens with (see serving/core/feedback_token.py)."""
@@ -712,7 +715,10 @@ class ExperimentController:
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
-    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any]:
-        self.core.act(action, body, actor)
+    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
+        try:
+            self.core.act(action, body, actor)
+        except ServeAbError as err:  # e.g. 409 "already promoted": answered, not logged as a failure
+            return Refused(err)
         self._notify()
         return self.core.status()

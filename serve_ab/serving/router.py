@@ -39,7 +39,7 @@ from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.decision import key_text
-from serve_ab.serving.core.messages import Action, Actor, IntervalReport, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Refused, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
@@ -94,12 +94,15 @@ class ControllerClient:
     @staticmethod
     async def _ask(call: Any) -> Any:
         try:
-            return await call
+            answer = await call
         except _UNAVAILABLE as err:
             if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
                 raise
             raise ControllerUnavailable("the controller cannot be reached now (it is restarting); "
                                         "retry in a few seconds") from err
+        if isinstance(answer, Refused):  # a routine refusal, answered rather than raised there
+            raise answer.error
+        return answer
 
     async def record(self, report: IntervalReport) -> None:
         await self._ask(self.handle.record.remote(report))

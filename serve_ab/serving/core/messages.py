@@ -17,6 +17,16 @@ from typing import Any, Protocol
 from serve_ab.analysis.aggregate import IntervalAggregate
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A caller's error the controller answers with instead of raising it (a repeated
+    feedback, an action the rollout's phase does not allow): an exception raised in a replica
+    is logged by Ray as a failed request, traceback and all, and these are routine. The
+    router raises ``error`` where it gets the answer, so the client's 4xx is the same."""
+
+    error: Exception
+
+
 class Action(str, Enum):
     """Operators' control actions: the URL path (``POST /rollout/<action>``), the CLI's
     command and the controller's dispatch all read this one list."""
