@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Union, runtime_checkable
@@ -236,6 +237,18 @@ def reshaped(array: np.ndarray, name: str, shape: Sequence[int]) -> np.ndarray:
         raise InputError(f"input '{name}' has shape {list(shape)}, which no array can have ({err})") from None
 
 
+def _huge_integer_digits(batch: np.ndarray) -> int:
+    """The digits of the longest integer in an object array of integers only; 0 otherwise."""
+    if batch.dtype.kind != "O":
+        return 0
+    values = batch.ravel().tolist()
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return 0
+    # str() of an int past 4,300 digits raises in Python 3.11+: estimated from the bit length there.
+    return max(len(str(abs(v))) if v.bit_length() < 14_000 else int(v.bit_length() * math.log10(2)) + 1
+               for v in values)
+
+
 def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:
     """Check an array against ``spec`` and return it in the model's dtype.
 
@@ -251,6 +264,10 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
     if kind == "b" and want_kind != "b":
         raise InputError(f"input '{spec.name}' holds booleans; expected numbers ({spec.datatype})")
     if kind not in "biuf":
+        huge = _huge_integer_digits(batch)
+        if huge:  # JSON integers past 64 bits arrive as Python ints, in an object array
+            raise InputError(f"input '{spec.name}' holds integers beyond {spec.datatype}'s range "
+                             f"(one has {huge} digits)")
         raise InputError(
             f"input '{spec.name}' must hold numbers ({spec.datatype}); got values of type "
             f"'{batch.dtype}'"
