@@ -36,6 +36,7 @@ from serve_ab.config.rollout import (
     NotificationReceiver,
     RolloutConfig,
     Strategy,
+    shown_value,
 )
 from serve_ab.store.url import parse_store_url, redact_url
 
@@ -950,12 +951,19 @@ def _error_path(loc: tuple[Any, ...]) -> list[str]:
             if not (part in STEP_KINDS and loc[index + 1:index + 2] == (part,))]
 
 
+# A validator's message quoting a value in full is cut here (the value itself: SHOWN_CHARS).
+_MESSAGE_CHARS = 1000
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
-    """One line per error: field path, what is wrong or valid, and the value received."""
+    """One line per error: field path, what is wrong or valid, and the value received (cut to
+    about 200 characters: YAML aliases can make it megabytes)."""
     lines = []
     for item in err.errors(include_url=False):
         path = ".".join(part for part in (prefix, *_error_path(item["loc"])) if part != "") or ROOT_PATH
         message = item["msg"].removeprefix("Value error, ")
+        if len(message) > _MESSAGE_CHARS:
+            message = f"{message[:_MESSAGE_CHARS]}… ({len(message):,} characters)"
         received = item.get("input")
         if isinstance(received, str):
             received = redact_url(received)  # a store URL's password is never printed
@@ -964,7 +972,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":
             lines.append(f"{path}: {message}")
         else:
-            lines.append(f"{path}: {message} (got {received!r})")
+            lines.append(f"{path}: {message} (got {shown_value(received)})")
     return lines
 
 
@@ -982,7 +990,7 @@ def parse_experiment(args: Any, where: str = "experiment") -> ExperimentConfig:
     if isinstance(args, ExperimentConfig):
         return args
     if not isinstance(args, dict):
-        raise ConfigError([f"{ROOT_PATH}: expected a mapping of experiment fields (got {args!r})"], where)
+        raise ConfigError([f"{ROOT_PATH}: expected a mapping of experiment fields (got {shown_value(args)})"], where)
     try:
         return ExperimentConfig.model_validate(args)
     except ValidationError as err:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from enum import Enum
 from typing import Annotated, Any, Union
 
@@ -48,6 +49,34 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# A value quoted in an error is cut to this many characters: YAML aliases can build a value
+# whose repr is megabytes (it doubles with each level of aliases).
+SHOWN_CHARS = 200
+_SHOWN = reprlib.Repr()
+# reprlib stops at a depth and a count of items, so that an aliased value is never written out whole.
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 20, 20, 20, 20
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = SHOWN_CHARS
+
+
+def shown_value(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters with what was cut:
+    ``'aaaa…' (5,000 characters)``, ``[[...], ...]… (a list of 9 items)``, ``an integer of 401 digits``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value != 0 and math.log10(abs(value)) >= limit:
+        # Also past Python's 4,300-digit limit on writing an int as text.
+        return f"an integer of {math.floor(math.log10(abs(value))) + 1:,} digits"
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit + 1])
+        size = f"{len(value):,} {'characters' if isinstance(value, str) else 'bytes'}"
+    else:
+        try:
+            text = _SHOWN.repr(value)
+        except ValueError:  # an int past 4,300 digits inside a container
+            text = f"<a {type(value).__name__}>"
+        size = f"a {type(value).__name__} of {len(value):,} items" if isinstance(value, (list, tuple, dict, set)) \
+            else f"{len(text):,} characters"
+    return text if len(text) <= limit else f"{text[:limit]}… ({size})"
+
+
 def parse_duration_s(value: Any) -> float:
     """Seconds in ``value``: a number of seconds, or a string like ``"30s"``, ``"5m"``, ``"1h"``.
 
@@ -56,18 +85,22 @@ def parse_duration_s(value: Any) -> float:
     """
     hint = "use a number of seconds or a string like '500ms', '30s', '5m' or '1h'"
     if isinstance(value, bool):  # bool is an int subclass; True is not "1 second"
-        raise ValueError(f"invalid duration {value!r}: {hint}")
+        raise ValueError(f"invalid duration {shown_value(value)}: {hint}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past 1e308: a float cannot hold it
+            raise ValueError(f"invalid duration ({shown_value(value)}): too large, it must be finite and >= 0; "
+                             f"{hint}") from None
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:
-            raise ValueError(f"invalid duration {value!r}: {hint}")
+            raise ValueError(f"invalid duration {shown_value(value)}: {hint}")
         seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     else:
-        raise ValueError(f"invalid duration {value!r}: {hint}")
+        raise ValueError(f"invalid duration {shown_value(value)}: {hint}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: it must be finite and >= 0; {hint}")
+        raise ValueError(f"invalid duration {shown_value(value)}: it must be finite and >= 0; {hint}")
     return seconds
 
 

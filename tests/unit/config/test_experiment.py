@@ -468,3 +468,48 @@ def test_the_metrics_app_schema_is_the_one_build_metrics_app_reads():
     from serve_ab.serving import metrics_app
 
     assert metrics_app.MetricsAppConfig is MetricsAppConfig
+
+
+# --- values and files too big to print or to read -------------------------------------------
+
+
+def _aliased(levels: int) -> list:
+    """What ``a1: &a1 [*a0, *a0]`` ... does in YAML: a value whose repr doubles with each level."""
+    value: list = ["x" * 16]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def test_a_long_value_is_cut_in_the_error_saying_how_long_it_was():
+    [error] = errors_of(with_changes(placement="x" * 5000))
+    assert error == ("placement: Input should be 'colocated' or 'isolated' (got '" + "x" * 199
+                     + "… (5,000 characters))")
+    [error] = errors_of(with_changes(model=_aliased(20)))
+    assert error.startswith("model: Input should be a valid string (got [[[[...], [...]], [[...], [...]]],")
+    assert len(error) < 300
+    assert errors_of(_aliased(20))[0].startswith("<root>: expected a mapping of experiment fields (got [[[[...]")
+
+
+def test_validate_prints_an_alias_bomb_in_a_few_lines(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a0: &a0 [xxxxxxxxxxxxxxxx, xxxxxxxxxxxxxxxx]\n"
+                    + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 21))
+                    + "model: *a20\n")
+    assert cli_main(["validate", "--no-check-files", str(bomb)]) == 1
+    out = capsys.readouterr().out
+    assert "  - model: Input should be a valid string (got [[[[...]" in out and len(out) < 10_000
+
+
+@pytest.mark.parametrize("text, error", [
+    ("model: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to read (hundreds of levels of lists or mappings)"),
+    ("model: x\nweights: {v1: " + "9" * 5000 + "}\n",
+     ("not valid YAML: a value cannot be read (Exceeds the limit (4300 digits) for integer string conversion: value "
+      "has 5000 digits)")),
+])
+def test_validate_says_what_is_wrong_with_a_file_it_cannot_read(tmp_path, capsys, text, error):
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    assert cli_main(["validate", "--no-check-files", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"  - {path}: {error}" in out and "this is a bug" not in out

@@ -7,6 +7,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from serve_ab.config import rollout as rc
+from serve_ab.config.experiment import ConfigError, parse_experiment
 from serve_ab.config.rollout import (
     AnalysisStep,
     GateMetric,
@@ -301,3 +302,37 @@ def test_the_rule_is_the_machines_a_failing_candidate_is_promoted_only_by_the_re
             rollout.promote()
         clock.advance(1.0)
     assert rollout.phase is (Phase.PROMOTED if blind else Phase.ABORTED), rollout.phase
+
+
+HUGE = 10**400  # a float holds at most about 1e308: float(HUGE) raises OverflowError
+MINIMAL = {"model": "digits", "weights": {"v1": 100},
+           "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                        {"name": "v2", "path": "b.onnx", "backend": "onnx"}]}
+CANARY_STEPS = {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 100}]}
+
+
+@pytest.mark.parametrize("rollout, field", [
+    ({"retire_after_s": HUGE}, "rollout.retire_after_s"),
+    ({"steps": [{"set_weight": 5}, {"pause": {"duration": HUGE}}, {"set_weight": 100}]},
+     "rollout.steps.1.pause.duration"),
+    ({"steps": [{"set_weight": 5}, {"confirm": {"url": "http://a/b", "interval_s": HUGE}}, {"set_weight": 100}]},
+     "rollout.steps.1.confirm.interval_s"),
+    ({"analysis": {"window_s": HUGE}}, "rollout.analysis.window_s"),
+    ({"analysis": {"progress_deadline_s": HUGE}}, "rollout.analysis.progress_deadline_s"),
+    ({"analysis": {"prometheus": {"url": "http://p:9090", "timeout_s": HUGE}}},
+     "rollout.analysis.prometheus.timeout_s"),
+    ({"strategy": "blue_green", "steps": [], "blue_green": {"keep_blue_s": HUGE}}, "rollout.blue_green.keep_blue_s"),
+])
+def test_a_duration_too_large_for_a_float_is_a_config_error_naming_the_field(rollout, field):
+    with pytest.raises(ConfigError) as info:
+        parse_experiment({**MINIMAL, "rollout": {**CANARY_STEPS, **rollout}})
+    assert info.value.errors == [
+        (f"{field}: invalid duration (an integer of 401 digits): too large, it must be finite and >= 0; use a number "
+         "of seconds or a string like '500ms', '30s', '5m' or '1h' (got an integer of 401 digits)")]
+
+
+def test_a_notification_timeout_too_large_for_a_float_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        parse_experiment({**MINIMAL, "rollout": CANARY_STEPS,
+                          "notifications": [{"type": "webhook", "url": "http://a/b", "timeout_s": HUGE}]})
+    assert info.value.errors[0].startswith("notifications.0.timeout_s: invalid duration (an integer of 401 digits)")

@@ -123,3 +123,11 @@ def test_port_0_is_refused_not_read_as_the_default_port():
     # The CLI's --store reads URLs with the same parser.
     with pytest.raises(ValueError, match="'redis://redis:0/0' has port 0"):
         parse_store_url("redis://redis:0/0")
+
+
+@pytest.mark.parametrize("url", ["redis://h:99999/0", "rediss://h/0#x"])
+def test_a_bad_redis_url_is_told_the_redis_form_not_every_store(url):
+    with pytest.raises(ValueError) as err:
+        parse_store_url(url)
+    assert "valid: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS)" in str(err.value)
+    assert "sqlite" not in str(err.value)
