@@ -2,15 +2,18 @@
 
 Exit codes are one table for every command, so that a CI step can branch on them:
 
-==  =====================================================================================
-0   ok; with ``status --wait``: the rollout was promoted (blue-green: switched, and its
-    post-switch watch passed)
-1   the app answered with an error, a record is missing; with ``--wait``: the rollout was
-    aborted or rolled back
-2   usage error (a bad flag or value; nothing was sent)
-3   ``--wait``/``--watch`` timed out before the rollout ended
-4   the app (or, for ``--app``, Ray's dashboard) could not be reached
-==  =====================================================================================
+===  =====================================================================================
+0    ok; with ``status --wait``: the rollout was promoted (blue-green: switched, and its
+     post-switch watch passed)
+1    the app answered with an error, a record is missing; with ``--wait``: the rollout was
+     aborted or rolled back
+2    usage error (a bad flag or value; nothing was sent)
+3    ``--wait``/``--watch`` timed out before the rollout ended
+4    the app (or, for ``--app``, Ray's dashboard; for ``--store``, the Redis) could not be
+     reached
+130  interrupted (Ctrl-C)
+141  the reader of the output went away (``| head``), as a process SIGPIPE ended reports
+===  =====================================================================================
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import re
 from enum import IntEnum
 from typing import Any
 
-__all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "OUTPUTS", "DeprecatedAlias", "ExitCode", "RequestFailed",
-           "add_output_option", "check_http_url", "dump", "duration_s", "parse_duration_s"]
+__all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "MAX_DURATION_S", "OUTPUTS", "DeprecatedAlias", "ExitCode",
+           "RequestFailed", "add_output_option", "check_header_token", "check_http_url", "dump", "duration_s",
+           "parse_duration_s", "redact"]
 
 
 class ExitCode(IntEnum):
@@ -33,15 +37,18 @@ class ExitCode(IntEnum):
     TIMEOUT = 3
     UNREACHABLE = 4
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+    BROKEN_PIPE = 141  # the reader went away (`| head`), as shells report SIGPIPE
 
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0  ok; status --wait: the rollout was promoted (blue-green: switched and watched)
-  1  the app answered with an error; status --wait: the rollout was aborted or rolled back
-  2  usage error (bad flag or value; nothing was sent)
-  3  status --wait/--watch: timed out before the rollout ended
-  4  the app (or, for --app, Ray's dashboard) could not be reached"""
+    0  ok; status --wait: the rollout was promoted (blue-green: switched and watched)
+    1  the app answered with an error; status --wait: the rollout was aborted or rolled back
+    2  usage error (bad flag or value; nothing was sent)
+    3  status --wait/--watch: timed out before the rollout ended
+    4  the app (or, for --app, Ray's dashboard; for --store, the Redis) could not be reached
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (as in `serve-ab runs | head -1`)"""
 
 
 class RequestFailed(Exception):
@@ -83,8 +90,50 @@ def check_http_url(text: str) -> str:
     return text.rstrip("/")
 
 
+# --- control tokens ------------------------------------------------------------------------
+
+
+def check_header_token(token: str, name: str) -> str:
+    """``token`` if it can be sent in an ``Authorization`` header, else ValueError naming where
+    it came from (``name``: ``argument --token``, ``$SERVE_AB_CONTROL_TOKEN``) but never the token.
+
+    httpx refuses a non-ASCII header with a UnicodeEncodeError, and h11 a control character with
+    an error that quotes the whole header, token included.
+    """
+    for position, char in enumerate(token, 1):
+        if not " " <= char <= "~":
+            kind = "a non-ASCII character" if ord(char) > 0x7F else "a control character such as a line break"
+            raise ValueError(f"{name} holds a character that cannot go in an HTTP header ({kind}, at position "
+                             f"{position} of {len(token)}); tokens are printable ASCII: was a line break or a "
+                             "typographic quote copied with it?")
+    return token
+
+
+# What a word of a token is made of (URL-safe base64, as `secrets.token_urlsafe` writes): a match
+# of the token counts only where it is not part of a longer one. Not . / = or +, which also end
+# sentences, URL segments and "token=...": a secret there must still be hidden.
+_TOKEN_CHARS = r"[A-Za-z0-9_-]"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every whole occurrence of ``secret`` (as written, or escaped as Python's and
+    JSON's reprs show it) replaced by ``***``.
+
+    Whole: not inside a longer run of token characters, so that a short token (``e``) does not
+    turn ``error`` into ``***rror``; a secret glued to other token characters is not the token.
+    """
+    if not secret:
+        return text
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(f"(?<!{_TOKEN_CHARS})(?:{alternatives})(?!{_TOKEN_CHARS})", "***", text)
+
+
 # --- durations -----------------------------------------------------------------------------
 
+# The longest duration taken: a year. Longer is a typo (1e10 s is 317 years), and socket
+# timeouts and sleeps overflow near 9.2e9 s.
+MAX_DURATION_S = 365 * 24 * 3600.0
 DURATION_FORMS = "a duration > 0 such as 30s, 10m, 1h30m, 500ms, or plain seconds such as 45 or 2.5"
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
@@ -93,7 +142,8 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 def parse_duration_s(text: str) -> float:
     """``"1h30m"`` -> 5400.0; units in the order h, m, s, ms, each once; a bare number is seconds.
 
-    Raises ValueError (with the text and the valid forms) for anything else, zero included.
+    Raises ValueError (with the text and the valid forms) for anything else, zero and more than
+    a year included.
     """
     value = text.strip()
     seconds: float | None = None
@@ -107,6 +157,9 @@ def parse_duration_s(text: str) -> float:
             seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
     if seconds is None or not 0 < seconds < math.inf:
         raise ValueError(f"{text!r} is not a valid duration; expected {DURATION_FORMS}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than a year ({seconds:.3g} s), the longest duration taken; give at "
+                         "most 8760h, e.g. 30m or 24h")
     return seconds
 
 
@@ -149,24 +202,27 @@ def add_output_option(parser: argparse.ArgumentParser, what: str) -> None:
 def dump(data: Any, output: str) -> str:
     """``data`` (plain JSON values) as ``output`` (``json`` or ``yaml``). A number that is not
     finite is written as null, as pydantic writes JSON: ``NaN`` and ``Infinity`` are not JSON,
-    and ``jq`` or ``JSON.parse`` would refuse the whole document."""
+    and ``jq`` or ``JSON.parse`` would refuse the whole document. Bytes (a BLOB where a record
+    file should hold text) are written as the table shows them, ``b'\\xff'``."""
     if output == "json":
-        return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False)
+        return json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False)
     if output == "yaml":
         import yaml
 
         # Through JSON first, so that both formats print the same values (tuples, null for NaN).
-        plain = json.loads(json.dumps(_finite(data), allow_nan=False))
+        plain = json.loads(json.dumps(_plain(data), allow_nan=False))
         return yaml.safe_dump(plain, sort_keys=True, allow_unicode=True).rstrip("\n")
     raise ValueError(f"output {output!r}: expected one of json, yaml")
 
 
-def _finite(data: Any) -> Any:
-    """``data`` with every float that is not finite replaced by None."""
+def _plain(data: Any) -> Any:
+    """``data`` with every float that is not finite replaced by None, and bytes by their repr."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
+    if isinstance(data, bytes):
+        return repr(data)
     if isinstance(data, dict):
-        return {key: _finite(value) for key, value in data.items()}
+        return {_plain(key): _plain(value) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_finite(value) for value in data]
+        return [_plain(value) for value in data]
     return data

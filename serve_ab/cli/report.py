@@ -18,7 +18,8 @@ Examples::
     serve-ab report --from-record digits-20260101-120000 --html final.html
 
 Exit codes, as every command (``serve_ab/cli/options.py``): 0 ok; 1 the app answered with an
-error, or the record is missing; 2 usage error; 4 the app could not be reached.
+error, or the record is missing; 2 usage error; 4 the app (or the ``--store`` Redis) could not
+be reached.
 
 Nothing heavy is imported until a command runs: matplotlib only for ``--html``.
 """
@@ -81,7 +82,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                        "redis://redis.internal:6379/0")
     _add_store_options(runs)
     add_output_option(runs, "the list")
-    runs.set_defaults(func=run_runs)
+    runs.set_defaults(func=functools.partial(run_runs, parser=runs))
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -92,18 +93,35 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _store_url(text: str) -> str:
+    """``--store``: a Redis URL only. With a SQLite store_url the run records are not in that file
+    but at analysis.records.path, which --records reads."""
     from serve_ab.store.url import parse_store_url, redact_url
 
+    if not text.lower().startswith(("redis://", "rediss://")):
+        raise argparse.ArgumentTypeError(f"{redact_url(text)!r} is not a Redis URL; --store takes redis://HOST[:PORT]"
+                                         "[/DB] or rediss:// (TLS), e.g. --store redis://redis.internal:6379/0; for "
+                                         "a SQLite file use --records PATH")
     try:
-        if parse_store_url(text).is_redis:
-            return text
+        parse_store_url(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    raise argparse.ArgumentTypeError(f"{redact_url(text)!r} is not a Redis URL; for a SQLite file use --records "
-                                     "PATH, for Redis e.g. --store redis://redis.internal:6379/0")
+    return text
 
 
-def _records_location(args: argparse.Namespace) -> tuple[Any, str]:
+def _store_password(args: argparse.Namespace) -> str | None:
+    """The password ``--store-password-env`` names; ValueError (a usage error) when it is not set."""
+    name = getattr(args, "store_password_env", None)
+    if name is None:
+        return None
+    import os
+
+    if name not in os.environ:
+        raise ValueError(f"argument --store-password-env: names {name!r}, which is not set in this environment; "
+                         f"export {name}=... (the Redis password) or leave the flag out")
+    return os.environ[name]
+
+
+def _records_location(args: argparse.Namespace, password: str | None) -> tuple[Any, str]:
     """The recorder ``--records``/``--store`` name, and how messages name it."""
     from serve_ab.store.runs import recorder_at
     from serve_ab.store.url import redact_url
@@ -112,14 +130,15 @@ def _records_location(args: argparse.Namespace) -> tuple[Any, str]:
     if store is None:
         path = args.records or Path(DEFAULT_RECORDS)
         return recorder_at(path), str(path)
-    password = None
-    if args.store_password_env is not None:
-        import os
-
-        if args.store_password_env not in os.environ:
-            raise ValueError(f"--store-password-env names {args.store_password_env!r}, which is not set")
-        password = os.environ[args.store_password_env]
     return recorder_at(store, password=password, prefix=args.store_key_prefix), redact_url(store)
+
+
+def _unreachable(e: Exception) -> bool:
+    """A Redis that did not answer (refused, timed out, unknown host): exit 4, as an app that
+    cannot be reached. A refused password is an answer (redis-py files it under ConnectionError)."""
+    redis = sys.modules.get("redis")  # loaded if a Redis was asked: otherwise e is not one of its errors
+    return (redis is not None and isinstance(e, (redis.ConnectionError, redis.TimeoutError))
+            and not isinstance(e, redis.AuthenticationError))
 
 
 def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
@@ -133,6 +152,7 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             raise ValueError("argument --records: only applies with --from-record RUN_ID")
         if getattr(args, "store", None) is not None and (args.from_record is None or args.records is not None):
             raise ValueError("argument --store: only applies with --from-record RUN_ID, instead of --records")
+        password = _store_password(args)
         url = None if args.from_record is not None else cli_rollout.resolve_url(args)
     except ValueError as e:
         if parser is None:
@@ -143,7 +163,7 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             print(line, file=err)
         return failure.code
     if args.from_record is not None:
-        report, code = _report_from_record(args.from_record, args, err), ExitCode.FAILED
+        report, code = _report_from_record(args.from_record, args, password, err)
     else:
         report, code = _report_from_app(url, args.request_timeout_s, err)
     if report is None:
@@ -160,18 +180,25 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
     return ExitCode.OK
 
 
-def run_runs(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run_runs(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
+             out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    try:
+        password = _store_password(args)
+    except ValueError as e:
+        if parser is None:
+            raise
+        parser.error(str(e))  # exits with status 2
     where = str(args.records or DEFAULT_RECORDS)
     try:
-        recorder, where = _records_location(args)
+        recorder, where = _records_location(args, password)
         summaries = recorder.list()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
-        return 1
+        return ExitCode.FAILED
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError (not a database, locked), redis errors
         print(f"error: cannot read run records at {where}: {type(e).__name__}: {e}", file=err)
-        return 1
+        return ExitCode.UNREACHABLE if _unreachable(e) else ExitCode.FAILED
     if args.output == "table":
         print(render_runs(summaries, where), file=out)
     else:
@@ -197,10 +224,12 @@ def _report_from_app(url: str, timeout_s: float, err: TextIO) -> tuple[Report | 
     return report, ExitCode.OK if report is not None else ExitCode.FAILED
 
 
-def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> Report | None:
+def _report_from_record(run_id: str, args: argparse.Namespace, password: str | None,
+                        err: TextIO) -> tuple[Report | None, int]:
+    """The report and OK, or None and the exit code, after saying why."""
     path = str(args.records or DEFAULT_RECORDS)
     try:
-        recorder, path = _records_location(args)
+        recorder, path = _records_location(args, password)
         data = recorder.load(run_id).report
     except CorruptRecord as e:
         print(f"error: run record {run_id!r} in {path} cannot be read: {e.detail}", file=err)
@@ -211,10 +240,13 @@ def _report_from_record(run_id: str, args: argparse.Namespace, err: TextIO) -> R
         print(f"error: {e}", file=err)
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError, redis errors and the like
         print(f"error: cannot read run records at {path}: {type(e).__name__}: {e}", file=err)
+        if _unreachable(e):
+            return None, ExitCode.UNREACHABLE
     else:
-        return _parse(data, f"run record {run_id!r} in {path}",
-                      "a record written by an older serve-ab may not fit this report layout", err)
-    return None
+        report = _parse(data, f"run record {run_id!r} in {path}",
+                        "a record written by an older serve-ab may not fit this report layout", err)
+        return report, ExitCode.OK if report is not None else ExitCode.FAILED
+    return None, ExitCode.FAILED
 
 
 def _parse(data: Any, source: str, hint: str, err: TextIO) -> Report | None:

@@ -39,9 +39,11 @@ from serve_ab.cli.options import (
     ExitCode,
     RequestFailed,
     add_output_option,
+    check_header_token,
     check_http_url,
     dump,
     duration_s,
+    redact,
 )
 from serve_ab.serving.core.messages import Action
 
@@ -58,7 +60,7 @@ _RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`
 _ACTION_HELP = {
     Action.PROMOTE: "move the candidate on: leave a pause step, or with --full go straight to 100%",
     Action.PAUSE: "hold the rollout at its current weights until resume",
-    Action.RESUME: "continue a paused rollout",
+    Action.RESUME: "lift an operator's pause (a pause: {} step waits for promote)",
     Action.ABORT: "stop the rollout and send all traffic to the stable version",
     Action.ROLLBACK: "send all traffic back to the stable version (also after a promotion)",
     Action.WEIGHTS: "set the traffic split by hand, e.g. v1=80 v2=20 (pauses the rollout)",
@@ -168,6 +170,8 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
     out, err = out or sys.stdout, err or sys.stderr
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
     try:
+        if token and getattr(args, "control", None) is not None:  # only actions send it
+            check_header_token(token, "argument --token" if getattr(args, "token", None) else f"${TOKEN_ENV}")
         request = _request_for(args)
         if args.timeout_s is not None and not (args.wait or args.watch):
             raise ValueError("argument --timeout: only applies with --wait or --watch (--request-timeout "
@@ -184,8 +188,8 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         _print_lines(failure.lines, token, err)
         return failure.code
     method, path, body = request
-    fetch = functools.partial(_send, url, method, path, body=body, token=token, timeout_s=args.request_timeout_s,
-                              params={"history": "true"} if args.history else None)
+    fetch = functools.partial(_fetch_status, url, method, path, body=body, token=token,
+                              timeout_s=args.request_timeout_s, params={"history": "true"} if args.history else None)
     if args.wait or args.watch:
         return _follow(args, fetch, out, err)
     try:
@@ -199,13 +203,14 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         text = render_status(status, history=args.history)
     else:
         text = f"{args.action}: ok\n" + render_status(status, short=True)
-    print(_redact(text, token), file=out)
+    # The app never echoes the token, but a proxy's error page might; it must not reach a terminal log.
+    print(redact(text, token), file=out)
     return ExitCode.OK
 
 
 def _print_lines(lines: tuple[str, ...], token: str | None, err: TextIO) -> None:
     for line in lines:
-        print(_redact(line, token), file=err)
+        print(redact(line, token), file=err)
 
 
 def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> int:
@@ -325,9 +330,71 @@ def _error_message(response: Any) -> str:
     return response.text.strip()[:200] or response.reason_phrase
 
 
-def _redact(text: str, token: str | None) -> str:
-    # The app never echoes the token, but a proxy's error page might; it must not reach a terminal log.
-    return text.replace(token, "***") if token else text
+def _fetch_status(url: str, method: str, path: str, **request: Any) -> dict[str, Any]:
+    """:func:`_send`, and the status checked for what :func:`render_status` and the wait loop read."""
+    status = _send(url, method, path, **request)
+    problem = _status_problem(status)
+    if problem is not None:  # as an answer that is not JSON: the app answered, not as a serve-ab app does
+        raise RequestFailed(f"error: unexpected answer from {url}{path}: {problem}",
+                            f"hint: is {url} a serve-ab app, of a version this serve-ab reads?")
+    return status
+
+
+_WHOLE_NUMBERS = ("revision", "step_index", "steps_total", "failures_total", "failure_limit")
+
+
+def _status_problem(status: dict[str, Any]) -> str | None:
+    """What in a status the views cannot show (a field of another type than the app sends), or None."""
+    weights = status.get("weights_pct")
+    if weights is not None:
+        if not isinstance(weights, dict):
+            return f"weights_pct is {_shown(weights)}, expected an object of version: percent"
+        for name, pct in weights.items():
+            if not _is_finite(pct):
+                return f"weights_pct.{name} is {_shown(pct)}, expected a finite number (percent)"
+    for name in _WHOLE_NUMBERS:
+        if status.get(name) is not None and (isinstance(status[name], bool) or not isinstance(status[name], int)):
+            return f"{name} is {_shown(status[name])}, expected a whole number"
+    next_step_in_s = status.get("next_step_in_s")
+    if next_step_in_s is not None and not _is_finite(next_step_in_s):
+        return f"next_step_in_s is {_shown(next_step_in_s)}, expected a finite number of seconds"
+    if status.get("phase") is not None and not isinstance(status["phase"], str):
+        return f"phase is {_shown(status['phase'])}, expected a text such as 'progressing'"
+    for name in ("gates", "retired", "history"):
+        if status.get(name) is not None and not isinstance(status[name], list):
+            return f"{name} is {_shown(status[name])}, expected a list"
+    for index, gate in enumerate(status.get("gates") or []):
+        if not isinstance(gate, dict):
+            return f"gates.{index} is {_shown(gate)}, expected an object"
+        for key in ("value", "threshold"):
+            if gate.get(key) is not None and not _is_finite(gate[key]):
+                return f"gates.{index}.{key} is {_shown(gate[key])}, expected a finite number"
+    for index, entry in enumerate(status.get("history") or []):
+        if not isinstance(entry, dict):
+            return f"history.{index} is {_shown(entry)}, expected an object"
+        if not _is_number(entry.get("t_s", 0.0)):
+            return f"history.{index}.t_s is {_shown(entry['t_s'])}, expected seconds since 1970"
+        if entry.get("actor") is not None and not isinstance(entry["actor"], dict):
+            return f"history.{index}.actor is {_shown(entry['actor'])}, expected an object"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A number a float holds: not NaN or infinite (JSON from Python may hold them), nor an
+    integer past 1e308."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -414,7 +481,7 @@ def _history_lines(history: Any, steps_total: Any = None) -> list[str]:
         return ["  (no transitions yet)"]
     lines = []
     for entry in history:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry.get("t_s", 0.0))))
+        when = _local_time(entry.get("t_s", 0.0))
         change = f"{entry.get('from_phase') or 'start'} -> {entry.get('to_phase')}"
         step = entry.get("step_index")
         if isinstance(step, int) and isinstance(steps_total, int):
@@ -422,6 +489,13 @@ def _history_lines(history: Any, steps_total: Any = None) -> list[str]:
         at_step = f"  step {step + 1}" if isinstance(step, int) else ""
         lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}{_by(entry)}".rstrip())
     return lines
+
+
+def _local_time(t_s: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_s))
+    except (ValueError, OverflowError, OSError):  # NaN, or a time past what the platform's time_t holds
+        return f"?{t_s!r}"
 
 
 def _by(entry: dict[str, Any]) -> str:

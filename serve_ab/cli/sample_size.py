@@ -231,6 +231,8 @@ def _check_effect(args: argparse.Namespace) -> float:
         if not 0 < p0 + mde_abs < 1:
             return math.nan  # the library names the range --mde must be in
         effect_sd = abs(2 * math.asin(math.sqrt(p0 + mde_abs)) - 2 * math.asin(math.sqrt(p0)))
+        if effect_sd == 0:  # p0 + mde rounds to p0: h by its slope at p0 instead
+            effect_sd = abs(mde_abs) / math.sqrt(p0 * (1 - p0))
         # Near p0, Cohen's h is mde / sqrt(p0 (1 - p0)).
         smallest = _MIN_EFFECT_SD * math.sqrt(p0 * (1 - p0)) / (p0 if args.relative else 1.0)
         given, what = f"{args.mde:g}", "standard deviations of the rate (Cohen's h)"
@@ -241,9 +243,13 @@ def _check_effect(args: argparse.Namespace) -> float:
     if effect_sd < _MIN_EFFECT_SD:
         alpha = args.alpha / (args.variants - 1) / (2 if not args.one_sided else 1)
         z = -NormalDist().inv_cdf(alpha) + NormalDist().inv_cdf(args.power)
-        about = 2 * z * z / effect_sd**2  # the normal approximation, per arm
+        # The normal approximation, per arm. Under about 1e-154 sd it passes what a float holds,
+        # and under about 1e-162 sd the square underflows to 0 (a division by zero).
+        square = effect_sd**2
+        about = 2 * z * z / square if square > 0 else math.inf
+        need = f"about {about:.1e}" if math.isfinite(about) else "more than 1e+308"
         raise ValueError(f"argument --mde: {given} is too small to plan: it is {effect_sd:.2g} {what}, which would "
-                         f"need about {about:.1e} units per arm; serve-ab plans effects of at least "
+                         f"need {need} units per arm; serve-ab plans effects of at least "
                          f"{_MIN_EFFECT_SD:g} sd (here |--mde| >= {smallest:.2g})")
     if effect_sd > _MAX_EFFECT_SD:  # only means: a rate's h is at most pi
         raise ValueError(f"argument --mde: {given} is too large to plan: it is {effect_sd:.2g} {what}; serve-ab "

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from serve_ab.cli.options import ExitCode, RequestFailed, check_http_url
+from serve_ab.cli.options import (
+    ExitCode,
+    RequestFailed,
+    check_header_token,
+    check_http_url,
+    redact,
+)
 
 __all__ = ["ADDRESS_ENVS", "AUTH_MODE_ENV", "DEFAULT_ADDRESS", "SERVE_APPS_PATH", "TOKEN_ENV", "TOKEN_PATH_ENV",
            "app_url", "auth_token", "default_address", "default_token_path", "resolve_app_url"]
@@ -68,13 +74,14 @@ def auth_token() -> tuple[str, str] | None:
     ``RAY_AUTH_MODE=disabled``).
 
     Raises ValueError when ``$RAY_AUTH_TOKEN_PATH`` is set but cannot be read or is empty:
-    Ray itself refuses to fall back to another token then.
+    Ray itself refuses to fall back to another token then; and when the token found cannot go in
+    an HTTP header (not printable ASCII), naming where it came from.
     """
     if os.environ.get(AUTH_MODE_ENV, "").strip().lower() == "disabled":
         return None
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
-        return token, f"${TOKEN_ENV}"
+        return check_header_token(token, f"${TOKEN_ENV}"), f"${TOKEN_ENV}"
     path_text = os.environ.get(TOKEN_PATH_ENV)
     if path_text:
         try:
@@ -86,13 +93,13 @@ def auth_token() -> tuple[str, str] | None:
         if not token:
             raise ValueError(f"${TOKEN_PATH_ENV} names {path_text!r}, which is empty; point it at the file holding "
                              "the cluster's token (`ray get-auth-token` prints it)")
-        return token, path_text
+        return check_header_token(token, f"the token in {path_text} (${TOKEN_PATH_ENV})"), path_text
     path = default_token_path()
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):  # no token file: a dashboard without authentication
         return None
-    return (token, str(path)) if token else None
+    return (check_header_token(token, f"the token in {path}"), str(path)) if token else None
 
 
 def app_url(details: dict[str, Any], name: str, address: str) -> str:
@@ -152,7 +159,7 @@ def resolve_app_url(name: str, address: str, timeout_s: float) -> str:
     if response.status_code != 200:
         text = response.text.strip()[:200]
         if found:  # a proxy's error page must not put the token in a terminal log
-            text = text.replace(found[0], "***")
+            text = redact(text, found[0])
         if response.status_code in (401, 403):
             hint = _auth_hint(found)
         raise RequestFailed(f"error: {where} answered {response.status_code} to GET {SERVE_APPS_PATH}: {text}",

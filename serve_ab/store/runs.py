@@ -206,7 +206,7 @@ class RunRecorder:
         :class:`CorruptRecord` when a stored column is not a JSON object."""
         row, known = self._record_row(run_id)
         if row is None:
-            hint = f"; recent ones: {', '.join(known)}" if known else "; it holds no records yet"
+            hint = f"; recent ones: {', '.join(map(str, known))}" if known else "; it holds no records yet"
             raise KeyError(f"no run record {run_id!r} in {self.path}{hint}")
         return RunRecord(row[0], _loads(row[1], run_id, "config_json"), _loads(row[2], run_id, "report_json"),
                          row[3], row[4], row[5], row[6])

@@ -19,6 +19,9 @@ from urllib.parse import unquote, urlsplit
 __all__ = ["STORE_URL_EXAMPLES", "StoreURL", "parse_store_url", "redact_url"]
 
 STORE_URL_EXAMPLES = "sqlite:///.serve-ab/state.sqlite, redis://redis.internal:6379/0 or rediss://host:6380/0"
+# What a redis:// URL with a mistake is told: a Redis URL, not every store (`serve-ab runs --store`
+# takes only Redis).
+_REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS), e.g. redis://redis.internal:6379/0"
 REDIS_DEFAULT_PORT = 6379
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@]*)@", re.IGNORECASE)
 
@@ -50,15 +53,16 @@ def redact_url(url: str) -> str:
 def parse_store_url(url: str) -> StoreURL:
     """The store ``url`` names; ``ValueError`` saying what is valid (the password redacted)."""
     shown = redact_url(url)
+    valid = _REDIS_FORM if url.lower().startswith(("redis://", "rediss://")) else STORE_URL_EXAMPLES
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as err:  # a port that is not a number in 0-65535
-        raise ValueError(f"store URL {shown!r} cannot be read ({err}); valid: {STORE_URL_EXAMPLES}") from None
+        raise ValueError(f"store URL {shown!r} cannot be read ({err}); valid: {valid}") from None
     scheme = parts.scheme.lower()
     if parts.query or parts.fragment:
         raise ValueError(f"store URL {shown!r} has a query or fragment, which serve-ab does not read; "
-                         f"valid: {STORE_URL_EXAMPLES}")
+                         f"valid: {valid}")
     if scheme == "sqlite":
         path = url[len("sqlite:///"):] if url[:len("sqlite:///")].lower() == "sqlite:///" else ""
         if parts.netloc or not path:

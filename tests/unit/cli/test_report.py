@@ -18,6 +18,7 @@ from serve_ab.cli.render_table import WIDTH, render_table
 from serve_ab.store.runs import RunRecorder
 from tests.support.fake_http import FakeApp
 from tests.unit.analysis.test_report import Sim, make_cfg
+from tests.unit.cli.control_api import closed_port
 
 
 @pytest.fixture(scope="module")
@@ -447,3 +448,69 @@ def test_from_record_names_the_column_of_corrupt_json(report, capsys, tmp_path, 
 def test_html_of_a_record_whose_time_is_not_a_time_still_renders(report):
     odd = report.model_copy(update={"generated_at_s": 1e20})
     assert "generated ?1e+20" in render_html(odd)
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+@pytest.mark.parametrize("column", ["run_id", "model", "mlflow_run_id"])
+def test_runs_prints_a_blob_as_the_table_shows_it(report, capsys, tmp_path, output, column):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, f"UPDATE runs SET {column} = ? WHERE run_id = 'odd'", b"\xff\xfe")
+    code, out, err = _run(["runs", "--records", str(path), "-o", output], capsys)
+    assert code == 0 and err == ""
+    listed = _strict_json(out) if output == "json" else yaml.safe_load(out)
+    assert [run[column] for run in listed].count("b'\\xff\\xfe'") == 1
+    if column != "mlflow_run_id":  # a column the table does not show
+        code, out, _ = _run(["runs", "--records", str(path)], capsys)
+        assert code == 0 and "b'\\xff\\xfe'" in out  # the table's spelling of the same cell
+
+
+def test_report_of_a_missing_record_names_the_known_ones_even_a_blob(report, capsys, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    _two_runs(report, path)
+    _edit(path, "UPDATE runs SET run_id = ? WHERE run_id = 'odd'", b"\xff\xfe")
+    code, out, err = _run(["report", "--from-record", "nope", "--records", str(path)], capsys)
+    assert (code, out) == (1, "")
+    assert "no run record 'nope'" in err and "b'\\xff\\xfe'" in err and "TypeError" not in err
+
+
+# --- --store: Redis only, and its exit codes ------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "sqlite:///.serve-ab/runs.sqlite", "runs.sqlite"])
+def test_store_refuses_what_is_not_redis_and_suggests_only_what_it_takes(capsys, url):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["runs", "--store", url], capsys)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument --store: {url!r} is not a Redis URL; --store takes redis://HOST[:PORT][/DB]" in err
+    assert "for a SQLite file use --records PATH" in err and "sqlite:///" not in err.replace(url, "")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis://h:99999/0", "store URL 'redis://h:99999/0' cannot be read (Port out of range 0-65535); valid: redis://"),
+    ("redis://h/0?db=1", "has a query or fragment, which serve-ab does not read; valid: redis://"),
+])
+def test_a_bad_redis_store_url_is_told_the_redis_form(capsys, url, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["runs", "--store", url], capsys)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "sqlite" not in err
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
+def test_an_unset_store_password_env_is_a_usage_error(capsys, monkeypatch, argv):
+    monkeypatch.delenv("SERVE_AB_TEST_NO_SUCH_PASSWORD", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        _run([*argv, "--store", "redis://127.0.0.1:9/0", "--store-password-env", "SERVE_AB_TEST_NO_SUCH_PASSWORD"],
+             capsys)
+    assert exit_info.value.code == 2
+    assert ("argument --store-password-env: names 'SERVE_AB_TEST_NO_SUCH_PASSWORD', which is not set"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
+def test_a_redis_that_cannot_be_reached_exits_4(capsys, argv):
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    code, out, err = _run([*argv, "--store", url], capsys)
+    assert (code, out) == (4, "") and f"error: cannot read run records at {url}: ConnectionError:" in err

@@ -11,6 +11,7 @@ import pytest
 
 import serve_ab.cli
 from serve_ab.cli import command as cli
+from serve_ab.cli.options import redact
 from serve_ab.cli.rollout import render_status
 from tests.unit.cli.control_api import CANARY, STATIC, closed_port
 from tests.unit.cli.control_api import main as _main, run as _run
@@ -268,3 +269,82 @@ def test_history_shows_who_acted_from_where_and_the_revision():
     assert "p95 up  [abort by alice (operator) from 10.0.0.7]" in text
     assert "abort: nothing to change  [abort by unknown]" in text
     assert "rollout started" in text and "rollout started  [" not in text
+
+
+# --- tokens that cannot be sent, and hiding them -------------------------------------------
+
+
+@pytest.mark.parametrize("token, kind", [
+    ("s3cr3t\r", "a control character"), ("s3cr3t\n", "a control character"), ("s3cr3t\tx", "a control character"),
+    ("s3cr3t-tök", "a non-ASCII character"),
+])
+@pytest.mark.parametrize("source", ["--token", "SERVE_AB_CONTROL_TOKEN"])
+def test_a_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_it(api, capsys, monkeypatch,
+                                                                                  token, kind, source):
+    argv = ["promote"]
+    if source == "--token":
+        argv += ["--token", token]
+    else:
+        monkeypatch.setenv(source, token)
+    with pytest.raises(SystemExit) as exit_info:
+        _main(argv)
+    err = capsys.readouterr().err
+    named = "argument --token" if source == "--token" else "$SERVE_AB_CONTROL_TOKEN"
+    assert exit_info.value.code == 2 and api.requests == []
+    assert f"{named} holds a character that cannot go in an HTTP header ({kind}" in err
+    assert "tokens are printable ASCII" in err and "s3cr3t" not in err
+
+
+def test_status_sends_no_token_so_an_unsendable_one_in_env_does_not_stop_it(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "s3cr3t\n")
+    code, out, _ = _run(["status"], capsys)
+    assert code == 0 and "canary: v1 -> v2" in out
+
+
+def test_a_short_token_is_hidden_without_garbling_the_message(api, capsys):
+    api.responses[("POST", "/rollout/pause")] = (401, {"error": "error: token e refused (sent 'e')"})
+    code, _, err = _run(["pause", "--token", "e"], capsys)
+    assert code == 1
+    assert err.splitlines()[0] == "error: 401 error: token *** refused (sent '***')"
+    assert "(the token sent was refused)" in err
+
+
+@pytest.mark.parametrize("text, secret, shown", [
+    ("error: 401", "e", "error: 401"),
+    ("Bearer s3cr3t. See /s3cr3t/ and ?token=s3cr3t&x", "s3cr3t", "Bearer ***. See /***/ and ?token=***&x"),
+    ("s3cr3tX and Xs3cr3t are other tokens", "s3cr3t", "s3cr3tX and Xs3cr3t are other tokens"),
+    ("header b'Bearer a\\\\b' and json \"a\\\\b\"", "a\\b", "header b'Bearer ***' and json \"***\""),
+    ('{"error": "bad q\\"uote"}', 'q"uote', '{"error": "bad ***"}'),
+])
+def test_redact_hides_whole_tokens_and_their_escaped_forms_only(text, secret, shown):
+    assert redact(text, secret) == shown
+
+
+# --- a 200 answer of another shape ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"weights_pct": {"v1": float("nan"), "v2": 20.0}}, "weights_pct.v1 is nan, expected a finite number (percent)"),
+    ({"weights_pct": {"v1": "eighty", "v2": 20.0}}, "weights_pct.v1 is 'eighty', expected a finite number (percent)"),
+    ({"weights_pct": [80, 20]}, "weights_pct is [80, 20], expected an object of version: percent"),
+    ({"step_index": "2"}, "step_index is '2', expected a whole number"),
+    ({"gates": ["latency ok"]}, "gates.0 is 'latency ok', expected an object"),
+    ({"gates": {"gate": "latency"}}, "gates is {'gate': 'latency'}, expected a list"),
+    ({"gates": [{"gate": "g", "value": "high"}]}, "gates.0.value is 'high', expected a finite number"),
+    ({"history": "none"}, "history is 'none', expected a list"),
+    ({"history": [5]}, "history.0 is 5, expected an object"),
+    ({"next_step_in_s": float("inf")}, "next_step_in_s is inf, expected a finite number of seconds"),
+])
+@pytest.mark.parametrize("argv", [["status", "--history"], ["status", "--wait", "--timeout", "1s"], ["pause"]])
+def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(api, capsys, change, problem, argv):
+    route = ("GET", "/rollout/status") if argv[0] == "status" else ("POST", "/rollout/pause")
+    api.responses[route] = (200, {**CANARY, **change})
+    code, out, err = _run(argv, capsys)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[0] == f"error: unexpected answer from {api.url}{route[1]}: {problem}"
+    assert f"hint: is {api.url} a serve-ab app, of a version this serve-ab reads?" in err
+
+
+def test_a_history_time_that_is_no_time_is_shown_as_found():
+    status = {**CANARY, "history": [{**CANARY["history"][0], "t_s": 1e20}]}
+    assert "?1e+20  start -> progressing" in render_status(status, history=True)

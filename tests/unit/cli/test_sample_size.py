@@ -225,6 +225,21 @@ def test_effects_out_of_reach_are_refused_naming_the_flag_without_warnings(capsy
     assert "NaN" not in err and "Warning" not in err and len(recwarn) == 0
 
 
+@pytest.mark.parametrize("argv, message", [
+    # The effect's square underflows to 0 (or the rates' h is 0 outright): no units to count.
+    (["--baseline-rate", "0.1", "--mde", "1e-300"],
+     ("argument --mde: 1e-300 is too small to plan: it is 3.3e-300 standard deviations of the rate (Cohen's h), "
+      "which would need more than 1e+308 units per arm")),
+    (["--baseline-rate", "0.1", "--mde", "1e-20", "--relative"],
+     "argument --mde: 1e-20 is too small to plan: it is 3.3e-21 standard deviations of the rate"),
+    (["--std", "1", "--mde", "1e-320"], "with --std 1 is too small to plan: it is 1e-320 standard deviations"),
+])
+def test_an_mde_too_small_for_a_float_is_the_too_small_usage_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def _t_power(d: float, n_control: int, n_variant: int, alpha: float) -> float:
     """The two-sided t-test's power, its upper tail alone (scipy's lower tail is NaN at small alphas)."""
     return TTestIndPower().power(effect_size=d, nobs1=n_control, ratio=n_variant / n_control, alpha=alpha / 2,

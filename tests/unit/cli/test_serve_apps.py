@@ -202,6 +202,34 @@ def test_an_unreadable_token_path_is_a_usage_error_and_nothing_is_sent(dashboard
     assert dashboard.requests == [] and api.requests == []
 
 
+@pytest.mark.parametrize("where, named", [
+    ("RAY_AUTH_TOKEN", "$RAY_AUTH_TOKEN"), ("RAY_AUTH_TOKEN_PATH", "the token in {path} ($RAY_AUTH_TOKEN_PATH)"),
+    ("default file", "the token in {path}"),
+])
+@pytest.mark.parametrize("token, kind", [("tök-secret", "a non-ASCII character"),
+                                         ("tok\rsecret", "a control character")])
+def test_a_ray_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_it(
+        dashboard, api, capsys, monkeypatch, tmp_path, where, named, token, kind):
+    if where == "RAY_AUTH_TOKEN":
+        monkeypatch.setenv(where, token)
+    else:
+        path = _token_file(token, tmp_path / "token" if where == "RAY_AUTH_TOKEN_PATH" else None)
+        named = named.format(path=path)
+        if where == "RAY_AUTH_TOKEN_PATH":
+            monkeypatch.setenv(where, str(path))
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (2, "") and "Traceback" not in err
+    assert f"error: {named} holds a character that cannot go in an HTTP header ({kind}" in err
+    assert "secret" not in err and dashboard.requests == [] and api.requests == []
+
+
+def test_a_short_ray_token_is_hidden_without_garbling_the_dashboards_answer(dashboard, api, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "e")
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (403, b"Forbidden: token e is not valid")}
+    code, _, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert code == 4 and "answered 403 to GET /api/serve/applications/: Forbidden: token *** is not valid" in err
+
+
 def test_a_dashboard_asking_for_a_token_says_how_to_give_it(dashboard, api, capsys):
     dashboard.responses = {("GET", SERVE_APPS_PATH): (401, b"Unauthorized: Missing authentication token")}
     code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from serve_ab.cli import command as cli
@@ -50,3 +53,31 @@ def test_a_surprise_in_one_file_is_reported_and_the_rest_still_checked(tmp_path,
     out = capsys.readouterr().out
     assert f"  - {first}: could not be checked (RecursionError: maximum recursion depth exceeded)" in out
     assert f"{GOOD}: ok" in out
+
+
+# --- a reader that goes away, Ctrl-C: exit codes, no traceback ------------------------------
+
+
+def _serve_ab(code: str, stdout) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python (its own stdout and signals), from the repository root."""
+    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO_ROOT, timeout=60, check=False)
+
+
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly_with_141():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `serve-ab validate ... | head -0`: every write fails with EPIPE
+    try:
+        result = _serve_ab("import sys; from serve_ab.cli.command import main; "
+                           f"sys.exit(main(['validate', '--no-check-files', {str(GOOD)!r}]))", write_end)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_ctrl_c_ends_the_command_with_130_and_no_traceback():
+    result = _serve_ab("import sys; from serve_ab.cli import command\n"
+                       "def interrupted(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+                       "command.check_file = interrupted\n"
+                       "sys.exit(command.main(['validate', 'configs/ab.yaml']))", subprocess.PIPE)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")

@@ -220,12 +220,17 @@ def _parse(argv):
     (["status", "--wait", "--timeout", "0s"], "argument --timeout: '0s' is not a valid duration"),
     (["status", "--wait", "--interval", "fast"], "argument --interval: 'fast' is not a valid duration"),
     (["status", "--request-timeout", "-1"], "argument --request-timeout: '-1' is not a valid duration"),
+    # Past what a socket timeout or a sleep takes (OverflowError near 9.2e9 s), and past any sense.
+    (["status", "--request-timeout", "1e10"], ("argument --request-timeout: '1e10' is longer than a year (1e+10 s), "
+                                                "the longest duration taken; give at most 8760h, e.g. 30m or 24h")),
+    (["status", "--wait", "--timeout", "1m", "--interval", "1e10"], "argument --interval: '1e10' is longer than"),
+    (["status", "--wait", "--timeout", "8761h", "--interval", "1h"], "argument --timeout: '8761h' is longer than"),
     (["status", "--timeout", "3s"], "argument --timeout: only applies with --wait or --watch"),
     (["status", "--wait", "--watch"], "not allowed with argument"),
     (["status", "--watch", "-o", "json"], "argument --watch: draws the table; for -o json use --wait"),
     (["status", "-o", "xml"], "invalid choice: 'xml'"),
 ])
-def test_usage_errors_exit_2_and_send_nothing(api, capsys, argv, message):
+def test_usage_errors_exit_2_and_send_nothing(api, clock, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         _main(argv)
     assert exit_info.value.code == 2 and api.requests == []
@@ -234,7 +239,7 @@ def test_usage_errors_exit_2_and_send_nothing(api, capsys, argv, message):
 
 @pytest.mark.parametrize("text, seconds", [
     ("30s", 30.0), ("10m", 600.0), ("1h30m", 5400.0), ("1h30m15s", 5415.0), ("1m30s", 90.0),
-    ("500ms", 0.5), ("2.5m", 150.0), ("45", 45.0), ("2.5", 2.5), (" 10s ", 10.0),
+    ("500ms", 0.5), ("2.5m", 150.0), ("45", 45.0), ("2.5", 2.5), (" 10s ", 10.0), ("8760h", 365 * 86400.0),
 ])
 def test_durations(text, seconds):
     assert parse_duration_s(text) == seconds

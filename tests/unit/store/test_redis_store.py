@@ -239,7 +239,7 @@ def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys)
     from serve_ab.cli.command import main as cli_main
 
     started = time.monotonic()
-    assert cli_main(["runs", "--store", f"redis://:pw@127.0.0.1:{port}/0"]) == 1
+    assert cli_main(["runs", "--store", f"redis://:pw@127.0.0.1:{port}/0"]) == 4  # could not be reached
     assert time.monotonic() - started < 10
     err = capsys.readouterr().err
     assert f"cannot read run records at redis://:***@127.0.0.1:{port}/0: ConnectionError" in err and "pw@" not in err
