@@ -18,13 +18,13 @@ dozen Python calls per answer); :meth:`IntervalAggregate.served` folds one, the 
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from serve_ab.analysis.accumulate import ShadowStats, VersionStats
+from serve_ab.analysis.clusters import GroupSums
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
@@ -46,34 +46,37 @@ ROW_FIELDS = ("version", "latency_ms", "error_kind", "predicted_class", "score",
 
 @dataclass
 class GateAggregate:
-    """What one version did for the gates (requests the split assigned, and mirrored copies)."""
+    """What one version did for the gates (requests the split assigned, and mirrored copies);
+    ``groups``: the same per group of buckets, for the design effects of users who send many
+    requests (:mod:`serve_ab.analysis.clusters`)."""
 
     requests: int = 0
     errors: int = 0
     latency_ms: LogHistogram = field(default_factory=LogHistogram)  # successful requests
     class_counts: collections.Counter = field(default_factory=collections.Counter)
     scores: LogHistogram = field(default_factory=LogHistogram)
+    groups: GroupSums = field(default_factory=GroupSums)
 
-    def add(self, latency_ms: float, ok: bool, predicted_class: int | None, score: float | None) -> None:
-        self.requests += 1
-        if not ok:
-            self.errors += 1
-            return
-        self.latency_ms.add(latency_ms)
-        if predicted_class is not None:
-            self.class_counts[predicted_class] += 1
-        if score is not None and math.isfinite(score):
-            self.scores.add(score)
+    def add(self, latency_ms: float, ok: bool, predicted_class: int | None, score: float | None,
+            unit: int | None = None) -> None:
+        """One request of ``unit`` (None: keyless)."""
+        self.add_many(np.array([latency_ms], dtype=float), np.array([ok]), [predicted_class],
+                      np.array([] if score is None or not ok else [score], dtype=float), [unit])
 
-    def add_many(self, latencies_ms: np.ndarray, errors: int, predicted_classes: list[int],
-                 scores: np.ndarray) -> None:
-        """What :meth:`add` of ``latencies_ms.size + errors`` requests leaves: the successful
-        ones' latencies, predicted classes and finite scores, and ``errors`` failures."""
-        self.requests += int(latencies_ms.size) + errors
-        self.errors += errors
-        self.latency_ms.add_many(latencies_ms)
-        self.class_counts.update(predicted_classes)
+    def add_many(self, latency_ms: np.ndarray, ok: np.ndarray, predicted_classes: Sequence[int | None],
+                 scores: np.ndarray, units: Sequence[int | None]) -> None:
+        """What :meth:`add` of each request leaves: ``latency_ms``, ``ok``,
+        ``predicted_classes`` and ``units`` have one entry per request (a failed request's
+        latency and class are not counted); ``scores``: the successful ones' scores."""
+        good = latency_ms[ok]
+        classes = [c if fine else None for c, fine in zip(predicted_classes, ok.tolist())]
+        self.requests += int(ok.size)
+        self.errors += int(ok.size - good.size)
+        self.latency_ms.add_many(good)
+        self.class_counts.update(c for c in classes if c is not None)
+        scores = scores[np.isfinite(scores)]
         self.scores.add_many(scores)
+        self.groups.add_many(list(units), ok, good, classes)
 
     def merge(self, other: GateAggregate) -> None:
         self.requests += other.requests
@@ -81,6 +84,7 @@ class GateAggregate:
         self.latency_ms.merge(other.latency_ms)
         self.class_counts.update(other.class_counts)
         self.scores.merge(other.scores)
+        self.groups.merge(other.groups)
 
 
 @dataclass
@@ -177,10 +181,10 @@ class IntervalAggregate:
                 gate = self.gates.get(version)
                 if gate is None:
                     gate = self.gates[version] = GateAggregate()
-                good = gated[ok[gated]].tolist()
-                good_scores = np.array([scores[i] for i in good if scores[i] is not None], dtype=float)
-                gate.add_many(latency_ms[good], gated.size - len(good), [classes[i] for i in good if classes[i] is not None],
-                              good_scores[np.isfinite(good_scores)])
+                rows_ = gated.tolist()
+                good_scores = np.array([scores[i] for i in rows_ if ok[i] and scores[i] is not None], dtype=float)
+                gate.add_many(latency_ms[gated], ok[gated], [classes[i] for i in rows_], good_scores,
+                              [units[i] for i in rows_])
             live = index[~mirrored_mask[index]]
             if live.size:
                 stats = self.versions.get(version)

@@ -18,6 +18,11 @@ step with probability at most the configured ``analysis.alpha``. The bounds, per
   (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
   negative stable value no meaningful one: both are INCONCLUSIVE, with the reason.
 
+Users who send many requests: error rates, latency percentiles and class counts are judged
+on the effective sample, ``n / deff``, where the design effect comes from the window's
+per-group totals (:mod:`serve_ab.analysis.clusters`; ``WindowStats.groups``). Without
+groups (a window built by hand) requests count as independent.
+
 Drift gates are harm detectors: they FAIL only when a test on the data rejects "same
 distribution" at ``alpha`` *and* the divergence exceeds ``max``, and otherwise PASS. A
 divergence from a small sample is biased upwards (ten predictions per side over ten classes
@@ -72,6 +77,9 @@ import numpy as np
 from scipy import special
 
 from serve_ab.analysis import drift
+from serve_ab.analysis.clusters import (
+    INDEPENDENT, DesignEffect, GroupSums, class_design_effect, effective_counts, quantile_design_effect,
+    ratio_design_effect)
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.config.rollout import Gate, GateMetric, display_url
 
@@ -92,6 +100,7 @@ class Observation:
     predicted_class: int | None = None
     score: float | None = None
     t_s: float = 0.0
+    unit: int | None = None  # the user's hash (None: keyless), as the router knows it
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,9 @@ class WindowStats:
     #: class the live version answered (shadow, or blue-green validation on live traffic).
     shadow_pairs: int = 0
     shadow_agreements: int = 0
+    #: The requests above per group of users' buckets, for design effects
+    #: (:mod:`serve_ab.analysis.clusters`); None: no such figures, requests are independent.
+    groups: GroupSums | None = None
 
     def __post_init__(self) -> None:
         for name in ("latencies_ms", "scores"):
@@ -246,6 +258,11 @@ def build_windows(
         for o in mine:
             if o.predicted_class is not None:
                 counts[o.predicted_class] += 1
+        groups = GroupSums()
+        if mine:
+            ok = np.array([o.ok for o in mine])
+            groups.add_many([o.unit for o in mine], ok, np.array([o.latency_ms for o in mine if o.ok], dtype=float),
+                            [o.predicted_class if o.ok else None for o in mine])
         windows[name] = WindowStats(
             version=name,
             request_count=len(mine),
@@ -256,6 +273,7 @@ def build_windows(
             feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v))
                       for k, v in means[name].items()},
             conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates[name].items()},
+            groups=groups,
         )
     return windows
 
@@ -376,8 +394,20 @@ def _rate_counts(gate: Gate, window: WindowStats) -> tuple[int, int, str]:
     return x, n, f"{x} successes in {n} '{gate.name}' outcomes"
 
 
-def _rate_bounds(x: int, n: int, alpha: float) -> tuple[float, float]:
-    """Clopper-Pearson (exact binomial) one-sided bounds on a proportion."""
+def _rate_effect(gate: Gate, window: WindowStats) -> DesignEffect:
+    """The design effect of a rate gate's proportion: error rates are counted per group of
+    users; feedback and shadow pairs are not (yet), and count as independent."""
+    if gate.metric is GateMetric.ERROR_RATE and window.groups is not None:
+        return ratio_design_effect(window.groups.errors, window.groups.requests)
+    return INDEPENDENT
+
+
+def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) one-sided bounds on a proportion, on the effective
+    sample ``n / deff`` with the same proportion (Korn & Graubard 1998)."""
+    n_eff = effect.effective(n, alpha)
+    if n_eff < n:
+        x, n = x / n * n_eff, n_eff
     # Beta quantiles via betaincinv: scipy.stats.beta.ppf, 50x slower (simulations call this).
     lower = 0.0 if x == 0 else float(special.betaincinv(x, n - x + 1, alpha))
     upper = 1.0 if x == n else float(special.betaincinv(x + 1, n - x, 1 - alpha))
@@ -389,7 +419,14 @@ def _percentile(latencies: LogHistogram, percentile: float) -> float:
     return latencies.quantile(percentile / 100)
 
 
-def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float) -> tuple[float, float]:
+def _quantile_effect(window: WindowStats, quantile_ms: float) -> DesignEffect:
+    if window.groups is None:
+        return INDEPENDENT
+    return quantile_design_effect(window.groups.latency_bins, quantile_ms)
+
+
+def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
+                     effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
     """Distribution-free bounds on the q-quantile from order statistics.
 
     The number of samples below the true quantile is Binomial(n, q) (at most so with
@@ -398,10 +435,19 @@ def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float) -> tuple[f
     with P(Binomial >= l) >= 1 - alpha a lower one. From the sketch, each order statistic is
     replaced by the edge of its bucket on the safe side (at most 2% wider). Too few samples
     for a bound gives inf (upper) or 0 (lower: latencies are never negative).
+
+    With a design effect, the ranks are found for ``n / deff`` effective samples and read at
+    the same fraction of the n (Woodruff 1952: the bound on the proportion below, inverted).
     """
     n = latencies.count
-    u = _binomial_quantile(1 - alpha, n, q)  # 0-based index of x_(u)
-    low = _binomial_quantile(alpha, n, q, strictly=True) - 1  # 0-based index of x_(l)
+    n_eff = min(int(effect.effective(n, alpha)), n)
+    u_eff = _binomial_quantile(1 - alpha, n_eff, q)  # 0-based index of x_(u) among n_eff
+    l_eff = _binomial_quantile(alpha, n_eff, q, strictly=True)  # 1-based rank of x_(l) among n_eff
+    if n_eff == n:
+        u, low = u_eff, l_eff - 1
+    else:  # the same fractions of n, rounded outwards
+        u = math.ceil((u_eff + 1) * n / n_eff) - 1 if n_eff else n
+        low = math.floor(l_eff * n / n_eff) - 1 if n_eff else -1
     upper = latencies.rank_bounds(u)[1] if u < n else math.inf
     lower = latencies.rank_bounds(low)[0] if low >= 0 else 0.0
     return lower, upper
@@ -444,7 +490,13 @@ def _mean_bounds(stats_: FeedbackStats, alpha: float) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def _rate_ratio_bounds(x1: int, n1: int, x2: int, n2: int, alpha: float) -> tuple[float, float]:
+def _describe_both(effects: tuple[DesignEffect, DesignEffect], candidate: WindowStats,
+                   stable: WindowStats) -> str:
+    said = [f"{w.version}'s {e.value:.3g}" for e, w in zip(effects, (candidate, stable)) if e.value > 1.0]
+    return f" (design effects of correlated users' requests: {', '.join(said)})" if said else ""
+
+
+def _rate_ratio_bounds(x1: float, n1: float, x2: float, n2: float, alpha: float) -> tuple[float, float]:
     """Katz's log interval on the ratio of two proportions.
 
     With a zero cell (no events, or only events) Katz's variance is zero or undefined, so
@@ -554,12 +606,15 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
         latencies = candidate.latencies_ms
         percentile = _PERCENTILES[gate.metric]
         value = _percentile(latencies, percentile)
-        lower, upper = _quantile_bounds(latencies, percentile / 100, alpha)
-        seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms"
+        effect = _quantile_effect(candidate, value)
+        lower, upper = _quantile_bounds(latencies, percentile / 100, alpha, effect)
+        seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms{effect.describe()}"
     elif gate.metric in _RATES:
         x, n, seen = _rate_counts(gate, candidate)
         value = x / n
-        lower, upper = _rate_bounds(x, n, alpha)
+        effect = _rate_effect(gate, candidate)
+        lower, upper = _rate_bounds(x, n, alpha, effect)
+        seen += effect.describe()
     else:  # feedback_mean
         stats_ = candidate.feedback[gate.name]
         value = stats_.mean
@@ -600,21 +655,27 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
                       f"e.g. {{metric: {gate.metric.value}, max: 0.01}}", 1.0, cand, stab)
     value = cand / stab if stab > 0 else math.inf
 
+    effects = (INDEPENDENT, INDEPENDENT)
     if gate.metric in _PERCENTILES:
+        effects = (_quantile_effect(candidate, cand), _quantile_effect(stable, stab))
         # Each arm's bound at alpha / 2: both hold together with probability >= 1 - alpha.
         (cand_low, cand_up), (stab_low, stab_up) = (
-            _quantile_bounds(a, percentile / 100, alpha / 2) for a in arms)
+            _quantile_bounds(a, percentile / 100, alpha / 2, e) for a, e in zip(arms, effects))
         lower = 0.0 if math.isinf(stab_up) else _ratio(cand_low, stab_up, 0.0)
         upper = _ratio(cand_up, stab_low, math.inf)
     elif gate.metric in _RATES:
-        lower, upper = _rate_ratio_bounds(x1, n1, x2, n2, alpha)
+        effects = (_rate_effect(gate, candidate), _rate_effect(gate, stable))
+        (e1, e2) = effects
+        n1_eff, n2_eff = e1.effective(n1, alpha), e2.effective(n2, alpha)
+        lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, alpha)
     else:
         lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha)
     verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
     if math.isinf(lower) and math.isinf(upper):
         judged += f" ({stable.version}'s mean is not clearly above 0)"
     reason = (f"{metric} on {candidate.version} is {_fmt(cand)}, {_fmt(value)}x stable "
-              f"{stable.version} ({_fmt(stab)}), from {sizes}; {judged}")
+              f"{stable.version} ({_fmt(stab)}), from {sizes}{_describe_both(effects, candidate, stable)}; "
+              f"{judged}")
     return result(verdict, reason, value, cand, stab, lower=lower, upper=upper)
 
 
@@ -623,8 +684,12 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     """A harm detector: FAIL only when a test shows a difference and the divergence exceeds max."""
     if gate.metric in _CLASS_DRIFT:
         value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
-        test = drift.class_homogeneity_test(candidate.class_counts, stable.class_counts, alpha=alpha)
-        p_value, tested = test.p_value, test.describe()
+        # Each side's counts on its effective sample (Rao-Scott's first-order correction):
+        # users who keep getting one class would otherwise read as a shift of the classes.
+        effects = [_class_effect(w) for w in (candidate, stable)]
+        test = drift.class_homogeneity_test(effective_counts(candidate.class_counts, effects[0], alpha),
+                                            effective_counts(stable.class_counts, effects[1], alpha), alpha=alpha)
+        p_value, tested = test.p_value, test.describe() + _describe_both(tuple(effects), candidate, stable)
     else:
         statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores)
         value = statistic if gate.metric is GateMetric.DRIFT_KS else \
@@ -639,6 +704,12 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     else:
         verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
     return result(verdict, f"{what}; {judged}", value, p_value=p_value)
+
+
+def _class_effect(window: WindowStats) -> DesignEffect:
+    if window.groups is None:
+        return INDEPENDENT
+    return class_design_effect(window.groups.classes, len(window.class_counts))
 
 
 def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:

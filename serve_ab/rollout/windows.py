@@ -116,5 +116,6 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
             scores=gate.scores,
             feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v)) for k, v in means.items()},
             conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates.items()},
+            groups=gate.groups,
         )
     return out

@@ -17,6 +17,10 @@ def assert_same(a: IntervalAggregate, b: IntervalAggregate) -> None:
     for name, ga in a.gates.items():
         gb = b.gates[name]
         assert (ga.requests, ga.errors, ga.class_counts) == (gb.requests, gb.errors, gb.class_counts)
+        sa, sb = ga.groups, gb.groups
+        assert sa.classes == sb.classes
+        for name_ in ("requests", "errors", "latency_bins"):
+            assert np.array_equal(getattr(sa, name_), getattr(sb, name_)), name_
         for ha, hb in ((ga.latency_ms, gb.latency_ms), (ga.scores, gb.scores)):
             assert np.array_equal(ha.counts, hb.counts) and (ha.count, ha.min, ha.max) == (hb.count, hb.min, hb.max)
             assert ha.total == pytest.approx(hb.total, rel=1e-12)

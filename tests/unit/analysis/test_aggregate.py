@@ -148,7 +148,8 @@ def reference_served(aggregate: IntervalAggregate, row: tuple, weights_by_split:
     version, latency_ms, error_kind, predicted_class, score, unit, assigned, mirrored, split, request_id = row
     aggregate.rows += 1
     if assigned or mirrored:
-        aggregate.gates.setdefault(version, GateAggregate()).add(latency_ms, error_kind is None, predicted_class, score)
+        aggregate.gates.setdefault(version, GateAggregate()).add(latency_ms, error_kind is None, predicted_class, score,
+                                                                 unit)
     if mirrored:
         return
     aggregate.versions.setdefault(version, VersionStats()).add(latency_ms, error_kind, predicted_class, assigned)

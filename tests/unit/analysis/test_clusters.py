@@ -1,0 +1,196 @@
+"""Design effects of the gates' figures, from per-group totals (serve_ab/analysis/clusters.py).
+
+The variance over groups is checked against statsmodels' cluster-robust variance; the gates
+are checked on windows folded as a router folds them, where users who send many requests
+must not read as independent evidence, and keyless requests must keep their exact bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.analysis.clusters import (
+    KEYLESS, NUM_GROUPS, GroupSums, class_design_effect, groups_of, quantile_design_effect, ratio_design_effect)
+from serve_ab.config.rollout import Gate
+from serve_ab.rollout.gates import GateVerdict, evaluate_gates
+from serve_ab.rollout.windows import GateWindows, window_stats
+from serve_ab.routing import NUM_BUCKETS
+
+VERSIONS = ("v1", "v2")
+
+
+def row(version: str, unit: int | None, *, failed: bool = False, latency_ms: float = 5.0,
+        predicted_class: int | None = 0) -> tuple:
+    return (version, latency_ms, "error" if failed else None, None if failed else predicted_class, None, unit,
+            True, False, 0, None)
+
+
+def windows_of(rows: list[tuple]):
+    aggregate = IntervalAggregate()
+    aggregate.served_rows(rows, {})
+    return window_stats(aggregate.gates, versions=VERSIONS)
+
+
+def judge(gate: dict, rows: list[tuple], alpha: float = 0.05):
+    windows = windows_of(rows)
+    (result,) = evaluate_gates([Gate.model_validate(gate)], windows["v2"], windows["v1"], 1, alpha=alpha)
+    return result
+
+
+def test_a_unit_takes_its_buckets_group_and_keyless_requests_their_own_row():
+    assert groups_of([NUM_BUCKETS + 5, 130, None]).tolist() == [5, 130 % NUM_GROUPS, KEYLESS]
+
+
+def test_the_spread_over_groups_is_statsmodels_cluster_robust_variance():
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 2**40, 60)
+    rates = rng.beta(0.5, 9.5, 60)  # errors concentrated in some users
+    units, failed = [], []
+    for unit, rate in zip(users.tolist(), rates):
+        for bad in (rng.random(25) < rate).tolist():
+            units.append(unit)
+            failed.append(bad)
+    sums = GroupSums()
+    sums.add_many(units, ~np.array(failed), np.full(len(units) - sum(failed), 5.0), [None] * len(units))
+    effect = ratio_design_effect(sums.errors, sums.requests)
+
+    y = np.array(failed, dtype=float)
+    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups_of(units)})
+    p, n = y.mean(), y.size
+    assert effect.between * p * (1 - p) / n == pytest.approx(float(fit.cov_params()[0, 0]), rel=1e-9)
+    assert effect.within == 0.0 and effect.value > 3  # clustered: the evidence of a third or less
+
+
+def test_keyless_requests_are_independent_exactly():
+    ok = np.array([True] * 970 + [False] * 30)
+    sums = GroupSums()
+    sums.add_many([None] * 1000, ok, np.full(970, 5.0), [None] * 1000)
+    effect = ratio_design_effect(sums.errors, sums.requests)
+    assert (effect.value, effect.between) == (1.0, 0.0) and effect.within == pytest.approx(1.0)
+    assert effect.effective(1000, 0.05) == pytest.approx(1000)
+
+
+def test_one_user_per_request_is_close_to_independent():
+    rng = np.random.default_rng(4)
+    units = rng.integers(0, 2**40, 20_000).tolist()
+    ok = rng.random(20_000) > 0.05
+    sums = GroupSums()
+    sums.add_many(units, ok, np.full(int(ok.sum()), 5.0), [None] * 20_000)
+    assert ratio_design_effect(sums.errors, sums.requests).value < 1.3
+
+
+def test_the_upper_bound_of_a_design_effect_grows_as_groups_get_fewer():
+    rng = np.random.default_rng(5)
+
+    def effect(users: int):
+        units = [u for u in rng.integers(0, 2**40, users).tolist() for _ in range(20)]
+        ok = rng.random(len(units)) > 0.1
+        sums = GroupSums()
+        sums.add_many(units, ok, np.full(int(ok.sum()), 5.0), [None] * len(units))
+        return ratio_design_effect(sums.errors, sums.requests)
+
+    few, many = effect(15), effect(2000)
+    # chi-square upper bound of a variance from k - 1 degrees of freedom
+    assert few.upper(0.05) / few.value == pytest.approx((few.groups - 1) / stats.chi2.ppf(0.05, few.groups - 1), rel=0.02)
+    assert few.upper(0.05) / few.value > many.upper(0.05) / many.value
+
+
+def test_errors_from_one_heavy_user_do_not_pass_an_error_rate_gate():
+    """1% errors in 3,000 requests passes max 2% as independent requests; from 30 users
+    where one sent all 30 errors, it is evidence of far less."""
+    gate = {"metric": "error_rate", "max": 0.02}
+    stable = [row("v1", None) for _ in range(100)]
+    users = [10_000 * i + i for i in range(30)]  # 30 distinct buckets, 30 groups
+    clustered = [row("v2", unit, failed=unit == users[0] and k < 30) for unit in users for k in range(100)]
+    keyless = [row("v2", None, failed=k < 30) for k in range(3000)]
+
+    independent = judge(gate, keyless + stable)
+    assert independent.verdict is GateVerdict.PASS
+    result = judge(gate, clustered + stable)
+    assert result.verdict is GateVerdict.INCONCLUSIVE, result.reason
+    assert "design effect" in result.reason and result.upper > independent.upper
+
+
+def test_a_bad_candidate_still_fails_when_its_users_are_clustered():
+    gate = {"metric": "error_rate", "max": 0.02}
+    users = [10_000 * i + i for i in range(100)]
+    rows = [row("v2", unit, failed=k < 20 and i % 2 == 0) for i, unit in enumerate(users) for k in range(40)]
+    result = judge(gate, rows + [row("v1", None) for _ in range(100)])
+    assert result.verdict is GateVerdict.FAIL, result.reason  # 10% errors in half the users
+
+
+def test_users_who_keep_one_class_are_not_drift():
+    """100 users a side, 20 requests each, each always predicted one class: the classes are
+    equally likely on both sides, and a chance imbalance of users is not a shift."""
+    shares_v2 = [14, 6, 10, 10, 10, 10, 10, 10, 10, 10]  # users per class
+    rows = []
+    for version, shares in (("v2", shares_v2), ("v1", [10] * 10)):
+        cls_of_users = [c for c, users in enumerate(shares) for _ in range(users)]
+        for i, cls in enumerate(cls_of_users):
+            unit = 10_000 * (i + (1000 if version == "v1" else 0)) + i
+            rows += [row(version, unit, predicted_class=cls) for _ in range(20)]
+    keyless = [row(v, None, predicted_class=r[3]) for r in rows for v in (r[0],)]
+    as_requests = judge({"metric": "drift_psi", "max": 0.001}, keyless)
+    assert as_requests.verdict is GateVerdict.FAIL  # 2,000 requests a side read as a real shift
+    as_users = judge({"metric": "drift_psi", "max": 0.001}, rows)
+    assert as_users.verdict is GateVerdict.PASS, as_users.reason
+    assert as_users.p_value > 0.05 and "design effects" in as_users.reason
+
+
+def test_class_design_effect_of_users_with_one_class_is_about_their_request_count():
+    sums = GroupSums()
+    units = [u * 10_000 + u for u in range(NUM_GROUPS)]
+    for unit in units:
+        sums.add_many([unit] * 20, np.ones(20, dtype=bool), np.full(20, 5.0), [unit % 10] * 20)
+    effect = class_design_effect(sums.classes, 10)
+    assert 15 < effect.value < 25  # each group one user, 20 identical requests
+
+
+def test_latency_bounds_widen_with_slow_and_fast_users_and_not_without_keys():
+    rng = np.random.default_rng(6)
+    rows, keyless = [], []
+    for i in range(40):
+        user_ms = 10 * math.exp(rng.normal(0, 0.6))
+        latencies = user_ms * np.exp(rng.normal(0, 0.2, 50))
+        rows += [row("v2", 10_000 * i + i, latency_ms=float(ms)) for ms in latencies]
+        keyless += [row("v2", None, latency_ms=float(ms)) for ms in latencies]
+    stable = [row("v1", None) for _ in range(10)]
+    gate = {"metric": "latency_p95_ms", "max": 1000.0}
+    clustered, independent = judge(gate, rows + stable), judge(gate, keyless + stable)
+    assert clustered.value == independent.value
+    assert clustered.upper > independent.upper and clustered.lower < independent.lower
+    windows = windows_of(rows)
+    assert quantile_design_effect(windows["v2"].groups.latency_bins, clustered.value).value > 3
+
+
+def test_the_controllers_windows_carry_the_groups_of_every_router():
+    first, second = IntervalAggregate(), IntervalAggregate()
+    first.served_rows([row("v2", 7, failed=True), row("v2", None)], {})
+    second.served_rows([row("v2", 7), row("v2", 10_150)], {})
+    windows = GateWindows(keep_s=60.0)
+    windows.add(1.0, first.gates)
+    windows.add(2.0, second.gates)
+    gates, _ = windows.window(0.0, step=False)
+    groups = window_stats(gates, versions=VERSIONS)["v2"].groups
+    assert groups.requests[7] == 2 and groups.errors[7] == 1 and groups.requests[KEYLESS] == 1
+    assert groups.requests[10_150 % NUM_BUCKETS % NUM_GROUPS] == 1 and groups.requests.sum() == 4
+
+
+def test_a_report_pickles_only_the_groups_it_touched():
+    import pickle
+
+    aggregate = IntervalAggregate()
+    aggregate.served_rows([row("v2", 7, failed=True), row("v2", None, latency_ms=12.0, predicted_class=3),
+                           row("v2", 10_150, latency_ms=900.0)], {})
+    sums = aggregate.gates["v2"].groups
+    restored = pickle.loads(pickle.dumps(sums))
+    for name in ("requests", "errors", "latency_bins"):
+        assert np.array_equal(getattr(restored, name), getattr(sums, name))
+    assert restored.classes == sums.classes == {(KEYLESS, 3): 1, (22, 0): 1}
+    assert len(pickle.dumps(sums)) < 2_000  # dense, 27 KB
