@@ -52,9 +52,11 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
 
 6. Gates where users send many correlated requests (each user's error rate drawn from a
    beta distribution with the given ICC; latency lognormal with a user effect; each user
-   always getting one class), folded as a router folds them: a candidate exactly at
-   ``error_rate max 0.02`` or at ``latency_p95_ms``'s bound should pass at most alpha of the
-   time, and a ``drift_js`` gate with no drift should fail at most alpha. Counting requests
+   always getting one class; feedback outcomes and values with a user effect), folded as a
+   router folds them (feedback joined as the controller joins it): a candidate exactly at
+   ``error_rate max 0.02``, at ``latency_p95_ms``'s bound, at ``feedback_rate min 0.5`` or
+   at ``feedback_mean min 10`` should pass at most alpha of the time, and a ``drift_js``
+   gate with no drift should fail at most alpha. Counting requests
    as independent passed the error-rate cases 15-35% of the time and failed the drift case
    85%; the gates now read each figure's design effect from per-group totals
    (``analysis/clusters.py``).
@@ -95,6 +97,7 @@ from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.config.rollout import Gate
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.aggregate import GateAggregate, IntervalAggregate
+from serve_ab.rollout.feedback import FeedbackJoin
 from serve_ab.rollout.gates import Observation, evaluate_gates
 from serve_ab.rollout.windows import window_stats
 from serve_ab.routing import NUM_BUCKETS, SplitTable
@@ -144,7 +147,11 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true error ra
     "error_healthy_1pct_200x10_icc0.05": ("error_rate", 200, 10, 0.05, 0.01),
     "p95_at_bound_40x50_icc0.3": ("latency_p95_ms", 40, 50, 0.3, 0.0),
     "drift_js_one_class_per_user_100x20": ("drift_js", 100, 20, 1.0, 0.0),
+    "feedback_rate_at_bound_100x20_icc0.3": ("feedback_rate", 100, 20, 0.3, 0.5),
+    "feedback_mean_at_bound_40x50_icc0.3": ("feedback_mean", 40, 50, 0.3, 0.0),
 }
+CLUSTER_FEEDBACK_MIN_RATE = 0.5
+CLUSTER_FEEDBACK_MEAN, CLUSTER_FEEDBACK_SD = 10.0, 3.0
 CLUSTER_LOG_SD = 0.5  # latency: lognormal, the user's effect and the request's on the log scale
 CLUSTER_P95_MAX_MS = AA_LATENCY_MEDIAN_MS * math.exp(1.6448536 * CLUSTER_LOG_SD)  # the true p95
 CLUSTER_DRIFT_JS_MAX = 0.01
@@ -564,8 +571,33 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
     return rows
 
 
+def cluster_feedback(rng: np.random.Generator, case: str) -> tuple[list, list]:
+    """The candidate's feedback for a case, joined as the controller joins it (a token's
+    version and unit), as the events the gates' windows read."""
+    metric, users, per_user, icc, rate = CLUSTER_CASES[case]
+    join = FeedbackJoin()
+    request = 0
+    for unit in _user_rows(rng, "v2", users):
+        if metric == "feedback_rate":
+            shape = (1 - icc) / icc
+            outcomes = rng.random(per_user) < rng.beta(rate * shape, (1 - rate) * shape)
+            reports = [(CONVERSION, None, bool(o)) for o in outcomes.tolist()]
+        else:
+            user_mean = CLUSTER_FEEDBACK_MEAN + rng.normal(0, CLUSTER_FEEDBACK_SD * math.sqrt(icc))
+            values = user_mean + rng.normal(0, CLUSTER_FEEDBACK_SD * math.sqrt(1 - icc), per_user)
+            reports = [(MEAN, float(v), None) for v in values.tolist()]
+        for name, value, converted in reports:
+            join.add(f"r{request}", name, value, converted, 1.0, version="v2", unit=unit)
+            request += 1
+    return join.events(since_s=0.0)
+
+
 def cluster_gate(case: str) -> Gate:
     metric = CLUSTER_CASES[case][0]
+    if metric == "feedback_rate":
+        return Gate.model_validate({"metric": metric, "name": CONVERSION, "min": CLUSTER_FEEDBACK_MIN_RATE})
+    if metric == "feedback_mean":
+        return Gate.model_validate({"metric": metric, "name": MEAN, "min": CLUSTER_FEEDBACK_MEAN})
     limit = {"error_rate": CLUSTER_ERROR_MAX, "latency_p95_ms": CLUSTER_P95_MAX_MS,
              "drift_js": CLUSTER_DRIFT_JS_MAX}[metric]
     return Gate.model_validate({"metric": metric, "max": limit})
@@ -576,10 +608,14 @@ def clustered_gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
     (``IntervalAggregate.served_rows``), then the controller's ``window_stats`` and the gate."""
     rng = np.random.default_rng(seed)
     out = {}
-    for case in CLUSTER_CASES:
+    for case, (metric, *_) in CLUSTER_CASES.items():
         aggregate = IntervalAggregate()
-        aggregate.served_rows(cluster_rows(rng, "v2", case) + cluster_rows(rng, "v1", case), {})
-        windows = window_stats(aggregate.gates, versions=VERSIONS)
+        feedback: tuple[list, list] = ([], [])
+        if metric.startswith("feedback"):
+            feedback = cluster_feedback(rng, case)
+        else:
+            aggregate.served_rows(cluster_rows(rng, "v2", case) + cluster_rows(rng, "v1", case), {})
+        windows = window_stats(aggregate.gates, versions=VERSIONS, feedback=feedback[0], conversions=feedback[1])
         (result,) = evaluate_gates([cluster_gate(case)], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs())
         out[case] = result.verdict.value
     return out

@@ -24,7 +24,10 @@ The ratio of that variance to the one the bound assumes (binomial) is the design
   design effect is read per group at the quantile (:attr:`GroupSums.latency_bins`, a coarse
   histogram per group);
 - class drift: the test on each side's counts scaled to its effective sample (the
-  first-order Rao-Scott correction, Rao & Scott 1981).
+  first-order Rao-Scott correction, Rao & Scott 1981);
+- feedback: the controller joins each report to its request's user, and keeps the values
+  and outcomes per group likewise (:class:`ValueGroups`): a rate as above, a mean by
+  Student's t with its variance times the design effect.
 
 A design effect estimated from k clusters is itself uncertain, so the bounds use its upper
 confidence bound (:meth:`DesignEffect.effective`).
@@ -32,16 +35,16 @@ confidence bound (:meth:`DesignEffect.effective`).
 The memory is fixed: groups x (2 + latency bins) counters per version, plus the
 (group, class) pairs seen, however many users arrive.
 
-``deff`` is at least 1 (independent requests keep their exact bound), and the spread
-between groups is not estimated from fewer than two of them: the requests of a window whose
-keyed traffic comes from one group count as independent, since nothing in it says how users
-differ.
+``deff`` is at least 1. Keyless requests keep their exact bound; independent requests of
+keyed users nearly so, as only the excess over independence is taken at its upper bound.
+Keyed requests that all come from one group say nothing of how users differ, and count as
+one unit.
 
 Example::
 
     sums = GroupSums()
     sums.add_many(units, ok, latency_ms, classes)     # what a router served
-    effect = ratio_design_effect(sums.errors, sums.requests)   # DesignEffect(2.7, 87, 87)
+    effect = ratio_design_effect(sums.errors, sums.requests)   # effect.value 2.7, .groups 87
     effect.effective(len(units), alpha=0.05)                   # effective requests
 """
 
@@ -56,7 +59,7 @@ from scipy import special
 
 from serve_ab.routing import NUM_BUCKETS
 
-__all__ = ["INDEPENDENT", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
+__all__ = ["INDEPENDENT", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
            "effective_counts",
            "groups_of", "quantile_design_effect", "ratio_design_effect"]
 
@@ -65,10 +68,11 @@ __all__ = ["INDEPENDENT", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "Gro
 #: each costs a few counters per version in every report.
 NUM_GROUPS = 128
 
-#: Upper edges of the per-group latency bins: powers of 2 from 1/32 ms to 2^18 ms (4.4
-#: minutes), and one open bin above. The design effect of "latency <= q" changes slowly
-#: with q, so a quantile reads it at the edges on either side (the larger of the two).
-LATENCY_EDGES_MS = 2.0 ** np.arange(-5, 19)
+#: Upper edges of the per-group latency bins: powers of 2^(1/4) (19% apart) from 1/32 ms to
+#: 2^18 ms (4.4 minutes), and one open bin above. A quantile reads the design effect of
+#: "latency <= q" at the edges on either side of it (the larger of the two); bins a factor
+#: 2 wide missed users whose latencies differed within one bin (4-8 ms, say).
+LATENCY_EDGES_MS = 2.0 ** np.arange(-5, 18.01, 0.25)
 _LATENCY_BINS = LATENCY_EDGES_MS.size + 1
 
 
@@ -92,7 +96,7 @@ class GroupSums:
     #: Successful requests per group and latency bin (bin i: latency <= LATENCY_EDGES_MS[i]
     #: and above the edge before; the last bin is open).
     latency_bins: np.ndarray = field(
-        default_factory=lambda: np.zeros((_ROWS, _LATENCY_BINS), dtype=np.int64))
+        default_factory=lambda: np.zeros((_ROWS, _LATENCY_BINS), dtype=np.int32))
     #: Predicted classes of successful requests, by (group, class).
     classes: collections.Counter = field(default_factory=collections.Counter)
 
@@ -111,7 +115,8 @@ class GroupSums:
         if predicted:
             self.classes.update(predicted)
 
-    # Pickled sparse, like the latency sketch: dense, a report would carry 27 KB per version.
+    # Pickled sparse, like the latency sketch: dense, a report would carry 50 KB per version.
+    # (int32 bins: a window would need 2 billion requests of one group in one bin to overflow.)
     def __getstate__(self) -> dict:
         bins = self.latency_bins.ravel()
         used_bins = np.flatnonzero(bins).astype(np.int32)
@@ -139,39 +144,54 @@ class DesignEffect:
 
     The variance ratio is ``between + within``: ``between`` is estimated from the spread of
     ``groups`` group totals, ``within`` is known exactly (keyless requests, each a unit of its
-    own; or the requests of a lone group, counted as independent). ``value`` is the point
-    estimate, at least 1.
+    own). ``keyed`` is the keyed requests' share, what ``between`` would be for independent
+    requests. ``value`` is the point estimate, at least 1. One group of keyed requests says
+    nothing of how users differ: they count as one unit (``value`` = requests / units).
     """
 
     value: float = 1.0
     groups: int = 0
     between: float = 0.0
     within: float = 1.0
+    keyed: float = 0.0
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the spread between groups was estimated (and is uncertain)."""
+        return self.groups >= 2 and self.between > 0.0
 
     def upper(self, alpha: float) -> float:
-        """The design effect at the upper ``1 - alpha`` confidence bound of ``between``,
-        which from k groups is a chi-square on k - 1 degrees of freedom; at least 1.
+        """The design effect with the excess of ``between`` over independence at its upper
+        ``1 - alpha`` confidence bound (a variance from k groups is a chi-square on k - 1
+        degrees of freedom); at least 1. The binomial part is known, so independent requests
+        from keyed users keep nearly their exact bound.
 
-        Why the bound and not the estimate: with few users and errors concentrated in some,
+        Why a bound and not the estimate: with few users and errors concentrated in some,
         the estimated spread is low exactly when the error rate is (the heavy users did not
         come), so a candidate at an error-rate gate's bound passed 16% of the time at alpha
         5% on the estimate (40 users x 100 requests, ICC 0.1), and 15.5% with Korn &
         Graubard's t-based correction for degrees of freedom."""
-        if self.groups < 2 or self.between <= 0.0:
-            return _at_least_one(self.between + self.within)
+        if not self.estimated:
+            return self.value
+        excess = max(self.between - self.keyed, 0.0)
         inflate = (self.groups - 1) / float(special.chdtri(self.groups - 1, 1 - alpha))
-        return _at_least_one(self.between * inflate + self.within)
+        return _at_least_one(self.keyed + excess * inflate + self.within)
 
     def effective(self, n: float, alpha: float) -> float:
         """``n`` requests' worth of evidence in independent requests, for a bound at level
         ``alpha``: ``n / upper(alpha)``."""
         return n / self.upper(alpha)
 
-    def describe(self) -> str:
+    def describe(self, alpha: float) -> str:
         """For a gate's reason: empty where requests count as independent."""
-        if self.value <= 1.0:
+        upper = self.upper(alpha)
+        if upper <= 1.0:
             return ""
-        return f"; users' requests are correlated (design effect {self.value:.3g} from {self.groups} groups of users)"
+        if self.groups < 2:
+            return (f"; all keyed requests came from one group of users, so they count as one unit "
+                    f"(design effect {upper:.3g})")
+        return (f"; users' requests are correlated (design effect {self.value:.3g} from {self.groups} groups "
+                f"of users, {upper:.3g} at its upper bound)")
 
 
 INDEPENDENT = DesignEffect()
@@ -188,9 +208,9 @@ def ratio_design_effect(events: np.ndarray, trials: np.ndarray) -> DesignEffect:
     :class:`GroupSums` (groups, then keyless requests).
 
     The variance is the delta method's for a ratio of sums over independent clusters,
-    ``sum_c (x_c - p n_c)^2 / N^2``: over the k groups with ``k / (k - 1)`` (fewer than two
-    groups: their requests as independent), and over each keyless request as a cluster of
-    one, exactly from the counts. It is compared with the binomial ``p (1 - p) / N``.
+    ``sum_c (x_c - p n_c)^2 / N^2``: over the k groups with ``k / (k - 1)``, and over each
+    keyless request as a cluster of one, exactly from the counts. It is compared with the
+    binomial ``p (1 - p) / N``. Keyed requests all in one group: one unit (no spread to read).
     """
     x, n = events[:NUM_GROUPS].astype(float), trials[:NUM_GROUPS].astype(float)
     used = n > 0
@@ -200,16 +220,72 @@ def ratio_design_effect(events: np.ndarray, trials: np.ndarray) -> DesignEffect:
     total = float(n.sum()) + keyless_n
     if total == 0:
         return INDEPENDENT
+    keyed_n = float(n.sum())
+    if k == 1 and keyed_n >= 2:
+        return _one_group(total, keyless_n)
     p = (float(x.sum()) + keyless_x) / total
     if p <= 0.0 or p >= 1.0:  # no spread to compare: the exact bound of 0 or n events stands
         return DesignEffect(1.0, k)
     scale = total * p * (1.0 - p)  # the binomial variance of the sum
     keyless = (keyless_x * (1.0 - p) ** 2 + (keyless_n - keyless_x) * p * p) / scale
-    if k >= 2:
-        between, within = k / (k - 1) * float(np.sum((x - p * n) ** 2)) / scale, keyless
-    else:
-        between, within = 0.0, float(n.sum()) / total + keyless
-    return DesignEffect(_at_least_one(between + within), k, between, within)
+    if k < 2:  # at most one keyed request: a unit like a keyless one
+        return DesignEffect(1.0, k)
+    between = k / (k - 1) * float(np.sum((x - p * n) ** 2)) / scale
+    return DesignEffect(_at_least_one(between + keyless), k, between, keyless, keyed_n / total)
+
+
+def _one_group(total: float, keyless_n: float) -> DesignEffect:
+    """Keyed requests all from one group: one unit, beside the keyless ones."""
+    value = total / (keyless_n + 1.0)
+    return DesignEffect(_at_least_one(value), 1, value, 0.0, 1.0)
+
+
+@dataclass
+class ValueGroups:
+    """One feedback metric's values per group of users' buckets (keyless in the last row):
+    how many, their sum and their sum of squares. Outcomes (converted or not) are values of
+    0 and 1."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=np.int64))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
+    squares: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
+
+    def add(self, unit: int | None, value: float) -> None:
+        row = KEYLESS if unit is None else (unit % NUM_BUCKETS) % NUM_GROUPS
+        self.counts[row] += 1
+        self.sums[row] += value
+        self.squares[row] += value * value
+
+    def design_effect(self) -> DesignEffect:
+        """The design effect of the mean of the values (for outcomes, of the rate)."""
+        return mean_design_effect(self.sums, self.counts, self.squares)
+
+
+def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray) -> DesignEffect:
+    """The design effect of the mean ``R = sum(sums) / sum(counts)`` over the rows of a
+    :class:`ValueGroups`: as :func:`ratio_design_effect`, against the variance of the mean of
+    independent values ``s^2 / N`` (``s^2`` the values' own variance, ``squares`` giving it).
+    For values of 0 and 1 the two functions agree."""
+    s, n = sums[:NUM_GROUPS].astype(float), counts[:NUM_GROUPS].astype(float)
+    used = n > 0
+    s, n = s[used], n[used]
+    k = int(n.size)
+    keyless_s, keyless_n, keyless_ss = float(sums[KEYLESS]), float(counts[KEYLESS]), float(squares[KEYLESS])
+    total = float(n.sum()) + keyless_n
+    if total < 2:
+        return DesignEffect(1.0, k)
+    keyed_n = float(n.sum())
+    if k == 1 and keyed_n >= 2:
+        return _one_group(total, keyless_n)
+    mean = (float(s.sum()) + keyless_s) / total
+    spread = float(np.sum(squares)) - total * mean * mean  # sum of squared deviations of the values
+    if spread <= 1e-12 * max(1.0, float(np.sum(squares))):  # all values equal: nothing to compare
+        return DesignEffect(1.0, k)
+    keyless = max((keyless_ss - 2.0 * mean * keyless_s + mean * mean * keyless_n) / spread, 0.0)
+    if k < 2:
+        return DesignEffect(1.0, k)
+    between = k / (k - 1) * float(np.sum((s - mean * n) ** 2)) / spread
+    return DesignEffect(_at_least_one(between + keyless), k, between, keyless, keyed_n / total)
 
 
 def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> DesignEffect:
@@ -228,12 +304,14 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
     """A design effect for a vector of class proportions: the mean of each class's,
     weighted by ``1 - p`` (the first-order Rao-Scott correction, Rao & Scott 1981, whose
     chi-square statistic divided by it is referred to the usual distribution)."""
-    if not classes:
+    present = sorted({cls for _, cls in classes if 0 <= cls < width})  # columns: the classes seen
+    if not present:
         return INDEPENDENT
-    counts = np.zeros((_ROWS, max(width, 1)), dtype=np.int64)
+    column = {cls: i for i, cls in enumerate(present)}
+    counts = np.zeros((_ROWS, len(present)), dtype=np.int64)
     for (group, cls), count in classes.items():
-        if cls < width:
-            counts[group, cls] += count
+        if cls in column:
+            counts[group, column[cls]] += count
     per_group = counts.sum(axis=1)
     total = per_group.sum()
     if total == 0:
@@ -246,9 +324,12 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
             effects.append(ratio_design_effect(counts[:, cls], per_group))
     if not weights:
         return INDEPENDENT
+    if effects[0].groups == 1:
+        return effects[0]
     between = float(np.average([e.between for e in effects], weights=weights))
     within = float(np.average([e.within for e in effects], weights=weights))
-    return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within)
+    keyed = float(np.average([e.keyed for e in effects], weights=weights))
+    return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within, keyed)
 
 
 def effective_counts(counts: tuple[int, ...], effect: DesignEffect, alpha: float) -> tuple[int, ...]:

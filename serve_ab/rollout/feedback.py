@@ -152,9 +152,9 @@ class FeedbackJoin:
         if not self.keep_events:
             return
         if converted is not None:
-            self._conversions.append(ConversionEvent(version, name, bool(converted), t_s))
+            self._conversions.append(ConversionEvent(version, name, bool(converted), t_s, unit))
         else:
-            self._values.append(FeedbackEvent(version, name, float(value), t_s))
+            self._values.append(FeedbackEvent(version, name, float(value), t_s, unit))
 
     def events(self, since_s: float) -> tuple[list[FeedbackEvent], list[ConversionEvent]]:
         return ([e for e in self._values if e.t_s >= since_s],

@@ -18,10 +18,13 @@ step with probability at most the configured ``analysis.alpha``. The bounds, per
   (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
   negative stable value no meaningful one: both are INCONCLUSIVE, with the reason.
 
-Users who send many requests: error rates, latency percentiles and class counts are judged
-on the effective sample, ``n / deff``, where the design effect comes from the window's
-per-group totals (:mod:`serve_ab.analysis.clusters`; ``WindowStats.groups``). Without
-groups (a window built by hand) requests count as independent.
+Users who send many requests: error rates, latency percentiles, class counts and feedback
+are judged on the effective sample, ``n / deff``, where the design effect comes from the
+window's per-group totals (:mod:`serve_ab.analysis.clusters`; ``WindowStats.groups``,
+``feedback_groups``, ``conversion_groups``) at its upper confidence bound. Where a design
+effect was estimated, it and the bound each take alpha / 2 (:func:`_levels`), so the gate
+still errs with probability at most alpha. Without groups (a window built by hand)
+requests count as independent.
 
 Drift gates are harm detectors: they FAIL only when a test on the data rejects "same
 distribution" at ``alpha`` *and* the divergence exceeds ``max``, and otherwise PASS. A
@@ -78,8 +81,8 @@ from scipy import special
 
 from serve_ab.analysis import drift
 from serve_ab.analysis.clusters import (
-    INDEPENDENT, DesignEffect, GroupSums, class_design_effect, effective_counts, quantile_design_effect,
-    ratio_design_effect)
+    INDEPENDENT, DesignEffect, GroupSums, ValueGroups, class_design_effect, effective_counts,
+    quantile_design_effect, ratio_design_effect)
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.config.rollout import Gate, GateMetric, display_url
 
@@ -111,6 +114,7 @@ class FeedbackEvent:
     name: str
     value: float
     t_s: float = 0.0
+    unit: int | None = None  # the request's user hash or bucket (None: keyless)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class ConversionEvent:
     name: str
     converted: bool
     t_s: float = 0.0
+    unit: int | None = None  # the request's user hash or bucket (None: keyless)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,9 @@ class WindowStats:
     #: The requests above per group of users' buckets, for design effects
     #: (:mod:`serve_ab.analysis.clusters`); None: no such figures, requests are independent.
     groups: GroupSums | None = None
+    #: Feedback values and outcomes per group of users, by metric name, likewise.
+    feedback_groups: Mapping[str, ValueGroups] = field(default_factory=dict)
+    conversion_groups: Mapping[str, ValueGroups] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("latencies_ms", "scores"):
@@ -244,13 +252,17 @@ def build_windows(
     if classes and max(classes) >= width:
         raise ValueError(f"predicted_class {max(classes)} is out of range for num_classes={width}")
     means: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    value_groups: dict[str, dict[str, ValueGroups]] = {n: {} for n in names}
     for event in feedback:
         if event.version in names and inside(event.t_s):
             means[event.version].setdefault(event.name, []).append(float(event.value))
+            value_groups[event.version].setdefault(event.name, ValueGroups()).add(event.unit, float(event.value))
     rates: dict[str, dict[str, list[bool]]] = {n: {} for n in names}
+    outcome_groups: dict[str, dict[str, ValueGroups]] = {n: {} for n in names}
     for event in conversions:
         if event.version in names and inside(event.t_s):
             rates[event.version].setdefault(event.name, []).append(bool(event.converted))
+            outcome_groups[event.version].setdefault(event.name, ValueGroups()).add(event.unit, float(event.converted))
     windows = {}
     for name in names:
         mine = [o for o in obs if o.version == name]
@@ -274,6 +286,8 @@ def build_windows(
                       for k, v in means[name].items()},
             conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates[name].items()},
             groups=groups,
+            feedback_groups=value_groups[name],
+            conversion_groups=outcome_groups[name],
         )
     return windows
 
@@ -395,17 +409,32 @@ def _rate_counts(gate: Gate, window: WindowStats) -> tuple[int, int, str]:
 
 
 def _rate_effect(gate: Gate, window: WindowStats) -> DesignEffect:
-    """The design effect of a rate gate's proportion: error rates are counted per group of
-    users; feedback and shadow pairs are not (yet), and count as independent."""
+    """The design effect of a rate gate's proportion: error rates and feedback outcomes are
+    counted per group of users; shadow pairs are not (yet), and count as independent."""
     if gate.metric is GateMetric.ERROR_RATE and window.groups is not None:
         return ratio_design_effect(window.groups.errors, window.groups.requests)
+    if gate.metric is GateMetric.FEEDBACK_RATE and gate.name in window.conversion_groups:
+        return window.conversion_groups[gate.name].design_effect()
     return INDEPENDENT
 
 
-def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
+def _mean_effect(gate: Gate, window: WindowStats) -> DesignEffect:
+    groups = window.feedback_groups.get(gate.name)
+    return INDEPENDENT if groups is None else groups.design_effect()
+
+
+def _levels(alpha: float, *effects: DesignEffect) -> tuple[float, float]:
+    """The level of a bound and of the design effects it rests on: alpha / 2 each where a
+    design effect was estimated (both may err, so by the union bound the gate errs with
+    probability at most alpha), else alpha for the bound."""
+    return (alpha / 2, alpha / 2) if any(e.estimated for e in effects) else (alpha, alpha)
+
+
+def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT,
+                 effect_alpha: float | None = None) -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) one-sided bounds on a proportion, on the effective
     sample ``n / deff`` with the same proportion (Korn & Graubard 1998)."""
-    n_eff = effect.effective(n, alpha)
+    n_eff = effect.effective(n, alpha if effect_alpha is None else effect_alpha)
     if n_eff < n:
         x, n = x / n * n_eff, n_eff
     # Beta quantiles via betaincinv: scipy.stats.beta.ppf, 50x slower (simulations call this).
@@ -426,7 +455,7 @@ def _quantile_effect(window: WindowStats, quantile_ms: float) -> DesignEffect:
 
 
 def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
-                     effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
+                     effect: DesignEffect = INDEPENDENT, effect_alpha: float | None = None) -> tuple[float, float]:
     """Distribution-free bounds on the q-quantile from order statistics.
 
     The number of samples below the true quantile is Binomial(n, q) (at most so with
@@ -440,7 +469,7 @@ def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
     the same fraction of the n (Woodruff 1952: the bound on the proportion below, inverted).
     """
     n = latencies.count
-    n_eff = min(int(effect.effective(n, alpha)), n)
+    n_eff = min(int(effect.effective(n, alpha if effect_alpha is None else effect_alpha)), n)
     u_eff = _binomial_quantile(1 - alpha, n_eff, q)  # 0-based index of x_(u) among n_eff
     l_eff = _binomial_quantile(alpha, n_eff, q, strictly=True)  # 1-based rank of x_(l) among n_eff
     if n_eff == n:
@@ -472,28 +501,35 @@ def _binomial_quantile(y: float, n: int, q: float, *, strictly: bool = False) ->
     return k
 
 
-def _mean_moments(stats_: FeedbackStats) -> tuple[float, float]:
-    """The mean and the variance of the mean (inf with one value)."""
+def _mean_moments(stats_: FeedbackStats, effect: DesignEffect = INDEPENDENT,
+                  effect_alpha: float = 0.05) -> tuple[float, float, int]:
+    """The mean, the variance of the mean (inf with one value) and its degrees of freedom:
+    with a design effect, the variance times the effect's upper bound at ``alpha`` and the
+    effective sample's degrees of freedom."""
     n, mean = stats_.count, stats_.mean
     if n < 2:
-        return mean, math.inf
+        return mean, math.inf, 0
     variance = max(stats_.total_sq - n * mean * mean, 0.0) / (n - 1)
-    return mean, variance / n
+    inflate = effect.upper(effect_alpha)
+    return mean, variance / n * inflate, max(1, min(n - 1, int(n / inflate) - 1))
 
 
-def _mean_bounds(stats_: FeedbackStats, alpha: float) -> tuple[float, float]:
+def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT,
+                 effect_alpha: float | None = None) -> tuple[float, float]:
     """Student-t one-sided bounds on a mean."""
-    mean, var_mean = _mean_moments(stats_)
+    mean, var_mean, df = _mean_moments(stats_, effect, alpha if effect_alpha is None else effect_alpha)
     if not math.isfinite(var_mean):
         return -math.inf, math.inf
-    half = float(special.stdtrit(stats_.count - 1, 1 - alpha)) * math.sqrt(var_mean)
+    half = float(special.stdtrit(df, 1 - alpha)) * math.sqrt(var_mean)
     return mean - half, mean + half
 
 
 def _describe_both(effects: tuple[DesignEffect, DesignEffect], candidate: WindowStats,
-                   stable: WindowStats) -> str:
-    said = [f"{w.version}'s {e.value:.3g}" for e, w in zip(effects, (candidate, stable)) if e.value > 1.0]
-    return f" (design effects of correlated users' requests: {', '.join(said)})" if said else ""
+                   stable: WindowStats, effect_alpha: float) -> str:
+    said = [f"{w.version}'s {e.upper(effect_alpha):.3g}" for e, w in zip(effects, (candidate, stable))
+            if e.upper(effect_alpha) > 1.0]
+    return (f" (design effects of correlated users' requests, at their upper bounds: {', '.join(said)})"
+            if said else "")
 
 
 def _rate_ratio_bounds(x1: float, n1: float, x2: float, n2: float, alpha: float) -> tuple[float, float]:
@@ -508,19 +544,27 @@ def _rate_ratio_bounds(x1: float, n1: float, x2: float, n2: float, alpha: float)
     log_ratio = math.log((x1 / n1) / (x2 / n2))
     se = math.sqrt(1 / x1 - 1 / n1 + 1 / x2 - 1 / n2)
     z = float(special.ndtri(1 - alpha))
-    return math.exp(log_ratio - z * se), math.exp(log_ratio + z * se)
+    # A handful of effective requests can make se huge: the bounds are then 0 and inf.
+    return _exp(log_ratio - z * se), _exp(log_ratio + z * se)
 
 
-def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float) -> tuple[float, float]:
+def _exp(value: float) -> float:
+    return math.inf if value > 700.0 else math.exp(value)
+
+
+def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float,
+                       effects: tuple[DesignEffect, DesignEffect] = (INDEPENDENT, INDEPENDENT),
+                       effect_alpha: float | None = None) -> tuple[float, float]:
     """Fieller's bounds on candidate mean / stable mean (stable's mean > 0).
 
     The ratio r is inside where |m1 - r m2| <= t sqrt(v1 + r^2 v2); t has min(n1, n2) - 1
     degrees of freedom, a conservative stand-in for Welch's. When stable's mean is not
     clearly above 0 (m2^2 <= t^2 v2) the set is unbounded: no bound on either side.
     """
-    m1, v1 = _mean_moments(cand)
-    m2, v2 = _mean_moments(stab)
-    df = min(cand.count, stab.count) - 1
+    level = alpha if effect_alpha is None else effect_alpha
+    m1, v1, df1 = _mean_moments(cand, effects[0], level)
+    m2, v2, df2 = _mean_moments(stab, effects[1], level)
+    df = min(df1, df2)
     if df < 1:
         return -math.inf, math.inf
     t = float(special.stdtrit(df, 1 - alpha))
@@ -607,22 +651,27 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
         percentile = _PERCENTILES[gate.metric]
         value = _percentile(latencies, percentile)
         effect = _quantile_effect(candidate, value)
-        lower, upper = _quantile_bounds(latencies, percentile / 100, alpha, effect)
-        seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms{effect.describe()}"
+        level, effect_level = _levels(alpha, effect)
+        lower, upper = _quantile_bounds(latencies, percentile / 100, level, effect, effect_level)
+        seen = (f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms"
+                f"{effect.describe(effect_level)}")
     elif gate.metric in _RATES:
         x, n, seen = _rate_counts(gate, candidate)
         value = x / n
         effect = _rate_effect(gate, candidate)
-        lower, upper = _rate_bounds(x, n, alpha, effect)
-        seen += effect.describe()
+        level, effect_level = _levels(alpha, effect)
+        lower, upper = _rate_bounds(x, n, level, effect, effect_level)
+        seen += effect.describe(effect_level)
     else:  # feedback_mean
         stats_ = candidate.feedback[gate.name]
         value = stats_.mean
-        lower, upper = _mean_bounds(stats_, alpha)
-        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values"
-    verdict, judged = _judge(gate, lower, upper, alpha)
+        effect = _mean_effect(gate, candidate)
+        level, effect_level = _levels(alpha, effect)
+        lower, upper = _mean_bounds(stats_, level, effect, effect_level)
+        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(effect_level)}"
+    verdict, judged = _judge(gate, lower, upper, level)
     return result(verdict, f"{metric} on {candidate.version}: {seen}, {judged}", value, value,
-                  lower=lower, upper=upper)
+                  lower=lower, upper=upper, level=level)
 
 
 def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
@@ -655,28 +704,32 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
                       f"e.g. {{metric: {gate.metric.value}, max: 0.01}}", 1.0, cand, stab)
     value = cand / stab if stab > 0 else math.inf
 
-    effects = (INDEPENDENT, INDEPENDENT)
     if gate.metric in _PERCENTILES:
         effects = (_quantile_effect(candidate, cand), _quantile_effect(stable, stab))
-        # Each arm's bound at alpha / 2: both hold together with probability >= 1 - alpha.
+    elif gate.metric in _RATES:
+        effects = (_rate_effect(gate, candidate), _rate_effect(gate, stable))
+    else:
+        effects = (_mean_effect(gate, candidate), _mean_effect(gate, stable))
+    level, effect_level = _levels(alpha, *effects)
+    if gate.metric in _PERCENTILES:
+        # Each arm's bound at level / 2: both hold together with probability >= 1 - level.
         (cand_low, cand_up), (stab_low, stab_up) = (
-            _quantile_bounds(a, percentile / 100, alpha / 2, e) for a, e in zip(arms, effects))
+            _quantile_bounds(a, percentile / 100, level / 2, e, effect_level / 2) for a, e in zip(arms, effects))
         lower = 0.0 if math.isinf(stab_up) else _ratio(cand_low, stab_up, 0.0)
         upper = _ratio(cand_up, stab_low, math.inf)
     elif gate.metric in _RATES:
-        effects = (_rate_effect(gate, candidate), _rate_effect(gate, stable))
-        (e1, e2) = effects
-        n1_eff, n2_eff = e1.effective(n1, alpha), e2.effective(n2, alpha)
-        lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, alpha)
+        # Each arm's design effect at effect_level / 2: both hold together.
+        n1_eff, n2_eff = effects[0].effective(n1, effect_level / 2), effects[1].effective(n2, effect_level / 2)
+        lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, level)
     else:
-        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha)
-    verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
+        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, level, effects, effect_level / 2)
+    verdict, judged = _judge(gate, lower, upper, level, " on the ratio")
     if math.isinf(lower) and math.isinf(upper):
         judged += f" ({stable.version}'s mean is not clearly above 0)"
     reason = (f"{metric} on {candidate.version} is {_fmt(cand)}, {_fmt(value)}x stable "
-              f"{stable.version} ({_fmt(stab)}), from {sizes}{_describe_both(effects, candidate, stable)}; "
+              f"{stable.version} ({_fmt(stab)}), from {sizes}{_describe_both(effects, candidate, stable, effect_level / 2)}; "
               f"{judged}")
-    return result(verdict, reason, value, cand, stab, lower=lower, upper=upper)
+    return result(verdict, reason, value, cand, stab, lower=lower, upper=upper, level=level)
 
 
 def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
@@ -686,10 +739,17 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
         # Each side's counts on its effective sample (Rao-Scott's first-order correction):
         # users who keep getting one class would otherwise read as a shift of the classes.
-        effects = [_class_effect(w) for w in (candidate, stable)]
-        test = drift.class_homogeneity_test(effective_counts(candidate.class_counts, effects[0], alpha),
-                                            effective_counts(stable.class_counts, effects[1], alpha), alpha=alpha)
-        p_value, tested = test.p_value, test.describe() + _describe_both(tuple(effects), candidate, stable)
+        effects = (_class_effect(candidate), _class_effect(stable))
+        level, effect_level = _levels(alpha, *effects)
+        counts = [effective_counts(w.class_counts, e, effect_level / 2) for w, e in zip((candidate, stable), effects)]
+        described = _describe_both(effects, candidate, stable, effect_level / 2)
+        if min(sum(c) for c in counts) == 0:  # nothing left to test on one side: no difference shown
+            p_value = 1.0
+            tested = f"too few predictions from distinct users to test{described}"
+        else:
+            test = drift.class_homogeneity_test(counts[0], counts[1], alpha=level)
+            p_value, tested = test.p_value, test.describe() + described
+        alpha = level
     else:
         statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores)
         value = statistic if gate.metric is GateMetric.DRIFT_KS else \
@@ -703,7 +763,7 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         verdict, judged = GateVerdict.FAIL, f"a difference shown at alpha {level}, and above {limit}: fail"
     else:
         verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
-    return result(verdict, f"{what}; {judged}", value, p_value=p_value)
+    return result(verdict, f"{what}; {judged}", value, p_value=p_value, level=alpha)
 
 
 def _class_effect(window: WindowStats) -> DesignEffect:

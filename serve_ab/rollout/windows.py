@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from serve_ab.analysis.aggregate import GateAggregate
+from serve_ab.analysis.clusters import ValueGroups
 from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent, FeedbackStats, ConversionStats, WindowStats
 
 __all__ = ["GateWindows", "window_stats"]
@@ -100,13 +101,17 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
     for name in names:
         gate = gates.get(name) or GateAggregate()
         means: dict[str, list[float]] = {}
+        value_groups: dict[str, ValueGroups] = {}
         for event in feedback:
             if event.version == name and start_s <= event.t_s < end_s:
                 means.setdefault(event.name, []).append(float(event.value))
+                value_groups.setdefault(event.name, ValueGroups()).add(event.unit, float(event.value))
         rates: dict[str, list[bool]] = {}
+        outcome_groups: dict[str, ValueGroups] = {}
         for event in conversions:
             if event.version == name and start_s <= event.t_s < end_s:
                 rates.setdefault(event.name, []).append(bool(event.converted))
+                outcome_groups.setdefault(event.name, ValueGroups()).add(event.unit, float(event.converted))
         out[name] = WindowStats(
             version=name,
             request_count=gate.requests,
@@ -117,5 +122,7 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
             feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v)) for k, v in means.items()},
             conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates.items()},
             groups=gate.groups,
+            feedback_groups=value_groups,
+            conversion_groups=outcome_groups,
         )
     return out

@@ -16,7 +16,8 @@ from scipy import stats
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import (
-    KEYLESS, NUM_GROUPS, GroupSums, class_design_effect, groups_of, quantile_design_effect, ratio_design_effect)
+    KEYLESS, NUM_GROUPS, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
+    ratio_design_effect)
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import GateVerdict, evaluate_gates
 from serve_ab.rollout.windows import GateWindows, window_stats
@@ -85,20 +86,32 @@ def test_one_user_per_request_is_close_to_independent():
     assert ratio_design_effect(sums.errors, sums.requests).value < 1.3
 
 
-def test_the_upper_bound_of_a_design_effect_grows_as_groups_get_fewer():
+def test_the_upper_bound_inflates_the_excess_over_independence_by_a_chi_square_bound():
     rng = np.random.default_rng(5)
 
-    def effect(users: int):
-        units = [u for u in rng.integers(0, 2**40, users).tolist() for _ in range(20)]
-        ok = rng.random(len(units)) > 0.1
+    def effect(users: int, per_user: int = 20):
+        units = [u for u in rng.integers(0, 2**40, users).tolist() for _ in range(per_user)]
+        rates = np.repeat(rng.beta(1, 9, users), per_user)
+        ok = rng.random(len(units)) > rates
         sums = GroupSums()
         sums.add_many(units, ok, np.full(int(ok.sum()), 5.0), [None] * len(units))
         return ratio_design_effect(sums.errors, sums.requests)
 
     few, many = effect(15), effect(2000)
-    # chi-square upper bound of a variance from k - 1 degrees of freedom
-    assert few.upper(0.05) / few.value == pytest.approx((few.groups - 1) / stats.chi2.ppf(0.05, few.groups - 1), rel=0.02)
-    assert few.upper(0.05) / few.value > many.upper(0.05) / many.value
+    inflate = (few.groups - 1) / stats.chi2.ppf(0.05, few.groups - 1)
+    assert few.upper(0.05) == pytest.approx(few.keyed + (few.between - few.keyed) * inflate + few.within)
+    assert few.upper(0.05) / few.value > many.upper(0.05) / many.value > 1.0
+    one_each = effect(5000, per_user=1)  # independent requests from keyed users: nearly exact
+    assert one_each.upper(0.0003) < 1.2
+
+
+def test_keyed_requests_all_from_one_group_count_as_one_unit():
+    sums = GroupSums()
+    ok = np.array([True] * 98 + [False] * 2)
+    sums.add_many([7] * 100, ok, np.full(98, 5.0), [None] * 100)
+    sums.add_many([None] * 9, np.ones(9, dtype=bool), np.full(9, 5.0), [None] * 9)
+    effect = ratio_design_effect(sums.errors, sums.requests)
+    assert effect.effective(109, 0.05) == pytest.approx(10)  # the one group and 9 keyless requests
 
 
 def test_errors_from_one_heavy_user_do_not_pass_an_error_rate_gate():
@@ -194,3 +207,91 @@ def test_a_report_pickles_only_the_groups_it_touched():
         assert np.array_equal(getattr(restored, name), getattr(sums, name))
     assert restored.classes == sums.classes == {(KEYLESS, 3): 1, (22, 0): 1}
     assert len(pickle.dumps(sums)) < 2_000  # dense, 27 KB
+
+
+def test_the_mean_design_effect_of_outcomes_is_the_rates():
+    rng = np.random.default_rng(7)
+    groups = ValueGroups()
+    sums = GroupSums()
+    for user in range(80):
+        unit = None if user % 4 == 0 else 10_000 * user + user
+        rate = rng.beta(1, 3)
+        outcomes = rng.random(15) < rate
+        for outcome in outcomes.tolist():
+            groups.add(unit, float(outcome))
+        sums.add_many([unit] * 15, ~outcomes, np.full(int((~outcomes).sum()), 5.0), [None] * 15)
+    as_mean, as_rate = groups.design_effect(), ratio_design_effect(sums.errors, sums.requests)
+    assert (as_mean.value, as_mean.between, as_mean.within) == pytest.approx(
+        (as_rate.value, as_rate.between, as_rate.within), rel=1e-9)
+
+
+def test_the_mean_design_effect_is_statsmodels_cluster_robust_variance_of_the_mean():
+    rng = np.random.default_rng(8)
+    units, values = [], []
+    for user in range(50):
+        user_mean = 10 + rng.normal(0, 2)
+        for value in (user_mean + rng.normal(0, 1, 12)).tolist():
+            units.append(10_000 * user + user)
+            values.append(value)
+    groups = ValueGroups()
+    for unit, value in zip(units, values):
+        groups.add(unit, value)
+    effect = groups.design_effect()
+    y = np.array(values)
+    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups_of(units)})
+    assert effect.between * y.var() / y.size == pytest.approx(float(fit.cov_params()[0, 0]), rel=1e-9)
+    assert effect.value > 5
+
+
+def test_feedback_from_few_users_with_their_own_means_does_not_pass_a_feedback_gate():
+    """2,000 values with mean 10.4 pass `min 10` as independent values; from 20 users whose
+    own means spread by 2, they do not show it."""
+    from serve_ab.rollout.feedback import FeedbackJoin
+
+    rng = np.random.default_rng(9)
+    user_means = 10.4 + rng.normal(0, 2, 20)
+    user_means += 10.4 - user_means.mean()
+    gate = Gate.model_validate({"metric": "feedback_mean", "name": "revenue", "min": 10.0})
+    verdicts = {}
+    for keyed in (False, True):
+        join = FeedbackJoin()
+        for user, mean in enumerate(user_means):
+            for k, value in enumerate((mean + rng.normal(0, 0.5, 100)).tolist()):
+                join.add(f"{user}-{k}", "revenue", value, None, 1.0, version="v2",
+                         unit=10_000 * user + user if keyed else None)
+        feedback, _ = join.events(since_s=0.0)
+        assert all((event.unit is not None) == keyed for event in feedback)
+        windows = window_stats({}, versions=VERSIONS, feedback=feedback)
+        (verdicts[keyed],) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, alpha=0.05)
+    assert verdicts[False].verdict is GateVerdict.PASS
+    assert verdicts[True].verdict is GateVerdict.INCONCLUSIVE, verdicts[True].reason
+    assert "design effect" in verdicts[True].reason
+
+
+@pytest.mark.parametrize("look", [1, 5, 10])
+def test_a_ratio_gate_on_two_users_holds_without_an_error(look):
+    """Two groups estimate a spread on one degree of freedom: huge bounds, never a crash."""
+    from serve_ab.rollout.gates import alpha_for_look
+
+    rows = [row("v2", unit, failed=unit == 3 and k == 0) for unit in (3, 4) for k in range(100)]
+    rows += [row("v1", None, failed=k % 100 == 0) for k in range(5000)]
+    result = judge({"metric": "error_rate", "max_ratio_to_stable": 1.5}, rows, alpha=alpha_for_look(0.05, look))
+    assert result.verdict is GateVerdict.INCONCLUSIVE and result.upper > 1e6
+
+
+def test_a_drift_gate_on_two_users_passes_with_too_few_to_test():
+    rows = [row(v, unit, predicted_class=unit % 3) for v, units in (("v2", (1, 2)), ("v1", (5, 6)))
+            for unit in units for _ in range(30)]
+    result = judge({"metric": "drift_js", "max": 0.01}, rows)
+    assert result.verdict is GateVerdict.PASS and "too few predictions from distinct users" in result.reason
+
+
+def test_users_whose_latencies_differ_within_a_factor_of_two_are_seen():
+    rng = np.random.default_rng(10)
+    rows = []
+    for i in range(40):
+        level_ms = rng.uniform(4.2, 7.8)
+        rows += [row("v2", 10_000 * i + i, latency_ms=float(level_ms * rng.uniform(0.98, 1.02))) for _ in range(50)]
+    windows = windows_of(rows + [row("v1", None)])
+    p95 = windows["v2"].latencies_ms.quantile(0.95)
+    assert quantile_design_effect(windows["v2"].groups.latency_bins, p95).value > 5
