@@ -288,6 +288,7 @@ class _Run:
         self.stop = threading.Event()
         self.crashes: list[BaseException] = []
         self._next_user = 0
+        self._requests = 0
         self._user_lock = threading.Lock()
         # Built up front so the load starts at full concurrency; one TLS context for all of
         # them because building it is most of a client's cost. trust_env=False: a proxy from
@@ -303,10 +304,16 @@ class _Run:
         ]
 
     def _user(self) -> tuple[str, int]:
+        """The next user key, and the index of the sample it sends. A user sends a different
+        sample each visit, as a real one would: one fixed sample per user made every user
+        always right or always wrong, and a gate on such feedback rightly counts each user
+        as one unit of evidence (a demo canary at 5% of 500 users held until its deadline)."""
         with self._user_lock:
             k = self._next_user
             self._next_user = (k + 1) % self.users
-        return f"user-{k}", k
+            visit = self._requests // self.users
+            self._requests += 1
+        return f"user-{k}", k + visit  # the user's own sample, moved on by one each visit
 
     def _worker(self, client: httpx.Client) -> None:
         try:

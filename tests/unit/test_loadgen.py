@@ -323,3 +323,13 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+def test_a_user_sends_a_different_sample_on_each_visit(tmp_path):
+    """One fixed sample per user made each user always right or always wrong: feedback a gate
+    rightly reads as one unit per user (the demo's canary held until its deadline)."""
+    from benchmarks.loadgen._records import _Run
+
+    run = _Run("http://127.0.0.1:9", sink=None, concurrency=1, rate_per_worker_hz=1.0, users=3)
+    assert [run._user() for _ in range(7)] == [("user-0", 0), ("user-1", 1), ("user-2", 2), ("user-0", 1),
+                                               ("user-1", 2), ("user-2", 3), ("user-0", 2)]
