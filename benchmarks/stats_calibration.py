@@ -144,6 +144,8 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true error ra
     "error_at_bound_100x20_icc0.1": ("error_rate", 100, 20, 0.1, 0.02),
     "error_at_bound_100x20_icc0.3": ("error_rate", 100, 20, 0.3, 0.02),
     "error_at_bound_40x100_icc0.1": ("error_rate", 40, 100, 0.1, 0.02),
+    "error_at_bound_20x100_icc0.3": ("error_rate", 20, 100, 0.3, 0.02),
+    "error_at_bound_5x400_icc0.3": ("error_rate", 5, 400, 0.3, 0.02),
     "error_healthy_1pct_200x10_icc0.05": ("error_rate", 200, 10, 0.05, 0.01),
     "p95_at_bound_40x50_icc0.3": ("latency_p95_ms", 40, 50, 0.3, 0.0),
     "drift_js_one_class_per_user_100x20": ("drift_js", 100, 20, 1.0, 0.0),

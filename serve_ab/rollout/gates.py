@@ -21,10 +21,11 @@ step with probability at most the configured ``analysis.alpha``. The bounds, per
 Users who send many requests: error rates, latency percentiles, class counts and feedback
 are judged on the effective sample, ``n / deff``, where the design effect comes from the
 window's per-group totals (:mod:`serve_ab.analysis.clusters`; ``WindowStats.groups``,
-``feedback_groups``, ``conversion_groups``) at its upper confidence bound. Where a design
-effect was estimated, it and the bound each take alpha / 2 (:func:`_levels`), so the gate
-still errs with probability at most alpha. Without groups (a window built by hand)
-requests count as independent.
+``feedback_groups``, ``conversion_groups``), taken at its upper confidence bound at the
+analysis' level (the groups' spread as a chi-square on degrees of freedom that shrink with
+its kurtosis). That the gate then errs at most alpha is measured, not proved:
+``stats_calibration`` scenario 6. Without groups (a window built by hand) requests count as
+independent.
 
 Drift gates are harm detectors: they FAIL only when a test on the data rejects "same
 distribution" at ``alpha`` *and* the divergence exceeds ``max``, and otherwise PASS. A
@@ -423,13 +424,6 @@ def _mean_effect(gate: Gate, window: WindowStats) -> DesignEffect:
     return INDEPENDENT if groups is None else groups.design_effect()
 
 
-def _levels(alpha: float, *effects: DesignEffect) -> tuple[float, float]:
-    """The level of a bound and of the design effects it rests on: alpha / 2 each where a
-    design effect was estimated (both may err, so by the union bound the gate errs with
-    probability at most alpha), else alpha for the bound."""
-    return (alpha / 2, alpha / 2) if any(e.estimated for e in effects) else (alpha, alpha)
-
-
 def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT,
                  effect_alpha: float | None = None) -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) one-sided bounds on a proportion, on the effective
@@ -511,7 +505,9 @@ def _mean_moments(stats_: FeedbackStats, effect: DesignEffect = INDEPENDENT,
         return mean, math.inf, 0
     variance = max(stats_.total_sq - n * mean * mean, 0.0) / (n - 1)
     inflate = effect.upper(effect_alpha)
-    return mean, variance / n * inflate, max(1, min(n - 1, int(n / inflate) - 1))
+    if n / inflate < 2:  # one unit's worth (one user, say): no variance to bound the mean with
+        return mean, math.inf, 0
+    return mean, variance / n * inflate, min(n - 1, int(n / inflate) - 1)
 
 
 def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT,
@@ -651,27 +647,23 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
         percentile = _PERCENTILES[gate.metric]
         value = _percentile(latencies, percentile)
         effect = _quantile_effect(candidate, value)
-        level, effect_level = _levels(alpha, effect)
-        lower, upper = _quantile_bounds(latencies, percentile / 100, level, effect, effect_level)
-        seen = (f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms"
-                f"{effect.describe(effect_level)}")
+        lower, upper = _quantile_bounds(latencies, percentile / 100, alpha, effect)
+        seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms{effect.describe(alpha)}"
     elif gate.metric in _RATES:
         x, n, seen = _rate_counts(gate, candidate)
         value = x / n
         effect = _rate_effect(gate, candidate)
-        level, effect_level = _levels(alpha, effect)
-        lower, upper = _rate_bounds(x, n, level, effect, effect_level)
-        seen += effect.describe(effect_level)
+        lower, upper = _rate_bounds(x, n, alpha, effect)
+        seen += effect.describe(alpha)
     else:  # feedback_mean
         stats_ = candidate.feedback[gate.name]
         value = stats_.mean
         effect = _mean_effect(gate, candidate)
-        level, effect_level = _levels(alpha, effect)
-        lower, upper = _mean_bounds(stats_, level, effect, effect_level)
-        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(effect_level)}"
-    verdict, judged = _judge(gate, lower, upper, level)
+        lower, upper = _mean_bounds(stats_, alpha, effect)
+        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(alpha)}"
+    verdict, judged = _judge(gate, lower, upper, alpha)
     return result(verdict, f"{metric} on {candidate.version}: {seen}, {judged}", value, value,
-                  lower=lower, upper=upper, level=level)
+                  lower=lower, upper=upper)
 
 
 def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
@@ -710,26 +702,25 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         effects = (_rate_effect(gate, candidate), _rate_effect(gate, stable))
     else:
         effects = (_mean_effect(gate, candidate), _mean_effect(gate, stable))
-    level, effect_level = _levels(alpha, *effects)
     if gate.metric in _PERCENTILES:
-        # Each arm's bound at level / 2: both hold together with probability >= 1 - level.
+        # Each arm's bound at alpha / 2: both hold together with probability >= 1 - alpha.
         (cand_low, cand_up), (stab_low, stab_up) = (
-            _quantile_bounds(a, percentile / 100, level / 2, e, effect_level / 2) for a, e in zip(arms, effects))
+            _quantile_bounds(a, percentile / 100, alpha / 2, e) for a, e in zip(arms, effects))
         lower = 0.0 if math.isinf(stab_up) else _ratio(cand_low, stab_up, 0.0)
         upper = _ratio(cand_up, stab_low, math.inf)
     elif gate.metric in _RATES:
-        # Each arm's design effect at effect_level / 2: both hold together.
-        n1_eff, n2_eff = effects[0].effective(n1, effect_level / 2), effects[1].effective(n2, effect_level / 2)
-        lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, level)
+        # Each arm's design effect at alpha / 2: both hold together.
+        n1_eff, n2_eff = effects[0].effective(n1, alpha / 2), effects[1].effective(n2, alpha / 2)
+        lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, alpha)
     else:
-        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, level, effects, effect_level / 2)
-    verdict, judged = _judge(gate, lower, upper, level, " on the ratio")
+        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha, effects, alpha / 2)
+    verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
     if math.isinf(lower) and math.isinf(upper):
         judged += f" ({stable.version}'s mean is not clearly above 0)"
     reason = (f"{metric} on {candidate.version} is {_fmt(cand)}, {_fmt(value)}x stable "
-              f"{stable.version} ({_fmt(stab)}), from {sizes}{_describe_both(effects, candidate, stable, effect_level / 2)}; "
+              f"{stable.version} ({_fmt(stab)}), from {sizes}{_describe_both(effects, candidate, stable, alpha / 2)}; "
               f"{judged}")
-    return result(verdict, reason, value, cand, stab, lower=lower, upper=upper, level=level)
+    return result(verdict, reason, value, cand, stab, lower=lower, upper=upper)
 
 
 def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
@@ -740,16 +731,14 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         # Each side's counts on its effective sample (Rao-Scott's first-order correction):
         # users who keep getting one class would otherwise read as a shift of the classes.
         effects = (_class_effect(candidate), _class_effect(stable))
-        level, effect_level = _levels(alpha, *effects)
-        counts = [effective_counts(w.class_counts, e, effect_level / 2) for w, e in zip((candidate, stable), effects)]
-        described = _describe_both(effects, candidate, stable, effect_level / 2)
+        counts = [effective_counts(w.class_counts, e, alpha / 2) for w, e in zip((candidate, stable), effects)]
+        described = _describe_both(effects, candidate, stable, alpha / 2)
         if min(sum(c) for c in counts) == 0:  # nothing left to test on one side: no difference shown
             p_value = 1.0
             tested = f"too few predictions from distinct users to test{described}"
         else:
-            test = drift.class_homogeneity_test(counts[0], counts[1], alpha=level)
+            test = drift.class_homogeneity_test(counts[0], counts[1], alpha=alpha)
             p_value, tested = test.p_value, test.describe() + described
-        alpha = level
     else:
         statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores)
         value = statistic if gate.metric is GateMetric.DRIFT_KS else \
@@ -763,7 +752,7 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         verdict, judged = GateVerdict.FAIL, f"a difference shown at alpha {level}, and above {limit}: fail"
     else:
         verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
-    return result(verdict, f"{what}; {judged}", value, p_value=p_value, level=alpha)
+    return result(verdict, f"{what}; {judged}", value, p_value=p_value)
 
 
 def _class_effect(window: WindowStats) -> DesignEffect:
