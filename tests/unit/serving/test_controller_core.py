@@ -3,6 +3,7 @@ persistence across a restart, control actions. No Ray is started."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import pytest
@@ -51,10 +52,16 @@ def record(core: ControllerCore, rows=(), pairs=()) -> None:
     core.record(report_of(rows, pairs, core=core))
 
 
+_NEXT_USER = itertools.count(1)
+
+
 def report(core: ControllerCore, clock: FakeClock, version: str, n: int, *, ok: bool = True,
-           correct: bool | None = None) -> None:
+           correct: bool | None = None, users: int | None = None) -> None:
+    """``n`` requests of ``version`` this second: each from a user of its own, or from the
+    same ``users`` users every second (gates count users, not requests)."""
+    units = [i % users for i in range(n)] if users else [next(_NEXT_USER) * 7919 for _ in range(n)]
     rows = [ServedRequest(clock(), version, 3.0, None if ok else "model", 1, 0.9, f"{version}-{clock()}-{i}",
-                          i, True, False) for i in range(n)]
+                          unit, True, False) for i, unit in enumerate(units)]
     record(core, rows)
     if correct is not None:
         for row in rows:
@@ -527,6 +534,16 @@ def test_an_analysis_reads_the_whole_step():
     # 480 over the step is plenty.
     assert seen[-1][0] == "pass", seen[-1]
     assert core._window_s() == float("inf")  # the whole step, by default
+
+
+def test_the_same_trickle_from_twelve_users_holds_as_twelve_units():
+    """480 requests from 12 users say little of how users differ: one unit per user."""
+    clock = FakeClock()
+    core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {}}]), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 40, {"v1": (EV_STABLE, {"correct": True}), "v2": (12, {"correct": True, "users": 12})})
+    gate = core.status()["gates"][0]
+    assert gate["verdict"] == "inconclusive" and "fewer than 20" in gate["reason"], gate
 
 
 def test_rows_and_their_feedback_count_under_the_split_their_router_assigned_them_by():
