@@ -424,11 +424,10 @@ def _mean_effect(gate: Gate, window: WindowStats) -> DesignEffect:
     return INDEPENDENT if groups is None else groups.design_effect()
 
 
-def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT,
-                 effect_alpha: float | None = None) -> tuple[float, float]:
+def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) one-sided bounds on a proportion, on the effective
     sample ``n / deff`` with the same proportion (Korn & Graubard 1998)."""
-    n_eff = effect.effective(n, alpha if effect_alpha is None else effect_alpha)
+    n_eff = effect.effective(n, alpha)
     if n_eff < n:
         x, n = x / n * n_eff, n_eff
     # Beta quantiles via betaincinv: scipy.stats.beta.ppf, 50x slower (simulations call this).
@@ -449,7 +448,7 @@ def _quantile_effect(window: WindowStats, quantile_ms: float) -> DesignEffect:
 
 
 def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
-                     effect: DesignEffect = INDEPENDENT, effect_alpha: float | None = None) -> tuple[float, float]:
+                     effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
     """Distribution-free bounds on the q-quantile from order statistics.
 
     The number of samples below the true quantile is Binomial(n, q) (at most so with
@@ -463,7 +462,7 @@ def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
     the same fraction of the n (Woodruff 1952: the bound on the proportion below, inverted).
     """
     n = latencies.count
-    n_eff = min(int(effect.effective(n, alpha if effect_alpha is None else effect_alpha)), n)
+    n_eff = min(int(effect.effective(n, alpha)), n)
     u_eff = _binomial_quantile(1 - alpha, n_eff, q)  # 0-based index of x_(u) among n_eff
     l_eff = _binomial_quantile(alpha, n_eff, q, strictly=True)  # 1-based rank of x_(l) among n_eff
     if n_eff == n:
@@ -498,8 +497,8 @@ def _binomial_quantile(y: float, n: int, q: float, *, strictly: bool = False) ->
 def _mean_moments(stats_: FeedbackStats, effect: DesignEffect = INDEPENDENT,
                   effect_alpha: float = 0.05) -> tuple[float, float, int]:
     """The mean, the variance of the mean (inf with one value) and its degrees of freedom:
-    with a design effect, the variance times the effect's upper bound at ``alpha`` and the
-    effective sample's degrees of freedom."""
+    with a design effect, the variance times the effect's upper bound at ``effect_alpha``
+    and the effective sample's degrees of freedom (none below two units' worth)."""
     n, mean = stats_.count, stats_.mean
     if n < 2:
         return mean, math.inf, 0
@@ -510,10 +509,9 @@ def _mean_moments(stats_: FeedbackStats, effect: DesignEffect = INDEPENDENT,
     return mean, variance / n * inflate, min(n - 1, int(n / inflate) - 1)
 
 
-def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT,
-                 effect_alpha: float | None = None) -> tuple[float, float]:
+def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
     """Student-t one-sided bounds on a mean."""
-    mean, var_mean, df = _mean_moments(stats_, effect, alpha if effect_alpha is None else effect_alpha)
+    mean, var_mean, df = _mean_moments(stats_, effect, alpha)
     if not math.isfinite(var_mean):
         return -math.inf, math.inf
     half = float(special.stdtrit(df, 1 - alpha)) * math.sqrt(var_mean)
@@ -549,17 +547,16 @@ def _exp(value: float) -> float:
 
 
 def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float,
-                       effects: tuple[DesignEffect, DesignEffect] = (INDEPENDENT, INDEPENDENT),
-                       effect_alpha: float | None = None) -> tuple[float, float]:
+                       effects: tuple[DesignEffect, DesignEffect] = (INDEPENDENT, INDEPENDENT)) -> tuple[float, float]:
     """Fieller's bounds on candidate mean / stable mean (stable's mean > 0).
 
     The ratio r is inside where |m1 - r m2| <= t sqrt(v1 + r^2 v2); t has min(n1, n2) - 1
     degrees of freedom, a conservative stand-in for Welch's. When stable's mean is not
     clearly above 0 (m2^2 <= t^2 v2) the set is unbounded: no bound on either side.
     """
-    level = alpha if effect_alpha is None else effect_alpha
-    m1, v1, df1 = _mean_moments(cand, effects[0], level)
-    m2, v2, df2 = _mean_moments(stab, effects[1], level)
+    # Each arm's design effect at alpha / 2: both hold together.
+    m1, v1, df1 = _mean_moments(cand, effects[0], alpha / 2)
+    m2, v2, df2 = _mean_moments(stab, effects[1], alpha / 2)
     df = min(df1, df2)
     if df < 1:
         return -math.inf, math.inf
@@ -713,7 +710,7 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         n1_eff, n2_eff = effects[0].effective(n1, alpha / 2), effects[1].effective(n2, alpha / 2)
         lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, alpha)
     else:
-        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha, effects, alpha / 2)
+        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha, effects)
     verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
     if math.isinf(lower) and math.isinf(upper):
         judged += f" ({stable.version}'s mean is not clearly above 0)"
