@@ -70,9 +70,10 @@ __all__ = ["INDEPENDENT", "MIN_GROUPS", "ValueGroups", "mean_design_effect", "LA
 NUM_GROUPS = 128
 
 #: Below this many groups of keyed requests, the spread between them is not estimated:
-#: each group counts as one unit (a cluster-level analysis). With 2-9 users, the spread of
-#: their totals said too little: a candidate at an error-rate gate's bound passed 26-60%
-#: of the time (alpha 5%), often on windows with no error at all.
+#: each group counts as one unit (a cluster-level analysis). With 2-20 users the spread of
+#: their totals said too little: a candidate at an error-rate gate's bound passed 15-60%
+#: of the time (alpha 5%), often on windows with no error at all; from 20 groups up, with
+#: the kurtosis' degrees of freedom, at most about alpha (stats_calibration scenario 6).
 MIN_GROUPS = 20
 
 #: Upper edges of the per-group latency bins: powers of 2^(1/4) (19% apart) from 1/32 ms to
