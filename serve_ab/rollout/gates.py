@@ -252,17 +252,13 @@ def build_windows(
     width = num_classes if num_classes is not None else (max(classes) + 1 if classes else 0)
     if classes and max(classes) >= width:
         raise ValueError(f"predicted_class {max(classes)} is out of range for num_classes={width}")
-    means: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     value_groups: dict[str, dict[str, ValueGroups]] = {n: {} for n in names}
     for event in feedback:
         if event.version in names and inside(event.t_s):
-            means[event.version].setdefault(event.name, []).append(float(event.value))
             value_groups[event.version].setdefault(event.name, ValueGroups()).add(event.unit, float(event.value))
-    rates: dict[str, dict[str, list[bool]]] = {n: {} for n in names}
     outcome_groups: dict[str, dict[str, ValueGroups]] = {n: {} for n in names}
     for event in conversions:
         if event.version in names and inside(event.t_s):
-            rates[event.version].setdefault(event.name, []).append(bool(event.converted))
             outcome_groups[event.version].setdefault(event.name, ValueGroups()).add(event.unit, float(event.converted))
     windows = {}
     for name in names:
@@ -283,14 +279,24 @@ def build_windows(
             latencies_ms=tuple(o.latency_ms for o in mine if o.ok),
             class_counts=tuple(counts),
             scores=tuple(o.score for o in mine if o.score is not None and math.isfinite(o.score)),
-            feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v))
-                      for k, v in means[name].items()},
-            conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates[name].items()},
+            feedback=feedback_stats(value_groups[name]),
+            conversions=conversion_stats(outcome_groups[name]),
             groups=groups,
             feedback_groups=value_groups[name],
             conversion_groups=outcome_groups[name],
         )
     return windows
+
+
+def feedback_stats(groups: Mapping[str, ValueGroups]) -> dict[str, FeedbackStats]:
+    """Each metric's count, sum and sum of squares, from its per-group sums."""
+    return {name: FeedbackStats(int(g.counts.sum()), float(g.sums.sum()), float(g.squares.sum()))
+            for name, g in groups.items()}
+
+
+def conversion_stats(groups: Mapping[str, ValueGroups]) -> dict[str, ConversionStats]:
+    """Each outcome's trials and successes, from its per-group sums (of 0s and 1s)."""
+    return {name: ConversionStats(int(g.counts.sum()), int(round(float(g.sums.sum())))) for name, g in groups.items()}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 
 from serve_ab.analysis.aggregate import GateAggregate
 from serve_ab.analysis.clusters import ValueGroups
-from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent, FeedbackStats, ConversionStats, WindowStats
+from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent, WindowStats, conversion_stats, feedback_stats
 
 __all__ = ["GateWindows", "window_stats"]
 
@@ -100,17 +100,13 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
     out = {}
     for name in names:
         gate = gates.get(name) or GateAggregate()
-        means: dict[str, list[float]] = {}
         value_groups: dict[str, ValueGroups] = {}
         for event in feedback:
             if event.version == name and start_s <= event.t_s < end_s:
-                means.setdefault(event.name, []).append(float(event.value))
                 value_groups.setdefault(event.name, ValueGroups()).add(event.unit, float(event.value))
-        rates: dict[str, list[bool]] = {}
         outcome_groups: dict[str, ValueGroups] = {}
         for event in conversions:
             if event.version == name and start_s <= event.t_s < end_s:
-                rates.setdefault(event.name, []).append(bool(event.converted))
                 outcome_groups.setdefault(event.name, ValueGroups()).add(event.unit, float(event.converted))
         out[name] = WindowStats(
             version=name,
@@ -119,8 +115,8 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
             latencies_ms=gate.latency_ms,
             class_counts=tuple(gate.class_counts.get(c, 0) for c in range(width)),
             scores=gate.scores,
-            feedback={k: FeedbackStats(len(v), sum(v), sum(x * x for x in v)) for k, v in means.items()},
-            conversions={k: ConversionStats(len(v), sum(v)) for k, v in rates.items()},
+            feedback=feedback_stats(value_groups),
+            conversions=conversion_stats(outcome_groups),
             groups=gate.groups,
             feedback_groups=value_groups,
             conversion_groups=outcome_groups,
