@@ -54,11 +54,14 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    beta distribution with the given ICC; latency lognormal with a user effect; each user
    always getting one class; feedback outcomes and values with a user effect), folded as a
    router folds them (feedback joined as the controller joins it): a candidate exactly at
-   ``error_rate max 0.02``, at ``latency_p95_ms``'s bound, at ``feedback_rate min 0.5`` or
-   at ``feedback_mean min 10`` should pass at most alpha of the time, and a ``drift_js``
-   gate with no drift should fail at most alpha. Counting requests
-   as independent passed the error-rate cases 15-35% of the time and failed the drift case
-   85%; the gates now read each figure's design effect from per-group totals
+   ``error_rate max 0.02``, at ``latency_p95_ms``'s bound, at ``feedback_rate min 0.5``, at
+   ``feedback_mean min 10`` or at ``shadow_agreement min 0.9`` (mirrored copies paired as a
+   router pairs them) should pass at most alpha of the time, and a ``drift_js`` gate with no
+   drift, or a ``drift_ks`` gate between scores with a user effect and no drift, should fail
+   at most alpha. The KS gate's power is shown beside it (a shift of 0.3 on the logit scale).
+   Counting requests as independent passed the error-rate cases 15-35% of the time, failed
+   the drift_js case 85% and the drift_ks cases 38-55%, and passed the shadow_agreement cases
+   about 32%; the gates now read each figure's design effect from per-group totals
    (``analysis/clusters.py``).
 
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
@@ -140,7 +143,8 @@ GATE_DRIFT_WINDOWS = (10, 50)
 
 # Scenario 6: gates where each user sends many correlated requests (per-user random effects).
 CLUSTER_ERROR_MAX = 0.02
-CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true error rate)
+CLUSTER_SCORE_SHIFT = 0.3  # the drift_ks power case's shift of the scores' logits
+CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or the scores' shift)
     "error_at_bound_100x20_icc0.1": ("error_rate", 100, 20, 0.1, 0.02),
     "error_at_bound_100x20_icc0.3": ("error_rate", 100, 20, 0.3, 0.02),
     "error_at_bound_40x100_icc0.1": ("error_rate", 40, 100, 0.1, 0.02),
@@ -151,12 +155,21 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true error ra
     "drift_js_one_class_per_user_100x20": ("drift_js", 100, 20, 1.0, 0.0),
     "feedback_rate_at_bound_100x20_icc0.3": ("feedback_rate", 100, 20, 0.3, 0.5),
     "feedback_mean_at_bound_40x50_icc0.3": ("feedback_mean", 40, 50, 0.3, 0.0),
+    "shadow_agreement_at_bound_100x20_icc0.3": ("shadow_agreement", 100, 20, 0.3, 0.9),
+    "shadow_agreement_at_bound_40x100_icc0.1": ("shadow_agreement", 40, 100, 0.1, 0.9),
+    "drift_ks_no_drift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
+    "drift_ks_no_drift_40x50_icc0.3": ("drift_ks", 40, 50, 0.3, 0.0),
+    # A power figure, not a check: the candidate's scores shifted by 0.3 on the logit scale.
+    "drift_ks_healthy_detects_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
 }
 CLUSTER_FEEDBACK_MIN_RATE = 0.5
 CLUSTER_FEEDBACK_MEAN, CLUSTER_FEEDBACK_SD = 10.0, 3.0
 CLUSTER_LOG_SD = 0.5  # latency: lognormal, the user's effect and the request's on the log scale
 CLUSTER_P95_MAX_MS = AA_LATENCY_MEDIAN_MS * math.exp(1.6448536 * CLUSTER_LOG_SD)  # the true p95
 CLUSTER_DRIFT_JS_MAX = 0.01
+# Scores: a classifier's top-class probability, the logistic of a normal (mean 1.5, SD 1) with
+# a user effect; max 0, so the KS test alone decides whether the gate fails.
+CLUSTER_SCORE_LOGIT_MEAN, CLUSTER_SCORE_LOGIT_SD, CLUSTER_DRIFT_KS_MAX = 1.5, 1.0, 0.0
 
 # What issue #11 asks of each figure.
 LIMIT_AA = 0.06
@@ -567,10 +580,29 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
         for unit in units:
             log_ms = math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
             rows += [(version, float(ms), None, 0, None, unit, True, False, 0, None) for ms in np.exp(log_ms)]
+    elif metric == "drift_ks":  # the candidate's scores shifted by ``rate`` on the logit scale
+        shift = rate if version == "v2" else 0.0
+        sd_user, sd_request = CLUSTER_SCORE_LOGIT_SD * math.sqrt(icc), CLUSTER_SCORE_LOGIT_SD * math.sqrt(1 - icc)
+        for unit in units:
+            logit = CLUSTER_SCORE_LOGIT_MEAN + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
+            rows += [(version, 5.0, None, 0, float(score), unit, True, False, 0, None)
+                     for score in 1.0 / (1.0 + np.exp(-logit))]
     else:  # each user always gets one class, equally likely overall: no drift
         for unit, cls in zip(units, rng.integers(0, GATE_DRIFT_CLASSES, users).tolist()):
             rows += [(version, 5.0, None, cls, None, unit, True, False, 0, None)] * per_user
     return rows
+
+
+def cluster_pairs(rng: np.random.Generator, case: str) -> IntervalAggregate:
+    """The candidate's mirrored copies beside the live answers for a case, paired as a router
+    pairs them (each user's agreement rate drawn from a beta distribution with the ICC)."""
+    _, users, per_user, icc, rate = CLUSTER_CASES[case]
+    aggregate = IntervalAggregate()
+    shape = (1 - icc) / icc
+    for unit, user_rate in zip(_user_rows(rng, "v2", users), rng.beta(rate * shape, (1 - rate) * shape, users)):
+        for agree in (rng.random(per_user) < user_rate).tolist():
+            aggregate.pair("v1", "v2", 0, 0 if agree else 1, None, 5.0, None, unit=unit)
+    return aggregate
 
 
 def cluster_feedback(rng: np.random.Generator, case: str) -> tuple[list, list]:
@@ -600,8 +632,10 @@ def cluster_gate(case: str) -> Gate:
         return Gate.model_validate({"metric": metric, "name": CONVERSION, "min": CLUSTER_FEEDBACK_MIN_RATE})
     if metric == "feedback_mean":
         return Gate.model_validate({"metric": metric, "name": MEAN, "min": CLUSTER_FEEDBACK_MEAN})
+    if metric == "shadow_agreement":
+        return Gate.model_validate({"metric": metric, "min": CLUSTER_CASES[case][4]})
     limit = {"error_rate": CLUSTER_ERROR_MAX, "latency_p95_ms": CLUSTER_P95_MAX_MS,
-             "drift_js": CLUSTER_DRIFT_JS_MAX}[metric]
+             "drift_js": CLUSTER_DRIFT_JS_MAX, "drift_ks": CLUSTER_DRIFT_KS_MAX}[metric]
     return Gate.model_validate({"metric": metric, "max": limit})
 
 
@@ -615,9 +649,13 @@ def clustered_gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
         feedback: tuple[list, list] = ([], [])
         if metric.startswith("feedback"):
             feedback = cluster_feedback(rng, case)
+        elif metric == "shadow_agreement":
+            aggregate = cluster_pairs(rng, case)
         else:
             aggregate.served_rows(cluster_rows(rng, "v2", case) + cluster_rows(rng, "v1", case), {})
-        windows = window_stats(aggregate.gates, versions=VERSIONS, feedback=feedback[0], conversions=feedback[1])
+        agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+        windows = window_stats(aggregate.gates, versions=VERSIONS, agreements=agreements,
+                               feedback=feedback[0], conversions=feedback[1])
         (result,) = evaluate_gates([cluster_gate(case)], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs())
         out[case] = result.verdict.value
     return out
@@ -730,9 +768,9 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
     for case, (metric, users, per_user, icc, _) in CLUSTER_CASES.items():
         if "healthy" in case:
             continue  # a power figure, shown in its table
-        wrong = "fail" if metric == "drift_js" else "pass"
+        wrong = "fail" if metric.startswith("drift") else "pass"
         rate = clustered[case][wrong]
-        what = "no drift" if metric == "drift_js" else "at its bound"
+        what = "no drift" if metric.startswith("drift") else "at its bound"
         check(f"gate {metric}, {what}, {users} users x {per_user}, ICC {icc:g}: {wrong}", rate,
               rate.value <= ALPHA, f"<= {ALPHA}")
     return out

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_ab.analysis.clusters import ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
@@ -261,12 +262,17 @@ class ShadowStats:
     # Regressions: the values live and shadow predicted, for numeric drift (KS, Wasserstein).
     live_values: LogHistogram = field(default_factory=LogHistogram)
     shadow_values: LogHistogram = field(default_factory=LogHistogram)
+    #: Pairs and agreements (values 0 and 1) per group of the users whose requests were
+    #: copied: a user whose requests the shadow answers differently does so again, and the
+    #: shadow_agreement gate judges on the effective sample (analysis/clusters.py).
+    agreement_groups: ValueGroups = field(default_factory=ValueGroups)
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
-            comparison: PairComparison | None = None) -> None:
+            comparison: PairComparison | None = None, unit: int | None = None) -> None:
         """One copy sent to the shadow version, with both answers when the shadow answered;
-        ``comparison``: the task's verdict (None: a classifier's classes)."""
+        ``comparison``: the task's verdict (None: a classifier's classes); ``unit``: the
+        request's user (None: keyless)."""
         self.mirrored += 1
         if error_kind is not None:
             self.errors[error_kind] += 1
@@ -281,6 +287,7 @@ class ShadowStats:
         self.pairs += 1
         self.by_live_version[live_version] += 1
         self.agree += int(agree)
+        self.agreement_groups.add(unit, float(agree))
         if live_class is not None and shadow_class is not None:
             self.confusion[(live_class, shadow_class)] += 1
         if score_diff is not None and math.isfinite(score_diff):
@@ -319,6 +326,7 @@ class ShadowStats:
         self.similarity_sketch.merge(other.similarity_sketch)
         self.live_values.merge(other.live_values)
         self.shadow_values.merge(other.shadow_values)
+        self.agreement_groups.merge(other.agreement_groups)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {

@@ -18,6 +18,7 @@ dozen Python calls per answer); :meth:`IntervalAggregate.served` folds one, the 
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from serve_ab.analysis.accumulate import ShadowStats, VersionStats
 from serve_ab.analysis.clusters import GroupSums
-from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.analysis.sketch import LogHistogram, bucket_indices
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
 from serve_ab.analysis.units import SplitTotals
@@ -61,22 +62,24 @@ class GateAggregate:
             unit: int | None = None) -> None:
         """One request of ``unit`` (None: keyless)."""
         self.add_many(np.array([latency_ms], dtype=float), np.array([ok]), [predicted_class],
-                      np.array([] if score is None or not ok else [score], dtype=float), [unit])
+                      np.array([math.nan if score is None else score], dtype=float), [unit])
 
     def add_many(self, latency_ms: np.ndarray, ok: np.ndarray, predicted_classes: Sequence[int | None],
                  scores: np.ndarray, units: Sequence[int | None]) -> None:
-        """What :meth:`add` of each request leaves: ``latency_ms``, ``ok``,
-        ``predicted_classes`` and ``units`` have one entry per request (a failed request's
-        latency and class are not counted); ``scores``: the successful ones' scores."""
+        """What :meth:`add` of each request leaves: every argument has one entry per request
+        (a failed request's latency, class and score are not counted; a NaN score is none)."""
         good = latency_ms[ok]
         classes = [c if fine else None for c, fine in zip(predicted_classes, ok.tolist())]
         self.requests += int(ok.size)
         self.errors += int(ok.size - good.size)
         self.latency_ms.add_many(good)
         self.class_counts.update(c for c in classes if c is not None)
-        scores = scores[np.isfinite(scores)]
-        self.scores.add_many(scores)
-        self.groups.add_many(list(units), ok, good, classes)
+        scored = ok & np.isfinite(scores)
+        buckets = np.full(ok.size, -1, dtype=np.int64)
+        if scored.any():
+            buckets[scored] = bucket_indices(scores[scored])
+            self.scores.add_many(scores[scored], buckets[scored])
+        self.groups.add_many(list(units), ok, good, classes, buckets)
 
     def merge(self, other: GateAggregate) -> None:
         self.requests += other.requests
@@ -182,8 +185,8 @@ class IntervalAggregate:
                 if gate is None:
                     gate = self.gates[version] = GateAggregate()
                 rows_ = gated.tolist()
-                good_scores = np.array([scores[i] for i in rows_ if ok[i] and scores[i] is not None], dtype=float)
-                gate.add_many(latency_ms[gated], ok[gated], [classes[i] for i in rows_], good_scores,
+                gated_scores = np.array([math.nan if scores[i] is None else scores[i] for i in rows_], dtype=float)
+                gate.add_many(latency_ms[gated], ok[gated], [classes[i] for i in rows_], gated_scores,
                               [units[i] for i in rows_])
             live = index[~mirrored_mask[index]]
             if live.size:
@@ -227,15 +230,16 @@ class IntervalAggregate:
 
     def pair(self, live_version: str, shadow_version: str, live_class: int | None, shadow_class: int | None,
              score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
-             comparison: PairComparison | None = None) -> None:
+             comparison: PairComparison | None = None, unit: int | None = None) -> None:
         """A mirrored copy's answer beside the live one; ``comparison``: the task's verdict on
-        the pair (:mod:`serve_ab.analysis.tasks`; None: classes compared as a classifier's)."""
+        the pair (:mod:`serve_ab.analysis.tasks`; None: classes compared as a classifier's);
+        ``unit``: the request's user (None: keyless)."""
         self.rows += 1
         shadow = self.shadow.get(shadow_version)
         if shadow is None:
             shadow = self.shadow[shadow_version] = ShadowStats()
         shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind,
-                   comparison=comparison)
+                   comparison=comparison, unit=unit)
 
     def merge(self, other: IntervalAggregate) -> None:
         """Fold a later (or an unsent) interval into this one."""

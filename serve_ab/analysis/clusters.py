@@ -25,15 +25,20 @@ The ratio of that variance to the one the bound assumes (binomial) is the design
   histogram per group);
 - class drift: the test on each side's counts scaled to its effective sample (the
   first-order Rao-Scott correction, Rao & Scott 1981);
+- scores (the KS test of ``drift_ks`` and ``drift_wasserstein``): each side's size over
+  the design effect of the proportions below each score bin's edge, averaged with weights
+  F (1 - F) (:func:`score_design_effect`; :attr:`GroupSums.score_bins`);
 - feedback: the controller joins each report to its request's user, and keeps the values
   and outcomes per group likewise (:class:`ValueGroups`): a rate as above, a mean by
-  Student's t with its variance times the design effect.
+  Student's t with its variance times the design effect;
+- shadow agreement: a mirrored copy counts under its request's user, and each pair's
+  agreement (0 or 1) is kept per group (``ShadowStats.agreement_groups``), a rate as above.
 
 A design effect estimated from k clusters is itself uncertain, so the bounds use its upper
 confidence bound (:meth:`DesignEffect.effective`).
 
 The memory is fixed: groups x (2 + latency bins) counters per version, plus the
-(group, class) pairs seen, however many users arrive.
+(group, class) and (group, score bin) pairs seen, however many users arrive.
 
 ``deff`` is at least 1, and keyless requests keep their exact bound. Keyed requests from
 fewer than :data:`MIN_GROUPS` groups say too little of how users differ: each group counts
@@ -62,7 +67,8 @@ from serve_ab.routing import NUM_BUCKETS
 
 __all__ = ["INDEPENDENT", "MIN_GROUPS", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
            "effective_counts",
-           "groups_of", "quantile_design_effect", "ratio_design_effect"]
+           "groups_of", "quantile_design_effect", "ratio_design_effect", "score_design_effect",
+           "SCORE_BIN_BUCKETS"]
 
 #: Groups of buckets. More groups estimate the variance on more degrees of freedom (a
 #: design effect from 128 groups is within about 13% of its value at one standard error);
@@ -83,6 +89,11 @@ MIN_GROUPS = 20
 LATENCY_EDGES_MS = 2.0 ** np.arange(-5, 18.01, 0.25)
 _LATENCY_BINS = LATENCY_EDGES_MS.size + 1
 
+
+#: Score bins per group: this many consecutive buckets of the scores' sketch (each 2% wide,
+#: analysis/sketch.py) make one, a factor of about 1.17, as fine as the latency bins. The KS
+#: test reads the design effect of "score <= t" at the bins on either side of its statistic.
+SCORE_BIN_BUCKETS = 8
 
 KEYLESS = NUM_GROUPS  # the row of keyless requests, each a unit of its own
 _ROWS = NUM_GROUPS + 1
@@ -107,12 +118,16 @@ class GroupSums:
         default_factory=lambda: np.zeros((_ROWS, _LATENCY_BINS), dtype=np.int32))
     #: Predicted classes of successful requests, by (group, class).
     classes: collections.Counter = field(default_factory=collections.Counter)
+    #: Scores of successful requests, by (group, score bin): bin b holds the sketch buckets
+    #: b * SCORE_BIN_BUCKETS to (b + 1) * SCORE_BIN_BUCKETS - 1.
+    score_bins: collections.Counter = field(default_factory=collections.Counter)
 
     def add_many(self, units: list[int | None], ok: np.ndarray, latency_ms: np.ndarray,
-                 predicted_classes: list[int | None]) -> None:
+                 predicted_classes: list[int | None], score_buckets: np.ndarray | None = None) -> None:
         """Requests of ``units`` (None: keyless); ``ok`` marks the successful ones, whose
         latencies are ``latency_ms`` (in the order they appear); ``predicted_classes``: each
-        request's class (None: none, or failed)."""
+        request's class (None: none, or failed); ``score_buckets``: each request's score's
+        sketch bucket (:func:`~serve_ab.analysis.sketch.bucket_indices`; -1: no score)."""
         groups = groups_of(units)
         np.add.at(self.requests, groups, 1)
         np.add.at(self.errors, groups[~ok], 1)
@@ -122,6 +137,11 @@ class GroupSums:
         predicted = [(int(g), c) for g, c in zip(groups.tolist(), predicted_classes) if c is not None]
         if predicted:
             self.classes.update(predicted)
+        if score_buckets is not None:
+            scored = score_buckets >= 0
+            if scored.any():
+                bins = score_buckets[scored] // SCORE_BIN_BUCKETS
+                self.score_bins.update(zip(groups[scored].tolist(), bins.tolist()))
 
     # Pickled sparse, like the latency sketch: dense, a report would carry 50 KB per version.
     # (int32 bins: a window would need 2 billion requests of one group in one bin to overflow.)
@@ -130,7 +150,8 @@ class GroupSums:
         used_bins = np.flatnonzero(bins).astype(np.int32)
         used = np.flatnonzero(self.requests).astype(np.int32)
         return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
-                "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes}
+                "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
+                "score_bins": self.score_bins}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -138,12 +159,14 @@ class GroupSums:
         self.errors[state["rows"]] = state["errors"]
         self.latency_bins.ravel()[state["bins"]] = state["bin_counts"]
         self.classes = state["classes"]
+        self.score_bins = state.get("score_bins", collections.Counter())
 
     def merge(self, other: GroupSums) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.latency_bins += other.latency_bins
         self.classes.update(other.classes)
+        self.score_bins.update(other.score_bins)
 
 
 @dataclass(frozen=True)
@@ -281,6 +304,22 @@ class ValueGroups:
         """The design effect of the mean of the values (for outcomes, of the rate)."""
         return mean_design_effect(self.sums, self.counts, self.squares)
 
+    def merge(self, other: ValueGroups) -> None:
+        self.counts += other.counts
+        self.sums += other.sums
+        self.squares += other.squares
+
+    # Pickled sparse: routers send shadow agreements in every report (a few groups in a
+    # small interval, 3 KB dense).
+    def __getstate__(self) -> dict:
+        used = np.flatnonzero(self.counts).astype(np.int32)
+        return {"rows": used, "counts": self.counts[used], "sums": self.sums[used], "squares": self.squares[used]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        rows = state["rows"]
+        self.counts[rows], self.sums[rows], self.squares[rows] = state["counts"], state["sums"], state["squares"]
+
 
 def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray) -> DesignEffect:
     """The design effect of the mean ``R = sum(sums) / sum(counts)`` over the rows of a
@@ -321,6 +360,52 @@ def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> Desi
     return max(effects, key=lambda d: d.value, default=INDEPENDENT)
 
 
+def score_design_effect(score_bins: collections.Counter) -> DesignEffect:
+    """A design effect for the KS test on scores: those of the proportions of scores at or
+    below each score bin's edge, averaged with the weight of each proportion's variance
+    F (1 - F), as the first-order Rao-Scott correction averages over classes (but over the
+    cumulative proportions the KS statistic is made of). Read at the statistic's own edge,
+    it was biased high: under no drift, the largest gap falls where the users' spread made
+    one, and the test rejected 0.5% of the time at alpha 5% (100 users x 20, ICC 0.3)."""
+    if not score_bins:
+        return INDEPENDENT
+    score_bins_seen = sorted({score_bin for _, score_bin in score_bins})
+    column = {score_bin: i for i, score_bin in enumerate(score_bins_seen)}
+    counts = np.zeros((_ROWS, len(score_bins_seen)), dtype=np.int64)
+    for (group, score_bin), count in score_bins.items():
+        counts[group, column[score_bin]] += count
+    below = np.cumsum(counts, axis=1)  # [:, i]: scores in bins up to score_bins_seen[i]
+    per_group = below[:, -1]
+    total = float(per_group.sum())
+    weights, effects = [], []
+    for edge in range(below.shape[1] - 1):
+        share = below[:, edge].sum() / total
+        if 0.0 < share < 1.0:
+            weights.append(share * (1.0 - share))
+            effects.append(ratio_design_effect(below[:, edge], per_group))
+    return _weighted(effects, weights)
+
+
+def _weighted(effects: list[DesignEffect], weights: list[float]) -> DesignEffect:
+    """The average of several proportions' design effects (from the same groups)."""
+    if not weights:
+        return INDEPENDENT
+    if not effects[0].estimated and effects[0].groups < MIN_GROUPS and effects[0].value > 1.0:
+        return effects[0]  # few groups: one unit each, whichever proportion
+    between = float(np.average([e.between for e in effects], weights=weights))
+    within = float(np.average([e.within for e in effects], weights=weights))
+    # Degrees of freedom of the average of the spreads, as if they were perfectly correlated
+    # (neighbouring proportions nearly are), the fewest it can have: its 1 / sqrt(df) is the
+    # average of theirs, weighted by their share of it (Satterthwaite). The fewest of any one
+    # was too few: a rare class or a tail bin with a few users' scores in it has df near 1,
+    # and inflated the whole effect a hundredfold.
+    shares = np.array([w * e.between for w, e in zip(weights, effects)])
+    if shares.sum() <= 0.0:
+        return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within, 0.0)
+    root = float(np.average([1.0 / math.sqrt(e.df or max(e.groups - 1, 1)) for e in effects], weights=shares))
+    return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within, 1.0 / root ** 2)
+
+
 def class_design_effect(classes: collections.Counter, width: int) -> DesignEffect:
     """A design effect for a vector of class proportions: the mean of each class's,
     weighted by ``1 - p`` (the first-order Rao-Scott correction, Rao & Scott 1981, whose
@@ -343,14 +428,7 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
         if 0.0 < share < 1.0:
             weights.append(1.0 - share)
             effects.append(ratio_design_effect(counts[:, cls], per_group))
-    if not weights:
-        return INDEPENDENT
-    if not effects[0].estimated and effects[0].groups < MIN_GROUPS and effects[0].value > 1.0:
-        return effects[0]  # few groups: one unit each, whichever class
-    between = float(np.average([e.between for e in effects], weights=weights))
-    within = float(np.average([e.within for e in effects], weights=weights))
-    df = min(e.df for e in effects)
-    return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within, df)
+    return _weighted(effects, weights)
 
 
 def effective_counts(counts: tuple[int, ...], effect: DesignEffect, alpha: float) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_ABS", "MIN_ABS", "RELATIVE_ACCURACY", "LogHistogram"]
+__all__ = ["MAX_ABS", "MIN_ABS", "RELATIVE_ACCURACY", "LogHistogram", "bucket_indices", "bucket_upper_edge"]
 
 RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -49,6 +49,20 @@ def _index(value: float) -> int:
         return _K
     k = min(max(math.ceil(math.log(magnitude / MIN_ABS) / _LOG_GAMMA), 1), _K)
     return _K + k if value > 0 else _K - k
+
+
+def bucket_indices(values: np.ndarray) -> np.ndarray:
+    """The dense bucket index of each value of a float array (:func:`_index`, vectorised)."""
+    magnitude = np.abs(values)
+    with np.errstate(divide="ignore"):
+        k = np.clip(np.ceil(np.log(np.maximum(magnitude, MIN_ABS) / MIN_ABS) / _LOG_GAMMA), 1, _K)
+    k = np.where(magnitude < MIN_ABS, 0, k).astype(np.int64)
+    return _K + np.sign(values).astype(np.int64) * k
+
+
+def bucket_upper_edge(index: int) -> float:
+    """The largest value bucket ``index`` holds."""
+    return float(_edges(index)[1])
 
 
 def _edges(index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +112,12 @@ class LogHistogram:
         if value > self.max:
             self.max = value
 
-    def add_many(self, values: np.ndarray) -> None:
-        """:meth:`add` of every value of a float array (the sum may round differently)."""
+    def add_many(self, values: np.ndarray, indices: np.ndarray | None = None) -> None:
+        """:meth:`add` of every value of a float array (the sum may round differently);
+        ``indices``: their :func:`bucket_indices`, where the caller has them already."""
         if not values.size:
             return
-        magnitude = np.abs(values)
-        with np.errstate(divide="ignore"):
-            k = np.clip(np.ceil(np.log(np.maximum(magnitude, MIN_ABS) / MIN_ABS) / _LOG_GAMMA), 1, _K)
-        k = np.where(magnitude < MIN_ABS, 0, k).astype(np.int64)
-        np.add.at(self.counts, _K + np.sign(values).astype(np.int64) * k, 1)
+        np.add.at(self.counts, bucket_indices(values) if indices is None else indices, 1)
         self.count += int(values.size)
         self.total += float(values.sum())
         self.min = min(self.min, float(values.min()))

@@ -18,10 +18,11 @@ step with probability at most the configured ``analysis.alpha``. The bounds, per
   (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
   negative stable value no meaningful one: both are INCONCLUSIVE, with the reason.
 
-Users who send many requests: error rates, latency percentiles, class counts and feedback
-are judged on the effective sample, ``n / deff``, where the design effect comes from the
-window's per-group totals (:mod:`serve_ab.analysis.clusters`; ``WindowStats.groups``,
-``feedback_groups``, ``conversion_groups``), taken at its upper confidence bound at the
+Users who send many requests: error rates, latency percentiles, class counts, scores,
+feedback and shadow agreement are judged on the effective sample, ``n / deff``, where the
+design effect comes from the window's per-group totals (:mod:`serve_ab.analysis.clusters`;
+``WindowStats.groups``, ``feedback_groups``, ``conversion_groups``, ``shadow_groups``; a
+mirrored copy counts under its request's user), taken at its upper confidence bound at the
 analysis' level (the groups' spread as a chi-square on degrees of freedom that shrink with
 its kurtosis). That the gate then errs at most alpha is measured, not proved:
 ``stats_calibration`` scenario 6. Without groups (a window built by hand) requests count as
@@ -83,8 +84,8 @@ from scipy import special
 from serve_ab.analysis import drift
 from serve_ab.analysis.clusters import (
     INDEPENDENT, DesignEffect, GroupSums, ValueGroups, class_design_effect, effective_counts,
-    quantile_design_effect, ratio_design_effect)
-from serve_ab.analysis.sketch import LogHistogram
+    quantile_design_effect, ratio_design_effect, score_design_effect)
+from serve_ab.analysis.sketch import LogHistogram, bucket_indices
 from serve_ab.config.rollout import Gate, GateMetric, display_url
 
 
@@ -207,6 +208,9 @@ class WindowStats:
     #: class the live version answered (shadow, or blue-green validation on live traffic).
     shadow_pairs: int = 0
     shadow_agreements: int = 0
+    #: The pairs' agreements (0 or 1) per group of users, for their design effect; None:
+    #: pairs count as independent.
+    shadow_groups: ValueGroups | None = None
     #: The requests above per group of users' buckets, for design effects
     #: (:mod:`serve_ab.analysis.clusters`); None: no such figures, requests are independent.
     groups: GroupSums | None = None
@@ -270,8 +274,12 @@ def build_windows(
         groups = GroupSums()
         if mine:
             ok = np.array([o.ok for o in mine])
+            scores = np.array([math.nan if o.score is None else o.score for o in mine], dtype=float)
+            buckets = np.full(scores.size, -1, dtype=np.int64)
+            scored = np.isfinite(scores)
+            buckets[scored] = bucket_indices(scores[scored])
             groups.add_many([o.unit for o in mine], ok, np.array([o.latency_ms for o in mine if o.ok], dtype=float),
-                            [o.predicted_class if o.ok else None for o in mine])
+                            [o.predicted_class if o.ok else None for o in mine], buckets)
         windows[name] = WindowStats(
             version=name,
             request_count=len(mine),
@@ -416,12 +424,14 @@ def _rate_counts(gate: Gate, window: WindowStats) -> tuple[int, int, str]:
 
 
 def _rate_effect(gate: Gate, window: WindowStats) -> DesignEffect:
-    """The design effect of a rate gate's proportion: error rates and feedback outcomes are
-    counted per group of users; shadow pairs are not (yet), and count as independent."""
+    """The design effect of a rate gate's proportion, from its counts per group of users
+    (none kept: independent)."""
     if gate.metric is GateMetric.ERROR_RATE and window.groups is not None:
         return ratio_design_effect(window.groups.errors, window.groups.requests)
     if gate.metric is GateMetric.FEEDBACK_RATE and gate.name in window.conversion_groups:
         return window.conversion_groups[gate.name].design_effect()
+    if gate.metric is GateMetric.SHADOW_AGREEMENT and window.shadow_groups is not None:
+        return window.shadow_groups.design_effect()
     return INDEPENDENT
 
 
@@ -743,10 +753,15 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
             test = drift.class_homogeneity_test(counts[0], counts[1], alpha=alpha)
             p_value, tested = test.p_value, test.describe() + described
     else:
-        statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores)
+        # Each side's sample on its design effect: users whose scores run high or low would
+        # otherwise read as a shift of the scores.
+        effects = (_score_effect(candidate), _score_effect(stable))
+        statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores,
+                                                    tuple(e.upper(alpha / 2) for e in effects))
         value = statistic if gate.metric is GateMetric.DRIFT_KS else \
             _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
-        tested = f"KS test on {len(candidate.scores)} and {len(stable.scores)} scores, p = {p_value:.3g}"
+        tested = (f"KS test on {len(candidate.scores)} and {len(stable.scores)} scores, p = {p_value:.3g}"
+                  f"{_describe_both(effects, candidate, stable, alpha / 2)}")
     what = f"{metric} of {candidate.version} against stable {stable.version} is {_fmt(value)} ({tested})"
     limit, level = f"max {_fmt(gate.threshold)}", f"{alpha:.3g}"
     if p_value >= alpha:
@@ -756,6 +771,12 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     else:
         verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
     return result(verdict, f"{what}; {judged}", value, p_value=p_value)
+
+
+def _score_effect(window: WindowStats) -> DesignEffect:
+    if window.groups is None:
+        return INDEPENDENT
+    return score_design_effect(window.groups.score_bins)
 
 
 def _class_effect(window: WindowStats) -> DesignEffect:

@@ -9,8 +9,9 @@ step's total starts and a sliding window is summed.
 Example::
 
     windows = GateWindows(keep_s=120.0)
-    windows.add(now_s, report.aggregate.gates, {"v2": (pairs, agreements)})
-    gates, pairs = windows.window(start_s=step_started_at_s, step=True)
+    windows.add(now_s, report.aggregate.gates, {"v2": report.aggregate.shadow["v2"].agreement_groups})
+    gates, agreements = windows.window(start_s=step_started_at_s, step=True)
+    stats = window_stats(gates, versions=("v1", "v2"), agreements=agreements, feedback=events)
 """
 
 from __future__ import annotations
@@ -28,25 +29,24 @@ SLOT_S = 1.0
 
 
 class _Totals:
-    """Per-version gate aggregates and shadow pair counts over some span."""
+    """Per-version gate aggregates and shadow agreements over some span."""
 
     def __init__(self) -> None:
         self.gates: dict[str, GateAggregate] = {}
-        self.pairs: dict[str, list[int]] = {}  # mirrored version -> [answered pairs, agreements]
+        #: mirrored version -> its answered pairs' agreements (0 or 1) per group of users
+        self.agreements: dict[str, ValueGroups] = {}
 
-    def add(self, gates: Mapping[str, GateAggregate], pairs: Mapping[str, tuple[int, int]]) -> None:
+    def add(self, gates: Mapping[str, GateAggregate], agreements: Mapping[str, ValueGroups]) -> None:
         for version, gate in gates.items():
             mine = self.gates.get(version)
             if mine is None:
                 mine = self.gates[version] = GateAggregate()
             mine.merge(gate)
-        for version, (n, agreed) in pairs.items():
-            mine_pairs = self.pairs.setdefault(version, [0, 0])
-            mine_pairs[0] += n
-            mine_pairs[1] += agreed
+        for version, groups in agreements.items():
+            self.agreements.setdefault(version, ValueGroups()).merge(groups)
 
     def merge(self, other: _Totals) -> None:
-        self.add(other.gates, {v: (n, a) for v, (n, a) in other.pairs.items()})
+        self.add(other.gates, other.agreements)
 
 
 class GateWindows:
@@ -61,18 +61,18 @@ class GateWindows:
         self._since = _Totals()
 
     def add(self, t_s: float, gates: Mapping[str, GateAggregate],
-            pairs: Mapping[str, tuple[int, int]] = {}) -> None:  # noqa: B006 (read only)
+            agreements: Mapping[str, ValueGroups] = {}) -> None:  # noqa: B006 (read only)
         start = math.floor(t_s / self.slot_s) * self.slot_s
         slot = self._slots.get(start)
         if slot is None:
             slot = self._slots[start] = _Totals()
             for old in [s for s in self._slots if s < t_s - self.keep_s]:
                 del self._slots[old]
-        slot.add(gates, pairs)
+        slot.add(gates, agreements)
         if t_s >= self._since_s:
-            self._since.add(gates, pairs)
+            self._since.add(gates, agreements)
 
-    def window(self, start_s: float, *, step: bool) -> tuple[dict[str, GateAggregate], dict[str, tuple[int, int]]]:
+    def window(self, start_s: float, *, step: bool) -> tuple[dict[str, GateAggregate], dict[str, ValueGroups]]:
         """What arrived since ``start_s``. ``step``: ``start_s`` is the step's start, whose
         running total is kept (and started afresh from the slots when the step changed);
         otherwise a sliding window summed from the slots."""
@@ -85,15 +85,16 @@ class GateWindows:
                     totals.merge(slot)
             if step:
                 self._since_s, self._since = start_s, totals
-        return totals.gates, {v: (n, a) for v, (n, a) in totals.pairs.items()}
+        return totals.gates, totals.agreements
 
 
 def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
+                 agreements: Mapping[str, ValueGroups] = {},  # noqa: B006 (read only)
                  feedback: Iterable[FeedbackEvent] = (), conversions: Iterable[ConversionEvent] = (),
                  start_s: float = -math.inf, end_s: float = math.inf) -> dict[str, WindowStats]:
-    """One :class:`WindowStats` per version from merged gate aggregates and the feedback
-    events with ``start_s <= t_s < end_s``. Class counts get one length on every side, so
-    drift compares like with like."""
+    """One :class:`WindowStats` per version from merged gate aggregates, mirrored versions'
+    agreements with the live answers, and the feedback events with ``start_s <= t_s < end_s``.
+    Class counts get one length on every side, so drift compares like with like."""
     names = list(versions)
     classes = [c for name in names if name in gates for c in gates[name].class_counts]
     width = max(classes) + 1 if classes else 0
@@ -108,6 +109,7 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
         for event in conversions:
             if event.version == name and start_s <= event.t_s < end_s:
                 outcome_groups.setdefault(event.name, ValueGroups()).add(event.unit, float(event.converted))
+        agreement = agreements.get(name)
         out[name] = WindowStats(
             version=name,
             request_count=gate.requests,
@@ -120,5 +122,8 @@ def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],
             groups=gate.groups,
             feedback_groups=value_groups,
             conversion_groups=outcome_groups,
+            shadow_pairs=0 if agreement is None else int(agreement.counts.sum()),
+            shadow_agreements=0 if agreement is None else int(round(float(agreement.sums.sum()))),
+            shadow_groups=agreement,
         )
     return out

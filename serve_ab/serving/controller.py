@@ -209,8 +209,8 @@ class ControllerCore:
         aggregate = report.aggregate
         failed_changed = self.reports.received(report, now)
         if self.rollout is not None:  # windows are only read by a rollout's gates
-            pairs = {version: (shadow.pairs, shadow.agree) for version, shadow in aggregate.shadow.items()}
-            self.gate_windows.add(now, aggregate.gates, pairs)
+            agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+            self.gate_windows.add(now, aggregate.gates, agreements)
         self.stats.merge(now, aggregate)
         # Only when feedback comes without tokens: it is joined by the ids of assigned
         # answers (intention to treat: the version the split chose).
@@ -252,14 +252,11 @@ class ControllerCore:
         start_s = max(step_started_s, now - self._window_s())
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
         feedback, conversions = self.feedback.events(since_s=start_s)
-        gates, pairs = self.gate_windows.window(start_s, step=start_s == step_started_s)
-        windows = window_stats(gates, versions=versions, feedback=feedback, conversions=conversions,
-                               start_s=start_s, end_s=now + 1.0)
+        gates, agreements = self.gate_windows.window(start_s, step=start_s == step_started_s)
+        windows = window_stats(gates, versions=versions, agreements=agreements, feedback=feedback,
+                               conversions=conversions, start_s=start_s, end_s=now + 1.0)
         candidate = self.cfg.rollout.candidate
-        shadow_pairs, shadow_agreements = pairs.get(candidate, (0, 0))
-        windows[candidate] = dataclasses.replace(
-            windows[candidate], promql=promql or {}, webhooks=webhooks or {}, shadow_pairs=shadow_pairs,
-            shadow_agreements=shadow_agreements)
+        windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks or {})
         saved = self.rollout.to_dict()
         draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
         failed = self.reports.failed_versions(now).get(candidate)

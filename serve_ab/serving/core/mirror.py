@@ -32,7 +32,9 @@ class MirrorSender:
         self.skipped = 0  # copies not sent because MAX_IN_FLIGHT were still out
 
     def send(self, versions: Mapping[str, Version], live_version: str, batch: np.ndarray,
-             live_outputs: np.ndarray, request_id: str) -> None:
+             live_outputs: np.ndarray, request_id: str, unit: int | None = None) -> None:
+        """Copies of one request of ``unit`` (None: keyless) to the mirrored versions; the
+        copies count under the same user, whose requests go together on any version."""
         for mirror in self.mirrors:
             version = versions.get(mirror.version)
             if mirror.version == live_version or version is None \
@@ -42,12 +44,12 @@ class MirrorSender:
                 self.skipped += 1
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id))
+                self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id, unit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _mirrored(self, name: str, version: Version, live_version: str, batch: np.ndarray,
-                        live_outputs: np.ndarray, request_id: str) -> None:
+                        live_outputs: np.ndarray, request_id: str, unit: int | None) -> None:
         started_s = self.clock()
         try:
             outputs = await answer(name, version, batch)
@@ -55,11 +57,11 @@ class MirrorSender:
             kind = error_kind(err)
             logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",
                         request_id, name, kind, type(err).__name__)
-            self.observations.served(name, started_s, kind, None, request_id=None, mirrored=True)
-            self.observations.pair(live_version, name, live_outputs, None, started_s, kind)
+            self.observations.served(name, started_s, kind, None, request_id=None, unit=unit, mirrored=True)
+            self.observations.pair(live_version, name, live_outputs, None, started_s, kind, unit)
             return
-        self.observations.served(name, started_s, None, outputs, request_id=None, mirrored=True)
-        self.observations.pair(live_version, name, live_outputs, outputs, started_s, None)
+        self.observations.served(name, started_s, None, outputs, request_id=None, unit=unit, mirrored=True)
+        self.observations.pair(live_version, name, live_outputs, outputs, started_s, None, unit)
 
     async def drain(self) -> None:
         """Wait for the copies in flight (tests, shutdown)."""

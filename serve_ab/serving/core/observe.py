@@ -121,13 +121,13 @@ class ObservationBuffer:
                 self._weights, self.keep_request_ids)
 
     def pair(self, live_version: str, shadow_version: str, live_outputs: Any,
-             outputs: Any, started_s: float, error_kind: str | None) -> None:
-        """The live and the mirrored answer to the same request, for the paired comparison
-        (by the shadow's task: the versions of one experiment share it)."""
+             outputs: Any, started_s: float, error_kind: str | None, unit: int | None = None) -> None:
+        """The live and the mirrored answer to the same request of ``unit`` (None: keyless),
+        for the paired comparison (by the shadow's task: the versions of one experiment share it)."""
         compared = self.tasks.get(shadow_version, CLASSIFICATION).compare(live_outputs, outputs)
         self._current.pair(live_version, shadow_version, compared.live_class, compared.shadow_class,
                            compared.score_diff, (self.clock() - started_s) * 1000.0, error_kind,
-                           comparison=compared)
+                           comparison=compared, unit=unit)
 
     def drain(self) -> IntervalAggregate | None:
         """This interval's aggregate, or None when nothing was served; a new interval starts."""

@@ -167,7 +167,7 @@ class RouterCore:
                                  unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned,
                                  split=choice.epoch)
         if choice.assigned:
-            self.mirrors.send(self.versions, version, batch, outputs, request_id)
+            self.mirrors.send(self.versions, version, batch, outputs, request_id, choice.unit)
         if self.on_answer is not None:
             self.on_answer(request_id, version)
         return version, outputs

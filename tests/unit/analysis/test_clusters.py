@@ -17,7 +17,7 @@ from scipy import stats
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import (
     KEYLESS, MIN_GROUPS, NUM_GROUPS, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
-    ratio_design_effect)
+    ratio_design_effect, score_design_effect)
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import GateVerdict, evaluate_gates
 from serve_ab.rollout.windows import GateWindows, window_stats
@@ -310,3 +310,106 @@ def test_heavy_tailed_group_totals_get_fewer_degrees_of_freedom():
     one_heavy = np.array([10.0] + [-0.25] * 39)
     assert _spread_df(even) == pytest.approx(39)  # kurtosis 1: capped at k - 1
     assert _spread_df(one_heavy) < 3  # one group carries the spread: barely one degree
+
+
+# ---- scores (drift_ks, drift_wasserstein) and shadow agreement ----------------------------------
+
+
+def score_rows(rng, version: str, users: int, per_user: int, *, user_sd: float, shift: float = 0.0,
+               keyed: bool = True, first_unit: int = 0) -> list[tuple]:
+    """A classifier's top-class scores: the logistic of a normal, with a user effect."""
+    rows = []
+    for i in range(users):
+        logit = 1.5 + shift + rng.normal(0, user_sd) + rng.normal(0, 0.5, per_user)
+        unit = 10_000 * (first_unit + i) + first_unit + i if keyed else None
+        rows += [(version, 5.0, None, 0, float(s), unit, True, False, 0, None) for s in 1 / (1 + np.exp(-logit))]
+    return rows
+
+
+def test_users_whose_scores_run_high_or_low_are_not_score_drift():
+    """40 users a side, 50 requests each, the same distribution on both sides; each user's
+    scores run high or low. Counted as 2,000 independent scores a side, the users' chance
+    imbalance reads as a shift."""
+    rng = np.random.default_rng(3)
+    rows = score_rows(rng, "v2", 40, 50, user_sd=0.8) + score_rows(rng, "v1", 40, 50, user_sd=0.8, first_unit=40)
+    keyless = [r[:5] + (None,) + r[6:] for r in rows]
+    gate = {"metric": "drift_ks", "max": 0.0}
+    as_requests, as_users = judge(gate, keyless), judge(gate, rows)
+    assert as_requests.verdict is GateVerdict.FAIL and as_requests.p_value < 0.01
+    assert as_users.verdict is GateVerdict.PASS and as_users.p_value > 0.05, as_users.reason
+    assert as_users.value == as_requests.value and "design effects" in as_users.reason
+    wasserstein = judge({"metric": "drift_wasserstein", "max": 0.0}, rows)
+    assert wasserstein.verdict is GateVerdict.PASS and wasserstein.p_value == as_users.p_value
+
+
+def test_a_real_score_shift_still_fails_with_clustered_users():
+    rng = np.random.default_rng(4)
+    rows = (score_rows(rng, "v2", 100, 20, user_sd=0.5, shift=0.6)
+            + score_rows(rng, "v1", 100, 20, user_sd=0.5, first_unit=100))
+    result = judge({"metric": "drift_ks", "max": 0.05}, rows)
+    assert result.verdict is GateVerdict.FAIL and result.p_value < 0.01, result.reason
+
+
+def test_the_score_design_effect_is_one_for_keyless_scores_and_about_the_users_for_clustered_ones():
+    rng = np.random.default_rng(5)
+    keyless = windows_of(score_rows(rng, "v2", 500, 4, user_sd=0.8, keyed=False))["v2"].groups
+    assert score_design_effect(keyless.score_bins).value == 1.0
+    # ICC of the logit 0.8^2 / (0.8^2 + 0.5^2) = 0.72, lower for "score <= t": deff well above 1,
+    # at most the 20 requests a user sends.
+    clustered = windows_of(score_rows(rng, "v2", 200, 20, user_sd=0.8))["v2"].groups
+    effect = score_design_effect(clustered.score_bins)
+    assert 5 < effect.value < 20 and effect.groups > 100 and effect.df > 20
+
+
+def test_a_score_from_a_single_sparse_tail_bin_does_not_inflate_the_effect():
+    """A tail bin seen by a few users has a spread on very few degrees of freedom; it must not
+    set the whole effect's (once, the fewest of any proportion's: the bound a hundredfold)."""
+    rng = np.random.default_rng(8)
+    rows = score_rows(rng, "v2", 300, 3, user_sd=0.0)
+    rows += [("v2", 5.0, None, 0, 1e-4, 10_000 * 7 + 7, True, False, 0, None)] * 3  # one user, far out
+    effect = score_design_effect(windows_of(rows)["v2"].groups.score_bins)
+    assert effect.upper(0.05) < 2.0, effect
+
+
+def pairs_window(users: list[tuple[int, int, int]]):
+    """(unit, pairs, agreements) per user, paired as a router pairs mirrored copies."""
+    aggregate = IntervalAggregate()
+    for unit, pairs, agreements in users:
+        for k in range(pairs):
+            aggregate.pair("v1", "v2", 0, 0 if k < agreements else 1, None, 5.0, None, unit=unit)
+    agreements_ = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+    return window_stats(aggregate.gates, versions=VERSIONS, agreements=agreements_)
+
+
+def test_shadow_agreement_from_users_the_candidate_always_gets_wrong_does_not_pass():
+    """90% agreement on 1,500 copies, but from 27 users always agreed with and 3 never: the
+    copies are evidence about 30 users, not 1,500 independent requests."""
+    gate = Gate.model_validate({"metric": "shadow_agreement", "min": 0.85})
+    users = [(10_000 * i + i, 50, 50 if i < 27 else 0) for i in range(30)]
+    keyless = pairs_window([(None, 50, a) for _, _, a in users])
+    (as_requests,) = evaluate_gates([gate], keyless["v2"], keyless["v1"], 1, alpha=0.05)
+    assert as_requests.verdict is GateVerdict.PASS  # 1,350 of 1,500: lower bound 0.885
+    windows = pairs_window(users)
+    assert (windows["v2"].shadow_pairs, windows["v2"].shadow_agreements) == (1500, 1350)
+    (as_users,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, alpha=0.05)
+    assert as_users.verdict is GateVerdict.INCONCLUSIVE and as_users.value == 0.9, as_users.reason
+    assert "correlated" in as_users.reason and as_users.lower < 0.85
+
+
+def test_the_controllers_windows_carry_each_routers_shadow_agreements():
+    import pickle
+
+    first, second = IntervalAggregate(), IntervalAggregate()
+    first.pair("v1", "v2", 0, 0, None, 5.0, None, unit=7)
+    first.pair("v1", "v2", 0, 1, None, 5.0, None, unit=None)
+    second.pair("v1", "v2", 0, 0, None, 5.0, None, unit=7)
+    windows = GateWindows(keep_s=60.0)
+    for t_s, aggregate in ((1.0, first), (2.0, second)):
+        sent = pickle.loads(pickle.dumps(aggregate))  # as a report travels
+        windows.add(t_s, sent.gates, {v: s.agreement_groups for v, s in sent.shadow.items()})
+    _, agreements = windows.window(0.0, step=False)
+    window = window_stats({}, versions=VERSIONS, agreements=agreements)["v2"]
+    assert (window.shadow_pairs, window.shadow_agreements) == (3, 2)
+    assert window.shadow_groups.counts[7] == 2 and window.shadow_groups.sums[7] == 2
+    assert window.shadow_groups.counts[KEYLESS] == 1 and window.shadow_groups.sums[KEYLESS] == 0
+    assert len(pickle.dumps(first.shadow["v2"].agreement_groups)) < 1_000  # dense, 3 KB

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
+from serve_ab.analysis.clusters import KEYLESS
 from serve_ab.config import parse_experiment
 from serve_ab.errors import BadOutput, InvalidInput, VersionNotServed, VersionUnavailable
 from serve_ab.serving.core.decision import key_text
@@ -190,6 +191,12 @@ def test_mirrored_copies_are_recorded_apart_and_never_answer():
     interval = core.observations.drain()
     assert "v2" not in interval.versions and interval.gates["v2"].requests == 5  # gates only
     assert interval.shadow["v2"].pairs == 5 and dict(interval.shadow["v2"].confusion) == {(1, 3): 5}
+    # The copies count under their users, as the live requests do: a user's copies go
+    # together, and the candidate's gates judge users, not copies.
+    assert interval.gates["v2"].groups.requests[KEYLESS] == 0 and interval.gates["v2"].groups.requests.sum() == 5
+    agreements = interval.shadow["v2"].agreement_groups
+    assert agreements.counts[KEYLESS] == 0 and agreements.counts.sum() == 5 and agreements.sums.sum() == 0
+    assert np.array_equal(np.flatnonzero(agreements.counts), np.flatnonzero(interval.gates["v1"].groups.requests))
 
 
 def test_a_failing_mirror_is_counted_but_the_client_gets_its_answer():
