@@ -5,6 +5,8 @@ Written alongside issue #14 item 3; run with the rest of tests/integration."""
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import os
 import tempfile
@@ -101,18 +103,24 @@ def test_a_regression_canary_promotes_on_value_gates(http, serve_instance, deplo
     inputs, _ = samples
     status_url = serve_instance.url(f"/{app}/rollout/status")
     served = set()
+    visits = itertools.count()
 
     def progressed():
-        for i in range(40):
+        # The gates judge users, not requests: 100 users (v1's half, whose copies v2 answers, in
+        # more than 20 groups of buckets), each sending another patient's record at each visit
+        # (a user who always sent one record would say one thing forever).
+        visit = next(visits)
+        for i in range(100):
             response = http.post(serve_instance.url(f"/{app}/predict"),
-                                 json={"user_id": f"u{i}", "inputs": one(inputs, i)})
+                                 json={"user_id": f"u{i}", "inputs": one(inputs, i + visit)})
             assert response.status_code == 200, response.text
             served.add(response.json()["version"])
         status = http.get(status_url).json()
         return status if status["phase"] in ("promoted", "aborted") else None
 
     status = wait_for(progressed, "the regression canary to finish", timeout_s=180)
-    assert status["phase"] == "promoted", status
+    reasons = [status["reason"], *(str(g.get("reason")) for g in status.get("gates") or [])]
+    assert status["phase"] == "promoted", "\n".join(reasons)
     assert "v2" in served
     report = http.get(serve_instance.url(f"/{app}/experiment/report")).json()
     assert report["shadow"]["task"] == "regression"
