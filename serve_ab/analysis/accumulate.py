@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_ab.analysis.clusters import ValueGroups
+from serve_ab.analysis.clusters import KEYLESS, ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
@@ -342,12 +342,20 @@ class ShadowStats:
             "pairs_by_live_version": dict(self.by_live_version),
             "similarity": {"n": self.similarity_n, "sum": self.similarity_sum,
                            "sum_sq": self.similarity_sum_sq},
+            "agreement_groups": self.agreement_groups.to_wire(),
         }
         if samples:
             out["score_diff"]["sketch"] = self.score_diff_sketch.to_wire()
             out["similarity"]["sketch"] = self.similarity_sketch.to_wire()
             out["values"] = {"live": self.live_values.to_wire(), "shadow": self.shadow_values.to_wire()}
         return out
+
+
+def _keyless_agreements(pairs: int, agree: int) -> ValueGroups:
+    """``pairs`` pairs of which ``agree`` agreed, as independent (keyless) ones."""
+    groups = ValueGroups()
+    groups.counts[KEYLESS], groups.sums[KEYLESS], groups.squares[KEYLESS] = pairs, agree, agree
+    return groups
 
 
 class ExperimentStats:
@@ -437,10 +445,12 @@ class ExperimentStats:
 
     def record_pair(self, t_s: float, live_version: str, live_class: int | None,
                     shadow_class: int | None, score_diff: float | None, shadow_latency_ms: float,
-                    error_kind: str | None, comparison: PairComparison | None = None) -> None:
-        """One copy sent to the shadow version, with both answers when the shadow answered."""
+                    error_kind: str | None, comparison: PairComparison | None = None,
+                    unit: int | None = None) -> None:
+        """One copy of a request of ``unit`` (None: keyless) sent to the shadow version, with
+        both answers when the shadow answered."""
         self.shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind,
-                        comparison=comparison)
+                        comparison=comparison, unit=unit)
 
     def merge(self, t_s: float, aggregate: IntervalAggregate) -> None:
         """What a router served in one interval (``analysis/aggregate.py``), merged at ``t_s``:
@@ -590,6 +600,9 @@ class ExperimentStats:
             s.shadow_values = _restore_sketch(values.get("shadow"), None)
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
+            # Absent from states saved before it: the pairs then count as keyless.
+            s.agreement_groups = ValueGroups.from_wire(shadow.get("agreement_groups")) \
+                if shadow.get("agreement_groups") else _keyless_agreements(s.pairs, s.agree)
         samples = state.get("unit_samples") or {}
         if samples.get("all"):
             stats.units_all = UnitSample.from_dict(samples["all"])

@@ -309,6 +309,23 @@ class ValueGroups:
         self.sums += other.sums
         self.squares += other.squares
 
+    def to_wire(self) -> dict:
+        """Sparse plain data (the controller's saved state, the report's snapshot)."""
+        used = np.flatnonzero(self.counts)
+        return {"rows": used.tolist(), "counts": self.counts[used].tolist(), "sums": self.sums[used].tolist(),
+                "squares": self.squares[used].tolist()}
+
+    @classmethod
+    def from_wire(cls, data: dict | None) -> ValueGroups:
+        out = cls()
+        if data:
+            rows = np.asarray(data["rows"], dtype=np.int64)
+            if rows.size and (rows.min() < 0 or rows.max() >= _ROWS):
+                raise ValueError(f"group rows out of range [0, {_ROWS}): {rows.min()}..{rows.max()}")
+            out.counts[rows] = data["counts"]
+            out.sums[rows], out.squares[rows] = data["sums"], data["squares"]
+        return out
+
     # Pickled sparse: routers send shadow agreements in every report (a few groups in a
     # small interval, 3 KB dense).
     def __getstate__(self) -> dict:

@@ -47,6 +47,7 @@ from scipy import stats as _stats
 from serve_ab.analysis import ab, comparisons, drift
 from serve_ab.analysis import shadow as shadow_stats
 from serve_ab.analysis.accumulate import split_key
+from serve_ab.analysis.clusters import ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
@@ -656,9 +657,7 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
         "error_rate": errors / mirrored if mirrored else None,
         "pairs": pairs,
         "pairs_by_live_version": dict(shadow.get("pairs_by_live_version") or {}),
-        "agreement": {"n": pairs, "agree": agree, "rate": agree / pairs if pairs else None,
-                      "ci": list(shadow_stats.wilson_interval(agree, pairs, confidence)) if pairs else None,
-                      "confidence": confidence},
+        "agreement": _agreement(shadow, pairs, agree, confidence),
         "flips": {"total": pairs - agree, "rate": (pairs - agree) / pairs if pairs else None,
                   "top": [{"live": a, "shadow": b, "n": n, "share_of_pairs": n / pairs}
                           for a, b, n in flips[:TOP_FLIPS]]},
@@ -678,6 +677,19 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
         "value_drift": _value_drift(shadow) if task.task == "regression" else None,
         "similarity": _similarity(shadow, task.threshold, confidence) if task.task == "embedding" else None,
     }
+
+
+def _agreement(shadow: Mapping[str, Any], pairs: int, agree: int, confidence: float) -> dict[str, Any]:
+    """The share of pairs that agree, its Wilson interval on the pairs' effective number: a
+    user whose requests the shadow answers differently does so again, so the pairs of users who
+    send many requests carry less evidence than as many independent ones (the design effect of
+    the per-group agreements; the shadow_agreement gate uses its upper bound)."""
+    groups = ValueGroups.from_wire(shadow.get("agreement_groups"))
+    effect = groups.design_effect().value if pairs and int(groups.counts.sum()) == pairs else 1.0
+    effective = pairs / effect
+    ci = list(shadow_stats.wilson_interval(agree / pairs * effective, effective, confidence)) if pairs else None
+    return {"n": pairs, "agree": agree, "rate": agree / pairs if pairs else None, "ci": ci,
+            "confidence": confidence, "design_effect": effect}
 
 
 def _mean_abs(totals: Mapping[str, Any]) -> float | None:

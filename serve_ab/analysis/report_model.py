@@ -293,8 +293,10 @@ class Agreement(_Model):
     n: int
     agree: int
     rate: Num | None
-    ci: Interval | None = Field(description="Wilson interval at confidence")
+    ci: Interval | None = Field(description="Wilson interval at confidence, on n / design_effect pairs")
     confidence: Num
+    design_effect: Num = Field(default=1.0, description="how much users who send many requests shrink the "
+                               "pairs' evidence (1: as independent pairs)")
 
 
 class Flip(_Model):

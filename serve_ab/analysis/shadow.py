@@ -111,7 +111,7 @@ class ScoreDifference:
     max_abs_diff: float
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (as statsmodels ``method="wilson"``)."""
     _check_confidence(confidence)
     if n == 0:

@@ -273,7 +273,9 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
         rule = f" ({shadow.agreement_rule})" if shadow.task != "classification" and shadow.agreement_rule else ""
-        lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}]{rule}")
+        clustered = (f"; design effect {agreement.design_effect:.3g}, users who send many requests"
+                     if agreement.design_effect > 1.0 else "")
+        lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}{clustered}]{rule}")
     if shadow.task != "classification":
         return [wrapped for line in lines + _task_lines(shadow, conf) for wrapped in _wrap(line, indent=" " * 14)]
     flips = shadow.flips

@@ -38,6 +38,7 @@ class ShadowPair(NamedTuple):
     score_diff: float | None
     shadow_latency_ms: float
     error_kind: str | None
+    unit: int | None = None  # the request's user (None: keyless)
 
 
 def report_of(rows: Iterable[ServedRequest] = (), pairs: Iterable[ShadowPair] = (), *,
@@ -64,5 +65,5 @@ def report_of(rows: Iterable[ServedRequest] = (), pairs: Iterable[ShadowPair] = 
                          keep_request_id=keep_request_ids)
     for pair in pairs:
         aggregate.pair(pair.live_version, pair.shadow_version, pair.live_class, pair.shadow_class,
-                       pair.score_diff, pair.shadow_latency_ms, pair.error_kind)
+                       pair.score_diff, pair.shadow_latency_ms, pair.error_kind, unit=pair.unit)
     return IntervalReport(router, aggregate, failed_versions=dict(failed_versions or {}))

@@ -238,7 +238,7 @@ def test_figures_survive_a_restart_through_their_saved_state():
         into.record(t, version, 1.0 + t % 7, "model" if user % 11 == 0 else None, user % 3, user, True)
         into.record_feedback(t, version, "correct", None, user % 4 != 0, unit=user)
         into.record(t, version, 2.0, None, 1, None, True)  # a keyless one
-        into.record_pair(t, "v1", user % 3, (user // 7) % 3, 0.01, 2.0, None)
+        into.record_pair(t, "v1", user % 3, (user // 7) % 3, 0.01, 2.0, None, unit=user)
 
     for i, user in enumerate(users):
         if i == 20:
@@ -247,6 +247,7 @@ def test_figures_survive_a_restart_through_their_saved_state():
     state = json.loads(json.dumps(stats.to_state(100.0)))  # as the store keeps it
     restored = ExperimentStats.from_state(state, shadow_version="v2", feedback_kinds=kinds)
     assert restored.snapshot(100.0) == stats.snapshot(100.0)
+    assert restored.shadow.agreement_groups.counts.sum() == 40 and restored.shadow.agreement_groups.counts[-1] == 0
     assert len(restored.snapshot(100.0)["splits"]) == 2 and restored.weights_now == HALF
     assert restored.units_all.units == stats.units_all.units
     for key, record in stats.splits.items():
@@ -282,3 +283,13 @@ def test_a_version_at_zero_weight_gets_no_buckets(weights):
     stats.record(1.0, served, 1.0, None, None, V1_UNIT, True)
     _, totals = _split(stats.snapshot(2.0), weights)
     assert totals["error_rate"].n[V1_UNIT % NUM_BUCKETS] == 1
+
+
+def test_a_state_saved_before_agreements_were_kept_per_user_restores_them_as_keyless():
+    stats = ExperimentStats(["v1", "v2"], 5.0, shadow_version="v2")
+    for i in range(10):
+        stats.record_pair(10.0 + i, "v1", 1, 1 if i < 7 else 2, None, 2.0, None, unit=1000 + i)
+    state = json.loads(json.dumps(stats.to_state(100.0)))
+    del state["shadow"]["agreement_groups"]
+    groups = ExperimentStats.from_state(state, shadow_version="v2").shadow.agreement_groups
+    assert (groups.counts[-1], groups.sums[-1], groups.counts.sum()) == (10, 7, 10)
