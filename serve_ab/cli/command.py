@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from serve_ab.analysis.clusters import MIN_GROUPS
 from serve_ab.config.experiment import (
     ConfigError,
     ExperimentConfig,
@@ -18,7 +19,9 @@ from serve_ab.config.experiment import (
     format_validation_error,
     parse_experiment,
 )
+from serve_ab.config.rollout import GateMetric, SetWeightStep
 from serve_ab.config.serve_file import AppKind, check_app, load_yaml
+from serve_ab.routing import NUM_BUCKETS
 
 BUILDER_PREFIX = "serve_ab"
 
@@ -67,6 +70,32 @@ def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
             f"node would not find it, and would restart a rollout from its first step and the run's figures from "
             f"zero. For a multi-node cluster set "
             f"{where}.store_url: redis://HOST:6379/0 (see the README, 'Running on a multi-node Ray cluster')")]
+
+
+def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning for each canary step whose weight gives the candidate so few buckets that its
+    users fall in fewer than MIN_GROUPS groups: the gates then count each group as one unit
+    (analysis/clusters.py) and hold the step long, which looks like a stuck rollout."""
+    rollout = cfg.rollout
+    if rollout is None or not rollout.gates or all(g.metric in (GateMetric.PROMQL, GateMetric.WEBHOOK)
+                                                   for g in rollout.gates):
+        return []
+    where = f"{prefix}.rollout" if prefix else "rollout"
+    until = ("analysis.progress_deadline_s aborts it" if rollout.analysis.progress_deadline_s is not None
+             else "someone acts (analysis.progress_deadline_s is unset)")
+    out = []
+    for index, step in enumerate(rollout.steps):
+        if not isinstance(step, SetWeightStep) or step.set_weight <= 0:
+            continue
+        buckets = round(step.set_weight / 100.0 * NUM_BUCKETS)
+        if buckets < MIN_GROUPS:
+            out.append(
+                f"{where}.steps[{index}]: set_weight {step.set_weight:g} gives the candidate {buckets} of "
+                f"{NUM_BUCKETS:,} buckets, so its users fall in fewer than {MIN_GROUPS} groups and its gates count "
+                f"each group as one unit (a user's requests are not independent evidence), so they can seldom "
+                f"pass there and the step is likely to hold until {until}; "
+                f"set_weight {MIN_GROUPS * 100.0 / NUM_BUCKETS:g} or more lets them judge the users")
+    return out
 
 
 def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]:
@@ -125,7 +154,7 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
         cfg = parse_experiment(args)
     except ConfigError as err:
         return errors_under(prefix, err.errors)
-    warnings += multi_node_warnings(cfg, prefix)
+    warnings += multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
     if not check_files:
         return []
     from serve_ab.serving.app import resolve_model_paths

@@ -131,3 +131,28 @@ def test_a_bad_redis_url_is_told_the_redis_form_not_every_store(url):
         parse_store_url(url)
     assert "valid: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS)" in str(err.value)
     assert "sqlite" not in str(err.value)
+
+
+def test_validate_warns_of_a_canary_step_too_small_for_its_gates_to_judge_users(tmp_path, capsys):
+    """0.1% of 10,000 buckets is 10: its users fall in fewer than 20 groups, each of which the
+    gates count as one unit, so the step would hold; 0.2% (20 buckets) is enough."""
+    import yaml
+
+    from serve_ab.cli.command import main as cli_main
+
+    def canary(*weights, gates=({"metric": "error_rate", "max": 0.01},)):
+        steps = [step for w in weights for step in ({"set_weight": w}, {"pause": {"duration": "1m"}})]
+        versions = [{"name": v, "path": f"{v}.onnx", "backend": "onnx"} for v in ("v1", "v2")]
+        return {"model": "digits", "versions": versions, "weights": {"v1": 100},
+                "rollout": {"strategy": "canary", "stable": "v1", "candidate": "v2", "gates": list(gates),
+                            "steps": steps + [{"set_weight": 100}]}}
+
+    files = {"small.yaml": canary(0.1, 5), "enough.yaml": canary(0.2, 5),
+             "webhook_only.yaml": canary(0.1, gates=({"metric": "webhook", "url": "http://gate.internal/check"},))}
+    for name, config in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+    assert cli_main(["validate", "--no-check-files", *(str(tmp_path / n) for n in files)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: rollout.steps[0]: set_weight 0.1 gives the candidate 10 of 10,000 buckets") == 1
+    assert "fewer than 20 groups" in out and "set_weight 0.2 or more" in out and "progress_deadline_s aborts" in out
+    assert out.count("warning:") == 1 and out.count(": ok") == 3
