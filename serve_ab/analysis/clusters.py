@@ -219,8 +219,11 @@ class DesignEffect:
         if self.groups < MIN_GROUPS:
             return (f"; keyed requests came from {self.groups} group(s) of users, fewer than {MIN_GROUPS}, "
                     f"so each group counts as one unit (design effect {upper:.3g})")
+        if self.value <= 1.0:  # the estimate shows none; the bound still allows some
+            return (f"; users' requests may be correlated (no design effect seen in {self.groups} groups of "
+                    f"users, but up to {upper:.3g} at its upper bound, which the gate uses)")
         return (f"; users' requests are correlated (design effect {self.value:.3g} from {self.groups} groups "
-                f"of users, {upper:.3g} at its upper bound)")
+                f"of users, {upper:.3g} at its upper bound, which the gate uses)")
 
 
 INDEPENDENT = DesignEffect()

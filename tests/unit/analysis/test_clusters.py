@@ -16,7 +16,7 @@ from scipy import stats
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import (
-    KEYLESS, MIN_GROUPS, NUM_GROUPS, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
+    KEYLESS, MIN_GROUPS, NUM_GROUPS, DesignEffect, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
     ratio_design_effect, score_design_effect)
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import GateVerdict, evaluate_gates
@@ -413,3 +413,12 @@ def test_the_controllers_windows_carry_each_routers_shadow_agreements():
     assert window.shadow_groups.counts[7] == 2 and window.shadow_groups.sums[7] == 2
     assert window.shadow_groups.counts[KEYLESS] == 1 and window.shadow_groups.sums[KEYLESS] == 0
     assert len(pickle.dumps(first.shadow["v2"].agreement_groups)) < 1_000  # dense, 3 KB
+
+
+def test_the_reason_says_when_only_the_upper_bound_sees_a_design_effect():
+    seen = DesignEffect(2.5, 100, 2.4, 0.1, 99.0)
+    unseen = DesignEffect(1.0, 100, 0.9, 0.0, 99.0)  # the groups vary less than binomially
+    assert "design effect 2.5 from 100 groups" in seen.describe(0.05)
+    said = unseen.describe(0.05)
+    assert "no design effect seen in 100 groups" in said and "design effect 1 " not in said
+    assert f"up to {unseen.upper(0.05):.3g} at its upper bound" in said
