@@ -25,6 +25,8 @@ import re
 from enum import IntEnum
 from typing import Any
 
+from serve_ab.config import rollout as rollout_config
+
 __all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "MAX_DURATION_S", "OUTPUTS", "DeprecatedAlias", "ExitCode",
            "RequestFailed", "add_output_option", "check_header_token", "check_http_url", "dump", "duration_s",
            "parse_duration_s", "redact"]
@@ -133,7 +135,7 @@ def redact(text: str, secret: str | None) -> str:
 
 # The longest duration taken: a year. Longer is a typo (1e10 s is 317 years), and socket
 # timeouts and sleeps overflow near 9.2e9 s.
-MAX_DURATION_S = 365 * 24 * 3600.0
+MAX_DURATION_S = rollout_config.MAX_DURATION_S  # one limit for the CLI and the config
 DURATION_FORMS = "a duration > 0 such as 30s, 10m, 1h30m, 500ms, or plain seconds such as 45 or 2.5"
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")

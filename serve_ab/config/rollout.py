@@ -77,8 +77,14 @@ def shown_value(value: Any, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({size})"
 
 
+#: The longest duration a config (or the CLI) takes: a year. Longer is a slip (a missing unit
+#: on milliseconds, a value pasted from elsewhere), and past about 1e9 s some timers overflow.
+MAX_DURATION_S = 365 * 24 * 3600.0
+
+
 def parse_duration_s(value: Any) -> float:
-    """Seconds in ``value``: a number of seconds, or a string like ``"30s"``, ``"5m"``, ``"1h"``.
+    """Seconds in ``value``: a number of seconds, or a string like ``"30s"``, ``"5m"``, ``"1h"``;
+    at most :data:`MAX_DURATION_S`.
 
     >>> parse_duration_s("30s"), parse_duration_s("1.5m"), parse_duration_s(10)
     (30.0, 90.0, 10.0)
@@ -101,6 +107,9 @@ def parse_duration_s(value: Any) -> float:
         raise ValueError(f"invalid duration {shown_value(value)}: {hint}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {shown_value(value)}: it must be finite and >= 0; {hint}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration longer than a year ({seconds:.3g} s), the longest taken; give at most "
+                         "8760h, e.g. 30m or 24h")
     return seconds
 
 

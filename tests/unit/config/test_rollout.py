@@ -331,6 +331,20 @@ def test_a_duration_too_large_for_a_float_is_a_config_error_naming_the_field(rol
          "of seconds or a string like '500ms', '30s', '5m' or '1h' (got an integer of 401 digits)")]
 
 
+@pytest.mark.parametrize("value, shown", [(1e300, "1e+300"), ("9000h", "'9000h'"), (31_536_001, "31536001")])
+def test_a_duration_longer_than_a_year_is_a_config_error_naming_the_field(value, shown):
+    """As the CLI's flags: a year is the longest duration taken (1e300 s once passed, a pause no
+    timer could hold)."""
+    steps = {"steps": [{"set_weight": 5}, {"pause": {"duration": value}}, {"set_weight": 100}]}
+    with pytest.raises(ConfigError) as info:
+        parse_experiment({**MINIMAL, "rollout": {**CANARY_STEPS, **steps}})
+    (error,) = info.value.errors
+    assert error.startswith("rollout.steps.1.pause.duration: duration longer than a year (")
+    assert error.endswith(f"give at most 8760h, e.g. 30m or 24h (got {shown})")
+    year = {"steps": [{"set_weight": 5}, {"pause": {"duration": "8760h"}}, {"set_weight": 100}]}
+    assert parse_experiment({**MINIMAL, "rollout": {**CANARY_STEPS, **year}}).rollout.steps[1].pause.duration == 31_536_000
+
+
 def test_a_notification_timeout_too_large_for_a_float_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         parse_experiment({**MINIMAL, "rollout": CANARY_STEPS,
