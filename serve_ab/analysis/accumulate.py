@@ -266,6 +266,10 @@ class ShadowStats:
     #: copied: a user whose requests the shadow answers differently does so again, and the
     #: shadow_agreement gate judges on the effective sample (analysis/clusters.py).
     agreement_groups: ValueGroups = field(default_factory=ValueGroups)
+    #: The score differences and similarities per group of users likewise, for the report's
+    #: paired intervals.
+    score_diff_groups: ValueGroups = field(default_factory=ValueGroups)
+    similarity_groups: ValueGroups = field(default_factory=ValueGroups)
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
@@ -296,6 +300,7 @@ class ShadowStats:
             self.score_diff_sum_sq += score_diff * score_diff
             self.score_diff_abs_sum += abs(score_diff)
             self.score_diff_sketch.add(score_diff)
+            self.score_diff_groups.add(unit, score_diff)
         if comparison is None:
             return
         if comparison.similarity is not None and math.isfinite(comparison.similarity):
@@ -303,6 +308,7 @@ class ShadowStats:
             self.similarity_sum += comparison.similarity
             self.similarity_sum_sq += comparison.similarity * comparison.similarity
             self.similarity_sketch.add(comparison.similarity)
+            self.similarity_groups.add(unit, comparison.similarity)
         if comparison.live_value is not None and comparison.shadow_value is not None:
             self.live_values.add(comparison.live_value)
             self.shadow_values.add(comparison.shadow_value)
@@ -327,6 +333,8 @@ class ShadowStats:
         self.live_values.merge(other.live_values)
         self.shadow_values.merge(other.shadow_values)
         self.agreement_groups.merge(other.agreement_groups)
+        self.score_diff_groups.merge(other.score_diff_groups)
+        self.similarity_groups.merge(other.similarity_groups)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {
@@ -337,11 +345,12 @@ class ShadowStats:
             "agree": self.agree,
             "confusion": [[int(a), int(b), n] for (a, b), n in sorted(self.confusion.items())],
             "score_diff": {"n": self.score_diff_n, "sum": self.score_diff_sum,
-                           "sum_sq": self.score_diff_sum_sq, "abs_sum": self.score_diff_abs_sum},
+                           "sum_sq": self.score_diff_sum_sq, "abs_sum": self.score_diff_abs_sum,
+                           "groups": self.score_diff_groups.to_wire()},
             "latency": self.latency.to_dict(samples),
             "pairs_by_live_version": dict(self.by_live_version),
             "similarity": {"n": self.similarity_n, "sum": self.similarity_sum,
-                           "sum_sq": self.similarity_sum_sq},
+                           "sum_sq": self.similarity_sum_sq, "groups": self.similarity_groups.to_wire()},
             "agreement_groups": self.agreement_groups.to_wire(),
         }
         if samples:
@@ -351,10 +360,13 @@ class ShadowStats:
         return out
 
 
-def _keyless_agreements(pairs: int, agree: int) -> ValueGroups:
-    """``pairs`` pairs of which ``agree`` agreed, as independent (keyless) ones."""
+def _restored_groups(wire: dict | None, count: int, total: float, total_sq: float) -> ValueGroups:
+    """Saved per-group values; absent from states saved before they were kept, where the
+    values (``count``, their sum and sum of squares) then count as keyless, independent."""
+    if wire:
+        return ValueGroups.from_wire(wire)
     groups = ValueGroups()
-    groups.counts[KEYLESS], groups.sums[KEYLESS], groups.squares[KEYLESS] = pairs, agree, agree
+    groups.counts[KEYLESS], groups.sums[KEYLESS], groups.squares[KEYLESS] = count, total, total_sq
     return groups
 
 
@@ -591,18 +603,20 @@ class ExperimentStats:
             s.score_diff_n, s.score_diff_sum, s.score_diff_sum_sq = diff["n"], diff["sum"], diff["sum_sq"]
             s.score_diff_sketch = _restore_sketch(diff.get("sketch"), diff.get("sample"))
             s.score_diff_abs_sum = diff.get("abs_sum", 0.0)  # absent from states saved before it
+            s.score_diff_groups = _restored_groups(diff.get("groups"), s.score_diff_n, s.score_diff_sum,
+                                                   s.score_diff_sum_sq)
             similarity = shadow.get("similarity") or {}
             s.similarity_n = similarity.get("n", 0)
             s.similarity_sum, s.similarity_sum_sq = similarity.get("sum", 0.0), similarity.get("sum_sq", 0.0)
             s.similarity_sketch = _restore_sketch(similarity.get("sketch"), None)
+            s.similarity_groups = _restored_groups(similarity.get("groups"), s.similarity_n, s.similarity_sum,
+                                                   s.similarity_sum_sq)
             values = shadow.get("values") or {}
             s.live_values = _restore_sketch(values.get("live"), None)
             s.shadow_values = _restore_sketch(values.get("shadow"), None)
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
-            # Absent from states saved before it: the pairs then count as keyless.
-            s.agreement_groups = ValueGroups.from_wire(shadow.get("agreement_groups")) \
-                if shadow.get("agreement_groups") else _keyless_agreements(s.pairs, s.agree)
+            s.agreement_groups = _restored_groups(shadow.get("agreement_groups"), s.pairs, s.agree, s.agree)
         samples = state.get("unit_samples") or {}
         if samples.get("all"):
             stats.units_all = UnitSample.from_dict(samples["all"])

@@ -698,18 +698,25 @@ def _mean_abs(totals: Mapping[str, Any]) -> float | None:
 
 
 def _paired_mean(totals: Mapping[str, Any], confidence: float) -> dict[str, Any]:
-    """Mean of shadow-minus-live score differences, paired t CI and p-value, from n/sum/sum_sq."""
+    """Mean of shadow-minus-live score differences, paired t CI and p-value, from n/sum/sum_sq;
+    with the values per group of users (``groups``), the variance times their design effect
+    and the effective sample's degrees of freedom (as the feedback_mean gate's)."""
     summary = _mean_summary(totals)
+    groups = ValueGroups.from_wire(totals.get("groups"))
+    effect = groups.design_effect().value if summary.n and int(groups.counts.sum()) == summary.n else 1.0
     out = {"n": summary.n, "mean": summary.mean if summary.n else None, "std": None, "ci": None,
-           "p_value": None, "confidence": confidence}
+           "p_value": None, "confidence": confidence, "design_effect": effect}
     if summary.n < 2:
         return out
-    se = math.sqrt(summary.variance / summary.n)
     out["std"] = math.sqrt(summary.variance)
+    if summary.n / effect < 2:  # one unit's worth (one user, say): nothing to bound the mean with
+        return out
+    se = math.sqrt(summary.variance / summary.n * effect)
+    df = min(summary.n - 1, int(summary.n / effect) - 1)
     if se > 0:
-        half = float(_stats.t.ppf(0.5 + confidence / 2.0, summary.n - 1)) * se
+        half = float(_stats.t.ppf(0.5 + confidence / 2.0, df)) * se
         out["ci"] = [summary.mean - half, summary.mean + half]
-        out["p_value"] = float(2.0 * _stats.t.sf(abs(summary.mean) / se, summary.n - 1))
+        out["p_value"] = float(2.0 * _stats.t.sf(abs(summary.mean) / se, df))
     else:  # the same difference on every pair: as shadow.score_differences
         out["ci"] = [summary.mean, summary.mean]
         out["p_value"] = 1.0 if summary.mean == 0 else 0.0

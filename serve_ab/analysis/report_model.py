@@ -339,6 +339,8 @@ class PairedMean(_Model):
     p_value: Num | None = Field(description="paired t-test")
     confidence: Num
     mean_abs: Num | None = Field(default=None, description="mean absolute difference (score_diff only)")
+    design_effect: Num = Field(default=1.0, description="how much users who send many requests shrink the "
+                               "pairs' evidence; the interval and p-value are on n / design_effect pairs")
 
 
 class Drift(_Model):
@@ -382,6 +384,8 @@ class Similarity(_Model):
     p_value: Num | None = Field(description="paired t-test of mean cosine 0 (rarely of interest)")
     confidence: Num
     mean_abs: Num | None = None
+    design_effect: Num = Field(default=1.0, description="how much users who send many requests shrink the "
+                               "pairs' evidence; the interval is on n / design_effect pairs")
     threshold: Num = Field(description="agreement: cosine at least this")
     p05: Num | None = Field(description="5th percentile of the cosine")
     min: Num | None

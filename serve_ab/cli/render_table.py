@@ -273,8 +273,7 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
         rule = f" ({shadow.agreement_rule})" if shadow.task != "classification" and shadow.agreement_rule else ""
-        clustered = (f"; design effect {agreement.design_effect:.3g}, users who send many requests"
-                     if agreement.design_effect > 1.0 else "")
+        clustered = _design_effect_text(agreement.design_effect)
         lines.append(f"  agreement   {_pct(agreement.rate, 2)} [{conf} CI {_pct(lo, 2)}, {_pct(hi, 2)}{clustered}]{rule}")
     if shadow.task != "classification":
         return [wrapped for line in lines + _task_lines(shadow, conf) for wrapped in _wrap(line, indent=" " * 14)]
@@ -294,7 +293,7 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     if score.mean is not None:
         ci_text = f" [{conf} CI {_num(score.ci[0])}, {_num(score.ci[1])}]" if score.ci else ""
         lines.append(f"  score diff  mean {_num(score.mean)}{ci_text}, p {_p(score.p_value)} "
-                     f"(shadow minus live, n {score.n:,})")
+                     f"(shadow minus live, n {score.n:,}{_design_effect_text(score.design_effect)})")
     drift = shadow.drift
     if drift:
         lines.append(f"  drift       KL {_num(drift.kl)}, PSI {_num(drift.psi)}, JS {_num(drift.js)}")
@@ -305,6 +304,10 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     return [wrapped for line in lines for wrapped in _wrap(line, indent=" " * 14)]
 
 
+def _design_effect_text(design_effect: float) -> str:
+    return f"; design effect {design_effect:.3g}, users who send many requests" if design_effect > 1.0 else ""
+
+
 def _task_lines(shadow: ShadowResult, conf: str) -> list[str]:
     """A regression's or an embedding's shadow figures (a classifier's are flips and classes)."""
     lines = []
@@ -312,7 +315,8 @@ def _task_lines(shadow: ShadowResult, conf: str) -> list[str]:
     if shadow.task == "regression" and score.mean is not None:
         ci_text = f" [{conf} CI {_num(score.ci[0])}, {_num(score.ci[1])}]" if score.ci else ""
         lines.append(f"  value diff  mean {_num(score.mean)}{ci_text}, mean |diff| {_num(score.mean_abs)}, "
-                     f"p {_p(score.p_value)} (shadow minus live, n {score.n:,})")
+                     f"p {_p(score.p_value)} (shadow minus live, n {score.n:,}"
+                     f"{_design_effect_text(score.design_effect)})")
     drift = shadow.value_drift
     if drift is not None:
         lines.append(f"  values      live mean {_num(drift.live_mean)}, shadow mean {_num(drift.shadow_mean)}; "

@@ -718,6 +718,36 @@ def test_shadow_agreement_from_users_who_send_many_requests_gets_a_wider_interva
     assert "design effect 51.7" in "\n".join(_shadow_lines(reports[True].shadow))
 
 
+def test_score_differences_of_users_who_send_many_requests_get_a_wider_interval():
+    """Each of 40 users' 50 pairs shares a shift of the shadow's score: the paired t interval
+    is on the effective number of pairs, with its degrees of freedom."""
+    rng = np.random.default_rng(11)
+    shifts = rng.normal(0.0, 0.05, 40)
+    noise = rng.normal(0.0, 0.02, (40, 50))
+    cfg = make_cfg()
+    reports = {}
+    for keyed in (True, False):
+        figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+        for user in range(40):
+            for k in range(50):
+                figures.record_pair(1.0, "v1", 0, 0, float(shifts[user] + noise[user, k]), 2.0, None,
+                                    unit=10_000 * user + user if keyed else None)
+        reports[keyed], _ = build_report(cfg, figures.snapshot(2.0), {"v1": 50, "v2": 50})
+    keyed, keyless = reports[True].shadow.score_diff, reports[False].shadow.score_diff
+    diffs = (shifts[:, None] + noise).ravel()
+    assert keyless.design_effect == 1.0 and keyed.mean == pytest.approx(keyless.mean, rel=1e-9)
+    ref = stats.ttest_1samp(diffs, 0.0)
+    assert keyless.p_value == pytest.approx(ref.pvalue, rel=1e-6)
+    # ICC about 0.05^2 / (0.05^2 + 0.02^2) = 0.86: deff near 1 + 49 * 0.86.
+    assert 25 < keyed.design_effect < 50
+    se = diffs.std(ddof=1) / math.sqrt(diffs.size) * math.sqrt(keyed.design_effect)
+    df = int(diffs.size / keyed.design_effect) - 1
+    half = stats.t.ppf(0.975, df) * se
+    assert keyed.ci == pytest.approx([diffs.mean() - half, diffs.mean() + half], rel=1e-6)
+    assert keyed.ci[1] - keyed.ci[0] > 5 * (keyless.ci[1] - keyless.ci[0])
+    assert f"design effect {keyed.design_effect:.3g}, users who" in "\n".join(_shadow_lines(reports[True].shadow))
+
+
 def test_class_flip_tests_agree_with_compare_correctness_on_expanded_pairs():
     rng = np.random.default_rng(0)
     live = rng.integers(0, 4, 300)
