@@ -159,6 +159,8 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "shadow_agreement_at_bound_40x100_icc0.1": ("shadow_agreement", 40, 100, 0.1, 0.9),
     "drift_ks_no_drift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
     "drift_ks_no_drift_40x50_icc0.3": ("drift_ks", 40, 50, 0.3, 0.0),
+    # A regression's values, 106 +- 2: closer together than a score bin (clusters.py).
+    "drift_ks_no_drift_narrow_values_40x50_icc0.3": ("drift_ks", 40, 50, 0.3, 0.0),
     # A power figure, not a check: the candidate's scores shifted by 0.3 on the logit scale.
     "drift_ks_healthy_detects_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
 }
@@ -170,6 +172,7 @@ CLUSTER_DRIFT_JS_MAX = 0.01
 # Scores: a classifier's top-class probability, the logistic of a normal (mean 1.5, SD 1) with
 # a user effect; max 0, so the KS test alone decides whether the gate fails.
 CLUSTER_SCORE_LOGIT_MEAN, CLUSTER_SCORE_LOGIT_SD, CLUSTER_DRIFT_KS_MAX = 1.5, 1.0, 0.0
+CLUSTER_NARROW_MEAN, CLUSTER_NARROW_SD = 106.0, 2.0  # the "narrow" case's values instead
 
 # What issue #11 asks of each figure.
 LIMIT_AA = 0.06
@@ -585,8 +588,9 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
         sd_user, sd_request = CLUSTER_SCORE_LOGIT_SD * math.sqrt(icc), CLUSTER_SCORE_LOGIT_SD * math.sqrt(1 - icc)
         for unit in units:
             logit = CLUSTER_SCORE_LOGIT_MEAN + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
-            rows += [(version, 5.0, None, 0, float(score), unit, True, False, 0, None)
-                     for score in 1.0 / (1.0 + np.exp(-logit))]
+            scores = CLUSTER_NARROW_MEAN + CLUSTER_NARROW_SD * (logit - CLUSTER_SCORE_LOGIT_MEAN) \
+                if "narrow" in case else 1.0 / (1.0 + np.exp(-logit))
+            rows += [(version, 5.0, None, 0, float(score), unit, True, False, 0, None) for score in scores]
     else:  # each user always gets one class, equally likely overall: no drift
         for unit, cls in zip(units, rng.integers(0, GATE_DRIFT_CLASSES, users).tolist()):
             rows += [(version, 5.0, None, cls, None, unit, True, False, 0, None)] * per_user
@@ -771,6 +775,8 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         wrong = "fail" if metric.startswith("drift") else "pass"
         rate = clustered[case][wrong]
         what = "no drift" if metric.startswith("drift") else "at its bound"
+        if "narrow" in case:
+            what += f", values {CLUSTER_NARROW_MEAN:g} +- {CLUSTER_NARROW_SD:g}"
         check(f"gate {metric}, {what}, {users} users x {per_user}, ICC {icc:g}: {wrong}", rate,
               rate.value <= ALPHA, f"<= {ALPHA}")
     return out

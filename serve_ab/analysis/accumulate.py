@@ -271,6 +271,19 @@ class ShadowStats:
     score_diff_groups: ValueGroups = field(default_factory=ValueGroups)
     similarity_groups: ValueGroups = field(default_factory=ValueGroups)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A router older than the per-group figures (during a rolling upgrade, Serve replaces
+        # routers and the controller one by one): its pairs count as keyless.
+        self.__dict__.update(state)
+        if "agreement_groups" not in state:
+            self.agreement_groups = _restored_groups(None, self.pairs, self.agree, self.agree)
+        if "score_diff_groups" not in state:
+            self.score_diff_groups = _restored_groups(None, self.score_diff_n, self.score_diff_sum,
+                                                      self.score_diff_sum_sq)
+        if "similarity_groups" not in state:
+            self.similarity_groups = _restored_groups(None, self.similarity_n, self.similarity_sum,
+                                                      self.similarity_sum_sq)
+
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
             comparison: PairComparison | None = None, unit: int | None = None) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_ab.analysis.accumulate import ShadowStats, VersionStats
-from serve_ab.analysis.clusters import GroupSums
+from serve_ab.analysis.clusters import KEYLESS, GroupSums
 from serve_ab.analysis.sketch import LogHistogram, bucket_indices
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
@@ -58,6 +58,14 @@ class GateAggregate:
     scores: LogHistogram = field(default_factory=LogHistogram)
     groups: GroupSums = field(default_factory=GroupSums)
 
+    def __setstate__(self, state: dict) -> None:
+        # A router older than the per-group figures (during a rolling upgrade): its requests
+        # and errors count as keyless; it has no latency, class or score per group.
+        self.__dict__.update(state)
+        if "groups" not in state:
+            self.groups = GroupSums()
+            self.groups.requests[KEYLESS], self.groups.errors[KEYLESS] = self.requests, self.errors
+
     def add(self, latency_ms: float, ok: bool, predicted_class: int | None, score: float | None,
             unit: int | None = None) -> None:
         """One request of ``unit`` (None: keyless)."""
@@ -79,7 +87,7 @@ class GateAggregate:
         if scored.any():
             buckets[scored] = bucket_indices(scores[scored])
             self.scores.add_many(scores[scored], buckets[scored])
-        self.groups.add_many(list(units), ok, good, classes, buckets)
+        self.groups.add_many(list(units), ok, good, classes, scores, buckets)
 
     def merge(self, other: GateAggregate) -> None:
         self.requests += other.requests

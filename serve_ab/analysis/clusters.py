@@ -92,8 +92,14 @@ _LATENCY_BINS = LATENCY_EDGES_MS.size + 1
 
 #: Score bins per group: this many consecutive buckets of the scores' sketch (each 2% wide,
 #: analysis/sketch.py) make one, a factor of about 1.17, as fine as the latency bins. The KS
-#: test reads the design effect of "score <= t" at the bins on either side of its statistic.
+#: test's design effect averages those of "score <= edge" over the bins' edges
+#: (:func:`score_design_effect`); one bucket a bin would pickle an interval 2x larger and
+#: hold 8x more (group, bin) pairs in the controller's windows.
 SCORE_BIN_BUCKETS = 8
+#: Below this F (1 - F) at every bin edge (no edge within the middle 80% of the scores: they
+#: span less than a bin or so), the edges cannot say how users' scores differ, and the
+#: design effect of the mean score stands in.
+_MIN_EDGE_WEIGHT = 0.09
 
 KEYLESS = NUM_GROUPS  # the row of keyless requests, each a unit of its own
 _ROWS = NUM_GROUPS + 1
@@ -121,13 +127,18 @@ class GroupSums:
     #: Scores of successful requests, by (group, score bin): bin b holds the sketch buckets
     #: b * SCORE_BIN_BUCKETS to (b + 1) * SCORE_BIN_BUCKETS - 1.
     score_bins: collections.Counter = field(default_factory=collections.Counter)
+    #: The same scores' count, sum and sum of squares per group (for scores too close together
+    #: for the bins).
+    score_values: ValueGroups = field(default_factory=lambda: ValueGroups())
 
     def add_many(self, units: list[int | None], ok: np.ndarray, latency_ms: np.ndarray,
-                 predicted_classes: list[int | None], score_buckets: np.ndarray | None = None) -> None:
+                 predicted_classes: list[int | None], scores: np.ndarray | None = None,
+                 score_buckets: np.ndarray | None = None) -> None:
         """Requests of ``units`` (None: keyless); ``ok`` marks the successful ones, whose
         latencies are ``latency_ms`` (in the order they appear); ``predicted_classes``: each
-        request's class (None: none, or failed); ``score_buckets``: each request's score's
-        sketch bucket (:func:`~serve_ab.analysis.sketch.bucket_indices`; -1: no score)."""
+        request's class (None: none, or failed); ``scores`` and ``score_buckets``: each
+        request's score and its sketch bucket (:func:`~serve_ab.analysis.sketch.bucket_indices`;
+        -1: no score)."""
         groups = groups_of(units)
         np.add.at(self.requests, groups, 1)
         np.add.at(self.errors, groups[~ok], 1)
@@ -142,6 +153,7 @@ class GroupSums:
             if scored.any():
                 bins = score_buckets[scored] // SCORE_BIN_BUCKETS
                 self.score_bins.update(zip(groups[scored].tolist(), bins.tolist()))
+                self.score_values.add_many(groups[scored], scores[scored])
 
     # Pickled sparse, like the latency sketch: dense, a report would carry 50 KB per version.
     # (int32 bins: a window would need 2 billion requests of one group in one bin to overflow.)
@@ -151,7 +163,7 @@ class GroupSums:
         used = np.flatnonzero(self.requests).astype(np.int32)
         return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
                 "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
-                "score_bins": self.score_bins}
+                "score_bins": self.score_bins, "score_values": self.score_values}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -159,7 +171,9 @@ class GroupSums:
         self.errors[state["rows"]] = state["errors"]
         self.latency_bins.ravel()[state["bins"]] = state["bin_counts"]
         self.classes = state["classes"]
-        self.score_bins = state.get("score_bins", collections.Counter())
+        # Absent from an older router's pickle: its scores then show no design effect.
+        self.score_bins = state.get("score_bins") or collections.Counter()
+        self.score_values = state.get("score_values") or ValueGroups()
 
     def merge(self, other: GroupSums) -> None:
         self.requests += other.requests
@@ -167,6 +181,7 @@ class GroupSums:
         self.latency_bins += other.latency_bins
         self.classes.update(other.classes)
         self.score_bins.update(other.score_bins)
+        self.score_values.merge(other.score_values)
 
 
 @dataclass(frozen=True)
@@ -303,6 +318,12 @@ class ValueGroups:
         self.sums[row] += value
         self.squares[row] += value * value
 
+    def add_many(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Values in the given rows (:func:`groups_of`'s)."""
+        np.add.at(self.counts, rows, 1)
+        np.add.at(self.sums, rows, values)
+        np.add.at(self.squares, rows, values * values)
+
     def design_effect(self) -> DesignEffect:
         """The design effect of the mean of the values (for outcomes, of the rate)."""
         return mean_design_effect(self.sums, self.counts, self.squares)
@@ -358,6 +379,8 @@ def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray
         return _few_groups(total, keyless_n, k)
     mean = (float(s.sum()) + keyless_s) / total
     spread = float(np.sum(squares)) - total * mean * mean  # sum of squared deviations of the values
+    if not math.isfinite(spread):  # values whose squares overflow (1e200): no spread to read
+        return DesignEffect(1.0, k)
     if spread <= 1e-12 * max(1.0, float(np.sum(squares))):  # all values equal: nothing to compare
         return DesignEffect(1.0, k)
     keyless = max((keyless_ss - 2.0 * mean * keyless_s + mean * mean * keyless_n) / spread, 0.0)
@@ -380,13 +403,18 @@ def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> Desi
     return max(effects, key=lambda d: d.value, default=INDEPENDENT)
 
 
-def score_design_effect(score_bins: collections.Counter) -> DesignEffect:
+def score_design_effect(score_bins: collections.Counter, score_values: ValueGroups | None = None) -> DesignEffect:
     """A design effect for the KS test on scores: those of the proportions of scores at or
     below each score bin's edge, averaged with the weight of each proportion's variance
     F (1 - F), as the first-order Rao-Scott correction averages over classes (but over the
     cumulative proportions the KS statistic is made of). Read at the statistic's own edge,
     it was biased high: under no drift, the largest gap falls where the users' spread made
-    one, and the test rejected 0.5% of the time at alpha 5% (100 users x 20, ICC 0.3)."""
+    one, and the test rejected 0.5% of the time at alpha 5% (100 users x 20, ICC 0.3).
+
+    Scores that span about a bin or less (a regression's values of 106 +- 6, say) leave no
+    edge within their middle 80%: then the design effect of the mean score (``score_values``)
+    stands in, which with users whose scores run high or low is at least the proportions'.
+    Without it, such scores showed none, and a KS gate with no drift failed 17-33% of windows."""
     if not score_bins:
         return INDEPENDENT
     score_bins_seen = sorted({score_bin for _, score_bin in score_bins})
@@ -403,6 +431,8 @@ def score_design_effect(score_bins: collections.Counter) -> DesignEffect:
         if 0.0 < share < 1.0:
             weights.append(share * (1.0 - share))
             effects.append(ratio_design_effect(below[:, edge], per_group))
+    if max(weights, default=0.0) < _MIN_EDGE_WEIGHT and score_values is not None:
+        return score_values.design_effect()
     return _weighted(effects, weights)
 
 

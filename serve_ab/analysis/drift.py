@@ -224,30 +224,23 @@ def wasserstein(candidate: ArrayLike, reference: ArrayLike) -> float:
 # -- on sketches: what the gates read, merged from every router's intervals ----------------------
 
 
-def ks_gap_sketched(candidate: LogHistogram, reference: LogHistogram) -> tuple[float, int]:
-    """The Kolmogorov-Smirnov statistic on two log-bucket sketches (``analysis/sketch.py``), the
-    largest gap between the two CDFs at the buckets' edges, and the dense index of the bucket
-    whose upper edge it is at. That is the statistic of the bucketed values (ties within a
-    bucket, so never above the raw values' statistic: conservative)."""
+def ks_test_sketched(candidate: LogHistogram, reference: LogHistogram,
+                     design_effects: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
+    """Kolmogorov-Smirnov on two log-bucket sketches (``analysis/sketch.py``): the largest gap
+    between the two CDFs at the buckets' edges, which is the statistic of the bucketed
+    values (ties within a bucket, so never above the raw values' statistic: conservative),
+    and its p-value from scipy's distribution of the two-sample statistic (``kstwo`` at the
+    effective size n*m/(n+m), as ``ks_2samp``'s asymptotic method). ``design_effects``: each
+    side's, for scores of users who send many requests; the sizes are divided by them."""
     n, m = candidate.count, reference.count
     if not n or not m:
         raise ValueError("drift needs at least one score on each side")
     counts = np.vstack([candidate.counts, reference.counts]).astype(float)
-    used = np.flatnonzero(counts.sum(axis=0) > 0)
-    gaps = np.abs(np.cumsum(counts[0, used]) / n - np.cumsum(counts[1, used]) / m)
-    at = int(np.argmax(gaps))
-    return float(gaps[at]), int(used[at])
-
-
-def ks_test_sketched(candidate: LogHistogram, reference: LogHistogram,
-                     design_effects: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
-    """Kolmogorov-Smirnov on two sketches: :func:`ks_gap_sketched`'s statistic and its p-value
-    from scipy's distribution of the two-sample statistic (``kstwo`` at the effective size
-    n*m/(n+m), as ``ks_2samp``'s asymptotic method). ``design_effects``: each side's, for
-    scores of users who send many requests; the sizes are divided by them."""
-    statistic, _ = ks_gap_sketched(candidate, reference)
-    n, m = candidate.count / design_effects[0], reference.count / design_effects[1]
-    effective_n = max(int(round(n * m / (n + m))), 1)
+    used = counts.sum(axis=0) > 0
+    cdf = np.cumsum(counts[:, used], axis=1) / np.array([[n], [m]], dtype=float)
+    statistic = float(np.max(np.abs(cdf[0] - cdf[1])))
+    n_eff, m_eff = n / design_effects[0], m / design_effects[1]
+    effective_n = max(int(round(n_eff * m_eff / (n_eff + m_eff))), 1)
     return statistic, float(min(max(_scipy_stats().kstwo.sf(statistic, effective_n), 0.0), 1.0))
 
 

@@ -700,7 +700,8 @@ def _mean_abs(totals: Mapping[str, Any]) -> float | None:
 def _paired_mean(totals: Mapping[str, Any], confidence: float) -> dict[str, Any]:
     """Mean of shadow-minus-live score differences, paired t CI and p-value, from n/sum/sum_sq;
     with the values per group of users (``groups``), the variance times their design effect
-    and the effective sample's degrees of freedom (as the feedback_mean gate's)."""
+    and the effective sample's degrees of freedom (as the feedback_mean gate, but with the
+    point estimate where the gate takes its upper bound)."""
     summary = _mean_summary(totals)
     groups = ValueGroups.from_wire(totals.get("groups"))
     effect = groups.design_effect().value if summary.n and int(groups.counts.sum()) == summary.n else 1.0

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_ABS", "MIN_ABS", "RELATIVE_ACCURACY", "LogHistogram", "bucket_indices", "bucket_upper_edge"]
+__all__ = ["MAX_ABS", "MIN_ABS", "RELATIVE_ACCURACY", "LogHistogram", "bucket_indices"]
 
 RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -58,11 +58,6 @@ def bucket_indices(values: np.ndarray) -> np.ndarray:
         k = np.clip(np.ceil(np.log(np.maximum(magnitude, MIN_ABS) / MIN_ABS) / _LOG_GAMMA), 1, _K)
     k = np.where(magnitude < MIN_ABS, 0, k).astype(np.int64)
     return _K + np.sign(values).astype(np.int64) * k
-
-
-def bucket_upper_edge(index: int) -> float:
-    """The largest value bucket ``index`` holds."""
-    return float(_edges(index)[1])
 
 
 def _edges(index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:

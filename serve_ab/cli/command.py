@@ -19,7 +19,7 @@ from serve_ab.config.experiment import (
     format_validation_error,
     parse_experiment,
 )
-from serve_ab.config.rollout import GateMetric, SetWeightStep
+from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
 from serve_ab.config.serve_file import AppKind, check_app, load_yaml
 from serve_ab.routing import NUM_BUCKETS
 
@@ -75,14 +75,23 @@ def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
 def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
     """A warning for each canary step whose weight gives the candidate so few buckets that its
     users fall in fewer than MIN_GROUPS groups: the gates then count each group as one unit
-    (analysis/clusters.py) and hold the step long, which looks like a stuck rollout."""
+    (analysis/clusters.py), so the gates that must show the candidate is within bounds hold
+    the step long (it looks stuck), and the drift gates, harm detectors, can hardly fail."""
     rollout = cfg.rollout
-    if rollout is None or not rollout.gates or all(g.metric in (GateMetric.PROMQL, GateMetric.WEBHOOK)
-                                                   for g in rollout.gates):
+    if rollout is None:
+        return []
+    judged = [g for g in rollout.gates if g.metric not in (GateMetric.PROMQL, GateMetric.WEBHOOK)]
+    holding = [g.label for g in judged if g.metric not in DRIFT_METRICS]
+    blind = [g.label for g in judged if g.metric in DRIFT_METRICS]
+    if not judged:
         return []
     where = f"{prefix}.rollout" if prefix else "rollout"
     until = ("analysis.progress_deadline_s aborts it" if rollout.analysis.progress_deadline_s is not None
              else "someone acts (analysis.progress_deadline_s is unset)")
+    effects = ([f"{', '.join(holding)} can seldom pass there, and the step is likely to hold until {until}"]
+               if holding else [])
+    if blind:
+        effects.append(f"{', '.join(blind)} see too little there to fail, even on a real shift")
     out = []
     for index, step in enumerate(rollout.steps):
         if not isinstance(step, SetWeightStep) or step.set_weight <= 0:
@@ -91,9 +100,8 @@ def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
         if buckets < MIN_GROUPS:
             out.append(
                 f"{where}.steps[{index}]: set_weight {step.set_weight:g} gives the candidate {buckets} of "
-                f"{NUM_BUCKETS:,} buckets, so its users fall in fewer than {MIN_GROUPS} groups and its gates count "
-                f"each group as one unit (a user's requests are not independent evidence), so they can seldom "
-                f"pass there and the step is likely to hold until {until}; "
+                f"{NUM_BUCKETS:,} buckets, so its users fall in fewer than {MIN_GROUPS} groups, each of which the "
+                f"gates count as one unit (a user's requests are not independent evidence): {'; '.join(effects)}. "
                 f"set_weight {MIN_GROUPS * 100.0 / NUM_BUCKETS:g} or more lets them judge the users")
     return out
 

@@ -279,7 +279,7 @@ def build_windows(
             scored = np.isfinite(scores)
             buckets[scored] = bucket_indices(scores[scored])
             groups.add_many([o.unit for o in mine], ok, np.array([o.latency_ms for o in mine if o.ok], dtype=float),
-                            [o.predicted_class if o.ok else None for o in mine], buckets)
+                            [o.predicted_class if o.ok else None for o in mine], scores, buckets)
         windows[name] = WindowStats(
             version=name,
             request_count=len(mine),
@@ -776,7 +776,7 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
 def _score_effect(window: WindowStats) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
-    return score_design_effect(window.groups.score_bins)
+    return score_design_effect(window.groups.score_bins, window.groups.score_values)
 
 
 def _class_effect(window: WindowStats) -> DesignEffect:

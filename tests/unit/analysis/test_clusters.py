@@ -422,3 +422,50 @@ def test_the_reason_says_when_only_the_upper_bound_sees_a_design_effect():
     said = unseen.describe(0.05)
     assert "no design effect seen in 100 groups" in said and "design effect 1 " not in said
     assert f"up to {unseen.upper(0.05):.3g} at its upper bound" in said
+
+
+def test_scores_closer_together_than_a_bin_take_the_mean_scores_design_effect():
+    """A regression's values of 106 +- 6 fall within a score bin or two: no bin edge inside
+    their middle 80% says how users differ, so the mean value's design effect stands in
+    (once none: a KS gate with no drift failed 17-33% of such windows)."""
+    rng = np.random.default_rng(12)
+    rows = []
+    for version, first in (("v2", 0), ("v1", 40)):
+        for i in range(first, first + 40):
+            values = 106 + 2 * (rng.normal(0, math.sqrt(0.3)) + rng.normal(0, math.sqrt(0.7), 50))
+            rows += [(version, 5.0, None, 0, float(v), 10_000 * i + i, True, False, 0, None) for v in values]
+    windows = windows_of(rows)
+    groups = windows["v2"].groups
+    effect = score_design_effect(groups.score_bins, groups.score_values)
+    assert effect == groups.score_values.design_effect() and 8 < effect.value < 30  # about 1 + 49 * 0.3
+    assert score_design_effect(groups.score_bins).value == 1.0  # what the bins alone say
+    result = judge({"metric": "drift_ks", "max": 0.0}, rows)
+    assert "design effects" in result.reason and result.p_value > 0.05, result.reason
+
+
+def test_an_older_routers_report_without_groups_counts_its_requests_and_pairs_as_keyless():
+    """During a rolling upgrade Serve replaces routers and the controller one by one: a report
+    pickled by a router older than the per-group figures must merge, not crash the controller."""
+    import pickle
+
+    aggregate = IntervalAggregate()
+    aggregate.served_rows([row("v2", 7), row("v2", None, failed=True)], {})
+    aggregate.pair("v1", "v2", 0, 1, 0.2, 5.0, None, unit=7)
+    del aggregate.gates["v2"].__dict__["groups"]  # as the older code's objects had none
+    for name in ("agreement_groups", "score_diff_groups", "similarity_groups"):
+        del aggregate.shadow["v2"].__dict__[name]
+    old = pickle.loads(pickle.dumps(aggregate))
+    groups = old.gates["v2"].groups
+    assert (groups.requests[KEYLESS], groups.errors[KEYLESS], groups.requests.sum()) == (2, 1, 2)
+    assert old.shadow["v2"].agreement_groups.counts[KEYLESS] == 1 and old.shadow["v2"].agreement_groups.sums.sum() == 0
+    assert old.shadow["v2"].score_diff_groups.sums[KEYLESS] == pytest.approx(0.2)
+    windows = GateWindows(keep_s=60.0)
+    windows.add(1.0, old.gates, {v: s.agreement_groups for v, s in old.shadow.items()})
+    gates, agreements = windows.window(0.0, step=False)
+    window = window_stats(gates, versions=VERSIONS, agreements=agreements)["v2"]
+    assert (window.request_count, window.error_count, window.shadow_pairs) == (2, 1, 1)
+    new = IntervalAggregate()
+    new.served_rows([row("v2", 7)], {})
+    new.pair("v1", "v2", 0, 0, 0.0, 5.0, None, unit=7)
+    new.merge(old)  # an upgraded router's interval with an unsent older one
+    assert new.gates["v2"].groups.requests.sum() == 3 and new.shadow["v2"].agreement_groups.counts.sum() == 2

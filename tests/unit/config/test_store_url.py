@@ -148,11 +148,16 @@ def test_validate_warns_of_a_canary_step_too_small_for_its_gates_to_judge_users(
                             "steps": steps + [{"set_weight": 100}]}}
 
     files = {"small.yaml": canary(0.1, 5), "enough.yaml": canary(0.2, 5),
-             "webhook_only.yaml": canary(0.1, gates=({"metric": "webhook", "url": "http://gate.internal/check"},))}
+             "webhook_only.yaml": canary(0.1, gates=({"metric": "webhook", "url": "http://gate.internal/check"},)),
+             "drift.yaml": canary(0.05, gates=({"metric": "drift_ks", "max": 0.1},))}
     for name, config in files.items():
         (tmp_path / name).write_text(yaml.safe_dump(config))
     assert cli_main(["validate", "--no-check-files", *(str(tmp_path / n) for n in files)]) == 0
     out = capsys.readouterr().out
     assert out.count("warning: rollout.steps[0]: set_weight 0.1 gives the candidate 10 of 10,000 buckets") == 1
-    assert "fewer than 20 groups" in out and "set_weight 0.2 or more" in out and "progress_deadline_s aborts" in out
-    assert out.count("warning:") == 1 and out.count(": ok") == 3
+    assert "fewer than 20 groups" in out and "set_weight 0.2 or more" in out
+    assert "error_rate <= 0.01 can seldom pass there, and the step is likely to hold until analysis.progress_" in out
+    # A drift gate is a harm detector: on one unit per group it does not hold, it goes blind.
+    assert "set_weight 0.05 gives the candidate 5 of 10,000 buckets" in out
+    assert "drift_ks <= 0.1 see too little there to fail, even on a real shift" in out
+    assert out.count("warning:") == 2 and out.count(": ok") == 4
