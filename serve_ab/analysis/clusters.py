@@ -305,42 +305,53 @@ def _few_groups(total: float, keyless_n: float, groups: int) -> DesignEffect:
 @dataclass
 class ValueGroups:
     """One feedback metric's values per group of users' buckets (keyless in the last row):
-    how many, their sum and their sum of squares. Outcomes (converted or not) are values of
-    0 and 1."""
+    how many, their sum, sum of squares and sum of cubes (the cubes give the skewness of
+    keyless values, :meth:`mean_skewness`). Outcomes (converted or not) are values of 0 and 1."""
 
     counts: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=np.int64))
     sums: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
     squares: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
+    cubes: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
 
     def add(self, unit: int | None, value: float) -> None:
         row = KEYLESS if unit is None else (unit % NUM_BUCKETS) % NUM_GROUPS
         self.counts[row] += 1
         self.sums[row] += value
         self.squares[row] += value * value
+        self.cubes[row] += value * value * value
 
     def add_many(self, rows: np.ndarray, values: np.ndarray) -> None:
         """Values in the given rows (:func:`groups_of`'s)."""
         np.add.at(self.counts, rows, 1)
         np.add.at(self.sums, rows, values)
-        np.add.at(self.squares, rows, values * values)
+        squares = values * values
+        np.add.at(self.squares, rows, squares)
+        np.add.at(self.cubes, rows, squares * values)
 
     def design_effect(self) -> DesignEffect:
         """The design effect of the mean of the values (for outcomes, of the rate)."""
         return mean_design_effect(self.sums, self.counts, self.squares)
 
+    def mean_skewness(self) -> float:
+        """The skewness of the mean of the values (:func:`mean_skewness`)."""
+        return mean_skewness(self.sums, self.counts, self.squares, self.cubes)
+
     def merge(self, other: ValueGroups) -> None:
         self.counts += other.counts
         self.sums += other.sums
         self.squares += other.squares
+        self.cubes += other.cubes
 
     def to_wire(self) -> dict:
         """Sparse plain data (the controller's saved state, the report's snapshot)."""
         used = np.flatnonzero(self.counts)
         return {"rows": used.tolist(), "counts": self.counts[used].tolist(), "sums": self.sums[used].tolist(),
-                "squares": self.squares[used].tolist()}
+                "squares": self.squares[used].tolist(), "cubes": self.cubes[used].tolist()}
 
     @classmethod
     def from_wire(cls, data: dict | None) -> ValueGroups:
+        """From :meth:`to_wire`'s data; saved before the cubes were kept, the cubes read as
+        unknown (NaN), and the mean's skewness with them where keyless values are used."""
         out = cls()
         if data:
             rows = np.asarray(data["rows"], dtype=np.int64)
@@ -348,18 +359,22 @@ class ValueGroups:
                 raise ValueError(f"group rows out of range [0, {_ROWS}): {rows.min()}..{rows.max()}")
             out.counts[rows] = data["counts"]
             out.sums[rows], out.squares[rows] = data["sums"], data["squares"]
+            out.cubes[rows] = data.get("cubes", math.nan)
         return out
 
     # Pickled sparse: routers send shadow agreements in every report (a few groups in a
     # small interval, 3 KB dense).
     def __getstate__(self) -> dict:
         used = np.flatnonzero(self.counts).astype(np.int32)
-        return {"rows": used, "counts": self.counts[used], "sums": self.sums[used], "squares": self.squares[used]}
+        return {"rows": used, "counts": self.counts[used], "sums": self.sums[used], "squares": self.squares[used],
+                "cubes": self.cubes[used]}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
         rows = state["rows"]
         self.counts[rows], self.sums[rows], self.squares[rows] = state["counts"], state["sums"], state["squares"]
+        # A router older than the cubes: unknown, as from_wire's.
+        self.cubes[rows] = state.get("cubes", math.nan)
 
 
 def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray) -> DesignEffect:
@@ -389,6 +404,44 @@ def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray
     residuals = s - mean * n
     between = k / (k - 1) * float(np.sum(residuals ** 2)) / spread
     return DesignEffect(_at_least_one(between + keyless), k, between, keyless, _spread_df(residuals))
+
+
+def mean_skewness(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray, cubes: np.ndarray) -> float:
+    """The skewness of the mean ``R = sum(sums) / sum(counts)``: its third cumulant over its
+    variance to the power 1.5, each summed over independent units, a keyed group's total
+    or a keyless value (cumulants of independent parts add, so users' correlation counts
+    as it is). Each unit's deviation from R: ``sums - R counts`` for a group; for keyless
+    values from their power sums. With the usual small-sample corrections (k units:
+    k / (k - 1) on the second, k^2 / ((k - 1) (k - 2)) on the third).
+
+    For n independent values this is the values' skewness over sqrt(n), and Cochran's rule
+    for a t interval on a skewed mean, n > 25 g^2, reads: at most 0.2. 0 where it cannot
+    be read: fewer than 3 units, no spread, or keyless values whose cubes are unknown or
+    lost to rounding (values far from 0 against their spread, 1e6 +- 1, say)."""
+    n = counts[:NUM_GROUPS].astype(float)
+    used = n > 0
+    keyless_n = float(counts[KEYLESS])
+    units = int(used.sum()) + int(keyless_n)
+    if units < 3:
+        return 0.0
+    mean = float(np.sum(sums)) / (float(n.sum()) + keyless_n)
+    residuals = sums[:NUM_GROUPS][used] - mean * n[used]
+    second, third = float(np.sum(residuals ** 2)), float(np.sum(residuals ** 3))
+    if keyless_n:
+        s, q, c = float(sums[KEYLESS]), float(squares[KEYLESS]), float(cubes[KEYLESS])
+        keyless_third = c - 3.0 * mean * q + 3.0 * mean * mean * s - mean ** 3 * keyless_n
+        # Rounding of the power sums, at about 8 ulps of their largest term.
+        rounding = 8 * np.finfo(float).eps * (abs(c) + 3 * abs(mean * q) + 3 * mean * mean * abs(s)
+                                              + abs(mean) ** 3 * keyless_n)
+        if not math.isfinite(keyless_third) or abs(keyless_third) <= rounding:
+            return 0.0
+        second += max(q - 2.0 * mean * s + mean * mean * keyless_n, 0.0)
+        third += keyless_third
+    if not (math.isfinite(second) and math.isfinite(third)) or second <= 0.0:
+        return 0.0
+    variance = units / (units - 1) * second
+    third_cumulant = units * units / ((units - 1) * (units - 2)) * third
+    return third_cumulant / variance ** 1.5
 
 
 def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> DesignEffect:

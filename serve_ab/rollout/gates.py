@@ -10,7 +10,8 @@ an error do not show an error rate below 1%; it takes about 300 (the upper bound
 step with probability at most the configured ``analysis.alpha``. The bounds, per metric:
 
 - rates (``error_rate``, ``feedback_rate``, ``shadow_agreement``): Clopper-Pearson, exact;
-- ``feedback_mean``: Student's t;
+- ``feedback_mean``: Student's t, corrected for skewed values (Hall's transformation), and
+  no bound on a skewed tail's side before Cochran's rule holds (:func:`_mean_bounds`);
 - ``latency_p50/p95/p99_ms``: distribution-free, from binomial order statistics (no normal
   approximation, valid for any latency distribution); the value shown is numpy's percentile;
 - ``*_ratio_to_stable`` (non-inferiority), on candidate / stable: rates by Katz's log
@@ -525,13 +526,59 @@ def _mean_moments(stats_: FeedbackStats, effect: DesignEffect = INDEPENDENT,
     return mean, variance / n * inflate, min(n - 1, int(n / inflate) - 1)
 
 
-def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
-    """Student-t one-sided bounds on a mean."""
+#: Cochran's rule for a t interval on a skewed mean, n > 25 g^2 (g the values' skewness):
+#: the mean's own skewness, g / sqrt(n), at most 0.2.
+MAX_MEAN_SKEWNESS = 0.2
+
+
+def _mean_skewness(gate: Gate, window: WindowStats) -> float:
+    groups = window.feedback_groups.get(gate.name)
+    return 0.0 if groups is None else groups.mean_skewness()
+
+
+def _mean_bounds(stats_: FeedbackStats, alpha: float, effect: DesignEffect = INDEPENDENT,
+                 skewness: float = 0.0) -> tuple[float, float]:
+    """One-sided bounds on a mean: Student's t, corrected for the mean's ``skewness`` by
+    Hall's (1992) transformation of the t statistic; where the skewness is beyond
+    :data:`MAX_MEAN_SKEWNESS`, no bound on the long tail's side (inf) until more values come.
+
+    Why: the values a gate judges (revenue, basket size, time spent) are often right-skewed,
+    and a window that missed the rare large values has a low mean *and* a low spread, so
+    Student's upper bound falls short. At a ``max`` set at the true mean, 200 independent
+    lognormal values (sigma 1) passed 9.6% of windows at alpha 5% (sigma 2: 30% at 100
+    values); with Hall's bound and Cochran's hold, 4.5% and 0 (``stats_calibration``
+    scenario 6, through the pipeline, 2,000 runs). The hold costs evidence: at 0.7 of the
+    max, 1,000 such values pass 85% of windows instead of all."""
     mean, var_mean, df = _mean_moments(stats_, effect, alpha)
     if not math.isfinite(var_mean):
         return -math.inf, math.inf
-    half = float(special.stdtrit(df, 1 - alpha)) * math.sqrt(var_mean)
-    return mean - half, mean + half
+    quantile, se = float(special.stdtrit(df, 1 - alpha)), math.sqrt(var_mean)
+    lower = -math.inf if skewness < -MAX_MEAN_SKEWNESS else mean - _hall_pivot(quantile, skewness) * se
+    upper = math.inf if skewness > MAX_MEAN_SKEWNESS else mean - _hall_pivot(-quantile, skewness) * se
+    return lower, upper
+
+
+def _hall_pivot(quantile: float, skewness: float) -> float:
+    """The t statistic ``(mean - mu) / se`` whose Hall transform is ``quantile``. Hall's
+    transform ``T + g T^2 / 3 + g^2 T^3 / 27 + g / 6`` (g the mean's skewness) removes the
+    skewness of T's distribution to first order; it is increasing, so it inverts in closed
+    form (Hall 1992, JRSS B 54; Zhou & Dinh 2005 compare it with Johnson's)."""
+    if skewness == 0.0:
+        return quantile
+    inner = 1.0 + skewness * (quantile - skewness / 6.0)
+    return 3.0 / skewness * (math.copysign(abs(inner) ** (1.0 / 3.0), inner) - 1.0)
+
+
+def _describe_skewness(skewness: float) -> str:
+    """For a feedback_mean gate's reason: empty where the values' skewness hardly matters."""
+    if abs(skewness) > MAX_MEAN_SKEWNESS:
+        side = "upper" if skewness > 0 else "lower"
+        return (f"; the values are too skewed for a bound on the mean's {side} side yet (the mean's skewness "
+                f"{skewness:.2g}, at most {MAX_MEAN_SKEWNESS} by Cochran's rule: about 25 x the values' "
+                f"skewness squared values), so that bound waits for more")
+    if abs(skewness) >= 0.02:
+        return f"; skewed values (the mean's skewness {skewness:.2g}), bounds corrected by Hall's transformation"
+    return ""
 
 
 def _describe_both(effects: tuple[DesignEffect, DesignEffect], candidate: WindowStats,
@@ -671,9 +718,10 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
     else:  # feedback_mean
         stats_ = candidate.feedback[gate.name]
         value = stats_.mean
-        effect = _mean_effect(gate, candidate)
-        lower, upper = _mean_bounds(stats_, alpha, effect)
-        seen = f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(alpha)}"
+        effect, skewness = _mean_effect(gate, candidate), _mean_skewness(gate, candidate)
+        lower, upper = _mean_bounds(stats_, alpha, effect, skewness)
+        seen = (f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(alpha)}"
+                f"{_describe_skewness(skewness)}")
     verdict, judged = _judge(gate, lower, upper, alpha)
     return result(verdict, f"{metric} on {candidate.version}: {seen}, {judged}", value, value,
                   lower=lower, upper=upper)

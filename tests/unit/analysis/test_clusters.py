@@ -469,3 +469,73 @@ def test_an_older_routers_report_without_groups_counts_its_requests_and_pairs_as
     new.pair("v1", "v2", 0, 0, 0.0, 5.0, None, unit=7)
     new.merge(old)  # an upgraded router's interval with an unsent older one
     assert new.gates["v2"].groups.requests.sum() == 3 and new.shadow["v2"].agreement_groups.counts.sum() == 2
+
+
+def test_the_mean_skewness_of_keyless_values_is_their_unbiased_skewness_over_root_n():
+    """Cumulants of independent values add: the mean's skewness is G1 / sqrt(n), G1 being
+    scipy's bias-corrected sample skewness; a constant added to every value changes nothing."""
+    values = np.random.default_rng(21).lognormal(0, 1, 300)
+    for offset in (0.0, 1_000.0):
+        groups = ValueGroups()
+        for value in (values + offset).tolist():
+            groups.add(None, value)
+        expected = stats.skew(values, bias=False) / math.sqrt(values.size)
+        assert groups.mean_skewness() == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_mean_skewness_of_keyed_values_is_read_from_the_groups_totals():
+    """One user per group and one value each: the group totals are the values, so the figure
+    is the keyless one; many values per user, it follows the users' totals."""
+    rng = np.random.default_rng(22)
+    values = rng.lognormal(0, 1, NUM_GROUPS)
+    keyed, keyless = ValueGroups(), ValueGroups()
+    for group, value in enumerate(values.tolist()):
+        keyed.add(group, value)
+        keyless.add(None, value)
+    assert keyed.mean_skewness() == pytest.approx(keyless.mean_skewness(), rel=1e-9)
+    # Each user's 20 values share one lognormal effect: the totals are as skewed as the effects.
+    users = ValueGroups()
+    effects = rng.lognormal(0, 1, NUM_GROUPS)
+    for group, effect in enumerate(effects.tolist()):
+        for value in (effect * rng.uniform(0.9, 1.1, 20)).tolist():
+            users.add(group, value)
+    assert users.mean_skewness() == pytest.approx(
+        stats.skew(effects, bias=False) / math.sqrt(NUM_GROUPS), rel=0.05)
+
+
+def test_the_mean_skewness_is_zero_where_it_cannot_be_read():
+    few, equal, far, unknown = ValueGroups(), ValueGroups(), ValueGroups(), ValueGroups()
+    few.add(None, 1.0), few.add(None, 5.0)  # two units
+    for _ in range(50):
+        equal.add(None, 3.0)
+    # Values 1e6 +- 1: their cubes' sum loses the third moment to rounding.
+    for value in (1e6 + np.random.default_rng(23).normal(0, 1, 500)).tolist():
+        far.add(None, value)
+    for value in (1.0, 2.0, 40.0, 3.0):
+        unknown.add(None, value)
+    unknown = ValueGroups.from_wire({k: v for k, v in unknown.to_wire().items() if k != "cubes"})
+    assert [g.mean_skewness() for g in (few, equal, far, unknown)] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_skewed_feedback_holds_a_max_gate_a_t_bound_would_pass():
+    """85 revenues of 1 and five large ones: Student's t would pass `max 2.25` (mean 1.58,
+    t upper bound 2.15); the mean's skewness (0.82, Cochran's rule asks at most 0.2) says its
+    upper bound cannot be read yet, and the gate holds, saying why."""
+    from serve_ab.rollout.feedback import FeedbackJoin
+
+    values = [1.0] * 85 + [5.0, 6.0, 7.0, 9.0, 30.0]
+    join = FeedbackJoin()
+    for k, value in enumerate(values):
+        join.add(f"r{k}", "revenue", value, None, 1.0, version="v2", unit=None)
+    feedback, _ = join.events(since_s=0.0)
+    windows = window_stats({}, versions=VERSIONS, feedback=feedback)
+    gate = Gate.model_validate({"metric": "feedback_mean", "name": "revenue", "max": 2.25})
+    t_upper = np.mean(values) + stats.t.ppf(0.95, len(values) - 1) * stats.sem(values)
+    assert t_upper < 2.25
+    (result,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, alpha=0.05)
+    assert result.verdict is GateVerdict.INCONCLUSIVE and result.upper == math.inf, result.reason
+    assert "too skewed for a bound on the mean's upper side" in result.reason
+    # Its lower bound still stands: `min 1` passes on it.
+    low = Gate.model_validate({"metric": "feedback_mean", "name": "revenue", "min": 1.0})
+    (result,) = evaluate_gates([low], windows["v2"], windows["v1"], 1, alpha=0.05)
+    assert result.verdict is GateVerdict.PASS, result.reason
