@@ -97,7 +97,7 @@ from scipy import stats
 from benchmarks.common import load_now
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.power import design_effect, sequential_power, units_per_arm
-from serve_ab.analysis.report import build_report
+from serve_ab.analysis.report import _shadow_section, build_report
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.config.rollout import Gate
 from serve_ab.analysis.sketch import LogHistogram
@@ -186,6 +186,19 @@ CLUSTER_DRIFT_JS_MAX = 0.01
 # a user effect; max 0, so the KS test alone decides whether the gate fails.
 CLUSTER_SCORE_LOGIT_MEAN, CLUSTER_SCORE_LOGIT_SD, CLUSTER_DRIFT_KS_MAX = 1.5, 1.0, 0.0
 CLUSTER_NARROW_MEAN, CLUSTER_NARROW_SD = 106.0, 2.0  # the "narrow" case's values instead
+
+# Scenario 7: the report's per-class flip tests on a shadow, users who each keep one class.
+FLIP_CLASSES = 10
+FLIP_RATE = 0.1  # the mean share of a user's pairs the shadow labels differently
+FLIP_CASES = {  # case: (users, pairs per user, ICC of the flip rate, share of users flipped to class 0, keyless)
+    "aa_100x20_icc0.3": (100, 20, 0.3, 0.0, False),
+    "aa_40x100_icc0.1": (40, 100, 0.1, 0.0, False),
+    "aa_500x4_icc0.3": (500, 4, 0.3, 0.0, False),
+    # The same pairs as the first, keyless: what McNemar's test alone reads (a reference).
+    "aa_100x20_icc0.3_counted_as_independent": (100, 20, 0.3, 0.0, True),
+    # A power figure: 30% of the users not in class 0 are flipped to it, not to a class at random.
+    "healthy_detects_shift_300x20_icc0.3": (300, 20, 0.3, 0.3, False),
+}
 
 # What issue #11 asks of each figure.
 LIMIT_AA = 0.06
@@ -698,12 +711,47 @@ def clustered_gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
     return out
 
 
+# ---- 7. the report's per-class flip tests on a shadow ----------------------------------------------
+
+
+def flip_pairs(rng: np.random.Generator, case: str) -> IntervalAggregate:
+    """A shadow beside the live version, paired as a router pairs them: each user always gets
+    one class from live; the shadow labels a share of the user's pairs (beta with the case's
+    ICC, mean FLIP_RATE) as one other class of the user's own. With no preference that class
+    is drawn at random, so no class's share changes on average: an A/A for every class."""
+    users, per_user, icc, prefer_0, keyless = FLIP_CASES[case]
+    shape = (1 - icc) / icc
+    aggregate = IntervalAggregate()
+    for unit in _user_rows(rng, "v2", users):
+        live = int(rng.integers(FLIP_CLASSES))
+        others = [c for c in range(FLIP_CLASSES) if c != live]
+        other = 0 if live != 0 and rng.random() < prefer_0 else int(rng.choice(others))
+        for flipped in (rng.random(per_user) < rng.beta(FLIP_RATE * shape, (1 - FLIP_RATE) * shape)).tolist():
+            aggregate.pair("v1", "v2", live, other if flipped else live, None, 5.0, None,
+                           unit=None if keyless else unit)
+    return aggregate
+
+
+def shadow_flips_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    """Each case once: router pairs -> the controller's ExperimentStats -> its snapshot -> the
+    report's shadow section; whether class 0's flip test is significant at alpha."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for case in FLIP_CASES:
+        stats_ = ExperimentStats(VERSIONS, 0.0, shadow_version="v2")
+        stats_.merge(1.0, flip_pairs(rng, case))
+        section = _shadow_section(stats_.snapshot(2.0, samples=False)["shadow"], ALPHA, None)
+        tests = {t["class"]: t for t in section["class_tests"]}
+        out[case] = 0 in tests and tests[0]["p_value"] < ALPHA
+    return out
+
+
 # ---- running the repetitions -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "rare": rare_rep,
     "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
-    "clustered_gates": clustered_gates_rep,
+    "clustered_gates": clustered_gates_rep, "shadow_flips": shadow_flips_rep,
 }
 
 
@@ -770,7 +818,7 @@ def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]
 
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
            gates: dict[str, dict[str, Rate]], rare: dict[str, Any],
-           clustered: dict[str, dict[str, Rate]]) -> list[dict[str, Any]]:
+           clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate]) -> list[dict[str, Any]]:
     """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
     beside it, so a reader can tell a miss from noise)."""
     out = []
@@ -814,6 +862,10 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
             what = f"max at the mean, lognormal sigma {CLUSTER_SKEWED_LOG_SD[case]:g}"
         sample = f"{per_user} keyless" if users == 0 else f"{users} users x {per_user}, ICC {icc:g}"
         check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA, f"<= {ALPHA}")
+    for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
+        if case.startswith("aa_") and not keyless:
+            check(f"shadow flip test, no shift, {users} users x {per_user}, ICC {icc:g}: class 0 significant",
+                  flips[case], flips[case].value <= ALPHA, f"<= {ALPHA}")
     return out
 
 
@@ -881,6 +933,14 @@ def print_tables(result: dict[str, Any]) -> None:
     for case, row in c6["cases"].items():
         print(f"  {case:<{width}} {_r(row['pass']):>15} {_r(row['fail']):>15} {_r(row['inconclusive']):>15}")
 
+    f7 = result["shadow_flips"]
+    print(f"\n7. The report's per-class flip tests on a shadow (users who each keep one of {FLIP_CLASSES} classes; "
+          f"the shadow relabels a share of each user's pairs, mean {FLIP_RATE:g}, as one class of the user's own; "
+          f"{f7['reps']} reps): class 0 significant at alpha {ALPHA}")
+    width = max(map(len, f7["significant"]))
+    for case, rate in f7["significant"].items():
+        print(f"  {case:<{width}} {_r(rate):>15}")
+
     print("\nChecks (issue #11):")
     for item in result["checks"]:
         mark = "ok  " if item["within"] else "MISS"
@@ -927,6 +987,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rare_aa = run_reps(pool, "rare", 6, mode.canary_reps, args.seed, lift=0.0)
         rare_lift = run_reps(pool, "rare", 7, mode.canary_reps, args.seed, lift=RARE_LIFT)
         clustered = run_reps(pool, "clustered_gates", 8, mode.canary_reps, args.seed)
+        flips = run_reps(pool, "shadow_flips", 9, mode.gate_reps, args.seed)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -936,6 +997,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gate_rows = summarise_gates(gates)
     rare_rows = summarise_rare(rare_aa, rare_lift)
     clustered_rows = summarise_gates(clustered)
+    flip_rows = {case: count(o[case] for o in flips) for case in FLIP_CASES}
     result = {
         **header,
         "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
@@ -948,7 +1010,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rare": {"reps": mode.canary_reps, "weights_pct": RARE_WEIGHTS, "rate": RARE_RATE, "lift": RARE_LIFT,
                  "users": RARE_USERS, "looks": RARE_LOOKS, **rare_rows},
         "clustered_gates": {"reps": mode.canary_reps, "alpha": ALPHA, "cases": clustered_rows},
-        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows),
+        "shadow_flips": {"reps": mode.gate_reps, "alpha": ALPHA, "classes": FLIP_CLASSES, "flip_rate": FLIP_RATE,
+                         "significant": flip_rows},
+        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows, flip_rows),
         "load_after": load_now(),
     }
     result["wall_s"] = time.perf_counter() - started

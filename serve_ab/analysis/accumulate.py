@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_ab.analysis.clusters import KEYLESS, ValueGroups
+from serve_ab.analysis.clusters import KEYLESS, FlipGroups, ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
@@ -270,6 +270,8 @@ class ShadowStats:
     #: paired intervals.
     score_diff_groups: ValueGroups = field(default_factory=ValueGroups)
     similarity_groups: ValueGroups = field(default_factory=ValueGroups)
+    #: Class flips per group of users, for the report's per-class flip tests.
+    flips: FlipGroups = field(default_factory=FlipGroups)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A router older than the per-group figures (during a rolling upgrade, Serve replaces
@@ -283,6 +285,8 @@ class ShadowStats:
         if "similarity_groups" not in state:
             self.similarity_groups = _restored_groups(None, self.similarity_n, self.similarity_sum,
                                                       self.similarity_sum_sq)
+        if "flips" not in state:
+            self.flips = FlipGroups.keyless_from(self.confusion)
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
@@ -307,6 +311,8 @@ class ShadowStats:
         self.agreement_groups.add(unit, float(agree))
         if live_class is not None and shadow_class is not None:
             self.confusion[(live_class, shadow_class)] += 1
+            if live_class != shadow_class:
+                self.flips.add(unit, live_class, shadow_class)
         if score_diff is not None and math.isfinite(score_diff):
             self.score_diff_n += 1
             self.score_diff_sum += score_diff
@@ -348,6 +354,7 @@ class ShadowStats:
         self.agreement_groups.merge(other.agreement_groups)
         self.score_diff_groups.merge(other.score_diff_groups)
         self.similarity_groups.merge(other.similarity_groups)
+        self.flips.merge(other.flips)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {
@@ -365,6 +372,7 @@ class ShadowStats:
             "similarity": {"n": self.similarity_n, "sum": self.similarity_sum,
                            "sum_sq": self.similarity_sum_sq, "groups": self.similarity_groups.to_wire()},
             "agreement_groups": self.agreement_groups.to_wire(),
+            "flips": self.flips.to_wire(),
         }
         if samples:
             out["score_diff"]["sketch"] = self.score_diff_sketch.to_wire()
@@ -535,6 +543,7 @@ class ExperimentStats:
                                                   | {"kind": "mean", "n", "sum", "sum_sq"}}}},
              "shadow": None | {"version", "mirrored", "errors", "errors_by_kind", "pairs", "agree",
                                "confusion": [[live_class, shadow_class, n]],
+                               "flips": {"net": [[group, class, n]], "keyless": [[class, n]]},
                                "score_diff": {"n", "sum", "sum_sq", "abs_sum", "sketch" (when samples)},
                                "latency": {...}, "pairs_by_live_version": {name: n},
                                "similarity": {"n", "sum", "sum_sq", "sketch" (when samples)},
@@ -630,6 +639,8 @@ class ExperimentStats:
             _restore_latency(s.latency, shadow["latency"])
             s.by_live_version.update(shadow["pairs_by_live_version"])
             s.agreement_groups = _restored_groups(shadow.get("agreement_groups"), s.pairs, s.agree, s.agree)
+            flips = shadow.get("flips")  # absent from states saved before: every pair keyless
+            s.flips = FlipGroups.from_wire(flips) if flips is not None else FlipGroups.keyless_from(s.confusion)
         samples = state.get("unit_samples") or {}
         if samples.get("all"):
             stats.units_all = UnitSample.from_dict(samples["all"])

@@ -377,6 +377,68 @@ class ValueGroups:
         self.cubes[rows] = state.get("cubes", math.nan)
 
 
+@dataclass
+class FlipGroups:
+    """A shadow's class flips per group of users, for the report's per-class flip tests.
+
+    For a class, each pair adds ``[shadow said it] - [live said it]``: +1 or -1 on a
+    discordant pair involving the class, 0 otherwise. ``net`` sums that per (keyed group's
+    row, class); a keyless pair is a unit of its own, so ``keyless`` only counts, per class,
+    the keyless discordant pairs involving it (each adds 1 to the sum of squares). Both add
+    up across routers and intervals; only discordant pairs touch them.
+    """
+
+    net: collections.Counter = field(default_factory=collections.Counter)  # (row, class) -> net flips in
+    keyless: collections.Counter = field(default_factory=collections.Counter)  # class -> pairs
+
+    def add(self, unit: int | None, live_class: int, shadow_class: int) -> None:
+        if live_class == shadow_class:
+            return
+        if unit is None:
+            self.keyless[live_class] += 1
+            self.keyless[shadow_class] += 1
+            return
+        row = (unit % NUM_BUCKETS) % NUM_GROUPS
+        self.net[(row, shadow_class)] += 1
+        self.net[(row, live_class)] -= 1
+
+    def merge(self, other: FlipGroups) -> None:
+        self.net.update(other.net)  # Counter.update adds, negative counts included
+        self.keyless.update(other.keyless)
+
+    def sum_of_squares(self, cls: int) -> float:
+        """The sum over units (keyed groups, keyless pairs) of the squared net flips into ``cls``:
+        the variance of the net flips under "no change in the class's share" (Durkalski et
+        al. 2003); for independent pairs, the discordant count, McNemar's denominator."""
+        keyed = sum(float(n) * n for (_, c), n in self.net.items() if c == cls)
+        return keyed + float(self.keyless.get(cls, 0))
+
+    def to_wire(self) -> dict:
+        return {"net": [[int(row), int(c), int(n)] for (row, c), n in sorted(self.net.items()) if n],
+                "keyless": [[int(c), int(n)] for c, n in sorted(self.keyless.items()) if n]}
+
+    @classmethod
+    def from_wire(cls, data: dict | None) -> FlipGroups:
+        out = cls()
+        for row, c, n in (data or {}).get("net", []):
+            if not 0 <= int(row) < NUM_GROUPS:
+                raise ValueError(f"flip group row {row} out of range [0, {NUM_GROUPS})")
+            out.net[(int(row), int(c))] += int(n)
+        for c, n in (data or {}).get("keyless", []):
+            out.keyless[int(c)] += int(n)
+        return out
+
+    @classmethod
+    def keyless_from(cls, confusion: collections.Counter) -> FlipGroups:
+        """Every pair keyless: for a state or a router older than the groups."""
+        out = cls()
+        for (live, shadow), n in confusion.items():
+            if live != shadow and n:
+                out.keyless[live] += n
+                out.keyless[shadow] += n
+        return out
+
+
 def mean_design_effect(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray) -> DesignEffect:
     """The design effect of the mean ``R = sum(sums) / sum(counts)`` over the rows of a
     :class:`ValueGroups`: as :func:`ratio_design_effect`, against the variance of the mean of

@@ -47,7 +47,7 @@ from scipy import stats as _stats
 from serve_ab.analysis import ab, comparisons, drift
 from serve_ab.analysis import shadow as shadow_stats
 from serve_ab.analysis.accumulate import split_key
-from serve_ab.analysis.clusters import ValueGroups
+from serve_ab.analysis.clusters import FlipGroups, ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
@@ -631,7 +631,10 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
     mirrored, errors = int(shadow.get("mirrored", 0)), int(shadow.get("errors", 0))
     cells = [(int(a), int(b), int(n)) for a, b, n in shadow.get("confusion") or []]
     flips = sorted(((a, b, n) for a, b, n in cells if a != b and n > 0), key=lambda cell: (-cell[2], cell[0], cell[1]))
-    tests = class_flip_tests(cells)
+    # The flips per group of users; absent from a snapshot taken before they were kept, whose
+    # pairs then count as independent.
+    flip_groups = FlipGroups.from_wire(shadow["flips"]) if shadow.get("flips") is not None else None
+    tests = class_flip_tests(cells, flip_groups)
     p_adjusted = _adjust([t.p_value for t in tests], correction)
     classes = sorted({c for a, b, _ in cells for c in (a, b)})
     index = {c: i for i, c in enumerate(classes)}
@@ -664,7 +667,8 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
         "class_tests": [
             {"class": t.cls, "live_count": t.live_count, "shadow_count": t.shadow_count, "to_other": t.to_other,
              "from_other": t.from_other, "diff": t.diff, "statistic": t.statistic, "p_value": t.p_value,
-             "p_adjusted": p_adj, "method": t.method, "significant": not math.isnan(p_adj) and p_adj <= alpha}
+             "p_adjusted": p_adj, "method": t.method, "design_effect": t.design_effect,
+             "significant": not math.isnan(p_adj) and p_adj <= alpha}
             for t, p_adj in zip(tests, p_adjusted)
         ],
         "score_diff": {**_paired_mean(shadow.get("score_diff") or {}, confidence),

@@ -325,7 +325,11 @@ class ClassFlipTest(_Model):
     statistic: Num | None
     p_value: Num | None
     p_adjusted: Num | None
-    method: str
+    method: str = Field(description="exact_binomial or mcnemar_chi2 (McNemar's test); cluster_adjusted where "
+                                    "the flips cluster by user (Durkalski's statistic, chi-square(1)); none "
+                                    "without pairs")
+    design_effect: Num = Field(1.0, description="how many times the net flips' variance exceeds independent "
+                                                "pairs' (1: none seen, McNemar's test)")
     significant: bool
 
 

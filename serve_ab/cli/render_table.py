@@ -288,7 +288,9 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
                      f"(p {_p(t.p_adjusted)})" for t in significant]
             lines.append("  classes     shifted: " + "; ".join(parts))
         else:
-            lines.append("  classes     no class predicted significantly more or less often (McNemar per class)")
+            clustered = any(t.method == "cluster_adjusted" for t in shadow.class_tests)
+            test = "McNemar per class" + (", adjusted where flips cluster by user" if clustered else "")
+            lines.append(f"  classes     no class predicted significantly more or less often ({test})")
     score = shadow.score_diff
     if score.mean is not None:
         ci_text = f" [{conf} CI {_num(score.ci[0])}, {_num(score.ci[1])}]" if score.ci else ""

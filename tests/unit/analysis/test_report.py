@@ -759,6 +759,83 @@ def test_class_flip_tests_agree_with_compare_correctness_on_expanded_pairs():
         assert t.p_value == pytest.approx(ref.p_value, rel=REL, abs=1e-12) and t.method == ref.method
 
 
+def test_flips_of_users_who_keep_relabelling_take_durkalskis_cluster_adjusted_test():
+    """40 users who each always get one of 4 classes; the shadow relabels some users' pairs as
+    a class of the user's own. Keyless, McNemar's test sees 40 x 30 independent pairs; keyed,
+    the net flips into each class per group of users give Durkalski's statistic
+    (sum of net flips)^2 / (sum of their squares), on chi-square(1), computed here from the pairs."""
+    rng = np.random.default_rng(12)
+    cfg = make_cfg()
+    units = [10_000 * user + user for user in range(40)]
+    live = rng.integers(0, 4, 40)
+    other = (live + rng.integers(1, 4, 40)) % 4
+    rates = rng.beta(0.3, 2.7, 40)
+    pairs = [(int(live[u]), int(other[u]) if rng.random() < rates[u] else int(live[u])) for u in range(40)
+             for _ in range(30)]
+    reports = {}
+    for keyed in (True, False):
+        figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+        for index, (a, b) in enumerate(pairs):
+            figures.record_pair(1.0, "v1", a, b, None, 2.0, None, unit=units[index // 30] if keyed else None)
+        reports[keyed], _ = build_report(cfg, figures.snapshot(2.0), {"v1": 50, "v2": 50})
+    groups = [(u % NUM_BUCKETS) % 128 for u in units]
+    for cls in range(4):
+        keyed = next(t for t in reports[True].shadow.class_tests if t.class_ == cls)
+        keyless = next(t for t in reports[False].shadow.class_tests if t.class_ == cls)
+        net = Counter()
+        for index, (a, b) in enumerate(pairs):
+            net[groups[index // 30]] += (b == cls) - (a == cls)
+        discordant = keyless.to_other + keyless.from_other
+        squares = sum(n * n for n in net.values())
+        assert keyless.method in ("mcnemar_chi2", "exact_binomial") and keyless.design_effect == 1.0
+        if squares > discordant:
+            assert keyed.method == "cluster_adjusted"
+            assert keyed.design_effect == pytest.approx(squares / discordant, rel=1e-12)
+            assert keyed.statistic == pytest.approx(sum(net.values()) ** 2 / squares, rel=1e-12)
+            assert keyed.p_value == pytest.approx(stats.chi2.sf(keyed.statistic, 1), rel=1e-9)
+            assert keyed.p_value > keyless.p_value
+        else:  # no clustering seen for this class: McNemar's test as keyless
+            assert keyed.p_value == keyless.p_value
+    assert any(t.method == "cluster_adjusted" for t in reports[True].shadow.class_tests)
+    # The shadow prefers no class; McNemar's test, counting pairs as independent, finds three shifted.
+    assert sum(t.significant for t in reports[False].shadow.class_tests) == 3
+    assert not any(t.significant for t in reports[True].shadow.class_tests)
+    assert "adjusted where flips cluster by user" in " ".join(" ".join(_shadow_lines(reports[True].shadow)).split())
+
+
+def test_one_user_flipping_every_pair_shifts_no_class():
+    """One user whose 200 pairs the shadow all relabels 0 -> 1, among 300 users it agrees with:
+    McNemar's test reads 200 discordant pairs one way; adjusted, it is one unit, and a sum of
+    one unit over its own square root is 1, never significant."""
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    for user in range(301):
+        for _ in range(200 if user == 0 else 3):
+            figures.record_pair(1.0, "v1", 0, 1 if user == 0 else 0, None, 2.0, None, unit=10_000 * user + user)
+    report, _ = build_report(make_cfg(), figures.snapshot(2.0), {"v1": 50, "v2": 50})
+    tests = {t.class_: t for t in report.shadow.class_tests}
+    assert tests[0].method == tests[1].method == "cluster_adjusted"
+    assert tests[0].statistic == pytest.approx(1.0) and not tests[0].significant and not tests[1].significant
+
+
+def test_a_state_saved_before_the_flip_groups_tests_its_pairs_as_independent():
+    import pickle
+
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    for user in range(20):
+        for _ in range(10):
+            figures.record_pair(1.0, "v1", 0, 1 if user < 4 else 0, None, 2.0, None, unit=10_000 * user + user)
+    state = figures.to_state(2.0)
+    del state["shadow"]["flips"]
+    restored = ExperimentStats.from_state(state, shadow_version="v3")
+    report, _ = build_report(make_cfg(), restored.snapshot(2.0), {"v1": 50, "v2": 50})
+    reference = class_flip_tests([(0, 0, 160), (0, 1, 40)])
+    assert [t.p_value for t in report.shadow.class_tests] == [t.p_value for t in reference]
+    # A router older than the groups: its pickled pairs count as keyless too.
+    old = figures.shadow
+    del old.__dict__["flips"]
+    assert pickle.loads(pickle.dumps(old)).flips.keyless == Counter({0: 40, 1: 40})
+
+
 def test_class_flip_tests_reject_bad_cells():
     with pytest.raises(ValueError, match=r"confusion cell 0 .* count -1"):
         class_flip_tests([(1, 2, -1)])
