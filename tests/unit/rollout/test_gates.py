@@ -344,8 +344,9 @@ def test_window_stats_refuses_impossible_counts():
 
 def test_a_mean_gate_on_skewed_values_takes_halls_bounds():
     """Hall's (1992) transform g(T) = T + s T^2 / 3 + s^2 T^3 / 27 + s / 6 of the t statistic,
-    s the mean's skewness, inverted here by a root finder: the gate's bounds are where g(T)
-    meets Student's quantile, both shifted toward the long tail."""
+    s the mean's skewness (twice it for the bound on the long tail's side), inverted here by a
+    root finder: the gate's bounds are where g(T) meets Student's quantile, both shifted
+    toward the long tail."""
     from scipy.optimize import brentq
 
     from serve_ab.analysis.clusters import ValueGroups
@@ -361,12 +362,12 @@ def test_a_mean_gate_on_skewed_values_takes_halls_bounds():
     mean, se = values.mean(), values.std(ddof=1) / math.sqrt(values.size)
     q = stats.t.ppf(0.95, values.size - 1)
 
-    def pivot(c: float) -> float:
-        return brentq(lambda t: t + skew * t * t / 3 + skew * skew * t ** 3 / 27 + skew / 6 - c, -50, 50)
+    def pivot(c: float, s: float) -> float:
+        return brentq(lambda t: t + s * t * t / 3 + s * s * t ** 3 / 27 + s / 6 - c, -50, 50)
 
     result = evaluate_gate(gate(metric="feedback_mean", name="revenue", max=11.0), cand, STABLE, 50)
-    assert result.upper == pytest.approx(mean - pivot(-q) * se, rel=1e-9)
-    assert result.lower == pytest.approx(mean - pivot(q) * se, rel=1e-9)
+    assert result.upper == pytest.approx(mean - pivot(-q, 2 * skew) * se, rel=1e-9)
+    assert result.lower == pytest.approx(mean - pivot(q, skew) * se, rel=1e-9)
     assert result.upper > mean + q * se and result.lower > mean - q * se
     assert "bounds corrected by Hall's transformation" in result.reason
     # Without the groups (a window built by hand) no skewness is known: Student's t.
