@@ -388,6 +388,7 @@ def _restored_groups(wire: dict | None, count: int, total: float, total_sq: floa
         return ValueGroups.from_wire(wire)
     groups = ValueGroups()
     groups.counts[KEYLESS], groups.sums[KEYLESS], groups.squares[KEYLESS] = count, total, total_sq
+    groups.cubes[KEYLESS] = math.nan  # not kept then
     return groups
 
 

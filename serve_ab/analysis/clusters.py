@@ -287,12 +287,15 @@ def _spread_df(residuals: np.ndarray) -> float:
     chi-square with ``2 s^4 / Var(s^2)`` degrees of freedom matches it (Satterthwaite).
     Errors concentrated in a few users make the totals heavy-tailed and the spread far less
     certain than k - 1 degrees of freedom say."""
-    k = residuals.size
     squares = residuals ** 2
-    total = float(squares.sum())
-    if k < 2 or total <= 0.0:
+    return spread_df(residuals.size, float(squares.sum()), float(np.sum(squares ** 2)))
+
+
+def spread_df(k: int, sum_of_squares: float, sum_of_fourth_powers: float) -> float:
+    """:func:`_spread_df` from the residuals' count and power sums."""
+    if k < 2 or sum_of_squares <= 0.0:
         return float(max(k - 1, 1))
-    kurtosis = k * float(np.sum(squares ** 2)) / total ** 2
+    kurtosis = k * sum_of_fourth_powers / sum_of_squares ** 2
     return float(min(max(2.0 / (2.0 / (k - 1) + max(kurtosis - 3.0, 0.0) / k), 1.0), k - 1))
 
 
@@ -413,6 +416,19 @@ class FlipGroups:
         keyed = sum(float(n) * n for (_, c), n in self.net.items() if c == cls)
         return keyed + float(self.keyless.get(cls, 0))
 
+    def df(self, cls: int) -> float:
+        """Degrees of freedom of :meth:`sum_of_squares` (:func:`spread_df`): few, where a
+        few units carry most of it (a rare class kept by a handful of users)."""
+        nets = [float(n) for (_, c), n in self.net.items() if c == cls and n]
+        keyless = float(self.keyless.get(cls, 0))
+        return spread_df(len(nets) + int(keyless), sum(n * n for n in nets) + keyless,
+                         sum(n ** 4 for n in nets) + keyless)
+
+    def keyed(self, cls: int) -> bool:
+        """Whether any keyed pair flipped into or out of ``cls`` (and did not cancel within
+        its group)."""
+        return any(c == cls and n for (_, c), n in self.net.items())
+
     def to_wire(self) -> dict:
         return {"net": [[int(row), int(c), int(n)] for (row, c), n in sorted(self.net.items()) if n],
                 "keyless": [[int(c), int(n)] for c, n in sorted(self.keyless.items()) if n]}
@@ -478,27 +494,29 @@ def mean_skewness(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray, cub
 
     For n independent values this is the values' skewness over sqrt(n), and Cochran's rule
     for a t interval on a skewed mean, n > 25 g^2, reads: at most 0.2. 0 where it cannot
-    be read: fewer than 3 units, no spread, or keyless values whose cubes are unknown or
-    lost to rounding (values far from 0 against their spread, 1e6 +- 1, say)."""
+    be read: fewer than 3 units, or no spread. Keyless values' third moment counts as 0
+    where their cubes are unknown (saved before they were kept) or lost to rounding: values
+    far from 0 against their spread (1e6 +- 1, say), whose power sums carry rounding of
+    about n ulps of their largest term."""
     n = counts[:NUM_GROUPS].astype(float)
     used = n > 0
     keyless_n = float(counts[KEYLESS])
     units = int(used.sum()) + int(keyless_n)
     if units < 3:
         return 0.0
-    mean = float(np.sum(sums)) / (float(n.sum()) + keyless_n)
-    residuals = sums[:NUM_GROUPS][used] - mean * n[used]
-    second, third = float(np.sum(residuals ** 2)), float(np.sum(residuals ** 3))
-    if keyless_n:
-        s, q, c = float(sums[KEYLESS]), float(squares[KEYLESS]), float(cubes[KEYLESS])
-        keyless_third = c - 3.0 * mean * q + 3.0 * mean * mean * s - mean ** 3 * keyless_n
-        # Rounding of the power sums, at about 8 ulps of their largest term.
-        rounding = 8 * np.finfo(float).eps * (abs(c) + 3 * abs(mean * q) + 3 * mean * mean * abs(s)
-                                              + abs(mean) ** 3 * keyless_n)
-        if not math.isfinite(keyless_third) or abs(keyless_third) <= rounding:
-            return 0.0
-        second += max(q - 2.0 * mean * s + mean * mean * keyless_n, 0.0)
-        third += keyless_third
+    with np.errstate(all="ignore"):  # values near the float range (1e200): no skewness to read
+        mean = float(np.sum(sums)) / (float(n.sum()) + keyless_n)
+        residuals = sums[:NUM_GROUPS][used] - mean * n[used]
+        second, third = float(np.sum(residuals ** 2)), float(np.sum(residuals ** 3))
+        if keyless_n:
+            s, q, c = (np.float64(x) for x in (sums[KEYLESS], squares[KEYLESS], cubes[KEYLESS]))
+            m = np.float64(mean)
+            terms = np.array([c, -3.0 * m * q, 3.0 * m * m * s, -(m ** 3) * keyless_n])
+            keyless_third = float(terms.sum())
+            rounding = float(keyless_n * np.finfo(float).eps * np.abs(terms).sum())
+            second += max(float(q - 2.0 * m * s + m * m * keyless_n), 0.0)
+            if math.isfinite(keyless_third) and abs(keyless_third) > rounding:
+                third += keyless_third
     if not (math.isfinite(second) and math.isfinite(third)) or second <= 0.0:
         return 0.0
     variance = units / (units - 1) * second

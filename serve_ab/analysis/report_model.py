@@ -326,7 +326,7 @@ class ClassFlipTest(_Model):
     p_value: Num | None
     p_adjusted: Num | None
     method: str = Field(description="exact_binomial or mcnemar_chi2 (McNemar's test); cluster_adjusted where "
-                                    "the flips cluster by user (Durkalski's statistic, chi-square(1)); none "
+                                    "keyed pairs flip (Durkalski's statistic, F(1, df)); none "
                                     "without pairs")
     design_effect: Num = Field(1.0, description="how many times the net flips' variance exceeds independent "
                                                 "pairs' (1: none seen, McNemar's test)")

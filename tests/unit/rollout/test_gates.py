@@ -343,10 +343,10 @@ def test_window_stats_refuses_impossible_counts():
 
 
 def test_a_mean_gate_on_skewed_values_takes_halls_bounds():
-    """Hall's (1992) transform g(T) = T + s T^2 / 3 + s^2 T^3 / 27 + s / 6 of the t statistic,
-    s the mean's skewness (twice it for the bound on the long tail's side), inverted here by a
-    root finder: the gate's bounds are where g(T) meets Student's quantile, both shifted
-    toward the long tail."""
+    """On the short side, Hall's (1992) transform g(T) = T + s T^2 / 3 + s^2 T^3 / 27 + s / 6
+    of the t statistic (s the mean's skewness), inverted here by a root finder; on the long
+    tail's side Student's quantile plus three times the Cornish-Fisher term s (2 q^2 + 1) / 6.
+    Both bounds shift toward the long tail."""
     from scipy.optimize import brentq
 
     from serve_ab.analysis.clusters import ValueGroups
@@ -366,11 +366,27 @@ def test_a_mean_gate_on_skewed_values_takes_halls_bounds():
         return brentq(lambda t: t + s * t * t / 3 + s * s * t ** 3 / 27 + s / 6 - c, -50, 50)
 
     result = evaluate_gate(gate(metric="feedback_mean", name="revenue", max=11.0), cand, STABLE, 50)
-    assert result.upper == pytest.approx(mean - pivot(-q, 2 * skew) * se, rel=1e-9)
+    assert result.upper == pytest.approx(mean + (q + 3 * skew * (2 * q * q + 1) / 6) * se, rel=1e-9)
     assert result.lower == pytest.approx(mean - pivot(q, skew) * se, rel=1e-9)
     assert result.upper > mean + q * se and result.lower > mean - q * se
-    assert "bounds corrected by Hall's transformation" in result.reason
+    assert "bounds corrected for it" in result.reason
     # Without the groups (a window built by hand) no skewness is known: Student's t.
     plain = evaluate_gate(gate(metric="feedback_mean", name="revenue", max=11.0),
                           window(feedback=cand.feedback), STABLE, 50)
     assert plain.upper == pytest.approx(mean + q * se, rel=1e-9)
+
+
+def test_a_window_of_equal_values_bounds_no_mean():
+    """300 zeros of a metric that is mostly 0 (revenue, 1% of requests buying): Student's
+    bounds collapse onto 0 and `max 0.05` passed on every such window, though a rarer value
+    may lie anywhere. Equal values bound nothing, either way."""
+    for threshold in ({"max": 0.05}, {"min": -1.0}):
+        result = evaluate_gate(gate(metric="feedback_mean", name="revenue", **threshold),
+                               window(feedback={"revenue": FeedbackStats(300, 0.0, 0.0)}), STABLE, 50)
+        assert result.verdict is GateVerdict.INCONCLUSIVE and (result.lower, result.upper) == (-math.inf, math.inf)
+        assert "every value is 0, which bounds nothing" in result.reason
+    # 0.1 repeated: its sum of squares has rounding, not spread.
+    tenths = FeedbackStats(1000, sum([0.1] * 1000), sum([0.01] * 1000))
+    result = evaluate_gate(gate(metric="feedback_mean", name="revenue", max=0.2), window(feedback={"revenue": tenths}),
+                           STABLE, 50)
+    assert result.verdict is GateVerdict.INCONCLUSIVE and "every value is 0.1" in result.reason
