@@ -61,9 +61,9 @@ class ClassFlipTest:
     statistic: float
     p_value: float
     #: "exact_binomial" or "mcnemar_chi2" (continuity-corrected); "cluster_adjusted" (Durkalski's
-    #: statistic) where flips cluster by user; "none" without pairs.
+    #: statistic) where keyed pairs flip; "none" without pairs.
     method: str
-    #: How many times the net flips' variance exceeds independent pairs' (1: none seen).
+    #: The net flips' variance over independent pairs' (1 with McNemar's test).
     design_effect: float = 1.0
 
 
