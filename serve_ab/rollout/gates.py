@@ -538,7 +538,7 @@ MAX_MEAN_SKEWNESS = 0.2
 #: multiple of alpha at 0.05, 0.0034 and 0.0003 (a step's first, third and tenth look):
 #: Student's t 1.1-18.7x; Hall's transform as published 1.0-3.9x; k = 2, 0.85-2.2x; k = 3,
 #: 0.10-0.91x across lognormal, Pareto, exponential and mostly-zero values of 300-3,000, at
-#: a power within a few points of Student's. (Hall's transform with twice the skewness held
+#: a power within 8 points of Student's. (Hall's transform with twice the skewness held
 #: at 0.05 but cost up to 80% of the power at small alphas: its cubic runs away there.)
 LONG_TAIL_SKEWNESS_FACTOR = 3.0
 
