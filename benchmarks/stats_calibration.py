@@ -1,7 +1,7 @@
 """Do serve-ab's verdicts and gates err as often as they claim? Measured through the real pipeline.
 
     python -m benchmarks.stats_calibration --quick   # smoke size: 18-23 s here; JSON line last
-    python -m benchmarks.stats_calibration           # 310 s wall on 2 cores at load ~1.5
+    python -m benchmarks.stats_calibration           # 280-310 s wall on 2 cores
                                                      # (1,000 A/A reps, 400 power, 200 canary)
 
 Every simulated request goes where a router's would: ``ExperimentStats.record`` /
@@ -65,6 +65,14 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    (``analysis/clusters.py``). Skewed values (lognormal revenue, keyless or per user) at
    ``feedback_mean max`` set at their true mean should pass at most alpha too, where
    Student's t alone passed 7-30%; a candidate at 0.7 of the max shows the price in power.
+
+7. The report's per-class flip tests on a shadow: users who each keep one of 10 classes,
+   and a shadow that relabels a share of each user's pairs (beta, mean 0.1, with the ICC)
+   as one class of the user's own, so no class's share changes; pairs go through the
+   routers' ``IntervalAggregate.pair`` -> ``ExperimentStats.merge`` -> ``snapshot`` -> the
+   report's shadow section. Class 0 should be significant at most alpha of the time;
+   McNemar's test alone (the same pairs, keyless) found it in 47%. Power: 30% of the users
+   flipped to class 0.
 
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
