@@ -380,6 +380,19 @@ class ValueGroups:
         self.cubes[rows] = state.get("cubes", math.nan)
 
 
+@dataclass(frozen=True)
+class FlipSpread:
+    """One class's net flips over units: the sum of their squares (the variance of the net
+    flips under "no change in the class's share", Durkalski et al. 2003; for independent
+    pairs the discordant count, McNemar's denominator), its degrees of freedom
+    (:func:`spread_df`: few where a few units carry most of it, a rare class kept by a
+    handful of users), and whether any keyed pair flipped (and did not cancel in its group)."""
+
+    sum_of_squares: float
+    df: float
+    keyed: bool
+
+
 @dataclass
 class FlipGroups:
     """A shadow's class flips per group of users, for the report's per-class flip tests.
@@ -409,25 +422,23 @@ class FlipGroups:
         self.net.update(other.net)  # Counter.update adds, negative counts included
         self.keyless.update(other.keyless)
 
-    def sum_of_squares(self, cls: int) -> float:
-        """The sum over units (keyed groups, keyless pairs) of the squared net flips into ``cls``:
-        the variance of the net flips under "no change in the class's share" (Durkalski et
-        al. 2003); for independent pairs, the discordant count, McNemar's denominator."""
-        keyed = sum(float(n) * n for (_, c), n in self.net.items() if c == cls)
-        return keyed + float(self.keyless.get(cls, 0))
-
-    def df(self, cls: int) -> float:
-        """Degrees of freedom of :meth:`sum_of_squares` (:func:`spread_df`): few, where a
-        few units carry most of it (a rare class kept by a handful of users)."""
-        nets = [float(n) for (_, c), n in self.net.items() if c == cls and n]
-        keyless = float(self.keyless.get(cls, 0))
-        return spread_df(len(nets) + int(keyless), sum(n * n for n in nets) + keyless,
-                         sum(n ** 4 for n in nets) + keyless)
-
-    def keyed(self, cls: int) -> bool:
-        """Whether any keyed pair flipped into or out of ``cls`` (and did not cancel within
-        its group)."""
-        return any(c == cls and n for (_, c), n in self.net.items())
+    def spreads(self) -> dict[int, FlipSpread]:
+        """Per class, the spread of its net flips over units (keyed groups, keyless pairs),
+        in one pass over the groups (a report of 1,000 classes reads each once)."""
+        powers: dict[int, list[float]] = {}  # class -> [keyed units, sum of squares, of fourth powers]
+        for (_, c), n in self.net.items():
+            if n:
+                acc = powers.setdefault(c, [0.0, 0.0, 0.0])
+                acc[0] += 1
+                acc[1] += float(n) * n
+                acc[2] += float(n) ** 4
+        out = {}
+        for c in set(powers) | set(self.keyless):
+            keyed_units, squares, fourth = powers.get(c, (0.0, 0.0, 0.0))
+            keyless = float(self.keyless.get(c, 0))
+            out[c] = FlipSpread(squares + keyless, spread_df(int(keyed_units + keyless), squares + keyless,
+                                                             fourth + keyless), keyed_units > 0)
+        return out
 
     def to_wire(self) -> dict:
         return {"net": [[int(row), int(c), int(n)] for (row, c), n in sorted(self.net.items()) if n],

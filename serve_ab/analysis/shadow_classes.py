@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from scipy import special
 from statsmodels.stats.contingency_tables import mcnemar
 
-from serve_ab.analysis.clusters import FlipGroups
+from serve_ab.analysis.clusters import FlipGroups, FlipSpread
 from serve_ab.analysis.shadow import EXACT_BELOW_DISCORDANT
 
 __all__ = ["ClassFlipTest", "class_flip_tests"]
@@ -94,6 +94,7 @@ def class_flip_tests(confusion: Iterable[tuple[Hashable, Hashable, int]],
             raise ValueError(f"confusion cell {index} ({live!r}, {shadow!r}) has count {count!r}; "
                              "counts are integers >= 0")
         cells[(live, shadow)] = cells.get((live, shadow), 0) + count
+    spreads = flips.spreads() if flips is not None else {}
     total = sum(cells.values())
     classes = sorted({c for pair in cells for c in pair}, key=_sort_key)
     out = []
@@ -111,9 +112,9 @@ def class_flip_tests(confusion: Iterable[tuple[Hashable, Hashable, int]],
         elif discordant == 0:
             statistic, p = 0.0, 1.0  # the same count of k on both sides, pair by pair
             method = "exact_binomial" if exact else "mcnemar_chi2"
-        elif flips is not None and flips.keyed(k):
-            statistic, p, method = _cluster_adjusted(from_other - to_other, flips, k)
-            effect = flips.sum_of_squares(k) / discordant
+        elif k in spreads and spreads[k].keyed:
+            statistic, p, method = _cluster_adjusted(from_other - to_other, spreads[k])
+            effect = spreads[k].sum_of_squares / discordant
         else:
             result = mcnemar([[both, to_other], [from_other, neither]], exact=exact, correction=True)
             statistic, p = float(result.statistic), float(result.pvalue)
@@ -124,14 +125,13 @@ def class_flip_tests(confusion: Iterable[tuple[Hashable, Hashable, int]],
     return out
 
 
-def _cluster_adjusted(net: int, flips: FlipGroups, cls: Hashable) -> tuple[float, float, str]:
+def _cluster_adjusted(net: int, spread: FlipSpread) -> tuple[float, float, str]:
     """Durkalski's statistic (as published, no continuity correction) on F(1, df), df from
     the units' kurtosis."""
-    squares = flips.sum_of_squares(cls)
-    if squares == 0.0:  # every group's flips in and out cancel: nothing moved
+    if spread.sum_of_squares == 0.0:  # every group's flips in and out cancel: nothing moved
         return 0.0, 1.0, "cluster_adjusted"
-    statistic = float(net) ** 2 / squares
-    return statistic, float(special.fdtrc(1, flips.df(cls), statistic)), "cluster_adjusted"
+    statistic = float(net) ** 2 / spread.sum_of_squares
+    return statistic, float(special.fdtrc(1, spread.df, statistic)), "cluster_adjusted"
 
 
 def _sort_key(value: Hashable) -> tuple[int, object]:
