@@ -70,6 +70,12 @@ class SqliteStateStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The file holds the feedback tokens' signing key: readable by its owner only, as an
+        # SSH key is (SQLite gives its journal files the database's mode). Made so before
+        # SQLite creates it with the umask's mode; an existing one is tightened too.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        if self.path.stat().st_mode & 0o077 and self.path.stat().st_uid == os.getuid():
+            os.chmod(self.path, 0o600)
         # One connection per call: the controller saves a few times a minute at most.
         with self._connect() as db:
             db.execute(

@@ -76,3 +76,19 @@ def test_sqlite_closes_its_connections(tmp_path):
         open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
                       if os.path.exists(f"/proc/self/fd/{fd}")]
         assert not [f for f in open_files if f.endswith("state.sqlite")]
+
+
+def test_the_state_file_is_readable_by_its_owner_only(tmp_path):
+    """It holds the feedback tokens' signing key: another local user who could read it could
+    forge feedback (the audit of 2026-12-04 found it 0644)."""
+    old_umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.sqlite"
+        SqliteStateStore(fresh).save("k", {"a": 1})
+        existing = tmp_path / "existing.sqlite"
+        existing.touch(mode=0o644)
+        SqliteStateStore(existing)
+    finally:
+        os.umask(old_umask)
+    assert (fresh.stat().st_mode & 0o777, existing.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert SqliteStateStore(fresh).load("k") == {"a": 1}
