@@ -86,8 +86,15 @@ class ControllerUnavailable(ServeAbError):
 
 
 class BadOutput(VersionUnavailable):
-    """A version answered, but not with a usable answer (NaN or infinity in its outputs): it is
-    treated as unable to serve, so an assigned request is served by the fallback instead."""
+    """A version answered, but not with a usable answer (NaN or infinity in its outputs, or
+    not the outputs it declares: another shape, or not one row per input row): it is treated
+    as unable to serve, so an assigned request is served by the fallback instead."""
+
+
+class ModelFailed(BadOutput):
+    """A version's model raised instead of answering (a bug, an input it cannot handle that
+    passed the input checks): a 502 naming the version. Not retried on the fallback: the
+    same input would likely fail there too."""
 
 
 __all__ = [
@@ -98,6 +105,7 @@ __all__ = [
     "ControllerUnavailable",
     "Forbidden",
     "InvalidInput",
+    "ModelFailed",
     "NotFound",
     "PinningDisabled",
     "ServeAbError",

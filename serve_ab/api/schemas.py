@@ -34,6 +34,7 @@ from serve_ab.backends.base import (
     OutputSpec,
     OutputSpecs,
     check_batch,
+    check_no_booleans,
     check_shape,
     outputs_to_json,
     reshaped,
@@ -254,6 +255,7 @@ def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_fini
             data = np.asarray(tensor.data, dtype=object if spec.datatype == "BYTES" else None)
         except (ValueError, TypeError) as err:
             raise InputError(f"input '{tensor.name}' data is ragged or mixed: {err}") from None
+        check_no_booleans(tensor.data, data, spec)
     if spec.datatype == "BYTES":
         if data.dtype.kind not in "OUS":
             raise InputError(f"input '{tensor.name}' data must be strings for BYTES; got '{data.dtype}'")

@@ -312,15 +312,33 @@ def _as_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: bool) -> Batch:
+def holds_booleans(values: list) -> bool:
+    """Whether nested lists hold a JSON ``true`` or ``false``: beside numbers, numpy would
+    take them as 1 and 0 without a word. (``map(type, ...)`` keeps the scan in C.)"""
+    types = set(map(type, values))
+    return bool in types or (list in types and any(holds_booleans(v) for v in values if type(v) is list))
+
+
+def check_no_booleans(values: list, array: np.ndarray, spec: InputSpec) -> None:
+    """Refuse ``true``/``false`` among a numeric input's numbers (all booleans are refused by
+    :func:`check_batch`, which sees their dtype)."""
+    if array.dtype.kind in "iuf" and np.dtype(spec.dtype).kind != "b" and holds_booleans(values):
+        raise InputError(f"input '{spec.name}' holds booleans among its numbers; expected numbers "
+                         f"({spec.datatype}), with no true or false")
+
+
+def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: bool,
+             may_hold_booleans: bool = True) -> Batch:
     """Turn JSON-decoded nested lists into a checked batch for ``spec``.
 
     A multi-input model takes ``{input name: nested list}``, every input with as many
     instances, and gets ``{input name: array}``; a one-input model takes the nested list
     (bare, or as ``{its input's name: nested list}``) and gets one array.
+    ``may_hold_booleans``: False when the caller knows no value is a boolean (a JSON body
+    without ``true`` or ``false`` anywhere), which skips looking for them.
     """
     if isinstance(spec, InputSpecs):
-        return _named_batch(values, spec, allow_non_finite)
+        return _named_batch(values, spec, allow_non_finite, may_hold_booleans)
     if isinstance(values, np.ndarray):
         return check_batch(values, spec, allow_non_finite=allow_non_finite)
     if isinstance(values, dict):  # (not Mapping: an ABC check costs the hot path more)
@@ -341,10 +359,13 @@ def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: boo
             f"input '{spec.name}' is ragged or mixed ({err}); send a rectangular batch "
             f"of shape {spec.describe()}"
         ) from None
+    if may_hold_booleans:
+        check_no_booleans(values, array, spec)
     return check_batch(array, spec, allow_non_finite=allow_non_finite)
 
 
-def _named_batch(values: Any, specs: InputSpecs, allow_non_finite: bool) -> dict[str, np.ndarray]:
+def _named_batch(values: Any, specs: InputSpecs, allow_non_finite: bool,
+                 may_hold_booleans: bool) -> dict[str, np.ndarray]:
     if not isinstance(values, Mapping):
         raise InputError(f"this model takes several inputs {list(specs.names)}: send them by name, "
                          f"e.g. {{\"inputs\": {{\"{specs[0].name}\": [...], \"{specs[1].name}\": [...]}}}}; "
@@ -355,7 +376,8 @@ def _named_batch(values: Any, specs: InputSpecs, allow_non_finite: bool) -> dict
         raise InputError(f"this model takes inputs {list(specs.names)}; "
                          + "; ".join(part for part in (f"missing {missing}" if missing else "",
                                                        f"unknown {unknown}" if unknown else "") if part))
-    batch = {spec.name: to_batch(values[spec.name], spec, allow_non_finite=allow_non_finite) for spec in specs}
+    batch = {spec.name: to_batch(values[spec.name], spec, allow_non_finite=allow_non_finite,
+                                 may_hold_booleans=may_hold_booleans) for spec in specs}
     sizes = {name: len(array) for name, array in batch.items()}
     if len(set(sizes.values())) > 1:
         raise InputError(f"every input must hold as many instances; got {sizes}")

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 
 from serve_ab.backends.base import Batch, Predictor, batch_size, concat_batches, split_outputs
+from serve_ab.errors import BadOutput
 
 __all__ = ["Batcher", "predict_together"]
 
@@ -32,7 +33,15 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
     if len(batches) == 1:
         return [predictor.predict(batches[0])]
     outputs = predictor.predict(concat_batches(batches))
-    return split_outputs(outputs, [batch_size(b) for b in batches])
+    sizes = [batch_size(b) for b in batches]
+    # Checked before cutting: outputs with a row too few or too many would hand one
+    # request's rows to another (or none at all), each cut looking plausible on its own.
+    for array in (outputs.values() if isinstance(outputs, dict) else (outputs,)):
+        rows = getattr(array, "shape", (None,))[0] if getattr(array, "ndim", 0) else None
+        if rows != sum(sizes):
+            raise BadOutput(f"the model answered {rows} rows for a batch of {sum(sizes)} rows "
+                            f"from {len(sizes)} requests; no request of that batch is answered")
+    return split_outputs(outputs, sizes)
 
 
 class Batcher:

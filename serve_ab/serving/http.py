@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from serve_ab.api.fast_routes import FastRoute, FastRoutes
 from serve_ab.api.http_util import (
     add_openapi_schemas,
+    decode_json,
     install_error_handlers,
     json_body,
     json_response,
@@ -150,11 +151,15 @@ _FEEDBACK_LINK = {"200": {"description": "the answer, its version, request id an
           operation_id="predict", summary="Predict, routed by the experiment")
 async def http_predict(request: Request, s: Served = Depends(current)) -> Response:
     core = s.core
-    body = await read_json(request, core.cfg.http.max_body_bytes)
+    raw = await read_body(request, core.cfg.http.max_body_bytes)
+    body = decode_json(raw)
     inputs = predict_inputs(body)
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
-    choice, version, outputs = await core.serve_choice(inputs, key, pinned)
+    # A body with no true or false anywhere (a byte search) cannot hold booleans among its
+    # numbers: only one that does is looked through.
+    choice, version, outputs = await core.serve_choice(
+        inputs, key, pinned, may_hold_booleans=b"true" in raw or b"false" in raw)
     request_id = core.request_id()
     token = core.feedback_token_for(request_id, choice)
     headers = {VERSION_HEADER: version}

@@ -23,6 +23,9 @@ BAD_PREDICT = [
     ("wrong width", json.dumps({"inputs": [[1.0, 2.0]]}).encode(), 400, "expected 64"),
     ("strings", json.dumps({"inputs": [["a"] * 64]}).encode(), 400, "must hold numbers"),
     ("booleans", json.dumps({"inputs": [[True] * 64]}).encode(), 400, "booleans"),
+    # Beside numbers, numpy took true as 1 without a word (a 200 until the audit of 2026-12-04).
+    ("a boolean among numbers", json.dumps({"inputs": [[True] + DIGIT_ROW[1:]]}).encode(), 400,
+     "holds booleans among its numbers"),
     ("ragged", json.dumps({"inputs": [DIGIT_ROW, [1.0]]}).encode(), 400, "ragged"),
     ("nan", ('{"inputs": [[NaN' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
     ("infinity", ('{"inputs": [[Infinity' + ", 0" * 63 + "]]}").encode(), 400, "NaN or infinity"),
@@ -42,6 +45,8 @@ BAD_V2 = [
     ("wrong shape", {"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32",
                                   "data": DIGIT_ROW}]}, "expected 64"),
     ("missing inputs", {"id": "x"}, "inputs: field required"),
+    ("a boolean among numbers", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                             "data": [False] + DIGIT_ROW[1:]}]}, "holds booleans among its numbers"),
     ("no tensors", {"inputs": []}, "at least 1 item"),
     ("wrong name", {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
                                  "data": DIGIT_ROW}]}, "this model's input is 'input'"),

@@ -38,7 +38,7 @@ class TrafficDecision:
     def __init__(self, assigner: Assigner, assignment: AssignmentConfig, stable: str | None = None):
         self.assigner = assigner
         self.assignment = assignment
-        self.stable = stable  # a rollout's stable version: the first fallback
+        self.stable = stable  # a rollout's stable (an A/B test's control): the first fallback
 
     def key_from(self, fields: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> str | None:
         """The assignment key of a request: a header, or a field of its JSON body."""
@@ -64,8 +64,8 @@ class TrafficDecision:
         return Choice(pinned, None, False, epoch)
 
     def fallback_for(self, failed: str, served: Collection[str]) -> str | None:
-        """Where a request goes when ``failed`` cannot answer: the stable version, else any
-        other version with traffic; None when there is nowhere to go."""
+        """Where a request goes when ``failed`` cannot answer: the stable version (an A/B
+        test's control), else any other version with traffic; None when there is nowhere to go."""
         if self.stable is not None and failed != self.stable and self.stable in served:
             return self.stable
         weights = self.assigner.table.weights_pct()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from serve_ab.backends.base import OutputSpec, OutputSpecs
 from serve_ab.serving.core.messages import Mirror
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import Version, answer, error_kind
@@ -23,9 +24,13 @@ class MirrorSender:
     answer, and never sees its failure. Both answers are recorded as a pair."""
 
     def __init__(self, observations: ObservationBuffer, clock: Callable[[], float],
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 output_spec: Callable[[], OutputSpec | OutputSpecs | None] = lambda: None):
         self.observations = observations
         self.clock = clock
+        # The experiment's declared outputs, once known: a copy's answer is checked against
+        # them as a live one is, so a malformed answer counts as the copy's error, not a pair.
+        self.output_spec = output_spec
         self.rng = rng or random.Random()
         self.mirrors: Sequence[Mirror] = ()
         self._tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
@@ -52,7 +57,7 @@ class MirrorSender:
                         live_outputs: np.ndarray, request_id: str, unit: int | None) -> None:
         started_s = self.clock()
         try:
-            outputs = await answer(name, version, batch)
+            outputs = await answer(name, version, batch, self.output_spec())
         except Exception as err:
             kind = error_kind(err)
             logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",

@@ -34,6 +34,7 @@ from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.errors import (
     ControllerUnavailable,
     Forbidden,
+    ModelFailed,
     Unauthorized,
     UnknownModel,
     VersionNotServed,
@@ -76,15 +77,18 @@ class RouterCore:
         self.on_answer = on_answer
         self.clock = clock
         self.sleep = sleep
+        # Where a request goes when its version cannot answer: the rollout's stable, or the A/B
+        # test's control (analysis.control, else the first version listed), not whichever
+        # version comes first among the others.
         self.decision = TrafficDecision(Assigner(cfg.weights_pct(), cfg.assignment.salt), cfg.assignment,
-                                        cfg.rollout.stable if cfg.rollout is not None else None)
+                                        cfg.rollout.stable if cfg.rollout is not None else cfg.control_version())
         # Without tokens, feedback names only its request id: the controller joins it by the
         # ids of assigned answers, which the reports then carry.
         self.observations = ObservationBuffer(clock, keep_request_ids=not cfg.feedback.require_token,
                                               tasks=task_rules(cfg.versions))
         self.observations.routed_by(-1, self.decision.assigner.table.weights_pct())
         self.replica = "router"  # named in reports; the Ray shell sets the replica's id
-        self.mirrors = MirrorSender(self.observations, clock)
+        self.mirrors = MirrorSender(self.observations, clock, output_spec=self._output_spec)
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)
@@ -109,13 +113,15 @@ class RouterCore:
         _, version, outputs = await self.serve_choice(inputs, key, pinned)
         return version, outputs
 
-    async def serve_choice(self, inputs: Any, key: str | None,
-                           pinned: str | None) -> tuple[Choice, str, np.ndarray]:
-        """As :meth:`serve`, with the traffic decision (for the answer's feedback token)."""
+    async def serve_choice(self, inputs: Any, key: str | None, pinned: str | None, *,
+                           may_hold_booleans: bool = True) -> tuple[Choice, str, np.ndarray]:
+        """As :meth:`serve`, with the traffic decision (for the answer's feedback token).
+        ``may_hold_booleans``: False where the caller saw no ``true``/``false`` in the body."""
         choice = self.choose(key, pinned)
         # Known after the first answer to describe(): no coroutine to await per request.
         input_spec, _ = self._interface or await self.interface()
-        batch = to_batch(inputs, input_spec, allow_non_finite=self.cfg.http.allow_non_finite)
+        batch = to_batch(inputs, input_spec, allow_non_finite=self.cfg.http.allow_non_finite,
+                         may_hold_booleans=may_hold_booleans)
         version, outputs = await self.predict(choice, batch)
         return choice, version, outputs
 
@@ -139,13 +145,15 @@ class RouterCore:
             await self._checked(version)
         started_s = self.clock()
         try:
-            outputs = await answer(version, self._version(version, choice.assigned), batch)
+            outputs = await answer(version, self._version(version, choice.assigned), batch, self._output_spec())
         except BaseException as err:
             # Recorded against the version that failed, so the rollout's error_rate gate sees it.
             self.observations.served(version, started_s, error_kind(err), None, request_id=request_id,
                                      unit=choice.unit, assigned=choice.assigned, pinned=not choice.assigned,
                                      split=choice.epoch)
-            if not choice.assigned or not isinstance(err, VersionUnavailable):
+            # A model that raised is not retried: the same input would likely fail again,
+            # and its error is the answer (502, naming the version), as for a pinned request.
+            if not choice.assigned or not isinstance(err, VersionUnavailable) or isinstance(err, ModelFailed):
                 raise
             fallback = self.decision.fallback_for(version, self._agreed)
             if fallback is None:
@@ -154,7 +162,7 @@ class RouterCore:
                            request_id, version, err, fallback)
             version, started_s = fallback, self.clock()
             try:
-                outputs = await answer(version, self._version(version), batch)
+                outputs = await answer(version, self._version(version), batch, self._output_spec())
             except BaseException as retry_err:  # once only: a second outage is the caller's answer
                 self.observations.served(version, started_s, error_kind(retry_err), None,
                                          request_id=request_id, unit=choice.unit)
@@ -171,6 +179,10 @@ class RouterCore:
         if self.on_answer is not None:
             self.on_answer(request_id, version)
         return version, outputs
+
+    def _output_spec(self) -> OutputSpec | None:
+        """The outputs every answer is checked against, once the versions agreed on them."""
+        return None if self._interface is None else self._interface[1]
 
     def _version(self, name: str, assigned: bool = False) -> Version:
         version = self.versions.get(name)

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from serve_ab.backends.base import InputError, InputSpec, OutputSpec
-from serve_ab.errors import BadOutput, VersionUnavailable
+from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, batch_size, specs_of
+from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionUnavailable
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -40,6 +40,8 @@ def error_kind(err: BaseException) -> str:
         return "input"
     if isinstance(err, asyncio.CancelledError):
         return "cancelled"
+    if isinstance(err, ModelFailed):
+        return "model"
     if isinstance(err, BadOutput):
         return "output"
     if isinstance(err, VersionUnavailable):
@@ -47,14 +49,52 @@ def error_kind(err: BaseException) -> str:
     return "model"
 
 
-async def answer(name: str, version: Version, batch: np.ndarray) -> np.ndarray:
-    """``version``'s outputs for ``batch``, checked: NaN or infinity is no answer."""
-    outputs = await version.predict(batch)
-    # A multi-output model answers {name: array}.
-    for array in (outputs.values() if isinstance(outputs, dict) else (outputs,)):
+async def answer(name: str, version: Version, batch: Batch, spec: OutputSpec | OutputSpecs | None = None) -> Batch:
+    """``version``'s outputs for ``batch``, checked against ``spec`` (the experiment's
+    declared outputs, where known): a model that raised, NaN or infinity, or outputs of
+    another shape than declared or with another number of rows than the batch is no answer
+    (:class:`BadOutput`, a 502, served by the fallback when assigned), never a 200 that
+    hands a client a shape it was not promised or another request's rows."""
+    try:
+        outputs = await version.predict(batch)
+    except BadOutput as err:  # a batch whose rows the model miscounted (predict_together)
+        raise BadOutput(f"version {name!r}: {err.message}") from err
+    except ServeAbError:
+        raise  # the input refused (400), the version down (503): already said
+    except Exception as err:
+        # Isolated, Ray wraps the model's exception; its cause is the model's own.
+        raise ModelFailed(f"version {name!r} failed to answer: {load_error_text(getattr(err, 'cause', None) or err)}") from err
+    check_outputs(name, outputs, batch_size(batch), spec)
+    return outputs
+
+
+def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputSpecs | None) -> None:
+    """Raise :class:`BadOutput` unless ``outputs`` are finite arrays, one row per input row,
+    shaped as ``spec`` declares (its free dimensions, -1, take any size)."""
+    specs = None if spec is None else specs_of(spec)
+    if isinstance(outputs, dict):  # a multi-output model answers {name: array}
+        if specs is not None and (not isinstance(spec, OutputSpecs) or set(outputs) != set(spec.names)):
+            raise BadOutput(f"version {name!r} answered outputs {sorted(map(str, outputs))}, but the "
+                            f"experiment declares {[s.name for s in specs]}")
+        declared_by_name = {s.name: s for s in specs or ()}
+        arrays = [(array, declared_by_name.get(key)) for key, array in outputs.items()]
+    else:
+        if isinstance(spec, OutputSpecs):
+            raise BadOutput(f"version {name!r} answered one array, but the experiment declares "
+                            f"outputs {list(spec.names)}")
+        arrays = [(outputs, spec)]
+    for array, declared in arrays:
+        if not isinstance(array, np.ndarray) or array.ndim == 0:
+            raise BadOutput(f"version {name!r} answered {type(array).__name__}, not an array of "
+                            f"one row per input row")
+        if array.shape[0] != rows:
+            raise BadOutput(f"version {name!r} answered {array.shape[0]} rows for {rows} input rows")
+        if declared is not None and len(declared.shape) == array.ndim and any(
+                want >= 0 and got != want for want, got in zip(declared.shape[1:], array.shape[1:])):
+            raise BadOutput(f"version {name!r} answered shape {list(array.shape)}, but declares "
+                            f"{list(declared.shape)}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
-    return outputs
 
 
 def same_interface(specs: Mapping[str, tuple[InputSpec, OutputSpec]]) -> tuple[InputSpec, OutputSpec]:

@@ -107,6 +107,8 @@ ROW = [1.0] * 64
     ([["a"] * 64], "must hold numbers"),
     ([[1.0] * 63 + ["a"]], "must hold numbers"),
     ([[True] * 64], "holds booleans"),
+    ([[1.0] * 63 + [True]], "holds booleans among its numbers"),
+    ([ROW, [1] * 63 + [False]], "holds booleans among its numbers"),
     ([ROW, [1.0] * 63], "ragged"),
     ([[1.0] * 63 + [float("nan")]], "NaN or infinity"),
     ([[1.0] * 63 + [float("inf")]], "NaN or infinity"),
@@ -116,12 +118,18 @@ ROW = [1.0] * 64
     ({"input": "1.0"}, "must be a list of instances"),
     ("1.0", "must be a list of instances"),
 ], ids=["one-instance", "extra-axis", "63-features", "strings", "one-string", "booleans",
-        "ragged", "nan", "inf", "empty", "other-name", "extra-name", "named-string", "string"])
+        "a-boolean-among-floats", "a-boolean-among-ints", "ragged", "nan", "inf", "empty", "other-name", "extra-name", "named-string", "string"])
 def test_to_batch_rejects_bad_input(values, message):
     with pytest.raises(InputError) as caught:
         to_batch(values, SPEC, allow_non_finite=False)
     assert message in str(caught.value)
     assert "'input'" in str(caught.value)
+
+
+def test_to_batch_looks_for_booleans_only_where_the_caller_may_not_know_better():
+    """HTTP passes may_hold_booleans=False for a body without true or false in it: then
+    the values are not looked through (a boolean could not be there)."""
+    assert to_batch([[1.0] * 63 + [True]], SPEC, allow_non_finite=False, may_hold_booleans=False)[0, -1] == 1.0
 
 
 def test_to_batch_names_an_empty_json_batch():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from serve_ab.backends import Batcher, predict_together
+from serve_ab.errors import BadOutput
 
 
 class Doubler:
@@ -172,3 +173,22 @@ def test_a_loaded_version_batches_through_it_without_ray(model_repo):
     for r, out in zip(rows, results):
         np.testing.assert_allclose(out, version.predictor.predict(r), atol=1e-6)
     assert (version._batcher.batches_run, version._batcher.requests_run) == (1, 4)
+
+
+class DropsARow(Doubler):
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return super().predict(batch)[:-1]
+
+
+def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
+    """Cut anyway, its outputs would hand one request another's rows (or none): the audit's
+    three concurrent requests got one row and two empty 200s."""
+    batcher = Batcher(lambda b: predict_together(DropsARow(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(3)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert all(isinstance(r, BadOutput) for r in results), results
+    assert "answered 2 rows for a batch of 3 rows from 3 requests" in str(results[0])

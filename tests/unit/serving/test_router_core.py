@@ -11,7 +11,7 @@ import pytest
 
 from serve_ab.analysis.clusters import KEYLESS
 from serve_ab.config import parse_experiment
-from serve_ab.errors import BadOutput, InvalidInput, VersionNotServed, VersionUnavailable
+from serve_ab.errors import BadOutput, InvalidInput, ModelFailed, VersionNotServed, VersionUnavailable
 from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
 from serve_ab.serving.core.observe import ObservationBuffer
@@ -160,7 +160,8 @@ def test_a_fallback_answers_token_names_the_assigned_version_and_its_unit():
 def test_no_fallback_for_pins_model_errors_or_a_second_outage():
     broken = FakeVersion(2, fail=RuntimeError("model bug"))
     core = make_core({"v1": FakeVersion(1), "v2": broken}, weights={"v1": 0, "v2": 100})
-    with pytest.raises(RuntimeError, match="model bug"):
+    # A 502 naming the version (was a bare 500), still not retried on v1.
+    with pytest.raises(ModelFailed, match="version 'v2' failed to answer: RuntimeError: model bug"):
         run(core.serve(ROW, "u", None))
     assert dict(core.observations.drain().versions["v2"].errors) == {"model": 1}
     down = FakeVersion(fail=VersionUnavailable("down"))
@@ -497,3 +498,68 @@ def test_a_non_finite_answer_is_a_version_error_served_elsewhere():
     assert dict(interval.versions["v2"].errors) == {"output": 1} and interval.versions["v1"].requests == 1
     with pytest.raises(BadOutput, match="NaN or infinity"):
         run(core.serve(ROW, None, "v2"))  # pinned: no fallback, a 502 over HTTP
+
+
+class Misshapen(FakeVersion):
+    """A version answering ``shape(rows)`` instead of one row of 10 per input row."""
+
+    def __init__(self, shape):
+        super().__init__(2)
+        self.shape = shape
+
+    async def predict(self, batch):
+        return np.zeros(self.shape(len(batch)), dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape, message", [
+    (lambda rows: (rows + 1, 10), "answered 3 rows for 2 input rows"),
+    (lambda rows: (rows - 1, 10), "answered 1 rows for 2 input rows"),
+    (lambda rows: (rows, 3), r"answered shape \[2, 3\], but declares \[-1, 10\]"),
+    (lambda rows: (), "answered ndarray, not an array of one row per input row"),
+])
+def test_outputs_not_as_declared_are_a_version_error_served_elsewhere(shape, message):
+    """Before, these were served as 200s: a client got a shape it was not promised, or (with
+    batching) another request's rows."""
+    core = make_core({"v1": FakeVersion(1), "v2": Misshapen(shape)})
+    two_rows = ROW * 2
+    key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
+    version, outputs = run(core.serve(two_rows, key, None))
+    assert version == "v1" and outputs.shape == (2, 10)
+    assert dict(core.observations.drain().versions["v2"].errors) == {"output": 1}
+    with pytest.raises(BadOutput, match=f"version 'v2' {message}"):
+        run(core.serve(two_rows, None, "v2"))
+
+
+def test_a_dict_answer_from_a_one_output_model_is_a_version_error():
+    class Named(FakeVersion):
+        async def predict(self, batch):
+            return {"wrong": await super().predict(batch)}
+
+    core = make_core({"v1": FakeVersion(1), "v2": Named(2)})
+    with pytest.raises(BadOutput, match=r"answered outputs \['wrong'\], but the experiment declares \['probabilities'\]"):
+        run(core.serve(ROW, None, "v2"))
+
+
+def test_a_mirrored_copy_answering_another_shape_is_its_error_not_a_pair():
+    core = make_core({"v1": FakeVersion(1), "v2": Misshapen(lambda rows: (rows, 3))}, weights={"v1": 100})
+
+    async def go():
+        core.apply(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}, (), (Mirror("v2", 100.0),)))
+        await core.serve(ROW, "u1", None)
+        await core.mirrors.drain()
+
+    run(go())
+    interval = core.observations.drain()
+    assert interval.gates["v2"].requests == 1 and interval.gates["v2"].errors == 1
+
+
+def test_a_static_ab_tests_fallback_is_its_control_not_the_next_version_listed():
+    """The audit's case: weights v1 40 / v3 30 / v4 30, v4 answering NaN, its users were
+    served by v3; they go to the control (analysis.control, else the first version)."""
+    configs = [{"name": n, "path": f"{n}.onnx", "backend": "onnx"} for n in ("v1", "v3", "v4")]
+    fakes = {"v1": FakeVersion(1), "v3": FakeVersion(3), "v4": FakeVersion(fail=BadOutput("NaN"))}
+    for changes, control in (({}, "v1"), ({"analysis": {"control": "v3"}}, "v3")):
+        core = RouterCore(experiment(versions=configs, weights={"v1": 40, "v3": 30, "v4": 30}, **changes),
+                          dict(fakes), FakeController(), request_id=lambda: "req-1", clock=FakeClock())
+        key = next(k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v4")
+        assert run(core.serve(ROW, key, None))[0] == control
