@@ -13,6 +13,7 @@ Examples::
     serve-ab report --html report.html            # the same, plus a page with plots
     serve-ab report -o json --url http://10.0.0.5:8000
     serve-ab report -o yaml --app digits-ab --address http://head:8265   # the app by its Serve name
+    SERVE_AB_VIEWER_TOKEN=... serve-ab report     # an app with control.protect_reads (or --token)
     serve-ab runs --records .serve-ab/runs.sqlite
     serve-ab runs --store redis://redis.internal:6379/0     # an app with controller.store_url
     serve-ab report --from-record digits-20260101-120000 --html final.html
@@ -54,9 +55,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "report", help="the A/B report: lifts, p-values, verdicts, SRM, power (tables, -o json|yaml, or --html)",
         description="Fetch the running app's A/B report (GET /experiment/report) or read a stored run "
         "record, and print a table per metric; -o json|yaml prints the report as data, --html FILE also writes "
-        "a self-contained page with plots.",
+        "a self-contained page with plots. An app with control.protect_reads needs a viewer (or operator) "
+        f"token: --token, else ${cli_rollout.VIEWER_TOKEN_ENV}, else ${cli_rollout.TOKEN_ENV}.",
     )
     cli_rollout.add_connection_options(report)
+    cli_rollout.add_token_option(report)
     add_output_option(report, "the report")
     report.add_argument("--html", type=Path, default=None, metavar="FILE",
                         help="also write the report with plots to FILE (one self-contained HTML page)")
@@ -152,7 +155,11 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             raise ValueError("argument --records: only applies with --from-record RUN_ID")
         if getattr(args, "store", None) is not None and (args.from_record is None or args.records is not None):
             raise ValueError("argument --store: only applies with --from-record RUN_ID, instead of --records")
+        if args.from_record is not None and getattr(args, "token", None) is not None:
+            raise ValueError("argument --token: only applies when reading a running app, not with --from-record")
         password = _store_password(args)
+        # A stored record needs no token: one in the environment is not even checked then.
+        found = None if args.from_record is not None else cli_rollout.resolve_token(args)
         url = None if args.from_record is not None else cli_rollout.resolve_url(args)
     except ValueError as e:
         if parser is None:
@@ -165,7 +172,7 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
     if args.from_record is not None:
         report, code = _report_from_record(args.from_record, args, password, err)
     else:
-        report, code = _report_from_app(url, args.request_timeout_s, err)
+        report, code = _report_from_app(url, args.request_timeout_s, found, err)
     if report is None:
         return code
     if args.html is not None:
@@ -208,13 +215,16 @@ def run_runs(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None
     return ExitCode.OK
 
 
-def _report_from_app(url: str, timeout_s: float, err: TextIO) -> tuple[Report | None, int]:
-    """The report and OK, or None and the exit code, after saying why."""
+def _report_from_app(url: str, timeout_s: float, found: tuple[str, str] | None,
+                     err: TextIO) -> tuple[Report | None, int]:
+    """The report and OK, or None and the exit code, after saying why. ``found``: the token to
+    send and its source (:func:`cli_rollout.resolve_token`), or None."""
+    token, token_from = found or (None, None)
     try:
-        data = cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=None, timeout_s=timeout_s, params=None)
+        data = cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=token, token_from=token_from,
+                                 timeout_s=timeout_s, params=None)
     except RequestFailed as failure:
-        for line in failure.lines:
-            print(line, file=err)
+        cli_rollout._print_lines(failure.lines, token, err)  # redacted: a proxy's error page might echo it
         if failure.lines[0].startswith("error: 404"):
             print(f"hint: {url} has no {REPORT_PATH}: is it a serve-ab app, and one recent enough to report? "
                   "(GET /rollout/status answers on every serve-ab app)", file=err)

@@ -1,7 +1,10 @@
 """``serve-ab status|promote|pause|resume|abort|rollback|set-weights``: drive a running app.
 
-The commands speak HTTP to the app's control API (``/rollout/...``). Reading the status is
-open; actions send ``Authorization: Bearer <token>``. Wiring, for ``serve_ab/cli/command.py``::
+The commands speak HTTP to the app's control API (``/rollout/...``). Actions send
+``Authorization: Bearer <token>`` with the operator's token; reading the status sends a token
+too when one is found (``--token``, ``$SERVE_AB_VIEWER_TOKEN``, ``$SERVE_AB_CONTROL_TOKEN``): an
+app with ``control.protect_reads`` needs a viewer's (or operator's), any other ignores it.
+Wiring, for ``serve_ab/cli/command.py``::
 
     subparsers = parser.add_subparsers(dest="command", required=True)
     cli_rollout.add_parsers(subparsers)
@@ -13,6 +16,7 @@ Examples::
     serve-ab status --history
     serve-ab status --wait --timeout 30m -o json   # for CI: exit 0 promoted, 1 aborted, 3 timed out
     serve-ab status --watch --app digits-canary    # redraw live; the app found by name through Ray
+    SERVE_AB_VIEWER_TOKEN=... serve-ab status      # an app with control.protect_reads
     SERVE_AB_CONTROL_TOKEN=... serve-ab promote
     serve-ab promote --from-step 3      # only if the rollout is still at step 3 (safe to retry)
     serve-ab set-weights v1=80 v2=20 --url http://10.0.0.5:8000 --token ...
@@ -47,12 +51,13 @@ from serve_ab.cli.options import (
 )
 from serve_ab.serving.core.messages import Action
 
-__all__ = ["DEFAULT_URL", "TOKEN_ENV", "URL_ENV", "add_connection_options", "add_parsers", "render_status",
-           "resolve_url", "run"]
+__all__ = ["DEFAULT_URL", "TOKEN_ENV", "URL_ENV", "VIEWER_TOKEN_ENV", "add_connection_options", "add_parsers",
+           "add_token_option", "render_status", "resolve_token", "resolve_url", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "SERVE_AB_URL"
-TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"
+TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"  # the operator's: control.token_env's default
+VIEWER_TOKEN_ENV = "SERVE_AB_VIEWER_TOKEN"  # enough to read: control.viewer_token_env's default
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_INTERVAL_S = 2.0
 
@@ -95,14 +100,43 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                         new_flag="--request-timeout", help=argparse.SUPPRESS)
 
 
+def add_token_option(parser: argparse.ArgumentParser, *, action: bool = False) -> None:
+    """``--token``, into ``args.token``; read back by :func:`resolve_token`. ``action``: the
+    command changes the rollout, and needs the operator's token; otherwise it reads."""
+    if action:
+        help_text = f"the operator's control token, sent as a bearer token (default: ${TOKEN_ENV})"
+    else:
+        help_text = ("a viewer (or operator) token, sent as a bearer token: an app with control.protect_reads "
+                     f"needs one to be read, others ignore it (default: ${VIEWER_TOKEN_ENV}, else ${TOKEN_ENV})")
+    parser.add_argument("--token", default=None, help=help_text)
+
+
+def resolve_token(args: argparse.Namespace, *, action: bool = False) -> tuple[str, str] | None:
+    """``(token, where it came from)`` to send, or None: ``--token``, else the environment.
+
+    An action takes the operator's ``$SERVE_AB_CONTROL_TOKEN``. A read needs no more than a
+    viewer's token, so ``$SERVE_AB_VIEWER_TOKEN`` comes first, and the operator's (which may read
+    too) is the fallback: an operator's shell then reads a protected app with nothing more set.
+    Raises ValueError (a usage error) naming the source, never the token, when it cannot go in
+    an HTTP header.
+    """
+    given = getattr(args, "token", None)
+    if given:
+        return check_header_token(given, "argument --token"), "--token"
+    for env in (TOKEN_ENV,) if action else (VIEWER_TOKEN_ENV, TOKEN_ENV):
+        token = os.environ.get(env)
+        if token:
+            return check_header_token(token, f"${env}"), f"${env}"
+    return None
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the status and action commands; each sets ``func`` (``args -> exit code``)."""
     connection = argparse.ArgumentParser(add_help=False)
     add_connection_options(connection)
     add_output_option(connection, "the status")
     auth = argparse.ArgumentParser(add_help=False)
-    auth.add_argument("--token", default=None,
-                      help=f"control token, sent as a bearer token (default: ${TOKEN_ENV})")
+    add_token_option(auth, action=True)
     auth.add_argument("--revision", type=_count, default=None, metavar="N",
                       help="act only if the rollout's state is still at revision N (as `status` "
                       "shows it); otherwise the app refuses with 409 and changes nothing")
@@ -111,8 +145,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "status", parents=[connection], help="show the rollout: phase, weights, gates; --wait for it to end",
         description="Show the running app's rollout: phase and step, traffic weights, analysis gates. "
         "--wait blocks until the rollout ends and exits 0 promoted, 1 aborted or rolled back, 3 timed out, "
-        "4 unreachable; --watch redraws it live.",
+        "4 unreachable; --watch redraws it live. An app with control.protect_reads needs a viewer (or "
+        f"operator) token: --token, else ${VIEWER_TOKEN_ENV}, else ${TOKEN_ENV}.",
     )
+    add_token_option(status)
     status.add_argument("--history", action="store_true", help="add the list of phase transitions")
     follow = status.add_mutually_exclusive_group()
     follow.add_argument("--wait", action="store_true",
@@ -168,10 +204,11 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Send the command's request and print the status it returns."""
     out, err = out or sys.stdout, err or sys.stderr
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+    token = token_from = None
     try:
-        if token and getattr(args, "control", None) is not None:  # only actions send it
-            check_header_token(token, "argument --token" if getattr(args, "token", None) else f"${TOKEN_ENV}")
+        found = resolve_token(args, action=getattr(args, "control", None) is not None)
+        if found is not None:
+            token, token_from = found
         request = _request_for(args)
         if args.timeout_s is not None and not (args.wait or args.watch):
             raise ValueError("argument --timeout: only applies with --wait or --watch (--request-timeout "
@@ -188,10 +225,10 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         _print_lines(failure.lines, token, err)
         return failure.code
     method, path, body = request
-    fetch = functools.partial(_fetch_status, url, method, path, body=body, token=token,
+    fetch = functools.partial(_fetch_status, url, method, path, body=body, token=token, token_from=token_from,
                               timeout_s=args.request_timeout_s, params={"history": "true"} if args.history else None)
     if args.wait or args.watch:
-        return _follow(args, fetch, out, err)
+        return _follow(args, fetch, token, out, err)
     try:
         status = fetch()
     except RequestFailed as failure:
@@ -213,15 +250,18 @@ def _print_lines(lines: tuple[str, ...], token: str | None, err: TextIO) -> None
         print(redact(line, token), file=err)
 
 
-def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> int:
-    """``--wait`` (a line per change, then the outcome) or ``--watch`` (redraw every poll)."""
+def _follow(args: argparse.Namespace, fetch: Any, token: str | None, out: TextIO, err: TextIO) -> int:
+    """``--wait`` (a line per change, then the outcome) or ``--watch`` (redraw every poll).
+
+    Everything printed goes through :func:`redact`, as a single status does: the polls send
+    ``token`` (a protected app's), and an answer or error page must not show it."""
     table = args.output == "table"
     tty = bool(getattr(out, "isatty", lambda: False)())
     last: dict[str, Any] = {"key": None, "frame": None}
 
     def progress(status: dict[str, Any], elapsed_s: float) -> None:
         if args.watch:
-            frame = render_status(status, history=args.history)
+            frame = redact(render_status(status, history=args.history), token)
             if tty:  # clear the screen and home the cursor: a redraw without curses
                 out.write("\x1b[H\x1b[2J" + f"every {args.interval_s:g}s, {cli_wait.elapsed_text(elapsed_s)} "
                           "elapsed (Ctrl-C to stop)\n\n" + frame + "\n")
@@ -230,11 +270,13 @@ def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> i
                 print(f"--- {cli_wait.elapsed_text(elapsed_s)}\n{frame}", file=out, flush=True)
             last["frame"] = frame
         elif table and cli_wait.progress_key(status) != last["key"]:
-            print(f"[{cli_wait.elapsed_text(elapsed_s)}] {cli_wait.progress_text(status)}", file=out, flush=True)
+            print(redact(f"[{cli_wait.elapsed_text(elapsed_s)}] {cli_wait.progress_text(status)}", token),
+                  file=out, flush=True)
         last["key"] = cli_wait.progress_key(status)
 
     def failed(failure: RequestFailed, elapsed_s: float) -> None:
-        print(f"[{cli_wait.elapsed_text(elapsed_s)}] {failure.lines[0]} (retrying)", file=err, flush=True)
+        print(redact(f"[{cli_wait.elapsed_text(elapsed_s)}] {failure.lines[0]} (retrying)", token), file=err,
+              flush=True)
 
     try:
         result = cli_wait.wait_for_rollout(fetch, timeout_s=args.timeout_s, interval_s=args.interval_s,
@@ -243,11 +285,11 @@ def _follow(args: argparse.Namespace, fetch: Any, out: TextIO, err: TextIO) -> i
         print("interrupted", file=err)
         return ExitCode.INTERRUPTED
     if not table and result.status is not None:
-        print(dump(result.status, args.output), file=out)
+        print(redact(dump(result.status, args.output), token), file=out)
     if result.code != ExitCode.OK:
-        _print_lines(result.lines, None, err)
+        _print_lines(result.lines, token, err)
     elif table:  # -o json|yaml: the final status is all there is to say
-        _print_lines(result.lines, None, out)
+        _print_lines(result.lines, token, out)
     return result.code
 
 
@@ -277,12 +319,15 @@ def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | N
 
 
 def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, token: str | None,
-          timeout_s: float, params: dict[str, str] | None) -> dict[str, Any]:
+          timeout_s: float, params: dict[str, str] | None, token_from: str | None = None) -> dict[str, Any]:
+    """``method url+path`` with ``token`` as a bearer token (when there is one), the answer's
+    JSON object; else RequestFailed saying why. ``token_from`` names the token's source in a hint."""
     try:
         import httpx
     except ImportError:  # a dev extra for now; the commands cannot work without it
         raise RequestFailed("error: these commands need httpx; install it with `pip install httpx`") from None
-    headers = {"Authorization": f"Bearer {token}"} if token and method != "GET" else {}
+    # Reads send it too: an app with control.protect_reads refuses them without (others ignore it).
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         # A plain-http URL never does TLS with the app (a proxy's TLS is verified on its own), so
         # skip loading the CA bundle: it is most of a command's start-up time.
@@ -299,11 +344,8 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
                             code=ExitCode.USAGE) from None
     if response.status_code != 200:
         lines = [f"error: {response.status_code} {_error_message(response)}"]
-        if response.status_code == 401:
-            lines.append(
-                f"hint: actions need the app's control token: set {TOKEN_ENV} or pass --token"
-                + (" (the token sent was refused)" if token else " (no token was sent)")
-            )
+        if response.status_code in (401, 403):
+            lines.append(_auth_hint(response.status_code, method != "GET", bool(token), token_from))
         elif response.status_code == 503 and method == "POST":
             lines.append("hint: nothing was changed; send the same command again")
         elif response.status_code == 404 and path == "/rollout/status":
@@ -316,6 +358,24 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
     if not isinstance(status, dict):
         raise RequestFailed(f"error: {url}{path} answered 200 with {type(status).__name__}, expected a status object")
     return status
+
+
+def _auth_hint(status_code: int, action: bool, sent: bool, token_from: str | None) -> str:
+    """What to do about a 401 or 403: which token the request needs, where the CLI takes it
+    from, and whether one was ``sent`` (and from where, ``token_from``; never the token)."""
+    if action:
+        need, where = "actions need the app's operator (control) token", f"set {TOKEN_ENV} or pass --token"
+    else:
+        need = "reading this app (control.protect_reads) needs a viewer or operator token"
+        where = f"set {VIEWER_TOKEN_ENV} (or {TOKEN_ENV}) or pass --token"
+    which = f"the token sent, from {token_from}," if token_from else "the token sent"
+    if not sent:
+        outcome = "no token was sent"
+    elif status_code == 403:
+        outcome = f"{which} is known but its role may not do this"
+    else:
+        outcome = f"{which} was refused"
+    return f"hint: {need}: {where} ({outcome})"
 
 
 def _error_message(response: Any) -> str:

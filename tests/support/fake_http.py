@@ -24,13 +24,20 @@ class ServedInThread:
         self.server.server_close()
 
 
+# What a serve-ab app with control.protect_reads answers a read without its token.
+UNAUTHORIZED = (401, {"error": "reading this app's figures needs a bearer token: missing or wrong "
+                               "(Authorization: Bearer <token>)"})
+
+
 class FakeApp(ServedInThread):
     """Records every request; answers ``responses[(method, path)]`` (status, JSON body or raw
-    bytes), else 404."""
+    bytes), else 404. With ``bearer`` set, a request without ``Authorization: Bearer <bearer>``
+    gets :data:`UNAUTHORIZED` instead, as from an app with ``control.protect_reads``."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.responses: dict[tuple[str, str], tuple[int, object]] = {}
+        self.bearer: str | None = None
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,7 +50,10 @@ class FakeApp(ServedInThread):
                     "authorization": self.headers.get("Authorization"),
                     "body": json.loads(raw) if raw else None,
                 })
-                code, body = app.responses.get((self.command, split.path), (404, {"detail": "Not Found"}))
+                if app.bearer is not None and self.headers.get("Authorization") != f"Bearer {app.bearer}":
+                    code, body = UNAUTHORIZED
+                else:
+                    code, body = app.responses.get((self.command, split.path), (404, {"detail": "Not Found"}))
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

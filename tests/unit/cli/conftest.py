@@ -17,10 +17,17 @@ def _control_server():
 @pytest.fixture
 def api(_control_server, monkeypatch):
     """The fake app, fresh canned answers, ``SERVE_AB_URL`` pointing at it and no token in env."""
-    monkeypatch.delenv("SERVE_AB_CONTROL_TOKEN", raising=False)
     monkeypatch.setenv("SERVE_AB_URL", _control_server.url)
     _control_server.reset()
     return _control_server
+
+
+@pytest.fixture(autouse=True)
+def _no_app_token(monkeypatch):
+    """The commands send ``$SERVE_AB_VIEWER_TOKEN`` or ``$SERVE_AB_CONTROL_TOKEN``: none of the
+    machine's may reach a test."""
+    for name in ("SERVE_AB_CONTROL_TOKEN", "SERVE_AB_VIEWER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)

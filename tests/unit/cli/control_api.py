@@ -47,6 +47,7 @@ class FakeControlAPI(FakeApp):
 
     def reset(self):
         self.requests.clear()
+        self.bearer = None  # unprotected: reads are open
         self.responses = {("GET", "/rollout/status"): (200, CANARY)}
         for action in ("promote", "pause", "resume", "abort", "rollback", "weights"):
             self.responses[("POST", f"/rollout/{action}")] = (200, {**CANARY, "phase": "paused"})

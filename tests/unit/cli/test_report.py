@@ -215,6 +215,7 @@ def _server():
 def app(_server, report, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", _server.url)
     _server.requests.clear()
+    _server.bearer = None
     _server.responses = {("GET", "/experiment/report"): (200, report.model_dump(mode="json"))}
     return _server
 
@@ -276,8 +277,42 @@ def test_app_answering_garbage_is_a_clear_error(app, capsys):
     assert code == 1 and "answered 200 but not with JSON" in err
 
 
+def test_report_of_an_open_app_sends_no_token(app, capsys):
+    assert _run(["report"], capsys)[0] == 0
+    assert app.requests[0]["authorization"] is None
+
+
+@pytest.mark.parametrize("source", ["--token", "SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
+def test_report_of_a_protected_app_sends_the_token(app, report, capsys, monkeypatch, source):
+    app.bearer = "viewer-token-1234"
+    argv = ["report", "-o", "json"]
+    if source == "--token":
+        argv += ["--token", "viewer-token-1234"]
+    else:
+        monkeypatch.setenv(source, "viewer-token-1234")
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and json.loads(out) == report.model_dump(mode="json"), err
+    assert app.requests[0]["authorization"] == "Bearer viewer-token-1234"
+
+
+def test_a_refused_report_says_what_a_read_needs_and_never_prints_the_token(app, capsys):
+    app.bearer = "the-right-one"
+    code, out, err = _run(["report"], capsys)
+    assert code == 1 and out == "" and "error: 401 reading this app's figures needs a bearer token" in err
+    assert ("hint: reading this app (control.protect_reads) needs a viewer or operator token: set "
+            "SERVE_AB_VIEWER_TOKEN (or SERVE_AB_CONTROL_TOKEN) or pass --token (no token was sent)") in err
+    # A proxy's error page that echoes the header must not show it either.
+    app.bearer = None
+    app.responses = {("GET", "/experiment/report"): (401, {"error": "refused Bearer wrong-token-5678"})}
+    code, out, err = _run(["report", "--token", "wrong-token-5678"], capsys)
+    assert code == 1 and "refused Bearer ***" in err and "(the token sent, from --token, was refused)" in err
+    assert "wrong-token-5678" not in out + err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["report", "--url", "localhost:8000"], "is not an http(s) URL"),
+    (["report", "--from-record", "r1", "--token", "t"], "argument --token: only applies when reading a running app"),
+    (["report", "--token", "s3cr3t\n"], "argument --token holds a character that cannot go in an HTTP header"),
     (["report", "--from-record", "r1", "--url", "http://x:1"], "cannot be combined with --url"),
     (["report", "--records", "x.sqlite"], "only applies with --from-record"),
 ])

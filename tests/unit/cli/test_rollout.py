@@ -76,12 +76,81 @@ def test_render_short_summarises_gates():
 # --- status over HTTP ----------------------------------------------------------------------
 
 
-def test_status_gets_open_endpoint_without_token(api, capsys, monkeypatch):
-    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+def test_status_of_an_open_app_needs_no_token(api, capsys):
     code, out, _ = _run(["status"], capsys)
     assert code == 0 and "step 3 of 7: pause 30s" in out
     assert api.requests == [{"method": "GET", "path": "/rollout/status", "query": {},
                              "authorization": None, "body": None}]
+
+
+# --- reading an app with control.protect_reads ---------------------------------------------
+
+
+def test_status_of_a_protected_app_sends_the_token_option(api, capsys):
+    api.bearer = TOKEN
+    code, out, err = _run(["status", "--token", TOKEN], capsys)
+    assert code == 0 and "step 3 of 7: pause 30s" in out, err
+    assert api.requests[0]["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in out + err
+
+
+@pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
+def test_status_of_a_protected_app_sends_a_token_from_the_environment(api, capsys, monkeypatch, env):
+    api.bearer = TOKEN
+    monkeypatch.setenv(env, TOKEN)
+    code, out, err = _run(["status", "--history"], capsys)
+    assert code == 0 and "progressing -> paused" in out, err
+    assert api.requests[0]["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_a_read_takes_the_option_then_the_viewer_token_then_the_control_token(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "operator-token")
+    monkeypatch.setenv("SERVE_AB_VIEWER_TOKEN", "viewer-token")
+    assert _run(["status"], capsys)[0] == 0
+    assert _run(["status", "--token", TOKEN], capsys)[0] == 0
+    assert [r["authorization"] for r in api.requests] == ["Bearer viewer-token", f"Bearer {TOKEN}"]
+
+
+def test_an_action_sends_the_control_token_never_the_viewer_token(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_VIEWER_TOKEN", "viewer-token")
+    assert _run(["pause"], capsys)[0] == 0
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "operator-token")
+    assert _run(["pause"], capsys)[0] == 0
+    assert [r["authorization"] for r in api.requests] == [None, "Bearer operator-token"]
+
+
+def test_a_protected_read_without_a_token_hints_at_the_viewer_token(api, capsys):
+    api.bearer = TOKEN
+    code, out, err = _run(["status"], capsys)
+    assert code == 1 and out == ""
+    assert "error: 401 reading this app's figures needs a bearer token" in err
+    hint = err.splitlines()[1]
+    assert hint.startswith("hint: reading this app (control.protect_reads) needs a viewer or operator token")
+    assert "SERVE_AB_VIEWER_TOKEN" in hint and "SERVE_AB_CONTROL_TOKEN" in hint and "--token" in hint
+    assert hint.endswith("(no token was sent)") and "actions" not in hint
+
+
+@pytest.mark.parametrize("source", ["--token", "$SERVE_AB_VIEWER_TOKEN", "$SERVE_AB_CONTROL_TOKEN"])
+def test_a_refused_read_names_where_the_token_came_from_never_the_token(api, capsys, monkeypatch, source):
+    api.bearer = "the-right-one"
+    argv = ["status"]
+    if source == "--token":
+        argv += ["--token", TOKEN]
+    else:
+        monkeypatch.setenv(source[1:], TOKEN)
+    code, out, err = _run(argv, capsys)
+    assert code == 1 and f"(the token sent, from {source}, was refused)" in err
+    assert "needs a viewer or operator token" in err and TOKEN not in out + err
+
+
+def test_403_says_the_token_was_known_but_its_role_may_not(api, capsys, monkeypatch):
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    api.responses[("POST", "/rollout/abort")] = (
+        403, {"error": "token 'bob' has role viewer, which may not act on the rollout; that needs operator"})
+    code, _, err = _run(["abort"], capsys)
+    assert code == 1 and "error: 403 token 'bob' has role viewer" in err
+    assert ("hint: actions need the app's operator (control) token: set SERVE_AB_CONTROL_TOKEN or pass --token "
+            "(the token sent, from $SERVE_AB_CONTROL_TOKEN, is known but its role may not do this)") in err
 
 
 def test_status_history_and_json(api, capsys):
@@ -150,7 +219,7 @@ def test_401_with_refused_token_never_prints_it(api, capsys):
     # A misbehaving proxy that echoes the header back must not leak it either.
     api.responses[("POST", "/rollout/pause")] = (401, {"error": f"bad token Bearer {TOKEN}"})
     code, out, err = _run(["pause", "--token", TOKEN], capsys)
-    assert code == 1 and "error: 401 bad token Bearer ***" in err and "was refused" in err
+    assert code == 1 and "error: 401 bad token Bearer ***" in err and "from --token, was refused" in err
     assert TOKEN not in out + err
 
 
@@ -225,6 +294,14 @@ def test_help_of_every_command_renders(capsys):
     assert "straight to 100%" in out and "100%%" not in out
 
 
+def test_status_help_says_which_token_a_read_sends(capsys):
+    with pytest.raises(SystemExit):
+        _main(["status", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--token TOKEN" in out and "control.protect_reads" in out
+    assert "(default: $SERVE_AB_VIEWER_TOKEN, else $SERVE_AB_CONTROL_TOKEN)" in out
+
+
 # --- preconditions and who acted -----------------------------------------------------------
 
 
@@ -295,10 +372,15 @@ def test_a_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_i
     assert "tokens are printable ASCII" in err and "s3cr3t" not in err
 
 
-def test_status_sends_no_token_so_an_unsendable_one_in_env_does_not_stop_it(api, capsys, monkeypatch):
-    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "s3cr3t\n")
-    code, out, _ = _run(["status"], capsys)
-    assert code == 0 and "canary: v1 -> v2" in out
+@pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
+def test_status_sends_a_token_so_an_unsendable_one_in_env_is_a_usage_error(api, capsys, monkeypatch, env):
+    # A read sends it too (a protected app needs it): better told now than as a 401 later.
+    monkeypatch.setenv(env, "s3cr3t\n")
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["status"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and api.requests == []
+    assert f"${env} holds a character that cannot go in an HTTP header" in err and "s3cr3t" not in err
 
 
 def test_a_short_token_is_hidden_without_garbling_the_message(api, capsys):
@@ -306,7 +388,7 @@ def test_a_short_token_is_hidden_without_garbling_the_message(api, capsys):
     code, _, err = _run(["pause", "--token", "e"], capsys)
     assert code == 1
     assert err.splitlines()[0] == "error: 401 error: token *** refused (sent '***')"
-    assert "(the token sent was refused)" in err
+    assert "(the token sent, from --token, was refused)" in err
 
 
 @pytest.mark.parametrize("text, secret, shown", [

@@ -108,6 +108,31 @@ def test_wait_exits_4_at_once_when_nothing_listens(api, clock, capsys, monkeypat
     assert "error: cannot reach http://127.0.0.1:" in err
 
 
+def test_wait_on_a_protected_app_sends_the_token_with_every_poll(api, clock, capsys, monkeypatch):
+    api.bearer = "viewer-token"
+    monkeypatch.setenv("SERVE_AB_VIEWER_TOKEN", "viewer-token")
+    api.responses[STATUS] = (200, PAUSED)
+    clock.script = {2: PROMOTED}
+    code, out, err = _run(["status", "--wait"], capsys)
+    assert code == 0 and "promoted after" in out, err
+    assert [r["authorization"] for r in api.requests] == ["Bearer viewer-token"] * 3
+
+
+def test_wait_on_a_protected_app_without_a_token_ends_at_once_with_the_hint(api, clock, capsys):
+    api.bearer = "viewer-token"
+    code, out, err = _run(["status", "--wait", "--timeout", "10m"], capsys)
+    assert (code, out, clock.sleeps) == (1, "", [])
+    assert "error: 401" in err and "needs a viewer or operator token" in err and "(no token was sent)" in err
+
+
+def test_watch_of_a_protected_app_sends_the_token_option(api, clock, capsys):
+    api.bearer = "viewer-token"
+    api.responses[STATUS] = (200, PROMOTED)
+    code, out, err = _run(["status", "--watch", "--token", "viewer-token"], capsys)
+    assert code == 0 and "promoted" in out and "viewer-token" not in out + err
+    assert api.requests[0]["authorization"] == "Bearer viewer-token"
+
+
 def test_wait_json_prints_only_the_final_object(api, clock, capsys):
     api.responses[STATUS] = (200, PAUSED)
     clock.script = {1: PROMOTED}
