@@ -48,6 +48,11 @@ async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = F
     return decode_json(await read_body(request, max_body_bytes), allow_empty=allow_empty)
 
 
+async def read_json_unique_keys(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
+    """:func:`read_json` for the control and feedback routes: a key sent twice is refused."""
+    return decode_json_unique_keys(await read_body(request, max_body_bytes), allow_empty=allow_empty)
+
+
 async def read_body(request: Request, max_body_bytes: int) -> bytes:
     """The raw body, refusing bodies over ``max_body_bytes`` (declared or streamed) before
     holding more than that."""
@@ -147,8 +152,40 @@ def decode_json(raw: bytes, allow_empty: bool = False, what: str = "request body
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
+    return _decode_slowly(raw, what)
+
+
+def decode_json_unique_keys(raw: bytes, allow_empty: bool = False, what: str = "request body") -> Any:
+    """:func:`decode_json`, refusing an object that holds a key twice with a 400 naming it.
+    orjson, as the standard library, keeps the last of them: an audited
+    ``{"from_step": 99, "from_step": 1}`` got past promote's from_step guard, and a
+    ``"converted": false, "converted": true`` counted a conversion. For the control and
+    feedback bodies, which are small: the inference bodies keep orjson's speed."""
+    if not raw:
+        if allow_empty:
+            return None
+        raise InvalidInput(f"{what} is empty; send a JSON object")
+    return _decode_slowly(raw, what, _refuse_duplicate_keys)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                # json.dumps: the key as JSON writes it, escapes included (it may hold anything).
+                raise InvalidInput(f"duplicate key {json.dumps(key[:80])} in the JSON body; send each key once")
+            seen.add(key)
+    return body
+
+
+def _decode_slowly(raw: bytes, what: str, object_pairs_hook: Any = None) -> Any:
     try:
-        body = json.loads(raw)  # NaN and Infinity literals: allowed, for http.allow_non_finite
+        # NaN and Infinity literals: allowed, for http.allow_non_finite
+        body = json.loads(raw, object_pairs_hook=object_pairs_hook)
+    except InvalidInput:  # the hook's (a ValueError too), already in words for the client
+        raise
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     except RecursionError:

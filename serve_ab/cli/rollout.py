@@ -239,7 +239,9 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
     elif args.action is None:
         text = render_status(status, history=args.history)
     else:
-        text = f"{args.action}: ok\n" + render_status(status, short=True)
+        # The app says whether the action changed anything (a rollback of an aborted rollout does not).
+        done = "nothing to change" if status.get("changed") is False else "ok"
+        text = f"{args.action}: {done}\n" + render_status(status, short=True)
     # The app never echoes the token, but a proxy's error page might; it must not reach a terminal log.
     print(redact(text, token), file=out)
     return ExitCode.OK

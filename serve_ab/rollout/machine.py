@@ -5,12 +5,16 @@ latest window per version; the rollout reads its injected clock, runs gate analy
 one is due, advances steps, and returns a :class:`Decision` (weights to push, versions
 that may be unloaded). Its state is a plain dict (:meth:`Rollout.to_dict`), so a
 restarted controller resumes at the same step, with the same weights and timers; its
-``revision`` is the caller's to bump on every save (an ``If-Match`` for actions), and
-:meth:`Rollout.copy` lets the caller decide on a copy, save it, and only then apply it.
+``revision`` is the caller's to bump on every save that changed the state (an ``If-Match``
+for actions), and :meth:`Rollout.copy` lets the caller decide on a copy, save it, and only
+then apply it.
 
 Operator actions take the ``actor`` who asked (name, role, address: never a token); the
 history entries they write name the action and that actor, and an action that changed
-nothing still writes one, so the history accounts for every request.
+nothing still writes one, so the history accounts for every request. That entry is all it
+changes: its decision says ``changed=False`` (the caller keeps the revision, so another
+operator's ``If-Match`` still holds), and the status goes on quoting the reason that explains
+the phase (the gate failure that aborted it), not "abort: nothing to change".
 
 Example::
 
@@ -60,10 +64,9 @@ nothing and passes, as one with no gates does.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -93,6 +96,8 @@ STATE_SCHEMA = 1
 #: How the history entry of a failed analysis begins.
 ANALYSIS_FAILED = "analysis failed"
 MAX_HISTORY = 500
+#: How the history entry of an action that changed nothing ends (after "<action>: ").
+NOTHING_TO_CHANGE = "nothing to change"
 # Fake clocks advance by float sums (0.1 + 0.2 != 0.3); timers compare with this slack.
 _EPS_S = 1e-9
 
@@ -114,6 +119,15 @@ def _judges_without_stable(gate: Gate, candidate: WindowStats, stable: WindowSta
         return True
     side = stable if gate.needs_stable else candidate  # shadow_agreement counts pairs on the candidate
     return sample_count(gate, side) >= min_samples
+
+
+def changed_nothing(entry: Mapping[str, Any]) -> bool:
+    """Whether a history entry records an action that changed nothing. Entries saved before
+    they were marked say so by their reason alone."""
+    if "changed" in entry:
+        return entry["changed"] is False
+    action = entry.get("action")
+    return action is not None and entry.get("reason") == f"{action}: {NOTHING_TO_CHANGE}"
 
 
 class Phase(str, Enum):
@@ -149,6 +163,9 @@ class Decision:
     #: Gate results when an analysis ran during this call, else empty.
     analysis: tuple[GateResult, ...] = ()
     verdict: GateVerdict | None = None
+    #: False only for an action that found nothing to change (an abort of an aborted
+    #: rollout): it wrote its history entry only, so the caller keeps the revision.
+    changed: bool = True
 
 
 @dataclass
@@ -343,17 +360,19 @@ class Rollout:
                 f"{s.revision} to act on it"
             )
 
-    @contextlib.contextmanager
-    def _action(self, action: str, actor: Mapping[str, Any] | None) -> Iterator[None]:
-        """Entries written during ``action`` name it and its actor; if it wrote none (a
-        pause of a paused rollout), one entry still records the request."""
+    def _act(self, action: str, actor: Mapping[str, Any] | None, apply: Callable[[], Decision]) -> Decision:
+        """``apply()``, its entries naming ``action`` and its actor; if it wrote none (a pause
+        of a paused rollout), one entry still records the request, marked as changing
+        nothing, and the decision says ``changed=False``."""
         self._acting = {"action": action, "actor": dict(actor) if actor is not None else None}
         written = self._records
         try:
-            yield
+            decision = apply()
             if self._records == written:
                 s = self.state
-                self._record(self._now(), s.phase, s.phase, f"{action}: nothing to change")
+                self._record(self._now(), s.phase, s.phase, f"{action}: {NOTHING_TO_CHANGE}", changed=False)
+                decision = replace(decision, changed=False)
+            return decision
         finally:
             self._acting = None
 
@@ -361,8 +380,7 @@ class Rollout:
                 actor: Mapping[str, Any] | None = None) -> Decision:
         """Skip the current step or wait (a ``pause: {}``, a timed pause, a hold, the
         validation, the post-switch watch); ``full=True`` goes straight to 100% candidate."""
-        with self._action("promote", actor):
-            return self._promote(full, reason)
+        return self._act("promote", actor, lambda: self._promote(full, reason))
 
     def _promote(self, full: bool, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -389,8 +407,7 @@ class Rollout:
 
     def pause(self, reason: str = "paused by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
         """Stop automation (steps, analysis, deadline) until :meth:`resume`; weights stay."""
-        with self._action("pause", actor):
-            return self._pause(reason)
+        return self._act("pause", actor, lambda: self._pause(reason))
 
     def _pause(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -406,8 +423,7 @@ class Rollout:
         """Undo :meth:`pause` (or the pause of :meth:`set_weights`). A ``pause: {}`` step is left
         by :meth:`promote` only, as Argo Rollouts' is: a second resume meant for an operator's
         pause must not also move the candidate on."""
-        with self._action("resume", actor):
-            return self._resume(reason)
+        return self._act("resume", actor, lambda: self._resume(reason))
 
     def _resume(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -425,8 +441,7 @@ class Rollout:
 
     def abort(self, reason: str = "aborted by operator", *, actor: Mapping[str, Any] | None = None) -> Decision:
         """Send all traffic to stable now; the candidate is retired after the drain delay."""
-        with self._action("abort", actor):
-            return self._abort_action(reason)
+        return self._act("abort", actor, lambda: self._abort_action(reason))
 
     def _abort_action(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -442,8 +457,7 @@ class Rollout:
     def rollback(self, reason: str = "rolled back by operator", *,
                  actor: Mapping[str, Any] | None = None) -> Decision:
         """Go back to stable at once, also after promotion while stable is still loaded."""
-        with self._action("rollback", actor):
-            return self._rollback(reason)
+        return self._act("rollback", actor, lambda: self._rollback(reason))
 
     def _rollback(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -465,8 +479,7 @@ class Rollout:
     ) -> Decision:
         """Manual override, e.g. ``{"v1": 70, "v2": 30}``; pauses the rollout so the next
         step does not overwrite it (:meth:`resume` continues; the next set_weight step wins)."""
-        with self._action("weights", actor):
-            return self._set_weights(weights_pct, reason)
+        return self._act("weights", actor, lambda: self._set_weights(weights_pct, reason))
 
     def _set_weights(self, weights_pct: Mapping[str, float], reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
@@ -818,7 +831,8 @@ class Rollout:
         previous, s.phase = s.phase, phase
         self._record(now, previous, phase, reason)
 
-    def _record(self, now: float, from_phase: Phase | None, to_phase: Phase, reason: str) -> None:
+    def _record(self, now: float, from_phase: Phase | None, to_phase: Phase, reason: str,
+                changed: bool = True) -> None:
         history = self.state.history
         entry = {
             "t_s": now, "from_phase": from_phase.value if from_phase else None,
@@ -827,6 +841,8 @@ class Rollout:
         }
         if self._acting is not None:
             entry.update(self._acting)
+        if not changed:
+            entry["changed"] = False  # only here: every other entry changed something
         history.append(entry)
         self._records += 1
         del history[:-MAX_HISTORY]  # a long hold must not grow the persisted state forever
@@ -834,9 +850,15 @@ class Rollout:
     def _require_active(self, action: str) -> None:
         if self.done:
             raise RolloutError(
-                f"cannot {action}: rollout is already {self.state.phase.value} "
-                f"({self.state.history[-1]['reason']})"
+                f"cannot {action}: rollout is already {self.state.phase.value} ({self._phase_reason()})"
             )
+
+    def _phase_reason(self) -> str:
+        """The reason of the latest entry that changed something: why the rollout is where it
+        is. Requests that changed nothing come after it and must not hide it."""
+        history = self.state.history
+        entry = next((h for h in reversed(history) if not changed_nothing(h)), history[-1])
+        return entry["reason"]
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -860,7 +882,7 @@ class Rollout:
         """One line on where the rollout stands and what it waits for."""
         s = self.state
         if self.done:
-            last = s.history[-1]["reason"]
+            last = self._phase_reason()
             if s.retire_version and s.retire_at_s is not None and now < s.retire_at_s - _EPS_S:
                 return f"{last}; {s.retire_version} may be unloaded in {s.retire_at_s - now:g}s"
             return last

@@ -278,10 +278,11 @@ class ControllerCore:
         analysis = self.cfg.rollout.analysis
         return math.inf if analysis.window_s is None else max(analysis.window_s, analysis.interval_s)
 
-    def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> None:
-        """A control action; raises ActionRefused (RolloutError) when the phase or a
-        precondition (``from_step``, ``revision``) does not allow it, InvalidInput when its
-        body does not fit it, StoreUnavailable when it could not be saved (nothing changed)."""
+    def act(self, action: Action, body: ActionRequest = ActionRequest(), actor: Actor | None = None) -> bool:
+        """A control action; whether it changed anything (an abort of an aborted rollout does
+        not). Raises ActionRefused (RolloutError) when the phase or a precondition
+        (``from_step``, ``revision``) does not allow it, InvalidInput when its body does not fit
+        it, StoreUnavailable when it could not be saved (nothing changed)."""
         if self.rollout is None:
             raise RolloutError("this experiment has no rollout: add rollout: to its config")
         if not isinstance(action, Action):
@@ -291,24 +292,28 @@ class ControllerCore:
         by = dataclasses.asdict(actor) if actor is not None else None
         reason = {"reason": body.reason} if body.reason else {}
         if action is Action.PROMOTE:
-            draft.promote(full=body.full, actor=by, **reason)
+            decision = draft.promote(full=body.full, actor=by, **reason)
         elif action is Action.PAUSE:
-            draft.pause(actor=by, **reason)
+            decision = draft.pause(actor=by, **reason)
         elif action is Action.RESUME:
-            draft.resume(actor=by, **reason)
+            decision = draft.resume(actor=by, **reason)
         elif action is Action.ABORT:
-            draft.abort(actor=by, **reason)
+            decision = draft.abort(actor=by, **reason)
         elif action is Action.ROLLBACK:
-            draft.rollback(actor=by, **reason)
+            decision = draft.rollback(actor=by, **reason)
         else:  # Action.WEIGHTS
             if body.weights is None:
                 raise InvalidInput('set weights with a body like {"weights": {"v1": 80, "v2": 20}}')
             try:
-                draft.set_weights(body.weights, actor=by, **reason)
+                decision = draft.set_weights(body.weights, actor=by, **reason)
             except ValueError as err:  # weights that do not fit the experiment
                 raise InvalidInput(str(err)) from None
-        self._commit(draft)
-        self.epoch += 1
+        # A request that changed nothing is saved for its history entry, under the same
+        # revision: it must not fail another operator's revision-guarded action with a 409.
+        self._commit(draft, changed=decision.changed)
+        if decision.changed:
+            self.epoch += 1
+        return decision.changed
 
     def report_validation(self, passed: bool, reason: str) -> None:
         """Blue-green: the outcome of green's validation; passing may switch at once, so it
@@ -318,10 +323,11 @@ class ControllerCore:
         self._commit(draft)
         self.epoch += 1
 
-    def _commit(self, draft: Rollout) -> None:
-        """Save ``draft`` with the next revision, then make it the rollout; a failed save
-        raises StoreUnavailable and leaves the rollout as it was."""
-        draft.state.revision = self.rollout.state.revision + 1
+    def _commit(self, draft: Rollout, changed: bool = True) -> None:
+        """Save ``draft`` with the next revision (the same one where it ``changed`` nothing but
+        its history), then make it the rollout; a failed save raises StoreUnavailable and
+        leaves the rollout as it was."""
+        draft.state.revision = self.rollout.state.revision + (1 if changed else 0)
         try:
             self.store.save(self.key, draft.to_dict())
         except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
@@ -714,8 +720,11 @@ class ExperimentController:
 
     async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
         try:
-            self.core.act(action, body, actor)
+            changed = self.core.act(action, body, actor)
         except ServeAbError as err:  # e.g. 409 "already promoted": answered, not logged as a failure
             return Refused(err)
-        self._notify()
-        return self.core.status()
+        if changed:  # routers wait for a change of weights; a no-op brings none
+            self._notify()
+        # The status, and whether this action changed it: false for one that found nothing
+        # to change (an abort of an aborted rollout), which only wrote its history entry.
+        return {**self.core.status(), "changed": changed}

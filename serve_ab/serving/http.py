@@ -27,6 +27,7 @@ from serve_ab.api.http_util import (
     json_safe,
     read_body,
     read_json,
+    read_json_unique_keys,
 )
 from serve_ab.api.schemas import (
     ActionRequest,
@@ -215,7 +216,8 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
         raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}") from None
     # Read whatever came, with or without content-length (a chunked body is a body too), and
     # 422 for one that parses but does not fit, as FastAPI answers (e.g. {"full": "false"}).
-    raw = await read_json(request, s.core.cfg.http.max_body_bytes, allow_empty=True)
+    # A key sent twice is a 400: the last from_step winning got a promote past its guard.
+    raw = await read_json_unique_keys(request, s.core.cfg.http.max_body_bytes, allow_empty=True)
     body = ActionRequest() if raw is None else parse_body(ActionRequest, raw, error=Unprocessable)
     return _json(await s.core.controller.act(act, body, actor))
 
@@ -224,7 +226,8 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
           summary="Report a business outcome for a served request")
 async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONResponse:
     core = s.core
-    feedback = parse_body(FeedbackRequest, await read_json(request, core.cfg.http.max_body_bytes))
+    # A key sent twice is a 400, not the last one counted ("converted": false, "converted": true).
+    feedback = parse_body(FeedbackRequest, await read_json_unique_keys(request, core.cfg.http.max_body_bytes))
     kind = core.feedback_kinds.get(feedback.name)
     if kind is None:
         named = "name is missing" if "name" not in feedback.model_fields_set else \

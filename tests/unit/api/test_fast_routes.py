@@ -15,7 +15,13 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from serve_ab.api.fast_routes import FastRoute, FastRoutes, route_path
-from serve_ab.api.http_util import decode_json, has_long_number, json_response, read_body
+from serve_ab.api.http_util import (
+    decode_json,
+    decode_json_unique_keys,
+    has_long_number,
+    json_response,
+    read_body,
+)
 from serve_ab.errors import InvalidInput, UnknownModel
 
 
@@ -123,6 +129,40 @@ def test_has_long_number_finds_exactly_the_runs_of_twenty_digits_a_regex_finds()
 def test_decode_json_refuses_what_it_refused_before(raw, message):
     with pytest.raises(InvalidInput, match=message):
         decode_json(raw)
+
+
+@pytest.mark.parametrize("raw, key", [
+    (b'{"from_step": 99, "from_step": 1}', "from_step"),  # the audit's promote past its guard
+    (b'{"weights": {"v1": 80, "v2": 20, "v1": 0}}', "v1"),  # nested
+    (b'{"a": [{"b": {"c": 1, "c": 1}}]}', "c"),  # deeper, in a list, even with the same value
+    (b'{"converted": false, "converted": true, "user_id": 123456789012345678901234567890}', "converted"),
+])
+def test_a_control_body_with_a_key_twice_is_refused_naming_the_key(raw, key):
+    with pytest.raises(InvalidInput, match=f'duplicate key "{key}" in the JSON body; send each key once'):
+        decode_json_unique_keys(raw)
+    decode_json(raw)  # the inference path's parse is unchanged: the last one wins there
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"from_step": 1, "reason": "canary ok", "weights": {"v1": 80, "v2": 20}}',
+    b'{"a": {"x": 1}, "b": {"x": 2}, "c": [{"x": 3}, {"x": 4}]}',  # one key in several objects is not a repeat
+    b'{"user_id": 123456789012345678901234567890, "value": NaN}',
+    b'[]',
+])
+def test_a_control_body_with_each_key_once_reads_as_decode_json_reads_it(raw):
+    assert json.dumps(decode_json_unique_keys(raw)) == json.dumps(decode_json(raw))
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"user_id": "\\ud800"}', "lone UTF-16 surrogate"),
+    (b'{"a": 1,}', "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+    (b"", "empty"),
+])
+def test_a_control_body_is_refused_as_decode_json_refuses_it(raw, message):
+    with pytest.raises(InvalidInput, match=message):
+        decode_json_unique_keys(raw)
+    assert decode_json_unique_keys(b"", allow_empty=True) is None
 
 
 def test_json_response_writes_numpy_with_tolist_digits_and_nan_as_null():

@@ -191,6 +191,15 @@ def test_action_sends_method_path_body_and_env_token(api, capsys, monkeypatch, a
     assert TOKEN not in out + err
 
 
+def test_an_action_that_changed_nothing_says_so(api, capsys, monkeypatch):
+    """The app answers ``changed: false`` for a rollback of an aborted rollout, say: the CLI
+    printed "ok" for it."""
+    monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", TOKEN)
+    api.responses[("POST", "/rollout/rollback")] = (200, {**CANARY, "phase": "aborted", "changed": False})
+    code, out, err = _run(["rollback"], capsys)
+    assert code == 0 and "rollback: nothing to change" in out and ": ok" not in out
+
+
 def test_token_option_overrides_env(api, capsys, monkeypatch):
     monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "from-env")
     code, out, err = _run(["pause", "--token", TOKEN], capsys)

@@ -611,6 +611,41 @@ def test_actions_record_what_who_and_from_where_and_a_no_op_is_recorded_too():
     assert restored.state.history == rollout.state.history
 
 
+def test_an_action_that_changes_nothing_is_recorded_but_keeps_the_reason_of_the_phase():
+    """The audit: after a gate aborted the canary, `rollback` and `abort --reason test` showed
+    "abort: nothing to change" as the status's reason; the gate failure was in the history only."""
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    aborted = run_until(rollout, clock, 10, slow())
+    assert aborted.phase is Phase.ABORTED and "failed analysis" in aborted.reason
+    clock.advance(5)
+    why = rollout.status_line()
+    assert why.startswith("v2 failed analysis") and why.endswith("v2 may be unloaded in 55s")
+    bob = {"name": "bob", "role": "operator", "address": None}
+    for d in (rollout.rollback(actor=bob), rollout.abort("test", actor=bob)):
+        assert d.changed is False and d.phase is Phase.ABORTED and not d.weights_changed
+        assert d.reason == why
+    assert rollout.status_line() == why
+    noops = rollout.state.history[-2:]  # each request is still in the history, marked
+    assert [(h["action"], h["reason"], h["changed"], h["to_phase"]) for h in noops] == [
+        ("rollback", "rollback: nothing to change", False, "aborted"),
+        ("abort", "abort: nothing to change", False, "aborted")]
+    with pytest.raises(RolloutError, match=r"cannot promote: rollout is already aborted \(v2 failed analysis"):
+        rollout.promote()
+    # A restored rollout reads the same; entries saved before they were marked are known by
+    # their reason, so a status already showing "abort: nothing to change" shows the gate again.
+    saved = json.loads(json.dumps(rollout.to_dict()))
+    assert Rollout.from_dict(canary(), saved, clock).status_line() == why
+    for entry in saved["history"]:
+        entry.pop("changed", None)
+    assert Rollout.from_dict(canary(), saved, clock).status_line() == why
+    # A pause of a paused rollout changes nothing either; a first pause does.
+    other = Rollout(canary(), clock)
+    assert other.pause().changed is True and other.pause().changed is False
+    assert "changed" not in other.state.history[-2] and other.state.history[-1]["changed"] is False
+
+
 def test_copy_is_independent_and_state_without_a_revision_still_loads():
     clock = FakeClock()
     rollout = Rollout(canary(), clock)

@@ -339,6 +339,33 @@ def test_revision_grows_with_every_saved_change_and_is_a_precondition():
     assert core.status()["revision"] == store.load(core.key)["revision"] == revision + 1
 
 
+def test_an_action_that_changes_nothing_keeps_the_revision_and_the_reason():
+    """The audit: after an abort, `rollback` and `abort --reason test` bumped the revision
+    7 -> 8 -> 9, failing other operators' revision-guarded commands with 409."""
+    store = MemoryStateStore()
+    core, _ = paused_canary(store)
+    assert core.act(Action.PAUSE, ActionRequest(), OPERATOR) is True
+    epoch, revision = core.epoch, core.status()["revision"]  # what another operator read
+    assert core.act(Action.PAUSE, ActionRequest(), OPERATOR) is False  # already paused
+    assert (core.epoch, core.status()["revision"], store.load(core.key)["revision"]) == (epoch, revision, revision)
+    assert core.act(Action.RESUME, ActionRequest(revision=revision), OPERATOR) is True  # no 409
+    assert core.status()["revision"] == revision + 1 and core.epoch == epoch + 1
+
+    assert core.act(Action.ABORT, ActionRequest(reason="p95 up on v2"), OPERATOR) is True
+    before = core.status()
+    epoch, revision = core.epoch, before["revision"]
+    assert core.act(Action.ROLLBACK, ActionRequest(), OPERATOR) is False
+    assert core.act(Action.ABORT, ActionRequest(reason="test", revision=revision), OPERATOR) is False
+    after = core.status(history=True)
+    assert (after["revision"], after["reason"], core.epoch) == (revision, before["reason"], epoch)
+    assert "p95 up on v2" in after["reason"]
+    # Saved, history included: a restarted controller has both requests, at the same revision.
+    saved = store.load(core.key)
+    assert saved["revision"] == revision and saved["history"] == after["history"]
+    assert [(h["action"], h["reason"]) for h in saved["history"][-2:]] == [
+        ("rollback", "rollback: nothing to change"), ("abort", "abort: nothing to change")]
+
+
 def test_every_action_records_who_what_when_and_from_where_never_a_token():
     core, clock = paused_canary()
     core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 70, "v2": 30}), OPERATOR)

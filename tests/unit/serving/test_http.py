@@ -377,6 +377,32 @@ def test_a_control_body_that_does_not_fit_is_422(app):
     assert controller.actions == []
 
 
+def test_a_key_sent_twice_is_a_400_naming_it_on_the_control_and_feedback_routes(app):
+    """The last of two keys won before: {"from_step": 99, "from_step": 1} promoted past the
+    from_step guard, and "converted": false, "converted": true counted a conversion."""
+    client, controller = app
+    json_type = {"content-type": "application/json"}
+    response = client.post("/rollout/promote", headers=AUTH | json_type, content=b'{"from_step": 99, "from_step": 1}')
+    assert response.status_code == 400
+    assert response.json()["error"] == 'duplicate key "from_step" in the JSON body; send each key once'
+    nested = client.post("/rollout/weights", headers=AUTH | json_type,
+                         content=b'{"weights": {"v1": 100, "v2": 0, "v2": 100}}')
+    assert nested.status_code == 400 and 'duplicate key "v2"' in nested.json()["error"]
+    assert controller.actions == []
+    answer = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    proof = (f'"request_id": {json.dumps(answer["request_id"])}, '
+             f'"feedback_token": {json.dumps(answer["feedback_token"])}, "name": "correct"')
+    response = client.post("/feedback", headers=json_type,
+                           content=f'{{{proof}, "converted": false, "converted": true}}'.encode())
+    assert response.status_code == 400 and 'duplicate key "converted"' in response.json()["error"]
+    assert controller.feedbacks == []
+    # Each key once: taken as before.
+    assert client.post("/rollout/promote", headers=AUTH | json_type, content=b'{"from_step": 1}').status_code == 200
+    assert controller.actions[-1][1].from_step == 1
+    response = client.post("/feedback", headers=json_type, content=f'{{{proof}, "converted": false}}'.encode())
+    assert response.status_code == 202 and controller.feedbacks[-1][1:4] == ("correct", None, False)
+
+
 def test_each_answer_is_its_own_feedback_unit_even_when_request_ids_repeat(app):
     client, controller = app  # the fake core gives every answer the request id "req-1"
     tokens = [client.post("/predict", json={"inputs": [ROW]}).json()["feedback_token"] for _ in range(2)]
