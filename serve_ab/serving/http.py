@@ -26,7 +26,6 @@ from serve_ab.api.http_util import (
     json_response,
     json_safe,
     read_body,
-    read_json,
     read_json_unique_keys,
 )
 from serve_ab.api.schemas import (
