@@ -79,6 +79,7 @@ from serve_ab.config.rollout import (
     RolloutConfig,
     SetWeightStep,
     Strategy,
+    WEIGHT_RESOLUTION_PCT,
 )
 from serve_ab.errors import ActionRefused
 from serve_ab.rollout.gates import (
@@ -495,6 +496,10 @@ class Rollout:
         for version, weight_pct in new.items():
             if not math.isfinite(weight_pct) or not 0.0 <= weight_pct <= 100.0:
                 raise ValueError(f"{version} is {weight_pct}; a weight is a percentage in [0, 100]")
+            # The config's rule: 1e-08% would show in the status but route no request at all.
+            if abs(weight_pct / WEIGHT_RESOLUTION_PCT - round(weight_pct / WEIGHT_RESOLUTION_PCT)) > 1e-6:
+                raise ValueError(f"{version} is {weight_pct}; weights resolve to {WEIGHT_RESOLUTION_PCT:g}% "
+                                 "steps (a bucket of users), e.g. 12.5 or 0.05")
         total_pct = sum(new.values())
         if abs(total_pct - 100.0) > 1e-6:
             raise ValueError(

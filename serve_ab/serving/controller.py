@@ -69,6 +69,9 @@ LONG_POLL_TIMEOUT_S = 2.0
 REPORT_INTERVAL_S = 5.0
 # Blue-green validation's time limit when the rollout has no progress deadline.
 VALIDATION_TIMEOUT_S = 120.0
+# Body fields only one action takes (reason, from_step and revision go with any).
+_ACTION_ONLY_FIELDS = {"full": Action.PROMOTE, "weights": Action.WEIGHTS}
+_FIELD_OF = {action: name for name, action in _ACTION_ONLY_FIELDS.items()}
 
 
 class ControllerCore:
@@ -289,6 +292,12 @@ class ControllerCore:
             raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}")
         draft = self.rollout.copy()
         draft.require(from_step=body.from_step, revision=body.revision)
+        # A field another action takes is refused, not ignored: {"weights": ..., "full": true}
+        # would otherwise set weights and say nothing of the promotion its sender meant.
+        foreign = sorted(body.model_fields_set & (_ACTION_ONLY_FIELDS.keys() - {_FIELD_OF.get(action)}))
+        if foreign:
+            raise InvalidInput(f"{action.value} takes no {foreign[0]!r} ({foreign[0]} is for "
+                               f"{_ACTION_ONLY_FIELDS[foreign[0]].value}); send it with that action")
         by = dataclasses.asdict(actor) if actor is not None else None
         reason = {"reason": body.reason} if body.reason else {}
         if action is Action.PROMOTE:

@@ -4,6 +4,7 @@ persistence across a restart, control actions. No Ray is started."""
 from __future__ import annotations
 
 import itertools
+import re
 import sqlite3
 
 import pytest
@@ -537,6 +538,22 @@ def test_weights_without_weights_is_invalid_input():
     core = ControllerCore(experiment(), MemoryStateStore(), FakeClock())
     with pytest.raises(InvalidInput, match="weights"):
         core.act(Action.WEIGHTS, ActionRequest())
+
+
+@pytest.mark.parametrize("action, body, message", [
+    # The audit's two cases: the first set 1e-08% (shown, yet no bucket), the second ignored full.
+    (Action.WEIGHTS, {"weights": {"v1": 99.99999999, "v2": 1e-08}}, "v1 is 99.99999999; weights resolve to 0.01% steps"),
+    (Action.WEIGHTS, {"weights": {"v2": 100.0}, "full": True}, "weights takes no 'full' (full is for promote)"),
+    (Action.PAUSE, {"weights": {"v2": 100.0}}, "pause takes no 'weights' (weights is for weights)"),
+])
+def test_an_action_refuses_what_it_would_ignore_or_could_not_route(action, body, message):
+    from serve_ab.errors import InvalidInput
+
+    core = ControllerCore(experiment(), MemoryStateStore(), FakeClock())
+    before = core.status()
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        core.act(action, ActionRequest(**body))
+    assert core.status() == before
 
 
 def _row(clock, version, unit, split, *, request_id=None, assigned=True, ok=True):
