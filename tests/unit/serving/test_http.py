@@ -162,6 +162,8 @@ def test_v2_routes(app):
     client, _ = app
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
+    # Probes that send HEAD (405 before the audit of 2026-12-04).
+    assert [client.head(f"/v2/health/{probe}").status_code for probe in ("live", "ready")] == [200, 200]
     meta = client.get("/v2/models/digits").json()
     assert meta["versions"] == ["v1", "v2"] and meta["inputs"][0]["shape"] == [-1, 64]
     assert client.get("/v2/models/digits/versions/v2").json()["platform"] == "pytorch_torchexport"
