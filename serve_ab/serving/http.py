@@ -343,14 +343,16 @@ async def v2_server(v2: V2Endpoints = Depends(_v2)) -> dict[str, Any]:
 
 # HEAD too: some load balancers' and uptime checkers' probes send it (Starlette answers
 # HEAD with the GET's status and headers, no body).
-@api.api_route("/v2/health/live", methods=["GET", "HEAD"], summary="Liveness")
+@api.head("/v2/health/live", include_in_schema=False)  # one operation in the OpenAPI document
+@api.get("/v2/health/live", summary="Liveness")
 async def v2_live() -> dict[str, Any]:
     return {"live": True}
 
 
 # Ready means the app can answer: one version serves (a failed candidate is served around, and
 # its own /versions/{version}/ready says why), so a probe does not pull a serving router.
-@api.api_route("/v2/health/ready", methods=["GET", "HEAD"], summary="Readiness: a version loaded and answering")
+@api.head("/v2/health/ready", include_in_schema=False)
+@api.get("/v2/health/ready", summary="Readiness: a version loaded and answering")
 async def v2_ready(s: Served = Depends(current)) -> JSONResponse:
     ready = await s.core.is_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
