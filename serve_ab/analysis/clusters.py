@@ -65,7 +65,7 @@ from scipy import special
 
 from serve_ab.routing import NUM_BUCKETS
 
-__all__ = ["INDEPENDENT", "MIN_GROUPS", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
+__all__ = ["INDEPENDENT", "MIN_GROUPS", "class_design_effects", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
            "effective_counts",
            "groups_of", "quantile_design_effect", "ratio_design_effect", "score_design_effect",
            "SCORE_BIN_BUCKETS"]
@@ -623,6 +623,25 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
             weights.append(1.0 - share)
             effects.append(ratio_design_effect(counts[:, cls], per_group))
     return _weighted(effects, weights)
+
+
+def class_design_effects(classes: collections.Counter, width: int) -> dict[int, DesignEffect]:
+    """Each class's own design effect (of its proportion), by class index; classes no group
+    predicted are absent (independent). For per-class confidence bounds, where the average
+    of :func:`class_design_effect` would make a class that users keep more than others look
+    more certain than it is."""
+    present = sorted({cls for _, cls in classes if 0 <= cls < width})
+    if not present:
+        return {}
+    column = {cls: i for i, cls in enumerate(present)}
+    counts = np.zeros((_ROWS, len(present)), dtype=np.int64)
+    for (group, cls), count in classes.items():
+        if cls in column:
+            counts[group, column[cls]] += count
+    per_group = counts.sum(axis=1)
+    if per_group.sum() == 0:
+        return {}
+    return {cls: ratio_design_effect(counts[:, i], per_group) for cls, i in column.items()}
 
 
 def effective_counts(counts: tuple[int, ...], effect: DesignEffect, alpha: float) -> tuple[int, ...]:

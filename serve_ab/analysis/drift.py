@@ -7,8 +7,10 @@ count 0 there. Scores (e.g. top-class probability) are given as samples.
 Scales: ``js_divergence`` is in bits and is the *square* of ``js_distance`` (scipy's
 ``jensenshannon`` and Evidently report the distance), so a divergence of 0.1 is a distance
 of about 0.32. A divergence measured on a small sample is biased upwards (it is never
-negative), so a gate also asks :func:`class_homogeneity_test` whether the counts show any
-difference at all before it calls a divergence drift.
+negative), so a gate judges a lower confidence bound on it instead
+(:func:`class_divergence_lower_bound`, :func:`ks_lower_bound`,
+:func:`wasserstein_lower_sketched`); :func:`class_homogeneity_test` and :func:`ks_test_sketched`
+say whether there is any difference at all.
 
     >>> round(js_divergence([50, 50], [50, 50]), 6)
     0.0
@@ -255,3 +257,169 @@ def wasserstein_sketched(candidate: LogHistogram, reference: LogHistogram) -> fl
         raise ValueError("drift needs at least one score on each side")
     (u, u_w), (v, v_w) = candidate.values_and_weights(), reference.values_and_weights()
     return float(_scipy_stats().wasserstein_distance(u, v, u_weights=u_w, v_weights=v_w))
+
+
+# -- lower confidence bounds: what a drift gate FAILs on ------------------------------------------
+#
+# A divergence estimated from a sample is biased upwards, so "the estimate exceeds max" is
+# no evidence that the divergence does, even when a test shows *some* difference (a real
+# but harmless shift): a candidate 0.277 from stable in JS distance failed ``max: 0.3`` in
+# 60-70% of windows of 25-100 predictions at alpha 0.03. A gate FAILs only when a lower
+# confidence bound on the divergence itself is above max, and these are those bounds.
+
+
+def _split_alpha(alpha: float, width) -> tuple[float, float]:
+    """alpha shared between the two sides, a_1 + a_2 = alpha, to make the sum of the two sides'
+    bound widths (``width(i, a_i)``) about the smallest. Chosen from the sample sizes alone,
+    before the data are looked at, so each side's bound keeps its level."""
+    fractions = np.linspace(0.05, 0.95, 19)
+    best = min(fractions, key=lambda f: width(0, f * alpha) + width(1, (1 - f) * alpha))
+    return float(best * alpha), float((1 - best) * alpha)
+
+
+def dkw_band(n_eff: tuple[float, float], alpha: float) -> tuple[float, float]:
+    """Half-widths ``(eps_1, eps_2)`` of a confidence band for each side's CDF, holding on
+    both sides together with probability at least ``1 - alpha``: by the
+    Dvoretzky-Kiefer-Wolfowitz inequality with Massart's constant,
+    P(sup |F_hat - F| > eps) <= 2 exp(-2 n eps^2), so eps_i = sqrt(ln(2 / a_i) / (2 n_i)) with
+    a_1 + a_2 = alpha. Valid for any distribution, ties and discrete values included;
+    ``n_eff``: each side's (effective) sample size."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha is {alpha!r}; it must be in (0, 1)")
+    if min(n_eff) <= 0:
+        return 1.0, 1.0
+
+    def eps(i: int, a: float) -> float:
+        return math.sqrt(math.log(2.0 / a) / (2.0 * n_eff[i]))
+
+    a1, a2 = _split_alpha(alpha, eps)
+    return min(eps(0, a1), 1.0), min(eps(1, a2), 1.0)
+
+
+def ks_lower_bound(statistic: float, band: tuple[float, float]) -> float:
+    """A lower confidence bound on the Kolmogorov-Smirnov distance sup |F_1 - F_2| of the two
+    distributions, from the sample's and a :func:`dkw_band`: where both true CDFs lie within
+    their bands, |F_1 - F_2| >= |F_hat_1 - F_hat_2| - eps_1 - eps_2 at every point."""
+    return max(statistic - band[0] - band[1], 0.0)
+
+
+def wasserstein_lower_sketched(candidate: LogHistogram, reference: LogHistogram,
+                               band: tuple[float, float]) -> float:
+    """A lower confidence bound on the Wasserstein-1 distance, the integral of |F_1 - F_2|,
+    from two sketches and a :func:`dkw_band`: the integral of (|F_hat_1 - F_hat_2| - eps_1 -
+    eps_2)+, which never exceeds it where both CDFs lie in their bands (for any values,
+    bounded or not). The sketch knows each empirical CDF exactly at the buckets' edges;
+    inside a bucket, where the values' CDFs rise by an unknown path, it counts only the gap
+    both paths must leave (conservative by at most the buckets' 2% width)."""
+    if not candidate.count or not reference.count:
+        raise ValueError("drift needs at least one score on each side")
+    from serve_ab.analysis.sketch import _edges
+
+    used = np.flatnonzero((candidate.counts > 0) | (reference.counts > 0))
+    lower_edge, upper_edge = _edges(used)
+    f1 = np.cumsum(candidate.counts[used]) / candidate.count
+    f2 = np.cumsum(reference.counts[used]) / reference.count
+    before1, before2 = np.concatenate([[0.0], f1[:-1]]), np.concatenate([[0.0], f2[:-1]])
+    eps = band[0] + band[1]
+    # Between buckets (from the previous bucket's upper edge to this one's lower edge) both
+    # CDFs are flat: the gap as at the previous edge.
+    between = np.concatenate([[0.0], np.maximum(lower_edge[1:] - upper_edge[:-1], 0.0)])
+    flat_gap = np.maximum(np.abs(before1 - before2) - eps, 0.0)
+    # Inside a bucket each CDF runs from its value before the bucket to its value after.
+    inside_gap = np.maximum(np.maximum(before1 - f2, before2 - f1) - eps, 0.0)
+    return float(np.sum(between * flat_gap) + np.sum((upper_edge - lower_edge) * inside_gap))
+
+
+def _clopper_pearson(x: np.ndarray, n: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each proportion's two-sided Clopper-Pearson interval, ``tail`` in each tail; ``x`` and
+    ``n`` may be fractional (effective counts)."""
+    from scipy import special
+
+    with np.errstate(all="ignore"):
+        lower = np.where(x > 0, special.betaincinv(np.maximum(x, 1e-300), n - x + 1, tail), 0.0)
+        upper = np.where(x < n, special.betaincinv(x + 1, np.maximum(n - x, 1e-300), 1 - tail), 1.0)
+    return np.nan_to_num(lower, nan=0.0), np.nan_to_num(upper, nan=1.0)
+
+
+def _term(kind: str, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Each class's term of a divergence, written so that every term is >= 0, 0 where p = q,
+    and increasing in |p - q| (away from the diagonal in either argument) for any p, q >= 0:
+    KL as sum p ln(p/q) - p + q (equal to KL where both sum to 1), PSI as (p - q) ln(p/q),
+    JS as (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, in bits."""
+    from scipy import special
+
+    with np.errstate(all="ignore"):
+        if kind == "kl":
+            return special.kl_div(p, q)
+        if kind == "psi":
+            return np.where(p == q, 0.0, (p - q) * np.log(p / q))
+        m = (p + q) / 2
+        return (special.rel_entr(p, m) + special.rel_entr(q, m)) / (2 * math.log(2))
+
+
+def class_divergence_lower_bound(kind: str, candidate: ArrayLike, reference: ArrayLike, alpha: float,
+                                 design_effects: tuple[ArrayLike, ArrayLike] | None = None) -> float:
+    """A lower confidence bound, at level ``1 - alpha``, on the divergence between the two
+    *true* class distributions behind two count vectors: ``kind`` "kl" (KL(candidate ||
+    reference), nats), "psi" (nats), "js" (Jensen-Shannon divergence, bits) or
+    "js_distance" (its square root). Smoothing plays no part: it is the population's
+    divergence that is bounded, not the smoothed estimate's.
+
+    Method: every class's proportion on each side gets a two-sided Clopper-Pearson interval,
+    with alpha shared Bonferroni-wise over the classes and the two sides (a_1 + a_2 = alpha,
+    each side's a_i split evenly over its classes), so all of them hold together with
+    probability at least 1 - alpha, exactly, however sparse the counts. Each divergence is a
+    sum over classes of a term that is >= 0 and grows as p and q move apart (:func:`_term`),
+    so the smallest it can be while all intervals hold is at least the sum over classes of
+    the term at the intervals' nearest corners (0 where they overlap); dropping the
+    constraint that each side sums to 1 only lowers it. Conservative, never liberal.
+
+    ``design_effects``: each class's design effect on each side (users who keep getting one
+    class), each class then counted on its effective sample ``count / deff`` of ``n / deff``.
+    """
+    p, q = _aligned(candidate, reference)
+    classes = p.size
+    d1 = np.ones(classes) if design_effects is None else np.resize(np.asarray(design_effects[0], float), classes)
+    d2 = np.ones(classes) if design_effects is None else np.resize(np.asarray(design_effects[1], float), classes)
+    n1, n2 = p.sum() / d1, q.sum() / d2
+    x1, x2 = p / d1, q / d2
+    sizes = (float(np.mean(n1)), float(np.mean(n2)))
+    stats = _scipy_stats()
+
+    def width(i: int, a: float) -> float:  # a normal interval's width, to share alpha by
+        return float(stats.norm.isf(a / (2 * classes))) / math.sqrt(sizes[i])
+
+    a1, a2 = _split_alpha(alpha, width)
+    low1, up1 = _clopper_pearson(x1, n1, a1 / (2 * classes))
+    low2, up2 = _clopper_pearson(x2, n2, a2 / (2 * classes))
+    base = "js" if kind == "js_distance" else kind
+    above, below = low1 > up2, low2 > up1  # candidate's share clearly above stable's, or below
+    # (1) every class's term at its intervals' nearest corners.
+    bounds = [float(np.sum(_term(base, low1[above], up2[above])) + np.sum(_term(base, up1[below], low2[below])))]
+    # (2) Merging classes never raises an f-divergence (the data-processing inequality), and
+    # a two-cell split keeps what (1) drops, that each side sums to 1: for a class, or the
+    # classes clearly above (or below), the share of the cell on each side is bounded by the
+    # cell's intervals and its complement's. A shift into one class from all the others is
+    # seen whole this way, where (1) sees it spread thin. Any split is valid where all the
+    # intervals hold, so the largest of these bounds is one too.
+    def binary(p_low: float, q_up: float) -> float:  # the two-cell divergence at its corner
+        if p_low <= q_up:
+            return 0.0
+        cells = _term(base, np.array([p_low, 1 - p_low]), np.array([q_up, 1 - q_up]))
+        return float(np.sum(cells))
+
+    for j in np.flatnonzero(above):
+        bounds.append(binary(low1[j], up2[j]))
+    for j in np.flatnonzero(below):  # the cell's complement is clearly above
+        bounds.append(binary(1 - up1[j], 1 - low2[j]))
+    def share(low: np.ndarray, up: np.ndarray, cell: np.ndarray) -> tuple[float, float]:
+        """Bounds on a cell's share from its classes' intervals and its complement's."""
+        return (max(float(low[cell].sum()), 1 - float(up[~cell].sum())),
+                min(float(up[cell].sum()), 1 - float(low[~cell].sum())))
+
+    if above.any() and not above.all():
+        bounds.append(binary(share(low1, up1, above)[0], share(low2, up2, above)[1]))
+    if below.any() and not below.all():  # its complement is clearly above
+        bounds.append(binary(1 - share(low1, up1, below)[1], 1 - share(low2, up2, below)[0]))
+    total = max(bounds)
+    return math.sqrt(total) if kind == "js_distance" else total

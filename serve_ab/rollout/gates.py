@@ -30,19 +30,37 @@ its kurtosis). That the gate then errs at most alpha is measured, not proved:
 ``stats_calibration`` scenario 6. Without groups (a window built by hand) requests count as
 independent.
 
-Drift gates are harm detectors: they FAIL only when a test on the data rejects "same
-distribution" at ``alpha`` *and* the divergence exceeds ``max``, and otherwise PASS. A
-divergence from a small sample is biased upwards (ten predictions per side over ten classes
-give PSI > 0.25 most of the time with no drift at all), so the test keeps noise from
-rolling back a good candidate, and ``max`` keeps a real but harmless shift from doing so
-on large windows. Holding the rollout instead would make every drift gate block low
-traffic; the other gates already say when there is too little evidence to advance. Class
-counts (``drift_kl``, ``drift_psi``, ``drift_js``, ``drift_js_distance``) are tested by
-Pearson's chi-square test of homogeneity, or a Monte Carlo exact test when expected counts
-are small (:func:`serve_ab.analysis.drift.class_homogeneity_test`); scores (``drift_ks``,
-``drift_wasserstein``) by the two-sample Kolmogorov-Smirnov test. Scales: ``drift_js`` is
-the Jensen-Shannon divergence in bits, the *square* of the JS distance that scipy and
-Evidently report (0.1 is a distance of about 0.32); ``drift_js_distance`` is the distance.
+Drift gates are harm detectors, judged like every other gate on evidence: they FAIL only
+when a lower confidence bound on the divergence, one-sided at ``alpha``, is above ``max``,
+and otherwise PASS. A divergence from a small sample is biased upwards (ten predictions per
+side over ten classes give PSI > 0.25 most of the time with no drift at all; a candidate
+0.277 from stable in JS distance read above 0.3 in 60-70% of windows of 25-100 predictions,
+often with a test rejecting "same distribution"), so neither the estimate nor a test of
+*some* difference shows that the divergence exceeds ``max``. They PASS rather than hold
+when the bound is not above ``max``: holding would make every drift gate block low traffic,
+and the other gates already say when there is too little evidence to advance. The bounds
+(:mod:`serve_ab.analysis.drift`), each on the true distributions' divergence, not on a
+smoothed estimate:
+
+- class counts (``drift_kl``, ``drift_psi``, ``drift_js``, ``drift_js_distance``): each
+  class's share on each side within a Clopper-Pearson interval, alpha shared over the
+  classes and sides (Bonferroni, exact for any counts, sparse ones included), each on that
+  class's effective sample; the divergence is at least its terms at the intervals' nearest
+  corners, and at least that of any two-cell merge of the classes (data processing),
+  whichever is larger (:func:`~serve_ab.analysis.drift.class_divergence_lower_bound`);
+- scores (``drift_ks``, ``drift_wasserstein``): a Dvoretzky-Kiefer-Wolfowitz band around
+  each side's CDF on its effective sample size, alpha shared between the sides; KS is at
+  least the observed one less both bands' half-widths, Wasserstein-1 at least the integral
+  of the CDFs' gap beyond them (valid for scores of any range).
+
+These are conservative: a clearly larger divergence (1.5-2x ``max``) needs a few hundred to
+a thousand predictions to FAIL (``stats_calibration`` and ``tests/unit/rollout``). The
+chi-square test of homogeneity (a Monte Carlo exact test when expected counts are small,
+:func:`serve_ab.analysis.drift.class_homogeneity_test`) or the two-sample KS test is still
+run and its p-value reported (``GateResult.p_value``), for information: it shows whether
+there is any difference, not whether it is above ``max``. Scales: ``drift_js`` is the
+Jensen-Shannon divergence in bits, the *square* of the JS distance that scipy and Evidently
+report (0.1 is a distance of about 0.32); ``drift_js_distance`` is the distance.
 
 Too few samples is INCONCLUSIVE, never FAIL: "no data" is not "bad data" (Flagger).
 A gate relative to stable compares with the stable version in the same window, so both
@@ -85,7 +103,8 @@ from scipy import special
 
 from serve_ab.analysis import drift
 from serve_ab.analysis.clusters import (
-    INDEPENDENT, DesignEffect, GroupSums, ValueGroups, class_design_effect, effective_counts,
+    INDEPENDENT, DesignEffect, GroupSums, ValueGroups, class_design_effect, class_design_effects,
+    effective_counts,
     quantile_design_effect, ratio_design_effect, score_design_effect)
 from serve_ab.analysis.sketch import LogHistogram, bucket_indices
 from serve_ab.config.rollout import Gate, GateMetric, display_url
@@ -323,13 +342,13 @@ class GateResult:
     candidate_value: float | None = None
     stable_value: float | None = None
     #: One-sided confidence bounds on ``value``'s scale, each at level ``alpha``; None where
-    #: the gate uses no bound (drift, promql, no data). An infinite bound: none exists at
-    #: this sample size.
+    #: the gate uses no bound (promql, webhook, no data; drift gates use only ``lower``). An
+    #: infinite bound: none exists at this sample size.
     lower: float | None = None
     upper: float | None = None
     #: The level this analysis judged at (already spent over the step's analyses).
     alpha: float | None = None
-    #: Drift gates: the p-value of the test on the counts or scores.
+    #: Drift gates: the p-value of the test on the counts or scores (shown, not judged on).
     p_value: float | None = None
 
     def to_dict(self) -> dict:
@@ -818,7 +837,8 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
 
 def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
                     result) -> GateResult:
-    """A harm detector: FAIL only when a test shows a difference and the divergence exceeds max."""
+    """A harm detector: FAIL only when a lower confidence bound on the divergence is above max,
+    PASS otherwise (never INCONCLUSIVE: see the module's docstring)."""
     if gate.metric in _CLASS_DRIFT:
         value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
         # Each side's counts on its effective sample (Rao-Scott's first-order correction):
@@ -832,25 +852,45 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         else:
             test = drift.class_homogeneity_test(counts[0], counts[1], alpha=alpha)
             p_value, tested = test.p_value, test.describe() + described
+        # The bound, each class's interval on its own design effect (a class users keep more
+        # than others is less certain than the average effect says), at its upper bound.
+        width = max(len(candidate.class_counts), len(stable.class_counts))
+        per_class = tuple(_class_effects(w, width, alpha / 2) for w in (candidate, stable))
+        lower = drift.class_divergence_lower_bound(_CLASS_KIND[gate.metric], candidate.class_counts,
+                                                   stable.class_counts, alpha, per_class)
     else:
         # Each side's sample on its design effect: users whose scores run high or low would
         # otherwise read as a shift of the scores.
         effects = (_score_effect(candidate), _score_effect(stable))
-        statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores,
-                                                    tuple(e.upper(alpha / 2) for e in effects))
-        value = statistic if gate.metric is GateMetric.DRIFT_KS else \
-            _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
+        deffs = tuple(e.upper(alpha / 2) for e in effects)
+        statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores, deffs)
+        band = drift.dkw_band((len(candidate.scores) / deffs[0], len(stable.scores) / deffs[1]), alpha)
+        if gate.metric is GateMetric.DRIFT_KS:
+            value, lower = statistic, drift.ks_lower_bound(statistic, band)
+        else:
+            value = _SCORE_DRIFT[gate.metric](candidate.scores, stable.scores)
+            lower = drift.wasserstein_lower_sketched(candidate.scores, stable.scores, band)
         tested = (f"KS test on {len(candidate.scores)} and {len(stable.scores)} scores, p = {p_value:.3g}"
                   f"{_describe_both(effects, candidate, stable, alpha / 2)}")
     what = f"{metric} of {candidate.version} against stable {stable.version} is {_fmt(value)} ({tested})"
-    limit, level = f"max {_fmt(gate.threshold)}", f"{alpha:.3g}"
-    if p_value >= alpha:
-        verdict, judged = GateVerdict.PASS, f"no difference shown at alpha {level}: pass"
-    elif value > gate.threshold:
-        verdict, judged = GateVerdict.FAIL, f"a difference shown at alpha {level}, and above {limit}: fail"
+    limit, level = f"max {_fmt(gate.threshold)}", _confidence(alpha)
+    if lower > gate.threshold:
+        verdict, judged = GateVerdict.FAIL, f"lower {level} bound {_fmt(lower)} is above {limit}: fail"
     else:
-        verdict, judged = GateVerdict.PASS, f"a difference shown at alpha {level}, but within {limit}: pass"
-    return result(verdict, f"{what}; {judged}", value, p_value=p_value)
+        verdict, judged = GateVerdict.PASS, f"lower {level} bound {_fmt(lower)} is not above {limit}: pass"
+    return result(verdict, f"{what}; {judged}", value, lower=lower, p_value=p_value)
+
+
+_CLASS_KIND = {GateMetric.DRIFT_KL: "kl", GateMetric.DRIFT_PSI: "psi", GateMetric.DRIFT_JS: "js",
+               GateMetric.DRIFT_JS_DISTANCE: "js_distance"}
+
+
+def _class_effects(window: WindowStats, width: int, alpha: float) -> list[float]:
+    """Each class's design effect at its upper ``1 - alpha`` bound (1 without groups)."""
+    if window.groups is None:
+        return [1.0] * width
+    effects = class_design_effects(window.groups.classes, width)
+    return [effects[c].upper(alpha) if c in effects else 1.0 for c in range(width)]
 
 
 def _score_effect(window: WindowStats) -> DesignEffect:

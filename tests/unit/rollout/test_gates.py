@@ -14,6 +14,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from serve_ab.analysis import drift
+from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import (
     ConversionEvent,
@@ -209,50 +210,102 @@ def test_min_bounds_mirror_max_and_the_level_is_the_alpha_given():
 
 
 def test_class_drift_gates_use_the_drift_module():
-    cand, stab = window(classes=(80, 20)), window("v1", classes=(50, 50))
+    cand, stab = window(n=1000, classes=(800, 200)), window("v1", n=1000, classes=(500, 500))
     js = evaluate_gate(gate(metric="drift_js", max=0.01), cand, stab, 50)
     assert js.value == pytest.approx(jensenshannon([80, 20], [50, 50], base=2) ** 2)
     assert js.verdict is GateVerdict.FAIL and "drift_js of v2 against stable v1" in js.reason
-    assert js.p_value == pytest.approx(stats.chi2_contingency([[80, 20], [50, 50]], correction=False)[1])
-    assert js.lower is None and js.upper is None and "chi-square test on 2 classes" in js.reason
+    assert js.p_value == pytest.approx(stats.chi2_contingency([[800, 200], [500, 500]], correction=False)[1])
+    assert 0.01 < js.lower < js.value and js.upper is None and "chi-square test on 2 classes" in js.reason
+    assert f"lower 95.0% bound {js.lower:.4g} is above max 0.01: fail" in js.reason
     kl = evaluate_gate(gate(metric="drift_kl", max=1.0), cand, stab, 50)
-    assert kl.verdict is GateVerdict.PASS and kl.value == pytest.approx(drift.kl_divergence([80, 20], [50, 50]))
-    assert "but within max 1" in kl.reason  # shown, but too small to matter
+    assert kl.verdict is GateVerdict.PASS and kl.value == pytest.approx(drift.kl_divergence([800, 200], [500, 500]))
+    assert "is not above max 1: pass" in kl.reason  # shown, but too small to matter
     psi = evaluate_gate(gate(metric="drift_psi", max=0.1), cand, stab, 50)
-    assert psi.value == pytest.approx(drift.psi([80, 20], [50, 50])) and psi.verdict is GateVerdict.FAIL
-    distance = evaluate_gate(gate(metric="drift_js_distance", max=0.25), cand, stab, 50)
+    assert psi.value == pytest.approx(drift.psi([800, 200], [500, 500])) and psi.verdict is GateVerdict.FAIL
+    distance = evaluate_gate(gate(metric="drift_js_distance", max=0.2), cand, stab, 50)
     assert distance.value == pytest.approx(math.sqrt(js.value)) and distance.verdict is GateVerdict.FAIL
+    assert distance.lower == pytest.approx(math.sqrt(js.lower))
+    # The estimate (0.27) is above 0.25 and the test rejects (p ~ 1e-44), but the evidence
+    # does not put the distance itself above 0.25: a harmless shift, not a failure.
+    close = evaluate_gate(gate(metric="drift_js_distance", max=0.25), cand, stab, 50)
+    assert close.value > 0.25 and close.p_value < 1e-10 and close.lower < 0.25
+    assert close.verdict is GateVerdict.PASS and "is not above max 0.25: pass" in close.reason
 
 
-def test_class_drift_needs_a_test_that_rejects_not_just_a_large_divergence():
+def test_class_drift_needs_evidence_that_the_divergence_is_above_max():
     # 10 predictions a side over 10 classes: PSI is large by chance alone.
     cand = window(n=10, classes=(3, 0, 1, 0, 2, 1, 0, 2, 1, 0))
     stab = window("v1", n=10, classes=(0, 2, 1, 1, 0, 1, 2, 0, 1, 2))
     psi = evaluate_gate(gate(metric="drift_psi", max=0.25), cand, stab, 10)
     assert psi.value > 0.25 and psi.p_value > 0.05 and psi.verdict is GateVerdict.PASS
-    assert "Monte Carlo" in psi.reason and "no difference shown at alpha 0.05: pass" in psi.reason
-    # A real shift at 200 a side fails.
+    assert "Monte Carlo" in psi.reason and psi.lower == 0.0 and "is not above max 0.25: pass" in psi.reason
+    # A large shift at 200 a side fails.
     shifted = window(n=200, classes=(110, 10, 10, 10, 10, 10, 10, 10, 10, 10))
     even = window("v1", n=200, classes=(20,) * 10)
     result = evaluate_gate(gate(metric="drift_psi", max=0.25), shifted, even, 10)
-    # (Monte Carlo below 20 expected per cell: p is 1 / (1 + tables drawn) at its smallest.)
-    assert result.verdict is GateVerdict.FAIL and result.p_value <= 1e-3
+    assert result.verdict is GateVerdict.FAIL and result.lower > 0.25
+
+
+def test_class_drift_does_not_fail_a_shift_below_max_on_a_biased_estimate():
+    # The auditor's case: 10 equally likely classes on stable, the candidate moving 30% of its
+    # predictions to class 0, a true JS distance of 0.277 under max 0.3. These counts (seed
+    # 2024, 50 against 950) read 0.386 and the test rejects at the first look's level; the old
+    # rule (test rejects and estimate above max) failed them, and such windows 60-70% of the
+    # time. The lower bound (0.083) says the distance could well be under 0.3.
+    alpha = alpha_for_look(0.05, 1)
+    cand = window(n=50, classes=(20, 2, 3, 5, 8, 1, 1, 2, 3, 5))
+    stab = window("v1", n=950, classes=(90, 85, 82, 97, 106, 104, 104, 107, 83, 92))
+    result = evaluate_gate(gate(metric="drift_js_distance", max=0.3), cand, stab, 10, alpha=alpha)
+    assert result.value > 0.3 and result.p_value < alpha  # what the old rule failed on
+    assert result.verdict is GateVerdict.PASS and result.lower < 0.3
+    assert f"lower 97.0% bound {result.lower:.4g} is not above max 0.3: pass" in result.reason
+
+
+def test_class_drift_lower_bounds_hold_on_exact_cases():
+    # Any lower bound is below the true divergence of the distributions the counts came from
+    # when the counts are those distributions' exact shares (every interval holds then).
+    p, q = np.array([0.37, *([0.07] * 9)]), np.full(10, 0.1)
+    for kind, true in (("js", drift.js_divergence(p, q)), ("js_distance", drift.js_distance(p, q)),
+                       ("kl", float(np.sum(p * np.log(p / q)))), ("psi", float(np.sum((p - q) * np.log(p / q))))):
+        for n in (100, 10_000, 1_000_000):
+            lower = drift.class_divergence_lower_bound(kind, p * n, q * n, 0.05)
+            assert 0.0 <= lower <= true
+        assert lower > 0.8 * true  # and close to it on a large sample
+    # A class only one side predicted: finite bounds, no smoothing involved.
+    assert 0 < drift.class_divergence_lower_bound("kl", [500, 500, 0], [0, 500, 500], 0.05) < math.inf
+    # Design effects widen the intervals: a lower bound.
+    plain = drift.class_divergence_lower_bound("psi", [700, 300], [500, 500], 0.05)
+    clustered = drift.class_divergence_lower_bound("psi", [700, 300], [500, 500], 0.05, ([4.0, 4.0], [4.0, 4.0]))
+    assert 0 < clustered < plain
 
 
 def test_score_drift_gates():
     cand, stab = window(scores=[0.6] * 100), window("v1", scores=[0.9] * 100)
     ks = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, stab, 50)
     assert ks.verdict is GateVerdict.FAIL and ks.value == pytest.approx(1.0)
+    # DKW, alpha split between two samples of 100: each band about 0.15 wide.
+    assert ks.lower == pytest.approx(1 - 2 * math.sqrt(math.log(2 / 0.025) / 200), rel=0.01)
     ws = evaluate_gate(gate(metric="drift_wasserstein", max=0.5), cand, stab, 50)
     assert ws.verdict is GateVerdict.PASS and ws.value == pytest.approx(0.3, rel=0.02)  # 1% per side
+    assert 0 < ws.lower < ws.value
+    assert evaluate_gate(gate(metric="drift_wasserstein", max=0.1), cand, stab, 50).verdict is GateVerdict.FAIL
     assert ks.p_value == pytest.approx(stats.ks_2samp([0.6] * 100, [0.9] * 100).pvalue)
     few = evaluate_gate(gate(metric="drift_ks", max=0.2), cand, window("v1", scores=[0.9] * 5), 50)
     assert few.verdict is GateVerdict.INCONCLUSIVE and "stable v1 has 5 scores" in few.reason
-    # Same distribution, small samples: the KS statistic exceeds 0.2 by chance, the test does not reject.
+    # Same distribution, small samples: the KS statistic exceeds 0.2 by chance, its lower bound does not.
     rng = np.random.default_rng(3)
     same = evaluate_gate(gate(metric="drift_ks", max=0.2), window(n=30, scores=rng.uniform(size=30)),
                          window("v1", n=30, scores=rng.uniform(size=30)), 10)
-    assert same.verdict is GateVerdict.PASS and same.p_value >= 0.05
+    assert same.verdict is GateVerdict.PASS and same.lower == 0.0
+
+
+def test_wasserstein_lower_bound_is_the_gap_beyond_the_bands():
+    # Two point masses 1 apart: W1 = 1, the CDFs differ by 1 over [0.5, 1.5); less the bands.
+    cand, stab = LogHistogram.of([0.5] * 1000), LogHistogram.of([1.5] * 1000)
+    assert drift.wasserstein_lower_sketched(cand, stab, (0.0, 0.0)) == pytest.approx(1.0, rel=0.03)
+    assert drift.wasserstein_lower_sketched(cand, stab, (0.1, 0.1)) == pytest.approx(0.8, rel=0.03)
+    assert drift.wasserstein_lower_sketched(cand, stab, (0.5, 0.5)) == 0.0
+    assert drift.wasserstein_lower_sketched(cand, stab, (0.0, 0.0)) <= drift.wasserstein_sketched(cand, stab)
 
 
 def feedback(n: int, mean: float, sd: float) -> FeedbackStats:
