@@ -41,6 +41,9 @@ GRPC_STATUS: dict[type[errors.ServeAbError], StatusCode] = {
     errors.Conflict: StatusCode.ALREADY_EXISTS,
     errors.NotFound: StatusCode.NOT_FOUND,
     errors.ActionRefused: StatusCode.FAILED_PRECONDITION,
+    # A model that raised: not UNAVAILABLE, which retry policies and meshes retry; the same
+    # input would likely fail again (the router does not retry it either).
+    errors.ModelFailed: StatusCode.INTERNAL,
     errors.VersionUnavailable: StatusCode.UNAVAILABLE,
     errors.ControllerUnavailable: StatusCode.UNAVAILABLE,
     errors.StoreUnavailable: StatusCode.UNAVAILABLE,

@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Union, runtime_checkable
 
@@ -82,6 +82,11 @@ class OutputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    #: Whether ``shape``'s fixed dimensions were declared (by a model file, a config) rather
+    #: than seen in one call (a python model that declares no outputs): only declared ones
+    #: are enforced on every answer, since a width seen once (padded token ids, top-k) may
+    #: vary. Not part of equality: versions agree on an interface whoever declared it.
+    declared: bool = field(default=True, compare=False)
 
     @property
     def datatype(self) -> str:

@@ -37,9 +37,11 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
     # Checked before cutting: outputs with a row too few or too many would hand one
     # request's rows to another (or none at all), each cut looking plausible on its own.
     for array in (outputs.values() if isinstance(outputs, dict) else (outputs,)):
-        rows = getattr(array, "shape", (None,))[0] if getattr(array, "ndim", 0) else None
-        if rows != sum(sizes):
-            raise BadOutput(f"the model answered {rows} rows for a batch of {sum(sizes)} rows "
+        if not getattr(array, "ndim", 0):
+            raise BadOutput(f"the model answered {type(array).__name__}, not an array of one row per "
+                            f"input row, for a batch of {len(sizes)} requests; none of them is answered")
+        if array.shape[0] != sum(sizes):
+            raise BadOutput(f"the model answered {array.shape[0]} rows for a batch of {sum(sizes)} rows "
                             f"from {len(sizes)} requests; no request of that batch is answered")
     return split_outputs(outputs, sizes)
 

@@ -190,7 +190,8 @@ class PythonPredictor:
                 raise ValueError(f"class {self.class_path}.predict returned a scalar for '{name}'; return "
                                  "one row per instance (shape [n, ...])")
             dtype = array.dtype if array.dtype.kind in "biuf" else np.dtype(object)
-            specs.append(OutputSpec(name, dtype, (-1, *array.shape[1:])))
+            # Shown as seen (V2 metadata), but not enforced: one call's width may vary.
+            specs.append(OutputSpec(name, dtype, (-1, *array.shape[1:]), declared=False))
         return output_signature(specs)
 
     def _require_loaded(self) -> None:

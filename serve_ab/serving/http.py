@@ -157,9 +157,10 @@ async def http_predict(request: Request, s: Served = Depends(current)) -> Respon
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
     # A body with no true or false anywhere (a byte search) cannot hold booleans among its
-    # numbers: only one that does is looked through.
+    # numbers: only one that does is looked through. UTF-16 and -32 JSON (NULs among its
+    # first bytes, json.loads reads it) spell true otherwise, so it is always looked through.
     choice, version, outputs = await core.serve_choice(
-        inputs, key, pinned, may_hold_booleans=b"true" in raw or b"false" in raw)
+        inputs, key, pinned, may_hold_booleans=b"true" in raw or b"false" in raw or b"\x00" in raw[:4])
     request_id = core.request_id()
     token = core.feedback_token_for(request_id, choice)
     headers = {VERSION_HEADER: version}

@@ -51,10 +51,11 @@ def error_kind(err: BaseException) -> str:
 
 async def answer(name: str, version: Version, batch: Batch, spec: OutputSpec | OutputSpecs | None = None) -> Batch:
     """``version``'s outputs for ``batch``, checked against ``spec`` (the experiment's
-    declared outputs, where known): a model that raised, NaN or infinity, or outputs of
-    another shape than declared or with another number of rows than the batch is no answer
+    outputs, where known): NaN or infinity, another number of rows than the batch, or
+    another size of a dimension the spec declares fixed (at the same rank) is no answer
     (:class:`BadOutput`, a 502, served by the fallback when assigned), never a 200 that
-    hands a client a shape it was not promised or another request's rows."""
+    hands a client a shape it was not promised or another request's rows. A model that
+    raised is :class:`ModelFailed` (a 502 naming it; not retried elsewhere)."""
     try:
         outputs = await version.predict(batch)
     except BadOutput as err:  # a batch whose rows the model miscounted (predict_together)
@@ -73,7 +74,11 @@ def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputS
     shaped as ``spec`` declares (its free dimensions, -1, take any size)."""
     specs = None if spec is None else specs_of(spec)
     if isinstance(outputs, dict):  # a multi-output model answers {name: array}
-        if specs is not None and (not isinstance(spec, OutputSpecs) or set(outputs) != set(spec.names)):
+        if specs is not None and not isinstance(spec, OutputSpecs):
+            raise BadOutput(f"version {name!r} answered {{name: array}} for outputs "
+                            f"{sorted(map(str, outputs))}, but this model has one output, "
+                            f"{spec.name!r}: it answers the array itself")
+        if specs is not None and set(outputs) != set(spec.names):
             raise BadOutput(f"version {name!r} answered outputs {sorted(map(str, outputs))}, but the "
                             f"experiment declares {[s.name for s in specs]}")
         declared_by_name = {s.name: s for s in specs or ()}
@@ -89,7 +94,7 @@ def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputS
                             f"one row per input row")
         if array.shape[0] != rows:
             raise BadOutput(f"version {name!r} answered {array.shape[0]} rows for {rows} input rows")
-        if declared is not None and len(declared.shape) == array.ndim and any(
+        if declared is not None and declared.declared and len(declared.shape) == array.ndim and any(
                 want >= 0 and got != want for want, got in zip(declared.shape[1:], array.shape[1:])):
             raise BadOutput(f"version {name!r} answered shape {list(array.shape)}, but declares "
                             f"{list(declared.shape)}")

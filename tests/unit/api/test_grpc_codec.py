@@ -177,6 +177,7 @@ def test_parameters_round_trip_every_kind():
     (errors.PinningDisabled("off"), grpc.StatusCode.PERMISSION_DENIED),
     (errors.VersionUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
     (errors.BadOutput("nan"), grpc.StatusCode.UNAVAILABLE),
+    (errors.ModelFailed("raised"), grpc.StatusCode.INTERNAL),  # not retryable
     (errors.ControllerUnavailable("restarting"), grpc.StatusCode.UNAVAILABLE),
     (RuntimeError("bug"), grpc.StatusCode.INTERNAL),
 ])
@@ -188,7 +189,7 @@ def test_no_client_error_is_unknown_or_internal_and_every_http_error_has_a_code(
     assert set(HTTP_STATUS) <= set(GRPC_STATUS) | {errors.Unprocessable, errors.BadOutput}
     for cls in errors.__all__:
         err_cls = getattr(errors, cls)
-        if err_cls is errors.ServeAbError:
+        if err_cls in (errors.ServeAbError, errors.ModelFailed):  # the model's own failure is INTERNAL, as Triton's
             continue
         assert grpc_status(err_cls("x")) not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), cls
 

@@ -354,6 +354,14 @@ def test_inputs_that_once_gave_a_5xx_are_4xx(app, raw, words):
     assert client.post("/predict", json={"inputs": [ROW]}).status_code == 200
 
 
+def test_a_boolean_in_a_utf16_body_is_refused_too(app):
+    """json.loads reads UTF-16 JSON, where the byte search for true finds nothing."""
+    client, _ = app
+    raw = json.dumps({"inputs": [[True] + ROW[1:]]}).encode("utf-16")
+    response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "holds booleans among its numbers" in response.json()["error"]
+
+
 def test_a_surrogate_in_a_v2_id_is_refused_not_echoed(app):
     client, _ = app
     raw = (b'{"id": "\\udc00", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0'

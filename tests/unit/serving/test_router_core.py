@@ -16,6 +16,7 @@ from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.router import RouterCore
+from serve_ab.serving.core.versions import check_outputs
 from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
 from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeClock, FakeController, FakeVersion
 
@@ -536,7 +537,8 @@ def test_a_dict_answer_from_a_one_output_model_is_a_version_error():
             return {"wrong": await super().predict(batch)}
 
     core = make_core({"v1": FakeVersion(1), "v2": Named(2)})
-    with pytest.raises(BadOutput, match=r"answered outputs \['wrong'\], but the experiment declares \['probabilities'\]"):
+    with pytest.raises(BadOutput, match=r"answered \{name: array\} for outputs \['wrong'\], but this model has one "
+                                        r"output, 'probabilities'"):
         run(core.serve(ROW, None, "v2"))
 
 
@@ -563,3 +565,16 @@ def test_a_static_ab_tests_fallback_is_its_control_not_the_next_version_listed()
                           dict(fakes), FakeController(), request_id=lambda: "req-1", clock=FakeClock())
         key = next(k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v4")
         assert run(core.serve(ROW, key, None))[0] == control
+
+
+def test_a_width_only_seen_once_is_not_enforced():
+    """A python model that declares no outputs is described by one call's answer; a width
+    that varies by input (padded token ids, top-k) must not be refused as a bad answer."""
+    from serve_ab.backends.base import OutputSpec
+
+    seen = OutputSpec("output", np.dtype("float32"), (-1, 10), declared=False)
+    check_outputs("v1", np.zeros((2, 12), np.float32), 2, seen)
+    with pytest.raises(BadOutput, match="answered 3 rows for 2 input rows"):
+        check_outputs("v1", np.zeros((3, 12), np.float32), 2, seen)  # rows are always checked
+    with pytest.raises(BadOutput, match=r"answered shape \[2, 12\], but declares \[-1, 10\]"):
+        check_outputs("v1", np.zeros((2, 12), np.float32), 2, OutputSpec("output", np.dtype("float32"), (-1, 10)))
