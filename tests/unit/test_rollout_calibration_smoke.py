@@ -1,0 +1,51 @@
+"""benchmarks/rollout_calibration.py drives the real ControllerCore end to end and ends with its JSON line.
+
+In-process and small: an A/A candidate on plenty of keyless traffic is promoted, a candidate
+with ten times the errors against ``error_rate max 0.05`` is aborted by that gate, every run
+(fixed seeds: the same runs every time). The rates themselves are read from the full run,
+``python -m benchmarks.rollout_calibration``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from benchmarks import rollout_calibration as calibration
+
+REPS = 4
+RATE_KEYS = {"rate", "mc_se", "hits", "reps"}
+
+
+def test_run_ends_with_one_json_line_and_tells_good_from_bad(capsys):
+    assert calibration.main(["--reps", str(REPS), "--seed", "0",
+                             "--case", "aa_keyless_400", "--case", "err10x_keyless_400"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+
+    assert report["bench"] == "rollout_calibration" and report["reps"] == REPS
+    assert set(report["cases"]) == {"aa_keyless_400", "err10x_keyless_400"}
+    for row in report["cases"].values():
+        for key in ("promoted", "aborted", "aborted_by_gate", "aborted_by_deadline", "unfinished"):
+            assert RATE_KEYS <= set(row[key]) and row[key]["reps"] == REPS
+        assert (row["promoted"]["hits"] + row["aborted"]["hits"] + row["unfinished"]["hits"]) == REPS
+        assert row["gate_fail_per_step"] and all(RATE_KEYS <= set(r) for r in row["gate_fail_per_step"].values())
+
+    good = report["cases"]["aa_keyless_400"]
+    assert good["aa"] is True
+    assert good["promoted"]["hits"] >= REPS - 1
+    # At least the three 60 s pauses; each step analysed several times.
+    assert good["t_promoted_s"]["median"] >= 180
+    assert set(good["mean_analyses_per_step"]) == {"5", "20", "50"}
+
+    bad = report["cases"]["err10x_keyless_400"]
+    assert bad["aborted_by_gate"]["hits"] == REPS
+    assert bad["gate_fail_per_step"]["5|error_rate <= 0.05"]["hits"] == REPS
+    assert all("error_rate" in reason for reason in bad["example_aborts"])
+
+
+def test_a_run_reads_its_verdicts_from_the_controller():
+    out = calibration.one_run(calibration.CASES["err10x_keyless_400"], np.random.SeedSequence([1, 2]), max_s=600)
+    assert out["phase"] == "aborted" and out["cause"] == "gate" and out["weight"] == 0.0
+    assert "failed analysis" in out["reason"] and out["requests"] > 0
