@@ -66,7 +66,7 @@ watch_rollout() {  # until promoted or aborted, under a load whose clients repor
     --concurrency 3 --rate-per-worker-hz 30 --users 500 --stop-file "$WORK/$name.stop" \
     --samples models/digits/samples.json --feedback correct >"$WORK/$name.load.log" 2>&1 &
   local load_pid=$!
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 130); do  # ~12 minutes at most: the canary's 600 s deadline, then some
     serve-ab status --json > "$WORK/status.json"
     python - "$WORK/status.json" <<'PY'
 import json, sys
