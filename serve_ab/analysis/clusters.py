@@ -604,18 +604,11 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
     """A design effect for a vector of class proportions: the mean of each class's,
     weighted by ``1 - p`` (the first-order Rao-Scott correction, Rao & Scott 1981, whose
     chi-square statistic divided by it is referred to the usual distribution)."""
-    present = sorted({cls for _, cls in classes if 0 <= cls < width})  # columns: the classes seen
-    if not present:
+    table = _class_table(classes, width)
+    if table is None:
         return INDEPENDENT
-    column = {cls: i for i, cls in enumerate(present)}
-    counts = np.zeros((_ROWS, len(present)), dtype=np.int64)
-    for (group, cls), count in classes.items():
-        if cls in column:
-            counts[group, column[cls]] += count
-    per_group = counts.sum(axis=1)
+    _, counts, per_group = table
     total = per_group.sum()
-    if total == 0:
-        return INDEPENDENT
     weights, effects = [], []
     for cls in range(counts.shape[1]):
         share = counts[:, cls].sum() / total
@@ -630,18 +623,26 @@ def class_design_effects(classes: collections.Counter, width: int) -> dict[int, 
     predicted are absent (independent). For per-class confidence bounds, where the average
     of :func:`class_design_effect` would make a class that users keep more than others look
     more certain than it is."""
+    table = _class_table(classes, width)
+    if table is None:
+        return {}
+    present, counts, per_group = table
+    return {cls: ratio_design_effect(counts[:, i], per_group) for i, cls in enumerate(present)}
+
+
+def _class_table(classes: collections.Counter, width: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """``{(group, class): count}`` as a (groups x classes seen) table: the classes seen (its
+    columns), the table, and each group's total; None when no class in range was seen."""
     present = sorted({cls for _, cls in classes if 0 <= cls < width})
     if not present:
-        return {}
+        return None
     column = {cls: i for i, cls in enumerate(present)}
     counts = np.zeros((_ROWS, len(present)), dtype=np.int64)
     for (group, cls), count in classes.items():
         if cls in column:
             counts[group, column[cls]] += count
     per_group = counts.sum(axis=1)
-    if per_group.sum() == 0:
-        return {}
-    return {cls: ratio_design_effect(counts[:, i], per_group) for cls, i in column.items()}
+    return None if per_group.sum() == 0 else (present, counts, per_group)
 
 
 def effective_counts(counts: tuple[int, ...], effect: DesignEffect, alpha: float) -> tuple[int, ...]:
