@@ -120,15 +120,19 @@ def test_has_long_number_finds_exactly_the_runs_of_twenty_digits_a_regex_finds()
     assert not has_long_number(b'{"user_id": 1234567890123456789, "x": 0.1234567890123456789}')
 
 
+@pytest.mark.parametrize("decode", [decode_json, decode_json_unique_keys], ids=["decode_json", "unique_keys"])
 @pytest.mark.parametrize("raw, message", [
     (b'{"user_id": "\\ud800"}', "lone UTF-16 surrogate"),
     (b"\xff\xfe", "not valid JSON"),
+    (b'{"a": 1,}', "not valid JSON"),
     (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
     (b"", "empty"),
 ])
-def test_decode_json_refuses_what_it_refused_before(raw, message):
+def test_both_decoders_refuse_what_decode_json_refused_before(decode, raw, message):
+    """The control routes' duplicate-key parse refuses everything the inference parse does."""
     with pytest.raises(InvalidInput, match=message):
-        decode_json(raw)
+        decode(raw)
+    assert decode(b"", allow_empty=True) is None
 
 
 @pytest.mark.parametrize("raw, key", [
@@ -152,17 +156,6 @@ def test_a_control_body_with_a_key_twice_is_refused_naming_the_key(raw, key):
 def test_a_control_body_with_each_key_once_reads_as_decode_json_reads_it(raw):
     assert json.dumps(decode_json_unique_keys(raw)) == json.dumps(decode_json(raw))
 
-
-@pytest.mark.parametrize("raw, message", [
-    (b'{"user_id": "\\ud800"}', "lone UTF-16 surrogate"),
-    (b'{"a": 1,}', "not valid JSON"),
-    (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
-    (b"", "empty"),
-])
-def test_a_control_body_is_refused_as_decode_json_refuses_it(raw, message):
-    with pytest.raises(InvalidInput, match=message):
-        decode_json_unique_keys(raw)
-    assert decode_json_unique_keys(b"", allow_empty=True) is None
 
 
 def test_json_response_writes_numpy_with_tolist_digits_and_nan_as_null():
