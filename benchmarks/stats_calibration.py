@@ -62,7 +62,9 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    Counting requests as independent passed the error-rate cases 15-35% of the time, failed
    the drift_js case 85% and the drift_ks cases 38-55%, and passed the shadow_agreement cases
    about 32%; the gates now read each figure's design effect from per-group totals
-   (``analysis/clusters.py``). Skewed values (lognormal revenue, keyless or per user) at
+   (``analysis/clusters.py``). Four error-rate cases have users who send different numbers
+   of requests (lognormal activity): there the design effect's ceiling from requests per
+   user decides, and users who always or never fail are that ceiling's worst case. Skewed values (lognormal revenue, keyless or per user) at
    ``feedback_mean max`` set at their true mean should pass at most alpha too, where
    Student's t alone passed 7-30%; a candidate at 0.7 of the max shows the price in power.
 
@@ -181,7 +183,18 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "feedback_mean_skewed_max_at_bound_100x20_icc0.3_sigma1": ("feedback_mean", 100, 20, 0.3, 1.0),
     # A power figure: the true mean at 0.7 of the max.
     "feedback_mean_skewed_healthy_0.7_keyless_1000_sigma1": ("feedback_mean", 0, 1000, 0.0, 0.7),
+    # Users who send different numbers of requests (lognormal activity, CLUSTER_ACTIVITY_SIGMA;
+    # the middle figure is the mean per user): the keyed 5% step of a canary at 100 requests/s,
+    # where the design effect's ceiling (clusters.py) decides, and users who always or never
+    # fail, the ceiling's own worst case. The heavier-tailed ones: a few users send most requests.
+    "error_at_bound_300x6_lognormal1_icc0.1": ("error_rate", 300, 6, 0.1, 0.02),
+    "error_at_bound_300x6_lognormal1_icc0.99": ("error_rate", 300, 6, 0.99, 0.02),
+    "error_at_bound_100x20_lognormal1.5_icc0.99": ("error_rate", 100, 20, 0.99, 0.02),
+    "error_at_bound_1000x3_lognormal2_icc0.99": ("error_rate", 1000, 3, 0.99, 0.02),
 }
+# Lognormal activity (log SD) of the cases above that have it; the others' users send per_user each.
+CLUSTER_ACTIVITY_SIGMA = {case: float(case.split("_lognormal")[1].split("_")[0])
+                          for case in CLUSTER_CASES if "_lognormal" in case}
 # Skewed cases: the values' log SD; the rate slot above is the true mean over the max.
 CLUSTER_SKEWED_LOG_SD = {case: 2.0 if case.endswith("sigma2") else 1.0
                          for case in CLUSTER_CASES if "_skewed_" in case}
@@ -608,8 +621,12 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
     if metric == "error_rate":
         shape = (1 - icc) / icc
         user_rates = rng.beta(rate * shape, (1 - rate) * shape, users)
-        for unit, user_rate in zip(units, user_rates):
-            for failed in (rng.random(per_user) < user_rate).tolist():
+        counts = [per_user] * users
+        if case in CLUSTER_ACTIVITY_SIGMA:
+            activity = rng.lognormal(0.0, CLUSTER_ACTIVITY_SIGMA[case], users)
+            counts = rng.multinomial(users * per_user, activity / activity.sum()).tolist()
+        for unit, user_rate, sent in zip(units, user_rates, counts):
+            for failed in (rng.random(sent) < user_rate).tolist():
                 rows.append((version, 5.0, "error" if failed else None, None if failed else 0, None, unit,
                              True, False, 0, None))
     elif metric == "latency_p95_ms":
@@ -869,6 +886,9 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         if case in CLUSTER_SKEWED_LOG_SD:
             what = f"max at the mean, lognormal sigma {CLUSTER_SKEWED_LOG_SD[case]:g}"
         sample = f"{per_user} keyless" if users == 0 else f"{users} users x {per_user}, ICC {icc:g}"
+        if case in CLUSTER_ACTIVITY_SIGMA:
+            sample = (f"{users} users x {per_user} on average (lognormal activity, sigma "
+                      f"{CLUSTER_ACTIVITY_SIGMA[case]:g}), ICC {icc:g}")
         check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA, f"<= {ALPHA}")
     for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
         if case.startswith("aa_") and not keyless:

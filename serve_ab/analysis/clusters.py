@@ -35,7 +35,19 @@ The ratio of that variance to the one the bound assumes (binomial) is the design
   agreement (0 or 1) is kept per group (``ShadowStats.agreement_groups``), a rate as above.
 
 A design effect estimated from k clusters is itself uncertain, so the bounds use its upper
-confidence bound (:meth:`DesignEffect.effective`).
+confidence bound (:meth:`DesignEffect.effective`). When errors are rare, that bound says
+little: a few groups hold every error, the spread's degrees of freedom fall to 1 or 2, and at
+the small alphas of a step's later analyses the bound read thousands where the estimate read
+2-5 (keyed canaries at 100 requests/s then never finished, ``rollout_calibration.py``). So
+the bound is also capped by a ceiling that needs no estimate (:meth:`GroupSums.ceiling`):
+n requests whose users sent n_u each can have a design effect of at most
+``sum(n_u^2) / n``, the one users who always agree with themselves would give (Kish's
+``1 + (m - 1) rho`` at rho = 1, with m the request-weighted mean of n_u). It holds whatever
+the correlation within a user, as long as a user's propensity is not tied to how many
+requests they send. Routers count requests per cell of users (:data:`CELLS`, by the key's
+hash), so the sum is of cells, which holds whole users: at least the users' sum, and within
+a few percent of it while a window has under ~3,000 requests of the version; with more, the
+estimated bound is the smaller one anyway.
 
 The memory is fixed: groups x (2 + latency bins) counters per version, plus the
 (group, class) and (group, score bin) pairs seen, however many users arrive.
@@ -58,14 +70,14 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import special
 
 from serve_ab.routing import NUM_BUCKETS
 
-__all__ = ["INDEPENDENT", "MIN_GROUPS", "class_design_effects", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
+__all__ = ["CELLS", "INDEPENDENT", "MIN_GROUPS", "class_design_effects", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
            "effective_counts",
            "groups_of", "quantile_design_effect", "ratio_design_effect", "score_design_effect",
            "SCORE_BIN_BUCKETS"]
@@ -74,6 +86,12 @@ __all__ = ["INDEPENDENT", "MIN_GROUPS", "class_design_effects", "ValueGroups", "
 #: design effect from 128 groups is within about 13% of its value at one standard error);
 #: each costs a few counters per version in every report.
 NUM_GROUPS = 128
+
+#: Cells of users for the concentration ceiling (:meth:`GroupSums.ceiling`): a keyed request's
+#: cell is ``(unit // NUM_BUCKETS) % CELLS``, bits of its key's hash apart from its bucket's,
+#: so one user's requests share a cell and users spread over them. Two users in one cell make
+#: the ceiling larger (safe), by about n / CELLS for n requests.
+CELLS = 1 << 16
 
 #: Below this many groups of keyed requests, the spread between them is not estimated:
 #: each group counts as one unit (a cluster-level analysis). With 2-20 users the spread of
@@ -130,6 +148,8 @@ class GroupSums:
     #: The same scores' count, sum and sum of squares per group (for scores too close together
     #: for the bins).
     score_values: ValueGroups = field(default_factory=lambda: ValueGroups())
+    #: Keyed requests per cell of users (:data:`CELLS`), for :meth:`ceiling`.
+    cells: collections.Counter = field(default_factory=collections.Counter)
 
     def add_many(self, units: list[int | None], ok: np.ndarray, latency_ms: np.ndarray,
                  predicted_classes: list[int | None], scores: np.ndarray | None = None,
@@ -141,6 +161,7 @@ class GroupSums:
         -1: no score)."""
         groups = groups_of(units)
         np.add.at(self.requests, groups, 1)
+        self.cells.update([(unit // NUM_BUCKETS) % CELLS for unit in units if unit is not None])
         np.add.at(self.errors, groups[~ok], 1)
         if latency_ms.size:
             bins = np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="left")
@@ -163,7 +184,9 @@ class GroupSums:
         used = np.flatnonzero(self.requests).astype(np.int32)
         return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
                 "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
-                "score_bins": self.score_bins, "score_values": self.score_values}
+                "score_bins": self.score_bins, "score_values": self.score_values,
+                "cells": np.fromiter(self.cells.keys(), dtype=np.uint16, count=len(self.cells)),
+                "cell_counts": np.fromiter(self.cells.values(), dtype=np.int64, count=len(self.cells))}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -174,6 +197,9 @@ class GroupSums:
         # Absent from an older router's pickle: its scores then show no design effect.
         self.score_bins = state.get("score_bins") or collections.Counter()
         self.score_values = state.get("score_values") or ValueGroups()
+        # Absent from an older router's pickle too: then no ceiling (:meth:`ceiling`).
+        if "cells" in state:
+            self.cells = collections.Counter(dict(zip(state["cells"].tolist(), state["cell_counts"].tolist())))
 
     def merge(self, other: GroupSums) -> None:
         self.requests += other.requests
@@ -182,6 +208,18 @@ class GroupSums:
         self.classes.update(other.classes)
         self.score_bins.update(other.score_bins)
         self.score_values.merge(other.score_values)
+        self.cells.update(other.cells)
+
+    def ceiling(self, n: int) -> float:
+        """The largest design effect that a figure over ``n`` of these requests (all of them,
+        or the successful ones) can have: ``sum(n_c^2) / n`` over cells of users, each keyless
+        request a cell of one (module docstring). Infinite (no ceiling) where some keyed
+        requests were not counted in cells (a router of an older release sent them)."""
+        keyed = int(self.requests[:NUM_GROUPS].sum())
+        counts = np.fromiter(self.cells.values(), dtype=np.int64, count=len(self.cells))
+        if n <= 0 or int(counts.sum()) != keyed:
+            return math.inf
+        return max(float(np.dot(counts, counts) + self.requests[KEYLESS]) / n, 1.0)
 
 
 @dataclass(frozen=True)
@@ -200,6 +238,16 @@ class DesignEffect:
     within: float = 1.0
     #: Degrees of freedom of ``between``: k - 1, fewer where the group totals are heavy-tailed.
     df: float = 0.0
+    #: The most the design effect can be, from how many requests each user sent
+    #: (:meth:`GroupSums.ceiling`); infinite where not known.
+    ceiling: float = math.inf
+    #: Keyed requests of which none or all had the event: the spread between groups says
+    #: nothing, and :meth:`upper` is the ceiling (1 where there is none).
+    spread_unknown: bool = False
+
+    def capped(self, ceiling: float) -> DesignEffect:
+        """This effect with its ceiling (the smaller of the two, where it had one)."""
+        return replace(self, ceiling=min(self.ceiling, ceiling))
 
     @property
     def estimated(self) -> bool:
@@ -215,6 +263,13 @@ class DesignEffect:
         come), so a candidate at an error-rate gate's bound passed 16% of the time at alpha
         5% on the estimate (40 users x 100 requests, ICC 0.1), and 15.5% with Korn &
         Graubard's t-based correction for degrees of freedom."""
+        if self.spread_unknown:
+            return self.ceiling if math.isfinite(self.ceiling) else self.value
+        return min(self._estimated_upper(alpha), self.ceiling)
+
+    def _estimated_upper(self, alpha: float) -> float:
+        if self.spread_unknown:
+            return math.inf
         if not self.estimated:
             return self.value
         df = self.df or self.groups - 1
@@ -231,6 +286,13 @@ class DesignEffect:
         upper = self.upper(alpha)
         if upper <= 1.0:
             return ""
+        if self.spread_unknown:
+            return (f"; users' requests may be correlated (with none or all of them counted, their spread "
+                    f"says nothing; at most {upper:.3g} for how many requests each user sent, which the gate uses)")
+        if upper < self._estimated_upper(alpha):
+            seen = f"{self.value:.3g} from {self.groups} groups of users" if self.value > 1.0 else "none seen"
+            return (f"; users' requests may be correlated (design effect {seen}; at most {upper:.3g} for "
+                    f"how many requests each user sent, which the gate uses)")
         if self.groups < MIN_GROUPS:
             return (f"; keyed requests came from {self.groups} group(s) of users, fewer than {MIN_GROUPS}, "
                     f"so each group counts as one unit (design effect {upper:.3g})")
@@ -270,8 +332,12 @@ def ratio_design_effect(events: np.ndarray, trials: np.ndarray) -> DesignEffect:
     if k and float(n.sum()) > k and k < MIN_GROUPS:
         return _few_groups(total, keyless_n, k)
     p = (float(x.sum()) + keyless_x) / total
-    if p <= 0.0 or p >= 1.0:  # no spread to compare: the exact bound of 0 or n events stands
-        return DesignEffect(1.0, k)
+    if p <= 0.0 or p >= 1.0:
+        # No spread to read: with no error at all, users who always or never fail look alike.
+        # Keyed requests then take the ceiling (without it, 0 errors in 2,000 requests from
+        # 100 users of whom a few send most passed an error gate at its bound in 17% of
+        # windows at alpha 5%: the users who fail had not come).
+        return DesignEffect(1.0, k, spread_unknown=k > 0)
     scale = total * p * (1.0 - p)  # the binomial variance of the sum
     keyless = (keyless_x * (1.0 - p) ** 2 + (keyless_n - keyless_x) * p * p) / scale
     if k < MIN_GROUPS:  # no keyed group with more than one request: units like keyless ones

@@ -26,9 +26,11 @@ design effect comes from the window's per-group totals (:mod:`serve_ab.analysis.
 ``WindowStats.groups``, ``feedback_groups``, ``conversion_groups``, ``shadow_groups``; a
 mirrored copy counts under its request's user), taken at its upper confidence bound at the
 analysis' level (the groups' spread as a chi-square on degrees of freedom that shrink with
-its kurtosis). That the gate then errs at most alpha is measured, not proved:
-``stats_calibration`` scenario 6. Without groups (a window built by hand) requests count as
-independent.
+its kurtosis), and never above the ceiling that how many requests each user sent sets
+(:meth:`~serve_ab.analysis.clusters.GroupSums.ceiling`: the bound that rare errors left at
+thousands is then at most the request-weighted mean of requests per user). That the gate then
+errs at most alpha is measured, not proved: ``stats_calibration`` scenario 6. Without groups
+(a window built by hand) requests count as independent.
 
 Drift gates are harm detectors, judged like every other gate on evidence: they FAIL only
 when a lower confidence bound on the divergence, one-sided at ``alpha``, is above ``max``,
@@ -453,7 +455,8 @@ def _rate_effect(gate: Gate, window: WindowStats) -> DesignEffect:
     """The design effect of a rate gate's proportion, from its counts per group of users
     (none kept: independent)."""
     if gate.metric is GateMetric.ERROR_RATE and window.groups is not None:
-        return ratio_design_effect(window.groups.errors, window.groups.requests)
+        return _with_ceiling(ratio_design_effect(window.groups.errors, window.groups.requests), window,
+                             window.request_count)
     if gate.metric is GateMetric.FEEDBACK_RATE and gate.name in window.conversion_groups:
         return window.conversion_groups[gate.name].design_effect()
     if gate.metric is GateMetric.SHADOW_AGREEMENT and window.shadow_groups is not None:
@@ -486,7 +489,14 @@ def _percentile(latencies: LogHistogram, percentile: float) -> float:
 def _quantile_effect(window: WindowStats, quantile_ms: float) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
-    return quantile_design_effect(window.groups.latency_bins, quantile_ms)
+    return _with_ceiling(quantile_design_effect(window.groups.latency_bins, quantile_ms), window,
+                         window.latencies_ms.count)
+
+
+def _with_ceiling(effect: DesignEffect, window: WindowStats, n: int) -> DesignEffect:
+    """``effect`` capped by the most a figure over ``n`` of the window's requests can have,
+    by how many requests each user sent (:meth:`~serve_ab.analysis.clusters.GroupSums.ceiling`)."""
+    return effect if window.groups is None else effect.capped(window.groups.ceiling(n))
 
 
 def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
@@ -895,19 +905,22 @@ def _class_effects(window: WindowStats, width: int, alpha: float) -> list[float]
     if window.groups is None:
         return [1.0] * width
     effects = class_design_effects(window.groups.classes, width)
-    return [effects[c].upper(alpha) if c in effects else 1.0 for c in range(width)]
+    n = sum(window.class_counts)
+    return [_with_ceiling(effects[c], window, n).upper(alpha) if c in effects else 1.0 for c in range(width)]
 
 
 def _score_effect(window: WindowStats) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
-    return score_design_effect(window.groups.score_bins, window.groups.score_values)
+    return _with_ceiling(score_design_effect(window.groups.score_bins, window.groups.score_values), window,
+                         len(window.scores))
 
 
 def _class_effect(window: WindowStats) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
-    return class_design_effect(window.groups.classes, len(window.class_counts))
+    return _with_ceiling(class_design_effect(window.groups.classes, len(window.class_counts)), window,
+                         sum(window.class_counts))
 
 
 def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:

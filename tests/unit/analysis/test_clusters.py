@@ -16,7 +16,7 @@ from scipy import stats
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import (
-    KEYLESS, MIN_GROUPS, NUM_GROUPS, DesignEffect, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
+    CELLS, KEYLESS, MIN_GROUPS, NUM_GROUPS, DesignEffect, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
     ratio_design_effect, score_design_effect)
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import GateVerdict, evaluate_gates
@@ -552,3 +552,67 @@ def test_skewed_feedback_holds_a_max_gate_a_t_bound_would_pass():
     low = Gate.model_validate({"metric": "feedback_mean", "name": "revenue", "min": 1.0})
     (result,) = evaluate_gates([low], windows["v2"], windows["v1"], 1, alpha=0.05)
     assert result.verdict is GateVerdict.PASS, result.reason
+
+
+# -- the ceiling: how many requests each user sent ------------------------------------------------
+
+
+def test_the_ceiling_is_the_users_sum_of_squared_requests_over_n():
+    """Users who sent 1, 2 and 5 requests and 3 keyless requests: at most (1 + 4 + 25 + 3) / 11,
+    what users who always agree with themselves would give."""
+    users = {NUM_BUCKETS * 1 + 3: 1, NUM_BUCKETS * 2 + 3: 2, NUM_BUCKETS * 3 + 9: 5}  # distinct cells
+    rows = [row("v2", unit) for unit, n in users.items() for _ in range(n)] + [row("v2", None)] * 3
+    groups = windows_of(rows)["v2"].groups
+    assert {(unit // NUM_BUCKETS) % CELLS for unit in users} == set(groups.cells)
+    assert groups.ceiling(11) == pytest.approx(33 / 11)
+    assert groups.ceiling(10) == pytest.approx(3.3)  # over the successful ones, say: all of them counted
+    assert groups.ceiling(0) == math.inf
+    keyless = windows_of([row("v2", None)] * 5)["v2"].groups
+    assert keyless.ceiling(5) == 1.0 and not keyless.cells
+
+
+def test_two_users_in_one_cell_raise_the_ceiling_never_lower_it():
+    same_cell = [NUM_BUCKETS * 7 + 1, NUM_BUCKETS * (7 + CELLS) + 2]  # other buckets, one cell
+    groups = windows_of([row("v2", unit) for unit in same_cell for _ in range(3)])["v2"].groups
+    assert groups.ceiling(6) == pytest.approx(36 / 6)  # (3 + 3)^2, above the users' 9 + 9
+
+
+def test_the_ceiling_caps_a_design_effect_whose_estimate_is_uncertain():
+    """Rare errors from a few of 400 users who sent 5 requests each: the spread's bound reads
+    far above 5, but no correlation within a user can make it more than 5."""
+    gate = {"metric": "error_rate", "max": 0.05}
+    users = [NUM_BUCKETS * i + i % NUM_BUCKETS for i in range(1, 401)]
+    rows = [row("v2", unit, failed=(i < 2 and k < 3)) for i, unit in enumerate(users) for k in range(5)]
+    rows += [row("v1", None) for _ in range(100)]
+    window = windows_of(rows)["v2"]
+    effect = _rate_effect_of(window)
+    assert effect.ceiling == pytest.approx(5.0)
+    assert effect._estimated_upper(0.001) > 5.0 and effect.upper(0.001) == pytest.approx(5.0)
+    result = judge(gate, rows, alpha=0.001)
+    assert result.verdict is GateVerdict.PASS, result.reason
+    assert "at most 5 for how many requests each user sent" in result.reason
+    window.groups.cells.clear()  # as if a router had not counted cells: no ceiling
+    assert window.groups.ceiling(window.request_count) == math.inf
+
+
+def _rate_effect_of(window):
+    from serve_ab.rollout.gates import _rate_effect
+
+    return _rate_effect(Gate.model_validate({"metric": "error_rate", "max": 0.05}), window)
+
+
+def test_cells_travel_in_a_report_and_an_older_routers_groups_have_no_ceiling():
+    import pickle
+
+    aggregate = IntervalAggregate()
+    aggregate.served_rows([row("v2", NUM_BUCKETS * 5 + 1)] * 3 + [row("v2", None)], {})
+    sums = aggregate.gates["v2"].groups
+    restored = pickle.loads(pickle.dumps(sums))
+    assert restored.cells == sums.cells == {5: 3} and restored.ceiling(4) == pytest.approx(10 / 4)
+    state = sums.__getstate__()
+    del state["cells"], state["cell_counts"]  # pickled by a router of the previous release
+    older = GroupSums.__new__(GroupSums)
+    older.__setstate__(state)
+    assert older.ceiling(4) == math.inf
+    restored.merge(older)  # merged with an upgraded router's: its keyed requests are not in cells
+    assert restored.ceiling(8) == math.inf
