@@ -129,6 +129,92 @@ def groups_of(units: list[int | None]) -> np.ndarray:
                     dtype=np.int64)
 
 
+class CellCounts:
+    """Keyed requests per cell of users (:data:`CELLS`), for :meth:`GroupSums.ceiling`.
+
+    Sparse (the cells touched and their counts, sorted) while few cells are, dense (one
+    counter per cell, 512 KB) past :data:`_DENSE_AFTER`: a controller keeps one per version
+    in each second's slot of its windows, where a dict of a busy second's cells would cost
+    some 100 bytes a cell, and one running total per step, which a busy stable fills. A
+    router appends its requests' cells and counts them when the report is pickled."""
+
+    __slots__ = ("_new", "_keys", "_counts", "_dense")
+
+    def __init__(self) -> None:
+        self._new: list[int] = []  # cells of requests not yet counted
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._dense: np.ndarray | None = None
+
+    def add(self, cells: list[int]) -> None:
+        self._new.extend(cells)
+
+    def sparse(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cells with requests and their counts."""
+        self._settle()
+        if self._dense is not None:
+            keys = np.flatnonzero(self._dense)
+            return keys, self._dense[keys]
+        return self._keys, self._counts
+
+    def merge(self, other: CellCounts) -> None:
+        keys, counts = other.sparse()
+        self._settle()
+        self._fold(keys, counts)
+
+    def total(self) -> int:
+        return int(self.sparse()[1].sum())
+
+    def square_sum(self) -> int:
+        counts = self.sparse()[1]
+        return int(np.dot(counts, counts))
+
+    def __len__(self) -> int:
+        return int(self.sparse()[0].size)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CellCounts):
+            return NotImplemented
+        (keys, counts), (other_keys, other_counts) = self.sparse(), other.sparse()
+        return np.array_equal(keys, other_keys) and np.array_equal(counts, other_counts)
+
+    def as_dict(self) -> dict[int, int]:
+        keys, counts = self.sparse()
+        return dict(zip(keys.tolist(), counts.tolist()))
+
+    def _settle(self) -> None:
+        if self._new:
+            keys, counts = np.unique(np.array(self._new, dtype=np.int64), return_counts=True)
+            self._new = []
+            self._fold(keys, counts.astype(np.int64))
+
+    def _fold(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        if not keys.size:
+            return
+        if self._dense is None and self._keys.size + keys.size > _DENSE_AFTER:
+            self._dense = np.zeros(CELLS, dtype=np.int64)
+            self._dense[self._keys] = self._counts
+        if self._dense is not None:
+            self._dense[keys] += counts  # keys are distinct: a plain fancy add is exact
+            return
+        merged, inverse = np.unique(np.concatenate([self._keys, keys]), return_inverse=True)
+        self._counts = np.bincount(inverse, weights=np.concatenate([self._counts, counts]),
+                                   minlength=merged.size).astype(np.int64)
+        self._keys = merged
+
+    def __getstate__(self) -> dict:
+        keys, counts = self.sparse()
+        return {"cells": keys.astype(np.uint16), "counts": counts}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self._fold(state["cells"].astype(np.int64), state["counts"].astype(np.int64))
+
+
+#: Past this many cells touched, a :class:`CellCounts` keeps one counter per cell.
+_DENSE_AFTER = CELLS // 8
+
+
 @dataclass
 class GroupSums:
     """One version's gate figures per group of buckets (and keyless requests in the last
@@ -149,7 +235,7 @@ class GroupSums:
     #: for the bins).
     score_values: ValueGroups = field(default_factory=lambda: ValueGroups())
     #: Keyed requests per cell of users (:data:`CELLS`), for :meth:`ceiling`.
-    cells: collections.Counter = field(default_factory=collections.Counter)
+    cells: CellCounts = field(default_factory=CellCounts)
 
     def add_many(self, units: list[int | None], ok: np.ndarray, latency_ms: np.ndarray,
                  predicted_classes: list[int | None], scores: np.ndarray | None = None,
@@ -161,7 +247,7 @@ class GroupSums:
         -1: no score)."""
         groups = groups_of(units)
         np.add.at(self.requests, groups, 1)
-        self.cells.update([(unit // NUM_BUCKETS) % CELLS for unit in units if unit is not None])
+        self.cells.add([(unit // NUM_BUCKETS) % CELLS for unit in units if unit is not None])
         np.add.at(self.errors, groups[~ok], 1)
         if latency_ms.size:
             bins = np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="left")
@@ -184,9 +270,7 @@ class GroupSums:
         used = np.flatnonzero(self.requests).astype(np.int32)
         return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
                 "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
-                "score_bins": self.score_bins, "score_values": self.score_values,
-                "cells": np.fromiter(self.cells.keys(), dtype=np.uint16, count=len(self.cells)),
-                "cell_counts": np.fromiter(self.cells.values(), dtype=np.int64, count=len(self.cells))}
+                "score_bins": self.score_bins, "score_values": self.score_values, "cells": self.cells}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -199,7 +283,7 @@ class GroupSums:
         self.score_values = state.get("score_values") or ValueGroups()
         # Absent from an older router's pickle too: then no ceiling (:meth:`ceiling`).
         if "cells" in state:
-            self.cells = collections.Counter(dict(zip(state["cells"].tolist(), state["cell_counts"].tolist())))
+            self.cells = state["cells"]
 
     def merge(self, other: GroupSums) -> None:
         self.requests += other.requests
@@ -208,7 +292,7 @@ class GroupSums:
         self.classes.update(other.classes)
         self.score_bins.update(other.score_bins)
         self.score_values.merge(other.score_values)
-        self.cells.update(other.cells)
+        self.cells.merge(other.cells)
 
     def ceiling(self, n: int) -> float:
         """The largest design effect that a figure over ``n`` of these requests (all of them,
@@ -216,10 +300,9 @@ class GroupSums:
         request a cell of one (module docstring). Infinite (no ceiling) where some keyed
         requests were not counted in cells (a router of an older release sent them)."""
         keyed = int(self.requests[:NUM_GROUPS].sum())
-        counts = np.fromiter(self.cells.values(), dtype=np.int64, count=len(self.cells))
-        if n <= 0 or int(counts.sum()) != keyed:
+        if n <= 0 or self.cells.total() != keyed:
             return math.inf
-        return max(float(np.dot(counts, counts) + self.requests[KEYLESS]) / n, 1.0)
+        return max(float(self.cells.square_sum() + int(self.requests[KEYLESS])) / n, 1.0)
 
 
 @dataclass(frozen=True)

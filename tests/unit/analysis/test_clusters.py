@@ -16,7 +16,7 @@ from scipy import stats
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import (
-    CELLS, KEYLESS, MIN_GROUPS, NUM_GROUPS, DesignEffect, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
+    CELLS, KEYLESS, CellCounts, MIN_GROUPS, NUM_GROUPS, DesignEffect, GroupSums, ValueGroups, class_design_effect, groups_of, quantile_design_effect,
     ratio_design_effect, score_design_effect)
 from serve_ab.config.rollout import Gate
 from serve_ab.rollout.gates import GateVerdict, evaluate_gates
@@ -563,12 +563,12 @@ def test_the_ceiling_is_the_users_sum_of_squared_requests_over_n():
     users = {NUM_BUCKETS * 1 + 3: 1, NUM_BUCKETS * 2 + 3: 2, NUM_BUCKETS * 3 + 9: 5}  # distinct cells
     rows = [row("v2", unit) for unit, n in users.items() for _ in range(n)] + [row("v2", None)] * 3
     groups = windows_of(rows)["v2"].groups
-    assert {(unit // NUM_BUCKETS) % CELLS for unit in users} == set(groups.cells)
+    assert {(unit // NUM_BUCKETS) % CELLS for unit in users} == set(groups.cells.as_dict())
     assert groups.ceiling(11) == pytest.approx(33 / 11)
     assert groups.ceiling(10) == pytest.approx(3.3)  # over the successful ones, say: all of them counted
     assert groups.ceiling(0) == math.inf
     keyless = windows_of([row("v2", None)] * 5)["v2"].groups
-    assert keyless.ceiling(5) == 1.0 and not keyless.cells
+    assert keyless.ceiling(5) == 1.0 and not len(keyless.cells)
 
 
 def test_two_users_in_one_cell_raise_the_ceiling_never_lower_it():
@@ -591,7 +591,7 @@ def test_the_ceiling_caps_a_design_effect_whose_estimate_is_uncertain():
     result = judge(gate, rows, alpha=0.001)
     assert result.verdict is GateVerdict.PASS, result.reason
     assert "at most 5 for how many requests each user sent" in result.reason
-    window.groups.cells.clear()  # as if a router had not counted cells: no ceiling
+    window.groups.cells = CellCounts()  # as if a router had not counted cells: no ceiling
     assert window.groups.ceiling(window.request_count) == math.inf
 
 
@@ -608,11 +608,28 @@ def test_cells_travel_in_a_report_and_an_older_routers_groups_have_no_ceiling():
     aggregate.served_rows([row("v2", NUM_BUCKETS * 5 + 1)] * 3 + [row("v2", None)], {})
     sums = aggregate.gates["v2"].groups
     restored = pickle.loads(pickle.dumps(sums))
-    assert restored.cells == sums.cells == {5: 3} and restored.ceiling(4) == pytest.approx(10 / 4)
+    assert restored.cells == sums.cells and sums.cells.as_dict() == {5: 3} and restored.ceiling(4) == pytest.approx(10 / 4)
     state = sums.__getstate__()
-    del state["cells"], state["cell_counts"]  # pickled by a router of the previous release
+    del state["cells"]  # pickled by a router of the previous release
     older = GroupSums.__new__(GroupSums)
     older.__setstate__(state)
     assert older.ceiling(4) == math.inf
     restored.merge(older)  # merged with an upgraded router's: its keyed requests are not in cells
     assert restored.ceiling(8) == math.inf
+
+
+def test_cell_counts_turn_dense_when_many_cells_are_touched_and_count_the_same():
+    import pickle
+
+    rng = np.random.default_rng(3)
+    reports = [rng.integers(0, CELLS, size).tolist() for size in (5, 300, 9_000, 20_000)]
+    total = CellCounts()
+    for cells in reports:
+        report = CellCounts()
+        report.add(cells)
+        total.merge(pickle.loads(pickle.dumps(report)))  # as the controller merges reports
+    reference = np.bincount(np.concatenate(reports), minlength=CELLS)
+    assert total._dense is not None  # past CELLS // 8 cells
+    assert total.total() == reference.sum() and total.square_sum() == int(np.dot(reference, reference))
+    assert len(total) == int(np.count_nonzero(reference))
+    assert len(pickle.dumps(total)) < 12 * len(total)  # sent sparse

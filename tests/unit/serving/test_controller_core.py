@@ -471,7 +471,7 @@ def test_a_router_clock_6s_behind_still_fills_the_windows():
         clock.advance(1.0)
         for version, n in (("v1", EV_STABLE), ("v2", EV_CANDIDATE)):
             rows = [ServedRequest(clock() - 6.0, version, 3.0, None, 1, 0.9, f"{version}-{clock()}-{i}",
-                                  i, True, False) for i in range(n)]
+                                  next(_NEXT_USER) * 7919, True, False) for i in range(n)]
             record(core, rows)
             for row in rows:
                 core.feedback.add(row.request_id, "correct", None, True, clock())
