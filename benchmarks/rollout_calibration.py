@@ -1,7 +1,7 @@
 """How often does a canary rollout promote a good candidate, and abort a bad one? End to end.
 
     python -m benchmarks.rollout_calibration --quick   # 3 cases x 3 runs: ~40 s on 2 cores; JSON line last
-    python -m benchmarks.rollout_calibration           # the README's 5 cases x 40 runs: ~6.5 minutes
+    python -m benchmarks.rollout_calibration           # the README's 7 cases x 40 runs: ~4 minutes
 
 A simulated population sends traffic through a canary rollout driven by the real
 controller: :class:`serve_ab.serving.controller.ControllerCore` with a
@@ -53,7 +53,8 @@ max 0.3``); ``strict`` adds the example's stricter gates (``latency_p99_ms
 max_ratio_to_stable 1.3`` in place of p95, and ``feedback_rate correct min_ratio_to_stable
 0.95``). Both: ``analysis: {interval_s: 5, min_samples: 10, failure_limit: 1,
 progress_deadline_s: 300, alpha: 0.05}``, steps 5% -> pause 60 s -> 20% -> 60 s -> 50% -> 60 s
--> 100%.
+-> 100%. Cases named ``..._icc0.1`` add ``max_user_icc: 0.1`` to the analysis (the users'
+error ICC is 0.1; their latency's is 0.3 on the log scale, less on the p95 indicator).
 
 Reported per case: promoted / aborted (by a gate, by the deadline) / unfinished rates, each
 with its Monte Carlo standard error sqrt(p (1 - p) / reps); the median (and p10, p90) time to
@@ -150,12 +151,15 @@ class Case:
     rps: float
     keyless: bool = False
     gates: str = "readme"
+    max_user_icc: float | None = None  # the rollout's analysis.max_user_icc (None: no assumption)
 
 
 # Every case a run can ask for (--case NAME); the modes run some of them.
 CASES = {case.name: case for case in [
     Case("aa_keyed_100", "good", 100),
     Case("aa_keyed_400", "good", 400),
+    Case("aa_keyed_100_icc0.1", "good", 100, max_user_icc=0.1),
+    Case("err10x_keyed_100_icc0.1", "err10x", 100, max_user_icc=0.1),
     Case("aa_keyless_100", "good", 100, keyless=True),
     Case("aa_keyless_400", "good", 400, keyless=True),
     Case("err3x_keyed_400", "err3x", 400),
@@ -168,7 +172,8 @@ CASES = {case.name: case for case in [
     Case("fb0.9_keyless_400_strict", "fb0.9", 400, keyless=True, gates="strict"),
 ]}
 QUICK_CASES = ["aa_keyless_400", "err10x_keyless_400", "shift_keyed_400"]
-FULL_CASES = ["aa_keyed_100", "aa_keyed_400", "aa_keyless_100", "err3x_keyed_400", "shift_keyed_400"]
+FULL_CASES = ["aa_keyed_100", "aa_keyed_400", "aa_keyless_100", "err3x_keyed_400", "shift_keyed_400",
+              "aa_keyed_100_icc0.1", "err10x_keyed_100_icc0.1"]
 QUICK_REPS, FULL_REPS = 3, 40
 
 
@@ -202,7 +207,8 @@ def experiment(case: Case) -> ExperimentConfig:
         "versions": [{"name": STABLE, "path": "a.onnx", "backend": "onnx"},
                      {"name": CANDIDATE, "path": "b.onnx", "backend": "onnx"}],
         "weights": {STABLE: 100},
-        "rollout": {"strategy": "canary", "stable": STABLE, "candidate": CANDIDATE, "analysis": ANALYSIS,
+        "rollout": {"strategy": "canary", "stable": STABLE, "candidate": CANDIDATE,
+                    "analysis": {**ANALYSIS, "max_user_icc": case.max_user_icc},
                     "gates": GATE_SETS[case.gates], "steps": STEPS, "retire_after_s": 10},
     })
 

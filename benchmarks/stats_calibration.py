@@ -64,7 +64,9 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    about 32%; the gates now read each figure's design effect from per-group totals
    (``analysis/clusters.py``). Four error-rate cases have users who send different numbers
    of requests (lognormal activity): there the design effect's ceiling from requests per
-   user decides, and users who always or never fail are that ceiling's worst case. Skewed values (lognormal revenue, keyless or per user) at
+   user decides, and users who always or never fail are that ceiling's worst case. Three
+   assume ``analysis.max_user_icc: 0.1``: two where users are that alike (checked), one where
+   they are 0.3 alike (what a wrong assumption costs; shown, not checked). Skewed values (lognormal revenue, keyless or per user) at
    ``feedback_mean max`` set at their true mean should pass at most alpha too, where
    Student's t alone passed 7-30%; a candidate at 0.7 of the max shows the price in power.
 
@@ -191,10 +193,18 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "error_at_bound_300x6_lognormal1_icc0.99": ("error_rate", 300, 6, 0.99, 0.02),
     "error_at_bound_100x20_lognormal1.5_icc0.99": ("error_rate", 100, 20, 0.99, 0.02),
     "error_at_bound_1000x3_lognormal2_icc0.99": ("error_rate", 1000, 3, 0.99, 0.02),
+    # The rollout assumes users' requests at most 0.1 alike (analysis.max_user_icc): checked
+    # where that holds; where they are 0.3 alike, a figure of what a wrong assumption costs.
+    "error_at_bound_300x6_lognormal1_icc0.1_assume0.1": ("error_rate", 300, 6, 0.1, 0.02),
+    "p95_at_bound_300x6_lognormal1_icc0.1_assume0.1": ("latency_p95_ms", 300, 6, 0.1, 0.0),
+    "error_at_bound_300x6_lognormal1_icc0.3_assume0.1_wrong": ("error_rate", 300, 6, 0.3, 0.02),
 }
 # Lognormal activity (log SD) of the cases above that have it; the others' users send per_user each.
 CLUSTER_ACTIVITY_SIGMA = {case: float(case.split("_lognormal")[1].split("_")[0])
                           for case in CLUSTER_CASES if "_lognormal" in case}
+# The analysis.max_user_icc a case's rollout assumes (none for the others).
+CLUSTER_ASSUMED_ICC = {case: float(case.split("_assume")[1].split("_")[0])
+                       for case in CLUSTER_CASES if "_assume" in case}
 # Skewed cases: the values' log SD; the rate slot above is the true mean over the max.
 CLUSTER_SKEWED_LOG_SD = {case: 2.0 if case.endswith("sigma2") else 1.0
                          for case in CLUSTER_CASES if "_skewed_" in case}
@@ -621,18 +631,14 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
     if metric == "error_rate":
         shape = (1 - icc) / icc
         user_rates = rng.beta(rate * shape, (1 - rate) * shape, users)
-        counts = [per_user] * users
-        if case in CLUSTER_ACTIVITY_SIGMA:
-            activity = rng.lognormal(0.0, CLUSTER_ACTIVITY_SIGMA[case], users)
-            counts = rng.multinomial(users * per_user, activity / activity.sum()).tolist()
-        for unit, user_rate, sent in zip(units, user_rates, counts):
+        for unit, user_rate, sent in zip(units, user_rates, _activity(rng, case, users, per_user)):
             for failed in (rng.random(sent) < user_rate).tolist():
                 rows.append((version, 5.0, "error" if failed else None, None if failed else 0, None, unit,
                              True, False, 0, None))
     elif metric == "latency_p95_ms":
         sd_user, sd_request = CLUSTER_LOG_SD * math.sqrt(icc), CLUSTER_LOG_SD * math.sqrt(1 - icc)
-        for unit in units:
-            log_ms = math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
+        for unit, sent in zip(units, _activity(rng, case, users, per_user)):
+            log_ms = math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, sd_user) + rng.normal(0, sd_request, sent)
             rows += [(version, float(ms), None, 0, None, unit, True, False, 0, None) for ms in np.exp(log_ms)]
     elif metric == "drift_ks":  # the candidate's scores shifted by ``rate`` on the logit scale
         shift = rate if version == "v2" else 0.0
@@ -646,6 +652,14 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
         for unit, cls in zip(units, rng.integers(0, GATE_DRIFT_CLASSES, users).tolist()):
             rows += [(version, 5.0, None, cls, None, unit, True, False, 0, None)] * per_user
     return rows
+
+
+def _activity(rng: np.random.Generator, case: str, users: int, per_user: int) -> list[int]:
+    """Requests per user: ``per_user`` each, or ``users * per_user`` spread by lognormal activity."""
+    if case not in CLUSTER_ACTIVITY_SIGMA:
+        return [per_user] * users
+    activity = rng.lognormal(0.0, CLUSTER_ACTIVITY_SIGMA[case], users)
+    return rng.multinomial(users * per_user, activity / activity.sum()).tolist()
 
 
 def cluster_pairs(rng: np.random.Generator, case: str) -> IntervalAggregate:
@@ -731,7 +745,9 @@ def clustered_gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
         agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
         windows = window_stats(aggregate.gates, versions=VERSIONS, agreements=agreements,
                                feedback=feedback[0], conversions=feedback[1])
-        (result,) = evaluate_gates([cluster_gate(case)], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs())
+        assumed = {"max_user_icc": CLUSTER_ASSUMED_ICC[case]} if case in CLUSTER_ASSUMED_ICC else {}
+        (result,) = evaluate_gates([cluster_gate(case)], windows["v2"], windows["v1"], 1, **_gate_alpha_kwargs(),
+                                   **assumed)
         out[case] = result.verdict.value
     return out
 
@@ -876,8 +892,8 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate,
               rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
     for case, (metric, users, per_user, icc, _) in CLUSTER_CASES.items():
-        if "healthy" in case:
-            continue  # a power figure, shown in its table
+        if "healthy" in case or case.endswith("_wrong"):
+            continue  # a power figure, or what a wrong assumption costs: shown in its table
         wrong = "fail" if metric.startswith("drift") else "pass"
         rate = clustered[case][wrong]
         what = "no drift" if metric.startswith("drift") else "at its bound"
@@ -889,6 +905,8 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         if case in CLUSTER_ACTIVITY_SIGMA:
             sample = (f"{users} users x {per_user} on average (lognormal activity, sigma "
                       f"{CLUSTER_ACTIVITY_SIGMA[case]:g}), ICC {icc:g}")
+        if case in CLUSTER_ASSUMED_ICC:
+            sample += f", max_user_icc {CLUSTER_ASSUMED_ICC[case]:g}"
         check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA, f"<= {ALPHA}")
     for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
         if case.startswith("aa_") and not keyless:

@@ -294,15 +294,17 @@ class GroupSums:
         self.score_values.merge(other.score_values)
         self.cells.merge(other.cells)
 
-    def ceiling(self, n: int) -> float:
+    def ceiling(self, n: int, max_icc: float = 1.0) -> float:
         """The largest design effect that a figure over ``n`` of these requests (all of them,
         or the successful ones) can have: ``sum(n_c^2) / n`` over cells of users, each keyless
-        request a cell of one (module docstring). Infinite (no ceiling) where some keyed
-        requests were not counted in cells (a router of an older release sent them)."""
+        request a cell of one (module docstring); with users' requests at most ``max_icc``
+        alike, Kish's ``1 + max_icc (m - 1)`` with m that ratio. Infinite (no ceiling) where
+        some keyed requests were not counted in cells (a router of an older release sent them)."""
         keyed = int(self.requests[:NUM_GROUPS].sum())
         if n <= 0 or self.cells.total() != keyed:
             return math.inf
-        return max(float(self.cells.square_sum() + int(self.requests[KEYLESS])) / n, 1.0)
+        weighted_mean = max(float(self.cells.square_sum() + int(self.requests[KEYLESS])) / n, 1.0)
+        return 1.0 + max_icc * (weighted_mean - 1.0)
 
 
 @dataclass(frozen=True)
@@ -328,9 +330,15 @@ class DesignEffect:
     #: nothing, and :meth:`upper` is the ceiling (1 where there is none).
     spread_unknown: bool = False
 
-    def capped(self, ceiling: float) -> DesignEffect:
-        """This effect with its ceiling (the smaller of the two, where it had one)."""
-        return replace(self, ceiling=min(self.ceiling, ceiling))
+    #: The ``max_user_icc`` the ceiling assumed (1: none).
+    ceiling_icc: float = 1.0
+
+    def capped(self, ceiling: float, icc: float = 1.0) -> DesignEffect:
+        """This effect with a ceiling (the smaller of the two, where it had one), which
+        ``icc`` (below 1) assumed."""
+        if ceiling >= self.ceiling:
+            return self
+        return replace(self, ceiling=ceiling, ceiling_icc=icc)
 
     @property
     def estimated(self) -> bool:
@@ -369,13 +377,15 @@ class DesignEffect:
         upper = self.upper(alpha)
         if upper <= 1.0:
             return ""
+        reason = "how many requests each user sent" + (
+            f" and max_user_icc {self.ceiling_icc:g}" if self.ceiling_icc < 1.0 else "")
         if self.spread_unknown:
             return (f"; users' requests may be correlated (with none or all of them counted, their spread "
-                    f"says nothing; at most {upper:.3g} for how many requests each user sent, which the gate uses)")
+                    f"says nothing; at most {upper:.3g} for {reason}, which the gate uses)")
         if upper < self._estimated_upper(alpha):
             seen = f"{self.value:.3g} from {self.groups} groups of users" if self.value > 1.0 else "none seen"
             return (f"; users' requests may be correlated (design effect {seen}; at most {upper:.3g} for "
-                    f"how many requests each user sent, which the gate uses)")
+                    f"{reason}, which the gate uses)")
         if self.groups < MIN_GROUPS:
             return (f"; keyed requests came from {self.groups} group(s) of users, fewer than {MIN_GROUPS}, "
                     f"so each group counts as one unit (design effect {upper:.3g})")

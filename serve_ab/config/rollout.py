@@ -535,6 +535,17 @@ class GateAnalysisConfig(_Strict):
         "chance of a false pass (or of a false failure) of a gate over all the step's analyses "
         "is at most alpha. Smaller alpha needs more traffic per window to decide.",
     )
+    max_user_icc: float | None = Field(
+        None, gt=0, le=1,
+        description="An assumed ceiling on how alike one user's requests are (their intraclass "
+        "correlation, 0-1) in errors, latency, classes and scores. Unset (the default): no "
+        "assumption; a user who sent m requests may count as few as one, and keyed traffic of a "
+        "few requests a second to the candidate seldom shows enough evidence to pass. Set (e.g. "
+        "0.1), a gate's design effect is at most Kish's 1 + max_user_icc (m - 1), m the "
+        "request-weighted mean of requests per user: faster decisions, valid only while the "
+        "assumption holds (a candidate at a gate's bound passes more often than alpha where "
+        "users are more alike than assumed; README, 'Keyed traffic').",
+    )
     failure_limit: int = Field(
         0, ge=0,
         description="Failed analyses tolerated during the rollout; the next one aborts it "

@@ -451,12 +451,12 @@ def _rate_counts(gate: Gate, window: WindowStats) -> tuple[int, int, str]:
     return x, n, f"{x} successes in {n} '{gate.name}' outcomes"
 
 
-def _rate_effect(gate: Gate, window: WindowStats) -> DesignEffect:
+def _rate_effect(gate: Gate, window: WindowStats, icc: float = 1.0) -> DesignEffect:
     """The design effect of a rate gate's proportion, from its counts per group of users
     (none kept: independent)."""
     if gate.metric is GateMetric.ERROR_RATE and window.groups is not None:
         return _with_ceiling(ratio_design_effect(window.groups.errors, window.groups.requests), window,
-                             window.request_count)
+                             window.request_count, icc)
     if gate.metric is GateMetric.FEEDBACK_RATE and gate.name in window.conversion_groups:
         return window.conversion_groups[gate.name].design_effect()
     if gate.metric is GateMetric.SHADOW_AGREEMENT and window.shadow_groups is not None:
@@ -486,17 +486,20 @@ def _percentile(latencies: LogHistogram, percentile: float) -> float:
     return latencies.quantile(percentile / 100)
 
 
-def _quantile_effect(window: WindowStats, quantile_ms: float) -> DesignEffect:
+def _quantile_effect(window: WindowStats, quantile_ms: float, icc: float = 1.0) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
     return _with_ceiling(quantile_design_effect(window.groups.latency_bins, quantile_ms), window,
-                         window.latencies_ms.count)
+                         window.latencies_ms.count, icc)
 
 
-def _with_ceiling(effect: DesignEffect, window: WindowStats, n: int) -> DesignEffect:
+def _with_ceiling(effect: DesignEffect, window: WindowStats, n: int, icc: float = 1.0) -> DesignEffect:
     """``effect`` capped by the most a figure over ``n`` of the window's requests can have,
-    by how many requests each user sent (:meth:`~serve_ab.analysis.clusters.GroupSums.ceiling`)."""
-    return effect if window.groups is None else effect.capped(window.groups.ceiling(n))
+    by how many requests each user sent and how alike they may be (``icc``, the rollout's
+    ``analysis.max_user_icc``; 1: no assumption), :meth:`~serve_ab.analysis.clusters.GroupSums.ceiling`."""
+    if window.groups is None:
+        return effect
+    return effect.capped(window.groups.ceiling(n, icc), icc)
 
 
 def _quantile_bounds(latencies: LogHistogram, q: float, alpha: float,
@@ -736,13 +739,16 @@ def _judge(gate: Gate, lower: float, upper: float, alpha: float, of: str = "") -
 
 
 def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int, *,
-                  alpha: float = 0.05) -> GateResult:
+                  alpha: float = 0.05, max_user_icc: float | None = None) -> GateResult:
     """Judge one gate on the candidate's window, with stable's window where the gate needs it.
 
     ``alpha`` is this analysis' level, already spent over the step's analyses by the caller
-    (:func:`alpha_for_look`); the default suits a single look.
+    (:func:`alpha_for_look`); the default suits a single look. ``max_user_icc``: the
+    rollout's ``analysis.max_user_icc``, an assumed ceiling on how alike a user's requests
+    are (None: no assumption).
     """
     _check_alpha(alpha)
+    icc = 1.0 if max_user_icc is None else max_user_icc
     metric = gate.metric.value + (f"[{gate.name}]" if gate.name else "")
 
     def result(verdict: GateVerdict, reason: str, value=None, cand=None, stab=None, *,
@@ -764,21 +770,21 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
                           f"this window, {min_samples} needed; is it receiving traffic?")
 
     if gate.metric in _CLASS_DRIFT or gate.metric in _SCORE_DRIFT:
-        return _evaluate_drift(gate, metric, candidate, stable, alpha, result)
+        return _evaluate_drift(gate, metric, candidate, stable, alpha, result, icc)
     if gate.needs_stable:
-        return _evaluate_ratio(gate, metric, candidate, stable, alpha, result)
+        return _evaluate_ratio(gate, metric, candidate, stable, alpha, result, icc)
 
     if gate.metric in _PERCENTILES:
         latencies = candidate.latencies_ms
         percentile = _PERCENTILES[gate.metric]
         value = _percentile(latencies, percentile)
-        effect = _quantile_effect(candidate, value)
+        effect = _quantile_effect(candidate, value, icc)
         lower, upper = _quantile_bounds(latencies, percentile / 100, alpha, effect)
         seen = f"p{percentile:g} of {latencies.count} successful requests is {_fmt(value)} ms{effect.describe(alpha)}"
     elif gate.metric in _RATES:
         x, n, seen = _rate_counts(gate, candidate)
         value = x / n
-        effect = _rate_effect(gate, candidate)
+        effect = _rate_effect(gate, candidate, icc)
         lower, upper = _rate_bounds(x, n, alpha, effect)
         seen += effect.describe(alpha)
     else:  # feedback_mean
@@ -794,7 +800,7 @@ def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_s
 
 
 def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
-                    result) -> GateResult:
+                    result, icc: float = 1.0) -> GateResult:
     """Non-inferiority to stable: a confidence interval on candidate / stable."""
     (seen_cand, unit), (seen_stab, _) = _samples(gate, candidate), _samples(gate, stable)
     sizes = f"{seen_cand} and {seen_stab} {unit}"
@@ -824,9 +830,9 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     value = cand / stab if stab > 0 else math.inf
 
     if gate.metric in _PERCENTILES:
-        effects = (_quantile_effect(candidate, cand), _quantile_effect(stable, stab))
+        effects = (_quantile_effect(candidate, cand, icc), _quantile_effect(stable, stab, icc))
     elif gate.metric in _RATES:
-        effects = (_rate_effect(gate, candidate), _rate_effect(gate, stable))
+        effects = (_rate_effect(gate, candidate, icc), _rate_effect(gate, stable, icc))
     else:
         effects = (_mean_effect(gate, candidate), _mean_effect(gate, stable))
     if gate.metric in _PERCENTILES:
@@ -851,14 +857,14 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
 
 
 def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: WindowStats, alpha: float,
-                    result) -> GateResult:
+                    result, icc: float = 1.0) -> GateResult:
     """A harm detector: FAIL only when a lower confidence bound on the divergence is above max,
     PASS otherwise (never INCONCLUSIVE: see the module's docstring)."""
     if gate.metric in _CLASS_DRIFT:
         value = _CLASS_DRIFT[gate.metric](candidate.class_counts, stable.class_counts)
         # Each side's counts on its effective sample (Rao-Scott's first-order correction):
         # users who keep getting one class would otherwise read as a shift of the classes.
-        effects = (_class_effect(candidate), _class_effect(stable))
+        effects = (_class_effect(candidate, icc), _class_effect(stable, icc))
         counts = [effective_counts(w.class_counts, e, alpha / 2) for w, e in zip((candidate, stable), effects)]
         described = _describe_both(effects, candidate, stable, alpha / 2)
         if min(sum(c) for c in counts) == 0:  # nothing left to test on one side: no difference shown
@@ -870,13 +876,13 @@ def _evaluate_drift(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         # The bound, each class's interval on its own design effect (a class users keep more
         # than others is less certain than the average effect says), at its upper bound.
         width = max(len(candidate.class_counts), len(stable.class_counts))
-        per_class = tuple(_class_effects(w, width, alpha / 2) for w in (candidate, stable))
+        per_class = tuple(_class_effects(w, width, alpha / 2, icc) for w in (candidate, stable))
         lower = drift.class_divergence_lower_bound(_CLASS_KIND[gate.metric], candidate.class_counts,
                                                    stable.class_counts, alpha, per_class)
     else:
         # Each side's sample on its design effect: users whose scores run high or low would
         # otherwise read as a shift of the scores.
-        effects = (_score_effect(candidate), _score_effect(stable))
+        effects = (_score_effect(candidate, icc), _score_effect(stable, icc))
         deffs = tuple(e.upper(alpha / 2) for e in effects)
         statistic, p_value = drift.ks_test_sketched(candidate.scores, stable.scores, deffs)
         band = drift.dkw_band((len(candidate.scores) / deffs[0], len(stable.scores) / deffs[1]), alpha)
@@ -900,27 +906,27 @@ _CLASS_KIND = {GateMetric.DRIFT_KL: "kl", GateMetric.DRIFT_PSI: "psi", GateMetri
                GateMetric.DRIFT_JS_DISTANCE: "js_distance"}
 
 
-def _class_effects(window: WindowStats, width: int, alpha: float) -> list[float]:
+def _class_effects(window: WindowStats, width: int, alpha: float, icc: float = 1.0) -> list[float]:
     """Each class's design effect at its upper ``1 - alpha`` bound (1 without groups)."""
     if window.groups is None:
         return [1.0] * width
     effects = class_design_effects(window.groups.classes, width)
     n = sum(window.class_counts)
-    return [_with_ceiling(effects[c], window, n).upper(alpha) if c in effects else 1.0 for c in range(width)]
+    return [_with_ceiling(effects[c], window, n, icc).upper(alpha) if c in effects else 1.0 for c in range(width)]
 
 
-def _score_effect(window: WindowStats) -> DesignEffect:
+def _score_effect(window: WindowStats, icc: float = 1.0) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
     return _with_ceiling(score_design_effect(window.groups.score_bins, window.groups.score_values), window,
-                         len(window.scores))
+                         len(window.scores), icc)
 
 
-def _class_effect(window: WindowStats) -> DesignEffect:
+def _class_effect(window: WindowStats, icc: float = 1.0) -> DesignEffect:
     if window.groups is None:
         return INDEPENDENT
     return _with_ceiling(class_design_effect(window.groups.classes, len(window.class_counts)), window,
-                         sum(window.class_counts))
+                         sum(window.class_counts), icc)
 
 
 def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
@@ -981,14 +987,15 @@ def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
 
 def evaluate_gates(
     gates: Sequence[Gate], candidate: WindowStats, stable: WindowStats, min_samples: int, *,
-    alpha: float = 0.05,
+    alpha: float = 0.05, max_user_icc: float | None = None,
 ) -> list[GateResult]:
-    """One :class:`GateResult` per gate, in the order the gates are configured; ``alpha`` as
-    for :func:`evaluate_gate`."""
+    """One :class:`GateResult` per gate, in the order the gates are configured; ``alpha`` and
+    ``max_user_icc`` as for :func:`evaluate_gate`."""
     if min_samples < 1:
         raise ValueError(f"min_samples is {min_samples}; it must be >= 1")
     _check_alpha(alpha)
-    return [evaluate_gate(gate, candidate, stable, min_samples, alpha=alpha) for gate in gates]
+    return [evaluate_gate(gate, candidate, stable, min_samples, alpha=alpha, max_user_icc=max_user_icc)
+            for gate in gates]
 
 
 def overall_verdict(results: Iterable[GateResult]) -> GateVerdict:

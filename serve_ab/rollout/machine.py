@@ -580,7 +580,8 @@ class Rollout:
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
         alpha = alpha_for_look(self.config.analysis.alpha, max(s.analyses_in_step, 1))
-        results = tuple(evaluate_gates(gates, candidate, stable, min_samples, alpha=alpha))
+        results = tuple(evaluate_gates(gates, candidate, stable, min_samples, alpha=alpha,
+                                       max_user_icc=self.config.analysis.max_user_icc))
         verdict = overall_verdict(results)
         s.step_verdict = verdict
         picked = [r for r in results if r.verdict is verdict] or list(results)

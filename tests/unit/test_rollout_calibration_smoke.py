@@ -49,3 +49,14 @@ def test_a_run_reads_its_verdicts_from_the_controller():
     out = calibration.one_run(calibration.CASES["err10x_keyless_400"], np.random.SeedSequence([1, 2]), max_s=600)
     assert out["phase"] == "aborted" and out["cause"] == "gate" and out["weight"] == 0.0
     assert "failed analysis" in out["reason"] and out["requests"] > 0
+
+
+def test_keyed_canary_at_100_per_second_holds_without_an_assumption_and_passes_with_one():
+    """5 keyed requests a second to the 5% step, from some 300 users: no assumption about how
+    alike a user's requests are leaves too little evidence within 300 s (the deadline aborts
+    it); analysis.max_user_icc: 0.1, which these users meet, promotes it."""
+    seed = np.random.SeedSequence([3, 4])
+    held = calibration.one_run(calibration.CASES["aa_keyed_100"], seed, max_s=600)
+    assumed = calibration.one_run(calibration.CASES["aa_keyed_100_icc0.1"], seed, max_s=600)
+    assert (held["phase"], held["cause"]) == ("aborted", "deadline"), held["reason"]
+    assert assumed["phase"] == "promoted", assumed["reason"]

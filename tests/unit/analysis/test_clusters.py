@@ -633,3 +633,19 @@ def test_cell_counts_turn_dense_when_many_cells_are_touched_and_count_the_same()
     assert total.total() == reference.sum() and total.square_sum() == int(np.dot(reference, reference))
     assert len(total) == int(np.count_nonzero(reference))
     assert len(pickle.dumps(total)) < 12 * len(total)  # sent sparse
+
+
+def test_an_assumed_max_user_icc_bounds_the_design_effect_by_kish():
+    """400 users who sent 5 requests each, two of whom failed 3 times: with their requests at
+    most 0.1 alike, the design effect is at most 1 + 0.1 (5 - 1) = 1.4."""
+    users = [NUM_BUCKETS * i + i % NUM_BUCKETS for i in range(1, 401)]
+    rows = [row("v2", unit, failed=(i < 2 and k < 3)) for i, unit in enumerate(users) for k in range(5)]
+    rows += [row("v1", None) for _ in range(100)]
+    windows = windows_of(rows)
+    assert windows["v2"].groups.ceiling(2000, 0.1) == pytest.approx(1.4)
+    gate = Gate.model_validate({"metric": "error_rate", "max": 0.01})
+    (assumed,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, alpha=0.05, max_user_icc=0.1)
+    (worst,) = evaluate_gates([gate], windows["v2"], windows["v1"], 1, alpha=0.05)
+    assert "at most 1.4 for how many requests each user sent and max_user_icc 0.1" in assumed.reason
+    assert assumed.verdict is GateVerdict.PASS and worst.verdict is GateVerdict.INCONCLUSIVE, worst.reason
+    assert assumed.upper < worst.upper

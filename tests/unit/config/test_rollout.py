@@ -158,12 +158,16 @@ def test_cross_field_rules():
     assert "greater than 0" in error_text(base(analysis={"interval_s": 0}))
     assert "less than 0.5" in error_text(base(analysis={"alpha": 0.5}))
     assert "greater than 0" in error_text(base(analysis={"alpha": 0}))
+    assert "max_user_icc" in error_text(base(analysis={"max_user_icc": 0}))
+    assert "less than or equal to 1" in error_text(base(analysis={"max_user_icc": 1.5}))
 
 
 def test_analysis_alpha_defaults_to_5_percent_and_drift_js_distance_is_a_drift_gate():
     config = RolloutConfig.model_validate(base())
     assert config.analysis.alpha == 0.05
     assert RolloutConfig.model_validate(base(analysis={"alpha": 0.01})).analysis.alpha == 0.01
+    assert config.analysis.max_user_icc is None  # no assumption unless one is made
+    assert RolloutConfig.model_validate(base(analysis={"max_user_icc": 0.1})).analysis.max_user_icc == 0.1
     gate = RolloutConfig.model_validate(base(gates=[{"metric": "drift_js_distance", "max": 0.3}])).gates[0]
     assert gate.metric in rc.DRIFT_METRICS and gate.needs_stable and gate.label == "drift_js_distance <= 0.3"
 

@@ -480,6 +480,29 @@ def test_a_router_clock_6s_behind_still_fills_the_windows():
     assert status["phase"] == "promoted", status["reason"]
 
 
+def test_the_rollouts_max_user_icc_reaches_the_gates():
+    """40 users who send the candidate 2 requests a second each: the error gate's design effect
+    is at most Kish's 1 + 0.05 (m - 1) under the configured assumption, and says so."""
+    gates = [{"metric": "error_rate", "max": 0.05}]
+    reasons = {}
+    for icc in (None, 0.05):
+        clock = FakeClock()
+        analysis = {"interval_s": 5, "min_samples": 10, "failure_limit": 0, "max_user_icc": icc}
+        core = ControllerCore(experiment(gates=gates, analysis=analysis), MemoryStateStore(), clock)
+        core.tick()
+        for second in range(12):
+            clock.advance(1.0)
+            rows = [ServedRequest(clock(), "v2", 3.0, "model" if (i == 0 and second % 3 == 0) else None, 1, 0.9,
+                                  f"v2-{second}-{i}", 10_000 * (i + 1) + 7, True, False) for i in range(80)]
+            rows += [ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, f"v1-{second}-{i}", None, True, False)
+                     for i in range(100)]
+            record(core, rows)
+            core.tick()
+        (gate,) = core.status()["gates"]
+        reasons[icc] = gate["reason"]
+    assert "max_user_icc 0.05" in reasons[0.05] and "max_user_icc" not in reasons[None], reasons
+
+
 def test_pinned_failing_traffic_to_the_candidate_moves_no_gate():
     clock = FakeClock()
     core = ControllerCore(experiment(), MemoryStateStore(), clock)
