@@ -20,8 +20,8 @@ is re-implemented here. Each simulated second:
    ``core.record`` at the end of the second (``controller.report_interval_s`` 1 s);
 3. feedback on half the successful answers comes at the same moment, as the controller's
    ``feedback`` method takes a token's (``core.feedback.add`` with the version, unit and
-   epoch); only where a gate reads feedback (the ``strict`` gates): a window folds every
-   event of the step again at every tick, which makes these runs slow;
+   epoch); only where a gate reads feedback (the ``strict`` gates), since each report costs
+   the controller a few microseconds in its windows;
 4. ``core.tick()`` half a second later; the phase comes from ``core.status()``, the weights
    the router uses next from ``core.snapshot()``. One tick a second (the controller ticks every
    ``tick_s``, 0.25 s by default; the windows only change when a report comes, and the
@@ -223,8 +223,8 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
     assigner = Assigner({STABLE: 100.0, CANDIDATE: 0.0}, salt, rng=random.Random(int(rng.integers(2**63))))
     pop = Population(rng, max(int(case.rps * model.users_per_rps), 50), model, assigner)
     aggregate = IntervalAggregate()
-    # Feedback only moves feedback gates (and the A/B figures, not read here); a window
-    # folds every event of the step at every tick, so it is sent only where a gate reads it.
+    # Feedback only moves feedback gates (and the A/B figures, not read here): sent only
+    # where a gate reads it.
     with_feedback = any(gate["metric"].startswith("feedback") for gate in GATE_SETS[case.gates])
     fail_any: dict[tuple[float, str], bool] = {}
     looks: Counter = Counter()

@@ -99,8 +99,8 @@ class ControllerCore:
                 self.store.save(self.key, fresh.to_dict())
                 self.rollout = fresh
                 self._announce(fresh)
-        # The gates' windows, merged from the routers' reports (kept per second for a sliding
-        # window_s, and as a running total over the step).
+        # The gates' windows, merged from the routers' reports and the joined feedback (kept
+        # per second for a sliding window_s, and as a running total over the step).
         window_s = cfg.rollout.analysis.window_s if cfg.rollout is not None else None
         self.gate_windows = GateWindows(keep_s=(window_s or 0.0) + 120.0)
         self.reports = RouterReports()
@@ -114,9 +114,9 @@ class ControllerCore:
         else:
             self.stats = ExperimentStats([v.name for v in cfg.versions], self.started_at_s,
                                          shadow_version, feedback_kinds)
-        # Feedback events are kept for the gates' windows only; the totals go to self.stats.
+        # Joined feedback goes to the totals (self.stats) and, in a rollout, the gates' windows.
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
-        self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=self.rollout is not None,
+        self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
                                      on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
                                      request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
         self._restore_reported()
@@ -227,6 +227,8 @@ class ControllerCore:
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
         self.stats.record_feedback(t_s, version, name, value, converted, unit, self._split_weights(split))
+        if self.rollout is not None:
+            self.gate_windows.add_feedback(t_s, version, name, value, converted, unit)
 
     def _split_weights(self, epoch: int) -> dict[str, float] | None:
         """The weights routers routed by at ``epoch``; None (the weights now) for an epoch this
@@ -254,10 +256,9 @@ class ControllerCore:
         step_started_s = self.rollout.state.step_started_at_s
         start_s = max(step_started_s, now - self._window_s())
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
-        feedback, conversions = self.feedback.events(since_s=start_s)
-        gates, agreements = self.gate_windows.window(start_s, step=start_s == step_started_s)
-        windows = window_stats(gates, versions=versions, agreements=agreements, feedback=feedback,
-                               conversions=conversions, start_s=start_s, end_s=now + 1.0)
+        window = self.gate_windows.window(start_s, step=start_s == step_started_s)
+        windows = window_stats(window.gates, versions=versions, agreements=window.agreements,
+                               values=window.values, outcomes=window.outcomes)
         candidate = self.cfg.rollout.candidate
         windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks or {})
         saved = self.rollout.to_dict()

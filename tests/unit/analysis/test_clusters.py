@@ -194,7 +194,7 @@ def test_the_controllers_windows_carry_the_groups_of_every_router():
     windows = GateWindows(keep_s=60.0)
     windows.add(1.0, first.gates)
     windows.add(2.0, second.gates)
-    gates, _ = windows.window(0.0, step=False)
+    gates = windows.window(0.0, step=False).gates
     groups = window_stats(gates, versions=VERSIONS)["v2"].groups
     assert groups.requests[7] == 2 and groups.errors[7] == 1 and groups.requests[KEYLESS] == 1
     assert groups.requests[10_150 % NUM_BUCKETS % NUM_GROUPS] == 1 and groups.requests.sum() == 4
@@ -407,7 +407,7 @@ def test_the_controllers_windows_carry_each_routers_shadow_agreements():
     for t_s, aggregate in ((1.0, first), (2.0, second)):
         sent = pickle.loads(pickle.dumps(aggregate))  # as a report travels
         windows.add(t_s, sent.gates, {v: s.agreement_groups for v, s in sent.shadow.items()})
-    _, agreements = windows.window(0.0, step=False)
+    agreements = windows.window(0.0, step=False).agreements
     window = window_stats({}, versions=VERSIONS, agreements=agreements)["v2"]
     assert (window.shadow_pairs, window.shadow_agreements) == (3, 2)
     assert window.shadow_groups.counts[7] == 2 and window.shadow_groups.sums[7] == 2
@@ -461,7 +461,7 @@ def test_an_older_routers_report_without_groups_counts_its_requests_and_pairs_as
     assert old.shadow["v2"].score_diff_groups.sums[KEYLESS] == pytest.approx(0.2)
     windows = GateWindows(keep_s=60.0)
     windows.add(1.0, old.gates, {v: s.agreement_groups for v, s in old.shadow.items()})
-    gates, agreements = windows.window(0.0, step=False)
+    gates, agreements, _, _ = windows.window(0.0, step=False)
     window = window_stats(gates, versions=VERSIONS, agreements=agreements)["v2"]
     assert (window.request_count, window.error_count, window.shadow_pairs) == (2, 1, 1)
     new = IntervalAggregate()
