@@ -65,6 +65,7 @@ class GateAggregate:
         if "groups" not in state:
             self.groups = GroupSums()
             self.groups.requests[KEYLESS], self.groups.errors[KEYLESS] = self.requests, self.errors
+            self.groups.cells.complete = False  # keyed or not, nobody knows: no ceiling
 
     def add(self, latency_ms: float, ok: bool, predicted_class: int | None, score: float | None,
             unit: int | None = None) -> None:

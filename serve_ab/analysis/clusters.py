@@ -54,7 +54,7 @@ The memory is fixed: groups x (2 + latency bins) counters per version, plus the
 
 ``deff`` is at least 1, and keyless requests keep their exact bound. Keyed requests from
 fewer than :data:`MIN_GROUPS` groups say too little of how users differ: each group counts
-as one unit (so does a canary whose weight owns fewer than 10 buckets, 0.1%). Independent
+as one unit (so does a canary whose weight owns fewer than 20 buckets, 0.2%). Independent
 requests of keyed users pay for the uncertainty of the estimated spread: at 128 groups their
 evidence shrinks by a fifth to a third.
 
@@ -132,28 +132,35 @@ def groups_of(units: list[int | None]) -> np.ndarray:
 class CellCounts:
     """Keyed requests per cell of users (:data:`CELLS`), for :meth:`GroupSums.ceiling`.
 
-    Sparse (the cells touched and their counts, sorted) while few cells are, dense (one
-    counter per cell, 512 KB) past :data:`_DENSE_AFTER`: a controller keeps one per version
-    in each second's slot of its windows, where a dict of a busy second's cells would cost
-    some 100 bytes a cell, and one running total per step, which a busy stable fills. A
-    router appends its requests' cells and counts them when the report is pickled."""
+    Sparse (the cells touched, uint16, and their counts, int32: 6 bytes a cell) while under
+    half the cells are touched, dense (one int32 counter per cell, 256 KB) past that: a
+    controller keeps one per version in each second's slot of its windows, where a dict of a
+    busy second's cells would cost some 100 bytes a cell, and one running total per step,
+    which a busy stable fills. A router appends its requests' cells and counts them every
+    :data:`_PENDING_MAX` requests and when its report is pickled.
 
-    __slots__ = ("_new", "_keys", "_counts", "_dense")
+    ``complete`` is False where some keyed requests were counted without their cells (a
+    router of an older release sent them): then there is no ceiling."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_new", "_keys", "_counts", "_dense", "complete")
+
+    def __init__(self, complete: bool = True) -> None:
         self._new: list[int] = []  # cells of requests not yet counted
-        self._keys = np.zeros(0, dtype=np.int64)
-        self._counts = np.zeros(0, dtype=np.int64)
+        self._keys = np.zeros(0, dtype=np.uint16)
+        self._counts = np.zeros(0, dtype=np.int32)
         self._dense: np.ndarray | None = None
+        self.complete = complete
 
     def add(self, cells: list[int]) -> None:
         self._new.extend(cells)
+        if len(self._new) > _PENDING_MAX:
+            self._settle()
 
     def sparse(self) -> tuple[np.ndarray, np.ndarray]:
-        """The cells with requests and their counts."""
+        """The cells with requests (uint16) and their counts (int32)."""
         self._settle()
         if self._dense is not None:
-            keys = np.flatnonzero(self._dense)
+            keys = np.flatnonzero(self._dense).astype(np.uint16)
             return keys, self._dense[keys]
         return self._keys, self._counts
 
@@ -161,13 +168,14 @@ class CellCounts:
         keys, counts = other.sparse()
         self._settle()
         self._fold(keys, counts)
+        self.complete = self.complete and other.complete
 
     def total(self) -> int:
-        return int(self.sparse()[1].sum())
+        return int(self.sparse()[1].sum(dtype=np.int64))
 
-    def square_sum(self) -> int:
-        counts = self.sparse()[1]
-        return int(np.dot(counts, counts))
+    def square_sum(self) -> float:
+        counts = self.sparse()[1].astype(np.float64)  # squares of int32 counts overflow int32
+        return float(np.dot(counts, counts))
 
     def __len__(self) -> int:
         return int(self.sparse()[0].size)
@@ -176,7 +184,8 @@ class CellCounts:
         if not isinstance(other, CellCounts):
             return NotImplemented
         (keys, counts), (other_keys, other_counts) = self.sparse(), other.sparse()
-        return np.array_equal(keys, other_keys) and np.array_equal(counts, other_counts)
+        return (self.complete == other.complete and np.array_equal(keys, other_keys)
+                and np.array_equal(counts, other_counts))
 
     def as_dict(self) -> dict[int, int]:
         keys, counts = self.sparse()
@@ -184,35 +193,45 @@ class CellCounts:
 
     def _settle(self) -> None:
         if self._new:
-            keys, counts = np.unique(np.array(self._new, dtype=np.int64), return_counts=True)
+            keys, counts = np.unique(np.array(self._new, dtype=np.uint16), return_counts=True)
             self._new = []
-            self._fold(keys, counts.astype(np.int64))
+            self._fold(keys, counts.astype(np.int32))
 
     def _fold(self, keys: np.ndarray, counts: np.ndarray) -> None:
         if not keys.size:
             return
         if self._dense is None and self._keys.size + keys.size > _DENSE_AFTER:
-            self._dense = np.zeros(CELLS, dtype=np.int64)
+            self._dense = np.zeros(CELLS, dtype=np.int32)
             self._dense[self._keys] = self._counts
         if self._dense is not None:
             self._dense[keys] += counts  # keys are distinct: a plain fancy add is exact
             return
-        merged, inverse = np.unique(np.concatenate([self._keys, keys]), return_inverse=True)
-        self._counts = np.bincount(inverse, weights=np.concatenate([self._counts, counts]),
-                                   minlength=merged.size).astype(np.int64)
-        self._keys = merged
+        merged, inverse = np.unique(np.concatenate([self._keys, keys.astype(np.uint16)]), return_inverse=True)
+        summed = np.bincount(inverse, weights=np.concatenate([self._counts, counts]), minlength=merged.size)
+        self._keys, self._counts = merged, summed.astype(np.int32)
 
-    def __getstate__(self) -> dict:
+    # Pickled as plain arrays inside GroupSums' state (GroupSums.__getstate__), so that a
+    # controller of the previous release still reads a newer router's report.
+    def to_state(self) -> dict:
         keys, counts = self.sparse()
-        return {"cells": keys.astype(np.uint16), "counts": counts}
+        return {"cells": keys, "cell_counts": counts, "cells_complete": self.complete}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-        self._fold(state["cells"].astype(np.int64), state["counts"].astype(np.int64))
+    @classmethod
+    def from_state(cls, state: dict) -> CellCounts:
+        """From :meth:`to_state`'s keys in ``state``; without them (an older router's), an
+        incomplete one."""
+        if "cells" not in state:
+            return cls(complete=False)
+        out = cls(complete=bool(state.get("cells_complete", True)))
+        out._fold(np.asarray(state["cells"]).astype(np.uint16), np.asarray(state["cell_counts"]).astype(np.int32))
+        return out
 
 
-#: Past this many cells touched, a :class:`CellCounts` keeps one counter per cell.
-_DENSE_AFTER = CELLS // 8
+#: Past this many cells touched, a :class:`CellCounts` keeps one counter per cell (sparse, it
+#: would then take more than the dense array's 256 KB).
+_DENSE_AFTER = CELLS // 2
+#: Requests' cells a router holds before counting them (a list of ints until then).
+_PENDING_MAX = 4096
 
 
 @dataclass
@@ -270,7 +289,7 @@ class GroupSums:
         used = np.flatnonzero(self.requests).astype(np.int32)
         return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
                 "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
-                "score_bins": self.score_bins, "score_values": self.score_values, "cells": self.cells}
+                "score_bins": self.score_bins, "score_values": self.score_values, **self.cells.to_state()}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -282,8 +301,7 @@ class GroupSums:
         self.score_bins = state.get("score_bins") or collections.Counter()
         self.score_values = state.get("score_values") or ValueGroups()
         # Absent from an older router's pickle too: then no ceiling (:meth:`ceiling`).
-        if "cells" in state:
-            self.cells = state["cells"]
+        self.cells = CellCounts.from_state(state)
 
     def merge(self, other: GroupSums) -> None:
         self.requests += other.requests
@@ -301,9 +319,9 @@ class GroupSums:
         alike, Kish's ``1 + max_icc (m - 1)`` with m that ratio. Infinite (no ceiling) where
         some keyed requests were not counted in cells (a router of an older release sent them)."""
         keyed = int(self.requests[:NUM_GROUPS].sum())
-        if n <= 0 or self.cells.total() != keyed:
+        if n <= 0 or not self.cells.complete or self.cells.total() != keyed:
             return math.inf
-        weighted_mean = max(float(self.cells.square_sum() + int(self.requests[KEYLESS])) / n, 1.0)
+        weighted_mean = max((self.cells.square_sum() + float(self.requests[KEYLESS])) / n, 1.0)
         return 1.0 + max_icc * (weighted_mean - 1.0)
 
 
@@ -703,7 +721,9 @@ def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> Desi
     at = int(np.searchsorted(LATENCY_EDGES_MS, quantile_ms, side="left"))
     candidates = [i for i in (at - 1, at) if 0 <= i < LATENCY_EDGES_MS.size]
     effects = [ratio_design_effect(below[:, i], per_group) for i in candidates]
-    return max(effects, key=lambda d: d.value, default=INDEPENDENT)
+    # An edge below every latency (or above) shows no spread; the other edge, if it does, says more.
+    informative = [effect for effect in effects if not effect.spread_unknown] or effects
+    return max(informative, key=lambda d: d.value, default=INDEPENDENT)
 
 
 def score_design_effect(score_bins: collections.Counter, score_values: ValueGroups | None = None) -> DesignEffect:
@@ -778,15 +798,20 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
 
 
 def class_design_effects(classes: collections.Counter, width: int) -> dict[int, DesignEffect]:
-    """Each class's own design effect (of its proportion), by class index; classes no group
-    predicted are absent (independent). For per-class confidence bounds, where the average
+    """Each class's own design effect (of its proportion), by class index in ``range(width)``;
+    empty where nothing was classified. For per-class confidence bounds, where the average
     of :func:`class_design_effect` would make a class that users keep more than others look
-    more certain than it is."""
+    more certain than it is. A class no request got shows no spread between users (keyed
+    ones then take the ceiling: the users who would have got it may not have come; as 1, a
+    drift gate with no drift failed 1.5-3% of windows at low thresholds)."""
     table = _class_table(classes, width)
     if table is None:
         return {}
     present, counts, per_group = table
-    return {cls: ratio_design_effect(counts[:, i], per_group) for i, cls in enumerate(present)}
+    column = {cls: i for i, cls in enumerate(present)}
+    none = np.zeros(per_group.size, dtype=np.int64)
+    return {cls: ratio_design_effect(counts[:, column[cls]] if cls in column else none, per_group)
+            for cls in range(width)}
 
 
 def _class_table(classes: collections.Counter, width: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:

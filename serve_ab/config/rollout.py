@@ -544,7 +544,7 @@ class GateAnalysisConfig(_Strict):
         "0.1), a gate's design effect is at most Kish's 1 + max_user_icc (m - 1), m the "
         "request-weighted mean of requests per user: faster decisions, valid only while the "
         "assumption holds (a candidate at a gate's bound passes more often than alpha where "
-        "users are more alike than assumed; README, 'Keyed traffic').",
+        "users are more alike than assumed; README: 'Keyed traffic needs much more').",
     )
     failure_limit: int = Field(
         0, ge=0,

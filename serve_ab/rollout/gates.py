@@ -93,7 +93,8 @@ Example::
 
     windows = build_windows(observations, versions=("v1", "v2"))
     alpha = alpha_for_look(config.analysis.alpha, look)   # look: 1, 2, ... within a step
-    results = evaluate_gates(config.gates, windows["v2"], windows["v1"], min_samples=50, alpha=alpha)
+    results = evaluate_gates(config.gates, windows["v2"], windows["v1"], min_samples=50, alpha=alpha,
+                             max_user_icc=config.analysis.max_user_icc)   # None: no assumption
     overall_verdict(results)      # GateVerdict.PASS, FAIL or INCONCLUSIVE
 """
 
@@ -499,6 +500,10 @@ def _with_ceiling(effect: DesignEffect, window: WindowStats, n: int, icc: float 
     ``analysis.max_user_icc``; 1: no assumption), :meth:`~serve_ab.analysis.clusters.GroupSums.ceiling`."""
     if window.groups is None:
         return effect
+    # The assumption's ceiling holds even where the groups' estimate reads more: that estimate
+    # is noisy exactly where errors cluster, and letting it overrule the assumption (tried)
+    # cut the false passes under a wrong one from 9.0 +- 2.0% to 8.0 +- 1.9% while aborting a
+    # 10x-error candidate by its gate in 1 of 40 rollouts instead of 12 (rollout_calibration).
     return effect.capped(window.groups.ceiling(n, icc), icc)
 
 
