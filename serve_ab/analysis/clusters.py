@@ -38,7 +38,8 @@ A design effect estimated from k clusters is itself uncertain, so the bounds use
 confidence bound (:meth:`DesignEffect.effective`). When errors are rare, that bound says
 little: a few groups hold every error, the spread's degrees of freedom fall to 1 or 2, and at
 the small alphas of a step's later analyses the bound read thousands where the estimate read
-2-5 (keyed canaries at 100 requests/s then never finished, ``rollout_calibration.py``). So
+2-5 (a keyed A/A canary at 400 requests/s ran out its deadline in 7 of 40 runs,
+``rollout_calibration.py``; 1 of 40 with the ceiling). So
 the bound is also capped by a ceiling that needs no estimate (:meth:`GroupSums.ceiling`):
 n requests whose users sent n_u each can have a design effect of at most
 ``sum(n_u^2) / n``, the one users who always agree with themselves would give (Kish's
@@ -344,10 +345,6 @@ class DesignEffect:
     #: The most the design effect can be, from how many requests each user sent
     #: (:meth:`GroupSums.ceiling`); infinite where not known.
     ceiling: float = math.inf
-    #: Keyed requests of which none or all had the event: the spread between groups says
-    #: nothing, and :meth:`upper` is the ceiling (1 where there is none).
-    spread_unknown: bool = False
-
     #: The ``max_user_icc`` the ceiling assumed (1: none).
     ceiling_icc: float = 1.0
 
@@ -372,13 +369,9 @@ class DesignEffect:
         come), so a candidate at an error-rate gate's bound passed 16% of the time at alpha
         5% on the estimate (40 users x 100 requests, ICC 0.1), and 15.5% with Korn &
         Graubard's t-based correction for degrees of freedom."""
-        if self.spread_unknown:
-            return self.ceiling if math.isfinite(self.ceiling) else self.value
         return min(self._estimated_upper(alpha), self.ceiling)
 
     def _estimated_upper(self, alpha: float) -> float:
-        if self.spread_unknown:
-            return math.inf
         if not self.estimated:
             return self.value
         df = self.df or self.groups - 1
@@ -397,9 +390,6 @@ class DesignEffect:
             return ""
         reason = "how many requests each user sent" + (
             f" and max_user_icc {self.ceiling_icc:g}" if self.ceiling_icc < 1.0 else "")
-        if self.spread_unknown:
-            return (f"; users' requests may be correlated (with none or all of them counted, their spread "
-                    f"says nothing; at most {upper:.3g} for {reason}, which the gate uses)")
         if upper < self._estimated_upper(alpha):
             seen = f"{self.value:.3g} from {self.groups} groups of users" if self.value > 1.0 else "none seen"
             return (f"; users' requests may be correlated (design effect {seen}; at most {upper:.3g} for "
@@ -444,11 +434,13 @@ def ratio_design_effect(events: np.ndarray, trials: np.ndarray) -> DesignEffect:
         return _few_groups(total, keyless_n, k)
     p = (float(x.sum()) + keyless_x) / total
     if p <= 0.0 or p >= 1.0:
-        # No spread to read: with no error at all, users who always or never fail look alike.
-        # Keyed requests then take the ceiling (without it, 0 errors in 2,000 requests from
-        # 100 users of whom a few send most passed an error gate at its bound in 17% of
-        # windows at alpha 5%: the users who fail had not come).
-        return DesignEffect(1.0, k, spread_unknown=k > 0)
+        # No spread to compare: the exact bound of 0 or n events stands. (Taking the ceiling
+        # here was tried: the false passes of an error gate at its bound, with 100 users of
+        # whom a few send most and who always or never fail, went from 16.5% to 1.5% at alpha
+        # 5%, but a healthy canary with 0 errors in 1,376 requests from some 100 users of a
+        # test could no longer pass within 120 s: 0 errors from that few users bound nothing
+        # below 5% at a held step's small alphas, while one error more read the same.)
+        return DesignEffect(1.0, k)
     scale = total * p * (1.0 - p)  # the binomial variance of the sum
     keyless = (keyless_x * (1.0 - p) ** 2 + (keyless_n - keyless_x) * p * p) / scale
     if k < MIN_GROUPS:  # no keyed group with more than one request: units like keyless ones
@@ -721,9 +713,7 @@ def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> Desi
     at = int(np.searchsorted(LATENCY_EDGES_MS, quantile_ms, side="left"))
     candidates = [i for i in (at - 1, at) if 0 <= i < LATENCY_EDGES_MS.size]
     effects = [ratio_design_effect(below[:, i], per_group) for i in candidates]
-    # An edge below every latency (or above) shows no spread; the other edge, if it does, says more.
-    informative = [effect for effect in effects if not effect.spread_unknown] or effects
-    return max(informative, key=lambda d: d.value, default=INDEPENDENT)
+    return max(effects, key=lambda d: d.value, default=INDEPENDENT)
 
 
 def score_design_effect(score_bins: collections.Counter, score_values: ValueGroups | None = None) -> DesignEffect:
@@ -798,20 +788,15 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
 
 
 def class_design_effects(classes: collections.Counter, width: int) -> dict[int, DesignEffect]:
-    """Each class's own design effect (of its proportion), by class index in ``range(width)``;
-    empty where nothing was classified. For per-class confidence bounds, where the average
+    """Each class's own design effect (of its proportion), by class index; classes no group
+    predicted are absent (independent). For per-class confidence bounds, where the average
     of :func:`class_design_effect` would make a class that users keep more than others look
-    more certain than it is. A class no request got shows no spread between users (keyed
-    ones then take the ceiling: the users who would have got it may not have come; as 1, a
-    drift gate with no drift failed 1.5-3% of windows at low thresholds)."""
+    more certain than it is."""
     table = _class_table(classes, width)
     if table is None:
         return {}
     present, counts, per_group = table
-    column = {cls: i for i, cls in enumerate(present)}
-    none = np.zeros(per_group.size, dtype=np.int64)
-    return {cls: ratio_design_effect(counts[:, column[cls]] if cls in column else none, per_group)
-            for cls in range(width)}
+    return {cls: ratio_design_effect(counts[:, i], per_group) for i, cls in enumerate(present)}
 
 
 def _class_table(classes: collections.Counter, width: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:
