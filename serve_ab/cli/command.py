@@ -22,6 +22,7 @@ from serve_ab.config.experiment import (
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
 from serve_ab.config.serve_file import AppKind, check_app, load_yaml
 from serve_ab.routing import NUM_BUCKETS
+from serve_ab.store.url import redact_url
 
 BUILDER_PREFIX = "serve_ab"
 
@@ -130,7 +131,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
     if not isinstance(raw, dict):
         return [f"{path}: expected a mapping at the top level (got {type(raw).__name__})"]
     if "applications" not in raw:
-        return _validate_experiment(raw, "", check_files, warnings)
+        return _validate_experiment(raw, "", check_files, warnings)[0]
 
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema  # Ray's own check of its own format
@@ -142,13 +143,19 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
         errors += format_validation_error(err)
     apps = raw.get("applications") or []
     found = False
+    experiments: list[tuple[str, ExperimentConfig]] = []
     for index, app in enumerate(apps if isinstance(apps, list) else []):
         if isinstance(app, dict) and str(app.get("import_path", "")).startswith(BUILDER_PREFIX):
             found = True
             kind, app_errors = check_app(app, f"applications.{index}")
             errors += app_errors
             if kind is AppKind.EXPERIMENT:
-                errors += _validate_experiment(app.get("args"), f"applications.{index}.args", check_files, warnings)
+                prefix = f"applications.{index}.args"
+                app_errors, cfg = _validate_experiment(app.get("args"), prefix, check_files, warnings)
+                errors += app_errors
+                if cfg is not None:
+                    experiments.append((prefix, cfg))
+    errors += shared_state_errors(experiments)
     if not found and not errors:
         errors.append(
             f"applications: no application imports {BUILDER_PREFIX} (e.g. import_path: "
@@ -157,21 +164,44 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
     return errors
 
 
-def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: list[str]) -> list[str]:
+def _validate_experiment(args: Any, prefix: str, check_files: bool,
+                         warnings: list[str]) -> tuple[list[str], ExperimentConfig | None]:
+    """The experiment's errors, and the experiment where it parsed."""
     try:
         cfg = parse_experiment(args)
     except ConfigError as err:
-        return errors_under(prefix, err.errors)
+        return errors_under(prefix, err.errors), None
     warnings += multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
     if not check_files:
-        return []
+        return [], cfg
     from serve_ab.serving.app import resolve_model_paths
 
     try:
         resolve_model_paths(cfg)
     except ConfigError as err:
-        return errors_under(prefix, err.errors)
-    return []
+        return errors_under(prefix, err.errors), cfg
+    return [], cfg
+
+
+def shared_state_errors(experiments: list[tuple[str, ExperimentConfig]]) -> list[str]:
+    """Two apps of one file serving the same ``model`` from the same state store would share
+    its records: the store's keys name the model, not the app (``serve_ab/store/keys.py``), so
+    each would resume, overwrite and report the other's rollout, run and feedback key."""
+    errors, seen = [], {}
+    for prefix, cfg in experiments:
+        c = cfg.controller
+        store = (f"controller.store_url {redact_url(c.store_url)!r} (store_key_prefix {c.store_key_prefix!r})"
+                 if c.store_url is not None else f"controller.state_path {c.state_path!r}")
+        where = (cfg.model, c.store_url, c.store_key_prefix if c.store_url is not None
+                 else os.path.abspath(c.state_path))
+        if where in seen:
+            errors.append(
+                f"{prefix}.model: {cfg.model!r} is also {seen[where]}.model, and both keep their state in {store}: "
+                "the two apps would resume and overwrite each other's rollout, run record and feedback key; "
+                "give one another model name, or its own controller.state_path (or store_key_prefix)")
+        else:
+            seen[where] = prefix
+    return errors
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +28,17 @@ def check_header_name(field: str, value: str, example: str) -> str:
     return value
 
 
+def check_ray_quantity(field: str, quantity: float) -> float:
+    """Refuse an amount of a Ray resource that Ray would refuse only at deploy time (with a
+    traceback naming no field): infinite, or finer than Ray counts."""
+    if not math.isfinite(quantity):
+        raise ValueError(f"{field} is {quantity!r}; it must be a finite amount, e.g. 0.25")
+    if 0 < quantity < RAY_RESOURCE_RESOLUTION:
+        raise ValueError(f"{field} is {quantity:g}; Ray counts resources in steps of "
+                         f"{RAY_RESOURCE_RESOLUTION:g}, so use 0 or at least {RAY_RESOURCE_RESOLUTION:g}")
+    return quantity
+
+
 def check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
     """Refuse what Ray would refuse only at deploy time, naming the key and the value."""
     for name, quantity in resources.items():
@@ -35,10 +47,23 @@ def check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
                 f"resources has {name!r} (got {name}: {quantity:g}); Ray reserves "
                 f"{', '.join(RAY_RESERVED_RESOURCES)} for its own keywords: use num_cpus, num_gpus or "
                 "memory beside resources, and resources only for custom ones, e.g. {accel_a: 1}")
-        if 0 < quantity < RAY_RESOURCE_RESOLUTION:
-            raise ValueError(f"resources.{name} is {quantity:g}; Ray counts resources in steps of "
-                             f"{RAY_RESOURCE_RESOLUTION:g}, so use 0 or at least {RAY_RESOURCE_RESOLUTION:g}")
+        check_ray_quantity(f"resources.{name}", quantity)
     return resources
+
+
+# An environment variable's name, where a config names one that holds a secret.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_name(field: str, value: str, example: str) -> str:
+    """A secret is read from the environment variable ``value`` names; refuse what cannot be
+    a name (most often the secret itself pasted in), without quoting it."""
+    if not ENV_NAME_RE.fullmatch(value):
+        raise ValueError(f"{field} must be the NAME of an environment variable holding the secret "
+                         f"(letters, digits and _, not starting with a digit), e.g. {example}; the "
+                         f"value given ({len(value)} characters) is not one, and is not shown here "
+                         "in case it is the secret itself")
+    return value
 
 
 class Strict(BaseModel):

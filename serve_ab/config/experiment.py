@@ -25,7 +25,9 @@ from pydantic import (
 from serve_ab.config._base import (
     VERSION_NAME_PATTERN,
     WEIGHT_RESOLUTION_PCT,
+    check_env_name,
     check_header_name,
+    check_ray_quantity,
     check_ray_resources,
 )
 from serve_ab.config._base import Strict as _Strict
@@ -179,6 +181,11 @@ class RayActorOptions(_Strict):
     @classmethod
     def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
         return check_ray_resources(resources)
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _ray_quantity(cls, quantity: float, info: ValidationInfo) -> float:
+        return check_ray_quantity(info.field_name, quantity)
 
     def to_ray(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
@@ -432,6 +439,11 @@ class FeedbackConfig(_Strict):
         "controller makes one and keeps it in its state store, and every router asks it for it.",
     )
 
+    @field_validator("key_env")
+    @classmethod
+    def _key_env(cls, name: str) -> str:
+        return check_env_name("key_env", name, "SERVE_AB_FEEDBACK_KEY")
+
 
 class ControlConfig(_Strict):
     token_env: str = Field(
@@ -460,6 +472,11 @@ class ControlConfig(_Strict):
         False, description="Accept control actions and pins without a token. Only for local experiments."
     )
 
+    @field_validator("token_env", "qa_token_env", "viewer_token_env")
+    @classmethod
+    def _env_names(cls, name: str, info: ValidationInfo) -> str:
+        return check_env_name(info.field_name, name, "SERVE_AB_CONTROL_TOKEN")
+
 
 def _check_sqlite_path(field: str, path: str) -> str:
     """A SQLite file's path: a directory there (or a name ending in /) cannot be opened as one."""
@@ -483,7 +500,7 @@ class ControllerConfig(_Strict):
         "state_path (and becomes it). Unset: SQLite at state_path.",
     )
     store_password_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        None,
         description="Environment variable holding the Redis password (read by the controller's "
         "process, never logged); instead of a password in store_url, which Ray shows with the config.",
     )
@@ -517,6 +534,16 @@ class ControllerConfig(_Strict):
     def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
         return check_ray_resources(resources)
 
+    @field_validator("num_cpus")
+    @classmethod
+    def _ray_quantity(cls, quantity: float) -> float:
+        return check_ray_quantity("num_cpus", quantity)
+
+    @field_validator("store_password_env")
+    @classmethod
+    def _password_env(cls, name: str | None) -> str | None:
+        return None if name is None else check_env_name("store_password_env", name, "REDIS_PASSWORD")
+
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, url: str | None) -> str | None:
@@ -539,7 +566,7 @@ class ControllerConfig(_Strict):
             if "state_path" in self.model_fields_set and self.state_path != parsed.path:
                 raise ValueError(f"store_url ({self.store_url!r}) and state_path ({self.state_path!r}) name two "
                                  "SQLite files; keep one")
-            object.__setattr__(self, "state_path", parsed.path)
+            object.__setattr__(self, "state_path", _check_sqlite_path("store_url's path", parsed.path))
             object.__setattr__(self, "store_url", None)
             self.__pydantic_fields_set__ = (self.model_fields_set | {"state_path"}) - {"store_url"}
         return self
@@ -969,6 +996,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
             received = redact_url(received)  # a store URL's password is never printed
         if item["type"] == "missing":
             lines.append(f"{path}: field required")
+        elif path.endswith("_env") and item["type"] != "extra_forbidden":
+            lines.append(f"{path}: {message}")  # it should name a secret's variable: it may be the secret
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":
             lines.append(f"{path}: {message}")
         else:

@@ -42,6 +42,7 @@ from serve_ab.config._base import (
     HEADER_NAME_RE,
     VERSION_NAME_PATTERN,
     WEIGHT_RESOLUTION_PCT,
+    check_env_name,
 )
 from serve_ab.config._base import Strict as _Strict
 
@@ -195,7 +196,6 @@ class PrometheusConfig(_Strict):
 #: Event kinds sent to notification receivers (see :mod:`serve_ab.rollout.notify`).
 NOTIFICATION_EVENTS = ("phase_changed", "progress", "analysis_failed", "action")
 _URL_RE = re.compile(r"^https?://[^\s/?#@]+(?:[/?][^\s#]*)?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_EXAMPLE = "e.g. https://hooks.example.com/serve-ab"
 
 
@@ -214,9 +214,7 @@ def check_hook_headers(headers: dict[str, str], headers_from_env: dict[str, str]
     if both:
         raise ValueError(f"header(s) {both} are in both headers and headers_from_env; keep one")
     for name, env in headers_from_env.items():
-        if not _ENV_NAME_RE.match(env):
-            raise ValueError(f"headers_from_env.{name} is {env!r}; give the NAME of an environment "
-                             "variable holding the value (never the secret itself), e.g. SLACK_TOKEN")
+        check_env_name(f"headers_from_env.{name}", env, "SLACK_TOKEN")
 
 
 class HttpHook(_Strict):
@@ -250,9 +248,8 @@ class HttpHook(_Strict):
             raise ValueError(f"give exactly one of url or url_from_env (got "
                              f"{'both' if self.url else 'neither'}), {_URL_EXAMPLE}")
         check_hook_url("url", self.url)
-        if self.url_from_env is not None and not _ENV_NAME_RE.match(self.url_from_env):
-            raise ValueError(f"url_from_env is {self.url_from_env!r}; give the NAME of an environment "
-                             "variable holding the URL, e.g. SLACK_WEBHOOK_URL")
+        if self.url_from_env is not None:
+            check_env_name("url_from_env", self.url_from_env, "SLACK_WEBHOOK_URL")
         check_hook_headers(self.headers, self.headers_from_env)
         return self
 

@@ -55,6 +55,25 @@ def test_a_surprise_in_one_file_is_reported_and_the_rest_still_checked(tmp_path,
     assert f"{GOOD}: ok" in out
 
 
+def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tmp_path, capsys):
+    import yaml
+
+    app = yaml.safe_load(GOOD.read_text())["applications"][0]
+    second = dict(app, name="second", route_prefix="/second")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(yaml.safe_dump({"applications": [app, second]}))
+    assert cli.main(["validate", "--no-check-files", str(shared)]) == 1
+    model = app["args"]["model"]
+    assert (f"  - applications.1.args.model: {model!r} is also applications.0.args.model, and both keep "
+            "their state in controller.state_path '.serve-ab/state.sqlite': the two apps would resume and "
+            "overwrite each other's rollout") in capsys.readouterr().out
+    # Its own state file (or another model name) keeps them apart.
+    own = dict(second, args=dict(app["args"], controller={"state_path": str(tmp_path / "second.sqlite")}))
+    apart = tmp_path / "apart.yaml"
+    apart.write_text(yaml.safe_dump({"applications": [app, own]}))
+    assert cli.main(["validate", "--no-check-files", str(apart)]) == 0
+
+
 # --- a reader that goes away, Ctrl-C: exit codes, no traceback ------------------------------
 
 

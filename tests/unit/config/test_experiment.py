@@ -275,6 +275,50 @@ def test_state_and_records_paths_must_name_a_file(tmp_path):
     assert parse_experiment(with_changes(controller={"state_path": ok})).controller.state_path == ok
 
 
+@pytest.mark.parametrize("where, path", [
+    ("version", "versions.1.deployment.ray_actor_options"), ("router", "router.ray_actor_options"),
+    ("controller", "controller")])
+@pytest.mark.parametrize("field", ["num_cpus", "num_gpus", "resources"])
+@pytest.mark.parametrize("quantity, says", [
+    (0.00001, "is 1e-05; Ray counts resources in steps of 0.0001, so use 0 or at least 0.0001"),
+    (float("inf"), "is inf; it must be a finite amount, e.g. 0.25"),
+])
+def test_amounts_ray_refuses_at_deploy_time_are_refused_here(where, path, field, quantity, says):
+    if where == "controller" and field == "num_gpus":
+        return  # the controller asks for no GPU
+    value = {"accel_a": quantity} if field == "resources" else quantity
+    if where == "version":
+        cfg = isolated(ray_actor_options={field: value})
+    elif where == "router":
+        cfg = with_changes(router={"ray_actor_options": {field: value}})
+    else:
+        cfg = with_changes(controller={field: value})
+    [error] = errors_of(cfg)
+    named = "resources.accel_a" if field == "resources" else field
+    assert error.startswith(f"{path}.{field}: {named} {says}"), error
+
+
+def test_a_sqlite_store_url_naming_a_directory_is_refused(tmp_path):
+    [error] = errors_of(with_changes(controller={"store_url": f"sqlite:///{tmp_path}"}))
+    assert error == (f"controller: store_url's path {str(tmp_path)!r} is a directory; give the path of a "
+                     "SQLite file (created if missing), e.g. .serve-ab/state.sqlite")
+
+
+@pytest.mark.parametrize("section, field", [
+    ("control", "token_env"), ("control", "qa_token_env"), ("control", "viewer_token_env"),
+    ("feedback", "key_env"), ("controller", "store_password_env")])
+def test_a_secret_pasted_where_its_variable_name_goes_is_refused_and_never_echoed(section, field):
+    secret = "Bearer 8f3a-prod-operator-token"
+    changes = {field: secret}
+    if field == "store_password_env":
+        changes["store_url"] = "redis://localhost:6379/0"
+    [error] = errors_of(with_changes(**{section: changes}))
+    assert error.startswith(f"{section}.{field}: {field} must be the NAME of an environment variable")
+    assert "31 characters" in error and "8f3a" not in error
+    assert getattr(getattr(parse_experiment(with_changes(**{section: {**changes, field: "MY_SECRET"}})), section),
+                   field) == "MY_SECRET"
+
+
 # -- no silent coercion ------------------------------------------------------------------------
 
 

@@ -216,11 +216,12 @@ def experiment(notifications, rollout=True) -> dict:
     ({"type": "webhook"}, "exactly one of url or url_from_env"),
     ({"type": "webhook", "url": "ftp://x/y"}, "'ftp://x/y'; it must be an http:// or https:// URL"),
     ({"type": "webhook", "url": "https://user:pw@x/y"}, "no user:password@"),
-    ({"type": "slack", "url_from_env": "https://hooks.slack.com/x"}, "give the NAME of an environment variable"),
+    ({"type": "slack", "url_from_env": "https://hooks.slack.com/x"},
+     "url_from_env must be the NAME of an environment variable"),
     ({"type": "webhook", "url": "http://x/y", "events": ["phase_change"]}, "events has ['phase_change']; valid: "
                                                                           "phase_changed, progress"),
     ({"type": "webhook", "url": "http://x/y", "headers_from_env": {"Authorization": "Bearer abc"}},
-     "headers_from_env.Authorization is 'Bearer abc'"),
+     "headers_from_env.Authorization must be the NAME of an environment variable"),
     ({"type": "teams", "url": "http://x/y"}, "webhook"),
 ])
 def test_receiver_errors_name_the_field_and_what_is_valid(receiver_doc, expected):

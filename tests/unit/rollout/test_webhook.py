@@ -56,7 +56,7 @@ def test_webhook_gates_parse_with_no_bound_or_one_of_min_max():
     ({"metric": "webhook", "url": "http://c/x", "query": "up"}, "takes no query"),
     ({"metric": "error_rate", "max": 0.1, "url": "http://c/x"}, "gate error_rate takes no url; only metric: webhook"),
     ({"metric": "webhook", "url": "http://c/x", "headers_from_env": {"Authorization": "Bearer x"}},
-     "give the NAME of an environment variable"),
+     "headers_from_env.Authorization must be the NAME of an environment variable"),
 ])
 def test_webhook_gate_errors_name_the_field_value_and_what_is_valid(doc, expected):
     with pytest.raises(ValidationError) as info:
