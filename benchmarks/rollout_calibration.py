@@ -1,7 +1,7 @@
 """How often does a canary rollout promote a good candidate, and abort a bad one? End to end.
 
     python -m benchmarks.rollout_calibration --quick   # 3 cases x 3 runs: ~40 s on 2 cores; JSON line last
-    python -m benchmarks.rollout_calibration           # the README's 7 cases x 40 runs: ~4 minutes
+    python -m benchmarks.rollout_calibration           # the README's 8 cases x 40 runs: ~5 minutes
 
 A simulated population sends traffic through a canary rollout driven by the real
 controller: :class:`serve_ab.serving.controller.ControllerCore` with a
@@ -45,7 +45,8 @@ successful answers get a ``correct`` feedback event (true with the user's propen
 **Candidates** (:data:`CANDIDATES`): ``good`` (an A/A: the candidate is the stable model),
 ``err3x`` / ``err10x`` (every user's error propensity times 3 or 10), ``lat1.5x`` (every
 latency times 1.5), ``shift`` (30% of predictions moved to class 0), ``fb0.9`` (the
-``correct`` propensity times 0.9).
+``correct`` propensity times 0.9), ``errmax`` (every request fails with probability 0.05,
+``error_rate``'s max: any step it leaves, it leaves on a false pass).
 
 **Rollouts** (:data:`GATE_SETS`): ``readme`` is the README's example with its literal gates
 (``error_rate max 0.05``, ``latency_p95_ms max_ratio_to_stable 1.5``, ``drift_js_distance
@@ -60,7 +61,8 @@ Reported per case: promoted / aborted (by a gate, by the deadline) / unfinished 
 with its Monte Carlo standard error sqrt(p (1 - p) / reps); the median (and p10, p90) time to
 the decision; and, per step's weight and gate, how often that gate said FAIL at least once
 while the candidate was at that weight (among the runs that analysed there): for an A/A
-candidate every such fail is a false one. One process, no Ray instance (``ray`` is imported
+candidate every such fail is a false one; and per pause's weight, how many of the runs that
+reached it left it for a larger weight (for ``errmax``, every one a false pass). One process, no Ray instance (``ray`` is imported
 for the controller module's deployment class only).
 """
 
@@ -117,6 +119,7 @@ class Candidate:
     lat_mult: float = 1.0
     class_shift: float = 0.0  # share of predictions moved to class 0
     correct_mult: float = 1.0
+    error_rate: float | None = None  # every request fails with this probability (ICC 0), if set
 
 
 CANDIDATES = {
@@ -126,6 +129,8 @@ CANDIDATES = {
     "lat1.5x": Candidate(lat_mult=1.5),
     "shift": Candidate(class_shift=0.3),
     "fb0.9": Candidate(correct_mult=0.9),
+    # At error_rate's max 0.05 exactly: any step it leaves, it leaves on a false pass.
+    "errmax": Candidate(error_rate=0.05),
 }
 
 
@@ -164,6 +169,8 @@ CASES = {case.name: case for case in [
     Case("aa_keyless_400", "good", 400, keyless=True),
     Case("err3x_keyed_400", "err3x", 400),
     Case("err10x_keyed_400", "err10x", 400),
+    Case("errmax_keyless_400", "errmax", 400, keyless=True),
+    Case("errmax_keyed_400", "errmax", 400),
     Case("err10x_keyless_400", "err10x", 400, keyless=True),
     Case("lat1.5x_keyed_400", "lat1.5x", 400),
     Case("shift_keyed_400", "shift", 400),
@@ -173,7 +180,7 @@ CASES = {case.name: case for case in [
 ]}
 QUICK_CASES = ["aa_keyless_400", "err10x_keyless_400", "shift_keyed_400"]
 FULL_CASES = ["aa_keyed_100", "aa_keyed_400", "aa_keyless_100", "err3x_keyed_400", "shift_keyed_400",
-              "aa_keyed_100_icc0.1", "err10x_keyed_100_icc0.1"]
+              "aa_keyed_100_icc0.1", "err10x_keyed_100_icc0.1", "errmax_keyless_400"]
 QUICK_REPS, FULL_REPS = 3, 40
 
 
@@ -228,6 +235,7 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
     with_feedback = any(gate["metric"].startswith("feedback") for gate in GATE_SETS[case.gates])
     fail_any: dict[tuple[float, str], bool] = {}
     looks: Counter = Counter()
+    weights_seen = set()
     last_gates = None
     t[0] = START_S + 0.5
     core.tick()  # the first step's weight
@@ -249,6 +257,7 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
                 feedback(core, rng, rows, users, pop, cand, t[0])
         t[0] += 0.5
         weight = status["weights_pct"][CANDIDATE]
+        weights_seen.add(weight)
         core.tick()
         status = core.status()
         if status["gates"] is not last_gates:  # a new analysis (the controller keeps its last one)
@@ -265,7 +274,8 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
     return {"phase": status["phase"], "t_s": round(t[0] - START_S, 1), "cause": cause, "reason": reason[:300],
             "weight": status["weights_pct"][CANDIDATE], "requests": n_requests,
             "fail_any": {f"{w:g}|{g}": v for (w, g), v in fail_any.items()},
-            "looks": {f"{w:g}": n for w, n in looks.items()}}
+            "looks": {f"{w:g}": n for w, n in looks.items()},
+            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]})}
 
 
 def serve_second(rng: np.random.Generator, pop: Population, n: int, cand: Candidate, assigner: Assigner,
@@ -284,6 +294,8 @@ def serve_second(rng: np.random.Generator, pop: Population, n: int, cand: Candid
         units = pop.units[users].tolist()
     to_candidate = np.array([v == CANDIDATE for v in versions])
     p_error = pop.error[users] * np.where(to_candidate, cand.err_mult, 1.0)
+    if cand.error_rate is not None:
+        p_error = np.where(to_candidate, cand.error_rate, p_error)
     failed = rng.random(n) < np.minimum(p_error, 1.0)
     latency = np.exp(pop.latency_mu + pop.latency_user[users] + rng.normal(0.0, pop.latency_request_sd, n))
     latency *= np.where(to_candidate, cand.lat_mult, 1.0)
@@ -341,6 +353,12 @@ def summarise(case: Case, runs: list[dict[str, Any]]) -> dict[str, Any]:
     looks: Counter = Counter()
     for run in runs:
         looks.update(run["looks"])
+    # Per pause's weight: of the runs that reached it, how many left it for a larger one
+    # (promotion included): for a candidate at a gate's threshold, every one a false pass.
+    left_step = {}
+    for weight in (5.0, 20.0, 50.0):
+        reached = [run for run in runs if weight in run["weights_seen"]]
+        left_step[f"{weight:g}"] = rate(sum(max(run["weights_seen"]) > weight for run in reached), len(reached))
     return {
         **asdict(case), "aa": CANDIDATES[case.candidate] == Candidate(),
         "promoted": rate(phases["promoted"], n),
@@ -353,6 +371,7 @@ def summarise(case: Case, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "t_promoted_s": spread([run["t_s"] for run in runs if run["phase"] == "promoted"]),
         "t_aborted_s": spread([run["t_s"] for run in runs if run["phase"] == "aborted"]),
         "gate_fail_per_step": per_step,
+        "left_step": left_step,
         "mean_analyses_per_step": {w: round(k / n, 1) for w, k in sorted(looks.items(), key=lambda x: float(x[0]))},
         "requests_per_run": spread([run["requests"] for run in runs]),
         "example_aborts": [run["reason"] for run in runs if run["phase"] == "aborted"][:2],
@@ -374,6 +393,10 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"  {name:<26} {_r(row['promoted']):>15} {_r(row['aborted_by_gate']):>15} "
               f"{_r(row['aborted_by_deadline']):>15} {_r(row['unfinished']):>15} "
               f"{t['median'] if t else float('nan'):>12.1f}")
+    print("\nPer pause's weight: runs that left it for a larger weight, among those that reached it")
+    for name, row in result["cases"].items():
+        print(f"  {name:<26} " + "  ".join(f"{w:>3}%: {_r(r) if r['reps'] else '-':>13}"
+                                             for w, r in row["left_step"].items()))
     print("\nPer step's weight and gate: runs where the gate said FAIL at least once at that weight "
           "(A/A: false fails), among the runs that analysed there")
     for name, row in result["cases"].items():

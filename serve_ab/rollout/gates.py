@@ -4,10 +4,11 @@ A verdict rests on evidence, not on a point estimate: a gate PASSes only when a 
 bound says the candidate is within its threshold, FAILs only when the opposite bound says
 it is outside, and is INCONCLUSIVE otherwise, which holds the rollout. Ten requests without
 an error do not show an error rate below 1%; it takes about 300 (the upper bound of
-0 errors in n requests at 95% is about 3 / n). Each bound is one-sided at the level
-``alpha`` the caller passes, already spent over the step's analyses
-(:func:`alpha_for_look`), so a gate falsely passes (or falsely fails) at any analysis of a
-step with probability at most the configured ``analysis.alpha``. The bounds, per metric:
+0 errors in n requests at 95% is about 3 / n). Each bound is one-sided at the level the
+caller passes, already spent over the step's analyses (:func:`alpha_for_look`): a fail's
+over every analysis of the step (``alpha``), a pass's over those whose pass could end the
+step (``pass_alpha``), so a gate falsely fails at any analysis of a step, or falsely ends
+it with a pass, with probability at most the configured ``analysis.alpha``. The bounds, per metric:
 
 - rates (``error_rate``, ``feedback_rate``, ``shadow_agreement``): Clopper-Pearson, exact;
 - ``feedback_mean``: Student's t, corrected for skewed values, no bound on a skewed tail's
@@ -744,15 +745,37 @@ def _judge(gate: Gate, lower: float, upper: float, alpha: float, of: str = "") -
 
 
 def evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int, *,
-                  alpha: float = 0.05, max_user_icc: float | None = None) -> GateResult:
+                  alpha: float = 0.05, pass_alpha: float | None = None,
+                  max_user_icc: float | None = None) -> GateResult:
     """Judge one gate on the candidate's window, with stable's window where the gate needs it.
 
     ``alpha`` is this analysis' level, already spent over the step's analyses by the caller
-    (:func:`alpha_for_look`); the default suits a single look. ``max_user_icc``: the
-    rollout's ``analysis.max_user_icc``, an assumed ceiling on how alike a user's requests
-    are (None: no assumption).
+    (:func:`alpha_for_look`); the default suits a single look. ``pass_alpha`` (None:
+    ``alpha``; never below it) is the level a PASS is judged at, where fewer of the step's
+    analyses could end it than could fail it (a timed pause ends on the analysis current when
+    its time is up, :mod:`serve_ab.rollout.machine`): the gate FAILs only on evidence at
+    ``alpha``, and PASSes on evidence at ``pass_alpha``; a FAIL seen only at ``pass_alpha``
+    is INCONCLUSIVE. Drift gates, which pass whenever they do not fail, judge at ``alpha``
+    alone. ``max_user_icc``: the rollout's ``analysis.max_user_icc``, an assumed ceiling on
+    how alike a user's requests are (None: no assumption).
     """
     _check_alpha(alpha)
+    if pass_alpha is None or pass_alpha == alpha:
+        return _evaluate_gate(gate, candidate, stable, min_samples, alpha, max_user_icc)
+    _check_alpha(pass_alpha)
+    if pass_alpha < alpha:
+        raise ValueError(f"pass_alpha is {pass_alpha!r}, below alpha {alpha!r}; a pass is never "
+                         "judged more strictly than a fail")
+    judged = _evaluate_gate(gate, candidate, stable, min_samples, alpha, max_user_icc)
+    if judged.verdict is not GateVerdict.INCONCLUSIVE or gate.metric in _CLASS_DRIFT or gate.metric in _SCORE_DRIFT:
+        return judged
+    passing = _evaluate_gate(gate, candidate, stable, min_samples, pass_alpha, max_user_icc)
+    return judged if passing.verdict is GateVerdict.FAIL else passing
+
+
+def _evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int,
+                   alpha: float, max_user_icc: float | None) -> GateResult:
+    """:func:`evaluate_gate` with both bounds at ``alpha``."""
     icc = 1.0 if max_user_icc is None else max_user_icc
     metric = gate.metric.value + (f"[{gate.name}]" if gate.name else "")
 
@@ -992,14 +1015,15 @@ def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
 
 def evaluate_gates(
     gates: Sequence[Gate], candidate: WindowStats, stable: WindowStats, min_samples: int, *,
-    alpha: float = 0.05, max_user_icc: float | None = None,
+    alpha: float = 0.05, pass_alpha: float | None = None, max_user_icc: float | None = None,
 ) -> list[GateResult]:
-    """One :class:`GateResult` per gate, in the order the gates are configured; ``alpha`` and
-    ``max_user_icc`` as for :func:`evaluate_gate`."""
+    """One :class:`GateResult` per gate, in the order the gates are configured; ``alpha``,
+    ``pass_alpha`` and ``max_user_icc`` as for :func:`evaluate_gate`."""
     if min_samples < 1:
         raise ValueError(f"min_samples is {min_samples}; it must be >= 1")
     _check_alpha(alpha)
-    return [evaluate_gate(gate, candidate, stable, min_samples, alpha=alpha, max_user_icc=max_user_icc)
+    return [evaluate_gate(gate, candidate, stable, min_samples, alpha=alpha, pass_alpha=pass_alpha,
+                          max_user_icc=max_user_icc)
             for gate in gates]
 
 

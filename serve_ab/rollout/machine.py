@@ -44,14 +44,25 @@ window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
 candidate still serving 20% is rolled back), but not while an operator paused the rollout.
 
-Gates judge evidence, not point estimates (:mod:`serve_ab.rollout.gates`), and a step
-advances on the first analysis that passes, so each analysis of a step spends part of
-``analysis.alpha``: the k-th is judged at :func:`~serve_ab.rollout.gates.alpha_for_look`
-(alpha * 6 / (pi^2 k^2)), which keeps the chance that a gate falsely passes at any analysis
-of the step below alpha however long the step holds. ``analyses_in_step`` counts them; it
-restarts with each step (and at the blue-green switch), not at an operator's pause, which
-would otherwise buy a held candidate fresh chances. An analysis in which no gate had enough
-samples cannot pass or fail on evidence, so it spends nothing and is not counted.
+Gates judge evidence, not point estimates (:mod:`serve_ab.rollout.gates`), and any
+analysis of a step may fail it, so each spends part of ``analysis.alpha`` on failing: the
+k-th is judged at :func:`~serve_ab.rollout.gates.alpha_for_look` (alpha * 6 / (pi^2 k^2)),
+which keeps the chance that a gate falsely fails at any analysis of the step below alpha
+however long the step holds. ``analyses_in_step`` counts them. A pass spends alpha only
+where it could end the step: a timed pause (and blue-green's post-switch watch) ends on the
+analysis that is the latest when its time is up, and each tick analyses before it steps, so
+only an analysis less than ``interval_s`` before that time, or after it, can end it
+(:meth:`Rollout._pass_could_end_wait`); one earlier is replaced by the next before the time
+is up. ``passes_in_step`` counts the analyses that could, and the k-th of them judges a pass
+at ``alpha_for_look(alpha, k)``: a 60-s pause analysed every 5 s judges the pass that ends it
+at 0.61 alpha rather than at the twelfth look's 0.004 alpha, and a gate still falsely ends
+a step with probability at most alpha (``benchmarks/rollout_calibration.py`` measures it
+with a candidate at a gate's threshold). Every other wait (a set_weight or analysis step,
+a confirm step, blue-green validation) ends on the first passing analysis, so every one
+counts. Both restart with each step (and at the blue-green switch), not at an operator's
+pause, which would otherwise buy a held candidate fresh chances. An analysis in which no
+gate had enough samples cannot pass or fail on evidence, so it spends nothing and is not
+counted.
 
 Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
 on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
@@ -185,7 +196,8 @@ class RolloutState:
     failures_consecutive: int = 0
     last_analysis_at_s: float | None = None  # None: no analysis cadence running
     step_verdict: GateVerdict | None = None  # latest analysis verdict within this step
-    analyses_in_step: int = 0  # analyses with evidence in this step; sets their alpha
+    analyses_in_step: int = 0  # analyses with evidence in this step; sets their alpha to fail
+    passes_in_step: int = 0  # those of them whose pass could end the step; sets their alpha to pass
     last_analysis_reason: str = ""
     held_since_s: float | None = None  # waiting on an analysis or a validation since
     paused_by: str | None = None  # "step" (pause: {}) or "operator"
@@ -232,6 +244,8 @@ class RolloutState:
         values["history"] = [dict(h) for h in values.get("history", [])]
         values["revision"] = int(values.get("revision", 0))
         values["analyses_in_step"] = int(values.get("analyses_in_step", 0))  # absent before alpha spending
+        # Absent before a pass's own spending: every analysis counted, as it was then.
+        values["passes_in_step"] = int(values.get("passes_in_step", values["analyses_in_step"]))
         return cls(**values)
 
 
@@ -579,9 +593,14 @@ class Rollout:
             gates = [g for g in gates if _judges_without_stable(g, candidate, stable, min_samples)]
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
-        alpha = alpha_for_look(self.config.analysis.alpha, max(s.analyses_in_step, 1))
-        results = tuple(evaluate_gates(gates, candidate, stable, min_samples, alpha=alpha,
-                                       max_user_icc=self.config.analysis.max_user_icc))
+            s.passes_in_step += self._pass_could_end_wait(now)
+        analysis = self.config.analysis
+        # A pass at an analysis that cannot end the step is judged at the level of the first
+        # that can: it ends nothing, so it needs no share of alpha of its own.
+        results = tuple(evaluate_gates(gates, candidate, stable, min_samples,
+                                       alpha=alpha_for_look(analysis.alpha, max(s.analyses_in_step, 1)),
+                                       pass_alpha=alpha_for_look(analysis.alpha, max(s.passes_in_step, 1)),
+                                       max_user_icc=analysis.max_user_icc))
         verdict = overall_verdict(results)
         s.step_verdict = verdict
         picked = [r for r in results if r.verdict is verdict] or list(results)
@@ -718,6 +737,25 @@ class Rollout:
         s.confirm_answer = words
         return answer.error is None and answer.passed is True
 
+    def _pass_could_end_wait(self, now: float) -> bool:
+        """Whether a pass at an analysis made ``now`` could end the current wait.
+
+        A timed pause (or blue-green's watch) may end at the first tick at or after its end
+        time (``now - start >= duration - eps``) if the latest analysis passed then; a tick
+        analyses first once ``interval_s - eps`` has gone by since the last analysis. So an
+        analysis at t is still the latest at some tick the wait may end on exactly when
+        ``t + interval_s > end``; earlier ones are replaced before the time is up. Any other
+        wait ends on the first passing analysis (or a person's promote, which needs none).
+        """
+        s = self.state
+        end_s = None
+        step = self._current_step()
+        if isinstance(step, PauseStep) and step.pause.duration is not None:
+            end_s = s.step_started_at_s + step.pause.duration
+        elif s.phase is Phase.SWITCHED and s.switched_at_s is not None:
+            end_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s
+        return end_s is None or now + self.config.analysis.interval_s > end_s
+
     def _may_leave(self, now: float) -> bool:
         """A wait is over; leave once the latest analysis in this step passed, or, where no
         gate could judge (no gates, no candidate traffic), when none ran."""
@@ -764,7 +802,7 @@ class Rollout:
         s.step_index += 1
         s.step_started_at_s = now
         s.step_verdict = None
-        s.analyses_in_step = 0
+        s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         s.confirm_answer = None
         self._transition(now, phase, reason)
@@ -788,7 +826,7 @@ class Rollout:
         s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
         s.step_started_at_s = now
         s.step_verdict = None
-        s.analyses_in_step = 0
+        s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         self._transition(now, Phase.SWITCHED, reason)
 

@@ -357,6 +357,35 @@ def test_alpha_for_look_spends_alpha_over_a_step():
         alpha_for_look(0.05, 0)
 
 
+def test_a_pass_is_judged_at_pass_alpha_and_a_fail_at_alpha():
+    first, fifth = alpha_for_look(0.05, 1), alpha_for_look(0.05, 5)
+    g = gate(metric="error_rate", max=0.01)
+    # 0 errors in 400 requests: the upper bound is 0.0087 at the first look's level, 0.0166
+    # at the fifth's.
+    clean = window(n=400)
+    assert evaluate_gate(g, clean, STABLE, 50, alpha=fifth).verdict is GateVerdict.INCONCLUSIVE
+    passed = evaluate_gate(g, clean, STABLE, 50, alpha=fifth, pass_alpha=first)
+    assert passed.verdict is GateVerdict.PASS and passed.alpha == first
+    assert "upper 97.0% bound 0.008" in passed.reason
+    # 9 errors in 400: the lower bound is 0.0107 at the first look's level (above max) but
+    # 0.0064 at the fifth's: no fail on evidence at the fifth's, and no pass either.
+    borderline = window(n=400, errors=9)
+    assert evaluate_gate(g, borderline, STABLE, 50, alpha=first).verdict is GateVerdict.FAIL
+    held = evaluate_gate(g, borderline, STABLE, 50, alpha=fifth, pass_alpha=first)
+    assert held.verdict is GateVerdict.INCONCLUSIVE and held.alpha == fifth
+    # A clear failure fails at alpha whatever pass_alpha is.
+    failed = evaluate_gate(g, window(n=400, errors=40), STABLE, 50, alpha=fifth, pass_alpha=first)
+    assert failed.verdict is GateVerdict.FAIL and failed.alpha == fifth
+    # Drift gates pass whenever they do not fail: judged at alpha alone.
+    drift_gate = gate(metric="drift_js_distance", max=0.3)
+    shifted = window(n=200, classes=(150, 50))
+    results = {evaluate_gate(drift_gate, shifted, window("v1", n=200, classes=(60, 140)), 50,
+                             alpha=fifth, pass_alpha=p).lower for p in (None, first)}
+    assert len(results) == 1
+    with pytest.raises(ValueError, match="pass_alpha is 0.001, below alpha 0.01"):
+        evaluate_gate(g, clean, STABLE, 50, alpha=0.01, pass_alpha=0.001)
+
+
 def test_build_windows_from_observations():
     obs = [
         Observation("v1", 10.0, True, 0, 0.9, t_s=1.0),

@@ -722,3 +722,59 @@ def test_the_analysis_count_is_saved_and_a_state_saved_without_it_loads():
     assert restored.tick(borderline()).analysis[0].alpha == alpha_for_look(0.05, 3)
     del saved["analyses_in_step"]  # written before alpha spending
     assert Rollout.from_dict(canary(TWO_ANALYSES), saved, clock).state.analyses_in_step == 0
+
+
+# -- a pass spends alpha only where it could end the step --------------------------------
+
+PAUSED = [{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}]
+
+
+def test_a_timed_pause_judges_its_pass_at_the_first_analysis_that_could_end_it():
+    # 0 errors in 400 requests passes at the first look's alpha (upper bound 0.0087 < max 0.01)
+    # but not at the sixth's. The pause's first five analyses (10-50 s) are replaced before
+    # its 60 s are up, so the analysis at 60 s is the first that could end it.
+    small = {"v1": win("v1"), "v2": win("v2", n=400)}
+    clock = FakeClock()
+    rollout = Rollout(canary(PAUSED), clock)
+    rollout.tick(small)
+    assert rollout.state.step_index == 1
+    for look in range(1, 6):
+        clock.advance(10)
+        d = rollout.tick(small)
+        assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (look, 0)
+        assert d.verdict is GateVerdict.PASS and rollout.state.step_index == 1  # its time is not up
+    clock.advance(10)
+    d = rollout.tick(small)
+    errors = next(r for r in d.analysis if r.metric == "error_rate")
+    assert d.verdict is GateVerdict.PASS and errors.alpha == alpha_for_look(0.05, 1)
+    assert rollout.phase is Phase.PROMOTED
+
+
+def test_a_held_pause_spends_pass_alpha_from_its_first_analysis_that_could_end_it():
+    clock = FakeClock()
+    rollout = Rollout(canary(PAUSED, interval_s=7), clock)
+    rollout.tick(borderline())
+    run_until(rollout, clock, 56, borderline())  # analyses at 7, 14, ..., 56
+    # 56 + 7 > 60: the analysis at 56 is the latest when the 60 s are up; it counts.
+    assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (8, 1)
+    d = run_until(rollout, clock, 7, borderline())
+    assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (9, 2)
+    assert d.verdict is GateVerdict.INCONCLUSIVE and rollout.state.step_index == 1
+    errors = next(r for r in d.analysis if r.metric == "error_rate")
+    assert errors.alpha == alpha_for_look(0.05, 2)  # the pass's level: inconclusive there
+    saved = json.loads(json.dumps(rollout.to_dict()))
+    assert saved["passes_in_step"] == 2
+    del saved["passes_in_step"]  # written before a pass's own spending: every analysis counts
+    assert Rollout.from_dict(canary(PAUSED, interval_s=7), saved, clock).state.passes_in_step == 9
+
+
+def test_the_blue_green_watch_judges_its_pass_at_the_first_analysis_that_could_end_it():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=60), clock)
+    rollout.report_validation(True)
+    rollout.tick(healthy("blue", "green"))
+    assert rollout.phase is Phase.SWITCHED
+    run_until(rollout, clock, 50, {"blue": win("blue", n=0), "green": win("green")}, step_s=10)
+    assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (5, 0)
+    run_until(rollout, clock, 10, {"blue": win("blue", n=0), "green": win("green")}, step_s=10)
+    assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
