@@ -107,6 +107,27 @@ def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def lowered_weight_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning for each canary step that lowers the candidate's weight: a user keeps their
+    version only while the weight grows (raising it moves buckets from stable to the candidate
+    only), so the users in the buckets given back saw the candidate and will now see stable."""
+    rollout = cfg.rollout
+    if rollout is None:
+        return []
+    where = f"{prefix}.rollout" if prefix else "rollout"
+    out, highest = [], 0.0
+    for index, step in enumerate(rollout.steps):
+        if not isinstance(step, SetWeightStep):
+            continue
+        if step.set_weight < highest:
+            out.append(f"{where}.steps[{index}]: set_weight {step.set_weight:g} after {highest:g} sends the users "
+                       f"of {highest - step.set_weight:g}% of the buckets, who were served by {rollout.candidate}, "
+                       f"back to {rollout.stable}: they switch versions, and their figures mix both (a weight that "
+                       "only grows keeps every user on one version until it moves them to the candidate)")
+        highest = max(highest, step.set_weight)
+    return out
+
+
 def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]:
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
@@ -131,6 +152,9 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
     if not isinstance(raw, dict):
         return [f"{path}: expected a mapping at the top level (got {type(raw).__name__})"]
     if "applications" not in raw:
+        misplaced = _misread_serve_file(raw)
+        if misplaced:
+            return [f"{path}: {misplaced}"]
         return _validate_experiment(raw, "", check_files, warnings)[0]
 
     from pydantic import ValidationError
@@ -164,6 +188,23 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
     return errors
 
 
+def _misread_serve_file(raw: dict) -> str | None:
+    """Why a file without ``applications:`` looks like a Ray Serve config file gone wrong
+    rather than a bare experiment (whose own errors would then mislead), or None."""
+    import difflib
+
+    typo = next((key for key in raw if isinstance(key, str) and key != "applications"
+                 and difflib.get_close_matches(key.lower(), ["applications"], n=1, cutoff=0.8)), None)
+    if typo is not None:
+        return f"{typo!r} at the top level: did you mean applications: (Ray Serve's list of apps)?"
+    if "import_path" in raw:
+        return ("import_path at the top level: Ray Serve's config file lists its apps under applications:, "
+                "e.g. applications: [{name: ab, route_prefix: /, import_path: serve_ab.serving.app:build_app, "
+                "args: {model: ..., versions: [...], weights: {...}}}]; a bare experiment (model:, versions:, "
+                "weights:) has no import_path")
+    return None
+
+
 def _validate_experiment(args: Any, prefix: str, check_files: bool,
                          warnings: list[str]) -> tuple[list[str], ExperimentConfig | None]:
     """The experiment's errors, and the experiment where it parsed."""
@@ -171,7 +212,8 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool,
         cfg = parse_experiment(args)
     except ConfigError as err:
         return errors_under(prefix, err.errors), None
-    warnings += multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
+    warnings += (multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
+                 + lowered_weight_warnings(cfg, prefix))
     if not check_files:
         return [], cfg
     from serve_ab.serving.app import resolve_model_paths

@@ -314,6 +314,10 @@ def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | N
                 raise ValueError(f"argument NAME=PCT: {name} is given twice ({name}={weights[name]:g} and "
                                  f"{name}={pct:g}); give each version once, e.g. v1=80 v2=20")
             weights[name] = int(pct) if pct.is_integer() else pct
+        total_pct = sum(weights.values())
+        if abs(total_pct - 100.0) > 1e-6:  # the app's own rule: refused here, before anything is sent
+            raise ValueError(f"argument NAME=PCT: the weights sum to {total_pct:g}%; they must sum to 100 "
+                             "(a version not named gets 0), e.g. v1=80 v2=20")
         body["weights"] = weights
     if getattr(args, "revision", None) is not None:
         body["revision"] = args.revision

@@ -978,6 +978,15 @@ def _error_path(loc: tuple[Any, ...]) -> list[str]:
             if not (part in STEP_KINDS and loc[index + 1:index + 2] == (part,))]
 
 
+# What a field's pattern allows, in words: pydantic's own message quotes the regex.
+_PATTERN_WORDS = {
+    VERSION_NAME_PATTERN: "1 to 63 characters, letters, digits, '_', '.' and '-', starting with a letter or "
+                          "digit (it is used in URLs, metric labels and deployment names), e.g. v2 or digits",
+    r"^[A-Za-z0-9_.:/-]{1,64}$": "1 to 64 characters, letters, digits and '_', '.', ':', '/', '-', e.g. serve-ab:",
+    r"^https?://[^\s/?#]+[^\s?#]*$": "an http:// or https:// URL with a host and no query, e.g. http://prometheus:9090",
+    r"^[A-Za-z0-9_.:-]+$": "letters, digits and '_', '.', ':', '-' only, e.g. slack-oncall",
+}
+
 # A validator's message quoting a value in full is cut here (the value itself: SHOWN_CHARS).
 _MESSAGE_CHARS = 1000
 
@@ -989,6 +998,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
     for item in err.errors(include_url=False):
         path = ".".join(part for part in (prefix, *_error_path(item["loc"])) if part != "") or ROOT_PATH
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            message = _PATTERN_WORDS.get(str((item.get("ctx") or {}).get("pattern")), message)
         if len(message) > _MESSAGE_CHARS:
             message = f"{message[:_MESSAGE_CHARS]}… ({len(message):,} characters)"
         received = item.get("input")

@@ -278,6 +278,15 @@ def test_set_weights_duplicate_name_is_a_usage_error(api, capsys):
     assert api.requests == []
 
 
+@pytest.mark.parametrize("pairs, total", [(["v1=80", "v2=30"], "110"), (["v1=80"], "80")])
+def test_set_weights_that_do_not_sum_to_100_are_a_usage_error_and_nothing_is_sent(api, capsys, pairs, total):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["set-weights", *pairs])
+    assert exit_info.value.code == 2
+    assert f"the weights sum to {total}%; they must sum to 100 (a version not named gets 0)" in capsys.readouterr().err
+    assert api.requests == []
+
+
 def test_bad_url_from_option_or_env_is_a_usage_error(api, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         _main(["status", "--url", "localhost:8000"])

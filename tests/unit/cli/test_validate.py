@@ -74,6 +74,35 @@ def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tm
     assert cli.main(["validate", "--no-check-files", str(apart)]) == 0
 
 
+def test_a_serve_file_without_applications_is_named_as_such_not_read_as_an_experiment(tmp_path, capsys):
+    import yaml
+
+    app = yaml.safe_load(GOOD.read_text())["applications"][0]
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(app))  # import_path, args... at the top level
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"aplications": [app]}))
+    assert cli.main(["validate", "--no-check-files", str(flat), str(typo)]) == 1
+    out = capsys.readouterr().out
+    assert f"  - {flat}: import_path at the top level: Ray Serve's config file lists its apps under applications:" in out
+    assert f"  - {typo}: 'aplications' at the top level: did you mean applications:" in out
+    assert "field required" not in out
+
+
+def test_a_canary_step_that_lowers_the_weight_is_warned_about(tmp_path, capsys):
+    import yaml
+
+    serve_file = yaml.safe_load((REPO_ROOT / "configs" / "canary.yaml").read_text())
+    steps = serve_file["applications"][0]["args"]["rollout"]["steps"]
+    steps[:] = [{"set_weight": 50}, {"pause": {"duration": "60s"}}, {"set_weight": 20}, {"set_weight": 100}]
+    lowered = tmp_path / "lowered.yaml"
+    lowered.write_text(yaml.safe_dump(serve_file))
+    assert cli.main(["validate", "--no-check-files", str(lowered)]) == 0  # advice, not an error
+    out = capsys.readouterr().out
+    assert "warning: applications.0.args.rollout.steps[2]: set_weight 20 after 50 sends the users of 30% of" in out
+    assert out.count("set_weight") == 1  # the steps that only raise it are not warned about
+
+
 # --- a reader that goes away, Ctrl-C: exit codes, no traceback ------------------------------
 
 

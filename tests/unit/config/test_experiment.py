@@ -93,7 +93,7 @@ def test_version_left_out_of_weights_gets_zero():
     ({"weights": {"v1": 110, "v2": -10}}, "a weight is a percentage in [0, 100]"),
     ({"placement": "sideways"}, "placement: Input should be 'colocated' or 'isolated' (got 'sideways')"),
     ({"versions": []}, "versions: List should have at least 1 item"),
-    ({"model": "bad name!"}, "model: String should match pattern"),
+    ({"model": "bad name!"}, "model: 1 to 63 characters, letters, digits, '_', '.' and '-', starting with a letter"),
     ({"controller": {"report_interval_s": 0}}, "controller.report_interval_s: Input should be greater than 0 (got 0)"),
     ({"controller": {"report_interval_s": 120}},
      "controller.report_interval_s: Input should be less than or equal to 60 (got 120)"),
