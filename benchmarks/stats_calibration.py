@@ -78,6 +78,14 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    McNemar's test alone (the same pairs, keyless) found it in 47%. Power: 30% of the users
    flipped to class 0.
 
+8. The sample-ratio check, read at every refresh: users with one request each, routed 50/50
+   by their bucket through ``ExperimentStats.record``, the report's SRM section (``_splits``
+   -> ``_srm``, what ``build_report`` calls) read at 30 looks from 200 to 10,000 users. A/A:
+   how often it flags a healthy split at any look (the sequential test's flag, and the
+   chi-square at p < 0.001 beside it, which a report re-read at every refresh used to flag
+   on); and, with a bug that loses 5% or 10% of v2's users, how often and how soon each
+   finds it within 50,000 users.
+
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
 
@@ -107,9 +115,10 @@ import scipy
 from scipy import stats
 
 from benchmarks.common import load_now
+from serve_ab.analysis.ab import SRM_THRESHOLD_P
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.power import design_effect, sequential_power, units_per_arm
-from serve_ab.analysis.report import _shadow_section, build_report
+from serve_ab.analysis.report import _shadow_section, _splits, _srm, build_report
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.config.rollout import Gate
 from serve_ab.analysis.sketch import LogHistogram
@@ -230,6 +239,12 @@ FLIP_CASES = {  # case: (users, pairs per user, ICC of the flip rate, share of u
     # A power figure: 30% of the users not in class 0 are flipped to it, not to a class at random.
     "healthy_detects_shift_300x20_icc0.3": (300, 20, 0.3, 0.3, False),
 }
+
+# Scenario 8: the SRM check at every refresh.
+SRM_USERS, SRM_LOOKS, SRM_FIRST_LOOK = 10_000, 30, 200
+SRM_LOST = (0.05, 0.1)  # shares of v2's users a bug loses (a 2.5% and a 5% imbalance) ...
+SRM_LOST_USERS = 50_000  # ... followed to this many users, a quarter of the A/A's reps
+LIMIT_SRM_AA = 0.005  # the flag's threshold is p < 0.001; room for the MC noise of a few hundred reps
 
 # What issue #11 asks of each figure.
 LIMIT_AA = 0.06
@@ -787,12 +802,41 @@ def shadow_flips_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
     return out
 
 
+# ---- 8. the SRM check at every refresh ----------------------------------------------------------
+
+
+def srm_rep(seed: np.random.SeedSequence, lost: float, users: int) -> dict[str, Any]:
+    """``users`` arriving one request each, 50/50 by bucket; a share ``lost`` of v2's never
+    recorded (a bug); the report's SRM section at SRM_LOOKS geometric looks."""
+    rng = np.random.default_rng(seed)
+    weights = {"v1": 50.0, "v2": 50.0}
+    units, arms = route(rng, SplitTable.from_weights(weights), users)
+    kept = [not (arm == "v2" and rng.random() < lost) for arm in arms]
+    st = ExperimentStats(VERSIONS, 0.0)
+    st.set_weights(weights)
+    edges = np.unique(np.geomspace(SRM_FIRST_LOOK, users, SRM_LOOKS).astype(int)).tolist()
+    found: dict[str, int | None] = {"sequential": None, "chi_square": None}
+    lo = 0
+    for hi in edges:
+        for i in range(lo, hi):
+            if kept[i]:
+                st.record(1.0, arms[i], 5.0, None, 0, units[i], True, split=weights)
+        lo = hi
+        srm = _srm(_splits(st.snapshot(1.0, samples=False), list(VERSIONS), []), weights)
+        flags = {"sequential": srm["mismatch"],
+                 "chi_square": srm["p_value"] is not None and srm["p_value"] < SRM_THRESHOLD_P}
+        for test, flagged in flags.items():
+            if flagged and found[test] is None:
+                found[test] = hi
+    return {"found_at_users": found, "final": flags}
+
+
 # ---- running the repetitions -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "rare": rare_rep,
     "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
-    "clustered_gates": clustered_gates_rep, "shadow_flips": shadow_flips_rep,
+    "clustered_gates": clustered_gates_rep, "shadow_flips": shadow_flips_rep, "srm": srm_rep,
 }
 
 
@@ -851,6 +895,19 @@ def summarise_rare(aa: list[dict[str, Any]], lifted: list[dict[str, Any]]) -> di
             "lift_worse": count(o["verdict"] == "worse" for o in lifted)}
 
 
+def summarise_srm(by_case: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for case, outcomes in by_case.items():
+        row = {}
+        for test in ("sequential", "chi_square"):
+            found = [o["found_at_users"][test] for o in outcomes if o["found_at_users"][test] is not None]
+            row[test] = {"any_look": count(o["found_at_users"][test] is not None for o in outcomes),
+                         "last_look": count(o["final"][test] for o in outcomes),
+                         "median_users_when_found": float(np.median(found)) if found else None}
+        out[case] = row
+    return out
+
+
 def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
     return {case: {verdict: count(o[case] == verdict for o in outcomes)
                    for verdict in ("pass", "fail", "inconclusive")}
@@ -859,7 +916,8 @@ def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]
 
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
            gates: dict[str, dict[str, Rate]], rare: dict[str, Any],
-           clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate]) -> list[dict[str, Any]]:
+           clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate],
+           srm: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
     beside it, so a reader can tell a miss from noise)."""
     out = []
@@ -912,6 +970,9 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         if case.startswith("aa_") and not keyless:
             check(f"shadow flip test, no shift, {users} users x {per_user}, ICC {icc:g}: class 0 significant",
                   flips[case], flips[case].value <= ALPHA, f"<= {ALPHA}")
+    flagged = srm["aa"]["sequential"]["any_look"]
+    check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
+          flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
     return out
 
 
@@ -987,6 +1048,17 @@ def print_tables(result: dict[str, Any]) -> None:
     for case, rate in f7["significant"].items():
         print(f"  {case:<{width}} {_r(rate):>15}")
 
+    s8 = result["srm"]
+    print(f"\n8. The sample-ratio check read at every refresh (50/50, users with one request each, {SRM_LOOKS} looks "
+          f"from {SRM_FIRST_LOOK}: A/A to {SRM_USERS:,} users, {s8['reps']} reps; a bug losing v2's users to "
+          f"{SRM_LOST_USERS:,}, {s8['lost_reps']} reps; flagged below p {SRM_THRESHOLD_P})")
+    print(f"  {'case':<22} {'test':<11} {'flagged at any look':>20} {'at the last look':>17} {'median users when found':>24}")
+    for case, row in s8["cases"].items():
+        for test, figures in row.items():
+            median = figures["median_users_when_found"]
+            print(f"  {case:<22} {test:<11} {_r(figures['any_look']):>20} {_r(figures['last_look']):>17} "
+                  f"{'-' if median is None else f'{median:,.0f}':>24}")
+
     print("\nChecks (issue #11):")
     for item in result["checks"]:
         mark = "ok  " if item["within"] else "MISS"
@@ -1034,6 +1106,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rare_lift = run_reps(pool, "rare", 7, mode.canary_reps, args.seed, lift=RARE_LIFT)
         clustered = run_reps(pool, "clustered_gates", 8, mode.canary_reps, args.seed)
         flips = run_reps(pool, "shadow_flips", 9, mode.gate_reps, args.seed)
+        srm = {"aa": run_reps(pool, "srm", 10, mode.power_reps, args.seed, lost=0.0, users=SRM_USERS),
+               **{f"v2_loses_{lost:g}": run_reps(pool, "srm", 11 + i, max(2, mode.power_reps // 4), args.seed,
+                                                 lost=lost, users=SRM_LOST_USERS)
+                  for i, lost in enumerate(SRM_LOST)}}
     finally:
         if pool is not None:
             pool.shutdown()
@@ -1044,6 +1120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rare_rows = summarise_rare(rare_aa, rare_lift)
     clustered_rows = summarise_gates(clustered)
     flip_rows = {case: count(o[case] for o in flips) for case in FLIP_CASES}
+    srm_rows = summarise_srm(srm)
     result = {
         **header,
         "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
@@ -1058,7 +1135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "clustered_gates": {"reps": mode.canary_reps, "alpha": ALPHA, "cases": clustered_rows},
         "shadow_flips": {"reps": mode.gate_reps, "alpha": ALPHA, "classes": FLIP_CLASSES, "flip_rate": FLIP_RATE,
                          "significant": flip_rows},
-        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows, flip_rows),
+        "srm": {"reps": mode.power_reps, "users": SRM_USERS, "looks": SRM_LOOKS,
+                "lost_reps": max(2, mode.power_reps // 4), "lost_users": SRM_LOST_USERS, "cases": srm_rows},
+        "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows, flip_rows,
+                         srm_rows),
         "load_after": load_now(),
     }
     result["wall_s"] = time.perf_counter() - started

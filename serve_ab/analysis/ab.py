@@ -53,7 +53,9 @@ DEFAULT_ALPHA = 0.05
 # verdict from a handful of requests is noise; such arms report NOT_ENOUGH_DATA.
 DEFAULT_MIN_SAMPLES = 30
 # SRM is checked at every look of every experiment, so the bar is strict: a real
-# bucketing bug drives p far below 1e-3 within hours, while chance alone rarely does.
+# bucketing bug drives p far below 1e-3 within hours, while chance alone rarely does. The
+# report flags on the sequential test's p (analysis/sequential.py: srm_log_bayes_factor),
+# which stays valid however often it is read; check_srm's chi-square is the one-look figure.
 SRM_THRESHOLD_P = 0.001
 # The median's standard error (McKean-Schrader) is built from a 95% order-statistic
 # interval whatever alpha the caller uses; the construction, not the test level.

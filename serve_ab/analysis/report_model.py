@@ -264,11 +264,13 @@ class MetricResult(_Model):
 class SrmSplit(_Model):
     split: str
     p_value: Num | None
+    always_valid_p: Num | None = None  # None: a record from before the sequential test
     mismatch: bool
 
 
 class Srm(_Model):
-    """Chi-square check of the counts per version against the weights."""
+    """The counts per version against the weights: a sequential test (the flag, valid at every
+    refresh) and the chi-square at this look."""
 
     applicable: bool = Field(description="checked under the weights routed by now")
     basis: Literal["units"]
@@ -278,8 +280,11 @@ class Srm(_Model):
     expected: dict[str, Num] | None
     statistic: Num | None
     dof: int | None
-    p_value: Num | None
-    threshold_p: Num = Field(description="flagged as a mismatch below this p-value")
+    p_value: Num | None = Field(description="the chi-square's p-value at this look (shown, not flagged on)")
+    always_valid_p: Num | None = Field(
+        None, description="the sequential test's p-value (Lindon & Malek's Dirichlet-multinomial Bayes "
+        "factor), valid however often the report is read; None in records from before it")
+    threshold_p: Num = Field(description="flagged as a mismatch where always_valid_p is below this")
     mismatch: bool
     reason: str | None = Field(description="why it is not checked, or 'no traffic yet'")
     sampled_fraction: Num | None = Field(description="share of keyed users in the sample the test counts")
@@ -495,6 +500,7 @@ class Report(_Model):
                 put(f"{prefix}.p_sequential", c.sequential.p_value if c.sequential else None)
                 put(f"{prefix}.units_variant", c.n_variant)
         put("srm.p_value", self.srm.p_value)
+        put("srm.always_valid_p", self.srm.always_valid_p)
         if self.shadow is not None:
             put("shadow.agreement", self.shadow.agreement.rate)
             put("shadow.pairs", self.shadow.pairs)

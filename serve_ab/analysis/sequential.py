@@ -38,9 +38,11 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 
 from serve_ab.analysis.ab import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, ConversionCounts, MeanSummary
 
@@ -51,10 +53,16 @@ __all__ = [
     "confidence_sequence_half_width",
     "log_mixture_likelihood_ratio",
     "sequential_means",
+    "srm_always_valid_p",
+    "srm_log_bayes_factor",
     "sequential_proportions",
 ]
 
 DEFAULT_TAU_EFFECT_SIZE = 0.1
+# The Dirichlet prior's concentration of the sequential SRM test: Lindon & Malek's own
+# default (their ssrm_test package), sharp for the small imbalances a bucketing bug makes
+# once there are some thousands of units.
+SRM_DIRICHLET_CONCENTRATION = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,44 @@ def always_valid_p_values(estimates, variances, tau):
     with np.errstate(divide="ignore", invalid="ignore"):
         log_lr = log_mixture_likelihood_ratio(estimates, variances, tau)
     return np.fmin.accumulate(np.fmin(1.0, np.exp(-log_lr)), axis=-1)
+
+
+def srm_log_bayes_factor(observed: Sequence[float], weights: Sequence[float],
+                         concentration: float = SRM_DIRICHLET_CONCENTRATION) -> float:
+    """log of the Bayes factor of counts per arm against the split ``weights`` (Lindon &
+    Malek, "Anytime-valid inference for multinomial count data", NeurIPS 2022).
+
+    The alternative is a Dirichlet-multinomial whose prior is centred on the weights
+    (``alpha = concentration * weights / sum``); under the null (counts multinomial with the
+    weights) the factor is a martingale in the units as they arrive, so by Ville's inequality
+    it ever reaches 1/alpha with probability at most alpha, whenever and however often it is
+    looked at. Arms of weight 0 are left out; one that has counts is a mismatch outright
+    (+inf).
+
+    >>> round(srm_log_bayes_factor([5000, 5000], [50, 50]), 3)   # a perfect split: evidence for it
+    -0.347
+    """
+    n = np.asarray(observed, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if n.shape != w.shape or n.ndim != 1 or np.any(n < 0) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError(f"observed {list(observed)} and weights {list(weights)} must be equally long, "
+                         ">= 0, and the weights not all 0")
+    if not concentration > 0:
+        raise ValueError(f"concentration is {concentration!r}; it must be > 0, e.g. {SRM_DIRICHLET_CONCENTRATION:g}")
+    live = w > 0
+    if np.any(n[~live] > 0):
+        return math.inf
+    n, p = n[live], w[live] / w[live].sum()
+    a = concentration * p
+    log_marginal = float(gammaln(a.sum()) - gammaln(a.sum() + n.sum()) + np.sum(gammaln(a + n) - gammaln(a)))
+    return log_marginal - float(np.sum(n * np.log(p)))
+
+
+def srm_always_valid_p(log_bayes_factor: float) -> float:
+    """``min(1, 1 / BF)``: valid at every look, since the factor reaches ``1/p`` under the
+    null with probability at most ``p`` (no running minimum needed for the flag: a look
+    below the threshold is an event Ville's inequality already covers)."""
+    return 1.0 if log_bayes_factor <= 0 else math.exp(-log_bayes_factor)
 
 
 def confidence_sequence_half_width(variance, tau, alpha):

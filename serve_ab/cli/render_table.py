@@ -92,8 +92,12 @@ def _srm_text(srm: Srm) -> str:
         basis = f"{srm.basis}: {observed}, estimated from a {_pct(fraction, digits)} sample of users"
     else:
         basis = f"{srm.basis}: " + ", ".join(f"{k} {v:,}" for k, v in shown.items())
-    return (f"{state} ({basis}; weights {_weights_text(weights)}; "
-            f"chi-square p = {_p(srm.p_value)}, flagged below {srm.threshold_p:g})")
+    if srm.always_valid_p is None:  # a record from before the sequential test: flagged on the chi-square
+        test = f"chi-square p = {_p(srm.p_value)}, flagged below {srm.threshold_p:g}"
+    else:
+        test = (f"sequential p = {_p(srm.always_valid_p)} (valid at every refresh), flagged below "
+                f"{srm.threshold_p:g}; chi-square p at this look {_p(srm.p_value)}")
+    return f"{state} ({basis}; weights {_weights_text(weights)}; {test})"
 
 
 def _srm_earlier_text(srm: Srm) -> str | None:
@@ -102,7 +106,8 @@ def _srm_earlier_text(srm: Srm) -> str | None:
         return None
     bad = [s for s in srm.other_splits if s.mismatch]
     ok = len(srm.other_splits) - len(bad)
-    parts = [f"MISMATCH under {s.split} (p = {_p(s.p_value)})" for s in bad]
+    parts = [f"MISMATCH under {s.split} (p = {_p(s.p_value if s.always_valid_p is None else s.always_valid_p)})"
+             for s in bad]
     if ok:
         parts.append(f"{ok} ok")
     return "; ".join(parts)

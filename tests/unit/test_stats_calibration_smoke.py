@@ -46,4 +46,10 @@ def test_quick_run_ends_with_one_json_line_of_every_figure():
         assert set(row) == {"pass", "fail", "inconclusive"}
         assert sum(rate["hits"] for rate in row.values()) == report["gates"]["reps"]
 
+    srm = report["srm"]["cases"]
+    assert set(srm) == {"aa", "v2_loses_0.05", "v2_loses_0.1"}
+    for row in srm.values():
+        assert set(row) == {"sequential", "chi_square"}
+        assert all(RATE_KEYS <= set(row[test]["any_look"]) for test in row)
+
     assert all({"check", "limit", "rate", "mc_se", "within"} <= set(item) for item in report["checks"])

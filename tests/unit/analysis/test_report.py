@@ -30,6 +30,7 @@ from serve_ab.analysis import power, shadow
 from serve_ab.analysis.accumulate import ExperimentStats, split_key
 from serve_ab.analysis.report import build_report
 from serve_ab.analysis.report_model import Report
+from serve_ab.analysis.sequential import srm_log_bayes_factor
 from serve_ab.analysis.shadow_classes import class_flip_tests
 from serve_ab.cli.render_table import _shadow_lines
 from serve_ab.config.experiment import parse_experiment
@@ -621,6 +622,18 @@ def test_srm_counts_units_and_flags_a_broken_split_but_not_a_fair_one():
     ref = stats.chisquare([srm.observed["v1"], srm.observed["v2"]])
     assert srm.p_value == pytest.approx(ref.pvalue, rel=1e-9)
     assert skewed.warnings[0].startswith("sample ratio mismatch")
+
+
+def test_srm_flags_on_the_sequential_test_and_shows_the_chi_square_beside_it():
+    cfg = make_cfg(shadow=None)
+    srm = Sim(cfg, seed=4, users=20000).run(8000, route={"v1": 56, "v2": 44, "v3": 0}).report()[0].srm
+    observed = [srm.observed["v1"], srm.observed["v2"]]
+    assert srm.always_valid_p == pytest.approx(math.exp(-srm_log_bayes_factor(observed, [50, 50])), rel=1e-9)
+    assert srm.mismatch is True and srm.always_valid_p < 0.001
+    # 52/48 of a few thousand users: the chi-square at this one look is below 0.001, but a
+    # report read at every refresh would cross that by chance too often; the flag waits.
+    mild = Sim(cfg, seed=4, users=20000).run(7000, route={"v1": 52.5, "v2": 47.5, "v3": 0}).report()[0]
+    assert mild.srm.p_value < 0.001 < mild.srm.always_valid_p and mild.srm.mismatch is False
 
 
 def test_srm_is_about_users_not_requests():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from scipy import integrate, stats
+from scipy.special import gammaln
 
 from serve_ab.analysis import ab, sequential
 from serve_ab.analysis.ab import ConversionCounts, MeanSummary
@@ -17,6 +18,8 @@ from serve_ab.analysis.sequential import (
     log_mixture_likelihood_ratio,
     sequential_means,
     sequential_proportions,
+    srm_always_valid_p,
+    srm_log_bayes_factor,
 )
 
 ALPHA = 0.05
@@ -192,3 +195,43 @@ def test_aa_conversions_peeking_fixed_horizon_inflates_sequential_holds():
 def test_all_names_exist():
     for name in sequential.__all__:
         assert hasattr(sequential, name), name
+
+
+# ---- the sequential sample-ratio test ---------------------------------------------------------
+
+
+def test_srm_bayes_factor_is_lindon_and_maleks_dirichlet_multinomial():
+    # Figures from their ssrm_test package (0.1.5; Dirichlet concentration 10,000) on the same counts.
+    assert math.exp(srm_log_bayes_factor([5300, 4700], [50, 50])) == pytest.approx(5740.000713, rel=1e-8)
+    assert math.exp(srm_log_bayes_factor([8800, 1200], [0.9, 0.1])) == pytest.approx(33155.27233, rel=1e-8)
+    assert math.exp(srm_log_bayes_factor([230, 280, 520], [20, 30, 50])) == pytest.approx(1.173857359, rel=1e-8)
+    # An arm of weight 0 is left out; one that got units is a mismatch outright.
+    assert srm_log_bayes_factor([10, 10, 0], [50, 50, 0]) == srm_log_bayes_factor([10, 10], [50, 50])
+    assert srm_log_bayes_factor([10, 10, 1], [50, 50, 0]) == math.inf
+    assert srm_always_valid_p(math.inf) == 0.0 and srm_always_valid_p(-0.3) == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        srm_log_bayes_factor([1, 2, 3], [50, 50])
+    with pytest.raises(ValueError, match="concentration is 0"):
+        srm_log_bayes_factor([1, 2], [50, 50], concentration=0)
+
+
+def test_srm_bayes_factor_crosses_one_over_alpha_at_most_alpha_of_the_time_looked_at_every_unit():
+    # Ville's inequality, by simulation: 2,000 healthy 70/30 splits, each looked at after every
+    # one of 3,000 units; the factor ever reaches 1/0.05 in at most 5% of them (+ 3 MC SE). A
+    # concentration of 10 makes the factor swing early, where the bound is nearly reached (3.75%
+    # with this seed; the default 10,000 reaches it in none of these short runs).
+    rng = np.random.default_rng(11)
+    reps, units, p, concentration = 2000, 3000, np.array([0.7, 0.3]), 10.0
+    first = np.cumsum(rng.random((reps, units)) < p[0], axis=1)
+    n = np.arange(1, units + 1)
+    a = concentration * p
+    log_bf = (gammaln(a.sum()) - gammaln(a.sum() + n) + gammaln(a[0] + first) + gammaln(a[1] + n - first)
+              - gammaln(a[0]) - gammaln(a[1]) - first * np.log(p[0]) - (n - first) * np.log(p[1]))
+    k = int(first[0, -1])
+    assert log_bf[0, -1] == pytest.approx(srm_log_bayes_factor([k, units - k], [70, 30], concentration))
+    ever = float(np.mean(log_bf.max(axis=1) >= math.log(20)))
+    assert 0.01 < ever <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps), ever
+    # A split that is off (62/38 against 70/30) is found by the end in nearly every run.
+    skewed = np.cumsum(rng.random((200, units)) < 0.62, axis=1)[:, -1]
+    found = np.mean([srm_log_bayes_factor([k, units - k], [70, 30]) >= math.log(20) for k in skewed])
+    assert found > 0.9, found
