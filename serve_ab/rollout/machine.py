@@ -198,6 +198,7 @@ class RolloutState:
     step_verdict: GateVerdict | None = None  # latest analysis verdict within this step
     analyses_in_step: int = 0  # analyses with evidence in this step; sets their alpha to fail
     passes_in_step: int = 0  # those of them whose pass could end the step; sets their alpha to pass
+    step_verdict_counted: bool = True  # whether step_verdict's analysis was one of those
     last_analysis_reason: str = ""
     held_since_s: float | None = None  # waiting on an analysis or a validation since
     paused_by: str | None = None  # "step" (pause: {}) or "operator"
@@ -591,9 +592,10 @@ class Rollout:
         gates = list(self.config.gates)
         if s.weights[s.stable] == 0:  # after a switch, or a canary at 100% (module doc)
             gates = [g for g in gates if _judges_without_stable(g, candidate, stable, min_samples)]
+        could_end = self._pass_could_end_wait(now)
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
-            s.passes_in_step += self._pass_could_end_wait(now)
+            s.passes_in_step += could_end
         analysis = self.config.analysis
         # A pass at an analysis that cannot end the step is judged at the level of the first
         # that can: it ends nothing, so it needs no share of alpha of its own.
@@ -602,7 +604,7 @@ class Rollout:
                                        pass_alpha=alpha_for_look(analysis.alpha, max(s.passes_in_step, 1)),
                                        max_user_icc=analysis.max_user_icc))
         verdict = overall_verdict(results)
-        s.step_verdict = verdict
+        s.step_verdict, s.step_verdict_counted = verdict, could_end
         picked = [r for r in results if r.verdict is verdict] or list(results)
         s.last_analysis_reason = "; ".join(f"{r.gate}: {r.reason}" for r in picked) or (
             "no gates configured" if not self.config.gates else
@@ -746,26 +748,34 @@ class Rollout:
         analysis at t is still the latest at some tick the wait may end on exactly when
         ``t + interval_s > end``; earlier ones are replaced before the time is up. Any other
         wait ends on the first passing analysis (or a person's promote, which needs none).
+
+        An operator's pause moves a wait's end by the time paused, and its resume waits an
+        interval before the next analysis: a verdict from before the pause may then be the
+        latest at the new end. It ends the wait only if it was counted here
+        (``step_verdict_counted``), so every pass that ends a step has had its share of alpha.
         """
-        s = self.state
-        end_s = None
+        s, interval_s = self.state, self.config.analysis.interval_s
         step = self._current_step()
+        # Elapsed time against the duration, as the wait's own test reads it (no large sums).
         if isinstance(step, PauseStep) and step.pause.duration is not None:
-            end_s = s.step_started_at_s + step.pause.duration
-        elif s.phase is Phase.SWITCHED and s.switched_at_s is not None:
-            end_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s
-        return end_s is None or now + self.config.analysis.interval_s > end_s
+            return now - s.step_started_at_s + interval_s > step.pause.duration
+        if s.phase is Phase.SWITCHED and s.switched_at_s is not None:
+            return now - s.switched_at_s + interval_s > self.config.blue_green_settings.post_switch_watch_s
+        return True
 
     def _may_leave(self, now: float) -> bool:
         """A wait is over; leave once the latest analysis in this step passed, or, where no
         gate could judge (no gates, no candidate traffic), when none ran."""
         s = self.state
-        if s.step_verdict is GateVerdict.PASS or (s.step_verdict is None and not self._needs_evidence()):
+        if self._counted_pass() or (s.step_verdict is None and not self._needs_evidence()):
             return True
         if s.held_since_s is None:
             s.held_since_s = now
             self._record(now, s.phase, s.phase, f"holding at step {s.step_index + 1}: {self._hold_reason()}")
         return False
+
+    def _counted_pass(self) -> bool:
+        return self.state.step_verdict is GateVerdict.PASS and self.state.step_verdict_counted
 
     def _judged_later(self, weight_pct: float) -> bool:
         """Whether a later step judges the candidate at this weight before it moves on: true
@@ -784,6 +794,9 @@ class Rollout:
         if s.step_verdict is None:
             return (f"no analysis in this step yet; waiting for one with enough samples to pass "
                     f"(every {self.config.analysis.interval_s:g}s)")
+        if s.step_verdict is GateVerdict.PASS and not self._counted_pass():
+            return (f"the latest analysis passed before this wait's last {self.config.analysis.interval_s:g}s "
+                    "(a pause moved its end), so it cannot end it; waiting for the next")
         return f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}"
 
     def _check_deadline(self, now: float) -> None:
@@ -801,7 +814,7 @@ class Rollout:
         s = self.state
         s.step_index += 1
         s.step_started_at_s = now
-        s.step_verdict = None
+        s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         s.confirm_answer = None
@@ -825,7 +838,7 @@ class Rollout:
         s.last_analysis_at_s = now
         s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
         s.step_started_at_s = now
-        s.step_verdict = None
+        s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         self._transition(now, Phase.SWITCHED, reason)
@@ -933,7 +946,9 @@ class Rollout:
         if s.paused_by == "operator":
             return "paused by operator; resume() to continue"
         unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
-        if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait):
+        uncounted_pass = s.step_verdict is GateVerdict.PASS and not self._counted_pass()
+        if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait
+                                           or uncounted_pass):
             return (f"holding at step {s.step_index + 1} ({self.step_text()}) for {now - s.held_since_s:g}s: "
                     f"{self._hold_reason()}")
         if s.phase is Phase.PAUSED:

@@ -778,3 +778,42 @@ def test_the_blue_green_watch_judges_its_pass_at_the_first_analysis_that_could_e
     assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (5, 0)
     run_until(rollout, clock, 10, {"blue": win("blue", n=0), "green": win("green")}, step_s=10)
     assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
+
+
+def test_a_pass_from_before_an_operators_pause_does_not_end_the_wait_it_could_not_end():
+    # The analyses at 10-50 s pass (at the first look's level) but are not counted: the 60-s
+    # pause could not end on them. Paused at 55 s and resumed at 100 s, the pause ends at 105 s,
+    # before the next analysis (110 s): the 50-s pass is then the latest, and must not end it.
+    small = {"v1": win("v1"), "v2": win("v2", n=400)}
+    clock = FakeClock()
+    rollout = Rollout(canary(PAUSED), clock)
+    rollout.tick(small)
+    run_until(rollout, clock, 50, small, step_s=10)
+    assert rollout.state.step_verdict is GateVerdict.PASS and rollout.state.passes_in_step == 0
+    clock.advance(5)
+    rollout.pause()
+    clock.advance(45)
+    rollout.resume()
+    run_until(rollout, clock, 9, small)  # to 109 s: its time is up, but no counted pass yet
+    assert rollout.state.step_index == 1 and rollout.phase is not Phase.PROMOTED
+    assert "the latest analysis passed before this wait's last 10s" in rollout.status_line()
+    assert rollout.state.passes_in_step == 0
+    run_until(rollout, clock, 1, small)  # 110 s: a counted analysis passes and ends it
+    assert rollout.phase is Phase.PROMOTED
+
+
+def test_the_blue_green_watch_does_not_end_on_a_pass_from_before_a_pause():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=60), clock)
+    rollout.report_validation(True)
+    green = {"blue": win("blue", n=0), "green": win("green")}
+    rollout.tick(healthy("blue", "green"))
+    run_until(rollout, clock, 50, green, step_s=10)
+    clock.advance(5)
+    rollout.pause()
+    clock.advance(45)
+    rollout.resume()
+    run_until(rollout, clock, 9, green)
+    assert rollout.phase is Phase.SWITCHED and rollout.state.passes_in_step == 0
+    run_until(rollout, clock, 1, green)
+    assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
