@@ -58,16 +58,11 @@ at ``alpha_for_look(alpha, k)``: a 60-s pause analysed every 5 s judges the pass
 at 0.61 alpha rather than at the twelfth look's 0.004 alpha, and a gate still falsely ends
 a step with probability at most alpha (``benchmarks/rollout_calibration.py`` measures it
 with a candidate at a gate's threshold). Every other wait (a set_weight or analysis step,
-a confirm step, blue-green validation) ends on the first passing analysis. And where a
-step is held, a pass is only counted (and may only end it) once the candidate has
-``PASS_LOOK_GROWTH`` times the requests it had at the last counted one: analyses a few
-seconds apart read nearly the same evidence, and spending a share of alpha on each left a
-step held minutes at the tens-th look's level, while passes at geometric sample sizes
-spend it over the few looks that add evidence (not with ``window_s``, whose windows do not
-grow). Both counts restart with each step (and at the blue-green switch), not at an
-operator's pause, which would otherwise buy a held candidate fresh chances. An analysis in
-which no gate had enough samples cannot pass or fail on evidence, so it spends nothing and
-is not counted.
+a confirm step, blue-green validation) ends on the first passing analysis, so every one
+counts. Both restart with each step (and at the blue-green switch), not at an operator's
+pause, which would otherwise buy a held candidate fresh chances. An analysis in which no
+gate had enough samples cannot pass or fail on evidence, so it spends nothing and is not
+counted.
 
 Blue-green: green validates at weight 0 (``report_validation`` plus, if configured, gates
 on mirrored traffic), then takes 100% in one switch; during ``post_switch_watch_s`` a
@@ -110,9 +105,6 @@ from serve_ab.rollout.gates import (
 )
 
 STATE_SCHEMA = 1
-#: A held step counts a pass again only once the candidate has this many times the requests
-#: of the last counted one (module doc).
-PASS_LOOK_GROWTH = 1.5
 #: How the history entry of a failed analysis begins.
 ANALYSIS_FAILED = "analysis failed"
 MAX_HISTORY = 500
@@ -207,7 +199,6 @@ class RolloutState:
     analyses_in_step: int = 0  # analyses with evidence in this step; sets their alpha to fail
     passes_in_step: int = 0  # those of them whose pass could end the step; sets their alpha to pass
     step_verdict_counted: bool = True  # whether step_verdict's analysis was one of those
-    pass_look_requests: int = 0  # the candidate's requests at the last counted pass
     last_analysis_reason: str = ""
     held_since_s: float | None = None  # waiting on an analysis or a validation since
     paused_by: str | None = None  # "step" (pause: {}) or "operator"
@@ -601,21 +592,16 @@ class Rollout:
         gates = list(self.config.gates)
         if s.weights[s.stable] == 0:  # after a switch, or a canary at 100% (module doc)
             gates = [g for g in gates if _judges_without_stable(g, candidate, stable, min_samples)]
-        could_end = self._pass_could_end_wait(now) and self._new_evidence(candidate)
+        could_end = self._pass_could_end_wait(now)
         if any(_has_samples(g, candidate, stable, min_samples) for g in gates):
             s.analyses_in_step += 1
-            if could_end:
-                s.passes_in_step += 1
-                s.pass_look_requests = candidate.request_count
+            s.passes_in_step += could_end
         analysis = self.config.analysis
-        # A pass at an analysis that cannot end the step is judged at the level of the next
-        # that can: it ends nothing, so it needs no share of alpha of its own, and its verdict
-        # says what that next one would say on this evidence.
-        # (Never past the analyses counted: a pass is not judged more strictly than a fail.)
-        pass_look = min(s.passes_in_step if could_end else s.passes_in_step + 1, s.analyses_in_step)
+        # A pass at an analysis that cannot end the step is judged at the level of the first
+        # that can: it ends nothing, so it needs no share of alpha of its own.
         results = tuple(evaluate_gates(gates, candidate, stable, min_samples,
                                        alpha=alpha_for_look(analysis.alpha, max(s.analyses_in_step, 1)),
-                                       pass_alpha=alpha_for_look(analysis.alpha, max(pass_look, 1)),
+                                       pass_alpha=alpha_for_look(analysis.alpha, max(s.passes_in_step, 1)),
                                        max_user_icc=analysis.max_user_icc))
         verdict = overall_verdict(results)
         s.step_verdict, s.step_verdict_counted = verdict, could_end
@@ -714,7 +700,7 @@ class Rollout:
                     s.held_since_s = s.step_started_at_s
                     entered = f"step {s.step_index + 1}: analysis until a run passes"
                     self._transition(now, Phase.ANALYZING, entered)
-                if not self._counted_pass():
+                if s.step_verdict is not GateVerdict.PASS:
                     return
                 self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: analysis passed")
 
@@ -723,7 +709,7 @@ class Rollout:
         if s.phase is Phase.VALIDATING:
             if not s.validation_passed:
                 return
-            if self._mirror_gates() and not self._counted_pass():
+            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
                 return
             if bg.auto_switch:
                 self._switch(now, f"{s.candidate} validated; switched (auto_switch)")
@@ -777,14 +763,6 @@ class Rollout:
             return now - s.switched_at_s + interval_s > self.config.blue_green_settings.post_switch_watch_s
         return True
 
-    def _new_evidence(self, candidate: WindowStats) -> bool:
-        """Whether the candidate's window has grown enough since the last counted pass for this
-        analysis' pass to be counted (module doc); always with ``window_s`` or before any."""
-        s = self.state
-        if self.config.analysis.window_s is not None or s.passes_in_step == 0:
-            return True
-        return candidate.request_count >= PASS_LOOK_GROWTH * s.pass_look_requests
-
     def _may_leave(self, now: float) -> bool:
         """A wait is over; leave once the latest analysis in this step passed, or, where no
         gate could judge (no gates, no candidate traffic), when none ran."""
@@ -817,12 +795,8 @@ class Rollout:
             return (f"no analysis in this step yet; waiting for one with enough samples to pass "
                     f"(every {self.config.analysis.interval_s:g}s)")
         if s.step_verdict is GateVerdict.PASS and not self._counted_pass():
-            if s.passes_in_step == 0:
-                why = f"before this wait's last {self.config.analysis.interval_s:g}s (or before a pause moved its end)"
-            else:
-                why = (f"on under {PASS_LOOK_GROWTH:g}x the {s.pass_look_requests} requests {s.candidate} had at "
-                       "the last analysis whose pass could end it")
-            return f"the latest analysis passed {why}, so it cannot end this wait; waiting for one that can"
+            return (f"the latest analysis passed before this wait's last {self.config.analysis.interval_s:g}s "
+                    "(a pause moved its end), so it cannot end it; waiting for the next")
         return f"latest analysis {s.step_verdict.value}: {s.last_analysis_reason}"
 
     def _check_deadline(self, now: float) -> None:
@@ -841,7 +815,7 @@ class Rollout:
         s.step_index += 1
         s.step_started_at_s = now
         s.step_verdict, s.step_verdict_counted = None, True
-        s.analyses_in_step = s.passes_in_step = s.pass_look_requests = 0
+        s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         s.confirm_answer = None
         self._transition(now, phase, reason)
@@ -865,7 +839,7 @@ class Rollout:
         s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
         s.step_started_at_s = now
         s.step_verdict, s.step_verdict_counted = None, True
-        s.analyses_in_step = s.passes_in_step = s.pass_look_requests = 0
+        s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
         self._transition(now, Phase.SWITCHED, reason)
 
@@ -983,7 +957,7 @@ class Rollout:
             return f"step {s.step_index + 1}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
             waiting = [] if s.validation_passed else ["report_validation()"]
-            if self._mirror_gates() and not self._counted_pass():
+            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
                 waiting.append("gates on mirrored traffic")
             return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
         if s.phase is Phase.VALIDATED:

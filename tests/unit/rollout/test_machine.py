@@ -669,8 +669,7 @@ def borderline(stable="v1", candidate="v2") -> dict[str, WindowStats]:
 
 def test_each_analysis_of_a_step_spends_alpha_and_the_next_step_starts_over():
     clock = FakeClock()
-    # window_s: windows that need not grow, so every analysis counts (the growth rule is below).
-    rollout = Rollout(canary(TWO_ANALYSES, alpha=0.1, window_s=600), clock)
+    rollout = Rollout(canary(TWO_ANALYSES, alpha=0.1), clock)
     rollout.tick(borderline())
     for look in (1, 2, 3):
         clock.advance(10)
@@ -697,12 +696,12 @@ def test_a_window_that_passes_a_first_look_does_not_pass_a_later_one():
     # (0.030) but 0.0166 at the fifth's (0.0012), above max 0.01.
     small = {"v1": win("v1"), "v2": win("v2", n=400)}
     clock = FakeClock()
-    first = Rollout(canary(TWO_ANALYSES, window_s=600), clock)
+    first = Rollout(canary(TWO_ANALYSES), clock)
     first.tick(small)
     clock.advance(10)
     assert first.tick(small).verdict is GateVerdict.PASS and first.state.step_index == 3
 
-    held = Rollout(canary(TWO_ANALYSES, window_s=600), clock)
+    held = Rollout(canary(TWO_ANALYSES), clock)
     held.tick(borderline())
     run_until(held, clock, 40, borderline(), step_s=10)
     clock.advance(10)
@@ -753,7 +752,7 @@ def test_a_timed_pause_judges_its_pass_at_the_first_analysis_that_could_end_it()
 
 def test_a_held_pause_spends_pass_alpha_from_its_first_analysis_that_could_end_it():
     clock = FakeClock()
-    rollout = Rollout(canary(PAUSED, interval_s=7, window_s=600), clock)
+    rollout = Rollout(canary(PAUSED, interval_s=7), clock)
     rollout.tick(borderline())
     run_until(rollout, clock, 56, borderline())  # analyses at 7, 14, ..., 56
     # 56 + 7 > 60: the analysis at 56 is the latest when the 60 s are up; it counts.
@@ -766,7 +765,7 @@ def test_a_held_pause_spends_pass_alpha_from_its_first_analysis_that_could_end_i
     saved = json.loads(json.dumps(rollout.to_dict()))
     assert saved["passes_in_step"] == 2
     del saved["passes_in_step"]  # written before a pass's own spending: every analysis counts
-    assert Rollout.from_dict(canary(PAUSED, interval_s=7, window_s=600), saved, clock).state.passes_in_step == 9
+    assert Rollout.from_dict(canary(PAUSED, interval_s=7), saved, clock).state.passes_in_step == 9
 
 
 def test_the_blue_green_watch_judges_its_pass_at_the_first_analysis_that_could_end_it():
@@ -797,8 +796,7 @@ def test_a_pass_from_before_an_operators_pause_does_not_end_the_wait_it_could_no
     rollout.resume()
     run_until(rollout, clock, 9, small)  # to 109 s: its time is up, but no counted pass yet
     assert rollout.state.step_index == 1 and rollout.phase is not Phase.PROMOTED
-    assert ("the latest analysis passed before this wait's last 10s (or before a pause moved its end), so it "
-            "cannot end this wait") in rollout.status_line()
+    assert "the latest analysis passed before this wait's last 10s" in rollout.status_line()
     assert rollout.state.passes_in_step == 0
     run_until(rollout, clock, 1, small)  # 110 s: a counted analysis passes and ends it
     assert rollout.phase is Phase.PROMOTED
@@ -819,44 +817,3 @@ def test_the_blue_green_watch_does_not_end_on_a_pass_from_before_a_pause():
     assert rollout.phase is Phase.SWITCHED and rollout.state.passes_in_step == 0
     run_until(rollout, clock, 1, green)
     assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
-
-
-def test_a_held_step_counts_a_pass_again_only_once_the_candidate_has_half_as_many_requests_more():
-    # Windows grow by 400 requests an analysis. The 60-s pause's first counted analysis is at
-    # 60 s (2,400 requests); the next that may end it needs 1.5x that, 3,600 (at 90 s). A clean
-    # window at 70 s passes, but on 2,800 requests it cannot end the step.
-    clock = FakeClock()
-    rollout = Rollout(canary(PAUSED), clock)
-
-    def at(t_s: int, errors_per_100: int) -> dict[str, WindowStats]:
-        n = 40 * t_s
-        return {"v1": win("v1"), "v2": win("v2", n=n, errors=n * errors_per_100 // 100)}
-
-    rollout.tick(at(1, 1))
-    for t_s in range(10, 70, 10):
-        clock.advance(10)
-        rollout.tick(at(t_s, 1))  # 1% errors against max 0.01: inconclusive
-    assert (rollout.state.passes_in_step, rollout.state.pass_look_requests) == (1, 2400)
-    for t_s in (70, 80):
-        clock.advance(10)
-        assert rollout.tick(at(t_s, 0)).verdict is GateVerdict.PASS and rollout.state.step_index == 1
-    assert rollout.state.passes_in_step == 1
-    assert "passed on under 1.5x the 2400 requests v2 had at the last analysis whose pass could end it" \
-        in rollout.status_line()
-    clock.advance(10)
-    d = rollout.tick(at(90, 0))
-    assert d.verdict is GateVerdict.PASS and rollout.phase is Phase.PROMOTED
-
-
-def test_an_analysis_without_samples_after_counted_passes_is_judged_without_error():
-    # Every analysis so far counted as a pass's; one with too few samples counts for neither,
-    # and its pass level must not fall below its fail level.
-    clock = FakeClock()
-    rollout = Rollout(canary(TWO_ANALYSES), clock)
-    rollout.tick(borderline())
-    clock.advance(10)
-    rollout.tick(borderline())
-    assert (rollout.state.analyses_in_step, rollout.state.passes_in_step) == (1, 1)
-    clock.advance(10)
-    d = rollout.tick(no_data())
-    assert d.verdict is GateVerdict.INCONCLUSIVE and rollout.state.analyses_in_step == 1
