@@ -700,7 +700,7 @@ class Rollout:
                     s.held_since_s = s.step_started_at_s
                     entered = f"step {s.step_index + 1}: analysis until a run passes"
                     self._transition(now, Phase.ANALYZING, entered)
-                if s.step_verdict is not GateVerdict.PASS:
+                if not self._counted_pass():
                     return
                 self._next_step(now, Phase.PROGRESSING, f"step {s.step_index + 1}: analysis passed")
 
@@ -709,7 +709,7 @@ class Rollout:
         if s.phase is Phase.VALIDATING:
             if not s.validation_passed:
                 return
-            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
+            if self._mirror_gates() and not self._counted_pass():
                 return
             if bg.auto_switch:
                 self._switch(now, f"{s.candidate} validated; switched (auto_switch)")
@@ -957,7 +957,7 @@ class Rollout:
             return f"step {s.step_index + 1}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
             waiting = [] if s.validation_passed else ["report_validation()"]
-            if self._mirror_gates() and s.step_verdict is not GateVerdict.PASS:
+            if self._mirror_gates() and not self._counted_pass():
                 waiting.append("gates on mirrored traffic")
             return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
         if s.phase is Phase.VALIDATED:
