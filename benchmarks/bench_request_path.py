@@ -18,6 +18,10 @@ Over a DeploymentHandle, the methods a handle call runs:
 - **plain-handle**: ``baselines.OnnxModel.predict``: ``np.asarray``, ``session.run``.
 - **serve-ab-handle**: the router's own ``Router.predict`` over the same core, with Ray
   Serve's request context set as a replica sets it.
+- **serve-ab-handle+token**: the same over an experiment that takes feedback (one
+  ``analysis.metrics`` entry), so that every answer carries a feedback token: the token's
+  cost. The experiment of the other serve-ab candidates, as ``bench_serving``'s, names no
+  feedback, and its answers carry none.
 
 The candidates take turns call by call (so a burst of other work hits them all); the figure
 is each one's mean microseconds per request in a round (a mean, so that work done once every
@@ -112,8 +116,10 @@ def fastapi_app(path: str) -> Any:
     return api
 
 
-def serve_ab_core() -> Any:
-    """A router's core holding v1 and v3 (ONNX, 50/50, keyed), as a replica builds it."""
+def serve_ab_core(takes_feedback: bool = False) -> Any:
+    """A router's core holding v1 and v3 (ONNX, 50/50, keyed), as a replica builds it.
+    ``takes_feedback``: the experiment names a feedback metric, so every answer carries a
+    feedback token (as in ``bench_serving``, by default it names none, and mints none)."""
     from serve_ab.api.access_log import VersionsAnswered
     from serve_ab.config import parse_experiment
     from serve_ab.serving.core.router import RouterCore
@@ -122,8 +128,9 @@ def serve_ab_core() -> Any:
 
     from benchmarks.common import digits_experiment, version
 
+    more = {"analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]}} if takes_feedback else {}
     cfg = parse_experiment(digits_experiment([version("v1"), version("v3")], {"v1": 50.0, "v3": 50.0},
-                                             "bench", {"num_replicas": 1}))
+                                             "bench", {"num_replicas": 1}, **more))
     # The request id as a replica reads it (Ray Serve's request context, set per call by
     # measure); versions are noted as in a replica, and with no access line to take them,
     # the oldest go.
@@ -262,6 +269,8 @@ async def measure(candidates: dict[str, Candidate], calls_per_round: int, rounds
 
 # serve-ab's candidate -> the baselines it is compared with.
 COMPARED = {"serve-ab": ("plain", "fastapi"), "serve-ab-handle": ("plain-handle",)}
+# What minting a feedback token adds, where the experiment takes feedback.
+TOKEN = ("serve-ab-handle+token", "serve-ab-handle")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -300,17 +309,19 @@ def _main(args: argparse.Namespace) -> int:
     v1 = str(MODELS / "v1" / "model.onnx")
     serve_ab, core = serve_ab_app()
     handle_core = serve_ab_core()  # its own, so that neither candidate folds the other's answers
+    token_core = serve_ab_core(takes_feedback=True)  # the same, minting a feedback token per answer
     candidates = {
         "plain": http_candidate(plain_app(v1), "/", bodies),
         "fastapi": http_candidate(fastapi_app(v1), "/predict", bodies),
         "serve-ab": http_candidate(serve_ab, "/predict", bodies),
         "plain-handle": handle_candidate(plain_handle(v1), handle_args, keyed=False),
         "serve-ab-handle": handle_candidate(serve_ab_handle(handle_core), handle_args, keyed=True),
+        "serve-ab-handle+token": handle_candidate(serve_ab_handle(token_core), handle_args, keyed=True),
     }
 
     async def run() -> dict[str, list[float]]:
         loop = asyncio.get_running_loop()
-        flushes = [loop.create_task(c.flush()) for c in (core, handle_core)]  # reports go out, as in a replica
+        flushes = [loop.create_task(c.flush()) for c in (core, handle_core, token_core)]  # reports go out, as in a replica
         try:
             await measure(candidates, 200, 1, Evictor(0))  # warm-up
             return await measure(candidates, calls, rounds, Evictor(evict_mib))
@@ -328,16 +339,19 @@ def _main(args: argparse.Namespace) -> int:
         routes.use_core(None)  # the module's one core slot: left as found
     out = {name: round(statistics.median(values), 1) for name, values in per_round.items()}
     added = {(ours, base): [s - b for s, b in zip(per_round[ours], per_round[base])]
-             for ours, bases in COMPARED.items() for base in bases}
+             for ours, bases in [*COMPARED.items(), (TOKEN[0], (TOKEN[1],))] for base in bases}
+    token = added.pop(TOKEN)
     state = "cold (caches evicted before each call)" if args.cold else "warm"
     print(f"\nmicroseconds per request, {state}, median of {rounds} round means (min-max of the rounds):",
           file=sys.stderr)
     for name, values in per_round.items():
         print(f"  {name:<16} {out[name]:7.1f}  ({min(values):.1f}-{max(values):.1f})", file=sys.stderr)
-    for (ours, base), deltas in added.items():
+    for (ours, base), deltas in [*added.items(), (TOKEN, token)]:
         print(f"  {ours} - {base:<13} {statistics.median(deltas):+7.1f}  "
               f"({min(deltas):+.1f} to {max(deltas):+.1f})", file=sys.stderr)
     report.update(us_per_request=out,
+                  token_added_us=round(statistics.median(token), 1),
+                  token_added_us_range=[round(min(token), 1), round(max(token), 1)],
                   serve_ab_added_us={base: round(statistics.median(d), 1) for (_, base), d in added.items()},
                   serve_ab_added_us_range={base: [round(min(d), 1), round(max(d), 1)]
                                            for (_, base), d in added.items()})

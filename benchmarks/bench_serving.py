@@ -120,6 +120,10 @@ CANDIDATES = [
     # router.access_log: false): what the line costs each, and the router's path without it.
     Candidate("(a-)", "plain_quiet", "plain, no access line", "", False, on_request=True),
     Candidate("(c-)", "colocated_quiet", "serve-ab colocated, no access line", "/predict", True, on_request=True),
+    # (c) over an experiment that takes feedback (one analysis.metrics entry): every answer
+    # carries a feedback token, which (c)'s experiment, naming no feedback, does not mint.
+    Candidate("(c*)", "colocated_feedback", "serve-ab colocated, feedback tokens", "/predict", True,
+              on_request=True),
     # (a) once more, the same code and options in an app of its own: an A/A. Its ratio to (a)
     # is what the benchmark reads when nothing differs, the floor under every other ratio;
     # the targets against (a) are shown beside it.
@@ -131,7 +135,8 @@ BY_APP = {c.app: c for c in CANDIDATES}
 # -- deploying the candidates --------------------------------------------------------------
 
 
-def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True) -> dict[str, Any]:
+def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True,
+                        takes_feedback: bool = False) -> dict[str, Any]:
     versions = [version("v1"), version("v3")]
     if batched:
         from benchmarks.baselines import BATCH_MAX_SIZE, BATCH_WAIT_TIMEOUT_S
@@ -139,8 +144,9 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
         batching = {"max_batch_size": BATCH_MAX_SIZE, "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
         versions = [dict(v, batching=batching) for v in versions]
     router = REPLICA_OPTIONS if access_log else dict(REPLICA_OPTIONS, access_log=False)
+    more = {"analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]}} if takes_feedback else {}
     return digits_experiment(versions, WEIGHTS_PCT, "bench", router,
-                             placement, REPLICA_OPTIONS if placement == "isolated" else None)
+                             placement, REPLICA_OPTIONS if placement == "isolated" else None, **more)
 
 
 def run_targets(candidates: list[Candidate]) -> list[Any]:
@@ -165,6 +171,7 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "plain_quiet": lambda: baselines.plain_app(v1, dict(REPLICA_OPTIONS,
                                                             logging_config={"enable_access_log": False})),
         "colocated_quiet": lambda: build_app(serve_ab_experiment("colocated", access_log=False)),
+        "colocated_feedback": lambda: build_app(serve_ab_experiment("colocated", takes_feedback=True)),
         "plain_twin": lambda: baselines.plain_app(v1, REPLICA_OPTIONS),
     }
     return [serve.RunTarget(apps[c.app](), name=c.app, route_prefix=f"/{c.app}") for c in candidates]
@@ -313,6 +320,8 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_plain_batch"] = paired(app, "plain_batch")
         if app == "colocated_quiet":  # both without access lines
             item["vs_plain_quiet"] = paired(app, "plain_quiet")
+        if app == "colocated_feedback":  # what minting a token per answer costs
+            item["vs_colocated"] = paired(app, "colocated")
     return out
 
 
@@ -365,6 +374,10 @@ def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
     paired = summary.get("colocated_quiet", {}).get("vs_plain_quiet")
     if paired and paired["rps_ratio"]:
         notes.append(f"(c-) vs (a-), both without access lines: {_ratio_text(paired)} req/s, "
+                     f"p50 {paired['p50_added_ms']:+.2f} ms")
+    paired = summary.get("colocated_feedback", {}).get("vs_colocated")
+    if paired and paired["rps_ratio"]:
+        notes.append(f"(c*) vs (c), a feedback token in every answer: {_ratio_text(paired)} req/s, "
                      f"p50 {paired['p50_added_ms']:+.2f} ms")
     paired = summary.get("plain_twin", {}).get("vs_plain")
     if paired and paired["rps_ratio"]:

@@ -427,8 +427,9 @@ class FeedbackConfig(_Strict):
 
     require_token: bool = Field(
         True, description="Every answer carries a signed feedback_token (request, version, expiry) "
-        "and POST /feedback needs it. false accepts feedback by request id alone: only for "
-        "clients on a trusted network.",
+        "and POST /feedback needs it (where the experiment names feedback: analysis.metrics or a "
+        "feedback gate; naming none, it takes no feedback and its answers carry no token). false "
+        "accepts feedback by request id alone: only for clients on a trusted network.",
     )
     token_ttl_s: float = Field(
         3600.0, gt=0.0, le=7 * 86400.0, description="How long an answer's feedback token is valid."

@@ -206,8 +206,8 @@ class Router:
         assignment key (e.g. the user id); ``version`` pins a version (callers inside the
         cluster may pin whatever ``pin.enabled`` says: it governs the public HTTP header).
         Pinned requests never enter gates or A/B figures. Returns
-        ``{"outputs": np.ndarray, "version": str, "request_id": str, "feedback_token": str}``.
-        Raises the errors of
+        ``{"outputs": np.ndarray, "version": str, "request_id": str, "feedback_token": str | None}``
+        (None where the experiment takes no feedback). Raises the errors of
         :mod:`serve_ab.errors`, e.g. ``VersionNotServed`` for a version this app does not serve.
         """
         key = None if key is None else key_text(key, "key")

@@ -59,11 +59,13 @@ def client_python() -> Path:
 
 @pytest.fixture(scope="module")
 def served_grpc(model_repo, tmp_path_factory):
-    """``serve run configs/ab.yaml`` as shipped (gRPC included), on free ports, with a QA token;
+    """``serve run configs/ab.yaml`` as shipped (gRPC included), on free ports, with a QA token
+    and one feedback metric (as shipped it takes no feedback, so its answers carry no token);
     one run for the module's tests (a run costs 25-40 s to start), which only read from it."""
     tmp_path = tmp_path_factory.mktemp("grpc")
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
     assert "grpc_options" in config, "configs/ab.yaml serves gRPC (grpc_options)"
+    config["applications"][0]["args"]["analysis"] = {"metrics": [{"name": "correct", "kind": "conversion"}]}
     port = on_free_ports(config)
     config_path = tmp_path / "ab.yaml"
     config_path.write_text(yaml.safe_dump(config))

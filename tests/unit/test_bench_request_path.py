@@ -20,9 +20,11 @@ def test_bench_request_path_quick_prints_per_request_costs_and_serve_abs_differe
     monkeypatch.setattr(bench_request_path, "measure", _short(bench_request_path.measure))
     assert bench_request_path.main(["--quick"] + (["--cold", "--evict-mib", "1"] if cold else [])) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(report["us_per_request"]) == {"plain", "fastapi", "serve-ab", "plain-handle", "serve-ab-handle"}
+    assert set(report["us_per_request"]) == {"plain", "fastapi", "serve-ab", "plain-handle", "serve-ab-handle",
+                                             "serve-ab-handle+token"}
     assert all(v > 0 for v in report["us_per_request"].values())
     assert set(report["serve_ab_added_us"]) == {"plain", "fastapi", "plain-handle"}
+    assert isinstance(report["token_added_us"], float) and len(report["token_added_us_range"]) == 2
     assert report["cold"] is cold and report["evict_mib"] == (1 if cold else 0)
 
 
@@ -32,12 +34,16 @@ def test_the_handle_candidate_runs_the_routers_own_method_with_rays_request_id()
 
     from benchmarks.bench_request_path import in_request_context, serve_ab_core, serve_ab_handle
 
-    core = serve_ab_core()
     in_request_context("req-42")
-    answer = asyncio.run(serve_ab_handle(core)(np.zeros((1, 64), dtype=np.float32), "user-1"))
-    assert answer["request_id"] == "req-42"
-    assert answer["version"] in {"v1", "v3"} and answer["outputs"].shape == (1, 10)
-    assert answer["feedback_token"].startswith(answer["version"] + ".")
+    for takes_feedback in (False, True):
+        core = serve_ab_core(takes_feedback)
+        answer = asyncio.run(serve_ab_handle(core)(np.zeros((1, 64), dtype=np.float32), "user-1"))
+        assert answer["request_id"] == "req-42"
+        assert answer["version"] in {"v1", "v3"} and answer["outputs"].shape == (1, 10)
+        if takes_feedback:  # the experiment names a feedback metric: its answers carry a token
+            assert answer["feedback_token"].startswith(answer["version"] + ".")
+        else:
+            assert answer["feedback_token"] is None
 
 
 def test_cold_needs_something_to_read(capsys):

@@ -1,7 +1,7 @@
 """Feedback tokens: an answer's proof that feedback about it comes from whoever received it.
 
-Every answer carries ``feedback_token`` = ``<version>.<expires_at_s>.<flag>.<nonce>.<mac>``,
-the MAC an HMAC-SHA256 (first 16 bytes, base64url) over the app's model name, the request id,
+Every answer of an experiment that takes feedback (names a metric clients report) carries
+``feedback_token`` = ``<version>.<expires_at_s>.<flag>.<nonce>.<mac>``, the MAC an HMAC-SHA256 (first 16 bytes, base64url) over the app's model name, the request id,
 the version, the expiry, the flag and a nonce, with a key the app holds. The flag says
 whether the split assigned the request or it was pinned (``p``); an assigned one's flag is
 ``a<bucket>e<epoch>``: the user's assignment bucket (empty when keyless) and the routing

@@ -84,15 +84,20 @@ class RouterCore:
                                         cfg.rollout.stable if cfg.rollout is not None else cfg.control_version())
         # Without tokens, feedback names only its request id: the controller joins it by the
         # ids of assigned answers, which the reports then carry.
-        self.observations = ObservationBuffer(clock, keep_request_ids=not cfg.feedback.require_token,
-                                              tasks=task_rules(cfg.versions))
+        self.feedback_kinds = cfg.feedback_kinds()  # what POST /feedback accepts, and as what
+        # An experiment that names no feedback (no analysis.metrics, no feedback gate) refuses
+        # every POST /feedback: its answers carry no token (an HMAC a request nobody could
+        # redeem) and its reports no request ids.
+        self.takes_feedback = bool(self.feedback_kinds)
+        self.observations = ObservationBuffer(
+            clock, keep_request_ids=self.takes_feedback and not cfg.feedback.require_token,
+            tasks=task_rules(cfg.versions))
         self.observations.routed_by(-1, self.decision.assigner.table.weights_pct())
         self.replica = "router"  # named in reports; the Ray shell sets the replica's id
         self.mirrors = MirrorSender(self.observations, clock, output_spec=self._output_spec)
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)
-        self.feedback_kinds = cfg.feedback_kinds()  # what POST /feedback accepts, and as what
         # The experiment's input and output: given (tests), or the first answer to describe().
         self._interface = interface
         self.isolation = cfg.isolation
@@ -318,8 +323,9 @@ class RouterCore:
     def feedback_token(self, request_id: str, version: str, assigned: bool = True,
                        unit: int | None = None, epoch: int = -1) -> str | None:
         """The token an answer carries, for its client's feedback (``assigned``: False for a
-        pinned request, whose feedback is then not counted); None when feedback needs none."""
-        if not self.cfg.feedback.require_token:
+        pinned request, whose feedback is then not counted); None when feedback needs none or
+        the experiment takes none."""
+        if not self.takes_feedback or not self.cfg.feedback.require_token:
             return None  # not minted: an HMAC per answer that nobody would check
         if self.signer is None:  # the key is on its way (feedback_key_loop): serve, untokened
             if not self._key_warned:

@@ -21,6 +21,7 @@ from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
 from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeClock, FakeController, FakeVersion
 
 ROW = [[0.0] * 64]
+TAKES_FEEDBACK = {"metrics": [{"name": "correct", "kind": "conversion"}]}
 
 
 def experiment(**changes):
@@ -143,7 +144,7 @@ def test_a_fallback_answers_token_names_the_assigned_version_and_its_unit():
     """Intention to treat: the feedback on an answer a fallback served counts for the version
     the split assigned, in the user's bucket and the split it was assigned under."""
     down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
-    core = make_core({"v1": FakeVersion(1), "v2": down})
+    core = make_core({"v1": FakeVersion(1), "v2": down}, analysis=TAKES_FEEDBACK)
     core.use_feedback_key(b"k" * 32)
     core.apply(RoutingSnapshot(3, {"v1": 50.0, "v2": 50.0}))
     key = next(k for k in map(str, range(100)) if core.decision.assigner.assign(k) == "v2")
@@ -156,6 +157,26 @@ def test_a_fallback_answers_token_names_the_assigned_version_and_its_unit():
     assert core.verify_feedback(core.feedback_token_for("req-1", pinned), "req-1").assigned is False
     keyless = run(core.serve_choice(ROW, None, None))[0]
     assert core.verify_feedback(core.feedback_token_for("req-1", keyless), "req-1").bucket is None
+
+
+def test_answers_carry_a_token_only_where_feedback_can_be_sent():
+    """With no feedback name (analysis.metrics or a feedback gate) POST /feedback refuses every
+    report, so no token is minted; naming one, every answer carries one."""
+    silent = make_core()
+    silent.use_feedback_key(b"k" * 32)
+    choice = run(silent.serve_choice(ROW, "u", None))[0]
+    assert silent.feedback_token_for("req-1", choice) is None
+    assert not silent.observations.keep_request_ids
+    by_gate = make_core(weights={"v1": 100}, rollout={
+        "strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 10}],
+        "gates": [{"metric": "feedback_rate", "name": "correct", "min_ratio_to_stable": 0.9}]})
+    by_metric = make_core(analysis=TAKES_FEEDBACK)
+    by_id = make_core(analysis=TAKES_FEEDBACK, feedback={"require_token": False})
+    for core in (by_gate, by_metric, by_id):
+        core.use_feedback_key(b"k" * 32)
+    for core in (by_gate, by_metric):
+        assert core.verify_feedback(core.feedback_token_for("req-1", choice), "req-1").version == choice.version
+    assert by_id.feedback_token_for("req-1", choice) is None and by_id.observations.keep_request_ids
 
 
 def test_no_fallback_for_pins_model_errors_or_a_second_outage():

@@ -34,6 +34,7 @@ def canary(**changes):
         "weights": {"v1": 100},
         "assignment": {"key": "json", "field": "user_id", "salt": "unit"},
         "feedback": {"key_env": KEY_ENV},
+        "analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]},  # takes feedback
         "rollout": {"strategy": "canary", "stable": "v1", "candidate": "v2",
                     "steps": [{"set_weight": 20}, {"set_weight": 100}]},
     }

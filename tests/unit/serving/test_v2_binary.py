@@ -46,6 +46,7 @@ def use_app() -> None:
         "assignment": {"key": "json", "field": "user_id", "salt": "unit"},
         "http": {"max_body_bytes": MAX_BODY_BYTES},
         "pin": {"enabled": True},
+        "analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]},  # answers carry tokens
     })
     clock = FakeClock()
     core = RouterCore(cfg, {"v1": ScoringVersion(1), "v2": ScoringVersion(2)}, FakeController(),
