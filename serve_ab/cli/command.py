@@ -27,20 +27,21 @@ from serve_ab.store.url import redact_url
 BUILDER_PREFIX = "serve_ab"
 
 
-def validate_file(path: Path, check_files: bool = True) -> list[str]:
+def validate_file(path: Path, check_files: bool = True, load_models: bool = False) -> list[str]:
     """Every problem in a config file, one line each; empty when it is valid.
 
     Takes a Ray Serve config file (``applications:``, whose serve-ab apps hold the
-    experiment in ``args:``) or a bare experiment file.
+    experiment in ``args:``) or a bare experiment file. ``load_models``: also load every
+    version and run a blue-green validation, as a replica would (:mod:`serve_ab.cli.preflight`).
     """
-    return check_file(path, check_files)[0]
+    return check_file(path, check_files, load_models)[0]
 
 
-def check_file(path: Path, check_files: bool = True) -> tuple[list[str], list[str]]:
+def check_file(path: Path, check_files: bool = True, load_models: bool = False) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of a config file: errors make it invalid, warnings are advice
     (e.g. a multi-node app keeping its state in a node-local SQLite file)."""
     warnings: list[str] = []
-    errors = _check_file(path, check_files, warnings)
+    errors = _check_file(path, check_files, warnings, load_models and check_files)
     return errors, warnings
 
 
@@ -128,7 +129,7 @@ def lowered_weight_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str
     return out
 
 
-def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]:
+def _check_file(path: Path, check_files: bool, warnings: list[str], load_models: bool = False) -> list[str]:
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -155,7 +156,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
         misplaced = _misread_serve_file(raw)
         if misplaced:
             return [f"{path}: {misplaced}"]
-        return _validate_experiment(raw, "", check_files, warnings)[0]
+        return _validate_experiment(raw, "", check_files, warnings, load_models)[0]
 
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema  # Ray's own check of its own format
@@ -175,7 +176,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str]) -> list[str]
             errors += app_errors
             if kind is AppKind.EXPERIMENT:
                 prefix = f"applications.{index}.args"
-                app_errors, cfg = _validate_experiment(app.get("args"), prefix, check_files, warnings)
+                app_errors, cfg = _validate_experiment(app.get("args"), prefix, check_files, warnings, load_models)
                 errors += app_errors
                 if cfg is not None:
                     experiments.append((prefix, cfg))
@@ -205,9 +206,10 @@ def _misread_serve_file(raw: dict) -> str | None:
     return None
 
 
-def _validate_experiment(args: Any, prefix: str, check_files: bool,
-                         warnings: list[str]) -> tuple[list[str], ExperimentConfig | None]:
-    """The experiment's errors, and the experiment where it parsed."""
+def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: list[str],
+                         load_models: bool = False) -> tuple[list[str], ExperimentConfig | None]:
+    """The experiment's errors, and the experiment where it parsed. ``load_models``: also
+    every version loaded and a blue-green validation run (:mod:`serve_ab.cli.preflight`)."""
     try:
         cfg = parse_experiment(args)
     except ConfigError as err:
@@ -219,9 +221,13 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool,
     from serve_ab.serving.app import resolve_model_paths
 
     try:
-        resolve_model_paths(cfg)
+        resolved = resolve_model_paths(cfg)
     except ConfigError as err:
         return errors_under(prefix, err.errors), cfg
+    if load_models:
+        from serve_ab.cli.preflight import model_errors
+
+        return model_errors(resolved, prefix), cfg
     return [], cfg
 
 
@@ -247,10 +253,15 @@ def shared_state_errors(experiments: list[tuple[str, ExperimentConfig]]) -> list
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.load and args.no_check_files:
+        print("serve-ab validate: --load loads the model files that --no-check-files skips; give one of them",
+              file=sys.stderr)
+        return 2
     status = 0
     for path in args.files:
         try:
-            errors, warnings = check_file(Path(path), check_files=not args.no_check_files)
+            errors, warnings = check_file(Path(path), check_files=not args.no_check_files,
+                                          load_models=args.load)
         except Exception as err:  # noqa: BLE001 - one file's surprise must not hide the other files' results
             errors, warnings = [(f"{path}: could not be checked ({type(err).__name__}: {err}); this is a bug in "
                                  "serve-ab validate, please report it with the file")], []
@@ -292,6 +303,12 @@ def make_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--no-check-files", action="store_true",
         help="do not check that model files exist (relative paths resolve against the cwd)",
+    )
+    validate.add_argument(
+        "--load", action="store_true",
+        help="also load every version as a replica would (its backend, its warm-up call), check that "
+        "the versions share one input and output, and run a blue-green rollout's validation; needs "
+        "what the versions need (onnxruntime, torch, a GPU for device: cuda)",
     )
     validate.set_defaults(func=_cmd_validate)
 

@@ -1,0 +1,102 @@
+"""``serve-ab validate --load``: load every version before deploying, as a replica would.
+
+The config checks say whether a file is well formed; they cannot say whether its models
+load, take the ``inputs:`` declared, and agree with one another. A replica finds out at start,
+and then serves on without the version that failed (``serve-ab status`` names it), or a
+blue-green rollout fails its validation. Here the same code finds it on this machine first:
+
+- each version loaded with the replica's own loader and warm-up call
+  (:func:`serve_ab.serving.runtime.load_versions`);
+- each asked for its interface, and the interfaces compared, by a router's own core
+  (:class:`~serve_ab.serving.core.router.RouterCore`: the stable's, or the A/B test's
+  control's, interface wins a disagreement, as when serving);
+- a blue-green rollout's validation run as the controller runs it before the switch
+  (:func:`serve_ab.rollout.validation.validate_green`: ``validation_samples`` served by green,
+  finite, and as accurate as ``validation_min_accuracy`` asks).
+
+Loading needs the backends' libraries (onnxruntime, torch) and whatever a version asks for:
+a version on ``device: cuda`` cannot load on a machine without a GPU, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from serve_ab.config import ExperimentConfig
+from serve_ab.config.rollout import Strategy
+
+#: Green answers in this process; the controller's own limit is the progress deadline.
+VALIDATION_TIMEOUT_S = 300.0
+
+
+class _NoController:
+    """A router core's controller, never asked: nothing here reports or long-polls."""
+
+
+def model_errors(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """Why versions of ``cfg`` (model paths resolved) could not serve, and why a blue-green
+    rollout's validation would fail: one line each, named by field."""
+    with _replica_log_quiet():
+        return _model_errors(cfg, prefix)
+
+
+@contextlib.contextmanager
+def _replica_log_quiet() -> Iterator[None]:
+    """The replicas' log lines (a version loaded, one refused, a traceback of a failed
+    validation) say here what the errors below say once, by field."""
+    replica_log = logging.getLogger("ray.serve")
+    level = replica_log.level
+    replica_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        replica_log.setLevel(level)
+
+
+def _model_errors(cfg: ExperimentConfig, prefix: str) -> list[str]:
+    from serve_ab.serving.core.router import RouterCore
+    from serve_ab.serving.runtime import load_versions
+
+    versions = load_versions(cfg.versions)
+    core = RouterCore(cfg, versions, _NoController(), request_id=lambda: "validate")  # type: ignore[arg-type]
+    where = f"{prefix}.versions" if prefix else "versions"
+
+    async def check() -> dict[str, tuple[bool, str | None]]:
+        return {version.name: await core.version_ready(version.name) for version in cfg.versions}
+
+    ready = asyncio.run(check())
+    errors = [f"{where}.{index} ({version.name!r}): {ready[version.name][1] or 'did not answer'}"
+              for index, version in enumerate(cfg.versions) if not ready[version.name][0]]
+    rollout = cfg.rollout
+    if not errors and rollout is not None and rollout.strategy is Strategy.BLUE_GREEN:
+        errors += _validation_errors(core, cfg, prefix)
+    return errors
+
+
+def _validation_errors(core: Any, cfg: ExperimentConfig, prefix: str) -> list[str]:
+    """Green's validation, as the controller runs it before the switch (its samples, or one
+    all-zero instance), green pinned on this core."""
+    from serve_ab.backends.base import specs_of
+    from serve_ab.rollout.validation import validate_green
+
+    green = cfg.rollout.candidate
+
+    async def predict(inputs: Any) -> dict[str, Any]:
+        _, outputs = await core.serve(inputs, None, green)
+        return {"outputs": outputs}
+
+    async def interface() -> dict[str, Any]:
+        input_spec, _ = await core.interface()
+        return {"inputs": [s.to_v2() for s in specs_of(input_spec)]}
+
+    field = f"{prefix}.rollout.blue_green" if prefix else "rollout.blue_green"
+    try:
+        passed, seen = asyncio.run(validate_green(cfg, predict, interface, VALIDATION_TIMEOUT_S))
+    except Exception as err:  # noqa: BLE001 - an unreadable samples file fails validation at run time too
+        return [f"{field}.validation_samples: {cfg.rollout.blue_green.validation_samples!r} cannot be used "
+                f"({type(err).__name__}: {err}); expected a JSON file {{\"inputs\": [...], \"labels\": [...]}}"]
+    return [] if passed else [f"{field}: {seen}: the rollout would abort before any traffic moves"]

@@ -1,0 +1,76 @@
+"""Blue-green validation: green's synthetic request set, run before it gets any traffic.
+
+The controller runs it through the router with green pinned; ``serve-ab validate --load``
+runs it through a router core of its own before anything is deployed, so both say the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve_ab.api.errors import client_message
+from serve_ab.backends.base import DATATYPES
+from serve_ab.config.experiment import ExperimentConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+async def validate_green(cfg: ExperimentConfig, predict: Callable[[Any], Awaitable[Any]],
+                         interface: Callable[[], Awaitable[dict[str, Any]]],
+                         timeout_s: float) -> tuple[bool, str]:
+    """Run the synthetic request set through green before it gets any traffic.
+
+    ``predict(inputs)`` answers with green pinned (the controller pins whatever the
+    public pin setting), as ``{"outputs": ...}``; ``interface()`` gives the model's inputs as
+    V2 metadata. A green that does not answer within ``timeout_s`` fails validation instead
+    of holding it up. Returns whether green passed, and what was seen.
+    """
+    settings = cfg.rollout.blue_green_settings
+    green = cfg.rollout.candidate
+    if settings.validation_samples:
+        samples = json.loads(Path(settings.validation_samples).read_text())
+        inputs, labels = samples["inputs"], samples.get("labels")
+    else:
+        inputs, labels = None, None
+
+    async def run() -> Any:
+        batch = inputs
+        if batch is None:
+            spec = await interface()
+            # One all-zeros instance of every input, in its own shape and datatype.
+            zeros = {t["name"]: np.zeros((1, *[max(d, 1) for d in t["shape"][1:]]), dtype=DATATYPES[t["datatype"]])
+                     for t in spec["inputs"]}
+            batch = next(iter(zeros.values())) if len(zeros) == 1 else zeros
+        return await predict(batch)
+
+    try:
+        result = await asyncio.wait_for(run(), timeout_s)
+    except asyncio.TimeoutError:
+        return False, f"validation of {green}: no answer within {timeout_s:g}s (inside progress_deadline_s)"
+    except Exception as err:
+        # The history is shown by the open status: the error's own message (a Ray-wrapped one
+        # is a whole traceback with server paths) goes to the log only.
+        logger.warning("serve-ab controller: validation of %s failed", green, exc_info=True)
+        return False, f"validation of {green} failed: {type(err).__name__}: {client_message(err)[:200]}"
+    outputs = result["outputs"]
+    if isinstance(outputs, dict):  # several outputs: each must be finite; the first is judged
+        if not all(np.isfinite(np.asarray(o, dtype=float)).all() for o in outputs.values()):
+            return False, f"validation of {green}: outputs contain NaN or infinity"
+        outputs = next(iter(outputs.values()))
+    outputs = np.asarray(outputs)
+    if not np.isfinite(outputs).all():
+        return False, f"validation of {green}: outputs contain NaN or infinity"
+    if labels is not None and settings.validation_min_accuracy > 0:
+        accuracy = float(np.mean(outputs.argmax(axis=1) == np.asarray(labels)))
+        if accuracy < settings.validation_min_accuracy:
+            return False, (f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples "
+                           f"< {settings.validation_min_accuracy}")
+        return True, f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples"
+    return True, f"validation of {green}: {len(outputs)} sample outputs finite and well-formed"
