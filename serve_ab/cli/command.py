@@ -306,9 +306,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "--load", action="store_true",
-        help="also load every version as a replica would (its backend, its warm-up call), check that "
-        "the versions share one input and output, and run a blue-green rollout's validation; needs "
-        "what the versions need (onnxruntime, torch, a GPU for device: cuda)",
+        help="also load every version as a replica would (its backend, its warm-up call; on this "
+        "machine's CPU), check that the versions share one input and output, and run a blue-green "
+        "rollout's validation",
     )
     validate.set_defaults(func=_cmd_validate)
 

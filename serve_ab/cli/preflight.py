@@ -14,8 +14,9 @@ blue-green rollout fails its validation. Here the same code finds it on this mac
   (:func:`serve_ab.rollout.validation.validate_green`: ``validation_samples`` served by green,
   finite, and as accurate as ``validation_min_accuracy`` asks).
 
-Loading needs the backends' libraries (onnxruntime, torch) and whatever a version asks for:
-a version on ``device: cuda`` cannot load on a machine without a GPU, and says so.
+Loading needs the backends' libraries (onnxruntime, torch). Every version loads on this
+machine's CPU whatever its ``device``: a GPU the cluster lacks is found when ``serve run``
+builds the app (``resources_missing``), not here.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _model_errors(cfg: ExperimentConfig, prefix: str) -> list[str]:
     from serve_ab.serving.core.router import RouterCore
     from serve_ab.serving.runtime import load_versions
 
+    # On this machine's CPU, whatever each version's device: what is checked is the file, the
+    # interface and green's answers; the cluster's GPUs are checked when serve run builds the app.
+    cfg = cfg.model_copy(update={"versions": [v.model_copy(update={"device": "cpu"}) for v in cfg.versions]})
     versions = load_versions(cfg.versions)
     core = RouterCore(cfg, versions, _NoController(), request_id=lambda: "validate")  # type: ignore[arg-type]
     where = f"{prefix}.versions" if prefix else "versions"
@@ -81,7 +85,7 @@ def _validation_errors(core: Any, cfg: ExperimentConfig, prefix: str) -> list[st
     """Green's validation, as the controller runs it before the switch (its samples, or one
     all-zero instance), green pinned on this core."""
     from serve_ab.backends.base import specs_of
-    from serve_ab.rollout.validation import validate_green
+    from serve_ab.rollout.validation import load_samples, validate_green
 
     green = cfg.rollout.candidate
 
@@ -94,9 +98,9 @@ def _validation_errors(core: Any, cfg: ExperimentConfig, prefix: str) -> list[st
         return {"inputs": [s.to_v2() for s in specs_of(input_spec)]}
 
     field = f"{prefix}.rollout.blue_green" if prefix else "rollout.blue_green"
-    try:
-        passed, seen = asyncio.run(validate_green(cfg, predict, interface, VALIDATION_TIMEOUT_S))
-    except Exception as err:  # noqa: BLE001 - an unreadable samples file fails validation at run time too
-        return [f"{field}.validation_samples: {cfg.rollout.blue_green.validation_samples!r} cannot be used "
-                f"({type(err).__name__}: {err}); expected a JSON file {{\"inputs\": [...], \"labels\": [...]}}"]
+    try:  # the file first, named as a field: the controller would fail validation on it
+        load_samples(cfg.rollout.blue_green_settings.validation_samples)
+    except ValueError as err:
+        return [f"{field}.validation_samples: {err}"]
+    passed, seen = asyncio.run(validate_green(cfg, predict, interface, VALIDATION_TIMEOUT_S))
     return [] if passed else [f"{field}: {seen}: the rollout would abort before any traffic moves"]

@@ -34,19 +34,13 @@ async def validate_green(cfg: ExperimentConfig, predict: Callable[[Any], Awaitab
     """
     settings = cfg.rollout.blue_green_settings
     green = cfg.rollout.candidate
-    if settings.validation_samples:
-        samples = json.loads(Path(settings.validation_samples).read_text())
-        inputs, labels = samples["inputs"], samples.get("labels")
-    else:
-        inputs, labels = None, None
+    inputs, labels = load_samples(settings.validation_samples)
 
     async def run() -> Any:
         batch = inputs
         if batch is None:
             spec = await interface()
-            # One all-zeros instance of every input, in its own shape and datatype.
-            zeros = {t["name"]: np.zeros((1, *[max(d, 1) for d in t["shape"][1:]]), dtype=DATATYPES[t["datatype"]])
-                     for t in spec["inputs"]}
+            zeros = {t["name"]: _empty_instance(t) for t in spec["inputs"]}
             batch = next(iter(zeros.values())) if len(zeros) == 1 else zeros
         return await predict(batch)
 
@@ -59,7 +53,37 @@ async def validate_green(cfg: ExperimentConfig, predict: Callable[[Any], Awaitab
         # is a whole traceback with server paths) goes to the log only.
         logger.warning("serve-ab controller: validation of %s failed", green, exc_info=True)
         return False, f"validation of {green} failed: {type(err).__name__}: {client_message(err)[:200]}"
-    outputs = result["outputs"]
+    try:
+        return _judge(green, result["outputs"], labels, settings.validation_min_accuracy)
+    except Exception as err:  # labels for outputs of no classes, outputs of no numbers
+        return False, f"validation of {green}: its outputs cannot be judged: {type(err).__name__}: {err}"
+
+
+def load_samples(path: str | None) -> tuple[Any, Any]:
+    """``(inputs, labels)`` of a ``validation_samples`` file (labels None when it has none);
+    ``(None, None)`` without a file. A file that cannot be read, is not JSON or has no
+    ``inputs`` is a :class:`ValueError` naming it."""
+    if not path:
+        return None, None
+    try:
+        samples = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path!r} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(samples, dict) or "inputs" not in samples:
+        raise ValueError(f"{path!r} has no \"inputs\"; expected {{\"inputs\": [...], \"labels\": [...]}} "
+                         "(labels optional)")
+    return samples["inputs"], samples.get("labels")
+
+
+def _empty_instance(tensor: dict[str, Any]) -> np.ndarray:
+    """One instance of an input in its own shape and datatype: zeros, or empty strings for
+    BYTES (an object array of zeros would hold integers, which a text input refuses)."""
+    shape = (1, *[max(d, 1) for d in tensor["shape"][1:]])
+    dtype = DATATYPES[tensor["datatype"]]
+    return np.full(shape, b"", dtype=object) if dtype == np.dtype(object) else np.zeros(shape, dtype=dtype)
+
+
+def _judge(green: str, outputs: Any, labels: Any, min_accuracy: float) -> tuple[bool, str]:
     if isinstance(outputs, dict):  # several outputs: each must be finite; the first is judged
         if not all(np.isfinite(np.asarray(o, dtype=float)).all() for o in outputs.values()):
             return False, f"validation of {green}: outputs contain NaN or infinity"
@@ -67,10 +91,10 @@ async def validate_green(cfg: ExperimentConfig, predict: Callable[[Any], Awaitab
     outputs = np.asarray(outputs)
     if not np.isfinite(outputs).all():
         return False, f"validation of {green}: outputs contain NaN or infinity"
-    if labels is not None and settings.validation_min_accuracy > 0:
+    if labels is not None and min_accuracy > 0:
         accuracy = float(np.mean(outputs.argmax(axis=1) == np.asarray(labels)))
-        if accuracy < settings.validation_min_accuracy:
+        if accuracy < min_accuracy:
             return False, (f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples "
-                           f"< {settings.validation_min_accuracy}")
+                           f"< {min_accuracy}")
         return True, f"validation of {green}: accuracy {accuracy:.3f} on {len(labels)} samples"
     return True, f"validation of {green}: {len(outputs)} sample outputs finite and well-formed"

@@ -11,8 +11,9 @@ Per request, as over HTTP: the assignment key is the request's ``parameters[<fie
 for ``assignment.key: header``, that header's name as gRPC metadata (lower-cased); a non-empty
 ``model_version`` (or the pin header as metadata) pins a version, which needs ``pin.enabled``
 and the QA or operator token as ``authorization: Bearer <token>`` metadata. The answer names
-its version in ``model_version``, carries ``request_id`` and ``feedback_token`` in its
-parameters, and both in trailing metadata as the HTTP headers do.
+its version in ``model_version``, carries ``request_id`` and (where the experiment takes
+feedback) ``feedback_token`` in its parameters, and both in trailing metadata as the HTTP
+headers do.
 
 Errors become status codes in one table (:data:`serve_ab.api.errors.GRPC_STATUS`) with the
 error's message as details; the response is then empty, as gRPC clients expect.
