@@ -54,8 +54,12 @@ def test_outputs_that_cannot_be_judged_fail_validation_with_the_reason(tmp_path)
     # A regression's answers (one number a row) against class labels: no argmax over classes.
     passed, reason = validate(cfg, _answers([1.5, 2.5]))
     assert passed is False and "its outputs cannot be judged: AxisError" in reason
-    passed, reason = validate(cfg, _answers(np.array([b"a", b"b"], dtype=object)))
-    assert passed is False and "its outputs cannot be judged: TypeError" in reason
+    # Text outputs have no NaN to look for: without labels to judge, answering is passing.
+    text = _answers(np.array([[b"a"], [b"b"]], dtype=object))
+    passed, reason = validate(blue_green(validation_samples=str(samples)), text)
+    assert passed and "2 sample outputs finite and well-formed" in reason
+    passed, reason = validate(cfg, _answers({"scores": [[np.nan, 1.0]] * 2, "text": [[b"a"]] * 2}))
+    assert passed is False and "outputs contain NaN or infinity" in reason
     passed, reason = validate(cfg, _answers([[0.9, 0.1], [0.2, 0.8]]))
     assert passed and "accuracy 1.000 on 2 samples" in reason
 
@@ -78,5 +82,5 @@ def test_a_samples_file_that_cannot_be_used_is_a_value_error_naming_it(tmp_path,
 
 def _answers(outputs):
     async def predict(batch):
-        return {"outputs": np.asarray(outputs)}
+        return {"outputs": outputs if isinstance(outputs, dict) else np.asarray(outputs)}
     return predict
