@@ -16,7 +16,10 @@ feedback) ``feedback_token`` in its parameters, and both in trailing metadata as
 headers do.
 
 Errors become status codes in one table (:data:`serve_ab.api.errors.GRPC_STATUS`) with the
-error's message as details; the response is then empty, as gRPC clients expect.
+error's message as details; the response is then empty, as gRPC clients expect. Bytes that are
+not the method's message arrive as an :class:`~serve_ab.api.grpc.servicer.Undecodable`
+(registered by :func:`serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server`)
+and are INVALID_ARGUMENT.
 """
 
 # Everything below reads its annotations only as documentation (no FastAPI here).
@@ -31,7 +34,8 @@ from google.protobuf.message import Message
 from serve_ab.api.errors import client_message, grpc_status
 from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
-from serve_ab.errors import BodyTooLarge, PinningDisabled, ServeAbError
+from serve_ab.api.grpc.servicer import Undecodable
+from serve_ab.errors import BodyTooLarge, InvalidInput, PinningDisabled, ServeAbError
 from serve_ab.serving.core.auth import Role
 from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints
 
@@ -67,16 +71,19 @@ class GrpcInference:
         self.served = served
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return await _answer(request, context, pb.ServerLiveResponse, self._server_live)
+
+    async def _server_live(self) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return await _answer(context, pb.ServerReadyResponse, self._server_ready)
+        return await _answer(request, context, pb.ServerReadyResponse, self._server_ready)
 
     async def _server_ready(self) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=await self.served.core.is_ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return await _answer(context, pb.ModelReadyResponse, lambda: self._model_ready(request))
+        return await _answer(request, context, pb.ModelReadyResponse, lambda: self._model_ready(request))
 
     async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         core = self.served.core
@@ -89,14 +96,15 @@ class GrpcInference:
 
     async def server_metadata(self, request: pb.ServerMetadataRequest,
                               context: Context) -> pb.ServerMetadataResponse:
-        return await _answer(context, pb.ServerMetadataResponse, self._server_metadata)
+        return await _answer(request, context, pb.ServerMetadataResponse, self._server_metadata)
 
     async def _server_metadata(self) -> pb.ServerMetadataResponse:
         return codec.server_metadata(V2Endpoints(self.served.core).server_metadata())
 
     async def model_metadata(self, request: pb.ModelMetadataRequest,
                              context: Context) -> pb.ModelMetadataResponse:
-        return await _answer(context, pb.ModelMetadataResponse, lambda: self._model_metadata(request))
+        return await _answer(request, context, pb.ModelMetadataResponse,
+                             lambda: self._model_metadata(request))
 
     async def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         v2 = V2Endpoints(self.served.core)
@@ -104,7 +112,8 @@ class GrpcInference:
                                                             request.version or None))
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await _answer(context, pb.ModelInferResponse, lambda: self._model_infer(request, context))
+        return await _answer(request, context, pb.ModelInferResponse,
+                             lambda: self._model_infer(request, context))
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         core = self.served.core
@@ -151,10 +160,14 @@ def _address(context: Context) -> str | None:
     return peer or None
 
 
-async def _answer(context: Context, empty: Callable[[], M], call: Callable[[], Awaitable[M]]) -> M:
+async def _answer(request: Message | Undecodable, context: Context, empty: Callable[[], M],
+                  call: Callable[[], Awaitable[M]]) -> M:
     """``call``'s answer; on an error, its status code and message on ``context`` and an empty
-    response (returned, not raised, so Ray's proxy sends the code without logging a traceback)."""
+    response (returned, not raised, so Ray's proxy sends the code without logging a traceback).
+    A request whose bytes did not parse (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT."""
     try:
+        if isinstance(request, Undecodable):
+            raise InvalidInput(request.describe())
         return await call()
     except ServeAbError as err:
         context.set_code(grpc_status(err))

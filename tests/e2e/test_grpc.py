@@ -138,3 +138,23 @@ def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client
     for mode in ("binary", "json", "gzip", "deflate"):
         assert got[mode]["version"] == plain["version"], mode
         assert got[mode]["outputs"] == plain["outputs"], mode
+
+
+def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
+    """Bytes that are no protobuf message (a client on another proto, a broken proxy) get
+    INVALID_ARGUMENT naming the method, not gRPC's UNKNOWN for a server fault; the replica
+    answers the next call. grpcio from this venv (Ray's), sending raw bytes."""
+    import grpc  # Ray's dependency; the tritonclient venv is not needed for raw bytes
+
+    base, grpc_url, log_path, _ = served_grpc
+    with grpc.insecure_channel(grpc_url) as channel:
+        for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"\x0a\xff\xff\xff\xff\x0f", timeout=30)  # field 1, a length past the end
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, refused.value)
+            assert f"{method}Request" in refused.value.details(), refused.value.details()
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=30)
+    assert live == b"\x08\x01"  # ServerLiveResponse(live=True)
+    plain = httpx.post(base + "/predict", json={"inputs": [DIGIT_ROW], "user_id": "after-corrupt"}, timeout=30)
+    assert plain.status_code == 200, plain.text + log_path.read_text()[-2000:]
