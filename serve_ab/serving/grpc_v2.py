@@ -16,10 +16,11 @@ feedback) ``feedback_token`` in its parameters, and both in trailing metadata as
 headers do.
 
 Errors become status codes in one table (:data:`serve_ab.api.errors.GRPC_STATUS`) with the
-error's message as details; the response is then empty, as gRPC clients expect. Bytes that are
-not the method's message arrive as an :class:`~serve_ab.api.grpc.servicer.Undecodable`
-(registered by :func:`serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server`)
-and are INVALID_ARGUMENT.
+error's message as details (cut at :data:`MAX_DETAILS_CHARS`); the response is then empty, as
+gRPC clients expect. A request that did not parse as protobuf arrives as an
+:class:`~serve_ab.api.grpc.servicer.Undecodable` (the parser
+:func:`serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server` registers) and is
+INVALID_ARGUMENT.
 """
 
 # Everything below reads its annotations only as documentation (no FastAPI here).
@@ -55,10 +56,13 @@ class Context(Protocol):
 
 class Metadata(dict):
     """A call's metadata by lower-cased name: gRPC sends names lower-cased, while the config
-    may spell a header ``X-User-Id``, as HTTP's case-blind headers allow."""
+    may spell a header ``X-User-Id``, as HTTP's case-blind headers allow. Values of binary
+    metadata (names ending ``-bin``) come as bytes; they are read as Latin-1, as Starlette
+    reads the same bytes in an HTTP header, so a key sent either way is the same user."""
 
     def __init__(self, context: Context):
-        super().__init__((str(k).lower(), v) for k, v in context.invocation_metadata() or ())
+        super().__init__((str(k).lower(), v.decode("latin-1") if isinstance(v, bytes) else v)
+                         for k, v in context.invocation_metadata() or ())
 
     def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
@@ -70,19 +74,22 @@ class GrpcInference:
     def __init__(self, served: Served):
         self.served = served
 
-    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+    async def server_live(self, request: pb.ServerLiveRequest | Undecodable,
+                          context: Context) -> pb.ServerLiveResponse:
         return await _answer(request, context, pb.ServerLiveResponse, self._server_live)
 
     async def _server_live(self) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+    async def server_ready(self, request: pb.ServerReadyRequest | Undecodable,
+                           context: Context) -> pb.ServerReadyResponse:
         return await _answer(request, context, pb.ServerReadyResponse, self._server_ready)
 
     async def _server_ready(self) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=await self.served.core.is_ready())
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest | Undecodable,
+                          context: Context) -> pb.ModelReadyResponse:
         return await _answer(request, context, pb.ModelReadyResponse, lambda: self._model_ready(request))
 
     async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
@@ -94,14 +101,14 @@ class GrpcInference:
             ready = await core.is_ready()
         return pb.ModelReadyResponse(ready=ready)
 
-    async def server_metadata(self, request: pb.ServerMetadataRequest,
+    async def server_metadata(self, request: pb.ServerMetadataRequest | Undecodable,
                               context: Context) -> pb.ServerMetadataResponse:
         return await _answer(request, context, pb.ServerMetadataResponse, self._server_metadata)
 
     async def _server_metadata(self) -> pb.ServerMetadataResponse:
         return codec.server_metadata(V2Endpoints(self.served.core).server_metadata())
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest,
+    async def model_metadata(self, request: pb.ModelMetadataRequest | Undecodable,
                              context: Context) -> pb.ModelMetadataResponse:
         return await _answer(request, context, pb.ModelMetadataResponse,
                              lambda: self._model_metadata(request))
@@ -111,16 +118,17 @@ class GrpcInference:
         return codec.model_metadata(await v2.model_metadata(request.name,
                                                             request.version or None))
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest | Undecodable,
+                          context: Context) -> pb.ModelInferResponse:
         return await _answer(request, context, pb.ModelInferResponse,
-                             lambda: self._model_infer(request, context))
+                             lambda: self._model_infer(request, context),
+                             max_bytes=self.served.core.cfg.http.max_body_bytes)
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         core = self.served.core
         size_bytes = request.ByteSize()
         if size_bytes > core.cfg.http.max_body_bytes:  # the HTTP body's limit, for the same batches
-            raise BodyTooLarge(f"the request is {size_bytes} bytes; this experiment takes at most "
-                               f"{core.cfg.http.max_body_bytes} (http.max_body_bytes)")
+            raise _too_large(size_bytes, core.cfg.http.max_body_bytes)
         v2 = V2Endpoints(core)
         version = request.model_version or None
         v2.check(request.model_name, version)  # a wrong model or version is NOT_FOUND whatever the inputs
@@ -160,18 +168,39 @@ def _address(context: Context) -> str | None:
     return peer or None
 
 
+# gRPC sends details in a trailer, and clients refuse trailers over 8-16 KiB with a status of
+# their own (RESOURCE_EXHAUSTED) in place of ours; a client's 100-KB model name quoted back
+# whole would do that. Ray's proxy cuts its own messages to 4096 characters for the same reason.
+MAX_DETAILS_CHARS = 2048
+
+
+def _details(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    cut = len(message) - MAX_DETAILS_CHARS
+    return f"{message[:MAX_DETAILS_CHARS]}... ({cut} more characters cut)"
+
+
+def _too_large(size_bytes: int, max_bytes: int) -> BodyTooLarge:
+    return BodyTooLarge(f"the request is {size_bytes} bytes; this experiment takes at most "
+                        f"{max_bytes} (http.max_body_bytes)")
+
+
 async def _answer(request: Message | Undecodable, context: Context, empty: Callable[[], M],
-                  call: Callable[[], Awaitable[M]]) -> M:
+                  call: Callable[[], Awaitable[M]], max_bytes: int | None = None) -> M:
     """``call``'s answer; on an error, its status code and message on ``context`` and an empty
     response (returned, not raised, so Ray's proxy sends the code without logging a traceback).
-    A request whose bytes did not parse (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT."""
+    A request that did not parse (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT, or
+    RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be."""
     try:
         if isinstance(request, Undecodable):
+            if max_bytes is not None and request.size_bytes > max_bytes:
+                raise _too_large(request.size_bytes, max_bytes)
             raise InvalidInput(request.describe())
         return await call()
     except ServeAbError as err:
         context.set_code(grpc_status(err))
-        context.set_details(client_message(err))
+        context.set_details(_details(client_message(err)))
     except Exception:
         logger.exception("serve-ab router: a gRPC call failed")
         context.set_code(grpc_status(RuntimeError()))

@@ -45,6 +45,7 @@ from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
 from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+from serve_ab.api.grpc.servicer import Undecodable
 from serve_ab.serving.grpc_v2 import GrpcInference
 from serve_ab.serving.http import Served, app, describe_experiment, use_core
 from serve_ab.serving.runtime import load_versions
@@ -237,21 +238,26 @@ class Router:
     # Serve calls the ingress method named after the RPC; grpc_context is Ray's
     # RayServegRPCContext. The work is in serve_ab.serving.grpc_v2.
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest | Undecodable,
+                         grpc_context: Any) -> pb.ServerLiveResponse:
         return await self.grpc.server_live(request, grpc_context)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, grpc_context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest | Undecodable,
+                          grpc_context: Any) -> pb.ServerReadyResponse:
         return await self.grpc.server_ready(request, grpc_context)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest | Undecodable,
+                         grpc_context: Any) -> pb.ModelReadyResponse:
         return await self.grpc.model_ready(request, grpc_context)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest | Undecodable,
                              grpc_context: Any) -> pb.ServerMetadataResponse:
         return await self.grpc.server_metadata(request, grpc_context)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, grpc_context: Any) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest | Undecodable,
+                            grpc_context: Any) -> pb.ModelMetadataResponse:
         return await self.grpc.model_metadata(request, grpc_context)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest | Undecodable,
+                         grpc_context: Any) -> pb.ModelInferResponse:
         return await self.grpc.model_infer(request, grpc_context)

@@ -141,9 +141,9 @@ def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client
 
 
 def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
-    """Bytes that are no protobuf message (a client on another proto, a broken proxy) get
-    INVALID_ARGUMENT naming the method, not gRPC's UNKNOWN for a server fault; the replica
-    answers the next call. grpcio from this venv (Ray's), sending raw bytes."""
+    """Bytes that do not parse as protobuf (a truncated message, a broken proxy) get
+    INVALID_ARGUMENT naming the message type, not gRPC's UNKNOWN for a server fault; the
+    replica answers the next call. grpcio from this venv (Ray's), sending raw bytes."""
     import grpc  # Ray's dependency; the tritonclient venv is not needed for raw bytes
 
     base, grpc_url, log_path, _ = served_grpc

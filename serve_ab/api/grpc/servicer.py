@@ -2,12 +2,14 @@
 config names in ``grpc_options.grpc_servicer_functions``.
 
 It registers what grpcio's generated ``add_GRPCInferenceServiceServicer_to_server`` does
-(``grpc_predict_v2_pb2_grpc``, never edited by hand) but for one thing: bytes that do not
-parse as the method's request message. With the generated deserializer grpcio answers those
-UNKNOWN ("Unexpected <class 'DecodeError'>"), a server fault as far as a client or a retry
-policy can tell, for the client's own bad bytes. Here the deserializer hands the router an
-:class:`Undecodable` instead, which its methods answer with INVALID_ARGUMENT naming the
-message type (:mod:`serve_ab.serving.grpc_v2`), as a malformed JSON body gets a 400.
+(``grpc_predict_v2_pb2_grpc``, never edited by hand) but for one thing: a request that does
+not parse as protobuf (truncated or corrupt wire format, bad UTF-8 in a string field). With
+the generated deserializer grpcio answers it UNKNOWN ("Unexpected <class 'DecodeError'>"), a
+server fault as far as a client or a retry policy can tell, for the client's own bad bytes.
+Here the deserializer hands the router an :class:`Undecodable` instead, which its methods
+answer INVALID_ARGUMENT naming the message type (:mod:`serve_ab.serving.grpc_v2`), as a
+malformed JSON body gets a 400. (Protobuf skips fields it does not know, so another message's
+well-formed bytes usually parse, as they would with the generated code.)
 
 Ray's proxy keeps a handler's request deserializer (it replaces only the response serializer
 and the behaviour) and pickles the request to the router replica, so :class:`Undecodable` is
@@ -59,12 +61,13 @@ def lenient_parser(message: type[Message]) -> Callable[[bytes], Message | Undeco
         try:
             return message.FromString(data)
         except DecodeError as err:
-            return Undecodable(name, len(data), str(err))
+            # "Error parsing message with type 'X': Wire format was corrupt": the type is named once.
+            return Undecodable(name, len(data), str(err).rpartition("': ")[2] or str(err))
 
     return parse
 
 
-def add_GRPCInferenceServiceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802
+def add_GRPCInferenceServiceServicer_to_server(servicer: Any, server: Any) -> None:
     """Register the six RPCs of ``inference.GRPCInferenceService`` on ``server``, as the
     generated function of the same name does, with :func:`lenient_parser` for requests."""
     handlers = {

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.serving import http as routes
-from serve_ab.serving.grpc_v2 import GrpcInference
+from serve_ab.api.grpc.servicer import lenient_parser
+from serve_ab.serving.grpc_v2 import MAX_DETAILS_CHARS, GrpcInference
 from tests.unit.serving.test_http import QA_TOKEN, VIEWER_TOKEN, make_app
 
 ROW = np.arange(64, dtype=np.float32) / 64
@@ -229,6 +230,56 @@ def test_random_malformed_requests_are_never_a_server_error(service):
         seen.add(context.code)
         assert context.code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (request, context.details)
     assert grpc.StatusCode.INVALID_ARGUMENT in seen and grpc.StatusCode.NOT_FOUND in seen
+
+
+GOOD = {
+    "server_live": pb.ServerLiveRequest(),
+    "server_ready": pb.ServerReadyRequest(),
+    "model_ready": pb.ModelReadyRequest(name="digits"),
+    "server_metadata": pb.ServerMetadataRequest(),
+    "model_metadata": pb.ModelMetadataRequest(name="digits"),
+    "model_infer": infer_request(),
+}
+
+
+@pytest.mark.parametrize("method", sorted(GOOD))
+def test_every_method_answers_a_request_that_did_not_parse_invalid_argument(service, method):
+    grpc_v2 = service()
+    context = FakeContext()
+    request = lenient_parser(type(GOOD[method]))(b"\x0a\xff\xff\xff\xff\x0f")  # a length past the end
+    response = asyncio.run(getattr(grpc_v2, method)(request, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT, (method, context.details)
+    assert f"is not a valid inference.{type(GOOD[method]).__name__}" in context.details
+    assert response.ByteSize() == 0
+    # The method answers the next, good request.
+    context = FakeContext()
+    asyncio.run(getattr(grpc_v2, method)(GOOD[method], context))
+    assert context.code is None, context.details
+
+
+def test_a_request_that_did_not_parse_over_the_size_limit_is_resource_exhausted(service):
+    """As the same bytes would be had they parsed (HTTP checks the size first too: 413)."""
+    too_big = infer_request(rows=40).SerializeToString()  # 10 KB > http.max_body_bytes 8192
+    _, context = call(service().model_infer, lenient_parser(pb.ModelInferRequest)(too_big[:-1]))
+    assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "http.max_body_bytes" in context.details
+
+
+def test_details_quoting_a_long_client_string_are_cut(service):
+    """gRPC clients refuse trailers over 8-16 KiB with a status of their own; a 100-KB model
+    name quoted back whole would turn NOT_FOUND into RESOURCE_EXHAUSTED at the client."""
+    _, context = call(service().model_metadata, pb.ModelMetadataRequest(name="x" * 100_000))
+    assert context.code == grpc.StatusCode.NOT_FOUND
+    assert context.details.startswith("unknown model 'xxx")
+    assert len(context.details) < MAX_DETAILS_CHARS + 100 and "more characters cut" in context.details
+
+
+def test_a_key_header_sent_as_binary_metadata_is_read_as_http_reads_it(service):
+    """Names ending -bin are binary metadata: grpcio hands their values over as bytes."""
+    grpc_v2 = service(assignment={"key": "header", "header": "X-User-Id-Bin"})
+    texts = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": "caf\xe9"})
+    raw = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": "caf\xe9".encode("latin-1")})
+    assert raw[1].code is None and texts[1].code is None, raw[1].details
+    assert raw[0].model_version == texts[0].model_version
 
 
 def test_the_grpc_methods_import_no_ray():
