@@ -34,6 +34,10 @@ apt_install_if_missing redis-server redis-server "the Redis store tests"
 . .venv/bin/activate
 # Ray on a shared CI machine: no dashboard or usage stats, and fail fast rather than hang.
 export RAY_USAGE_STATS_ENABLED=0
+# Ray Serve kills a proxy that is not ready within 3 checks of 5 s and starts another, and
+# serve.start gives up after 60 s: on 2 cores running the tests without Ray beside Ray's
+# start, a proxy once took 22 s to come up and the integration session never started.
+export RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="${RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S:-30}"
 # --durations: the slowest tests in the log, to keep the suite within its time budget.
 pytest_args=(-q -p no:cacheprovider --durations=20)
 if [ "$#" -gt 0 ]; then  # a selection or options of the caller's (-k, -x, a path): one run
