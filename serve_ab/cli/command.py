@@ -257,6 +257,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print("serve-ab validate: --load loads the model files that --no-check-files skips; give one of them",
               file=sys.stderr)
         return 2
+    # `serve run` imports a python version's class with --app-dir (the cwd by default) first
+    # on sys.path; the serve-ab script's own directory is there instead.
+    app_dir = os.path.abspath(args.app_dir)
+    if not os.path.isdir(app_dir):
+        print(f"serve-ab validate: --app-dir {args.app_dir!r} is not a directory", file=sys.stderr)
+        return 2
+    sys.path.insert(0, app_dir)
     status = 0
     for path in args.files:
         try:
@@ -310,6 +317,11 @@ def make_parser() -> argparse.ArgumentParser:
         "machine's CPU), check that the versions share one input and output, and run a blue-green "
         "rollout's validation",
     )
+    validate.add_argument(
+        "--app-dir", default=".", metavar="DIR",
+        help="the directory a python version's `class` imports from, put first on the import path, "
+        "as `serve run`'s --app-dir (default: the current directory)",
+    )
     validate.set_defaults(func=_cmd_validate)
 
     from serve_ab.cli import report as report_cli
@@ -338,13 +350,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _run(argv)
         # Flushed here, not at exit: a reader that went away (`serve-ab runs | head -1`) is seen
-        # while it can still be handled.
-        sys.stdout.flush()
+        # while it can still be handled. No stdout at all (`>&-`): Python's print writes nothing.
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         # As Python's docs advise (library/signal, "Note on SIGPIPE"): point stdout at devnull, so that
         # the flush at exit does not fail again, and exit as a process SIGPIPE ended would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.BROKEN_PIPE
+    except OSError as err:
+        # The commands handle their own files and connections; what reaches here is writing the
+        # output (`> /dev/full`, a disk gone): a line, not a traceback. Then stdout goes to
+        # devnull, so that the flush at exit does not fail again with Python's own message.
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: could not write the output{where}: {err.strerror or err}", file=sys.stderr)
+        if sys.stdout is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

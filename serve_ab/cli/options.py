@@ -29,7 +29,7 @@ from serve_ab.config import rollout as rollout_config
 
 __all__ = ["DURATION_FORMS", "EXIT_CODES_HELP", "MAX_DURATION_S", "OUTPUTS", "DeprecatedAlias", "ExitCode",
            "RequestFailed", "add_output_option", "check_header_token", "check_http_url", "dump", "duration_s",
-           "parse_duration_s", "redact"]
+           "hide_url_passwords", "parse_duration_s", "redact"]
 
 
 class ExitCode(IntEnum):
@@ -57,6 +57,7 @@ class RequestFailed(Exception):
     """A request that did not give an answer; ``lines`` go to stderr, the command exits ``code``."""
 
     def __init__(self, *lines: str, code: int = ExitCode.FAILED):
+        lines = tuple(hide_url_passwords(line) for line in lines)  # an --url's password is never printed
         super().__init__(lines[0])
         self.lines = lines
         self.code = int(code)
@@ -74,21 +75,26 @@ def check_http_url(text: str) -> str:
     """
     import httpx  # the commands that take a URL send with it anyway
 
+    shown = hide_url_passwords(text)  # the message may be printed, the password must not
     if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL")
+        raise ValueError(f"{shown!r} is not an http(s) URL")
     authority = text.split("://", 1)[1].split("/", 1)[0]
     if authority.count("[") != authority.count("]"):
-        raise ValueError(f"{text!r} is not a valid URL (its IPv6 address lacks the closing ']', as in "
+        raise ValueError(f"{shown!r} is not a valid URL (its IPv6 address lacks the closing ']', as in "
                          "http://[::1]:8000)")
     try:
         url = httpx.URL(text)
         port = url.port  # httpx takes any number here; the socket layer would wrap it
     except (httpx.InvalidURL, ValueError) as e:
-        raise ValueError(f"{text!r} is not a valid URL ({e})") from None
+        raise ValueError(f"{shown!r} is not a valid URL ({hide_url_passwords(str(e))})") from None
     if not url.host:
-        raise ValueError(f"{text!r} is not a valid URL (it has no host)")
+        raise ValueError(f"{shown!r} is not a valid URL (it has no host)")
     if port is not None and not 1 <= port <= 65535:
-        raise ValueError(f"{text!r} is not a valid URL (port {port} is outside 1-65535)")
+        raise ValueError(f"{shown!r} is not a valid URL (port {port} is outside 1-65535)")
+    if url.query or url.fragment or "?" in text or "#" in text:
+        # The commands append their paths (/rollout/status) to it: after a ? or # they would
+        # become part of the query or fragment, and the request would go to the wrong path.
+        raise ValueError(f"{shown!r} has a query or fragment, after which the commands' paths would go")
     return text.rstrip("/")
 
 
@@ -108,6 +114,10 @@ def check_header_token(token: str, name: str) -> str:
             raise ValueError(f"{name} holds a character that cannot go in an HTTP header ({kind}, at position "
                              f"{position} of {len(token)}); tokens are printable ASCII: was a line break or a "
                              "typographic quote copied with it?")
+    if token != token.strip(" "):
+        # h11 refuses a header value ending in a space; one starting with one is a different token.
+        where = "is only spaces" if not token.strip(" ") else "starts or ends with a space"
+        raise ValueError(f"{name} {where}; tokens have none: was a space copied with it?")
     return token
 
 
@@ -117,13 +127,28 @@ def check_header_token(token: str, name: str) -> str:
 _TOKEN_CHARS = r"[A-Za-z0-9_-]"
 
 
+# A URL's user:password@ anywhere in a text (an --url quoted in an error, a proxy's page).
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s'\"]*)@", re.IGNORECASE)
+
+
+def hide_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (user names kept):
+    ``cannot reach http://ops:hunter2@host`` -> ``cannot reach http://ops:***@host``."""
+    def hide(match: re.Match[str]) -> str:
+        user, sep, _ = match.group(2).partition(":")
+        return f"{match.group(1)}{user}{':***' if sep else ''}@"
+
+    return _URL_USERINFO.sub(hide, text)
+
+
 def redact(text: str, secret: str | None) -> str:
     """``text`` with every whole occurrence of ``secret`` (as written, or escaped as Python's and
-    JSON's reprs show it) replaced by ``***``.
+    JSON's reprs show it) replaced by ``***``, and URLs' passwords too (:func:`hide_url_passwords`).
 
     Whole: not inside a longer run of token characters, so that a short token (``e``) does not
     turn ``error`` into ``***rror``; a secret glued to other token characters is not the token.
     """
+    text = hide_url_passwords(text)
     if not secret:
         return text
     forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
 from serve_ab.cli import rollout as cli_rollout
-from serve_ab.cli.options import ExitCode, RequestFailed, add_output_option, dump
+from serve_ab.cli.options import ExitCode, RequestFailed, add_output_option, dump, hide_url_passwords
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import render_runs, render_table
 from serve_ab.store.runs import CorruptRecord
@@ -113,11 +113,20 @@ def _store_url(text: str) -> str:
 
 def _store_password(args: argparse.Namespace) -> str | None:
     """The password ``--store-password-env`` names; ValueError (a usage error) when it is not set."""
+    if getattr(args, "store", None) is None:
+        for flag, value in (("--store-password-env", getattr(args, "store_password_env", None)),
+                            ("--store-key-prefix", getattr(args, "store_key_prefix", None))):
+            if value is not None:  # silently ignored, a reader would think the records came from Redis
+                raise ValueError(f"argument {flag}: only read with --store redis://HOST[:PORT][/DB], the Redis "
+                                 "store holding the run records; add --store or leave the flag out")
     name = getattr(args, "store_password_env", None)
     if name is None:
         return None
     import os
 
+    from serve_ab.config._base import check_env_name
+
+    check_env_name("argument --store-password-env", name, "REDIS_PASSWORD")  # not a pasted password, unquoted
     if name not in os.environ:
         raise ValueError(f"argument --store-password-env: names {name!r}, which is not set in this environment; "
                          f"export {name}=... (the Redis password) or leave the flag out")
@@ -226,8 +235,9 @@ def _report_from_app(url: str, timeout_s: float, found: tuple[str, str] | None,
     except RequestFailed as failure:
         cli_rollout._print_lines(failure.lines, token, err)  # redacted: a proxy's error page might echo it
         if failure.lines[0].startswith("error: 404"):
-            print(f"hint: {url} has no {REPORT_PATH}: is it a serve-ab app, and one recent enough to report? "
-                  "(GET /rollout/status answers on every serve-ab app)", file=err)
+            print(hide_url_passwords(f"hint: {url} has no {REPORT_PATH}: is it a serve-ab app, and one recent "
+                                     "enough to report? (GET /rollout/status answers on every serve-ab app)"),
+                  file=err)
         return None, failure.code
     report = _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
                     err)

@@ -342,6 +342,9 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
     except httpx.TimeoutException as e:
         raise RequestFailed(f"error: cannot reach {url}: no answer within {timeout_s:g} s ({type(e).__name__})",
                             _RUN_HINT + "; or raise --request-timeout", code=ExitCode.UNREACHABLE) from None
+    except httpx.LocalProtocolError as e:  # refused before sending: a header h11 will not write
+        raise RequestFailed(f"error: the request to {url} could not be sent ({e or type(e).__name__})",
+                            code=ExitCode.USAGE) from None
     except httpx.TransportError as e:
         raise RequestFailed(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT,
                             code=ExitCode.UNREACHABLE) from None
@@ -359,7 +362,7 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
         raise RequestFailed(*lines)
     try:
         status = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
         raise RequestFailed(f"error: {url}{path} answered 200 but not with JSON: {response.text[:200]!r}") from None
     if not isinstance(status, dict):
         raise RequestFailed(f"error: {url}{path} answered 200 with {type(status).__name__}, expected a status object")

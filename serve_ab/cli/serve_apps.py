@@ -109,6 +109,11 @@ def app_url(details: dict[str, Any], name: str, address: str) -> str:
     no HTTP route.
     """
     apps = details.get("applications") or {}
+    http = details.get("http_options") or {}
+    if not isinstance(apps, dict) or not isinstance(http, dict) or not isinstance(apps.get(name, {}), dict):
+        # A dashboard of another Ray version, or something else answering at its address.
+        raise LookupError(f"{address} answered {SERVE_APPS_PATH} with applications or http_options of an "
+                          "unexpected shape; is it the dashboard of a Ray cluster (2.x) running Serve?")
     if name not in apps:
         deployed = ", ".join(sorted(apps)) or "none"
         raise LookupError(f"no Serve application named {name!r} at {address} (deployed: {deployed}); "
@@ -117,7 +122,6 @@ def app_url(details: dict[str, Any], name: str, address: str) -> str:
     if not route_prefix:
         raise LookupError(f"Serve application {name!r} has no HTTP route (route_prefix is null); "
                           "give it a route_prefix in its config, or use --url")
-    http = details.get("http_options") or {}
     bound = str(http.get("host") or "")
     host = urlsplit(address).hostname or "127.0.0.1"
     if bound not in _WILDCARD_HOSTS and bound not in _LOOPBACK_HOSTS and not bound.startswith("127."):
@@ -166,7 +170,7 @@ def resolve_app_url(name: str, address: str, timeout_s: float) -> str:
                             hint, code=ExitCode.UNREACHABLE)
     try:
         details = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
         details = None
     if not isinstance(details, dict):
         raise RequestFailed(f"error: {where} did not answer GET {SERVE_APPS_PATH} with a JSON object; "

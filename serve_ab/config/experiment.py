@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -988,6 +989,9 @@ _PATTERN_WORDS = {
     r"^[A-Za-z0-9_.:-]+$": "letters, digits and '_', '.', ':', '-' only, e.g. slack-oncall",
 }
 
+_URL_START = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
+
 # A validator's message quoting a value in full is cut here (the value itself: SHOWN_CHARS).
 _MESSAGE_CHARS = 1000
 
@@ -1005,7 +1009,9 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
             message = f"{message[:_MESSAGE_CHARS]}… ({len(message):,} characters)"
         received = item.get("input")
         if isinstance(received, str):
-            received = redact_url(received)  # a store URL's password is never printed
+            # A URL's password and its query's values (a Prometheus URL's ?token=) are never printed.
+            received = _QUERY_VALUE.sub(r"\1***", redact_url(received)) if _URL_START.match(received) \
+                else redact_url(received)
         if item["type"] == "missing":
             lines.append(f"{path}: field required")
         elif path.endswith("_env") and item["type"] != "extra_forbidden":

@@ -45,6 +45,7 @@ from serve_ab.config._base import (
     check_env_name,
 )
 from serve_ab.config._base import Strict as _Strict
+from serve_ab.store.url import redact_url
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -202,7 +203,8 @@ _URL_EXAMPLE = "e.g. https://hooks.example.com/serve-ab"
 def check_hook_url(field: str, value: str | None) -> None:
     """Refuse anything but an http(s) URL with a host, naming the field and the value."""
     if value is not None and not _URL_RE.match(value):
-        raise ValueError(f"{field} is {value!r}; it must be an http:// or https:// URL with a host "
+        # redact_url: a password pasted into the URL is not printed
+        raise ValueError(f"{field} is {redact_url(value)!r}; it must be an http:// or https:// URL with a host "
                          f"and no user:password@ (put credentials in headers_from_env), {_URL_EXAMPLE}")
 
 

@@ -21,6 +21,7 @@ from serve_ab.config.experiment import (
     format_validation_error,
     parse_experiment,
 )
+from serve_ab.config.rollout import shown_value
 from serve_ab.serving.controller import ExperimentController
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
@@ -33,9 +34,38 @@ CONTROLLER_SHUTDOWN_S = 5.0
 CONTROLLER_SHUTDOWN_LOOP_S = 0.2
 
 
+# The longest name of one file or directory most file systems take (ext4, XFS, APFS, NTFS).
+MAX_NAME_BYTES = 255
+
+
+def _unusable_paths(cfg: ExperimentConfig) -> list[str]:
+    """The config's file paths that no file system takes, by field: a NUL byte, or a name over
+    255 bytes. Named here; the checks below would raise ValueError or OSError naming no field."""
+    bg = cfg.rollout.blue_green if cfg.rollout is not None else None
+    fields = [*((f"versions.{i}.path", v.path) for i, v in enumerate(cfg.versions)),
+              ("controller.state_path", cfg.controller.state_path),
+              ("control.tokens_file", cfg.control.tokens_file),
+              ("analysis.records.path", cfg.analysis.records.path),
+              ("rollout.blue_green.validation_samples", bg.validation_samples if bg else None)]
+    errors = []
+    for field, raw in fields:
+        if raw is None:
+            continue
+        text = str(raw)
+        if "\x00" in text:
+            errors.append(f"{field}: holds a NUL byte, which no file name can (got {shown_value(text)})")
+        elif any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in Path(text).parts):
+            errors.append(f"{field}: a name in it is over {MAX_NAME_BYTES} bytes, more than file systems take "
+                          f"(got {shown_value(text)})")
+    return errors
+
+
 def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> ExperimentConfig:
     """Make model paths absolute (replicas may run elsewhere) and check they exist."""
     base_dir = base_dir or Path(os.getcwd())
+    unusable = _unusable_paths(cfg)
+    if unusable:
+        raise ConfigError(unusable)
     errors = []
     versions = []
     for index, version in enumerate(cfg.versions):

@@ -408,6 +408,10 @@ def _loads(text: str | bytes, run_id: str, column: str) -> dict[str, Any]:
         raise CorruptRecord(run_id, column, f"not JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     except UnicodeDecodeError as err:  # a BLOB that is not UTF-8
         raise CorruptRecord(run_id, column, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise CorruptRecord(run_id, column, "JSON nested past Python's recursion limit") from None
+    except ValueError as err:  # an integer of over 4,300 digits
+        raise CorruptRecord(run_id, column, f"JSON that cannot be read ({str(err).split('; use sys.')[0]})") from None
     if not isinstance(value, dict):
         raise CorruptRecord(run_id, column, f"holds a JSON {_JSON_TYPES.get(type(value), 'value')} "
                                             f"({json.dumps(value)[:40]}), not an object")

@@ -545,6 +545,23 @@ def test_an_unset_store_password_env_is_a_usage_error(capsys, monkeypatch, argv)
 
 
 @pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
+def test_a_password_given_for_its_variables_name_is_refused_and_never_printed(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        _run([*argv, "--store", "redis://127.0.0.1:9/0", "--store-password-env", "hunter2!pw"], capsys)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "must be the NAME of an environment variable" in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"], ["report"]])
+@pytest.mark.parametrize("flag", ["--store-password-env", "--store-key-prefix"])
+def test_a_store_flag_without_store_is_a_usage_error_not_ignored(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        _run([*argv, flag, "REDIS_PASSWORD"], capsys)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: only read with --store redis://" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
 def test_a_redis_that_cannot_be_reached_exits_4(capsys, argv):
     url = f"redis://127.0.0.1:{closed_port()}/0"
     code, out, err = _run([*argv, "--store", url], capsys)

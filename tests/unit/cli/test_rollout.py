@@ -390,6 +390,26 @@ def test_a_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_i
     assert "tokens are printable ASCII" in err and "s3cr3t" not in err
 
 
+@pytest.mark.parametrize("token, where", [("s3cr3t ", "starts or ends with a space"),
+                                          (" s3cr3t", "starts or ends with a space"), ("  ", "is only spaces")])
+@pytest.mark.parametrize("source", ["--token", "SERVE_AB_CONTROL_TOKEN"])
+def test_a_token_with_a_space_at_an_end_is_a_usage_error_not_an_unreachable_app(api, capsys, monkeypatch,
+                                                                                 token, where, source):
+    # h11 refuses to write such a header; httpx calls that a transport error, which read as
+    # "cannot reach the app" (exit 4) although the app was never asked.
+    argv = ["promote"]
+    if source == "--token":
+        argv += ["--token", token]
+    else:
+        monkeypatch.setenv(source, token)
+    with pytest.raises(SystemExit) as exit_info:
+        _main(argv)
+    err = capsys.readouterr().err
+    named = "argument --token" if source == "--token" else "$SERVE_AB_CONTROL_TOKEN"
+    assert exit_info.value.code == 2 and api.requests == []
+    assert f"{named} {where}; tokens have none" in err and "s3cr3t" not in err
+
+
 @pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
 def test_status_sends_a_token_so_an_unsendable_one_in_env_is_a_usage_error(api, capsys, monkeypatch, env):
     # A read sends it too (a protected app needs it): better told now than as a 401 later.

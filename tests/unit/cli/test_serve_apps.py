@@ -266,6 +266,10 @@ def test_a_refused_token_is_named_by_its_source_never_printed(dashboard, api, ca
     (["status", "--app", "a"], {"RAY_DASHBOARD_ADDRESS": "http://[::1:8265"},
      "error: $RAY_DASHBOARD_ADDRESS: 'http://[::1:8265' is not a valid URL"),
     (["status", "--app", "a"], {"RAY_ADDRESS": "http://256.0.0.1:8265"}, "error: $RAY_ADDRESS: 'http://256.0.0.1"),
+    (["status", "--url", "http://ops:hunter2@256.0.0.1:8000"], {},
+     "argument --url: 'http://ops:***@256.0.0.1:8000' is not a valid URL"),  # never the password
+    (["status", "--url", "http://app:8000/#x"], {}, "'http://app:8000/#x' has a query or fragment"),
+    (["status", "--url", "http://app:8000/ab?x=1"], {}, "'http://app:8000/ab?x=1' has a query or fragment"),
 ])
 def test_an_invalid_url_is_a_usage_error_naming_it(api, capsys, monkeypatch, argv, env, message):
     for name in ("RAY_DASHBOARD_ADDRESS", "RAY_ADDRESS"):
@@ -276,7 +280,7 @@ def test_an_invalid_url_is_a_usage_error_naming_it(api, capsys, monkeypatch, arg
         _run(argv, capsys)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "Traceback" not in err
-    assert api.requests == []
+    assert api.requests == [] and "hunter2" not in err
 
 
 def test_report_refuses_an_invalid_url_the_same_way(api, capsys, monkeypatch):
@@ -298,6 +302,33 @@ def test_an_invalid_url_from_the_dashboards_answer_is_an_error_not_a_traceback(d
     dashboard.responses = {("GET", SERVE_APPS_PATH): (200, details)}
     code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
     assert (code, out) == (2, "") and "error: 'http://256.0.0.1:8000/ab' is not a valid URL" in err
+
+
+def test_a_password_in_the_url_is_never_printed(capsys):
+    url = f"http://ops:hunter2@127.0.0.1:{closed_port()}"
+    code, out, err = _run(["status", "--url", url], capsys)
+    assert (code, out) == (4, "") and "cannot reach http://ops:***@127.0.0.1:" in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize("details", [
+    {"applications": [{"name": "digits-ab"}], "http_options": {}},   # a list of apps
+    {"applications": {"digits-ab": None}, "http_options": {}},       # an app that is no object
+    {"applications": {"digits-ab": {"route_prefix": "/ab"}}, "http_options": "8000"},
+])
+def test_a_dashboard_answer_of_another_shape_is_an_error_not_a_traceback(dashboard, api, capsys, details):
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (200, details)}
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (4, "") and "of an unexpected shape" in err and "Traceback" not in err
+
+
+def test_json_nested_past_the_recursion_limit_is_an_error_not_a_traceback(dashboard, api, capsys):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    dashboard.responses = {("GET", SERVE_APPS_PATH): (200, deep)}
+    code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    assert (code, out) == (4, "") and "with a JSON object" in err
+    api.responses[("GET", "/rollout/status")] = (200, deep)
+    code, out, err = _run(["status"], capsys)
+    assert (code, out) == (1, "") and "answered 200 but not with JSON" in err
 
 
 @pytest.mark.parametrize("text", ["http://127.0.0.1:8000/", "https://ray-head.internal", "http://[::1]:8265",

@@ -55,6 +55,46 @@ def test_a_surprise_in_one_file_is_reported_and_the_rest_still_checked(tmp_path,
     assert f"{GOOD}: ok" in out
 
 
+def test_a_python_class_is_imported_from_the_app_dir_as_serve_run_does(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    package = tmp_path / "mymodels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "echo.py").write_text(
+        "import numpy as np\n"
+        "class Echo:\n"
+        "    def load(self, path, device):\n        pass\n"
+        "    def predict(self, batch):\n        return np.asarray(batch, dtype=np.float32)\n")
+    config = yaml.safe_load(GOOD.read_text())
+    config["applications"][0]["args"]["versions"][1] = {"name": "v2", "backend": "python",
+                                                        "class": "mymodels.echo:Echo"}
+    path = tmp_path / "py.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(REPO_ROOT)  # the model files resolve from here; the class is not importable from here
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert cli.main(["validate", str(path)]) == 1
+    assert "versions.1.class: cannot import module 'mymodels.echo'" in capsys.readouterr().out
+    assert cli.main(["validate", "--app-dir", str(tmp_path), str(path)]) == 0, capsys.readouterr().out
+    assert cli.main(["validate", "--app-dir", str(tmp_path / "nope"), str(path)]) == 2
+    assert "--app-dir" in capsys.readouterr().err
+
+
+def test_a_path_no_file_system_takes_is_named_by_its_field(tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load(GOOD.read_text())
+    args = config["applications"][0]["args"]
+    args["versions"][0]["path"] = "models/digits/v1\x00.onnx"
+    args.setdefault("controller", {})["state_path"] = "state/" + "s" * 300 + ".sqlite"
+    path = tmp_path / "paths.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "versions.0.path: holds a NUL byte, which no file name can (got 'models/digits/v1\\x00.onnx')" in out
+    assert "controller.state_path: a name in it is over 255 bytes" in out and "this is a bug" not in out
+
+
 def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tmp_path, capsys):
     import yaml
 
@@ -121,6 +161,21 @@ def test_a_reader_that_closed_the_pipe_ends_the_command_quietly_with_141():
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_output_that_cannot_be_written_is_a_line_and_exit_1_not_a_traceback():
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        result = _serve_ab("import sys; from serve_ab.cli.command import main; "
+                           f"sys.exit(main(['validate', '--no-check-files', {str(GOOD)!r}]))", full)
+    assert (result.returncode, result.stderr) == (1, "error: could not write the output: No space left on device\n")
+
+
+def test_no_stdout_at_all_is_no_error():
+    result = subprocess.run([sys.executable, "-c", "import sys; from serve_ab.cli.command import main; "
+                             f"sys.exit(main(['validate', '--no-check-files', {str(GOOD)!r}]))"],
+                            stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            timeout=60, check=False, preexec_fn=lambda: os.close(1))
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_ctrl_c_ends_the_command_with_130_and_no_traceback():

@@ -319,6 +319,14 @@ def test_a_secret_pasted_where_its_variable_name_goes_is_refused_and_never_echoe
                    field) == "MY_SECRET"
 
 
+def test_a_url_refused_for_its_query_is_quoted_without_its_values_or_password():
+    rollout = {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 100}],
+               "analysis": {"prometheus": {"url": "http://ops:pw1@prometheus:9090/?token=s3cr3tq&x=1"}}}
+    [error] = errors_of(with_changes(rollout=rollout))
+    assert "prometheus.url" in error and "(got 'http://ops:***@prometheus:9090/?token=***&x=***')" in error
+    assert "s3cr3tq" not in error and "pw1" not in error
+
+
 # -- no silent coercion ------------------------------------------------------------------------
 
 

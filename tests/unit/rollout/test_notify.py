@@ -215,6 +215,7 @@ def experiment(notifications, rollout=True) -> dict:
 @pytest.mark.parametrize("receiver_doc, expected", [
     ({"type": "webhook"}, "exactly one of url or url_from_env"),
     ({"type": "webhook", "url": "ftp://x/y"}, "'ftp://x/y'; it must be an http:// or https:// URL"),
+    ({"type": "webhook", "url": "https://user:pw@x/y"}, "is 'https://user:***@x/y'; it must be"),  # not the password
     ({"type": "webhook", "url": "https://user:pw@x/y"}, "no user:password@"),
     ({"type": "slack", "url_from_env": "https://hooks.slack.com/x"},
      "url_from_env must be the NAME of an environment variable"),

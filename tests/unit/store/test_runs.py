@@ -96,6 +96,24 @@ def test_a_record_whose_text_is_not_json_is_listed_with_its_problem_and_refused_
     assert recorder.load("good").report == report(10)
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("[" * 100_000 + "]" * 100_000, "JSON nested past Python's recursion limit"),
+    ('{"requests": 1' + "0" * 5000 + "}", "JSON that cannot be read (Exceeds the limit (4300 digits)"),
+])
+def test_a_record_python_cannot_read_is_listed_with_its_problem_and_the_others_still_are(tmp_path, text, problem):
+    path = tmp_path / "runs.sqlite"
+    recorder = RunRecorder(path)
+    for run_id, updated in (("good", 90.0), ("odd", 80.0)):
+        recorder.save(run_id, CONFIG, report(10), 0.0, updated, summary=summary(10))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET summary_json = ?, report_json = ? WHERE run_id = 'odd'", (text, text))
+    good, odd = recorder.list()
+    assert (good.run_id, good.problem) == ("good", None)
+    assert odd.problem.startswith(f"column summary_json: {problem}")
+    with pytest.raises(CorruptRecord, match="run record 'odd' cannot be read: column report_json"):
+        recorder.load("odd")
+
+
 def test_other_sqlite_files_and_bad_inputs_are_refused(tmp_path):
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as db:
