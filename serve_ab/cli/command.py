@@ -20,7 +20,7 @@ from serve_ab.config.experiment import (
     parse_experiment,
 )
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
-from serve_ab.config.serve_file import AppKind, check_app, load_yaml
+from serve_ab.config.serve_file import AppKind, check_app, load_yaml, unknown_keys
 from serve_ab.routing import NUM_BUCKETS
 from serve_ab.store.url import redact_url
 
@@ -166,6 +166,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as err:
         errors += format_validation_error(err)
+    errors += unknown_keys(raw, ServeDeploySchema)
     apps = raw.get("applications") or []
     found = False
     experiments: list[tuple[str, ExperimentConfig]] = []

@@ -1,18 +1,22 @@
 """What ``serve-ab validate`` checks in a Ray Serve config file besides the experiment.
 
 The YAML itself (:func:`load_yaml` refuses a key given twice, which PyYAML would let the
-second silently win), an application's ``import_path`` (one of serve-ab's builders, not
-just any name under ``serve_ab``) and the ``args:`` of the metrics app, which are not an
-experiment. Pure: no Ray import.
+second silently win), keys Ray Serve's own schema does not have (:func:`unknown_keys`: Ray
+ignores them, so a misspelt ``http_options`` leaves the app on the default port), an
+application's ``import_path`` (one of serve-ab's builders, not just any name under
+``serve_ab``) and the ``args:`` of the metrics app, which are not an experiment. Pure: no Ray
+import (Ray's schema is an argument).
 """
 
 from __future__ import annotations
 
+import difflib
+import typing
 from enum import Enum
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from serve_ab.config._base import Strict as _Strict
 from serve_ab.config.experiment import errors_under, format_validation_error
@@ -98,3 +102,45 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load``, but a key given twice in one mapping is a ``yaml.YAMLError``
     naming the key and both lines."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+
+
+def unknown_keys(raw: Any, model: type[BaseModel], path: str = "", *,
+                 skip: frozenset[str] = frozenset({"args"})) -> list[str]:
+    """One error per key of ``raw`` that ``model`` (Ray's ``ServeDeploySchema``) and the models
+    nested in it do not have, by field path, with the nearest key it has.
+
+    Ray Serve's schema ignores such keys, so the setting written has no effect. Not looked
+    into: ``skip``'s fields (an application's ``args:``, which serve-ab checks itself) and
+    plain mappings (``runtime_env``, ``user_config``).
+    """
+    if not isinstance(raw, dict):
+        return []  # the schema's own validation names a value of the wrong type
+    fields = {}
+    for name, field in model.model_fields.items():
+        fields[name] = field
+        if field.alias:
+            fields[field.alias] = field
+    errors = []
+    for key, value in raw.items():
+        where = f"{path}.{key}" if path else str(key)
+        field = fields.get(key)
+        if field is None:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.75)
+            guess = f"did you mean {close[0]}? " if close else ""
+            errors.append(f"{where}: Ray Serve has no such key and ignores it, so it would have no effect "
+                          f"({guess}{model.__name__} has {', '.join(sorted(model.model_fields))})")
+        elif key not in skip:
+            for nested in _models_in(field.annotation)[:1]:
+                items = enumerate(value) if isinstance(value, list) else [(None, value)]
+                for index, item in items:
+                    errors += unknown_keys(item, nested, where if index is None else f"{where}.{index}", skip=skip)
+    return errors
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names: X, Optional[X], List[X], Union[X, Y]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) is dict:  # {name: model}: not walked, its keys are the user's
+        return []
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]

@@ -80,6 +80,32 @@ def test_a_python_class_is_imported_from_the_app_dir_as_serve_run_does(tmp_path,
     assert "--app-dir" in capsys.readouterr().err
 
 
+def test_keys_ray_serve_would_ignore_are_named_with_the_nearest_key(tmp_path, capsys):
+    """Ray Serve's schema ignores unknown keys: a misspelt http_options leaves the app on port
+    8000 without a word."""
+    import yaml
+
+    config = yaml.safe_load(GOOD.read_text())
+    config["http_optons"] = config.pop("http_options")
+    config["grpc_options"]["prot"] = 9001
+    app = config["applications"][0]
+    app["route_prefx"] = "/x"
+    app["deployments"] = [{"name": "Router", "ray_actor_options": {"num_cpu": 0.5}}]
+    app["args"]["anything"] = 1  # args: serve-ab's own check names it
+    path = tmp_path / "typos.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 1
+    out = capsys.readouterr().out
+    for where, meant in (("http_optons", "http_options"), ("grpc_options.prot", "port"),
+                         ("applications.0.route_prefx", "route_prefix"),
+                         ("applications.0.deployments.0.ray_actor_options.num_cpu", "num_cpus")):
+        assert f"  - {where}: Ray Serve has no such key and ignores it, so it would have no effect (did you mean " \
+               f"{meant}?" in out, out
+    assert out.count("Ray Serve has no such key") == 4 and "applications.0.args.anything" in out
+    for shipped in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        assert cli.main(["validate", "--no-check-files", str(shipped)]) == 0, capsys.readouterr().out
+
+
 def test_a_path_no_file_system_takes_is_named_by_its_field(tmp_path, capsys):
     import yaml
 
