@@ -65,7 +65,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the report with plots to FILE (one self-contained HTML page)")
     report.add_argument("--from-record", default=None, metavar="RUN_ID",
                         help="render a stored run record instead of asking a running app (see serve-ab runs)")
-    report.add_argument("--records", type=Path, default=None, metavar="PATH",
+    report.add_argument("--records", type=_records_path, default=None, metavar="PATH",
                         help=f"run record file for --from-record (default: {DEFAULT_RECORDS})")
     report.add_argument("--store", type=_store_url, default=None, metavar="URL",
                         help="for --from-record: the Redis the app keeps its state in (controller.store_url)")
@@ -78,7 +78,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "the Redis of controller.store_url (--store).",
     )
     where = runs.add_mutually_exclusive_group()
-    where.add_argument("--records", type=Path, default=None, metavar="PATH",
+    where.add_argument("--records", type=_records_path, default=None, metavar="PATH",
                        help=f"run record file (default: {DEFAULT_RECORDS})")
     where.add_argument("--store", type=_store_url, default=None, metavar="URL",
                        help="the Redis the app keeps its state in (controller.store_url), e.g. "
@@ -93,6 +93,16 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
                         help="environment variable holding the Redis password (controller.store_password_env)")
     parser.add_argument("--store-key-prefix", default=None, metavar="PREFIX",
                         help="the app's controller.store_key_prefix (default: serve-ab:)")
+
+
+def _records_path(text: str) -> Path:
+    """``--records``: a run-record file; a directory is a usage error (SQLite would say only
+    'unable to open database file')."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give the run-record file (the app's "
+                                         f"analysis.records.path), e.g. --records {DEFAULT_RECORDS}")
+    return path
 
 
 def _store_url(text: str) -> str:

@@ -60,6 +60,8 @@ TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"  # the operator's: control.token_env's defa
 VIEWER_TOKEN_ENV = "SERVE_AB_VIEWER_TOKEN"  # enough to read: control.viewer_token_env's default
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_INTERVAL_S = 2.0
+# The shortest a poll may wait for its answer near the end of --timeout (0 would not send it).
+MIN_POLL_TIMEOUT_S = 0.1
 
 _RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url, --app or " + URL_ENV
 _ACTION_HELP = {
@@ -280,8 +282,17 @@ def _follow(args: argparse.Namespace, fetch: Any, token: str | None, out: TextIO
         print(redact(f"[{cli_wait.elapsed_text(elapsed_s)}] {failure.lines[0]} (retrying)", token), file=err,
               flush=True)
 
+    # No poll outlasts the wait: with --timeout 2s, an app slow to answer ends the wait at 2 s,
+    # not at --request-timeout's 10.
+    deadline_s = None if args.timeout_s is None else _clock() + args.timeout_s
+
+    def poll() -> dict[str, Any]:
+        if deadline_s is None:
+            return fetch()
+        return fetch(timeout_s=max(min(args.request_timeout_s, deadline_s - _clock()), MIN_POLL_TIMEOUT_S))
+
     try:
-        result = cli_wait.wait_for_rollout(fetch, timeout_s=args.timeout_s, interval_s=args.interval_s,
+        result = cli_wait.wait_for_rollout(poll, timeout_s=args.timeout_s, interval_s=args.interval_s,
                                            clock=_clock, sleep=_sleep, on_status=progress, on_failure=failed)
     except KeyboardInterrupt:
         print("interrupted", file=err)
@@ -390,8 +401,11 @@ def _auth_hint(status_code: int, action: bool, sent: bool, token_from: str | Non
 def _error_message(response: Any) -> str:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
+    location = response.headers.get("location")
+    if response.is_redirect and location:  # not followed: a redirect may drop the token or change the method
+        return f"{response.reason_phrase}: redirects to {location} (not followed; give the app's own URL as --url)"
     if isinstance(body, dict):
         for key in ("error", "detail"):  # ours, then FastAPI's default
             if body.get(key):

@@ -55,7 +55,9 @@ def default_address() -> str:
     Raises ValueError, naming the variable, for an http(s) value that is not a valid URL.
     """
     for name in ADDRESS_ENVS:
-        value = os.environ.get(name, "")
+        value = os.environ.get(name, "").strip()
+        if name == ADDRESS_ENVS[0] and value and "://" not in value:
+            value = f"http://{value}"  # RAY_DASHBOARD_ADDRESS=10.0.0.5:8265, as Ray's job CLI takes it
         if value.startswith(("http://", "https://")):  # RAY_ADDRESS may be a GCS address (host:6379)
             try:
                 return check_http_url(value)

@@ -1019,8 +1019,25 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":
             lines.append(f"{path}: {message}")
         else:
-            lines.append(f"{path}: {message} (got {shown_value(received)})")
+            lines.append(f"{path}: {message} (got {shown_value(received)}){_yaml_number_hint(item['type'], received)}")
     return lines
+
+
+_NUMBER_TYPES = ("float_type", "int_type", "float_parsing", "int_parsing")
+
+
+def _yaml_number_hint(error_type: str, received: Any) -> str:
+    """Why a number written in YAML arrived as text: YAML 1.1 (PyYAML, hence Ray) reads ``1e2``
+    or ``5e-3`` as a string, wanting a dot and a signed exponent (``1.0e+2``)."""
+    if error_type not in _NUMBER_TYPES or not isinstance(received, str) or "e" not in received.lower():
+        return ""  # "50" in quotes is text however YAML is read: the message says enough
+    try:
+        value = float(received)
+    except ValueError:
+        return ""
+    if not math.isfinite(value):
+        return ""
+    return f"; YAML reads {received!r} as text: write {value:g} or {value:.1e}"
 
 
 def errors_under(prefix: str, errors: list[str]) -> list[str]:

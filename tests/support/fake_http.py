@@ -31,12 +31,12 @@ UNAUTHORIZED = (401, {"error": "reading this app's figures needs a bearer token:
 
 class FakeApp(ServedInThread):
     """Records every request; answers ``responses[(method, path)]`` (status, JSON body or raw
-    bytes), else 404. With ``bearer`` set, a request without ``Authorization: Bearer <bearer>``
+    bytes, and optionally a dict of headers), else 404. With ``bearer`` set, a request without ``Authorization: Bearer <bearer>``
     gets :data:`UNAUTHORIZED` instead, as from an app with ``control.protect_reads``."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
-        self.responses: dict[tuple[str, str], tuple[int, object]] = {}
+        self.responses: dict[tuple[str, str], tuple] = {}
         self.bearer: str | None = None
         app = self
 
@@ -51,12 +51,14 @@ class FakeApp(ServedInThread):
                     "body": json.loads(raw) if raw else None,
                 })
                 if app.bearer is not None and self.headers.get("Authorization") != f"Bearer {app.bearer}":
-                    code, body = UNAUTHORIZED
+                    code, body, *extra = UNAUTHORIZED
                 else:
-                    code, body = app.responses.get((self.command, split.path), (404, {"detail": "Not Found"}))
+                    code, body, *extra = app.responses.get((self.command, split.path), (404, {"detail": "Not Found"}))
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (extra[0] if extra else {}).items():  # (status, body, {header: value})
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

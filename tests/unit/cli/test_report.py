@@ -545,6 +545,14 @@ def test_an_unset_store_password_env_is_a_usage_error(capsys, monkeypatch, argv)
 
 
 @pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
+def test_records_naming_a_directory_is_a_usage_error(capsys, argv, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        _run([*argv, "--records", str(tmp_path)], capsys)
+    assert exit_info.value.code == 2
+    assert f"argument --records: {str(tmp_path)!r} is a directory; give the run-record file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["report", "--from-record", "r1"]])
 def test_a_password_given_for_its_variables_name_is_refused_and_never_printed(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         _run([*argv, "--store", "redis://127.0.0.1:9/0", "--store-password-env", "hunter2!pw"], capsys)

@@ -246,6 +246,15 @@ def test_error_without_json_body_falls_back_to_text(api, capsys):
     assert code == 1 and "error: 400 bad gateway page" in err
 
 
+def test_a_redirect_is_not_followed_and_names_where_it_points(api, capsys):
+    # Following it could send the token elsewhere or turn a POST into a GET.
+    api.responses[("POST", "/rollout/pause")] = (302, b"", {"Location": "https://gateway.example.com/ab/rollout/pause"})
+    code, _, err = _run(["pause"], capsys)
+    assert code == 1 and len(api.requests) == 1
+    assert err.splitlines()[0] == ("error: 302 Found: redirects to https://gateway.example.com/ab/rollout/pause "
+                                   "(not followed; give the app's own URL as --url)")
+
+
 def test_connection_refused_exits_4(api, capsys, monkeypatch):
     monkeypatch.setenv("SERVE_AB_URL", f"http://127.0.0.1:{closed_port()}")
     code, out, err = _run(["status"], capsys)

@@ -94,6 +94,7 @@ def test_app_url_names_what_is_deployed_when_the_app_is_missing_or_has_no_route(
     ({"RAY_ADDRESS": "10.0.0.5:6379"}, "http://127.0.0.1:8265"),  # a GCS address, not the dashboard
     ({"RAY_ADDRESS": "http://head:8265/"}, "http://head:8265"),
     ({"RAY_ADDRESS": "http://head:8265", "RAY_DASHBOARD_ADDRESS": "http://dash:8265"}, "http://dash:8265"),
+    ({"RAY_DASHBOARD_ADDRESS": "10.0.0.5:8265"}, "http://10.0.0.5:8265"),  # as Ray's job CLI takes it
 ])
 def test_default_address_from_rays_environment(monkeypatch, env, address):
     for name in ("RAY_DASHBOARD_ADDRESS", "RAY_ADDRESS"):

@@ -69,6 +69,23 @@ def test_wait_times_out_with_3_while_the_canary_holds_at_a_pause(api, clock, cap
     assert "waits for `serve-ab promote`" in err
 
 
+def test_no_poll_waits_for_its_answer_past_the_waits_timeout(api, clock, capsys, monkeypatch):
+    """An app slow to answer must not hold --timeout 3s for --request-timeout's 8 s."""
+    api.responses[STATUS] = (200, PAUSED)
+    sent, real_send = [], cli_rollout._send
+
+    def send(*args, **kwargs):
+        sent.append(kwargs["timeout_s"])
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(cli_rollout, "_send", send)
+    code, _, _ = _run(["status", "--wait", "--timeout", "3s", "--request-timeout", "8s"], capsys)
+    assert code == 3 and sent == [3.0, 1.0, cli_rollout.MIN_POLL_TIMEOUT_S]
+    sent.clear()
+    api.responses[STATUS] = (200, PROMOTED)  # without --timeout, a poll waits --request-timeout
+    assert _run(["status", "--wait", "--request-timeout", "8s"], capsys)[0] == 0 and sent == [8.0]
+
+
 def test_wait_exits_0_once_the_status_says_promoted(api, clock, capsys):
     api.responses[STATUS] = (200, PAUSED)
     clock.script = {2: {**PAUSED, "phase": "progressing", "step_index": 2, "step": "set weight 100"},

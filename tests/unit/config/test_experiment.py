@@ -319,6 +319,17 @@ def test_a_secret_pasted_where_its_variable_name_goes_is_refused_and_never_echoe
                    field) == "MY_SECRET"
 
 
+def test_a_number_yaml_reads_as_text_says_how_to_write_it():
+    import yaml
+
+    doc = yaml.safe_load("weights: {v1: 1e2, v2: 0}\ncontroller: {tick_s: 5e-1}")  # PyYAML: '1e2', '5e-1'
+    errors = errors_of(with_changes(**doc))
+    assert ("weights.v1: Input should be a valid number (got '1e2'); YAML reads '1e2' as text: write 100 or "
+            "1.0e+02") in errors
+    assert "controller.tick_s: Input should be a valid number (got '5e-1'); YAML reads '5e-1' as text: write 0.5" \
+        in " ".join(errors)
+
+
 def test_a_url_refused_for_its_query_is_quoted_without_its_values_or_password():
     rollout = {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 100}],
                "analysis": {"prometheus": {"url": "http://ops:pw1@prometheus:9090/?token=s3cr3tq&x=1"}}}
