@@ -48,14 +48,25 @@ def model_errors(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
 @contextlib.contextmanager
 def _replica_log_quiet() -> Iterator[None]:
     """The replicas' log lines (a version loaded, one refused, a traceback of a failed
-    validation) say here what the errors below say once, by field."""
-    replica_log = logging.getLogger("ray.serve")
+    validation) say here what the errors below say once, by field; so does the traceback
+    torch.export logs as a warning when an archive will not load."""
+    replica_log, export_log = logging.getLogger("ray.serve"), logging.getLogger("torch.export")
     level = replica_log.level
     replica_log.setLevel(logging.CRITICAL)
+    # A filter, not a level: importing torch (in the first torch version's load) sets its
+    # loggers' levels afresh.
+    drop_all = _DropAll()
+    export_log.addFilter(drop_all)
     try:
         yield
     finally:
         replica_log.setLevel(level)
+        export_log.removeFilter(drop_all)
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 def _model_errors(cfg: ExperimentConfig, prefix: str) -> list[str]:

@@ -62,6 +62,17 @@ def test_a_file_the_backend_cannot_load_is_named_by_its_field(tmp_path, capsys):
     assert "versions.1 ('v2'): failed to load:" in out and "broken.onnx" in out
 
 
+def test_a_torch_archive_that_will_not_load_is_one_line_without_torchs_traceback(tmp_path, capfd):
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"not a zip archive")
+    path = experiment(tmp_path, [onnx("v1", DIGITS / "v1" / "model.onnx"),
+                                 {"name": "v2", "path": str(broken), "backend": "torch"}])
+    assert cli.main(["validate", "--load", str(path)]) == 1
+    captured = capfd.readouterr()  # torch logs to the process's stderr through handlers of its own
+    assert "versions.1 ('v2'): failed to load: ValueError: cannot load broken.pt2" in captured.out
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out, captured.err[-2000:]
+
+
 def test_versions_that_do_not_share_their_interface_are_refused_and_the_stable_wins(tmp_path, capsys):
     # The stable (analysis.control defaults to the first version) is digits; v2 takes diabetes rows.
     path = experiment(tmp_path, [onnx("v1", DIGITS / "v1" / "model.onnx"), onnx("v2", DIABETES / "v1" / "model.onnx")])
