@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
@@ -26,6 +27,20 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServeAbError)
     async def _serve_ab_error(request: Request, err: ServeAbError) -> JSONResponse:
         return JSONResponse({"error": client_message(err)}, status_code=http_status(err))
+
+    @api.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, err: ClientDisconnect) -> Response:
+        # The client went away mid-body (as the inference routes, fast_routes.py): nobody to
+        # answer and nothing was done; no traceback. 499 is nginx's "client closed request",
+        # what Ray's access line then shows.
+        return Response(status_code=499)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own 404 (no such route) and 405 (a method the route does not take), in
+        # this API's {"error": ...} shape, with their headers (Allow).
+        return JSONResponse({"error": f"{err.detail}: {request.method} {request.url.path}"},
+                            status_code=err.status_code, headers=err.headers)
 
     @api.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -81,8 +96,9 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
         if not message.get("more_body", False):
             break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
-    return raw if encoding is None else decompressed(raw, encoding, max_body_bytes)
+    # Several Content-Encoding lines are one list (RFC 9110 5.3), refused as "gzip, gzip" is.
+    encodings = request.headers.getlist("content-encoding")
+    return decompressed(raw, ", ".join(encodings), max_body_bytes) if encodings else raw
 
 
 # What tritonclient's request_compression_algorithm sends (gzip.compress, zlib.compress), as

@@ -60,12 +60,17 @@ class PredictRequest(BaseModel):
     )
 
 
+MAX_REQUEST_ID_CHARS = 65_536
+
+
 class FeedbackRequest(BaseModel):
     """``POST /feedback``: a business outcome for a request served earlier."""
 
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(..., min_length=1, max_length=128,
+    # Ray Serve takes a client's x-request-id as the request's id, as it comes, and the answer's
+    # token is signed for it: any length a header can have (more than HTTP servers take in one).
+    request_id: str = Field(..., min_length=1, max_length=MAX_REQUEST_ID_CHARS,
                             description="The request_id of the served answer.")
     feedback_token: str | None = Field(
         None, min_length=1, max_length=256,
@@ -327,6 +332,15 @@ class ActionRequest(BaseModel):
         if isinstance(value, dict) and isinstance(value.get("weights"), dict):
             weights = value["weights"]
             value = {**value, "weights": {
-                k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                k: _as_float(v) if isinstance(v, int) and not isinstance(v, bool) else v
                 for k, v in weights.items()}}
         return value
+
+
+def _as_float(number: int) -> float:
+    """A JSON integer as a float; one past a double's range (309 digits) is infinite, which the
+    weights' check then names ("v1 is inf; a weight is a percentage in [0, 100]")."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf

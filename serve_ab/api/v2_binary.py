@@ -80,6 +80,9 @@ def _header_length(value: str, body_bytes: int) -> int:
     if not _DIGITS.fullmatch(text):  # int() would also take "+7", "1_0" and non-ASCII digits
         raise InvalidInput(f"{HEADER_LENGTH} is {value!r}; expected the JSON header's length as a "
                            "whole number of bytes, e.g. 187")
+    if len(text.lstrip("0")) > len(str(body_bytes)):  # past the body's size: no int() of 5,000 digits
+        raise InvalidInput(f"{HEADER_LENGTH} is a number of {len(text)} digits, but the whole body is only "
+                           f"{body_bytes} bytes; it must count the JSON header's bytes alone")
     length = int(text)
     if length > body_bytes:
         raise InvalidInput(f"{HEADER_LENGTH} is {length}, but the whole body is only {body_bytes} "

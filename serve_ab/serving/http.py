@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel
 
 from serve_ab.api.fast_routes import FastRoute, FastRoutes
 from serve_ab.api.http_util import (
     add_openapi_schemas,
     decode_json,
+    decode_json_unique_keys,
     install_error_handlers,
     json_body,
     json_response,
@@ -209,16 +211,20 @@ async def http_rollout_status(history: bool = False, s: Served = Depends(reader)
 @api.post("/rollout/{action}", openapi_extra=json_body(ActionRequest),
           summary="promote, pause, resume, abort, rollback or weights (token)")
 async def http_rollout_action(action: str, request: Request, s: Served = Depends(current)) -> JSONResponse:
-    actor = s.auth.check(request.headers.get("authorization"), _address(request), Role.OPERATOR)
+    if action == "status":  # /rollout/status is read with GET
+        raise StarletteHTTPException(405, "Method Not Allowed (read the status with GET)", headers={"Allow": "GET"})
     try:
         act = Action(action)
-    except ValueError:
+    except ValueError:  # the actions are public (the README lists them): no token needed to be told
         raise UnknownAction(f"unknown action {action!r}; valid: {[a.value for a in Action]}") from None
+    actor = s.auth.check(request.headers.get("authorization"), _address(request), Role.OPERATOR)
     # Read whatever came, with or without content-length (a chunked body is a body too), and
     # 422 for one that parses but does not fit, as FastAPI answers (e.g. {"full": "false"}).
     # A key sent twice is a 400: the last from_step winning got a promote past its guard.
-    raw = await read_json_unique_keys(request, s.core.cfg.http.max_body_bytes, allow_empty=True)
-    body = ActionRequest() if raw is None else parse_body(ActionRequest, raw, error=Unprocessable)
+    # Only an empty body is "no body": a JSON null is refused as [] is.
+    body_bytes = await read_body(request, s.core.cfg.http.max_body_bytes)
+    body = ActionRequest() if not body_bytes.strip() else \
+        parse_body(ActionRequest, decode_json_unique_keys(body_bytes), error=Unprocessable)
     return _json(await s.core.controller.act(act, body, actor))
 
 
@@ -311,6 +317,11 @@ class V2Endpoints:
         input_spec, output_spec = await core.interface()
         batch = decode_v2_inputs(parsed, input_spec, output_spec,
                                  allow_non_finite=core.cfg.http.allow_non_finite, binary=arrays)
+        # Which outputs go as binary data: its flags are checked before the model runs, so a
+        # request refused for them (binary_data_output: "yes") is served and counted nowhere.
+        several = isinstance(output_spec, OutputSpecs)
+        binary_names = {spec.name for spec in (output_spec if several else (output_spec,))
+                        if wants_binary_output(parsed, spec.name)}
         served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
@@ -319,15 +330,14 @@ class V2Endpoints:
         token = core.feedback_token_for(request_id, choice)
         if token is not None:
             parameters["feedback_token"] = token
-        if isinstance(output_spec, OutputSpecs):  # several outputs: each its own binary choice
+        if several:  # several outputs: each its own binary choice
             chunks = {spec.name: tensor_to_bytes(outputs[spec.name], spec.datatype)
-                      for spec in output_spec if wants_binary_output(parsed, spec.name)}
+                      for spec in output_spec if spec.name in binary_names}
             response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs,
                                           output_spec, parameters,
                                           binary_data_sizes={name: len(c) for name, c in chunks.items()})
             return served_by, response, b"".join(chunks.values()) if chunks else None
-        binary = wants_binary_output(parsed, output_spec.name)
-        tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary else None
+        tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary_names else None
         response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs, output_spec,
                                       parameters, binary_data_size=None if tensors is None else len(tensors))
         return served_by, response, tensors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 
 from tests.integration.conftest import PORTS_FROM, _ephemeral_from, free_port
@@ -18,8 +19,9 @@ def test_a_port_a_server_listens_on_is_never_given(monkeypatch):
         held.bind(("0.0.0.0", 0))
         held.listen()
         taken = held.getsockname()[1]
-        # Offer the held port first, then another: the held one must be passed over.
-        offers = iter([taken, taken + 1 if taken + 1 < 65536 else taken - 1])
+        # Offer the held port first, then others (the next may be busy too, or given before):
+        # the held one must be passed over.
+        offers = itertools.chain([taken], (port for port in range(65535, 1024, -1) if port != taken))
         monkeypatch.setattr("tests.integration.conftest._random.randint", lambda a, b: next(offers))
         monkeypatch.setattr("tests.integration.conftest._ephemeral_from", lambda: 65536)
         assert free_port() != taken

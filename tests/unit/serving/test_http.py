@@ -227,7 +227,10 @@ def test_feedback_needs_the_token_of_the_answer(app):
     assert client.post("/feedback", json=forged).status_code == 403
     response = client.post("/feedback", json=feedback | {"name": "made_up_metric"})
     assert response.status_code == 400 and "'correct'" in response.json()["error"]
-    assert client.post("/feedback", json=feedback | {"request_id": "x" * 200}).status_code == 400
+    # Any id length a header can carry is an id (Ray Serve keeps a client's x-request-id); one
+    # that is not this answer's is refused by its token.
+    assert client.post("/feedback", json=feedback | {"request_id": "x" * 200}).status_code == 403
+    assert client.post("/feedback", json=feedback | {"request_id": ""}).status_code == 400
     assert len(controller.feedbacks) == 1
     # Expired: the fake clock moves past the token's lifetime.
     controller.clock.advance(61)
@@ -440,3 +443,104 @@ def test_metrics_off_the_app_is_a_404_naming_the_setting(client_for):
     client = client_for(http={"max_body_bytes": 8192, "metrics_on_app": False})
     response = client.get("/metrics")
     assert response.status_code == 404 and "metrics_on_app" in response.json()["error"]
+
+
+# -- what an audit of the routes found (2026-12-05) --------------------------------------------
+
+
+def _model_calls() -> int:
+    return sum(version.calls for version in routes.served().core.versions.values())
+
+
+@pytest.mark.parametrize("flags", [
+    {"parameters": {"binary_data_output": "yes"}},
+    {"outputs": [{"name": "probabilities", "parameters": {"binary_data": 1}}]},
+])
+def test_a_v2_request_refused_for_its_output_flags_runs_no_model(app, flags):
+    client, _ = app
+    before = _model_calls()
+    body = v2_body([ROW]) | flags
+    response = client.post("/v2/models/digits/infer", json=body)
+    assert response.status_code == 400 and "must be true or false" in response.json()["error"], response.text
+    assert _model_calls() == before  # refused before the model ran: nothing served, nothing counted
+    assert client.post("/v2/models/digits/infer", json=v2_body([ROW])).status_code == 200
+
+
+def test_a_huge_binary_header_length_is_a_400(app):
+    client, _ = app
+    response = client.post("/v2/models/digits/infer", content=b"{}",
+                           headers={"inference-header-content-length": "9" * 5000})
+    assert response.status_code == 400 and "a number of 5000 digits, but the whole body is only 2 bytes" in \
+        response.json()["error"]
+
+
+def test_a_weight_past_a_doubles_range_reaches_the_controller_as_inf(app):
+    """It raised OverflowError (a 500); as 1e400 it is inf, which the controller's check of the
+    weights names ("v1 is inf; a weight is a percentage in [0, 100]")."""
+    client, controller = app
+    response = client.post("/rollout/weights", content=b'{"weights": {"v1": 1' + b"0" * 400 + b"}}",
+                           headers=AUTH | {"content-type": "application/json"})
+    assert response.status_code == 200, response.text  # the fake controller takes any weights
+    (action, body), = controller.actions
+    assert (action, body.weights) == (Action.WEIGHTS, {"v1": float("inf")})
+
+
+def test_a_null_body_on_a_control_route_is_refused_not_read_as_no_body(app):
+    client, controller = app
+    response = client.post("/rollout/pause", content=b"null", headers=AUTH)
+    assert response.status_code == 422 and "JSON object" in response.json()["error"], response.text
+    assert controller.actions == []
+    assert client.post("/rollout/pause", headers=AUTH).status_code == 200  # no body at all: fine
+
+
+def test_routes_and_methods_that_do_not_exist_answer_in_the_apis_error_shape(app):
+    client, _ = app
+    response = client.put("/predict", json={})
+    assert response.status_code == 405 and response.json()["error"] == "Method Not Allowed: PUT /predict"
+    assert response.headers["allow"] == "POST"
+    assert client.get("/nope").json() == {"error": "Not Found: GET /nope"}
+    response = client.post("/rollout/status", headers=AUTH)
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    # An action that does not exist is named without a token (the actions are public).
+    response = client.post("/rollout/launch")
+    assert response.status_code == 404 and "unknown action 'launch'" in response.json()["error"]
+
+
+def test_content_encoding_over_two_header_lines_is_read_as_one_list(app):
+    client, _ = app
+    raw = json.dumps({"inputs": [ROW]}).encode()
+    response = client.post("/predict", content=gzip.compress(gzip.compress(raw)),
+                           headers=[("content-encoding", "gzip"), ("content-encoding", "gzip")])
+    assert response.status_code == 415 and "one at a time" in response.json()["error"], response.text
+
+
+def test_feedback_is_taken_for_any_request_id_the_router_signed(client_for):
+    client = client_for()
+    long_id = "trace-" + "x" * 300  # a client's x-request-id, which Ray Serve keeps as the request's id
+    routes.served().core.request_id = lambda: long_id
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    assert body["request_id"] == long_id
+    response = client.post("/feedback", json={"request_id": long_id, "feedback_token": body["feedback_token"],
+                                              "name": "correct", "converted": True})
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize("path, headers", [("/feedback", {}), ("/rollout/pause", AUTH)])
+def test_a_client_gone_mid_body_on_a_fastapi_route_is_no_server_error(app, path, headers):
+    import asyncio
+
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b'{"request_id": ', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()], "client": ("127.0.0.1", 1),
+             "server": ("testserver", 80)}
+    asyncio.run(routes.app(scope, receive, send))  # raised ClientDisconnect out of the app before
+    assert sent[0]["status"] == 499
