@@ -81,8 +81,6 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
                 f"versions.{index}.path: no model file at {str(resolved)!r}{hint} (got {version.path!r})"
             )
         versions.append(version.model_copy(update={"path": str(resolved)}))
-    if errors:
-        raise ConfigError(errors)
     update: dict[str, Any] = {"versions": versions}
     # The controller may run in another process: its files get absolute paths too.
     update["controller"] = cfg.controller.model_copy(
@@ -90,21 +88,25 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
     if cfg.control.tokens_file:
         tokens_file = (base_dir / cfg.control.tokens_file).resolve()
         if not tokens_file.is_file():
-            raise ConfigError([f"control.tokens_file: no file at {str(tokens_file)!r} (got {cfg.control.tokens_file!r})"])
-        update["control"] = cfg.control.model_copy(update={"tokens_file": str(tokens_file)})
-        try:  # a malformed file is refused now, not at the first request
-            load_tokens(update["control"], environ={})
-        except ValueError as err:
-            raise ConfigError([str(err)]) from None
+            errors.append(f"control.tokens_file: no file at {str(tokens_file)!r} (got {cfg.control.tokens_file!r})")
+        else:
+            update["control"] = cfg.control.model_copy(update={"tokens_file": str(tokens_file)})
+            try:  # a malformed file is refused now, not at the first request
+                load_tokens(update["control"], environ={})
+            except ValueError as err:
+                errors.append(str(err))
     records = cfg.analysis.records.model_copy(
         update={"path": str((base_dir / cfg.analysis.records.path).resolve())})
     update["analysis"] = cfg.analysis.model_copy(update={"records": records})
     if cfg.rollout is not None and cfg.rollout.blue_green and cfg.rollout.blue_green.validation_samples:
         samples = base_dir / cfg.rollout.blue_green.validation_samples
         if not samples.is_file():
-            raise ConfigError([f"rollout.blue_green.validation_samples: no file at {str(samples)!r}"])
-        blue_green = cfg.rollout.blue_green.model_copy(update={"validation_samples": str(samples.resolve())})
-        update["rollout"] = cfg.rollout.model_copy(update={"blue_green": blue_green})
+            errors.append(f"rollout.blue_green.validation_samples: no file at {str(samples)!r}")
+        else:
+            blue_green = cfg.rollout.blue_green.model_copy(update={"validation_samples": str(samples.resolve())})
+            update["rollout"] = cfg.rollout.model_copy(update={"blue_green": blue_green})
+    if errors:  # every missing file at once, not one per run of validate
+        raise ConfigError(errors)
     return cfg.model_copy(update=update)
 
 

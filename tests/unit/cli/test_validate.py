@@ -106,6 +106,24 @@ def test_keys_ray_serve_would_ignore_are_named_with_the_nearest_key(tmp_path, ca
         assert cli.main(["validate", "--no-check-files", str(shipped)]) == 0, capsys.readouterr().out
 
 
+def test_every_missing_file_is_named_in_one_run(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "blue_green.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["versions"][0]["path"] = str(tmp_path / "v1.onnx")
+    args.setdefault("control", {})["tokens_file"] = str(tmp_path / "tokens.yaml")
+    args["rollout"]["blue_green"]["validation_samples"] = str(tmp_path / "samples.json")
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(REPO_ROOT)  # v2's model resolves here
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: 3 errors" in out
+    for field in ("versions.0.path", "control.tokens_file", "rollout.blue_green.validation_samples"):
+        assert f"  - applications.0.args.{field}: no " in out, out
+
+
 def test_a_path_no_file_system_takes_is_named_by_its_field(tmp_path, capsys):
     import yaml
 
