@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -30,15 +31,18 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, err: ClientDisconnect) -> Response:
-        # The client went away mid-body (as the inference routes, fast_routes.py): nobody to
-        # answer and nothing was done; no traceback. 499 is nginx's "client closed request",
-        # what Ray's access line then shows.
+        # The client went away mid-body: nobody to answer and nothing was done; no traceback
+        # (the inference routes, fast_routes.py, send nothing at all). 499 is nginx's "client
+        # closed request", what Ray's access line then shows.
         return Response(status_code=499)
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
         # Starlette's own 404 (no such route) and 405 (a method the route does not take), in
-        # this API's {"error": ...} shape, with their headers (Allow).
+        # this API's {"error": ...} shape, with their headers (Allow); anything else (a
+        # detail that is not text, a status without a body) as FastAPI answers it.
+        if not (400 <= err.status_code < 500 and isinstance(err.detail, str)):
+            return await http_exception_handler(request, err)
         return JSONResponse({"error": f"{err.detail}: {request.method} {request.url.path}"},
                             status_code=err.status_code, headers=err.headers)
 

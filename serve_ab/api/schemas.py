@@ -60,7 +60,7 @@ class PredictRequest(BaseModel):
     )
 
 
-MAX_REQUEST_ID_CHARS = 65_536
+MAX_REQUEST_ID_CHARS = 1024
 
 
 class FeedbackRequest(BaseModel):
@@ -69,7 +69,8 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Ray Serve takes a client's x-request-id as the request's id, as it comes, and the answer's
-    # token is signed for it: any length a header can have (more than HTTP servers take in one).
+    # token is signed for it: room for any trace id in use (W3C's traceparent is 55), but not
+    # for 64-KiB ids held 50,000 at a time while feedback waits for its request (rollout/feedback.py).
     request_id: str = Field(..., min_length=1, max_length=MAX_REQUEST_ID_CHARS,
                             description="The request_id of the served answer.")
     feedback_token: str | None = Field(

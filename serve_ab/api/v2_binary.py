@@ -83,7 +83,7 @@ def _header_length(value: str, body_bytes: int) -> int:
     if len(text.lstrip("0")) > len(str(body_bytes)):  # past the body's size: no int() of 5,000 digits
         raise InvalidInput(f"{HEADER_LENGTH} is a number of {len(text)} digits, but the whole body is only "
                            f"{body_bytes} bytes; it must count the JSON header's bytes alone")
-    length = int(text)
+    length = int(text.lstrip("0") or "0")  # 5,000 zeros and a 7 is 7, not a refusal of int()
     if length > body_bytes:
         raise InvalidInput(f"{HEADER_LENGTH} is {length}, but the whole body is only {body_bytes} "
                            "bytes; it must count the JSON header's bytes alone")

@@ -166,7 +166,12 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as err:
         errors += format_validation_error(err)
-    errors += unknown_keys(raw, ServeDeploySchema)
+    except ImportError as err:  # Ray's schema imports the classes a file names (request_router_class, ...)
+        errors.append(f"Ray Serve's schema could not import a class this file names ({err}); is its module "
+                      "on the import path? (--app-dir, as serve run's)")
+    import ray
+
+    warnings += unknown_keys(raw, ServeDeploySchema, ray_version=ray.__version__)
     apps = raw.get("applications") or []
     found = False
     experiments: list[tuple[str, ExperimentConfig]] = []
@@ -264,7 +269,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not os.path.isdir(app_dir):
         print(f"serve-ab validate: --app-dir {args.app_dir!r} is not a directory", file=sys.stderr)
         return 2
+    saved_path = list(sys.path)
     sys.path.insert(0, app_dir)
+    try:
+        return _validate_files(args)
+    finally:
+        sys.path[:] = saved_path  # validate may run in a caller's process (tests, tools)
+
+
+def _validate_files(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:

@@ -128,7 +128,7 @@ _TOKEN_CHARS = r"[A-Za-z0-9_-]"
 
 
 # A URL's user:password@ anywhere in a text (an --url quoted in an error, a proxy's page).
-_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s'\"]*)@", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/?#\s]*)@", re.IGNORECASE)
 
 
 def hide_url_passwords(text: str) -> str:

@@ -60,8 +60,9 @@ TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"  # the operator's: control.token_env's defa
 VIEWER_TOKEN_ENV = "SERVE_AB_VIEWER_TOKEN"  # enough to read: control.viewer_token_env's default
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_INTERVAL_S = 2.0
-# The shortest a poll may wait for its answer near the end of --timeout (0 would not send it).
-MIN_POLL_TIMEOUT_S = 0.1
+# The shortest a poll may wait for its answer near the end of --timeout: the wait may end this
+# much after its deadline, rather than give a last poll too little time to be answered.
+MIN_POLL_TIMEOUT_S = 1.0
 
 _RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url, --app or " + URL_ENV
 _ACTION_HELP = {

@@ -1037,7 +1037,23 @@ def _yaml_number_hint(error_type: str, received: Any) -> str:
         return ""
     if not math.isfinite(value):
         return ""
-    return f"; YAML reads {received!r} as text: write {value:g} or {value:.1e}"
+    if error_type.startswith("int"):
+        return f"; YAML reads {received!r} as text: write {int(value)}" if value.is_integer() else ""
+    return f"; YAML reads {received!r} as text: write {yaml11_float(value)}"
+
+
+def yaml11_float(value: float) -> str:
+    """``value`` as YAML 1.1 (PyYAML) reads back as this float: a dot in the mantissa and a
+    signed exponent (``1.0e+20``, ``2.5e-07``), else Python's shortest form (``1250.0``)."""
+    text = repr(value)
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{mantissa}e{exponent}"
 
 
 def errors_under(prefix: str, errors: list[str]) -> list[str]:

@@ -104,37 +104,45 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
 
 
-def unknown_keys(raw: Any, model: type[BaseModel], path: str = "", *,
+def unknown_keys(raw: Any, model: type[BaseModel], path: str = "", *, ray_version: str = "",
                  skip: frozenset[str] = frozenset({"args"})) -> list[str]:
-    """One error per key of ``raw`` that ``model`` (Ray's ``ServeDeploySchema``) and the models
+    """One line per key of ``raw`` that ``model`` (Ray's ``ServeDeploySchema``) and the models
     nested in it do not have, by field path, with the nearest key it has.
 
-    Ray Serve's schema ignores such keys, so the setting written has no effect. Not looked
-    into: ``skip``'s fields (an application's ``args:``, which serve-ab checks itself) and
-    plain mappings (``runtime_env``, ``user_config``).
+    Ray Serve's schema ignores such keys (on purpose: an older Serve reads a newer Serve's
+    file), so the setting written has no effect here: a warning, naming ``ray_version``, not
+    an error. Not looked into: models that refuse unknown keys themselves (Ray's own error
+    names them), ``skip``'s fields (an application's ``args:``, which serve-ab checks itself),
+    plain mappings (``runtime_env``, ``user_config``) and a field that may be one of several
+    models.
     """
-    if not isinstance(raw, dict):
-        return []  # the schema's own validation names a value of the wrong type
+    if not isinstance(raw, dict) or model.model_config.get("extra") in ("forbid", "allow"):
+        return []  # a value of the wrong type, or a model that refuses or keeps extras: Ray says
     fields = {}
     for name, field in model.model_fields.items():
         fields[name] = field
-        if field.alias:
-            fields[field.alias] = field
-    errors = []
+        for alias in (field.alias, field.validation_alias):
+            if isinstance(alias, str):
+                fields[alias] = field
+    ray = f"Ray Serve {ray_version}" if ray_version else "Ray Serve"
+    found = []
     for key, value in raw.items():
         where = f"{path}.{key}" if path else str(key)
         field = fields.get(key)
         if field is None:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.75)
-            guess = f"did you mean {close[0]}? " if close else ""
-            errors.append(f"{where}: Ray Serve has no such key and ignores it, so it would have no effect "
-                          f"({guess}{model.__name__} has {', '.join(sorted(model.model_fields))})")
+            known = f"did you mean {close[0]}?" if close else \
+                f"{model.__name__} has {', '.join(sorted(model.model_fields))}"
+            found.append(f"{where}: {ray} has no such key and ignores it, so it has no effect here ({known})")
         elif key not in skip:
-            for nested in _models_in(field.annotation)[:1]:
-                items = enumerate(value) if isinstance(value, list) else [(None, value)]
-                for index, item in items:
-                    errors += unknown_keys(item, nested, where if index is None else f"{where}.{index}", skip=skip)
-    return errors
+            models = _models_in(field.annotation)
+            if len(models) != 1:
+                continue
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for index, item in items:
+                found += unknown_keys(item, models[0], where if index is None else f"{where}.{index}",
+                                      ray_version=ray_version, skip=skip)
+    return found
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

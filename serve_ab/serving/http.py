@@ -221,9 +221,9 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
     # Read whatever came, with or without content-length (a chunked body is a body too), and
     # 422 for one that parses but does not fit, as FastAPI answers (e.g. {"full": "false"}).
     # A key sent twice is a 400: the last from_step winning got a promote past its guard.
-    # Only an empty body is "no body": a JSON null is refused as [] is.
+    # An empty body (or JSON whitespace alone) is "no body"; a JSON null is refused as [] is.
     body_bytes = await read_body(request, s.core.cfg.http.max_body_bytes)
-    body = ActionRequest() if not body_bytes.strip() else \
+    body = ActionRequest() if not body_bytes.strip(b" \t\r\n") else \
         parse_body(ActionRequest, decode_json_unique_keys(body_bytes), error=Unprocessable)
     return _json(await s.core.controller.act(act, body, actor))
 

@@ -17,3 +17,30 @@ def test_non_finite_floats_become_valid_json_that_float_reads_back():
     assert float(back["gates"][0]["value"]) == math.inf and float(back["gates"][1]["value"]) == -math.inf
     assert back["gates"][1]["candidate_value"] is None
     assert back["gates"][0]["threshold"] == 1.5 and back["weights"] == [50.0, 50.0]
+
+
+def test_starlettes_own_errors_take_the_apis_shape_and_others_stay_as_fastapi_answers_them():
+    from fastapi import FastAPI, HTTPException
+    from fastapi.testclient import TestClient
+
+    from serve_ab.api.http_util import install_error_handlers
+
+    api = FastAPI()
+    install_error_handlers(api)
+
+    @api.get("/teapot")
+    async def teapot():
+        raise HTTPException(418, detail={"why": "teapot"})  # not text: FastAPI's own answer
+
+    @api.get("/unchanged")
+    async def unchanged():
+        raise HTTPException(304)  # no body allowed
+
+    client = TestClient(api)
+    assert client.get("/nope").json() == {"error": "Not Found: GET /nope"}
+    response = client.post("/teapot")
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed: POST /teapot"}
+    assert response.headers["allow"] == "GET"
+    assert client.get("/teapot").json() == {"detail": {"why": "teapot"}}
+    response = client.get("/unchanged")
+    assert response.status_code == 304 and response.content == b""

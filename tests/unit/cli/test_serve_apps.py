@@ -305,6 +305,19 @@ def test_an_invalid_url_from_the_dashboards_answer_is_an_error_not_a_traceback(d
     assert (code, out) == (2, "") and "error: 'http://256.0.0.1:8000/ab' is not a valid URL" in err
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("http://ops:p@ss@host:8000/x", "http://ops:***@host:8000/x"),   # an @ in the password
+    ("'http://ops:pa\"ss@host' is not", "'http://ops:***@host' is not"),
+    ("http://ops@host", "http://ops@host"),                           # a user, no password
+    ("https://sso.example.com:8443?next=alice@corp.com", "https://sso.example.com:8443?next=alice@corp.com"),
+    ("see http://a:b@x/y and http://c:d@z/", "see http://a:***@x/y and http://c:***@z/"),
+])
+def test_hide_url_passwords(text, shown):
+    from serve_ab.cli.options import hide_url_passwords
+
+    assert hide_url_passwords(text) == shown
+
+
 def test_a_password_in_the_url_is_never_printed(capsys):
     url = f"http://ops:hunter2@127.0.0.1:{closed_port()}"
     code, out, err = _run(["status", "--url", url], capsys)

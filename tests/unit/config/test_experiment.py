@@ -322,12 +322,23 @@ def test_a_secret_pasted_where_its_variable_name_goes_is_refused_and_never_echoe
 def test_a_number_yaml_reads_as_text_says_how_to_write_it():
     import yaml
 
-    doc = yaml.safe_load("weights: {v1: 1e2, v2: 0}\ncontroller: {tick_s: 5e-1}")  # PyYAML: '1e2', '5e-1'
+    doc = yaml.safe_load("weights: {v1: 1e2, v2: 0}\ncontroller: {tick_s: 25e-8}\n"
+                         "router: {num_replicas: 1e1}")  # PyYAML: '1e2', '25e-8', '1e1' (2.5e-7 is a float)
     errors = errors_of(with_changes(**doc))
-    assert ("weights.v1: Input should be a valid number (got '1e2'); YAML reads '1e2' as text: write 100 or "
-            "1.0e+02") in errors
-    assert "controller.tick_s: Input should be a valid number (got '5e-1'); YAML reads '5e-1' as text: write 0.5" \
-        in " ".join(errors)
+    assert "weights.v1: Input should be a valid number (got '1e2'); YAML reads '1e2' as text: write 100.0" in errors
+    assert ("controller.tick_s: Input should be a valid number (got '25e-8'); YAML reads '25e-8' as text: "
+            "write 2.5e-07") in errors
+    assert ("router.num_replicas: Input should be a valid integer (got '1e1'); YAML reads '1e1' as text: "
+            "write 10") in errors
+
+
+@pytest.mark.parametrize("value", [1250.0, 1e6, 1e20, 2.5e-7, 0.5, 1e300, -3e-12])
+def test_the_spelling_suggested_for_a_float_reads_back_as_it_in_yaml(value):
+    import yaml
+
+    from serve_ab.config.experiment import yaml11_float
+
+    assert yaml.safe_load(yaml11_float(value)) == value
 
 
 def test_a_url_refused_for_its_query_is_quoted_without_its_values_or_password():

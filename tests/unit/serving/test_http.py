@@ -472,6 +472,11 @@ def test_a_huge_binary_header_length_is_a_400(app):
                            headers={"inference-header-content-length": "9" * 5000})
     assert response.status_code == 400 and "a number of 5000 digits, but the whole body is only 2 bytes" in \
         response.json()["error"]
+    # Zeros in front are no digits of the number: 5,000 of them and a 2 is 2.
+    raw = json.dumps(v2_body([ROW])).encode()
+    padded = "0" * 5000 + str(len(raw))
+    response = client.post("/v2/models/digits/infer", content=raw, headers={"inference-header-content-length": padded})
+    assert response.status_code == 200, response.text
 
 
 def test_a_weight_past_a_doubles_range_reaches_the_controller_as_inf(app):
@@ -516,13 +521,16 @@ def test_content_encoding_over_two_header_lines_is_read_as_one_list(app):
 
 def test_feedback_is_taken_for_any_request_id_the_router_signed(client_for):
     client = client_for()
-    long_id = "trace-" + "x" * 300  # a client's x-request-id, which Ray Serve keeps as the request's id
+    long_id = "trace-" + "x" * 1000  # a client's x-request-id, which Ray Serve keeps as the request's id
     routes.served().core.request_id = lambda: long_id
     body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
     assert body["request_id"] == long_id
     response = client.post("/feedback", json={"request_id": long_id, "feedback_token": body["feedback_token"],
                                               "name": "correct", "converted": True})
     assert response.status_code == 202, response.text
+    response = client.post("/feedback", json={"request_id": "x" * 1025, "name": "correct", "converted": True,
+                                              "feedback_token": body["feedback_token"]})
+    assert response.status_code == 400 and "at most 1024 characters" in response.json()["error"]
 
 
 @pytest.mark.parametrize("path, headers", [("/feedback", {}), ("/rollout/pause", AUTH)])
