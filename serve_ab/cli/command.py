@@ -159,6 +159,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
         return _validate_experiment(raw, "", check_files, warnings, load_models)[0]
 
     from pydantic import ValidationError
+    import ray
     from ray.serve.schema import ServeDeploySchema  # Ray's own check of its own format
 
     errors: list[str] = []
@@ -169,8 +170,6 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
     except ImportError as err:  # Ray's schema imports the classes a file names (request_router_class, ...)
         errors.append(f"Ray Serve's schema could not import a class this file names ({err}); is its module "
                       "on the import path? (--app-dir, as serve run's)")
-    import ray
-
     warnings += unknown_keys(raw, ServeDeploySchema, ray_version=ray.__version__)
     apps = raw.get("applications") or []
     found = False

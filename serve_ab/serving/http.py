@@ -320,8 +320,7 @@ class V2Endpoints:
         # Which outputs go as binary data: its flags are checked before the model runs, so a
         # request refused for them (binary_data_output: "yes") is served and counted nowhere.
         several = isinstance(output_spec, OutputSpecs)
-        binary_names = {spec.name for spec in (output_spec if several else (output_spec,))
-                        if wants_binary_output(parsed, spec.name)}
+        binary_names = {spec.name for spec in specs_of(output_spec) if wants_binary_output(parsed, spec.name)}
         served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
