@@ -378,13 +378,20 @@ def test_history_shows_who_acted_from_where_and_the_revision():
 # --- tokens that cannot be sent, and hiding them -------------------------------------------
 
 
-@pytest.mark.parametrize("token, kind", [
-    ("s3cr3t\r", "a control character"), ("s3cr3t\n", "a control character"), ("s3cr3t\tx", "a control character"),
-    ("s3cr3t-tök", "a non-ASCII character"),
+@pytest.mark.parametrize("token, says", [
+    ("s3cr3t\r", "holds a character that cannot go in an HTTP header (a control character"),
+    ("s3cr3t\n", "holds a character that cannot go in an HTTP header (a control character"),
+    ("s3cr3t\tx", "holds a character that cannot go in an HTTP header (a control character"),
+    ("s3cr3t-tök", "holds a character that cannot go in an HTTP header (a non-ASCII character"),
+    # h11 refuses to write these; httpx called that a transport error, which read as "cannot
+    # reach the app" (exit 4) although the app was never asked.
+    ("s3cr3t ", "starts or ends with a space; tokens have none"),
+    (" s3cr3t", "starts or ends with a space; tokens have none"),
+    ("  ", "is only spaces; tokens have none"),
 ])
 @pytest.mark.parametrize("source", ["--token", "SERVE_AB_CONTROL_TOKEN"])
 def test_a_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_it(api, capsys, monkeypatch,
-                                                                                  token, kind, source):
+                                                                                  token, says, source):
     argv = ["promote"]
     if source == "--token":
         argv += ["--token", token]
@@ -395,28 +402,9 @@ def test_a_token_that_cannot_go_in_a_header_is_a_usage_error_that_never_prints_i
     err = capsys.readouterr().err
     named = "argument --token" if source == "--token" else "$SERVE_AB_CONTROL_TOKEN"
     assert exit_info.value.code == 2 and api.requests == []
-    assert f"{named} holds a character that cannot go in an HTTP header ({kind}" in err
-    assert "tokens are printable ASCII" in err and "s3cr3t" not in err
-
-
-@pytest.mark.parametrize("token, where", [("s3cr3t ", "starts or ends with a space"),
-                                          (" s3cr3t", "starts or ends with a space"), ("  ", "is only spaces")])
-@pytest.mark.parametrize("source", ["--token", "SERVE_AB_CONTROL_TOKEN"])
-def test_a_token_with_a_space_at_an_end_is_a_usage_error_not_an_unreachable_app(api, capsys, monkeypatch,
-                                                                                 token, where, source):
-    # h11 refuses to write such a header; httpx calls that a transport error, which read as
-    # "cannot reach the app" (exit 4) although the app was never asked.
-    argv = ["promote"]
-    if source == "--token":
-        argv += ["--token", token]
-    else:
-        monkeypatch.setenv(source, token)
-    with pytest.raises(SystemExit) as exit_info:
-        _main(argv)
-    err = capsys.readouterr().err
-    named = "argument --token" if source == "--token" else "$SERVE_AB_CONTROL_TOKEN"
-    assert exit_info.value.code == 2 and api.requests == []
-    assert f"{named} {where}; tokens have none" in err and "s3cr3t" not in err
+    assert f"{named} {says}" in err and "s3cr3t" not in err
+    if "HTTP header" in says:
+        assert "tokens are printable ASCII" in err
 
 
 @pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
