@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,17 @@ def version(name: str, backend: str = "onnx") -> dict[str, Any]:
     return {"name": name, "path": str(MODELS / name / MODEL_FILES[backend]), "backend": backend}
 
 
+def _state_dir() -> str:
+    """One temporary directory per process for the benchmark apps' state stores."""
+    global _STATE_DIR
+    if _STATE_DIR is None:
+        _STATE_DIR = tempfile.mkdtemp(prefix="serve-ab-bench-")
+    return _STATE_DIR
+
+
+_STATE_DIR: str | None = None
+
+
 def digits_experiment(versions: list[dict[str, Any]], weights: dict[str, float], salt: str,
                       router: dict[str, Any], placement: str | None = "colocated",
                       version_options: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
@@ -138,7 +150,9 @@ def digits_experiment(versions: list[dict[str, Any]], weights: dict[str, float],
 
     ``version_options`` become each version's ``deployment`` (isolated placement);
     ``placement=None`` leaves serve-ab's default; ``more`` adds top-level keys
-    (``rollout``, ``controller``, ``shadow``).
+    (``rollout``, ``controller``, ``shadow``). Without a ``controller``, each experiment
+    gets a state store of its own: two running apps serving one model from one store are
+    refused (``serve_ab/store/claim.py``), and a benchmark runs several side by side.
     """
     if version_options is not None:
         versions = [dict(v, deployment=version_options) for v in versions]
@@ -151,6 +165,8 @@ def digits_experiment(versions: list[dict[str, Any]], weights: dict[str, float],
     if placement is not None:
         experiment["placement"] = placement
     experiment["router"] = router
+    experiment["controller"] = {"state_path": str(Path(tempfile.mkdtemp(prefix="state-", dir=_state_dir()))
+                                                  / "state.sqlite")}
     experiment.update(more)
     return experiment
 

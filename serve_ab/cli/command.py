@@ -22,7 +22,7 @@ from serve_ab.config.experiment import (
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
 from serve_ab.config.serve_file import AppKind, check_app, load_yaml, unknown_keys
 from serve_ab.routing import NUM_BUCKETS
-from serve_ab.store.url import redact_url
+from serve_ab.store.state import describe_store
 
 BUILDER_PREFIX = "serve_ab"
 
@@ -243,8 +243,7 @@ def shared_state_errors(experiments: list[tuple[str, ExperimentConfig]]) -> list
     errors, seen = [], {}
     for prefix, cfg in experiments:
         c = cfg.controller
-        store = (f"controller.store_url {redact_url(c.store_url)!r} (store_key_prefix {c.store_key_prefix!r})"
-                 if c.store_url is not None else f"controller.state_path {c.state_path!r}")
+        store = describe_store(c)
         where = (cfg.model, c.store_url, c.store_key_prefix if c.store_url is not None
                  else os.path.abspath(c.state_path))
         if where in seen:

@@ -47,11 +47,13 @@ from serve_ab.rollout.webhook import WebhookPoller, confirm_key
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
-from serve_ab.store.keys import feedback_key, rollout_key
+from serve_ab.store.claim import HEARTBEAT_S, hold_claim, renew_claim
+from serve_ab.store.keys import claim_key, feedback_key, rollout_key
 from serve_ab.store.runs import open_recorder
-from serve_ab.store.state import open_store
+from serve_ab.store.state import describe_store, open_store
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
+from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Mirror, Refused, RoutingSnapshot
 from serve_ab.serving.reports import RouterReports
 
@@ -494,7 +496,12 @@ class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
         store = open_store(cfg.controller)
-        self.core = ControllerCore(cfg, store, app=serve.get_replica_context().app_name)
+        # Before anything of the model's is read or written: no other running app may hold it.
+        self._claimant = this_app()
+        await hold_claim(store, claim_key(cfg), self._claimant, model=cfg.model,
+                         store_name=describe_store(cfg.controller), clock=time.time, sleep=asyncio.sleep,
+                         app_running=lambda name: asyncio.to_thread(app_running, name))
+        self.core = ControllerCore(cfg, store, app=self._claimant.app)
         self._feedback_key = feedback_key(cfg, store)
         self._changed = asyncio.Event()
         self._report: Report | None = None
@@ -507,7 +514,8 @@ class ExperimentController:
         self._webhooks = WebhookPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(asyncio.to_thread(_load_statistics)),
-                       loop.create_task(self._run()), loop.create_task(self._analyse())]
+                       loop.create_task(self._run()), loop.create_task(self._analyse()),
+                       loop.create_task(self._keep_claim())]
 
     async def _run(self) -> None:
         validation: asyncio.Task | None = None  # runs once per controller
@@ -568,6 +576,21 @@ class ExperimentController:
             except Exception:  # the report must never take the controller down
                 logger.exception("serve-ab controller: report refresh failed")
 
+    async def _keep_claim(self) -> None:
+        """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs."""
+        cfg = self.core.cfg
+        key, store_name = claim_key(cfg), describe_store(cfg.controller)
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                taken = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
+                                                model=cfg.model, store_name=store_name)
+            except Exception as err:  # the store is away: the next write renews it
+                logger.warning("serve-ab controller: the claim on %s could not be written: %s", key, err)
+                continue
+            if taken is not None:
+                logger.error("serve-ab controller: %s", taken)
+
     def _requests(self) -> int:
         return sum(v.requests for v in self.core.stats.versions.values())
 
@@ -585,11 +608,19 @@ class ExperimentController:
         core = getattr(self, "core", None)
         if core is not None and core.notifier is not None:  # the last events (an abort) go out first
             await asyncio.to_thread(core.notifier.close, 2.0)
+        if core is None:  # refused or failed in __init__: nothing of the model's was written
+            return
         try:
             report = await self._refresh_report()
             await asyncio.to_thread(self._save_record, report, time.time(), True)
         except Exception:
             logger.exception("serve-ab controller: the final run record could not be written")
+        try:  # last: the next app may start as soon as the record is written
+            await asyncio.to_thread(core.store.release, claim_key(core.cfg), self._claimant.owner,
+                                    self._claimant.replica)
+        except Exception:
+            logger.warning("serve-ab controller: the claim on %s could not be released; it lapses "
+                           "by itself", claim_key(core.cfg), exc_info=True)
 
     async def _refresh_report(self) -> Report:
         async with self._report_lock:

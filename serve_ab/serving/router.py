@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -41,12 +42,13 @@ from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Refused, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
-from serve_ab.serving.core.startup import prepare, settle_feedback_key, start
+from serve_ab.serving.core.startup import check_claim, prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
 from serve_ab.serving.core.watchdog import Call, WatchdogSettings, WatchedVersion
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.api.grpc.servicer import Undecodable
 from serve_ab.serving.grpc_v2 import GrpcInference
+from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.http import Served, app, describe_experiment, use_core
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
@@ -153,6 +155,9 @@ class Router:
         controller: DeploymentHandle,
     ):
         cfg: ExperimentConfig = parse_experiment(experiment)
+        # Before loading models: an app that another running app's state would be mixed with
+        # does not serve at all (serve_ab.store.claim).
+        check_claim(cfg, lambda: open_store(cfg.controller), this_app(), time.time(), app_running)
         versions: Mapping[str, Version]
         if pools:
             settings = WatchdogSettings(call_timeout_s=cfg.isolation.call_timeout_s)

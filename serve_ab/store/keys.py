@@ -13,7 +13,12 @@ from typing import Any
 
 from serve_ab.store.state import StateStore
 
-__all__ = ["feedback_key", "rollout_key"]
+__all__ = ["claim_key", "feedback_key", "rollout_key"]
+
+
+def claim_key(cfg: Any) -> str:
+    """The running app's claim on every key of its model (:mod:`serve_ab.store.claim`)."""
+    return f"app:{cfg.model}"
 
 
 def rollout_key(cfg: Any) -> str:

@@ -59,6 +59,8 @@ class RedisStateStore:
         self.client = client
         self.prefix = prefix
         self._name = name  # the URL with its password redacted, for messages
+        self._claim_script = client.register_script(_CLAIM)
+        self._release_script = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None, prefix: str = DEFAULT_KEY_PREFIX,
@@ -93,8 +95,43 @@ class RedisStateStore:
         _, kept = pipe.execute()
         return json.loads(kept)
 
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+        text = json.dumps(holder)
+        kept = self._claim_script(keys=[self._key(key)],
+                                  args=[text, holder["owner"], repr(float(holder["heartbeat_s"])), repr(float(ttl_s))])
+        return json.loads(kept)
+
+    def release(self, key: str, owner: str, replica: str) -> None:
+        self._release_script(keys=[self._key(key)], args=[owner, replica])
+
     def close(self) -> None:
         self.client.close()
+
+
+# state.may_claim's rule, run in Redis so that nothing comes between the read and the write.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local ok, row = pcall(cjson.decode, held)
+  if ok and type(row) == 'table' and row['owner'] ~= ARGV[2] then
+    local beat = row['heartbeat_s']
+    if type(beat) == 'number' and beat >= tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+      return held
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+_RELEASE = """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+local ok, row = pcall(cjson.decode, held)
+if ok and type(row) == 'table' and row['owner'] == ARGV[1] and row['replica'] == ARGV[2] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 # One hash per record; started_at_s keeps the earliest start, saves counts the saves, and a

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from serve_ab.store.url import parse_store_url
+from serve_ab.store.url import parse_store_url, redact_url
 
 
 class StateStore(Protocol):
@@ -33,6 +33,16 @@ class StateStore(Protocol):
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         """Save ``state`` under ``key`` unless a row is there already; returns the row kept.
         Atomic: of two replicas creating the same key at once, both get the same row."""
+        ...
+
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+        """Save ``holder`` under ``key`` unless another owner holds the key and wrote it
+        within ``ttl_s`` of ``holder["heartbeat_s"]``; returns the row kept (``holder``
+        when taken). Atomic, as ``create`` is (:mod:`serve_ab.store.claim`)."""
+        ...
+
+    def release(self, key: str, owner: str, replica: str) -> None:
+        """Delete ``key`` if this owner's replica holds it; anyone else's claim stays."""
         ...
 
 
@@ -52,6 +62,26 @@ def open_store(controller_cfg: Any, environ: Mapping[str, str] | None = None) ->
 
     return RedisStateStore.from_url(url, password=store_password(controller_cfg, environ),
                                     prefix=controller_cfg.store_key_prefix)
+
+
+def describe_store(controller_cfg: Any) -> str:
+    """The store a controller config names, as errors quote it (no password)."""
+    url = getattr(controller_cfg, "store_url", None)
+    if url is not None:
+        return f"controller.store_url {redact_url(url)!r} (store_key_prefix {controller_cfg.store_key_prefix!r})"
+    return f"controller.state_path {str(controller_cfg.state_path)!r}"
+
+
+def may_claim(held: dict[str, Any] | None, holder: dict[str, Any], ttl_s: float) -> bool:
+    """Whether ``holder`` may take a key whose row is ``held``: nobody holds it, it is
+    already the owner's, or the holder has not written for ``ttl_s`` (its controller is
+    gone). A row of another shape is nobody's. (The same rule in Redis: redis_store.py.)"""
+    if not isinstance(held, dict) or held.get("owner") == holder["owner"]:
+        return True
+    beat = held.get("heartbeat_s")
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)):
+        return True
+    return beat < holder["heartbeat_s"] - ttl_s
 
 
 def store_password(controller_cfg: Any, environ: Mapping[str, str] | None = None) -> str | None:
@@ -122,6 +152,38 @@ class SqliteStateStore:
             row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0])
 
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+        text = json.dumps(holder)
+        with self._connect() as db:
+            # IMMEDIATE: the write lock before the read, so two claims cannot both read
+            # "free" and both write.
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
+            held = _json_or_none(row[0]) if row else None
+            if not may_claim(held, holder, ttl_s):
+                return held
+            db.execute(
+                "INSERT INTO rollout_state (key, state, updated_at_s) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET state = excluded.state, updated_at_s = excluded.updated_at_s",
+                (key, text, time.time()),
+            )
+        return holder
+
+    def release(self, key: str, owner: str, replica: str) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
+            held = _json_or_none(row[0]) if row else None
+            if isinstance(held, dict) and held.get("owner") == owner and held.get("replica") == replica:
+                db.execute("DELETE FROM rollout_state WHERE key = ?", (key,))
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # written by hand or by another tool: nobody's claim
+        return None
+
 
 class MemoryStateStore:
     """For tests: the same contract, nothing on disk."""
@@ -141,3 +203,15 @@ class MemoryStateStore:
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         self.rows.setdefault(key, json.dumps(state))
         return json.loads(self.rows[key])
+
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+        held = _json_or_none(self.rows[key]) if key in self.rows else None
+        if not may_claim(held, holder, ttl_s):
+            return held
+        self.rows[key] = json.dumps(holder)
+        return holder
+
+    def release(self, key: str, owner: str, replica: str) -> None:
+        held = _json_or_none(self.rows[key]) if key in self.rows else None
+        if isinstance(held, dict) and held.get("owner") == owner and held.get("replica") == replica:
+            del self.rows[key]

@@ -23,8 +23,9 @@ from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.rollout.machine import Rollout
 from serve_ab.serving.core.messages import ControllerApi, Mirror, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
-from serve_ab.store.keys import feedback_key, rollout_key
-from serve_ab.store.state import StateStore
+from serve_ab.store.claim import Claimant, StoreTaken, refuse_if_taken
+from serve_ab.store.keys import claim_key, feedback_key, rollout_key
+from serve_ab.store.state import StateStore, describe_store
 
 logger = logging.getLogger("ray.serve")
 
@@ -90,6 +91,24 @@ def _key(cfg: ExperimentConfig, store: StateStore | None) -> bytes | None:
         logger.warning("serve-ab router: the feedback key cannot be read from the state store",
                        exc_info=True)
         return None
+
+
+def check_claim(cfg: ExperimentConfig, open_store: Callable[[], StateStore], me: Claimant, now_s: float,
+                app_running: Callable[[str], bool]) -> None:
+    """Refuse to start (:class:`~serve_ab.store.claim.StoreTaken`) while another app running
+    on this cluster holds the model's state in this store; a store that cannot be read is
+    left to the controller, as everything else here."""
+    store = _open(open_store)
+    if store is None:
+        return
+    try:
+        refuse_if_taken(store, claim_key(cfg), me, now_s, model=cfg.model,
+                        store_name=describe_store(cfg.controller), app_running=app_running)
+    except StoreTaken:
+        raise
+    except Exception:
+        logger.warning("serve-ab router: the app's claim on the state store cannot be read; starting",
+                       exc_info=True)
 
 
 def prepare(cfg: ExperimentConfig, open_store: Callable[[], StateStore],

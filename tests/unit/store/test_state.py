@@ -92,3 +92,84 @@ def test_the_state_file_is_readable_by_its_owner_only(tmp_path):
         os.umask(old_umask)
     assert (fresh.stat().st_mode & 0o777, existing.stat().st_mode & 0o777) == (0o600, 0o600)
     assert SqliteStateStore(fresh).load("k") == {"a": 1}
+
+
+# -- claims: one running app per model and store (serve_ab.store.claim) ---------------------------
+
+
+def _row(owner: str, beat_s: float, replica: str = "r1") -> dict:
+    return {"owner": owner, "app": owner.split("/")[-1], "cluster": "c", "replica": replica, "heartbeat_s": beat_s}
+
+
+def test_a_claim_is_taken_when_free_renewed_by_its_owner_and_refused_to_others_while_live(reopen):
+    store = reopen()
+    a = _row("c/a", 100.0)
+    assert store.claim("app:m", a, 30.0) == a
+    assert reopen().claim("app:m", _row("c/b", 110.0), 30.0) == a  # a wrote 10 s ago: kept
+    assert store.load("app:m") == a
+    renewed = _row("c/a", 125.0, replica="r2")  # the owner again, another replica: renewed
+    assert store.claim("app:m", renewed, 30.0) == renewed
+    assert store.claim("app:m", _row("c/b", 155.0), 30.0) == renewed  # 30 s: not yet lapsed
+
+
+def test_a_claim_not_written_for_the_ttl_lapses_to_the_next_claimant(reopen):
+    store = reopen()
+    store.claim("app:m", _row("c/a", 100.0), 30.0)
+    b = _row("c/b", 130.5)
+    assert store.claim("app:m", b, 30.0) == b
+    assert reopen().load("app:m") == b
+
+
+@pytest.mark.parametrize("row", [{"owner": "c/a"}, {"owner": "c/a", "heartbeat_s": "soon"},
+                                 {"owner": "c/a", "heartbeat_s": True}, {"key_hex": "aa"}])
+def test_a_row_of_another_shape_is_nobodys_claim(reopen, row):
+    store = reopen()
+    store.save("app:m", row)  # written by hand, or by another tool
+    b = _row("c/b", 100.0)
+    assert store.claim("app:m", b, 30.0) == b
+
+
+def test_release_deletes_only_the_claim_of_that_owner_and_replica(reopen):
+    store = reopen()
+    a = _row("c/a", 100.0, replica="r1")
+    store.claim("app:m", a, 30.0)
+    store.release("app:m", "c/b", "r1")  # another app
+    store.release("app:m", "c/a", "r0")  # the owner's older replica, stopping after r1 took over
+    store.release("app:other", "c/a", "r1")  # nothing there: not an error
+    assert store.load("app:m") == a
+    store.release("app:m", "c/a", "r1")
+    assert reopen().load("app:m") is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])  # the stores two processes share
+def test_concurrent_claims_leave_one_owner(kind, request, tmp_path):
+    """Eight claimants at once, in threads over their own connections: each is told the
+    same owner, the one that is stored."""
+    import threading
+
+    if kind == "sqlite":
+        reopen = lambda: SqliteStateStore(tmp_path / "state.sqlite")  # noqa: E731
+    else:
+        from serve_ab.store.redis_store import RedisStateStore
+
+        url = request.getfixturevalue("redis_url")
+        reopen = lambda: RedisStateStore.from_url(url)  # noqa: E731
+
+    barrier = threading.Barrier(8)
+    told: list[str] = []
+
+    def claim(i: int) -> None:
+        store = reopen()
+        barrier.wait()
+        for round_ in range(20):
+            told.append((round_, store.claim(f"app:{round_}", _row(f"c/app{i}", 100.0), 30.0)["owner"]))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = reopen()
+    for round_ in range(20):
+        owners = {owner for r, owner in told if r == round_}
+        assert owners == {store.load(f"app:{round_}")["owner"]}, owners

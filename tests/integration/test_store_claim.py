@@ -1,0 +1,65 @@
+"""Two apps serving one model from one state store, on a real Ray Serve: the second is
+refused, naming the first; the first serves on with its state untouched; once the first is
+deleted (its controller releases the claim), the second deploys without waiting."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from ray import serve
+
+from serve_ab import build_app
+from serve_ab.store.state import SqliteStateStore
+from tests.integration.conftest import DIGIT_ROW, experiment
+
+CLAIM_KEY = "app:digits"
+
+
+def test_a_second_app_on_the_same_model_and_store_is_refused_and_harms_nothing(serve_instance, http, model_repo,
+                                                                                tmp_path):
+    state_path = tmp_path / "state.sqlite"
+    cfg = experiment(model_repo, controller={"state_path": str(state_path)})
+    suffix = uuid.uuid4().hex[:6]
+    first, second = f"claim-first-{suffix}", f"claim-second-{suffix}"
+    store = SqliteStateStore(state_path)
+    try:
+        serve.run(build_app(cfg), name=first, route_prefix=f"/{first}")
+        body = {"inputs": [DIGIT_ROW], "user_id": "u-1"}
+        assert http.post(serve_instance.url(f"/{first}/predict"), json=body).status_code == 200
+        claim = store.load(CLAIM_KEY)
+        assert claim is not None and claim["app"] == first
+        run_before = store.load("run:digits")
+
+        started = time.monotonic()
+        with pytest.raises(RuntimeError) as refused:
+            serve.run(build_app(cfg), name=second, route_prefix=f"/{second}")
+        refused_after_s = time.monotonic() - started
+        assert "failed" in str(refused.value)
+        # What `serve status` shows: each of its deployments names the app and the store.
+        deployments = serve.status().applications[second].deployments
+        expected = f"is already served from controller.state_path {str(state_path)!r} by app {first!r} on this cluster"
+        for name in ("Controller", "Router"):
+            assert expected in deployments[name].message, (name, deployments[name].message)
+        print(f"second app refused after {refused_after_s:.1f}s")
+
+        # The first app is untouched: it serves, and its claim and run are the ones it wrote.
+        assert http.post(serve_instance.url(f"/{first}/predict"), json=body).status_code == 200
+        assert store.load(CLAIM_KEY)["app"] == first
+        assert store.load("run:digits")["run_id"] == run_before["run_id"]
+        status = http.get(serve_instance.url(f"/{first}/experiment"))
+        assert status.status_code == 200, status.text
+    finally:
+        serve.delete(second)
+        serve.delete(first)
+
+    # Deleted, the first app's controller released its claim: the second starts at once.
+    assert store.load(CLAIM_KEY) is None
+    try:
+        serve.run(build_app(cfg), name=second, route_prefix=f"/{second}")
+        assert store.load(CLAIM_KEY)["app"] == second
+        assert http.post(serve_instance.url(f"/{second}/predict"),
+                         json={"inputs": [DIGIT_ROW], "user_id": "u-2"}).status_code == 200
+    finally:
+        serve.delete(second)
