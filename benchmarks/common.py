@@ -165,8 +165,9 @@ def digits_experiment(versions: list[dict[str, Any]], weights: dict[str, float],
     if placement is not None:
         experiment["placement"] = placement
     experiment["router"] = router
-    experiment["controller"] = {"state_path": str(Path(tempfile.mkdtemp(prefix="state-", dir=_state_dir()))
-                                                  / "state.sqlite")}
+    if "controller" not in more:
+        experiment["controller"] = {"state_path": str(Path(tempfile.mkdtemp(prefix="state-", dir=_state_dir()))
+                                                      / "state.sqlite")}
     experiment.update(more)
     return experiment
 

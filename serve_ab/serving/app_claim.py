@@ -9,11 +9,19 @@ from ray import serve
 from serve_ab.store.claim import Claimant
 
 
+def cluster_id() -> str:
+    """This Ray cluster's id: the same in every process of the cluster, whatever address a
+    node joined by (a head's service name and its IP are two GCS address strings)."""
+    try:
+        return ray._private.worker.global_worker.current_cluster_and_job[0].hex()
+    except Exception:  # Ray's private attribute moved: the address tells clusters apart too
+        return str(ray.get_runtime_context().gcs_address)
+
+
 def this_app() -> Claimant:
-    """This replica's app, on this cluster (named by its GCS address)."""
+    """This replica's app, on this cluster."""
     context = serve.get_replica_context()
-    return Claimant(app=context.app_name, cluster=str(ray.get_runtime_context().gcs_address),
-                    replica=str(context.replica_tag))
+    return Claimant(app=context.app_name, cluster=cluster_id(), replica=str(context.replica_tag))
 
 
 def app_running(name: str) -> bool:

@@ -47,7 +47,7 @@ from serve_ab.rollout.webhook import WebhookPoller, confirm_key
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
-from serve_ab.store.claim import HEARTBEAT_S, hold_claim, renew_claim
+from serve_ab.store.claim import HEARTBEAT_S, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store
@@ -498,6 +498,7 @@ class ExperimentController:
         store = open_store(cfg.controller)
         # Before anything of the model's is read or written: no other running app may hold it.
         self._claimant = this_app()
+        self._claim_lost: str | None = None
         await hold_claim(store, claim_key(cfg), self._claimant, model=cfg.model,
                          store_name=describe_store(cfg.controller), clock=time.time, sleep=asyncio.sleep,
                          app_running=lambda name: asyncio.to_thread(app_running, name))
@@ -577,19 +578,30 @@ class ExperimentController:
                 logger.exception("serve-ab controller: report refresh failed")
 
     async def _keep_claim(self) -> None:
-        """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs."""
+        """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs;
+        stop when a newer replica of this app holds it, fail the health check when another app does."""
         cfg = self.core.cfg
         key, store_name = claim_key(cfg), describe_store(cfg.controller)
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
-                taken = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
-                                                model=cfg.model, store_name=store_name)
+                found, line = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
+                                                      model=cfg.model, store_name=store_name)
             except Exception as err:  # the store is away: the next write renews it
                 logger.warning("serve-ab controller: the claim on %s could not be written: %s", key, err)
                 continue
-            if taken is not None:
-                logger.error("serve-ab controller: %s", taken)
+            if found is Renewal.SUPERSEDED:
+                logger.info("serve-ab controller: %s", line)
+                return
+            if found is Renewal.TAKEN:
+                logger.error("serve-ab controller: %s", line)
+                self._claim_lost = line  # check_health fails: Serve restarts it, and the restart is refused
+                return
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: failing while another app holds this model's state."""
+        if self._claim_lost is not None:
+            raise RuntimeError(self._claim_lost)
 
     def _requests(self) -> int:
         return sum(v.requests for v in self.core.stats.versions.values())
@@ -606,21 +618,23 @@ class ExperimentController:
         for task in getattr(self, "_tasks", ()):
             task.cancel()
         core = getattr(self, "core", None)
-        if core is not None and core.notifier is not None:  # the last events (an abort) go out first
-            await asyncio.to_thread(core.notifier.close, 2.0)
         if core is None:  # refused or failed in __init__: nothing of the model's was written
             return
+        # First, so that a slow record or notifier cannot use up the shutdown time before it:
+        # the final record is this run's own and no other app writes it.
         try:
-            report = await self._refresh_report()
-            await asyncio.to_thread(self._save_record, report, time.time(), True)
-        except Exception:
-            logger.exception("serve-ab controller: the final run record could not be written")
-        try:  # last: the next app may start as soon as the record is written
             await asyncio.to_thread(core.store.release, claim_key(core.cfg), self._claimant.owner,
                                     self._claimant.replica)
         except Exception:
             logger.warning("serve-ab controller: the claim on %s could not be released; it lapses "
                            "by itself", claim_key(core.cfg), exc_info=True)
+        if core.notifier is not None:  # the last events (an abort) go out first
+            await asyncio.to_thread(core.notifier.close, 2.0)
+        try:
+            report = await self._refresh_report()
+            await asyncio.to_thread(self._save_record, report, time.time(), True)
+        except Exception:
+            logger.exception("serve-ab controller: the final run record could not be written")
 
     async def _refresh_report(self) -> Report:
         async with self._report_lock:

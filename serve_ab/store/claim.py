@@ -6,21 +6,23 @@ run record and feedback key. ``serve-ab validate`` refuses two such apps in one 
 module refuses them at run time, wherever they come from: two ``serve run`` files, an app
 deployed beside another, two clusters sharing one Redis.
 
-How: a controller claims ``app:<model>`` (:func:`~serve_ab.store.keys.claim_key`) before it
-reads or writes anything else, and writes the claim again every :data:`HEARTBEAT_S`. A claim
-not written for :data:`CLAIM_TTL_S` has lapsed: its controller crashed without releasing it.
+How: a controller claims ``app:<model>`` (:func:`~serve_ab.store.keys.claim_key`) for its app
+before it reads or writes anything else, and writes the claim again every :data:`HEARTBEAT_S`.
+A claim not written for :data:`CLAIM_TTL_S` has lapsed: its controller crashed.
 
-- A controller that finds the claim held by an app that Serve says is running on the same
-  cluster refuses to start, naming that app and the store: the app deploys as failed and
-  the running one is untouched.
-- Held by an app being deleted, or from another cluster (which Serve here cannot ask), it
-  waits for the claim to be released or to lapse, at most :data:`CLAIM_TTL_S` and a little:
-  a renamed app, or a cluster restarted beside its Redis, starts as soon as the old
-  controller is gone. Still held then, it refuses.
-- A router refuses at once only in the first case; it never waits (routers start without
-  their controller), and its controller settles the others.
+- The claim is the app's, by name: a restarted or redeployed controller of the same app takes
+  it at once, on any node, and so does the same app on another cluster (a RayService upgrade,
+  a cluster restarted beside its Redis); an older replica then stops writing the claim.
+  Two unrelated apps of the same name on two clusters sharing one Redis are not told apart.
+- Held by another app that Serve says is running on this cluster, and written lately: the
+  new app's controller and routers refuse to start, naming that app and the store, and the
+  running app is untouched.
+- Held by an app being deleted (a rename), by a controller that stopped writing, or by an app
+  on another cluster (which Serve here cannot ask about): the controller waits for the claim
+  to be released or to lapse, at most :data:`CLAIM_TTL_S` and a margin, then refuses.
 - A stopping controller releases the claim (only its own replica's), so the next app need
-  not wait.
+  not wait; a controller that finds its claim taken by another app (it stopped writing for
+  :data:`CLAIM_TTL_S`) fails its health check, and Serve's restart of it is refused.
 
 No Ray here: the clock, the sleep and "is this app running" are passed in.
 """
@@ -30,11 +32,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from serve_ab.store.state import StateStore
 
-__all__ = ["CLAIM_TTL_S", "HEARTBEAT_S", "Claimant", "Held", "StoreTaken", "hold_claim",
+__all__ = ["CLAIM_TTL_S", "HEARTBEAT_S", "Claimant", "Held", "Renewal", "StoreTaken", "hold_claim",
            "refuse_if_taken", "renew_claim"]
 
 logger = logging.getLogger("ray.serve")
@@ -43,6 +46,9 @@ HEARTBEAT_S = 5.0  # how often a running controller writes its claim again
 # Six missed writes: a controller's loop stalls for seconds at worst (an import, a slow
 # store), never for half a minute while its process lives.
 CLAIM_TTL_S = 30.0
+# A claim written this lately is being renewed: its app is refused at once. An older one may
+# be left by a controller that stopped without releasing it, and is waited out instead.
+FRESH_S = 2 * HEARTBEAT_S + 2.0
 POLL_S = 1.0  # how often a waiting controller looks again
 WAIT_MARGIN_S = 5.0  # waited past the TTL before refusing: clocks of two nodes differ a little
 
@@ -51,17 +57,25 @@ class StoreTaken(ValueError):
     """Another running app holds this model's state in this store."""
 
 
+class Renewal(Enum):
+    """What writing the claim again found."""
+
+    KEPT = "kept"
+    SUPERSEDED = "superseded"  # a newer replica of this app holds it: this one is stopping
+    TAKEN = "taken"  # another app holds it: this controller stopped writing past the TTL
+
+
 @dataclass(frozen=True)
 class Claimant:
-    """Who claims: an app on a cluster (its GCS address), from one controller replica."""
+    """Who claims: an app (the owner, by name) on a cluster, from one controller replica."""
 
     app: str
-    cluster: str
+    cluster: str  # the Ray cluster's id
     replica: str
 
     @property
     def owner(self) -> str:
-        return f"{self.cluster}/{self.app}"
+        return self.app
 
     def row(self, now_s: float) -> dict[str, Any]:
         return {"owner": self.owner, "app": self.app, "cluster": self.cluster, "replica": self.replica,
@@ -75,6 +89,7 @@ class Held:
     owner: str
     app: str
     cluster: str
+    replica: str
     heartbeat_s: float
 
     @classmethod
@@ -85,21 +100,26 @@ class Held:
         beat = row.get("heartbeat_s")
         if isinstance(beat, bool) or not isinstance(beat, (int, float)):
             return None
-        return cls(str(row.get("owner")), str(row.get("app")), str(row.get("cluster")), float(beat))
+        return cls(str(row.get("owner")), str(row.get("app")), str(row.get("cluster")), str(row.get("replica")),
+                   float(beat))
 
     def live(self, now_s: float) -> bool:
         return self.heartbeat_s >= now_s - CLAIM_TTL_S
 
+    def fresh(self, now_s: float) -> bool:
+        return self.heartbeat_s >= now_s - FRESH_S
+
 
 def taken_message(model: str, store: str, held: Held, now_s: float, *, same_cluster: bool) -> str:
-    where = "on this cluster" if same_cluster else f"on another Ray cluster (GCS {held.cluster})"
+    where = "on this cluster" if same_cluster else f"on another Ray cluster ({held.cluster})"
+    own_store = ("its own controller.store_key_prefix" if store.startswith("controller.store_url")
+                 else "its own controller.state_path")
     return (
         f"model: {model!r} is already served from {store} by app {held.app!r} {where}, whose "
         f"controller wrote its claim {max(0.0, now_s - held.heartbeat_s):.1f}s ago; two apps on one model "
         "and store would resume and overwrite each other's rollout, run record and feedback key. "
-        "Give this app another model name, or its own controller.state_path (or store_key_prefix), "
-        f"or stop app {held.app!r} first (a stopped app releases its claim; a crashed one's lapses "
-        f"{CLAIM_TTL_S:g}s after its last write)"
+        f"Give this app another model, or {own_store}, or stop app {held.app!r} first (a stopped app "
+        f"releases its claim; a crashed one's lapses {CLAIM_TTL_S:g}s after its last write)"
     )
 
 
@@ -109,42 +129,56 @@ async def hold_claim(store: StateStore, key: str, me: Claimant, *, model: str, s
     """Take the claim for a starting controller, waiting while it may still be freed;
     raises :class:`StoreTaken` when another running app holds it (see the module's note)."""
     deadline_s = clock() + CLAIM_TTL_S + WAIT_MARGIN_S
+    before = Held.read(store.load(key))
     waiting = False
     while True:
         now_s = clock()
         held = Held.read(store.claim(key, me.row(now_s), CLAIM_TTL_S))
         if held is None or held.owner == me.owner:
+            if before is not None and before.owner == me.owner and before.cluster != me.cluster \
+                    and before.live(now_s):
+                logger.warning("serve-ab controller: took over the claim on %s in %s from app %r on "
+                               "another Ray cluster (%s), last written %.1fs ago: the same app moved "
+                               "(a cluster upgrade or restart)", key, store_name, me.app, before.cluster,
+                               now_s - before.heartbeat_s)
             if waiting:
                 logger.info("serve-ab controller: the claim on %s in %s is free; starting", key, store_name)
             return
         same_cluster = held.cluster == me.cluster
-        if (same_cluster and await app_running(held.app)) or clock() >= deadline_s:
+        refuse_now = same_cluster and held.fresh(now_s) and await app_running(held.app)
+        if refuse_now or clock() >= deadline_s:
             raise StoreTaken(taken_message(model, store_name, held, clock(), same_cluster=same_cluster))
         if not waiting:
             logger.warning("serve-ab controller: app %r (cluster %s) holds %s in %s; waiting up to %.0fs "
                            "for it to be released or to lapse", held.app, held.cluster, key, store_name,
                            deadline_s - now_s)
             waiting = True
+        before = held
         await sleep(POLL_S)
 
 
 def renew_claim(store: StateStore, key: str, me: Claimant, now_s: float, *, model: str,
-                store_name: str) -> str | None:
-    """Write the claim again; the line to log when another app has taken it meanwhile (this
-    controller stalled past the TTL), else None."""
-    held = Held.read(store.claim(key, me.row(now_s), CLAIM_TTL_S))
-    if held is None or held.owner == me.owner:
-        return None
-    return ("another app took this model's state while this controller did not write its claim: "
-            + taken_message(model, store_name, held, now_s, same_cluster=held.cluster == me.cluster))
+                store_name: str) -> tuple[Renewal, str]:
+    """Write the claim again, unless a newer replica of this app or another app holds it;
+    what was found, and the line to log."""
+    held = Held.read(store.claim(key, me.row(now_s), CLAIM_TTL_S, same_replica=True))
+    if held is None or (held.owner == me.owner and held.replica == me.replica):
+        return Renewal.KEPT, ""
+    if held.owner == me.owner:
+        return Renewal.SUPERSEDED, (f"replica {held.replica} of this app (cluster {held.cluster}) now holds the "
+                                    f"claim on {key}; this replica stops writing it")
+    return Renewal.TAKEN, ("another app took this model's state while this controller did not write its claim "
+                           f"for {CLAIM_TTL_S:g}s: "
+                           + taken_message(model, store_name, held, now_s, same_cluster=held.cluster == me.cluster))
 
 
 def refuse_if_taken(store: StateStore, key: str, me: Claimant, now_s: float, *, model: str,
                     store_name: str, app_running: Callable[[str], bool]) -> None:
     """For a starting router: raise :class:`StoreTaken` when another app that Serve says is
-    running on this cluster holds the claim. Anything else is its controller's to settle."""
+    running on this cluster holds the claim and renews it. Anything else is its
+    controller's to settle."""
     held = Held.read(store.load(key))
-    if held is None or held.owner == me.owner or not held.live(now_s) or held.cluster != me.cluster:
+    if held is None or held.owner == me.owner or held.cluster != me.cluster or not held.fresh(now_s):
         return
     if app_running(held.app):
         raise StoreTaken(taken_message(model, store_name, held, now_s, same_cluster=True))

@@ -95,10 +95,13 @@ class RedisStateStore:
         _, kept = pipe.execute()
         return json.loads(kept)
 
-    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float, *,
+              same_replica: bool = False) -> dict[str, Any]:
         text = json.dumps(holder)
+        replica = holder["replica"] if same_replica else ""
         kept = self._claim_script(keys=[self._key(key)],
-                                  args=[text, holder["owner"], repr(float(holder["heartbeat_s"])), repr(float(ttl_s))])
+                                  args=[text, holder["owner"], repr(float(holder["heartbeat_s"])), repr(float(ttl_s)),
+                                        replica])
         return json.loads(kept)
 
     def release(self, key: str, owner: str, replica: str) -> None:
@@ -113,9 +116,10 @@ _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then
   local ok, row = pcall(cjson.decode, held)
-  if ok and type(row) == 'table' and row['owner'] ~= ARGV[2] then
+  if ok and type(row) == 'table' then
+    local mine = row['owner'] == ARGV[2] and (ARGV[5] == '' or row['replica'] == ARGV[5])
     local beat = row['heartbeat_s']
-    if type(beat) == 'number' and beat >= tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+    if not mine and type(beat) == 'number' and beat >= tonumber(ARGV[3]) - tonumber(ARGV[4]) then
       return held
     end
   end

@@ -35,10 +35,12 @@ class StateStore(Protocol):
         Atomic: of two replicas creating the same key at once, both get the same row."""
         ...
 
-    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
-        """Save ``holder`` under ``key`` unless another owner holds the key and wrote it
-        within ``ttl_s`` of ``holder["heartbeat_s"]``; returns the row kept (``holder``
-        when taken). Atomic, as ``create`` is (:mod:`serve_ab.store.claim`)."""
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float, *,
+              same_replica: bool = False) -> dict[str, Any]:
+        """Save ``holder`` under ``key`` unless another owner (with ``same_replica``, another
+        owner or replica) holds the key and wrote it within ``ttl_s`` of
+        ``holder["heartbeat_s"]``; returns the row kept (``holder`` when taken). Atomic, as
+        ``create`` is (:mod:`serve_ab.store.claim`)."""
         ...
 
     def release(self, key: str, owner: str, replica: str) -> None:
@@ -72,11 +74,17 @@ def describe_store(controller_cfg: Any) -> str:
     return f"controller.state_path {str(controller_cfg.state_path)!r}"
 
 
-def may_claim(held: dict[str, Any] | None, holder: dict[str, Any], ttl_s: float) -> bool:
+def may_claim(held: dict[str, Any] | None, holder: dict[str, Any], ttl_s: float,
+              same_replica: bool = False) -> bool:
     """Whether ``holder`` may take a key whose row is ``held``: nobody holds it, it is
-    already the owner's, or the holder has not written for ``ttl_s`` (its controller is
-    gone). A row of another shape is nobody's. (The same rule in Redis: redis_store.py.)"""
-    if not isinstance(held, dict) or held.get("owner") == holder["owner"]:
+    already the owner's (with ``same_replica``, this replica's), or the holder has not
+    written for ``ttl_s`` (its controller is gone). A row of another shape is nobody's.
+
+    Here rather than in claim.py because each store applies it inside its own atomic step;
+    Redis runs the same rule as a Lua script (redis_store.py)."""
+    if not isinstance(held, dict):
+        return True
+    if held.get("owner") == holder["owner"] and (not same_replica or held.get("replica") == holder["replica"]):
         return True
     beat = held.get("heartbeat_s")
     if isinstance(beat, bool) or not isinstance(beat, (int, float)):
@@ -152,7 +160,8 @@ class SqliteStateStore:
             row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0])
 
-    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float, *,
+              same_replica: bool = False) -> dict[str, Any]:
         text = json.dumps(holder)
         with self._connect() as db:
             # IMMEDIATE: the write lock before the read, so two claims cannot both read
@@ -160,7 +169,7 @@ class SqliteStateStore:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
             held = _json_or_none(row[0]) if row else None
-            if not may_claim(held, holder, ttl_s):
+            if not may_claim(held, holder, ttl_s, same_replica):
                 return held
             db.execute(
                 "INSERT INTO rollout_state (key, state, updated_at_s) VALUES (?, ?, ?) "
@@ -204,9 +213,10 @@ class MemoryStateStore:
         self.rows.setdefault(key, json.dumps(state))
         return json.loads(self.rows[key])
 
-    def claim(self, key: str, holder: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+    def claim(self, key: str, holder: dict[str, Any], ttl_s: float, *,
+              same_replica: bool = False) -> dict[str, Any]:
         held = _json_or_none(self.rows[key]) if key in self.rows else None
-        if not may_claim(held, holder, ttl_s):
+        if not may_claim(held, holder, ttl_s, same_replica):
             return held
         self.rows[key] = json.dumps(holder)
         return holder

@@ -26,6 +26,8 @@ def gpu_config(tmp_path: Path, **args) -> tuple[Path, int]:
     config = yaml.safe_load((REPO_ROOT / "configs" / "gpu_shared.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    # Not the checkout's .serve-ab/state.sqlite, which a `serve run` of another config may hold.
+    config["applications"][0]["args"]["controller"] = {"state_path": str(tmp_path / "state.sqlite")}
     config["applications"][0]["args"].update(args)
     path = tmp_path / "gpu_shared.yaml"
     path.write_text(yaml.safe_dump(config))

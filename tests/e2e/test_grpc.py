@@ -66,6 +66,8 @@ def served_grpc(model_repo, tmp_path_factory):
     config = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())
     assert "grpc_options" in config, "configs/ab.yaml serves gRPC (grpc_options)"
     config["applications"][0]["args"]["analysis"] = {"metrics": [{"name": "correct", "kind": "conversion"}]}
+    # Not the checkout's .serve-ab/state.sqlite, which a `serve run configs/ab.yaml` may hold.
+    config["applications"][0]["args"]["controller"] = {"state_path": str(tmp_path / "state.sqlite")}
     port = on_free_ports(config)
     config_path = tmp_path / "ab.yaml"
     config_path.write_text(yaml.safe_dump(config))

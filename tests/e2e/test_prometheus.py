@@ -111,6 +111,8 @@ def test_prometheus_scrapes_the_app_and_promql_matches_the_split(model_repo, tmp
     app_port = on_free_ports(config)
     args = config["applications"][0]["args"]
     args["weights"] = dict(WEIGHTS_PCT)
+    # Not the checkout's .serve-ab/state.sqlite, which a `serve run configs/ab.yaml` may hold.
+    args["controller"] = {"state_path": str(tmp_path / "state.sqlite")}
     assert config["applications"][0]["route_prefix"] == "/"
     (tmp_path / "ab.yaml").write_text(yaml.safe_dump(config))
     serve_log = tmp_path / "serve.log"

@@ -118,10 +118,11 @@ def experiment(model_repo, **changes) -> dict:
         "pin": {"enabled": True},
         # Run records of test apps stay out of the repository's .serve-ab/.
         "analysis": {"records": {"path": os.path.join(tempfile.gettempdir(), "serve-ab-tests", "runs.sqlite")}},
+    }
+    if "controller" not in changes:
         # A state store per experiment: the session's apps run side by side, and two running
         # apps serving one model from one store are refused (serve_ab/store/claim.py).
-        "controller": {"state_path": str(Path(tempfile.mkdtemp(prefix="serve-ab-it-")) / "state.sqlite")},
-    }
+        cfg["controller"] = {"state_path": str(Path(tempfile.mkdtemp(prefix="serve-ab-it-")) / "state.sqlite")}
     cfg.update(changes)
     return cfg
 

@@ -4,6 +4,7 @@ deleted (its controller releases the claim), the second deploys without waiting.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -11,6 +12,7 @@ import pytest
 from ray import serve
 
 from serve_ab import build_app
+from serve_ab.serving.app_claim import cluster_id
 from serve_ab.store.state import SqliteStateStore
 from tests.integration.conftest import DIGIT_ROW, experiment
 
@@ -30,6 +32,9 @@ def test_a_second_app_on_the_same_model_and_store_is_refused_and_harms_nothing(s
         assert http.post(serve_instance.url(f"/{first}/predict"), json=body).status_code == 200
         claim = store.load(CLAIM_KEY)
         assert claim is not None and claim["app"] == first
+        # The cluster's id, the same in the replica as here (not an address string, which
+        # differs between nodes that joined by different names).
+        assert claim["cluster"] == cluster_id() and re.fullmatch(r"[0-9a-f]{56}", claim["cluster"]), claim
         run_before = store.load("run:digits")
 
         started = time.monotonic()

@@ -173,3 +173,14 @@ def test_concurrent_claims_leave_one_owner(kind, request, tmp_path):
     for round_ in range(20):
         owners = {owner for r, owner in told if r == round_}
         assert owners == {store.load(f"app:{round_}")["owner"]}, owners
+
+
+def test_a_renewal_of_one_replica_does_not_write_over_a_newer_replica_of_its_owner(reopen):
+    store = reopen()
+    store.claim("app:m", _row("c/a", 100.0, replica="r1"), 30.0)
+    newer = _row("c/a", 101.0, replica="r2")
+    assert store.claim("app:m", newer, 30.0) == newer  # the owner's new replica: taken at once
+    assert store.claim("app:m", _row("c/a", 102.0, replica="r1"), 30.0, same_replica=True) == newer
+    assert reopen().load("app:m") == newer
+    mine = _row("c/a", 103.0, replica="r2")
+    assert store.claim("app:m", mine, 30.0, same_replica=True) == mine
