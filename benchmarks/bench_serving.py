@@ -124,6 +124,10 @@ CANDIDATES = [
     # carries a feedback token, which (c)'s experiment, naming no feedback, does not mint.
     Candidate("(c*)", "colocated_feedback", "serve-ab colocated, feedback tokens", "/predict", True,
               on_request=True),
+    # (c+) with every request on v1, as (a+) serves them: a split gives each version's batcher
+    # its share of the requests only, so its batches fill less than one model's would.
+    Candidate("(c+1)", "colocated_batch_one", "serve-ab colocated, batching on, all on v1", "/predict", True,
+              batched=True, on_request=True),
     # (a) once more, the same code and options in an app of its own: an A/A. Its ratio to (a)
     # is what the benchmark reads when nothing differs, the floor under every other ratio;
     # the targets against (a) are shown beside it.
@@ -136,7 +140,8 @@ BY_APP = {c.app: c for c in CANDIDATES}
 
 
 def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True,
-                        takes_feedback: bool = False) -> dict[str, Any]:
+                        takes_feedback: bool = False, weights_pct: dict[str, float] = WEIGHTS_PCT
+                        ) -> dict[str, Any]:
     versions = [version("v1"), version("v3")]
     if batched:
         from benchmarks.baselines import BATCH_MAX_SIZE, BATCH_WAIT_TIMEOUT_S
@@ -145,7 +150,7 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
         versions = [dict(v, batching=batching) for v in versions]
     router = REPLICA_OPTIONS if access_log else dict(REPLICA_OPTIONS, access_log=False)
     more = {"analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]}} if takes_feedback else {}
-    return digits_experiment(versions, WEIGHTS_PCT, "bench", router,
+    return digits_experiment(versions, weights_pct, "bench", router,
                              placement, REPLICA_OPTIONS if placement == "isolated" else None, **more)
 
 
@@ -168,6 +173,8 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
         "plain_batch": lambda: baselines.plain_batched_app(v1, REPLICA_OPTIONS),
         "colocated_batch": lambda: build_app(serve_ab_experiment("colocated", batched=True)),
+        "colocated_batch_one": lambda: build_app(serve_ab_experiment("colocated", batched=True,
+                                                                     weights_pct={"v1": 100.0, "v3": 0.0})),
         "plain_quiet": lambda: baselines.plain_app(v1, dict(REPLICA_OPTIONS,
                                                             logging_config={"enable_access_log": False})),
         "colocated_quiet": lambda: build_app(serve_ab_experiment("colocated", access_log=False)),
@@ -316,8 +323,10 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_workaround"] = paired(app, "workaround")
         if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
             item["vs_fastapi"] = paired(app, "fastapi")
-        if app == "colocated_batch":  # both batching, with the same settings
+        if app in ("colocated_batch", "colocated_batch_one"):  # both batching, with the same settings
             item["vs_plain_batch"] = paired(app, "plain_batch")
+        if app == "colocated_batch_one":  # what the 50/50 split costs batching
+            item["vs_colocated_batch"] = paired(app, "colocated_batch")
         if app == "colocated_quiet":  # both without access lines
             item["vs_plain_quiet"] = paired(app, "plain_quiet")
         if app == "colocated_feedback":  # what minting a token per answer costs
@@ -370,6 +379,14 @@ def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
     paired = summary.get("colocated_batch", {}).get("vs_plain_batch")
     if paired and paired["rps_ratio"]:
         notes.append(f"(c+) vs (a+), both batching ({BATCH_TEXT}): {_ratio_text(paired)} req/s, "
+                     f"p50 {paired['p50_added_ms']:+.2f} ms")
+    paired = summary.get("colocated_batch_one", {}).get("vs_plain_batch")
+    if paired and paired["rps_ratio"]:
+        notes.append(f"(c+1) vs (a+), both batching, one version's traffic: {_ratio_text(paired)} req/s, "
+                     f"p50 {paired['p50_added_ms']:+.2f} ms")
+    paired = summary.get("colocated_batch_one", {}).get("vs_colocated_batch")
+    if paired and paired["rps_ratio"]:
+        notes.append(f"(c+1) vs (c+), all on v1 against a 50/50 split: {_ratio_text(paired)} req/s, "
                      f"p50 {paired['p50_added_ms']:+.2f} ms")
     paired = summary.get("colocated_quiet", {}).get("vs_plain_quiet")
     if paired and paired["rps_ratio"]:
