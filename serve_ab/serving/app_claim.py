@@ -25,9 +25,11 @@ def this_app() -> Claimant:
 
 
 def app_running(name: str) -> bool:
-    """Whether Serve on this cluster has an app ``name`` that is not being deleted. One call
-    to Serve's controller: made only when another app's claim is found."""
+    """Whether Serve on this cluster runs an app ``name`` as deployed: RUNNING or UNHEALTHY.
+    One being deployed, deleted or failed may be handing its model over (a rename, a config
+    that moves the model to another app) and is waited for instead. One call to Serve's
+    controller: made only when another app's claim is found."""
     from ray.serve.schema import ApplicationStatus
 
     app = serve.status().applications.get(name)
-    return app is not None and app.status != ApplicationStatus.DELETING
+    return app is not None and app.status in (ApplicationStatus.RUNNING, ApplicationStatus.UNHEALTHY)

@@ -498,7 +498,10 @@ class ExperimentController:
         store = open_store(cfg.controller)
         # Before anything of the model's is read or written: no other running app may hold it.
         self._claimant = this_app()
-        self._claim_lost: str | None = None
+        # Why this controller does not hold the model's claim now (None: it does). Meanwhile it
+        # writes nothing to the store: a newer replica of this app, or another app, does.
+        self._not_holding: str | None = None
+        self._claim_lost: str | None = None  # another app holds it: the health check fails
         await hold_claim(store, claim_key(cfg), self._claimant, model=cfg.model,
                          store_name=describe_store(cfg.controller), clock=time.time, sleep=asyncio.sleep,
                          app_running=lambda name: asyncio.to_thread(app_running, name))
@@ -523,6 +526,9 @@ class ExperimentController:
         outcome: tuple[bool, str] | None = None  # validation's result, until it is saved
         reported = False
         while True:
+            if self._not_holding is not None:  # another replica or app decides now
+                await asyncio.sleep(self.core.cfg.controller.tick_s)
+                continue
             try:
                 rollout = self.core.rollout
                 if rollout is not None and rollout.phase is Phase.VALIDATING and validation is None:
@@ -564,6 +570,8 @@ class ExperimentController:
         recorded: tuple[bool, str | None] = (False, None)  # (had traffic, phase) at the last record
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
+            if self._not_holding is not None:
+                continue
             try:
                 # Taken here, on the loop that also records; written to SQLite off it.
                 await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()),
@@ -578,8 +586,9 @@ class ExperimentController:
                 logger.exception("serve-ab controller: report refresh failed")
 
     async def _keep_claim(self) -> None:
-        """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs;
-        stop when a newer replica of this app holds it, fail the health check when another app does."""
+        """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs.
+        While a newer replica of this app or another app holds it, write nothing to the store
+        (and, for another app, fail the health check); take it again once it is free."""
         cfg = self.core.cfg
         key, store_name = claim_key(cfg), describe_store(cfg.controller)
         while True:
@@ -590,13 +599,17 @@ class ExperimentController:
             except Exception as err:  # the store is away: the next write renews it
                 logger.warning("serve-ab controller: the claim on %s could not be written: %s", key, err)
                 continue
-            if found is Renewal.SUPERSEDED:
-                logger.info("serve-ab controller: %s", line)
-                return
-            if found is Renewal.TAKEN:
-                logger.error("serve-ab controller: %s", line)
-                self._claim_lost = line  # check_health fails: Serve restarts it, and the restart is refused
-                return
+            if found is Renewal.KEPT:
+                if self._not_holding is not None:
+                    logger.warning("serve-ab controller: holds the claim on %s again; deciding and saving again",
+                                   key)
+                self._not_holding = self._claim_lost = None
+                continue
+            if line != self._not_holding:
+                log = logger.info if found is Renewal.SUPERSEDED else logger.error
+                log("serve-ab controller: %s; this controller saves nothing until it holds the claim again", line)
+            self._not_holding = line
+            self._claim_lost = line if found is Renewal.TAKEN else None
 
     def check_health(self) -> None:
         """Ray Serve's health check: failing while another app holds this model's state."""
@@ -619,6 +632,9 @@ class ExperimentController:
             task.cancel()
         core = getattr(self, "core", None)
         if core is None:  # refused or failed in __init__: nothing of the model's was written
+            return
+        if self._not_holding is not None:  # the holder writes the model's state and records
+            logger.info("serve-ab controller: stopping without a final record: %s", self._not_holding)
             return
         # First, so that a slow record or notifier cannot use up the shutdown time before it:
         # the final record is this run's own and no other app writes it.
@@ -726,6 +742,9 @@ class ExperimentController:
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
     async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
+        if self._not_holding is not None:
+            return Refused(StoreUnavailable(f"this controller does not hold the model's state now ({self._not_holding}); "
+                                            "retry in a few seconds"))
         try:
             changed = self.core.act(action, body, actor)
         except ServeAbError as err:  # e.g. 409 "already promoted": answered, not logged as a failure

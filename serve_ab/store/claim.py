@@ -129,7 +129,10 @@ async def hold_claim(store: StateStore, key: str, me: Claimant, *, model: str, s
     """Take the claim for a starting controller, waiting while it may still be freed;
     raises :class:`StoreTaken` when another running app holds it (see the module's note)."""
     deadline_s = clock() + CLAIM_TTL_S + WAIT_MARGIN_S
-    before = Held.read(store.load(key))
+    try:  # for the log line below only; a row that is not JSON is nobody's claim
+        before = Held.read(store.load(key))
+    except ValueError:
+        before = None
     waiting = False
     while True:
         now_s = clock()

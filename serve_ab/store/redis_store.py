@@ -98,10 +98,9 @@ class RedisStateStore:
     def claim(self, key: str, holder: dict[str, Any], ttl_s: float, *,
               same_replica: bool = False) -> dict[str, Any]:
         text = json.dumps(holder)
-        replica = holder["replica"] if same_replica else ""
         kept = self._claim_script(keys=[self._key(key)],
                                   args=[text, holder["owner"], repr(float(holder["heartbeat_s"])), repr(float(ttl_s)),
-                                        replica])
+                                        "1" if same_replica else "0", holder["replica"]])
         return json.loads(kept)
 
     def release(self, key: str, owner: str, replica: str) -> None:
@@ -117,7 +116,7 @@ local held = redis.call('GET', KEYS[1])
 if held then
   local ok, row = pcall(cjson.decode, held)
   if ok and type(row) == 'table' then
-    local mine = row['owner'] == ARGV[2] and (ARGV[5] == '' or row['replica'] == ARGV[5])
+    local mine = row['owner'] == ARGV[2] and (ARGV[5] == '0' or row['replica'] == ARGV[6])
     local beat = row['heartbeat_s']
     if not mine and type(beat) == 'number' and beat >= tonumber(ARGV[3]) - tonumber(ARGV[4]) then
       return held

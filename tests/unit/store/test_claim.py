@@ -205,3 +205,10 @@ def test_the_refusal_names_the_field_that_separates_apps_in_that_kind_of_store()
                                app_running=running("ab")))
     assert "its own controller.store_key_prefix" in str(refused.value)
     assert "state_path" not in str(refused.value)
+
+
+def test_a_claim_row_that_is_not_json_is_nobodys():
+    store, clock = MemoryStateStore(), Clock()
+    store.rows[KEY] = "{written by hand"
+    hold(store, B, clock, running("ab"))
+    assert store.load(KEY)["owner"] == B.owner and clock.slept_s == 0
