@@ -12,7 +12,8 @@ A claim not written for :data:`CLAIM_TTL_S` has lapsed: its controller crashed.
 
 - The claim is the app's, by name: a restarted or redeployed controller of the same app takes
   it at once, on any node, and so does the same app on another cluster (a RayService upgrade,
-  a cluster restarted beside its Redis); an older replica then stops writing the claim.
+  a cluster restarted beside its Redis); an older replica then saves nothing until the
+  claim is free again (the newer one died).
   Two unrelated apps of the same name on two clusters sharing one Redis are not told apart.
 - Held by another app that Serve says is running on this cluster, and written lately: the
   new app's controller and routers refuse to start, naming that app and the store, and the
@@ -22,7 +23,8 @@ A claim not written for :data:`CLAIM_TTL_S` has lapsed: its controller crashed.
   to be released or to lapse, at most :data:`CLAIM_TTL_S` and a margin, then refuses.
 - A stopping controller releases the claim (only its own replica's), so the next app need
   not wait; a controller that finds its claim taken by another app (it stopped writing for
-  :data:`CLAIM_TTL_S`) fails its health check, and Serve's restart of it is refused.
+  :data:`CLAIM_TTL_S`) saves nothing and fails its health check, and Serve's restart of it
+  is refused.
 
 No Ray here: the clock, the sleep and "is this app running" are passed in.
 """
@@ -61,7 +63,7 @@ class Renewal(Enum):
     """What writing the claim again found."""
 
     KEPT = "kept"
-    SUPERSEDED = "superseded"  # a newer replica of this app holds it: this one is stopping
+    SUPERSEDED = "superseded"  # a newer replica of this app holds it (a redeploy, a moved cluster)
     TAKEN = "taken"  # another app holds it: this controller stopped writing past the TTL
 
 
@@ -169,7 +171,7 @@ def renew_claim(store: StateStore, key: str, me: Claimant, now_s: float, *, mode
         return Renewal.KEPT, ""
     if held.owner == me.owner:
         return Renewal.SUPERSEDED, (f"replica {held.replica} of this app (cluster {held.cluster}) now holds the "
-                                    f"claim on {key}; this replica stops writing it")
+                                    f"claim on {key}")
     return Renewal.TAKEN, ("another app took this model's state while this controller did not write its claim "
                            f"for {CLAIM_TTL_S:g}s: "
                            + taken_message(model, store_name, held, now_s, same_cluster=held.cluster == me.cluster))
