@@ -369,37 +369,26 @@ def table(summary: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
             for row in [header, *rows]]
 
 
+# The notes under each concurrency's table: (app, its pairing in the summary, what it reads).
+PAIR_NOTES = [
+    ("colocated", "vs_fastapi", "(c) vs (a'), both behind FastAPI"),
+    ("colocated_batch", "vs_plain_batch", f"(c+) vs (a+), both batching ({BATCH_TEXT})"),
+    ("colocated_batch_one", "vs_plain_batch", "(c+1) vs (a+), both batching, one version's traffic"),
+    ("colocated_batch_one", "vs_colocated_batch", "(c+1) vs (c+), all on v1 against a 50/50 split"),
+    ("colocated_quiet", "vs_plain_quiet", "(c-) vs (a-), both without access lines"),
+    ("colocated_feedback", "vs_colocated", "(c*) vs (c), a feedback token in every answer"),
+    ("plain_twin", "vs_plain", "(a=) vs (a), the same app twice (A/A, the noise floor)"),
+]
+
+
 def fastapi_note(summary: dict[str, dict[str, Any]]) -> str | None:
-    """(c) against (a'): both FastAPI ingresses, so this is what serve-ab's own code adds."""
+    """The pairs other than against (a) and (b): (c) against (a'), both FastAPI ingresses, is
+    what serve-ab's own code adds; the others as PAIR_NOTES says."""
     notes = []
-    paired = summary.get("colocated", {}).get("vs_fastapi")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c) vs (a'), both behind FastAPI: {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("colocated_batch", {}).get("vs_plain_batch")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c+) vs (a+), both batching ({BATCH_TEXT}): {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("colocated_batch_one", {}).get("vs_plain_batch")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c+1) vs (a+), both batching, one version's traffic: {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("colocated_batch_one", {}).get("vs_colocated_batch")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c+1) vs (c+), all on v1 against a 50/50 split: {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("colocated_quiet", {}).get("vs_plain_quiet")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c-) vs (a-), both without access lines: {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("colocated_feedback", {}).get("vs_colocated")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(c*) vs (c), a feedback token in every answer: {_ratio_text(paired)} req/s, "
-                     f"p50 {paired['p50_added_ms']:+.2f} ms")
-    paired = summary.get("plain_twin", {}).get("vs_plain")
-    if paired and paired["rps_ratio"]:
-        notes.append(f"(a=) vs (a), the same app twice (A/A, the noise floor): {_ratio_text(paired)} "
-                     f"req/s, p50 {paired['p50_added_ms']:+.2f} ms")
+    for app, pairing, text in PAIR_NOTES:
+        paired = summary.get(app, {}).get(pairing)
+        if paired and paired["rps_ratio"]:
+            notes.append(f"{text}: {_ratio_text(paired)} req/s, p50 {paired['p50_added_ms']:+.2f} ms")
     return "\n".join(notes) or None
 
 
