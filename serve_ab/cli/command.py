@@ -20,6 +20,7 @@ from serve_ab.config.experiment import (
     parse_experiment,
 )
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
+from serve_ab.cli.preflight import LOAD_TIMEOUT_S
 from serve_ab.config.serve_file import AppKind, check_app, load_yaml, unknown_keys
 from serve_ab.routing import NUM_BUCKETS
 from serve_ab.store.state import describe_store
@@ -27,21 +28,24 @@ from serve_ab.store.state import describe_store
 BUILDER_PREFIX = "serve_ab"
 
 
-def validate_file(path: Path, check_files: bool = True, load_models: bool = False) -> list[str]:
+def validate_file(path: Path, check_files: bool = True, load_models: bool = False,
+                  load_timeout_s: float = LOAD_TIMEOUT_S) -> list[str]:
     """Every problem in a config file, one line each; empty when it is valid.
 
     Takes a Ray Serve config file (``applications:``, whose serve-ab apps hold the
     experiment in ``args:``) or a bare experiment file. ``load_models``: also load every
-    version and run a blue-green validation, as a replica would (:mod:`serve_ab.cli.preflight`).
+    version and run a blue-green validation, as a replica would (:mod:`serve_ab.cli.preflight`),
+    within ``load_timeout_s`` per app.
     """
-    return check_file(path, check_files, load_models)[0]
+    return check_file(path, check_files, load_models, load_timeout_s)[0]
 
 
-def check_file(path: Path, check_files: bool = True, load_models: bool = False) -> tuple[list[str], list[str]]:
+def check_file(path: Path, check_files: bool = True, load_models: bool = False,
+               load_timeout_s: float = LOAD_TIMEOUT_S) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of a config file: errors make it invalid, warnings are advice
     (e.g. a multi-node app keeping its state in a node-local SQLite file)."""
     warnings: list[str] = []
-    errors = _check_file(path, check_files, warnings, load_models and check_files)
+    errors = _check_file(path, check_files, warnings, load_models and check_files, load_timeout_s)
     return errors, warnings
 
 
@@ -129,7 +133,8 @@ def lowered_weight_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str
     return out
 
 
-def _check_file(path: Path, check_files: bool, warnings: list[str], load_models: bool = False) -> list[str]:
+def _check_file(path: Path, check_files: bool, warnings: list[str], load_models: bool = False,
+                load_timeout_s: float = LOAD_TIMEOUT_S) -> list[str]:
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -156,7 +161,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
         misplaced = _misread_serve_file(raw)
         if misplaced:
             return [f"{path}: {misplaced}"]
-        return _validate_experiment(raw, "", check_files, warnings, load_models)[0]
+        return _validate_experiment(raw, "", check_files, warnings, load_models, load_timeout_s)[0]
 
     from pydantic import ValidationError
     import ray
@@ -181,7 +186,8 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
             errors += app_errors
             if kind is AppKind.EXPERIMENT:
                 prefix = f"applications.{index}.args"
-                app_errors, cfg = _validate_experiment(app.get("args"), prefix, check_files, warnings, load_models)
+                app_errors, cfg = _validate_experiment(app.get("args"), prefix, check_files, warnings, load_models,
+                                                       load_timeout_s)
                 errors += app_errors
                 if cfg is not None:
                     experiments.append((prefix, cfg))
@@ -212,7 +218,8 @@ def _misread_serve_file(raw: dict) -> str | None:
 
 
 def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: list[str],
-                         load_models: bool = False) -> tuple[list[str], ExperimentConfig | None]:
+                         load_models: bool = False, load_timeout_s: float = LOAD_TIMEOUT_S,
+                         ) -> tuple[list[str], ExperimentConfig | None]:
     """The experiment's errors, and the experiment where it parsed. ``load_models``: also
     every version loaded and a blue-green validation run (:mod:`serve_ab.cli.preflight`)."""
     try:
@@ -232,7 +239,7 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
     if load_models:
         from serve_ab.cli.preflight import model_errors
 
-        return model_errors(resolved, prefix), cfg
+        return model_errors(resolved, prefix, load_timeout_s), cfg
     return [], cfg
 
 
@@ -261,6 +268,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print("serve-ab validate: --load loads the model files that --no-check-files skips; give one of them",
               file=sys.stderr)
         return 2
+    if args.load_timeout_s is not None and not args.load:
+        print("serve-ab validate: --load-timeout limits --load, which was not given; add --load or drop it",
+              file=sys.stderr)
+        return 2
     # `serve run` imports a python version's class with --app-dir (the cwd by default) first
     # on sys.path; the serve-ab script's own directory is there instead.
     app_dir = os.path.abspath(args.app_dir)
@@ -280,7 +291,8 @@ def _validate_files(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             errors, warnings = check_file(Path(path), check_files=not args.no_check_files,
-                                          load_models=args.load)
+                                          load_models=args.load,
+                                          load_timeout_s=args.load_timeout_s or LOAD_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - one file's surprise must not hide the other files' results
             errors, warnings = [(f"{path}: could not be checked ({type(err).__name__}: {err}); this is a bug in "
                                  "serve-ab validate, please report it with the file")], []
@@ -307,7 +319,7 @@ def _cmd_completion(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from serve_ab.cli.options import EXIT_CODES_HELP
+    from serve_ab.cli.options import EXIT_CODES_HELP, duration_s
 
     parser = argparse.ArgumentParser(
         prog="serve-ab",
@@ -328,6 +340,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="also load every version as a replica would (its backend, its warm-up call; on this "
         "machine's CPU), check that the versions share one input and output, and run a blue-green "
         "rollout's validation",
+    )
+    validate.add_argument(
+        "--load-timeout", type=duration_s, default=None, metavar="DURATION", dest="load_timeout_s",
+        help=f"with --load: how long one app's versions may take to load and answer, e.g. 90s or 15m "
+        f"(default {LOAD_TIMEOUT_S / 60:g}m); past it, validate names the step and exits 1",
     )
     validate.add_argument(
         "--app-dir", default=".", metavar="DIR",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,17 +33,41 @@ from serve_ab.config.rollout import Strategy
 
 #: Green answers in this process; the controller's own limit is the progress deadline.
 VALIDATION_TIMEOUT_S = 300.0
+#: How long loading and checking one app's versions may take (``validate --load-timeout``):
+#: a python version's load() waiting on something that never comes (a download on a machine
+#: without the network, a lock) would otherwise hold validate forever.
+LOAD_TIMEOUT_S = 600.0
 
 
 class _NoController:
     """A router core's controller, never asked: nothing here reports or long-polls."""
 
 
-def model_errors(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+def model_errors(cfg: ExperimentConfig, prefix: str = "", timeout_s: float = LOAD_TIMEOUT_S) -> list[str]:
     """Why versions of ``cfg`` (model paths resolved) could not serve, and why a blue-green
-    rollout's validation would fail: one line each, named by field."""
-    with _replica_log_quiet():
-        return _model_errors(cfg, prefix)
+    rollout's validation would fail: one line each, named by field. Work past ``timeout_s``
+    is one line naming the step it was in; it is left running in a daemon thread, which
+    ends with the process (Python cannot stop a thread, and a CLI exits soon after)."""
+    step = ["loading"]
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            with _replica_log_quiet():
+                outcome.append(_model_errors(cfg, prefix, step))
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=work, name="serve-ab-validate-load", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return [f"{step[0]} did not finish within {timeout_s:g}s (validate --load-timeout); a python "
+                "version's load() or predict() may be waiting on something that never comes (a download, a "
+                "lock, a device)"]
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 @contextlib.contextmanager
@@ -69,16 +94,25 @@ class _DropAll(logging.Filter):
         return False
 
 
-def _model_errors(cfg: ExperimentConfig, prefix: str) -> list[str]:
+def _model_errors(cfg: ExperimentConfig, prefix: str, step: list[str]) -> list[str]:
+    """The work of :func:`model_errors`; ``step[0]`` says where it is, for a timeout's line."""
     from serve_ab.serving.core.router import RouterCore
-    from serve_ab.serving.runtime import load_versions
+    from serve_ab.serving.core.versions import load_each
+    from serve_ab.serving.runtime import LoadedVersion
 
     # On this machine's CPU, whatever each version's device: what is checked is the file, the
     # interface and green's answers; the cluster's GPUs are checked when serve run builds the app.
     cfg = cfg.model_copy(update={"versions": [v.model_copy(update={"device": "cpu"}) for v in cfg.versions]})
-    versions = load_versions(cfg.versions)
-    core = RouterCore(cfg, versions, _NoController(), request_id=lambda: "validate")  # type: ignore[arg-type]
     where = f"{prefix}.versions" if prefix else "versions"
+
+    def load(version: Any) -> LoadedVersion:
+        index = next(i for i, v in enumerate(cfg.versions) if v.name == version.name)
+        step[0] = f"{where}.{index} ({version.name!r}): loading"
+        return LoadedVersion(version)
+
+    versions = load_each(cfg.versions, load)  # serving.runtime.load_versions, with the step named
+    step[0] = f"{where}: asking each version for its interface"
+    core = RouterCore(cfg, versions, _NoController(), request_id=lambda: "validate")  # type: ignore[arg-type]
 
     async def check() -> dict[str, tuple[bool, str | None]]:
         return {version.name: await core.version_ready(version.name) for version in cfg.versions}
@@ -88,6 +122,7 @@ def _model_errors(cfg: ExperimentConfig, prefix: str) -> list[str]:
               for index, version in enumerate(cfg.versions) if not ready[version.name][0]]
     rollout = cfg.rollout
     if not errors and rollout is not None and rollout.strategy is Strategy.BLUE_GREEN:
+        step[0] = f"{prefix}.rollout.blue_green: validation" if prefix else "rollout.blue_green: validation"
         errors += _validation_errors(core, cfg, prefix)
     return errors
 

@@ -43,10 +43,10 @@ def test_a_surprise_in_one_file_is_reported_and_the_rest_still_checked(tmp_path,
     first.write_text("model: x")
     real = cli.check_file
 
-    def check(path, check_files=True, load_models=False):
+    def check(path, check_files=True, load_models=False, **more):
         if path == first:
             raise RecursionError("maximum recursion depth exceeded")
-        return real(path, check_files, load_models)
+        return real(path, check_files, load_models, **more)
 
     monkeypatch.setattr(cli, "check_file", check)
     assert cli.main(["validate", "--no-check-files", str(first), str(GOOD)]) == 1

@@ -3,6 +3,7 @@ run, as the replicas and the controller would, before anything is deployed."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,30 @@ def test_load_and_no_check_files_together_are_refused(capsys):
     code, out = validate(capsys, "--no-check-files", str(REPO_ROOT / "configs" / "ab.yaml"))
     assert code == 2
     assert "--load loads the model files that --no-check-files skips" in out
+
+
+def test_a_load_that_never_returns_is_one_line_after_the_timeout(tmp_path, capsys, monkeypatch):
+    """A python version whose load() waits on something that never comes (here an event the
+    test sets afterwards, so no thread is left waiting) is named by its field and step."""
+    (tmp_path / "stuck_model.py").write_text(
+        "import threading\n"
+        "RELEASE = threading.Event()\n"
+        "class Stuck:\n"
+        "    def load(self, path):\n        RELEASE.wait(60)\n"
+        "    def predict(self, batch):\n        return batch\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = experiment(tmp_path, [onnx("v1", DIGITS / "v1" / "model.onnx"),
+                                 {"name": "v2", "backend": "python", "class": "stuck_model:Stuck",
+                                  "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]}])
+    try:
+        code, out = validate(capsys, "--load-timeout", "1s", "--app-dir", str(tmp_path), str(path))
+    finally:
+        sys.modules["stuck_model"].RELEASE.set()
+    assert code == 1, out
+    assert "versions.1 ('v2'): loading did not finish within 1s (validate --load-timeout)" in out, out
+
+
+def test_load_timeout_without_load_is_refused(capsys):
+    code = cli.main(["validate", "--load-timeout", "5m", str(REPO_ROOT / "configs" / "ab.yaml")])
+    assert code == 2
+    assert "--load-timeout limits --load, which was not given" in capsys.readouterr().err
