@@ -167,8 +167,7 @@ class SqliteStateStore:
             # IMMEDIATE: the write lock before the read, so two claims cannot both read
             # "free" and both write.
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
-            held = _json_or_none(row[0]) if row else None
+            held = _held_row(db, key)
             if not may_claim(held, holder, ttl_s, same_replica):
                 return held
             db.execute(
@@ -181,10 +180,20 @@ class SqliteStateStore:
     def release(self, key: str, owner: str, replica: str) -> None:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
-            held = _json_or_none(row[0]) if row else None
-            if isinstance(held, dict) and held.get("owner") == owner and held.get("replica") == replica:
+            held = _held_row(db, key)
+            if _held_by(held, owner, replica):
                 db.execute("DELETE FROM rollout_state WHERE key = ?", (key,))
+
+
+def _held_row(db: sqlite3.Connection, key: str) -> Any:
+    """The row under ``key`` as JSON, or None (no row, or text that is not JSON)."""
+    row = db.execute("SELECT state FROM rollout_state WHERE key = ?", (key,)).fetchone()
+    return _json_or_none(row[0]) if row else None
+
+
+def _held_by(held: Any, owner: str, replica: str) -> bool:
+    """Whether a claim row is this owner's replica's: the only claim ``release`` deletes."""
+    return isinstance(held, dict) and held.get("owner") == owner and held.get("replica") == replica
 
 
 def _json_or_none(text: str) -> Any:
@@ -222,6 +231,5 @@ class MemoryStateStore:
         return holder
 
     def release(self, key: str, owner: str, replica: str) -> None:
-        held = _json_or_none(self.rows[key]) if key in self.rows else None
-        if isinstance(held, dict) and held.get("owner") == owner and held.get("replica") == replica:
+        if _held_by(_json_or_none(self.rows[key]) if key in self.rows else None, owner, replica):
             del self.rows[key]
