@@ -183,12 +183,19 @@ class ControllerCore:
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
-        run (a restarted controller), any change starts a new one."""
-        config = self.cfg.model_dump(mode="json")
-        fingerprint = json.dumps(config, sort_keys=True)
+        run (a restarted controller), any change starts a new one.
+
+        The config is compared by what it sets apart from the defaults, so a field that a
+        later serve-ab adds with a default does not start a new run on upgrade. Runs saved by
+        releases that compared the whole config (every field, defaults included) continue
+        when the whole config is unchanged, and are then saved the new way."""
+        fingerprint = json.dumps(self.cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
         key = f"run:{self.cfg.model}"
         saved = self.store.load(key)
-        if saved is not None and saved.get("fingerprint") == fingerprint:
+        if saved is not None and saved.get("fingerprint") in (
+                fingerprint, json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True)):
+            if saved["fingerprint"] != fingerprint:
+                self.store.save(key, dict(saved, fingerprint=fingerprint))
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
         run_id = f"{self.cfg.model}-{started}-{hashlib.blake2b(fingerprint.encode(), digest_size=4).hexdigest()}"

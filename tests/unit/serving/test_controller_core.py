@@ -4,6 +4,7 @@ persistence across a restart, control actions. No Ray is started."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sqlite3
 
@@ -265,6 +266,31 @@ def test_a_restarted_controller_continues_the_same_run_and_a_new_config_starts_a
     assert again.run_id == first.run_id and again.run_started_at_s == first.run_started_at_s
     changed = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, FakeClock(3_000_000.0))
     assert changed.run_id != first.run_id
+
+
+def test_a_run_is_the_config_apart_from_its_defaults_and_an_older_releases_run_continues():
+    # Only what the config sets apart from the defaults is compared, so a field that a later
+    # release adds with a default leaves the run as it was.
+    store = MemoryStateStore()
+    first = ControllerCore(ab_experiment(), store, FakeClock())
+    saved = json.loads(store.load("run:digits")["fingerprint"])
+    assert saved == {"model": "digits", "weights": {"v1": 50.0, "v2": 50.0},
+                     "versions": [{"name": name, "path": path, "backend": "onnx"}
+                                  for name, path in (("v1", "a.onnx"), ("v2", "b.onnx"), ("v3", "c.onnx"))]}
+    spelled = ab_experiment(router={"num_replicas": 1, "max_ongoing_requests": 256, "access_log": True})
+    assert ControllerCore(spelled, store, FakeClock(2_000_000.0)).run_id == first.run_id
+    # A run saved by a release that fingerprinted the whole config, defaults included:
+    # the same config continues it, and its fingerprint is rewritten the new way.
+    store = MemoryStateStore()
+    cfg = ControllerCore(ab_experiment(), MemoryStateStore(), FakeClock()).cfg
+    whole = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    store.save("run:digits", {"run_id": "digits-old-run", "started_at_s": 5.0, "fingerprint": whole})
+    again = ControllerCore(ab_experiment(), store, FakeClock(2_000_000.0))
+    assert (again.run_id, again.run_started_at_s) == ("digits-old-run", 5.0)
+    assert store.load("run:digits")["fingerprint"] != whole
+    assert ControllerCore(ab_experiment(), store, FakeClock(3_000_000.0)).run_id == "digits-old-run"
+    assert ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store,
+                          FakeClock(4_000_000.0)).run_id != "digits-old-run"
 
 
 def test_a_restarted_controller_carries_on_with_the_runs_figures():
