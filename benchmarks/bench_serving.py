@@ -114,6 +114,8 @@ CANDIDATES = [
     Candidate("(b)", "workaround", "workaround: random.choices", "", False),
     Candidate("(c)", "colocated", "serve-ab colocated", "/predict", True),
     Candidate("(d)", "isolated", "serve-ab isolated", "/predict", True),
+    Candidate("(dL)", "isolated_loop", "serve-ab isolated, versions on one loop", "/predict", True, on_request=True),
+    Candidate("(dT)", "isolated_thread", "serve-ab isolated, versions on threads", "/predict", True, on_request=True),
     Candidate("(a+)", "plain_batch", "plain + @serve.batch", "", False, batched=True),
     Candidate("(c+)", "colocated_batch", "serve-ab colocated, batching on", "/predict", True, batched=True),
     # Both without Ray Serve's access line (logging_config.enable_access_log: false; serve-ab's
@@ -140,8 +142,8 @@ BY_APP = {c.app: c for c in CANDIDATES}
 
 
 def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True,
-                        takes_feedback: bool = False, weights_pct: dict[str, float] = WEIGHTS_PCT
-                        ) -> dict[str, Any]:
+                        takes_feedback: bool = False, weights_pct: dict[str, float] = WEIGHTS_PCT,
+                        versions_thread: bool | None = None) -> dict[str, Any]:
     versions = [version("v1"), version("v3")]
     if batched:
         from benchmarks.baselines import BATCH_MAX_SIZE, BATCH_WAIT_TIMEOUT_S
@@ -150,8 +152,11 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
         versions = [dict(v, batching=batching) for v in versions]
     router = REPLICA_OPTIONS if access_log else dict(REPLICA_OPTIONS, access_log=False)
     more = {"analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]}} if takes_feedback else {}
-    return digits_experiment(versions, weights_pct, "bench", router,
-                             placement, REPLICA_OPTIONS if placement == "isolated" else None, **more)
+    version_options = None
+    if placement == "isolated":
+        version_options = REPLICA_OPTIONS if versions_thread is None else dict(REPLICA_OPTIONS,
+                                                                               separate_thread=versions_thread)
+    return digits_experiment(versions, weights_pct, "bench", router, placement, version_options, **more)
 
 
 def run_targets(candidates: list[Candidate]) -> list[Any]:
@@ -171,6 +176,8 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
                                                          REPLICA_OPTIONS),
         "colocated": lambda: build_app(serve_ab_experiment("colocated")),
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
+        "isolated_loop": lambda: build_app(serve_ab_experiment("isolated", versions_thread=False)),
+        "isolated_thread": lambda: build_app(serve_ab_experiment("isolated", versions_thread=True)),
         "plain_batch": lambda: baselines.plain_batched_app(v1, REPLICA_OPTIONS),
         "colocated_batch": lambda: build_app(serve_ab_experiment("colocated", batched=True)),
         "colocated_batch_one": lambda: build_app(serve_ab_experiment("colocated", batched=True,
@@ -319,8 +326,10 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
 
     for app, item in out.items():
         item["vs_plain"] = paired(app, "plain")
-        if app in ("colocated", "isolated"):
+        if app in ("colocated", "isolated", "isolated_loop", "isolated_thread"):
             item["vs_workaround"] = paired(app, "workaround")
+        if app in ("isolated_loop", "isolated_thread"):  # the versions' thread setting alone
+            item["vs_isolated"] = paired(app, "isolated")
         if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
             item["vs_fastapi"] = paired(app, "fastapi")
         if app in ("colocated_batch", "colocated_batch_one"):  # both batching, with the same settings
@@ -378,6 +387,10 @@ PAIR_NOTES = [
     ("colocated_quiet", "vs_plain_quiet", "(c-) vs (a-), both without access lines"),
     ("colocated_feedback", "vs_colocated", "(c*) vs (c), a feedback token in every answer"),
     ("plain_twin", "vs_plain", "(a=) vs (a), the same app twice (A/A, the noise floor)"),
+    ("isolated_loop", "vs_workaround", "(dL) vs (b), versions on one loop"),
+    ("isolated_thread", "vs_workaround", "(dT) vs (b), versions on Ray's threads"),
+    ("isolated_loop", "vs_isolated", "(dL) vs (d), versions on one loop against the default"),
+    ("isolated_thread", "vs_isolated", "(dT) vs (d), versions on Ray's threads against the default"),
 ]
 
 

@@ -55,7 +55,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 INGRESS = {"plain": "OnnxModel", "fastapi": "OnnxModelFastAPI", "workaround": "RandomSplit",
            "colocated": "Router", "isolated": "Router", "plain_batch": "OnnxModelBatched",
-           "colocated_batch": "Router", "plain_twin": "OnnxModel"}
+           "colocated_batch": "Router", "plain_twin": "OnnxModel", "isolated_loop": "Router"}
 
 
 @dataclass

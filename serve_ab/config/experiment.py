@@ -235,6 +235,41 @@ class DeploymentOptions(_Strict):
         return options
 
 
+# Ray Serve reads these in each replica process at start; set through one deployment's
+# runtime_env, they change that deployment's replicas only (ray/serve/_private/constants.py).
+RAY_USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
+
+
+def thread_settings(options: dict[str, Any], separate_thread: bool) -> dict[str, Any]:
+    """``options`` (``Deployment.options``) with its replicas' code on a thread of its own
+    and their handles' calls on a loop of their own (Ray's defaults), or both on Ray's one
+    replica loop."""
+    flag = "1" if separate_thread else "0"
+    options["ray_actor_options"]["runtime_env"] = {
+        "env_vars": {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag}}
+    return options
+
+
+class VersionDeploymentOptions(DeploymentOptions):
+    """Ray Serve options of one version's deployment (isolated placement)."""
+
+    separate_thread: bool | None = Field(
+        None,
+        description="Run the model in a thread of its own beside Ray Serve's replica loop: Ray's "
+        "default. Off, the replica's one event loop runs it and each request skips two thread "
+        "hops. Unset: Ray's setting as the cluster has it. Leave it on when the model blocks for "
+        "tens of milliseconds per call, so that the replica keeps answering Ray's queue-length "
+        "probes and health checks meanwhile.",
+    )
+
+    def to_ray(self) -> dict[str, Any]:
+        options = super().to_ray()
+        if self.separate_thread is None:
+            return options
+        return thread_settings(options, self.separate_thread)
+
+
 class VersionConfig(_Strict):
     name: str = Field(..., pattern=VERSION_NAME_PATTERN, description="Version name, e.g. v1.")
     path: str | None = Field(
@@ -274,7 +309,7 @@ class VersionConfig(_Strict):
     batching: BatchingConfig | None = Field(
         None, description="Dynamic batching of concurrent requests; unset sends each on its own."
     )
-    deployment: DeploymentOptions | None = Field(
+    deployment: VersionDeploymentOptions | None = Field(
         None, description="Ray Serve options of this version's deployment (isolated placement only).",
     )
 
@@ -672,12 +707,6 @@ class ReportAnalysisConfig(_Strict):
         return metrics
 
 
-# Ray Serve reads these in each replica process at start; set through the router's
-# runtime_env, they change the router's replicas only (ray/serve/_private/constants.py).
-RAY_USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
-RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
-
-
 class RouterOptions(DeploymentOptions):
     """Ray Serve options of the router deployment, and how its replicas run serve-ab's code."""
 
@@ -704,10 +733,7 @@ class RouterOptions(DeploymentOptions):
         options = super().to_ray()
         if self.separate_thread is None and isolated:
             return options  # Ray's setting, as the cluster has it
-        flag = "1" if self.separate_thread else "0"
-        options["ray_actor_options"]["runtime_env"] = {
-            "env_vars": {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag}}
-        return options
+        return thread_settings(options, bool(self.separate_thread))
 
 
 def _default_router() -> RouterOptions:

@@ -15,9 +15,9 @@ from ray.serve import Application
 
 from serve_ab.config.experiment import (
     ConfigError,
-    DeploymentOptions,
     ExperimentConfig,
     Placement,
+    VersionDeploymentOptions,
     format_validation_error,
     parse_experiment,
 )
@@ -133,7 +133,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
         pools = {
             version.name: ModelPool.options(
                 name=f"version-{version.name}",
-                **(version.deployment or DeploymentOptions()).to_ray(),
+                **(version.deployment or VersionDeploymentOptions()).to_ray(),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }

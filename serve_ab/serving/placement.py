@@ -25,6 +25,7 @@ from typing import Any
 from serve_ab.config.experiment import (
     ConfigError,
     DeploymentOptions,
+    VersionDeploymentOptions,
     ExperimentConfig,
     Placement,
 )
@@ -77,7 +78,7 @@ def _requests(cfg: ExperimentConfig) -> list[_Request]:
                          tuple(range(len(cfg.versions))), is_router=True)]
     versions = [
         _Request(f"version {v.name!r}", f"versions.{i}.deployment.ray_actor_options",
-                 v.deployment or DeploymentOptions(), (i,), is_router=False)
+                 v.deployment or VersionDeploymentOptions(), (i,), is_router=False)
         for i, v in enumerate(cfg.versions)
     ]
     return [*versions, _Request("the router", "router.ray_actor_options", cfg.router, (), is_router=True)]

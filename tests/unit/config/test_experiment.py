@@ -71,6 +71,30 @@ def test_router_runs_on_rays_replica_loop_when_colocated_unless_asked_for_thread
         errors_of(with_changes(router={"separate_thread": "maybe"}))[0]
 
 
+def test_a_versions_deployment_keeps_rays_thread_setting_unless_asked():
+    # Isolated placement: each version's replicas run Ray's setting (threads by default)
+    # unless its deployment names separate_thread; the flags travel in that deployment's
+    # runtime_env only, never the router's.
+    def env(version):
+        return version.deployment.to_ray()["ray_actor_options"].get("runtime_env", {}).get("env_vars")
+
+    def isolated(**deployment):
+        return parse_experiment(with_changes(placement="isolated", versions=[
+            dict(v, deployment={"num_replicas": 1, **deployment}) for v in GOOD["versions"]]))
+
+    assert [env(v) for v in isolated().versions] == [None, None]
+    one_loop = isolated(separate_thread=False)
+    assert all(env(v) == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                          "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"} for v in one_loop.versions)
+    assert one_loop.router.to_ray(isolated=True)["ray_actor_options"].get("runtime_env") is None
+    assert all(env(v) == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+                          "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+               for v in isolated(separate_thread=True).versions)
+    assert "versions.0.deployment.separate_thread: Input should be a valid boolean" in \
+        errors_of(with_changes(placement="isolated", versions=[
+            dict(GOOD["versions"][0], deployment={"separate_thread": "maybe"}), GOOD["versions"][1]]))[0]
+
+
 def test_router_access_log_is_on_unless_switched_off_and_is_not_a_ray_option():
     assert parse_experiment(GOOD).router.access_log is True
     off = parse_experiment(with_changes(router={"num_replicas": 1, "access_log": False}))
