@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -408,8 +409,31 @@ def _run(argv: list[str] | None) -> int:
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
     return args.func(args)
+
+
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+
+def _joined_negative_values(argv: list[str]) -> list[str]:
+    """``--timeout -5s`` as ``--timeout=-5s``. argparse takes a word starting with a dash for
+    an option unless it is a plain number, so a negative duration (``-5s``) was refused as
+    "expected one argument", never reaching the check that says what is valid."""
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":  # what follows is positional, as argparse reads it
+            return joined + argv[i:]
+        if (word.startswith("--") and "=" not in word and i + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[i + 1])):
+            joined.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        joined.append(word)
+        i += 1
+    return joined
 
 
 if __name__ == "__main__":
