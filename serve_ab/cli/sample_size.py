@@ -290,7 +290,7 @@ def _table(plan: dict[str, Any]) -> str:
         head = "conversions, " + ("mSPRT on the difference in rates" if plan["sequential"]
                                   else "two-proportion z-test")
         rows = [("baseline rate", f"{base_rate:.4g}"),
-                ("minimum effect", f"{mde:+.4g} ({mde / base_rate:+.1%}) -> {base_rate + mde:.4g}")]
+                ("minimum effect", f"{mde:+.4g} ({_relative(mde, base_rate)}) -> {base_rate + mde:.4g}")]
     else:
         head = "means, " + ("mSPRT on the difference in means" if plan["sequential"] else "two-sample t-test")
         rows = [("std dev", f"{plan['std']:.4g} per request"),
@@ -409,3 +409,12 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _relative(mde: float, base_rate: float) -> str:
+    """The effect as a share of the baseline: +20.0%, or in powers of ten past what a
+    percentage shows readably (a baseline rate of 1e-300 makes 0.02 some 1e300 times it)."""
+    share = mde / base_rate
+    if abs(share) < 1e4:
+        return f"{share:+.1%}"
+    return f"{share:+.3g}x the baseline" if math.isfinite(share) else "over 1e308x the baseline"

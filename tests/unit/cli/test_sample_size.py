@@ -38,6 +38,15 @@ def test_conversions_table(capsys):
     assert "fixed horizon" in out and "3,835 units, 3,835 requests" in out
 
 
+@pytest.mark.parametrize("rate, shown", [("0.10", "+0.02 (+20.0%) -> 0.12"),
+                                         ("1e-300", "+0.02 (+2e+298x the baseline) -> 0.02"),
+                                         ("1e-320", "+0.02 (over 1e308x the baseline) -> 0.02")])
+def test_the_effect_as_a_share_of_a_tiny_baseline_stays_readable(capsys, rate, shown):
+    # A baseline near 0 once printed a 300-digit percentage, or "+inf%".
+    assert _main(["--baseline-rate", rate, "--mde", "0.02"]) == 0
+    assert f"minimum effect      {shown}" in capsys.readouterr().out
+
+
 def test_relative_mde_and_variants_as_json(capsys):
     assert _main(["--baseline-rate", "0.10", "--mde", "0.15", "--relative", "--variants", "3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
