@@ -409,31 +409,44 @@ def _run(argv: list[str] | None) -> int:
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(_joined_negative_values(argv, _options_taking_a_value(parser)))
     return args.func(args)
 
 
 _NEGATIVE_VALUE = re.compile(r"-\.?\d")
 
 
-def _joined_negative_values(argv: list[str]) -> list[str]:
-    """``--timeout -5s`` as ``--timeout=-5s``. argparse takes a word starting with a dash for
-    an option unless it is a plain number, so a negative duration (``-5s``) was refused as
-    "expected one argument", never reaching the check that says what is valid."""
+def _joined_negative_values(argv: list[str], options: set[str]) -> list[str]:
+    """``--timeout -5s`` as ``--timeout=-5s``, for the ``options`` that take a value.
+    argparse takes a word starting with a dash for an option unless it is a plain number, so
+    a negative duration (``-5s``) was refused as "expected one argument", never reaching the
+    check that says what is valid."""
     joined: list[str] = []
     i = 0
     while i < len(argv):
         word = argv[i]
         if word == "--":  # what follows is positional, as argparse reads it
             return joined + argv[i:]
-        if (word.startswith("--") and "=" not in word and i + 1 < len(argv)
-                and _NEGATIVE_VALUE.match(argv[i + 1])):
+        if word in options and i + 1 < len(argv) and _NEGATIVE_VALUE.match(argv[i + 1]):
             joined.append(f"{word}={argv[i + 1]}")
             i += 2
             continue
         joined.append(word)
         i += 1
     return joined
+
+
+def _options_taking_a_value(parser: argparse.ArgumentParser) -> set[str]:
+    """The long options of ``parser`` and its commands that take exactly one value."""
+    options: set[str] = set()
+    for action in parser._actions:  # argparse has no public walk of its options
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                options |= _options_taking_a_value(command)
+        elif action.nargs is None and action.option_strings:
+            options.update(name for name in action.option_strings if name.startswith("--"))
+    return options
 
 
 if __name__ == "__main__":

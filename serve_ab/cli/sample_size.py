@@ -412,9 +412,12 @@ def _float(text: str) -> float:
 
 
 def _relative(mde: float, base_rate: float) -> str:
-    """The effect as a share of the baseline: +20.0%, or in powers of ten past what a
-    percentage shows readably (a baseline rate of 1e-300 makes 0.02 some 1e300 times it)."""
+    """The effect as a share of the baseline: +20.0%; -0.01% (three digits below 0.1%); or
+    in powers of ten past what a percentage shows readably (a baseline rate of 1e-300 makes
+    0.02 some 1e300 times it)."""
     share = mde / base_rate
+    if 0 < abs(share) < 1e-3:  # one decimal of a percent would read as 0.0%
+        return f"{100 * share:+.3g}%"
     if abs(share) < 1e4:
         return f"{share:+.1%}"
     return f"{share:+.3g}x the baseline" if math.isfinite(share) else "over 1e308x the baseline"

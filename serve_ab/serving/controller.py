@@ -73,6 +73,22 @@ _ACTION_ONLY_FIELDS = {"full": Action.PROMOTE, "weights": Action.WEIGHTS}
 _FIELD_OF = {action: name for name, action in _ACTION_ONLY_FIELDS.items()}
 
 
+def _fingerprint(cfg: ExperimentConfig) -> str:
+    """What the config sets apart from the defaults, as stable text."""
+    return json.dumps(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+
+
+def _same_config(saved: Any, fingerprint: str) -> bool:
+    """Whether a saved run's fingerprint is this config's: the same text, or (saved by an
+    earlier release) a whole config that reads back as this one."""
+    if saved == fingerprint:
+        return True
+    try:
+        return _fingerprint(ExperimentConfig.model_validate(json.loads(saved))) == fingerprint
+    except (TypeError, ValueError):  # not text, not JSON, or not a config of today's schema
+        return False
+
+
 class ControllerCore:
     """Everything the controller does, minus Ray: testable with a fake clock."""
 
@@ -183,19 +199,18 @@ class ControllerCore:
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
-        run (a restarted controller), any change starts a new one.
+        run (a restarted controller), any change to it starts a new one.
 
-        The config is compared by what it sets apart from the defaults, so a field that a
-        later serve-ab adds with a default does not start a new run on upgrade. Runs saved by
-        releases that compared the whole config (every field, defaults included) continue
-        when the whole config is unchanged, and are then saved the new way."""
-        fingerprint = json.dumps(self.cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        Configs are compared by what they set apart from the defaults, so a field that a
+        later serve-ab adds with a default does not start a new run on upgrade (nor does a
+        changed default: the file is the same). A run saved by a release that compared the
+        whole config, defaults included, is read back through today's schema and compared
+        the same way; its saved fingerprint is left as it was, so that a rollback to that
+        release still continues it."""
+        fingerprint = _fingerprint(self.cfg)
         key = f"run:{self.cfg.model}"
         saved = self.store.load(key)
-        if saved is not None and saved.get("fingerprint") in (
-                fingerprint, json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True)):
-            if saved["fingerprint"] != fingerprint:
-                self.store.save(key, dict(saved, fingerprint=fingerprint))
+        if saved is not None and _same_config(saved.get("fingerprint"), fingerprint):
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
         run_id = f"{self.cfg.model}-{started}-{hashlib.blake2b(fingerprint.encode(), digest_size=4).hexdigest()}"

@@ -47,6 +47,11 @@ def test_the_effect_as_a_share_of_a_tiny_baseline_stays_readable(capsys, rate, s
     assert f"minimum effect      {shown}" in capsys.readouterr().out
 
 
+def test_a_tiny_effect_is_not_shown_as_zero_percent(capsys):
+    assert _main(["--baseline-rate", "0.10", "--mde", "-0.00001"]) == 0
+    assert "minimum effect      -1e-05 (-0.01%) -> 0.09999" in capsys.readouterr().out
+
+
 def test_relative_mde_and_variants_as_json(capsys):
     assert _main(["--baseline-rate", "0.10", "--mde", "0.15", "--relative", "--variants", "3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

@@ -296,13 +296,21 @@ def test_a_negative_duration_at_the_entry_point_is_named_as_a_bad_value(capsys, 
 
 
 def test_only_an_options_value_is_joined_and_never_past_a_double_dash():
-    from serve_ab.cli.command import _joined_negative_values
+    from serve_ab.cli.command import _joined_negative_values, _options_taking_a_value, make_parser
 
-    assert _joined_negative_values(["status", "--wait", "--timeout", "-5s", "--json"]) == \
-        ["status", "--wait", "--timeout=-5s", "--json"]
-    assert _joined_negative_values(["--mde", "-0.02", "-o", "json"]) == ["--mde=-0.02", "-o", "json"]
-    assert _joined_negative_values(["--timeout=-5s", "--", "--x", "-5"]) == ["--timeout=-5s", "--", "--x", "-5"]
-    assert _joined_negative_values(["--wait", "--timeout"]) == ["--wait", "--timeout"]
+    options = _options_taking_a_value(make_parser())
+    assert {"--timeout", "--interval", "--mde", "--load-timeout"} <= options
+    assert not {"--wait", "--json", "--no-check-files", "--help"} & options
+
+    def joined(*argv):
+        return _joined_negative_values(list(argv), options)
+
+    assert joined("status", "--wait", "--timeout", "-5s", "--json") == ["status", "--wait", "--timeout=-5s", "--json"]
+    assert joined("--mde", "-0.02", "-o", "json") == ["--mde=-0.02", "-o", "json"]
+    assert joined("--timeout=-5s", "--", "--timeout", "-5") == ["--timeout=-5s", "--", "--timeout", "-5"]
+    assert joined("--wait", "--timeout") == ["--wait", "--timeout"]
+    # A flag is never given a value it does not take: argparse says what it would have said.
+    assert joined("status", "--wait", "-5s") == ["status", "--wait", "-5s"]
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -279,18 +279,29 @@ def test_a_run_is_the_config_apart_from_its_defaults_and_an_older_releases_run_c
                                   for name, path in (("v1", "a.onnx"), ("v2", "b.onnx"), ("v3", "c.onnx"))]}
     spelled = ab_experiment(router={"num_replicas": 1, "max_ongoing_requests": 256, "access_log": True})
     assert ControllerCore(spelled, store, FakeClock(2_000_000.0)).run_id == first.run_id
-    # A run saved by a release that fingerprinted the whole config, defaults included:
-    # the same config continues it, and its fingerprint is rewritten the new way.
+    # A run saved by a release that fingerprinted the whole config, defaults included, and
+    # had fewer fields: the same config continues it, and its fingerprint is left as saved
+    # (a rollback to that release continues it too).
+    isolated = {"placement": "isolated", "versions": [
+        {"name": name, "path": path, "backend": "onnx", "deployment": {"num_replicas": 2}}
+        for name, path in (("v1", "a.onnx"), ("v2", "b.onnx"), ("v3", "c.onnx"))]}
+    whole = ControllerCore(ab_experiment(**isolated), MemoryStateStore(), FakeClock()).cfg.model_dump(mode="json")
+    for version in whole["versions"]:
+        del version["deployment"]["separate_thread"]  # a field that release did not have
+    del whole["router"]["access_log"]
+    older = json.dumps(whole, sort_keys=True)
     store = MemoryStateStore()
-    cfg = ControllerCore(ab_experiment(), MemoryStateStore(), FakeClock()).cfg
-    whole = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    store.save("run:digits", {"run_id": "digits-old-run", "started_at_s": 5.0, "fingerprint": whole})
-    again = ControllerCore(ab_experiment(), store, FakeClock(2_000_000.0))
+    store.save("run:digits", {"run_id": "digits-old-run", "started_at_s": 5.0, "fingerprint": older})
+    again = ControllerCore(ab_experiment(**isolated), store, FakeClock(2_000_000.0))
     assert (again.run_id, again.run_started_at_s) == ("digits-old-run", 5.0)
-    assert store.load("run:digits")["fingerprint"] != whole
-    assert ControllerCore(ab_experiment(), store, FakeClock(3_000_000.0)).run_id == "digits-old-run"
-    assert ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store,
-                          FakeClock(4_000_000.0)).run_id != "digits-old-run"
+    assert store.load("run:digits")["fingerprint"] == older
+    changed = ControllerCore(ab_experiment(**isolated, weights={"v1": 40, "v2": 60}), store, FakeClock(4_000_000.0))
+    assert changed.run_id != "digits-old-run"
+    # A fingerprint that is not a config of today's schema (or not JSON) is another run.
+    for saved in ("{not json", json.dumps({"model": "digits"}), None):
+        store = MemoryStateStore()
+        store.save("run:digits", {"run_id": "digits-old-run", "started_at_s": 5.0, "fingerprint": saved})
+        assert ControllerCore(ab_experiment(), store, FakeClock(2_000_000.0)).run_id != "digits-old-run"
 
 
 def test_a_restarted_controller_carries_on_with_the_runs_figures():
