@@ -104,8 +104,11 @@ class OnnxModelBatched:
 
 @serve.deployment
 class RandomSplit:
-    def __init__(self, versions: dict[str, DeploymentHandle], weights_pct: dict[str, float]):
-        self.handles = versions
+    def __init__(self, versions: dict[str, DeploymentHandle], weights_pct: dict[str, float],
+                 by_reference: bool = True):
+        # by_reference=False: the calls go over Ray Serve's gRPC between replicas instead of
+        # Ray actor calls, as serve-ab's isolated router's do (isolation.transport).
+        self.handles = {name: handle.options(_by_reference=by_reference) for name, handle in versions.items()}
         self.names = list(versions)
         self.weights = [weights_pct[name] for name in self.names]
 
@@ -143,8 +146,8 @@ def plain_fastapi_app(path: str, options: dict[str, Any]) -> Application:
 
 
 def random_split_app(paths: dict[str, str], weights_pct: dict[str, float],
-                     options: dict[str, Any]) -> Application:
+                     options: dict[str, Any], by_reference: bool = True) -> Application:
     """(b) the workaround: an ingress plus one :class:`OnnxModel` deployment per version."""
     versions = {name: OnnxModel.options(name=f"model-{name}", **options).bind(path)
                 for name, path in paths.items()}
-    return RandomSplit.options(**options).bind(versions, weights_pct)
+    return RandomSplit.options(**options).bind(versions, weights_pct, by_reference)

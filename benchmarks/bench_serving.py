@@ -112,10 +112,17 @@ CANDIDATES = [
     Candidate("(a)", "plain", "plain Ray Serve, by hand", "", False),
     Candidate("(a')", "fastapi", "plain, FastAPI ingress", "/predict", False),
     Candidate("(b)", "workaround", "workaround: random.choices", "", False),
+    # (b) calling its versions over Ray Serve's gRPC, as (d) does by default: the workaround
+    # with the same transport, so that (d)'s figure against it is serve-ab's own path alone.
+    Candidate("(bG)", "workaround_grpc", "workaround, gRPC to the versions", "", False, on_request=True),
     Candidate("(c)", "colocated", "serve-ab colocated", "/predict", True),
     Candidate("(d)", "isolated", "serve-ab isolated", "/predict", True),
     Candidate("(dL)", "isolated_loop", "serve-ab isolated, versions on one loop", "/predict", True, on_request=True),
     Candidate("(dT)", "isolated_thread", "serve-ab isolated, versions on threads", "/predict", True, on_request=True),
+    # (d) with Ray actor calls to the versions, Ray Serve's default transport (and serve-ab's
+    # before isolation.transport): what calling them over Ray Serve's gRPC saves.
+    Candidate("(dA)", "isolated_actor", "serve-ab isolated, actor calls to the versions", "/predict", True,
+              on_request=True),
     Candidate("(a+)", "plain_batch", "plain + @serve.batch", "", False, batched=True),
     Candidate("(c+)", "colocated_batch", "serve-ab colocated, batching on", "/predict", True, batched=True),
     # Both without Ray Serve's access line (logging_config.enable_access_log: false; serve-ab's
@@ -143,7 +150,7 @@ BY_APP = {c.app: c for c in CANDIDATES}
 
 def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool = True,
                         takes_feedback: bool = False, weights_pct: dict[str, float] = WEIGHTS_PCT,
-                        versions_thread: bool | None = None) -> dict[str, Any]:
+                        versions_thread: bool | None = None, **more: Any) -> dict[str, Any]:
     versions = [version("v1"), version("v3")]
     if batched:
         from benchmarks.baselines import BATCH_MAX_SIZE, BATCH_WAIT_TIMEOUT_S
@@ -151,7 +158,8 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
         batching = {"max_batch_size": BATCH_MAX_SIZE, "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
         versions = [dict(v, batching=batching) for v in versions]
     router = REPLICA_OPTIONS if access_log else dict(REPLICA_OPTIONS, access_log=False)
-    more = {"analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]}} if takes_feedback else {}
+    if takes_feedback:
+        more["analysis"] = {"metrics": [{"name": "correct", "kind": "conversion"}]}
     version_options = None
     if placement == "isolated":
         version_options = REPLICA_OPTIONS if versions_thread is None else dict(REPLICA_OPTIONS,
@@ -174,10 +182,13 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "fastapi": lambda: baselines.plain_fastapi_app(v1, REPLICA_OPTIONS),
         "workaround": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
                                                          REPLICA_OPTIONS),
+        "workaround_grpc": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
+                                                              REPLICA_OPTIONS, by_reference=False),
         "colocated": lambda: build_app(serve_ab_experiment("colocated")),
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
         "isolated_loop": lambda: build_app(serve_ab_experiment("isolated", versions_thread=False)),
         "isolated_thread": lambda: build_app(serve_ab_experiment("isolated", versions_thread=True)),
+        "isolated_actor": lambda: build_app(serve_ab_experiment("isolated", isolation={"transport": "actor"})),
         "plain_batch": lambda: baselines.plain_batched_app(v1, REPLICA_OPTIONS),
         "colocated_batch": lambda: build_app(serve_ab_experiment("colocated", batched=True)),
         "colocated_batch_one": lambda: build_app(serve_ab_experiment("colocated", batched=True,
@@ -326,9 +337,11 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
 
     for app, item in out.items():
         item["vs_plain"] = paired(app, "plain")
-        if app in ("colocated", "isolated", "isolated_loop", "isolated_thread"):
+        if app in ("colocated", "isolated", "isolated_loop", "isolated_thread", "isolated_actor"):
             item["vs_workaround"] = paired(app, "workaround")
-        if app in ("isolated_loop", "isolated_thread"):  # the versions' thread setting alone
+        if app == "isolated":
+            item["vs_workaround_grpc"] = paired(app, "workaround_grpc")
+        if app in ("isolated_loop", "isolated_thread", "isolated_actor"):  # one setting against the default
             item["vs_isolated"] = paired(app, "isolated")
         if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
             item["vs_fastapi"] = paired(app, "fastapi")
@@ -391,6 +404,9 @@ PAIR_NOTES = [
     ("isolated_thread", "vs_workaround", "(dT) vs (b), versions on Ray's threads"),
     ("isolated_loop", "vs_isolated", "(dL) vs (d), versions on one loop against the default"),
     ("isolated_thread", "vs_isolated", "(dT) vs (d), versions on Ray's threads against the default"),
+    ("isolated_actor", "vs_workaround", "(dA) vs (b), actor calls to the versions"),
+    ("isolated_actor", "vs_isolated", "(dA) vs (d), actor calls to the versions against gRPC"),
+    ("isolated", "vs_workaround_grpc", "(d) vs (bG), both calling the versions over gRPC"),
 ]
 
 

@@ -55,7 +55,8 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 INGRESS = {"plain": "OnnxModel", "fastapi": "OnnxModelFastAPI", "workaround": "RandomSplit",
            "colocated": "Router", "isolated": "Router", "plain_batch": "OnnxModelBatched",
-           "colocated_batch": "Router", "plain_twin": "OnnxModel", "isolated_loop": "Router"}
+           "colocated_batch": "Router", "plain_twin": "OnnxModel", "isolated_loop": "Router",
+           "isolated_actor": "Router", "workaround_grpc": "RandomSplit"}
 
 
 @dataclass

@@ -241,14 +241,27 @@ RAY_USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
 RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
 
 
-def thread_settings(options: dict[str, Any], separate_thread: bool) -> dict[str, Any]:
-    """``options`` (``Deployment.options``) with its replicas' code on a thread of its own
-    and their handles' calls on a loop of their own (Ray's defaults), or both on Ray's one
-    replica loop."""
-    flag = "1" if separate_thread else "0"
-    options["ray_actor_options"]["runtime_env"] = {
-        "env_vars": {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag}}
+# The largest gRPC message a replica takes between deployments (4 MiB by default): read by
+# the sending router's channel (answers) and the version replica's server (requests).
+RAY_GRPC_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+GRPC_MESSAGE_MAX_BYTES = 2**31 - 1  # gRPC's own limit: a message's length is a signed 32-bit int
+
+
+def with_env_vars(options: dict[str, Any], env_vars: dict[str, str]) -> dict[str, Any]:
+    """``options`` (``Deployment.options``) with these variables in its replicas' runtime_env
+    (none given: ``options`` as they are)."""
+    if not env_vars:
+        return options
+    runtime_env = options["ray_actor_options"].setdefault("runtime_env", {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
     return options
+
+
+def thread_settings(options: dict[str, Any], separate_thread: bool) -> dict[str, Any]:
+    """``options`` with its replicas' code on a thread of its own and their handles' calls
+    on a loop of their own (Ray's defaults), or both on Ray's one replica loop."""
+    flag = "1" if separate_thread else "0"
+    return with_env_vars(options, {RAY_USER_CODE_THREAD_ENV: flag, RAY_HANDLE_LOOP_ENV: flag})
 
 
 class VersionDeploymentOptions(DeploymentOptions):
@@ -455,6 +468,13 @@ class IsolationConfig(_Strict):
         10.0, gt=0.0, le=3600.0,
         description="How often a version reported failed because it did not answer (or answered "
         "with an error) is asked again; it serves again once it answers with the experiment's interface.",
+    )
+    transport: Literal["actor", "grpc"] = Field(
+        "grpc",
+        description="How the router's calls reach a version's replicas: actor (Ray actor calls, "
+        "Ray Serve's default; large arrays travel through Ray's object store) or grpc (Ray Serve's "
+        "inter-deployment gRPC, a handle with _by_reference=False, as RAY_SERVE_THROUGHPUT_OPTIMIZED "
+        "sets it; each message at most RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default).",
     )
 
 

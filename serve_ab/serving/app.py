@@ -16,10 +16,13 @@ from ray.serve import Application
 from serve_ab.config.experiment import (
     ConfigError,
     ExperimentConfig,
+    GRPC_MESSAGE_MAX_BYTES,
     Placement,
+    RAY_GRPC_MESSAGE_ENV,
     VersionDeploymentOptions,
     format_validation_error,
     parse_experiment,
+    with_env_vars,
 )
 from serve_ab.config.rollout import shown_value
 from serve_ab.serving.controller import ExperimentController
@@ -128,12 +131,17 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     # GPUs or custom resources the cluster cannot give: refuse now, never wait forever.
     cfg = fit_to_cluster(cfg)
     experiment = cfg.model_dump(mode="json")
+    isolated = cfg.placement is Placement.ISOLATED
+    # Calls to the versions over Ray Serve's gRPC: without a larger limit on both ends, an
+    # answer (or a request) over 4 MiB would fail as if the version had.
+    grpc_env = ({RAY_GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_MAX_BYTES)}
+                if isolated and cfg.isolation.transport == "grpc" else {})
     pools = None
-    if cfg.placement is Placement.ISOLATED:
+    if isolated:
         pools = {
             version.name: ModelPool.options(
                 name=f"version-{version.name}",
-                **(version.deployment or VersionDeploymentOptions()).to_ray(),
+                **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), grpc_env),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }
@@ -150,7 +158,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     ).bind(experiment)
     # Ray Serve's access line, with the version that answered (serve_ab/api/access_log.py).
     # A logging_config only to switch it off: a deployment's own one would hide the app's.
-    router_options = cfg.router.to_ray(isolated=cfg.placement is Placement.ISOLATED)
+    router_options = with_env_vars(cfg.router.to_ray(isolated=isolated), grpc_env)
     if not cfg.router.access_log:
         router_options["logging_config"] = {"enable_access_log": False}
     return Router.options(**router_options).bind(experiment, pools, controller)

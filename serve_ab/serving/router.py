@@ -161,7 +161,9 @@ class Router:
         versions: Mapping[str, Version]
         if pools:
             settings = WatchdogSettings(call_timeout_s=cfg.isolation.call_timeout_s)
-            versions = {name: WatchedVersion(name, _HandleCalls(handle), replica_unavailable, settings)
+            by_reference = cfg.isolation.transport == "actor"  # else Ray Serve's gRPC between replicas
+            versions = {name: WatchedVersion(name, _HandleCalls(handle.options(_by_reference=by_reference)),
+                                             replica_unavailable, settings)
                         for name, handle in pools.items()}
         else:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve

@@ -95,6 +95,13 @@ def test_a_versions_deployment_keeps_rays_thread_setting_unless_asked():
             dict(GOOD["versions"][0], deployment={"separate_thread": "maybe"}), GOOD["versions"][1]]))[0]
 
 
+def test_isolation_transport_is_grpc_unless_actor_calls_are_asked_for():
+    assert parse_experiment(GOOD).isolation.transport == "grpc"
+    assert parse_experiment(with_changes(isolation={"transport": "actor"})).isolation.transport == "actor"
+    assert "isolation.transport: Input should be 'actor' or 'grpc'" in \
+        errors_of(with_changes(isolation={"transport": "http"}))[0]
+
+
 def test_router_access_log_is_on_unless_switched_off_and_is_not_a_ray_option():
     assert parse_experiment(GOOD).router.access_log is True
     off = parse_experiment(with_changes(router={"num_replicas": 1, "access_log": False}))

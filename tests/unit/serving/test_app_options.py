@@ -1,0 +1,45 @@
+"""The Ray Serve options ``build_app`` gives each deployment (Ray is not started: binding a
+deployment only records its options)."""
+
+from __future__ import annotations
+
+from serve_ab import build_app
+
+LINEAR = "tests.unit.backends.python_models:Linear"
+GRPC_LIMIT = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647"}
+
+
+def experiment(**more):
+    return {"model": "m", "weights": {"v1": 50, "v2": 50},
+            "versions": [{"name": name, "backend": "python", "class": LINEAR} for name in ("v1", "v2")], **more}
+
+
+def env_vars(app) -> tuple[dict | None, dict[str, dict | None]]:
+    """The router's runtime_env variables, and each version deployment's (isolated)."""
+    router = app._bound_deployment
+    pools = router.init_args[1] or {}
+
+    def env(deployment):
+        return deployment.ray_actor_options.get("runtime_env", {}).get("env_vars")
+
+    return env(router), {name: env(pool._bound_deployment) for name, pool in pools.items()}
+
+
+def test_isolated_versions_are_called_over_grpc_with_room_for_large_messages_on_both_ends():
+    # A 4 MiB answer or request would otherwise fail as if the version had (Ray's default limit).
+    router, versions = env_vars(build_app(experiment(placement="isolated")))
+    assert router == GRPC_LIMIT and versions == {"v1": GRPC_LIMIT, "v2": GRPC_LIMIT}
+    # The limit goes beside any thread setting, never over it.
+    router, versions = env_vars(build_app(experiment(
+        placement="isolated", router={"num_replicas": 1, "separate_thread": False},
+        versions=[{"name": name, "backend": "python", "class": LINEAR, "deployment": {"separate_thread": False}}
+                  for name in ("v1", "v2")])))
+    one_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+    assert router == versions["v1"] == versions["v2"] == {**one_loop, **GRPC_LIMIT}
+
+
+def test_actor_calls_and_colocated_routers_set_no_message_limit():
+    router, versions = env_vars(build_app(experiment(placement="isolated", isolation={"transport": "actor"})))
+    assert router is None and versions == {"v1": None, "v2": None}
+    router, versions = env_vars(build_app(experiment()))
+    assert "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH" not in router and versions == {}
