@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 from ray import serve
 from ray.exceptions import (
     NodeDiedError,
@@ -57,7 +58,11 @@ SHUTDOWN_DRAIN_S = 2.0  # how long a stopping router waits for mirrored copies i
 
 # The replica failed, not the request: it died (RayActorError covers ActorDiedError and
 # ActorUnavailableError), its worker or node went away, or Serve had no replica to take it.
-_UNAVAILABLE = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError, RaySystemError,
+# Over Ray Serve's gRPC between replicas (isolation.transport: grpc) Ray turns only
+# UNAVAILABLE into ActorUnavailableError; any other status of the call itself (INTERNAL,
+# UNKNOWN, RESOURCE_EXHAUSTED past gRPC's 2 GiB, UNAUTHENTICATED) is the transport failing,
+# never the model, whose own exceptions arrive as themselves.
+_UNAVAILABLE = (grpc.aio.AioRpcError, RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError, RaySystemError,
                 DeploymentUnavailableError, ReplicaUnavailableError, BackPressureError)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from serve_ab.backends.base import OutputSpec, OutputSpecs
 from serve_ab.serving.core.messages import Mirror
 from serve_ab.serving.core.observe import ObservationBuffer
-from serve_ab.serving.core.versions import Version, answer, error_kind
+from serve_ab.serving.core.versions import Version, answer, detached_task, error_kind
 
 logger = logging.getLogger("ray.serve")
 # Copies in flight at most: a slow mirrored version must not pile tasks up in the router.
@@ -48,7 +48,8 @@ class MirrorSender:
             if len(self._tasks) >= MAX_IN_FLIGHT:
                 self.skipped += 1
                 continue
-            task = asyncio.get_running_loop().create_task(
+            # Detached: a copy is not cancelled with the live request (a client gone at once).
+            task = detached_task(
                 self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id, unit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

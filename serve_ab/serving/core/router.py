@@ -30,7 +30,7 @@ import numpy as np
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.tasks import task_rules
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
-from serve_ab.config.experiment import ExperimentConfig
+from serve_ab.config.experiment import ExperimentConfig, Placement
 from serve_ab.errors import (
     ControllerUnavailable,
     Forbidden,
@@ -51,6 +51,7 @@ from serve_ab.serving.core.versions import (
     Version,
     VersionLoadFailed,
     answer,
+    detached_task,
     error_kind,
     load_error_text,
     within,
@@ -226,7 +227,7 @@ class RouterCore:
     def _start_check(self, name: str) -> asyncio.Future:
         check = self._checks.get(name)
         if check is None or check.done():
-            check = self._checks[name] = asyncio.ensure_future(self._check(name))
+            check = self._checks[name] = detached_task(self._check(name))  # shared by every waiter
         return check
 
     async def _checked(self, name: str) -> None:
@@ -242,8 +243,12 @@ class RouterCore:
         try:
             spec = await within(version.describe(), timeout_s, self.sleep)
         except TimeoutError:
+            hint = ""
+            if self.cfg.placement is Placement.ISOLATED and self.isolation.transport == "grpc":
+                hint = ("; or this router's node cannot reach the version's on the port of Ray Serve's "
+                        "gRPC between replicas (isolation.transport: actor uses Ray's own calls)")
             self._fail(name, f"did not answer within {timeout_s:g}s (isolation.describe_timeout_s): "
-                             "still starting, or its replicas cannot start")
+                             f"still starting, or its replicas cannot start{hint}")
         except VersionLoadFailed as err:  # an isolated version's deployment could not load it
             # Across Ray, the error is a RayTaskError too: its cause holds the message.
             self._fail(name, getattr(getattr(err, "cause", err), "message", None) or "failed to load")

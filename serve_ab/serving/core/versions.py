@@ -10,9 +10,10 @@ others are served without it (:func:`load_each`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -158,6 +159,16 @@ def load_each(configs: Iterable[C], load: Callable[[C], Version],
             logger.exception("serve-ab: version %s failed to load; serving the other versions", name)
             loaded[name] = FailedVersion(name, load_error_text(err))
     return loaded
+
+
+def detached_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """``coro`` as a task of its own, outside the request that starts it (a fresh context,
+    without Ray Serve's request context). Ray Serve cancels a request's calls to other
+    deployments when the request is cancelled, and over its gRPC transport every such call
+    (``gRPCReplicaResult`` registers under the parent request's id), so a watchdog probe, a
+    shared describe check or a mirrored copy started while serving one client would end when
+    that client went away, failing every request that waits on it."""
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
 
 
 async def within(call: Awaitable[T], timeout_s: float, sleep: Callable[[float], Awaitable[None]]) -> T:

@@ -26,6 +26,7 @@ import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec
 from serve_ab.errors import VersionUnavailable
+from serve_ab.serving.core.versions import detached_task
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,7 +84,7 @@ class WatchedVersion:
         if self.down_reason is not None:
             raise VersionUnavailable(self.down_reason)
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+            self._watchdog = detached_task(self._watch())  # its probes outlive this request
         call = self.calls.predict(batch)
         self._pending[call] = 0.0
         try:
