@@ -471,10 +471,11 @@ class IsolationConfig(_Strict):
     )
     transport: Literal["actor", "grpc"] = Field(
         "grpc",
-        description="How the router's calls reach a version's replicas: actor (Ray actor calls, "
-        "Ray Serve's default; large arrays travel through Ray's object store) or grpc (Ray Serve's "
+        description="How the router's calls reach a version's replicas: grpc (Ray Serve's "
         "inter-deployment gRPC, a handle with _by_reference=False, as RAY_SERVE_THROUGHPUT_OPTIMIZED "
-        "sets it; each message at most RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default).",
+        "sets it; Ray's 4 MiB message limit raised to gRPC's 2 GiB on the router and the versions; "
+        "needs any TCP port open between their nodes) or actor (Ray actor calls, Ray Serve's default; "
+        "large arrays travel through Ray's object store).",
     )
 
 
