@@ -62,8 +62,11 @@ stop_serve() {
 
 watch_rollout() {  # until promoted or aborted, under a load whose clients report correctness
   local name=$1
+  # 5,000 users: the 5% step sees the users of its buckets only, and with 500 (some 25 there)
+  # the gates' bound on how alike one user's requests are (max_user_icc) capped the evidence at
+  # ~10 requests a user, too little for the p95 gate; the step was held to its deadline.
   python -m tests.support.loadgen --url "$SERVE_AB_URL" --out "$WORK/$name.jsonl" \
-    --concurrency 3 --rate-per-worker-hz 30 --users 500 --stop-file "$WORK/$name.stop" \
+    --concurrency 3 --rate-per-worker-hz 30 --users 5000 --stop-file "$WORK/$name.stop" \
     --samples models/digits/samples.json --feedback correct >"$WORK/$name.load.log" 2>&1 &
   local load_pid=$!
   for _ in $(seq 1 130); do  # ~12 minutes at most: the canary's 600 s deadline, then some
