@@ -66,7 +66,10 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    of requests (lognormal activity): there the design effect's ceiling from requests per
    user decides, and users who always or never fail are that ceiling's worst case. Three
    assume ``analysis.max_user_icc: 0.1``: two where users are that alike (checked), one where
-   they are 0.3 alike (what a wrong assumption costs; shown, not checked). Skewed values (lognormal revenue, keyless or per user) at
+   they are 0.3 alike (what a wrong assumption costs; shown, not checked). Feedback outcomes
+   and shadow agreements have the same ceiling, from how many each user gave: four cases with
+   lognormal activity (users who always or never convert or agree, and an assumed 0.1), and
+   a healthy candidate at 0.6 against ``min 0.5`` for the power it buys. Skewed values (lognormal revenue, keyless or per user) at
    ``feedback_mean max`` set at their true mean should pass at most alpha too, where
    Student's t alone passed 7-30%; a candidate at 0.7 of the max shows the price in power.
 
@@ -207,6 +210,16 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "error_at_bound_300x6_lognormal1_icc0.1_assume0.1": ("error_rate", 300, 6, 0.1, 0.02),
     "p95_at_bound_300x6_lognormal1_icc0.1_assume0.1": ("latency_p95_ms", 300, 6, 0.1, 0.0),
     "error_at_bound_300x6_lognormal1_icc0.3_assume0.1_wrong": ("error_rate", 300, 6, 0.3, 0.02),
+    # The same ceiling for feedback outcomes and shadow agreements, from how many values each
+    # user gave: users who always or never convert (agree), its worst case, and an assumed 0.1.
+    "feedback_rate_at_bound_300x6_lognormal1_icc0.99": ("feedback_rate", 300, 6, 0.99, 0.5),
+    "feedback_rate_at_bound_100x20_lognormal1.5_icc0.99": ("feedback_rate", 100, 20, 0.99, 0.5),
+    "feedback_rate_at_bound_300x6_lognormal1_icc0.1_assume0.1": ("feedback_rate", 300, 6, 0.1, 0.5),
+    "shadow_agreement_at_bound_300x6_lognormal1_icc0.99": ("shadow_agreement", 300, 6, 0.99, 0.9),
+    # Power figures: a healthy candidate converting at 0.6 against min 0.5, its outcomes
+    # correlated within users (ICC 0.3), as in a canary's keyed step.
+    "feedback_rate_healthy_0.6_300x6_lognormal1_icc0.3": ("feedback_rate", 300, 6, 0.3, 0.6),
+    "feedback_rate_healthy_0.6_300x6_lognormal1_icc0.3_assume0.1": ("feedback_rate", 300, 6, 0.3, 0.6),
 }
 # Lognormal activity (log SD) of the cases above that have it; the others' users send per_user each.
 CLUSTER_ACTIVITY_SIGMA = {case: float(case.split("_lognormal")[1].split("_")[0])
@@ -683,8 +696,9 @@ def cluster_pairs(rng: np.random.Generator, case: str) -> IntervalAggregate:
     _, users, per_user, icc, rate = CLUSTER_CASES[case]
     aggregate = IntervalAggregate()
     shape = (1 - icc) / icc
-    for unit, user_rate in zip(_user_rows(rng, "v2", users), rng.beta(rate * shape, (1 - rate) * shape, users)):
-        for agree in (rng.random(per_user) < user_rate).tolist():
+    for unit, user_rate, sent in zip(_user_rows(rng, "v2", users), rng.beta(rate * shape, (1 - rate) * shape, users),
+                                     _activity(rng, case, users, per_user)):
+        for agree in (rng.random(sent) < user_rate).tolist():
             aggregate.pair("v1", "v2", 0, 0 if agree else 1, None, 5.0, None, unit=unit)
     return aggregate
 
@@ -697,14 +711,14 @@ def cluster_feedback(rng: np.random.Generator, case: str) -> tuple[list, list]:
     request = 0
     if case in CLUSTER_SKEWED_LOG_SD:
         return _skewed_feedback(rng, case, join)
-    for unit in _user_rows(rng, "v2", users):
+    for unit, sent in zip(_user_rows(rng, "v2", users), _activity(rng, case, users, per_user)):
         if metric == "feedback_rate":
             shape = (1 - icc) / icc
-            outcomes = rng.random(per_user) < rng.beta(rate * shape, (1 - rate) * shape)
+            outcomes = rng.random(sent) < rng.beta(rate * shape, (1 - rate) * shape)
             reports = [(CONVERSION, None, bool(o)) for o in outcomes.tolist()]
         else:
             user_mean = CLUSTER_FEEDBACK_MEAN + rng.normal(0, CLUSTER_FEEDBACK_SD * math.sqrt(icc))
-            values = user_mean + rng.normal(0, CLUSTER_FEEDBACK_SD * math.sqrt(1 - icc), per_user)
+            values = user_mean + rng.normal(0, CLUSTER_FEEDBACK_SD * math.sqrt(1 - icc), sent)
             reports = [(MEAN, float(v), None) for v in values.tolist()]
         for name, value, converted in reports:
             join.add(f"r{request}", name, value, converted, 1.0, version="v2", unit=unit)
@@ -965,7 +979,10 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
                       f"{CLUSTER_ACTIVITY_SIGMA[case]:g}), ICC {icc:g}")
         if case in CLUSTER_ASSUMED_ICC:
             sample += f", max_user_icc {CLUSTER_ASSUMED_ICC[case]:g}"
-        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA, f"<= {ALPHA}")
+        # At most alpha up to Monte Carlo error (DESIGN.md): a case where the gate is exact (the
+        # assumed max_user_icc true) sits at alpha itself, 0.046 +- 0.002 in 12,000 reps.
+        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA + 2 * rate.mc_se,
+              f"<= {ALPHA} + 2 MC SE")
     for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
         if case.startswith("aa_") and not keyless:
             check(f"shadow flip test, no shift, {users} users x {per_user}, ICC {icc:g}: class 0 significant",

@@ -48,7 +48,9 @@ the correlation within a user, as long as a user's propensity is not tied to how
 requests they send. Routers count requests per cell of users (:data:`CELLS`, by the key's
 hash), so the sum is of cells, which holds whole users: at least the users' sum, and within
 a few percent of it while a window has under ~3,000 requests of the version; with more, the
-estimated bound is the smaller one anyway.
+estimated bound is the smaller one anyway. Feedback and shadow agreements
+(:class:`ValueGroups`) count their values per cell the same way, for the same ceiling over
+how many values each user gave (:meth:`ValueGroups.ceiling`).
 
 The memory is fixed: groups x (2 + latency bins) counters per version, plus the
 (group, class) and (group, score bin) pairs seen, however many users arrive.
@@ -319,11 +321,17 @@ class GroupSums:
         request a cell of one (module docstring); with users' requests at most ``max_icc``
         alike, Kish's ``1 + max_icc (m - 1)`` with m that ratio. Infinite (no ceiling) where
         some keyed requests were not counted in cells (a router of an older release sent them)."""
-        keyed = int(self.requests[:NUM_GROUPS].sum())
-        if n <= 0 or not self.cells.complete or self.cells.total() != keyed:
-            return math.inf
-        weighted_mean = max((self.cells.square_sum() + float(self.requests[KEYLESS])) / n, 1.0)
-        return 1.0 + max_icc * (weighted_mean - 1.0)
+        return _cells_ceiling(self.cells, self.requests, n, max_icc)
+
+
+def _cells_ceiling(cells: CellCounts, counts: np.ndarray, n: int, max_icc: float) -> float:
+    """:meth:`GroupSums.ceiling` over ``cells`` of the keyed ones among ``counts`` (per group,
+    keyless last); infinite where some keyed ones were not counted in cells."""
+    keyed = int(counts[:NUM_GROUPS].sum())
+    if n <= 0 or not cells.complete or cells.total() != keyed:
+        return math.inf
+    weighted_mean = max((cells.square_sum() + float(counts[KEYLESS])) / n, 1.0)
+    return 1.0 + max_icc * (weighted_mean - 1.0)
 
 
 @dataclass(frozen=True)
@@ -347,13 +355,15 @@ class DesignEffect:
     ceiling: float = math.inf
     #: The ``max_user_icc`` the ceiling assumed (1: none).
     ceiling_icc: float = 1.0
+    #: What the ceiling counted per user, for the gate's reason ("requests", "values").
+    ceiling_of: str = "requests"
 
-    def capped(self, ceiling: float, icc: float = 1.0) -> DesignEffect:
+    def capped(self, ceiling: float, icc: float = 1.0, of: str = "requests") -> DesignEffect:
         """This effect with a ceiling (the smaller of the two, where it had one), which
-        ``icc`` (below 1) assumed."""
+        ``icc`` (below 1) assumed, from how many ``of`` each user sent."""
         if ceiling >= self.ceiling:
             return self
-        return replace(self, ceiling=ceiling, ceiling_icc=icc)
+        return replace(self, ceiling=ceiling, ceiling_icc=icc, ceiling_of=of)
 
     @property
     def estimated(self) -> bool:
@@ -388,7 +398,7 @@ class DesignEffect:
         upper = self.upper(alpha)
         if upper <= 1.0:
             return ""
-        reason = "how many requests each user sent" + (
+        reason = f"how many {self.ceiling_of} each user sent" + (
             f" and max_user_icc {self.ceiling_icc:g}" if self.ceiling_icc < 1.0 else "")
         if upper < self._estimated_upper(alpha):
             seen = f"{self.value:.3g} from {self.groups} groups of users" if self.value > 1.0 else "none seen"
@@ -484,16 +494,30 @@ class ValueGroups:
     sums: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
     squares: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
     cubes: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
+    #: Keyed values per cell of users, for :meth:`ceiling`, as :attr:`GroupSums.cells`.
+    cells: CellCounts = field(default_factory=CellCounts)
 
     def add(self, unit: int | None, value: float) -> None:
-        row = KEYLESS if unit is None else (unit % NUM_BUCKETS) % NUM_GROUPS
+        if unit is None:
+            row = KEYLESS
+        else:
+            row = (unit % NUM_BUCKETS) % NUM_GROUPS
+            self.cells.add([(unit // NUM_BUCKETS) % CELLS])
         self.counts[row] += 1
         self.sums[row] += value
         self.squares[row] += value * value
         self.cubes[row] += value * value * value
 
+    def ceiling(self, max_icc: float = 1.0) -> float:
+        """The largest design effect the mean of these values can have, from how many each
+        user gave (:meth:`GroupSums.ceiling`, over values instead of requests); infinite
+        where keyed values were added without their users (:meth:`add_many`, an older
+        router's pickle, a saved state)."""
+        return _cells_ceiling(self.cells, self.counts, int(self.counts.sum()), max_icc)
+
     def add_many(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """Values in the given rows (:func:`groups_of`'s)."""
+        """Values in the given rows (:func:`groups_of`'s); their users are not known, so a
+        keyed one leaves these values without a :meth:`ceiling`."""
         np.add.at(self.counts, rows, 1)
         np.add.at(self.sums, rows, values)
         squares = values * values
@@ -513,9 +537,11 @@ class ValueGroups:
         self.sums += other.sums
         self.squares += other.squares
         self.cubes += other.cubes
+        self.cells.merge(other.cells)
 
     def to_wire(self) -> dict:
-        """Sparse plain data (the controller's saved state, the report's snapshot)."""
+        """Sparse plain data (the controller's saved state, the report's snapshot), without
+        the cells, which only the gates' windows read (up to 65,536 a version)."""
         used = np.flatnonzero(self.counts)
         return {"rows": used.tolist(), "counts": self.counts[used].tolist(), "sums": self.sums[used].tolist(),
                 "squares": self.squares[used].tolist(), "cubes": self.cubes[used].tolist()}
@@ -524,7 +550,7 @@ class ValueGroups:
     def from_wire(cls, data: dict | None) -> ValueGroups:
         """From :meth:`to_wire`'s data; saved before the cubes were kept, the cubes read as
         unknown (NaN), and the mean's skewness with them where keyless values are used."""
-        out = cls()
+        out = cls()  # the wire keeps no cells: keyed values read from it leave no ceiling
         if data:
             rows = np.asarray(data["rows"], dtype=np.int64)
             if rows.size and (rows.min() < 0 or rows.max() >= _ROWS):
@@ -539,7 +565,7 @@ class ValueGroups:
     def __getstate__(self) -> dict:
         used = np.flatnonzero(self.counts).astype(np.int32)
         return {"rows": used, "counts": self.counts[used], "sums": self.sums[used], "squares": self.squares[used],
-                "cubes": self.cubes[used]}
+                "cubes": self.cubes[used], **self.cells.to_state()}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -547,6 +573,8 @@ class ValueGroups:
         self.counts[rows], self.sums[rows], self.squares[rows] = state["counts"], state["sums"], state["squares"]
         # A router older than the cubes: unknown, as from_wire's.
         self.cubes[rows] = state.get("cubes", math.nan)
+        # Older than the cells: no ceiling.
+        self.cells = CellCounts.from_state(state)
 
 
 @dataclass(frozen=True)

@@ -460,15 +460,21 @@ def _rate_effect(gate: Gate, window: WindowStats, icc: float = 1.0) -> DesignEff
         return _with_ceiling(ratio_design_effect(window.groups.errors, window.groups.requests), window,
                              window.request_count, icc)
     if gate.metric is GateMetric.FEEDBACK_RATE and gate.name in window.conversion_groups:
-        return window.conversion_groups[gate.name].design_effect()
+        return _values_effect(window.conversion_groups[gate.name], icc)
     if gate.metric is GateMetric.SHADOW_AGREEMENT and window.shadow_groups is not None:
-        return window.shadow_groups.design_effect()
+        return _values_effect(window.shadow_groups, icc)
     return INDEPENDENT
 
 
-def _mean_effect(gate: Gate, window: WindowStats) -> DesignEffect:
+def _mean_effect(gate: Gate, window: WindowStats, icc: float = 1.0) -> DesignEffect:
     groups = window.feedback_groups.get(gate.name)
-    return INDEPENDENT if groups is None else groups.design_effect()
+    return INDEPENDENT if groups is None else _values_effect(groups, icc)
+
+
+def _values_effect(groups: ValueGroups, icc: float) -> DesignEffect:
+    """The design effect of feedback or shadow agreements, capped as the requests' are
+    (:func:`_with_ceiling`), by how many values each user gave."""
+    return groups.design_effect().capped(groups.ceiling(icc), icc, of="values")
 
 
 def _rate_bounds(x: float, n: float, alpha: float, effect: DesignEffect = INDEPENDENT) -> tuple[float, float]:
@@ -818,7 +824,7 @@ def _evaluate_gate(gate: Gate, candidate: WindowStats, stable: WindowStats, min_
     else:  # feedback_mean
         stats_ = candidate.feedback[gate.name]
         value = stats_.mean
-        effect, skewness = _mean_effect(gate, candidate), _mean_skewness(gate, candidate)
+        effect, skewness = _mean_effect(gate, candidate, icc), _mean_skewness(gate, candidate)
         lower, upper = _mean_bounds(stats_, alpha, effect, skewness)
         seen = (f"mean {_fmt(value)} of {stats_.count} '{gate.name}' values{effect.describe(alpha)}"
                 f"{_describe_skewness(skewness, stats_)}")
@@ -862,7 +868,7 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
     elif gate.metric in _RATES:
         effects = (_rate_effect(gate, candidate, icc), _rate_effect(gate, stable, icc))
     else:
-        effects = (_mean_effect(gate, candidate), _mean_effect(gate, stable))
+        effects = (_mean_effect(gate, candidate, icc), _mean_effect(gate, stable, icc))
     if gate.metric in _PERCENTILES:
         # Each arm's bound at alpha / 2: both hold together with probability >= 1 - alpha.
         (cand_low, cand_up), (stab_low, stab_up) = (

@@ -638,3 +638,84 @@ def test_cell_counts_turn_dense_when_many_cells_are_touched_and_count_the_same()
     small = GroupSums()
     small.cells.add(reports[1])
     assert len(pickle.dumps(small.cells.to_state())) < 6 * len(small.cells) + 400  # sent sparse, 6 bytes a cell
+
+
+# -- the same ceiling for feedback and shadow agreements: how many values each user gave ----------
+
+
+def _outcomes_window(outcomes: list[tuple[int | None, bool]]):
+    """Outcomes of 'correct' for v2 (and one keyless one for v1), as the controller files them."""
+    windows = GateWindows()
+    for unit, converted in outcomes:
+        windows.add_feedback(1.0, "v2", "correct", None, converted, unit)
+    windows.add_feedback(1.0, "v1", "correct", None, True, None)
+    window = windows.window(0.0, step=True)
+    return window_stats(window.gates, versions=VERSIONS, agreements=window.agreements,
+                        values=window.values, outcomes=window.outcomes)
+
+
+def test_feedback_values_have_the_ceiling_of_how_many_each_user_gave():
+    """Users who gave 1, 2 and 5 values and 3 keyless values: at most (1 + 4 + 25 + 3) / 11."""
+    users = {NUM_BUCKETS * 1 + 3: 1, NUM_BUCKETS * 2 + 3: 2, NUM_BUCKETS * 3 + 9: 5}
+    groups = ValueGroups()
+    for unit, n in users.items():
+        for k in range(n):
+            groups.add(unit, float(k))
+    for _ in range(3):
+        groups.add(None, 1.0)
+    assert groups.ceiling() == pytest.approx(33 / 11)
+    assert groups.ceiling(0.1) == pytest.approx(1 + 0.1 * (33 / 11 - 1))
+    assert ValueGroups().ceiling() == math.inf  # nothing to bound
+    import pickle
+
+    assert pickle.loads(pickle.dumps(groups)).ceiling() == pytest.approx(33 / 11)  # a router's report
+    state = groups.__getstate__()
+    del state["cells"]  # pickled by a router of the previous release: no ceiling
+    older = ValueGroups.__new__(ValueGroups)
+    older.__setstate__(state)
+    assert older.ceiling() == math.inf
+    assert ValueGroups.from_wire(groups.to_wire()).ceiling() == math.inf  # a saved state keeps no cells
+    unknown = ValueGroups()
+    unknown.add_many(np.array([3, 3]), np.array([1.0, 0.0]))  # keyed, users not known
+    assert unknown.ceiling() == math.inf
+
+
+def test_a_feedback_rate_gate_is_capped_by_how_many_outcomes_each_user_gave():
+    """Two of 400 users who gave 5 outcomes each were not converted on 3: the spread's bound
+    reads far above 5 (a few groups hold every 0), but no correlation within a user makes it
+    more than 5, and the gate decides; with max_user_icc 0.1, at most 1.4."""
+    users = [NUM_BUCKETS * i + i % NUM_BUCKETS for i in range(1, 401)]
+    stats_ = _outcomes_window([(unit, not (i < 2 and k < 3)) for i, unit in enumerate(users) for k in range(5)])
+    effect = stats_["v2"].conversion_groups["correct"].design_effect()
+    assert effect._estimated_upper(0.001) > 5.0
+    gate = Gate.model_validate({"metric": "feedback_rate", "name": "correct", "min": 0.95})
+    (result,) = evaluate_gates([gate], stats_["v2"], stats_["v1"], 1, alpha=0.001)
+    assert result.verdict is GateVerdict.PASS, result.reason
+    assert "at most 5 for how many values each user sent" in result.reason
+    (result,) = evaluate_gates([gate], stats_["v2"], stats_["v1"], 1, alpha=0.001, max_user_icc=0.1)
+    assert result.verdict is GateVerdict.PASS, result.reason
+    assert "at most 1.4 for how many values each user sent and max_user_icc 0.1" in result.reason
+
+
+def test_a_shadow_agreement_gate_is_capped_and_its_cells_travel_in_the_report():
+    import pickle
+
+    from serve_ab.analysis.accumulate import ShadowStats
+
+    users = [NUM_BUCKETS * i + i % NUM_BUCKETS for i in range(1, 401)]
+    shadow = ShadowStats()
+    for i, unit in enumerate(users):
+        for k in range(5):
+            live = 1
+            shadow.add("v1", live, live if not (i < 2 and k < 3) else 2, None, 3.0, None, unit=unit)
+    sent = pickle.loads(pickle.dumps(shadow))  # a router's report
+    assert sent.agreement_groups.ceiling() == pytest.approx(5.0)
+    windows = GateWindows()
+    windows.add(1.0, {}, {"v2": sent.agreement_groups})
+    window = windows.window(0.0, step=True)
+    stats_ = window_stats(window.gates, versions=VERSIONS, agreements=window.agreements,
+                          values=window.values, outcomes=window.outcomes)
+    gate = Gate.model_validate({"metric": "shadow_agreement", "min": 0.95})
+    (result,) = evaluate_gates([gate], stats_["v2"], stats_["v1"], 1, alpha=0.001)
+    assert result.verdict is GateVerdict.PASS, result.reason
+    assert "at most 5 for how many values each user sent" in result.reason
