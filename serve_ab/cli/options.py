@@ -45,7 +45,8 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
 exit codes:
     0  ok; status --wait: the rollout was promoted (blue-green: switched and watched)
-    1  the app answered with an error; status --wait: the rollout was aborted or rolled back
+    1  the app answered with an error; status --wait: the rollout was aborted or rolled back,
+       or the app has none
     2  usage error (bad flag or value; nothing was sent)
     3  status --wait/--watch: timed out before the rollout ended
     4  the app (or, for --app, Ray's dashboard; for --store, the Redis) could not be reached

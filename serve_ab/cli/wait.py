@@ -3,7 +3,8 @@
 The loop is a function of a ``fetch`` callable, a clock and a sleep, so tests drive it with
 a fake clock and never sleep. It ends when the rollout does: ``promoted`` (a blue-green
 rollout reaches it once its post-switch watch has passed) exits 0, ``aborted`` (failed,
-aborted or rolled back) exits 1; a deadline passed first exits 3.
+aborted or rolled back) exits 1, and so does an app with no rollout at all; a deadline
+passed first exits 3.
 
 An app that cannot be reached at the first poll ends the wait at once (exit 4: a typo in a
 URL must not hold a CI job for its whole timeout). Once it has answered, a failed poll (a
@@ -36,8 +37,10 @@ class WaitResult:
 
 def end_code(status: dict[str, Any]) -> int | None:
     """The exit code of a status whose rollout has ended, else None."""
-    if status.get("strategy") is None:  # static weights: there is nothing to wait for
-        return ExitCode.OK
+    if status.get("strategy") is None:
+        # Static weights: nothing will be promoted. Not 0, which says "promoted": a CI job
+        # waiting on the wrong app (or one deployed without its rollout) must not pass.
+        return ExitCode.FAILED
     return _END_CODES.get(str(status.get("phase")))
 
 
@@ -82,7 +85,8 @@ def wait_for_rollout(
 
 def _ended_line(status: dict[str, Any], elapsed_s: float) -> str:
     if status.get("strategy") is None:
-        return "no rollout (static weights): nothing to wait for"
+        return ("error: this app has no rollout (static weights): nothing to wait for; --wait and --watch "
+                "follow a canary or blue-green rollout (check --app/--url, and the config's rollout section)")
     reason = f": {status['reason']}" if status.get("reason") else ""
     return f"{status.get('phase')} after {elapsed_text(elapsed_s)}{reason}"
 

@@ -160,10 +160,13 @@ def test_wait_json_prints_only_the_final_object(api, clock, capsys):
     assert code == 3 and yaml.safe_load(out) == PAUSED and "timed out" in err
 
 
-def test_wait_on_a_static_app_returns_at_once(api, clock, capsys):
+def test_wait_on_a_static_app_fails_at_once(api, clock, capsys):
+    """Nothing will be promoted: exit 1, not the 0 of a promotion, so a CI job waiting on the
+    wrong app (or one deployed without its rollout) fails."""
     api.responses[STATUS] = (200, STATIC)
-    code, out, _ = _run(["status", "--wait", "--timeout", "3s"], capsys)
-    assert code == 0 and clock.sleeps == [] and "nothing to wait for" in out
+    for flag in ("--wait", "--watch"):
+        code, out, err = _run(["status", flag, "--timeout", "3s"], capsys)
+        assert code == 1 and clock.sleeps == [] and "error: this app has no rollout" in err
 
 
 def test_wait_goes_on_through_a_blue_green_switch_until_the_watch_is_done(api, clock, capsys):
