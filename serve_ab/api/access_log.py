@@ -105,3 +105,28 @@ def name_versions_on_access_lines(logger: logging.Logger, versions: VersionsAnsw
     for old in [f for f in logger.filters if isinstance(f, VersionOnAccessLine)]:
         logger.removeFilter(old)
     logger.addFilter(VersionOnAccessLine(versions))
+
+
+class RoutineCallsOff(logging.Filter):
+    """Drops Ray Serve's access lines of the routers' routine calls to the controller, when
+    they succeeded: each router's long poll (``CALL wait_for_update OK 2003.0ms`` every 2 s),
+    its report every second, the feedback it passes on and Prometheus' scrapes. In the
+    console of ``serve run`` they buried everything else. Failed ones, and every other call
+    (an operator's action, status, the report), keep their line."""
+
+    def __init__(self, methods: frozenset[str]):
+        super().__init__()
+        self.methods = methods
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, RAY_ACCESS_LINE_ATTR, False) or not isinstance(record.msg, str):
+            return True
+        words = record.msg.split(" ", 3)  # "CALL <method> <status> <latency>"
+        return not (len(words) == 4 and words[0] == "CALL" and words[1] in self.methods and words[2] == "OK")
+
+
+def drop_routine_calls(logger: logging.Logger, methods: frozenset[str]) -> None:
+    """Puts :class:`RoutineCallsOff` on ``logger`` (Ray Serve's), in place of one put there before."""
+    for old in [f for f in logger.filters if isinstance(f, RoutineCallsOff)]:
+        logger.removeFilter(old)
+    logger.addFilter(RoutineCallsOff(methods))

@@ -51,6 +51,7 @@ from serve_ab.store.claim import HEARTBEAT_S, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store
+from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
 from serve_ab.serving.app_claim import app_running, this_app
@@ -66,6 +67,9 @@ MAX_EPOCHS_REMEMBERED = 1000
 LONG_POLL_TIMEOUT_S = 2.0
 # The report's sequential (always-valid) p-values take a look this often, and on every request.
 REPORT_INTERVAL_S = 5.0
+# The routers' calls that come whatever happens (long polls, reports, passed-on feedback) and
+# Prometheus' scrapes: Ray Serve's access line for each that succeeded is left out.
+ROUTINE_CALLS = frozenset({"wait_for_update", "record", "feedback", "feedback_key", "metrics"})
 # Blue-green validation's time limit when the rollout has no progress deadline.
 VALIDATION_TIMEOUT_S = 120.0
 # Body fields only one action takes (reason, from_step and revision go with any).
@@ -517,6 +521,7 @@ def _load_statistics() -> None:
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)
+        drop_routine_calls(logger, ROUTINE_CALLS)
         store = open_store(cfg.controller)
         # Before anything of the model's is read or written: no other running app may hold it.
         self._claimant = this_app()

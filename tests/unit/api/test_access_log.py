@@ -141,3 +141,25 @@ def test_notes_and_lines_on_two_threads_at_once_lose_nothing():
     assert len(versions) == len(ids) and "-" not in versions and len(answered) == 0
     assert {v: versions.count(v) for v in ("v0", "v1", "v2")} == \
         {f"v{k}": sum(1 for i in range(len(ids)) if i % 3 == k) for k in range(3)}
+
+
+def test_the_controller_leaves_out_the_lines_of_routine_calls_that_succeeded():
+    """Ray's handle access lines, as replica.py formats them (access_log_msg): the routers'
+    long polls and reports that succeeded go; a failed one, an operator's action, a status
+    read and every other record stay."""
+    from ray.serve._private.logging_utils import access_log_msg
+
+    from serve_ab.api.access_log import drop_routine_calls
+    from serve_ab.serving.controller import ROUTINE_CALLS
+
+    logger, kept = ray_like_logger("controller")
+    drop_routine_calls(logger, ROUTINE_CALLS)
+    drop_routine_calls(logger, ROUTINE_CALLS)  # a second replica start in one process: one filter
+    assert len(logger.filters) == 1
+    for method, status in (("wait_for_update", "OK"), ("record", "OK"), ("feedback", "OK"),
+                           ("wait_for_update", "ERROR"), ("record", "CANCELLED"), ("act", "OK"), ("status", "OK")):
+        logger.info(access_log_msg(method="CALL", route=method, status=status, latency_ms=2003.0),
+                    extra={"serve_access_log": True, "request_id": f"r-{method}-{status}"})
+    logger.info("CALL wait_for_update OK 1.0ms")  # not an access line (no mark): kept
+    assert kept.lines == ["CALL wait_for_update ERROR 2003.0ms", "CALL record CANCELLED 2003.0ms",
+                          "CALL act OK 2003.0ms", "CALL status OK 2003.0ms", "CALL wait_for_update OK 1.0ms"]
