@@ -34,6 +34,7 @@ from serve_ab.config.experiment import ExperimentConfig, Placement
 from serve_ab.errors import (
     ControllerUnavailable,
     Forbidden,
+    InvalidInput,
     ModelFailed,
     Unauthorized,
     UnknownModel,
@@ -42,7 +43,7 @@ from serve_ab.errors import (
 )
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
-from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
+from serve_ab.serving.core.feedback_token import MAX_REQUEST_ID_CHARS, FeedbackSigner, Proven
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
@@ -144,6 +145,10 @@ class RouterCore:
         the fallback: safe, because inference is idempotent (a read with no side effect).
         """
         version, request_id = choice.version, self.request_id()
+        if self.takes_feedback and len(request_id) > MAX_REQUEST_ID_CHARS:
+            # Its feedback could not name it (POST /feedback): refused before it is served or counted.
+            raise InvalidInput(f"x-request-id is {len(request_id)} characters long; at most "
+                               f"{MAX_REQUEST_ID_CHARS} where the experiment takes feedback, which names its request by it")
         if version not in self._agreed:
             # A version still starting (isolated): its own requests wait for its answer to
             # describe(), at most isolation.describe_timeout_s; no other version's do. Sending

@@ -179,6 +179,25 @@ def test_answers_carry_a_token_only_where_feedback_can_be_sent():
     assert by_id.feedback_token_for("req-1", choice) is None and by_id.observations.keep_request_ids
 
 
+def test_a_request_id_feedback_could_not_name_is_refused_before_it_is_served():
+    """Where the experiment takes feedback, an x-request-id longer than POST /feedback's
+    request_id allows would get a token nobody could redeem: refused (400), nothing served or
+    counted. Where it takes none, the id names nothing of serve-ab's and is served."""
+    from serve_ab.errors import InvalidInput
+    from serve_ab.serving.core.feedback_token import MAX_REQUEST_ID_CHARS
+
+    for length, takes_feedback in ((MAX_REQUEST_ID_CHARS + 1, True), (MAX_REQUEST_ID_CHARS, True),
+                                   (MAX_REQUEST_ID_CHARS + 1, False)):
+        core = make_core(**({"analysis": TAKES_FEEDBACK} if takes_feedback else {}))
+        core.request_id = lambda: "r" * length
+        if takes_feedback and length > MAX_REQUEST_ID_CHARS:
+            with pytest.raises(InvalidInput, match=f"x-request-id is {length} characters long; at most 1024"):
+                run(core.serve_choice(ROW, "u", None))
+            assert core.observations.drain() is None  # nothing counted
+        else:
+            assert run(core.serve_choice(ROW, "u", None))[1] in ("v1", "v2")
+
+
 def test_no_fallback_for_pins_model_errors_or_a_second_outage():
     broken = FakeVersion(2, fail=RuntimeError("model bug"))
     core = make_core({"v1": FakeVersion(1), "v2": broken}, weights={"v1": 0, "v2": 100})
