@@ -66,9 +66,22 @@ def http_status(err: BaseException) -> int:
     return 500
 
 
+# Messages quote what the client sent ("unknown version 'vvv...'"); a 60-KB header should not
+# come back whole in every answer to it. gRPC cuts shorter still (grpc_v2.MAX_DETAILS_CHARS).
+MAX_MESSAGE_CHARS = 4096
+
+
 def client_message(err: BaseException) -> str:
-    """What the client is told. An error raised in another replica arrives wrapped by Ray
-    (a class deriving from both the original and RayTaskError) whose ``str`` is a whole
-    traceback; its ``cause`` is the original, whose message is meant for the client."""
+    """What the client is told, at most :data:`MAX_MESSAGE_CHARS`. An error raised in another
+    replica arrives wrapped by Ray (a class deriving from both the original and RayTaskError)
+    whose ``str`` is a whole traceback; its ``cause`` is the original, whose message is meant
+    for the client."""
     original = getattr(err, "cause", None) or err
-    return getattr(original, "message", None) or str(original)
+    return cut(getattr(original, "message", None) or str(original))
+
+
+def cut(message: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """``message``, or its first ``max_chars`` characters and how many more were cut."""
+    if len(message) <= max_chars:
+        return message
+    return f"{message[:max_chars]}... ({len(message) - max_chars} more characters cut)"

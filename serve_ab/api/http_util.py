@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
-from serve_ab.api.errors import client_message, http_status
+from serve_ab.api.errors import client_message, cut, http_status
 from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
 
 
@@ -43,14 +43,14 @@ def install_error_handlers(api: FastAPI) -> None:
         # detail that is not text, a status without a body) as FastAPI answers it.
         if not (400 <= err.status_code < 500 and isinstance(err.detail, str)):
             return await http_exception_handler(request, err)
-        return JSONResponse({"error": f"{err.detail}: {request.method} {request.url.path}"},
+        return JSONResponse({"error": cut(f"{err.detail}: {request.method} {request.url.path}")},
                             status_code=err.status_code, headers=err.headers)
 
     @api.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, err: RequestValidationError) -> JSONResponse:
         # FastAPI's own check of a route's parameters (?history=maybe): the same 422, in the
         # {"error": ...} shape of every other error of this API, naming the parameter.
-        return JSONResponse({"error": _parameter_errors(err)}, status_code=422)
+        return JSONResponse({"error": cut(_parameter_errors(err))}, status_code=422)
 
 
 def _parameter_errors(err: RequestValidationError) -> str:

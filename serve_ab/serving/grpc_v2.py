@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
-from serve_ab.api.errors import client_message, grpc_status
+from serve_ab.api.errors import client_message, cut, grpc_status
 from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.api.grpc.servicer import Undecodable
@@ -175,10 +175,7 @@ MAX_DETAILS_CHARS = 2048
 
 
 def _details(message: str) -> str:
-    if len(message) <= MAX_DETAILS_CHARS:
-        return message
-    cut = len(message) - MAX_DETAILS_CHARS
-    return f"{message[:MAX_DETAILS_CHARS]}... ({cut} more characters cut)"
+    return cut(message, MAX_DETAILS_CHARS)
 
 
 def _too_large(size_bytes: int, max_bytes: int) -> BodyTooLarge:

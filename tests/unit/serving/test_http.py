@@ -158,6 +158,22 @@ def test_unknown_model_and_version_are_404(app):
         assert "unknown" in response.json()["error"]
 
 
+def test_an_error_quoting_a_huge_client_string_cuts_it(app):
+    """A 60-KB version header or model name is named in the 404, cut to 4,096 characters and
+    how many more, not echoed whole in every answer to it."""
+    client, _ = app
+    huge = "v" * 60_000
+    for response in (
+        client.get(f"/v2/models/{huge}/ready"),
+        client.get(f"/v2/models/digits/versions/{huge}"),
+        client.post("/predict", json={"inputs": [ROW]}, headers={"x-serve-ab-version": huge, **AUTH}),
+        client.get(f"/no-such-route/{huge}"),
+    ):
+        assert response.status_code == 404, response.text[:300]
+        error = response.json()["error"]
+        assert len(error) < 4200 and error.endswith("more characters cut)"), error[-200:]
+
+
 def test_v2_routes(app):
     client, _ = app
     assert client.get("/v2/health/live").json() == {"live": True}
