@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zlib
 from typing import Any
 
@@ -207,6 +208,11 @@ def _decode_slowly(raw: bytes, what: str, object_pairs_hook: Any = None) -> Any:
     except InvalidInput:  # the hook's (a ValueError too), already in words for the client
         raise
     except (ValueError, UnicodeDecodeError) as err:
+        if "integer string conversion" in str(err):
+            # Python's own limit (sys.get_int_max_str_digits), whose message tells the
+            # server's programmer how to raise it; the client is told what it sent.
+            raise InvalidInput(f"{what} holds an integer of more than {sys.get_int_max_str_digits()} digits; "
+                               "no model input or key needs that many") from None
         raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     except RecursionError:
         raise InvalidInput(f"{what} nests arrays or objects too deeply") from None

@@ -44,3 +44,17 @@ def test_starlettes_own_errors_take_the_apis_shape_and_others_stay_as_fastapi_an
     assert client.get("/teapot").json() == {"detail": {"why": "teapot"}}
     response = client.get("/unchanged")
     assert response.status_code == 304 and response.content == b""
+
+
+def test_an_integer_past_pythons_digit_limit_is_a_400_in_the_clients_terms():
+    """Python refuses to read an integer of more than 4,300 digits with advice for the server's
+    programmer (sys.set_int_max_str_digits); the client is told what it sent."""
+    import pytest
+
+    from serve_ab.api.http_util import decode_json
+    from serve_ab.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as refused:
+        decode_json(b'{"inputs": [[' + b"7" * 5000 + b"]]}")
+    assert "holds an integer of more than 4300 digits" in refused.value.message
+    assert "set_int_max_str_digits" not in refused.value.message
