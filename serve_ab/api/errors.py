@@ -71,6 +71,15 @@ def http_status(err: BaseException) -> int:
 MAX_MESSAGE_CHARS = 4096
 
 
+# RFC 9110 (11.6.1): a 401 says how to authenticate. Tokens go as bearer tokens (RFC 6750).
+_CHALLENGE = {"www-authenticate": 'Bearer realm="serve-ab"'}
+
+
+def error_headers(status: int) -> dict[str, str] | None:
+    """Headers an error answer of ``status`` carries: a 401's challenge; None otherwise."""
+    return _CHALLENGE if status == 401 else None
+
+
 def client_message(err: BaseException) -> str:
     """What the client is told, at most :data:`MAX_MESSAGE_CHARS`. An error raised in another
     replica arrives wrapped by Ray (a class deriving from both the original and RayTaskError)

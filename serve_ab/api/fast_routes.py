@@ -25,7 +25,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
-from serve_ab.api.errors import client_message, http_status
+from serve_ab.api.errors import client_message, error_headers, http_status
 from serve_ab.api.http_util import json_response
 from serve_ab.errors import ServeAbError
 
@@ -71,7 +71,8 @@ class FastRoutes:
         try:
             response = await handler(Request(scope, receive), **params)
         except ServeAbError as err:
-            response = json_response({"error": client_message(err)}, status_code=http_status(err))
+            status = http_status(err)
+            response = json_response({"error": client_message(err)}, status_code=status, headers=error_headers(status))
         except ClientDisconnect:
             return  # the client went away mid-body: nobody to answer, nothing was served
         except Exception:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
-from serve_ab.api.errors import client_message, cut, http_status
+from serve_ab.api.errors import client_message, cut, error_headers, http_status
 from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
 
 
@@ -28,7 +28,8 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(ServeAbError)
     async def _serve_ab_error(request: Request, err: ServeAbError) -> JSONResponse:
-        return JSONResponse({"error": client_message(err)}, status_code=http_status(err))
+        status = http_status(err)
+        return JSONResponse({"error": client_message(err)}, status_code=status, headers=error_headers(status))
 
     @api.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, err: ClientDisconnect) -> Response:

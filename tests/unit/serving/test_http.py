@@ -196,8 +196,10 @@ def test_v2_routes(app):
 
 def test_control_needs_the_token_and_a_strict_body(app):
     client, controller = app
-    assert client.post("/rollout/promote").status_code == 401
-    assert client.post("/rollout/promote", headers={"authorization": "Bearer wrong"}).status_code == 401
+    for response in (client.post("/rollout/promote"),
+                     client.post("/rollout/promote", headers={"authorization": "Bearer wrong"})):
+        # RFC 9110: a 401 says how to authenticate.
+        assert response.status_code == 401 and response.headers["www-authenticate"] == 'Bearer realm="serve-ab"'
     assert client.post("/rollout/explode", headers=AUTH).status_code == 404
     # A string is not a boolean: {"full": "false"} must not promote to 100%.
     response = client.post("/rollout/promote", headers=AUTH, json={"full": "false"})
@@ -292,7 +294,8 @@ def test_v2_answers_carry_a_feedback_token(app):
 def test_pinning_is_privileged(client_for):
     pinned = {"json": {"inputs": [ROW], "user_id": "alice"}}
     client = client_for()
-    assert client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2"}).status_code == 401
+    unauthenticated = client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2"})  # the fast route
+    assert unauthenticated.status_code == 401 and unauthenticated.headers["www-authenticate"].startswith("Bearer")
     viewer = client.post("/predict", **pinned, headers={"x-serve-ab-version": "v2",
                                                         "authorization": f"Bearer {VIEWER_TOKEN}"})
     assert viewer.status_code == 403 and "qa or operator" in viewer.json()["error"]
