@@ -52,7 +52,7 @@ from serve_ab.api.v2_binary import (
     wants_binary_output,
 )
 from serve_ab.backends.base import OutputSpecs, outputs_to_json, specs_of
-from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction
+from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction, VersionUnavailable
 from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
@@ -299,6 +299,10 @@ class V2Endpoints:
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         core = self.core
         self.check(model, version)
+        failed = core.failed_versions()
+        if version in failed:  # its file was never read: no metadata of its own to give
+            raise VersionUnavailable(f"version {version!r} of model {core.cfg.model!r} cannot serve, so it has no "
+                                     f"metadata: {failed[version]}")
         input_spec, output_spec = await core.interface()
         platform = PLATFORMS[core.cfg.version(version).backend.value] if version is not None else "serve-ab"
         return {"name": core.cfg.model, "versions": [version] if version is not None else list(core.versions),

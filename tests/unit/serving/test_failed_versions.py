@@ -128,6 +128,10 @@ def test_http_ready_endpoints_and_pins_with_a_failed_candidate():
             assert response.status_code == 503 and response.json()["ready"] is False
             assert response.json()["error"].startswith("failed to load: ValueError: cannot load model.onnx")
             assert client.get("/v2/models/digits/versions/v9/ready").status_code == 404
+            # Its metadata was never read from its file: a 503 naming why, not the experiment's.
+            metadata = client.get("/v2/models/digits/versions/v2")
+            assert metadata.status_code == 503 and "failed to load" in metadata.json()["error"], metadata.text
+            assert client.get("/v2/models/digits/versions/v1").json()["platform"] == "onnxruntime_onnx"
             for key in keys_for(core, "v2", 3):
                 answer = client.post("/predict", json={"inputs": ROW, "user_id": key})
                 assert answer.status_code == 200 and answer.json()["version"] == "v1"
