@@ -7,12 +7,15 @@ assigned by the split, key -> bucket -> version (:mod:`serve_ab.routing`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
 from serve_ab.config.experiment import AssignmentConfig
 from serve_ab.errors import InvalidInput, VersionNotServed
 from serve_ab.routing import Assigner
+
+logger = logging.getLogger("ray.serve")
 
 
 class Choice(NamedTuple):
@@ -39,15 +42,31 @@ class TrafficDecision:
         self.assigner = assigner
         self.assignment = assignment
         self.stable = stable  # a rollout's stable (an A/B test's control): the first fallback
+        self._keyless_said = False
 
     def key_from(self, fields: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> str | None:
         """The assignment key of a request: a header, or a field of its JSON body."""
         if self.assignment.key == "header":
-            return headers.get(self.assignment.header) if headers is not None else None
-        if self.assignment.key == "none" or not fields:
+            key = headers.get(self.assignment.header) if headers is not None else None
+            if key is None:
+                self._keyless(f"the {self.assignment.header!r} header (assignment.header)")
+            return key
+        if self.assignment.key == "none":
             return None
-        key = fields.get(self.assignment.field)
-        return None if key is None else key_text(key, f"assignment key '{self.assignment.field}'")
+        key = fields.get(self.assignment.field) if fields else None
+        if key is None:
+            self._keyless(f"{self.assignment.field!r} (assignment.field); its fields were "
+                          f"{[name[:80] for name in sorted(map(str, fields or {}))[:20]]}")
+            return None
+        return key_text(key, f"assignment key '{self.assignment.field}'")
+
+    def _keyless(self, missing: str) -> None:
+        # Keyless requests may be meant (anonymous users), but a misspelt field ("userid") would
+        # silently send every user to a random version on each request: said once, in the log.
+        if not self._keyless_said:
+            self._keyless_said = True
+            logger.warning("serve-ab router: a request came without %s, so it was assigned at random and "
+                           "its user is not kept on one version (said once per replica)", missing)
 
     def choose(self, key: str | None, pinned: str | None, served: Collection[str], epoch: int = -1) -> Choice:
         """The version for a request: its pin, or the split's choice for its key, under the

@@ -75,6 +75,22 @@ def test_pinning_an_unknown_version_is_a_domain_error_and_handles_may_pin_with_p
     assert run(make_core(pin={"enabled": False}).serve(ROW, None, "v1"))[0] == "v1"
 
 
+def test_a_request_without_its_key_is_said_once_naming_the_fields_it_had(caplog):
+    """A misspelt key field ("userid") would send each request of a user to a random version;
+    keyless requests may be meant, so they are served, and the first is said in the log."""
+    core = make_core()
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert core.decision.key_from({"inputs": ROW, "userid": "bob"}, None) is None
+        assert core.decision.key_from({"inputs": ROW}, None) is None
+        assert core.decision.key_from({"inputs": ROW, "user_id": "bob"}, None) == "bob"
+    said = [r.getMessage() for r in caplog.records if "without" in r.getMessage()]
+    assert len(said) == 1 and "'user_id' (assignment.field)" in said[0] and "'userid'" in said[0], said
+    by_header = make_core(assignment={"key": "header", "header": "x-user", "salt": "s"})
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert by_header.decision.key_from({}, {"x-userid": "bob"}) is None
+    assert "the 'x-user' header (assignment.header)" in caplog.records[-1].getMessage()
+
+
 def test_a_bad_key_is_invalid_input():
     core = make_core()
     with pytest.raises(InvalidInput, match="'user_id' must be a string or an integer; got list"):
