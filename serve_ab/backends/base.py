@@ -286,7 +286,8 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
     if kind == "f" and not allow_non_finite and not np.isfinite(out if want_kind == "f" else batch).all():
         if not np.isfinite(batch).all():
             raise InputError(
-                f"input '{spec.name}' contains NaN or infinity; this experiment rejects them "
+                f"input '{spec.name}' contains NaN or infinity (a number past a double's range, "
+                "such as 1e400, reads as infinity); this experiment rejects them "
                 "(set http.allow_non_finite: true to pass them to the model)"
             )
         raise InputError(f"input '{spec.name}' holds values beyond {spec.datatype}'s range "
