@@ -527,10 +527,7 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
 
 
 def _step_text(status: dict[str, Any]) -> str:
-    index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
-    if step is None or index is None or not total:
-        return ""
-    return f", step {index + 1} of {total}: {step}"  # step_index counts from 0; people count from 1
+    return cli_wait.step_text(status)
 
 
 def _weight_bars(weights_pct: dict[str, float], width: int, stable: Any, candidate: Any) -> list[str]:

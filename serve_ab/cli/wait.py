@@ -105,12 +105,23 @@ def _timeout_lines(status: dict[str, Any] | None, elapsed_s: float) -> tuple[str
 def progress_text(status: dict[str, Any]) -> str:
     """``paused, step 2 of 3: pause, v1 80% v2 20% (reason)``: one line for a progress log."""
     phase = str(status.get("phase") or "unknown")
-    index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
-    # As `serve-ab status`: a step only while there is one (a promoted canary's index is past the last).
-    at = f", step {index + 1} of {total}: {step}" if isinstance(index, int) and total and step else ""
+    at = step_text(status)
     weights = " ".join(f"{name} {float(pct):g}%" for name, pct in (status.get("weights_pct") or {}).items())
     reason = f" ({status['reason']})" if status.get("reason") else ""
     return f"{phase}{at}, {weights}{reason}" if weights else f"{phase}{at}{reason}"
+
+
+def step_text(status: dict[str, Any]) -> str:
+    """``, step 2 of 3: pause 10s`` while the rollout is at a step; for one that ended there
+    (``promote --full``, an abort), ``, at step 4 of 7 (pause 10s)``: where it ended, not a
+    step it is in. Empty where there is none (a canary promoted after its last step)."""
+    index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
+    if not isinstance(index, int) or not total or step is None:
+        return ""
+    # step_index counts from 0; people count from 1.
+    if status.get("phase") in _END_CODES:
+        return f", at step {index + 1} of {total} ({step})"
+    return f", step {index + 1} of {total}: {step}"
 
 
 def progress_key(status: dict[str, Any]) -> tuple:

@@ -114,7 +114,7 @@ def test_wait_exits_1_on_aborted(api, clock, capsys):
     clock.script = {1: ABORTED}
     code, out, err = _run(["status", "--wait", "--timeout", "1h30m"], capsys)
     assert code == 1
-    assert "[2s] aborted, step 3 of 7: pause 30s, v1 100% v2 0% (gate error_rate" in out
+    assert "[2s] aborted, at step 3 of 7 (pause 30s), v1 100% v2 0% (gate error_rate" in out  # where it ended
     assert err.strip() == "aborted after 2s: gate error_rate <= 0.01 failed: 0.05 > 0.01"
 
 
