@@ -76,7 +76,8 @@ def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
             f"this app looks like it runs on several nodes ({', '.join(reasons)}); a controller moved to another "
             f"node would not find it, and would restart a rollout from its first step and the run's figures from "
             f"zero. For a multi-node cluster set "
-            f"{where}.store_url: redis://HOST:6379/0 (see the README, 'Running on a multi-node Ray cluster')")]
+            f"{where}.store_url: redis://HOST:6379/0 (see the README, 'Running on a multi-node Ray cluster'); "
+            f"on a one-node cluster nothing is lost and this does not apply")]
 
 
 def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
