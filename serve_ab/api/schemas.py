@@ -46,7 +46,6 @@ from serve_ab.config.experiment import format_validation_error
 # the sums behind a mean's variance, and no business outcome comes near it.
 MAX_FEEDBACK_VALUE = 1e15
 from serve_ab.errors import InvalidInput
-from serve_ab.serving.core.feedback_token import MAX_REQUEST_ID_CHARS
 
 
 class PredictRequest(BaseModel):
@@ -60,6 +59,11 @@ class PredictRequest(BaseModel):
         json_schema_extra={"example": [[0.0] * 64]},
     )
 
+
+
+# The longest request id feedback can name: routers refuse a longer x-request-id where the
+# experiment takes feedback (serving/core/router.py), rather than sign a token nobody can redeem.
+MAX_REQUEST_ID_CHARS = 1024
 
 
 class FeedbackRequest(BaseModel):

@@ -31,9 +31,6 @@ from serve_ab.errors import Forbidden
 from serve_ab.routing import NUM_BUCKETS
 
 MAC_BYTES = 16
-# The longest request id feedback can name (POST /feedback's request_id): Ray Serve takes a
-# client's x-request-id as it comes, and the answer's token is signed for it.
-MAX_REQUEST_ID_CHARS = 1024
 # Nonces are drawn this many at a time: a request then takes one from a list. Drawing and
 # formatting one per answer cost a request about 30 us in a replica, whose caches the other
 # processes have emptied since its last request (benchmarks/README.md, tenth round).

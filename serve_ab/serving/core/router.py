@@ -29,6 +29,7 @@ import numpy as np
 
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.tasks import task_rules
+from serve_ab.api.schemas import MAX_REQUEST_ID_CHARS
 from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
 from serve_ab.config.experiment import ExperimentConfig, Placement
 from serve_ab.errors import (
@@ -43,7 +44,7 @@ from serve_ab.errors import (
 )
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
-from serve_ab.serving.core.feedback_token import MAX_REQUEST_ID_CHARS, FeedbackSigner, Proven
+from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer

@@ -200,7 +200,7 @@ def test_a_request_id_feedback_could_not_name_is_refused_before_it_is_served():
     request_id allows would get a token nobody could redeem: refused (400), nothing served or
     counted. Where it takes none, the id names nothing of serve-ab's and is served."""
     from serve_ab.errors import InvalidInput
-    from serve_ab.serving.core.feedback_token import MAX_REQUEST_ID_CHARS
+    from serve_ab.api.schemas import MAX_REQUEST_ID_CHARS
 
     for length, takes_feedback in ((MAX_REQUEST_ID_CHARS + 1, True), (MAX_REQUEST_ID_CHARS, True),
                                    (MAX_REQUEST_ID_CHARS + 1, False)):
