@@ -49,8 +49,8 @@ requests they send. Routers count requests per cell of users (:data:`CELLS`, by 
 hash), so the sum is of cells, which holds whole users: at least the users' sum, and within
 a few percent of it while a window has under ~3,000 requests of the version; with more, the
 estimated bound is the smaller one anyway. Feedback and shadow agreements
-(:class:`ValueGroups`) count their values per cell the same way, for the same ceiling over
-how many values each user gave (:meth:`ValueGroups.ceiling`).
+(:class:`ValueGroups`) count their values per bucket of users (all a feedback token names),
+for the same ceiling over how many values each user gave (:meth:`ValueGroups.ceiling`).
 
 The memory is fixed: groups x (2 + latency bins) counters per version, plus the
 (group, class) and (group, score bin) pairs seen, however many users arrive.
@@ -494,15 +494,19 @@ class ValueGroups:
     sums: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
     squares: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
     cubes: np.ndarray = field(default_factory=lambda: np.zeros(_ROWS, dtype=float))
-    #: Keyed values per cell of users, for :meth:`ceiling`, as :attr:`GroupSums.cells`.
+    #: Keyed values per bucket of users, for :meth:`ceiling`. Buckets, not the finer cells of
+    #: :attr:`GroupSums.cells`: feedback knows its user only by the bucket its token names
+    #: (``unit % NUM_BUCKETS``), so users who share a bucket count as one, which only raises
+    #: the ceiling (10,000 buckets: with 50,000 users, five a bucket).
     cells: CellCounts = field(default_factory=CellCounts)
 
     def add(self, unit: int | None, value: float) -> None:
         if unit is None:
             row = KEYLESS
         else:
-            row = (unit % NUM_BUCKETS) % NUM_GROUPS
-            self.cells.add([(unit // NUM_BUCKETS) % CELLS])
+            bucket = unit % NUM_BUCKETS
+            row = bucket % NUM_GROUPS
+            self.cells.add([bucket])
         self.counts[row] += 1
         self.sums[row] += value
         self.squares[row] += value * value

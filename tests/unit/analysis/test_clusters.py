@@ -656,7 +656,7 @@ def _outcomes_window(outcomes: list[tuple[int | None, bool]]):
 
 def test_feedback_values_have_the_ceiling_of_how_many_each_user_gave():
     """Users who gave 1, 2 and 5 values and 3 keyless values: at most (1 + 4 + 25 + 3) / 11."""
-    users = {NUM_BUCKETS * 1 + 3: 1, NUM_BUCKETS * 2 + 3: 2, NUM_BUCKETS * 3 + 9: 5}
+    users = {NUM_BUCKETS * 1 + 3: 1, NUM_BUCKETS * 2 + 4: 2, NUM_BUCKETS * 3 + 9: 5}  # three buckets
     groups = ValueGroups()
     for unit, n in users.items():
         for k in range(n):
@@ -678,6 +678,28 @@ def test_feedback_values_have_the_ceiling_of_how_many_each_user_gave():
     unknown = ValueGroups()
     unknown.add_many(np.array([3, 3]), np.array([1.0, 0.0]))  # keyed, users not known
     assert unknown.ceiling() == math.inf
+
+
+def test_feedback_knows_users_by_the_bucket_its_token_names_and_two_in_one_bucket_count_as_one():
+    """A feedback token carries the user's bucket, not the key's whole hash: the values' cells
+    are buckets. Users apart in buckets are apart in the ceiling, as with their full hashes;
+    two users of one bucket count as one user who gave both their values (a higher ceiling)."""
+    from serve_ab.serving.core.feedback_token import FeedbackSigner
+
+    signer = FeedbackSigner(b"k" * 32, 60.0, lambda: 0.0, scope="digits")
+    users = [NUM_BUCKETS * (7 * i + 1) + 13 * i for i in range(1, 301)]  # 300 distinct buckets
+    by_token, by_hash = ValueGroups(), ValueGroups()
+    for i, unit in enumerate(users):
+        for k in range(1 + i % 3):  # 1, 2 or 3 outcomes each
+            proven = signer.verify(signer.issue(f"r{i}-{k}", "v2", True, unit, 0), f"r{i}-{k}")
+            by_token.add(proven.bucket, 1.0)
+            by_hash.add(unit, 1.0)
+    assert by_token.ceiling() == pytest.approx(by_hash.ceiling()) == pytest.approx(
+        sum((1 + i % 3) ** 2 for i in range(300)) / sum(1 + i % 3 for i in range(300)))
+    shared = ValueGroups()
+    for unit in (NUM_BUCKETS * 1 + 5, NUM_BUCKETS * 2 + 5):  # other users, one bucket
+        shared.add(unit, 1.0)
+    assert shared.ceiling() == pytest.approx(2.0)
 
 
 def test_a_feedback_rate_gate_is_capped_by_how_many_outcomes_each_user_gave():
