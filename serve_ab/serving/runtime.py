@@ -8,7 +8,7 @@ own: a version that fails to load is held as a failed version and the others ser
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +32,11 @@ class LoadedVersion:
         self.predictor.load()
         self.predictor.warm_up()
         self._batcher = None
+        # Without a batcher, the predictor itself, for callers that need not await (answer()):
+        # small models answer in microseconds, and inline beats a thread hop or a coroutine.
+        self.predict_inline: Callable[[Batch], Batch] | None = self.predictor.predict
         if version.batching is not None:
+            self.predict_inline = None
             # Ray-free, so that benchmarks/gpu_check.py --no-ray times this same batcher.
             self._batcher = Batcher(
                 partial(predict_together, self.predictor),
@@ -58,7 +62,6 @@ class LoadedVersion:
     async def predict(self, batch: Batch) -> Batch:
         if self._batcher is not None:
             return await self._batcher.predict(batch)
-        # Small models answer in microseconds: running inline beats a thread hop.
         return self.predictor.predict(batch)
 
 

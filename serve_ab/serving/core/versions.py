@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, batch_size, specs_of
+from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, all_finite, batch_size, specs_of
 from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionUnavailable
 
 logger = logging.getLogger("ray.serve")
@@ -58,7 +58,10 @@ async def answer(name: str, version: Version, batch: Batch, spec: OutputSpec | O
     hands a client a shape it was not promised or another request's rows. A model that
     raised is :class:`ModelFailed` (a 502 naming it; not retried elsewhere)."""
     try:
-        outputs = await version.predict(batch)
+        # A model in this process without a batcher answers inline (LoadedVersion): no
+        # coroutine of its own per request.
+        inline = getattr(version, "predict_inline", None)
+        outputs = inline(batch) if inline is not None else await version.predict(batch)
     except BadOutput as err:  # a batch whose rows the model miscounted (predict_together)
         raise BadOutput(f"version {name!r}: {err.message}") from err
     except ServeAbError:
@@ -99,7 +102,7 @@ def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputS
                 want >= 0 and got != want for want, got in zip(declared.shape[1:], array.shape[1:])):
             raise BadOutput(f"version {name!r} answered shape {list(array.shape)}, but declares "
                             f"{list(declared.shape)}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not all_finite(array):
             raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
 
 
