@@ -363,11 +363,13 @@ class Rollout:
                  f"phase {s.phase.value}")
         if from_step is not None and from_step != s.step_index:
             moved = "has already left" if from_step < s.step_index else "has not reached"
+            # An ended rollout takes no action at any step: no from_step to suggest.
+            then = ("it has ended, so no step takes actions" if s.phase in TERMINAL_PHASES else
+                    f"Read the status again and send from_step {s.step_index} (--from-step {s.step_index + 1} "
+                    "on serve-ab's command line) to act on the current step")
             raise RolloutError(
                 f"refused: from_step is {from_step} (step {from_step + 1}) but the rollout is at {where}; "
-                f"it {moved} step {from_step + 1}, so nothing was done. Read the status again and send "
-                f"from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's command line) to act on "
-                "the current step"
+                f"it {moved} step {from_step + 1}, so nothing was done; {then}"
             )
         if revision is not None and revision != s.revision:
             raise RolloutError(

@@ -106,7 +106,7 @@ class ControlAuth:
                 if hmac.compare_digest(given.encode(), token.token.encode()):
                     found = token
         if found is None:
-            raise Unauthorized(f"{_what(role)} needs a bearer token: missing or wrong "
+            raise Unauthorized(f"{_what(role)}: a bearer token is needed, and it was missing or wrong "
                                "(Authorization: Bearer <token>)")
         if role not in _GRANTS[found.role]:
             raise Forbidden(f"token {found.name!r} has role {found.role.value}, which may not "
