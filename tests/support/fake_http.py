@@ -25,7 +25,7 @@ class ServedInThread:
 
 
 # What a serve-ab app with control.protect_reads answers a read without its token.
-UNAUTHORIZED = (401, {"error": "reading this app's figures needs a bearer token: missing or wrong "
+UNAUTHORIZED = (401, {"error": "reading this app's figures: a bearer token is needed, and it was missing or wrong "
                                "(Authorization: Bearer <token>)"})
 
 

@@ -298,7 +298,7 @@ def test_report_of_a_protected_app_sends_the_token(app, report, capsys, monkeypa
 def test_a_refused_report_says_what_a_read_needs_and_never_prints_the_token(app, capsys):
     app.bearer = "the-right-one"
     code, out, err = _run(["report"], capsys)
-    assert code == 1 and out == "" and "error: 401 reading this app's figures needs a bearer token" in err
+    assert code == 1 and out == "" and "error: 401 reading this app's figures: a bearer token is needed" in err
     assert ("hint: reading this app (control.protect_reads) needs a viewer or operator token: set "
             "SERVE_AB_VIEWER_TOKEN (or SERVE_AB_CONTROL_TOKEN) or pass --token (no token was sent)") in err
     # A proxy's error page that echoes the header must not show it either.

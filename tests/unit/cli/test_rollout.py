@@ -123,7 +123,7 @@ def test_a_protected_read_without_a_token_hints_at_the_viewer_token(api, capsys)
     api.bearer = TOKEN
     code, out, err = _run(["status"], capsys)
     assert code == 1 and out == ""
-    assert "error: 401 reading this app's figures needs a bearer token" in err
+    assert "error: 401 reading this app's figures: a bearer token is needed" in err
     hint = err.splitlines()[1]
     assert hint.startswith("hint: reading this app (control.protect_reads) needs a viewer or operator token")
     assert "SERVE_AB_VIEWER_TOKEN" in hint and "SERVE_AB_CONTROL_TOKEN" in hint and "--token" in hint
