@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, all_finite, batch_size, specs_of
+from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, batch_size, specs_of
 from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionUnavailable
 
 logger = logging.getLogger("ray.serve")
@@ -102,7 +102,7 @@ def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputS
                 want >= 0 and got != want for want, got in zip(declared.shape[1:], array.shape[1:])):
             raise BadOutput(f"version {name!r} answered shape {list(array.shape)}, but declares "
                             f"{list(declared.shape)}")
-        if array.dtype.kind == "f" and not all_finite(array):
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
 
 
