@@ -592,6 +592,11 @@ def test_preconditions_refuse_a_retried_promote_and_a_stale_revision():
         rollout.require(revision=6)
     with pytest.raises(RolloutError, match="has not reached"):
         rollout.require(from_step=at + 5)
+    # An ended rollout acts at no step: no from_step is suggested (one would be refused too).
+    rollout.abort("by hand")
+    with pytest.raises(RolloutError, match="it has ended, so no step takes actions") as refused:
+        rollout.require(from_step=at)
+    assert "send from_step" not in str(refused.value)
 
 
 def test_actions_record_what_who_and_from_where_and_a_no_op_is_recorded_too():
