@@ -640,6 +640,14 @@ class Rollout:
         index = self.state.step_index
         return steps[index] if self.config.strategy is Strategy.CANARY and index < len(steps) else None
 
+    def _where(self) -> str:
+        """Where the rollout holds, for its reasons: a canary's step as people count it. A
+        blue-green rollout has no steps to name (its step_index is internal: 0 while it
+        validates, 1 while it watches after the switch), so its phase."""
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            return f"in phase {self.state.phase.value}"
+        return f"at step {self.state.step_index + 1}"
+
     def step_text(self) -> str:
         """The current step in a few words (``set_weight 20``, ``pause 30s``, ``analysis``)."""
         step = self._current_step()
@@ -773,7 +781,7 @@ class Rollout:
             return True
         if s.held_since_s is None:
             s.held_since_s = now
-            self._record(now, s.phase, s.phase, f"holding at step {s.step_index + 1}: {self._hold_reason()}")
+            self._record(now, s.phase, s.phase, f"holding {self._where()}: {self._hold_reason()}")
         return False
 
     def _counted_pass(self) -> bool:
@@ -951,8 +959,9 @@ class Rollout:
         uncounted_pass = s.step_verdict is GateVerdict.PASS and not self._counted_pass()
         if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait
                                            or uncounted_pass):
-            return (f"holding at step {s.step_index + 1} ({self.step_text()}) for {now - s.held_since_s:g}s: "
-                    f"{self._hold_reason()}")
+            where = self._where() if self.config.strategy is Strategy.BLUE_GREEN else \
+                f"{self._where()} ({self.step_text()})"
+            return f"holding {where} for {now - s.held_since_s:g}s: {self._hold_reason()}"
         if s.phase is Phase.PAUSED:
             return f"step {s.step_index + 1}: waiting for promote()"
         if s.phase is Phase.ANALYZING:

@@ -785,6 +785,22 @@ def test_the_blue_green_watch_judges_its_pass_at_the_first_analysis_that_could_e
     assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
 
 
+def test_a_held_blue_green_watch_names_its_phase_not_an_internal_step():
+    """A blue-green rollout has no steps (its step_index is internal): a watch held past its
+    time for want of evidence says 'holding in phase switched', not 'holding at step 2'."""
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=20), clock)
+    rollout.report_validation(True)
+    rollout.tick(healthy("blue", "green"))
+    assert rollout.phase is Phase.SWITCHED
+    thin = {"blue": win("blue", n=0), "green": win("green", n=10)}  # under min_samples: no verdict
+    run_until(rollout, clock, 40, thin, step_s=10)
+    held = rollout.status_line()
+    assert rollout.phase is Phase.SWITCHED and held.startswith("holding in phase switched for "), held
+    assert "step" not in held.split(":")[0]
+    assert any(h["reason"].startswith("holding in phase switched: ") for h in rollout.state.history)
+
+
 def test_a_pass_from_before_an_operators_pause_does_not_end_the_wait_it_could_not_end():
     # The analyses at 10-50 s pass (at the first look's level) but are not counted: the 60-s
     # pause could not end on them. Paused at 55 s and resumed at 100 s, the pause ends at 105 s,
