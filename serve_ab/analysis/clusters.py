@@ -545,7 +545,7 @@ class ValueGroups:
 
     def to_wire(self) -> dict:
         """Sparse plain data (the controller's saved state, the report's snapshot), without
-        the cells, which only the gates' windows read (up to 65,536 a version)."""
+        the buckets, which only the gates' windows read (up to 10,000 a version)."""
         used = np.flatnonzero(self.counts)
         return {"rows": used.tolist(), "counts": self.counts[used].tolist(), "sums": self.sums[used].tolist(),
                 "squares": self.squares[used].tolist(), "cubes": self.cubes[used].tolist()}

@@ -48,25 +48,25 @@ class TrafficDecision:
         """The assignment key of a request: a header, or a field of its JSON body."""
         if self.assignment.key == "header":
             key = headers.get(self.assignment.header) if headers is not None else None
-            if key is None:
-                self._keyless(f"the {self.assignment.header!r} header (assignment.header)")
+            if key is None and not self._keyless_said:
+                self._say_keyless(f"the {self.assignment.header!r} header (assignment.header)")
             return key
         if self.assignment.key == "none":
             return None
         key = fields.get(self.assignment.field) if fields else None
         if key is None:
-            self._keyless(f"{self.assignment.field!r} (assignment.field); its fields were "
-                          f"{[name[:80] for name in sorted(map(str, fields or {}))[:20]]}")
+            if not self._keyless_said:  # the message (a sort of the body's fields) only once
+                self._say_keyless(f"{self.assignment.field!r} (assignment.field); its fields were "
+                                  f"{[name[:80] for name in sorted(map(str, fields or {}))[:20]]}")
             return None
         return key_text(key, f"assignment key '{self.assignment.field}'")
 
-    def _keyless(self, missing: str) -> None:
+    def _say_keyless(self, missing: str) -> None:
         # Keyless requests may be meant (anonymous users), but a misspelt field ("userid") would
         # silently send every user to a random version on each request: said once, in the log.
-        if not self._keyless_said:
-            self._keyless_said = True
-            logger.warning("serve-ab router: a request came without %s, so it was assigned at random and "
-                           "its user is not kept on one version (said once per replica)", missing)
+        self._keyless_said = True
+        logger.warning("serve-ab router: a request came without %s, so it was assigned at random and "
+                       "its user is not kept on one version (said once per replica)", missing)
 
     def choose(self, key: str | None, pinned: str | None, served: Collection[str], epoch: int = -1) -> Choice:
         """The version for a request: its pin, or the split's choice for its key, under the
