@@ -78,6 +78,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import special
 
+from serve_ab.analysis.group_counts import GroupCounts
+from serve_ab.analysis.wire import narrow
 from serve_ab.routing import NUM_BUCKETS
 
 __all__ = ["CELLS", "INDEPENDENT", "MIN_GROUPS", "class_design_effects", "ValueGroups", "mean_design_effect", "LATENCY_EDGES_MS", "NUM_GROUPS", "DesignEffect", "GroupSums", "class_design_effect",
@@ -217,7 +219,7 @@ class CellCounts:
     # controller of the previous release still reads a newer router's report.
     def to_state(self) -> dict:
         keys, counts = self.sparse()
-        return {"cells": keys, "cell_counts": counts, "cells_complete": self.complete}
+        return {"cells": keys, "cell_counts": narrow(counts), "cells_complete": self.complete}
 
     @classmethod
     def from_state(cls, state: dict) -> CellCounts:
@@ -249,10 +251,10 @@ class GroupSums:
     latency_bins: np.ndarray = field(
         default_factory=lambda: np.zeros((_ROWS, _LATENCY_BINS), dtype=np.int32))
     #: Predicted classes of successful requests, by (group, class).
-    classes: collections.Counter = field(default_factory=collections.Counter)
+    classes: GroupCounts = field(default_factory=lambda: GroupCounts(_ROWS))
     #: Scores of successful requests, by (group, score bin): bin b holds the sketch buckets
     #: b * SCORE_BIN_BUCKETS to (b + 1) * SCORE_BIN_BUCKETS - 1.
-    score_bins: collections.Counter = field(default_factory=collections.Counter)
+    score_bins: GroupCounts = field(default_factory=lambda: GroupCounts(_ROWS))
     #: The same scores' count, sum and sum of squares per group (for scores too close together
     #: for the bins).
     score_values: ValueGroups = field(default_factory=lambda: ValueGroups())
@@ -274,34 +276,41 @@ class GroupSums:
         if latency_ms.size:
             bins = np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="left")
             np.add.at(self.latency_bins, (groups[ok], bins), 1)
-        predicted = [(int(g), c) for g, c in zip(groups.tolist(), predicted_classes) if c is not None]
+        predicted = [i for i, c in enumerate(predicted_classes) if c is not None]
         if predicted:
-            self.classes.update(predicted)
+            self.classes.add(groups[predicted], np.array([predicted_classes[i] for i in predicted], dtype=np.int64))
         if score_buckets is not None:
             scored = score_buckets >= 0
             if scored.any():
-                bins = score_buckets[scored] // SCORE_BIN_BUCKETS
-                self.score_bins.update(zip(groups[scored].tolist(), bins.tolist()))
+                self.score_bins.add(groups[scored], score_buckets[scored] // SCORE_BIN_BUCKETS)
                 self.score_values.add_many(groups[scored], scores[scored])
 
     # Pickled sparse, like the latency sketch: dense, a report would carry 50 KB per version.
     # (int32 bins: a window would need 2 billion requests of one group in one bin to overflow.)
+    # Classes and score bins go as arrays under new names ("class_pairs", "score_pairs"; they
+    # were Counters under "classes" and "score_bins"): a controller of the release before
+    # fails to read such a report, and the router sends its figures with the next interval,
+    # once the controller has been replaced too (router.flush_once). Read as Counters, they
+    # would have been read wrong.
     def __getstate__(self) -> dict:
         bins = self.latency_bins.ravel()
-        used_bins = np.flatnonzero(bins).astype(np.int32)
-        used = np.flatnonzero(self.requests).astype(np.int32)
-        return {"rows": used, "requests": self.requests[used], "errors": self.errors[used],
-                "bins": used_bins, "bin_counts": bins[used_bins], "classes": self.classes,
-                "score_bins": self.score_bins, "score_values": self.score_values, **self.cells.to_state()}
+        used_bins = np.flatnonzero(bins)
+        used = np.flatnonzero(self.requests)
+        return {"rows": narrow(used), "requests": narrow(self.requests[used]), "errors": narrow(self.errors[used]),
+                "bins": narrow(used_bins), "bin_counts": narrow(bins[used_bins]), "class_pairs": self.classes.to_state(),
+                "score_pairs": self.score_bins.to_state(), "score_values": self.score_values, **self.cells.to_state()}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
         self.requests[state["rows"]] = state["requests"]
         self.errors[state["rows"]] = state["errors"]
         self.latency_bins.ravel()[state["bins"]] = state["bin_counts"]
-        self.classes = state["classes"]
-        # Absent from an older router's pickle: its scores then show no design effect.
-        self.score_bins = state.get("score_bins") or collections.Counter()
+        if "class_pairs" in state:
+            self.classes = GroupCounts.from_state(_ROWS, state["class_pairs"])
+            self.score_bins = GroupCounts.from_state(_ROWS, state["score_pairs"])
+        else:  # an older router's Counters; before the score bins, its scores show no design effect
+            self.classes = GroupCounts.from_counter(_ROWS, state["classes"])
+            self.score_bins = GroupCounts.from_counter(_ROWS, state.get("score_bins") or collections.Counter())
         self.score_values = state.get("score_values") or ValueGroups()
         # Absent from an older router's pickle too: then no ceiling (:meth:`ceiling`).
         self.cells = CellCounts.from_state(state)
@@ -310,8 +319,8 @@ class GroupSums:
         self.requests += other.requests
         self.errors += other.errors
         self.latency_bins += other.latency_bins
-        self.classes.update(other.classes)
-        self.score_bins.update(other.score_bins)
+        self.classes.merge(other.classes)
+        self.score_bins.merge(other.score_bins)
         self.score_values.merge(other.score_values)
         self.cells.merge(other.cells)
 
@@ -567,8 +576,8 @@ class ValueGroups:
     # Pickled sparse: routers send shadow agreements in every report (a few groups in a
     # small interval, 3 KB dense).
     def __getstate__(self) -> dict:
-        used = np.flatnonzero(self.counts).astype(np.int32)
-        return {"rows": used, "counts": self.counts[used], "sums": self.sums[used], "squares": self.squares[used],
+        used = np.flatnonzero(self.counts)
+        return {"rows": narrow(used), "counts": narrow(self.counts[used]), "sums": self.sums[used], "squares": self.squares[used],
                 "cubes": self.cubes[used], **self.cells.to_state()}
 
     def __setstate__(self, state: dict) -> None:
@@ -748,7 +757,7 @@ def quantile_design_effect(latency_bins: np.ndarray, quantile_ms: float) -> Desi
     return max(effects, key=lambda d: d.value, default=INDEPENDENT)
 
 
-def score_design_effect(score_bins: collections.Counter, score_values: ValueGroups | None = None) -> DesignEffect:
+def score_design_effect(score_bins: GroupCounts, score_values: ValueGroups | None = None) -> DesignEffect:
     """A design effect for the KS test on scores: those of the proportions of scores at or
     below each score bin's edge, averaged with the weight of each proportion's variance
     F (1 - F), as the first-order Rao-Scott correction averages over classes (but over the
@@ -762,12 +771,8 @@ def score_design_effect(score_bins: collections.Counter, score_values: ValueGrou
     Without it, such scores showed none, and a KS gate with no drift failed 17-33% of windows."""
     if not score_bins:
         return INDEPENDENT
-    score_bins_seen = sorted({score_bin for _, score_bin in score_bins})
-    column = {score_bin: i for i, score_bin in enumerate(score_bins_seen)}
-    counts = np.zeros((_ROWS, len(score_bins_seen)), dtype=np.int64)
-    for (group, score_bin), count in score_bins.items():
-        counts[group, column[score_bin]] += count
-    below = np.cumsum(counts, axis=1)  # [:, i]: scores in bins up to score_bins_seen[i]
+    _, counts = score_bins.table()  # a column per score bin seen, in order
+    below = np.cumsum(counts, axis=1)  # [:, i]: scores in the bins seen up to the i-th
     per_group = below[:, -1]
     total = float(per_group.sum())
     weights, effects = [], []
@@ -801,7 +806,7 @@ def _weighted(effects: list[DesignEffect], weights: list[float]) -> DesignEffect
     return DesignEffect(_at_least_one(between + within), effects[0].groups, between, within, 1.0 / root ** 2)
 
 
-def class_design_effect(classes: collections.Counter, width: int) -> DesignEffect:
+def class_design_effect(classes: GroupCounts, width: int) -> DesignEffect:
     """A design effect for a vector of class proportions: the mean of each class's,
     weighted by ``1 - p`` (the first-order Rao-Scott correction, Rao & Scott 1981, whose
     chi-square statistic divided by it is referred to the usual distribution)."""
@@ -819,7 +824,7 @@ def class_design_effect(classes: collections.Counter, width: int) -> DesignEffec
     return _weighted(effects, weights)
 
 
-def class_design_effects(classes: collections.Counter, width: int) -> dict[int, DesignEffect]:
+def class_design_effects(classes: GroupCounts, width: int) -> dict[int, DesignEffect]:
     """Each class's own design effect (of its proportion), by class index; classes no group
     predicted are absent (independent). For per-class confidence bounds, where the average
     of :func:`class_design_effect` would make a class that users keep more than others look
@@ -831,19 +836,14 @@ def class_design_effects(classes: collections.Counter, width: int) -> dict[int, 
     return {cls: ratio_design_effect(counts[:, i], per_group) for i, cls in enumerate(present)}
 
 
-def _class_table(classes: collections.Counter, width: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:
-    """``{(group, class): count}`` as a (groups x classes seen) table: the classes seen (its
-    columns), the table, and each group's total; None when no class in range was seen."""
-    present = sorted({cls for _, cls in classes if 0 <= cls < width})
-    if not present:
+def _class_table(classes: GroupCounts, width: int) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """The classes in ``[0, width)`` seen (the table's columns), a (groups x those classes)
+    table of counts, and each group's total; None when no class in range was seen."""
+    present, counts = classes.table(keep=width)
+    if not present.size:
         return None
-    column = {cls: i for i, cls in enumerate(present)}
-    counts = np.zeros((_ROWS, len(present)), dtype=np.int64)
-    for (group, cls), count in classes.items():
-        if cls in column:
-            counts[group, column[cls]] += count
     per_group = counts.sum(axis=1)
-    return None if per_group.sum() == 0 else (present, counts, per_group)
+    return None if per_group.sum() == 0 else (present.tolist(), counts, per_group)
 
 
 def effective_counts(counts: tuple[int, ...], effect: DesignEffect, alpha: float) -> tuple[int, ...]:

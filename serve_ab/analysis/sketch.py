@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from serve_ab.analysis.wire import narrow
+
 __all__ = ["MAX_ABS", "MIN_ABS", "RELATIVE_ACCURACY", "LogHistogram", "bucket_indices"]
 
 RELATIVE_ACCURACY = 0.01
@@ -195,8 +197,8 @@ class LogHistogram:
 
     # Pickled sparse: a router's report would otherwise carry 22 KB per histogram.
     def __getstate__(self) -> dict[str, Any]:
-        used = np.flatnonzero(self.counts).astype(np.int32)
-        return {"index": used, "counts": self.counts[used], "count": self.count, "sum": self.total,
+        used = np.flatnonzero(self.counts)
+        return {"index": narrow(used), "counts": narrow(self.counts[used]), "count": self.count, "sum": self.total,
                 "min": self.min if self.count else None, "max": self.max if self.count else None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

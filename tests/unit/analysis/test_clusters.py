@@ -210,7 +210,7 @@ def test_a_report_pickles_only_the_groups_it_touched():
     restored = pickle.loads(pickle.dumps(sums))
     for name in ("requests", "errors", "latency_bins"):
         assert np.array_equal(getattr(restored, name), getattr(sums, name))
-    assert restored.classes == sums.classes == {(KEYLESS, 3): 1, (22, 0): 1}
+    assert restored.classes == sums.classes and sums.classes.as_dict() == {(KEYLESS, 3): 1, (22, 0): 1}
     assert len(pickle.dumps(sums)) < 2_000  # dense, 27 KB
 
 
@@ -618,6 +618,33 @@ def test_cells_travel_in_a_report_and_an_older_routers_groups_have_no_ceiling():
     assert older.ceiling(4) == math.inf
     restored.merge(older)  # merged with an upgraded router's: its keyed requests are not in cells
     assert restored.ceiling(8) == math.inf
+
+
+def test_an_older_routers_counters_of_classes_and_score_bins_read_as_the_same_counts():
+    """Routers of the release before sent (group, class) and (group, score bin) Counters."""
+    import collections
+    import pickle
+
+    aggregate = IntervalAggregate()
+    scored = [("v2", 5.0, None, i % 3, 0.5 + 0.1 * (i % 5), NUM_BUCKETS * i + i % 7, True, False, 0, None)
+              for i in range(40)]
+    aggregate.served_rows(scored + [row("v2", None, predicted_class=9)], {})
+    sums = aggregate.gates["v2"].groups
+    state = sums.__getstate__()
+    assert b"Counter" not in pickle.dumps(state)
+    classes, score_bins = state.pop("class_pairs"), state.pop("score_pairs")
+    state["classes"] = collections.Counter(sums.classes.as_dict())
+    state["score_bins"] = collections.Counter(sums.score_bins.as_dict())
+    older = GroupSums.__new__(GroupSums)
+    older.__setstate__(state)
+    assert older.classes == sums.classes and older.score_bins == sums.score_bins and sums.score_bins
+    assert sums.classes.as_dict()[(KEYLESS, 9)] == 1 and sums.classes.total() == 41
+    assert class_design_effect(older.classes, 10) == class_design_effect(sums.classes, 10)
+    del state["score_bins"]  # older still: no score bins
+    oldest = GroupSums.__new__(GroupSums)
+    oldest.__setstate__(state)
+    assert not oldest.score_bins and score_design_effect(oldest.score_bins).value == 1.0
+    assert classes["keys"].dtype == np.uint16 and score_bins["counts"].dtype == np.uint8  # narrowed
 
 
 def test_cell_counts_turn_dense_when_many_cells_are_touched_and_count_the_same():

@@ -306,3 +306,28 @@ def test_a_small_arm_with_no_event_yet_gets_the_pooled_variance_not_zero():
     assert ratio.var_diff == pytest.approx(pooled / 187 + pooled / 1597, rel=1e-9)
     z = ratio.diff / math.sqrt(ratio.var_diff)
     assert -1.5 < z < -1.1
+
+
+@pytest.mark.parametrize("used", [3, 700, NUM_BUCKETS])
+def test_totals_pickle_narrow_and_read_back_exactly_listed_or_as_a_bitmap(used):
+    """A report lists a few buckets by index and many as a bitmap; counts and a rate's
+    numerator travel as small integers, a latency's sums as they are."""
+    import pickle
+
+    rng = np.random.default_rng(used)
+    rate, latency = SplitTotals(), SplitTotals()
+    buckets = rng.choice(NUM_BUCKETS, used, replace=False)
+    for bucket in buckets.tolist():
+        for _ in range(int(rng.integers(1, 4))):
+            rate.add(bucket, "v1", float(rng.random() < 0.1))
+            latency.add(bucket, "v1", float(rng.lognormal(1.5, 0.4)))
+    rate.add(None, "v2", 1.0)
+    for table in (rate, latency):
+        state = table.__getstate__()
+        assert ("bucket_bitmap" in state) == (used > NUM_BUCKETS // 16)
+        assert state["n"].dtype == np.uint8
+        back = pickle.loads(pickle.dumps(table))
+        assert np.array_equal(back.s, table.s) and np.array_equal(back.n, table.n)
+        assert back.s.dtype == back.n.dtype == np.float64
+        assert back.keyless.keys() == table.keyless.keys()
+    assert rate.__getstate__()["s"].dtype == np.uint8 and latency.__getstate__()["s"].dtype == np.float64
