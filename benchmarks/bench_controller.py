@@ -257,7 +257,7 @@ def run(_cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
     # up with none of them, the lowest rate tried is the (generous) bound.
     baseline = best_rows or rates[0]
     report = {
-        **report_header("bench_controller", args),
+        **report_header("bench_controller", args.quick),
         "routers": ROUTERS, "interval_s": INTERVAL_S, "simulated_users": USERS,
         "results": results,
         "highest_rate_kept_up_rps": {"aggregates": best_aggregates, "per_request": best_rows},
