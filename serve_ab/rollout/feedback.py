@@ -76,16 +76,18 @@ class FeedbackJoin:
             self._reported.popitem(last=False)
 
     def add(self, request_id: str, name: str, value: float | None, converted: bool | None,
-            now_s: float, version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+            now_s: float, version: str | None = None, unit: int | None = None, split: int = -1,
+            count_repeat: bool = True) -> str | None:
         """Record feedback; returns the version it joined to, or None while it waits for
         the request's report (dropped after PENDING_TTL_S if none comes).
 
         ``version``: the version that served the request, when the client proved it (a
         feedback token); the feedback is then counted at once. A second report of the same
-        request and name raises :class:`~serve_ab.errors.Conflict`.
+        request and name raises :class:`~serve_ab.errors.Conflict` (``count_repeat``: and is
+        counted as a client's repeat; not for a router's resend to a restarted controller).
         """
         self._expire(now_s)
-        key = self._once(request_id, name)
+        key = self._once(request_id, name, count_repeat)
         if version is not None:
             self._emit(version, name, value, converted, now_s, unit, split)
             self._mark(key, now_s)  # only once counted: a refused one may be sent again, mended
@@ -125,11 +127,11 @@ class FeedbackJoin:
         while len(self._reported) > self.max_requests:
             self._reported.popitem(last=False)
 
-    def _once(self, request_id: str, name: str) -> int:
+    def _once(self, request_id: str, name: str, count_repeat: bool = True) -> int:
         """The key of this report, or :class:`Conflict` when it was counted already."""
         key = self.reported_key(request_id, name)
         if key in self._reported:
-            if self.on_duplicate is not None:
+            if self.on_duplicate is not None and count_repeat:
                 self.on_duplicate()
             raise Conflict(f"feedback {name!r} for request {request_id!r} was reported already; "
                            "each request takes one report per metric")

@@ -29,7 +29,9 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -55,8 +57,9 @@ from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
 from serve_ab.serving.app_claim import app_running, this_app
-from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Mirror, Refused, RoutingSnapshot
-from serve_ab.serving.reports import RouterReports
+from serve_ab.serving.core.messages import (
+    Action, Actor, IntervalReport, Mirror, Refused, ReportAnswer, RoutingSnapshot)
+from serve_ab.serving.reports import ReportNumbers, RouterReports
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,6 +78,17 @@ VALIDATION_TIMEOUT_S = 120.0
 # Body fields only one action takes (reason, from_step and revision go with any).
 _ACTION_ONLY_FIELDS = {"full": Action.PROMOTE, "weights": Action.WEIGHTS}
 _FIELD_OF = {action: name for name, action in _ACTION_ONLY_FIELDS.items()}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What one save of the run's figures writes, taken at one moment on the loop that merges
+    reports: the figures, the feedback counted lately, and each router's last report in them."""
+
+    number: int
+    stats: dict[str, Any]
+    reported: dict[str, dict[str, Any]]
+    report_seqs: dict[str, int]
 
 
 def _fingerprint(cfg: ExperimentConfig) -> str:
@@ -133,6 +147,10 @@ class ControllerCore:
         else:
             self.stats = ExperimentStats([v.name for v in cfg.versions], self.started_at_s,
                                          shadow_version, feedback_kinds)
+        # Routers keep what this controller has not saved, and send it again to the next one
+        # (serving/core/ledger.py); it knows them by this name, new at every start.
+        self.name = uuid.uuid4().hex[:16]
+        self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
         # Joined feedback goes to the totals (self.stats) and, in a rollout, the gates' windows.
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
@@ -150,22 +168,29 @@ class ControllerCore:
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
 
-    def save_stats(self, state: dict[str, Any] | None = None,
-                   reported: dict[str, dict[str, Any]] | None = None) -> None:
-        """Keep the run's figures, so a restarted controller does not start them from zero,
-        and which feedback it counted lately, so a replay after the restart is still refused.
+    def checkpoint(self) -> Checkpoint:
+        """What :meth:`save_stats` writes, taken now (on the loop, when saving from a thread)."""
+        number, seqs = self.numbers.capture()
+        state = self.stats.to_state(self.clock())
+        state["report_seqs"] = seqs
+        return Checkpoint(number, state, self.reported_rows(), seqs)
 
-        ``state``, ``reported``: ``self.stats.to_state()`` and :meth:`reported_rows` taken
-        earlier, when saving from another thread. Saved one after the other, moments apart:
-        a restart loses at most the last few seconds of both, alike.
+    def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
+        """Keep the run's figures, so a restarted controller does not start them from zero;
+        which feedback it counted lately, so a replay after the restart is still refused; and
+        each router's last report in them, so that routers drop what they kept for a restart
+        and a restarted controller merges only what follows.
+
+        The figures and the feedback are saved one after the other, moments apart: a
+        controller killed between the two writes counts the feedback of its last seconds
+        once more when the routers send it again.
         """
-        if state is None:
-            state = self.stats.to_state(self.clock())
-        if reported is None:
-            reported = self.reported_rows()
-        self.store.save(self._stats_key(), state)
-        for key, row in reported.items():
+        if checkpoint is None:
+            checkpoint = self.checkpoint()
+        self.store.save(self._stats_key(), checkpoint.stats)
+        for key, row in checkpoint.reported.items():
             self.store.save(key, row)
+        self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.
         oldest = int(self.clock() // 60) - self._reported_minutes()
         for minute in range(self._reported_dropped_before, oldest):
@@ -223,6 +248,19 @@ class ControllerCore:
         return run_id, self.started_at_s
 
     # -- inputs ------------------------------------------------------------------------------
+
+    def receive(self, report: IntervalReport) -> tuple[ReportAnswer, bool]:
+        """A router's report, merged unless this controller has it already: the answer, and
+        whether the versions some router could not load changed (:meth:`record`).
+
+        A report that names an earlier controller (``controller_seen``) is not merged: this
+        controller started since, from its last save, and answers ``restarted`` with the
+        router's last report it has; the router sends the rest again, in order, this one with
+        them (serving/core/ledger.py)."""
+        if report.seq and report.controller_seen is not None and report.controller_seen != self.name:
+            return self.numbers.answer(self.name, report.router, restarted=True), False
+        changed = self.record(report) if self.numbers.is_new(report) else False
+        return self.numbers.answer(self.name, report.router), changed
 
     def record(self, report: IntervalReport) -> bool:
         """A router's interval: merged into the run's figures and the gates' windows.
@@ -601,8 +639,7 @@ class ExperimentController:
                 continue
             try:
                 # Taken here, on the loop that also records; written to SQLite off it.
-                await asyncio.to_thread(self.core.save_stats, self.core.stats.to_state(time.time()),
-                                        self.core.reported_rows())
+                await asyncio.to_thread(self.core.save_stats, self.core.checkpoint())
                 report = await self._refresh_report()
                 now_s = time.time()
                 state = (self._requests() > 0, self._phase())
@@ -663,6 +700,12 @@ class ExperimentController:
         if self._not_holding is not None:  # the holder writes the model's state and records
             logger.info("serve-ab controller: stopping without a final record: %s", self._not_holding)
             return
+        # The figures merged since the last save (up to REPORT_INTERVAL_S of them), while this
+        # replica still holds the claim: the routers that would send them again stop too.
+        try:
+            await asyncio.to_thread(core.save_stats, core.checkpoint())
+        except Exception:
+            logger.warning("serve-ab controller: the last figures could not be saved", exc_info=True)
         # First, so that a slow record or notifier cannot use up the shutdown time before it:
         # the final record is this run's own and no other app writes it.
         try:
@@ -716,9 +759,11 @@ class ExperimentController:
 
     # -- called by routers --------------------------------------------------------------------
 
-    async def record(self, report: IntervalReport) -> None:
-        if self.core.record(report):
+    async def record(self, report: IntervalReport) -> ReportAnswer:
+        answer, failed_changed = self.core.receive(report)
+        if failed_changed:
             self._notify()
+        return answer
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = LONG_POLL_TIMEOUT_S) -> RoutingSnapshot:
         if known_epoch == self.core.epoch:
@@ -730,17 +775,20 @@ class ExperimentController:
         return self.core.snapshot()
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None | Refused:
+                       version: str | None = None, unit: int | None = None, split: int = -1,
+                       resent: bool = False) -> str | None | Refused:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
-        epoch the request was assigned under)."""
+        epoch the request was assigned under). ``resent``: a router sends it again because
+        this controller restarted (serving/core/ledger.py); one it counted already is refused
+        as a repeat is, but not counted as a client's repeat."""
         if value is not None and not math.isfinite(float(value) * float(value)):
             # Routers refuse these first; checked here too, before the join holds it (a held
             # one would fail later, in the merge of the report that joins it).
             return Refused(InvalidInput(f"feedback value {value!r} is too large to count"))
         try:
             return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
-                                          unit=unit, split=split)
+                                          unit=unit, split=split, count_repeat=not resent)
         except ServeAbError as err:  # a repeat (409): answered, not logged as a failure
             return Refused(err)
 

@@ -54,6 +54,7 @@ from serve_ab.api.v2_binary import (
 from serve_ab.backends.base import OutputSpecs, outputs_to_json, specs_of
 from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction, VersionUnavailable
 from serve_ab.serving.core.auth import ControlAuth, Role
+from serve_ab.serving.core.ledger import FeedbackCall
 from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.router import RouterCore
 
@@ -252,11 +253,11 @@ async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONR
                             status_code=202)
     # A proven answer is counted once per answer (its id), whatever its request id.
     if proven is not None:
-        version = await core.controller.feedback(proven.answer_id, feedback.name, feedback.value,
-                                                 feedback.converted, proven.version, proven.bucket, proven.epoch)
+        call = FeedbackCall(proven.answer_id, feedback.name, feedback.value, feedback.converted, proven.version,
+                            proven.bucket, proven.epoch)
     else:
-        version = await core.controller.feedback(feedback.request_id, feedback.name, feedback.value,
-                                                 feedback.converted)
+        call = FeedbackCall(feedback.request_id, feedback.name, feedback.value, feedback.converted)
+    version = await core.send_feedback(call)
     # version is None while the request's own report is still on its way to the controller.
     return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
 

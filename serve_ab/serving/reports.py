@@ -5,13 +5,17 @@ last reported, how many requests its reports covered and how many intervals reac
 late (merged into a later report while the controller was away), and which versions the
 replica could not load. A replica silent for ``STALE_S`` is forgotten (scaled down, or its
 node is gone), so a version that failed only there stops counting as failed.
+
+:class:`ReportNumbers` keeps each router's last report merged and saved, so that no report
+is merged twice and a restarted controller is sent what its last save lacks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from serve_ab.serving.core.messages import IntervalReport
+from serve_ab.serving.core.messages import IntervalReport, ReportAnswer
 
 STALE_S = 60.0
 
@@ -65,3 +69,51 @@ class RouterReports:
         return {"routers": len(live), "reports_total": self.reports_total, "rows_total": self.rows_total,
                 "delayed_intervals_total": self.delayed_intervals_total,
                 "failed_versions": self.failed_versions(now_s)}
+
+
+#: A router's last report number is kept this long after its last report: routers come and go
+#: with their replicas, and one silent this long has nothing left to send again.
+NUMBERS_KEPT_S = 3600.0
+
+
+class ReportNumbers:
+    """The last report merged from each router and the last the controller's saves hold: what
+    a router needs to drop what it keeps, and a restarted controller to merge each report once
+    (serving/core/ledger.py)."""
+
+    def __init__(self, clock: Callable[[], float], restored: Mapping[str, int] | None = None) -> None:
+        self.clock = clock
+        self.merged: dict[str, int] = {str(r): int(seq) for r, seq in (restored or {}).items()}
+        self.saved: dict[str, int] = dict(self.merged)
+        self._seen_s = {router: clock() for router in self.merged}
+        self.captures = 0  # saves begun
+        self.saved_captures = 0  # saves done
+
+    def is_new(self, report: IntervalReport) -> bool:
+        """Whether ``report`` is to be merged: numbered past the last merged from its router, or
+        not numbered (a router of an older release). Noted as merged when it is."""
+        self._seen_s[report.router] = self.clock()
+        if not report.seq:
+            return True
+        if report.seq <= self.merged.get(report.router, 0):
+            return False  # merged already: a report sent again whose first answer was lost
+        self.merged[report.router] = report.seq
+        return True
+
+    def capture(self) -> tuple[int, dict[str, int]]:
+        """A save begins: its number, and the numbers it holds (taken with the figures)."""
+        old = self.clock() - NUMBERS_KEPT_S
+        for router in [r for r, seen_s in self._seen_s.items() if seen_s < old]:
+            del self._seen_s[router]
+            self.merged.pop(router, None)
+        self.captures += 1
+        return self.captures, dict(self.merged)
+
+    def done(self, number: int, merged: Mapping[str, int]) -> None:
+        """Save ``number``, which held ``merged``, is written."""
+        if number > self.saved_captures:
+            self.saved_captures, self.saved = number, dict(merged)
+
+    def answer(self, controller: str, router: str, restarted: bool = False) -> ReportAnswer:
+        return ReportAnswer(controller, self.saved.get(router, 0), self.captures, self.saved_captures,
+                            restarted=restarted, restored_seq=self.merged.get(router, 0) if restarted else 0)

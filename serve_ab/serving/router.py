@@ -41,7 +41,7 @@ from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.decision import key_text
-from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Refused, RoutingSnapshot
+from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Refused, ReportAnswer, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import check_claim, prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
@@ -112,8 +112,8 @@ class ControllerClient:
             raise answer.error
         return answer
 
-    async def record(self, report: IntervalReport) -> None:
-        await self._ask(self.handle.record.remote(report))
+    async def record(self, report: IntervalReport) -> ReportAnswer | None:
+        return await self._ask(self.handle.record.remote(report))  # None from an older controller
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float | None = None) -> RoutingSnapshot:
         if timeout_s is None:
@@ -121,9 +121,12 @@ class ControllerClient:
         return await self._ask(self.handle.wait_for_update.remote(known_epoch, timeout_s))
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+                       version: str | None = None, unit: int | None = None, split: int = -1,
+                       resent: bool = False) -> str | None:
+        # resent only to a controller that answered a report (ReportAnswer): one that takes it
+        extra = {"resent": True} if resent else {}
         return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
-                                                           unit, split))
+                                                           unit, split, **extra))
 
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())

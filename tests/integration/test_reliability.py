@@ -193,6 +193,98 @@ def test_one_of_two_router_replicas_killed(http, serve_instance, deployed, model
     assert response.status_code == 200, response.text
 
 
+# -- the controller dies between two saves of its figures -----------------------------------------
+
+class CountingClient:
+    """One keyed request after another, each followed by its feedback; counts what was
+    answered (200 and 202) and what failed, until stopped."""
+
+    def __init__(self, base: str):
+        import threading
+
+        import httpx
+
+        self.base, self.http = base, httpx.Client(timeout=30)
+        self.ok = self.feedback_ok = 0
+        self.failed: list[str] = []
+        self.feedback_failed: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                answer = self.http.post(f"{self.base}/predict", json={"inputs": [DIGIT_ROW], "user_id": f"u{i % 300}"})
+            except Exception as err:  # counted, as a real client would see it
+                self.failed.append(type(err).__name__)
+                continue
+            if answer.status_code != 200:
+                self.failed.append(str(answer.status_code))
+                continue
+            self.ok += 1
+            body = answer.json()
+            feedback = self.http.post(f"{self.base}/feedback", json={
+                "request_id": body["request_id"], "feedback_token": body["feedback_token"],
+                "name": "correct", "converted": i % 2 == 0})
+            if feedback.status_code == 202:
+                self.feedback_ok += 1
+            else:
+                self.feedback_failed.append(feedback.status_code)
+            time.sleep(0.005)
+
+    def __enter__(self) -> CountingClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.http.close()
+
+
+def counted(http, base: str) -> tuple[int, int]:
+    """Requests and feedback the app's figures hold."""
+    stats = http.get(f"{base}/experiment/stats").json()
+    versions = stats["versions"].values()
+    return (sum(v["requests"] for v in versions),
+            sum(v["feedback"].get("correct", {}).get("n", 0) for v in versions))
+
+
+def test_the_controller_killed_under_load_loses_no_counted_request_or_feedback(http, serve_instance, deployed,
+                                                                               model_repo, tmp_path):
+    """The controller saves the run's figures every 5 s; a SIGKILL between two saves used to
+    lose what it merged since (about 200 requests and 230 feedback reports already answered
+    202, in an audit). Routers now keep it until it is saved and send it again to the new
+    controller (serving/core/ledger.py). Every request answered 200 is counted, once; every
+    feedback answered 202 too (one whose answer the kill cut off may count as well)."""
+    cfg = experiment(model_repo, analysis={"records": {"path": str(tmp_path / "runs.sqlite")},
+                                           "metrics": [{"name": "correct", "kind": "conversion"}]},
+                     controller={"state_path": str(tmp_path / "state.sqlite"), "report_interval_s": 0.25})
+    app = deployed(cfg, "ctlkill")
+    base = serve_instance.url(f"/{app}")
+    with CountingClient(base) as client:
+        wait_for(lambda: client.feedback_ok >= 50, "feedback to be answered")
+        time.sleep(6.0)  # a save (every 5 s) and more merged after it
+        pids = wait_for(lambda: replica_pids(app, "Controller"), "the controller's process")
+        at_kill = (client.ok, client.feedback_ok)
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: set(replica_pids(app, "Controller")) - set(pids), "a new controller process")
+        wait_for(lambda: http.get(f"{base}/experiment/stats").status_code == 200, "the new controller to answer")
+        answered = client.feedback_ok
+        wait_for(lambda: client.feedback_ok >= answered + 30, "feedback answered by the new controller")
+    poll(lambda: counted(http, base)[0] >= client.ok, 30)  # the last reports (asserted below)
+    time.sleep(1.0)  # a report sent again late would show as a request counted twice
+    requests, feedback = counted(http, base)
+    print(f"\ncontroller killed at {at_kill[0]} requests and {at_kill[1]} feedback answered; in all "
+          f"{client.ok} requests ({len(client.failed)} failed), {client.feedback_ok} feedback answered 202 "
+          f"({len(client.feedback_failed)} refused: {sorted(set(client.feedback_failed))}); counted "
+          f"{requests} requests and {feedback} feedback")
+    assert requests == client.ok and not client.failed
+    assert client.feedback_ok <= feedback <= client.feedback_ok + len(client.feedback_failed)
+
+
 # -- the HTTP API fuzzed from its OpenAPI schema -------------------------------------------------
 
 MAX_EXAMPLES_PER_MODE = 15  # per operation, valid and invalid data: a few hundred calls in all

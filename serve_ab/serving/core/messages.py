@@ -1,7 +1,8 @@
 """The contract between routers and the controller: typed, cheap to pickle, no Ray.
 
-Routers send an :class:`IntervalReport` (what they served, aggregated) once per interval and
-long-poll for a :class:`RoutingSnapshot` (what to serve); operators' requests reach the
+Routers send an :class:`IntervalReport` (what they served, aggregated) once per interval, get
+a :class:`ReportAnswer` (how much of it the controller has saved), and long-poll for a
+:class:`RoutingSnapshot` (what to serve); operators' requests reach the
 controller as an :class:`Action`. :class:`ControllerApi` names every remote method a router
 calls, so no method is looked up by a string. A report's size does not depend on how many
 requests it covers (see analysis/aggregate.py).
@@ -59,6 +60,29 @@ class IntervalReport:
     delayed_intervals: int = 0
     # Versions this replica could not load, with the error: they get no traffic.
     failed_versions: Mapping[str, str] = field(default_factory=dict)
+    # Its number in the router's sequence (serving/core/ledger.py); it also covers the earlier
+    # intervals from first_seq, merged in because the controller did not take them. 0: a
+    # router of an older release, whose reports are merged as they come.
+    seq: int = 0
+    first_seq: int = 0
+    # The controller this router last heard from (ReportAnswer.controller); None at first.
+    controller_seen: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportAnswer:
+    """The controller's answer to an :class:`IntervalReport`: how far its saves hold the
+    router's figures, so that the router can drop what it keeps for a restarted controller
+    (serving/core/ledger.py)."""
+
+    controller: str  # this controller's name: a new one at every start
+    saved_seq: int  # the router's reports up to this number are in the saved figures
+    captures: int  # saves begun: feedback accepted before this answer is in save captures + 1
+    saved_captures: int  # saves done
+    # The report names an earlier controller: this one started since, from its last save, and
+    # merged nothing of the report. It has the router's reports up to restored_seq.
+    restarted: bool = False
+    restored_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,13 +106,13 @@ class RoutingSnapshot:
 class ControllerApi(Protocol):
     """The controller's methods a router calls (remote, through a DeploymentHandle)."""
 
-    async def record(self, report: IntervalReport) -> None: ...
+    async def record(self, report: IntervalReport) -> ReportAnswer | None: ...
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float = ...) -> RoutingSnapshot: ...
 
     async def feedback(self, request_id: str, name: str, value: float | None,
                        converted: bool | None, version: str | None = None,
-                       unit: int | None = None, split: int = -1) -> str | None: ...
+                       unit: int | None = None, split: int = -1, resent: bool = False) -> str | None: ...
 
     async def feedback_key(self) -> bytes: ...
 

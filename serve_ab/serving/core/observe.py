@@ -4,8 +4,7 @@ Every answer is held as it is served and folded, with up to ``FOLD_ROWS`` others
 (latency, class, score) and as arrays, into an :class:`~serve_ab.analysis.aggregate.IntervalAggregate`
 (counts, sketches, per-bucket sums): memory and the message to the controller are the same
 size at ten requests a second or ten thousand, and nothing is ever dropped. A report the
-controller did not take is merged back (:meth:`ObservationBuffer.restore`) and goes with the
-next one.
+controller did not take is kept and sent again (:mod:`serve_ab.serving.core.ledger`).
 """
 
 from __future__ import annotations
@@ -83,7 +82,6 @@ class ObservationBuffer:
         self._weights: dict[int, dict[str, float]] = {}
         self._current = IntervalAggregate()
         self._rows: list[tuple] = []  # answers not yet folded into _current (served)
-        self.unsent = 0  # reports the controller did not take since the last one it did
 
     def routed_by(self, epoch: int, weights_pct: Mapping[str, float]) -> None:
         """The weights requests decided under ``epoch`` were routed by."""
@@ -136,11 +134,6 @@ class ObservationBuffer:
             return None
         aggregate, self._current = self._current, self._current.next_interval()
         return aggregate
-
-    def restore(self, aggregate: IntervalAggregate) -> None:
-        """A drained aggregate the controller did not take: it goes with the next report."""
-        self.unsent += 1
-        self._current.merge(aggregate)
 
     def __len__(self) -> int:
         """Requests and copies served since the last drain."""

@@ -4,8 +4,9 @@ key -> version (:class:`TrafficDecision`) -> checked batch -> that version's ``p
 -> this interval's aggregate (:class:`ObservationBuffer`) -> copies to mirrored versions
 (:class:`MirrorSender`). Beside the requests, two loops: :meth:`RouterCore.follow` long-polls
 the controller for a :class:`RoutingSnapshot` and applies it; :meth:`RouterCore.flush` sends
-the interval's aggregate once per interval. Both keep serving with the last weights while the
-controller is away. Clock, sleep and the request id are injected, so unit tests drive
+the interval's aggregate once per interval, and keeps it (:class:`ReportLedger`) until the
+controller has saved it, for a controller that restarts before then. Both keep serving with
+the last weights while the controller is away. Clock, sleep and the request id are injected, so unit tests drive
 everything with fakes and never wait.
 
 A version that cannot serve never stops the others: one that failed to load, or (isolated)
@@ -37,6 +38,7 @@ from serve_ab.errors import (
     Forbidden,
     InvalidInput,
     ModelFailed,
+    ServeAbError,
     Unauthorized,
     UnknownModel,
     VersionNotServed,
@@ -45,6 +47,7 @@ from serve_ab.errors import (
 from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
 from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
+from serve_ab.serving.core.ledger import FeedbackCall, ReportLedger
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender
 from serve_ab.serving.core.observe import ObservationBuffer
@@ -113,6 +116,9 @@ class RouterCore:
         self._checks: dict[str, asyncio.Future] = {}  # describe() calls in flight, per version
         self._key_warned = False
         self._reporting: set[asyncio.Task] = set()  # reports sent at a change of weights, in flight
+        # What the controller has not saved yet; reports go one at a time, in order.
+        self.ledger = ReportLedger()
+        self._flush_lock = asyncio.Lock()
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -431,21 +437,44 @@ class RouterCore:
             await self.flush_once()
 
     async def flush_once(self) -> None:
-        """Send this interval's aggregate; one the controller does not take goes with the next."""
-        aggregate = self.observations.drain()
-        failed = self.failed_versions()
-        if aggregate is None:
-            if not failed:
+        """Send this interval's aggregate, after any earlier report the controller has not
+        taken (it was away) or lacks (it restarted): :class:`ReportLedger`."""
+        async with self._flush_lock:
+            aggregate = self.observations.drain()
+            failed = self.failed_versions()
+            if aggregate is not None or failed or self.ledger.waiting():
+                # Idle, the controller must still hear what failed, or say what it saved.
+                self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
+                                                                 failed_versions=failed)))
+            while (report := self.ledger.next_unsent()) is not None:
+                try:
+                    answer = await self.controller.record(report)
+                except Exception:
+                    self.ledger.not_taken(report)
+                    logger.warning("serve-ab router: the controller did not take report %d (%d requests); "
+                                   "it goes again at the next interval", report.seq, report.aggregate.rows,
+                                   exc_info=True)
+                    return
+                self.ledger.answered(report, answer)
+            await self._send_feedback_again()
+
+    async def _send_feedback_again(self) -> None:
+        """Send a restarted controller the feedback kept for it (after the reports it joins)."""
+        while (call := self.ledger.next_feedback_resend()) is not None:
+            try:
+                await self.controller.feedback(*call.args(), resent=True)
+            except ServeAbError:
+                continue  # refused: counted already (in the save it restored), or expired
+            except Exception:
+                self.ledger.not_resent(call)
+                logger.warning("serve-ab router: the restarted controller did not take feedback again; "
+                               "retrying at the next interval", exc_info=True)
                 return
-            aggregate = IntervalAggregate()  # idle, but the controller must hear what failed
-        report = IntervalReport(self.replica, aggregate, delayed_intervals=self.observations.unsent,
-                                failed_versions=failed)
-        try:
-            await self.controller.record(report)
-        except Exception:
-            if aggregate:
-                self.observations.restore(aggregate)
-            logger.warning("serve-ab router: the controller did not take this interval's report "
-                           "(%d requests); it goes with the next one", aggregate.rows, exc_info=True)
-        else:
-            self.observations.unsent = 0
+            self.ledger.accepted(call)
+
+    async def send_feedback(self, call: FeedbackCall) -> str | None:
+        """Feedback on an answer, to the controller: the version it joined (None while it waits
+        for its request's report). Kept until the controller has saved it."""
+        version = await self.controller.feedback(*call.args())
+        self.ledger.accepted(call)
+        return version

@@ -147,15 +147,3 @@ def test_answers_held_across_many_new_epochs_keep_their_split():
         m[2] for m in aggregate.splits[0].metrics["error_rate"].keyless.values()) == 8  # 10 less 2 pinned
 
 
-@pytest.mark.parametrize("restore_first", [True, False])
-def test_a_report_not_taken_goes_with_the_held_answers(restore_first):
-    buffer = _buffer()
-    _serve(buffer, 5)
-    first = buffer.drain()
-    _serve(buffer, 3, seed=1)
-    if restore_first:
-        buffer.restore(first)
-    assert len(buffer) == 8 if restore_first else 3
-    if not restore_first:
-        buffer.restore(first)
-    assert buffer.drain().rows == 8

@@ -293,7 +293,7 @@ def test_an_interval_is_one_aggregate_whose_size_does_not_grow_with_requests():
     assert sizes[1] < sizes[0] * 1.2, sizes
 
 
-def test_flush_sends_and_a_controller_outage_delays_the_interval_into_the_next_report():
+def test_flush_sends_and_a_controller_outage_sends_the_interval_again_first_and_late():
     controller = FakeController()
     core = make_core(controller=controller)
     run(core.serve(ROW, "u", None))
@@ -302,12 +302,12 @@ def test_flush_sends_and_a_controller_outage_delays_the_interval_into_the_next_r
     controller.fail = True
     run(core.serve(ROW, "u", None))
     run(core.flush_once())  # logged, not raised: the data path never waits on the control path
-    assert len(controller.recorded) == 1 and len(core.observations) == 1  # kept, not dropped
+    assert len(controller.recorded) == 1 and core.ledger.kept() == (1, 0)  # kept, not dropped
     controller.fail = False
     run(core.serve(ROW, "u", None))
     run(core.flush_once())
-    late = controller.recorded[1]
-    assert (late.aggregate.rows, late.delayed_intervals) == (2, 1)
+    late, now = controller.recorded[1:]
+    assert [(r.seq, r.aggregate.rows, r.delayed_intervals) for r in (late, now)] == [(2, 1, 1), (3, 1, 0)]
 
 
 @pytest.mark.parametrize("interval_s", [0.25, 1.0, 5.0])

@@ -1,0 +1,190 @@
+"""What a router sent the controller that the controller has not saved yet (no Ray).
+
+The controller keeps the run's figures in memory and saves them every few seconds
+(``ControllerCore.save_stats``). A controller killed between two saves (``kill -9``, the OOM
+killer, a lost node) used to take the figures of its last seconds with it: the requests of
+the reports it had merged and the feedback it had answered 202. Ray Serve starts a new
+controller, which carried on from the last save, a few seconds short.
+
+So each router keeps what it sent until the controller says it is saved:
+
+- **Reports** carry a number, one up per report (``IntervalReport.seq``). The controller
+  merges a router's report only if its number is past the last it merged from that router,
+  saves that last number with its figures, and answers each report with the last number
+  its saves hold (:class:`~serve_ab.serving.core.messages.ReportAnswer`). The router drops
+  the reports up to it. A report whose call failed is kept as it is and sent again, first,
+  at the next flush: if the controller had merged it and only its answer was lost, the
+  number says so and it is not merged twice.
+- **Feedback** the controller accepted is kept until the controller's next save after that.
+  Saves are counted: the first report answer after the feedback gives the count of saves
+  begun (``captures``), and a later one the count done.
+- Each answer names the controller (a new name per start). A report stamped with the
+  previous name gets, from a new controller, ``restarted`` and the last number it restored.
+  The router then sends again, in order, the reports after that number, and all the feedback
+  it kept. The new controller merges only reports numbered past what it has, and refuses as a
+  repeat any feedback that its restored state counted already.
+
+What is kept is bounded (:data:`MAX_KEPT_REPORTS`, :data:`MAX_KEPT_FEEDBACK`): while the
+controller cannot be reached, new intervals are merged into the newest unsent report past
+the bound; while it cannot save (its store is down), the oldest are dropped, logged once, and
+would be lost only if the controller also died before saving again. Feedback a router sent
+by request id alone (``feedback.require_token: false``) that still waits for its request's
+report when the controller dies is lost as before: it counts as reported in the saves.
+
+Example (the router's flush, :meth:`RouterCore.flush_once`)::
+
+    ledger.add(ledger.stamp(IntervalReport(replica, aggregate)))
+    while (report := ledger.next_unsent()) is not None:   # oldest first
+        ledger.answered(report, await controller.record(report))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.serving.core.messages import IntervalReport, ReportAnswer
+
+__all__ = ["MAX_KEPT_FEEDBACK", "MAX_KEPT_REPORTS", "FeedbackCall", "ReportLedger"]
+
+logger = logging.getLogger("ray.serve")
+
+#: Reports kept at most, unsent and unsaved each: 2 minutes of the default 1-s interval (the
+#: controller saves every 5 s, so about 6 are kept while it and its store answer).
+MAX_KEPT_REPORTS = 120
+#: Feedback calls kept at most (each a few hundred bytes).
+MAX_KEPT_FEEDBACK = 100_000
+
+
+@dataclass(frozen=True)
+class FeedbackCall:
+    """The arguments of one feedback call the controller accepted (``ControllerApi.feedback``)."""
+
+    request_id: str
+    name: str
+    value: float | None
+    converted: bool | None
+    version: str | None = None
+    unit: int | None = None
+    split: int = -1
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.request_id, self.name, self.value, self.converted, self.version, self.unit, self.split)
+
+
+class ReportLedger:
+    """One router's numbering of its reports, and what it keeps until the controller saves it."""
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.controller: str | None = None  # the controller last heard from
+        # Reports not saved yet, by number: each with whether the controller heard from now
+        # has it (False: to send, or to send again).
+        self._reports: dict[int, tuple[IntervalReport, bool]] = {}
+        # Feedback accepted: (the save that will hold it, or None until a report's answer says)
+        self._feedback: deque[tuple[int | None, FeedbackCall]] = deque()
+        self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
+        self._warned = False
+
+    def stamp(self, report: IntervalReport) -> IntervalReport:
+        """``report`` with the next number."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return dataclasses.replace(report, first_seq=seq, seq=seq, controller_seen=self.controller)
+
+    def add(self, report: IntervalReport) -> None:
+        """A stamped report, to send. Past :data:`MAX_KEPT_REPORTS` unsent (the controller has
+        been away for minutes), it is merged into the newest unsent one instead, which then
+        covers both numbers."""
+        unsent = [seq for seq, (_, has) in self._reports.items() if not has]
+        if len(unsent) < MAX_KEPT_REPORTS:
+            self._reports[report.seq] = (report, False)
+            return
+        newest = self._reports.pop(max(unsent))[0]
+        both = IntervalAggregate()
+        both.merge(newest.aggregate)
+        both.merge(report.aggregate)
+        self._reports[report.seq] = (dataclasses.replace(
+            report, aggregate=both, first_seq=newest.first_seq,
+            delayed_intervals=newest.delayed_intervals + report.delayed_intervals + 1), False)
+
+    def next_unsent(self) -> IntervalReport | None:
+        """The oldest report the controller heard from now lacks, stamped for it; None: none."""
+        unsent = [seq for seq, (_, has) in self._reports.items() if not has]
+        if not unsent:
+            return None
+        return dataclasses.replace(self._reports[min(unsent)][0], controller_seen=self.controller)
+
+    def not_taken(self, report: IntervalReport) -> None:
+        """Its call failed: it is sent again first at the next flush, one interval late."""
+        if report.seq in self._reports:
+            self._reports[report.seq] = (dataclasses.replace(report, delayed_intervals=report.delayed_intervals + 1),
+                                         False)
+
+    def answered(self, report: IntervalReport, answer: ReportAnswer | None) -> None:
+        """The controller's answer to ``report``."""
+        if answer is None:  # a controller of an older release: it neither numbers nor saves them
+            self._reports.pop(report.seq, None)
+            self._feedback.clear()
+            return
+        if answer.restarted and answer.controller != self.controller:
+            # A new controller, with our reports up to restored_seq (its last save): the
+            # others, this one included, go again in order, and every feedback kept.
+            self.controller = answer.controller
+            self._reports = {seq: (sent, False) for seq, (sent, _) in self._reports.items()
+                             if seq > answer.restored_seq}
+            self._feedback_again.extend(call for _, call in self._feedback)
+            self._feedback.clear()
+            return
+        self.controller = answer.controller
+        if report.aggregate:
+            self._reports[report.seq] = (report, True)  # merged now, or had been
+        else:  # an empty one (sent to hear what was saved) has nothing to send again
+            self._reports.pop(report.seq, None)
+        self.saved(answer)
+
+    def saved(self, answer: ReportAnswer) -> None:
+        """Drop what the controller's saves now hold, and tag the feedback its next save will."""
+        for seq in [seq for seq, (_, has) in self._reports.items() if has and seq <= answer.saved_seq]:
+            del self._reports[seq]
+        self._feedback = deque((answer.captures + 1 if save is None else save, call)
+                               for save, call in self._feedback if save is None or save > answer.saved_captures)
+        merged = [seq for seq, (_, has) in self._reports.items() if has]
+        for seq in merged[:max(len(merged) - MAX_KEPT_REPORTS, 0)]:
+            del self._reports[seq]
+            self._warn("reports")
+
+    def accepted(self, call: FeedbackCall) -> None:
+        """The controller accepted ``call`` (answered 202): kept until it is saved."""
+        self._feedback.append((None, call))
+        while len(self._feedback) > MAX_KEPT_FEEDBACK:
+            self._feedback.popleft()
+            self._warn("feedback reports")
+
+    def next_feedback_resend(self) -> FeedbackCall | None:
+        """The next feedback to send a restarted controller again (taken off the list: once
+        it accepts it, :meth:`accepted` keeps it as any other; :meth:`not_resent` puts back
+        one whose call failed)."""
+        return self._feedback_again.popleft() if self._feedback_again else None
+
+    def not_resent(self, call: FeedbackCall) -> None:
+        self._feedback_again.appendleft(call)
+
+    def waiting(self) -> bool:
+        """Whether something kept waits for a report's answer (to be sent, tagged or dropped)."""
+        return bool(self._reports or self._feedback or self._feedback_again)
+
+    def kept(self) -> tuple[int, int]:
+        """Reports and feedback calls kept now."""
+        return len(self._reports), len(self._feedback) + len(self._feedback_again)
+
+    def _warn(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("serve-ab router: the controller has not saved its figures for a long time "
+                           "(is its state store down?); dropping the oldest %s kept for it. They are lost "
+                           "only if the controller also restarts before it saves again", what)

@@ -1,0 +1,182 @@
+"""Nothing counted is lost when the controller dies between two saves, and nothing is
+counted twice: a real RouterCore reports to a real ControllerCore, which is killed (a new one
+starts from its store, as Ray Serve starts a replica after a kill -9) while reports and
+feedback it has not saved are in flight. No Ray is started."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_ab.config import parse_experiment
+from serve_ab.errors import ServeAbError
+from serve_ab.serving.controller import ControllerCore
+from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS, FeedbackCall, ReportLedger
+from serve_ab.serving.core.messages import IntervalReport, Refused, ReportAnswer
+from serve_ab.serving.core.router import RouterCore
+from serve_ab.store.state import MemoryStateStore
+from tests.support.fakes import FakeClock, FakeVersion
+from tests.support.reports import ServedRequest, report_of
+
+ROW = [[0.0] * 64]
+
+
+def experiment():
+    return parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 50, "v2": 50},
+        "assignment": {"key": "json", "field": "user_id", "salt": "unit"},
+        "analysis": {"metrics": [{"name": "correct", "kind": "conversion"}]},
+    })
+
+
+class KillableController:
+    """The controller deployment's calls over a ControllerCore that :meth:`kill` replaces by a
+    new one from the same store, losing whatever was not saved; ``lose_answers`` makes the
+    next report calls fail after the controller merged them (an answer lost on the way)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.store, self.clock = MemoryStateStore(), clock
+        self.core = ControllerCore(experiment(), self.store, clock)
+        self.lose_answers = 0
+        self.down = False
+
+    def kill(self) -> None:
+        self.core = ControllerCore(experiment(), self.store, self.clock)
+
+    async def record(self, report: IntervalReport) -> ReportAnswer:
+        if self.down:
+            raise ConnectionError("controller restarting")
+        answer, _ = self.core.receive(report)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise TimeoutError("the answer was lost")
+        return answer
+
+    async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1, resent=False):
+        if self.down:
+            raise ConnectionError("controller restarting")
+        try:
+            return self.core.feedback.add(request_id, name, value, converted, self.clock(), version,
+                                          unit=unit, split=split, count_repeat=not resent)
+        except ServeAbError as err:
+            raise Refused(err).error
+
+    def counts(self) -> tuple[int, int, int]:
+        """Requests counted, feedback counted, and client repeats counted."""
+        snapshot = self.core.stats_snapshot()
+        versions = snapshot["versions"].values()
+        return (sum(v["requests"] for v in versions),
+                sum(v["feedback"].get("correct", {}).get("n", 0) for v in versions),
+                snapshot.get("feedback_duplicates", 0))
+
+
+def serve_and_report(router: RouterCore, controller: KillableController, users: range, feedback: bool = True) -> int:
+    """Each user's request, and feedback on it proven as a token would; then a flush."""
+    async def go() -> int:
+        for user in users:
+            choice, _, _ = await router.serve_choice(ROW, f"user-{user}", None)
+            if feedback:  # (a client's feedback gets a 503 while the controller is down)
+                await router.send_feedback(FeedbackCall(f"answer-{user}", "correct", None, user % 3 == 0,
+                                                        choice.version, choice.unit, choice.epoch))
+        await router.flush_once()
+        return len(users)
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def pair():
+    clock = FakeClock()
+    controller = KillableController(clock)
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+    return router, controller
+
+
+def test_a_controller_killed_between_saves_loses_no_request_or_feedback(pair):
+    router, controller = pair
+    served = serve_and_report(router, controller, range(0, 40))
+    controller.core.save_stats()
+    served += serve_and_report(router, controller, range(40, 70))  # merged, answered, not saved
+    served += serve_and_report(router, controller, range(70, 90))
+    assert controller.counts()[:2] == (90, 90)
+    assert router.ledger.kept() == (2, 50)  # what the save does not hold yet
+    controller.kill()
+    assert controller.counts()[:2] == (40, 40)  # as the last save left them
+    served += serve_and_report(router, controller, range(90, 100))  # told it restarted: sends again
+    assert controller.counts() == (served, served, 0)  # no feedback counted twice, no repeat counted
+    controller.core.save_stats()
+    served += serve_and_report(router, controller, range(100, 101))
+    # The saved reports are dropped; feedback is, one save after the first answer after it
+    # (the 50 sent again were accepted after the last answer before that save).
+    assert router.ledger.kept() == (1, 51)
+    controller.kill()
+    serve_and_report(router, controller, range(101, 101))  # an idle interval: sends what it kept
+    assert controller.counts() == (served, served, 0)  # the 50 saved are refused, not counted as repeats
+    for _ in range(2):
+        controller.core.save_stats()
+        serve_and_report(router, controller, range(101, 101))
+    assert router.ledger.kept() == (0, 0) and not router.ledger.waiting()
+
+
+def test_a_report_whose_answer_was_lost_is_sent_again_and_merged_once(pair):
+    router, controller = pair
+    served = serve_and_report(router, controller, range(0, 10))
+    controller.lose_answers = 1
+    served += serve_and_report(router, controller, range(10, 30))  # merged, but the router never heard
+    assert controller.counts()[0] == 30 and router.ledger.kept()[0] == 2
+    served += serve_and_report(router, controller, range(30, 35))
+    assert controller.counts()[0] == served == 35
+
+
+def test_an_outage_keeps_each_interval_and_sends_them_in_order(pair):
+    router, controller = pair
+    controller.down = True
+    served = sum(serve_and_report(router, controller, range(i * 10, i * 10 + 10), feedback=False) for i in range(3))
+    assert controller.counts()[0] == 0 and router.ledger.kept()[0] == 3
+    controller.down = False
+    controller.kill()  # it also restarted meanwhile: a new name, nothing of this router's saved
+    served += serve_and_report(router, controller, range(30, 31))
+    assert controller.counts()[:2] == (served, 1)
+    assert [seq for seq in router.ledger._reports] == [1, 2, 3, 4]  # merged, in order, not saved yet
+    assert controller.core.numbers.merged == {router.replica: 4}
+
+
+def test_a_router_of_an_older_release_is_merged_as_it_comes_and_an_older_controller_keeps_nothing():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    older = report_of([ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, "r1", 7, True, False)], core=core)
+    assert older.seq == 0
+    for _ in range(2):  # no number: no way to tell a repeat
+        answer, _ = core.receive(older)
+    assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 and not answer.restarted
+    ledger = ReportLedger()
+    report = ledger.stamp(older)
+    ledger.add(report)
+    ledger.accepted(FeedbackCall("r1", "correct", None, True))
+    ledger.answered(report, None)  # what an older controller's record() returns
+    assert ledger.kept() == (0, 0) and not ledger.waiting()
+
+
+def test_past_the_bound_unsent_intervals_merge_into_the_newest_and_unsaved_ones_are_dropped():
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    ledger = ReportLedger()
+
+    def interval(n: int) -> IntervalReport:
+        rows = [ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, f"r{i}", i, True, False) for i in range(n)]
+        return ledger.stamp(report_of(rows, core=core))
+
+    for _ in range(MAX_KEPT_REPORTS + 5):  # the controller away: nothing taken
+        ledger.add(interval(2))
+    assert ledger.kept()[0] == MAX_KEPT_REPORTS
+    newest = ledger._reports[max(ledger._reports)][0]
+    assert (newest.first_seq, newest.seq, newest.aggregate.rows, newest.delayed_intervals) == (
+        MAX_KEPT_REPORTS, MAX_KEPT_REPORTS + 5, 12, 5)
+    while (report := ledger.next_unsent()) is not None:  # back, but it never saves
+        ledger.answered(report, core.receive(report)[0])
+    assert ledger.kept()[0] == MAX_KEPT_REPORTS
+    assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 * (MAX_KEPT_REPORTS + 5)
