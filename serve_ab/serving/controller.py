@@ -49,7 +49,7 @@ from serve_ab.rollout.webhook import WebhookPoller, confirm_key
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
-from serve_ab.store.claim import HEARTBEAT_S, Renewal, hold_claim, renew_claim
+from serve_ab.store.claim import HEARTBEAT_S, Held, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store
@@ -249,18 +249,20 @@ class ControllerCore:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def receive(self, report: IntervalReport) -> tuple[ReportAnswer, bool]:
+    def receive(self, report: IntervalReport) -> tuple[ReportAnswer | None, bool]:
         """A router's report, merged unless this controller has it already: the answer, and
         whether the versions some router could not load changed (:meth:`record`).
 
         A report that names an earlier controller (``controller_seen``) is not merged: this
         controller started since, from its last save, and answers ``restarted`` with the
         router's last report it has; the router sends the rest again, in order, this one with
-        them (serving/core/ledger.py)."""
+        them (serving/core/ledger.py). A router of an older release (reports not numbered)
+        gets None, as before: it has no ReportAnswer class to read one with, and would take
+        the answer for a failure and send the report again inside the next one."""
         if report.seq and report.controller_seen is not None and report.controller_seen != self.name:
             return self.numbers.answer(self.name, report.router, restarted=True), False
         changed = self.record(report) if self.numbers.is_new(report) else False
-        return self.numbers.answer(self.name, report.router), changed
+        return (self.numbers.answer(self.name, report.router) if report.seq else None), changed
 
     def record(self, report: IntervalReport) -> bool:
         """A router's interval: merged into the run's figures and the gates' windows.
@@ -639,7 +641,7 @@ class ExperimentController:
                 continue
             try:
                 # Taken here, on the loop that also records; written to SQLite off it.
-                await asyncio.to_thread(self.core.save_stats, self.core.checkpoint())
+                await asyncio.to_thread(self._save_if_holding, self.core.checkpoint())
                 report = await self._refresh_report()
                 now_s = time.time()
                 state = (self._requests() > 0, self._phase())
@@ -675,6 +677,20 @@ class ExperimentController:
             self._not_holding = line
             self._claim_lost = line if found is Renewal.TAKEN else None
 
+    def _save_if_holding(self, checkpoint: Checkpoint) -> bool:
+        """Save the run's figures unless another replica took the claim since the last
+        heartbeat (a redeploy's new controller, which read the figures when it started): its
+        saves are the run's now. Saved anyway, this replica's would be overwritten by the
+        next of those, and the routers would have dropped, as saved, reports that only this
+        replica merged. Not saved, they send them to the new one."""
+        held = Held.read(self.core.store.load(claim_key(self.core.cfg)))
+        if held is not None and (held.owner, held.replica) != (self._claimant.owner, self._claimant.replica):
+            logger.info("serve-ab controller: replica %s of app %s holds the claim now; not saving the figures",
+                        held.replica, held.app)
+            return False
+        self.core.save_stats(checkpoint)
+        return True
+
     def check_health(self) -> None:
         """Ray Serve's health check: failing while another app holds this model's state."""
         if self._claim_lost is not None:
@@ -703,7 +719,7 @@ class ExperimentController:
         # The figures merged since the last save (up to REPORT_INTERVAL_S of them), while this
         # replica still holds the claim: the routers that would send them again stop too.
         try:
-            await asyncio.to_thread(core.save_stats, core.checkpoint())
+            await asyncio.to_thread(self._save_if_holding, core.checkpoint())
         except Exception:
             logger.warning("serve-ab controller: the last figures could not be saved", exc_info=True)
         # First, so that a slow record or notifier cannot use up the shutdown time before it:
@@ -759,7 +775,7 @@ class ExperimentController:
 
     # -- called by routers --------------------------------------------------------------------
 
-    async def record(self, report: IntervalReport) -> ReportAnswer:
+    async def record(self, report: IntervalReport) -> ReportAnswer | None:
         answer, failed_changed = self.core.receive(report)
         if failed_changed:
             self._notify()

@@ -16,26 +16,31 @@ So each router keeps what it sent until the controller says it is saved:
   at the next flush: if the controller had merged it and only its answer was lost, the
   number says so and it is not merged twice.
 - **Feedback** the controller accepted is kept until the controller's next save after that.
-  Saves are counted: the first report answer after the feedback gives the count of saves
-  begun (``captures``), and a later one the count done.
+  Saves are counted: the answer to the first report sent after the feedback was answered
+  gives the count of saves begun (``captures``; the next save holds it), and a later answer
+  the count done.
 - Each answer names the controller (a new name per start). A report stamped with the
   previous name gets, from a new controller, ``restarted`` and the last number it restored.
   The router then sends again, in order, the reports after that number, and all the feedback
   it kept. The new controller merges only reports numbered past what it has, and refuses as a
-  repeat any feedback that its restored state counted already.
+  repeat any feedback that it has already (restored, or sent to it since); such feedback is
+  kept as if accepted. Feedback accepted before a router's first answer (it had heard of no
+  controller yet) is sent again to the first controller that answers it, likewise.
 
 What is kept is bounded (:data:`MAX_KEPT_REPORTS`, :data:`MAX_KEPT_FEEDBACK`): while the
 controller cannot be reached, new intervals are merged into the newest unsent report past
 the bound; while it cannot save (its store is down), the oldest are dropped, logged once, and
 would be lost only if the controller also died before saving again. Feedback a router sent
-by request id alone (``feedback.require_token: false``) that still waits for its request's
-report when the controller dies is lost as before: it counts as reported in the saves.
+by request id alone (``feedback.require_token: false``) is not covered: a restarted controller
+knows the requests it joins to only from reports that came after its last save, so such
+feedback on an earlier request, or still waiting for its request's report, is lost at a kill.
 
 Example (the router's flush, :meth:`RouterCore.flush_once`)::
 
     ledger.add(ledger.stamp(IntervalReport(replica, aggregate)))
     while (report := ledger.next_unsent()) is not None:   # oldest first
-        ledger.answered(report, await controller.record(report))
+        mark = ledger.mark()
+        ledger.answered(report, await controller.record(report), mark)
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ logger = logging.getLogger("ray.serve")
 MAX_KEPT_REPORTS = 120
 #: Feedback calls kept at most (each a few hundred bytes).
 MAX_KEPT_FEEDBACK = 100_000
+
+
+@dataclass
+class _Kept:
+    """A feedback call the controller accepted, until a save holds it."""
+
+    number: int  # in the order this router's calls were accepted
+    controller: str | None  # the controller this router knew of then (None: none yet)
+    save: int | None  # the save that holds it, once a report's answer says (None: not yet)
+    call: FeedbackCall
 
 
 @dataclass(frozen=True)
@@ -85,8 +100,8 @@ class ReportLedger:
         # Reports not saved yet, by number: each with whether the controller heard from now
         # has it (False: to send, or to send again).
         self._reports: dict[int, tuple[IntervalReport, bool]] = {}
-        # Feedback accepted: (the save that will hold it, or None until a report's answer says)
-        self._feedback: deque[tuple[int | None, FeedbackCall]] = deque()
+        self._feedback: deque[_Kept] = deque()  # accepted, in that order
+        self._accepted = 0  # feedback calls accepted so far
         self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
         self._warned = False
 
@@ -125,8 +140,15 @@ class ReportLedger:
             self._reports[report.seq] = (dataclasses.replace(report, delayed_intervals=report.delayed_intervals + 1),
                                          False)
 
-    def answered(self, report: IntervalReport, answer: ReportAnswer | None) -> None:
-        """The controller's answer to ``report``."""
+    def mark(self) -> int:
+        """Taken just before a report is sent: the feedback accepted by then. Its calls were
+        answered, so the controller had them before the report, and the report's answer
+        counts the save that holds them; feedback accepted after the mark may have reached
+        the controller after the answer was made."""
+        return self._accepted
+
+    def answered(self, report: IntervalReport, answer: ReportAnswer | None, mark: int) -> None:
+        """The controller's answer to ``report``, sent at ``mark`` (:meth:`mark`)."""
         if answer is None:  # a controller of an older release: it neither numbers nor saves them
             self._reports.pop(report.seq, None)
             self._feedback.clear()
@@ -137,30 +159,41 @@ class ReportLedger:
             self.controller = answer.controller
             self._reports = {seq: (sent, False) for seq, (sent, _) in self._reports.items()
                              if seq > answer.restored_seq}
-            self._feedback_again.extend(call for _, call in self._feedback)
+            self._feedback_again.extend(kept.call for kept in self._feedback)
             self._feedback.clear()
             return
+        if self.controller is None:
+            # The first controller this router hears from: feedback accepted before may have
+            # gone to one that died since, unsaved. Sent again: one it has is refused, and kept.
+            self._feedback_again.extend(kept.call for kept in self._feedback if kept.controller is None)
+            self._feedback = deque(kept for kept in self._feedback if kept.controller is not None)
         self.controller = answer.controller
         if report.aggregate:
             self._reports[report.seq] = (report, True)  # merged now, or had been
         else:  # an empty one (sent to hear what was saved) has nothing to send again
             self._reports.pop(report.seq, None)
-        self.saved(answer)
+        self._saved(answer, mark)
 
-    def saved(self, answer: ReportAnswer) -> None:
-        """Drop what the controller's saves now hold, and tag the feedback its next save will."""
+    def _saved(self, answer: ReportAnswer, mark: int) -> None:
+        """Drop what the controller's saves now hold, and tag the feedback accepted before
+        ``mark`` with the save that will hold it."""
         for seq in [seq for seq, (_, has) in self._reports.items() if has and seq <= answer.saved_seq]:
             del self._reports[seq]
-        self._feedback = deque((answer.captures + 1 if save is None else save, call)
-                               for save, call in self._feedback if save is None or save > answer.saved_captures)
+        for kept in self._feedback:
+            if kept.save is None and kept.number < mark:
+                kept.save = answer.captures + 1  # the saves begun so far may not hold it; the next does
+        self._feedback = deque(kept for kept in self._feedback
+                               if kept.save is None or kept.save > answer.saved_captures)
         merged = [seq for seq, (_, has) in self._reports.items() if has]
         for seq in merged[:max(len(merged) - MAX_KEPT_REPORTS, 0)]:
             del self._reports[seq]
             self._warn("reports")
 
     def accepted(self, call: FeedbackCall) -> None:
-        """The controller accepted ``call`` (answered 202): kept until it is saved."""
-        self._feedback.append((None, call))
+        """The controller accepted ``call`` (answered 202), or refused it sent again as one it
+        has: kept until it is saved."""
+        self._feedback.append(_Kept(self._accepted, self.controller, None, call))
+        self._accepted += 1
         while len(self._feedback) > MAX_KEPT_FEEDBACK:
             self._feedback.popleft()
             self._warn("feedback reports")

@@ -447,6 +447,7 @@ class RouterCore:
                 self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
                                                                  failed_versions=failed)))
             while (report := self.ledger.next_unsent()) is not None:
+                mark = self.ledger.mark()
                 try:
                     answer = await self.controller.record(report)
                 except Exception:
@@ -455,21 +456,24 @@ class RouterCore:
                                    "it goes again at the next interval", report.seq, report.aggregate.rows,
                                    exc_info=True)
                     return
-                self.ledger.answered(report, answer)
+                self.ledger.answered(report, answer, mark)
             await self._send_feedback_again()
 
     async def _send_feedback_again(self) -> None:
-        """Send a restarted controller the feedback kept for it (after the reports it joins)."""
+        """Send a restarted controller the feedback kept for it (after the reports it joins).
+        Refused as one it has (restored, or sent to it since), it is kept as accepted: a
+        controller that dies before saving it is sent it once more."""
         while (call := self.ledger.next_feedback_resend()) is not None:
             try:
                 await self.controller.feedback(*call.args(), resent=True)
-            except ServeAbError:
-                continue  # refused: counted already (in the save it restored), or expired
-            except Exception:
-                self.ledger.not_resent(call)
-                logger.warning("serve-ab router: the restarted controller did not take feedback again; "
-                               "retrying at the next interval", exc_info=True)
-                return
+            except Exception as err:
+                # Refused: it has it (or the token expired); kept until a save holds it. Away
+                # again (Ray's errors reach here as ControllerUnavailable): tried next time.
+                if not isinstance(err, ServeAbError) or isinstance(err, ControllerUnavailable):
+                    self.ledger.not_resent(call)
+                    logger.warning("serve-ab router: the restarted controller did not take feedback again; "
+                                   "retrying at the next interval", exc_info=True)
+                    return
             self.ledger.accepted(call)
 
     async def send_feedback(self, call: FeedbackCall) -> str | None:

@@ -6,6 +6,7 @@ Ray: built around a ControllerCore on a memory store, its claim written at a sho
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from serve_ab.serving.core.messages import Action, Refused
 from serve_ab.store.claim import CLAIM_TTL_S, Claimant
 from serve_ab.store.keys import claim_key, rollout_key
 from serve_ab.store.state import MemoryStateStore
+from tests.support.reports import ServedRequest, report_of
 from tests.unit.serving.test_controller_core import experiment
 
 ME = Claimant(app="ab", cluster="c0ffee", replica="ab#Controller#r1")
@@ -91,3 +93,24 @@ def test_when_another_app_took_the_claim_the_health_check_fails():
     with pytest.raises(RuntimeError, match="another app took this model's state"):
         c.check_health()
     assert store.load(key)["owner"] == OTHER.owner
+
+
+def test_figures_are_not_saved_once_a_newer_replica_holds_the_claim_even_before_the_heartbeat_says():
+    """A redeploy's new controller takes the claim and reads the saved figures as it starts;
+    the old one learns of it only at its next heartbeat. Saving meanwhile would tell routers
+    that reports were saved which the new one never read, and they would drop them."""
+    store = MemoryStateStore()
+    key = claim_key(experiment())
+    store.claim(key, ME.row(time.time()), CLAIM_TTL_S)
+    c = controller(store)
+    row = ServedRequest(0.0, "v1", 3.0, None, 1, 0.9, "r1", 7, True, False)
+    sent = report_of([row], core=c.core)
+    c.core.receive(dataclasses.replace(sent, seq=1, first_seq=1))
+    assert c._save_if_holding(c.core.checkpoint())
+    assert c.core.numbers.saved == {"router-1": 1}
+    c.core.receive(dataclasses.replace(sent, seq=2, first_seq=2, controller_seen=c.core.name))
+    store.claim(key, NEWER.row(time.time()), CLAIM_TTL_S)  # r2 starts and reads the store
+    saved = store.load(c.core._stats_key())
+    assert not c._save_if_holding(c.core.checkpoint())
+    assert store.load(c.core._stats_key()) == saved and c.core.numbers.saved == {"router-1": 1}
+    assert c._not_holding is None  # the heartbeat says so later; only the save is held back

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from serve_ab.config import parse_experiment
-from serve_ab.errors import ServeAbError
+from serve_ab.errors import ControllerUnavailable, ServeAbError
 from serve_ab.serving.controller import ControllerCore
 from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS, FeedbackCall, ReportLedger
 from serve_ab.serving.core.messages import IntervalReport, Refused, ReportAnswer
@@ -43,6 +43,7 @@ class KillableController:
         self.core = ControllerCore(experiment(), self.store, clock)
         self.lose_answers = 0
         self.down = False
+        self.feedback_away = False  # feedback calls fail as Ray's errors reach the router
 
     def kill(self) -> None:
         self.core = ControllerCore(experiment(), self.store, self.clock)
@@ -59,6 +60,8 @@ class KillableController:
     async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1, resent=False):
         if self.down:
             raise ConnectionError("controller restarting")
+        if self.feedback_away:
+            raise ControllerUnavailable("the controller cannot be reached now (it is restarting)")
         try:
             return self.core.feedback.add(request_id, name, value, converted, self.clock(), version,
                                           unit=unit, split=split, count_repeat=not resent)
@@ -98,27 +101,28 @@ def pair():
 
 def test_a_controller_killed_between_saves_loses_no_request_or_feedback(pair):
     router, controller = pair
-    served = serve_and_report(router, controller, range(0, 40))
+    serve_and_report(router, controller, range(1000, 1001), feedback=False)  # the router hears of it
+    served = 1 + serve_and_report(router, controller, range(0, 40))
     controller.core.save_stats()
     served += serve_and_report(router, controller, range(40, 70))  # merged, answered, not saved
     served += serve_and_report(router, controller, range(70, 90))
-    assert controller.counts()[:2] == (90, 90)
-    assert router.ledger.kept() == (2, 50)  # what the save does not hold yet
+    assert controller.counts()[:2] == (91, 90)
+    # The save holds the first two reports and the 40 feedback answered before it.
+    assert router.ledger.kept() == (2, 50)
     controller.kill()
-    assert controller.counts()[:2] == (40, 40)  # as the last save left them
+    assert controller.counts()[:2] == (41, 40)  # as the last save left them
     served += serve_and_report(router, controller, range(90, 100))  # told it restarted: sends again
-    assert controller.counts() == (served, served, 0)  # no feedback counted twice, no repeat counted
-    controller.core.save_stats()
-    served += serve_and_report(router, controller, range(100, 101))
-    # The saved reports are dropped; feedback is, one save after the first answer after it
-    # (the 50 sent again were accepted after the last answer before that save).
-    assert router.ledger.kept() == (1, 51)
-    controller.kill()
-    serve_and_report(router, controller, range(101, 101))  # an idle interval: sends what it kept
-    assert controller.counts() == (served, served, 0)  # the 50 saved are refused, not counted as repeats
-    for _ in range(2):
+    assert controller.counts() == (served, served - 1, 0)  # nothing counted twice, no repeat counted
+    for _ in range(2):  # saved, then answered: all but the last interval's report and feedback dropped
         controller.core.save_stats()
-        serve_and_report(router, controller, range(101, 101))
+        served += serve_and_report(router, controller, range(served, served + 1))
+    assert router.ledger.kept() == (1, 1)
+    controller.kill()
+    serve_and_report(router, controller, range(0, 0))  # an idle interval: sends what it kept
+    assert controller.counts() == (served, served - 1, 0)
+    for _ in range(3):
+        controller.core.save_stats()
+        serve_and_report(router, controller, range(0, 0))
     assert router.ledger.kept() == (0, 0) and not router.ledger.waiting()
 
 
@@ -145,6 +149,75 @@ def test_an_outage_keeps_each_interval_and_sends_them_in_order(pair):
     assert controller.core.numbers.merged == {router.replica: 4}
 
 
+def _settled(router, controller) -> None:
+    """Two saves, each followed by an idle interval: nothing kept any longer."""
+    for _ in range(2):
+        controller.core.save_stats()
+        serve_and_report(router, controller, range(0, 0))
+    assert not router.ledger.waiting()
+
+
+def test_feedback_sent_again_is_kept_while_the_restarted_controller_is_away_again(pair):
+    router, controller = pair
+    serve_and_report(router, controller, range(0, 10))  # accepted, not saved
+    controller.kill()
+    controller.feedback_away = True  # the report's answer says restarted; feedback calls then fail
+    serve_and_report(router, controller, range(0, 0))
+    assert router.ledger.kept() == (1, 10)
+    controller.feedback_away = False
+    serve_and_report(router, controller, range(0, 0))
+    assert controller.counts() == (10, 10, 0)
+
+
+def test_feedback_the_new_controller_took_before_the_router_knew_survives_its_death_unsaved(pair):
+    router, controller = pair
+    serve_and_report(router, controller, range(0, 10))
+    _settled(router, controller)
+    controller.kill()
+    serve_and_report(router, controller, range(10, 11))  # feedback to the new one, then "restarted"
+    assert controller.counts() == (11, 11, 0)
+    controller.kill()  # before its first save
+    serve_and_report(router, controller, range(0, 0))
+    assert controller.counts() == (11, 11, 0)
+
+
+def test_feedback_answered_after_a_report_was_sent_waits_for_a_later_answer_to_be_tagged():
+    """The controller can count a feedback after it answered a report and began a save, and
+    the feedback's answer can reach the router before the report's: that save lacks it."""
+    ledger = ReportLedger()
+    aggregate = report_of([ServedRequest(0.0, "v1", 3.0, None, 1, 0.9, "r1", 7, True, False)]).aggregate
+    first = ledger.stamp(IntervalReport("r", aggregate))
+    ledger.add(first)
+    ledger.answered(first, ReportAnswer("A", saved_seq=0, captures=3, saved_captures=2), ledger.mark())
+    report = ledger.stamp(IntervalReport("r", aggregate))
+    ledger.add(report)
+    mark = ledger.mark()  # the report goes
+    ledger.accepted(FeedbackCall("a1", "correct", None, True))  # answered before the report is
+    ledger.answered(report, ReportAnswer("A", saved_seq=0, captures=3, saved_captures=2), mark)
+    ledger.answered(report, ReportAnswer("A", saved_seq=0, captures=4, saved_captures=4), mark)  # save 4 done
+    assert ledger.kept()[1] == 1  # not tagged by either answer: both were made before it counted
+    later = ledger.stamp(IntervalReport("r", report.aggregate))
+    ledger.add(later)
+    mark = ledger.mark()
+    ledger.answered(later, ReportAnswer("A", saved_seq=0, captures=4, saved_captures=4), mark)
+    assert ledger.kept()[1] == 1  # tagged for save 5
+    ledger.answered(later, ReportAnswer("A", saved_seq=later.seq, captures=5, saved_captures=5), mark)
+    assert ledger.kept() == (0, 0)
+
+
+def test_feedback_taken_before_the_router_heard_of_any_controller_goes_again_to_the_first(pair):
+    router, controller = pair
+    async def feedback_only() -> None:  # before any report of this router was answered
+        choice, _, _ = await router.serve_choice(ROW, "user-9", None)
+        await router.send_feedback(FeedbackCall("answer-9", "correct", None, True, choice.version, choice.unit,
+                                                choice.epoch))
+    asyncio.run(feedback_only())
+    controller.kill()  # it took the feedback and the request's report never went
+    serve_and_report(router, controller, range(0, 0))
+    assert controller.counts() == (1, 1, 0)
+    _settled(router, controller)
+
+
 def test_a_router_of_an_older_release_is_merged_as_it_comes_and_an_older_controller_keeps_nothing():
     clock = FakeClock()
     core = ControllerCore(experiment(), MemoryStateStore(), clock)
@@ -152,12 +225,14 @@ def test_a_router_of_an_older_release_is_merged_as_it_comes_and_an_older_control
     assert older.seq == 0
     for _ in range(2):  # no number: no way to tell a repeat
         answer, _ = core.receive(older)
-    assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 and not answer.restarted
+    # Answered None, as before: an older router cannot unpickle a ReportAnswer, and would
+    # take it for a failure and send the report again inside its next one.
+    assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 and answer is None
     ledger = ReportLedger()
     report = ledger.stamp(older)
     ledger.add(report)
     ledger.accepted(FeedbackCall("r1", "correct", None, True))
-    ledger.answered(report, None)  # what an older controller's record() returns
+    ledger.answered(report, None, ledger.mark())  # what an older controller's record() returns
     assert ledger.kept() == (0, 0) and not ledger.waiting()
 
 
@@ -177,6 +252,6 @@ def test_past_the_bound_unsent_intervals_merge_into_the_newest_and_unsaved_ones_
     assert (newest.first_seq, newest.seq, newest.aggregate.rows, newest.delayed_intervals) == (
         MAX_KEPT_REPORTS, MAX_KEPT_REPORTS + 5, 12, 5)
     while (report := ledger.next_unsent()) is not None:  # back, but it never saves
-        ledger.answered(report, core.receive(report)[0])
+        ledger.answered(report, core.receive(report)[0], ledger.mark())
     assert ledger.kept()[0] == MAX_KEPT_REPORTS
     assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 * (MAX_KEPT_REPORTS + 5)
