@@ -89,6 +89,7 @@ class Checkpoint:
     stats: dict[str, Any]
     reported: dict[str, dict[str, Any]]
     report_seqs: dict[str, int]
+    taken_s: float
 
 
 def _fingerprint(cfg: ExperimentConfig) -> str:
@@ -156,7 +157,7 @@ class ControllerCore:
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
                                      on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
                                      request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
-        self._restore_reported()
+        self._restore_reported((saved_stats or {}).get("reported_recent"))
         self.last_analysis: list[dict[str, Any]] = []
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
@@ -169,11 +170,21 @@ class ControllerCore:
         return f"stats:{self.run_id}"
 
     def checkpoint(self) -> Checkpoint:
-        """What :meth:`save_stats` writes, taken now (on the loop, when saving from a thread)."""
+        """What :meth:`save_stats` writes, taken now (on the loop, when saving from a thread).
+
+        The feedback counted since the last save that wrote its keys goes in the figures' own
+        row too: a controller killed between the two writes, or a store that took the figures
+        and then failed, would otherwise restore figures that count feedback it does not know
+        it counted, and count it again when a router sends it again."""
         number, seqs = self.numbers.capture()
-        state = self.stats.to_state(self.clock())
+        now_s = self.clock()
+        since_s = self._keys_written_s
+        state = self.stats.to_state(now_s)
         state["report_seqs"] = seqs
-        return Checkpoint(number, state, self.reported_rows(), seqs)
+        recent = self.feedback.reported_since(since_s)
+        state["reported_recent"] = {"keys": [format(key, "016x") for key, _ in recent],
+                                    "t_s": [round(t_s, 3) for _, t_s in recent]}
+        return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
         """Keep the run's figures, so a restarted controller does not start them from zero;
@@ -181,15 +192,16 @@ class ControllerCore:
         each router's last report in them, so that routers drop what they kept for a restart
         and a restarted controller merges only what follows.
 
-        The figures and the feedback are saved one after the other, moments apart: a
-        controller killed between the two writes counts the feedback of its last seconds
-        once more when the routers send it again.
+        Every minute's row of counted feedback since the last save that wrote them is written
+        (all of them after a store outage); the figures' row holds the same keys until then
+        (:meth:`checkpoint`).
         """
         if checkpoint is None:
             checkpoint = self.checkpoint()
         self.store.save(self._stats_key(), checkpoint.stats)
         for key, row in checkpoint.reported.items():
             self.store.save(key, row)
+        self._keys_written_s = max(self._keys_written_s, checkpoint.taken_s)
         self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.
         oldest = int(self.clock() // 60) - self._reported_minutes()
@@ -205,18 +217,21 @@ class ControllerCore:
     def _reported_minutes(self) -> int:
         return int(self.feedback.request_ttl_s // 60) + 2
 
-    def reported_rows(self) -> dict[str, dict[str, Any]]:
-        """This minute's and the last one's counted feedback, one store row per minute (the
-        earlier minutes' rows were complete when last saved)."""
+    def reported_rows(self, since_s: float | None = None) -> dict[str, dict[str, Any]]:
+        """Counted feedback, one store row per minute: this minute's and the last one's, and
+        every minute's since ``since_s`` (the earlier minutes' rows were complete when saved)."""
         minute = int(self.clock() // 60)
+        first = minute - 1 if since_s is None else min(minute - 1, int(since_s // 60))
         rows: dict[str, dict[str, Any]] = {}
-        for key, t_s in self.feedback.reported_since((minute - 1) * 60.0):
+        for key, t_s in self.feedback.reported_since(first * 60.0):
             row = rows.setdefault(self._reported_key(int(t_s // 60)), {"keys": [], "t_s": []})
             row["keys"].append(format(key, "016x"))
             row["t_s"].append(round(t_s, 3))
         return rows
 
-    def _restore_reported(self) -> None:
+    def _restore_reported(self, recent: Mapping[str, Any] | None) -> None:
+        """The feedback counted before a restart: the minutes' rows, and ``recent``, what the
+        figures' row holds that the rows may lack (written again with the next save)."""
         minute = int(self.clock() // 60)
         self._reported_dropped_before = minute - self._reported_minutes()
         entries = []
@@ -224,7 +239,9 @@ class ControllerCore:
             row = self.store.load(self._reported_key(m))
             if row:
                 entries.extend(zip((int(k, 16) for k in row["keys"]), row["t_s"]))
-        self.feedback.restore_reported(entries)
+        recent_entries = list(zip((int(k, 16) for k in (recent or {}).get("keys", [])), (recent or {}).get("t_s", [])))
+        self.feedback.restore_reported(entries + recent_entries)
+        self._keys_written_s = min((t_s for _, t_s in recent_entries), default=self.clock())
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same

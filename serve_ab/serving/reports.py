@@ -115,5 +115,10 @@ class ReportNumbers:
             self.saved_captures, self.saved = number, dict(merged)
 
     def answer(self, controller: str, router: str, restarted: bool = False) -> ReportAnswer:
-        return ReportAnswer(controller, self.saved.get(router, 0), self.captures, self.saved_captures,
-                            restarted=restarted, restored_seq=self.merged.get(router, 0) if restarted else 0)
+        """``restarted``: the router's reports up to the last this controller's saves hold are
+        what it has for good. (Merged here but not saved, the rest go again: merged once more
+        only by a controller that has not, and a replica that lost its claim to a redeploy's
+        new one merges but no longer saves.)"""
+        saved = self.saved.get(router, 0)
+        return ReportAnswer(controller, saved, self.captures, self.saved_captures,
+                            restarted=restarted, restored_seq=saved if restarted else 0)

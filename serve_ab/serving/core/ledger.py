@@ -152,6 +152,7 @@ class ReportLedger:
         if answer is None:  # a controller of an older release: it neither numbers nor saves them
             self._reports.pop(report.seq, None)
             self._feedback.clear()
+            self._feedback_again.clear()
             return
         if answer.restarted and answer.controller != self.controller:
             # A new controller, with our reports up to restored_seq (its last save): the
@@ -161,6 +162,7 @@ class ReportLedger:
                              if seq > answer.restored_seq}
             self._feedback_again.extend(kept.call for kept in self._feedback)
             self._feedback.clear()
+            self._bound_feedback()
             return
         if self.controller is None:
             # The first controller this router hears from: feedback accepted before may have
@@ -189,19 +191,27 @@ class ReportLedger:
             del self._reports[seq]
             self._warn("reports")
 
-    def accepted(self, call: FeedbackCall) -> None:
+    def accepted(self, call: FeedbackCall, sent_to: str | None) -> None:
         """The controller accepted ``call`` (answered 202), or refused it sent again as one it
-        has: kept until it is saved."""
-        self._feedback.append(_Kept(self._accepted, self.controller, None, call))
-        self._accepted += 1
-        while len(self._feedback) > MAX_KEPT_FEEDBACK:
-            self._feedback.popleft()
+        has: kept until it is saved. ``sent_to``: the controller this router knew of when it
+        sent the call; if it has heard of a new one since (a restart, the answer on its way),
+        the call goes again to the new one."""
+        if sent_to != self.controller:
+            self._feedback_again.append(call)
+        else:
+            self._feedback.append(_Kept(self._accepted, self.controller, None, call))
+            self._accepted += 1
+        self._bound_feedback()
+
+    def _bound_feedback(self) -> None:
+        while len(self._feedback) + len(self._feedback_again) > MAX_KEPT_FEEDBACK:
+            (self._feedback or self._feedback_again).popleft()
             self._warn("feedback reports")
 
     def next_feedback_resend(self) -> FeedbackCall | None:
         """The next feedback to send a restarted controller again (taken off the list: once
         it accepts it, :meth:`accepted` keeps it as any other; :meth:`not_resent` puts back
-        one whose call failed)."""
+        one whose controller was away)."""
         return self._feedback_again.popleft() if self._feedback_again else None
 
     def not_resent(self, call: FeedbackCall) -> None:

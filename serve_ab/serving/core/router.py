@@ -464,21 +464,26 @@ class RouterCore:
         Refused as one it has (restored, or sent to it since), it is kept as accepted: a
         controller that dies before saving it is sent it once more."""
         while (call := self.ledger.next_feedback_resend()) is not None:
+            sent_to = self.ledger.controller
             try:
                 await self.controller.feedback(*call.args(), resent=True)
-            except Exception as err:
-                # Refused: it has it (or the token expired); kept until a save holds it. Away
-                # again (Ray's errors reach here as ControllerUnavailable): tried next time.
-                if not isinstance(err, ServeAbError) or isinstance(err, ControllerUnavailable):
-                    self.ledger.not_resent(call)
-                    logger.warning("serve-ab router: the restarted controller did not take feedback again; "
-                                   "retrying at the next interval", exc_info=True)
-                    return
-            self.ledger.accepted(call)
+            except ControllerUnavailable:  # away again (Ray's errors reach here as this)
+                self.ledger.not_resent(call)
+                logger.warning("serve-ab router: the restarted controller did not take feedback again; "
+                               "retrying at the next interval", exc_info=True)
+                return
+            except ServeAbError:
+                pass  # refused: it has it (or the token expired); kept until a save holds it
+            except Exception:  # its own failure: the same call would fail again
+                logger.exception("serve-ab router: the restarted controller failed on feedback sent again; "
+                                 "dropped")
+                continue
+            self.ledger.accepted(call, sent_to)
 
     async def send_feedback(self, call: FeedbackCall) -> str | None:
         """Feedback on an answer, to the controller: the version it joined (None while it waits
         for its request's report). Kept until the controller has saved it."""
+        sent_to = self.ledger.controller
         version = await self.controller.feedback(*call.args())
-        self.ledger.accepted(call)
+        self.ledger.accepted(call, sent_to)
         return version

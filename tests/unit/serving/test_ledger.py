@@ -192,7 +192,7 @@ def test_feedback_answered_after_a_report_was_sent_waits_for_a_later_answer_to_b
     report = ledger.stamp(IntervalReport("r", aggregate))
     ledger.add(report)
     mark = ledger.mark()  # the report goes
-    ledger.accepted(FeedbackCall("a1", "correct", None, True))  # answered before the report is
+    ledger.accepted(FeedbackCall("a1", "correct", None, True), "A")  # answered before the report is
     ledger.answered(report, ReportAnswer("A", saved_seq=0, captures=3, saved_captures=2), mark)
     ledger.answered(report, ReportAnswer("A", saved_seq=0, captures=4, saved_captures=4), mark)  # save 4 done
     assert ledger.kept()[1] == 1  # not tagged by either answer: both were made before it counted
@@ -231,7 +231,7 @@ def test_a_router_of_an_older_release_is_merged_as_it_comes_and_an_older_control
     ledger = ReportLedger()
     report = ledger.stamp(older)
     ledger.add(report)
-    ledger.accepted(FeedbackCall("r1", "correct", None, True))
+    ledger.accepted(FeedbackCall("r1", "correct", None, True), None)
     ledger.answered(report, None, ledger.mark())  # what an older controller's record() returns
     assert ledger.kept() == (0, 0) and not ledger.waiting()
 
@@ -255,3 +255,144 @@ def test_past_the_bound_unsent_intervals_merge_into_the_newest_and_unsaved_ones_
         ledger.answered(report, core.receive(report)[0], ledger.mark())
     assert ledger.kept()[0] == MAX_KEPT_REPORTS
     assert core.stats_snapshot()["versions"]["v1"]["requests"] == 2 * (MAX_KEPT_REPORTS + 5)
+
+
+# -- found by a second review: saves that fail half-way, a redeploy's two replicas, a late 202 --
+
+
+class FlakyStore(MemoryStateStore):
+    """Saves of keys starting with ``failing`` raise (a store down, or a controller killed
+    between two writes); the empty prefix fails every save."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: str | None = None
+
+    def save(self, key: str, state) -> None:
+        if self.failing is not None and key.startswith(self.failing):
+            raise ConnectionError("store down")
+        super().save(key, state)
+
+
+def flaky_pair():
+    clock = FakeClock()
+    controller = KillableController(clock)
+    controller.store = FlakyStore()
+    controller.kill()  # on the flaky store
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+    serve_and_report(router, controller, range(1000, 1001), feedback=False)  # the router hears of it
+    return router, controller, clock
+
+
+def test_a_kill_between_writing_the_figures_and_the_feedback_keys_counts_nothing_twice():
+    router, controller, _ = flaky_pair()
+    served = 1 + serve_and_report(router, controller, range(0, 10))
+    controller.store.failing = "feedback-reported:"  # the figures are written, then it dies
+    with pytest.raises(ConnectionError):
+        controller.core.save_stats()
+    controller.store.failing = None
+    controller.kill()
+    serve_and_report(router, controller, range(0, 0))  # the router sends the 10 again: refused
+    assert controller.counts() == (served, served - 1, 0)
+
+
+@pytest.mark.parametrize("outage_s", [30, 180])
+def test_after_a_store_outage_the_first_save_writes_every_minute_of_feedback_keys(outage_s):
+    router, controller, clock = flaky_pair()
+    calls: list[FeedbackCall] = []
+    send = router.send_feedback
+
+    async def spy(call: FeedbackCall):
+        calls.append(call)
+        return await send(call)
+
+    router.send_feedback = spy
+    served = 1 + serve_and_report(router, controller, range(0, 10))
+    controller.store.failing = ""
+    for _ in range(outage_s // 5):
+        clock.advance(5.0)
+        with pytest.raises(ConnectionError):
+            controller.core.save_stats()
+    controller.store.failing = None
+    controller.core.save_stats()  # back: the figures count the 10, and their keys are written
+    controller.kill()  # before the router heard of that save: it sends the 10 again
+    serve_and_report(router, controller, range(0, 0))
+    assert controller.counts() == (served, served - 1, 0)
+    router.send_feedback = send
+    for call in calls:  # and a client's replay within the token's life is a repeat
+        with pytest.raises(ServeAbError):
+            asyncio.run(router.send_feedback(call))
+    assert controller.counts() == (served, served - 1, 10)
+
+
+class TwoReplicas:
+    """A redeploy's overlap: the old replica ``a`` (its claim taken: it merges and answers,
+    but saves no more) and the new one ``b``; each record call goes where ``route`` says."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.a = KillableController(clock)
+        self.b: ControllerCore | None = None
+        self.route: list[str] = []
+
+    async def record(self, report: IntervalReport):
+        core = self.a.core if (self.route.pop(0) if self.route else "a") == "a" else self.b
+        return core.receive(report)[0]
+
+    async def feedback(self, *args, resent: bool = False):
+        return await self.a.feedback(*args, resent=resent)
+
+
+def test_a_report_only_the_old_replica_of_a_redeploy_merged_reaches_the_new_one():
+    clock = FakeClock()
+    both = TwoReplicas(clock)
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, both,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+
+    async def serve(n: int, route: str) -> None:
+        for user in range(n):
+            await router.serve_choice(ROW, f"user-{user}", None)
+        both.route = list(route)
+        await router.flush_once()
+
+    asyncio.run(serve(5, "a"))
+    both.a.core.save_stats()
+    both.b = ControllerCore(experiment(), both.a.store, clock)  # it starts, reads the store
+    asyncio.run(serve(7, "a"))  # merged by the old one only
+    asyncio.run(serve(3, "bab"))  # the new one says restarted; the old one too, for what it saved
+    asyncio.run(serve(0, "bbbb"))
+    assert sum(v["requests"] for v in both.b.stats_snapshot()["versions"].values()) == 15
+
+
+def test_a_202_from_the_old_controller_that_lands_after_the_router_heard_of_the_new_one_goes_again():
+    clock = FakeClock()
+    controller = KillableController(clock)
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+    serve_and_report(router, controller, range(1000, 1001), feedback=False)
+
+    async def scenario() -> None:
+        landed = asyncio.Event()
+        take = controller.feedback
+
+        async def slow(*args, **kwargs):
+            version = await take(*args, **kwargs)  # the old controller counts it...
+            await landed.wait()  # ...and its answer is on its way
+            return version
+
+        controller.feedback = slow
+        choice, _, _ = await router.serve_choice(ROW, "user-1", None)
+        sending = asyncio.get_running_loop().create_task(router.send_feedback(
+            FeedbackCall("answer-1", "correct", None, True, choice.version, choice.unit, choice.epoch)))
+        await asyncio.sleep(0)
+        controller.kill()  # it dies unsaved
+        await router.flush_once()  # the router hears of the new one
+        landed.set()
+        await sending
+        controller.feedback = take
+        for _ in range(3):
+            controller.core.save_stats()
+            await router.flush_once()
+
+    asyncio.run(scenario())
+    assert controller.counts() == (2, 1, 0) and router.ledger.kept() == (0, 0)
