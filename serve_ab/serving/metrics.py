@@ -45,8 +45,8 @@ Per app:
 - ``serve_ab_stats_start_time_seconds`` gauge: Unix time the counters started from.
 - ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute;
   ``serve_ab_router_reports_total`` counter: interval reports merged;
-  ``serve_ab_router_intervals_delayed_total`` counter: intervals a router sent late, merged
-  into a later report, because the controller was away when they were due.
+  ``serve_ab_router_intervals_delayed_total`` counter: reports a router sent late because the
+  controller was away when they were due, one per failed try (serving/core/ledger.py).
 - ``serve_ab_version_load_failed{version}`` gauge: 1 when some router could not load it.
 - ``serve_ab_rollout_info{strategy,stable,candidate}`` gauge, always 1 (rollouts only).
 - ``serve_ab_rollout_phase{phase}`` gauge, a state set: one series per phase (``static``
@@ -241,7 +241,7 @@ class _SnapshotCollector(Collector):
         reports.add_metric([model], routers.get("reports_total", 0))
         delayed = CounterMetricFamily(
             PREFIX + "router_intervals_delayed_total",
-            "Intervals a router could not send when due (the controller was away) and sent with a later report.",
+            "Reports a router could not send when due (the controller was away) and sent later, one per failed try.",
             labels=["model"])
         delayed.add_metric([model], routers.get("delayed_intervals_total", 0))
         failed = GaugeMetricFamily(PREFIX + "version_load_failed",

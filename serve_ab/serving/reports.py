@@ -1,8 +1,8 @@
 """What the controller knows of its routers from their reports (no Ray).
 
 Each router replica reports once per interval; the controller keeps, per replica, when it
-last reported, how many requests its reports covered and how many intervals reached it
-late (merged into a later report while the controller was away), and which versions the
+last reported, how many requests its reports covered and how many tries of them failed
+before they reached it (the controller was away), and which versions the
 replica could not load. A replica silent for ``STALE_S`` is forgotten (scaled down, or its
 node is gone), so a version that failed only there stops counting as failed.
 

@@ -56,7 +56,8 @@ class IntervalReport:
 
     router: str  # the replica's id, for the controller's per-router figures
     aggregate: IntervalAggregate
-    # Earlier intervals merged in because the controller did not take them (it was away).
+    # How many times the controller did not take it when sent (it was away); past the
+    # ledger's bound, later intervals are merged into it and count too.
     delayed_intervals: int = 0
     # Versions this replica could not load, with the error: they get no traffic.
     failed_versions: Mapping[str, str] = field(default_factory=dict)
