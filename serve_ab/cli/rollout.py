@@ -505,6 +505,9 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
             rows.append(("next step", f"in {_duration(status['next_step_in_s'])}"))
         if status.get("failure_limit") is not None:
             rows.append(("failures", f"{status.get('failures_total', 0)} of {status['failure_limit']} tolerated"))
+        evidence = _evidence(status.get("window"), status.get("stable"), status.get("candidate"))
+        if evidence:
+            rows.append(("evidence", evidence))
         if status.get("retired"):
             rows.append(("retired", ", ".join(map(str, status["retired"]))))
     if status.get("reason"):
@@ -524,6 +527,22 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
     if history and strategy is not None:  # a static app has no phases to move between
         lines += ["", "history"] + _history_lines(status.get("history"), status.get("steps_total"))
     return "\n".join(lines)
+
+
+def _evidence(window: Any, stable: Any, candidate: Any) -> str | None:
+    """What the gates' last look read: "v1 1,650 requests (41 errors), v2 660 (17 errors)";
+    None when the status has no window (a static app, an older app, no look yet)."""
+    if not isinstance(window, dict) or not isinstance(window.get("requests"), dict):
+        return None
+    requests, errors = window["requests"], window.get("errors") if isinstance(window.get("errors"), dict) else {}
+    parts = []
+    for version in [stable, candidate] + [v for v in requests if v not in (stable, candidate)]:
+        n = requests.get(version)
+        if isinstance(n, int) and not isinstance(n, bool):
+            failed = errors.get(version)
+            tail = f" ({failed:,} errors)" if isinstance(failed, int) and not isinstance(failed, bool) else ""
+            parts.append(f"{version} {n:,} requests{tail}")
+    return ", ".join(parts) + " in the gates' window" if parts else None
 
 
 def _step_text(status: dict[str, Any]) -> str:

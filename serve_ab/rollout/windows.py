@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from serve_ab.analysis import json_state
 from serve_ab.analysis.aggregate import GateAggregate
 from serve_ab.analysis.clusters import ValueGroups
 from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent, WindowStats, conversion_stats, feedback_stats
@@ -129,6 +130,50 @@ class GateWindows:
             if step:
                 self._since_s, self._since = start_s, totals
         return totals.window()
+
+    # -- across a controller restart -----------------------------------------------------------
+
+    def step_state(self) -> dict[str, Any] | None:
+        """The running total of the step (JSON-able), for :meth:`restore_step` in a restarted
+        controller; None before the first look of a step. The per-second slots are not
+        kept: a sliding ``window_s`` starts again from the reports after a restart."""
+        if not math.isfinite(self._since_s):
+            return None
+        since = self._since
+        return {"since_s": self._since_s,
+                "totals": json_state.dump({"gates": since.gates, "agreements": since.agreements,
+                                           "values": since.values, "outcomes": since.outcomes})}
+
+    def restore_step(self, state: Mapping[str, Any], step_started_at_s: float) -> bool:
+        """Carry on with the running total :meth:`step_state` saved (into windows nothing was
+        added to yet), if it is the total of the step that started at ``step_started_at_s`` (a step that changed since the save starts
+        from nothing, as it would have). Whether it was taken; ValueError for a state that
+        :meth:`step_state` could not have written (then nothing is taken)."""
+        if state.get("since_s") != step_started_at_s:
+            return False
+        totals = json_state.load(state.get("totals"))
+        restored = _Totals()
+        try:
+            for version, gate in totals["gates"].items():
+                _expect(gate, GateAggregate, f"gates[{version!r}]")
+                restored.gates[version] = gate
+            for version, groups in totals["agreements"].items():
+                _expect(groups, ValueGroups, f"agreements[{version!r}]")
+                restored.agreements[version] = groups
+            for kind, mine in (("values", restored.values), ("outcomes", restored.outcomes)):
+                for version, metrics in totals[kind].items():
+                    for name, groups in metrics.items():
+                        _expect(groups, ValueGroups, f"{kind}[{version!r}][{name!r}]")
+                        mine.setdefault(version, {})[name] = groups
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"a saved step window is not one: {err!r}") from err
+        self._since_s, self._since = step_started_at_s, restored
+        return True
+
+
+def _expect(value: Any, cls: type, where: str) -> None:
+    if not isinstance(value, cls):
+        raise ValueError(f"a saved step window's {where} is a {type(value).__name__}, not a {cls.__name__}")
 
 
 def window_stats(gates: Mapping[str, GateAggregate], *, versions: Iterable[str],

@@ -158,7 +158,10 @@ class ControllerCore:
                                      on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
                                      request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
         self._restore_reported((saved_stats or {}).get("reported_recent"))
+        self._restore_gate_step((saved_stats or {}).get("gate_step"))
         self.last_analysis: list[dict[str, Any]] = []
+        # What the last look read: since when, and each version's requests and errors in it.
+        self.last_window: dict[str, Any] | None = None
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
         # The weights of every routing epoch published, so each row counts under the split
@@ -184,6 +187,9 @@ class ControllerCore:
         recent = self.feedback.reported_since(since_s)
         state["reported_recent"] = {"keys": [format(key, "016x") for key, _ in recent],
                                     "t_s": [round(t_s, 3) for _, t_s in recent]}
+        # The step's gate window, with the report numbers it holds: a restarted controller
+        # takes it up, and the reports routers send again add exactly what it lacks.
+        state["gate_step"] = self.gate_windows.step_state() if self.rollout is not None else None
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
@@ -242,6 +248,24 @@ class ControllerCore:
         recent_entries = list(zip((int(k, 16) for k in (recent or {}).get("keys", [])), (recent or {}).get("t_s", [])))
         self.feedback.restore_reported(entries + recent_entries)
         self._keys_written_s = min((t_s for _, t_s in recent_entries), default=self.clock())
+
+    def _restore_gate_step(self, saved: Mapping[str, Any] | None) -> None:
+        """The current step's gate window, as the last save left it. Without it (a step
+        that changed since, a save of an older release, a state that cannot be read) the
+        step's gates start from the reports after the restart, as they used to: they wait
+        longer for evidence, and its alpha spent carries on, so no verdict is looser."""
+        if not saved or self.rollout is None:
+            return
+        step_started_at_s = self.rollout.state.step_started_at_s
+        try:
+            taken = self.gate_windows.restore_step(saved, step_started_at_s)
+        except ValueError as err:
+            logger.warning("serve-ab controller could not read the saved gate window of %s (%s); "
+                           "the step's gates start from the next reports", self.key, err)
+            return
+        if taken:
+            logger.info("serve-ab controller resumed the gate window of step %s of %s",
+                        self.rollout.state.step_index, self.key)
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -341,6 +365,9 @@ class ControllerCore:
         window = self.gate_windows.window(start_s, step=start_s == step_started_s)
         windows = window_stats(window.gates, versions=versions, agreements=window.agreements,
                                values=window.values, outcomes=window.outcomes)
+        self.last_window = {"since_s": start_s,
+                            "requests": {v: windows[v].request_count for v in versions},
+                            "errors": {v: windows[v].error_count for v in versions}}
         candidate = self.cfg.rollout.candidate
         windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks or {})
         saved = self.rollout.to_dict()
@@ -546,6 +573,7 @@ class ControllerCore:
             "failures_total": s.failures_total,
             "failure_limit": r.analysis.failure_limit,
             "gates": self.last_analysis,
+            "window": self.last_window,
             "retired": list(self.retired),
             "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
             "run_id": self.run_id,

@@ -55,6 +55,8 @@ Per app:
   ``serve_ab_rollout_steps`` gauge: how many steps there are.
 - ``serve_ab_rollout_failures_total`` counter: failed analyses of this rollout;
   ``serve_ab_rollout_failure_limit`` gauge: failures tolerated before an abort.
+- ``serve_ab_rollout_window_requests{version}`` gauge: requests in the gates' window at the
+  latest look (the step so far, or its last ``window_s``), the evidence the gates read.
 
 Per notification receiver (``receiver``: its name, else type and host; see
 :mod:`serve_ab.rollout.notify`):
@@ -281,6 +283,14 @@ class _SnapshotCollector(Collector):
                                            labels=["model"])
             failures.add_metric([model], status["failures_total"])
             yield failures
+        window = status.get("window")
+        if window:
+            requests = GaugeMetricFamily(PREFIX + "rollout_window_requests",
+                                         "Requests in the gates' window at the latest look (the step so far, or "
+                                         "its last window_s), per version.", labels=["model", "version"])
+            for version, n in window["requests"].items():
+                requests.add_metric([model, version], n)
+            yield requests
         receivers = status.get("notifications") or {}
         if receivers:
             sent = CounterMetricFamily(PREFIX + "notifications_sent_total", "Rollout events delivered, per receiver.",

@@ -258,12 +258,23 @@ def test_the_controller_killed_under_load_loses_no_counted_request_or_feedback(h
     lose what it merged since (about 200 requests and 230 feedback reports already answered
     202, in an audit). Routers now keep it until it is saved and send it again to the new
     controller (serving/core/ledger.py). Every request answered 200 is counted, once; every
-    feedback answered 202 too (one whose answer the kill cut off may count as well)."""
-    cfg = experiment(model_repo, analysis={"records": {"path": str(tmp_path / "runs.sqlite")},
-                                           "metrics": [{"name": "correct", "kind": "conversion"}]},
-                     controller={"state_path": str(tmp_path / "state.sqlite"), "report_interval_s": 0.25})
+    feedback answered 202 too (one whose answer the kill cut off may count as well).
+
+    A canary is held in a pause meanwhile. Its step began before the first request, so its
+    gates' window holds every request: the step's window is saved with the figures, and the
+    new controller's gates read them all, not only what came after the restart."""
+    cfg = experiment(model_repo, weights={"v1": 100},
+                     analysis={"records": {"path": str(tmp_path / "runs.sqlite")},
+                               "metrics": [{"name": "correct", "kind": "conversion"}]},
+                     controller={"state_path": str(tmp_path / "state.sqlite"), "report_interval_s": 0.25,
+                                 "tick_s": 0.2})
+    cfg["rollout"] = {"strategy": "canary", "stable": "v1", "candidate": "v2",
+                      "analysis": {"interval_s": 1, "min_samples": 5, "failure_limit": 0},
+                      "gates": [{"metric": "error_rate", "max": 0.5}],
+                      "steps": [{"set_weight": 50}, {"pause": {}}]}
     app = deployed(cfg, "ctlkill")
     base = serve_instance.url(f"/{app}")
+    poll(lambda: http.get(f"{base}/rollout/status").json()["step_index"] == 1, 30)  # held in the pause
     with CountingClient(base) as client:
         wait_for(lambda: client.feedback_ok >= 50, "feedback to be answered")
         time.sleep(6.0)  # a save (every 5 s) and more merged after it
@@ -275,14 +286,16 @@ def test_the_controller_killed_under_load_loses_no_counted_request_or_feedback(h
         answered = client.feedback_ok
         wait_for(lambda: client.feedback_ok >= answered + 30, "feedback answered by the new controller")
     poll(lambda: counted(http, base)[0] >= client.ok, 30)  # the last reports (asserted below)
-    time.sleep(1.0)  # a report sent again late would show as a request counted twice
+    time.sleep(1.5)  # a report sent again late would show as a request counted twice; and a look
     requests, feedback = counted(http, base)
+    window = http.get(f"{base}/rollout/status").json()["window"]
     print(f"\ncontroller killed at {at_kill[0]} requests and {at_kill[1]} feedback answered; in all "
           f"{client.ok} requests ({len(client.failed)} failed), {client.feedback_ok} feedback answered 202 "
           f"({len(client.feedback_failed)} refused: {sorted(set(client.feedback_failed))}); counted "
-          f"{requests} requests and {feedback} feedback")
+          f"{requests} requests and {feedback} feedback; the gates' window {window['requests']}")
     assert requests == client.ok and not client.failed
     assert client.feedback_ok <= feedback <= client.feedback_ok + len(client.feedback_failed)
+    assert sum(window["requests"].values()) == requests
 
 
 # -- the HTTP API fuzzed from its OpenAPI schema -------------------------------------------------

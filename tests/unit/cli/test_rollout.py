@@ -44,6 +44,15 @@ def test_render_shows_rollout_step_bars_gates_and_reason():
     assert "history" not in text
 
 
+def test_render_shows_what_the_gates_last_look_read():
+    window = {"since_s": 1764312000.0, "requests": {"v1": 1650, "v2": 660}, "errors": {"v1": 41, "v2": 17}}
+    text = render_status({**CANARY, "window": window})
+    row = next(line for line in text.splitlines() if line.startswith("evidence"))
+    assert row.split(None, 1)[1] == "v1 1,650 requests (41 errors), v2 660 requests (17 errors) in the gates' window"
+    assert "evidence" not in render_status(CANARY)  # an app of an earlier release, or no look yet
+    assert "evidence" not in render_status({**CANARY, "window": {"requests": "many"}})
+
+
 def test_render_bar_width_and_history_in_local_time():
     text = render_status(CANARY, history=True, width=10)
     assert "#" * 8 + "." * 2 + " (stable)" in text

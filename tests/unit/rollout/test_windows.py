@@ -3,8 +3,12 @@ the same WindowStats as folding the events again at every look, at a look's cost
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+
+from serve_ab.analysis.aggregate import GateAggregate
 
 from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent
 from serve_ab.rollout.windows import GateWindows, feedback_groups, window_stats
@@ -75,3 +79,43 @@ def test_events_fold_into_the_windows_groups():
     values, outcomes = feedback_groups([FeedbackEvent("v2", "revenue", 3.0, 1.0, None)],
                                        [ConversionEvent("v1", "correct", True, 0.5, 7)], start_s=1.0)
     assert values["v2"]["revenue"].sums.sum() == 3.0 and outcomes == {}  # the outcome came before start_s
+
+
+def test_a_steps_running_total_carries_on_in_new_windows():
+    """What a restarted controller does with the saved step total: the same figures, then
+    whatever arrives after, as if the windows had never been rebuilt."""
+    def gate(n: int, errors: int) -> GateAggregate:
+        g = GateAggregate()
+        for i in range(n):
+            g.add(2.0 + i % 5, i >= errors, i % 3, 0.5, unit=i * 7)
+        return g
+
+    kept = GateWindows()
+    kept.add(100.0, {"v1": gate(40, 2), "v2": gate(10, 1)})
+    kept.add_feedback(101.0, "v2", "revenue", 3.5, None, unit=14)
+    kept.add_feedback(101.0, "v2", "correct", None, True, unit=14)
+    kept.window(100.0, step=True)  # the first look of the step that began at 100 s
+    kept.add(102.0, {"v2": gate(5, 0)})
+    saved = json.loads(json.dumps(kept.step_state(), allow_nan=False))
+
+    restored = GateWindows()
+    assert not GateWindows().restore_step(saved, 150.0)  # the step changed since: not taken
+    assert restored.restore_step(saved, 100.0)
+    for windows in (kept, restored):
+        windows.add(200.0, {"v2": gate(3, 3)})
+    a, b = (w.window(100.0, step=True) for w in (kept, restored))
+    assert {v: (g.requests, g.errors) for v, g in b.gates.items()} == {"v1": (40, 2), "v2": (18, 4)}
+    assert {v: (g.requests, g.errors) for v, g in a.gates.items()} == {"v1": (40, 2), "v2": (18, 4)}
+    assert np.array_equal(a.gates["v2"].groups.requests, b.gates["v2"].groups.requests)
+    assert b.values["v2"]["revenue"].sums.sum() == 3.5 and b.outcomes["v2"]["correct"].counts.sum() == 1
+    assert GateWindows().step_state() is None  # before any look: nothing to keep
+
+
+def test_a_saved_step_total_of_another_shape_is_refused():
+    windows = GateWindows()
+    with pytest.raises(ValueError, match="gates\\['v1'\\] is a int"):
+        windows.restore_step({"since_s": 5.0, "totals": {"gates": {"v1": 3}, "agreements": {},
+                                                         "values": {}, "outcomes": {}}}, 5.0)
+    with pytest.raises(ValueError, match="is not one"):
+        windows.restore_step({"since_s": 5.0, "totals": {"gates": {}}}, 5.0)
+    assert windows.step_state() is None  # nothing was taken

@@ -139,6 +139,76 @@ def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
     assert restarted.status()["weights_pct"]["v2"] == 100.0
 
 
+def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
+    """The step's gate window is saved with the run's figures (and the report numbers they
+    hold), so a controller killed mid-step looks at the same evidence once routers have sent
+    again what it had not saved: the same requests, the same verdicts. It used to start the
+    step's window from the reports after the restart."""
+    def second_of_traffic(core):
+        rows = [ServedRequest(clock(), version, 3.0, None if i % 40 else "model", 1, 0.9,
+                              f"{version}-{clock()}-{i}", next(_NEXT_USER) * 7919, True, False)
+                for version, n in (("v1", EV_STABLE), ("v2", EV_CANDIDATE)) for i in range(n)]
+        return report_of(rows, core=core), [row.request_id for row in rows]
+
+    def send(core, traffic):
+        core.record(traffic[0])
+        for request_id in traffic[1]:
+            core.feedback.add(request_id, "correct", None, True, clock())
+
+    clock = FakeClock()
+    held = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "600s"}}, {"set_weight": 100}])
+    path = tmp_path / "state.sqlite"
+    core = ControllerCore(held, SqliteStateStore(path), clock)
+    core.tick()
+    for _ in range(8):
+        clock.advance(1.0)
+        send(core, second_of_traffic(core))
+        core.tick()
+    core.save_stats()
+    unsaved = []
+    for _ in range(3):  # merged and looked at, not saved: the routers keep these
+        clock.advance(1.0)
+        unsaved.append(second_of_traffic(core))
+        send(core, unsaved[-1])
+        core.tick()
+    clock.advance(1.0)
+    core.tick()
+    assert core.status()["step_index"] == 1  # held in the pause, evidence accumulating
+    assert core.last_window["requests"] == {"v1": 11 * EV_STABLE, "v2": 11 * EV_CANDIDATE}
+
+    restarted = ControllerCore(held, SqliteStateStore(path), clock)
+    for traffic in unsaved:  # what the routers send again (serving/core/ledger.py)
+        send(restarted, traffic)
+    restarted.tick()
+    assert restarted.last_window == core.last_window
+    clock.advance(5.0)  # the next analysis (every interval_s), the same in both
+    core.tick()
+    restarted.tick()
+    assert core.status()["gates"]
+    assert [(g["metric"], g["verdict"], g["value"]) for g in restarted.status()["gates"]] == \
+        [(g["metric"], g["verdict"], g["value"]) for g in core.status()["gates"]]
+
+    # A save of a release before (no step window): the step's gates start from the reports.
+    row = json.loads(sqlite3.connect(path).execute("SELECT state FROM rollout_state WHERE key = ?",
+                                                   (f"stats:{core.run_id}",)).fetchone()[0])
+    older = MemoryStateStore()
+    for key, state in [(k, json.loads(v)) for k, v in sqlite3.connect(path).execute(
+            "SELECT key, state FROM rollout_state")]:
+        older.save(key, state)
+    older.save(f"stats:{core.run_id}", {**row, "gate_step": None})
+    fresh = ControllerCore(held, older, clock)
+    for traffic in unsaved:
+        send(fresh, traffic)
+    fresh.tick()
+    assert fresh.last_window["requests"] == {"v1": 3 * EV_STABLE, "v2": 3 * EV_CANDIDATE}
+    # A damaged one is read as none (a warning), and the controller serves.
+    older.save(f"stats:{core.run_id}", {**row, "gate_step": {"since_s": row["gate_step"]["since_s"],
+                                                             "totals": {"$obj": ["Popen", {}]}}})
+    damaged = ControllerCore(held, older, clock)
+    damaged.tick()
+    assert damaged.last_window["requests"] == {"v1": 0, "v2": 0}
+
+
 def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
     clock = FakeClock()
     store = SqliteStateStore(tmp_path / "state.sqlite")

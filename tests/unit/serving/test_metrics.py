@@ -85,6 +85,7 @@ def rollout_status(cfg) -> dict:
         "step": "pause 60s", "weights_pct": {"v1": 80.0, "v2": 20.0, "v3": 0.0},
         "reason": "step 1", "next_step_in_s": 30.0, "failures_total": 1, "failure_limit": 2,
         "gates": [r.to_dict() for r in results], "retired": [],
+        "window": {"since_s": 1_990.0, "requests": {"v1": 100, "v2": 100}, "errors": {"v1": 0, "v2": 5}},
     }
 
 
@@ -194,6 +195,8 @@ def test_weights_phase_step_and_gates(rollout_scrape):
     assert samples(families, "serve_ab_rollout_step_index") == {(): 1.0}
     assert samples(families, "serve_ab_rollout_steps") == {(): 5.0}
     assert samples(families, "serve_ab_rollout_failures_total") == {(): 1.0}
+    assert samples(families, "serve_ab_rollout_window_requests") == {
+        (("version", "v1"),): 100.0, (("version", "v2"),): 100.0}
     assert samples(families, "serve_ab_rollout_info") == {
         (("candidate", "v2"), ("stable", "v1"), ("strategy", "canary")): 1.0}
 
