@@ -3,15 +3,20 @@
 The routers' reports travel as pickles (Ray's own transport), in the sparse, narrowed form
 each class's ``__getstate__`` gives (:mod:`serve_ab.analysis.wire`). The state store holds
 JSON, and a pickle read back from a shared store (Redis) would run whatever code its writer
-chose. So this module writes the same states as JSON: arrays as their dtype, shape and base64
-bytes, objects as the name of one of a few known classes and their state. Reading accepts those
-classes only, and rebuilds each through its own ``__setstate__``, so a saved state is read
-(and checked) as a router's report is.
+chose. So this module writes the same states as JSON: arrays as their dtype, shape and
+base64 bytes (zlib-compressed past a few KB: a busy step's per-cell counts are 64K small
+numbers), objects as the name of one of a few known classes and their state. Reading accepts
+those classes only and rebuilds each through its own ``__setstate__``, so a saved state is
+read (and checked) as a router's report is; anything else is a ValueError.
+
+A tagged value is a dict of exactly one key, the tag (``$nd``, ``$obj``, ``$counter``,
+``$float``); a dict's own keys that start with ``$`` (a feedback metric may be named so) are
+written with one more ``$``, so no name is ever read as a tag.
 
 Example::
 
     saved = dump(step_totals)            # JSON-able: dicts, lists, strings and numbers
-    json.dumps(saved)
+    json.dumps(saved, allow_nan=False)
     step_totals = load(saved)            # the same figures; ValueError for anything else
 """
 
@@ -21,6 +26,7 @@ import base64
 import collections
 import dataclasses
 import math
+import zlib
 from typing import Any
 
 import numpy as np
@@ -36,15 +42,24 @@ __all__ = ["dump", "load"]
 _CLASSES: dict[str, type] = {cls.__name__: cls for cls in (GateAggregate, GroupSums, ValueGroups, LogHistogram)}
 # Array dtypes a saved state may hold (numpy reads object arrays as pickles: never those).
 _DTYPES = frozenset(np.dtype(t).str for t in (np.uint8, np.uint16, np.uint32, np.int32, np.int64, np.float64, bool))
-_TAGS = ("$nd", "$obj", "$counter", "$float")
+_TAGS = frozenset({"$nd", "$obj", "$counter", "$float"})
+# Arrays past this many bytes are compressed (level 1: about 1 ms for a 256 KB array).
+_COMPRESS_AFTER_BYTES = 4096
+# Classes a saved class count may name: a look lists every class up to the largest it holds.
+_MAX_CLASSES = 1 << 20
+# What an array may inflate to: the largest the gate figures hold is 64K int32 cell counts.
+_MAX_ARRAY_BYTES = 1 << 22
 
 
 def dump(value: Any) -> Any:
     """``value`` as JSON-able data. Whole-number arrays are narrowed first (the same values)."""
     if isinstance(value, np.ndarray):
-        array = narrow(value) if value.dtype.kind in "iuf" else value
-        array = np.ascontiguousarray(array)
-        return {"$nd": [array.dtype.str, list(array.shape), base64.b64encode(array.tobytes()).decode("ascii")]}
+        array = np.ascontiguousarray(narrow(value) if value.dtype.kind in "iuf" else value)
+        raw = array.tobytes()
+        spec = [array.dtype.str, list(array.shape)]
+        if len(raw) > _COMPRESS_AFTER_BYTES:
+            return {"$nd": [*spec, base64.b64encode(zlib.compress(raw, 1)).decode("ascii"), "zlib"]}
+        return {"$nd": [*spec, base64.b64encode(raw).decode("ascii")]}
     if isinstance(value, (bool, str, type(None))):
         return value
     if isinstance(value, (int, np.integer)):
@@ -56,62 +71,75 @@ def dump(value: Any) -> Any:
     if isinstance(value, collections.Counter):
         return {"$counter": [[dump(k), dump(n)] for k, n in value.items()]}
     if isinstance(value, dict):
-        if not all(isinstance(k, str) and k not in _TAGS for k in value):
-            raise TypeError(f"cannot save a dict with keys {sorted(map(repr, value))[:5]}: only text keys")
-        return {k: dump(v) for k, v in value.items()}
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"cannot save a dict with keys {sorted(map(repr, value))[:5]}: JSON keys are text")
+        return {("$" + k if k.startswith("$") else k): dump(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [dump(v) for v in value]
     name = type(value).__name__
     if _CLASSES.get(name) is type(value):
-        state = value.__getstate__()
-        if isinstance(state, tuple):  # a class with __slots__ only: (None, {slot: value})
-            state = state[1]
-        return {"$obj": [name, dump(state)]}
+        return {"$obj": [name, dump(value.__getstate__())]}
     raise TypeError(f"cannot save a {type(value).__module__}.{name}: not one of {sorted(_CLASSES)}")
 
 
 def load(data: Any) -> Any:
-    """What :func:`dump` wrote; ValueError for data it could not have written."""
+    """What :func:`dump` wrote; ValueError for anything it could not have written."""
+    try:
+        return _load(data)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged row is one error, whatever broke on it
+        raise ValueError(f"a saved state could not be read: {err!r}") from err
+
+
+def _load(data: Any) -> Any:
     if isinstance(data, list):
-        return [load(v) for v in data]
+        return [_load(v) for v in data]
     if not isinstance(data, dict):
         if data is None or isinstance(data, (bool, int, float, str)):
             return data
         raise ValueError(f"a saved state holds {type(data).__name__}, not JSON data")
-    if "$nd" in data:
-        return _array(data["$nd"])
-    if "$float" in data:
-        text = data["$float"]
-        if text not in ("inf", "-inf", "nan"):
-            raise ValueError(f"a saved float is {text!r}; only inf, -inf and nan are written so")
-        return float(text)
-    if "$counter" in data:
-        return collections.Counter({load(k): load(n) for k, n in data["$counter"]})
-    if "$obj" in data:
-        name, state = data["$obj"]
-        cls = _CLASSES.get(name)
-        if cls is None:
-            raise ValueError(f"a saved state names class {name!r}; only {sorted(_CLASSES)} are read")
-        state = load(state)
-        if not isinstance(state, dict):
-            raise ValueError(f"a saved {name} holds {type(state).__name__}, not its fields")
-        if "__getstate__" not in vars(cls):  # its state is its fields (a dataclass)
-            _check_fields(cls, state)
-        out = cls.__new__(cls)
-        try:  # each class reads its own state, as from a router's report (and widens its arrays)
-            out.__setstate__(state)
-        except (KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"a saved {name} could not be read: {err!r}") from err
-        return out
-    return {k: load(v) for k, v in data.items()}
+    if len(data) == 1 and next(iter(data)) in _TAGS:
+        tag, body = next(iter(data.items()))
+        if tag == "$nd":
+            return _array(body)
+        if tag == "$float":
+            if body not in ("inf", "-inf", "nan"):
+                raise ValueError(f"a saved float is {body!r}; only inf, -inf and nan are written so")
+            return float(body)
+        if tag == "$counter":
+            counter = collections.Counter({_load(k): _load(n) for k, n in body})
+            # Predicted classes (a model's output index): a look spans 0 to the largest.
+            if not all(_is_whole(k) and 0 <= k < _MAX_CLASSES and _is_whole(n) and n >= 0
+                       for k, n in counter.items()):
+                raise ValueError(f"a saved class count is not one of a class in [0, {_MAX_CLASSES}) and a "
+                                 "count of at least 0")
+            return counter
+        return _object(*body)
+    if any(k.startswith("$") and not k.startswith("$$") for k in data):
+        raise ValueError(f"a saved state holds unknown tags {sorted(k for k in data if k.startswith('$'))}")
+    return {(k[1:] if k.startswith("$") else k): _load(v) for k, v in data.items()}
+
+
+def _object(name: str, state: Any) -> Any:
+    cls = _CLASSES.get(name)
+    if cls is None:
+        raise ValueError(f"a saved state names class {name!r}; only {sorted(_CLASSES)} are read")
+    state = _load(state)
+    if not isinstance(state, dict):
+        raise ValueError(f"a saved {name} holds {type(state).__name__}, not its fields")
+    if "__getstate__" not in vars(cls):  # its state is its fields (a dataclass)
+        _check_fields(cls, state)
+    out = cls.__new__(cls)
+    out.__setstate__(state)  # each class reads its own state, as from a router's report
+    return out
 
 
 def _check_fields(cls: type, state: dict) -> None:
-    """A dataclass's saved fields: its own only, each of the type its default has."""
+    """A dataclass's saved fields: all of its own and no others, each of its default's type."""
     fields = cls.__dataclass_fields__
-    unknown = set(state) - set(fields)
-    if unknown:
-        raise ValueError(f"a saved {cls.__name__} holds unknown fields {sorted(unknown)}")
+    if set(state) != set(fields):
+        raise ValueError(f"a saved {cls.__name__} holds fields {sorted(state)}; expected {sorted(fields)}")
     for name, value in state.items():
         field = fields[name]
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
@@ -123,10 +151,31 @@ def _check_fields(cls: type, state: dict) -> None:
 
 def _array(spec: Any) -> np.ndarray:
     try:
-        dtype, shape, text = spec
-        if dtype not in _DTYPES:
-            raise ValueError(f"a saved array has dtype {dtype!r}; valid: {sorted(_DTYPES)}")
-        array = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.dtype(dtype))
-        return array.reshape([int(n) for n in shape]).copy()  # writable, as the figures add to it
-    except (TypeError, ValueError) as err:
+        return _read_array(spec)
+    except Exception as err:  # noqa: BLE001 - base64, zlib and numpy each raise their own
         raise ValueError(f"a saved array could not be read: {err}") from err
+
+
+def _read_array(spec: Any) -> np.ndarray:
+    dtype, shape, text, *compression = spec
+    if dtype not in _DTYPES:
+        raise ValueError(f"a saved array has dtype {dtype!r}; valid: {sorted(_DTYPES)}")
+    raw = base64.b64decode(text, validate=True)
+    if compression == ["zlib"]:
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(raw, _MAX_ARRAY_BYTES)
+        if inflate.unconsumed_tail:
+            raise ValueError(f"a saved array inflates past {_MAX_ARRAY_BYTES} bytes")
+    elif compression:
+        raise ValueError(f"a saved array is compressed with {compression!r}; only zlib is written")
+    array = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape([int(n) for n in shape]).copy()
+    # Every integer array of the gate figures (counts, bucket and group indices) is at least
+    # 0, and dump writes them unsigned: a negative one is damage, which numpy's indexing
+    # would take for a count from the end.
+    if array.dtype.kind == "i" and array.size and array.min() < 0:
+        raise ValueError("a saved array of counts or indices holds a negative number")
+    return array
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

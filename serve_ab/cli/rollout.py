@@ -530,7 +530,7 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
 
 
 def _evidence(window: Any, stable: Any, candidate: Any) -> str | None:
-    """What the gates' last look read: "v1 1,650 requests (41 errors), v2 660 (17 errors)";
+    """What the gates' latest analysis read: "v1 1,650 requests (41 errors), v2 660 (17 errors)";
     None when the status has no window (a static app, an older app, no look yet)."""
     if not isinstance(window, dict) or not isinstance(window.get("requests"), dict):
         return None

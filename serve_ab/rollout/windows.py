@@ -133,12 +133,13 @@ class GateWindows:
 
     # -- across a controller restart -----------------------------------------------------------
 
-    def step_state(self) -> dict[str, Any] | None:
-        """The running total of the step (JSON-able), for :meth:`restore_step` in a restarted
-        controller; None before the first look of a step. The per-second slots are not
-        kept: a sliding ``window_s`` starts again from the reports after a restart."""
-        if not math.isfinite(self._since_s):
-            return None
+    def step_state(self, step_started_at_s: float) -> dict[str, Any]:
+        """The running total of the step that started at ``step_started_at_s`` (JSON-able),
+        for :meth:`restore_step` in a restarted controller. Taken for that step even before
+        its first look (a save between the tick that moved to it and the next one). The
+        per-second slots are not kept: a sliding ``window_s`` refills after a restart."""
+        if self._since_s != step_started_at_s:
+            self.window(step_started_at_s, step=True)  # what the step's next look starts from
         since = self._since
         return {"since_s": self._since_s,
                 "totals": json_state.dump({"gates": since.gates, "agreements": since.agreements,
@@ -146,14 +147,15 @@ class GateWindows:
 
     def restore_step(self, state: Mapping[str, Any], step_started_at_s: float) -> bool:
         """Carry on with the running total :meth:`step_state` saved (into windows nothing was
-        added to yet), if it is the total of the step that started at ``step_started_at_s`` (a step that changed since the save starts
-        from nothing, as it would have). Whether it was taken; ValueError for a state that
-        :meth:`step_state` could not have written (then nothing is taken)."""
-        if state.get("since_s") != step_started_at_s:
-            return False
-        totals = json_state.load(state.get("totals"))
-        restored = _Totals()
+        added to yet), if it is the total of the step that started at ``step_started_at_s``;
+        a step that began after the save starts from the reports that come. Whether it was
+        taken; ValueError for a state :meth:`step_state` could not have written, or figures
+        that do not add up as a window's (then nothing is taken)."""
         try:
+            if state.get("since_s") != step_started_at_s:
+                return False
+            totals = json_state.load(state.get("totals"))
+            restored = _Totals()
             for version, gate in totals["gates"].items():
                 _expect(gate, GateAggregate, f"gates[{version!r}]")
                 restored.gates[version] = gate
@@ -165,8 +167,16 @@ class GateWindows:
                     for name, groups in metrics.items():
                         _expect(groups, ValueGroups, f"{kind}[{version!r}][{name!r}]")
                         mine.setdefault(version, {})[name] = groups
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"a saved step window is not one: {err!r}") from err
+            # Figures of the right classes may still hold parts of the wrong types (a damaged
+            # row): what a look does with them, done once here, finds those.
+            trial = _Totals()
+            trial.merge(restored)
+            window_stats(trial.gates, versions=trial.gates, agreements=trial.agreements,
+                         values=trial.values, outcomes=trial.outcomes)
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever a damaged row breaks, it is not taken
+            raise ValueError(f"a saved step window could not be read: {err!r}") from err
         self._since_s, self._since = step_started_at_s, restored
         return True
 

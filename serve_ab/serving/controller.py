@@ -160,7 +160,8 @@ class ControllerCore:
         self._restore_reported((saved_stats or {}).get("reported_recent"))
         self._restore_gate_step((saved_stats or {}).get("gate_step"))
         self.last_analysis: list[dict[str, Any]] = []
-        # What the last look read: since when, and each version's requests and errors in it.
+        # What the gates' last analysis read (with last_analysis): since when, and each
+        # version's requests and errors in it.
         self.last_window: dict[str, Any] | None = None
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
@@ -189,7 +190,8 @@ class ControllerCore:
                                     "t_s": [round(t_s, 3) for _, t_s in recent]}
         # The step's gate window, with the report numbers it holds: a restarted controller
         # takes it up, and the reports routers send again add exactly what it lacks.
-        state["gate_step"] = self.gate_windows.step_state() if self.rollout is not None else None
+        state["gate_step"] = (self.gate_windows.step_state(self.rollout.state.step_started_at_s)
+                              if self.rollout is not None else None)
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
@@ -251,15 +253,19 @@ class ControllerCore:
 
     def _restore_gate_step(self, saved: Mapping[str, Any] | None) -> None:
         """The current step's gate window, as the last save left it. Without it (a step
-        that changed since, a save of an older release, a state that cannot be read) the
+        that began after the save, a save of an older release, a row that cannot be read) the
         step's gates start from the reports after the restart, as they used to: they wait
-        longer for evidence, and its alpha spent carries on, so no verdict is looser."""
+        longer for evidence, and its alpha spent carries on, so no verdict is looser. Reports
+        of the step before that routers send again are filed in the current step's window, as
+        any report arriving after a step change is (they are stamped on arrival)."""
         if not saved or self.rollout is None:
             return
         step_started_at_s = self.rollout.state.step_started_at_s
         try:
+            if not isinstance(saved, Mapping):
+                raise ValueError(f"the saved gate window is a {type(saved).__name__}")
             taken = self.gate_windows.restore_step(saved, step_started_at_s)
-        except ValueError as err:
+        except Exception as err:  # noqa: BLE001 - a damaged row must not keep the controller down
             logger.warning("serve-ab controller could not read the saved gate window of %s (%s); "
                            "the step's gates start from the next reports", self.key, err)
             return
@@ -365,9 +371,6 @@ class ControllerCore:
         window = self.gate_windows.window(start_s, step=start_s == step_started_s)
         windows = window_stats(window.gates, versions=versions, agreements=window.agreements,
                                values=window.values, outcomes=window.outcomes)
-        self.last_window = {"since_s": start_s,
-                            "requests": {v: windows[v].request_count for v in versions},
-                            "errors": {v: windows[v].error_count for v in versions}}
         candidate = self.cfg.rollout.candidate
         windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks or {})
         saved = self.rollout.to_dict()
@@ -380,6 +383,9 @@ class ControllerCore:
             self._commit(draft)
         if decision.analysis:
             self.last_analysis = [g.to_dict() for g in decision.analysis]
+            self.last_window = {"since_s": start_s,
+                                "requests": {v: windows[v].request_count for v in versions},
+                                "errors": {v: windows[v].error_count for v in versions}}
         self.retired = decision.retire
         changed = before != (self.rollout.phase, dict(self.rollout.weights), self.retired)
         if changed:

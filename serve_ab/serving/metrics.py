@@ -56,7 +56,7 @@ Per app:
 - ``serve_ab_rollout_failures_total`` counter: failed analyses of this rollout;
   ``serve_ab_rollout_failure_limit`` gauge: failures tolerated before an abort.
 - ``serve_ab_rollout_window_requests{version}`` gauge: requests in the gates' window at the
-  latest look (the step so far, or its last ``window_s``), the evidence the gates read.
+  gates' latest analysis (the step so far, or ``window_s``), the evidence they read.
 
 Per notification receiver (``receiver``: its name, else type and host; see
 :mod:`serve_ab.rollout.notify`):
@@ -286,7 +286,7 @@ class _SnapshotCollector(Collector):
         window = status.get("window")
         if window:
             requests = GaugeMetricFamily(PREFIX + "rollout_window_requests",
-                                         "Requests in the gates' window at the latest look (the step so far, or "
+                                         "Requests in the gates' window at their latest analysis (the step so far, or "
                                          "its last window_s), per version.", labels=["model", "version"])
             for version, n in window["requests"].items():
                 requests.add_metric([model, version], n)

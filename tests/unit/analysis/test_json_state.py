@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import math
 
@@ -13,6 +14,7 @@ from serve_ab.analysis import json_state
 from serve_ab.analysis.aggregate import GateAggregate
 from serve_ab.analysis.clusters import CELLS, GroupSums, ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.routing import NUM_BUCKETS
 
 
@@ -80,11 +82,22 @@ def test_plain_data_reads_back_unchanged():
 @pytest.mark.parametrize("saved, message", [
     ({"$obj": ["Popen", {}]}, "names class 'Popen'"),
     ({"$obj": ["LogHistogram", {"counts": {"$nd": ["|O", [1], "AA=="]}}]}, "dtype '|O'"),
-    ({"$obj": ["LogHistogram", {"counts": {"$nd": ["<i8", [3], "AA=="]}}]}, "array could not be read"),
+    ({"$obj": ["LogHistogram", {"counts": {"$nd": ["<i8", [3], "AA=="]}}]}, "array could not be read: buffer size"),
     ({"$obj": ["LogHistogram", {"index": [99999], "counts": [1], "count": 1, "sum": 1.0, "min": 1.0,
                                 "max": 1.0}]}, "out of range"),
-    ({"$obj": ["GroupSums", {"rows": [1]}]}, "GroupSums could not be read"),
-    ({"$obj": ["GateAggregate", {"requests": 1, "evil": 2}]}, "unknown fields"),
+    ({"$obj": ["GroupSums", {"rows": [1]}]}, "could not be read"),
+    ({"$obj": ["GateAggregate", {"requests": 1, "evil": 2}]}, "expected"),
+    ({"$obj": ["GateAggregate", {"requests": 5, "errors": 0}]}, "expected"),  # fields missing
+    ({"$counter": 5}, "could not be read"),
+    ({"$counter": [[[1], 2]]}, "could not be read"),
+    ({"$counter": [["a", 2]]}, "class count"),
+    ({"$counter": [[10**30, 2]]}, "class count"),
+    ({"$obj": 5}, "could not be read"),
+    ({"$nd": ["<i8", [1], "//////////8="]}, "negative"),
+    ({"$nd": ["<i8", [1], "AA==", "lz4"]}, "only zlib"),
+    ({"$what": 1}, "unknown tags"),
+    ({"$obj": ["LogHistogram", {"index": [1], "counts": [10**30], "count": 1, "sum": 1.0, "min": 1.0,
+                                "max": 1.0}]}, "could not be read"),
     ({"$obj": ["GateAggregate", [1, 2]]}, "not its fields"),
     ({"$float": "1e999"}, "only inf, -inf and nan"),
 ])
@@ -96,10 +109,18 @@ def test_anything_else_is_refused_naming_what(saved, message):
 def test_what_cannot_be_read_back_is_not_written():
     with pytest.raises(TypeError, match="not one of"):
         json_state.dump(object())
-    with pytest.raises(TypeError, match="only text keys"):
+    with pytest.raises(TypeError, match="JSON keys are text"):
         json_state.dump({1: 2})
-    with pytest.raises(TypeError, match="only text keys"):
-        json_state.dump({"$nd": 2})
+
+
+@pytest.mark.parametrize("name", ["$nd", "$obj", "$counter", "$float", "$$x", "$", "plain"])
+def test_any_metric_name_reads_back_as_itself(name):
+    """A feedback metric may be named like a tag: its window still saves and reads back."""
+    values = ValueGroups()
+    values.add(7, 1.5)
+    back = _round_trip({"v2": {name: values}, name: 1.0})
+    assert set(back) == {"v2", name} and set(back["v2"]) == {name}
+    assert back["v2"][name].sums.sum() == 1.5
 
 
 def test_the_classes_read_are_the_gate_figures_only():
@@ -108,26 +129,52 @@ def test_the_classes_read_are_the_gate_figures_only():
 
 
 def test_a_field_of_another_type_is_refused():
-    with pytest.raises(ValueError, match=r"GateAggregate.requests is a str, not a int"):
-        json_state.load({"$obj": ["GateAggregate", {"requests": "7"}]})
-    with pytest.raises(ValueError, match=r"GateAggregate.latency_ms is a int, not a LogHistogram"):
-        json_state.load({"$obj": ["GateAggregate", {"latency_ms": 3}]})
+    saved = json_state.dump(GateAggregate())
+    for field, wrong, message in (("requests", "7", "requests is a str, not a int"),
+                                  ("latency_ms", 3, "latency_ms is a int, not a LogHistogram")):
+        damaged = {"$obj": ["GateAggregate", {**saved["$obj"][1], field: wrong}]}
+        with pytest.raises(ValueError, match=message):
+            json_state.load(damaged)
 
 
 def test_a_damaged_state_is_refused_with_a_value_error_only():
-    """Whatever a damaged row holds, reading it raises ValueError (the controller then starts
-    the step's window afresh) and nothing else."""
+    """Whatever a damaged row holds in place of any part, reading it raises ValueError (the
+    controller then starts the step's window afresh) or gives figures a look can use."""
     rng = np.random.default_rng(7)
-    saved = json.dumps(json_state.dump(_gate(rng, 300, 40)))
-    for trial in range(300):
-        text = list(saved)
-        for _ in range(rng.integers(1, 4)):
-            text[rng.integers(len(text))] = str(rng.choice(list('0129"[]{},:-aeAZ$ ')))
+    window = GateWindows()
+    window.add(10.0, {"v1": _gate(rng, 300, 40), "v2": _gate(rng, 50, 40)})
+    window.add_feedback(11.0, "v2", "correct", None, True, unit=3)
+    saved = json.loads(json.dumps(window.step_state(10.0), allow_nan=False))
+    replacements = [-1, 0, 10**30, 1.5, -2.5, "x", "", None, True, [], [1, -2], {}, {"a": 1},
+                    {"$nd": ["<i8", [2], "AA=="]}, {"$obj": ["GroupSums", {}]}, {"$counter": [[1, -3]]},
+                    {"$obj": ["ValueGroups", {"rows": [5], "counts": [1]}]}, {"$float": "nan"}]
+    outcomes = collections.Counter()
+    for _ in range(1500):
+        damaged = copy.deepcopy(saved)
+        nodes = list(_nodes(damaged["totals"]))
+        for _ in range(int(rng.integers(1, 3))):
+            parent, key = nodes[int(rng.integers(len(nodes)))]
+            parent[key] = copy.deepcopy(replacements[int(rng.integers(len(replacements)))])
+        fresh = GateWindows()
         try:
-            data = json.loads("".join(text))
-        except json.JSONDecodeError:
-            continue
-        try:
-            json_state.load(data)
+            taken = fresh.restore_step(damaged, 10.0)
         except ValueError:
-            pass
+            outcomes["refused"] += 1
+            continue
+        assert taken
+        looked = fresh.window(10.0, step=True)  # a look at what was taken works
+        window_stats(looked.gates, versions=("v1", "v2"), agreements=looked.agreements,
+                     values=looked.values, outcomes=looked.outcomes)
+        outcomes["taken"] += 1
+    assert outcomes["refused"] > 500, outcomes
+
+
+def _nodes(tree):
+    """(container, key) of every value below ``tree``."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in list(items):
+        yield tree, key
+        if isinstance(value, (dict, list)):
+            yield from _nodes(value)
+
+

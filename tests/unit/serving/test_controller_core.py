@@ -171,19 +171,16 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
         unsaved.append(second_of_traffic(core))
         send(core, unsaved[-1])
         core.tick()
-    clock.advance(1.0)
-    core.tick()
     assert core.status()["step_index"] == 1  # held in the pause, evidence accumulating
-    assert core.last_window["requests"] == {"v1": 11 * EV_STABLE, "v2": 11 * EV_CANDIDATE}
 
     restarted = ControllerCore(held, SqliteStateStore(path), clock)
     for traffic in unsaved:  # what the routers send again (serving/core/ledger.py)
         send(restarted, traffic)
-    restarted.tick()
-    assert restarted.last_window == core.last_window
     clock.advance(5.0)  # the next analysis (every interval_s), the same in both
     core.tick()
     restarted.tick()
+    assert core.last_window["requests"] == {"v1": 11 * EV_STABLE, "v2": 11 * EV_CANDIDATE}
+    assert restarted.last_window == core.last_window
     assert core.status()["gates"]
     assert [(g["metric"], g["verdict"], g["value"]) for g in restarted.status()["gates"]] == \
         [(g["metric"], g["verdict"], g["value"]) for g in core.status()["gates"]]
@@ -199,14 +196,42 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
     fresh = ControllerCore(held, older, clock)
     for traffic in unsaved:
         send(fresh, traffic)
+    clock.advance(5.0)
     fresh.tick()
     assert fresh.last_window["requests"] == {"v1": 3 * EV_STABLE, "v2": 3 * EV_CANDIDATE}
     # A damaged one is read as none (a warning), and the controller serves.
     older.save(f"stats:{core.run_id}", {**row, "gate_step": {"since_s": row["gate_step"]["since_s"],
                                                              "totals": {"$obj": ["Popen", {}]}}})
     damaged = ControllerCore(held, older, clock)
+    clock.advance(5.0)
     damaged.tick()
     assert damaged.last_window["requests"] == {"v1": 0, "v2": 0}
+
+
+def test_a_save_just_after_a_step_change_keeps_the_new_steps_window():
+    """A save between the tick that moved to a step and that step's first look holds the new
+    step's window (its reports are saved, so routers will not send them again)."""
+    clock = FakeClock()
+    cfg = experiment(analysis={"interval_s": 1, "min_samples": 10, "failure_limit": 0},
+                     steps=[{"set_weight": 10}, {"pause": {"duration": "5s"}}, {"set_weight": 50},
+                            {"pause": {"duration": "600s"}}])
+    store = MemoryStateStore()
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    run_for(core, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    assert core.status()["step_index"] == 3  # moved on at the last tick: 50%, held
+    assert core.rollout.state.step_started_at_s == clock()
+    for _ in range(2):  # the new step's reports, before its first look
+        clock.advance(0.4)
+        report(core, clock, "v1", 20)
+        report(core, clock, "v2", 20)
+    core.save_stats()
+    restarted = ControllerCore(cfg, store, clock)
+    clock.advance(1.0)
+    core.tick()
+    restarted.tick()
+    assert restarted.last_window == core.last_window
+    assert core.last_window["requests"]["v2"] >= 40  # (and what came in the second of the change)
 
 
 def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
