@@ -2,6 +2,7 @@
 
     python -m benchmarks.rollout_calibration --quick   # 3 cases x 3 runs: ~40 s on 2 cores; JSON line last
     python -m benchmarks.rollout_calibration           # the README's 8 cases x 40 runs: ~5 minutes
+    python -m benchmarks.rollout_calibration --quick --kill-every-s 17   # the controller killed every 17 s
 
 A simulated population sends traffic through a canary rollout driven by the real
 controller: :class:`serve_ab.serving.controller.ControllerCore` with a
@@ -64,6 +65,12 @@ while the candidate was at that weight (among the runs that analysed there): for
 candidate every such fail is a false one; and per pause's weight, how many of the runs that
 reached it left it for a larger weight (for ``errmax``, every one a false pass). One process, no Ray instance (``ray`` is imported
 for the controller module's deployment class only).
+
+``--kill-every-s S`` kills the controller every S simulated seconds: it saves every 5 s as
+the deployment does (``save_stats``), a new ``ControllerCore`` starts from the same store,
+and the router sends it the reports and feedback the last save lacks, as its ledger does.
+Runs with and without kills, from the same seeds, should then decide the same, at the same
+second.
 """
 
 from __future__ import annotations
@@ -89,13 +96,14 @@ from benchmarks.common import load_now
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.routing import NUM_BUCKETS, Assigner
-from serve_ab.serving.controller import ControllerCore
+from serve_ab.serving.controller import REPORT_INTERVAL_S, ControllerCore
 from serve_ab.serving.core.messages import IntervalReport
 from serve_ab.store.state import MemoryStateStore
 
 STABLE, CANDIDATE = "v1", "v2"
 N_CLASSES = 10
 START_S = 1_000_000.0
+SAVE_EVERY_S = REPORT_INTERVAL_S  # the controller saves the run's figures with each report refresh
 
 STEPS = [{"set_weight": 5}, {"pause": {"duration": "60s"}},
          {"set_weight": 20}, {"pause": {"duration": "60s"}},
@@ -224,12 +232,22 @@ def experiment(case: Case) -> ExperimentConfig:
     })
 
 
-def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = PopulationModel()) -> dict[str, Any]:
-    """One rollout from its first tick to promoted, aborted or ``max_s`` simulated seconds."""
+def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = PopulationModel(),
+            kill_every_s: float | None = None) -> dict[str, Any]:
+    """One rollout from its first tick to promoted, aborted or ``max_s`` simulated seconds.
+
+    ``kill_every_s``: the controller saves every :data:`SAVE_EVERY_S` seconds, as the real one
+    does, and is killed every ``kill_every_s`` seconds (a new ``ControllerCore`` from the same
+    store); the router then sends it again the reports and feedback the last save lacks, as
+    its ledger does (``serving/core/ledger.py``)."""
     rng = np.random.default_rng(seed)
     cand = CANDIDATES[case.candidate]
     t = [START_S]
-    core = ControllerCore(experiment(case), MemoryStateStore(), lambda: t[0])
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(case), store, lambda: t[0])
+    unsaved: list[tuple[IntervalReport, list[tuple]]] = []  # what a router keeps for a restart
+    saved_at_s = killed_at_s = START_S
+    kills = 0
     salt = f"calibration-{int(rng.integers(2**32))}"  # the experiment's salt: users' buckets differ per run
     assigner = Assigner({STABLE: 100.0, CANDIDATE: 0.0}, salt, rng=random.Random(int(rng.integers(2**63))))
     pop = Population(rng, max(int(case.rps * model.users_per_rps), 50), model, assigner)
@@ -255,10 +273,25 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
         t[0] = math.floor(t[0]) + 1.0
         aggregate.served_rows(rows, {snapshot.epoch: dict(snapshot.weights)})
         if aggregate:
-            core.record(IntervalReport("router-1", aggregate))
+            report = IntervalReport("router-1", aggregate)
+            core.record(report)
             aggregate = aggregate.next_interval()
-            if with_feedback:
-                feedback(core, rng, rows, users, pop, cand, t[0])
+            calls = feedback(rng, rows, users, pop, cand, t[0]) if with_feedback else []
+            for call in calls:
+                add_feedback(core, call)
+            unsaved.append((report, calls))
+        if kill_every_s is not None:
+            if t[0] - saved_at_s >= SAVE_EVERY_S:
+                core.save_stats()
+                unsaved, saved_at_s = [], t[0]
+            if t[0] - killed_at_s >= kill_every_s:
+                core = ControllerCore(experiment(case), store, lambda: t[0])
+                for report, calls in unsaved:
+                    core.record(report)
+                    for call in calls:
+                        add_feedback(core, call)
+                killed_at_s, kills = t[0], kills + 1
+                last_gates = core.status()["gates"]  # none yet: its first analysis is a new look
         t[0] += 0.5
         weight = status["weights_pct"][CANDIDATE]
         weights_seen.add(weight)
@@ -279,7 +312,7 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
             "weight": status["weights_pct"][CANDIDATE], "requests": n_requests,
             "fail_any": {f"{w:g}|{g}": v for (w, g), v in fail_any.items()},
             "looks": {f"{w:g}": n for w, n in looks.items()},
-            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]})}
+            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]}), "kills": kills}
 
 
 def serve_second(rng: np.random.Generator, pop: Population, n: int, cand: Candidate, assigner: Assigner,
@@ -314,20 +347,28 @@ def serve_second(rng: np.random.Generator, pop: Population, n: int, cand: Candid
     return rows, users
 
 
-def feedback(core: ControllerCore, rng: np.random.Generator, rows: list[tuple], users: np.ndarray,
-             pop: Population, cand: Candidate, now_s: float) -> None:
-    """Feedback with a token on some successful answers, as the controller's ``feedback``
-    method takes it (the token's version, unit and epoch)."""
+def feedback(rng: np.random.Generator, rows: list[tuple], users: np.ndarray, pop: Population,
+             cand: Candidate, now_s: float) -> list[tuple]:
+    """Feedback with a token on some successful answers: the calls :func:`add_feedback` makes."""
     ok = np.array([row[2] is None for row in rows])
     chosen = np.flatnonzero(ok & (rng.random(len(rows)) < pop.model.feedback_share))
     if not chosen.size:
-        return
+        return []
     is_candidate = np.array([rows[i][0] == CANDIDATE for i in chosen.tolist()])
     p_correct = pop.correct[users[chosen]] * np.where(is_candidate, cand.correct_mult, 1.0)
     correct = (rng.random(chosen.size) < p_correct).tolist()
+    calls = []
     for i, right in zip(chosen.tolist(), correct):
         version, _, _, _, _, unit, _, _, split, request_id = rows[i]
-        core.feedback.add(request_id, "correct", None, right, now_s, version, unit=unit, split=split)
+        calls.append((request_id, right, now_s, version, unit, split))
+    return calls
+
+
+def add_feedback(core: ControllerCore, call: tuple) -> None:
+    """One feedback, as the controller's ``feedback`` method takes it (the token's version,
+    unit and epoch)."""
+    request_id, right, now_s, version, unit, split = call
+    core.feedback.add(request_id, "correct", None, right, now_s, version, unit=unit, split=split)
 
 
 # -- summaries -----------------------------------------------------------------------------
@@ -424,6 +465,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
         "load_before": load_now(), "seed": args.seed, "reps": reps, "max_s": args.max_s,
+        "kill_every_s": args.kill_every_s,
         "config": {"analysis": ANALYSIS, "steps": STEPS, "gates": GATE_SETS,
                    "population": asdict(PopulationModel()),
                    "candidates": {name: asdict(c) for name, c in CANDIDATES.items()}},
@@ -434,7 +476,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for rep in range(reps):
             t0 = time.perf_counter()
-            out = one_run(case, np.random.SeedSequence([args.seed, zlib.crc32(name.encode()), rep]), args.max_s)
+            out = one_run(case, np.random.SeedSequence([args.seed, zlib.crc32(name.encode()), rep]), args.max_s,
+                          kill_every_s=args.kill_every_s)
             out["wall_s"] = time.perf_counter() - t0
             runs.append(out)
         result["cases"][name] = summarise(case, runs)
@@ -455,7 +498,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run this case (repeatable) instead of the mode's")
     parser.add_argument("--max-s", type=float, default=1800.0,
                         help="simulated seconds before a run counts as unfinished (default 1800)")
+    parser.add_argument("--kill-every-s", type=float, default=None,
+                        help="kill the controller every this many simulated seconds (it saves every "
+                             f"{SAVE_EVERY_S:g} s; the router sends again what the last save lacks)")
     args = parser.parse_args(argv)
+    if args.kill_every_s is not None and not args.kill_every_s > 0:
+        parser.error(f"--kill-every-s is {args.kill_every_s}; give seconds above 0, e.g. --kill-every-s 17")
     if args.reps is not None and args.reps < 1:
         parser.error(f"--reps is {args.reps}; give at least 1, e.g. --reps 40")
     return args

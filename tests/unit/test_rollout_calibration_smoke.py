@@ -60,3 +60,16 @@ def test_keyed_canary_at_100_per_second_holds_without_an_assumption_and_passes_w
     assumed = calibration.one_run(calibration.CASES["aa_keyed_100_icc0.1"], seed, max_s=600)
     assert (held["phase"], held["cause"]) == ("aborted", "deadline"), held["reason"]
     assert assumed["phase"] == "promoted", assumed["reason"]
+
+
+def test_a_controller_killed_every_few_seconds_decides_as_one_never_killed():
+    """With the step's gate window saved and the router's unsaved reports sent again, kills
+    change no decision, nor its second. (When the window was lost at a kill, a kill every
+    17 s left a good keyed canary 7 times in 10 to the progress deadline.)"""
+    case = calibration.CASES["aa_keyed_400"]
+    for rep in range(2):
+        kept = calibration.one_run(case, np.random.SeedSequence([3, rep]), max_s=400)
+        killed = calibration.one_run(case, np.random.SeedSequence([3, rep]), max_s=400, kill_every_s=13)
+        assert killed["kills"] >= 10
+        for key in ("phase", "t_s", "cause", "weight", "fail_any", "looks"):
+            assert killed[key] == kept[key], key
