@@ -45,8 +45,11 @@ _DTYPES = frozenset(np.dtype(t).str for t in (np.uint8, np.uint16, np.uint32, np
 _TAGS = frozenset({"$nd", "$obj", "$counter", "$float"})
 # Arrays past this many bytes are compressed (level 1: about 1 ms for a 256 KB array).
 _COMPRESS_AFTER_BYTES = 4096
-# Classes a saved class count may name: a look lists every class up to the largest it holds.
-_MAX_CLASSES = 1 << 20
+# Classes a saved class count may name: a look lists every class up to the largest it holds
+# (a model of more classes starts its step's window afresh after a restart).
+_MAX_CLASSES = 1 << 16
+# The most requests a saved figure may count (a step of 10^12 requests).
+_MAX_COUNT = 1 << 40
 # What an array may inflate to: the largest the gate figures hold is 64K int32 cell counts.
 _MAX_ARRAY_BYTES = 1 << 22
 
@@ -110,7 +113,7 @@ def _load(data: Any) -> Any:
         if tag == "$counter":
             counter = collections.Counter({_load(k): _load(n) for k, n in body})
             # Predicted classes (a model's output index): a look spans 0 to the largest.
-            if not all(_is_whole(k) and 0 <= k < _MAX_CLASSES and _is_whole(n) and n >= 0
+            if not all(_is_whole(k) and 0 <= k < _MAX_CLASSES and _is_whole(n) and 0 <= n <= _MAX_COUNT
                        for k, n in counter.items()):
                 raise ValueError(f"a saved class count is not one of a class in [0, {_MAX_CLASSES}) and a "
                                  "count of at least 0")
@@ -132,7 +135,33 @@ def _object(name: str, state: Any) -> Any:
         _check_fields(cls, state)
     out = cls.__new__(cls)
     out.__setstate__(state)  # each class reads its own state, as from a router's report
+    _CHECKS.get(cls, lambda _: None)(out)
     return out
+
+
+# Figures that add up, as every router's do: a damaged count that a look would take (a
+# histogram's count of 10^30, a class counted 2^62 times) makes every later look raise or run
+# for minutes, and the rollout would hold with it.
+def _check_histogram(h: LogHistogram) -> None:
+    if not (0 <= h.count <= _MAX_COUNT and int(h.counts.sum()) == h.count and math.isfinite(h.total)
+            and (h.count == 0 or h.min <= h.max)):
+        raise ValueError(f"a saved histogram does not add up: count {h.count!r}, buckets {int(h.counts.sum())}, "
+                         f"sum {h.total!r}, min {h.min!r}, max {h.max!r}")
+
+
+def _check_gate(g: GateAggregate) -> None:
+    served = g.requests - g.errors
+    if not (0 <= g.errors <= g.requests <= _MAX_COUNT):
+        raise ValueError(f"a saved gate figure has {g.requests!r} requests and {g.errors!r} errors")
+    if g.latency_ms.count != served or g.scores.count > served or sum(g.class_counts.values()) > served:
+        raise ValueError(f"a saved gate figure does not add up: {served} successful requests, "
+                         f"{g.latency_ms.count} latencies, {g.scores.count} scores, "
+                         f"{sum(g.class_counts.values())} classes")
+    if int(g.groups.requests.sum()) != g.requests or int(g.groups.errors.sum()) != g.errors:
+        raise ValueError("a saved gate figure's groups do not add up to its requests and errors")
+
+
+_CHECKS = {LogHistogram: _check_histogram, GateAggregate: _check_gate}
 
 
 def _check_fields(cls: type, state: dict) -> None:

@@ -137,6 +137,7 @@ class ControllerCore:
         # per second for a sliding window_s, and as a running total over the step).
         window_s = cfg.rollout.analysis.window_s if cfg.rollout is not None else None
         self.gate_windows = GateWindows(keep_s=(window_s or 0.0) + 120.0)
+        self._window_restored = False  # until a look has read the window a save gave back
         self.reports = RouterReports()
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
@@ -270,6 +271,7 @@ class ControllerCore:
                            "the step's gates start from the next reports", self.key, err)
             return
         if taken:
+            self._window_restored = True
             logger.info("serve-ab controller resumed the gate window of step %s of %s",
                         self.rollout.state.step_index, self.key)
 
@@ -360,6 +362,26 @@ class ControllerCore:
         """
         if self.rollout is None:
             return False
+        if not self._window_restored:
+            return self._tick(promql, webhooks)
+        try:
+            changed = self._tick(promql, webhooks)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            # A look the restored window broke (a damaged save that read back as figures):
+            # the step's gates start afresh rather than fail at every tick from now on.
+            logger.warning("serve-ab controller dropped the gate window it resumed for %s: a look at it "
+                           "failed; the step's gates start from the next reports", self.key, exc_info=True)
+            self.gate_windows = GateWindows(keep_s=self.gate_windows.keep_s)
+            self._window_restored = False
+            raise
+        if self.last_window is not None:  # a look read it: from now on it is this controller's own
+            self._window_restored = False
+        return changed
+
+    def _tick(self, promql: Mapping[str, PromQLResult] | None,
+              webhooks: Mapping[str, WebhookResult] | None) -> bool:
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         # An analysis reads the whole current step (its weights), up to window_s back when set:

@@ -128,6 +128,24 @@ def test_the_classes_read_are_the_gate_figures_only():
     assert json_state._CLASSES["GroupSums"] is GroupSums and json_state._CLASSES["LogHistogram"] is LogHistogram
 
 
+def test_figures_that_do_not_add_up_are_refused():
+    """Damage a look would take and then fail on, or run for minutes on (a reviewer's cases)."""
+    rng = np.random.default_rng(11)
+    saved = json_state.dump(_gate(rng, 200, 30))
+    fields = saved["$obj"][1]
+    latency = fields["latency_ms"]["$obj"][1]
+    for damaged, message in (
+            ({**fields, "latency_ms": {"$obj": ["LogHistogram", {**latency, "count": 10**30}]}}, "does not add up"),
+            ({**fields, "requests": 10**30}, "requests"),
+            ({**fields, "errors": fields["requests"] + 1}, "requests"),
+            ({**fields, "class_counts": {"$counter": [[3, 2**62]]}}, "class count"),
+            ({**fields, "class_counts": {"$counter": [[3, 10**6]]}}, "does not add up"),
+            ({**fields, "class_counts": {"$counter": [[2**16, 1]]}}, "class count"),
+            ({**fields, "requests": fields["requests"] + 5}, "does not add up")):
+        with pytest.raises(ValueError, match=message):
+            json_state.load({"$obj": ["GateAggregate", damaged]})
+
+
 def test_a_field_of_another_type_is_refused():
     saved = json_state.dump(GateAggregate())
     for field, wrong, message in (("requests", "7", "requests is a str, not a int"),

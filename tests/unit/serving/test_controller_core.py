@@ -208,6 +208,37 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
     assert damaged.last_window["requests"] == {"v1": 0, "v2": 0}
 
 
+def test_a_resumed_window_that_a_look_fails_on_is_dropped(monkeypatch):
+    """A saved window that reads back as figures but breaks a look must not fail every tick
+    of the step: the first failure drops it, and the next tick looks at the reports alone."""
+    import serve_ab.serving.controller as controller_module
+
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    run_for(core, clock, 3, {"v1": (EV_STABLE, {}), "v2": (EV_CANDIDATE, {})})
+    core.save_stats()
+    restarted = ControllerCore(experiment(), store, clock)
+    real = controller_module.window_stats
+    monkeypatch.setattr(controller_module, "window_stats", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        restarted.tick()
+    monkeypatch.setattr(controller_module, "window_stats", real)
+    clock.advance(5.0)
+    report(restarted, clock, "v2", 7)
+    restarted.tick()
+    assert restarted.last_window["requests"] == {"v1": 0, "v2": 7}  # the resumed 3 s are gone
+    # A controller's own window is never dropped so: the same failure now just raises.
+    monkeypatch.setattr(controller_module, "window_stats", lambda *a, **k: 1 / 0)
+    clock.advance(5.0)
+    with pytest.raises(ZeroDivisionError):
+        restarted.tick()
+    monkeypatch.setattr(controller_module, "window_stats", real)
+    restarted.tick()
+    assert restarted.last_window["requests"] == {"v1": 0, "v2": 7}
+
+
 def test_a_save_just_after_a_step_change_keeps_the_new_steps_window():
     """A save between the tick that moved to a step and that step's first look holds the new
     step's window (its reports are saved, so routers will not send them again)."""
