@@ -286,9 +286,14 @@ def test_the_controller_killed_under_load_loses_no_counted_request_or_feedback(h
         answered = client.feedback_ok
         wait_for(lambda: client.feedback_ok >= answered + 30, "feedback answered by the new controller")
     poll(lambda: counted(http, base)[0] >= client.ok, 30)  # the last reports (asserted below)
-    time.sleep(1.5)  # a report sent again late would show as a request counted twice; and a look
+    time.sleep(1.0)  # a report sent again late would show as a request counted twice
     requests, feedback = counted(http, base)
-    window = http.get(f"{base}/rollout/status").json()["window"]
+    # The gates look every second; on a busy machine a look may come late: wait for one that
+    # read everything counted (a window that lacks some never gets there: the load has stopped).
+    status_url = f"{base}/rollout/status"
+    window = (poll(lambda: (w := http.get(status_url).json()["window"]) and
+                   sum(w["requests"].values()) >= requests and w, 30)
+              or http.get(status_url).json()["window"])
     print(f"\ncontroller killed at {at_kill[0]} requests and {at_kill[1]} feedback answered; in all "
           f"{client.ok} requests ({len(client.failed)} failed), {client.feedback_ok} feedback answered 202 "
           f"({len(client.feedback_failed)} refused: {sorted(set(client.feedback_failed))}); counted "
