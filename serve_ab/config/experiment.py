@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -239,6 +240,21 @@ class DeploymentOptions(_Strict):
 # runtime_env, they change that deployment's replicas only (ray/serve/_private/constants.py).
 RAY_USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
 RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
+
+
+# How often a replica (and each handle in it) moves Ray Serve's cached request metrics into
+# Ray's recorder: every 100 ms by default, a timer that costs an idle process about 2 ms of CPU
+# a second per loop (benchmarks/README.md, eighteenth round). Ray exports a process's metrics
+# at most once a second (max(metrics_report_interval_ms, 1000), 10 s by default), so a faster
+# move shows nowhere; serve-ab's deployments move them once a second. Read by each replica at start.
+RAY_METRICS_EXPORT_ENV = "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"
+METRICS_EXPORT_INTERVAL_MS = 1000
+
+
+def metrics_export_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The export interval serve-ab's replicas get: the cluster's own where the building process
+    has one set (0 exports every change at once), else once a second."""
+    return {RAY_METRICS_EXPORT_ENV: environ.get(RAY_METRICS_EXPORT_ENV, str(METRICS_EXPORT_INTERVAL_MS))}
 
 
 # The largest gRPC message a replica takes between deployments (4 MiB by default): read by

@@ -21,6 +21,7 @@ from serve_ab.config.experiment import (
     RAY_GRPC_MESSAGE_ENV,
     VersionDeploymentOptions,
     format_validation_error,
+    metrics_export_env,
     parse_experiment,
     with_env_vars,
 )
@@ -136,20 +137,23 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     # answer (or a request) over 4 MiB would fail as if the version had.
     grpc_env = ({RAY_GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_MAX_BYTES)}
                 if isolated and cfg.isolation.transport == "grpc" else {})
+    # Every deployment of the app: Serve's metrics moved to Ray's recorder once a second.
+    env = {**metrics_export_env(os.environ), **grpc_env}
     pools = None
     if isolated:
         pools = {
             version.name: ModelPool.options(
                 name=f"version-{version.name}",
-                **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), grpc_env),
+                **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), env),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }
     # Every app has a controller: it holds the figures of the report and the metrics, and
     # runs the rollout when there is one.
+    controller_actor = {"num_cpus": cfg.controller.num_cpus,
+                        **({"resources": dict(cfg.controller.resources)} if cfg.controller.resources else {})}
     controller = ExperimentController.options(
-        ray_actor_options={"num_cpus": cfg.controller.num_cpus,
-                           **({"resources": dict(cfg.controller.resources)} if cfg.controller.resources else {})},
+        **with_env_vars({"ray_actor_options": controller_actor}, metrics_export_env(os.environ)),
         # Its ongoing requests at shutdown are the routers' long polls, which return within
         # LONG_POLL_TIMEOUT_S; checked every CONTROLLER_SHUTDOWN_LOOP_S, so a delete takes about
         # that long plus the final record, not Ray's default 2 s wait loops.
@@ -158,7 +162,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     ).bind(experiment)
     # Ray Serve's access line, with the version that answered (serve_ab/api/access_log.py).
     # A logging_config only to switch it off: a deployment's own one would hide the app's.
-    router_options = with_env_vars(cfg.router.to_ray(isolated=isolated), grpc_env)
+    router_options = with_env_vars(cfg.router.to_ray(isolated=isolated), env)
     if not cfg.router.access_log:
         router_options["logging_config"] = {"enable_access_log": False}
     return Router.options(**router_options).bind(experiment, pools, controller)
