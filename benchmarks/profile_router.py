@@ -87,7 +87,8 @@ def app_processes(app: str) -> dict[str, int]:
             except OSError:
                 continue
             if title.startswith(f"ray::ServeReplica:{app}:"):
-                found[title.split(":")[-1].split()[0]] = int(entry)
+                # "...:Controller" or, while it serves a call, "...:Controller.handle_request_with_rejection"
+                found[title.split(":")[-1].split()[0].split(".")[0]] = int(entry)
             elif title.startswith("ray::ProxyActor"):
                 found["(Serve's proxy)"] = int(entry)
     return found
