@@ -252,8 +252,8 @@ METRICS_EXPORT_INTERVAL_MS = 1000
 
 
 def metrics_export_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The export interval serve-ab's replicas get: the cluster's own where the building process
-    has one set (0 exports every change at once), else once a second."""
+    """The export interval serve-ab's replicas get: the one set in ``environ`` (the environment
+    the app is built in) if any (0 moves every change at once), else once a second."""
     return {RAY_METRICS_EXPORT_ENV: environ.get(RAY_METRICS_EXPORT_ENV, str(METRICS_EXPORT_INTERVAL_MS))}
 
 

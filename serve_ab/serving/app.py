@@ -138,7 +138,8 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     grpc_env = ({RAY_GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_MAX_BYTES)}
                 if isolated and cfg.isolation.transport == "grpc" else {})
     # Every deployment of the app: Serve's metrics moved to Ray's recorder once a second.
-    env = {**metrics_export_env(os.environ), **grpc_env}
+    export_env = metrics_export_env(os.environ)
+    env = {**export_env, **grpc_env}
     pools = None
     if isolated:
         pools = {
@@ -153,7 +154,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     controller_actor = {"num_cpus": cfg.controller.num_cpus,
                         **({"resources": dict(cfg.controller.resources)} if cfg.controller.resources else {})}
     controller = ExperimentController.options(
-        **with_env_vars({"ray_actor_options": controller_actor}, metrics_export_env(os.environ)),
+        **with_env_vars({"ray_actor_options": controller_actor}, export_env),
         # Its ongoing requests at shutdown are the routers' long polls, which return within
         # LONG_POLL_TIMEOUT_S; checked every CONTROLLER_SHUTDOWN_LOOP_S, so a delete takes about
         # that long plus the final record, not Ray's default 2 s wait loops.

@@ -3,12 +3,20 @@ deployment only records its options)."""
 
 from __future__ import annotations
 
+import pytest
+
 from serve_ab import build_app
 
 LINEAR = "tests.unit.backends.python_models:Linear"
 GRPC_LIMIT = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647"}
 EXPORT = "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"
 EXPORT_1S = {EXPORT: "1000"}
+
+
+@pytest.fixture(autouse=True)
+def no_export_interval_set(monkeypatch):
+    # The figures below are the defaults; one set where the tests run would be kept instead.
+    monkeypatch.delenv(EXPORT, raising=False)
 
 
 def experiment(**more):
@@ -54,7 +62,6 @@ def test_actor_calls_and_colocated_routers_set_no_message_limit():
 def test_every_deployment_moves_serve_metrics_to_ray_once_a_second(monkeypatch):
     # Ray exports a process's metrics at most once a second; Serve's 100-ms default moves them
     # ten times as often, a timer that costs each idle replica and handle CPU for nothing.
-    monkeypatch.delenv(EXPORT, raising=False)
     for placement in ("colocated", "isolated"):
         app = build_app(experiment(placement=placement))
         router, versions = env_vars(app)
