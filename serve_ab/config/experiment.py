@@ -244,7 +244,7 @@ RAY_HANDLE_LOOP_ENV = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
 
 # How often a replica (and each handle in it) moves Ray Serve's cached request metrics into
 # Ray's recorder: every 100 ms by default, a timer that costs an idle process about 2 ms of CPU
-# a second per loop (benchmarks/README.md, eighteenth round). Ray exports a process's metrics
+# a second per timer (benchmarks/README.md, eighteenth round). Ray exports a process's metrics
 # at most once a second (max(metrics_report_interval_ms, 1000), 10 s by default), so a faster
 # move shows nowhere; serve-ab's deployments move them once a second. Read by each replica at start.
 RAY_METRICS_EXPORT_ENV = "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"
