@@ -17,6 +17,7 @@ through a DeploymentHandle across apps; the experiment app answers 404 on ``/met
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI, Response
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from serve_ab.config import MetricsAppConfig  # its schema lives with the others, for serve-ab validate
+from serve_ab.config.experiment import metrics_export_env, with_env_vars
 
 metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
 
@@ -50,4 +52,6 @@ class MetricsEndpoint:
 
 def build(args: dict[str, Any]) -> Any:
     cfg = MetricsAppConfig.model_validate(args)
-    return MetricsEndpoint.options(ray_actor_options={"num_cpus": cfg.num_cpus}).bind(cfg.app)
+    # Serve's metrics moved to Ray's recorder once a second, as in the experiment's deployments.
+    options = with_env_vars({"ray_actor_options": {"num_cpus": cfg.num_cpus}}, metrics_export_env(os.environ))
+    return MetricsEndpoint.options(**options).bind(cfg.app)

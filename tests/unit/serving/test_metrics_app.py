@@ -17,6 +17,10 @@ def test_bad_arguments_name_the_field(args, field):
     assert "metrics app" in str(raised.value)
 
 
-def test_good_arguments_bind_one_deployment():
+def test_good_arguments_bind_one_deployment(monkeypatch):
+    monkeypatch.delenv("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", raising=False)
     app = build_metrics_app({"app": "digits"})
     assert type(app).__name__ == "Application"
+    # Serve's metrics moved to Ray once a second, as in the experiment's own deployments.
+    options = app._bound_deployment.ray_actor_options
+    assert options["runtime_env"] == {"env_vars": {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}}
