@@ -116,7 +116,7 @@ def _load(data: Any) -> Any:
             if not all(_is_whole(k) and 0 <= k < _MAX_CLASSES and _is_whole(n) and 0 <= n <= _MAX_COUNT
                        for k, n in counter.items()):
                 raise ValueError(f"a saved class count is not one of a class in [0, {_MAX_CLASSES}) and a "
-                                 "count of at least 0")
+                                 f"count in [0, {_MAX_COUNT}]")
             return counter
         return _object(*body)
     if any(k.startswith("$") and not k.startswith("$$") for k in data):
