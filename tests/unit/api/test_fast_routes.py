@@ -14,7 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from serve_ab.api.fast_routes import FastRoute, FastRoutes, route_path
+from starlette.datastructures import Headers
+
+from serve_ab.api.fast_routes import FastRequest, FastRoute, FastRoutes, ScopeHeaders, route_path
 from serve_ab.api.http_util import (
     decode_json,
     decode_json_unique_keys,
@@ -89,6 +91,32 @@ def test_errors_are_the_same_answers_fastapi_gives():
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
     broken = client.post("/broken", json={})
     assert broken.status_code == 500 and broken.text == "Internal Server Error"
+
+
+def test_scope_headers_get_answers_what_starlettes_get_answers():
+    rng = random.Random(7)
+    names = [b"x-pin", b"authorization", b"content-length", b"x-user"]
+    for _ in range(300):
+        lines = [(rng.choice(names), str(rng.randrange(100)).encode()) for _ in range(rng.randrange(6))]
+        scope = {"type": "http", "headers": list(lines)}
+        ours, theirs = ScopeHeaders(scope), Headers(raw=list(lines))
+        for name in ["X-Pin", "authorization", "Content-Length", "x-user", "absent"]:
+            assert ours.get(name) == theirs.get(name)  # the first line of that name, or None
+            assert ours.get(name, "default") == theirs.get(name, "default")
+        assert ours.getlist("x-pin") == theirs.getlist("x-pin")
+
+
+def test_the_fast_routes_hand_over_a_request_with_scope_headers():
+    handed: list[Request] = []
+
+    async def route(request: Request):
+        handed.append(request)
+        return json_response({"pin": request.headers.get("x-pin"), "user": request.headers.get("X-User")})
+
+    client = TestClient(FastRoutes(FastAPI(), [FastRoute("POST", "/predict", route)]))
+    answer = client.post("/predict", json={}, headers={"x-user": "u1"})
+    assert answer.json() == {"pin": None, "user": "u1"}
+    assert type(handed[0]) is FastRequest and isinstance(handed[0].headers, ScopeHeaders)
 
 
 def test_route_path_is_below_the_apps_route_prefix():
