@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import bench_request_path
+from benchmarks import bench_path_parts, bench_request_path
 from benchmarks.profile_router import PARTS, read_collapsed, summarize
 from benchmarks.common import MODELS
 
@@ -44,6 +44,43 @@ def test_the_handle_candidate_runs_the_routers_own_method_with_rays_request_id()
             assert answer["feedback_token"].startswith(answer["version"] + ".")
         else:
             assert answer["feedback_token"] is None
+
+
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
+def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys):
+    from serve_ab.serving import http as routes
+    from serve_ab.serving.core import router, versions
+
+    before = (router.to_batch, versions.check_outputs, routes._pinned)
+    assert bench_path_parts.main(["--pairs", "4", "--evict-mib", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(report["added_us"]) == ["serve-ab - plain", "decision", "key hash", "input checks", "output checks",
+                                        "pin check", "access-line note", "observation", "request id"]
+    assert all(set(line) == {"mean", "se"} for line in report["added_us"].values())
+    assert (router.to_batch, versions.check_outputs, routes._pinned) == before
+    assert routes._served is None  # the module's core slot, left as found
+
+
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
+def test_each_part_taken_out_changes_the_path_and_goes_back():
+    from benchmarks.bench_request_path import serve_ab_core
+    from serve_ab.routing import Assigner
+
+    core = serve_ab_core()
+    for name, (take_out, put_back) in bench_path_parts.parts(core).items():
+        take_out()
+        put_back()
+    assert core.on_answer is not None and core.request_id() != "a-request-id"
+    assert core.decision.assigner.assign_unit.__func__ is Assigner.assign_unit
+    take_out, put_back = bench_path_parts.parts(core)["request id"]
+    take_out()
+    assert core.request_id() == "a-request-id"
+    put_back()
+
+
+def test_bench_path_parts_needs_two_pairs(capsys):
+    assert bench_path_parts.main(["--pairs", "1"]) == 2
+    assert "--pairs is 1" in capsys.readouterr().err
 
 
 def test_cold_needs_something_to_read(capsys):
