@@ -77,9 +77,9 @@ def check_outputs(name: str, outputs: Any, rows: int, spec: OutputSpec | OutputS
     """Raise :class:`BadOutput` unless ``outputs`` are finite arrays, one row per input row,
     shaped as ``spec`` declares (its free dimensions, -1, take any size)."""
     if type(outputs) is np.ndarray and not isinstance(spec, OutputSpecs):
-        # One output, the common case, checked straight away: building the list of (array,
-        # spec) pairs and a generator for the shape made these checks 14 us of a cold request,
-        # 7 without (benchmarks/bench_path_parts.py).
+        # One output, the common case, checked straight away: the list of (array, spec) pairs
+        # and a generator for the shape cost 5 us more a cold request (benchmarks/README.md,
+        # nineteenth round).
         _check_output(name, outputs, rows, spec)
         return
     specs = None if spec is None else specs_of(spec)
