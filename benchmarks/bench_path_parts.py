@@ -27,7 +27,7 @@ state a replica's path runs in at concurrency 1, where the proxy, the client and
 processes run between two requests. No Ray here; ``bench_serving`` measures the same path in
 a replica.
 
-    python -m benchmarks.bench_path_parts            # ~2 minutes
+    python -m benchmarks.bench_path_parts            # ~2.5 minutes
     python -m benchmarks.bench_path_parts --quick    # ~30 s
 """
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         for side in (0, 1):
             notes.take(f"req-{i}-{side}")
 
-    async def run() -> dict[str, list[float]]:
+    async def run() -> dict[str, tuple[float, float, float, float]]:
         flush = asyncio.get_running_loop().create_task(core.flush())  # reports go out, as in a replica
         evict = Evictor(args.evict_mib)
         try:

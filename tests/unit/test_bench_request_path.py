@@ -62,14 +62,27 @@ def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys):
 
 
 @pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
-def test_each_part_taken_out_changes_the_path_and_goes_back():
-    from benchmarks.bench_request_path import serve_ab_core
+def test_with_each_part_taken_out_a_request_is_still_answered_and_the_part_goes_back():
+    import asyncio
+
+    from benchmarks.bench_request_path import call, serve_ab_core
+    from benchmarks.common import request_bodies
     from serve_ab.routing import Assigner
+    from serve_ab.serving import http as routes
+    from serve_ab.serving.core.auth import ControlAuth
 
     core = serve_ab_core()
-    for name, (take_out, put_back) in bench_path_parts.parts(core).items():
-        take_out()
-        put_back()
+    body = request_bodies(1)[0][0].encode()
+    routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
+    try:
+        for name, (take_out, put_back) in bench_path_parts.parts(core).items():
+            take_out()
+            try:
+                assert asyncio.run(call(routes.app, "/predict", body)) == 200, name
+            finally:
+                put_back()
+    finally:
+        routes.use_core(None)
     assert core.on_answer is not None and core.request_id() != "a-request-id"
     assert core.decision.assigner.assign_unit.__func__ is Assigner.assign_unit
     take_out, put_back = bench_path_parts.parts(core)["request id"]
