@@ -5,7 +5,8 @@ whose rounds spread by tens of microseconds with the caches cold. This pairs ins
 call, the same request goes through serve-ab's app with one part of its path taken out and
 with everything in (in alternating order), so that each pair sees the same machine and the
 mean of the differences has a standard error of about a microsecond. The first line pairs
-serve-ab's whole path with plain's (``bench_request_path``'s ``plain``) the same way.
+serve-ab's whole path with plain's (``bench_request_path``'s ``plain``) the same way, plain
+answering each body with the model (v1 or v3) that serve-ab's split gives its user.
 
 A part taken out is replaced by the least that keeps the request answered, so its line is what
 that feature costs a request:
@@ -53,8 +54,18 @@ Switch = tuple[Callable[[], None], Callable[[], None]]
 
 
 def _swap(owner: Any, name: str, replacement: Any) -> Switch:
+    """Set ``owner.name`` to ``replacement``, and back as it was: a method the class gives (not
+    the instance) is given by the class again, not left behind as an instance attribute."""
+    own = hasattr(owner, "__dict__") and name in vars(owner)
     original = getattr(owner, name)
-    return (lambda: setattr(owner, name, replacement)), (lambda: setattr(owner, name, original))
+
+    def put_back() -> None:
+        if own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
+
+    return (lambda: setattr(owner, name, replacement)), put_back
 
 
 def parts(core: Any) -> dict[str, Switch]:
@@ -105,13 +116,16 @@ async def paired(first: Callable[[int], Any], second: Callable[[int], Any], pair
             await asyncio.sleep(0)  # the loop's other tasks (the core's report loop) run, as in a replica
             in_request_context(f"req-{i}-{side}")
             if side == 1:
+                # Before the eviction, which then empties the caches of what turning it touched:
+                # turned after it, the switch warmed its own module's globals for that call only
+                # (every part read 2-6 us dearer, 20:48).
                 switch[0]()
-            evict()
-            started = time.perf_counter()
             try:
+                evict()
+                started = time.perf_counter()
                 await (first if side == 0 else second)(i)
-            finally:
                 elapsed_us = (time.perf_counter() - started) * 1e6
+            finally:
                 if side == 1:
                     switch[1]()
             times[side].append(elapsed_us)
@@ -156,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     core = serve_ab_core()
     core.on_answer = notes.note
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
-    plain = plain_app(str(MODELS / "v1" / "model.onnx"))
+    # Plain answers each body with the model serve-ab's split gives its user, so that the
+    # first line compares the paths and not v1's model with v3's.
+    plains = {name: plain_app(str(MODELS / name / "model.onnx")) for name in core.versions}
+    plain_for = [plains[core.decision.assigner.assign(json.loads(body)["user_id"])] for body in json_bodies]
 
     async def serve_ab(i: int) -> None:
         if await call(routes.app, "/predict", bodies[i % len(bodies)]) != 200:
             raise RuntimeError("serve-ab's /predict did not answer 200")
 
     async def plain_call(i: int) -> None:
-        if await call(plain, "/", bodies[i % len(bodies)]) != 200:
+        if await call(plain_for[i % len(bodies)], "/", bodies[i % len(bodies)]) != 200:
             raise RuntimeError("plain did not answer 200")
 
     def take_notes(i: int) -> None:

@@ -62,33 +62,85 @@ def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys):
 
 
 @pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
-def test_with_each_part_taken_out_a_request_is_still_answered_and_the_part_goes_back():
+def test_each_part_taken_out_is_out_of_an_answered_request_and_goes_back(monkeypatch):
+    """With each part out, /predict still answers 200 and runs the replacement instead of the
+    part (else the part's line would read about 0 us without a word); put back, the core is
+    as it was, no method left behind on the instance."""
     import asyncio
+    import collections
 
     from benchmarks.bench_request_path import call, serve_ab_core
     from benchmarks.common import request_bodies
-    from serve_ab.routing import Assigner
     from serve_ab.serving import http as routes
     from serve_ab.serving.core.auth import ControlAuth
 
+    calls: collections.Counter[str] = collections.Counter()
+    real_swap = bench_path_parts._swap
+
+    def counting_swap(owner, name, replacement):
+        if callable(replacement):
+            def counted(*args, inner=replacement, **kwargs):
+                calls[name] += 1
+                return inner(*args, **kwargs)
+            return real_swap(owner, name, counted)
+        return real_swap(owner, name, replacement)
+
+    monkeypatch.setattr(bench_path_parts, "_swap", counting_swap)
     core = serve_ab_core()
+    noted: list[str] = []  # the versions noted for the access line, one per answer
+
+    def note(request_id: str, version: str) -> None:
+        noted.append(version)
+
+    core.on_answer = note
     body = request_bodies(1)[0][0].encode()
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
+    replaced = {"decision": "choose", "key hash": "assign_unit", "input checks": "to_batch",
+                "output checks": "check_outputs", "pin check": "_pinned", "observation": "served",
+                "request id": "request_id"}
     try:
-        for name, (take_out, put_back) in bench_path_parts.parts(core).items():
+        parts = bench_path_parts.parts(core)
+        assert set(parts) == {*replaced, "access-line note"}
+        for name, (take_out, put_back) in parts.items():
+            notes_before = len(noted)
             take_out()
             try:
                 assert asyncio.run(call(routes.app, "/predict", body)) == 200, name
             finally:
                 put_back()
+            if name == "access-line note":
+                assert len(noted) == notes_before  # nothing noted with the note taken out
+            else:
+                assert calls[replaced[name]] >= 1, f"{name}: its replacement never ran"
+        notes_before = len(noted)
+        assert asyncio.run(call(routes.app, "/predict", body)) == 200
+        assert len(noted) == notes_before + 1  # put back: the next answer is noted again
     finally:
         routes.use_core(None)
-    assert core.on_answer is not None and core.request_id() != "a-request-id"
-    assert core.decision.assigner.assign_unit.__func__ is Assigner.assign_unit
-    take_out, put_back = bench_path_parts.parts(core)["request id"]
-    take_out()
-    assert core.request_id() == "a-request-id"
-    put_back()
+    # a class's method is the class's again, not an instance attribute left behind
+    assert "choose" not in vars(core) and "assign_unit" not in vars(core.decision.assigner)
+    assert "served" not in vars(core.observations)
+    assert core.on_answer is note and core.request_id() != "a-request-id"
+
+
+def test_paired_puts_the_part_back_when_the_call_fails():
+    import asyncio
+
+    from benchmarks.bench_request_path import Evictor
+
+    state = {"out": False}
+    switch = (lambda: state.update(out=True)), (lambda: state.update(out=False))
+
+    async def fine(i: int) -> None:
+        return None
+
+    async def failing(i: int) -> None:
+        assert state["out"]  # the part is out while the call runs
+        raise RuntimeError("the request failed")
+
+    with pytest.raises(RuntimeError, match="the request failed"):
+        asyncio.run(bench_path_parts.paired(fine, failing, 3, Evictor(0), lambda i: None, switch))
+    assert state["out"] is False
 
 
 def test_bench_path_parts_needs_two_pairs(capsys):

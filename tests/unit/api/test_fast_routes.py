@@ -95,12 +95,13 @@ def test_errors_are_the_same_answers_fastapi_gives():
 
 def test_scope_headers_get_answers_what_starlettes_get_answers():
     rng = random.Random(7)
-    names = [b"x-pin", b"authorization", b"content-length", b"x-user"]
+    names = [b"x-pin", b"authorization", b"content-length", b"x-user", b"x-caf\xe9"]
+    values = [b"1", b"v2", b"Bearer t", b"\xe9\xff", b""]
     for _ in range(300):
-        lines = [(rng.choice(names), str(rng.randrange(100)).encode()) for _ in range(rng.randrange(6))]
+        lines = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(6))]
         scope = {"type": "http", "headers": list(lines)}
         ours, theirs = ScopeHeaders(scope), Headers(raw=list(lines))
-        for name in ["X-Pin", "authorization", "Content-Length", "x-user", "absent"]:
+        for name in ["X-Pin", "authorization", "Content-Length", "x-user", "X-CAF\xc9", "absent"]:
             assert ours.get(name) == theirs.get(name)  # the first line of that name, or None
             assert ours.get(name, "default") == theirs.get(name, "default")
         assert ours.getlist("x-pin") == theirs.getlist("x-pin")
