@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from starlette.requests import Request
-
 from starlette.datastructures import Headers
+from starlette.requests import Request
 
 from serve_ab.api.fast_routes import FastRequest, FastRoute, FastRoutes, ScopeHeaders, route_path
 from serve_ab.api.http_util import (
