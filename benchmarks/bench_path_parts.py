@@ -1,4 +1,4 @@
-"""Where serve-ab's HTTP request path spends what plain's does not: each part, taken out.
+"""Where serve-ab's request path spends what plain's does not: each part, taken out.
 
 ``bench_request_path`` gives the router's path against plain's as a median of round means,
 whose rounds spread by tens of microseconds with the caches cold. This pairs instead: call by
@@ -21,7 +21,11 @@ that feature costs a request:
 - **access-line note**: noting the version for Ray Serve's access line, which takes it after the
   answer (here: taken after each call, outside the timing, as the line would);
 - **observation**: the answer's figures, held for the report;
-- **request id**: reading Ray Serve's request id (twice a request).
+- **request id**: reading Ray Serve's request id.
+
+``--handle`` does the same for a DeploymentHandle's call: the router's own ``Router.predict``
+(``bench_request_path``'s ``serve-ab-handle``) against plain's ``predict`` on the same model,
+with the same parts but the pin check (a handle's caller pins by argument, checked by type).
 
 The caches are evicted before each call (``--evict-mib``, as ``bench_request_path --cold``): the
 state a replica's path runs in at concurrency 1, where the proxy, the client and Ray's other
@@ -30,6 +34,7 @@ a replica.
 
     python -m benchmarks.bench_path_parts            # ~2.5 minutes
     python -m benchmarks.bench_path_parts --quick    # ~30 s
+    python -m benchmarks.bench_path_parts --handle   # the handle path, ~2 minutes
 """
 
 from __future__ import annotations
@@ -45,7 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_request_path import Evictor, call, in_request_context, plain_app, serve_ab_core
+from benchmarks.bench_request_path import (
+    Evictor,
+    call,
+    in_request_context,
+    plain_app,
+    plain_handle,
+    serve_ab_core,
+    serve_ab_handle,
+)
 from benchmarks.cluster import missing_models
 from benchmarks.common import MODELS, log, report_header, request_bodies
 
@@ -68,8 +81,9 @@ def _swap(owner: Any, name: str, replacement: Any) -> Switch:
     return (lambda: setattr(owner, name, replacement)), put_back
 
 
-def parts(core: Any) -> dict[str, Switch]:
-    """Each part of ``core``'s path that plain's has no counterpart of, with its switch."""
+def parts(core: Any, handle: bool = False) -> dict[str, Switch]:
+    """Each part of ``core``'s path that plain's has no counterpart of, with its switch; over a
+    handle (``handle``), all but the pin header's check."""
     from serve_ab.serving import http as routes
     from serve_ab.serving.core import router, versions
     from serve_ab.serving.core.decision import Choice
@@ -88,7 +102,7 @@ def parts(core: Any) -> dict[str, Switch]:
         unit = turn[0] * 7919  # a spread of buckets, without the hash
         return assigner.table.version_for_bucket(unit % 10_000), unit
 
-    return {
+    switches = {
         "decision": _swap(core, "choose", in_turn),
         "key hash": _swap(assigner, "assign_unit", unhashed),
         "input checks": _swap(router, "to_batch", lambda values, spec, **_: np.asarray(values, dtype=np.float32)),
@@ -98,6 +112,9 @@ def parts(core: Any) -> dict[str, Switch]:
         "observation": _swap(core.observations, "served", lambda *_, **__: None),
         "request id": _swap(core, "request_id", lambda: "a-request-id"),
     }
+    if handle:
+        del switches["pin check"]
+    return switches
 
 
 def _nothing() -> None:
@@ -138,6 +155,8 @@ async def paired(first: Callable[[int], Any], second: Callable[[int], Any], pair
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 pairs per line (default 1500)")
+    parser.add_argument("--handle", action="store_true",
+                        help="a DeploymentHandle's call (Router.predict) instead of HTTP's /predict")
     parser.add_argument("--pairs", type=int, default=None, metavar="N", help="pairs per line (overrides --quick)")
     parser.add_argument("--evict-mib", type=int, default=64, metavar="MIB",
                         help="how much is read before each call (default 64: more than this machine's "
@@ -163,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     from serve_ab.serving.core.auth import ControlAuth
 
     pairs = args.pairs or (300 if args.quick else 1500)
-    report = report_header("path_parts", args.quick, pairs=pairs, evict_mib=args.evict_mib)
-    json_bodies, _ = request_bodies()
+    report = report_header("path_parts", args.quick, pairs=pairs, evict_mib=args.evict_mib,
+                           way_in="handle" if args.handle else "http")
+    json_bodies, handle_args = request_bodies()
     bodies = [b.encode() for b in json_bodies]
     notes = VersionsAnswered()
     core = serve_ab_core()
@@ -172,15 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
     # Plain answers each body with the model serve-ab's split gives its user, so that the
     # first line compares the paths and not v1's model with v3's.
-    plains = {name: plain_app(str(MODELS / name / "model.onnx")) for name in core.versions}
-    plain_for = [plains[core.decision.assigner.assign(json.loads(body)["user_id"])] for body in json_bodies]
+    make_plain = plain_handle if args.handle else plain_app
+    plains = {name: make_plain(str(MODELS / name / "model.onnx")) for name in core.versions}
+    plain_for = [plains[core.decision.assigner.assign(key)] for _, key in handle_args]
+    router_predict = serve_ab_handle(core)
 
     async def serve_ab(i: int) -> None:
-        if await call(routes.app, "/predict", bodies[i % len(bodies)]) != 200:
+        if args.handle:
+            batch, key = handle_args[i % len(handle_args)]
+            if (await router_predict(batch, key))["outputs"] is None:
+                raise RuntimeError("serve-ab's Router.predict gave no outputs")
+        elif await call(routes.app, "/predict", bodies[i % len(bodies)]) != 200:
             raise RuntimeError("serve-ab's /predict did not answer 200")
 
     async def plain_call(i: int) -> None:
-        if await call(plain_for[i % len(bodies)], "/", bodies[i % len(bodies)]) != 200:
+        if args.handle:
+            if await plain_for[i % len(handle_args)](handle_args[i % len(handle_args)][0]) is None:
+                raise RuntimeError("plain's predict gave no outputs")
+        elif await call(plain_for[i % len(bodies)], "/", bodies[i % len(bodies)]) != 200:
             raise RuntimeError("plain did not answer 200")
 
     def take_notes(i: int) -> None:
@@ -196,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 await serve_ab(i)
                 await plain_call(i)
             results = {"serve-ab - plain": await paired(serve_ab, plain_call, pairs, evict, take_notes)}
-            for name, switch in parts(core).items():
+            for name, switch in parts(core, args.handle).items():
                 # everything in - the part taken out: what the part costs
                 results[name] = await paired(serve_ab, serve_ab, pairs, evict, take_notes, switch)
                 log(f"{name}: {results[name][0]:+.1f} ± {results[name][1]:.1f} us")
@@ -204,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             flush.cancel()
 
-    log(f"{pairs} pairs of calls per line, {args.evict_mib} MiB read before each call")
+    log(f"{'Router.predict' if args.handle else '/predict'}: {pairs} pairs of calls per line, "
+        f"{args.evict_mib} MiB read before each call")
     try:
         results = asyncio.run(run())
     finally:

@@ -47,15 +47,18 @@ def test_the_handle_candidate_runs_the_routers_own_method_with_rays_request_id()
 
 
 @pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
-def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys):
+@pytest.mark.parametrize("handle", [False, True])
+def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys, handle):
     from serve_ab.serving import http as routes
     from serve_ab.serving.core import router, versions
 
     before = (router.to_batch, versions.check_outputs, routes._pinned)
-    assert bench_path_parts.main(["--pairs", "4", "--evict-mib", "1"]) == 0
+    assert bench_path_parts.main(["--pairs", "4", "--evict-mib", "1"] + (["--handle"] if handle else [])) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pin = [] if handle else ["pin check"]  # a handle's caller pins by argument: no header to read
     assert list(report["added_us"]) == ["serve-ab - plain", "decision", "key hash", "input checks", "output checks",
-                                        "pin check", "access-line note", "observation", "request id"]
+                                        *pin, "access-line note", "observation", "request id"]
+    assert report["way_in"] == ("handle" if handle else "http")
     assert all(set(line) == {"mean", "se"} for line in report["added_us"].values())
     assert (router.to_batch, versions.check_outputs, routes._pinned) == before
     assert routes._served is None  # the module's core slot, left as found
