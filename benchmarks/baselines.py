@@ -7,6 +7,9 @@
   is, so the cost of FastAPI itself can be told apart from serve-ab's own.
 - :class:`OnnxModelBatched`: :class:`OnnxModel` with ``@serve.batch``, against serve-ab with
   batching on.
+- :class:`TwoModelsBatched`: two versions in one replica, each with its own ``@serve.batch``
+  queue, a version drawn per request: what batching a 50/50 split by hand gives, against
+  serve-ab's colocated router batching the same split.
 - :class:`RandomSplit`: the usual workaround for serving several versions: an ingress that
   draws a version per request with ``random.choices`` and calls that version's deployment
   through its DeploymentHandle. Not sticky, no metrics, no rollout: just the traffic split.
@@ -103,6 +106,38 @@ class OnnxModelBatched:
 
 
 @serve.deployment
+class TwoModelsBatched:
+    """(a+2) several versions in one replica, each batched by ``@serve.batch`` on its own
+    (two models cannot share a call), a version drawn per request as :class:`RandomSplit` draws."""
+
+    def __init__(self, paths: dict[str, str], weights_pct: dict[str, float], intra_op_threads: int = 1):
+        self.names = list(paths)
+        self.weights = [weights_pct[name] for name in self.names]
+        # One batch queue per version: serve.batch wraps a function as it wraps a method.
+        self.batched = {name: serve.batch(max_batch_size=BATCH_MAX_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)(
+            _batch_runner(_onnx_session(path, intra_op_threads))) for name, path in paths.items()}
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        version = random.choices(self.names, self.weights)[0]
+        return await self.batched[version](np.asarray(batch, dtype=np.float32))
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        outputs = await self.predict(body["inputs"])
+        return {"outputs": outputs.tolist()}
+
+
+def _batch_runner(session: Any) -> Any:
+    input_name = session.get_inputs()[0].name
+
+    async def predict_batch(batches: list[np.ndarray]) -> list[np.ndarray]:
+        (outputs,) = session.run(None, {input_name: np.concatenate(batches)})
+        return np.split(outputs, np.cumsum([len(b) for b in batches])[:-1])
+
+    return predict_batch
+
+
+@serve.deployment
 class RandomSplit:
     def __init__(self, versions: dict[str, DeploymentHandle], weights_pct: dict[str, float],
                  by_reference: bool = True):
@@ -138,6 +173,12 @@ def plain_app(path: str, options: dict[str, Any]) -> Application:
 def plain_batched_app(path: str, options: dict[str, Any]) -> Application:
     """(a+) one version, by hand, with ``@serve.batch``; HTTP at the app's route prefix."""
     return OnnxModelBatched.options(**options).bind(path)
+
+
+def two_models_batched_app(paths: dict[str, str], weights_pct: dict[str, float],
+                           options: dict[str, Any]) -> Application:
+    """(a+2) several versions in one replica, each with ``@serve.batch``; HTTP at the prefix."""
+    return TwoModelsBatched.options(**options).bind(paths, weights_pct)
 
 
 def plain_fastapi_app(path: str, options: dict[str, Any]) -> Application:

@@ -125,6 +125,10 @@ CANDIDATES = [
               on_request=True),
     Candidate("(a+)", "plain_batch", "plain + @serve.batch", "", False, batched=True),
     Candidate("(c+)", "colocated_batch", "serve-ab colocated, batching on", "/predict", True, batched=True),
+    # v1 and v3 50/50 in one plain replica, each with @serve.batch: batching the split (c+)
+    # serves, by hand; against (a+), what the split costs Ray Serve's own batching.
+    Candidate("(a+2)", "plain_batch_split", "plain + @serve.batch, v1 and v3 50/50", "", False,
+              batched=True, on_request=True),
     # Both without Ray Serve's access line (logging_config.enable_access_log: false; serve-ab's
     # router.access_log: false): what the line costs each, and the router's path without it.
     Candidate("(a-)", "plain_quiet", "plain, no access line", "", False, on_request=True),
@@ -191,6 +195,8 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "isolated_actor": lambda: build_app(serve_ab_experiment("isolated", isolation={"transport": "actor"})),
         "plain_batch": lambda: baselines.plain_batched_app(v1, REPLICA_OPTIONS),
         "colocated_batch": lambda: build_app(serve_ab_experiment("colocated", batched=True)),
+        "plain_batch_split": lambda: baselines.two_models_batched_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
+                                                                      REPLICA_OPTIONS),
         "colocated_batch_one": lambda: build_app(serve_ab_experiment("colocated", batched=True,
                                                                      weights_pct={"v1": 100.0, "v3": 0.0})),
         "plain_quiet": lambda: baselines.plain_app(v1, dict(REPLICA_OPTIONS,
@@ -349,6 +355,10 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_plain_batch"] = paired(app, "plain_batch")
         if app == "colocated_batch_one":  # what the 50/50 split costs batching
             item["vs_colocated_batch"] = paired(app, "colocated_batch")
+        if app == "plain_batch_split":  # what the same split costs @serve.batch
+            item["vs_plain_batch"] = paired(app, "plain_batch")
+        if app == "colocated_batch":  # both batching the same 50/50 split
+            item["vs_plain_batch_split"] = paired(app, "plain_batch_split")
         if app == "colocated_quiet":  # both without access lines
             item["vs_plain_quiet"] = paired(app, "plain_quiet")
         if app == "colocated_feedback":  # what minting a token per answer costs
@@ -397,6 +407,8 @@ PAIR_NOTES = [
     ("colocated_batch", "vs_plain_batch", f"(c+) vs (a+), both batching ({BATCH_TEXT})"),
     ("colocated_batch_one", "vs_plain_batch", "(c+1) vs (a+), both batching, one version's traffic"),
     ("colocated_batch_one", "vs_colocated_batch", "(c+1) vs (c+), all on v1 against a 50/50 split"),
+    ("plain_batch_split", "vs_plain_batch", "(a+2) vs (a+), @serve.batch on a 50/50 split against one version"),
+    ("colocated_batch", "vs_plain_batch_split", "(c+) vs (a+2), both batching the same 50/50 split"),
     ("colocated_quiet", "vs_plain_quiet", "(c-) vs (a-), both without access lines"),
     ("colocated_feedback", "vs_colocated", "(c*) vs (c), a feedback token in every answer"),
     ("plain_twin", "vs_plain", "(a=) vs (a), the same app twice (A/A, the noise floor)"),
