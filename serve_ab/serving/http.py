@@ -27,8 +27,10 @@ from serve_ab.api.http_util import (
     json_body,
     json_response,
     json_safe,
+    quoted_keys,
     read_body,
     read_json_unique_keys,
+    refuse_repeated,
 )
 from serve_ab.api.schemas import (
     ActionRequest,
@@ -81,6 +83,9 @@ class Served:
     def __init__(self, core: RouterCore, auth: ControlAuth):
         self.core = core
         self.auth = auth
+        # The keys /predict reads from its body, each of which it refuses to see twice.
+        assignment = core.cfg.assignment
+        self.predict_keys = quoted_keys(("inputs", *((assignment.field,) if assignment.key == "json" else ())))
 
 
 # One router replica is one process, so one module-level slot holds its core. Ray Serve
@@ -156,7 +161,10 @@ async def http_predict(request: Request, s: Served = Depends(current)) -> Respon
     core = s.core
     raw = await read_body(request, core.cfg.http.max_body_bytes)
     body = decode_json(raw)
+    refuse_repeated(raw, s.predict_keys)
     inputs = predict_inputs(body)
+    if isinstance(inputs, dict):  # a model's inputs by name: each name read once too
+        refuse_repeated(raw, quoted_keys(inputs))
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
     # A body with no true or false anywhere (a byte search) cannot hold booleans among its

@@ -1,11 +1,15 @@
-"""JSON at the HTTP boundary: figures that can be infinite still make valid JSON."""
+"""JSON at the HTTP boundary: figures that can be infinite still make valid JSON, and a key
+the inference route reads is read once."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from serve_ab.api.http_util import json_safe
+import pytest
+
+from serve_ab.api.http_util import json_safe, quoted_keys, refuse_repeated
+from serve_ab.errors import InvalidInput
 
 
 def test_non_finite_floats_become_valid_json_that_float_reads_back():
@@ -58,3 +62,14 @@ def test_an_integer_past_pythons_digit_limit_is_a_400_in_the_clients_terms():
         decode_json(b'{"inputs": [[' + b"7" * 5000 + b"]]}")
     assert "holds an integer of more than 4300 digits" in refused.value.message
     assert "set_int_max_str_digits" not in refused.value.message
+
+
+def test_refuse_repeated_counts_keys_as_the_body_spells_them():
+    keys = quoted_keys(["user_id", "é"])
+    assert keys == (b'"user_id"', '"é"'.encode())
+    refuse_repeated('{"é": 1, "user_id": "a"}'.encode(), keys)  # each once: nothing to say
+    refuse_repeated(b'{"a": {"user_id": 1}, "user_id": 2}', keys)  # in two objects: no repeat
+    for raw, key in [('{"é": 1, "é": 2}'.encode(), "é"), (b'{"\\u00e9": 1, "\\u00e9": 2}', "é"),
+                     (b'{"user_id": 1, "user_\\u0069d": 2}', "user_id")]:
+        with pytest.raises(InvalidInput, match="duplicate key"):
+            refuse_repeated(raw, keys)

@@ -571,3 +571,31 @@ def test_a_client_gone_mid_body_on_a_fastapi_route_is_no_server_error(app, path,
              "server": ("testserver", 80)}
     asyncio.run(routes.app(scope, receive, send))  # raised ClientDisconnect out of the app before
     assert sent[0]["status"] == 499
+
+
+def test_a_predict_body_that_sends_a_key_it_reads_twice_is_refused_and_serves_nothing(app, client_for):
+    """orjson keeps the last of two keys: {"user_id": "alice", "user_id": "bob"} was served
+    and counted as bob's while the client's own record read alice's."""
+    client, _ = app
+    json_type = {"content-type": "application/json"}
+    before = _model_calls()
+    row = json.dumps(ROW)
+    for raw, key in [
+        (f'{{"inputs": [{row}], "user_id": "alice", "user_id": "bob"}}', "user_id"),
+        (f'{{"inputs": {{"input": [{row}], "input": [{row}]}}, "user_id": "alice"}}', "input"),  # by name
+        (f'{{"inputs": [{row}], "user\\u005fid": "alice", "user_id": "bob"}}', "user_id"),  # one escaped
+    ]:
+        response = client.post("/predict", content=raw.encode(), headers=json_type)
+        assert response.status_code == 400, raw
+        assert response.json()["error"] == f'duplicate key "{key}" in the JSON body; send each key once'
+    assert _model_calls() == before  # refused before the model ran: nothing served, nothing counted
+    # One key in several objects is no repeat; a user id in \u escapes is the same user.
+    plain = client.post("/predict", json={"inputs": [ROW], "user_id": "élise"}).json()
+    escaped = client.post("/predict", content=json.dumps({"inputs": [ROW], "user_id": "élise",
+                                                          "meta": {"user_id": 1}}).encode(), headers=json_type)
+    assert escaped.status_code == 200 and escaped.json()["version"] == plain["version"]
+    # Keyed on a header, the body's field is nobody's key: only "inputs" is read.
+    header_keyed = client_for(assignment={"key": "header", "header": "x-user", "salt": "unit"})
+    response = header_keyed.post("/predict", content=f'{{"inputs": [{row}], "note": 1, "note": 2}}'.encode(),
+                                 headers=json_type | {"x-user": "alice"})
+    assert response.status_code == 200
