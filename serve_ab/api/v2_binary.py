@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_ab.api.http_util import decode_json
+from serve_ab.api.http_util import decode_json, refuse_repeated
 from serve_ab.api.schemas import V2InferRequest
 from serve_ab.backends.base import V2_DATATYPES, InputError, reshaped
 from serve_ab.errors import InvalidInput
@@ -55,11 +55,12 @@ class V2Body:
     tensors: bytes | None = None
 
 
-def read_v2_body(raw: bytes, header_length: str | None) -> V2Body:
-    """Split a request body by its ``Inference-Header-Content-Length`` (None: all JSON)."""
+def read_v2_body(raw: bytes, header_length: str | None, once: tuple[bytes, ...] = ()) -> V2Body:
+    """Split a request body by its ``Inference-Header-Content-Length`` (None: all JSON).
+    ``once``: keys the JSON may not send twice (:func:`~serve_ab.api.http_util.refuse_repeated`)."""
     if header_length is None:
         try:
-            return V2Body(decode_json(raw))
+            header = decode_json(raw)
         except InvalidInput as err:
             if b'"binary_data_size"' not in raw:
                 raise
@@ -67,9 +68,13 @@ def read_v2_body(raw: bytes, header_length: str | None) -> V2Body:
             raise InvalidInput(f"{err.message}. The body's JSON names binary_data_size, so raw tensor bytes "
                                f"seem to follow it: send the JSON's length in bytes in the {HEADER_LENGTH} "
                                "header") from None
+        refuse_repeated(raw, once)
+        return V2Body(header)
     length = _header_length(header_length, len(raw))
     what = f"the JSON header (the body's first {length} bytes, per {HEADER_LENGTH})"
-    return V2Body(decode_json(raw[:length], what=what), raw[length:])
+    body = V2Body(decode_json(raw[:length], what=what), raw[length:])
+    refuse_repeated(raw[:length], once, what=what)
+    return body
 
 
 def _header_length(value: str, body_bytes: int) -> int:

@@ -83,9 +83,12 @@ class Served:
     def __init__(self, core: RouterCore, auth: ControlAuth):
         self.core = core
         self.auth = auth
-        # The keys /predict reads from its body, each of which it refuses to see twice.
+        # The keys the inference routes read from a body, each of which they refuse to see twice.
         assignment = core.cfg.assignment
-        self.predict_keys = quoted_keys(("inputs", *((assignment.field,) if assignment.key == "json" else ())))
+        field = (assignment.field,) if assignment.key == "json" else ()
+        self.predict_keys = quoted_keys(("inputs", *field))
+        # A V2 body's: its top-level keys ("parameters" is a tensor's key too) and the key field.
+        self.v2_keys = quoted_keys(("inputs", "outputs", "id", *field))
 
 
 # One router replica is one process, so one module-level slot holds its core. Ray Serve
@@ -431,7 +434,7 @@ async def _v2_infer(s: Served, model: str, version: str | None, request: Request
     v2.check(model, version)  # a wrong path is a 404 whatever the body
     pinned = _pinned(s, request, version)
     raw = await read_body(request, s.core.cfg.http.max_body_bytes)
-    body = read_v2_body(raw, request.headers.get(HEADER_LENGTH))
+    body = read_v2_body(raw, request.headers.get(HEADER_LENGTH), s.v2_keys)
     served_by, response, tensors = await v2.infer(model, pinned, body, request.headers)
     headers = {VERSION_HEADER: served_by}
     if "feedback_token" in response["parameters"]:

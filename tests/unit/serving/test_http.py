@@ -6,6 +6,7 @@ import gzip
 import json
 import zlib
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -599,3 +600,33 @@ def test_a_predict_body_that_sends_a_key_it_reads_twice_is_refused_and_serves_no
     response = header_keyed.post("/predict", content=f'{{"inputs": [{row}], "note": 1, "note": 2}}'.encode(),
                                  headers=json_type | {"x-user": "alice"})
     assert response.status_code == 200
+
+
+def test_a_v2_body_that_sends_a_key_it_reads_twice_is_refused_and_serves_nothing(app):
+    """The same over the Open Inference Protocol: the key field in "parameters", or a
+    top-level key, twice; in the JSON of a binary request too."""
+    client, _ = app
+    before = _model_calls()
+    tensor = json.dumps(v2_body([ROW])["inputs"])
+    for raw, key in [
+        (f'{{"inputs": {tensor}, "parameters": {{"user_id": "alice", "user_id": "bob"}}}}', "user_id"),
+        (f'{{"inputs": {tensor}, "inputs": {tensor}}}', "inputs"),
+        (f'{{"id": "a", "id": "b", "inputs": {tensor}}}', "id"),
+    ]:
+        response = client.post("/v2/models/digits/infer", content=raw.encode(),
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 400, raw
+        assert response.json()["error"] == f'duplicate key "{key}" in the JSON body; send each key once'
+    data = np.asarray([ROW], dtype="<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(data)}}],
+                         "parameters": {"user_id": "alice"}})
+    twice = header.replace('"user_id": "alice"', '"user_id": "alice", "user_id": "bob"').encode()
+    response = client.post("/v2/models/digits/infer", content=twice + data,
+                           headers={"inference-header-content-length": str(len(twice))})
+    assert response.status_code == 400 and 'duplicate key "user_id"' in response.json()["error"]
+    assert _model_calls() == before
+    # A tensor's own "parameters" beside the request's is no repeat.
+    response = client.post("/v2/models/digits/infer", content=header.encode() + data,
+                           headers={"inference-header-content-length": str(len(header))})
+    assert response.status_code == 200, response.text
