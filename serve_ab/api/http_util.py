@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -191,28 +191,47 @@ def decode_json_unique_keys(raw: bytes, allow_empty: bool = False, what: str = "
     return _decode_slowly(raw, what, _refuse_duplicate_keys)
 
 
-def quoted_keys(names: Iterable[str]) -> tuple[bytes, ...]:
-    """JSON object keys as a body spells them unescaped, quotes included: for :func:`refuse_repeated`."""
-    return tuple(json.dumps(name, ensure_ascii=False).encode() for name in names)
+class RepeatedKey(InvalidInput):
+    """A JSON object that holds one key twice (a 400 naming it)."""
 
 
-def refuse_repeated(raw: bytes, keys: tuple[bytes, ...], what: str = "request body") -> None:
-    """A 400 naming the key when the JSON body ``raw`` sends one of ``keys`` (:func:`quoted_keys`)
-    twice in one object.
+def once_each(names: Iterable[str]) -> dict[bytes, int]:
+    """Each of ``names`` allowed once in a body, as :func:`refuse_repeated` takes them."""
+    return {quoted_key(name): 1 for name in names}
+
+
+def quoted_key(name: str) -> bytes:
+    """A JSON object key as a body spells it unescaped, quotes included."""
+    return json.dumps(name, ensure_ascii=False).encode()
+
+
+def refuse_repeated(raw: bytes, most: Mapping[bytes, int], what: str = "request body") -> None:
+    """A 400 naming the key when the JSON body ``raw``, which :func:`decode_json` accepted,
+    holds a key twice in one object.
 
     The inference bodies are decoded by orjson, which keeps the last of two: ``{"user_id":
     "alice", "user_id": "bob"}`` was served and counted as bob's while a proxy's log, or the
-    client's own record, read alice's. Counting the names is a pass over the body in C (some
-    2.5 us a digit's request with the caches cold, benchmarks/README.md); only a body that holds one of them twice, or a
-    ``\\u`` escape that could spell one another way, is parsed again to look, and then any key
-    sent twice in one object is refused, as on the control routes."""
-    for key in keys:  # a loop, not any() over a generator: about 2 us less a cold request
-        if raw.count(key) > 1:
+    client's own record, read alice's. ``most``: how often each key the route reads
+    (:func:`quoted_key`) appears in the body without a repeat. Counting them is a pass
+    over the body in C (5-7 us a digit's request with the caches cold, benchmarks/README.md).
+    Only a body where one appears more often, or that holds an escape (a key spelt another way:
+    ``\\u005f``, ``\\/``) or is UTF-16 or -32 (which decode_json reads too), is parsed again to
+    look; then any key sent twice in one object is refused, as on the control routes. Nothing
+    else of that parse counts: it refuses nesting orjson takes (past 995 levels)."""
+    if not most:
+        return
+    for key, times in most.items():  # a loop, not any() over a generator: about 2 us less cold
+        if raw.count(key) > times:
             break
     else:
-        if b"\\u" not in raw:
+        if b"\\" not in raw and raw.find(b"\x00", 0, 4) < 0:
             return
-    decode_json_unique_keys(raw, what=what)
+    try:
+        decode_json_unique_keys(raw, what=what)
+    except RepeatedKey:
+        raise
+    except InvalidInput:
+        pass  # decode_json accepted the body: only a repeated key is refused here
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -222,7 +241,7 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         for key, _ in pairs:
             if key in seen:
                 # json.dumps: the key as JSON writes it, escapes included (it may hold anything).
-                raise InvalidInput(f"duplicate key {json.dumps(key[:80])} in the JSON body; send each key once")
+                raise RepeatedKey(f"duplicate key {json.dumps(key[:80])} in the JSON body; send each key once")
             seen.add(key)
     return body
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_ab.api.http_util import decode_json, refuse_repeated
+from serve_ab.api.http_util import decode_json
 from serve_ab.api.schemas import V2InferRequest
 from serve_ab.backends.base import V2_DATATYPES, InputError, reshaped
 from serve_ab.errors import InvalidInput
@@ -49,15 +49,16 @@ _LENGTH = struct.Struct("<I")
 @dataclass(frozen=True)
 class V2Body:
     """An infer request's body: its JSON (decoded, not yet validated) and the raw tensor bytes
-    after it; ``tensors`` is None when the request came without the extension."""
+    after it; ``tensors`` is None when the request came without the extension. ``json``: the
+    JSON's bytes, as they came (for :func:`~serve_ab.api.http_util.refuse_repeated`)."""
 
     header: Any
     tensors: bytes | None = None
+    json: bytes = b""
 
 
-def read_v2_body(raw: bytes, header_length: str | None, once: tuple[bytes, ...] = ()) -> V2Body:
-    """Split a request body by its ``Inference-Header-Content-Length`` (None: all JSON).
-    ``once``: keys the JSON may not send twice (:func:`~serve_ab.api.http_util.refuse_repeated`)."""
+def read_v2_body(raw: bytes, header_length: str | None) -> V2Body:
+    """Split a request body by its ``Inference-Header-Content-Length`` (None: all JSON)."""
     if header_length is None:
         try:
             header = decode_json(raw)
@@ -68,13 +69,10 @@ def read_v2_body(raw: bytes, header_length: str | None, once: tuple[bytes, ...] 
             raise InvalidInput(f"{err.message}. The body's JSON names binary_data_size, so raw tensor bytes "
                                f"seem to follow it: send the JSON's length in bytes in the {HEADER_LENGTH} "
                                "header") from None
-        refuse_repeated(raw, once)
-        return V2Body(header)
+        return V2Body(header, json=raw)
     length = _header_length(header_length, len(raw))
     what = f"the JSON header (the body's first {length} bytes, per {HEADER_LENGTH})"
-    body = V2Body(decode_json(raw[:length], what=what), raw[length:])
-    refuse_repeated(raw[:length], once, what=what)
-    return body
+    return V2Body(decode_json(raw[:length], what=what), raw[length:], raw[:length])
 
 
 def _header_length(value: str, body_bytes: int) -> int:

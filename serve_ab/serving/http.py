@@ -27,7 +27,8 @@ from serve_ab.api.http_util import (
     json_body,
     json_response,
     json_safe,
-    quoted_keys,
+    once_each,
+    quoted_key,
     read_body,
     read_json_unique_keys,
     refuse_repeated,
@@ -83,12 +84,11 @@ class Served:
     def __init__(self, core: RouterCore, auth: ControlAuth):
         self.core = core
         self.auth = auth
-        # The keys the inference routes read from a body, each of which they refuse to see twice.
+        # The keys /predict reads from its body, each of which it refuses to see twice.
         assignment = core.cfg.assignment
-        field = (assignment.field,) if assignment.key == "json" else ()
-        self.predict_keys = quoted_keys(("inputs", *field))
-        # A V2 body's: its top-level keys ("parameters" is a tensor's key too) and the key field.
-        self.v2_keys = quoted_keys(("inputs", "outputs", "id", *field))
+        self.key_field = assignment.field if assignment.key == "json" else None
+        self.predict_keys = once_each(("inputs", *((self.key_field,) if self.key_field is not None else ())))
+        self.quoted_key_field = None if self.key_field is None else quoted_key(self.key_field)
 
 
 # One router replica is one process, so one module-level slot holds its core. Ray Serve
@@ -164,10 +164,9 @@ async def http_predict(request: Request, s: Served = Depends(current)) -> Respon
     core = s.core
     raw = await read_body(request, core.cfg.http.max_body_bytes)
     body = decode_json(raw)
-    refuse_repeated(raw, s.predict_keys)
     inputs = predict_inputs(body)
-    if isinstance(inputs, dict):  # a model's inputs by name: each name read once too
-        refuse_repeated(raw, quoted_keys(inputs))
+    # A model's inputs by name: each name is read once too.
+    refuse_repeated(raw, s.predict_keys if not isinstance(inputs, dict) else {**s.predict_keys, **once_each(inputs)})
     key = core.decision.key_from(body, request.headers)
     pinned = _pinned(s, request)
     # A body with no true or false anywhere (a byte search) cannot hold booleans among its
@@ -429,12 +428,37 @@ async def v2_infer_version(model: str, version: str, request: Request, s: Served
     return await _v2_infer(s, model, version, request)
 
 
+# The keys a V2 infer request is read by: the request's, a tensor's and an output's.
+_V2_KEYS = {name: quoted_key(name) for name in ("inputs", "outputs", "id", "parameters", "name", "shape",
+                                               "datatype", "data")}
+
+
+def v2_key_counts(header: Any, key_field: str | None, quoted_field: bytes | None = None) -> dict[bytes, int]:
+    """For :func:`refuse_repeated`: how often each key a V2 infer request is read by appears
+    in its JSON without a repeat, i.e. how many of its objects (the request, its parameters,
+    each input tensor, each output asked for) hold it. Decoded, a repeat is one key: the bytes
+    then hold it once more than this. ``key_field``: the assignment field, read from the
+    request's parameters (``quoted_field``: as :func:`quoted_key` spells it, if known)."""
+    if not isinstance(header, dict):
+        return {}  # not an object: the request's validation says what is wrong with it
+    objects = [header]
+    for part in ("inputs", "outputs"):
+        if isinstance(header.get(part), list):
+            objects += [item for item in header[part] if isinstance(item, dict)]
+    counts = {quoted: sum(name in obj for obj in objects) for name, quoted in _V2_KEYS.items()}
+    if key_field is not None:
+        parameters = [obj.get("parameters") for obj in objects]
+        counts[quoted_field or quoted_key(key_field)] = sum(isinstance(p, dict) and key_field in p for p in parameters)
+    return counts
+
+
 async def _v2_infer(s: Served, model: str, version: str | None, request: Request) -> Response:
     v2 = V2Endpoints(s.core)
     v2.check(model, version)  # a wrong path is a 404 whatever the body
     pinned = _pinned(s, request, version)
     raw = await read_body(request, s.core.cfg.http.max_body_bytes)
-    body = read_v2_body(raw, request.headers.get(HEADER_LENGTH), s.v2_keys)
+    body = read_v2_body(raw, request.headers.get(HEADER_LENGTH))
+    refuse_repeated(body.json, v2_key_counts(body.header, s.key_field, s.quoted_key_field))
     served_by, response, tensors = await v2.infer(model, pinned, body, request.headers)
     headers = {VERSION_HEADER: served_by}
     if "feedback_token" in response["parameters"]:

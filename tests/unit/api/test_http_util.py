@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from serve_ab.api.http_util import json_safe, quoted_keys, refuse_repeated
+from serve_ab.api.http_util import decode_json, json_safe, once_each, refuse_repeated
 from serve_ab.errors import InvalidInput
 
 
@@ -65,11 +65,26 @@ def test_an_integer_past_pythons_digit_limit_is_a_400_in_the_clients_terms():
 
 
 def test_refuse_repeated_counts_keys_as_the_body_spells_them():
-    keys = quoted_keys(["user_id", "é"])
-    assert keys == (b'"user_id"', '"é"'.encode())
+    keys = once_each(["user_id", "é", "in/x"])
+    assert keys == {b'"user_id"': 1, '"é"'.encode(): 1, b'"in/x"': 1}
     refuse_repeated('{"é": 1, "user_id": "a"}'.encode(), keys)  # each once: nothing to say
     refuse_repeated(b'{"a": {"user_id": 1}, "user_id": 2}', keys)  # in two objects: no repeat
+    refuse_repeated(b'{"note": "\\u00e9", "user_id": 2}', keys)  # an escape, and no repeat
     for raw, key in [('{"é": 1, "é": 2}'.encode(), "é"), (b'{"\\u00e9": 1, "\\u00e9": 2}', "é"),
-                     (b'{"user_id": 1, "user_\\u0069d": 2}', "user_id")]:
+                     (b'{"user_id": 1, "user_\\u0069d": 2}', "user_id"),
+                     (b'{"in/x": [1], "in\\/x": [2]}', "in/x"),  # the one escape without \\u
+                     # UTF-16 and -32, which decode_json reads: no key is contiguous bytes there
+                     ('{"user_id": "alice", "user_id": "bob"}'.encode("utf-16"), "user_id"),
+                     ('{"user_id": "alice", "user_id": "bob"}'.encode("utf-32-le"), "user_id")]:
+        decode_json(raw)  # accepted by the inference parse, which keeps the last
         with pytest.raises(InvalidInput, match="duplicate key"):
             refuse_repeated(raw, keys)
+
+
+def test_refuse_repeated_refuses_nothing_but_a_repeated_key():
+    """The second parse looks for repeats only: nesting orjson takes and json.loads does not
+    (past 995 levels) is still accepted, as decode_json accepted it."""
+    deep = b'{"user_id": "\\u00e9", "x": ' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}"
+    decode_json(deep)
+    refuse_repeated(deep, once_each(["user_id"]))
+    refuse_repeated(b'{"user_id": "a", "user_id": "\\u0062"}', {})  # nothing read: nothing looked at

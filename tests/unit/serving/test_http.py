@@ -630,3 +630,26 @@ def test_a_v2_body_that_sends_a_key_it_reads_twice_is_refused_and_serves_nothing
     response = client.post("/v2/models/digits/infer", content=header.encode() + data,
                            headers={"inference-header-content-length": str(len(header))})
     assert response.status_code == 200, response.text
+
+
+def test_a_v2_body_repeating_a_tensors_key_or_the_request_parameters_is_refused(app):
+    """Every key the V2 route reads, once per object that holds it: a tensor's "data" twice,
+    or the request's "parameters" twice (the second, empty, would have served it keyless)."""
+    client, _ = app
+    before = _model_calls()
+    row = json.dumps(ROW)
+    for raw, key in [
+        (f'{{"inputs": [{{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [{row}], '
+         f'"data": [{row}]}}]}}', "data"),
+        (f'{{"inputs": {json.dumps(v2_body([ROW])["inputs"])}, "parameters": {{"user_id": "alice"}}, '
+         f'"parameters": {{}}}}', "parameters"),
+    ]:
+        response = client.post("/v2/models/digits/infer", content=raw.encode(),
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 400, raw
+        assert response.json()["error"] == f'duplicate key "{key}" in the JSON body; send each key once'
+    assert _model_calls() == before
+    # Two tensors' own keys, each once, and the request's and an output's parameters: no repeat.
+    ok = v2_body([ROW], parameters={"user_id": "alice"},
+                 outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}])
+    assert client.post("/v2/models/digits/infer", json=ok).status_code == 200
