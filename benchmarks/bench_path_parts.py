@@ -21,7 +21,7 @@ that feature costs a request:
 - **access-line note**: noting the version for Ray Serve's access line, which takes it after the
   answer (here: taken after each call, outside the timing, as the line would);
 - **observation**: the answer's figures, held for the report;
-- **request id**: reading Ray Serve's request id.
+- **request id**: reading Ray Serve's request id (twice a request).
 
 ``--handle`` does the same for a DeploymentHandle's call: the router's own ``Router.predict``
 (``bench_request_path``'s ``serve-ab-handle``) against plain's ``predict`` on the same model,
@@ -114,7 +114,33 @@ def parts(core: Any, handle: bool = False) -> dict[str, Switch]:
     }
     if handle:
         del switches["pin check"]
+        # Router.predict reads the id itself too (serve_ab.serving.router._request_id).
+        from serve_ab.serving import router as shell
+
+        switches["request id"] = _both(switches["request id"],
+                                       _swap(shell, "_request_id", lambda: "a-request-id"))
     return switches
+
+
+def _both(first: Switch, second: Switch) -> Switch:
+    """Two switches turned as one (put back in the reverse order)."""
+    def take_out() -> None:
+        first[0]()
+        second[0]()
+
+    def put_back() -> None:
+        second[1]()
+        first[1]()
+
+    return take_out, put_back
+
+
+def plain_for_each(core: Any, keys: list[str], handle: bool) -> list[Any]:
+    """Plain's app (``handle``: its ``predict``) for each key, on the model serve-ab's split
+    gives that user, so that the whole path's line compares the paths and not v1 with v3."""
+    make_plain = plain_handle if handle else plain_app
+    plains = {name: make_plain(str(MODELS / name / "model.onnx")) for name in core.versions}
+    return [plains[core.decision.assigner.assign(key)] for key in keys]
 
 
 def _nothing() -> None:
@@ -192,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
     # Plain answers each body with the model serve-ab's split gives its user, so that the
     # first line compares the paths and not v1's model with v3's.
-    make_plain = plain_handle if args.handle else plain_app
-    plains = {name: make_plain(str(MODELS / name / "model.onnx")) for name in core.versions}
-    plain_for = [plains[core.decision.assigner.assign(key)] for _, key in handle_args]
+    plain_for = plain_for_each(core, [key for _, key in handle_args], args.handle)
     router_predict = serve_ab_handle(core)
 
     async def serve_ab(i: int) -> None:

@@ -178,3 +178,77 @@ def test_profile_summary_counts_a_sample_once_per_part_and_names_the_leaf(tmp_pa
     assert parts["serve-ab: routing, checks, observations"] == 75.0
     assert parts["logging (access lines, Ray's log formatter)"] == 25.0
     assert tops[0] == ("run (session.py)", 75.0)
+
+
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
+def test_plain_answers_each_request_with_the_model_serve_ab_serves_it_with():
+    """The whole path's line compares paths, not v1's model with v3's: for each request, plain
+    (over HTTP or a handle) answers what serve-ab answers."""
+    import asyncio
+
+    from benchmarks.bench_request_path import call, in_request_context, serve_ab_core, serve_ab_handle
+    from benchmarks.common import request_bodies
+
+    core = serve_ab_core()
+    bodies, handle_args = request_bodies(12)
+    keys = [key for _, key in handle_args]
+    router_predict = serve_ab_handle(core)
+    handles = bench_path_parts.plain_for_each(core, keys, handle=True)
+    apps = bench_path_parts.plain_for_each(core, keys, handle=False)
+    versions = set()
+    for i, (batch, key) in enumerate(handle_args):
+        in_request_context(f"req-{i}")
+        answer = asyncio.run(router_predict(batch, key))
+        versions.add(answer["version"])
+        assert np.allclose(asyncio.run(handles[i](batch)), answer["outputs"], atol=1e-6)
+        assert asyncio.run(call(apps[i], "/", bodies[i].encode())) == 200  # (the same choice of model)
+    assert versions == {"v1", "v3"}  # both models in the pairing, else the test proves little
+
+
+@pytest.mark.skipif(not (MODELS / "v3" / "model.onnx").is_file(), reason="example models not built")
+def test_each_handle_part_taken_out_runs_its_replacement_and_goes_back(monkeypatch):
+    """Over a handle too: with each part out, Router.predict answers and the replacement ran
+    (the request id's in both places Router.predict reads it); put back, as it was."""
+    import asyncio
+    import collections
+
+    from benchmarks.bench_request_path import in_request_context, serve_ab_core, serve_ab_handle
+    from serve_ab.serving import router as shell
+
+    calls: collections.Counter[str] = collections.Counter()
+    real_swap = bench_path_parts._swap
+
+    def counting_swap(owner, name, replacement):
+        if callable(replacement):
+            def counted(*args, inner=replacement, **kwargs):
+                calls[name] += 1
+                return inner(*args, **kwargs)
+            return real_swap(owner, name, counted)
+        return real_swap(owner, name, replacement)
+
+    monkeypatch.setattr(bench_path_parts, "_swap", counting_swap)
+    core = serve_ab_core()
+    noted: list[str] = []
+    core.on_answer = lambda request_id, version: noted.append(version)
+    read_id = shell._request_id
+    predict = serve_ab_handle(core)
+    batch = np.zeros((1, 64), dtype=np.float32)
+    replaced = {"decision": ["choose"], "key hash": ["assign_unit"], "input checks": ["to_batch"],
+                "output checks": ["check_outputs"], "observation": ["served"],
+                "request id": ["request_id", "_request_id"]}
+    parts = bench_path_parts.parts(core, handle=True)
+    assert set(parts) == {*replaced, "access-line note"}
+    in_request_context("req-1")
+    for name, (take_out, put_back) in parts.items():
+        before, notes_before = dict(calls), len(noted)
+        take_out()
+        try:
+            answer = asyncio.run(predict(batch, "user-1"))
+        finally:
+            put_back()
+        assert answer["outputs"].shape == (1, 10), name
+        if name == "access-line note":
+            assert len(noted) == notes_before
+        for replacement in replaced.get(name, []):
+            assert calls[replacement] > before.get(replacement, 0), f"{name}: {replacement} never replaced"
+    assert shell._request_id is read_id and core.request_id() == "req-1"
