@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -70,25 +71,13 @@ def test_each_part_taken_out_is_out_of_an_answered_request_and_goes_back(monkeyp
     part (else the part's line would read about 0 us without a word); put back, the core is
     as it was, no method left behind on the instance."""
     import asyncio
-    import collections
 
     from benchmarks.bench_request_path import call, serve_ab_core
     from benchmarks.common import request_bodies
     from serve_ab.serving import http as routes
     from serve_ab.serving.core.auth import ControlAuth
 
-    calls: collections.Counter[str] = collections.Counter()
-    real_swap = bench_path_parts._swap
-
-    def counting_swap(owner, name, replacement):
-        if callable(replacement):
-            def counted(*args, inner=replacement, **kwargs):
-                calls[name] += 1
-                return inner(*args, **kwargs)
-            return real_swap(owner, name, counted)
-        return real_swap(owner, name, replacement)
-
-    monkeypatch.setattr(bench_path_parts, "_swap", counting_swap)
+    calls = _count_replacements(monkeypatch)
     core = serve_ab_core()
     noted: list[str] = []  # the versions noted for the access line, one per answer
 
@@ -210,23 +199,11 @@ def test_each_handle_part_taken_out_runs_its_replacement_and_goes_back(monkeypat
     """Over a handle too: with each part out, Router.predict answers and the replacement ran
     (the request id's in both places Router.predict reads it); put back, as it was."""
     import asyncio
-    import collections
 
     from benchmarks.bench_request_path import in_request_context, serve_ab_core, serve_ab_handle
     from serve_ab.serving import router as shell
 
-    calls: collections.Counter[str] = collections.Counter()
-    real_swap = bench_path_parts._swap
-
-    def counting_swap(owner, name, replacement):
-        if callable(replacement):
-            def counted(*args, inner=replacement, **kwargs):
-                calls[name] += 1
-                return inner(*args, **kwargs)
-            return real_swap(owner, name, counted)
-        return real_swap(owner, name, replacement)
-
-    monkeypatch.setattr(bench_path_parts, "_swap", counting_swap)
+    calls = _count_replacements(monkeypatch)
     core = serve_ab_core()
     noted: list[str] = []
     core.on_answer = lambda request_id, version: noted.append(version)
@@ -252,3 +229,20 @@ def test_each_handle_part_taken_out_runs_its_replacement_and_goes_back(monkeypat
         for replacement in replaced.get(name, []):
             assert calls[replacement] > before.get(replacement, 0), f"{name}: {replacement} never replaced"
     assert shell._request_id is read_id and core.request_id() == "req-1"
+
+
+def _count_replacements(monkeypatch) -> collections.Counter[str]:
+    """bench_path_parts' switches with each replacement counted by the attribute it replaces."""
+    calls: collections.Counter[str] = collections.Counter()
+    real_swap = bench_path_parts._swap
+
+    def counting_swap(owner, name, replacement):
+        if callable(replacement):
+            def counted(*args, inner=replacement, **kwargs):
+                calls[name] += 1
+                return inner(*args, **kwargs)
+            return real_swap(owner, name, counted)
+        return real_swap(owner, name, replacement)
+
+    monkeypatch.setattr(bench_path_parts, "_swap", counting_swap)
+    return calls
