@@ -435,10 +435,10 @@ _V2_KEYS = {name: quoted_key(name) for name in ("inputs", "outputs", "id", "para
 
 def v2_key_counts(header: Any, key_field: str | None, quoted_field: bytes | None = None) -> dict[bytes, int]:
     """For :func:`refuse_repeated`: how often each key a V2 infer request is read by appears
-    in its JSON without a repeat, i.e. how many of its objects (the request, its parameters,
-    each input tensor, each output asked for) hold it. Decoded, a repeat is one key: the bytes
-    then hold it once more than this. ``key_field``: the assignment field, read from the
-    request's parameters (``quoted_field``: as :func:`quoted_key` spells it, if known)."""
+    in its JSON without a repeat, i.e. how many of its objects (the request, each input tensor,
+    each output asked for) hold it. Decoded, a repeat is one key: the bytes then hold it once
+    more than this. ``key_field``: the assignment field, counted in those objects' parameters
+    (``quoted_field``: as :func:`quoted_key` spells it, if known)."""
     if not isinstance(header, dict):
         return {}  # not an object: the request's validation says what is wrong with it
     objects = [header]
