@@ -144,8 +144,9 @@ def test_tritonclient_http_binary_and_json_get_the_json_endpoints_answers(client
 
 def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
     """Bytes that do not parse as protobuf (a truncated message, a broken proxy) get
-    INVALID_ARGUMENT naming the message type, not gRPC's UNKNOWN for a server fault; the
-    replica answers the next call. grpcio from this venv (Ray's), sending raw bytes."""
+    INVALID_ARGUMENT naming the message type, not gRPC's UNKNOWN for a server fault, and so
+    does an inference request with a parameter key twice; the replica answers the next call.
+    grpcio from this venv (Ray's), sending raw bytes."""
     import grpc  # Ray's dependency; the tritonclient venv is not needed for raw bytes
 
     base, grpc_url, log_path, _ = served_grpc
@@ -156,6 +157,20 @@ def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
                 call(b"\x0a\xff\xff\xff\xff\x0f", timeout=30)  # field 1, a length past the end
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, refused.value)
             assert f"{method}Request" in refused.value.details(), refused.value.details()
+        # A parameter sent twice: protobuf alone would serve alice's request as bob's.
+        from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+        alice, bob = pb.ModelInferRequest(model_name="digits"), pb.ModelInferRequest()
+        tensor = alice.inputs.add(name="input", datatype="FP32", shape=[1, len(DIGIT_ROW)])
+        tensor.contents.fp32_contents.extend(DIGIT_ROW)
+        alice.parameters["user_id"].string_param = "alice"
+        bob.parameters["user_id"].string_param = "bob"
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(alice.SerializeToString() + bob.SerializeToString(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+        assert refused.value.details() == 'duplicate key "user_id" in parameters; send each key once'
+        answer = pb.ModelInferResponse.FromString(infer(alice.SerializeToString(), timeout=30))
+        assert answer.model_version in ("v1", "v2"), answer
         live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=30)
     assert live == b"\x08\x01"  # ServerLiveResponse(live=True)
     plain = httpx.post(base + "/predict", json={"inputs": [DIGIT_ROW], "user_id": "after-corrupt"}, timeout=30)

@@ -9,7 +9,9 @@ server fault as far as a client or a retry policy can tell, for the client's own
 Here the deserializer hands the router an :class:`Undecodable` instead, which its methods
 answer INVALID_ARGUMENT naming the message type (:mod:`serve_ab.serving.grpc_v2`), as a
 malformed JSON body gets a 400. (Protobuf skips fields it does not know, so another message's
-well-formed bytes usually parse, as they would with the generated code.)
+well-formed bytes usually parse, as they would with the generated code.) A ModelInferRequest
+that holds one ``parameters`` key twice, which protobuf's parse would keep only the last of, is
+refused the same way (:class:`RepeatedParameter`), as the HTTP routes refuse a JSON key twice.
 
 Ray's proxy keeps a handler's request deserializer (it replaces only the response serializer
 and the behaviour) and pickles the request to the router replica, so :class:`Undecodable` is
@@ -18,6 +20,7 @@ a plain class that any process with serve_ab imports.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+from serve_ab.api.grpc.repeated_parameters import has_parameters, repeated_parameter
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -53,16 +57,32 @@ class Undecodable:
                 f"message: {self.reason}")
 
 
+@dataclass(frozen=True)
+class RepeatedParameter(Undecodable):
+    """A ModelInferRequest that parses but holds a key twice in one ``parameters`` map;
+    ``reason`` names the key and the map."""
+
+    def describe(self) -> str:
+        return self.reason
+
+
 def lenient_parser(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
-    """``message.FromString``, but an :class:`Undecodable` where the bytes do not parse."""
+    """``message.FromString``, but an :class:`Undecodable` where the bytes do not parse, and for
+    a ModelInferRequest a :class:`RepeatedParameter` where a ``parameters`` key comes twice."""
     name = message.DESCRIPTOR.full_name
+    check_repeats = message is pb.ModelInferRequest
 
     def parse(data: bytes) -> Message | Undecodable:
         try:
-            return message.FromString(data)
+            parsed = message.FromString(data)
         except DecodeError as err:
             # "Error parsing message with type 'X': Wire format was corrupt": the type is named once.
             return Undecodable(name, len(data), str(err).rpartition("': ")[2] or str(err))
+        if check_repeats and has_parameters(parsed) and (repeat := repeated_parameter(data)) is not None:
+            where, key = repeat
+            return RepeatedParameter(name, len(data), f"duplicate key {json.dumps(key[:80])} in {where}; "
+                                                      "send each key once")
+        return parsed
 
     return parse
 

@@ -80,6 +80,25 @@ def test_bytes_that_do_not_parse_are_undecodable_and_pickle():
         pb.ModelInferRequest.FromString(CORRUPT)
 
 
+def test_an_infer_request_with_a_parameter_key_twice_is_refused_and_pickles():
+    """Protobuf's parse keeps the last of two entries of one key: alice's request would be
+    served and counted as bob's. The parser refuses it, naming the key and the map."""
+    alice, bob = infer_request(), pb.ModelInferRequest()
+    alice.parameters["user_id"].string_param = "alice"
+    bob.parameters["user_id"].string_param = "bob"
+    data = alice.SerializeToString() + bob.SerializeToString()  # what a hand-built client may send
+    assert pb.ModelInferRequest.FromString(data).parameters["user_id"].string_param == "bob"
+    refused = lenient_parser(pb.ModelInferRequest)(data)
+    assert isinstance(refused, servicer.RepeatedParameter) and isinstance(refused, Undecodable)
+    assert refused.describe() == 'duplicate key "user_id" in parameters; send each key once'
+    assert refused.size_bytes == len(data)
+    assert pickle.loads(pickle.dumps(refused)) == refused
+    # One entry of each key parses as before; so do the other messages, which are not scanned.
+    assert lenient_parser(pb.ModelInferRequest)(alice.SerializeToString()) == alice
+    name = pb.ModelReadyRequest(name="digits").SerializeToString()
+    assert lenient_parser(pb.ModelReadyRequest)(name + name) == pb.ModelReadyRequest(name="digits")
+
+
 def test_rays_grpc_server_keeps_our_request_parser(monkeypatch):
     """What the fix rests on: Ray Serve's gRPC proxy server replaces a handler's behaviour and
     response serializer but keeps its request deserializer, on both of grpcio's registration

@@ -257,6 +257,23 @@ def test_every_method_answers_a_request_that_did_not_parse_invalid_argument(serv
     assert context.code is None, context.details
 
 
+def test_an_infer_request_with_a_parameter_key_twice_is_invalid_argument_and_counts_nothing(service):
+    grpc_v2 = service()
+    first, second = infer_request(), pb.ModelInferRequest()
+    first.parameters["user_id"].string_param = "alice"
+    second.parameters["user_id"].string_param = "bob"
+    request = lenient_parser(pb.ModelInferRequest)(first.SerializeToString() + second.SerializeToString())
+    calls = lambda: sum(version.calls for version in grpc_v2.served.core.versions.values())  # noqa: E731
+    before = calls()
+    response, context = call(grpc_v2.model_infer, request)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details == 'duplicate key "user_id" in parameters; send each key once'
+    assert response.ByteSize() == 0
+    assert calls() == before  # refused before the model ran: nothing served, nothing counted
+    _, context = call(grpc_v2.model_infer, first)
+    assert context.code is None and calls() == before + 1, context.details
+
+
 def test_a_request_that_did_not_parse_over_the_size_limit_is_resource_exhausted(service):
     """As the same bytes would be had they parsed (HTTP checks the size first too: 413)."""
     too_big = infer_request(rows=40).SerializeToString()  # 10 KB > http.max_body_bytes 8192
