@@ -17,10 +17,10 @@ headers do.
 
 Errors become status codes in one table (:data:`serve_ab.api.errors.GRPC_STATUS`) with the
 error's message as details (cut at :data:`MAX_DETAILS_CHARS`); the response is then empty, as
-gRPC clients expect. A request that did not parse as protobuf arrives as an
-:class:`~serve_ab.api.grpc.servicer.Undecodable` (the parser
-:func:`serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server` registers) and is
-INVALID_ARGUMENT.
+gRPC clients expect. A request that did not parse as protobuf, or an inference request with a
+``parameters`` key twice, arrives as an :class:`~serve_ab.api.grpc.servicer.Undecodable` (the
+parser :func:`serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server` registers)
+and is INVALID_ARGUMENT.
 """
 
 # Everything below reads its annotations only as documentation (no FastAPI here).
@@ -58,11 +58,13 @@ class Metadata(dict):
     """A call's metadata by lower-cased name: gRPC sends names lower-cased, while the config
     may spell a header ``X-User-Id``, as HTTP's case-blind headers allow. Values of binary
     metadata (names ending ``-bin``) come as bytes; they are read as Latin-1, as Starlette
-    reads the same bytes in an HTTP header, so a key sent either way is the same user."""
+    reads the same bytes in an HTTP header, so a key sent either way is the same user. A name
+    sent twice has its first value, as an HTTP header sent twice does."""
 
     def __init__(self, context: Context):
-        super().__init__((str(k).lower(), v.decode("latin-1") if isinstance(v, bytes) else v)
-                         for k, v in context.invocation_metadata() or ())
+        super().__init__()
+        for name, value in context.invocation_metadata() or ():
+            self.setdefault(str(name).lower(), value.decode("latin-1") if isinstance(value, bytes) else value)
 
     def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
@@ -187,7 +189,7 @@ async def _answer(request: Message | Undecodable, context: Context, empty: Calla
                   call: Callable[[], Awaitable[M]], max_bytes: int | None = None) -> M:
     """``call``'s answer; on an error, its status code and message on ``context`` and an empty
     response (returned, not raised, so Ray's proxy sends the code without logging a traceback).
-    A request that did not parse (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT, or
+    A request the parser refused (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT, or
     RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be."""
     try:
         if isinstance(request, Undecodable):

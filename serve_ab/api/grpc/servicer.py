@@ -59,7 +59,8 @@ class Undecodable:
 
 @dataclass(frozen=True)
 class RepeatedParameter(Undecodable):
-    """A ModelInferRequest that parses but holds a key twice in one ``parameters`` map;
+    """A ModelInferRequest that parses but holds a key twice in one ``parameters`` map
+    (:mod:`serve_ab.api.grpc.repeated_parameters`), refused as bytes that do not parse are;
     ``reason`` names the key and the map."""
 
     def describe(self) -> str:
@@ -75,13 +76,14 @@ def lenient_parser(message: type[Message]) -> Callable[[bytes], Message | Undeco
     def parse(data: bytes) -> Message | Undecodable:
         try:
             parsed = message.FromString(data)
+            repeat = repeated_parameter(data, parsed) if check_repeats and has_parameters(parsed) else None
         except DecodeError as err:
             # "Error parsing message with type 'X': Wire format was corrupt": the type is named once.
             return Undecodable(name, len(data), str(err).rpartition("': ")[2] or str(err))
-        if check_repeats and has_parameters(parsed) and (repeat := repeated_parameter(data)) is not None:
+        if repeat is not None:
             where, key = repeat
-            return RepeatedParameter(name, len(data), f"duplicate key {json.dumps(key[:80])} in {where}; "
-                                                      "send each key once")
+            reason = f"duplicate key {json.dumps(key[:80])} in {where}; send each key once"
+            return RepeatedParameter(name, len(data), reason)
         return parsed
 
     return parse

@@ -1,17 +1,20 @@
 """``serve_ab.api.grpc.repeated_parameters``: a ``parameters`` key sent twice in a
 ModelInferRequest's wire bytes, which protobuf's parse keeps only the last of. Checked against
-an oracle that reads the same bytes with the maps declared as plain repeated entries, so every
-entry survives the parse."""
+an oracle that reads the same bytes with the generated message's maps declared as plain
+repeated entries (every entry kept, every other field read as usual), on requests built from
+raw wire bytes: repeats in every map, entries protobuf leaves out of a map, unknown fields of
+every wire type, groups in groups."""
 
 from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
-from serve_ab.api.grpc.repeated_parameters import has_parameters, repeated_parameter
+from serve_ab.api.grpc.repeated_parameters import MapEntries, has_parameters, repeated_parameter
+from serve_ab.api.grpc.servicer import RepeatedParameter, lenient_parser
 
 
 def _entries_twin() -> type:
@@ -49,6 +52,50 @@ def oracle(data: bytes) -> tuple[str, str] | None:
     return None
 
 
+def found(data: bytes) -> tuple[str, str] | None:
+    """What the parser refuses ``data`` for, as ``lenient_parser`` asks: only for a request
+    with a parameter somewhere."""
+    parsed = pb.ModelInferRequest.FromString(data)
+    return repeated_parameter(data, parsed) if has_parameters(parsed) else None
+
+
+# -- wire bytes by hand ----------------------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _length(number: int, body: bytes) -> bytes:
+    return _tag(number, 2) + _varint(len(body)) + body
+
+
+def entry(number: int, *keys: bytes, extra: bytes = b"") -> bytes:
+    """A map entry at field ``number``: a key field per ``keys``, an int64 value, ``extra``."""
+    body = b"".join(_length(1, key) for key in keys) + _length(2, _tag(2, 0) + _varint(7)) + extra
+    return _length(number, body)
+
+
+def test_the_entries_message_reads_the_field_numbers_of_the_proto():
+    def numbers(message) -> dict[str, int]:  # each map's path -> field number, and the key's
+        out = {name: message.fields_by_name[name].number for name in ("parameters", "inputs", "outputs")}
+        for name in ("inputs", "outputs"):
+            tensor = message.fields_by_name[name].message_type
+            out[name + ".parameters"] = tensor.fields_by_name["parameters"].number
+        out["key"] = message.fields_by_name["parameters"].message_type.fields_by_name["key"].number
+        return out
+
+    assert numbers(MapEntries.DESCRIPTOR) == numbers(pb.ModelInferRequest.DESCRIPTOR)
+
+
 def request(user: str = "alice") -> pb.ModelInferRequest:
     out = pb.ModelInferRequest(model_name="digits", id="r1")
     out.parameters["user_id"].string_param = user
@@ -61,7 +108,7 @@ def request(user: str = "alice") -> pb.ModelInferRequest:
 
 def test_a_request_of_distinct_keys_has_no_repeat():
     data = request().SerializeToString()
-    assert repeated_parameter(data) is None
+    assert found(data) is None
     assert has_parameters(pb.ModelInferRequest.FromString(data))
     assert not has_parameters(pb.ModelInferRequest(model_name="digits"))
 
@@ -71,102 +118,126 @@ def test_the_request_key_twice_is_found_though_protobuf_keeps_only_the_last():
     bob.parameters["user_id"].string_param = "bob"
     data = request("alice").SerializeToString() + bob.SerializeToString()  # concatenation merges
     assert pb.ModelInferRequest.FromString(data).parameters["user_id"].string_param == "bob"
-    assert repeated_parameter(data) == ("parameters", "user_id")
+    assert found(data) == ("parameters", "user_id")
 
 
 def test_a_tensor_key_twice_names_the_tensor():
     data = request().SerializeToString()
-    again = pb.ModelInferRequest()
-    second = again.inputs.add(name="z")
-    second.parameters["a"].int64_param = 1
-    # A second input with its own key is no repeat; the same key twice in one tensor is.
-    assert repeated_parameter(data + again.SerializeToString()) is None
-    entry = pb.ModelInferRequest.InferInputTensor()
-    entry.parameters["a"].int64_param = 2
-    # One tensor's bytes holding "a" twice (a message's bytes concatenated merge into one).
-    tensor_bytes = second.SerializeToString() + entry.SerializeToString()
-    field_5 = b"\x2a" + _varint(len(tensor_bytes)) + tensor_bytes
-    assert repeated_parameter(data + field_5) == ("inputs[1].parameters", "a")
-    out_entry = pb.ModelInferRequest.InferRequestedOutputTensor(name="y")
-    out_entry.parameters["binary_data"].bool_param = False
-    out_bytes = out_entry.SerializeToString() * 2
-    field_6 = b"\x32" + _varint(len(out_bytes)) + out_bytes
-    assert repeated_parameter(data + field_6) == ("outputs[1].parameters", "binary_data")
+    # A second input with its own "a" is no repeat; "a" twice in one tensor is.
+    assert found(data + _length(5, _length(1, b"z") + entry(4, b"a"))) is None
+    assert found(data + _length(5, _length(1, b"z") + entry(4, b"a") + entry(4, b"a"))) == ("inputs[1].parameters", "a")
+    assert found(data + _length(6, _length(1, b"y") + entry(2, b"binary_data") * 2)) \
+        == ("outputs[1].parameters", "binary_data")
+    # Nothing but a tensor's map holds a parameter: the trigger still looks.
+    bare = pb.ModelInferRequest(model_name="digits").SerializeToString()
+    assert found(bare + _length(6, entry(2, b"k") + entry(2, b"k"))) == ("outputs[0].parameters", "k")
+    assert found(bare + _length(5, entry(4, b"k") + entry(4, b"k"))) == ("inputs[0].parameters", "k")
 
 
 def test_an_entry_with_its_key_twice_has_the_last_as_protobuf_reads_it():
-    def entry(*keys: bytes) -> bytes:  # field 4 of the request: a map entry of these key fields
-        body = b"".join(b"\x0a" + _varint(len(k)) + k for k in keys)
-        return b"\x22" + _varint(len(body)) + body
-
-    data = entry(b"a", b"b") + entry(b"b")
+    data = entry(4, b"a", b"b") + entry(4, b"b")
     assert list(pb.ModelInferRequest.FromString(data).parameters) == ["b"]
-    assert repeated_parameter(data) == ("parameters", "b")
-    assert repeated_parameter(entry(b"a", b"b") + entry(b"a")) is None
-    assert repeated_parameter(entry() + entry(b"")) == ("parameters", "")  # no key field is ""
+    assert found(data) == ("parameters", "b")
+    assert found(entry(4, b"a", b"b") + entry(4, b"a")) is None
+    assert found(entry(4) + entry(4, b"")) == ("parameters", "")  # no key field is the key ""
 
 
-def test_the_scan_steps_over_tensor_bytes_by_their_length():
+def test_an_entry_protobuf_leaves_out_of_its_map_is_no_repeat_by_itself():
+    """protobuf keeps an entry that carries a field of its own it does not know out of the map
+    (in the message's unknown fields): the list is longer than the map, yet no key repeats."""
+    odd = entry(4, b"a", extra=_tag(9, 0) + _varint(1))
+    data = odd + entry(4, b"b")
+    assert list(pb.ModelInferRequest.FromString(data).parameters) == ["b"]
+    assert found(data) is None
+    assert found(data + entry(4, b"a")) == ("parameters", "a")  # as the oracle counts it: refused
+
+
+def test_the_second_parse_steps_over_tensor_bytes():
     big = request()
-    big.raw_input_contents[0] = b"\x22\x04user" * 50_000  # bytes that look like entries
-    assert repeated_parameter(big.SerializeToString()) is None
+    big.raw_input_contents[0] = entry(4, b"user") * 50_000  # bytes that look like entries
+    assert found(big.SerializeToString()) is None
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+def test_the_parser_refuses_a_repeat_in_any_map_and_names_it():
+    parse = lenient_parser(pb.ModelInferRequest)
+    base = request().SerializeToString()
+    for extra, key, where in [(entry(4, b"user_id"), "user_id", "parameters"),
+                              (_length(5, entry(4, b"q") * 2), "q", "inputs[1].parameters"),
+                              (_length(6, entry(2, b"q") * 2), "q", "outputs[1].parameters")]:
+        refused = parse(base + extra)
+        assert isinstance(refused, RepeatedParameter), where
+        assert refused.describe() == f'duplicate key "{key}" in {where}; send each key once'
+        assert refused.size_bytes == len(base + extra)
 
 
-KEYS = st.sampled_from(["user_id", "a", "", "é", "binary_data_size"])
+# -- generated requests ----------------------------------------------------------------------
+
+KEYS = st.sampled_from([b"user_id", b"a", b"", "é".encode(), b"binary_data_size"])
+
+
+def unknown_fields(depth: int = 0) -> st.SearchStrategy[bytes]:
+    """Fields numbered past the message's (90-99): every wire type, groups holding groups."""
+    number = st.integers(90, 99)
+    scalar = st.one_of(
+        st.builds(lambda n, v: _tag(n, 0) + _varint(v), number, st.integers(0, 2**64 - 1)),
+        st.builds(lambda n, b: _tag(n, 1) + b, number, st.binary(min_size=8, max_size=8)),
+        st.builds(lambda n, b: _tag(n, 5) + b, number, st.binary(min_size=4, max_size=4)),
+        st.builds(lambda n, b: _length(n, b), number, st.binary(max_size=12)),
+    )
+    if depth >= 3:
+        return scalar
+    group = st.builds(lambda n, inner: _tag(n, 3) + b"".join(inner) + _tag(n, 4),
+                      number, st.lists(st.deferred(lambda: unknown_fields(depth + 1)), max_size=3))
+    return st.one_of(scalar, group)
+
+
+def entries(number: int) -> st.SearchStrategy[bytes]:
+    one = st.builds(lambda keys, extra: entry(number, *keys, extra=extra),
+                    st.lists(KEYS, max_size=2), st.one_of(st.just(b""), unknown_fields()))
+    return st.lists(one, max_size=4).map(b"".join)
 
 
 @st.composite
 def wire_requests(draw) -> bytes:
-    """A ModelInferRequest's bytes as concatenated pieces (protobuf merges them), so keys can
-    repeat in one map; some with unknown fields of every wire type, groups included."""
     pieces = []
     for _ in range(draw(st.integers(0, 6))):
-        piece = pb.ModelInferRequest()
         kind = draw(st.sampled_from(["parameters", "input", "output", "other", "unknown"]))
         if kind == "parameters":
-            piece.parameters[draw(KEYS)].int64_param = draw(st.integers(-5, 5))
-        elif kind in ("input", "output"):
-            tensor = piece.inputs.add() if kind == "input" else piece.outputs.add()
-            for key in draw(st.lists(KEYS, max_size=3)):
-                tensor.parameters[key].string_param = "v"
-            if kind == "input":
-                tensor.shape.extend(draw(st.lists(st.integers(0, 2**40), max_size=3)))
+            pieces.append(draw(entries(4)))
+        elif kind == "input":
+            shape = _length(3, b"".join(_varint(d) for d in draw(st.lists(st.integers(0, 2**40), max_size=3))))
+            pieces.append(_length(5, _length(1, b"x") + shape + draw(entries(4)) + draw(unknown_fields())))
+        elif kind == "output":
+            pieces.append(_length(6, _length(1, b"y") + draw(entries(2))))
         elif kind == "other":
-            piece.model_name = draw(st.text(max_size=5))
-            piece.raw_input_contents.append(draw(st.binary(max_size=40)))
-        data = piece.SerializeToString()
-        if kind == "unknown":  # field 99: varint, fixed64, a group holding a group, fixed32
-            data = (b"\x98\x06" + _varint(draw(st.integers(0, 2**63))) + b"\x99\x06" + bytes(8)
-                    + b"\x9b\x06" + b"\x93\x06" + b"\x08\x01" + b"\x94\x06" + b"\x12\x00" + b"\x9c\x06"
-                    + b"\x9d\x06" + bytes(4))
-        pieces.append(data)
+            pieces.append(_length(1, b"digits") + _length(7, draw(st.binary(max_size=40))))
+        else:
+            pieces.append(draw(unknown_fields()))
     return b"".join(pieces)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wire_requests())
 def test_generated_requests_agree_with_the_oracle(data):
-    parsed = pb.ModelInferRequest.FromString(data)
-    found = repeated_parameter(data)
-    assert found == oracle(data)
-    if found is not None:
-        assert has_parameters(parsed)  # the scan's trigger misses no repeat
+    try:
+        parsed = pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        assume(False)
+    agrees_with_the_oracle(data, parsed)
+
+
+def agrees_with_the_oracle(data: bytes, parsed: pb.ModelInferRequest) -> None:
+    if has_parameters(parsed):
+        assert found(data) == oracle(data)
+    else:  # no map holds a key: nobody's key is read, whatever entries protobuf left out
+        assert found(data) is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60))
-def test_bytes_that_parse_never_break_the_scan(data):
+def test_bytes_that_parse_never_break_the_check(data):
     try:
-        pb.ModelInferRequest.FromString(data)
+        parsed = pb.ModelInferRequest.FromString(data)
     except DecodeError:
         return
-    assert repeated_parameter(data) == oracle(data)
+    agrees_with_the_oracle(data, parsed)

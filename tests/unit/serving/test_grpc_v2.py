@@ -118,6 +118,29 @@ def test_a_header_key_is_read_from_metadata_whatever_its_case(service):
     assert len(again) == 1
 
 
+def test_a_key_header_sent_twice_has_its_first_value_as_over_http(service):
+    """A proxy can add a header a client already sent. gRPC's metadata keeps both values in
+    order; HTTP (Starlette, the router's routes) reads the first, and so does gRPC, so one
+    request is one user whichever way it comes."""
+    assignment = {"key": "header", "header": "X-User-Id", "salt": "unit"}
+    grpc_v2 = service(assignment=assignment)
+
+    def over_grpc(*values: str) -> str:
+        context = FakeContext()
+        context.metadata = [("x-user-id", value) for value in values]
+        return asyncio.run(grpc_v2.model_infer(infer_request(), context)).model_version
+
+    users = [f"user-{i}" for i in range(40)]
+    version_of = {user: over_grpc(user) for user in users}
+    first, other = users[0], next(u for u in users if version_of[u] != version_of[users[0]])
+    assert over_grpc(first, other) == version_of[first]
+    assert over_grpc(other, first) == version_of[other]
+    make_app("colocated", assignment=assignment)  # the same experiment, over HTTP
+    http = TestClient(routes.app, raise_server_exceptions=False)
+    answer = http.post("/predict", json={"inputs": [ROW.tolist()]}, headers=[("x-user-id", other), ("x-user-id", first)])
+    assert answer.json()["version"] == version_of[other]
+
+
 def test_a_pin_needs_the_qa_token_as_metadata(service):
     grpc_v2 = service()
     response, context = call(grpc_v2.model_infer, infer_request(model_version="v2"))
@@ -263,7 +286,9 @@ def test_an_infer_request_with_a_parameter_key_twice_is_invalid_argument_and_cou
     first.parameters["user_id"].string_param = "alice"
     second.parameters["user_id"].string_param = "bob"
     request = lenient_parser(pb.ModelInferRequest)(first.SerializeToString() + second.SerializeToString())
-    calls = lambda: sum(version.calls for version in grpc_v2.served.core.versions.values())  # noqa: E731
+    def calls() -> int:
+        return sum(version.calls for version in grpc_v2.served.core.versions.values())
+
     before = calls()
     response, context = call(grpc_v2.model_infer, request)
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT
