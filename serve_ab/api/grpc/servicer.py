@@ -29,7 +29,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
-from serve_ab.api.grpc.repeated_parameters import has_parameters, repeated_parameter
+from serve_ab.api.grpc.repeated_parameters import repeated_parameter
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -76,8 +76,8 @@ def lenient_parser(message: type[Message]) -> Callable[[bytes], Message | Undeco
     def parse(data: bytes) -> Message | Undecodable:
         try:
             parsed = message.FromString(data)
-            repeat = repeated_parameter(data, parsed) if check_repeats and has_parameters(parsed) else None
-        except DecodeError as err:
+            repeat = repeated_parameter(data) if check_repeats else None
+        except (DecodeError, UnicodeDecodeError) as err:  # the second: protobuf's pure-Python parser
             # "Error parsing message with type 'X': Wire format was corrupt": the type is named once.
             return Undecodable(name, len(data), str(err).rpartition("': ")[2] or str(err))
         if repeat is not None:
