@@ -15,7 +15,7 @@ from serve_ab.api.grpc import codec
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.serving import http as routes
 from serve_ab.api.grpc.servicer import lenient_parser
-from serve_ab.serving.grpc_v2 import MAX_DETAILS_CHARS, GrpcInference
+from serve_ab.serving.grpc_v2 import MAX_DETAILS_CHARS, GrpcInference, Metadata
 from tests.unit.serving.test_http import QA_TOKEN, VIEWER_TOKEN, make_app
 
 ROW = np.arange(64, dtype=np.float32) / 64
@@ -318,10 +318,14 @@ def test_details_quoting_a_long_client_string_are_cut(service):
 def test_a_key_header_sent_as_binary_metadata_is_read_as_http_reads_it(service):
     """Names ending -bin are binary metadata: grpcio hands their values over as bytes."""
     grpc_v2 = service(assignment={"key": "header", "header": "X-User-Id-Bin"})
-    texts = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": "caf\xe9"})
-    raw = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": "caf\xe9".encode("latin-1")})
-    assert raw[1].code is None and texts[1].code is None, raw[1].details
-    assert raw[0].model_version == texts[0].model_version
+    context = FakeContext({"x-user-id-bin": "caf\xe9".encode("latin-1")})
+    assert Metadata(context).get("X-User-Id-Bin") == "caf\xe9"
+    # Thirty users, so that another decoding (UTF-8 with replacement, say) would move some.
+    for i in range(30):
+        texts = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": f"caf\xe9-{i}"})
+        raw = call(grpc_v2.model_infer, infer_request(), {"x-user-id-bin": f"caf\xe9-{i}".encode("latin-1")})
+        assert raw[1].code is None and texts[1].code is None, raw[1].details
+        assert raw[0].model_version == texts[0].model_version, i
 
 
 def test_the_grpc_methods_import_no_ray():
