@@ -5,6 +5,8 @@
   ``predict`` method for DeploymentHandle callers.
 - :class:`OnnxModelFastAPI`: the same model behind a FastAPI ingress, as serve-ab's router
   is, so the cost of FastAPI itself can be told apart from serve-ab's own.
+- :class:`OnnxModelGrpc`: the same model answering the Open Inference Protocol's gRPC
+  ``ModelInfer`` by hand, against serve-ab over Serve's gRPC proxy.
 - :class:`OnnxModelBatched`: :class:`OnnxModel` with ``@serve.batch``, against serve-ab with
   batching on.
 - :class:`TwoModelsBatched`: two versions in one replica, each with its own ``@serve.batch``
@@ -81,6 +83,29 @@ class OnnxModelFastAPI:
 # Dynamic batching, the same settings for (a+) and serve-ab's (c+): serve-ab's defaults.
 BATCH_MAX_SIZE = 16
 BATCH_WAIT_TIMEOUT_S = 0.002
+
+
+@serve.deployment
+class OnnxModelGrpc:
+    """(a) over gRPC: the Open Inference Protocol's ``ModelInfer`` by hand, as a Ray Serve
+    user serving tritonclient's gRPC calls would write it: the first input's raw bytes as
+    little-endian float32 of its shape, the model, its output's raw bytes back."""
+
+    def __init__(self, path: str, intra_op_threads: int = 1):
+        self.session = _onnx_session(path, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    async def ModelInfer(self, request: Any) -> Any:  # noqa: N802 - the RPC's name
+        from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+
+        tensor = request.inputs[0]
+        batch = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(tuple(tensor.shape))
+        (outputs,) = self.session.run(None, {self.input_name: batch})
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        response.outputs.add(name=self.output_name, datatype="FP32", shape=list(outputs.shape))
+        response.raw_output_contents.append(np.ascontiguousarray(outputs, dtype="<f4").tobytes())
+        return response
 
 
 @serve.deployment
@@ -168,6 +193,11 @@ class RandomSplit:
 def plain_app(path: str, options: dict[str, Any]) -> Application:
     """(a) one version, by hand; HTTP at the app's route prefix (any path)."""
     return OnnxModel.options(**options).bind(path)
+
+
+def plain_grpc_app(path: str, options: dict[str, Any]) -> Application:
+    """(a) over gRPC: ``ModelInfer`` by hand, through Serve's gRPC proxy."""
+    return OnnxModelGrpc.options(**options).bind(path)
 
 
 def plain_batched_app(path: str, options: dict[str, Any]) -> Application:

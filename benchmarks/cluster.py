@@ -53,11 +53,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def cluster(num_cpus: int = 8) -> Iterator[Cluster]:
+def cluster(num_cpus: int = 8, grpc_options: dict[str, Any] | None = None) -> Iterator[Cluster]:
     """A Ray instance of our own (no dashboard) and Serve's proxy on a free port (never 8000).
 
     ``num_cpus`` is logical: every replica reserves a share, while the real cores are
-    shared by all replicas, the proxy and the load generator alike.
+    shared by all replicas, the proxy and the load generator alike. ``grpc_options``: Serve's
+    gRPC proxy too (``benchmarks.bench_grpc``); without them it does not run.
     """
     import ray
     from ray import serve
@@ -74,7 +75,7 @@ def cluster(num_cpus: int = 8) -> Iterator[Cluster]:
                            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                      "PYTHONPATH": python_path}})
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, grpc_options=grpc_options)
         yield Cluster(port=port, session_dir=Path(context.address_info["session_dir"]), token=token)
     finally:
         try:

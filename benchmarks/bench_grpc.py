@@ -1,0 +1,228 @@
+"""serve-ab over gRPC against plain Ray Serve over gRPC: the Open Inference Protocol's
+``ModelInfer``, as tritonclient and KServe's clients call it, through Serve's gRPC proxy.
+
+Three apps side by side on one cluster, each one replica with the same Ray options as
+``bench_serving`` (num_cpus 0.5, max_ongoing_requests 256):
+
+- (a) ``grpc_plain``: :class:`benchmarks.baselines.OnnxModelGrpc`, ``ModelInfer`` by hand on v1;
+- (a=) ``grpc_twin``: the same app again, the A/A that shows the noise floor;
+- (c) ``grpc_colocated``: serve-ab colocated, v1 and v3 at 50/50, keyed on ``parameters.user_id``.
+
+Every request is a digit (a batch of one, raw little-endian float32, as tritonclient sends it)
+with a new ``user_id`` in its parameters, the same bytes to every app; Serve's proxy picks the
+app by the ``application`` metadata. Per round: at concurrency 1 the apps take turns request by
+request on one channel (the same moment of the machine for each); at ``--concurrency`` each app
+runs a closed loop of that many calls in turn, in an order rotated between rounds. Ratios are
+taken within a round against (a), then the median (min-max) over rounds.
+
+    python -m benchmarks.bench_grpc [--rounds 4] [--duration-s 3] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cluster import cluster, deployed, free_port, missing_models
+from benchmarks.common import MODELS, digits_experiment, request_bodies, version
+
+APPS = ("grpc_plain", "grpc_twin", "grpc_colocated")
+BASELINE = "grpc_plain"
+REPLICA_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5},
+                                   "max_ongoing_requests": 256}
+SERVICER = "serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration-s", type=float, default=3.0, help="per app, round and concurrency")
+    parser.add_argument("--concurrency", type=int, default=16, help="the closed loop's calls in flight")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration_s <= 0 or args.concurrency < 2:
+        parser.error(f"--rounds {args.rounds}, --duration-s {args.duration_s}, --concurrency "
+                     f"{args.concurrency}: need at least 1 round, a positive duration, 2 or more calls")
+    return args
+
+
+def requests(count: int = 256) -> list[bytes]:
+    """Serialized ModelInferRequests: real digits, a new user each."""
+    from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+
+    _, pairs = request_bodies(count)
+    out = []
+    for batch, user in pairs:
+        request = pb.ModelInferRequest(model_name="digits")
+        request.parameters["user_id"].string_param = user
+        request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(batch, dtype="<f4").tobytes())
+        out.append(request.SerializeToString())
+    return out
+
+
+def targets() -> list[Any]:
+    from ray import serve
+
+    from benchmarks import baselines
+    from serve_ab import build_app
+
+    v1 = str(MODELS / "v1" / "model.onnx")
+    experiment = digits_experiment([version("v1"), version("v3")], {"v1": 50, "v3": 50}, "bench-grpc",
+                                   REPLICA_OPTIONS, "colocated")
+    apps = {"grpc_plain": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
+            "grpc_twin": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
+            "grpc_colocated": build_app(experiment)}
+    return [serve.RunTarget(app, name=name, route_prefix=f"/{name}") for name, app in apps.items()]
+
+
+class Caller:
+    """Raw-bytes ModelInfer calls to one app over one channel (grpc.aio)."""
+
+    def __init__(self, channel: Any, app: str):
+        self.call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        self.metadata = (("application", app),)
+
+    async def __call__(self, body: bytes) -> float:
+        started = time.perf_counter()
+        await self.call(body, metadata=self.metadata, timeout=30)
+        return (time.perf_counter() - started) * 1000
+
+    async def answer(self, body: bytes) -> Any:
+        from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+
+        return pb.ModelInferResponse.FromString(await self.call(body, metadata=self.metadata, timeout=30))
+
+
+async def alternating(callers: dict[str, Caller], bodies: list[bytes], duration_s: float,
+                      order: list[str]) -> dict[str, list[float]]:
+    """Concurrency 1: the apps take turns request by request; latencies (ms) per app."""
+    latencies_ms: dict[str, list[float]] = {app: [] for app in callers}
+    n = 0
+    deadline = time.perf_counter() + duration_s * len(callers)
+    while time.perf_counter() < deadline:
+        for app in order:
+            latencies_ms[app].append(await callers[app](bodies[n % len(bodies)]))
+            n += 1
+    return latencies_ms
+
+
+async def closed_loop(caller: Caller, bodies: list[bytes], concurrency: int,
+                      duration_s: float) -> tuple[float, list[float]]:
+    """``concurrency`` calls in flight for ``duration_s`` after 0.25 s unmeasured: req/s, latencies."""
+    latencies_ms: list[float] = []
+    measuring = False
+    stop = False
+
+    async def worker(index: int) -> None:
+        n = index
+        while not stop:
+            latency_ms = await caller(bodies[n % len(bodies)])
+            if measuring and not stop:
+                latencies_ms.append(latency_ms)
+            n += concurrency
+
+    workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(0.25)
+    measuring, started = True, time.perf_counter()
+    await asyncio.sleep(duration_s)
+    stop, elapsed_s = True, time.perf_counter() - started
+    await asyncio.gather(*workers)
+    return len(latencies_ms) / elapsed_s, latencies_ms
+
+
+def summary(per_round: list[dict[str, float]], latencies_ms: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    base_p50 = statistics.median(latencies_ms[BASELINE])
+    for app in APPS:
+        rps = [r[app] for r in per_round]
+        item: dict[str, Any] = {"rps": round(statistics.median(rps), 1), "rps_min": round(min(rps), 1),
+                                "rps_max": round(max(rps), 1),
+                                "p50_ms": round(statistics.median(latencies_ms[app]), 3)}
+        if app != BASELINE:
+            ratios = [r[app] / r[BASELINE] for r in per_round]
+            item.update(vs_plain=round(statistics.median(ratios), 3), vs_plain_min=round(min(ratios), 3),
+                        vs_plain_max=round(max(ratios), 3),
+                        p50_added_vs_plain_ms=round(item["p50_ms"] - base_p50, 3))
+        out[app] = item
+    return out
+
+
+async def check_answers(callers: dict[str, Caller], bodies: list[bytes]) -> None:
+    """Before measuring: every app answers ten probabilities a digit, plain's the same as
+    its twin's, and serve-ab's from both versions of its split (so its users were keyed)."""
+    versions = set()
+    for body in bodies:
+        answers = {app: await callers[app].answer(body) for app in APPS}
+        outputs = {app: np.frombuffer(a.raw_output_contents[0], dtype="<f4") for app, a in answers.items()}
+        if any(len(o) != 10 for o in outputs.values()) or not np.array_equal(outputs["grpc_plain"],
+                                                                             outputs["grpc_twin"]):
+            raise RuntimeError(f"the apps' answers are not ten probabilities alike: {outputs}")
+        versions.add(answers["grpc_colocated"].model_version)
+    if versions != {"v1", "v3"}:
+        raise RuntimeError(f"serve-ab answered from {sorted(versions)} over {len(bodies)} users; expected v1 and v3")
+
+
+async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
+    import grpc
+
+    bodies = requests()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        callers = {app: Caller(channel, app) for app in APPS}
+        await check_answers(callers, bodies[:64])
+        for app in APPS:  # warm-up
+            for body in bodies[:50]:
+                await callers[app](body)
+        results: dict[str, Any] = {}
+        by_c: dict[int, tuple[list[dict[str, float]], dict[str, list[float]]]] = {
+            1: ([], {a: [] for a in APPS}), args.concurrency: ([], {a: [] for a in APPS})}
+        for round_index in range(args.rounds):
+            order = list(APPS[round_index % len(APPS):] + APPS[:round_index % len(APPS)])
+            print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            lat = await alternating(callers, bodies, args.duration_s, order)
+            turn_s = {app: sum(lat[app]) / 1000 for app in APPS}
+            by_c[1][0].append({app: len(lat[app]) / turn_s[app] for app in APPS})
+            for app in APPS:
+                by_c[1][1][app].extend(lat[app])
+            rates = {}
+            for app in order:
+                rates[app], latencies = await closed_loop(callers[app], bodies, args.concurrency, args.duration_s)
+                by_c[args.concurrency][1][app].extend(latencies)
+            by_c[args.concurrency][0].append(rates)
+        for concurrency, (per_round, latencies_ms) in by_c.items():
+            results[str(concurrency)] = summary(per_round, latencies_ms)
+    return results
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ray import serve
+
+    grpc_port = free_port()
+    with cluster(num_cpus=4, grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]}):
+        with deployed(targets()):
+            print("deployed", file=sys.stderr, flush=True)
+            serve.status()
+            results = asyncio.run(measure(grpc_port, args))
+    return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,
+            "concurrency": [1, args.concurrency], "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    args = parse_args(argv)
+    missing = missing_models("v1/model.onnx", "v3/model.onnx")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    print(json.dumps(run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
