@@ -200,13 +200,10 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ray import serve
-
     grpc_port = free_port()
     with cluster(num_cpus=4, grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]}):
         with deployed(targets()):
             print("deployed", file=sys.stderr, flush=True)
-            serve.status()
             results = asyncio.run(measure(grpc_port, args))
     return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,
             "concurrency": [1, args.concurrency], "results": results}
