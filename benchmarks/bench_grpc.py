@@ -1,8 +1,8 @@
 """serve-ab over gRPC against plain Ray Serve over gRPC: the Open Inference Protocol's
 ``ModelInfer``, as tritonclient and KServe's clients call it, through Serve's gRPC proxy.
 
-Three apps side by side on one cluster, each one replica with the same Ray options as
-``bench_serving`` (num_cpus 0.5, max_ongoing_requests 256):
+Three apps side by side on one cluster, each one replica with ``bench_serving``'s Ray options
+(num_cpus 0.5, max_ongoing_requests 256):
 
 - (a) ``grpc_plain``: :class:`benchmarks.baselines.OnnxModelGrpc`, ``ModelInfer`` by hand on v1;
 - (a=) ``grpc_twin``: the same app again, the A/A that shows the noise floor;
@@ -29,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.cluster import cluster, deployed, free_port, missing_models
+from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT
+from benchmarks.cluster import Cluster, deployed, free_port, run_standalone
 from benchmarks.common import MODELS, digits_experiment, request_bodies, version
 
 APPS = ("grpc_plain", "grpc_twin", "grpc_colocated")
 BASELINE = "grpc_plain"
-REPLICA_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5},
-                                   "max_ongoing_requests": 256}
 SERVICER = "serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server"
 
 
@@ -73,7 +72,7 @@ def targets() -> list[Any]:
     from serve_ab import build_app
 
     v1 = str(MODELS / "v1" / "model.onnx")
-    experiment = digits_experiment([version("v1"), version("v3")], {"v1": 50, "v3": 50}, "bench-grpc",
+    experiment = digits_experiment([version("v1"), version("v3")], WEIGHTS_PCT, "bench-grpc",
                                    REPLICA_OPTIONS, "colocated")
     apps = {"grpc_plain": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
             "grpc_twin": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
@@ -199,26 +198,19 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    grpc_port = free_port()
-    with cluster(num_cpus=4, grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]}):
-        with deployed(targets()):
-            print("deployed", file=sys.stderr, flush=True)
-            results = asyncio.run(measure(grpc_port, args))
+def run(c: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    if c.grpc_port is None:
+        raise RuntimeError("bench_grpc needs a cluster started with Serve's gRPC proxy (grpc_options)")
+    with deployed(targets()):
+        print("deployed", file=sys.stderr, flush=True)
+        results = asyncio.run(measure(c.grpc_port, args))
     return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,
             "concurrency": [1, args.concurrency], "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
-    args = parse_args(argv)
-    missing = missing_models("v1/model.onnx", "v3/model.onnx")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    print(json.dumps(run(args)))
-    return 0
+    return run_standalone(run, parse_args(argv), "v1/model.onnx", "v3/model.onnx",
+                          grpc_options={"port": free_port(), "grpc_servicer_functions": [SERVICER]})
 
 
 if __name__ == "__main__":

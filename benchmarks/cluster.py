@@ -32,6 +32,7 @@ class Cluster:
     port: int           # Serve's HTTP proxy, on 127.0.0.1
     session_dir: Path   # Ray's session folder (replica logs are under logs/serve)
     token: str          # the control token the replicas read from TOKEN_ENV
+    grpc_port: int | None = None  # Serve's gRPC proxy, where the cluster was started with one
 
     @property
     def base_url(self) -> str:
@@ -76,7 +77,8 @@ def cluster(num_cpus: int = 8, grpc_options: dict[str, Any] | None = None) -> It
                                                      "PYTHONPATH": python_path}})
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, grpc_options=grpc_options)
-        yield Cluster(port=port, session_dir=Path(context.address_info["session_dir"]), token=token)
+        yield Cluster(port=port, session_dir=Path(context.address_info["session_dir"]), token=token,
+                      grpc_port=(grpc_options or {}).get("port"))
     finally:
         try:
             serve.shutdown()
@@ -124,13 +126,13 @@ def deployed(targets: list, others_gone_within_s: float = 120.0) -> Iterator[Non
 
 
 def run_standalone(run: Callable[[Cluster, Any], dict[str, Any]], args: Any, *model_files: str,
-                   num_cpus: int = 4) -> int:
+                   num_cpus: int = 4, grpc_options: dict[str, Any] | None = None) -> int:
     """A part run by itself: check its models, start a cluster of its own, print its JSON."""
     missing = missing_models(*model_files)
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    with cluster(num_cpus=num_cpus) as c:
+    with cluster(num_cpus=num_cpus, grpc_options=grpc_options) as c:
         report = run(c, args)
     print(json.dumps(report))
     return 0
