@@ -16,6 +16,9 @@ runs a closed loop of that many calls in turn, in an order rotated between round
 taken within a round against (a), then the median (min-max) over rounds.
 
     python -m benchmarks.bench_grpc [--rounds 4] [--duration-s 3] [--concurrency 16]
+
+``benchmarks.run_all`` runs it as its ``grpc`` part, on its shared cluster started with
+:func:`grpc_options`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ import numpy as np
 
 from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT
 from benchmarks.cluster import Cluster, deployed, free_port, run_standalone
-from benchmarks.common import MODELS, digits_experiment, request_bodies, version
+from benchmarks.common import MODELS, digits_experiment, load_now, request_bodies, version
 
 APPS = ("grpc_plain", "grpc_twin", "grpc_colocated")
 BASELINE = "grpc_plain"
 SERVICER = "serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server"
+
+
+def grpc_options() -> dict[str, Any]:
+    """Serve's gRPC proxy on a free port, serving the Open Inference Protocol's service."""
+    return {"port": free_port(), "grpc_servicer_functions": [SERVICER]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,19 +206,40 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def table(results: dict[str, Any]) -> list[str]:
+    """The figures as the benchmark README gives them: req/s and p50 per app, and the ratios."""
+    lines = [f"{'concurrency':>11}  {'app':<15} {'req/s (min-max)':>22} {'p50 ms':>8}  vs plain (min-max), p50 added"]
+    for concurrency, apps in results.items():
+        for app in APPS:
+            item = apps[app]
+            row = (f"{concurrency:>11}  {app:<15} {item['rps']:>8.1f} ({item['rps_min']:.1f}-{item['rps_max']:.1f})"
+                   f" {item['p50_ms']:>8.2f}")
+            if "vs_plain" in item:
+                row += (f"  {item['vs_plain']:.3f} ({item['vs_plain_min']:.3f}-{item['vs_plain_max']:.3f}), "
+                        f"{item['p50_added_vs_plain_ms']:+.2f} ms")
+            lines.append(row.rstrip())
+    return lines
+
+
 def run(c: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     if c.grpc_port is None:
-        raise RuntimeError("bench_grpc needs a cluster started with Serve's gRPC proxy (grpc_options)")
+        raise RuntimeError("bench_grpc needs a cluster started with Serve's gRPC proxy (grpc_options())")
+    load_before = load_now()
     with deployed(targets()):
         print("deployed", file=sys.stderr, flush=True)
         results = asyncio.run(measure(c.grpc_port, args))
+    load_after = load_now()
+    print(f"\nModelInfer over Serve's gRPC proxy, {args.rounds} rounds of {args.duration_s:g} s per app "
+          f"(median of the rounds' ratios; {APPS[1]} is plain again, the A/A)")
+    print("\n".join(table(results)))
+    print(f"load average before {load_before}, after {load_after}")
     return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,
-            "concurrency": [1, args.concurrency], "results": results}
+            "concurrency": [1, args.concurrency], "results": results,
+            "load_before": load_before, "load_after": load_after}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_standalone(run, parse_args(argv), "v1/model.onnx", "v3/model.onnx",
-                          grpc_options={"port": free_port(), "grpc_servicer_functions": [SERVICER]})
+    return run_standalone(run, parse_args(argv), "v1/model.onnx", "v3/model.onnx", grpc_options=grpc_options())
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     python -m benchmarks.run_all           # about 15 minutes; also writes benchmarks/RESULTS.md
     python -m benchmarks.run_all --quick --only memory canary_load
 
-The parts (routing, serving, propagation, memory, canary_load) run in this process, one
-after the other, on ONE Ray instance and Serve proxy started here (routing needs neither).
+The parts (routing, serving, grpc, propagation, memory, canary_load, controller; shadow in
+full mode) run in this process, one after the other, on ONE Ray instance and Serve proxy
+started here, HTTP and gRPC (routing needs neither).
 Starting Ray and Serve once instead of once per part is most of what makes --quick fit
 in about 4.5 minutes. Each part deploys its own apps and deletes them when it ends; the deletion
 overlaps the next part's deployment, and a part measures only once the previous part's
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.bench_grpc import grpc_options
 from benchmarks.cluster import DELETED_APPS, cluster, missing_models
 from benchmarks.common import REPO, RESULTS_MD, load_now, other_ray_instances, report_header
 
@@ -57,6 +59,8 @@ PARTS: dict[str, Part] = {
                     [], (240, 900),
                     "concurrency 1 and 8 (HTTP and handles), 3 rounds of 1 s per candidate, 0.5 s "
                     "warm-up (full: HTTP 1/4/16/32 and handles 1/16, 4 rounds of 3 s / 2 s, 3 s warm-up)"),
+    "grpc": Part("bench_grpc", ["--rounds", "2", "--duration-s", "1.0"], [], (150, 300),
+                 "2 rounds of 1 s per app at concurrency 1 and 16 (full: 4 rounds of 3 s)"),
     "propagation": Part("bench_propagation", ["--rounds", "3", "--hold", "0.5", "--observe", "0.75"], [],
                         (120, 300), "2 weight rounds + the abort round, hold 0.5 s, observe 0.75 s "
                         "(full: 9 + abort, hold 1 s, observe 1.5 s)"),
@@ -188,6 +192,11 @@ def headline(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "p50_added_vs_plain_ms")
             out["serving_handle_c1_a_a_p50_added_ms"] = (apps.get("plain_twin") or {}).get(
                 "p50_added_vs_plain_ms")
+    for concurrency, apps in (get("grpc", "results") or {}).items():
+        out[f"grpc_c{concurrency}_colocated_vs_plain"] = (apps.get("grpc_colocated") or {}).get("vs_plain")
+        out[f"grpc_c{concurrency}_a_a_vs_plain"] = (apps.get("grpc_twin") or {}).get("vs_plain")
+        if concurrency == "1":
+            out["grpc_c1_p50_added_vs_plain_ms"] = (apps.get("grpc_colocated") or {}).get("p50_added_vs_plain_ms")
     prop = get("propagation", "summary_weights_rounds", "propagation_ms") or {}
     out["propagation_median_ms"], out["propagation_max_ms"] = prop.get("median"), prop.get("max")
     out["propagation_errors"] = get("propagation", "errors")
@@ -237,7 +246,8 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
         json.dumps(report["headline"], indent=1),
         "```",
     ]
-    titles = {"routing": "Routing (`bench_routing.py`)", "propagation": "Rollback propagation (`bench_propagation.py`)",
+    titles = {"routing": "Routing (`bench_routing.py`)", "grpc": "The gRPC ingress (`bench_grpc.py`)",
+              "propagation": "Rollback propagation (`bench_propagation.py`)",
               "memory": "Memory per replica (`bench_memory.py`)",
               "controller": "Controller cost vs traffic (`bench_controller.py`)",
               "canary_load": "Throughput while a canary moves (`bench_canary_load.py`)",
@@ -280,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         shared = None
         if any(PARTS[name].needs_cluster for name in names):
             log("starting one Ray instance and Serve proxy for every part")
-            shared = stack.enter_context(cluster(num_cpus=8))
+            # Serve's gRPC proxy only where the grpc part runs: the same proxy process serves both.
+            shared = stack.enter_context(cluster(num_cpus=8, grpc_options=grpc_options() if "grpc" in names else None))
             report["cluster_start_s"] = round(time.perf_counter() - started, 1)
             # Counted once ours runs: other_ray_instances() leaves one raylet out, ours.
             report["other_ray_instances"] = other_ray_instances()

@@ -55,3 +55,18 @@ def test_the_baseline_answers_what_the_model_answers():
     (expected,) = model.session.run(None, {model.input_name: batch})
     assert list(answer.outputs[0].shape) == [1, 10]
     assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(1, 10), expected)
+
+
+def test_run_all_runs_it_and_its_headline_carries_the_ratios():
+    from benchmarks import run_all
+
+    per_round = [{"grpc_plain": 100.0, "grpc_twin": 101.0, "grpc_colocated": 97.0}]
+    latencies = {"grpc_plain": [5.0], "grpc_twin": [5.1], "grpc_colocated": [5.3]}
+    results = {"1": bench_grpc.summary(per_round, latencies), "16": bench_grpc.summary(per_round, latencies)}
+    assert run_all.PARTS["grpc"].module == "bench_grpc" and run_all.PARTS["grpc"].in_quick
+    out = run_all.headline({"grpc": {"json": {"results": results}}})
+    assert (out["grpc_c1_colocated_vs_plain"], out["grpc_c16_a_a_vs_plain"]) == (0.97, 1.01)
+    assert out["grpc_c1_p50_added_vs_plain_ms"] == 0.3
+    lines = bench_grpc.table(results)
+    assert len(lines) == 1 + 2 * 3
+    assert "0.970 (0.970-0.970), +0.30 ms" in lines[3] and lines[1].split()[:2] == ["1", "grpc_plain"]
