@@ -18,7 +18,7 @@ taken within a round against (a), then the median (min-max) over rounds.
     python -m benchmarks.bench_grpc [--rounds 4] [--duration-s 3] [--concurrency 16]
 
 ``benchmarks.run_all`` runs it as its ``grpc`` part, on its shared cluster started with
-:func:`grpc_options`.
+:func:`benchmarks.cluster.grpc_options`.
 """
 
 from __future__ import annotations
@@ -33,17 +33,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT
-from benchmarks.cluster import Cluster, deployed, free_port, run_standalone
+from benchmarks.cluster import Cluster, deployed, grpc_options, run_standalone
 from benchmarks.common import MODELS, digits_experiment, load_now, request_bodies, version
 
 APPS = ("grpc_plain", "grpc_twin", "grpc_colocated")
 BASELINE = "grpc_plain"
-SERVICER = "serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server"
-
-
-def grpc_options() -> dict[str, Any]:
-    """Serve's gRPC proxy on a free port, serving the Open Inference Protocol's service."""
-    return {"port": free_port(), "grpc_servicer_functions": [SERVICER]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -53,13 +53,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: The Open Inference Protocol's gRPC service, as serve-ab registers it with Serve's gRPC proxy.
+GRPC_SERVICER = "serve_ab.api.grpc.servicer.add_GRPCInferenceServiceServicer_to_server"
+
+
+def grpc_options() -> dict[str, Any]:
+    """Serve's gRPC proxy on a free port, serving the Open Inference Protocol's service
+    (``benchmarks.bench_grpc``). Ray binds it on every interface (``[::]``; Serve has no host
+    for gRPC), where the HTTP proxy here listens on 127.0.0.1 only."""
+    return {"port": free_port(), "grpc_servicer_functions": [GRPC_SERVICER]}
+
+
 @contextlib.contextmanager
 def cluster(num_cpus: int = 8, grpc_options: dict[str, Any] | None = None) -> Iterator[Cluster]:
     """A Ray instance of our own (no dashboard) and Serve's proxy on a free port (never 8000).
 
     ``num_cpus`` is logical: every replica reserves a share, while the real cores are
-    shared by all replicas, the proxy and the load generator alike. ``grpc_options``: Serve's
-    gRPC proxy too (``benchmarks.bench_grpc``); without them it does not run.
+    shared by all replicas, the proxy and the load generator alike. ``grpc_options``
+    (:func:`grpc_options`): Serve's gRPC proxy too, in the same proxy process as HTTP
+    (``benchmarks.bench_grpc``); without them it does not run. The proxy is ready only once
+    both servers are, so a gRPC proxy that cannot start fails HTTP's too.
     """
     import ray
     from ray import serve

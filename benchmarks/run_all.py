@@ -6,7 +6,7 @@
 
 The parts (routing, serving, grpc, propagation, memory, canary_load, controller; shadow in
 full mode) run in this process, one after the other, on ONE Ray instance and Serve proxy
-started here, HTTP and gRPC (routing needs neither).
+started here (routing needs neither); the proxy serves gRPC too when the grpc part runs.
 Starting Ray and Serve once instead of once per part is most of what makes --quick fit
 in about 4.5 minutes. Each part deploys its own apps and deletes them when it ends; the deletion
 overlaps the next part's deployment, and a part measures only once the previous part's
@@ -36,8 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.bench_grpc import grpc_options
-from benchmarks.cluster import DELETED_APPS, cluster, missing_models
+from benchmarks.cluster import DELETED_APPS, cluster, grpc_options, missing_models
 from benchmarks.common import REPO, RESULTS_MD, load_now, other_ray_instances, report_header
 
 
@@ -71,7 +70,7 @@ PARTS: dict[str, Part] = {
     "controller": Part("bench_controller", ["--quick"], [], (180, 420),
                        "1k/10k/100k req/s represented, 3 s each (full: 1k to 1M, 8 s each)"),
     # Not one of the figures: what a shadow costs clients. Left out of --quick (two
-    # more apps to deploy would push it past three minutes); --only shadow runs it quickly.
+    # more apps to deploy, some 40 s); --only shadow runs it quickly.
     "shadow": Part("bench_shadow", ["--duration-s", "2"], [], (120, 240),
                    "not run by --quick (with --only shadow: 2 s per measurement; full: 10 s)",
                    in_quick=False),
@@ -197,6 +196,7 @@ def headline(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out[f"grpc_c{concurrency}_a_a_vs_plain"] = (apps.get("grpc_twin") or {}).get("vs_plain")
         if concurrency == "1":
             out["grpc_c1_p50_added_vs_plain_ms"] = (apps.get("grpc_colocated") or {}).get("p50_added_vs_plain_ms")
+            out["grpc_c1_a_a_p50_added_ms"] = (apps.get("grpc_twin") or {}).get("p50_added_vs_plain_ms")
     prop = get("propagation", "summary_weights_rounds", "propagation_ms") or {}
     out["propagation_median_ms"], out["propagation_max_ms"] = prop.get("median"), prop.get("max")
     out["propagation_errors"] = get("propagation", "errors")
@@ -228,7 +228,8 @@ def append_results(parts: dict[str, dict[str, Any]], report: dict[str, Any]) -> 
         f"# Other benchmarks (`python -m benchmarks.run_all`, {report['date']}, {report['wall_s']:.0f} s in all)",
         "",
         ("Every part ran in one process on one Ray instance and Serve proxy "
-         f"(started in {report.get('cluster_start_s', 0):.0f} s), each deploying its own apps "
+         f"(started in {report.get('cluster_start_s', 0):.0f} s"
+         f"{', serving gRPC too for the grpc part' if 'grpc' in parts else ''}), each deploying its own apps "
          "and deleting them when done."),
         "",
         "## Machine, for every part",
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         shared = None
         if any(PARTS[name].needs_cluster for name in names):
             log("starting one Ray instance and Serve proxy for every part")
-            # Serve's gRPC proxy only where the grpc part runs: the same proxy process serves both.
+            # Serve's gRPC proxy only where the grpc part runs: it shares the HTTP proxy's process,
+            # and a run without it keeps the proxy every other part was measured on before.
             shared = stack.enter_context(cluster(num_cpus=8, grpc_options=grpc_options() if "grpc" in names else None))
             report["cluster_start_s"] = round(time.perf_counter() - started, 1)
             # Counted once ours runs: other_ray_instances() leaves one raylet out, ours.

@@ -57,16 +57,88 @@ def test_the_baseline_answers_what_the_model_answers():
     assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(1, 10), expected)
 
 
-def test_run_all_runs_it_and_its_headline_carries_the_ratios():
+def grpc_results() -> dict:
+    """bench_grpc's results at 1 and 16, each figure different, so a mix-up shows."""
+    at_1 = bench_grpc.summary([{"grpc_plain": 100.0, "grpc_twin": 101.0, "grpc_colocated": 97.0}],
+                              {"grpc_plain": [5.0], "grpc_twin": [5.1], "grpc_colocated": [5.3]})
+    at_16 = bench_grpc.summary([{"grpc_plain": 300.0, "grpc_twin": 294.0, "grpc_colocated": 315.0}],
+                               {"grpc_plain": [40.0], "grpc_twin": [41.0], "grpc_colocated": [38.0]})
+    return {"1": at_1, "16": at_16}
+
+
+def test_run_all_headline_carries_its_ratios_concurrency_by_concurrency():
     from benchmarks import run_all
 
-    per_round = [{"grpc_plain": 100.0, "grpc_twin": 101.0, "grpc_colocated": 97.0}]
-    latencies = {"grpc_plain": [5.0], "grpc_twin": [5.1], "grpc_colocated": [5.3]}
-    results = {"1": bench_grpc.summary(per_round, latencies), "16": bench_grpc.summary(per_round, latencies)}
-    assert run_all.PARTS["grpc"].module == "bench_grpc" and run_all.PARTS["grpc"].in_quick
-    out = run_all.headline({"grpc": {"json": {"results": results}}})
-    assert (out["grpc_c1_colocated_vs_plain"], out["grpc_c16_a_a_vs_plain"]) == (0.97, 1.01)
-    assert out["grpc_c1_p50_added_vs_plain_ms"] == 0.3
-    lines = bench_grpc.table(results)
-    assert len(lines) == 1 + 2 * 3
-    assert "0.970 (0.970-0.970), +0.30 ms" in lines[3] and lines[1].split()[:2] == ["1", "grpc_plain"]
+    out = run_all.headline({"grpc": {"json": {"results": grpc_results()}}})
+    assert {k: v for k, v in out.items() if k.startswith("grpc_")} == {
+        "grpc_c1_colocated_vs_plain": 0.97, "grpc_c1_a_a_vs_plain": 1.01,
+        "grpc_c1_p50_added_vs_plain_ms": 0.3, "grpc_c1_a_a_p50_added_ms": 0.1,
+        "grpc_c16_colocated_vs_plain": 1.05, "grpc_c16_a_a_vs_plain": 0.98}
+    assert not any(k.startswith("grpc_") for k in run_all.headline({"grpc": {"json": None}}))
+
+
+def test_its_table_gives_every_app_at_each_concurrency():
+    lines = bench_grpc.table(grpc_results())
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[0], r[1]) for r in rows] == [(c, app) for c in ("1", "16") for app in bench_grpc.APPS]
+    assert lines[3].endswith("0.970 (0.970-0.970), +0.30 ms")
+    assert lines[6].endswith("1.050 (1.050-1.050), -2.00 ms")
+    assert "vs plain" not in " ".join(rows[0][2:]) and len(rows[0]) == 5  # plain: no ratio to itself
+
+
+def _run_all_main(monkeypatch, argv: list[str]) -> list:
+    """run_all.main with every part and the cluster faked: the grpc_options its cluster got."""
+    import contextlib
+
+    from benchmarks import run_all
+
+    got: list = []
+
+    @contextlib.contextmanager
+    def fake_cluster(num_cpus: int, grpc_options=None):
+        got.append(grpc_options)
+        yield type("FakeCluster", (), {"port": 1})()
+
+    monkeypatch.setattr(run_all, "cluster", fake_cluster)
+    monkeypatch.setattr(run_all, "missing_models", lambda *files: None)
+    monkeypatch.setattr(run_all, "report_header", lambda *a, **k: {"bench": "all", "load_before": []})
+    monkeypatch.setattr(run_all, "other_ray_instances", lambda: 0)
+    monkeypatch.setattr(run_all, "run_part", lambda name, quick, shared, extra: {
+        "rc": 0, "json": {}, "wall_s": 0.0, "text": ""})
+    assert run_all.main(argv) == 0
+    return got
+
+
+def test_run_all_starts_the_grpc_proxy_only_where_the_grpc_part_runs(monkeypatch):
+    from benchmarks.cluster import GRPC_SERVICER
+
+    (quick,) = _run_all_main(monkeypatch, ["--quick"])
+    (only_grpc,) = _run_all_main(monkeypatch, ["--quick", "--only", "grpc"])
+    for options in (quick, only_grpc):
+        assert options["grpc_servicer_functions"] == [GRPC_SERVICER] and options["port"] > 0
+    assert _run_all_main(monkeypatch, ["--quick", "--only", "memory"]) == [None]
+    assert _run_all_main(monkeypatch, ["--quick", "--only", "routing"]) == []  # no cluster at all
+
+
+def test_the_servicer_it_registers_is_importable():
+    import importlib
+
+    from benchmarks.cluster import GRPC_SERVICER
+
+    module, _, name = GRPC_SERVICER.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_results_md_gets_its_section(monkeypatch, tmp_path):
+    from benchmarks import run_all
+
+    monkeypatch.setattr(run_all, "RESULTS_MD", tmp_path / "RESULTS.md")
+    report = {"machine": {}, "date": "today", "wall_s": 1.0, "load_before": [], "load_after": [],
+              "headline": {}, "cluster_start_s": 1.0}
+    text = "\n".join(bench_grpc.table(grpc_results()))
+    run_all.append_results({"grpc": {"rc": 0, "wall_s": 82.0, "text": text}}, report)
+    written = (tmp_path / "RESULTS.md").read_text()
+    assert "## The gRPC ingress (`bench_grpc.py`)" in written and text in written
+    assert "serving gRPC too for the grpc part" in written
+    run_all.append_results({"memory": {"rc": 0, "wall_s": 1.0, "text": "m"}}, report)
+    assert "gRPC" not in (tmp_path / "RESULTS.md").read_text()
