@@ -6,7 +6,9 @@ Three apps side by side on one cluster, each one replica with ``bench_serving``'
 
 - (a) ``grpc_plain``: :class:`benchmarks.baselines.OnnxModelGrpc`, ``ModelInfer`` by hand on v1;
 - (a=) ``grpc_twin``: the same app again, the A/A that shows the noise floor;
-- (c) ``grpc_colocated``: serve-ab colocated, v1 and v3 at 50/50, keyed on ``parameters.user_id``.
+- (c) ``grpc_colocated``: serve-ab colocated, v1 and v3 at 50/50, keyed on ``parameters.user_id``;
+- with ``--plain-loop``, (aL) ``grpc_plain_loop``: (a) on Ray Serve's one replica loop, the thread
+  settings serve-ab's colocated router runs with, so (c) can be read against plain on equal settings.
 
 Every request is a digit (a batch of one, raw little-endian float32, as tritonclient sends it)
 with a new ``user_id`` in its parameters, the same bytes to every app; Serve's proxy picks the
@@ -32,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT
+from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT, one_loop
 from benchmarks.cluster import Cluster, deployed, grpc_options, run_standalone
 from benchmarks.common import MODELS, digits_experiment, load_now, request_bodies, version
 
 APPS = ("grpc_plain", "grpc_twin", "grpc_colocated")
+PLAIN_LOOP = "grpc_plain_loop"  # with --plain-loop
 BASELINE = "grpc_plain"
 
 
@@ -45,11 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration-s", type=float, default=3.0, help="per app, round and concurrency")
     parser.add_argument("--concurrency", type=int, default=16, help="the closed loop's calls in flight")
+    parser.add_argument("--plain-loop", action="store_true",
+                        help="also plain on Ray Serve's one replica loop, the settings of serve-ab's router")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration_s <= 0 or args.concurrency < 2:
         parser.error(f"--rounds {args.rounds}, --duration-s {args.duration_s}, --concurrency "
                      f"{args.concurrency}: need at least 1 round, a positive duration, 2 or more calls")
     return args
+
+
+def apps(args: argparse.Namespace) -> tuple[str, ...]:
+    """The apps this run deploys and measures, the baseline first."""
+    return APPS + ((PLAIN_LOOP,) if args.plain_loop else ())
 
 
 def requests(count: int = 256) -> list[bytes]:
@@ -67,7 +77,7 @@ def requests(count: int = 256) -> list[bytes]:
     return out
 
 
-def targets() -> list[Any]:
+def targets(names: tuple[str, ...] = APPS) -> list[Any]:
     from ray import serve
 
     from benchmarks import baselines
@@ -76,10 +86,11 @@ def targets() -> list[Any]:
     v1 = str(MODELS / "v1" / "model.onnx")
     experiment = digits_experiment([version("v1"), version("v3")], WEIGHTS_PCT, "bench-grpc",
                                    REPLICA_OPTIONS, "colocated")
-    apps = {"grpc_plain": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
-            "grpc_twin": baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
-            "grpc_colocated": build_app(experiment)}
-    return [serve.RunTarget(app, name=name, route_prefix=f"/{name}") for name, app in apps.items()]
+    builders = {"grpc_plain": lambda: baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
+                "grpc_twin": lambda: baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
+                "grpc_colocated": lambda: build_app(experiment),
+                PLAIN_LOOP: lambda: baselines.plain_grpc_app(v1, one_loop(REPLICA_OPTIONS))}
+    return [serve.RunTarget(builders[name](), name=name, route_prefix=f"/{name}") for name in names]
 
 
 class Caller:
@@ -140,7 +151,7 @@ async def closed_loop(caller: Caller, bodies: list[bytes], concurrency: int,
 def summary(per_round: list[dict[str, float]], latencies_ms: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     base_p50 = statistics.median(latencies_ms[BASELINE])
-    for app in APPS:
+    for app in latencies_ms:
         rps = [r[app] for r in per_round]
         item: dict[str, Any] = {"rps": round(statistics.median(rps), 1), "rps_min": round(min(rps), 1),
                                 "rps_max": round(max(rps), 1),
@@ -155,14 +166,15 @@ def summary(per_round: list[dict[str, float]], latencies_ms: dict[str, list[floa
 
 
 async def check_answers(callers: dict[str, Caller], bodies: list[bytes]) -> None:
-    """Before measuring: every app answers ten probabilities a digit, plain's the same as
-    its twin's, and serve-ab's from both versions of its split (so its users were keyed)."""
+    """Before measuring: every app answers ten probabilities a digit, every plain app (its
+    twin, on one loop) the same as plain, and serve-ab from both versions of its split (so its
+    users were keyed)."""
     versions = set()
     for body in bodies:
-        answers = {app: await callers[app].answer(body) for app in APPS}
+        answers = {app: await callers[app].answer(body) for app in callers}
         outputs = {app: np.frombuffer(a.raw_output_contents[0], dtype="<f4") for app, a in answers.items()}
-        if any(len(o) != 10 for o in outputs.values()) or not np.array_equal(outputs["grpc_plain"],
-                                                                             outputs["grpc_twin"]):
+        plain = [o for app, o in outputs.items() if app != "grpc_colocated"]
+        if any(len(o) != 10 for o in outputs.values()) or not all(np.array_equal(plain[0], o) for o in plain):
             raise RuntimeError(f"the apps' answers are not ten probabilities alike: {outputs}")
         versions.add(answers["grpc_colocated"].model_version)
     if versions != {"v1", "v3"}:
@@ -173,22 +185,23 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
     import grpc
 
     bodies = requests()
+    names = apps(args)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        callers = {app: Caller(channel, app) for app in APPS}
+        callers = {app: Caller(channel, app) for app in names}
         await check_answers(callers, bodies[:64])
-        for app in APPS:  # warm-up
+        for app in names:  # warm-up
             for body in bodies[:50]:
                 await callers[app](body)
         results: dict[str, Any] = {}
         by_c: dict[int, tuple[list[dict[str, float]], dict[str, list[float]]]] = {
-            1: ([], {a: [] for a in APPS}), args.concurrency: ([], {a: [] for a in APPS})}
+            1: ([], {a: [] for a in names}), args.concurrency: ([], {a: [] for a in names})}
         for round_index in range(args.rounds):
-            order = list(APPS[round_index % len(APPS):] + APPS[:round_index % len(APPS)])
+            order = list(names[round_index % len(names):] + names[:round_index % len(names)])
             print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
             lat = await alternating(callers, bodies, args.duration_s, order)
-            turn_s = {app: sum(lat[app]) / 1000 for app in APPS}
-            by_c[1][0].append({app: len(lat[app]) / turn_s[app] for app in APPS})
-            for app in APPS:
+            turn_s = {app: sum(lat[app]) / 1000 for app in names}
+            by_c[1][0].append({app: len(lat[app]) / turn_s[app] for app in names})
+            for app in names:
                 by_c[1][1][app].extend(lat[app])
             rates = {}
             for app in order:
@@ -203,9 +216,8 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> list[str]:
     """The figures as the benchmark README gives them: req/s and p50 per app, and the ratios."""
     lines = [f"{'concurrency':>11}  {'app':<15} {'req/s (min-max)':>22} {'p50 ms':>8}  vs plain (min-max), p50 added"]
-    for concurrency, apps in results.items():
-        for app in APPS:
-            item = apps[app]
+    for concurrency, by_app in results.items():
+        for app, item in by_app.items():
             row = (f"{concurrency:>11}  {app:<15} {item['rps']:>8.1f} ({item['rps_min']:.1f}-{item['rps_max']:.1f})"
                    f" {item['p50_ms']:>8.2f}")
             if "vs_plain" in item:
@@ -219,12 +231,13 @@ def run(c: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     if c.grpc_port is None:
         raise RuntimeError("bench_grpc needs a cluster started with Serve's gRPC proxy (grpc_options())")
     load_before = load_now()
-    with deployed(targets()):
+    with deployed(targets(apps(args))):
         print("deployed", file=sys.stderr, flush=True)
         results = asyncio.run(measure(c.grpc_port, args))
     load_after = load_now()
     print(f"\nModelInfer over Serve's gRPC proxy, {args.rounds} rounds of {args.duration_s:g} s per app "
-          f"(median of the rounds' ratios; {APPS[1]} is plain again, the A/A)")
+          f"(median of the rounds' ratios; {APPS[1]} is plain again, the A/A"
+          f"{'; ' + PLAIN_LOOP + ' is plain on one loop' if args.plain_loop else ''})")
     print("\n".join(table(results)))
     print(f"load average before {load_before}, after {load_after}")
     return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,

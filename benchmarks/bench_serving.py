@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import sys
 import time
@@ -111,6 +112,9 @@ class Candidate:
 CANDIDATES = [
     Candidate("(a)", "plain", "plain Ray Serve, by hand", "", False),
     Candidate("(a')", "fastapi", "plain, FastAPI ingress", "/predict", False),
+    # (a) on Ray Serve's one replica loop, the thread settings serve-ab's colocated router runs
+    # with (router.separate_thread unset): (c) against it is serve-ab's path on equal settings.
+    Candidate("(aL)", "plain_loop", "plain, on one loop", "", False, on_request=True),
     Candidate("(b)", "workaround", "workaround: random.choices", "", False),
     # (b) calling its versions over Ray Serve's gRPC, as (d) does by default: the workaround
     # with the same transport, so that (d)'s figure against it is serve-ab's own path alone.
@@ -171,6 +175,14 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
     return digits_experiment(versions, weights_pct, "bench", router, placement, version_options, **more)
 
 
+def one_loop(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` with the thread settings of serve-ab's colocated router: the
+    replica's code and its handles' calls on Ray Serve's one replica loop."""
+    from serve_ab.config.experiment import thread_settings
+
+    return thread_settings(copy.deepcopy(options), separate_thread=False)
+
+
 def run_targets(candidates: list[Candidate]) -> list[Any]:
     """The apps to deploy, one ``serve.RunTarget`` per candidate, each under its own prefix."""
     from ray import serve
@@ -184,6 +196,7 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
     apps = {
         "plain": lambda: baselines.plain_app(v1, REPLICA_OPTIONS),
         "fastapi": lambda: baselines.plain_fastapi_app(v1, REPLICA_OPTIONS),
+        "plain_loop": lambda: baselines.plain_app(v1, one_loop(REPLICA_OPTIONS)),
         "workaround": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
                                                          REPLICA_OPTIONS),
         "workaround_grpc": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
@@ -351,6 +364,7 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_isolated"] = paired(app, "isolated")
         if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
             item["vs_fastapi"] = paired(app, "fastapi")
+            item["vs_plain_loop"] = paired(app, "plain_loop")  # both on one loop
         if app in ("colocated_batch", "colocated_batch_one"):  # both batching, with the same settings
             item["vs_plain_batch"] = paired(app, "plain_batch")
         if app == "colocated_batch_one":  # what the 50/50 split costs batching
@@ -404,6 +418,8 @@ def table(summary: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
 # The notes under each concurrency's table: (app, its pairing in the summary, what it reads).
 PAIR_NOTES = [
     ("colocated", "vs_fastapi", "(c) vs (a'), both behind FastAPI"),
+    ("colocated", "vs_plain_loop", "(c) vs (aL), both on Ray Serve's one replica loop"),
+    ("plain_loop", "vs_plain", "(aL) vs (a), plain on one loop against Ray's threads"),
     ("colocated_batch", "vs_plain_batch", f"(c+) vs (a+), both batching ({BATCH_TEXT})"),
     ("colocated_batch_one", "vs_plain_batch", "(c+1) vs (a+), both batching, one version's traffic"),
     ("colocated_batch_one", "vs_colocated_batch", "(c+1) vs (c+), all on v1 against a 50/50 split"),
@@ -486,7 +502,7 @@ def compact(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": round(s["p99_ms"], 3),
             "errors": sum(s["errors"].values()),
         }
-        for base in ("plain", "workaround", "fastapi", "plain_batch", "plain_quiet"):
+        for base in ("plain", "workaround", "fastapi", "plain_batch", "plain_quiet", "plain_loop"):
             paired = s.get(f"vs_{base}")
             if paired and app != base and paired["rps_ratio"]:
                 item[f"vs_{base}"] = round(paired["rps_ratio"]["median"], 3)

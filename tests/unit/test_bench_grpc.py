@@ -142,3 +142,50 @@ def test_results_md_gets_its_section(monkeypatch, tmp_path):
     assert "serving gRPC too for the grpc part" in written
     run_all.append_results({"memory": {"rc": 0, "wall_s": 1.0, "text": "m"}}, report)
     assert "gRPC" not in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_plain_on_one_loop_is_measured_when_asked_and_read_against_plain():
+    assert bench_grpc.apps(bench_grpc.parse_args([])) == bench_grpc.APPS
+    names = bench_grpc.apps(bench_grpc.parse_args(["--plain-loop"]))
+    assert names == (*bench_grpc.APPS, bench_grpc.PLAIN_LOOP)
+    per_round = [{"grpc_plain": 100.0, "grpc_twin": 100.0, "grpc_colocated": 97.0, "grpc_plain_loop": 102.0}]
+    latencies = {app: [5.0] for app in names}
+    out = bench_grpc.summary(per_round, latencies)
+    assert out["grpc_plain_loop"]["vs_plain"] == 1.02
+    assert [line.split()[1] for line in bench_grpc.table({"1": out})[1:]] == list(names)
+
+
+class _FakeCaller:
+    def __init__(self, outputs: np.ndarray, version: str = ""):
+        self.outputs, self.version = outputs, version
+
+    async def answer(self, body: bytes) -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(model_version=self.version)
+        response.raw_output_contents.append(self.outputs.astype("<f4").tobytes())
+        return response
+
+
+class _Alternating(_FakeCaller):
+    def __init__(self, outputs: np.ndarray):
+        super().__init__(outputs)
+        self.n = 0
+
+    async def answer(self, body: bytes) -> pb.ModelInferResponse:
+        self.n += 1
+        self.version = "v1" if self.n % 2 else "v3"
+        return await super().answer(body)
+
+
+def test_every_plain_app_must_answer_as_plain_does_before_anything_is_measured():
+    probabilities = np.linspace(0, 1, 10)
+    callers = {"grpc_plain": _FakeCaller(probabilities), "grpc_twin": _FakeCaller(probabilities),
+               "grpc_colocated": _Alternating(probabilities[::-1]),
+               "grpc_plain_loop": _FakeCaller(probabilities)}
+    asyncio.run(bench_grpc.check_answers(callers, [b""] * 4))  # serve-ab may answer otherwise
+    callers["grpc_plain_loop"] = _FakeCaller(probabilities * 0.5)
+    with pytest.raises(RuntimeError, match="not ten probabilities alike"):
+        asyncio.run(bench_grpc.check_answers(callers, [b""] * 4))
+    callers["grpc_plain_loop"] = _FakeCaller(probabilities)
+    callers["grpc_colocated"] = _FakeCaller(probabilities, "v1")
+    with pytest.raises(RuntimeError, match="expected v1 and v3"):
+        asyncio.run(bench_grpc.check_answers(callers, [b""] * 4))

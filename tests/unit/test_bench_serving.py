@@ -53,3 +53,28 @@ def test_the_a_a_twin_is_paired_with_plain_and_shown_beside_the_targets_against_
     without_twin = bench_serving.verdicts({1: bench_serving.summarize(
         {k: v for k, v in runs.items() if k != "plain_twin"})})
     assert {c["a_a"] for c in without_twin} == {None}
+
+
+def test_plain_on_one_loop_runs_when_named_and_serve_ab_is_paired_with_it():
+    assert "plain_loop" not in [c.app for c in bench_serving.chosen(None)]
+    only = bench_serving.parse_args(["--only", "colocated", "plain_loop", "plain"]).only
+    assert [c.app for c in bench_serving.chosen(only)] == ["plain", "plain_loop", "colocated"]
+    runs = {"plain": [run(0, 100.0, 4.0), run(1, 100.0, 4.0)],
+            "plain_loop": [run(0, 104.0, 3.9), run(1, 106.0, 3.8)],
+            "colocated": [run(0, 98.0, 4.2), run(1, 101.0, 4.1)]}
+    summary = bench_serving.summarize(runs)
+    assert summary["colocated"]["vs_plain_loop"]["rps_ratio"]["median"] == (98 / 104 + 101 / 106) / 2
+    note = bench_serving.fastapi_note(summary)
+    assert "(c) vs (aL), both on Ray Serve's one replica loop: 0.95x (0.94-0.95) req/s" in note
+    assert "(aL) vs (a), plain on one loop against Ray's threads: 1.05x (1.04-1.06) req/s" in note
+    assert bench_serving.compact(summary)["colocated"]["vs_plain_loop"] == round((98 / 104 + 101 / 106) / 2, 3)
+
+
+def test_plain_on_one_loop_gets_the_colocated_routers_thread_settings_and_plain_keeps_rays():
+    from serve_ab.config.experiment import RouterOptions
+
+    options = bench_serving.one_loop(bench_serving.REPLICA_OPTIONS)
+    router = RouterOptions(num_replicas=1).to_ray(isolated=False)  # a colocated router's, unset
+    assert options["ray_actor_options"]["runtime_env"] == router["ray_actor_options"]["runtime_env"]
+    assert set(options["ray_actor_options"]["runtime_env"]["env_vars"].values()) == {"0"}
+    assert "runtime_env" not in bench_serving.REPLICA_OPTIONS["ray_actor_options"]  # a copy, not a change
