@@ -1,23 +1,25 @@
 """serve-ab over gRPC against plain Ray Serve over gRPC: the Open Inference Protocol's
 ``ModelInfer``, as tritonclient and KServe's clients call it, through Serve's gRPC proxy.
 
-Three apps side by side on one cluster, each one replica with ``bench_serving``'s Ray options
-(num_cpus 0.5, max_ongoing_requests 256):
+Three apps side by side on one cluster (four with ``--plain-loop``), each one replica with
+``bench_serving``'s Ray options (num_cpus 0.5, max_ongoing_requests 256):
 
 - (a) ``grpc_plain``: :class:`benchmarks.baselines.OnnxModelGrpc`, ``ModelInfer`` by hand on v1;
 - (a=) ``grpc_twin``: the same app again, the A/A that shows the noise floor;
 - (c) ``grpc_colocated``: serve-ab colocated, v1 and v3 at 50/50, keyed on ``parameters.user_id``;
-- with ``--plain-loop``, (aL) ``grpc_plain_loop``: (a) on Ray Serve's one replica loop, the thread
-  settings serve-ab's colocated router runs with, so (c) can be read against plain on equal settings.
+- with ``--plain-loop``, (aL) ``grpc_plain_loop``: (a) with the Ray Serve settings serve-ab gives
+  its colocated router (``bench_serving.router_settings``: one replica loop), and (c) is also
+  read against it, round by round: serve-ab's path on equal settings.
 
 Every request is a digit (a batch of one, raw little-endian float32, as tritonclient sends it)
 with a new ``user_id`` in its parameters, the same bytes to every app; Serve's proxy picks the
 app by the ``application`` metadata. Per round: at concurrency 1 the apps take turns request by
 request on one channel (the same moment of the machine for each); at ``--concurrency`` each app
-runs a closed loop of that many calls in turn, in an order rotated between rounds. Ratios are
-taken within a round against (a), then the median (min-max) over rounds.
+runs a closed loop of that many calls in turn, in an order rotated between rounds (and reversed
+every other round, ``bench_serving.rotated``). Ratios are taken within a round against (a),
+then the median (min-max) over rounds.
 
-    python -m benchmarks.bench_grpc [--rounds 4] [--duration-s 3] [--concurrency 16]
+    python -m benchmarks.bench_grpc [--rounds 4] [--duration-s 3] [--concurrency 16] [--plain-loop]
 
 ``benchmarks.run_all`` runs it as its ``grpc`` part, on its shared cluster started with
 :func:`benchmarks.cluster.grpc_options`.
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT, one_loop
+from benchmarks.bench_serving import REPLICA_OPTIONS, WEIGHTS_PCT, rotated, router_settings
 from benchmarks.cluster import Cluster, deployed, grpc_options, run_standalone
 from benchmarks.common import MODELS, digits_experiment, load_now, request_bodies, version
 
@@ -89,7 +91,7 @@ def targets(names: tuple[str, ...] = APPS) -> list[Any]:
     builders = {"grpc_plain": lambda: baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
                 "grpc_twin": lambda: baselines.plain_grpc_app(v1, REPLICA_OPTIONS),
                 "grpc_colocated": lambda: build_app(experiment),
-                PLAIN_LOOP: lambda: baselines.plain_grpc_app(v1, one_loop(REPLICA_OPTIONS))}
+                PLAIN_LOOP: lambda: baselines.plain_grpc_app(v1, router_settings(REPLICA_OPTIONS))}
     return [serve.RunTarget(builders[name](), name=name, route_prefix=f"/{name}") for name in names]
 
 
@@ -150,19 +152,27 @@ async def closed_loop(caller: Caller, bodies: list[bytes], concurrency: int,
 
 def summary(per_round: list[dict[str, float]], latencies_ms: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    base_p50 = statistics.median(latencies_ms[BASELINE])
     for app in latencies_ms:
         rps = [r[app] for r in per_round]
         item: dict[str, Any] = {"rps": round(statistics.median(rps), 1), "rps_min": round(min(rps), 1),
                                 "rps_max": round(max(rps), 1),
                                 "p50_ms": round(statistics.median(latencies_ms[app]), 3)}
         if app != BASELINE:
-            ratios = [r[app] / r[BASELINE] for r in per_round]
-            item.update(vs_plain=round(statistics.median(ratios), 3), vs_plain_min=round(min(ratios), 3),
-                        vs_plain_max=round(max(ratios), 3),
-                        p50_added_vs_plain_ms=round(item["p50_ms"] - base_p50, 3))
+            item.update(_paired(per_round, latencies_ms, app, BASELINE, "plain"))
+        if app == "grpc_colocated" and PLAIN_LOOP in latencies_ms:  # serve-ab on equal settings
+            item.update(_paired(per_round, latencies_ms, app, PLAIN_LOOP, "plain_loop"))
         out[app] = item
     return out
+
+
+def _paired(per_round: list[dict[str, float]], latencies_ms: dict[str, list[float]], app: str, base: str,
+            name: str) -> dict[str, float]:
+    """``app`` against ``base`` round by round: the median (min-max) of the rounds' ratios, and
+    the pooled p50's difference."""
+    ratios = [r[app] / r[base] for r in per_round]
+    p50_added_ms = statistics.median(latencies_ms[app]) - statistics.median(latencies_ms[base])
+    return {f"vs_{name}": round(statistics.median(ratios), 3), f"vs_{name}_min": round(min(ratios), 3),
+            f"vs_{name}_max": round(max(ratios), 3), f"p50_added_vs_{name}_ms": round(p50_added_ms, 3)}
 
 
 async def check_answers(callers: dict[str, Caller], bodies: list[bytes]) -> None:
@@ -196,7 +206,7 @@ async def measure(grpc_port: int, args: argparse.Namespace) -> dict[str, Any]:
         by_c: dict[int, tuple[list[dict[str, float]], dict[str, list[float]]]] = {
             1: ([], {a: [] for a in names}), args.concurrency: ([], {a: [] for a in names})}
         for round_index in range(args.rounds):
-            order = list(names[round_index % len(names):] + names[:round_index % len(names)])
+            order = rotated(list(names), round_index)
             print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
             lat = await alternating(callers, bodies, args.duration_s, order)
             turn_s = {app: sum(lat[app]) / 1000 for app in names}
@@ -220,9 +230,10 @@ def table(results: dict[str, Any]) -> list[str]:
         for app, item in by_app.items():
             row = (f"{concurrency:>11}  {app:<15} {item['rps']:>8.1f} ({item['rps_min']:.1f}-{item['rps_max']:.1f})"
                    f" {item['p50_ms']:>8.2f}")
-            if "vs_plain" in item:
-                row += (f"  {item['vs_plain']:.3f} ({item['vs_plain_min']:.3f}-{item['vs_plain_max']:.3f}), "
-                        f"{item['p50_added_vs_plain_ms']:+.2f} ms")
+            for base, tag in (("plain", ""), ("plain_loop", "; vs plain_loop ")):
+                if f"vs_{base}" in item:
+                    row += (f"{tag or '  '}{item[f'vs_{base}']:.3f} ({item[f'vs_{base}_min']:.3f}-"
+                            f"{item[f'vs_{base}_max']:.3f}), {item[f'p50_added_vs_{base}_ms']:+.2f} ms")
             lines.append(row.rstrip())
     return lines
 
@@ -235,9 +246,9 @@ def run(c: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         print("deployed", file=sys.stderr, flush=True)
         results = asyncio.run(measure(c.grpc_port, args))
     load_after = load_now()
+    also = f"; {PLAIN_LOOP} is plain with the router's Ray settings" if args.plain_loop else ""
     print(f"\nModelInfer over Serve's gRPC proxy, {args.rounds} rounds of {args.duration_s:g} s per app "
-          f"(median of the rounds' ratios; {APPS[1]} is plain again, the A/A"
-          f"{'; ' + PLAIN_LOOP + ' is plain on one loop' if args.plain_loop else ''})")
+          f"(median of the rounds' ratios; {APPS[1]} is plain again, the A/A{also})")
     print("\n".join(table(results)))
     print(f"load average before {load_before}, after {load_after}")
     return {"bench": "grpc", "rounds": args.rounds, "duration_s": args.duration_s,

@@ -36,11 +36,12 @@ import argparse
 import asyncio
 import copy
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -112,9 +113,9 @@ class Candidate:
 CANDIDATES = [
     Candidate("(a)", "plain", "plain Ray Serve, by hand", "", False),
     Candidate("(a')", "fastapi", "plain, FastAPI ingress", "/predict", False),
-    # (a) on Ray Serve's one replica loop, the thread settings serve-ab's colocated router runs
-    # with (router.separate_thread unset): (c) against it is serve-ab's path on equal settings.
-    Candidate("(aL)", "plain_loop", "plain, on one loop", "", False, on_request=True),
+    # (a) with the Ray Serve settings serve-ab gives its colocated router (router_settings: one
+    # replica loop, metrics moved once a second): (c) against it is serve-ab's path on equal settings.
+    Candidate("(aL)", "plain_loop", "plain, the router's Ray settings", "", False, on_request=True),
     Candidate("(b)", "workaround", "workaround: random.choices", "", False),
     # (b) calling its versions over Ray Serve's gRPC, as (d) does by default: the workaround
     # with the same transport, so that (d)'s figure against it is serve-ab's own path alone.
@@ -151,6 +152,7 @@ CANDIDATES = [
     Candidate("(a=)", "plain_twin", "plain again (A/A)", "", False),
 ]
 BY_APP = {c.app: c for c in CANDIDATES}
+T = TypeVar("T")
 
 
 # -- deploying the candidates --------------------------------------------------------------
@@ -175,12 +177,14 @@ def serve_ab_experiment(placement: str, batched: bool = False, access_log: bool 
     return digits_experiment(versions, weights_pct, "bench", router, placement, version_options, **more)
 
 
-def one_loop(options: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``options`` with the thread settings of serve-ab's colocated router: the
-    replica's code and its handles' calls on Ray Serve's one replica loop."""
-    from serve_ab.config.experiment import thread_settings
+def router_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` with the Ray Serve settings serve-ab gives a colocated router
+    (``serve_ab.serving.app.build_app``): the replica's code and its handles' calls on Ray
+    Serve's one replica loop, and Serve's metrics moved to Ray's recorder once a second."""
+    from serve_ab.config.experiment import metrics_export_env, thread_settings, with_env_vars
 
-    return thread_settings(copy.deepcopy(options), separate_thread=False)
+    return with_env_vars(thread_settings(copy.deepcopy(options), separate_thread=False),
+                         metrics_export_env(os.environ))
 
 
 def run_targets(candidates: list[Candidate]) -> list[Any]:
@@ -196,7 +200,7 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
     apps = {
         "plain": lambda: baselines.plain_app(v1, REPLICA_OPTIONS),
         "fastapi": lambda: baselines.plain_fastapi_app(v1, REPLICA_OPTIONS),
-        "plain_loop": lambda: baselines.plain_app(v1, one_loop(REPLICA_OPTIONS)),
+        "plain_loop": lambda: baselines.plain_app(v1, router_settings(REPLICA_OPTIONS)),
         "workaround": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
                                                          REPLICA_OPTIONS),
         "workaround_grpc": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
@@ -252,7 +256,9 @@ def handle_caller(candidate: Candidate, handle_args: list[tuple[np.ndarray, str]
 # -- measuring -----------------------------------------------------------------------------
 
 
-def rotated(items: list[Candidate], round_index: int) -> list[Candidate]:
+def rotated(items: list[T], round_index: int) -> list[T]:
+    """``items`` in round ``round_index``'s order: rotated by the round, and reversed every
+    other round, so that no item always follows the same other one."""
     shift = round_index % len(items)
     order = items[shift:] + items[:shift]
     return order if round_index % 2 == 0 else order[::-1]
@@ -418,8 +424,8 @@ def table(summary: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
 # The notes under each concurrency's table: (app, its pairing in the summary, what it reads).
 PAIR_NOTES = [
     ("colocated", "vs_fastapi", "(c) vs (a'), both behind FastAPI"),
-    ("colocated", "vs_plain_loop", "(c) vs (aL), both on Ray Serve's one replica loop"),
-    ("plain_loop", "vs_plain", "(aL) vs (a), plain on one loop against Ray's threads"),
+    ("colocated", "vs_plain_loop", "(c) vs (aL), both with the router's Ray settings (one loop)"),
+    ("plain_loop", "vs_plain", "(aL) vs (a), plain with the router's Ray settings against Ray's defaults"),
     ("colocated_batch", "vs_plain_batch", f"(c+) vs (a+), both batching ({BATCH_TEXT})"),
     ("colocated_batch_one", "vs_plain_batch", "(c+1) vs (a+), both batching, one version's traffic"),
     ("colocated_batch_one", "vs_colocated_batch", "(c+1) vs (c+), all on v1 against a 50/50 split"),

@@ -148,11 +148,33 @@ def test_plain_on_one_loop_is_measured_when_asked_and_read_against_plain():
     assert bench_grpc.apps(bench_grpc.parse_args([])) == bench_grpc.APPS
     names = bench_grpc.apps(bench_grpc.parse_args(["--plain-loop"]))
     assert names == (*bench_grpc.APPS, bench_grpc.PLAIN_LOOP)
-    per_round = [{"grpc_plain": 100.0, "grpc_twin": 100.0, "grpc_colocated": 97.0, "grpc_plain_loop": 102.0}]
-    latencies = {app: [5.0] for app in names}
+    per_round = [{"grpc_plain": 100.0, "grpc_twin": 100.0, "grpc_colocated": 97.0, "grpc_plain_loop": 102.0},
+                 {"grpc_plain": 100.0, "grpc_twin": 100.0, "grpc_colocated": 96.0, "grpc_plain_loop": 100.0}]
+    latencies = {"grpc_plain": [5.0], "grpc_twin": [5.0], "grpc_colocated": [5.2], "grpc_plain_loop": [4.9]}
     out = bench_grpc.summary(per_round, latencies)
-    assert out["grpc_plain_loop"]["vs_plain"] == 1.02
-    assert [line.split()[1] for line in bench_grpc.table({"1": out})[1:]] == list(names)
+    assert out["grpc_plain_loop"]["vs_plain"] == 1.01
+    colocated = out["grpc_colocated"]
+    # serve-ab against plain on equal settings, round by round: median of 97/102 and 96/100
+    assert (colocated["vs_plain_loop"], colocated["vs_plain_loop_min"]) == (round((97 / 102 + 0.96) / 2, 3), 0.951)
+    assert colocated["p50_added_vs_plain_loop_ms"] == 0.3
+    assert "vs_plain_loop" not in out["grpc_twin"]
+    lines = bench_grpc.table({"1": out})
+    assert [line.split()[1] for line in lines[1:]] == list(names)
+    assert lines[3].endswith("; vs plain_loop 0.955 (0.951-0.960), +0.30 ms")
+    assert "vs_plain_loop" not in bench_grpc.summary(per_round[:1], {a: [5.0] for a in bench_grpc.APPS})[
+        "grpc_colocated"]
+
+
+def test_plain_loop_is_deployed_with_the_routers_settings():
+    from benchmarks.bench_serving import REPLICA_OPTIONS, router_settings
+
+    if not (MODELS / "v1" / "model.onnx").is_file():
+        pytest.skip("models/digits is not built (python models/build.py)")
+    targets = bench_grpc.targets(bench_grpc.apps(bench_grpc.parse_args(["--plain-loop"])))
+    options = {t.name: t.target._bound_deployment.ray_actor_options for t in targets}
+    assert list(options) == [*bench_grpc.APPS, bench_grpc.PLAIN_LOOP]
+    assert options[bench_grpc.PLAIN_LOOP] == router_settings(REPLICA_OPTIONS)["ray_actor_options"]
+    assert "runtime_env" not in options["grpc_plain"]
 
 
 class _FakeCaller:
