@@ -62,6 +62,8 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import HttpLoad, handle_alternating, handle_closed_loop
 
+T = TypeVar("T")
+
 # DESIGN.md, "Numbers to reach".
 TARGET_COLOCATED_VS_PLAIN = 1.0
 TARGET_BATCHED_VS_PLAIN_BATCHED = 1.0  # issue: with batching on, at c16 and c32
@@ -152,7 +154,6 @@ CANDIDATES = [
     Candidate("(a=)", "plain_twin", "plain again (A/A)", "", False),
 ]
 BY_APP = {c.app: c for c in CANDIDATES}
-T = TypeVar("T")
 
 
 # -- deploying the candidates --------------------------------------------------------------
@@ -370,7 +371,7 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_isolated"] = paired(app, "isolated")
         if app == "colocated":  # both FastAPI ingresses: what serve-ab itself adds
             item["vs_fastapi"] = paired(app, "fastapi")
-            item["vs_plain_loop"] = paired(app, "plain_loop")  # both on one loop
+            item["vs_plain_loop"] = paired(app, "plain_loop")  # both with the router's Ray settings
         if app in ("colocated_batch", "colocated_batch_one"):  # both batching, with the same settings
             item["vs_plain_batch"] = paired(app, "plain_batch")
         if app == "colocated_batch_one":  # what the 50/50 split costs batching

@@ -71,12 +71,10 @@ def repeated_parameter(data: bytes) -> tuple[str, str] | None:
         return "parameters", key
     if not _tensors_hold_entries(entries):  # most requests: no Python step per tensor
         return None
-    for index, tensor in enumerate(entries.inputs):
-        if len(tensor.parameters) > 1 and (key := _first_repeat(tensor.parameters)) is not None:
-            return f"inputs[{index}].parameters", key
-    for index, tensor in enumerate(entries.outputs):
-        if len(tensor.parameters) > 1 and (key := _first_repeat(tensor.parameters)) is not None:
-            return f"outputs[{index}].parameters", key
+    for field, tensors in (("inputs", entries.inputs), ("outputs", entries.outputs)):
+        for index, tensor in enumerate(tensors):
+            if len(tensor.parameters) > 1 and (key := _first_repeat(tensor.parameters)) is not None:
+                return f"{field}[{index}].parameters", key
     return None
 
 
