@@ -21,12 +21,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from typing import Any
 
 import httpx
 
 from benchmarks.cluster import Cluster, deployed, run_standalone
-from benchmarks.common import digits_experiment, percentile, request_bodies, version
+from benchmarks.common import (
+    digits_experiment,
+    load_now,
+    percentile,
+    report_header,
+    request_bodies,
+    version,
+)
 from benchmarks.loadgen import HttpLoad
 from serve_ab.config.experiment import parse_experiment
 
@@ -55,6 +63,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
     from serve_ab import build_app
 
+    started = time.perf_counter()
+    header = report_header("shadow", quick=None)
     targets = [serve.RunTarget(build_app(experiment(shadow)), name=name, route_prefix=f"/{name}")
                for name, shadow in (("noshadow", False), ("shadow", True))]
     bodies, _ = request_bodies()
@@ -77,8 +87,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     p99 = {name: percentile(values, 0.99) for name, values in latency.items()}
     rps = {name: t["throughput_rps"] for name, t in throughput.items()}
     served = stats["versions"]["v1"]["requests"]
-    return {
-        "bench": "shadow",
+    report = {
+        **header,
         "requests_alternated_per_app": {name: len(v) for name, v in latency.items()},
         "p50_ms": p50,
         "p99_ms": p99,
@@ -91,7 +101,37 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "shadow_compared": stats["shadow"]["pairs"],
         "shadow_served_by_v1": served,
         "shadow_agreement": stats["shadow"]["agree"] / max(1, stats["shadow"]["pairs"]),
+        "duration_s": args.duration_s,
+        "load_after": load_now(),
+        "wall_s": round(time.perf_counter() - started, 1),
     }
+    print("\n".join(summary_lines(report)))
+    return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report as a reader takes it in (``run_all`` puts these lines in RESULTS.md)."""
+    p50, p99, rps = report["p50_ms"], report["p99_ms"], report["throughput_rps"]
+    alternated = report["requests_alternated_per_app"]
+    apps = (("noshadow", "without a shadow"), ("shadow", "shadow on v2, 100 %"))
+    latency = (f"\nLatency: one connection alternating between the apps request by request, "
+               f"{report['duration_s']:g} s ({alternated['noshadow']} and {alternated['shadow']} requests)")
+    latency_ratio = (f"  with / without: p50 {report['p50_added_ms']:+.2f} ms "
+                     f"({report['p50_ratio_shadow_to_none']:.3f}x), p99 {report['p99_ratio_shadow_to_none']:.3f}x")
+    throughput = (f"Throughput: closed loop of {report['concurrency']} connections, each app in turn, "
+                  f"{report['duration_s']:g} s")
+    compared = (f"The shadowed app compared {report['shadow_compared']} answers of the "
+                f"{report['shadow_served_by_v1']} v1 served (v2 agreed on {report['shadow_agreement']:.1%})")
+    load = (f"load average before {report['load_before']}, after {report['load_after']}; "
+            f"wall {report['wall_s']:.0f} s")
+    return [latency,
+            *(f"  {label:<20} p50 {p50[name]:7.2f} ms  p99 {p99[name]:7.2f} ms" for name, label in apps),
+            latency_ratio,
+            throughput,
+            *(f"  {label:<20} {rps[name]:7.1f} req/s" for name, label in apps),
+            f"  with / without: {report['throughput_ratio_shadow_to_none']:.3f}x",
+            compared,
+            load]
 
 
 def main(argv: list[str] | None = None) -> int:
