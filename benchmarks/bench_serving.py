@@ -148,6 +148,9 @@ CANDIDATES = [
     # its share of the requests only, so its batches fill less than one model's would.
     Candidate("(c+1)", "colocated_batch_one", "serve-ab colocated, batching on, all on v1", "/predict", True,
               batched=True, on_request=True),
+    # (c) with every request on v1 (weights 100/0), the one model (a) serves: (c) against it is
+    # what serving two models from one replica by turns costs, apart from serve-ab's path.
+    Candidate("(c1)", "colocated_one", "serve-ab colocated, all on v1", "/predict", True, on_request=True),
     # (a) once more, the same code and options in an app of its own: an A/A. Its ratio to (a)
     # is what the benchmark reads when nothing differs, the floor under every other ratio;
     # the targets against (a) are shown beside it.
@@ -207,6 +210,7 @@ def run_targets(candidates: list[Candidate]) -> list[Any]:
         "workaround_grpc": lambda: baselines.random_split_app({"v1": v1, "v3": v3}, WEIGHTS_PCT,
                                                               REPLICA_OPTIONS, by_reference=False),
         "colocated": lambda: build_app(serve_ab_experiment("colocated")),
+        "colocated_one": lambda: build_app(serve_ab_experiment("colocated", weights_pct={"v1": 100.0, "v3": 0.0})),
         "isolated": lambda: build_app(serve_ab_experiment("isolated")),
         "isolated_loop": lambda: build_app(serve_ab_experiment("isolated", versions_thread=False)),
         "isolated_thread": lambda: build_app(serve_ab_experiment("isolated", versions_thread=True)),
@@ -382,7 +386,7 @@ def summarize(runs_by_app: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
             item["vs_plain_batch_split"] = paired(app, "plain_batch_split")
         if app == "colocated_quiet":  # both without access lines
             item["vs_plain_quiet"] = paired(app, "plain_quiet")
-        if app == "colocated_feedback":  # what minting a token per answer costs
+        if app in ("colocated_feedback", "colocated_one"):  # a token per answer; one model, not two
             item["vs_colocated"] = paired(app, "colocated")
     return out
 
@@ -434,6 +438,7 @@ PAIR_NOTES = [
     ("colocated_batch", "vs_plain_batch_split", "(c+) vs (a+2), both batching the same 50/50 split"),
     ("colocated_quiet", "vs_plain_quiet", "(c-) vs (a-), both without access lines"),
     ("colocated_feedback", "vs_colocated", "(c*) vs (c), a feedback token in every answer"),
+    ("colocated_one", "vs_colocated", "(c1) vs (c), all on v1 against the 50/50 split"),
     ("plain_twin", "vs_plain", "(a=) vs (a), the same app twice (A/A, the noise floor)"),
     ("isolated_loop", "vs_workaround", "(dL) vs (b), versions on one loop"),
     ("isolated_thread", "vs_workaround", "(dT) vs (b), versions on Ray's threads"),

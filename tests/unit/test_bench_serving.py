@@ -101,3 +101,31 @@ def test_rotation_changes_the_order_and_reverses_it_every_other_round():
     # every item follows each other one in some round: no order is favoured
     follows = {(o[i], o[i + 1]) for o in orders for i in range(2)}
     assert follows == {(x, y) for x in "abc" for y in "abc" if x != y}
+
+
+def test_serve_ab_on_one_model_runs_when_named_and_is_paired_with_the_split():
+    assert "colocated_one" not in [c.app for c in bench_serving.chosen(None)]
+    only = bench_serving.parse_args(["--only", "colocated_one", "colocated", "plain"]).only
+    assert [c.app for c in bench_serving.chosen(only)] == ["plain", "colocated", "colocated_one"]
+    runs = {"plain": [run(0, 100.0, 4.0), run(1, 100.0, 4.0)],
+            "colocated": [run(0, 96.0, 4.2), run(1, 98.0, 4.2)],
+            "colocated_one": [run(0, 99.0, 4.1), run(1, 99.0, 4.0)]}
+    summary = bench_serving.summarize(runs)
+    assert summary["colocated_one"]["vs_colocated"]["rps_ratio"]["median"] == (99 / 96 + 99 / 98) / 2
+    assert "(c1) vs (c), all on v1 against the 50/50 split: 1.02x (1.01-1.03) req/s, p50 -0.15 ms" in \
+        bench_serving.fastapi_note(summary)
+
+
+def test_the_deployed_one_model_app_sends_every_request_to_v1():
+    from benchmarks.common import MODELS
+
+    if not (MODELS / "v1" / "model.onnx").is_file():
+        import pytest
+        pytest.skip("models/digits is not built (python models/build.py)")
+    split, one = (t.target._bound_deployment.init_args[0]
+                  for t in bench_serving.run_targets([bench_serving.BY_APP["colocated"],
+                                                      bench_serving.BY_APP["colocated_one"]]))
+    assert split["weights"] == {"v1": 50.0, "v3": 50.0}
+    assert one["weights"] == {"v1": 100.0, "v3": 0.0}
+    assert {k: v for k, v in one.items() if k not in ("weights", "controller")} == \
+        {k: v for k, v in split.items() if k not in ("weights", "controller")}  # nothing else differs
