@@ -83,12 +83,20 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     if any(errors.values()) or any(t.get("errors") for t in throughput.values()):
         raise RuntimeError(f"requests failed: alternating {errors}, "
                            f"closed loop {[t.get('errors') for t in throughput.values()]}")
+    report = {**header, **figures(latency, throughput, stats, args),
+              "load_after": load_now(), "wall_s": round(time.perf_counter() - started, 1)}
+    print("\n".join(summary_lines(report)))
+    return report
+
+
+def figures(latency: dict[str, list[float]], throughput: dict[str, dict[str, Any]],
+            stats: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The report's figures from what was measured: each app's latencies while alternating
+    (ms), its closed loop's result, and the shadowed app's ``/experiment/stats``."""
     p50 = {name: statistics.median(values) for name, values in latency.items()}
     p99 = {name: percentile(values, 0.99) for name, values in latency.items()}
     rps = {name: t["throughput_rps"] for name, t in throughput.items()}
-    served = stats["versions"]["v1"]["requests"]
-    report = {
-        **header,
+    return {
         "requests_alternated_per_app": {name: len(v) for name, v in latency.items()},
         "p50_ms": p50,
         "p99_ms": p99,
@@ -99,14 +107,10 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "throughput_ratio_shadow_to_none": rps["shadow"] / rps["noshadow"],
         "concurrency": args.concurrency,
         "shadow_compared": stats["shadow"]["pairs"],
-        "shadow_served_by_v1": served,
+        "shadow_served_by_v1": stats["versions"]["v1"]["requests"],
         "shadow_agreement": stats["shadow"]["agree"] / max(1, stats["shadow"]["pairs"]),
         "duration_s": args.duration_s,
-        "load_after": load_now(),
-        "wall_s": round(time.perf_counter() - started, 1),
     }
-    print("\n".join(summary_lines(report)))
-    return report
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
