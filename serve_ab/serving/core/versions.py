@@ -18,7 +18,16 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from serve_ab.backends.base import Batch, InputError, InputSpec, OutputSpec, OutputSpecs, batch_size, specs_of
+from serve_ab.backends.base import (
+    Batch,
+    InputError,
+    InputSpec,
+    OutputSpec,
+    OutputSpecs,
+    all_finite,
+    batch_size,
+    specs_of,
+)
 from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionUnavailable
 
 logger = logging.getLogger("ray.serve")
@@ -113,7 +122,7 @@ def _check_output(name: str, array: Any, rows: int, declared: OutputSpec | None)
             if want >= 0 and got != want:
                 raise BadOutput(f"version {name!r} answered shape {list(shape)}, but declares "
                                 f"{list(declared.shape)}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not all_finite(array):
         raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
 
 

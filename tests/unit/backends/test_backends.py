@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import serve_ab.backends as backends
+from serve_ab.backends.base import SUM_CHECK_MAX_VALUES, all_finite
 from serve_ab.backends import (
     BACKENDS,
     InputError,
@@ -233,3 +234,34 @@ def test_importing_backends_does_not_import_the_runtimes():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 64, SUM_CHECK_MAX_VALUES, SUM_CHECK_MAX_VALUES + 1, 1000])
+def test_all_finite_agrees_with_numpy_on_nan_and_infinity_anywhere(dtype, size):
+    rng = np.random.default_rng(size)
+    array = rng.normal(size=size).astype(dtype)
+    assert all_finite(array) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in (0, size - 1):
+            spoilt = array.copy()
+            spoilt[at] = bad
+            assert all_finite(spoilt) is False
+    both = array.copy()
+    both[0], both[-1] = np.inf, -np.inf  # their sum is NaN, not a finite number (one value: -inf)
+    assert all_finite(both) is False
+
+
+def test_all_finite_takes_finite_values_whose_sum_overflows():
+    # The sum of two float64 maxima is infinite; every value is finite all the same.
+    array = np.array([[np.finfo(np.float64).max, np.finfo(np.float64).max]])
+    assert all_finite(array) is True
+    assert all_finite(np.full(SUM_CHECK_MAX_VALUES * 2, np.finfo(np.float64).max)) is True
+
+
+def test_all_finite_reads_any_layout():
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2, 1:]  # not contiguous
+    assert all_finite(array) is True
+    spoilt = array.copy()
+    spoilt[1, 1, 2] = np.nan
+    assert all_finite(spoilt) is False
