@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import serve_ab.backends as backends
-from serve_ab.backends.base import SUM_CHECK_MAX_VALUES, all_finite
 from serve_ab.backends import (
     BACKENDS,
     InputError,
@@ -19,6 +18,7 @@ from serve_ab.backends import (
     load_predictor,
     to_batch,
 )
+from serve_ab.backends.base import SUM_CHECK_MAX_VALUES, all_finite
 
 MODELS = [("onnx", "v1/model.onnx"), ("torch", "v2/model.pt2"), ("onnx", "v3/model.onnx")]
 SPEC = InputSpec(name="input", dtype=np.dtype(np.float32), shape=(-1, 64))
@@ -233,7 +233,6 @@ def test_importing_backends_does_not_import_the_runtimes():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
