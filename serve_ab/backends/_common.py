@@ -1,12 +1,16 @@
-"""File, device and warm-up checks shared by the backends; imports nothing heavy."""
+"""What the backends share: the file, device and warm-up checks, and the predictors'
+common part (:class:`ModelPredictor`); imports nothing heavy."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from serve_ab.backends.base import InputSpec, InputSpecs, OutputSpec, OutputSpecs
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +118,42 @@ def check_declared(path: Path, backend: str, role: str, read: Any, declared: Any
     if problems:
         raise ValueError(f"{path} ({backend} backend): {role} declared in the config do not match the "
                          f"model: {'; '.join(problems)} (drop the {role}: declaration or fix it)")
+
+
+class ModelPredictor:
+    """The part of a :class:`~serve_ab.backends.base.Predictor` every backend shares: the
+    device and threads asked for (checked at once), the tensors the config declared
+    (checked against the model at load), the specs ``load()`` settles, and warm-up.
+
+    A backend adds ``backend``, ``load()``, ``predict()`` and ``_require_loaded()``, which
+    says what "loaded" means for it (a session, a module, a model object).
+    """
+
+    backend: str
+
+    def __init__(self, path: Path | None, *, device: str, intra_op_threads: int | None,
+                 inputs: InputSpec | InputSpecs | None, outputs: OutputSpec | OutputSpecs | None) -> None:
+        self.path = path
+        self.declared = (inputs, outputs)  # from the config: checked against the model at load
+        self.requested_device = check_device(device)
+        self.intra_op_threads = check_threads(intra_op_threads)
+        #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
+        self.device = self.requested_device
+        self._input_spec: InputSpec | InputSpecs | None = None
+        self._output_spec: OutputSpec | OutputSpecs | None = None
+
+    @property
+    def input_spec(self) -> InputSpec | InputSpecs:
+        self._require_loaded()
+        return self._input_spec
+
+    @property
+    def output_spec(self) -> OutputSpec | OutputSpecs:
+        self._require_loaded()
+        return self._output_spec
+
+    def warm_up(self) -> None:
+        warm_up(self)
+
+    def _require_loaded(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} says when it is loaded")

@@ -9,12 +9,10 @@ from typing import Any
 import numpy as np
 
 from serve_ab.backends._common import (
+    ModelPredictor,
     check_batch_dim,
     check_declared,
-    check_device,
     check_model_file,
-    check_threads,
-    warm_up,
 )
 from serve_ab.backends.base import (
     Batch,
@@ -39,7 +37,7 @@ _NUMPY_DTYPES = {
 }
 
 
-class OnnxPredictor:
+class OnnxPredictor(ModelPredictor):
     """Runs one ONNX model through onnxruntime: one input or several (fed by name), one
     output or several (returned by name); numeric and boolean tensors.
 
@@ -52,26 +50,10 @@ class OnnxPredictor:
     def __init__(self, path: str | Path, *, device: str = "auto",
                  intra_op_threads: int | None = None, inputs: InputSpec | InputSpecs | None = None,
                  outputs: OutputSpec | OutputSpecs | None = None) -> None:
-        self.path = Path(path)
-        self.declared = (inputs, outputs)  # from the config: checked against the file at load
-        self.requested_device = check_device(device)
-        self.intra_op_threads = check_threads(intra_op_threads)
-        #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
-        self.device = self.requested_device
+        super().__init__(Path(path), device=device, intra_op_threads=intra_op_threads,
+                         inputs=inputs, outputs=outputs)
         self._session: Any = None
-        self._input_spec: InputSpec | InputSpecs | None = None
-        self._output_spec: OutputSpec | OutputSpecs | None = None
         self._output_names: list[str] = []
-
-    @property
-    def input_spec(self) -> InputSpec | InputSpecs:
-        self._require_loaded()
-        return self._input_spec
-
-    @property
-    def output_spec(self) -> OutputSpec | OutputSpecs:
-        self._require_loaded()
-        return self._output_spec
 
     def load(self) -> None:
         check_model_file(self.path, self.backend)
@@ -113,9 +95,6 @@ class OnnxPredictor:
         self._output_names = [o.name for o in outputs]
         self._session = session
         self.device = "cuda" if use_cuda else "cpu"
-
-    def warm_up(self) -> None:
-        warm_up(self)
 
     def predict(self, batch: Batch) -> Batch:
         self._require_loaded()

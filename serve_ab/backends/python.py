@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_ab.backends._common import check_device, check_threads, warm_up, zeros_for
+from serve_ab.backends._common import ModelPredictor, zeros_for
 from serve_ab.backends.base import (
     DATATYPES,
     Batch,
@@ -98,7 +98,7 @@ def parse_specs(value: Any, role: str, where: str) -> Any:
     return (input_signature if role == "input" else output_signature)(specs)
 
 
-class PythonPredictor:
+class PythonPredictor(ModelPredictor):
     """A Python class behind the :class:`~serve_ab.backends.base.Predictor` protocol."""
 
     backend = "python"
@@ -106,29 +106,14 @@ class PythonPredictor:
     def __init__(self, path: str | Path | None, *, class_path: str, device: str = "auto",
                  intra_op_threads: int | None = None, inputs: InputSpec | InputSpecs | None = None,
                  outputs: OutputSpec | OutputSpecs | None = None) -> None:
-        self.path = Path(path) if path is not None else None
+        # The device settles at load() to the model's own ``device`` attribute when it has one, else ``cpu``.
+        super().__init__(Path(path) if path is not None else None, device=device,
+                         intra_op_threads=intra_op_threads, inputs=inputs, outputs=outputs)
         self.class_path = class_path
-        self.requested_device = check_device(device)
-        self.intra_op_threads = check_threads(intra_op_threads)
-        #: The model's own ``device`` attribute after load() when it has one, else ``cpu``.
-        self.device = self.requested_device
-        self.declared = (inputs, outputs)
         self._model: Any = None
-        self._input_spec: InputSpec | InputSpecs | None = None
-        self._output_spec: OutputSpec | OutputSpecs | None = None
 
     def __str__(self) -> str:
         return self.class_path
-
-    @property
-    def input_spec(self) -> InputSpec | InputSpecs:
-        self._require_loaded()
-        return self._input_spec
-
-    @property
-    def output_spec(self) -> OutputSpec | OutputSpecs:
-        self._require_loaded()
-        return self._output_spec
 
     def load(self) -> None:
         where = f"class {self.class_path}"
@@ -146,9 +131,6 @@ class PythonPredictor:
         self._output_spec = outputs
         device = getattr(model, "device", None)
         self.device = device if device in ("cpu", "cuda") else "cpu"
-
-    def warm_up(self) -> None:
-        warm_up(self)
 
     def predict(self, batch: Batch) -> Batch:
         self._require_loaded()

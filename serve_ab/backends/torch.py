@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from serve_ab.backends._common import (
+    ModelPredictor,
+    check_batch_dim,
+    check_declared,
+    check_model_file,
+)
 from serve_ab.backends.base import (
     Batch,
     InputSpec,
@@ -16,17 +22,9 @@ from serve_ab.backends.base import (
     input_signature,
     output_signature,
 )
-from serve_ab.backends._common import (
-    check_batch_dim,
-    check_declared,
-    check_device,
-    check_model_file,
-    check_threads,
-    warm_up,
-)
 
 
-class TorchPredictor:
+class TorchPredictor(ModelPredictor):
     """Runs one ``torch.export`` program: tensor inputs in, tensor outputs out.
 
     Inputs are named after the exported ``forward`` arguments (a multi-input batch is fed
@@ -39,26 +37,10 @@ class TorchPredictor:
     def __init__(self, path: str | Path, *, device: str = "auto",
                  intra_op_threads: int | None = None, inputs: InputSpec | InputSpecs | None = None,
                  outputs: OutputSpec | OutputSpecs | None = None) -> None:
-        self.path = Path(path)
-        self.declared = (inputs, outputs)  # from the config: checked against the file at load
-        self.requested_device = check_device(device)
-        self.intra_op_threads = check_threads(intra_op_threads)
-        #: The requested device until ``load()`` settles it to ``cpu`` or ``cuda``.
-        self.device = self.requested_device
+        super().__init__(Path(path), device=device, intra_op_threads=intra_op_threads,
+                         inputs=inputs, outputs=outputs)
         self._module: Any = None
         self._output_keys: list[Any] = []
-        self._input_spec: InputSpec | InputSpecs | None = None
-        self._output_spec: OutputSpec | OutputSpecs | None = None
-
-    @property
-    def input_spec(self) -> InputSpec | InputSpecs:
-        self._require_loaded()
-        return self._input_spec
-
-    @property
-    def output_spec(self) -> OutputSpec | OutputSpecs:
-        self._require_loaded()
-        return self._output_spec
 
     def load(self) -> None:
         check_model_file(self.path, self.backend)
@@ -90,9 +72,6 @@ class TorchPredictor:
             program = move_to_device_pass(program, "cuda")
         self._module = program.module()
         self.device = "cuda" if use_cuda else "cpu"
-
-    def warm_up(self) -> None:
-        warm_up(self)
 
     def predict(self, batch: Batch) -> Batch:
         self._require_loaded()
