@@ -23,7 +23,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 from tests.e2e.test_serve_run import on_free_ports, start_serve_run, stop_serve_run, wait_until_ready
 from tests.integration.conftest import DIGIT_ROW
-from tests.integration.test_reliability import wait_for
+from tests.support.polling import wait_for
 
 CLIENT_VENV = Path(os.environ.get("SERVE_AB_GRPC_CLIENT_VENV", REPO_ROOT / ".venv-grpc-client"))
 CLIENT_PACKAGES = ["tritonclient[grpc,http]>=2.50,<3", "numpy"]

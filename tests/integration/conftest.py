@@ -96,6 +96,26 @@ def serve_instance(model_repo):
         ray.shutdown()
 
 
+@pytest.fixture
+def deployed(serve_instance):
+    """Deploys an experiment as the app ``name`` (route ``/name``) and returns the name; the
+    apps are deleted after the test."""
+    from ray import serve
+
+    from serve_ab import build_app
+
+    names = []
+
+    def deploy(cfg, name):
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+        names.append(name)
+        return name
+
+    yield deploy
+    for name in names:
+        serve.delete(name)
+
+
 @pytest.fixture(scope="session")
 def http():
     with httpx.Client(timeout=30.0) as client:

@@ -15,7 +15,7 @@ from ray import serve
 
 from serve_ab.store.runs import RunRecorder
 from tests.integration.conftest import experiment
-from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
+from tests.support.polling import wait_for
 
 USERS = 300
 REQUESTS = 900

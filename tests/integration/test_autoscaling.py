@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from ray import serve
 
-from serve_ab import build_app
 from tests.integration.conftest import CONTROL_TOKEN, experiment
 from tests.support.loadgen import LoadGenerator
 
@@ -69,19 +67,6 @@ class ReplicaWatch:
 
     def report(self) -> str:
         return "\n".join(f"  {t:6.1f} s  {label:<22} {counts}" for t, label, counts in self.timeline)
-
-
-@pytest.fixture
-def deployed(serve_instance):
-    names = []
-
-    def deploy(cfg, name):
-        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
-        names.append(name)
-
-    yield deploy
-    for name in names:
-        serve.delete(name)
 
 
 def load(serve_instance, name, tmp_path):

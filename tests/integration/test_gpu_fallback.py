@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import DIGIT_ROW
-from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
+from tests.support.polling import wait_for
 
 
 def replica_logs(app: str, deployment: str) -> str:

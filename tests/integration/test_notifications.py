@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from ray import serve
 
-from serve_ab import build_app
 from tests.integration.test_rollout import canary, load, wait_for
 from tests.unit.rollout.hooks import HookServer
 
@@ -18,19 +16,6 @@ def hooks():
     server = HookServer()
     yield server
     server.close()
-
-
-@pytest.fixture
-def deployed(serve_instance):
-    names = []
-
-    def deploy(cfg, name):
-        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
-        names.append(name)
-
-    yield deploy
-    for name in names:
-        serve.delete(name)
 
 
 def received_in_full(hooks: HookServer, path: str, history: list[dict], timeout_s: float = 30.0) -> list[dict]:

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
+from tests.support.polling import wait_for
 
 TOLERANCE = 20.0
 

@@ -17,47 +17,21 @@ import pytest
 import ray
 from ray import serve
 
-from serve_ab import build_app
-from benchmarks.common import replica_pids  # noqa: F401 (test_shadow imports it from here)
+from benchmarks.common import replica_pids
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment
 from tests.support.fuzz import fuzz_openapi
 from tests.support.loadgen import LoadGenerator, is_ok
+from tests.support.polling import poll, wait_for
 
-WAIT_S = 120
 CONCURRENCY = 3
 RETRY_LOG_LINE = "retrying the request on"
 
 
 @pytest.fixture
-def deployed(serve_instance):
-    """Deploys apps under names unique to this run (replica processes are found by name)."""
-    names = []
-
-    def deploy(cfg, label):
-        name = f"rel-{label}-{uuid.uuid4().hex[:6]}"
-        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
-        names.append(name)
-        return name
-
-    yield deploy
-    for name in names:
-        serve.delete(name)
-
-
-def poll(predicate, timeout_s):
-    """The first truthy value of ``predicate()``, or None after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value or None
-        time.sleep(0.25)
-
-
-def wait_for(predicate, what, timeout_s=WAIT_S):
-    value = poll(predicate, timeout_s)
-    assert value, f"timed out waiting for {what}"
-    return value
+def deployed(deployed):
+    """As conftest's, under names unique to this run: replica processes are found by their
+    titles, which a process of another Ray on this machine could share."""
+    return lambda cfg, label: deployed(cfg, f"rel-{label}-{uuid.uuid4().hex[:6]}")
 
 
 def retries_logged(app: str) -> int:

@@ -12,7 +12,7 @@ from ray import serve
 from serve_ab import build_app
 
 from tests.integration.conftest import DIGIT_ROW, experiment, router_log_lines
-from tests.integration.test_reliability import deployed, wait_for  # noqa: F401
+from tests.support.polling import wait_for
 
 
 def test_access_lines_name_the_request_id_and_the_version(http, serve_instance, deployed, model_repo, tmp_path):

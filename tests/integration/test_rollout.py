@@ -11,7 +11,6 @@ import os
 import signal
 import time
 
-import pytest
 from ray import serve
 
 from serve_ab import build_app
@@ -61,19 +60,6 @@ def load(apps, name, tmp_path, model_repo):
     return LoadGenerator(apps.url(f"/{name}"), tmp_path / f"{name}.jsonl", concurrency=3,
                          rate_per_worker_hz=30, users=500,
                          samples=model_repo / "digits" / "samples.json", feedback="correct")
-
-
-@pytest.fixture
-def deployed(serve_instance):
-    names = []
-
-    def deploy(cfg, name):
-        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
-        names.append(name)
-
-    yield deploy
-    for name in names:
-        serve.delete(name)
 
 
 def switched_at_router(http, url, user, version):

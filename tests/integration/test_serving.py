@@ -14,8 +14,8 @@ from serve_ab.serving.app import build_metrics_app
 from serve_ab.routing import Assigner
 from serve_ab.errors import InvalidInput, VersionNotServed
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment, router_log_lines
-from tests.integration.test_reliability import wait_for
 from tests.support.bad_input import BAD_PREDICT, v2_body
+from tests.support.polling import wait_for
 
 PLACEMENTS = ["colocated", "isolated"]
 

@@ -10,9 +10,10 @@ import time
 
 import numpy as np
 
+from benchmarks.common import replica_pids
 from tests.integration.conftest import experiment
-from tests.integration.test_reliability import deployed, poll, replica_pids, wait_for  # noqa: F401
 from tests.support.loadgen import LoadGenerator
+from tests.support.polling import wait_for
 
 
 def samples(model_repo):
