@@ -149,7 +149,7 @@ def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
     grpcio from this venv (Ray's), sending raw bytes."""
     import grpc  # Ray's dependency; the tritonclient venv is not needed for raw bytes
 
-    base, grpc_url, log_path, _ = served_grpc
+    base, grpc_url, log_path, ray_tmpdir = served_grpc
     with grpc.insecure_channel(grpc_url) as channel:
         for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
             call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")  # bytes in, bytes out
@@ -166,12 +166,17 @@ def test_a_corrupt_message_is_invalid_argument_and_harms_nothing(served_grpc):
         bob.parameters["user_id"].string_param = "bob"
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.RpcError) as refused:
-            infer(alice.SerializeToString() + bob.SerializeToString(), timeout=30)
+            infer(alice.SerializeToString() + bob.SerializeToString(), timeout=30,
+                  metadata=[("request_id", "grpc-duplicate-key")])
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
         assert refused.value.details() == 'duplicate key "user_id" in parameters; send each key once'
         answer = pb.ModelInferResponse.FromString(infer(alice.SerializeToString(), timeout=30))
         assert answer.model_version in ("v1", "v2"), answer
         live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=30)
     assert live == b"\x08\x01"  # ServerLiveResponse(live=True)
+    # Its access line shows the code it was answered with, where Ray's own says OK.
+    (line,) = wait_for(lambda: [ln for ln in router_log_lines(ray_tmpdir) if "grpc-duplicate-key" in ln] or None,
+                       f"the refused call's line in the router's log under {ray_tmpdir}", timeout_s=30)
+    assert " INVALID_ARGUMENT " in line and line.endswith("ms version=-"), line
     plain = httpx.post(base + "/predict", json={"inputs": [DIGIT_ROW], "user_id": "after-corrupt"}, timeout=30)
     assert plain.status_code == 200, plain.text + log_path.read_text()[-2000:]

@@ -163,3 +163,78 @@ def test_the_controller_leaves_out_the_lines_of_routine_calls_that_succeeded():
     logger.info("CALL wait_for_update OK 1.0ms")  # not an access line (no mark): kept
     assert kept.lines == ["CALL wait_for_update ERROR 2003.0ms", "CALL record CANCELLED 2003.0ms",
                           "CALL act OK 2003.0ms", "CALL status OK 2003.0ms", "CALL wait_for_update OK 1.0ms"]
+
+
+class _ServicerContext:
+    """What Ray's RayServegRPCContext copies from grpc's own context when its proxy gets a call."""
+
+    def auth_context(self):
+        return {}
+
+    def code(self):
+        return None
+
+    def details(self):
+        return ""
+
+    def invocation_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:50000"
+
+    def peer_identities(self):
+        return None
+
+    def peer_identity_key(self):
+        return None
+
+    def trailing_metadata(self):
+        return ()
+
+
+def test_a_grpc_call_answered_with_an_error_code_shows_the_code_where_ray_wrote_ok():
+    """serve-ab answers a failed gRPC call by setting its code on Ray's context (not raising,
+    which would log a traceback), so Ray's line reads OK; the filter reads the code from the
+    request's context, as it is when Ray writes the line, and puts it there."""
+    import contextvars
+
+    import grpc
+    from ray.serve._private.logging_utils import access_log_msg
+    from ray.serve.context import _RequestContext, _serve_request_context
+    from ray.serve.grpc_util import RayServegRPCContext
+
+    logger, kept, answered = naming_versions("grpc-status")
+
+    def call(request_id: str, code: grpc.StatusCode | None, version: str | None) -> None:
+        grpc_context = RayServegRPCContext(_ServicerContext())
+        if code is not None:
+            grpc_context.set_code(code)
+        if version is not None:
+            answered.note(request_id, version)
+        _serve_request_context.set(_RequestContext(request_id=request_id, grpc_context=grpc_context))
+        access_line(logger, request_id, access_log_msg(method="CALL", route="digits", status="OK", latency_ms=3.4))
+
+    for request_id, code, version in (("refused", grpc.StatusCode.INVALID_ARGUMENT, None),
+                                      ("answered", None, "v1"), ("ok-set", grpc.StatusCode.OK, None),
+                                      ("unknown-model", grpc.StatusCode.NOT_FOUND, None)):
+        contextvars.copy_context().run(call, request_id, code, version)  # each call its own context
+    # A handle call: no gRPC context (its own context too: reading Ray's sets a default there).
+    contextvars.copy_context().run(access_line, logger, "handle-call", "CALL experiment OK 1.2ms")
+    assert kept.lines == ["CALL digits INVALID_ARGUMENT 3.4ms version=-", "CALL digits OK 3.4ms version=v1",
+                          "CALL digits OK 3.4ms version=-", "CALL digits NOT_FOUND 3.4ms version=-",
+                          "CALL experiment OK 1.2ms version=-"]
+
+
+def test_the_status_word_is_the_one_before_the_latency():
+    from serve_ab.api.access_log import with_grpc_code
+
+    def unavailable() -> str:
+        return "UNAVAILABLE"
+
+    assert with_grpc_code("CALL app OK 2.0ms", unavailable) == "CALL app UNAVAILABLE 2.0ms"
+    # With the client's address first (RAY_SERVE_LOG_CLIENT_ADDRESS), and a route holding " OK ".
+    assert with_grpc_code("10.0.0.1:5 CALL my OK app OK 2.0ms", unavailable) == "10.0.0.1:5 CALL my OK app UNAVAILABLE 2.0ms"
+    # Ray's ERROR or CANCELLED (the call raised), an HTTP line, a route named OK: as they are.
+    for line in ("CALL app ERROR 2.0ms", "POST / 400 0.8ms", "CALL OK CANCELLED 2.0ms", "CALL app OK"):
+        assert with_grpc_code(line, unavailable) == line
