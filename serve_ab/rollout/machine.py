@@ -114,6 +114,12 @@ NOTHING_TO_CHANGE = "nothing to change"
 _EPS_S = 1e-9
 
 
+def _secs(seconds: float) -> str:
+    """A span the machine measured, for a reason or an error, to 0.1 s: "9.6s", "30s",
+    "123456.7s" (not the float's noise, "9.57538s", nor :g's "1.23457e+06s")."""
+    return f"{max(seconds, 0.0):.1f}".removesuffix(".0") + "s"
+
+
 def _has_samples(gate: Gate, candidate: WindowStats, stable: WindowStats, min_samples: int) -> bool:
     """Whether ``gate`` can judge on evidence: a promql value is judged as given, so it spends
     no alpha (so is a webhook's answer); any other gate needs min_samples on each side it reads."""
@@ -464,9 +470,10 @@ class Rollout:
     def _abort_action(self, reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         if self.state.phase is Phase.PROMOTED:
+            released = self._stable_released(now)
             raise RolloutError(
-                "cannot abort: rollout is already promoted; "
-                f"use rollback() to go back to {self.config.stable}"
+                f"cannot abort: the rollout is already promoted; {released}" if released else
+                f"cannot abort: the rollout is already promoted; use rollback() to go back to {self.state.stable}"
             )
         if self.state.phase is not Phase.ABORTED:
             self._abort(now, reason)
@@ -481,15 +488,22 @@ class Rollout:
         now, before = self._now(), dict(self.state.weights)
         s = self.state
         if s.phase is Phase.PROMOTED:
-            if s.retire_at_s is not None and now >= s.retire_at_s - _EPS_S:
-                raise RolloutError(
-                    f"cannot roll back: {s.stable} was released for unloading at t={s.retire_at_s:g}s "
-                    f"(now {now:g}s); start a new rollout with {s.stable} as candidate instead"
-                )
+            released = self._stable_released(now)
+            if released:
+                raise RolloutError(f"cannot roll back: {released}")
             self._abort(now, f"{reason} after promotion")
         elif s.phase is not Phase.ABORTED:
             self._abort(now, reason)
         return self._decision(now, before)
+
+    def _stable_released(self, now: float) -> str | None:
+        """After promotion, why stable can no longer take the traffic back (it was released
+        for unloading), or None while it can."""
+        s = self.state
+        if s.retire_at_s is None or now < s.retire_at_s - _EPS_S:
+            return None
+        return (f"{s.stable} was released for unloading {_secs(now - s.retire_at_s)} ago; to go back "
+                f"to it, start a new rollout with {s.stable} as candidate")
 
     def set_weights(
         self, weights_pct: Mapping[str, float], reason: str = "weights set by operator", *,
@@ -815,7 +829,7 @@ class Rollout:
             return
         waited = "validation" if s.phase is Phase.VALIDATING else "a passing analysis"
         last = f"; last analysis {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else ""
-        self._abort(now, f"progress deadline exceeded: waited {now - s.held_since_s:g}s for {waited} "
+        self._abort(now, f"progress deadline exceeded: waited {_secs(now - s.held_since_s)} for {waited} "
                          f"at step {s.step_index + 1} (progress_deadline_s {deadline_s:g}){last}")
 
     # -- state changes -------------------------------------------------------------------
@@ -951,7 +965,7 @@ class Rollout:
         if self.done:
             last = self._phase_reason()
             if s.retire_version and s.retire_at_s is not None and now < s.retire_at_s - _EPS_S:
-                return f"{last}; {s.retire_version} may be unloaded in {s.retire_at_s - now:g}s"
+                return f"{last}; {s.retire_version} may be unloaded in {_secs(s.retire_at_s - now)}"
             return last
         if s.paused_by == "operator":
             return "paused by operator; resume() to continue"
@@ -961,7 +975,7 @@ class Rollout:
                                            or uncounted_pass):
             where = self._where() if self.config.strategy is Strategy.BLUE_GREEN else \
                 f"{self._where()} ({self.step_text()})"
-            return f"holding {where} for {now - s.held_since_s:g}s: {self._hold_reason()}"
+            return f"holding {where} for {_secs(now - s.held_since_s)}: {self._hold_reason()}"
         if s.phase is Phase.PAUSED:
             return f"step {s.step_index + 1}: waiting for promote()"
         if s.phase is Phase.ANALYZING:
@@ -975,11 +989,11 @@ class Rollout:
             return f"{s.candidate} validated; waiting for promote() to switch"
         if s.phase is Phase.SWITCHED:
             left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - now
-            return f"watching {s.candidate} after the switch, {max(left_s, 0.0):g}s left"
+            return f"watching {s.candidate} after the switch, {_secs(max(left_s, 0.0))} left"
         step = self._current_step()
         if isinstance(step, PauseStep) and step.pause.duration is not None:
             left_s = s.step_started_at_s + step.pause.duration - now
-            return f"step {s.step_index + 1} ({self.step_text()}): {max(left_s, 0.0):g}s left"
+            return f"step {s.step_index + 1} ({self.step_text()}): {_secs(max(left_s, 0.0))} left"
         if isinstance(step, ConfirmStep):
             return (f"step {s.step_index + 1}: waiting for {step.confirm.target} to answer "
                     f'{{"confirm": true}} (asked every {step.confirm.interval_s:g}s); latest: '

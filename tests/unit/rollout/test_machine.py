@@ -130,7 +130,9 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
     d = rollout.tick(healthy())
     assert d.phase is Phase.PROMOTED and d.weights == {"v1": 0.0, "v2": 100.0} and d.weights_changed
     assert d.retire == () and "v1 may be unloaded in 60s" in d.reason
-    clock.advance(59.5)
+    clock.advance(59.5 - 1 / 3)
+    assert rollout.status_line().endswith("v1 may be unloaded in 0.8s")  # to 0.1 s, not 0.833333s
+    clock.advance(1 / 3)
     assert rollout.tick(healthy()).retire == ()
     clock.advance(0.5)
     retired = rollout.tick(healthy())
@@ -287,11 +289,20 @@ def test_rollback_after_promotion_while_the_old_stable_is_still_loaded():
     late = Rollout(canary(), clock)
     late.tick(healthy())
     late.promote(full=True)
-    clock.advance(61)
-    with pytest.raises(RolloutError, match="released for unloading"):
-        late.rollback()
-    with pytest.raises(RolloutError, match="use rollback"):
+    clock.advance(30.04)
+    # Promoted, stable still loaded: abort points to rollback, which can still go back.
+    with pytest.raises(RolloutError, match=r"already promoted; use rollback\(\) to go back to v1$"):
         late.abort()
+    clock.advance(31.0)  # stable released 1.04 s ago (retire_after_s 60)
+    # Past it, neither points to the other: the way back is a new rollout. The time is the
+    # span since the release, to 0.1 s, not two absolute clock readings.
+    released = "v1 was released for unloading 1s ago; to go back to it, start a new rollout with v1 as candidate"
+    with pytest.raises(RolloutError) as refused:
+        late.rollback()
+    assert str(refused.value) == f"cannot roll back: {released}"
+    with pytest.raises(RolloutError) as refused:
+        late.abort()
+    assert str(refused.value) == f"cannot abort: the rollout is already promoted; {released}"
 
 
 def test_operator_pause_freezes_steps_analysis_and_timers():
