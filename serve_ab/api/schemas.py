@@ -186,8 +186,10 @@ def predict_inputs(body: Any) -> Any:
     return parse_body(PredictRequest, body).inputs
 
 
-# Defined by the protocol but taken by no model served here: a clear "this model takes FP32".
-_V2_OTHER_DATATYPES = ("BYTES", "BF16")
+# Defined by the protocol beside the numeric ones (V2_DATATYPES): BYTES (string inputs of python
+# and ONNX models) and BF16 (no numpy dtype, so no model here takes it: a clear "this model
+# takes FP32" rather than "not defined").
+V2_OTHER_DATATYPES = ("BYTES", "BF16")
 
 
 def decode_v2_inputs(
@@ -243,10 +245,10 @@ def _check_requested(request: V2InferRequest, output: OutputSpec | OutputSpecs) 
 
 def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_finite: bool,
                    binary: Mapping[int, np.ndarray] | None) -> np.ndarray:
-    if tensor.datatype not in V2_DATATYPES and tensor.datatype not in _V2_OTHER_DATATYPES:
+    if tensor.datatype not in V2_DATATYPES and tensor.datatype not in V2_OTHER_DATATYPES:
         raise InputError(
             f"input '{tensor.name}' has datatype '{tensor.datatype}', which the Open Inference "
-            f"Protocol does not define; valid: {sorted([*V2_DATATYPES, *_V2_OTHER_DATATYPES])}"
+            f"Protocol does not define; valid: {sorted([*V2_DATATYPES, *V2_OTHER_DATATYPES])}"
         )
     if tensor.datatype != spec.datatype:
         raise InputError(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from serve_ab.api.http_util import decode_json
-from serve_ab.api.schemas import V2InferRequest
+from serve_ab.api.schemas import V2_OTHER_DATATYPES, V2InferRequest
 from serve_ab.backends.base import V2_DATATYPES, InputError, reshaped
 from serve_ab.errors import InvalidInput
 
@@ -131,8 +131,14 @@ def tensor_from_bytes(buf: bytes | memoryview, name: str, datatype: str, shape: 
         return _bytes_elements(memoryview(buf), name, shape, count)
     dtype = _WIRE_DTYPES.get(datatype)
     if dtype is None:
-        raise InputError(f"input '{name}' has datatype '{datatype}', which binary tensor data here "
-                         f"cannot carry; valid: {sorted([*V2_DATATYPES, 'BYTES'])}")
+        defined = sorted([*V2_DATATYPES, *V2_OTHER_DATATYPES])
+        if datatype not in defined:  # said as the JSON path says it (schemas._decode_tensor)
+            raise InputError(f"input '{name}' has datatype '{datatype}', which the Open Inference "
+                             f"Protocol does not define; valid: {defined}")
+        # BF16: numpy has no bfloat16 to view the bytes as (nor any model here to take it).
+        raise InputError(f"input '{name}' has datatype '{datatype}', which serve-ab cannot read from raw "
+                         f"bytes (binary tensor data, gRPC raw_input_contents); valid: "
+                         f"{sorted([*V2_DATATYPES, 'BYTES'])}")
     need = count * dtype.itemsize
     if len(buf) != need:
         raise InputError(f"input '{name}' has binary_data_size {len(buf)}, but shape {shape} of {datatype} "

@@ -116,10 +116,14 @@ def test_the_v2_codecs_checks_apply_to_grpc_requests(request_, message):
         _decode(request_, InputSpec("x", np.dtype("float32"), (-1, 3)))
 
 
-def test_an_unknown_datatype_is_named_by_the_v2_check():
+@pytest.mark.parametrize("raw", [False, True], ids=["typed contents", "raw contents"])
+def test_an_unknown_datatype_is_named_by_the_v2_check(raw):
+    # Raw contents are read by the binary extension's code: said the same way, not as binary data's.
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name="x", datatype="FLOAT", shape=[1, 3])
-    with pytest.raises(InputError, match="does not define"):
+    if raw:
+        request.raw_input_contents.append(np.zeros(3, dtype="<f4").tobytes())
+    with pytest.raises(InputError, match=r"'FLOAT', which the Open Inference Protocol does not define; valid: \[.*'BF16'"):
         _decode(request, InputSpec("x", np.dtype("float32"), (-1, 3)))
 
 

@@ -182,7 +182,9 @@ MALFORMED = [
     ("negative dimension", header_of([fp32(0, shape=[-1, 64])]), str(len(header_of([fp32(0, shape=[-1, 64])]))),
      "negative dimension in shape [-1, 64]"),
     ("unknown datatype", header_of([fp32(4, datatype="FLOAT")]) + b"\x00" * 4,
-     str(len(header_of([fp32(4, datatype="FLOAT")]))), "datatype 'FLOAT', which binary tensor data here cannot carry"),
+     str(len(header_of([fp32(4, datatype="FLOAT")]))), "datatype 'FLOAT', which the Open Inference Protocol does not define"),
+    ("bfloat16 bytes", header_of([fp32(2, datatype="BF16")]) + b"\x00" * 2,
+     str(len(header_of([fp32(2, datatype="BF16")]))), "datatype 'BF16', which serve-ab cannot read from raw bytes"),
     ("bool bytes not 0/1", header_of([fp32(2, datatype="BOOL", shape=[1, 2])]) + b"\x01\x02",
      str(len(header_of([fp32(2, datatype="BOOL", shape=[1, 2])]))), "BOOL, whose bytes must be 0 or 1"),
 ]
