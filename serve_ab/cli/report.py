@@ -55,8 +55,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "report", help="the A/B report: lifts, p-values, verdicts, SRM, power (tables, -o json|yaml, or --html)",
         description="Fetch the running app's A/B report (GET /experiment/report) or read a stored run "
         "record, and print a table per metric; -o json|yaml prints the report as data, --html FILE also writes "
-        "a self-contained page with plots. An app with control.protect_reads needs a viewer (or operator) "
-        f"token: --token, else ${cli_rollout.VIEWER_TOKEN_ENV}, else ${cli_rollout.TOKEN_ENV}.",
+        "a self-contained page with plots. An app with control.protect_reads needs a viewer, QA or operator "
+        f"token: --token, else {cli_rollout.env_fallbacks(cli_rollout.READ_TOKEN_ENVS)}.",
     )
     cli_rollout.add_connection_options(report)
     cli_rollout.add_token_option(report)

@@ -2,8 +2,9 @@
 
 The commands speak HTTP to the app's control API (``/rollout/...``). Actions send
 ``Authorization: Bearer <token>`` with the operator's token; reading the status sends a token
-too when one is found (``--token``, ``$SERVE_AB_VIEWER_TOKEN``, ``$SERVE_AB_CONTROL_TOKEN``): an
-app with ``control.protect_reads`` needs a viewer's (or operator's), any other ignores it.
+too when one is found (``--token``, ``$SERVE_AB_VIEWER_TOKEN``, ``$SERVE_AB_QA_TOKEN``,
+``$SERVE_AB_CONTROL_TOKEN``): an app with ``control.protect_reads`` needs a viewer's, QA's or
+operator's, any other ignores it.
 Wiring, for ``serve_ab/cli/command.py``::
 
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -51,13 +52,17 @@ from serve_ab.cli.options import (
 )
 from serve_ab.serving.core.messages import Action
 
-__all__ = ["DEFAULT_URL", "TOKEN_ENV", "URL_ENV", "VIEWER_TOKEN_ENV", "add_connection_options", "add_parsers",
-           "add_token_option", "render_status", "resolve_token", "resolve_url", "run"]
+__all__ = ["DEFAULT_URL", "QA_TOKEN_ENV", "READ_TOKEN_ENVS", "TOKEN_ENV", "URL_ENV", "VIEWER_TOKEN_ENV",
+           "add_connection_options", "add_parsers", "add_token_option", "env_fallbacks", "render_status",
+           "resolve_token", "resolve_url", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "SERVE_AB_URL"
 TOKEN_ENV = "SERVE_AB_CONTROL_TOKEN"  # the operator's: control.token_env's default
 VIEWER_TOKEN_ENV = "SERVE_AB_VIEWER_TOKEN"  # enough to read: control.viewer_token_env's default
+QA_TOKEN_ENV = "SERVE_AB_QA_TOKEN"  # may pin, and read: control.qa_token_env's default
+# Where a read looks for a token, least power first: any of them may read a protected app.
+READ_TOKEN_ENVS = (VIEWER_TOKEN_ENV, QA_TOKEN_ENV, TOKEN_ENV)
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_INTERVAL_S = 2.0
 # The shortest a poll may wait for its answer near the end of --timeout: the wait may end this
@@ -103,14 +108,19 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                         new_flag="--request-timeout", help=argparse.SUPPRESS)
 
 
+def env_fallbacks(envs: tuple[str, ...]) -> str:
+    """Environment variables read in turn, for a help text: "$A, else $B, else $C"."""
+    return ", else ".join(f"${env}" for env in envs)
+
+
 def add_token_option(parser: argparse.ArgumentParser, *, action: bool = False) -> None:
     """``--token``, into ``args.token``; read back by :func:`resolve_token`. ``action``: the
     command changes the rollout, and needs the operator's token; otherwise it reads."""
     if action:
         help_text = f"the operator's control token, sent as a bearer token (default: ${TOKEN_ENV})"
     else:
-        help_text = ("a viewer (or operator) token, sent as a bearer token: an app with control.protect_reads "
-                     f"needs one to be read, others ignore it (default: ${VIEWER_TOKEN_ENV}, else ${TOKEN_ENV})")
+        help_text = ("a viewer, QA or operator token, sent as a bearer token: an app with control.protect_reads "
+                     f"needs one to be read, others ignore it (default: {env_fallbacks(READ_TOKEN_ENVS)})")
     parser.add_argument("--token", default=None, help=help_text)
 
 
@@ -118,15 +128,15 @@ def resolve_token(args: argparse.Namespace, *, action: bool = False) -> tuple[st
     """``(token, where it came from)`` to send, or None: ``--token``, else the environment.
 
     An action takes the operator's ``$SERVE_AB_CONTROL_TOKEN``. A read needs no more than a
-    viewer's token, so ``$SERVE_AB_VIEWER_TOKEN`` comes first, and the operator's (which may read
-    too) is the fallback: an operator's shell then reads a protected app with nothing more set.
+    viewer's token, so ``$SERVE_AB_VIEWER_TOKEN`` comes first, then QA's and the operator's (which
+    may read too): a QA's or an operator's shell then reads a protected app with nothing more set.
     Raises ValueError (a usage error) naming the source, never the token, when it cannot go in
     an HTTP header.
     """
     given = getattr(args, "token", None)
     if given:
         return check_header_token(given, "argument --token"), "--token"
-    for env in (TOKEN_ENV,) if action else (VIEWER_TOKEN_ENV, TOKEN_ENV):
+    for env in (TOKEN_ENV,) if action else READ_TOKEN_ENVS:
         token = os.environ.get(env)
         if token:
             return check_header_token(token, f"${env}"), f"${env}"
@@ -148,8 +158,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "status", parents=[connection], help="show the rollout: phase, weights, gates; --wait for it to end",
         description="Show the running app's rollout: phase and step, traffic weights, analysis gates. "
         "--wait blocks until the rollout ends and exits 0 promoted, 1 aborted or rolled back, 3 timed out, "
-        "4 unreachable; --watch redraws it live. An app with control.protect_reads needs a viewer (or "
-        f"operator) token: --token, else ${VIEWER_TOKEN_ENV}, else ${TOKEN_ENV}.",
+        "4 unreachable; --watch redraws it live. An app with control.protect_reads needs a viewer, QA or "
+        f"operator token: --token, else {env_fallbacks(READ_TOKEN_ENVS)}.",
     )
     add_token_option(status)
     status.add_argument("--history", action="store_true", help="add the list of phase transitions")
@@ -387,8 +397,8 @@ def _auth_hint(status_code: int, action: bool, sent: bool, token_from: str | Non
     if action:
         need, where = "actions need the app's operator (control) token", f"set {TOKEN_ENV} or pass --token"
     else:
-        need = "reading this app (control.protect_reads) needs a viewer or operator token"
-        where = f"set {VIEWER_TOKEN_ENV} (or {TOKEN_ENV}) or pass --token"
+        need = "reading this app (control.protect_reads) needs a viewer, QA or operator token"
+        where = f"set {READ_TOKEN_ENVS[0]} (or {', '.join(READ_TOKEN_ENVS[1:])}) or pass --token"
     which = f"the token sent, from {token_from}," if token_from else "the token sent"
     if not sent:
         outcome = "no token was sent"

@@ -539,8 +539,8 @@ class ControlConfig(_Strict):
         "viewer, qa, operator; names (never tokens) are recorded with every action.",
     )
     protect_reads: bool = Field(
-        False, description="Status, report, stats, metrics and the experiment need a viewer (or "
-        "operator) token too. Health and model metadata stay open.",
+        False, description="Status, report, stats, metrics and the experiment need a viewer, QA or "
+        "operator token too. Health and model metadata stay open.",
     )
     allow_unauthenticated: bool = Field(
         False, description="Accept control actions and pins without a token. Only for local experiments."

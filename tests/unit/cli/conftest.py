@@ -24,9 +24,9 @@ def api(_control_server, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _no_app_token(monkeypatch):
-    """The commands send ``$SERVE_AB_VIEWER_TOKEN`` or ``$SERVE_AB_CONTROL_TOKEN``: none of the
+    """The commands send ``$SERVE_AB_VIEWER_TOKEN``, ``$SERVE_AB_QA_TOKEN`` or ``$SERVE_AB_CONTROL_TOKEN``: none of the
     machine's may reach a test."""
-    for name in ("SERVE_AB_CONTROL_TOKEN", "SERVE_AB_VIEWER_TOKEN"):
+    for name in ("SERVE_AB_CONTROL_TOKEN", "SERVE_AB_QA_TOKEN", "SERVE_AB_VIEWER_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -299,8 +299,8 @@ def test_a_refused_report_says_what_a_read_needs_and_never_prints_the_token(app,
     app.bearer = "the-right-one"
     code, out, err = _run(["report"], capsys)
     assert code == 1 and out == "" and "error: 401 reading this app's figures: a bearer token is needed" in err
-    assert ("hint: reading this app (control.protect_reads) needs a viewer or operator token: set "
-            "SERVE_AB_VIEWER_TOKEN (or SERVE_AB_CONTROL_TOKEN) or pass --token (no token was sent)") in err
+    assert ("hint: reading this app (control.protect_reads) needs a viewer, QA or operator token: set "
+            "SERVE_AB_VIEWER_TOKEN (or SERVE_AB_QA_TOKEN, SERVE_AB_CONTROL_TOKEN) or pass --token (no token was sent)") in err
     # A proxy's error page that echoes the header must not show it either.
     app.bearer = None
     app.responses = {("GET", "/experiment/report"): (401, {"error": "refused Bearer wrong-token-5678"})}

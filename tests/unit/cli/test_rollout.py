@@ -103,7 +103,7 @@ def test_status_of_a_protected_app_sends_the_token_option(api, capsys):
     assert TOKEN not in out + err
 
 
-@pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
+@pytest.mark.parametrize("env", ["SERVE_AB_VIEWER_TOKEN", "SERVE_AB_QA_TOKEN", "SERVE_AB_CONTROL_TOKEN"])
 def test_status_of_a_protected_app_sends_a_token_from_the_environment(api, capsys, monkeypatch, env):
     api.bearer = TOKEN
     monkeypatch.setenv(env, TOKEN)
@@ -112,16 +112,19 @@ def test_status_of_a_protected_app_sends_a_token_from_the_environment(api, capsy
     assert api.requests[0]["authorization"] == f"Bearer {TOKEN}"
 
 
-def test_a_read_takes_the_option_then_the_viewer_token_then_the_control_token(api, capsys, monkeypatch):
+def test_a_read_takes_the_option_then_the_viewer_then_the_qa_then_the_control_token(api, capsys, monkeypatch):
     monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "operator-token")
+    monkeypatch.setenv("SERVE_AB_QA_TOKEN", "qa-token")
+    assert _run(["status"], capsys)[0] == 0  # the least power that may read: QA's before the operator's
     monkeypatch.setenv("SERVE_AB_VIEWER_TOKEN", "viewer-token")
     assert _run(["status"], capsys)[0] == 0
     assert _run(["status", "--token", TOKEN], capsys)[0] == 0
-    assert [r["authorization"] for r in api.requests] == ["Bearer viewer-token", f"Bearer {TOKEN}"]
+    assert [r["authorization"] for r in api.requests] == ["Bearer qa-token", "Bearer viewer-token", f"Bearer {TOKEN}"]
 
 
-def test_an_action_sends_the_control_token_never_the_viewer_token(api, capsys, monkeypatch):
+def test_an_action_sends_the_control_token_never_the_viewer_or_qa_token(api, capsys, monkeypatch):
     monkeypatch.setenv("SERVE_AB_VIEWER_TOKEN", "viewer-token")
+    monkeypatch.setenv("SERVE_AB_QA_TOKEN", "qa-token")
     assert _run(["pause"], capsys)[0] == 0
     monkeypatch.setenv("SERVE_AB_CONTROL_TOKEN", "operator-token")
     assert _run(["pause"], capsys)[0] == 0
@@ -134,7 +137,7 @@ def test_a_protected_read_without_a_token_hints_at_the_viewer_token(api, capsys)
     assert code == 1 and out == ""
     assert "error: 401 reading this app's figures: a bearer token is needed" in err
     hint = err.splitlines()[1]
-    assert hint.startswith("hint: reading this app (control.protect_reads) needs a viewer or operator token")
+    assert hint.startswith("hint: reading this app (control.protect_reads) needs a viewer, QA or operator token")
     assert "SERVE_AB_VIEWER_TOKEN" in hint and "SERVE_AB_CONTROL_TOKEN" in hint and "--token" in hint
     assert hint.endswith("(no token was sent)") and "actions" not in hint
 
@@ -149,7 +152,7 @@ def test_a_refused_read_names_where_the_token_came_from_never_the_token(api, cap
         monkeypatch.setenv(source[1:], TOKEN)
     code, out, err = _run(argv, capsys)
     assert code == 1 and f"(the token sent, from {source}, was refused)" in err
-    assert "needs a viewer or operator token" in err and TOKEN not in out + err
+    assert "needs a viewer, QA or operator token" in err and TOKEN not in out + err
 
 
 def test_403_says_the_token_was_known_but_its_role_may_not(api, capsys, monkeypatch):
@@ -335,7 +338,7 @@ def test_status_help_says_which_token_a_read_sends(capsys):
         _main(["status", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "--token TOKEN" in out and "control.protect_reads" in out
-    assert "(default: $SERVE_AB_VIEWER_TOKEN, else $SERVE_AB_CONTROL_TOKEN)" in out
+    assert "(default: $SERVE_AB_VIEWER_TOKEN, else $SERVE_AB_QA_TOKEN, else $SERVE_AB_CONTROL_TOKEN)" in out
 
 
 # --- preconditions and who acted -----------------------------------------------------------

@@ -139,7 +139,7 @@ def test_wait_on_a_protected_app_without_a_token_ends_at_once_with_the_hint(api,
     api.bearer = "viewer-token"
     code, out, err = _run(["status", "--wait", "--timeout", "10m"], capsys)
     assert (code, out, clock.sleeps) == (1, "", [])
-    assert "error: 401" in err and "needs a viewer or operator token" in err and "(no token was sent)" in err
+    assert "error: 401" in err and "needs a viewer, QA or operator token" in err and "(no token was sent)" in err
 
 
 def test_watch_of_a_protected_app_sends_the_token_option(api, clock, capsys):
