@@ -976,14 +976,8 @@ def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
     if answer.value is None:
         return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: the query returned no samples; is "
                                             f"{candidate.version} receiving traffic? query: {answer.query}")
-    value = answer.value
-    what = f"{metric} on {candidate.version} is {_fmt(value)}"
-    upper = gate.bound == "max"
-    if (value <= gate.threshold) if upper else (value >= gate.threshold):
-        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}", value, value)
-    side = "above" if upper else "below"
-    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}; query: {answer.query}",
-                  value, value)
+    return _against_bound(gate, f"{metric} on {candidate.version}", answer.value, result,
+                          failed_also=f"; query: {answer.query}")
 
 
 def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
@@ -1010,13 +1004,21 @@ def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
     if answer.value is None:
         return result(GateVerdict.INCONCLUSIVE, f"{metric} answered no value for {candidate.version}; the "
                                             f"gate judges value against {gate.bound} {_fmt(gate.threshold)}{said}")
-    value = answer.value
-    what = f"{metric} on {candidate.version} is {_fmt(value)}"
+    return _against_bound(gate, f"{metric} on {candidate.version}", answer.value, result, said=said)
+
+
+def _against_bound(gate: Gate, what: str, value: float, result, *, said: str = "",
+                   failed_also: str = "") -> GateResult:
+    """An external number (a query's, an endpoint's) judged against the gate's min or max as
+    given: PASS within it, FAIL past it. ``said``: the endpoint's reason, on either verdict;
+    ``failed_also``: more for a failure only (the query, to rerun it)."""
+    judged = f"{what} is {_fmt(value)}"
     upper = gate.bound == "max"
     if (value <= gate.threshold) if upper else (value >= gate.threshold):
-        return result(GateVerdict.PASS, f"{what}, within {gate.bound} {_fmt(gate.threshold)}{said}", value, value)
+        return result(GateVerdict.PASS, f"{judged}, within {gate.bound} {_fmt(gate.threshold)}{said}", value, value)
     side = "above" if upper else "below"
-    return result(GateVerdict.FAIL, f"{what}, {side} {gate.bound} {_fmt(gate.threshold)}{said}", value, value)
+    return result(GateVerdict.FAIL, f"{judged}, {side} {gate.bound} {_fmt(gate.threshold)}{said}{failed_also}",
+                  value, value)
 
 
 def evaluate_gates(
