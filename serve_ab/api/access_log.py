@@ -81,17 +81,6 @@ class VersionsAnswered:
         return len(self._versions)
 
 
-def grpc_status_set() -> str | None:
-    """The status code serve-ab's gRPC code set on this request's Ray context
-    (``INVALID_ARGUMENT``), or None (no gRPC call, or no code set). Read where Ray writes the
-    access line: still in the request's context, which holds Ray's ``RayServegRPCContext``."""
-    from ray.serve.context import _get_serve_request_context
-
-    context = _get_serve_request_context().grpc_context
-    code = context.code() if context is not None else None
-    return None if code is None else code.name
-
-
 def with_grpc_code(line: str, grpc_status: Callable[[], str | None]) -> str:
     """Ray's access line with the gRPC call's error code for its ``OK``: "CALL app OK 2.0ms"
     -> "CALL app INVALID_ARGUMENT 2.0ms" (the status is the word before the latency, as
@@ -111,10 +100,12 @@ class VersionOnAccessLine(logging.Filter):
     Ray's JSON logs give every such attribute a field of its own; its text lines ignore it.
     Only records with a request id: Ray's debug lines about a request starting carry the
     access-line mark too, but get their id later, from a handler's filter. A line Ray wrote
-    ``OK`` for a gRPC call answered with an error code shows that code (``grpc_status``).
+    ``OK`` for a gRPC call answered with an error code shows that code: ``grpc_status`` reads
+    it from the request's Ray context (:func:`serve_ab.serving.router.grpc_code_set`; None
+    here, where no Ray is imported, reads none).
     """
 
-    def __init__(self, versions: VersionsAnswered, grpc_status: Callable[[], str | None] = grpc_status_set):
+    def __init__(self, versions: VersionsAnswered, grpc_status: Callable[[], str | None] | None = None):
         super().__init__()
         self.versions = versions
         self.grpc_status = grpc_status
@@ -126,14 +117,15 @@ class VersionOnAccessLine(logging.Filter):
             line: Any = record.msg
             # Only a call no version answered reads the gRPC context, so an answered request's
             # line costs what it did (a call failing after its answer, in encoding it, keeps OK).
-            if version is None and isinstance(line, str):
+            if version is None and self.grpc_status is not None and isinstance(line, str):
                 line = with_grpc_code(line, self.grpc_status)
             record.msg = f"{line} version={version or '-'}"
             record.model_version = version
         return True
 
 
-def name_versions_on_access_lines(logger: logging.Logger, versions: VersionsAnswered) -> None:
+def name_versions_on_access_lines(logger: logging.Logger, versions: VersionsAnswered,
+                                  grpc_status: Callable[[], str | None] | None = None) -> None:
     """Puts the filter on ``logger`` (Ray Serve's), in place of one put there before.
 
     On the logger, not a handler: Ray Serve replaces its handlers when it reconfigures
@@ -141,7 +133,7 @@ def name_versions_on_access_lines(logger: logging.Logger, versions: VersionsAnsw
     """
     for old in [f for f in logger.filters if isinstance(f, VersionOnAccessLine)]:
         logger.removeFilter(old)
-    logger.addFilter(VersionOnAccessLine(versions))
+    logger.addFilter(VersionOnAccessLine(versions, grpc_status))
 
 
 class RoutineCallsOff(logging.Filter):

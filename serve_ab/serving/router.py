@@ -153,6 +153,16 @@ def _request_id() -> str:
     return serve.context._get_serve_request_context().request_id or uuid.uuid4().hex
 
 
+def grpc_code_set() -> str | None:
+    """The status code serve-ab's gRPC code set on this request's Ray context
+    (``INVALID_ARGUMENT``), or None (no gRPC call, or no code set). Read where Ray writes the
+    access line, still in the request's context, which holds Ray's ``RayServegRPCContext``
+    (:mod:`serve_ab.api.access_log`)."""
+    context = serve.context._get_serve_request_context().grpc_context
+    code = context.code() if context is not None else None
+    return None if code is None else code.name
+
+
 @serve.deployment(name="Router")
 @serve.ingress(app)
 class Router:
@@ -180,7 +190,7 @@ class Router:
         on_answer = None
         if cfg.router.access_log:
             answered = VersionsAnswered()
-            name_versions_on_access_lines(logging.getLogger(RAY_SERVE_LOGGER), answered)
+            name_versions_on_access_lines(logging.getLogger(RAY_SERVE_LOGGER), answered, grpc_code_set)
             on_answer = answered.note
         self.core = RouterCore(cfg, versions, client, request_id=_request_id, on_answer=on_answer)
         self.core.replica = serve.get_replica_context().replica_tag

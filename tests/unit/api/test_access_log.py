@@ -204,7 +204,11 @@ def test_a_grpc_call_answered_with_an_error_code_shows_the_code_where_ray_wrote_
     from ray.serve.context import _RequestContext, _serve_request_context
     from ray.serve.grpc_util import RayServegRPCContext
 
-    logger, kept, answered = naming_versions("grpc-status")
+    from serve_ab.serving.router import grpc_code_set
+
+    logger, kept = ray_like_logger("grpc-status")
+    answered = VersionsAnswered()
+    name_versions_on_access_lines(logger, answered, grpc_code_set)  # as the router puts it on
 
     def call(request_id: str, code: grpc.StatusCode | None, version: str | None) -> None:
         grpc_context = RayServegRPCContext(_ServicerContext())
