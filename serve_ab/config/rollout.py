@@ -35,6 +35,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -182,6 +183,10 @@ def render_promql(query: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda match: values[match.group(1)], query)
 
 
+# The end of a URL that is Prometheus' HTTP API rather than the server: /api/v1, /api/v1/query...
+_PROMETHEUS_API = re.compile(r"/api/v1(?:/query(?:_range)?)?/?$")
+
+
 class PrometheusConfig(_Strict):
     """Where promql gates send their queries (Prometheus' HTTP API, /api/v1/query)."""
 
@@ -192,6 +197,35 @@ class PrometheusConfig(_Strict):
     timeout_s: DurationS = Field(
         5.0, gt=0, le=60, description="Longest a query may take; a slower one is a failed query."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _base_url_only(cls, url: str) -> str:
+        # serve-ab adds /api/v1/query (serve_ab/rollout/promql.py): a URL ending in Prometheus'
+        # API already would send every query to .../api/v1/query/api/v1/query, and every gate
+        # would hold. Only the end: a Kubernetes API proxy's path holds /api/v1/ on the way.
+        api = _PROMETHEUS_API.search(url)
+        if api:
+            raise ValueError(f"must be Prometheus' base URL, without {api.group(0).rstrip('/')} (serve-ab adds "
+                             f"/api/v1/query): give {redact_url(url[:api.start()])!r}")
+        return url
+
+
+def _bounds_taken(metric: GateMetric) -> tuple[tuple[str, ...], str]:
+    """The bounds a gate on ``metric`` may have, and an example it takes, for the error that
+    asks for exactly one (the checks below refuse the others, each with its reason)."""
+    if metric is GateMetric.PROMQL:  # a query's number: no stable to divide by
+        return ("max", "min"), "{metric: promql, name: p95_latency_s, query: '...', max: 0.25}"
+    if metric in FEEDBACK_METRICS:
+        name = "revenue" if metric is GateMetric.FEEDBACK_MEAN else "converted"
+        return BOUND_KEYS, f"{{metric: {metric.value}, name: {name}, min_ratio_to_stable: 0.98}}"
+    if metric is GateMetric.SHADOW_AGREEMENT:
+        return ("min",), "{metric: shadow_agreement, min: 0.95}"
+    if metric in DRIFT_METRICS:
+        return ("max",), f"{{metric: {metric.value}, max: 0.1}}"
+    # Error rate and latencies: lower is better, so only upper bounds can fail a worse candidate.
+    example = "max: 0.01" if metric is GateMetric.ERROR_RATE else "max: 250"
+    return ("max", "max_ratio_to_stable"), f"{{metric: {metric.value}, {example}}}"
 
 
 #: Event kinds sent to notification receivers (see :mod:`serve_ab.rollout.notify`).
@@ -365,10 +399,10 @@ class Gate(_Strict):
             if getattr(self, key) is not None:
                 raise ValueError(f"gate {metric} takes no {key}; only metric: webhook does")
         if len(bounds) != 1:
+            allowed, example = _bounds_taken(self.metric)
             raise ValueError(
                 f"gate {metric} has bounds {sorted(bounds) or 'none'}; give exactly one of "
-                f"{', '.join(BOUND_KEYS)}, e.g. {{metric: {metric}, max: 0.1}} (add a second "
-                "gate for a second bound)"
+                f"{', '.join(allowed)}, e.g. {example} (add a second gate for a second bound)"
             )
         if self.metric is GateMetric.PROMQL:
             return self._check_promql()

@@ -138,10 +138,39 @@ def test_bad_steps_are_refused_with_the_value(steps, expected):
         ({"metric": "latency_p99_ms", "min": 100}, "lower latency_p99_ms is better, so a lower bound would pass"),
         ({"metric": "latency_p50_ms", "min_ratio_to_stable": 0.9}, "has min_ratio_to_stable (0.9); lower"),
         ({"metric": "drift_ks", "max": 1.5}, "gate drift_ks max is 1.5; drift_ks is in [0, 1]"),
+        # A promql gate names only the bounds it takes, and an example it would take.
+        ({"metric": "promql", "name": "q", "query": "x", "max": 1, "min": 0},
+         "give exactly one of max, min, e.g. {metric: promql, name: p95_latency_s, query: '...', max: 0.25}"),
+        ({"metric": "feedback_rate", "name": "c"},
+         "e.g. {metric: feedback_rate, name: converted, min_ratio_to_stable: 0.98}"),
+        ({"metric": "shadow_agreement"}, "give exactly one of min, e.g. {metric: shadow_agreement, min: 0.95}"),
+        ({"metric": "drift_ks"}, "give exactly one of max, e.g. {metric: drift_ks, max: 0.1}"),
+        ({"metric": "latency_p95_ms"}, "give exactly one of max, max_ratio_to_stable, e.g. {metric: latency_p95_ms, "
+                                       "max: 250}"),
+        ({"metric": "promql", "name": "q", "query": "x", "max": 1,
+          "prometheus": {"url": "http://prometheus:9090/api/v1/query"}},
+         "must be Prometheus' base URL, without /api/v1/query (serve-ab adds /api/v1/query): give "
+         "'http://prometheus:9090'"),
+        # The advice never shows a password the URL holds.
+        ({"metric": "promql", "name": "q", "query": "x", "max": 1,
+          "prometheus": {"url": "https://user:s3cret@prom.example.com/api/v1/"}},
+         "without /api/v1 (serve-ab adds /api/v1/query): give 'https://user:***@prom.example.com'"),
     ],
 )
 def test_bad_gates_are_refused(gate, expected):
     assert expected in error_text(base(gates=[gate]))
+
+
+def test_a_prometheus_url_refused_never_shows_its_password():
+    gate = {"metric": "promql", "name": "q", "query": "x", "max": 1,
+            "prometheus": {"url": "https://user:s3cret@prom.example.com/api/v1/query"}}
+    # As serve-ab words pydantic's errors for the user (validate, a refused deploy).
+    from serve_ab.config.experiment import format_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        RolloutConfig.model_validate(base(gates=[gate]))
+    (text,) = format_validation_error(info.value)
+    assert text.startswith("gates.0.prometheus.url: must be Prometheus' base URL") and "s3cret" not in text
 
 
 def test_cross_field_rules():
@@ -200,6 +229,12 @@ def test_every_field_has_a_description_and_extra_keys_are_forbidden():
     {"metric": "feedback_rate", "name": "c", "min": 0.99}, {"metric": "feedback_mean", "name": "r", "max": 0},
     {"metric": "promql", "name": "q", "query": "x", "max": 0,
      "prometheus": {"url": "http://prometheus:9090"}},
+    # Behind a proxy's path: a base URL still (serve-ab adds /api/v1/query), also through the
+    # Kubernetes API server's service proxy, whose path holds /api/v1/ on the way.
+    {"metric": "promql", "name": "q", "query": "x", "max": 0,
+     "prometheus": {"url": "https://monitoring.example.com/prometheus/"}},
+    {"metric": "promql", "name": "q", "query": "x", "max": 0,
+     "prometheus": {"url": "http://localhost:8001/api/v1/namespaces/monitoring/services/prometheus-k8s:9090/proxy/"}},
 ])
 def test_thresholds_traffic_can_decide_are_kept(gate):
     assert RolloutConfig.model_validate(base(gates=[gate])).gates[0].metric.value == gate["metric"]
