@@ -189,6 +189,15 @@ class RayActorOptions(_Strict):
     def _ray_quantity(cls, quantity: float, info: ValidationInfo) -> float:
         return check_ray_quantity(info.field_name, quantity)
 
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_gpus_over_one(cls, num_gpus: float) -> float:
+        # Whatever the cluster: refused here, by `serve-ab validate`, not first at deploy time.
+        if num_gpus > 1 and abs(num_gpus - round(num_gpus)) > 1e-6:
+            raise ValueError("Ray places a fraction of one GPU or whole GPUs, so a value over 1 must be a "
+                             "whole number, e.g. 0.5 or 2")  # the value is quoted after it
+        return num_gpus
+
     def to_ray(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.memory is not None:
@@ -575,8 +584,9 @@ class ControllerConfig(_Strict):
     )
     store_password_env: str | None = Field(
         None,
-        description="Environment variable holding the Redis password (read by the controller's "
-        "process, never logged); instead of a password in store_url, which Ray shows with the config.",
+        description="Environment variable holding the Redis password (read by the controller's and the "
+        "routers' processes, never logged; set it for `ray start` on every node, not in a runtime_env); "
+        "instead of a password in store_url, which Ray shows with the config.",
     )
     store_key_prefix: str = Field(
         "serve-ab:", pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",

@@ -99,8 +99,10 @@ def store_password(controller_cfg: Any, environ: Mapping[str, str] | None = None
         return None
     environ = os.environ if environ is None else environ
     if name not in environ:
-        raise ValueError(f"controller.store_password_env names {name!r}, which is not set in the "
-                         "controller's environment (set it there, e.g. with runtime_env env_vars)")
+        raise ValueError(f"controller.store_password_env names {name!r}, which is not set in this "
+                         "process's environment: set it where Ray starts, in the environment of `ray start` "
+                         "on every node (or of `serve run` when it starts the cluster), not in a runtime_env, "
+                         "whose values Ray writes to its log")
     return environ[name]
 
 

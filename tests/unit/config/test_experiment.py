@@ -329,6 +329,22 @@ def test_amounts_ray_refuses_at_deploy_time_are_refused_here(where, path, field,
     assert error.startswith(f"{path}.{field}: {named} {says}"), error
 
 
+@pytest.mark.parametrize("where, path", [
+    ("version", "versions.1.deployment.ray_actor_options"), ("router", "router.ray_actor_options")])
+def test_more_than_one_gpu_must_be_whole_whatever_the_cluster(where, path):
+    # A rule of Ray's placement, not of the cluster: `serve-ab validate` says it before any deploy.
+    def with_gpus(num_gpus):
+        if where == "version":
+            return isolated(ray_actor_options={"num_gpus": num_gpus})
+        return with_changes(router={"ray_actor_options": {"num_gpus": num_gpus}})
+
+    [error] = errors_of(with_gpus(1.5))
+    assert error == (f"{path}.num_gpus: Ray places a fraction of one GPU or whole GPUs, so a value over 1 "
+                     "must be a whole number, e.g. 0.5 or 2 (got 1.5)")
+    for whole_or_fraction in (2, 0.5, 1):
+        assert parse_experiment(with_gpus(whole_or_fraction))
+
+
 def test_a_sqlite_store_url_naming_a_directory_is_refused(tmp_path):
     [error] = errors_of(with_changes(controller={"store_url": f"sqlite:///{tmp_path}"}))
     assert error == (f"controller: store_url's path {str(tmp_path)!r} is a directory; give the path of a "

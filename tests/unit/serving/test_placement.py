@@ -161,12 +161,6 @@ def test_device_cuda_without_a_gpu_reservation_on_a_cpu_only_cluster():
     assert apply_resource_policy(cuda, ONE_GPU) == cuda  # a GPU is there; Ray lets it see it
 
 
-def test_more_than_one_gpu_must_be_whole():
-    message = refusal(isolated(1.5), {**CPU_ONLY, "GPU": 8.0})
-    assert "versions.0.deployment.ray_actor_options.num_gpus: Ray places a fraction of one GPU or " \
-           "whole GPUs" in message and "(got 1.5)" in message
-
-
 def test_autoscaling_counts_deploy_time_replicas_and_warns_about_the_ceiling(caplog):
     args = isolated(0.5).model_dump(mode="json")
     deployment = args["versions"][0]["deployment"]
