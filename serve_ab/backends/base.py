@@ -134,6 +134,15 @@ def specs_of(spec: Any) -> tuple[Any, ...]:
     return tuple(spec) if isinstance(spec, _Specs) else (spec,)
 
 
+def tensors_text(spec: Any) -> str:
+    """An input or output description as V2 metadata reads: "'input' FP32 [-1, 64]", several
+    joined by commas."""
+    def datatype(s: Any) -> str:  # a python class may declare a dtype V2 has no name for
+        return _DATATYPE_BY_DTYPE.get(np.dtype(s.dtype), str(s.dtype))
+
+    return ", ".join(f"{s.name!r} {datatype(s)} {list(s.shape)}" for s in specs_of(spec))
+
+
 def input_signature(specs: Sequence[InputSpec]) -> InputSpec | InputSpecs:
     """One spec for a one-input model (the long-standing form), :class:`InputSpecs` otherwise."""
     if not specs:

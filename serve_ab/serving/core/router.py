@@ -31,7 +31,7 @@ import numpy as np
 from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.tasks import task_rules
 from serve_ab.api.schemas import MAX_REQUEST_ID_CHARS
-from serve_ab.backends.base import InputSpec, OutputSpec, to_batch
+from serve_ab.backends.base import InputSpec, OutputSpec, tensors_text, to_batch
 from serve_ab.config.experiment import ExperimentConfig, Placement
 from serve_ab.errors import (
     ControllerUnavailable,
@@ -287,9 +287,14 @@ class RouterCore:
     @staticmethod
     def _mismatch(spec: tuple[InputSpec, OutputSpec], other: str | None,
                   other_spec: tuple[InputSpec, OutputSpec]) -> str:
+        """Why a version whose tensors are ``spec`` cannot serve beside ``other``: only what
+        differs (inputs, outputs or both), as V2 metadata names it."""
         other_text = f"version {other!r}" if other is not None else "the experiment"
-        return (f"takes {spec[0]} and returns {spec[1]}, but {other_text} takes {other_spec[0]} and "
-                f"returns {other_spec[1]}; the versions of one experiment must share their input and output")
+        differs = [f"{verb} {tensors_text(mine)}, but {other_text} {verb} {tensors_text(theirs)}"
+                   for verb, mine, theirs in (("takes", spec[0], other_spec[0]), ("returns", spec[1], other_spec[1]))
+                   if mine != theirs]
+        return (f"{'; '.join(differs)}; the versions of one experiment must share their input and output "
+                "tensors (names, datatypes and shapes)")
 
     def _fail(self, name: str, reason: str) -> None:
         if self._failed.get(name) != reason:

@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -124,19 +124,6 @@ def _check_output(name: str, array: Any, rows: int, declared: OutputSpec | None)
                                 f"{list(declared.shape)}")
     if array.dtype.kind == "f" and not all_finite(array):
         raise BadOutput(f"version {name!r} answered with NaN or infinity in its outputs")
-
-
-def same_interface(specs: Mapping[str, tuple[InputSpec, OutputSpec]]) -> tuple[InputSpec, OutputSpec]:
-    """Versions compared in one experiment must take and return the same tensors."""
-    (first_name, first), *rest = specs.items()
-    for name, spec in rest:
-        if spec != first:
-            raise ValueError(
-                f"version {name!r} takes {spec[0]} and returns {spec[1]}, but version "
-                f"{first_name!r} takes {first[0]} and returns {first[1]}; the versions of one "
-                "experiment must share their input and output"
-            )
-    return first
 
 
 def load_error_text(err: BaseException) -> str:
