@@ -13,6 +13,7 @@ import yaml
 
 from serve_ab.analysis.clusters import MIN_GROUPS
 from serve_ab.config.experiment import (
+    Backend,
     ConfigError,
     ExperimentConfig,
     Placement,
@@ -135,6 +136,21 @@ def lowered_weight_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str
     return out
 
 
+def undeclared_inputs_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning for each python version that names no inputs: and whose class has no
+    input_spec attribute: it fails to load unless the class sets one in __init__ or load(),
+    which only loading it (``validate --load``, or serving) finds out."""
+    from serve_ab.backends.python import import_model_class
+
+    where = f"{prefix}.versions" if prefix else "versions"
+    return [f"{where}.{index}: class {version.class_} has no input_spec attribute and the version no inputs:; "
+            "unless its __init__ or load() sets self.input_spec, it will fail to load. Declare the inputs one "
+            "way, e.g. inputs: [{name: x, datatype: FP32, shape: [-1, 4]}] (validate --load tries it)"
+            for index, version in enumerate(cfg.versions)
+            if version.backend is Backend.PYTHON and version.inputs is None
+            and getattr(import_model_class(version.class_), "input_spec", None) is None]
+
+
 def _check_file(path: Path, check_files: bool, warnings: list[str], load_models: bool = False,
                 load_timeout_s: float = LOAD_TIMEOUT_S) -> list[str]:
     try:
@@ -230,6 +246,8 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
         return errors_under(prefix, err.errors), None
     warnings += (multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
                  + lowered_weight_warnings(cfg, prefix))
+    if not load_models:  # loading says for certain whether the inputs are known
+        warnings += undeclared_inputs_warnings(cfg, prefix)
     if not check_files:
         return [], cfg
     from serve_ab.serving.app import resolve_model_paths

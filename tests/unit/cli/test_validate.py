@@ -76,6 +76,14 @@ def test_a_python_class_is_imported_from_the_app_dir_as_serve_run_does(tmp_path,
     assert cli.main(["validate", str(path)]) == 1
     assert "versions.1.class: cannot import module 'mymodels.echo'" in capsys.readouterr().out
     assert cli.main(["validate", "--app-dir", str(tmp_path), str(path)]) == 0, capsys.readouterr().out
+    # Echo says no input_spec and the version no inputs: it would fail to load, so validate warns.
+    assert ("applications.0.args.versions.1: class mymodels.echo:Echo has no input_spec attribute and the "
+            "version no inputs:; unless its __init__ or load() sets self.input_spec, it will fail to load") \
+        in capsys.readouterr().out
+    config["applications"][0]["args"]["versions"][1]["inputs"] = [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", "--app-dir", str(tmp_path), str(path)]) == 0
+    assert "input_spec" not in capsys.readouterr().out  # declared on the version: nothing to say
     assert cli.main(["validate", "--app-dir", str(tmp_path / "nope"), str(path)]) == 2
     assert "--app-dir" in capsys.readouterr().err
 
