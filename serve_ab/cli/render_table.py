@@ -53,15 +53,19 @@ def render_table(report: Report) -> str:
 
 def _headline(report: Report) -> str:
     exp = report.experiment
-    variants = ", ".join(exp.variants) or "none"
-    return f"{exp.model}: control {exp.control} vs {variants}, running {cli_rollout._duration(report.elapsed_s)}"
+    running = f"running {cli_rollout._duration(report.elapsed_s)}"
+    if not exp.variants:  # one version serves (a shadow's copies are compared below, if any)
+        return f"{exp.model}: {exp.control} alone, no variant to compare with it, {running}"
+    return f"{exp.model}: control {exp.control} vs {', '.join(exp.variants)}, {running}"
 
 
 def _options(exp: Experiment) -> str:
     """How the verdicts are reached: the settings a reader needs to weigh them."""
     options = [f"alpha {exp.alpha:g}", f"correction {exp.correction}",
                "sequential verdicts" if exp.sequential else "fixed-horizon verdicts",
-               f"MDE {_pct(exp.mde_relative, 0)}", f"family of {exp.family_size} comparisons"]
+               f"MDE {_pct(exp.mde_relative, 0)}"]
+    if exp.variants:  # without one the family has no comparison in it to count
+        options.append(f"family of {exp.family_size} comparisons")
     if exp.splits > 1:
         options.append(f"{exp.splits} splits")
     return ", ".join(options)

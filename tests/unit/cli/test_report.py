@@ -165,6 +165,14 @@ def test_table_of_an_empty_experiment_says_not_enough_data():
     assert render_html(empty).count("<svg") == 0  # nothing to plot, and no crash
 
 
+def test_table_of_one_version_with_a_shadow_says_there_is_no_variant():
+    cfg = make_cfg(weights={"v1": 100, "v2": 0})  # v3 in shadow only: nothing to compare v1 with
+    text = render_table(Sim(cfg, seed=3).run(400, correct={"v1": 0.9}, shadow_share=0.5, flip=0.1).report()[0])
+    assert text.splitlines()[0].startswith("digits: v1 alone, no variant to compare with it, running ")
+    assert "vs none" not in text and "family of" not in text
+    assert "shadow v3:" in text  # the comparison there is
+
+
 # --- HTML ----------------------------------------------------------------------------------
 
 
