@@ -7,7 +7,7 @@ class does so again. 2,000 requests from 100 such users carry less evidence than
 gate's bound passed it 15-35% of the time (alpha 5%) with users sending 20-100 correlated
 requests each.
 
-A user's requests share a bucket, and buckets are independent (``STATISTICS.md``); so are
+A user's requests share a bucket, and buckets are independent; so are
 disjoint *groups* of buckets. Routers therefore count each gate figure per group
 (``bucket mod NUM_GROUPS``), and the spread of the group totals gives the figure's variance
 with the users' correlation in it: the "ultimate cluster" variance of survey sampling, the
