@@ -114,6 +114,16 @@ NOTHING_TO_CHANGE = "nothing to change"
 _EPS_S = 1e-9
 
 
+def _failed_text(result: GateResult) -> str:
+    """A failed gate, for the history and the abort's reason: its value against its bound, and
+    why. A promql or webhook gate's reason says both already ("webhook[suite] answered pass:
+    false for v2: 'suite red'"), which the generic form would garble ("webhook = 0, pass 1")."""
+    if result.metric in (GateMetric.PROMQL.value, GateMetric.WEBHOOK.value):
+        return f"gate {result.gate} failed: {result.reason}"
+    value = "no value" if result.value is None else format(result.value, ".4g")
+    return f"gate {result.gate} failed: {result.metric} = {value}, {result.bound} {result.threshold:g} ({result.reason})"
+
+
 def _secs(seconds: float) -> str:
     """A span the machine measured, for a reason or an error, to 0.1 s: "9.6s", "30s",
     "123456.7s" (not the float's noise, "9.57538s", nor :g's "1.23457e+06s")."""
@@ -629,11 +639,7 @@ class Rollout:
             s.failures_total += 1
             s.failures_consecutive += 1
             limit = self.config.analysis.failure_limit
-            failed = "; ".join(
-                f"gate {r.gate} failed: {r.metric} = "
-                f"{'no value' if r.value is None else format(r.value, '.4g')}, {r.bound} {r.threshold:g} ({r.reason})"
-                for r in results if r.verdict is GateVerdict.FAIL
-            )
+            failed = "; ".join(_failed_text(r) for r in results if r.verdict is GateVerdict.FAIL)
             # Every failed analysis has its own entry (notifications send it as analysis_failed).
             self._record(now, s.phase, s.phase, f"{ANALYSIS_FAILED} ({s.failures_total} of {limit} "
                                                 f"tolerated): {failed}")

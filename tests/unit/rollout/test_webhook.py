@@ -145,6 +145,10 @@ def test_a_webhook_gate_answering_false_aborts_a_rollout_and_an_outage_holds_it(
     assert bad.phase is Phase.ABORTED
     assert "webhook[smoke]" in bad.state.history[-1]["reason"] and "'p95 regression'" in bad.status_line()
     assert bad.state.history[-2]["reason"].startswith("analysis failed (1 of 0 tolerated)")
+    # The endpoint's own words, not the numeric form's "webhook = 0, pass 1".
+    assert bad.state.history[-2]["reason"].endswith(
+        "gate webhook[smoke] passes failed: webhook[smoke] answered pass: false for v2: 'p95 regression'")
+    assert "webhook = " not in bad.state.history[-1]["reason"]
     down = drive(WebhookResult("http://c/x", error="cannot reach http://c/x: ConnectError"), 40)
     assert down.phase is Phase.PROGRESSING and down.state.failures_total == 0
     assert "cannot reach" in down.status_line()
