@@ -133,7 +133,9 @@ class FeedbackJoin:
         if key in self._reported:
             if self.on_duplicate is not None and count_repeat:
                 self.on_duplicate()
-            raise Conflict(f"feedback {name!r} for request {request_id!r} was reported already; "
+            # Not the id: a token-proven one carries the answer's nonce ("<request_id>#<nonce>"),
+            # which the client never sent; it knows which request it reported on.
+            raise Conflict(f"feedback {name!r} for this request was reported already; "
                            "each request takes one report per metric")
         return key
 

@@ -12,12 +12,16 @@ def test_a_proven_version_counts_at_once_and_a_replay_is_refused_and_counted():
     emitted, duplicates = [], []
     join = FeedbackJoin(on_emit=lambda *args: emitted.append(args), on_duplicate=lambda: duplicates.append(1),
                         request_ttl_s=100.0)
-    assert join.add("r1", "correct", None, True, 10.0, version="v2") == "v2"
+    # As a token-proven report keys it: the request id and the answer's nonce.
+    assert join.add("r1#149ecc095e5c", "correct", None, True, 10.0, version="v2") == "v2"
     for _ in range(50):  # 50 "false" reports on one request must not move anything
-        with pytest.raises(Conflict, match="reported already"):
-            join.add("r1", "correct", None, False, 11.0, version="v2")
+        with pytest.raises(Conflict) as refused:
+            join.add("r1#149ecc095e5c", "correct", None, False, 11.0, version="v2")
+        # Says which metric, never the nonce the client did not send.
+        assert str(refused.value) == ("feedback 'correct' for this request was reported already; "
+                                      "each request takes one report per metric")
     assert [e[:4] for e in emitted] == [("v2", "correct", None, True)] and len(duplicates) == 50
-    assert join.add("r1", "revenue", 3.0, None, 12.0, version="v2") == "v2"  # another metric is fine
+    assert join.add("r1#149ecc095e5c", "revenue", 3.0, None, 12.0, version="v2") == "v2"  # another metric is fine
 
 
 def test_replays_are_remembered_for_the_token_lifetime_only():
