@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -80,6 +81,8 @@ def main() -> None:
     # "auto" finds the cluster that serve run started (demo.sh gives it a temp dir of its
     # own); with several clusters on one machine, set RAY_ADDRESS instead.
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    # Serve's handle logs its router's start at INFO in this process, amid the demo's lines.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     handle = serve.get_app_handle(args.app)
     result = handle.predict.remote(np.asarray(rows[:3], dtype=np.float32), key="user-7").result()
     print(f"   handle.predict.remote(batch of 3, key='user-7') -> version {result['version']}, "
