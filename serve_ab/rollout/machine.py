@@ -995,11 +995,11 @@ class Rollout:
             return f"{s.candidate} validated; waiting for promote() to switch"
         if s.phase is Phase.SWITCHED:
             left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - now
-            return f"watching {s.candidate} after the switch, {_secs(max(left_s, 0.0))} left"
+            return f"watching {s.candidate} after the switch, {_secs(left_s)} left"
         step = self._current_step()
         if isinstance(step, PauseStep) and step.pause.duration is not None:
             left_s = s.step_started_at_s + step.pause.duration - now
-            return f"step {s.step_index + 1} ({self.step_text()}): {_secs(max(left_s, 0.0))} left"
+            return f"step {s.step_index + 1} ({self.step_text()}): {_secs(left_s)} left"
         if isinstance(step, ConfirmStep):
             return (f"step {s.step_index + 1}: waiting for {step.confirm.target} to answer "
                     f'{{"confirm": true}} (asked every {step.confirm.interval_s:g}s); latest: '
