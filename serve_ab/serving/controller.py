@@ -164,6 +164,7 @@ class ControllerCore:
         # What the gates' last analysis read (with last_analysis): since when, and each
         # version's requests and errors in it.
         self.last_window: dict[str, Any] | None = None
+        self._restore_last_look((saved_stats or {}).get("last_look"))
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
         # The weights of every routing epoch published, so each row counts under the split
@@ -193,6 +194,11 @@ class ControllerCore:
         # takes it up, and the reports routers send again add exactly what it lacks.
         state["gate_step"] = (self.gate_windows.step_state(self.rollout.state.step_started_at_s)
                               if self.rollout is not None else None)
+        # And what its last look found, which status shows: a restarted controller that is
+        # paused (no looks until resumed) or done (none again) would otherwise show no gates.
+        state["last_look"] = ({"step_started_at_s": self.rollout.state.step_started_at_s,
+                               "gates": self.last_analysis, "window": self.last_window}
+                              if self.rollout is not None and self.last_window is not None else None)
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
@@ -274,6 +280,20 @@ class ControllerCore:
             self._window_restored = True
             logger.info("serve-ab controller resumed the gate window of step %s of %s",
                         self.rollout.state.step_index, self.key)
+
+    def _restore_last_look(self, saved: Any) -> None:
+        """The gates' last look, as the last save left it, for status to show until the next
+        one: only the current step's (a look of an earlier step judged other weights), and
+        nothing from a row that cannot be read. Display only; no verdict reads it."""
+        if self.rollout is None or not isinstance(saved, Mapping):
+            return
+        gates, window = saved.get("gates"), saved.get("window")
+        if saved.get("step_started_at_s") != self.rollout.state.step_started_at_s \
+                or not isinstance(gates, list) or not all(isinstance(g, Mapping) for g in gates) \
+                or not isinstance(window, Mapping):
+            return
+        self.last_analysis = [dict(g) for g in gates]
+        self.last_window = dict(window)
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -364,6 +384,7 @@ class ControllerCore:
             return False
         if not self._window_restored:
             return self._tick(promql, webhooks)
+        last_analysis = self.last_analysis
         try:
             changed = self._tick(promql, webhooks)
         except StoreUnavailable:
@@ -376,7 +397,7 @@ class ControllerCore:
             self.gate_windows = GateWindows(keep_s=self.gate_windows.keep_s)
             self._window_restored = False
             raise
-        if self.last_window is not None:  # a look read it: from now on it is this controller's own
+        if self.last_analysis is not last_analysis:  # a look read it: from now on it is this controller's own
             self._window_restored = False
         return changed
 

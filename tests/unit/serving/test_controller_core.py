@@ -208,6 +208,37 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
     assert damaged.last_window["requests"] == {"v1": 0, "v2": 0}
 
 
+def test_a_restarted_controller_shows_the_gates_last_look_until_its_next():
+    """A paused rollout looks at no gates until resumed, and a finished one never again: a
+    restarted controller shows what the last look before the save found, not an empty
+    list. A look of an earlier step, or a row that cannot be read, shows nothing."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    core.act(Action.PAUSE)
+    shown = core.status()
+    assert shown["phase"] == "paused" and shown["gates"] and shown["window"]["requests"]["v2"] > 0
+    core.save_stats()
+
+    row = store.load(f"stats:{core.run_id}")
+    for look in ({**row["last_look"], "step_started_at_s": row["last_look"]["step_started_at_s"] - 1.0},
+                 {**row["last_look"], "gates": "damaged"}, "damaged"):
+        store.save(f"stats:{core.run_id}", {**row, "last_look": look})
+        assert ControllerCore(experiment(), store, clock).status()["gates"] == []
+    store.save(f"stats:{core.run_id}", row)
+
+    restarted = ControllerCore(experiment(), store, clock)
+    clock.advance(5.0)
+    restarted.tick()
+    assert restarted.status()["gates"] == shown["gates"]
+    assert restarted.status()["window"] == shown["window"]
+    restarted.act(Action.RESUME)
+    run_for(restarted, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    assert restarted.status()["window"] != shown["window"]  # its own looks from then on
+
+
 def test_a_resumed_window_that_a_look_fails_on_is_dropped(monkeypatch):
     """A saved window that reads back as figures but breaks a look must not fail every tick
     of the step: the first failure drops it, and the next tick looks at the reports alone."""
