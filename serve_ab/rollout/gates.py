@@ -189,11 +189,14 @@ class ConversionStats:
 
 @dataclass(frozen=True)
 class PromQLResult:
-    """The answer to one promql gate's query: a value, no data (None), or an error."""
+    """The answer to one promql gate's query: a value, no data (None), or an error.
+    ``asked_at_s``: when it was asked, on the controller's clock, so an answer asked for
+    before a step began never decides that step."""
 
     query: str  # as sent, placeholders substituted
     value: float | None = None
     error: str | None = None  # why the query failed; value is None then
+    asked_at_s: float = 0.0
 
 
 @dataclass(frozen=True)

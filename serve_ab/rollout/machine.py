@@ -38,7 +38,10 @@ except one below 100% that is followed by another ``set_weight`` or by the end: 
 step would judge that weight, so it waits there for a passing analysis itself.
 A ``confirm`` step waits, with no deadline, until the caller's ``tick(confirm=...)`` brings
 a yes from its endpoint asked since the step began, then leaves like a timed pause (once an
-analysis passed in it, where gates can judge); analysis goes on while it waits.
+analysis passed in it, where gates can judge; that wait has the deadline); analysis goes on
+while it waits, and the yes holds for the rest of the step. Promql and webhook gates, too,
+judge only answers asked since the step began. An operator's pause moves the step's timers
+on by the time paused, not the start of its evidence (``window_since_s``).
 Every change of weights restarts the analysis interval, so an analysis only reads a
 window of constant weights. Analysis runs every
 ``interval_s`` while the candidate has traffic, including at ``pause: {}`` steps (a bad
@@ -207,7 +210,11 @@ class RolloutState:
     weights: dict[str, float]
     started_at_s: float
     step_index: int = 0
-    step_started_at_s: float = 0.0
+    step_started_at_s: float = 0.0  # moved on by time paused, which timers do not count
+    #: When the step's weights began, not moved by pauses: the gates' window starts here, as
+    #: requests served while paused are evidence at the same weights. None in a state saved
+    #: before it was kept (step_started_at_s stands in).
+    window_since_s: float | None = None
     failures_total: int = 0
     failures_consecutive: int = 0
     last_analysis_at_s: float | None = None  # None: no analysis cadence running
@@ -226,6 +233,7 @@ class RolloutState:
     retire_version: str | None = None
     retire_at_s: float | None = None
     confirm_answer: str | None = None  # a confirm step: its endpoint's latest answer, in words
+    confirmed_at_s: float | None = None  # a confirm step: when the yes that confirmed it was asked
     revision: int = 0  # bumped by the caller on every save; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -282,7 +290,7 @@ class Rollout:
                 strategy=config.strategy.value, stable=config.stable, candidate=config.candidate,
                 phase=Phase.VALIDATING if blue_green else Phase.PROGRESSING,
                 weights={config.stable: 100.0, config.candidate: 0.0},
-                started_at_s=now, step_started_at_s=now,
+                started_at_s=now, step_started_at_s=now, window_since_s=now,
             )
             self.state = state
             self._record(now, None, state.phase, "rollout started")
@@ -313,6 +321,13 @@ class Rollout:
     def copy(self) -> Rollout:
         """An independent rollout in the same state: decide on it, save it, then swap it in."""
         return Rollout.from_dict(self.config, self.to_dict(), self._clock)
+
+    @property
+    def window_since_s(self) -> float:
+        """When the current step's weights began: what the gates' window and the answers of
+        webhooks and confirm endpoints must postdate."""
+        s = self.state
+        return s.step_started_at_s if s.window_since_s is None else s.window_since_s
 
     def _check_matches_config(self) -> None:
         s, c = self.state, self.config
@@ -612,7 +627,7 @@ class Rollout:
             return (), None
         s.last_analysis_at_s = now
         candidate, stable = windows.get(s.candidate), windows.get(s.stable)
-        candidate = WindowStats(version=s.candidate) if candidate is None else candidate
+        candidate = WindowStats(version=s.candidate) if candidate is None else self._asked_this_step(candidate)
         stable = WindowStats(version=s.stable) if stable is None else stable
         min_samples = self._min_samples()
         gates = list(self.config.gates)
@@ -755,9 +770,12 @@ class Rollout:
 
     def _confirmed(self, step: ConfirmStep) -> bool:
         """Whether the confirm step's endpoint said yes, asked since the step began; keeps
-        its latest answer in words for the status line."""
+        its latest answer in words for the status line. A yes holds for the rest of the step:
+        a later timeout or no does not take it back (an operator's pause holds the step)."""
         s, answer = self.state, self._confirm
-        if answer is None or answer.asked_at_s < s.step_started_at_s - _EPS_S:
+        if s.confirmed_at_s is not None:
+            return True
+        if answer is None or answer.asked_at_s < self.window_since_s - _EPS_S:
             return False
         said = f": {answer.reason!r}" if answer.reason else ""
         if answer.error is not None:
@@ -767,7 +785,21 @@ class Rollout:
         else:
             words = f"{step.confirm.target} answered confirm: false{said}"
         s.confirm_answer = words
-        return answer.error is None and answer.passed is True
+        if answer.error is None and answer.passed is True:
+            s.confirmed_at_s = answer.asked_at_s
+            return True
+        return False
+
+    def _asked_this_step(self, candidate: WindowStats) -> WindowStats:
+        """The candidate's window without promql and webhook answers asked before the step's
+        weights began: they judged other weights (a slow endpoint's answer can outlive its
+        step), so the gate waits for one of this step's, as for a first answer."""
+        since_s = self.window_since_s - _EPS_S
+        promql = {k: a for k, a in candidate.promql.items() if a.asked_at_s >= since_s}
+        webhooks = {k: a for k, a in candidate.webhooks.items() if a.asked_at_s >= since_s}
+        if len(promql) == len(candidate.promql) and len(webhooks) == len(candidate.webhooks):
+            return candidate
+        return replace(candidate, promql=promql, webhooks=webhooks)
 
     def _pass_could_end_wait(self, now: float) -> bool:
         """Whether a pass at an analysis made ``now`` could end the current wait.
@@ -817,7 +849,12 @@ class Rollout:
         return bool(following) and not isinstance(following[0], SetWeightStep)
 
     def _needs_evidence(self) -> bool:
-        return bool(self.config.gates) and self._analysis_active()
+        """Whether some gate could judge the candidate now: at 100% (stable without traffic)
+        the gates that need stable live cannot, and a wait ends without them."""
+        gates = self.config.gates
+        if self.state.weights[self.state.stable] == 0:
+            gates = [g for g in gates if not g.needs_live_stable]
+        return bool(gates) and self._analysis_active()
 
     def _hold_reason(self) -> str:
         s = self.state
@@ -835,19 +872,20 @@ class Rollout:
             return
         waited = "validation" if s.phase is Phase.VALIDATING else "a passing analysis"
         last = f"; last analysis {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else ""
-        self._abort(now, f"progress deadline exceeded: waited {_secs(now - s.held_since_s)} for {waited} "
-                         f"at step {s.step_index + 1} (progress_deadline_s {deadline_s:g}){last}")
+        where = "" if s.phase is Phase.VALIDATING else f" {self._where()}"
+        self._abort(now, f"progress deadline exceeded: waited {_secs(now - s.held_since_s)} for {waited}"
+                         f"{where} (progress_deadline_s {deadline_s:g}){last}")
 
     # -- state changes -------------------------------------------------------------------
 
     def _next_step(self, now: float, phase: Phase, reason: str) -> None:
         s = self.state
         s.step_index += 1
-        s.step_started_at_s = now
+        s.step_started_at_s = s.window_since_s = now
         s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
-        s.confirm_answer = None
+        s.confirm_answer, s.confirmed_at_s = None, None
         self._transition(now, phase, reason)
 
     def _apply_weights(self, now: float, weights: dict[str, float]) -> None:
@@ -867,7 +905,7 @@ class Rollout:
         s.switched_at_s = now
         s.last_analysis_at_s = now
         s.step_index = 1  # blue-green: 0 validation, 1 post-switch watch
-        s.step_started_at_s = now
+        s.step_started_at_s = s.window_since_s = now
         s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
         s.held_since_s = None
@@ -932,7 +970,13 @@ class Rollout:
             entry["changed"] = False  # only here: every other entry changed something
         history.append(entry)
         self._records += 1
-        del history[:-MAX_HISTORY]  # a long hold must not grow the persisted state forever
+        if len(history) > MAX_HISTORY:  # a long hold must not grow the persisted state forever
+            explains = next((h for h in reversed(history) if not changed_nothing(h)), None)
+            del history[:-MAX_HISTORY]
+            # Requests that changed nothing (a retried abort) must not push out the entry
+            # that says why the rollout is where it is (_phase_reason).
+            if explains is not None and explains not in history:
+                history[0] = explains
 
     def _require_active(self, action: str) -> None:
         if self.done:
@@ -981,7 +1025,9 @@ class Rollout:
                                            or uncounted_pass):
             where = self._where() if self.config.strategy is Strategy.BLUE_GREEN else \
                 f"{self._where()} ({self.step_text()})"
-            return f"holding {where} for {_secs(now - s.held_since_s)}: {self._hold_reason()}"
+            holding = f"holding {where} for {_secs(now - s.held_since_s)}: {self._hold_reason()}"
+            # A confirmed step waits for its analysis only: say it has its yes.
+            return f"{s.confirm_answer}; {holding}" if s.confirmed_at_s is not None and s.confirm_answer else holding
         if s.phase is Phase.PAUSED:
             return f"step {s.step_index + 1}: waiting for promote()"
         if s.phase is Phase.ANALYZING:

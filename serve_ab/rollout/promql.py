@@ -35,6 +35,7 @@ delays a weight change, and puts the latest answers on the candidate's window.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -131,8 +132,9 @@ def rendered_queries(rollout: RolloutConfig, model: str) -> dict[str, str]:
             for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
 
 
-async def fetch_promql_values(rollout: RolloutConfig, model: str) -> dict[str, PromQLResult]:
-    """Every promql gate's answer, by gate name, queried concurrently ({} without such gates)."""
+async def fetch_promql_values(rollout: RolloutConfig, model: str, asked_at_s: float = 0.0) -> dict[str, PromQLResult]:
+    """Every promql gate's answer, by gate name, queried concurrently ({} without such gates),
+    stamped ``asked_at_s``."""
     gates = {gate.name: gate for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
     if not gates:
         return {}
@@ -142,7 +144,7 @@ async def fetch_promql_values(rollout: RolloutConfig, model: str) -> dict[str, P
             run_query(rollout.prometheus_for(gate).url, queries[name], rollout.prometheus_for(gate).timeout_s, client)
             for name, gate in gates.items()
         ))
-    return dict(zip(gates, answers))
+    return {name: dataclasses.replace(answer, asked_at_s=asked_at_s) for name, answer in zip(gates, answers)}
 
 
 class PromQLPoller:
@@ -172,7 +174,7 @@ class PromQLPoller:
         due = self._started_at_s is None or now_s - self._started_at_s >= self.refresh_s
         if active and due and self._task is None:
             self._started_at_s = now_s
-            self._task = asyncio.get_running_loop().create_task(fetch_promql_values(self.rollout, self.model))
+            self._task = asyncio.get_running_loop().create_task(fetch_promql_values(self.rollout, self.model, now_s))
         return self.latest
 
     @property

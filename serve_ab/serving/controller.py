@@ -192,11 +192,11 @@ class ControllerCore:
                                     "t_s": [round(t_s, 3) for _, t_s in recent]}
         # The step's gate window, with the report numbers it holds: a restarted controller
         # takes it up, and the reports routers send again add exactly what it lacks.
-        state["gate_step"] = (self.gate_windows.step_state(self.rollout.state.step_started_at_s)
+        state["gate_step"] = (self.gate_windows.step_state(self.rollout.window_since_s)
                               if self.rollout is not None else None)
         # And what its last look found, which status shows: a restarted controller that is
         # paused (no looks until resumed) or done (none again) would otherwise show no gates.
-        state["last_look"] = ({"step_started_at_s": self.rollout.state.step_started_at_s,
+        state["last_look"] = ({"since_s": self.rollout.window_since_s,
                                "gates": self.last_analysis, "window": self.last_window}
                               if self.rollout is not None and self.last_window is not None else None)
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
@@ -267,11 +267,10 @@ class ControllerCore:
         any report arriving after a step change is (they are stamped on arrival)."""
         if not saved or self.rollout is None:
             return
-        step_started_at_s = self.rollout.state.step_started_at_s
         try:
             if not isinstance(saved, Mapping):
                 raise ValueError(f"the saved gate window is a {type(saved).__name__}")
-            taken = self.gate_windows.restore_step(saved, step_started_at_s)
+            taken = self.gate_windows.restore_step(saved, self.rollout.window_since_s)
         except Exception as err:  # noqa: BLE001 - a damaged row must not keep the controller down
             logger.warning("serve-ab controller could not read the saved gate window of %s (%s); "
                            "the step's gates start from the next reports", self.key, err)
@@ -288,7 +287,7 @@ class ControllerCore:
         if self.rollout is None or not isinstance(saved, Mapping):
             return
         gates, window = saved.get("gates"), saved.get("window")
-        if saved.get("step_started_at_s") != self.rollout.state.step_started_at_s \
+        if saved.get("since_s") != self.rollout.window_since_s \
                 or not isinstance(gates, list) or not all(isinstance(g, Mapping) for g in gates) \
                 or not isinstance(window, Mapping):
             return
@@ -405,13 +404,13 @@ class ControllerCore:
               webhooks: Mapping[str, WebhookResult] | None) -> bool:
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
-        # An analysis reads the whole current step (its weights), up to window_s back when set:
-        # evidence accumulates while a step is held, and every look is valid as the gates spend
-        # alpha over the step's looks.
-        step_started_s = self.rollout.state.step_started_at_s
-        start_s = max(step_started_s, now - self._window_s())
+        # An analysis reads the whole current step (its weights, paused or not), up to window_s
+        # back when set: evidence accumulates while a step is held, and every look is valid as
+        # the gates spend alpha over the step's looks.
+        step_since_s = self.rollout.window_since_s
+        start_s = max(step_since_s, now - self._window_s())
         versions = [self.cfg.rollout.stable, self.cfg.rollout.candidate]
-        window = self.gate_windows.window(start_s, step=start_s == step_started_s)
+        window = self.gate_windows.window(start_s, step=start_s == step_since_s)
         windows = window_stats(window.gates, versions=versions, agreements=window.agreements,
                                values=window.values, outcomes=window.outcomes)
         candidate = self.cfg.rollout.candidate
@@ -602,8 +601,9 @@ class ControllerCore:
         if r.strategy is Strategy.CANARY and s.step_index < len(steps):
             step_text = self.rollout.step_text()
             step = steps[s.step_index]
+            # Not while held past its end for a passing analysis: then no time is known.
             if isinstance(step, PauseStep) and step.pause.duration is not None \
-                    and self.rollout.phase is Phase.PROGRESSING:
+                    and self.rollout.phase is Phase.PROGRESSING and s.held_since_s is None:
                 next_step_in_s = max(0.0, s.step_started_at_s + step.pause.duration - now)
         weights = self.weights()
         out = {

@@ -390,6 +390,23 @@ def test_restore_refuses_a_state_of_another_rollout():
         Rollout.from_dict(canary(), {**saved, "schema": 99}, FakeClock(1000.0))
 
 
+def test_actions_that_change_nothing_never_push_out_the_reason_for_the_phase():
+    """History keeps its last MAX_HISTORY entries; a script retrying abort on an aborted
+    rollout must not make the status forget which gate aborted it."""
+    from serve_ab.rollout.machine import MAX_HISTORY
+
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    run_until(rollout, clock, 20, slow(), step_s=10)
+    assert rollout.phase is Phase.ABORTED
+    why = rollout.status_line()
+    for _ in range(MAX_HISTORY + 5):
+        rollout.abort(actor={"name": "retry-loop", "role": "operator"})
+    assert len(rollout.state.history) == MAX_HISTORY
+    assert rollout.status_line() == why and "latency_p95_ms" in why
+
+
 def test_history_entries_name_time_phases_and_reason():
     clock = FakeClock(0.0)
     rollout = Rollout(canary(), clock)
@@ -425,6 +442,27 @@ def test_a_pause_at_100_percent_judges_the_gates_that_need_no_stable_traffic():
     run_until(failing_run, clock, 40, healthy(), step_s=10)
     d = run_until(failing_run, clock, 20, {"v1": win("v1", n=0), "v2": win("v2", errors=500)}, step_s=10)
     assert d.phase is Phase.ABORTED and d.weights == {"v1": 100.0, "v2": 0.0} and "error_rate <= 0.01" in d.reason
+
+
+def test_a_pause_at_100_percent_with_only_gates_that_need_stable_ends_on_time():
+    """Where every gate needs stable live, a bake at 100% has nothing to judge: it ends
+    when its time is up, not an analysis interval later."""
+    steps = [{"set_weight": 10}, {"pause": {"duration": "30s"}}, {"set_weight": 100},
+             {"pause": {"duration": "2s"}}]
+    config = RolloutConfig.model_validate({
+        "strategy": "canary", "stable": "v1", "candidate": "v2",
+        "analysis": {"interval_s": 10, "min_samples": 50, "progress_deadline_s": 120},
+        "gates": [{"metric": "latency_p95_ms", "max_ratio_to_stable": 1.5}], "steps": steps})
+    clock = FakeClock(1000.0)
+    rollout = Rollout(config, clock)
+    rollout.tick(healthy())
+    while rollout.weights["v2"] < 100:
+        clock.advance(1.0)
+        rollout.tick(healthy())
+    at_100_s = clock()
+    run_until(rollout, clock, 2, {"v1": win("v1", n=0), "v2": win("v2")})
+    assert rollout.phase is Phase.PROMOTED and clock() - at_100_s == 2.0
+    assert not any("holding" in h["reason"] for h in rollout.state.history if h["t_s"] >= at_100_s)
 
 
 def test_at_100_percent_a_shadow_agreement_gate_is_left_out_too():
@@ -517,7 +555,8 @@ def test_blue_green_failed_validation_aborts_and_deadline_applies():
 
     waiting = Rollout(blue_green(), clock)
     d = run_until(waiting, clock, 601, bg_windows(), step_s=60.1)
-    assert d.phase is Phase.ABORTED and "for validation" in d.reason
+    assert d.phase is Phase.ABORTED and "for validation (progress_deadline_s 600)" in d.reason
+    assert "step" not in d.reason  # blue-green has no steps to name
     with pytest.raises(RolloutError, match="for blue_green"):
         Rollout(canary(), clock).report_validation(True)
 

@@ -156,6 +156,33 @@ def test_a_webhook_gate_answering_false_aborts_a_rollout_and_an_outage_holds_it(
     assert drive(WebhookResult("http://c/x", passed=True), 30).phase is Phase.PROMOTED
 
 
+def test_an_answer_asked_before_the_step_began_does_not_judge_it():
+    """A slow endpoint's pass, asked at 5%, must not pass the 20% step: the gate waits for an
+    answer asked at 20%. The same holds for a promql gate's query."""
+    from serve_ab.rollout.gates import PromQLResult
+
+    steps = [{"set_weight": 5}, {"set_weight": 20}, {"set_weight": 100}]
+    webhook = canary([{"metric": "webhook", "url": "http://c/x", "name": "smoke"}], steps, interval_s=10)
+    promql = canary([{"metric": "promql", "name": "errors", "query": "vector(0)", "max": 0.1}], steps,
+                    interval_s=10, prometheus={"url": "http://prometheus:9090"})
+    for config, window in ((webhook, lambda asked_s: WindowStats("v2", request_count=100, webhooks={
+                               "smoke": WebhookResult("http://c/x", passed=True, asked_at_s=asked_s)})),
+                           (promql, lambda asked_s: WindowStats("v2", request_count=100, promql={
+                               "errors": PromQLResult("vector(0)", 0.0, asked_at_s=asked_s)}))):
+        clock = FakeClock(0.0)
+        rollout = Rollout(config, clock)
+        for _ in range(40):  # the 5% step ends at 10 s; the answer asked at 8 s is all there is
+            rollout.tick({"v2": window(8.0)})
+            clock.advance(1.0)
+        assert rollout.state.step_index == 1 and rollout.weights["v2"] == 20.0, config.gates[0].metric
+        assert "no answer from webhook[smoke] yet" in rollout.status_line() or \
+            "not queried yet" in rollout.status_line()
+        rollout.tick({"v2": window(clock())})  # one asked at 20%
+        clock.advance(10.0)
+        rollout.tick({"v2": window(clock() - 10.0)})
+        assert rollout.phase is Phase.PROMOTED
+
+
 # -- confirm steps in the state machine ------------------------------------------------------
 
 def confirm_canary(**analysis) -> RolloutConfig:
@@ -203,6 +230,45 @@ def test_a_confirmed_step_still_needs_a_passing_analysis_and_promote_skips_it():
     waiting.promote(actor={"name": "alice", "role": "operator"})  # no answer needed
     assert waiting.phase is Phase.PROMOTED
     assert "promoted by operator: left step 2 (confirm by http://a/ok)" == waiting.state.history[-3]["reason"]
+
+
+def test_a_yes_holds_for_the_step_and_only_then_does_the_deadline_count():
+    """A yes is not taken back by a later no or timeout: the step leaves at the first passing
+    analysis. Before the yes the step has no deadline; after it, waiting for a passing
+    analysis counts toward progress_deadline_s like any hold."""
+    config = canary([{"metric": "error_rate", "max": 0.05}], interval_s=10, progress_deadline_s=30,
+                    steps=[{"set_weight": 20}, {"confirm": {"url": "http://a/ok"}}, {"set_weight": 100}])
+    no_data, evidence = {"v2": WindowStats("v2", request_count=3)}, {"v2": WindowStats("v2", request_count=400)}
+    clock = FakeClock(0.0)
+    rollout = Rollout(config, clock)
+    rollout.tick({})
+    clock.advance(1.0)
+    rollout.tick(no_data, confirm=WebhookResult("http://a/ok", passed=True, reason="CAB-7", asked_at_s=1.0))
+    for answer in (WebhookResult("http://a/ok", passed=False, reason="freeze", asked_at_s=2.0),
+                   WebhookResult("http://a/ok", error="no answer within timeout_s 5", asked_at_s=3.0)):
+        clock.advance(1.0)
+        rollout.tick(no_data, confirm=answer)
+        assert rollout.state.step_index == 1
+        assert rollout.status_line().startswith("confirmed by http://a/ok: 'CAB-7'; holding at step 2")
+    clock.advance(10.0)
+    rollout.tick(evidence, confirm=WebhookResult("http://a/ok", passed=False, asked_at_s=13.0))
+    assert rollout.phase is Phase.PROMOTED
+    assert any(h["reason"] == "step 2: confirmed by http://a/ok: 'CAB-7'" for h in rollout.state.history)
+
+    held = Rollout(config, clock)
+    held.tick({})
+    start_s = clock()
+    for _ in range(60):  # no yes: no deadline
+        clock.advance(1.0)
+        held.tick(no_data, confirm=WebhookResult("http://a/ok", passed=False, asked_at_s=clock()))
+    assert held.phase is Phase.PROGRESSING
+    held.tick(no_data, confirm=WebhookResult("http://a/ok", passed=True, asked_at_s=clock()))
+    assert held.state.held_since_s == clock() and clock() - start_s == 60.0
+    saved = Rollout.from_dict(config, held.to_dict(), clock)  # the yes is kept across a restart
+    for _ in range(31):
+        clock.advance(1.0)
+        saved.tick(no_data, confirm=WebhookResult("http://a/ok", error="HTTP 503", asked_at_s=clock()))
+    assert saved.phase is Phase.ABORTED and "progress deadline exceeded: waited 31s" in saved.status_line()
 
 
 # -- the poller ------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def test_too_few_reports_hold_the_rollout_without_failing():
     status = core.status()
     assert status["phase"] == "progressing" and status["weights_pct"]["v2"] == 10.0
     assert status["failures_total"] == 0
+    # Its 10 s pause is over and held for evidence: no time for the next step (it was 0).
+    assert status["step"] == "pause 10s" and status["next_step_in_s"] is None
     # An analysis reads the whole step, so the trickle adds up to min_samples, but its
     # bounds are still too wide to pass: held, not failed.
     assert "inconclusive" in status["reason"]
@@ -223,7 +225,7 @@ def test_a_restarted_controller_shows_the_gates_last_look_until_its_next():
     core.save_stats()
 
     row = store.load(f"stats:{core.run_id}")
-    for look in ({**row["last_look"], "step_started_at_s": row["last_look"]["step_started_at_s"] - 1.0},
+    for look in ({**row["last_look"], "since_s": row["last_look"]["since_s"] - 1.0},
                  {**row["last_look"], "gates": "damaged"}, "damaged"):
         store.save(f"stats:{core.run_id}", {**row, "last_look": look})
         assert ControllerCore(experiment(), store, clock).status()["gates"] == []
@@ -237,6 +239,39 @@ def test_a_restarted_controller_shows_the_gates_last_look_until_its_next():
     restarted.act(Action.RESUME)
     run_for(restarted, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     assert restarted.status()["window"] != shown["window"]  # its own looks from then on
+
+
+def test_an_operators_pause_keeps_the_steps_evidence_across_a_restart():
+    """Requests served while paused are evidence at the step's weights: after a resume the
+    window still starts where the step's weights began (a pause moves the step's timers,
+    not its window), and so it does when the controller restarted while paused. Both used to
+    keep only the per-second slots of the last 2 minutes, or nothing after a restart."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    cfg = experiment(gates=[{"metric": "error_rate", "max": 0.05}],
+                     steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}}, {"set_weight": 100}])
+
+    def run(core, seconds):
+        run_for(core, clock, seconds, {"v1": (9, {}), "v2": (1, {})})
+
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    run(core, 300)
+    since_s, before = core.last_window["since_s"], core.last_window["requests"]
+    core.act(Action.PAUSE)
+    run(core, 10)
+    core.act(Action.RESUME)
+    run(core, 6)
+    assert core.last_window["since_s"] == since_s
+    assert core.last_window["requests"]["v2"] >= before["v2"] + 10
+    core.act(Action.PAUSE)
+    run(core, 5)
+    core.save_stats()
+    restarted = ControllerCore(cfg, store, clock)
+    restarted.act(Action.RESUME)
+    run(restarted, 6)
+    assert restarted.last_window["since_s"] == since_s
+    assert restarted.last_window["requests"]["v2"] >= before["v2"] + 20
 
 
 def test_a_resumed_window_that_a_look_fails_on_is_dropped(monkeypatch):
