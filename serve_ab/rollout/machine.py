@@ -566,7 +566,7 @@ class Rollout:
         if s.paused_by is None:
             s.resume_phase = s.phase
             s.paused_by, s.paused_at_s = "operator", now
-            self._transition(now, Phase.PAUSED, f"{reason}: {new}; paused until resume()")
+            self._transition(now, Phase.PAUSED, f"{reason}: {new}; paused until resume (serve-ab resume)")
         else:
             self._record(now, s.phase, s.phase, f"{reason}: {new}")
         return self._decision(now, before)
@@ -729,7 +729,7 @@ class Rollout:
                 duration_s = step.pause.duration
                 if duration_s is None:
                     s.paused_by = "step"
-                    self._transition(now, Phase.PAUSED, f"step {s.step_index + 1}: waiting for promote()")
+                    self._transition(now, Phase.PAUSED, f"step {s.step_index + 1}: waiting for promote (serve-ab promote)")
                     return
                 if now - s.step_started_at_s < duration_s - _EPS_S or not self._may_leave(now):
                     return
@@ -760,7 +760,7 @@ class Rollout:
                 self._switch(now, f"{s.candidate} validated; switched (auto_switch)")
             else:
                 s.held_since_s = None  # a human decides now; no deadline
-                waiting = f"{s.candidate} validated; waiting for promote() to switch"
+                waiting = f"{s.candidate} validated; waiting for promote (serve-ab promote) to switch"
                 self._transition(now, Phase.VALIDATED, waiting)
                 return
         if s.phase is Phase.SWITCHED:
@@ -1018,7 +1018,7 @@ class Rollout:
                 return f"{last}; {s.retire_version} may be unloaded in {_secs(s.retire_at_s - now)}"
             return last
         if s.paused_by == "operator":
-            return "paused by operator; resume() to continue"
+            return "paused by operator; serve-ab resume continues it"
         unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
         uncounted_pass = s.step_verdict is GateVerdict.PASS and not self._counted_pass()
         if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait
@@ -1029,16 +1029,16 @@ class Rollout:
             # A confirmed step waits for its analysis only: say it has its yes.
             return f"{s.confirm_answer}; {holding}" if s.confirmed_at_s is not None and s.confirm_answer else holding
         if s.phase is Phase.PAUSED:
-            return f"step {s.step_index + 1}: waiting for promote()"
+            return f"step {s.step_index + 1}: waiting for promote (serve-ab promote)"
         if s.phase is Phase.ANALYZING:
             return f"step {s.step_index + 1}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
-            waiting = [] if s.validation_passed else ["report_validation()"]
+            waiting = [] if s.validation_passed else ["validation on validation_samples"]
             if self._mirror_gates() and not self._counted_pass():
                 waiting.append("gates on mirrored traffic")
             return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
         if s.phase is Phase.VALIDATED:
-            return f"{s.candidate} validated; waiting for promote() to switch"
+            return f"{s.candidate} validated; waiting for promote (serve-ab promote) to switch"
         if s.phase is Phase.SWITCHED:
             left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - now
             return f"watching {s.candidate} after the switch, {_secs(left_s)} left"

@@ -117,7 +117,7 @@ def test_all_steps_pass_to_promotion_and_old_stable_is_retired_after_the_drain_d
     clock.advance(10)
     d = rollout.tick(healthy())  # inline analysis passes -> set_weight 20 -> pause: {}
     assert d.phase is Phase.PAUSED and d.weights == {"v1": 80.0, "v2": 20.0} and d.weights_changed
-    assert "waiting for promote()" in d.reason
+    assert "waiting for promote (serve-ab promote)" in d.reason
 
     d = run_until(rollout, clock, 3600, healthy(), step_s=10)  # waits for a human
     assert d.phase is Phase.PAUSED and d.verdict is GateVerdict.PASS and d.step_index == 4
@@ -312,7 +312,7 @@ def test_operator_pause_freezes_steps_analysis_and_timers():
     clock.advance(15)
     rollout.tick(healthy())
     d = rollout.pause()
-    assert d.phase is Phase.PAUSED and "resume()" in d.reason
+    assert d.phase is Phase.PAUSED and "serve-ab resume continues it" in d.reason
     assert rollout.pause().phase is Phase.PAUSED  # idempotent
     d = run_until(rollout, clock, 600, slow(), step_s=10)
     assert d.phase is Phase.PAUSED and d.analysis == ()  # no analysis while an operator holds it
@@ -494,7 +494,7 @@ def test_blue_green_happy_path_switches_once_and_retires_blue_after_keep_blue_s(
     rollout = Rollout(blue_green(), clock)
     d = rollout.tick(bg_windows())
     assert d.phase is Phase.VALIDATING and d.weights == {"blue": 100.0, "green": 0.0}
-    assert "report_validation()" in d.reason
+    assert "validation on validation_samples" in d.reason
     clock.advance(20)
     d = rollout.report_validation(True, "512 synthetic requests matched")
     assert d.phase is Phase.SWITCHED and d.weights == {"blue": 0.0, "green": 100.0} and d.weights_changed
