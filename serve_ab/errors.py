@@ -81,7 +81,8 @@ class VersionUnavailable(ServeAbError):
 
 
 class ControllerUnavailable(ServeAbError):
-    """The controller (figures, rollout, feedback) cannot be reached now: it is restarting.
+    """The controller (figures, rollout, feedback) cannot be reached now: it is starting,
+    restarting, or waiting for its store.
     Serving goes on with the last weights; the client may retry."""
 
 

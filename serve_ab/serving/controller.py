@@ -52,7 +52,7 @@ from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.claim import HEARTBEAT_S, Held, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
 from serve_ab.store.runs import open_recorder
-from serve_ab.store.state import describe_store, open_store
+from serve_ab.store.state import describe_store, open_store, store_unreachable
 from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
@@ -75,6 +75,9 @@ REPORT_INTERVAL_S = 5.0
 ROUTINE_CALLS = frozenset({"wait_for_update", "record", "feedback", "feedback_key", "metrics"})
 # Blue-green validation's time limit when the rollout has no progress deadline.
 VALIDATION_TIMEOUT_S = 120.0
+# A starting controller whose store does not answer asks again after 1, 2, 4 ... up to 30 s.
+STORE_RETRY_FIRST_S = 1.0
+STORE_RETRY_MAX_S = 30.0
 # Body fields only one action takes (reason, from_step and revision go with any).
 _ACTION_ONLY_FIELDS = {"full": Action.PROMOTE, "weights": Action.WEIGHTS}
 _FIELD_OF = {action: name for name, action in _ACTION_ONLY_FIELDS.items()}
@@ -501,8 +504,8 @@ class ControllerCore:
             logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
             raise StoreUnavailable(
                 f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
-                f"changed (still at step {self.rollout.state.step_index}, revision "
-                f"{self.rollout.state.revision}); try again"
+                f"changed (still at step {self.rollout.state.step_index + 1}, from_step "
+                f"{self.rollout.state.step_index}, revision {self.rollout.state.revision}); try again"
             ) from None
         self.rollout = draft
         self._announce(draft)
@@ -663,11 +666,27 @@ class ExperimentController:
         # writes nothing to the store: a newer replica of this app, or another app, does.
         self._not_holding: str | None = None
         self._claim_lost: str | None = None  # another app holds it: the health check fails
-        await hold_claim(store, claim_key(cfg), self._claimant, model=cfg.model,
-                         store_name=describe_store(cfg.controller), clock=time.time, sleep=asyncio.sleep,
-                         app_running=lambda name: asyncio.to_thread(app_running, name))
-        self.core = ControllerCore(cfg, store, app=self._claimant.app)
-        self._feedback_key = feedback_key(cfg, store)
+        # A store that cannot be reached now (Redis down or restarting) is waited for, not
+        # failed on: Serve gives up on a replica whose constructor raised three times, and the
+        # app would then never pick its state up again. Routers serve meanwhile, from the
+        # config's weights (a rollout starts at 100% stable).
+        wait_s = STORE_RETRY_FIRST_S
+        while True:
+            try:
+                await hold_claim(store, claim_key(cfg), self._claimant, model=cfg.model,
+                                 store_name=describe_store(cfg.controller), clock=time.time, sleep=asyncio.sleep,
+                                 app_running=lambda name: asyncio.to_thread(app_running, name))
+                self.core = ControllerCore(cfg, store, app=self._claimant.app)
+                self._feedback_key = feedback_key(cfg, store)
+                break
+            except Exception as err:
+                if not store_unreachable(err):
+                    raise
+                logger.warning("serve-ab controller: cannot reach %s (%s: %s); trying again in %gs, and "
+                               "starting once it answers", describe_store(cfg.controller), type(err).__name__,
+                               err, wait_s)
+                await asyncio.sleep(wait_s)
+                wait_s = min(2 * wait_s, STORE_RETRY_MAX_S)
         self._changed = asyncio.Event()
         self._report: Report | None = None
         self._sequential_state: dict[str, Any] | None = None

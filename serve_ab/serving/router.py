@@ -106,8 +106,8 @@ class ControllerClient:
         except _UNAVAILABLE as err:
             if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
                 raise
-            raise ControllerUnavailable("the controller cannot be reached now (it is restarting); "
-                                        "retry in a few seconds") from err
+            raise ControllerUnavailable("the controller cannot be reached now (starting, restarting, or waiting "
+                                        "for its store: its log says which); retry in a few seconds") from err
         if isinstance(answer, Refused):  # a routine refusal, answered rather than raised there
             raise answer.error
         return answer

@@ -66,6 +66,17 @@ def open_store(controller_cfg: Any, environ: Mapping[str, str] | None = None) ->
                                     prefix=controller_cfg.store_key_prefix)
 
 
+def store_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the store could not be reached (Redis down, restarting, loading
+    its data, or the network between): worth waiting for. A refused password is not: it
+    stays refused until the config changes."""
+    import redis  # a dependency; imported here so that SQLite users never load it
+
+    if isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
+    return isinstance(err, (redis.ConnectionError, redis.TimeoutError))
+
+
 def describe_store(controller_cfg: Any) -> str:
     """The store a controller config names, as errors quote it (no password)."""
     url = getattr(controller_cfg, "store_url", None)
