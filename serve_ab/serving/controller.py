@@ -761,8 +761,12 @@ class ExperimentController:
                 if state != recorded or now_s - last_record_s >= records.interval_s:
                     last_record_s, recorded = now_s, state
                     await asyncio.to_thread(self._save_record, report, now_s)
-            except Exception:  # the report must never take the controller down
-                logger.exception("serve-ab controller: report refresh failed")
+            except Exception as err:  # the report must never take the controller down
+                if store_unreachable(err):  # a line each time, not a traceback: it says all there is
+                    logger.warning("serve-ab controller: figures not saved, %s unreachable (%s: %s)",
+                                   describe_store(self.core.cfg.controller), type(err).__name__, err)
+                else:
+                    logger.exception("serve-ab controller: report refresh failed")
 
     async def _keep_claim(self) -> None:
         """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs.

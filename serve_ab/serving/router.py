@@ -89,6 +89,10 @@ class _HandleCalls:
         return self.handle.describe.remote()
 
 
+# How long a read of the controller (status, stats, report, metrics) waits for its answer.
+READ_TIMEOUT_S = 30.0
+
+
 class ControllerClient:
     """The controller's deployment as a :class:`~serve_ab.serving.core.messages.ControllerApi`.
 
@@ -100,9 +104,13 @@ class ControllerClient:
         self.handle = handle
 
     @staticmethod
-    async def _ask(call: Any) -> Any:
+    async def _ask(call: Any, timeout_s: float | None = None) -> Any:
         try:
-            answer = await call
+            answer = await (call if timeout_s is None else asyncio.wait_for(call, timeout_s))
+        except asyncio.TimeoutError:
+            raise ControllerUnavailable(f"the controller did not answer within {timeout_s:g}s (starting, "
+                                        "restarting, or waiting for its store: its log says which); "
+                                        "retry later") from None
         except _UNAVAILABLE as err:
             if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
                 raise
@@ -134,17 +142,20 @@ class ControllerClient:
     async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
         return await self._ask(self.handle.act.remote(action, body, actor))
 
+    # Reads give up after READ_TIMEOUT_S: a controller that is not up yet (waiting for its
+    # store) would otherwise hold them for as long as it waits. Actions and feedback wait:
+    # given up on, they could still be applied after the client was told they were not.
     async def status(self, history: bool = False) -> dict[str, Any]:
-        return await self._ask(self.handle.status.remote(history))
+        return await self._ask(self.handle.status.remote(history), READ_TIMEOUT_S)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._ask(self.handle.stats.remote())
+        return await self._ask(self.handle.stats.remote(), READ_TIMEOUT_S)
 
     async def report(self) -> Any:
-        return await self._ask(self.handle.report.remote())
+        return await self._ask(self.handle.report.remote(), READ_TIMEOUT_S)
 
     async def metrics(self) -> tuple[bytes, str]:
-        return await self._ask(self.handle.metrics.remote())
+        return await self._ask(self.handle.metrics.remote(), READ_TIMEOUT_S)
 
 
 def _request_id() -> str:

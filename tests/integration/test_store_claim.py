@@ -68,3 +68,41 @@ def test_a_second_app_on_the_same_model_and_store_is_refused_and_harms_nothing(s
                          json={"inputs": [DIGIT_ROW], "user_id": "u-2"}).status_code == 200
     finally:
         serve.delete(second)
+
+
+def test_an_app_started_while_its_redis_is_down_comes_up_once_redis_answers(serve_instance, http, model_repo,
+                                                                           redis_server):
+    """The controller waits for a store it cannot reach (it used to raise, and Serve gave up
+    on it after three tries: the app never recovered). Routers serve meanwhile."""
+    import redis
+
+    redis_server.stop()
+    app = f"redis-late-{uuid.uuid4().hex[:6]}"
+    cfg = experiment(model_repo, controller={"store_url": redis_server.url, "store_key_prefix": f"{app}:"})
+    body = {"inputs": [DIGIT_ROW], "user_id": "u-1"}
+    try:
+        serve._run(build_app(cfg), _blocking=False, name=app, route_prefix=f"/{app}")
+        deadline_s = time.monotonic() + 120
+        while time.monotonic() < deadline_s:  # the router serves without its controller
+            try:
+                if http.post(serve_instance.url(f"/{app}/predict"), json=body, timeout=5).status_code == 200:
+                    break
+            except Exception:  # noqa: BLE001 - not routed yet
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the router never served while Redis was down")
+        time.sleep(5)  # the controller asks again, and is still waiting, not failed
+        assert serve.status().applications[app].status != "DEPLOY_FAILED"
+
+        redis_server.start()
+        deadline_s = time.monotonic() + 90
+        while time.monotonic() < deadline_s:
+            answer = http.get(serve_instance.url(f"/{app}/experiment/stats"), timeout=40)
+            if answer.status_code == 200:
+                break
+            time.sleep(1.0)
+        assert answer.status_code == 200, answer.text
+        assert redis.Redis.from_url(redis_server.url).get(f"{app}:state:run:digits") is not None
+    finally:
+        serve.delete(app)

@@ -25,7 +25,7 @@ from serve_ab.serving.core.messages import ControllerApi, Mirror, RoutingSnapsho
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.store.claim import Claimant, StoreTaken, refuse_if_taken
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
-from serve_ab.store.state import StateStore, describe_store
+from serve_ab.store.state import StateStore, describe_store, store_unreachable
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,12 +44,20 @@ class Start:
     source: str  # where the weights came from, for the log: "saved rollout", "config", ...
 
 
+def _warn(what: str, err: Exception) -> None:
+    """``what`` happened because of ``err``: one line for a store that cannot be reached (it
+    says all there is), the traceback for anything else."""
+    if store_unreachable(err):
+        logger.warning("%s (%s: %s)", what, type(err).__name__, err)
+    else:
+        logger.warning("%s", what, exc_info=err)
+
+
 def _open(open_store: Callable[[], StateStore]) -> StateStore | None:
     try:
         return open_store()
-    except Exception:
-        logger.warning("serve-ab router: the state store cannot be opened; starting with the config's "
-                       "weights", exc_info=True)
+    except Exception as err:
+        _warn("serve-ab router: the state store cannot be opened; starting with the config's weights", err)
         return None
 
 
@@ -65,9 +73,8 @@ def starting_weights(cfg: ExperimentConfig, store: StateStore | None,
     if store is not None:
         try:
             saved = store.load(rollout_key(cfg))
-        except Exception:
-            logger.warning("serve-ab router: the saved rollout cannot be read; starting with the "
-                           "config's weights", exc_info=True)
+        except Exception as err:
+            _warn("serve-ab router: the saved rollout cannot be read; starting with the config's weights", err)
     if saved is not None:
         try:
             weights.update(Rollout.from_dict(cfg.rollout, saved, clock).weights)
@@ -87,9 +94,8 @@ def _key(cfg: ExperimentConfig, store: StateStore | None) -> bytes | None:
         return None
     try:
         return feedback_key(cfg, store)
-    except Exception:
-        logger.warning("serve-ab router: the feedback key cannot be read from the state store",
-                       exc_info=True)
+    except Exception as err:
+        _warn("serve-ab router: the feedback key cannot be read from the state store", err)
         return None
 
 
@@ -106,9 +112,8 @@ def check_claim(cfg: ExperimentConfig, open_store: Callable[[], StateStore], me:
                         store_name=describe_store(cfg.controller), app_running=app_running)
     except StoreTaken:
         raise
-    except Exception:
-        logger.warning("serve-ab router: the app's claim on the state store cannot be read; starting",
-                       exc_info=True)
+    except Exception as err:
+        _warn("serve-ab router: the app's claim on the state store cannot be read; starting", err)
 
 
 def prepare(cfg: ExperimentConfig, open_store: Callable[[], StateStore],

@@ -153,3 +153,33 @@ def test_the_controllers_key_wins_over_a_store_of_its_own():
     assert core.signer.key != b"k" * 32
     asyncio.run(settle_feedback_key(core, FakeController(), MemoryStateStore, clock.sleep))
     assert core.signer.key == b"k" * 32
+
+
+def test_a_redis_that_is_down_is_one_line_in_the_log_and_anything_else_a_traceback(caplog):
+    """A store that cannot be reached says all there is in its error: each router would
+    otherwise log a 60-line traceback per read at start. A store that fails otherwise
+    keeps its traceback, and a refused password is not taken for an outage."""
+    import logging
+    import socket
+
+    import redis
+
+    from serve_ab.store.redis_store import RedisStateStore
+    from serve_ab.store.state import store_unreachable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = RedisStateStore.from_url(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        start_ = prepare(canary(), lambda: down, FakeClock())
+    assert start_.source == "config"
+    lines = [r for r in caplog.records if "serve-ab router" in r.getMessage()]
+    assert lines and all(r.exc_info is None and "ConnectionError" in r.getMessage() for r in lines)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        prepare(canary(), unreachable_store, FakeClock())  # an OSError: not Redis, so its traceback
+    assert any(r.exc_info is not None for r in caplog.records)
+    assert store_unreachable(redis.ConnectionError("down")) and store_unreachable(redis.TimeoutError("slow"))
+    assert not store_unreachable(redis.AuthenticationError("invalid password"))
+    assert not store_unreachable(OSError(5, "Input/output error"))
