@@ -991,7 +991,7 @@ def _evaluate_webhook(gate: Gate, candidate: WindowStats, result) -> GateResult:
     if answer is None:
         return result(GateVerdict.INCONCLUSIVE, f"no answer from {metric} yet for {candidate.version}")
     if answer.error is not None:
-        return result(GateVerdict.INCONCLUSIVE, f"{metric} gave no answer, so {candidate.version} cannot "
+        return result(GateVerdict.INCONCLUSIVE, f"{metric} gave no usable answer, so {candidate.version} cannot "
                                             f"be judged on it (held, not failed): {answer.error}")
     said = f": {answer.reason!r}" if answer.reason else ""
     if answer.passed is False:

@@ -779,7 +779,7 @@ class Rollout:
             return False
         said = f": {answer.reason!r}" if answer.reason else ""
         if answer.error is not None:
-            words = f"no answer from {step.confirm.target}: {answer.error}"
+            words = f"no usable answer from {step.confirm.target}: {answer.error}"
         elif answer.passed:
             words = f"confirmed by {step.confirm.target}{said}"
         else:

@@ -85,16 +85,16 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
             response = await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
         passed, value, reason = _parse(response, target, answer)
     except httpx.TimeoutException:
-        return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s)
+        return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s, answer)
     except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
-        return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s)
+        return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s, answer)
     except _BadAnswer as err:
-        return _failed(target, str(err), asked_at_s)
+        return _failed(target, str(err), asked_at_s, answer)
     return WebhookResult(target, passed, value, reason, None, asked_at_s)
 
 
-def _failed(target: str, error: str, asked_at_s: float) -> WebhookResult:
-    logger.warning("serve-ab webhook %s: %s", target, error)
+def _failed(target: str, error: str, asked_at_s: float, answer: str = "pass") -> WebhookResult:
+    logger.warning("serve-ab %s %s: %s", "confirm step" if answer == "confirm" else "webhook gate", target, error)
     return WebhookResult(target, error=error, asked_at_s=asked_at_s)
 
 

@@ -204,7 +204,7 @@ def test_a_confirm_step_holds_until_a_yes_asked_within_the_step_then_advances():
             clock.advance(1.0)
             rollout.tick({}, confirm=answer)
         assert rollout.phase is Phase.PROGRESSING and rollout.state.step_index == 1
-    assert "latest: no answer from http://approvals/ok: HTTP 503" in rollout.status_line()
+    assert "latest: no usable answer from http://approvals/ok: HTTP 503" in rollout.status_line()
     clock.advance(1.0)
     rollout.tick({}, confirm=WebhookResult("http://approvals/ok", passed=True, reason="CAB-12", asked_at_s=clock()))
     assert rollout.phase is Phase.PROMOTED
