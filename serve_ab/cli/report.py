@@ -152,7 +152,22 @@ def _records_location(args: argparse.Namespace, password: str | None) -> tuple[A
     if store is None:
         path = args.records or Path(DEFAULT_RECORDS)
         return recorder_at(path), str(path)
-    return recorder_at(store, password=password, prefix=args.store_key_prefix), redact_url(store)
+    from serve_ab.store.redis_store import DEFAULT_KEY_PREFIX
+
+    prefix = args.store_key_prefix if args.store_key_prefix is not None else DEFAULT_KEY_PREFIX
+    where = f"{redact_url(store)} (key prefix {prefix!r})"
+    return recorder_at(store, password=password, prefix=args.store_key_prefix), where
+
+
+def _store_hint(e: Exception, args: argparse.Namespace) -> str | None:
+    """What to do about a Redis that refused to answer without a password (or with a wrong one)."""
+    redis = sys.modules.get("redis")
+    if redis is None or not isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return None
+    if getattr(args, "store_password_env", None) is None:
+        return ("hint: this Redis needs a password: put it in an environment variable and name it with "
+                "--store-password-env NAME (the app's controller.store_password_env)")
+    return f"hint: check the password in ${args.store_password_env} (--store-password-env)"
 
 
 def _unreachable(e: Exception) -> bool:
@@ -224,6 +239,8 @@ def run_runs(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None
         return ExitCode.FAILED
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError (not a database, locked), redis errors
         print(f"error: cannot read run records at {where}: {type(e).__name__}: {e}", file=err)
+        if (hint := _store_hint(e, args)) is not None:
+            print(hint, file=err)
         return ExitCode.UNREACHABLE if _unreachable(e) else ExitCode.FAILED
     if args.output == "table":
         print(render_runs(summaries, where), file=out)
@@ -270,6 +287,8 @@ def _report_from_record(run_id: str, args: argparse.Namespace, password: str | N
         print(f"error: {e}", file=err)
     except Exception as e:  # noqa: BLE001 - sqlite3.DatabaseError, redis errors and the like
         print(f"error: cannot read run records at {path}: {type(e).__name__}: {e}", file=err)
+        if (hint := _store_hint(e, args)) is not None:
+            print(hint, file=err)
         if _unreachable(e):
             return None, ExitCode.UNREACHABLE
     else:

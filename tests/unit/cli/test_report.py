@@ -581,4 +581,4 @@ def test_a_store_flag_without_store_is_a_usage_error_not_ignored(capsys, argv, f
 def test_a_redis_that_cannot_be_reached_exits_4(capsys, argv):
     url = f"redis://127.0.0.1:{closed_port()}/0"
     code, out, err = _run([*argv, "--store", url], capsys)
-    assert (code, out) == (4, "") and f"error: cannot read run records at {url}: ConnectionError:" in err
+    assert (code, out) == (4, "") and f"error: cannot read run records at {url} (key prefix 'serve-ab:'): ConnectionError:" in err

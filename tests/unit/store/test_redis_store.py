@@ -201,10 +201,10 @@ def test_serve_ab_runs_and_report_read_records_from_redis(redis_url, capsys):
     assert cli_main(["runs", "--store", redis_url, "--json"]) == 0
     assert '"run_id": "digits-1"' in capsys.readouterr().out
     assert cli_main(["runs", "--store", redis_url, "--store-key-prefix", "other:"]) == 0
-    assert "no run records in redis://" in capsys.readouterr().out
+    assert f"no run records in {redis_url} (key prefix 'other:')" in capsys.readouterr().out
     # A record that does not fit the report layout: read from Redis, then refused with the reasons.
     assert cli_main(["report", "--from-record", "digits-1", "--store", redis_url]) == 1
-    assert f"run record 'digits-1' in {redis_url}" in capsys.readouterr().err
+    assert f"run record 'digits-1' in {redis_url} (key prefix 'serve-ab:')" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["runs", "--store", "sqlite:///x.sqlite"])
     assert "is not a Redis URL" in capsys.readouterr().err
@@ -242,4 +242,19 @@ def test_serve_ab_runs_on_an_unreachable_redis_fails_fast_with_a_message(capsys)
     assert cli_main(["runs", "--store", f"redis://:pw@127.0.0.1:{port}/0"]) == 4  # could not be reached
     assert time.monotonic() - started < 10
     err = capsys.readouterr().err
-    assert f"cannot read run records at redis://:***@127.0.0.1:{port}/0: ConnectionError" in err and "pw@" not in err
+    assert f"cannot read run records at redis://:***@127.0.0.1:{port}/0 (key prefix 'serve-ab:'): ConnectionError" in err and "pw@" not in err
+
+
+def test_serve_ab_runs_on_a_redis_with_a_password_says_how_to_give_it(redis_server, capsys, monkeypatch):
+    from serve_ab.cli.command import main as cli_main
+
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "s3cret")
+    assert cli_main(["runs", "--store", redis_server.url]) == 1  # an answer, not an outage
+    err = capsys.readouterr().err
+    assert "AuthenticationError" in err and "hint: this Redis needs a password" in err
+    assert "--store-password-env NAME" in err
+    monkeypatch.setenv("SERVE_AB_TEST_WRONG_PASSWORD", "nope")
+    assert cli_main(["runs", "--store", redis_server.url, "--store-password-env", "SERVE_AB_TEST_WRONG_PASSWORD"]) == 1
+    assert "hint: check the password in $SERVE_AB_TEST_WRONG_PASSWORD" in capsys.readouterr().err
+    monkeypatch.setenv("SERVE_AB_TEST_WRONG_PASSWORD", "s3cret")
+    assert cli_main(["runs", "--store", redis_server.url, "--store-password-env", "SERVE_AB_TEST_WRONG_PASSWORD"]) == 0
