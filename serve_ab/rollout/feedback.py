@@ -58,7 +58,9 @@ class FeedbackJoin:
         for name, value, converted, at_s in self._pending.pop(request_id, ()):
             self._emit(version, name, value, converted, at_s, unit, split)
 
-    def _expire(self, now_s: float) -> None:
+    def expire(self, now_s: float) -> None:
+        """Drop what is past its time: feedback that waited PENDING_TTL_S for its request
+        (counted unjoined), and requests and reports older than ``request_ttl_s``."""
         while self._pending:
             _, waiting = next(iter(self._pending.items()))
             if waiting[0][3] >= now_s - PENDING_TTL_S:
@@ -86,7 +88,7 @@ class FeedbackJoin:
         request and name raises :class:`~serve_ab.errors.Conflict` (``count_repeat``: and is
         counted as a client's repeat; not for a router's resend to a restarted controller).
         """
-        self._expire(now_s)
+        self.expire(now_s)
         key = self._once(request_id, name, count_repeat)
         if version is not None:
             self._emit(version, name, value, converted, now_s, unit, split)

@@ -355,6 +355,9 @@ class ControllerCore:
         # answers (intention to treat: the version the split chose).
         for request_id, version, unit, split in aggregate.feedback_ids:
             self.feedback.remember(request_id, version, now, unit=unit, split=split)
+        # Feedback that waited long enough for its request counts as unjoined now, not only
+        # when more feedback comes (reports come every interval, feedback maybe never again).
+        self.feedback.expire(now)
         if failed_changed:
             # Routers learn of it with the next epoch: a failed version gets no traffic.
             self.epoch += 1

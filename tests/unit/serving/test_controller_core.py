@@ -374,6 +374,18 @@ def test_feedback_before_the_report_waits_for_it_and_expires():
     assert unjoined == [1]  # and "lost" was counted as never joined
 
 
+def test_feedback_that_never_joins_counts_as_unjoined_at_the_next_report_without_more_feedback():
+    """It used to be counted only when more feedback came, which may be never."""
+    clock = FakeClock()
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.feedback.add("no-such-request", "correct", None, True, clock())
+    assert core.feedback.counts()["pending"] == 1
+    clock.advance(PENDING_TTL_S + 1)
+    report(core, clock, "v1", 3)  # a router's interval: no feedback in it
+    assert core.feedback.counts()["pending"] == 0
+    assert core.stats.feedback_unjoined == 1
+
+
 def test_feedback_memory_is_bounded():
     join = FeedbackJoin(max_requests=100)
     for i in range(1000):
