@@ -5,8 +5,9 @@ latest window per version; the rollout reads its injected clock, runs gate analy
 one is due, advances steps, and returns a :class:`Decision` (weights to push, versions
 that may be unloaded). Its state is a plain dict (:meth:`Rollout.to_dict`), so a
 restarted controller resumes at the same step, with the same weights and timers; its
-``revision`` is the caller's to bump on every save that changed the state (an ``If-Match``
-for actions), and :meth:`Rollout.copy` lets the caller decide on a copy, save it, and only
+``revision`` is the caller's to bump on every save whose decision wrote history or moved
+weights (an ``If-Match`` for actions; an analysis that only updated its timers and verdict
+keeps it), and :meth:`Rollout.copy` lets the caller decide on a copy, save it, and only
 then apply it.
 
 Operator actions take the ``actor`` who asked (name, role, address: never a token); the
@@ -234,7 +235,7 @@ class RolloutState:
     retire_at_s: float | None = None
     confirm_answer: str | None = None  # a confirm step: its endpoint's latest answer, in words
     confirmed_at_s: float | None = None  # a confirm step: when the yes that confirmed it was asked
-    revision: int = 0  # bumped by the caller on every save; a precondition for actions
+    revision: int = 0  # bumped by the caller on every save that decided something; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -428,7 +428,12 @@ class ControllerCore:
             draft.abort(reason=f"candidate {candidate} {failed}")  # e.g. "failed to load: ValueError: ..."
         decision = draft.tick(windows, confirm=(webhooks or {}).get(confirm_key(draft.state.step_index)))
         if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
-            self._commit(draft)
+            # The revision (actions' If-Match) moves with what the rollout decided, each of which
+            # writes history, not with every analysis's bookkeeping: else it moved every
+            # interval_s, and an operator's --revision from a status read was stale by the time
+            # it was typed.
+            decided = bool(draft.new_history()) or draft.state.weights != self.rollout.state.weights
+            self._commit(draft, changed=decided)
         if decision.analysis:
             self.last_analysis = [g.to_dict() for g in decision.analysis]
             self.last_window = {"since_s": start_s,
@@ -497,9 +502,9 @@ class ControllerCore:
         self.epoch += 1
 
     def _commit(self, draft: Rollout, changed: bool = True) -> None:
-        """Save ``draft`` with the next revision (the same one where it ``changed`` nothing but
-        its history), then make it the rollout; a failed save raises StoreUnavailable and
-        leaves the rollout as it was."""
+        """Save ``draft`` with the next revision (the same one where it ``changed`` nothing an
+        operator acts on: an action's no-op, an analysis that decided nothing), then make it
+        the rollout; a failed save raises StoreUnavailable and leaves the rollout as it was."""
         draft.state.revision = self.rollout.state.revision + (1 if changed else 0)
         try:
             self.store.save(self.key, draft.to_dict())

@@ -582,6 +582,26 @@ def test_revision_grows_with_every_saved_change_and_is_a_precondition():
     assert core.status()["revision"] == store.load(core.key)["revision"] == revision + 1
 
 
+def test_analyses_that_decide_nothing_keep_the_revision_an_operator_read():
+    """Every analysis saves its timers and verdict; that used to bump the revision every
+    interval_s, so `serve-ab promote --revision N` from a status read seconds before was
+    refused with 409. A held pause's analyses keep it; the step change moves it."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}},
+                                            {"set_weight": 100}]), store, clock)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    read, looks = core.status(), core.rollout.state.analyses_in_step
+    assert read["step_index"] == 1 and read["gates"]
+    run_for(core, clock, 30, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    assert core.rollout.state.analyses_in_step > looks  # it looked again, and saved
+    assert store.load(core.key)["analyses_in_step"] == core.rollout.state.analyses_in_step
+    assert core.status()["revision"] == store.load(core.key)["revision"] == read["revision"]
+    core.act(Action.PROMOTE, ActionRequest(revision=read["revision"]), OPERATOR)  # no 409
+    assert core.status()["phase"] == "promoted" and core.status()["revision"] > read["revision"]
+
+
 def test_an_action_that_changes_nothing_keeps_the_revision_and_the_reason():
     """The audit: after an abort, `rollback` and `abort --reason test` bumped the revision
     7 -> 8 -> 9, failing other operators' revision-guarded commands with 409."""
