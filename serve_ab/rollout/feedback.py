@@ -28,6 +28,9 @@ MAX_PENDING = 50_000
 class FeedbackJoin:
     max_requests: int = MAX_REQUESTS
     request_ttl_s: float = REQUEST_TTL_S
+    #: How long feedback waits for its request's report; the controller raises it above
+    #: its routers' report interval (one router's report must not expire another's request).
+    pending_ttl_s: float = PENDING_TTL_S
     #: Called with (version, name, value, converted, t_s, unit, split) for every joined
     #: feedback, e.g. to keep cumulative totals beside the windows the gates read; ``unit``
     #: and ``split`` are the request's (its assignment key's hash or bucket, and its routing epoch).
@@ -35,7 +38,7 @@ class FeedbackJoin:
     #: Keep the joined events for :meth:`events` (a rollout's gate windows need them).
     keep_events: bool = True
     #: Called with the number of feedbacks dropped unjoined: their request's report never
-    #: came within PENDING_TTL_S, or too many were waiting.
+    #: came within pending_ttl_s, or too many were waiting.
     on_unjoined: Callable[[int], None] | None = None
     #: Called for every feedback refused as a repeat of one already counted.
     on_duplicate: Callable[[], None] | None = None
@@ -59,11 +62,11 @@ class FeedbackJoin:
             self._emit(version, name, value, converted, at_s, unit, split)
 
     def expire(self, now_s: float) -> None:
-        """Drop what is past its time: feedback that waited PENDING_TTL_S for its request
+        """Drop what is past its time: feedback that waited pending_ttl_s for its request
         (counted unjoined), and requests and reports older than ``request_ttl_s``."""
         while self._pending:
             _, waiting = next(iter(self._pending.items()))
-            if waiting[0][3] >= now_s - PENDING_TTL_S:
+            if waiting[0][3] >= now_s - self.pending_ttl_s:
                 break
             self._drop_oldest_pending()
         while self._served:
@@ -81,7 +84,7 @@ class FeedbackJoin:
             now_s: float, version: str | None = None, unit: int | None = None, split: int = -1,
             count_repeat: bool = True) -> str | None:
         """Record feedback; returns the version it joined to, or None while it waits for
-        the request's report (dropped after PENDING_TTL_S if none comes).
+        the request's report (dropped after pending_ttl_s if none comes).
 
         ``version``: the version that served the request, when the client proved it (a
         feedback token); the feedback is then counted at once. A second report of the same

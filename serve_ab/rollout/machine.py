@@ -893,6 +893,8 @@ class Rollout:
         s = self.state
         before = s.weights
         s.weights = {s.stable: weights[s.stable], s.candidate: weights[s.candidate]}
+        if s.weights != before:  # evidence from here on is at these weights (an operator's too)
+            s.window_since_s = now
         if self.config.strategy is Strategy.CANARY:
             if s.weights[s.candidate] <= 0:
                 s.last_analysis_at_s = None
@@ -915,6 +917,8 @@ class Rollout:
     def _unpause(self, now: float, reason: str = "resumed") -> None:
         # Time spent paused does not count toward pauses, watches or the deadline.
         s = self.state
+        if s.window_since_s is None:  # a state saved before it was kept: fix it before the timers move
+            s.window_since_s = s.step_started_at_s
         paused_s = now - (s.paused_at_s if s.paused_at_s is not None else now)
         s.step_started_at_s += paused_s
         if s.switched_at_s is not None and s.phase is not Phase.PROMOTED:

@@ -39,7 +39,7 @@ from ray import serve
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
-from serve_ab.rollout.feedback import REQUEST_TTL_S, FeedbackJoin
+from serve_ab.rollout.feedback import PENDING_TTL_S, REQUEST_TTL_S, FeedbackJoin
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
@@ -121,8 +121,11 @@ class ControllerCore:
         self.app = app
         self.rollout: Rollout | None = None
         self.key = rollout_key(cfg) if cfg.rollout is not None else None
-        # Sends every saved history entry to cfg.notifications from its own threads.
-        self.notifier = NotificationSender.maybe(cfg.notifications)
+        # Sends every saved history entry to cfg.notifications from its own threads: started
+        # last, once the store has been read, so a start that fails on the store (and is
+        # tried again) leaves no threads behind.
+        self.notifier: NotificationSender | None = None
+        fresh: Rollout | None = None
         if cfg.rollout is not None:
             saved = store.load(self.key)
             if saved is not None:
@@ -135,7 +138,6 @@ class ControllerCore:
                 fresh.state.revision = 1
                 self.store.save(self.key, fresh.to_dict())
                 self.rollout = fresh
-                self._announce(fresh)
         # The gates' windows, merged from the routers' reports and the joined feedback (kept
         # per second for a sliding window_s, and as a running total over the step).
         window_s = cfg.rollout.analysis.window_s if cfg.rollout is not None else None
@@ -160,13 +162,17 @@ class ControllerCore:
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
                                      on_unjoined=self.stats.count_unjoined, on_duplicate=self.stats.count_duplicate,
-                                     request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s))
+                                     request_ttl_s=max(REQUEST_TTL_S, cfg.feedback.token_ttl_s),
+                                     # Two of the routers' report intervals: a request's report comes
+                                     # within one, however many other routers report meanwhile.
+                                     pending_ttl_s=max(PENDING_TTL_S, 2 * cfg.controller.report_interval_s + 5.0))
         self._restore_reported((saved_stats or {}).get("reported_recent"))
         self._restore_gate_step((saved_stats or {}).get("gate_step"))
         self.last_analysis: list[dict[str, Any]] = []
         # What the gates' last analysis read (with last_analysis): since when, and each
         # version's requests and errors in it.
         self.last_window: dict[str, Any] | None = None
+        self._last_look_since_s: float | None = None  # the step's window_since_s at that look
         self._restore_last_look((saved_stats or {}).get("last_look"))
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
@@ -174,6 +180,9 @@ class ControllerCore:
         # its router assigned it by (rows and feedback arrive after the weights moved on).
         self._epoch_weights: dict[int, dict[str, float]] = {}
         self.snapshot()
+        self.notifier = NotificationSender.maybe(cfg.notifications)
+        if fresh is not None:
+            self._announce(fresh)
 
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
@@ -199,7 +208,7 @@ class ControllerCore:
                               if self.rollout is not None else None)
         # And what its last look found, which status shows: a restarted controller that is
         # paused (no looks until resumed) or done (none again) would otherwise show no gates.
-        state["last_look"] = ({"since_s": self.rollout.window_since_s,
+        state["last_look"] = ({"since_s": self._last_look_since_s,
                                "gates": self.last_analysis, "window": self.last_window}
                               if self.rollout is not None and self.last_window is not None else None)
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
@@ -296,6 +305,7 @@ class ControllerCore:
             return
         self.last_analysis = [dict(g) for g in gates]
         self.last_window = dict(window)
+        self._last_look_since_s = saved["since_s"]
 
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
@@ -436,6 +446,7 @@ class ControllerCore:
             self._commit(draft, changed=decided)
         if decision.analysis:
             self.last_analysis = [g.to_dict() for g in decision.analysis]
+            self._last_look_since_s = step_since_s
             self.last_window = {"since_s": start_s,
                                 "requests": {v: windows[v].request_count for v in versions},
                                 "errors": {v: windows[v].error_count for v in versions}}

@@ -93,6 +93,16 @@ class _HandleCalls:
 READ_TIMEOUT_S = 30.0
 
 
+async def _within(call: Any, timeout_s: float) -> Any:
+    """``call``'s answer, or ControllerUnavailable after ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except asyncio.TimeoutError:
+        raise ControllerUnavailable(f"the controller did not answer within {timeout_s:g}s (starting, "
+                                    "restarting, or waiting for its store: its log says which); "
+                                    "retry later") from None
+
+
 class ControllerClient:
     """The controller's deployment as a :class:`~serve_ab.serving.core.messages.ControllerApi`.
 
@@ -105,12 +115,10 @@ class ControllerClient:
 
     @staticmethod
     async def _ask(call: Any, timeout_s: float | None = None) -> Any:
+        if timeout_s is not None:
+            call = _within(call, timeout_s)
         try:
-            answer = await (call if timeout_s is None else asyncio.wait_for(call, timeout_s))
-        except asyncio.TimeoutError:
-            raise ControllerUnavailable(f"the controller did not answer within {timeout_s:g}s (starting, "
-                                        "restarting, or waiting for its store: its log says which); "
-                                        "retry later") from None
+            answer = await call
         except _UNAVAILABLE as err:
             if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
                 raise

@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import sqlite3
+import ssl
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -68,13 +70,16 @@ def open_store(controller_cfg: Any, environ: Mapping[str, str] | None = None) ->
 
 def store_unreachable(err: BaseException) -> bool:
     """Whether ``err`` says the store could not be reached (Redis down, restarting, loading
-    its data, or the network between): worth waiting for. A refused password is not: it
-    stays refused until the config changes."""
-    import redis  # a dependency; imported here so that SQLite users never load it
-
-    if isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+    its data, or the network between): worth waiting for. A refused password or a TLS
+    handshake that failed (``rediss://`` to a server without TLS, a certificate that does not
+    verify) is not: it stays so until the config changes."""
+    redis = sys.modules.get("redis")  # loaded if a Redis store was used: else err is not one of its errors
+    if redis is None or isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
         return False
-    return isinstance(err, (redis.ConnectionError, redis.TimeoutError))
+    if not isinstance(err, (redis.ConnectionError, redis.TimeoutError)):
+        return False
+    cause = err.__cause__ or err.__context__  # redis-py wraps the socket's own error
+    return not isinstance(cause, ssl.SSLError)
 
 
 def describe_store(controller_cfg: Any) -> str:

@@ -324,6 +324,22 @@ def test_operator_pause_freezes_steps_analysis_and_timers():
     assert rollout.tick(healthy()).phase is Phase.ANALYZING
 
 
+def test_a_state_saved_before_window_since_s_keeps_its_window_start_across_a_pause():
+    """An upgrade's first resume must not move the gates' window with the step's timers."""
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    clock.advance(5)
+    saved = rollout.to_dict()
+    del saved["window_since_s"], saved["confirmed_at_s"]  # as the release before wrote it
+    older = Rollout.from_dict(canary(), saved, clock)
+    start_s = older.state.step_started_at_s
+    older.pause()
+    clock.advance(100)
+    older.resume()
+    assert older.window_since_s == start_s and older.state.step_started_at_s == start_s + 100
+
+
 def test_manual_weights_are_validated_and_pause_the_rollout():
     clock = FakeClock(1000.0)
     rollout = Rollout(canary(), clock)

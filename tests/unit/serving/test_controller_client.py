@@ -32,3 +32,32 @@ def test_a_refusal_answered_by_the_controller_is_raised_as_its_error():
     with pytest.raises(Conflict, match="reported already"):
         asyncio.run(refused.feedback("r1", "correct", None, True))
     assert asyncio.run(ControllerClient(_Handle("v2")).feedback("r1", "correct", None, True)) == "v2"
+
+
+def test_a_read_the_controller_does_not_answer_is_a_503_after_its_timeout_and_an_action_waits(monkeypatch):
+    """A controller waiting for its store takes handle calls but answers none: reads give up
+    with a 503 naming why; actions are not given up on (they could be applied later)."""
+    from serve_ab.errors import ControllerUnavailable
+    from serve_ab.serving import router
+
+    class Silent:
+        def remote(self, *args):
+            return asyncio.sleep(3600)
+
+    class Handle:
+        status = stats = report = metrics = act = Silent()
+
+    monkeypatch.setattr(router, "READ_TIMEOUT_S", 0.05)
+    client = ControllerClient(Handle())
+    for read in (client.status(), client.stats(), client.report(), client.metrics()):
+        with pytest.raises(ControllerUnavailable, match=r"did not answer within 0.05s \(starting, restarting, "
+                                                        r"or waiting for its store"):
+            asyncio.run(read)
+
+    async def act_for_a_while():
+        task = asyncio.ensure_future(client.act("pause", {}, None))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # still waiting, not refused
+        task.cancel()
+
+    asyncio.run(act_for_a_while())

@@ -274,6 +274,71 @@ def test_an_operators_pause_keeps_the_steps_evidence_across_a_restart():
     assert restarted.last_window["requests"]["v2"] >= before["v2"] + 20
 
 
+def test_a_saved_look_of_an_earlier_step_is_not_shown_after_a_restart():
+    """The look is stamped with the step it read: one from the step before a step change
+    that no look followed yet would show another weight's gates."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    cfg = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "6s"}}, {"set_weight": 50},
+                            {"pause": {"duration": "600s"}}, {"set_weight": 100}])
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    while core.status()["weights_pct"]["v2"] < 50:
+        run_for(core, clock, 1, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    assert core.status()["gates"]  # the 10% step's last look, still shown
+    core.save_stats()
+    assert ControllerCore(cfg, store, clock).status()["gates"] == []
+
+
+def test_manual_weights_start_the_window_afresh():
+    """Evidence at the old weights does not judge the weights an operator set."""
+    clock = FakeClock()
+    core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    run_for(core, clock, 20, {"v1": (9, {}), "v2": (1, {})})
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}), OPERATOR)
+    changed_s = clock()
+    core.act(Action.RESUME)
+    run_for(core, clock, 6, {"v1": (5, {}), "v2": (5, {})})
+    assert core.last_window["since_s"] == changed_s and 0 < core.last_window["requests"]["v2"] <= 30  # not the 20 s at 10%
+
+
+def test_feedback_waits_two_report_intervals_for_its_request():
+    """With routers reporting every 60 s, one router's report must not expire feedback whose
+    request another router reports up to a minute later."""
+    clock = FakeClock()
+    cfg = experiment()
+    cfg = cfg.model_copy(update={"controller": cfg.controller.model_copy(update={"report_interval_s": 60.0})})
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+    assert core.feedback.pending_ttl_s == 125.0
+    core.feedback.add("late-request", "correct", None, True, clock())
+    clock.advance(59.0)
+    report(core, clock, "v1", 3)  # another router's interval
+    assert core.feedback.counts()["pending"] == 1 and core.stats.feedback_unjoined == 0
+
+
+def test_a_start_that_fails_on_the_store_leaves_no_notification_threads():
+    import threading
+
+    class Down(MemoryStateStore):
+        def load(self, key):
+            raise ConnectionError("the store is down")
+
+    cfg = experiment()
+    cfg = cfg.model_copy(update={"notifications": parse_experiment({
+        **cfg.model_dump(mode="json", exclude_none=True),
+        "notifications": [{"type": "webhook", "url": "http://127.0.0.1:9/hook"}]}).notifications})
+    before = threading.active_count()
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            ControllerCore(cfg, Down(), FakeClock())
+    assert threading.active_count() == before
+    core = ControllerCore(cfg, MemoryStateStore(), FakeClock())
+    assert core.notifier is not None
+    core.notifier.close(0.5)
+
+
 def test_a_resumed_window_that_a_look_fails_on_is_dropped(monkeypatch):
     """A saved window that reads back as figures but breaks a look must not fail every tick
     of the step: the first failure drops it, and the next tick looks at the reports alone."""

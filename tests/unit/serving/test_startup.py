@@ -183,3 +183,9 @@ def test_a_redis_that_is_down_is_one_line_in_the_log_and_anything_else_a_traceba
     assert store_unreachable(redis.ConnectionError("down")) and store_unreachable(redis.TimeoutError("slow"))
     assert not store_unreachable(redis.AuthenticationError("invalid password"))
     assert not store_unreachable(OSError(5, "Input/output error"))
+    import ssl
+
+    try:  # rediss:// to a server without TLS: redis-py wraps the handshake's error
+        raise redis.ConnectionError("network") from ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    except redis.ConnectionError as tls:
+        assert not store_unreachable(tls)
