@@ -574,7 +574,7 @@ def _weight_bars(weights_pct: dict[str, float], width: int, stable: Any, candida
 
 def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
     header = ("gate", "value", "threshold", "verdict", "reason")
-    rows = [(str(g.get("gate", "?")), _number(g.get("value")), _number(g.get("threshold")),
+    rows = [(str(g.get("gate", "?")), *_value_and_threshold(g),
              str(g.get("verdict", "?")), str(g.get("reason") or "")) for g in gates]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     out = []
@@ -582,6 +582,15 @@ def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
         out.append(f"  {gate:<{widths[0]}}  {value:>{widths[1]}}  {threshold:>{widths[2]}}  "
                    f"{verdict:<{widths[3]}}  {reason}".rstrip())
     return out
+
+
+def _value_and_threshold(gate: dict[str, Any]) -> tuple[str, str]:
+    """A webhook gate without min or max judges the endpoint's ``pass`` (its value is 1 or 0,
+    its threshold 1): shown as the answer, not as numbers."""
+    if gate.get("bound") == "pass":
+        value = gate.get("value")
+        return ("-" if value is None else "true" if value == 1 else "false"), "pass: true"
+    return _number(gate.get("value")), _number(gate.get("threshold"))
 
 
 def _history_lines(history: Any, steps_total: Any = None) -> list[str]:

@@ -44,6 +44,18 @@ def test_render_shows_rollout_step_bars_gates_and_reason():
     assert "history" not in text
 
 
+def test_a_webhook_gate_without_bounds_shows_its_answer_not_one_and_zero():
+    status = copy.deepcopy(CANARY)
+    status["gates"] = [
+        {"gate": "webhook[suite] passes", "metric": "webhook", "verdict": "fail", "value": 0.0, "threshold": 1.0,
+         "bound": "pass", "reason": "webhook[suite] answered pass: false for v2"},
+        {"gate": "webhook[quality] >= 0.9", "metric": "webhook", "verdict": "pass", "value": 0.93,
+         "threshold": 0.9, "bound": "min", "reason": "webhook[quality] on v2 = 0.93"}]
+    rows = [line.split() for line in render_status(status).splitlines() if line.lstrip().startswith("webhook[")]
+    assert rows[0][2:6] == ["false", "pass:", "true", "fail"]
+    assert rows[1][3:6] == ["0.93", "0.9", "pass"]
+
+
 def test_render_shows_what_the_gates_last_look_read():
     window = {"since_s": 1764312000.0, "requests": {"v1": 1650, "v2": 660}, "errors": {"v1": 41, "v2": 17}}
     text = render_status({**CANARY, "window": window})
