@@ -71,6 +71,10 @@ the deployment does (``save_stats``), a new ``ControllerCore`` starts from the s
 and the router sends it the reports and feedback the last save lacks, as its ledger does.
 Runs with and without kills, from the same seeds, should then decide the same, at the same
 second.
+
+``--pause-every-s P`` has an operator pause the rollout for 10 s every P seconds of running,
+traffic going on at the step's weights: the gates' window keeps what was served while paused
+(the step's timers skip it), so an A/A candidate must fail no more often than without pauses.
 """
 
 from __future__ import annotations
@@ -97,13 +101,14 @@ from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.routing import NUM_BUCKETS, Assigner
 from serve_ab.serving.controller import REPORT_INTERVAL_S, ControllerCore
-from serve_ab.serving.core.messages import IntervalReport
+from serve_ab.serving.core.messages import Action, IntervalReport
 from serve_ab.store.state import MemoryStateStore
 
 STABLE, CANDIDATE = "v1", "v2"
 N_CLASSES = 10
 START_S = 1_000_000.0
 SAVE_EVERY_S = REPORT_INTERVAL_S  # the controller saves the run's figures with each report refresh
+PAUSE_S = 10.0  # how long each operator pause of --pause-every-s lasts
 
 STEPS = [{"set_weight": 5}, {"pause": {"duration": "60s"}},
          {"set_weight": 20}, {"pause": {"duration": "60s"}},
@@ -233,21 +238,26 @@ def experiment(case: Case) -> ExperimentConfig:
 
 
 def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = PopulationModel(),
-            kill_every_s: float | None = None) -> dict[str, Any]:
+            kill_every_s: float | None = None, pause_every_s: float | None = None) -> dict[str, Any]:
     """One rollout from its first tick to promoted, aborted or ``max_s`` simulated seconds.
 
     ``kill_every_s``: the controller saves every :data:`SAVE_EVERY_S` seconds, as the real one
     does, and is killed every ``kill_every_s`` seconds (a new ``ControllerCore`` from the same
     store); the router then sends it again the reports and feedback the last save lacks, as
-    its ledger does (``serving/core/ledger.py``)."""
+    its ledger does (``serving/core/ledger.py``).
+
+    ``pause_every_s``: an operator pauses the rollout every ``pause_every_s`` seconds of
+    running, for :data:`PAUSE_S` seconds, while traffic goes on at the step's weights (gates
+    do not look while paused; their window keeps what was served meanwhile)."""
     rng = np.random.default_rng(seed)
     cand = CANDIDATES[case.candidate]
     t = [START_S]
     store = MemoryStateStore()
     core = ControllerCore(experiment(case), store, lambda: t[0])
     unsaved: list[tuple[IntervalReport, list[tuple]]] = []  # what a router keeps for a restart
-    saved_at_s = killed_at_s = START_S
-    kills = 0
+    saved_at_s = killed_at_s = resumed_at_s = START_S
+    kills = pauses = 0
+    paused_at_s: float | None = None
     salt = f"calibration-{int(rng.integers(2**32))}"  # the experiment's salt: users' buckets differ per run
     assigner = Assigner({STABLE: 100.0, CANDIDATE: 0.0}, salt, rng=random.Random(int(rng.integers(2**63))))
     pop = Population(rng, max(int(case.rps * model.users_per_rps), 50), model, assigner)
@@ -291,7 +301,14 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
                     for call in calls:
                         add_feedback(core, call)
                 killed_at_s, kills = t[0], kills + 1
-                last_gates = core.status()["gates"]  # none yet: its first analysis is a new look
+                last_gates = core.status()["gates"]  # the look it saved: its first analysis is a new one
+        if pause_every_s is not None and core.status()["phase"] not in ("promoted", "aborted"):
+            if paused_at_s is None and t[0] - resumed_at_s >= pause_every_s:
+                core.act(Action.PAUSE)
+                paused_at_s, pauses = t[0], pauses + 1
+            elif paused_at_s is not None and t[0] - paused_at_s >= PAUSE_S:
+                core.act(Action.RESUME)
+                paused_at_s, resumed_at_s = None, t[0]
         t[0] += 0.5
         weight = status["weights_pct"][CANDIDATE]
         weights_seen.add(weight)
@@ -312,7 +329,8 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
             "weight": status["weights_pct"][CANDIDATE], "requests": n_requests,
             "fail_any": {f"{w:g}|{g}": v for (w, g), v in fail_any.items()},
             "looks": {f"{w:g}": n for w, n in looks.items()},
-            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]}), "kills": kills}
+            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]}), "kills": kills,
+            "pauses": pauses}
 
 
 def serve_second(rng: np.random.Generator, pop: Population, n: int, cand: Candidate, assigner: Assigner,
@@ -465,7 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
         "load_before": load_now(), "seed": args.seed, "reps": reps, "max_s": args.max_s,
-        "kill_every_s": args.kill_every_s,
+        "kill_every_s": args.kill_every_s, "pause_every_s": args.pause_every_s, "pause_s": PAUSE_S,
         "config": {"analysis": ANALYSIS, "steps": STEPS, "gates": GATE_SETS,
                    "population": asdict(PopulationModel()),
                    "candidates": {name: asdict(c) for name, c in CANDIDATES.items()}},
@@ -477,7 +495,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for rep in range(reps):
             t0 = time.perf_counter()
             out = one_run(case, np.random.SeedSequence([args.seed, zlib.crc32(name.encode()), rep]), args.max_s,
-                          kill_every_s=args.kill_every_s)
+                          kill_every_s=args.kill_every_s, pause_every_s=args.pause_every_s)
             out["wall_s"] = time.perf_counter() - t0
             runs.append(out)
         result["cases"][name] = summarise(case, runs)
@@ -501,7 +519,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kill-every-s", type=float, default=None,
                         help="kill the controller every this many simulated seconds (it saves every "
                              f"{SAVE_EVERY_S:g} s; the router sends again what the last save lacks)")
+    parser.add_argument("--pause-every-s", type=float, default=None,
+                        help=f"an operator pauses the rollout for {PAUSE_S:g} s every this many seconds of "
+                             "running (traffic goes on meanwhile)")
     args = parser.parse_args(argv)
+    if args.pause_every_s is not None and not args.pause_every_s > 0:
+        parser.error(f"--pause-every-s is {args.pause_every_s}; give seconds above 0, e.g. --pause-every-s 23")
     if args.kill_every_s is not None and not args.kill_every_s > 0:
         parser.error(f"--kill-every-s is {args.kill_every_s}; give seconds above 0, e.g. --kill-every-s 17")
     if args.reps is not None and args.reps < 1:
