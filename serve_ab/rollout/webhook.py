@@ -165,7 +165,7 @@ class WebhookPoller:
                             gate.timeout_s or 5.0, "pass", rollout)
         index = s.step_index
         step = self.rollout.steps[index] if index < len(self.rollout.steps) else None
-        if isinstance(step, ConfirmStep):
+        if isinstance(step, ConfirmStep) and s.confirmed_at_s is None:  # a yes holds for the step: ask no more
             hook = step.confirm
             try:
                 url = resolve_url(hook, self.env)

@@ -89,8 +89,10 @@ class _HandleCalls:
         return self.handle.describe.remote()
 
 
-# How long a read of the controller (status, stats, report, metrics) waits for its answer.
-READ_TIMEOUT_S = 30.0
+# How long a read of the controller waits for its answer: under the CLI's 10-s request
+# timeout, so that `serve-ab status` shows the 503's reason; a report may be refreshing.
+READ_TIMEOUT_S = 8.0
+REPORT_TIMEOUT_S = 30.0
 
 
 async def _within(call: Any, timeout_s: float) -> Any:
@@ -150,7 +152,7 @@ class ControllerClient:
     async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
         return await self._ask(self.handle.act.remote(action, body, actor))
 
-    # Reads give up after READ_TIMEOUT_S: a controller that is not up yet (waiting for its
+    # Reads give up after READ_TIMEOUT_S (REPORT_TIMEOUT_S): a controller that is not up yet (waiting for its
     # store) would otherwise hold them for as long as it waits. Actions and feedback wait:
     # given up on, they could still be applied after the client was told they were not.
     async def status(self, history: bool = False) -> dict[str, Any]:
@@ -160,7 +162,7 @@ class ControllerClient:
         return await self._ask(self.handle.stats.remote(), READ_TIMEOUT_S)
 
     async def report(self) -> Any:
-        return await self._ask(self.handle.report.remote(), READ_TIMEOUT_S)
+        return await self._ask(self.handle.report.remote(), REPORT_TIMEOUT_S)
 
     async def metrics(self) -> tuple[bytes, str]:
         return await self._ask(self.handle.metrics.remote(), READ_TIMEOUT_S)

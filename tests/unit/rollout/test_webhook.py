@@ -308,3 +308,16 @@ def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks)
                          "phase": "progressing", "step_index": 0, "weights_pct": {"v1": 100.0, "v2": 0.0}}
     assert len(hooks.bodies("/gate")) == 1 and hooks.bodies("/confirm")[0]["kind"] == "confirm"
     assert WebhookPoller(canary(), "digits").poll(0.0, rollout) == {}
+
+    # Once the step is confirmed (a yes holds for the step), its endpoint is asked no more.
+    rollout.state.confirmed_at_s = clock()
+    asked = len(hooks.bodies("/confirm"))
+
+    async def later():
+        poller = WebhookPoller(config, "digits")
+        poller.poll(clock(), rollout)
+        await asyncio.sleep(0.3)
+        poller.poll(clock(), rollout)
+
+    asyncio.run(later())
+    assert len(hooks.bodies("/confirm")) == asked

@@ -48,6 +48,7 @@ def test_a_read_the_controller_does_not_answer_is_a_503_after_its_timeout_and_an
         status = stats = report = metrics = act = Silent()
 
     monkeypatch.setattr(router, "READ_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(router, "REPORT_TIMEOUT_S", 0.05)
     client = ControllerClient(Handle())
     for read in (client.status(), client.stats(), client.report(), client.metrics()):
         with pytest.raises(ControllerUnavailable, match=r"did not answer within 0.05s \(starting, restarting, "
