@@ -34,6 +34,15 @@ def test_a_refusal_answered_by_the_controller_is_raised_as_its_error():
     assert asyncio.run(ControllerClient(_Handle("v2")).feedback("r1", "correct", None, True)) == "v2"
 
 
+def test_reads_give_up_before_the_cli_does():
+    """`serve-ab status` waits 10 s by default: the router must answer its 503, saying why,
+    before that, or the CLI reports the app unreachable while it is up."""
+    from serve_ab.cli.rollout import DEFAULT_TIMEOUT_S
+    from serve_ab.serving import router
+
+    assert router.READ_TIMEOUT_S < DEFAULT_TIMEOUT_S
+
+
 def test_a_read_the_controller_does_not_answer_is_a_503_after_its_timeout_and_an_action_waits(monkeypatch):
     """A controller waiting for its store takes handle calls but answers none: reads give up
     with a 503 naming why; actions are not given up on (they could be applied later)."""
