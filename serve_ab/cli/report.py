@@ -172,10 +172,11 @@ def _store_hint(e: Exception, args: argparse.Namespace) -> str | None:
 
 def _unreachable(e: Exception) -> bool:
     """A Redis that did not answer (refused, timed out, unknown host): exit 4, as an app that
-    cannot be reached. A refused password is an answer (redis-py files it under ConnectionError)."""
-    redis = sys.modules.get("redis")  # loaded if a Redis was asked: otherwise e is not one of its errors
-    return (redis is not None and isinstance(e, (redis.ConnectionError, redis.TimeoutError))
-            and not isinstance(e, redis.AuthenticationError))
+    cannot be reached. A refused password or TLS handshake is an answer (redis-py files both
+    under ConnectionError): the controller's own rule, :func:`serve_ab.store.state.store_unreachable`."""
+    from serve_ab.store.state import store_unreachable
+
+    return store_unreachable(e)
 
 
 def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = None,
