@@ -73,3 +73,16 @@ def test_a_controller_killed_every_few_seconds_decides_as_one_never_killed():
         assert killed["kills"] >= 10
         for key in ("phase", "t_s", "cause", "weight", "fail_any", "looks"):
             assert killed[key] == kept[key], key
+
+
+def test_operator_pauses_keep_the_evidence_an_a_a_is_promoted_and_a_bad_candidate_caught():
+    """An operator pausing for 10 s every 23 s, traffic going on: the window keeps what was
+    served while paused, so the A/A still promotes (later, by the time paused) with no false
+    fail, and err10x is still aborted by its gate."""
+    good = calibration.one_run(calibration.CASES["aa_keyed_400"], np.random.SeedSequence([5, 0]), max_s=600,
+                               pause_every_s=23)
+    assert good["pauses"] >= 5 and good["phase"] == "promoted", good["reason"]
+    assert not any(good["fail_any"].values())
+    bad = calibration.one_run(calibration.CASES["err10x_keyless_400"], np.random.SeedSequence([5, 1]), max_s=600,
+                              pause_every_s=23)
+    assert (bad["phase"], bad["cause"]) == ("aborted", "gate"), bad["reason"]
