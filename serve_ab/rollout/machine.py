@@ -499,7 +499,7 @@ class Rollout:
             released = self._stable_released(now)
             raise RolloutError(
                 f"cannot abort: the rollout is already promoted; {released}" if released else
-                f"cannot abort: the rollout is already promoted; use rollback() to go back to {self.state.stable}"
+                f"cannot abort: the rollout is already promoted; use rollback (serve-ab rollback) to go back to {self.state.stable}"
             )
         if self.state.phase is not Phase.ABORTED:
             self._abort(now, reason)

@@ -596,8 +596,10 @@ class ControllerCore:
         r = self.cfg.rollout
         if r is not None and r.strategy is Strategy.BLUE_GREEN:
             settings = r.blue_green_settings
+            # An operator's pause stops timers, not evidence: green is still mirrored to then.
+            phase = self.rollout.state.resume_phase if self.rollout.phase is Phase.PAUSED else self.rollout.phase
             if (settings.validation_min_samples is not None
-                    and self.rollout.phase in (Phase.VALIDATING, Phase.VALIDATED)
+                    and phase in (Phase.VALIDATING, Phase.VALIDATED)
                     and r.candidate != (self.cfg.shadow.version if self.cfg.shadow else None)):
                 mirrors.append(Mirror(r.candidate, settings.validation_mirror_pct))
         return mirrors

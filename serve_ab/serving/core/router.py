@@ -455,11 +455,13 @@ class RouterCore:
                 mark = self.ledger.mark()
                 try:
                     answer = await self.controller.record(report)
-                except Exception:
+                except Exception as err:
                     self.ledger.not_taken(report)
+                    # A controller that is stopping or restarting says all there is in one line;
+                    # anything else keeps its traceback.
                     logger.warning("serve-ab router: the controller did not take report %d (%d requests); "
                                    "it goes again at the next interval", report.seq, report.aggregate.rows,
-                                   exc_info=True)
+                                   exc_info=not isinstance(err, ControllerUnavailable))
                     return
                 self.ledger.answered(report, answer, mark)
             await self._send_feedback_again()

@@ -291,7 +291,7 @@ def test_rollback_after_promotion_while_the_old_stable_is_still_loaded():
     late.promote(full=True)
     clock.advance(30.04)
     # Promoted, stable still loaded: abort points to rollback, which can still go back.
-    with pytest.raises(RolloutError, match=r"already promoted; use rollback\(\) to go back to v1$"):
+    with pytest.raises(RolloutError, match=r"already promoted; use rollback \(serve-ab rollback\) to go back to v1$"):
         late.abort()
     clock.advance(31.0)  # stable released 1.04 s ago (retire_after_s 60)
     # Past it, neither points to the other: the way back is a new rollout. The time is the

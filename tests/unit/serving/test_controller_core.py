@@ -468,6 +468,9 @@ def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
     core.tick()
     assert core.snapshot().mirrors == (Mirror("v2", 25.0),)
     assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
+    core.act(Action.PAUSE)  # a pause stops timers, not evidence: green is still mirrored to
+    assert core.status()["phase"] == "paused" and core.snapshot().mirrors == (Mirror("v2", 25.0),)
+    core.act(Action.RESUME)
     core.rollout.report_validation(True, "sample set passed")
     # Green's mirrored answers fill its window; the gates judge them against blue's.
     run_for(core, clock, 8, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
