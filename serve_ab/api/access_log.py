@@ -12,7 +12,8 @@ The line shows what Ray's does: the app's route prefix, not the path below it.
 A gRPC call that failed is answered with its status code set on Ray's gRPC context and an empty
 response, not raised (raised, Ray would log a traceback for each bad request), so Ray's line
 reads ``OK`` for it; the filter puts the code there instead ("CALL digits-ab INVALID_ARGUMENT
-3.4ms version=-").
+3.4ms version=-"; "CALL digits-ab INTERNAL 3.4ms version=v2" for one whose answer could not be
+encoded, :meth:`VersionsAnswered.failed`).
 
 An earlier design wrote a line of its own from the router's code and switched Ray's off.
 Written in the request, before Ray had handed the answer on, it cost 0.3-0.45 ms of latency
@@ -35,6 +36,11 @@ RAY_REQUEST_ID_ATTR = "request_id"
 # go, so that notes no line takes (Ray's logger above INFO, a client gone before its answer)
 # stay bounded.
 MAX_NOTES = 4096
+
+
+class FailedAfterAnswer(str):
+    """A noted version whose call then failed (a gRPC answer that could not be encoded): its
+    line names the version and reads the call's code, not Ray's ``OK``."""
 
 
 class VersionsAnswered:
@@ -66,6 +72,13 @@ class VersionsAnswered:
                     del self._versions[next(iter(self._versions))]  # the oldest
             else:
                 noted.append(version)
+
+    def failed(self, request_id: str) -> None:
+        """The call of ``request_id`` failed after a version answered it (noted last)."""
+        with self._lock:
+            noted = self._versions.get(request_id)
+            if noted:
+                noted[-1] = FailedAfterAnswer(noted[-1])
 
     def take(self, request_id: str) -> str | None:
         with self._lock:
@@ -115,9 +128,10 @@ class VersionOnAccessLine(logging.Filter):
         if request_id and getattr(record, RAY_ACCESS_LINE_ATTR, False):
             version = self.versions.take(request_id)
             line: Any = record.msg
-            # Only a call no version answered reads the gRPC context, so an answered request's
-            # line costs what it did (a call failing after its answer, in encoding it, keeps OK).
-            if version is None and self.grpc_status is not None and isinstance(line, str):
+            # Only a call no version answered, or one that failed after its answer (in encoding
+            # it), reads the gRPC context, so an answered request's line costs what it did.
+            if (version is None or version.__class__ is FailedAfterAnswer) and self.grpc_status is not None \
+                    and isinstance(line, str):
                 line = with_grpc_code(line, self.grpc_status)
             record.msg = f"{line} version={version or '-'}"
             record.model_version = version

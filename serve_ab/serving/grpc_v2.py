@@ -122,9 +122,12 @@ class GrpcInference:
 
     async def model_infer(self, request: pb.ModelInferRequest | Undecodable,
                           context: Context) -> pb.ModelInferResponse:
+        core = self.served.core
+        failed = None if core.on_failed_after_answer is None else \
+            (lambda: core.on_failed_after_answer(core.request_id()))
         return await _answer(request, context, pb.ModelInferResponse,
                              lambda: self._model_infer(request, context),
-                             max_bytes=self.served.core.cfg.http.max_body_bytes)
+                             max_bytes=core.cfg.http.max_body_bytes, failed=failed)
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         core = self.served.core
@@ -186,11 +189,14 @@ def _too_large(size_bytes: int, max_bytes: int) -> BodyTooLarge:
 
 
 async def _answer(request: Message | Undecodable, context: Context, empty: Callable[[], M],
-                  call: Callable[[], Awaitable[M]], max_bytes: int | None = None) -> M:
+                  call: Callable[[], Awaitable[M]], max_bytes: int | None = None,
+                  failed: Callable[[], None] | None = None) -> M:
     """``call``'s answer; on an error, its status code and message on ``context`` and an empty
     response (returned, not raised, so Ray's proxy sends the code without logging a traceback).
     A request the parser refused (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT, or
-    RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be."""
+    RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be. ``failed``
+    is told of every error (a version may have answered before it: its access line must not
+    read OK)."""
     try:
         if isinstance(request, Undecodable):
             if max_bytes is not None and request.size_bytes > max_bytes:
@@ -204,4 +210,6 @@ async def _answer(request: Message | Undecodable, context: Context, empty: Calla
         logger.exception("serve-ab router: a gRPC call failed")
         context.set_code(grpc_status(RuntimeError()))
         context.set_details("internal error in the serve-ab router; its log has the traceback")
+    if failed is not None:
+        failed()
     return empty()

@@ -208,12 +208,13 @@ class Router:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
         client = ControllerClient(controller)
         # Ray Serve's access line names the version that answered (serve_ab.api.access_log).
-        on_answer = None
+        on_answer = on_failed = None
         if cfg.router.access_log:
             answered = VersionsAnswered()
             name_versions_on_access_lines(logging.getLogger(RAY_SERVE_LOGGER), answered, grpc_code_set)
-            on_answer = answered.note
-        self.core = RouterCore(cfg, versions, client, request_id=_request_id, on_answer=on_answer)
+            on_answer, on_failed = answered.note, answered.failed
+        self.core = RouterCore(cfg, versions, client, request_id=_request_id, on_answer=on_answer,
+                               on_failed_after_answer=on_failed)
         self.core.replica = serve.get_replica_context().replica_tag
         # The saved rollout's weights (after a restart they are not the config's) and the
         # feedback key, from the store: never awaiting the controller, which may be down.

@@ -74,13 +74,17 @@ class RouterCore:
                  *, request_id: Callable[[], str], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  interface: tuple[InputSpec, OutputSpec] | None = None,
-                 on_answer: Callable[[str, str], None] | None = None):
+                 on_answer: Callable[[str, str], None] | None = None,
+                 on_failed_after_answer: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.versions: dict[str, Version] = dict(versions)
         self.controller = controller
         self.request_id = request_id
         # Told (request id, version) of each answered request: the version on its access line.
         self.on_answer = on_answer
+        # Told the request id of a call that failed after its version answered (its gRPC
+        # answer could not be encoded): its access line then reads the call's code.
+        self.on_failed_after_answer = on_failed_after_answer
         self.clock = clock
         self.sleep = sleep
         # Where a request goes when its version cannot answer: the rollout's stable, or the A/B

@@ -336,3 +336,37 @@ def test_the_grpc_methods_import_no_ray():
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"serve_ab.serving.grpc_v2 pulled in Ray: {out}"
+
+
+def test_a_call_that_fails_after_its_version_answered_logs_its_code_not_ok(service, monkeypatch):
+    """Ray writes OK for a call answered with a code on its context; the access line reads
+    the code also where a version had answered before the failure (in encoding its answer)."""
+    import logging
+
+    from serve_ab.api.access_log import VersionOnAccessLine, VersionsAnswered
+
+    grpc_v2 = service()
+    answered = VersionsAnswered()
+    core = grpc_v2.served.core
+    core.on_answer, core.on_failed_after_answer = answered.note, answered.failed
+    context = FakeContext()
+    line_filter = VersionOnAccessLine(answered, grpc_status=lambda: context.code and context.code.name)
+
+    def access_line() -> str:
+        record = logging.LogRecord("ray.serve", logging.INFO, __file__, 0, "CALL digits OK 3.0ms", None, None)
+        record.request_id, record.serve_access_log = "req-1", True
+        line_filter.filter(record)
+        return record.msg
+
+    asyncio.run(grpc_v2.model_infer(infer_request(), context))
+    assert context.code is None and access_line() in ("CALL digits OK 3.0ms version=v1",
+                                                      "CALL digits OK 3.0ms version=v2")
+
+    def unencodable(response, tensors):
+        raise RuntimeError("an output the protocol cannot carry")
+
+    monkeypatch.setattr(codec, "infer_response", unencodable)
+    asyncio.run(grpc_v2.model_infer(infer_request(), context))
+    assert context.code == grpc.StatusCode.INTERNAL
+    line = access_line()
+    assert line.startswith("CALL digits INTERNAL 3.0ms version=v"), line
