@@ -323,7 +323,8 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(None, min_length=1, max_length=500,
                                description="abort: recorded in the rollout's history.")
     weights: dict[str, float] | None = Field(
-        None, description='weights: percent per version, e.g. {"v1": 80, "v2": 20}.')
+        None, description='weights: percent per version, e.g. {"v1": 80, "v2": 20} (a canary only: '
+        'a blue-green rollout refuses it with 409).')
     from_step: int | None = Field(
         None, ge=0, description="A precondition: act only if the rollout is at this step index "
         "(a retried promote is then a no-op, not a second step).")

@@ -71,12 +71,14 @@ MIN_POLL_TIMEOUT_S = 1.0
 
 _RUN_HINT = "hint: the app must be running (e.g. `serve run configs/canary.yaml`); set --url, --app or " + URL_ENV
 _ACTION_HELP = {
-    Action.PROMOTE: "move the candidate on: leave a pause step, or with --full go straight to 100%",
+    Action.PROMOTE: "move the candidate on: leave a pause step (blue-green: switch, also before validation "
+                    "ends), or with --full go straight to 100%",
     Action.PAUSE: "hold the rollout at its current weights until resume",
     Action.RESUME: "lift an operator's pause (a pause: {} step waits for promote)",
     Action.ABORT: "stop the rollout and send all traffic to the stable version",
     Action.ROLLBACK: "send all traffic back to the stable version (also after a promotion)",
-    Action.WEIGHTS: "set the traffic split by hand, e.g. v1=80 v2=20 (pauses the rollout)",
+    Action.WEIGHTS: "set a canary's traffic split by hand, e.g. v1=80 v2=20 (pauses the rollout; "
+                    "a blue-green rollout refuses it: it moves traffic in one switch)",
 }
 # The command's name where it differs from the action's ("serve-ab set-weights").
 _COMMAND = {action: action.value for action in Action} | {Action.WEIGHTS: "set-weights"}
@@ -604,7 +606,9 @@ def _history_lines(history: Any, steps_total: Any = None) -> list[str]:
         change = f"{entry.get('from_phase') or 'start'} -> {entry.get('to_phase')}"
         step = entry.get("step_index")
         if isinstance(step, int) and isinstance(steps_total, int):
-            step = min(step, steps_total - 1)  # a finished rollout's index is past its last step
+            # A finished rollout's index is past its last step; a blue-green rollout has no
+            # steps (its index is internal), so its phases say where it was.
+            step = min(step, steps_total - 1) if steps_total > 0 else None
         at_step = f"  step {step + 1}" if isinstance(step, int) else ""
         lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}{_by(entry)}".rstrip())
     return lines

@@ -153,6 +153,12 @@ def _judges_without_stable(gate: Gate, candidate: WindowStats, stable: WindowSta
     return sample_count(gate, side) >= min_samples
 
 
+def _bg_stage(step_index: int) -> str:
+    """What a blue-green rollout's internal step index stands for, in words."""
+    return {0: "validation", 1: "the post-switch watch"}.get(
+        step_index, f"stage {step_index}, which a blue-green rollout does not have")
+
+
 def changed_nothing(entry: Mapping[str, Any]) -> bool:
     """Whether a history entry records an action that changed nothing. Entries saved before
     they were marked say so by their reason alone."""
@@ -313,6 +319,20 @@ class Rollout:
         """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
         return cls(config, clock, RolloutState.from_dict(data))
 
+    def restarted(self) -> None:
+        """Called by a controller that resumes this saved state. What the versions served
+        while no controller ran reaches the gates only from the routers' next reports, so a
+        verdict from before is stale: no wait ends on it (a watch or pause whose time ran
+        out meanwhile would otherwise end at the first tick, on evidence that leaves out the
+        downtime), and the next analysis, ``interval_s`` on, reads those reports. Timers are
+        not moved: traffic went on at these weights."""
+        s = self.state
+        if self.done:
+            return
+        if s.last_analysis_at_s is not None:
+            s.last_analysis_at_s = self._now()
+        s.step_verdict, s.step_verdict_counted = None, True
+
     def new_history(self) -> list[dict[str, Any]]:
         """The history entries this object wrote since it was built or restored, in order
         (what a decision taken on a copy adds: the caller notifies them once it is saved)."""
@@ -389,23 +409,32 @@ class Rollout:
         """Refuse an action whose preconditions no longer hold: a retried ``promote`` that
         names the step it already left is refused, not taken as a second promote."""
         s = self.state
-        # People count steps from 1 (`serve-ab status`, `--from-step`); from_step, as
-        # step_index, counts from 0. The message gives both, so either reader can act on it.
-        where = (f"step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), revision {s.revision}, "
-                 f"phase {s.phase.value}")
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            # No steps to count: its step_index is 0 while it validates, 1 after the switch.
+            where = (f"in phase {s.phase.value} ({_bg_stage(s.step_index)}; from_step {s.step_index}), "
+                     f"revision {s.revision}")
+            asked = _bg_stage(from_step) if from_step is not None else ""
+            act = f"send revision {s.revision} (--revision {s.revision}) to act on it as it is now"
+        else:
+            # People count steps from 1 (`serve-ab status`, `--from-step`); from_step, as
+            # step_index, counts from 0. The message gives both, so either reader can act on it.
+            where = (f"at step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), "
+                     f"revision {s.revision}, phase {s.phase.value}")
+            asked = f"step {from_step + 1}" if from_step is not None else ""
+            act = (f"send from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's "
+                   "command line) to act on the current step")
         if from_step is not None and from_step != s.step_index:
             moved = "has already left" if from_step < s.step_index else "has not reached"
             # An ended rollout takes no action at any step: no from_step to suggest.
             then = ("it has ended, so no step takes actions" if s.phase in TERMINAL_PHASES else
-                    f"Read the status again and send from_step {s.step_index} (--from-step {s.step_index + 1} "
-                    "on serve-ab's command line) to act on the current step")
+                    f"Read the status again and {act}")
             raise RolloutError(
-                f"refused: from_step is {from_step} (step {from_step + 1}) but the rollout is at {where}; "
-                f"it {moved} step {from_step + 1}, so nothing was done; {then}"
+                f"refused: from_step is {from_step} ({asked}) but the rollout is {where}; "
+                f"it {moved} {asked}, so nothing was done; {then}"
             )
         if revision is not None and revision != s.revision:
             raise RolloutError(
-                f"refused: revision is {revision} but the rollout is at {where}; its state changed "
+                f"refused: revision is {revision} but the rollout is {where}; its state changed "
                 f"since it was read, so nothing was done. Read the status again and send revision "
                 f"{s.revision} to act on it"
             )
@@ -448,7 +477,11 @@ class Rollout:
             left = f"{reason}: left step {s.step_index + 1} ({self.step_text()})"
             self._next_step(now, Phase.PROGRESSING, left)
         elif s.phase in (Phase.VALIDATING, Phase.VALIDATED):
-            self._switch(now, f"{reason}: switched to {s.candidate}")
+            # An operator's override, as a canary's promote past a hold; the history says
+            # what it skipped, so nobody reads the switch as a validated one.
+            skipped = " and ".join(self._validation_waits(detail=True)) if s.phase is Phase.VALIDATING else ""
+            before_end = f" before its validation ended (skipped: {skipped})" if skipped else ""
+            self._switch(now, f"{reason}: switched to {s.candidate}{before_end}")
         else:
             self._finish_promoted(now, f"{reason}: post-switch watch ended early")
         if self._automation_running():
@@ -535,14 +568,23 @@ class Rollout:
         self, weights_pct: Mapping[str, float], reason: str = "weights set by operator", *,
         actor: Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Manual override, e.g. ``{"v1": 70, "v2": 30}``; pauses the rollout so the next
-        step does not overwrite it (:meth:`resume` continues; the next set_weight step wins)."""
+        """A canary's manual override, e.g. ``{"v1": 70, "v2": 30}`` (a blue-green rollout
+        refuses it: one switch); pauses the rollout so the next step does not overwrite it
+        (:meth:`resume` continues; the next set_weight step wins)."""
         return self._act("weights", actor, lambda: self._set_weights(weights_pct, reason))
 
     def _set_weights(self, weights_pct: Mapping[str, float], reason: str) -> Decision:
         now, before = self._now(), dict(self.state.weights)
         self._require_active("set weights")
         s = self.state
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            # A split would send live users to a green not yet validated (or, after the
+            # switch, end the watch of green at 100% with a watch of a split): blue-green
+            # moves traffic in one switch, as Argo Rollouts' blue-green has no setWeight.
+            raise RolloutError(
+                f"cannot set weights: a blue-green rollout moves all traffic in one switch, and this one is "
+                f"{s.phase.value}; serve-ab promote switches to {s.candidate}, serve-ab abort (or rollback, "
+                f"after the switch) sends everything back to {s.stable}. For a gradual split, run a canary")
         versions = (s.stable, s.candidate)
         unknown = sorted(set(weights_pct) - set(versions))
         if unknown:
@@ -592,6 +634,17 @@ class Rollout:
             if self._automation_running():
                 self._advance(now)
         return self._decision(now, before)
+
+    def _validation_waits(self, detail: bool = False) -> list[str]:
+        """What blue-green validation still waits for; ``detail`` adds the gates' latest
+        verdict (what a promote during validation skips)."""
+        s = self.state
+        waiting = [] if s.validation_passed else ["validation on validation_samples"]
+        if self._mirror_gates() and not self._counted_pass():
+            latest = "no analysis yet" if s.step_verdict is None else \
+                f"latest {s.step_verdict.value}: {s.last_analysis_reason}"
+            waiting.append(f"gates on mirrored traffic ({latest})" if detail else "gates on mirrored traffic")
+        return waiting
 
     # -- analysis ------------------------------------------------------------------------
 
@@ -860,7 +913,9 @@ class Rollout:
     def _hold_reason(self) -> str:
         s = self.state
         if s.step_verdict is None:
-            return (f"no analysis in this step yet; waiting for one with enough samples to pass "
+            # Looks counted, no verdict: the controller restarted (restarted()) since.
+            since = "since the controller restarted" if s.analyses_in_step else "in this step yet"
+            return (f"no analysis {since}; waiting for one with enough samples to pass "
                     f"(every {self.config.analysis.interval_s:g}s)")
         if s.step_verdict is GateVerdict.PASS and not self._counted_pass():
             return (f"the latest analysis passed before this wait's last {self.config.analysis.interval_s:g}s "
@@ -944,6 +999,8 @@ class Rollout:
 
     def _abort(self, now: float, reason: str) -> None:
         s = self.state
+        if s.weights[s.candidate] > 0:  # say what happened to the users, not only why
+            reason = f"{reason}; all traffic back to {s.stable}"
         s.weights = {s.stable: 100.0, s.candidate: 0.0}
         self._finish(now, Phase.ABORTED, reason)
         s.retire_version = s.candidate
@@ -1010,6 +1067,23 @@ class Rollout:
             analysis=results, verdict=verdict,
         )
 
+    def _paused_where(self) -> str:
+        """Where an operator's pause holds the rollout, with the time its wait has left: the
+        pause stops that clock, so the time left is what resume gives back."""
+        s = self.state
+        paused_at_s = s.paused_at_s if s.paused_at_s is not None else self._now()
+        if s.resume_phase is Phase.SWITCHED and s.switched_at_s is not None:
+            left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - paused_at_s
+            return f"in the post-switch watch of {s.candidate}, {_secs(left_s)} of it left"
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            return f"in phase {(s.resume_phase or s.phase).value}"
+        where = f"at step {s.step_index + 1} ({self.step_text()})"
+        step = self._current_step()
+        if isinstance(step, PauseStep) and step.pause.duration is not None and s.resume_phase is Phase.PROGRESSING:
+            left_s = s.step_started_at_s + step.pause.duration - paused_at_s
+            return f"{where}, {_secs(left_s)} of it left"
+        return where
+
     def status_line(self) -> str:
         """One line on where the rollout stands and what it waits for, as of now."""
         return self._status(self._now())
@@ -1023,7 +1097,7 @@ class Rollout:
                 return f"{last}; {s.retire_version} may be unloaded in {_secs(s.retire_at_s - now)}"
             return last
         if s.paused_by == "operator":
-            return "paused by operator; serve-ab resume continues it"
+            return f"paused by operator {self._paused_where()}; serve-ab resume continues it"
         unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
         uncounted_pass = s.step_verdict is GateVerdict.PASS and not self._counted_pass()
         if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait
@@ -1038,10 +1112,7 @@ class Rollout:
         if s.phase is Phase.ANALYZING:
             return f"step {s.step_index + 1}: waiting for an analysis run to pass"
         if s.phase is Phase.VALIDATING:
-            waiting = [] if s.validation_passed else ["validation on validation_samples"]
-            if self._mirror_gates() and not self._counted_pass():
-                waiting.append("gates on mirrored traffic")
-            return f"validating {s.candidate}: waiting for {' and '.join(waiting)}"
+            return f"validating {s.candidate}: waiting for {' and '.join(self._validation_waits())}"
         if s.phase is Phase.VALIDATED:
             return f"{s.candidate} validated; waiting for promote (serve-ab promote) to switch"
         if s.phase is Phase.SWITCHED:

@@ -130,6 +130,7 @@ class ControllerCore:
             saved = store.load(self.key)
             if saved is not None:
                 self.rollout = Rollout.from_dict(cfg.rollout, saved, clock)
+                self.rollout.restarted()  # no wait ends on a verdict from before the restart
                 logger.info("serve-ab controller resumed %s at step %s, phase %s, weights %s",
                             self.key, self.rollout.state.step_index, self.rollout.phase.value,
                             self.rollout.weights)

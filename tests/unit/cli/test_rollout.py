@@ -82,6 +82,18 @@ def test_a_finished_rollouts_history_names_its_last_step_not_one_past_it():
     assert "progressing -> promoted  step 7  all 7 steps done" in text
 
 
+def test_a_blue_green_history_names_phases_not_internal_steps():
+    entries = [{"from_phase": None, "to_phase": "validating", "step_index": 0, "t_s": 1764312000.0,
+                "reason": "rollout started"},
+               {"from_phase": "validating", "to_phase": "switched", "step_index": 1, "t_s": 1764312030.0,
+                "reason": "green validated; switched (auto_switch)"}]
+    status = {**CANARY, "strategy": "blue_green", "steps_total": 0, "step": None, "history": entries}
+    history = render_status(status, history=True).split("history", 1)[1]
+    assert "start -> validating  rollout started" in history
+    assert "validating -> switched  green validated" in history
+    assert "step" not in history
+
+
 def test_render_static_app_shows_only_model_and_weights():
     text = render_status(STATIC)
     assert "none (static weights)" in text and "v2   50.0%" in text

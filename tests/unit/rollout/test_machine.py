@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -904,3 +905,113 @@ def test_the_blue_green_watch_does_not_end_on_a_pass_from_before_a_pause():
     assert rollout.phase is Phase.SWITCHED and rollout.state.passes_in_step == 0
     run_until(rollout, clock, 1, green)
     assert rollout.phase is Phase.PROMOTED and rollout.state.passes_in_step == 1
+
+
+# -- blue-green: one switch, and what an operator's actions say ------------------------------
+
+
+def test_blue_green_refuses_a_split_in_every_phase():
+    """A split would send live users to a green not validated yet, or watch a split and then
+    switch without watching 100%: blue-green moves traffic in one switch."""
+    clock = FakeClock()
+    rollout = Rollout(blue_green(auto_switch=False), clock)
+    phases = []
+    for then in (lambda: None, lambda: rollout.report_validation(True), rollout.promote, rollout.pause):
+        then()
+        phases.append(rollout.phase)
+        with pytest.raises(RolloutError, match=r"cannot set weights: a blue-green rollout moves all traffic "
+                                               r"in one switch.*serve-ab promote switches to green"):
+            rollout.set_weights({"blue": 50, "green": 50})
+    assert phases == [Phase.VALIDATING, Phase.VALIDATED, Phase.SWITCHED, Phase.PAUSED]
+    assert rollout.weights == {"blue": 0.0, "green": 100.0}
+    assert not any(h.get("action") == "weights" for h in rollout.state.history)
+
+
+def test_a_promote_during_validation_says_what_it_skipped():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(validation_min_samples=64), clock)
+    rollout.tick(bg_windows(blue_n=100))
+    clock.advance(10)
+    rollout.tick({"blue": win("blue"), "green": win("green", n=40)})  # too few mirrored answers
+    d = rollout.promote()
+    assert d.phase is Phase.SWITCHED
+    reason = rollout.state.history[-1]["reason"]
+    assert reason.startswith("promoted by operator: switched to green before its validation ended (skipped: "
+                             "validation on validation_samples and gates on mirrored traffic (latest "
+                             "inconclusive: "), reason
+    assert "green has 40" in reason
+    # Once validated, a promote is the switch it waits for: nothing skipped.
+    validated = Rollout(blue_green(auto_switch=False), clock)
+    validated.report_validation(True)
+    validated.promote()
+    assert validated.state.history[-1]["reason"] == "promoted by operator: switched to green"
+
+
+def test_blue_green_refusals_name_the_phase_not_an_internal_step():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    rollout.report_validation(True)
+    assert rollout.phase is Phase.SWITCHED
+    with pytest.raises(RolloutError) as refused:
+        rollout.require(from_step=0)
+    text = str(refused.value)
+    assert text.startswith("refused: from_step is 0 (validation) but the rollout is in phase switched (the "
+                           "post-switch watch; from_step 1), revision 0; it has already left validation"), text
+    assert "send revision 0 (--revision 0)" in text and not re.search(r"(?<!from_)step \d", text)
+    with pytest.raises(RolloutError, match=r"revision is 3 but the rollout is in phase switched \(the post-switch"):
+        rollout.require(revision=3)
+
+
+def test_an_abort_that_moves_traffic_says_it_went_back_to_stable():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    rollout.report_validation(True)
+    clock.advance(10)
+    d = rollout.tick(bg_windows(green_latency_ms=90.0))
+    assert d.phase is Phase.ABORTED, d.reason
+    assert rollout.state.history[-1]["reason"].endswith("; all traffic back to blue")
+    # Nothing to say where the candidate had no traffic: an abort during validation.
+    waiting = Rollout(blue_green(), clock)
+    assert waiting.abort().reason.startswith("aborted by operator")
+    assert "traffic back" not in waiting.state.history[-1]["reason"]
+
+
+def test_a_pause_in_a_timed_wait_says_how_much_of_it_resume_gives_back():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=60), clock)
+    rollout.report_validation(True)
+    clock.advance(25)
+    rollout.pause()
+    clock.advance(100)  # paused time does not count
+    assert rollout.status_line() == ("paused by operator in the post-switch watch of green, 35s of it left; "
+                                     "serve-ab resume continues it")
+    canary_rollout = Rollout(canary(), clock)
+    canary_rollout.tick(healthy())  # step 1 sets 5%, step 2 pauses 30s
+    clock.advance(12)
+    canary_rollout.pause()
+    clock.advance(50)
+    assert canary_rollout.status_line() == ("paused by operator at step 2 (pause 30s), 18s of it left; "
+                                            "serve-ab resume continues it")
+    validating = Rollout(blue_green(), clock)
+    validating.pause()
+    assert validating.status_line().startswith("paused by operator in phase validating;")
+
+
+def test_a_restart_waits_for_an_analysis_before_ending_a_wait():
+    """A controller that restarts after a watch's time ran out must not end it on the
+    verdict saved before it went down: the routers' reports of the downtime come after."""
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=60), clock)
+    rollout.report_validation(True)
+    green = {"blue": win("blue", n=0), "green": win("green")}
+    run_until(rollout, clock, 56, green, step_s=7)  # analyses at 14, 28, 42 and 56 s: the last can end it
+    assert rollout.state.step_verdict is GateVerdict.PASS and rollout.state.step_verdict_counted
+    clock.advance(120)  # down across the watch's end
+    restored = Rollout.from_dict(blue_green(post_switch_watch_s=60), rollout.to_dict(), clock)
+    restored.restarted()
+    d = restored.tick(green)
+    assert d.phase is Phase.SWITCHED and d.analysis == ()
+    assert "no analysis since the controller restarted" in d.reason, d.reason
+    clock.advance(10)
+    d = restored.tick(bg_windows(green_latency_ms=90.0))  # the downtime's reports
+    assert d.phase is Phase.ABORTED

@@ -1108,3 +1108,28 @@ def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
     finally:
         core.notifier.close()
         hooks.close()
+
+
+def test_a_controller_down_across_the_watchs_end_judges_the_downtime_before_it_promotes():
+    """The watch is wall-clock (green served all traffic while no controller ran), but the
+    verdict saved before the controller went down must not end it: the routers' reports of
+    the downtime, sent again to the new controller, are judged first."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    cfg = blue_green_experiment(post_switch_watch_s=20, keep_blue_s=120)
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    core.report_validation(True, "sample set passed")
+    run_for(core, clock, 18, {"v2": (EV_CANDIDATE, {})})  # analyses at 5, 10 and 15 s pass
+    assert core.status()["phase"] == "switched" and core.last_analysis[0]["verdict"] == "pass"
+    core.save_stats()
+    clock.advance(60)  # down across the watch's end, green failing meanwhile
+    restarted = ControllerCore(cfg, store, clock)
+    restarted.tick()
+    status = restarted.status()
+    assert status["phase"] == "switched", status["reason"]
+    assert "no analysis since the controller restarted" in status["reason"]
+    run_for(restarted, clock, 5, {"v2": (EV_CANDIDATE, {"ok": False})})
+    status = restarted.status(history=True)
+    assert status["phase"] == "aborted" and status["weights_pct"] == {"v1": 100.0, "v2": 0.0}
+    assert status["history"][-1]["reason"].endswith("; all traffic back to v1")
