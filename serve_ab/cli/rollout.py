@@ -189,7 +189,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                 help="skip the remaining steps and give the candidate 100%%")
             parser.add_argument("--from-step", type=_step_number, default=None, metavar="N",
                                 help="act only if the rollout is still at step N, as `status` shows it "
-                                "(step N of M): a retried promote is then refused, not a second step")
+                                "(step N of M): a retried promote is then refused, not a second step "
+                                "(blue-green, which has no steps: 1 validation, 2 the post-switch watch; "
+                                "or use --revision)")
         elif action == "abort":
             parser.add_argument("--reason", default="aborted by operator",
                                 help="recorded in the rollout's history (default: 'aborted by operator')")

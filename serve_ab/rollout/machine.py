@@ -155,8 +155,7 @@ def _judges_without_stable(gate: Gate, candidate: WindowStats, stable: WindowSta
 
 def _bg_stage(step_index: int) -> str:
     """What a blue-green rollout's internal step index stands for, in words."""
-    return {0: "validation", 1: "the post-switch watch"}.get(
-        step_index, f"stage {step_index}, which a blue-green rollout does not have")
+    return {0: "validation", 1: "the post-switch watch"}.get(step_index, f"stage {step_index}")
 
 
 def changed_nothing(entry: Mapping[str, Any]) -> bool:
@@ -241,6 +240,9 @@ class RolloutState:
     retire_at_s: float | None = None
     confirm_answer: str | None = None  # a confirm step: its endpoint's latest answer, in words
     confirmed_at_s: float | None = None  # a confirm step: when the yes that confirmed it was asked
+    #: When a controller resumed this state, until its first analysis: no wait ends and no
+    #: deadline aborts before that analysis reads what the routers served meanwhile.
+    restarted_at_s: float | None = None
     revision: int = 0  # bumped by the caller on every save that decided something; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -319,19 +321,21 @@ class Rollout:
         """Resume from :meth:`to_dict`: same step, same weights, timers from recorded times."""
         return cls(config, clock, RolloutState.from_dict(data))
 
-    def restarted(self) -> None:
-        """Called by a controller that resumes this saved state. What the versions served
-        while no controller ran reaches the gates only from the routers' next reports, so a
-        verdict from before is stale: no wait ends on it (a watch or pause whose time ran
-        out meanwhile would otherwise end at the first tick, on evidence that leaves out the
-        downtime), and the next analysis, ``interval_s`` on, reads those reports. Timers are
-        not moved: traffic went on at these weights."""
+    def restarted(self, reports_in_s: float) -> None:
+        """Called by a controller that resumes this saved state; the routers send it again,
+        within ``reports_in_s``, what they served while no controller ran. A verdict from
+        before is stale: no wait ends on it (a watch or pause whose time ran out meanwhile
+        would otherwise end at the first tick, on evidence that leaves out the downtime), and
+        the next analysis comes no sooner than ``reports_in_s`` from now (at its usual time if
+        later), so it reads those reports. The progress deadline waits for that analysis too.
+        The verdict stays, for the reasons that quote it. Timers are not moved: traffic went
+        on at these weights."""
         s = self.state
-        if self.done:
+        if self.done or s.last_analysis_at_s is None:  # no analysis cadence runs: nothing judged
             return
-        if s.last_analysis_at_s is not None:
-            s.last_analysis_at_s = self._now()
-        s.step_verdict, s.step_verdict_counted = None, True
+        now = self._now()
+        s.last_analysis_at_s = max(s.last_analysis_at_s, now + reports_in_s - self.config.analysis.interval_s)
+        s.restarted_at_s = now
 
     def new_history(self) -> list[dict[str, Any]]:
         """The history entries this object wrote since it was built or restored, in order
@@ -409,25 +413,24 @@ class Rollout:
         """Refuse an action whose preconditions no longer hold: a retried ``promote`` that
         names the step it already left is refused, not taken as a second promote."""
         s = self.state
-        if self.config.strategy is Strategy.BLUE_GREEN:
-            # No steps to count: its step_index is 0 while it validates, 1 after the switch.
-            where = (f"in phase {s.phase.value} ({_bg_stage(s.step_index)}; from_step {s.step_index}), "
-                     f"revision {s.revision}")
-            asked = _bg_stage(from_step) if from_step is not None else ""
-            act = f"send revision {s.revision} (--revision {s.revision}) to act on it as it is now"
-        else:
-            # People count steps from 1 (`serve-ab status`, `--from-step`); from_step, as
-            # step_index, counts from 0. The message gives both, so either reader can act on it.
-            where = (f"at step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), "
-                     f"revision {s.revision}, phase {s.phase.value}")
-            asked = f"step {from_step + 1}" if from_step is not None else ""
-            act = (f"send from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's "
-                   "command line) to act on the current step")
+        where = self.where_text()
         if from_step is not None and from_step != s.step_index:
+            ended = s.phase in TERMINAL_PHASES
+            if self.config.strategy is Strategy.BLUE_GREEN:
+                if from_step not in (0, 1):
+                    raise RolloutError(
+                        f"refused: from_step is {from_step}, but a blue-green rollout has from_step 0 "
+                        f"({_bg_stage(0)}) and 1 ({_bg_stage(1)}) only; it is {where}; nothing was done")
+                asked = _bg_stage(from_step)
+                act = f"send revision {s.revision} (--revision {s.revision}) to act on it as it is now"
+            else:
+                asked = f"step {from_step + 1}"
+                act = (f"send from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's "
+                       "command line) to act on the current step")
             moved = "has already left" if from_step < s.step_index else "has not reached"
             # An ended rollout takes no action at any step: no from_step to suggest.
-            then = ("it has ended, so no step takes actions" if s.phase in TERMINAL_PHASES else
-                    f"Read the status again and {act}")
+            then = (("it has ended, so no step takes actions" if self.config.strategy is Strategy.CANARY
+                     else "it has ended, so it takes no actions") if ended else f"Read the status again and {act}")
             raise RolloutError(
                 f"refused: from_step is {from_step} ({asked}) but the rollout is {where}; "
                 f"it {moved} {asked}, so nothing was done; {then}"
@@ -438,6 +441,17 @@ class Rollout:
                 f"since it was read, so nothing was done. Read the status again and send revision "
                 f"{s.revision} to act on it"
             )
+
+    def where_text(self) -> str:
+        """Where the rollout is, for a refusal: its step both ways (people count from 1,
+        ``from_step`` from 0), revision and phase; a blue-green rollout's phase and stage."""
+        s = self.state
+        if self.config.strategy is Strategy.BLUE_GREEN:
+            # No steps to count: its step_index is 0 while it validates, 1 after the switch.
+            stage = "" if self.done else f" ({_bg_stage(s.step_index)}; from_step {s.step_index})"
+            return f"in phase {s.phase.value}{stage}, revision {s.revision}"
+        return (f"at step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), "
+                f"revision {s.revision}, phase {s.phase.value}")
 
     def _act(self, action: str, actor: Mapping[str, Any] | None, apply: Callable[[], Decision]) -> Decision:
         """``apply()``, its entries naming ``action`` and its actor; if it wrote none (a pause
@@ -468,7 +482,14 @@ class Rollout:
         if full:
             if s.switched_at_s is None:
                 s.switched_at_s = now
-            self._finish_promoted(now, f"{reason} (full: remaining steps and analysis skipped)")
+            if self.config.strategy is Strategy.CANARY:
+                skipped = "remaining steps and analysis"
+            elif s.phase is Phase.VALIDATING or s.resume_phase is Phase.VALIDATING:
+                waits = " and ".join(self._validation_waits(detail=True))
+                skipped = f"validation ({waits}) and the post-switch watch" if waits else "the post-switch watch"
+            else:
+                skipped = "the post-switch watch"
+            self._finish_promoted(now, f"{reason} (full: {skipped} skipped)")
             return self._decision(now, before)
         if s.paused_by == "operator":
             self._unpause(now)
@@ -641,8 +662,9 @@ class Rollout:
         s = self.state
         waiting = [] if s.validation_passed else ["validation on validation_samples"]
         if self._mirror_gates() and not self._counted_pass():
-            latest = "no analysis yet" if s.step_verdict is None else \
-                f"latest {s.step_verdict.value}: {s.last_analysis_reason}"
+            before = " before the controller restarted" if s.restarted_at_s is not None else ""
+            latest = f"latest{before} {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else \
+                f"no analysis{before or ' yet'}"
             waiting.append(f"gates on mirrored traffic ({latest})" if detail else "gates on mirrored traffic")
         return waiting
 
@@ -680,6 +702,7 @@ class Rollout:
         if now - s.last_analysis_at_s < self.config.analysis.interval_s - _EPS_S:
             return (), None
         s.last_analysis_at_s = now
+        s.restarted_at_s = None
         candidate, stable = windows.get(s.candidate), windows.get(s.stable)
         candidate = WindowStats(version=s.candidate) if candidate is None else self._asked_this_step(candidate)
         stable = WindowStats(version=s.stable) if stable is None else stable
@@ -891,7 +914,9 @@ class Rollout:
         return False
 
     def _counted_pass(self) -> bool:
-        return self.state.step_verdict is GateVerdict.PASS and self.state.step_verdict_counted
+        s = self.state
+        # A pass from before a restart ends nothing: the downtime's reports are judged first.
+        return s.step_verdict is GateVerdict.PASS and s.step_verdict_counted and s.restarted_at_s is None
 
     def _judged_later(self, weight_pct: float) -> bool:
         """Whether a later step judges the candidate at this weight before it moves on: true
@@ -912,10 +937,11 @@ class Rollout:
 
     def _hold_reason(self) -> str:
         s = self.state
+        if s.restarted_at_s is not None:
+            return (f"no analysis since the controller restarted {_secs(self._now() - s.restarted_at_s)} ago; "
+                    "the next reads what the routers served meanwhile, and must pass")
         if s.step_verdict is None:
-            # Looks counted, no verdict: the controller restarted (restarted()) since.
-            since = "since the controller restarted" if s.analyses_in_step else "in this step yet"
-            return (f"no analysis {since}; waiting for one with enough samples to pass "
+            return (f"no analysis in this step yet; waiting for one with enough samples to pass "
                     f"(every {self.config.analysis.interval_s:g}s)")
         if s.step_verdict is GateVerdict.PASS and not self._counted_pass():
             return (f"the latest analysis passed before this wait's last {self.config.analysis.interval_s:g}s "
@@ -925,6 +951,8 @@ class Rollout:
     def _check_deadline(self, now: float) -> None:
         s, deadline_s = self.state, self.config.analysis.progress_deadline_s
         if deadline_s is None or s.held_since_s is None or now - s.held_since_s <= deadline_s + _EPS_S:
+            return
+        if s.restarted_at_s is not None:  # the analysis that reads the downtime comes first
             return
         waited = "validation" if s.phase is Phase.VALIDATING else "a passing analysis"
         last = f"; last analysis {s.step_verdict.value}: {s.last_analysis_reason}" if s.step_verdict else ""
@@ -940,7 +968,7 @@ class Rollout:
         s.step_started_at_s = s.window_since_s = now
         s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
-        s.held_since_s = None
+        s.held_since_s = s.restarted_at_s = None
         s.confirm_answer, s.confirmed_at_s = None, None
         self._transition(now, phase, reason)
 
@@ -950,6 +978,7 @@ class Rollout:
         s.weights = {s.stable: weights[s.stable], s.candidate: weights[s.candidate]}
         if s.weights != before:  # evidence from here on is at these weights (an operator's too)
             s.window_since_s = now
+            s.restarted_at_s = None
         if self.config.strategy is Strategy.CANARY:
             if s.weights[s.candidate] <= 0:
                 s.last_analysis_at_s = None
@@ -966,7 +995,7 @@ class Rollout:
         s.step_started_at_s = s.window_since_s = now
         s.step_verdict, s.step_verdict_counted = None, True
         s.analyses_in_step = s.passes_in_step = 0
-        s.held_since_s = None
+        s.held_since_s = s.restarted_at_s = None
         self._transition(now, Phase.SWITCHED, reason)
 
     def _unpause(self, now: float, reason: str = "resumed") -> None:
@@ -980,8 +1009,8 @@ class Rollout:
             s.switched_at_s += paused_s
         if s.held_since_s is not None:
             s.held_since_s += paused_s
-        if s.last_analysis_at_s is not None:
-            s.last_analysis_at_s = now  # windows from the pause are stale
+        if s.last_analysis_at_s is not None:  # windows from the pause are stale (not before a restart's wait)
+            s.last_analysis_at_s = max(now, s.last_analysis_at_s)
         phase = s.resume_phase or Phase.PROGRESSING
         s.paused_by = "step" if phase is Phase.PAUSED else None
         s.paused_at_s, s.resume_phase = None, None
@@ -1010,7 +1039,7 @@ class Rollout:
         s = self.state
         s.finished_at_s = now
         s.paused_by = s.paused_at_s = s.resume_phase = s.held_since_s = None
-        s.last_analysis_at_s = None
+        s.last_analysis_at_s = s.restarted_at_s = None
         self._transition(now, phase, reason)
 
     def _transition(self, now: float, phase: Phase, reason: str) -> None:
@@ -1072,16 +1101,19 @@ class Rollout:
         pause stops that clock, so the time left is what resume gives back."""
         s = self.state
         paused_at_s = s.paused_at_s if s.paused_at_s is not None else self._now()
+        # Held past its time for a passing analysis: no time left to give back.
+        held = "; its time was up, holding for a passing analysis"
         if s.resume_phase is Phase.SWITCHED and s.switched_at_s is not None:
             left_s = s.switched_at_s + self.config.blue_green_settings.post_switch_watch_s - paused_at_s
-            return f"in the post-switch watch of {s.candidate}, {_secs(left_s)} of it left"
+            where = f"in the post-switch watch of {s.candidate}"
+            return f"{where}{held}" if s.held_since_s is not None else f"{where}, {_secs(left_s)} of it left"
         if self.config.strategy is Strategy.BLUE_GREEN:
             return f"in phase {(s.resume_phase or s.phase).value}"
         where = f"at step {s.step_index + 1} ({self.step_text()})"
         step = self._current_step()
         if isinstance(step, PauseStep) and step.pause.duration is not None and s.resume_phase is Phase.PROGRESSING:
             left_s = s.step_started_at_s + step.pause.duration - paused_at_s
-            return f"{where}, {_secs(left_s)} of it left"
+            return f"{where}{held}" if s.held_since_s is not None else f"{where}, {_secs(left_s)} of it left"
         return where
 
     def status_line(self) -> str:
@@ -1100,8 +1132,9 @@ class Rollout:
             return f"paused by operator {self._paused_where()}; serve-ab resume continues it"
         unanalysed_wait = s.step_verdict is None and s.phase in (Phase.PROGRESSING, Phase.SWITCHED)
         uncounted_pass = s.step_verdict is GateVerdict.PASS and not self._counted_pass()
+        restarted = s.restarted_at_s is not None
         if s.held_since_s is not None and (s.step_verdict not in (None, GateVerdict.PASS) or unanalysed_wait
-                                           or uncounted_pass):
+                                           or uncounted_pass or restarted):
             where = self._where() if self.config.strategy is Strategy.BLUE_GREEN else \
                 f"{self._where()} ({self.step_text()})"
             holding = f"holding {where} for {_secs(now - s.held_since_s)}: {self._hold_reason()}"

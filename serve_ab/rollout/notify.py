@@ -129,6 +129,12 @@ def webhook_payload(event: RolloutEvent) -> dict[str, Any]:
     }
 
 
+def _at_step(event: RolloutEvent, joint: str) -> str:
+    """`` at step 3`` as people count steps (``serve-ab status``: from 1; ``step_index`` counts
+    from 0); nothing for blue-green, whose step index is internal (its phase says where)."""
+    return "" if event.strategy == "blue_green" else f"{joint} step {event.step_index + 1}"
+
+
 def slack_payload(event: RolloutEvent) -> dict[str, Any]:
     """``{"text": ...}``: one line a person reads in a channel."""
     weights = " / ".join(f"{version} {pct:g}%" for version, pct in event.weights_pct.items())
@@ -140,9 +146,9 @@ def slack_payload(event: RolloutEvent) -> dict[str, Any]:
     elif event.event == "phase_changed":
         what = f"*{event.from_phase or 'start'} -> {event.phase}*"
     elif event.event == "analysis_failed":
-        what = f"*analysis failed* at step {event.step_index}"
+        what = f"*analysis failed*{_at_step(event, ' at')}"
     else:
-        what = f"{event.phase}, step {event.step_index}"
+        what = f"{event.phase}{_at_step(event, ',')}"
     icon = {"aborted": ":red_circle:", "promoted": ":large_green_circle:"}.get(event.phase, ":arrows_counterclockwise:")
     if event.event == "analysis_failed":
         icon = ":warning:"

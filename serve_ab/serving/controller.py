@@ -70,6 +70,9 @@ MAX_EPOCHS_REMEMBERED = 1000
 LONG_POLL_TIMEOUT_S = 2.0
 # The report's sequential (always-valid) p-values take a look this often, and on every request.
 REPORT_INTERVAL_S = 5.0
+# After a restart, the first analysis waits two report intervals and this long for the
+# routers' resent reports (Rollout.restarted).
+RESTART_SLACK_S = 3.0
 # The routers' calls that come whatever happens (long polls, reports, passed-on feedback) and
 # Prometheus' scrapes: Ray Serve's access line for each that succeeded is left out.
 ROUTINE_CALLS = frozenset({"wait_for_update", "record", "feedback", "feedback_key", "metrics"})
@@ -130,7 +133,11 @@ class ControllerCore:
             saved = store.load(self.key)
             if saved is not None:
                 self.rollout = Rollout.from_dict(cfg.rollout, saved, clock)
-                self.rollout.restarted()  # no wait ends on a verdict from before the restart
+                # No wait ends on a verdict from before the restart: the first analysis reads
+                # what the routers send again (ledger.py): their first report after the start
+                # learns of it, the next resends; a few seconds for Ray's handles to find this
+                # replica.
+                self.rollout.restarted(2 * cfg.controller.report_interval_s + RESTART_SLACK_S)
                 logger.info("serve-ab controller resumed %s at step %s, phase %s, weights %s",
                             self.key, self.rollout.state.step_index, self.rollout.phase.value,
                             self.rollout.weights)
@@ -524,8 +531,7 @@ class ControllerCore:
             logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
             raise StoreUnavailable(
                 f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
-                f"changed (still at step {self.rollout.state.step_index + 1}, from_step "
-                f"{self.rollout.state.step_index}, revision {self.rollout.state.revision}); try again"
+                f"changed (still {self.rollout.where_text()}); try again"
             ) from None
         self.rollout = draft
         self._announce(draft)

@@ -38,6 +38,7 @@ from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.api.grpc.servicer import Undecodable
 from serve_ab.errors import BodyTooLarge, InvalidInput, PinningDisabled, ServeAbError
 from serve_ab.serving.core.auth import Role
+from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.http import FEEDBACK_TOKEN_HEADER, VERSION_HEADER, Served, V2Endpoints
 
 logger = logging.getLogger("ray.serve")
@@ -123,11 +124,9 @@ class GrpcInference:
     async def model_infer(self, request: pb.ModelInferRequest | Undecodable,
                           context: Context) -> pb.ModelInferResponse:
         core = self.served.core
-        failed = None if core.on_failed_after_answer is None else \
-            (lambda: core.on_failed_after_answer(core.request_id()))
         return await _answer(request, context, pb.ModelInferResponse,
                              lambda: self._model_infer(request, context),
-                             max_bytes=core.cfg.http.max_body_bytes, failed=failed)
+                             max_bytes=core.cfg.http.max_body_bytes, answered_by=core)
 
     async def _model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         core = self.served.core
@@ -190,13 +189,13 @@ def _too_large(size_bytes: int, max_bytes: int) -> BodyTooLarge:
 
 async def _answer(request: Message | Undecodable, context: Context, empty: Callable[[], M],
                   call: Callable[[], Awaitable[M]], max_bytes: int | None = None,
-                  failed: Callable[[], None] | None = None) -> M:
+                  answered_by: RouterCore | None = None) -> M:
     """``call``'s answer; on an error, its status code and message on ``context`` and an empty
     response (returned, not raised, so Ray's proxy sends the code without logging a traceback).
     A request the parser refused (:mod:`serve_ab.api.grpc.servicer`) is INVALID_ARGUMENT, or
-    RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be. ``failed``
-    is told of every error (a version may have answered before it: its access line must not
-    read OK)."""
+    RESOURCE_EXHAUSTED over ``max_bytes``, as the same bytes that parsed would be. On an
+    error, ``answered_by`` (the core whose versions may have answered before it) is told, so
+    that the call's access line does not read OK."""
     try:
         if isinstance(request, Undecodable):
             if max_bytes is not None and request.size_bytes > max_bytes:
@@ -210,6 +209,6 @@ async def _answer(request: Message | Undecodable, context: Context, empty: Calla
         logger.exception("serve-ab router: a gRPC call failed")
         context.set_code(grpc_status(RuntimeError()))
         context.set_details("internal error in the serve-ab router; its log has the traceback")
-    if failed is not None:
-        failed()
+    if answered_by is not None and answered_by.on_failed_after_answer is not None:
+        answered_by.on_failed_after_answer(answered_by.request_id())
     return empty()

@@ -1008,10 +1008,83 @@ def test_a_restart_waits_for_an_analysis_before_ending_a_wait():
     assert rollout.state.step_verdict is GateVerdict.PASS and rollout.state.step_verdict_counted
     clock.advance(120)  # down across the watch's end
     restored = Rollout.from_dict(blue_green(post_switch_watch_s=60), rollout.to_dict(), clock)
-    restored.restarted()
+    restored.restarted(reports_in_s=4.0)
     d = restored.tick(green)
     assert d.phase is Phase.SWITCHED and d.analysis == ()
-    assert "no analysis since the controller restarted" in d.reason, d.reason
-    clock.advance(10)
+    assert "no analysis since the controller restarted 0s ago" in d.reason, d.reason
+    clock.advance(3.5)
+    assert restored.tick(green).analysis == ()  # the routers' reports may not all be in yet
+    clock.advance(0.5)
     d = restored.tick(bg_windows(green_latency_ms=90.0))  # the downtime's reports
-    assert d.phase is Phase.ABORTED
+    assert d.phase is Phase.ABORTED and d.analysis
+
+
+def test_a_restart_near_the_deadline_waits_for_its_analysis_before_aborting():
+    clock = FakeClock()
+    rollout = Rollout(canary([{"set_weight": 10}, {"analysis": {}}, {"set_weight": 100}],
+                             progress_deadline_s=120), clock)
+    thin = {"v1": win("v1"), "v2": win("v2", n=3)}  # too few samples: held, inconclusive
+    run_until(rollout, clock, 110, thin, step_s=10)
+    assert rollout.phase is Phase.ANALYZING
+    clock.advance(25)  # down past the deadline (held since 10 s, deadline 120 s)
+    restored = Rollout.from_dict(rollout.config, rollout.to_dict(), clock)
+    restored.restarted(reports_in_s=4.0)
+    d = restored.tick(healthy())
+    assert d.phase is Phase.ANALYZING and "no analysis since the controller restarted" in d.reason, d.reason
+    clock.advance(4)
+    d = restored.tick(healthy())  # the downtime's reports pass: no abort for the wait
+    assert d.phase is Phase.PROMOTED and restored.weights["v2"] == 100.0
+
+
+def test_a_restart_loop_shorter_than_the_interval_still_analyses():
+    """Restarts every 8 s with interval_s 10: each first analysis waits for the reports
+    (4 s), not a whole interval, so a failing candidate is still rolled back."""
+    clock = FakeClock()
+    config = blue_green(post_switch_watch_s=60)
+    rollout = Rollout(config, clock)
+    rollout.report_validation(True)
+    for _ in range(3):
+        for _ in range(8):
+            clock.advance(1)
+            rollout.tick(bg_windows(green_latency_ms=90.0))
+            if rollout.done:
+                break
+        if rollout.done:
+            break
+        rollout = Rollout.from_dict(config, rollout.to_dict(), clock)
+        rollout.restarted(reports_in_s=4.0)
+    assert rollout.phase is Phase.ABORTED
+
+
+def test_blue_green_refusals_of_a_stage_it_lacks_or_after_it_ended():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    with pytest.raises(RolloutError, match=r"from_step is 5, but a blue-green rollout has from_step 0 \(validation\) "
+                                           r"and 1 \(the post-switch watch\) only; it is in phase validating"):
+        rollout.require(from_step=5)
+    rollout.abort()
+    with pytest.raises(RolloutError) as refused:
+        rollout.require(from_step=1)
+    assert str(refused.value).startswith("refused: from_step is 1 (the post-switch watch) but the rollout is in "
+                                         "phase aborted, revision 0; it has not reached the post-switch watch")
+    assert str(refused.value).endswith("it has ended, so it takes no actions")
+
+
+def test_a_full_promote_during_validation_names_the_validation_it_skipped():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(), clock)
+    rollout.promote(full=True)
+    assert rollout.phase is Phase.PROMOTED
+    assert rollout.state.history[-1]["reason"] == ("promoted by operator (full: validation (validation on "
+                                                  "validation_samples) and the post-switch watch skipped)")
+
+
+def test_a_pause_while_held_past_a_waits_end_says_so_not_0s_left():
+    clock = FakeClock()
+    rollout = Rollout(blue_green(post_switch_watch_s=20), clock)
+    rollout.report_validation(True)
+    thin = {"blue": win("blue", n=0), "green": win("green", n=10)}  # no verdict: held past 20 s
+    run_until(rollout, clock, 40, thin, step_s=10)
+    rollout.pause()
+    assert rollout.status_line() == ("paused by operator in the post-switch watch of green; its time was up, "
+                                     "holding for a passing analysis; serve-ab resume continues it")

@@ -112,6 +112,15 @@ def test_slack_payload_is_one_readable_line():
     assert set(slack_payload(event("analysis_failed"))) == {"text"}
 
 
+def test_slack_names_steps_as_people_count_them_and_no_step_for_blue_green():
+    # step_index 2 is what `serve-ab status` shows as step 3.
+    assert "*analysis failed* at step 3;" in slack_payload(event("analysis_failed", i=2))["text"]
+    assert "progressing, step 3;" in slack_payload(event("progress", i=2))["text"]
+    blue_green = {"strategy": "blue_green", "stable": "blue", "candidate": "green", "phase": "switched"}
+    assert "*analysis failed*; weights" in slack_payload(event("analysis_failed", i=1, **blue_green))["text"]
+    assert "switched; weights" in slack_payload(event("progress", i=1, **blue_green))["text"]
+
+
 def test_backoff_doubles_up_to_the_cap():
     assert backoff_delays(1) == []
     assert backoff_delays(6, 0.5, 3.0) == [0.5, 1.0, 2.0, 3.0, 3.0]

@@ -13,7 +13,7 @@ import pytest
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import Phase, RolloutError
-from serve_ab.serving.controller import ControllerCore
+from serve_ab.serving.controller import RESTART_SLACK_S, ControllerCore
 from serve_ab.store.keys import rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
@@ -389,7 +389,7 @@ def test_a_save_just_after_a_step_change_keeps_the_new_steps_window():
         report(core, clock, "v2", 20)
     core.save_stats()
     restarted = ControllerCore(cfg, store, clock)
-    clock.advance(1.0)
+    clock.advance(2 * cfg.controller.report_interval_s + RESTART_SLACK_S)  # its first look waits for resent reports
     core.tick()
     restarted.tick()
     assert restarted.last_window == core.last_window
@@ -720,8 +720,8 @@ def test_a_failed_save_refuses_the_action_and_changes_nothing():
     for action, body in [(Action.ABORT, ActionRequest()), (Action.PROMOTE, ActionRequest(from_step=1)),
                          (Action.WEIGHTS, ActionRequest(weights={"v1": 0, "v2": 100}))]:
         step = core.status()["step_index"]  # as people count it, and as from_step
-        with pytest.raises(StoreUnavailable, match=f"nothing was changed \\(still at step {step + 1}, from_step "
-                                                   f"{step}, revision .*try again"):
+        with pytest.raises(StoreUnavailable, match=f"nothing was changed \\(still at step {step + 1} \\(.*; from_step "
+                                                   f"{step}\\), revision .*try again"):
             core.act(action, body, OPERATOR)
     assert (core.status(history=True), core.snapshot(), core.epoch, store.load(core.key)) == before
     store.failing = False
