@@ -419,20 +419,21 @@ class Rollout:
             if self.config.strategy is Strategy.BLUE_GREEN:
                 if from_step not in (0, 1):
                     raise RolloutError(
-                        f"refused: from_step is {from_step}, but a blue-green rollout has from_step 0 "
-                        f"({_bg_stage(0)}) and 1 ({_bg_stage(1)}) only; it is {where}; nothing was done")
-                asked = _bg_stage(from_step)
+                        f"refused: from_step is {from_step} (--from-step {from_step + 1}), but a blue-green "
+                        f"rollout has from_step 0 (--from-step 1: {_bg_stage(0)}) and 1 (--from-step 2: "
+                        f"{_bg_stage(1)}) only; it is {where}; nothing was done")
+                asked, named = _bg_stage(from_step), f"{_bg_stage(from_step)}, --from-step {from_step + 1}"
                 act = f"send revision {s.revision} (--revision {s.revision}) to act on it as it is now"
             else:
-                asked = f"step {from_step + 1}"
+                asked = named = f"step {from_step + 1}"
                 act = (f"send from_step {s.step_index} (--from-step {s.step_index + 1} on serve-ab's "
                        "command line) to act on the current step")
             moved = "has already left" if from_step < s.step_index else "has not reached"
             # An ended rollout takes no action at any step: no from_step to suggest.
             then = (("it has ended, so no step takes actions" if self.config.strategy is Strategy.CANARY
-                     else "it has ended, so it takes no actions") if ended else f"Read the status again and {act}")
+                     else "it has ended, so it takes no actions") if ended else f"read the status again and {act}")
             raise RolloutError(
-                f"refused: from_step is {from_step} ({asked}) but the rollout is {where}; "
+                f"refused: from_step is {from_step} ({named}) but the rollout is {where}; "
                 f"it {moved} {asked}, so nothing was done; {then}"
             )
         if revision is not None and revision != s.revision:
@@ -448,7 +449,8 @@ class Rollout:
         s = self.state
         if self.config.strategy is Strategy.BLUE_GREEN:
             # No steps to count: its step_index is 0 while it validates, 1 after the switch.
-            stage = "" if self.done else f" ({_bg_stage(s.step_index)}; from_step {s.step_index})"
+            stage = "" if self.done else \
+                f" ({_bg_stage(s.step_index)}; from_step {s.step_index}, --from-step {s.step_index + 1})"
             return f"in phase {s.phase.value}{stage}, revision {s.revision}"
         return (f"at step {s.step_index + 1} ({self.step_text()}; from_step {s.step_index}), "
                 f"revision {s.revision}, phase {s.phase.value}")
@@ -602,10 +604,15 @@ class Rollout:
             # A split would send live users to a green not yet validated (or, after the
             # switch, end the watch of green at 100% with a watch of a split): blue-green
             # moves traffic in one switch, as Argo Rollouts' blue-green has no setWeight.
+            if s.switched_at_s is None:
+                then = (f"serve-ab promote switches to {s.candidate}, serve-ab abort keeps everything on "
+                        f"{s.stable}")
+            else:
+                then = (f"{s.candidate} has all traffic; serve-ab rollback sends it back to {s.stable}, "
+                        "serve-ab promote ends the post-switch watch now")
             raise RolloutError(
                 f"cannot set weights: a blue-green rollout moves all traffic in one switch, and this one is "
-                f"{s.phase.value}; serve-ab promote switches to {s.candidate}, serve-ab abort (or rollback, "
-                f"after the switch) sends everything back to {s.stable}. For a gradual split, run a canary")
+                f"{s.phase.value}; {then}. For a gradual split, run a canary")
         versions = (s.stable, s.candidate)
         unknown = sorted(set(weights_pct) - set(versions))
         if unknown:
@@ -938,8 +945,12 @@ class Rollout:
     def _hold_reason(self) -> str:
         s = self.state
         if s.restarted_at_s is not None:
-            return (f"no analysis since the controller restarted {_secs(self._now() - s.restarted_at_s)} ago; "
-                    "the next reads what the routers served meanwhile, and must pass")
+            now = self._now()
+            due = ""
+            if s.last_analysis_at_s is not None:
+                due = f", due in {_secs(s.last_analysis_at_s + self.config.analysis.interval_s - now)},"
+            return (f"no analysis since the controller restarted {_secs(now - s.restarted_at_s)} ago; "
+                    f"the next{due} reads what the routers served meanwhile, and must pass")
         if s.step_verdict is None:
             return (f"no analysis in this step yet; waiting for one with enough samples to pass "
                     f"(every {self.config.analysis.interval_s:g}s)")

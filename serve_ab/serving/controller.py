@@ -637,6 +637,11 @@ class ControllerCore:
                     and self.rollout.phase is Phase.PROGRESSING and s.held_since_s is None:
                 next_step_in_s = max(0.0, s.step_started_at_s + step.pause.duration - now)
         weights = self.weights()
+        # The gates' last look, while the rollout runs, only if it read the current weights:
+        # after a step or the switch it judged others (a pass at 5% is not one at 20%; a
+        # validation's mirrored look is not the watch's), until the next look. Once ended, the
+        # last look stays: it is the one that decided (after a restart, _restore_last_look).
+        looked_now = self.rollout.done or self._last_look_since_s == self.rollout.window_since_s
         out = {
             "model": self.cfg.model,
             "strategy": r.strategy.value,
@@ -652,8 +657,8 @@ class ControllerCore:
             "next_step_in_s": next_step_in_s,
             "failures_total": s.failures_total,
             "failure_limit": r.analysis.failure_limit,
-            "gates": self.last_analysis,
-            "window": self.last_window,
+            "gates": self.last_analysis if looked_now else [],
+            "window": self.last_window if looked_now else None,
             "retired": list(self.retired),
             "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
             "run_id": self.run_id,

@@ -425,14 +425,24 @@ class RouterCore:
         At a change of weights, what was served under the old ones is reported at once: the
         controller files reports by arrival, so the new step's gate windows start clean rather
         than with up to ``report_interval_s`` of the step before."""
+        unreachable_since_s: float | None = None  # one line an outage, not one a retry
         while True:
             try:
-                if self.apply(await self.controller.wait_for_update(self.epoch)):
+                snapshot = await self.controller.wait_for_update(self.epoch)
+                if unreachable_since_s is not None:
+                    logger.info("serve-ab router: controller reachable again after %.1fs",
+                                self.clock() - unreachable_since_s)
+                    unreachable_since_s = None
+                if self.apply(snapshot):
                     # In a task: the next long poll (a rollback, say) never waits on this call.
                     self._reporting.add(report := asyncio.get_running_loop().create_task(self.flush_once()))
                     report.add_done_callback(self._reporting.discard)
-            except Exception:  # controller restarting: keep serving the last weights
-                logger.warning("serve-ab router: controller unreachable; keeping weights", exc_info=True)
+            except Exception as err:  # controller restarting: keep serving the last weights
+                if unreachable_since_s is None:
+                    unreachable_since_s = self.clock()
+                    # A restart is expected (its error says so in a line); anything else gets its traceback.
+                    logger.warning("serve-ab router: controller unreachable (%s); keeping weights",
+                                   err, exc_info=not isinstance(err, ControllerUnavailable))
                 await self.sleep(RETRY_FOLLOW_S)
 
     async def flush(self) -> None:

@@ -919,8 +919,10 @@ def test_blue_green_refuses_a_split_in_every_phase():
     for then in (lambda: None, lambda: rollout.report_validation(True), rollout.promote, rollout.pause):
         then()
         phases.append(rollout.phase)
+        then = (r"green has all traffic; serve-ab rollback sends it back to blue" if rollout.state.switched_at_s
+                else r"serve-ab promote switches to green, serve-ab abort keeps everything on blue")
         with pytest.raises(RolloutError, match=r"cannot set weights: a blue-green rollout moves all traffic "
-                                               r"in one switch.*serve-ab promote switches to green"):
+                                               rf"in one switch, and this one is {rollout.phase.value}; {then}"):
             rollout.set_weights({"blue": 50, "green": 50})
     assert phases == [Phase.VALIDATING, Phase.VALIDATED, Phase.SWITCHED, Phase.PAUSED]
     assert rollout.weights == {"blue": 0.0, "green": 100.0}
@@ -955,9 +957,10 @@ def test_blue_green_refusals_name_the_phase_not_an_internal_step():
     with pytest.raises(RolloutError) as refused:
         rollout.require(from_step=0)
     text = str(refused.value)
-    assert text.startswith("refused: from_step is 0 (validation) but the rollout is in phase switched (the "
-                           "post-switch watch; from_step 1), revision 0; it has already left validation"), text
-    assert "send revision 0 (--revision 0)" in text and not re.search(r"(?<!from_)step \d", text)
+    assert text.startswith("refused: from_step is 0 (validation, --from-step 1) but the rollout is in phase "
+                           "switched (the post-switch watch; from_step 1, --from-step 2), revision 0; it has "
+                           "already left validation"), text
+    assert "send revision 0 (--revision 0)" in text and not re.search(r"(?<!from_)(?<!from-)step \d", text)
     with pytest.raises(RolloutError, match=r"revision is 3 but the rollout is in phase switched \(the post-switch"):
         rollout.require(revision=3)
 
@@ -1011,7 +1014,7 @@ def test_a_restart_waits_for_an_analysis_before_ending_a_wait():
     restored.restarted(reports_in_s=4.0)
     d = restored.tick(green)
     assert d.phase is Phase.SWITCHED and d.analysis == ()
-    assert "no analysis since the controller restarted 0s ago" in d.reason, d.reason
+    assert "no analysis since the controller restarted 0s ago; the next, due in 4s, reads" in d.reason, d.reason
     clock.advance(3.5)
     assert restored.tick(green).analysis == ()  # the routers' reports may not all be in yet
     clock.advance(0.5)
@@ -1059,14 +1062,16 @@ def test_a_restart_loop_shorter_than_the_interval_still_analyses():
 def test_blue_green_refusals_of_a_stage_it_lacks_or_after_it_ended():
     clock = FakeClock()
     rollout = Rollout(blue_green(), clock)
-    with pytest.raises(RolloutError, match=r"from_step is 5, but a blue-green rollout has from_step 0 \(validation\) "
-                                           r"and 1 \(the post-switch watch\) only; it is in phase validating"):
+    with pytest.raises(RolloutError, match=r"from_step is 5 \(--from-step 6\), but a blue-green rollout has "
+                                           r"from_step 0 \(--from-step 1: validation\) and 1 \(--from-step 2: the "
+                                           r"post-switch watch\) only; it is in phase validating"):
         rollout.require(from_step=5)
     rollout.abort()
     with pytest.raises(RolloutError) as refused:
         rollout.require(from_step=1)
-    assert str(refused.value).startswith("refused: from_step is 1 (the post-switch watch) but the rollout is in "
-                                         "phase aborted, revision 0; it has not reached the post-switch watch")
+    assert str(refused.value).startswith("refused: from_step is 1 (the post-switch watch, --from-step 2) but the "
+                                         "rollout is in phase aborted, revision 0; it has not reached the "
+                                         "post-switch watch")
     assert str(refused.value).endswith("it has ended, so it takes no actions")
 
 

@@ -274,9 +274,10 @@ def test_an_operators_pause_keeps_the_steps_evidence_across_a_restart():
     assert restarted.last_window["requests"]["v2"] >= before["v2"] + 20
 
 
-def test_a_saved_look_of_an_earlier_step_is_not_shown_after_a_restart():
+def test_a_look_of_an_earlier_step_is_not_shown_live_or_after_a_restart():
     """The look is stamped with the step it read: one from the step before a step change
-    that no look followed yet would show another weight's gates."""
+    that no look followed yet would show another weight's gates (a pass at 10% as if 50%
+    had passed)."""
     clock = FakeClock()
     store = MemoryStateStore()
     cfg = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "6s"}}, {"set_weight": 50},
@@ -285,9 +286,13 @@ def test_a_saved_look_of_an_earlier_step_is_not_shown_after_a_restart():
     core.tick()
     while core.status()["weights_pct"]["v2"] < 50:
         run_for(core, clock, 1, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert core.status()["gates"]  # the 10% step's last look, still shown
+    status = core.status()
+    assert core.last_analysis and (status["gates"], status["window"]) == ([], None)  # the 10% step's
     core.save_stats()
     assert ControllerCore(cfg, store, clock).status()["gates"] == []
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    status = core.status()
+    assert status["gates"] and status["window"]["since_s"] == core.rollout.window_since_s  # 50%'s own look
 
 
 def test_manual_weights_start_the_window_afresh():

@@ -418,6 +418,38 @@ def test_the_follower_keeps_the_last_weights_while_the_controller_is_away():
     assert run(core.serve(ROW, "u", None))[0] == "v1"
 
 
+def test_a_controller_restart_is_one_line_in_the_routers_log_not_a_traceback_a_retry(caplog):
+    from serve_ab.errors import ControllerUnavailable
+
+    clock = FakeClock()
+    controller = FakeController(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}))
+    core = make_core(controller=controller, clock=clock, weights={"v1": 100})
+    calls = {"n": 0}
+    answer = controller.wait_for_update
+
+    async def restarting(known_epoch, timeout_s=10.0):
+        calls["n"] += 1
+        if calls["n"] <= 5:
+            raise ControllerUnavailable("the controller cannot be reached now (restarting)")
+        return await answer(known_epoch, timeout_s)
+
+    controller.wait_for_update = restarting
+
+    async def go():
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    with caplog.at_level("INFO", logger="ray.serve"):
+        run(go())
+    lines = [r for r in caplog.records if "controller" in r.getMessage()]
+    assert [r.getMessage() for r in lines] == [
+        "serve-ab router: controller unreachable (the controller cannot be reached now (restarting)); keeping weights",
+        "serve-ab router: controller reachable again after 2.5s"]
+    assert not lines[0].exc_info
+
+
 # -- the watchdog of isolated versions ---------------------------------------------------------
 
 class FakeCall:
