@@ -64,15 +64,18 @@ def test_keyed_canary_at_100_per_second_holds_without_an_assumption_and_passes_w
 
 def test_a_controller_killed_every_few_seconds_decides_as_one_never_killed():
     """With the step's gate window saved and the router's unsaved reports sent again, kills
-    change no decision, nor its second. (When the window was lost at a kill, a kill every
-    17 s left a good keyed canary 7 times in 10 to the progress deadline.)"""
+    change no decision. (When the window was lost at a kill, a kill every 17 s left a good
+    keyed canary 7 times in 10 to the progress deadline.) A step whose time is up within
+    5 s of a restart waits for the first analysis after it, which reads the reports sent
+    again: a decision comes a few seconds later, never sooner."""
     case = calibration.CASES["aa_keyed_400"]
     for rep in range(2):
         kept = calibration.one_run(case, np.random.SeedSequence([3, rep]), max_s=400)
         killed = calibration.one_run(case, np.random.SeedSequence([3, rep]), max_s=400, kill_every_s=13)
         assert killed["kills"] >= 10
-        for key in ("phase", "t_s", "cause", "weight", "fail_any", "looks"):
+        for key in ("phase", "cause", "weight", "fail_any"):
             assert killed[key] == kept[key], key
+        assert kept["t_s"] <= killed["t_s"] <= kept["t_s"] + 3 * 10, (kept["t_s"], killed["t_s"])
 
 
 def test_operator_pauses_keep_the_evidence_an_a_a_is_promoted_and_a_bad_candidate_caught():
