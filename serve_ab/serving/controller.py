@@ -138,9 +138,8 @@ class ControllerCore:
                 # learns of it, the next resends; a few seconds for Ray's handles to find this
                 # replica.
                 self.rollout.restarted(2 * cfg.controller.report_interval_s + RESTART_SLACK_S)
-                logger.info("serve-ab controller resumed %s at step %s, phase %s, weights %s",
-                            self.key, self.rollout.state.step_index, self.rollout.phase.value,
-                            self.rollout.weights)
+                logger.info("serve-ab controller resumed %s %s, weights %s",
+                            self.key, self.rollout.where_text(), self.rollout.weights)
             else:
                 fresh = Rollout(cfg.rollout, clock)
                 fresh.state.revision = 1
@@ -297,8 +296,8 @@ class ControllerCore:
             return
         if taken:
             self._window_restored = True
-            logger.info("serve-ab controller resumed the gate window of step %s of %s",
-                        self.rollout.state.step_index, self.key)
+            logger.info("serve-ab controller resumed the gate window of %s, %s",
+                        self.key, self.rollout.where_text())
 
     def _restore_last_look(self, saved: Any) -> None:
         """The gates' last look, as the last save left it, for status to show until the next

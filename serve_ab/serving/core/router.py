@@ -471,11 +471,14 @@ class RouterCore:
                     answer = await self.controller.record(report)
                 except Exception as err:
                     self.ledger.not_taken(report)
-                    # A controller that is stopping or restarting says all there is in one line;
-                    # anything else keeps its traceback.
-                    logger.warning("serve-ab router: the controller did not take report %d (%d requests); "
-                                   "it goes again at the next interval", report.seq, report.aggregate.rows,
-                                   exc_info=not isinstance(err, ControllerUnavailable))
+                    # A controller that is stopping or restarting says all there is in one line
+                    # (an empty report's, at every Ctrl-C, is no warning); anything else keeps its
+                    # traceback.
+                    away = isinstance(err, ControllerUnavailable)
+                    logger.log(logging.INFO if away and not report.aggregate.rows else logging.WARNING,
+                               "serve-ab router: the controller did not take report %d (%d requests); "
+                               "it goes again at the next interval", report.seq, report.aggregate.rows,
+                               exc_info=not away)
                     return
                 self.ledger.answered(report, answer, mark)
             await self._send_feedback_again()
