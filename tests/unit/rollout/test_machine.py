@@ -1093,3 +1093,34 @@ def test_a_pause_while_held_past_a_waits_end_says_so_not_0s_left():
     rollout.pause()
     assert rollout.status_line() == ("paused by operator in the post-switch watch of green; its time was up, "
                                      "holding for a passing analysis; serve-ab resume continues it")
+
+
+def test_a_restart_waits_for_the_reports_also_when_interval_s_is_shorter():
+    """interval_s 1 s, reports due 5 s after the restart: no analysis before them, also when
+    an operator pauses and resumes in between; a promote meanwhile says its verdict is from
+    before the restart."""
+    clock = FakeClock()
+    config = RolloutConfig.model_validate({
+        "strategy": "blue_green", "stable": "blue", "candidate": "green",
+        "analysis": {"interval_s": 1, "min_samples": 50, "progress_deadline_s": 600},
+        "gates": GATES, "blue_green": {"post_switch_watch_s": 300, "keep_blue_s": 600,
+                                       "validation_min_samples": 64, "auto_switch": False},
+    })
+    rollout = Rollout(config, clock)
+    run_until(rollout, clock, 3, bg_windows(blue_n=100))
+    assert rollout.state.step_verdict is GateVerdict.PASS
+    restored = Rollout.from_dict(config, rollout.to_dict(), clock)
+    restored.restarted(reports_in_s=5.0)
+    analysed = []
+    for second in range(1, 6):
+        clock.advance(1)
+        if second == 2:
+            restored.pause()
+        if second == 3:
+            restored.resume()
+        analysed.append(bool(restored.tick(bg_windows(blue_n=100)).analysis))
+    assert analysed == [False, False, False, False, True]
+    again = Rollout.from_dict(config, rollout.to_dict(), clock)
+    again.restarted(reports_in_s=5.0)
+    again.promote()
+    assert "(latest before the controller restarted pass: " in again.state.history[-1]["reason"]
