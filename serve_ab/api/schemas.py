@@ -36,6 +36,7 @@ from serve_ab.backends.base import (
     check_batch,
     check_no_booleans,
     check_shape,
+    declared_shape_problem,
     outputs_to_json,
     reshaped,
     specs_of,
@@ -117,6 +118,14 @@ class V2Tensor(BaseModel):
     data: list[Any] | None = Field(
         None, validate_default=True,
         description="Tensor contents, flat in row-major order or nested; absent for a binary input.")
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_in_bounds(cls, shape: list[int]) -> list[int]:
+        problem = declared_shape_problem(shape)
+        if problem is not None:
+            raise ValueError(problem)
+        return shape
 
     @field_validator("data")
     @classmethod

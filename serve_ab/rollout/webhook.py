@@ -73,10 +73,12 @@ def confirm_key(step_index: int) -> str:
 
 async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer: str = "pass",
               headers: Mapping[str, str] | None = None, asked_at_s: float = 0.0,
-              client: httpx.AsyncClient | None = None) -> WebhookResult:
+              client: httpx.AsyncClient | None = None, target: str | None = None) -> WebhookResult:
     """POST ``payload`` to ``url`` and read ``answer`` (``pass`` or ``confirm``) from the reply;
-    never raises for what the endpoint or the network does."""
-    target = display_url(url)
+    never raises for what the endpoint or the network does. ``target`` names the endpoint in
+    the result, the status and the log: the hook's :attr:`~serve_ab.config.rollout.HttpHook.target`
+    (``$VAR`` for a URL that is itself a secret); by default ``url`` without its query."""
+    target = display_url(url) if target is None else target
     try:
         if client is None:
             async with httpx.AsyncClient(timeout=timeout_s) as own:
@@ -161,8 +163,8 @@ class WebhookPoller:
         if rollout.done or s.paused_by == "operator":
             return dict(self.latest)
         for key, gate in self.gates.items():
-            self._maybe_ask(now_s, key, self.refresh_s, "gate", gate.url, {}, gate.headers_from_env or {},
-                            gate.timeout_s or 5.0, "pass", rollout)
+            self._maybe_ask(now_s, key, self.refresh_s, "gate", gate.url, display_url(gate.url), {},
+                            gate.headers_from_env or {}, gate.timeout_s or 5.0, "pass", rollout)
         index = s.step_index
         step = self.rollout.steps[index] if index < len(self.rollout.steps) else None
         if isinstance(step, ConfirmStep) and s.confirmed_at_s is None:  # a yes holds for the step: ask no more
@@ -172,11 +174,11 @@ class WebhookPoller:
             except MissingSecret as err:
                 self.latest[confirm_key(index)] = WebhookResult(hook.target, error=str(err), asked_at_s=now_s)
             else:
-                self._maybe_ask(now_s, confirm_key(index), hook.interval_s, "confirm", url, hook.headers,
-                                hook.headers_from_env, hook.timeout_s, "confirm", rollout)
+                self._maybe_ask(now_s, confirm_key(index), hook.interval_s, "confirm", url, hook.target,
+                                hook.headers, hook.headers_from_env, hook.timeout_s, "confirm", rollout)
         return dict(self.latest)
 
-    def _maybe_ask(self, now_s: float, key: str, refresh_s: float, kind: str, url: str,
+    def _maybe_ask(self, now_s: float, key: str, refresh_s: float, kind: str, url: str, target: str,
                    headers: Mapping[str, str], headers_from_env: Mapping[str, str], timeout_s: float,
                    answer: str, rollout: Rollout) -> None:
         started = self._started_at_s.get(key)
@@ -186,14 +188,14 @@ class WebhookPoller:
         try:
             resolved = resolve_headers(headers, headers_from_env, self.env)
         except MissingSecret as err:
-            self.latest[key] = WebhookResult(display_url(url), error=str(err), asked_at_s=now_s)
+            self.latest[key] = WebhookResult(target, error=str(err), asked_at_s=now_s)
             return
         s = rollout.state
         payload = {"kind": kind, "name": key if kind == "gate" else "confirm", "model": self.model,
                    "stable": s.stable, "candidate": s.candidate, "phase": s.phase.value,
                    "step_index": s.step_index, "weights_pct": dict(s.weights)}
         self._tasks[key] = asyncio.get_running_loop().create_task(
-            ask(url, payload, timeout_s=timeout_s, answer=answer, headers=resolved, asked_at_s=now_s))
+            ask(url, payload, timeout_s=timeout_s, answer=answer, headers=resolved, asked_at_s=now_s, target=target))
 
     @property
     def refreshing(self) -> bool:

@@ -49,7 +49,9 @@ class Proven(NamedTuple):
 
 class FeedbackSigner:
     """Issues and checks the tokens of one app: ``scope`` (the model's name) is signed too,
-    so apps that share a key (``feedback.key_env``) do not accept each other's tokens."""
+    so apps of other models that share a key (``feedback.key_env``) do not accept each other's
+    tokens. Two apps of one model do, if they share the key (one ``feedback.key_env``, or one
+    store, where they cannot run at once: :mod:`serve_ab.store.claim`)."""
 
     def __init__(self, key: bytes, ttl_s: float, clock: Callable[[], float], scope: str):
         if len(key) < 16:

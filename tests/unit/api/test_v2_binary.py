@@ -97,9 +97,26 @@ def test_binary_data_without_the_length_header_is_a_400_that_names_the_header():
 
 
 def test_a_binary_shape_no_array_can_have_is_a_400_through_the_v2_decoder():
-    raw, header_length = binary_request([("input", "FP32", [0, 10**30], b"")])
+    raw, header_length = binary_request([("input", "FP32", [0, 2**62], b"")])
     with pytest.raises(InvalidInput, match="which no array can have"):
         parsed(raw, header_length)
+
+
+@pytest.mark.parametrize("shape, message", [
+    # Before: a product of 4,300-digit dimensions could not be written in the message (a 500),
+    # and 200,000 dimensions took seconds to multiply on the replica's loop.
+    ([10**4299, 10**4299], "inputs.0.shape: has a dimension beyond int64"),
+    ([0, 2**63], "inputs.0.shape: has a dimension beyond int64"),
+    ([-(10**30), 64], "inputs.0.shape: has a dimension beyond int64"),
+    ([7] * 200_000, "inputs.0.shape: has 200,000 dimensions; a tensor has at most 64"),
+])
+def test_a_declared_shape_past_int64_or_64_dimensions_is_a_400_before_its_size_is_worked_out(shape, message):
+    for raw, header_length in (binary_request([("input", "FP32", shape, b"")]),
+                               (header_of([fp32(None, shape=shape, data=[0.0] * 64)]), None)):
+        with pytest.raises(InvalidInput) as caught:
+            parsed(raw, header_length)
+        assert message in str(caught.value)
+        assert len(str(caught.value)) < 1_000  # the shape quoted cut short
 
 
 def test_a_bytes_input_reaches_the_model_check_and_is_refused_clearly():

@@ -320,3 +320,33 @@ def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks)
 
     assert asyncio.run(later()) == {"smoke"}
     assert len(hooks.bodies("/confirm")) == asked
+
+
+def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_endpoint_fails(hooks, caplog):
+    # A Slack-style URL carries its secret in the path: the status (open to anyone by default),
+    # the log and the state named it in full whenever the endpoint failed.
+    hooks.answer("/services/T01/B02/s3cret", (500, {"err": "down"}))
+    secret_url = hooks.url + "/services/T01/B02/s3cret"
+    config = canary(steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "APPROVALS_URL", "interval_s": 10}},
+                           {"set_weight": 100}])
+    clock = FakeClock(0.0)
+    rollout = Rollout(config, clock)
+    rollout.tick({})  # at the confirm step
+
+    async def scenario():
+        poller = WebhookPoller(config, "digits", env={"APPROVALS_URL": secret_url})
+        poller.poll(clock(), rollout)
+        deadline = time.monotonic() + 10
+        while confirm_key(1) not in poller.poll(clock(), rollout):
+            assert time.monotonic() < deadline, "the confirm step was never asked"
+            await asyncio.sleep(0.02)
+        return poller.latest[confirm_key(1)]
+
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        answer = asyncio.run(scenario())
+    assert hooks.bodies("/services/T01/B02/s3cret")  # it was asked, at the secret URL
+    assert answer.target == "$APPROVALS_URL"
+    assert answer.error == "HTTP 500 from $APPROVALS_URL: '{\"err\": \"down\"}'"
+    rollout.tick({}, confirm=answer)
+    shown = " ".join([rollout.status_line(), str(rollout.state.confirm_answer), caplog.text])
+    assert "$APPROVALS_URL" in shown and "s3cret" not in shown and "/services/" not in shown
