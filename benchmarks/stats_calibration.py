@@ -89,6 +89,17 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    on); and, with a bug that loses 5% or 10% of v2's users, how often and how soon each
    finds it within 50,000 users.
 
+9. CUPED with returning users: each user has a revenue level (normal, SD 5) that holds
+   most of the variance of their reports (noise SD 3), and sends 2 reports in each of two
+   periods, fed as ``record_feedback`` with the period's split; the report is read at 5 looks
+   in the second period, once with ``analysis.cuped`` on (the default) and once off, on the
+   same figures. ``pre``: v1 alone, then v1/v2 50/50: A/A (any verdict, fixed p < 0.05 at
+   the last look) and v2 at +0.5 (how often ``better``, with and without CUPED). ``third``:
+   v1/v2 80/20 with v2 at +3, then v3, the same as v1, joins at 34/33/33; v3 against v1
+   is an A/A whose buckets v2 partly served before. Adjusting v3 by those buckets' earlier
+   figures (v2's effect in them) read it as WORSE in 20 of 20 runs; the pre-period is now
+   the buckets the control served.
+
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
 
@@ -263,6 +274,18 @@ LIMIT_SRM_AA = 0.005  # the flag's threshold is p < 0.001; room for the MC noise
 LIMIT_AA = 0.06
 POWER_TOLERANCE = 0.05
 LIMIT_GATE = 0.05
+
+# Scenario 9: CUPED with returning users.
+CUPED_USERS = 2000
+CUPED_LEVEL_MEAN, CUPED_LEVEL_SD, CUPED_NOISE_SD = 20.0, 5.0, 3.0
+CUPED_REPORTS_PER_PERIOD = 2
+CUPED_LOOKS = 5
+CUPED_LIFT = 0.5
+CUPED_CASES = {  # case: (first period's weights, second's, each version's effect, the version compared)
+    "pre_aa": ({"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {}, "v2"),
+    "pre_lift": ({"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {"v2": CUPED_LIFT}, "v2"),
+    "third_aa": ({"v1": 80.0, "v2": 20.0}, {"v1": 34.0, "v2": 33.0, "v3": 33.0}, {"v2": 3.0}, "v3"),
+}
 
 VERSIONS = ("v1", "v2")
 CONVERSION, MEAN = "converted", "revenue"
@@ -845,12 +868,62 @@ def srm_rep(seed: np.random.SeedSequence, lost: float, users: int) -> dict[str, 
     return {"found_at_users": found, "final": flags}
 
 
+# ---- 9. CUPED with returning users -------------------------------------------------------------------
+
+
+def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
+    """The same users in two periods (the case's two splits); the report with CUPED on and off,
+    read at CUPED_LOOKS looks over the second period, on the same figures."""
+    first, second, effect, variant = CUPED_CASES[case]
+    names = ("v1", "v2", "v3") if "v3" in second else ("v1", "v2")  # no idle v3 in the family
+    rng = np.random.default_rng(seed)
+    units = [int(u) for u in rng.integers(0, 2**63, size=CUPED_USERS)]
+    level = rng.normal(CUPED_LEVEL_MEAN, CUPED_LEVEL_SD, CUPED_USERS)
+    st = ExperimentStats(names, 0.0, feedback_kinds={MEAN: "mean"})
+    configs = {on: ExperimentConfig.model_validate({
+        "model": "calibration",
+        "versions": [{"name": v, "path": f"{v}.onnx", "backend": "onnx"} for v in names],
+        "weights": {v: second.get(v, 0.0) for v in names},
+        "analysis": {"mde_relative": MDE_RELATIVE, "alpha": ALPHA, "cuped": on,
+                     "metrics": [{"name": MEAN, "kind": "mean"}]}}) for on in (True, False)}
+    verdict: dict[bool, str | None] = {True: None, False: None}
+    state: dict[bool, Any] = {True: None, False: None}
+    last: dict[bool, Any] = {}
+    for period, weights in enumerate((first, second)):
+        weights = {v: weights.get(v, 0.0) for v in names}
+        st.set_weights(weights)
+        table = SplitTable.from_weights(weights)
+        arms = [table.version_for_bucket(u % NUM_BUCKETS) for u in units]
+        values = rng.normal(level[:, None] + np.array([effect.get(a, 0.0) for a in arms])[:, None], CUPED_NOISE_SD,
+                            (CUPED_USERS, CUPED_REPORTS_PER_PERIOD))
+        bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if period else [(0, CUPED_USERS)]
+        for look, (lo, hi) in enumerate(bounds):
+            now_s = 100.0 * period + look
+            for i in range(lo, hi):
+                for value in values[i].tolist():
+                    st.record_feedback(now_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
+            if period:
+                snapshot = st.snapshot(now_s + 0.5)
+                for on in (True, False):
+                    report, state[on] = build_report(configs[on], snapshot, weights, state[on])
+                    c = next(c for m in report.metrics if m.name == MEAN for c in m.comparisons if c.variant == variant)
+                    verdict[on] = verdict[on] or decided(c)
+                    last[on] = c
+    return {str(on).lower(): {"verdict": verdict[on],
+                              "fixed_final": last[on].p_value is not None and last[on].p_value < ALPHA,
+                              "cuped_applied": last[on].cuped is not None,
+                              "variance_reduction": last[on].cuped.variance_reduction if last[on].cuped else 0.0,
+                              "abs_lift": last[on].abs_lift}
+            for on in (True, False)}
+
+
 # ---- running the repetitions -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "rare": rare_rep,
     "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
     "clustered_gates": clustered_gates_rep, "shadow_flips": shadow_flips_rep, "srm": srm_rep,
+    "cuped": cuped_rep,
 }
 
 
@@ -922,6 +995,23 @@ def summarise_srm(by_case: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict
     return out
 
 
+def summarise_cuped(by_case: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for case, outcomes in by_case.items():
+        row = {}
+        for on in ("true", "false"):
+            runs = [o[on] for o in outcomes]
+            row["cuped_" + ("on" if on == "true" else "off")] = {
+                "better": count(r["verdict"] == "better" for r in runs),
+                "worse": count(r["verdict"] == "worse" for r in runs),
+                "fixed_p_lt_alpha_final": count(r["fixed_final"] for r in runs),
+                "applied": count(r["cuped_applied"] for r in runs),
+                "mean_variance_reduction": float(np.mean([r["variance_reduction"] for r in runs])),
+                "mean_abs_lift": float(np.mean([r["abs_lift"] for r in runs]))}
+        out[case] = row
+    return out
+
+
 def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
     return {case: {verdict: count(o[case] == verdict for o in outcomes)
                    for verdict in ("pass", "fail", "inconclusive")}
@@ -931,7 +1021,7 @@ def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
            gates: dict[str, dict[str, Rate]], rare: dict[str, Any],
            clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate],
-           srm: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+           srm: dict[str, dict[str, Any]], cuped: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
     beside it, so a reader can tell a miss from noise)."""
     out = []
@@ -990,6 +1080,13 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
     flagged = srm["aa"]["sequential"]["any_look"]
     check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
           flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
+    for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3")):
+        on = cuped[case]["cuped_on"]
+        any_verdict = Rate(on["better"].hits + on["worse"].hits, on["better"].reps)
+        check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict,
+              any_verdict.value <= ALPHA, f"<= {ALPHA}")
+        check(f"CUPED A/A, {label}: fixed p < 0.05 at the last look", on["fixed_p_lt_alpha_final"],
+              on["fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
     return out
 
 
@@ -1076,6 +1173,18 @@ def print_tables(result: dict[str, Any]) -> None:
             print(f"  {case:<22} {test:<11} {_r(figures['any_look']):>20} {_r(figures['last_look']):>17} "
                   f"{'-' if median is None else f'{median:,.0f}':>24}")
 
+    c9 = result["cuped"]
+    print(f"\n9. CUPED with returning users ({CUPED_USERS:,} users, revenue level SD {CUPED_LEVEL_SD:g} and noise SD "
+          f"{CUPED_NOISE_SD:g}, {CUPED_REPORTS_PER_PERIOD} reports per period, {CUPED_LOOKS} looks in the second; "
+          f"{c9['reps']} reps; the same figures with analysis.cuped on and off)")
+    print(f"  {'case':<10} {'cuped':<5} {'better':>15} {'WORSE':>15} {'fixed p<.05 last':>17} {'applied':>15} "
+          f"{'variance cut':>12} {'mean lift':>10}")
+    for case, row in c9["cases"].items():
+        for key, f in row.items():
+            print(f"  {case:<10} {key.removeprefix('cuped_'):<5} {_r(f['better']):>15} {_r(f['worse']):>15} "
+                  f"{_r(f['fixed_p_lt_alpha_final']):>17} {_r(f['applied']):>15} "
+                  f"{f['mean_variance_reduction']:>12.2f} {f['mean_abs_lift']:>+10.3f}")
+
     print("\nChecks (issue #11):")
     for item in result["checks"]:
         mark = "ok  " if item["within"] else "MISS"
@@ -1127,6 +1236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                **{f"v2_loses_{lost:g}": run_reps(pool, "srm", 11 + i, max(2, mode.power_reps // 4), args.seed,
                                                  lost=lost, users=SRM_LOST_USERS)
                   for i, lost in enumerate(SRM_LOST)}}
+        cuped = {case: run_reps(pool, "cuped", 13 + i, mode.power_reps, args.seed, case=case)
+                 for i, case in enumerate(CUPED_CASES)}
     finally:
         if pool is not None:
             pool.shutdown()
@@ -1138,6 +1249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clustered_rows = summarise_gates(clustered)
     flip_rows = {case: count(o[case] for o in flips) for case in FLIP_CASES}
     srm_rows = summarise_srm(srm)
+    cuped_rows = summarise_cuped(cuped)
     result = {
         **header,
         "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
@@ -1154,8 +1266,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "significant": flip_rows},
         "srm": {"reps": mode.power_reps, "users": SRM_USERS, "looks": SRM_LOOKS,
                 "lost_reps": max(2, mode.power_reps // 4), "lost_users": SRM_LOST_USERS, "cases": srm_rows},
+        "cuped": {"reps": mode.power_reps, "users": CUPED_USERS, "looks": CUPED_LOOKS, "lift": CUPED_LIFT,
+                  "cases": cuped_rows},
         "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows, flip_rows,
-                         srm_rows),
+                         srm_rows, cuped_rows),
         "load_after": load_now(),
     }
     result["wall_s"] = time.perf_counter() - started

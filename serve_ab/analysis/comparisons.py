@@ -105,13 +105,13 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
         # Keep the whole record: a look with too few units never undoes a verdict or a plan.
         state = dict(previous)
         out["power_note"] = (f"fewer than {min_units} units in an arm, or no spread yet"
-                             if ratio is not None else "no split where both arms have units yet")
+                             if ratio is not None else "no split where both arms have 2 units yet")
         if state.get("frozen") is not None and not sequential_on:
             frozen = state["frozen"]
             out.update(verdict=frozen["verdict"], abs_ci=frozen["abs_ci"], rel_ci=frozen["rel_ci"])
         return _restore_sequential(out, state, family, direction) if state.get("seq") else out, state
-    if ratio.value_control != 0:
-        out["rel_lift"] = ratio.value_variant / ratio.value_control - 1.0
+    if ratio.value_control != 0:  # relative to the control's size: a margin or a profit may be below 0
+        out["rel_lift"] = ratio.diff / abs(ratio.value_control)
 
     # -- fixed horizon -------------------------------------------------------------------------
     p = fixed_p(ratio)
@@ -135,6 +135,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
 
     # -- sequential ----------------------------------------------------------------------------
     seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"), spec.nonnegative)
+    restarted_from = seq.pop("restarted_from", None)
     state["seq"] = seq
     guard = None
     if spec.guardrail is not None:
@@ -142,11 +143,25 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
         state["guard"] = guard["state"]
         out["guardrail"] = guard["figures"]
 
-    if previous.get("decided"):
+    if previous.get("decided") and restarted_from is None:
         state["decided"] = previous["decided"]
     if sequential_on:
         out.update(fixed=fixed)
         out = _restore_sequential(out, state, family, direction)
+        if restarted_from is not None:
+            was = previous.get("decided") or "no_difference"
+            out["verdict_note"] = (
+                f"this look's confidence sequence does not overlap the earlier looks' "
+                f"[{restarted_from[0]:.4g}, {restarted_from[1]:.4g}]: the figures moved more than chance allows "
+                f"(outcomes reported late for earlier requests, or an effect that changes over time); the "
+                f"sequence starts again from this look, and the verdict is this look's "
+                f"(it was {_VERDICT_WORDS.get(was, was)})")
+        elif not out.get("verdict_note") and _outside(ratio.diff, out["abs_ci"]):
+            lo, hi = out["abs_ci"]
+            out["verdict_note"] = (
+                f"this look's estimate {ratio.diff:.4g} is outside the interval [{lo:.4g}, {hi:.4g}], which "
+                f"intersects every look's since the first: earlier looks bound it, and outcomes reported late "
+                f"for earlier requests can move the estimate more than chance would")
     else:
         frozen = previous.get("frozen")
         if frozen is None and plan.get("complete"):
@@ -160,6 +175,14 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
             out["verdict_note"] = ("fixed-horizon verdict withheld until the planned sample is reached "
                                    "(analysis.sequential is off)")
     return out, state
+
+
+_VERDICT_WORDS = {"better": "better", "worse": "WORSE", "no_difference": "no difference"}
+
+
+def _outside(estimate: float, interval: list[float | None]) -> bool:
+    lo, hi = interval
+    return (lo is not None and estimate < lo) or (hi is not None and estimate > hi)
 
 
 def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Family,
@@ -177,11 +200,6 @@ def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Fami
         state["decided"] = verdict
     if verdict is None:
         verdict = "no_difference"
-    if lo is not None and hi is not None and lo > hi:
-        # Looks that disagree beyond their sequences (the estimand moved: a new split, CUPED
-        # starting): keep the decision, and say the interval is empty rather than invent one.
-        out["verdict_note"] = (f"the confidence sequence is empty ([{lo:.4g}, {hi:.4g}]): later looks "
-                               "disagree with earlier ones beyond their uncertainty; the first verdict stands")
     out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
                          "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
                          "estimate": seq.get("estimate"), "tau": seq.get("tau"),
@@ -198,8 +216,13 @@ def _verdict(p: float, effect: float, alpha: float, direction: ab.Direction) -> 
 
 
 def _rel(ratio: RatioComparison, crit: float, nonnegative: bool) -> list[float | None]:
+    """The interval of the relative lift (A - B) / |B|, from Fieller's for rho = A / B: rho - 1,
+    or 1 - rho where the control's value is below 0 (a mean profit), whose lift has the sign
+    of the absolute one that way too (-10 to -5 is +50%, not -50%)."""
     lo, hi = fieller_ratio_bounds(ratio.value_variant, ratio.value_control, ratio.var_variant,
                                   ratio.var_control, ratio.cov, crit, nonnegative)
+    if ratio.value_control < 0:
+        return [None if hi is None else 1.0 - hi, None if lo is None else 1.0 - lo]
     return [None if lo is None else lo - 1.0, None if hi is None else hi - 1.0]
 
 
@@ -226,9 +249,25 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     half = float(confidence_sequence_half_width(v, tau, alpha))
     lo = _merge(prev.get("lo"), ratio.diff - half, max)
     hi = _merge(prev.get("hi"), ratio.diff + half, min)
+    restarted_from = None
+    if lo > hi:
+        # This look's sequence and the earlier looks' intersection do not overlap: under the
+        # test's model the truth lies in both, so the figures moved more than chance allows:
+        # outcomes that arrive late and not at random (a purchase reported an hour on, a
+        # "no" sent later than a "yes"), or an effect that changes over time. The earlier
+        # looks' interval and decision rest on figures that have since changed; they are
+        # dropped, and the sequence starts again from this look. Under the model this needs a
+        # sequence that missed the truth, so an A/A has already had its (false) verdict and
+        # its rate of verdicts does not grow.
+        restarted_from = [prev.get("lo"), prev.get("hi")]
+        lo, hi = ratio.diff - half, ratio.diff + half
+        p = min(1.0, math.exp(-min(log_lr, 700.0)))
+        prev = {"looks": prev.get("looks", 0)}
     out = {"p": p, "lo": lo, "hi": hi, "looks": int(prev.get("looks", 0)) + 1, "estimate": ratio.diff,
            "tau": tau, "units": ratio.units_variant + ratio.units_control,
            "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi")}
+    if restarted_from is not None:
+        out["restarted_from"] = restarted_from
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
     # is the look's test of D = 0, so the relative interval excludes 0 iff the absolute does.
     rel = _rel(ratio, half / math.sqrt(v), nonnegative)
@@ -249,6 +288,7 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
     margin_abs = margin if kind == "abs" else margin * abs(ratio.value_control)
     tau = (previous or {}).get("tau") or margin_abs or _tau(ratio, 0.0)
     seq = _sequential_look(ratio, tau, alpha, previous)
+    seq.pop("restarted_from", None)  # a contradicted sequence starts again here, as the verdict's does
     lo, hi = seq["lo"], seq["hi"]
     # "Worse" is up for a lower-is-better metric; the margin is on that side.
     if direction is ab.Direction.LOWER_IS_BETTER:
@@ -269,6 +309,10 @@ def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_rela
     unit_var_v = ratio.var_variant * ratio.units_variant
     unit_var_c = ratio.var_control * ratio.units_control
     alpha = family.alpha_per_comparison
+    flat = [arm for arm, var in (("variant", unit_var_v), ("control", unit_var_c)) if not var > 0]
+    if flat:  # every unit alike so far (all converted, one value): no spread to plan with
+        which = "neither arm has any" if len(flat) > 1 else f"the {flat[0]} arm has no"
+        return {"note": f"no power figures: {which} spread in its values yet"}
     try:
         plan = power.units_per_arm(effect, unit_var_c, unit_var_v, alpha=alpha, power=target_power,
                                    sequential=sequential_on, tau=tau if sequential_on else None,

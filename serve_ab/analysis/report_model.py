@@ -228,7 +228,8 @@ class Comparison(_Model):
     value_control: Num | None
     abs_lift: Num | None = Field(description="variant minus control, in the metric's units")
     abs_ci: Interval = Field(description="the interval of the verdict's test (sequential or fixed)")
-    rel_lift: Num | None = Field(description="value_variant / value_control - 1")
+    rel_lift: Num | None = Field(description="(value_variant - value_control) / |value_control|: "
+                                  "value_variant / value_control - 1 where the control is above 0")
     rel_ci: Interval = Field(description="Fieller interval of rel_lift, from the verdict's test")
     p_value: Num | None = Field(description="fixed-horizon, uncorrected")
     p_adjusted: Num | None = Field(description="fixed-horizon, corrected over the fixed family")

@@ -186,19 +186,38 @@ def test_a_sequential_verdict_survives_a_look_without_enough_units():
     assert out["verdict"] == "better" and out["sequential"]["looks"] == 2
 
 
-def test_a_sequential_verdict_stands_when_a_later_look_contradicts_it():
-    # Regression (the review's example): once the running intersection was empty (lo > hi) the
-    # verdict followed the sign of lo + hi, and BETTER became WORSE.
+def test_a_look_that_contradicts_the_earlier_ones_starts_the_sequence_again():
+    """Once this look's sequence missed the earlier looks' intersection (lo > hi), the first
+    verdict stood: a live audit's late feedback (a version's "yes" answers first, its "no"
+    answers later) kept BETTER beside a lift of -44 pp at p = 3e-57. Under the model the
+    truth is in every look's sequence, so such looks mean the figures changed under it: the
+    sequence starts again from this look, and says so. (Before that, an earlier fix had kept
+    the first verdict rather than follow the sign of lo + hi, an empty interval's midpoint.)"""
     out, state = _look(CORRECT, _ratio(0.60, 0.50, 1e-4))  # +0.10, Var D = 2e-4
     assert out["verdict"] == "better" and state["decided"] == "better" and "verdict_note" not in out
-    # The effect reverses (a changed estimand: new splits, a new pre-period), measured far more precisely.
+    # The effect reverses, measured far more precisely.
     out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=100_000), state)  # -0.10, Var D = 2e-6
-    assert out["verdict"] == out["sequential"]["verdict"] == "better" and state["decided"] == "better"
+    assert out["verdict"] == out["sequential"]["verdict"] == "worse" and state["decided"] == "worse"
     lo, hi = out["abs_ci"]
-    assert out["abs_ci"] == out["sequential"]["ci"] and lo > 0 > hi  # the empty sequence, shown as it is
-    assert "empty" in out["verdict_note"] and "first verdict stands" in out["verdict_note"]
-    out, _ = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=200_000), state)
-    assert out["verdict"] == "better" and "empty" in out["verdict_note"] and out["sequential"]["looks"] == 3
+    assert out["abs_ci"] == out["sequential"]["ci"] and lo < -0.1 < hi < 0  # this look's sequence alone
+    assert out["sequential"]["p_value"] < 1e-10 and out["sequential"]["looks"] == 2
+    assert "does not overlap the earlier looks'" in out["verdict_note"] and out["verdict_note"].endswith(
+        "the verdict is this look's (it was better)")
+    # Later looks intersect from there on, and the verdict stands as before.
+    out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=200_000), state)
+    assert out["verdict"] == "worse" and "verdict_note" not in out and out["sequential"]["looks"] == 3
+    assert out["abs_ci"][0] >= lo and out["abs_ci"][1] <= hi
+
+
+def test_an_estimate_outside_the_intersected_interval_is_said():
+    """Late outcomes can move the estimate outside the intersection of every look's sequence
+    without leaving it empty: the audit saw -0.78 pp beside [+1.92, +2.58] and BETTER."""
+    out, state = _look(CORRECT, _ratio(0.60, 0.50, 1e-4))  # +0.10 [~+0.03, ~+0.17]
+    out, _ = _look(CORRECT, _ratio(0.49, 0.50, 4e-3), state)  # -0.01, a wide sequence that overlaps
+    lo, hi = out["abs_ci"]
+    assert out["verdict"] == "better" and 0 < lo < hi
+    assert out["verdict_note"].startswith(f"this look's estimate {-0.01:.4g} is outside the interval [{lo:.4g}, "
+                                          f"{hi:.4g}], which intersects every look's since the first")
 
 
 def test_the_relative_interval_of_a_sequential_verdict_never_contains_zero():
@@ -336,3 +355,12 @@ def test_an_error_rate_below_one_percent_gets_sequences_a_few_points_wide():
     z_test = power.units_per_arm(effect, unit_c, unit_v, alpha=0.01, power=0.8, sequential=False)
     assert out["power"]["required_per_arm"] == max(plan.n_control, plan.n_variant)
     assert z_test.n_control <= out["power"]["required_per_arm"] < 3 * z_test.n_control
+
+
+def test_an_arm_with_no_spread_says_so_in_the_power_note_not_in_the_planners_words():
+    """Every unit of v2 converted: the audit's report read "no power figures: unit_var_variant
+    (0.0) must be a finite number > 0: one unit's variance in the variant arm ..."."""
+    out, _ = _look(CORRECT, _ratio(1.0, 0.9, 0.0, 1e-4))
+    assert out["power"] is None and out["power_note"] == "no power figures: the variant arm has no spread in its values yet"
+    out, _ = _look(CORRECT, _ratio(0.8, 0.9, 1e-4, 0.0))
+    assert out["power_note"] == "no power figures: the control arm has no spread in its values yet"

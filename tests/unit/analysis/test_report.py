@@ -34,7 +34,7 @@ from serve_ab.analysis.sequential import srm_log_bayes_factor
 from serve_ab.analysis.shadow_classes import class_flip_tests
 from serve_ab.cli.render_table import _shadow_lines
 from serve_ab.config.experiment import parse_experiment
-from serve_ab.routing import NUM_BUCKETS, Assigner
+from serve_ab.routing import NUM_BUCKETS, Assigner, SplitTable
 
 # Relative to the reference (stricter than 1e-6 absolute for small p-values and CIs).
 REL = 1e-6
@@ -1009,3 +1009,66 @@ def test_an_arms_interval_stays_within_the_values_its_metric_can_take():
             elif metric.name == "latency_ms":
                 assert low >= 0.0
     assert clipped  # the case this is for occurred
+
+
+# ---- CUPED's pre-period --------------------------------------------------------------------
+
+
+def _returning_users(first: dict[str, float], second: dict[str, float], effect: dict[str, float],
+                     seed: int, users: int = 3000) -> ExperimentStats:
+    """The same users in two splits, two revenue reports each per split, a persistent
+    per-user level (what CUPED exploits) plus each version's effect."""
+    rng = np.random.default_rng(seed)
+    units = rng.choice(2**62, users, replace=False)
+    level = rng.normal(20.0, 5.0, users)
+    stats = ExperimentStats(["v1", "v2", "v3"], 0.0, feedback_kinds={"revenue": "mean"})
+    for t, weights in enumerate((first, second)):
+        stats.set_weights(weights)
+        assigner = SplitTable.from_weights(weights)
+        for unit, mu in zip(units.tolist(), level.tolist()):
+            version = assigner.version_for_bucket(unit % NUM_BUCKETS)
+            for value in rng.normal(mu + effect[version], 3.0, 2).tolist():
+                stats.record_feedback(float(t), version, "revenue", value, None, unit=unit, split=weights)
+    return stats
+
+
+def test_cuped_takes_a_later_versions_covariate_only_from_buckets_the_control_served():
+    """v1/v2 at 80/20 with v2 at +3, then v3 (the same as v1) joins at 34/33/33: v3's buckets
+    were partly v2's before. Their earlier figures carry v2's effect, and adjusting v3 by
+    them read v3 as worse in 20 of 20 simulated runs (lift about -2.6). Only the buckets v1
+    served count: v3's lift stays near 0, and CUPED still cuts its variance."""
+    first, second = {"v1": 80.0, "v2": 20.0, "v3": 0.0}, {"v1": 34.0, "v2": 33.0, "v3": 33.0}
+    stats = _returning_users(first, second, {"v1": 0.0, "v2": 3.0, "v3": 0.0}, seed=1)
+    cfg = make_cfg(weights={"v1": 34, "v2": 33, "v3": 33}, shadow=None,
+                   analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
+    report, _ = build_report(cfg, stats.snapshot(2.0), second)
+    c = _cmp(report, "revenue", "v3")
+    assert c.cuped is not None and c.cuped.variance_reduction > 0.3
+    # v3's buckets [6700, 10000) that v1 served before: [6700, 8000); v1's own, [0, 3400).
+    on_v1 = SplitTable.from_weights(first).version_for_bucket
+    assert 0 < c.cuped.pre_units <= sum(on_v1(b) == "v1" for b in list(range(3400)) + list(range(6700, 10_000)))
+    assert abs(c.abs_lift) < 0.3 and c.fixed.abs_ci[0] < 0 < c.fixed.abs_ci[1], (c.abs_lift, c.fixed.abs_ci)
+    assert c.verdict == "no_difference"
+    # From 50/50 on, v3's buckets were all v2's: no covariate, the plain comparison.
+    stats = _returning_users({"v1": 50.0, "v2": 50.0, "v3": 0.0}, second, {"v1": 0.0, "v2": 3.0, "v3": 0.0}, seed=1)
+    c = _cmp(build_report(cfg, stats.snapshot(2.0), second)[0], "revenue", "v3")
+    assert c.cuped is None and c.verdict == "no_difference"
+
+
+def test_the_relative_lift_of_a_metric_below_zero_has_the_sign_of_the_absolute_one():
+    """A mean profit of -10 against -5: +50% relative to the control's size, not -50%."""
+    cfg = make_cfg(shadow=None, analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
+    rng = np.random.default_rng(4)
+    stats = ExperimentStats(["v1", "v2", "v3"], 0.0, feedback_kinds={"revenue": "mean"})
+    weights = {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    assigner = SplitTable.from_weights(weights)
+    for unit in rng.choice(2**62, 400, replace=False).tolist():
+        version = assigner.version_for_bucket(unit % NUM_BUCKETS)
+        stats.record_feedback(0.0, version, "revenue", float(rng.normal(-10.0 if version == "v1" else -5.0, 2.0)),
+                              None, unit=unit, split=weights)
+    c = _cmp(build_report(cfg, stats.snapshot(1.0), weights)[0], "revenue", "v2")
+    assert c.verdict == "better" and c.abs_lift > 0
+    assert c.rel_lift == pytest.approx(c.abs_lift / abs(c.value_control), rel=1e-12)
+    assert 0.4 < c.rel_lift < 0.6
+    assert 0 < c.rel_ci[0] < c.rel_lift < c.rel_ci[1]
+    assert 0 < c.fixed.rel_ci[0] < c.rel_lift < c.fixed.rel_ci[1]

@@ -161,7 +161,7 @@ def test_table_of_an_empty_experiment_says_not_enough_data():
     empty, _ = build_report(cfg, ExperimentStats(["v1", "v2", "v3"], 0.0).snapshot(0.0), cfg.weights_pct())
     text = render_table(empty)
     assert "not enough data" in text and "SRM: no traffic yet" in text
-    assert "power      - (no split where both arms have units yet)" in text
+    assert "power      - (no split where both arms have 2 units yet)" in text
     assert render_html(empty).count("<svg") == 0  # nothing to plot, and no crash
 
 
