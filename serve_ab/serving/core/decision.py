@@ -17,6 +17,8 @@ from serve_ab.routing import Assigner
 
 logger = logging.getLogger("ray.serve")
 
+KEYLESS_FIELD_SETS_SAID = 8
+
 
 class Choice(NamedTuple):
     version: str
@@ -42,31 +44,39 @@ class TrafficDecision:
         self.assigner = assigner
         self.assignment = assignment
         self.stable = stable  # a rollout's stable (an A/B test's control): the first fallback
-        self._keyless_said = False
+        self._keyless_said = False  # for a header key: said once
+        self._keyless_fields_said: set[frozenset[str]] = set()  # for a field: once per set of fields
 
     def key_from(self, fields: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> str | None:
         """The assignment key of a request: a header, or a field of its JSON body."""
         if self.assignment.key == "header":
             key = headers.get(self.assignment.header) if headers is not None else None
             if key is None and not self._keyless_said:
-                self._say_keyless(f"the {self.assignment.header!r} header (assignment.header)")
+                self._say_keyless(f"without the {self.assignment.header!r} header (assignment.header)")
             return key
         if self.assignment.key == "none":
             return None
         key = fields.get(self.assignment.field) if fields else None
         if key is None:
-            if not self._keyless_said:  # the message (a sort of the body's fields) only once
-                self._say_keyless(f"{self.assignment.field!r} (assignment.field); its fields were "
-                                  f"{[name[:80] for name in sorted(map(str, fields or {}))[:20]]}")
+            # Once per set of fields: a client that sends {"user_id": null} first must not hide
+            # another's misspelt "userid" later. At most KEYLESS_FIELD_SETS_SAID sets a replica.
+            names = frozenset(fields or ()) if len(self._keyless_fields_said) < KEYLESS_FIELD_SETS_SAID else None
+            if names is not None and names not in self._keyless_fields_said:
+                self._keyless_fields_said.add(names)
+                field = self.assignment.field
+                self._say_keyless(f"{'with' if field in names else 'without'} {field!r}"
+                                  f"{' null' if field in names else ''} (assignment.field); its fields were "
+                                  f"{[name[:80] for name in sorted(map(str, names))[:20]]}",
+                                  f"once per set of fields, for the first {KEYLESS_FIELD_SETS_SAID}")
             return None
         return key_text(key, f"assignment key '{self.assignment.field}'")
 
-    def _say_keyless(self, missing: str) -> None:
+    def _say_keyless(self, missing: str, how_often: str = "once") -> None:
         # Keyless requests may be meant (anonymous users), but a misspelt field ("userid") would
-        # silently send every user to a random version on each request: said once, in the log.
+        # silently send every user to a random version on each request: said in the log.
         self._keyless_said = True
-        logger.warning("serve-ab router: a request came without %s, so it was assigned at random and "
-                       "its user is not kept on one version (said once per replica)", missing)
+        logger.warning("serve-ab router: a request came %s, so it was assigned at random and "
+                       "its user is not kept on one version (said %s per replica)", missing, how_often)
 
     def choose(self, key: str | None, pinned: str | None, served: Collection[str], epoch: int = -1) -> Choice:
         """The version for a request: its pin, or the split's choice for its key, under the

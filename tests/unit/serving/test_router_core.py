@@ -75,20 +75,34 @@ def test_pinning_an_unknown_version_is_a_domain_error_and_handles_may_pin_with_p
     assert run(make_core(pin={"enabled": False}).serve(ROW, None, "v1"))[0] == "v1"
 
 
-def test_a_request_without_its_key_is_said_once_naming_the_fields_it_had(caplog):
+def test_a_request_without_its_key_is_said_once_per_set_of_fields_naming_them(caplog):
     """A misspelt key field ("userid") would send each request of a user to a random version;
-    keyless requests may be meant, so they are served, and the first is said in the log."""
+    keyless requests may be meant, so they are served, and said in the log. Once per set of
+    fields: a live audit's {"user_id": null} first was said (as "without 'user_id'", beside
+    a field list holding it), and a misspelt "userid" after it never was."""
     core = make_core()
     with caplog.at_level("WARNING", logger="ray.serve"):
+        assert core.decision.key_from({"inputs": ROW, "user_id": None}, None) is None
         assert core.decision.key_from({"inputs": ROW, "userid": "bob"}, None) is None
-        assert core.decision.key_from({"inputs": ROW}, None) is None
+        assert core.decision.key_from({"inputs": ROW, "userid": "ann"}, None) is None  # the same fields
         assert core.decision.key_from({"inputs": ROW, "user_id": "bob"}, None) == "bob"
-    said = [r.getMessage() for r in caplog.records if "without" in r.getMessage()]
-    assert len(said) == 1 and "'user_id' (assignment.field)" in said[0] and "'userid'" in said[0], said
+    said = [r.getMessage() for r in caplog.records if "assigned at random" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "came with 'user_id' null (assignment.field); its fields were ['inputs', 'user_id']" in said[0]
+    assert "came without 'user_id' (assignment.field); its fields were ['inputs', 'userid']" in said[1]
+    assert "said once per set of fields, for the first 8 per replica" in said[1]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        core.decision.key_from(None, None)  # no fields at all: a set of its own
+        for i in range(20):
+            core.decision.key_from({f"field_{i}": 1}, None)
+    said = [r.getMessage() for r in caplog.records if "assigned at random" in r.getMessage()]
+    assert len(said) == 6 and "its fields were []" in said[0]  # 8 sets in all
     by_header = make_core(assignment={"key": "header", "header": "x-user", "salt": "s"})
     with caplog.at_level("WARNING", logger="ray.serve"):
         assert by_header.decision.key_from({}, {"x-userid": "bob"}) is None
-    assert "the 'x-user' header (assignment.header)" in caplog.records[-1].getMessage()
+    assert "came without the 'x-user' header (assignment.header)" in caplog.records[-1].getMessage()
+    assert "(said once per replica)" in caplog.records[-1].getMessage()
 
 
 def test_a_bad_key_is_invalid_input():
