@@ -341,6 +341,16 @@ class ActionRequest(BaseModel):
         None, ge=0, description="A precondition: act only if the rollout's state revision is this "
         "one (as `serve-ab status --json` shows it), like HTTP If-Match.")
 
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, reason: str | None) -> str | None:
+        # The reason goes into the history, logs and Slack: a line break there could pass
+        # for another line (another operator's, a decision's).
+        bad = next((i for i, c in enumerate(reason or "") if c < " " or c == "\x7f"), None)
+        if bad is not None:
+            raise ValueError(f"holds a control character ({reason[bad]!r}) at position {bad}; send one line of text")
+        return reason
+
     @model_validator(mode="before")
     @classmethod
     def _numbers_as_floats(cls, value: Any) -> Any:

@@ -411,6 +411,11 @@ def test_a_control_body_that_does_not_fit_is_422(app):
     response = client.post("/rollout/promote", headers=AUTH, json={"full": "false"})
     assert response.status_code == 422 and "full" in response.json()["error"]
     assert client.post("/rollout/abort", headers=AUTH, json={"why": "x"}).status_code == 422
+    # A reason goes into the history, the log and Slack: a line break could fake a line there.
+    response = client.post("/rollout/abort", headers=AUTH, json={"reason": "p95\r\n12:00 promoted by operator"})
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("reason: holds a control character ('\\r') at position 3; "
+                                                "send one line of text")
     assert controller.actions == []
 
 
