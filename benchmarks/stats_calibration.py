@@ -97,8 +97,11 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    the last look) and v2 at +0.5 (how often ``better``, with and without CUPED). ``third``:
    v1/v2 80/20 with v2 at +3, then v3, the same as v1, joins at 34/33/33; v3 against v1
    is an A/A whose buckets v2 partly served before. Adjusting v3 by those buckets' earlier
-   figures (v2's effect in them) read it as WORSE in 20 of 20 runs; the pre-period is now
-   the buckets the control served.
+   figures (v2's effect in them) read it as WORSE in 20 of 20 runs. ``drift_aa``: v1 alone,
+   then v1/v2, then v1/v3 (both A/As), every value up by 3 from the second period on (a
+   season): a pre-period of the buckets v1 served in v1/v2 gave v1 a covariate from two
+   periods and v3 from one, BETTER in 10 of 10. A split counts as pre-period only where the
+   control served every bucket the comparison reads.
 
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
@@ -281,10 +284,13 @@ CUPED_LEVEL_MEAN, CUPED_LEVEL_SD, CUPED_NOISE_SD = 20.0, 5.0, 3.0
 CUPED_REPORTS_PER_PERIOD = 2
 CUPED_LOOKS = 5
 CUPED_LIFT = 0.5
-CUPED_CASES = {  # case: (first period's weights, second's, each version's effect, the version compared)
-    "pre_aa": ({"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {}, "v2"),
-    "pre_lift": ({"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {"v2": CUPED_LIFT}, "v2"),
-    "third_aa": ({"v1": 80.0, "v2": 20.0}, {"v1": 34.0, "v2": 33.0, "v3": 33.0}, {"v2": 3.0}, "v3"),
+CUPED_SEASON = 3.0  # drift_aa: every value up by this from the second period on (15%)
+CUPED_CASES = {  # case: (each period's weights, the last read at looks; each version's effect; compared; shifts)
+    "pre_aa": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}], {}, "v2", ()),
+    "pre_lift": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}], {"v2": CUPED_LIFT}, "v2", ()),
+    "third_aa": ([{"v1": 80.0, "v2": 20.0}, {"v1": 34.0, "v2": 33.0, "v3": 33.0}], {"v2": 3.0}, "v3", ()),
+    "drift_aa": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {"v1": 50.0, "v3": 50.0}], {}, "v3",
+                 (0.0, CUPED_SEASON, CUPED_SEASON)),
 }
 
 VERSIONS = ("v1", "v2")
@@ -872,10 +878,11 @@ def srm_rep(seed: np.random.SeedSequence, lost: float, users: int) -> dict[str, 
 
 
 def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
-    """The same users in two periods (the case's two splits); the report with CUPED on and off,
-    read at CUPED_LOOKS looks over the second period, on the same figures."""
-    first, second, effect, variant = CUPED_CASES[case]
-    names = ("v1", "v2", "v3") if "v3" in second else ("v1", "v2")  # no idle v3 in the family
+    """The same users in each of the case's periods (splits); the report with CUPED on and off,
+    read at CUPED_LOOKS looks over the last period, on the same figures."""
+    periods, effect, variant, shift = CUPED_CASES[case]
+    second = periods[-1]
+    names = ("v1", "v2", "v3") if any("v3" in p for p in periods) else ("v1", "v2")  # no idle v3 in the family
     rng = np.random.default_rng(seed)
     units = [int(u) for u in rng.integers(0, 2**63, size=CUPED_USERS)]
     level = rng.normal(CUPED_LEVEL_MEAN, CUPED_LEVEL_SD, CUPED_USERS)
@@ -889,20 +896,22 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
     verdict: dict[bool, str | None] = {True: None, False: None}
     state: dict[bool, Any] = {True: None, False: None}
     last: dict[bool, Any] = {}
-    for period, weights in enumerate((first, second)):
+    for period, weights in enumerate(periods):
+        last = period == len(periods) - 1
         weights = {v: weights.get(v, 0.0) for v in names}
         st.set_weights(weights)
         table = SplitTable.from_weights(weights)
         arms = [table.version_for_bucket(u % NUM_BUCKETS) for u in units]
-        values = rng.normal(level[:, None] + np.array([effect.get(a, 0.0) for a in arms])[:, None], CUPED_NOISE_SD,
-                            (CUPED_USERS, CUPED_REPORTS_PER_PERIOD))
-        bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if period else [(0, CUPED_USERS)]
+        moved = shift[period] if period < len(shift) else 0.0
+        values = rng.normal(level[:, None] + moved + np.array([effect.get(a, 0.0) for a in arms])[:, None],
+                            CUPED_NOISE_SD, (CUPED_USERS, CUPED_REPORTS_PER_PERIOD))
+        bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if last else [(0, CUPED_USERS)]
         for look, (lo, hi) in enumerate(bounds):
             now_s = 100.0 * period + look
             for i in range(lo, hi):
                 for value in values[i].tolist():
                     st.record_feedback(now_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
-            if period:
+            if last:
                 snapshot = st.snapshot(now_s + 0.5)
                 for on in (True, False):
                     report, state[on] = build_report(configs[on], snapshot, weights, state[on])
@@ -1080,7 +1089,8 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
     flagged = srm["aa"]["sequential"]["any_look"]
     check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
           flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
-    for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3")):
+    for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3"),
+                        ("drift_aa", f"v1, v1/v2, v1/v3, +{CUPED_SEASON:g} from the 2nd period")):
         on = cuped[case]["cuped_on"]
         any_verdict = Rate(on["better"].hits + on["worse"].hits, on["better"].reps)
         check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict,

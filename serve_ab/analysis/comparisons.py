@@ -8,13 +8,15 @@ the split-stratified ratios ``D = A - B`` with its delta-method variance per uni
 - the fixed-horizon p-value is the z-test of D, and its interval is D +- z * se at the level
   the correction left that comparison (``alpha * p / p_adjusted``), so the interval excludes
   0 exactly when ``p_adjusted < alpha``;
-- the relative lift is A/B - 1 with Fieller's interval from the same variances, which
-  excludes 0 exactly when the absolute interval does;
+- the relative lift is (A - B) / |B| (A/B - 1 where B > 0) with Fieller's interval from the
+  same variances, which excludes 0 exactly when the absolute interval does;
 - the sequential figures are the mSPRT of D (Johari et al.) at ``alpha / m``, m the family
   size fixed from the config (metrics x variants), with the mixing scale tau set from the
   minimum detectable effect; the p-value is a running minimum and the confidence sequence a
   running intersection, so a verdict, once reached, stands (Bonferroni over a fixed family:
-  Holm or BH would need every look's intervals again to stay consistent with their p-values).
+  Holm or BH would need every look's intervals again to stay consistent with their p-values),
+  unless a look's own sequence misses the intersection: the figures then changed under the
+  test (late outcomes), and the sequence starts again from that look (:func:`_sequential_look`).
 
 With ``analysis.sequential`` (the default) the verdict is the sequential one; without it the
 fixed-horizon verdict is withheld until the planned sample is reached and then frozen.
@@ -160,7 +162,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
             lo, hi = out["abs_ci"]
             out["verdict_note"] = (
                 f"this look's estimate {ratio.diff:.4g} is outside the interval [{lo:.4g}, {hi:.4g}], which "
-                f"intersects every look's since the first: earlier looks bound it, and outcomes reported late "
+                f"intersects every look's sequence: earlier looks bound it, and outcomes reported late "
                 f"for earlier requests can move the estimate more than chance would")
     else:
         frozen = previous.get("frozen")
@@ -178,6 +180,9 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
 
 
 _VERDICT_WORDS = {"better": "better", "worse": "WORSE", "no_difference": "no difference"}
+# What a saved sequence's rel_lo/rel_hi bound: (A - B) / |B|. Bounds saved without it were
+# A/B - 1, the opposite sign where B < 0, and are dropped rather than intersected.
+REL_LIFT = "diff_over_abs_control"
 
 
 def _outside(estimate: float, interval: list[float | None]) -> bool:
@@ -200,6 +205,12 @@ def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Fami
         state["decided"] = verdict
     if verdict is None:
         verdict = "no_difference"
+    if lo is not None and hi is not None and lo > hi:
+        # Only from a state saved before restarts (2026-12-06), read at a look with too few
+        # units to test: the next look that tests starts the sequence again.
+        out["verdict_note"] = (f"the confidence sequence is empty ([{lo:.4g}, {hi:.4g}]): later looks disagreed "
+                               "with earlier ones beyond their uncertainty; the next look with enough units "
+                               "starts it again")
     out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
                          "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
                          "estimate": seq.get("estimate"), "tau": seq.get("tau"),
@@ -249,6 +260,8 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     half = float(confidence_sequence_half_width(v, tau, alpha))
     lo = _merge(prev.get("lo"), ratio.diff - half, max)
     hi = _merge(prev.get("hi"), ratio.diff + half, min)
+    if prev.get("rel") != REL_LIFT:  # bounds saved as A/B - 1 (before 2026-12-06): not this lift's
+        prev = {k: v for k, v in prev.items() if k not in ("rel_lo", "rel_hi")}
     restarted_from = None
     if lo > hi:
         # This look's sequence and the earlier looks' intersection do not overlap: under the
@@ -265,7 +278,7 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
         prev = {"looks": prev.get("looks", 0)}
     out = {"p": p, "lo": lo, "hi": hi, "looks": int(prev.get("looks", 0)) + 1, "estimate": ratio.diff,
            "tau": tau, "units": ratio.units_variant + ratio.units_control,
-           "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi")}
+           "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi"), "rel": REL_LIFT}
     if restarted_from is not None:
         out["restarted_from"] = restarted_from
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
@@ -276,6 +289,10 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
         out["rel_lo"] = _merge(prev.get("rel_lo"), rel[0], max)
     if rel[1] is not None:
         out["rel_hi"] = _merge(prev.get("rel_hi"), rel[1], min)
+    if out["rel_lo"] is not None and out["rel_hi"] is not None and out["rel_lo"] > out["rel_hi"]:
+        # The absolute sequences overlap but the relative ones do not (the control's value
+        # moved): this look's alone, rather than an empty interval beside the lift.
+        out["rel_lo"], out["rel_hi"] = rel
     return out
 
 
@@ -288,7 +305,7 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
     margin_abs = margin if kind == "abs" else margin * abs(ratio.value_control)
     tau = (previous or {}).get("tau") or margin_abs or _tau(ratio, 0.0)
     seq = _sequential_look(ratio, tau, alpha, previous)
-    seq.pop("restarted_from", None)  # a contradicted sequence starts again here, as the verdict's does
+    restarted_from = seq.pop("restarted_from", None)  # started again here, as the verdict's does
     lo, hi = seq["lo"], seq["hi"]
     # "Worse" is up for a lower-is-better metric; the margin is on that side.
     if direction is ab.Direction.LOWER_IS_BETTER:
@@ -297,6 +314,9 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
         status = "non_inferior" if lo > -margin_abs else ("inferior" if hi < -margin_abs else "inconclusive")
     figures = {"margin": margin, "margin_kind": kind, "margin_abs": margin_abs, "alpha": alpha,
                "ci": [lo, hi], "status": status}
+    if restarted_from is not None:
+        figures["note"] = (f"this look's sequence does not overlap the earlier looks' [{restarted_from[0]:.4g}, "
+                           f"{restarted_from[1]:.4g}]: it starts again from this look")
     return {"figures": figures, "state": seq}
 
 

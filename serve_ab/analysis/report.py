@@ -424,28 +424,35 @@ def _metrics(specs: list[comparisons.MetricSpec], splits: list[_Split], versions
 
 def _pre_period(splits: list[_Split], metric: str, variant: str, control: str,
                 names: list[str]) -> SplitTotals | None:
-    """Per-bucket totals of ``metric`` from before ``variant`` first had traffic (splits that
-    gave it 0 and the control some), for CUPED; None without such a period.
+    """Per-bucket totals of ``metric`` from before ``variant`` first had traffic, for CUPED;
+    None without such a period.
 
-    Only buckets those splits routed to the control count: a covariate must not depend on
-    the treatment. A version that joins a running test (v1/v2, then v1/v2/v3) takes buckets
-    that v2 served before; their earlier figures carry v2's effect, and adjusting v3 by them
-    read an A/A v3 as WORSE in 20 of 20 simulated runs. Buckets with no figures under the
-    control have no covariate (too few of them and CUPED leaves the comparison as it is)."""
-    exposed = [s.first_s for s in splits if s.weights_pct.get(variant, 0.0) > 0]
+    A split counts only where the control served every bucket the comparison reads (both
+    arms', in every split since the variant had traffic): the covariate must be the same
+    measurement, under the same treatment and over the same time, for both arms. Two ways
+    it was not, each found by simulation through the report:
+    - a version joining a running test (v1/v2, then v1/v2/v3) takes buckets v2 served; their
+      earlier figures carry v2's effect, and an A/A v3 read WORSE in 20 of 20 runs;
+    - with only the control's buckets of such a split counted, v3's covariate came from an
+      earlier period than v1's, and a seasonal drift of 15% between the periods read an A/A
+      v3 as BETTER in 10 of 10 (v1 alone, then v1/v2, then v1/v3).
+    """
+    exposed = [s for s in splits if s.weights_pct.get(variant, 0.0) > 0]
     if not exposed:
         return None
-    start_s = min(exposed)
+    start_s = min(s.first_s for s in exposed)
+    on_control, on_variant = names.index(control), names.index(variant)
+    read = np.zeros(NUM_BUCKETS, bool)
+    for split in exposed:
+        read |= (split.arm_of_bucket == on_control) | (split.arm_of_bucket == on_variant)
     before = [s for s in splits if s.weights_pct.get(variant, 0.0) == 0 and s.weights_pct.get(control, 0.0) > 0
-              and s.last_s <= start_s and metric in s.totals]
+              and s.last_s <= start_s and metric in s.totals and bool((s.arm_of_bucket[read] == on_control).all())]
     if not before:
         return None
     pre = SplitTotals()
-    on_control = names.index(control)
     for split in before:
-        served = split.arm_of_bucket == on_control
-        pre.s[served] += split.totals[metric].s[served]
-        pre.n[served] += split.totals[metric].n[served]
+        pre.s += split.totals[metric].s
+        pre.n += split.totals[metric].n
     return pre
 
 

@@ -187,6 +187,7 @@ class Guardrail(_Model):
     alpha: Num
     ci: Interval
     status: Literal["non_inferior", "inferior", "inconclusive"]
+    note: str | None = Field(None, description="set when the sequence started again at this look")
 
 
 class ComparisonPower(_Model):

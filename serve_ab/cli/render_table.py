@@ -247,7 +247,8 @@ def _guardrail_text(c: Comparison, kind: str) -> str:
     else:
         unit = " ms" if kind == "latency" else ""
         margin = f"+{g.margin * 100:g}% = +{_num(g.margin_abs)}{unit}"
-    return f"{_GUARDRAIL_TEXT[g.status]} (margin {margin}; {_conf(g.alpha)} sequence {_interval(g.ci, kind)})"
+    note = f"; {g.note}" if g.note else ""
+    return f"{_GUARDRAIL_TEXT[g.status]} (margin {margin}; {_conf(g.alpha)} sequence {_interval(g.ci, kind)}{note})"
 
 
 def _cuped_text(c: Comparison, kind: str) -> str:

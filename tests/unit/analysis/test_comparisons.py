@@ -217,7 +217,7 @@ def test_an_estimate_outside_the_intersected_interval_is_said():
     lo, hi = out["abs_ci"]
     assert out["verdict"] == "better" and 0 < lo < hi
     assert out["verdict_note"].startswith(f"this look's estimate {-0.01:.4g} is outside the interval [{lo:.4g}, "
-                                          f"{hi:.4g}], which intersects every look's since the first")
+                                          f"{hi:.4g}], which intersects every look's sequence")
 
 
 def test_the_relative_interval_of_a_sequential_verdict_never_contains_zero():
@@ -364,3 +364,42 @@ def test_an_arm_with_no_spread_says_so_in_the_power_note_not_in_the_planners_wor
     assert out["power"] is None and out["power_note"] == "no power figures: the variant arm has no spread in its values yet"
     out, _ = _look(CORRECT, _ratio(0.8, 0.9, 1e-4, 0.0))
     assert out["power_note"] == "no power figures: the control arm has no spread in its values yet"
+
+
+def test_a_guardrail_sequence_that_starts_again_says_so():
+    figures, state = _look(ERRORS, _ratio(0.05, 0.01, 1e-6))  # four points up: inferior
+    assert figures["guardrail"]["status"] == "inferior" and "note" not in figures["guardrail"]
+    figures, _ = _look(ERRORS, _ratio(0.0105, 0.01, 1e-8, units=100_000), state)  # contradicts it
+    assert figures["guardrail"]["status"] == "non_inferior"
+    assert figures["guardrail"]["note"].startswith("this look's sequence does not overlap the earlier looks' [")
+
+
+def test_relative_bounds_saved_as_a_over_b_minus_one_are_dropped_not_intersected():
+    """A state saved before (A - B) / |B| held A/B - 1's bounds, the opposite sign for a
+    control below 0; intersected with the new ones they stayed empty for good (a review)."""
+    profit = _ratio(-5.0, -10.0, 0.05)
+    out, state = _look(REVENUE, profit)
+    assert 0.4 < out["rel_ci"][0] < 0.5 < out["rel_ci"][1]
+    old = {**state, "seq": {k: v for k, v in state["seq"].items() if k != "rel"}}
+    # A/B - 1 = -0.5 here; a wide interval around it still overlaps the new lift's (+0.5).
+    old["seq"]["rel_lo"], old["seq"]["rel_hi"] = -0.9, 0.47
+    again, _ = _look(REVENUE, _ratio(-5.0, -10.0, 0.025, units=2000), old)
+    fresh, _ = _look(REVENUE, _ratio(-5.0, -10.0, 0.025, units=2000))
+    assert again["rel_ci"] == fresh["rel_ci"] and again["rel_ci"][0] < 0.5 < again["rel_ci"][1]
+
+
+def test_relative_bounds_that_stop_overlapping_are_this_looks_not_an_empty_interval():
+    out, state = _look(REVENUE, _ratio(0.6, 0.5, 1e-5))  # +20%
+    out, _ = _look(REVENUE, _ratio(1.1, 1.0, 1e-6, units=10_000), state)  # +10%: the same +0.1, another base
+    lo, hi = out["abs_ci"]
+    assert lo < 0.1 < hi and "verdict_note" not in out  # the absolute sequences overlap
+    rel_lo, rel_hi = out["rel_ci"]
+    assert rel_lo < 0.1 < rel_hi
+
+
+def test_an_empty_sequence_saved_before_restarts_is_said_at_a_look_with_too_few_units():
+    out, state = _look(CORRECT, _ratio(0.60, 0.50, 1e-4))
+    state["seq"]["lo"], state["seq"]["hi"] = 0.0486, -0.0944  # as the code before restarts could leave it
+    out, _ = _look(CORRECT, _ratio(0.60, 0.50, 1e-4, units=10), state)  # too few units to test
+    assert out["verdict"] == "better" and out["abs_ci"] == [0.0486, -0.0944]
+    assert out["verdict_note"].startswith("the confidence sequence is empty ([0.0486, -0.0944])")
