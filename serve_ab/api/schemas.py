@@ -7,6 +7,7 @@ size check) so every problem comes back as a 400 that names the field.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from serve_ab.backends.base import (
+    MAX_DIMS,
     V2_DATATYPES,
     Batch,
     InputError,
@@ -119,9 +121,17 @@ class V2Tensor(BaseModel):
         None, validate_default=True,
         description="Tensor contents, flat in row-major order or nested; absent for a binary input.")
 
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape_in_bounds(cls, shape: Any) -> Any:
+        # Before each item is validated: 200,000 floats made 200,000 errors (1.2 s, a 13-MB 400).
+        if isinstance(shape, list) and len(shape) > MAX_DIMS:
+            raise ValueError(declared_shape_problem(shape))
+        return shape
+
     @field_validator("shape")
     @classmethod
-    def _shape_in_bounds(cls, shape: list[int]) -> list[int]:
+    def _dimensions_in_int64(cls, shape: list[int]) -> list[int]:
         problem = declared_shape_problem(shape)
         if problem is not None:
             raise ValueError(problem)
@@ -320,6 +330,10 @@ def encode_v2_response(
     }
 
 
+# Unicode's explicit bidirectional embeddings, overrides and isolates (category Cf).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 class ActionRequest(BaseModel):
     """``POST /rollout/{action}``: the body of a control action (every field optional).
 
@@ -344,9 +358,11 @@ class ActionRequest(BaseModel):
     @field_validator("reason")
     @classmethod
     def _one_line(cls, reason: str | None) -> str | None:
-        # The reason goes into the history, logs and Slack: a line break there could pass
-        # for another line (another operator's, a decision's).
-        bad = next((i for i, c in enumerate(reason or "") if c < " " or c == "\x7f"), None)
+        # The reason goes into the history, logs and Slack: a line break there (CR, LF, NEL,
+        # U+2028) could pass for another line (another operator's, a decision's), and a
+        # bidirectional override could show its text in another order than it was sent.
+        bad = next((i for i, c in enumerate(reason or "") if unicodedata.category(c) in ("Cc", "Zl", "Zp")
+                    or c in _BIDI_CONTROLS), None)
         if bad is not None:
             raise ValueError(f"holds a control character ({reason[bad]!r}) at position {bad}; send one line of text")
         return reason

@@ -90,6 +90,8 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
         return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s, answer)
     except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
         return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s, answer)
+    except httpx.InvalidURL:  # not an HTTPError; its text quotes the URL, which may be a secret
+        return _failed(target, f"{target} is not a valid URL", asked_at_s, answer)
     except _BadAnswer as err:
         return _failed(target, str(err), asked_at_s, answer)
     return WebhookResult(target, passed, value, reason, None, asked_at_s)

@@ -350,3 +350,14 @@ def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_en
     rollout.tick({}, confirm=answer)
     shown = " ".join([rollout.status_line(), str(rollout.state.confirm_answer), caplog.text])
     assert "$APPROVALS_URL" in shown and "s3cret" not in shown and "/services/" not in shown
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/services/T01/s3cret\n",
+                                 "https://hooks.example.com:s3cret/services/T01"])
+def test_a_url_httpx_cannot_read_is_a_failed_answer_that_names_only_its_variable(url, caplog):
+    # httpx.InvalidURL is no httpx.HTTPError: it left ask(), and the poller logged its text,
+    # which quotes the URL (a trailing newline from `echo > file`, a bad port).
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        answer = asyncio.run(ask(url, {"kind": "confirm"}, timeout_s=1.0, answer="confirm", target="$APPROVALS_URL"))
+    assert answer.error == "$APPROVALS_URL is not a valid URL" and answer.passed is None
+    assert "s3cret" not in caplog.text and "$APPROVALS_URL" in caplog.text

@@ -416,6 +416,8 @@ def test_a_control_body_that_does_not_fit_is_422(app):
     assert response.status_code == 422
     assert response.json()["error"].startswith("reason: holds a control character ('\\r') at position 3; "
                                                 "send one line of text")
+    for reason in ("p95\x85forged", "p95\u2028forged", "p95\x9b", "p95 \u202eed kcab"):  # NEL, LS, C1, RLO
+        assert client.post("/rollout/abort", headers=AUTH, json={"reason": reason}).status_code == 422, reason
     assert controller.actions == []
 
 
