@@ -137,7 +137,9 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
 
     # -- sequential ----------------------------------------------------------------------------
     seq = _sequential_look(ratio, tau, family.alpha_per_comparison, previous.get("seq"), spec.nonnegative)
-    restarted_from = seq.pop("restarted_from", None)
+    restarted_now = seq.get("restart", {}).get("look") == seq["looks"]
+    if restarted_now:
+        seq["restart"]["was"] = previous.get("decided") or "no_difference"
     state["seq"] = seq
     guard = None
     if spec.guardrail is not None:
@@ -145,25 +147,19 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
         state["guard"] = guard["state"]
         out["guardrail"] = guard["figures"]
 
-    if previous.get("decided") and restarted_from is None:
+    if previous.get("decided") and not restarted_now:
         state["decided"] = previous["decided"]
     if sequential_on:
         out.update(fixed=fixed)
         out = _restore_sequential(out, state, family, direction)
-        if restarted_from is not None:
-            was = previous.get("decided") or "no_difference"
+        outside = [f"{what} {estimate:.4g} is outside its interval [{lo:.4g}, {hi:.4g}]"
+                   for what, estimate, (lo, hi) in (("the estimate", ratio.diff, out["abs_ci"]),
+                                                    ("the relative lift", out["rel_lift"], out["rel_ci"]))
+                   if estimate is not None and _outside(estimate, [lo, hi])]
+        if outside and not out.get("verdict_note"):
             out["verdict_note"] = (
-                f"this look's confidence sequence does not overlap the earlier looks' "
-                f"[{restarted_from[0]:.4g}, {restarted_from[1]:.4g}]: the figures moved more than chance allows "
-                f"(outcomes reported late for earlier requests, or an effect that changes over time); the "
-                f"sequence starts again from this look, and the verdict is this look's "
-                f"(it was {_VERDICT_WORDS.get(was, was)})")
-        elif not out.get("verdict_note") and _outside(ratio.diff, out["abs_ci"]):
-            lo, hi = out["abs_ci"]
-            out["verdict_note"] = (
-                f"this look's estimate {ratio.diff:.4g} is outside the interval [{lo:.4g}, {hi:.4g}], which "
-                f"intersects every look's sequence: earlier looks bound it, and outcomes reported late "
-                f"for earlier requests can move the estimate more than chance would")
+                f"at this look {' and '.join(outside)}, which intersects every look's sequence: earlier looks bound "
+                f"it, and outcomes reported late for earlier requests can move the estimate more than chance would")
     else:
         frozen = previous.get("frozen")
         if frozen is None and plan.get("complete"):
@@ -205,12 +201,21 @@ def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Fami
         state["decided"] = verdict
     if verdict is None:
         verdict = "no_difference"
+    restart = seq.get("restart")
     if lo is not None and hi is not None and lo > hi:
         # Only from a state saved before restarts (2026-12-06), read at a look with too few
         # units to test: the next look that tests starts the sequence again.
         out["verdict_note"] = (f"the confidence sequence is empty ([{lo:.4g}, {hi:.4g}]): later looks disagreed "
                                "with earlier ones beyond their uncertainty; the next look with enough units "
                                "starts it again")
+    elif restart:
+        was = restart.get("was", "no_difference")
+        start_lo, start_hi = restart["from"]
+        out["verdict_note"] = (
+            f"the sequence started again at look {restart['look']} ({restart['units']:,} units), whose own "
+            f"sequence did not overlap the earlier looks' [{start_lo:.4g}, {start_hi:.4g}]: the figures moved more "
+            f"than chance allows (outcomes reported late for earlier requests, or an effect that changes over "
+            f"time); the verdict is from the looks since (it was {_VERDICT_WORDS.get(was, was)})")
     out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
                          "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
                          "estimate": seq.get("estimate"), "tau": seq.get("tau"),
@@ -279,8 +284,12 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     out = {"p": p, "lo": lo, "hi": hi, "looks": int(prev.get("looks", 0)) + 1, "estimate": ratio.diff,
            "tau": tau, "units": ratio.units_variant + ratio.units_control,
            "rel_lo": prev.get("rel_lo"), "rel_hi": prev.get("rel_hi"), "rel": REL_LIFT}
+    # The last restart stays in the state, so every later report can say why its sequence
+    # begins where it does (a restart seen only at its own look was gone a second later).
     if restarted_from is not None:
-        out["restarted_from"] = restarted_from
+        out["restart"] = {"look": out["looks"], "units": out["units"], "from": restarted_from}
+    elif prev.get("restart"):
+        out["restart"] = prev["restart"]
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it
     # is the look's test of D = 0, so the relative interval excludes 0 iff the absolute does.
     rel = _rel(ratio, half / math.sqrt(v), nonnegative)
@@ -305,7 +314,6 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
     margin_abs = margin if kind == "abs" else margin * abs(ratio.value_control)
     tau = (previous or {}).get("tau") or margin_abs or _tau(ratio, 0.0)
     seq = _sequential_look(ratio, tau, alpha, previous)
-    restarted_from = seq.pop("restarted_from", None)  # started again here, as the verdict's does
     lo, hi = seq["lo"], seq["hi"]
     # "Worse" is up for a lower-is-better metric; the margin is on that side.
     if direction is ab.Direction.LOWER_IS_BETTER:
@@ -314,9 +322,10 @@ def _guardrail(spec: MetricSpec, ratio: RatioComparison, alpha: float,
         status = "non_inferior" if lo > -margin_abs else ("inferior" if hi < -margin_abs else "inconclusive")
     figures = {"margin": margin, "margin_kind": kind, "margin_abs": margin_abs, "alpha": alpha,
                "ci": [lo, hi], "status": status}
-    if restarted_from is not None:
-        figures["note"] = (f"this look's sequence does not overlap the earlier looks' [{restarted_from[0]:.4g}, "
-                           f"{restarted_from[1]:.4g}]: it starts again from this look")
+    restart = seq.get("restart")
+    if restart:  # started again, as the verdict's does
+        figures["note"] = (f"the sequence started again at look {restart['look']}, whose own sequence did not "
+                           f"overlap the earlier looks' [{restart['from'][0]:.4g}, {restart['from'][1]:.4g}]")
     return {"figures": figures, "state": seq}
 
 

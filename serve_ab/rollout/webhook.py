@@ -85,7 +85,7 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
                 response = await own.post(url, json=dict(payload), headers=dict(headers or {}))
         else:
             response = await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
-        passed, value, reason = _parse(response, target, answer)
+        passed, value, reason = _parse(response, target, answer, url)
     except httpx.TimeoutException:
         return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s, answer)
     except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
@@ -106,9 +106,20 @@ class _BadAnswer(ValueError):
     pass
 
 
-def _parse(response: httpx.Response, target: str, answer: str) -> tuple[bool | None, float | None, str | None]:
+def _hidden(text: str, url: str, target: str) -> str:
+    """``text`` (an endpoint's answer) with the URL asked, and its path, said as ``target``: an
+    endpoint may echo its own URL, which for ``url_from_env`` is a secret."""
+    path = httpx.URL(url).path
+    text = text.replace(url, target)
+    return text.replace(path, target) if len(path) > 1 else text
+
+
+def _parse(response: httpx.Response, target: str, answer: str,
+           url: str = "") -> tuple[bool | None, float | None, str | None]:
     expected = ('{"confirm": true}' if answer == "confirm"
                 else '{"pass": true} or {"pass": false, "reason": "..."} or {"value": 0.93}')
+    if url and target != display_url(url):  # a secret URL: not in what the answer shows
+        response = httpx.Response(response.status_code, text=_hidden(response.text, url, target))
     if not 200 <= response.status_code < 300:
         raise _BadAnswer(f"HTTP {response.status_code} from {target}: {response.text[:200]!r}")
     try:

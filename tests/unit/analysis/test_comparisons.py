@@ -201,12 +201,17 @@ def test_a_look_that_contradicts_the_earlier_ones_starts_the_sequence_again():
     lo, hi = out["abs_ci"]
     assert out["abs_ci"] == out["sequential"]["ci"] and lo < -0.1 < hi < 0  # this look's sequence alone
     assert out["sequential"]["p_value"] < 1e-10 and out["sequential"]["looks"] == 2
-    assert "does not overlap the earlier looks'" in out["verdict_note"] and out["verdict_note"].endswith(
-        "the verdict is this look's (it was better)")
-    # Later looks intersect from there on, and the verdict stands as before.
+    assert out["verdict_note"].startswith("the sequence started again at look 2 (200,000 units), whose own "
+                                          "sequence did not overlap the earlier looks' [")
+    assert out["verdict_note"].endswith("the verdict is from the looks since (it was better)")
+    # Later looks intersect from there on, the verdict stands as before, and every report says
+    # why (a live check: the note was gone a second after the look that restarted).
+    note = out["verdict_note"]
     out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=200_000), state)
-    assert out["verdict"] == "worse" and "verdict_note" not in out and out["sequential"]["looks"] == 3
+    assert out["verdict"] == "worse" and out["verdict_note"] == note and out["sequential"]["looks"] == 3
     assert out["abs_ci"][0] >= lo and out["abs_ci"][1] <= hi
+    out, _ = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=10), state)  # too few units: as it stood
+    assert out["verdict"] == "worse" and out["verdict_note"] == note
 
 
 def test_an_estimate_outside_the_intersected_interval_is_said():
@@ -216,8 +221,9 @@ def test_an_estimate_outside_the_intersected_interval_is_said():
     out, _ = _look(CORRECT, _ratio(0.49, 0.50, 4e-3), state)  # -0.01, a wide sequence that overlaps
     lo, hi = out["abs_ci"]
     assert out["verdict"] == "better" and 0 < lo < hi
-    assert out["verdict_note"].startswith(f"this look's estimate {-0.01:.4g} is outside the interval [{lo:.4g}, "
-                                          f"{hi:.4g}], which intersects every look's sequence")
+    assert out["verdict_note"].startswith(f"at this look the estimate {-0.01:.4g} is outside its interval "
+                                          f"[{lo:.4g}, {hi:.4g}]")
+    assert "which intersects every look's sequence" in out["verdict_note"]
 
 
 def test_the_relative_interval_of_a_sequential_verdict_never_contains_zero():
@@ -371,7 +377,8 @@ def test_a_guardrail_sequence_that_starts_again_says_so():
     assert figures["guardrail"]["status"] == "inferior" and "note" not in figures["guardrail"]
     figures, _ = _look(ERRORS, _ratio(0.0105, 0.01, 1e-8, units=100_000), state)  # contradicts it
     assert figures["guardrail"]["status"] == "non_inferior"
-    assert figures["guardrail"]["note"].startswith("this look's sequence does not overlap the earlier looks' [")
+    assert figures["guardrail"]["note"].startswith("the sequence started again at look 2, whose own sequence "
+                                                   "did not overlap the earlier looks' [")
 
 
 def test_relative_bounds_saved_as_a_over_b_minus_one_are_dropped_not_intersected():
@@ -403,3 +410,16 @@ def test_an_empty_sequence_saved_before_restarts_is_said_at_a_look_with_too_few_
     out, _ = _look(CORRECT, _ratio(0.60, 0.50, 1e-4, units=10), state)  # too few units to test
     assert out["verdict"] == "better" and out["abs_ci"] == [0.0486, -0.0944]
     assert out["verdict_note"].startswith("the confidence sequence is empty ([0.0486, -0.0944])")
+
+
+def test_a_relative_lift_outside_its_intersected_interval_is_said():
+    """A live check: -47.3% beside [-46.1, -41.2], the absolute interval holding its estimate:
+    the control's value moved between looks, and the relative bounds are intersected too."""
+    out, state = _look(CORRECT, _ratio(0.50, 0.90, 1e-5))  # -44%
+    out, _ = _look(CORRECT, _ratio(0.45, 0.85, 1e-5), state)  # -0.40 again, -47% of a lower control
+    lo, hi = out["abs_ci"]
+    assert lo <= -0.40 <= hi
+    rel_lo, rel_hi = out["rel_ci"]
+    assert not rel_lo <= out["rel_lift"] <= rel_hi
+    assert out["verdict_note"].startswith(f"at this look the relative lift {out['rel_lift']:.4g} is outside its "
+                                          f"interval [{rel_lo:.4g}, {rel_hi:.4g}]")

@@ -325,7 +325,7 @@ def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks)
 def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_endpoint_fails(hooks, caplog):
     # A Slack-style URL carries its secret in the path: the status (open to anyone by default),
     # the log and the state named it in full whenever the endpoint failed.
-    hooks.answer("/services/T01/B02/s3cret", (500, {"err": "down"}))
+    hooks.answer("/services/T01/B02/s3cret", (500, {"err": "down: /services/T01/B02/s3cret"}))  # it echoes its path
     secret_url = hooks.url + "/services/T01/B02/s3cret"
     config = canary(steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "APPROVALS_URL", "interval_s": 10}},
                            {"set_weight": 100}])
@@ -346,7 +346,7 @@ def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_en
         answer = asyncio.run(scenario())
     assert hooks.bodies("/services/T01/B02/s3cret")  # it was asked, at the secret URL
     assert answer.target == "$APPROVALS_URL"
-    assert answer.error == "HTTP 500 from $APPROVALS_URL: '{\"err\": \"down\"}'"
+    assert answer.error == "HTTP 500 from $APPROVALS_URL: '{\"err\": \"down: $APPROVALS_URL\"}'"
     rollout.tick({}, confirm=answer)
     shown = " ".join([rollout.status_line(), str(rollout.state.confirm_answer), caplog.text])
     assert "$APPROVALS_URL" in shown and "s3cret" not in shown and "/services/" not in shown
