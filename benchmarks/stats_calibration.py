@@ -1,8 +1,9 @@
 """Do serve-ab's verdicts and gates err as often as they claim? Measured through the real pipeline.
 
     python -m benchmarks.stats_calibration --quick   # smoke size: 18-23 s here; JSON line last
-    python -m benchmarks.stats_calibration           # 280-310 s wall on 2 cores
-                                                     # (1,000 A/A reps, 400 power, 200 canary)
+    python -m benchmarks.stats_calibration           # 280-310 s wall on 2 cores, and some 65 s
+                                                     # for scenario 9 (1,000 A/A reps, 400 power,
+                                                     # 200 canary, 400 per CUPED case)
 
 Every simulated request goes where a router's would: ``ExperimentStats.record`` /
 ``record_feedback`` (per-bucket totals, by split; the same figures as routers' interval
@@ -897,7 +898,7 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
     state: dict[bool, Any] = {True: None, False: None}
     last: dict[bool, Any] = {}
     for period, weights in enumerate(periods):
-        last = period == len(periods) - 1
+        final = period == len(periods) - 1
         weights = {v: weights.get(v, 0.0) for v in names}
         st.set_weights(weights)
         table = SplitTable.from_weights(weights)
@@ -905,13 +906,13 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
         moved = shift[period] if period < len(shift) else 0.0
         values = rng.normal(level[:, None] + moved + np.array([effect.get(a, 0.0) for a in arms])[:, None],
                             CUPED_NOISE_SD, (CUPED_USERS, CUPED_REPORTS_PER_PERIOD))
-        bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if last else [(0, CUPED_USERS)]
+        bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if final else [(0, CUPED_USERS)]
         for look, (lo, hi) in enumerate(bounds):
             now_s = 100.0 * period + look
             for i in range(lo, hi):
                 for value in values[i].tolist():
                     st.record_feedback(now_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
-            if last:
+            if final:
                 snapshot = st.snapshot(now_s + 0.5)
                 for on in (True, False):
                     report, state[on] = build_report(configs[on], snapshot, weights, state[on])
