@@ -211,11 +211,13 @@ def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Fami
     elif restart:
         was = restart.get("was", "no_difference")
         start_lo, start_hi = restart["from"]
+        count = int(restart.get("count", 1))
         out["verdict_note"] = (
-            f"the sequence started again at look {restart['look']} ({restart['units']:,} units), whose own "
+            f"the sequence started again at look {restart['look']} ({restart['units']:,} units"
+            f"{f'; {count} restarts in all' if count > 1 else ''}), whose own "
             f"sequence did not overlap the earlier looks' [{start_lo:.4g}, {start_hi:.4g}]: the figures moved more "
             f"than chance allows (outcomes reported late for earlier requests, or an effect that changes over "
-            f"time); the verdict is from the looks since (it was {_VERDICT_WORDS.get(was, was)})")
+            f"time); the verdict is from the looks since (before it: {_VERDICT_WORDS.get(was, was)})")
     out["sequential"] = {"p_value": seq["p"], "p_adjusted": p_adj, "ci": [lo, hi],
                          "rel_ci": [seq.get("rel_lo"), seq.get("rel_hi")], "looks": seq["looks"],
                          "estimate": seq.get("estimate"), "tau": seq.get("tau"),
@@ -278,6 +280,7 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
         # sequence that missed the truth, so an A/A has already had its (false) verdict and
         # its rate of verdicts does not grow.
         restarted_from = [prev.get("lo"), prev.get("hi")]
+        restarts = int((prev.get("restart") or {}).get("count", 0)) + 1
         lo, hi = ratio.diff - half, ratio.diff + half
         p = min(1.0, math.exp(-min(log_lr, 700.0)))
         prev = {"looks": prev.get("looks", 0)}
@@ -287,7 +290,7 @@ def _sequential_look(ratio: RatioComparison, tau: float, alpha: float,
     # The last restart stays in the state, so every later report can say why its sequence
     # begins where it does (a restart seen only at its own look was gone a second later).
     if restarted_from is not None:
-        out["restart"] = {"look": out["looks"], "units": out["units"], "from": restarted_from}
+        out["restart"] = {"look": out["looks"], "units": out["units"], "from": restarted_from, "count": restarts}
     elif prev.get("restart"):
         out["restart"] = prev["restart"]
     # Fieller's interval with the sequence's own critical value at this look: at rho = 1 it

@@ -203,15 +203,20 @@ def test_a_look_that_contradicts_the_earlier_ones_starts_the_sequence_again():
     assert out["sequential"]["p_value"] < 1e-10 and out["sequential"]["looks"] == 2
     assert out["verdict_note"].startswith("the sequence started again at look 2 (200,000 units), whose own "
                                           "sequence did not overlap the earlier looks' [")
-    assert out["verdict_note"].endswith("the verdict is from the looks since (it was better)")
+    assert out["verdict_note"].endswith("the verdict is from the looks since (before it: better)")
     # Later looks intersect from there on, the verdict stands as before, and every report says
     # why (a live check: the note was gone a second after the look that restarted).
     note = out["verdict_note"]
     out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=200_000), state)
     assert out["verdict"] == "worse" and out["verdict_note"] == note and out["sequential"]["looks"] == 3
     assert out["abs_ci"][0] >= lo and out["abs_ci"][1] <= hi
-    out, _ = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=10), state)  # too few units: as it stood
+    out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=10), state)  # too few units: as it stood
     assert out["verdict"] == "worse" and out["verdict_note"] == note
+    # A second restart counts both, and names the verdict just before it.
+    out, _ = _look(CORRECT, _ratio(0.60, 0.50, 1e-6, units=300_000), state)
+    assert out["verdict"] == "better" and out["verdict_note"].startswith(
+        "the sequence started again at look 4 (600,000 units; 2 restarts in all)")
+    assert out["verdict_note"].endswith("(before it: WORSE)")
 
 
 def test_an_estimate_outside_the_intersected_interval_is_said():
