@@ -223,22 +223,10 @@ class Predictor(Protocol):
 
 
 #: A declared V2 shape's bounds, checked before anything is computed from it (its number of
-#: values, a message quoting it): numpy builds no array of more dimensions (NPY_MAXDIMS), and
-#: the protocol's dimensions are int64s. Past them a client's shape made the product of its
-#: dimensions cost seconds on the replica's loop, or too many digits to write in a 400.
+#: values, a message quoting it; ``api/schemas.py``, ``api/grpc/codec.py``): numpy builds no
+#: array of more dimensions (NPY_MAXDIMS), and the protocol's dimensions are int64s.
 MAX_DIMS = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def declared_shape_problem(shape: Sequence[int]) -> str | None:
-    """What makes a tensor's declared ``shape`` unusable whatever the model, said to follow
-    "input 'x' " or a field's path (``has 70 dimensions; ...``), or None. Negative dimensions
-    are left to the callers, which quote the shape."""
-    if len(shape) > MAX_DIMS:
-        return f"has {len(shape):,} dimensions; a tensor has at most {MAX_DIMS}"
-    if any(not INT64_MIN <= d <= INT64_MAX for d in shape):
-        return f"has a dimension beyond int64 (the protocol's dimensions are int64s, at most {INT64_MAX})"
-    return None
 
 
 def check_shape(shape: Sequence[int], spec: InputSpec) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.api.v2_binary import V2Body, tensor_to_bytes
-from serve_ab.backends.base import V2_DATATYPES, declared_shape_problem
+from serve_ab.backends.base import MAX_DIMS, V2_DATATYPES
 from serve_ab.errors import InvalidInput
 
 #: The repeated field of ``InferTensorContents`` that carries each datatype's values.
@@ -75,9 +75,9 @@ def infer_body(request: pb.ModelInferRequest) -> tuple[V2Body, bool]:
                                f"{len(request.inputs)} input(s); send one entry per input, in the order of inputs")
     inputs = []
     for i, tensor in enumerate(request.inputs):
-        problem = declared_shape_problem(tensor.shape)  # before the raw size is worked out from it
-        if problem is not None:
-            raise InvalidInput(f"input '{tensor.name}' {problem}")
+        if len(tensor.shape) > MAX_DIMS:  # before the raw size is worked out from it (int64s: bounded)
+            raise InvalidInput(f"input '{tensor.name}' has {len(tensor.shape):,} dimensions; a tensor has at most "
+                               f"{MAX_DIMS}")
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         parameters = _parameters(tensor.parameters)
         if raw:
