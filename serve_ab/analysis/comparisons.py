@@ -156,10 +156,11 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
                    for what, estimate, (lo, hi) in (("the estimate", ratio.diff, out["abs_ci"]),
                                                     ("the relative lift", out["rel_lift"], out["rel_ci"]))
                    if estimate is not None and _outside(estimate, [lo, hi])]
-        if outside and not out.get("verdict_note"):
-            out["verdict_note"] = (
-                f"at this look {' and '.join(outside)}, which intersects every look's sequence: earlier looks bound "
-                f"it, and outcomes reported late for earlier requests can move the estimate more than chance would")
+        if outside:
+            said = (f"at this look {' and '.join(outside)}, which intersects every look's sequence: earlier looks "
+                    f"bound it, and outcomes reported late for earlier requests can move the estimate more than "
+                    f"chance would")
+            out["verdict_note"] = f"{out['verdict_note']}; {said}" if out.get("verdict_note") else said
     else:
         frozen = previous.get("frozen")
         if frozen is None and plan.get("complete"):

@@ -49,8 +49,13 @@ def canary(model_repo, tmp_path, candidate="v2", steps=None, **rollout):
 def wait_for(http, url, predicate, what):
     deadline = time.monotonic() + WAIT_S
     while True:
-        status = http.get(url).json()
-        if predicate(status):
+        response = http.get(url)
+        status = response.json()
+        # A controller that is not up (restarting after a kill) is a 503 after 8 s, naming it:
+        # waited through, as a client would retry.
+        if response.status_code == 503:
+            assert "controller" in status["error"], status
+        elif predicate(status):
             return status
         assert time.monotonic() < deadline, f"timed out waiting for {what}; last status: {status}"
         time.sleep(0.5)

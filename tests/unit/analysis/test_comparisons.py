@@ -213,10 +213,14 @@ def test_a_look_that_contradicts_the_earlier_ones_starts_the_sequence_again():
     out, state = _look(CORRECT, _ratio(0.40, 0.50, 1e-6, units=10), state)  # too few units: as it stood
     assert out["verdict"] == "worse" and out["verdict_note"] == note
     # A second restart counts both, and names the verdict just before it.
-    out, _ = _look(CORRECT, _ratio(0.60, 0.50, 1e-6, units=300_000), state)
+    out, state = _look(CORRECT, _ratio(0.60, 0.50, 1e-6, units=300_000), state)
     assert out["verdict"] == "better" and out["verdict_note"].startswith(
         "the sequence started again at look 4 (600,000 units; 2 restarts in all)")
     assert out["verdict_note"].endswith("(before it: WORSE)")
+    # An estimate outside the interval after a restart is said beside the restart, not hidden by it.
+    restart_note = out["verdict_note"]
+    out, _ = _look(CORRECT, _ratio(0.50, 0.50, 1e-2, units=300_000), state)
+    assert out["verdict_note"].startswith(restart_note + "; at this look the estimate 0 is outside its interval")
 
 
 def test_an_estimate_outside_the_intersected_interval_is_said():
@@ -375,6 +379,8 @@ def test_an_arm_with_no_spread_says_so_in_the_power_note_not_in_the_planners_wor
     assert out["power"] is None and out["power_note"] == "no power figures: the variant arm has no spread in its values yet"
     out, _ = _look(CORRECT, _ratio(0.8, 0.9, 1e-4, 0.0))
     assert out["power_note"] == "no power figures: the control arm has no spread in its values yet"
+    out, _ = _look(CORRECT, _ratio(0.8, 0.9, 0.0, 0.0, cov=-1e-4))  # a spread in D alone, from the covariance
+    assert out["power_note"] == "no power figures: neither arm has any spread in its values yet"
 
 
 def test_a_guardrail_sequence_that_starts_again_says_so():

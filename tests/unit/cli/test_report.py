@@ -582,3 +582,14 @@ def test_a_redis_that_cannot_be_reached_exits_4(capsys, argv):
     url = f"redis://127.0.0.1:{closed_port()}/0"
     code, out, err = _run([*argv, "--store", url], capsys)
     assert (code, out) == (4, "") and f"error: cannot read run records at {url} (key prefix 'serve-ab:'): ConnectionError:" in err
+
+
+def test_table_shows_a_guardrails_note(report):
+    note = "the sequence started again at look 3, whose own sequence did not overlap the earlier looks' [0.01, 0.02]"
+    metric = report.metric("error_rate")
+    c = metric.comparisons[0]
+    noted = c.model_copy(update={"guardrail": c.guardrail.model_copy(update={"note": note})})
+    edited = report.model_copy(update={"metrics": [m.model_copy(update={"comparisons": [noted]}) if m is metric else m
+                                                   for m in report.metrics]})
+    assert _field(_block(render_table(edited), "error_rate"), "guardrail").endswith(f"; {note})")
+    assert "started again" not in _field(_block(render_table(report), "error_rate"), "guardrail")

@@ -361,3 +361,19 @@ def test_a_url_httpx_cannot_read_is_a_failed_answer_that_names_only_its_variable
         answer = asyncio.run(ask(url, {"kind": "confirm"}, timeout_s=1.0, answer="confirm", target="$APPROVALS_URL"))
     assert answer.error == "$APPROVALS_URL is not a valid URL" and answer.passed is None
     assert "s3cret" not in caplog.text and "$APPROVALS_URL" in caplog.text
+
+
+def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_a_header_secret_is_missing():
+    # The result named display_url(url): the secret URL's path, for url_from_env.
+    config = canary(steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "APPROVALS_URL",
+                                                            "headers_from_env": {"Authorization": "APPROVALS_TOKEN"}}},
+                           {"set_weight": 100}])
+    rollout = Rollout(config, FakeClock(0.0))
+    rollout.tick({})  # at the confirm step
+
+    async def scenario():
+        poller = WebhookPoller(config, "digits", env={"APPROVALS_URL": "https://hooks.example.com/T01/s3cret"})
+        return poller.poll(0.0, rollout)[confirm_key(1)]
+
+    answer = asyncio.run(scenario())
+    assert answer.target == "$APPROVALS_URL" and "APPROVALS_TOKEN" in answer.error and "s3cret" not in answer.error
