@@ -1,9 +1,10 @@
 """Do serve-ab's verdicts and gates err as often as they claim? Measured through the real pipeline.
 
     python -m benchmarks.stats_calibration --quick   # smoke size: 18-23 s here; JSON line last
-    python -m benchmarks.stats_calibration           # 280-310 s wall on 2 cores, and some 65 s
-                                                     # for scenario 9 (1,000 A/A reps, 400 power,
-                                                     # 200 canary, 400 per CUPED case)
+    python -m benchmarks.stats_calibration           # about 12 min wall on 2 cores (706 s on
+                                                     # 2026-12-06, scenario 9 some 65 s of it;
+                                                     # 1,000 A/A reps, 400 power, 200 canary,
+                                                     # 400 per CUPED case)
 
 Every simulated request goes where a router's would: ``ExperimentStats.record`` /
 ``record_feedback`` (per-bucket totals, by split; the same figures as routers' interval
