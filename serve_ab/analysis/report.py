@@ -66,7 +66,6 @@ LATENCY_HISTOGRAM_TOP_PCT = 99.5
 TOP_FLIPS = 10
 
 _CORRECTIONS = {"holm": ab.Correction.HOLM, "bh": ab.Correction.BENJAMINI_HOCHBERG, "none": None}
-_DIRECTIONS = {"increase": ab.Direction.HIGHER_IS_BETTER, "decrease": ab.Direction.LOWER_IS_BETTER}
 
 
 def build_report(

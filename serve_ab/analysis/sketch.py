@@ -40,7 +40,7 @@ _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
 MIN_ABS = 1e-6  # below this magnitude, values share the zero bucket (1 ns as a latency in ms)
 MAX_ABS = 1e9  # above it, values are counted in the last bucket (11 days as a latency in ms)
-_K = math.ceil(math.log(MAX_ABS / MIN_ABS) / _LOG_GAMMA)  # buckets per sign: 1,382
+_K = math.ceil(math.log(MAX_ABS / MIN_ABS) / _LOG_GAMMA)  # buckets per sign: 1,727
 _SIZE = 2 * _K + 1  # negative buckets, zero, positive buckets, in value order
 
 
@@ -175,12 +175,6 @@ class LogHistogram:
         high = self.value_at_rank(below + 1)
         return low + (h - below) * (high - low)
 
-    def cdf_at_edges(self) -> tuple[np.ndarray, np.ndarray]:
-        """(upper edge, share of values at or below it) for every non-empty bucket."""
-        used = np.flatnonzero(self.counts)
-        _, upper = _edges(used)
-        return upper, np.cumsum(self.counts[used]) / max(self.count, 1)
-
     def values_and_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Each non-empty bucket's representative value and count (for weighted statistics)."""
         used = np.flatnonzero(self.counts)
@@ -195,7 +189,8 @@ class LogHistogram:
 
     # -- the wire and the store -----------------------------------------------------------------
 
-    # Pickled sparse: a router's report would otherwise carry 22 KB per histogram.
+    # Pickled sparse: a router's report would otherwise carry 27.6 KB (3,455 int64 counts) per
+    # histogram.
     def __getstate__(self) -> dict[str, Any]:
         used = np.flatnonzero(self.counts)
         return {"index": narrow(used), "counts": narrow(self.counts[used]), "count": self.count, "sum": self.total,

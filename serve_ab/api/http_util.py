@@ -64,14 +64,10 @@ def _parameter_errors(err: RequestValidationError) -> str:
     return "; ".join(lines)
 
 
-async def read_json(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
-    """The decoded JSON body, refusing bodies over ``max_body_bytes`` before reading them;
-    ``allow_empty``: an empty body is None rather than an error."""
-    return decode_json(await read_body(request, max_body_bytes), allow_empty=allow_empty)
-
-
 async def read_json_unique_keys(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
-    """:func:`read_json` for the control and feedback routes: a key sent twice is refused."""
+    """The decoded JSON body of a control or feedback route, refusing bodies over
+    ``max_body_bytes`` before reading them and a key sent twice; ``allow_empty``: an empty
+    body is None rather than an error."""
     return decode_json_unique_keys(await read_body(request, max_body_bytes), allow_empty=allow_empty)
 
 

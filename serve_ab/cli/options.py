@@ -209,8 +209,10 @@ class DeprecatedAlias(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         import sys
 
+        # On `status`, --timeout-s reads like the wait's limit, which is --timeout: say which is which.
+        waits = ": it limits each request, and --timeout limits --wait/--watch" if "--timeout" in parser._option_string_actions else ""
         print(f"warning: {option_string} is deprecated and will be removed; use {self.new_flag} "
-              f"(it takes durations such as 10s)", file=sys.stderr)
+              f"(it takes durations such as 10s){waits}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 

@@ -981,10 +981,6 @@ class ExperimentConfig(_Strict):
             "blue_green.validation_min_samples), or remove the gate"
         )
 
-    def feedback_names(self) -> frozenset[str]:
-        """The feedback names clients may report: analysis.metrics and feedback gates."""
-        return frozenset(self.feedback_kinds())
-
     def feedback_kinds(self) -> dict[str, Literal["conversion", "mean"]]:
         """Each feedback name clients may report, and its kind: ``conversion`` (reported as
         ``converted``) or ``mean`` (reported as ``value``). A feedback_rate gate reads a

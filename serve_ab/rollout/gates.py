@@ -15,7 +15,8 @@ it with a pass, with probability at most the configured ``analysis.alpha``. The 
   side before Cochran's rule holds, and none from values that are all the same
   (:func:`_mean_bounds`);
 - ``latency_p50/p95/p99_ms``: distribution-free, from binomial order statistics (no normal
-  approximation, valid for any latency distribution); the value shown is numpy's percentile;
+  approximation, valid for any latency distribution); the value shown is numpy's linear
+  percentile of the sketched latencies (within 1 %, :class:`serve_ab.analysis.sketch.LogHistogram`);
 - ``*_ratio_to_stable`` (non-inferiority), on candidate / stable: rates by Katz's log
   interval, means by Fieller's, quantiles by combining each arm's bounds at alpha / 2
   (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
@@ -127,7 +128,10 @@ class GateVerdict(str, Enum):
 
 @dataclass(frozen=True)
 class Observation:
-    """One served request, as the router reports it."""
+    """One served request as a raw row, for :func:`build_windows` (tests, benchmarks and the
+    example below). Routers never send such rows: they report per-interval aggregates
+    (:class:`serve_ab.analysis.aggregate.IntervalAggregate`), which the controller folds into
+    :class:`WindowStats` directly."""
 
     version: str
     latency_ms: float

@@ -147,8 +147,8 @@ class WebhookPoller:
     off the caller's loop.
 
     :meth:`poll` never waits on an endpoint: it starts a request in the background for each
-    hook whose last one is due (gates every half ``analysis.interval_s``, a confirm step every
-    ``interval_s``; never two at once for one hook) and returns the latest answers, by gate
+    hook whose last one is due (gates every half ``rollout.analysis.interval_s``, a confirm
+    step every ``interval_s``; never two at once for one hook) and returns the latest answers, by gate
     key and by :func:`confirm_key`.
     """
 

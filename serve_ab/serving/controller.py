@@ -2,8 +2,8 @@
 
 Routers report what they served (:meth:`ExperimentController.record`) and long-poll for
 weights (:meth:`ExperimentController.wait_for_update`), so a decision reaches every router
-replica as soon as it is made, with no polling delay. Being the only replica that sees
-every request, the controller is also where the app's figures live: the cumulative
+replica as soon as it is made, with no polling delay. Being the one replica every router
+reports to (one aggregate per router per interval, never per-request rows), the controller is also where the app's figures live: the cumulative
 per-version statistics (:class:`serve_ab.analysis.accumulate.ExperimentStats`) behind the A/B
 report and the Prometheus metrics, and the run record.
 
@@ -14,7 +14,7 @@ only then applied (memory, epoch, routers): a save that fails changes nothing, t
 is refused with :class:`~serve_ab.errors.StoreUnavailable` and a tick decides again next
 time. Without a rollout, the weights are the config's.
 
-One clock: rows are stamped with the controller's clock when they arrive, so a router whose
+One clock: reports are stamped with the controller's clock when they arrive, so a router whose
 clock is off neither starves nor fools the gates (the latency it measured is a duration and
 is kept). Only requests assigned by the split and mirrored copies enter gate windows;
 pinned ones never move a gate.

@@ -16,7 +16,7 @@ Per version:
 - ``serve_ab_requests_total`` counter: requests served or failed.
 - ``serve_ab_assigned_requests_total`` counter: of those, the ones the assignment chose
   (not pinned, not a retry on another version): the sample-ratio figure.
-- ``serve_ab_errors_total{kind}`` counter, kind in unavailable|model|input|cancelled
+- ``serve_ab_errors_total{kind}`` counter, kind in unavailable|output|model|input|cancelled
   (every kind is always present, 0 until it happens, so ``rate()`` has a series).
 - ``serve_ab_request_duration_seconds`` histogram: latency of successful requests.
 - ``serve_ab_predictions_total{class}`` counter: predicted class of successful requests.
@@ -25,7 +25,8 @@ Per version:
   (conversion metrics); ``rate(conversions) / rate(feedback)`` is the conversion rate.
 - ``serve_ab_feedback_value`` summary (``_sum``, ``_count``){metric}: reported values of
   mean metrics such as revenue; a summary, not a counter, because values may be negative.
-- ``serve_ab_traffic_weight_ratio`` gauge: configured share of traffic, 0..1.
+- ``serve_ab_traffic_weight_ratio`` gauge: the share of traffic each version is routed now
+  (the rollout's current weights, else the config's), 0..1.
 
 Shadow traffic (when the app mirrors to a shadow version; ``version`` is the shadow):
 
@@ -173,7 +174,7 @@ class _SnapshotCollector(Collector):
         yield from (requests, assigned, errors, duration, predictions, feedback, conversions, values)
 
         weights = GaugeMetricFamily(PREFIX + "traffic_weight_ratio",
-                                    "Configured share of traffic per version, 0..1.", labels=labels)
+                                    "Share of traffic per version routed now (the rollout's current weights), 0..1.", labels=labels)
         for version, weight_pct in self.status["weights_pct"].items():
             weights.add_metric([model, version], float(weight_pct) / 100.0)
         yield weights

@@ -47,11 +47,6 @@ class Summarised(NamedTuple):
     score: float | None
 
 
-def first_row(outputs: Any) -> tuple[int | None, float | None]:
-    """The predicted class and its score of a request's first instance (classifiers)."""
-    return CLASSIFICATION.summary(outputs)
-
-
 def _summary(task: TaskRule, outputs: Any) -> tuple[int | None, float | None]:
     """``task``'s summary of an answer; one it cannot summarise counts without a class or
     score rather than failing its request, or the fold, which would lose the rows held with it."""

@@ -45,7 +45,8 @@ class Version(Protocol):
 
 def error_kind(err: BaseException) -> str:
     """How a call failed, for the error counters: the version's replicas were unavailable,
-    the model refused the input, the call was cancelled, or the model itself raised."""
+    the model refused the input, the call was cancelled, the model answered an output that
+    is not finite or not of its declared shape, or the model itself raised."""
     if isinstance(err, InputError):
         return "input"
     if isinstance(err, asyncio.CancelledError):

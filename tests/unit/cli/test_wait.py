@@ -335,6 +335,10 @@ def test_the_old_timeout_s_flag_still_works_and_says_what_replaces_it(api, capsy
     code, out, err = _run(["status", "--timeout-s", "5"], capsys)
     assert code == 0 and "canary: v1 -> v2" in out
     assert "warning: --timeout-s is deprecated and will be removed; use --request-timeout" in err
+    # On status it reads like the wait's limit: the warning says which flag is which.
+    assert "it limits each request, and --timeout limits --wait/--watch" in err
+    code, out, err = _run(["promote", "--timeout-s", "5"], capsys)
+    assert "use --request-timeout (it takes durations such as 10s)\n" in err
     assert _parse(["status", "--timeout-s", "5"]).request_timeout_s == 5.0
     assert _parse(["status", "--request-timeout", "1m"]).request_timeout_s == 60.0
 
