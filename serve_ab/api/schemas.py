@@ -249,6 +249,27 @@ def _check_requested(request: V2InferRequest, output: OutputSpec | OutputSpecs) 
             if len(names) == 1:
                 raise InputError(f"unknown output(s) {unknown}; this model's output is '{names[0]}'")
             raise InputError(f"unknown output(s) {unknown}; this model's outputs are {names}")
+        asked = [o.name for o in requested]
+        twice = sorted({name for name in asked if asked.count(name) > 1})
+        if twice:
+            raise InputError(f"output(s) {twice} asked for more than once in outputs; name each once")
+        for i, o in enumerate(requested):
+            # Triton's classification extension (tritonclient's class_count) would answer the top
+            # classes as BYTES; answering the plain tensor instead would mislead the client.
+            if (o.parameters or {}).get("classification") not in (None, 0):
+                raise InputError(f"outputs.{i}.parameters.classification is {o.parameters['classification']!r}, but "
+                                 "serve-ab does not implement Triton's classification extension; ask for the "
+                                 f"output '{o.name}' itself (class_count 0) and take its top classes")
+
+
+def requested_outputs(request: V2InferRequest, output: OutputSpec | OutputSpecs) -> list[OutputSpec]:
+    """The outputs a V2 answer holds: those the request's ``outputs`` names, in its order, else
+    every output of the model (the protocol's rule). The names were checked with the inputs."""
+    specs = specs_of(output)
+    if not request.outputs:
+        return list(specs)
+    by_name = {spec.name: spec for spec in specs}
+    return [by_name[o.name] for o in request.outputs]
 
 
 def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_finite: bool,
@@ -288,20 +309,22 @@ def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_fini
             f"input '{tensor.name}' has {data.size} values but shape {tensor.shape} needs "
             f"{expected_count}"
         )
-    return check_batch(reshaped(data, tensor.name, tensor.shape), spec, allow_non_finite=allow_non_finite)
+    return check_batch(reshaped(data, tensor.name, tensor.shape), spec, allow_non_finite=allow_non_finite,
+                       values=None if binary is not None and index in binary else tensor.data)
 
 
 def encode_v2_response(
     model: str, version: str, request_id: str, outputs: Batch, output: OutputSpec | OutputSpecs,
     parameters: dict[str, Any] | None = None, binary_data_size: int | None = None, *,
-    binary_data_sizes: Mapping[str, int] | None = None,
+    binary_data_sizes: Mapping[str, int] | None = None, returned: list[OutputSpec] | None = None,
 ) -> dict[str, Any]:
     """The V2 answer; ``binary_data_size``: the (one) output travels as that many raw bytes
     after the JSON (the binary tensor data extension) instead of in ``data``. A multi-output
-    model's ``outputs`` is ``{name: array}``, answered as one tensor per output in the
-    model's order; ``binary_data_sizes`` names the bytes of each output sent as binary."""
+    model's ``outputs`` is ``{name: array}``, answered as one tensor per output of
+    ``returned`` (:func:`requested_outputs`; default: all, in the model's order);
+    ``binary_data_sizes`` names the bytes of each output sent as binary."""
     tensors = []
-    for spec in specs_of(output):
+    for spec in returned if returned is not None else specs_of(output):
         values = outputs[spec.name] if isinstance(outputs, dict) else outputs
         size = binary_data_size if not isinstance(output, OutputSpecs) else (binary_data_sizes or {}).get(spec.name)
         tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(values.shape)}

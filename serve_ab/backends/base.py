@@ -288,10 +288,14 @@ def all_finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(array).all())
 
 
-def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -> np.ndarray:
+def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool,
+                values: Any = None) -> np.ndarray:
     """Check an array against ``spec`` and return it in the model's dtype.
 
-    Raises :class:`InputError` naming the problem; never reshapes or guesses.
+    ``values``: the JSON-decoded lists ``batch`` was read from, if it was: an integer input
+    whose numbers numpy read as float64 is read from them again, exactly
+    (:func:`_exact_integers`). Raises :class:`InputError` naming the problem; never reshapes
+    or guesses.
     """
     if batch.size == 0:
         raise InputError(f"input '{spec.name}' is an empty batch; send at least one instance")
@@ -311,8 +315,11 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
             f"input '{spec.name}' must hold numbers ({spec.datatype}); got values of type "
             f"'{batch.dtype}'"
         )
-    if kind == "f" and want_kind in "iu" and not np.all(np.mod(batch, 1) == 0):
-        raise InputError(f"input '{spec.name}' expects integers ({spec.datatype}); got fractions")
+    if kind == "f" and want_kind in "iu":
+        if not np.all(np.mod(batch, 1) == 0):
+            raise InputError(f"input '{spec.name}' expects integers ({spec.datatype}); got fractions")
+        if values is not None and np.abs(batch).max() >= FLOAT64_EXACT_INTEGERS:
+            return _exact_integers(values, batch.shape, spec)
     out = batch.astype(spec.dtype, copy=False)
     # Float to float, one finiteness check of the cast serves both rules (a cast keeps NaN and
     # infinity, and turns 1e39, finite as a float64, into FP32's infinity); the batch is looked
@@ -337,6 +344,29 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool) -
             raise InputError(f"input '{spec.name}' holds values outside {spec.datatype}'s range "
                              f"[{info.min}, {info.max}]")
     return out
+
+
+# float64 holds every integer up to 2**53 and not all past it. numpy reads a list that mixes
+# integers with a float, or small integers with ones of 2**63 and more (UINT64's upper half),
+# as float64: such a value would reach the model rounded (9223372036854775809 as ...808).
+FLOAT64_EXACT_INTEGERS = 2.0**53
+
+
+def _exact_integers(values: Any, shape: tuple[int, ...], spec: InputSpec) -> np.ndarray:
+    """An integer input read from its JSON numbers one by one, as Python numbers, so that
+    none goes through float64; fractions and values outside the dtype's range are refused."""
+    info = np.iinfo(spec.dtype)
+    exact = []
+    for value in np.asarray(values, dtype=object).ravel().tolist():
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise InputError(f"input '{spec.name}' expects integers ({spec.datatype}); got fractions")
+            value = int(value)
+        if not info.min <= value <= info.max:
+            raise InputError(f"input '{spec.name}' holds values outside {spec.datatype}'s range "
+                             f"[{info.min}, {info.max}]")
+        exact.append(value)
+    return np.array(exact, dtype=spec.dtype).reshape(shape)
 
 
 def _bytes_batch(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -401,7 +431,7 @@ def to_batch(values: Any, spec: InputSpec | InputSpecs, *, allow_non_finite: boo
         ) from None
     if may_hold_booleans:
         check_no_booleans(values, array, spec)
-    return check_batch(array, spec, allow_non_finite=allow_non_finite)
+    return check_batch(array, spec, allow_non_finite=allow_non_finite, values=values)
 
 
 def _named_batch(values: Any, specs: InputSpecs, allow_non_finite: bool,

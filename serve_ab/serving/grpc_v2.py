@@ -138,14 +138,15 @@ class GrpcInference:
         v2.check(request.model_name, version)  # a wrong model or version is NOT_FOUND whatever the inputs
         metadata = Metadata(context)
         pinned = self._pinned(version, metadata, context)
-        body, _ = codec.infer_body(request)
-        served_by, response, tensors = await v2.infer(request.model_name, pinned, body, metadata)
+        body, raw = codec.infer_body(request)
+        served_by, response, tensors = await v2.infer(request.model_name, pinned, body, metadata,
+                                                      bytes_as_binary=True)
         trailing = [(VERSION_HEADER, served_by)]
         token = response.get("parameters", {}).get("feedback_token")
         if token is not None:
             trailing.append((FEEDBACK_TOKEN_HEADER, token))
         context.set_trailing_metadata(trailing)
-        return codec.infer_response(response, tensors)
+        return codec.infer_response(response, tensors, raw=raw)
 
     def _pinned(self, version: str | None, metadata: Metadata, context: Context) -> str | None:
         """As HTTP's pins: ``model_version`` or the pin header, once pinning is on and the

@@ -42,6 +42,7 @@ from serve_ab.api.schemas import (
     encode_v2_response,
     parse_body,
     predict_inputs,
+    requested_outputs,
 )
 from serve_ab.api.v2_binary import (
     CONTENT_TYPE,
@@ -320,10 +321,12 @@ class V2Endpoints:
                 "platform": platform, "inputs": [s.to_v2() for s in specs_of(input_spec)],
                 "outputs": [s.to_v2() for s in specs_of(output_spec)]}
 
-    async def infer(self, model: str, pinned: str | None, body: V2Body,
-                    headers: Any) -> tuple[str, dict[str, Any], bytes | None]:
+    async def infer(self, model: str, pinned: str | None, body: V2Body, headers: Any, *,
+                    bytes_as_binary: bool = False) -> tuple[str, dict[str, Any], bytes | None]:
         """Serve a V2 request, pinned to ``pinned`` when the caller was allowed to pin; returns
-        the version that served, the answer's JSON and its binary tensor data (None: all JSON)."""
+        the version that served, the answer's JSON and its binary tensor data (None: all JSON).
+        ``bytes_as_binary``: BYTES outputs go as binary data whatever the request asks (gRPC
+        carries bytes as they are; JSON can only carry them decoded as UTF-8 text)."""
         core = self.core
         self.check(model, pinned)
         parsed = parse_body(V2InferRequest, body.header)
@@ -335,7 +338,9 @@ class V2Endpoints:
         # Which outputs go as binary data: its flags are checked before the model runs, so a
         # request refused for them (binary_data_output: "yes") is served and counted nowhere.
         several = isinstance(output_spec, OutputSpecs)
-        binary_names = {spec.name for spec in specs_of(output_spec) if wants_binary_output(parsed, spec.name)}
+        returned = requested_outputs(parsed, output_spec)
+        binary_names = {spec.name for spec in returned if wants_binary_output(parsed, spec.name)
+                        or (bytes_as_binary and spec.datatype == "BYTES")}
         served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
@@ -346,9 +351,9 @@ class V2Endpoints:
             parameters["feedback_token"] = token
         if several:  # several outputs: each its own binary choice
             chunks = {spec.name: tensor_to_bytes(outputs[spec.name], spec.datatype)
-                      for spec in output_spec if spec.name in binary_names}
+                      for spec in returned if spec.name in binary_names}
             response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs,
-                                          output_spec, parameters,
+                                          output_spec, parameters, returned=returned,
                                           binary_data_sizes={name: len(c) for name, c in chunks.items()})
             return served_by, response, b"".join(chunks.values()) if chunks else None
         tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary_names else None

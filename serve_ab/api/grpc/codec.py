@@ -7,7 +7,8 @@ answer (a JSON dict and its raw output bytes) becomes a ``ModelInferResponse``.
 
 Values travel either raw (``raw_input_contents``: one little-endian, row-major entry per
 input, BOOL one byte each) or typed (each input's ``contents``, in the repeated field of its
-datatype). The answer travels the way the request came: raw for raw, typed for typed.
+datatype). The answer travels the way the request came: raw for raw, typed for typed (FP16
+and BF16, which have no typed field, raw either way).
 
 No Ray. A request that does not add up is an :class:`~serve_ab.errors.InvalidInput` naming
 the field (INVALID_ARGUMENT).
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
-from serve_ab.api.v2_binary import V2Body, tensor_to_bytes
+from serve_ab.api.v2_binary import V2Body, tensor_from_bytes, tensor_to_bytes
 from serve_ab.backends.base import MAX_DIMS, V2_DATATYPES
 from serve_ab.errors import InvalidInput
 
@@ -132,25 +133,34 @@ def _check_raw_size(index: int, tensor: pb.ModelInferRequest.InferInputTensor, r
                            f"({math.prod(tensor.shape)} values of {dtype.itemsize})")
 
 
-def infer_response(response: Mapping[str, Any], tensors: bytes | None) -> pb.ModelInferResponse:
+def infer_response(response: Mapping[str, Any], tensors: bytes | None, *, raw: bool) -> pb.ModelInferResponse:
     """The HTTP V2 answer (its JSON and, with binary outputs, the raw bytes after it) as a
-    ``ModelInferResponse``: raw outputs when any output came as bytes, else typed."""
+    ``ModelInferResponse``: raw outputs for a request whose inputs came raw (``raw``), else
+    typed. BYTES outputs come as binary data either way (``V2Endpoints.infer``'s
+    ``bytes_as_binary``), so that their bytes reach the client as the model made them."""
     message = pb.ModelInferResponse(model_name=response["model_name"], model_version=response["model_version"],
                                     id=response.get("id") or "")
     for name, value in (response.get("parameters") or {}).items():
         message.parameters[name].CopyFrom(parameter_of(value))
-    # FP16 and BF16 have no typed field: an answer holding one goes raw.
-    raw = tensors is not None or any(o["datatype"] not in CONTENTS_FIELD for o in response["outputs"])
+    # FP16 and BF16 have no typed field, so an answer holding one goes raw; so does one whose
+    # typed request asked for binary outputs (a binary_data_output parameter).
+    raw = raw or any(o["datatype"] not in CONTENTS_FIELD
+                     or (o["datatype"] != "BYTES" and "binary_data_size" in (o.get("parameters") or {}))
+                     for o in response["outputs"])
     offset = 0
     for output in response["outputs"]:
         tensor = message.outputs.add(name=output["name"], datatype=output["datatype"], shape=output["shape"])
         size = (output.get("parameters") or {}).get("binary_data_size")
-        if raw:
-            if size is None:  # raw for one output means raw for all (the protocol's rule)
-                message.raw_output_contents.append(tensor_to_bytes(np.asarray(output["data"]), output["datatype"]))
-            else:
-                message.raw_output_contents.append(tensors[offset:offset + size])  # type: ignore[index]
-                offset += size
+        chunk = None
+        if size is not None:
+            chunk = tensors[offset:offset + size]  # type: ignore[index]
+            offset += size
+        if raw:  # raw for one output means raw for all (the protocol's rule)
+            message.raw_output_contents.append(
+                chunk if chunk is not None else tensor_to_bytes(np.asarray(output["data"]), output["datatype"]))
+        elif chunk is not None:  # a BYTES output, typed: its elements as they are
+            elements = tensor_from_bytes(chunk, output["name"], output["datatype"], output["shape"])
+            tensor.contents.bytes_contents.extend(elements.ravel().tolist())
         else:
             getattr(tensor.contents, CONTENTS_FIELD[output["datatype"]]).extend(output["data"])
     return message

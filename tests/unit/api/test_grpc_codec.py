@@ -153,7 +153,7 @@ def _answer(binary: bool) -> tuple[dict, bytes | None]:
 
 
 def test_a_binary_answer_becomes_raw_output_contents():
-    message = codec.infer_response(*_answer(binary=True))
+    message = codec.infer_response(*_answer(binary=True), raw=True)
     assert (message.model_name, message.model_version, message.id) == ("m", "v2", "abc")
     assert np.frombuffer(message.raw_output_contents[0], dtype="<f4").tolist() == [0.25, 0.75]
     assert list(message.outputs[0].shape) == [1, 2] and not message.outputs[0].HasField("contents")
@@ -162,7 +162,7 @@ def test_a_binary_answer_becomes_raw_output_contents():
 
 
 def test_a_json_answer_becomes_typed_contents():
-    message = codec.infer_response(*_answer(binary=False))
+    message = codec.infer_response(*_answer(binary=False), raw=False)
     assert not message.raw_output_contents
     assert list(message.outputs[0].contents.fp32_contents) == [0.25, 0.75]
 
@@ -170,7 +170,7 @@ def test_a_json_answer_becomes_typed_contents():
 def test_an_fp16_answer_goes_raw_even_for_a_typed_request():
     response = {"model_name": "m", "model_version": "v1", "outputs": [
         {"name": "out", "datatype": "FP16", "shape": [1, 2], "data": [0.5, 1.0]}]}
-    message = codec.infer_response(response, None)
+    message = codec.infer_response(response, None, raw=False)
     assert np.frombuffer(message.raw_output_contents[0], dtype="<f2").tolist() == [0.5, 1.0]
 
 

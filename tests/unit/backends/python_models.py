@@ -64,3 +64,33 @@ class WrongShape:
 
 
 NOT_A_CLASS = 3
+
+
+class Tagged:
+    """Three outputs, one of them BYTES that are not all UTF-8: a sum, a label and a tag."""
+
+    input_spec = [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+    output_spec = [{"name": "sum", "datatype": "FP32", "shape": [-1, 1]},
+                   {"name": "label", "datatype": "INT64", "shape": [-1, 1]},
+                   {"name": "tag", "datatype": "BYTES", "shape": [-1, 1]}]
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        tags = np.array([[b"\x80\xfe\xff\x00" if row[0] < 0 else b"ok"] for row in x], dtype=object)
+        return {"sum": x.sum(axis=1, keepdims=True), "label": (x[:, :1] > 0).astype(np.int64), "tag": tags}
+
+
+class EchoUint64:
+    """Answers its UINT64 input as it came: what the model saw."""
+
+    input_spec = [{"name": "x", "datatype": "UINT64", "shape": [-1, 2]}]
+    output_spec = [{"name": "y", "datatype": "UINT64", "shape": [-1, 2]}]
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        return inputs["x"].copy()
