@@ -343,6 +343,9 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool,
             info = np.iinfo(out.dtype)
             raise InputError(f"input '{spec.name}' holds values outside {spec.datatype}'s range "
                              f"[{info.min}, {info.max}]")
+        if want_kind == "b" and not np.array_equal(out, batch):  # 2 or 0.5 would read as true
+            raise InputError(f"input '{spec.name}' is {spec.datatype}: send true and false, or 0 and 1; "
+                             f"got other numbers")
     return out
 
 

@@ -157,6 +157,16 @@ def test_to_batch_accepts_integers_and_casts_to_the_model_dtype():
 
 # --- errors people can act on ----------------------------------------------------------
 
+@pytest.mark.parametrize("values", [[[2, 0]], [[0.5, 1]], [[-1, 0]]])
+def test_a_bool_input_takes_0_and_1_but_no_other_number(values):
+    # The binary extension refuses bytes other than 0 and 1; JSON numbers are held to the same.
+    spec = InputSpec(name="flags", dtype=np.dtype(np.bool_), shape=(-1, 2))
+    assert to_batch([[1, 0]], spec, allow_non_finite=False).tolist() == [[True, False]]
+    assert to_batch([[True, False]], spec, allow_non_finite=False).tolist() == [[True, False]]
+    with pytest.raises(InputError, match="input 'flags' is BOOL: send true and false, or 0 and 1; got other"):
+        to_batch(values, spec, allow_non_finite=False)
+
+
 def test_unknown_backend_names_the_valid_ones(model_repo):
     with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'.*\['onnx', 'torch', 'python'\]"):
         load_predictor(model_repo / "digits" / "v1" / "model.onnx", "tensorflow")
