@@ -253,13 +253,6 @@ def _check_requested(request: V2InferRequest, output: OutputSpec | OutputSpecs) 
         twice = sorted({name for name in asked if asked.count(name) > 1})
         if twice:
             raise InputError(f"output(s) {twice} asked for more than once in outputs; name each once")
-        for i, o in enumerate(requested):
-            # Triton's classification extension (tritonclient's class_count) would answer the top
-            # classes as BYTES; answering the plain tensor instead would mislead the client.
-            if (o.parameters or {}).get("classification") not in (None, 0):
-                raise InputError(f"outputs.{i}.parameters.classification is {o.parameters['classification']!r}, but "
-                                 "serve-ab does not implement Triton's classification extension; ask for the "
-                                 f"output '{o.name}' itself (class_count 0) and take its top classes")
 
 
 def requested_outputs(request: V2InferRequest, output: OutputSpec | OutputSpecs) -> list[OutputSpec]:

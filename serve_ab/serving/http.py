@@ -55,6 +55,8 @@ from serve_ab.api.v2_binary import (
     tensor_to_bytes,
     wants_binary_output,
 )
+from serve_ab.api.v2_classification import EXTENSION as CLASSIFICATION
+from serve_ab.api.v2_classification import class_counts, classified
 from serve_ab.backends.base import OutputSpecs, outputs_to_json, specs_of
 from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction, VersionUnavailable
 from serve_ab.serving.core.auth import ControlAuth, Role
@@ -300,7 +302,7 @@ class V2Endpoints:
         self.core = core
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "serve-ab", "version": SERVER_VERSION, "extensions": [EXTENSION]}
+        return {"name": "serve-ab", "version": SERVER_VERSION, "extensions": [EXTENSION, CLASSIFICATION]}
 
     def check(self, model: str, version: str | None) -> None:
         """404 for a model or version this app does not serve."""
@@ -339,9 +341,12 @@ class V2Endpoints:
         # request refused for them (binary_data_output: "yes") is served and counted nowhere.
         several = isinstance(output_spec, OutputSpecs)
         returned = requested_outputs(parsed, output_spec)
+        counts = class_counts(parsed.outputs, {spec.name: spec for spec in returned}) if parsed.outputs else None
+        served_by, outputs = await core.predict(choice, batch)
+        if counts:  # Triton's classification extension: those outputs become their top classes
+            outputs, returned = classified(outputs, returned, counts)
         binary_names = {spec.name for spec in returned if wants_binary_output(parsed, spec.name)
                         or (bytes_as_binary and spec.datatype == "BYTES")}
-        served_by, outputs = await core.predict(choice, batch)
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
         request_id = core.request_id()
@@ -356,9 +361,11 @@ class V2Endpoints:
                                           output_spec, parameters, returned=returned,
                                           binary_data_sizes={name: len(c) for name, c in chunks.items()})
             return served_by, response, b"".join(chunks.values()) if chunks else None
-        tensors = tensor_to_bytes(outputs, output_spec.datatype) if binary_names else None
+        [spec] = returned
+        tensors = tensor_to_bytes(outputs, spec.datatype) if binary_names else None
         response = encode_v2_response(core.cfg.model, served_by, parsed.id or request_id, outputs, output_spec,
-                                      parameters, binary_data_size=None if tensors is None else len(tensors))
+                                      parameters, binary_data_size=None if tensors is None else len(tensors),
+                                      returned=returned)
         return served_by, response, tensors
 
 

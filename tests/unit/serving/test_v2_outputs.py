@@ -28,6 +28,14 @@ NOT_UTF8 = b"\x80\xfe\xff\x00"
 X = np.array([[1.0, 2.0], [-1.0, 0.5]], dtype=np.float32)
 
 
+class Counted(LoadedPredictor):
+    calls = 0
+
+    async def predict(self, batch):
+        self.calls += 1
+        return await super().predict(batch)
+
+
 @pytest.fixture
 def serve():
     """``serve("Tagged")``: the routes over one python-backend version of that class."""
@@ -39,10 +47,12 @@ def serve():
         })
         predictor = load_predictor(None, "python", class_path=f"{MODELS}:{class_name}", device="cpu")
         predictor.load()
-        core = RouterCore(cfg, {"v1": LoadedPredictor(predictor)}, FakeController(),
-                          request_id=lambda: "req-1", clock=FakeClock())
+        version = Counted(predictor)
+        core = RouterCore(cfg, {"v1": version}, FakeController(), request_id=lambda: "req-1", clock=FakeClock())
         routes.use_core(routes.Served(core, ControlAuth(cfg.control, [])))
-        return TestClient(routes.app, raise_server_exceptions=False)
+        client = TestClient(routes.app, raise_server_exceptions=False)
+        client.version = version  # its calls: what the model ran
+        return client
     yield make
     routes.use_core(None)
 
@@ -175,12 +185,65 @@ def test_uint64_typed_contents_past_2_63_reach_the_model_exactly(serve):
     assert list(response.outputs[0].contents.uint64_contents) == [1, 2**63 + 1]
 
 
-def test_tritonclients_class_count_is_a_400_not_the_plain_tensor(serve):
+# -- Triton's classification extension ---------------------------------------------------------
+
+SCORES = np.array([[0.1, 0.7, 0.2, 0.7], [4.0, 1.0, 3.0, 2.0]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_class_count_answers_the_top_classes_as_triton_does(serve, binary):
+    client = serve("Scores")
+    tensor = triton_http.InferInput("x", list(SCORES.shape), "FP32")
+    tensor.set_data_from_numpy(SCORES, binary_data=binary)
+    result = http_infer(client, [tensor], [triton_http.InferRequestedOutput("scores", binary_data=binary,
+                                                                            class_count=2)])
+    [output] = result.get_response()["outputs"]
+    assert (output["datatype"], output["shape"]) == ("BYTES", [2, 2])
+    # Highest first; a tie keeps the lower index first.
+    # (tritonclient reads BYTES in JSON as str, in binary data as bytes.)
+    classes = [[c.decode() if binary else c for c in row] for row in result.as_numpy("scores").tolist()]
+    assert classes == [["0.700000:1", "0.700000:3"], ["4.000000:0", "3.000000:2"]]
+    # More classes than the output has: all of them; 0: the output itself.
+    more = http_infer(client, [tensor], [triton_http.InferRequestedOutput("scores", binary_data=binary,
+                                                                          class_count=9)])
+    assert more.as_numpy("scores").shape == (2, 4)
+    plain = http_infer(client, [tensor], [triton_http.InferRequestedOutput("scores", binary_data=binary)])
+    assert plain.as_numpy("scores").tolist() == SCORES.tolist()
+    assert "classification" in client.get("/v2").json()["extensions"]
+
+
+def test_class_count_on_one_output_of_several_leaves_the_others(serve):
     client = serve("Tagged")
-    body, header_length = triton_http.InferenceServerClient.generate_request_body(
-        [x_input(True)], outputs=[triton_http.InferRequestedOutput("sum", class_count=2)])
-    response = client.post("/v2/models/m/infer", content=body,
-                           headers={"Inference-Header-Content-Length": str(header_length)})
-    assert response.status_code == 400
-    assert response.json()["error"].startswith("outputs.0.parameters.classification is 2, but serve-ab does not "
-                                                "implement Triton's classification extension")
+    asked = [triton_http.InferRequestedOutput("sum"), triton_http.InferRequestedOutput("label", class_count=1)]
+    result = http_infer(client, [x_input(True)], asked)
+    assert result.as_numpy("sum").tolist() == [[3.0], [-0.5]]
+    assert result.as_numpy("label").tolist() == [[b"1:0"], [b"0:0"]]
+
+
+@pytest.mark.parametrize(("count", "output", "message"), [
+    (-1, "sum", "outputs.0.parameters.classification is -1; it is the number of top classes to answer"),
+    ("2", "sum", "outputs.0.parameters.classification is '2'; it is the number of top classes to answer"),
+    (True, "sum", "outputs.0.parameters.classification is True; it is the number"),
+    (2, "tag", "asks for the top classes of output 'tag', which is BYTES"),
+])
+def test_a_bad_class_count_is_a_400_before_the_model_runs(serve, count, output, message):
+    client = serve("Tagged")
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": X.ravel().tolist()}],
+            "outputs": [{"name": output, "parameters": {"classification": count}}]}
+    response = client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 400 and message in response.json()["error"]
+    assert client.version.calls == 0  # refused before the model ran: nothing served, nothing counted
+
+
+def test_class_count_over_typed_grpc_answers_bytes_contents(serve):
+    serve("Scores")
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=SCORES.shape).contents.fp32_contents.extend(
+        SCORES.ravel().tolist())
+    request.outputs.add(name="scores").parameters["classification"].int64_param = 1
+    context = FakeContext()
+    response = asyncio.run(GrpcInference(routes.served()).model_infer(request, context))
+    assert context.code is None, context.details
+    [output] = response.outputs
+    assert (output.datatype, list(output.shape)) == ("BYTES", [2, 1])
+    assert list(output.contents.bytes_contents) == [b"0.700000:1", b"4.000000:0"]
