@@ -342,11 +342,12 @@ class V2Endpoints:
         several = isinstance(output_spec, OutputSpecs)
         returned = requested_outputs(parsed, output_spec)
         counts = class_counts(parsed.outputs, {spec.name: spec for spec in returned}) if parsed.outputs else None
+        binary_names = {spec.name for spec in returned if wants_binary_output(parsed, spec.name)}
         served_by, outputs = await core.predict(choice, batch)
         if counts:  # Triton's classification extension: those outputs become their top classes
             outputs, returned = classified(outputs, returned, counts)
-        binary_names = {spec.name for spec in returned if wants_binary_output(parsed, spec.name)
-                        or (bytes_as_binary and spec.datatype == "BYTES")}
+        if bytes_as_binary:
+            binary_names |= {spec.name for spec in returned if spec.datatype == "BYTES"}
         # The feedback token is tied to Serve's request id (what the router recorded), so it
         # travels with that id in the response parameters, whatever id the client chose.
         request_id = core.request_id()
