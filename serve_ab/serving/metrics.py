@@ -47,7 +47,9 @@ Per app:
 - ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute;
   ``serve_ab_router_reports_total`` counter: interval reports merged;
   ``serve_ab_router_intervals_delayed_total`` counter: reports a router sent late because the
-  controller was away when they were due, one per failed try (serving/core/ledger.py).
+  controller was away when they were due, one per failed try (serving/core/ledger.py);
+  ``serve_ab_routers_lost_total`` counter: router replicas that fell silent without their
+  last report (serving/reports.py).
 - ``serve_ab_version_load_failed{version}`` gauge: 1 when some router could not load it.
 - ``serve_ab_rollout_info{strategy,stable,candidate}`` gauge, always 1 (rollouts only).
 - ``serve_ab_rollout_phase{phase}`` gauge, a state set: one series per phase (``static``
@@ -247,13 +249,18 @@ class _SnapshotCollector(Collector):
             "Reports a router could not send when due (the controller was away) and sent later, one per failed try.",
             labels=["model"])
         delayed.add_metric([model], routers.get("delayed_intervals_total", 0))
+        lost = CounterMetricFamily(
+            PREFIX + "routers_lost",
+            "Router replicas that fell silent for a minute without their last report (crashed, or their node "
+            "was lost): what each served after its last report is not counted.", labels=["model"])
+        lost.add_metric([model], routers.get("routers_lost_total", 0))
         failed = GaugeMetricFamily(PREFIX + "version_load_failed",
                                    "1 when some router replica could not load the version (it gets no traffic).",
                                    labels=["model", "version"])
         broken = self.status.get("failed_versions") or {}
         for version in self.snapshot["versions"]:
             failed.add_metric([model, version], float(version in broken))
-        yield from (live, reports, delayed, failed)
+        yield from (live, reports, delayed, lost, failed)
 
     def _rollout(self) -> Iterator[Metric]:
         status, model = self.status, self.model

@@ -4,7 +4,10 @@ Each router replica reports once per interval; the controller keeps, per replica
 last reported, how many requests its reports covered and how many tries of them failed
 before they reached it (the controller was away), and which versions the
 replica could not load. A replica silent for ``STALE_S`` is forgotten (scaled down, or its
-node is gone), so a version that failed only there stops counting as failed.
+node is gone), so a version that failed only there stops counting as failed. One forgotten
+without having sent its last report (a stopping router's says so) crashed or lost its node:
+what it served after its last report is not in the figures. It is counted
+(``routers_lost_total``) and logged, since nothing else would say so.
 
 :class:`ReportNumbers` keeps each router's last report merged and saved, so that no report
 is merged twice and a restarted controller is sent what its last save lacks.
@@ -12,10 +15,14 @@ is merged twice and a restarted controller is sent what its last save lacks.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from serve_ab.serving.core.messages import IntervalReport, ReportAnswer
+
+logger = logging.getLogger("ray.serve")
 
 STALE_S = 60.0
 
@@ -27,6 +34,7 @@ class RouterSeen:
     rows: int = 0
     delayed_intervals: int = 0
     failed_versions: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False  # it sent its last report (IntervalReport.last)
 
 
 class RouterReports:
@@ -35,6 +43,7 @@ class RouterReports:
         self.reports_total = 0
         self.rows_total = 0  # requests and mirrored copies the reports covered
         self.delayed_intervals_total = 0
+        self.routers_lost_total = 0  # forgotten without their last report
 
     def received(self, report: IntervalReport, now_s: float) -> bool:
         """Note ``report``; True when the versions failed somewhere changed with it."""
@@ -47,12 +56,24 @@ class RouterReports:
         seen.rows += report.aggregate.rows
         seen.delayed_intervals += report.delayed_intervals
         seen.failed_versions = dict(report.failed_versions)
+        seen.stopped = seen.stopped or getattr(report, "last", False)  # (not on an older router's)
         self.reports_total += 1
         self.rows_total += report.aggregate.rows
         self.delayed_intervals_total += report.delayed_intervals
         for name in [n for n, r in self.routers.items() if r.last_report_s < now_s - STALE_S]:
-            del self.routers[name]
+            self._forget(name, now_s)
         return self.failed_versions(now_s) != before
+
+    def _forget(self, name: str, now_s: float) -> None:
+        seen = self.routers.pop(name)
+        if seen.stopped:
+            return
+        self.routers_lost_total += 1
+        last = time.strftime("%H:%M:%S", time.gmtime(seen.last_report_s))
+        logger.warning("serve-ab controller: router replica %s has sent nothing for %.0fs and no last report: it "
+                       "crashed or lost its node, and what it served after its last report (%s UTC) is not in the "
+                       "figures (up to controller.report_interval_s of its requests, and, had this controller "
+                       "restarted since, what its saves lacked)", name, now_s - seen.last_report_s, last)
 
     def failed_versions(self, now_s: float) -> dict[str, str]:
         """Versions some live router could not load, with the first such router's error."""
@@ -68,6 +89,7 @@ class RouterReports:
         live = [seen for seen in self.routers.values() if seen.last_report_s >= now_s - STALE_S]
         return {"routers": len(live), "reports_total": self.reports_total, "rows_total": self.rows_total,
                 "delayed_intervals_total": self.delayed_intervals_total,
+                "routers_lost_total": self.routers_lost_total,
                 "failed_versions": self.failed_versions(now_s)}
 
 

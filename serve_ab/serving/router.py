@@ -93,16 +93,25 @@ class _HandleCalls:
 # timeout, so that `serve-ab status` shows the 503's reason; a report may be refreshing.
 READ_TIMEOUT_S = 8.0
 REPORT_TIMEOUT_S = 30.0
+# A client's feedback waits as long as a read: a controller that is down would otherwise hold
+# the client's call for the whole outage. It may still count after the 503 (the call is not
+# taken back): the client's retry then gets the 409 of a report already counted.
+FEEDBACK_TIMEOUT_S = 8.0
+# A router's interval report: given up on, it is kept and sent again at the next interval
+# (serving/core/ledger.py; one that arrives after all is not merged twice), and the try
+# counts in serve_ab_router_intervals_delayed_total, so an outage shows there.
+RECORD_TIMEOUT_S = 8.0
+_FEEDBACK_RETRY = ("send it again later: if this one counted after all, the retry is a 409 "
+                   "(already reported)")
 
 
-async def _within(call: Any, timeout_s: float) -> Any:
+async def _within(call: Any, timeout_s: float, retry: str = "retry later") -> Any:
     """``call``'s answer, or ControllerUnavailable after ``timeout_s``."""
     try:
         return await asyncio.wait_for(call, timeout_s)
     except asyncio.TimeoutError:
         raise ControllerUnavailable(f"the controller did not answer within {timeout_s:g}s (starting, "
-                                    "restarting, or waiting for its store: its log says which); "
-                                    "retry later") from None
+                                    f"restarting, or waiting for its store: its log says which); {retry}") from None
 
 
 class ControllerClient:
@@ -116,9 +125,9 @@ class ControllerClient:
         self.handle = handle
 
     @staticmethod
-    async def _ask(call: Any, timeout_s: float | None = None) -> Any:
+    async def _ask(call: Any, timeout_s: float | None = None, retry: str = "retry later") -> Any:
         if timeout_s is not None:
-            call = _within(call, timeout_s)
+            call = _within(call, timeout_s, retry)
         try:
             answer = await call
         except _UNAVAILABLE as err:
@@ -131,7 +140,7 @@ class ControllerClient:
         return answer
 
     async def record(self, report: IntervalReport) -> ReportAnswer | None:
-        return await self._ask(self.handle.record.remote(report))  # None from an older controller
+        return await self._ask(self.handle.record.remote(report), RECORD_TIMEOUT_S)  # None: an older controller
 
     async def wait_for_update(self, known_epoch: int, timeout_s: float | None = None) -> RoutingSnapshot:
         if timeout_s is None:
@@ -144,7 +153,7 @@ class ControllerClient:
         # resent only to a controller that answered a report (ReportAnswer): one that takes it
         extra = {"resent": True} if resent else {}
         return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
-                                                           unit, split, **extra))
+                                                           unit, split, **extra), FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
 
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())
@@ -153,8 +162,9 @@ class ControllerClient:
         return await self._ask(self.handle.act.remote(action, body, actor))
 
     # Reads give up after READ_TIMEOUT_S (REPORT_TIMEOUT_S): a controller that is not up yet (waiting for its
-    # store) would otherwise hold them for as long as it waits. Actions and feedback wait:
-    # given up on, they could still be applied after the client was told they were not.
+    # store) would otherwise hold them for as long as it waits. Actions wait: given up on, they
+    # could still be applied after the operator was told they were not (feedback, given up on,
+    # says so, and its retry is told apart: FEEDBACK_TIMEOUT_S).
     async def status(self, history: bool = False) -> dict[str, Any]:
         return await self._ask(self.handle.status.remote(history), READ_TIMEOUT_S)
 
@@ -242,7 +252,7 @@ class Router:
             await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
         except asyncio.TimeoutError:
             pass
-        await core.flush_once()
+        await core.flush_once(last=True)
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------
 

@@ -68,6 +68,9 @@ class IntervalReport:
     first_seq: int = 0
     # The controller this router last heard from (ReportAnswer.controller); None at first.
     controller_seen: str | None = None
+    # The replica is stopping (scale-down, redeploy, Ctrl-C) and this is its last report: a
+    # router that falls silent without one crashed or lost its node (RouterReports.lost).
+    last: bool = False
 
 
 @dataclass(frozen=True)

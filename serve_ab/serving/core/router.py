@@ -455,16 +455,17 @@ class RouterCore:
             await self.sleep(self.cfg.controller.report_interval_s)
             await self.flush_once()
 
-    async def flush_once(self) -> None:
+    async def flush_once(self, last: bool = False) -> None:
         """Send this interval's aggregate, after any earlier report the controller has not
-        taken (it was away) or lacks (it restarted): :class:`ReportLedger`."""
+        taken (it was away) or lacks (it restarted): :class:`ReportLedger`. ``last``: the
+        replica is stopping, and its report says so, even an empty one."""
         async with self._flush_lock:
             aggregate = self.observations.drain()
             failed = self.failed_versions()
-            if aggregate is not None or failed or self.ledger.waiting():
+            if aggregate is not None or failed or self.ledger.waiting() or last:
                 # Idle, the controller must still hear what failed, or say what it saved.
                 self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
-                                                                 failed_versions=failed)))
+                                                                 failed_versions=failed, last=last)))
             while (report := self.ledger.next_unsent()) is not None:
                 mark = self.ledger.mark()
                 try:

@@ -71,3 +71,29 @@ def test_a_read_the_controller_does_not_answer_is_a_503_after_its_timeout_and_an
         task.cancel()
 
     asyncio.run(act_for_a_while())
+
+
+def test_feedback_and_a_report_the_controller_does_not_answer_give_up_after_their_timeouts(monkeypatch):
+    """Feedback held for a whole outage would hold its client's call too: it is a 503 that says
+    a retry is safe. A router's report given up on is kept and sent again by its ledger, and the
+    failed try is what serve_ab_router_intervals_delayed_total counts."""
+    from serve_ab.analysis.aggregate import IntervalAggregate
+    from serve_ab.errors import ControllerUnavailable
+    from serve_ab.serving import router
+    from serve_ab.serving.core.messages import IntervalReport
+
+    class Silent:
+        def remote(self, *args, **kwargs):
+            return asyncio.sleep(3600)
+
+    class Handle:
+        feedback = record = Silent()
+
+    monkeypatch.setattr(router, "FEEDBACK_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(router, "RECORD_TIMEOUT_S", 0.05)
+    client = ControllerClient(Handle())
+    with pytest.raises(ControllerUnavailable, match=r"did not answer within 0.05s .*; send it again later: if this "
+                                                    r"one counted after all, the retry is a 409 \(already reported\)"):
+        asyncio.run(client.feedback("r1", "correct", None, True))
+    with pytest.raises(ControllerUnavailable, match=r"did not answer within 0.05s"):
+        asyncio.run(client.record(IntervalReport("router-1", IntervalAggregate())))

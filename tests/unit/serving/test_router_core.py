@@ -307,6 +307,19 @@ def test_an_interval_is_one_aggregate_whose_size_does_not_grow_with_requests():
     assert sizes[1] < sizes[0] * 1.2, sizes
 
 
+def test_a_stopping_routers_last_flush_says_so_even_with_nothing_served():
+    controller = FakeController()
+    core = make_core(controller=controller)
+    run(core.flush_once())
+    assert controller.recorded == []  # idle: nothing to say
+    run(core.flush_once(last=True))
+    [report] = controller.recorded
+    assert report.last and report.aggregate.rows == 0
+    run(core.serve(ROW, "u", None))
+    run(core.flush_once())
+    assert not controller.recorded[-1].last
+
+
 def test_flush_sends_and_a_controller_outage_sends_the_interval_again_first_and_late():
     controller = FakeController()
     core = make_core(controller=controller)

@@ -1,0 +1,39 @@
+"""What the controller knows of its routers from their reports: a router that falls silent
+without its last report is counted and logged as lost (no Ray)."""
+
+from __future__ import annotations
+
+import logging
+
+from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.serving.core.messages import IntervalReport
+from serve_ab.serving.reports import STALE_S, RouterReports
+
+
+def report(router: str, last: bool = False) -> IntervalReport:
+    return IntervalReport(router, IntervalAggregate(), last=last)
+
+
+def test_a_router_silent_without_its_last_report_is_counted_lost_and_logged(caplog):
+    reports = RouterReports()
+    reports.received(report("crashed"), now_s=1000.0)
+    reports.received(report("stopped"), now_s=1000.0)
+    reports.received(report("stopped", last=True), now_s=1001.0)
+    reports.received(report("alive"), now_s=1000.0 + STALE_S)
+    assert reports.to_dict(1000.0 + STALE_S)["routers_lost_total"] == 0  # silent for a minute, not more
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        reports.received(report("alive"), now_s=1002.0 + STALE_S)
+    figures = reports.to_dict(1002.0 + STALE_S)
+    assert figures["routers"] == 1 and figures["routers_lost_total"] == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("serve-ab controller: router replica crashed has sent nothing for 62s and no last "
+                           "report: it crashed or lost its node, and what it served after its last report "
+                           "(00:16:40 UTC) is not in the figures")
+
+
+def test_a_report_pickled_by_an_older_router_has_no_last_and_counts_as_not_stopping():
+    old = report("r1")
+    del old.__dict__["last"]  # what unpickling one from a release before the field gives
+    reports = RouterReports()
+    reports.received(old, now_s=0.0)
+    assert reports.routers["r1"].stopped is False
