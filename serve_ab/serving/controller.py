@@ -151,6 +151,9 @@ class ControllerCore:
         self.gate_windows = GateWindows(keep_s=(window_s or 0.0) + 120.0)
         self._window_restored = False  # until a look has read the window a save gave back
         self.reports = RouterReports()
+        # Since when, and why, the rollout's decisions cannot be saved (the store is down):
+        # status says so, where the reason alone would read as if nothing were wrong.
+        self.not_saved: dict[str, Any] | None = None
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
@@ -528,10 +531,13 @@ class ControllerCore:
             self.store.save(self.key, draft.to_dict())
         except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
             logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
+            since_s = self.not_saved["since_s"] if self.not_saved else self.clock()
+            self.not_saved = {"since_s": since_s, "error": f"{type(err).__name__}: {err}"}
             raise StoreUnavailable(
                 f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
                 f"changed (still {self.rollout.where_text()}); try again"
             ) from None
+        self.not_saved = None
         self.rollout = draft
         self._announce(draft)
 
@@ -665,6 +671,9 @@ class ControllerCore:
             "routers": self.reports.to_dict(now),
             "failed_versions": self.reports.failed_versions(now),
             "notifications": self.notifier.counts() if self.notifier is not None else {},
+            # {since_s, error} while decisions cannot be saved: the rollout waits (routers serve on)
+            "not_saved": None if self.not_saved is None else {**self.not_saved,
+                                                               "for_s": now - self.not_saved["since_s"]},
         }
         if history:
             out["history"] = list(s.history)

@@ -728,9 +728,14 @@ def test_a_failed_save_refuses_the_action_and_changes_nothing():
         with pytest.raises(StoreUnavailable, match=f"nothing was changed \\(still at step {step + 1} \\(.*; from_step "
                                                    f"{step}\\), revision .*try again"):
             core.act(action, body, OPERATOR)
-    assert (core.status(history=True), core.snapshot(), core.epoch, store.load(core.key)) == before
+    status = core.status(history=True)
+    # Status says the store is failing (the reason alone would not); nothing else changed.
+    assert status.pop("not_saved")["error"] == "OSError: [Errno 28] No space left on device"
+    assert before[0]["not_saved"] is None
+    assert (status | {"not_saved": None}, core.snapshot(), core.epoch, store.load(core.key)) == before
     store.failing = False
     core.act(Action.ABORT, ActionRequest(), OPERATOR)  # the retry goes through
+    assert core.status()["not_saved"] is None
     assert store.load(core.key)["phase"] == "aborted" and core.snapshot().weights["v2"] == 0.0
     assert core.epoch == before[2] + 1
 
@@ -742,6 +747,11 @@ def test_a_failed_save_during_a_tick_applies_nothing_and_the_next_tick_retries()
     store.failing = True
     with pytest.raises(StoreUnavailable):
         core.tick()  # would set v2 to 10%
+    clock.advance(3.0)
+    with pytest.raises(StoreUnavailable):
+        core.tick()
+    not_saved = core.status()["not_saved"]
+    assert not_saved["for_s"] == 3.0 and not_saved["since_s"] == clock() - 3.0  # since the first failure
     snapshot = core.snapshot()
     assert (snapshot.epoch, snapshot.weights) == (0, {"v1": 100.0, "v2": 0.0})
     assert core.status()["revision"] == store.load(core.key)["revision"] == 1
