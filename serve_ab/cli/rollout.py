@@ -528,8 +528,8 @@ def render_status(status: dict[str, Any], *, history: bool = False, width: int =
         rows.append(("reason", str(status["reason"])))
     if status.get("not_saved"):
         not_saved = status["not_saved"]
-        rows.append(("store", f"decisions not saved for {_duration(max(0.0, float(not_saved['for_s'])))} "
-                              f"({not_saved['error']}): the rollout waits for its store, routers serve on"))
+        rows.append(("store", f"saves failing for {_duration(max(0.0, float(not_saved['for_s'])))} "
+                              f"({not_saved['error']}): decisions wait for the store, routers serve on"))
     key_width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{key_width}}  {v}" for k, v in rows]
 

@@ -151,9 +151,9 @@ class ControllerCore:
         self.gate_windows = GateWindows(keep_s=(window_s or 0.0) + 120.0)
         self._window_restored = False  # until a look has read the window a save gave back
         self.reports = RouterReports()
-        # Since when, and why, the rollout's decisions cannot be saved (the store is down):
-        # status says so, where the reason alone would read as if nothing were wrong.
-        self.not_saved: dict[str, Any] | None = None
+        # While the store refuses saves (decisions, figures): status says so, where the reason
+        # alone would read as if nothing were wrong. Cleared by the next save that works.
+        self.saves_failing: SavesFailing | None = None
         self.started_at_s = clock()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
@@ -235,9 +235,14 @@ class ControllerCore:
         """
         if checkpoint is None:
             checkpoint = self.checkpoint()
-        self.store.save(self._stats_key(), checkpoint.stats)
-        for key, row in checkpoint.reported.items():
-            self.store.save(key, row)
+        try:
+            self.store.save(self._stats_key(), checkpoint.stats)
+            for key, row in checkpoint.reported.items():
+                self.store.save(key, row)
+        except Exception as err:
+            self._saves_failed(err)
+            raise
+        self.saves_failing = None
         self._keys_written_s = max(self._keys_written_s, checkpoint.taken_s)
         self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.
@@ -531,15 +536,23 @@ class ControllerCore:
             self.store.save(self.key, draft.to_dict())
         except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
             logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
-            since_s = self.not_saved["since_s"] if self.not_saved else self.clock()
-            self.not_saved = {"since_s": since_s, "error": f"{type(err).__name__}: {err}"}
+            self._saves_failed(err)
             raise StoreUnavailable(
                 f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
                 f"changed (still {self.rollout.where_text()}); try again"
             ) from None
-        self.not_saved = None
+        self.saves_failing = None
         self.rollout = draft
         self._announce(draft)
+
+    def _saves_failed(self, err: Exception) -> None:
+        since_s = self.saves_failing.since_s if self.saves_failing is not None else self.clock()
+        self.saves_failing = SavesFailing(since_s, f"{type(err).__name__}: {err}")
+
+    def _saves_failing_status(self, now_s: float) -> dict[str, Any] | None:
+        failing = self.saves_failing
+        return None if failing is None else {"since_s": failing.since_s, "for_s": now_s - failing.since_s,
+                                             "error": failing.error}
 
     def _announce(self, saved: Rollout) -> None:
         """Notify the history entries a saved decision wrote; never raises, never blocks."""
@@ -627,7 +640,8 @@ class ControllerCore:
                     "run_id": self.run_id,
                     "controller": {"started_at_s": self.started_at_s},
                     "routers": self.reports.to_dict(self.clock()),
-                    "failed_versions": self.reports.failed_versions(self.clock())}
+                    "failed_versions": self.reports.failed_versions(self.clock()),
+                    "not_saved": self._saves_failing_status(self.clock())}
         r = self.cfg.rollout
         s = self.rollout.state
         now = self.clock()
@@ -672,12 +686,20 @@ class ControllerCore:
             "failed_versions": self.reports.failed_versions(now),
             "notifications": self.notifier.counts() if self.notifier is not None else {},
             # {since_s, error} while decisions cannot be saved: the rollout waits (routers serve on)
-            "not_saved": None if self.not_saved is None else {**self.not_saved,
-                                                               "for_s": now - self.not_saved["since_s"]},
+            "not_saved": self._saves_failing_status(now),
         }
         if history:
             out["history"] = list(s.history)
         return out
+
+
+@dataclass(frozen=True)
+class SavesFailing:
+    """The store refuses the controller's saves: since when (the first refused, by the
+    controller's clock) and the last refusal's error."""
+
+    since_s: float
+    error: str
 
 
 def _build_report(*args: Any) -> tuple[Report, dict[str, Any]]:

@@ -5,9 +5,11 @@ last reported, how many requests its reports covered and how many tries of them 
 before they reached it (the controller was away), and which versions the
 replica could not load. A replica silent for ``STALE_S`` is forgotten (scaled down, or its
 node is gone), so a version that failed only there stops counting as failed. One forgotten
-without having sent its last report (a stopping router's says so) crashed or lost its node:
-what it served after its last report is not in the figures. It is counted
-(``routers_lost_total``) and logged, since nothing else would say so.
+without having sent its last report (a stopping router's says so; an idle one reports every
+``IDLE_REPORT_S``) crashed or lost its node: what it served after its last report is not in
+the figures. It is counted (``routers_lost_total``) and logged, since nothing else would say
+so. Silence is noticed when another router's report comes, and a restarted controller knows
+only the routers that reported to it.
 
 :class:`ReportNumbers` keeps each router's last report merged and saved, so that no report
 is merged twice and a restarted controller is sent what its last save lacks.
@@ -56,7 +58,7 @@ class RouterReports:
         seen.rows += report.aggregate.rows
         seen.delayed_intervals += report.delayed_intervals
         seen.failed_versions = dict(report.failed_versions)
-        seen.stopped = seen.stopped or getattr(report, "last", False)  # (not on an older router's)
+        seen.stopped = seen.stopped or report.last
         self.reports_total += 1
         self.rows_total += report.aggregate.rows
         self.delayed_intervals_total += report.delayed_intervals
@@ -71,9 +73,10 @@ class RouterReports:
         self.routers_lost_total += 1
         last = time.strftime("%H:%M:%S", time.gmtime(seen.last_report_s))
         logger.warning("serve-ab controller: router replica %s has sent nothing for %.0fs and no last report: it "
-                       "crashed or lost its node, and what it served after its last report (%s UTC) is not in the "
-                       "figures (up to controller.report_interval_s of its requests, and, had this controller "
-                       "restarted since, what its saves lacked)", name, now_s - seen.last_report_s, last)
+                       "crashed, lost its node, or stopped while its last report could not be taken; what it "
+                       "served after its last report (%s UTC) is not in the figures (up to "
+                       "controller.report_interval_s of its requests, and, had this controller restarted since, "
+                       "what its saves lacked)", name, now_s - seen.last_report_s, last)
 
     def failed_versions(self, now_s: float) -> dict[str, str]:
         """Versions some live router could not load, with the first such router's error."""

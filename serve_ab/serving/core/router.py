@@ -65,6 +65,9 @@ from serve_ab.serving.core.versions import (
 logger = logging.getLogger("ray.serve")
 
 RETRY_FOLLOW_S = 0.5  # between long polls while the controller is unreachable
+# An idle router reports, empty, this often: the controller counts a router silent for a
+# minute (serving/reports.py STALE_S) as lost, so a live one must not stay silent that long.
+IDLE_REPORT_S = 20.0
 
 
 class RouterCore:
@@ -123,6 +126,7 @@ class RouterCore:
         # What the controller has not saved yet; reports go one at a time, in order.
         self.ledger = ReportLedger()
         self._flush_lock = asyncio.Lock()
+        self._reported_s = clock()  # when this router last made a report (IDLE_REPORT_S)
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -462,10 +466,13 @@ class RouterCore:
         async with self._flush_lock:
             aggregate = self.observations.drain()
             failed = self.failed_versions()
-            if aggregate is not None or failed or self.ledger.waiting() or last:
-                # Idle, the controller must still hear what failed, or say what it saved.
+            idle_too_long = self.clock() - self._reported_s >= IDLE_REPORT_S
+            if aggregate is not None or failed or self.ledger.waiting() or last or idle_too_long:
+                # Idle, the controller must still hear what failed, or say what it saved, and
+                # now and then that this router lives (a silent one is counted lost).
                 self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
                                                                  failed_versions=failed, last=last)))
+                self._reported_s = self.clock()
             while (report := self.ledger.next_unsent()) is not None:
                 mark = self.ledger.mark()
                 try:

@@ -48,8 +48,8 @@ def test_a_store_that_fails_its_saves_is_said_in_the_status():
     assert "store" not in render_status({**CANARY, "not_saved": None})
     text = render_status({**CANARY, "not_saved": {"since_s": 1.0, "for_s": 75.0,
                                                   "error": "ConnectionError: Error 111 connecting"}})
-    assert ("store      decisions not saved for 1m 15s (ConnectionError: Error 111 connecting): the rollout waits "
-            "for its store, routers serve on") in text
+    assert ("store      saves failing for 1m 15s (ConnectionError: Error 111 connecting): decisions wait for "
+            "the store, routers serve on") in text
 
 
 def test_a_webhook_gate_without_bounds_shows_its_answer_not_one_and_zero():

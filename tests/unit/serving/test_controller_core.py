@@ -740,6 +740,25 @@ def test_a_failed_save_refuses_the_action_and_changes_nothing():
     assert core.epoch == before[2] + 1
 
 
+def test_a_finished_rollout_says_its_store_failed_until_a_save_of_the_figures_works():
+    # An ended rollout's ticks save nothing, so the figures' save (every few seconds) is what
+    # says the store is back; it failing says the store is down too.
+    store = FailingStore()
+    core, _ = paused_canary(store)
+    core.act(Action.ABORT, ActionRequest(), OPERATOR)
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        core.act(Action.ROLLBACK, ActionRequest(), OPERATOR)
+    assert core.status()["not_saved"]["error"] == "OSError: [Errno 28] No space left on device"
+    store.failing = False
+    core.save_stats()
+    assert core.status()["not_saved"] is None
+    store.failing = True
+    with pytest.raises(OSError):
+        core.save_stats()
+    assert core.status()["not_saved"] is not None
+
+
 def test_a_failed_save_during_a_tick_applies_nothing_and_the_next_tick_retries():
     store = FailingStore()
     clock = FakeClock()

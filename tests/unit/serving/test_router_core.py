@@ -320,6 +320,28 @@ def test_a_stopping_routers_last_flush_says_so_even_with_nothing_served():
     assert not controller.recorded[-1].last
 
 
+def test_an_idle_router_reports_empty_every_idle_report_s_so_that_it_is_not_counted_lost():
+    from serve_ab.serving.core.router import IDLE_REPORT_S
+    from serve_ab.serving.reports import STALE_S
+
+    assert IDLE_REPORT_S < STALE_S / 2  # two may fail and it still is not taken for lost
+    clock, controller = FakeClock(), FakeController()
+    core = make_core(controller=controller, clock=clock)
+    clock.advance(IDLE_REPORT_S - 1)
+    run(core.flush_once())
+    assert controller.recorded == []
+    clock.advance(1)
+    run(core.flush_once())
+    [report] = controller.recorded
+    assert report.aggregate.rows == 0 and not report.last
+    run(core.serve(ROW, "u", None))
+    clock.advance(IDLE_REPORT_S - 1)
+    run(core.flush_once())  # traffic: reported anyway, and the idle count starts again
+    clock.advance(IDLE_REPORT_S - 1)
+    run(core.flush_once())
+    assert len(controller.recorded) == 2
+
+
 def test_flush_sends_and_a_controller_outage_sends_the_interval_again_first_and_late():
     controller = FakeController()
     core = make_core(controller=controller)
