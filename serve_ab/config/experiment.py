@@ -598,8 +598,9 @@ class ControllerConfig(_Strict):
     report_interval_s: float = Field(
         1.0, gt=0, le=60,
         description="How often each router replica sends the controller what it served (one "
-        "message per interval; none while idle), so gates and reports see traffic at most this "
-        "late. Shorter reacts sooner and costs every router a Ray call per interval.",
+        "message per interval; while idle, an empty one every 20 s, so that it is not counted "
+        "lost), so gates and reports see traffic at most this late. Shorter reacts sooner and "
+        "costs every router a Ray call per interval.",
     )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
