@@ -3,9 +3,10 @@
 Routers report what they served (:meth:`ExperimentController.record`) and long-poll for
 weights (:meth:`ExperimentController.wait_for_update`), so a decision reaches every router
 replica as soon as it is made, with no polling delay. Being the one replica every router
-reports to (one aggregate per router per interval, never per-request rows), the controller is also where the app's figures live: the cumulative
-per-version statistics (:class:`serve_ab.analysis.accumulate.ExperimentStats`) behind the A/B
-report and the Prometheus metrics, and the run record.
+reports to (one aggregate per router per interval, never per-request rows), the controller
+is also where the app's figures live: the cumulative per-version statistics
+(:class:`serve_ab.analysis.accumulate.ExperimentStats`) behind the A/B report and the
+Prometheus metrics, and the run record.
 
 With a rollout, the decisions come from the pure :class:`serve_ab.rollout.Rollout`; this
 class only feeds it windows of observations and serves the control actions. Every decision
@@ -14,8 +15,8 @@ only then applied (memory, epoch, routers): a save that fails changes nothing, t
 is refused with :class:`~serve_ab.errors.StoreUnavailable` and a tick decides again next
 time. Without a rollout, the weights are the config's.
 
-One clock: reports are stamped with the controller's clock when they arrive, so a router whose
-clock is off neither starves nor fools the gates (the latency it measured is a duration and
+One clock: reports are stamped with the controller's clock when they arrive, so a router
+whose clock is off neither starves nor fools the gates (the latency it measured is a duration and
 is kept). Only requests assigned by the split and mirrored copies enter gate windows;
 pinned ones never move a gate.
 """
@@ -685,7 +686,7 @@ class ControllerCore:
             "routers": self.reports.to_dict(now),
             "failed_versions": self.reports.failed_versions(now),
             "notifications": self.notifier.counts() if self.notifier is not None else {},
-            # {since_s, error} while decisions cannot be saved: the rollout waits (routers serve on)
+            # {since_s, for_s, error} while the store refuses saves: decisions wait (routers serve on)
             "not_saved": self._saves_failing_status(now),
         }
         if history:

@@ -69,7 +69,7 @@ class IntervalReport:
     # The controller this router last heard from (ReportAnswer.controller); None at first.
     controller_seen: str | None = None
     # The replica is stopping (scale-down, redeploy, Ctrl-C) and this is its last report: a
-    # router that falls silent without one crashed or lost its node (RouterReports.lost).
+    # router that falls silent without one crashed or lost its node (serving/reports.py).
     last: bool = False
 
 
