@@ -268,12 +268,12 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
     fail_any: dict[tuple[float, str], bool] = {}
     looks: Counter = Counter()
     weights_seen = set()
-    last_gates = None
+    last_gates = core.last_analysis  # none yet: the first analysis replaces it
     t[0] = START_S + 0.5
     core.tick()  # the first step's weight
     status = core.status()
     n_requests = 0
-    while status["phase"] not in ("promoted", "aborted") and t[0] - START_S < max_s:
+    while status.phase not in ("promoted", "aborted") and t[0] - START_S < max_s:
         snapshot = core.snapshot()
         assigner.set_weights(snapshot.weights)
         second = int(t[0] - START_S)
@@ -301,8 +301,8 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
                     for call in calls:
                         add_feedback(core, call)
                 killed_at_s, kills = t[0], kills + 1
-                last_gates = core.status()["gates"]  # the look it saved: its first analysis is a new one
-        if pause_every_s is not None and core.status()["phase"] not in ("promoted", "aborted"):
+                last_gates = core.last_analysis  # the look it saved: its first analysis is a new one
+        if pause_every_s is not None and core.status().phase not in ("promoted", "aborted"):
             if paused_at_s is None and t[0] - resumed_at_s >= pause_every_s:
                 core.act(Action.PAUSE)
                 paused_at_s, pauses = t[0], pauses + 1
@@ -310,26 +310,28 @@ def one_run(case: Case, seed: Any, max_s: float, model: PopulationModel = Popula
                 core.act(Action.RESUME)
                 paused_at_s, resumed_at_s = None, t[0]
         t[0] += 0.5
-        weight = status["weights_pct"][CANDIDATE]
+        weight = status.weights_pct[CANDIDATE]
         weights_seen.add(weight)
         core.tick()
         status = core.status()
-        if status["gates"] is not last_gates:  # a new analysis (the controller keeps its last one)
-            last_gates = status["gates"]
+        # A new analysis: the controller replaces its list of the last one's gates (plain data,
+        # as saved) at each analysis, and keeps it otherwise.
+        if core.last_analysis is not last_gates:
+            last_gates = core.last_analysis
             looks[weight] += 1
             for gate in last_gates:
                 key = (weight, gate["gate"])
                 fail_any[key] = fail_any.get(key, False) or gate["verdict"] == "fail"
-    history = core.status(history=True)["history"]
-    reason = history[-1]["reason"] if history else ""
+    history = core.status(history=True).history
+    reason = history[-1].reason if history else ""
     cause = None
-    if status["phase"] == "aborted":
+    if status.phase == "aborted":
         cause = "deadline" if "progress deadline" in reason else "gate" if "failed analysis" in reason else "other"
-    return {"phase": status["phase"], "t_s": round(t[0] - START_S, 1), "cause": cause, "reason": reason[:300],
-            "weight": status["weights_pct"][CANDIDATE], "requests": n_requests,
+    return {"phase": status.phase, "t_s": round(t[0] - START_S, 1), "cause": cause, "reason": reason[:300],
+            "weight": status.weights_pct[CANDIDATE], "requests": n_requests,
             "fail_any": {f"{w:g}|{g}": v for (w, g), v in fail_any.items()},
             "looks": {f"{w:g}": n for w, n in looks.items()},
-            "weights_seen": sorted(weights_seen | {status["weights_pct"][CANDIDATE]}), "kills": kills,
+            "weights_seen": sorted(weights_seen | {status.weights_pct[CANDIDATE]}), "kills": kills,
             "pauses": pauses}
 
 

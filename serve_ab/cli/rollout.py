@@ -37,6 +37,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from serve_ab.cli import serve_apps
 from serve_ab.cli import wait as cli_wait
 from serve_ab.cli.options import (
@@ -50,6 +52,8 @@ from serve_ab.cli.options import (
     duration_s,
     redact,
 )
+from serve_ab.api.status import ActionAnswer, GateLook, GateWindow, HistoryEntry, RolloutStatus
+from serve_ab.config.experiment import format_validation_error
 from serve_ab.serving.core.messages import Action
 
 __all__ = ["DEFAULT_URL", "QA_TOKEN_ENV", "READ_TOKEN_ENVS", "TOKEN_ENV", "URL_ENV", "VIEWER_TOKEN_ENV",
@@ -252,12 +256,12 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
         _print_lines(failure.lines, token, err)
         return failure.code
     if args.output != "table":
-        text = dump(status, args.output)
+        text = dump(status.answer(), args.output)
     elif args.action is None:
         text = render_status(status, history=args.history)
     else:
         # The app says whether the action changed anything (a rollback of an aborted rollout does not).
-        done = "nothing to change" if status.get("changed") is False else "ok"
+        done = "nothing to change" if getattr(status, "changed", None) is False else "ok"
         text = f"{args.action}: {done}\n" + render_status(status, short=True)
     # The app never echoes the token, but a proxy's error page might; it must not reach a terminal log.
     print(redact(text, token), file=out)
@@ -278,7 +282,7 @@ def _follow(args: argparse.Namespace, fetch: Any, token: str | None, out: TextIO
     tty = bool(getattr(out, "isatty", lambda: False)())
     last: dict[str, Any] = {"key": None, "frame": None}
 
-    def progress(status: dict[str, Any], elapsed_s: float) -> None:
+    def progress(status: RolloutStatus, elapsed_s: float) -> None:
         if args.watch:
             frame = redact(render_status(status, history=args.history), token)
             if tty:  # clear the screen and home the cursor: a redraw without curses
@@ -301,7 +305,7 @@ def _follow(args: argparse.Namespace, fetch: Any, token: str | None, out: TextIO
     # not at --request-timeout's 10.
     deadline_s = None if args.timeout_s is None else _clock() + args.timeout_s
 
-    def poll() -> dict[str, Any]:
+    def poll() -> RolloutStatus:
         if deadline_s is None:
             return fetch()
         return fetch(timeout_s=max(min(args.request_timeout_s, deadline_s - _clock()), MIN_POLL_TIMEOUT_S))
@@ -313,7 +317,7 @@ def _follow(args: argparse.Namespace, fetch: Any, token: str | None, out: TextIO
         print("interrupted", file=err)
         return ExitCode.INTERRUPTED
     if not table and result.status is not None:
-        print(redact(dump(result.status, args.output), token), file=out)
+        print(redact(dump(result.status.answer(), args.output), token), file=out)
     if result.code != ExitCode.OK:
         _print_lines(result.lines, token, err)
     elif table:  # -o json|yaml: the final status is all there is to say
@@ -428,143 +432,82 @@ def _error_message(response: Any) -> str:
     return response.text.strip()[:200] or response.reason_phrase
 
 
-def _fetch_status(url: str, method: str, path: str, **request: Any) -> dict[str, Any]:
-    """:func:`_send`, and the status checked for what :func:`render_status` and the wait loop read."""
-    status = _send(url, method, path, **request)
-    problem = _status_problem(status)
-    if problem is not None:  # as an answer that is not JSON: the app answered, not as a serve-ab app does
-        raise RequestFailed(f"error: unexpected answer from {url}{path}: {problem}",
-                            f"hint: is {url} a serve-ab app, of a version this serve-ab reads?")
-    return status
-
-
-_WHOLE_NUMBERS = ("revision", "step_index", "steps_total", "failures_total", "failure_limit")
-
-
-def _status_problem(status: dict[str, Any]) -> str | None:
-    """What in a status the views cannot show (a field of another type than the app sends), or None."""
-    weights = status.get("weights_pct")
-    if weights is not None:
-        if not isinstance(weights, dict):
-            return f"weights_pct is {_shown(weights)}, expected an object of version: percent"
-        for name, pct in weights.items():
-            if not _is_finite(pct):
-                return f"weights_pct.{name} is {_shown(pct)}, expected a finite number (percent)"
-    for name in _WHOLE_NUMBERS:
-        if status.get(name) is not None and (isinstance(status[name], bool) or not isinstance(status[name], int)):
-            return f"{name} is {_shown(status[name])}, expected a whole number"
-    next_step_in_s = status.get("next_step_in_s")
-    if next_step_in_s is not None and not _is_finite(next_step_in_s):
-        return f"next_step_in_s is {_shown(next_step_in_s)}, expected a finite number of seconds"
-    if status.get("phase") is not None and not isinstance(status["phase"], str):
-        return f"phase is {_shown(status['phase'])}, expected a text such as 'progressing'"
-    for name in ("gates", "retired", "history"):
-        if status.get(name) is not None and not isinstance(status[name], list):
-            return f"{name} is {_shown(status[name])}, expected a list"
-    for index, gate in enumerate(status.get("gates") or []):
-        if not isinstance(gate, dict):
-            return f"gates.{index} is {_shown(gate)}, expected an object"
-        for key in ("value", "threshold"):
-            if gate.get(key) is not None and not _is_finite(gate[key]):
-                return f"gates.{index}.{key} is {_shown(gate[key])}, expected a finite number"
-    for index, entry in enumerate(status.get("history") or []):
-        if not isinstance(entry, dict):
-            return f"history.{index} is {_shown(entry)}, expected an object"
-        if not _is_number(entry.get("t_s", 0.0)):
-            return f"history.{index}.t_s is {_shown(entry['t_s'])}, expected seconds since 1970"
-        if entry.get("actor") is not None and not isinstance(entry["actor"], dict):
-            return f"history.{index}.actor is {_shown(entry['actor'])}, expected an object"
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    """A number a float holds: not NaN or infinite (JSON from Python may hold them), nor an
-    integer past 1e308."""
+def _fetch_status(url: str, method: str, path: str, **request: Any) -> RolloutStatus:
+    """:func:`_send`, read as the status it should be (an action's answer: an :class:`ActionAnswer`)."""
+    answer = _send(url, method, path, **request)
+    model = ActionAnswer if method == "POST" else RolloutStatus
     try:
-        return _is_number(value) and math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _shown(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
+        return model.from_answer(answer)
+    except ValidationError as err:  # as an answer that is not JSON: the app answered, not as a serve-ab app does
+        raise RequestFailed(f"error: unexpected answer from {url}{path}: {format_validation_error(err)[0]}",
+                            f"hint: is {url} a serve-ab app, of a version this serve-ab reads?") from None
 
 
 # --- rendering -----------------------------------------------------------------------------
 
 
-def render_status(status: dict[str, Any], *, history: bool = False, width: int = 40,
+def render_status(status: RolloutStatus, *, history: bool = False, width: int = 40,
                   short: bool = False) -> str:
-    """The terminal view of a ``/rollout/status`` object; ``short`` drops the gate table.
+    """The terminal view of a ``/rollout/status`` answer; ``short`` drops the gate table.
 
     ``width`` is the length of a weight bar in characters.
     """
-    strategy, phase = status.get("strategy"), status.get("phase") or "unknown"
-    stable, candidate = status.get("stable"), status.get("candidate")
-    rows: list[tuple[str, str]] = [("model", str(status.get("model") or "-"))]
+    strategy, stable, candidate = status.strategy, status.stable, status.candidate
+    rows: list[tuple[str, str]] = [("model", status.model or "-")]
     if strategy is None:
         rows.append(("rollout", "none (static weights)"))
     else:
         rows.append(("rollout", f"{strategy}: {stable} -> {candidate}"))
-        rows.append(("phase", phase + _step_text(status)))
-        if status.get("revision") is not None:
-            rows.append(("revision", f"{status['revision']}  (serve-ab <action> --revision {status['revision']} "
+        rows.append(("phase", status.phase + cli_wait.step_text(status)))
+        if status.revision is not None:
+            rows.append(("revision", f"{status.revision}  (serve-ab <action> --revision {status.revision} "
                                      "acts only on this state)"))
-        if status.get("next_step_in_s") is not None:
-            rows.append(("next step", f"in {_duration(status['next_step_in_s'])}"))
-        if status.get("failure_limit") is not None:
-            rows.append(("failures", f"{status.get('failures_total', 0)} of {status['failure_limit']} tolerated"))
-        evidence = _evidence(status.get("window"), status.get("stable"), status.get("candidate"))
+        if status.next_step_in_s is not None:
+            rows.append(("next step", f"in {_duration(status.next_step_in_s)}"))
+        if status.failure_limit is not None:
+            rows.append(("failures", f"{status.failures_total or 0} of {status.failure_limit} tolerated"))
+        evidence = _evidence(status.window, stable, candidate)
         if evidence:
             rows.append(("evidence", evidence))
-        if status.get("retired"):
-            rows.append(("retired", ", ".join(map(str, status["retired"]))))
-    if status.get("reason"):
-        rows.append(("reason", str(status["reason"])))
-    if status.get("not_saved"):
-        not_saved = status["not_saved"]
-        rows.append(("store", f"saves failing for {_duration(max(0.0, float(not_saved['for_s'])))} "
-                              f"({not_saved['error']}): decisions wait for the store, routers serve on"))
+        if status.retired:
+            rows.append(("retired", ", ".join(status.retired)))
+    if status.reason:
+        rows.append(("reason", status.reason))
+    if status.not_saved is not None:
+        not_saved = status.not_saved
+        rows.append(("store", f"saves failing for {_duration(max(0.0, not_saved.for_s))} "
+                              f"({not_saved.error}): decisions wait for the store, routers serve on"))
     key_width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{key_width}}  {v}" for k, v in rows]
 
-    lines += ["", "weights"] + _weight_bars(status.get("weights_pct") or {}, width, stable, candidate)
+    lines += ["", "weights"] + _weight_bars(status.weights_pct, width, stable, candidate)
 
-    gates = status.get("gates") or []
+    gates = status.gates
     if gates and short:
-        counts = {v: sum(g.get("verdict") == v for g in gates) for v in ("pass", "fail", "inconclusive")}
+        counts = {v: sum(g.verdict == v for g in gates) for v in ("pass", "fail", "inconclusive")}
         lines += ["", "gates  " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)]
     elif gates:
         lines += ["", "gates"] + _gate_table(gates)
 
     if history and strategy is not None:  # a static app has no phases to move between
-        lines += ["", "history"] + _history_lines(status.get("history"), status.get("steps_total"))
+        lines += ["", "history"] + _history_lines(status.history, status.steps_total)
     return "\n".join(lines)
 
 
-def _evidence(window: Any, stable: Any, candidate: Any) -> str | None:
+def _evidence(window: GateWindow | None, stable: str | None, candidate: str | None) -> str | None:
     """What the gates' latest analysis read: "v1 1,650 requests (41 errors), v2 660 (17 errors)";
     None when the status has no window (a static app, an older app, no look yet)."""
-    if not isinstance(window, dict) or not isinstance(window.get("requests"), dict):
+    if window is None:
         return None
-    requests, errors = window["requests"], window.get("errors") if isinstance(window.get("errors"), dict) else {}
+    requests, errors = window.requests, window.errors
     parts = []
     for version in [stable, candidate] + [v for v in requests if v not in (stable, candidate)]:
         n = requests.get(version)
-        if isinstance(n, int) and not isinstance(n, bool):
+        if n is not None:
             failed = errors.get(version)
-            tail = f" ({failed:,} errors)" if isinstance(failed, int) and not isinstance(failed, bool) else ""
+            tail = f" ({failed:,} errors)" if failed is not None else ""
             parts.append(f"{version} {n:,} requests{tail}")
     return ", ".join(parts) + " in the gates' window" if parts else None
-
-
-def _step_text(status: dict[str, Any]) -> str:
-    return cli_wait.step_text(status)
 
 
 def _weight_bars(weights_pct: dict[str, float], width: int, stable: Any, candidate: Any) -> list[str]:
@@ -580,10 +523,9 @@ def _weight_bars(weights_pct: dict[str, float], width: int, stable: Any, candida
     return lines
 
 
-def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
+def _gate_table(gates: list[GateLook]) -> list[str]:
     header = ("gate", "value", "threshold", "verdict", "reason")
-    rows = [(str(g.get("gate", "?")), *_value_and_threshold(g),
-             str(g.get("verdict", "?")), str(g.get("reason") or "")) for g in gates]
+    rows = [(g.gate, *_value_and_threshold(g), g.verdict, g.reason) for g in gates]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     out = []
     for gate, value, threshold, verdict, reason in [header, *rows]:
@@ -592,31 +534,30 @@ def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _value_and_threshold(gate: dict[str, Any]) -> tuple[str, str]:
+def _value_and_threshold(gate: GateLook) -> tuple[str, str]:
     """A webhook gate without min or max judges the endpoint's ``pass`` (its value is 1 or 0,
     its threshold 1): shown as the answer, not as numbers."""
-    if gate.get("bound") == "pass":
-        value = gate.get("value")
-        return ("-" if value is None else "true" if value == 1 else "false"), "pass: true"
-    return _number(gate.get("value")), _number(gate.get("threshold"))
+    if gate.bound == "pass":
+        return ("-" if gate.value is None else "true" if gate.value == 1 else "false"), "pass: true"
+    return _number(gate.value), _number(gate.threshold)
 
 
-def _history_lines(history: Any, steps_total: Any = None) -> list[str]:
+def _history_lines(history: list[HistoryEntry] | None, steps_total: int | None = None) -> list[str]:
     if history is None:
         return ["  (the app sent no history)"]
     if not history:
         return ["  (no transitions yet)"]
     lines = []
     for entry in history:
-        when = _local_time(entry.get("t_s", 0.0))
-        change = f"{entry.get('from_phase') or 'start'} -> {entry.get('to_phase')}"
-        step = entry.get("step_index")
-        if isinstance(step, int) and isinstance(steps_total, int):
+        when = _local_time(entry.t_s)
+        change = f"{entry.from_phase or 'start'} -> {entry.to_phase}"
+        step = entry.step_index
+        if step is not None and steps_total is not None:
             # A finished rollout's index is past its last step; a blue-green rollout has no
             # steps (its index is internal), so its phases say where it was.
             step = min(step, steps_total - 1) if steps_total > 0 else None
-        at_step = f"  step {step + 1}" if isinstance(step, int) else ""
-        lines.append(f"  {when}  {change}{at_step}  {entry.get('reason', '')}{_by(entry)}".rstrip())
+        at_step = f"  step {step + 1}" if step is not None else ""
+        lines.append(f"  {when}  {change}{at_step}  {entry.reason}{_by(entry)}".rstrip())
     return lines
 
 
@@ -627,14 +568,14 @@ def _local_time(t_s: float) -> str:
         return f"?{t_s!r}"
 
 
-def _by(entry: dict[str, Any]) -> str:
+def _by(entry: HistoryEntry) -> str:
     """``  [promote by alice (operator) from 10.0.0.7]`` for an entry an action wrote."""
-    if not entry.get("action"):
+    if not entry.action:
         return ""
-    actor = entry.get("actor") or {}
+    actor = entry.actor or {}
     who = f" by {actor.get('name') or 'unknown'} ({actor.get('role') or '?'})" if actor else " by unknown"
     where = f" from {actor['address']}" if actor.get("address") else ""
-    return f"  [{entry['action']}{who}{where}]"
+    return f"  [{entry.action}{who}{where}]"
 
 
 def _number(value: Any) -> str:

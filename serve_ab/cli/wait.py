@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
+from serve_ab.api.status import RolloutStatus
 from serve_ab.cli.options import ExitCode, RequestFailed
 
 __all__ = ["UNREACHABLE_GRACE_S", "WaitResult", "end_code", "wait_for_rollout"]
@@ -31,23 +30,23 @@ _END_CODES = {"promoted": ExitCode.OK, "aborted": ExitCode.FAILED}
 @dataclass(frozen=True)
 class WaitResult:
     code: int
-    status: dict[str, Any] | None  # the last status the app gave, if any
+    status: RolloutStatus | None  # the last status the app gave, if any
     lines: tuple[str, ...] = field(default=())  # why, for people
 
 
-def end_code(status: dict[str, Any]) -> int | None:
+def end_code(status: RolloutStatus) -> int | None:
     """The exit code of a status whose rollout has ended, else None."""
-    if status.get("strategy") is None:
+    if status.strategy is None:
         # Static weights: nothing will be promoted. Not 0, which says "promoted": a CI job
         # waiting on the wrong app (or one deployed without its rollout) must not pass.
         return ExitCode.FAILED
-    return _END_CODES.get(str(status.get("phase")))
+    return _END_CODES.get(status.phase)
 
 
 def wait_for_rollout(
-    fetch: Callable[[], dict[str, Any]], *, timeout_s: float | None, interval_s: float,
+    fetch: Callable[[], RolloutStatus], *, timeout_s: float | None, interval_s: float,
     clock: Callable[[], float], sleep: Callable[[float], None],
-    on_status: Callable[[dict[str, Any], float], None] = lambda status, elapsed_s: None,
+    on_status: Callable[[RolloutStatus, float], None] = lambda status, elapsed_s: None,
     on_failure: Callable[[RequestFailed, float], None] = lambda failure, elapsed_s: None,
 ) -> WaitResult:
     """Poll ``fetch`` every ``interval_s`` until the rollout ends or ``timeout_s`` passes.
@@ -57,7 +56,7 @@ def wait_for_rollout(
     """
     start = clock()
     deadline = start + timeout_s if timeout_s is not None else math.inf
-    last: dict[str, Any] | None = None
+    last: RolloutStatus | None = None
     failing_since: float | None = None
     while True:
         now = clock()
@@ -83,18 +82,18 @@ def wait_for_rollout(
         sleep(max(min(interval_s, deadline - now), 0.0))
 
 
-def _ended_line(status: dict[str, Any], elapsed_s: float) -> str:
-    if status.get("strategy") is None:
+def _ended_line(status: RolloutStatus, elapsed_s: float) -> str:
+    if status.strategy is None:
         return ("error: this app has no rollout (static weights): nothing to wait for; --wait and --watch "
                 "follow a canary or blue-green rollout (check --app/--url, and the config's rollout section)")
-    reason = f": {status['reason']}" if status.get("reason") else ""
-    return f"{status.get('phase')} after {elapsed_text(elapsed_s)}{reason}"
+    reason = f": {status.reason}" if status.reason else ""
+    return f"{status.phase} after {elapsed_text(elapsed_s)}{reason}"
 
 
-def _timeout_lines(status: dict[str, Any] | None, elapsed_s: float) -> tuple[str, ...]:
+def _timeout_lines(status: RolloutStatus | None, elapsed_s: float) -> tuple[str, ...]:
     lines = [f"error: timed out after {elapsed_text(elapsed_s)} waiting for the rollout to end"
              + (f"; it is still {progress_text(status)}" if status else "")]
-    phase = status.get("phase") if status else None
+    phase = status.phase if status else None
     if phase == "paused":
         lines.append("hint: a paused rollout waits for `serve-ab promote` (or resume, after an operator's pause)")
     elif phase == "validated":
@@ -102,33 +101,33 @@ def _timeout_lines(status: dict[str, Any] | None, elapsed_s: float) -> tuple[str
     return tuple(lines)
 
 
-def progress_text(status: dict[str, Any]) -> str:
+def progress_text(status: RolloutStatus) -> str:
     """``paused, step 2 of 3: pause, v1 80% v2 20% (reason)``: one line for a progress log."""
-    phase = str(status.get("phase") or "unknown")
+    phase = status.phase
     at = step_text(status)
-    weights = " ".join(f"{name} {float(pct):g}%" for name, pct in (status.get("weights_pct") or {}).items())
-    reason = f" ({status['reason']})" if status.get("reason") else ""
+    weights = " ".join(f"{name} {pct:g}%" for name, pct in status.weights_pct.items())
+    reason = f" ({status.reason})" if status.reason else ""
     return f"{phase}{at}, {weights}{reason}" if weights else f"{phase}{at}{reason}"
 
 
-def step_text(status: dict[str, Any]) -> str:
+def step_text(status: RolloutStatus) -> str:
     """``, step 2 of 3: pause 10s`` while the rollout is at a step; for one that ended there
     (``promote --full``, an abort), ``, at step 4 of 7 (pause 10s)``: where it ended, not a
     step it is in. Empty where there is none (a canary promoted after its last step)."""
-    index, total, step = status.get("step_index"), status.get("steps_total"), status.get("step")
-    if not isinstance(index, int) or not total or step is None:
+    index, total, step = status.step_index, status.steps_total, status.step
+    if index is None or not total or step is None:
         return ""
     # step_index counts from 0; people count from 1.
-    if status.get("phase") in _END_CODES:
+    if status.phase in _END_CODES:
         return f", at step {index + 1} of {total} ({step})"
     return f", step {index + 1} of {total}: {step}"
 
 
-def progress_key(status: dict[str, Any]) -> tuple:
+def progress_key(status: RolloutStatus) -> tuple:
     """What a progress line is printed on a change of: phase, step and weights (not the reason,
     whose countdown changes every poll)."""
-    weights = tuple(sorted((str(k), float(v)) for k, v in (status.get("weights_pct") or {}).items()))
-    return status.get("phase"), status.get("step_index"), weights
+    weights = tuple(sorted(status.weights_pct.items()))
+    return status.phase, status.step_index, weights
 
 
 def elapsed_text(seconds: float) -> str:

@@ -56,6 +56,7 @@ from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store, store_unreachable
 from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.api.schemas import ActionRequest
+from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
 from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.core.messages import (
@@ -550,10 +551,10 @@ class ControllerCore:
         since_s = self.saves_failing.since_s if self.saves_failing is not None else self.clock()
         self.saves_failing = SavesFailing(since_s, f"{type(err).__name__}: {err}")
 
-    def _saves_failing_status(self, now_s: float) -> dict[str, Any] | None:
+    def _not_saved(self, now_s: float) -> NotSaved | None:
         failing = self.saves_failing
-        return None if failing is None else {"since_s": failing.since_s, "for_s": now_s - failing.since_s,
-                                             "error": failing.error}
+        return None if failing is None else NotSaved(since_s=failing.since_s, for_s=now_s - failing.since_s,
+                                                     error=failing.error)
 
     def _announce(self, saved: Rollout) -> None:
         """Notify the history entries a saved decision wrote; never raises, never blocks."""
@@ -633,19 +634,17 @@ class ControllerCore:
     def stats_snapshot(self, samples: bool = True) -> dict[str, Any]:
         return self.stats.snapshot(self.clock(), samples=samples)
 
-    def status(self, history: bool = False) -> dict[str, Any]:
+    def status(self, history: bool = False) -> RolloutStatus:
+        now = self.clock()
+        common = {"model": self.cfg.model, "weights_pct": self.weights(),
+                  "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
+                  "run_id": self.run_id, "controller": ControllerInfo(started_at_s=self.started_at_s),
+                  "routers": self.reports.seen(now), "failed_versions": self.reports.failed_versions(now),
+                  "not_saved": self._not_saved(now)}
         if self.rollout is None:
-            return {"model": self.cfg.model, "strategy": None, "phase": "static",
-                    "weights_pct": self.weights(), "gates": [], "retired": [],
-                    "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
-                    "run_id": self.run_id,
-                    "controller": {"started_at_s": self.started_at_s},
-                    "routers": self.reports.to_dict(self.clock()),
-                    "failed_versions": self.reports.failed_versions(self.clock()),
-                    "not_saved": self._saves_failing_status(self.clock())}
+            return RolloutStatus(strategy=None, phase="static", **common)
         r = self.cfg.rollout
         s = self.rollout.state
-        now = self.clock()
         steps = list(r.steps)
         step_text = None
         next_step_in_s = None
@@ -656,42 +655,26 @@ class ControllerCore:
             if isinstance(step, PauseStep) and step.pause.duration is not None \
                     and self.rollout.phase is Phase.PROGRESSING and s.held_since_s is None:
                 next_step_in_s = max(0.0, s.step_started_at_s + step.pause.duration - now)
-        weights = self.weights()
         # The gates' last look, while the rollout runs, only if it read the current weights:
         # after a step or the switch it judged others (a pass at 5% is not one at 20%; a
         # validation's mirrored look is not the watch's), until the next look. Once ended, the
         # last look stays: it is the one that decided (after a restart, _restore_last_look).
         looked_now = self.rollout.done or self._last_look_since_s == self.rollout.window_since_s
-        out = {
-            "model": self.cfg.model,
-            "strategy": r.strategy.value,
-            "stable": r.stable,
-            "candidate": r.candidate,
-            "phase": self.rollout.phase.value,
-            "revision": s.revision,
-            "step_index": s.step_index,
-            "steps_total": len(steps),
-            "step": step_text,
-            "weights_pct": weights,
-            "reason": self.rollout.status_line(),
-            "next_step_in_s": next_step_in_s,
-            "failures_total": s.failures_total,
-            "failure_limit": r.analysis.failure_limit,
-            "gates": self.last_analysis if looked_now else [],
-            "window": self.last_window if looked_now else None,
-            "retired": list(self.retired),
-            "shadow": self.cfg.shadow.model_dump() if self.cfg.shadow else None,
-            "run_id": self.run_id,
-            "controller": {"started_at_s": self.started_at_s},
-            "routers": self.reports.to_dict(now),
-            "failed_versions": self.reports.failed_versions(now),
-            "notifications": self.notifier.counts() if self.notifier is not None else {},
-            # {since_s, for_s, error} while the store refuses saves: decisions wait (routers serve on)
-            "not_saved": self._saves_failing_status(now),
-        }
-        if history:
-            out["history"] = list(s.history)
-        return out
+        # last_analysis, last_window and the history are kept as the plain data the store
+        # saves; the models read them as they would the JSON.
+        return RolloutStatus(
+            strategy=r.strategy.value, stable=r.stable, candidate=r.candidate,
+            phase=self.rollout.phase.value, revision=s.revision,
+            step_index=s.step_index, steps_total=len(steps), step=step_text,
+            reason=self.rollout.status_line(), next_step_in_s=next_step_in_s,
+            failures_total=s.failures_total, failure_limit=r.analysis.failure_limit,
+            gates=self.last_analysis if looked_now else [],
+            window=self.last_window if looked_now else None,
+            retired=list(self.retired),
+            notifications=self.notifier.counts() if self.notifier is not None else {},
+            history=list(s.history) if history else None,
+            **common,
+        )
 
 
 @dataclass(frozen=True)
@@ -995,7 +978,7 @@ class ExperimentController:
 
     # -- control -----------------------------------------------------------------------------
 
-    async def status(self, history: bool = False) -> dict[str, Any]:
+    async def status(self, history: bool = False) -> RolloutStatus:
         return self.core.status(history)
 
     async def stats(self) -> dict[str, Any]:
@@ -1013,7 +996,7 @@ class ExperimentController:
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
-    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
+    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> ActionAnswer | Refused:
         if self._not_holding is not None:
             return Refused(StoreUnavailable(f"this controller does not hold the model's state now ({self._not_holding}); "
                                             "retry in a few seconds"))
@@ -1025,4 +1008,4 @@ class ExperimentController:
             self._notify()
         # The status, and whether this action changed it: false for one that found nothing
         # to change (an abort of an aborted rollout), which only wrote its history entry.
-        return {**self.core.status(), "changed": changed}
+        return ActionAnswer(**dict(self.core.status()), changed=changed)

@@ -94,6 +94,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from serve_ab.api.status import RolloutStatus
 from serve_ab.config.experiment import ExperimentConfig
 from serve_ab.analysis.accumulate import ERROR_KINDS
 from serve_ab.rollout.gates import GateVerdict
@@ -107,12 +108,11 @@ VERDICTS = tuple(verdict.value for verdict in GateVerdict)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def render(cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[bytes, str]:
+def render(cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus) -> tuple[bytes, str]:
     """The body and content type of a ``/metrics`` answer.
 
     ``snapshot`` is :meth:`ExperimentStats.snapshot` (``samples=False`` is enough);
-    ``status`` is the controller's status (model, strategy, stable, candidate, phase,
-    step_index, steps_total, weights_pct, gates, failures_total, failure_limit).
+    ``status`` is the controller's (``ControllerCore.status``).
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(cfg, snapshot, status))
@@ -120,7 +120,7 @@ def render(cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: Mapping[s
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self, cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: Mapping[str, Any]):
+    def __init__(self, cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus):
         self.model = cfg.model
         self.snapshot = snapshot
         self.status = status
@@ -177,7 +177,7 @@ class _SnapshotCollector(Collector):
 
         weights = GaugeMetricFamily(PREFIX + "traffic_weight_ratio",
                                     "Share of traffic per version routed now (the rollout's current weights), 0..1.", labels=labels)
-        for version, weight_pct in self.status["weights_pct"].items():
+        for version, weight_pct in self.status.weights_pct.items():
             weights.add_metric([model, version], float(weight_pct) / 100.0)
         yield weights
 
@@ -236,70 +236,70 @@ class _SnapshotCollector(Collector):
     def _routers(self) -> Iterator[Metric]:
         """What the routers' interval reports say: how many report, what reached the
         controller late (merged into a later report while it was away), what failed to load."""
-        routers = self.status.get("routers") or {}
+        routers = self.status.routers
         model = self.model
         live = GaugeMetricFamily(PREFIX + "routers_reporting",
                                  "Router replicas that reported in the last minute.", labels=["model"])
-        live.add_metric([model], routers.get("routers", 0))
+        live.add_metric([model], routers.routers)
         reports = CounterMetricFamily(PREFIX + "router_reports_total",
                                       "Interval reports the controller merged, from every router.", labels=["model"])
-        reports.add_metric([model], routers.get("reports_total", 0))
+        reports.add_metric([model], routers.reports_total)
         delayed = CounterMetricFamily(
             PREFIX + "router_intervals_delayed_total",
             "Reports a router could not send when due (the controller was away) and sent later, one per failed try.",
             labels=["model"])
-        delayed.add_metric([model], routers.get("delayed_intervals_total", 0))
+        delayed.add_metric([model], routers.delayed_intervals_total)
         lost = CounterMetricFamily(
             PREFIX + "routers_lost",
             "Router replicas that fell silent for a minute without their last report (crashed, or their node "
             "was lost): what each served after its last report is not counted.", labels=["model"])
-        lost.add_metric([model], routers.get("routers_lost_total", 0))
+        lost.add_metric([model], routers.routers_lost_total)
         failed = GaugeMetricFamily(PREFIX + "version_load_failed",
                                    "1 when some router replica could not load the version (it gets no traffic).",
                                    labels=["model", "version"])
-        broken = self.status.get("failed_versions") or {}
+        broken = self.status.failed_versions
         for version in self.snapshot["versions"]:
             failed.add_metric([model, version], float(version in broken))
         yield from (live, reports, delayed, lost, failed)
 
     def _rollout(self) -> Iterator[Metric]:
         status, model = self.status, self.model
-        current = status.get("phase") or "static"
+        current = status.phase
         phase = GaugeMetricFamily(PREFIX + "rollout_phase",
                                   "Rollout phase as a state set: 1 for the current phase, 0 for the others.",
                                   labels=["model", "phase"])
         for name in (*PHASES, *([current] if current not in PHASES else [])):
             phase.add_metric([model, name], float(name == current))
         yield phase
-        if not status.get("strategy"):
+        if not status.strategy:
             return
         info = GaugeMetricFamily(PREFIX + "rollout_info", "The rollout: strategy, stable and candidate.",
                                  labels=["model", "strategy", "stable", "candidate"])
-        info.add_metric([model, status["strategy"], status["stable"], status["candidate"]], 1.0)
+        info.add_metric([model, status.strategy, status.stable or "", status.candidate or ""], 1.0)
         yield info
         for key, name, doc in (
             ("step_index", "rollout_step_index", "Current canary step, counted from 0."),
             ("steps_total", "rollout_steps", "Number of canary steps."),
             ("failure_limit", "rollout_failure_limit", "Failed analyses tolerated before an abort."),
         ):
-            if status.get(key) is not None:
+            if getattr(status, key) is not None:
                 gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["model"])
-                gauge.add_metric([model], status[key])
+                gauge.add_metric([model], getattr(status, key))
                 yield gauge
-        if status.get("failures_total") is not None:
+        if status.failures_total is not None:
             failures = CounterMetricFamily(PREFIX + "rollout_failures_total", "Failed analyses of this rollout.",
                                            labels=["model"])
-            failures.add_metric([model], status["failures_total"])
+            failures.add_metric([model], status.failures_total)
             yield failures
-        window = status.get("window")
-        if window:
+        window = status.window
+        if window is not None:
             requests = GaugeMetricFamily(PREFIX + "rollout_window_requests",
                                          "Requests in the gates' window at their latest analysis (the step so far, or "
                                          "its last window_s), per version.", labels=["model", "version"])
-            for version, n in window["requests"].items():
+            for version, n in window.requests.items():
                 requests.add_metric([model, version], n)
             yield requests
-        receivers = status.get("notifications") or {}
+        receivers = status.notifications
         if receivers:
             sent = CounterMetricFamily(PREFIX + "notifications_sent_total", "Rollout events delivered, per receiver.",
                                        labels=["model", "receiver"])
@@ -307,12 +307,12 @@ class _SnapshotCollector(Collector):
                                          "Rollout events not delivered after every attempt, or dropped, per receiver.",
                                          labels=["model", "receiver"])
             for receiver, counts in receivers.items():
-                sent.add_metric([model, receiver], counts["sent"])
-                failed.add_metric([model, receiver], counts["failed"])
+                sent.add_metric([model, receiver], counts.sent)
+                failed.add_metric([model, receiver], counts.failed)
             yield from (sent, failed)
 
     def _gates(self) -> Iterator[Metric]:
-        results = self.status.get("gates") or []
+        results = self.status.gates
         if not results:
             return
         labels = ["model", "version", "gate", "metric", "bound"]
@@ -325,14 +325,14 @@ class _SnapshotCollector(Collector):
         seen: dict[str, int] = {}
         for result in results:
             # Two gates with the same label (e.g. configured twice) must not become one series.
-            seen[result["gate"]] = seen.get(result["gate"], 0) + 1
-            gate = result["gate"] + (f" #{seen[result['gate']]}" if seen[result["gate"]] > 1 else "")
-            ids = [self.model, self.status.get("candidate") or "", gate, result["metric"], result["bound"]]
-            if result["value"] is not None and not math.isnan(result["value"]):
-                value.add_metric(ids, result["value"])
-            threshold.add_metric(ids, result["threshold"])
+            seen[result.gate] = seen.get(result.gate, 0) + 1
+            gate = result.gate + (f" #{seen[result.gate]}" if seen[result.gate] > 1 else "")
+            ids = [self.model, self.status.candidate or "", gate, result.metric, result.bound]
+            if result.value is not None and not math.isnan(result.value):
+                value.add_metric(ids, result.value)
+            threshold.add_metric(ids, result.threshold)
             for name in VERDICTS:
-                verdict.add_metric([*ids, name], float(result["verdict"] == name))
+                verdict.add_metric([*ids, name], float(result.verdict == name))
         yield from (value, threshold, verdict)
 
 

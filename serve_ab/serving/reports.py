@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from serve_ab.serving.core.messages import IntervalReport, ReportAnswer
+from serve_ab.api.status import RoutersSeen
 
 logger = logging.getLogger("ray.serve")
 
@@ -88,12 +89,12 @@ class RouterReports:
                 out.setdefault(version, f"{error} (router replica {name})")
         return out
 
-    def to_dict(self, now_s: float) -> dict[str, object]:
+    def seen(self, now_s: float) -> RoutersSeen:
         live = [seen for seen in self.routers.values() if seen.last_report_s >= now_s - STALE_S]
-        return {"routers": len(live), "reports_total": self.reports_total, "rows_total": self.rows_total,
-                "delayed_intervals_total": self.delayed_intervals_total,
-                "routers_lost_total": self.routers_lost_total,
-                "failed_versions": self.failed_versions(now_s)}
+        return RoutersSeen(routers=len(live), reports_total=self.reports_total, rows_total=self.rows_total,
+                           delayed_intervals_total=self.delayed_intervals_total,
+                           routers_lost_total=self.routers_lost_total,
+                           failed_versions=self.failed_versions(now_s))
 
 
 #: A router's last report number is kept this long after its last report: routers come and go

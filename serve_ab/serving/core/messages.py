@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from serve_ab.analysis.aggregate import IntervalAggregate
+from serve_ab.api.status import ActionAnswer, RolloutStatus
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,9 @@ class ControllerApi(Protocol):
 
     async def feedback_key(self) -> bytes: ...
 
-    async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]: ...
+    async def act(self, action: Action, body: Any, actor: Actor) -> ActionAnswer: ...
 
-    async def status(self, history: bool = False) -> dict[str, Any]: ...
+    async def status(self, history: bool = False) -> RolloutStatus: ...
 
     async def stats(self) -> dict[str, Any]: ...
 

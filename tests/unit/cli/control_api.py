@@ -18,9 +18,9 @@ CANARY = {
     "failures_total": 0, "failure_limit": 1,
     "gates": [
         {"gate": "latency_p95_ms <= 50", "metric": "latency_p95_ms", "verdict": "pass",
-         "value": 3.2, "threshold": 50.0, "reason": "3.2 <= 50"},
+         "value": 3.2, "threshold": 50.0, "bound": "max", "reason": "3.2 <= 50"},
         {"gate": "error_rate <= 0.01", "metric": "error_rate", "verdict": "inconclusive",
-         "value": None, "threshold": 0.01, "reason": "no data for v2"},
+         "value": None, "threshold": 0.01, "bound": "max", "reason": "no data for v2"},
     ],
     "retired": [],
     "history": [

@@ -12,11 +12,17 @@ import pytest
 import serve_ab.cli
 from serve_ab.cli import command as cli
 from serve_ab.cli.options import redact
+from serve_ab.api.status import RolloutStatus
 from serve_ab.cli.rollout import render_status
 from tests.unit.cli.control_api import CANARY, STATIC, closed_port
 from tests.unit.cli.control_api import main as _main, run as _run
 
 TOKEN = "s3cret-token-value"
+
+
+def _render(status: dict, **options) -> str:
+    """render_status of a status as the app's JSON holds it."""
+    return render_status(RolloutStatus.model_validate(status), **options)
 
 
 def test_serve_ab_wires_the_rollout_commands(api, capsys, monkeypatch):
@@ -30,7 +36,7 @@ def test_serve_ab_wires_the_rollout_commands(api, capsys, monkeypatch):
 
 
 def test_render_shows_rollout_step_bars_gates_and_reason():
-    text = render_status(CANARY)
+    text = _render(CANARY)
     assert "digits" in text and "canary: v1 -> v2" in text
     assert "progressing, step 3 of 7: pause 30s" in text
     assert "v1   80.0%  " + "#" * 32 + "." * 8 + " (stable)" in text
@@ -45,8 +51,8 @@ def test_render_shows_rollout_step_bars_gates_and_reason():
 
 
 def test_a_store_that_fails_its_saves_is_said_in_the_status():
-    assert "store" not in render_status({**CANARY, "not_saved": None})
-    text = render_status({**CANARY, "not_saved": {"since_s": 1.0, "for_s": 75.0,
+    assert "store" not in _render({**CANARY, "not_saved": None})
+    text = _render({**CANARY, "not_saved": {"since_s": 1.0, "for_s": 75.0,
                                                   "error": "ConnectionError: Error 111 connecting"}})
     assert ("store      saves failing for 1m 15s (ConnectionError: Error 111 connecting): decisions wait for "
             "the store, routers serve on") in text
@@ -59,34 +65,49 @@ def test_a_webhook_gate_without_bounds_shows_its_answer_not_one_and_zero():
          "bound": "pass", "reason": "webhook[suite] answered pass: false for v2"},
         {"gate": "webhook[quality] >= 0.9", "metric": "webhook", "verdict": "pass", "value": 0.93,
          "threshold": 0.9, "bound": "min", "reason": "webhook[quality] on v2 = 0.93"}]
-    rows = [line.split() for line in render_status(status).splitlines() if line.lstrip().startswith("webhook[")]
+    rows = [line.split() for line in _render(status).splitlines() if line.lstrip().startswith("webhook[")]
     assert rows[0][2:6] == ["false", "pass:", "true", "fail"]
     assert rows[1][3:6] == ["0.93", "0.9", "pass"]
 
 
+def test_a_ratio_gate_whose_stable_is_at_0_is_shown_not_refused(api, capsys):
+    # error_rate <= 1.5x stable with no error on stable: the value is infinite, and so is an
+    # upper bound no sample size gives. The app's JSON spells them "Infinity"
+    # (http_util.json_safe); `status` and the --wait that follows an abort must read them.
+    gate = {"gate": "error_rate <= 1.5x stable", "metric": "error_rate", "verdict": "fail", "value": "Infinity",
+            "threshold": 1.5, "bound": "max_ratio_to_stable", "reason": "error_rate on v2 is 0.02, inf x stable",
+            "candidate_value": 0.02, "stable_value": 0.0, "lower": 2.5, "upper": "Infinity", "alpha": 0.05}
+    aborted = {**CANARY, "phase": "aborted", "gates": [gate]}
+    api.responses[("GET", "/rollout/status")] = (200, aborted)
+    code, out, err = _run(["status"], capsys)
+    assert (code, err) == (0, "")
+    assert next(line for line in out.splitlines() if "error_rate <=" in line).split()[4:7] == ["inf", "1.5", "fail"]
+    code, out, err = _run(["status", "--wait", "--timeout", "1s", "-o", "json"], capsys)
+    assert code == 1 and json.loads(out)["gates"][0]["value"] == "Infinity"  # as the app sent it
+
+
 def test_render_shows_what_the_gates_last_look_read():
     window = {"since_s": 1764312000.0, "requests": {"v1": 1650, "v2": 660}, "errors": {"v1": 41, "v2": 17}}
-    text = render_status({**CANARY, "window": window})
+    text = _render({**CANARY, "window": window})
     row = next(line for line in text.splitlines() if line.startswith("evidence"))
     assert row.split(None, 1)[1] == "v1 1,650 requests (41 errors), v2 660 requests (17 errors) in the gates' window"
-    assert "evidence" not in render_status(CANARY)  # an app of an earlier release, or no look yet
-    assert "evidence" not in render_status({**CANARY, "window": {"requests": "many"}})
+    assert "evidence" not in _render(CANARY)  # an app of an earlier release, or no look yet
 
 
 def test_render_bar_width_and_history_in_local_time():
-    text = render_status(CANARY, history=True, width=10)
+    text = _render(CANARY, history=True, width=10)
     assert "#" * 8 + "." * 2 + " (stable)" in text
     first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1764312000.5))
     second = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1764312060.0))
     assert f"{first}  start -> progressing  step 1  rollout started" in text
     assert f"{second}  progressing -> paused  step 4  paused by operator" in text
-    assert "(no transitions yet)" in render_status({**CANARY, "history": []}, history=True)
+    assert "(no transitions yet)" in _render({**CANARY, "history": []}, history=True)
 
 
 def test_a_finished_rollouts_history_names_its_last_step_not_one_past_it():
     done = {"from_phase": "progressing", "to_phase": "promoted", "step_index": 7, "t_from": 0,
             "t_s": 1764312100.0, "reason": "all 7 steps done"}
-    text = render_status({**CANARY, "steps_total": 7, "history": [done]}, history=True)
+    text = _render({**CANARY, "steps_total": 7, "history": [done]}, history=True)
     assert "progressing -> promoted  step 7  all 7 steps done" in text
 
 
@@ -96,21 +117,21 @@ def test_a_blue_green_history_names_phases_not_internal_steps():
                {"from_phase": "validating", "to_phase": "switched", "step_index": 1, "t_s": 1764312030.0,
                 "reason": "green validated; switched (auto_switch)"}]
     status = {**CANARY, "strategy": "blue_green", "steps_total": 0, "step": None, "history": entries}
-    history = render_status(status, history=True).split("history", 1)[1]
+    history = _render(status, history=True).split("history", 1)[1]
     assert "start -> validating  rollout started" in history
     assert "validating -> switched  green validated" in history
     assert "step" not in history
 
 
 def test_render_static_app_shows_only_model_and_weights():
-    text = render_status(STATIC)
+    text = _render(STATIC)
     assert "none (static weights)" in text and "v2   50.0%" in text
     assert "step" not in text and "gates" not in text and "failures" not in text
-    assert render_status(STATIC, history=True) == text
+    assert _render(STATIC, history=True) == text
 
 
 def test_render_short_summarises_gates():
-    text = render_status(CANARY, short=True)
+    text = _render(CANARY, short=True)
     assert "gates  1 pass, 1 inconclusive" in text and "latency_p95_ms" not in text
 
 
@@ -352,7 +373,7 @@ def test_bad_url_from_option_or_env_is_a_usage_error(api, capsys, monkeypatch):
 
 def test_canned_status_is_not_mutated():
     before = copy.deepcopy(CANARY)
-    render_status(CANARY, history=True, short=True)
+    _render(CANARY, history=True, short=True)
     assert CANARY == before
 
 
@@ -412,7 +433,7 @@ def test_history_shows_who_acted_from_where_and_the_revision():
         {"t_s": 1764312080.0, "from_phase": "aborted", "to_phase": "aborted", "step_index": 3,
          "reason": "abort: nothing to change", "action": "abort", "actor": None},
     ]}
-    text = render_status(status, history=True)
+    text = _render(status, history=True)
     assert "revision   41  (serve-ab <action> --revision 41 acts only on this state)" in text
     assert "p95 up  [abort by alice (operator) from 10.0.0.7]" in text
     assert "abort: nothing to change  [abort by unknown]" in text
@@ -485,16 +506,22 @@ def test_redact_hides_whole_tokens_and_their_escaped_forms_only(text, secret, sh
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"weights_pct": {"v1": float("nan"), "v2": 20.0}}, "weights_pct.v1 is nan, expected a finite number (percent)"),
-    ({"weights_pct": {"v1": "eighty", "v2": 20.0}}, "weights_pct.v1 is 'eighty', expected a finite number (percent)"),
-    ({"weights_pct": [80, 20]}, "weights_pct is [80, 20], expected an object of version: percent"),
-    ({"step_index": "2"}, "step_index is '2', expected a whole number"),
-    ({"gates": ["latency ok"]}, "gates.0 is 'latency ok', expected an object"),
-    ({"gates": {"gate": "latency"}}, "gates is {'gate': 'latency'}, expected a list"),
-    ({"gates": [{"gate": "g", "value": "high"}]}, "gates.0.value is 'high', expected a finite number"),
-    ({"history": "none"}, "history is 'none', expected a list"),
-    ({"history": [5]}, "history.0 is 5, expected an object"),
-    ({"next_step_in_s": float("inf")}, "next_step_in_s is inf, expected a finite number of seconds"),
+    ({"weights_pct": {"v1": float("nan"), "v2": 20.0}}, "weights_pct.v1: Input should be a finite number (got nan)"),
+    ({"weights_pct": {"v1": "eighty", "v2": 20.0}},
+     "weights_pct.v1: Input should be a valid number, unable to parse string as a number (got 'eighty')"),
+    ({"weights_pct": [80, 20]}, "weights_pct: Input should be a valid dictionary (got [80, 20])"),
+    ({"step_index": "2"}, "step_index: Input should be a valid integer (got '2')"),
+    ({"step_index": True}, "step_index: Input should be a valid integer (got True)"),
+    ({"gates": ["latency ok"]},
+     "gates.0: Input should be a valid dictionary or instance of GateLook (got 'latency ok')"),
+    ({"gates": {"gate": "latency"}}, "gates: Input should be a valid list"),
+    ({"gates": [{**CANARY["gates"][0], "value": "high"}]},
+     "gates.0.value: Input should be a valid number, unable to parse string as a number (got 'high')"),
+    ({"gates": [{"gate": "g", "verdict": "pass"}]}, "gates.0.metric: field required"),
+    ({"history": "none"}, "history: Input should be a valid list (got 'none')"),
+    ({"history": [5]}, "history.0: Input should be a valid dictionary or instance of HistoryEntry (got 5)"),
+    ({"next_step_in_s": float("inf")}, "next_step_in_s: Input should be a finite number (got inf)"),
+    ({"window": {"since_s": 1.0, "requests": "many"}}, "window.requests: Input should be a valid dictionary (got 'many')"),
 ])
 @pytest.mark.parametrize("argv", [["status", "--history"], ["status", "--wait", "--timeout", "1s"], ["pause"]])
 def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(api, capsys, change, problem, argv):
@@ -508,4 +535,4 @@ def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(api, capsy
 
 def test_a_history_time_that_is_no_time_is_shown_as_found():
     status = {**CANARY, "history": [{**CANARY["history"][0], "t_s": 1e20}]}
-    assert "?1e+20  start -> progressing" in render_status(status, history=True)
+    assert "?1e+20  start -> progressing" in _render(status, history=True)

@@ -12,6 +12,7 @@ import json
 import pytest
 import yaml
 
+from serve_ab.api.status import RolloutStatus
 from serve_ab.cli import rollout as cli_rollout
 from serve_ab.cli.options import parse_duration_s
 from serve_ab.cli.wait import UNREACHABLE_GRACE_S, wait_for_rollout
@@ -208,9 +209,9 @@ def test_the_wait_loop_polls_at_the_interval_and_once_at_the_deadline():
 
     def fetch():
         polls.append(clock())
-        return PAUSED
+        return RolloutStatus.model_validate(PAUSED)
     result = wait_for_rollout(fetch, timeout_s=5.0, interval_s=2.0, clock=clock, sleep=clock.sleep)
-    assert result.code == 3 and result.status == PAUSED
+    assert result.code == 3 and result.status == RolloutStatus.model_validate(PAUSED)
     assert polls == [1000.0, 1002.0, 1004.0, 1005.0]
 
 

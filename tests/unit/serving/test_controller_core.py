@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from serve_ab.api.status import HistoryEntry, NotificationCounts
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import Phase, RolloutError
@@ -92,7 +93,7 @@ def test_canary_promotes_on_good_reports_and_retires_the_old_version():
     clock.advance(10)
     core.tick()
     assert core.snapshot().retired == ("v1",)
-    assert {g["metric"]: g["verdict"] for g in core.status()["gates"]} == {
+    assert {g.metric: g.verdict for g in core.status().gates} == {
         "error_rate": "pass", "feedback_rate": "pass"}
 
 
@@ -102,9 +103,9 @@ def test_failing_business_gate_rolls_back_with_the_reason():
     core.tick()
     run_for(core, clock, 8, {"v1": (20, {"correct": True}), "v3": (5, {"correct": False})})
     status = core.status()
-    assert status["phase"] == "aborted"
-    assert status["weights_pct"] == {"v1": 100.0, "v3": 0.0}
-    assert "feedback_rate" in status["reason"] and "0.95" in status["reason"]
+    assert status.phase == "aborted"
+    assert status.weights_pct == {"v1": 100.0, "v3": 0.0}
+    assert "feedback_rate" in status.reason and "0.95" in status.reason
 
 
 def test_too_few_reports_hold_the_rollout_without_failing():
@@ -113,13 +114,13 @@ def test_too_few_reports_hold_the_rollout_without_failing():
     core.tick()
     run_for(core, clock, 30, {"v1": (20, {"correct": True}), "v2": (1, {"correct": True})})
     status = core.status()
-    assert status["phase"] == "progressing" and status["weights_pct"]["v2"] == 10.0
-    assert status["failures_total"] == 0
+    assert status.phase == "progressing" and status.weights_pct["v2"] == 10.0
+    assert status.failures_total == 0
     # Its 10 s pause is over and held for evidence: no time for the next step (it was 0).
-    assert status["step"] == "pause 10s" and status["next_step_in_s"] is None
+    assert status.step == "pause 10s" and status.next_step_in_s is None
     # An analysis reads the whole step, so the trickle adds up to min_samples, but its
     # bounds are still too wide to pass: held, not failed.
-    assert "inconclusive" in status["reason"]
+    assert "inconclusive" in status.reason
 
 
 def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
@@ -129,16 +130,16 @@ def test_restart_resumes_at_the_same_step_with_the_same_weights(tmp_path):
     core.tick()
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     before = core.status(history=True)
-    assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
+    assert before.step_index == 1 and before.weights_pct["v2"] == 10.0
 
     restarted = ControllerCore(experiment(), SqliteStateStore(tmp_path / "state.sqlite"), clock)
     after = restarted.status(history=True)
-    assert (after["phase"], after["step_index"], after["weights_pct"]) == (
-        before["phase"], before["step_index"], before["weights_pct"])
-    assert after["history"] == before["history"]
+    assert (after.phase, after.step_index, after.weights_pct) == (
+        before.phase, before.step_index, before.weights_pct)
+    assert after.history == before.history
     # The pause keeps its original start: 4 more seconds finish it, not 10.
     run_for(restarted, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert restarted.status()["weights_pct"]["v2"] == 100.0
+    assert restarted.status().weights_pct["v2"] == 100.0
 
 
 def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
@@ -173,7 +174,7 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
         unsaved.append(second_of_traffic(core))
         send(core, unsaved[-1])
         core.tick()
-    assert core.status()["step_index"] == 1  # held in the pause, evidence accumulating
+    assert core.status().step_index == 1  # held in the pause, evidence accumulating
 
     restarted = ControllerCore(held, SqliteStateStore(path), clock)
     for traffic in unsaved:  # what the routers send again (serving/core/ledger.py)
@@ -183,9 +184,9 @@ def test_a_restarted_controller_carries_on_with_the_steps_gate_window(tmp_path):
     restarted.tick()
     assert core.last_window["requests"] == {"v1": 11 * EV_STABLE, "v2": 11 * EV_CANDIDATE}
     assert restarted.last_window == core.last_window
-    assert core.status()["gates"]
-    assert [(g["metric"], g["verdict"], g["value"]) for g in restarted.status()["gates"]] == \
-        [(g["metric"], g["verdict"], g["value"]) for g in core.status()["gates"]]
+    assert core.status().gates
+    assert [(g.metric, g.verdict, g.value) for g in restarted.status().gates] == \
+        [(g.metric, g.verdict, g.value) for g in core.status().gates]
 
     # A save of a release before (no step window): the step's gates start from the reports.
     row = json.loads(sqlite3.connect(path).execute("SELECT state FROM rollout_state WHERE key = ?",
@@ -221,24 +222,24 @@ def test_a_restarted_controller_shows_the_gates_last_look_until_its_next():
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     core.act(Action.PAUSE)
     shown = core.status()
-    assert shown["phase"] == "paused" and shown["gates"] and shown["window"]["requests"]["v2"] > 0
+    assert shown.phase == "paused" and shown.gates and shown.window.requests["v2"] > 0
     core.save_stats()
 
     row = store.load(f"stats:{core.run_id}")
     for look in ({**row["last_look"], "since_s": row["last_look"]["since_s"] - 1.0},
                  {**row["last_look"], "gates": "damaged"}, "damaged"):
         store.save(f"stats:{core.run_id}", {**row, "last_look": look})
-        assert ControllerCore(experiment(), store, clock).status()["gates"] == []
+        assert ControllerCore(experiment(), store, clock).status().gates == []
     store.save(f"stats:{core.run_id}", row)
 
     restarted = ControllerCore(experiment(), store, clock)
     clock.advance(5.0)
     restarted.tick()
-    assert restarted.status()["gates"] == shown["gates"]
-    assert restarted.status()["window"] == shown["window"]
+    assert restarted.status().gates == shown.gates
+    assert restarted.status().window == shown.window
     restarted.act(Action.RESUME)
     run_for(restarted, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert restarted.status()["window"] != shown["window"]  # its own looks from then on
+    assert restarted.status().window != shown.window  # its own looks from then on
 
 
 def test_an_operators_pause_keeps_the_steps_evidence_across_a_restart():
@@ -284,15 +285,15 @@ def test_a_look_of_an_earlier_step_is_not_shown_live_or_after_a_restart():
                             {"pause": {"duration": "600s"}}, {"set_weight": 100}])
     core = ControllerCore(cfg, store, clock)
     core.tick()
-    while core.status()["weights_pct"]["v2"] < 50:
+    while core.status().weights_pct["v2"] < 50:
         run_for(core, clock, 1, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     status = core.status()
-    assert core.last_analysis and (status["gates"], status["window"]) == ([], None)  # the 10% step's
+    assert core.last_analysis and (status.gates, status.window) == ([], None)  # the 10% step's
     core.save_stats()
-    assert ControllerCore(cfg, store, clock).status()["gates"] == []
+    assert ControllerCore(cfg, store, clock).status().gates == []
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     status = core.status()
-    assert status["gates"] and status["window"]["since_s"] == core.rollout.window_since_s  # 50%'s own look
+    assert status.gates and status.window.since_s == core.rollout.window_since_s  # 50%'s own look
 
 
 def test_manual_weights_start_the_window_afresh():
@@ -386,7 +387,7 @@ def test_a_save_just_after_a_step_change_keeps_the_new_steps_window():
     core = ControllerCore(cfg, store, clock)
     core.tick()
     run_for(core, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert core.status()["step_index"] == 3  # moved on at the last tick: 50%, held
+    assert core.status().step_index == 3  # moved on at the last tick: 50%, held
     assert core.rollout.state.step_started_at_s == clock()
     for _ in range(2):  # the new step's reports, before its first look
         clock.advance(0.4)
@@ -406,10 +407,10 @@ def test_a_new_candidate_starts_a_fresh_rollout(tmp_path):
     store = SqliteStateStore(tmp_path / "state.sqlite")
     first = ControllerCore(experiment(), store, clock)
     first.act(Action.PROMOTE, ActionRequest(full=True))
-    assert first.status()["phase"] == "promoted"
+    assert first.status().phase == "promoted"
     second = ControllerCore(experiment("v3"), store, clock)
     assert rollout_key(second.cfg) != rollout_key(first.cfg)
-    assert second.status()["phase"] == "progressing"
+    assert second.status().phase == "progressing"
     assert second.snapshot().weights == {"v1": 100.0, "v3": 0.0}
 
 
@@ -422,7 +423,7 @@ def test_actions_bump_the_epoch_and_refuse_what_the_phase_does_not_allow():
     assert core.snapshot().weights == {"v1": 70.0, "v2": 30.0} and core.epoch == epoch + 1
     core.act(Action.ABORT, ActionRequest(reason="operator saw errors"))
     assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
-    assert "operator saw errors" in core.status()["reason"]
+    assert "operator saw errors" in core.status().reason
     with pytest.raises(RolloutError):
         core.act(Action.PAUSE)
     with pytest.raises(UnknownAction):
@@ -474,12 +475,12 @@ def test_blue_green_mirrors_live_traffic_to_green_while_it_validates():
     assert core.snapshot().mirrors == (Mirror("v2", 25.0),)
     assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
     core.act(Action.PAUSE)  # a pause stops timers, not evidence: green is still mirrored to
-    assert core.status()["phase"] == "paused" and core.snapshot().mirrors == (Mirror("v2", 25.0),)
+    assert core.status().phase == "paused" and core.snapshot().mirrors == (Mirror("v2", 25.0),)
     core.act(Action.RESUME)
     core.rollout.report_validation(True, "sample set passed")
     # Green's mirrored answers fill its window; the gates judge them against blue's.
     run_for(core, clock, 8, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert core.status()["phase"] in ("switched", "promoted")
+    assert core.status().phase in ("switched", "promoted")
     assert core.snapshot().mirrors == ()
     assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
 
@@ -502,7 +503,7 @@ def test_without_a_rollout_the_weights_are_the_configs_and_actions_are_refused()
     assert core.snapshot().mirrors == ()
     assert core.tick() is False
     status = core.status()
-    assert status["phase"] == "static" and status["strategy"] is None
+    assert status.phase == "static" and status.strategy is None
     with pytest.raises(RolloutError, match="no rollout"):
         core.act(Action.PROMOTE)
 
@@ -611,10 +612,10 @@ def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests()
         record(core, [], [ShadowPair(clock(), "v1", "v2", 1, 1 if i < 7 else 2, 0.0, 1.0, None) for i in range(10)])
         core.tick()
     status = core.status()
-    assert status["phase"] == "aborted", status
-    assert "shadow_agreement" in status["reason"]
-    gate = next(g for g in status["gates"] if g["metric"] == "shadow_agreement")
-    assert gate["verdict"] == "fail" and abs(gate["value"] - 0.7) < 1e-9
+    assert status.phase == "aborted", status
+    assert "shadow_agreement" in status.reason
+    gate = next(g for g in status.gates if g.metric == "shadow_agreement")
+    assert gate.verdict == "fail" and abs(gate.value - 0.7) < 1e-9
 
 
 # -- strict, idempotent control --------------------------------------------------------------
@@ -628,31 +629,31 @@ def paused_canary(store=None):
                             {"set_weight": 100}])
     core = ControllerCore(cfg, store or MemoryStateStore(), clock)
     core.tick()
-    assert core.status()["step_index"] == 1 and core.status()["phase"] == "paused"
+    assert core.status().step_index == 1 and core.status().phase == "paused"
     return core, clock
 
 
 def test_a_retried_promote_with_from_step_is_refused_not_a_second_step():
     core, _ = paused_canary()
     core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)
-    assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
-    epoch, revision = core.epoch, core.status()["revision"]
+    assert core.status().step_index == 3 and core.snapshot().weights["v2"] == 50.0
+    epoch, revision = core.epoch, core.status().revision
     with pytest.raises(ActionRefused, match=r"from_step is 1 \(step 2\) but the rollout is at step 4 \(.*from_step 3\)"):
         core.act(Action.PROMOTE, ActionRequest(from_step=1), OPERATOR)  # the client's retry
-    assert core.status()["step_index"] == 3 and core.snapshot().weights["v2"] == 50.0
-    assert (core.epoch, core.status()["revision"]) == (epoch, revision)
+    assert core.status().step_index == 3 and core.snapshot().weights["v2"] == 50.0
+    assert (core.epoch, core.status().revision) == (epoch, revision)
 
 
 def test_revision_grows_with_every_saved_change_and_is_a_precondition():
     store = MemoryStateStore()
     core, _ = paused_canary(store)
-    revision = core.status()["revision"]
+    revision = core.status().revision
     assert store.load(core.key)["revision"] == revision > 0
     with pytest.raises(ActionRefused, match=f"revision is {revision - 1} but .*revision {revision}"):
         core.act(Action.ABORT, ActionRequest(revision=revision - 1), OPERATOR)
-    assert core.status()["phase"] == "paused"
+    assert core.status().phase == "paused"
     core.act(Action.PAUSE, ActionRequest(revision=revision), OPERATOR)
-    assert core.status()["revision"] == store.load(core.key)["revision"] == revision + 1
+    assert core.status().revision == store.load(core.key)["revision"] == revision + 1
 
 
 def test_analyses_that_decide_nothing_keep_the_revision_an_operator_read():
@@ -666,13 +667,13 @@ def test_analyses_that_decide_nothing_keep_the_revision_an_operator_read():
     core.tick()
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     read, looks = core.status(), core.rollout.state.analyses_in_step
-    assert read["step_index"] == 1 and read["gates"]
+    assert read.step_index == 1 and read.gates
     run_for(core, clock, 30, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     assert core.rollout.state.analyses_in_step > looks  # it looked again, and saved
     assert store.load(core.key)["analyses_in_step"] == core.rollout.state.analyses_in_step
-    assert core.status()["revision"] == store.load(core.key)["revision"] == read["revision"]
-    core.act(Action.PROMOTE, ActionRequest(revision=read["revision"]), OPERATOR)  # no 409
-    assert core.status()["phase"] == "promoted" and core.status()["revision"] > read["revision"]
+    assert core.status().revision == store.load(core.key)["revision"] == read.revision
+    core.act(Action.PROMOTE, ActionRequest(revision=read.revision), OPERATOR)  # no 409
+    assert core.status().phase == "promoted" and core.status().revision > read.revision
 
 
 def test_an_action_that_changes_nothing_keeps_the_revision_and_the_reason():
@@ -681,23 +682,23 @@ def test_an_action_that_changes_nothing_keeps_the_revision_and_the_reason():
     store = MemoryStateStore()
     core, _ = paused_canary(store)
     assert core.act(Action.PAUSE, ActionRequest(), OPERATOR) is True
-    epoch, revision = core.epoch, core.status()["revision"]  # what another operator read
+    epoch, revision = core.epoch, core.status().revision  # what another operator read
     assert core.act(Action.PAUSE, ActionRequest(), OPERATOR) is False  # already paused
-    assert (core.epoch, core.status()["revision"], store.load(core.key)["revision"]) == (epoch, revision, revision)
+    assert (core.epoch, core.status().revision, store.load(core.key)["revision"]) == (epoch, revision, revision)
     assert core.act(Action.RESUME, ActionRequest(revision=revision), OPERATOR) is True  # no 409
-    assert core.status()["revision"] == revision + 1 and core.epoch == epoch + 1
+    assert core.status().revision == revision + 1 and core.epoch == epoch + 1
 
     assert core.act(Action.ABORT, ActionRequest(reason="p95 up on v2"), OPERATOR) is True
     before = core.status()
-    epoch, revision = core.epoch, before["revision"]
+    epoch, revision = core.epoch, before.revision
     assert core.act(Action.ROLLBACK, ActionRequest(), OPERATOR) is False
     assert core.act(Action.ABORT, ActionRequest(reason="test", revision=revision), OPERATOR) is False
     after = core.status(history=True)
-    assert (after["revision"], after["reason"], core.epoch) == (revision, before["reason"], epoch)
-    assert "p95 up on v2" in after["reason"]
+    assert (after.revision, after.reason, core.epoch) == (revision, before.reason, epoch)
+    assert "p95 up on v2" in after.reason
     # Saved, history included: a restarted controller has both requests, at the same revision.
     saved = store.load(core.key)
-    assert saved["revision"] == revision and saved["history"] == after["history"]
+    assert saved["revision"] == revision and [HistoryEntry(**h) for h in saved["history"]] == after.history
     assert [(h["action"], h["reason"]) for h in saved["history"][-2:]] == [
         ("rollback", "rollback: nothing to change"), ("abort", "abort: nothing to change")]
 
@@ -706,11 +707,11 @@ def test_every_action_records_who_what_when_and_from_where_never_a_token():
     core, clock = paused_canary()
     core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 70, "v2": 30}), OPERATOR)
     core.act(Action.ABORT, ActionRequest(reason="errors on v2"), Actor("ci", "operator", None))
-    acted = [h for h in core.status(history=True)["history"] if h.get("action")]
-    assert [(h["action"], h["actor"], h["t_s"]) for h in acted] == [
+    acted = [h for h in core.status(history=True).history if h.action]
+    assert [(h.action, h.actor, h.t_s) for h in acted] == [
         ("weights", {"name": "alice", "role": "operator", "address": "10.0.0.7"}, clock()),
         ("abort", {"name": "ci", "role": "operator", "address": None}, clock())]
-    assert "errors on v2" in acted[1]["reason"]
+    assert "errors on v2" in acted[1].reason
     assert "token" not in str(acted)
 
 
@@ -724,18 +725,19 @@ def test_a_failed_save_refuses_the_action_and_changes_nothing():
     store.failing = True
     for action, body in [(Action.ABORT, ActionRequest()), (Action.PROMOTE, ActionRequest(from_step=1)),
                          (Action.WEIGHTS, ActionRequest(weights={"v1": 0, "v2": 100}))]:
-        step = core.status()["step_index"]  # as people count it, and as from_step
+        step = core.status().step_index  # as people count it, and as from_step
         with pytest.raises(StoreUnavailable, match=f"nothing was changed \\(still at step {step + 1} \\(.*; from_step "
                                                    f"{step}\\), revision .*try again"):
             core.act(action, body, OPERATOR)
     status = core.status(history=True)
     # Status says the store is failing (the reason alone would not); nothing else changed.
-    assert status.pop("not_saved")["error"] == "OSError: [Errno 28] No space left on device"
-    assert before[0]["not_saved"] is None
-    assert (status | {"not_saved": None}, core.snapshot(), core.epoch, store.load(core.key)) == before
+    assert status.not_saved.error == "OSError: [Errno 28] No space left on device"
+    assert before[0].not_saved is None
+    unsaved = status.model_copy(update={"not_saved": None})
+    assert (unsaved, core.snapshot(), core.epoch, store.load(core.key)) == before
     store.failing = False
     core.act(Action.ABORT, ActionRequest(), OPERATOR)  # the retry goes through
-    assert core.status()["not_saved"] is None
+    assert core.status().not_saved is None
     assert store.load(core.key)["phase"] == "aborted" and core.snapshot().weights["v2"] == 0.0
     assert core.epoch == before[2] + 1
 
@@ -749,14 +751,14 @@ def test_a_finished_rollout_says_its_store_failed_until_a_save_of_the_figures_wo
     store.failing = True
     with pytest.raises(StoreUnavailable):
         core.act(Action.ROLLBACK, ActionRequest(), OPERATOR)
-    assert core.status()["not_saved"]["error"] == "OSError: [Errno 28] No space left on device"
+    assert core.status().not_saved.error == "OSError: [Errno 28] No space left on device"
     store.failing = False
     core.save_stats()
-    assert core.status()["not_saved"] is None
+    assert core.status().not_saved is None
     store.failing = True
     with pytest.raises(OSError):
         core.save_stats()
-    assert core.status()["not_saved"] is not None
+    assert core.status().not_saved is not None
 
 
 def test_a_failed_save_during_a_tick_applies_nothing_and_the_next_tick_retries():
@@ -769,11 +771,11 @@ def test_a_failed_save_during_a_tick_applies_nothing_and_the_next_tick_retries()
     clock.advance(3.0)
     with pytest.raises(StoreUnavailable):
         core.tick()
-    not_saved = core.status()["not_saved"]
-    assert not_saved["for_s"] == 3.0 and not_saved["since_s"] == clock() - 3.0  # since the first failure
+    not_saved = core.status().not_saved
+    assert not_saved.for_s == 3.0 and not_saved.since_s == clock() - 3.0  # since the first failure
     snapshot = core.snapshot()
     assert (snapshot.epoch, snapshot.weights) == (0, {"v1": 100.0, "v2": 0.0})
-    assert core.status()["revision"] == store.load(core.key)["revision"] == 1
+    assert core.status().revision == store.load(core.key)["revision"] == 1
     store.failing = False
     assert core.tick() is True
     assert core.snapshot().weights["v2"] == 10.0 and store.load(core.key)["weights"]["v2"] == 10.0
@@ -794,10 +796,10 @@ def test_the_blue_green_switch_is_saved_first_and_pushed_with_a_new_epoch():
     store.failing = True
     with pytest.raises(StoreUnavailable):
         core.report_validation(True, "sample set passed")
-    assert core.status()["phase"] == "validating" and core.epoch == epoch
+    assert core.status().phase == "validating" and core.epoch == epoch
     store.failing = False
     core.report_validation(True, "sample set passed")
-    assert core.status()["phase"] == "switched" and core.epoch == epoch + 1
+    assert core.status().phase == "switched" and core.epoch == epoch + 1
     assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
     assert store.load(core.key)["phase"] == "switched"
 
@@ -843,7 +845,7 @@ def test_a_router_clock_6s_behind_still_fills_the_windows():
                 core.feedback.add(row.request_id, "correct", None, True, clock())
         core.tick()
     status = core.status()
-    assert status["phase"] == "promoted", status["reason"]
+    assert status.phase == "promoted", status.reason
 
 
 def test_the_rollouts_max_user_icc_reaches_the_gates():
@@ -864,8 +866,8 @@ def test_the_rollouts_max_user_icc_reaches_the_gates():
                      for i in range(100)]
             record(core, rows)
             core.tick()
-        (gate,) = core.status()["gates"]
-        reasons[icc] = gate["reason"]
+        (gate,) = core.status().gates
+        reasons[icc] = gate.reason
     assert "max_user_icc 0.05" in reasons[0.05] and "max_user_icc" not in reasons[None], reasons
 
 
@@ -882,7 +884,7 @@ def test_pinned_failing_traffic_to_the_candidate_moves_no_gate():
                                                 False, False) for _ in range(50)])
         core.tick()
     status = core.status()
-    assert status["phase"] == "promoted" and status["failures_total"] == 0, status["reason"]
+    assert status.phase == "promoted" and status.failures_total == 0, status.reason
 
 
 def test_pinned_traffic_alone_is_no_evidence():
@@ -896,7 +898,7 @@ def test_pinned_traffic_alone_is_no_evidence():
                                   for _ in range(50)])
         core.tick()
     status = core.status()
-    assert status["weights_pct"]["v2"] == 10.0 and "no data" in status["reason"]
+    assert status.weights_pct["v2"] == 10.0 and "no data" in status.reason
 
 
 # -- no step is left without evidence --------------------------------------------------------
@@ -915,9 +917,9 @@ def test_a_canary_with_pauses_shorter_than_the_interval_waits_for_a_passing_anal
         report(core, clock, "v1", EV_STABLE, correct=True)
         report(core, clock, "v2", EV_CANDIDATE, ok=ok, correct=True)
         core.tick()
-        if core.status()["phase"] != "promoted":
+        if core.status().phase != "promoted":
             highest = max(highest, core.snapshot().weights["v2"])
-    assert core.status()["phase"] == phase
+    assert core.status().phase == phase
     assert highest == (50.0 if ok else 10.0)
 
 
@@ -960,9 +962,9 @@ def test_an_analysis_reads_the_whole_step():
     seen = []
     for _ in range(40):
         run_for(core, clock, 1, {"v1": (EV_STABLE, {"correct": True}), "v2": (12, {"correct": True})})
-        gates = core.status()["gates"]
+        gates = core.status().gates
         if gates:
-            seen.append((gates[0]["verdict"], gates[0]["reason"]))
+            seen.append((gates[0].verdict, gates[0].reason))
     # 12 requests/s: 60 per 5 s interval is too few for error_rate max 0.05 at a later look,
     # 480 over the step is plenty.
     assert seen[-1][0] == "pass", seen[-1]
@@ -975,8 +977,8 @@ def test_the_same_trickle_from_twelve_users_holds_as_twelve_units():
     core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {}}]), MemoryStateStore(), clock)
     core.tick()
     run_for(core, clock, 40, {"v1": (EV_STABLE, {"correct": True}), "v2": (12, {"correct": True, "users": 12})})
-    gate = core.status()["gates"][0]
-    assert gate["verdict"] == "inconclusive" and "fewer than 20" in gate["reason"], gate
+    gate = core.status().gates[0]
+    assert gate.verdict == "inconclusive" and "fewer than 20" in gate.reason, gate
 
 
 def test_rows_and_their_feedback_count_under_the_split_their_router_assigned_them_by():
@@ -1044,14 +1046,14 @@ def test_a_candidate_a_router_could_not_load_gets_no_traffic_and_its_canary_abor
     epoch = core.epoch
     assert core.record(report_of(failed_versions={"v2": "failed to load: ValueError: bad file"}, core=core))
     assert core.epoch == epoch + 1  # routers hear of it at once
-    assert core.status()["failed_versions"] == {"v2": "failed to load: ValueError: bad file (router replica router-1)"}
+    assert core.status().failed_versions == {"v2": "failed to load: ValueError: bad file (router replica router-1)"}
     core.tick()
     assert core.rollout.phase is Phase.ABORTED and core.weights() == {"v1": 100.0, "v2": 0.0}
-    assert "candidate v2 failed to load: ValueError: bad file" in core.status()["reason"]
+    assert "candidate v2 failed to load: ValueError: bad file" in core.status().reason
     # A router that stops reporting for a minute is forgotten, and so is what failed there.
     clock.advance(61.0)
     record(core, [ServedRequest(clock(), "v1", 1.0, None, 1, 0.9, None, 5, True, False)])
-    assert core.status()["failed_versions"] == {}
+    assert core.status().failed_versions == {}
 
 
 def test_a_static_ab_gives_a_failed_variants_share_to_the_first_version_that_loaded():
@@ -1086,10 +1088,10 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
         core.act(Action.PROMOTE, ActionRequest(), Actor("alice", "operator", "10.0.0.7"))
         assert core.rollout.phase is Phase.PROMOTED
         assert core.notifier.flush(10)
-        history = core.status(history=True)["history"]
+        history = core.status(history=True).history
         bodies = hooks.bodies("/events")
         assert [(b["from_phase"], b["phase"], b["reason"]) for b in bodies] == [
-            (h["from_phase"], h["to_phase"], h["reason"]) for h in history]
+            (h.from_phase, h.to_phase, h.reason) for h in history]
         phases = [b["phase"] for b in bodies if b["event"] == "phase_changed"]
         assert phases == ["progressing", "paused"]  # then promote's own entries are actions
         actions = [b for b in bodies if b["event"] == "action"]
@@ -1098,7 +1100,7 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
         assert {b["app"] for b in bodies} == {"shop"} and bodies[0]["rollout"] == "digits:canary:v1->v2"
         revisions = [b["revision"] for b in bodies]
         assert revisions == sorted(revisions) and revisions[-1] == core.rollout.state.revision
-        assert core.status()["notifications"] == {"ops": {"sent": len(bodies), "failed": 0}}
+        assert core.status().notifications == {"ops": NotificationCounts(sent=len(bodies), failed=0)}
     finally:
         core.notifier.close()
         hooks.close()
@@ -1133,8 +1135,8 @@ def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
     try:
         asyncio.run(drive())
         status = core.status()
-        assert status["phase"] == "aborted" and status["weights_pct"] == {"v1": 100.0, "v2": 0.0}
-        assert "webhook[suite]" in status["reason"] and "'integration suite: 3 of 40 failed'" in status["reason"]
+        assert status.phase == "aborted" and status.weights_pct == {"v1": 100.0, "v2": 0.0}
+        assert "webhook[suite]" in status.reason and "'integration suite: 3 of 40 failed'" in status.reason
         assert hooks.bodies("/gate")[0]["candidate"] == "v2"
         assert core.notifier.flush(10)
         events = [(b["event"], b["phase"]) for b in hooks.bodies("/events")]
@@ -1155,15 +1157,15 @@ def test_a_controller_down_across_the_watchs_end_judges_the_downtime_before_it_p
     core.tick()
     core.report_validation(True, "sample set passed")
     run_for(core, clock, 18, {"v2": (EV_CANDIDATE, {})})  # analyses at 5, 10 and 15 s pass
-    assert core.status()["phase"] == "switched" and core.last_analysis[0]["verdict"] == "pass"
+    assert core.status().phase == "switched" and core.last_analysis[0]["verdict"] == "pass"
     core.save_stats()
     clock.advance(60)  # down across the watch's end, green failing meanwhile
     restarted = ControllerCore(cfg, store, clock)
     restarted.tick()
     status = restarted.status()
-    assert status["phase"] == "switched", status["reason"]
-    assert "no analysis since the controller restarted" in status["reason"]
+    assert status.phase == "switched", status.reason
+    assert "no analysis since the controller restarted" in status.reason
     run_for(restarted, clock, 5, {"v2": (EV_CANDIDATE, {"ok": False})})
     status = restarted.status(history=True)
-    assert status["phase"] == "aborted" and status["weights_pct"] == {"v1": 100.0, "v2": 0.0}
-    assert status["history"][-1]["reason"].endswith("; all traffic back to v1")
+    assert status.phase == "aborted" and status.weights_pct == {"v1": 100.0, "v2": 0.0}
+    assert status.history[-1].reason.endswith("; all traffic back to v1")

@@ -11,6 +11,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serve_ab.api.status import RolloutStatus
 from serve_ab.serving import metrics
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.analysis.accumulate import ERROR_KINDS, LATENCY_BUCKETS_S, ExperimentStats
@@ -70,7 +71,7 @@ def realistic_stats() -> ExperimentStats:
     return stats
 
 
-def rollout_status(cfg) -> dict:
+def rollout_status(cfg) -> RolloutStatus:
     """What ControllerCore.status() returns, with real gate results (one of each verdict)."""
     rollout = Rollout(cfg.rollout, clock=lambda: 2_000.0)
     stable = WindowStats("v1", request_count=100, latencies_ms=[5.0] * 100, class_counts=(50, 50))
@@ -79,19 +80,18 @@ def rollout_status(cfg) -> dict:
                             promql={"error_ratio": PromQLResult("sum(...)", 0.02)})
     results = evaluate_gates(cfg.rollout.gates, candidate, stable, min_samples=5)
     assert {r.verdict.value for r in results} == {"pass", "fail", "inconclusive"}
-    return {
+    return RolloutStatus.model_validate({
         "model": cfg.model, "strategy": "canary", "stable": "v1", "candidate": "v2",
         "phase": rollout.phase.value, "step_index": 1, "steps_total": len(cfg.rollout.steps),
         "step": "pause 60s", "weights_pct": {"v1": 80.0, "v2": 20.0, "v3": 0.0},
         "reason": "step 1", "next_step_in_s": 30.0, "failures_total": 1, "failure_limit": 2,
         "gates": [r.to_dict() for r in results], "retired": [],
         "window": {"since_s": 1_990.0, "requests": {"v1": 100, "v2": 100}, "errors": {"v1": 0, "v2": 5}},
-    }
+    })
 
 
-def static_status(cfg) -> dict:
-    return {"model": cfg.model, "strategy": None, "stable": None, "candidate": None, "phase": "static",
-            "weights_pct": cfg.weights_pct(), "gates": []}
+def static_status(cfg) -> RolloutStatus:
+    return RolloutStatus(model=cfg.model, strategy=None, phase="static", weights_pct=cfg.weights_pct())
 
 
 def scrape(cfg, snapshot, status) -> tuple[dict, str]:
@@ -266,7 +266,7 @@ def test_render_uses_a_fresh_registry_and_no_global_state(rollout_scrape):
 def test_same_gate_label_twice_gives_two_series():
     cfg = parse_experiment(experiment(shadow=None))
     status = rollout_status(cfg)
-    status["gates"] = [status["gates"][1], status["gates"][1]]
+    status = status.model_copy(update={"gates": [status.gates[1], status.gates[1]]})
     families, _ = scrape(cfg, realistic_stats().snapshot(1_100.0, samples=False), status)
     gates = sorted(dict(k)["gate"] for k in samples(families, "serve_ab_gate_threshold"))
     assert gates == ["error_rate <= 0.01", "error_rate <= 0.01 #2"]

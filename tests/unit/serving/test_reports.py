@@ -20,11 +20,11 @@ def test_a_router_silent_without_its_last_report_is_counted_lost_and_logged(capl
     reports.received(report("stopped"), now_s=1000.0)
     reports.received(report("stopped", last=True), now_s=1001.0)
     reports.received(report("alive"), now_s=1000.0 + STALE_S)
-    assert reports.to_dict(1000.0 + STALE_S)["routers_lost_total"] == 0  # silent for a minute, not more
+    assert reports.seen(1000.0 + STALE_S).routers_lost_total == 0  # silent for a minute, not more
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         reports.received(report("alive"), now_s=1002.0 + STALE_S)
-    figures = reports.to_dict(1002.0 + STALE_S)
-    assert figures["routers"] == 1 and figures["routers_lost_total"] == 1
+    figures = reports.seen(1002.0 + STALE_S)
+    assert figures.routers == 1 and figures.routers_lost_total == 1
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("serve-ab controller: router replica crashed has sent nothing for 62s and no last "
                            "report: it crashed, lost its node, or stopped while its last report could not be "

@@ -118,15 +118,15 @@ def test_a_controller_on_a_fresh_redis_store_resumes_the_rollout_at_the_same_ste
     core.tick()
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
     before = core.status(history=True)
-    assert before["step_index"] == 1 and before["weights_pct"]["v2"] == 10.0
+    assert before.step_index == 1 and before.weights_pct["v2"] == 10.0
 
     moved = ControllerCore(experiment(), RedisStateStore.from_url(redis_url), clock)  # another node
     after = moved.status(history=True)
-    assert (after["phase"], after["step_index"], after["weights_pct"], after["history"]) == (
-        before["phase"], before["step_index"], before["weights_pct"], before["history"])
+    assert (after.phase, after.step_index, after.weights_pct, after.history) == (
+        before.phase, before.step_index, before.weights_pct, before.history)
     assert moved.snapshot().weights == core.snapshot().weights
     run_for(moved, clock, 5, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
-    assert moved.status()["weights_pct"]["v2"] == 100.0
+    assert moved.status().weights_pct["v2"] == 100.0
 
 
 def test_a_controller_on_a_fresh_redis_store_keeps_the_run_figures_and_feedback_key(redis_url):
@@ -149,8 +149,8 @@ def test_a_stopped_redis_refuses_the_action_and_changes_nothing(redis_server):
     redis_server.stop()
     with pytest.raises(StoreUnavailable):
         core.act(Action.PROMOTE, ActionRequest(full=True))
-    assert core.status()["weights_pct"] == before["weights_pct"]
-    assert core.status()["phase"] == before["phase"]
+    assert core.status().weights_pct == before.weights_pct
+    assert core.status().phase == before.phase
 
 
 def test_parse_experiment_accepts_a_redis_store(redis_url):
