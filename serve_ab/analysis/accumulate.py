@@ -241,6 +241,9 @@ class ShadowStats:
     """
 
     mirrored: int = 0  # copies sent (answered or not)
+    #: Copies not sent: the router had too many waiting for the version (serving/core/mirror.py).
+    #: A state pickled before it reads the class's 0.
+    dropped: int = 0
     errors: collections.Counter = field(default_factory=collections.Counter)
     pairs: int = 0
     agree: int = 0
@@ -334,6 +337,7 @@ class ShadowStats:
 
     def merge(self, other: ShadowStats) -> None:
         self.mirrored += other.mirrored
+        self.dropped += other.dropped
         self.errors.update(other.errors)
         self.pairs += other.pairs
         self.agree += other.agree
@@ -359,6 +363,7 @@ class ShadowStats:
     def to_dict(self, samples: bool) -> dict[str, Any]:
         out = {
             "mirrored": self.mirrored,
+            "dropped": self.dropped,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
             "pairs": self.pairs,
@@ -542,7 +547,7 @@ class ExperimentStats:
                                  "predictions": {class: n}, "units": distinct keys or None,
                                  "feedback": {name: {"kind": "conversion", "n", "successes"}
                                                   | {"kind": "mean", "n", "sum", "sum_sq"}}}},
-             "shadow": None | {"version", "mirrored", "errors", "errors_by_kind", "pairs", "agree",
+             "shadow": None | {"version", "mirrored", "dropped", "errors", "errors_by_kind", "pairs", "agree",
                                "confusion": [[live_class, shadow_class, n]],
                                "flips": {"net": [[group, class, n]], "keyless": [[class, n]]},
                                "score_diff": {"n", "sum", "sum_sq", "abs_sum", "sketch" (when samples)},
@@ -620,6 +625,7 @@ class ExperimentStats:
         if shadow is not None and shadow["version"] == shadow_version:
             s = stats.shadow
             s.mirrored, s.pairs, s.agree = shadow["mirrored"], shadow["pairs"], shadow["agree"]
+            s.dropped = shadow.get("dropped", 0)  # absent from states saved before it
             s.errors.update(shadow["errors_by_kind"])
             s.confusion.update({(a, b): n for a, b, n in shadow["confusion"]})
             diff = shadow["score_diff"]

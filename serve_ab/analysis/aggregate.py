@@ -250,6 +250,14 @@ class IntervalAggregate:
         shadow.add(live_version, live_class, shadow_class, score_diff, shadow_latency_ms, error_kind,
                    comparison=comparison, unit=unit)
 
+    def dropped(self, shadow_version: str) -> None:
+        """A copy to ``shadow_version`` the router did not send (too many were waiting)."""
+        self.rows += 1  # so that an interval of nothing else is still reported
+        shadow = self.shadow.get(shadow_version)
+        if shadow is None:
+            shadow = self.shadow[shadow_version] = ShadowStats()
+        shadow.dropped += 1
+
     def merge(self, other: IntervalAggregate) -> None:
         """Fold a later (or an unsent) interval into this one."""
         for version, theirs in other.versions.items():

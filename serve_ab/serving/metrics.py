@@ -31,6 +31,8 @@ Per version:
 Shadow traffic (when the app mirrors to a shadow version; ``version`` is the shadow):
 
 - ``serve_ab_shadow_requests_total`` counter: copies sent.
+- ``serve_ab_shadow_dropped_total`` counter: copies not sent, because the router had too
+  many waiting for the shadow (serving/core/mirror.py).
 - ``serve_ab_shadow_errors_total{kind}`` counter.
 - ``serve_ab_shadow_comparisons_total{live_version}`` counter: answered pairs compared.
 - ``serve_ab_shadow_agreements_total`` counter: pairs whose predicted classes agree;
@@ -192,6 +194,10 @@ class _SnapshotCollector(Collector):
         mirrored = CounterMetricFamily(PREFIX + "shadow_requests_total", "Copies sent to the shadow version.",
                                        labels=labels)
         mirrored.add_metric(ids, shadow["mirrored"])
+        dropped = CounterMetricFamily(
+            PREFIX + "shadow_dropped", "Copies not sent to the shadow version: the router had too many "
+            "waiting for it (it answers slower than live requests come).", labels=labels)
+        dropped.add_metric(ids, shadow.get("dropped", 0))
         errors = CounterMetricFamily(PREFIX + "shadow_errors_total", "Copies the shadow version failed.",
                                      labels=[*labels, "kind"])
         by_kind = shadow["errors_by_kind"]
@@ -208,7 +214,7 @@ class _SnapshotCollector(Collector):
         duration = HistogramMetricFamily(PREFIX + "shadow_request_duration_seconds",
                                          "Latency of the shadow version's answers, in seconds.", labels=labels)
         _add_histogram(duration, ids, shadow["latency"])
-        yield from (mirrored, errors, comparisons, agreements, duration)
+        yield from (mirrored, dropped, errors, comparisons, agreements, duration)
         if shadow["pairs"]:
             ratio = GaugeMetricFamily(PREFIX + "shadow_agreement_ratio",
                                       "Share of compared pairs that agree, since the counters started.",

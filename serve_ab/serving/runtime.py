@@ -59,6 +59,11 @@ class LoadedVersion:
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
         return self.input_spec, self.output_spec
 
+    def predict_blocking(self, batch: Batch) -> Batch:
+        """The model's answer without its batcher, for a caller off the event loop: a
+        mirrored copy on the copy thread (serving/core/mirror.py)."""
+        return self.predictor.predict(batch)
+
     async def predict(self, batch: Batch) -> Batch:
         if self._batcher is not None:
             return await self._batcher.predict(batch)

@@ -1,11 +1,26 @@
-"""Copies of live requests to mirrored versions (shadow, a validating blue-green green)."""
+"""Copies of live requests to mirrored versions (shadow, a validating blue-green green).
+
+A copy never holds up a live request. A version in another deployment (isolated placement)
+answers on its own replicas. A version in the router's own process (colocated) runs its
+copies on one thread of their own: run inline on the router's event loop, as live requests
+are, a shadow taking 200 ms a call held every live request behind it (p50 11 ms -> 215 ms
+at one client, live). The model then answers a live request on the loop and a copy on that
+thread at the same time when it both serves traffic and gets copies (a shadow with a
+weight): the backends' models (onnxruntime, torch) allow that; a ``python`` class must too.
+
+Copies that cannot be sent are counted, never silently dropped: past MAX_IN_FLIGHT calls
+out to other deployments, or MAX_WAITING copies waiting for the thread, a copy is
+``dropped`` (ShadowStats.dropped: the report, /metrics, a warning in the log).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -17,6 +32,32 @@ from serve_ab.serving.core.versions import Version, answer, detached_task, error
 logger = logging.getLogger("ray.serve")
 # Copies in flight at most: a slow mirrored version must not pile tasks up in the router.
 MAX_IN_FLIGHT = 1000
+# Copies given to the copy thread and not answered, at most (colocated): past them the version
+# answers slower than live requests come, and a longer queue would only hold more batches.
+MAX_WAITING = 32
+# A warning that copies were dropped at most this often, with the count since the last.
+DROP_LOG_EVERY_S = 60.0
+
+
+class _OnCopyThread:
+    """One copy to a version of this process, run by ``predict_blocking`` on the copy thread:
+    an awaitable ``predict`` for :func:`answer`, which checks and names its failures as for a
+    live request. ``begun_s``: when the thread began it (the time waiting behind other copies
+    is not the version's latency)."""
+
+    def __init__(self, predict_blocking: Callable[[np.ndarray], np.ndarray], pool: ThreadPoolExecutor,
+                 clock: Callable[[], float]):
+        self._predict = predict_blocking
+        self._pool = pool
+        self._clock = clock
+        self.begun_s: float | None = None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self.begun_s = self._clock()
+        return self._predict(batch)
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, batch)
 
 
 class MirrorSender:
@@ -34,7 +75,11 @@ class MirrorSender:
         self.rng = rng or random.Random()
         self.mirrors: Sequence[Mirror] = ()
         self._tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
-        self.skipped = 0  # copies not sent because MAX_IN_FLIGHT were still out
+        self._pool: ThreadPoolExecutor | None = None  # the copy thread, made at the first in-process copy
+        self._waiting = 0  # copies given to the copy thread and not yet answered
+        self.dropped = 0  # copies not sent, since the start
+        self._dropped_logged = 0
+        self._dropped_logged_at_s = -DROP_LOG_EVERY_S
 
     def send(self, versions: Mapping[str, Version], live_version: str, batch: np.ndarray,
              live_outputs: np.ndarray, request_id: str, unit: int | None = None) -> None:
@@ -45,20 +90,30 @@ class MirrorSender:
             if mirror.version == live_version or version is None \
                     or self.rng.random() * 100.0 >= mirror.percent:
                 continue
-            if len(self._tasks) >= MAX_IN_FLIGHT:
-                self.skipped += 1
+            copy_thread = getattr(version, "predict_blocking", None) is not None
+            if len(self._tasks) >= MAX_IN_FLIGHT or (copy_thread and self._waiting >= MAX_WAITING):
+                self._drop(mirror.version)
                 continue
+            if copy_thread:
+                self._waiting += 1
             # Detached: a copy is not cancelled with the live request (a client gone at once).
-            task = detached_task(
-                self._mirrored(mirror.version, version, live_version, batch, live_outputs, request_id, unit))
+            task = detached_task(self._mirrored(mirror.version, version, live_version, batch, live_outputs,
+                                                request_id, unit, copy_thread))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _mirrored(self, name: str, version: Version, live_version: str, batch: np.ndarray,
-                        live_outputs: np.ndarray, request_id: str, unit: int | None) -> None:
+                        live_outputs: np.ndarray, request_id: str, unit: int | None, copy_thread: bool) -> None:
         started_s = self.clock()
+        if copy_thread:
+            version = on_thread = _OnCopyThread(version.predict_blocking, self._copy_pool(), self.clock)
         try:
-            outputs = await answer(name, version, batch, self.output_spec())
+            try:
+                outputs = await answer(name, version, batch, self.output_spec())
+            finally:
+                if copy_thread:
+                    self._waiting -= 1
+                    started_s = on_thread.begun_s or started_s
         except Exception as err:
             kind = error_kind(err)
             logger.info("serve-ab router: request %s: mirrored copy to version %s failed (%s: %s)",
@@ -68,6 +123,28 @@ class MirrorSender:
             return
         self.observations.served(name, started_s, None, outputs, request_id=None, unit=unit, mirrored=True)
         self.observations.pair(live_version, name, live_outputs, outputs, started_s, None, unit)
+
+    def _copy_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            # One thread: copies run one after another, as the router's replica runs its live
+            # requests; more would take CPU the live path needs.
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-ab-copies")
+        return self._pool
+
+    def _drop(self, version: str) -> None:
+        """A copy not sent: counted for the report and /metrics, and said in the log (at most
+        once a DROP_LOG_EVERY_S, with the count since the last warning)."""
+        self.dropped += 1
+        self.observations.dropped(version)
+        now_s = time.monotonic()
+        if now_s - self._dropped_logged_at_s >= DROP_LOG_EVERY_S:
+            logger.warning(
+                "serve-ab router: %d cop%s to version %s dropped (since the start: %d): %d copies were "
+                "waiting for it; it answers slower than live requests come. The report's shadow line and "
+                "serve_ab_shadow_dropped_total count them.", self.dropped - self._dropped_logged,
+                "y" if self.dropped - self._dropped_logged == 1 else "ies", version, self.dropped,
+                self._waiting if self._waiting >= MAX_WAITING else len(self._tasks))
+            self._dropped_logged, self._dropped_logged_at_s = self.dropped, now_s
 
     async def drain(self) -> None:
         """Wait for the copies in flight (tests, shutdown)."""

@@ -122,6 +122,10 @@ class ObservationBuffer:
                            compared.score_diff, (self.clock() - started_s) * 1000.0, error_kind,
                            comparison=compared, unit=unit)
 
+    def dropped(self, shadow_version: str) -> None:
+        """A copy to ``shadow_version`` not sent: the router had too many waiting (mirror.py)."""
+        self._current.dropped(shadow_version)
+
     def drain(self) -> IntervalAggregate | None:
         """This interval's aggregate, or None when nothing was served; a new interval starts."""
         self._fold()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec
@@ -107,3 +109,25 @@ class Scores:
 
     def predict(self, inputs):
         return inputs["x"].copy()
+
+
+class HeldDigits:
+    """A digits classifier (64 features, 10 classes) whose every call waits until ``RELEASE``
+    is set: a shadow slower than the live traffic, on the test's cue. A call that waited
+    ``WAIT_S`` in vain counts in ``timed_out`` (nobody released it: its caller was stuck)."""
+
+    RELEASE = threading.Event()
+    WAIT_S = 10.0
+    timed_out = 0
+    input_spec = [InputSpec("input", np.float32, (-1, 64))]
+    output_spec = OutputSpec("probabilities", np.float32, (-1, 10))
+
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        if not HeldDigits.RELEASE.wait(HeldDigits.WAIT_S):
+            HeldDigits.timed_out += 1
+        out = np.zeros((len(inputs["input"]), 10), dtype=np.float32)
+        out[:, 3] = 1.0
+        return out

@@ -68,6 +68,7 @@ def realistic_stats() -> ExperimentStats:
             stats.record_pair(t_s, version, i % 10, (i // 10) % 10 if i % 20 else i % 10, 0.05, 2.0,
                               "unavailable" if i == 190 else None)
     stats.count_unjoined(1)  # never joined
+    stats.shadow.dropped = 4  # copies the router could not send (serving/core/mirror.py)
     return stats
 
 
@@ -173,6 +174,7 @@ def test_shadow_counters_and_agreement_ratio(rollout_scrape):
     _, snap, families, _ = rollout_scrape
     shadow = snap["shadow"]
     assert samples(families, "serve_ab_shadow_requests_total") == {(("version", "v3"),): shadow["mirrored"]}
+    assert samples(families, "serve_ab_shadow_dropped_total") == {(("version", "v3"),): 4}
     comparisons = samples(families, "serve_ab_shadow_comparisons_total")
     assert comparisons == {(("live_version", v), ("version", "v3")): n
                            for v, n in shadow["pairs_by_live_version"].items()}

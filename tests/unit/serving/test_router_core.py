@@ -4,23 +4,29 @@ the routing-table follower and the isolated versions' watchdog, with fakes and a
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 
 import numpy as np
 import pytest
 
+from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.clusters import KEYLESS
 from serve_ab.config import parse_experiment
 from serve_ab.errors import BadOutput, InvalidInput, ModelFailed, VersionNotServed, VersionUnavailable
 from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
+from serve_ab.serving.core.mirror import MAX_WAITING
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.versions import check_outputs
 from serve_ab.serving.core.watchdog import WatchdogSettings, WatchedVersion
+from serve_ab.serving.runtime import LoadedVersion
+from tests.unit.backends.python_models import HeldDigits
 from tests.support.fakes import DIGITS_INPUT, DIGITS_OUTPUT, FakeClock, FakeController, FakeVersion
 
 ROW = [[0.0] * 64]
+PYTHON_MODELS = "tests.unit.backends.python_models"
 TAKES_FEEDBACK = {"metrics": [{"name": "correct", "kind": "conversion"}]}
 
 
@@ -284,6 +290,66 @@ def test_a_failing_mirror_is_counted_but_the_client_gets_its_answer():
     assert run(go())[0] == "v1"
     interval = core.observations.drain()
     assert dict(interval.shadow["v2"].errors) == {"unavailable": 1}
+
+
+def held_shadow() -> LoadedVersion:
+    """v2 loaded in this process (colocated), every call held until HeldDigits.RELEASE."""
+    cfg = experiment(versions=[{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                               {"name": "v2", "backend": "python", "class": f"{PYTHON_MODELS}:HeldDigits"}])
+    HeldDigits.RELEASE.set()  # its warm-up call
+    version = LoadedVersion(cfg.versions[1])
+    HeldDigits.RELEASE.clear()
+    HeldDigits.timed_out = 0
+    return version
+
+
+def test_a_colocated_shadow_answers_its_copies_off_the_event_loop_holding_no_live_request():
+    # On the router's event loop, the first copy held every live request behind it (live,
+    # a 200 ms shadow took one client's p50 from 11 to 215 ms); the held model would have
+    # waited its WAIT_S in vain, counted in timed_out.
+    shadow = held_shadow()
+    core = make_core({"v1": FakeVersion(1), "v2": shadow}, weights={"v1": 100})
+
+    async def go():
+        core.apply(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}, (), (Mirror("v2", 100.0),)))
+        answers = []
+        for i in range(3):
+            answers.append(await core.serve(ROW, f"u{i}", None))
+            await asyncio.sleep(0)  # the copy's task starts
+        HeldDigits.RELEASE.set()  # only now may the copies be answered
+        await core.mirrors.drain()
+        return answers
+
+    answers = run(go())
+    assert [version for version, _ in answers] == ["v1"] * 3 and HeldDigits.timed_out == 0
+    interval = core.observations.drain()
+    assert (interval.shadow["v2"].mirrored, interval.shadow["v2"].pairs, interval.shadow["v2"].dropped) == (3, 3, 0)
+    assert dict(interval.shadow["v2"].confusion) == {(1, 3): 3}
+
+
+def test_copies_past_those_waiting_for_a_slow_shadow_are_dropped_counted_and_said(caplog):
+    shadow = held_shadow()
+    core = make_core({"v1": FakeVersion(1), "v2": shadow}, weights={"v1": 100})
+    sent = MAX_WAITING + 5
+
+    async def go():
+        core.apply(RoutingSnapshot(1, {"v1": 100.0, "v2": 0.0}, (), (Mirror("v2", 100.0),)))
+        for i in range(sent):
+            await core.serve(ROW, f"u{i}", None)
+        HeldDigits.RELEASE.set()
+        await core.mirrors.drain()
+
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        run(go())
+    interval = core.observations.drain()
+    assert (interval.shadow["v2"].mirrored, interval.shadow["v2"].dropped) == (MAX_WAITING, 5)
+    assert interval.versions["v1"].requests == sent  # every live request answered
+    [warning] = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert warning.startswith(f"serve-ab router: 1 copy to version v2 dropped (since the start: 1): {MAX_WAITING} "
+                              "copies were waiting for it")
+    merged = IntervalAggregate()
+    merged.merge(interval)
+    assert merged.shadow["v2"].dropped == 5  # reaches the controller's figures
 
 
 # -- observations and following the controller ------------------------------------------------
