@@ -473,6 +473,12 @@ def render_status(status: RolloutStatus, *, history: bool = False, width: int = 
             rows.append(("retired", ", ".join(status.retired)))
     if status.reason:
         rows.append(("reason", status.reason))
+    shadow = status.shadow or {}
+    if shadow.get("version") is not None:
+        rows.append(("shadow", f"{shadow['version']} gets a copy of {_percent(shadow.get('percent'))} of live "
+                               "requests (compared in `serve-ab report`)"))
+    for version, error in status.failed_versions.items():
+        rows.append(("failed", f"{version} gets no traffic: {error}"))
     if status.not_saved is not None:
         not_saved = status.not_saved
         rows.append(("store", f"saves failing for {_duration(max(0.0, not_saved.for_s))} "
@@ -505,7 +511,7 @@ def _evidence(window: GateWindow | None, stable: str | None, candidate: str | No
         n = requests.get(version)
         if n is not None:
             failed = errors.get(version)
-            tail = f" ({failed:,} errors)" if failed is not None else ""
+            tail = f" ({failed:,} error{'' if failed == 1 else 's'})" if failed is not None else ""
             parts.append(f"{version} {n:,} requests{tail}")
     return ", ".join(parts) + " in the gates' window" if parts else None
 
@@ -576,6 +582,10 @@ def _by(entry: HistoryEntry) -> str:
     who = f" by {actor.get('name') or 'unknown'} ({actor.get('role') or '?'})" if actor else " by unknown"
     where = f" from {actor['address']}" if actor.get("address") else ""
     return f"  [{entry.action}{who}{where}]"
+
+
+def _percent(value: Any) -> str:
+    return "?%" if not isinstance(value, (int, float)) else f"{value:g}%"
 
 
 def _number(value: Any) -> str:

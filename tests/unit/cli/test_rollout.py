@@ -86,11 +86,24 @@ def test_a_ratio_gate_whose_stable_is_at_0_is_shown_not_refused(api, capsys):
     assert code == 1 and json.loads(out)["gates"][0]["value"] == "Infinity"  # as the app sent it
 
 
+def test_the_status_names_the_shadow_and_a_version_that_failed_to_load():
+    # A shadow that failed at warm-up showed only "v2 0.0%": nothing said it got copies, nor
+    # that it never loaded (a live audit, 2026-12-07).
+    text = _render({**STATIC, "shadow": {"version": "v2", "percent": 100.0},
+                    "failed_versions": {"v2": "failed to load: RuntimeError: shadow boom (router replica r1)"}})
+    rows = dict(line.split(None, 1) for line in text.split("\n\n")[0].splitlines())
+    assert rows["shadow"] == "v2 gets a copy of 100% of live requests (compared in `serve-ab report`)"
+    assert rows["failed"] == "v2 gets no traffic: failed to load: RuntimeError: shadow boom (router replica r1)"
+    assert "shadow" not in _render(STATIC) and "failed" not in _render(STATIC)
+
+
 def test_render_shows_what_the_gates_last_look_read():
     window = {"since_s": 1764312000.0, "requests": {"v1": 1650, "v2": 660}, "errors": {"v1": 41, "v2": 17}}
     text = _render({**CANARY, "window": window})
     row = next(line for line in text.splitlines() if line.startswith("evidence"))
     assert row.split(None, 1)[1] == "v1 1,650 requests (41 errors), v2 660 requests (17 errors) in the gates' window"
+    window = {**window, "errors": {"v1": 1, "v2": 0}}
+    assert "v1 1,650 requests (1 error), v2 660 requests (0 errors)" in _render({**CANARY, "window": window})
     assert "evidence" not in _render(CANARY)  # an app of an earlier release, or no look yet
 
 
