@@ -132,14 +132,30 @@ def _parse(response: httpx.Response, target: str, answer: str,
     if passed is not None and not isinstance(passed, bool):
         raise _BadAnswer(f"{target} answered {answer}: {passed!r}; it must be true or false, e.g. {expected}")
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _BadAnswer(f"{target} answered value: {value!r}; it must be a finite number, e.g. 0.93")
-        value = float(value)
+        value = _finite(value, target)
     if passed is None and (answer == "confirm" or value is None):
         raise _BadAnswer(f"{target} answered {str(body)[:200]}, without {answer}; expected {expected}")
     if reason is not None:
         reason = str(reason)[:MAX_REASON_CHARS]
     return passed, value, reason
+
+
+def _finite(value: Any, target: str) -> float:
+    """``value`` as a float, or :class:`_BadAnswer`: a JSON integer has any number of digits,
+    and one past float's range (about 1e308) would raise OverflowError out of ask()."""
+    shown = repr(value)
+    unit = "digits" if isinstance(value, int) else "characters"
+    shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} {unit})"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _BadAnswer(f"{target} answered value: {shown}; it must be a finite number, e.g. 0.93")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _BadAnswer(f"{target} answered value: {shown}; it must be a finite number (at most about 1e308), "
+                         "e.g. 0.93")
+    return number
 
 
 class WebhookPoller:

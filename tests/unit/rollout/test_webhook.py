@@ -130,6 +130,19 @@ def test_no_answer_is_inconclusive_never_a_pass(hooks):
     assert verdict_of(gate(), None).verdict is GateVerdict.INCONCLUSIVE
 
 
+def test_a_value_past_floats_range_is_an_inconclusive_answer_not_an_overflow(hooks):
+    # JSON integers have any number of digits; float() of one past ~1e308 raised OverflowError
+    # out of ask(), which is documented never to raise.
+    hooks.answer("/huge", (200, '{"value": 1' + "0" * 400 + "}"))
+    hooks.answer("/big", (200, {"value": 1e308 * 10}))  # json.dumps writes Infinity
+    huge, big = asked(hooks.url + "/huge"), asked(hooks.url + "/big")
+    assert huge.passed is None and huge.value is None
+    assert huge.error == (f"{hooks.url}/huge answered value: 10000000000000000000... (401 digits); it must be "
+                          "a finite number (at most about 1e308), e.g. 0.93")
+    assert "answered value: inf; it must be a finite number" in big.error
+    assert verdict_of(gate(min=0.9), huge).verdict is GateVerdict.INCONCLUSIVE
+
+
 def test_a_webhook_gate_answering_false_aborts_a_rollout_and_an_outage_holds_it():
     def drive(answer: WebhookResult, seconds: int) -> Rollout:
         clock = FakeClock(0.0)
