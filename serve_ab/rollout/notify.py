@@ -38,6 +38,7 @@ memory: events queued when the controller stops are lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -193,7 +194,7 @@ class NotificationSender:
 
     def __init__(self, receivers: Sequence[NotificationReceiver], *, env: Mapping[str, str] = os.environ,
                  sleep: Callable[[float], None] = time.sleep, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.sleep = sleep
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -253,9 +254,14 @@ class NotificationSender:
     # -- the threads -------------------------------------------------------------------------
 
     def _serve(self, worker: _Worker, target: tuple[str, dict[str, str]] | str,
-               transport: httpx.BaseTransport | None) -> None:
+               transport: httpx.AsyncBaseTransport | None) -> None:
         receiver = worker.receiver
-        client = httpx.Client(timeout=receiver.timeout_s, transport=transport) if isinstance(target, tuple) else None
+        # An event loop of this thread's own, so that asyncio.wait_for can bound a whole
+        # request: httpx's timeouts bound each read, and a receiver trickling a byte per read
+        # held a sync request (and every event behind it) for as long as it liked.
+        loop = asyncio.new_event_loop()
+        client = httpx.AsyncClient(timeout=receiver.timeout_s, transport=transport) \
+            if isinstance(target, tuple) else None
         try:
             while True:
                 event = worker.queue.get()
@@ -266,7 +272,7 @@ class NotificationSender:
                         worker.counts.failed += 1
                         logger.warning("serve-ab notifications: %s event not sent to %s: %s",
                                        event.event, receiver.label, target)
-                    elif self._send(client, receiver, target, event):
+                    elif loop.run_until_complete(self._send(client, receiver, target, event)):
                         worker.counts.sent += 1
                     else:
                         worker.counts.failed += 1
@@ -277,18 +283,22 @@ class NotificationSender:
                     worker.queue.task_done()
         finally:
             if client is not None:
-                client.close()
+                loop.run_until_complete(client.aclose())
+            loop.close()
 
-    def _send(self, client: httpx.Client, receiver: NotificationReceiver, target: tuple[str, dict[str, str]],
+    async def _send(self, client: httpx.AsyncClient, receiver: NotificationReceiver, target: tuple[str, dict[str, str]],
               event: RolloutEvent) -> bool:
-        """One event, retried; True once delivered (2xx)."""
+        """One event, retried; True once delivered (2xx). Each attempt takes at most the
+        receiver's ``timeout_s``, all of it (connecting, sending, the whole answer)."""
         url, headers = target
         body = slack_payload(event) if receiver.type is ReceiverType.SLACK else webhook_payload(event)
         delays = backoff_delays(receiver.max_attempts, self.backoff_s, self.max_backoff_s)
         problem = ""
         for attempt in range(1, receiver.max_attempts + 1):
             try:
-                response = client.post(url, json=body, headers=headers)
+                response = await asyncio.wait_for(client.post(url, json=body, headers=headers), receiver.timeout_s)
+            except asyncio.TimeoutError:
+                problem, retry = f"no answer within timeout_s {receiver.timeout_s:g}", True
             except httpx.HTTPError as err:  # named by type only: httpx puts the URL in some messages
                 problem, retry = f"{type(err).__name__}", True
             else:
@@ -297,7 +307,7 @@ class NotificationSender:
                 problem, retry = f"HTTP {response.status_code}", _retryable(response.status_code)
             if not retry or attempt == receiver.max_attempts:
                 break
-            self.sleep(delays[attempt - 1])
+            self.sleep(delays[attempt - 1])  # blocks only this thread's loop, which has nothing else to run
         logger.warning("serve-ab notifications: %s event (revision %d) not delivered to %s after %d attempt(s): %s",
                        event.event, event.revision, receiver.label, attempt, problem)
         return False

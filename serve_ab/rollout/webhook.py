@@ -11,8 +11,8 @@ Both are endpoints serve-ab asks with ``POST`` and a JSON description of the rol
 - a confirm step ``{confirm: {url: ..., interval_s?: 10s}}`` wants 2xx with
   ``{"confirm": true}``; ``false`` (with an optional ``reason``) keeps it waiting.
 
-A timeout, a refused connection, a non-2xx status or a body that is not such an object is no
-answer: the gate is INCONCLUSIVE (it holds the rollout, and ``progress_deadline_s`` ends an
+A timeout (no whole answer within ``timeout_s``, which bounds the request, not each read), a
+refused connection, a non-2xx status or a body that is not such an object is no answer: the gate is INCONCLUSIVE (it holds the rollout, and ``progress_deadline_s`` ends an
 outage that lasts) and the confirm step keeps waiting; neither ever passes on it.
 
 :class:`WebhookPoller` asks in the background, like :class:`serve_ab.rollout.promql.PromQLPoller`:
@@ -80,13 +80,11 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
     (``$VAR`` for a URL that is itself a secret); by default ``url`` without its query."""
     target = display_url(url) if target is None else target
     try:
-        if client is None:
-            async with httpx.AsyncClient(timeout=timeout_s) as own:
-                response = await own.post(url, json=dict(payload), headers=dict(headers or {}))
-        else:
-            response = await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
+        # httpx's timeout bounds each read: an endpoint sending a byte every 0.25 s held a
+        # timeout_s 0.5 request for 6.8 s, and its answer was used. wait_for bounds the whole.
+        response = await asyncio.wait_for(_post(url, payload, headers, timeout_s, client), timeout_s)
         passed, value, reason = _parse(response, target, answer, url)
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, asyncio.TimeoutError):
         return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s, answer)
     except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
         return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s, answer)
@@ -95,6 +93,14 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
     except _BadAnswer as err:
         return _failed(target, str(err), asked_at_s, answer)
     return WebhookResult(target, passed, value, reason, None, asked_at_s)
+
+
+async def _post(url: str, payload: Mapping[str, Any], headers: Mapping[str, str] | None, timeout_s: float,
+                client: httpx.AsyncClient | None) -> httpx.Response:
+    if client is None:
+        async with httpx.AsyncClient(timeout=timeout_s) as own:
+            return await own.post(url, json=dict(payload), headers=dict(headers or {}))
+    return await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
 
 
 def _failed(target: str, error: str, asked_at_s: float, answer: str = "pass") -> WebhookResult:

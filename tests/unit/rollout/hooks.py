@@ -61,3 +61,29 @@ class HookServer(ServedInThread):
             assert time.monotonic() < deadline, f"{path} got {len(self.bodies(path))} of {count} requests"
             time.sleep(0.01)
         return self.bodies(path)
+
+
+class TrickleServer(ServedInThread):
+    """Answers every POST 200 with ``body``, its headers at once and then one byte every
+    ``byte_every_s``: each read is quick, the whole answer is not (``len(body) * byte_every_s``)."""
+
+    def __init__(self, body: bytes, byte_every_s: float = 0.1) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for byte in body:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(byte_every_s)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Handler)

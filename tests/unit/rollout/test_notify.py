@@ -22,7 +22,7 @@ from serve_ab.rollout.notify import (
     webhook_payload,
 )
 from tests.support.fakes import FakeClock
-from tests.unit.rollout.hooks import HookServer
+from tests.unit.rollout.hooks import HookServer, TrickleServer
 
 
 @pytest.fixture
@@ -173,6 +173,21 @@ def test_unreachable_receiver_is_counted_failed_and_never_blocks_publish(hooks):
     assert sender.flush(20)
     assert sender.counts() == {"gone": {"sent": 0, "failed": 5}, "slow": {"sent": 5, "failed": 0}}
     sender.close()
+
+
+def test_timeout_s_bounds_each_attempt_whole_not_each_read(caplog):
+    # 150 bytes at one per 0.1 s: 15 s in all, though no read waits longer than 0.1 s.
+    slow = TrickleServer(b"{}".ljust(150), byte_every_s=0.1)
+    try:
+        sender = NotificationSender([receiver(slow.url + "/ops", name="slow", timeout_s=0.5, max_attempts=1)])
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            sender.publish([event()])
+            assert sender.flush(10)  # generous: one attempt is 0.5 s, the answer alone 15 s
+        assert sender.counts() == {"slow": {"sent": 0, "failed": 1}}
+        assert "not delivered to slow after 1 attempt(s): no answer within timeout_s 0.5" in caplog.text
+        sender.close()
+    finally:
+        slow.close()
 
 
 def test_events_arrive_in_order_even_across_retries(hooks):

@@ -14,7 +14,7 @@ from serve_ab.rollout.gates import GateVerdict, WebhookResult, WindowStats, eval
 from serve_ab.rollout.machine import Phase, Rollout
 from serve_ab.rollout.webhook import WebhookPoller, ask, confirm_key
 from tests.support.fakes import FakeClock
-from tests.unit.rollout.hooks import HookServer
+from tests.unit.rollout.hooks import HookServer, TrickleServer
 
 STABLE = WindowStats("v1", request_count=100)
 
@@ -141,6 +141,20 @@ def test_a_value_past_floats_range_is_an_inconclusive_answer_not_an_overflow(hoo
                           "a finite number (at most about 1e308), e.g. 0.93")
     assert "answered value: inf; it must be a finite number" in big.error
     assert verdict_of(gate(min=0.9), huge).verdict is GateVerdict.INCONCLUSIVE
+
+
+def test_timeout_s_bounds_the_whole_request_not_each_read():
+    # 150 bytes at one per 0.1 s: 15 s in all, though no read waits longer than 0.1 s. httpx's
+    # timeouts bound each read; timeout_s is the longest the whole request may take.
+    slow = TrickleServer(b'{"pass": true}'.ljust(150), byte_every_s=0.1)
+    try:
+        started = time.monotonic()
+        result = asked(slow.url + "/gate", timeout_s=0.5)
+        took_s = time.monotonic() - started
+    finally:
+        slow.close()
+    assert result.passed is None and result.error == f"no answer from {slow.url}/gate within timeout_s 0.5"
+    assert took_s < 10.0  # generous: the answer alone takes 15 s
 
 
 def test_a_webhook_gate_answering_false_aborts_a_rollout_and_an_outage_holds_it():
