@@ -36,6 +36,12 @@ from serve_ab.rollout.machine import Rollout
 
 logger = logging.getLogger("ray.serve")
 
+# httpx logs every request at INFO with its full URL ("HTTP Request: POST https://hooks.slack.com/
+# services/T0/B0/<secret>"): a Slack webhook's path or a ?token= is a secret, which serve-ab's own
+# messages never print (they say display_url or $VAR). The notification sender imports this module.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 __all__ = ["MissingSecret", "WebhookPoller", "ask", "confirm_key", "resolve_headers", "resolve_url"]
 
 # A reason quoted from an answer is cut here: it ends up in history entries and status lines.

@@ -190,6 +190,17 @@ def test_timeout_s_bounds_each_attempt_whole_not_each_read(caplog):
         slow.close()
 
 
+def test_httpx_never_logs_a_receivers_url(hooks, caplog):
+    # httpx logs "HTTP Request: POST <full URL>" at INFO: a Slack path or ?token= is a secret.
+    with caplog.at_level(logging.DEBUG):
+        sender = NotificationSender([receiver(hooks.url + "/services/T0/B0/s3cret?token=s3cret", name="ops")])
+        sender.publish([event()])
+        assert sender.flush(10)
+        sender.close()
+    assert sender.counts() == {"ops": {"sent": 1, "failed": 0}}
+    assert "s3cret" not in caplog.text
+
+
 def test_events_arrive_in_order_even_across_retries(hooks):
     hooks.answer("/ops", (200, {}), (200, {}), (503, {}), (503, {}), (200, {}))
     sender = NotificationSender([receiver(hooks.url + "/ops")], sleep=lambda s: None)
