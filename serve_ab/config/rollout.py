@@ -28,6 +28,7 @@ import re
 import reprlib
 from enum import Enum
 from typing import Annotated, Any, Union
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -342,7 +343,10 @@ class NotificationReceiver(HttpHook):
             return self.name
         if self.url is None:
             return f"{self.type.value}:${self.url_from_env}"
-        return f"{self.type.value}:{self.url.split('/')[2]}"
+        # Host (and port) only: the label is in the status, metrics, thread names and logs, and
+        # a query (https://hooks.example.com?key=...) or a path may hold a token.
+        host = urlsplit(display_url(self.url)).netloc.rpartition("@")[2]
+        return f"{self.type.value}:{host}"
 
 
 class Gate(_Strict):
@@ -806,8 +810,9 @@ class RolloutConfig(_Strict):
         for index, gate in enumerate(self.gates):
             if gate.metric is GateMetric.WEBHOOK:
                 if gate.key in webhook_keys:
+                    shown = gate.name if gate.name is not None else display_url(gate.key)  # a query may hold a token
                     raise ValueError(
-                        f"gates[{index}]: webhook gate {gate.key!r} is configured twice; give each "
+                        f"gates[{index}]: webhook gate {shown!r} is configured twice; give each "
                         "webhook gate a unique name (the name, else the url, keys its answer)"
                     )
                 webhook_keys.add(gate.key)

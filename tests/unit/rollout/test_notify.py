@@ -238,6 +238,14 @@ def test_a_missing_secret_fails_that_receiver_only_naming_the_variable(hooks, ca
 
 # -- the schema ------------------------------------------------------------------------------
 
+def test_a_receivers_label_is_its_host_never_a_query_or_path():
+    # The label is in the status, the receiver label of metrics, thread names and logs.
+    for url, label in (("https://hooks.example.com?key=QTOKEN", "webhook:hooks.example.com"),
+                       ("https://hooks.example.com/services/T0/B0/s3cret?x=1", "webhook:hooks.example.com"),
+                       ("http://127.0.0.1:8080?token=QTOKEN", "webhook:127.0.0.1:8080")):
+        assert receiver(url).label == label
+
+
 def experiment(notifications, rollout=True) -> dict:
     doc = {"model": "digits", "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
                                            {"name": "v2", "path": "b.onnx", "backend": "onnx"}],

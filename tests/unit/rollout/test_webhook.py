@@ -74,6 +74,11 @@ def canary(gates=(), steps=None, **analysis) -> RolloutConfig:
 def test_two_webhook_gates_need_different_keys_and_confirm_steps_parse():
     with pytest.raises(ValidationError, match="webhook gate 'http://c/x' is configured twice"):
         canary([{"metric": "webhook", "url": "http://c/x"}, {"metric": "webhook", "url": "http://c/x", "min": 1}])
+    with pytest.raises(ValidationError) as twice:  # its url's query may hold a token: not quoted
+        canary([{"metric": "webhook", "url": "http://c/x?token=QTOKEN"},
+                {"metric": "webhook", "url": "http://c/x?token=QTOKEN", "min": 1}])
+    message = twice.value.errors()[0]["msg"]
+    assert "webhook gate 'http://c/x' is configured twice" in message and "QTOKEN" not in message
     config = canary(steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "APPROVALS_URL", "interval_s": "30s"}},
                            {"set_weight": 100}])
     assert config.steps[1].confirm.interval_s == 30.0 and config.steps[1].confirm.target == "$APPROVALS_URL"
