@@ -26,6 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -42,7 +43,8 @@ logger = logging.getLogger("ray.serve")
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["MissingSecret", "WebhookPoller", "ask", "confirm_key", "resolve_headers", "resolve_url"]
+__all__ = ["MissingSecret", "WebhookAnswers", "WebhookPoller", "ask", "confirm_key", "gate_key", "resolve_headers",
+           "resolve_url"]
 
 # A reason quoted from an answer is cut here: it ends up in history entries and status lines.
 MAX_REASON_CHARS = 300
@@ -72,9 +74,31 @@ def resolve_headers(headers: Mapping[str, str], headers_from_env: Mapping[str, s
     return out
 
 
-def confirm_key(step_index: int) -> str:
+#: What keys a request and its answer in :class:`WebhookPoller`: ("gate", gate key) or
+#: ("confirm", step index). Tuples, not strings: a gate's name is the user's to choose, and a
+#: gate named confirm@1 once shared a key with confirm step 1 (its pass confirmed the step).
+HookKey = tuple[str, Any]
+
+
+def gate_key(key: str) -> HookKey:
+    """The key of a webhook gate's answer, from its :attr:`~serve_ab.config.rollout.Gate.key`."""
+    return ("gate", key)
+
+
+def confirm_key(step_index: int) -> HookKey:
     """The key of a confirm step's answer: one per step, so an old yes never confirms a later step."""
-    return f"confirm@{step_index}"
+    return ("confirm", step_index)
+
+
+@dataclass(frozen=True)
+class WebhookAnswers:
+    """The latest answers, gates' and confirm steps' apart, so that neither can stand for the other."""
+
+    gates: Mapping[str, WebhookResult] = field(default_factory=dict)  # by Gate.key
+    confirms: Mapping[int, WebhookResult] = field(default_factory=dict)  # by step index
+
+    def confirm(self, step_index: int) -> WebhookResult | None:
+        return self.confirms.get(step_index)
 
 
 async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer: str = "pass",
@@ -176,8 +200,9 @@ class WebhookPoller:
 
     :meth:`poll` never waits on an endpoint: it starts a request in the background for each
     hook whose last one is due (gates every half ``rollout.analysis.interval_s``, a confirm
-    step every ``interval_s``; never two at once for one hook) and returns the latest answers, by gate
-    key and by :func:`confirm_key`.
+    step every ``interval_s``; never two at once for one hook) and returns the latest answers
+    (:class:`WebhookAnswers`); inside, requests and answers are keyed by :func:`gate_key` and
+    :func:`confirm_key`.
     """
 
     def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None,
@@ -188,23 +213,23 @@ class WebhookPoller:
         self.refresh_s = rollout.analysis.interval_s / 2 if refresh_s is None else refresh_s
         self.gates = {gate.key: gate for gate in rollout.gates if gate.metric is GateMetric.WEBHOOK}
         self.enabled = bool(self.gates) or any(isinstance(step, ConfirmStep) for step in rollout.steps)
-        self.latest: dict[str, WebhookResult] = {}
-        self._started_at_s: dict[str, float] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self.latest: dict[HookKey, WebhookResult] = {}
+        self._started_at_s: dict[HookKey, float] = {}
+        self._tasks: dict[HookKey, asyncio.Task] = {}
 
-    def poll(self, now_s: float, rollout: Rollout) -> Mapping[str, WebhookResult]:
+    def poll(self, now_s: float, rollout: Rollout) -> WebhookAnswers:
         """The latest answers; starts the requests that are due for ``rollout`` as it stands."""
         if not self.enabled:
-            return {}
+            return WebhookAnswers()
         for key, task in list(self._tasks.items()):
             if task.done():
                 del self._tasks[key]
                 self._collect(key, task)
         s = rollout.state
         if rollout.done or s.paused_by == "operator":
-            return dict(self.latest)
+            return self.answers()
         for key, gate in self.gates.items():
-            self._maybe_ask(now_s, key, self.refresh_s, "gate", gate.url, display_url(gate.url), {},
+            self._maybe_ask(now_s, gate_key(key), self.refresh_s, gate.url, display_url(gate.url), {},
                             gate.headers_from_env or {}, gate.timeout_s or 5.0, "pass", rollout)
         index = s.step_index
         step = self.rollout.steps[index] if index < len(self.rollout.steps) else None
@@ -215,11 +240,16 @@ class WebhookPoller:
             except MissingSecret as err:
                 self.latest[confirm_key(index)] = WebhookResult(hook.target, error=str(err), asked_at_s=now_s)
             else:
-                self._maybe_ask(now_s, confirm_key(index), hook.interval_s, "confirm", url, hook.target,
+                self._maybe_ask(now_s, confirm_key(index), hook.interval_s, url, hook.target,
                                 hook.headers, hook.headers_from_env, hook.timeout_s, "confirm", rollout)
-        return dict(self.latest)
+        return self.answers()
 
-    def _maybe_ask(self, now_s: float, key: str, refresh_s: float, kind: str, url: str, target: str,
+    def answers(self) -> WebhookAnswers:
+        """The latest answers, gates' by gate key and confirm steps' by step index."""
+        return WebhookAnswers(gates={key: a for (kind, key), a in self.latest.items() if kind == "gate"},
+                              confirms={key: a for (kind, key), a in self.latest.items() if kind == "confirm"})
+
+    def _maybe_ask(self, now_s: float, key: HookKey, refresh_s: float, url: str, target: str,
                    headers: Mapping[str, str], headers_from_env: Mapping[str, str], timeout_s: float,
                    answer: str, rollout: Rollout) -> None:
         started = self._started_at_s.get(key)
@@ -232,7 +262,8 @@ class WebhookPoller:
             self.latest[key] = WebhookResult(target, error=str(err), asked_at_s=now_s)
             return
         s = rollout.state
-        payload = {"kind": kind, "name": key if kind == "gate" else "confirm", "model": self.model,
+        kind, name = key
+        payload = {"kind": kind, "name": name if kind == "gate" else "confirm", "model": self.model,
                    "stable": s.stable, "candidate": s.candidate, "phase": s.phase.value,
                    "step_index": s.step_index, "weights_pct": dict(s.weights)}
         self._tasks[key] = asyncio.get_running_loop().create_task(
@@ -243,7 +274,7 @@ class WebhookPoller:
         """True while some request is in flight."""
         return any(not task.done() for task in self._tasks.values())
 
-    def _collect(self, key: str, task: asyncio.Task) -> None:
+    def _collect(self, key: HookKey, task: asyncio.Task) -> None:
         if task.cancelled():
             return
         err: Any = task.exception()

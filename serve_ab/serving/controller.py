@@ -44,9 +44,8 @@ from serve_ab.rollout.feedback import PENDING_TTL_S, REQUEST_TTL_S, FeedbackJoin
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
-from serve_ab.rollout.gates import WebhookResult
 from serve_ab.rollout.notify import NotificationSender, events_from_history
-from serve_ab.rollout.webhook import WebhookPoller, confirm_key
+from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
@@ -404,11 +403,11 @@ class ControllerCore:
     # -- the loop ----------------------------------------------------------------------------
 
     def tick(self, promql: Mapping[str, PromQLResult] | None = None,
-             webhooks: Mapping[str, WebhookResult] | None = None) -> bool:
+             webhooks: WebhookAnswers | None = None) -> bool:
         """One look at timers and windows; True when the weights or phase changed.
 
         ``promql``: the latest answers of the rollout's promql gates, by gate name;
-        ``webhooks``: of its webhook gates and confirm step (:class:`WebhookPoller`). Raises
+        ``webhooks``: of its webhook gates and confirm steps, each apart (:class:`WebhookPoller`). Raises
         :class:`StoreUnavailable` when the decision could not be saved; then nothing was
         applied, and the next tick decides again.
         """
@@ -434,7 +433,7 @@ class ControllerCore:
         return changed
 
     def _tick(self, promql: Mapping[str, PromQLResult] | None,
-              webhooks: Mapping[str, WebhookResult] | None) -> bool:
+              webhooks: WebhookAnswers | None) -> bool:
         now = self.clock()
         before = (self.rollout.phase, dict(self.rollout.weights), self.retired)
         # An analysis reads the whole current step (its weights, paused or not), up to window_s
@@ -447,13 +446,14 @@ class ControllerCore:
         windows = window_stats(window.gates, versions=versions, agreements=window.agreements,
                                values=window.values, outcomes=window.outcomes)
         candidate = self.cfg.rollout.candidate
-        windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks or {})
+        webhooks = webhooks or WebhookAnswers()
+        windows[candidate] = dataclasses.replace(windows[candidate], promql=promql or {}, webhooks=webhooks.gates)
         saved = self.rollout.to_dict()
         draft = Rollout.from_dict(self.cfg.rollout, saved, self.clock)
         failed = self.reports.failed_versions(now).get(candidate)
         if failed is not None and not draft.done:
             draft.abort(reason=f"candidate {candidate} {failed}")  # e.g. "failed to load: ValueError: ..."
-        decision = draft.tick(windows, confirm=(webhooks or {}).get(confirm_key(draft.state.step_index)))
+        decision = draft.tick(windows, confirm=webhooks.confirm(draft.state.step_index))
         if draft.to_dict() != saved:  # timers and verdicts count too: a restart resumes them
             # The revision (actions' If-Match) moves with what the rollout decided, each of which
             # writes history, not with every analysis's bookkeeping: else it moved every

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from serve_ab.config.rollout import Gate, RolloutConfig
 from serve_ab.rollout.gates import GateVerdict, WebhookResult, WindowStats, evaluate_gate
 from serve_ab.rollout.machine import Phase, Rollout
-from serve_ab.rollout.webhook import WebhookPoller, ask, confirm_key
+from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller, ask, confirm_key, gate_key
 from tests.support.fakes import FakeClock
 from tests.unit.rollout.hooks import HookServer, TrickleServer
 
@@ -323,23 +323,23 @@ def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks)
     async def scenario():
         poller = WebhookPoller(config, "digits")
         started = time.monotonic()
-        assert poller.poll(clock(), rollout) == {} and poller.refreshing  # asked, not awaited
+        assert poller.poll(clock(), rollout) == WebhookAnswers() and poller.refreshing  # asked, not awaited
         assert time.monotonic() - started < 0.1
-        await until(lambda: "smoke" in poller.poll(clock(), rollout), "the gate's answer never came")
+        await until(lambda: "smoke" in poller.poll(clock(), rollout).gates, "the gate's answer never came")
         assert confirm_key(0) not in poller.latest  # step 0 is a set_weight step
         rollout.tick({})  # now at the confirm step
         answers = poller.poll(clock(), rollout)  # the gate is not due again (refresh 2.5 s)
-        await until(lambda: confirm_key(1) in poller.poll(clock(), rollout), "the confirm step was never asked")
+        await until(lambda: 1 in poller.poll(clock(), rollout).confirms, "the confirm step was never asked")
         return answers, dict(poller.latest)
 
     _, latest = asyncio.run(scenario())
-    assert latest["smoke"].passed is True
+    assert latest[gate_key("smoke")].passed is True
     assert (latest[confirm_key(1)].passed, latest[confirm_key(1)].reason) == (False, "freeze")
     gate_body = hooks.bodies("/gate")[0]
     assert gate_body == {"kind": "gate", "name": "smoke", "model": "digits", "stable": "v1", "candidate": "v2",
                          "phase": "progressing", "step_index": 0, "weights_pct": {"v1": 100.0, "v2": 0.0}}
     assert len(hooks.bodies("/gate")) == 1 and hooks.bodies("/confirm")[0]["kind"] == "confirm"
-    assert WebhookPoller(canary(), "digits").poll(0.0, rollout) == {}
+    assert WebhookPoller(canary(), "digits").poll(0.0, rollout) == WebhookAnswers()
 
     # Once the step is confirmed (a yes holds for the step), its endpoint is asked no more.
     rollout.state.confirmed_at_s = clock()
@@ -350,8 +350,34 @@ def test_poller_asks_gates_and_the_current_confirm_step_in_the_background(hooks)
         poller.poll(clock(), rollout)
         return set(poller._tasks)  # the asks started: the gate's, and no confirm step's
 
-    assert asyncio.run(later()) == {"smoke"}
+    assert asyncio.run(later()) == {gate_key("smoke")}
     assert len(hooks.bodies("/confirm")) == asked
+
+
+def test_a_gate_named_like_a_confirm_key_never_answers_for_the_confirm_step(hooks):
+    # Gates' and confirm steps' answers shared one dict keyed by strings, and a confirm step's
+    # key was "confirm@<index>": a gate of that name confirmed the step with its pass.
+    hooks.answer("/gate", (200, {"pass": True}))
+    hooks.answer("/confirm", (200, {"confirm": False, "reason": "change freeze"}))
+    config = canary([{"metric": "webhook", "url": hooks.url + "/gate", "name": name}
+                     for name in ("confirm@1", "('confirm', 1)")],
+                    steps=[{"set_weight": 20}, {"confirm": {"url": hooks.url + "/confirm"}}, {"set_weight": 100}])
+    clock = FakeClock(0.0)
+    rollout = Rollout(config, clock)
+    rollout.tick({})  # at the confirm step
+
+    async def scenario() -> WebhookAnswers:
+        poller = WebhookPoller(config, "digits")
+        poller.poll(clock(), rollout)
+        while poller.refreshing:  # a test's shortcut: the controller never waits
+            await asyncio.sleep(0.01)
+        return poller.poll(clock(), rollout)
+
+    answers = asyncio.run(scenario())
+    assert set(answers.gates) == {"confirm@1", "('confirm', 1)"}
+    assert all(a.passed is True for a in answers.gates.values())
+    assert (answers.confirm(1).passed, answers.confirm(1).reason) == (False, "change freeze")
+    assert len(hooks.bodies("/gate")) == 2 and len(hooks.bodies("/confirm")) == 1  # each hook asked
 
 
 def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_endpoint_fails(hooks, caplog):
@@ -369,7 +395,7 @@ def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_its_en
         poller = WebhookPoller(config, "digits", env={"APPROVALS_URL": secret_url})
         poller.poll(clock(), rollout)
         deadline = time.monotonic() + 10
-        while confirm_key(1) not in poller.poll(clock(), rollout):
+        while poller.poll(clock(), rollout).confirm(1) is None:
             assert time.monotonic() < deadline, "the confirm step was never asked"
             await asyncio.sleep(0.02)
         return poller.latest[confirm_key(1)]
@@ -405,7 +431,7 @@ def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_a_head
 
     async def scenario():
         poller = WebhookPoller(config, "digits", env={"APPROVALS_URL": "https://hooks.example.com/T01/s3cret"})
-        return poller.poll(0.0, rollout)[confirm_key(1)]
+        return poller.poll(0.0, rollout).confirm(1)
 
     answer = asyncio.run(scenario())
     assert answer.target == "$APPROVALS_URL" and "APPROVALS_TOKEN" in answer.error and "s3cret" not in answer.error

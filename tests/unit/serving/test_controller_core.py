@@ -1106,6 +1106,44 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
         hooks.close()
 
 
+def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
+    # Gates' and confirm steps' answers shared one dict keyed by strings ("confirm@1" for step
+    # 1's): a passing gate of that name confirmed the step, and the canary was promoted
+    # without its confirm endpoint ever being asked.
+    import asyncio
+
+    from serve_ab.rollout.webhook import WebhookPoller
+    from tests.unit.rollout.hooks import HookServer
+
+    hooks = HookServer()
+    hooks.answer("/gate", (200, {"pass": True}))
+    hooks.answer("/confirm", (200, {"confirm": False, "reason": "change freeze"}))
+    clock = FakeClock()
+    cfg = experiment(gates=[{"metric": "webhook", "url": hooks.url + "/gate", "name": "confirm@1"}],
+                     steps=[{"set_weight": 20}, {"confirm": {"url": hooks.url + "/confirm", "interval_s": 5}},
+                            {"set_weight": 100}])
+    core = ControllerCore(cfg, MemoryStateStore(), clock)
+
+    async def drive() -> None:
+        poller = WebhookPoller(cfg.rollout, cfg.model)
+        for _ in range(30):
+            clock.advance(1.0)
+            report(core, clock, "v1", 20)
+            report(core, clock, "v2", 5)
+            poller.poll(clock(), core.rollout)
+            while poller.refreshing:  # a test's shortcut: the controller never waits
+                await asyncio.sleep(0.01)
+            core.tick(None, poller.poll(clock(), core.rollout))
+
+    try:
+        asyncio.run(drive())
+    finally:
+        hooks.close()
+    assert core.rollout.phase.value == "progressing" and core.rollout.state.step_index == 1
+    assert "answered confirm: false: 'change freeze'" in core.status()["reason"]
+    assert hooks.bodies("/confirm") and hooks.bodies("/gate")
+
+
 def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
     import asyncio
 
