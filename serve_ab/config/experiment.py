@@ -816,9 +816,9 @@ class ExperimentConfig(_Strict):
     )
     notifications: list[NotificationReceiver] = Field(
         default_factory=list,
-        description="Where the rollout's events go (phase changes, failed analyses, operators' "
-        "actions): generic JSON webhooks and Slack incoming webhooks, e.g. [{type: slack, "
-        "url_from_env: SLACK_WEBHOOK_URL, events: [phase_changed, analysis_failed]}].",
+        description="Where the rollout's events go (phase changes, an operator's included; failed "
+        "analyses; operators' actions): generic JSON webhooks and Slack incoming webhooks, e.g. "
+        "[{type: slack, url_from_env: SLACK_WEBHOOK_URL, events: [phase_changed, analysis_failed]}].",
     )
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control API access.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Client feedback.")

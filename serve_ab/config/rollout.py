@@ -321,8 +321,10 @@ class NotificationReceiver(HttpHook):
     )
     events: list[str] = Field(
         default_factory=lambda: list(NOTIFICATION_EVENTS),
-        description="Which events to send: phase_changed, progress (a step moved, weights set, a "
-        "hold), analysis_failed, action (an operator's); unset sends all.",
+        description="Which events to send: phase_changed (every phase change, an operator's "
+        "too), action (every operator's action), analysis_failed, progress (a step moved, weights "
+        "set, a hold); unset sends all. Each history entry is sent once: an abort is a "
+        "phase_changed event naming its action and actor, sent to receivers of either.",
     )
     max_attempts: int = Field(
         5, ge=1, le=20, description="Tries per event, with exponential backoff, before it counts as failed.",

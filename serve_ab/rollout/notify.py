@@ -6,13 +6,21 @@ Configured under ``notifications:`` in the experiment::
       - {type: slack, url_from_env: SLACK_WEBHOOK_URL, events: [phase_changed, analysis_failed, action]}
       - {type: webhook, url: https://ops.example.com/serve-ab, headers_from_env: {Authorization: OPS_TOKEN}}
 
-Events come from the rollout's history (:func:`events_from_history`), one per entry:
+Events come from the rollout's history (:func:`events_from_history`), one per entry, of the
+first kind that fits:
 
-- ``phase_changed``: the phase moved (``from_phase`` is null for the rollout's start);
-- ``progress``: the phase stayed, something else happened (a step done, weights set, a hold);
+- ``phase_changed``: the phase moved (``from_phase`` is null for the rollout's start), whoever
+  moved it: an operator's abort, rollback, ``promote --full`` or pause is one too, with its
+  ``action`` and ``actor`` in the payload;
+- ``action``: an operator's action (promote, pause, resume, abort, rollback, weights) that left
+  the phase as it was, with the ``actor`` who asked (name, role, address: never a token);
 - ``analysis_failed``: an analysis failed (the abort that may follow is a ``phase_changed``);
-- ``action``: an operator's action (promote, pause, resume, abort, rollback, weights), with
-  the ``actor`` who asked (name, role, address: never a token).
+- ``progress``: the phase stayed, something else happened (a step done, weights set, a hold).
+
+A receiver's ``events`` picks what it gets, and it gets each entry once: one subscribed to
+``phase_changed`` hears every phase change (an operator's too); one subscribed to ``action``
+hears every operator's action, also those that changed the phase (sent as ``phase_changed``,
+``action`` set); one subscribed to both gets such an entry once.
 
 A ``webhook`` receiver gets :func:`webhook_payload`, one JSON object per event::
 
@@ -57,7 +65,7 @@ from serve_ab.rollout.webhook import MissingSecret, resolve_headers, resolve_url
 logger = logging.getLogger("ray.serve")
 
 __all__ = ["NotificationSender", "RolloutEvent", "backoff_delays", "event_kind", "events_from_history",
-           "slack_payload", "webhook_payload"]
+           "slack_payload", "wanted", "webhook_payload"]
 
 PAYLOAD_SCHEMA = 1
 #: Events waiting per receiver; more while it is down are dropped (and counted as failed).
@@ -68,7 +76,7 @@ QUEUE_SIZE = 1000
 class RolloutEvent:
     """One history entry of a rollout, with what a receiver needs to read it alone."""
 
-    event: str  # phase_changed | progress | analysis_failed | action
+    event: str  # phase_changed | action | analysis_failed | progress
     model: str
     rollout: str  # the persisted rollout's key, e.g. digits:canary:v1->v2
     strategy: str
@@ -87,11 +95,14 @@ class RolloutEvent:
 
 
 def event_kind(entry: Mapping[str, Any]) -> str:
-    """The event a history entry is: action, phase_changed, analysis_failed or progress."""
-    if entry.get("action"):
-        return "action"
+    """The event a history entry is: phase_changed, action, analysis_failed or progress.
+
+    A phase change is ``phase_changed`` whoever caused it: were an operator's abort an
+    ``action`` only, a receiver of [phase_changed, analysis_failed] never heard of it."""
     if entry.get("from_phase") != entry.get("to_phase"):
         return "phase_changed"
+    if entry.get("action"):
+        return "action"
     if str(entry.get("reason", "")).startswith(ANALYSIS_FAILED):
         return "analysis_failed"
     return "progress"
@@ -112,6 +123,13 @@ def events_from_history(entries: Iterable[Mapping[str, Any]], *, model: str, rol
         )
         for entry in entries
     ]
+
+
+def wanted(event: RolloutEvent, events: Iterable[str]) -> bool:
+    """Whether a receiver of ``events`` gets ``event``: its kind is one of them, or it came
+    from an operator's action and they include ``action`` (an abort is a ``phase_changed``)."""
+    events = set(events)
+    return event.event in events or (event.action is not None and "action" in events)
 
 
 def _iso(t_s: float) -> str:
@@ -140,7 +158,7 @@ def slack_payload(event: RolloutEvent) -> dict[str, Any]:
     """``{"text": ...}``: one line a person reads in a channel."""
     weights = " / ".join(f"{version} {pct:g}%" for version, pct in event.weights_pct.items())
     where = f"{event.app or event.model} ({event.strategy} {event.stable} -> {event.candidate})"
-    if event.event == "action":
+    if event.action:  # an operator's, whether or not it changed the phase
         actor = event.actor or {}
         by = f" by {actor.get('name', 'unknown')} ({actor.get('role', '?')})" if event.actor else ""
         what = f"*{event.action}*{by}, now {event.phase}"
@@ -220,7 +238,7 @@ class NotificationSender:
         """Queue ``events`` for every receiver that wants them; never blocks."""
         for event in events:
             for worker in self._workers:
-                if event.event not in worker.receiver.events:
+                if not wanted(event, worker.receiver.events):
                     continue
                 try:
                     worker.queue.put_nowait(event)

@@ -72,10 +72,11 @@ def test_every_history_entry_is_one_event_of_the_right_kind_in_order():
         ("progress", "progressing", "progressing"),  # set_weight 10 done
         ("progress", "progressing", "progressing"),  # the pause done
         ("phase_changed", "progressing", "paused"),  # pause: {} waits for promote
-        ("action", "paused", "progressing"),  # promote left the pause step
+        ("phase_changed", "paused", "progressing"),  # promote left the pause step
         ("action", "progressing", "progressing"),  # ... and set_weight 100 followed it
-        ("action", "progressing", "promoted"),
+        ("phase_changed", "progressing", "promoted"),
     ]
+    assert all(e.action == "promote" and e.actor["name"] == "alice" for e in events[4:])
     assert events[1].weights_pct == {"v1": 90.0, "v2": 10.0}  # each entry's own weights
     assert events[-1].weights_pct == {"v1": 0.0, "v2": 100.0}
     assert events[4].actor == {"name": "alice", "role": "operator", "address": "10.0.0.7"}
@@ -222,6 +223,34 @@ def test_slack_receiver_gets_text_and_only_the_events_it_asked_for(hooks):
     bodies = hooks.bodies("/services/T0/B0/xyz")
     assert len(bodies) == 1 and set(bodies[0]) == {"text"} and "-> aborted" in bodies[0]["text"]
     assert sender.counts() == {"slack:$SLACK_URL": {"sent": 1, "failed": 0}}
+    sender.close()
+
+
+def test_an_operators_phase_change_reaches_phase_changed_and_action_receivers_once_each(hooks):
+    # An abort was an action event only: a receiver of [phase_changed, analysis_failed] (the
+    # documented example) never heard of it.
+    alice = {"name": "alice", "role": "operator"}
+    rollout = Rollout(canary_config(), FakeClock(0.0))
+    rollout.tick({})
+    rollout.abort(actor=alice)
+    abort = history_events(rollout)[-1]
+    assert (abort.event, abort.from_phase, abort.phase, abort.action, abort.actor) == \
+        ("phase_changed", "progressing", "aborted", "abort", alice)
+    rollout = Rollout(canary_config(), FakeClock(0.0))
+    rollout.tick({})
+    rollout.promote(full=True, actor=alice)
+    promoted = history_events(rollout)[-1]
+    assert (promoted.event, promoted.phase, promoted.action) == ("phase_changed", "promoted", "promote")
+    sender = NotificationSender([receiver(hooks.url + "/phases", name="phases", events=["phase_changed", "analysis_failed"]),
+                                 receiver(hooks.url + "/actions", name="actions", events=["action"]),
+                                 receiver(hooks.url + "/both", name="both", events=["phase_changed", "action"]),
+                                 receiver(hooks.url + "/steps", name="steps", events=["progress"])])
+    sender.publish([abort, promoted])
+    assert sender.flush(10)
+    for path in ("/phases", "/actions", "/both"):
+        assert [(b["event"], b["phase"], b["action"], b["actor"]) for b in hooks.bodies(path)] == [
+            ("phase_changed", "aborted", "abort", alice), ("phase_changed", "promoted", "promote", alice)], path
+    assert hooks.bodies("/steps") == []
     sender.close()
 
 

@@ -1092,9 +1092,11 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
         bodies = hooks.bodies("/events")
         assert [(b["from_phase"], b["phase"], b["reason"]) for b in bodies] == [
             (h.from_phase, h.to_phase, h.reason) for h in history]
-        phases = [b["phase"] for b in bodies if b["event"] == "phase_changed"]
-        assert phases == ["progressing", "paused"]  # then promote's own entries are actions
-        actions = [b for b in bodies if b["event"] == "action"]
+        phases = [(b["phase"], b["action"]) for b in bodies if b["event"] == "phase_changed"]
+        # promote's entries that moved the phase are phase changes too, naming the action
+        assert phases == [("progressing", None), ("paused", None), ("progressing", "promote"),
+                          ("promoted", "promote")]
+        actions = [b for b in bodies if b["action"] is not None]
         assert actions[-1]["phase"] == "promoted" and actions[-1]["actor"]["name"] == "alice"
         assert actions[-1]["weights_pct"] == {"v1": 0.0, "v2": 100.0}
         assert {b["app"] for b in bodies} == {"shop"} and bodies[0]["rollout"] == "digits:canary:v1->v2"
