@@ -81,6 +81,25 @@ def multi_node_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
             f"on a one-node cluster nothing is lost and this does not apply")]
 
 
+def unset_env_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning for each environment variable a notification receiver, webhook gate or confirm
+    step reads (url_from_env, headers_from_env) that is not set here. A warning, not an error:
+    the variable may be set only where the app runs, and only there does it count."""
+    from serve_ab.rollout.webhook import unset_env_vars
+
+    def then(path: str) -> str:
+        if path.startswith("notifications"):
+            return "this receiver's events are lost"
+        if path.startswith("rollout.gates"):
+            return "this gate is inconclusive and holds the rollout until progress_deadline_s aborts it"
+        return "this confirm step waits for a yes that cannot come"
+
+    where = f"{prefix}." if prefix else ""
+    return [f"{where}{path}: environment variable {variable} is not set here; unless it is set where the app "
+            f"runs (the controller reads it there), {then(path)}"
+            for path, variable in unset_env_vars(cfg.notifications, cfg.rollout)]
+
+
 def small_canary_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
     """A warning for each canary step whose weight gives the candidate so few buckets that its
     users fall in fewer than MIN_GROUPS groups: the gates then count each group as one unit
@@ -245,7 +264,7 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
     except ConfigError as err:
         return errors_under(prefix, err.errors), None
     warnings += (multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
-                 + lowered_weight_warnings(cfg, prefix))
+                 + lowered_weight_warnings(cfg, prefix) + unset_env_warnings(cfg, prefix))
     if not load_models:  # loading says for certain whether the inputs are known
         warnings += undeclared_inputs_warnings(cfg, prefix)
     if not check_files:

@@ -25,13 +25,13 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from serve_ab.config.rollout import ConfirmStep, GateMetric, HttpHook, RolloutConfig, display_url
+from serve_ab.config.rollout import ConfirmStep, GateMetric, HttpHook, NotificationReceiver, RolloutConfig, display_url
 from serve_ab.rollout.gates import WebhookResult
 from serve_ab.rollout.machine import Rollout
 
@@ -44,7 +44,7 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 __all__ = ["MissingSecret", "WebhookAnswers", "WebhookPoller", "ask", "confirm_key", "gate_key", "resolve_headers",
-           "resolve_url"]
+           "resolve_url", "unset_env_vars"]
 
 # A reason quoted from an answer is cut here: it ends up in history entries and status lines.
 MAX_REASON_CHARS = 300
@@ -83,6 +83,27 @@ HookKey = tuple[str, Any]
 def gate_key(key: str) -> HookKey:
     """The key of a webhook gate's answer, from its :attr:`~serve_ab.config.rollout.Gate.key`."""
     return ("gate", key)
+
+
+def unset_env_vars(notifications: Sequence[NotificationReceiver], rollout: RolloutConfig | None,
+                   env: Mapping[str, str] = os.environ) -> list[tuple[str, str]]:
+    """``(field path, variable)`` for each ``url_from_env`` and ``headers_from_env`` variable of
+    the receivers, webhook gates and confirm steps that ``env`` lacks, as :func:`resolve_url`
+    and :func:`resolve_headers` would find them: else that is found only mid-rollout, when a
+    gate holds, a confirm step waits or an event is lost. Names, never values."""
+    hooks: list[tuple[str, str | None, Mapping[str, str]]] = [
+        (f"notifications[{i}]", r.url_from_env, r.headers_from_env) for i, r in enumerate(notifications)]
+    if rollout is not None:
+        hooks += [(f"rollout.gates[{i}]", None, g.headers_from_env or {}) for i, g in enumerate(rollout.gates)]
+        hooks += [(f"rollout.steps[{i}].confirm", step.confirm.url_from_env, step.confirm.headers_from_env)
+                  for i, step in enumerate(rollout.steps) if isinstance(step, ConfirmStep)]
+    unset = []
+    for where, url_from_env, headers_from_env in hooks:
+        if url_from_env is not None and not env.get(url_from_env):
+            unset.append((f"{where}.url_from_env", url_from_env))
+        unset += [(f"{where}.headers_from_env.{name}", variable)
+                  for name, variable in headers_from_env.items() if env.get(variable) is None]
+    return unset
 
 
 def confirm_key(step_index: int) -> HookKey:

@@ -45,7 +45,7 @@ from serve_ab.rollout.gates import PromQLResult
 from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.rollout.promql import PromQLPoller
 from serve_ab.rollout.notify import NotificationSender, events_from_history
-from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller
+from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller, unset_env_vars
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
@@ -192,8 +192,17 @@ class ControllerCore:
         self._epoch_weights: dict[int, dict[str, float]] = {}
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
+        self._warn_unset_env()
         if fresh is not None:
             self._announce(fresh)
+
+    def _warn_unset_env(self) -> None:
+        """Say at start which secrets' variables are missing, not at the first request that
+        needs one mid-rollout; a warning, as the rollout may still run (a gate only holds)."""
+        for path, variable in unset_env_vars(self.cfg.notifications, self.cfg.rollout):
+            logger.warning("serve-ab controller %s: %s names environment variable %s, which is not set in "
+                           "this process; requests to that endpoint will fail", self.key or self.cfg.model, path,
+                           variable)
 
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"

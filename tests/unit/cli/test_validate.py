@@ -224,6 +224,35 @@ def test_a_canary_step_that_lowers_the_weight_is_warned_about(tmp_path, capsys):
     assert out.count("set_weight") == 1  # the steps that only raise it are not warned about
 
 
+def test_unset_environment_variables_of_hooks_are_warned_about_by_field_and_name(tmp_path, capsys, monkeypatch):
+    # Found only mid-rollout before: a gate held, a confirm step waited, events were lost.
+    import yaml
+
+    for variable in ("AUDIT_OPS_URL", "AUDIT_OPS_TOKEN", "AUDIT_CHECKS_TOKEN", "AUDIT_APPROVALS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AUDIT_SET_TOKEN", "s3cret-value")
+    serve_file = yaml.safe_load((REPO_ROOT / "configs" / "canary.yaml").read_text())
+    args = serve_file["applications"][0]["args"]
+    args["notifications"] = [{"type": "slack", "url_from_env": "AUDIT_OPS_URL",
+                              "headers_from_env": {"Authorization": "AUDIT_OPS_TOKEN", "X-Set": "AUDIT_SET_TOKEN"}}]
+    args["rollout"]["gates"] = [{"metric": "webhook", "url": "http://checks:8080/canary",
+                                 "headers_from_env": {"Authorization": "AUDIT_CHECKS_TOKEN"}}]
+    args["rollout"]["steps"] = [{"set_weight": 20}, {"confirm": {"url_from_env": "AUDIT_APPROVALS_URL"}},
+                                {"set_weight": 100}]
+    path = tmp_path / "hooks.yaml"
+    path.write_text(yaml.safe_dump(serve_file))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0  # advice: it may be set where the app runs
+    out = capsys.readouterr().out
+    where = "warning: applications.0.args."
+    for field, variable in (("notifications[0].url_from_env", "AUDIT_OPS_URL"),
+                            ("notifications[0].headers_from_env.Authorization", "AUDIT_OPS_TOKEN"),
+                            ("rollout.gates[0].headers_from_env.Authorization", "AUDIT_CHECKS_TOKEN"),
+                            ("rollout.steps[1].confirm.url_from_env", "AUDIT_APPROVALS_URL")):
+        assert f"{where}{field}: environment variable {variable} is not set here" in out, field
+    assert "AUDIT_SET_TOKEN" not in out and "s3cret" not in out
+    assert "this gate is inconclusive" in out and "this confirm step waits" in out
+
+
 # --- a reader that goes away, Ctrl-C: exit codes, no traceback ------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import sqlite3
 
@@ -1106,6 +1107,22 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
     finally:
         core.notifier.close()
         hooks.close()
+
+
+def test_the_controller_warns_at_start_of_each_unset_hook_variable(monkeypatch, caplog):
+    # Found only mid-rollout before; a warning, not a failure: a gate only holds.
+    monkeypatch.delenv("AUDIT_CHECKS_TOKEN", raising=False)
+    monkeypatch.delenv("AUDIT_APPROVALS_URL", raising=False)
+    cfg = experiment(gates=[{"metric": "webhook", "url": "http://checks:8080/canary",
+                             "headers_from_env": {"Authorization": "AUDIT_CHECKS_TOKEN"}}],
+                     steps=[{"set_weight": 20}, {"confirm": {"url_from_env": "AUDIT_APPROVALS_URL"}},
+                            {"set_weight": 100}])
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        core = ControllerCore(cfg, MemoryStateStore(), FakeClock())
+    assert core.rollout is not None
+    assert ("rollout.gates[0].headers_from_env.Authorization names environment variable AUDIT_CHECKS_TOKEN, "
+            "which is not set") in caplog.text
+    assert "rollout.steps[1].confirm.url_from_env names environment variable AUDIT_APPROVALS_URL" in caplog.text
 
 
 def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
