@@ -1159,7 +1159,7 @@ def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
     finally:
         hooks.close()
     assert core.rollout.phase.value == "progressing" and core.rollout.state.step_index == 1
-    assert "answered confirm: false: 'change freeze'" in core.status()["reason"]
+    assert "answered confirm: false: 'change freeze'" in core.status().reason
     assert hooks.bodies("/confirm") and hooks.bodies("/gate")
 
 
