@@ -19,7 +19,11 @@ the split-stratified ratios ``D = A - B`` with its delta-method variance per uni
   test (late outcomes), and the sequence starts again from that look (:func:`_sequential_look`).
 
 With ``analysis.sequential`` (the default) the verdict is the sequential one; without it the
-fixed-horizon verdict is withheld until the planned sample is reached and then frozen.
+fixed-horizon verdict is withheld until the planned sample is reached and then frozen, and with
+it the figures of that look's test (the lift, its interval, the p-values): a fixed-horizon test
+is read once, so a later look's estimate beside the frozen interval would show a verdict its own
+figures no longer support. Units and values stay this look's (their difference is this look's
+estimate).
 """
 
 from __future__ import annotations
@@ -109,8 +113,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
         out["power_note"] = (f"fewer than {min_units} units in an arm, or no spread yet"
                              if ratio is not None else "no split where both arms have 2 units yet")
         if state.get("frozen") is not None and not sequential_on:
-            frozen = state["frozen"]
-            out.update(verdict=frozen["verdict"], abs_ci=frozen["abs_ci"], rel_ci=frozen["rel_ci"])
+            _restore_frozen(out, state["frozen"])
         return _restore_sequential(out, state, family, direction) if state.get("seq") else out, state
     if ratio.value_control != 0:  # relative to the control's size: a margin or a profit may be below 0
         out["rel_lift"] = ratio.diff / abs(ratio.value_control)
@@ -152,23 +155,22 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
     if sequential_on:
         out.update(fixed=fixed)
         out = _restore_sequential(out, state, family, direction)
-        outside = [f"{what} {estimate:.4g} is outside its interval [{lo:.4g}, {hi:.4g}]"
-                   for what, estimate, (lo, hi) in (("the estimate", ratio.diff, out["abs_ci"]),
-                                                    ("the relative lift", out["rel_lift"], out["rel_ci"]))
-                   if estimate is not None and _outside(estimate, [lo, hi])]
+        outside = _outside_estimates(out)
         if outside:
-            said = (f"at this look {' and '.join(outside)}, which intersects every look's sequence: earlier looks "
-                    f"bound it, and outcomes reported late for earlier requests can move the estimate more than "
-                    f"chance would")
-            out["verdict_note"] = f"{out['verdict_note']}; {said}" if out.get("verdict_note") else said
+            _add_note(out, f"at this look {outside}, which intersects every look's sequence: earlier looks "
+                           f"bound it, and outcomes reported late for earlier requests can move the estimate "
+                           f"more than chance would")
     else:
         frozen = previous.get("frozen")
         if frozen is None and plan.get("complete"):
             frozen = {"verdict": fixed_verdict, "abs_ci": fixed["abs_ci"], "rel_ci": fixed["rel_ci"],
-                      "p_adjusted": p_adjusted}
+                      "p_adjusted": p_adjusted, "p_value": p, "level": level, "abs_lift": ratio.diff,
+                      "rel_lift": out["rel_lift"], "n_variant": ratio.units_variant,
+                      "n_control": ratio.units_control}
         if frozen is not None:
             state["frozen"] = frozen
-            out.update(verdict=frozen["verdict"], abs_ci=frozen["abs_ci"], rel_ci=frozen["rel_ci"], fixed=fixed)
+            out.update(fixed=fixed)
+            _restore_frozen(out, frozen)
         else:
             out.update(fixed=fixed, abs_ci=fixed["abs_ci"], rel_ci=fixed["rel_ci"], verdict="not_enough_data")
             out["verdict_note"] = ("fixed-horizon verdict withheld until the planned sample is reached "
@@ -185,6 +187,43 @@ REL_LIFT = "diff_over_abs_control"
 def _outside(estimate: float, interval: list[float | None]) -> bool:
     lo, hi = interval
     return (lo is not None and estimate < lo) or (hi is not None and estimate > hi)
+
+
+def _outside_estimates(out: dict[str, Any]) -> str:
+    """The estimates shown that lie outside the intervals shown beside them, in words ('' if none)."""
+    return " and ".join(f"{what} {estimate:.4g} is outside its interval [{lo:.4g}, {hi:.4g}]"
+                        for what, estimate, (lo, hi) in (("the estimate", out["abs_lift"], out["abs_ci"]),
+                                                         ("the relative lift", out["rel_lift"], out["rel_ci"]))
+                        if estimate is not None and _outside(estimate, [lo, hi]))
+
+
+def _add_note(out: dict[str, Any], said: str) -> None:
+    out["verdict_note"] = f"{out['verdict_note']}; {said}" if out.get("verdict_note") else said
+
+
+# The frozen look's figures that stand in for this look's beside a frozen fixed-horizon verdict.
+_FROZEN_FIGURES = ("verdict", "abs_ci", "rel_ci", "abs_lift", "rel_lift", "p_value", "p_adjusted")
+
+
+def _restore_frozen(out: dict[str, Any], frozen: Mapping[str, Any]) -> None:
+    """Shows the look that reached the planned sample: its verdict with its own estimate, interval
+    and p-values (and ``fixed`` becomes that look's test); this look's estimate is the difference
+    of the values, which stay this look's."""
+    out.update({key: frozen[key] for key in _FROZEN_FIGURES if key in frozen})
+    if "level" in frozen and "p_value" in frozen:
+        out["fixed"] = {"p_value": frozen["p_value"], "p_adjusted": frozen["p_adjusted"], "level": frozen["level"],
+                        "abs_ci": frozen["abs_ci"], "rel_ci": frozen["rel_ci"], "verdict": frozen["verdict"]}
+        if (out["n_variant"], out["n_control"]) != (frozen["n_variant"], frozen["n_control"]):
+            _add_note(out, f"read once, at the look that reached the planned sample ({frozen['n_variant']:,} vs "
+                           f"{frozen['n_control']:,} units): the lift, its interval and the p-values are that "
+                           f"look's; units and values are this look's")
+        return
+    # Frozen before the look's own estimate was saved with it (states saved before 2026-12-06): this look's
+    # estimate stays beside the frozen interval, and says so where it lies outside it.
+    outside = _outside_estimates(out)
+    if outside:
+        _add_note(out, f"at this look {outside}, which was frozen at the planned sample: a fixed-horizon verdict is "
+                       f"read once there and stands (that look's own estimate was not saved)")
 
 
 def _restore_sequential(out: dict[str, Any], state: dict[str, Any], family: Family,

@@ -225,16 +225,21 @@ class Comparison(_Model):
     n_control: int = Field(description="units")
     splits_used: int = Field(description="splits where both arms had units, combined with weights from the arms' sizes")
     cuped: CupedFigures | None = Field(description="the pre-period adjustment, when there was a pre-period")
-    value_variant: Num | None
-    value_control: Num | None
-    abs_lift: Num | None = Field(description="variant minus control, in the metric's units")
+    value_variant: Num | None = Field(description="at this look, as are the units")
+    value_control: Num | None = Field(description="at this look: value_variant - value_control is this "
+                                      "look's estimate")
+    abs_lift: Num | None = Field(description="variant minus control, in the metric's units: the estimate of "
+                                 "the verdict's test (beside a frozen fixed-horizon verdict, that look's)")
     abs_ci: Interval = Field(description="the interval of the verdict's test (sequential or fixed)")
     rel_lift: Num | None = Field(description="(value_variant - value_control) / |value_control|: "
-                                  "value_variant / value_control - 1 where the control is above 0")
+                                  "value_variant / value_control - 1 where the control is above 0 (beside a "
+                                  "frozen fixed-horizon verdict, that look's)")
     rel_ci: Interval = Field(description="Fieller interval of rel_lift, from the verdict's test")
-    p_value: Num | None = Field(description="fixed-horizon, uncorrected")
-    p_adjusted: Num | None = Field(description="fixed-horizon, corrected over the fixed family")
-    fixed: FixedFigures | None
+    p_value: Num | None = Field(description="fixed-horizon, uncorrected (beside a frozen fixed-horizon "
+                                "verdict, the look's that reached the planned sample)")
+    p_adjusted: Num | None = Field(description="fixed-horizon, corrected over the fixed family (likewise)")
+    fixed: FixedFigures | None = Field(description="the fixed-horizon test at this look, or beside a frozen "
+                                       "fixed-horizon verdict at the look that reached the planned sample")
     sequential: SequentialFigures | None
     guardrail: Guardrail | None
     verdict: ABVerdict

@@ -104,8 +104,8 @@ def test_the_fixed_horizon_verdict_is_withheld_until_the_plan_is_complete_then_f
         assert out["fixed"]["p_value"] is not None  # the figures are there, only the verdict waits
     assert complete["power"]["complete"] and complete["verdict"] == complete["fixed"]["verdict"] == "better"
     assert complete["abs_ci"] == complete["fixed"]["abs_ci"] and complete["abs_ci"][0] > 0
-    # Frozen: a later look's own fixed figures say worse, the verdict and its interval stay.
-    assert later["fixed"]["verdict"] == "worse"
+    # Frozen: a later look's own data say worse, the verdict and the figures of its test stay.
+    assert later["value_variant"] < later["value_control"] and later["fixed"] == complete["fixed"]
     assert later["verdict"] == "better" and later["abs_ci"] == complete["abs_ci"]
     assert later["rel_ci"] == complete["rel_ci"]
     assert state["frozen"]["verdict"] == "better"
@@ -122,6 +122,36 @@ def test_a_frozen_fixed_verdict_survives_a_look_without_enough_units():
         assert out["verdict"] == "better" and out["abs_ci"] == frozen["abs_ci"] and out["rel_ci"] == frozen["rel_ci"]
     out, _ = _look(CORRECT, _fixed_looks()[3], after, sequential=False)
     assert out["verdict"] == "better" and out["abs_ci"] == frozen["abs_ci"]
+
+
+def test_beside_a_frozen_fixed_verdict_the_lift_and_p_are_the_frozen_looks_own():
+    # Regression: the verdict and intervals were frozen but the lift and p-values kept moving, so
+    # "better" sat beside a negative lift outside its own interval.
+    state = None
+    for ratio in _fixed_looks()[:3]:
+        complete, state = _look(CORRECT, ratio, state, sequential=False)
+    for ratio in (_fixed_looks()[3], None, _rate(0.40, 0.50, 10)):
+        later, state = _look(CORRECT, ratio, state, sequential=False)
+        assert later["verdict"] == "better"
+        for key in ("abs_lift", "rel_lift", "p_value", "p_adjusted", "abs_ci", "rel_ci", "fixed"):
+            assert later[key] == complete[key], key
+        assert later["abs_ci"][0] <= later["abs_lift"] <= later["abs_ci"][1]
+        assert later["rel_ci"][0] <= later["rel_lift"] <= later["rel_ci"][1]
+        assert "planned sample (20,000 vs 20,000 units)" in later["verdict_note"]
+    # This look's estimate stays in the values, which are this look's.
+    later, _ = _look(CORRECT, _fixed_looks()[3], state, sequential=False)
+    assert later["value_variant"] - later["value_control"] == pytest.approx(-0.02)
+
+
+def test_a_frozen_state_without_its_estimate_says_why_the_estimate_is_outside_the_interval():
+    """A state frozen before the look's estimate was saved: this look's estimate stays, with a note."""
+    state = None
+    for ratio in _fixed_looks()[:3]:
+        _, state = _look(CORRECT, ratio, state, sequential=False)
+    state["frozen"] = {k: state["frozen"][k] for k in ("verdict", "abs_ci", "rel_ci", "p_adjusted")}
+    out, _ = _look(CORRECT, _fixed_looks()[3], state, sequential=False)
+    assert out["verdict"] == "better" and out["abs_lift"] == pytest.approx(-0.02)
+    assert "outside its interval" in out["verdict_note"] and "frozen at the planned sample" in out["verdict_note"]
 
 
 def test_a_look_without_enough_units_keeps_the_tau_the_guardrail_and_the_decision():

@@ -516,8 +516,10 @@ def test_with_sequential_off_a_fixed_verdict_is_reached_at_the_planned_sample_th
     # Later traffic says the opposite, enough to turn the fixed figures round: the verdict stays.
     report, _ = sim.run(6000, correct={"v1": 0.5, "v2": 0.2}).report(state=json.loads(json.dumps(state)))
     later = _cmp(report, "correct")
-    assert later.fixed.verdict == "worse"
+    assert later.value_variant < later.value_control and later.fixed == c.fixed
     assert later.verdict == "better" and later.abs_ci == c.abs_ci and later.rel_ci == c.rel_ci
+    assert (later.abs_lift, later.rel_lift, later.p_value) == (c.abs_lift, c.rel_lift, c.p_value)
+    assert "reached the planned sample" in later.verdict_note
 
 
 def test_with_sequential_off_the_fixed_verdict_waits_for_the_planned_sample():
