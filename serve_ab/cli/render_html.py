@@ -163,8 +163,10 @@ def _plots(report: Report) -> dict[str, str]:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     out: dict[str, str] = {}
+    # parse_math off: names come from the config, and one such as "cost $ per $" or "$\foo$" is
+    # drawn as written rather than read (or refused) as mathtext.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "serve-ab", "font.size": 9,
-                                "axes.spines.top": False, "axes.spines.right": False}):
+                                "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False}):
         lift = _lift_plot(report, Figure)
         if lift:
             out["lift"] = lift

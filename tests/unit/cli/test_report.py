@@ -192,6 +192,22 @@ def test_html_is_self_contained_with_an_svg_per_plot(report):
     assert f"<td class='n'>{c.n_variant:,} vs {c.n_control:,}</td>" in page
 
 
+@pytest.mark.parametrize("name", ["$\\foo$", "cost $ per $"])
+def test_html_draws_a_metric_name_with_dollars_as_written(name):
+    # Regression: matplotlib read "$...$" in a title as mathtext, and "$\foo$" crashed the page.
+    cfg = make_cfg(shadow=None, analysis={"metrics": [{"name": name, "kind": "conversion"}]})
+    sim = Sim(cfg, seed=3)
+    for i in range(400):
+        sim.t += 0.05
+        version, unit = sim.assigner.assign_unit(f"u{i}")
+        sim.stats.record(sim.t, version, 1.0, None, 1, unit, True)
+        sim.stats.record_feedback(sim.t, version, name, None, i % 3 == 0, unit=unit)
+    page = render_html(sim.report()[0])
+    svgs = "".join(re.findall(r"<svg.*?</svg>", page, flags=re.S))
+    # As one text element (mathtext draws glyph by glyph, naming the text only in a comment).
+    assert f">{name} (higher is better)</text>" in svgs and f">{name} (%)</text>" in svgs
+
+
 @pytest.fixture
 def no_plots(monkeypatch):
     """For tests of the page's text: matplotlib takes a second or more per page."""
