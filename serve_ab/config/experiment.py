@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -667,16 +668,44 @@ class ShadowConfig(_Strict):
     )
 
 
+# The metrics every report has (serve_ab.analysis.report._metric_specs): a feedback metric of
+# the same name would share their block, plots and MLflow keys, and report.metric() finds one.
+REPORT_METRICS = ("error_rate", "latency_ms")
+
+
+def _feedback_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name feedback (a phrase to follow the name), or None."""
+    if name in REPORT_METRICS:
+        return (f"reserved: every report has metrics {' and '.join(REPORT_METRICS)} of its own; give the "
+                f"feedback another name, e.g. {name}_feedback")
+    bad = sorted({c for c in name if unicodedata.category(c) == "Cc"})
+    if bad:
+        # A name is printed in the terminal report: a newline or an escape sequence would redraw it.
+        return (f"holds control character(s) {', '.join(repr(c) for c in bad)}; a feedback name is printed in "
+                "reports, so use visible characters, e.g. correct or revenue_usd")
+    return None
+
+
 class FeedbackMetric(_Strict):
     """A business metric clients report with POST /feedback, and which way is better."""
 
-    name: str = Field(..., min_length=1, max_length=64, description="Feedback name, e.g. correct or revenue.")
+    name: str = Field(..., min_length=1, max_length=64,
+                      description="Feedback name, e.g. correct or revenue; not error_rate or latency_ms (every "
+                      "report has those) and without control characters.")
     kind: Literal["conversion", "mean"] = Field(
         ..., description="conversion: a yes/no outcome (a rate); mean: a value such as revenue."
     )
     direction: Literal["increase", "decrease"] = Field(
         "increase", description="Which way is better for this metric."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        problem = _feedback_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
 
 
 class RecordsConfig(_Strict):
@@ -1007,6 +1036,9 @@ class ExperimentConfig(_Strict):
                 continue
             kind = _GATE_FEEDBACK_KIND[gate.metric]
             where = f"rollout.gates.{index} ({gate.metric.value})"
+            problem = _feedback_name_problem(gate.name)
+            if problem:  # its feedback is reported too, beside analysis.metrics'
+                raise ValueError(f"{where} name {gate.name!r}: {problem}")
             before = seen.setdefault(gate.name, (kind, where))
             if before[0] != kind:
                 raise ValueError(

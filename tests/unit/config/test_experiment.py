@@ -501,6 +501,27 @@ def test_analysis_metric_names_are_unique():
     assert error.startswith("analysis.metrics: names ['c'] more than once")
 
 
+@pytest.mark.parametrize("name", ["error_rate", "latency_ms"])
+def test_a_feedback_metric_may_not_take_a_built_in_metrics_name(name):
+    # Regression: the report then had two metrics of one name, sharing plots and MLflow keys.
+    [error] = errors_of(with_changes(analysis={"metrics": [{"name": name, "kind": "mean"}]}))
+    assert error == (f"analysis.metrics.0.name: reserved: every report has metrics error_rate and latency_ms "
+                     f"of its own; give the feedback another name, e.g. {name}_feedback (got {name!r})")
+    rollout = {"strategy": "canary", "stable": "v1", "candidate": "v2",
+               "gates": [{"metric": "feedback_mean", "name": name, "min": 0.5}],
+               "steps": [{"set_weight": 5}, {"analysis": {}}, {"set_weight": 100}]}
+    errors = errors_of(with_changes(weights={"v1": 100}, rollout=rollout))
+    assert any(f"rollout.gates.0 (feedback_mean) name {name!r}: reserved" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("name, shown", [("a\nb", "'\\n'"), ("\x1b[2Jred", "'\\x1b'"), ("tab\there", "'\\t'")])
+def test_a_feedback_metric_name_may_not_hold_control_characters(name, shown):
+    [error] = errors_of(with_changes(analysis={"metrics": [{"name": name, "kind": "conversion"}]}))
+    assert error.startswith(f"analysis.metrics.0.name: holds control character(s) {shown}; ")
+    assert error.endswith(f"e.g. correct or revenue_usd (got {name!r})")
+    assert parse_experiment(with_changes(analysis={"metrics": [{"name": "cost $ per € (net)", "kind": "mean"}]}))
+
+
 # -- the validate command ----------------------------------------------------------------------
 
 
