@@ -86,7 +86,7 @@ def render_html(report: Report) -> str:
     shadow = report.shadow
     if shadow is not None:
         parts.append(f"<h2>Shadow: {esc(str(shadow.version))}</h2>")
-        parts.append("<pre>" + esc("\n".join(_shadow_lines(shadow)[1:])) + "</pre>")
+        parts.append("<pre>" + esc("\n".join(_shadow_lines(shadow))) + "</pre>")
         if "shadow" in plots:
             parts.append(_figure(plots["shadow"], "Live class vs shadow class on the same requests "
                                                   "(off-diagonal cells are flips)"))

@@ -225,6 +225,13 @@ def test_html_shows_the_earlier_splits_and_the_sampled_fraction(canary_report, n
     assert "Under earlier splits: MISMATCH under" in page and "sample of users" in page
 
 
+def test_html_shows_the_shadows_mirrored_requests_and_errors(report, no_plots):
+    # Regression: the page dropped the shadow's first line, its only count of mirrored requests and errors.
+    shadow = report.shadow
+    headline = f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {shadow.errors:,} "
+    assert shadow.mirrored > 0 and headline in render_table(report) and headline in render_html(report)
+
+
 # --- the commands against a fake app -------------------------------------------------------
 
 
