@@ -178,7 +178,7 @@ def judge(spec: MetricSpec, ratio: RatioComparison | None, *, variant: str, cont
     return out, state
 
 
-_VERDICT_WORDS = {"better": "better", "worse": "WORSE", "no_difference": "no difference"}
+_VERDICT_WORDS = {"better": "better", "worse": "WORSE", "no_difference": "no significant difference"}
 # What a saved sequence's rel_lo/rel_hi bound: (A - B) / |B|. Bounds saved without it were
 # A/B - 1, the opposite sign where B < 0, and are dropped rather than intersected.
 REL_LIFT = "diff_over_abs_control"

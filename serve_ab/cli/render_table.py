@@ -23,7 +23,9 @@ __all__ = ["WIDTH", "render_runs", "render_table"]
 
 WIDTH = 100  # columns: the view must read in a 100-column terminal
 
-_VERDICT_TEXT = {"better": "BETTER", "worse": "WORSE", "no_difference": "no difference",
+# "no significant difference": an interval that covers 0 says the data cannot tell, not that the
+# versions are alike (the JSON keeps its value, no_difference).
+_VERDICT_TEXT = {"better": "BETTER", "worse": "WORSE", "no_difference": "no significant difference",
                  "not_enough_data": "not enough data"}
 _GUARDRAIL_TEXT = {"non_inferior": "non-inferior", "inferior": "INFERIOR", "inconclusive": "inconclusive"}
 _LABEL = 11  # width of the labels of a comparison's lines
@@ -84,9 +86,15 @@ def _srm_text(srm: Srm) -> str:
     if not srm.applicable:
         return f"not checked: {srm.reason}"
     if srm.p_value is None:
-        return f"no traffic yet ({srm.reason or 'no units under the weights routed by now'})"
+        return srm.reason or "no traffic yet under the weights routed by now"
     shown = {k: v for k, v in srm.observed.items() if v or srm.weights_pct.get(k, 0.0) > 0}
-    state = "MISMATCH" if srm.mismatch else "ok"
+    # Not "ok": the sequential test needs units before it can flag anything (an arm weighted 50%
+    # with none of 300 units is not flagged yet), so its silence is no all-clear.
+    state = "MISMATCH" if srm.mismatch else "no mismatch detected"
+    empty = [f"{k} has no units at weight {srm.weights_pct[k]:g}%" for k, v in shown.items()
+             if not v and srm.weights_pct.get(k, 0.0) > 0]
+    if empty:
+        state += f"; {', '.join(empty)}: check that the routers send it traffic"
     weights = {k: v for k, v in srm.weights_pct.items() if k in shown}
     fraction = srm.sampled_fraction
     if fraction is not None and fraction < 1:
@@ -113,7 +121,7 @@ def _srm_earlier_text(srm: Srm) -> str | None:
     parts = [f"MISMATCH under {s.split} (p = {_p(s.p_value if s.always_valid_p is None else s.always_valid_p)})"
              for s in bad]
     if ok:
-        parts.append(f"{ok} ok")
+        parts.append(f"{ok} with no mismatch detected")
     return "; ".join(parts)
 
 
@@ -184,7 +192,8 @@ def _comparison_cells(metric: MetricResult, c: Comparison) -> dict[str, str]:
     seq_p = "-" if seq is None else _p(seq.p_adjusted)
     return {
         "label": f"{c.variant} vs {c.control}",
-        "units": f"{_int(c.n_variant)} vs {_int(c.n_control)}",
+        # No split where both arms have units: none are compared (the arms' own are in their table).
+        "units": f"{_int(c.n_variant)} vs {_int(c.n_control)}" if c.splits_used else "-",
         "value": f"{_value(c.value_variant, kind)} vs {_value(c.value_control, kind)}",
         "abs": _lift(c.abs_lift, c.abs_ci, kind),
         "interval": _interval_name(c),

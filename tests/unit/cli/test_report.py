@@ -107,11 +107,11 @@ def test_table_has_a_block_per_metric_with_the_figures_of_each_comparison(report
     assert "(margin +10% = +" in _field(latency, "guardrail")
     correct = report.metric("correct").comparisons[0]
     assert _field(_block(text, "correct"), "verdict") == {"better": "BETTER", "worse": "WORSE",
-                                                          "no_difference": "no difference"}[correct.verdict]
+                                                          "no_difference": "no significant difference"}[correct.verdict]
     rel_lo, rel_hi = correct.rel_ci
     assert _field(_block(text, "correct"), "rel lift") == (
         f"{correct.rel_lift * 100:+.1f}% [{rel_lo * 100:+.1f}, {rel_hi * 100:+.1f}]")
-    assert "SRM: ok (units: v1 " in text
+    assert "SRM: no mismatch detected (units: v1 " in text
     assert "shadow v3:" in text and "agreement" in text and "drift       KL" in text
 
 
@@ -171,6 +171,43 @@ def test_table_of_one_version_with_a_shadow_says_there_is_no_variant():
     assert text.splitlines()[0].startswith("digits: v1 alone, no variant to compare with it, running ")
     assert "vs none" not in text and "family of" not in text
     assert "shadow v3:" in text  # the comparison there is
+
+
+def test_srm_without_a_mismatch_says_none_was_detected_and_names_an_empty_weighted_arm(no_plots):
+    # Regression: "ok" beside v2 at weight 50% with none of 300 units (the sequential test
+    # flags it only past ~450), and "no traffic yet (no traffic yet under ...)".
+    report = Sim(make_cfg(shadow=None), seed=1, users=100000).run(300, route={"v1": 100, "v2": 0, "v3": 0}).report()[0]
+    assert not report.srm.mismatch
+    said = "SRM: no mismatch detected; v2 has no units at weight 50%: check that the routers send it traffic (units:"
+    assert said in " ".join(render_table(report).replace("\n  ", " ").splitlines())
+    assert "Sample ratio check: no mismatch detected; v2 has no units at weight 50%" in render_html(report)
+    from serve_ab.analysis.accumulate import ExperimentStats
+    from serve_ab.analysis.report import build_report
+
+    cfg = make_cfg(shadow=None)
+    empty, _ = build_report(cfg, ExperimentStats(["v1", "v2", "v3"], 0.0).snapshot(0.0), cfg.weights_pct())
+    assert "SRM: no traffic yet under the weights routed by now\n" in render_table(empty)
+
+
+def test_a_comparison_without_a_comparable_split_shows_no_units(no_plots):
+    # Regression: "units 0 vs 0" beside an arm with a unit in its table.
+    report = Sim(make_cfg(shadow=None), seed=1).run(1, correct={"v1": 0.9, "v2": 0.9}).report()[0]
+    block = _block(render_table(report), "error_rate")
+    c = report.metric("error_rate").comparisons[0]
+    assert c.splits_used == 0 and sum(a.n for a in report.metric("error_rate").arms.values()) == 1
+    assert _field(block, "units") == "-"
+    assert "<td>v2 vs v1</td><td class='n'>-</td>" in render_html(report)
+
+
+def test_no_difference_reads_as_no_significant_difference(report, no_plots):
+    c = report.metric("correct").comparisons[0]
+    c = c.model_copy(update={"verdict": "no_difference"})
+    metric = report.metric("correct").model_copy(update={"comparisons": [c]})
+    shown = report.model_copy(update={"metrics": [metric]})
+    assert _field(_block(render_table(shown), "correct"), "verdict").startswith("no significant difference")
+    page = render_html(shown)
+    assert ">no significant difference</b>" in page and "no significant difference</td>" in page
+    assert shown.model_dump(mode="json")["metrics"][0]["comparisons"][0]["verdict"] == "no_difference"
 
 
 # --- HTML ----------------------------------------------------------------------------------
