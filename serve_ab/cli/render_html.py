@@ -14,7 +14,7 @@ from typing import Any
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
     _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _metric_test, _metric_title, _num, _options, _p,
-    _pct, _rel, _shadow_lines, _srm_earlier_text, _srm_flag, _srm_text, _when_text,
+    _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _when_text,
 )
 
 __all__ = ["render_html"]
@@ -222,7 +222,7 @@ def _lift_plot(report: Report, Figure: Any) -> str | None:
                 ax.plot([ci[0] * 100, ci[1] * 100], [y, y], color=color, linewidth=3, alpha=0.55,
                         solid_capstyle="butt")
             ax.plot([c.rel_lift * 100], [y], "o", color=color)
-            ax.annotate(f"{c.rel_lift * 100:+.1f}%  {_VERDICT_TEXT[c.verdict]}",
+            ax.annotate(f"{_signed(c.rel_lift * 100, '.1f')}%  {_VERDICT_TEXT[c.verdict]}",
                         (c.rel_lift * 100, y), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=8, color=color)
         ax.axvline(0, color="#1f2328", linewidth=0.8)

@@ -267,7 +267,8 @@ def _cuped_text(c: Comparison, kind: str) -> str:
         return "-"
     unit = {"conversion": " pp", "latency": " ms"}.get(kind, "")
     scale = 100.0 if kind == "conversion" else 1.0
-    return (f"variance -{_pct(cuped.variance_reduction, 0)} (theta {_num(cuped.theta)}, "
+    # A reduction below 0 is an increase: "+3%", never "--3%".
+    return (f"variance {_signed(-cuped.variance_reduction * 100, '.0f')}% (theta {_num(cuped.theta)}, "
             f"{cuped.pre_units:,} units seen before); unadjusted abs lift "
             f"{_bound(cuped.abs_lift_unadjusted, kind, True)}{unit} (se {cuped.se_unadjusted * scale:.4g}{unit})")
 
@@ -287,7 +288,8 @@ def _power_text(c: Comparison) -> str:
 def _shadow_lines(shadow: ShadowResult) -> list[str]:
     agreement = shadow.agreement
     conf = f"{agreement.confidence:.0%}"
-    lines = [f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {shadow.errors:,} errors"
+    errors = f"{shadow.errors:,} error{'' if shadow.errors == 1 else 's'}"
+    lines = [f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {errors}"
              + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")]
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
@@ -464,13 +466,18 @@ def _value(value: Any, kind: str | None) -> str:
     return _num(value)
 
 
+def _signed(value: float, spec: str) -> str:
+    """``value`` with its sign, except a value that prints as 0: '0.00', never '-0.00' or '+0.00'."""
+    text = f"{value:+{spec}}"
+    return text[1:] if float(text) == 0 else text
+
+
 def _bound(value: Any, kind: str | None, signed: bool) -> str:
     if value is None:
         return "-"
-    sign = "+" if signed else ""
     if kind == "conversion":
-        return f"{value * 100:{sign}.2f}" + ("" if signed else "%")
-    return f"{value:{sign}.4g}"
+        return _signed(value * 100, ".2f") if signed else f"{value * 100:.2f}%"
+    return _signed(value, ".4g") if signed else f"{value:.4g}"
 
 
 def _interval(ci: Any, kind: str | None, signed: bool = True) -> str:
@@ -496,9 +503,11 @@ def _lift(lift: Any, ci: Any, kind: str | None) -> str:
 def _rel(rel: Any, ci: Any) -> str:
     if rel is None:
         return "-"
-    text = f"{rel * 100:+.1f}%"
+    text = f"{_signed(rel * 100, '.1f')}%"
     if ci and any(b is not None for b in ci):
-        bounds = ["-" if b is None else f"{b * 100:+.1f}" for b in ci]
+        # One bound alone: Fieller's set is unbounded on the other side (the control's value
+        # is not clearly away from 0).
+        bounds = ["unbounded" if b is None else _signed(b * 100, ".1f") for b in ci]
         text += f" [{bounds[0]}, {bounds[1]}]"
     return text
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import serve_ab.cli
-from serve_ab.analysis.report_model import Report
+from serve_ab.analysis.report_model import CupedFigures, Report
 from serve_ab.cli import command as cli, render_html as render_html_module, report as report_cli
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli.render_table import WIDTH, render_table
@@ -149,7 +149,8 @@ def test_table_shows_the_pre_period_adjustment():
     c = report.metric("correct").comparisons[0]
     assert c.cuped is not None
     cuped = _field(_block(render_table(report), "correct"), "CUPED")
-    assert cuped.startswith(f"variance -{c.cuped.variance_reduction * 100:.0f}% (theta ")
+    change = f"{-c.cuped.variance_reduction * 100:+.0f}"
+    assert cuped.startswith(f"variance {'0' if float(change) == 0 else change}% (theta ")
     assert f"{c.cuped.pre_units:,} units seen before); unadjusted abs lift " in cuped and cuped.endswith(" pp)")
 
 
@@ -208,6 +209,28 @@ def test_no_difference_reads_as_no_significant_difference(report, no_plots):
     page = render_html(shown)
     assert ">no significant difference</b>" in page and "no significant difference</td>" in page
     assert shown.model_dump(mode="json")["metrics"][0]["comparisons"][0]["verdict"] == "no_difference"
+
+
+def test_figures_print_zero_without_a_sign_an_open_bound_as_unbounded_and_a_variance_rise_as_plus(report,
+                                                                                                    no_plots):
+    metric = report.metric("correct")
+    c = metric.comparisons[0]
+    cuped = CupedFigures(theta=0.5, variance_reduction=-0.03, pre_units=10, abs_lift_unadjusted=-1e-9,
+                         se_unadjusted=0.01)
+    c = c.model_copy(update={"abs_lift": -1e-9, "abs_ci": [-1e-9, 1e-9], "rel_lift": -1e-9,
+                             "rel_ci": [0.348, None], "cuped": cuped})
+    shown = report.model_copy(update={"metrics": [metric.model_copy(update={"comparisons": [c]})]})
+    block = _block(render_table(shown), "correct")
+    assert _field(block, "abs lift").startswith("0.00 pp [0.00, 0.00]")
+    assert _field(block, "rel lift") == "0.0% [+34.8, unbounded]"
+    assert _field(block, "CUPED").startswith("variance +3% (theta 0.5") and "unadjusted abs lift 0.00 pp" in \
+        _field(block, "CUPED")
+    assert "0.0% [+34.8, unbounded]" in render_html(shown)
+
+
+def test_one_shadow_error_is_an_error(report):
+    shadow = report.shadow.model_copy(update={"errors": 1})
+    assert ", 1 error (" in render_table(report.model_copy(update={"shadow": shadow}))
 
 
 # --- HTML ----------------------------------------------------------------------------------
