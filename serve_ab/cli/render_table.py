@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +437,7 @@ def _srm_cell(value: Any) -> str:
 
 
 def _table(rows: list[list[str]], indent: str = "  ", numeric: tuple[int, ...] = (1,)) -> list[str]:
+    rows = [[_visible(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for row in rows:
@@ -447,10 +449,20 @@ def _table(rows: list[list[str]], indent: str = "  ", numeric: tuple[int, ...] =
 def _wrap(text: str, indent: str = "") -> list[str]:
     """``text`` broken at spaces into lines of at most WIDTH columns; the lines after the first
     start with ``indent`` (a word longer than a line stays whole)."""
+    text = _visible(text)
     if len(text) <= WIDTH:
         return [text]
     return textwrap.wrap(text, width=WIDTH, subsequent_indent=indent, break_long_words=False,
                          break_on_hyphens=False)
+
+
+def _visible(text: str) -> str:
+    """``text`` with each control character escaped as Python would write it ('\\n', '\\x1b'): a
+    name from a record or an older config must not break a line or send the terminal an escape
+    sequence (config refuses them; records and reports from elsewhere may hold anything)."""
+    if text.isprintable():
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 # --- formatting ----------------------------------------------------------------------------

@@ -233,6 +233,17 @@ def test_one_shadow_error_is_an_error(report):
     assert ", 1 error (" in render_table(report.model_copy(update={"shadow": shadow}))
 
 
+def test_table_escapes_control_characters_in_names_from_a_record(report):
+    # Config refuses them, but a record or another app's report may hold anything: a newline
+    # must not break the block, an escape sequence must not reach the terminal.
+    metric = report.metric("correct").model_copy(update={"name": "a\nb\x1b[2J\x1b[31mred\x9b"})
+    odd = report.model_copy(update={"metrics": [metric], "warnings": ["feedback x\ry is odd"]})
+    text = render_table(odd)
+    assert "a\\nb\\x1b[2J\\x1b[31mred\\x9b  (rate per report" in text
+    assert "WARNING: feedback x\\ry is odd" in text
+    assert all(c == "\n" or c.isprintable() for c in text)
+
+
 # --- HTML ----------------------------------------------------------------------------------
 
 
