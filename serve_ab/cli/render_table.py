@@ -320,7 +320,9 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
                      f"(shadow minus live, n {score.n:,}{_design_effect_text(score.design_effect)})")
     drift = shadow.drift
     if drift:
-        lines.append(f"  drift       KL {_num(drift.kl)}, PSI {_num(drift.psi)}, JS {_num(drift.js)}")
+        # JS distance too: the gates' drift_js_distance reads it (the divergence is its square).
+        lines.append(f"  drift       KL {_num(drift.kl)}, PSI {_num(drift.psi)}, JS divergence {_num(drift.js)} bits, "
+                     f"JS distance {_num(drift.js_distance)}")
     latency = shadow.latency_ms
     if latency.p50 is not None:
         lines.append(f"  latency     p50 {_num(latency.p50)} ms, p95 {_num(latency.p95)} ms, "

@@ -244,6 +244,13 @@ def test_table_escapes_control_characters_in_names_from_a_record(report):
     assert all(c == "\n" or c.isprintable() for c in text)
 
 
+def test_shadow_drift_shows_the_js_distance_the_gates_read(report, no_plots):
+    drift = report.shadow.drift
+    said = (f"drift       KL {drift.kl:.4g}, PSI {drift.psi:.4g}, JS divergence {drift.js:.4g} bits, "
+            f"JS distance {drift.js_distance:.4g}")
+    assert said in render_table(report) and said in render_html(report)
+
+
 # --- HTML ----------------------------------------------------------------------------------
 
 
