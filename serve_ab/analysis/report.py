@@ -94,7 +94,9 @@ def build_report(
     weights = _weights(weights_pct, versions)
     analysis = cfg.analysis
     alpha = analysis.alpha
-    compared = [v for v in versions if v != control and (weights[v] > 0 or versions[v]["requests"] > 0)]
+    # Compared: what the split routes to now or routed to (assigned) before. Not a version
+    # only pinned (QA's requests to a shadow made it a variant "not enough data" beside v1).
+    compared = [v for v in versions if v != control and (weights[v] > 0 or versions[v]["assigned"] > 0)]
     warnings: list[str] = []
 
     variants = {name: _variant_section(name, data, control, weights[name], cfg) for name, data in versions.items()}
@@ -692,6 +694,7 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
     return {
         "version": shadow.get("version"),
         "mirrored": mirrored,
+        "dropped": int(shadow.get("dropped", 0)),
         "errors": errors,
         "errors_by_kind": dict(shadow.get("errors_by_kind") or {}),
         "error_rate": errors / mirrored if mirrored else None,

@@ -63,7 +63,8 @@ class ShadowSetup(_Model):
 class Experiment(_Model):
     model: str
     control: str
-    variants: list[str] = Field(description="versions compared with the control (weight > 0 or requests > 0)")
+    variants: list[str] = Field(description="versions compared with the control (weight > 0 now, or requests "
+                                "the split assigned them before)")
     versions: list[str] = Field(description="every version served, the control first as configured")
     weights_pct: dict[str, Num] = Field(description="the configured weights, percent")
     weights_pct_now: dict[str, Num] = Field(description="the weights the routers use now, percent")
@@ -410,6 +411,8 @@ class Similarity(_Model):
 class ShadowResult(_Model):
     version: str | None
     mirrored: int
+    dropped: int = Field(default=0, description="copies not sent: the routers had too many waiting for the "
+                         "shadow (it answered slower than live requests came); in no figure below")
     errors: int
     errors_by_kind: dict[str, int]
     error_rate: Num | None

@@ -291,7 +291,8 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     conf = f"{agreement.confidence:.0%}"
     errors = f"{shadow.errors:,} error{'' if shadow.errors == 1 else 's'}"
     lines = [f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {errors}"
-             + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")]
+             + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")
+             + (f"; {shadow.dropped:,} not sent: the shadow fell behind the live traffic" if shadow.dropped else "")]
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
         rule = f" ({shadow.agreement_rule})" if shadow.task != "classification" and shadow.agreement_rule else ""
