@@ -93,15 +93,25 @@ def _gpus(amount: float) -> str:
 
 
 def _gpus_needed(requests: Sequence[tuple[float, int]]) -> float:
-    """Fewest GPUs that can hold ``replicas`` replicas of each ``num_gpus``.
+    """GPUs that hold ``replicas`` replicas of each ``num_gpus``, packed first-fit, largest first.
 
-    The sum is not enough: a fraction must fit within one GPU, so no two replicas asking
-    for more than half a GPU can share one (three replicas of 0.6 need three GPUs).
+    The sum is not enough: Ray places a fraction within one GPU, so three replicas of 0.6 need
+    three GPUs, and five of 0.4 need three (two fit on one). A whole number of GPUs takes that
+    many GPUs of its own. First-fit decreasing may use a GPU more than the best packing in rare
+    mixes of sizes; Ray itself places replicas one by one as they come, never better than that.
     """
-    total = sum(gpus * replicas for gpus, replicas in requests)
-    exclusive = sum((math.ceil(gpus - _EPS) if gpus >= 1 else float(gpus > 0.5)) * replicas
-                    for gpus, replicas in requests)
-    return max(total, exclusive)
+    whole = sum(math.ceil(gpus - _EPS) * replicas for gpus, replicas in requests if gpus >= 1 - _EPS)
+    fractions = sorted((gpus for gpus, replicas in requests if 0 < gpus < 1 - _EPS for _ in range(replicas)),
+                       reverse=True)
+    free: list[float] = []  # what is left on each GPU the fractions have opened
+    for gpus in fractions:
+        for i, left in enumerate(free):
+            if left + _EPS >= gpus:
+                free[i] = left - gpus
+                break
+        else:
+            free.append(1.0 - gpus)
+    return float(whole + len(free))
 
 
 class _Cluster:
@@ -198,13 +208,21 @@ def _gpu_shortfalls(cfg: ExperimentConfig, requests: Sequence[_Request],
         gpus = request.num_gpus
         path = f"{request.path}.num_gpus"
         if gpus <= 0:
-            if cluster.gpus() <= 0:
-                for index in request.versions:
-                    version = cfg.versions[index]
-                    if version.device == "cuda":
-                        shortfalls.append((request, (
-                            f"versions.{index}.device: version {version.name!r} asks for device cuda, "
-                            f"but the cluster has no GPU; {_WAYS_OUT} (got 'cuda')")))
+            for index in request.versions:
+                version = cfg.versions[index]
+                if version.device != "cuda":
+                    continue
+                if cluster.gpus() <= 0:
+                    shortfalls.append((request, (
+                        f"versions.{index}.device: version {version.name!r} asks for device cuda, "
+                        f"but the cluster has no GPU; {_WAYS_OUT} (got 'cuda')")))
+                else:
+                    # Ray hides no GPU from a replica that reserved none: the model runs on a GPU
+                    # the scheduler thinks is free, and may give to another replica whole.
+                    logger.warning(
+                        "serve-ab: version %s has device: cuda but %s reserves no GPU (num_gpus 0): "
+                        "it will use a GPU Ray does not count as taken; set %s to the share it needs "
+                        "(e.g. 0.5)", version.name, request.owner, path)
             continue
         per_replica_nodes = cluster.holding({**request.resources, "GPU": gpus})
         if not per_replica_nodes:

@@ -72,7 +72,7 @@ def test_a_third_half_gpu_does_not_fit_and_only_it_moves_to_the_cpu():
     message = refusal(isolated(0.5, 0.5, 0.5), ONE_GPU)
     assert "(1 error)" in message
     assert "versions.2.deployment.ray_actor_options.num_gpus" in message
-    assert "needs 1.5 GPUs, but the cluster has 1 GPU" in message
+    assert "needs 2 GPUs, but the cluster has 1 GPU" in message
     fitted = apply_resource_policy(isolated(0.5, 0.5, 0.5, resources_missing="cpu"), ONE_GPU)
     # Listing order decides: the versions listed first (the stable one) keep their GPU.
     assert [v.device for v in fitted.versions] == ["cuda", "cuda", "cpu"]
@@ -159,6 +159,34 @@ def test_device_cuda_without_a_gpu_reservation_on_a_cpu_only_cluster():
     fitted = apply_resource_policy(cuda.model_copy(update={"resources_missing": "cpu"}), CPU_ONLY)
     assert [v.device for v in fitted.versions] == ["auto", "cpu"]
     assert apply_resource_policy(cuda, ONE_GPU) == cuda  # a GPU is there; Ray lets it see it
+
+
+def test_device_cuda_without_a_gpu_reservation_on_a_gpu_cluster_is_warned_about(caplog):
+    # Ray leaves every GPU visible to a replica that reserved none: the model would use a GPU
+    # the scheduler counts as free (an audit; `validate` and the deploy said nothing).
+    cfg = isolated(0, 0)
+    cuda = cfg.model_copy(update={"versions": [cfg.versions[0],
+                                               cfg.versions[1].model_copy(update={"device": "cuda"})]})
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert apply_resource_policy(cuda, ONE_GPU) == cuda
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("serve-ab: version v2 has device: cuda but version 'v2' reserves no GPU (num_gpus 0)")
+    assert "versions.1.deployment.ray_actor_options.num_gpus" in line
+
+
+def test_fractions_are_packed_into_whole_gpus_not_summed():
+    # Ray places a fraction within one GPU: five replicas of 0.4 need three GPUs (two per GPU),
+    # 0.7 + 3 x 0.4 need three too; the sum (2.0, 1.9) said two fit, and a replica waited forever.
+    two_gpus = {**CPU_ONLY, "GPU": 2.0}
+    assert "needs 3 GPUs, but the cluster has 2 GPUs" in refusal(isolated(0.4, replicas=5), two_gpus)
+    cfg = isolated(0.7, 0.4)
+    three_of_04 = cfg.versions[1].model_copy(update={"deployment": cfg.versions[1].deployment.model_copy(
+        update={"num_replicas": 3})})
+    mixed = cfg.model_copy(update={"versions": [cfg.versions[0], three_of_04]})
+    assert "version 'v2' asks for 0.4 GPU x 3 replica(s); with the deployments listed before it that needs 3 GPUs" \
+        in refusal(mixed, two_gpus)
+    apply_resource_policy(isolated(0.4, replicas=4), two_gpus)  # two per GPU
+    apply_resource_policy(isolated(0.3, 0.7, replicas=2), two_gpus)  # 0.7 + 0.3 on each
 
 
 def test_autoscaling_counts_deploy_time_replicas_and_warns_about_the_ceiling(caplog):
