@@ -8,14 +8,15 @@ at one client, live). The model then answers a live request on the loop and a co
 thread at the same time when it both serves traffic and gets copies (a shadow with a
 weight): the backends' models (onnxruntime, torch) allow that; a ``python`` class must too.
 
-Copies that cannot be sent are counted, never silently dropped: past MAX_IN_FLIGHT calls
-out to other deployments, or MAX_WAITING copies waiting for the thread, a copy is
-``dropped`` (ShadowStats.dropped: the report, /metrics, a warning in the log).
+Copies that cannot be sent are counted, never silently dropped: past MAX_IN_FLIGHT copies to
+one version not yet answered (waiting for the copy thread, or for the version's replicas), a
+copy is ``dropped`` (ShadowStats.dropped: the report, /metrics, a warning in the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -30,13 +31,14 @@ from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import Version, answer, detached_task, error_kind
 
 logger = logging.getLogger("ray.serve")
-# Copies in flight at most: a slow mirrored version must not pile tasks up in the router.
-MAX_IN_FLIGHT = 1000
-# Copies given to the copy thread and not answered, at most (colocated): past them the version
-# answers slower than live requests come, and a longer queue would only hold more batches.
-MAX_WAITING = 32
+# Copies to one version not yet answered, at most: past them it answers slower than live
+# requests come, and a longer queue only makes copies wait. At 1,000 (before), an isolated
+# shadow answering 4 at a time held 1,000 copies queued in the router, 825 of which waited
+# out isolation.call_timeout_s and counted as its errors, and its latency read 34 s of queue.
+MAX_IN_FLIGHT = 32
 # A warning that copies were dropped at most this often, with the count since the last.
 DROP_LOG_EVERY_S = 60.0
+_monotonic = time.monotonic  # the warnings' clock (tests replace it)
 
 
 class _OnCopyThread:
@@ -76,7 +78,7 @@ class MirrorSender:
         self.mirrors: Sequence[Mirror] = ()
         self._tasks: set[asyncio.Task] = set()  # held so the loop does not drop them
         self._pool: ThreadPoolExecutor | None = None  # the copy thread, made at the first in-process copy
-        self._waiting = 0  # copies given to the copy thread and not yet answered
+        self._in_flight: collections.Counter[str] = collections.Counter()  # copies not yet answered, by version
         self.dropped = 0  # copies not sent, since the start
         self._dropped_logged = 0
         self._dropped_logged_at_s = -DROP_LOG_EVERY_S
@@ -90,12 +92,11 @@ class MirrorSender:
             if mirror.version == live_version or version is None \
                     or self.rng.random() * 100.0 >= mirror.percent:
                 continue
-            copy_thread = getattr(version, "predict_blocking", None) is not None
-            if len(self._tasks) >= MAX_IN_FLIGHT or (copy_thread and self._waiting >= MAX_WAITING):
+            if self._in_flight[mirror.version] >= MAX_IN_FLIGHT:
                 self._drop(mirror.version)
                 continue
-            if copy_thread:
-                self._waiting += 1
+            self._in_flight[mirror.version] += 1
+            copy_thread = getattr(version, "predict_blocking", None) is not None
             # Detached: a copy is not cancelled with the live request (a client gone at once).
             task = detached_task(self._mirrored(mirror.version, version, live_version, batch, live_outputs,
                                                 request_id, unit, copy_thread))
@@ -111,8 +112,8 @@ class MirrorSender:
             try:
                 outputs = await answer(name, version, batch, self.output_spec())
             finally:
+                self._in_flight[name] -= 1
                 if copy_thread:
-                    self._waiting -= 1
                     started_s = on_thread.begun_s or started_s
         except Exception as err:
             kind = error_kind(err)
@@ -132,19 +133,25 @@ class MirrorSender:
         return self._pool
 
     def _drop(self, version: str) -> None:
-        """A copy not sent: counted for the report and /metrics, and said in the log (at most
-        once a DROP_LOG_EVERY_S, with the count since the last warning)."""
+        """A copy not sent: counted for the report and /metrics, and said in the log."""
         self.dropped += 1
         self.observations.dropped(version)
-        now_s = time.monotonic()
-        if now_s - self._dropped_logged_at_s >= DROP_LOG_EVERY_S:
-            logger.warning(
-                "serve-ab router: %d cop%s to version %s dropped (since the start: %d): %d copies were "
-                "waiting for it; it answers slower than live requests come. The report's shadow line and "
-                "serve_ab_shadow_dropped_total count them.", self.dropped - self._dropped_logged,
-                "y" if self.dropped - self._dropped_logged == 1 else "ies", version, self.dropped,
-                self._waiting if self._waiting >= MAX_WAITING else len(self._tasks))
-            self._dropped_logged, self._dropped_logged_at_s = self.dropped, now_s
+        self.warn_dropped()
+
+    def warn_dropped(self) -> None:
+        """Warn of the copies dropped since the last warning, at most once a DROP_LOG_EVERY_S;
+        called at each drop, and by the router's flush so that a burst's tail is said too."""
+        new = self.dropped - self._dropped_logged
+        now_s = _monotonic()
+        if new == 0 or now_s - self._dropped_logged_at_s < DROP_LOG_EVERY_S:
+            return
+        logger.warning(
+            "serve-ab router: %d cop%s to a mirrored version dropped (since the start: %d; not yet answered "
+            "now: %s): it answers slower than live requests come, and at most %d copies wait for each "
+            "version. The report's shadow line and serve_ab_shadow_dropped_total count them.",
+            new, "y" if new == 1 else "ies", self.dropped,
+            ", ".join(f"{v} {n}" for v, n in sorted(self._in_flight.items()) if n) or "none", MAX_IN_FLIGHT)
+        self._dropped_logged, self._dropped_logged_at_s = self.dropped, now_s
 
     async def drain(self) -> None:
         """Wait for the copies in flight (tests, shutdown)."""

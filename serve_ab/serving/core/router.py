@@ -464,6 +464,7 @@ class RouterCore:
         taken (it was away) or lacks (it restarted): :class:`ReportLedger`. ``last``: the
         replica is stopping, and its report says so, even an empty one."""
         async with self._flush_lock:
+            self.mirrors.warn_dropped()  # the tail of a burst of dropped copies, once a minute has passed
             aggregate = self.observations.drain()
             failed = self.failed_versions()
             idle_too_long = self.clock() - self._reported_s >= IDLE_REPORT_S
