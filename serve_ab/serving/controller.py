@@ -987,8 +987,10 @@ class ExperimentController:
 
     # -- control -----------------------------------------------------------------------------
 
-    async def status(self, history: bool = False) -> RolloutStatus:
-        return self.core.status(history)
+    async def status(self, history: bool = False) -> dict[str, Any]:
+        # Plain data across the actor boundary, as before the model: a router of the previous
+        # release (a rolling upgrade) reads it, where it could not unpickle a RolloutStatus.
+        return self.core.status(history).model_dump(mode="json")
 
     async def stats(self) -> dict[str, Any]:
         return self.core.stats_snapshot(samples=True)
@@ -1005,7 +1007,7 @@ class ExperimentController:
 
         return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
 
-    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> ActionAnswer | Refused:
+    async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
         if self._not_holding is not None:
             return Refused(StoreUnavailable(f"this controller does not hold the model's state now ({self._not_holding}); "
                                             "retry in a few seconds"))
@@ -1017,4 +1019,4 @@ class ExperimentController:
             self._notify()
         # The status, and whether this action changed it: false for one that found nothing
         # to change (an abort of an aborted rollout), which only wrote its history entry.
-        return ActionAnswer(**dict(self.core.status()), changed=changed)
+        return ActionAnswer(**dict(self.core.status()), changed=changed).model_dump(mode="json")  # as status()

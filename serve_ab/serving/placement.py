@@ -16,6 +16,7 @@ starts GPU nodes on demand, keep one such node up (or use ``resources_missing: c
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -101,16 +102,24 @@ def _gpus_needed(requests: Sequence[tuple[float, int]]) -> float:
     mixes of sizes; Ray itself places replicas one by one as they come, never better than that.
     """
     whole = sum(math.ceil(gpus - _EPS) * replicas for gpus, replicas in requests if gpus >= 1 - _EPS)
-    fractions = sorted((gpus for gpus, replicas in requests if 0 < gpus < 1 - _EPS for _ in range(replicas)),
-                       reverse=True)
+    counts: collections.Counter[float] = collections.Counter()
+    for gpus, replicas in requests:
+        if 0 < gpus < 1 - _EPS:
+            counts[gpus] += replicas
     free: list[float] = []  # what is left on each GPU the fractions have opened
-    for gpus in fractions:
+    # Replicas of one size at a time, as many on each GPU as fit: the same as placing them one
+    # by one first-fit, in time that does not grow with the square of max_replicas.
+    for gpus in sorted(counts, reverse=True):
+        left_to_place = counts[gpus]
         for i, left in enumerate(free):
-            if left + _EPS >= gpus:
-                free[i] = left - gpus
+            fit = min(left_to_place, int((left + _EPS) // gpus))
+            free[i] -= fit * gpus
+            left_to_place -= fit
+            if not left_to_place:
                 break
-        else:
-            free.append(1.0 - gpus)
+        per_gpu = int((1.0 + _EPS) // gpus)
+        full, rest = divmod(left_to_place, per_gpu)
+        free += [1.0 - per_gpu * gpus] * full + ([1.0 - rest * gpus] if rest else [])
     return float(whole + len(free))
 
 

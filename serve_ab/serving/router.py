@@ -36,7 +36,6 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from serve_ab.api.access_log import RAY_SERVE_LOGGER, VersionsAnswered, name_versions_on_access_lines
-from serve_ab.api.status import ActionAnswer, RolloutStatus
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
@@ -159,14 +158,14 @@ class ControllerClient:
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())
 
-    async def act(self, action: Action, body: Any, actor: Actor) -> ActionAnswer:
+    async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
         return await self._ask(self.handle.act.remote(action, body, actor))
 
     # Reads give up after READ_TIMEOUT_S (REPORT_TIMEOUT_S): a controller that is not up yet (waiting for its
     # store) would otherwise hold them for as long as it waits. Actions wait: given up on, they
     # could still be applied after the operator was told they were not (feedback, given up on,
     # says so, and its retry is told apart: FEEDBACK_TIMEOUT_S).
-    async def status(self, history: bool = False) -> RolloutStatus:
+    async def status(self, history: bool = False) -> dict[str, Any]:
         return await self._ask(self.handle.status.remote(history), READ_TIMEOUT_S)
 
     async def stats(self) -> dict[str, Any]:
@@ -253,6 +252,7 @@ class Router:
             await asyncio.wait_for(core.mirrors.drain(), SHUTDOWN_DRAIN_S)
         except asyncio.TimeoutError:
             pass
+        core.mirrors.close()
         await core.flush_once(last=True)
 
     # -- Python callers (DeploymentHandle) ----------------------------------------------------

@@ -16,7 +16,6 @@ from enum import Enum
 from typing import Any, Protocol
 
 from serve_ab.analysis.aggregate import IntervalAggregate
-from serve_ab.api.status import ActionAnswer, RolloutStatus
 
 
 @dataclass(frozen=True)
@@ -121,9 +120,11 @@ class ControllerApi(Protocol):
 
     async def feedback_key(self) -> bytes: ...
 
-    async def act(self, action: Action, body: Any, actor: Actor) -> ActionAnswer: ...
+    async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
+        """An ActionAnswer as plain data (``model_dump(mode="json")``)."""
 
-    async def status(self, history: bool = False) -> RolloutStatus: ...
+    async def status(self, history: bool = False) -> dict[str, Any]:
+        """A RolloutStatus as plain data (``model_dump(mode="json")``)."""
 
     async def stats(self) -> dict[str, Any]: ...
 

@@ -49,7 +49,7 @@ from serve_ab.serving.core.decision import Choice, TrafficDecision
 from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.ledger import FeedbackCall, ReportLedger
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
-from serve_ab.serving.core.mirror import MirrorSender
+from serve_ab.serving.core.mirror import MirrorSender, copy_caps
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import (
     FailedVersion,
@@ -107,7 +107,8 @@ class RouterCore:
             tasks=task_rules(cfg.versions))
         self.observations.routed_by(-1, self.decision.assigner.table.weights_pct())
         self.replica = "router"  # named in reports; the Ray shell sets the replica's id
-        self.mirrors = MirrorSender(self.observations, clock, output_spec=self._output_spec)
+        self.mirrors = MirrorSender(self.observations, clock, output_spec=self._output_spec,
+                                    in_flight_cap=copy_caps(cfg).get)
         self.epoch = -1
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)

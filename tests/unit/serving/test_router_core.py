@@ -16,7 +16,7 @@ from serve_ab.config import parse_experiment
 from serve_ab.errors import BadOutput, InvalidInput, ModelFailed, VersionNotServed, VersionUnavailable
 from serve_ab.serving.core.decision import key_text
 from serve_ab.serving.core.messages import Mirror, RoutingSnapshot
-from serve_ab.serving.core.mirror import MAX_IN_FLIGHT
+from serve_ab.serving.core.mirror import MAX_IN_FLIGHT, copy_caps
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.versions import check_outputs
@@ -815,3 +815,17 @@ def test_an_isolated_shadows_copies_are_capped_too_and_the_tail_of_a_burst_is_sa
     assert [line.split(" (")[0] for line in said] == ["serve-ab router: 1 copy to a mirrored version dropped"] * 2
     assert "since the start: 2" in said[1]
     assert core.mirrors.dropped == 2
+
+
+def test_an_isolated_versions_copies_may_fill_what_its_replicas_take_at_once():
+    # 32 copies for any isolated version dropped copies to a fast shadow with room to spare
+    # (a review: 340 of 500 at 50 ms a copy); its cap is its replicas' capacity, at least 32.
+    cfg = experiment(placement="isolated", versions=[
+        {"name": "v1", "path": "a.onnx", "backend": "onnx"},
+        {"name": "v2", "path": "b.onnx", "backend": "onnx",
+         "deployment": {"num_replicas": 3, "max_ongoing_requests": 40}},
+        {"name": "v3", "path": "c.onnx", "backend": "onnx",
+         "deployment": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}, "max_ongoing_requests": 4}}],
+        weights={"v1": 100})
+    assert copy_caps(cfg) == {"v1": 256, "v2": 120, "v3": 8}
+    assert copy_caps(experiment()) == {}  # colocated: the copy thread's MAX_IN_FLIGHT
