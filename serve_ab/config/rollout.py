@@ -322,7 +322,7 @@ class NotificationReceiver(HttpHook):
     events: list[str] = Field(
         default_factory=lambda: list(NOTIFICATION_EVENTS),
         description="Which events to send: phase_changed (every phase change, an operator's "
-        "too), action (every operator's action), analysis_failed, progress (a step moved, weights "
+        "too), action (every operator's action: one with an actor), analysis_failed, progress (a step moved, weights "
         "set, a hold); unset sends all. Each history entry is sent once: an abort is a "
         "phase_changed event naming its action and actor, sent to receivers of either.",
     )

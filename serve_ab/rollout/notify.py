@@ -101,7 +101,7 @@ def event_kind(entry: Mapping[str, Any]) -> str:
     ``action`` only, a receiver of [phase_changed, analysis_failed] never heard of it."""
     if entry.get("from_phase") != entry.get("to_phase"):
         return "phase_changed"
-    if entry.get("action"):
+    if entry.get("action") and entry.get("actor") is not None:  # the controller's own acts have none
         return "action"
     if str(entry.get("reason", "")).startswith(ANALYSIS_FAILED):
         return "analysis_failed"
@@ -127,9 +127,11 @@ def events_from_history(entries: Iterable[Mapping[str, Any]], *, model: str, rol
 
 def wanted(event: RolloutEvent, events: Iterable[str]) -> bool:
     """Whether a receiver of ``events`` gets ``event``: its kind is one of them, or it came
-    from an operator's action and they include ``action`` (an abort is a ``phase_changed``)."""
+    from an operator's action and they include ``action`` (an abort is a ``phase_changed``).
+    An operator's: one with an actor; the controller's own abort of a candidate that failed
+    to load names the action too, with no actor."""
     events = set(events)
-    return event.event in events or (event.action is not None and "action" in events)
+    return event.event in events or (event.actor is not None and "action" in events)
 
 
 def _iso(t_s: float) -> str:

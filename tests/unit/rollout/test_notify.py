@@ -19,6 +19,7 @@ from serve_ab.rollout.notify import (
     event_kind,
     events_from_history,
     slack_payload,
+    wanted,
     webhook_payload,
 )
 from tests.support.fakes import FakeClock
@@ -252,6 +253,17 @@ def test_an_operators_phase_change_reaches_phase_changed_and_action_receivers_on
             ("phase_changed", "aborted", "abort", alice), ("phase_changed", "promoted", "promote", alice)], path
     assert hooks.bodies("/steps") == []
     sender.close()
+
+
+def test_the_controllers_own_abort_is_no_operators_action():
+    # The controller aborts a candidate that failed to load through the same act as an
+    # operator's abort, with no actor: an [action] receiver (every operator's action) got it.
+    rollout = Rollout(canary_config(), FakeClock(0.0))
+    rollout.tick({})
+    rollout.abort("candidate v2 failed to load")
+    abort = history_events(rollout)[-1]
+    assert (abort.event, abort.action, abort.actor) == ("phase_changed", "abort", None)
+    assert not wanted(abort, ["action"]) and wanted(abort, ["phase_changed"])
 
 
 def test_a_missing_secret_fails_that_receiver_only_naming_the_variable(hooks, caplog):
