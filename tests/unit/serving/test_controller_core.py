@@ -3,6 +3,7 @@ persistence across a restart, control actions. No Ray is started."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -1125,13 +1126,28 @@ def test_the_controller_warns_at_start_of_each_unset_hook_variable(monkeypatch, 
     assert "rollout.steps[1].confirm.url_from_env names environment variable AUDIT_APPROVALS_URL" in caplog.text
 
 
+async def drive_with_webhooks(core: ControllerCore, clock: FakeClock, seconds: int) -> None:
+    """``seconds`` of traffic (v1 20 and v2 5 requests a second), each second's webhook answers
+    in hand before the tick, until the rollout ends."""
+    from serve_ab.rollout.webhook import WebhookPoller
+
+    poller = WebhookPoller(core.cfg.rollout, core.cfg.model)
+    for _ in range(seconds):
+        clock.advance(1.0)
+        report(core, clock, "v1", 20)
+        report(core, clock, "v2", 5)
+        poller.poll(clock(), core.rollout)
+        while poller.refreshing:  # a test's shortcut: the controller never waits
+            await asyncio.sleep(0.01)
+        core.tick(None, poller.poll(clock(), core.rollout))
+        if core.rollout.done:
+            return
+
+
 def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
     # Gates' and confirm steps' answers shared one dict keyed by strings ("confirm@1" for step
     # 1's): a passing gate of that name confirmed the step, and the canary was promoted
     # without its confirm endpoint ever being asked.
-    import asyncio
-
-    from serve_ab.rollout.webhook import WebhookPoller
     from tests.unit.rollout.hooks import HookServer
 
     hooks = HookServer()
@@ -1142,20 +1158,8 @@ def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
                      steps=[{"set_weight": 20}, {"confirm": {"url": hooks.url + "/confirm", "interval_s": 5}},
                             {"set_weight": 100}])
     core = ControllerCore(cfg, MemoryStateStore(), clock)
-
-    async def drive() -> None:
-        poller = WebhookPoller(cfg.rollout, cfg.model)
-        for _ in range(30):
-            clock.advance(1.0)
-            report(core, clock, "v1", 20)
-            report(core, clock, "v2", 5)
-            poller.poll(clock(), core.rollout)
-            while poller.refreshing:  # a test's shortcut: the controller never waits
-                await asyncio.sleep(0.01)
-            core.tick(None, poller.poll(clock(), core.rollout))
-
     try:
-        asyncio.run(drive())
+        asyncio.run(drive_with_webhooks(core, clock, 30))
     finally:
         hooks.close()
     assert core.rollout.phase.value == "progressing" and core.rollout.state.step_index == 1
@@ -1164,9 +1168,6 @@ def test_a_webhook_gate_named_like_a_confirm_key_does_not_confirm_the_step():
 
 
 def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
-    import asyncio
-
-    from serve_ab.rollout.webhook import WebhookPoller
     from tests.unit.rollout.hooks import HookServer
 
     hooks = HookServer()
@@ -1175,22 +1176,8 @@ def test_a_webhook_gate_answering_false_aborts_the_canary_with_its_reason():
     gates = [{"metric": "webhook", "url": hooks.url + "/gate", "name": "suite", "timeout_s": 2}]
     cfg = with_receiver(experiment(gates=gates), hooks.url + "/events")
     core = ControllerCore(cfg, MemoryStateStore(), clock)
-
-    async def drive() -> None:
-        poller = WebhookPoller(cfg.rollout, cfg.model)
-        for _ in range(20):
-            clock.advance(1.0)
-            report(core, clock, "v1", 20)
-            report(core, clock, "v2", 5)
-            poller.poll(clock(), core.rollout)
-            while poller.refreshing:  # a test's shortcut: the controller never waits
-                await asyncio.sleep(0.01)
-            core.tick(None, poller.poll(clock(), core.rollout))
-            if core.rollout.done:
-                return
-
     try:
-        asyncio.run(drive())
+        asyncio.run(drive_with_webhooks(core, clock, 20))
         status = core.status()
         assert status.phase == "aborted" and status.weights_pct == {"v1": 100.0, "v2": 0.0}
         assert "webhook[suite]" in status.reason and "'integration suite: 3 of 40 failed'" in status.reason
