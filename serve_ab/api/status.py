@@ -26,9 +26,12 @@ Example::
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PrivateAttr, StrictInt, WithJsonSchema
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11's; the project runs on 3.10 too
+    from typing_extensions import Self
 
 __all__ = [
     "ActionAnswer", "ControllerInfo", "GateLook", "GateWindow", "HistoryEntry", "NotificationCounts",
