@@ -179,7 +179,7 @@ def parse_body(model: type[BaseModel], body: Any, error: type[InvalidInput] = In
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise error("; ".join(format_validation_error(err))) from None
+        raise error("; ".join(format_validation_error(err, model=model))) from None
 
 
 def predict_inputs(body: Any) -> Any:

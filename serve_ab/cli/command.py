@@ -23,7 +23,8 @@ from serve_ab.config.experiment import (
 )
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
 from serve_ab.cli.preflight import LOAD_TIMEOUT_S
-from serve_ab.config.serve_file import AppKind, check_app, load_yaml, unknown_keys
+from serve_ab.config.known_keys import unknown_keys
+from serve_ab.config.serve_file import AppKind, check_app, load_yaml
 from serve_ab.routing import NUM_BUCKETS
 from serve_ab.store.state import describe_store
 
@@ -208,7 +209,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
     try:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as err:
-        errors += format_validation_error(err)
+        errors += format_validation_error(err, model=ServeDeploySchema)
     except ImportError as err:  # Ray's schema imports the classes a file names (request_router_class, ...)
         errors.append(f"Ray Serve's schema could not import a class this file names ({err}); is its module "
                       "on the import path? (--app-dir, as serve run's)")

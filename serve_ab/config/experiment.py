@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -43,6 +44,7 @@ from serve_ab.config.rollout import (
     Strategy,
     shown_value,
 )
+from serve_ab.config.known_keys import unknown_key_hint
 from serve_ab.store.url import parse_store_url, redact_url
 
 
@@ -1098,9 +1100,11 @@ _QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
 _MESSAGE_CHARS = 1000
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+def format_validation_error(err: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None) -> list[str]:
     """One line per error: field path, what is wrong or valid, and the value received (cut to
-    about 200 characters: YAML aliases can make it megabytes)."""
+    about 200 characters: YAML aliases can make it megabytes). With the ``model`` validated,
+    a key it does not know also gets the nearest valid key and the valid ones."""
     lines = []
     for item in err.errors(include_url=False):
         path = ".".join(part for part in (prefix, *_error_path(item["loc"])) if part != "") or ROOT_PATH
@@ -1120,6 +1124,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
             lines.append(f"{path}: {message}")  # it should name a secret's variable: it may be the secret
         elif isinstance(received, dict) and item["type"] != "extra_forbidden":
             lines.append(f"{path}: {message}")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key (got {shown_value(received)}){unknown_key_hint(model, item['loc'])}")
         else:
             lines.append(f"{path}: {message} (got {shown_value(received)}){_yaml_number_hint(item['type'], received)}")
     return lines
@@ -1176,4 +1182,4 @@ def parse_experiment(args: Any, where: str = "experiment") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(args)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err), where) from None
+        raise ConfigError(format_validation_error(err, model=ExperimentConfig), where) from None

@@ -1,22 +1,19 @@
 """What ``serve-ab validate`` checks in a Ray Serve config file besides the experiment.
 
 The YAML itself (:func:`load_yaml` refuses a key given twice, which PyYAML would let the
-second silently win), keys Ray Serve's own schema does not have (:func:`unknown_keys`: Ray
-ignores them, so a misspelt ``http_options`` leaves the app on the default port), an
-application's ``import_path`` (one of serve-ab's builders, not just any name under
-``serve_ab``) and the ``args:`` of the metrics app, which are not an experiment. Pure: no Ray
-import (Ray's schema is an argument).
+second silently win), an application's ``import_path`` (one of serve-ab's builders, not just
+any name under ``serve_ab``) and the ``args:`` of the metrics app, which are not an
+experiment. Keys Ray Serve's schema lacks: :mod:`serve_ab.config.known_keys`. Pure: no Ray
+import.
 """
 
 from __future__ import annotations
 
-import difflib
-import typing
 from enum import Enum
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from serve_ab.config._base import Strict as _Strict
 from serve_ab.config.experiment import errors_under, format_validation_error
@@ -68,7 +65,7 @@ def check_app(app: dict[str, Any], where: str) -> tuple[AppKind | None, list[str
         try:
             MetricsAppConfig.model_validate(app.get("args") if app.get("args") is not None else {})
         except ValidationError as err:
-            return kind, errors_under(f"{where}.args", format_validation_error(err))
+            return kind, errors_under(f"{where}.args", format_validation_error(err, model=MetricsAppConfig))
     return kind, []
 
 
@@ -104,51 +101,3 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
 
 
-def unknown_keys(raw: Any, model: type[BaseModel], path: str = "", *, ray_version: str = "",
-                 skip: frozenset[str] = frozenset({"args"})) -> list[str]:
-    """One line per key of ``raw`` that ``model`` (Ray's ``ServeDeploySchema``) and the models
-    nested in it do not have, by field path, with the nearest key it has.
-
-    Ray Serve's schema ignores such keys (on purpose: an older Serve reads a newer Serve's
-    file), so the setting written has no effect here: a warning, naming ``ray_version``, not
-    an error. Not looked into: models that refuse unknown keys themselves (Ray's own error
-    names them), ``skip``'s fields (an application's ``args:``, which serve-ab checks itself),
-    plain mappings (``runtime_env``, ``user_config``) and a field that may be one of several
-    models.
-    """
-    if not isinstance(raw, dict) or model.model_config.get("extra") in ("forbid", "allow"):
-        return []  # a value of the wrong type, or a model that refuses or keeps extras: Ray says
-    fields = {}
-    for name, field in model.model_fields.items():
-        fields[name] = field
-        for alias in (field.alias, field.validation_alias):
-            if isinstance(alias, str):
-                fields[alias] = field
-    ray = f"Ray Serve {ray_version}" if ray_version else "Ray Serve"
-    found = []
-    for key, value in raw.items():
-        where = f"{path}.{key}" if path else str(key)
-        field = fields.get(key)
-        if field is None:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.75)
-            known = f"did you mean {close[0]}?" if close else \
-                f"{model.__name__} has {', '.join(sorted(model.model_fields))}"
-            found.append(f"{where}: {ray} has no such key and ignores it, so it has no effect here ({known})")
-        elif key not in skip:
-            models = _models_in(field.annotation)
-            if len(models) != 1:
-                continue
-            items = enumerate(value) if isinstance(value, list) else [(None, value)]
-            for index, item in items:
-                found += unknown_keys(item, models[0], where if index is None else f"{where}.{index}",
-                                      ray_version=ray_version, skip=skip)
-    return found
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation names: X, Optional[X], List[X], Union[X, Y]."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if typing.get_origin(annotation) is dict:  # {name: model}: not walked, its keys are the user's
-        return []
-    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]

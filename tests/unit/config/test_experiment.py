@@ -117,7 +117,7 @@ def test_version_left_out_of_weights_gets_zero():
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"bogus": 1}, "bogus: Extra inputs are not permitted (got 1)"),
+    ({"bogus": 1}, "bogus: unknown key (got 1); valid keys: model, versions, weights, assignment, pin,"),
     ({"weights": {"v1": 90, "v2": 5}}, "weights: weights sum to 95%; they must sum to 100"),
     ({"weights": {"v1": 90, "v9": 10}}, "weights: weights names version 'v9', which is not served"),
     ({"weights": {"v1": 99.995, "v2": 0.005}}, "weights resolve to 0.01% steps"),
@@ -599,7 +599,7 @@ def test_validate_checks_the_metrics_app_against_its_own_args(tmp_path):
     raw["applications"][1]["args"] = {"ap": "digits", "num_cpus": True}
     path.write_text(yaml.safe_dump(raw))
     assert sorted(validate_file(path, check_files=False)) == [
-        "applications.1.args.ap: Extra inputs are not permitted (got 'digits')",
+        "applications.1.args.ap: unknown key (got 'digits'); did you mean 'app'? valid keys: app, num_cpus",
         "applications.1.args.app: field required",
         "applications.1.args.num_cpus: Input should be a valid number (got True)",
     ]

@@ -250,6 +250,8 @@ def test_feedback_needs_the_token_of_the_answer(app):
     assert client.post("/feedback", json=forged).status_code == 403
     response = client.post("/feedback", json=feedback | {"name": "made_up_metric"})
     assert response.status_code == 400 and "'correct'" in response.json()["error"]
+    response = client.post("/feedback", json=without | {"feedback_tokn": body["feedback_token"]})
+    assert response.status_code == 400 and "did you mean 'feedback_token'?" in response.json()["error"]
     # Any id length a header can carry is an id (Ray Serve keeps a client's x-request-id); one
     # that is not this answer's is refused by its token.
     assert client.post("/feedback", json=feedback | {"request_id": "x" * 200}).status_code == 403
