@@ -249,7 +249,9 @@ def _variant_section(name: str, data: Mapping[str, Any], control: str, weight_pc
     predicted = sum(predictions.values())
     role = "control" if name == control else "variant"
     if cfg.shadow is not None and name == cfg.shadow.version:
-        role = "shadow" if weight_pct == 0 and requests == 0 else role + "+shadow"
+        # A shadow the split never routed to is the shadow alone, even with requests pinned
+        # to it (QA): as in the versions compared, only assigned requests make it a variant.
+        role = "shadow" if weight_pct == 0 and int(data.get("assigned", 0)) == 0 else role + "+shadow"
     feedback = {}
     for metric, totals in sorted((data.get("feedback") or {}).items()):
         feedback[metric] = _feedback_arm(totals)

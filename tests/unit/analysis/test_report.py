@@ -1114,3 +1114,4 @@ def test_requests_pinned_to_the_shadow_make_it_no_variant_of_the_test():
     report, _ = build_report(make_cfg(), figures.snapshot(2.0), {"v1": 100, "v2": 0, "v3": 0})
     assert report.experiment.variants == []
     assert {c.variant for m in report.metrics for c in m.comparisons} == set()
+    assert report.variants["v3"].role == "shadow"  # not variant+shadow: only pinned requests
