@@ -205,7 +205,9 @@ def _lift_plot(report: Report, Figure: Any) -> str | None:
     # One panel per metric, each with its own scale: a +300% error rate must not flatten a +2% conversion.
     panels = []
     for metric in report.metrics:
-        rows = [c for c in metric.comparisons if c.rel_lift is not None]
+        # A comparison without a relative lift (the control at 0, e.g. no errors) keeps its row when
+        # it has a verdict: a candidate that brings errors to an error-free control is the worst case.
+        rows = [c for c in metric.comparisons if c.rel_lift is not None or c.verdict != "not_enough_data"]
         if rows:
             panels.append((metric, rows))
     if not panels:
@@ -215,22 +217,45 @@ def _lift_plot(report: Report, Figure: Any) -> str | None:
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     for ax, (metric, rows) in zip(axes, panels):
         arrow = "higher is better" if metric.direction == "increase" else "lower is better"
+        open_ended = []  # (y, bound, side, color): Fieller's set is unbounded on that side
         for y, c in enumerate(reversed(rows)):
             color = _VERDICT_COLOR[c.verdict]
+            if c.rel_lift is None:
+                why = "no data" if c.value_control is None else "the control is 0"
+                ax.annotate(f"{_VERDICT_TEXT[c.verdict]}; no relative lift ({why}): "
+                            f"abs {_comparison_cells(metric, c)['abs']}", (0.01, y), xycoords=("axes fraction", "data"),
+                            va="center", fontsize=8, color=color)
+                continue
             ci = c.rel_ci
             if ci and None not in ci:
                 ax.plot([ci[0] * 100, ci[1] * 100], [y, y], color=color, linewidth=3, alpha=0.55,
                         solid_capstyle="butt")
+            elif ci and any(b is not None for b in ci):
+                bound = next(b for b in ci if b is not None) * 100
+                ax.plot([bound, c.rel_lift * 100], [y, y], color=color, linewidth=3, alpha=0.55,
+                        solid_capstyle="butt")
+                open_ended.append((y, bound, "upper" if ci[1] is None else "lower", color))
             ax.plot([c.rel_lift * 100], [y], "o", color=color)
             ax.annotate(f"{_signed(c.rel_lift * 100, '.1f')}%  {_VERDICT_TEXT[c.verdict]}",
                         (c.rel_lift * 100, y), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=8, color=color)
-        ax.axvline(0, color="#1f2328", linewidth=0.8)
+        if all(c.rel_lift is None for c in rows):
+            ax.set_xticks([])  # words only: an x axis would read as a lift of 0 to 1%
+        else:
+            ax.axvline(0, color="#1f2328", linewidth=0.8)
+        left, right = ax.get_xlim()
+        for y, bound, side, color in open_ended:
+            # Drawn to the panel's edge, with an arrowhead: the interval goes on past it.
+            ax.annotate("", xy=(right if side == "upper" else left, y), xytext=(bound, y),
+                        arrowprops={"arrowstyle": "-|>", "color": color, "alpha": 0.55, "linewidth": 3,
+                                    "shrinkA": 0, "shrinkB": 0})
+        ax.set_xlim(left, right)
         ax.set_ylim(-0.6, len(rows) - 0.2)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([c.variant for c in reversed(rows)])
         ax.set_title(f"{metric.name} ({arrow})", loc="left", fontsize=9)
-    axes[-1].set_xlabel("relative lift over the control (%), with its confidence interval")
+    axes[-1].set_xlabel("relative lift over the control (%), with its confidence interval (an arrow: unbounded "
+                        "on that side)")
     fig.tight_layout()
     return _svg(fig)
 

@@ -1,0 +1,71 @@
+"""The HTML report's plots against the report's own figures: each plot is read back from its
+matplotlib Figure (``_svg`` swapped for the identity), not from the SVG's text."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+from matplotlib.figure import Figure
+
+from serve_ab.cli import render_html as render_html_module
+from tests.unit.analysis.test_report import Sim, make_cfg
+
+
+@pytest.fixture
+def plot(monkeypatch):
+    """``plot(name, report)``: the Figure ``render_html``'s ``_<name>_plot`` draws, or None."""
+    monkeypatch.setattr(render_html_module, "_svg", lambda fig: fig)
+
+    def draw(name: str, *args):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return getattr(render_html_module, f"_{name}_plot")(*args, Figure)
+
+    return draw
+
+
+@pytest.fixture(scope="module")
+def report():
+    cfg = make_cfg()
+    sim = Sim(cfg, seed=7).run(
+        3000, error_rate={"v1": 0.01, "v2": 0.03}, latency_scale={"v2": 1.1}, correct={"v1": 0.9, "v2": 0.94},
+        revenue={"v1": 10.0, "v2": 10.0}, cost={"v1": 2.0, "v2": 2.0}, shadow_share=0.2, flip=0.08)
+    return sim.report()[0]
+
+
+@pytest.fixture(scope="module")
+def control_at_zero():
+    """The control has no errors and never converts: no relative lift, yet decisive verdicts."""
+    cfg = make_cfg(shadow=None)
+    sim = Sim(cfg, seed=1).run(2000, error_rate={"v2": 0.05}, correct={"v1": 0.0, "v2": 0.5},
+                               revenue={"v1": 10.0, "v2": 10.0}, cost={"v1": 2.0, "v2": 2.0})
+    return sim.report()[0]
+
+
+def _panel(fig, metric: str):
+    (ax,) = [ax for ax in fig.axes if ax.get_title(loc="left").startswith(f"{metric} (")]
+    return ax
+
+
+def test_lift_plot_draws_an_open_interval_to_the_edge(report, plot):
+    c = report.metric("error_rate").comparisons[0]
+    lo, hi = c.rel_ci
+    assert lo is not None and hi is None  # the table prints it as [+34.8, unbounded]
+    ax = _panel(plot("lift", report), "error_rate")
+    (arrow,) = [a for a in ax.texts if a.arrow_patch is not None]
+    # From the lower bound to the panel's right edge, past the point.
+    assert arrow.xyann == pytest.approx((lo * 100, 0)) and arrow.xy == (ax.get_xlim()[1], 0)
+    assert ax.get_xlim()[1] > c.rel_lift * 100
+
+
+def test_lift_plot_keeps_a_verdict_whose_control_is_zero(control_at_zero, plot):
+    fig = plot("lift", control_at_zero)
+    for metric, verdict, said in (("error_rate", "worse", "WORSE"), ("correct", "better", "BETTER")):
+        c = control_at_zero.metric(metric).comparisons[0]
+        assert c.rel_lift is None and c.value_control == 0 and c.verdict == verdict
+        ax = _panel(fig, metric)
+        (text,) = [t.get_text() for t in ax.texts]
+        lo, hi = (b * 100 for b in c.abs_ci)
+        # The difference in percentage points, with the verdict's interval, as the table has it.
+        assert text == (f"{said}; no relative lift (the control is 0): "
+                        f"abs {c.abs_lift * 100:+.2f} pp [{lo:+.2f}, {hi:+.2f}]")
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["v2"] and list(ax.get_xticks()) == []
