@@ -197,8 +197,24 @@ def _svg(fig: Any) -> str:
 
 
 def _colors(names: list[str]) -> dict[str, str]:
+    """A colour per name, no two alike: a legend that gives two versions one colour tells them apart by nothing."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    names = list(dict.fromkeys(names))
     palette = ["#0969da", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#cf222e", "#57606a", "#0550ae"]
-    return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
+    if len(names) > len(palette):
+        # tab20's twenty, then hues spread evenly: neighbours grow alike, but none is the same.
+        palette = ([to_hex(c) for c in colormaps["tab20"].colors] if len(names) <= 20 else
+                   [to_hex(colormaps["turbo"](i / (len(names) - 1))) for i in range(len(names))])
+    return {name: palette[i] for i, name in enumerate(names)}
+
+
+def _report_colors(report: Report) -> dict[str, str]:
+    """Every plot's colours, from one list: a version keeps its colour from plot to plot."""
+    hist = report.plots.latency_histogram
+    return _colors([*report.experiment.versions, *report.variants, *(hist.counts if hist else ()),
+                    *report.plots.timeline.requests_cumulative])
 
 
 def _lift_plot(report: Report, Figure: Any) -> str | None:
@@ -266,7 +282,7 @@ def _arm_plot(metric: MetricResult, report: Report, Figure: Any) -> str | None:
         return None
     control = report.experiment.control
     scale = 100.0 if metric.kind == "conversion" else 1.0
-    colors = _colors(report.experiment.versions or [name for name, _ in arms])
+    colors = _report_colors(report)
     fig = Figure(figsize=(7.5, 0.5 * len(arms) + 1.0))
     ax = fig.add_subplot()
     for y, (name, arm) in enumerate(reversed(arms)):
@@ -296,7 +312,7 @@ def _latency_plot(report: Report, Figure: Any) -> str | None:
         return None
     edges = hist.edges_ms
     names = [n for n, c in hist.counts.items() if sum(c)]
-    colors = _colors([*report.experiment.versions, *hist.counts])
+    colors = _report_colors(report)
     variants = report.variants
     fig = Figure(figsize=(7.5, 3.4))
     ax = fig.add_subplot()
@@ -323,7 +339,7 @@ def _timeline_plot(report: Report, Figure: Any) -> str | None:
     minutes = [0.0] + [(t - start) / 60.0 for t in t_s]  # every count starts at 0
     requests = {k: [0, *v] for k, v in timeline.requests_cumulative.items()}
     feedback = {k: [0, *v] for k, v in timeline.feedback_cumulative.items()}
-    colors = _colors(list(requests))
+    colors = _report_colors(report)
     weights = report.experiment.weights_pct_now
     has_feedback = any(series[-1] for series in feedback.values())
     fig = Figure(figsize=(7.5, 3.0 * (2 if has_feedback else 1) + 0.3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import matplotlib
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from serve_ab.cli import render_html as render_html_module
@@ -69,3 +70,42 @@ def test_lift_plot_keeps_a_verdict_whose_control_is_zero(control_at_zero, plot):
         assert text == (f"{said}; no relative lift (the control is 0): "
                         f"abs {c.abs_lift * 100:+.2f} pp [{lo:+.2f}, {hi:+.2f}]")
         assert [t.get_text() for t in ax.get_yticklabels()] == ["v2"] and list(ax.get_xticks()) == []
+
+
+@pytest.mark.parametrize("count", [2, 8, 9, 12, 20, 21, 40])
+def test_every_version_has_its_own_colour(count):
+    # Regression: an 8-colour palette repeated, so v1 and v9 were one colour in every legend.
+    names = [f"v{i}" for i in range(1, count + 1)]
+    colors = render_html_module._colors(names)
+    assert list(colors) == names and len(set(colors.values())) == count
+
+
+def test_a_dozen_versions_are_told_apart_in_the_latency_legend(plot):
+    names = [f"v{i}" for i in range(1, 13)]
+    weights = {n: 8.33 for n in names[:-1]} | {names[-1]: 8.37}
+    cfg = make_cfg(shadow=None, versions=[{"name": n, "path": f"{n}.onnx", "backend": "onnx"} for n in names],
+                   weights=weights)
+    report = Sim(cfg, seed=3).run(3000).report()[0]
+    (ax,) = plot("latency", report).axes
+    legend = ax.get_legend()
+    shown = {t.get_text(): to_hex(h.get_color())
+             for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert list(shown) == names and len(set(shown.values())) == 12
+
+
+def test_a_version_keeps_its_colour_from_plot_to_plot(plot):
+    # Eight versions and a shadow: nine names in the latency legend, eight elsewhere.
+    names = [f"v{i}" for i in range(1, 9)]
+    cfg = make_cfg(versions=[{"name": n, "path": f"{n}.onnx", "backend": "onnx"} for n in [*names, "s"]],
+                   weights={n: 12.5 for n in names}, shadow={"version": "s", "percent": 10})
+    report = Sim(cfg, seed=3).run(3000, correct={n: 0.9 for n in names}, shadow_share=0.2).report()[0]
+    (latency,) = plot("latency", report).axes
+    legend = latency.get_legend()
+    seen = {t.get_text(): to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    timeline = plot("timeline", report).axes[0]
+    seen_again = {line.get_label(): to_hex(line.get_color()) for line in timeline.get_lines()}
+    (arms,) = plot("arm", report.metric("correct"), report).axes
+    assert "s (shadow)" in seen and all(seen[n] == seen_again[n] for n in names)
+    labels = [t.get_text() for t in arms.get_yticklabels()][::-1]  # top row first
+    colors = [to_hex(line.get_color()) for line in arms.get_lines() if line.get_marker() == "o"][::-1]
+    assert labels[0] == "v1 (control)" and colors == [seen[n] for n in names]
