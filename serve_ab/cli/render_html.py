@@ -13,8 +13,8 @@ from typing import Any
 
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
-    _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _metric_test, _metric_title, _num, _options, _p,
-    _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _when_text,
+    _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _kind, _metric_test, _metric_title, _num, _options,
+    _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _value, _when_text,
 )
 
 __all__ = ["render_html"]
@@ -295,7 +295,8 @@ def _arm_plot(metric: MetricResult, report: Report, Figure: Any) -> str | None:
                         color=color, capsize=4)
         else:
             ax.plot([value], [y], "o", color=color)
-        ax.annotate(f"{value:.2f}{'%' if scale == 100 else ''}  n={arm.n:,}", (value, y),
+        # The table's words (4 significant digits for means): a cost of 9.7e-10 is not "0.00".
+        ax.annotate(f"{_value(arm.value, _kind(metric))}  n={arm.n:,}", (value, y),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
     control_arm = metric.arms.get(control)
     if control_arm is not None and control_arm.value is not None:

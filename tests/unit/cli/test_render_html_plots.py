@@ -109,3 +109,22 @@ def test_a_version_keeps_its_colour_from_plot_to_plot(plot):
     labels = [t.get_text() for t in arms.get_yticklabels()][::-1]  # top row first
     colors = [to_hex(line.get_color()) for line in arms.get_lines() if line.get_marker() == "o"][::-1]
     assert labels[0] == "v1 (control)" and colors == [seen[n] for n in names]
+
+
+@pytest.fixture(scope="module")
+def huge_and_tiny():
+    cfg = make_cfg(shadow=None)
+    return Sim(cfg, seed=1).run(2000, correct={"v1": 0.9, "v2": 0.9}, revenue={"v1": 1e12, "v2": 1.1e12},
+                                cost={"v1": 1e-9, "v2": 2e-9}).report()[0]
+
+
+@pytest.mark.parametrize("metric", ["revenue", "cost", "latency_ms", "correct"])
+def test_arm_plot_labels_each_value_as_the_table_does(huge_and_tiny, plot, metric):
+    # Regression: "{value:.2f}" labelled costs of 9.7e-10 and 2.0e-9 both "0.00".
+    m = huge_and_tiny.metric(metric)
+    (ax,) = plot("arm", m, huge_and_tiny).axes
+    labels = {t.get_text().split("  n=")[0] for t in ax.texts}
+    v1, v2 = m.arms["v1"].value, m.arms["v2"].value
+    expected = {"revenue": {f"{v1:.4g}", f"{v2:.4g}"}, "cost": {f"{v1:.4g}", f"{v2:.4g}"},
+                "latency_ms": {f"{v1:.4g} ms", f"{v2:.4g} ms"}, "correct": {f"{v1:.2%}", f"{v2:.2%}"}}[metric]
+    assert labels == expected and len(labels) == 2
