@@ -345,28 +345,49 @@ def _timeline_plot(report: Report, Figure: Any) -> str | None:
     has_feedback = any(series[-1] for series in feedback.values())
     fig = Figure(figsize=(7.5, 3.0 * (2 if has_feedback else 1) + 0.3))
     axes = fig.subplots(2 if has_feedback else 1, 2, squeeze=False)
-    served = [n for n, series in requests.items() if series[-1]]
+    # A version weighted now but never served stays in: its flat 0 beside its weight is the finding.
+    served = [n for n, series in requests.items() if series[-1] or weights.get(n)]
     for name in served:
         axes[0][0].step(minutes, requests[name], where="post", label=name, color=colors[name])
     axes[0][0].set_title("requests (cumulative)", loc="left", fontsize=9)
     axes[0][0].legend(frameon=False)
-    totals = [sum(requests[n][i] for n in requests) for i in range(len(minutes))]
+    # Each bucket's own share, not the running one: after a canary's 5% -> 20% -> 50% the running
+    # share sits far below the weight now, which looks like a broken split where there is none.
+    in_bucket = {n: [b - a for a, b in zip(series, series[1:])] for n, series in requests.items()}
+    totals = [sum(counts) for counts in zip(*in_bucket.values())]
+    bucket_min = timeline.bucket_s / 60.0
+    starts, end = [], 0.0
+    for t in minutes[1:]:  # only the last bucket can be cut short (by now): it starts where the one before ended
+        starts.append(max(t - bucket_min, end))
+        end = t
     for name in served:
-        share = [100.0 * r / t if t else None for r, t in zip(requests[name], totals)]
-        axes[0][1].step(minutes[1:], share[1:], where="post", label=name, color=colors[name])
+        x, y, end = [], [], 0.0
+        for start, t, r, total in zip(starts, minutes[1:], in_bucket[name], totals):
+            if start > end + 1e-9:  # minutes without traffic: a gap in the line, not the next bucket's share
+                x.append(end)
+                y.append(math.nan)
+            x.append(start)
+            y.append(100.0 * r / total if total else math.nan)
+            end = t
+        axes[0][1].step([*x, end], [*y, y[-1]], where="post", label=name, color=colors[name])
         if name in weights:
             axes[0][1].axhline(weights[name], color=colors[name], linestyle="--", linewidth=0.8)
-    axes[0][1].set_title("share of requests (%); dashed: weight", loc="left", fontsize=9)
+    axes[0][1].set_title(f"share of each {timeline.bucket_s:g} s's requests (%); dashed: weight now", loc="left",
+                         fontsize=9)
     axes[0][1].set_ylim(0, 100)
     if has_feedback:
+        # The timeline counts reports of every feedback metric together: with three metrics a
+        # request brings up to three, so neither panel is one metric's sample size.
+        count = sum(1 for m in report.metrics if m.source == "feedback")
+        every = f", {count} metrics together" if count > 1 else ""
         fed = [n for n, series in feedback.items() if series[-1]]
         for name in fed:
             axes[1][0].step(minutes, feedback[name], where="post", label=name, color=colors[name])
-        axes[1][0].set_title("feedback = sample size (cumulative)", loc="left", fontsize=9)
+        axes[1][0].set_title(f"feedback reports (cumulative{every})", loc="left", fontsize=9)
         rates = {n: [f / r if r else None for f, r in zip(feedback[n], requests[n])] for n in fed}
         for name in fed:
             axes[1][1].step(minutes[1:], rates[name][1:], where="post", color=colors[name])
-        axes[1][1].set_title("feedback per request", loc="left", fontsize=9)
+        axes[1][1].set_title(f"feedback reports per request (cumulative{every})", loc="left", fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("minutes since start")
     fig.tight_layout()

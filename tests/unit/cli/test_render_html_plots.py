@@ -128,3 +128,55 @@ def test_arm_plot_labels_each_value_as_the_table_does(huge_and_tiny, plot, metri
     expected = {"revenue": {f"{v1:.4g}", f"{v2:.4g}"}, "cost": {f"{v1:.4g}", f"{v2:.4g}"},
                 "latency_ms": {f"{v1:.4g} ms", f"{v2:.4g} ms"}, "correct": {f"{v1:.2%}", f"{v2:.2%}"}}[metric]
     assert labels == expected and len(labels) == 2
+
+
+@pytest.fixture(scope="module")
+def canary():
+    """5% -> 20% -> 50%, five minutes without traffic between steps, the split never broken."""
+    cfg = make_cfg(shadow=None, weights={"v1": 95, "v2": 5})
+    sim = Sim(cfg, seed=6, users=20000)
+    for weight in (5, 20, 50):
+        sim.set_split({"v1": 100 - weight, "v2": weight}).run(2000, correct={"v1": 0.9, "v2": 0.9})
+        sim.t += 300
+    return sim.report()[0]
+
+
+def _lines(ax):
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_timeline_share_is_each_buckets_own_beside_the_weight_now(canary, plot):
+    assert not canary.srm.mismatch and canary.experiment.weights_pct_now["v2"] == 50
+    timeline = canary.plots.timeline
+    requests = timeline.requests_cumulative
+    ax = plot("timeline", canary).axes[1]
+    assert ax.get_title(loc="left") == f"share of each {timeline.bucket_s:g} s's requests (%); dashed: weight now"
+    drawn = [y for y in _lines(ax)["v2"].get_ydata() if y == y][:-1]  # NaN: minutes without traffic
+    counts = {n: [b - a for a, b in zip([0, *c], c)] for n, c in requests.items()}
+    expected = [100 * v2 / (v1 + v2) for v1, v2 in zip(counts["v1"], counts["v2"])]
+    assert drawn == pytest.approx(expected)
+    # The last step's buckets sit at its weight; the running share (24%) sat half-way below it.
+    last = expected[-5:]
+    assert 35 < sum(last) / len(last) < 65 and requests["v2"][-1] / (requests["v1"][-1] + requests["v2"][-1]) < 0.3
+    gaps = sum(1 for y in _lines(ax)["v2"].get_ydata() if y != y)
+    assert gaps == 2  # the two pauses between steps are left blank
+
+
+def test_timeline_names_feedback_reports_of_every_metric_not_a_sample_size(report, plot):
+    fig = plot("timeline", report)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles[2:] == ["feedback reports (cumulative, 3 metrics together)",
+                          "feedback reports per request (cumulative, 3 metrics together)"]
+    # Three reports a request: 3x each metric's own count of reports.
+    v1 = report.plots.timeline.feedback_cumulative["v1"][-1]
+    assert v1 == sum(report.variants["v1"].feedback[m].n for m in ("correct", "revenue", "cost"))
+
+
+def test_timeline_keeps_a_weighted_version_that_got_no_requests(plot):
+    cfg = make_cfg(shadow=None)
+    report = Sim(cfg, seed=1).run(1000, route={"v1": 100, "v2": 0, "v3": 0}).report()[0]
+    assert report.variants["v2"].requests == 0 and report.experiment.weights_pct_now["v2"] == 50
+    requests, share = plot("timeline", report).axes[:2]
+    assert set(_lines(requests)) == {"v1", "v2"} and set(_lines(requests)["v2"].get_ydata()) == {0}
+    assert {y for y in _lines(share)["v2"].get_ydata() if y == y} == {0.0}
+    assert 50.0 in {line.get_ydata()[0] for line in share.get_lines() if line.get_linestyle() == "--"}
