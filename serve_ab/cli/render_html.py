@@ -72,7 +72,10 @@ def render_html(report: Report) -> str:
                                                                      "confidence intervals"))
     parts.append("<h2>Latency</h2>")
     if "latency" in plots:
-        parts.append(_figure(plots["latency"], "Latency distribution per version (successful requests, sampled)"))
+        # The note says the last bin holds the tail past the pooled p99.5: without it that bin's
+        # bump reads as a second mode.
+        note = report.plots.latency_histogram.note if report.plots.latency_histogram else ""
+        parts.append(_figure(plots["latency"], f"Latency distribution per version (successful requests): {note}"))
     parts.append(_html_table(_latency_rows(report)))
     parts.append("<h2>Traffic and sample size over time</h2>")
     parts.append(f"<p>Sample ratio check: {esc(_srm_text(srm))}</p>")
@@ -314,7 +317,9 @@ def _latency_plot(report: Report, Figure: Any) -> str | None:
     edges = hist.edges_ms
     names = [n for n, c in hist.counts.items() if sum(c)]
     colors = _report_colors(report)
-    variants = report.variants
+    medians = {name: v.latency_ms.p50 for name, v in report.variants.items()}
+    if report.shadow is not None:  # the histogram's label for the shadow's own answers
+        medians[f"{report.shadow.version} (shadow)"] = report.shadow.latency_ms.p50
     fig = Figure(figsize=(7.5, 3.4))
     ax = fig.add_subplot()
     for name in names:
@@ -322,7 +327,7 @@ def _latency_plot(report: Report, Figure: Any) -> str | None:
         total = sum(counts)
         density = [c / total for c in counts]
         ax.stairs(density, edges, label=name, color=colors[name], linewidth=1.6)
-        p50 = variants[name].latency_ms.p50 if name in variants else None
+        p50 = medians.get(name)
         if p50 is not None:
             ax.axvline(p50, color=colors[name], linestyle=":", linewidth=1)
     ax.set_xlabel("latency (ms); dotted: median")

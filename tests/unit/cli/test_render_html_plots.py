@@ -180,3 +180,23 @@ def test_timeline_keeps_a_weighted_version_that_got_no_requests(plot):
     assert set(_lines(requests)) == {"v1", "v2"} and set(_lines(requests)["v2"].get_ydata()) == {0}
     assert {y for y in _lines(share)["v2"].get_ydata() if y == y} == {0.0}
     assert 50.0 in {line.get_ydata()[0] for line in share.get_lines() if line.get_linestyle() == "--"}
+
+
+def test_latency_plot_marks_every_median_it_draws_the_shadows_too(report, plot):
+    (ax,) = plot("latency", report).axes
+    legend = ax.get_legend()
+    colors = {t.get_text(): to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    medians = {to_hex(line.get_color()): line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"}
+    expected = {"v1": report.variants["v1"].latency_ms.p50, "v2": report.variants["v2"].latency_ms.p50,
+                "v3 (shadow)": report.shadow.latency_ms.p50}
+    assert list(colors) == list(expected) and None not in expected.values()
+    assert {name: medians.get(color) for name, color in colors.items()} == expected
+
+
+def test_latency_caption_says_the_last_bin_holds_the_tail(report, monkeypatch):
+    hist = report.plots.latency_histogram
+    assert sum(hist.clipped.values()) > 0  # the last bin's bump is partly the tail
+    monkeypatch.setattr(render_html_module, "_plots", lambda report: {"latency": "<svg></svg>"})
+    page = render_html_module.render_html(report)
+    note = "values above the pooled p99.5 ({:.3g} ms) are counted in the last bin".format(hist.edges_ms[-1])
+    assert note in hist.note and f"(successful requests): {note}" in page
