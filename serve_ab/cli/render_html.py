@@ -410,11 +410,15 @@ def _shadow_plot(report: Report, Figure: Any) -> str | None:
     # Log colour scale: the diagonal dwarfs the flips that matter.
     shown = [[math.log10(1 + n) for n in row] for row in counts]
     image = ax.imshow(shown, cmap="Blues")
+    darkest = max(max(row) for row in shown)
     for i, row in enumerate(counts):
         for j, n in enumerate(row):
             if n:
+                # White on the dark half of the scale only: a shadow that flips most answers leaves
+                # its diagonal pale, where white counts could not be read.
+                dark = shown[i][j] > darkest / 2
                 ax.text(j, i, f"{n}", ha="center", va="center", fontsize=7,
-                        color="white" if i == j else ("#cf222e" if n else "#1f2328"))
+                        color="white" if dark else ("#1f2328" if i == j else "#cf222e"))
     ax.set_xticks(range(len(classes)))
     ax.set_xticklabels([str(c) for c in classes])
     ax.set_yticks(range(len(classes)))

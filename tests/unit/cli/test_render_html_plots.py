@@ -200,3 +200,20 @@ def test_latency_caption_says_the_last_bin_holds_the_tail(report, monkeypatch):
     page = render_html_module.render_html(report)
     note = "values above the pooled p99.5 ({:.3g} ms) are counted in the last bin".format(hist.edges_ms[-1])
     assert note in hist.note and f"(successful requests): {note}" in page
+
+
+def test_shadow_counts_are_dark_on_pale_cells_and_white_on_dark_ones(plot):
+    # A shadow that answers class 3 for nearly every request: the diagonal is pale but for class 3.
+    cfg = make_cfg()
+    report = Sim(cfg, seed=2).run(3000, shadow_share=0.5, class_bias=(3, 0.98)).report()[0]
+    counts = report.shadow.confusion.counts
+    darkest = max(max(row) for row in counts)
+    ax = plot("shadow", report).axes[0]
+    for text in ax.texts:
+        j, i = (round(v) for v in text.get_position())
+        n = counts[i][j]
+        assert text.get_text() == str(n)
+        dark = (1 + n) > (1 + darkest) ** 0.5  # past half of the log scale
+        expected = "#ffffff" if dark else ("#1f2328" if i == j else "#cf222e")
+        assert to_hex(text.get_color()) == expected, (i, j, n)
+    assert any(counts[i][i] and (1 + counts[i][i]) ** 2 < 1 + darkest for i in range(len(counts)))
