@@ -24,24 +24,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Port 8000 is often held by another Ray; take it only when it is free.
-PORT=$(python - <<'PY'
-import socket
-with socket.socket() as s:
-    try:
-        s.bind(("127.0.0.1", 8000)); print(8000)
-    except OSError:
-        s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
-PY
-)
+# Ports 8000 and 9000 (gRPC) are often held by another Ray or service; take them only when free.
+PORT=$(python scripts/demo_config.py --free-port 8000 127.0.0.1)
+GRPC_PORT=$(python scripts/demo_config.py --free-port 9000 ::)  # Ray's gRPC proxy listens on [::]
+if [ "$PORT" != 8000 ]; then echo "port 8000 is taken: the demo serves HTTP on $PORT"; fi
+if [ "$GRPC_PORT" != 9000 ]; then echo "port 9000 is taken: the demo serves gRPC on $GRPC_PORT"; fi
 export SERVE_AB_URL="http://127.0.0.1:$PORT"
 
 start_serve() {  # config file; a Ray of its own (fresh temp dir) and a fresh rollout state
   local name; name=$(basename "$1" .yaml)
   export RAY_TMPDIR="$WORK/ray-$name"
   mkdir -p "$RAY_TMPDIR"
-  sed -e "s/port: 8000/port: $PORT/" -e "s#state_path: .serve-ab/state.sqlite#state_path: $WORK/$name.sqlite#" \
-    "$1" > "$WORK/$name.yaml"
+  # A state file of its own: a second demo would otherwise carry on this one's run and figures.
+  python scripts/demo_config.py "$1" "$WORK/$name.yaml" --port "$PORT" --grpc-port "$GRPC_PORT" \
+    --state "$WORK/$name.sqlite"
   echo "== serve run $1 (port $PORT, log $WORK/$name.log)"
   set -m  # job control: the background serve run keeps its Ctrl-C (SIGINT) handler
   serve run "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
