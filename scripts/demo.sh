@@ -104,9 +104,8 @@ if [ "$PART" = all ] || [ "$PART" = report ]; then
     --concurrency 3 --rate-per-worker-hz 30 --users 500 --duration-s 40 \
     --samples models/digits/samples.json --feedback correct >"$WORK/ab_v3.load.log" 2>&1
   echo "   load: $(tail -1 "$WORK/ab_v3.load.log")"
-  serve-ab report
   mkdir -p benchmarks/out
-  serve-ab report --html benchmarks/out/report.html
+  serve-ab report --html benchmarks/out/report.html  # the table, and the same report as a page
   echo "-- Prometheus metrics of the app ($SERVE_AB_URL/metrics), requests per version:"
   curl -s "$SERVE_AB_URL/metrics" | grep '^serve_ab_requests_total' || true
   stop_serve
