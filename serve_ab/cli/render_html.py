@@ -14,7 +14,7 @@ from typing import Any
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
     _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _kind, _metric_test, _metric_title, _num, _options,
-    _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _value, _when_text,
+    _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _units_note, _value, _when_text,
 )
 
 __all__ = ["render_html"]
@@ -44,7 +44,8 @@ def render_html(report: Report) -> str:
         f"<title>serve-ab report: {esc(exp.model)}</title><style>{_CSS}</style></head><body>",
         f"<h1>A/B report: {esc(exp.model)}</h1>",
         (f"<p class='sub'>{esc(_headline(report))}<br>{esc(_options(exp))}<br>"
-         f"generated {esc(_when_text(report.generated_at_s))}</p>"),
+         + (f"{esc(units)}<br>" if (units := _units_note(report)) else "")
+         + f"generated {esc(_when_text(report.generated_at_s))}</p>"),
     ]
     if srm.mismatch:
         parts.append(f"<div class='warn bad'><b>Sample ratio mismatch.</b> {esc(_srm_text(srm))}: the split is "

@@ -39,6 +39,9 @@ def render_table(report: Report) -> str:
     """The terminal view: a header, warnings, the SRM check, one block per metric, the shadow."""
     exp, srm = report.experiment, report.srm
     lines = [*_wrap(_headline(report)), *_wrap(f"  {_options(exp)}", indent="    ")]
+    units = _units_note(report)
+    if units:
+        lines += _wrap(f"  {units}", indent="    ")
     for warning in report.warnings:
         lines += _wrap(f"WARNING: {warning}", indent="  ")
     lines += _srm_lines(srm)
@@ -60,6 +63,14 @@ def _headline(report: Report) -> str:
     if not exp.variants:  # one version serves (a shadow's copies are compared below, if any)
         return f"{exp.model}: {exp.control} alone, no variant to compare with it, {running}"
     return f"{exp.model}: control {exp.control} vs {', '.join(exp.variants)}, {running}"
+
+
+def _units_note(report: Report) -> str | None:
+    """What a metric table's "units" count: buckets of users, fewer than the users the SRM line
+    and the variants' figures count where two users share a bucket."""
+    if not report.metrics:
+        return None
+    return f"units in the metric tables: each a {report.metrics[0].analysis_unit}"
 
 
 def _options(exp: Experiment) -> str:

@@ -694,3 +694,11 @@ def test_table_shows_a_guardrails_note(report):
                                                    for m in report.metrics]})
     assert _field(_block(render_table(edited), "error_rate"), "guardrail").endswith(f"; {note})")
     assert "started again" not in _field(_block(render_table(report), "error_rate"), "guardrail")
+
+
+def test_both_views_say_the_metric_tables_count_buckets_of_users(report, no_plots):
+    # "units" read as users beside the SRM line's users, which a bucket shared by two users
+    # leaves below the distinct users (a live audit: 1,273 units, 1,463 users).
+    note = "units in the metric tables: each a bucket of users (users hash into 10,000 buckets"
+    assert note in " ".join(render_table(report).split())
+    assert note in " ".join(render_html(report).split())
