@@ -172,7 +172,7 @@ def sequential_means(
     if tau is None and min(variant.n, control.n) >= 2:
         tau = DEFAULT_TAU_EFFECT_SIZE * math.sqrt((variant.variance + control.variance) / 2.0)
     enough = min(variant.n, control.n) >= max(min_samples, 2)
-    return _advance(previous, variant.n, control.n, estimate, variance, variance, tau, alpha, enough)
+    return _advance(previous, variant.n, control.n, estimate, variance, tau, alpha, enough)
 
 
 def sequential_proportions(
@@ -186,24 +186,30 @@ def sequential_proportions(
 ) -> SequentialResult:
     """Update the always-valid test of ``rate_variant - rate_control`` with a new look.
 
-    The p-value uses the pooled variance (the variance under H0, as the z-test does), which
-    keeps early looks at low rates from overstating evidence; the CI uses the unpooled one.
+    The p-value and the CI use one variance, the larger of the pooled one (the variance under
+    H0, as the z-test's: it keeps early looks at low rates from overstating evidence) and the
+    unpooled one (the arms' own: a small arm that is truly noisier), as the report's
+    comparisons do (``analysis/units.py``). With the pooled one for the p-value and the
+    unpooled one for the CI, a look could reject with 0 inside its CI (15/500 against
+    200/20,000), or keep a CI that excludes 0 without rejecting (2/400 against 600/20,000).
     """
     _check_tau(tau)
     n_v, n_c = variant.trials, control.trials
     enough = min(n_v, n_c) >= max(min_samples, 1)
     if not enough:
-        return _advance(previous, n_v, n_c, math.nan, math.nan, math.nan, tau, alpha, False)
+        return _advance(previous, n_v, n_c, math.nan, math.nan, tau, alpha, False)
     p_v, p_c = variant.rate, control.rate
     pooled = (variant.conversions + control.conversions) / (n_v + n_c)
     var_h0 = pooled * (1 - pooled) * (1 / n_v + 1 / n_c)
-    var_ci = p_v * (1 - p_v) / n_v + p_c * (1 - p_c) / n_c
+    var_own = p_v * (1 - p_v) / n_v + p_c * (1 - p_c) / n_c
+    # One variance for both figures, so that the CI excludes 0 exactly when p <= alpha.
+    variance = max(var_h0, var_own)
     if tau is None:
         tau = DEFAULT_TAU_EFFECT_SIZE * math.sqrt(pooled * (1 - pooled))
-    return _advance(previous, n_v, n_c, p_v - p_c, var_h0, var_ci, tau, alpha, True)
+    return _advance(previous, n_v, n_c, p_v - p_c, variance, tau, alpha, True)
 
 
-def _advance(previous, n_v, n_c, estimate, var_h0, var_ci, tau, alpha, enough) -> SequentialResult:
+def _advance(previous, n_v, n_c, estimate, variance, tau, alpha, enough) -> SequentialResult:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha ({alpha}) must be in (0, 1), e.g. 0.05")
     if previous is not None and previous.alpha != alpha:
@@ -218,13 +224,13 @@ def _advance(previous, n_v, n_c, estimate, var_h0, var_ci, tau, alpha, enough) -
     lo_prev, hi_prev = previous.ci if previous else (-math.inf, math.inf)
     looks = (previous.looks if previous else 0) + 1
     # Zero variance or zero tau carries no evidence (e.g. no conversions yet): skip the look.
-    usable = enough and tau and var_h0 > 0 and var_ci > 0
+    usable = enough and tau and variance > 0
     if not usable:
         return SequentialResult(looks, n_v, n_c, estimate, tau if tau is not None else math.nan, math.nan,
                                 p_prev, (lo_prev, hi_prev), alpha, p_prev <= alpha)
-    log_lr = float(log_mixture_likelihood_ratio(estimate, var_h0, tau))
+    log_lr = float(log_mixture_likelihood_ratio(estimate, variance, tau))
     p = min(p_prev, 1.0, math.exp(-log_lr))
-    half = float(confidence_sequence_half_width(var_ci, tau, alpha))
+    half = float(confidence_sequence_half_width(variance, tau, alpha))
     ci = (max(lo_prev, estimate - half), min(hi_prev, estimate + half))
     return SequentialResult(looks, n_v, n_c, estimate, tau, math.exp(min(log_lr, 700.0)), p, ci, alpha, p <= alpha)
 

@@ -108,6 +108,31 @@ def test_proportions_use_the_pooled_variance_for_the_p_value():
     assert got.ci[0] < 0.016 < got.ci[1]
 
 
+@pytest.mark.parametrize("variant, control", [
+    (ConversionCounts(15, 500), ConversionCounts(200, 20_000)),  # the pooled variance is the smaller
+    (ConversionCounts(2, 400), ConversionCounts(600, 20_000)),  # the arms' own is the smaller
+])
+def test_proportions_reject_exactly_when_the_ci_excludes_zero(variant, control):
+    # One look's p-value and CI from one variance: a rejection with 0 inside the CI, or a CI
+    # without 0 and no rejection, would be a verdict its own interval contradicts.
+    got = sequential_proportions(variant, control)
+    assert got.reject == (got.ci[0] > 0 or got.ci[1] < 0)
+
+
+def test_proportions_verdict_and_ci_agree_at_every_look():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        share = rng.choice([0.02, 0.1, 0.5])
+        rates = rng.uniform(0.001, 0.2, size=2)
+        state, n_v, n_c, x_v, x_c = None, 0, 0, 0, 0
+        for _ in range(8):
+            more_v, more_c = int(rng.integers(5, 400) * share) + 1, int(rng.integers(5, 400))
+            n_v, n_c = n_v + more_v, n_c + more_c
+            x_v, x_c = x_v + int(rng.binomial(more_v, rates[0])), x_c + int(rng.binomial(more_c, rates[1]))
+            state = sequential_proportions(ConversionCounts(x_v, n_v), ConversionCounts(x_c, n_c), previous=state)
+            assert state.reject == (state.ci[0] > 0 or state.ci[1] < 0), (x_v, n_v, x_c, n_c, state)
+
+
 def test_early_or_empty_looks_carry_no_evidence():
     first = sequential_proportions(ConversionCounts(0, 10), ConversionCounts(3, 10))
     assert (first.p_value, first.ci, first.reject) == (1.0, (-math.inf, math.inf), False)
