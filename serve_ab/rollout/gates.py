@@ -18,7 +18,8 @@ it with a pass, with probability at most the configured ``analysis.alpha``. The 
   approximation, valid for any latency distribution); the value shown is numpy's linear
   percentile of the sketched latencies (within 1 %, :class:`serve_ab.analysis.sketch.LogHistogram`);
 - ``*_ratio_to_stable`` (non-inferiority), on candidate / stable: rates by Katz's log
-  interval, means by Fieller's, quantiles by combining each arm's bounds at alpha / 2
+  interval, means by Fieller's (the long tail's side corrected for skewed values, as a mean's),
+  quantiles by combining each arm's bounds at alpha / 2
   (upper = candidate's upper / stable's lower). 0 on both sides has no bounded ratio, and a
   negative stable value no meaningful one: both are INCONCLUSIVE, with the reason.
 
@@ -698,12 +699,19 @@ def _exp(value: float) -> float:
 
 
 def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float,
-                       effects: tuple[DesignEffect, DesignEffect] = (INDEPENDENT, INDEPENDENT)) -> tuple[float, float]:
-    """Fieller's bounds on candidate mean / stable mean (stable's mean > 0).
+                       effects: tuple[DesignEffect, DesignEffect] = (INDEPENDENT, INDEPENDENT),
+                       skewness: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+    """Fieller's bounds on candidate mean / stable mean (stable's mean > 0), each one-sided.
 
-    The ratio r is inside where |m1 - r m2| <= t sqrt(v1 + r^2 v2); t has min(n1, n2) - 1
-    degrees of freedom, a conservative stand-in for Welch's. When stable's mean is not
-    clearly above 0 (m2^2 <= t^2 v2) the set is unbounded: no bound on either side.
+    The ratio r is below the upper bound where (m1 - r m2) / sqrt(v1 + r^2 v2) >= -c_up, and
+    above the lower one where it is <= c_low; t has min(n1, n2) - 1 degrees of freedom, a
+    conservative stand-in for Welch's. Without skewness c_up = c_low = t (Fieller's set). With
+    the means' ``skewness`` (each arm's, :meth:`ValueGroups.mean_skewness`), the pivot's numerator
+    m1 - r m2 has its own, and the long tail's side is corrected for it as :func:`_mean_bounds`
+    corrects a mean's: at a canary's 5/95 split the candidate's mean dominates it, and
+    lognormal values (sigma 1, 200 against 3,800 values) at ``max_ratio_to_stable`` set at the
+    true ratio passed 1.8x alpha with Fieller's t alone (sigma 1.5, 100 against 1,900: 4.6x).
+    When stable's mean is not clearly above 0 (m2^2 <= c^2 v2) that side is unbounded.
     """
     # Each arm's design effect at alpha / 2: both hold together.
     m1, v1, df1 = _mean_moments(cand, effects[0], alpha / 2)
@@ -712,12 +720,38 @@ def _mean_ratio_bounds(cand: FeedbackStats, stab: FeedbackStats, alpha: float,
     if df < 1:
         return -math.inf, math.inf
     t = float(special.stdtrit(df, 1 - alpha))
-    a = m2 * m2 - t * t * v2
-    if a <= 0:
+    if m2 * m2 - t * t * v2 <= 0:
         return -math.inf, math.inf
-    b, c = m1 * m2, m1 * m1 - t * t * v1
-    root = math.sqrt(max(b * b - a * c, 0.0))
-    return (b - root) / a, (b + root) / a
+    # Only the long tail's side is widened. Hall's transform on the short side, as a mean's
+    # bounds take it, read the ratio's skewness at the estimate and made that side err: a
+    # candidate at min_ratio_to_stable 0.9 passed 1.25x alpha (lognormal, 200 against 3,800).
+    g = _difference_skewness(m1 / m2, v1, v2, skewness)
+    long_side = t + LONG_TAIL_SKEWNESS_FACTOR * abs(g) * (2 * t * t + 1) / 6
+    if abs(g) > MAX_MEAN_SKEWNESS:
+        long_side = math.inf
+    # m1 - r m2 skewed to the right (g > 0): the pivot's lower tail is the long one, and it
+    # bounds the ratio from above.
+    c_up, c_low = (long_side, t) if g > 0 else ((t, long_side) if g < 0 else (t, t))
+    return _fieller_root(m1, m2, v1, v2, c_low, -1.0), _fieller_root(m1, m2, v1, v2, c_up, 1.0)
+
+
+def _difference_skewness(ratio: float, v1: float, v2: float, skewness: tuple[float, float]) -> float:
+    """The skewness of m1 - r m2 at r = ``ratio``, from each mean's: third cumulants add
+    (the second's with the sign and cube of -r), over the variance to the power 1.5."""
+    third = skewness[0] * v1 ** 1.5 - ratio ** 3 * skewness[1] * v2 ** 1.5
+    return third / (v1 + ratio * ratio * v2) ** 1.5
+
+
+def _fieller_root(m1: float, m2: float, v1: float, v2: float, crit: float, side: float) -> float:
+    """The root of (m1 - r m2)^2 = crit^2 (v1 + r^2 v2) on ``side`` (+1 the upper, -1 the
+    lower); +-inf where crit is infinite or m2 is not clearly away from 0 at it."""
+    if math.isinf(crit):
+        return side * math.inf
+    a = m2 * m2 - crit * crit * v2
+    if a <= 0:
+        return side * math.inf
+    b, c = m1 * m2, m1 * m1 - crit * crit * v1
+    return (b + side * math.sqrt(max(b * b - a * c, 0.0))) / a
 
 
 def _ratio(numerator: float, denominator: float, empty: float) -> float:
@@ -887,7 +921,8 @@ def _evaluate_ratio(gate: Gate, metric: str, candidate: WindowStats, stable: Win
         n1_eff, n2_eff = effects[0].effective(n1, alpha / 2), effects[1].effective(n2, alpha / 2)
         lower, upper = _rate_ratio_bounds(x1 / n1 * n1_eff, n1_eff, x2 / n2 * n2_eff, n2_eff, alpha)
     else:
-        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha, effects)
+        skewness = (_mean_skewness(gate, candidate), _mean_skewness(gate, stable))
+        lower, upper = _mean_ratio_bounds(cand_stats, stab_stats, alpha, effects, skewness)
     verdict, judged = _judge(gate, lower, upper, alpha, " on the ratio")
     if math.isinf(lower) and math.isinf(upper):
         judged += f" ({stable.version}'s mean is not clearly above 0)"
