@@ -497,7 +497,8 @@ def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version
                ) -> dict[str, Any]:
     """One version over every split it was assigned in (descriptive: pooled over time, unlike
     the comparisons): its ratio, units and a delta-method interval per unit, kept within the
-    values the metric can take (an error rate of 3.7% over 27 users is not [-3.6%, 11.0%])."""
+    values the metric can take (an error rate of 3.7% over 27 users is not [-3.6%, 11.0%]).
+    A rate's is Wilson's on the effective number of trials (:func:`_rate_interval`)."""
     s = np.zeros(NUM_BUCKETS)
     n = np.zeros(NUM_BUCKETS)
     keyless = np.zeros(len(KEYLESS_FIELDS))
@@ -521,10 +522,25 @@ def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version
         resid = s - value * n
         sq = float(resid @ resid) + max(float(keyless[3] - 2 * value * keyless[5] + value * value * keyless[4]), 0.0)
         se = math.sqrt(sq * units / (units - 1)) / total_n
-        half = float(_stats.norm.ppf(1.0 - alpha / 2.0)) * se
         low, high = value_range
-        out["ci"] = [max(value - half, low), min(value + half, high)]
+        if (low, high) == (0.0, 1.0):
+            out["ci"] = _rate_interval(value, se, units, total_n, alpha)
+        else:
+            half = float(_stats.norm.ppf(1.0 - alpha / 2.0)) * se
+            out["ci"] = [max(value - half, low), min(value + half, high)]
     return out
+
+
+def _rate_interval(rate: float, se: float, units: int, trials: float, alpha: float) -> list[float]:
+    """A rate's interval: Wilson's on the effective number of trials, rate (1 - rate) / se^2,
+    which counts a user's correlated requests as the per-unit variance says. At a rate of 0
+    or 1 there is no spread to say it, and the delta method's interval is [0, 0]: "no errors
+    in 683 users" is not "an error rate of exactly 0". There each user counts as one trial
+    (their requests all alike, the design effect at its largest): 0 of 683 gives [0, 0.56%]."""
+    effective = rate * (1.0 - rate) / (se * se) if se > 0 and 0.0 < rate < 1.0 else float(units)
+    effective = min(max(effective, 1.0), trials)  # never more trials than the requests themselves
+    low, high = shadow_stats.wilson_interval(rate * effective, effective, 1.0 - alpha)
+    return [min(low, rate), max(high, rate)]  # a rounding error never leaves the rate outside
 
 
 def _adjust(p_values: list[float], correction: ab.Correction | None) -> list[float]:

@@ -317,7 +317,13 @@ def test_each_metric_is_the_ratio_of_its_units_with_the_cluster_robust_variance(
         value, var, n = arm_reference(sim, name, version)
         arm = metric.arms[version]
         assert arm.n == n and arm.value == pytest.approx(value, rel=REL)
-        assert arm.ci == pytest.approx([value - z * math.sqrt(var), value + z * math.sqrt(var)], rel=REL)
+        if metric.kind == "conversion":  # Wilson's, on the trials the per-unit variance is worth
+            trials = len(sim.outcomes(name, version)[0])  # at most: a design effect below 1 is noise
+            effective = min(value * (1 - value) / var, trials)
+            wilson = proportion_confint(value * effective, effective, alpha=report.experiment.alpha, method="wilson")
+            assert arm.ci == pytest.approx(list(wilson), rel=REL)
+        else:
+            assert arm.ci == pytest.approx([value - z * math.sqrt(var), value + z * math.sqrt(var)], rel=REL)
     c = _cmp(report, name)
     assert (c.test, c.n_variant, c.n_control, c.splits_used) == ("delta_method_z", n_v, n_c, 1)
     assert c.value_variant == pytest.approx(value_v, rel=REL) and c.value_control == pytest.approx(value_c, rel=REL)
@@ -370,9 +376,9 @@ def test_keyless_requests_are_each_their_own_unit_so_a_rate_is_the_binomial_z_te
     var = max(pv * (1 - pv) / (n["v2"] - 1) + pc * (1 - pc) / (n["v1"] - 1), pooled / n["v2"] + pooled / n["v1"])
     assert c.p_value == pytest.approx(2 * stats.norm.sf(abs(pv - pc) / math.sqrt(var)), rel=REL)
     assert report.variants["v1"].units == n["v1"] and report.srm.observed["v1"] == n["v1"]
-    lo, hi = proportion_confint(e["v2"], n["v2"], alpha=0.05, method="normal")
+    lo, hi = proportion_confint(e["v2"], n["v2"], alpha=0.05, method="wilson")
     arm = _metric(report, "error_rate").arms["v2"]
-    assert arm.ci == pytest.approx([lo, hi], rel=1e-3)  # Wald, up to n / (n - 1)
+    assert arm.ci == pytest.approx([lo, hi], rel=1e-3)  # Wilson's, up to n / (n - 1)
 
 
 def test_pinned_requests_are_counted_but_not_in_the_per_unit_figures():
@@ -1115,3 +1121,25 @@ def test_requests_pinned_to_the_shadow_make_it_no_variant_of_the_test():
     assert report.experiment.variants == []
     assert {c.variant for m in report.metrics for c in m.comparisons} == set()
     assert report.variants["v3"].role == "shadow"  # not variant+shadow: only pinned requests
+
+
+def test_an_arm_with_no_errors_gets_an_interval_above_zero():
+    # The delta method gave "0 errors in 683 users" the interval [0, 0], drawn as no bar (an
+    # audit of the HTML plots): each user now counts as one trial, Wilson's bound z^2 / (n + z^2).
+    figures = ExperimentStats(["v1", "v2"], 0.0)
+    for user in range(400):
+        for version in ("v1", "v2"):
+            for _ in range(3):
+                error = "model" if version == "v2" and user % 10 == 0 else None
+                figures.record(1.0, version, 2.0, error, 0, unit=user, assigned=True, split={"v1": 50, "v2": 50})
+    report, _ = build_report(make_cfg(shadow=None, weights={"v1": 50, "v2": 50}), figures.snapshot(2.0),
+                             {"v1": 50, "v2": 50})
+    arms = _metric(report, "error_rate").arms
+    assert arms["v1"].value == 0.0 and arms["v1"].n == 400
+    z = stats.norm.ppf(1 - report.experiment.alpha / 2)
+    assert arms["v1"].ci == pytest.approx([0.0, z * z / (400 + z * z)], rel=1e-9)
+    # With errors, within [0, 1] and around the rate, wider than the 1,200 requests alone would make it.
+    low, high = arms["v2"].ci
+    assert 0.0 < low < arms["v2"].value < high < 1.0
+    alone = proportion_confint(120, 1200, alpha=report.experiment.alpha, method="wilson")
+    assert high - low > alone[1] - alone[0]
