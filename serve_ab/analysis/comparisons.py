@@ -397,6 +397,11 @@ def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_rela
         achieved = power.fixed_power(effect, ratio.var_diff, alpha)
     needed_c = max(0, plan.n_control - ratio.units_control)
     needed_v = max(0, plan.n_variant - ratio.units_variant)
+    # The plan counts buckets of users, whose number stops growing as users come to share them
+    # (5,000 per arm at 50/50), while each one's data grows: a count of buckets can plan more
+    # than an arm will ever have. Its ratio to the buckets so far is the variance's ratio, the
+    # same in users: the users still needed are the users so far times (multiple - 1).
+    multiple = max(plan.n_variant / ratio.units_variant, plan.n_control / ratio.units_control)
     figures = {
         "test": "mSPRT (always valid)" if sequential_on else "z-test (fixed horizon)",
         "achieved": achieved, "target": target_power, "mde_relative": mde_relative, "mde_abs": effect,
@@ -404,6 +409,7 @@ def _power(ratio: RatioComparison, family: Family, sequential_on: bool, mde_rela
         "required_per_arm": max(plan.n_control, plan.n_variant),
         "required": {"variant": plan.n_variant, "control": plan.n_control},
         "units_needed": {"variant": needed_v, "control": needed_c},
+        "data_multiple": multiple,
         "complete": needed_c == 0 and needed_v == 0,
     }
     return {"figures": figures, "complete": figures["complete"]}

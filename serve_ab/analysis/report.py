@@ -481,6 +481,7 @@ def _power_summary(comparisons_: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"test": worst["test"], "mde_relative": worst["mde_relative"], "mde_abs": worst["mde_abs"],
             "target_power": worst["target"], "alpha_per_comparison": worst["alpha_per_comparison"],
             "family_size": worst["family_size"], "required_per_arm": worst["required_per_arm"],
+            "data_multiple": max(p["data_multiple"] for p in planned),
             "power_now": min(p["achieved"] for p in planned),
             "complete": all(p["complete"] for p in planned)}
 

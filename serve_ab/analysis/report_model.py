@@ -151,7 +151,8 @@ class PowerPlan(_Model):
     target_power: Num
     alpha_per_comparison: Num
     family_size: int
-    required_per_arm: int = Field(description="units")
+    required_per_arm: int = Field(description="units (buckets of users), the larger arm of the largest plan")
+    data_multiple: Num | None = Field(None, description="the largest of the comparisons' data_multiple")
     power_now: Num | None
     complete: bool
 
@@ -201,9 +202,12 @@ class ComparisonPower(_Model):
     mde_abs: Num
     alpha_per_comparison: Num
     family_size: int
-    required_per_arm: int = Field(description="units, the larger arm")
+    required_per_arm: int = Field(description="units (buckets of users), the larger arm")
     required: dict[str, int] = Field(description="units per arm: variant, control")
-    units_needed: dict[str, int] = Field(description="units per arm still to collect")
+    units_needed: dict[str, int] = Field(description="units per arm still to collect, at the users per bucket "
+                                         "so far: buckets fill as users come, so use data_multiple for users")
+    data_multiple: Num | None = Field(None, description="the plan over the data so far, the larger arm's: the users "
+                                      "(and their data) needed are the users so far times this; <= 1 when reached")
     complete: bool
 
 

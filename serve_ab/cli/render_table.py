@@ -290,11 +290,16 @@ def _power_text(c: Comparison) -> str:
     if p is None:
         return f"- ({c.power_note})" if c.power_note else "-"
     test = "mSPRT" if p.test.startswith("mSPRT") else "fixed-horizon z"
-    more = max(p.units_needed.values()) if p.units_needed else 0
-    tail = "reached" if more == 0 else f"{more:,} more per arm"
     achieved = f", {_pct(p.achieved, 0)} now" if p.achieved is not None else ""
-    return (f"{p.required_per_arm:,} units per arm needed for MDE {_pct(p.mde_relative, 1)} at power "
-            f"{p.target:g} ({test}); {tail}{achieved}")
+    plan = f"for MDE {_pct(p.mde_relative, 1)} at power {p.target:g} ({test})"
+    if p.data_multiple is None:  # a record from before the multiple: units alone
+        more = max(p.units_needed.values()) if p.units_needed else 0
+        tail = "reached" if more == 0 else f"{more:,} more per arm"
+        return f"{p.required_per_arm:,} units per arm needed {plan}; {tail}{achieved}"
+    # In users, not buckets: users come to share buckets, so a count of buckets misleads.
+    times = f"{p.data_multiple:,.0f}" if p.data_multiple >= 10 else f"{p.data_multiple:.2f}"
+    tail = "sample reached" if p.complete else f"{times}x the users so far needed"
+    return f"{tail} {plan}{achieved}"
 
 
 def _shadow_lines(shadow: ShadowResult) -> list[str]:

@@ -1143,3 +1143,30 @@ def test_an_arm_with_no_errors_gets_an_interval_above_zero():
     assert 0.0 < low < arms["v2"].value < high < 1.0
     alone = proportion_confint(120, 1200, alpha=report.experiment.alpha, method="wilson")
     assert high - low > alone[1] - alone[0]
+
+
+@pytest.mark.parametrize("users, visits", [(2_000, 3_000), (40_000, 60_000)])
+def test_the_plan_in_users_holds_as_users_come_to_share_buckets(users, visits):
+    # The plan counts buckets: with 15,000 users an arm at 50/50 fills its 5,000 buckets three
+    # deep and the count of buckets planned fell below a third of the users needed (an audit:
+    # 8,290 then 1,747 "per arm" for one 8,478-user plan). data_multiple times the users so far
+    # is the per-user plan however full the buckets are.
+    cfg = make_cfg(shadow=None, analysis={"sequential": False, "metrics": [{"name": "correct", "kind": "conversion"}]})
+    sim = Sim(cfg, seed=21, users=users).run(visits, correct={"v1": 0.6, "v2": 0.6})
+    report, _ = sim.report()
+    c = _cmp(report, "correct")
+    p = c.power
+    # The reference: each user a cluster (not their bucket), statsmodels' cluster-robust
+    # variance and NormalIndPower's users per arm at the report's alpha and effect.
+    per_user, seen = [], []
+    for version in ("v1", "v2"):
+        y, _ = sim.outcomes("correct", version)
+        units = [r.unit for r in sim.rows if r.assigned and r.version == version and "correct" in r.feedback]
+        _, var, clusters = cluster_mean(y, np.asarray(units))
+        per_user.append(var * clusters)
+        seen.append(clusters)
+    es = p.mde_abs / math.sqrt(sum(per_user) / 2)
+    needed = NormalIndPower().solve_power(effect_size=es, alpha=p.alpha_per_comparison, power=p.target, ratio=1.0)
+    assert p.data_multiple * max(seen) == pytest.approx(needed, rel=0.1)
+    buckets_full = users > NUM_BUCKETS
+    assert (p.required_per_arm < 0.5 * needed) == buckets_full  # what the buckets alone said

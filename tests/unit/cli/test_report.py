@@ -92,8 +92,14 @@ def test_table_has_a_block_per_metric_with_the_figures_of_each_comparison(report
         assert _field(block, "abs lift").endswith("99% confidence sequence")
         assert _field(block, "p").endswith("adjusted") and "sequential" in _field(block, "p")
         power = _field(block, "power")
-        assert power.startswith(f"{c.power.required_per_arm:,} units per arm needed for MDE 5.0% at power 0.8 "
-                                "(mSPRT)"), power
+        # In users (a multiple of those so far), not in buckets, which users come to share.
+        multiple = c.power.data_multiple
+        assert multiple == pytest.approx(max(c.power.required["variant"] / c.n_variant,
+                                             c.power.required["control"] / c.n_control))
+        times = f"{multiple:,.0f}" if multiple >= 10 else f"{multiple:.2f}"
+        start = "sample reached" if c.power.complete else f"{times}x the users so far needed"
+        assert power.startswith(f"{start} for MDE 5.0% at power 0.8 (mSPRT)"), power
+        assert c.power.complete == (multiple <= 1)
         assert ("guardrail" in "\n".join(block)) == (metric in ("error_rate", "latency_ms"))
     errors = _block(text, "error_rate")
     c = report.metric("error_rate").comparisons[0]
@@ -263,7 +269,7 @@ def test_html_is_self_contained_with_an_svg_per_plot(report):
     # nothing fetched from elsewhere: no scripts, stylesheets, images or fonts by URL
     assert "<?xml" not in page and not re.search(r"<script|<link|<img|src=|href=\"http|url\((?!#)", page)
     for text in ("A/B report: digits", "error_rate", "Latency distribution", "Shadow: v3", "WORSE",
-                 "<th>sequential p adj.</th>", "<th>guardrail</th>", "units per arm needed for MDE",
+                 "<th>sequential p adj.</th>", "<th>guardrail</th>", "the users so far needed for MDE",
                  "delta-method z per unit", "99% confidence sequence"):
         assert text in page, text
     c = report.metric("correct").comparisons[0]
