@@ -80,6 +80,12 @@ class VersionUnavailable(ServeAbError):
     """No replica of a version can answer now: it died, or stalls past the watchdog's limits."""
 
 
+class VersionTimedOut(VersionUnavailable):
+    """A call to an isolated version waited past ``isolation.call_timeout_s`` and was
+    cancelled: served elsewhere as an outage is, but counted as ``timeout``, since the version
+    may be up and only slow (a replica busy with a long call, a queue behind it)."""
+
+
 class ControllerUnavailable(ServeAbError):
     """The controller (figures, rollout, feedback) cannot be reached now: it is starting,
     restarting, or waiting for its store.

@@ -48,7 +48,7 @@ MAX_SPLITS = 32
 TIMELINE_BUCKET_S = 10.0
 MAX_TIMELINE_POINTS = 360  # past this, neighbouring points merge and the bucket doubles
 
-ERROR_KINDS = ("unavailable", "output", "model", "input", "cancelled")
+ERROR_KINDS = ("unavailable", "timeout", "output", "model", "input", "cancelled")
 
 
 @dataclass

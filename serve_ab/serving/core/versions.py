@@ -28,7 +28,7 @@ from serve_ab.backends.base import (
     batch_size,
     specs_of,
 )
-from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionUnavailable
+from serve_ab.errors import BadOutput, ModelFailed, ServeAbError, VersionTimedOut, VersionUnavailable
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -45,8 +45,9 @@ class Version(Protocol):
 
 def error_kind(err: BaseException) -> str:
     """How a call failed, for the error counters: the version's replicas were unavailable,
-    the model refused the input, the call was cancelled, the model answered an output that
-    is not finite or not of its declared shape, or the model itself raised."""
+    its call waited past ``isolation.call_timeout_s``, the model refused the input, the call was
+    cancelled, the model answered an output that is not finite or not of its declared shape,
+    or the model itself raised."""
     if isinstance(err, InputError):
         return "input"
     if isinstance(err, asyncio.CancelledError):
@@ -55,6 +56,8 @@ def error_kind(err: BaseException) -> str:
         return "model"
     if isinstance(err, BadOutput):
         return "output"
+    if isinstance(err, VersionTimedOut):
+        return "timeout"
     if isinstance(err, VersionUnavailable):
         return "unavailable"
     return "model"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec
-from serve_ab.errors import VersionUnavailable
+from serve_ab.errors import VersionTimedOut, VersionUnavailable
 from serve_ab.serving.core.versions import detached_task
 
 logger = logging.getLogger("ray.serve")
@@ -75,7 +75,8 @@ class WatchedVersion:
         self.settings = settings
         self.sleep = sleep
         self._pending: dict[Call, float] = {}  # calls in flight -> seconds waited (watchdog ticks)
-        self._cancelled: dict[Call, str] = {}  # cancelled by the watchdog (why), not by their callers
+        # Cancelled by the watchdog, not by their callers: the error each call's caller gets.
+        self._cancelled: dict[Call, VersionUnavailable] = {}
         self._progress = False  # a call completed since the watchdog last looked
         self.down_reason: str | None = None
         self._watchdog: asyncio.Task | None = None
@@ -91,7 +92,7 @@ class WatchedVersion:
             return await call
         except Exception as err:
             if call in self._cancelled:  # even if a probe was answered since: the call was cut
-                raise VersionUnavailable(self._cancelled[call]) from None
+                raise self._cancelled[call] from None
             if self.is_unavailable(err):
                 raise VersionUnavailable(
                     f"version {self.name!r} ({self.calls.name}) could not serve the request: "
@@ -158,10 +159,10 @@ class WatchedVersion:
         for call, waited_s in list(self._pending.items()):
             self._pending[call] = waited_s = waited_s + s.interval_s
             if waited_s >= s.call_timeout_s and call not in self._cancelled:
-                self._cancelled[call] = (
+                self._cancelled[call] = timed_out = VersionTimedOut(
                     f"version {self.name!r} ({self.calls.name}) did not answer within "
                     f"{s.call_timeout_s:g}s (isolation.call_timeout_s); its call was cancelled")
-                logger.warning("serve-ab router: %s", self._cancelled[call])
+                logger.warning("serve-ab router: %s", timed_out.message)
                 call.cancel()
 
     def _mark_down(self, stalled_s: float) -> None:
@@ -173,7 +174,7 @@ class WatchedVersion:
         logger.warning("serve-ab router: %s (%d waiting calls cancelled)", self.down_reason,
                        len(self._pending))
         for call in list(self._pending):
-            self._cancelled[call] = self.down_reason
+            self._cancelled[call] = VersionUnavailable(self.down_reason)
             call.cancel()
 
 
