@@ -38,18 +38,28 @@ def free_port(preferred: int, host: str) -> int:
             return other.getsockname()[1]
 
 
+EXPERIMENT_BUILDER = "serve_ab.serving.app:build_app"
+
+
 def demo_config(config: dict[str, Any], port: int, grpc_port: int, state_path: str) -> dict[str, Any]:
     """``config`` (a Ray Serve config file's contents) with ``http_options.port`` ``port``,
-    ``grpc_options.port`` ``grpc_port`` (where it serves gRPC) and every app's
-    ``controller.state_path`` ``state_path`` (the app's other controller settings kept)."""
+    ``grpc_options.port`` ``grpc_port`` (where it serves gRPC) and every experiment's
+    ``controller.state_path`` ``state_path`` (the app's other controller settings kept). Two
+    experiments in one file each get their own (the app's name added): apps sharing one state
+    are refused. Other apps (the metrics app) take no controller settings."""
     out = dict(config)
     out["http_options"] = {**(config.get("http_options") or {}), "port": port}
     if config.get("grpc_options") is not None:
         out["grpc_options"] = {**config["grpc_options"], "port": grpc_port}
+    experiments = [app for app in config.get("applications") or () if app.get("import_path") == EXPERIMENT_BUILDER]
     apps = []
     for app in config.get("applications") or ():
+        if app.get("import_path") != EXPERIMENT_BUILDER:
+            apps.append(app)
+            continue
+        path = state_path if len(experiments) == 1 else str(Path(state_path).with_suffix(f".{app['name']}.sqlite"))
         args = dict(app.get("args") or {})
-        args["controller"] = {**(args.get("controller") or {}), "state_path": state_path}
+        args["controller"] = {**(args.get("controller") or {}), "state_path": path}
         apps.append({**app, "args": args})
     out["applications"] = apps
     return out

@@ -94,3 +94,14 @@ def test_a_port_held_on_ipv4_is_moved_for_the_grpc_proxys_ipv6_listener(demo_con
         held.listen()
         taken = held.getsockname()[1]
         assert demo_config.free_port(taken, "::") != taken
+
+
+def test_two_experiments_get_a_state_each_and_the_metrics_app_none(demo_config):
+    app = {"import_path": "serve_ab.serving.app:build_app", "args": {"model": "digits"}}
+    config = {"applications": [{**app, "name": "a"}, {**app, "name": "b"},
+                               {"name": "m", "import_path": "serve_ab.serving.app:build_metrics_app",
+                                "args": {"app": "a"}}]}
+    out = demo_config.demo_config(config, 8000, 9000, "/tmp/demo/ab.sqlite")
+    paths = [a["args"].get("controller", {}).get("state_path") for a in out["applications"]]
+    assert paths == ["/tmp/demo/ab.a.sqlite", "/tmp/demo/ab.b.sqlite", None]
+    assert out["applications"][2] == config["applications"][2]
