@@ -447,7 +447,7 @@ def test_from_record_and_runs_work_without_an_app(report, capsys, tmp_path, monk
     code, out, _ = _run(["runs", "--records", str(path)], capsys)
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["run", "id", "model"]
-    assert lines[1].startswith("digits-1") and "v1,v2,v3" in lines[1] and " ok" in lines[1]
+    assert lines[1].startswith("digits-1") and "v1,v2,v3" in lines[1] and lines[1].endswith(" not detected")
     code, out, _ = _run(["runs", "--records", str(path), "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["run_id"] == "digits-1"
     code, out, _ = _run(["runs", "--records", str(path), "-o", "yaml"], capsys)
