@@ -135,9 +135,18 @@ def _comparison_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> li
 def _latency_rows(report: Report) -> list[list[str]]:
     rows = [["version", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
     for name, v in report.variants.items():
+        if v.role == "shadow" and not v.requests:
+            continue  # no live request: its copies' row below
         lat = v.latency_ms
         rows.append([f"{name} ({v.role})", _int(v.requests), _int(v.errors), _pct(v.error_rate, 2),
                      _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
+    shadow = report.shadow
+    if shadow is not None and shadow.mirrored:
+        # Its copies, timed as the live requests are: a shadow with no live traffic of its own
+        # read as a row of zeros and dashes, its latency only in the shadow's section.
+        lat = shadow.latency_ms
+        rows.append([f"{shadow.version} (shadow copies)", _int(shadow.mirrored), _int(shadow.errors),
+                     _pct(shadow.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
     return rows
 
 

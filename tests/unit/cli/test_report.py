@@ -316,6 +316,14 @@ def test_html_shows_the_shadows_mirrored_requests_and_errors(report, no_plots):
     assert shadow.mirrored > 0 and headline in render_table(report) and headline in render_html(report)
 
 
+def test_html_latency_table_shows_the_shadows_copies_not_a_row_of_zeros(report, no_plots):
+    shadow = report.shadow
+    assert report.variants[shadow.version].role == "shadow" and report.variants[shadow.version].requests == 0
+    page = render_html(report)
+    assert f"<td>{shadow.version} (shadow)</td>" not in page
+    assert f"<td>{shadow.version} (shadow copies)</td><td class='n'>{shadow.mirrored:,}</td>" in page
+
+
 # --- the commands against a fake app -------------------------------------------------------
 
 
