@@ -250,9 +250,9 @@ class ControllerCore:
             for key, row in checkpoint.reported.items():
                 self.store.save(key, row)
         except Exception as err:
-            self._saves_failed(err)
+            self.note_save_failed(err)
             raise
-        self.saves_failing = None
+        self._saves_work()
         self._keys_written_s = max(self._keys_written_s, checkpoint.taken_s)
         self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.
@@ -546,19 +546,37 @@ class ControllerCore:
         try:
             self.store.save(self.key, draft.to_dict())
         except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
-            logger.warning("serve-ab rollout %s: state not saved, decision not applied: %s", self.key, err)
-            self._saves_failed(err)
+            self.note_save_failed(err)
             raise StoreUnavailable(
                 f"the rollout's state could not be saved ({type(err).__name__}: {err}); nothing was "
                 f"changed (still {self.rollout.where_text()}); try again"
             ) from None
-        self.saves_failing = None
+        self._saves_work()
         self.rollout = draft
         self._announce(draft)
 
-    def _saves_failed(self, err: Exception) -> None:
-        since_s = self.saves_failing.since_s if self.saves_failing is not None else self.clock()
-        self.saves_failing = SavesFailing(since_s, f"{type(err).__name__}: {err}")
+    def note_save_failed(self, err: BaseException) -> None:
+        """A save was refused. Said once in the log, when saves start failing or fail another
+        way (a connection refused, then a timeout): a tick every ``tick_s`` and the figures
+        every few seconds each fail alike while the store is down, and a line for each buried
+        the one that said what happened (eight a second, or a traceback every 5 s)."""
+        failing = self.saves_failing
+        if failing is None or failing.kind != type(err).__name__:
+            store = describe_store(self.cfg.controller)
+            what = f"{self.key}'s decisions and the figures" if self.key is not None else "the figures"
+            logger.warning("serve-ab controller: %s cannot save to %s (%s: %s); %s wait until a save "
+                           "works (status: not_saved), the routers serve the last weights and keep their "
+                           "reports meanwhile", self.cfg.model, store, type(err).__name__, err, what,
+                           exc_info=None if store_unreachable(err) else err)
+        since_s = failing.since_s if failing is not None else self.clock()
+        self.saves_failing = SavesFailing(since_s, f"{type(err).__name__}: {err}", type(err).__name__)
+
+    def _saves_work(self) -> None:
+        """A save went through: the end of a failing spell, if one was said."""
+        failing, self.saves_failing = self.saves_failing, None
+        if failing is not None:
+            logger.warning("serve-ab controller: %s saves to %s again, after %.0fs of failing", self.cfg.model,
+                           describe_store(self.cfg.controller), self.clock() - failing.since_s)
 
     def _not_saved(self, now_s: float) -> NotSaved | None:
         failing = self.saves_failing
@@ -693,6 +711,7 @@ class SavesFailing:
 
     since_s: float
     error: str
+    kind: str = ""  # the error's class: another is said in the log again
 
 
 def _build_report(*args: Any) -> tuple[Report, dict[str, Any]]:
@@ -791,8 +810,8 @@ class ExperimentController:
                     webhooks = self._webhooks.poll(self.core.clock(), rollout)
                 if self.core.tick(promql, webhooks):
                     self._notify()
-            except StoreUnavailable as err:  # nothing was applied; the next tick decides again
-                logger.warning("serve-ab controller: %s", err)
+            except StoreUnavailable:  # nothing was applied; the next tick decides again (logged once)
+                pass
             except Exception:  # a bad tick must not stop the rollout's clock
                 logger.exception("serve-ab controller tick failed")
             await asyncio.sleep(self.core.cfg.controller.tick_s)
@@ -809,8 +828,12 @@ class ExperimentController:
             if self._not_holding is not None:
                 continue
             try:
-                # Taken here, on the loop that also records; written to SQLite off it.
+                # Taken here, on the loop that also records; written to the store off it.
                 await asyncio.to_thread(self._save_if_holding, self.core.checkpoint())
+            except Exception as err:  # said once, not every round (the routers keep what it lacks)
+                self.core.note_save_failed(err)
+                continue
+            try:
                 report = await self._refresh_report()
                 now_s = time.time()
                 state = (self._requests() > 0, self._phase())
@@ -819,7 +842,7 @@ class ExperimentController:
                     await asyncio.to_thread(self._save_record, report, now_s)
             except Exception as err:  # the report must never take the controller down
                 if store_unreachable(err):  # a line each time, not a traceback: it says all there is
-                    logger.warning("serve-ab controller: figures not saved, %s unreachable (%s: %s)",
+                    logger.warning("serve-ab controller: run record not saved, %s unreachable (%s: %s)",
                                    describe_store(self.core.cfg.controller), type(err).__name__, err)
                 else:
                     logger.exception("serve-ab controller: report refresh failed")
@@ -830,14 +853,21 @@ class ExperimentController:
         (and, for another app, fail the health check); take it again once it is free."""
         cfg = self.core.cfg
         key, store_name = claim_key(cfg), describe_store(cfg.controller)
+        failing: str | None = None  # the class of the error the last write failed with
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 found, line = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
                                                       model=cfg.model, store_name=store_name)
             except Exception as err:  # the store is away: the next write renews it
-                logger.warning("serve-ab controller: the claim on %s could not be written: %s", key, err)
+                if failing != type(err).__name__:  # once, as the saves' failures are
+                    logger.warning("serve-ab controller: the claim on %s could not be written (%s: %s); "
+                                   "writing it again every %gs", key, type(err).__name__, err, HEARTBEAT_S)
+                failing = type(err).__name__
                 continue
+            if failing is not None:
+                logger.warning("serve-ab controller: the claim on %s is written again", key)
+                failing = None
             if found is Renewal.KEPT:
                 if self._not_holding is not None:
                     logger.warning("serve-ab controller: holds the claim on %s again; deciding and saving again",

@@ -4,6 +4,7 @@ fresh store object, as a rescheduled controller opens)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -151,6 +152,54 @@ def test_a_stopped_redis_refuses_the_action_and_changes_nothing(redis_server):
         core.act(Action.PROMOTE, ActionRequest(full=True))
     assert core.status().weights_pct == before.weights_pct
     assert core.status().phase == before.phase
+
+
+def _store_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "cannot save to" in r.getMessage() or "saves to" in r.getMessage()]
+
+
+def test_a_redis_that_is_down_is_said_once_in_the_log_not_at_every_tick(redis_server, caplog):
+    """A tick every 0.25 s and the figures every 5 s fail alike while Redis is down: one line
+    when it starts, one when saves work again, not eight a second (as seen live: 228 lines
+    in a 30-s outage)."""
+    clock = FakeClock()
+    cfg = parse_experiment({**experiment().model_dump(mode="json"), "controller": {"store_url": redis_server.url}})
+    core = ControllerCore(cfg, RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S), clock)
+    redis_server.stop()
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        for _ in range(12):
+            clock.advance(0.25)
+            with pytest.raises(StoreUnavailable):
+                core.tick()  # would set v2 to 10%, each time
+        with pytest.raises(redis.ConnectionError):
+            core.save_stats()
+        assert core.status().not_saved is not None
+        down = _store_lines(caplog)
+        redis_server.start()
+        clock.advance(0.25)
+        assert core.tick() is True
+        core.save_stats()
+    assert len(down) == 1 and "cannot save to controller.store_url" in down[0] and "Connection refused" in down[0], down
+    assert _store_lines(caplog)[1:] == ["serve-ab controller: digits saves to controller.store_url "
+                                        f"'{redis_server.url}' (store_key_prefix 'serve-ab:') again, after 3s of failing"]
+    assert core.status().not_saved is None
+
+
+def test_a_full_redis_is_said_once_with_its_error_not_a_traceback_every_round(redis_server, caplog):
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S)
+    core = ControllerCore(ab_experiment(), store, clock)
+    store.client.config_set("maxmemory-policy", "noeviction")
+    store.client.config_set("maxmemory", 1)  # every write is over it: OOM, as a full Redis answers
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        for _ in range(3):
+            clock.advance(5.0)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                core.save_stats()
+    lines = [r for r in caplog.records if "cannot save to" in r.getMessage()]
+    assert len(lines) == 1 and "OutOfMemoryError" in lines[0].getMessage(), [r.getMessage() for r in caplog.records]
+    assert lines[0].exc_info is not None  # not a connection that failed: its traceback, once
+    assert core.status().not_saved.error.startswith("OutOfMemoryError")
 
 
 def test_parse_experiment_accepts_a_redis_store(redis_url):
