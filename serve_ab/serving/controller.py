@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
 from serve_ab.config.rollout import PauseStep, Strategy
 from serve_ab.store.claim import HEARTBEAT_S, Held, Renewal, hold_claim, renew_claim
-from serve_ab.store.keys import claim_key, feedback_key, rollout_key
+from serve_ab.store.keys import claim_key, feedback_key, feedback_key_row, rollout_key
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store, store_unreachable
 from serve_ab.api.access_log import drop_routine_calls
@@ -97,6 +98,9 @@ class Checkpoint:
     reported: dict[str, dict[str, Any]]
     report_seqs: dict[str, int]
     taken_s: float
+    # Rows written once (the run's identity, the feedback key) or on a decision only (the
+    # rollout), written again only where the store lost them (ControllerCore.save_stats).
+    kept: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _fingerprint(cfg: ExperimentConfig) -> str:
@@ -156,6 +160,8 @@ class ControllerCore:
         # alone would read as if nothing were wrong. Cleared by the next save that works.
         self.saves_failing: SavesFailing | None = None
         self.started_at_s = clock()
+        # Rows every figures' save writes again where the store lost them (keep_row).
+        self.kept_rows: dict[str, dict[str, Any]] = {}
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
         feedback_kinds = cfg.feedback_kinds()
@@ -207,6 +213,11 @@ class ControllerCore:
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
 
+    def keep_row(self, key: str, row: dict[str, Any]) -> None:
+        """A row this controller read or wrote once and goes by from then on (the feedback key):
+        written again by the figures' saves if the store loses it."""
+        self.kept_rows[key] = row
+
     def checkpoint(self) -> Checkpoint:
         """What :meth:`save_stats` writes, taken now (on the loop, when saving from a thread).
 
@@ -231,7 +242,10 @@ class ControllerCore:
         state["last_look"] = ({"since_s": self._last_look_since_s,
                                "gates": self.last_analysis, "window": self.last_window}
                               if self.rollout is not None and self.last_window is not None else None)
-        return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s)
+        kept = dict(self.kept_rows)
+        if self.rollout is not None:
+            kept[self.key] = self.rollout.to_dict()
+        return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s, kept)
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
         """Keep the run's figures, so a restarted controller does not start them from zero;
@@ -249,6 +263,12 @@ class ControllerCore:
             self.store.save(self._stats_key(), checkpoint.stats)
             for key, row in checkpoint.reported.items():
                 self.store.save(key, row)
+            # Only where missing (SET NX; a newer decision saved meanwhile stays): a Redis that
+            # restarted without its data (no AOF) lost them while this controller kept them in
+            # memory, and the next controller would start a new run with no figures (its run
+            # row gone), sign with a new feedback key, or start the rollout over at step 1.
+            for key, row in checkpoint.kept.items():
+                self.store.create(key, row)
         except Exception as err:
             self.note_save_failed(err)
             raise
@@ -346,11 +366,13 @@ class ControllerCore:
         key = f"run:{self.cfg.model}"
         saved = self.store.load(key)
         if saved is not None and _same_config(saved.get("fingerprint"), fingerprint):
+            self.kept_rows[key] = saved
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
         run_id = f"{self.cfg.model}-{started}-{hashlib.blake2b(fingerprint.encode(), digest_size=4).hexdigest()}"
-        self.store.save(key, {"run_id": run_id, "started_at_s": self.started_at_s,
-                              "fingerprint": fingerprint})
+        row = {"run_id": run_id, "started_at_s": self.started_at_s, "fingerprint": fingerprint}
+        self.store.save(key, row)
+        self.kept_rows[key] = row
         return run_id, self.started_at_s
 
     # -- inputs ------------------------------------------------------------------------------
@@ -753,6 +775,8 @@ class ExperimentController:
                                  app_running=lambda name: asyncio.to_thread(app_running, name))
                 self.core = ControllerCore(cfg, store, app=self._claimant.app)
                 self._feedback_key = feedback_key(cfg, store)
+                if not os.environ.get(cfg.feedback.key_env):  # else the store holds no key
+                    self.core.keep_row(feedback_key_row(cfg), {"key_hex": self._feedback_key.hex()})
                 break
             except Exception as err:
                 if not store_unreachable(err):

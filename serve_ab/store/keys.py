@@ -13,7 +13,7 @@ from typing import Any
 
 from serve_ab.store.state import StateStore
 
-__all__ = ["claim_key", "feedback_key", "rollout_key"]
+__all__ = ["claim_key", "feedback_key", "feedback_key_row", "rollout_key"]
 
 
 def claim_key(cfg: Any) -> str:
@@ -28,6 +28,11 @@ def rollout_key(cfg: Any) -> str:
     return f"{cfg.model}:{r.strategy.value}:{r.stable}->{r.candidate}"
 
 
+def feedback_key_row(cfg: Any) -> str:
+    """The row that holds the feedback tokens' key when ``feedback.key_env`` does not give it."""
+    return f"feedback-key:{cfg.model}"
+
+
 def feedback_key(cfg: Any, store: StateStore) -> bytes:
     """The feedback tokens' key: from ``feedback.key_env`` when set (every replica of every
     app that shares it accepts the others' tokens), else made once and kept in the store, so
@@ -36,5 +41,5 @@ def feedback_key(cfg: Any, store: StateStore) -> bytes:
     if from_env:
         return from_env.encode()
     # Created atomically: routers starting beside a controller may make it at the same moment.
-    saved = store.create(f"feedback-key:{cfg.model}", {"key_hex": secrets.token_hex(32)})
+    saved = store.create(feedback_key_row(cfg), {"key_hex": secrets.token_hex(32)})
     return bytes.fromhex(saved["key_hex"])

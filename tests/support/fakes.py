@@ -173,3 +173,9 @@ class FailingStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
+        if self.failing:
+            self.refused += 1
+            raise OSError(28, "No space left on device")
+        return self.inner.create(key, state)

@@ -17,6 +17,7 @@ from serve_ab.config.experiment import ControllerConfig, parse_experiment
 from serve_ab.errors import StoreUnavailable
 from serve_ab.serving.controller import ControllerCore, feedback_key
 from serve_ab.serving.core.messages import Action
+from serve_ab.store.keys import feedback_key_row
 from serve_ab.store.redis_store import RedisStateStore
 from serve_ab.store.state import SqliteStateStore, open_store
 from tests.integration.conftest import free_port
@@ -140,6 +141,50 @@ def test_a_controller_on_a_fresh_redis_store_keeps_the_run_figures_and_feedback_
     moved = ControllerCore(ab_experiment(), moved_store, clock)
     assert moved.run_id == first.run_id and moved.stats_snapshot() == first.stats_snapshot()
     assert feedback_key(ab_experiment(), moved_store) == feedback_key(ab_experiment(), first_store)
+
+
+def test_a_redis_that_lost_its_data_gets_the_run_rollout_and_feedback_key_back_from_the_controller(redis_url):
+    """A Redis restarted without persistence (no AOF) comes back empty under a running
+    controller. Its figures are saved again every few seconds, but the run's row, the feedback
+    key and a rollout between decisions were written once: seen live, the next controller
+    started a new run (/metrics and the report from zero, 4,381 requests gone), signed with a
+    new feedback key and would have started the rollout over at 100% stable."""
+    clock = FakeClock()
+    cfg = experiment()
+    store = RedisStateStore.from_url(redis_url)
+    core = ControllerCore(cfg, store, clock)
+    core.keep_row(feedback_key_row(cfg), {"key_hex": feedback_key(cfg, store).hex()})  # as the deployment does
+    key = feedback_key(cfg, store)
+    core.tick()
+    run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    before = core.status(history=True)
+    assert before.step_index == 1 and before.weights_pct["v2"] == 10.0
+    core.save_stats()
+
+    store.client.flushall()  # what a restart without AOF leaves
+    clock.advance(1.0)
+    report(core, clock, "v1", 5, correct=True)
+    core.save_stats()  # the next save of the figures, a few seconds later
+
+    core.snapshot()  # the weights the routers' long polls take, which the figures file under
+    moved = ControllerCore(cfg, RedisStateStore.from_url(redis_url), clock)  # restarted, on another node
+    assert moved.run_id == core.run_id and moved.stats_snapshot() == core.stats_snapshot()
+    after = moved.status(history=True)
+    assert (after.phase, after.step_index, after.weights_pct, after.history) == (
+        before.phase, before.step_index, before.weights_pct, before.history)
+    assert feedback_key(cfg, RedisStateStore.from_url(redis_url)) == key
+
+
+def test_rows_written_again_never_overwrite_a_newer_decision(redis_url):
+    """The figures are saved from a thread, from a checkpoint taken earlier: the rollout it
+    holds is written only where the row is missing, never over a decision saved since."""
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_url)
+    core = ControllerCore(experiment(), store, clock)
+    checkpoint = core.checkpoint()  # the rollout at 0% for v2
+    core.tick()  # a decision: v2 at 10%, saved
+    core.save_stats(checkpoint)
+    assert store.load(core.key)["weights"]["v2"] == 10.0
 
 
 def test_a_stopped_redis_refuses_the_action_and_changes_nothing(redis_server):
