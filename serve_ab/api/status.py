@@ -101,7 +101,7 @@ class ControllerInfo(_Read):
 class RoutersSeen(_Read):
     """The routers' interval reports, as the controller saw them."""
 
-    routers: StrictInt = Field(0, description="Router replicas that reported in the last minute.")
+    routers: StrictInt = Field(0, description="Router replicas that reported in the last minute and have not stopped.")
     reports_total: StrictInt = 0
     rows_total: StrictInt = 0
     delayed_intervals_total: StrictInt = Field(0, description="Reports sent late, one per failed try.")

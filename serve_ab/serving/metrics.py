@@ -46,7 +46,7 @@ Per app:
 - ``serve_ab_feedback_unjoined_total`` counter: feedback that matched no served request.
 - ``serve_ab_feedback_duplicates_total`` counter: feedback refused as a repeat (same request, metric).
 - ``serve_ab_stats_start_time_seconds`` gauge: Unix time the counters started from.
-- ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute;
+- ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute and have not stopped;
   ``serve_ab_router_reports_total`` counter: interval reports merged;
   ``serve_ab_router_intervals_delayed_total`` counter: reports a router sent late because the
   controller was away when they were due, one per failed try (serving/core/ledger.py);
@@ -245,7 +245,7 @@ class _SnapshotCollector(Collector):
         routers = self.status.routers
         model = self.model
         live = GaugeMetricFamily(PREFIX + "routers_reporting",
-                                 "Router replicas that reported in the last minute.", labels=["model"])
+                                 "Router replicas that reported in the last minute and have not stopped.", labels=["model"])
         live.add_metric([model], routers.routers)
         reports = CounterMetricFamily(PREFIX + "router_reports_total",
                                       "Interval reports the controller merged, from every router.", labels=["model"])

@@ -90,7 +90,10 @@ class RouterReports:
         return out
 
     def seen(self, now_s: float) -> RoutersSeen:
-        live = [seen for seen in self.routers.values() if seen.last_report_s >= now_s - STALE_S]
+        # One that sent its last report (a scale-down, a redeploy) reports no more: counted, it
+        # showed 4 routers for a minute after an autoscaled 3 went down to 1.
+        live = [seen for seen in self.routers.values()
+                if seen.last_report_s >= now_s - STALE_S and not seen.stopped]
         return RoutersSeen(routers=len(live), reports_total=self.reports_total, rows_total=self.rows_total,
                            delayed_intervals_total=self.delayed_intervals_total,
                            routers_lost_total=self.routers_lost_total,

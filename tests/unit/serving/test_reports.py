@@ -29,3 +29,17 @@ def test_a_router_silent_without_its_last_report_is_counted_lost_and_logged(capl
     assert line.startswith("serve-ab controller: router replica crashed has sent nothing for 62s and no last "
                            "report: it crashed, lost its node, or stopped while its last report could not be "
                            "taken; what it served after its last report (00:16:40 UTC) is not in the figures")
+
+
+def test_a_router_that_sent_its_last_report_is_not_counted_as_reporting():
+    """Seen live: an autoscaled router went from 3 replicas to 1, and status and
+    serve_ab_routers_reporting said 4, then 3, then 2, for the minute after each stop."""
+    reports = RouterReports()
+    for name in ("r1", "r2", "r3"):
+        reports.received(report(name), now_s=1000.0)
+    assert reports.seen(1000.0).routers == 3
+    reports.received(report("r2", last=True), now_s=1001.0)
+    reports.received(report("r3", last=True), now_s=1001.0)
+    reports.received(report("r1"), now_s=1002.0)
+    figures = reports.seen(1002.0)
+    assert figures.routers == 1 and figures.routers_lost_total == 0
