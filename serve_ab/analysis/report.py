@@ -525,21 +525,23 @@ def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version
         se = math.sqrt(sq * units / (units - 1)) / total_n
         low, high = value_range
         if (low, high) == (0.0, 1.0):
-            out["ci"] = _rate_interval(value, se, units, total_n, alpha)
+            out["ci"] = _rate_interval(value, se, total_n, alpha)
         else:
             half = float(_stats.norm.ppf(1.0 - alpha / 2.0)) * se
             out["ci"] = [max(value - half, low), min(value + half, high)]
     return out
 
 
-def _rate_interval(rate: float, se: float, units: int, trials: float, alpha: float) -> list[float]:
+def _rate_interval(rate: float, se: float, trials: float, alpha: float) -> list[float]:
     """A rate's interval: Wilson's on the effective number of trials, rate (1 - rate) / se^2,
-    which counts a user's correlated requests as the per-unit variance says. At a rate of 0
-    or 1 there is no spread to say it, and the delta method's interval is [0, 0]: "no errors
-    in 683 users" is not "an error rate of exactly 0". There each user counts as one trial
-    (their requests all alike, the design effect at its largest): 0 of 683 gives [0, 0.56%]."""
-    effective = rate * (1.0 - rate) / (se * se) if se > 0 and 0.0 < rate < 1.0 else float(units)
-    effective = min(max(effective, 1.0), trials)  # never more trials than the requests themselves
+    which counts a user's correlated requests as the per-unit variance says (never more
+    than the trials: a design effect below 1 is noise). At a rate of 0 or 1 the delta method's
+    interval is [0, 0], "no errors" read as "an error rate of exactly 0"; with no spread to
+    measure a design effect by, every trial counts, as with one error the estimate would:
+    0 errors in 1,200 requests give [0, 0.32%], and one error a wider interval, never a
+    narrower one (counting a user as one trial at 0 made 0 errors read wider than 1)."""
+    effective = rate * (1.0 - rate) / (se * se) if se > 0 and 0.0 < rate < 1.0 else trials
+    effective = min(max(effective, 1.0), trials)
     low, high = shadow_stats.wilson_interval(rate * effective, effective, 1.0 - alpha)
     return [min(low, rate), max(high, rate)]  # a rounding error never leaves the rate outside
 

@@ -137,7 +137,7 @@ class RatioArm(_Model):
     value: Num | None = Field(description="the ratio: a rate or a mean per request/report")
     ci: Interval | None = Field(description="at 1 - alpha: a mean's delta-method interval per unit; a rate's "
                                 "Wilson interval on its effective trials (rate (1 - rate) / variance, at most "
-                                "the trials; one per unit at a rate of 0 or 1)")
+                                "the trials; every trial at a rate of 0 or 1)")
     p50: Num | None = Field(description="latency only: median of the latency sample, ms (descriptive)")
     p95: Num | None = Field(description="latency only: 95th percentile of the latency sample, ms (descriptive)")
 

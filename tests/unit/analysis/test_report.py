@@ -1123,26 +1123,30 @@ def test_requests_pinned_to_the_shadow_make_it_no_variant_of_the_test():
     assert report.variants["v3"].role == "shadow"  # not variant+shadow: only pinned requests
 
 
-def test_an_arm_with_no_errors_gets_an_interval_above_zero():
+def test_an_arm_with_no_errors_gets_an_interval_above_zero_and_one_error_a_wider_one():
     # The delta method gave "0 errors in 683 users" the interval [0, 0], drawn as no bar (an
-    # audit of the HTML plots): each user now counts as one trial, Wilson's bound z^2 / (n + z^2).
-    figures = ExperimentStats(["v1", "v2"], 0.0)
-    for user in range(400):
-        for version in ("v1", "v2"):
-            for _ in range(3):
-                error = "model" if version == "v2" and user % 10 == 0 else None
-                figures.record(1.0, version, 2.0, error, 0, unit=user, assigned=True, split={"v1": 50, "v2": 50})
-    report, _ = build_report(make_cfg(shadow=None, weights={"v1": 50, "v2": 50}), figures.snapshot(2.0),
-                             {"v1": 50, "v2": 50})
-    arms = _metric(report, "error_rate").arms
-    assert arms["v1"].value == 0.0 and arms["v1"].n == 400
+    # audit of the HTML plots). With no spread to measure a design effect by, every request
+    # counts: Wilson's bound z^2 / (n + z^2). One error (no clustering to see either) widens it.
+    def arms(errors_in_users):
+        figures = ExperimentStats(["v1", "v2"], 0.0)
+        for user in range(400):
+            for version in ("v1", "v2"):
+                for request in range(3):
+                    error = "model" if version == "v2" and user in errors_in_users and request == 0 else None
+                    figures.record(1.0, version, 2.0, error, 0, unit=user, assigned=True, split={"v1": 50, "v2": 50})
+        report, _ = build_report(make_cfg(shadow=None, weights={"v1": 50, "v2": 50}), figures.snapshot(2.0),
+                                 {"v1": 50, "v2": 50})
+        return report, _metric(report, "error_rate").arms
+
+    report, none = arms(set())
+    assert none["v1"].value == 0.0 and none["v1"].n == 400
     z = stats.norm.ppf(1 - report.experiment.alpha / 2)
-    assert arms["v1"].ci == pytest.approx([0.0, z * z / (400 + z * z)], rel=1e-9)
-    # With errors, within [0, 1] and around the rate, wider than the 1,200 requests alone would make it.
-    low, high = arms["v2"].ci
-    assert 0.0 < low < arms["v2"].value < high < 1.0
-    alone = proportion_confint(120, 1200, alpha=report.experiment.alpha, method="wilson")
-    assert high - low > alone[1] - alone[0]
+    assert none["v2"].ci == pytest.approx([0.0, z * z / (1200 + z * z)], rel=1e-9)
+    highs = [arms(set(range(k)))[1]["v2"].ci[1] for k in (0, 1, 5, 40)]
+    assert highs == sorted(highs) and len(set(highs)) == 4  # more errors, never a lower upper bound
+    figures_40 = arms(set(range(40)))[1]["v2"]
+    low, high = figures_40.ci
+    assert 0.0 < low < figures_40.value < high < 1.0
 
 
 @pytest.mark.parametrize("users, visits", [(2_000, 3_000), (40_000, 60_000)])
