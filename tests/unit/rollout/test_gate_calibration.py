@@ -300,3 +300,22 @@ def test_the_rollout_spends_alpha_so_a_held_candidate_at_max_rarely_advances():
     print(f"\nRollout, error_rate max 0.05 at a true 5%, windows of {n}, {looks} analyses")
     show("advanced", rate, reps)
     assert rate <= ALPHA + 3 * se(ALPHA, reps)
+
+
+def test_a_ratio_gate_held_by_skewed_values_says_why():
+    # A bound past Cochran's rule is infinite; the reason read only "upper bound inf is not
+    # below max_ratio_to_stable 1.1" (the review), where the absolute gate explains the wait.
+    rng = np.random.default_rng(5)
+    g_max = gate(metric="feedback_mean", name="revenue", max_ratio_to_stable=1.1)
+    held = corrected = 0
+    for _ in range(40):
+        cand = skewed_window("v2", 0.5 * rng.lognormal(0.0, 1.0, 200))
+        stab = skewed_window("v1", rng.lognormal(0.0, 1.0, 3800))
+        (result,) = evaluate_gates([g_max], cand, stab, 50, alpha=ALPHA)
+        if math.isinf(result.upper):
+            held += 1
+            assert result.verdict is GateVerdict.INCONCLUSIVE
+            assert "too skewed for a bound on the ratio's upper side yet" in result.reason, result.reason
+        else:
+            corrected += "bounds corrected for it" in result.reason
+    assert held > 0 and corrected > 0
