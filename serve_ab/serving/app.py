@@ -118,12 +118,13 @@ def build_metrics_app(args: dict[str, Any]) -> Application:
     """A separate app serving one experiment app's ``/metrics`` (see serving/metrics_app.py)."""
     from pydantic import ValidationError
 
+    from serve_ab.config.serve_file import MetricsAppConfig
     from serve_ab.serving.metrics_app import build
 
     try:
         return build(args)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err), where="metrics app") from None
+        raise ConfigError(format_validation_error(err, model=MetricsAppConfig), where="metrics app") from None
 
 
 def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:

@@ -17,6 +17,13 @@ def test_bad_arguments_name_the_field(args, field):
     assert "metrics app" in str(raised.value)
 
 
+def test_a_misspelt_key_is_answered_with_the_one_meant():
+    # serve run's own check, as serve-ab validate's: the nearest key and the valid ones.
+    with pytest.raises(ConfigError) as raised:
+        build_metrics_app({"ap": "digits"})
+    assert "ap: unknown key (got 'digits'); did you mean 'app'? valid keys: app, num_cpus" in str(raised.value)
+
+
 def test_good_arguments_bind_one_deployment(monkeypatch):
     monkeypatch.delenv("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", raising=False)
     app = build_metrics_app({"app": "digits"})
