@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
+from serve_ab.config.serve_file import APP_BUILDERS, AppKind
+
 
 def free_port(preferred: int, host: str) -> int:
     """``preferred`` when a server could listen on it at ``host``, else a port the OS finds free
     there. ``::`` (where Ray's gRPC proxy listens) checks IPv4 too, as a server there takes
     both; without IPv6, ``0.0.0.0`` is checked instead."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if family == socket.AF_INET6 and not socket.has_ipv6:
+    if family == socket.AF_INET6 and not _ipv6_works():
         family, host = socket.AF_INET, "0.0.0.0"
     try:
         with socket.socket(family) as probe:
@@ -38,7 +40,16 @@ def free_port(preferred: int, host: str) -> int:
             return other.getsockname()[1]
 
 
-EXPERIMENT_BUILDER = "serve_ab.serving.app:build_app"
+def _ipv6_works() -> bool:
+    """``socket.has_ipv6`` says Python was built with IPv6; a kernel with it turned off still
+    refuses the socket (Ray then listens on IPv4)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
 
 
 def demo_config(config: dict[str, Any], port: int, grpc_port: int, state_path: str) -> dict[str, Any]:
@@ -51,10 +62,10 @@ def demo_config(config: dict[str, Any], port: int, grpc_port: int, state_path: s
     out["http_options"] = {**(config.get("http_options") or {}), "port": port}
     if config.get("grpc_options") is not None:
         out["grpc_options"] = {**config["grpc_options"], "port": grpc_port}
-    experiments = [app for app in config.get("applications") or () if app.get("import_path") == EXPERIMENT_BUILDER]
+    experiments = [app for app in config.get("applications") or () if _is_experiment(app)]
     apps = []
     for app in config.get("applications") or ():
-        if app.get("import_path") != EXPERIMENT_BUILDER:
+        if not _is_experiment(app):
             apps.append(app)
             continue
         path = state_path if len(experiments) == 1 else str(Path(state_path).with_suffix(f".{app['name']}.sqlite"))
@@ -63,6 +74,10 @@ def demo_config(config: dict[str, Any], port: int, grpc_port: int, state_path: s
         apps.append({**app, "args": args})
     out["applications"] = apps
     return out
+
+
+def _is_experiment(app: dict[str, Any]) -> bool:
+    return APP_BUILDERS.get(str(app.get("import_path"))) is AppKind.EXPERIMENT
 
 
 def main(argv: list[str] | None = None) -> int:

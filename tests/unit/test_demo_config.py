@@ -101,6 +101,7 @@ def test_two_experiments_get_a_state_each_and_the_metrics_app_none(demo_config):
     config = {"applications": [{**app, "name": "a"}, {**app, "name": "b"},
                                {"name": "m", "import_path": "serve_ab.serving.app:build_metrics_app",
                                 "args": {"app": "a"}}]}
+    config["applications"][1]["import_path"] = "serve_ab:build_app"  # the builder's other name
     out = demo_config.demo_config(config, 8000, 9000, "/tmp/demo/ab.sqlite")
     paths = [a["args"].get("controller", {}).get("state_path") for a in out["applications"]]
     assert paths == ["/tmp/demo/ab.a.sqlite", "/tmp/demo/ab.b.sqlite", None]
