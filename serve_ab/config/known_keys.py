@@ -50,32 +50,32 @@ def _field_annotation(model: type[BaseModel], key: str) -> Any:
     return None
 
 
-def _step(annotation: Any, part: str | int) -> tuple[Any, bool]:
-    """The annotation below ``annotation`` at ``part`` of a location, and whether ``part`` was
-    consumed (a union's tag or member name in pydantic's location is not a key of the input)."""
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation below ``annotation`` at ``part`` of a location, or None. A union's tag
+    or member name in pydantic's location is a step of its own (not a key of the input)."""
     tagged = _tags(annotation)
     if isinstance(part, str) and part in tagged:
-        return tagged[part], True
+        return tagged[part]
     for member in _members(annotation):
         if isinstance(part, str) and getattr(member, "__name__", None) == part:
-            return member, True
+            return member
         origin, args = typing.get_origin(member), typing.get_args(member)
         if isinstance(member, type) and issubclass(member, BaseModel) and isinstance(part, str):
             found = _field_annotation(member, part)
             if found is not None:
-                return found, True
+                return found
         elif origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
-            return args[0], True
+            return args[0]
         elif origin is dict and len(args) == 2:
-            return args[1], True
-    return None, True
+            return args[1]
+    return None
 
 
 def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The model whose mapping holds the key at the end of ``loc``."""
     annotation: Any = model
     for part in loc[:-1]:
-        annotation, _ = _step(annotation, part)
+        annotation = _step(annotation, part)
         if annotation is None:
             return None
     models = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
