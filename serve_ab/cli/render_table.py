@@ -11,6 +11,7 @@ views show the same figures the same way.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
 import unicodedata
@@ -297,7 +298,9 @@ def _power_text(c: Comparison) -> str:
         tail = "reached" if more == 0 else f"{more:,} more per arm"
         return f"{p.required_per_arm:,} units per arm needed {plan}; {tail}{achieved}"
     # In users, not buckets: users come to share buckets, so a count of buckets misleads.
-    times = f"{p.data_multiple:,.0f}" if p.data_multiple >= 10 else f"{p.data_multiple:.2f}"
+    # Rounded up: "1.00x" for a plan one unit short read as reached.
+    times = (f"{math.ceil(p.data_multiple):,}" if p.data_multiple >= 10
+             else f"{math.ceil(p.data_multiple * 100) / 100:.2f}")
     tail = "sample reached" if p.complete else f"{times}x the users so far needed"
     return f"{tail} {plan}{achieved}"
 

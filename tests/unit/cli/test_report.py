@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import socket
 
@@ -14,6 +15,7 @@ import serve_ab.cli
 from serve_ab.analysis.report_model import CupedFigures, Report
 from serve_ab.cli import command as cli, render_html as render_html_module, report as report_cli
 from serve_ab.cli.render_html import render_html
+from serve_ab.cli import render_table as render_table_module
 from serve_ab.cli.render_table import WIDTH, render_table
 from serve_ab.store.runs import RunRecorder
 from tests.support.fake_http import FakeApp
@@ -96,7 +98,7 @@ def test_table_has_a_block_per_metric_with_the_figures_of_each_comparison(report
         multiple = c.power.data_multiple
         assert multiple == pytest.approx(max(c.power.required["variant"] / c.n_variant,
                                              c.power.required["control"] / c.n_control))
-        times = f"{multiple:,.0f}" if multiple >= 10 else f"{multiple:.2f}"
+        times = f"{math.ceil(multiple):,}" if multiple >= 10 else f"{math.ceil(multiple * 100) / 100:.2f}"
         start = "sample reached" if c.power.complete else f"{times}x the users so far needed"
         assert power.startswith(f"{start} for MDE 5.0% at power 0.8 (mSPRT)"), power
         assert c.power.complete == (multiple <= 1)
@@ -716,3 +718,11 @@ def test_both_views_say_the_metric_tables_count_buckets_of_users(report, no_plot
     note = "units in the metric tables: each a bucket of users (users hash into 10,000 buckets"
     assert note in " ".join(render_table(report).split())
     assert note in " ".join(render_html(report).split())
+
+
+@pytest.mark.parametrize("multiple, shown", [(1.0033, "1.01x the users so far needed"), (2.5, "2.50x the"),
+                                             (12.01, "13x the")])
+def test_the_multiple_still_needed_is_rounded_up(report, multiple, shown):
+    c = report.metrics[0].comparisons[0]
+    power = c.power.model_copy(update={"data_multiple": multiple, "complete": False})
+    assert render_table_module._power_text(c.model_copy(update={"power": power})).startswith(shown)
