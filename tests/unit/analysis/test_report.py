@@ -1126,27 +1126,29 @@ def test_requests_pinned_to_the_shadow_make_it_no_variant_of_the_test():
 def test_an_arm_with_no_errors_gets_an_interval_above_zero_and_one_error_a_wider_one():
     # The delta method gave "0 errors in 683 users" the interval [0, 0], drawn as no bar (an
     # audit of the HTML plots). With no spread to measure a design effect by, every request
-    # counts: Wilson's bound z^2 / (n + z^2). One error (no clustering to see either) widens it.
-    def arms(errors_in_users):
+    # counts: Wilson's bound z^2 / (n + z^2). One error (no clustering to see either) widens it;
+    # one trial per user at 0 read 0.95% with no error against 0.47% with one (the review).
+    def v1_arm(errors_in_users):
         figures = ExperimentStats(["v1", "v2"], 0.0)
-        for user in range(400):
-            for version in ("v1", "v2"):
+        for user in range(400):  # at 50/50 buckets 0-4999 are v1's, 5000-9999 v2's
+            for version, unit in (("v1", user), ("v2", NUM_BUCKETS // 2 + user)):
                 for request in range(3):
-                    error = "model" if version == "v2" and user in errors_in_users and request == 0 else None
-                    figures.record(1.0, version, 2.0, error, 0, unit=user, assigned=True, split={"v1": 50, "v2": 50})
+                    error = "model" if version == "v1" and user in errors_in_users and request == 0 else None
+                    figures.record(1.0, version, 2.0, error, 0, unit=unit, assigned=True, split={"v1": 50, "v2": 50})
         report, _ = build_report(make_cfg(shadow=None, weights={"v1": 50, "v2": 50}), figures.snapshot(2.0),
                                  {"v1": 50, "v2": 50})
-        return report, _metric(report, "error_rate").arms
+        return report, _metric(report, "error_rate").arms["v1"]
 
-    report, none = arms(set())
-    assert none["v1"].value == 0.0 and none["v1"].n == 400
+    report, none = v1_arm(set())
+    assert none.value == 0.0 and none.n == 400 and none.total == 1200
     z = stats.norm.ppf(1 - report.experiment.alpha / 2)
-    assert none["v2"].ci == pytest.approx([0.0, z * z / (1200 + z * z)], rel=1e-9)
-    highs = [arms(set(range(k)))[1]["v2"].ci[1] for k in (0, 1, 5, 40)]
+    assert none.ci == pytest.approx([0.0, z * z / (1200 + z * z)], rel=1e-9)
+    arms = [v1_arm(set(range(k)))[1] for k in (0, 1, 5, 40)]
+    assert [a.n for a in arms] == [400] * 4
+    highs = [a.ci[1] for a in arms]
     assert highs == sorted(highs) and len(set(highs)) == 4  # more errors, never a lower upper bound
-    figures_40 = arms(set(range(40)))[1]["v2"]
-    low, high = figures_40.ci
-    assert 0.0 < low < figures_40.value < high < 1.0
+    low, high = arms[-1].ci
+    assert 0.0 < low < arms[-1].value < high < 1.0
 
 
 @pytest.mark.parametrize("users, visits", [(2_000, 3_000), (40_000, 60_000)])
