@@ -298,9 +298,10 @@ def _power_text(c: Comparison) -> str:
         tail = "reached" if more == 0 else f"{more:,} more per arm"
         return f"{p.required_per_arm:,} units per arm needed {plan}; {tail}{achieved}"
     # In users, not buckets: users come to share buckets, so a count of buckets misleads.
-    # Rounded up: "1.00x" for a plan one unit short read as reached.
-    times = (f"{math.ceil(p.data_multiple):,}" if p.data_multiple >= 10
-             else f"{math.ceil(p.data_multiple * 100) / 100:.2f}")
+    # Rounded up: "1.00x" for a plan one unit short read as reached. round() first: 1.1 * 100
+    # is 110.00000000000001, which ceil would make "1.11x".
+    times = (f"{math.ceil(round(p.data_multiple, 9)):,}" if p.data_multiple >= 10
+             else f"{math.ceil(round(p.data_multiple * 100, 9)) / 100:.2f}")
     tail = "sample reached" if p.complete else f"{times}x the users so far needed"
     return f"{tail} {plan}{achieved}"
 

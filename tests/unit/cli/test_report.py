@@ -98,7 +98,8 @@ def test_table_has_a_block_per_metric_with_the_figures_of_each_comparison(report
         multiple = c.power.data_multiple
         assert multiple == pytest.approx(max(c.power.required["variant"] / c.n_variant,
                                              c.power.required["control"] / c.n_control))
-        times = f"{math.ceil(multiple):,}" if multiple >= 10 else f"{math.ceil(multiple * 100) / 100:.2f}"
+        times = (f"{math.ceil(round(multiple, 9)):,}" if multiple >= 10
+                 else f"{math.ceil(round(multiple * 100, 9)) / 100:.2f}")
         start = "sample reached" if c.power.complete else f"{times}x the users so far needed"
         assert power.startswith(f"{start} for MDE 5.0% at power 0.8 (mSPRT)"), power
         assert c.power.complete == (multiple <= 1)
@@ -721,7 +722,7 @@ def test_both_views_say_the_metric_tables_count_buckets_of_users(report, no_plot
 
 
 @pytest.mark.parametrize("multiple, shown", [(1.0033, "1.01x the users so far needed"), (2.5, "2.50x the"),
-                                             (12.01, "13x the")])
+                                             (1.1, "1.10x the"), (12.01, "13x the"), (12.0, "12x the")])
 def test_the_multiple_still_needed_is_rounded_up(report, multiple, shown):
     c = report.metrics[0].comparisons[0]
     power = c.power.model_copy(update={"data_multiple": multiple, "complete": False})
