@@ -3,10 +3,10 @@
     python scripts/demo_config.py --free-port 8000 127.0.0.1      # 8000, or a free port if it is held
     python scripts/demo_config.py configs/ab.yaml OUT.yaml --port 8000 --grpc-port 9000 --state DIR/ab.sqlite
 
-Each app's ``controller.state_path`` is set whether or not the config names one: an app whose
-config leaves it unset keeps its run in ``.serve-ab/state.sqlite``, and a second demo (or the
-user's own ``serve run`` of the same file) would carry on that run, its figures added to the
-first's. ``grpc_options.port`` moves like the HTTP port: Ray's gRPC proxy that cannot bind it
+Each experiment's ``controller.state_path`` is set whether or not the config names one: an app
+whose config leaves it unset keeps its run in ``.serve-ab/state.sqlite``, and a second demo (or
+the user's own ``serve run`` of the same file) would carry on that run, its figures added to
+the first's. ``grpc_options.port`` moves like the HTTP port: Ray's gRPC proxy that cannot bind it
 fails ``serve run`` with a traceback.
 """
 
