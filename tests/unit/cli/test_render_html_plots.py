@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from serve_ab.cli import render_html as render_html_module
 from tests.unit.analysis.test_report import Sim, make_cfg
+from tests.unit.cli.test_report import report  # noqa: F401 - the report both views' tests read
 
 
 @pytest.fixture
@@ -22,15 +23,6 @@ def plot(monkeypatch):
             return getattr(render_html_module, f"_{name}_plot")(*args, Figure)
 
     return draw
-
-
-@pytest.fixture(scope="module")
-def report():
-    cfg = make_cfg()
-    sim = Sim(cfg, seed=7).run(
-        3000, error_rate={"v1": 0.01, "v2": 0.03}, latency_scale={"v2": 1.1}, correct={"v1": 0.9, "v2": 0.94},
-        revenue={"v1": 10.0, "v2": 10.0}, cost={"v1": 2.0, "v2": 2.0}, shadow_share=0.2, flip=0.08)
-    return sim.report()[0]
 
 
 @pytest.fixture(scope="module")
