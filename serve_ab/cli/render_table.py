@@ -481,13 +481,20 @@ def _wrap(text: str, indent: str = "") -> list[str]:
                          break_on_hyphens=False)
 
 
+# Control characters, invisible format characters (a right-to-left override would show
+# "v2" where the bytes say otherwise, a zero-width space makes two names look alike) and the line and
+# paragraph separators some terminals break lines at.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _visible(text: str) -> str:
-    """``text`` with each control character escaped as Python would write it ('\\n', '\\x1b'): a
-    name from a record or an older config must not break a line or send the terminal an escape
-    sequence (config refuses them; records and reports from elsewhere may hold anything)."""
+    """``text`` with each control or invisible character escaped as Python would write it
+    ('\\n', '\\x1b', '\\u202e'): a name from a record or an older config must not break a line,
+    send the terminal an escape sequence or read as another (config refuses control
+    characters; records and reports from elsewhere may hold anything)."""
     if text.isprintable():
         return text
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _ESCAPED_CATEGORIES else c for c in text)
 
 
 # --- formatting ----------------------------------------------------------------------------

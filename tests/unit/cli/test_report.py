@@ -251,6 +251,10 @@ def test_table_escapes_control_characters_in_names_from_a_record(report):
     assert "a\\nb\\x1b[2J\\x1b[31mred\\x9b  (rate per report" in text
     assert "WARNING: feedback x\\ry is odd" in text
     assert all(c == "\n" or c.isprintable() for c in text)
+    # Invisible ones too: a right-to-left override, a zero-width space, a line separator.
+    metric = report.metric("correct").model_copy(update={"name": "ok\u202e2v\u200bx\u2028y"})
+    text = render_table(report.model_copy(update={"metrics": [metric]}))
+    assert "ok\\u202e2v\\u200bx\\u2028y  (rate per report" in text
 
 
 def test_shadow_drift_shows_the_js_distance_the_gates_read(report, no_plots):
