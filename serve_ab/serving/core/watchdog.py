@@ -138,13 +138,22 @@ class WatchedVersion:
 
     async def _answers_probe(self) -> bool:
         """Whether a replica answers ``describe`` within the probe timeout (on the injected clock)."""
+        s = self.settings
         probe = self.calls.describe()
         answer = asyncio.ensure_future(_awaited(probe))
-        timer = asyncio.ensure_future(self.sleep(self.settings.probe_timeout_s))
-        try:
-            await asyncio.wait({answer, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
+        waited_s = 0.0
+        # In ticks, each one cutting the calls past call_timeout_s: a probe waited on whole held
+        # them for up to probe_timeout_s more (a live check: 4.2 s against a 1-s limit).
+        while waited_s < s.probe_timeout_s and not answer.done():
+            step_s = min(s.interval_s, s.probe_timeout_s - waited_s)
+            timer = asyncio.ensure_future(self.sleep(step_s))
+            try:
+                await asyncio.wait({answer, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+            if not answer.done():
+                waited_s += step_s
+                self._cancel_overdue()
         if answer.done() and not answer.cancelled() and answer.exception() is None:
             return True
         # Timed out waiting for a replica, the replica died, or there is no deployment.
@@ -174,7 +183,9 @@ class WatchedVersion:
         logger.warning("serve-ab router: %s (%d waiting calls cancelled)", self.down_reason,
                        len(self._pending))
         for call in list(self._pending):
-            self._cancelled[call] = VersionUnavailable(self.down_reason)
+            # A call already cut past call_timeout_s stays a timeout (its cancel may not have
+            # landed yet).
+            self._cancelled.setdefault(call, VersionUnavailable(self.down_reason))
             call.cancel()
 
 

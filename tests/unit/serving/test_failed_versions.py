@@ -311,3 +311,30 @@ def test_a_call_that_waits_past_the_call_timeout_is_cancelled_and_served_elsewhe
     # Counted as a timeout, not as an outage: the version may be up and only slow.
     assert isinstance(err, VersionTimedOut) and error_kind(err) == "timeout"
     assert error_kind(VersionUnavailable("down")) == "unavailable"
+
+
+
+def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe():
+    # A version seen answering, then stalled: the watchdog probed it for probe_timeout_s and
+    # cut nothing meanwhile, so a call with a 1-s limit waited 4.2 s, and marking the version
+    # down then counted it 'unavailable' (a live check).
+    clock = FakeClock()
+    calls = FakeCalls()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=0.5, probe_timeout_s=2.0, call_timeout_s=1.0)
+
+    async def go():
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
+        batch = np.zeros((1, 64), np.float32)
+        await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        await version.predict(batch)  # seen answering while watched
+        calls.stalled = True
+        started = clock()
+        with pytest.raises(VersionUnavailable) as info:
+            await version.predict(batch)
+        return clock() - started, info.value
+
+    waited_s, err = run(go())
+    assert isinstance(err, VersionTimedOut) and error_kind(err) == "timeout"
+    # Within a tick of the limit (the fake clock moves as a sleep begins), not after the probe.
+    assert abs(waited_s - settings.call_timeout_s) <= settings.interval_s
