@@ -101,6 +101,8 @@ class Checkpoint:
     # Rows written once (the run's identity, the feedback key) or on a decision only (the
     # rollout), written again only where the store lost them (ControllerCore.save_stats).
     kept: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Of those, the rows this controller's copy wins over the store's (the feedback key).
+    owned: frozenset[str] = frozenset()
 
 
 def _fingerprint(cfg: ExperimentConfig) -> str:
@@ -162,6 +164,7 @@ class ControllerCore:
         self.started_at_s = clock()
         # Rows every figures' save writes again where the store lost them (keep_row).
         self.kept_rows: dict[str, dict[str, Any]] = {}
+        self.owned_rows: set[str] = set()
         self.run_id, self.run_started_at_s = self._run_identity()
         shadow_version = cfg.shadow.version if cfg.shadow is not None else None
         feedback_kinds = cfg.feedback_kinds()
@@ -213,10 +216,13 @@ class ControllerCore:
     def _stats_key(self) -> str:
         return f"stats:{self.run_id}"
 
-    def keep_row(self, key: str, row: dict[str, Any]) -> None:
+    def keep_row(self, key: str, row: dict[str, Any], *, owned: bool = False) -> None:
         """A row this controller read or wrote once and goes by from then on (the feedback key):
-        written again by the figures' saves if the store loses it."""
+        written again by the figures' saves if the store loses it. ``owned``: written over
+        another row found there too, this controller's copy being the one in use."""
         self.kept_rows[key] = row
+        if owned:
+            self.owned_rows.add(key)
 
     def checkpoint(self) -> Checkpoint:
         """What :meth:`save_stats` writes, taken now (on the loop, when saving from a thread).
@@ -245,7 +251,7 @@ class ControllerCore:
         kept = dict(self.kept_rows)
         if self.rollout is not None:
             kept[self.key] = self.rollout.to_dict()
-        return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s, kept)
+        return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s, kept, frozenset(self.owned_rows))
 
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
         """Keep the run's figures, so a restarted controller does not start them from zero;
@@ -268,7 +274,14 @@ class ControllerCore:
             # memory, and the next controller would start a new run with no figures (its run
             # row gone), sign with a new feedback key, or start the rollout over at step 1.
             for key, row in checkpoint.kept.items():
-                self.store.create(key, row)
+                stored = self.store.create(key, row)
+                if stored != row and key in checkpoint.owned:
+                    # A router that started after the loss made a key of its own before this
+                    # save; the routers sign with this controller's, and a restart would read
+                    # the store's: tokens issued before the loss would then all be refused.
+                    logger.warning("serve-ab controller: %s held another %s than this controller's; "
+                                   "writing this controller's back", describe_store(self.cfg.controller), key)
+                    self.store.save(key, row)
         except Exception as err:
             self.note_save_failed(err)
             raise
@@ -776,7 +789,7 @@ class ExperimentController:
                 self.core = ControllerCore(cfg, store, app=self._claimant.app)
                 self._feedback_key = feedback_key(cfg, store)
                 if not os.environ.get(cfg.feedback.key_env):  # else the store holds no key
-                    self.core.keep_row(feedback_key_row(cfg), {"key_hex": self._feedback_key.hex()})
+                    self.core.keep_row(feedback_key_row(cfg), {"key_hex": self._feedback_key.hex()}, owned=True)
                 break
             except Exception as err:
                 if not store_unreachable(err):

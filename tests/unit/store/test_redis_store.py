@@ -153,7 +153,7 @@ def test_a_redis_that_lost_its_data_gets_the_run_rollout_and_feedback_key_back_f
     cfg = experiment()
     store = RedisStateStore.from_url(redis_url)
     core = ControllerCore(cfg, store, clock)
-    core.keep_row(feedback_key_row(cfg), {"key_hex": feedback_key(cfg, store).hex()})  # as the deployment does
+    core.keep_row(feedback_key_row(cfg), {"key_hex": feedback_key(cfg, store).hex()}, owned=True)  # as deployed
     key = feedback_key(cfg, store)
     core.tick()
     run_for(core, clock, 6, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
@@ -172,6 +172,24 @@ def test_a_redis_that_lost_its_data_gets_the_run_rollout_and_feedback_key_back_f
     after = moved.status(history=True)
     assert (after.phase, after.step_index, after.weights_pct, after.history) == (
         before.phase, before.step_index, before.weights_pct, before.history)
+    assert feedback_key(cfg, RedisStateStore.from_url(redis_url)) == key
+
+
+def test_a_key_a_router_made_after_the_loss_gives_way_to_the_controllers(redis_url):
+    """A router replica starting between the loss and the controller's next save made a key of
+    its own (feedback_key creates one where none is): the routers sign with the controller's,
+    but the store kept the router's, and after a controller and a router restart every token
+    issued before the loss was a 403 (a live check)."""
+    clock = FakeClock()
+    cfg = experiment()
+    store = RedisStateStore.from_url(redis_url)
+    core = ControllerCore(cfg, store, clock)
+    key = feedback_key(cfg, store)
+    core.keep_row(feedback_key_row(cfg), {"key_hex": key.hex()}, owned=True)
+    core.save_stats()
+    store.client.flushall()
+    assert feedback_key(cfg, RedisStateStore.from_url(redis_url)) != key  # the new router's
+    core.save_stats()
     assert feedback_key(cfg, RedisStateStore.from_url(redis_url)) == key
 
 
