@@ -100,8 +100,10 @@ class WatchedVersion:
             raise
         finally:
             self._pending.pop(call, None)
-            self._cancelled.pop(call, None)
-            self._progress = True
+            # A call the watchdog cut is no sign of life: counted as one, a version whose calls
+            # all timed out while it probed was never marked down.
+            if self._cancelled.pop(call, None) is None:
+                self._progress = True
 
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
         return await self.calls.describe()

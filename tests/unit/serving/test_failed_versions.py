@@ -313,14 +313,16 @@ def test_a_call_that_waits_past_the_call_timeout_is_cancelled_and_served_elsewhe
     assert error_kind(VersionUnavailable("down")) == "unavailable"
 
 
-
-def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe():
+@pytest.mark.parametrize("settings", [
+    WatchdogSettings(interval_s=0.25, stall_s=0.5, probe_timeout_s=2.0, call_timeout_s=1.0),
+    WatchdogSettings(call_timeout_s=2.0),  # the defaults' stall and probe
+])
+def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe(settings):
     # A version seen answering, then stalled: the watchdog probed it for probe_timeout_s and
     # cut nothing meanwhile, so a call with a 1-s limit waited 4.2 s, and marking the version
     # down then counted it 'unavailable' (a live check).
     clock = FakeClock()
     calls = FakeCalls()
-    settings = WatchdogSettings(interval_s=0.25, stall_s=0.5, probe_timeout_s=2.0, call_timeout_s=1.0)
 
     async def go():
         version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
@@ -332,9 +334,18 @@ def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe():
         started = clock()
         with pytest.raises(VersionUnavailable) as info:
             await version.predict(batch)
-        return clock() - started, info.value
+        waited_s = clock() - started
+        # The cut call is no sign of life: the version, stalled and not answering its probe,
+        # is still marked down (the review: counted as progress, it never was).
+        for _ in range(10_000):
+            if version.down_reason is not None:
+                break
+            await asyncio.sleep(0)
+        return waited_s, info.value, clock() - started, version.down_reason
 
-    waited_s, err = run(go())
+    waited_s, err, down_after_s, down_reason = run(go())
     assert isinstance(err, VersionTimedOut) and error_kind(err) == "timeout"
     # Within a tick of the limit (the fake clock moves as a sleep begins), not after the probe.
     assert abs(waited_s - settings.call_timeout_s) <= settings.interval_s
+    assert down_reason is not None and "no call completed" in down_reason
+    assert down_after_s <= settings.stall_s + settings.probe_timeout_s + 2 * settings.interval_s
