@@ -360,6 +360,17 @@ def test_a_call_begun_between_two_ticks_is_not_cut_before_its_timeout():
     assert settings.call_timeout_s <= waited_s <= settings.call_timeout_s + settings.interval_s, waited_s
 
 
+async def seen_answering(calls: FakeCalls, settings: WatchdogSettings,
+                         clock: FakeClock) -> tuple[WatchedVersion, np.ndarray]:
+    """A watched version that answered while its watchdog ran: it may now be marked down."""
+    version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+    batch = np.zeros((1, 64), np.float32)
+    await version.predict(batch)  # starts the watchdog
+    await asyncio.sleep(0)
+    await version.predict(batch)  # seen answering while watched
+    return version, batch
+
+
 class SlowCancels(FakeCalls):
     """Calls whose cancel lands only when the test says (a Ray call's cancel is a message to
     its replica): cut calls stay pending meanwhile."""
@@ -386,11 +397,7 @@ def test_a_call_cut_past_its_timeout_stays_a_timeout_when_the_version_is_then_ma
     settings = WatchdogSettings(interval_s=0.25, stall_s=0.5, probe_timeout_s=2.0, call_timeout_s=1.0)
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
-        batch = np.zeros((1, 64), np.float32)
-        await version.predict(batch)  # starts the watchdog
-        await asyncio.sleep(0)
-        await version.predict(batch)  # seen answering while watched
+        version, batch = await seen_answering(calls, settings, clock)
         calls.stalled = True
         waiting = asyncio.get_running_loop().create_task(version.predict(batch))
         for _ in range(10_000):
@@ -420,11 +427,7 @@ def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe(sett
     calls = FakeCalls()
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
-        batch = np.zeros((1, 64), np.float32)
-        await version.predict(batch)  # starts the watchdog
-        await asyncio.sleep(0)
-        await version.predict(batch)  # seen answering while watched
+        version, batch = await seen_answering(calls, settings, clock)
         calls.stalled = True
         started = clock()
         with pytest.raises(VersionUnavailable) as info:
