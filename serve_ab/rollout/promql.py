@@ -76,6 +76,8 @@ async def run_query(url: str, query: str, timeout_s: float,
             reason = f"cannot reach {endpoint}: {type(err).__name__}: {err}"
         logger.warning("serve-ab promql query failed: %s; query: %s", reason, query)
         return PromQLResult(query, None, reason)
+    if value is not None and math.isnan(value):
+        return PromQLResult(query, None, nan=True)
     return PromQLResult(query, value)
 
 
@@ -84,7 +86,8 @@ class _QueryError(ValueError):
 
 
 def _parse(response: httpx.Response, endpoint: str) -> float | None:
-    """The value in an /api/v1/query answer; None for no data; _QueryError for anything else."""
+    """The value in an /api/v1/query answer (NaN as given); None for an empty one;
+    _QueryError for anything else."""
     try:
         body = response.json()
     except ValueError:
@@ -114,7 +117,7 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
         value = float(sample[1])
     except (TypeError, ValueError, IndexError):
         raise _QueryError(f"cannot read a number from the sample {sample!r}") from None
-    return None if math.isnan(value) else value
+    return value  # NaN included: run_query() tells it apart from an empty answer
 
 
 def promql_duration(seconds: float) -> str:

@@ -101,11 +101,25 @@ def test_single_sample_vector_and_scalar_give_the_value(prometheus):
     assert prometheus.received == ["up", "scalar(up)"]
 
 
-@pytest.mark.parametrize("body", [vector(), vector("NaN"), scalar("NaN")])
-def test_empty_result_or_nan_is_no_data_not_an_error(prometheus, body):
+@pytest.mark.parametrize("body, nan", [(vector(), False), (vector("NaN"), True), (scalar("NaN"), True)])
+def test_empty_result_or_nan_is_no_data_not_an_error(prometheus, body, nan):
     prometheus.answer("q", body)
     result = run(run_query(prometheus.url, "q", 2))
-    assert result == PromQLResult("q", None, None)
+    assert result == PromQLResult("q", None, None, nan=nan)
+
+
+def test_a_nan_answer_is_named_in_the_gate_reason_not_called_no_samples(prometheus):
+    """Live, a ratio of rates over a range without requests (0/0) answered NaN, and the gate
+    said "the query returned no samples", which sends an operator looking for a missing
+    series that is there."""
+    prometheus.answer("q", vector("NaN"))
+    nan = evaluate_gate(GATE, candidate_with(run(run_query(prometheus.url, "q", 2))), STABLE, min_samples=50)
+    assert nan.verdict is GateVerdict.INCONCLUSIVE and nan.value is None
+    assert nan.reason == ("no data for promql[error_ratio]: the query returned NaN (e.g. 0/0: a ratio over a range "
+                          "with no requests); is v2 receiving traffic? query: q")
+    prometheus.answer("q", vector())
+    empty = evaluate_gate(GATE, candidate_with(run(run_query(prometheus.url, "q", 2))), STABLE, min_samples=50)
+    assert "the query returned no samples" in empty.reason
 
 
 def test_infinity_is_a_value(prometheus):
