@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from serve_ab.errors import Conflict
+from serve_ab.errors import Conflict, Forbidden
 from serve_ab.rollout.gates import ConversionEvent, FeedbackEvent
 
 MAX_REQUESTS = 500_000
@@ -48,6 +49,10 @@ class FeedbackJoin:
         # as a token can bring it back: one report per request and metric, however often a
         # client sends it. Hashes keep it small and easy to save (see reported_since).
         self._reported: collections.OrderedDict[int, float] = collections.OrderedDict()
+        # The latest report time forgotten to make room (max_requests reports within a token's
+        # life): a repeat of an answer given before it could no longer be told from a first
+        # report, so such answers' feedback is refused, not counted twice (see add).
+        self._forgotten_through_s = -math.inf
         self._served: collections.OrderedDict[str, tuple[str, float, int | None, int]] = collections.OrderedDict()
         self._values: collections.deque[FeedbackEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._conversions: collections.deque[ConversionEvent] = collections.deque(maxlen=MAX_EVENTS)
@@ -82,7 +87,7 @@ class FeedbackJoin:
 
     def add(self, request_id: str, name: str, value: float | None, converted: bool | None,
             now_s: float, version: str | None = None, unit: int | None = None, split: int = -1,
-            count_repeat: bool = True) -> str | None:
+            count_repeat: bool = True, answered_after_s: float | None = None) -> str | None:
         """Record feedback; returns the version it joined to, or None while it waits for
         the request's report (dropped after pending_ttl_s if none comes).
 
@@ -90,9 +95,17 @@ class FeedbackJoin:
         feedback token); the feedback is then counted at once. A second report of the same
         request and name raises :class:`~serve_ab.errors.Conflict` (``count_repeat``: and is
         counted as a client's repeat; not for a router's resend to a restarted controller).
+        ``answered_after_s``: a time the answer came after (its token says); feedback on an answer
+        that may be older than the reports forgotten to make room is :class:`~serve_ab.errors.Forbidden`,
+        as a repeat of it would be counted again.
         """
         self.expire(now_s)
         key = self._once(request_id, name, count_repeat)
+        if answered_after_s is not None and answered_after_s <= self._forgotten_through_s:
+            raise Forbidden(f"feedback on this answer can no longer be checked for a repeat: more than "
+                            f"{self.max_requests} reports came since it was answered, "
+                            f"{now_s - answered_after_s:.0f}s ago, and the oldest were forgotten; report "
+                            "feedback sooner after the answer")
         if version is not None:
             self._emit(version, name, value, converted, now_s, unit, split)
             self._mark(key, now_s)  # only once counted: a refused one may be sent again, mended
@@ -129,8 +142,7 @@ class FeedbackJoin:
         """Remember feedback counted before a restart (as :meth:`reported_since` gave it)."""
         for key, t_s in sorted(entries, key=lambda entry: entry[1]):
             self._reported.setdefault(int(key), float(t_s))
-        while len(self._reported) > self.max_requests:
-            self._reported.popitem(last=False)
+        self._forget_beyond_max()
 
     def _once(self, request_id: str, name: str, count_repeat: bool = True) -> int:
         """The key of this report, or :class:`Conflict` when it was counted already."""
@@ -146,8 +158,12 @@ class FeedbackJoin:
 
     def _mark(self, key: int, now_s: float) -> None:
         self._reported[key] = now_s
+        self._forget_beyond_max()
+
+    def _forget_beyond_max(self) -> None:
         while len(self._reported) > self.max_requests:
-            self._reported.popitem(last=False)
+            _, t_s = self._reported.popitem(last=False)
+            self._forgotten_through_s = max(self._forgotten_through_s, t_s)
 
     def _drop_oldest_pending(self) -> None:
         _, dropped = self._pending.popitem(last=False)

@@ -202,6 +202,9 @@ class PromQLResult:
     value: float | None = None
     error: str | None = None  # why the query failed; value is None then
     asked_at_s: float = 0.0
+    # The query answered NaN (value is None, as for no samples): e.g. 0/0, a ratio of rates
+    # over a range with no requests. Kept apart so the reason says what came back.
+    nan: bool = False
 
 
 @dataclass(frozen=True)
@@ -1044,6 +1047,10 @@ def _evaluate_promql(gate: Gate, candidate: WindowStats, result) -> GateResult:
     if answer.error is not None:
         return result(GateVerdict.INCONCLUSIVE, f"{metric} query failed, so {candidate.version} cannot be "
                                             f"judged on it: {answer.error}; query: {answer.query}")
+    if answer.value is None and answer.nan:
+        return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: the query returned NaN (e.g. 0/0: a "
+                                            f"ratio over a range with no requests); is {candidate.version} "
+                                            f"receiving traffic? query: {answer.query}")
     if answer.value is None:
         return result(GateVerdict.INCONCLUSIVE, f"no data for {metric}: the query returned no samples; is "
                                             f"{candidate.version} receiving traffic? query: {answer.query}")

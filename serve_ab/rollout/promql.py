@@ -22,7 +22,8 @@ What the answer means for the gate (see :mod:`serve_ab.rollout.gates`):
   is INCONCLUSIVE, as Flagger halts on "no values found";
 - anything else (Prometheus unreachable or too slow, an HTTP error, a query Prometheus
   refuses, a matrix or several series): a failed query, logged as a warning with the
-  query, and INCONCLUSIVE with the error in the gate's reason. Flagger counts a failed
+  query (by :class:`PromQLPoller` once per outage, then every 5 minutes), and
+  INCONCLUSIVE with the error in the gate's reason. Flagger counts a failed
   query as a failed check; here an outage of the metrics system does not roll a healthy
   candidate back (Argo Rollouts likewise keeps "error" apart from "failed"), but it never
   lets the candidate advance either, and ``analysis.progress_deadline_s`` aborts a
@@ -58,8 +59,9 @@ async def query_value(url: str, query: str, timeout_s: float) -> float | None:
 
 
 async def run_query(url: str, query: str, timeout_s: float,
-                    client: httpx.AsyncClient | None = None) -> PromQLResult:
-    """Run one instant query; never raises for what Prometheus or the network does."""
+                    client: httpx.AsyncClient | None = None, log: bool = True) -> PromQLResult:
+    """Run one instant query; never raises for what Prometheus or the network does.
+    ``log``: warn of a failed query here (:class:`PromQLPoller` logs its gates' own way)."""
     endpoint = url.rstrip("/") + "/api/v1/query"
     try:
         if client is None:
@@ -74,8 +76,11 @@ async def run_query(url: str, query: str, timeout_s: float,
             reason = f"no answer from {endpoint} within timeout_s {timeout_s:g}"
         elif isinstance(err, httpx.TransportError):
             reason = f"cannot reach {endpoint}: {type(err).__name__}: {err}"
-        logger.warning("serve-ab promql query failed: %s; query: %s", reason, query)
+        if log:
+            logger.warning("serve-ab promql query failed: %s; query: %s", reason, query)
         return PromQLResult(query, None, reason)
+    if value is not None and math.isnan(value):
+        return PromQLResult(query, None, nan=True)
     return PromQLResult(query, value)
 
 
@@ -84,7 +89,8 @@ class _QueryError(ValueError):
 
 
 def _parse(response: httpx.Response, endpoint: str) -> float | None:
-    """The value in an /api/v1/query answer; None for no data; _QueryError for anything else."""
+    """The value in an /api/v1/query answer (NaN as given); None for an empty one;
+    _QueryError for anything else."""
     try:
         body = response.json()
     except ValueError:
@@ -114,7 +120,7 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
         value = float(sample[1])
     except (TypeError, ValueError, IndexError):
         raise _QueryError(f"cannot read a number from the sample {sample!r}") from None
-    return None if math.isnan(value) else value
+    return value  # NaN included: run_query() tells it apart from an empty answer
 
 
 def promql_duration(seconds: float) -> str:
@@ -132,16 +138,18 @@ def rendered_queries(rollout: RolloutConfig, model: str) -> dict[str, str]:
             for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
 
 
-async def fetch_promql_values(rollout: RolloutConfig, model: str, asked_at_s: float = 0.0) -> dict[str, PromQLResult]:
+async def fetch_promql_values(rollout: RolloutConfig, model: str, asked_at_s: float = 0.0,
+                              log: bool = True) -> dict[str, PromQLResult]:
     """Every promql gate's answer, by gate name, queried concurrently ({} without such gates),
-    stamped ``asked_at_s``."""
+    stamped ``asked_at_s``; ``log`` as for :func:`run_query`."""
     gates = {gate.name: gate for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
     if not gates:
         return {}
     queries = rendered_queries(rollout, model)
     async with httpx.AsyncClient() as client:
         answers = await asyncio.gather(*(
-            run_query(rollout.prometheus_for(gate).url, queries[name], rollout.prometheus_for(gate).timeout_s, client)
+            run_query(rollout.prometheus_for(gate).url, queries[name], rollout.prometheus_for(gate).timeout_s, client,
+                      log=log)
             for name, gate in gates.items()
         ))
     return {name: dataclasses.replace(answer, asked_at_s=asked_at_s) for name, answer in zip(gates, answers)}
@@ -153,7 +161,15 @@ class PromQLPoller:
     :meth:`poll` never waits on Prometheus: it starts a refresh in the background when the
     last one is ``refresh_s`` old (default half the analysis interval, so an analysis judges
     answers at most that old plus one timeout) and returns the latest answers.
+
+    A gate's failed query is logged when it starts failing or its error changes, then again
+    every :attr:`REPEAT_LOG_S` while it lasts (with how many refreshes failed), and once when
+    it answers again: an outage of Prometheus otherwise logged a warning per gate every
+    refresh (every 5 s at ``interval_s: 10``) for as long as it lasted.
     """
+
+    #: While a gate's query keeps failing with the same error, how often it is logged again.
+    REPEAT_LOG_S = 300.0
 
     def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None):
         self.rollout = rollout
@@ -163,6 +179,7 @@ class PromQLPoller:
         self.latest: dict[str, PromQLResult] = {}
         self._started_at_s: float | None = None
         self._task: asyncio.Task | None = None
+        self._failing: dict[str, _Failing] = {}  # by gate name, while its query fails
 
     def poll(self, now_s: float, active: bool = True) -> Mapping[str, PromQLResult]:
         """The latest answers; starts a refresh when one is due and ``active`` (analysis may run)."""
@@ -174,7 +191,8 @@ class PromQLPoller:
         due = self._started_at_s is None or now_s - self._started_at_s >= self.refresh_s
         if active and due and self._task is None:
             self._started_at_s = now_s
-            self._task = asyncio.get_running_loop().create_task(fetch_promql_values(self.rollout, self.model, now_s))
+            self._task = asyncio.get_running_loop().create_task(
+                fetch_promql_values(self.rollout, self.model, now_s, log=False))
         return self.latest
 
     @property
@@ -190,3 +208,44 @@ class PromQLPoller:
             logger.error("serve-ab promql refresh failed: %r", err)
             return
         self.latest = task.result()
+        for name, answer in self.latest.items():
+            self._log(name, answer)
+
+    def _log(self, name: str, answer: PromQLResult) -> None:
+        """Log a gate's failed query when it starts or changes, every REPEAT_LOG_S while it
+        lasts, and its recovery once."""
+        failing, now_s = self._failing.get(name), answer.asked_at_s
+        if answer.error is None:
+            if failing is not None:
+                del self._failing[name]
+                logger.info("serve-ab promql gate %s answers again, after %s of failed queries (%d refreshes)",
+                            name, _secs(now_s - failing.since_s), failing.count)
+            return
+        if failing is None or failing.error != answer.error:
+            if failing is None:
+                self._failing[name] = _Failing(answer.error, now_s, now_s)
+            else:  # another error, same outage: its start and count go on
+                failing.error, failing.logged_at_s, failing.count = answer.error, now_s, failing.count + 1
+            logger.warning("serve-ab promql gate %s: query failed: %s; query: %s (the gate is inconclusive "
+                           "and holds the rollout; logged again every %s while it lasts)",
+                           name, answer.error, answer.query, _secs(self.REPEAT_LOG_S))
+            return
+        failing.count += 1
+        if now_s - failing.logged_at_s >= self.REPEAT_LOG_S:
+            failing.logged_at_s = now_s
+            logger.warning("serve-ab promql gate %s: query still failing after %s (%d refreshes): %s; query: %s",
+                           name, _secs(now_s - failing.since_s), failing.count, answer.error, answer.query)
+
+
+@dataclasses.dataclass
+class _Failing:
+    """A gate whose query fails: the error, since when, when last logged, refreshes failed."""
+
+    error: str
+    since_s: float
+    logged_at_s: float
+    count: int = 1
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"

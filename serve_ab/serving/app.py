@@ -7,7 +7,9 @@ The experiment is checked, model paths included, before anything is deployed.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ from serve_ab.config.rollout import shown_value
 from serve_ab.serving.controller import ExperimentController
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
-from serve_ab.serving.core.auth import load_tokens
+from serve_ab.serving.core.auth import load_tokens, token_warnings
 from serve_ab.serving.router import Router
+
+logger = logging.getLogger("ray.serve")
 
 # A stopping controller waits for its routers' long polls (at most LONG_POLL_TIMEOUT_S, 2 s),
 # then writes the run's final record (a report and an SQLite write, well under a second).
@@ -114,6 +118,19 @@ def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> 
     return cfg.model_copy(update=update)
 
 
+def check_tokens(cfg: ExperimentConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse tokens that clash (two roles or names with one token) with the environment the
+    app is built in, which its replicas start from, before any starts; log what the operator
+    should know of its tokens (a variable set but empty, a role no token holds). resolve_model_paths
+    checked the file alone: ``serve-ab validate`` may run where the app's variables are not set."""
+    try:
+        load_tokens(cfg.control, environ)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
+    for warning in token_warnings(cfg.control, environ):
+        logger.warning("serve-ab app of model %r: %s", cfg.model, warning)
+
+
 def build_metrics_app(args: dict[str, Any]) -> Application:
     """A separate app serving one experiment app's ``/metrics`` (see serving/metrics_app.py)."""
     from pydantic import ValidationError
@@ -130,6 +147,7 @@ def build_metrics_app(args: dict[str, Any]) -> Application:
 def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     """Build the serve-ab application for one experiment."""
     cfg = resolve_model_paths(parse_experiment(args))
+    check_tokens(cfg)
     # GPUs or custom resources the cluster cannot give: refuse now, never wait forever.
     cfg = fit_to_cluster(cfg)
     experiment = cfg.model_dump(mode="json")

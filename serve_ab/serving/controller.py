@@ -1039,19 +1039,23 @@ class ExperimentController:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       resent: bool = False) -> str | None | Refused:
+                       answered_after_s: float | None = None, resent: bool = False) -> str | None | Refused:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
         epoch the request was assigned under). ``resent``: a router sends it again because
         this controller restarted (serving/core/ledger.py); one it counted already is refused
-        as a repeat is, but not counted as a client's repeat."""
+        as a repeat is, but not counted as a client's repeat. ``answered_after_s``: a time the
+        answer came after (its token says), so that feedback older than what this controller remembers
+        of reports is refused rather than perhaps counted twice; not checked on a resend, which
+        a router accepted once already."""
         if value is not None and not math.isfinite(float(value) * float(value)):
             # Routers refuse these first; checked here too, before the join holds it (a held
             # one would fail later, in the merge of the report that joins it).
             return Refused(InvalidInput(f"feedback value {value!r} is too large to count"))
         try:
             return self.core.feedback.add(request_id, name, value, converted, self.core.clock(), version,
-                                          unit=unit, split=split, count_repeat=not resent)
+                                          unit=unit, split=split, count_repeat=not resent,
+                                          answered_after_s=None if resent else answered_after_s)
         except ServeAbError as err:  # a repeat (409): answered, not logged as a failure
             return Refused(err)
 

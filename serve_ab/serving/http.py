@@ -267,7 +267,7 @@ async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONR
     # A proven answer is counted once per answer (its id), whatever its request id.
     if proven is not None:
         call = FeedbackCall(proven.answer_id, feedback.name, feedback.value, feedback.converted, proven.version,
-                            proven.bucket, proven.epoch)
+                            proven.bucket, proven.epoch, proven.answered_after_s)
     else:
         call = FeedbackCall(feedback.request_id, feedback.name, feedback.value, feedback.converted)
     version = await core.send_feedback(call)

@@ -149,11 +149,12 @@ class ControllerClient:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       resent: bool = False) -> str | None:
+                       answered_after_s: float | None = None, resent: bool = False) -> str | None:
         # resent only to a controller that answered a report (ReportAnswer): one that takes it
         extra = {"resent": True} if resent else {}
         return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
-                                                           unit, split, **extra), FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
+                                                           unit, split, answered_after_s, **extra),
+                               FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
 
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())

@@ -101,6 +101,7 @@ class FakeController:
         self.actors: list[Any] = []
         self.feedbacks: list[tuple] = []
         self.feedback_units: list[tuple[int | None, int]] = []  # (bucket, routing epoch) a token proved
+        self.feedback_answered_after_s: list[float | None] = []  # the answer came after it, as its token says
         self.updates = asyncio.Event()
 
     async def record(self, report: IntervalReport) -> None:
@@ -121,8 +122,10 @@ class FakeController:
         self.updates.set()
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
-                       version: str | None = None, unit: int | None = None, split: int = -1) -> str | None:
+                       version: str | None = None, unit: int | None = None, split: int = -1,
+                       answered_after_s: float | None = None) -> str | None:
         self.feedbacks.append((request_id, name, value, converted, version))
+        self.feedback_answered_after_s.append(answered_after_s)
         self.feedback_units.append((unit, split))
         return version or "v1"
 

@@ -35,6 +35,11 @@ _GRANTS = {
 }
 
 
+# Tokens from control.tokens_file need this many characters; one from the environment is
+# not refused below it (the README's example is short), only warned of.
+MIN_TOKEN_CHARS = 16
+
+
 @dataclass(frozen=True)
 class NamedToken:
     name: str
@@ -43,13 +48,62 @@ class NamedToken:
 
 
 def load_tokens(control: ControlConfig, environ: Mapping[str, str] = os.environ) -> list[NamedToken]:
-    """Every token the app accepts: the three environment variables, then the file."""
-    tokens = [NamedToken(role.value, role, environ[env]) for role, env in (
+    """Every token the app accepts: the three environment variables, then the file.
+
+    One token held by two of them is refused (ValueError naming both, never the token): a
+    check finds one entry for it, so one of the two roles would be silently lost (an operator
+    token equal to the viewer's could no longer act) or granted (a viewer's equal to an
+    operator's in the file could act), and the history would name the wrong holder. A name
+    used twice is refused for the second reason."""
+    sources = [(NamedToken(role.value, role, environ[env]), f"${env}") for role, env in (
         (Role.OPERATOR, control.token_env), (Role.QA, control.qa_token_env), (Role.VIEWER, control.viewer_token_env))
         if environ.get(env)]
     if control.tokens_file:
-        tokens += _tokens_from_file(Path(control.tokens_file))
-    return tokens
+        where = f"control.tokens_file ({str(Path(control.tokens_file))!r})"
+        sources += [(token, f"{where} entry {index}")
+                    for index, token in enumerate(_tokens_from_file(Path(control.tokens_file)))]
+    for later, (token, source) in enumerate(sources):
+        for earlier, earlier_source in sources[:later]:
+            if hmac.compare_digest(token.token.encode(), earlier.token.encode()):
+                raise ValueError(f"{source} ({token.name!r}, role {token.role.value}) holds the same token as "
+                                 f"{earlier_source} ({earlier.name!r}, role {earlier.role.value}); give each its own "
+                                 "token (a request with it could act only as one of them)")
+            if token.name == earlier.name:
+                raise ValueError(f"{source} is named {token.name!r}, as {earlier_source} is; names are what "
+                                 "the history records of who acted, so each must be its own")
+    return [token for token, _ in sources]
+
+
+def token_warnings(control: ControlConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What an operator should hear at start about who may do what, one line each; never a token.
+
+    A variable set but empty is ignored as an unset one is, and a role with no token refuses
+    every request that needs it: closed, but silent until the first refusal, which then asks
+    to set a variable the operator believes is set. ``allow_unauthenticated`` opens everything,
+    ``protect_reads`` included."""
+    if control.allow_unauthenticated:
+        reads = ", and read its figures despite control.protect_reads," if control.protect_reads else ""
+        return [f"control.allow_unauthenticated is true: anyone who reaches the app may act on the rollout "
+                f"and pin versions{reads} without a token (only for local experiments)"]
+    warnings = []
+    for env, what in ((control.token_env, "the operator's token"), (control.qa_token_env, "QA's token"),
+                      (control.viewer_token_env, "the viewer's token")):
+        value = environ.get(env)
+        if value is not None and not value:
+            warnings.append(f"${env} ({what}) is set but empty, so it is ignored as if unset")
+        elif value is not None and len(value) < MIN_TOKEN_CHARS:
+            warnings.append(f"${env} ({what}) has {len(value)} characters; use at least {MIN_TOKEN_CHARS} "
+                            "random ones (control.tokens_file refuses shorter)")
+    try:
+        tokens = load_tokens(control, environ)
+    except ValueError:  # build_app refuses the config with this error; no warning to add
+        return warnings
+    # QA's right needs no warning of its own: the operator's token pins too.
+    for role in (Role.OPERATOR, *((Role.VIEWER,) if control.protect_reads else ())):
+        if not any(t.role in _holders(role) for t in tokens):
+            warnings.append(f"no token may {_what(role, verb=True)}, so every request for {_what(role)} is "
+                            f"refused (set {_env_for(control, role)}, or list one in control.tokens_file)")
+    return warnings
 
 
 def _tokens_from_file(path: Path) -> list[NamedToken]:
@@ -69,14 +123,16 @@ def _tokens_from_file(path: Path) -> list[NamedToken]:
             # Never the entry itself: it may be a token.
             got = sorted(map(str, entry)) if isinstance(entry, dict) else f"a {type(entry).__name__}"
             raise ValueError(f"{where}: entry {index} must have exactly name, role and token; got {got}")
-        if entry["role"] not in {r.value for r in Role}:
+        if not isinstance(entry["name"], str) or not entry["name"].strip():
+            raise ValueError(f"{where}: entry {index} needs a name that is non-empty text (the history records "
+                             f"it); got {entry['name']!r}")
+        # isinstance first: a list or mapping is unhashable, and the set lookup would raise TypeError.
+        if not isinstance(entry["role"], str) or entry["role"] not in {r.value for r in Role}:
             raise ValueError(f"{where}: entry {index} ({entry['name']!r}) has role {entry['role']!r}; "
                              f"valid: {[r.value for r in Role]}")
-        if not isinstance(entry["token"], str) or len(entry["token"]) < 16:
-            raise ValueError(f"{where}: entry {index} ({entry['name']!r}): a token needs at least 16 characters")
-        if any(t.token == entry["token"] for t in tokens):
-            raise ValueError(f"{where}: entry {index} ({entry['name']!r}) repeats another entry's token; "
-                             "each name needs its own token, or actions would be recorded under the wrong one")
+        if not isinstance(entry["token"], str) or len(entry["token"]) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{where}: entry {index} ({entry['name']!r}): a token needs at least "
+                             f"{MIN_TOKEN_CHARS} characters")
         tokens.append(NamedToken(str(entry["name"]), Role(entry["role"]), entry["token"]))
     return tokens
 
@@ -121,7 +177,7 @@ def _holders(role: Role) -> list[Role]:
 def _what(role: Role, verb: bool = False) -> str:
     return {Role.OPERATOR: ("control actions", "act on the rollout"),
             Role.QA: ("pinning a version", "pin a version"),
-            Role.VIEWER: ("reading this app's figures", "read them")}[role][verb]
+            Role.VIEWER: ("reading this app's figures", "read this app's figures")}[role][verb]
 
 
 def _env_for(control: ControlConfig, role: Role) -> str:

@@ -45,6 +45,7 @@ class Proven(NamedTuple):
     answer_id: str  # unique per answer: the key of "one report per answer and metric"
     bucket: int | None = None  # the user's assignment bucket; None when keyless (or not said)
     epoch: int = -1  # the routing epoch the request was assigned under; -1 when not said
+    answered_after_s: float | None = None  # the answer came after this (within a second): its expiry less the tokens' life
 
 
 class FeedbackSigner:
@@ -108,11 +109,13 @@ class FeedbackSigner:
         if expires_at_s < self.clock():
             raise Forbidden(f"feedback_token expired {self.clock() - expires_at_s:.0f}s ago "
                             f"(tokens are valid for {self.ttl_s:g}s after the answer)")
+        # The expiry was rounded up to a whole second: the answer came within the second before this.
+        answered_after_s = expires_at_s - self.ttl_s - 1
         if assigned is None:
-            return Proven(version, False, f"{request_id}#{nonce}")
+            return Proven(version, False, f"{request_id}#{nonce}", answered_after_s=answered_after_s)
         bucket, epoch = assigned.groups()
         return Proven(version, True, f"{request_id}#{nonce}", int(bucket) if bucket else None,
-                      int(epoch) if epoch is not None else -1)
+                      int(epoch) if epoch is not None else -1, answered_after_s)
 
     def _mac(self, request_id: str, version: str, expires_at_s: int, flag: str, nonce: str) -> str:
         message = f"{self.scope}\x00{request_id}\x00{version}\x00{expires_at_s}\x00{flag}\x00{nonce}"

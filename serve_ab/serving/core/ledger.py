@@ -86,9 +86,11 @@ class FeedbackCall:
     version: str | None = None
     unit: int | None = None
     split: int = -1
+    answered_after_s: float | None = None  # the answer came after this, where its token says
 
     def args(self) -> tuple[Any, ...]:
-        return (self.request_id, self.name, self.value, self.converted, self.version, self.unit, self.split)
+        return (self.request_id, self.name, self.value, self.converted, self.version, self.unit, self.split,
+                self.answered_after_s)
 
 
 class ReportLedger:

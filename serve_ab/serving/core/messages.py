@@ -116,7 +116,8 @@ class ControllerApi(Protocol):
 
     async def feedback(self, request_id: str, name: str, value: float | None,
                        converted: bool | None, version: str | None = None,
-                       unit: int | None = None, split: int = -1, resent: bool = False) -> str | None: ...
+                       unit: int | None = None, split: int = -1, answered_after_s: float | None = None,
+                       resent: bool = False) -> str | None: ...
 
     async def feedback_key(self) -> bytes: ...
 

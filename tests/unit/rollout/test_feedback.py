@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_ab.errors import Conflict
+from serve_ab.errors import Conflict, Forbidden
 from serve_ab.rollout.feedback import FeedbackJoin
 
 
@@ -56,3 +56,29 @@ def test_a_report_that_cannot_be_counted_is_not_remembered_so_a_mended_one_is_ta
         join.add("r1", "revenue", 1e300, None, 1.0, version="v1")
     assert join.add("r1", "revenue", 12.5, None, 2.0, version="v1") == "v1"
     assert emitted == [12.5] and join.counts()["reported"] == 1
+
+
+def test_a_replay_of_an_answer_older_than_the_reports_remembered_is_refused_not_counted_again():
+    """Reports are remembered up to max_requests (500,000): beyond about 140 a second, the
+    oldest go before their tokens expire (an hour). A replay of a forgotten one was counted
+    a second time; the answer's time, from its token, now tells it is too old to be checked."""
+    emitted = []
+    join = FeedbackJoin(on_emit=lambda *args: emitted.append(args), max_requests=1000, request_ttl_s=3600.0)
+    for i in range(1001):  # 10 s of reports at 100 a second: the first is forgotten
+        join.add(f"answer-{i}#n", "correct", None, True, i / 100, version="v2", answered_after_s=i / 100 - 1)
+    with pytest.raises(Forbidden, match="can no longer be checked for a repeat: more than 1000 reports"):
+        join.add("answer-0#n", "correct", None, True, 10.5, version="v2", answered_after_s=-1.0)
+    assert len(emitted) == 1001
+    # A remembered one is still a repeat (409), and answers given after the forgotten reports count.
+    with pytest.raises(Conflict):
+        join.add("answer-1000#n", "correct", None, True, 10.6, version="v2", answered_after_s=9.0)
+    assert join.add("answer-1001#n", "correct", None, True, 10.7, version="v2", answered_after_s=10.6) == "v2"
+    assert len(emitted) == 1002
+
+
+def test_reports_forgotten_when_restored_after_a_restart_refuse_older_answers_too():
+    join = FeedbackJoin(max_requests=2, request_ttl_s=3600.0)
+    join.restore_reported([(1, 5.0), (2, 6.0), (3, 7.0)])  # more than it keeps: the one of 5.0 goes
+    with pytest.raises(Forbidden):
+        join.add("old#n", "correct", None, True, 8.0, version="v1", answered_after_s=4.0)
+    assert join.add("new#n", "correct", None, True, 8.0, version="v1", answered_after_s=5.5) == "v1"

@@ -101,11 +101,25 @@ def test_single_sample_vector_and_scalar_give_the_value(prometheus):
     assert prometheus.received == ["up", "scalar(up)"]
 
 
-@pytest.mark.parametrize("body", [vector(), vector("NaN"), scalar("NaN")])
-def test_empty_result_or_nan_is_no_data_not_an_error(prometheus, body):
+@pytest.mark.parametrize("body, nan", [(vector(), False), (vector("NaN"), True), (scalar("NaN"), True)])
+def test_empty_result_or_nan_is_no_data_not_an_error(prometheus, body, nan):
     prometheus.answer("q", body)
     result = run(run_query(prometheus.url, "q", 2))
-    assert result == PromQLResult("q", None, None)
+    assert result == PromQLResult("q", None, None, nan=nan)
+
+
+def test_a_nan_answer_is_named_in_the_gate_reason_not_called_no_samples(prometheus):
+    """Live, a ratio of rates over a range without requests (0/0) answered NaN, and the gate
+    said "the query returned no samples", which sends an operator looking for a missing
+    series that is there."""
+    prometheus.answer("q", vector("NaN"))
+    nan = evaluate_gate(GATE, candidate_with(run(run_query(prometheus.url, "q", 2))), STABLE, min_samples=50)
+    assert nan.verdict is GateVerdict.INCONCLUSIVE and nan.value is None
+    assert nan.reason == ("no data for promql[error_ratio]: the query returned NaN (e.g. 0/0: a ratio over a range "
+                          "with no requests); is v2 receiving traffic? query: q")
+    prometheus.answer("q", vector())
+    empty = evaluate_gate(GATE, candidate_with(run(run_query(prometheus.url, "q", 2))), STABLE, min_samples=50)
+    assert "the query returned no samples" in empty.reason
 
 
 def test_infinity_is_a_value(prometheus):
@@ -339,3 +353,54 @@ def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
     assert first["error_ratio"].value == 0.01 and first["latency_vs_stable"].value is None
     assert len(prometheus.received) == 4  # one first refresh, one more, nothing while in flight
     assert PromQLPoller(rollout_config(prometheus.url).model_copy(update={"gates": []}), "d").poll(0.0) == {}
+
+
+def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_ends(prometheus, caplog):
+    """Live, with Prometheus down 40 s, two promql gates logged 16 warnings (one per gate per
+    refresh, every 5 s): some 1,400 an hour. Each failure is logged once, then again every
+    REPEAT_LOG_S while it lasts, and its end once; the poller's clock is the caller's."""
+    config = rollout_config(prometheus.url)  # interval_s 10: refresh every 5 s
+    rendered = rendered_queries(config, "digits")
+    prometheus.answer(rendered["latency_vs_stable"], vector("1.0"))
+    down = {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"}
+
+    async def refresh(poller: PromQLPoller, now_s: float) -> None:
+        poller.poll(now_s)
+        deadline = time.monotonic() + 10
+        while poller.refreshing:
+            assert time.monotonic() < deadline, "a refresh never completed"
+            await asyncio.sleep(0.005)
+        poller.poll(now_s)  # collects it; the next is not due yet
+
+    def lines() -> list[str]:
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "promql" in r.getMessage()]
+
+    async def scenario():
+        poller = PromQLPoller(config, "digits")
+        prometheus.answer(rendered["error_ratio"], down, status=503)
+        for now_s in range(0, 605, 5):  # 121 failed refreshes over 10 minutes
+            await refresh(poller, float(now_s))
+        assert poller.latest["error_ratio"].error and poller.latest["latency_vs_stable"].value == 1.0
+        outage = lines()
+        prometheus.answer(rendered["error_ratio"], {"status": "error", "errorType": "bad_data",
+                                                    "error": "parse error"}, status=400)
+        await refresh(poller, 610.0)
+        await refresh(poller, 615.0)
+        prometheus.answer(rendered["error_ratio"], vector("0.01"))
+        await refresh(poller, 620.0)
+        await refresh(poller, 625.0)
+        return outage, lines()[len(outage):]
+
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        outage, after = run(scenario())
+    assert len(outage) == 3, outage  # at 0 s, 300 s, 600 s
+    assert outage[0].startswith("WARNING serve-ab promql gate error_ratio: query failed: Prometheus answered "
+                                "HTTP 503, unavailable: TSDB not ready; query: sum(rate(")
+    assert "(the gate is inconclusive and holds the rollout; logged again every 300s while it lasts)" in outage[0]
+    assert outage[1].startswith("WARNING serve-ab promql gate error_ratio: query still failing after 300s "
+                                "(61 refreshes): Prometheus answered HTTP 503")
+    assert "still failing after 600s (121 refreshes)" in outage[2]
+    assert len(after) == 2, after  # the new error once; the recovery once
+    assert after[0].startswith("WARNING serve-ab promql gate error_ratio: query failed: Prometheus answered HTTP 400")
+    assert after[1] == ("INFO serve-ab promql gate error_ratio answers again, after 620s of failed queries "
+                        "(123 refreshes)")

@@ -52,3 +52,16 @@ def test_the_mac_is_hmac_sha256_for_keys_shorter_and_longer_than_a_block(key_byt
     signer = FeedbackSigner(key, 60, lambda: 1000.0, scope="digits")
     for message in (b"", b"digits\x00r1\x00v1\x001060\x00a12e3\x00Zm9vYmFy", "é".encode() * 100):
         assert signer._hmac_sha256(message) == hmac.digest(key, message, "sha256")
+
+
+def test_a_token_proves_when_its_answer_was_given():
+    """The controller refuses feedback on answers older than the reports it still remembers,
+    whose repeats it could not tell (serve_ab.rollout.feedback): the token says how old."""
+    now_s = [1000.0]
+    signer = FeedbackSigner(KEY, 60, lambda: now_s[0], scope="digits")
+    token = signer.issue("r1", "v2", True, 7, 3)
+    now_s[0] = 1030.0
+    assert signer.verify(token, "r1").answered_after_s == 999.0  # the expiry is rounded up to a second
+    assert signer.verify(signer.issue("r2", "v2", assigned=False), "r2").answered_after_s == 1029.0
+    now_s[0] = 1030.4
+    assert 1029.4 < signer.verify(signer.issue("r3", "v2"), "r3").answered_after_s < 1030.4

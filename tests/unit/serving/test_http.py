@@ -263,6 +263,19 @@ def test_feedback_needs_the_token_of_the_answer(app):
     assert response.status_code == 403 and "expired" in response.json()["error"]
 
 
+def test_feedback_tells_the_controller_when_its_answer_was_given(app):
+    """So that the controller can refuse feedback on answers older than the reports it still
+    remembers, whose repeat it could no longer tell from a first report."""
+    client, controller = app
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    controller.clock.advance(30)
+    response = client.post("/feedback", json={"request_id": body["request_id"], "feedback_token": body["feedback_token"],
+                                              "name": "correct", "converted": True})
+    assert response.status_code == 202
+    expires_at_s = int(body["feedback_token"].split(".")[1])
+    assert controller.feedback_answered_after_s == [expires_at_s - 60 - 1]  # feedback.token_ttl_s: 60
+
+
 def test_feedback_of_the_wrong_kind_or_size_is_refused_and_leaves_nothing_counted(client_for):
     """A value for a conversion, converted for a mean, a value whose square overflows the
     variance's sums, or a number sent as text: a 400 naming the problem, nothing counted, and

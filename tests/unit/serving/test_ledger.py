@@ -57,14 +57,16 @@ class KillableController:
             raise TimeoutError("the answer was lost")
         return answer
 
-    async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1, resent=False):
+    async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1,
+                       answered_after_s=None, resent=False):
         if self.down:
             raise ConnectionError("controller restarting")
         if self.feedback_away:
             raise ControllerUnavailable("the controller cannot be reached now (it is restarting)")
         try:
             return self.core.feedback.add(request_id, name, value, converted, self.clock(), version,
-                                          unit=unit, split=split, count_repeat=not resent)
+                                          unit=unit, split=split, count_repeat=not resent,
+                                          answered_after_s=None if resent else answered_after_s)
         except ServeAbError as err:
             raise Refused(err).error
 
