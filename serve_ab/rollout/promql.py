@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from serve_ab.rollout.failure_log import FailureLog
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.config.rollout import GateMetric, RolloutConfig, render_promql
 
@@ -162,14 +163,10 @@ class PromQLPoller:
     last one is ``refresh_s`` old (default half the analysis interval, so an analysis judges
     answers at most that old plus one timeout) and returns the latest answers.
 
-    A gate's failed query is logged when it starts failing or its error changes, then again
-    every :attr:`REPEAT_LOG_S` while it lasts (with how many refreshes failed), and once when
-    it answers again: an outage of Prometheus otherwise logged a warning per gate every
-    refresh (every 5 s at ``interval_s: 10``) for as long as it lasted.
+    A gate's failed query is logged as a spell (:class:`~serve_ab.rollout.failure_log.FailureLog`):
+    an outage of Prometheus otherwise logged a warning per gate every refresh (every 5 s at
+    ``interval_s: 10``) for as long as it lasted.
     """
-
-    #: While a gate's query keeps failing with the same error, how often it is logged again.
-    REPEAT_LOG_S = 300.0
 
     def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None):
         self.rollout = rollout
@@ -179,7 +176,7 @@ class PromQLPoller:
         self.latest: dict[str, PromQLResult] = {}
         self._started_at_s: float | None = None
         self._task: asyncio.Task | None = None
-        self._failing: dict[str, _Failing] = {}  # by gate name, while its query fails
+        self._failures = FailureLog("promql gate", "the gate is inconclusive and holds the rollout", "query failed")
 
     def poll(self, now_s: float, active: bool = True) -> Mapping[str, PromQLResult]:
         """The latest answers; starts a refresh when one is due and ``active`` (analysis may run)."""
@@ -209,43 +206,5 @@ class PromQLPoller:
             return
         self.latest = task.result()
         for name, answer in self.latest.items():
-            self._log(name, answer)
+            self._failures.note(name, answer.error, answer.asked_at_s, f"; query: {answer.query}")
 
-    def _log(self, name: str, answer: PromQLResult) -> None:
-        """Log a gate's failed query when it starts or changes, every REPEAT_LOG_S while it
-        lasts, and its recovery once."""
-        failing, now_s = self._failing.get(name), answer.asked_at_s
-        if answer.error is None:
-            if failing is not None:
-                del self._failing[name]
-                logger.info("serve-ab promql gate %s answers again, after %s of failed queries (%d refreshes)",
-                            name, _secs(now_s - failing.since_s), failing.count)
-            return
-        if failing is None or failing.error != answer.error:
-            if failing is None:
-                self._failing[name] = _Failing(answer.error, now_s, now_s)
-            else:  # another error, same outage: its start and count go on
-                failing.error, failing.logged_at_s, failing.count = answer.error, now_s, failing.count + 1
-            logger.warning("serve-ab promql gate %s: query failed: %s; query: %s (the gate is inconclusive "
-                           "and holds the rollout; logged again every %s while it lasts)",
-                           name, answer.error, answer.query, _secs(self.REPEAT_LOG_S))
-            return
-        failing.count += 1
-        if now_s - failing.logged_at_s >= self.REPEAT_LOG_S:
-            failing.logged_at_s = now_s
-            logger.warning("serve-ab promql gate %s: query still failing after %s (%d refreshes): %s; query: %s",
-                           name, _secs(now_s - failing.since_s), failing.count, answer.error, answer.query)
-
-
-@dataclasses.dataclass
-class _Failing:
-    """A gate whose query fails: the error, since when, when last logged, refreshes failed."""
-
-    error: str
-    since_s: float
-    logged_at_s: float
-    count: int = 1
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"

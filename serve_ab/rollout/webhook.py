@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from serve_ab.config.rollout import ConfirmStep, GateMetric, HttpHook, NotificationReceiver, RolloutConfig, display_url
+from serve_ab.rollout.failure_log import FailureLog
 from serve_ab.rollout.gates import WebhookResult
 from serve_ab.rollout.machine import Rollout
 
@@ -124,11 +125,12 @@ class WebhookAnswers:
 
 async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer: str = "pass",
               headers: Mapping[str, str] | None = None, asked_at_s: float = 0.0,
-              client: httpx.AsyncClient | None = None, target: str | None = None) -> WebhookResult:
+              client: httpx.AsyncClient | None = None, target: str | None = None, log: bool = True) -> WebhookResult:
     """POST ``payload`` to ``url`` and read ``answer`` (``pass`` or ``confirm``) from the reply;
     never raises for what the endpoint or the network does. ``target`` names the endpoint in
     the result, the status and the log: the hook's :attr:`~serve_ab.config.rollout.HttpHook.target`
-    (``$VAR`` for a URL that is itself a secret); by default ``url`` without its query."""
+    (``$VAR`` for a URL that is itself a secret); by default ``url`` without its query.
+    ``log``: warn of a failure here (:class:`WebhookPoller` logs its hooks' failures as spells)."""
     target = display_url(url) if target is None else target
     try:
         # httpx's timeout bounds each read: an endpoint sending a byte every 0.25 s held a
@@ -136,14 +138,18 @@ async def ask(url: str, payload: Mapping[str, Any], *, timeout_s: float, answer:
         response = await asyncio.wait_for(_post(url, payload, headers, timeout_s, client), timeout_s)
         passed, value, reason = _parse(response, target, answer, url)
     except (httpx.TimeoutException, asyncio.TimeoutError):
-        return _failed(target, f"no answer from {target} within timeout_s {timeout_s:g}", asked_at_s, answer)
+        error = f"no answer from {target} within timeout_s {timeout_s:g}"
     except httpx.HTTPError as err:  # connection refused, DNS, a broken reply
-        return _failed(target, f"cannot reach {target}: {type(err).__name__}", asked_at_s, answer)
+        error = f"cannot reach {target}: {type(err).__name__}"
     except httpx.InvalidURL:  # not an HTTPError; its text quotes the URL, which may be a secret
-        return _failed(target, f"{target} is not a valid URL", asked_at_s, answer)
+        error = f"{target} is not a valid URL"
     except _BadAnswer as err:
-        return _failed(target, str(err), asked_at_s, answer)
-    return WebhookResult(target, passed, value, reason, None, asked_at_s)
+        error = str(err)
+    else:
+        return WebhookResult(target, passed, value, reason, None, asked_at_s)
+    if log:
+        logger.warning("serve-ab %s %s: %s", "confirm step" if answer == "confirm" else "webhook gate", target, error)
+    return WebhookResult(target, error=error, asked_at_s=asked_at_s)
 
 
 async def _post(url: str, payload: Mapping[str, Any], headers: Mapping[str, str] | None, timeout_s: float,
@@ -152,11 +158,6 @@ async def _post(url: str, payload: Mapping[str, Any], headers: Mapping[str, str]
         async with httpx.AsyncClient(timeout=timeout_s) as own:
             return await own.post(url, json=dict(payload), headers=dict(headers or {}))
     return await client.post(url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_s)
-
-
-def _failed(target: str, error: str, asked_at_s: float, answer: str = "pass") -> WebhookResult:
-    logger.warning("serve-ab %s %s: %s", "confirm step" if answer == "confirm" else "webhook gate", target, error)
-    return WebhookResult(target, error=error, asked_at_s=asked_at_s)
 
 
 class _BadAnswer(ValueError):
@@ -237,6 +238,9 @@ class WebhookPoller:
         self.latest: dict[HookKey, WebhookResult] = {}
         self._started_at_s: dict[HookKey, float] = {}
         self._tasks: dict[HookKey, asyncio.Task] = {}
+        # An endpoint away fails every ask alike: logged as a spell, not at each (failure_log.py).
+        self._failures = {"gate": FailureLog("webhook gate", "the gate is inconclusive and holds the rollout"),
+                          "confirm": FailureLog("confirm step", "the step waits for a yes")}
 
     def poll(self, now_s: float, rollout: Rollout) -> WebhookAnswers:
         """The latest answers; starts the requests that are due for ``rollout`` as it stands."""
@@ -288,7 +292,8 @@ class WebhookPoller:
                    "stable": s.stable, "candidate": s.candidate, "phase": s.phase.value,
                    "step_index": s.step_index, "weights_pct": dict(s.weights)}
         self._tasks[key] = asyncio.get_running_loop().create_task(
-            ask(url, payload, timeout_s=timeout_s, answer=answer, headers=resolved, asked_at_s=now_s, target=target))
+            ask(url, payload, timeout_s=timeout_s, answer=answer, headers=resolved, asked_at_s=now_s, target=target,
+                log=False))
 
     @property
     def refreshing(self) -> bool:
@@ -302,7 +307,15 @@ class WebhookPoller:
         if err is not None:  # ask() does not raise; this is a bug, kept out of the tick loop
             logger.error("serve-ab webhook %s failed: %r", key, err)
             return
-        self.latest[key] = task.result()
+        self.latest[key] = result = task.result()
+        kind, name = key
+        gate = self.gates.get(name) if kind == "gate" else None
+        # The target, not a gate's url, which may hold a secret in its query.
+        if kind == "gate":
+            shown = f"{name} ({result.target})" if gate is not None and gate.name is not None else result.target
+        else:  # a confirm step, by its number in the steps (from 1)
+            shown = f"{name + 1} ({result.target})"
+        self._failures[kind].note(shown, result.error, result.asked_at_s)
 
     def close(self) -> None:
         for task in self._tasks.values():

@@ -397,10 +397,9 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
     assert outage[0].startswith("WARNING serve-ab promql gate error_ratio: query failed: Prometheus answered "
                                 "HTTP 503, unavailable: TSDB not ready; query: sum(rate(")
     assert "(the gate is inconclusive and holds the rollout; logged again every 300s while it lasts)" in outage[0]
-    assert outage[1].startswith("WARNING serve-ab promql gate error_ratio: query still failing after 300s "
-                                "(61 refreshes): Prometheus answered HTTP 503")
-    assert "still failing after 600s (121 refreshes)" in outage[2]
+    assert outage[1].startswith("WARNING serve-ab promql gate error_ratio: still failing after 300s "
+                                "(61 asks): Prometheus answered HTTP 503")
+    assert "still failing after 600s (121 asks)" in outage[2]
     assert len(after) == 2, after  # the new error once; the recovery once
     assert after[0].startswith("WARNING serve-ab promql gate error_ratio: query failed: Prometheus answered HTTP 400")
-    assert after[1] == ("INFO serve-ab promql gate error_ratio answers again, after 620s of failed queries "
-                        "(123 refreshes)")
+    assert after[1] == "INFO serve-ab promql gate error_ratio answers again, after 620s of failures (123 asks)"

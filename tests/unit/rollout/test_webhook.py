@@ -435,3 +435,46 @@ def test_a_confirm_url_from_the_environment_is_named_by_its_variable_when_a_head
 
     answer = asyncio.run(scenario())
     assert answer.target == "$APPROVALS_URL" and "APPROVALS_TOKEN" in answer.error and "s3cret" not in answer.error
+
+
+def test_an_endpoint_away_is_logged_when_it_starts_every_5_minutes_and_when_it_answers_again(hooks, caplog):
+    # Each ask warned: a gate asked every half interval (2.5 s at interval_s 5) logged 1,440
+    # lines in an hour-long outage of its endpoint, and nothing when it came back. A spell
+    # now: its start, every 5 minutes while it lasts, its end (as promql gates, failure_log.py).
+    hooks.answer("/gate", (503, {"err": "maintenance"}))
+    config = canary([{"metric": "webhook", "url": hooks.url + "/gate", "name": "smoke"}],
+                    interval_s=60, progress_deadline_s=3600)  # asked every 30 s
+    clock = FakeClock(0.0)
+    rollout = Rollout(config, clock)
+
+    async def ask_once(poller: WebhookPoller) -> None:
+        poller.poll(clock(), rollout)
+        deadline = time.monotonic() + 10
+        while poller.refreshing:
+            assert time.monotonic() < deadline, "the gate was never answered"
+            await asyncio.sleep(0.005)
+        poller.poll(clock(), rollout)  # collects it; the next is not due yet
+        clock.advance(30.0)
+
+    def lines() -> list[str]:
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "webhook gate" in r.getMessage()]
+
+    async def scenario():
+        poller = WebhookPoller(config, "digits")
+        for _ in range(21):  # 10 minutes of failed asks
+            await ask_once(poller)
+        outage = lines()
+        hooks.answer("/gate", (200, {"pass": True}))
+        await ask_once(poller)
+        await ask_once(poller)
+        return outage, lines()[len(outage):]
+
+    with caplog.at_level("INFO", logger="ray.serve"):
+        outage, after = asyncio.run(scenario())
+    assert len(outage) == 3, outage  # at 0 s, 300 s, 600 s
+    assert outage[0].startswith(f"WARNING serve-ab webhook gate smoke ({hooks.url}/gate): failed: HTTP 503 from ")
+    assert outage[0].endswith("(the gate is inconclusive and holds the rollout; logged again every 300s while it "
+                              "lasts)")
+    assert "still failing after 300s (11 asks)" in outage[1] and "still failing after 600s (21 asks)" in outage[2]
+    assert after == [f"INFO serve-ab webhook gate smoke ({hooks.url}/gate) answers again, after 630s of failures "
+                     "(21 asks)"]
