@@ -270,23 +270,34 @@ def compare_proportions(
     direction: Direction = Direction.HIGHER_IS_BETTER,
     min_samples: int = DEFAULT_MIN_SAMPLES,
 ) -> Comparison:
-    """Two-proportion z-test (pooled) with an unpooled Wald CI for the difference.
+    """Two-proportion z-test and CI for the difference, from one variance.
 
-    For two arms this p-value equals the chi-square test of the 2x2 table without
-    continuity correction; :func:`conversion_chi_square` is the omnibus test over N arms.
+    The variance is the larger of the pooled one (the variance under H0, as statsmodels'
+    ``proportions_ztest``: it keeps the test's size right at low rates) and the unpooled one
+    (the arms' own, as a Wald CI: a small arm that is truly noisier), as the report's
+    comparisons (``analysis/units.py``) and ``sequential_proportions`` take it. With the
+    pooled one for the p-value and the unpooled one for the CI, a result could be
+    significant with 0 inside its CI (15/500 against 200/20,000) or exclude 0 without being
+    significant (2/400 against 600/20,000). Where the pooled variance is the larger, the
+    p-value equals the chi-square test of the 2x2 table without continuity correction
+    (:func:`conversion_chi_square` is the omnibus test over N arms).
     """
     _check_alpha(alpha)
     p_v, p_c = variant.rate, control.rate
     diff = p_v - p_c
-    _, p = (float(x) for x in two_proportion_z_test(
-        variant.conversions, variant.trials, control.conversions, control.trials))
-    enough = min(variant.trials, control.trials) >= max(min_samples, 1) and not math.isnan(p)
+    n_v, n_c = variant.trials, control.trials
+    enough = min(n_v, n_c) >= max(min_samples, 1)
     if enough:
-        var_v, var_c = p_v * (1 - p_v) / variant.trials, p_c * (1 - p_c) / control.trials
-        half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * math.sqrt(var_v + var_c)
+        pooled = (variant.conversions + control.conversions) / (n_v + n_c)
+        var_v, var_c = p_v * (1 - p_v) / n_v, p_c * (1 - p_c) / n_c
+        se = math.sqrt(max(pooled * (1 - pooled) * (1 / n_v + 1 / n_c), var_v + var_c))
+        # Zero conversions in both arms (pooled rate 0): no spread, nothing to test yet.
+        enough = se > 0
+    if enough:
+        p = float(2.0 * stats.norm.sf(abs(diff) / se))
+        half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * se
         abs_ci = (diff - half, diff + half)
     else:
-        # Zero conversions in both arms (pooled rate 0) also lands here: nothing to test yet.
         var_v = var_c = math.nan
         p, abs_ci = math.nan, (math.nan, math.nan)
     rel, rel_ci = _relative_lift(p_v, var_v, p_c, var_c, alpha)

@@ -161,8 +161,9 @@ def _records_location(args: argparse.Namespace, password: str | None) -> tuple[A
 
 def _store_hint(e: Exception, args: argparse.Namespace) -> str | None:
     """What to do about a Redis that refused to answer without a password (or with a wrong one)."""
-    redis = sys.modules.get("redis")
-    if redis is None or not isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+    from serve_ab.store.state import password_refused
+
+    if not password_refused(e):
         return None
     if getattr(args, "store_password_env", None) is None:
         return ("hint: this Redis needs a password: put it in an environment variable and name it with "

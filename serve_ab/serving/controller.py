@@ -55,6 +55,7 @@ from serve_ab.store.keys import claim_key, feedback_key, feedback_key_row, rollo
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store, store_unreachable
 from serve_ab.api.access_log import drop_routine_calls
+from serve_ab.serving.failing_spell import FailingSpell
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
@@ -591,20 +592,22 @@ class ControllerCore:
         self._announce(draft)
 
     def note_save_failed(self, err: BaseException) -> None:
-        """A save was refused. Said once in the log, when saves start failing or fail another
-        way (a connection refused, then a timeout): a tick every ``tick_s`` and the figures
-        every few seconds each fail alike while the store is down, and a line for each buried
-        the one that said what happened (eight a second, or a traceback every 5 s)."""
+        """A save was refused. Said once in the log, when saves start failing and when they
+        first fail another way (a connection refused, then a timeout): a tick every ``tick_s``
+        and the figures every few seconds each fail alike while the store is down, and a line
+        for each buried the one that said what happened (eight a second, or a traceback every
+        5 s). A store flapping between two errors is said twice, not at every switch."""
         failing = self.saves_failing
-        if failing is None or failing.kind != type(err).__name__:
+        kind = type(err).__name__
+        if failing is None or kind not in failing.kinds:
             store = describe_store(self.cfg.controller)
             what = f"{self.key}'s decisions and the figures" if self.key is not None else "the figures"
             logger.warning("serve-ab controller: %s cannot save to %s (%s: %s); %s wait until a save "
                            "works (status: not_saved), the routers serve the last weights and keep their "
                            "reports meanwhile", self.cfg.model, store, type(err).__name__, err, what,
                            exc_info=None if store_unreachable(err) else err)
-        since_s = failing.since_s if failing is not None else self.clock()
-        self.saves_failing = SavesFailing(since_s, f"{type(err).__name__}: {err}", type(err).__name__)
+        since_s, kinds = (failing.since_s, failing.kinds) if failing is not None else (self.clock(), frozenset())
+        self.saves_failing = SavesFailing(since_s, f"{kind}: {err}", kinds | {kind})
 
     def _saves_work(self) -> None:
         """A save went through: the end of a failing spell, if one was said."""
@@ -746,7 +749,7 @@ class SavesFailing:
 
     since_s: float
     error: str
-    kind: str = ""  # the error's class: another is said in the log again
+    kinds: frozenset[str] = frozenset()  # the error classes said in the log this spell
 
 
 def _build_report(*args: Any) -> tuple[Report, dict[str, Any]]:
@@ -860,6 +863,7 @@ class ExperimentController:
         records = self.core.cfg.analysis.records
         last_record_s = 0.0
         recorded: tuple[bool, str | None] = (False, None)  # (had traffic, phase) at the last record
+        failing = FailingSpell()  # the report's refresh or the record's save, failing round after round
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             if self._not_holding is not None:
@@ -875,14 +879,19 @@ class ExperimentController:
                 now_s = time.time()
                 state = (self._requests() > 0, self._phase())
                 if state != recorded or now_s - last_record_s >= records.interval_s:
-                    last_record_s, recorded = now_s, state
                     await asyncio.to_thread(self._save_record, report, now_s)
+                    # Only once saved: a record that failed is tried again next round.
+                    last_record_s, recorded = now_s, state
             except Exception as err:  # the report must never take the controller down
-                if store_unreachable(err):  # a line each time, not a traceback: it says all there is
-                    logger.warning("serve-ab controller: run record not saved, %s unreachable (%s: %s)",
-                                   describe_store(self.core.cfg.controller), type(err).__name__, err)
-                else:
-                    logger.exception("serve-ab controller: report refresh failed")
+                if failing.failed(err):
+                    if store_unreachable(err):  # a line, not a traceback: it says all there is
+                        logger.warning("serve-ab controller: run record not saved, %s unreachable (%s: %s)",
+                                       describe_store(self.core.cfg.controller), type(err).__name__, err)
+                    else:
+                        logger.exception("serve-ab controller: report refresh or run record failed")
+            else:
+                if failing.worked():
+                    logger.warning("serve-ab controller: report and run record work again")
 
     async def _keep_claim(self) -> None:
         """Write the claim every HEARTBEAT_S, so that it never lapses while this controller runs.
@@ -890,21 +899,19 @@ class ExperimentController:
         (and, for another app, fail the health check); take it again once it is free."""
         cfg = self.core.cfg
         key, store_name = claim_key(cfg), describe_store(cfg.controller)
-        failing: str | None = None  # the class of the error the last write failed with
+        failing = FailingSpell()  # the claim's writes, failing while the store is away
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 found, line = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
                                                       model=cfg.model, store_name=store_name)
             except Exception as err:  # the store is away: the next write renews it
-                if failing != type(err).__name__:  # once, as the saves' failures are
+                if failing.failed(err):  # once, as the saves' failures are
                     logger.warning("serve-ab controller: the claim on %s could not be written (%s: %s); "
                                    "writing it again every %gs", key, type(err).__name__, err, HEARTBEAT_S)
-                failing = type(err).__name__
                 continue
-            if failing is not None:
+            if failing.worked():
                 logger.warning("serve-ab controller: the claim on %s is written again", key)
-                failing = None
             if found is Renewal.KEPT:
                 if self._not_holding is not None:
                     logger.warning("serve-ab controller: holds the claim on %s again; deciding and saving again",

@@ -80,10 +80,12 @@ class RouterReports:
                        "what its saves lacked)", name, now_s - seen.last_report_s, last)
 
     def failed_versions(self, now_s: float) -> dict[str, str]:
-        """Versions some live router could not load, with the first such router's error."""
+        """Versions some live router could not load, with the first such router's error. One
+        that sent its last report serves no more: its failure kept the version's weight at 0
+        (and a rollout held) for a minute after a scale-down or a redeploy's restart."""
         out: dict[str, str] = {}
         for name, seen in sorted(self.routers.items()):
-            if seen.last_report_s < now_s - STALE_S:
+            if seen.last_report_s < now_s - STALE_S or seen.stopped:
                 continue
             for version, error in seen.failed_versions.items():
                 out.setdefault(version, f"{error} (router replica {name})")

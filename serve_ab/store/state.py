@@ -68,13 +68,21 @@ def open_store(controller_cfg: Any, environ: Mapping[str, str] | None = None) ->
                                     prefix=controller_cfg.store_key_prefix)
 
 
+def password_refused(err: BaseException) -> bool:
+    """Whether ``err`` is Redis refusing the password (none given, or a wrong one): a config
+    error, which stays until the password in ``controller.store_url`` or in the variable
+    ``controller.store_password_env`` names is right."""
+    redis = sys.modules.get("redis")  # loaded if a Redis store was used: else err is not one of its errors
+    return redis is not None and isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError))
+
+
 def store_unreachable(err: BaseException) -> bool:
     """Whether ``err`` says the store could not be reached (Redis down, restarting, loading
     its data, or the network between): worth waiting for. A refused password or a TLS
     handshake that failed (``rediss://`` to a server without TLS, a certificate that does not
     verify) is not: it stays so until the config changes."""
     redis = sys.modules.get("redis")  # loaded if a Redis store was used: else err is not one of its errors
-    if redis is None or isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+    if redis is None or password_refused(err):
         return False
     if not isinstance(err, (redis.ConnectionError, redis.TimeoutError)):
         return False

@@ -25,7 +25,7 @@ from serve_ab.serving.core.messages import ControllerApi, Mirror, RoutingSnapsho
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.store.claim import Claimant, StoreTaken, refuse_if_taken
 from serve_ab.store.keys import claim_key, feedback_key, rollout_key
-from serve_ab.store.state import StateStore, describe_store, store_unreachable
+from serve_ab.store.state import StateStore, describe_store, password_refused, store_unreachable
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,10 +45,14 @@ class Start:
 
 
 def _warn(what: str, err: Exception) -> None:
-    """``what`` happened because of ``err``: one line for a store that cannot be reached (it
-    says all there is), the traceback for anything else."""
+    """``what`` happened because of ``err``: one line for a store that cannot be reached or
+    refused the password (each says all there is; a router logged three tracebacks at start
+    for a wrong password), the traceback for anything else."""
     if store_unreachable(err):
         logger.warning("%s (%s: %s)", what, type(err).__name__, err)
+    elif password_refused(err):
+        logger.warning("%s (%s: %s; check the password in controller.store_url or in the variable "
+                       "controller.store_password_env names)", what, type(err).__name__, err)
     else:
         logger.warning("%s", what, exc_info=err)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,13 +69,17 @@ class WatchedVersion:
     def __init__(self, version: str, calls: RemoteCalls,
                  is_unavailable: Callable[[BaseException], bool],
                  settings: WatchdogSettings = WatchdogSettings(),
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.name = version
         self.calls = calls
         self.is_unavailable = is_unavailable  # the replica failed, not the request
         self.settings = settings
         self.sleep = sleep
-        self._pending: dict[Call, float] = {}  # calls in flight -> seconds waited (watchdog ticks)
+        self.clock = clock
+        # Calls in flight -> when each began, by ``clock``: counted in the watchdog's ticks, a
+        # call begun just before one was charged the whole tick, and cut up to one early.
+        self._pending: dict[Call, float] = {}
         # Cancelled by the watchdog, not by their callers: the error each call's caller gets.
         self._cancelled: dict[Call, VersionUnavailable] = {}
         self._progress = False  # a call completed since the watchdog last looked
@@ -87,7 +92,7 @@ class WatchedVersion:
         if self._watchdog is None:
             self._watchdog = detached_task(self._watch())  # its probes outlive this request
         call = self.calls.predict(batch)
-        self._pending[call] = 0.0
+        self._pending[call] = self.clock()
         try:
             return await call
         except Exception as err:
@@ -167,9 +172,9 @@ class WatchedVersion:
 
     def _cancel_overdue(self) -> None:
         s = self.settings
-        for call, waited_s in list(self._pending.items()):
-            self._pending[call] = waited_s = waited_s + s.interval_s
-            if waited_s >= s.call_timeout_s and call not in self._cancelled:
+        now_s = self.clock()
+        for call, began_s in list(self._pending.items()):
+            if now_s - began_s >= s.call_timeout_s and call not in self._cancelled:
                 self._cancelled[call] = timed_out = VersionTimedOut(
                     f"version {self.name!r} ({self.calls.name}) did not answer within "
                     f"{s.call_timeout_s:g}s (isolation.call_timeout_s); its call was cancelled")

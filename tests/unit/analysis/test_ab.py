@@ -9,6 +9,7 @@ import pytest
 from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import test_proportions_2indep as wald_test_2indep
 
 from serve_ab.analysis import ab
 from serve_ab.analysis.ab import (
@@ -80,15 +81,46 @@ def test_mean_summary_from_samples_uses_sample_variance(rng):
 
 
 def test_two_proportion_z_test_matches_statsmodels():
+    # Here the arms' own (unpooled) variance is the larger: p and CI are statsmodels' Wald ones.
     v, c = ConversionCounts(conversions=560, trials=5000), ConversionCounts(conversions=480, trials=5100)
     got = ab.compare_proportions(v, c, metric="ctr", alpha=0.05)
-    z, p = proportions_ztest([560, 480], [5000, 5100])
+    _, p_wald = wald_test_2indep(560, 5000, 480, 5100, method="wald", compare="diff")
     low, high = confint_proportions_2indep(560, 5000, 480, 5100, method="wald", compare="diff", alpha=0.05)
-    assert close(got.p_value, p)
-    assert close(float(ab.two_proportion_z_test(560, 5000, 480, 5100)[0]), z)
+    assert close(got.p_value, p_wald)
     assert close(got.abs_ci[0], low) and close(got.abs_ci[1], high)
     assert close(got.value_variant, 0.112) and close(got.abs_lift, 0.112 - 480 / 5100)
     assert got.verdict is ABVerdict.BETTER and got.significant
+    z, _ = proportions_ztest([560, 480], [5000, 5100])
+    assert close(float(ab.two_proportion_z_test(560, 5000, 480, 5100)[0]), z)
+
+
+def test_two_proportions_take_the_pooled_variance_where_it_is_larger():
+    # A small arm at a low rate against a large one at a higher rate: the variance under H0
+    # is the larger, so p is the pooled z-test's (proportions_ztest) and the CI is as wide.
+    got = ab.compare_proportions(ConversionCounts(2, 400), ConversionCounts(600, 20000), metric="ctr", alpha=0.05)
+    _, p_pooled = proportions_ztest([2, 600], [400, 20000])
+    assert close(got.p_value, p_pooled)
+    z = stats.norm.ppf(0.975)
+    assert close((got.abs_ci[1] - got.abs_ci[0]) / 2, z * abs(got.abs_lift) / stats.norm.isf(p_pooled / 2))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_proportions_ci_excludes_zero_exactly_when_significant(seed):
+    # One variance for both: the p-value and the CI never disagree. With the pooled variance
+    # for p and the unpooled one for the CI, 15/500 against 200/20,000 was significant with 0
+    # inside its CI, and 2/400 against 600/20,000 excluded 0 without being significant.
+    rng = np.random.default_rng(seed)
+    cases = [(15, 500, 200, 20000), (2, 400, 600, 20000)]
+    for _ in range(400):
+        n_v, n_c = (int(x) for x in rng.integers(50, 20000, size=2))
+        cases.append((int(rng.binomial(n_v, rng.uniform(0.001, 0.2))), n_v,
+                      int(rng.binomial(n_c, rng.uniform(0.001, 0.2))), n_c))
+    for conv_v, n_v, conv_c, n_c in cases:
+        got = ab.compare_proportions(ConversionCounts(conv_v, n_v), ConversionCounts(conv_c, n_c), metric="ctr")
+        if math.isnan(got.p_value):
+            continue
+        excludes_zero = got.abs_ci[0] > 0 or got.abs_ci[1] < 0
+        assert excludes_zero == (got.p_value < 0.05), (conv_v, n_v, conv_c, n_c, got.p_value, got.abs_ci)
 
 
 def test_chi_square_matches_chi2_contingency_and_equals_z_test_for_two_arms():
@@ -99,8 +131,8 @@ def test_chi_square_matches_chi2_contingency_and_equals_z_test_for_two_arms():
     assert close(got.statistic, statistic) and close(got.p_value, p) and got.dof == dof == 2
 
     two = ab.conversion_chi_square({"a": arms["a"], "b": arms["b"]})
-    z_test = ab.compare_proportions(arms["b"], arms["a"], metric="ctr")
-    assert close(two.p_value, z_test.p_value)
+    _, z_test_p = ab.two_proportion_z_test(560, 5000, 480, 5100)
+    assert close(two.p_value, float(z_test_p))
 
 
 def test_no_conversions_anywhere_is_not_enough_data():

@@ -32,7 +32,7 @@ from tests.support.fakes import (
     SilentVersion,
     failing_loader,
 )
-from tests.unit.serving.test_router_core import FakeCalls, experiment
+from tests.unit.serving.test_router_core import FakeCall, FakeCalls, experiment
 
 ROW = [[0.0] * 64]
 CORRUPT = ValueError("cannot load /srv/models/digits/v2/model.onnx with the onnx backend: "
@@ -299,7 +299,7 @@ def test_a_call_that_waits_past_the_call_timeout_is_cancelled_and_served_elsewhe
     settings = WatchdogSettings(call_timeout_s=3.0)
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
         started = clock()
         with pytest.raises(VersionUnavailable, match="did not answer within 3s") as info:
             await version.predict(np.zeros((1, 64), np.float32))
@@ -311,6 +311,108 @@ def test_a_call_that_waits_past_the_call_timeout_is_cancelled_and_served_elsewhe
     # Counted as a timeout, not as an outage: the version may be up and only slow.
     assert isinstance(err, VersionTimedOut) and error_kind(err) == "timeout"
     assert error_kind(VersionUnavailable("down")) == "unavailable"
+
+
+class CutTimes(FakeCalls):
+    """Stalled calls that note when the watchdog cuts each (by the fake clock)."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.stalled = True
+        self.clock = clock
+        self.cut_at_s: dict[int, float] = {}
+
+    def predict(self, batch):
+        call, index = super().predict(batch), len(self.predicts)
+        cancel = call.cancel
+
+        def noted_cancel():
+            self.cut_at_s.setdefault(index, self.clock())
+            cancel()
+
+        call.cancel = noted_cancel
+        return call
+
+
+def test_a_call_begun_between_two_ticks_is_not_cut_before_its_timeout():
+    # Counted in ticks, a call begun 0.2 s into a 0.25-s tick was charged the whole tick at
+    # its end, and cut 0.75 s after it began against a 1-s isolation.call_timeout_s.
+    clock = FakeClock()
+    calls = CutTimes(clock)
+    settings = WatchdogSettings(interval_s=0.25, call_timeout_s=1.0)
+
+    async def go():
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+        batch = np.zeros((1, 64), np.float32)
+        first = asyncio.get_running_loop().create_task(version.predict(batch))  # starts the watchdog
+        began_s = clock()
+        while clock() == began_s:  # until the first tick's sleep has begun: the clock is at its end
+            await asyncio.sleep(0)
+        clock.advance(-0.05)  # the second call begins 0.2 s into that tick
+        started = clock()
+        with pytest.raises(VersionTimedOut):
+            await version.predict(batch)
+        with pytest.raises(VersionTimedOut):
+            await first
+        return calls.cut_at_s[2] - started
+
+    waited_s = run(go())
+    assert settings.call_timeout_s <= waited_s <= settings.call_timeout_s + settings.interval_s, waited_s
+
+
+async def seen_answering(calls: FakeCalls, settings: WatchdogSettings,
+                         clock: FakeClock) -> tuple[WatchedVersion, np.ndarray]:
+    """A watched version that answered while its watchdog ran: it may now be marked down."""
+    version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+    batch = np.zeros((1, 64), np.float32)
+    await version.predict(batch)  # starts the watchdog
+    await asyncio.sleep(0)
+    await version.predict(batch)  # seen answering while watched
+    return version, batch
+
+
+class SlowCancels(FakeCalls):
+    """Calls whose cancel lands only when the test says (a Ray call's cancel is a message to
+    its replica): cut calls stay pending meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: list[FakeCall] = []
+
+    def predict(self, batch):
+        call = super().predict(batch)
+        call.cancel = lambda: self.asked.append(call)
+        return call
+
+    def land(self) -> None:
+        for call in self.asked:
+            FakeCall.cancel(call)
+
+
+def test_a_call_cut_past_its_timeout_stays_a_timeout_when_the_version_is_then_marked_down():
+    # Its cancel had not landed when the watchdog marked the version down: the mark replaced
+    # the call's timeout, and the live check counted it 'unavailable'.
+    clock = FakeClock()
+    calls = SlowCancels()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=0.5, probe_timeout_s=2.0, call_timeout_s=1.0)
+
+    async def go():
+        version, batch = await seen_answering(calls, settings, clock)
+        calls.stalled = True
+        waiting = asyncio.get_running_loop().create_task(version.predict(batch))
+        for _ in range(10_000):
+            if version.down_reason is not None:
+                break
+            await asyncio.sleep(0)
+        assert calls.asked, "the call was cut past its timeout before the version went down"
+        calls.land()
+        with pytest.raises(VersionUnavailable) as info:
+            await waiting
+        return version.down_reason, info.value
+
+    down_reason, err = run(go())
+    assert down_reason is not None and "no call completed" in down_reason
+    assert isinstance(err, VersionTimedOut) and error_kind(err) == "timeout", err
 
 
 @pytest.mark.parametrize("settings", [
@@ -325,11 +427,7 @@ def test_a_call_past_its_timeout_is_cut_while_the_watchdog_waits_on_a_probe(sett
     calls = FakeCalls()
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
-        batch = np.zeros((1, 64), np.float32)
-        await version.predict(batch)  # starts the watchdog
-        await asyncio.sleep(0)
-        await version.predict(batch)  # seen answering while watched
+        version, batch = await seen_answering(calls, settings, clock)
         calls.stalled = True
         started = clock()
         with pytest.raises(VersionUnavailable) as info:

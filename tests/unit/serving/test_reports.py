@@ -10,8 +10,8 @@ from serve_ab.serving.core.messages import IntervalReport
 from serve_ab.serving.reports import STALE_S, RouterReports
 
 
-def report(router: str, last: bool = False) -> IntervalReport:
-    return IntervalReport(router, IntervalAggregate(), last=last)
+def report(router: str, last: bool = False, failed_versions: dict[str, str] | None = None) -> IntervalReport:
+    return IntervalReport(router, IntervalAggregate(), last=last, failed_versions=failed_versions or {})
 
 
 def test_a_router_silent_without_its_last_report_is_counted_lost_and_logged(caplog):
@@ -43,3 +43,15 @@ def test_a_router_that_sent_its_last_report_is_not_counted_as_reporting():
     reports.received(report("r1"), now_s=1002.0)
     figures = reports.seen(1002.0)
     assert figures.routers == 1 and figures.routers_lost_total == 0
+
+
+def test_a_version_failed_only_on_a_stopped_router_is_failed_no_more():
+    """A router that could not load v2 and was then replaced (a redeploy, a scale-down): the
+    live routers serve v2, so its failure no longer holds v2's weight at 0 for a minute."""
+    reports = RouterReports()
+    reports.received(report("old", failed_versions={"v2": "OSError: no model.onnx"}), now_s=1000.0)
+    reports.received(report("new"), now_s=1000.0)
+    assert set(reports.failed_versions(1000.0)) == {"v2"}
+    reports.received(report("old", last=True, failed_versions={"v2": "OSError: no model.onnx"}), now_s=1001.0)
+    assert reports.failed_versions(1001.0) == {}
+    assert reports.seen(1001.0).failed_versions == {}

@@ -612,7 +612,7 @@ def test_watchdog_down_probe_recovered_cycle_on_a_fake_clock():
     settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep)
+        version = WatchedVersion("v2", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
         batch = np.zeros((1, 64), np.float32)
         await version.predict(batch)  # starts the watchdog
         await asyncio.sleep(0)
@@ -650,7 +650,7 @@ def test_a_version_never_seen_answering_is_not_declared_down():
     calls.stalled = True  # e.g. scaling up from zero replicas
 
     async def go():
-        version = WatchedVersion("v2", calls, lambda err: False, sleep=clock.sleep)
+        version = WatchedVersion("v2", calls, lambda err: False, sleep=clock.sleep, clock=clock)
         waiting = asyncio.get_running_loop().create_task(version.predict(np.zeros((1, 64), np.float32)))
         for _ in range(200):
             await asyncio.sleep(0)
@@ -678,7 +678,7 @@ def test_replica_failures_become_version_unavailable_and_request_errors_pass_thr
             return call
 
     async def go(err):
-        version = WatchedVersion("v2", Failing(err), lambda e: isinstance(e, Dead), sleep=clock.sleep)
+        version = WatchedVersion("v2", Failing(err), lambda e: isinstance(e, Dead), sleep=clock.sleep, clock=clock)
         await version.predict(np.zeros((1, 64), np.float32))
 
     with pytest.raises(VersionUnavailable, match="could not serve the request: Dead"):

@@ -189,3 +189,27 @@ def test_a_redis_that_is_down_is_one_line_in_the_log_and_anything_else_a_traceba
         raise redis.ConnectionError("network") from ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
     except redis.ConnectionError as tls:
         assert not store_unreachable(tls)
+
+
+def test_a_refused_redis_password_is_one_line_naming_where_the_password_comes_from(redis_server, caplog):
+    """A wrong password stays wrong until the config changes: the controller fails the deploy
+    naming it, and each router said it in three tracebacks at start; now one line a read."""
+    import logging
+
+    import redis
+
+    from serve_ab.store.redis_store import RedisStateStore
+
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.config_set("requirepass", "s3cret")
+    try:
+        wrong = RedisStateStore.from_url(redis_server.url.replace("redis://", "redis://:wrong@"), timeout_s=0.5)
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            start_ = prepare(canary(), lambda: wrong, FakeClock())
+    finally:
+        redis.Redis.from_url(redis_server.url, password="s3cret").config_set("requirepass", "")
+    assert start_.source == "config" and start_.feedback_key is None
+    lines = [r for r in caplog.records if "serve-ab router" in r.getMessage()]
+    assert len(lines) == 2 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+    assert all("AuthenticationError" in r.getMessage() and "controller.store_password_env" in r.getMessage()
+               and "wrong" not in r.getMessage() for r in lines)

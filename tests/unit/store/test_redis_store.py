@@ -248,6 +248,30 @@ def test_a_redis_that_is_down_is_said_once_in_the_log_not_at_every_tick(redis_se
     assert core.status().not_saved is None
 
 
+def test_a_redis_flapping_between_two_errors_is_said_once_for_each(redis_server, caplog):
+    """Refused connections and timeouts taking turns (a Redis restarting under a paused
+    client, a flaky network) are two lines for the spell, not one at every switch."""
+    clock = FakeClock()
+    core = ControllerCore(experiment(), RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S), clock)
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        for _ in range(2):
+            redis_server.stop()
+            for _ in range(2):
+                clock.advance(0.25)
+                with pytest.raises(StoreUnavailable):
+                    core.tick()
+            redis_server.start()
+            redis.Redis.from_url(redis_server.url).execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            clock.advance(0.25)
+            with pytest.raises(StoreUnavailable):
+                core.tick()  # the write waits past the client's timeout
+        down = [line for line in _store_lines(caplog) if "cannot save to" in line]
+    redis_server.stop()
+    redis_server.start()
+    assert [("ConnectionError" in line, "TimeoutError" in line) for line in down] == [(True, False), (False, True)], down
+    assert core.status().not_saved.error.startswith("TimeoutError")
+
+
 def test_a_full_redis_is_said_once_with_its_error_not_a_traceback_every_round(redis_server, caplog):
     clock = FakeClock()
     store = RedisStateStore.from_url(redis_server.url, timeout_s=FAST_S)
