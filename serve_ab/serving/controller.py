@@ -1039,7 +1039,7 @@ class ExperimentController:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       answered_after_s: float | None = None, resent: bool = False) -> str | None | Refused:
+                       resent: bool = False, answered_after_s: float | None = None) -> str | None | Refused:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
         epoch the request was assigned under). ``resent``: a router sends it again because
@@ -1047,7 +1047,9 @@ class ExperimentController:
         as a repeat is, but not counted as a client's repeat. ``answered_after_s``: a time the
         answer came after (its token says), so that feedback older than what this controller remembers
         of reports is refused rather than perhaps counted twice; not checked on a resend, which
-        a router accepted once already."""
+        a router accepted once already. ``resent`` stays eighth, where a router of the previous
+        release puts it; routers send ``answered_after_s`` by name, and only to a controller whose
+        report answer says it takes it (ReportAnswer.checks_answer_age)."""
         if value is not None and not math.isfinite(float(value) * float(value)):
             # Routers refuse these first; checked here too, before the join holds it (a held
             # one would fail later, in the merge of the report that joins it).

@@ -149,11 +149,15 @@ class ControllerClient:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       answered_after_s: float | None = None, resent: bool = False) -> str | None:
-        # resent only to a controller that answered a report (ReportAnswer): one that takes it
-        extra = {"resent": True} if resent else {}
+                       resent: bool = False, answered_after_s: float | None = None) -> str | None:
+        # Each by name, and only when set: resent only to a controller that answered a report
+        # (ReportAnswer), answered_after_s only to one that said it checks it; a controller of
+        # the previous release takes neither in the eighth place nor has answered_after_s.
+        extra: dict[str, Any] = {"resent": True} if resent else {}
+        if answered_after_s is not None:
+            extra["answered_after_s"] = answered_after_s
         return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
-                                                           unit, split, answered_after_s, **extra),
+                                                           unit, split, **extra),
                                FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
 
     async def feedback_key(self) -> bytes:

@@ -89,8 +89,8 @@ class FeedbackCall:
     answered_after_s: float | None = None  # the answer came after this, where its token says
 
     def args(self) -> tuple[Any, ...]:
-        return (self.request_id, self.name, self.value, self.converted, self.version, self.unit, self.split,
-                self.answered_after_s)
+        # Not answered_after_s: sent by name, to a controller that takes it (ReportLedger.checks_answer_age).
+        return (self.request_id, self.name, self.value, self.converted, self.version, self.unit, self.split)
 
 
 class ReportLedger:
@@ -99,6 +99,9 @@ class ReportLedger:
     def __init__(self) -> None:
         self.next_seq = 1
         self.controller: str | None = None  # the controller last heard from
+        # It takes feedback's answered_after_s (ReportAnswer.checks_answer_age); until a report
+        # is answered, or from a controller of the previous release, feedback goes without it.
+        self.checks_answer_age = False
         # Reports not saved yet, by number: each with whether the controller heard from now
         # has it (False: to send, or to send again).
         self._reports: dict[int, tuple[IntervalReport, bool]] = {}
@@ -151,6 +154,7 @@ class ReportLedger:
 
     def answered(self, report: IntervalReport, answer: ReportAnswer | None, mark: int) -> None:
         """The controller's answer to ``report``, sent at ``mark`` (:meth:`mark`)."""
+        self.checks_answer_age = answer is not None and answer.checks_answer_age
         if answer is None:  # a controller of an older release: it neither numbers nor saves them
             self._reports.pop(report.seq, None)
             self._feedback.clear()

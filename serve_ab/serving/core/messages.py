@@ -87,6 +87,9 @@ class ReportAnswer:
     # merged nothing of the report. It has the router's reports up to restored_seq.
     restarted: bool = False
     restored_seq: int = 0
+    # The controller's feedback call takes answered_after_s (by name): one of the previous
+    # release has no such parameter, and would fail every call that named it.
+    checks_answer_age: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,8 @@ class ControllerApi(Protocol):
 
     async def feedback(self, request_id: str, name: str, value: float | None,
                        converted: bool | None, version: str | None = None,
-                       unit: int | None = None, split: int = -1, answered_after_s: float | None = None,
-                       resent: bool = False) -> str | None: ...
+                       unit: int | None = None, split: int = -1, resent: bool = False,
+                       answered_after_s: float | None = None) -> str | None: ...
 
     async def feedback_key(self) -> bytes: ...
 

@@ -518,6 +518,7 @@ class RouterCore:
         """Feedback on an answer, to the controller: the version it joined (None while it waits
         for its request's report). Kept until the controller has saved it."""
         sent_to = self.ledger.controller
-        version = await self.controller.feedback(*call.args())
+        age = call.answered_after_s if self.ledger.checks_answer_age else None
+        version = await self.controller.feedback(*call.args(), answered_after_s=age)
         self.ledger.accepted(call, sent_to)
         return version

@@ -97,3 +97,30 @@ def test_feedback_and_a_report_the_controller_does_not_answer_give_up_after_thei
         asyncio.run(client.feedback("r1", "correct", None, True))
     with pytest.raises(ControllerUnavailable, match=r"did not answer within 0.05s"):
         asyncio.run(client.record(IntervalReport("router-1", IntervalAggregate())))
+
+
+# The controller's feedback method of the previous release, as it is bound there (Ray Serve
+# passes a handle call's arguments on as they are): a rolling upgrade runs routers of this
+# release against it until its replica is replaced.
+async def _previous_release_feedback(request_id, name, value, converted, version=None, unit=None, split=-1,
+                                     resent=False):
+    return {"request_id": request_id, "version": version, "resent": resent}
+
+
+class _PreviousReleaseController:
+    class _Feedback:
+        @staticmethod
+        def remote(*args, **kwargs):
+            return _previous_release_feedback(*args, **kwargs)
+
+    feedback = _Feedback()
+
+
+def test_feedback_reaches_a_controller_of_the_previous_release_as_it_was_meant():
+    """A client's report is not taken for a router's resend there (it would not be counted as a
+    repeat), and a resend is not refused for a second value of ``resent`` (it would be dropped)."""
+    client = ControllerClient(_PreviousReleaseController())
+    first = asyncio.run(client.feedback("r1#n", "correct", None, True, "v2", 7, 3))
+    assert first == {"request_id": "r1#n", "version": "v2", "resent": False}
+    again = asyncio.run(client.feedback("r1#n", "correct", None, True, "v2", 7, 3, resent=True))
+    assert again == {"request_id": "r1#n", "version": "v2", "resent": True}

@@ -265,8 +265,10 @@ def test_feedback_needs_the_token_of_the_answer(app):
 
 def test_feedback_tells_the_controller_when_its_answer_was_given(app):
     """So that the controller can refuse feedback on answers older than the reports it still
-    remembers, whose repeat it could no longer tell from a first report."""
+    remembers, whose repeat it could no longer tell from a first report: once the controller said,
+    in a report's answer, that it takes the time (one of the previous release would fail the call)."""
     client, controller = app
+    routes.served().core.ledger.checks_answer_age = True  # as a report answer with it sets
     body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
     controller.clock.advance(30)
     response = client.post("/feedback", json={"request_id": body["request_id"], "feedback_token": body["feedback_token"],

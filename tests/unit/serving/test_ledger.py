@@ -58,7 +58,7 @@ class KillableController:
         return answer
 
     async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1,
-                       answered_after_s=None, resent=False):
+                       resent=False, answered_after_s=None):
         if self.down:
             raise ConnectionError("controller restarting")
         if self.feedback_away:
@@ -341,8 +341,8 @@ class TwoReplicas:
         core = self.a.core if (self.route.pop(0) if self.route else "a") == "a" else self.b
         return core.receive(report)[0]
 
-    async def feedback(self, *args, resent: bool = False):
-        return await self.a.feedback(*args, resent=resent)
+    async def feedback(self, *args, resent: bool = False, answered_after_s: float | None = None):
+        return await self.a.feedback(*args, resent=resent, answered_after_s=answered_after_s)
 
 
 def test_a_report_only_the_old_replica_of_a_redeploy_merged_reaches_the_new_one():
@@ -398,3 +398,40 @@ def test_a_202_from_the_old_controller_that_lands_after_the_router_heard_of_the_
 
     asyncio.run(scenario())
     assert controller.counts() == (2, 1, 0) and router.ledger.kept() == (0, 0)
+
+
+def test_the_answers_age_goes_only_to_a_controller_whose_report_answer_says_it_takes_it():
+    """A controller of the previous release has no answered_after_s: named in its call, every
+    token-proven feedback would fail there during a rolling upgrade."""
+    clock = FakeClock()
+    sent: list[dict] = []
+
+    class Controller:
+        answer: ReportAnswer | None = None
+
+        async def record(self, report: IntervalReport) -> ReportAnswer | None:
+            return self.answer
+
+        async def feedback(self, *args, resent: bool = False, answered_after_s: float | None = None):
+            sent.append((args[0], resent, answered_after_s))
+            return "v2"
+
+    controller = Controller()
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+
+    async def feedback(answer_id: str) -> None:
+        await router.send_feedback(FeedbackCall(answer_id, "correct", None, True, "v2", None, -1, 940.0))
+
+    async def scenario() -> None:
+        await feedback("a1#n")  # no report answered yet
+        await router.flush_once()  # answered by the previous release: None
+        await feedback("a2#n")
+        controller.answer = ReportAnswer("c1", 0, 0, 0, checks_answer_age=True)
+        await router.flush_once()
+        await feedback("a3#n")
+
+    asyncio.run(scenario())
+    # a2 goes again to the first controller that answered (one it has is refused): without its
+    # age, as a resend is not checked for it.
+    assert sent == [("a1#n", False, None), ("a2#n", False, None), ("a2#n", True, None), ("a3#n", False, 940.0)]
