@@ -45,6 +45,7 @@ __all__ = [
     "power_conversions",
     "power_means",
     "progress",
+    "rates_power",
     "sample_size_conversions",
     "sample_size_means",
     "sequential_power",
@@ -225,6 +226,34 @@ def fixed_power(effect_abs: float, var_diff: float, alpha: float) -> float:
     z = abs(effect_abs) / math.sqrt(var_diff)
     crit = float(stats.norm.isf(alpha / 2))
     return float(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z))
+
+
+def rates_power(p_control: float, p_variant: float, n_control: float, n_variant: float, alpha: float,
+                two_sided: bool = True) -> float:
+    """Power of the report's fixed-horizon test of two rates (``analysis/units.py``, one request
+    per unit): the z-test of the difference whose variance is each arm's own,
+    ``p_c (1 - p_c) / n_c + p_v (1 - p_v) / n_v``, but at least the pooled (score) one,
+    ``p (1 - p) (1 / n_c + 1 / n_v)`` with ``p`` the rate of both arms together.
+
+    The test rejects when ``|d| >= crit * sqrt(V_test)`` (``V_test`` the larger of the two),
+    and ``d`` varies by the arms' own variance, so the power is ``P(|d| >= crit sqrt(V_test))``
+    with ``d ~ N(p_v - p_c, V_own)``. Equal arms: Cohen's h gives the same to about 0.01; with
+    an unequal split it does not (see ``serve-ab sample-size --allocation``).
+    """
+    for name, p in (("p_control", p_control), ("p_variant", p_variant)):
+        if not 0 < p < 1:
+            raise ValueError(f"{name} ({p}) must be in (0, 1)")
+    if not (n_control > 0 and n_variant > 0):
+        raise ValueError(f"n_control ({n_control}) and n_variant ({n_variant}) must be > 0")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha ({alpha}) must be in (0, 1), e.g. 0.05")
+    own = p_control * (1 - p_control) / n_control + p_variant * (1 - p_variant) / n_variant
+    pooled_p = (p_control * n_control + p_variant * n_variant) / (n_control + n_variant)
+    pooled = pooled_p * (1 - pooled_p) * (1 / n_control + 1 / n_variant)
+    threshold = float(stats.norm.isf(alpha / 2 if two_sided else alpha)) * math.sqrt(max(own, pooled))
+    effect, sd = abs(p_variant - p_control), math.sqrt(own)
+    power = float(stats.norm.sf((threshold - effect) / sd))
+    return power + float(stats.norm.cdf((-threshold - effect) / sd)) if two_sided else power
 
 
 def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: float) -> float:
