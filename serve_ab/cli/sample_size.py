@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None = No
 def _make_plan(args: argparse.Namespace) -> dict[str, Any]:
     """The request-level plan (statsmodels), then units per arm for the test and split asked for."""
     from serve_ab.analysis import power as _power
+    from serve_ab.analysis.ab import DEFAULT_MIN_SAMPLES
 
     base = _request_plan(args)
     allocation = getattr(args, "allocation", None)
@@ -182,7 +183,15 @@ def _make_plan(args: argparse.Namespace) -> dict[str, Any]:
         n_per_variant=units_c if ratio == 1 else None,
         n_per_variant_exact=exact_c if ratio == 1 else None,
         n_total=units_c + variant_arms * units_v,
+        report_min_units_per_arm=DEFAULT_MIN_SAMPLES,
+        notes=[],
     )
+    if min(units_c, units_v) < DEFAULT_MIN_SAMPLES:
+        # The plan is the test's; the report gives no p-value, interval or verdict (not_enough_data)
+        # while an arm has fewer units than this, so a plan below it is never read as planned.
+        plan["notes"].append(
+            f"the report tests from {DEFAULT_MIN_SAMPLES} units in each arm (fewer: not_enough_data); run each "
+            f"arm to at least {DEFAULT_MIN_SAMPLES} units")
     return plan
 
 
@@ -350,6 +359,7 @@ def _table(plan: dict[str, Any]) -> str:
         rows.append(("variant", f"{units['variant']:,} units, {requests['variant']:,} requests"))
     rows.append((f"total ({plan['variants']} variants)",
                  f"{plan['units_total']:,} units, {plan['requests_total']:,} requests"))
+    rows += [("note", note) for note in plan["notes"]]
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"sample size ({head})"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

@@ -334,3 +334,21 @@ def test_the_readmes_planned_users_come_out_of_the_command_it_names(capsys):
     default = _json(capsys, [f for f in flags.split() if f not in ("--alpha", "0.0125")])
     assert f"({default['units_per_arm']['control']} at the default 0.05)" in readme
 
+
+@pytest.mark.parametrize("argv, small", [
+    (["--std", "1", "--mde", "1.5"], True),  # 9 units per arm
+    (["--baseline-rate", "0.3", "--mde", "0.3", "--allocation", "90:10"], True),  # a small variant arm
+    (["--baseline-rate", "0.1", "--mde", "0.02"], False),
+])
+def test_a_plan_below_the_reports_minimum_units_says_so(capsys, argv, small):
+    # The report gives no p-value or verdict (not_enough_data) while an arm has fewer than 30
+    # units: a plan of 9 per arm, read at 9, never showed one.
+    from serve_ab.analysis.ab import DEFAULT_MIN_SAMPLES
+
+    got = _json(capsys, argv)
+    assert got["report_min_units_per_arm"] == DEFAULT_MIN_SAMPLES == 30
+    assert (min(got["units_per_arm"].values()) < 30) == small
+    assert bool(got["notes"]) == small
+    assert _main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("run each arm to at least 30 units" in out) == small
