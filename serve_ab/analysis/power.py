@@ -45,6 +45,7 @@ __all__ = [
     "power_conversions",
     "power_means",
     "progress",
+    "rates_power",
     "sample_size_conversions",
     "sample_size_means",
     "sequential_power",
@@ -227,7 +228,36 @@ def fixed_power(effect_abs: float, var_diff: float, alpha: float) -> float:
     return float(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z))
 
 
-def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: float) -> float:
+def rates_power(p_control: float, p_variant: float, n_control: float, n_variant: float, alpha: float,
+                two_sided: bool = True) -> float:
+    """Power of the report's fixed-horizon test of two rates (``analysis/units.py``, one request
+    per unit): the z-test of the difference whose variance is each arm's own,
+    ``p_c (1 - p_c) / n_c + p_v (1 - p_v) / n_v``, but at least the pooled (score) one,
+    ``p (1 - p) (1 / n_c + 1 / n_v)`` with ``p`` the rate of both arms together.
+
+    The test rejects when ``|d| >= crit * sqrt(V_test)`` (``V_test`` the larger of the two),
+    and ``d`` varies by the arms' own variance, so the power is ``P(|d| >= crit sqrt(V_test))``
+    with ``d ~ N(p_v - p_c, V_own)``. Equal arms: Cohen's h gives the same to about 0.01; with
+    an unequal split it does not (see ``serve-ab sample-size --allocation``).
+    """
+    for name, p in (("p_control", p_control), ("p_variant", p_variant)):
+        if not 0 < p < 1:
+            raise ValueError(f"{name} ({p}) must be in (0, 1)")
+    if not (n_control > 0 and n_variant > 0):
+        raise ValueError(f"n_control ({n_control}) and n_variant ({n_variant}) must be > 0")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha ({alpha}) must be in (0, 1), e.g. 0.05")
+    own = p_control * (1 - p_control) / n_control + p_variant * (1 - p_variant) / n_variant
+    pooled_p = (p_control * n_control + p_variant * n_variant) / (n_control + n_variant)
+    pooled = pooled_p * (1 - pooled_p) * (1 / n_control + 1 / n_variant)
+    threshold = float(stats.norm.isf(alpha / 2 if two_sided else alpha)) * math.sqrt(max(own, pooled))
+    effect, sd = abs(p_variant - p_control), math.sqrt(own)
+    power = float(stats.norm.sf((threshold - effect) / sd))
+    return power + float(stats.norm.cdf((-threshold - effect) / sd)) if two_sided else power
+
+
+def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: float,
+                     var_true: float | None = None) -> float:
     """Power of the normal-mixture SPRT (``serve_ab.analysis.sequential``) at one look.
 
     The test rejects when ``Lambda = sqrt(V/(V+tau^2)) exp(tau^2 d^2 / (2 V (V+tau^2)))``
@@ -253,14 +283,19 @@ def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: floa
     For comparison, this test needs about 1.9 times the units of the fixed-horizon
     z-test at ``alpha = 0.05``, power 0.8 (1.65 times at ``alpha = 0.05/3``, power 0.9):
     the price of a verdict that is valid whenever it is read.
+
+    ``var_true``: the variance ``d`` has, where the test reads a larger ``var_diff`` (the report
+    floors a difference's variance at the pooled one, :mod:`serve_ab.analysis.units`); None:
+    ``var_diff``.
     """
     _check_effect_var_alpha(effect_abs, var_diff, alpha)
     if not (0 < tau < math.inf):
         raise ValueError(f"tau ({tau}) must be a finite number > 0: the mSPRT's mixing scale in the metric's units")
     v, tau2 = float(var_diff), float(tau) ** 2
     c = math.sqrt(2 * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log1p(tau2 / v)))
-    z = abs(effect_abs) / math.sqrt(v)
-    return float(stats.norm.sf(c - z) + stats.norm.cdf(-c - z))
+    sd = math.sqrt(v if var_true is None else min(float(var_true), v))
+    threshold, effect = c * math.sqrt(v), abs(effect_abs)
+    return float(stats.norm.sf((threshold - effect) / sd) + stats.norm.cdf((-threshold - effect) / sd))
 
 
 def units_per_arm(
@@ -273,6 +308,7 @@ def units_per_arm(
     sequential: bool = True,
     tau: float | None = None,
     allocation: tuple[float, float] = (50.0, 50.0),
+    unit_var_pooled: float | None = None,
 ) -> UnitsPlan:
     """Randomisation units per arm for the test to reach ``power`` against ``effect_abs``.
 
@@ -288,6 +324,13 @@ def units_per_arm(
     defaults to ``|effect_abs|``); ``sequential=False`` for the two-sided fixed-horizon
     z-test (:func:`fixed_power`). The continuous root is found with ``brentq`` and each
     arm rounded up; at least 2 units per arm.
+
+    ``unit_var_pooled``: one unit's variance with both arms as one population (for a rate,
+    ``p (1 - p)`` with ``p`` the rate of both arms together). The report reads the difference's
+    variance as at least ``unit_var_pooled (1/n_c + 1/n_v)``; given, the test is planned with
+    that floor, and the estimate still varies by the arms' own variances. It matters for a
+    lopsided split whose small arm has the smaller variance (its mSPRT at 10:90, 5% -> 8%,
+    reached power 0.59 at the size planned without it).
     """
     if effect_abs == 0 or not math.isfinite(effect_abs):
         raise ValueError(f"effect_abs ({effect_abs}) must be a non-zero finite number: the difference to detect, "
@@ -295,6 +338,9 @@ def units_per_arm(
     _check_effect_var_alpha(effect_abs, unit_var_control, alpha, var_name="unit_var_control")
     if unit_var_variant is None:
         unit_var_variant = unit_var_control
+    if unit_var_pooled is not None and not (0 < unit_var_pooled < math.inf):
+        raise ValueError(f"unit_var_pooled ({unit_var_pooled}) must be a finite number > 0 or None: one unit's "
+                         f"variance with both arms as one population")
     if not (0 < unit_var_variant < math.inf):
         raise ValueError(f"unit_var_variant ({unit_var_variant}) must be a finite number > 0: "
                          f"one unit's variance in the variant arm (None: same as the control)")
@@ -312,9 +358,20 @@ def units_per_arm(
     ratio = share_v / share_c  # n_variant / n_control
     var_k = unit_var_control + unit_var_variant / ratio  # var_diff = var_k / n_control
 
+    pooled_k = None if unit_var_pooled is None else unit_var_pooled * (1.0 + 1.0 / ratio)
+
+    def power_with(var_own: float, var_pooled: float | None) -> float:
+        v = var_own if var_pooled is None else max(var_own, var_pooled)
+        if sequential:
+            return sequential_power(effect_abs, v, tau, alpha, var_true=var_own)
+        if v == var_own:
+            return fixed_power(effect_abs, v, alpha)
+        crit = float(stats.norm.isf(alpha / 2)) * math.sqrt(v)
+        sd, effect = math.sqrt(var_own), abs(effect_abs)
+        return float(stats.norm.sf((crit - effect) / sd) + stats.norm.cdf((-crit - effect) / sd))
+
     def power_at(n_c: float) -> float:
-        v = var_k / n_c
-        return sequential_power(effect_abs, v, tau, alpha) if sequential else fixed_power(effect_abs, v, alpha)
+        return power_with(var_k / n_c, None if pooled_k is None else pooled_k / n_c)
 
     lo = _MIN_N_PER_VARIANT * max(1.0, 1.0 / ratio)  # both arms hold >= 2 units
     if power_at(lo) >= power:
@@ -329,7 +386,7 @@ def units_per_arm(
     n_c = max(_MIN_N_PER_VARIANT, math.ceil(root - 1e-9))
     n_v = max(_MIN_N_PER_VARIANT, math.ceil(root * ratio - 1e-9))
     var_plan = unit_var_control / n_c + unit_var_variant / n_v
-    achieved = sequential_power(effect_abs, var_plan, tau, alpha) if sequential else fixed_power(effect_abs, var_plan, alpha)
+    achieved = power_with(var_plan, None if unit_var_pooled is None else unit_var_pooled * (1 / n_c + 1 / n_v))
     return UnitsPlan(
         n_control=n_c, n_variant=n_v, n_total=n_c + n_v, alpha=alpha, power=power, sequential=sequential,
         tau=tau if sequential else None, effect_abs=float(effect_abs), var_diff_at_plan=var_plan,

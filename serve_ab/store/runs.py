@@ -30,12 +30,16 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import posixpath
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,9 +56,16 @@ DEFAULT_RECORDS_PATH = Path(".serve-ab/runs.sqlite")  # as RecordsConfig.path's 
 SCHEMA_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 MLFLOW_EXPERIMENT_PREFIX = "serve-ab/"
+# MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold one save for about
+# four minutes when the tracking server is down, and with it the controller's report loop. These
+# are set when MLflow is first imported, unless the environment names them already.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# After a failed call MLflow is left alone this long (the SQLite record is still written every save).
+MLFLOW_RETRY_AFTER_S = 300.0
 # MLflow refuses longer param values (500 characters up to MLflow 2.x) and >100 params a batch.
 _MLFLOW_PARAM_CHARS = 500
 _MLFLOW_BATCH = 100
+_MLFLOW_KEY_CHARS = 250
 _SQLITE_TIMEOUT_S = 10.0
 
 log = logging.getLogger(__name__)
@@ -127,6 +138,7 @@ class RunRecorder:
         self._mlflow_unavailable = False
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._mlflow_failed_at_s: float | None = None  # time.monotonic() of the last failed MLflow call
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -168,11 +180,12 @@ class RunRecorder:
             return
         record = self.load(run_id)
         mlflow = self._import_mlflow()
-        if mlflow is None or record.mlflow_run_id is None:
+        if mlflow is None or record.mlflow_run_id is None or self._mlflow_resting():
             return
         try:
             mlflow.tracking.MlflowClient().set_terminated(record.mlflow_run_id, status=status)
         except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
+            self._mlflow_failed_at_s = time.monotonic()
             self._warn_once(f"finish:{type(err).__name__}", f"MLflow: could not end run {record.mlflow_run_id} "
                             f"of {run_id!r}: {err}")
 
@@ -286,6 +299,8 @@ class RunRecorder:
         if self._mlflow_unavailable:
             return None
         if self._mlflow_module is None:
+            for name, value in MLFLOW_HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
             try:
                 import mlflow  # seconds to import: only when asked for
             except ImportError as err:
@@ -297,11 +312,17 @@ class RunRecorder:
             self._mlflow_module = mlflow
         return self._mlflow_module
 
+    def _mlflow_resting(self) -> bool:
+        """Whether MLflow failed less than MLFLOW_RETRY_AFTER_S ago: a tracking server that is down
+        then costs one timeout per MLFLOW_RETRY_AFTER_S, not one per save."""
+        failed = self._mlflow_failed_at_s
+        return failed is not None and time.monotonic() - failed < MLFLOW_RETRY_AFTER_S
+
     def _log_mlflow(self, run_id: str, config: Mapping[str, Any], metrics: Mapping[str, float],
                     started_at_s: float, updated_at_s: float, step: int, mlflow_run_id: str | None) -> str | None:
         mlflow = self._import_mlflow()
-        if mlflow is None:
-            return None
+        if mlflow is None or self._mlflow_resting():
+            return mlflow_run_id
         try:
             from mlflow.entities import Metric, Param
 
@@ -323,9 +344,12 @@ class RunRecorder:
             for i in range(0, len(points), _MLFLOW_BATCH):
                 client.log_batch(mlflow_run_id, metrics=points[i:i + _MLFLOW_BATCH])
         except Exception as err:  # noqa: BLE001 - MLflow is a mirror; never fail the experiment
+            self._mlflow_failed_at_s = time.monotonic()
             self._warn_once(f"log:{type(err).__name__}", f"MLflow logging of run record {run_id!r} failed: "
-                            f"{type(err).__name__}: {err}; the record at {self.path} is written")
+                            f"{type(err).__name__}: {err}; the record at {self.path} is written, and MLflow "
+                            f"is tried again in {MLFLOW_RETRY_AFTER_S:.0f} s")
             return mlflow_run_id
+        self._mlflow_failed_at_s = None
         return mlflow_run_id
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -387,8 +411,26 @@ def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _mlflow_key(key: str) -> str:
-    # MLflow names allow letters, digits, _ - . / and spaces.
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)[:250]
+    """``key`` as a name MLflow takes for a param or metric, and one no other key maps to.
+
+    MLflow names allow letters, digits, _ - . / and spaces (colons and other letters vary by
+    platform), at most 250 characters, and must not change as a file path would (``a//b``,
+    ``x/../y``, a leading ``/``): a key it refuses fails the whole batch, so a feedback name
+    such as ``a//b`` would lose every param and metric. A key that must change gets a hash of
+    the original, so that ``revenue€`` and ``revenue$`` stay two metrics."""
+    safe = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)
+    if _mlflow_path_not_unique(safe):
+        safe = "_" + safe.replace("/", "_")
+    if safe == key and len(key) <= _MLFLOW_KEY_CHARS:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{safe[:_MLFLOW_KEY_CHARS - len(digest) - 1]}-{digest}"
+
+
+def _mlflow_path_not_unique(name: str) -> bool:
+    # As MLflow's own check (mlflow.utils.validation.path_not_unique).
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
 
 
 def _dumps(value: Any, what: str) -> str:

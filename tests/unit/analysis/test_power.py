@@ -241,3 +241,18 @@ def test_design_effect_is_kish():
 def test_invalid_unit_inputs_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_units_per_arm_plans_with_the_pooled_floor_only_where_it_binds():
+    from serve_ab.analysis.power import units_per_arm
+
+    own_c, own_v = 0.05 * 0.95, 0.08 * 0.92
+    plain = units_per_arm(0.03, own_c, own_v, allocation=(10, 90))
+    rate = 0.1 * 0.05 + 0.9 * 0.08
+    floored = units_per_arm(0.03, own_c, own_v, allocation=(10, 90), unit_var_pooled=rate * (1 - rate))
+    assert floored.n_control > 1.3 * plain.n_control and floored.power_at_plan >= 0.8
+    # Where the pooled variance is below the arms' own, the plan is the same.
+    low = units_per_arm(0.03, own_c, own_v, allocation=(10, 90), unit_var_pooled=0.01)
+    assert (low.n_control, low.n_variant) == (plain.n_control, plain.n_variant)
+    with pytest.raises(ValueError, match=r"unit_var_pooled \(0\) must be a finite number > 0 or None"):
+        units_per_arm(0.03, own_c, own_v, unit_var_pooled=0)

@@ -219,3 +219,84 @@ def test_a_version_1_file_is_read_and_upgraded_on_the_next_save(tmp_path):
     assert [(r.run_id, r.requests) for r in recorder.list()] == [("new", 102), ("old", None)]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def _file_store(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return mlflow.tracking.MlflowClient(uri)
+
+
+def test_feedback_names_mlflow_refuses_or_merges_keep_every_param_and_metric(tmp_path, monkeypatch, caplog):
+    # Feedback names may hold any visible character: "a//b" and "x/../y" are names MLflow refuses
+    # (they change as file paths), which failed the whole batch; "revenue€" and "revenue$" both
+    # became "revenue_", one metric's figures logged over the other's.
+    client = _file_store(tmp_path, monkeypatch)
+    names = ["a//b", "x/../y", "revenue€", "revenue$", "..x", "/lead", "r" * 300, "r" * 299 + "s", "ok"]
+    config = {**CONFIG, "metrics": [{"name": n, "kind": "mean"} for n in names]}
+    metrics = {"v1.requests": 100.0, **{f"{n}.v2.p_value": i / 100 for i, n in enumerate(names)}}
+    recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+    with caplog.at_level(logging.WARNING, logger="serve_ab.store.runs"):
+        recorder.save("run-a", config, report(1), 0.0, 1.0, metrics=metrics)
+    assert [r.getMessage() for r in caplog.records] == []
+    run = client.get_run(recorder.load("run-a").mlflow_run_id)
+    logged = run.data.metrics
+    assert len(logged) == len(metrics) and sorted(logged.values()) == sorted(metrics.values())
+    assert logged["v1.requests"] == 100.0 and logged["ok.v2.p_value"] == 0.08  # valid keys stay as they are
+    assert len([k for k in run.data.params if k.startswith(("metrics.", "_metrics."))]) == len(names)
+    assert all(len(k) <= 250 for k in [*logged, *run.data.params])
+
+
+def test_a_restarted_recorder_goes_on_with_the_same_mlflow_run(tmp_path, monkeypatch):
+    client = _file_store(tmp_path, monkeypatch)
+    RunRecorder(tmp_path / "runs.sqlite", mlflow=True).save("run-a", CONFIG, report(1), 0.0, 1.0,
+                                                             metrics=headline(1))
+    again = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)  # the controller after a restart
+    again.save("run-a", CONFIG, report(7), 0.0, 2.0, metrics=headline(7))
+    (experiment,) = [e for e in client.search_experiments() if e.name == "serve-ab/digits"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["v2.requests"] == 7.0 and again.load("run-a").saves == 2
+
+
+def test_a_tracking_server_that_fails_is_asked_once_not_per_retry_and_save(tmp_path, monkeypatch, caplog):
+    # MLflow's defaults retry 7 times with backoff (about four minutes a save when the server is
+    # down), holding the controller's report loop; serve-ab asks once and rests after a failure.
+    import http.server
+    import threading
+
+    pytest.importorskip("mlflow")
+    asked: list[str] = []
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # the old way finishes quickly too
+        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            monkeypatch.setenv(name, "unset")  # restored as it was after the test
+            monkeypatch.delenv(name)
+        recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+        with caplog.at_level(logging.WARNING, logger="serve_ab.store.runs"):
+            recorder.save("run-a", CONFIG, report(1), 0.0, 1.0, metrics=headline(1))
+            recorder.save("run-a", CONFIG, report(2), 0.0, 2.0, metrics=headline(2))
+            recorder.finish("run-a")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(asked) == 1, asked
+    assert len(caplog.records) == 1 and "tried again in 300 s" in caplog.records[0].getMessage()
+    assert recorder.load("run-a").report == report(2)
