@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -121,8 +121,33 @@ class ControllerClient:
     :class:`~serve_ab.errors.ControllerUnavailable` (503, "retry"), never a 500.
     """
 
-    def __init__(self, handle: DeploymentHandle):
+    def __init__(self, handle: DeploymentHandle, max_waiting: int | None = None):
         self.handle = handle
+        # A client's call to the controller (feedback, a read, an action) holds one of the
+        # router replica's max_ongoing_requests while it waits, up to 8 s (30 s a report, an
+        # action for ever) when the controller is away. A live check (2026-12-07): with the
+        # controller's node lost and no node to restart it on, 7.5 feedback calls a second
+        # held 60 of a router's 64, and predictions queued behind them in Ray's proxy (25
+        # req/s fell to 4, waiting up to 49 s). Past max_waiting such calls are answered 503
+        # at once, so that predictions keep the rest; the router's own calls (reports, the
+        # long poll, feedback sent again) hold no request's place and are not counted.
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    async def _ask_for_client(self, make_call: Callable[[], Any], timeout_s: float | None,
+                              retry: str = "retry later") -> Any:
+        """:meth:`_ask` for a call made on a client's behalf, refused at once, without calling
+        the controller, while ``max_waiting`` such calls wait on it already."""
+        if self.max_waiting is not None and self.waiting >= self.max_waiting:
+            raise ControllerUnavailable(
+                f"the controller is not answering: {self.waiting} calls of this router replica wait on "
+                f"it already (at most {self.max_waiting}, half of router.max_ongoing_requests, so that "
+                "predictions keep the rest); this call was not sent to it: retry in a few seconds")
+        self.waiting += 1
+        try:
+            return await self._ask(make_call(), timeout_s, retry)
+        finally:
+            self.waiting -= 1
 
     @staticmethod
     async def _ask(call: Any, timeout_s: float | None = None, retry: str = "retry later") -> Any:
@@ -153,34 +178,35 @@ class ControllerClient:
         # Each by name, and only when set: resent only to a controller that answered a report
         # (ReportAnswer), answered_after_s only to one that said it checks it; a controller of
         # the previous release takes neither in the eighth place nor has answered_after_s.
-        extra: dict[str, Any] = {"resent": True} if resent else {}
-        if answered_after_s is not None:
-            extra["answered_after_s"] = answered_after_s
-        return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version,
-                                                           unit, split, **extra),
-                               FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
+        if resent:  # the router's own (ledger.py), in no client's call
+            return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version, unit,
+                                                               split, resent=True), FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
+        extra = {} if answered_after_s is None else {"answered_after_s": answered_after_s}
+        return await self._ask_for_client(
+            lambda: self.handle.feedback.remote(request_id, name, value, converted, version, unit, split, **extra),
+            FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
 
     async def feedback_key(self) -> bytes:
         return await self._ask(self.handle.feedback_key.remote())
 
     async def act(self, action: Action, body: Any, actor: Actor) -> dict[str, Any]:
-        return await self._ask(self.handle.act.remote(action, body, actor))
+        return await self._ask_for_client(lambda: self.handle.act.remote(action, body, actor), None)
 
     # Reads give up after READ_TIMEOUT_S (REPORT_TIMEOUT_S): a controller that is not up yet (waiting for its
     # store) would otherwise hold them for as long as it waits. Actions wait: given up on, they
     # could still be applied after the operator was told they were not (feedback, given up on,
     # says so, and its retry is told apart: FEEDBACK_TIMEOUT_S).
     async def status(self, history: bool = False) -> dict[str, Any]:
-        return await self._ask(self.handle.status.remote(history), READ_TIMEOUT_S)
+        return await self._ask_for_client(lambda: self.handle.status.remote(history), READ_TIMEOUT_S)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._ask(self.handle.stats.remote(), READ_TIMEOUT_S)
+        return await self._ask_for_client(lambda: self.handle.stats.remote(), READ_TIMEOUT_S)
 
     async def report(self) -> Any:
-        return await self._ask(self.handle.report.remote(), REPORT_TIMEOUT_S)
+        return await self._ask_for_client(lambda: self.handle.report.remote(), REPORT_TIMEOUT_S)
 
     async def metrics(self) -> tuple[bytes, str]:
-        return await self._ask(self.handle.metrics.remote(), READ_TIMEOUT_S)
+        return await self._ask_for_client(lambda: self.handle.metrics.remote(), READ_TIMEOUT_S)
 
 
 def _request_id() -> str:
@@ -221,7 +247,7 @@ class Router:
                         for name, handle in pools.items()}
         else:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve
-        client = ControllerClient(controller)
+        client = ControllerClient(controller, max_waiting=max(1, cfg.router.max_ongoing_requests // 2))
         # Ray Serve's access line names the version that answered (serve_ab.api.access_log).
         on_answer = on_failed = None
         if cfg.router.access_log:

@@ -166,8 +166,10 @@ class WatchedVersion:
         # Timed out waiting for a replica, the replica died, or there is no deployment.
         answer.cancel()
         probe.cancel()
-        if answer.done() and not answer.cancelled():
-            answer.exception()  # retrieved, so asyncio does not log it as never retrieved
+        # Read whatever the probe ends with, now or after the cancel lands: a cancelled Ray
+        # Serve call ends with RequestCancelledError, not as a cancelled task, and asyncio logs
+        # an unread one as "never retrieved", with its traceback, once per probe given up on.
+        answer.add_done_callback(_read_outcome)
         return False
 
     def _cancel_overdue(self) -> None:
@@ -198,3 +200,8 @@ class WatchedVersion:
 
 async def _awaited(call: Call) -> Any:
     return await call
+
+
+def _read_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -124,3 +124,60 @@ def test_feedback_reaches_a_controller_of_the_previous_release_as_it_was_meant()
     assert first == {"request_id": "r1#n", "version": "v2", "resent": False}
     again = asyncio.run(client.feedback("r1#n", "correct", None, True, "v2", 7, 3, resent=True))
     assert again == {"request_id": "r1#n", "version": "v2", "resent": True}
+
+
+def test_calls_for_clients_past_half_the_routers_places_are_refused_at_once_and_predictions_keep_the_rest():
+    """Live (2026-12-07): the controller's node lost with no node to restart it on, feedback
+    at 7.5 calls a second, each waiting its 8 s, held 60 of the router's 64 places, and the
+    predictions queued behind them in Ray's proxy: 25 req/s fell to 4, waiting up to 49 s.
+    Past max_waiting, a client's call is a 503 at once and the controller is not called; the
+    router's own calls (reports, the long poll, feedback sent again) are not held back."""
+    from serve_ab.analysis.aggregate import IntervalAggregate
+    from serve_ab.errors import ControllerUnavailable
+    from serve_ab.serving.core.messages import IntervalReport
+
+    class Silent:
+        def __init__(self):
+            self.calls = 0
+
+        def remote(self, *args, **kwargs):
+            self.calls += 1
+            return asyncio.sleep(3600)
+
+    class Handle:
+        def __init__(self):
+            self.feedback, self.status, self.stats, self.report = Silent(), Silent(), Silent(), Silent()
+            self.metrics, self.act, self.record, self.wait_for_update = Silent(), Silent(), Silent(), Silent()
+
+    async def go():
+        handle = Handle()
+        client = ControllerClient(handle, max_waiting=2)
+        waiting = [asyncio.ensure_future(client.feedback("r1", "correct", None, True)),
+                   asyncio.ensure_future(client.status())]
+        await asyncio.sleep(0)
+        for call in (client.feedback("r2", "correct", None, True), client.stats(), client.report(),
+                     client.metrics(), client.act("pause", {}, None)):
+            with pytest.raises(ControllerUnavailable, match=r"2 calls of this router replica wait on it already "
+                                                            r"\(at most 2, half of router.max_ongoing_requests.*not sent to it"):
+                await call
+        called = (handle.feedback.calls, handle.status.calls, handle.stats.calls, handle.report.calls,
+                  handle.metrics.calls, handle.act.calls)
+        # The router's own calls still go.
+        own = [asyncio.ensure_future(client.record(IntervalReport("router-1", IntervalAggregate()))),
+               asyncio.ensure_future(client.wait_for_update(3)),
+               asyncio.ensure_future(client.feedback("r3", "correct", None, True, resent=True))]
+        await asyncio.sleep(0)
+        own_called = (handle.record.calls, handle.wait_for_update.calls, handle.feedback.calls)
+        waiting[0].cancel()  # one place frees: a client's call goes to the controller again
+        for _ in range(5):
+            await asyncio.sleep(0)
+        again = asyncio.ensure_future(client.stats())
+        await asyncio.sleep(0)
+        for task in (*waiting, *own, again):
+            task.cancel()
+        return called, own_called, handle.stats.calls
+
+    called, own_called, stats_calls = asyncio.run(go())
+    assert called == (1, 1, 0, 0, 0, 0)  # the refused calls never reached the controller
+    assert own_called == (1, 1, 2)
+    assert stats_calls == 1

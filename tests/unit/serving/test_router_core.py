@@ -4,6 +4,7 @@ the routing-table follower and the isolated versions' watchdog, with fakes and a
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 
@@ -659,6 +660,84 @@ def test_a_version_never_seen_answering_is_not_declared_down():
         return await waiting
 
     assert run(go()).shape == (1, 10)
+
+
+class RequestCancelled(Exception):
+    """Ray Serve's RequestCancelledError: what awaiting a cancelled DeploymentResponse raises."""
+
+
+class RayLikeCall(FakeCall):
+    """A call that ends as Ray Serve's DeploymentResponse does once it was cancelled
+    (``__await__`` in ray/serve/handle.py): with RequestCancelledError, an exception, rather
+    than as a cancelled task."""
+
+    def __await__(self):
+        try:
+            return (yield from self.future.__await__())
+        except asyncio.CancelledError:
+            if self.cancelled:
+                raise RequestCancelled("request was cancelled") from None
+            raise
+
+    def cancel(self):
+        self.cancelled = True
+        self.future.cancel()
+
+
+class RayLikeCalls(FakeCalls):
+    def __init__(self):
+        super().__init__()
+        self.probes: list[RayLikeCall] = []
+
+    def predict(self, batch):
+        call = RayLikeCall()
+        self.predicts.append(call)
+        if not self.stalled:
+            call.future.set_result(np.eye(10, dtype=np.float32)[:len(batch)])
+        return call
+
+    def describe(self):
+        call = RayLikeCall()
+        self.probes.append(call)
+        if not self.stalled:
+            call.future.set_result((DIGITS_INPUT, DIGITS_OUTPUT))
+        return call
+
+
+def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
+    # Live (a version's model stalled 30 s, 2026-12-07): the router's stderr held 13
+    # "Task exception was never retrieved ... RequestCancelledError" tracebacks, one per probe
+    # the watchdog gave up on, read by nobody since the probe's task ended after the check.
+    clock = FakeClock()
+    calls = RayLikeCalls()
+    unread: list[str] = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unread.append(
+            f"{context['message']}: {context.get('exception')!r}"))
+        version = WatchedVersion("v2", calls, lambda err: False, WatchdogSettings(), sleep=clock.sleep)
+        batch = np.zeros((1, 64), np.float32)
+        await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        await version.predict(batch)  # seen answering while watched
+        calls.stalled = True
+        waiting = loop.create_task(version.predict(batch))
+        for _ in range(10_000):
+            if version.down_reason is not None:
+                break
+            await asyncio.sleep(0)
+        with pytest.raises(VersionUnavailable):
+            await waiting
+        for _ in range(20):  # the cancelled probes end
+            await asyncio.sleep(0)
+        gc.collect()  # an ended task whose exception nobody read is reported as it is collected
+        await asyncio.sleep(0)
+        return version.down_reason
+
+    assert run(go()) is not None
+    assert any(p.cancelled for p in calls.probes)  # probes timed out and were cancelled
+    assert unread == []
 
 
 def test_replica_failures_become_version_unavailable_and_request_errors_pass_through():
