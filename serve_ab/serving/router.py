@@ -121,8 +121,16 @@ class ControllerClient:
     :class:`~serve_ab.errors.ControllerUnavailable` (503, "retry"), never a 500.
     """
 
-    def __init__(self, handle: DeploymentHandle, max_waiting: int | None = None):
+    #: A controller that answered a call this recently is up: the calls waiting on it then are
+    #: traffic (a burst of feedback, a controller busy for a moment), not an outage, and none is
+    #: refused for their number; the live outage above saw no answer for minutes.
+    ANSWERED_RECENTLY_S = 1.0
+
+    def __init__(self, handle: DeploymentHandle, max_waiting: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.handle = handle
+        self.clock = clock
+        self._answered_at_s: float | None = None  # by clock: the controller's last answer to any call
         # A client's call to the controller (feedback, a read, an action) holds one of the
         # router replica's max_ongoing_requests while it waits, up to 8 s (30 s a report, an
         # action for ever) when the controller is away. A live check (2026-12-07): with the
@@ -138,7 +146,7 @@ class ControllerClient:
                               retry: str = "retry later") -> Any:
         """:meth:`_ask` for a call made on a client's behalf, refused at once, without calling
         the controller, while ``max_waiting`` such calls wait on it already."""
-        if self.max_waiting is not None and self.waiting >= self.max_waiting:
+        if self.max_waiting is not None and self.waiting >= self.max_waiting and not self._answering():
             raise ControllerUnavailable(
                 f"the controller is not answering: {self.waiting} calls of this router replica wait on "
                 f"it already (at most {self.max_waiting}, half of router.max_ongoing_requests, so that "
@@ -149,17 +157,23 @@ class ControllerClient:
         finally:
             self.waiting -= 1
 
-    @staticmethod
-    async def _ask(call: Any, timeout_s: float | None = None, retry: str = "retry later") -> Any:
+    def _answering(self) -> bool:
+        answered = self._answered_at_s
+        return answered is not None and self.clock() - answered < self.ANSWERED_RECENTLY_S
+
+    async def _ask(self, call: Any, timeout_s: float | None = None, retry: str = "retry later") -> Any:
         if timeout_s is not None:
             call = _within(call, timeout_s, retry)
         try:
             answer = await call
         except _UNAVAILABLE as err:
             if isinstance(err, ServeAbError):  # the controller's own answer, e.g. ActionRefused
+                if not isinstance(err, ControllerUnavailable):
+                    self._answered_at_s = self.clock()
                 raise
             raise ControllerUnavailable("the controller cannot be reached now (starting, restarting, or waiting "
                                         "for its store: its log says which); retry in a few seconds") from err
+        self._answered_at_s = self.clock()
         if isinstance(answer, Refused):  # a routine refusal, answered rather than raised there
             raise answer.error
         return answer

@@ -181,3 +181,57 @@ def test_calls_for_clients_past_half_the_routers_places_are_refused_at_once_and_
     assert called == (1, 1, 0, 0, 0, 0)  # the refused calls never reached the controller
     assert own_called == (1, 1, 2)
     assert stats_calls == 1
+
+
+def test_a_burst_of_client_calls_to_a_controller_that_answers_is_not_refused_for_its_number():
+    """max_waiting is for a controller that is away: with a live one, many feedback calls in
+    flight at once (a burst, the controller busy for a moment) are traffic. One refused there
+    was a 503 'the controller is not answering' for feedback the controller would have taken."""
+    from serve_ab.errors import ControllerUnavailable
+
+    now_s = [100.0]
+
+    class Held:
+        """Answers each call when told to."""
+
+        def __init__(self):
+            self.calls, self.release = 0, asyncio.Event()
+
+        def remote(self, *args, **kwargs):
+            self.calls += 1
+
+            async def answer():
+                await self.release.wait()
+                return "v2"
+            return answer()
+
+    class Handle:
+        def __init__(self):
+            self.feedback = Held()
+
+    async def go():
+        handle = Handle()
+        client = ControllerClient(handle, max_waiting=2)
+        client.clock = lambda: now_s[0]
+        handle.feedback.release.set()
+        assert await client.feedback("r0", "correct", None, True) == "v2"  # the controller answers
+        handle.feedback.release.clear()
+        now_s[0] += 0.5
+        burst = [asyncio.ensure_future(client.feedback(f"r{i}", "correct", None, True)) for i in range(1, 6)]
+        await asyncio.sleep(0)
+        handle.feedback.release.set()
+        answers = await asyncio.gather(*burst, return_exceptions=True)
+        # Away since: no answer for ANSWERED_RECENTLY_S, and past max_waiting a call is refused again.
+        handle.feedback.release.clear()
+        now_s[0] += 5.0
+        stuck = [asyncio.ensure_future(client.feedback(f"s{i}", "correct", None, True)) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ControllerUnavailable, match="2 calls of this router replica wait on it already"):
+            await client.feedback("s2", "correct", None, True)
+        for task in stuck:
+            task.cancel()
+        return answers, handle.feedback.calls
+
+    answers, calls = asyncio.run(go())
+    assert answers == ["v2"] * 5
+    assert calls == 1 + 5 + 2
