@@ -144,12 +144,16 @@ class RunRecorder:
 
     def save(self, run_id: str, config: Mapping[str, Any], report: Mapping[str, Any],
              started_at_s: float, updated_at_s: float, *, summary: Mapping[str, Any] | None = None,
-             metrics: Mapping[str, float] | None = None) -> None:
+             metrics: Mapping[str, float] | None = None, final: bool = False) -> None:
         """Insert the record, or replace its configuration and results (the first start stays).
 
         ``report`` is plain JSON (``Report.model_dump(mode="json")``); ``summary`` what ``list``
         shows of it (``Report.run_summary()``: versions, control, requests, srm_mismatch) and
         ``metrics`` the flat figures logged to MLflow (``Report.headline_metrics()``).
+
+        ``final``: the run's last save (then :meth:`finish`): MLflow is asked even while it rests
+        after a failure, else a blip in the run's last 5 minutes left its MLflow run RUNNING for
+        ever, without its final figures.
 
         Raises ``sqlite3.Error``/``OSError`` when the file cannot be written (a caller that must
         not stop, like the controller, logs them); MLflow problems are only logged.
@@ -169,7 +173,7 @@ class RunRecorder:
                                                       config_json, report_json, summary_json)
             if self.mlflow:
                 mlflow_run_id = self._log_mlflow(run_id, config, metrics or {}, started_at_s, updated_at_s,
-                                                 step=saves, mlflow_run_id=saved_mlflow_run_id)
+                                                 step=saves, mlflow_run_id=saved_mlflow_run_id, final=final)
                 if mlflow_run_id is not None and mlflow_run_id != saved_mlflow_run_id:
                     self._set_mlflow_run_id(run_id, mlflow_run_id)
 
@@ -319,9 +323,10 @@ class RunRecorder:
         return failed is not None and time.monotonic() - failed < MLFLOW_RETRY_AFTER_S
 
     def _log_mlflow(self, run_id: str, config: Mapping[str, Any], metrics: Mapping[str, float],
-                    started_at_s: float, updated_at_s: float, step: int, mlflow_run_id: str | None) -> str | None:
+                    started_at_s: float, updated_at_s: float, step: int, mlflow_run_id: str | None,
+                    final: bool = False) -> str | None:
         mlflow = self._import_mlflow()
-        if mlflow is None or self._mlflow_resting():
+        if mlflow is None or (self._mlflow_resting() and not final):
             return mlflow_run_id
         try:
             from mlflow.entities import Metric, Param

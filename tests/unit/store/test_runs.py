@@ -300,3 +300,24 @@ def test_a_tracking_server_that_fails_is_asked_once_not_per_retry_and_save(tmp_p
     assert len(asked) == 1, asked
     assert len(caplog.records) == 1 and "tried again in 300 s" in caplog.records[0].getMessage()
     assert recorder.load("run-a").report == report(2)
+
+
+def test_the_final_save_reaches_mlflow_and_ends_its_run_while_mlflow_rests_after_a_blip(tmp_path, monkeypatch):
+    # MLflow rests 300 s after a failure; the run's last save and finish() come once, so a blip
+    # in the run's last 5 minutes left its MLflow run RUNNING for ever, without its final figures.
+    import socket
+
+    client = _file_store(tmp_path, monkeypatch)
+    store_uri = client.tracking_uri
+    recorder = RunRecorder(tmp_path / "runs.sqlite", mlflow=True)
+    recorder.save("run-a", CONFIG, report(1), 0.0, 1.0, metrics=headline(1))
+    with socket.socket() as closed:  # a port nothing listens on: the tracking server away
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        recorder.save("run-a", CONFIG, report(2), 0.0, 2.0, metrics=headline(2))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)  # back at once
+    recorder.save("run-a", CONFIG, report(3), 0.0, 3.0, metrics=headline(3), final=True)
+    recorder.finish("run-a")
+    run = client.get_run(recorder.load("run-a").mlflow_run_id)
+    assert run.data.metrics["v2.requests"] == 3.0
+    assert run.info.status == "FINISHED"
