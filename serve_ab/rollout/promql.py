@@ -47,6 +47,7 @@ import httpx
 from serve_ab.rollout.failure_log import FailureLog
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.config.rollout import GateMetric, RolloutConfig, render_promql
+from serve_ab.store.url import redact_url
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,19 +65,22 @@ async def run_query(url: str, query: str, timeout_s: float,
     """Run one instant query; never raises for what Prometheus or the network does.
     ``log``: warn of a failed query here (:class:`PromQLPoller` logs its gates' own way)."""
     endpoint = url.rstrip("/") + "/api/v1/query"
+    # Said without a password (http://user:pass@prometheus:9090): the error is logged and goes
+    # into the gate's reason, the rollout's history and its notifications.
+    shown = redact_url(endpoint)
     try:
         if client is None:
             async with httpx.AsyncClient(timeout=timeout_s) as own:
                 response = await own.get(endpoint, params={"query": query})
         else:
             response = await client.get(endpoint, params={"query": query}, timeout=timeout_s)
-        value = _parse(response, endpoint)
+        value = _parse(response, shown)
     except (httpx.HTTPError, _QueryError) as err:
         reason = str(err) or type(err).__name__
         if isinstance(err, httpx.TimeoutException):
-            reason = f"no answer from {endpoint} within timeout_s {timeout_s:g}"
+            reason = f"no answer from {shown} within timeout_s {timeout_s:g}"
         elif isinstance(err, httpx.TransportError):
-            reason = f"cannot reach {endpoint}: {type(err).__name__}: {err}"
+            reason = f"cannot reach {shown}: {type(err).__name__}: {err}"
         if log:
             logger.warning("serve-ab promql query failed: %s; query: %s", reason, query)
         return PromQLResult(query, None, reason)

@@ -166,6 +166,23 @@ def test_unreachable_and_slow_prometheus_are_errors_naming_the_endpoint(promethe
     assert result.error == f"no answer from {prometheus.url}/api/v1/query within timeout_s 0.2"
 
 
+def test_a_password_in_the_prometheus_url_is_in_no_error_or_log_line(prometheus, caplog):
+    # The error is logged and is the gate's reason: it goes into the rollout's history, its
+    # status and its notifications (a Slack channel), so basic auth's password must not.
+    closed = f"http://ops:s3cret@127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        unreachable = run(run_query(closed, "up", 2))
+        not_found = run(run_query(prometheus.url.replace("://", "://ops:s3cret@") + "/prometheus", "up", 2))
+        prometheus.answer("slow", vector("1"), delay_s=3.0)
+        slow = run(run_query(prometheus.url.replace("://", "://ops:s3cret@"), "slow", 0.2))
+    errors = [unreachable.error, not_found.error, slow.error]
+    assert unreachable.error.startswith("cannot reach http://ops:***@127.0.0.1:")
+    assert "HTTP 404" in not_found.error and "ops:***@" in not_found.error
+    assert slow.error.startswith("no answer from http://ops:***@127.0.0.1:")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and not any("s3cret" in text for text in errors + lines), errors + lines
+
+
 def test_wrong_path_is_an_error_not_no_data(prometheus):
     result = run(run_query(prometheus.url + "/prometheus", "up", 2))
     assert result.value is None and "HTTP 404" in result.error
