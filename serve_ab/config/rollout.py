@@ -300,8 +300,12 @@ class HttpHook(_Strict):
 
 
 def display_url(url: str) -> str:
-    """``url`` without its query and fragment, which may carry a token."""
-    return url.split("?", 1)[0].split("#", 1)[0]
+    """``url`` without its query and fragment, which may carry a token, and with its user
+    information (``user:password@``, or a token as the user) said as ``***@``."""
+    return _URL_USERINFO.sub(r"\1***@", url.split("?", 1)[0].split("#", 1)[0], count=1)
+
+
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
 
 
 class ReceiverType(str, Enum):

@@ -478,3 +478,21 @@ def test_an_endpoint_away_is_logged_when_it_starts_every_5_minutes_and_when_it_a
     assert "still failing after 300s (11 asks)" in outage[1] and "still failing after 600s (21 asks)" in outage[2]
     assert after == [f"INFO serve-ab webhook gate smoke ({hooks.url}/gate) answers again, after 630s of failures "
                      "(21 asks)"]
+
+
+def test_a_password_in_a_webhook_url_is_in_no_result_or_log_line(hooks, caplog):
+    # display_url dropped a query's token but kept user:password@ (or a token as the user):
+    # the target and error are logged, and are the gate's reason and the step's status.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://ops:s3cret@127.0.0.1:{s.getsockname()[1]}/hook?token=t0k"
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        away = asyncio.run(ask(closed, {"kind": "gate"}, timeout_s=1.0))
+        hooks.answer("/judge", (500, {"error": "down"}))
+        refused = asyncio.run(ask((hooks.url + "/judge").replace("://", "://s3cret@"), {"kind": "gate"}, timeout_s=1.0))
+    assert away.target.startswith("http://***@127.0.0.1:") and away.error == f"cannot reach {away.target}: ConnectError"
+    assert refused.target.startswith("http://***@127.0.0.1:") and "HTTP 500" in refused.error
+    shown = " ".join([caplog.text, away.target, away.error, refused.target, refused.error])
+    assert "s3cret" not in shown and "t0k" not in shown and len(caplog.records) == 2
