@@ -5,13 +5,14 @@ likewise, a confirm step its hook every ``interval_s``. While Prometheus or an e
 away every ask fails alike: a warning each time was two lines every 5 s for two gates, some
 1,400 an hour, and none said when it came back. Each polled answer (by name) is logged when
 it starts failing or its error changes, again every :data:`REPEAT_LOG_S` while it lasts (with
-how many asks failed), and once when it answers again.
+how many asks failed), and once when it answers again; an error said once in a spell is
+not said again at each switch (as serving/failing_spell.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["REPEAT_LOG_S", "FailureLog"]
 
@@ -29,6 +30,7 @@ class _Failing:
     since_s: float
     logged_at_s: float
     count: int = 1
+    said: set[str] = field(default_factory=set)  # the errors logged in this spell
 
 
 class FailureLog:
@@ -53,14 +55,18 @@ class FailureLog:
                 logger.info("serve-ab %s %s answers again, after %s of failures (%d asks)",
                             self.what, name, _secs(now_s - failing.since_s), failing.count)
             return
-        if failing is None or failing.error != error:
+        # A new error is logged, one said already in this spell is not: Prometheus restarting
+        # flaps between a refused connection and a 503, which was a line at every switch.
+        if failing is None or error not in failing.said:
             if failing is None:
-                self._failing[name] = _Failing(error, now_s, now_s)
+                failing = self._failing[name] = _Failing(error, now_s, now_s)
             else:  # another error, same spell: its start and count go on
                 failing.error, failing.logged_at_s, failing.count = error, now_s, failing.count + 1
+            failing.said.add(error)
             logger.warning("serve-ab %s %s: %s: %s%s (%s; logged again every %s while it lasts)",
                            self.what, name, self.failed, error, detail, self.meanwhile, _secs(self.repeat_log_s))
             return
+        failing.error = error
         failing.count += 1
         if now_s - failing.logged_at_s >= self.repeat_log_s:
             failing.logged_at_s = now_s
