@@ -1,12 +1,17 @@
-"""Answers polled in the background that keep failing, logged as a spell, not each time.
+"""What keeps failing round after round, logged as a spell, not each round.
 
 A promql gate asks Prometheus every half analysis interval, a webhook gate its endpoint
-likewise, a confirm step its hook every ``interval_s``. While Prometheus or an endpoint is
-away every ask fails alike: a warning each time was two lines every 5 s for two gates, some
-1,400 an hour, and none said when it came back. Each polled answer (by name) is logged when
-it starts failing or its error changes, again every :data:`REPEAT_LOG_S` while it lasts (with
-how many asks failed), and once when it answers again; an error said once in a spell is
-not said again at each switch (as serving/failing_spell.py).
+likewise, a confirm step its hook every ``interval_s``; the controller refreshes its report
+every 5 s and writes its claim every few seconds. While Prometheus, an endpoint or the store
+is away every round fails alike: a warning each time was two lines every 5 s for two gates,
+some 1,400 an hour (a traceback every 5 s for the report), and none said when it came back.
+
+A :class:`FailingSpell` says whether a failure is worth a line: its error (a message, or an
+exception's class) not yet said since the last round that worked. A store or Prometheus
+restarting flaps between a refused connection and a timeout or a 503: two lines, not one at
+every switch. :class:`FailureLog` logs polled answers by name with it: when one starts
+failing or fails a new way, again every :data:`REPEAT_LOG_S` while it lasts (with how many
+asks failed), and once when it answers again.
 """
 
 from __future__ import annotations
@@ -14,12 +19,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-__all__ = ["REPEAT_LOG_S", "FailureLog"]
+__all__ = ["REPEAT_LOG_S", "FailingSpell", "FailureLog"]
 
 logger = logging.getLogger("ray.serve")
 
 #: While an answer keeps failing with the same error, how often it is logged again.
 REPEAT_LOG_S = 300.0
+
+
+@dataclass
+class FailingSpell:
+    said: set[str] = field(default_factory=set)  # the errors said since the last round that worked
+
+    def failed(self, error: str) -> bool:
+        """Note a failure with ``error`` (a message, or an exception's class name); True where
+        it is new in the spell, and the caller says it."""
+        new = error not in self.said
+        self.said.add(error)
+        return new
+
+    def worked(self) -> bool:
+        """Note a round that worked; True where it ends a spell, and the caller says so."""
+        ended = bool(self.said)
+        self.said.clear()
+        return ended
 
 
 @dataclass
@@ -30,7 +53,7 @@ class _Failing:
     since_s: float
     logged_at_s: float
     count: int = 1
-    said: set[str] = field(default_factory=set)  # the errors logged in this spell
+    spell: FailingSpell = field(default_factory=FailingSpell)
 
 
 class FailureLog:
@@ -55,27 +78,20 @@ class FailureLog:
                 logger.info("serve-ab %s %s answers again, after %s of failures (%d asks)",
                             self.what, name, _secs(now_s - failing.since_s), failing.count)
             return
-        # A new error is logged, one said already in this spell is not: Prometheus restarting
-        # flaps between a refused connection and a 503, which was a line at every switch.
-        if failing is None or error not in failing.said:
-            if failing is None:
-                failing = self._failing[name] = _Failing(error, now_s, now_s)
-            else:  # another error, same spell: its start and count go on
-                failing.error, failing.logged_at_s, failing.count = error, now_s, failing.count + 1
-            failing.said.add(error)
+        if failing is None:
+            failing = self._failing[name] = _Failing(error, now_s, now_s)
+            new = failing.spell.failed(error)
+        else:
+            new = failing.spell.failed(error)
+            failing.error, failing.count = error, failing.count + 1
+        if new:  # the spell's start, or a new error in it: its start and count go on
+            failing.logged_at_s = now_s
             logger.warning("serve-ab %s %s: %s: %s%s (%s; logged again every %s while it lasts)",
                            self.what, name, self.failed, error, detail, self.meanwhile, _secs(self.repeat_log_s))
-            return
-        failing.error = error
-        failing.count += 1
-        if now_s - failing.logged_at_s >= self.repeat_log_s:
+        elif now_s - failing.logged_at_s >= self.repeat_log_s:
             failing.logged_at_s = now_s
             logger.warning("serve-ab %s %s: still failing after %s (%d asks): %s%s", self.what, name,
                            _secs(now_s - failing.since_s), failing.count, error, detail)
-
-    def forget(self, name: str) -> None:
-        """``name`` is asked no more (a confirm step passed): no recovery to say."""
-        self._failing.pop(name, None)
 
 
 def _secs(seconds: float) -> str:

@@ -55,7 +55,7 @@ from serve_ab.store.keys import claim_key, feedback_key, feedback_key_row, rollo
 from serve_ab.store.runs import open_recorder
 from serve_ab.store.state import describe_store, open_store, store_unreachable
 from serve_ab.api.access_log import drop_routine_calls
-from serve_ab.serving.failing_spell import FailingSpell
+from serve_ab.rollout.failure_log import FailingSpell
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
@@ -883,7 +883,7 @@ class ExperimentController:
                     # Only once saved: a record that failed is tried again next round.
                     last_record_s, recorded = now_s, state
             except Exception as err:  # the report must never take the controller down
-                if failing.failed(err):
+                if failing.failed(type(err).__name__):
                     if store_unreachable(err):  # a line, not a traceback: it says all there is
                         logger.warning("serve-ab controller: run record not saved, %s unreachable (%s: %s)",
                                        describe_store(self.core.cfg.controller), type(err).__name__, err)
@@ -906,7 +906,7 @@ class ExperimentController:
                 found, line = await asyncio.to_thread(renew_claim, self.core.store, key, self._claimant, time.time(),
                                                       model=cfg.model, store_name=store_name)
             except Exception as err:  # the store is away: the next write renews it
-                if failing.failed(err):  # once, as the saves' failures are
+                if failing.failed(type(err).__name__):  # once, as the saves' failures are
                     logger.warning("serve-ab controller: the claim on %s could not be written (%s: %s); "
                                    "writing it again every %gs", key, type(err).__name__, err, HEARTBEAT_S)
                 continue

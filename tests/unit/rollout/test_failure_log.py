@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from serve_ab.rollout.failure_log import FailureLog
+from serve_ab.rollout.failure_log import FailingSpell, FailureLog
 
 REFUSED = "cannot reach http://prometheus:9090/api/v1/query: ConnectError: [Errno 111] Connection refused"
 UNAVAILABLE = "Prometheus answered HTTP 503: Service Unavailable"
@@ -33,3 +33,15 @@ def test_a_new_spell_says_its_first_error_again():
     log.note("smoke", None, 5.0)
     log.note("smoke", REFUSED, 10.0)
     assert log._failing["smoke"].count == 1 and log._failing["smoke"].since_s == 10.0
+
+
+def test_a_spell_is_said_at_its_start_at_each_new_error_and_at_its_end():
+    # The controller's rounds (its report, its claim) by the error's class: a store flapping
+    # between a refused connection and a timeout is two lines, not one at each of five switches.
+    spell = FailingSpell()
+    said = [spell.failed(kind) for kind in ("ConnectionError", "ConnectionError", "TimeoutError",
+                                             "ConnectionError", "TimeoutError", "ConnectionError")]
+    assert said == [True, False, True, False, False, False]
+    assert spell.worked() is True  # the end of the spell is said
+    assert spell.worked() is False  # a round that worked after one that worked: nothing to say
+    assert spell.failed("ConnectionError") is True  # a new spell is said again
