@@ -375,8 +375,9 @@ def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
 def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_ends(prometheus, caplog):
     """Live, with Prometheus down 40 s, two promql gates logged 16 warnings (one per gate per
     refresh, every 5 s): some 1,400 an hour. Each failure is logged once, then again every
-    REPEAT_LOG_S while it lasts, and its end once; the poller's clock is the caller's."""
-    config = rollout_config(prometheus.url)  # interval_s 10: refresh every 5 s
+    REPEAT_LOG_S while it lasts, and its end once; the poller's clock is the caller's
+    (refreshed every 30 s here: 21 real queries, not 121, make the 10 minutes)."""
+    config = rollout_config(prometheus.url)
     rendered = rendered_queries(config, "digits")
     prometheus.answer(rendered["latency_vs_stable"], vector("1.0"))
     down = {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"}
@@ -393,19 +394,19 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
         return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "promql" in r.getMessage()]
 
     async def scenario():
-        poller = PromQLPoller(config, "digits")
+        poller = PromQLPoller(config, "digits", refresh_s=30.0)
         prometheus.answer(rendered["error_ratio"], down, status=503)
-        for now_s in range(0, 605, 5):  # 121 failed refreshes over 10 minutes
+        for now_s in range(0, 605, 30):  # 21 failed refreshes over 10 minutes
             await refresh(poller, float(now_s))
         assert poller.latest["error_ratio"].error and poller.latest["latency_vs_stable"].value == 1.0
         outage = lines()
         prometheus.answer(rendered["error_ratio"], {"status": "error", "errorType": "bad_data",
                                                     "error": "parse error"}, status=400)
-        await refresh(poller, 610.0)
-        await refresh(poller, 615.0)
+        await refresh(poller, 630.0)
+        await refresh(poller, 660.0)
         prometheus.answer(rendered["error_ratio"], vector("0.01"))
-        await refresh(poller, 620.0)
-        await refresh(poller, 625.0)
+        await refresh(poller, 690.0)
+        await refresh(poller, 720.0)
         return outage, lines()[len(outage):]
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):
@@ -415,8 +416,8 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
                                 "HTTP 503, unavailable: TSDB not ready; query: sum(rate(")
     assert "(the gate is inconclusive and holds the rollout; logged again every 300s while it lasts)" in outage[0]
     assert outage[1].startswith("WARNING serve-ab promql gate error_ratio: still failing after 300s "
-                                "(61 asks): Prometheus answered HTTP 503")
-    assert "still failing after 600s (121 asks)" in outage[2]
+                                "(11 asks): Prometheus answered HTTP 503")
+    assert "still failing after 600s (21 asks)" in outage[2]
     assert len(after) == 2, after  # the new error once; the recovery once
     assert after[0].startswith("WARNING serve-ab promql gate error_ratio: query failed: Prometheus answered HTTP 400")
-    assert after[1] == "INFO serve-ab promql gate error_ratio answers again, after 620s of failures (123 asks)"
+    assert after[1] == "INFO serve-ab promql gate error_ratio answers again, after 690s of failures (23 asks)"
