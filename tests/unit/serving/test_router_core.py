@@ -588,20 +588,23 @@ class FakeCalls:
     """An isolated deployment whose replicas answer, stall, or come back."""
 
     name = "deployment 'version-v2'"
+    call_class = FakeCall  # what a call is (RayLikeCalls: one that ends as Ray's cancelled calls do)
 
     def __init__(self):
         self.stalled = False
         self.predicts: list[FakeCall] = []
+        self.probes: list[FakeCall] = []
 
     def predict(self, batch):
-        call = FakeCall()
+        call = self.call_class()
         self.predicts.append(call)
         if not self.stalled:
             call.future.set_result(np.eye(10, dtype=np.float32)[:len(batch)])
         return call
 
     def describe(self):
-        call = FakeCall()
+        call = self.call_class()
+        self.probes.append(call)
         if not self.stalled:
             call.future.set_result((DIGITS_INPUT, DIGITS_OUTPUT))
         return call
@@ -685,23 +688,7 @@ class RayLikeCall(FakeCall):
 
 
 class RayLikeCalls(FakeCalls):
-    def __init__(self):
-        super().__init__()
-        self.probes: list[RayLikeCall] = []
-
-    def predict(self, batch):
-        call = RayLikeCall()
-        self.predicts.append(call)
-        if not self.stalled:
-            call.future.set_result(np.eye(10, dtype=np.float32)[:len(batch)])
-        return call
-
-    def describe(self):
-        call = RayLikeCall()
-        self.probes.append(call)
-        if not self.stalled:
-            call.future.set_result((DIGITS_INPUT, DIGITS_OUTPUT))
-        return call
+    call_class = RayLikeCall
 
 
 def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
@@ -716,7 +703,7 @@ def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: unread.append(
             f"{context['message']}: {context.get('exception')!r}"))
-        version = WatchedVersion("v2", calls, lambda err: False, WatchdogSettings(), sleep=clock.sleep)
+        version = WatchedVersion("v2", calls, lambda err: False, WatchdogSettings(), sleep=clock.sleep, clock=clock)
         batch = np.zeros((1, 64), np.float32)
         await version.predict(batch)  # starts the watchdog
         await asyncio.sleep(0)
