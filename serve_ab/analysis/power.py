@@ -223,9 +223,15 @@ def fixed_power(effect_abs: float, var_diff: float, alpha: float) -> float:
     ``effect_abs`` = Cohen's effect size).
     """
     _check_effect_var_alpha(effect_abs, var_diff, alpha)
-    z = abs(effect_abs) / math.sqrt(var_diff)
-    crit = float(stats.norm.isf(alpha / 2))
-    return float(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z))
+    sd = math.sqrt(var_diff)
+    return _beyond(float(stats.norm.isf(alpha / 2)) * sd, abs(effect_abs), sd)
+
+
+def _beyond(threshold: float, effect: float, sd: float, two_sided: bool = True) -> float:
+    """P(|d| >= threshold) (one-sided: P(d >= threshold)) for d ~ N(effect, sd^2): the power
+    of a test that rejects past ``threshold``, whatever variance set it."""
+    upper = float(stats.norm.sf((threshold - effect) / sd))
+    return upper + float(stats.norm.cdf((-threshold - effect) / sd)) if two_sided else upper
 
 
 def rates_power(p_control: float, p_variant: float, n_control: float, n_variant: float, alpha: float,
@@ -251,9 +257,7 @@ def rates_power(p_control: float, p_variant: float, n_control: float, n_variant:
     pooled_p = (p_control * n_control + p_variant * n_variant) / (n_control + n_variant)
     pooled = pooled_p * (1 - pooled_p) * (1 / n_control + 1 / n_variant)
     threshold = float(stats.norm.isf(alpha / 2 if two_sided else alpha)) * math.sqrt(max(own, pooled))
-    effect, sd = abs(p_variant - p_control), math.sqrt(own)
-    power = float(stats.norm.sf((threshold - effect) / sd))
-    return power + float(stats.norm.cdf((-threshold - effect) / sd)) if two_sided else power
+    return _beyond(threshold, abs(p_variant - p_control), math.sqrt(own), two_sided)
 
 
 def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: float,
@@ -294,8 +298,7 @@ def sequential_power(effect_abs: float, var_diff: float, tau: float, alpha: floa
     v, tau2 = float(var_diff), float(tau) ** 2
     c = math.sqrt(2 * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log1p(tau2 / v)))
     sd = math.sqrt(v if var_true is None else min(float(var_true), v))
-    threshold, effect = c * math.sqrt(v), abs(effect_abs)
-    return float(stats.norm.sf((threshold - effect) / sd) + stats.norm.cdf((-threshold - effect) / sd))
+    return _beyond(c * math.sqrt(v), abs(effect_abs), sd)
 
 
 def units_per_arm(
@@ -364,11 +367,7 @@ def units_per_arm(
         v = var_own if var_pooled is None else max(var_own, var_pooled)
         if sequential:
             return sequential_power(effect_abs, v, tau, alpha, var_true=var_own)
-        if v == var_own:
-            return fixed_power(effect_abs, v, alpha)
-        crit = float(stats.norm.isf(alpha / 2)) * math.sqrt(v)
-        sd, effect = math.sqrt(var_own), abs(effect_abs)
-        return float(stats.norm.sf((crit - effect) / sd) + stats.norm.cdf((-crit - effect) / sd))
+        return _beyond(float(stats.norm.isf(alpha / 2)) * math.sqrt(v), abs(effect_abs), math.sqrt(var_own))
 
     def power_at(n_c: float) -> float:
         return power_with(var_k / n_c, None if pooled_k is None else pooled_k / n_c)
