@@ -107,6 +107,31 @@ class FeedbackRequest(BaseModel):
         return self
 
 
+# Triton's shared-memory extension: a tensor's values in (an output written to) a region the
+# client registered, named in the tensor's parameters. serve-ab does not serve it (GET /v2 does
+# not list it), so such a tensor is refused: an output answered in the body instead would leave
+# the client reading its region's old bytes as the answer, with a 200.
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def shared_memory_refusal(parameters: Any, tensor: str) -> str | None:
+    """Why a tensor whose ``parameters`` name a shared-memory region is refused, or None when
+    they name none; ``tensor`` says which, e.g. ``input 'input'``."""
+    if not isinstance(parameters, Mapping):
+        return None
+    named = next((key for key in SHARED_MEMORY_PARAMETERS if key in parameters), None)
+    if named is None:
+        return None
+    return (f"{tensor} has parameters.{named} ({_cut_repr(parameters[named])}): serve-ab does not serve "
+            "Triton's shared-memory extension (GET /v2 lists the extensions it serves); send input "
+            "values in the request and read outputs from the answer")
+
+
+def _cut_repr(value: Any, max_chars: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= max_chars else text[:max_chars] + "..."
+
+
 class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -125,6 +150,17 @@ class V2Tensor(BaseModel):
     data: list[Any] | None = Field(
         None, validate_default=True,
         description="Tensor contents, flat in row-major order or nested; absent for a binary input.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_memory(cls, value: Any) -> Any:
+        # Before the fields: a tensor in shared memory has no data, and "data: field required"
+        # would hide the reason.
+        if isinstance(value, dict):
+            refusal = shared_memory_refusal(value.get("parameters"), f"input {_name_of(value)}")
+            if refusal is not None:
+                raise ValueError(refusal)
+        return value
 
     @field_validator("data")
     @classmethod
@@ -157,6 +193,20 @@ class V2RequestedOutput(BaseModel):
 
     name: str
     parameters: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_memory(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            refusal = shared_memory_refusal(value.get("parameters"), f"output {_name_of(value)}")
+            if refusal is not None:
+                raise ValueError(refusal)
+        return value
+
+
+def _name_of(tensor: dict[str, Any]) -> str:
+    name = tensor.get("name")
+    return f"'{name[:80]}'" if isinstance(name, str) else "(unnamed)"
 
 
 class V2InferRequest(BaseModel):

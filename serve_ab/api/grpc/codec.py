@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
+from serve_ab.api.schemas import shared_memory_refusal
 from serve_ab.api.v2_binary import V2Body, tensor_from_bytes, tensor_to_bytes
 from serve_ab.backends.base import MAX_DIMS, V2_DATATYPES
 from serve_ab.errors import InvalidInput
@@ -64,6 +65,12 @@ def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
 def infer_body(request: pb.ModelInferRequest) -> tuple[V2Body, bool]:
     """The request as the HTTP V2 route takes it, and whether its values came raw (then the
     answer asks for raw outputs too)."""
+    # Before the values are looked for: an input in shared memory has none, and "no values" or
+    # a count of raw_input_contents would hide why.
+    for tensor in request.inputs:
+        refusal = shared_memory_refusal(_parameters(tensor.parameters), f"input '{tensor.name[:80]}'")
+        if refusal is not None:
+            raise InvalidInput(refusal)
     raw = list(request.raw_input_contents)
     if raw:
         typed = [t.name for t in request.inputs if t.HasField("contents")]

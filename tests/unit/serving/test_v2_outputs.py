@@ -247,3 +247,56 @@ def test_class_count_over_typed_grpc_answers_bytes_contents(serve):
     [output] = response.outputs
     assert (output.datatype, list(output.shape)) == ("BYTES", [2, 1])
     assert list(output.contents.bytes_contents) == [b"0.700000:1", b"4.000000:0"]
+
+
+# -- Triton's shared-memory extension (not served) ----------------------------------------------
+
+SHARED_MEMORY = "has parameters.shared_memory_region ('region0'): serve-ab does not serve Triton's shared-memory extension"
+
+
+def test_an_output_asked_into_shared_memory_is_a_400_not_an_answer_in_the_body(serve):
+    # Answered in the body with a 200, the client would read its region's old bytes as the answer.
+    client = serve("Tagged")
+    output = triton_http.InferRequestedOutput("sum")
+    output.set_shared_memory("region0", 8)
+    body, header_length = triton_http.InferenceServerClient.generate_request_body([x_input(True)], outputs=[output])
+    response = client.post("/v2/models/m/infer", content=body,
+                           headers={"Inference-Header-Content-Length": str(header_length)})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"outputs.0: output 'sum' {SHARED_MEMORY}")
+    assert client.version.calls == 0
+    assert "system_shared_memory" not in client.get("/v2").json()["extensions"]
+
+
+def test_an_input_in_shared_memory_is_a_400_that_says_so(serve):
+    client = serve("Tagged")
+    tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+    tensor.set_shared_memory("region0", X.nbytes)
+    body, header_length = triton_http.InferenceServerClient.generate_request_body([tensor])
+    assert header_length is None  # no values in the body: all JSON
+    response = client.post("/v2/models/m/infer", content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"inputs.0: input 'x' {SHARED_MEMORY}")  # not "data: field required"
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_shared_memory_over_grpc_is_invalid_argument_naming_it(serve, where):
+    import grpc
+
+    client = serve("Tagged")
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=X.shape)
+    # As tritonclient.grpc's set_shared_memory sends them.
+    if where == "input":
+        parameters = tensor.parameters  # and no values: they are in the region
+    else:
+        request.raw_input_contents.append(X.astype("<f4").tobytes())
+        parameters = request.outputs.add(name="sum").parameters
+    parameters["shared_memory_region"].string_param = "region0"
+    parameters["shared_memory_byte_size"].int64_param = 8
+    context = FakeContext()
+    response = asyncio.run(GrpcInference(routes.served()).model_infer(request, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    named = "input 'x'" if where == "input" else "outputs.0: output 'sum'"
+    assert f"{named} {SHARED_MEMORY}" in context.details
+    assert not response.outputs and client.version.calls == 0
