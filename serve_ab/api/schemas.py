@@ -342,7 +342,9 @@ def _decode_tensor(tensor: V2Tensor, index: int, spec: InputSpec, allow_non_fini
     if spec.datatype == "BYTES":
         if data.dtype.kind not in "OUS":
             raise InputError(f"input '{tensor.name}' data must be strings for BYTES; got '{data.dtype}'")
-    elif data.dtype.kind not in "biuf":
+    # An object array is left to check_batch: numpy reads integers past 64 bits (2**64 for UINT64)
+    # as one, and check_batch says they are beyond the datatype's range, not "got 'object'".
+    elif data.dtype.kind not in "biufO":
         raise InputError(
             f"input '{tensor.name}' data must be numbers for {tensor.datatype}; got '{data.dtype}'"
         )

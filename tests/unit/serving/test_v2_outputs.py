@@ -300,3 +300,17 @@ def test_shared_memory_over_grpc_is_invalid_argument_naming_it(serve, where):
     named = "input 'x'" if where == "input" else "outputs.0: output 'sum'"
     assert f"{named} {SHARED_MEMORY}" in context.details
     assert not response.outputs and client.version.calls == 0
+
+
+@pytest.mark.parametrize(("datatype", "values", "error"), [
+    ("UINT64", [[1, 2**64]], "input 'x' holds integers beyond UINT64's range (one has 20 digits)"),
+    ("UINT64", [[1, -2**64]], "input 'x' holds integers beyond UINT64's range (one has 20 digits)"),
+    ("UINT64", [[1, None]], "input 'x' must hold numbers (UINT64); got values of type 'object'"),
+])
+def test_json_integers_past_64_bits_are_a_400_that_says_so(serve, datatype, values, error):
+    # numpy reads them as Python ints in an object array: the 400 said "got 'object'".
+    client = serve("EchoUint64")
+    body = {"inputs": [{"name": "x", "datatype": datatype, "shape": [1, 2], "data": values}]}
+    response = client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 400 and response.json()["error"] == error
+    assert client.version.calls == 0
