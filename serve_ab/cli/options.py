@@ -49,7 +49,8 @@ exit codes:
        or the app has none
     2  usage error (bad flag or value; nothing was sent)
     3  status --wait/--watch: timed out before the rollout ended
-    4  the app (or, for --app, Ray's dashboard; for --store, the Redis) could not be reached
+    4  the app (or, for --app, Ray's dashboard; for --store, the Redis) could not be reached,
+       or an action was sent but not answered within --request-timeout (it may have been applied)
   130  interrupted (Ctrl-C)
   141  the reader of the output went away (as in `serve-ab runs | head -1`)"""
 

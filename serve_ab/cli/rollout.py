@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from pydantic import ValidationError
 
@@ -369,9 +369,22 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
         # skip loading the CA bundle: it is most of a command's start-up time.
         response = httpx.request(method, url + path, json=body, params=params, headers=headers,
                                  timeout=timeout_s, verify=url.startswith("https://"))
-    except httpx.TimeoutException as e:
-        raise RequestFailed(f"error: cannot reach {url}: no answer within {timeout_s:g} s ({type(e).__name__})",
-                            _RUN_HINT + "; or raise --request-timeout", code=ExitCode.UNREACHABLE) from None
+    except (httpx.ReadTimeout, httpx.RemoteProtocolError) as e:
+        if method == "GET" and isinstance(e, httpx.ReadTimeout):  # a read changes nothing
+            _unreachable(url, timeout_s, e)
+        if method == "GET":
+            raise RequestFailed(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT,
+                                code=ExitCode.UNREACHABLE) from None
+        # The action was sent whole, and the app may have applied it before the answer was lost
+        # (a loaded app answers late): "cannot reach" would invite a blind resend, a second step.
+        got = (f"no answer within {timeout_s:g} s" if isinstance(e, httpx.ReadTimeout)
+               else f"the connection closed before the answer ({e or type(e).__name__})")
+        raise RequestFailed(f"error: {method} {url}{path} was sent, but {got}: the app may have applied it",
+                            "hint: check `serve-ab status` before sending it again; `--revision N` (the revision "
+                            "status shows) makes a resend a no-op once the rollout has moved; or raise "
+                            "--request-timeout", code=ExitCode.UNREACHABLE) from None
+    except httpx.TimeoutException as e:  # connecting, or sending the request: nothing was applied
+        _unreachable(url, timeout_s, e)
     except httpx.LocalProtocolError as e:  # refused before sending: a header h11 will not write
         raise RequestFailed(f"error: the request to {url} could not be sent ({e or type(e).__name__})",
                             code=ExitCode.USAGE) from None
@@ -397,6 +410,11 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
     if not isinstance(status, dict):
         raise RequestFailed(f"error: {url}{path} answered 200 with {type(status).__name__}, expected a status object")
     return status
+
+
+def _unreachable(url: str, timeout_s: float, err: Exception) -> NoReturn:
+    raise RequestFailed(f"error: cannot reach {url}: no answer within {timeout_s:g} s ({type(err).__name__})",
+                        _RUN_HINT + "; or raise --request-timeout", code=ExitCode.UNREACHABLE) from None
 
 
 def _auth_hint(status_code: int, action: bool, sent: bool, token_from: str | None) -> str:

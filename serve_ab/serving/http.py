@@ -245,9 +245,31 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
 @api.post("/feedback", openapi_extra=json_body(FeedbackRequest), operation_id="feedback",
           summary="Report a business outcome for a served request")
 async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONResponse:
-    core = s.core
     # A key sent twice is a 400, not the last one counted ("converted": false, "converted": true).
-    feedback = parse_body(FeedbackRequest, await read_json_unique_keys(request, core.cfg.http.max_body_bytes))
+    feedback = parse_body(FeedbackRequest, await read_json_unique_keys(request, s.core.cfg.http.max_body_bytes))
+    return JSONResponse(await take_feedback(s.core, feedback), status_code=202)
+
+
+async def feedback_from_handle(core: RouterCore, request_id: Any, name: Any, *, feedback_token: Any = None,
+                               converted: Any = None, value: Any = None) -> dict[str, Any]:
+    """A DeploymentHandle caller's feedback (``Router.feedback``): the body of ``POST /feedback``
+    as arguments, checked by the same rules, so a handle caller needs no HTTP to report what
+    became of an answer. Raises the errors of :mod:`serve_ab.errors` (InvalidInput for a bad
+    argument, Unauthorized without the answer's token, Forbidden for a token of another answer)."""
+    given = {"request_id": request_id, "name": name, "feedback_token": feedback_token,
+             "converted": converted, "value": value}
+    # numpy scalars as the Python values they hold: `label == predicted` on numpy values is an
+    # np.bool_, which the body's strict types would refuse as "not a boolean".
+    given = {k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()}
+    # Only what the caller gave: "converted: None" is not a yes/no, but the argument left out.
+    feedback = parse_body(FeedbackRequest, {k: v for k, v in given.items() if v is not None or k == "request_id"})
+    return await take_feedback(core, feedback)
+
+
+async def take_feedback(core: RouterCore, feedback: FeedbackRequest) -> dict[str, Any]:
+    """Check ``feedback`` against the experiment and its answer's token and pass it on; the
+    answer to give (HTTP sends it with 202): the request id and the version it joined, None
+    while the request's report is on its way, or ``counted: False`` for a pinned answer."""
     kind = core.feedback_kinds.get(feedback.name)
     if kind is None:
         named = "name is missing" if "name" not in feedback.model_fields_set else \
@@ -262,8 +284,7 @@ async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONR
                            "send value: <number>, not converted")
     proven = core.verify_feedback(feedback.feedback_token, feedback.request_id)
     if proven is not None and not proven.assigned:  # a pinned answer: QA's traffic moves nothing
-        return JSONResponse({"request_id": feedback.request_id, "version": proven.version, "counted": False},
-                            status_code=202)
+        return {"request_id": feedback.request_id, "version": proven.version, "counted": False}
     # A proven answer is counted once per answer (its id), whatever its request id.
     if proven is not None:
         call = FeedbackCall(proven.answer_id, feedback.name, feedback.value, feedback.converted, proven.version,
@@ -272,7 +293,7 @@ async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONR
         call = FeedbackCall(feedback.request_id, feedback.name, feedback.value, feedback.converted)
     version = await core.send_feedback(call)
     # version is None while the request's own report is still on its way to the controller.
-    return JSONResponse({"request_id": feedback.request_id, "version": version}, status_code=202)
+    return {"request_id": feedback.request_id, "version": version}
 
 
 @api.get("/experiment/report", summary="The A/B report: per-variant figures, tests, verdicts (open)")

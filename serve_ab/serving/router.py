@@ -50,7 +50,7 @@ from serve_ab.api.grpc import grpc_predict_v2_pb2 as pb
 from serve_ab.api.grpc.servicer import Undecodable
 from serve_ab.serving.grpc_v2 import GrpcInference
 from serve_ab.serving.app_claim import app_running, this_app
-from serve_ab.serving.http import Served, app, describe_experiment, use_core
+from serve_ab.serving.http import Served, app, describe_experiment, feedback_from_handle, use_core
 from serve_ab.serving.runtime import load_versions
 from serve_ab.store.state import open_store
 
@@ -322,6 +322,18 @@ class Router:
         request_id = _request_id()
         return {"outputs": outputs, "version": served_by, "request_id": request_id,
                 "feedback_token": self.core.feedback_token_for(request_id, choice)}
+
+    async def feedback(self, request_id: str, name: str, *, feedback_token: str | None = None,
+                       converted: bool | None = None, value: float | None = None) -> dict[str, Any]:
+        """Report a business outcome of an answer ``predict`` gave, as ``POST /feedback`` does:
+        its ``request_id`` and ``feedback_token``, the metric's ``name``, and ``converted``
+        (a conversion metric) or ``value`` (a mean). Returns ``{"request_id", "version"}``
+        (``version`` None while the request's report is on its way; ``"counted": False`` for a
+        pinned answer). Raises the errors of :mod:`serve_ab.errors`: ``InvalidInput`` for an
+        unknown metric or the wrong kind of outcome, ``Unauthorized`` without the token,
+        ``Forbidden`` for a token of another answer, ``Conflict`` when already reported."""
+        return await feedback_from_handle(self.core, request_id, name, feedback_token=feedback_token,
+                                          converted=converted, value=value)
 
     async def experiment(self) -> dict[str, Any]:
         """The experiment as this replica runs it: versions, weights and bucket ranges."""

@@ -12,7 +12,7 @@ from ray import serve
 from serve_ab import build_app
 from serve_ab.serving.app import build_metrics_app
 from serve_ab.routing import Assigner
-from serve_ab.errors import InvalidInput, VersionNotServed
+from serve_ab.errors import Conflict, InvalidInput, Unauthorized, VersionNotServed
 from tests.integration.conftest import AUTH, DIGIT_ROW, experiment, router_log_lines
 from tests.support.bad_input import BAD_PREDICT, v2_body
 from tests.support.polling import wait_for
@@ -238,6 +238,60 @@ def test_handle_from_another_deployment(http, apps):
             assert body["version"] == expected.assign(user) and 0 <= body["digit"] <= 9
     finally:
         serve.delete("caller")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class FeedbackCaller:
+    """Another team's deployment: predicts through the handle, then reports whether the
+    answer was right through the handle too, and what it caught when it was refused."""
+
+    def __init__(self, app_name: str):
+        self.app_name = app_name
+
+    async def __call__(self, request) -> dict:
+        handle = serve.get_app_handle(self.app_name)
+        user, label = request.query_params["user"], int(request.query_params["label"])
+        answer = await handle.predict.remote([DIGIT_ROW], key=user)
+        right = np.argmax(answer["outputs"][0]) == label  # an np.bool_, as callers compute it
+        fed = await handle.feedback.remote(answer["request_id"], "correct",
+                                           feedback_token=answer["feedback_token"], converted=right)
+        refused = []
+        for token in (None, answer["feedback_token"]):  # none, then a second report of the answer
+            try:
+                await handle.feedback.remote(answer["request_id"], "correct", feedback_token=token, converted=right)
+            except (Unauthorized, Conflict) as err:
+                refused.append(f"{type(err.cause).__name__}: {err.message}")
+        return {"version": answer["version"], "joined": fed["version"], "right": bool(right), "refused": refused}
+
+
+def test_handle_feedback_from_another_deployment(http, serve_instance, model_repo):
+    """An app that calls serve-ab through handles reports outcomes through them too, and the
+    controller counts them for the version that served each answer."""
+    cfg = experiment(model_repo)
+    cfg["analysis"]["metrics"] = [{"name": "correct", "kind": "conversion"}]
+    serve.run(build_app(cfg), name="handle-feedback", route_prefix="/handle-feedback")
+    serve.run(FeedbackCaller.bind("handle-feedback"), name="feedback-caller", route_prefix="/feedback-caller")
+    try:
+        sent = Counter()
+        for i in range(12):
+            body = http.get(serve_instance.url("/feedback-caller"), params={"user": f"u{i}", "label": 0}).json()
+            unauthorized, conflict = body["refused"]
+            assert unauthorized.startswith("Unauthorized: feedback needs the feedback_token"), body
+            assert conflict.startswith("Conflict: feedback 'correct' for this request was reported already"), body
+            sent[body["version"], body["right"]] += 1
+
+        def counted():
+            stats = http.get(serve_instance.url("/handle-feedback/experiment/stats")).json()["versions"]
+            got = {v: stats[v]["feedback"].get("correct", {}) for v in ("v1", "v2")}
+            return got if sum(g.get("n", 0) for g in got.values()) == 12 else None
+
+        got = wait_for(counted, "the 12 handle feedback reports at the controller", timeout_s=60)
+        for v in ("v1", "v2"):
+            n = sent[v, True] + sent[v, False]
+            assert got[v] == ({"kind": "conversion", "n": n, "successes": sent[v, True]} if n else {}), got
+    finally:
+        serve.delete("feedback-caller")
+        serve.delete("handle-feedback")
 
 
 def test_metrics_on_a_separate_route_prefix(http, apps):

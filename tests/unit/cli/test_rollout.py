@@ -549,3 +549,24 @@ def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(api, capsy
 def test_a_history_time_that_is_no_time_is_shown_as_found():
     status = {**CANARY, "history": [{**CANARY["history"][0], "t_s": 1e20}]}
     assert "?1e+20  start -> progressing" in _render(status, history=True)
+
+
+@pytest.mark.parametrize("raised", ["ReadTimeout", "RemoteProtocolError"])
+def test_an_action_sent_but_not_answered_says_it_may_have_been_applied(api, capsys, monkeypatch, raised):
+    """A loaded app may apply a promote and answer after --request-timeout: "cannot reach the
+    app, it must be running" then invited a blind resend, which would promote a second step."""
+    import httpx
+
+    def lost_answer(method, url, **kwargs):
+        raise getattr(httpx, raised)("timed out" if raised == "ReadTimeout" else "Server disconnected")
+
+    monkeypatch.setattr(httpx, "request", lost_answer)
+    code, out, err = _run(["promote", "--request-timeout", "2s"], capsys)
+    assert code == 4 and out == ""
+    first, hint = err.splitlines()
+    assert first.startswith(f"error: POST {api.url}/rollout/promote was sent, but ")
+    assert first.endswith("the app may have applied it")
+    assert "serve run" not in err and "--revision N" in hint and "serve-ab status" in hint
+    # A read that is not answered changed nothing: it still says the app cannot be reached.
+    code, _, err = _run(["status"], capsys)
+    assert code == 4 and err.startswith(f"error: cannot reach {api.url}")

@@ -263,6 +263,39 @@ def test_feedback_needs_the_token_of_the_answer(app):
     assert response.status_code == 403 and "expired" in response.json()["error"]
 
 
+def test_a_handle_caller_reports_feedback_by_the_same_rules_without_http(app):
+    """``Router.feedback``: a service that calls through a DeploymentHandle gets a
+    feedback_token in each answer; it reports the outcome through the handle too, with the
+    typed errors of serve_ab.errors where HTTP would answer 4xx."""
+    import asyncio
+
+    from serve_ab.errors import Forbidden, InvalidInput, Unauthorized
+
+    client, controller = app
+    core = routes.served().core
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+
+    def feedback(**given):
+        args = {"request_id": body["request_id"], "name": "correct", "feedback_token": body["feedback_token"],
+                "converted": np.bool_(True)} | given  # a numpy comparison's answer, as callers compute it
+        return asyncio.run(routes.feedback_from_handle(core, **args))
+
+    assert feedback() == {"request_id": body["request_id"], "version": body["version"]}
+    answer_id, *rest = controller.feedbacks[-1]
+    assert answer_id.startswith(body["request_id"] + "#") and rest == ["correct", None, True, body["version"]]
+    with pytest.raises(Unauthorized, match="feedback_token"):
+        feedback(feedback_token=None)
+    with pytest.raises(Forbidden):
+        feedback(request_id="made-up")
+    with pytest.raises(InvalidInput, match="unknown feedback name 'revenue'.*'correct'"):
+        feedback(name="revenue")
+    with pytest.raises(InvalidInput, match="is a conversion"):
+        feedback(converted=None, value=1.0)
+    with pytest.raises(InvalidInput, match="converted"):
+        feedback(converted="yes")
+    assert len(controller.feedbacks) == 1
+
+
 def test_feedback_tells_the_controller_when_its_answer_was_given(app):
     """So that the controller can refuse feedback on answers older than the reports it still
     remembers, whose repeat it could no longer tell from a first report: once the controller said,
