@@ -53,6 +53,8 @@ def cuda_provider_hint() -> str:
         return ("both onnxruntime and onnxruntime-gpu are installed, and they share one module, "
                 f"here the CPU build's; keep the GPU build alone: {ONNXRUNTIME_GPU_INSTALL}")
     return f"install onnxruntime-gpu in place of onnxruntime: {ONNXRUNTIME_GPU_INSTALL}"
+
+
 # onnxruntime names element types as strings, e.g. "tensor(float)".
 _NUMPY_DTYPES = {
     "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
