@@ -163,9 +163,10 @@ def backend_missing(backend: str, probe: dict[str, Any]) -> str | None:
 
 def backend_cannot_use_cuda(backend: str, probe: dict[str, Any]) -> str | None:
     if backend == "onnx" and "CUDAExecutionProvider" not in probe["onnxruntime_providers"]:
+        from serve_ab.backends.onnx import cuda_provider_hint
+
         return (f"onnxruntime {probe['onnxruntime']} has no CUDAExecutionProvider (providers: "
-                f"{probe['onnxruntime_providers']}): install onnxruntime-gpu "
-                "(pip install 'serve-ab[gpu]'); not run on the CPU instead")
+                f"{probe['onnxruntime_providers']}): {cuda_provider_hint()}; not run on the CPU instead")
     if backend == "torch" and not probe["torch_cuda_available"]:
         built = f"built for CUDA {probe['torch_cuda_build']}" if probe["torch_cuda_build"] else "a CPU-only build"
         return f"torch {probe['torch']} ({built}) sees no CUDA device; not run on the CPU instead"

@@ -41,7 +41,9 @@ export RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="${RAY_SERVE_PROXY_READY_CHECK_TIME
 # --durations: the slowest tests in the log, to keep the suite within its time budget.
 pytest_args=(-q -p no:cacheprovider --durations=20)
 if [ "$#" -gt 0 ]; then  # a selection or options of the caller's (-k, -x, a path): one run
-  exec python -m pytest tests "${pytest_args[@]}" "$@"
+  # No `tests` here: beside a path it would run the whole suite too. Without a path, pytest
+  # takes pyproject's testpaths (tests).
+  exec python -m pytest "${pytest_args[@]}" "$@"
 fi
 
 # The whole suite in two runs side by side. The tests with Ray (e2e, integration) spend most

@@ -28,6 +28,33 @@ logger = logging.getLogger(__name__)
 
 _CUDA_PROVIDER = "CUDAExecutionProvider"
 _CPU_PROVIDER = "CPUExecutionProvider"
+
+# onnxruntime and onnxruntime-gpu install the same module, so with both installed (serve-ab's
+# own dependency and its gpu extra: `pip install 'serve-ab[gpu]'` leaves both) the one
+# installed last owns the files, often the CPU build; uninstalling it breaks the module, so the
+# GPU build is then reinstalled over it (microsoft/onnxruntime#26996).
+ONNXRUNTIME_GPU_INSTALL = ("pip uninstall -y onnxruntime && "
+                           "pip install --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'")
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cuda_provider_hint() -> str:
+    """What to do when onnxruntime has no CUDA provider, for the packages installed here."""
+    if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
+        return ("both onnxruntime and onnxruntime-gpu are installed, and they share one module, "
+                f"here the CPU build's; keep the GPU build alone: {ONNXRUNTIME_GPU_INSTALL}")
+    return f"install onnxruntime-gpu in place of onnxruntime: {ONNXRUNTIME_GPU_INSTALL}"
+
+
 # onnxruntime names element types as strings, e.g. "tensor(float)".
 _NUMPY_DTYPES = {
     "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
@@ -65,8 +92,7 @@ class OnnxPredictor(ModelPredictor):
             raise RuntimeError(
                 f"device 'cuda' was asked for {self.path} (onnx backend), but onnxruntime "
                 f"{onnxruntime.__version__} has no {_CUDA_PROVIDER}; available providers: "
-                f"{available}. Install onnxruntime-gpu (pip install 'serve-ab[gpu]') or use "
-                "device 'cpu' or 'auto'.")
+                f"{available}: {cuda_provider_hint()}; or use device 'cpu' or 'auto'.")
         options = onnxruntime.SessionOptions()
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = self.intra_op_threads

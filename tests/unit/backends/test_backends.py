@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -218,6 +219,29 @@ def test_cuda_without_a_gpu_is_an_error_for_onnx(model_repo):
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider") as caught:
         load_predictor(path, "onnx", device="cuda").load()
     assert str(path) in str(caught.value) and "CPUExecutionProvider" in str(caught.value)
+
+
+@pytest.mark.parametrize("gpu_build_installed", [False, True])
+def test_onnx_without_its_cuda_provider_says_how_to_install_the_gpu_build_alone(
+        model_repo, monkeypatch, gpu_build_installed):
+    # `pip install 'serve-ab[gpu]'` leaves onnxruntime (a dependency) beside onnxruntime-gpu:
+    # they install one module, and the CPU build's files, installed last, have no CUDA provider.
+    if _has_cuda("onnx"):
+        pytest.skip("onnxruntime has CUDA here")
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: (
+        "1.31.1" if name == "onnxruntime-gpu" and gpu_build_installed else real_version(name)))
+    if not gpu_build_installed:
+        with pytest.raises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.version("onnxruntime-gpu")
+    path = model_repo / "digits" / "v1" / "model.onnx"
+    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider") as caught:
+        load_predictor(path, "onnx", device="cuda").load()
+    message = str(caught.value)
+    assert ("both onnxruntime and onnxruntime-gpu are installed" in message) == gpu_build_installed
+    assert ("pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps "
+            "'onnxruntime-gpu>=1.20'") in message
+    assert "or use device 'cpu' or 'auto'" in message
 
 
 def test_cuda_without_a_gpu_is_an_error_for_torch(model_repo):
