@@ -109,6 +109,7 @@ class ReportLedger:
         self._accepted = 0  # feedback calls accepted so far
         self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
         self._warned = False
+        self._warned_other_config = False
 
     def stamp(self, report: IntervalReport) -> IntervalReport:
         """``report`` with the next number."""
@@ -160,6 +161,9 @@ class ReportLedger:
             self._feedback.clear()
             self._feedback_again.clear()
             return
+        if answer.other_config:
+            self._drop_for_other_config()
+            return
         if answer.restarted and answer.controller != self.controller:
             # A new controller, with our reports up to restored_seq (its last save): the
             # others, this one included, go again in order, and every feedback kept.
@@ -181,6 +185,25 @@ class ReportLedger:
         else:  # an empty one (sent to hear what was saved) has nothing to send again
             self._reports.pop(report.seq, None)
         self._saved(answer, mark)
+
+    def _drop_for_other_config(self) -> None:
+        """The controller now runs another config (a redeploy changed it; this replica is the
+        old one, stopping). What was kept belongs to the previous run: sent to the new run it
+        would be counted twice (the previous controller saves what it merged as it stops) and
+        in a run of another config. Dropped, and said once: requests it never took (sent after
+        it stopped) are counted in neither run, and those it merged but had not saved only if
+        it could save as it stopped (it cannot once the new controller holds the claim)."""
+        unsent = sum(sent.aggregate.rows for sent, has in self._reports.values() if not has)
+        unsaved = sum(sent.aggregate.rows for sent, has in self._reports.values() if has)
+        if (unsent or unsaved) and not self._warned_other_config:
+            self._warned_other_config = True
+            logger.warning("serve-ab router: the controller runs another config now (a redeploy changed it); "
+                           "this replica's last %d requests, served under the previous config after its "
+                           "controller stopped, are counted in neither run, and %d more only if that "
+                           "controller saved them as it stopped", unsent, unsaved)
+        self._reports.clear()
+        self._feedback.clear()
+        self._feedback_again.clear()
 
     def _saved(self, answer: ReportAnswer, mark: int) -> None:
         """Drop what the controller's saves now hold, and tag the feedback accepted before
