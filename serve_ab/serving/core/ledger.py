@@ -110,6 +110,8 @@ class ReportLedger:
         self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
         self._warned = False
         self._warned_other_config = False
+        # Requests counted in no run: sent to a controller of another config (a redeploy's).
+        self.other_config_requests = 0
 
     def stamp(self, report: IntervalReport) -> IntervalReport:
         """``report`` with the next number."""
@@ -162,7 +164,7 @@ class ReportLedger:
             self._feedback_again.clear()
             return
         if answer.other_config:
-            self._drop_for_other_config()
+            self._drop_for_other_config(report.last)
             return
         if answer.restarted and answer.controller != self.controller:
             # A new controller, with our reports up to restored_seq (its last save): the
@@ -186,21 +188,27 @@ class ReportLedger:
             self._reports.pop(report.seq, None)
         self._saved(answer, mark)
 
-    def _drop_for_other_config(self) -> None:
+    def _drop_for_other_config(self, last: bool) -> None:
         """The controller now runs another config (a redeploy changed it; this replica is the
-        old one, stopping). What was kept belongs to the previous run: sent to the new run it
-        would be counted twice (the previous controller saves what it merged as it stops) and
-        in a run of another config. Dropped, and said once: requests it never took (sent after
-        it stopped) are counted in neither run, and those it merged but had not saved only if
-        it could save as it stopped (it cannot once the new controller holds the claim)."""
+        old one, serving until Ray Serve stops it). What it kept, and what it serves from now
+        on, belongs to the previous run: sent to the new run it would be counted twice (the
+        previous controller saves what it merged as it stops) and in a run of another config
+        (other weights, a version it does not serve). Dropped, and said at the first drop and
+        in all at the last report (``last``): requests it never took are counted in neither run,
+        and those it merged but had not saved only if it could save as it stopped (it cannot
+        once the new controller holds the claim)."""
         unsent = sum(sent.aggregate.rows for sent, has in self._reports.values() if not has)
         unsaved = sum(sent.aggregate.rows for sent, has in self._reports.values() if has)
+        self.other_config_requests += unsent
         if (unsent or unsaved) and not self._warned_other_config:
             self._warned_other_config = True
             logger.warning("serve-ab router: the controller runs another config now (a redeploy changed it); "
                            "this replica's last %d requests, served under the previous config after its "
-                           "controller stopped, are counted in neither run, and %d more only if that "
-                           "controller saved them as it stopped", unsent, unsaved)
+                           "controller stopped, are counted in neither run, nor is what it serves until it "
+                           "stops, and %d more only if that controller saved them as it stopped", unsent, unsaved)
+        elif last and self.other_config_requests:
+            logger.warning("serve-ab router: stopping; %d requests this replica served under the previous config "
+                           "after its controller stopped are counted in neither run", self.other_config_requests)
         self._reports.clear()
         self._feedback.clear()
         self._feedback_again.clear()

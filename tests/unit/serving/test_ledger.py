@@ -459,6 +459,10 @@ def test_a_redeploy_of_a_changed_config_counts_no_request_or_feedback_of_the_old
     assert router.ledger.kept() == (0, 0) and not router.ledger.waiting()
     assert f"last {late} requests" in caplog.text and "counted in neither run" in caplog.text
     assert f"and {served} more only if that controller saved them" in caplog.text
+    after = serve_and_report(router, controller, range(45, 48), feedback=False)  # it serves on until it stops
+    asyncio.run(router.flush_once(last=True))
+    assert controller.counts() == (0, 0, 0) and router.ledger.other_config_requests == late + after
+    assert f"stopping; {late + after} requests this replica served under the previous config" in caplog.text
     # The old run keeps what it counted, once: its saved figures, read as a restart of it would.
     again = ControllerCore(experiment(), controller.store, controller.clock)
     assert again.run_id == old.run_id
