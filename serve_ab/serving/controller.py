@@ -412,14 +412,15 @@ class ControllerCore:
     def _other_config(self, report: IntervalReport) -> ReportAnswer:
         """A report of a router that serves another config: the old replica of a redeploy that
         changed it, still serving while this controller (the new config's, with a new run)
-        started. Its figures belong to the previous run, whose controller saved what it merged
-        when it stopped; merged here, the router would send again all it kept for that
+        started (or a new replica that met the previous controller before Serve stopped it).
+        An old replica's figures belong to the previous run, whose controller saved what it
+        merged when it stopped; merged here, the router would send again all it kept for that
         controller, and the run would count requests of another config (a version it does not
         serve, other weights). So nothing of it is merged, and the answer tells the router to
-        drop what it kept (``ReportAnswer.other_config``)."""
+        keep it for a controller of its own config (``ReportAnswer.other_config``)."""
         if report.router not in self._other_config_routers:
             self._other_config_routers.add(report.router)
-            logger.info("serve-ab controller: router replica %s serves another config (a redeploy's old replica); "
+            logger.info("serve-ab controller: router replica %s serves another config (a redeploy's, old or new); "
                         "its reports are not merged into run %s", report.router, self.run_id)
         return dataclasses.replace(self.numbers.answer(self.name, report.router), other_config=True)
 

@@ -110,8 +110,6 @@ class ReportLedger:
         self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
         self._warned = False
         self._warned_other_config = False
-        # Requests counted in no run: sent to a controller of another config (a redeploy's).
-        self.other_config_requests = 0
 
     def stamp(self, report: IntervalReport) -> IntervalReport:
         """``report`` with the next number."""
@@ -164,7 +162,7 @@ class ReportLedger:
             self._feedback_again.clear()
             return
         if answer.other_config:
-            self._drop_for_other_config(report.last)
+            self._wait_for_own_config(report)
             return
         if answer.restarted and answer.controller != self.controller:
             # A new controller, with our reports up to restored_seq (its last save): the
@@ -188,30 +186,30 @@ class ReportLedger:
             self._reports.pop(report.seq, None)
         self._saved(answer, mark)
 
-    def _drop_for_other_config(self, last: bool) -> None:
-        """The controller now runs another config (a redeploy changed it; this replica is the
-        old one, serving until Ray Serve stops it). What it kept, and what it serves from now
-        on, belongs to the previous run: sent to the new run it would be counted twice (the
-        previous controller saves what it merged as it stops) and in a run of another config
-        (other weights, a version it does not serve). Dropped, and said at the first drop and
-        in all at the last report (``last``): requests it never took are counted in neither run,
-        and those it merged but had not saved only if it could save as it stopped (it cannot
-        once the new controller holds the claim)."""
-        unsent = sum(sent.aggregate.rows for sent, has in self._reports.values() if not has)
-        unsaved = sum(sent.aggregate.rows for sent, has in self._reports.values() if has)
-        self.other_config_requests += unsent
-        if (unsent or unsaved) and not self._warned_other_config:
+    def _wait_for_own_config(self, report: IntervalReport) -> None:
+        """The controller that answered serves another config: a redeploy changed it, and its
+        controller runs another run. Which run this replica's reports belong to, the answer
+        cannot tell: an old replica, serving on until Ray Serve stops it, meets the new config's
+        controller (its reports are the previous run's, whose controller saved what it merged as
+        it stopped: merged here they would count twice, and in a run of another config); a new
+        replica may meet the old controller before Serve stops it (its reports are the new
+        run's, which must get them). So the report is not taken, and nothing kept is dropped:
+        all of it waits for a controller of this replica's own config, and goes to it as to a
+        controller that was away. A new replica's comes within seconds; an old replica's never
+        does, and as it stops (its last report made) its log says how many requests it served
+        that no run counts."""
+        self.not_taken(report)
+        unsent = [sent for sent, has in self._reports.values() if not has]
+        if any(sent.last for sent in unsent):
+            waiting = sum(sent.aggregate.rows for sent in unsent)
+            if waiting:
+                logger.warning("serve-ab router: stopping with %d requests served under a config the controller "
+                               "no longer runs (a redeploy changed it); they are counted in neither run", waiting)
+        elif not self._warned_other_config:
             self._warned_other_config = True
-            logger.warning("serve-ab router: the controller runs another config now (a redeploy changed it); "
-                           "this replica's last %d requests, served under the previous config after its "
-                           "controller stopped, are counted in neither run, nor is what it serves until it "
-                           "stops, and %d more only if that controller saved them as it stopped", unsent, unsaved)
-        elif last and self.other_config_requests:
-            logger.warning("serve-ab router: stopping; %d requests this replica served under the previous config "
-                           "after its controller stopped are counted in neither run", self.other_config_requests)
-        self._reports.clear()
-        self._feedback.clear()
-        self._feedback_again.clear()
+            logger.warning("serve-ab router: the controller runs another config (a redeploy changed it); this "
+                           "replica's reports wait for a controller of its own config, and if it is the old "
+                           "replica, stopping soon, it will say as it stops how many no run counts")
 
     def _saved(self, answer: ReportAnswer, mark: int) -> None:
         """Drop what the controller's saves now hold, and tag the feedback accepted before

@@ -94,7 +94,7 @@ class ReportAnswer:
     # release has no such parameter, and would fail every call that named it.
     checks_answer_age: bool = False
     # The controller serves another config (a redeploy changed it, and started a new run): it
-    # merged nothing of the report, and the router drops what it kept for the previous one.
+    # merged nothing of the report, and the router keeps it for a controller of its own config.
     other_config: bool = False
 
 

@@ -494,6 +494,8 @@ class RouterCore:
                                exc_info=not away)
                     return
                 self.ledger.answered(report, answer, mark)
+                if answer is not None and answer.other_config:  # kept for a controller of this config
+                    return
             await self._send_feedback_again()
 
     async def _send_feedback_again(self) -> None:
