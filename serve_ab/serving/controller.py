@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -62,6 +61,7 @@ from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, Unknow
 from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.core.messages import (
     Action, Actor, IntervalReport, Mirror, Refused, ReportAnswer, RoutingSnapshot)
+from serve_ab.serving.core.run_config import config_digest, config_fingerprint
 from serve_ab.serving.reports import ReportNumbers, RouterReports
 
 logger = logging.getLogger("ray.serve")
@@ -106,9 +106,7 @@ class Checkpoint:
     owned: frozenset[str] = frozenset()
 
 
-def _fingerprint(cfg: ExperimentConfig) -> str:
-    """What the config sets apart from the defaults, as stable text."""
-    return json.dumps(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+_fingerprint = config_fingerprint
 
 
 def _same_config(saved: Any, fingerprint: str) -> bool:
@@ -178,6 +176,9 @@ class ControllerCore:
         # Routers keep what this controller has not saved, and send it again to the next one
         # (serving/core/ledger.py); it knows them by this name, new at every start.
         self.name = uuid.uuid4().hex[:16]
+        # Routers stamp their reports with their config's digest: this run merges only its own.
+        self.config_digest = config_digest(cfg)
+        self._other_config_routers: set[str] = set()  # logged once each
         self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
         # Joined feedback goes to the totals (self.stats) and, in a rollout, the gates' windows.
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
@@ -383,7 +384,7 @@ class ControllerCore:
             self.kept_rows[key] = saved
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
-        run_id = f"{self.cfg.model}-{started}-{hashlib.blake2b(fingerprint.encode(), digest_size=4).hexdigest()}"
+        run_id = f"{self.cfg.model}-{started}-{config_digest(self.cfg)}"
         row = {"run_id": run_id, "started_at_s": self.started_at_s, "fingerprint": fingerprint}
         self.store.save(key, row)
         self.kept_rows[key] = row
@@ -401,10 +402,27 @@ class ControllerCore:
         them (serving/core/ledger.py). A router of an older release (reports not numbered)
         gets None, as before: it has no ReportAnswer class to read one with, and would take
         the answer for a failure and send the report again inside the next one."""
+        if report.config is not None and report.config != self.config_digest:
+            return self._other_config(report), False
         if report.seq and report.controller_seen is not None and report.controller_seen != self.name:
             return self.numbers.answer(self.name, report.router, restarted=True), False
         changed = self.record(report) if self.numbers.is_new(report) else False
         return (self.numbers.answer(self.name, report.router) if report.seq else None), changed
+
+    def _other_config(self, report: IntervalReport) -> ReportAnswer:
+        """A report of a router that serves another config: the old replica of a redeploy that
+        changed it, still serving while this controller (the new config's, with a new run)
+        started (or a new replica that met the previous controller before Serve stopped it).
+        An old replica's figures belong to the previous run, whose controller saved what it
+        merged when it stopped; merged here, the router would send again all it kept for that
+        controller, and the run would count requests of another config (a version it does not
+        serve, other weights). So nothing of it is merged, and the answer tells the router to
+        keep it for a controller of its own config (``ReportAnswer.other_config``)."""
+        if report.router not in self._other_config_routers:
+            self._other_config_routers.add(report.router)
+            logger.info("serve-ab controller: router replica %s serves another config (a redeploy's, old or new); "
+                        "its reports are not merged into run %s", report.router, self.run_id)
+        return dataclasses.replace(self.numbers.answer(self.name, report.router), other_config=True)
 
     def record(self, report: IntervalReport) -> bool:
         """A router's interval: merged into the run's figures and the gates' windows.

@@ -109,6 +109,7 @@ class ReportLedger:
         self._accepted = 0  # feedback calls accepted so far
         self._feedback_again: deque[FeedbackCall] = deque()  # to send again, after a restart
         self._warned = False
+        self._warned_other_config = False
 
     def stamp(self, report: IntervalReport) -> IntervalReport:
         """``report`` with the next number."""
@@ -160,6 +161,9 @@ class ReportLedger:
             self._feedback.clear()
             self._feedback_again.clear()
             return
+        if answer.other_config:
+            self._wait_for_own_config(report)
+            return
         if answer.restarted and answer.controller != self.controller:
             # A new controller, with our reports up to restored_seq (its last save): the
             # others, this one included, go again in order, and every feedback kept.
@@ -181,6 +185,31 @@ class ReportLedger:
         else:  # an empty one (sent to hear what was saved) has nothing to send again
             self._reports.pop(report.seq, None)
         self._saved(answer, mark)
+
+    def _wait_for_own_config(self, report: IntervalReport) -> None:
+        """The controller that answered serves another config: a redeploy changed it, and its
+        controller runs another run. Which run this replica's reports belong to, the answer
+        cannot tell: an old replica, serving on until Ray Serve stops it, meets the new config's
+        controller (its reports are the previous run's, whose controller saved what it merged as
+        it stopped: merged here they would count twice, and in a run of another config); a new
+        replica may meet the old controller before Serve stops it (its reports are the new
+        run's, which must get them). So the report is not taken, and nothing kept is dropped:
+        all of it waits for a controller of this replica's own config, and goes to it as to a
+        controller that was away. A new replica's comes within seconds; an old replica's never
+        does, and as it stops (its last report made) its log says how many requests it served
+        that no run counts."""
+        self.not_taken(report)
+        unsent = [sent for sent, has in self._reports.values() if not has]
+        if any(sent.last for sent in unsent):
+            waiting = sum(sent.aggregate.rows for sent in unsent)
+            if waiting:
+                logger.warning("serve-ab router: stopping with %d requests served under a config the controller "
+                               "no longer runs (a redeploy changed it); they are counted in neither run", waiting)
+        elif not self._warned_other_config:
+            self._warned_other_config = True
+            logger.warning("serve-ab router: the controller runs another config (a redeploy changed it); this "
+                           "replica's reports wait for a controller of its own config, and if it is the old "
+                           "replica, stopping soon, it will say as it stops how many no run counts")
 
     def _saved(self, answer: ReportAnswer, mark: int) -> None:
         """Drop what the controller's saves now hold, and tag the feedback accepted before

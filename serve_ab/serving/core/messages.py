@@ -71,6 +71,9 @@ class IntervalReport:
     # The replica is stopping (scale-down, redeploy, Ctrl-C) and this is its last report: a
     # router that falls silent without one crashed or lost its node (serving/reports.py).
     last: bool = False
+    # The digest of the config the router serves (serving/core/run_config.py): a controller
+    # merges only its own run's. None: a router of an older release, merged as it comes.
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class ReportAnswer:
     # The controller's feedback call takes answered_after_s (by name): one of the previous
     # release has no such parameter, and would fail every call that named it.
     checks_answer_age: bool = False
+    # The controller serves another config (a redeploy changed it, and started a new run): it
+    # merged nothing of the report, and the router keeps it for a controller of its own config.
+    other_config: bool = False
 
 
 @dataclass(frozen=True)

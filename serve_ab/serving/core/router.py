@@ -50,6 +50,7 @@ from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.ledger import FeedbackCall, ReportLedger
 from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender, copy_caps
+from serve_ab.serving.core.run_config import config_digest
 from serve_ab.serving.core.observe import ObservationBuffer
 from serve_ab.serving.core.versions import (
     FailedVersion,
@@ -126,6 +127,7 @@ class RouterCore:
         self._reporting: set[asyncio.Task] = set()  # reports sent at a change of weights, in flight
         # What the controller has not saved yet; reports go one at a time, in order.
         self.ledger = ReportLedger()
+        self.config_digest = config_digest(cfg)  # on each report: the controller merges its own run's
         self._flush_lock = asyncio.Lock()
         self._reported_s = clock()  # when this router last made a report (IDLE_REPORT_S)
 
@@ -473,7 +475,8 @@ class RouterCore:
                 # Idle, the controller must still hear what failed, or say what it saved, and
                 # now and then that this router lives (a silent one is counted lost).
                 self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
-                                                                 failed_versions=failed, last=last)))
+                                                                 failed_versions=failed, last=last,
+                                                                 config=self.config_digest)))
                 self._reported_s = self.clock()
             while (report := self.ledger.next_unsent()) is not None:
                 mark = self.ledger.mark()
@@ -491,6 +494,8 @@ class RouterCore:
                                exc_info=not away)
                     return
                 self.ledger.answered(report, answer, mark)
+                if answer is not None and answer.other_config:  # kept for a controller of this config
+                    return
             await self._send_feedback_again()
 
     async def _send_feedback_again(self) -> None:
