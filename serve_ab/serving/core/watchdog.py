@@ -93,11 +93,23 @@ class WatchedVersion:
             self._watchdog = detached_task(self._watch())  # its probes outlive this request
         call = self.calls.predict(batch)
         self._pending[call] = self.clock()
+        ended = False  # the call ended by itself: an answer, or an error from the version's side
         try:
-            return await call
+            outputs = await call
+            ended = True
+            return outputs
+        except asyncio.CancelledError:
+            # Its caller went away (the client disconnected or timed out): no word from the
+            # version. Counted as one, a version scaling up from zero replicas whose first
+            # callers gave up was "seen answering" and marked down while its replica started
+            # (live, 2 busy cores: 14 s of 503s from the only version, 298 requests, while its
+            # replica started; it then served).
+            raise
         except Exception as err:
             if call in self._cancelled:  # even if a probe was answered since: the call was cut
                 raise self._cancelled[call] from None
+            # Ray Serve ends a call whose caller was cancelled with an error of its own.
+            ended = not _caller_cancelled()
             if self.is_unavailable(err):
                 raise VersionUnavailable(
                     f"version {self.name!r} ({self.calls.name}) could not serve the request: "
@@ -107,7 +119,7 @@ class WatchedVersion:
             self._pending.pop(call, None)
             # A call the watchdog cut is no sign of life: counted as one, a version whose calls
             # all timed out while it probed was never marked down.
-            if self._cancelled.pop(call, None) is None:
+            if self._cancelled.pop(call, None) is None and ended:
                 self._progress = True
 
     async def describe(self) -> tuple[InputSpec, OutputSpec]:
@@ -196,6 +208,12 @@ class WatchedVersion:
             # landed yet).
             self._cancelled.setdefault(call, VersionUnavailable(self.down_reason))
             call.cancel()
+
+
+def _caller_cancelled() -> bool:
+    """Whether the task running this code is being cancelled (its caller went away)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _awaited(call: Call) -> Any:

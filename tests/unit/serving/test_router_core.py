@@ -691,6 +691,41 @@ class RayLikeCalls(FakeCalls):
     call_class = RayLikeCall
 
 
+@pytest.mark.parametrize("calls_class", ["FakeCalls", "RayLikeCalls"])
+def test_a_call_whose_caller_gave_up_is_no_sign_of_life(calls_class):
+    # Live (2 cores under load, 2026-12-07): the stable v1 scaled to zero replicas (min 0) while
+    # the app deployed; its new replica took 24 s to start, the first callers' clients timed out
+    # at 10 s, and their cancelled calls counted as v1 "seen answering": the next calls stalled
+    # 1 s, no replica answered the probe, and v1 (nowhere to fail over to) answered 298 requests
+    # 503 for 14 s, until its replica had started and served.
+    clock = FakeClock()
+    calls = {"FakeCalls": FakeCalls, "RayLikeCalls": RayLikeCalls}[calls_class]()
+    calls.stalled = True  # scaling up from zero replicas
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+    batch = np.zeros((1, 64), np.float32)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        version = WatchedVersion("v1", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+        first = loop.create_task(version.predict(batch))
+        await asyncio.sleep(0)
+        if calls_class == "RayLikeCalls":
+            calls.predicts[0].cancel()  # Ray Serve cancels a cancelled request's own calls too
+        first.cancel()  # its client gave up
+        with pytest.raises((asyncio.CancelledError, RequestCancelled)):
+            await first
+        waiting = loop.create_task(version.predict(batch))
+        started_s = clock()
+        # Past stall_s and a probe's timeout, many times over: still waiting for the replica.
+        while clock() - started_s < 10 * (settings.stall_s + settings.probe_timeout_s):
+            await clock.sleep(settings.interval_s)
+        assert version.down_reason is None and not waiting.done()
+        calls.predicts[1].future.set_result(np.eye(10, dtype=np.float32)[:1])
+        return await waiting
+
+    assert run(go()).shape == (1, 10)
+
+
 def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
     # Live (a version's model stalled 30 s, 2026-12-07): the router's stderr held 13
     # "Task exception was never retrieved ... RequestCancelledError" tracebacks, one per probe
