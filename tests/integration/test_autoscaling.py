@@ -23,7 +23,7 @@ import time
 from ray import serve
 
 from tests.integration.conftest import CONTROL_TOKEN, experiment
-from tests.support.loadgen import DIGIT_ROW, LoadGenerator
+from tests.support.loadgen import LoadGenerator
 
 AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 LOAD_WORKERS = 6
@@ -90,15 +90,6 @@ def test_each_version_scales_with_its_weight_through_a_canary(http, serve_instan
     deployed(cfg, "autoscale-canary")
     base = serve_instance.url("/autoscale-canary/rollout")
     watch = ReplicaWatch("autoscale-canary", ["version-v1", "version-v2"])
-    # The load begins on a running v1, as initial_replicas: 1 means it to. A deploy slowed by a
-    # busy machine (90 s on 2 busy cores, waiting for v2's replica) leaves v1, idle, time to scale
-    # to its min_replicas, 0; its next replica then took 24 to 37 s to start there, past the
-    # load's 10-s client timeout: min_replicas 0's cold start, which plain Ray Serve has too. One
-    # request (all of the traffic is v1's) wakes it, with a client that waits out a cold start.
-    woken = http.post(serve_instance.url("/autoscale-canary/predict"), timeout=WAIT_S,
-                      json={"user_id": "warm-up", "inputs": [DIGIT_ROW]})
-    assert woken.status_code == 200 and woken.json()["version"] == "v1", woken.text
-    watch.counts("v1 woken")
 
     with load(serve_instance, "autoscale-canary", tmp_path) as loadgen:
         # All of the load on v1: it scales to its max, v2 (no traffic) stays at its min.
