@@ -254,10 +254,10 @@ class Router:
         check_claim(cfg, lambda: open_store(cfg.controller), this_app(), time.time(), app_running)
         versions: Mapping[str, Version]
         if pools:
-            settings = WatchdogSettings(call_timeout_s=cfg.isolation.call_timeout_s)
+            settings = {version.name: WatchdogSettings.of(cfg, version) for version in cfg.versions}
             by_reference = cfg.isolation.transport == "actor"  # else Ray Serve's gRPC between replicas
             versions = {name: WatchedVersion(name, _HandleCalls(handle.options(_by_reference=by_reference)),
-                                             replica_unavailable, settings)
+                                             replica_unavailable, settings[name])
                         for name, handle in pools.items()}
         else:
             versions = load_versions(cfg.versions)  # one that fails is held failed, the others serve

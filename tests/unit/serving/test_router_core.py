@@ -691,6 +691,41 @@ class RayLikeCalls(FakeCalls):
     call_class = RayLikeCall
 
 
+@pytest.mark.parametrize("calls_class", ["FakeCalls", "RayLikeCalls"])
+def test_a_call_whose_caller_gave_up_is_no_sign_of_life(calls_class):
+    # Live (2 cores under load, 2026-12-07): the stable v1 scaled to zero replicas (min 0) while
+    # the app deployed; its new replica took 24 s to start, the first callers' clients timed out
+    # at 10 s, and their cancelled calls counted as v1 "seen answering": the next calls stalled
+    # 1 s, no replica answered the probe, and v1 (nowhere to fail over to) answered 298 requests
+    # 503 for 14 s, until its replica had started and served.
+    clock = FakeClock()
+    calls = {"FakeCalls": FakeCalls, "RayLikeCalls": RayLikeCalls}[calls_class]()
+    calls.stalled = True  # scaling up from zero replicas
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+    batch = np.zeros((1, 64), np.float32)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        version = WatchedVersion("v1", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+        first = loop.create_task(version.predict(batch))
+        await asyncio.sleep(0)
+        if calls_class == "RayLikeCalls":
+            calls.predicts[0].cancel()  # Ray Serve cancels a cancelled request's own calls too
+        first.cancel()  # its client gave up
+        with pytest.raises((asyncio.CancelledError, RequestCancelled)):
+            await first
+        waiting = loop.create_task(version.predict(batch))
+        started_s = clock()
+        # Past stall_s and a probe's timeout, many times over: still waiting for the replica.
+        while clock() - started_s < 10 * (settings.stall_s + settings.probe_timeout_s):
+            await clock.sleep(settings.interval_s)
+        assert version.down_reason is None and not waiting.done()
+        calls.predicts[1].future.set_result(np.eye(10, dtype=np.float32)[:1])
+        return await waiting
+
+    assert run(go()).shape == (1, 10)
+
+
 def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
     # Live (a version's model stalled 30 s, 2026-12-07): the router's stderr held 13
     # "Task exception was never retrieved ... RequestCancelledError" tracebacks, one per probe
@@ -895,3 +930,55 @@ def test_an_isolated_versions_copies_may_fill_what_its_replicas_take_at_once():
         weights={"v1": 100})
     assert copy_caps(cfg) == {"v1": 256, "v2": 120, "v3": 8}
     assert copy_caps(experiment()) == {}  # colocated: the copy thread's MAX_IN_FLIGHT
+
+
+@pytest.mark.parametrize("scales_to_zero", [True, False])
+def test_a_version_that_may_scale_to_zero_is_waited_for_after_an_idle_moment(scales_to_zero):
+    # Live (quiet machine, 2026-12-07): v1 (autoscaling, min_replicas 0) answered one call and
+    # Ray scaled it to zero 0.6 s later; the load that followed waited for its new replica, and
+    # v1, taken as seen answering, was marked down after 3 s: 598 of 1,354 requests got a 503.
+    clock = FakeClock()
+    calls = FakeCalls()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0,
+                                scales_to_zero=scales_to_zero)
+    batch = np.zeros((1, 64), np.float32)
+
+    async def go():
+        version = WatchedVersion("v1", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+        await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        await version.predict(batch)  # answered while watched
+        idle_until_s = clock() + 0.6  # nothing in flight: Ray takes its last replica away
+        while clock() < idle_until_s:
+            await clock.sleep(settings.interval_s)
+        calls.stalled = True  # the next calls wait for a replica to start
+        waiting = asyncio.get_running_loop().create_task(version.predict(batch))
+        started_s = clock()
+        while clock() - started_s < 10 * (settings.stall_s + settings.probe_timeout_s) and not waiting.done():
+            await clock.sleep(settings.interval_s)
+        if not scales_to_zero:  # a version that keeps a replica: its stall is an outage
+            with pytest.raises(VersionUnavailable, match="no call completed for"):
+                await waiting
+            return None
+        assert version.down_reason is None and not waiting.done()
+        calls.predicts[-1].future.set_result(np.eye(10, dtype=np.float32)[:1])
+        return await waiting
+
+    answer = run(go())
+    assert (answer is not None and answer.shape == (1, 10)) if scales_to_zero else answer is None
+
+
+def test_only_a_version_whose_autoscaling_may_reach_zero_replicas_is_taken_to_scale_to_zero():
+    def settings(**deployment):
+        cfg = parse_experiment({
+            "model": "digits", "placement": "isolated", "isolation": {"call_timeout_s": 7},
+            "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx", **deployment},
+                         {"name": "v2", "path": "b.onnx", "backend": "onnx"}],
+            "weights": {"v1": 50, "v2": 50},
+        })
+        return WatchdogSettings.of(cfg, cfg.versions[0])
+
+    assert settings(deployment={"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}).scales_to_zero
+    assert not settings(deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}}).scales_to_zero
+    assert not settings(deployment={"num_replicas": 1}).scales_to_zero
+    assert not settings().scales_to_zero and settings().call_timeout_s == 7
