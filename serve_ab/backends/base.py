@@ -270,6 +270,23 @@ def _huge_integer_digits(batch: np.ndarray) -> int:
                for v in values)
 
 
+def _wide_integers_as_floats(batch: np.ndarray, spec: InputSpec) -> np.ndarray | None:
+    """An object array of numbers, for a float input, as float64; None when it holds anything
+    else (a boolean, None, a string) or an integer past the input's float range. JSON integers
+    past 64 bits arrive as Python ints in an object array, and they are numbers like any for a
+    float input: JavaScript writes 1e20 as 100000000000000000000."""
+    if batch.dtype.kind != "O":
+        return None
+    values = batch.ravel().tolist()
+    if not all(type(v) in (int, float) for v in values):
+        return None
+    largest = float(np.finfo(spec.dtype).max)
+    # int against float compares exactly, with no overflow; NaN and infinity are left to the float checks.
+    if any(type(v) is int and abs(v) > largest for v in values):
+        return None
+    return np.array([float(v) for v in values], dtype=np.float64).reshape(batch.shape)
+
+
 # Up to this many values, a float array's finiteness is read from its sum as Python floats.
 # Warm, the two ways cost the same at about 70 values (0.7 us; numpy's 0.8); cold, as a
 # replica's path runs at concurrency 1, the sum spares numpy's ufunc and reduction code,
@@ -306,6 +323,8 @@ def check_batch(batch: np.ndarray, spec: InputSpec, *, allow_non_finite: bool,
         return _bytes_batch(batch, spec)
     if kind == "b" and want_kind != "b":
         raise InputError(f"input '{spec.name}' holds booleans; expected numbers ({spec.datatype})")
+    if kind not in "biuf" and want_kind == "f" and (floats := _wide_integers_as_floats(batch, spec)) is not None:
+        batch, kind = floats, "f"  # then checked as any float batch is
     if kind not in "biuf":
         huge = _huge_integer_digits(batch)
         if huge:  # JSON integers past 64 bits arrive as Python ints, in an object array

@@ -50,7 +50,8 @@ exit codes:
     2  usage error (bad flag or value; nothing was sent)
     3  status --wait/--watch: timed out before the rollout ended
     4  the app (or, for --app, Ray's dashboard; for --store, the Redis) could not be reached,
-       or an action was sent but not answered within --request-timeout (it may have been applied)
+       or an action was sent but its answer was lost (none within --request-timeout, the
+       connection reset, or an answer that cannot be decoded): it may have been applied
   130  interrupted (Ctrl-C)
   141  the reader of the output went away (as in `serve-ab runs | head -1`)"""
 

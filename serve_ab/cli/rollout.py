@@ -369,16 +369,26 @@ def _send(url: str, method: str, path: str, *, body: dict[str, Any] | None, toke
         # skip loading the CA bundle: it is most of a command's start-up time.
         response = httpx.request(method, url + path, json=body, params=params, headers=headers,
                                  timeout=timeout_s, verify=url.startswith("https://"))
-    except (httpx.ReadTimeout, httpx.RemoteProtocolError) as e:
+    # Raised while the answer is awaited or read: the request went out. A connection reset then
+    # is a ReadError (a close, RemoteProtocolError); an answer whose Content-Encoding does not
+    # decode (a broken proxy's gzip) is a DecodingError, an answer the app did give.
+    except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.DecodingError) as e:
         if method == "GET" and isinstance(e, httpx.ReadTimeout):  # a read changes nothing
             _unreachable(url, timeout_s, e)
+        if method == "GET" and isinstance(e, httpx.DecodingError):
+            raise RequestFailed(f"error: {url}{path} answered with a body that cannot be decoded "
+                                f"({e or type(e).__name__}); is a proxy between here and the app?") from None
         if method == "GET":
             raise RequestFailed(f"error: cannot reach {url}: {e or type(e).__name__}", _RUN_HINT,
                                 code=ExitCode.UNREACHABLE) from None
         # The action was sent whole, and the app may have applied it before the answer was lost
         # (a loaded app answers late): "cannot reach" would invite a blind resend, a second step.
-        got = (f"no answer within {timeout_s:g} s" if isinstance(e, httpx.ReadTimeout)
-               else f"the connection closed before the answer ({e or type(e).__name__})")
+        if isinstance(e, httpx.ReadTimeout):
+            got = f"no answer within {timeout_s:g} s"
+        elif isinstance(e, httpx.DecodingError):
+            got = f"its answer cannot be decoded ({e or type(e).__name__})"
+        else:
+            got = f"the connection closed before the answer ({e or type(e).__name__})"
         raise RequestFailed(f"error: {method} {url}{path} was sent, but {got}: the app may have applied it",
                             "hint: check `serve-ab status` before sending it again; `--revision N` (the revision "
                             "status shows) makes a resend a no-op once the rollout has moved; or raise "

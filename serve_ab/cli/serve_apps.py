@@ -162,6 +162,10 @@ def resolve_app_url(name: str, address: str, timeout_s: float) -> str:
     except httpx.TransportError as e:
         raise RequestFailed(f"error: cannot reach {where}: {e or type(e).__name__}", hint,
                             code=ExitCode.UNREACHABLE) from None
+    except httpx.DecodingError as e:  # an answer whose Content-Encoding does not decode (a broken proxy's gzip)
+        raise RequestFailed(f"error: {where} answered GET {SERVE_APPS_PATH} with a body that cannot be decoded "
+                            f"({e or type(e).__name__}); is it a Ray dashboard?", hint,
+                            code=ExitCode.UNREACHABLE) from None
     if response.status_code != 200:
         text = response.text.strip()[:200]
         if found:  # a proxy's error page must not put the token in a terminal log

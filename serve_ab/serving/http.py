@@ -259,8 +259,11 @@ async def feedback_from_handle(core: RouterCore, request_id: Any, name: Any, *, 
     given = {"request_id": request_id, "name": name, "feedback_token": feedback_token,
              "converted": converted, "value": value}
     # numpy scalars as the Python values they hold: `label == predicted` on numpy values is an
-    # np.bool_, which the body's strict types would refuse as "not a boolean".
-    given = {k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()}
+    # np.bool_, which the body's strict types would refuse as "not a boolean". A 0-d array too
+    # (np.asarray of one value): pydantic reads one through float(), so a 0-d array of True
+    # would count as the value 1.0 where a bool is refused.
+    given = {k: v.item() if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0) else v
+             for k, v in given.items()}
     # Only what the caller gave: "converted: None" is not a yes/no, but the argument left out.
     feedback = parse_body(FeedbackRequest, {k: v for k, v in given.items() if v is not None or k == "request_id"})
     return await take_feedback(core, feedback)

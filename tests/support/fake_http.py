@@ -4,6 +4,8 @@ the PromQL provider) without a running app."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +24,46 @@ class ServedInThread:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class BrokenAnswer:
+    """A raw loopback server that reads each request whole (its first line kept in
+    ``requests``), then, by ``mode``, resets the connection (``"reset"``: the answer lost, as
+    when a proxy dies mid-call; http.server's own close would send a FIN first) or answers 200
+    with a body that says it is gzip and is not (``"bad-gzip"``: a broken proxy)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.requests: list[str] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = next((int(line.split(":", 1)[1]) for line in lines[1:]
+                               if line.lower().startswith("content-length:")), 0)
+                while len(body) < length and (chunk := conn.recv(65536)):
+                    body += chunk
+                self.requests.append(lines[0])
+                if self.mode == "reset":  # closed with SO_LINGER 0: an RST
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                                 b"Content-Length: 8\r\nConnection: close\r\n\r\nnot gzip")
+
+    def close(self) -> None:
+        self._server.close()
 
 
 # What a serve-ab app with control.protect_reads answers a read without its token.

@@ -16,6 +16,7 @@ from serve_ab.api.status import RolloutStatus
 from serve_ab.cli.rollout import render_status
 from tests.unit.cli.control_api import CANARY, STATIC, closed_port
 from tests.unit.cli.control_api import main as _main, run as _run
+from tests.support.fake_http import BrokenAnswer
 
 TOKEN = "s3cret-token-value"
 
@@ -570,3 +571,32 @@ def test_an_action_sent_but_not_answered_says_it_may_have_been_applied(api, caps
     # A read that is not answered changed nothing: it still says the app cannot be reached.
     code, _, err = _run(["status"], capsys)
     assert code == 4 and err.startswith(f"error: cannot reach {api.url}")
+
+
+@pytest.mark.parametrize("mode, says", [
+    ("reset", "the connection closed before the answer ("),
+    ("bad-gzip", "its answer cannot be decoded ("),
+])
+def test_an_action_whose_answer_is_reset_or_undecodable_says_it_may_have_been_applied(
+        capsys, monkeypatch, mode, says):
+    """The request went out whole and the app may have acted: a reset said "cannot reach, the app
+    must be running", and a gzip answer that does not decode was a traceback (exit 1)."""
+    server = BrokenAnswer(mode)
+    monkeypatch.setenv("SERVE_AB_URL", server.url)
+    try:
+        code, out, err = _run(["promote", "--request-timeout", "5s"], capsys)
+        assert server.requests == ["POST /rollout/promote HTTP/1.1"]
+        assert (code, out) == (4, "") and "Traceback" not in err, err
+        first, hint = err.splitlines()
+        assert first.startswith(f"error: POST {server.url}/rollout/promote was sent, but {says}")
+        assert first.endswith("the app may have applied it") and "serve-ab status" in hint
+        # A read changes nothing: a reset is "cannot reach", an undecodable answer says so (exit 1).
+        code, out, err = _run(["status", "--request-timeout", "5s"], capsys)
+        assert out == "" and "Traceback" not in err, err
+        if mode == "reset":
+            assert code == 4 and err.startswith(f"error: cannot reach {server.url}")
+        else:
+            assert code == 1 and err.startswith(f"error: {server.url}/rollout/status answered with a body that "
+                                                "cannot be decoded")
+    finally:
+        server.close()

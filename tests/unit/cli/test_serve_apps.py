@@ -21,7 +21,7 @@ import pytest
 import serve_ab.cli
 from serve_ab.cli import command as cli
 from serve_ab.cli.serve_apps import SERVE_APPS_PATH, app_url, default_address
-from tests.support.fake_http import FakeApp
+from tests.support.fake_http import BrokenAnswer, FakeApp
 from tests.unit.cli.control_api import CANARY, closed_port
 from tests.unit.cli.control_api import run as _run
 
@@ -304,6 +304,17 @@ def test_an_invalid_url_from_the_dashboards_answer_is_an_error_not_a_traceback(d
     code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
     assert (code, out) == (2, "") and "error: 'http://256.0.0.1:8000/ab' is not a valid URL" in err
 
+
+def test_a_dashboard_answer_that_cannot_be_decoded_is_an_error_not_a_traceback(api, capsys):
+    # A body that says it is gzip and is not (a broken proxy): httpx's DecodingError was uncaught.
+    dashboard = BrokenAnswer("bad-gzip")
+    try:
+        code, out, err = _run(["status", "--app", "digits-ab", "--address", dashboard.url], capsys)
+    finally:
+        dashboard.close()
+    assert (code, out) == (4, "") and "Traceback" not in err, err
+    assert err.startswith(f"error: Ray's dashboard at {dashboard.url} answered GET {SERVE_APPS_PATH} with a body "
+                          "that cannot be decoded") and api.requests == []
 
 @pytest.mark.parametrize("text, shown", [
     ("http://ops:p@ss@host:8000/x", "http://ops:***@host:8000/x"),   # an @ in the password

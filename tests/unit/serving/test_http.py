@@ -296,6 +296,32 @@ def test_a_handle_caller_reports_feedback_by_the_same_rules_without_http(app):
     assert len(controller.feedbacks) == 1
 
 
+def test_a_handle_callers_numpy_values_are_read_as_the_python_values_they_hold(client_for):
+    """A 0-d array (np.asarray of one outcome) as a scalar: a boolean one is no number (pydantic
+    read np.array(True) through float() and counted it as the value 1.0), a numeric one is."""
+    import asyncio
+
+    from serve_ab.errors import InvalidInput
+
+    client = client_for(analysis={"metrics": [{"name": "correct", "kind": "conversion"},
+                                              {"name": "revenue", "kind": "mean"}]})
+    core = routes.served().core
+    controller = core.controller
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+
+    def feedback(name, **outcome):
+        return asyncio.run(routes.feedback_from_handle(core, body["request_id"], name,
+                                                       feedback_token=body["feedback_token"], **outcome))
+
+    for boolean in (np.array(True), np.bool_(True)):
+        with pytest.raises(InvalidInput, match="value: Input should be a valid number"):
+            feedback("revenue", value=boolean)
+    assert controller.feedbacks == []
+    assert feedback("revenue", value=np.array(12.5))["version"] == body["version"]
+    assert feedback("correct", converted=np.array(True))["version"] == body["version"]
+    assert [tuple(f[1:4]) for f in controller.feedbacks] == [("revenue", 12.5, None), ("correct", None, True)]
+    assert all(type(f[2]) is float for f in controller.feedbacks[:1]) and type(controller.feedbacks[1][3]) is bool
+
 def test_feedback_tells_the_controller_when_its_answer_was_given(app):
     """So that the controller can refuse feedback on answers older than the reports it still
     remembers, whose repeat it could no longer tell from a first report: once the controller said,

@@ -314,3 +314,24 @@ def test_json_integers_past_64_bits_are_a_400_that_says_so(serve, datatype, valu
     response = client.post("/v2/models/m/infer", json=body)
     assert response.status_code == 400 and response.json()["error"] == error
     assert client.version.calls == 0
+
+
+@pytest.mark.parametrize("values", [[[2**64, 1]], [[-(2**64), 0.5]], [[10**20, 1]]])
+def test_json_integers_past_64_bits_for_a_float_input_are_numbers_like_any(serve, values):
+    # A float input's range goes far past 64-bit integers (FP32 to 3.4e38), and JavaScript writes
+    # 1e20 as 100000000000000000000: such a JSON integer was refused as "beyond FP32's range".
+    client = serve("Tagged")
+    expected = np.float32(float(values[0][0]) + values[0][1])
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": values}],
+            "outputs": [{"name": "sum"}]}
+    response = client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert np.float32(response.json()["outputs"][0]["data"][0]) == expected
+    response = client.post("/predict", json={"inputs": values})
+    assert response.status_code == 200, response.text
+    assert np.float32(response.json()["outputs"]["sum"][0][0]) == expected
+    # Past the input's float range it is still refused, saying so.
+    body["inputs"][0]["data"] = [[10**39, 1]]
+    response = client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "input 'x' holds integers beyond FP32's range (one has 40 digits)"
