@@ -230,8 +230,13 @@ class WatchedVersion:
 
 def _caller_cancelled() -> bool:
     """Whether the task running this code is being cancelled (its caller went away)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    # Task.cancelling() is Python 3.11's; 3.10 (requires-python) has none, and calling it
+    # turned every failed call, a dead replica's included, into an AttributeError: a 502
+    # never failed over. Without it no task says so (asyncio.run reads uncancel() the same
+    # way). Ray Serve ends the calls of a cancelled request with CancelledError (it cancels
+    # their replica results, not the DeploymentResponse), which predict() reads first.
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is not None and cancelling() > 0
 
 
 async def _awaited(call: Call) -> Any:

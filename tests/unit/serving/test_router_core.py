@@ -726,6 +726,58 @@ def test_a_call_whose_caller_gave_up_is_no_sign_of_life(calls_class):
     assert run(go()).shape == (1, 10)
 
 
+class TaskOfPython310(asyncio.Task):
+    """asyncio's task as Python 3.10 (pyproject's requires-python) has it: without 3.11's
+    cancelling() and uncancel()."""
+
+    def __getattribute__(self, name):
+        if name in ("cancelling", "uncancel"):
+            raise AttributeError(f"'_asyncio.Task' object has no attribute {name!r}")
+        return super().__getattribute__(name)
+
+
+def test_a_failed_call_is_read_as_such_on_python_3_10():
+    # On Python 3.10 every failed call of an isolated version raised AttributeError
+    # ('_asyncio.Task' object has no attribute 'cancelling') from the watchdog's check for a
+    # cancelled caller: a dead replica's call was a 502 never served by the fallback, and a
+    # model's error was reported as that AttributeError.
+    class ReplicaDied(Exception):
+        pass
+
+    calls = FakeCalls()
+    calls.stalled = True  # each call ends as the test says
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+    clock = FakeClock()
+    batch = np.zeros((1, 64), np.float32)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kwargs: TaskOfPython310(coro, loop=loop, **kwargs))
+        return await loop.create_task(serve_two_calls())  # a request's task, as 3.10 has it
+
+    async def serve_two_calls():
+        loop = asyncio.get_running_loop()
+        version = WatchedVersion("v1", calls, lambda err: isinstance(err, ReplicaDied), settings,
+                                 sleep=clock.sleep, clock=clock)
+
+        async def fails_with(err):
+            call = loop.create_task(version.predict(batch))
+            await asyncio.sleep(0)
+            calls.predicts[-1].future.set_exception(err)
+            with pytest.raises(BaseException) as raised:
+                await call
+            return raised.value
+
+        assert isinstance(asyncio.current_task(), TaskOfPython310)
+        died = await fails_with(ReplicaDied("the actor died"))
+        model = await fails_with(ValueError("the model's own error"))
+        return died, model
+
+    died, model = run(go())
+    assert isinstance(died, VersionUnavailable), died  # served by the fallback
+    assert isinstance(model, ValueError) and str(model) == "the model's own error"
+
+
 def test_a_probe_that_timed_out_leaves_no_unread_error_for_asyncio_to_log():
     # Live (a version's model stalled 30 s, 2026-12-07): the router's stderr held 13
     # "Task exception was never retrieved ... RequestCancelledError" tracebacks, one per probe
