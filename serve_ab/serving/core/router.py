@@ -21,6 +21,7 @@ isolated versions again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -62,6 +63,7 @@ from serve_ab.serving.core.versions import (
     load_error_text,
     within,
 )
+from serve_ab.serving.core.watchdog import WatchedVersion
 
 logger = logging.getLogger("ray.serve")
 
@@ -128,6 +130,9 @@ class RouterCore:
         # What the controller has not saved yet; reports go one at a time, in order.
         self.ledger = ReportLedger()
         self.config_digest = config_digest(cfg)  # on each report: the controller merges its own run's
+        for name, version in self.versions.items():
+            if isinstance(version, WatchedVersion):  # held down only while another can serve for it
+                version.has_fallback = functools.partial(self.has_fallback, name)
         self._flush_lock = asyncio.Lock()
         self._reported_s = clock()  # when this router last made a report (IDLE_REPORT_S)
 
@@ -225,6 +230,10 @@ class RouterCore:
         return version
 
     # -- which versions can serve ---------------------------------------------------------------
+
+    def has_fallback(self, version: str) -> bool:
+        """Whether another version would serve ``version``'s assigned requests were it down."""
+        return self.decision.fallback_for(version, self._agreed) is not None
 
     def failed_versions(self) -> dict[str, str]:
         """The versions that cannot serve now, each with why (a load error, a describe that

@@ -97,6 +97,12 @@ class WatchedVersion:
         self._progress = False  # a call completed since the watchdog last looked
         self.down_reason: str | None = None
         self._watchdog: asyncio.Task | None = None
+        # Whether the router has another version to serve this one's requests (RouterCore sets
+        # it). Without one, a mark-down only turns calls that would wait for a replica into 503s
+        # at once: live (2026-12-07), the stable v1 of a canary at 100 %, which Ray Serve had
+        # scaled to zero while calls flowed, answered 585 of 1,570 requests 503 while its new
+        # replica started, where plain Ray Serve's callers would have waited and been served.
+        self.has_fallback: Callable[[], bool] = _always
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
         if self.down_reason is not None:
@@ -152,6 +158,10 @@ class WatchedVersion:
                     if await self._answers_probe():
                         logger.info("serve-ab router: version %s answers again", self.name)
                         self.down_reason = None
+                    elif not self.has_fallback():  # e.g. promoted to 100 % while down: calls wait
+                        logger.info("serve-ab router: version %s is no longer held down: no other version "
+                                    "can serve its requests, so they wait for its replicas", self.name)
+                        self.down_reason = None
                     continue
                 answered = answered or self._progress
                 if s.scales_to_zero and not self._pending and not self._progress:
@@ -163,8 +173,8 @@ class WatchedVersion:
                 stalled = bool(self._pending) and not self._progress
                 stalled_s = stalled_s + s.interval_s if stalled else 0.0
                 idle_s = 0.0 if self._pending or self._progress else idle_s + s.interval_s
-                if answered and stalled_s >= s.stall_s and not await self._answers_probe() \
-                        and not self._progress:
+                if answered and stalled_s >= s.stall_s and self.has_fallback() \
+                        and not await self._answers_probe() and not self._progress:
                     self._mark_down(stalled_s)
                     stalled_s = 0.0
         except Exception:  # a watchdog bug must not keep the version down: back to waiting
@@ -226,6 +236,10 @@ class WatchedVersion:
             # landed yet).
             self._cancelled.setdefault(call, VersionUnavailable(self.down_reason))
             call.cancel()
+
+
+def _always() -> bool:
+    return True
 
 
 def _caller_cancelled() -> bool:

@@ -1034,3 +1034,55 @@ def test_only_a_version_whose_autoscaling_may_reach_zero_replicas_is_taken_to_sc
     assert not settings(deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}}).scales_to_zero
     assert not settings(deployment={"num_replicas": 1}).scales_to_zero
     assert not settings().scales_to_zero and settings().call_timeout_s == 7
+
+
+def test_a_version_with_nowhere_to_fail_over_to_is_never_held_down(caplog):
+    # Live (2026-12-07, the autoscaling test on a quiet machine): the canary's stable v1 at
+    # 100 %, scaled to zero by Ray while calls flowed, was marked down as its new replica
+    # started: 585 of 1,570 requests got a 503 where plain Ray Serve's callers would have waited.
+    clock = FakeClock()
+    calls = FakeCalls()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+    batch = np.zeros((1, 64), np.float32)
+    fallback = {"there": False}
+
+    async def go():
+        version = WatchedVersion("v1", calls, lambda err: False, settings, sleep=clock.sleep, clock=clock)
+        version.has_fallback = lambda: fallback["there"]
+        await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        await version.predict(batch)  # seen answering while watched
+        calls.stalled = True
+        loop = asyncio.get_running_loop()
+        waiting = loop.create_task(version.predict(batch))
+        started_s = clock()
+        while clock() - started_s < 10 * (settings.stall_s + settings.probe_timeout_s):
+            await clock.sleep(settings.interval_s)
+        assert version.down_reason is None and not waiting.done()  # it waits, as on plain Ray Serve
+        fallback["there"] = True  # the weights moved: another version can serve for it
+        while version.down_reason is None and clock() - started_s < 60:
+            await clock.sleep(settings.interval_s)
+        assert version.down_reason is not None
+        with pytest.raises(VersionUnavailable):
+            await waiting  # cut, for the router to serve on the other version
+        fallback["there"] = False  # e.g. promoted to 100 % while down: its calls wait again
+        while version.down_reason is not None and clock() - started_s < 120:
+            await clock.sleep(settings.interval_s)
+        assert version.down_reason is None
+        calls.stalled = False
+        return await version.predict(batch)
+
+    assert run(go()).shape == (1, 10)
+    assert "no longer held down: no other version can serve its requests" in caplog.text
+
+
+def test_the_router_tells_each_watched_version_whether_another_can_serve_for_it():
+    settings = WatchdogSettings()
+    versions = {name: WatchedVersion(name, FakeCalls(), lambda err: False, settings) for name in ("v1", "v2")}
+    core = make_core(versions, weights={"v1": 100, "v2": 0},
+                     rollout={"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"set_weight": 20}]})
+    core._agreed.update(versions)  # both answered describe() with the experiment's interface
+    assert not versions["v1"].has_fallback()  # the stable at 100 %: nowhere else to go
+    assert versions["v2"].has_fallback()  # the candidate falls back on the stable
+    core.decision.assigner.set_weights({"v1": 80, "v2": 20})
+    assert versions["v1"].has_fallback()
