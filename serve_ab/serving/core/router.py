@@ -233,7 +233,11 @@ class RouterCore:
 
     def has_fallback(self, version: str) -> bool:
         """Whether another version would serve ``version``'s assigned requests were it down."""
-        return self.decision.fallback_for(version, self._agreed) is not None
+        fallback = self.decision.fallback_for(version, self._agreed)
+        # One held down by its own watchdog fails the retry at once: no better than none. Else
+        # two versions that stall together, each the other's fallback, were both held down and
+        # answered every request 503, where their calls would have waited for their replicas.
+        return fallback is not None and getattr(self.versions.get(fallback), "down_reason", None) is None
 
     def failed_versions(self) -> dict[str, str]:
         """The versions that cannot serve now, each with why (a load error, a describe that

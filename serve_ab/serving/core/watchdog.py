@@ -173,8 +173,9 @@ class WatchedVersion:
                 stalled = bool(self._pending) and not self._progress
                 stalled_s = stalled_s + s.interval_s if stalled else 0.0
                 idle_s = 0.0 if self._pending or self._progress else idle_s + s.interval_s
+                # Asked again after the probe: the fallback may have been held down meanwhile.
                 if answered and stalled_s >= s.stall_s and self.has_fallback() \
-                        and not await self._answers_probe() and not self._progress:
+                        and not await self._answers_probe() and not self._progress and self.has_fallback():
                     self._mark_down(stalled_s)
                     stalled_s = 0.0
         except Exception:  # a watchdog bug must not keep the version down: back to waiting

@@ -1086,3 +1086,45 @@ def test_the_router_tells_each_watched_version_whether_another_can_serve_for_it(
     assert versions["v2"].has_fallback()  # the candidate falls back on the stable
     core.decision.assigner.set_weights({"v1": 80, "v2": 20})
     assert versions["v1"].has_fallback()
+
+
+def test_a_version_whose_fallback_is_held_down_is_not_held_down_too():
+    # An A/B test's two isolated versions stall together (a lost node; both scaled to zero by
+    # Ray while calls flowed): each was the other's fallback, both were held down, and every
+    # request got a 503, the retry on the other version failing at once. The first held down
+    # is served on the other, whose calls wait for its replicas.
+    clock = FakeClock()
+    settings = WatchdogSettings(interval_s=0.25, stall_s=1.0, probe_timeout_s=2.0, idle_exit_s=30.0)
+    batch = np.zeros((1, 64), np.float32)
+    calls = {name: FakeCalls() for name in ("v1", "v2")}
+
+    async def go():
+        versions = {name: WatchedVersion(name, calls[name], lambda err: False, settings,
+                                         sleep=clock.sleep, clock=clock) for name in calls}
+        core = make_core(versions, clock=clock)  # 50/50, v1 the control
+        core._agreed.update(versions)
+        for version in versions.values():
+            await version.predict(batch)  # starts the watchdog
+        await asyncio.sleep(0)
+        for version in versions.values():
+            await version.predict(batch)  # seen answering while watched
+        for fake in calls.values():
+            fake.stalled = True
+        loop = asyncio.get_running_loop()
+        waiting = {name: loop.create_task(version.predict(batch)) for name, version in versions.items()}
+        started_s = clock()
+        while clock() - started_s < 10 * (settings.stall_s + settings.probe_timeout_s):
+            await clock.sleep(settings.interval_s)
+        down = sorted(name for name, version in versions.items() if version.down_reason is not None)
+        assert len(down) == 1, down  # not both: the one held down is served on the other
+        up = "v2" if down == ["v1"] else "v1"
+        assert not waiting[up].done() and not versions[up].has_fallback()  # its calls wait
+        assert versions[down[0]].has_fallback()
+        for fake in calls.values():
+            fake.stalled = False
+        waiting[up].cancel()
+        while versions[down[0]].down_reason is not None and clock() - started_s < 120:
+            await clock.sleep(settings.interval_s)
+        return [(await version.predict(batch)).shape for version in versions.values()]
+
+    assert run(go()) == [(1, 10), (1, 10)]
