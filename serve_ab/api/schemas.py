@@ -156,11 +156,7 @@ class V2Tensor(BaseModel):
     def _no_shared_memory(cls, value: Any) -> Any:
         # Before the fields: a tensor in shared memory has no data, and "data: field required"
         # would hide the reason.
-        if isinstance(value, dict):
-            refusal = shared_memory_refusal(value.get("parameters"), f"input {_name_of(value)}")
-            if refusal is not None:
-                raise ValueError(refusal)
-        return value
+        return _not_in_shared_memory(value, "input")
 
     @field_validator("data")
     @classmethod
@@ -197,16 +193,18 @@ class V2RequestedOutput(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_shared_memory(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            refusal = shared_memory_refusal(value.get("parameters"), f"output {_name_of(value)}")
-            if refusal is not None:
-                raise ValueError(refusal)
-        return value
+        return _not_in_shared_memory(value, "output")
 
 
-def _name_of(tensor: dict[str, Any]) -> str:
-    name = tensor.get("name")
-    return f"'{name[:80]}'" if isinstance(name, str) else "(unnamed)"
+def _not_in_shared_memory(tensor: Any, role: str) -> Any:
+    """A tensor's raw fields, as given, unless its parameters name a shared-memory region."""
+    if isinstance(tensor, dict):
+        name = tensor.get("name")
+        named = f"'{name[:80]}'" if isinstance(name, str) else "(unnamed)"
+        refusal = shared_memory_refusal(tensor.get("parameters"), f"{role} {named}")
+        if refusal is not None:
+            raise ValueError(refusal)
+    return tensor
 
 
 class V2InferRequest(BaseModel):
