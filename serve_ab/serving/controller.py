@@ -106,16 +106,13 @@ class Checkpoint:
     owned: frozenset[str] = frozenset()
 
 
-_fingerprint = config_fingerprint
-
-
 def _same_config(saved: Any, fingerprint: str) -> bool:
     """Whether a saved run's fingerprint is this config's: the same text, or (saved by an
     earlier release) a whole config that reads back as this one."""
     if saved == fingerprint:
         return True
     try:
-        return _fingerprint(ExperimentConfig.model_validate(json.loads(saved))) == fingerprint
+        return config_fingerprint(ExperimentConfig.model_validate(json.loads(saved))) == fingerprint
     except (TypeError, ValueError):  # not text, not JSON, or not a config of today's schema
         return False
 
@@ -377,7 +374,7 @@ class ControllerCore:
         whole config, defaults included, is read back through today's schema and compared
         the same way; its saved fingerprint is left as it was, so that a rollback to that
         release still continues it."""
-        fingerprint = _fingerprint(self.cfg)
+        fingerprint = config_fingerprint(self.cfg)
         key = f"run:{self.cfg.model}"
         saved = self.store.load(key)
         if saved is not None and _same_config(saved.get("fingerprint"), fingerprint):
