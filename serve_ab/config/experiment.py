@@ -566,7 +566,11 @@ class ControlConfig(_Strict):
 
 def _check_sqlite_path(field: str, path: str) -> str:
     """A SQLite file's path: a directory there (or a name ending in /) cannot be opened as one."""
-    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+    try:
+        is_dir = path.endswith(("/", os.sep)) or Path(path).is_dir()
+    except OSError:  # a name too long (ENAMETOOLONG): resolve_model_paths names the field and why
+        is_dir = False
+    if is_dir:
         raise ValueError(f"{field} {path!r} is a directory; give the path of a SQLite file (created "
                          "if missing), e.g. .serve-ab/state.sqlite")
     return path

@@ -177,6 +177,28 @@ def test_a_path_no_file_system_takes_is_named_by_its_field(tmp_path, capsys):
     assert "controller.state_path: a name in it is over 255 bytes" in out and "this is a bug" not in out
 
 
+def test_a_path_too_long_for_the_file_system_is_named_by_its_field_not_a_crash(tmp_path, capsys):
+    """A long first name (the file system answers ENAMETOOLONG before ENOENT) or a path over
+    PATH_MAX made validate (and the app's build) raise OSError: "this is a bug in serve-ab validate"."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "blue_green.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["controller"] = {"state_path": "s" * 300}
+    args["analysis"] = {"records": {"path": "r" * 300 + "/runs.sqlite"}}
+    args["versions"][0]["path"] = "d/" * 2100 + "model.onnx"  # 4,210 bytes, names of one byte
+    args["rollout"]["blue_green"]["validation_samples"] = "v/" * 2100 + "samples.npz"
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "this is a bug" not in out, out
+    assert "  - applications.0.args.controller.state_path: a name in it is over 255 bytes" in out, out
+    assert "  - applications.0.args.analysis.records.path: a name in it is over 255 bytes" in out, out
+    for field in ("versions.0.path", "rollout.blue_green.validation_samples"):
+        assert f"  - applications.0.args.{field}: it is " in out and "over the 4,095 a path may be" in out, out
+
+
 def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tmp_path, capsys):
     import yaml
 
