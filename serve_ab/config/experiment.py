@@ -138,12 +138,18 @@ class BatchingConfig(_Strict):
 RAY_METRICS_INTERVAL_S = 10.0
 
 
+# Ray Serve sends a deployment's config to its controller as protobuf, where num_replicas is
+# an int32 (and the autoscaling replica counts uint32): a larger count passes Ray's own
+# schema and `serve run` then fails to deploy with "Value out of range", naming no field.
+MAX_REPLICAS = 2**31 - 1
+
+
 class AutoscalingConfig(_Strict):
     """The part of Ray Serve's autoscaling_config that serve-ab passes through."""
 
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas, 0 allows scale to zero.")
-    max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="Fewest replicas, 0 allows scale to zero.")
+    max_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
+    initial_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS, description="Replicas at deploy time.")
     target_ongoing_requests: float = Field(
         2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
     )
@@ -214,7 +220,8 @@ class DeploymentOptions(_Strict):
     """Ray Serve options of one deployment (the router, or a version in isolated placement)."""
 
     num_replicas: int | None = Field(
-        None, ge=1, description="Fixed replica count; leave unset when autoscaling_config is set."
+        None, ge=1, le=MAX_REPLICAS,
+        description="Fixed replica count; leave unset when autoscaling_config is set."
     )
     autoscaling_config: AutoscalingConfig | None = Field(
         None, description="Ray Serve autoscaling; excludes num_replicas."

@@ -655,3 +655,24 @@ def test_validate_says_what_is_wrong_with_a_file_it_cannot_read(tmp_path, capsys
     assert cli_main(["validate", "--no-check-files", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"  - {path}: {error}" in out and "this is a bug" not in out
+
+
+def test_a_replica_count_past_what_ray_serve_can_deploy_is_refused_by_field():
+    """Ray Serve keeps num_replicas as a protobuf int32 and the autoscaling counts as uint32:
+    2**31 replicas passed validate, then `serve run` failed to deploy with "Value out of
+    range: 2147483648", naming no field."""
+    errors = errors_of(with_changes(router={"num_replicas": 2**31}))
+    assert errors == ["router.num_replicas: Input should be less than or equal to 2147483647 (got 2147483648)"]
+    versions = copy.deepcopy(GOOD["versions"])
+    versions[1]["deployment"] = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 10**30}}
+    errors = errors_of(with_changes(placement="isolated", versions=versions))
+    assert errors == ["versions.1.deployment.autoscaling_config.max_replicas: Input should be less than or equal "
+                      "to 2147483647 (got 1000000000000000000000000000000)"]
+
+    from ray.serve._private.config import DeploymentConfig
+
+    from serve_ab.config.experiment import MAX_REPLICAS
+
+    DeploymentConfig(num_replicas=MAX_REPLICAS).to_proto_bytes()  # the bound is one Ray takes
+    with pytest.raises(ValueError, match="out of range"):
+        DeploymentConfig(num_replicas=MAX_REPLICAS + 1).to_proto_bytes()
