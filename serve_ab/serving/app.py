@@ -29,6 +29,7 @@ from serve_ab.config.experiment import (
 )
 from serve_ab.config._base import path_problem
 from serve_ab.config.rollout import shown_value
+from serve_ab.config.serve_file import version_deployment
 from serve_ab.serving.controller import ExperimentController
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
@@ -158,7 +159,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     if isolated:
         pools = {
             version.name: ModelPool.options(
-                name=f"version-{version.name}",
+                name=version_deployment(version.name),
                 **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), env),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions

@@ -317,3 +317,40 @@ def test_ctrl_c_ends_the_command_with_130_and_no_traceback():
                        "command.check_file = interrupted\n"
                        "sys.exit(command.main(['validate', 'configs/ab.yaml']))", subprocess.PIPE)
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
+
+
+def test_route_prefix_and_deployment_overrides_ray_refuses_only_at_deploy_are_refused(tmp_path, capsys):
+    """Ray Serve's schema takes route_prefix: abc and a deployments: override of a deployment
+    the app does not make; `serve run` then fails to deploy ('Route prefix must start with
+    "/"', "Deployment 'Nope' does not exist"), after validate said ok."""
+    import yaml
+
+    def check(change) -> str:
+        config = yaml.safe_load(GOOD.read_text())
+        change(config["applications"][0])
+        path = tmp_path / "app.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cli.main(["validate", str(path)])
+        return capsys.readouterr().out
+
+    out = check(lambda app: app.update(route_prefix="abc"))
+    assert "  - applications.0.route_prefix: 'abc' must start with /, e.g. '/abc'" in out, out
+    out = check(lambda app: app.update(route_prefix="/abc/"))
+    assert "  - applications.0.route_prefix: '/abc/' must not end with / (unless it is just /), e.g. '/abc'" in out
+    out = check(lambda app: app.update(deployments=[{"name": "Nope", "num_replicas": 3}]))
+    assert ("  - applications.0.deployments.0.name: 'Nope' is not a deployment of this app; its deployments are "
+            "Router, Controller") in out, out
+    for fine in ({"route_prefix": "/digits"}, {"route_prefix": None}, {"deployments": [{"name": "Router"}]}):
+        assert check(lambda app: app.update(fine)).endswith("ok\n"), fine
+
+    isolated = REPO_ROOT / "configs" / "ab_isolated.yaml"
+    config = yaml.safe_load(isolated.read_text())
+    config["applications"][0]["deployments"] = [{"name": "version-v2", "max_ongoing_requests": 32},
+                                                {"name": "version-v9"}]
+    path = tmp_path / "isolated.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "applications.0.deployments.0" not in out
+    assert ("  - applications.0.deployments.1.name: 'version-v9' is not a deployment of this app; its deployments "
+            "are Router, Controller, version-v1, version-v2") in out, out
