@@ -31,6 +31,7 @@ from serve_ab.config.serve_file import (
     check_app,
     deployment_override_errors,
     load_yaml,
+    port_errors,
     version_deployment,
 )
 from serve_ab.routing import NUM_BUCKETS
@@ -221,6 +222,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
     except ImportError as err:  # Ray's schema imports the classes a file names (request_router_class, ...)
         errors.append(f"Ray Serve's schema could not import a class this file names ({err}); is its module "
                       "on the import path? (--app-dir, as serve run's)")
+    errors += port_errors(raw)
     warnings += unknown_keys(raw, ServeDeploySchema, ray_version=ray.__version__)
     apps = raw.get("applications") or []
     found = False

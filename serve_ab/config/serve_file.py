@@ -65,6 +65,19 @@ def version_deployment(version: str) -> str:
     return f"version-{version}"
 
 
+def port_errors(raw: dict[str, Any]) -> list[str]:
+    """``http_options.port`` and ``grpc_options.port`` past what a socket binds (0-65535):
+    Ray Serve's schema takes any int, and its proxy then fails to start with "bind(): port
+    must be 0-65535", naming no field."""
+    errors = []
+    for section in ("http_options", "grpc_options"):
+        options = raw.get(section)
+        port = options.get("port") if isinstance(options, dict) else None
+        if isinstance(port, int) and not isinstance(port, bool) and not 0 <= port <= 65535:
+            errors.append(f"{section}.port: {port} is not a TCP port (0 to 65535), e.g. 8000")
+    return errors
+
+
 def route_prefix_errors(app: dict[str, Any], where: str) -> list[str]:
     """Ray Serve's rules for an app's route_prefix (ray.serve._private.utils.validate_route_prefix),
     which its schema leaves to deploy time, where `serve run` fails naming no field."""

@@ -354,3 +354,17 @@ def test_route_prefix_and_deployment_overrides_ray_refuses_only_at_deploy_are_re
     assert "applications.0.deployments.0" not in out
     assert ("  - applications.0.deployments.1.name: 'version-v9' is not a deployment of this app; its deployments "
             "are Router, Controller, version-v1, version-v2") in out, out
+
+
+def test_a_port_no_socket_binds_is_refused_by_field(tmp_path, capsys):
+    """Ray Serve's schema takes http_options.port: 99999; its proxy then fails to bind."""
+    import yaml
+
+    for section, port in (("http_options", 99999), ("grpc_options", -1)):
+        config = yaml.safe_load(GOOD.read_text())
+        config.setdefault(section, {})["port"] = port
+        path = tmp_path / "port.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert cli.main(["validate", str(path)]) == 1
+        assert f"  - {section}.port: {port} is not a TCP port (0 to 65535), e.g. 8000" in \
+            capsys.readouterr().out
