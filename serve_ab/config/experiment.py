@@ -7,6 +7,7 @@ errors, and every error names the field path, the value received and what is val
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -1138,11 +1139,31 @@ def format_validation_error(err: ValidationError, prefix: str = "",
         elif item["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key (got {shown_value(received)}){unknown_key_hint(model, item['loc'])}")
         else:
-            lines.append(f"{path}: {message} (got {shown_value(received)}){_yaml_number_hint(item['type'], received)}")
+            hint = _yaml_number_hint(item["type"], received) or _yaml_text_hint(item["type"], received)
+            lines.append(f"{path}: {message} (got {shown_value(received)}){hint}")
     return lines
 
 
 _NUMBER_TYPES = ("float_type", "int_type", "float_parsing", "int_parsing")
+
+
+def _yaml_text_hint(error_type: str, received: Any) -> str:
+    """Why text written in YAML arrived as something else: YAML 1.1 (PyYAML, hence Ray) reads
+    an unquoted no/off/yes/on as a boolean, 010 as octal 8, 0x1F as 31, 12:30 as 750 (base 60),
+    2026-12-07 as a date and ~ (or nothing) as null, so the value quoted is not the one typed."""
+    if error_type != "string_type":
+        return ""
+    if isinstance(received, bool):
+        what = f"the boolean {str(received).lower()} (yes, no, on, off, y, n are booleans there)"
+    elif isinstance(received, (int, float)):
+        what = f"the number {received!r} (010 is octal, 0x1F hex, 12:30 base 60 there)"
+    elif isinstance(received, (datetime.date, datetime.datetime)):
+        what = f"a date ({received.isoformat()})"
+    elif received is None:
+        what = "null (~, null or nothing)"
+    else:
+        return ""
+    return f"; YAML reads that unquoted value as {what}: if it is text, quote it, e.g. 'no' or '010'"
 
 
 def _yaml_number_hint(error_type: str, received: Any) -> str:

@@ -233,6 +233,17 @@ def text_mutations(name: str, text: str) -> Iterator[Mutation]:
                 m = re.sub(pattern, lambda match: match.group(1) + word, text, count=1)
                 field = pattern.split("(")[1].split(":")[0]
                 yield Mutation(f"{name}:yaml_{word}:{field}", name, f"yaml_{word}", field, m, False)
+    # text fields given what YAML 1.1 reads as something else (the Norway problem): refused,
+    # with a hint to quote them; what it reads as text is accepted
+    for word, is_text in (("no", False), ("off", False), ("yes", False), ("010", False), ("0x1F", False),
+                          ("12:30", False), ("2026-12-07", False), ("~", False), ("1_000", False),
+                          ("1.0e+3", False), (".inf", False), ("1e3", True), ("'010'", True), ("!!str 5", True),
+                          ("\"no\"", True)):
+        for pattern in (r"(salt: )[\w-]+", r"(field: )[\w-]+"):
+            if re.search(pattern, text):
+                m = re.sub(pattern, lambda match: match.group(1) + word, text, count=1)
+                field = pattern.split("(")[1].split(":")[0]
+                yield Mutation(f"{name}:yaml_text_{word}:{field}", name, f"yaml_text_{word}", field, m, not is_text)
     # an anchor and an alias: valid YAML, the same config
     if "versions:" in text and "- {name: v1" in text:
         m = text.replace("- {name: v1", "- &first {name: v1", 1)

@@ -676,3 +676,17 @@ def test_a_replica_count_past_what_ray_serve_can_deploy_is_refused_by_field():
     DeploymentConfig(num_replicas=MAX_REPLICAS).to_proto_bytes()  # the bound is one Ray takes
     with pytest.raises(ValueError, match="out of range"):
         DeploymentConfig(num_replicas=MAX_REPLICAS + 1).to_proto_bytes()
+
+
+@pytest.mark.parametrize("written, read_as", [
+    ("no", "the boolean false"), ("010", "the number 8"), ("0x1F", "the number 31"), ("12:30", "the number 750"),
+    ("2026-12-07", "a date (2026-12-07)"), ("~", "null"),
+])
+def test_text_yaml_reads_as_another_type_is_named_with_a_hint_to_quote_it(written, read_as):
+    """YAML 1.1 reads an unquoted salt: 12:30 as 750 (base 60); the error quoted 750, or
+    datetime.date(2026, 12, 7), and not why: the user never wrote either."""
+    args = yaml.safe_load(f"salt: {written}")
+    errors = errors_of(with_changes(assignment={"key": "json", "field": "user_id", **args}))
+    assert len(errors) == 1 and errors[0].startswith("assignment.salt: Input should be a valid string (got "), errors
+    assert f"YAML reads that unquoted value as {read_as}" in errors[0] and "quote it" in errors[0], errors
+    assert "datetime" not in errors[0], errors
