@@ -151,13 +151,16 @@ class AutoscalingConfig(_Strict):
     min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="Fewest replicas, 0 allows scale to zero.")
     max_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
     initial_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS, description="Replicas at deploy time.")
+    # allow_inf_nan=False: Ray takes .inf (never scale), but the config is saved as JSON with
+    # the run record, which has no infinity: every save of the record then failed.
     target_ongoing_requests: float = Field(
-        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+        2.0, gt=0, allow_inf_nan=False, description="Ongoing requests per replica the autoscaler aims for."
     )
-    upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load before scaling up.")
-    downscale_delay_s: float = Field(600.0, ge=0, description="Sustained idle before scaling down.")
+    upscale_delay_s: float = Field(30.0, ge=0, allow_inf_nan=False, description="Sustained load before scaling up.")
+    downscale_delay_s: float = Field(600.0, ge=0, allow_inf_nan=False,
+                                     description="Sustained idle before scaling down.")
     look_back_period_s: float = Field(
-        30.0, gt=RAY_METRICS_INTERVAL_S,
+        30.0, gt=RAY_METRICS_INTERVAL_S, allow_inf_nan=False,
         description="Window over which Ray averages the ongoing requests it scales on; more than "
         f"the {RAY_METRICS_INTERVAL_S:g} s at which replicas report them.",
     )
@@ -728,7 +731,7 @@ class RecordsConfig(_Strict):
         description="SQLite file of run records (configuration and latest results of each "
         "experiment); a relative path is resolved against the directory serve runs in.",
     )
-    interval_s: float = Field(60.0, gt=0, description="How often the run record is refreshed.")
+    interval_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="How often the run record is refreshed.")
     mlflow: bool = Field(
         False, description="Also log each run record to MLflow (needs mlflow installed; the "
         "tracking URI comes from MLFLOW_TRACKING_URI)."

@@ -10,6 +10,7 @@ be valid refused. Mutations that keep the config valid must be accepted.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from serve_ab.cli.command import check_file
+from serve_ab.config.experiment import parse_experiment
 from tests.fuzz.config_mutations import REPO_ROOT, Mutation, all_mutations, bases
 
 # What a reader should never have to decode: a traceback, pydantic's own dump or its URL,
@@ -47,10 +49,26 @@ def _names_field(error: str, mutation: Mutation) -> bool:
                                                      for k in range(3, len(parts) + 1))
 
 
+def _unstorable(mutation: Mutation) -> list[str]:
+    """An accepted experiment must be one the controller can save with its run record: plain
+    JSON, no infinity or NaN (store/runs.py). Accepted and then failing there is the worst
+    answer: an autoscaling delay of .inf served, and every save of the record failed."""
+    out = []
+    for index, app in enumerate(yaml.safe_load(mutation.text).get("applications") or []):
+        if not str(app.get("import_path", "")).endswith(":build_app"):
+            continue
+        stored = parse_experiment(app.get("args")).model_dump(mode="json")
+        try:
+            json.dumps(stored, allow_nan=False)
+        except ValueError as err:
+            out.append(f"{mutation.id}: applications.{index}: {err}")
+    return out
+
+
 def test_every_mutation_gets_an_answer_a_user_can_act_on(mutations, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # the configs' model paths are relative to the checkout
     assert len(mutations) > 5000, len(mutations)
-    crashes, unreadable, unnamed, accepted = [], [], [], []
+    crashes, unreadable, unnamed, accepted, unstorable = [], [], [], [], []
     for mutation in mutations:
         try:
             errors = _check(mutation, tmp_path)
@@ -66,14 +84,18 @@ def test_every_mutation_gets_an_answer_a_user_can_act_on(mutations, tmp_path, mo
             unnamed.append(f"{mutation.id}: {errors[:2]}")
         if mutation.must_refuse and not errors:
             accepted.append(mutation.id)
+        if not errors:
+            unstorable += _unstorable(mutation)
         if mutation.kind.startswith("yaml_text_") and errors and not any("quote it" in e for e in errors):
             unreadable.append(f"{mutation.id}: no hint that YAML read the unquoted text as another type: {errors[0]}")
     print(f"\n{len(mutations)} mutations; crashes {len(crashes)}, unreadable errors {len(unreadable)}, "
-          f"errors not naming the field {len(unnamed)}, invalid ones accepted {len(accepted)}")
+          f"errors not naming the field {len(unnamed)}, invalid ones accepted {len(accepted)}, "
+          f"accepted ones the run record cannot store {len(unstorable)}")
     assert crashes == [], "\n".join(crashes[:20])
     assert unreadable == [], "\n".join(unreadable[:20])
     assert unnamed == [], "\n".join(unnamed[:20])
     assert accepted == [], "\n".join(accepted[:20])
+    assert unstorable == [], "\n".join(unstorable[:20])
 
 
 def _valid_variants(name: str, tree: dict) -> list[tuple[str, str]]:

@@ -690,3 +690,16 @@ def test_text_yaml_reads_as_another_type_is_named_with_a_hint_to_quote_it(writte
     assert len(errors) == 1 and errors[0].startswith("assignment.salt: Input should be a valid string (got "), errors
     assert f"YAML reads that unquoted value as {read_as}" in errors[0] and "quote it" in errors[0], errors
     assert "datetime" not in errors[0], errors
+
+
+@pytest.mark.parametrize("field", ["target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+                                   "look_back_period_s"])
+def test_an_infinite_autoscaling_setting_is_refused_as_the_run_record_cannot_store_it(field):
+    """Live: upscale_delay_s: .inf served (Ray reads it as never), and then every save of the run
+    record failed ('config is not plain JSON (Out of range float values are not JSON compliant)')."""
+    versions = copy.deepcopy(GOOD["versions"])
+    versions[1]["deployment"] = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, field: float("inf")}}
+    errors = errors_of(with_changes(placement="isolated", versions=versions))
+    assert errors == [f"versions.1.deployment.autoscaling_config.{field}: Input should be a finite number (got inf)"]
+    errors = errors_of(with_changes(analysis={"records": {"interval_s": float("inf")}}))
+    assert errors == ["analysis.records.interval_s: Input should be a finite number (got inf)"]
