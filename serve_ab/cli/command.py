@@ -24,7 +24,16 @@ from serve_ab.config.experiment import (
 from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
 from serve_ab.cli.preflight import LOAD_TIMEOUT_S
 from serve_ab.config.known_keys import unknown_keys
-from serve_ab.config.serve_file import AppKind, check_app, load_yaml
+from serve_ab.config.serve_file import (
+    CONTROLLER_DEPLOYMENT,
+    ROUTER_DEPLOYMENT,
+    AppKind,
+    check_app,
+    deployment_override_errors,
+    load_yaml,
+    port_errors,
+    version_deployment,
+)
 from serve_ab.routing import NUM_BUCKETS
 from serve_ab.store.state import describe_store
 
@@ -213,6 +222,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
     except ImportError as err:  # Ray's schema imports the classes a file names (request_router_class, ...)
         errors.append(f"Ray Serve's schema could not import a class this file names ({err}); is its module "
                       "on the import path? (--app-dir, as serve run's)")
+    errors += port_errors(raw)
     warnings += unknown_keys(raw, ServeDeploySchema, ray_version=ray.__version__)
     apps = raw.get("applications") or []
     found = False
@@ -229,6 +239,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
                 errors += app_errors
                 if cfg is not None:
                     experiments.append((prefix, cfg))
+                    errors += deployment_override_errors(app, f"applications.{index}", experiment_deployments(cfg))
     errors += shared_state_errors(experiments)
     if not found and not errors:
         errors.append(
@@ -236,6 +247,12 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
             "serve_ab.serving.app:build_app); nothing for serve-ab to check"
         )
     return errors
+
+
+def experiment_deployments(cfg: ExperimentConfig) -> list[str]:
+    """The deployments serve-ab's builder makes for ``cfg`` (serving/app.py)."""
+    versions = [version_deployment(v.name) for v in cfg.versions] if cfg.placement is Placement.ISOLATED else []
+    return [ROUTER_DEPLOYMENT, CONTROLLER_DEPLOYMENT, *versions]
 
 
 def _misread_serve_file(raw: dict) -> str | None:

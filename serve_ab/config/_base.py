@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -15,6 +17,27 @@ VERSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 WEIGHT_RESOLUTION_PCT = 100.0 / NUM_BUCKETS
 # An HTTP header name is a token (RFC 9110 5.1): no spaces, no colon.
 HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
+# The longest name of one file or directory most file systems take (ext4, XFS, APFS, NTFS),
+# and the longest path Linux opens (PATH_MAX, 4096, less the NUL that ends it): past either,
+# every call on the path fails with ENAMETOOLONG, an OSError that names no field.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def path_problem(text: str, base_dir: str | None = None) -> str | None:
+    """Why no file system takes the path ``text`` (relative ones joined to ``base_dir``), or
+    None: a NUL byte, a name over MAX_NAME_BYTES or the whole over MAX_PATH_BYTES."""
+    if "\x00" in text:
+        return "holds a NUL byte, which no file name can"
+    if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in Path(text).parts):
+        return f"a name in it is over {MAX_NAME_BYTES} bytes, more than file systems take"
+    full = os.path.join(base_dir, text) if base_dir is not None else text
+    if len(os.fsencode(full)) > MAX_PATH_BYTES:
+        where = f" (joined to {base_dir})" if base_dir is not None and full != text else ""
+        return f"it is {len(os.fsencode(full)):,} bytes long{where}, over the {MAX_PATH_BYTES:,} a path may be"
+    return None
+
+
 # Ray refuses these in a resources dict (ray/_common/utils.py, resources_from_ray_options),
 # and quantities finer than 1/10000 (ray_option_utils._validate_resource_quantity).
 RAY_RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", "bundle")

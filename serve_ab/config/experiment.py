@@ -7,6 +7,7 @@ errors, and every error names the field path, the value received and what is val
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -138,19 +139,28 @@ class BatchingConfig(_Strict):
 RAY_METRICS_INTERVAL_S = 10.0
 
 
+# Ray Serve sends a deployment's config to its controller as protobuf, where num_replicas is
+# an int32 (and the autoscaling replica counts uint32): a larger count passes Ray's own
+# schema and `serve run` then fails to deploy with "Value out of range", naming no field.
+MAX_REPLICAS = 2**31 - 1
+
+
 class AutoscalingConfig(_Strict):
     """The part of Ray Serve's autoscaling_config that serve-ab passes through."""
 
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas, 0 allows scale to zero.")
-    max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="Fewest replicas, 0 allows scale to zero.")
+    max_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
+    initial_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS, description="Replicas at deploy time.")
+    # allow_inf_nan=False: Ray takes .inf (never scale), but the config is saved as JSON with
+    # the run record, which has no infinity: every save of the record then failed.
     target_ongoing_requests: float = Field(
-        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+        2.0, gt=0, allow_inf_nan=False, description="Ongoing requests per replica the autoscaler aims for."
     )
-    upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load before scaling up.")
-    downscale_delay_s: float = Field(600.0, ge=0, description="Sustained idle before scaling down.")
+    upscale_delay_s: float = Field(30.0, ge=0, allow_inf_nan=False, description="Sustained load before scaling up.")
+    downscale_delay_s: float = Field(600.0, ge=0, allow_inf_nan=False,
+                                     description="Sustained idle before scaling down.")
     look_back_period_s: float = Field(
-        30.0, gt=RAY_METRICS_INTERVAL_S,
+        30.0, gt=RAY_METRICS_INTERVAL_S, allow_inf_nan=False,
         description="Window over which Ray averages the ongoing requests it scales on; more than "
         f"the {RAY_METRICS_INTERVAL_S:g} s at which replicas report them.",
     )
@@ -214,7 +224,8 @@ class DeploymentOptions(_Strict):
     """Ray Serve options of one deployment (the router, or a version in isolated placement)."""
 
     num_replicas: int | None = Field(
-        None, ge=1, description="Fixed replica count; leave unset when autoscaling_config is set."
+        None, ge=1, le=MAX_REPLICAS,
+        description="Fixed replica count; leave unset when autoscaling_config is set."
     )
     autoscaling_config: AutoscalingConfig | None = Field(
         None, description="Ray Serve autoscaling; excludes num_replicas."
@@ -566,7 +577,11 @@ class ControlConfig(_Strict):
 
 def _check_sqlite_path(field: str, path: str) -> str:
     """A SQLite file's path: a directory there (or a name ending in /) cannot be opened as one."""
-    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+    try:
+        is_dir = path.endswith(("/", os.sep)) or Path(path).is_dir()
+    except OSError:  # a name too long (ENAMETOOLONG): resolve_model_paths names the field and why
+        is_dir = False
+    if is_dir:
         raise ValueError(f"{field} {path!r} is a directory; give the path of a SQLite file (created "
                          "if missing), e.g. .serve-ab/state.sqlite")
     return path
@@ -716,7 +731,7 @@ class RecordsConfig(_Strict):
         description="SQLite file of run records (configuration and latest results of each "
         "experiment); a relative path is resolved against the directory serve runs in.",
     )
-    interval_s: float = Field(60.0, gt=0, description="How often the run record is refreshed.")
+    interval_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="How often the run record is refreshed.")
     mlflow: bool = Field(
         False, description="Also log each run record to MLflow (needs mlflow installed; the "
         "tracking URI comes from MLFLOW_TRACKING_URI)."
@@ -1127,11 +1142,31 @@ def format_validation_error(err: ValidationError, prefix: str = "",
         elif item["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key (got {shown_value(received)}){unknown_key_hint(model, item['loc'])}")
         else:
-            lines.append(f"{path}: {message} (got {shown_value(received)}){_yaml_number_hint(item['type'], received)}")
+            hint = _yaml_number_hint(item["type"], received) or _yaml_text_hint(item["type"], received)
+            lines.append(f"{path}: {message} (got {shown_value(received)}){hint}")
     return lines
 
 
 _NUMBER_TYPES = ("float_type", "int_type", "float_parsing", "int_parsing")
+
+
+def _yaml_text_hint(error_type: str, received: Any) -> str:
+    """Why text written in YAML arrived as something else: YAML 1.1 (PyYAML, hence Ray) reads
+    an unquoted no/off/yes/on as a boolean, 010 as octal 8, 0x1F as 31, 12:30 as 750 (base 60),
+    2026-12-07 as a date and ~ (or nothing) as null, so the value quoted is not the one typed."""
+    if error_type != "string_type":
+        return ""
+    if isinstance(received, bool):
+        what = f"the boolean {str(received).lower()} (yes, no, on, off, y, n are booleans there)"
+    elif isinstance(received, (int, float)):
+        what = f"the number {received!r} (010 is octal, 0x1F hex, 12:30 base 60 there)"
+    elif isinstance(received, (datetime.date, datetime.datetime)):
+        what = f"a date ({received.isoformat()})"
+    elif received is None:
+        what = "null (~, null or nothing)"
+    else:
+        return ""
+    return f"; YAML reads that unquoted value as {what}: if it is text, quote it, e.g. 'no' or '010'"
 
 
 def _yaml_number_hint(error_type: str, received: Any) -> str:

@@ -23,6 +23,7 @@ Durations are numbers of seconds or strings like ``"500ms"``, ``"30s"``, ``"5m"`
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import reprlib
@@ -68,6 +69,8 @@ def shown_value(value: Any, limit: int = SHOWN_CHARS) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value != 0 and math.log10(abs(value)) >= limit:
         # Also past Python's 4,300-digit limit on writing an int as text.
         return f"an integer of {math.floor(math.log10(abs(value))) + 1:,} digits"
+    if isinstance(value, (datetime.date, datetime.time)):  # YAML's 2026-12-07: as written, not Python's repr
+        return value.isoformat()
     if isinstance(value, (str, bytes)):
         text = repr(value[:limit + 1])
         size = f"{len(value):,} {'characters' if isinstance(value, str) else 'bytes'}"

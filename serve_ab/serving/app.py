@@ -27,7 +27,9 @@ from serve_ab.config.experiment import (
     parse_experiment,
     with_env_vars,
 )
+from serve_ab.config._base import path_problem
 from serve_ab.config.rollout import shown_value
+from serve_ab.config.serve_file import version_deployment
 from serve_ab.serving.controller import ExperimentController
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
@@ -42,13 +44,9 @@ CONTROLLER_SHUTDOWN_S = 5.0
 CONTROLLER_SHUTDOWN_LOOP_S = 0.2
 
 
-# The longest name of one file or directory most file systems take (ext4, XFS, APFS, NTFS).
-MAX_NAME_BYTES = 255
-
-
-def _unusable_paths(cfg: ExperimentConfig) -> list[str]:
-    """The config's file paths that no file system takes, by field: a NUL byte, or a name over
-    255 bytes. Named here; the checks below would raise ValueError or OSError naming no field."""
+def _unusable_paths(cfg: ExperimentConfig, base_dir: Path) -> list[str]:
+    """The config's file paths that no file system takes, by field: a NUL byte, a name over
+    255 bytes, or a path over 4,095 bytes once joined to ``base_dir``. Named here; the checks below would raise ValueError or OSError naming no field."""
     bg = cfg.rollout.blue_green if cfg.rollout is not None else None
     fields = [*((f"versions.{i}.path", v.path) for i, v in enumerate(cfg.versions)),
               ("controller.state_path", cfg.controller.state_path),
@@ -60,18 +58,16 @@ def _unusable_paths(cfg: ExperimentConfig) -> list[str]:
         if raw is None:
             continue
         text = str(raw)
-        if "\x00" in text:
-            errors.append(f"{field}: holds a NUL byte, which no file name can (got {shown_value(text)})")
-        elif any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in Path(text).parts):
-            errors.append(f"{field}: a name in it is over {MAX_NAME_BYTES} bytes, more than file systems take "
-                          f"(got {shown_value(text)})")
+        problem = path_problem(text, str(base_dir))
+        if problem is not None:
+            errors.append(f"{field}: {problem} (got {shown_value(text)})")
     return errors
 
 
 def resolve_model_paths(cfg: ExperimentConfig, base_dir: Path | None = None) -> ExperimentConfig:
     """Make model paths absolute (replicas may run elsewhere) and check they exist."""
     base_dir = base_dir or Path(os.getcwd())
-    unusable = _unusable_paths(cfg)
+    unusable = _unusable_paths(cfg, base_dir)
     if unusable:
         raise ConfigError(unusable)
     errors = []
@@ -163,7 +159,7 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     if isolated:
         pools = {
             version.name: ModelPool.options(
-                name=f"version-{version.name}",
+                name=version_deployment(version.name),
                 **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), env),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions

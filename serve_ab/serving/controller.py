@@ -38,6 +38,7 @@ from typing import Any
 from ray import serve
 
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
+from serve_ab.config.serve_file import CONTROLLER_DEPLOYMENT
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
 from serve_ab.rollout.feedback import PENDING_TTL_S, REQUEST_TTL_S, FeedbackJoin
@@ -782,7 +783,7 @@ def _load_statistics() -> None:
     import serve_ab.analysis.report  # noqa: F401
 
 
-@serve.deployment(name="Controller", num_replicas=1, max_ongoing_requests=1000)
+@serve.deployment(name=CONTROLLER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000)
 class ExperimentController:
     async def __init__(self, experiment: dict[str, Any]):
         cfg = parse_experiment(experiment)

@@ -18,7 +18,8 @@ Per version:
   (not pinned, not a retry on another version): the sample-ratio figure.
 - ``serve_ab_errors_total{kind}`` counter, kind in unavailable|output|model|input|cancelled
   (every kind is always present, 0 until it happens, so ``rate()`` has a series).
-- ``serve_ab_request_duration_seconds`` histogram: latency of successful requests.
+- ``serve_ab_request_duration_seconds`` histogram: the time the version took to answer each successful
+  request (what the latency gates judge), not the request end to end.
 - ``serve_ab_predictions_total{class}`` counter: predicted class of successful requests.
 - ``serve_ab_feedback_total{metric}`` counter: feedback reports joined to the version.
 - ``serve_ab_feedback_conversions_total{metric}`` counter: reports that converted
@@ -148,7 +149,8 @@ class _SnapshotCollector(Collector):
         errors = CounterMetricFamily(PREFIX + "errors_total", "Failed requests, per version and kind.",
                                      labels=[*labels, "kind"])
         duration = HistogramMetricFamily(PREFIX + "request_duration_seconds",
-                                         "Latency of successful requests, in seconds.", labels=labels)
+                                         "Time the version took to answer a successful request (its model call; isolated: the call to "
+                                         "its deployment), in seconds; not the HTTP request end to end.", labels=labels)
         predictions = CounterMetricFamily(PREFIX + "predictions_total",
                                           "Predicted class of successful requests.", labels=[*labels, "class"])
         feedback = CounterMetricFamily(PREFIX + "feedback_total", "Feedback reports joined to the version.",

@@ -26,13 +26,14 @@ from ray import serve
 
 from serve_ab.config import MetricsAppConfig  # its schema lives with the others, for serve-ab validate
 from serve_ab.config.experiment import metrics_export_env, with_env_vars
+from serve_ab.config.serve_file import METRICS_DEPLOYMENT
 
 metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
 
 
 
 
-@serve.deployment(name="Metrics", num_replicas=1, max_ongoing_requests=100)
+@serve.deployment(name=METRICS_DEPLOYMENT, num_replicas=1, max_ongoing_requests=100)
 @serve.ingress(metrics_api)
 class MetricsEndpoint:
     def __init__(self, app: str):

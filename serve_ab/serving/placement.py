@@ -1,8 +1,9 @@
 """Fit an experiment's resource requests to the cluster it is deployed on.
 
 Ray places a replica that asks for resources no node has by waiting for them, without an
-error: a GPU version deployed on a CPU-only cluster, or a replica asking for a custom
-resource (``accel_a``) no node was started with, leaves ``serve run`` waiting forever.
+error: a GPU version deployed on a CPU-only cluster, a replica asking for more CPUs than any
+node has, or for a custom resource (``accel_a``) no node was started with, leaves ``serve
+run`` waiting forever.
 :func:`apply_resource_policy` looks first and refuses with a line naming the field, or,
 with ``resources_missing: cpu``, runs the GPU versions that do not fit on the CPU. It is
 pure: the cluster's resources are its arguments; :func:`fit_to_cluster` reads them from Ray.
@@ -186,6 +187,20 @@ def _custom_resource_errors(request: _Request, cluster: _Cluster) -> list[str]:
     return errors
 
 
+def _cpu_errors(request: _Request, cluster: _Cluster) -> list[str]:
+    """A replica asking for more CPUs than any node has: nothing to fall back to, refused.
+    Ray would only log, every 30 s, that it has "taken more than 30s to be scheduled"."""
+    cpus = request.options.ray_actor_options.num_cpus
+    most = max((n.get("CPU", 0.0) for n in cluster.nodes), default=0.0)
+    if cpus <= most + _EPS:
+        return []
+    where = (f"at most {_fmt(most)} on any one of its {len(cluster.nodes)} nodes" if cluster.per_node
+             and len(cluster.nodes) > 1 else f"{_fmt(most)}")
+    return [f"{request.path}.num_cpus: {request.owner} asks for {_fmt(cpus)} CPUs per replica, but the cluster "
+            f"has {where}, and a replica runs on one node: Ray would wait for it for ever; ask for at most "
+            f"{_fmt(most)} or add a larger node (got {_fmt(cpus)})"]
+
+
 def _custom_total_errors(requests: Sequence[_Request], cluster: _Cluster) -> list[str]:
     errors = []
     asked: dict[str, float] = {}
@@ -298,6 +313,7 @@ def apply_resource_policy(
     # (A num_gpus over 1 that is not whole is the config's own error: RayActorOptions.)
     errors: list[str] = []
     for request in requests:
+        errors += _cpu_errors(request, cluster)
         errors += _custom_resource_errors(request, cluster)
     errors += _custom_total_errors(requests, cluster)
     shortfalls = _gpu_shortfalls(cfg, requests, cluster) if not errors else []

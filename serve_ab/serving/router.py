@@ -38,6 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_ab.api.access_log import RAY_SERVE_LOGGER, VersionsAnswered, name_versions_on_access_lines
 from serve_ab.backends.base import specs_of
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
+from serve_ab.config.serve_file import ROUTER_DEPLOYMENT
 from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.decision import key_text
@@ -239,7 +240,7 @@ def grpc_code_set() -> str | None:
     return None if code is None else code.name
 
 
-@serve.deployment(name="Router")
+@serve.deployment(name=ROUTER_DEPLOYMENT)
 @serve.ingress(app)
 class Router:
     async def __init__(

@@ -177,6 +177,28 @@ def test_a_path_no_file_system_takes_is_named_by_its_field(tmp_path, capsys):
     assert "controller.state_path: a name in it is over 255 bytes" in out and "this is a bug" not in out
 
 
+def test_a_path_too_long_for_the_file_system_is_named_by_its_field_not_a_crash(tmp_path, capsys):
+    """A long first name (the file system answers ENAMETOOLONG before ENOENT) or a path over
+    PATH_MAX made validate (and the app's build) raise OSError: "this is a bug in serve-ab validate"."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "blue_green.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["controller"] = {"state_path": "s" * 300}
+    args["analysis"] = {"records": {"path": "r" * 300 + "/runs.sqlite"}}
+    args["versions"][0]["path"] = "d/" * 2100 + "model.onnx"  # 4,210 bytes, names of one byte
+    args["rollout"]["blue_green"]["validation_samples"] = "v/" * 2100 + "samples.npz"
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "this is a bug" not in out, out
+    assert "  - applications.0.args.controller.state_path: a name in it is over 255 bytes" in out, out
+    assert "  - applications.0.args.analysis.records.path: a name in it is over 255 bytes" in out, out
+    for field in ("versions.0.path", "rollout.blue_green.validation_samples"):
+        assert f"  - applications.0.args.{field}: it is " in out and "over the 4,095 a path may be" in out, out
+
+
 def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tmp_path, capsys):
     import yaml
 
@@ -295,3 +317,54 @@ def test_ctrl_c_ends_the_command_with_130_and_no_traceback():
                        "command.check_file = interrupted\n"
                        "sys.exit(command.main(['validate', 'configs/ab.yaml']))", subprocess.PIPE)
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
+
+
+def test_route_prefix_and_deployment_overrides_ray_refuses_only_at_deploy_are_refused(tmp_path, capsys):
+    """Ray Serve's schema takes route_prefix: abc and a deployments: override of a deployment
+    the app does not make; `serve run` then fails to deploy ('Route prefix must start with
+    "/"', "Deployment 'Nope' does not exist"), after validate said ok."""
+    import yaml
+
+    def check(change) -> str:
+        config = yaml.safe_load(GOOD.read_text())
+        change(config["applications"][0])
+        path = tmp_path / "app.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cli.main(["validate", str(path)])
+        return capsys.readouterr().out
+
+    out = check(lambda app: app.update(route_prefix="abc"))
+    assert "  - applications.0.route_prefix: 'abc' must start with /, e.g. '/abc'" in out, out
+    out = check(lambda app: app.update(route_prefix="/abc/"))
+    assert "  - applications.0.route_prefix: '/abc/' must not end with / (unless it is just /), e.g. '/abc'" in out
+    out = check(lambda app: app.update(deployments=[{"name": "Nope", "num_replicas": 3}]))
+    assert ("  - applications.0.deployments.0.name: 'Nope' is not a deployment of this app; its deployments are "
+            "Router, Controller") in out, out
+    for fine in ({"route_prefix": "/digits"}, {"route_prefix": None}, {"deployments": [{"name": "Router"}]}):
+        assert check(lambda app: app.update(fine)).endswith("ok\n"), fine
+
+    isolated = REPO_ROOT / "configs" / "ab_isolated.yaml"
+    config = yaml.safe_load(isolated.read_text())
+    config["applications"][0]["deployments"] = [{"name": "version-v2", "max_ongoing_requests": 32},
+                                                {"name": "version-v9"}]
+    path = tmp_path / "isolated.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "applications.0.deployments.0" not in out
+    assert ("  - applications.0.deployments.1.name: 'version-v9' is not a deployment of this app; its deployments "
+            "are Router, Controller, version-v1, version-v2") in out, out
+
+
+def test_a_port_no_socket_binds_is_refused_by_field(tmp_path, capsys):
+    """Ray Serve's schema takes http_options.port: 99999; its proxy then fails to bind."""
+    import yaml
+
+    for section, port in (("http_options", 99999), ("grpc_options", -1)):
+        config = yaml.safe_load(GOOD.read_text())
+        config.setdefault(section, {})["port"] = port
+        path = tmp_path / "port.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert cli.main(["validate", str(path)]) == 1
+        assert f"  - {section}.port: {port} is not a TCP port (0 to 65535), e.g. 8000" in \
+            capsys.readouterr().out

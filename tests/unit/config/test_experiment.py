@@ -655,3 +655,51 @@ def test_validate_says_what_is_wrong_with_a_file_it_cannot_read(tmp_path, capsys
     assert cli_main(["validate", "--no-check-files", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"  - {path}: {error}" in out and "this is a bug" not in out
+
+
+def test_a_replica_count_past_what_ray_serve_can_deploy_is_refused_by_field():
+    """Ray Serve keeps num_replicas as a protobuf int32 and the autoscaling counts as uint32:
+    2**31 replicas passed validate, then `serve run` failed to deploy with "Value out of
+    range: 2147483648", naming no field."""
+    errors = errors_of(with_changes(router={"num_replicas": 2**31}))
+    assert errors == ["router.num_replicas: Input should be less than or equal to 2147483647 (got 2147483648)"]
+    versions = copy.deepcopy(GOOD["versions"])
+    versions[1]["deployment"] = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 10**30}}
+    errors = errors_of(with_changes(placement="isolated", versions=versions))
+    assert errors == ["versions.1.deployment.autoscaling_config.max_replicas: Input should be less than or equal "
+                      "to 2147483647 (got 1000000000000000000000000000000)"]
+
+    from ray.serve._private.config import DeploymentConfig
+
+    from serve_ab.config.experiment import MAX_REPLICAS
+
+    DeploymentConfig(num_replicas=MAX_REPLICAS).to_proto_bytes()  # the bound is one Ray takes
+    with pytest.raises(ValueError, match="out of range"):
+        DeploymentConfig(num_replicas=MAX_REPLICAS + 1).to_proto_bytes()
+
+
+@pytest.mark.parametrize("written, read_as", [
+    ("no", "the boolean false"), ("010", "the number 8"), ("0x1F", "the number 31"), ("12:30", "the number 750"),
+    ("2026-12-07", "a date (2026-12-07)"), ("~", "null"),
+])
+def test_text_yaml_reads_as_another_type_is_named_with_a_hint_to_quote_it(written, read_as):
+    """YAML 1.1 reads an unquoted salt: 12:30 as 750 (base 60); the error quoted 750, or
+    datetime.date(2026, 12, 7), and not why: the user never wrote either."""
+    args = yaml.safe_load(f"salt: {written}")
+    errors = errors_of(with_changes(assignment={"key": "json", "field": "user_id", **args}))
+    assert len(errors) == 1 and errors[0].startswith("assignment.salt: Input should be a valid string (got "), errors
+    assert f"YAML reads that unquoted value as {read_as}" in errors[0] and "quote it" in errors[0], errors
+    assert "datetime" not in errors[0], errors
+
+
+@pytest.mark.parametrize("field", ["target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+                                   "look_back_period_s"])
+def test_an_infinite_autoscaling_setting_is_refused_as_the_run_record_cannot_store_it(field):
+    """Live: upscale_delay_s: .inf served (Ray reads it as never), and then every save of the run
+    record failed ('config is not plain JSON (Out of range float values are not JSON compliant)')."""
+    versions = copy.deepcopy(GOOD["versions"])
+    versions[1]["deployment"] = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, field: float("inf")}}
+    errors = errors_of(with_changes(placement="isolated", versions=versions))
+    assert errors == [f"versions.1.deployment.autoscaling_config.{field}: Input should be a finite number (got inf)"]
+    errors = errors_of(with_changes(analysis={"records": {"interval_s": float("inf")}}))
+    assert errors == ["analysis.records.interval_s: Input should be a finite number (got inf)"]

@@ -209,3 +209,23 @@ def test_without_ray_connected_nothing_is_checked(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     cfg = isolated(0.5, 0.5)
     assert fit_to_cluster(cfg) is cfg
+
+
+def test_a_replica_asking_for_more_cpus_than_any_node_has_is_refused():
+    """num_cpus 1e300 (or 4 on 2-CPU nodes) passed; serve run then waited for ever, Ray logging
+    every 30 s that the replica 'has taken more than 30s to be scheduled'."""
+    cfg = isolated(0, 0, replicas=1)
+    versions = [v.model_copy(update={"deployment": v.deployment.model_copy(update={
+        "ray_actor_options": v.deployment.ray_actor_options.model_copy(update={"num_cpus": cpus})})})
+        for v, cpus in zip(cfg.versions, (1e300, 2.0))]
+    cfg = cfg.model_copy(update={"versions": versions})
+    message = refusal(cfg, {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
+    assert message.startswith("invalid experiment for this cluster (1 error):"), message
+    assert ("versions.0.deployment.ray_actor_options.num_cpus: version 'v1' asks for 1e+300 CPUs per replica, "
+            "but the cluster has at most 2 on any one of its 2 nodes, and a replica runs on one node") in message
+    assert message.endswith("(got 1e+300)")
+    apply_resource_policy(cfg.model_copy(update={"versions": [versions[1], versions[1]]}), {"CPU": 2.0})  # fits
+    colocated = parse_experiment({"model": "digits", "versions": [{"name": "v1", "path": "m.onnx", "backend": "onnx"}],
+                                  "weights": {"v1": 100}, "router": {"ray_actor_options": {"num_cpus": 3}}})
+    assert "router.ray_actor_options.num_cpus: the router (it holds every version) asks for 3 CPUs" in \
+        refusal(colocated, CPU_ONLY)
