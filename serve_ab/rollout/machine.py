@@ -245,6 +245,10 @@ class RolloutState:
     restarted_at_s: float | None = None
     revision: int = 0  # bumped by the caller on every save that decided something; a precondition for actions
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: History entries ever written (the history keeps the last MAX_HISTORY): the n-th is
+    #: event n of the rollout, an id a receiver can drop a repeated delivery by, where the
+    #: revision is shared by a decision's entries and kept by an action that changed nothing.
+    entries_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": STATE_SCHEMA}
@@ -277,6 +281,8 @@ class RolloutState:
         values["weights"] = {k: float(v) for k, v in values["weights"].items()}
         values["history"] = [dict(h) for h in values.get("history", [])]
         values["revision"] = int(values.get("revision", 0))
+        # Absent before entries were counted: the history then held every entry (or its last 500).
+        values["entries_total"] = int(values.get("entries_total", len(values["history"])))
         values["analyses_in_step"] = int(values.get("analyses_in_step", 0))  # absent before alpha spending
         # Absent before a pass's own spending: every analysis counted, as it was then.
         values["passes_in_step"] = int(values.get("passes_in_step", values["analyses_in_step"]))
@@ -1072,6 +1078,7 @@ class Rollout:
             entry["changed"] = False  # only here: every other entry changed something
         history.append(entry)
         self._records += 1
+        self.state.entries_total += 1
         if len(history) > MAX_HISTORY:  # a long hold must not grow the persisted state forever
             explains = next((h for h in reversed(history) if not changed_nothing(h)), None)
             del history[:-MAX_HISTORY]

@@ -29,7 +29,13 @@ A ``webhook`` receiver gets :func:`webhook_payload`, one JSON object per event::
      "stable": "v1", "candidate": "v2", "from_phase": "progressing", "phase": "aborted",
      "step_index": 1, "weights_pct": {"v1": 100.0, "v2": 0.0}, "reason": "v2 failed ...",
      "action": null, "actor": null, "t_s": 1700000000.0, "time": "2023-11-14T22:13:20Z",
-     "revision": 7}
+     "revision": 7, "seq": 12, "event_id": "digits:canary:v1->v2#12"}
+
+``seq`` numbers the rollout's history entries from 1, and ``event_id`` (``<rollout>#<seq>``)
+is the same for every delivery of one entry: an attempt that timed out may still have reached
+the receiver, so the retry delivers the event again, and a receiver drops repeats by its id
+(``revision`` will not do: one decision's entries share it, and an action that changed
+nothing keeps it).
 
 A ``slack`` receiver gets :func:`slack_payload`, ``{"text": ...}`` (Slack's incoming
 webhooks, and Mattermost's or Rocket.Chat's, take it).
@@ -40,8 +46,9 @@ webhooks, and Mattermost's or Rocket.Chat's, take it).
 next is sent). A receiver that stays down does not hold the others up. Sent and failed
 events are counted per receiver (``serve_ab_notifications_sent_total`` and
 ``..._failed_total``); failures are logged by the receiver's label and the status or error
-type, never its URL or headers, which may hold secrets. Delivery is at most once and in
-memory: events queued when the controller stops are lost.
+type, never its URL or headers, which may hold secrets. Delivery is in memory: events queued
+when the controller stops are lost; while it runs, an event is tried up to ``max_attempts``
+times, so a receiver slower than ``timeout_s`` may get one more than once (``event_id``).
 """
 
 from __future__ import annotations
@@ -92,6 +99,15 @@ class RolloutEvent:
     app: str | None = None  # the Ray Serve application, where known
     action: str | None = None
     actor: Mapping[str, Any] | None = None
+    #: The entry's number in the rollout's history, from 1 (``RolloutState.entries_total``):
+    #: a retry after a timeout may deliver an event twice, and this tells the two apart from
+    #: two entries alike (one decision's entries share ``t_s`` and ``revision``).
+    seq: int | None = None
+
+    @property
+    def event_id(self) -> str | None:
+        """``<rollout>#<seq>``: the same for every delivery of one entry, unique within the rollout."""
+        return None if self.seq is None else f"{self.rollout}#{self.seq}"
 
 
 def event_kind(entry: Mapping[str, Any]) -> str:
@@ -110,9 +126,10 @@ def event_kind(entry: Mapping[str, Any]) -> str:
 
 def events_from_history(entries: Iterable[Mapping[str, Any]], *, model: str, rollout: str, strategy: str,
                         stable: str, candidate: str, revision: int, weights_pct: Mapping[str, float],
-                        app: str | None = None) -> list[RolloutEvent]:
+                        app: str | None = None, first_seq: int | None = None) -> list[RolloutEvent]:
     """One event per history entry, in order; ``weights_pct`` stands in for an entry that
-    does not carry its own (written before entries did)."""
+    does not carry its own (written before entries did). ``first_seq``: the first entry's
+    number in the rollout's history (the others follow it), which makes each event's id."""
     return [
         RolloutEvent(
             event=event_kind(entry), model=model, rollout=rollout, strategy=strategy, stable=stable,
@@ -120,8 +137,9 @@ def events_from_history(entries: Iterable[Mapping[str, Any]], *, model: str, rol
             step_index=int(entry.get("step_index", 0)), weights_pct=dict(entry.get("weights") or weights_pct),
             reason=str(entry.get("reason", "")), t_s=float(entry["t_s"]), revision=revision, app=app,
             action=entry.get("action"), actor=entry.get("actor"),
+            seq=None if first_seq is None else first_seq + i,
         )
-        for entry in entries
+        for i, entry in enumerate(entries)
     ]
 
 
@@ -146,7 +164,8 @@ def webhook_payload(event: RolloutEvent) -> dict[str, Any]:
         "candidate": event.candidate, "from_phase": event.from_phase, "phase": event.phase,
         "step_index": event.step_index, "weights_pct": dict(event.weights_pct), "reason": event.reason,
         "action": event.action, "actor": dict(event.actor) if event.actor is not None else None,
-        "t_s": event.t_s, "time": _iso(event.t_s), "revision": event.revision,
+        "t_s": event.t_s, "time": _iso(event.t_s), "revision": event.revision, "seq": event.seq,
+        "event_id": event.event_id,
     }
 
 

@@ -643,9 +643,11 @@ class ControllerCore:
             return
         try:
             r, s = self.cfg.rollout, saved.state
+            entries = saved.new_history()
             self.notifier.publish(events_from_history(
-                saved.new_history(), model=self.cfg.model, rollout=self.key, strategy=r.strategy.value,
-                stable=r.stable, candidate=r.candidate, revision=s.revision, weights_pct=s.weights, app=self.app))
+                entries, model=self.cfg.model, rollout=self.key, strategy=r.strategy.value,
+                stable=r.stable, candidate=r.candidate, revision=s.revision, weights_pct=s.weights, app=self.app,
+                first_seq=s.entries_total - len(entries) + 1))
         except Exception:  # notifications must never stop a decision
             logger.exception("serve-ab rollout %s: notifications not queued", self.key)
 

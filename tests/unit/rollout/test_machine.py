@@ -1124,3 +1124,20 @@ def test_a_restart_waits_for_the_reports_also_when_interval_s_is_shorter():
     again.restarted(reports_in_s=5.0)
     again.promote()
     assert "(latest before the controller restarted pass: " in again.state.history[-1]["reason"]
+
+
+def test_entries_are_counted_past_the_kept_history_and_in_a_state_saved_before_the_count():
+    # The count numbers notification events (event_id); the history keeps only the last 500.
+    clock = FakeClock()
+    rollout = Rollout(canary(), clock=clock)
+    rollout.tick(healthy())  # to step 2's timed pause, where a resume writes one entry
+    at_start = rollout.state.entries_total
+    assert at_start == len(rollout.state.history) == 2
+    for _ in range(260):
+        rollout.pause()
+        rollout.resume()
+    assert len(rollout.state.history) == 500 and rollout.state.entries_total == at_start + 520
+    saved = rollout.to_dict()
+    assert Rollout.from_dict(canary(), saved, clock).state.entries_total == at_start + 520
+    del saved["entries_total"]  # written before entries were counted
+    assert Rollout.from_dict(canary(), saved, clock).state.entries_total == 500

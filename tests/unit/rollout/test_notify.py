@@ -101,7 +101,10 @@ def test_webhook_payload_is_the_documented_object():
         "from_phase": "progressing", "phase": "paused", "step_index": 2, "weights_pct": {"v1": 90.0, "v2": 10.0},
         "reason": "event 2", "action": "pause", "actor": {"name": "alice", "role": "operator", "address": None},
         "t_s": 1_700_000_002.5, "time": "2023-11-14T22:13:22.500Z", "revision": 2,
+        "seq": None, "event_id": None,
     }
+    numbered = webhook_payload(event("progress", 2, seq=17))
+    assert (numbered["seq"], numbered["event_id"]) == (17, "digits:canary:v1->v2#17")
 
 
 def test_slack_payload_is_one_readable_line():
@@ -190,6 +193,18 @@ def test_timeout_s_bounds_each_attempt_whole_not_each_read(caplog):
         sender.close()
     finally:
         slow.close()
+
+
+def test_a_retry_after_a_timeout_that_reached_the_receiver_repeats_the_events_id(hooks):
+    # The first answer comes after timeout_s: the receiver had the event, the sender retried.
+    hooks.answer("/ops", (200, {}, 1.0), (200, {}))
+    sender = NotificationSender([receiver(hooks.url + "/ops", timeout_s=0.3)], sleep=lambda s: None)
+    sender.publish([event(i=4, seq=9), event(i=4, seq=10)])  # one decision's two entries
+    assert sender.flush(10)
+    ids = [body["event_id"] for body in hooks.wait_for("/ops", 3)]
+    assert ids == ["digits:canary:v1->v2#9", "digits:canary:v1->v2#9", "digits:canary:v1->v2#10"]
+    assert sender.counts() == {"webhook:127.0.0.1:" + hooks.url.rsplit(":", 1)[1]: {"sent": 2, "failed": 0}}
+    sender.close()
 
 
 def test_httpx_never_logs_a_receivers_url(hooks, caplog):

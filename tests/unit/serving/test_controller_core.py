@@ -1110,6 +1110,45 @@ def test_a_canarys_phase_changes_and_actions_reach_the_receiver_in_order():
         hooks.close()
 
 
+def test_each_event_has_an_id_a_receiver_can_drop_a_repeated_delivery_by():
+    # One decision's entries share t_s and revision, and an action that changed nothing keeps
+    # the revision; the retry after a timeout that reached the receiver delivers an event twice
+    # (live: a 5-s receiver at timeout_s 5 got each event 5 times), so nothing told them apart.
+    from tests.unit.rollout.hooks import HookServer
+
+    hooks = HookServer()
+    clock = FakeClock()
+    steps = [{"set_weight": 10}, {"pause": {"duration": "10s"}}, {"pause": {}}, {"set_weight": 100}]
+    core = ControllerCore(with_receiver(experiment(steps=steps), hooks.url + "/events"), MemoryStateStore(), clock)
+    try:
+        core.tick()
+        run_for(core, clock, 30, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+        alice = Actor("alice", "operator", "10.0.0.7")
+        core.act(Action.PAUSE, ActionRequest(), alice)
+        revision = core.rollout.state.revision
+        assert not core.act(Action.PAUSE, ActionRequest(), alice)  # nothing to change: same revision
+        assert core.rollout.state.revision == revision
+        core.act(Action.PROMOTE, ActionRequest(), alice)
+        assert core.notifier.flush(10)
+        bodies = hooks.bodies("/events")
+        entries = core.status(history=True).history
+        assert len(bodies) == len(entries) and len(entries) >= 6
+        assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1))
+        assert [b["event_id"] for b in bodies] == [f"digits:canary:v1->v2#{i}" for i in range(1, len(bodies) + 1)]
+        assert bodies[-2]["revision"] == bodies[-1]["revision"]  # promote's two entries: one decision
+        # A restarted controller numbers on from the saved count, not from 1 again.
+        store = MemoryStateStore()
+        store.save(core.key, core.rollout.to_dict())
+        again = ControllerCore(with_receiver(experiment(steps=steps), hooks.url + "/restarted"), store, clock)
+        again.act(Action.ROLLBACK, ActionRequest(), alice)
+        assert again.notifier.flush(10)
+        assert [b["seq"] for b in hooks.bodies("/restarted")] == [len(bodies) + 1]
+        again.notifier.close()
+    finally:
+        core.notifier.close()
+        hooks.close()
+
+
 def test_the_controller_warns_at_start_of_each_unset_hook_variable(monkeypatch, caplog):
     # Found only mid-rollout before; a warning, not a failure: a gate only holds.
     monkeypatch.delenv("AUDIT_CHECKS_TOKEN", raising=False)
