@@ -247,6 +247,10 @@ class ShadowStats:
     errors: collections.Counter = field(default_factory=collections.Counter)
     pairs: int = 0
     agree: int = 0
+    #: Rows of the paired requests beyond their first: batched requests' rows that no figure
+    #: below compares (only a request's first row is; analysis/tasks.py). A state pickled
+    #: before it reads the class's 0.
+    rows_not_compared: int = 0
     # (live_class, shadow_class) -> count; the diagonal is agreement.
     confusion: collections.Counter = field(default_factory=collections.Counter)
     # Shadow's minus live's score for the class live predicted, per pair.
@@ -311,6 +315,8 @@ class ShadowStats:
         self.pairs += 1
         self.by_live_version[live_version] += 1
         self.agree += int(agree)
+        if comparison is not None:
+            self.rows_not_compared += comparison.rows - 1
         self.agreement_groups.add(unit, float(agree))
         if live_class is not None and shadow_class is not None:
             self.confusion[(live_class, shadow_class)] += 1
@@ -341,6 +347,7 @@ class ShadowStats:
         self.errors.update(other.errors)
         self.pairs += other.pairs
         self.agree += other.agree
+        self.rows_not_compared += other.rows_not_compared
         self.confusion.update(other.confusion)
         self.score_diff_n += other.score_diff_n
         self.score_diff_sum += other.score_diff_sum
@@ -368,6 +375,7 @@ class ShadowStats:
             "errors_by_kind": dict(self.errors),
             "pairs": self.pairs,
             "agree": self.agree,
+            "rows_not_compared": self.rows_not_compared,
             "confusion": [[int(a), int(b), n] for (a, b), n in sorted(self.confusion.items())],
             "score_diff": {"n": self.score_diff_n, "sum": self.score_diff_sum,
                            "sum_sq": self.score_diff_sum_sq, "abs_sum": self.score_diff_abs_sum,
@@ -626,6 +634,7 @@ class ExperimentStats:
             s = stats.shadow
             s.mirrored, s.pairs, s.agree = shadow["mirrored"], shadow["pairs"], shadow["agree"]
             s.dropped = shadow.get("dropped", 0)  # absent from states saved before it
+            s.rows_not_compared = shadow.get("rows_not_compared", 0)  # likewise
             s.errors.update(shadow["errors_by_kind"])
             s.confusion.update({(a, b): n for a, b, n in shadow["confusion"]})
             diff = shadow["score_diff"]

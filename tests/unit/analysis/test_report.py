@@ -1176,3 +1176,43 @@ def test_the_plan_in_users_holds_as_users_come_to_share_buckets(users, visits):
     assert p.data_multiple * max(seen) == pytest.approx(needed, rel=0.1)
     buckets_full = users > NUM_BUCKETS
     assert (p.required_per_arm < 0.5 * needed) == buckets_full  # what the buckets alone said
+
+
+def test_the_report_counts_the_rows_of_batched_requests_that_no_shadow_figure_compares():
+    """Only a request's first row is compared (analysis/tasks.py). A shadow that differs from
+    live on rows 2..8 of every batch of 8 agrees on every pair: the report must say how many
+    rows it never compared, through a router's interval, the controller's figures, a restart
+    and the table."""
+    from serve_ab.analysis.tasks import CLASSIFICATION
+
+    live = np.tile(np.eye(10)[3], (8, 1))
+    shadow = live.copy()
+    shadow[1:] = np.eye(10)[0]  # every row but the first answers another class
+    interval = IntervalAggregate()
+    for _ in range(5):
+        pair = CLASSIFICATION.compare(live, shadow)
+        interval.pair("v1", "v3", pair.live_class, pair.shadow_class, pair.score_diff, 2.0, None, comparison=pair)
+    single = CLASSIFICATION.compare(live[:1], shadow[:1])
+    interval.pair("v1", "v3", single.live_class, single.shadow_class, single.score_diff, 2.0, None, comparison=single)
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    figures.merge(1.0, interval)
+    restored = ExperimentStats.from_state(figures.to_state(2.0), shadow_version="v3")
+    for stats_ in (figures, restored):
+        report, _ = build_report(make_cfg(), stats_.snapshot(2.0), {"v1": 50, "v2": 50})
+        assert (report.shadow.pairs, report.shadow.agreement.agree) == (6, 6)
+        assert report.shadow.rows_not_compared == 5 * 7
+    text = " ".join(" ".join(_shadow_lines(report.shadow)).split())
+    assert "only each request's first row is compared: 35 rows of batched requests not compared" in text
+
+
+def test_single_row_requests_leave_no_row_uncompared_and_say_nothing_of_batches():
+    from serve_ab.analysis.tasks import TaskRule
+
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    rule = TaskRule("regression", tolerance=5.0)
+    for value in (100.0, 120.0):
+        pair = rule.compare(np.array([[value]]), np.array([[value + 1.0]]))
+        figures.record_pair(1.0, "v1", None, None, pair.score_diff, 2.0, None, comparison=pair)
+    report, _ = build_report(make_cfg(), figures.snapshot(2.0), {"v1": 50, "v2": 50})
+    assert report.shadow.rows_not_compared == 0
+    assert "first row" not in " ".join(_shadow_lines(report.shadow))
