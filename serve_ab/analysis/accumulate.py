@@ -247,6 +247,10 @@ class ShadowStats:
     errors: collections.Counter = field(default_factory=collections.Counter)
     pairs: int = 0
     agree: int = 0
+    #: Rows of the paired requests beyond their first: batched requests' rows that no figure
+    #: below compares (only a request's first row is; analysis/tasks.py). A state pickled
+    #: before it reads the class's 0.
+    rows_not_compared: int = 0
     # (live_class, shadow_class) -> count; the diagonal is agreement.
     confusion: collections.Counter = field(default_factory=collections.Counter)
     # Shadow's minus live's score for the class live predicted, per pair.
@@ -261,7 +265,11 @@ class ShadowStats:
     similarity_n: int = 0
     similarity_sum: float = 0.0
     similarity_sum_sq: float = 0.0
-    similarity_sketch: LogHistogram = field(default_factory=LogHistogram)
+    #: 1 - cosine per pair. A log sketch holds a value within 1% of its size: near cosine 1,
+    #: where agreement thresholds sit (0.99), 1% of the cosine is the whole gap to the
+    #: threshold (a p5 of 0.9938 read 0.9949, above the mean), while 1% of 1 - cosine is 1%
+    #: of that gap.
+    dissimilarity_sketch: LogHistogram = field(default_factory=LogHistogram)
     # Regressions: the values live and shadow predicted, for numeric drift (KS, Wasserstein).
     live_values: LogHistogram = field(default_factory=LogHistogram)
     shadow_values: LogHistogram = field(default_factory=LogHistogram)
@@ -290,6 +298,9 @@ class ShadowStats:
                                                       self.similarity_sum_sq)
         if "flips" not in state:
             self.flips = FlipGroups.keyless_from(self.confusion)
+        if "dissimilarity_sketch" not in state:  # a router that sketched the cosine itself
+            self.dissimilarity_sketch = dissimilarity_from_similarity(state.pop("similarity_sketch", None))
+            self.__dict__.pop("similarity_sketch", None)
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
@@ -311,6 +322,8 @@ class ShadowStats:
         self.pairs += 1
         self.by_live_version[live_version] += 1
         self.agree += int(agree)
+        if comparison is not None:
+            self.rows_not_compared += comparison.rows - 1
         self.agreement_groups.add(unit, float(agree))
         if live_class is not None and shadow_class is not None:
             self.confusion[(live_class, shadow_class)] += 1
@@ -329,7 +342,7 @@ class ShadowStats:
             self.similarity_n += 1
             self.similarity_sum += comparison.similarity
             self.similarity_sum_sq += comparison.similarity * comparison.similarity
-            self.similarity_sketch.add(comparison.similarity)
+            self.dissimilarity_sketch.add(1.0 - comparison.similarity)
             self.similarity_groups.add(unit, comparison.similarity)
         if comparison.live_value is not None and comparison.shadow_value is not None:
             self.live_values.add(comparison.live_value)
@@ -341,6 +354,7 @@ class ShadowStats:
         self.errors.update(other.errors)
         self.pairs += other.pairs
         self.agree += other.agree
+        self.rows_not_compared += other.rows_not_compared
         self.confusion.update(other.confusion)
         self.score_diff_n += other.score_diff_n
         self.score_diff_sum += other.score_diff_sum
@@ -352,7 +366,7 @@ class ShadowStats:
         self.similarity_n += other.similarity_n
         self.similarity_sum += other.similarity_sum
         self.similarity_sum_sq += other.similarity_sum_sq
-        self.similarity_sketch.merge(other.similarity_sketch)
+        self.dissimilarity_sketch.merge(other.dissimilarity_sketch)
         self.live_values.merge(other.live_values)
         self.shadow_values.merge(other.shadow_values)
         self.agreement_groups.merge(other.agreement_groups)
@@ -368,6 +382,7 @@ class ShadowStats:
             "errors_by_kind": dict(self.errors),
             "pairs": self.pairs,
             "agree": self.agree,
+            "rows_not_compared": self.rows_not_compared,
             "confusion": [[int(a), int(b), n] for (a, b), n in sorted(self.confusion.items())],
             "score_diff": {"n": self.score_diff_n, "sum": self.score_diff_sum,
                            "sum_sq": self.score_diff_sum_sq, "abs_sum": self.score_diff_abs_sum,
@@ -381,7 +396,7 @@ class ShadowStats:
         }
         if samples:
             out["score_diff"]["sketch"] = self.score_diff_sketch.to_wire()
-            out["similarity"]["sketch"] = self.similarity_sketch.to_wire()
+            out["similarity"]["dissimilarity_sketch"] = self.dissimilarity_sketch.to_wire()
             out["values"] = {"live": self.live_values.to_wire(), "shadow": self.shadow_values.to_wire()}
         return out
 
@@ -552,7 +567,8 @@ class ExperimentStats:
                                "flips": {"net": [[group, class, n]], "keyless": [[class, n]]},
                                "score_diff": {"n", "sum", "sum_sq", "abs_sum", "sketch" (when samples)},
                                "latency": {...}, "pairs_by_live_version": {name: n},
-                               "similarity": {"n", "sum", "sum_sq", "sketch" (when samples)},
+                               "similarity": {"n", "sum", "sum_sq", "dissimilarity_sketch" (1 - cosine,
+                                              when samples)},
                                "values": {"live", "shadow"} (sketches, when samples)},
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
@@ -626,6 +642,7 @@ class ExperimentStats:
             s = stats.shadow
             s.mirrored, s.pairs, s.agree = shadow["mirrored"], shadow["pairs"], shadow["agree"]
             s.dropped = shadow.get("dropped", 0)  # absent from states saved before it
+            s.rows_not_compared = shadow.get("rows_not_compared", 0)  # likewise
             s.errors.update(shadow["errors_by_kind"])
             s.confusion.update({(a, b): n for a, b, n in shadow["confusion"]})
             diff = shadow["score_diff"]
@@ -637,7 +654,10 @@ class ExperimentStats:
             similarity = shadow.get("similarity") or {}
             s.similarity_n = similarity.get("n", 0)
             s.similarity_sum, s.similarity_sum_sq = similarity.get("sum", 0.0), similarity.get("sum_sq", 0.0)
-            s.similarity_sketch = _restore_sketch(similarity.get("sketch"), None)
+            if similarity.get("dissimilarity_sketch") is not None:
+                s.dissimilarity_sketch = LogHistogram.from_wire(similarity["dissimilarity_sketch"])
+            else:  # a state saved when the cosine itself was sketched
+                s.dissimilarity_sketch = dissimilarity_from_similarity(_restore_sketch(similarity.get("sketch"), None))
             s.similarity_groups = _restored_groups(similarity.get("groups"), s.similarity_n, s.similarity_sum,
                                                    s.similarity_sum_sq)
             values = shadow.get("values") or {}
@@ -703,6 +723,20 @@ def _restore_latency(latency: LatencyStats, saved: dict[str, Any]) -> None:
     latency.bucket_counts = list(saved["bucket_counts"])
     latency.count, latency.sum_s = saved["count"], saved["sum_s"]
     latency.sketch = _restore_sketch(saved.get("sketch_ms"), saved.get("sample_ms"))
+
+
+def dissimilarity_from_similarity(sketch: LogHistogram | Mapping[str, Any] | None) -> LogHistogram:
+    """1 - cosine from a sketch of the cosines (as states and routers kept them before): each
+    bucket's representative, so within 1% of the cosine, as that sketch was."""
+    if isinstance(sketch, Mapping):
+        sketch = LogHistogram.from_wire(sketch)
+    out = LogHistogram()
+    if sketch is None or not sketch.count:
+        return out
+    values, weights = sketch.values_and_weights()
+    out.add_many(np.repeat(1.0 - values, weights.astype(np.int64)))
+    out.min, out.max = 1.0 - sketch.max, 1.0 - sketch.min  # exact, as the cosines' were
+    return out
 
 
 def _restore_sketch(sketch: Mapping[str, Any] | None, sample: list[float] | None) -> LogHistogram:

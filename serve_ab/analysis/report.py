@@ -46,7 +46,7 @@ from scipy import stats as _stats
 
 from serve_ab.analysis import ab, comparisons, drift
 from serve_ab.analysis import shadow as shadow_stats
-from serve_ab.analysis.accumulate import split_key
+from serve_ab.analysis.accumulate import dissimilarity_from_similarity, split_key
 from serve_ab.analysis.clusters import FlipGroups, ValueGroups
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.units import KEYLESS_FIELDS, RatioComparison, SplitTotals, compare_ratio
@@ -676,10 +676,16 @@ def _similarity(shadow: Mapping[str, Any], threshold: float, confidence: float) 
     if not totals.get("n"):
         return None
     summary = _paired_mean(totals, confidence)
-    sketch = LogHistogram.from_wire(totals.get("sketch")) if totals.get("sketch") else None
+    # 1 - cosine is sketched (its 1% is 1% of the gap to a threshold near 1; see
+    # ShadowStats.dissimilarity_sketch); a snapshot from before sketched the cosine.
+    if totals.get("dissimilarity_sketch"):
+        sketch = LogHistogram.from_wire(totals["dissimilarity_sketch"])
+    else:
+        sketch = dissimilarity_from_similarity(totals.get("sketch"))
+    known = sketch.count > 0
     return {**summary, "threshold": threshold,
-            "p05": sketch.quantile(0.05) if sketch is not None and sketch.count else None,
-            "min": sketch.min if sketch is not None and sketch.count else None}
+            "p05": 1.0 - sketch.quantile(0.95) if known else None,
+            "min": 1.0 - sketch.max if known else None}
 
 
 def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
@@ -720,6 +726,7 @@ def _shadow_section(shadow: Mapping[str, Any] | None, alpha: float,
         "errors_by_kind": dict(shadow.get("errors_by_kind") or {}),
         "error_rate": errors / mirrored if mirrored else None,
         "pairs": pairs,
+        "rows_not_compared": int(shadow.get("rows_not_compared", 0)),
         "pairs_by_live_version": dict(shadow.get("pairs_by_live_version") or {}),
         "agreement": _agreement(shadow, pairs, agree, confidence),
         "flips": {"total": pairs - agree, "rate": (pairs - agree) / pairs if pairs else None,

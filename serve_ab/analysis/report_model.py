@@ -423,6 +423,9 @@ class ShadowResult(_Model):
     errors_by_kind: dict[str, int]
     error_rate: Num | None
     pairs: int = Field(description="mirrored requests whose live answer they were paired with")
+    rows_not_compared: int = Field(
+        default=0, description="rows of the paired requests beyond each one's first: only a request's "
+        "first row is compared, so no figure of this section reads these rows of batched requests")
     pairs_by_live_version: dict[str, int]
     agreement: Agreement
     flips: Flips

@@ -13,7 +13,9 @@ pair comparison, as small pure functions.
   vectors is at least ``threshold``.
 
 Only the first instance of a request is summarised, as for classifiers: one figure per
-request keeps every aggregate the same size whatever the batch.
+request keeps every aggregate the same size whatever the batch. A pair says how many rows
+the live answer had (``PairComparison.rows``), so the report can say how many rows of
+batched requests were never compared.
 
 Example::
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,9 @@ class PairComparison:
     similarity: float | None = None  # embedding: cosine
     live_value: float | None = None  # regression: the values compared
     shadow_value: float | None = None
+    #: Rows in the live answer; only the first is compared, so a batch of n leaves n - 1 rows
+    #: unseen by every figure of the pair (the report counts them).
+    rows: int = 1
 
 
 def select_output(outputs: Any, name: str | None = None) -> np.ndarray | None:
@@ -67,6 +72,13 @@ def _first_row(array: np.ndarray | None) -> np.ndarray | None:
             or array.dtype.kind not in "biuf":
         return None
     return np.asarray(array[0], dtype=np.float64).ravel()
+
+
+def _row_count(array: Any) -> int:
+    """Rows (instances) in an answer: its first dimension, 1 for anything else."""
+    if isinstance(array, np.ndarray) and array.ndim >= 1:
+        return max(int(array.shape[0]), 1)
+    return 1
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,8 +125,13 @@ class TaskRule:
         return None, float(np.linalg.norm(row))
 
     def compare(self, live_outputs: Any, shadow_outputs: Any) -> PairComparison:
-        """The shadow's answer against live's on the same request."""
+        """The shadow's answer against live's on the same request (its first row)."""
         live, shadow = select_output(live_outputs, self.output), select_output(shadow_outputs, self.output)
+        pair = self._compare(live, shadow)
+        rows = _row_count(live)
+        return pair if rows == 1 or pair.agree is None else replace(pair, rows=rows)
+
+    def _compare(self, live: Any, shadow: Any) -> PairComparison:
         if self.task == "classification":
             return _classification_pair(live, shadow)
         live_row, shadow_row = _first_row(live), _first_row(shadow)

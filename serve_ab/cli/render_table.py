@@ -313,6 +313,11 @@ def _shadow_lines(shadow: ShadowResult) -> list[str]:
     lines = [f"shadow {shadow.version}: {shadow.mirrored:,} mirrored, {shadow.pairs:,} paired, {errors}"
              + (f" ({_pct(shadow.error_rate, 2)})" if shadow.error_rate is not None else "")
              + (f"; {shadow.dropped:,} not sent: the shadow fell behind the live traffic" if shadow.dropped else "")]
+    if shadow.rows_not_compared:
+        # Every figure below reads a request's first row only: say so where batches hide rows.
+        rows = shadow.rows_not_compared
+        lines.append(f"  batches     only each request's first row is compared: {rows:,} "
+                     f"row{'' if rows == 1 else 's'} of batched requests not compared")
     if agreement.rate is not None:
         lo, hi = agreement.ci or (None, None)
         rule = f" ({shadow.agreement_rule})" if shadow.task != "classification" and shadow.agreement_rule else ""

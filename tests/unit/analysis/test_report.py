@@ -1176,3 +1176,88 @@ def test_the_plan_in_users_holds_as_users_come_to_share_buckets(users, visits):
     assert p.data_multiple * max(seen) == pytest.approx(needed, rel=0.1)
     buckets_full = users > NUM_BUCKETS
     assert (p.required_per_arm < 0.5 * needed) == buckets_full  # what the buckets alone said
+
+
+def test_the_report_counts_the_rows_of_batched_requests_that_no_shadow_figure_compares():
+    """Only a request's first row is compared (analysis/tasks.py). A shadow that differs from
+    live on rows 2..8 of every batch of 8 agrees on every pair: the report must say how many
+    rows it never compared, through a router's interval, the controller's figures, a restart
+    and the table."""
+    from serve_ab.analysis.tasks import CLASSIFICATION
+
+    live = np.tile(np.eye(10)[3], (8, 1))
+    shadow = live.copy()
+    shadow[1:] = np.eye(10)[0]  # every row but the first answers another class
+    interval = IntervalAggregate()
+    for _ in range(5):
+        pair = CLASSIFICATION.compare(live, shadow)
+        interval.pair("v1", "v3", pair.live_class, pair.shadow_class, pair.score_diff, 2.0, None, comparison=pair)
+    single = CLASSIFICATION.compare(live[:1], shadow[:1])
+    interval.pair("v1", "v3", single.live_class, single.shadow_class, single.score_diff, 2.0, None, comparison=single)
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    figures.merge(1.0, interval)
+    restored = ExperimentStats.from_state(figures.to_state(2.0), shadow_version="v3")
+    for stats_ in (figures, restored):
+        report, _ = build_report(make_cfg(), stats_.snapshot(2.0), {"v1": 50, "v2": 50})
+        assert (report.shadow.pairs, report.shadow.agreement.agree) == (6, 6)
+        assert report.shadow.rows_not_compared == 5 * 7
+    text = " ".join(" ".join(_shadow_lines(report.shadow)).split())
+    assert "only each request's first row is compared: 35 rows of batched requests not compared" in text
+
+
+def test_single_row_requests_leave_no_row_uncompared_and_say_nothing_of_batches():
+    from serve_ab.analysis.tasks import TaskRule
+
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    rule = TaskRule("regression", tolerance=5.0)
+    for value in (100.0, 120.0):
+        pair = rule.compare(np.array([[value]]), np.array([[value + 1.0]]))
+        figures.record_pair(1.0, "v1", None, None, pair.score_diff, 2.0, None, comparison=pair)
+    report, _ = build_report(make_cfg(), figures.snapshot(2.0), {"v1": 50, "v2": 50})
+    assert report.shadow.rows_not_compared == 0
+    assert "first row" not in " ".join(_shadow_lines(report.shadow))
+
+
+def test_an_embedding_shadows_cosine_p5_and_min_are_read_where_thresholds_sit():
+    """Cosines near 1 (here 0.9938-0.9950, threshold 0.99): a log sketch of the cosine itself
+    holds each within 1% of 1, the whole gap to the threshold, and read a p5 of 0.9949, above
+    the mean (live, drift46). 1 - cosine is sketched, so p5 is within 1% of its gap to 1."""
+    from serve_ab.analysis.tasks import TaskRule
+
+    rule = TaskRule("embedding", threshold=0.99)
+    rng = np.random.default_rng(7)
+    cosines = rng.uniform(0.9938, 0.9950, 400)
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    live = np.array([[1.0, 0.0]])
+    for c in cosines:
+        pair = rule.compare(live, np.array([[c, math.sqrt(1 - c * c)]]))
+        figures.record_pair(1.0, "v1", None, None, None, 2.0, None, comparison=pair)
+    cfg = make_cfg(versions=[{"name": n, "path": f"{n}.onnx", "backend": "onnx", "task": "embedding"}
+                             for n in ("v1", "v2", "v3")])
+    for stats_ in (figures, ExperimentStats.from_state(figures.to_state(2.0), shadow_version="v3")):
+        similarity = build_report(cfg, stats_.snapshot(2.0), {"v1": 50, "v2": 50})[0].shadow.similarity
+        true_p05 = float(np.quantile(cosines, 0.05))
+        assert abs((1 - similarity.p05) - (1 - true_p05)) <= 0.02 * (1 - true_p05)
+        assert similarity.p05 < similarity.mean
+        assert similarity.min == pytest.approx(cosines.min(), abs=1e-12)
+
+
+def test_a_router_or_state_that_sketched_the_cosine_itself_is_still_read():
+    import pickle
+
+    from serve_ab.analysis.sketch import LogHistogram
+
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    old = figures.shadow
+    cosines = [0.5, 0.8, 0.9]
+    old.__dict__.pop("dissimilarity_sketch")
+    old.__dict__["similarity_sketch"] = LogHistogram.of(cosines)  # as an older router pickled it
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.dissimilarity_sketch.count == 3 and "similarity_sketch" not in vars(restored)
+    assert 1 - restored.dissimilarity_sketch.max == pytest.approx(0.5)
+    state = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3").to_state(2.0)
+    state["shadow"]["similarity"] = {"n": 3, "sum": sum(cosines), "sum_sq": sum(c * c for c in cosines),
+                                     "sketch": LogHistogram.of(cosines).to_wire()}
+    back = ExperimentStats.from_state(state, shadow_version="v3")
+    assert back.shadow.dissimilarity_sketch.count == 3
+    assert 1 - back.shadow.dissimilarity_sketch.max == pytest.approx(0.5)

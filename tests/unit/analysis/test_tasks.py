@@ -208,3 +208,15 @@ def test_the_real_diabetes_models_through_the_buffer(model_repo):
     assert report.shadow.agreement.agree == sum(abs(d) <= 20.0 for d in diffs)
     assert report.shadow.score_diff.mean == pytest.approx(np.mean(diffs), rel=1e-5)
     assert report.shadow.value_drift.n == 32
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "embedding"])
+def test_a_pair_says_how_many_rows_the_live_answer_had_of_which_only_the_first_is_compared(task):
+    rule = TaskRule(task, tolerance=1.0) if task == "regression" else TaskRule(task)
+    live = np.tile(np.linspace(0.1, 1.0, 10), (4, 1))
+    shadow = live.copy()
+    shadow[1:] = shadow[1:, ::-1]  # rows 2..4 differ in every task's sense; the first does not
+    pair = rule.compare(live, shadow)
+    assert pair.agree is True and pair.rows == 4
+    assert rule.compare(live[:1], shadow[:1]).rows == 1
+    assert rule.compare(live, None).rows == 1  # not a pair: nothing to count
