@@ -29,9 +29,16 @@ __all__ = ["Batcher", "predict_together"]
 
 def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
     """One model call for several requests' rows; each request gets its own rows back. A
-    multi-input (or multi-output) model's batches are ``{name: array}``, cut per name."""
+    multi-input (or multi-output) model's batches are ``{name: array}``, cut per name.
+
+    Requests whose rows cannot be stacked (an input with a free dimension, ``[-1, -1]``,
+    sent with 3 columns by one request and 5 by another) go to the model in one call per
+    shape: stacked, the whole batch would fail for a mix no request of it got wrong."""
     if len(batches) == 1:
         return [predictor.predict(batches[0])]
+    first = _row_shape(batches[0])
+    if any(_row_shape(b) != first for b in batches[1:]):
+        return _predict_by_row_shape(predictor, batches)
     outputs = predictor.predict(concat_batches(batches))
     sizes = [batch_size(b) for b in batches]
     # Checked before cutting: outputs with a row too few or too many would hand one
@@ -46,13 +53,37 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
     return split_outputs(outputs, sizes)
 
 
+def _row_shape(batch: Batch) -> object:
+    """What two requests' rows must share to be stacked: each input's shape past the batch
+    dimension, and its dtype."""
+    if isinstance(batch, dict):
+        return tuple((name, array.shape[1:], array.dtype) for name, array in batch.items())
+    return batch.shape[1:], batch.dtype
+
+
+def _predict_by_row_shape(predictor: Predictor, batches: list[Batch]) -> list[Batch]:
+    groups: dict[object, list[int]] = {}
+    for i, batch in enumerate(batches):
+        groups.setdefault(_row_shape(batch), []).append(i)
+    results: list[Batch | Exception] = [None] * len(batches)  # type: ignore[list-item]
+    for indices in groups.values():
+        try:
+            outputs: list[Batch | Exception] = predict_together(predictor, [batches[i] for i in indices])
+        except Exception as err:  # noqa: BLE001 - that shape's requests fail, the others are answered
+            outputs = [err] * len(indices)
+        for i, output in zip(indices, outputs):
+            results[i] = output
+    return results  # type: ignore[return-value]
+
+
 class Batcher:
     """Queues concurrent calls and hands them to ``run_batch`` together.
 
     ``run_batch`` takes the waiting requests' arrays (at most ``max_batch_size``) and
-    returns one result per request, in order; an exception fails every request of that
-    batch and no other. It runs inline on the event loop, as ``@serve.batch`` runs a
-    replica's batch: a model that answers in milliseconds gains nothing from a thread hop.
+    returns one result per request, in order, or an exception in a request's place to fail
+    that one; an exception raised fails every request of that batch and no other. It runs
+    inline on the event loop, as ``@serve.batch`` runs a replica's batch: a model that
+    answers in milliseconds gains nothing from a thread hop.
     """
 
     def __init__(self, run_batch: Callable[[list[Batch]], list[Batch]], *,
@@ -128,7 +159,14 @@ class Batcher:
                     future.set_exception(err)
             return
         self.batches_run += 1
-        self.requests_run += len(taken)
         for (_, future), output in zip(taken, outputs):
-            if not future.done():
+            # An exception in place of a result fails that request alone (a batch run in one
+            # call per row shape, one of whose calls failed: predict_together).
+            failed = isinstance(output, Exception)
+            self.requests_run += not failed
+            if future.done():
+                continue
+            if failed:
+                future.set_exception(output)
+            else:
                 future.set_result(output)

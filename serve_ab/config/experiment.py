@@ -125,7 +125,11 @@ class Placement(str, Enum):
 
 
 class BatchingConfig(_Strict):
-    max_batch_size: int = Field(16, ge=1, le=4096, description="Largest batch one model call takes.")
+    max_batch_size: int = Field(
+        16, ge=1, le=4096,
+        description="Most requests one model call takes, whatever their rows: 16 requests of 8 rows "
+        "are one call of 128 rows (as Ray Serve's @serve.batch counts).",
+    )
     batch_wait_timeout_s: float = Field(
         0.002, ge=0.0, le=1.0,
         description="How long the first request of a batch waits for others to join it.",

@@ -192,3 +192,79 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     results = asyncio.run(go())
     assert all(isinstance(r, BadOutput) for r in results), results
     assert "answered 2 rows for a batch of 3 rows from 3 requests" in str(results[0])
+
+
+class RowSum:
+    """A model whose input has a free second dimension (``[-1, -1]``): each row's sum; it
+    refuses a batch holding -7, as a model raising on one request's values would."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, ...]] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape)
+        if (batch == -7).any():
+            raise RuntimeError("RowSum refuses -7")
+        return batch.sum(axis=1, keepdims=True)
+
+
+def test_requests_of_different_widths_in_one_window_are_each_answered():
+    """Stacked, 3 and 5 columns made one ValueError for every request of the window (live:
+    96 of 96 requests of widths 3, 5 and 7 answered 502)."""
+    model = RowSum()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    batches = [np.arange(n * w, dtype=np.float32).reshape(n, w) for n, w in ((2, 3), (1, 5), (3, 3), (2, 7))]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches))
+
+    for batch, out in zip(batches, asyncio.run(go())):
+        np.testing.assert_array_equal(out, batch.sum(axis=1, keepdims=True))
+    # One model call per width, the two 3-column requests stacked together.
+    assert sorted(model.calls) == [(1, 5), (2, 7), (5, 3)]
+    assert (batcher.batches_run, batcher.requests_run) == (1, 4)
+
+
+def test_a_width_whose_call_fails_fails_alone():
+    model = RowSum()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    refused = np.full((1, 5), -7.0, dtype=np.float32)
+    batches = [np.ones((2, 3), np.float32), refused, np.ones((1, 5), np.float32), np.ones((1, 3), np.float32)]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
+
+    results = asyncio.run(go())
+    # The two 5-column requests went to the model together, so both get its error.
+    assert [isinstance(r, RuntimeError) for r in results] == [False, True, True, False]
+    np.testing.assert_array_equal(results[0], np.full((2, 1), 3.0))
+    np.testing.assert_array_equal(results[3], np.full((1, 1), 3.0))
+    assert batcher.requests_run == 2
+
+
+def test_requests_of_different_dtypes_are_not_cast_to_each_other():
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    batches = [np.ones((2, 2), np.float32), np.ones((1, 2), np.float64)]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches))
+
+    assert [out.dtype for out in asyncio.run(go())] == [np.float32, np.float64]
+
+
+class NamedRowSum:
+    """Two named inputs, the second of free width: each row's sum of both."""
+
+    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return batch["a"].sum(axis=1, keepdims=True) + batch["b"].sum(axis=1, keepdims=True)
+
+
+def test_named_inputs_of_different_widths_are_each_answered():
+    batcher = Batcher(lambda b: predict_together(NamedRowSum(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    batches = [{"a": np.ones((2, 2), np.float32), "b": np.ones((2, w), np.float32)} for w in (1, 4, 1)]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches))
+
+    assert [out.ravel().tolist() for out in asyncio.run(go())] == [[3.0, 3.0], [6.0, 6.0], [3.0, 3.0]]
