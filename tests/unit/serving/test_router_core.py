@@ -471,6 +471,43 @@ def test_the_follower_applies_weights_and_retires_versions():
         run(core.serve(ROW, None, "v2"))
 
 
+def test_another_configs_routing_is_one_clear_line_applies_nothing_and_what_follows_still_counts(caplog):
+    """A redeploy that adds a version: an old replica (v1, v2) meets the new config's controller,
+    whose weights list v3 (a live audit, 2026-12-07: "controller unreachable" with a traceback,
+    the snapshot's epoch and mirrors taken but not its weights, so the rows served under that
+    epoch entered no split)."""
+    clock = FakeClock()
+    controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    core = make_core(controller=controller, clock=clock)
+
+    async def go():
+        core.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        controller.push(RoutingSnapshot(1, {"v1": 40.0, "v3": 30.0, "v2": 30.0}, (), (Mirror("v3", 50.0),)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        for i in range(20):
+            await core.serve(ROW, f"u{i}", None)
+        assert core.epoch == 1 and core.mirrors.mirrors == ()
+        assert core.decision.assigner.table.weights_pct() == {"v1": 50.0, "v2": 50.0}
+        controller.push(RoutingSnapshot(2, {"v1": 100.0, "v2": 0.0}))  # its own controller, later
+        for _ in range(5):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    with caplog.at_level("INFO", logger="ray.serve"):
+        run(go())
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and not lines[0].exc_info
+    assert "does not fit this replica's versions ['v1', 'v2']" in lines[0].getMessage()
+    assert "another config" in lines[0].getMessage() and "keeping weights {'v1': 50.0, 'v2': 50.0}" in lines[0].getMessage()
+    assert core.epoch == 2 and core.decision.assigner.table.weights_pct() == {"v1": 100.0, "v2": 0.0}
+    # The change to epoch 2's weights reported at once what epoch 1 served.
+    splits = controller.recorded[0].aggregate.splits
+    assert splits[1].units.size() == 20  # the 20 users served under epoch 1, by the weights kept
+    assert splits[1].weights_pct == {"v1": 50.0, "v2": 50.0}
+
+
 def test_a_change_of_weights_reports_what_the_old_weights_served_at_once():
     controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
     core = make_core(controller=controller)
