@@ -199,9 +199,10 @@ class RouterCore:
                 outputs = await answer(version, self._version(version), batch, self._output_spec())
             except BaseException as retry_err:  # once only: a second outage is the caller's answer
                 self.observations.served(version, started_s, error_kind(retry_err), None,
-                                         request_id=request_id, unit=choice.unit)
+                                         request_id=request_id, unit=choice.unit, retry=True)
                 raise
-            self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
+            self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit,
+                                     retry=True)
             if self.on_answer is not None:
                 self.on_answer(request_id, version)
             return version, outputs

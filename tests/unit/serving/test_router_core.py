@@ -148,6 +148,32 @@ def test_an_unavailable_version_is_served_once_more_on_the_stable(caplog):
     assert set(interval.gates) == {"v2"} and interval.gates["v2"].errors == 1
 
 
+def test_a_request_failed_over_is_one_request_of_the_run_not_two():
+    """Live (isolated, a version's replica killed, 2026-12-07): 43 requests failed over to v1
+    were counted as requests of both versions, so ``serve-ab runs`` listed 1,163 requests for
+    1,120 answered."""
+    from serve_ab.analysis.accumulate import ExperimentStats
+    from serve_ab.analysis.report import build_report
+
+    down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
+    core = make_core({"v1": FakeVersion(1), "v2": down})
+    core.apply(RoutingSnapshot(1, {"v1": 50.0, "v2": 50.0}))
+    to_v2 = [k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v2"][:3]
+    to_v1 = [k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v1"][:2]
+    for key in to_v2 + to_v1:
+        run(core.serve(ROW, key, None))
+    run(core.serve(ROW, None, "v1"))  # pinned: one request, not a retry
+    interval = core.observations.drain()
+    v1, v2 = interval.versions["v1"], interval.versions["v2"]
+    assert (v1.requests, v1.retried, v2.requests, v2.retried) == (6, 3, 3, 0)
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.merge(1.0, interval)
+    saved = ExperimentStats.from_state(stats.to_state(2.0))  # a restarted controller keeps it
+    report, _ = build_report(experiment(), saved.snapshot(2.0), {"v1": 50.0, "v2": 50.0})
+    assert report.variants["v1"].retried == 3 and report.variants["v2"].requests == 3
+    assert report.run_summary()["requests"] == 6  # the six requests clients sent
+
+
 def test_each_answered_request_is_told_with_the_version_that_answered_it():
     # What Ray Serve's access line then names (serve_ab.api.access_log): the fallback's name
     # for a retried request, nothing for one no version answered.
