@@ -134,6 +134,9 @@ class FeedbackTotals:
 class VersionStats:
     requests: int = 0
     assigned: int = 0  # chosen by the assignment (not pinned, not a retry elsewhere)
+    # Of ``requests``, retries of requests another version could not answer (a fallback's):
+    # each is also a request of that version, so a run's client requests are the sum less these.
+    retried: int = 0
     errors: collections.Counter = field(default_factory=collections.Counter)
     latency: LatencyStats = field(default_factory=LatencyStats)
     predictions: collections.Counter = field(default_factory=collections.Counter)
@@ -164,6 +167,7 @@ class VersionStats:
         """Add another router's (or interval's) requests; feedback is merged by the caller."""
         self.requests += other.requests
         self.assigned += other.assigned
+        self.retried += other.retried
         self.errors.update(other.errors)
         self.latency.merge(other.latency)
         self.predictions.update(other.predictions)
@@ -172,6 +176,7 @@ class VersionStats:
         return {
             "requests": self.requests,
             "assigned": self.assigned,
+            "retried": self.retried,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
             "latency": self.latency.to_dict(samples),
@@ -556,7 +561,7 @@ class ExperimentStats:
         """Plain data::
 
             {"started_at_s", "now_s",
-             "versions": {name: {"requests", "assigned", "errors", "errors_by_kind",
+             "versions": {name: {"requests", "assigned", "retried", "errors", "errors_by_kind",
                                  "latency": {"count", "sum_s", "buckets_le_s", "bucket_counts",
                                              "sketch_ms" (when samples: LogHistogram.to_wire())},
                                  "predictions": {class: n}, "units": distinct keys or None,
@@ -630,6 +635,7 @@ class ExperimentStats:
         for name, saved in state["versions"].items():
             version = stats.versions[name]
             version.requests, version.assigned = saved["requests"], saved["assigned"]
+            version.retried = saved.get("retried", 0)  # absent from states saved before it
             version.errors.update(saved["errors_by_kind"])
             _restore_latency(version.latency, saved["latency"])
             version.predictions.update({int(k): n for k, n in saved["predictions"].items()})

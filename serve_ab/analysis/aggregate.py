@@ -258,6 +258,11 @@ class IntervalAggregate:
             shadow = self.shadow[shadow_version] = ShadowStats()
         shadow.dropped += 1
 
+    def retried(self, version: str) -> None:
+        """One of ``version``'s rows (served or to be) retried a request another version could
+        not answer."""
+        self.versions.setdefault(version, VersionStats()).retried += 1
+
     def merge(self, other: IntervalAggregate) -> None:
         """Fold a later (or an unsent) interval into this one."""
         for version, theirs in other.versions.items():

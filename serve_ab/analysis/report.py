@@ -260,6 +260,7 @@ def _variant_section(name: str, data: Mapping[str, Any], control: str, weight_pc
         "weight_pct": weight_pct,
         "requests": requests,
         "assigned": int(data.get("assigned", 0)),
+        "retried": int(data.get("retried", 0)),
         "units": data.get("units"),
         "errors": errors,
         "error_rate": errors / requests if requests else None,

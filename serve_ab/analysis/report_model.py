@@ -115,6 +115,8 @@ class VariantResult(_Model):
     weight_pct: Num = Field(description="the weight routed by now, percent")
     requests: int
     assigned: int = Field(description="requests routed by the assignment (not pinned to a version)")
+    retried: int = Field(0, description="of the requests, retries of requests another version could not answer "
+                         "(served by this one as the fallback), each counted under that version too")
     units: int | None = Field(description="distinct users assigned to it (estimated from a uniform sample "
                               "past 100,000), plus keyless requests; None when not counted")
     errors: int
@@ -531,7 +533,8 @@ class Report(_Model):
         return {
             "versions": list(self.experiment.versions),
             "control": self.experiment.control,
-            "requests": sum(v.requests for v in self.variants.values()),
+            # A request failed over is a request of both versions: counted once here.
+            "requests": sum(v.requests - v.retried for v in self.variants.values()),
             "srm_mismatch": self.srm.mismatch if self.srm.applicable else None,
         }
 

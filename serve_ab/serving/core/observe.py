@@ -87,10 +87,13 @@ class ObservationBuffer:
 
     def served(self, version: str, started_s: float, error_kind: str | None,
                outputs: Any, *, request_id: str | None, unit: int | None = None,
-               assigned: bool = False, mirrored: bool = False, pinned: bool = False, split: int = -1) -> None:
+               assigned: bool = False, mirrored: bool = False, pinned: bool = False, split: int = -1,
+               retry: bool = False) -> None:
         """One answer or failure. ``assigned``: routed by the split (it enters the A/B figures
         and gates); ``mirrored``: a copy the client never saw (gates only); neither: pinned
-        or a fallback retry (counted, in no comparison)."""
+        or a fallback retry (``retry``: counted, in no comparison)."""
+        if retry:  # the request is counted under the version that failed it too
+            self._current.retried(version)
         latency_ms = (self.clock() - started_s) * 1000.0
         # Held: a plain numeric array, small. Objects (BYTES) are summarised at once: their
         # nbytes counts pointers, not the strings they hold, and they summarise to nothing.

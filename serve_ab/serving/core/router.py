@@ -199,9 +199,10 @@ class RouterCore:
                 outputs = await answer(version, self._version(version), batch, self._output_spec())
             except BaseException as retry_err:  # once only: a second outage is the caller's answer
                 self.observations.served(version, started_s, error_kind(retry_err), None,
-                                         request_id=request_id, unit=choice.unit)
+                                         request_id=request_id, unit=choice.unit, retry=True)
                 raise
-            self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit)
+            self.observations.served(version, started_s, None, outputs, request_id=request_id, unit=choice.unit,
+                                     retry=True)
             if self.on_answer is not None:
                 self.on_answer(request_id, version)
             return version, outputs
@@ -421,14 +422,32 @@ class RouterCore:
 
     def apply(self, snapshot: RoutingSnapshot) -> bool:
         """Serve by the controller's snapshot: weights, retired versions, mirrors. True when
-        the weights changed."""
-        self.epoch = snapshot.epoch
-        self.mirrors.mirrors = snapshot.mirrors
+        the weights changed.
+
+        A snapshot whose weights do not add up to 100 over this replica's versions comes from
+        a controller of another config: during a redeploy that adds or removes a version, the
+        old replicas meet the new controller for seconds (and new ones the old). Nothing of it
+        is applied; its epoch is taken, under the weights kept, so that the long poll waits for
+        the next change and what is served meanwhile still counts under the weights it used."""
         weights = {name: snapshot.weights.get(name, 0.0) for name in self.versions}
         changed = weights != self.decision.assigner.table.weights_pct()
         if changed:
-            self.decision.assigner.set_weights(weights)
+            try:
+                self.decision.assigner.set_weights(weights)
+            except ValueError as err:
+                kept = self.decision.assigner.table.weights_pct()
+                if snapshot.epoch != self.epoch:  # once a snapshot, however often it comes again
+                    logger.warning("serve-ab router: the controller's routing (epoch %d, weights %s) does not fit this "
+                                   "replica's versions %s (%s): it runs another config, as during a redeploy that "
+                                   "changes the versions, until Serve replaces this replica or that controller; "
+                                   "keeping weights %s", snapshot.epoch, dict(snapshot.weights), list(self.versions),
+                                   err, kept)
+                self.epoch = snapshot.epoch
+                self.observations.routed_by(snapshot.epoch, kept)
+                return False
             logger.info("serve-ab router: weights now %s", weights)
+        self.epoch = snapshot.epoch
+        self.mirrors.mirrors = snapshot.mirrors
         self.observations.routed_by(snapshot.epoch, self.decision.assigner.table.weights_pct())
         for name in snapshot.retired:
             if name in self.versions and weights.get(name, 0.0) == 0.0:

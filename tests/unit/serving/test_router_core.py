@@ -148,6 +148,32 @@ def test_an_unavailable_version_is_served_once_more_on_the_stable(caplog):
     assert set(interval.gates) == {"v2"} and interval.gates["v2"].errors == 1
 
 
+def test_a_request_failed_over_is_one_request_of_the_run_not_two():
+    """Live (isolated, a version's replica killed, 2026-12-07): 43 requests failed over to v1
+    were counted as requests of both versions, so ``serve-ab runs`` listed 1,163 requests for
+    1,120 answered."""
+    from serve_ab.analysis.accumulate import ExperimentStats
+    from serve_ab.analysis.report import build_report
+
+    down = FakeVersion(2, fail=VersionUnavailable("v2 is down"))
+    core = make_core({"v1": FakeVersion(1), "v2": down})
+    core.apply(RoutingSnapshot(1, {"v1": 50.0, "v2": 50.0}))
+    to_v2 = [k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v2"][:3]
+    to_v1 = [k for k in map(str, range(200)) if core.decision.assigner.assign(k) == "v1"][:2]
+    for key in to_v2 + to_v1:
+        run(core.serve(ROW, key, None))
+    run(core.serve(ROW, None, "v1"))  # pinned: one request, not a retry
+    interval = core.observations.drain()
+    v1, v2 = interval.versions["v1"], interval.versions["v2"]
+    assert (v1.requests, v1.retried, v2.requests, v2.retried) == (6, 3, 3, 0)
+    stats = ExperimentStats(["v1", "v2"], 0.0)
+    stats.merge(1.0, interval)
+    saved = ExperimentStats.from_state(stats.to_state(2.0))  # a restarted controller keeps it
+    report, _ = build_report(experiment(), saved.snapshot(2.0), {"v1": 50.0, "v2": 50.0})
+    assert report.variants["v1"].retried == 3 and report.variants["v2"].requests == 3
+    assert report.run_summary()["requests"] == 6  # the six requests clients sent
+
+
 def test_each_answered_request_is_told_with_the_version_that_answered_it():
     # What Ray Serve's access line then names (serve_ab.api.access_log): the fallback's name
     # for a retried request, nothing for one no version answered.
@@ -469,6 +495,43 @@ def test_the_follower_applies_weights_and_retires_versions():
     assert {run(core.serve(ROW, f"u{i}", None))[0] for i in range(50)} == {"v1"}
     with pytest.raises(VersionNotServed):
         run(core.serve(ROW, None, "v2"))
+
+
+def test_another_configs_routing_is_one_clear_line_applies_nothing_and_what_follows_still_counts(caplog):
+    """A redeploy that adds a version: an old replica (v1, v2) meets the new config's controller,
+    whose weights list v3 (a live audit, 2026-12-07: "controller unreachable" with a traceback,
+    the snapshot's epoch and mirrors taken but not its weights, so the rows served under that
+    epoch entered no split)."""
+    clock = FakeClock()
+    controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    core = make_core(controller=controller, clock=clock)
+
+    async def go():
+        core.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(core.follow())
+        controller.push(RoutingSnapshot(1, {"v1": 40.0, "v3": 30.0, "v2": 30.0}, (), (Mirror("v3", 50.0),)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        for i in range(20):
+            await core.serve(ROW, f"u{i}", None)
+        assert core.epoch == 1 and core.mirrors.mirrors == ()
+        assert core.decision.assigner.table.weights_pct() == {"v1": 50.0, "v2": 50.0}
+        controller.push(RoutingSnapshot(2, {"v1": 100.0, "v2": 0.0}))  # its own controller, later
+        for _ in range(5):
+            await asyncio.sleep(0)
+        follower.cancel()
+
+    with caplog.at_level("INFO", logger="ray.serve"):
+        run(go())
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and not lines[0].exc_info
+    assert "does not fit this replica's versions ['v1', 'v2']" in lines[0].getMessage()
+    assert "another config" in lines[0].getMessage() and "keeping weights {'v1': 50.0, 'v2': 50.0}" in lines[0].getMessage()
+    assert core.epoch == 2 and core.decision.assigner.table.weights_pct() == {"v1": 100.0, "v2": 0.0}
+    # The change to epoch 2's weights reported at once what epoch 1 served.
+    splits = controller.recorded[0].aggregate.splits
+    assert splits[1].units.size() == 20  # the 20 users served under epoch 1, by the weights kept
+    assert splits[1].weights_pct == {"v1": 50.0, "v2": 50.0}
 
 
 def test_a_change_of_weights_reports_what_the_old_weights_served_at_once():
