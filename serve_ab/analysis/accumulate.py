@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serve_ab.analysis.clusters import KEYLESS, FlipGroups, ValueGroups
-from serve_ab.analysis.sketch import LogHistogram
+from serve_ab.analysis.sketch import LogHistogram, bucket_indices
 from serve_ab.analysis.tasks import PairComparison
 from serve_ab.analysis.unit_sample import UnitSample
 from serve_ab.analysis.units import SplitTotals
@@ -303,9 +303,21 @@ class ShadowStats:
                                                       self.similarity_sum_sq)
         if "flips" not in state:
             self.flips = FlipGroups.keyless_from(self.confusion)
-        if "dissimilarity_sketch" not in state:  # a router that sketched the cosine itself
-            self.dissimilarity_sketch = dissimilarity_from_similarity(state.pop("similarity_sketch", None))
-            self.__dict__.pop("similarity_sketch", None)
+        # ``similarity_sketch`` (cosines) is only ever for the old code: a router that sketched
+        # the cosine itself, or the copy __getstate__ adds beside the new sketch.
+        cosines = self.__dict__.pop("similarity_sketch", None)
+        if "dissimilarity_sketch" not in state:
+            self.dissimilarity_sketch = dissimilarity_from_similarity(cosines)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A controller of the code before dissimilarity_sketch (a rolling upgrade replaces
+        # routers and the controller one by one) merges other.similarity_sketch, a sketch of
+        # the cosines: without one, its merge raised AttributeError halfway, leaving pairs
+        # and agreements merged and the report failed, so the router sent it again.
+        state = dict(self.__dict__)
+        if "dissimilarity_sketch" in state:
+            state["similarity_sketch"] = _reflected(state["dissimilarity_sketch"])
+        return state
 
     def add(self, live_version: str, live_class: int | None, shadow_class: int | None,
             score_diff: float | None, shadow_latency_ms: float, error_kind: str | None,
@@ -736,11 +748,19 @@ def dissimilarity_from_similarity(sketch: LogHistogram | Mapping[str, Any] | Non
     bucket's representative, so within 1% of the cosine, as that sketch was."""
     if isinstance(sketch, Mapping):
         sketch = LogHistogram.from_wire(sketch)
+    return _reflected(sketch)
+
+
+def _reflected(sketch: LogHistogram | None) -> LogHistogram:
+    """A sketch of 1 - x from a sketch of x, bucket by bucket (each bucket's representative
+    value moved, with its count: no array of one value per pair); min and max exact."""
     out = LogHistogram()
     if sketch is None or not sketch.count:
         return out
     values, weights = sketch.values_and_weights()
-    out.add_many(np.repeat(1.0 - values, weights.astype(np.int64)))
+    np.add.at(out.counts, bucket_indices(1.0 - values), weights.astype(np.int64))
+    out.count = sketch.count
+    out.total = sketch.count - sketch.total  # the sum of 1 - x, exact
     out.min, out.max = 1.0 - sketch.max, 1.0 - sketch.min  # exact, as the cosines' were
     return out
 

@@ -12,7 +12,9 @@ Only what can never be placed is refused: one replica asking for more than any n
 or the replicas started at deploy time asking for more than the whole cluster. Replicas
 an autoscaler may add later (up to ``max_replicas``) can wait for resources; that is
 logged, not refused. The check sees the nodes that are up: on a cluster whose autoscaler
-starts GPU nodes on demand, keep one such node up (or use ``resources_missing: cpu``).
+starts GPU nodes on demand, keep one such node up (or use ``resources_missing: cpu``). CPUs
+are also checked against the node types the autoscaler publishes (KubeRay), and not at all
+while no node has a CPU (a head with num_cpus 0 and workers scaled from zero).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from serve_ab.config.experiment import (
     Placement,
 )
 
-__all__ = ["apply_resource_policy", "cluster_resources", "fit_to_cluster", "node_resources"]
+__all__ = ["apply_resource_policy", "autoscaler_node_types", "cluster_resources", "fit_to_cluster", "node_resources"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -187,15 +189,27 @@ def _custom_resource_errors(request: _Request, cluster: _Cluster) -> list[str]:
     return errors
 
 
-def _cpu_errors(request: _Request, cluster: _Cluster) -> list[str]:
-    """A replica asking for more CPUs than any node has: nothing to fall back to, refused.
-    Ray would only log, every 30 s, that it has "taken more than 30s to be scheduled"."""
+def _cpu_errors(request: _Request, cluster: _Cluster, node_types: Sequence[Mapping[str, float]]) -> list[str]:
+    """A replica asking for more CPUs than any node has, or than any node the autoscaler may
+    add (``node_types``): nothing to fall back to, refused. Ray would only log, every 30 s,
+    that it has "taken more than 30s to be scheduled".
+
+    A cluster none of whose nodes has a CPU runs no replica until its autoscaler adds one (a
+    head started with num_cpus 0, as Ray's docs advise, workers scaled from zero): there the
+    nodes up say nothing of the nodes to come, so only a warning is logged."""
     cpus = request.options.ray_actor_options.num_cpus
-    most = max((n.get("CPU", 0.0) for n in cluster.nodes), default=0.0)
+    most_up = max((n.get("CPU", 0.0) for n in cluster.nodes), default=0.0)
+    most = max([most_up, *(n.get("CPU", 0.0) for n in node_types)])
     if cpus <= most + _EPS:
         return []
-    where = (f"at most {_fmt(most)} on any one of its {len(cluster.nodes)} nodes" if cluster.per_node
-             and len(cluster.nodes) > 1 else f"{_fmt(most)}")
+    if most_up <= 0:
+        logger.warning("serve-ab: no node of the cluster has a CPU yet; %s asks for %s CPUs per replica (%s.num_cpus), "
+                       "which waits for a node with that many", request.owner, _fmt(cpus), request.path)
+        return []
+    where = (f"at most {_fmt(most_up)} on any one of its {len(cluster.nodes)} nodes" if cluster.per_node
+             and len(cluster.nodes) > 1 else f"{_fmt(most_up)}")
+    if node_types:
+        where += f", and the autoscaler adds nodes of at most {_fmt(most)}"
     return [f"{request.path}.num_cpus: {request.owner} asks for {_fmt(cpus)} CPUs per replica, but the cluster "
             f"has {where}, and a replica runs on one node: Ray would wait for it for ever; ask for at most "
             f"{_fmt(most)} or add a larger node (got {_fmt(cpus)})"]
@@ -298,12 +312,15 @@ def apply_resource_policy(
     cfg: ExperimentConfig,
     cluster_resources: Mapping[str, float],
     nodes: Sequence[Mapping[str, float]] | None = None,
+    node_types: Sequence[Mapping[str, float]] = (),
 ) -> ExperimentConfig:
     """Check ``cfg``'s resource requests against a cluster; return the config to deploy.
 
     ``cluster_resources`` is what ``ray.cluster_resources()`` returns; ``nodes``, when
     known, the resources of each live node (``ray.nodes()``), so that a replica larger
-    than every node is caught even when the sum over nodes would hold it. Custom
+    than every node is caught even when the sum over nodes would hold it; ``node_types``,
+    the resources of each kind of node the cluster's autoscaler may add (none known: ``()``),
+    which a replica's CPUs may wait for. Custom
     resources no node can give are always a :class:`~serve_ab.config.ConfigError`;
     missing GPUs are one too with ``resources_missing: fail``, while with ``cpu`` the
     versions concerned get ``num_gpus: 0`` and ``device: cpu`` and a warning is logged.
@@ -313,7 +330,7 @@ def apply_resource_policy(
     # (A num_gpus over 1 that is not whole is the config's own error: RayActorOptions.)
     errors: list[str] = []
     for request in requests:
-        errors += _cpu_errors(request, cluster)
+        errors += _cpu_errors(request, cluster, node_types)
         errors += _custom_resource_errors(request, cluster)
     errors += _custom_total_errors(requests, cluster)
     shortfalls = _gpu_shortfalls(cfg, requests, cluster) if not errors else []
@@ -350,6 +367,23 @@ def node_resources() -> list[dict[str, float]] | None:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
+def autoscaler_node_types() -> list[dict[str, float]]:
+    """The resources of each kind of node the cluster's autoscaler may start (its node groups
+    whose max_count is not 0), as it publishes them to the GCS (KubeRay, autoscaler v2); none
+    where it publishes none, or where this Ray has no such call."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, only the nodes up are known
+        logger.debug("serve-ab: the autoscaler's node types could not be read", exc_info=True)
+        return []
+    if config is None:
+        return []
+    return [{name: float(amount) for name, amount in group.resources.items()}
+            for group in config.node_group_configs if group.max_count != 0]
+
+
 def fit_to_cluster(cfg: ExperimentConfig) -> ExperimentConfig:
     """:func:`apply_resource_policy` against the cluster this process is connected to.
 
@@ -360,4 +394,4 @@ def fit_to_cluster(cfg: ExperimentConfig) -> ExperimentConfig:
     if total is None:
         logger.debug("serve-ab: not connected to Ray; resource requests are not checked")
         return cfg
-    return apply_resource_policy(cfg, total, node_resources())
+    return apply_resource_policy(cfg, total, node_resources(), autoscaler_node_types())

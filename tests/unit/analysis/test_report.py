@@ -1261,3 +1261,30 @@ def test_a_router_or_state_that_sketched_the_cosine_itself_is_still_read():
     back = ExperimentStats.from_state(state, shadow_version="v3")
     assert back.shadow.dissimilarity_sketch.count == 3
     assert 1 - back.shadow.dissimilarity_sketch.max == pytest.approx(0.5)
+
+
+def test_a_router_pickle_carries_the_cosine_sketch_a_controller_of_the_code_before_merges():
+    # A rolling upgrade replaces routers before the controller: the old controller's merge
+    # reads other.similarity_sketch (cosines). Without it the merge raised AttributeError after
+    # merging pairs and agreements (checked with the code of a2c6a3e: pairs 200 merged, then the raise).
+    import pickle
+
+    from serve_ab.analysis.tasks import TaskRule
+
+    figures = ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3")
+    rule = TaskRule("embedding", threshold=0.9)
+    live = np.array([[1.0, 0.0]])
+    cosines = np.linspace(0.5, 0.999, 200)
+    for c in cosines:
+        figures.record_pair(1.0, "v1", None, None, None, 2.0, None,
+                            comparison=rule.compare(live, np.array([[c, math.sqrt(1 - c * c)]])))
+    _, _, state, *_ = figures.shadow.__reduce_ex__(2)
+    cosine_sketch = state["similarity_sketch"]  # what the old __setstate__ and merge read
+    assert cosine_sketch.count == 200
+    assert cosine_sketch.min == pytest.approx(0.5) and cosine_sketch.max == pytest.approx(0.999)
+    true_p05 = float(np.quantile(cosines, 0.05))
+    assert abs(cosine_sketch.quantile(0.05) - true_p05) <= 0.02 * true_p05
+    # The new code reads the new sketch and drops the copy for the old one.
+    restored = pickle.loads(pickle.dumps(figures.shadow))
+    assert "similarity_sketch" not in vars(restored)
+    assert restored.dissimilarity_sketch.counts.tolist() == figures.shadow.dissimilarity_sketch.counts.tolist()

@@ -31,9 +31,9 @@ def isolated(*gpus_per_version, resources_missing="fail", replicas=1, **actor):
     })
 
 
-def refusal(cfg, cluster, nodes=None) -> str:
+def refusal(cfg, cluster, nodes=None, node_types=()) -> str:
     with pytest.raises(ConfigError) as info:
-        apply_resource_policy(cfg, cluster, nodes)
+        apply_resource_policy(cfg, cluster, nodes, **({"node_types": node_types} if node_types else {}))
     return str(info.value)
 
 
@@ -229,3 +229,50 @@ def test_a_replica_asking_for_more_cpus_than_any_node_has_is_refused():
                                   "weights": {"v1": 100}, "router": {"ray_actor_options": {"num_cpus": 3}}})
     assert "router.ray_actor_options.num_cpus: the router (it holds every version) asks for 3 CPUs" in \
         refusal(colocated, CPU_ONLY)
+
+
+HEAD_WITHOUT_CPUS = {"memory": 4e9, "object_store_memory": 1e9, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0}
+
+
+def test_cpus_are_not_refused_where_an_autoscaler_adds_the_nodes_that_have_them(caplog):
+    """A head started with num_cpus 0 (as Ray's docs advise for autoscaling clusters) and workers
+    scaled from zero: on the parent every experiment was refused ('the cluster has 0 ... ask for at
+    most 0'), though the autoscaler starts a worker for the router's 0.25 CPU. Likewise a replica
+    larger than the nodes up, but not than a node type the autoscaler (KubeRay) publishes."""
+    colocated = parse_experiment({"model": "digits", "versions": [{"name": "v1", "path": "m.onnx", "backend": "onnx"}],
+                                  "weights": {"v1": 100}, "router": {"ray_actor_options": {"num_cpus": 8}}})
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert apply_resource_policy(colocated, HEAD_WITHOUT_CPUS, [HEAD_WITHOUT_CPUS]) == colocated
+    assert "no node of the cluster has a CPU yet" in caplog.text
+    nodes = [HEAD_WITHOUT_CPUS, {"CPU": 4.0}]
+    assert apply_resource_policy(colocated, {"CPU": 4.0}, nodes, node_types=[{"CPU": 4.0}, {"CPU": 16.0}]) == colocated
+    # Larger than every node up and every node type: still refused, naming both.
+    message = refusal(colocated.model_copy(update={"router": colocated.router.model_copy(update={
+        "ray_actor_options": colocated.router.ray_actor_options.model_copy(update={"num_cpus": 32.0})})}),
+        {"CPU": 4.0}, nodes, node_types=[{"CPU": 16.0}])
+    assert ("asks for 32 CPUs per replica, but the cluster has at most 4 on any one of its 2 nodes, and the "
+            "autoscaler adds nodes of at most 16") in message and "ask for at most 16" in message
+
+
+def test_fit_to_cluster_reads_the_autoscalers_node_types(monkeypatch):
+    import ray
+    from ray._private import state as ray_state
+    from ray.core.generated import autoscaler_pb2
+
+    from serve_ab.serving import placement
+
+    config = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name="big", resources={"CPU": 16}, max_count=-1),
+        autoscaler_pb2.NodeGroupConfig(name="off", resources={"CPU": 64}, max_count=0),
+    ])
+    monkeypatch.setattr(ray_state.state, "get_cluster_config", lambda: config)
+    assert placement.autoscaler_node_types() == [{"CPU": 16.0}]
+    monkeypatch.setattr(ray_state.state, "get_cluster_config", lambda: None)
+    assert placement.autoscaler_node_types() == []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(placement, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setattr(placement, "node_resources", lambda: [{"CPU": 4.0}])
+    monkeypatch.setattr(placement, "autoscaler_node_types", lambda: [{"CPU": 16.0}])
+    cfg = parse_experiment({"model": "digits", "versions": [{"name": "v1", "path": "m.onnx", "backend": "onnx"}],
+                            "weights": {"v1": 100}, "router": {"ray_actor_options": {"num_cpus": 8}}})
+    assert placement.fit_to_cluster(cfg) == cfg
