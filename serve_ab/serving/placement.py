@@ -196,13 +196,14 @@ def _cpu_errors(request: _Request, cluster: _Cluster, node_types: Sequence[Mappi
 
     A cluster none of whose nodes has a CPU runs no replica until its autoscaler adds one (a
     head started with num_cpus 0, as Ray's docs advise, workers scaled from zero): there the
-    nodes up say nothing of the nodes to come, so only a warning is logged."""
+    nodes up say nothing of the nodes to come, so, unless the autoscaler publishes its node
+    types, only a warning is logged."""
     cpus = request.options.ray_actor_options.num_cpus
     most_up = max((n.get("CPU", 0.0) for n in cluster.nodes), default=0.0)
     most = max([most_up, *(n.get("CPU", 0.0) for n in node_types)])
     if cpus <= most + _EPS:
         return []
-    if most_up <= 0:
+    if most_up <= 0 and not node_types:  # published node types still say what can come
         logger.warning("serve-ab: no node of the cluster has a CPU yet; %s asks for %s CPUs per replica (%s.num_cpus), "
                        "which waits for a node with that many", request.owner, _fmt(cpus), request.path)
         return []

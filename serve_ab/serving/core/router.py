@@ -113,6 +113,7 @@ class RouterCore:
         self.mirrors = MirrorSender(self.observations, clock, output_spec=self._output_spec,
                                     in_flight_cap=copy_caps(cfg).get)
         self.epoch = -1
+        self._misfit_said: tuple[int, tuple] | None = None  # the last other config's routing logged (apply)
         self.signer: FeedbackSigner | None = None  # set once the key is known (use_feedback_key)
         self._version_names = frozenset(v.name for v in cfg.versions)
         # The experiment's input and output: given (tests), or the first answer to describe().
@@ -436,7 +437,11 @@ class RouterCore:
                 self.decision.assigner.set_weights(weights)
             except ValueError as err:
                 kept = self.decision.assigner.table.weights_pct()
-                if snapshot.epoch != self.epoch:  # once a snapshot, however often it comes again
+                # Once a snapshot, however often it comes again; by its weights too, as every
+                # controller counts epochs from 0: the new one's first often has the old one's epoch.
+                said = (snapshot.epoch, tuple(sorted(snapshot.weights.items())))
+                if said != self._misfit_said:
+                    self._misfit_said = said
                     logger.warning("serve-ab router: the controller's routing (epoch %d, weights %s) does not fit this "
                                    "replica's versions %s (%s): it runs another config, as during a redeploy that "
                                    "changes the versions, until Serve replaces this replica or that controller; "

@@ -254,6 +254,19 @@ def test_cpus_are_not_refused_where_an_autoscaler_adds_the_nodes_that_have_them(
             "autoscaler adds nodes of at most 16") in message and "ask for at most 16" in message
 
 
+def test_cpus_no_node_type_has_are_refused_also_while_no_node_has_a_cpu():
+    """A head with num_cpus 0 and workers scaled from zero, whose autoscaler publishes node
+    types of 4 CPUs: a replica of 8 never runs. On the parent no node up having a CPU let it
+    through with a warning that it waits for a node with that many, which cannot come."""
+    colocated = parse_experiment({"model": "digits", "versions": [{"name": "v1", "path": "m.onnx", "backend": "onnx"}],
+                                  "weights": {"v1": 100}, "router": {"ray_actor_options": {"num_cpus": 8}}})
+    message = refusal(colocated, HEAD_WITHOUT_CPUS, [HEAD_WITHOUT_CPUS], node_types=[{"CPU": 4.0}])
+    assert "asks for 8 CPUs per replica" in message and "the autoscaler adds nodes of at most 4" in message
+    assert "ask for at most 4" in message
+    assert apply_resource_policy(colocated, HEAD_WITHOUT_CPUS, [HEAD_WITHOUT_CPUS],
+                                 node_types=[{"CPU": 4.0}, {"CPU": 8.0}]) == colocated
+
+
 def test_fit_to_cluster_reads_the_autoscalers_node_types(monkeypatch):
     import ray
     from ray._private import state as ray_state

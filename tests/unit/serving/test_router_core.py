@@ -534,6 +534,20 @@ def test_another_configs_routing_is_one_clear_line_applies_nothing_and_what_foll
     assert splits[1].weights_pct == {"v1": 50.0, "v2": 50.0}
 
 
+def test_another_configs_routing_at_the_epoch_already_held_is_still_said(caplog):
+    """Every controller counts epochs from 0: an old replica that holds epoch 0 of the old
+    controller meets epoch 0 of the new one, whose weights do not fit. On the parent the line
+    was keyed on the epoch alone, so this, the usual redeploy of an A/B test, said nothing."""
+    core = make_core()
+    core.apply(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
+    with caplog.at_level("INFO", logger="ray.serve"):
+        assert core.apply(RoutingSnapshot(0, {"v1": 40.0, "v3": 30.0, "v2": 30.0})) is False
+        assert core.apply(RoutingSnapshot(0, {"v1": 40.0, "v3": 30.0, "v2": 30.0})) is False  # the long poll again
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "does not fit this replica's versions ['v1', 'v2']" in lines[0]
+    assert core.decision.assigner.table.weights_pct() == {"v1": 50.0, "v2": 50.0}
+
+
 def test_a_change_of_weights_reports_what_the_old_weights_served_at_once():
     controller = FakeController(RoutingSnapshot(0, {"v1": 50.0, "v2": 50.0}))
     core = make_core(controller=controller)
