@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import serve_ab.cli
-from serve_ab.analysis.report_model import CupedFigures, Report
+from serve_ab.analysis.report_model import REPORT_SCHEMA, CupedFigures, Report, read_report
 from serve_ab.cli import command as cli, render_html as render_html_module, report as report_cli
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli import render_table as render_table_module
@@ -492,10 +492,73 @@ def test_a_record_of_another_layout_is_a_clear_error_naming_the_run(report, caps
 
 
 def test_an_app_answering_another_layout_is_a_clear_error(app, report, capsys):
-    app.responses = {("GET", "/experiment/report"): (200, {**report.model_dump(mode="json"), "extra": 1})}
+    data = {**report.model_dump(mode="json"), "schema": REPORT_SCHEMA + 1, "extra": 1}
+    app.responses = {("GET", "/experiment/report"): (200, data)}
     code, out, err = _run(["report"], capsys)
     assert code == 1 and out == ""
     assert "/experiment/report does not fit the report layout" in err and "  extra: Extra inputs" in err
+
+
+def _newer(report) -> dict:
+    """``report`` as a newer serve-ab of the same layout sends it: fields added since, at the top,
+    in a version, in a list's item and in a member of a tagged union (a feedback figure)."""
+    data = report.model_dump(mode="json")
+    data["added_at_top"] = {"a": 1}
+    data["variants"]["v2"]["failed_over_ms"] = 12.5
+    data["metrics"][0]["comparisons"][0]["new_test"] = "x"
+    data["variants"]["v2"]["feedback"]["correct"]["new_figure"] = 3
+    return data
+
+
+def test_a_newer_app_of_the_same_layout_is_rendered_without_the_fields_this_cli_does_not_know(app, report, capsys):
+    # A report of this schema with fields added since (a newer app) was refused whole: an old CLI
+    # could not read a new app's report at all once per-version `retried` came.
+    app.responses = {("GET", "/experiment/report"): (200, _newer(report))}
+    code, out, err = _run(["report"], capsys)
+    assert code == 0, err
+    assert out.rstrip("\n") == render_table(report)
+    assert "4 field(s) this serve-ab does not know, from a newer serve-ab" in err
+    for path in ("added_at_top", "variants.v2.failed_over_ms", "metrics.0.comparisons.0.new_test",
+                 "variants.v2.feedback.correct.new_figure"):
+        assert path in err
+    assert "upgrade serve-ab" in err and "Traceback" not in err
+
+
+def test_json_of_a_newer_report_keeps_the_fields_this_cli_does_not_know(app, report, capsys):
+    newer = _newer(report)
+    app.responses = {("GET", "/experiment/report"): (200, newer)}
+    code, out, err = _run(["report", "-o", "json"], capsys)
+    assert code == 0 and json.loads(out) == newer
+    assert "does not know" in err
+
+
+def test_a_newer_record_of_the_same_layout_is_rendered(report, capsys, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    RunRecorder(path).save("digits-9", {"model": "digits"}, _newer(report), 1000.0, 1200.0)
+    page = tmp_path / "page.html"
+    code, out, err = _run(["report", "--from-record", "digits-9", "--records", str(path), "--html", str(page)],
+                          capsys)
+    assert code == 0 and out.rstrip("\n") == render_table(report)
+    assert "run record 'digits-9'" in err and "does not know" in err
+    assert "failed_over_ms" not in page.read_text()
+
+
+def test_a_newer_report_with_a_field_that_does_not_fit_is_still_refused(app, report, capsys):
+    newer = _newer(report)
+    newer["srm"]["mismatch"] = "maybe"  # not an addition: a changed field
+    app.responses = {("GET", "/experiment/report"): (200, newer)}
+    code, out, err = _run(["report"], capsys)
+    assert code == 1 and out == ""
+    assert "srm.mismatch: Input should be a valid boolean" in err and "added_at_top: Extra inputs" in err
+
+
+def test_read_report_leaves_the_data_as_it_came(report):
+    newer = _newer(report)
+    before = json.dumps(newer, sort_keys=True)
+    read, dropped = read_report(newer)
+    assert read == report and len(dropped) == 4
+    assert json.dumps(newer, sort_keys=True) == before
+    assert read_report(report.model_dump(mode="json")) == (report, [])
 
 
 def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
