@@ -13,8 +13,9 @@ from typing import Any
 
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
-    _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _kind, _metric_test, _metric_title, _num, _options,
-    _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _units_note, _value, _when_text,
+    _VERDICT_TEXT, _arm_rows, _comparison_cells, _failover_text, _headline, _int, _kind, _metric_test, _metric_title,
+    _num, _options, _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _units_note,
+    _value, _when_text,
 )
 
 __all__ = ["render_html"]
@@ -77,7 +78,10 @@ def render_html(report: Report) -> str:
         # bump reads as a second mode.
         note = report.plots.latency_histogram.note if report.plots.latency_histogram else ""
         parts.append(_figure(plots["latency"], f"Latency distribution per version (successful requests): {note}"))
-    parts.append(_html_table(_latency_rows(report)))
+    retried = any(v.retried for v in report.variants.values())
+    parts.append(_html_table(_latency_rows(report, retried), numeric=(1, 2) if retried else (1,)))
+    if retried:
+        parts.append(f"<p class='sub'>{esc(_failover_text(report) or '')}</p>")
     parts.append("<h2>Traffic and sample size over time</h2>")
     parts.append(f"<p>Sample ratio check: {esc(_srm_text(srm))}</p>")
     earlier = _srm_earlier_text(srm)
@@ -132,21 +136,26 @@ def _comparison_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> li
     return rows
 
 
-def _latency_rows(report: Report) -> list[list[str]]:
-    rows = [["version", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
+def _latency_rows(report: Report, retried: bool = False) -> list[list[str]]:
+    """Per version; with ``retried``, a column of the requests each served for a version that
+    failed them (counted under both: without it the requests column adds up to more than were sent)."""
+    extra = ["of them retried"] if retried else []
+    rows = [["version", "requests", *extra, "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
     for name, v in report.variants.items():
         if v.role == "shadow" and not v.requests:
             continue  # no live request: its copies' row below
         lat = v.latency_ms
-        rows.append([f"{name} ({v.role})", _int(v.requests), _int(v.errors), _pct(v.error_rate, 2),
-                     _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
+        rows.append([f"{name} ({v.role})", _int(v.requests), *([_int(v.retried)] if retried else []),
+                     _int(v.errors), _pct(v.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99),
+                     _num(lat.mean)])
     shadow = report.shadow
     if shadow is not None and shadow.mirrored:
         # Its copies, timed as the live requests are: a shadow with no live traffic of its own
         # read as a row of zeros and dashes, its latency only in the shadow's section.
         lat = shadow.latency_ms
-        rows.append([f"{shadow.version} (shadow copies)", _int(shadow.mirrored), _int(shadow.errors),
-                     _pct(shadow.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
+        rows.append([f"{shadow.version} (shadow copies)", _int(shadow.mirrored), *(["-"] if retried else []),
+                     _int(shadow.errors), _pct(shadow.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99),
+                     _num(lat.mean)])
     return rows
 
 

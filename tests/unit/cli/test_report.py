@@ -331,6 +331,39 @@ def test_html_latency_table_shows_the_shadows_copies_not_a_row_of_zeros(report, 
     assert f"<td>{shadow.version} (shadow copies)</td><td class='n'>{shadow.mirrored:,}</td>" in page
 
 
+
+def _failed_over(report, served: int):
+    """``report`` after v2 failed ``served`` of its requests and v1 answered them as the fallback:
+    each a request of both, v1's retried and v2's error (as /experiment/stats counts them live)."""
+    variants = dict(report.variants)
+    v1, v2 = variants["v1"], variants["v2"]
+    variants["v1"] = v1.model_copy(update={"requests": v1.requests + served, "retried": served})
+    variants["v2"] = v2.model_copy(update={"errors": v2.errors + served})
+    return report.model_copy(update={"variants": variants})
+
+
+def test_table_and_html_say_how_many_requests_a_fallback_served_and_the_total_counted_once(report, no_plots):
+    # Live (isolated, v2's replica killed under load): v1 1,069 requests of which 252 retried, v2 783,
+    # 1,600 sent; the page's requests column added up to 1,852 and neither view showed `retried`.
+    failed = _failed_over(report, 40)
+    sent = sum(v.requests for v in report.variants.values())
+    said = f"served by the fallback (retried): v1 40; each also counts as the failed version"
+    table = render_table(failed)
+    assert said in " ".join(line.strip() for line in table.splitlines())
+    assert f"so {sent:,} requests in all" in " ".join(line.strip() for line in table.splitlines())
+    assert sent == failed.run_summary()["requests"]  # what serve-ab runs lists
+    page = render_html(failed)
+    v1 = failed.variants["v1"]
+    assert "<th>of them retried</th>" in page
+    assert f"<td>v1 (control)</td><td class='n'>{v1.requests:,}</td><td class='n'>40</td>" in page
+    assert f"so {sent:,} requests in all" in page
+
+
+def test_no_failover_line_or_column_without_retries(report, no_plots):
+    assert all(v.retried == 0 for v in report.variants.values())
+    assert "failover" not in render_table(report) and "retried" not in render_html(report)
+
+
 # --- the commands against a fake app -------------------------------------------------------
 
 
