@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from typing import Any
 
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
@@ -206,7 +207,32 @@ def _plots(report: Report) -> dict[str, str]:
         shadow = _shadow_plot(report, Figure)
         if shadow:
             out["shadow"] = shadow
-    return out
+    return {name: _scoped(svg, f"plot{i}") for i, (name, svg) in enumerate(out.items())}
+
+
+_TAG = re.compile(r"<[^<>]+>")
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def _scoped(svg: str, scope: str) -> str:
+    """``svg`` with each element id, and each reference to one, prefixed with ``scope-``.
+
+    Every matplotlib SVG numbers its elements from 1 (``figure_1``, ``axes_1``, ``patch_1``):
+    six plots inline made one page with a hundred ids each used several times, which HTML
+    forbids and which leaves ``#axes_1`` or a clip path's ``url(#...)`` to whichever plot comes
+    first. Only tags are rewritten: a name drawn as text that reads ``id="x"`` stays as written.
+    """
+    ids = set(_ID.findall(svg))
+    if not ids:
+        return svg
+
+    reference = re.compile(r'(\bid="|href="#|url\(#)([^")]+)')
+
+    def tag(match: re.Match) -> str:
+        return reference.sub(lambda m: m.group(1) + (f"{scope}-{m.group(2)}" if m.group(2) in ids else m.group(2)),
+                             match.group(0))
+
+    return _TAG.sub(tag, svg)
 
 
 def _svg(fig: Any) -> str:

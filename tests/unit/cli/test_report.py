@@ -283,6 +283,29 @@ def test_html_is_self_contained_with_an_svg_per_plot(report):
     assert f"<td class='n'>{c.n_variant:,} vs {c.n_control:,}</td>" in page
 
 
+
+def test_html_ids_are_unique_and_every_reference_is_to_its_own_plot(report):
+    # Live: a page of eight matplotlib plots used 157 ids (figure_1, axes_1, patch_1 ...) more than
+    # once each; HTML ids are unique, and #axes_1 or url(#p...) named whichever plot came first.
+    from collections import Counter
+
+    page = render_html(report)
+    ids = Counter(re.findall(r'\bid="([^"]+)"', page))
+    assert ids and max(ids.values()) == 1, [name for name, n in ids.items() if n > 1][:5]
+    for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
+        own = set(re.findall(r'\bid="([^"]+)"', svg))
+        used = set(re.findall(r'href="#([^"]+)"', svg)) | set(re.findall(r"url\(#([^)]+)\)", svg))
+        assert used and used <= own, used - own
+
+
+def test_scoping_rewrites_tags_only_not_text_that_reads_like_an_id():
+    svg = ('<svg><defs><path id="m1" d="M0 0"/></defs><g id="axes_1"><use xlink:href="#m1"/>'
+           '<g clip-path="url(#m1)"/><text>id="m1" url(#m1)</text></g></svg>')
+    assert render_html_module._scoped(svg, "plot3") == (
+        '<svg><defs><path id="plot3-m1" d="M0 0"/></defs><g id="plot3-axes_1"><use xlink:href="#plot3-m1"/>'
+        '<g clip-path="url(#plot3-m1)"/><text>id="m1" url(#m1)</text></g></svg>')
+
+
 @pytest.mark.parametrize("name", ["$\\foo$", "cost $ per $"])
 def test_html_draws_a_metric_name_with_dollars_as_written(name):
     # Regression: matplotlib read "$...$" in a title as mathtext, and "$\foo$" crashed the page.
