@@ -499,17 +499,21 @@ class Report(_Model):
         raise KeyError(f"no metric {name!r} in the report; it has {[m.name for m in self.metrics]}")
 
     def headline_metrics(self) -> dict[str, float]:
-        """Headline figures, flat (for MLflow): per version requests, error rate, p95 latency; per
-        metric and variant value, lifts and p-values; the SRM p-value; shadow agreement. Missing
-        (None) figures are left out."""
+        """Headline figures, flat (for MLflow): per version requests (and of them retried), error
+        rate, p95 latency; the requests sent, each counted once; per metric and variant value, lifts
+        and p-values; the SRM p-value; shadow agreement. Missing (None) figures are left out."""
         out: dict[str, float] = {}
 
         def put(key: str, value: float | int | None) -> None:
             if value is not None and math.isfinite(value):
                 out[key] = float(value)
 
+        # A request failed over is a request of both versions: the versions' requests add up to
+        # more than were sent, which requests_total (as serve-ab runs) does not.
+        put("requests_total", self.run_summary()["requests"])
         for name, variant in self.variants.items():
             put(f"{name}.requests", variant.requests)
+            put(f"{name}.retried", variant.retried)
             put(f"{name}.error_rate", variant.error_rate)
             put(f"{name}.latency_p95_ms", variant.latency_ms.p95)
         for metric in self.metrics:
