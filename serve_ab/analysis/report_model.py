@@ -13,7 +13,8 @@ Pure data: pydantic only (no numpy, no scipy), so the CLI can read a report chea
 float is finite or None (``allow_inf_nan=False``): a figure that cannot be computed yet
 is None, never NaN, so the JSON is plain JSON. Unknown keys are refused (``extra="forbid"``),
 so a report from another layout fails loudly instead of rendering half empty; bump
-``REPORT_SCHEMA`` when a change is not backwards compatible.
+``REPORT_SCHEMA`` when a change is not backwards compatible. A reader takes a report of this
+schema from a newer serve-ab with :func:`read_report`, which leaves out the fields added since.
 
 Example::
 
@@ -24,11 +25,12 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # ab.ABVerdict values; spelled out so that reading a report never imports scipy (ab does).
 ABVerdict = Literal["better", "worse", "no_difference", "not_enough_data"]
@@ -38,7 +40,7 @@ __all__ = [
     "ConversionFeedback", "CupedFigures", "Drift", "Experiment", "FixedFigures", "Flip", "Flips", "Guardrail",
     "LatencyHistogram", "LatencySummary", "MeanFeedback", "MetricResult", "PairedMean", "Plots",
     "PowerPlan", "RatioArm", "Report", "SequentialFigures", "ShadowResult", "ShadowSetup", "Similarity", "Srm",
-    "SrmSplit", "Timeline", "ValueDrift", "VariantResult", "report_json_schema",
+    "SrmSplit", "Timeline", "ValueDrift", "VariantResult", "read_report", "report_json_schema",
 ]
 
 REPORT_SCHEMA = 2  # 2: per-unit metrics, splits, one estimand per verdict, guardrails
@@ -497,17 +499,21 @@ class Report(_Model):
         raise KeyError(f"no metric {name!r} in the report; it has {[m.name for m in self.metrics]}")
 
     def headline_metrics(self) -> dict[str, float]:
-        """Headline figures, flat (for MLflow): per version requests, error rate, p95 latency; per
-        metric and variant value, lifts and p-values; the SRM p-value; shadow agreement. Missing
-        (None) figures are left out."""
+        """Headline figures, flat (for MLflow): per version requests (and of them retried), error
+        rate, p95 latency; the requests sent, each counted once; per metric and variant value, lifts
+        and p-values; the SRM p-value; shadow agreement. Missing (None) figures are left out."""
         out: dict[str, float] = {}
 
         def put(key: str, value: float | int | None) -> None:
             if value is not None and math.isfinite(value):
                 out[key] = float(value)
 
+        # A request failed over is a request of both versions: the versions' requests add up to
+        # more than were sent, which requests_total (as serve-ab runs) does not.
+        put("requests_total", self.run_summary()["requests"])
         for name, variant in self.variants.items():
             put(f"{name}.requests", variant.requests)
+            put(f"{name}.retried", variant.retried)
             put(f"{name}.error_rate", variant.error_rate)
             put(f"{name}.latency_p95_ms", variant.latency_ms.p95)
         for metric in self.metrics:
@@ -537,6 +543,41 @@ class Report(_Model):
             "requests": sum(v.requests - v.retried for v in self.variants.values()),
             "srm_mismatch": self.srm.mismatch if self.srm.applicable else None,
         }
+
+
+def read_report(data: Any) -> tuple[Report, list[str]]:
+    """``data`` as a Report for a reader (the CLI), and the dotted paths of the fields it left out.
+
+    A report of this ``REPORT_SCHEMA`` from a newer serve-ab may carry fields added since (a
+    backwards-compatible addition does not bump the schema): those fields, and nothing else, are
+    dropped, so an older reader still renders what it knows instead of refusing the whole report.
+    Any other misfit (a field missing or of the wrong type, an unknown field in a report of
+    another schema) raises the strict model's ``ValidationError``, as ``Report.model_validate``.
+    """
+    try:
+        return Report.model_validate(data), []
+    except ValidationError as e:
+        errors = e.errors()
+        same_schema = isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA
+        if not same_schema or any(error["type"] != "extra_forbidden" for error in errors):
+            raise
+    trimmed = copy.deepcopy(data)
+    dropped = [_drop(trimmed, error["loc"]) for error in errors]
+    return Report.model_validate(trimmed), dropped
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> str:
+    """Delete the field at pydantic's ``loc`` in ``data``; its path as a reader would write it.
+    A ``loc`` also names the member of a tagged union it checked (``feedback.correct.conversion.x``):
+    a step that is not in the data is such a tag, and skipped."""
+    node, path = data, []
+    for step in loc[:-1]:
+        if isinstance(node, dict) and step in node or isinstance(node, list) and isinstance(step, int) \
+                and 0 <= step < len(node):
+            node = node[step]
+            path.append(str(step))
+    node.pop(loc[-1], None)
+    return ".".join([*path, str(loc[-1])])
 
 
 def report_json_schema() -> dict[str, Any]:

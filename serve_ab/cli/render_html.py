@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from typing import Any
 
 from serve_ab.analysis.report_model import Experiment, MetricResult, Report
 from serve_ab.cli.render_table import (
-    _VERDICT_TEXT, _arm_rows, _comparison_cells, _headline, _int, _kind, _metric_test, _metric_title, _num, _options,
-    _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _units_note, _value, _when_text,
+    _VERDICT_TEXT, _arm_rows, _comparison_cells, _failover_text, _headline, _int, _kind, _metric_test, _metric_title,
+    _num, _options, _p, _pct, _rel, _shadow_lines, _signed, _srm_earlier_text, _srm_flag, _srm_text, _units_note,
+    _value, _when_text,
 )
 
 __all__ = ["render_html"]
@@ -77,7 +79,10 @@ def render_html(report: Report) -> str:
         # bump reads as a second mode.
         note = report.plots.latency_histogram.note if report.plots.latency_histogram else ""
         parts.append(_figure(plots["latency"], f"Latency distribution per version (successful requests): {note}"))
-    parts.append(_html_table(_latency_rows(report)))
+    retried = any(v.retried for v in report.variants.values())
+    parts.append(_html_table(_latency_rows(report, retried), numeric=(1, 2) if retried else (1,)))
+    if retried:
+        parts.append(f"<p class='sub'>{esc(_failover_text(report) or '')}</p>")
     parts.append("<h2>Traffic and sample size over time</h2>")
     parts.append(f"<p>Sample ratio check: {esc(_srm_text(srm))}</p>")
     earlier = _srm_earlier_text(srm)
@@ -132,21 +137,26 @@ def _comparison_rows(metric: MetricResult, exp: Experiment, srm_flag: str) -> li
     return rows
 
 
-def _latency_rows(report: Report) -> list[list[str]]:
-    rows = [["version", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
+def _latency_rows(report: Report, retried: bool = False) -> list[list[str]]:
+    """Per version; with ``retried``, a column of the requests each served for a version that
+    failed them (counted under both: without it the requests column adds up to more than were sent)."""
+    extra = ["of them retried"] if retried else []
+    rows = [["version", "requests", *extra, "errors", "error rate", "p50 ms", "p95 ms", "p99 ms", "mean ms"]]
     for name, v in report.variants.items():
         if v.role == "shadow" and not v.requests:
             continue  # no live request: its copies' row below
         lat = v.latency_ms
-        rows.append([f"{name} ({v.role})", _int(v.requests), _int(v.errors), _pct(v.error_rate, 2),
-                     _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
+        rows.append([f"{name} ({v.role})", _int(v.requests), *([_int(v.retried)] if retried else []),
+                     _int(v.errors), _pct(v.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99),
+                     _num(lat.mean)])
     shadow = report.shadow
     if shadow is not None and shadow.mirrored:
         # Its copies, timed as the live requests are: a shadow with no live traffic of its own
         # read as a row of zeros and dashes, its latency only in the shadow's section.
         lat = shadow.latency_ms
-        rows.append([f"{shadow.version} (shadow copies)", _int(shadow.mirrored), _int(shadow.errors),
-                     _pct(shadow.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99), _num(lat.mean)])
+        rows.append([f"{shadow.version} (shadow copies)", _int(shadow.mirrored), *(["-"] if retried else []),
+                     _int(shadow.errors), _pct(shadow.error_rate, 2), _num(lat.p50), _num(lat.p95), _num(lat.p99),
+                     _num(lat.mean)])
     return rows
 
 
@@ -197,7 +207,32 @@ def _plots(report: Report) -> dict[str, str]:
         shadow = _shadow_plot(report, Figure)
         if shadow:
             out["shadow"] = shadow
-    return out
+    return {name: _scoped(svg, f"plot{i}") for i, (name, svg) in enumerate(out.items())}
+
+
+_TAG = re.compile(r"<[^<>]+>")
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def _scoped(svg: str, scope: str) -> str:
+    """``svg`` with each element id, and each reference to one, prefixed with ``scope-``.
+
+    Every matplotlib SVG numbers its elements from 1 (``figure_1``, ``axes_1``, ``patch_1``):
+    six plots inline made one page with a hundred ids each used several times, which HTML
+    forbids and which leaves ``#axes_1`` or a clip path's ``url(#...)`` to whichever plot comes
+    first. Only tags are rewritten: a name drawn as text that reads ``id="x"`` stays as written.
+    """
+    ids = set(_ID.findall(svg))
+    if not ids:
+        return svg
+
+    reference = re.compile(r'(\bid="|href="#|url\(#)([^")]+)')
+
+    def tag(match: re.Match) -> str:
+        return reference.sub(lambda m: m.group(1) + (f"{scope}-{m.group(2)}" if m.group(2) in ids else m.group(2)),
+                             match.group(0))
+
+    return _TAG.sub(tag, svg)
 
 
 def _svg(fig: Any) -> str:

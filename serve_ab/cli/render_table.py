@@ -45,6 +45,9 @@ def render_table(report: Report) -> str:
         lines += _wrap(f"  {units}", indent="    ")
     for warning in report.warnings:
         lines += _wrap(f"WARNING: {warning}", indent="  ")
+    failover = _failover_text(report)
+    if failover:
+        lines += _wrap(failover, indent="  ")
     lines += _srm_lines(srm)
     srm_flag = _srm_flag(srm)
     for metric in report.metrics:
@@ -72,6 +75,19 @@ def _units_note(report: Report) -> str | None:
     if not report.metrics:
         return None
     return f"units in the metric tables: each a {report.metrics[0].analysis_unit}"
+
+
+def _failover_text(report: Report) -> str | None:
+    """The requests a fallback answered for a version that could not: each counts as a request of
+    both (the failed one's error, the fallback's request), so the versions' requests add up to more
+    than were sent; ``serve-ab runs`` counts them once. None when there were none."""
+    retried = {name: v.retried for name, v in report.variants.items() if v.retried}
+    if not retried:
+        return None
+    total = sum(v.requests - v.retried for v in report.variants.values())
+    served = ", ".join(f"{name} {n:,}" for name, n in retried.items())
+    return (f"failover: requests another version could not answer, served by the fallback (retried): {served}; "
+            f"each also counts as the failed version's request and error, so {total:,} requests in all")
 
 
 def _options(exp: Experiment) -> str:

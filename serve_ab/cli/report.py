@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from serve_ab.analysis.report_model import REPORT_SCHEMA, Report
+from serve_ab.analysis.report_model import REPORT_SCHEMA, Report, read_report
 from serve_ab.cli import rollout as cli_rollout
 from serve_ab.cli.options import ExitCode, RequestFailed, add_output_option, dump, hide_url_passwords
 from serve_ab.cli.render_html import render_html
@@ -46,7 +46,7 @@ __all__ = ["REPORT_PATH", "add_parsers", "run_report", "run_runs"]
 
 REPORT_PATH = "/experiment/report"
 DEFAULT_RECORDS = ".serve-ab/runs.sqlite"  # analysis.records.path's default, relative to serve run's cwd
-_MAX_PROBLEMS = 5  # validation problems listed for a report that does not fit
+_MAX_PROBLEMS = 5  # validation problems listed for a report that does not fit (and unknown fields named)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -206,11 +206,12 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             print(line, file=err)
         return failure.code
     if args.from_record is not None:
-        report, code = _report_from_record(args.from_record, args, password, err)
+        read, code = _report_from_record(args.from_record, args, password, err)
     else:
-        report, code = _report_from_app(url, args.request_timeout_s, found, err)
-    if report is None:
+        read, code = _report_from_app(url, args.request_timeout_s, found, err)
+    if read is None:
         return code
+    report, received = read
     if args.html is not None:
         try:
             args.html.write_text(render_html(report), encoding="utf-8")
@@ -218,7 +219,9 @@ def run_report(args: argparse.Namespace, *, parser: argparse.ArgumentParser | No
             print(f"error: cannot write {args.html}: {e.strerror or e}", file=err)
             return 1
         print(f"wrote {args.html}", file=err)
-    data = report.model_dump(mode="json")
+    # A report with fields this serve-ab does not know is printed as data as it came: -o json is
+    # for reading every figure, also those this command cannot draw.
+    data = report.model_dump(mode="json") if received is None else received
     print(render_table(report) if args.output == "table" else dump(data, args.output), file=out)
     return ExitCode.OK
 
@@ -253,10 +256,14 @@ def run_runs(args: argparse.Namespace, *, parser: argparse.ArgumentParser | None
     return ExitCode.OK
 
 
+# A report read, and the data as received when fields this serve-ab does not know were left out of it.
+_Read = tuple[Report, Any]
+
+
 def _report_from_app(url: str, timeout_s: float, found: tuple[str, str] | None,
-                     err: TextIO) -> tuple[Report | None, int]:
-    """The report and OK, or None and the exit code, after saying why. ``found``: the token to
-    send and its source (:func:`cli_rollout.resolve_token`), or None."""
+                     err: TextIO) -> tuple[_Read | None, int]:
+    """The report (:data:`_Read`) and OK, or None and the exit code, after saying why. ``found``:
+    the token to send and its source (:func:`cli_rollout.resolve_token`), or None."""
     token, token_from = found or (None, None)
     try:
         data = cli_rollout._send(url, "GET", REPORT_PATH, body=None, token=token, token_from=token_from,
@@ -268,14 +275,14 @@ def _report_from_app(url: str, timeout_s: float, found: tuple[str, str] | None,
                                      "enough to report? (GET /rollout/status answers on every serve-ab app)"),
                   file=err)
         return None, failure.code
-    report = _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
-                    err)
-    return report, ExitCode.OK if report is not None else ExitCode.FAILED
+    read = _parse(data, f"{url}{REPORT_PATH}", "is the app running another serve-ab version than this command?",
+                  err)
+    return read, ExitCode.OK if read is not None else ExitCode.FAILED
 
 
 def _report_from_record(run_id: str, args: argparse.Namespace, password: str | None,
-                        err: TextIO) -> tuple[Report | None, int]:
-    """The report and OK, or None and the exit code, after saying why."""
+                        err: TextIO) -> tuple[_Read | None, int]:
+    """The report (:data:`_Read`) and OK, or None and the exit code, after saying why."""
     path = str(args.records or DEFAULT_RECORDS)
     try:
         recorder, path = _records_location(args, password)
@@ -294,16 +301,17 @@ def _report_from_record(run_id: str, args: argparse.Namespace, password: str | N
         if _unreachable(e):
             return None, ExitCode.UNREACHABLE
     else:
-        report = _parse(data, f"run record {run_id!r} in {path}",
-                        "a record written by an older serve-ab may not fit this report layout", err)
-        return report, ExitCode.OK if report is not None else ExitCode.FAILED
+        read = _parse(data, f"run record {run_id!r} in {path}",
+                      "a record written by an older serve-ab may not fit this report layout", err)
+        return read, ExitCode.OK if read is not None else ExitCode.FAILED
     return None, ExitCode.FAILED
 
 
-def _parse(data: Any, source: str, hint: str, err: TextIO) -> Report | None:
-    """``data`` as a Report, or None after saying which fields do not fit (never a traceback)."""
+def _parse(data: Any, source: str, hint: str, err: TextIO) -> _Read | None:
+    """``data`` as a Report (:data:`_Read`), or None after saying which fields do not fit (never a
+    traceback). Fields added by a newer serve-ab to this report layout are left out, and named."""
     try:
-        return Report.model_validate(data)
+        report, dropped = read_report(data)
     except ValidationError as e:
         schema = data.get("schema") if isinstance(data, dict) else None
         print(f"error: the report of {source} does not fit the report layout (schema {schema!r}, this serve-ab "
@@ -315,4 +323,12 @@ def _parse(data: Any, source: str, hint: str, err: TextIO) -> Report | None:
             print(f"  ... and {e.error_count() - _MAX_PROBLEMS} more", file=err)
         print(f"hint: {hint}", file=err)
         return None
+    if not dropped:
+        return report, None
+    shown = ", ".join(dropped[:_MAX_PROBLEMS]) + (f" and {len(dropped) - _MAX_PROBLEMS} more"
+                                                  if len(dropped) > _MAX_PROBLEMS else "")
+    print(f"note: the report of {source} has {len(dropped)} field(s) this serve-ab does not know, from a newer "
+          f"serve-ab: {shown}; the table and page leave them out (-o json prints them): upgrade serve-ab to "
+          "see them", file=err)
+    return report, data
 

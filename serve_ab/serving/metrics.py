@@ -16,6 +16,9 @@ Per version:
 - ``serve_ab_requests_total`` counter: requests served or failed.
 - ``serve_ab_assigned_requests_total`` counter: of those, the ones the assignment chose
   (not pinned, not a retry on another version): the sample-ratio figure.
+- ``serve_ab_retried_requests_total`` counter: of those, the ones it answered as the fallback
+  for a version that could not (counted there too, as a request and an error), so
+  ``sum(requests_total) - sum(retried_requests_total)`` counts each request sent once.
 - ``serve_ab_errors_total{kind}`` counter, kind in unavailable|output|model|input|cancelled
   (every kind is always present, 0 until it happens, so ``rate()`` has a series).
 - ``serve_ab_request_duration_seconds`` histogram: the time the version took to answer each successful
@@ -34,6 +37,8 @@ Shadow traffic (when the app mirrors to a shadow version; ``version`` is the sha
 - ``serve_ab_shadow_requests_total`` counter: copies sent.
 - ``serve_ab_shadow_dropped_total`` counter: copies not sent, because the router had too
   many waiting for the shadow (serving/core/mirror.py).
+- ``serve_ab_shadow_rows_not_compared_total`` counter: rows of the compared requests beyond
+  each one's first, which no comparison reads (batched requests).
 - ``serve_ab_shadow_errors_total{kind}`` counter.
 - ``serve_ab_shadow_comparisons_total{live_version}`` counter: answered pairs compared.
 - ``serve_ab_shadow_agreements_total`` counter: pairs whose predicted classes agree;
@@ -146,6 +151,10 @@ class _SnapshotCollector(Collector):
             PREFIX + "assigned_requests_total",
             "Requests whose version the assignment chose (not pinned, not retried elsewhere).",
             labels=labels)
+        retried = CounterMetricFamily(
+            PREFIX + "retried_requests",
+            "Of the requests, those the version answered as the fallback for a version that could not "
+            "(counted there too): sum(requests) - sum(retried) counts each request once.", labels=labels)
         errors = CounterMetricFamily(PREFIX + "errors_total", "Failed requests, per version and kind.",
                                      labels=[*labels, "kind"])
         duration = HistogramMetricFamily(PREFIX + "request_duration_seconds",
@@ -165,6 +174,7 @@ class _SnapshotCollector(Collector):
             ids = [model, version]
             requests.add_metric(ids, stats["requests"])
             assigned.add_metric(ids, stats["assigned"])
+            retried.add_metric(ids, stats.get("retried", 0))
             by_kind = stats["errors_by_kind"]
             for kind in (*ERROR_KINDS, *sorted(set(by_kind) - set(ERROR_KINDS))):
                 errors.add_metric([*ids, kind], by_kind.get(kind, 0))
@@ -177,7 +187,7 @@ class _SnapshotCollector(Collector):
                     conversions.add_metric([*ids, name], totals["successes"])
                 else:
                     values.add_metric([*ids, name], count_value=totals["n"], sum_value=totals["sum"])
-        yield from (requests, assigned, errors, duration, predictions, feedback, conversions, values)
+        yield from (requests, assigned, retried, errors, duration, predictions, feedback, conversions, values)
 
         weights = GaugeMetricFamily(PREFIX + "traffic_weight_ratio",
                                     "Share of traffic per version routed now (the rollout's current weights), 0..1.", labels=labels)
@@ -200,6 +210,10 @@ class _SnapshotCollector(Collector):
             PREFIX + "shadow_dropped", "Copies not sent to the shadow version: the router had too many "
             "waiting for it (it answers slower than live requests come).", labels=labels)
         dropped.add_metric(ids, shadow.get("dropped", 0))
+        rows = CounterMetricFamily(
+            PREFIX + "shadow_rows_not_compared", "Rows of the compared requests beyond each one's first: only a "
+            "request's first row is compared, so no comparison reads these rows of batched requests.", labels=labels)
+        rows.add_metric(ids, shadow.get("rows_not_compared", 0))
         errors = CounterMetricFamily(PREFIX + "shadow_errors_total", "Copies the shadow version failed.",
                                      labels=[*labels, "kind"])
         by_kind = shadow["errors_by_kind"]
@@ -216,7 +230,7 @@ class _SnapshotCollector(Collector):
         duration = HistogramMetricFamily(PREFIX + "shadow_request_duration_seconds",
                                          "Latency of the shadow version's answers, in seconds.", labels=labels)
         _add_histogram(duration, ids, shadow["latency"])
-        yield from (mirrored, dropped, errors, comparisons, agreements, duration)
+        yield from (mirrored, dropped, rows, errors, comparisons, agreements, duration)
         if shadow["pairs"]:
             ratio = GaugeMetricFamily(PREFIX + "shadow_agreement_ratio",
                                       "Share of compared pairs that agree, since the counters started.",

@@ -932,6 +932,19 @@ def test_headline_metrics_are_flat_and_finite_and_the_run_summary_counts_request
                                     "srm_mismatch": report.srm.mismatch}
 
 
+def test_headline_metrics_count_the_requests_a_fallback_served_and_the_requests_sent_once(busy):
+    # Live (isolated, a replica killed): v1 1,069 requests of which 252 retried, v2 783 (252 of them
+    # failed over), 1,600 sent; MLflow had v1.requests and v2.requests only, which add up to 1,852.
+    _, report, _ = busy
+    variants = dict(report.variants)
+    variants["v1"] = variants["v1"].model_copy(update={"requests": variants["v1"].requests + 25, "retried": 25})
+    failed = report.model_copy(update={"variants": variants})
+    metrics = failed.headline_metrics()
+    assert metrics["v1.retried"] == 25.0 and metrics["v2.retried"] == 0.0
+    assert metrics["requests_total"] == sum(v.requests for v in report.variants.values())
+    assert metrics["requests_total"] == failed.run_summary()["requests"]
+
+
 def test_headline_metrics_leave_out_what_is_missing():
     cfg = make_cfg()
     report, _ = build_report(cfg, ExperimentStats(["v1", "v2", "v3"], 0.0, shadow_version="v3").snapshot(0.0),

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import serve_ab.cli
-from serve_ab.analysis.report_model import CupedFigures, Report
+from serve_ab.analysis.report_model import REPORT_SCHEMA, CupedFigures, Report, read_report
 from serve_ab.cli import command as cli, render_html as render_html_module, report as report_cli
 from serve_ab.cli.render_html import render_html
 from serve_ab.cli import render_table as render_table_module
@@ -283,6 +283,29 @@ def test_html_is_self_contained_with_an_svg_per_plot(report):
     assert f"<td class='n'>{c.n_variant:,} vs {c.n_control:,}</td>" in page
 
 
+
+def test_html_ids_are_unique_and_every_reference_is_to_its_own_plot(report):
+    # Live: a page of eight matplotlib plots used 157 ids (figure_1, axes_1, patch_1 ...) more than
+    # once each; HTML ids are unique, and #axes_1 or url(#p...) named whichever plot came first.
+    from collections import Counter
+
+    page = render_html(report)
+    ids = Counter(re.findall(r'\bid="([^"]+)"', page))
+    assert ids and max(ids.values()) == 1, [name for name, n in ids.items() if n > 1][:5]
+    for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
+        own = set(re.findall(r'\bid="([^"]+)"', svg))
+        used = set(re.findall(r'href="#([^"]+)"', svg)) | set(re.findall(r"url\(#([^)]+)\)", svg))
+        assert used and used <= own, used - own
+
+
+def test_scoping_rewrites_tags_only_not_text_that_reads_like_an_id():
+    svg = ('<svg><defs><path id="m1" d="M0 0"/></defs><g id="axes_1"><use xlink:href="#m1"/>'
+           '<g clip-path="url(#m1)"/><text>id="m1" url(#m1)</text></g></svg>')
+    assert render_html_module._scoped(svg, "plot3") == (
+        '<svg><defs><path id="plot3-m1" d="M0 0"/></defs><g id="plot3-axes_1"><use xlink:href="#plot3-m1"/>'
+        '<g clip-path="url(#plot3-m1)"/><text>id="m1" url(#m1)</text></g></svg>')
+
+
 @pytest.mark.parametrize("name", ["$\\foo$", "cost $ per $"])
 def test_html_draws_a_metric_name_with_dollars_as_written(name):
     # Regression: matplotlib read "$...$" in a title as mathtext, and "$\foo$" crashed the page.
@@ -329,6 +352,39 @@ def test_html_latency_table_shows_the_shadows_copies_not_a_row_of_zeros(report, 
     page = render_html(report)
     assert f"<td>{shadow.version} (shadow)</td>" not in page
     assert f"<td>{shadow.version} (shadow copies)</td><td class='n'>{shadow.mirrored:,}</td>" in page
+
+
+
+def _failed_over(report, served: int):
+    """``report`` after v2 failed ``served`` of its requests and v1 answered them as the fallback:
+    each a request of both, v1's retried and v2's error (as /experiment/stats counts them live)."""
+    variants = dict(report.variants)
+    v1, v2 = variants["v1"], variants["v2"]
+    variants["v1"] = v1.model_copy(update={"requests": v1.requests + served, "retried": served})
+    variants["v2"] = v2.model_copy(update={"errors": v2.errors + served})
+    return report.model_copy(update={"variants": variants})
+
+
+def test_table_and_html_say_how_many_requests_a_fallback_served_and_the_total_counted_once(report, no_plots):
+    # Live (isolated, v2's replica killed under load): v1 1,069 requests of which 252 retried, v2 783,
+    # 1,600 sent; the page's requests column added up to 1,852 and neither view showed `retried`.
+    failed = _failed_over(report, 40)
+    sent = sum(v.requests for v in report.variants.values())
+    said = f"served by the fallback (retried): v1 40; each also counts as the failed version"
+    table = render_table(failed)
+    assert said in " ".join(line.strip() for line in table.splitlines())
+    assert f"so {sent:,} requests in all" in " ".join(line.strip() for line in table.splitlines())
+    assert sent == failed.run_summary()["requests"]  # what serve-ab runs lists
+    page = render_html(failed)
+    v1 = failed.variants["v1"]
+    assert "<th>of them retried</th>" in page
+    assert f"<td>v1 (control)</td><td class='n'>{v1.requests:,}</td><td class='n'>40</td>" in page
+    assert f"so {sent:,} requests in all" in page
+
+
+def test_no_failover_line_or_column_without_retries(report, no_plots):
+    assert all(v.retried == 0 for v in report.variants.values())
+    assert "failover" not in render_table(report) and "retried" not in render_html(report)
 
 
 # --- the commands against a fake app -------------------------------------------------------
@@ -492,10 +548,73 @@ def test_a_record_of_another_layout_is_a_clear_error_naming_the_run(report, caps
 
 
 def test_an_app_answering_another_layout_is_a_clear_error(app, report, capsys):
-    app.responses = {("GET", "/experiment/report"): (200, {**report.model_dump(mode="json"), "extra": 1})}
+    data = {**report.model_dump(mode="json"), "schema": REPORT_SCHEMA + 1, "extra": 1}
+    app.responses = {("GET", "/experiment/report"): (200, data)}
     code, out, err = _run(["report"], capsys)
     assert code == 1 and out == ""
     assert "/experiment/report does not fit the report layout" in err and "  extra: Extra inputs" in err
+
+
+def _newer(report) -> dict:
+    """``report`` as a newer serve-ab of the same layout sends it: fields added since, at the top,
+    in a version, in a list's item and in a member of a tagged union (a feedback figure)."""
+    data = report.model_dump(mode="json")
+    data["added_at_top"] = {"a": 1}
+    data["variants"]["v2"]["failed_over_ms"] = 12.5
+    data["metrics"][0]["comparisons"][0]["new_test"] = "x"
+    data["variants"]["v2"]["feedback"]["correct"]["new_figure"] = 3
+    return data
+
+
+def test_a_newer_app_of_the_same_layout_is_rendered_without_the_fields_this_cli_does_not_know(app, report, capsys):
+    # A report of this schema with fields added since (a newer app) was refused whole: an old CLI
+    # could not read a new app's report at all once per-version `retried` came.
+    app.responses = {("GET", "/experiment/report"): (200, _newer(report))}
+    code, out, err = _run(["report"], capsys)
+    assert code == 0, err
+    assert out.rstrip("\n") == render_table(report)
+    assert "4 field(s) this serve-ab does not know, from a newer serve-ab" in err
+    for path in ("added_at_top", "variants.v2.failed_over_ms", "metrics.0.comparisons.0.new_test",
+                 "variants.v2.feedback.correct.new_figure"):
+        assert path in err
+    assert "upgrade serve-ab" in err and "Traceback" not in err
+
+
+def test_json_of_a_newer_report_keeps_the_fields_this_cli_does_not_know(app, report, capsys):
+    newer = _newer(report)
+    app.responses = {("GET", "/experiment/report"): (200, newer)}
+    code, out, err = _run(["report", "-o", "json"], capsys)
+    assert code == 0 and json.loads(out) == newer
+    assert "does not know" in err
+
+
+def test_a_newer_record_of_the_same_layout_is_rendered(report, capsys, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    RunRecorder(path).save("digits-9", {"model": "digits"}, _newer(report), 1000.0, 1200.0)
+    page = tmp_path / "page.html"
+    code, out, err = _run(["report", "--from-record", "digits-9", "--records", str(path), "--html", str(page)],
+                          capsys)
+    assert code == 0 and out.rstrip("\n") == render_table(report)
+    assert "run record 'digits-9'" in err and "does not know" in err
+    assert "failed_over_ms" not in page.read_text()
+
+
+def test_a_newer_report_with_a_field_that_does_not_fit_is_still_refused(app, report, capsys):
+    newer = _newer(report)
+    newer["srm"]["mismatch"] = "maybe"  # not an addition: a changed field
+    app.responses = {("GET", "/experiment/report"): (200, newer)}
+    code, out, err = _run(["report"], capsys)
+    assert code == 1 and out == ""
+    assert "srm.mismatch: Input should be a valid boolean" in err and "added_at_top: Extra inputs" in err
+
+
+def test_read_report_leaves_the_data_as_it_came(report):
+    newer = _newer(report)
+    before = json.dumps(newer, sort_keys=True)
+    read, dropped = read_report(newer)
+    assert read == report and len(dropped) == 4
+    assert json.dumps(newer, sort_keys=True) == before
+    assert read_report(report.model_dump(mode="json")) == (report, [])
 
 
 def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):

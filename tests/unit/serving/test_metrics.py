@@ -3,6 +3,7 @@ and the Grafana dashboard only asks for series that render() emits."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import defaultdict
@@ -168,6 +169,24 @@ def test_latency_histogram_is_cumulative_in_seconds_with_inf_equal_to_count(roll
     assert samples(families, "serve_ab_request_duration_seconds_sum")[(("version", "v1"),)] == \
         pytest.approx(latency["sum_s"])
     assert len(set(got)) >= 4  # the realistic latencies spread over several buckets
+
+
+def test_requests_retried_and_shadow_rows_not_compared_are_the_snapshots(rollout_scrape):
+    # Live (isolated, a replica killed under load): the report and /experiment/stats had v1's
+    # retried 252 and the shadow's rows_not_compared 923; /metrics had neither, so a dashboard
+    # summing serve_ab_requests_total counted 1,852 requests for the 1,600 sent.
+    cfg, snap, _, _ = rollout_scrape
+    snap = copy.deepcopy(snap)
+    snap["versions"]["v1"]["retried"] = 7
+    snap["versions"]["v1"]["requests"] += 7
+    snap["shadow"]["rows_not_compared"] = 11
+    families, _ = scrape(cfg, snap, rollout_status(cfg))
+    retried = samples(families, "serve_ab_retried_requests_total")
+    assert retried == {(("version", v),): float(s.get("retried", 0)) for v, s in snap["versions"].items()}
+    assert retried[(("version", "v1"),)] == 7.0
+    sent = sum(samples(families, "serve_ab_requests_total").values()) - sum(retried.values())
+    assert sent == sum(s["requests"] - s.get("retried", 0) for s in snap["versions"].values())
+    assert samples(families, "serve_ab_shadow_rows_not_compared_total") == {(("version", "v3"),): 11.0}
 
 
 def test_shadow_counters_and_agreement_ratio(rollout_scrape):
