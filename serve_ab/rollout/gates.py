@@ -262,8 +262,8 @@ class WindowStats:
     def __post_init__(self) -> None:
         for name in ("latencies_ms", "scores"):
             value = getattr(self, name)
-            if not isinstance(value, LogHistogram):
-                object.__setattr__(self, name, LogHistogram.of(value))
+            if not isinstance(value, LogHistogram):  # scores with 1 - x, as a router sketches them
+                object.__setattr__(self, name, LogHistogram.of(value, complement=name == "scores"))
         if not 0 <= self.error_count <= self.request_count:
             raise ValueError(
                 f"{self.version}: error_count ({self.error_count}) must be in "
