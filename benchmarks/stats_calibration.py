@@ -61,6 +61,11 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    router pairs them) should pass at most alpha of the time, and a ``drift_js`` gate with no
    drift, or a ``drift_ks`` gate between scores with a user effect and no drift, should fail
    at most alpha. The KS gate's power is shown beside it (a shift of 0.3 on the logit scale).
+   The same for a confident classifier's scores (logit mean 5: 1 - score mostly 0.001-0.05),
+   with ``drift_ks`` and ``drift_wasserstein``, and for logits as the scores (any real): no
+   drift, and a candidate whose scores are x0.995 or x0.999 (a drop of confidence), or whose
+   logits are up 0.3. Sketches of x alone lumped every score from 0.9975 up and passed the
+   x0.995 drop in every run; they now also count 1 - x (``analysis/sketch.py``).
    Counting requests as independent passed the error-rate cases 15-35% of the time, failed
    the drift_js case 85% and the drift_ks cases 38-55%, and passed the shadow_agreement cases
    about 32%; the gates now read each figure's design effect from per-group totals
@@ -205,6 +210,17 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "drift_ks_no_drift_narrow_values_40x50_icc0.3": ("drift_ks", 40, 50, 0.3, 0.0),
     # A power figure, not a check: the candidate's scores shifted by 0.3 on the logit scale.
     "drift_ks_healthy_detects_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
+    # A confident classifier's scores (the logistic of a normal, mean 5, SD 1: 1 - score mostly
+    # 0.001-0.05), where a sketch of x alone lumped every score from 0.9975 up; and the
+    # candidate's confidence dropped, every score x (1 - 0.005): power figures.
+    "drift_ks_no_drift_confident_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
+    "drift_ks_healthy_detects_confident_x0.995_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.005),
+    "drift_ks_healthy_detects_confident_x0.999_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.001),
+    "drift_wasserstein_no_drift_confident_100x20_icc0.3": ("drift_wasserstein", 100, 20, 0.3, 0.0),
+    "drift_wasserstein_healthy_detects_confident_x0.995_100x20_icc0.3": ("drift_wasserstein", 100, 20, 0.3, 0.005),
+    # Logits as the scores (any real: 1.5 +- 1, across 0 and 1), and shifted by 0.3.
+    "drift_ks_no_drift_logits_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
+    "drift_ks_healthy_detects_logits_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
     # Skewed values (revenue) under a max: lognormal, CLUSTER_SKEWED's log SD; keyless (0 users
     # x n: n values with no user) or per user (ICC on the log scale).
     "feedback_mean_skewed_max_at_bound_keyless_200_sigma1": ("feedback_mean", 0, 200, 0.0, 1.0),
@@ -255,6 +271,7 @@ CLUSTER_DRIFT_JS_MAX = 0.01
 # a user effect; max 0, so the KS test alone decides whether the gate fails.
 CLUSTER_SCORE_LOGIT_MEAN, CLUSTER_SCORE_LOGIT_SD, CLUSTER_DRIFT_KS_MAX = 1.5, 1.0, 0.0
 CLUSTER_NARROW_MEAN, CLUSTER_NARROW_SD = 106.0, 2.0  # the "narrow" case's values instead
+CLUSTER_CONFIDENT_LOGIT_MEAN = 5.0  # the "confident" cases' (median score 0.9933)
 
 # Scenario 7: the report's per-class flip tests on a shadow, users who each keep one class.
 FLIP_CLASSES = 10
@@ -699,13 +716,22 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
         for unit, sent in zip(units, _activity(rng, case, users, per_user)):
             log_ms = math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, sd_user) + rng.normal(0, sd_request, sent)
             rows += [(version, float(ms), None, 0, None, unit, True, False, 0, None) for ms in np.exp(log_ms)]
-    elif metric == "drift_ks":  # the candidate's scores shifted by ``rate`` on the logit scale
-        shift = rate if version == "v2" else 0.0
+    elif metric in ("drift_ks", "drift_wasserstein"):
+        # The candidate's scores shifted by ``rate`` on the logit scale; a confident classifier's
+        # multiplied by 1 - rate instead.
+        confident = "confident" in case
+        shift = rate if version == "v2" and not confident else 0.0
+        factor = 1.0 - rate if version == "v2" and confident else 1.0
+        mean = CLUSTER_CONFIDENT_LOGIT_MEAN if confident else CLUSTER_SCORE_LOGIT_MEAN
         sd_user, sd_request = CLUSTER_SCORE_LOGIT_SD * math.sqrt(icc), CLUSTER_SCORE_LOGIT_SD * math.sqrt(1 - icc)
         for unit in units:
-            logit = CLUSTER_SCORE_LOGIT_MEAN + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
-            scores = CLUSTER_NARROW_MEAN + CLUSTER_NARROW_SD * (logit - CLUSTER_SCORE_LOGIT_MEAN) \
-                if "narrow" in case else 1.0 / (1.0 + np.exp(-logit))
+            logit = mean + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
+            if "narrow" in case:
+                scores = CLUSTER_NARROW_MEAN + CLUSTER_NARROW_SD * (logit - CLUSTER_SCORE_LOGIT_MEAN)
+            elif "logits" in case:
+                scores = logit
+            else:
+                scores = factor / (1.0 + np.exp(-logit))
             rows += [(version, 5.0, None, 0, float(score), unit, True, False, 0, None) for score in scores]
     else:  # each user always gets one class, equally likely overall: no drift
         for unit, cls in zip(units, rng.integers(0, GATE_DRIFT_CLASSES, users).tolist()):
@@ -784,7 +810,8 @@ def cluster_gate(case: str) -> Gate:
     if metric == "shadow_agreement":
         return Gate.model_validate({"metric": metric, "min": CLUSTER_CASES[case][4]})
     limit = {"error_rate": CLUSTER_ERROR_MAX, "latency_p95_ms": CLUSTER_P95_MAX_MS,
-             "drift_js": CLUSTER_DRIFT_JS_MAX, "drift_ks": CLUSTER_DRIFT_KS_MAX}[metric]
+             "drift_js": CLUSTER_DRIFT_JS_MAX, "drift_ks": CLUSTER_DRIFT_KS_MAX,
+             "drift_wasserstein": CLUSTER_DRIFT_KS_MAX}[metric]
     return Gate.model_validate({"metric": metric, "max": limit})
 
 
@@ -1072,6 +1099,10 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         what = "no drift" if metric.startswith("drift") else "at its bound"
         if "narrow" in case:
             what += f", values {CLUSTER_NARROW_MEAN:g} +- {CLUSTER_NARROW_SD:g}"
+        if "confident" in case:
+            what += f", a confident classifier's scores (logit {CLUSTER_CONFIDENT_LOGIT_MEAN:g} +- 1)"
+        if "logits" in case:
+            what += ", logits as the scores"
         if case in CLUSTER_SKEWED_LOG_SD:
             what = f"max at the mean, lognormal sigma {CLUSTER_SKEWED_LOG_SD[case]:g}"
         sample = f"{per_user} keyless" if users == 0 else f"{users} users x {per_user}, ICC {icc:g}"
