@@ -1,6 +1,9 @@
 """Do serve-ab's verdicts and gates err as often as they claim? Measured through the real pipeline.
 
     python -m benchmarks.stats_calibration --quick   # smoke size: 18-23 s here; JSON line last
+    python -m benchmarks.stats_calibration --score-drift 1000   # scenario 6's score-drift
+                                                     # cases alone, 1,000 reps each, also
+                                                     # through the wire and GateWindows
     python -m benchmarks.stats_calibration           # about 12 min wall on 2 cores (706 s on
                                                      # 2026-12-06, scenario 9 some 65 s of it;
                                                      # 1,000 A/A reps, 400 power, 200 canary,
@@ -61,6 +64,12 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    router pairs them) should pass at most alpha of the time, and a ``drift_js`` gate with no
    drift, or a ``drift_ks`` gate between scores with a user effect and no drift, should fail
    at most alpha. The KS gate's power is shown beside it (a shift of 0.3 on the logit scale).
+   The same for a confident classifier's scores (logit mean 5: 1 - score mostly 0.001-0.05),
+   with ``drift_ks`` and ``drift_wasserstein``, and for logits as the scores (any real): no
+   drift, and a candidate whose scores are x0.995 or x0.999 (a drop of confidence), or whose
+   logits are up 0.3. Sketches of x alone lumped every score from 0.9975 up, and the gates
+   passed the x0.995 drop in 97.8% (``drift_ks``) and 100% (``drift_wasserstein``) of runs;
+   they now also count 1 - x (``analysis/sketch.py``) and fail it in every run.
    Counting requests as independent passed the error-rate cases 15-35% of the time, failed
    the drift_js case 85% and the drift_ks cases 38-55%, and passed the shadow_agreement cases
    about 32%; the gates now read each figure's design effect from per-group totals
@@ -121,6 +130,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import time
@@ -144,7 +154,7 @@ from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.aggregate import GateAggregate, IntervalAggregate
 from serve_ab.rollout.feedback import FeedbackJoin
 from serve_ab.rollout.gates import Observation, evaluate_gates
-from serve_ab.rollout.windows import window_stats
+from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.routing import NUM_BUCKETS, SplitTable
 
 ALPHA = 0.05
@@ -205,6 +215,17 @@ CLUSTER_CASES = {  # case: (metric, users, requests per user, ICC, true rate, or
     "drift_ks_no_drift_narrow_values_40x50_icc0.3": ("drift_ks", 40, 50, 0.3, 0.0),
     # A power figure, not a check: the candidate's scores shifted by 0.3 on the logit scale.
     "drift_ks_healthy_detects_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
+    # A confident classifier's scores (the logistic of a normal, mean 5, SD 1: 1 - score mostly
+    # 0.001-0.05), where a sketch of x alone lumped every score from 0.9975 up; and the
+    # candidate's confidence dropped, every score x (1 - 0.005): power figures.
+    "drift_ks_no_drift_confident_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
+    "drift_ks_healthy_detects_confident_x0.995_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.005),
+    "drift_ks_healthy_detects_confident_x0.999_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.001),
+    "drift_wasserstein_no_drift_confident_100x20_icc0.3": ("drift_wasserstein", 100, 20, 0.3, 0.0),
+    "drift_wasserstein_healthy_detects_confident_x0.995_100x20_icc0.3": ("drift_wasserstein", 100, 20, 0.3, 0.005),
+    # Logits as the scores (any real: 1.5 +- 1, across 0 and 1), and shifted by 0.3.
+    "drift_ks_no_drift_logits_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, 0.0),
+    "drift_ks_healthy_detects_logits_shift_100x20_icc0.3": ("drift_ks", 100, 20, 0.3, CLUSTER_SCORE_SHIFT),
     # Skewed values (revenue) under a max: lognormal, CLUSTER_SKEWED's log SD; keyless (0 users
     # x n: n values with no user) or per user (ICC on the log scale).
     "feedback_mean_skewed_max_at_bound_keyless_200_sigma1": ("feedback_mean", 0, 200, 0.0, 1.0),
@@ -255,6 +276,7 @@ CLUSTER_DRIFT_JS_MAX = 0.01
 # a user effect; max 0, so the KS test alone decides whether the gate fails.
 CLUSTER_SCORE_LOGIT_MEAN, CLUSTER_SCORE_LOGIT_SD, CLUSTER_DRIFT_KS_MAX = 1.5, 1.0, 0.0
 CLUSTER_NARROW_MEAN, CLUSTER_NARROW_SD = 106.0, 2.0  # the "narrow" case's values instead
+CLUSTER_CONFIDENT_LOGIT_MEAN = 5.0  # the "confident" cases' (median score 0.9933)
 
 # Scenario 7: the report's per-class flip tests on a shadow, users who each keep one class.
 FLIP_CLASSES = 10
@@ -699,13 +721,22 @@ def cluster_rows(rng: np.random.Generator, version: str, case: str) -> list[tupl
         for unit, sent in zip(units, _activity(rng, case, users, per_user)):
             log_ms = math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, sd_user) + rng.normal(0, sd_request, sent)
             rows += [(version, float(ms), None, 0, None, unit, True, False, 0, None) for ms in np.exp(log_ms)]
-    elif metric == "drift_ks":  # the candidate's scores shifted by ``rate`` on the logit scale
-        shift = rate if version == "v2" else 0.0
+    elif metric in ("drift_ks", "drift_wasserstein"):
+        # The candidate's scores shifted by ``rate`` on the logit scale; a confident classifier's
+        # multiplied by 1 - rate instead.
+        confident = "confident" in case
+        shift = rate if version == "v2" and not confident else 0.0
+        factor = 1.0 - rate if version == "v2" and confident else 1.0
+        mean = CLUSTER_CONFIDENT_LOGIT_MEAN if confident else CLUSTER_SCORE_LOGIT_MEAN
         sd_user, sd_request = CLUSTER_SCORE_LOGIT_SD * math.sqrt(icc), CLUSTER_SCORE_LOGIT_SD * math.sqrt(1 - icc)
         for unit in units:
-            logit = CLUSTER_SCORE_LOGIT_MEAN + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
-            scores = CLUSTER_NARROW_MEAN + CLUSTER_NARROW_SD * (logit - CLUSTER_SCORE_LOGIT_MEAN) \
-                if "narrow" in case else 1.0 / (1.0 + np.exp(-logit))
+            logit = mean + shift + rng.normal(0, sd_user) + rng.normal(0, sd_request, per_user)
+            if "narrow" in case:
+                scores = CLUSTER_NARROW_MEAN + CLUSTER_NARROW_SD * (logit - CLUSTER_SCORE_LOGIT_MEAN)
+            elif "logits" in case:
+                scores = logit
+            else:
+                scores = factor / (1.0 + np.exp(-logit))
             rows += [(version, 5.0, None, 0, float(score), unit, True, False, 0, None) for score in scores]
     else:  # each user always gets one class, equally likely overall: no drift
         for unit, cls in zip(units, rng.integers(0, GATE_DRIFT_CLASSES, users).tolist()):
@@ -784,16 +815,20 @@ def cluster_gate(case: str) -> Gate:
     if metric == "shadow_agreement":
         return Gate.model_validate({"metric": metric, "min": CLUSTER_CASES[case][4]})
     limit = {"error_rate": CLUSTER_ERROR_MAX, "latency_p95_ms": CLUSTER_P95_MAX_MS,
-             "drift_js": CLUSTER_DRIFT_JS_MAX, "drift_ks": CLUSTER_DRIFT_KS_MAX}[metric]
+             "drift_js": CLUSTER_DRIFT_JS_MAX, "drift_ks": CLUSTER_DRIFT_KS_MAX,
+             "drift_wasserstein": CLUSTER_DRIFT_KS_MAX}[metric]
     return Gate.model_validate({"metric": metric, "max": limit})
 
 
-def clustered_gates_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
-    """Each case once: the candidate's and stable's rows folded as a router folds them
-    (``IntervalAggregate.served_rows``), then the controller's ``window_stats`` and the gate."""
+def clustered_gates_rep(seed: np.random.SeedSequence, cases: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Each case once (``cases``: those only): the candidate's and stable's rows folded as a
+    router folds them (``IntervalAggregate.served_rows``), then the controller's
+    ``window_stats`` and the gate."""
     rng = np.random.default_rng(seed)
     out = {}
     for case, (metric, *_) in CLUSTER_CASES.items():
+        if cases is not None and case not in cases:
+            continue
         aggregate = IntervalAggregate()
         feedback: tuple[list, list] = ([], [])
         if metric.startswith("feedback"):
@@ -1072,6 +1107,10 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
         what = "no drift" if metric.startswith("drift") else "at its bound"
         if "narrow" in case:
             what += f", values {CLUSTER_NARROW_MEAN:g} +- {CLUSTER_NARROW_SD:g}"
+        if "confident" in case:
+            what += f", a confident classifier's scores (logit {CLUSTER_CONFIDENT_LOGIT_MEAN:g} +- 1)"
+        if "logits" in case:
+            what += ", logits as the scores"
         if case in CLUSTER_SKEWED_LOG_SD:
             what = f"max at the mean, lognormal sigma {CLUSTER_SKEWED_LOG_SD[case]:g}"
         sample = f"{per_user} keyless" if users == 0 else f"{users} users x {per_user}, ICC {icc:g}"
@@ -1296,16 +1335,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the gates 5/2 times as many")
     parser.add_argument("--seed", type=int, default=0, help="seed of every repetition (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="processes sharing the repetitions (default 2)")
+    parser.add_argument("--score-drift", type=int, default=0, metavar="REPS",
+                        help="run only scenario 6's score-drift cases, REPS times, through the wire and the "
+                             "controller's windows too (e.g. 1000: about 3 min on 2 quiet cores)")
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 2:
         parser.error(f"--reps is {args.reps}; give at least 2, e.g. --reps 400")
+    if args.score_drift and args.score_drift < 2:
+        parser.error(f"--score-drift is {args.score_drift}; give at least 2 repetitions, e.g. --score-drift 1000")
     if args.workers < 1:
         parser.error(f"--workers is {args.workers}; give at least 1, e.g. --workers 2")
     return args
 
 
+#: Scenario 6's score-drift cases, which ``--score-drift N`` runs alone.
+SCORE_DRIFT_CASES = tuple(case for case, (metric, *_) in CLUSTER_CASES.items()
+                          if metric in ("drift_ks", "drift_wasserstein"))
+
+
+def run_score_drift(reps: int, seed: int, workers: int) -> dict[str, Any]:
+    """Scenario 6's score-drift cases alone, ``reps`` times each, with each window's reports
+    also through the wire and the controller's windows (pickled, then ``GateWindows``)."""
+    started = time.perf_counter()
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        outcomes = run_reps(pool, "score_drift", 8, reps, seed)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return _jsonable({"bench": "stats_calibration", "mode": "score_drift", "reps": reps, "alpha": ALPHA,
+                      "seed": seed, "cases": summarise_gates(outcomes), "load_after": load_now(),
+                      "wall_s": time.perf_counter() - started})
+
+
+def score_drift_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    """:func:`clustered_gates_rep` of the score-drift cases, each window's aggregate pickled
+    (a router's report) and merged by the controller's ``GateWindows`` before the gate."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for case in SCORE_DRIFT_CASES:
+        aggregate = IntervalAggregate()
+        aggregate.served_rows(cluster_rows(rng, "v2", case) + cluster_rows(rng, "v1", case), {})
+        windows = GateWindows()
+        windows.add(1.0, pickle.loads(pickle.dumps(aggregate)).gates)
+        stats_ = window_stats(windows.window(0.0, step=True).gates, versions=VERSIONS)
+        (result,) = evaluate_gates([cluster_gate(case)], stats_["v2"], stats_["v1"], 1, **_gate_alpha_kwargs())
+        out[case] = result.verdict.value
+    return out
+
+
+SCENARIOS["score_drift"] = score_drift_rep
+
+
 def main(argv: list[str] | None = None) -> int:
-    result = run(parse_args(argv))
+    args = parse_args(argv)
+    if args.score_drift:
+        result = run_score_drift(args.score_drift, args.seed, args.workers)
+        width = max(map(len, result["cases"]))
+        print(f"Scenario 6's score-drift cases, {result['reps']} reps, alpha {ALPHA} (rate ± MC SE)")
+        print(f"  {'case':<{width}} {'pass':>15} {'fail':>15}")
+        for case, row in result["cases"].items():
+            print(f"  {case:<{width}} {_r(row['pass']):>15} {_r(row['fail']):>15}")
+        print(json.dumps(result), flush=True)
+        return 0
+    result = run(args)
     print_tables(result)
     print(json.dumps(result), flush=True)
     return 0

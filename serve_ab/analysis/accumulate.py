@@ -276,8 +276,9 @@ class ShadowStats:
     #: of that gap.
     dissimilarity_sketch: LogHistogram = field(default_factory=LogHistogram)
     # Regressions: the values live and shadow predicted, for numeric drift (KS, Wasserstein).
-    live_values: LogHistogram = field(default_factory=LogHistogram)
-    shadow_values: LogHistogram = field(default_factory=LogHistogram)
+    # With 1 - x too, as the gates' scores: a KS test fine near 1 as near 0 (analysis/sketch.py).
+    live_values: LogHistogram = field(default_factory=lambda: LogHistogram(complement=True))
+    shadow_values: LogHistogram = field(default_factory=lambda: LogHistogram(complement=True))
     #: Pairs and agreements (values 0 and 1) per group of the users whose requests were
     #: copied: a user whose requests the shadow answers differently does so again, and the
     #: shadow_agreement gate judges on the effective sample (analysis/clusters.py).

@@ -55,7 +55,8 @@ class GateAggregate:
     errors: int = 0
     latency_ms: LogHistogram = field(default_factory=LogHistogram)  # successful requests
     class_counts: collections.Counter = field(default_factory=collections.Counter)
-    scores: LogHistogram = field(default_factory=LogHistogram)
+    # With 1 - x too: the drift gates read the CDF near 1 from it (analysis/sketch.py).
+    scores: LogHistogram = field(default_factory=lambda: LogHistogram(complement=True))
     groups: GroupSums = field(default_factory=GroupSums)
 
     def __setstate__(self, state: dict) -> None:

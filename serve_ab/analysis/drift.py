@@ -229,18 +229,19 @@ def wasserstein(candidate: ArrayLike, reference: ArrayLike) -> float:
 def ks_test_sketched(candidate: LogHistogram, reference: LogHistogram,
                      design_effects: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
     """Kolmogorov-Smirnov on two log-bucket sketches (``analysis/sketch.py``): the largest gap
-    between the two CDFs at the buckets' edges, which is the statistic of the bucketed
-    values (ties within a bucket, so never above the raw values' statistic: conservative),
-    and its p-value from scipy's distribution of the two-sample statistic (``kstwo`` at the
-    effective size n*m/(n+m), as ``ks_2samp``'s asymptotic method). ``design_effects``: each
-    side's, for scores of users who send many requests; the sizes are divided by them."""
+    between the two CDFs at the thresholds where the sketches know both exactly (the edges
+    of their buckets of x and, for scores, of 1 - x: :meth:`LogHistogram.cdf_points`), which
+    is the statistic of values binned at those thresholds (never above the raw values'
+    statistic: conservative, by what falls between two thresholds, 1% of the distance to 0
+    or to 1, whichever is nearer), and its p-value from scipy's distribution of the
+    two-sample statistic (``kstwo`` at the effective size n*m/(n+m), as ``ks_2samp``'s
+    asymptotic method). ``design_effects``: each side's, for scores of users who send many
+    requests; the sizes are divided by them."""
     n, m = candidate.count, reference.count
     if not n or not m:
         raise ValueError("drift needs at least one score on each side")
-    counts = np.vstack([candidate.counts, reference.counts]).astype(float)
-    used = counts.sum(axis=0) > 0
-    cdf = np.cumsum(counts[:, used], axis=1) / np.array([[n], [m]], dtype=float)
-    statistic = float(np.max(np.abs(cdf[0] - cdf[1])))
+    _, cdf1, cdf2 = candidate.cdf_points(reference)
+    statistic = float(np.max(np.abs(cdf1 - cdf2)))
     n_eff, m_eff = n / design_effects[0], m / design_effects[1]
     effective_n = max(int(round(n_eff * m_eff / (n_eff + m_eff))), 1)
     return statistic, float(min(max(_scipy_stats().kstwo.sf(statistic, effective_n), 0.0), 1.0))
@@ -251,12 +252,16 @@ def ks_statistic_sketched(candidate: LogHistogram, reference: LogHistogram) -> f
 
 
 def wasserstein_sketched(candidate: LogHistogram, reference: LogHistogram) -> float:
-    """Earth mover's distance between two sketches, each value at its bucket's representative
-    (within 1% of the value)."""
+    """Earth mover's distance between two sketches, the integral of |F_1 - F_2|, each CDF
+    taken as the straight line between the thresholds where the sketches know it
+    (:meth:`LogHistogram.cdf_points`: each value then within 1% of its distance from 0, or
+    from 1 for scores, of where it is)."""
     if not candidate.count or not reference.count:
         raise ValueError("drift needs at least one score on each side")
-    (u, u_w), (v, v_w) = candidate.values_and_weights(), reference.values_and_weights()
-    return float(_scipy_stats().wasserstein_distance(u, v, u_weights=u_w, v_weights=v_w))
+    t, f1, f2 = candidate.cdf_points(reference)
+    # The gap at each cell's middle: the straight lines' (exact where they do not cross).
+    middle = np.abs((f1[1:] + f1[:-1]) - (f2[1:] + f2[:-1])) / 2
+    return float(np.sum(np.diff(t) * middle))
 
 
 # -- lower confidence bounds: what a drift gate FAILs on ------------------------------------------
@@ -308,26 +313,17 @@ def wasserstein_lower_sketched(candidate: LogHistogram, reference: LogHistogram,
     """A lower confidence bound on the Wasserstein-1 distance, the integral of |F_1 - F_2|,
     from two sketches and a :func:`dkw_band`: the integral of (|F_hat_1 - F_hat_2| - eps_1 -
     eps_2)+, which never exceeds it where both CDFs lie in their bands (for any values,
-    bounded or not). The sketch knows each empirical CDF exactly at the buckets' edges;
-    inside a bucket, where the values' CDFs rise by an unknown path, it counts only the gap
-    both paths must leave (conservative by at most the buckets' 2% width)."""
+    bounded or not). The sketches know each empirical CDF exactly at some thresholds
+    (:meth:`LogHistogram.cdf_points`); between two, where the values' CDFs rise by an
+    unknown path, it counts only the gap both paths must leave (conservative by at most the
+    cells' width, 2% of the distance to 0, or to 1 for scores)."""
     if not candidate.count or not reference.count:
         raise ValueError("drift needs at least one score on each side")
-    from serve_ab.analysis.sketch import _edges
-
-    used = np.flatnonzero((candidate.counts > 0) | (reference.counts > 0))
-    lower_edge, upper_edge = _edges(used)
-    f1 = np.cumsum(candidate.counts[used]) / candidate.count
-    f2 = np.cumsum(reference.counts[used]) / reference.count
-    before1, before2 = np.concatenate([[0.0], f1[:-1]]), np.concatenate([[0.0], f2[:-1]])
+    t, f1, f2 = candidate.cdf_points(reference)
     eps = band[0] + band[1]
-    # Between buckets (from the previous bucket's upper edge to this one's lower edge) both
-    # CDFs are flat: the gap as at the previous edge.
-    between = np.concatenate([[0.0], np.maximum(lower_edge[1:] - upper_edge[:-1], 0.0)])
-    flat_gap = np.maximum(np.abs(before1 - before2) - eps, 0.0)
-    # Inside a bucket each CDF runs from its value before the bucket to its value after.
-    inside_gap = np.maximum(np.maximum(before1 - f2, before2 - f1) - eps, 0.0)
-    return float(np.sum(between * flat_gap) + np.sum((upper_edge - lower_edge) * inside_gap))
+    # In the cell from t[i] to t[i + 1] each CDF runs from its value at one end to the other's.
+    inside_gap = np.maximum(np.maximum(f1[:-1] - f2[1:], f2[:-1] - f1[1:]) - eps, 0.0)
+    return float(np.sum(np.diff(t) * inside_gap))
 
 
 def _clopper_pearson(x: np.ndarray, n: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,16 @@ Rank-based confidence bounds stay valid: the k-th order statistic lies inside th
 that holds rank k, so an upper bound takes that bucket's upper edge and a lower bound its
 lower edge (conservative by at most the bucket's width, 2%).
 
+Scores (``LogHistogram(complement=True)``) also count ``1 - x`` in the same buckets. 1% of
+``x`` is 1% of the gap to 1 only far from 1: a confident classifier's scores, 0.99-0.9999,
+fall in two or three buckets of ``x`` (everything from 0.9975 up shares the last below 1),
+and a drop of its confidence by x0.995 read KS 0.05 where the raw scores give 0.52. The
+buckets of ``1 - x`` hold each score within 1% of its distance from 1, so the two together
+know each side's CDF exactly at every edge of either (:meth:`cdf_points`), fine near 0 and
+near 1, for any real ``x`` (logits too). Merging adds both; a histogram merged with one
+that did not count ``1 - x`` (a router of the code before, in a rolling upgrade) no longer
+knows it (``complement`` None) and reads as before.
+
 Example::
 
     h = LogHistogram()
@@ -82,19 +92,22 @@ def _representative(index: np.ndarray | int) -> np.ndarray:
 class LogHistogram:
     """Counts of values in log buckets, plus their exact count, sum, minimum and maximum."""
 
-    __slots__ = ("counts", "count", "total", "min", "max")
+    __slots__ = ("counts", "count", "total", "min", "max", "complement")
 
-    def __init__(self) -> None:
+    def __init__(self, complement: bool = False) -> None:
         self.counts = np.zeros(_SIZE, dtype=np.int64)
         self.count = 0
         self.total = 0.0
         self.min = math.inf
         self.max = -math.inf
+        #: Counts of ``1 - x`` in the same buckets (see the module's docstring); None where
+        #: not kept (latencies) or no longer known for every value (merged with one without).
+        self.complement: np.ndarray | None = np.zeros(_SIZE, dtype=np.int64) if complement else None
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> LogHistogram:
+    def of(cls, values: Iterable[float], complement: bool = False) -> LogHistogram:
         """A histogram of ``values`` (finite ones; callers drop NaN before)."""
-        out = cls()
+        out = cls(complement)
         array = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float).ravel()
         if array.size:
             out.add_many(array)
@@ -102,6 +115,8 @@ class LogHistogram:
 
     def add(self, value: float) -> None:
         self.counts[_index(value)] += 1
+        if self.complement is not None:
+            self.complement[_index(1.0 - value)] += 1
         self.count += 1
         self.total += value
         if value < self.min:
@@ -115,12 +130,20 @@ class LogHistogram:
         if not values.size:
             return
         np.add.at(self.counts, bucket_indices(values) if indices is None else indices, 1)
+        if self.complement is not None:
+            np.add.at(self.complement, bucket_indices(1.0 - values), 1)
         self.count += int(values.size)
         self.total += float(values.sum())
         self.min = min(self.min, float(values.min()))
         self.max = max(self.max, float(values.max()))
 
     def merge(self, other: LogHistogram) -> None:
+        if other.complement is not None and (self.complement is not None or not self.count):
+            if self.complement is None:  # nothing counted here yet: nothing unknown either
+                self.complement = np.zeros(_SIZE, dtype=np.int64)
+            self.complement += other.complement
+        elif other.count:  # values whose 1 - x nobody counted: the complement is no longer whole
+            self.complement = None
         self.counts += other.counts
         self.count += other.count
         self.total += other.total
@@ -128,7 +151,7 @@ class LogHistogram:
         self.max = max(self.max, other.max)
 
     def copy(self) -> LogHistogram:
-        out = LogHistogram()
+        out = LogHistogram(self.complement is not None)
         out.merge(self)
         return out
 
@@ -187,14 +210,48 @@ class LogHistogram:
         values = np.minimum(values, edges[-1])
         return np.histogram(values, bins=edges, weights=weights)[0].astype(int)
 
+    def cdf_points(self, other: LogHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Thresholds ``t`` (ascending) at which both histograms know their values' empirical
+        CDF exactly, and the two CDFs there: the edges of every bucket either uses, and, where
+        both count ``1 - x``, one minus the edges of those buckets too (the finer of the two
+        near 1). Between consecutive thresholds each CDF rises by a path the histograms do not
+        know. Ties at an edge's exact value count on either side, as the buckets file them."""
+        if not self.count or not other.count:
+            raise ValueError("a CDF needs at least one value on each side")
+        sizes = np.array([[self.count], [other.count]], dtype=float)
+        counts = np.vstack([self.counts, other.counts])
+        used = np.flatnonzero(counts.sum(axis=0) > 0)
+        lower, upper = _edges(used)
+        after = np.cumsum(counts[:, used], axis=1)
+        before = after - counts[:, used]
+        points = [(lower, before), (upper, after)]
+        if self.complement is not None and other.complement is not None:
+            # x <= 1 - e exactly where 1 - x >= e: the counts of 1 - x from the top down.
+            reflected = np.vstack([self.complement, other.complement])
+            used = np.flatnonzero(reflected.sum(axis=0) > 0)
+            lower, upper = _edges(used)
+            at_or_above = sizes.astype(np.int64) - np.cumsum(reflected[:, used], axis=1) + reflected[:, used]
+            points += [(1.0 - lower, at_or_above), (1.0 - upper, at_or_above - reflected[:, used])]
+        t = np.concatenate([p[0] for p in points])
+        cdf = np.hstack([p[1] for p in points]) / sizes
+        # By threshold, then by CDF, so that tied thresholds stay in CDF order.
+        order = np.lexsort((cdf[0] + cdf[1], t))
+        return t[order], cdf[0, order], cdf[1, order]
+
     # -- the wire and the store -----------------------------------------------------------------
 
     # Pickled sparse: a router's report would otherwise carry 27.6 KB (3,455 int64 counts) per
     # histogram.
+    # The counts of 1 - x ride as two more keys, which the code before ignores (from_wire
+    # reads the keys it knows): a controller of either release reads either router's.
     def __getstate__(self) -> dict[str, Any]:
         used = np.flatnonzero(self.counts)
-        return {"index": narrow(used), "counts": narrow(self.counts[used]), "count": self.count, "sum": self.total,
-                "min": self.min if self.count else None, "max": self.max if self.count else None}
+        state = {"index": narrow(used), "counts": narrow(self.counts[used]), "count": self.count, "sum": self.total,
+                 "min": self.min if self.count else None, "max": self.max if self.count else None}
+        if self.complement is not None:
+            used = np.flatnonzero(self.complement)
+            state["complement_index"], state["complement_counts"] = narrow(used), narrow(self.complement[used])
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         restored = LogHistogram.from_wire(state)
@@ -204,20 +261,37 @@ class LogHistogram:
     def to_wire(self) -> dict[str, Any]:
         """Sparse plain data: a few hundred non-empty buckets at most, for any number of values."""
         used = np.flatnonzero(self.counts)
-        return {"index": used.tolist(), "counts": self.counts[used].tolist(), "count": self.count,
+        wire = {"index": used.tolist(), "counts": self.counts[used].tolist(), "count": self.count,
                 "sum": self.total, "min": self.min if self.count else None,
                 "max": self.max if self.count else None}
+        if self.complement is not None:
+            used = np.flatnonzero(self.complement)
+            wire["complement_index"], wire["complement_counts"] = used.tolist(), self.complement[used].tolist()
+        return wire
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any] | None) -> LogHistogram:
-        out = cls()
+        """What :meth:`to_wire` (or the pickled state) holds; one written before the counts
+        of 1 - x were kept reads without them. ValueError for indices out of range, or
+        counts of 1 - x that are not one per value."""
+        out = cls(complement=bool(data) and "complement_index" in data)
         if not data or not data.get("count"):
             return out
-        index = np.asarray(data["index"], dtype=np.int64)
-        if index.size and (index.min() < 0 or index.max() >= _SIZE):
-            raise ValueError(f"histogram bucket index out of range [0, {_SIZE}): {index.min()}..{index.max()}")
-        out.counts[index] = np.asarray(data["counts"], dtype=np.int64)
+        out.counts[_checked_index(data["index"])] = np.asarray(data["counts"], dtype=np.int64)
+        if out.complement is not None:
+            out.complement[_checked_index(data["complement_index"])] = np.asarray(data["complement_counts"],
+                                                                                  dtype=np.int64)
+            if int(out.complement.sum()) != int(data["count"]):
+                raise ValueError(f"histogram counts of 1 - x sum to {int(out.complement.sum())}, "
+                                 f"not its count {int(data['count'])}")
         out.count = int(data["count"])
         out.total = float(data["sum"])
         out.min, out.max = float(data["min"]), float(data["max"])
         return out
+
+
+def _checked_index(index: Any) -> np.ndarray:
+    array = np.asarray(index, dtype=np.int64)
+    if array.size and (array.min() < 0 or array.max() >= _SIZE):
+        raise ValueError(f"histogram bucket index out of range [0, {_SIZE}): {array.min()}..{array.max()}")
+    return array

@@ -56,7 +56,9 @@ smoothed estimate:
 - scores (``drift_ks``, ``drift_wasserstein``): a Dvoretzky-Kiefer-Wolfowitz band around
   each side's CDF on its effective sample size, alpha shared between the sides; KS is at
   least the observed one less both bands' half-widths, Wasserstein-1 at least the integral
-  of the CDFs' gap beyond them (valid for scores of any range).
+  of the CDFs' gap beyond them (valid for scores of any range). The CDFs come from sketches
+  of x and of 1 - x, which know them at thresholds 1% of the distance to 0, or to 1,
+  apart: a confident classifier's scores near 1 are as well resolved as scores near 0.
 
 With keyed requests the design effects are taken at their upper ``alpha / 2`` bounds before
 the bound spends ``alpha``: by the union bound it then holds at ``1 - 2 alpha`` (and the
@@ -262,8 +264,8 @@ class WindowStats:
     def __post_init__(self) -> None:
         for name in ("latencies_ms", "scores"):
             value = getattr(self, name)
-            if not isinstance(value, LogHistogram):
-                object.__setattr__(self, name, LogHistogram.of(value))
+            if not isinstance(value, LogHistogram):  # scores with 1 - x, as a router sketches them
+                object.__setattr__(self, name, LogHistogram.of(value, complement=name == "scores"))
         if not 0 <= self.error_count <= self.request_count:
             raise ValueError(
                 f"{self.version}: error_count ({self.error_count}) must be in "

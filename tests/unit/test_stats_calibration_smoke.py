@@ -61,3 +61,15 @@ def test_quick_run_ends_with_one_json_line_of_every_figure():
         assert all(RATE_KEYS <= set(row[on]["better"]) for on in row)
     assert cuped["pre_aa"]["cuped_on"]["applied"]["rate"] == 1.0  # a pre-period: v1 alone first
     assert cuped["third_aa"]["cuped_on"]["applied"]["rate"] == 0.0  # v3's buckets were v2's
+
+
+def test_score_drift_alone_runs_every_score_drift_case_through_the_wire():
+    from benchmarks import stats_calibration
+
+    result = stats_calibration.run_score_drift(reps=2, seed=0, workers=1)
+    assert result["mode"] == "score_drift" and result["reps"] == 2
+    assert set(result["cases"]) == set(stats_calibration.SCORE_DRIFT_CASES)
+    assert {"drift_ks_no_drift_confident_100x20_icc0.3", "drift_wasserstein_no_drift_confident_100x20_icc0.3",
+            "drift_ks_no_drift_logits_100x20_icc0.3"} <= set(result["cases"])
+    for row in result["cases"].values():
+        assert sum(rate["hits"] for rate in row.values()) == 2

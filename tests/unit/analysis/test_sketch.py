@@ -69,3 +69,87 @@ def test_add_and_add_many_agree_and_the_wire_form_is_sparse():
 def test_a_wire_form_with_buckets_out_of_range_is_refused():
     with pytest.raises(ValueError, match="out of range"):
         LogHistogram.from_wire({"index": [10**6], "counts": [1], "count": 1, "sum": 1.0, "min": 1.0, "max": 1.0})
+
+
+# ---- scores: the counts of 1 - x beside those of x ---------------------------------------------
+
+
+def _empirical_cdf(values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.sort(values), t, side="right") / values.size
+
+
+@pytest.mark.parametrize("draw", ["confident", "logits", "latencies"])
+def test_scores_know_both_cdfs_exactly_at_every_threshold_they_report(draw):
+    rng = np.random.default_rng(11)
+    values = {"confident": lambda: rng.beta(40.0, 0.4, 2_000), "logits": lambda: rng.normal(1.0, 3.0, 2_000),
+              "latencies": lambda: rng.lognormal(2.0, 0.5, 2_000)}[draw]
+    a, b = values(), values() * 0.999
+    t, fa, fb = LogHistogram.of(a, complement=True).cdf_points(LogHistogram.of(b, complement=True))
+    assert np.all(np.diff(t) >= 0)
+    # Exact but for values within float rounding of a threshold (none among these draws).
+    assert np.array_equal(fa, _empirical_cdf(a, t)) and np.array_equal(fb, _empirical_cdf(b, t))
+
+
+def test_scores_near_one_are_resolved_to_a_percent_of_their_distance_from_one():
+    values = 1.0 - np.geomspace(1e-4, 1e-2, 500)  # 0.9900 .. 0.9999: three buckets of x
+    plain, both = LogHistogram.of(values), LogHistogram.of(values, complement=True)
+    assert np.unique(plain.cdf_points(plain)[0]).size <= 8
+    t = both.cdf_points(both)[0]
+    gaps = np.diff(np.unique(t[(t > 0.99) & (t < 1.0)]))
+    assert gaps.max() <= 2 * RELATIVE_ACCURACY * 1e-2 * 1.01  # 2% of the widest distance from 1
+
+
+def test_merging_keeps_the_complement_only_while_every_part_has_one():
+    rng = np.random.default_rng(5)
+    parts = [rng.beta(20.0, 0.5, n) for n in (10, 300)]
+    merged = LogHistogram(complement=True)
+    for part in parts:
+        merged.merge(LogHistogram.of(part, complement=True))
+    whole = LogHistogram.of(np.concatenate(parts), complement=True)
+    assert np.array_equal(merged.complement, whole.complement)
+    assert np.array_equal(merged.copy().complement, whole.complement)
+    # A histogram that never counted any value adopts the complement it merges.
+    empty_plain = LogHistogram()
+    empty_plain.merge(whole)
+    assert np.array_equal(empty_plain.complement, whole.complement)
+    # An old router's sketch (no complement) with values in it: the sum no longer knows 1 - x,
+    # whichever side it is merged into, and reads as the sketch of x alone.
+    old = LogHistogram.of(rng.beta(20.0, 0.5, 50))
+    for first, second in ((whole.copy(), old), (old.copy(), whole)):
+        first.merge(second)
+        assert first.complement is None and first.count == whole.count + old.count
+        plain = LogHistogram()
+        plain.counts, plain.count = first.counts.copy(), first.count
+        assert np.array_equal(first.cdf_points(first)[0], plain.cdf_points(plain)[0])  # the edges of x only
+    # An empty one without a complement changes nothing.
+    kept = whole.copy()
+    kept.merge(LogHistogram())
+    assert np.array_equal(kept.complement, whole.complement)
+
+
+def test_the_complement_travels_in_keys_the_code_before_ignores():
+    rng = np.random.default_rng(6)
+    sketch = LogHistogram.of(rng.beta(20.0, 0.5, 400), complement=True)
+    restored = pickle.loads(pickle.dumps(sketch))
+    assert np.array_equal(restored.complement, sketch.complement) and np.array_equal(restored.counts, sketch.counts)
+    assert np.array_equal(LogHistogram.from_wire(sketch.to_wire()).complement, sketch.complement)
+    # What the code before read (its keys only) is the same histogram of x: a controller not yet
+    # upgraded reads a new router's report as it read the old ones'.
+    old_keys = ("index", "counts", "count", "sum", "min", "max")
+    for state in (sketch.__getstate__(), sketch.to_wire()):
+        assert set(state) == {*old_keys, "complement_index", "complement_counts"}
+        as_before = LogHistogram.from_wire({k: state[k] for k in old_keys})
+        assert np.array_equal(as_before.counts, sketch.counts) and as_before.complement is None
+    # An empty score sketch keeps counting 1 - x after a round trip.
+    assert LogHistogram.from_wire(LogHistogram(complement=True).to_wire()).complement is not None
+
+
+def test_a_complement_that_does_not_count_every_value_is_refused():
+    state = LogHistogram.of(np.array([0.5, 0.9]), complement=True).to_wire()
+    state["complement_counts"] = [1] * len(state["complement_index"][:1])
+    state["complement_index"] = state["complement_index"][:1]
+    with pytest.raises(ValueError, match="counts of 1 - x sum to 1, not its count 2"):
+        LogHistogram.from_wire(state)
+    state["complement_index"] = [10**6]
+    with pytest.raises(ValueError, match="out of range"):
+        LogHistogram.from_wire(state)

@@ -220,3 +220,23 @@ def test_a_pair_says_how_many_rows_the_live_answer_had_of_which_only_the_first_i
     assert pair.agree is True and pair.rows == 4
     assert rule.compare(live[:1], shadow[:1]).rows == 1
     assert rule.compare(live, None).rows == 1  # not a pair: nothing to count
+
+
+def test_the_reports_value_drift_resolves_values_near_one_through_a_restart():
+    """A regression whose values sit just below 1 (a predicted probability), the shadow's
+    x0.995: the value sketches count 1 - x too, kept through to_state/from_state, so the
+    report's KS reads the raw statistic (from sketches of x alone it read about a fifth)."""
+    cfg = regression_cfg()
+    buffer = ObservationBuffer(fake_clock, tasks=task_rules(cfg.versions))
+    rng = np.random.default_rng(2)
+    live_values = rng.beta(40.0, 0.4, 400)
+    shadow_values = rng.beta(40.0, 0.4, 400) * 0.995
+    for live, mirrored in zip(live_values, shadow_values):
+        buffer.served("v1", 0.0, None, np.array([[live]]), request_id=None, assigned=True)
+        buffer.pair("v1", "v2", np.array([[live]]), np.array([[mirrored]]), 0.0, None)
+    stats_ = ExperimentStats.from_state(json.loads(json.dumps(snapshot_of(buffer.drain(), cfg).to_state(2.0))),
+                                        shadow_version="v2")
+    report, _ = build_report(cfg, stats_.snapshot(2.0), {"v1": 100.0, "v2": 0.0})
+    raw = stats.ks_2samp(shadow_values, live_values).statistic
+    assert raw > 0.4
+    assert raw - 0.02 <= report.shadow.value_drift.ks <= raw + 1e-12

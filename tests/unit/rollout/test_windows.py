@@ -118,3 +118,87 @@ def test_a_saved_step_total_of_another_shape_is_refused():
     with pytest.raises(ValueError, match="could not be read: KeyError"):
         windows.restore_step({"since_s": 5.0, "totals": {"gates": {}}}, 5.0)
     assert not windows.window(5.0, step=True).gates  # nothing was taken
+
+
+# ---- score drift through the pipeline: router -> pickle -> controller's windows -> gate --------
+
+
+def _routed(rng: np.random.Generator, scores_by_version: dict[str, np.ndarray], users: int = 200):
+    """One router interval of every version's scores (assigned requests of ``users`` users),
+    as the controller receives it: pickled."""
+    import pickle
+
+    from serve_ab.analysis.aggregate import IntervalAggregate
+
+    aggregate = IntervalAggregate()
+    units = rng.integers(0, 2**62, users)
+    rows = [(version, 5.0, None, 0, float(score), int(units[i % users]), True, False, 0, None)
+            for version, scores in scores_by_version.items() for i, score in enumerate(scores)]
+    aggregate.served_rows(rows, {})
+    return pickle.loads(pickle.dumps(aggregate))
+
+
+def _judged(windows: GateWindows, metric: str, limit: float):
+    from serve_ab.config.rollout import Gate
+    from serve_ab.rollout.gates import evaluate_gate
+
+    stats = window_stats(windows.window(0.0, step=True).gates, versions=VERSIONS)
+    return evaluate_gate(Gate.model_validate({"metric": metric, "max": limit}), stats["v2"], stats["v1"], 50)
+
+
+def test_a_confident_classifier_losing_confidence_fails_the_score_drift_gates():
+    """Scores near 1 (beta(40, 0.4): 1 - score mostly 0.0001-0.03) multiplied by 0.995, over
+    two routers' intervals: raw KS 0.52. The sketches of x alone lumped every score from
+    0.9975 up into a few buckets and read KS 0.05 (lower bound 0): both gates passed."""
+    rng = np.random.default_rng(21)
+    windows = GateWindows()
+    for t_s in (1.0, 2.0):  # two reports
+        windows.add(t_s, _routed(rng, {"v1": rng.beta(40.0, 0.4, 1_000),
+                                       "v2": rng.beta(40.0, 0.4, 1_000) * 0.995}).gates)
+    ks = _judged(windows, "drift_ks", 0.2)
+    assert ks.verdict.value == "fail" and ks.value > 0.45 and ks.lower > 0.3
+    assert ks.p_value < 1e-20
+    wasserstein = _judged(windows, "drift_wasserstein", 0.002)  # the raw distance is about 0.004
+    assert wasserstein.verdict.value == "fail" and wasserstein.lower > 0.002
+
+
+def test_score_drift_reads_a_window_with_an_old_routers_report_as_before():
+    """A rolling upgrade: an old router's sketches count no 1 - x, so a window holding its
+    report reads from the sketches of x alone (coarse near 1), neither failing nor crashing;
+    the next step, with new routers only, reads fine again."""
+    rng = np.random.default_rng(22)
+    from serve_ab.analysis.sketch import LogHistogram
+
+    new = _routed(rng, {"v1": rng.beta(40.0, 0.4, 1_000), "v2": rng.beta(40.0, 0.4, 1_000) * 0.995})
+    old = _routed(rng, {"v1": rng.beta(40.0, 0.4, 500), "v2": rng.beta(40.0, 0.4, 500) * 0.995})
+    for gate in old.gates.values():  # what a router of the code before sends: no complement keys
+        state = gate.scores.__getstate__()
+        gate.scores = LogHistogram.from_wire({k: v for k, v in state.items() if not k.startswith("complement")})
+    mixed = GateWindows()
+    mixed.add(1.0, new.gates)
+    mixed.add(2.0, old.gates)
+    assert mixed.window(0.0, step=True).gates["v2"].scores.complement is None
+    assert _judged(mixed, "drift_ks", 0.2).value < 0.1  # the x-only reading, as before the fix
+    fresh = GateWindows()
+    fresh.add(3.0, new.gates)
+    assert _judged(fresh, "drift_ks", 0.2).verdict.value == "fail"
+
+
+def test_a_saved_step_window_keeps_the_scores_complement_and_reads_one_saved_before_it():
+    rng = np.random.default_rng(23)
+    windows = GateWindows()
+    windows.add(1.0, _routed(rng, {"v1": rng.beta(40.0, 0.4, 800), "v2": rng.beta(40.0, 0.4, 800) * 0.995}).gates)
+    saved = json.loads(json.dumps(windows.step_state(0.0)))
+    restored = GateWindows()
+    assert restored.restore_step(saved, 0.0)
+    assert _judged(restored, "drift_ks", 0.2).value == pytest.approx(_judged(windows, "drift_ks", 0.2).value)
+    # A state saved by the code before: the LogHistogram states hold no complement keys.
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not k.startswith("complement")}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    before = GateWindows()
+    assert before.restore_step(strip(saved), 0.0)
+    assert before.window(0.0, step=True).gates["v2"].scores.complement is None
+    assert _judged(before, "drift_ks", 0.2).value < 0.1
