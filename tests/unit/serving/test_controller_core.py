@@ -596,6 +596,43 @@ def test_a_restarted_controller_carries_on_with_the_runs_figures():
     assert fresh.stats_snapshot()["versions"]["v1"]["requests"] == 0
 
 
+def test_redeploys_that_change_the_config_leave_the_store_no_larger():
+    # Each changed config starts a new run; the run it replaced is never continued. Its figures'
+    # row and its minutes of counted feedback used to stay in the store for good: a row more
+    # and a few more KB at every redeploy.
+    store = MemoryStateStore()
+    clock = FakeClock()
+
+    def serve_minutes(core, minutes):
+        for _ in range(minutes * 6):
+            report(core, clock, "v1", 5, correct=True)
+            clock.advance(10.0)
+            core.save_stats()
+
+    sizes, previous = [], None
+    for deploy in range(6):
+        core = ControllerCore(ab_experiment(weights={"v1": 50 + deploy, "v2": 50 - deploy}), store, clock)
+        if previous is not None:
+            # Until the old controller has surely stopped (its saves stopped when this one took
+            # the claim), the previous run's rows stay.
+            core.save_stats()
+            assert store.load(f"stats:{previous}") is not None
+        serve_minutes(core, 3)
+        if previous is not None:
+            assert [key for key in store.rows if previous in key] == []
+        sizes.append((len(store.rows), sum(map(len, store.rows.values()))))
+        previous = core.run_id
+    assert {rows for rows, _ in sizes} == {sizes[0][0]}, sizes
+    assert max(size for _, size in sizes) < 1.5 * sizes[0][1], sizes
+    # A previous run saved by a release before reported_from_minute: its minutes' rows go too.
+    old_stats = store.load(f"stats:{previous}")
+    del old_stats["reported_from_minute"]
+    store.save(f"stats:{previous}", old_stats)
+    serve_minutes(ControllerCore(ab_experiment(weights={"v1": 90, "v2": 10}), store, clock), 2)
+    assert [key for key in store.rows if previous in key] == []
+    assert len(store.rows) <= sizes[0][0]
+
+
 def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests():
     clock = FakeClock()
     base = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
