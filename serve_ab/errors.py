@@ -30,6 +30,10 @@ class BodyTooLarge(InvalidInput):
     """The request body is over ``http.max_body_bytes``."""
 
 
+class BodyTimeout(InvalidInput):
+    """The request body did not arrive within ``http.body_timeout_s`` (a 408)."""
+
+
 class UnsupportedEncoding(InvalidInput):
     """A request body in a Content-Encoding this server does not decode."""
 
@@ -107,6 +111,7 @@ class ModelFailed(BadOutput):
 __all__ = [
     "ActionRefused",
     "BadOutput",
+    "BodyTimeout",
     "BodyTooLarge",
     "Conflict",
     "ControllerUnavailable",

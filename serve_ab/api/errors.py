@@ -13,6 +13,7 @@ from serve_ab import errors
 
 HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
     errors.BodyTooLarge: 413,
+    errors.BodyTimeout: 408,
     errors.UnsupportedEncoding: 415,
     errors.Unprocessable: 422,
     errors.InvalidInput: 400,
@@ -33,6 +34,7 @@ HTTP_STATUS: dict[type[errors.ServeAbError], int] = {
 # controller); RESOURCE_EXHAUSTED is what gRPC answers for a message over its size limit.
 GRPC_STATUS: dict[type[errors.ServeAbError], StatusCode] = {
     errors.BodyTooLarge: StatusCode.RESOURCE_EXHAUSTED,
+    errors.BodyTimeout: StatusCode.DEADLINE_EXCEEDED,
     errors.UnsupportedEncoding: StatusCode.UNIMPLEMENTED,  # gRPC's answer to a compression it lacks
     errors.InvalidInput: StatusCode.INVALID_ARGUMENT,
     errors.Unauthorized: StatusCode.UNAUTHENTICATED,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
@@ -21,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
 from serve_ab.api.errors import client_message, cut, error_headers, http_status
-from serve_ab.errors import BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
+from serve_ab.errors import BodyTimeout, BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -64,16 +65,17 @@ def _parameter_errors(err: RequestValidationError) -> str:
     return "; ".join(lines)
 
 
-async def read_json_unique_keys(request: Request, max_body_bytes: int, allow_empty: bool = False) -> Any:
+async def read_json_unique_keys(request: Request, max_body_bytes: int, allow_empty: bool = False,
+                                timeout_s: float | None = None) -> Any:
     """The decoded JSON body of a control or feedback route, refusing bodies over
     ``max_body_bytes`` before reading them and a key sent twice; ``allow_empty``: an empty
-    body is None rather than an error."""
-    return decode_json_unique_keys(await read_body(request, max_body_bytes), allow_empty=allow_empty)
+    body is None rather than an error; ``timeout_s``: as :func:`read_body`'s."""
+    return decode_json_unique_keys(await read_body(request, max_body_bytes, timeout_s), allow_empty=allow_empty)
 
 
-async def read_body(request: Request, max_body_bytes: int) -> bytes:
+async def read_body(request: Request, max_body_bytes: int, timeout_s: float | None = None) -> bytes:
     """The raw body, refusing bodies over ``max_body_bytes`` (declared or streamed) before
-    holding more than that."""
+    holding more than that, and bodies not all arrived within ``timeout_s`` (http.body_timeout_s)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -82,22 +84,46 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
             raise InvalidInput(f"content-length header is {declared!r}; expected a number") from None
         if declared_bytes > max_body_bytes:
             raise BodyTooLarge(_too_large(declared_bytes, max_body_bytes))
+    # Ray's proxy hands a request to the router once its headers came: a client that then sends
+    # nothing holds one of router.max_ongoing_requests while it keeps the connection, and 256
+    # such connections (a slowloris) left the app answering nothing, health checks included.
+    # One timer a request (not asyncio.wait_for per message, a task each) on the inference path.
+    task = asyncio.current_task() if timeout_s is not None else None
+    expired: list[bool] = []
+    timer = None
+    if task is not None:
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
     # The ASGI messages themselves rather than request.stream(): the same bytes without its
     # per-chunk generator (this is on every inference request's path).
     chunks = []
     size_bytes = 0
-    while True:  # a chunked body has no content-length to trust
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            size_bytes += len(chunk)
-            if size_bytes > max_body_bytes:
-                raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    try:
+        while True:  # a chunked body has no content-length to trust
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
+                size_bytes += len(chunk)
+                if size_bytes > max_body_bytes:
+                    raise BodyTooLarge(_too_large(size_bytes, max_body_bytes, at_least=True))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if not expired:  # cancelled from outside (the client went away): not ours to answer
+            raise
+        if hasattr(task, "uncancel"):  # Python 3.11+: this cancel is handled, as asyncio.timeout does
+            task.uncancel()
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g}s (http.body_timeout_s): "
+                          f"{size_bytes} bytes came{'' if declared is None else f' of the {declared} declared'}; "
+                          "send it within that time") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     # Several Content-Encoding lines are one list (RFC 9110 5.3), refused as "gzip, gzip" is.
     encodings = request.headers.getlist("content-encoding")

@@ -483,6 +483,13 @@ class HttpConfig(_Strict):
     allow_non_finite: bool = Field(
         False, description="Pass NaN and infinity to the model instead of refusing them with 400."
     )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0,
+        description="How long a request's body may take to arrive, from when the router starts "
+        "reading it; past it the request is refused with 408. Each body being read holds one of "
+        "router.max_ongoing_requests: clients that sent their headers and then stalled held every "
+        "one of them, for as long as they kept the connection open, and the app answered nothing.",
+    )
     metrics_on_app: bool = Field(
         True, description="Serve GET /metrics under this app's route prefix. false: only a separate "
         "metrics app serves it (import_path serve_ab.serving.app:build_metrics_app, args {app: <this "

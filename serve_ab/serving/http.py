@@ -165,7 +165,7 @@ _FEEDBACK_LINK = {"200": {"description": "the answer, its version, request id an
           operation_id="predict", summary="Predict, routed by the experiment")
 async def http_predict(request: Request, s: Served = Depends(current)) -> Response:
     core = s.core
-    raw = await read_body(request, core.cfg.http.max_body_bytes)
+    raw = await read_body(request, core.cfg.http.max_body_bytes, core.cfg.http.body_timeout_s)
     body = decode_json(raw)
     inputs = predict_inputs(body)
     # A model's inputs by name: each name is read once too.
@@ -236,7 +236,7 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
     # 422 for one that parses but does not fit, as FastAPI answers (e.g. {"full": "false"}).
     # A key sent twice is a 400: the last from_step winning got a promote past its guard.
     # An empty body (or JSON whitespace alone) is "no body"; a JSON null is refused as [] is.
-    body_bytes = await read_body(request, s.core.cfg.http.max_body_bytes)
+    body_bytes = await read_body(request, s.core.cfg.http.max_body_bytes, s.core.cfg.http.body_timeout_s)
     body = ActionRequest() if not body_bytes.strip(b" \t\r\n") else \
         parse_body(ActionRequest, decode_json_unique_keys(body_bytes), error=Unprocessable)
     return _json(await s.core.controller.act(act, body, actor))
@@ -246,7 +246,9 @@ async def http_rollout_action(action: str, request: Request, s: Served = Depends
           summary="Report a business outcome for a served request")
 async def http_feedback(request: Request, s: Served = Depends(current)) -> JSONResponse:
     # A key sent twice is a 400, not the last one counted ("converted": false, "converted": true).
-    feedback = parse_body(FeedbackRequest, await read_json_unique_keys(request, s.core.cfg.http.max_body_bytes))
+    http = s.core.cfg.http
+    feedback = parse_body(FeedbackRequest, await read_json_unique_keys(request, http.max_body_bytes,
+                                                                       timeout_s=http.body_timeout_s))
     return JSONResponse(await take_feedback(s.core, feedback), status_code=202)
 
 
@@ -493,7 +495,7 @@ async def _v2_infer(s: Served, model: str, version: str | None, request: Request
     v2 = V2Endpoints(s.core)
     v2.check(model, version)  # a wrong path is a 404 whatever the body
     pinned = _pinned(s, request, version)
-    raw = await read_body(request, s.core.cfg.http.max_body_bytes)
+    raw = await read_body(request, s.core.cfg.http.max_body_bytes, s.core.cfg.http.body_timeout_s)
     body = read_v2_body(raw, request.headers.get(HEADER_LENGTH))
     refuse_repeated(body.json, v2_key_counts(body.header, s.key_field, s.quoted_key_field))
     served_by, response, tensors = await v2.infer(model, pinned, body, request.headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -111,9 +112,11 @@ def _tokens_from_file(path: Path) -> list[NamedToken]:
 
     where = f"control.tokens_file ({str(path)!r})"
     try:
-        entries = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{where}: cannot read it: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: cannot read it: {_yaml_error_without_text(err)}") from None
     if not isinstance(entries, list):
         raise ValueError(f"{where}: expected a list like [{{name: alice, role: operator, token: ...}}], "
                          f"got {type(entries).__name__}")
@@ -135,6 +138,22 @@ def _tokens_from_file(path: Path) -> list[NamedToken]:
                              f"{MIN_TOKEN_CHARS} characters")
         tokens.append(NamedToken(str(entry["name"]), Role(entry["role"]), entry["token"]))
     return tokens
+
+
+# A quoted stretch of the file in a YAML problem ("found undefined alias 'k3y...'", a tag's
+# name): a token written there unquoted would be quoted back. One character ('{', 'q') is
+# the syntax at fault and stays.
+_QUOTED_TEXT = re.compile(r"'[^'\s]{2,}'|\"[^\"\s]{2,}\"")
+
+
+def _yaml_error_without_text(err: Exception) -> str:
+    """A YAML error as line, column and problem, never the file's text: PyYAML's own message
+    quotes the lines around the fault, and in a tokens file those hold the tokens (a broken
+    entry's error then printed its token into serve run's output and the replicas' logs)."""
+    problem = getattr(err, "problem", None) or "not valid YAML"
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{at}{_QUOTED_TEXT.sub('<text not shown>', str(problem))} (the file's text is not quoted: it holds tokens)"
 
 
 class ControlAuth:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zlib
@@ -740,3 +741,77 @@ def test_a_v2_body_repeating_a_tensors_key_or_the_request_parameters_is_refused(
     ok = v2_body([ROW], parameters={"user_id": "alice"},
                  outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}])
     assert client.post("/v2/models/digits/infer", json=ok).status_code == 200
+
+
+async def _asgi_call(app, method: str, path: str, headers: dict[str, str], first_chunk: bytes) -> tuple[int, bytes]:
+    """One request straight through the ASGI app whose body stops after ``first_chunk``: the
+    client keeps its connection and sends nothing more (a slowloris)."""
+    stalled = asyncio.Event()  # never set
+    sent_first = False
+
+    async def receive():
+        nonlocal sent_first
+        if not sent_first:
+            sent_first = True
+            return {"type": "http.request", "body": first_chunk, "more_body": True}
+        await stalled.wait()
+
+    answer: dict = {"status": None, "body": b""}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    await app(scope, receive, send)
+    return answer["status"], answer["body"]
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/predict", {}),
+    ("/v2/models/digits/infer", {}),
+    ("/v2/models/digits/versions/v2/infer", AUTH),
+    ("/feedback", {}),
+    ("/rollout/pause", AUTH),
+])
+def test_a_body_that_stops_arriving_is_a_408_that_frees_the_request(path, headers):
+    """Ray's proxy hands a request to the router once its headers came. Clients that then sent
+    nothing more held one of router.max_ongoing_requests each for as long as they kept their
+    connections (live: 270 such connections, over the router's 256, left /predict and
+    /v2/health/live unanswered); the body now has http.body_timeout_s to arrive."""
+    make_app("colocated", http={"max_body_bytes": 8192, "body_timeout_s": 0.05})
+    try:
+        status, body = asyncio.run(asyncio.wait_for(_asgi_call(
+            routes.app, "POST", path, {"content-type": "application/json", "content-length": "1000", **headers},
+            b'{"inputs": '), timeout=30))
+    finally:
+        routes.use_core(None)
+    assert status == 408, (status, body)
+    message = json.loads(body)["error"]
+    assert "http.body_timeout_s" in message and "11 bytes came of the 1000 declared" in message
+
+
+def test_a_request_cancelled_while_its_body_comes_stays_cancelled():
+    """The body's timer cancels the request's task; a cancel from elsewhere (Ray's, when the
+    client went away) is not taken for the timeout."""
+    from serve_ab.api.http_util import read_body
+
+    class Stalled:
+        headers = {"content-length": "10"}
+
+        async def receive(self):
+            await asyncio.Event().wait()
+
+    async def main():
+        reading = asyncio.ensure_future(read_body(Stalled(), 8192, timeout_s=3600))
+        await asyncio.sleep(0)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    asyncio.run(main())

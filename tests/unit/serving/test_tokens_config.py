@@ -76,6 +76,23 @@ def test_a_malformed_tokens_file_is_a_value_error_naming_the_field(tmp_path, ent
     assert "bob-token" not in str(refused.value)
 
 
+@pytest.mark.parametrize("text, says", [
+    # PyYAML's message quotes the lines around the fault: a broken entry printed its own token
+    # and the next one's into serve run's output and the replicas' logs.
+    ("- {name: a, role: operator, token: bob-token-0123456789\n- {name: b, role: qa, token: bob-token-qa-987654}\n",
+     "line 2, column 3: expected ',' or '}', but got '{'"),
+    ('- {name: a, role: operator, token: "bob-token-0123456789\\q"}\n', "found unknown escape character 'q'"),
+    # A token that YAML reads as an alias or a tag is quoted back in the problem itself.
+    ("- {name: a, role: operator, token: *bob-token-0123456789}\n", "line 1, column 36: found undefined alias"),
+    ("- {name: a, role: operator, token: !bob-token-0123456789 x}\n", "could not determine a constructor"),
+])
+def test_a_tokens_file_that_is_not_yaml_is_refused_without_quoting_its_text(tmp_path, text, says):
+    with pytest.raises(ValueError, match="control.tokens_file") as refused:
+        load_tokens(control(tmp_path, text), {})
+    assert says in str(refused.value)
+    assert "bob-token" not in str(refused.value)
+
+
 def test_build_app_refuses_tokens_that_clash_in_its_environment(no_token_envs):
     no_token_envs.setenv("SERVE_AB_CONTROL_TOKEN", SHARED)
     no_token_envs.setenv("SERVE_AB_VIEWER_TOKEN", SHARED)
