@@ -826,7 +826,7 @@ class ExperimentController:
         self._report_lock = asyncio.Lock()
         self._recorder = None
         # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
-        self._promql = PromQLPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
+        self._promql = PromQLPoller(cfg.rollout, cfg.model, self._claimant.app) if cfg.rollout is not None else None
         # Likewise for webhook gates and confirm steps.
         self._webhooks = WebhookPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
@@ -1104,7 +1104,7 @@ class ExperimentController:
         """The Prometheus exposition of this app's figures: (body, content type)."""
         from serve_ab.serving.metrics import render
 
-        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
+        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status(), self._claimant.app)
 
     async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
         if self._not_holding is not None:
