@@ -1018,7 +1018,8 @@ class ExperimentController:
             self._recorder = open_recorder(self.core.cfg)
         self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"),
                             report.model_dump(mode="json"), started_at_s=self.core.run_started_at_s,
-                            updated_at_s=now_s, summary=report.run_summary(), metrics=report.headline_metrics(),
+                            updated_at_s=now_s, summary=report.run_summary(app=self._claimant.app),
+                            metrics=report.headline_metrics(),
                             final=final)
         if final:
             self._recorder.finish(self.core.run_id)
