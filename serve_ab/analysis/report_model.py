@@ -533,15 +533,17 @@ class Report(_Model):
             put("shadow.pairs", self.shadow.pairs)
         return out
 
-    def run_summary(self) -> dict[str, Any]:
+    def run_summary(self, app: str | None = None) -> dict[str, Any]:
         """What ``serve-ab runs`` lists of a record: versions, control, requests, SRM mismatch (None
-        when not checked)."""
+        when not checked), and ``app``, the Serve application that ran it, when given: two apps
+        of one model may keep their records in one file."""
         return {
             "versions": list(self.experiment.versions),
             "control": self.experiment.control,
             # A request failed over is a request of both versions: counted once here.
             "requests": sum(v.requests - v.retried for v in self.variants.values()),
             "srm_mismatch": self.srm.mismatch if self.srm.applicable else None,
+            **({"app": app} if app is not None else {}),
         }
 
 

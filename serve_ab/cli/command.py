@@ -21,7 +21,7 @@ from serve_ab.config.experiment import (
     format_validation_error,
     parse_experiment,
 )
-from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep
+from serve_ab.config.rollout import DRIFT_METRICS, GateMetric, SetWeightStep, promql_placeholders
 from serve_ab.cli.preflight import LOAD_TIMEOUT_S
 from serve_ab.config.known_keys import unknown_keys
 from serve_ab.config.serve_file import (
@@ -241,6 +241,7 @@ def _check_file(path: Path, check_files: bool, warnings: list[str], load_models:
                     experiments.append((prefix, cfg))
                     errors += deployment_override_errors(app, f"applications.{index}", experiment_deployments(cfg))
     errors += shared_state_errors(experiments)
+    warnings += shared_model_promql_warnings(experiments)
     if not found and not errors:
         errors.append(
             f"applications: no application imports {BUILDER_PREFIX} (e.g. import_path: "
@@ -318,6 +319,28 @@ def shared_state_errors(experiments: list[tuple[str, ExperimentConfig]]) -> list
         else:
             seen[where] = prefix
     return errors
+
+
+def shared_model_promql_warnings(experiments: list[tuple[str, ExperimentConfig]]) -> list[str]:
+    """Two apps of one file serving the same ``model``: Prometheus holds both apps' series under
+    that model, told apart only by ``application`` (serve_ab/serving/metrics.py). A promql gate
+    selecting by model and version alone reads the other app's requests as its own (live, a
+    canary's gate read 102 requests/s of v2 where the canary's v2 served 16)."""
+    warnings = []
+    for prefix, cfg in experiments:
+        others = [other for other, other_cfg in experiments if other != prefix and other_cfg.model == cfg.model]
+        if not others or cfg.rollout is None:
+            continue
+        for index, gate in enumerate(cfg.rollout.gates):
+            query = gate.query or ""
+            if gate.metric is not GateMetric.PROMQL or "app" in promql_placeholders(query) or "application" in query:
+                continue
+            warnings.append(
+                f"{prefix}.rollout.gates.{index}.query: promql[{gate.name}] does not select by application, and "
+                f"{others[0]} serves model {cfg.model!r} too: its series would be added to this app's; select "
+                'application="{{app}}" (e.g. serve_ab_requests_total{application="{{app}}", '
+                'version="{{candidate}}"})')
+    return warnings
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

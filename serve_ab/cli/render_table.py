@@ -410,7 +410,10 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
     """
     if not summaries:
         return f"no run records in {path}" if path else "no run records"
-    rows = [["run id", "model", "started", "updated", "versions", "control", "requests", "SRM"]]
+    # The app column only where a record names its app (records of older releases do not).
+    with_app = any(getattr(s, "app", None) is not None for s in summaries)
+    rows = [["run id", *(["app"] if with_app else []), "model", "started", "updated", "versions", "control",
+             "requests", "SRM"]]
     bad: list[str] = []
 
     def cell(run_id: Any, column: str, value: Any, show) -> str:
@@ -423,7 +426,8 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
     unreadable: list[str] = []
     for s in summaries:
         run = s.run_id
-        row = [str(run), cell(run, "model", s.model, _text_cell), cell(run, "started", s.started_at_s, _when),
+        row = [str(run), *([cell(run, "app", s.app, _text_cell)] if with_app else []),
+               cell(run, "model", s.model, _text_cell), cell(run, "started", s.started_at_s, _when),
                cell(run, "updated", s.updated_at_s, _when)]
         if s.problem is not None:
             unreadable.append(f"run {run!r}, {s.problem}")
@@ -432,7 +436,7 @@ def render_runs(summaries: list[Any], path: Path | str | None = None) -> str:
             row += [cell(run, "versions", s.versions, _versions_cell), cell(run, "control", s.control, _text_cell),
                     cell(run, "requests", s.requests, _count_cell), cell(run, "SRM", s.srm_mismatch, _srm_cell)]
         rows.append(row)
-    lines = _table(rows, indent="", numeric=(6,))
+    lines = _table(rows, indent="", numeric=(7 if with_app else 6,))
     where = f" in {path}" if path else ""
     if bad:
         lines += ["", *_wrap(f"note: {len(bad)} value(s){where} are not what their column should hold "

@@ -460,10 +460,32 @@ def _error_message(response: Any) -> str:
     return response.text.strip()[:200] or response.reason_phrase
 
 
+#: What every serve-ab app's ``/rollout/status`` (and an action's answer) holds.
+STATUS_KEYS = ("phase", "weights_pct")
+
+
+def response_kind(answer: dict[str, Any]) -> str:
+    """A few words on a JSON object that is not a status: its first keys."""
+    keys = list(answer)
+    shown = ", ".join(repr(key)[:40] for key in keys[:4]) + (", ..." if len(keys) > 4 else "")
+    return f"200 with a JSON object of keys {shown}" if keys else "200 with an empty JSON object"
+
+
 def _fetch_status(url: str, method: str, path: str, **request: Any) -> RolloutStatus:
     """:func:`_send`, read as the status it should be (an action's answer: an :class:`ActionAnswer`)."""
     answer = _send(url, method, path, **request)
     model = ActionAnswer if method == "POST" else RolloutStatus
+    # Every field of the model has a default (older apps omit newer ones), so any JSON object
+    # would read as a status: a plain Ray Serve app beside serve-ab's, which answers every path
+    # under its prefix, read as "rollout none (static weights)", and an action sent to it as
+    # "promote: ok", exit 0. Every serve-ab app's status names these.
+    missing = [key for key in STATUS_KEYS if key not in answer]
+    if missing:
+        applied = " (nothing says the action was applied)" if method == "POST" else ""
+        raise RequestFailed(f"error: {url}{path} answered {response_kind(answer)} without {' and '.join(missing)}, "
+                            f"so it is not a serve-ab app's status{applied}",
+                            f"hint: is {url} a serve-ab app? `serve status` lists the apps; give --app NAME "
+                            "or --url of one whose import_path is serve_ab's build_app")
     try:
         return model.from_answer(answer)
     except ValidationError as err:  # as an answer that is not JSON: the app answered, not as a serve-ab app does

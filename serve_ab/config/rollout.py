@@ -172,8 +172,10 @@ RATE_METRICS = frozenset({GateMetric.ERROR_RATE, GateMetric.FEEDBACK_RATE, GateM
 UNIT_INTERVAL_METRICS = RATE_METRICS | {GateMetric.DRIFT_JS, GateMetric.DRIFT_JS_DISTANCE, GateMetric.DRIFT_KS}
 BOUND_KEYS = ("max", "min", "max_ratio_to_stable", "min_ratio_to_stable")
 #: What a promql gate's query may contain; ``{{interval}}`` is analysis.interval_s as a
-#: PromQL duration, e.g. ``rate(x[{{interval}}])``.
-PROMQL_PLACEHOLDERS = ("candidate", "stable", "model", "interval")
+#: PromQL duration, e.g. ``rate(x[{{interval}}])``; ``{{app}}`` the Serve application's name,
+#: the ``application`` label of serve-ab's series, which tells two apps' series apart where two apps
+#: serve one model.
+PROMQL_PLACEHOLDERS = ("candidate", "stable", "model", "app", "interval")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -371,8 +373,8 @@ class Gate(_Strict):
     query: str | None = Field(
         None, min_length=1, max_length=16384,
         description="promql only: an instant query that returns one number (a scalar or a "
-        "one-sample vector); {{candidate}}, {{stable}}, {{model}} and {{interval}} are "
-        "substituted before it is sent.",
+        "one-sample vector); {{candidate}}, {{stable}}, {{model}}, {{app}} (the Serve "
+        "application's name, serve-ab's application label) and {{interval}} are substituted before it is sent.",
     )
     prometheus: PrometheusConfig | None = Field(
         None, description="promql only: the Prometheus to ask; unset uses rollout.analysis.prometheus.",

@@ -2,8 +2,10 @@
 
 A gate ``{metric: promql, name: ..., query: ..., max|min: ...}`` sends its instant query to
 Prometheus' HTTP API (``GET <url>/api/v1/query``) and judges the one number that comes
-back. ``{{candidate}}``, ``{{stable}}``, ``{{model}}`` and ``{{interval}}`` (the analysis
-interval as a PromQL duration, e.g. ``10s``) are substituted first::
+back. ``{{candidate}}``, ``{{stable}}``, ``{{model}}``, ``{{app}}`` (the Serve application's
+name: every series of serve-ab's carries it as ``application``, so a gate reads its own app's
+series where another app serves the same model) and ``{{interval}}`` (the analysis interval as
+a PromQL duration, e.g. ``10s``) are substituted first::
 
     rollout:
       analysis: {interval_s: 30s, prometheus: {url: http://prometheus:9090, timeout_s: 5}}
@@ -12,8 +14,8 @@ interval as a PromQL duration, e.g. ``10s``) are substituted first::
           name: error_ratio
           max: 0.01
           query: |
-            sum(rate(serve_ab_errors_total{model="{{model}}", version="{{candidate}}"}[{{interval}}]))
-            / sum(rate(serve_ab_requests_total{model="{{model}}", version="{{candidate}}"}[{{interval}}]))
+            sum(rate(serve_ab_errors_total{application="{{app}}", version="{{candidate}}"}[{{interval}}]))
+            / sum(rate(serve_ab_requests_total{application="{{app}}", version="{{candidate}}"}[{{interval}}]))
 
 What the answer means for the gate (see :mod:`serve_ab.rollout.gates`):
 
@@ -135,22 +137,23 @@ def promql_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def rendered_queries(rollout: RolloutConfig, model: str) -> dict[str, str]:
-    """Each promql gate's query by gate name, placeholders substituted."""
-    values = {"candidate": rollout.candidate, "stable": rollout.stable, "model": model,
+def rendered_queries(rollout: RolloutConfig, model: str, app: str) -> dict[str, str]:
+    """Each promql gate's query by gate name, placeholders substituted; ``app`` is the Serve
+    application's name."""
+    values = {"candidate": rollout.candidate, "stable": rollout.stable, "model": model, "app": app,
               "interval": promql_duration(rollout.analysis.interval_s)}
     return {gate.name: render_promql(gate.query, values)
             for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
 
 
-async def fetch_promql_values(rollout: RolloutConfig, model: str, asked_at_s: float = 0.0,
+async def fetch_promql_values(rollout: RolloutConfig, model: str, app: str, asked_at_s: float = 0.0,
                               log: bool = True) -> dict[str, PromQLResult]:
     """Every promql gate's answer, by gate name, queried concurrently ({} without such gates),
     stamped ``asked_at_s``; ``log`` as for :func:`run_query`."""
     gates = {gate.name: gate for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
     if not gates:
         return {}
-    queries = rendered_queries(rollout, model)
+    queries = rendered_queries(rollout, model, app)
     async with httpx.AsyncClient() as client:
         answers = await asyncio.gather(*(
             run_query(rollout.prometheus_for(gate).url, queries[name], rollout.prometheus_for(gate).timeout_s, client,
@@ -172,9 +175,10 @@ class PromQLPoller:
     ``interval_s: 10``) for as long as it lasted.
     """
 
-    def __init__(self, rollout: RolloutConfig, model: str, refresh_s: float | None = None):
+    def __init__(self, rollout: RolloutConfig, model: str, app: str, refresh_s: float | None = None):
         self.rollout = rollout
         self.model = model
+        self.app = app
         self.refresh_s = rollout.analysis.interval_s / 2 if refresh_s is None else refresh_s
         self.enabled = any(gate.metric is GateMetric.PROMQL for gate in rollout.gates)
         self.latest: dict[str, PromQLResult] = {}
@@ -193,7 +197,7 @@ class PromQLPoller:
         if active and due and self._task is None:
             self._started_at_s = now_s
             self._task = asyncio.get_running_loop().create_task(
-                fetch_promql_values(self.rollout, self.model, now_s, log=False))
+                fetch_promql_values(self.rollout, self.model, self.app, now_s, log=False))
         return self.latest
 
     @property

@@ -862,7 +862,7 @@ class ExperimentController:
         self._report_lock = asyncio.Lock()
         self._recorder = None
         # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
-        self._promql = PromQLPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
+        self._promql = PromQLPoller(cfg.rollout, cfg.model, self._claimant.app) if cfg.rollout is not None else None
         # Likewise for webhook gates and confirm steps.
         self._webhooks = WebhookPoller(cfg.rollout, cfg.model) if cfg.rollout is not None else None
         loop = asyncio.get_running_loop()
@@ -1054,7 +1054,8 @@ class ExperimentController:
             self._recorder = open_recorder(self.core.cfg)
         self._recorder.save(self.core.run_id, self.core.cfg.model_dump(mode="json"),
                             report.model_dump(mode="json"), started_at_s=self.core.run_started_at_s,
-                            updated_at_s=now_s, summary=report.run_summary(), metrics=report.headline_metrics(),
+                            updated_at_s=now_s, summary=report.run_summary(app=self._claimant.app),
+                            metrics=report.headline_metrics(),
                             final=final)
         if final:
             self._recorder.finish(self.core.run_id)
@@ -1140,7 +1141,7 @@ class ExperimentController:
         """The Prometheus exposition of this app's figures: (body, content type)."""
         from serve_ab.serving.metrics import render
 
-        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status())
+        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status(), self._claimant.app)
 
     async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
         if self._not_holding is not None:

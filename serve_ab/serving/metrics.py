@@ -7,8 +7,12 @@ answers a scrape with the same app-wide counters. Nothing is counted twice: a fr
 registry holds one collector that turns the snapshot into metric families, and no
 prometheus_client global state is touched (a replica may serve several apps).
 
-Every series carries ``model``; per-version series carry ``version`` (for shadow metrics,
-the shadow version). Counters restart from 0 when the controller restarts, which
+Every series carries ``application`` (the Ray Serve application's name, the label Ray Serve's
+own ``ray_serve_*`` series carry) and ``model``; per-version series carry ``version`` (for
+shadow metrics, the shadow version). Two apps may serve one model (an A/B test beside a
+canary, each with its own state store): scraped by one Prometheus, their series would be the
+same but for the scrape's own labels, and a dashboard or a promql gate selecting by model
+would add the other app's requests to its own; ``application`` keeps them apart. Counters restart from 0 when the controller restarts, which
 ``rate()`` and ``increase()`` handle; ``serve_ab_stats_start_time_seconds`` says when.
 
 Per version:
@@ -116,24 +120,34 @@ VERDICTS = tuple(verdict.value for verdict in GateVerdict)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def render(cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus) -> tuple[bytes, str]:
+def render(cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus, app: str) -> tuple[bytes, str]:
     """The body and content type of a ``/metrics`` answer.
 
     ``snapshot`` is :meth:`ExperimentStats.snapshot` (``samples=False`` is enough);
-    ``status`` is the controller's (``ControllerCore.status``).
+    ``status`` is the controller's (``ControllerCore.status``); ``app`` the Serve application's
+    name, the ``application`` label of every series.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(cfg, snapshot, status))
+    registry.register(_SnapshotCollector(cfg, snapshot, status, app))
     return generate_latest(registry), CONTENT_TYPE
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self, cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus):
+    def __init__(self, cfg: ExperimentConfig, snapshot: Mapping[str, Any], status: RolloutStatus, app: str):
         self.model = cfg.model
+        self.app = app
         self.snapshot = snapshot
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
+        # The label is added here, once, rather than in each family's label list: no family
+        # can be left without it.
+        for family in self._families():
+            family.samples = [sample._replace(labels={"application": self.app, **sample.labels})
+                              for sample in family.samples]
+            yield family
+
+    def _families(self) -> Iterator[Metric]:
         yield from self._versions()
         yield from self._shadow()
         yield from self._app()

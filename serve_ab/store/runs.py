@@ -102,6 +102,10 @@ class RunSummary:
     # Why the summary could not be read (its stored text is not a JSON object), else None: the record
     # is still listed, so that one damaged record does not hide the others.
     problem: str | None = None
+    # The Serve application that ran it; None for a record saved before serve-ab said. Two apps
+    # may serve one model, from one records file (analysis.records.path's default), and start
+    # in the same second: their run ids then differ only by the config's digest.
+    app: str | None = None
 
 
 class CorruptRecord(ValueError):
@@ -215,6 +219,7 @@ class RunRecorder:
                 srm_mismatch=summary.get("srm_mismatch"),
                 mlflow_run_id=mlflow_run_id,
                 problem=problem,
+                app=summary.get("app"),
             ))
         return out
 

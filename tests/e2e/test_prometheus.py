@@ -143,6 +143,9 @@ def test_prometheus_scrapes_the_app_and_promql_matches_the_split(model_repo, tmp
         wait_until("no scrape of the app before traffic", SCRAPE_TIMEOUT_S,
                    lambda: prometheus.by_version('serve_ab_requests_total{model="digits"}') == {"v1": 0, "v2": 0},
                    logs)
+        # Every series names its Serve application, which tells apart two apps of one model.
+        assert {s["metric"]["application"] for s in prometheus.query('{__name__=~"serve_ab_.+"}')} == \
+            {config["applications"][0]["name"]}
         up = prometheus.query('up{job="serve-ab"}')
         assert [float(s["value"][1]) for s in up] == [1.0], up
 

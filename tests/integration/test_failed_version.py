@@ -46,7 +46,7 @@ def test_a_corrupt_candidate_is_isolated(serve_instance, http, model_repo, tmp_p
                           lambda s: "v2" in s["failed_versions"])
         assert status["weights_pct"] == {"v1": 100.0, "v2": 0.0}, status
         metrics = http.get(base + "/metrics").text
-        assert 'serve_ab_version_load_failed{model="digits",version="v2"} 1.0' in metrics
+        assert f'serve_ab_version_load_failed{{application="{name}",model="digits",version="v2"}} 1.0' in metrics
     finally:
         serve.delete(name)
 

@@ -48,7 +48,7 @@ def test_the_receiver_gets_every_phase_change_of_a_canary_in_order(http, serve_i
     assert len(slack) == len(changes) and all(set(body) == {"text"} for body in slack)
     metrics = http.get(serve_instance.url("/notified/metrics"))
     if metrics.status_code == 200:  # where reads need no token
-        assert 'serve_ab_notifications_failed_total{model="digits",receiver="ops"} 0.0' in metrics.text
+        assert 'serve_ab_notifications_failed_total{application="notified",model="digits",receiver="ops"} 0.0' in metrics.text
 
 
 def test_a_webhook_gate_answering_false_aborts_the_canary(http, serve_instance, deployed, hooks, model_repo, tmp_path):

@@ -525,6 +525,27 @@ def test_from_record_and_runs_work_without_an_app(report, capsys, tmp_path, monk
     assert code == 0 and yaml.safe_load(out)[0]["run_id"] == "digits-1"
 
 
+def test_runs_names_the_app_of_each_record(report, capsys, tmp_path):
+    """Live (multi47): an A/B app and a canary app of model digits, started by one `serve run`,
+    kept their records in one file (analysis.records.path's default) under run ids that
+    differed only by the config's digest (digits-20261207T135433Z-73e1c7cf and -1658b170), and
+    `serve-ab runs` could not say which app ran which."""
+    path = tmp_path / "runs.sqlite"
+    for run_id, app in (("digits-1-aaaa", "digits-ab"), ("digits-1-bbbb", "digits-canary")):
+        RunRecorder(path).save(run_id, {"model": "digits"}, report.model_dump(mode="json"), 1000.0, 1200.0,
+                               summary=report.run_summary(app=app), metrics=report.headline_metrics())
+    RunRecorder(path).save("digits-0", {"model": "digits"}, report.model_dump(mode="json"), 900.0, 1100.0,
+                           summary=report.run_summary())  # an older release's: no app
+    code, out, _ = _run(["runs", "--records", str(path)], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:4] == ["run", "id", "app", "model"]
+    shown = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert shown == {"digits-1-aaaa": "digits-ab", "digits-1-bbbb": "digits-canary", "digits-0": "-"}
+    code, out, _ = _run(["runs", "--records", str(path), "--json"], capsys)
+    assert code == 0 and {r["run_id"]: r["app"] for r in json.loads(out)} == {
+        "digits-1-aaaa": "digits-ab", "digits-1-bbbb": "digits-canary", "digits-0": None}
+
+
 def test_missing_record_and_missing_file_exit_1(report, capsys, tmp_path):
     path = tmp_path / "runs.sqlite"
     code, _, err = _run(["runs", "--records", str(path)], capsys)

@@ -547,6 +547,24 @@ def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(api, capsy
     assert f"hint: is {api.url} a serve-ab app, of a version this serve-ab reads?" in err
 
 
+@pytest.mark.parametrize("argv", [["status"], ["status", "-o", "json"], ["status", "--wait", "--timeout", "1s"],
+                                  ["promote"], ["abort"]])
+def test_a_json_answer_that_is_no_status_is_not_taken_for_a_static_app(api, capsys, argv):
+    """Live (multi47): beside serve-ab's apps, `serve-ab status --app plain` (a plain Ray Serve
+    app answering every path with JSON) printed "rollout none (static weights)" and exit 0, and
+    `serve-ab promote --app plain` printed "promote: ok": every field of the status has a
+    default, so any JSON object read as one."""
+    route = ("GET", "/rollout/status") if argv[0] == "status" else ("POST", f"/rollout/{argv[0]}")
+    api.responses[route] = (200, {"plain": True, "path": route[1]})
+    code, out, err = _run(argv, capsys)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[0].startswith(f"error: {api.url}{route[1]} answered 200 with a JSON object of keys "
+                                          "'plain', 'path' without phase and weights_pct, so it is not a serve-ab "
+                                          "app's status")
+    assert ("(nothing says the action was applied)" in err) == (route[0] == "POST")
+    assert f"hint: is {api.url} a serve-ab app?" in err
+
+
 def test_a_history_time_that_is_no_time_is_shown_as_found():
     status = {**CANARY, "history": [{**CANARY["history"][0], "t_s": 1e20}]}
     assert "?1e+20  start -> progressing" in _render(status, history=True)

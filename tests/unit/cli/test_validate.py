@@ -218,6 +218,34 @@ def test_two_apps_of_one_file_sharing_a_model_and_its_state_store_are_refused(tm
     assert cli.main(["validate", "--no-check-files", str(apart)]) == 0
 
 
+def test_a_promql_gate_not_selecting_its_app_beside_another_app_of_its_model_is_warned_of(tmp_path, capsys):
+    """Live (multi47): beside an A/B app of model digits, a canary's promql gate selecting
+    serve_ab_requests_total{model="digits", version="v2"} read 102 requests/s where the canary's
+    v2 served 16: the rest were the A/B app's. Prometheus tells them apart by application only."""
+    import yaml
+
+    ab = yaml.safe_load((REPO_ROOT / "configs" / "ab.yaml").read_text())["applications"][0]
+    canary = yaml.safe_load((REPO_ROOT / "configs" / "canary_promql.yaml").read_text())["applications"][0]
+    canary["route_prefix"] = "/canary"
+    canary["args"]["controller"] = {"state_path": str(tmp_path / "canary.sqlite")}
+    gate = canary["args"]["rollout"]["gates"][2]
+    assert gate["metric"] == "promql" and 'application="{{app}}"' in gate["query"]  # as shipped: its own app
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump({"applications": [ab, canary]}))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    gate["query"] = gate["query"].replace('application="{{app}}"', 'model="{{model}}"')
+    path.write_text(yaml.safe_dump({"applications": [ab, canary]}))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("  warning: applications.1.args.rollout.gates.2.query: promql[p95_latency_s] does not select by "
+            "application, and applications.0.args serves model 'digits' too") in out, out
+    # Alone, the app's series are the model's: nothing to warn of.
+    path.write_text(yaml.safe_dump({"applications": [canary]}))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0
+    assert "does not select by application" not in capsys.readouterr().out
+
+
 def test_a_serve_file_without_applications_is_named_as_such_not_read_as_an_experiment(tmp_path, capsys):
     import yaml
 

@@ -210,7 +210,7 @@ def rollout_config(url: str, other_url: str | None = None, **analysis) -> Rollou
 
 
 def test_placeholders_are_substituted():
-    rendered = rendered_queries(rollout_config("http://p:9090", interval_s="1.5s"), "digits")
+    rendered = rendered_queries(rollout_config("http://p:9090", interval_s="1.5s"), "digits", "digits-ab")
     assert rendered["error_ratio"] == (
         'sum(rate(serve_ab_errors_total{model="digits", version="v2"}[1500ms])) / '
         'sum(rate(serve_ab_requests_total{model="digits", version="v2"}[1500ms]))')
@@ -220,21 +220,32 @@ def test_placeholders_are_substituted():
     assert [promql_duration(s) for s in (10, 60.0, 0.25, 90.5)] == ["10s", "60s", "250ms", "90500ms"]
 
 
+def test_app_placeholder_selects_the_gates_own_app():
+    """Two apps may serve one model (an A/B test beside a canary): live (multi47), a canary's
+    gate selecting by model and version summed the A/B app's v2 requests with its own. Every
+    series carries ``application`` (serve_ab/serving/metrics.py), which {{app}} names."""
+    query = 'sum(rate(serve_ab_requests_total{application="{{app}}", version="{{ candidate }}"}[30s]))'
+    config = RolloutConfig.model_validate({**rollout_config("http://p:9090").model_dump(), "gates": [
+        {"metric": "promql", "name": "candidate_rate", "max": 100, "query": query}]})
+    assert rendered_queries(config, "digits", "digits-canary") == {
+        "candidate_rate": 'sum(rate(serve_ab_requests_total{application="digits-canary", version="v2"}[30s]))'}
+
+
 def test_fetch_asks_each_gates_prometheus_and_keys_answers_by_gate_name(prometheus):
     other = FakePrometheus()
     try:
         config = rollout_config(prometheus.url, other.url)
-        rendered = rendered_queries(config, "digits")
+        rendered = rendered_queries(config, "digits", "digits-ab")
         prometheus.answer(rendered["error_ratio"], vector("0.01"))
         other.answer(rendered["latency_vs_stable"], scalar("1.2"))
-        answers = run(fetch_promql_values(config, "digits"))
+        answers = run(fetch_promql_values(config, "digits", "digits-ab"))
     finally:
         other.close()
     assert answers == {"error_ratio": PromQLResult(rendered["error_ratio"], 0.01),
                        "latency_vs_stable": PromQLResult(rendered["latency_vs_stable"], 1.2)}
     assert prometheus.received == [rendered["error_ratio"]] and other.received == [rendered["latency_vs_stable"]]
     no_promql = RolloutConfig.model_validate({**config.model_dump(), "gates": [{"metric": "error_rate", "max": 0.1}]})
-    assert run(fetch_promql_values(no_promql, "digits")) == {}
+    assert run(fetch_promql_values(no_promql, "digits", "digits-ab")) == {}
 
 
 def test_schema_accepts_promql_gates_and_refuses_bad_ones_with_the_value():
@@ -254,7 +265,7 @@ def test_schema_accepts_promql_gates_and_refuses_bad_ones_with_the_value():
     assert "gate promql needs query" in error({"metric": "promql", "name": "x", "max": 1}, **where)
     assert "gate promql[x] has max_ratio_to_stable; a promql gate takes max or min" in error(
         {"metric": "promql", "name": "x", "query": "q", "max_ratio_to_stable": 1.5}, **where)
-    assert "query has placeholder(s) {{canary}}; valid: {{candidate}}, {{stable}}, {{model}}, {{interval}}" in error(
+    assert "query has placeholder(s) {{canary}}; valid: {{candidate}}, {{stable}}, {{model}}, {{app}}, {{interval}}" in error(
         {"metric": "promql", "name": "x", "query": 'up{v="{{canary}}"}', "max": 1}, **where)
     assert "gate error_rate takes no query; only metric: promql does" in error(
         {"metric": "error_rate", "max": 0.1, "query": "q"}, **where)
@@ -304,10 +315,10 @@ def test_gate_passes_fails_and_is_inconclusive_without_data_or_on_error():
 
 def test_from_fake_prometheus_to_verdicts(prometheus):
     config = rollout_config(prometheus.url)
-    rendered = rendered_queries(config, "digits")
+    rendered = rendered_queries(config, "digits", "digits-ab")
     prometheus.answer(rendered["error_ratio"], vector("0.2"))
     prometheus.answer(rendered["latency_vs_stable"], vector())
-    answers = run(fetch_promql_values(config, "digits"))
+    answers = run(fetch_promql_values(config, "digits", "digits-ab"))
     results = evaluate_gates(config.gates, WindowStats("v2", promql=answers), STABLE, min_samples=5)
     assert [r.verdict for r in results] == [GateVerdict.FAIL, GateVerdict.INCONCLUSIVE]
 
@@ -338,7 +349,7 @@ def test_a_rollout_aborts_on_a_failing_query_value_and_holds_on_a_query_error():
 
 def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
     config = rollout_config(prometheus.url)  # interval_s 10: refresh every 5 s by default
-    rendered = rendered_queries(config, "digits")
+    rendered = rendered_queries(config, "digits", "digits-ab")
     prometheus.answer(rendered["error_ratio"], vector("0.01"), delay_s=0.3)
 
     async def until(condition, what: str) -> None:
@@ -348,7 +359,7 @@ def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
             await asyncio.sleep(0.02)
 
     async def scenario():
-        poller = PromQLPoller(config, "digits")
+        poller = PromQLPoller(config, "digits", "digits-ab")
         # Synchronous, and the answer needs the loop to turn: it cannot have waited for it.
         assert poller.poll(now_s=100.0) == {} and poller.refreshing
         await until(lambda: poller.poll(now_s=100.5), "the first refresh never completed")
@@ -369,7 +380,7 @@ def test_poller_refreshes_in_the_background_and_only_when_due(prometheus):
     first = run(scenario())
     assert first["error_ratio"].value == 0.01 and first["latency_vs_stable"].value is None
     assert len(prometheus.received) == 4  # one first refresh, one more, nothing while in flight
-    assert PromQLPoller(rollout_config(prometheus.url).model_copy(update={"gates": []}), "d").poll(0.0) == {}
+    assert PromQLPoller(rollout_config(prometheus.url).model_copy(update={"gates": []}), "d", "a").poll(0.0) == {}
 
 
 def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_ends(prometheus, caplog):
@@ -378,7 +389,7 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
     REPEAT_LOG_S while it lasts, and its end once; the poller's clock is the caller's
     (refreshed every 30 s here: 21 real queries, not 121, make the 10 minutes)."""
     config = rollout_config(prometheus.url)
-    rendered = rendered_queries(config, "digits")
+    rendered = rendered_queries(config, "digits", "digits-ab")
     prometheus.answer(rendered["latency_vs_stable"], vector("1.0"))
     down = {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"}
 
@@ -394,7 +405,7 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
         return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "promql" in r.getMessage()]
 
     async def scenario():
-        poller = PromQLPoller(config, "digits", refresh_s=30.0)
+        poller = PromQLPoller(config, "digits", "digits-ab", refresh_s=30.0)
         prometheus.answer(rendered["error_ratio"], down, status=503)
         for now_s in range(0, 605, 30):  # 21 failed refreshes over 10 minutes
             await refresh(poller, float(now_s))

@@ -96,21 +96,24 @@ def static_status(cfg) -> RolloutStatus:
     return RolloutStatus(model=cfg.model, strategy=None, phase="static", weights_pct=cfg.weights_pct())
 
 
-def scrape(cfg, snapshot, status) -> tuple[dict, str]:
+APP = "digits-ab"
+
+
+def scrape(cfg, snapshot, status, app: str = APP) -> tuple[dict, str]:
     """{family name: family} of what render() returns, parsed as Prometheus would."""
-    body, content_type = metrics.render(cfg, snapshot, status)
+    body, content_type = metrics.render(cfg, snapshot, status, app)
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     return families, content_type
 
 
 def samples(families, sample_name: str) -> dict[tuple, float]:
-    """{sorted labels without model: value} for one sample name (e.g. a ``_bucket``)."""
+    """{sorted labels without model and application: value} for one sample name (e.g. a ``_bucket``)."""
     out = {}
     for family in families.values():
         for s in family.samples:
             if s.name == sample_name:
-                assert s.labels["model"] == "digits", s
-                out[tuple(sorted((k, v) for k, v in s.labels.items() if k != "model"))] = s.value
+                assert s.labels["model"] == "digits" and s.labels["application"] == APP, s
+                out[tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("model", "application")))] = s.value
     return out
 
 
@@ -277,11 +280,29 @@ def test_names_follow_prometheus_conventions_and_are_documented(rollout_scrape):
 def test_render_uses_a_fresh_registry_and_no_global_state(rollout_scrape):
     cfg, snap, _, _ = rollout_scrape
     status = rollout_status(cfg)
-    first, _ = metrics.render(cfg, snap, status)
-    again, _ = metrics.render(cfg, snap, status)
+    first, _ = metrics.render(cfg, snap, status, APP)
+    again, _ = metrics.render(cfg, snap, status, APP)
     assert first == again  # nothing accumulates between scrapes
     global_names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not any(name.startswith("serve_ab_") for name in global_names)
+
+
+def test_two_apps_of_one_model_are_told_apart_by_every_series():
+    """Live (multi47, 2026-12-07): an A/B app and a canary app of model digits on one Serve
+    cluster, each with its own state store, rendered the same series; Prometheus scraping both
+    summed the A/B app's v2 requests into the canary's promql gate
+    (``serve_ab_requests_total{model="digits", version="v2"}``). Every series now carries the
+    Serve application's name, as Ray Serve's own series do."""
+    cfg = parse_experiment(experiment())
+    snap = realistic_stats().snapshot(1_100.0, samples=False)
+    status = rollout_status(cfg)
+    keys = {}
+    for app in ("digits-ab", "digits-canary"):
+        families, _ = scrape(cfg, snap, status, app)
+        found = [(s.name, tuple(sorted(s.labels.items()))) for f in families.values() for s in f.samples]
+        assert found and all(dict(labels)["application"] == app for _, labels in found)
+        keys[app] = set(found)
+    assert not keys["digits-ab"] & keys["digits-canary"]
 
 
 def test_same_gate_label_twice_gives_two_series():
@@ -298,7 +319,7 @@ def test_a_malformed_histogram_is_refused_with_the_counts():
     snap = realistic_stats().snapshot(1_100.0, samples=False)
     snap["versions"]["v1"]["latency"]["bucket_counts"] = [1, 2]
     with pytest.raises(ValueError, match=r"latency has 2 bucket counts for 15 bounds; expected 16"):
-        metrics.render(cfg, snap, rollout_status(cfg))
+        metrics.render(cfg, snap, rollout_status(cfg), APP)
 
 
 # -- the Grafana dashboard ------------------------------------------------------------------
@@ -402,6 +423,10 @@ def test_dashboard_queries_only_series_that_render_emits():
                    "serve_ab_shadow_agreements_total", "serve_ab_rollout_phase", "serve_ab_rollout_step_index",
                    "serve_ab_gate_value", "serve_ab_gate_verdict"):
         assert needed in used, f"the dashboard has no panel on {needed}"
+    # Two apps may serve one model: a panel reading by model alone would add their series up.
+    unscoped = [(title, expr) for title, expr in exprs if 'application="$app"' not in expr
+                or expr.count("serve_ab_") != expr.count('application="$app"')]
+    assert unscoped == []
     quantiles = {float(q) for _, e in exprs for q in re.findall(r"histogram_quantile\(([0-9.]+)", e)}
     assert quantiles == {0.5, 0.95, 0.99}
 
@@ -411,6 +436,7 @@ def test_dashboard_takes_its_prometheus_from_a_datasource_variable():
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert "serve_ab_requests_total" in variables["model"]["definition"]
+    assert variables["app"]["definition"] == 'label_values(serve_ab_requests_total{model="$model"}, application)'
 
     def walk(panels):
         for panel in panels:
