@@ -277,10 +277,11 @@ class LogHistogram:
         out = cls(complement=bool(data) and "complement_index" in data)
         if not data or not data.get("count"):
             return out
-        out.counts[_checked_index(data["index"])] = np.asarray(data["counts"], dtype=np.int64)
+        index, counts = _checked_buckets(data["index"], data["counts"], "")
+        out.counts[index] = counts
         if out.complement is not None:
-            out.complement[_checked_index(data["complement_index"])] = np.asarray(data["complement_counts"],
-                                                                                  dtype=np.int64)
+            index, counts = _checked_buckets(data["complement_index"], data.get("complement_counts"), " of 1 - x")
+            out.complement[index] = counts
             if int(out.complement.sum()) != int(data["count"]):
                 raise ValueError(f"histogram counts of 1 - x sum to {int(out.complement.sum())}, "
                                  f"not its count {int(data['count'])}")
@@ -295,3 +296,17 @@ def _checked_index(index: Any) -> np.ndarray:
     if array.size and (array.min() < 0 or array.max() >= _SIZE):
         raise ValueError(f"histogram bucket index out of range [0, {_SIZE}): {array.min()}..{array.max()}")
     return array
+
+
+def _checked_buckets(index: Any, counts: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket indices and their counts, one each, none negative: a negative count that the
+    sum check lets through (-1 and 2 for one value) would put a CDF below 0 or above 1."""
+    if counts is None:
+        raise ValueError(f"histogram buckets{what}: indices without their counts")
+    indices, numbers = _checked_index(index), np.asarray(counts, dtype=np.int64)
+    if indices.shape != numbers.shape or indices.ndim != 1:
+        raise ValueError(f"histogram buckets{what}: {indices.size} indices and {numbers.size} counts; "
+                         "they must be one count per index")
+    if numbers.size and numbers.min() < 0:
+        raise ValueError(f"histogram counts{what} must not be negative: {int(numbers.min())}")
+    return indices, numbers

@@ -112,6 +112,12 @@ class Checkpoint:
     owned: frozenset[str] = frozenset()
 
 
+def _other_run_id(saved: Any, run_id: str) -> str | None:
+    """``saved`` where it names a run other than ``run_id``; None for no id, or one that is not
+    a run's (empty, not text: a row written by hand), whose rows are not this run's to drop."""
+    return saved if isinstance(saved, str) and saved and saved != run_id else None
+
+
 def _same_config(saved: Any, fingerprint: str) -> bool:
     """Whether a saved run's fingerprint is this config's: the same text, or (saved by an
     earlier release) a whole config that reads back as this one."""
@@ -221,7 +227,7 @@ class ControllerCore:
                            variable)
 
     def _stats_key(self, run_id: str | None = None) -> str:
-        return f"stats:{run_id or self.run_id}"
+        return f"stats:{self.run_id if run_id is None else run_id}"
 
     def keep_row(self, key: str, row: dict[str, Any], *, owned: bool = False) -> None:
         """A row this controller read or wrote once and goes by from then on (the feedback key):
@@ -303,7 +309,14 @@ class ControllerCore:
         for minute in range(self._reported_dropped_before, oldest):
             self.store.delete(self._reported_key(minute))
         self._reported_dropped_before = max(self._reported_dropped_before, oldest)
-        self._drop_previous_run()
+        # After the figures are saved, and apart: a store that fails now refused no save (status
+        # must not say not_saved, nor the round skip its report); the next save tries again.
+        try:
+            self._drop_previous_run()
+        except Exception as err:  # noqa: BLE001 - a clean-up, never the run's own save
+            logger.warning("serve-ab controller: the saved figures of run %s, which run %s replaced, could not "
+                           "be dropped yet (%s: %s); trying again at the next save", self._previous_run_id,
+                           self.run_id, type(err).__name__, err)
 
     def _drop_previous_run(self) -> None:
         """Delete the rows of the run a changed config replaced: its figures (up to a few MB with
@@ -324,6 +337,8 @@ class ControllerCore:
             for minute in range(first, last + 1):
                 self.store.delete(self._reported_key(minute, previous))
         self.store.delete(self._stats_key(previous))
+        # The run row keeps naming it (rewritten here, it could overwrite a newer run's row):
+        # a later restart of this run finds nothing left of it, a load and a delete.
         self._previous_run_id = None
         logger.info("serve-ab controller: dropped the saved figures of run %s, which run %s replaced", previous,
                     self.run_id)
@@ -331,7 +346,7 @@ class ControllerCore:
     # -- feedback already counted, across a restart ---------------------------------------------
 
     def _reported_key(self, minute: int, run_id: str | None = None) -> str:
-        return f"feedback-reported:{run_id or self.run_id}:{minute}"
+        return f"feedback-reported:{self.run_id if run_id is None else run_id}:{minute}"
 
     def _reported_minutes(self) -> int:
         return int(self.feedback.request_ttl_s // 60) + 2
@@ -399,6 +414,9 @@ class ControllerCore:
         self.last_window = dict(window)
         self._last_look_since_s = saved["since_s"]
 
+    def _run_key(self) -> str:
+        return f"run:{self.cfg.model}"
+
     def _run_identity(self) -> tuple[str, float]:
         """The run this controller continues: the same config as the saved run is the same
         run (a restarted controller), any change to it starts a new one.
@@ -410,16 +428,20 @@ class ControllerCore:
         the same way; its saved fingerprint is left as it was, so that a rollback to that
         release still continues it."""
         fingerprint = config_fingerprint(self.cfg)
-        key = f"run:{self.cfg.model}"
+        key = self._run_key()
         saved = self.store.load(key)
         if saved is not None and _same_config(saved.get("fingerprint"), fingerprint):
             self.kept_rows[key] = saved
+            # A run restarted before it dropped the run it replaced (a minute after its start)
+            # drops it still: the run row names it (after the drop, nothing is left to find).
+            self._previous_run_id = _other_run_id(saved.get("replaces"), saved["run_id"])
             return saved["run_id"], saved["started_at_s"]
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started_at_s))
         run_id = f"{self.cfg.model}-{started}-{config_digest(self.cfg)}"
         row = {"run_id": run_id, "started_at_s": self.started_at_s, "fingerprint": fingerprint}
-        if saved is not None and saved.get("run_id") not in (None, run_id):
-            self._previous_run_id = str(saved["run_id"])
+        self._previous_run_id = _other_run_id(saved.get("run_id") if saved is not None else None, run_id)
+        if self._previous_run_id is not None:
+            row["replaces"] = self._previous_run_id
         self.store.save(key, row)
         self.kept_rows[key] = row
         return run_id, self.started_at_s

@@ -190,3 +190,34 @@ def test_wasserstein_on_score_sketches_is_within_a_few_percent_and_its_bound_bel
     assert lower <= raw * (1 + 1e-9)
     if "no_drift" not in case:
         assert lower >= 0.5 * raw
+
+
+def test_the_sketched_ks_p_value_of_a_large_window_is_kolmogorovs_limit_not_the_exact_distribution(monkeypatch):
+    # scipy's kstwo.sf(d, n) costs about n: 40 ms at n 50,000, 0.4-0.75 s at 500,000 (p under
+    # 0.01), on the controller's event loop at every look of a drift gate (1M scores a side
+    # held its long polls for 0.38 s). Past KS_EXACT_MAX_N, the limit distribution: its p is
+    # never below the exact one and within 2.5% of it there (0.5% past 50,000).
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.0, 1.0, 400_000), rng.normal(0.01, 1.0, 400_000)
+    ca, cb = drift.LogHistogram.of(a, complement=True), drift.LogHistogram.of(b, complement=True)
+    n = 200_000  # n * m / (n + m)
+    statistic = drift.ks_test_sketched(ca, cb)[0]
+    exact = stats.kstwo.sf(statistic, n)
+    assert 1e-8 < exact < 0.01  # where kstwo is slowest
+
+    def refused(*args, **kwargs):
+        raise AssertionError("kstwo.sf evaluated for a large window")
+
+    monkeypatch.setattr(stats.kstwo, "sf", refused)
+    statistic, p_value = drift.ks_test_sketched(ca, cb)
+    assert exact <= p_value <= exact * 1.005
+    # Small windows keep the exact distribution, as ks_2samp's asymptotic method.
+    monkeypatch.undo()
+    small_a, small_b = a[:2_000], b[:2_000] + 0.1
+    statistic, p_value = drift.ks_test_sketched(drift.LogHistogram.of(small_a, complement=True),
+                                                drift.LogHistogram.of(small_b, complement=True))
+    assert p_value == pytest.approx(stats.kstwo.sf(statistic, 1_000), rel=1e-12)
+    for n in (drift.KS_EXACT_MAX_N + 1, 50_000, 500_000):
+        for q in (0.5, 0.01, 1e-8):
+            d = stats.kstwobign.isf(q) / math.sqrt(n)
+            assert stats.kstwo.sf(d, n) <= drift._ks_p_value(d, n) <= stats.kstwo.sf(d, n) * 1.025

@@ -153,3 +153,24 @@ def test_a_complement_that_does_not_count_every_value_is_refused():
     state["complement_index"] = [10**6]
     with pytest.raises(ValueError, match="out of range"):
         LogHistogram.from_wire(state)
+
+
+def test_a_malformed_complement_is_refused_with_a_value_error_naming_it():
+    # A router's report or a saved row whose counts of 1 - x add up to the count but hold a
+    # negative one (or miss the counts) used to be taken: CDFs below 0 and above 1 for the
+    # drift gates, or a KeyError where callers catch ValueError.
+    good = LogHistogram.of(np.array([0.5, 0.9, 0.99]), complement=True).to_wire()
+    assert len(good["complement_index"]) == 3
+    negative = {**good, "complement_counts": [-1, 2, 2]}
+    with pytest.raises(ValueError, match="counts of 1 - x must not be negative: -1"):
+        LogHistogram.from_wire(negative)
+    with pytest.raises(ValueError, match="must not be negative"):
+        pickle.loads(pickle.dumps(LogHistogram())).__setstate__(negative)
+    with pytest.raises(ValueError, match="histogram counts must not be negative"):
+        LogHistogram.from_wire({**good, "counts": [-1, 2, 2]})
+    for bad in ({k: v for k, v in good.items() if k != "complement_counts"},
+                {**good, "complement_counts": [3]}, {**good, "complement_counts": [1, 2]}):
+        with pytest.raises(ValueError, match="buckets of 1 - x"):
+            LogHistogram.from_wire(bad)
+    assert np.array_equal(LogHistogram.from_wire(good).complement,
+                          LogHistogram.of(np.array([0.5, 0.9, 0.99]), complement=True).complement)

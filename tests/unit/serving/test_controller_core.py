@@ -633,6 +633,99 @@ def test_redeploys_that_change_the_config_leave_the_store_no_larger():
     assert len(store.rows) <= sizes[0][0]
 
 
+def _rows_of(store, run_id):
+    return sorted(key for key in store.rows if run_id in key and not key.startswith("run:"))
+
+
+def _served_for(core, clock, seconds):
+    for _ in range(int(seconds // 10)):
+        report(core, clock, "v1", 5, correct=True)
+        clock.advance(10.0)
+        core.save_stats()
+
+
+def test_the_previous_runs_rows_go_even_if_the_new_runs_controller_restarts_before_it_dropped_them():
+    # The drop waits a minute after the start; a controller restarted before that (Serve
+    # restarting a crashed replica, a constructor tried again while the store flapped)
+    # continues the new run and used to forget the run it replaced: its rows stayed for good.
+    store, clock = MemoryStateStore(), FakeClock()
+    old = ControllerCore(ab_experiment(), store, clock)
+    _served_for(old, clock, 120)
+    assert _rows_of(store, old.run_id)
+    new = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)
+    _served_for(new, clock, 30)
+    assert _rows_of(store, old.run_id)  # not yet: the old controller may still be stopping
+    again = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)
+    assert again.run_id == new.run_id
+    _served_for(again, clock, 30)
+    assert _rows_of(store, old.run_id)  # a minute after this controller's own start
+    _served_for(again, clock, 40)
+    assert _rows_of(store, old.run_id) == []
+    assert store.load(f"stats:{again.run_id}") is not None
+    # A later restart finds nothing of it left, and keeps its own run's rows.
+    later = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)
+    _served_for(later, clock, 70)
+    assert _rows_of(store, old.run_id) == []
+    assert store.load(f"stats:{later.run_id}")["versions"]["v1"]["requests"] == 5 * 17  # 170 s of the run
+
+
+class _FlakyStore(MemoryStateStore):
+    """Loads and deletes of keys naming ``run_id`` fail while ``down`` (a Redis connection
+    dropped between two calls, a multi-MB load past the client's timeout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down, self.run_id = False, None
+
+    def _check(self, key):
+        if self.down and self.run_id and self.run_id in key:
+            raise ConnectionError("store went away")
+
+    def load(self, key):
+        self._check(key)
+        return super().load(key)
+
+    def delete(self, key):
+        self._check(key)
+        super().delete(key)
+
+
+def test_a_store_failing_while_the_previous_run_is_dropped_is_not_a_failed_save():
+    # The figures were saved; only the clean-up after them failed. It used to raise out of
+    # save_stats: status said the saves failed (not_saved) and the round's report and run
+    # record were skipped. The drop is tried again at the next save.
+    store, clock = _FlakyStore(), FakeClock()
+    old = ControllerCore(ab_experiment(), store, clock)
+    _served_for(old, clock, 60)
+    new = ControllerCore(ab_experiment(weights={"v1": 40, "v2": 60}), store, clock)
+    store.run_id, store.down = old.run_id, True
+    clock.advance(61.0)
+    report(new, clock, "v1", 5)
+    new.save_stats()  # does not raise
+    assert new.status().not_saved is None
+    assert store.load(f"stats:{new.run_id}")["versions"]["v1"]["requests"] == 5
+    store.down = False
+    assert _rows_of(store, old.run_id)
+    new.save_stats()
+    assert _rows_of(store, old.run_id) == []
+
+
+def test_a_run_row_with_an_empty_run_id_never_drops_the_current_runs_rows():
+    # stats:{run_id or self.run_id}: an empty previous id named the current run's own rows.
+    store, clock = MemoryStateStore(), FakeClock()
+    store.save("run:digits", {"run_id": "", "started_at_s": 5.0, "fingerprint": "{}"})
+    core = ControllerCore(ab_experiment(), store, clock)
+    _served_for(core, clock, 50)
+    counted = set(_rows_of(store, core.run_id))
+    assert f"stats:{core.run_id}" in counted and len(counted) >= 2
+    for _ in range(3):  # past the minute: each save is the drop's turn
+        clock.advance(5.0)
+        core.save_stats()
+        # Right after the save (a controller stopped now restarts from these): the figures'
+        # row, and every minute's row of counted feedback, so that none is counted twice.
+        assert counted <= set(_rows_of(store, core.run_id))
+
+
 def test_a_shadow_agreement_gate_judges_the_candidates_copies_of_live_requests():
     clock = FakeClock()
     base = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "60s"}}, {"set_weight": 100}])
