@@ -757,7 +757,7 @@ async def _asgi_call(app, method: str, path: str, headers: dict[str, str],
             return {"type": "http.request", "body": first_chunk, "more_body": True}
         await stalled.wait()
 
-    answer: dict = {"status": None, "body": b""}
+    answer: dict = {"status": None, "body": b"", "headers": {}}
 
     async def send(message):
         if message["type"] == "http.response.start":
