@@ -18,6 +18,7 @@ that feature costs a request:
   ``np.asarray(values, dtype=float32)``, what plain runs;
 - **output checks**: ``check_outputs`` (one row per input row, the declared shape, finiteness);
 - **pin check**: reading the pin header (and, had it been sent, checking the QA token);
+- **body deadline**: ``http.body_timeout_s``'s deadline on the body read (HTTP only);
 - **access-line note**: noting the version for Ray Serve's access line, which takes it after the
   answer (here: taken after each call, outside the timing, as the line would);
 - **observation**: the answer's figures, held for the report;
@@ -84,6 +85,7 @@ def _swap(owner: Any, name: str, replacement: Any) -> Switch:
 def parts(core: Any, handle: bool = False) -> dict[str, Switch]:
     """Each part of ``core``'s path that plain's has no counterpart of, with its switch; over a
     handle (``handle``), all but the pin header's check."""
+    from serve_ab.api import http_util
     from serve_ab.serving import http as routes
     from serve_ab.serving.core import router, versions
     from serve_ab.serving.core.decision import Choice
@@ -108,12 +110,15 @@ def parts(core: Any, handle: bool = False) -> dict[str, Switch]:
         "input checks": _swap(router, "to_batch", lambda values, spec, **_: np.asarray(values, dtype=np.float32)),
         "output checks": _swap(versions, "check_outputs", lambda *_: None),
         "pin check": _swap(routes, "_pinned", lambda *_: None),
+        # http.body_timeout_s's deadline (serve_ab/api/body_deadline.py): the body read without one.
+        "body deadline": _swap(routes, "read_body", lambda request, max_body_bytes, timeout_s=None:
+                               http_util.read_body(request, max_body_bytes)),
         "access-line note": _swap(core, "on_answer", None),
         "observation": _swap(core.observations, "served", lambda *_, **__: None),
         "request id": _swap(core, "request_id", lambda: "a-request-id"),
     }
     if handle:
-        del switches["pin check"]
+        del switches["pin check"], switches["body deadline"]  # a handle's call has no body to read
         # Router.predict reads the id itself too (serve_ab.serving.router._request_id).
         from serve_ab.serving import router as shell
 

@@ -559,27 +559,46 @@ def read_report(data: Any) -> tuple[Report, list[str]]:
     try:
         return Report.model_validate(data), []
     except ValidationError as e:
+        first = e
         errors = e.errors()
         same_schema = isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA
         if not same_schema or any(error["type"] != "extra_forbidden" for error in errors):
             raise
     trimmed = copy.deepcopy(data)
-    dropped = [_drop(trimmed, error["loc"]) for error in errors]
+    found = [_drop(trimmed, error["loc"]) for error in errors]
+    dropped = [path for path in found if path is not None]
+    if len(dropped) < len(found):
+        raise first  # a field it cannot find: the strict model's own error, not a guess
     return Report.model_validate(trimmed), dropped
 
 
-def _drop(data: Any, loc: tuple[Any, ...]) -> str:
-    """Delete the field at pydantic's ``loc`` in ``data``; its path as a reader would write it.
+def _drop(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """Delete the field at pydantic's ``loc`` in ``data``; its path as a reader would write it, or
+    None when ``loc`` does not lead to an object of ``data``.
+
     A ``loc`` also names the member of a tagged union it checked (``feedback.correct.conversion.x``):
-    a step that is not in the data is such a tag, and skipped."""
+    a step that is the object's own tag (its ``kind``, the report's one discriminator) is that
+    member, and skipped, even where the object holds a key of that name too: a newer feedback
+    figure named ``mean`` or ``conversion`` was walked into instead (a number: AttributeError, a
+    traceback in place of the report; an object: the whole report refused)."""
     node, path = data, []
     for step in loc[:-1]:
+        if isinstance(node, dict) and node.get(_TAG_FIELD) == step:
+            continue  # the union's member, not a field
         if isinstance(node, dict) and step in node or isinstance(node, list) and isinstance(step, int) \
                 and 0 <= step < len(node):
             node = node[step]
             path.append(str(step))
+        else:
+            return None
+    if not isinstance(node, dict):
+        return None
     node.pop(loc[-1], None)
     return ".".join([*path, str(loc[-1])])
+
+
+# The discriminator of the report's tagged unions (VariantResult.feedback).
+_TAG_FIELD = "kind"
 
 
 def report_json_schema() -> dict[str, Any]:

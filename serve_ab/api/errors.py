@@ -77,9 +77,14 @@ MAX_MESSAGE_CHARS = 4096
 _CHALLENGE = {"www-authenticate": 'Bearer realm="serve-ab"'}
 
 
+# RFC 9110 (15.5.9): a 408 closes the connection. The rest of a body that was cut off by the
+# timeout would otherwise be read as the next request's start, or keep the connection waiting.
+_CLOSE = {"connection": "close"}
+
+
 def error_headers(status: int) -> dict[str, str] | None:
-    """Headers an error answer of ``status`` carries: a 401's challenge; None otherwise."""
-    return _CHALLENGE if status == 401 else None
+    """Headers an error answer of ``status`` carries: a 401's challenge, a 408's close; None otherwise."""
+    return _CHALLENGE if status == 401 else _CLOSE if status == 408 else None
 
 
 def client_message(err: BaseException) -> str:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 
+from serve_ab.api.body_deadline import BodyDeadlines
 from serve_ab.api.errors import client_message, cut, error_headers, http_status
 from serve_ab.errors import BodyTimeout, BodyTooLarge, InvalidInput, ServeAbError, UnsupportedEncoding
 
@@ -84,18 +85,10 @@ async def read_body(request: Request, max_body_bytes: int, timeout_s: float | No
             raise InvalidInput(f"content-length header is {declared!r}; expected a number") from None
         if declared_bytes > max_body_bytes:
             raise BodyTooLarge(_too_large(declared_bytes, max_body_bytes))
-    # Ray's proxy hands a request to the router once its headers came: a client that then sends
-    # nothing holds one of router.max_ongoing_requests while it keeps the connection, and 256
-    # such connections (a slowloris) left the app answering nothing, health checks included.
-    # One timer a request (not asyncio.wait_for per message, a task each) on the inference path.
-    task = asyncio.current_task() if timeout_s is not None else None
-    expired: list[bool] = []
-    timer = None
-    if task is not None:
-        def expire() -> None:
-            expired.append(True)
-            task.cancel()
-        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    # A client that sends its headers and then stalls holds one of router.max_ongoing_requests
+    # (serve_ab/api/body_deadline.py): the body has timeout_s to arrive. One timer per loop,
+    # not one per request, on the inference path.
+    watch = BodyDeadlines.of_running_loop().watch(timeout_s) if timeout_s is not None else None
     # The ASGI messages themselves rather than request.stream(): the same bytes without its
     # per-chunk generator (this is on every inference request's path).
     chunks = []
@@ -114,16 +107,15 @@ async def read_body(request: Request, max_body_bytes: int, timeout_s: float | No
             if not message.get("more_body", False):
                 break
     except asyncio.CancelledError:
-        if not expired:  # cancelled from outside (the client went away): not ours to answer
+        # Cancelled from outside (the client went away), alone or beside the deadline: not ours to answer.
+        if watch is None or not watch.expired():
             raise
-        if hasattr(task, "uncancel"):  # Python 3.11+: this cancel is handled, as asyncio.timeout does
-            task.uncancel()
         raise BodyTimeout(f"the request body did not arrive within {timeout_s:g}s (http.body_timeout_s): "
                           f"{size_bytes} bytes came{'' if declared is None else f' of the {declared} declared'}; "
                           "send it within that time") from None
     finally:
-        if timer is not None:
-            timer.cancel()
+        if watch is not None:
+            watch.done()
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     # Several Content-Encoding lines are one list (RFC 9110 5.3), refused as "gzip, gzip" is.
     encodings = request.headers.getlist("content-encoding")

@@ -137,11 +137,27 @@ def promql_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def promql_string_content(value: str) -> str:
+    """``value`` escaped to stand between the quotes of a PromQL string, ``"..."`` or ``'...'``.
+
+    Ray Serve takes any non-empty application name: one with a quote (``team "a"``) cut the
+    gate's ``application="{{app}}"`` short, and Prometheus refused the query (the gate held,
+    inconclusive, for the whole rollout); a backslash started an escape. Quotes become ``\\x22``
+    and ``\\x27`` rather than ``\\"``, which PromQL refuses inside ``'...'``, and ``\\'``, refused
+    inside ``"..."``; control characters are hex escapes too."""
+    return "".join(_PROMQL_ESCAPES.get(char, char) for char in value)
+
+
+_PROMQL_ESCAPES = {"\\": "\\\\", '"': "\\x22", "'": "\\x27",
+                   **{chr(code): f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}}
+
+
 def rendered_queries(rollout: RolloutConfig, model: str, app: str) -> dict[str, str]:
     """Each promql gate's query by gate name, placeholders substituted; ``app`` is the Serve
-    application's name."""
-    values = {"candidate": rollout.candidate, "stable": rollout.stable, "model": model, "app": app,
-              "interval": promql_duration(rollout.analysis.interval_s)}
+    application's name, escaped for a PromQL string (``application="{{app}}"``): the other
+    values are names the config restricts to letters, digits, ``_.-``, or a duration."""
+    values = {"candidate": rollout.candidate, "stable": rollout.stable, "model": model,
+              "app": promql_string_content(app), "interval": promql_duration(rollout.analysis.interval_s)}
     return {gate.name: render_promql(gate.query, values)
             for gate in rollout.gates if gate.metric is GateMetric.PROMQL}
 

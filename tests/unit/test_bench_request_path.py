@@ -56,7 +56,8 @@ def test_bench_path_parts_prices_each_part_and_puts_every_part_back(capsys, hand
     before = (router.to_batch, versions.check_outputs, routes._pinned)
     assert bench_path_parts.main(["--pairs", "4", "--evict-mib", "1"] + (["--handle"] if handle else [])) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    pin = [] if handle else ["pin check"]  # a handle's caller pins by argument: no header to read
+    # a handle's caller pins by argument, and sends no body: no header to read, no body to wait for
+    pin = [] if handle else ["pin check", "body deadline"]
     assert list(report["added_us"]) == ["serve-ab - plain", "decision", "key hash", "input checks", "output checks",
                                         *pin, "access-line note", "observation", "request id"]
     assert report["way_in"] == ("handle" if handle else "http")
@@ -88,8 +89,8 @@ def test_each_part_taken_out_is_out_of_an_answered_request_and_goes_back(monkeyp
     body = request_bodies(1)[0][0].encode()
     routes.use_core(routes.Served(core, ControlAuth(core.cfg.control, [])))
     replaced = {"decision": "choose", "key hash": "assign_unit", "input checks": "to_batch",
-                "output checks": "check_outputs", "pin check": "_pinned", "observation": "served",
-                "request id": "request_id"}
+                "output checks": "check_outputs", "pin check": "_pinned", "body deadline": "read_body",
+                "observation": "served", "request id": "request_id"}
     try:
         parts = bench_path_parts.parts(core)
         assert set(parts) == {*replaced, "access-line note"}

@@ -638,6 +638,33 @@ def test_read_report_leaves_the_data_as_it_came(report):
     assert read_report(report.model_dump(mode="json")) == (report, [])
 
 
+def test_a_newer_feedback_field_named_as_its_kind_is_dropped_not_walked_into(report):
+    """pydantic names a tagged union's member in the error's path (feedback.correct.conversion.x).
+    A newer figure of that very name (``mean`` on a mean's feedback) was taken for the path and
+    walked into: a number raised AttributeError (a traceback in place of the report), an object
+    had the whole report refused."""
+    newer = report.model_dump(mode="json")
+    feedback = newer["variants"]["v2"]["feedback"]
+    conversion, mean = (next(name for name, figure in feedback.items() if figure["kind"] == kind)
+                        for kind in ("conversion", "mean"))
+    feedback[mean]["mean"] = 10.5
+    feedback[conversion]["conversion"] = {"rate": 0.9}
+    read, dropped = read_report(newer)
+    assert read == report
+    assert sorted(dropped) == sorted([f"variants.v2.feedback.{mean}.mean",
+                                      f"variants.v2.feedback.{conversion}.conversion"])
+
+
+def test_a_field_the_error_path_does_not_lead_to_is_refused_not_guessed():
+    """A loc that names no object of the data is the strict model's error, never an exception of
+    the walk (KeyError, AttributeError) nor a field dropped somewhere else."""
+    from serve_ab.analysis.report_model import _drop
+
+    data = {"a": [{"b": 1}], "c": 2}
+    assert _drop(data, ("a", 5, "x")) is None and _drop(data, ("c", "x")) is None
+    assert _drop(data, ("a", 0, "b")) == "a.0.b" and data == {"a": [{}], "c": 2}
+
+
 def test_serve_ab_wires_report_and_runs(app, capsys, monkeypatch):
     # The real sample-size parser imports statsmodels (seconds); its wiring has its own tests.
     stub = argparse.Namespace(add_parser=lambda sub: None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
+import re
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
@@ -229,6 +231,23 @@ def test_app_placeholder_selects_the_gates_own_app():
         {"metric": "promql", "name": "candidate_rate", "max": 100, "query": query}]})
     assert rendered_queries(config, "digits", "digits-canary") == {
         "candidate_rate": 'sum(rate(serve_ab_requests_total{application="digits-canary", version="v2"}[30s]))'}
+
+
+@pytest.mark.parametrize("app", ['team "a"', "x\\y", "o'k", 'a", application=~".*', "line\nbreak", "plain-app"])
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_the_app_placeholder_is_escaped_as_a_promql_string(app, quote):
+    """Ray Serve takes any non-empty application name. Put in raw, a quote in it cut the gate's
+    application="{{app}}" short (Prometheus refused the query: the gate held all rollout long), or
+    rewrote the selector (``a", application=~".*`` read every app's series)."""
+    query = f"sum(rate(serve_ab_requests_total{{application={quote}{{{{app}}}}{quote}}}[30s]))"
+    config = RolloutConfig.model_validate({**rollout_config("http://p:9090").model_dump(), "gates": [
+        {"metric": "promql", "name": "candidate_rate", "max": 100, "query": query}]})
+    rendered = rendered_queries(config, "digits", app)["candidate_rate"]
+    # One string literal, whose escapes (\\, \xNN) PromQL reads as Python does.
+    string = rf"{quote}(?:[^{quote}\\]|\\.)*{quote}"  # a quote, characters or escapes, the quote
+    literal = re.fullmatch(rf"sum\(rate\(serve_ab_requests_total\{{application=({string})\}}\[30s\]\)\)", rendered)
+    assert literal is not None, rendered
+    assert ast.literal_eval(literal.group(1)) == app
 
 
 def test_fetch_asks_each_gates_prometheus_and_keys_answers_by_gate_name(prometheus):

@@ -743,7 +743,8 @@ def test_a_v2_body_repeating_a_tensors_key_or_the_request_parameters_is_refused(
     assert client.post("/v2/models/digits/infer", json=ok).status_code == 200
 
 
-async def _asgi_call(app, method: str, path: str, headers: dict[str, str], first_chunk: bytes) -> tuple[int, bytes]:
+async def _asgi_call(app, method: str, path: str, headers: dict[str, str],
+                     first_chunk: bytes) -> tuple[int, bytes, dict[str, str]]:
     """One request straight through the ASGI app whose body stops after ``first_chunk``: the
     client keeps its connection and sends nothing more (a slowloris)."""
     stalled = asyncio.Event()  # never set
@@ -756,11 +757,12 @@ async def _asgi_call(app, method: str, path: str, headers: dict[str, str], first
             return {"type": "http.request", "body": first_chunk, "more_body": True}
         await stalled.wait()
 
-    answer: dict = {"status": None, "body": b""}
+    answer: dict = {"status": None, "body": b"", "headers": {}}
 
     async def send(message):
         if message["type"] == "http.response.start":
             answer["status"] = message["status"]
+            answer["headers"] = {k.decode(): v.decode() for k, v in message.get("headers", [])}
         elif message["type"] == "http.response.body":
             answer["body"] += message.get("body", b"")
 
@@ -769,7 +771,7 @@ async def _asgi_call(app, method: str, path: str, headers: dict[str, str], first
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
     await app(scope, receive, send)
-    return answer["status"], answer["body"]
+    return answer["status"], answer["body"], answer["headers"]
 
 
 @pytest.mark.parametrize("path, headers", [
@@ -786,7 +788,7 @@ def test_a_body_that_stops_arriving_is_a_408_that_frees_the_request(path, header
     /v2/health/live unanswered); the body now has http.body_timeout_s to arrive."""
     make_app("colocated", http={"max_body_bytes": 8192, "body_timeout_s": 0.05})
     try:
-        status, body = asyncio.run(asyncio.wait_for(_asgi_call(
+        status, body, answered_headers = asyncio.run(asyncio.wait_for(_asgi_call(
             routes.app, "POST", path, {"content-type": "application/json", "content-length": "1000", **headers},
             b'{"inputs": '), timeout=30))
     finally:
@@ -794,6 +796,8 @@ def test_a_body_that_stops_arriving_is_a_408_that_frees_the_request(path, header
     assert status == 408, (status, body)
     message = json.loads(body)["error"]
     assert "http.body_timeout_s" in message and "11 bytes came of the 1000 declared" in message
+    # RFC 9110 15.5.9: the connection closes; its 989 bytes still to come are no next request.
+    assert answered_headers.get("connection") == "close"
 
 
 def test_a_request_cancelled_while_its_body_comes_stays_cancelled():
