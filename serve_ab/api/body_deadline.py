@@ -65,41 +65,59 @@ class BodyDeadlines:
     """The bodies being read on one event loop, by task, with their deadlines (``loop.time()``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        # Weakly, and no timer handle kept (a handle holds its loop): this object is the value of a
+        # weak dictionary keyed by the loop, and a strong reference back kept every loop ever used
+        # (a test's each, closed) and this object alive for good.
+        self._loop = weakref.ref(loop)
         self.reading: dict[asyncio.Task, float] = {}
         self.expired: set[asyncio.Task] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer_at: float | None = None  # when the armed sweep runs; None: none armed
+        self._armed = 0  # the armed sweep's number: one armed before it was brought forward does nothing
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop()
 
     @classmethod
     def of_running_loop(cls) -> BodyDeadlines:
         loop = asyncio.get_running_loop()
         last = _last
-        if last is not None and last.loop is loop:
+        if last is not None and last._loop() is loop:
             return last
         return _of_loop(loop)
 
     def watch(self, timeout_s: float) -> BodyWatch:
         """Start the current task's deadline, ``timeout_s`` from now."""
-        task = asyncio.current_task(self.loop)
+        loop = self._loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a body deadline needs a task to cancel")
-        deadline = self.loop.time() + timeout_s
+        deadline = loop.time() + timeout_s
         self.reading[task] = deadline
-        if self._timer is None or deadline < self._timer_at:
+        if self._timer_at is None or deadline < self._timer_at:
             self._arm(deadline)
         cancelling = getattr(task, "cancelling", None)
         return BodyWatch(self, task, cancelling() if cancelling is not None else 0)
 
     def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_at(at, self._sweep)
+        loop = self._loop()
+        if loop is None:
+            return
+        self._armed += 1
+        loop.call_at(at, self._sweep, self._armed)
         self._timer_at = at
 
-    def _sweep(self) -> None:
-        self._timer = None
-        now = self.loop.time()
+    def _sweep(self, armed: int) -> None:
+        if armed != self._armed:  # brought forward since: the sweep armed then runs instead
+            return
+        self._timer_at = None
+        loop = self._loop()
+        if loop is None:
+            return
+        # A timer fires up to a clock tick early (uvloop rounds its delay to whole milliseconds): a
+        # deadline that close is due now. Else the sweep armed again for it, for under a tick, and
+        # ran again at once until the tick passed (about 100 sweeps a stalled body under uvloop).
+        now = loop.time() + TIMER_EARLY_S
         earliest = None
         for task, deadline in list(self.reading.items()):
             if deadline <= now:
@@ -111,6 +129,10 @@ class BodyDeadlines:
                 earliest = deadline
         if earliest is not None:
             self._arm(earliest)
+
+
+# How early a timer may fire: uvloop's, to the millisecond; asyncio's, to the clock's resolution.
+TIMER_EARLY_S = 0.001
 
 
 # The loop of the last call: nearly always the one asked for (a replica runs one loop), without

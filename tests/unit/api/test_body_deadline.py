@@ -108,3 +108,66 @@ def test_a_cancel_from_elsewhere_at_the_deadline_stays_a_cancel():
             await reading
 
     asyncio.run(main())
+
+
+def test_loops_that_read_bodies_are_freed_once_closed():
+    """The loop's deadlines were the value of a weak dictionary keyed by the loop, and held the loop
+    (and its armed timer's handle did): every loop that ever read a body stayed alive, closed, with
+    its deadlines (50 of 50 in a row of 50 loops)."""
+    import gc
+    import weakref
+
+    freed = []
+    for timeout_s in (30.0, 0.0):  # a timer armed past the loop's close, and one that fired
+        loops = []
+        for _ in range(5):
+            loop = asyncio.new_event_loop()
+            run_on(loop, read_body(whole(), 8192, timeout_s=timeout_s))
+            loops.append(weakref.ref(loop))
+            del loop
+        gc.collect()
+        freed.append(sum(ref() is None for ref in loops))
+    assert freed == [5, 5]
+
+
+class EarlyTimerLoop(asyncio.SelectorEventLoop):
+    """A loop whose timers the test fires, at the time it says: uvloop rounds a timer's delay to whole
+    milliseconds, so a timer runs up to half a millisecond before the ``when`` it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.now_s = 1000.0
+        self.timers: list[tuple[float, object, tuple]] = []
+
+    def time(self):
+        return self.now_s
+
+    def call_at(self, when, callback, *args, context=None):
+        self.timers.append((when, callback, args))
+        return asyncio.TimerHandle(when, lambda: None, (), self)
+
+    def fire_due(self, early_s: float) -> int:
+        """Runs the timers due ``early_s`` from now; how many ran."""
+        due = [timer for timer in self.timers if timer[0] <= self.now_s + early_s]
+        self.timers = [timer for timer in self.timers if timer not in due]
+        for _, callback, args in due:
+            callback(*args)
+        return len(due)
+
+
+def test_a_timer_that_fires_a_tick_early_cancels_the_body_rather_than_spinning():
+    """Under uvloop the sweep came up to a millisecond before the deadline, found it not yet due, and
+    armed again for under a millisecond, which uvloop runs at once: the loop spun (3,861 sweeps for
+    20 stalled bodies) until its clock ticked. A deadline within a tick is due."""
+    loop = EarlyTimerLoop()
+
+    async def main():
+        reading = asyncio.ensure_future(read_body(Stalled(), 8192, timeout_s=5.0))
+        await asyncio.sleep(0)  # reading now waits for the body
+        loop.now_s += 5.0 - 0.0005  # the timer fires half a millisecond early
+        assert loop.fire_due(early_s=0.0005) == 1
+        assert loop.fire_due(early_s=0.0005) == 0  # no sweep armed again for the same deadline
+        with pytest.raises(BodyTimeout, match="5s"):
+            await asyncio.wait_for(reading, timeout=10)
+
+    run_on(loop, main())
