@@ -194,7 +194,14 @@ def split_key(weights_pct: Mapping[str, float]) -> str:
 
 @dataclass
 class SplitRecord:
-    """What was assigned under one split: per-unit totals of every metric, and units seen."""
+    """What was assigned under one split: per-unit totals of every metric, and units seen.
+
+    ``first_s`` and ``last_s`` span the requests routed by it as they were merged: the period
+    the split was in force, which CUPED reads to tell a pre-period (analysis/report.py).
+    Feedback does not move them: it comes when the client reports, often long after its
+    request (a purchase an hour on), and one late report on a pre-period answer made that
+    period overlap the variant's and switched CUPED off for the whole comparison.
+    """
 
     weights_pct: dict[str, float]
     first_s: float
@@ -458,7 +465,11 @@ class ExperimentStats:
         """The weights the routers route by now (percent, every version of this experiment)."""
         self.weights_now = {name: float(weights_pct.get(name, 0.0)) for name in self.versions}
 
-    def _split(self, t_s: float, weights_pct: Mapping[str, float] | None) -> SplitRecord | None:
+    def _split(self, t_s: float, weights_pct: Mapping[str, float] | None,
+               served: bool = True) -> SplitRecord | None:
+        """The record of the split ``weights_pct`` (None: the weights now); ``served``: the
+        caller holds requests routed by it at ``t_s``, which extend its period (feedback does
+        not: see :class:`SplitRecord`)."""
         weights = weights_pct if weights_pct is not None else self.weights_now
         if not weights:
             return None
@@ -478,7 +489,8 @@ class ExperimentStats:
                 self.splits.pop(next(iter(self.splits)))
                 self.splits_dropped += 1
             record = self.splits[key] = SplitRecord(weights, t_s, t_s)
-        record.last_s = max(record.last_s, t_s)
+        if served:
+            record.last_s = max(record.last_s, t_s)
         return record
 
     # -- inputs ----------------------------------------------------------------------------
@@ -562,7 +574,7 @@ class ExperimentStats:
             return
         totals.add(value, converted)
         if assigned:
-            record = self._split(t_s, split)
+            record = self._split(t_s, split, served=False)
             if record is not None:
                 outcome = float(bool(converted)) if converted is not None else float(value)
                 record.totals(f"feedback/{name}").add(record.bucket(version, unit), version, outcome)

@@ -1089,6 +1089,35 @@ def test_cuped_reads_both_arms_pre_period_from_the_same_splits():
     assert c.verdict == "no_difference" and abs(c.abs_lift) < 0.3, (c.abs_lift, c.fixed.p_value)
 
 
+def _v2_after_v1_alone(late_s: float | None, served_again_s: float | None = None):
+    """v1 alone (t 0), then v1/v2 (t 1), the same users; a pre-period answer's feedback
+    arriving at ``late_s``; v1 alone routed by again at ``served_again_s`` (a rollback)."""
+    pre = {"v1": 100.0, "v2": 0.0, "v3": 0.0}
+    stats = _returning_users([pre, {"v1": 50.0, "v2": 50.0}], {}, seed=5)
+    if late_s is not None:  # the client reports an outcome of a pre-period answer late
+        stats.record_feedback(late_s, "v1", "revenue", 20.0, None, unit=12345, split=pre)
+    if served_again_s is not None:
+        stats.record(served_again_s, "v1", 3.0, None, 1, 12345, True, split=pre)
+    cfg = make_cfg(weights={"v1": 50, "v2": 50}, shadow=None,
+                   analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
+    return _cmp(build_report(cfg, stats.snapshot(9.0), {"v1": 50.0, "v2": 50.0, "v3": 0.0})[0], "revenue")
+
+
+def test_late_feedback_on_a_pre_period_answer_keeps_cuped():
+    """An outcome reported after the weights moved (a purchase an hour on) counts in the split
+    its request was routed by, the pre-period; it used to extend that split's period past the
+    variant's start, and one such report of 6,000 switched CUPED off for the whole comparison
+    (live: variance reduction 0.73 before, none after 5 late reports of 400)."""
+    on_time = _v2_after_v1_alone(None)
+    late = _v2_after_v1_alone(late_s=5.0)
+    assert on_time.cuped is not None and on_time.cuped.variance_reduction > 0.5
+    assert late.cuped is not None
+    assert late.cuped.variance_reduction == pytest.approx(on_time.cuped.variance_reduction, abs=0.01)
+    # A split routed by again after the variant had traffic (a rollback to v1 alone) is not a
+    # pre-period: its later requests may carry the variant's effect on the users it had.
+    assert _v2_after_v1_alone(None, served_again_s=5.0).cuped is None
+
+
 def test_the_relative_lift_of_a_metric_below_zero_has_the_sign_of_the_absolute_one():
     """A mean profit of -10 against -5: +50% relative to the control's size, not -50%."""
     cfg = make_cfg(shadow=None, analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
