@@ -69,6 +69,13 @@ logger = logging.getLogger("ray.serve")
 
 # Routing epochs whose weights are remembered (a router reports within seconds of an epoch).
 MAX_EPOCHS_REMEMBERED = 1000
+# A restarted controller numbers its routing epochs on from its last save's plus this many.
+# Feedback names its request's epoch (the token) and is filed under that epoch's weights: a
+# restarted controller that numbered from 0 again filed a pre-period answer's outcome under
+# its own epoch 0's weights (live: into the 50/50 split, its bucket counted as a keyless
+# unit). The gap covers the epochs published after the last save (every 5 s), lost with the
+# process, so none is numbered twice; a million restarts still fit the tokens' 12 digits.
+EPOCHS_SKIPPED_AT_RESTART = 1_000_000
 # Bounded so that a stopping controller drains its routers' polls quickly and still has
 # time for its final run record (app.py's graceful shutdown timeout is above this).
 LONG_POLL_TIMEOUT_S = 2.0
@@ -210,13 +217,25 @@ class ControllerCore:
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
         # The weights of every routing epoch published, so each row counts under the split
-        # its router assigned it by (rows and feedback arrive after the weights moved on).
+        # its router assigned it by (rows and feedback arrive after the weights moved on),
+        # kept across a restart with the figures (feedback tokens live an hour by default).
         self._epoch_weights: dict[int, dict[str, float]] = {}
+        self._restore_epochs((saved_stats or {}).get("epochs"), restarted=saved_stats is not None)
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()
         if fresh is not None:
             self._announce(fresh)
+
+    def _restore_epochs(self, saved: Mapping[str, Any] | None, restarted: bool) -> None:
+        """The epochs a save kept, and the next epoch past any the previous controller may
+        have published (a save of an older release kept none: epochs from 0, below the gap)."""
+        if not restarted:
+            return
+        for epoch, weights in (saved or {}).get("weights") or []:
+            self._epoch_weights[int(epoch)] = {str(name): float(pct) for name, pct in weights.items()}
+        last = max([int((saved or {}).get("last", 0)), *self._epoch_weights])
+        self.epoch = last + EPOCHS_SKIPPED_AT_RESTART
 
     def _warn_unset_env(self) -> None:
         """Say at start which secrets' variables are missing, not at the first request that
@@ -249,6 +268,8 @@ class ControllerCore:
         since_s = self._keys_written_s
         state = self.stats.to_state(now_s)
         state["report_seqs"] = seqs
+        state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
+                                                           in self._epoch_weights.items()]}
         # The first minute whose row of counted feedback may still be in the store: the next run
         # drops the rows from here to now_s's minute (_drop_previous_run).
         state["reported_from_minute"] = self._reported_dropped_before
