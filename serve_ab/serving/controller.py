@@ -221,6 +221,11 @@ class ControllerCore:
         # kept across a restart with the figures (feedback tokens live an hour by default).
         self._epoch_weights: dict[int, dict[str, float]] = {}
         self._restore_epochs((saved_stats or {}).get("epochs"), restarted=saved_stats is not None)
+        # The report's sequential tests (running-minimum p-values, intersected confidence
+        # sequences, tau fixed at the first look, verdicts that stand), saved with the figures:
+        # a restarted controller that began them afresh showed 2 looks where there had been 10,
+        # a p-value gone from 0.47 to 1, tau re-tuned to later data and a sequence wider again.
+        self.sequential_state: dict[str, Any] | None = (saved_stats or {}).get("sequential")
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()
@@ -268,6 +273,7 @@ class ControllerCore:
         since_s = self._keys_written_s
         state = self.stats.to_state(now_s)
         state["report_seqs"] = seqs
+        state["sequential"] = self.sequential_state
         state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
                                                            in self._epoch_weights.items()]}
         # The first minute whose row of counted feedback may still be in the store: the next run
@@ -901,7 +907,6 @@ class ExperimentController:
                 wait_s = min(2 * wait_s, STORE_RETRY_MAX_S)
         self._changed = asyncio.Event()
         self._report: Report | None = None
-        self._sequential_state: dict[str, Any] | None = None
         self._report_lock = asyncio.Lock()
         self._recorder = None
         # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
@@ -1087,8 +1092,8 @@ class ExperimentController:
             snapshot = self.core.stats_snapshot(samples=True)
             weights = self.core.weights()
             # The statistics take tens of milliseconds: off the loop that answers long polls.
-            report, self._sequential_state = await asyncio.to_thread(
-                _build_report, self.core.cfg, snapshot, weights, self._sequential_state, self.core.run_id)
+            report, self.core.sequential_state = await asyncio.to_thread(
+                _build_report, self.core.cfg, snapshot, weights, self.core.sequential_state, self.core.run_id)
             self._report = report
             return report
 

@@ -1420,3 +1420,34 @@ def test_feedback_after_a_restart_counts_under_the_split_its_request_was_routed_
                core.stats_snapshot()["splits"]}
     assert sum(counted["v1:0-10000,v2:10000-10000"]) == 40
     assert sum(counted.get("v1:0-5000,v2:5000-10000", [])) == 0
+
+
+def test_a_restarted_controller_carries_on_with_the_reports_sequential_tests():
+    """The report's always-valid figures are a running minimum and a running intersection over
+    looks, with tau fixed at the first: a controller killed and started again began them
+    afresh (live: 10 looks -> 2, the conversion's sequential p 0.47 -> 1, tau 0.044 -> 0.030).
+    They are saved with the figures now, and the next look carries on from them."""
+    from serve_ab.analysis.report import build_report
+
+    cfg = ab_experiment(analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+
+    def look(c: ControllerCore):
+        for correct in (True, False):  # another second each: request ids name it
+            clock.advance(1.0)
+            for version, share in (("v1", 20), ("v2", 28)):
+                report(c, clock, version, share if correct else 40 - share, correct=correct)
+        built, c.sequential_state = build_report(c.cfg, c.stats_snapshot(samples=True), c.weights(),
+                                                 getattr(c, "sequential_state", None), c.run_id)
+        return next(x for m in built.metrics if m.name == "correct" for x in m.comparisons if x.variant == "v2")
+
+    before = [look(core) for _ in range(3)]
+    core.save_stats()
+    restarted = ControllerCore(cfg, store, clock)
+    after = look(restarted)
+    assert after.sequential.looks == before[-1].sequential.looks + 1
+    assert after.sequential.tau == before[0].sequential.tau  # fixed at the first look
+    assert after.sequential.p_value <= before[-1].sequential.p_value  # a running minimum
+    lo, hi = before[-1].sequential.ci
+    assert lo <= after.sequential.ci[0] and after.sequential.ci[1] <= hi  # a running intersection
