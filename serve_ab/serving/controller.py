@@ -779,7 +779,7 @@ class ControllerCore:
             self._epoch_weights[self.epoch] = weights
             while len(self._epoch_weights) > MAX_EPOCHS_REMEMBERED:
                 self._epoch_weights.pop(next(iter(self._epoch_weights)))
-            self.stats.set_weights(weights)
+            self.stats.set_weights(weights, self.clock())
         return RoutingSnapshot(self.epoch, weights, tuple(self.retired), tuple(self.mirrors()))
 
     def mirrors(self) -> list[Mirror]:
