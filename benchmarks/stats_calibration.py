@@ -112,7 +112,10 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    then v1/v2, then v1/v3 (both A/As), every value up by 3 from the second period on (a
    season): a pre-period of the buckets v1 served in v1/v2 gave v1 a covariate from two
    periods and v3 from one, BETTER in 10 of 10. A split counts as pre-period only where the
-   control served every bucket the comparison reads.
+   control served every bucket the comparison reads. ``late_aa``/``late_lift``: as ``pre_*``,
+   with 20% of the first period's outcomes reported during the second (after the weights
+   moved) and the requests recorded as routers report them; a late outcome used to extend
+   its split's period past the variant's start, and CUPED was then applied in 0 of 30 runs.
 
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
@@ -315,7 +318,13 @@ CUPED_CASES = {  # case: (each period's weights, the last read at looks; each ve
     "third_aa": ([{"v1": 80.0, "v2": 20.0}, {"v1": 34.0, "v2": 33.0, "v3": 33.0}], {"v2": 3.0}, "v3", ()),
     "drift_aa": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}, {"v1": 50.0, "v3": 50.0}], {}, "v3",
                  (0.0, CUPED_SEASON, CUPED_SEASON)),
+    # As pre_*, with a share of the pre-period's outcomes reported late, during the second period
+    # (a purchase reported after the weights moved), and the requests recorded as routers report
+    # them, which set each split's period. One late report switched CUPED off (2026-12-07).
+    "late_aa": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}], {}, "v2", ()),
+    "late_lift": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}], {"v2": CUPED_LIFT}, "v2", ()),
 }
+CUPED_LATE_SHARE = 0.2  # late_*: the share of the pre-period's reports sent in the second period
 
 VERSIONS = ("v1", "v2")
 CONVERSION, MEAN = "converted", "revenue"
@@ -933,6 +942,8 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
     verdict: dict[bool, str | None] = {True: None, False: None}
     state: dict[bool, Any] = {True: None, False: None}
     last: dict[bool, Any] = {}
+    late_share = CUPED_LATE_SHARE if case.startswith("late_") else 0.0
+    held: list[tuple[str, int, float, dict[str, float]]] = []  # late_*: (arm, unit, value, split) reported later
     for period, weights in enumerate(periods):
         final = period == len(periods) - 1
         weights = {v: weights.get(v, 0.0) for v in names}
@@ -942,12 +953,21 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
         moved = shift[period] if period < len(shift) else 0.0
         values = rng.normal(level[:, None] + moved + np.array([effect.get(a, 0.0) for a in arms])[:, None],
                             CUPED_NOISE_SD, (CUPED_USERS, CUPED_REPORTS_PER_PERIOD))
+        late = rng.random(values.shape) < late_share if not final else np.zeros(values.shape, bool)
         bounds = look_bounds(CUPED_USERS, CUPED_LOOKS) if final else [(0, CUPED_USERS)]
         for look, (lo, hi) in enumerate(bounds):
             now_s = 100.0 * period + look
+            if final and look == 1:  # the earlier periods' late outcomes, once the variant has served
+                for arm, unit, value, split in held:
+                    st.record_feedback(now_s, arm, MEAN, value, None, unit=unit, split=split)
             for i in range(lo, hi):
-                for value in values[i].tolist():
-                    st.record_feedback(now_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
+                for value, is_late in zip(values[i].tolist(), late[i].tolist()):
+                    if late_share:  # the request, as a router reports it: it sets the split's period
+                        st.record(now_s, arms[i], 5.0, None, 0, units[i], True, split=weights)
+                    if is_late:
+                        held.append((arms[i], units[i], value, weights))
+                    else:
+                        st.record_feedback(now_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
             if final:
                 snapshot = st.snapshot(now_s + 0.5)
                 for on in (True, False):
@@ -1131,13 +1151,18 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
     check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
           flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
     for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3"),
-                        ("drift_aa", f"v1, v1/v2, v1/v3, +{CUPED_SEASON:g} from the 2nd period")):
+                        ("drift_aa", f"v1, v1/v2, v1/v3, +{CUPED_SEASON:g} from the 2nd period"),
+                        ("late_aa", f"{CUPED_LATE_SHARE:.0%} of v1 alone's outcomes late")):
         on = cuped[case]["cuped_on"]
         any_verdict = Rate(on["better"].hits + on["worse"].hits, on["better"].reps)
         check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict,
               any_verdict.value <= ALPHA, f"<= {ALPHA}")
         check(f"CUPED A/A, {label}: fixed p < 0.05 at the last look", on["fixed_p_lt_alpha_final"],
               on["fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+    for case in ("late_aa", "late_lift"):  # late outcomes of the pre-period keep it a pre-period
+        applied = cuped[case]["cuped_on"]["applied"]
+        check(f"CUPED, {CUPED_LATE_SHARE:.0%} of the pre-period's outcomes late ({case}): applied", applied,
+              applied.value == 1.0, "= 1")
     return out
 
 

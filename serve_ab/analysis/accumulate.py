@@ -194,7 +194,14 @@ def split_key(weights_pct: Mapping[str, float]) -> str:
 
 @dataclass
 class SplitRecord:
-    """What was assigned under one split: per-unit totals of every metric, and units seen."""
+    """What was assigned under one split: per-unit totals of every metric, and units seen.
+
+    ``first_s`` and ``last_s`` span the requests routed by it as they were merged: the period
+    the split was in force, which CUPED reads to tell a pre-period (analysis/report.py).
+    Feedback does not move them: it comes when the client reports, often long after its
+    request (a purchase an hour on), and one late report on a pre-period answer made that
+    period overlap the variant's and switched CUPED off for the whole comparison.
+    """
 
     weights_pct: dict[str, float]
     first_s: float
@@ -453,12 +460,39 @@ class ExperimentStats:
         self.splits_dropped = 0
         self.units_all = UnitSample()  # distinct users per version over the whole run
         self.weights_now: dict[str, float] = {}
+        # When the controller stopped routing by each split it published (None: it routes by it
+        # now). Data says less: an answer chosen under the old weights that one router reports
+        # after another router's first report under the new ones (a request in flight at the
+        # switch) arrives after the new split began, and CUPED then read no pre-period.
+        self._routed_until: dict[str, float | None] = {}
 
-    def set_weights(self, weights_pct: Mapping[str, float]) -> None:
-        """The weights the routers route by now (percent, every version of this experiment)."""
-        self.weights_now = {name: float(weights_pct.get(name, 0.0)) for name in self.versions}
+    def set_weights(self, weights_pct: Mapping[str, float], now_s: float | None = None) -> None:
+        """The weights the routers route by now (percent, every version of this experiment);
+        ``now_s``: when the controller published them, which ends the split routed by before."""
+        new = {name: float(weights_pct.get(name, 0.0)) for name in self.versions}
+        if now_s is not None:
+            try:
+                key = split_key(new)
+            except ValueError:
+                key = None  # weights that do not sum to 100: not a split
+            try:
+                old = split_key(self.weights_now) if self.weights_now else None
+            except ValueError:
+                old = None
+            if old is not None and old != key and old in self._routed_until:
+                self._routed_until[old] = now_s
+            if key is not None:
+                self._routed_until[key] = None
+                if len(self._routed_until) > 4 * MAX_SPLITS:  # keep those of the splits kept
+                    self._routed_until = {k: t for k, t in self._routed_until.items()
+                                          if k in self.splits or k == key}
+        self.weights_now = new
 
-    def _split(self, t_s: float, weights_pct: Mapping[str, float] | None) -> SplitRecord | None:
+    def _split(self, t_s: float, weights_pct: Mapping[str, float] | None,
+               served: bool = True) -> SplitRecord | None:
+        """The record of the split ``weights_pct`` (None: the weights now); ``served``: the
+        caller holds requests routed by it at ``t_s``, which extend its period (feedback does
+        not: see :class:`SplitRecord`)."""
         weights = weights_pct if weights_pct is not None else self.weights_now
         if not weights:
             return None
@@ -478,7 +512,8 @@ class ExperimentStats:
                 self.splits.pop(next(iter(self.splits)))
                 self.splits_dropped += 1
             record = self.splits[key] = SplitRecord(weights, t_s, t_s)
-        record.last_s = max(record.last_s, t_s)
+        if served:
+            record.last_s = max(record.last_s, t_s)
         return record
 
     # -- inputs ----------------------------------------------------------------------------
@@ -562,7 +597,7 @@ class ExperimentStats:
             return
         totals.add(value, converted)
         if assigned:
-            record = self._split(t_s, split)
+            record = self._split(t_s, split, served=False)
             if record is not None:
                 outcome = float(bool(converted)) if converted is not None else float(value)
                 record.totals(f"feedback/{name}").add(record.bucket(version, unit), version, outcome)
@@ -591,7 +626,7 @@ class ExperimentStats:
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
              "weights_now": {v: pct},
-             "splits": [{"key", "weights_pct", "first_s", "last_s",
+             "splits": [{"key", "weights_pct", "first_s", "last_s", "routed_now", "routed_until_s",
                          "metrics": {"error_rate" | "latency_ms" | "feedback/<name>": SplitTotals.to_dict()},
                          "units_kept": {v: n}, "units_fraction", "units_keyless": {v: n}}],
              "splits_dropped": n}
@@ -623,6 +658,9 @@ class ExperimentStats:
             "splits": [
                 {"key": key, "weights_pct": dict(record.weights_pct), "first_s": record.first_s,
                  "last_s": record.last_s,
+                 # The controller's own account of when it routed by the split, where it gave one.
+                 "routed_now": key in self._routed_until and self._routed_until[key] is None,
+                 "routed_until_s": self._routed_until.get(key),
                  "metrics": {name: totals.to_dict() for name, totals in record.metrics.items()},
                  "units_kept": record.units.kept(self.versions), "units_fraction": record.units.fraction,
                  "units_keyless": dict(record.units.keyless)}
@@ -699,6 +737,10 @@ class ExperimentStats:
             except ValueError:
                 continue  # its weights do not sum to 100 over these versions: another layout
             record = stats.splits[saved["key"]] = SplitRecord(weights, saved["first_s"], saved["last_s"])
+            if saved.get("routed_now"):
+                stats._routed_until[saved["key"]] = None
+            elif saved.get("routed_until_s") is not None:
+                stats._routed_until[saved["key"]] = float(saved["routed_until_s"])
             record.metrics = {name: SplitTotals.from_dict(t) for name, t in saved["metrics"].items()}
             packed = (samples.get("splits") or {}).get(saved["key"])
             if packed:

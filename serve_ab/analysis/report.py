@@ -331,6 +331,16 @@ class _Split:
     units_kept: dict[str, int]
     units_fraction: float
     units_keyless: dict[str, int]
+    routed_now: bool = False  # the controller routes by it now
+    routed_until_s: float | None = None  # when the controller stopped routing by it (None: not said)
+
+    @property
+    def ended_s(self) -> float:
+        """When routing by this split ended: the controller's account where it gave one, else
+        the last of its requests to arrive; infinite while it is routed by."""
+        if self.routed_now:
+            return math.inf
+        return self.routed_until_s if self.routed_until_s is not None else self.last_s
 
 
 def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) -> list[_Split]:
@@ -344,7 +354,8 @@ def _splits(snapshot: Mapping[str, Any], names: list[str], warnings: list[str]) 
                           arm,
                           {m: SplitTotals.from_dict(t) for m, t in (saved.get("metrics") or {}).items()},
                           dict(saved.get("units_kept") or {}), float(saved.get("units_fraction", 1.0)),
-                          dict(saved.get("units_keyless") or {})))
+                          dict(saved.get("units_keyless") or {}), bool(saved.get("routed_now", False)),
+                          saved.get("routed_until_s")))
     if len(out) > 1:
         warnings.append(f"the weights changed {len(out) - 1} time(s): every comparison is made within each "
                         "split of traffic and combined across them (each split weighted by the inverse of its pooled "
@@ -440,6 +451,10 @@ def _pre_period(splits: list[_Split], metric: str, variant: str, control: str,
     - with only the control's buckets of such a split counted, v3's covariate came from an
       earlier period than v1's, and a seasonal drift of 15% between the periods read an A/A
       v3 as BETTER in 10 of 10 (v1 alone, then v1/v2, then v1/v3).
+    A split is before the variant's when routing by it ended (:attr:`_Split.ended_s`) by the
+    time the variant's first requests arrived: an answer of the old split that a second router
+    reports late, after the first router's first report under the new weights, does not end it
+    later (it switched CUPED off: variance -54% read as none).
     """
     exposed = [s for s in splits if s.weights_pct.get(variant, 0.0) > 0]
     if not exposed:
@@ -450,7 +465,7 @@ def _pre_period(splits: list[_Split], metric: str, variant: str, control: str,
     for split in exposed:
         read |= (split.arm_of_bucket == on_control) | (split.arm_of_bucket == on_variant)
     before = [s for s in splits if s.weights_pct.get(variant, 0.0) == 0 and s.weights_pct.get(control, 0.0) > 0
-              and s.last_s <= start_s and metric in s.totals and bool((s.arm_of_bucket[read] == on_control).all())]
+              and s.ended_s <= start_s and metric in s.totals and bool((s.arm_of_bucket[read] == on_control).all())]
     if not before:
         return None
     pre = SplitTotals()

@@ -69,6 +69,13 @@ logger = logging.getLogger("ray.serve")
 
 # Routing epochs whose weights are remembered (a router reports within seconds of an epoch).
 MAX_EPOCHS_REMEMBERED = 1000
+# A restarted controller numbers its routing epochs on from its last save's plus this many.
+# Feedback names its request's epoch (the token) and is filed under that epoch's weights: a
+# restarted controller that numbered from 0 again filed a pre-period answer's outcome under
+# its own epoch 0's weights (live: into the 50/50 split, its bucket counted as a keyless
+# unit). The gap covers the epochs published after the last save (every 5 s), lost with the
+# process, so none is numbered twice; a million restarts still fit the tokens' 12 digits.
+EPOCHS_SKIPPED_AT_RESTART = 1_000_000
 # Bounded so that a stopping controller drains its routers' polls quickly and still has
 # time for its final run record (app.py's graceful shutdown timeout is above this).
 LONG_POLL_TIMEOUT_S = 2.0
@@ -210,13 +217,30 @@ class ControllerCore:
         self.retired: tuple[str, ...] = ()
         self.epoch = 0
         # The weights of every routing epoch published, so each row counts under the split
-        # its router assigned it by (rows and feedback arrive after the weights moved on).
+        # its router assigned it by (rows and feedback arrive after the weights moved on),
+        # kept across a restart with the figures (feedback tokens live an hour by default).
         self._epoch_weights: dict[int, dict[str, float]] = {}
+        self._restore_epochs((saved_stats or {}).get("epochs"), restarted=saved_stats is not None)
+        # The report's sequential tests (running-minimum p-values, intersected confidence
+        # sequences, tau fixed at the first look, verdicts that stand), saved with the figures:
+        # a restarted controller that began them afresh showed 2 looks where there had been 10,
+        # a p-value gone from 0.47 to 1, tau re-tuned to later data and a sequence wider again.
+        self.sequential_state: dict[str, Any] | None = (saved_stats or {}).get("sequential")
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()
         if fresh is not None:
             self._announce(fresh)
+
+    def _restore_epochs(self, saved: Mapping[str, Any] | None, restarted: bool) -> None:
+        """The epochs a save kept, and the next epoch past any the previous controller may
+        have published (a save of an older release kept none: epochs from 0, below the gap)."""
+        if not restarted:
+            return
+        for epoch, weights in (saved or {}).get("weights") or []:
+            self._epoch_weights[int(epoch)] = {str(name): float(pct) for name, pct in weights.items()}
+        last = max([int((saved or {}).get("last", 0)), *self._epoch_weights])
+        self.epoch = last + EPOCHS_SKIPPED_AT_RESTART
 
     def _warn_unset_env(self) -> None:
         """Say at start which secrets' variables are missing, not at the first request that
@@ -249,6 +273,9 @@ class ControllerCore:
         since_s = self._keys_written_s
         state = self.stats.to_state(now_s)
         state["report_seqs"] = seqs
+        state["sequential"] = self.sequential_state
+        state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
+                                                           in self._epoch_weights.items()]}
         # The first minute whose row of counted feedback may still be in the store: the next run
         # drops the rows from here to now_s's minute (_drop_previous_run).
         state["reported_from_minute"] = self._reported_dropped_before
@@ -752,7 +779,7 @@ class ControllerCore:
             self._epoch_weights[self.epoch] = weights
             while len(self._epoch_weights) > MAX_EPOCHS_REMEMBERED:
                 self._epoch_weights.pop(next(iter(self._epoch_weights)))
-            self.stats.set_weights(weights)
+            self.stats.set_weights(weights, self.clock())
         return RoutingSnapshot(self.epoch, weights, tuple(self.retired), tuple(self.mirrors()))
 
     def mirrors(self) -> list[Mirror]:
@@ -880,7 +907,6 @@ class ExperimentController:
                 wait_s = min(2 * wait_s, STORE_RETRY_MAX_S)
         self._changed = asyncio.Event()
         self._report: Report | None = None
-        self._sequential_state: dict[str, Any] | None = None
         self._report_lock = asyncio.Lock()
         self._recorder = None
         # Asks Prometheus for the promql gates in the background; a slow one never delays a tick.
@@ -1066,8 +1092,8 @@ class ExperimentController:
             snapshot = self.core.stats_snapshot(samples=True)
             weights = self.core.weights()
             # The statistics take tens of milliseconds: off the loop that answers long polls.
-            report, self._sequential_state = await asyncio.to_thread(
-                _build_report, self.core.cfg, snapshot, weights, self._sequential_state, self.core.run_id)
+            report, self.core.sequential_state = await asyncio.to_thread(
+                _build_report, self.core.cfg, snapshot, weights, self.core.sequential_state, self.core.run_id)
             self._report = report
             return report
 

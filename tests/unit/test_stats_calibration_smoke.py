@@ -55,12 +55,13 @@ def test_quick_run_ends_with_one_json_line_of_every_figure():
     assert all({"check", "limit", "rate", "mc_se", "within"} <= set(item) for item in report["checks"])
 
     cuped = report["cuped"]["cases"]
-    assert set(cuped) == {"pre_aa", "pre_lift", "third_aa", "drift_aa"}
+    assert set(cuped) == {"pre_aa", "pre_lift", "third_aa", "drift_aa", "late_aa", "late_lift"}
     for row in cuped.values():
         assert set(row) == {"cuped_on", "cuped_off"}
         assert all(RATE_KEYS <= set(row[on]["better"]) for on in row)
     assert cuped["pre_aa"]["cuped_on"]["applied"]["rate"] == 1.0  # a pre-period: v1 alone first
     assert cuped["third_aa"]["cuped_on"]["applied"]["rate"] == 0.0  # v3's buckets were v2's
+    assert cuped["late_aa"]["cuped_on"]["applied"]["rate"] == 1.0  # late outcomes keep the pre-period
 
 
 def test_score_drift_alone_runs_every_score_drift_case_through_the_wire():

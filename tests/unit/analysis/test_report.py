@@ -1089,6 +1089,35 @@ def test_cuped_reads_both_arms_pre_period_from_the_same_splits():
     assert c.verdict == "no_difference" and abs(c.abs_lift) < 0.3, (c.abs_lift, c.fixed.p_value)
 
 
+def _v2_after_v1_alone(late_s: float | None, served_again_s: float | None = None):
+    """v1 alone (t 0), then v1/v2 (t 1), the same users; a pre-period answer's feedback
+    arriving at ``late_s``; v1 alone routed by again at ``served_again_s`` (a rollback)."""
+    pre = {"v1": 100.0, "v2": 0.0, "v3": 0.0}
+    stats = _returning_users([pre, {"v1": 50.0, "v2": 50.0}], {}, seed=5)
+    if late_s is not None:  # the client reports an outcome of a pre-period answer late
+        stats.record_feedback(late_s, "v1", "revenue", 20.0, None, unit=12345, split=pre)
+    if served_again_s is not None:
+        stats.record(served_again_s, "v1", 3.0, None, 1, 12345, True, split=pre)
+    cfg = make_cfg(weights={"v1": 50, "v2": 50}, shadow=None,
+                   analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
+    return _cmp(build_report(cfg, stats.snapshot(9.0), {"v1": 50.0, "v2": 50.0, "v3": 0.0})[0], "revenue")
+
+
+def test_late_feedback_on_a_pre_period_answer_keeps_cuped():
+    """An outcome reported after the weights moved (a purchase an hour on) counts in the split
+    its request was routed by, the pre-period; it used to extend that split's period past the
+    variant's start, and one such report of 6,000 switched CUPED off for the whole comparison
+    (live: variance reduction 0.73 before, none after 5 late reports of 400)."""
+    on_time = _v2_after_v1_alone(None)
+    late = _v2_after_v1_alone(late_s=5.0)
+    assert on_time.cuped is not None and on_time.cuped.variance_reduction > 0.5
+    assert late.cuped is not None
+    assert late.cuped.variance_reduction == pytest.approx(on_time.cuped.variance_reduction, abs=0.01)
+    # A split routed by again after the variant had traffic (a rollback to v1 alone) is not a
+    # pre-period: its later requests may carry the variant's effect on the users it had.
+    assert _v2_after_v1_alone(None, served_again_s=5.0).cuped is None
+
+
 def test_the_relative_lift_of_a_metric_below_zero_has_the_sign_of_the_absolute_one():
     """A mean profit of -10 against -5: +50% relative to the control's size, not -50%."""
     cfg = make_cfg(shadow=None, analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
@@ -1301,3 +1330,51 @@ def test_a_router_pickle_carries_the_cosine_sketch_a_controller_of_the_code_befo
     restored = pickle.loads(pickle.dumps(figures.shadow))
     assert "similarity_sketch" not in vars(restored)
     assert restored.dissimilarity_sketch.counts.tolist() == figures.shadow.dissimilarity_sketch.counts.tolist()
+
+
+def _two_routers_at_the_switch(straggler_s: float | None, rollback_s: float | None = None):
+    """v1 alone, then v1/v2 published at t 10, two router replicas: the first reports its
+    first 50/50 answers at t 11; the second reports an answer chosen under v1 alone (in flight
+    at the switch) at ``straggler_s``. ``rollback_s``: v1 alone published again then, with an
+    answer under it."""
+    rng = np.random.default_rng(3)
+    units = rng.choice(2**62, 2000, replace=False).tolist()
+    level = rng.normal(20.0, 5.0, 2000)
+    pre, post = {"v1": 100.0, "v2": 0.0, "v3": 0.0}, {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    stats = ExperimentStats(["v1", "v2", "v3"], 0.0, feedback_kinds={"revenue": "mean"})
+    for weights, published_s, reported_s in ((pre, 0.0, 1.0), (post, 10.0, 11.0)):
+        stats.set_weights(weights, published_s)
+        table = SplitTable.from_weights(weights)
+        aggregate = IntervalAggregate()
+        for unit, mu in zip(units, level.tolist()):
+            version = table.version_for_bucket(unit % NUM_BUCKETS)
+            aggregate.served(version, 1.0, None, 1, 0.9, unit=unit, assigned=True, mirrored=False, split=0,
+                             weights_pct=weights)
+            stats.record_feedback(reported_s, version, "revenue", float(rng.normal(mu, 3.0)), None, unit=unit,
+                                  split=weights)
+        stats.merge(reported_s, aggregate)
+    late = [(straggler_s, None)] if straggler_s is not None else []
+    if rollback_s is not None:
+        stats.set_weights(pre, rollback_s)
+        late.append((rollback_s + 1.0, None))
+    for at_s, _ in late:
+        aggregate = IntervalAggregate()
+        aggregate.served("v1", 1.0, None, 1, 0.9, unit=units[0], assigned=True, mirrored=False, split=0,
+                         weights_pct=pre)
+        stats.merge(at_s, aggregate)
+    cfg = make_cfg(weights={"v1": 50, "v2": 50}, shadow=None,
+                   analysis={"metrics": [{"name": "revenue", "kind": "mean"}]})
+    return _cmp(build_report(cfg, stats.snapshot(30.0), post)[0], "revenue")
+
+
+def test_a_pre_period_answer_reported_late_by_another_router_keeps_cuped():
+    """The pre-period ends when the controller published the new weights, not when the last of
+    its answers arrived: a second router's answer in flight at the switch, reported 0.4 s after
+    the first router's first 50/50 report, switched CUPED off (variance -54% read as none)."""
+    on_time = _two_routers_at_the_switch(None)
+    late = _two_routers_at_the_switch(11.4)
+    assert on_time.cuped is not None and on_time.cuped.variance_reduction > 0.4
+    assert late.cuped is not None
+    assert late.cuped.variance_reduction == pytest.approx(on_time.cuped.variance_reduction, abs=0.01)
+    # v1 alone routed by again after v2 had traffic (a rollback): no longer a pre-period.
+    assert _two_routers_at_the_switch(None, rollback_s=20.0).cuped is None

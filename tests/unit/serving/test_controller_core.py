@@ -1382,3 +1382,72 @@ def test_a_controller_down_across_the_watchs_end_judges_the_downtime_before_it_p
     status = restarted.status(history=True)
     assert status.phase == "aborted" and status.weights_pct == {"v1": 100.0, "v2": 0.0}
     assert status.history[-1].reason.endswith("; all traffic back to v1")
+
+
+def test_feedback_after_a_restart_counts_under_the_split_its_request_was_routed_by():
+    """A pre-period answer (v2 at 0) whose outcome is reported after the weights moved to
+    50/50 and the controller restarted: its token names the pre-period's epoch. The restarted
+    controller numbered its epochs from 0 again, so that epoch meant its own weights (or, not
+    published by it, the weights now): 40 of 40 such reports were filed under the 50/50 split,
+    pre-period outcomes counted as v1's in the comparison. Epochs are kept with the figures
+    and a restarted controller numbers on past them."""
+    cfg = parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 100}, "analysis": {"metrics": [{"name": "revenue", "kind": "mean"}]},
+        "rollout": {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"pause": {}}]}})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    epochs = {core.snapshot().epoch}
+    pre_epoch = core.snapshot().epoch
+    record(core, [ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, f"pre-{i}", 4000 + i, True, False, split=pre_epoch)
+                  for i in range(40)])
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}))
+    epochs.add(core.snapshot().epoch)
+    clock.advance(1.0)
+    core.save_stats()
+    for _ in range(2):  # restarted twice: each numbers past every epoch before it
+        core = ControllerCore(cfg, store, clock)
+        core.tick()
+        assert core.snapshot().epoch not in epochs
+        epochs.add(core.snapshot().epoch)
+        core.save_stats()
+    for i in range(40):
+        core.feedback.add(f"pre-{i}", "revenue", 10.0, None, clock(), version="v1", unit=4000 + i, split=pre_epoch)
+    counted = {split["key"]: split["metrics"].get("feedback/revenue", {}).get("n", []) for split in
+               core.stats_snapshot()["splits"]}
+    assert sum(counted["v1:0-10000,v2:10000-10000"]) == 40
+    assert sum(counted.get("v1:0-5000,v2:5000-10000", [])) == 0
+
+
+def test_a_restarted_controller_carries_on_with_the_reports_sequential_tests():
+    """The report's always-valid figures are a running minimum and a running intersection over
+    looks, with tau fixed at the first: a controller killed and started again began them
+    afresh (live: 10 looks -> 2, the conversion's sequential p 0.47 -> 1, tau 0.044 -> 0.030).
+    They are saved with the figures now, and the next look carries on from them."""
+    from serve_ab.analysis.report import build_report
+
+    cfg = ab_experiment(analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+
+    def look(c: ControllerCore):
+        for correct in (True, False):  # another second each: request ids name it
+            clock.advance(1.0)
+            for version, share in (("v1", 20), ("v2", 28)):
+                report(c, clock, version, share if correct else 40 - share, correct=correct)
+        built, c.sequential_state = build_report(c.cfg, c.stats_snapshot(samples=True), c.weights(),
+                                                 getattr(c, "sequential_state", None), c.run_id)
+        return next(x for m in built.metrics if m.name == "correct" for x in m.comparisons if x.variant == "v2")
+
+    before = [look(core) for _ in range(3)]
+    core.save_stats()
+    restarted = ControllerCore(cfg, store, clock)
+    after = look(restarted)
+    assert after.sequential.looks == before[-1].sequential.looks + 1
+    assert after.sequential.tau == before[0].sequential.tau  # fixed at the first look
+    assert after.sequential.p_value <= before[-1].sequential.p_value  # a running minimum
+    lo, hi = before[-1].sequential.ci
+    assert lo <= after.sequential.ci[0] and after.sequential.ci[1] <= hi  # a running intersection

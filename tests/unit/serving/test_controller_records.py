@@ -29,7 +29,7 @@ def test_a_run_record_that_could_not_be_saved_is_saved_at_the_next_round(tmp_pat
     c = controller(MemoryStateStore())
     records = c.core.cfg.analysis.records.model_copy(update={"path": str(path)})
     c.core.cfg = c.core.cfg.model_copy(update={"analysis": c.core.cfg.analysis.model_copy(update={"records": records})})
-    c._report_lock, c._recorder, c._sequential_state, c._report = asyncio.Lock(), None, None, None
+    c._report_lock, c._recorder, c._report = asyncio.Lock(), None, None
 
     async def rounds() -> None:
         task = asyncio.get_running_loop().create_task(c._analyse())
