@@ -147,9 +147,9 @@ class ControllerCore:
         self.app = app
         self.rollout: Rollout | None = None
         self.key = rollout_key(cfg) if cfg.rollout is not None else None
-        # A decision's save (on the loop) and the figures' save putting back a rollout row the store
-        # lost or holds older (in a thread) take turns: else the latter could write an older
-        # revision over a decision saved between its read and its write.
+        # A decision's save (on the loop) and the figures' save writing back a rollout row the
+        # store holds at an older revision (in a thread) take turns: else the latter could write
+        # an older revision over a decision saved between its read and its write.
         self._rollout_row_lock = threading.Lock()
         # Sends every saved history entry to cfg.notifications from its own threads: started
         # last, once the store has been read, so a start that fails on the store (and is
@@ -340,9 +340,14 @@ class ControllerCore:
         with its host. Left there, the older row is what a restarted controller resumes: a
         rollback read back as the 10% step before it put the candidate back in front of users.
         A later revision stays (a controller that holds the claim now wrote it)."""
+        stored = self.store.create(self.key, row)  # SET NX: a decision saved meanwhile is kept either way
+        if stored == row or _revision(stored) >= _revision(row):
+            return
+        # Rare (after a failover): only this write over an older row takes turns with the
+        # decisions' saves, so the loop never waits on this thread's round trips otherwise.
         with self._rollout_row_lock:
-            stored = self.store.create(self.key, row)
-            if stored == row or _revision(stored) >= _revision(row):
+            stored = self.store.load(self.key)  # again: a decision may have been saved since
+            if stored is not None and _revision(stored) >= _revision(row):
                 return
             logger.warning("serve-ab controller: %s held %s at revision %s, older than this controller's %s "
                            "(it lost the last decisions); writing this controller's back",
