@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -113,10 +114,17 @@ class Checkpoint:
     report_seqs: dict[str, int]
     taken_s: float
     # Rows written once (the run's identity, the feedback key) or on a decision only (the
-    # rollout), written again only where the store lost them (ControllerCore.save_stats).
+    # rollout), written again only where the store lost them, or, the rollout, holds an older
+    # revision of it (ControllerCore.save_stats).
     kept: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # Of those, the rows this controller's copy wins over the store's (the feedback key).
     owned: frozenset[str] = frozenset()
+
+
+def _revision(row: Any) -> int:
+    """A saved rollout row's revision; -1 for a row that has none (damaged, or not a rollout)."""
+    revision = row.get("revision") if isinstance(row, dict) else None
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) else -1
 
 
 def _other_run_id(saved: Any, run_id: str) -> str | None:
@@ -146,6 +154,10 @@ class ControllerCore:
         self.app = app
         self.rollout: Rollout | None = None
         self.key = rollout_key(cfg) if cfg.rollout is not None else None
+        # A decision's save (on the loop) and the figures' save writing back a rollout row the
+        # store holds at an older revision (in a thread) take turns: else the latter could write
+        # an older revision over a decision saved between its read and its write.
+        self._rollout_row_lock = threading.Lock()
         # Sends every saved history entry to cfg.notifications from its own threads: started
         # last, once the store has been read, so a start that fails on the store (and is
         # tried again) leaves no threads behind.
@@ -317,6 +329,9 @@ class ControllerCore:
             # memory, and the next controller would start a new run with no figures (its run
             # row gone), sign with a new feedback key, or start the rollout over at step 1.
             for key, row in checkpoint.kept.items():
+                if key == self.key:
+                    self._put_back_rollout(row)
+                    continue
                 stored = self.store.create(key, row)
                 if stored != row and key in checkpoint.owned:
                     # A router that started after the loss made a key of its own before this
@@ -344,6 +359,27 @@ class ControllerCore:
             logger.warning("serve-ab controller: the saved figures of run %s, which run %s replaced, could not "
                            "be dropped yet (%s: %s); trying again at the next save", self._previous_run_id,
                            self.run_id, type(err).__name__, err)
+
+    def _put_back_rollout(self, row: dict[str, Any]) -> None:
+        """Write the rollout's ``row`` (this controller's, as the routers serve it) where the
+        store lost it or holds an earlier revision: a Redis restarted without its data, a
+        failover to a replica that had not received the last decisions, AOF's last second lost
+        with its host. Left there, the older row is what a restarted controller resumes: a
+        rollback read back as the 10% step before it put the candidate back in front of users.
+        A later revision stays (a controller that holds the claim now wrote it)."""
+        stored = self.store.create(self.key, row)  # SET NX: a decision saved meanwhile is kept either way
+        if stored == row or _revision(stored) >= _revision(row):
+            return
+        # Rare (after a failover): only this write over an older row takes turns with the
+        # decisions' saves, so the loop never waits on this thread's round trips otherwise.
+        with self._rollout_row_lock:
+            stored = self.store.load(self.key)  # again: a decision may have been saved since
+            if stored is not None and _revision(stored) >= _revision(row):
+                return
+            logger.warning("serve-ab controller: %s held %s at revision %s, older than this controller's %s "
+                           "(it lost the last decisions); writing this controller's back",
+                           describe_store(self.cfg.controller), self.key, _revision(stored), _revision(row))
+            self.store.save(self.key, row)
 
     def _drop_previous_run(self) -> None:
         """Delete the rows of the run a changed config replaced: its figures (up to a few MB with
@@ -681,7 +717,8 @@ class ControllerCore:
         the rollout; a failed save raises StoreUnavailable and leaves the rollout as it was."""
         draft.state.revision = self.rollout.state.revision + (1 if changed else 0)
         try:
-            self.store.save(self.key, draft.to_dict())
+            with self._rollout_row_lock:
+                self.store.save(self.key, draft.to_dict())
         except Exception as err:  # sqlite, a full disk, a shared store's network: all "try again"
             self.note_save_failed(err)
             raise StoreUnavailable(

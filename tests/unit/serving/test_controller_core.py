@@ -1451,3 +1451,37 @@ def test_a_restarted_controller_carries_on_with_the_reports_sequential_tests():
     assert after.sequential.p_value <= before[-1].sequential.p_value  # a running minimum
     lo, hi = before[-1].sequential.ci
     assert lo <= after.sequential.ci[0] and after.sequential.ci[1] <= hi  # a running intersection
+
+
+class _DecisionDuringCreate(MemoryStateStore):
+    """A store whose ``create`` of the rollout's row answers with the older row it holds and,
+    before the controller's next call, takes a newer decision (the loop's save, racing the
+    figures' save in its thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.race: tuple[str, dict] | None = None
+
+    def create(self, key, state):
+        held = super().create(key, state)
+        if self.race is not None and key == self.race[0]:
+            self.save(*self.race)
+            self.race = None
+        return held
+
+
+def test_a_rollout_row_written_back_never_overwrites_a_decision_saved_meanwhile():
+    """The figures' save writes the rollout's row back over an older revision (a failover lost
+    the last decision) only if, read again under the decisions' lock, the store still holds an
+    older one: a decision the loop saved between the two would otherwise be undone."""
+    clock = FakeClock()
+    store = _DecisionDuringCreate()
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    older = store.load(core.key)
+    core.act(Action.PAUSE)
+    store.save(core.key, older)  # lost in a failover
+    newer = {**core.rollout.to_dict(), "revision": core.rollout.state.revision + 1}
+    store.race = (core.key, newer)
+    core.save_stats()
+    assert store.load(core.key) == newer

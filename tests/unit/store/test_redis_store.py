@@ -175,6 +175,49 @@ def test_a_redis_that_lost_its_data_gets_the_run_rollout_and_feedback_key_back_f
     assert feedback_key(cfg, RedisStateStore.from_url(redis_url)) == key
 
 
+def test_a_redis_that_came_back_without_the_last_decision_gets_it_back_from_the_controller(redis_url):
+    """A Redis that comes back holding an older rollout row than the one its controller saved: a
+    failover to a replica that had not received the last write, or AOF's last second lost with
+    its host (README, "Running on a multi-node Ray cluster"). The row is not missing, so the
+    figures' saves, which only filled in missing rows, left it; the routers serve the rollback,
+    and a controller restarted on the store's row put v2 back at 10% (users moved back and forth)."""
+    clock = FakeClock()
+    cfg = experiment()
+    store = RedisStateStore.from_url(redis_url)
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    run_for(core, clock, 2, {"v1": (EV_STABLE, {"correct": True}), "v2": (EV_CANDIDATE, {"correct": True})})
+    core.save_stats()
+    older = store.load(core.key)
+    assert older["weights"] == {"v1": 90.0, "v2": 10.0}
+    core.act(Action.ROLLBACK, ActionRequest(reason="bad canary"))
+    before = core.status(history=True)
+    assert before.weights_pct == {"v1": 100.0, "v2": 0.0} and before.revision > older["revision"]
+
+    store.save(core.key, older)  # the replica promoted in the failover had not received the rollback
+    clock.advance(5.0)
+    core.save_stats()  # the next save of the figures
+
+    moved = ControllerCore(cfg, RedisStateStore.from_url(redis_url), clock)  # restarted, on another node
+    after = moved.status(history=True)
+    assert (after.phase, after.revision, after.weights_pct, after.history) == (
+        before.phase, before.revision, before.weights_pct, before.history)
+
+
+def test_a_rollout_row_newer_than_the_controllers_is_never_written_over(redis_url):
+    """The other side of the check above: a row with a later revision than this controller's
+    (written by a controller that holds the claim now) is left as it is."""
+    clock = FakeClock()
+    cfg = experiment()
+    store = RedisStateStore.from_url(redis_url)
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    newer = {**store.load(core.key), "revision": core.rollout.state.revision + 3}
+    store.save(core.key, newer)
+    core.save_stats()
+    assert store.load(core.key) == newer
+
+
 def test_a_key_a_router_made_after_the_loss_gives_way_to_the_controllers(redis_url):
     """A router replica starting between the loss and the controller's next save made a key of
     its own (feedback_key creates one where none is): the routers sign with the controller's,
