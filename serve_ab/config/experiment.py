@@ -163,6 +163,11 @@ class AutoscalingConfig(_Strict):
     upscale_delay_s: float = Field(30.0, ge=0, allow_inf_nan=False, description="Sustained load before scaling up.")
     downscale_delay_s: float = Field(600.0, ge=0, allow_inf_nan=False,
                                      description="Sustained idle before scaling down.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="With min_replicas 0: sustained idle before the last replica goes (from 1 to 0); "
+        "unset, downscale_delay_s. A blue-green rollout's blue gets at least keep_blue_s, so that it "
+        "stays warm for a rollback.")
     look_back_period_s: float = Field(
         30.0, gt=RAY_METRICS_INTERVAL_S, allow_inf_nan=False,
         description="Window over which Ray averages the ongoing requests it scales on; more than "

@@ -31,6 +31,7 @@ from serve_ab.config._base import path_problem
 from serve_ab.config.rollout import shown_value
 from serve_ab.config.serve_file import version_deployment
 from serve_ab.serving.controller import ExperimentController
+from serve_ab.serving.keep_warm import keep_blue_warm
 from serve_ab.serving.placement import fit_to_cluster
 from serve_ab.serving.pool import ModelPool
 from serve_ab.serving.core.auth import load_tokens, token_warnings
@@ -146,6 +147,8 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     check_tokens(cfg)
     # GPUs or custom resources the cluster cannot give: refuse now, never wait forever.
     cfg = fit_to_cluster(cfg)
+    # Blue autoscaled to zero would be gone within seconds of the switch, not kept for keep_blue_s.
+    cfg = keep_blue_warm(cfg)
     experiment = cfg.model_dump(mode="json")
     isolated = cfg.placement is Placement.ISOLATED
     # Calls to the versions over Ray Serve's gRPC: without a larger limit on both ends, an

@@ -72,3 +72,56 @@ def test_every_deployment_moves_serve_metrics_to_ray_once_a_second(monkeypatch):
     app = build_app(experiment(placement="isolated"))
     router, versions = env_vars(app)
     assert router[EXPORT] == controller_env(app)[EXPORT] == versions["v1"][EXPORT] == "0"
+
+
+def autoscaled_to_zero(**more) -> dict:
+    return {"deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2, "downscale_delay_s": 10,
+                                                  "look_back_period_s": 11, **more}}}
+
+
+def blue_green(keep_blue_s: float = 120, blue: dict | None = None, strategy: str = "blue_green") -> dict:
+    """An isolated blue-green (or canary) experiment, v1 blue and v2 green, both autoscaled to zero."""
+    rollout = {"strategy": strategy, "stable": "v1", "candidate": "v2"}
+    if strategy == "blue_green":
+        rollout["blue_green"] = {"keep_blue_s": keep_blue_s, "post_switch_watch_s": 30}
+    else:
+        rollout["steps"] = [{"set_weight": 50}]
+    versions = [{"name": name, "backend": "python", "class": LINEAR, **(autoscaled_to_zero() if blue is None or name == "v2"
+                                                                         else blue)}
+                for name in ("v1", "v2")]
+    return experiment(placement="isolated", weights={"v1": 100, "v2": 0}, versions=versions, rollout=rollout)
+
+
+def version_autoscaling(app) -> dict:
+    pools = app._bound_deployment.init_args[1]
+    return {name: pool._bound_deployment._deployment_config.autoscaling_config for name, pool in pools.items()}
+
+
+def test_blue_autoscaled_to_zero_holds_its_last_replica_for_keep_blue_s():
+    # Live (2026-12-07): blue at min_replicas 0 was taken to zero 27 s after the switch, and a
+    # rollback 45 s after it waited 13.5 s for a replica while every client stalled.
+    scaling = version_autoscaling(build_app(blue_green(keep_blue_s=120)))
+    assert scaling["v1"].downscale_to_zero_delay_s == 120
+    assert scaling["v1"].downscale_delay_s == 10  # replicas above one still go as configured
+    assert scaling["v2"].downscale_to_zero_delay_s is None  # green is not blue
+
+
+def test_a_blue_that_never_scales_to_zero_or_is_already_held_longer_is_left_as_configured():
+    held = version_autoscaling(build_app(blue_green(keep_blue_s=120, blue=autoscaled_to_zero(downscale_to_zero_delay_s=900))))
+    assert held["v1"].downscale_to_zero_delay_s == 900
+    slow = version_autoscaling(build_app(blue_green(keep_blue_s=120, blue=autoscaled_to_zero(downscale_delay_s=600))))
+    assert slow["v1"].downscale_to_zero_delay_s is None  # Ray holds it downscale_delay_s, 600 s
+    kept = version_autoscaling(build_app(blue_green(blue=autoscaled_to_zero(min_replicas=1))))
+    assert kept["v1"].min_replicas == 1 and kept["v1"].downscale_to_zero_delay_s is None
+
+
+def test_a_canary_stable_is_not_held_by_keep_blue_s():
+    scaling = version_autoscaling(build_app(blue_green(strategy="canary")))
+    assert scaling["v1"].downscale_to_zero_delay_s is None
+
+
+def test_downscale_to_zero_delay_s_is_passed_to_ray():
+    scaling = version_autoscaling(build_app(experiment(placement="isolated", versions=[
+        {"name": name, "backend": "python", "class": LINEAR, **autoscaled_to_zero(downscale_to_zero_delay_s=45)}
+        for name in ("v1", "v2")])))
+    assert scaling["v1"].downscale_to_zero_delay_s == scaling["v2"].downscale_to_zero_delay_s == 45
