@@ -113,8 +113,11 @@ class Checkpoint:
     owned: frozenset[str] = frozenset()
 
 
-# The figures' row's fields that move with the clock alone, not with what was served.
-_CLOCK_FIELDS = frozenset({"now_s", "reported_from_minute"})
+# The figures' row's fields that change while nothing was served: the clock's, and the report
+# numbers, which idle routers' empty reports (one every 20 s) move on. A row that differs only
+# in them is not written again: a controller restarted from it merges the reports numbered past
+# its older numbers, and the ones between, acknowledged as saved, held nothing the row lacks.
+_IDLE_FIELDS = frozenset({"now_s", "reported_from_minute", "report_seqs"})
 
 
 def _other_run_id(saved: Any, run_id: str) -> str | None:
@@ -317,10 +320,10 @@ class ControllerCore:
                 self.forget_stored()  # lost since the last save (a Redis restarted empty): write every row
             reported = {key: row for key, row in checkpoint.reported.items()
                         if self._reported_in_store.get(key) != len(row["keys"])}  # a minute's row only grows
-            # An idle app's figures change only in their clock fields: the row stored holds them
-            # already (its reported_from_minute, earlier, only has a next run's drop try minutes
-            # gone). A digest of the text, not the dict: parts of a checkpoint may be the live objects'.
-            figures = hashlib.blake2b(json.dumps({k: v for k, v in checkpoint.stats.items() if k not in _CLOCK_FIELDS})
+            # An idle app's figures change only in _IDLE_FIELDS: the row stored holds them already
+            # (its reported_from_minute, earlier, only has a next run's drop try minutes gone).
+            # A digest of the text, not the dict: parts of a checkpoint may be the live objects'.
+            figures = hashlib.blake2b(json.dumps({k: v for k, v in checkpoint.stats.items() if k not in _IDLE_FIELDS})
                                       .encode(), digest_size=16).digest()
             if figures != self._figures_in_store:
                 self.store.save(self._stats_key(), checkpoint.stats)

@@ -7,6 +7,7 @@ saves still loses nothing: the routers keep what no save holds yet. No Ray is st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from serve_ab.serving.controller import ControllerCore
 from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS
 from serve_ab.store.state import MemoryStateStore
 from tests.support.fakes import FakeClock
+from tests.support.reports import ServedRequest, report_of
 from tests.unit.serving.test_controller_claim import controller
 from tests.unit.serving.test_controller_core import ab_experiment, report
 from tests.unit.serving.test_ledger import pair, serve_and_report  # noqa: F401 - pair is a fixture
@@ -101,6 +103,36 @@ def test_an_idle_app_writes_no_figures():
     assert core.figures_due()
     core.save_stats()
     assert [key for key, _ in store.writes[written:]] == [f"stats:{core.run_id}"]
+
+
+def test_idle_routers_empty_reports_write_no_figures_and_a_restart_merges_what_follows():
+    """Routers report every 20 s while idle, each report numbered: the numbers alone moved on."""
+    clock = FakeClock()
+    store = CountingStore()
+    core = ControllerCore(ab_experiment(), store, clock)
+    seq = 0
+
+    def numbered(rows) -> None:
+        nonlocal seq
+        seq += 1
+        core.receive(dataclasses.replace(report_of(rows, core=core), seq=seq, first_seq=seq,
+                                         config=core.config_digest))
+
+    numbered([ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, "r1", 7, True, False)])
+    core.save_stats()
+    written = len(store.writes)
+    for _ in range(30):  # 10 minutes idle
+        clock.advance(20.0)
+        numbered([])
+        if core.figures_due():
+            core.save_stats()
+    assert store.writes[written:] == []
+    restarted = ControllerCore(ab_experiment(), store, clock)
+    restarted.receive(dataclasses.replace(report_of([ServedRequest(clock(), "v1", 3.0, None, 1, 0.9, "r2", 8, True,
+                                                                   False)], core=restarted),
+                                          seq=seq + 1, first_seq=seq + 1, config=restarted.config_digest,
+                                          controller_seen=restarted.name))
+    assert restarted.stats_snapshot()["versions"]["v1"]["requests"] == 2
 
 
 def test_a_minutes_row_of_counted_feedback_is_written_only_when_it_gained_keys():
