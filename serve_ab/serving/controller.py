@@ -181,10 +181,11 @@ class ControllerCore:
         # Rows every figures' save writes again where the store lost them (keep_row).
         self.kept_rows: dict[str, dict[str, Any]] = {}
         # What the store holds of this controller's figures: when they were saved, the row as
-        # saved (less its now_s), and how many keys each minute's row of counted feedback held.
+        # saved (a digest, less _IDLE_FIELDS), and how many keys each minute's row of counted
+        # feedback held.
         # A save writes only what changed since (figures_due, save_stats).
         self._figures_saved_s: float | None = None
-        self._figures_in_store: bytes | None = None  # a digest of the row as saved, less its now_s
+        self._figures_in_store: bytes | None = None
         self._reported_in_store: dict[str, int] = {}
         self.owned_rows: set[str] = set()
         # The run a changed config replaced, whose rows this controller drops (_drop_previous_run).
@@ -311,7 +312,7 @@ class ControllerCore:
         Every minute's row of counted feedback since the last save that wrote them is written
         where it holds keys the store's lacks (all of them after a store outage); the figures'
         row holds the same keys until then (:meth:`checkpoint`). The figures' row is written
-        only when more than its now_s changed.
+        only when more than its clock and report numbers changed (_IDLE_FIELDS).
         """
         if checkpoint is None:
             checkpoint = self.checkpoint()
