@@ -603,6 +603,12 @@ def _check_sqlite_path(field: str, path: str) -> str:
     return path
 
 
+# A figures' save may come this many report intervals apart: a quarter of the 120 reports each
+# router keeps for a controller that restarts before saving them (serving/core/ledger.py), so a
+# save or two that fail still drop none of them.
+SAVE_REPORT_INTERVALS = 30
+
+
 class ControllerConfig(_Strict):
     state_path: str = Field(
         ".serve-ab/state.sqlite", min_length=1,
@@ -635,6 +641,17 @@ class ControllerConfig(_Strict):
         "message per interval; while idle, an empty one every 20 s, so that it is not counted "
         "lost), so gates and reports see traffic at most this late. Shorter reacts sooner and "
         "costs every router a Ray call per interval.",
+    )
+    save_interval_s: float = Field(
+        30.0, ge=5, le=60,
+        description="How often the controller saves the run's figures to the store (every 5 s before: "
+        "with Redis AOF that wrote each app's whole figures row, up to a few MB, 720 times an hour). "
+        "Routers keep what a save does not hold yet and send it again to a restarted controller, so a "
+        "controller killed between saves loses nothing; a router that dies with it (one node lost) "
+        "takes up to this long of its requests with it. A stop saves at once; a row the store lost "
+        "(Redis restarted without its data) is written again within 5 s. At most "
+        f"{SAVE_REPORT_INTERVALS} report_interval_s (routers keep 120 reports for a restarted controller): "
+        "left at its default, it is shortened to that.",
     )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -669,6 +686,21 @@ class ControllerConfig(_Strict):
         if url is not None:
             parse_store_url(url)  # ValueError: names the URL (password redacted) and what is valid
         return url
+
+    @model_validator(mode="after")
+    def _saves_within_the_routers_reach(self) -> ControllerConfig:
+        bound_s = SAVE_REPORT_INTERVALS * self.report_interval_s
+        if "save_interval_s" in self.model_fields_set and self.save_interval_s > bound_s:
+            raise ValueError(f"save_interval_s ({self.save_interval_s:g}) must be at most {SAVE_REPORT_INTERVALS} "
+                             f"report_interval_s ({self.report_interval_s:g}), i.e. {bound_s:g}: routers keep 120 "
+                             "reports for a controller that restarts before it saved them; e.g. save_interval_s: "
+                             f"{max(5.0, bound_s):g}")
+        return self
+
+    @property
+    def figures_save_interval_s(self) -> float:
+        """``save_interval_s``, its default shortened to what the routers keep (see its description)."""
+        return max(5.0, min(self.save_interval_s, SAVE_REPORT_INTERVALS * self.report_interval_s))
 
     @model_validator(mode="after")
     def _one_store(self) -> ControllerConfig:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -127,6 +128,13 @@ def _revision(row: Any) -> int:
     return revision if isinstance(revision, int) and not isinstance(revision, bool) else -1
 
 
+# The figures' row's fields that change while nothing was served: the clock's, and the report
+# numbers, which idle routers' empty reports (one every 20 s) move on. A row that differs only
+# in them is not written again: a controller restarted from it merges the reports numbered past
+# its older numbers, and the ones between, acknowledged as saved, held nothing the row lacks.
+_IDLE_FIELDS = frozenset({"now_s", "reported_from_minute", "report_seqs"})
+
+
 def _other_run_id(saved: Any, run_id: str) -> str | None:
     """``saved`` where it names a run other than ``run_id``; None for no id, or one that is not
     a run's (empty, not text: a row written by hand), whose rows are not this run's to drop."""
@@ -191,6 +199,13 @@ class ControllerCore:
         self.started_at_s = clock()
         # Rows every figures' save writes again where the store lost them (keep_row).
         self.kept_rows: dict[str, dict[str, Any]] = {}
+        # What the store holds of this controller's figures: when they were saved, the row as
+        # saved (a digest, less _IDLE_FIELDS), and how many keys each minute's row of counted
+        # feedback held.
+        # A save writes only what changed since (figures_due, save_stats).
+        self._figures_saved_s: float | None = None
+        self._figures_in_store: bytes | None = None
+        self._reported_in_store: dict[str, int] = {}
         self.owned_rows: set[str] = set()
         # The run a changed config replaced, whose rows this controller drops (_drop_previous_run).
         self._previous_run_id: str | None = None
@@ -308,6 +323,25 @@ class ControllerCore:
             kept[self.key] = self.rollout.to_dict()
         return Checkpoint(number, state, self.reported_rows(since_s), seqs, now_s, kept, frozenset(self.owned_rows))
 
+    def figures_due(self) -> bool:
+        """Whether this round saves the figures: ``controller.save_interval_s`` after the last
+        save, or at once where the store lost the figures' row (a Redis restarted without its
+        data; then every row is written again, not only what changed). A store call: off the loop.
+
+        Every 5 s before, which with Redis AOF wrote the whole row, up to a few MB, 720 times an
+        hour per app; the routers keep what a save does not hold yet (serving/core/ledger.py)."""
+        if self._figures_saved_s is None:
+            return True
+        if not self.store.exists(self._stats_key()):
+            self.forget_stored()
+            return True
+        return self.clock() - self._figures_saved_s >= self.cfg.controller.figures_save_interval_s
+
+    def forget_stored(self) -> None:
+        """The store may hold rows other than this controller's last saves (it lost them, or
+        another replica held the claim and saved meanwhile): the next save writes every row."""
+        self._figures_in_store, self._reported_in_store = None, {}
+
     def save_stats(self, checkpoint: Checkpoint | None = None) -> None:
         """Keep the run's figures, so a restarted controller does not start them from zero;
         which feedback it counted lately, so a replay after the restart is still refused; and
@@ -315,15 +349,28 @@ class ControllerCore:
         and a restarted controller merges only what follows.
 
         Every minute's row of counted feedback since the last save that wrote them is written
-        (all of them after a store outage); the figures' row holds the same keys until then
-        (:meth:`checkpoint`).
+        where it holds keys the store's lacks (all of them after a store outage); the figures'
+        row holds the same keys until then (:meth:`checkpoint`). The figures' row is written
+        only when more than its clock and report numbers changed (_IDLE_FIELDS).
         """
         if checkpoint is None:
             checkpoint = self.checkpoint()
         try:
-            self.store.save(self._stats_key(), checkpoint.stats)
-            for key, row in checkpoint.reported.items():
+            if self._figures_in_store is not None and not self.store.exists(self._stats_key()):
+                self.forget_stored()  # lost since the last save (a Redis restarted empty): write every row
+            reported = {key: row for key, row in checkpoint.reported.items()
+                        if self._reported_in_store.get(key) != len(row["keys"])}  # a minute's row only grows
+            # An idle app's figures change only in _IDLE_FIELDS: the row stored holds them already
+            # (its reported_from_minute, earlier, only has a next run's drop try minutes gone).
+            # A digest of the text, not the dict: parts of a checkpoint may be the live objects'.
+            figures = hashlib.blake2b(json.dumps({k: v for k, v in checkpoint.stats.items() if k not in _IDLE_FIELDS})
+                                      .encode(), digest_size=16).digest()
+            if figures != self._figures_in_store:
+                self.store.save(self._stats_key(), checkpoint.stats)
+            self._figures_in_store = figures
+            for key, row in reported.items():
                 self.store.save(key, row)
+                self._reported_in_store[key] = len(row["keys"])
             # Only where missing (SET NX; a newer decision saved meanwhile stays): a Redis that
             # restarted without its data (no AOF) lost them while this controller kept them in
             # memory, and the next controller would start a new run with no figures (its run
@@ -341,15 +388,19 @@ class ControllerCore:
                                    "writing this controller's back", describe_store(self.cfg.controller), key)
                     self.store.save(key, row)
         except Exception as err:
+            # What reached the store is unknown (a timeout after the write): written again next time.
+            self._figures_in_store = None
             self.note_save_failed(err)
             raise
         self._saves_work()
+        self._figures_saved_s = checkpoint.taken_s
         self._keys_written_s = max(self._keys_written_s, checkpoint.taken_s)
         self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.
         oldest = int(self.clock() // 60) - self._reported_minutes()
         for minute in range(self._reported_dropped_before, oldest):
             self.store.delete(self._reported_key(minute))
+            self._reported_in_store.pop(self._reported_key(minute), None)
         self._reported_dropped_before = max(self._reported_dropped_before, oldest)
         # After the figures are saved, and apart: a store that fails now refused no save (status
         # must not say not_saved, nor the round skip its report); the next save tries again.
@@ -1008,8 +1059,9 @@ class ExperimentController:
             if self._not_holding is not None:
                 continue
             try:
-                # Taken here, on the loop that also records; written to the store off it.
-                await asyncio.to_thread(self._save_if_holding, self.core.checkpoint())
+                if await asyncio.to_thread(self.core.figures_due):
+                    # Taken here, on the loop that also records; written to the store off it.
+                    await asyncio.to_thread(self._save_if_holding, self.core.checkpoint())
             except Exception as err:  # said once, not every round (the routers keep what it lacks)
                 self.core.note_save_failed(err)
                 continue
@@ -1057,6 +1109,7 @@ class ExperimentController:
                                    key)
                 self._not_holding = self._claim_lost = None
                 continue
+            self.core.forget_stored()  # the holder saves meanwhile: if this one holds again, it writes all
             if line != self._not_holding:
                 log = logger.info if found is Renewal.SUPERSEDED else logger.error
                 log("serve-ab controller: %s; this controller saves nothing until it holds the claim again", line)
@@ -1073,6 +1126,7 @@ class ExperimentController:
         if held is not None and (held.owner, held.replica) != (self._claimant.owner, self._claimant.replica):
             logger.info("serve-ab controller: replica %s of app %s holds the claim now; not saving the figures",
                         held.replica, held.app)
+            self.core.forget_stored()  # the holder's saves are the store's rows now
             return False
         self.core.save_stats(checkpoint)
         return True

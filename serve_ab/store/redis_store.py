@@ -86,6 +86,9 @@ class RedisStateStore:
     def delete(self, key: str) -> None:
         self.client.delete(self._key(key))
 
+    def exists(self, key: str) -> bool:
+        return bool(self.client.exists(self._key(key)))
+
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         # SET NX and GET in one MULTI/EXEC: nothing runs between them, on any Redis version.
         text = json.dumps(state)

@@ -32,6 +32,10 @@ class StateStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def exists(self, key: str) -> bool:
+        """Whether a row is stored under ``key``, without reading it (a figures' row is MBs)."""
+        ...
+
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         """Save ``state`` under ``key`` unless a row is there already; returns the row kept.
         Atomic: of two replicas creating the same key at once, both get the same row."""
@@ -178,6 +182,10 @@ class SqliteStateStore:
         with self._connect() as db:
             db.execute("DELETE FROM rollout_state WHERE key = ?", (key,))
 
+    def exists(self, key: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM rollout_state WHERE key = ?", (key,)).fetchone() is not None
+
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         text = json.dumps(state)
         with self._connect() as db:
@@ -243,6 +251,9 @@ class MemoryStateStore:
 
     def delete(self, key: str) -> None:
         self.rows.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        return key in self.rows
 
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         self.rows.setdefault(key, json.dumps(state))

@@ -177,6 +177,9 @@ class FailingStore:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
     def create(self, key: str, state: dict[str, Any]) -> dict[str, Any]:
         if self.failing:
             self.refused += 1

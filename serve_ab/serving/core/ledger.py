@@ -59,7 +59,8 @@ __all__ = ["MAX_KEPT_FEEDBACK", "MAX_KEPT_REPORTS", "FeedbackCall", "ReportLedge
 logger = logging.getLogger("ray.serve")
 
 #: Reports kept at most, unsent and unsaved each: 2 minutes of the default 1-s interval (the
-#: controller saves every 5 s, so about 6 are kept while it and its store answer).
+#: controller saves every ``controller.save_interval_s``, at most 30 intervals, so up to 30 are
+#: kept while it and its store answer, and a failed save or two drop none).
 MAX_KEPT_REPORTS = 120
 #: Feedback calls kept at most (each a few hundred bytes).
 MAX_KEPT_FEEDBACK = 100_000
