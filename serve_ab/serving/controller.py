@@ -238,7 +238,7 @@ class ControllerCore:
         # sequences, tau fixed at the first look, verdicts that stand), saved with the figures:
         # a restarted controller that began them afresh showed 2 looks where there had been 10,
         # a p-value gone from 0.47 to 1, tau re-tuned to later data and a sequence wider again.
-        self.sequential_state: dict[str, Any] | None = (saved_stats or {}).get("sequential")
+        self.sequential_state = self._restore_sequential((saved_stats or {}).get("sequential"))
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()
@@ -275,6 +275,21 @@ class ControllerCore:
             logger.warning("serve-ab controller: routing epoch %d is near the feedback tokens' last (%d); "
                            "numbering from 0 again", self.epoch, MAX_TOKEN_EPOCH)
             self.epoch = 0
+
+    def _restore_sequential(self, saved: Any) -> dict[str, Any] | None:
+        """The report's sequential state as the last save left it, ``{metric: {variant: look}}``;
+        None (the tests start afresh, logged) for one of another shape: build_report refuses
+        it, and every report and run record after the restart failed on it."""
+        if saved is None:
+            return None
+        if isinstance(saved, Mapping) and all(
+                isinstance(looks, Mapping) and all(isinstance(look, Mapping) for look in looks.values())
+                for looks in saved.values()):
+            return dict(saved)
+        logger.warning("serve-ab controller could not read the saved sequential tests of %s (a %s, not "
+                       "{metric: {variant: look}}); the report's sequential tests start afresh",
+                       self.cfg.model, type(saved).__name__)
+        return None
 
     def _warn_unset_env(self) -> None:
         """Say at start which secrets' variables are missing, not at the first request that

@@ -1528,3 +1528,31 @@ def test_routing_epochs_stay_within_what_a_feedback_token_can_name():
     restarted.save_stats()
     again = ControllerCore(cfg, store, clock)
     assert restarted.snapshot().epoch < again.snapshot().epoch < 2 * EPOCHS_SKIPPED_AT_RESTART
+
+
+@pytest.mark.parametrize("sequential", ["damaged", [1, 2], {"correct": [1]}, {"correct": {"v2": [1, 2]}}])
+def test_a_saved_sequential_state_that_cannot_be_read_starts_the_tests_afresh(sequential, caplog):
+    """The report's sequential state saved with the figures, of another shape (a hand edit, a
+    bug): build_report refused it, so after the restart every report (GET /experiment/report)
+    and every run record failed, for as long as the row stayed. It is logged and dropped."""
+    from serve_ab.analysis.report import build_report
+
+    cfg = ab_experiment(analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    clock.advance(1.0)
+    for version, converted in (("v1", 80), ("v2", 100)):
+        report(core, clock, version, converted, correct=True)
+        clock.advance(1.0)  # request ids name the second
+        report(core, clock, version, 200 - converted, correct=False)
+    core.save_stats()
+    row = store.load(f"stats:{core.run_id}")
+    store.save(f"stats:{core.run_id}", {**row, "sequential": sequential})
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        restarted = ControllerCore(cfg, store, clock)
+    assert "could not read the saved sequential tests" in caplog.text
+    built, restarted.sequential_state = build_report(restarted.cfg, restarted.stats_snapshot(samples=True),
+                                                     restarted.weights(), restarted.sequential_state,
+                                                     restarted.run_id)
+    compared = next(x for m in built.metrics if m.name == "correct" for x in m.comparisons if x.variant == "v2")
+    assert compared.sequential.looks == 1
