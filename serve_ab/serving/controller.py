@@ -62,6 +62,7 @@ from serve_ab.api.schemas import ActionRequest
 from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
 from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
 from serve_ab.serving.app_claim import app_running, this_app
+from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH
 from serve_ab.serving.core.messages import (
     Action, Actor, IntervalReport, Mirror, Refused, ReportAnswer, RoutingSnapshot)
 from serve_ab.serving.core.run_config import config_digest, config_fingerprint
@@ -252,22 +253,58 @@ class ControllerCore:
         # sequences, tau fixed at the first look, verdicts that stand), saved with the figures:
         # a restarted controller that began them afresh showed 2 looks where there had been 10,
         # a p-value gone from 0.47 to 1, tau re-tuned to later data and a sequence wider again.
-        self.sequential_state: dict[str, Any] | None = (saved_stats or {}).get("sequential")
+        self.sequential_state = self._restore_sequential((saved_stats or {}).get("sequential"))
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()
         if fresh is not None:
             self._announce(fresh)
 
-    def _restore_epochs(self, saved: Mapping[str, Any] | None, restarted: bool) -> None:
+    def _restore_epochs(self, saved: Any, restarted: bool) -> None:
         """The epochs a save kept, and the next epoch past any the previous controller may
-        have published (a save of an older release kept none: epochs from 0, below the gap)."""
+        have published (a save of an older release kept none: epochs from 0, below the gap).
+        A row that cannot be read is logged and numbered on from what could be: it must not
+        keep the controller down (it stays in the store, and every restart would fail on it)."""
         if not restarted:
             return
-        for epoch, weights in (saved or {}).get("weights") or []:
-            self._epoch_weights[int(epoch)] = {str(name): float(pct) for name, pct in weights.items()}
-        last = max([int((saved or {}).get("last", 0)), *self._epoch_weights])
+        epochs: dict[int, dict[str, float]] = {}
+        last = 0
+        try:
+            if saved is not None and not isinstance(saved, Mapping):
+                raise ValueError(f"they are a {type(saved).__name__}, not a mapping")
+            for epoch, weights in (saved or {}).get("weights") or []:
+                epochs[int(epoch)] = {str(name): float(pct) for name, pct in weights.items()}
+            # The last epoch published, which no kept one passes unless numbering began again
+            # from 0 (below): the epochs kept then are the higher ones, before it.
+            last = int((saved or {}).get("last", max(epochs, default=0)))
+        except Exception as err:  # noqa: BLE001 - a damaged row must not keep the controller down
+            last = max(epochs, default=0)
+            logger.warning("serve-ab controller could not read the saved routing epochs of %s (%s: %s); numbering "
+                           "on from epoch %d, and feedback naming an epoch not read counts under the weights now",
+                           self.cfg.model, type(err).__name__, err, last)
+        self._epoch_weights.update(epochs)
         self.epoch = last + EPOCHS_SKIPPED_AT_RESTART
+        if self.epoch > MAX_TOKEN_EPOCH - EPOCHS_SKIPPED_AT_RESTART:
+            # Past what a feedback token can name (a million restarts, or a damaged row): from 0
+            # again, below the epochs kept, which every token still alive names.
+            logger.warning("serve-ab controller: routing epoch %d is near the feedback tokens' last (%d); "
+                           "numbering from 0 again", self.epoch, MAX_TOKEN_EPOCH)
+            self.epoch = 0
+
+    def _restore_sequential(self, saved: Any) -> dict[str, Any] | None:
+        """The report's sequential state as the last save left it, ``{metric: {variant: look}}``;
+        None (the tests start afresh, logged) for one of another shape: build_report refuses
+        it, and every report and run record after the restart failed on it."""
+        if saved is None:
+            return None
+        if isinstance(saved, Mapping) and all(
+                isinstance(looks, Mapping) and all(isinstance(look, Mapping) for look in looks.values())
+                for looks in saved.values()):
+            return dict(saved)
+        logger.warning("serve-ab controller could not read the saved sequential tests of %s (a %s, not "
+                       "{metric: {variant: look}}); the report's sequential tests start afresh",
+                       self.cfg.model, type(saved).__name__)
+        return None
 
     def _warn_unset_env(self) -> None:
         """Say at start which secrets' variables are missing, not at the first request that

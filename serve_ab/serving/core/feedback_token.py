@@ -37,6 +37,10 @@ MAC_BYTES = 16
 NONCES_AT_ONCE = 1024
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")  # base64 -> base64url, as base64.urlsafe_b64encode
 _ASSIGNED = re.compile(r"a(?:(\d{0,5})e(-?\d{1,12}))?")
+# The last routing epoch a token can name (its 12 digits above). The controller numbers its
+# epochs within it; an epoch past it is signed as -1 (not said: the weights now), since a
+# token naming it would be refused as malformed, and with it every feedback on the answer.
+MAX_TOKEN_EPOCH = 10**12 - 1
 
 
 class Proven(NamedTuple):
@@ -77,7 +81,7 @@ class FeedbackSigner:
         expires_at_s = math.ceil(self.clock() + self.ttl_s)
         flag = "p"
         if assigned:
-            flag = f"a{'' if unit is None else unit % NUM_BUCKETS}e{epoch}"
+            flag = f"a{'' if unit is None else unit % NUM_BUCKETS}e{epoch if epoch <= MAX_TOKEN_EPOCH else -1}"
         nonce = self._unused_nonces.pop() if self._unused_nonces else self._draw_nonces()
         mac = self._mac(request_id, version, expires_at_s, flag, nonce)
         return f"{version}.{expires_at_s}.{flag}.{nonce}.{mac}"

@@ -16,7 +16,8 @@ from serve_ab.api.status import HistoryEntry, NotificationCounts
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import Phase, RolloutError
-from serve_ab.serving.controller import RESTART_SLACK_S, ControllerCore
+from serve_ab.serving.controller import EPOCHS_SKIPPED_AT_RESTART, RESTART_SLACK_S, ControllerCore
+from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH, FeedbackSigner
 from serve_ab.store.keys import rollout_key
 from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
@@ -1485,3 +1486,73 @@ def test_a_rollout_row_written_back_never_overwrites_a_decision_saved_meanwhile(
     store.race = (core.key, newer)
     core.save_stats()
     assert store.load(core.key) == newer
+
+
+@pytest.mark.parametrize("epochs", [{"last": None, "weights": []}, {"last": 3, "weights": [[1, {"v1": "x"}]]},
+                                    [1, 2], "damaged"])
+def test_a_saved_row_whose_epochs_cannot_be_read_does_not_keep_the_controller_down(epochs, caplog):
+    """The routing epochs saved with the figures, damaged (a hand edit, a bug of another
+    release): the restarted controller raised in its constructor, and as the row stays in the
+    store, every restart after it did too. It logs what it could not read and numbers on."""
+    cfg = ab_experiment()
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    core.save_stats()
+    row = store.load(f"stats:{core.run_id}")
+    store.save(f"stats:{core.run_id}", {**row, "epochs": epochs})
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        restarted = ControllerCore(cfg, store, clock)
+    assert "could not read the saved routing epochs" in caplog.text
+    assert restarted.snapshot().epoch >= EPOCHS_SKIPPED_AT_RESTART
+    assert restarted.snapshot().weights == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+
+
+def test_routing_epochs_stay_within_what_a_feedback_token_can_name():
+    """Each restart numbers on a million past the last save's epoch; tokens name an epoch in 12
+    digits. Past them (a million restarts, or a damaged row) a router's tokens would all be
+    refused as malformed: the controller numbers from 0 again, and the restart after that
+    numbers on from there, clear of the epochs it kept from before."""
+    cfg = ab_experiment()
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    core.save_stats()
+    row = store.load(f"stats:{core.run_id}")
+    high = MAX_TOKEN_EPOCH - 10
+    store.save(f"stats:{core.run_id}", {**row, "epochs": {"last": high, "weights": [[high, {"v1": 50, "v2": 50}]]}})
+    restarted = ControllerCore(cfg, store, clock)
+    assert restarted.snapshot().epoch < EPOCHS_SKIPPED_AT_RESTART
+    signer = FeedbackSigner(b"k" * 32, 60, clock, scope="digits")
+    assert signer.verify(signer.issue("r1", "v1", True, 7, restarted.snapshot().epoch), "r1").epoch == \
+        restarted.snapshot().epoch
+    assert restarted._split_weights(high) == {"v1": 50.0, "v2": 50.0}  # tokens of before still file right
+    restarted.save_stats()
+    again = ControllerCore(cfg, store, clock)
+    assert restarted.snapshot().epoch < again.snapshot().epoch < 2 * EPOCHS_SKIPPED_AT_RESTART
+
+
+@pytest.mark.parametrize("sequential", ["damaged", [1, 2], {"correct": [1]}, {"correct": {"v2": [1, 2]}}])
+def test_a_saved_sequential_state_that_cannot_be_read_starts_the_tests_afresh(sequential, caplog):
+    """The report's sequential state saved with the figures, of another shape (a hand edit, a
+    bug): build_report refused it, so after the restart every report (GET /experiment/report)
+    and every run record failed, for as long as the row stayed. It is logged and dropped."""
+    from serve_ab.analysis.report import build_report
+
+    cfg = ab_experiment(analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    clock.advance(1.0)
+    for version, converted in (("v1", 80), ("v2", 100)):
+        report(core, clock, version, converted, correct=True)
+        clock.advance(1.0)  # request ids name the second
+        report(core, clock, version, 200 - converted, correct=False)
+    core.save_stats()
+    row = store.load(f"stats:{core.run_id}")
+    store.save(f"stats:{core.run_id}", {**row, "sequential": sequential})
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        restarted = ControllerCore(cfg, store, clock)
+    assert "could not read the saved sequential tests" in caplog.text
+    built, restarted.sequential_state = build_report(restarted.cfg, restarted.stats_snapshot(samples=True),
+                                                     restarted.weights(), restarted.sequential_state,
+                                                     restarted.run_id)
+    compared = next(x for m in built.metrics if m.name == "correct" for x in m.comparisons if x.variant == "v2")
+    assert compared.sequential.looks == 1

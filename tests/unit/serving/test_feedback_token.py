@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from serve_ab.errors import Forbidden
-from serve_ab.serving.core.feedback_token import MAC_BYTES, FeedbackSigner
+from serve_ab.serving.core.feedback_token import MAC_BYTES, MAX_TOKEN_EPOCH, FeedbackSigner
 
 KEY = b"k" * 32
 
@@ -65,3 +65,13 @@ def test_a_token_proves_when_its_answer_was_given():
     assert signer.verify(signer.issue("r2", "v2", assigned=False), "r2").answered_after_s == 1029.0
     now_s[0] = 1030.4
     assert 1029.4 < signer.verify(signer.issue("r3", "v2"), "r3").answered_after_s < 1030.4
+
+
+def test_an_epoch_past_what_a_token_can_name_is_signed_as_not_said():
+    """A token names its routing epoch in at most 12 digits: one naming a longer epoch was
+    refused as malformed, and with it every feedback on the answer (403). Past the format's
+    last epoch the token says none (-1: counted under the weights now) and verifies."""
+    signer = _signer()
+    for epoch, named in ((MAX_TOKEN_EPOCH, MAX_TOKEN_EPOCH), (MAX_TOKEN_EPOCH + 1, -1), (10**15, -1)):
+        proven = signer.verify(signer.issue("r1", "v1", True, 42, epoch), "r1")
+        assert (proven.version, proven.bucket, proven.epoch) == ("v1", 42, named)
