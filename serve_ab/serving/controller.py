@@ -205,6 +205,7 @@ class ControllerCore:
         # feedback held.
         # A save writes only what changed since (figures_due, save_stats).
         self._figures_saved_s: float | None = None
+        self._epoch_saved: int | None = None  # the routing epoch the last save held
         self._figures_in_store: bytes | None = None
         self._reported_in_store: dict[str, int] = {}
         self.owned_rows: set[str] = set()
@@ -367,7 +368,10 @@ class ControllerCore:
 
         Every 5 s before, which with Redis AOF wrote the whole row, up to a few MB, 720 times an
         hour per app; the routers keep what a save does not hold yet (serving/core/ledger.py)."""
-        if self._figures_saved_s is None:
+        if self._figures_saved_s is None or self.epoch != self._epoch_saved:
+            # A weight change is saved at the next round, not up to an interval later: a
+            # controller restarted before that save would not know when the old split ended
+            # (where CUPED's pre-period ends) nor the new epoch's weights (feedback naming it).
             return True
         if not self.store.exists(self._stats_key()):
             self.forget_stored()
@@ -431,6 +435,7 @@ class ControllerCore:
             raise
         self._saves_work()
         self._figures_saved_s = checkpoint.taken_s
+        self._epoch_saved = checkpoint.stats["epochs"]["last"]
         self._keys_written_s = max(self._keys_written_s, checkpoint.taken_s)
         self.numbers.done(checkpoint.number, checkpoint.report_seqs)
         # Minutes older than a token's life can bring nothing back: drop their rows.

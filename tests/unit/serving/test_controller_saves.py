@@ -13,8 +13,10 @@ import json
 import pytest
 
 import serve_ab.serving.controller as controller_module
+from serve_ab.api.schemas import ActionRequest
 from serve_ab.config.experiment import ControllerConfig, parse_experiment
 from serve_ab.serving.controller import ControllerCore
+from serve_ab.serving.core.messages import Action
 from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS
 from serve_ab.store.state import MemoryStateStore
 from tests.support.fakes import FakeClock
@@ -58,7 +60,7 @@ def test_the_report_loop_saves_the_figures_once_a_save_interval_not_every_round(
     c = controller(store)
     records = c.core.cfg.analysis.records.model_copy(update={"path": str(tmp_path / "runs.sqlite")})
     c.core.cfg = c.core.cfg.model_copy(update={"analysis": c.core.cfg.analysis.model_copy(update={"records": records})})
-    c._report_lock, c._recorder, c._sequential_state, c._report = asyncio.Lock(), None, None, None
+    c._report_lock, c._recorder, c._report = asyncio.Lock(), None, None
     stats_key = f"stats:{c.core.run_id}"
 
     async def go() -> None:
@@ -213,3 +215,29 @@ def test_the_save_interval_stays_within_what_routers_keep():
 
 _MINIMAL = {"model": "digits", "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"}],
             "weights": {"v1": 100}}
+
+
+def test_a_weight_change_is_saved_at_the_next_round_not_an_interval_later():
+    """The routing epochs and when each split ended are in the figures' row: a controller
+    restarted before a save that holds a weight change would file the new epoch's feedback
+    under no known split and end the pre-period at the restart (CUPED off). The first round
+    after the change saves, however recent the last save."""
+    clock = FakeClock()
+    store = CountingStore()
+    cfg = parse_experiment({
+        "model": "digits",
+        "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"},
+                     {"name": "v2", "path": "b.onnx", "backend": "onnx"}],
+        "weights": {"v1": 100},
+        "rollout": {"strategy": "canary", "stable": "v1", "candidate": "v2", "steps": [{"pause": {}}]}})
+    core = ControllerCore(cfg, store, clock)
+    core.tick()
+    rounds(core, clock, 40, per_second=5)
+    assert not core.figures_due()  # saved 5 s ago at most, within the interval
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}))
+    core.snapshot()  # published to the routers (their long poll), before the next round
+    assert core.figures_due()
+    core.save_stats()
+    restarted = ControllerCore(cfg, store, clock)
+    assert restarted._epoch_weights[core.epoch] == {"v1": 50.0, "v2": 50.0}
+    assert not core.figures_due()
