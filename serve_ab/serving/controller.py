@@ -364,7 +364,9 @@ class ControllerCore:
     def figures_due(self) -> bool:
         """Whether this round saves the figures: ``controller.save_interval_s`` after the last
         save, or at once where the store lost the figures' row (a Redis restarted without its
-        data; then every row is written again, not only what changed). A store call: off the loop.
+        data; then every row is written again, not only what changed) or holds the rollout at an
+        older revision than this controller's. Store calls (an EXISTS, the rollout's small row):
+        off the loop.
 
         Every 5 s before, which with Redis AOF wrote the whole row, up to a few MB, 720 times an
         hour per app; the routers keep what a save does not hold yet (serving/core/ledger.py)."""
@@ -375,6 +377,13 @@ class ControllerCore:
             return True
         if not self.store.exists(self._stats_key()):
             self.forget_stored()
+            return True
+        rollout = self.rollout  # the loop may replace it meanwhile (this runs in a thread)
+        if rollout is not None and _revision(self.store.load(self.key)) < rollout.state.revision:
+            # The store lost the last decisions and the save after them (AOF's last second lost
+            # with its host, a failover to a replica that lacked them) but kept an older figures'
+            # row: written back now (_put_back_rollout), not up to save_interval_s later, when a
+            # controller restarted meanwhile resumed the older row (a rollback as the step before).
             return True
         return self.clock() - self._figures_saved_s >= self.cfg.controller.figures_save_interval_s
 

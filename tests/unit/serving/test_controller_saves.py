@@ -23,6 +23,7 @@ from tests.support.fakes import FakeClock
 from tests.support.reports import ServedRequest, report_of
 from tests.unit.serving.test_controller_claim import controller
 from tests.unit.serving.test_controller_core import ab_experiment, report
+from tests.unit.serving.test_controller_core import experiment as rollout_experiment
 from tests.unit.serving.test_ledger import pair, serve_and_report  # noqa: F401 - pair is a fixture
 
 ROUND_S = 5.0  # the controller's rounds (REPORT_INTERVAL_S)
@@ -241,3 +242,28 @@ def test_a_weight_change_is_saved_at_the_next_round_not_an_interval_later():
     restarted = ControllerCore(cfg, store, clock)
     assert restarted._epoch_weights[core.epoch] == {"v1": 50.0, "v2": 50.0}
     assert not core.figures_due()
+
+
+def test_a_decision_the_store_lost_with_the_save_after_it_is_written_back_at_the_next_round():
+    """AOF's last second lost with the Redis host (or a failover to a replica that lacked it)
+    took a decision and the round's save after it, and left the figures' row of the save
+    before: the rollout's row at the older revision was written back only at the next save
+    due, 30 s later (5 s before saves were spaced), and a controller restarted meanwhile
+    resumed the older row, a rollback read back as the step before it."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(rollout_experiment(), store, clock)
+    core.tick()
+    rounds(core, clock, 40, per_second=5)
+    older, older_figures = store.load(core.key), store.load(f"stats:{core.run_id}")
+    core.act(Action.PAUSE)
+    assert core.figures_due()  # a decision bumps the epoch: saved at the next round
+    core.save_stats()
+    store.save(core.key, older)  # lost, with that save
+    store.save(f"stats:{core.run_id}", older_figures)
+    clock.advance(ROUND_S)
+    assert core.figures_due()
+    core.save_stats()
+    assert store.load(core.key)["revision"] == core.rollout.state.revision
+    assert ControllerCore(rollout_experiment(), store, clock).rollout.phase is core.rollout.phase
+    assert not core.figures_due()  # then every save_interval_s again
