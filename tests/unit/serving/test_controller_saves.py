@@ -208,10 +208,24 @@ def test_the_save_interval_stays_within_what_routers_keep():
     assert ControllerConfig(report_interval_s=0.25).figures_save_interval_s == 7.5
     assert ControllerConfig(report_interval_s=0.05).figures_save_interval_s == 5.0  # as every save before
     assert ControllerConfig(save_interval_s=10).figures_save_interval_s == 10.0
-    with pytest.raises(ValueError, match=r"save_interval_s \(40\) must be at most 30 report_interval_s \(1\)"):
+    with pytest.raises(ValueError, match=r"save_interval_s \(40\) must be at most 30 with report_interval_s 1 "):
         parse_experiment({**_MINIMAL, "controller": {"save_interval_s": 40}})
     with pytest.raises(ValueError, match="save_interval_s"):
         parse_experiment({**_MINIMAL, "controller": {"save_interval_s": 2}})
+
+
+def test_a_short_report_interval_leaves_the_save_interval_its_5_s_and_says_a_valid_one():
+    """Under 1/6 s of report_interval_s, 30 of them are under the 5 s save_interval_s allows:
+    every value was refused, its default taken as 5 s, and the message offered the 5 it had
+    just refused ("must be at most ... i.e. 3 ...; e.g. save_interval_s: 5")."""
+    assert ControllerConfig(report_interval_s=0.1, save_interval_s=5).figures_save_interval_s == 5.0
+    assert ControllerConfig(report_interval_s=0.1).figures_save_interval_s == 5.0  # the default, shortened
+    with pytest.raises(ValueError) as refused:
+        parse_experiment({**_MINIMAL, "controller": {"report_interval_s": 0.1, "save_interval_s": 6}})
+    message = str(refused.value)
+    assert "save_interval_s (6) must be at most 5 with report_interval_s 0.1" in message
+    offered = float(message.split("e.g. save_interval_s: ")[1].split()[0])
+    parse_experiment({**_MINIMAL, "controller": {"report_interval_s": 0.1, "save_interval_s": offered}})
 
 
 _MINIMAL = {"model": "digits", "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"}],
