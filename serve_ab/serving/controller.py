@@ -363,10 +363,10 @@ class ControllerCore:
 
     def figures_due(self) -> bool:
         """Whether this round saves the figures: ``controller.save_interval_s`` after the last
-        save, or at once where the store lost the figures' row (a Redis restarted without its
-        data; then every row is written again, not only what changed) or holds the rollout at an
-        older revision than this controller's. Store calls (an EXISTS, the rollout's small row):
-        off the loop.
+        save, or at once where the store lost the figures' row or holds an older one (a Redis
+        restarted without its data, a lost last second, a failover; then every row is written
+        again, not only what changed) or holds the rollout at an older revision than this
+        controller's. Store calls (two small rows read): off the loop.
 
         Every 5 s before, which with Redis AOF wrote the whole row, up to a few MB, 720 times an
         hour per app; the routers keep what a save does not hold yet (serving/core/ledger.py)."""
@@ -375,7 +375,7 @@ class ControllerCore:
             # controller restarted before that save would not know when the old split ended
             # (where CUPED's pre-period ends) nor the new epoch's weights (feedback naming it).
             return True
-        if not self.store.exists(self._stats_key()):
+        if not self._figures_stored():
             self.forget_stored()
             return True
         rollout = self.rollout  # the loop may replace it meanwhile (this runs in a thread)
@@ -386,6 +386,20 @@ class ControllerCore:
             # controller restarted meanwhile resumed the older row (a rollback as the step before).
             return True
         return self.clock() - self._figures_saved_s >= self.cfg.controller.figures_save_interval_s
+
+    def _saved_key(self, run_id: str | None = None) -> str:
+        return f"stats-saved:{self.run_id if run_id is None else run_id}"
+
+    def _figures_stored(self) -> bool:
+        """Whether the store holds the figures' row this controller saved last, as the small row
+        written after it says (its digest). A Redis restarted empty lost both; a lost last second
+        or a failover that lost the row left an older one, and lost the later small row with it
+        (writes reach AOF and replicas in order). An EXISTS of the row saw no older one, and as an
+        idle app's row is not written again, the older figures stayed for good: a controller
+        restarted from them lost what the routers had dropped as saved."""
+        saved = self.store.load(self._saved_key())
+        return (self._figures_in_store is not None and isinstance(saved, Mapping)
+                and saved.get("figures_blake2b") == self._figures_in_store.hex())
 
     def forget_stored(self) -> None:
         """The store may hold rows other than this controller's last saves (it lost them, or
@@ -406,8 +420,8 @@ class ControllerCore:
         if checkpoint is None:
             checkpoint = self.checkpoint()
         try:
-            if self._figures_in_store is not None and not self.store.exists(self._stats_key()):
-                self.forget_stored()  # lost since the last save (a Redis restarted empty): write every row
+            if self._figures_in_store is not None and not self._figures_stored():
+                self.forget_stored()  # lost or older since the last save (a Redis restarted empty): write every row
             reported = {key: row for key, row in checkpoint.reported.items()
                         if self._reported_in_store.get(key) != len(row["keys"])}  # a minute's row only grows
             # An idle app's figures change only in _IDLE_FIELDS: the row stored holds them already
@@ -417,6 +431,8 @@ class ControllerCore:
                                       .encode(), digest_size=16).digest()
             if figures != self._figures_in_store:
                 self.store.save(self._stats_key(), checkpoint.stats)
+                # After the row, so that the row is there wherever this is (_figures_stored).
+                self.store.save(self._saved_key(), {"figures_blake2b": figures.hex()})
             self._figures_in_store = figures
             for key, row in reported.items():
                 self.store.save(key, row)
@@ -502,6 +518,7 @@ class ControllerCore:
             for minute in range(first, last + 1):
                 self.store.delete(self._reported_key(minute, previous))
         self.store.delete(self._stats_key(previous))
+        self.store.delete(self._saved_key(previous))
         # The run row keeps naming it (rewritten here, it could overwrite a newer run's row):
         # a later restart of this run finds nothing left of it, a load and a delete.
         self._previous_run_id = None
