@@ -136,6 +136,29 @@ def _revision(row: Any) -> int:
 _IDLE_FIELDS = frozenset({"now_s", "reported_from_minute", "report_seqs"})
 
 
+def _figures_digest(stats: Mapping[str, Any]) -> bytes:
+    """The figures' row less what moves on while nothing is served: _IDLE_FIELDS, and each
+    sequential test's look count, which every 5-s refresh of the report raises (a look at the
+    same figures changes nothing else; p-values, sequences and tau stay). With the count in it,
+    an idle app wrote its whole row every save_interval_s. A restart from a row saved before
+    such looks shows fewer of them; no verdict reads the count. A digest of the text, not the
+    dict: parts of a checkpoint may be the live objects'."""
+    figures = {k: v for k, v in stats.items() if k not in _IDLE_FIELDS}
+    sequential = figures.get("sequential")
+    if isinstance(sequential, Mapping):
+        figures["sequential"] = {metric: {variant: _without_look_count(state) for variant, state in tests.items()}
+                                 if isinstance(tests, Mapping) else tests
+                                 for metric, tests in sequential.items()}
+    return hashlib.blake2b(json.dumps(figures).encode(), digest_size=16).digest()
+
+
+def _without_look_count(state: Any) -> Any:
+    seq = state.get("seq") if isinstance(state, Mapping) else None
+    if not isinstance(seq, Mapping):
+        return state
+    return {**state, "seq": {k: v for k, v in seq.items() if k != "looks"}}
+
+
 def _other_run_id(saved: Any, run_id: str) -> str | None:
     """``saved`` where it names a run other than ``run_id``; None for no id, or one that is not
     a run's (empty, not text: a row written by hand), whose rows are not this run's to drop."""
@@ -426,9 +449,7 @@ class ControllerCore:
                         if self._reported_in_store.get(key) != len(row["keys"])}  # a minute's row only grows
             # An idle app's figures change only in _IDLE_FIELDS: the row stored holds them already
             # (its reported_from_minute, earlier, only has a next run's drop try minutes gone).
-            # A digest of the text, not the dict: parts of a checkpoint may be the live objects'.
-            figures = hashlib.blake2b(json.dumps({k: v for k, v in checkpoint.stats.items() if k not in _IDLE_FIELDS})
-                                      .encode(), digest_size=16).digest()
+            figures = _figures_digest(checkpoint.stats)
             if figures != self._figures_in_store:
                 self.store.save(self._stats_key(), checkpoint.stats)
                 # After the row, so that the row is there wherever this is (_figures_stored).

@@ -13,6 +13,7 @@ import json
 import pytest
 
 import serve_ab.serving.controller as controller_module
+from serve_ab.analysis.report import build_report
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.config.experiment import ControllerConfig, parse_experiment
 from serve_ab.serving.controller import ControllerCore
@@ -305,3 +306,38 @@ def test_an_older_figures_row_the_store_went_back_to_is_written_again_though_the
     rounds(core, clock, 600)
     restarted = ControllerCore(ab_experiment(), store, clock)
     assert restarted.stats_snapshot()["versions"]["v1"]["requests"] == live
+
+
+def test_an_idle_app_whose_report_is_refreshed_every_round_writes_no_figures():
+    """The report's refresh (every 5-s round) takes a look of each sequential test, which
+    raises its look count though nothing was served: the count, saved in the figures' row
+    since the sequential tests survive a restart, made an idle app write its whole row every
+    save_interval_s (20 rows in 10 idle minutes). The tests' figures still come back whole."""
+    clock = FakeClock()
+    store = CountingStore()
+    core = ControllerCore(ab_experiment(), store, clock)
+
+    def refresh() -> None:
+        _, core.sequential_state = build_report(core.cfg, core.stats_snapshot(samples=True), core.weights(),
+                                                core.sequential_state, core.run_id)
+
+    for t in range(1, 181):
+        clock.advance(1.0)
+        if t <= 120:
+            for version in ("v1", "v2"):
+                report(core, clock, version, 20, correct=t % 2 == 0)
+        if t % ROUND_S == 0:
+            if core.figures_due():
+                core.save_stats()
+            refresh()
+    written = len(store.written("stats:"))
+    for _ in range(120):  # 10 idle minutes of rounds
+        clock.advance(ROUND_S)
+        if core.figures_due():
+            core.save_stats()
+        refresh()
+    assert store.written("stats:")[written:] == []
+    looked = core.sequential_state["correct"]["v2"]["seq"]
+    restarted = ControllerCore(ab_experiment(), store, clock).sequential_state["correct"]["v2"]["seq"]
+    assert {k: v for k, v in restarted.items() if k != "looks"} == {k: v for k, v in looked.items() if k != "looks"}
+    assert 0 < restarted["looks"] < looked["looks"]
