@@ -607,6 +607,8 @@ def _check_sqlite_path(field: str, path: str) -> str:
 # router keeps for a controller that restarts before saving them (serving/core/ledger.py), so a
 # save or two that fail still drop none of them.
 SAVE_REPORT_INTERVALS = 30
+# The shortest save interval: the controller's rounds (serving/controller.py's REPORT_INTERVAL_S).
+SAVE_INTERVAL_MIN_S = 5.0
 
 
 class ControllerConfig(_Strict):
@@ -643,7 +645,7 @@ class ControllerConfig(_Strict):
         "costs every router a Ray call per interval.",
     )
     save_interval_s: float = Field(
-        30.0, ge=5, le=60,
+        30.0, ge=SAVE_INTERVAL_MIN_S, le=60,
         description="How often the controller saves the run's figures to the store (every 5 s before: "
         "with Redis AOF that wrote each app's whole figures row, up to a few MB, 720 times an hour). "
         "Routers keep what a save does not hold yet and send it again to a restarted controller, so a "
@@ -689,18 +691,20 @@ class ControllerConfig(_Strict):
 
     @model_validator(mode="after")
     def _saves_within_the_routers_reach(self) -> ControllerConfig:
-        bound_s = SAVE_REPORT_INTERVALS * self.report_interval_s
+        # Never below the 5 s that save_interval_s allows (and its default is shortened to): with
+        # report_interval_s under 1/6 s, 30 of them are less, and no value at all was valid.
+        bound_s = max(SAVE_INTERVAL_MIN_S, SAVE_REPORT_INTERVALS * self.report_interval_s)
         if "save_interval_s" in self.model_fields_set and self.save_interval_s > bound_s:
-            raise ValueError(f"save_interval_s ({self.save_interval_s:g}) must be at most {SAVE_REPORT_INTERVALS} "
-                             f"report_interval_s ({self.report_interval_s:g}), i.e. {bound_s:g}: routers keep 120 "
-                             "reports for a controller that restarts before it saved them; e.g. save_interval_s: "
-                             f"{max(5.0, bound_s):g}")
+            raise ValueError(f"save_interval_s ({self.save_interval_s:g}) must be at most {bound_s:g} with "
+                             f"report_interval_s {self.report_interval_s:g} ({SAVE_REPORT_INTERVALS} report intervals, "
+                             f"{SAVE_INTERVAL_MIN_S:g} s at least): routers keep 120 reports for a controller that "
+                             f"restarts before it saved them; e.g. save_interval_s: {bound_s:g}")
         return self
 
     @property
     def figures_save_interval_s(self) -> float:
         """``save_interval_s``, its default shortened to what the routers keep (see its description)."""
-        return max(5.0, min(self.save_interval_s, SAVE_REPORT_INTERVALS * self.report_interval_s))
+        return max(SAVE_INTERVAL_MIN_S, min(self.save_interval_s, SAVE_REPORT_INTERVALS * self.report_interval_s))
 
     @model_validator(mode="after")
     def _one_store(self) -> ControllerConfig:

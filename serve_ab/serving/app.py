@@ -147,8 +147,6 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     check_tokens(cfg)
     # GPUs or custom resources the cluster cannot give: refuse now, never wait forever.
     cfg = fit_to_cluster(cfg)
-    # Blue autoscaled to zero would be gone within seconds of the switch, not kept for keep_blue_s.
-    cfg = keep_blue_warm(cfg)
     experiment = cfg.model_dump(mode="json")
     isolated = cfg.placement is Placement.ISOLATED
     # Calls to the versions over Ray Serve's gRPC: without a larger limit on both ends, an
@@ -160,10 +158,15 @@ def build_app(args: dict[str, Any] | ExperimentConfig) -> Application:
     env = {**export_env, **grpc_env}
     pools = None
     if isolated:
+        # Blue autoscaled to zero would be gone within seconds of the switch, not kept for
+        # keep_blue_s. In its deployment's options only: in the config the controller and routers
+        # get, the raised hold made the run's fingerprint another, and the same file read by a
+        # release before this one's started a new run at the upgrade (the figures from zero).
+        warm = {version.name: version for version in keep_blue_warm(cfg).versions}
         pools = {
             version.name: ModelPool.options(
                 name=version_deployment(version.name),
-                **with_env_vars((version.deployment or VersionDeploymentOptions()).to_ray(), env),
+                **with_env_vars((warm[version.name].deployment or VersionDeploymentOptions()).to_ray(), env),
             ).bind(version.model_dump(mode="json"))
             for version in cfg.versions
         }

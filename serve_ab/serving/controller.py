@@ -136,6 +136,29 @@ def _revision(row: Any) -> int:
 _IDLE_FIELDS = frozenset({"now_s", "reported_from_minute", "report_seqs"})
 
 
+def _figures_digest(stats: Mapping[str, Any]) -> bytes:
+    """The figures' row less what moves on while nothing is served: _IDLE_FIELDS, and each
+    sequential test's look count, which every 5-s refresh of the report raises (a look at the
+    same figures changes nothing else; p-values, sequences and tau stay). With the count in it,
+    an idle app wrote its whole row every save_interval_s. A restart from a row saved before
+    such looks shows fewer of them; no verdict reads the count. A digest of the text, not the
+    dict: parts of a checkpoint may be the live objects'."""
+    figures = {k: v for k, v in stats.items() if k not in _IDLE_FIELDS}
+    sequential = figures.get("sequential")
+    if isinstance(sequential, Mapping):
+        figures["sequential"] = {metric: {variant: _without_look_count(state) for variant, state in tests.items()}
+                                 if isinstance(tests, Mapping) else tests
+                                 for metric, tests in sequential.items()}
+    return hashlib.blake2b(json.dumps(figures).encode(), digest_size=16).digest()
+
+
+def _without_look_count(state: Any) -> Any:
+    seq = state.get("seq") if isinstance(state, Mapping) else None
+    if not isinstance(seq, Mapping):
+        return state
+    return {**state, "seq": {k: v for k, v in seq.items() if k != "looks"}}
+
+
 def _other_run_id(saved: Any, run_id: str) -> str | None:
     """``saved`` where it names a run other than ``run_id``; None for no id, or one that is not
     a run's (empty, not text: a row written by hand), whose rows are not this run's to drop."""
@@ -363,8 +386,10 @@ class ControllerCore:
 
     def figures_due(self) -> bool:
         """Whether this round saves the figures: ``controller.save_interval_s`` after the last
-        save, or at once where the store lost the figures' row (a Redis restarted without its
-        data; then every row is written again, not only what changed). A store call: off the loop.
+        save, or at once where the store lost the figures' row or holds an older one (a Redis
+        restarted without its data, a lost last second, a failover; then every row is written
+        again, not only what changed) or holds the rollout at an older revision than this
+        controller's. Store calls (two small rows read): off the loop.
 
         Every 5 s before, which with Redis AOF wrote the whole row, up to a few MB, 720 times an
         hour per app; the routers keep what a save does not hold yet (serving/core/ledger.py)."""
@@ -373,10 +398,31 @@ class ControllerCore:
             # controller restarted before that save would not know when the old split ended
             # (where CUPED's pre-period ends) nor the new epoch's weights (feedback naming it).
             return True
-        if not self.store.exists(self._stats_key()):
+        if not self._figures_stored():
             self.forget_stored()
             return True
+        rollout = self.rollout  # the loop may replace it meanwhile (this runs in a thread)
+        if rollout is not None and _revision(self.store.load(self.key)) < rollout.state.revision:
+            # The store lost the last decisions and the save after them (AOF's last second lost
+            # with its host, a failover to a replica that lacked them) but kept an older figures'
+            # row: written back now (_put_back_rollout), not up to save_interval_s later, when a
+            # controller restarted meanwhile resumed the older row (a rollback as the step before).
+            return True
         return self.clock() - self._figures_saved_s >= self.cfg.controller.figures_save_interval_s
+
+    def _saved_key(self, run_id: str | None = None) -> str:
+        return f"stats-saved:{self.run_id if run_id is None else run_id}"
+
+    def _figures_stored(self) -> bool:
+        """Whether the store holds the figures' row this controller saved last, as the small row
+        written after it says (its digest). A Redis restarted empty lost both; a lost last second
+        or a failover that lost the row left an older one, and lost the later small row with it
+        (writes reach AOF and replicas in order). An EXISTS of the row saw no older one, and as an
+        idle app's row is not written again, the older figures stayed for good: a controller
+        restarted from them lost what the routers had dropped as saved."""
+        saved = self.store.load(self._saved_key())
+        return (self._figures_in_store is not None and isinstance(saved, Mapping)
+                and saved.get("figures_blake2b") == self._figures_in_store.hex())
 
     def forget_stored(self) -> None:
         """The store may hold rows other than this controller's last saves (it lost them, or
@@ -397,17 +443,17 @@ class ControllerCore:
         if checkpoint is None:
             checkpoint = self.checkpoint()
         try:
-            if self._figures_in_store is not None and not self.store.exists(self._stats_key()):
-                self.forget_stored()  # lost since the last save (a Redis restarted empty): write every row
+            if self._figures_in_store is not None and not self._figures_stored():
+                self.forget_stored()  # lost or older since the last save (a Redis restarted empty): write every row
             reported = {key: row for key, row in checkpoint.reported.items()
                         if self._reported_in_store.get(key) != len(row["keys"])}  # a minute's row only grows
             # An idle app's figures change only in _IDLE_FIELDS: the row stored holds them already
             # (its reported_from_minute, earlier, only has a next run's drop try minutes gone).
-            # A digest of the text, not the dict: parts of a checkpoint may be the live objects'.
-            figures = hashlib.blake2b(json.dumps({k: v for k, v in checkpoint.stats.items() if k not in _IDLE_FIELDS})
-                                      .encode(), digest_size=16).digest()
+            figures = _figures_digest(checkpoint.stats)
             if figures != self._figures_in_store:
                 self.store.save(self._stats_key(), checkpoint.stats)
+                # After the row, so that the row is there wherever this is (_figures_stored).
+                self.store.save(self._saved_key(), {"figures_blake2b": figures.hex()})
             self._figures_in_store = figures
             for key, row in reported.items():
                 self.store.save(key, row)
@@ -493,6 +539,7 @@ class ControllerCore:
             for minute in range(first, last + 1):
                 self.store.delete(self._reported_key(minute, previous))
         self.store.delete(self._stats_key(previous))
+        self.store.delete(self._saved_key(previous))
         # The run row keeps naming it (rewritten here, it could overwrite a newer run's row):
         # a later restart of this run finds nothing left of it, a load and a delete.
         self._previous_run_id = None

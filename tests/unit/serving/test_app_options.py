@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from serve_ab import build_app
+from serve_ab.config.experiment import parse_experiment
+from serve_ab.serving.core.run_config import config_fingerprint
 
 LINEAR = "tests.unit.backends.python_models:Linear"
 GRPC_LIMIT = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647"}
@@ -125,3 +127,17 @@ def test_downscale_to_zero_delay_s_is_passed_to_ray():
         {"name": name, "backend": "python", "class": LINEAR, **autoscaled_to_zero(downscale_to_zero_delay_s=45)}
         for name in ("v1", "v2")])))
     assert scaling["v1"].downscale_to_zero_delay_s == scaling["v2"].downscale_to_zero_delay_s == 45
+
+
+def test_blue_held_warm_leaves_the_runs_config_as_the_file_gives_it():
+    """The raised hold is blue's deployment option, not part of the config the controller and
+    routers get: there it made the run's fingerprint (what the file sets apart from defaults)
+    another, so the same file under the release before started a new run at the upgrade, the
+    run's figures from zero and its rows dropped a minute later."""
+    args = blue_green(keep_blue_s=120)
+    app = build_app(args)
+    assert version_autoscaling(app)["v1"].downscale_to_zero_delay_s == 120
+    run_config = parse_experiment(app._bound_deployment.init_args[2]._bound_deployment.init_args[0])
+    assert run_config.versions == parse_experiment(args).versions
+    assert "downscale_to_zero_delay_s" not in config_fingerprint(run_config)
+    assert parse_experiment(app._bound_deployment.init_args[0]) == run_config  # the routers' likewise

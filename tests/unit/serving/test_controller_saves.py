@@ -13,6 +13,7 @@ import json
 import pytest
 
 import serve_ab.serving.controller as controller_module
+from serve_ab.analysis.report import build_report
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.config.experiment import ControllerConfig, parse_experiment
 from serve_ab.serving.controller import ControllerCore
@@ -23,6 +24,7 @@ from tests.support.fakes import FakeClock
 from tests.support.reports import ServedRequest, report_of
 from tests.unit.serving.test_controller_claim import controller
 from tests.unit.serving.test_controller_core import ab_experiment, report
+from tests.unit.serving.test_controller_core import experiment as rollout_experiment
 from tests.unit.serving.test_ledger import pair, serve_and_report  # noqa: F401 - pair is a fixture
 
 ROUND_S = 5.0  # the controller's rounds (REPORT_INTERVAL_S)
@@ -104,7 +106,7 @@ def test_an_idle_app_writes_no_figures():
     clock.advance(30.0)
     assert core.figures_due()
     core.save_stats()
-    assert [key for key, _ in store.writes[written:]] == [f"stats:{core.run_id}"]
+    assert [key for key, _ in store.writes[written:]] == [f"stats:{core.run_id}", f"stats-saved:{core.run_id}"]
 
 
 def test_idle_routers_empty_reports_write_no_figures_and_a_restart_merges_what_follows():
@@ -174,6 +176,8 @@ def test_rows_the_store_lost_are_written_again_at_the_next_round_even_unchanged(
     core.save_stats()
     assert set(store.rows) == set(kept)  # the figures, the run, the feedback key, the minutes' rows
     for key, text in kept.items():
+        if key.startswith("stats-saved:"):  # the digest of figures whose feedback keys moved on
+            continue
         saved, again = json.loads(text), json.loads(store.rows[key])
         for field in ("now_s", "reported_from_minute", "reported_recent"):  # moved on since
             saved.pop(field, None), again.pop(field, None)
@@ -207,10 +211,24 @@ def test_the_save_interval_stays_within_what_routers_keep():
     assert ControllerConfig(report_interval_s=0.25).figures_save_interval_s == 7.5
     assert ControllerConfig(report_interval_s=0.05).figures_save_interval_s == 5.0  # as every save before
     assert ControllerConfig(save_interval_s=10).figures_save_interval_s == 10.0
-    with pytest.raises(ValueError, match=r"save_interval_s \(40\) must be at most 30 report_interval_s \(1\)"):
+    with pytest.raises(ValueError, match=r"save_interval_s \(40\) must be at most 30 with report_interval_s 1 "):
         parse_experiment({**_MINIMAL, "controller": {"save_interval_s": 40}})
     with pytest.raises(ValueError, match="save_interval_s"):
         parse_experiment({**_MINIMAL, "controller": {"save_interval_s": 2}})
+
+
+def test_a_short_report_interval_leaves_the_save_interval_its_5_s_and_says_a_valid_one():
+    """Under 1/6 s of report_interval_s, 30 of them are under the 5 s save_interval_s allows:
+    every value was refused, its default taken as 5 s, and the message offered the 5 it had
+    just refused ("must be at most ... i.e. 3 ...; e.g. save_interval_s: 5")."""
+    assert ControllerConfig(report_interval_s=0.1, save_interval_s=5).figures_save_interval_s == 5.0
+    assert ControllerConfig(report_interval_s=0.1).figures_save_interval_s == 5.0  # the default, shortened
+    with pytest.raises(ValueError) as refused:
+        parse_experiment({**_MINIMAL, "controller": {"report_interval_s": 0.1, "save_interval_s": 6}})
+    message = str(refused.value)
+    assert "save_interval_s (6) must be at most 5 with report_interval_s 0.1" in message
+    offered = float(message.split("e.g. save_interval_s: ")[1].split()[0])
+    parse_experiment({**_MINIMAL, "controller": {"report_interval_s": 0.1, "save_interval_s": offered}})
 
 
 _MINIMAL = {"model": "digits", "versions": [{"name": "v1", "path": "a.onnx", "backend": "onnx"}],
@@ -241,3 +259,85 @@ def test_a_weight_change_is_saved_at_the_next_round_not_an_interval_later():
     restarted = ControllerCore(cfg, store, clock)
     assert restarted._epoch_weights[core.epoch] == {"v1": 50.0, "v2": 50.0}
     assert not core.figures_due()
+
+
+def test_a_decision_the_store_lost_with_the_save_after_it_is_written_back_at_the_next_round():
+    """AOF's last second lost with the Redis host (or a failover to a replica that lacked it)
+    took a decision and the round's save after it, and left the figures' row of the save
+    before: the rollout's row at the older revision was written back only at the next save
+    due, 30 s later (5 s before saves were spaced), and a controller restarted meanwhile
+    resumed the older row, a rollback read back as the step before it."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(rollout_experiment(), store, clock)
+    core.tick()
+    rounds(core, clock, 40, per_second=5)
+    older, older_figures = store.load(core.key), store.load(f"stats:{core.run_id}")
+    core.act(Action.PAUSE)
+    assert core.figures_due()  # a decision bumps the epoch: saved at the next round
+    core.save_stats()
+    store.save(core.key, older)  # lost, with that save
+    store.save(f"stats:{core.run_id}", older_figures)
+    clock.advance(ROUND_S)
+    assert core.figures_due()
+    core.save_stats()
+    assert store.load(core.key)["revision"] == core.rollout.state.revision
+    assert ControllerCore(rollout_experiment(), store, clock).rollout.phase is core.rollout.phase
+    assert not core.figures_due()  # then every save_interval_s again
+
+
+def test_an_older_figures_row_the_store_went_back_to_is_written_again_though_the_app_is_idle():
+    """A lost last second (AOF) or a failover took the save that held the last traffic and left
+    the row of the save before: an EXISTS found a row, and an idle app's figures, unchanged
+    since that save, were never written again. The routers had dropped those reports as saved,
+    so a controller restarted any time later lost them (500 requests here, 25 s of 20 req/s)."""
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(ab_experiment(), store, clock)
+    rounds(core, clock, 35, per_second=20)  # saved at 5 s and 35 s
+    before = dict(store.rows)
+    rounds(core, clock, 25, per_second=20)
+    rounds(core, clock, 5)  # the save at 65 s holds the last traffic; then it is lost
+    store.rows.clear()
+    store.rows.update(before)
+    rounds(core, clock, ROUND_S)
+    live = core.stats_snapshot()["versions"]["v1"]["requests"]
+    assert store.load(f"stats:{core.run_id}")["versions"]["v1"]["requests"] == live == 1200
+    rounds(core, clock, 600)
+    restarted = ControllerCore(ab_experiment(), store, clock)
+    assert restarted.stats_snapshot()["versions"]["v1"]["requests"] == live
+
+
+def test_an_idle_app_whose_report_is_refreshed_every_round_writes_no_figures():
+    """The report's refresh (every 5-s round) takes a look of each sequential test, which
+    raises its look count though nothing was served: the count, saved in the figures' row
+    since the sequential tests survive a restart, made an idle app write its whole row every
+    save_interval_s (20 rows in 10 idle minutes). The tests' figures still come back whole."""
+    clock = FakeClock()
+    store = CountingStore()
+    core = ControllerCore(ab_experiment(), store, clock)
+
+    def refresh() -> None:
+        _, core.sequential_state = build_report(core.cfg, core.stats_snapshot(samples=True), core.weights(),
+                                                core.sequential_state, core.run_id)
+
+    for t in range(1, 181):
+        clock.advance(1.0)
+        if t <= 120:
+            for version in ("v1", "v2"):
+                report(core, clock, version, 20, correct=t % 2 == 0)
+        if t % ROUND_S == 0:
+            if core.figures_due():
+                core.save_stats()
+            refresh()
+    written = len(store.written("stats:"))
+    for _ in range(120):  # 10 idle minutes of rounds
+        clock.advance(ROUND_S)
+        if core.figures_due():
+            core.save_stats()
+        refresh()
+    assert store.written("stats:")[written:] == []
+    looked = core.sequential_state["correct"]["v2"]["seq"]
+    restarted = ControllerCore(ab_experiment(), store, clock).sequential_state["correct"]["v2"]["seq"]
+    assert {k: v for k, v in restarted.items() if k != "looks"} == {k: v for k, v in looked.items() if k != "looks"}
+    assert 0 < restarted["looks"] < looked["looks"]
