@@ -609,6 +609,7 @@ def _check_sqlite_path(field: str, path: str) -> str:
 SAVE_REPORT_INTERVALS = 30
 # The shortest save interval: the controller's rounds (serving/controller.py's REPORT_INTERVAL_S).
 SAVE_INTERVAL_MIN_S = 5.0
+DEFAULT_SAVE_INTERVAL_S = 30.0
 
 
 class ControllerConfig(_Strict):
@@ -644,8 +645,11 @@ class ControllerConfig(_Strict):
         "lost), so gates and reports see traffic at most this late. Shorter reacts sooner and "
         "costs every router a Ray call per interval.",
     )
-    save_interval_s: float = Field(
-        30.0, ge=SAVE_INTERVAL_MIN_S, le=60,
+    # None (unset): 30 s, shortened to what the routers keep (figures_save_interval_s). Not a
+    # default of 30: the app hands its replicas the config dumped whole, where an explicit 30
+    # with report_interval_s 0.25 was refused and no router or controller started.
+    save_interval_s: float | None = Field(
+        None, ge=SAVE_INTERVAL_MIN_S, le=60,
         description="How often the controller saves the run's figures to the store (every 5 s before: "
         "with Redis AOF that wrote each app's whole figures row, up to a few MB, 720 times an hour). "
         "Routers keep what a save does not hold yet and send it again to a restarted controller, so a "
@@ -653,7 +657,7 @@ class ControllerConfig(_Strict):
         "takes up to this long of its requests with it. A stop saves at once; a row the store lost "
         "(Redis restarted without its data) is written again within 5 s. At most "
         f"{SAVE_REPORT_INTERVALS} report_interval_s (routers keep 120 reports for a restarted controller): "
-        "left at its default, it is shortened to that.",
+        "left unset, it is 30 s shortened to that.",
     )
     num_cpus: float = Field(0.05, ge=0, description="CPUs the controller replica reserves.")
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -694,7 +698,7 @@ class ControllerConfig(_Strict):
         # Never below the 5 s that save_interval_s allows (and its default is shortened to): with
         # report_interval_s under 1/6 s, 30 of them are less, and no value at all was valid.
         bound_s = max(SAVE_INTERVAL_MIN_S, SAVE_REPORT_INTERVALS * self.report_interval_s)
-        if "save_interval_s" in self.model_fields_set and self.save_interval_s > bound_s:
+        if self.save_interval_s is not None and self.save_interval_s > bound_s:
             raise ValueError(f"save_interval_s ({self.save_interval_s:g}) must be at most {bound_s:g} with "
                              f"report_interval_s {self.report_interval_s:g} ({SAVE_REPORT_INTERVALS} report intervals, "
                              f"{SAVE_INTERVAL_MIN_S:g} s at least): routers keep 120 reports for a controller that "
@@ -704,7 +708,9 @@ class ControllerConfig(_Strict):
     @property
     def figures_save_interval_s(self) -> float:
         """``save_interval_s``, its default shortened to what the routers keep (see its description)."""
-        return max(SAVE_INTERVAL_MIN_S, min(self.save_interval_s, SAVE_REPORT_INTERVALS * self.report_interval_s))
+        if self.save_interval_s is not None:
+            return self.save_interval_s  # within the routers' reach (_saves_within_the_routers_reach)
+        return max(SAVE_INTERVAL_MIN_S, min(DEFAULT_SAVE_INTERVAL_S, SAVE_REPORT_INTERVALS * self.report_interval_s))
 
     @model_validator(mode="after")
     def _one_store(self) -> ControllerConfig:

@@ -341,3 +341,13 @@ def test_an_idle_app_whose_report_is_refreshed_every_round_writes_no_figures():
     restarted = ControllerCore(ab_experiment(), store, clock).sequential_state["correct"]["v2"]["seq"]
     assert {k: v for k, v in restarted.items() if k != "looks"} == {k: v for k, v in looked.items() if k != "looks"}
     assert 0 < restarted["looks"] < looked["looks"]
+
+
+def test_the_config_the_app_hands_its_replicas_parses_again_with_a_short_report_interval():
+    """The app dumps the parsed config whole for its router and controller replicas, which
+    parse it again: a default of 30 s written out beside report_interval_s 0.25 was refused
+    there ("save_interval_s (30) must be at most 7.5"), and no replica of the app started."""
+    cfg = parse_experiment({**_MINIMAL, "controller": {"report_interval_s": 0.25}})
+    again = parse_experiment(cfg.model_dump(mode="json"))
+    assert again.controller.figures_save_interval_s == 7.5
+    assert again == cfg
