@@ -450,6 +450,7 @@ class ExperimentStats:
         self.feedback_unjoined = 0  # feedback that never found the request it is about
         self.feedback_mismatched = 0  # a conversion for a metric that is a mean, or vice versa
         self.feedback_duplicates = 0  # a second report of the same request and metric, refused
+        self.feedback_previous_run = 0  # on an answer given before this run started: not counted
         self.timeline_bucket_s = TIMELINE_BUCKET_S
         # bucket start -> [requests per version, feedback per version]
         self._timeline: dict[float, dict[str, collections.Counter]] = {}
@@ -525,6 +526,10 @@ class ExperimentStats:
     def count_duplicate(self) -> None:
         """Feedback refused because its request and metric were reported already."""
         self.feedback_duplicates += 1
+
+    def count_previous_run(self) -> None:
+        """Feedback on an answer of an earlier run (before a changed config), not counted here."""
+        self.feedback_previous_run += 1
 
     def record(self, t_s: float, version: str, latency_ms: float, error_kind: str | None,
                predicted_class: int | None, unit: int | None, assigned: bool,
@@ -624,6 +629,7 @@ class ExperimentStats:
                                               when samples)},
                                "values": {"live", "shadow"} (sketches, when samples)},
              "feedback_unjoined": n, "feedback_mismatched": n, "feedback_duplicates": n,
+             "feedback_previous_run": n,
              "timeline": {"bucket_s", "points": [{"t_s", "requests": {v: n}, "feedback": {v: n}}]},
              "weights_now": {v: pct},
              "splits": [{"key", "weights_pct", "first_s", "last_s", "routed_now", "routed_until_s",
@@ -647,6 +653,7 @@ class ExperimentStats:
             "feedback_unjoined": self.feedback_unjoined,
             "feedback_mismatched": self.feedback_mismatched,
             "feedback_duplicates": self.feedback_duplicates,
+            "feedback_previous_run": self.feedback_previous_run,
             "timeline": {
                 "bucket_s": self.timeline_bucket_s,
                 "points": [
@@ -749,6 +756,7 @@ class ExperimentStats:
         stats.feedback_unjoined = state.get("feedback_unjoined", 0)
         stats.feedback_mismatched = state.get("feedback_mismatched", 0)
         stats.feedback_duplicates = state.get("feedback_duplicates", 0)
+        stats.feedback_previous_run = state.get("feedback_previous_run", 0)
         stats.timeline_bucket_s = state["timeline"]["bucket_s"]
         for point in state["timeline"]["points"]:
             stats._timeline[point["t_s"]] = {"requests": collections.Counter(point["requests"]),

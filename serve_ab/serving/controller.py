@@ -60,11 +60,11 @@ from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.rollout.failure_log import FailingSpell
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
-from serve_ab.errors import InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
+from serve_ab.errors import Forbidden, InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
 from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH
 from serve_ab.serving.core.messages import (
-    Action, Actor, IntervalReport, Mirror, Refused, ReportAnswer, RoutingSnapshot)
+    Action, Actor, IntervalReport, Mirror, NotCounted, Refused, ReportAnswer, RoutingSnapshot)
 from serve_ab.serving.core.run_config import config_digest, config_fingerprint
 from serve_ab.serving.reports import ReportNumbers, RouterReports
 
@@ -87,6 +87,14 @@ REPORT_INTERVAL_S = 5.0
 # After a restart, the first analysis waits two report intervals and this long for the
 # routers' resent reports (Rollout.restarted).
 RESTART_SLACK_S = 3.0
+# Feedback on an answer given this long before the run started is not counted in it (the
+# token proves when its answer came: serving/core/feedback_token.py). The margin is the one
+# the claim allows two nodes' clocks (store/claim.py WAIT_MARGIN_S): a router's clock, which
+# stamped the token, may run behind the controller's that stamped the run's start, and a new
+# config's router may answer a moment before its controller has started. The price: feedback
+# on the previous run's last 5 s of answers still counts here (as would answers its replicas
+# gave after this run started: a token names no run, and they cannot be told apart).
+RUN_START_SLACK_S = 5.0
 # The routers' calls that come whatever happens (long polls, reports, passed-on feedback) and
 # Prometheus' scrapes: Ray Serve's access line for each that succeeded is left out.
 ROUTINE_CALLS = frozenset({"wait_for_update", "record", "feedback", "feedback_key", "metrics"})
@@ -711,6 +719,20 @@ class ControllerCore:
             self.epoch += 1
         return failed_changed
 
+    def answer_of_earlier_run(self, answered_after_s: float | None) -> NotCounted | None:
+        """Feedback on an answer given before this run started (its token says when) belongs
+        to the run that served it, not to this one: counted in neither the figures nor the
+        per-split analysis (the token's epoch is that run's numbering, which this run starts
+        from 0 again), only in ``feedback_previous_run``. A restarted controller keeps its
+        run's start (the run row), so feedback on its own earlier answers still counts."""
+        if answered_after_s is None or answered_after_s >= self.run_started_at_s - RUN_START_SLACK_S:
+            return None
+        self.stats.count_previous_run()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.run_started_at_s))
+        return NotCounted(f"the answer was given before run {self.run_id} started ({started}; a changed config "
+                          "starts a new run): its feedback belongs to the run that served it, and is not counted "
+                          "in this one")
+
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
         self.stats.record_feedback(t_s, version, name, value, converted, unit, self._split_weights(split))
@@ -1323,7 +1345,8 @@ class ExperimentController:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       resent: bool = False, answered_after_s: float | None = None) -> str | None | Refused:
+                       resent: bool = False, answered_after_s: float | None = None,
+                       not_counted_ok: bool = False) -> str | None | NotCounted | Refused:
         """Feedback on an answer: by request id alone (joined when the router's report of it
         comes), or proven by its token (``version``, and the ``unit``'s bucket and ``split``
         epoch the request was assigned under). ``resent``: a router sends it again because
@@ -1333,7 +1356,14 @@ class ExperimentController:
         of reports is refused rather than perhaps counted twice; not checked on a resend, which
         a router accepted once already. ``resent`` stays eighth, where a router of the previous
         release puts it; routers send ``answered_after_s`` by name, and only to a controller whose
-        report answer says it takes it (ReportAnswer.checks_answer_age)."""
+        report answer says it takes it (ReportAnswer.checks_answer_age). Feedback on an answer
+        given before this run started is not counted (:meth:`ControllerCore.answer_of_earlier_run`):
+        answered :class:`NotCounted` where the router says it reads one (``not_counted_ok``, by name,
+        ReportAnswer.answers_not_counted), else refused (403) with the same reason, as a router of
+        the previous release could not unpickle a NotCounted."""
+        not_counted = None if resent else self.core.answer_of_earlier_run(answered_after_s)
+        if not_counted is not None:
+            return not_counted if not_counted_ok else Refused(Forbidden(not_counted.reason))
         if value is not None and not math.isfinite(float(value) * float(value)):
             # Routers refuse these first; checked here too, before the join holds it (a held
             # one would fail later, in the merge of the report that joins it).

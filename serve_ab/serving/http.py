@@ -61,7 +61,7 @@ from serve_ab.backends.base import OutputSpecs, outputs_to_json, specs_of
 from serve_ab.errors import InvalidInput, NotFound, PinningDisabled, Unprocessable, UnknownAction, VersionUnavailable
 from serve_ab.serving.core.auth import ControlAuth, Role
 from serve_ab.serving.core.ledger import FeedbackCall
-from serve_ab.serving.core.messages import Action
+from serve_ab.serving.core.messages import Action, NotCounted
 from serve_ab.serving.core.router import RouterCore
 
 VERSION_HEADER = "x-model-version"
@@ -274,7 +274,8 @@ async def feedback_from_handle(core: RouterCore, request_id: Any, name: Any, *, 
 async def take_feedback(core: RouterCore, feedback: FeedbackRequest) -> dict[str, Any]:
     """Check ``feedback`` against the experiment and its answer's token and pass it on; the
     answer to give (HTTP sends it with 202): the request id and the version it joined, None
-    while the request's report is on its way, or ``counted: False`` for a pinned answer."""
+    while the request's report is on its way, or ``counted: False`` for a pinned answer and
+    (with a ``reason``) for an answer given before the run started."""
     kind = core.feedback_kinds.get(feedback.name)
     if kind is None:
         named = "name is missing" if "name" not in feedback.model_fields_set else \
@@ -297,6 +298,9 @@ async def take_feedback(core: RouterCore, feedback: FeedbackRequest) -> dict[str
     else:
         call = FeedbackCall(feedback.request_id, feedback.name, feedback.value, feedback.converted)
     version = await core.send_feedback(call)
+    if isinstance(version, NotCounted):  # an answer of the run before a changed config: as a pinned one's
+        return {"request_id": feedback.request_id, "version": call.version, "counted": False,
+                "reason": version.reason}
     # version is None while the request's own report is still on its way to the controller.
     return {"request_id": feedback.request_id, "version": version}
 

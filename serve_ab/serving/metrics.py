@@ -55,6 +55,8 @@ Per app:
 
 - ``serve_ab_feedback_unjoined_total`` counter: feedback that matched no served request.
 - ``serve_ab_feedback_duplicates_total`` counter: feedback refused as a repeat (same request, metric).
+- ``serve_ab_feedback_previous_run_total`` counter: feedback on answers given before this run
+  started (a changed config started a new run), accepted and not counted.
 - ``serve_ab_stats_start_time_seconds`` gauge: Unix time the counters started from.
 - ``serve_ab_routers_reporting`` gauge: router replicas that reported in the last minute and have not stopped;
   ``serve_ab_router_reports_total`` counter: interval reports merged;
@@ -262,11 +264,15 @@ class _SnapshotCollector(Collector):
                                          "Feedback refused: its request and metric were reported already.",
                                          labels=["model"])
         duplicates.add_metric([self.model], self.snapshot.get("feedback_duplicates", 0))
+        previous_run = CounterMetricFamily(PREFIX + "feedback_previous_run_total",
+                                           "Feedback not counted: its answer was given before this run started "
+                                           "(a changed config started a new run).", labels=["model"])
+        previous_run.add_metric([self.model], self.snapshot.get("feedback_previous_run", 0))
         started = GaugeMetricFamily(PREFIX + "stats_start_time_seconds",
                                     "Unix time the counters started from (the controller's start).",
                                     labels=["model"])
         started.add_metric([self.model], self.snapshot["started_at_s"])
-        yield from (unjoined, duplicates, started)
+        yield from (unjoined, duplicates, previous_run, started)
         yield from self._routers()
 
     def _routers(self) -> Iterator[Metric]:

@@ -152,4 +152,5 @@ class ReportNumbers:
         new one merges but no longer saves.)"""
         saved = self.saved.get(router, 0)
         return ReportAnswer(controller, saved, self.captures, self.saved_captures,
-                            restarted=restarted, restored_seq=saved if restarted else 0, checks_answer_age=True)
+                            restarted=restarted, restored_seq=saved if restarted else 0, checks_answer_age=True,
+                            answers_not_counted=True)

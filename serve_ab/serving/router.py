@@ -42,7 +42,8 @@ from serve_ab.config.serve_file import ROUTER_DEPLOYMENT
 from serve_ab.errors import ControllerUnavailable, InvalidInput, ServeAbError
 from serve_ab.serving.core.auth import ControlAuth, load_tokens
 from serve_ab.serving.core.decision import key_text
-from serve_ab.serving.core.messages import Action, Actor, IntervalReport, Refused, ReportAnswer, RoutingSnapshot
+from serve_ab.serving.core.messages import (
+    Action, Actor, IntervalReport, NotCounted, Refused, ReportAnswer, RoutingSnapshot)
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.serving.core.startup import check_claim, prepare, settle_feedback_key, start
 from serve_ab.serving.core.versions import Version
@@ -189,14 +190,17 @@ class ControllerClient:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       resent: bool = False, answered_after_s: float | None = None) -> str | None:
+                       resent: bool = False, answered_after_s: float | None = None,
+                       not_counted_ok: bool = False) -> str | None | NotCounted:
         # Each by name, and only when set: resent only to a controller that answered a report
         # (ReportAnswer), answered_after_s only to one that said it checks it; a controller of
         # the previous release takes neither in the eighth place nor has answered_after_s.
         if resent:  # the router's own (ledger.py), in no client's call
             return await self._ask(self.handle.feedback.remote(request_id, name, value, converted, version, unit,
                                                                split, resent=True), FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
-        extra = {} if answered_after_s is None else {"answered_after_s": answered_after_s}
+        extra: dict[str, Any] = {} if answered_after_s is None else {"answered_after_s": answered_after_s}
+        if not_counted_ok:  # only to a controller that said it takes it (ReportAnswer.answers_not_counted)
+            extra["not_counted_ok"] = True
         return await self._ask_for_client(
             lambda: self.handle.feedback.remote(request_id, name, value, converted, version, unit, split, **extra),
             FEEDBACK_TIMEOUT_S, _FEEDBACK_RETRY)
@@ -330,7 +334,8 @@ class Router:
         its ``request_id`` and ``feedback_token``, the metric's ``name``, and ``converted``
         (a conversion metric) or ``value`` (a mean). Returns ``{"request_id", "version"}``
         (``version`` None while the request's report is on its way; ``"counted": False`` for a
-        pinned answer). Raises the errors of :mod:`serve_ab.errors`: ``InvalidInput`` for an
+        pinned answer, and with a ``reason`` for an answer given before the run started, by a
+        config since changed). Raises the errors of :mod:`serve_ab.errors`: ``InvalidInput`` for an
         unknown metric or the wrong kind of outcome, ``Unauthorized`` without the token,
         ``Forbidden`` for a token of another answer, ``Conflict`` when already reported."""
         return await feedback_from_handle(self.core, request_id, name, feedback_token=feedback_token,

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from serve_ab.backends.base import InputSpec, OutputSpec
-from serve_ab.serving.core.messages import Action, IntervalReport, RoutingSnapshot
+from serve_ab.errors import Forbidden
+from serve_ab.serving.core.messages import Action, IntervalReport, NotCounted, RoutingSnapshot
 
 
 class FakeClock:
@@ -102,6 +103,9 @@ class FakeController:
         self.feedbacks: list[tuple] = []
         self.feedback_units: list[tuple[int | None, int]] = []  # (bucket, routing epoch) a token proved
         self.feedback_answered_after_s: list[float | None] = []  # the answer came after it, as its token says
+        # Set: feedback is answered NotCounted with this reason (its answer came before the run
+        # started), where the router says it reads one (not_counted_ok).
+        self.not_counted_reason: str | None = None
         self.updates = asyncio.Event()
 
     async def record(self, report: IntervalReport) -> None:
@@ -123,10 +127,14 @@ class FakeController:
 
     async def feedback(self, request_id: str, name: str, value: float | None, converted: bool | None,
                        version: str | None = None, unit: int | None = None, split: int = -1,
-                       answered_after_s: float | None = None) -> str | None:
+                       answered_after_s: float | None = None, not_counted_ok: bool = False) -> str | None | NotCounted:
         self.feedbacks.append((request_id, name, value, converted, version))
         self.feedback_answered_after_s.append(answered_after_s)
         self.feedback_units.append((unit, split))
+        if self.not_counted_reason is not None:
+            if not not_counted_ok:  # as the real controller's Refused, raised by the router's proxy
+                raise Forbidden(self.not_counted_reason)
+            return NotCounted(self.not_counted_reason)
         return version or "v1"
 
     async def feedback_key(self) -> bytes:

@@ -93,9 +93,24 @@ class ReportAnswer:
     # The controller's feedback call takes answered_after_s (by name): one of the previous
     # release has no such parameter, and would fail every call that named it.
     checks_answer_age: bool = False
+    # The controller's feedback call takes not_counted_ok (by name) and then answers feedback
+    # on an answer of an earlier run with NotCounted; one of the previous release has no such
+    # parameter, and a router of the previous release could not unpickle a NotCounted.
+    answers_not_counted: bool = False
     # The controller serves another config (a redeploy changed it, and started a new run): it
     # merged nothing of the report, and the router keeps it for a controller of its own config.
     other_config: bool = False
+
+
+@dataclass(frozen=True)
+class NotCounted:
+    """The controller's answer to feedback it accepts and does not count, with why: the
+    answer it is about was given before this run started (a changed config started a new
+    run; the outcome belongs to the run that served the answer, whose figures are closed).
+    The client gets 202 with ``counted: false``, as for a pinned answer: sending it again
+    would change nothing."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,8 @@ class ControllerApi(Protocol):
     async def feedback(self, request_id: str, name: str, value: float | None,
                        converted: bool | None, version: str | None = None,
                        unit: int | None = None, split: int = -1, resent: bool = False,
-                       answered_after_s: float | None = None) -> str | None: ...
+                       answered_after_s: float | None = None,
+                       not_counted_ok: bool = False) -> str | None | NotCounted: ...
 
     async def feedback_key(self) -> bytes: ...
 

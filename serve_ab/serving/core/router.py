@@ -49,7 +49,7 @@ from serve_ab.routing import Assigner
 from serve_ab.serving.core.decision import Choice, TrafficDecision
 from serve_ab.serving.core.feedback_token import FeedbackSigner, Proven
 from serve_ab.serving.core.ledger import FeedbackCall, ReportLedger
-from serve_ab.serving.core.messages import ControllerApi, IntervalReport, RoutingSnapshot
+from serve_ab.serving.core.messages import ControllerApi, IntervalReport, NotCounted, RoutingSnapshot
 from serve_ab.serving.core.mirror import MirrorSender, copy_caps
 from serve_ab.serving.core.run_config import config_digest
 from serve_ab.serving.core.observe import ObservationBuffer
@@ -556,11 +556,16 @@ class RouterCore:
                 continue
             self.ledger.accepted(call, sent_to)
 
-    async def send_feedback(self, call: FeedbackCall) -> str | None:
+    async def send_feedback(self, call: FeedbackCall) -> str | None | NotCounted:
         """Feedback on an answer, to the controller: the version it joined (None while it waits
-        for its request's report). Kept until the controller has saved it."""
+        for its request's report), or NotCounted (the answer came before the controller's run
+        started). Kept until the controller has saved it; a NotCounted one is not kept, since a
+        restarted controller takes resent feedback without checking its age."""
         sent_to = self.ledger.controller
         age = call.answered_after_s if self.ledger.checks_answer_age else None
-        version = await self.controller.feedback(*call.args(), answered_after_s=age)
+        extra = {"not_counted_ok": True} if self.ledger.answers_not_counted else {}
+        version = await self.controller.feedback(*call.args(), answered_after_s=age, **extra)
+        if isinstance(version, NotCounted):
+            return version
         self.ledger.accepted(call, sent_to)
         return version

@@ -126,6 +126,25 @@ def test_feedback_reaches_a_controller_of_the_previous_release_as_it_was_meant()
     assert again == {"request_id": "r1#n", "version": "v2", "resent": True}
 
 
+def test_not_counted_ok_is_named_only_when_the_router_reads_a_not_counted_answer():
+    """Named, it reaches the controller's parameter of that name; a controller of the previous
+    release has none, so it is left out unless the router's ledger said the controller takes it."""
+    sent = []
+
+    class Handle:
+        class feedback:  # noqa: N801 - as a DeploymentHandle's method
+            @staticmethod
+            def remote(*args, **kwargs):
+                sent.append(kwargs)
+                return _previous_release_feedback(*args)
+
+    client = ControllerClient(Handle())
+    asyncio.run(client.feedback("r1#n", "correct", None, True, "v2", 7, 3, answered_after_s=940.0))
+    asyncio.run(client.feedback("r2#n", "correct", None, True, "v2", 7, 3, answered_after_s=940.0,
+                                not_counted_ok=True))
+    assert sent == [{"answered_after_s": 940.0}, {"answered_after_s": 940.0, "not_counted_ok": True}]
+
+
 def test_calls_for_clients_past_half_the_routers_places_are_refused_at_once_and_predictions_keep_the_rest():
     """Live (2026-12-07): the controller's node lost with no node to restart it on, feedback
     at 7.5 calls a second, each waiting its 8 s, held 60 of the router's 64 places, and the

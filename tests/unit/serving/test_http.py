@@ -338,6 +338,32 @@ def test_feedback_tells_the_controller_when_its_answer_was_given(app):
     assert controller.feedback_answered_after_s == [expires_at_s - 60 - 1]  # feedback.token_ttl_s: 60
 
 
+def test_feedback_on_an_answer_of_an_earlier_run_is_accepted_and_not_counted(app):
+    """The controller answers NotCounted (the answer came before its run started, under a config
+    since changed): the client gets 202 and ``counted: false`` with the reason, as for a pinned
+    answer, and the router keeps nothing to send a restarted controller, which would take it
+    unchecked. A router of the previous release is not sent a NotCounted, which it could not read."""
+    client, controller = app
+    core = routes.served().core
+    core.ledger.checks_answer_age = core.ledger.answers_not_counted = True  # as a report answer with them sets
+    body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
+    controller.not_counted_reason = "the answer was given before run digits-1 started"
+    feedback = {"request_id": body["request_id"], "feedback_token": body["feedback_token"],
+                "name": "correct", "converted": True}
+    response = client.post("/feedback", json=feedback)
+    assert response.status_code == 202
+    assert response.json() == {"request_id": body["request_id"], "version": body["version"], "counted": False,
+                               "reason": "the answer was given before run digits-1 started"}
+    assert core.ledger.kept() == (0, 0)
+    handled = asyncio.run(routes.feedback_from_handle(core, body["request_id"], "correct",
+                                                      feedback_token=body["feedback_token"], converted=True))
+    assert handled == response.json()
+    # A controller that did not say it answers NotCounted (the previous release) is not asked to.
+    core.ledger.answers_not_counted = False
+    response = client.post("/feedback", json=feedback)
+    assert response.status_code == 403 and "before run digits-1 started" in response.json()["error"]
+
+
 def test_feedback_of_the_wrong_kind_or_size_is_refused_and_leaves_nothing_counted(client_for):
     """A value for a conversion, converted for a mean, a value whose square overflows the
     variance's sums, or a number sent as text: a 400 naming the problem, nothing counted, and

@@ -10,10 +10,10 @@ import asyncio
 import pytest
 
 from serve_ab.config import parse_experiment
-from serve_ab.errors import ControllerUnavailable, ServeAbError
+from serve_ab.errors import ControllerUnavailable, Forbidden, ServeAbError
 from serve_ab.serving.controller import ControllerCore
 from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS, FeedbackCall, ReportLedger
-from serve_ab.serving.core.messages import IntervalReport, Refused, ReportAnswer
+from serve_ab.serving.core.messages import IntervalReport, NotCounted, Refused, ReportAnswer
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.store.state import MemoryStateStore
 from tests.support.fakes import FakeClock, FakeVersion
@@ -58,11 +58,16 @@ class KillableController:
         return answer
 
     async def feedback(self, request_id, name, value, converted, version=None, unit=None, split=-1,
-                       resent=False, answered_after_s=None):
+                       resent=False, answered_after_s=None, not_counted_ok=False):
         if self.down:
             raise ConnectionError("controller restarting")
         if self.feedback_away:
             raise ControllerUnavailable("the controller cannot be reached now (it is restarting)")
+        not_counted = None if resent else self.core.answer_of_earlier_run(answered_after_s)
+        if not_counted is not None:  # as ExperimentController.feedback
+            if not not_counted_ok:
+                raise Forbidden(not_counted.reason)
+            return not_counted
         try:
             return self.core.feedback.add(request_id, name, value, converted, self.clock(), version,
                                           unit=unit, split=split, count_repeat=not resent,
@@ -341,8 +346,8 @@ class TwoReplicas:
         core = self.a.core if (self.route.pop(0) if self.route else "a") == "a" else self.b
         return core.receive(report)[0]
 
-    async def feedback(self, *args, resent: bool = False, answered_after_s: float | None = None):
-        return await self.a.feedback(*args, resent=resent, answered_after_s=answered_after_s)
+    async def feedback(self, *args, resent: bool = False, answered_after_s: float | None = None, **kwargs):
+        return await self.a.feedback(*args, resent=resent, answered_after_s=answered_after_s, **kwargs)
 
 
 def test_a_report_only_the_old_replica_of_a_redeploy_merged_reaches_the_new_one():
@@ -435,6 +440,64 @@ def test_the_answers_age_goes_only_to_a_controller_whose_report_answer_says_it_t
     # a2 goes again to the first controller that answered (one it has is refused): without its
     # age, as a resend is not checked for it.
     assert sent == [("a1#n", False, None), ("a2#n", False, None), ("a2#n", True, None), ("a3#n", False, 940.0)]
+
+
+def test_feedback_on_an_answer_before_the_run_is_not_kept_for_a_restarted_controller(pair):
+    """A restarted controller takes a resent call unchecked for its answer's age (the router
+    accepted it once): feedback the controller answered NotCounted (its answer came before the
+    run started) must not be kept and sent again, or the restart would count it after all.
+    The restarted controller continues the run, so an answer of the run before the restart counts."""
+    router, controller = pair
+    serve_and_report(router, controller, range(1000, 1001), feedback=False)  # the router hears of it
+    assert router.ledger.answers_not_counted
+    started_s = controller.core.run_started_at_s
+
+    async def scenario() -> list:
+        return [await router.send_feedback(FeedbackCall(answer_id, "correct", None, True, "v1", None, 0, after_s))
+                for answer_id, after_s in (("earlier-run#n", started_s - 600.0), ("this-run#n", started_s + 1.0))]
+
+    old, new = asyncio.run(scenario())
+    assert isinstance(old, NotCounted) and new == "v1"
+    assert router.ledger.kept()[1] == 1  # only the counted one, until a save holds it
+    controller.kill()  # before the save: the router sends again what it kept
+    controller.clock.advance(60.0)
+    serve_and_report(router, controller, range(0), feedback=False)
+    serve_and_report(router, controller, range(0), feedback=False)
+    assert controller.counts()[1] == 1
+    assert controller.core.stats_snapshot()["feedback_previous_run"] == 0  # counted by the killed one, unsaved
+
+
+def test_not_counted_ok_goes_only_to_a_controller_whose_report_answer_says_it_answers_not_counted():
+    """A router of this release reads NotCounted; one of the previous release could not unpickle it,
+    and a controller of the previous release has no not_counted_ok parameter."""
+    clock = FakeClock()
+    sent: list[dict] = []
+
+    class Controller:
+        answer: ReportAnswer | None = None
+
+        async def record(self, report: IntervalReport) -> ReportAnswer | None:
+            return self.answer
+
+        async def feedback(self, *args, **kwargs):
+            sent.append(kwargs)
+            return "v2"
+
+    controller = Controller()
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+
+    async def scenario() -> None:
+        for i, answer in enumerate((ReportAnswer("c1", 0, 0, 0, checks_answer_age=True),
+                                    ReportAnswer("c1", 0, 0, 0, checks_answer_age=True, answers_not_counted=True))):
+            controller.answer = answer
+            await router.serve_choice(ROW, "user-1", None)  # a report to answer
+            await router.flush_once()
+            await router.send_feedback(FeedbackCall(f"a{i}#n", "correct", None, True, "v2", None, -1, 940.0))
+
+    asyncio.run(scenario())
+    assert [kwargs for kwargs in sent if not kwargs.get("resent")] == [
+        {"answered_after_s": 940.0}, {"answered_after_s": 940.0, "not_counted_ok": True}]
 
 
 def test_a_redeploy_of_a_changed_config_counts_no_request_or_feedback_of_the_old_routers_twice(pair, caplog):

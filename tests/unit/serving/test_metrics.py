@@ -69,6 +69,8 @@ def realistic_stats() -> ExperimentStats:
             stats.record_pair(t_s, version, i % 10, (i // 10) % 10 if i % 20 else i % 10, 0.05, 2.0,
                               "unavailable" if i == 190 else None)
     stats.count_unjoined(1)  # never joined
+    stats.count_previous_run()  # on an answer of the run before a changed config
+    stats.count_previous_run()
     stats.shadow.dropped = 4  # copies the router could not send (serving/core/mirror.py)
     return stats
 
@@ -153,6 +155,7 @@ def test_request_error_prediction_and_feedback_counters_are_the_snapshot(rollout
     counts = samples(families, "serve_ab_feedback_value_count")
     assert counts[(("metric", "revenue"), ("version", "v1"))] == revenue["n"]
     assert samples(families, "serve_ab_feedback_unjoined_total") == {(): 1.0}
+    assert samples(families, "serve_ab_feedback_previous_run_total") == {(): 2.0}
     assert samples(families, "serve_ab_stats_start_time_seconds") == {(): 1_000.0}
 
 
