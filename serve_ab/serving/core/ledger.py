@@ -101,11 +101,15 @@ class ReportLedger:
         self.next_seq = 1
         self.controller: str | None = None  # the controller last heard from
         # It takes feedback's answered_after_s (ReportAnswer.checks_answer_age); until a report
-        # is answered, or from a controller of the previous release, feedback goes without it.
+        # is answered (the router asks with an empty one: RouterCore.send_feedback), or from a
+        # controller of the previous release, feedback goes without it.
         self.checks_answer_age = False
         # It answers feedback of an earlier run with NotCounted where asked to (not_counted_ok,
         # ReportAnswer.answers_not_counted); a controller of the previous release does not.
         self.answers_not_counted = False
+        # Whether any report was answered (by a controller of either release): until then the
+        # two flags above are unknown, and the router asks before passing feedback on.
+        self.heard = False
         # Reports not saved yet, by number: each with whether the controller heard from now
         # has it (False: to send, or to send again).
         self._reports: dict[int, tuple[IntervalReport, bool]] = {}
@@ -159,6 +163,7 @@ class ReportLedger:
 
     def answered(self, report: IntervalReport, answer: ReportAnswer | None, mark: int) -> None:
         """The controller's answer to ``report``, sent at ``mark`` (:meth:`mark`)."""
+        self.heard = True
         self.checks_answer_age = answer is not None and answer.checks_answer_age
         # getattr: a ReportAnswer pickled by a controller of the previous release lacks the field.
         self.answers_not_counted = answer is not None and getattr(answer, "answers_not_counted", False)

@@ -499,16 +499,23 @@ class RouterCore:
             await self.sleep(self.cfg.controller.report_interval_s)
             await self.flush_once()
 
-    async def flush_once(self, last: bool = False) -> None:
+    async def flush_once(self, last: bool = False, ask: bool = False) -> None:
         """Send this interval's aggregate, after any earlier report the controller has not
         taken (it was away) or lacks (it restarted): :class:`ReportLedger`. ``last``: the
-        replica is stopping, and its report says so, even an empty one."""
+        replica is stopping, and its report says so, even an empty one. ``ask``: only while no
+        report was answered yet, an empty report (or the ones unsent) to hear what the controller
+        takes (send_feedback); what was served waits for the interval's report."""
         async with self._flush_lock:
+            if ask and self.ledger.heard:  # another call asked meanwhile
+                return
             self.mirrors.warn_dropped()  # the tail of a burst of dropped copies, once a minute has passed
-            aggregate = self.observations.drain()
+            aggregate = None if ask else self.observations.drain()
             failed = self.failed_versions()
             idle_too_long = self.clock() - self._reported_s >= IDLE_REPORT_S
-            if aggregate is not None or failed or self.ledger.waiting() or last or idle_too_long:
+            due = aggregate is not None or failed or self.ledger.waiting() or last or idle_too_long
+            if ask:  # an empty report, unless one not sent yet goes now and is answered as well
+                due = self.ledger.next_unsent() is None
+            if due:
                 # Idle, the controller must still hear what failed, or say what it saved, and
                 # now and then that this router lives (a silent one is counted lost).
                 self.ledger.add(self.ledger.stamp(IntervalReport(self.replica, aggregate or IntervalAggregate(),
@@ -561,6 +568,12 @@ class RouterCore:
         for its request's report), or NotCounted (the answer came before the controller's run
         started). Kept until the controller has saved it; a NotCounted one is not kept, since a
         restarted controller takes resent feedback without checking its age."""
+        if not self.ledger.heard:
+            # A new replica (as after a redeploy, when feedback on the previous run's answers
+            # comes) learns from a report's answer whether the controller checks an answer's
+            # age: without asking first, that feedback went unchecked and counted in the new run.
+            # A controller away leaves it unknown, and the feedback goes as to the previous release.
+            await self.flush_once(ask=True)
         sent_to = self.ledger.controller
         age = call.answered_after_s if self.ledger.checks_answer_age else None
         extra = {"not_counted_ok": True} if self.ledger.answers_not_counted else {}

@@ -328,7 +328,8 @@ def test_feedback_tells_the_controller_when_its_answer_was_given(app):
     remembers, whose repeat it could no longer tell from a first report: once the controller said,
     in a report's answer, that it takes the time (one of the previous release would fail the call)."""
     client, controller = app
-    routes.served().core.ledger.checks_answer_age = True  # as a report answer with it sets
+    ledger = routes.served().core.ledger
+    ledger.heard = ledger.checks_answer_age = True  # as a report answer with it sets
     body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
     controller.clock.advance(30)
     response = client.post("/feedback", json={"request_id": body["request_id"], "feedback_token": body["feedback_token"],
@@ -345,7 +346,7 @@ def test_feedback_on_an_answer_of_an_earlier_run_is_accepted_and_not_counted(app
     unchecked. A router of the previous release is not sent a NotCounted, which it could not read."""
     client, controller = app
     core = routes.served().core
-    core.ledger.checks_answer_age = core.ledger.answers_not_counted = True  # as a report answer with them sets
+    core.ledger.heard = core.ledger.checks_answer_age = core.ledger.answers_not_counted = True  # a report answer sets
     body = client.post("/predict", json={"inputs": [ROW], "user_id": "alice"}).json()
     controller.not_counted_reason = "the answer was given before run digits-1 started"
     feedback = {"request_id": body["request_id"], "feedback_token": body["feedback_token"],

@@ -548,3 +548,22 @@ def test_a_new_replica_that_meets_the_old_config_controller_first_loses_nothing_
         controller.core.save_stats()
         serve_and_report(router, controller, range(0, 0))
     assert controller.counts() == (early + later, 0, 0) and not router.ledger.waiting()
+
+
+def test_a_new_routers_first_feedback_on_an_answer_of_the_run_before_is_not_counted(pair):
+    """Right after a redeploy, new router replicas take feedback on the previous run's answers
+    before any report of theirs was answered, which is what tells them the controller checks an
+    answer's age: the router asks first (an empty report), or such feedback went without
+    answered_after_s and counted in the new run (and under its split of the same epoch number)."""
+    router, controller = pair
+    started_s = controller.core.run_started_at_s
+    controller.clock.advance(30.0)  # a run 30 s old; feedback on an answer of 10 min before it
+
+    async def scenario():
+        return await router.send_feedback(FeedbackCall("earlier-run#n", "correct", None, True, "v1", None, 0,
+                                                       started_s - 600.0))
+
+    answer = asyncio.run(scenario())
+    assert isinstance(answer, NotCounted), answer
+    assert controller.core.stats_snapshot()["feedback_previous_run"] == 1
+    assert router.ledger.kept() == (0, 0)  # the empty report asked nothing to be kept
