@@ -73,6 +73,12 @@ RETRY_FOLLOW_S = 0.5  # between long polls while the controller is unreachable
 IDLE_REPORT_S = 20.0
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    """A report task's own failure (a controller's refusal or absence is handled within)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("serve-ab router: a report failed", exc_info=task.exception())
+
+
 class RouterCore:
     """One router replica's state and request path."""
 
@@ -128,6 +134,10 @@ class RouterCore:
         self._checks: dict[str, asyncio.Future] = {}  # describe() calls in flight, per version
         self._key_warned = False
         self._reporting: set[asyncio.Task] = set()  # reports sent at a change of weights, in flight
+        # The one empty report a new replica sends, before its first feedback, to hear what the
+        # controller takes (send_feedback): shared by the calls that wait for it, never sent twice
+        # (a controller away hears of this replica at the next interval's report).
+        self._asking: asyncio.Task | None = None
         # What the controller has not saved yet; reports go one at a time, in order.
         self.ledger = ReportLedger()
         self.config_digest = config_digest(cfg)  # on each report: the controller merges its own run's
@@ -572,8 +582,13 @@ class RouterCore:
             # A new replica (as after a redeploy, when feedback on the previous run's answers
             # comes) learns from a report's answer whether the controller checks an answer's
             # age: without asking first, that feedback went unchecked and counted in the new run.
-            # A controller away leaves it unknown, and the feedback goes as to the previous release.
-            await self.flush_once(ask=True)
+            # One ask, whose wait the calls share: a controller away leaves it unknown, and each
+            # call until the next interval's report is answered goes as to the previous release.
+            if self._asking is None:
+                self._asking = asyncio.get_running_loop().create_task(self.flush_once(ask=True))
+                self._asking.add_done_callback(_log_failure)
+            if not self._asking.done():
+                await asyncio.wait({self._asking})  # its failure is the report's (logged), not this call's
         sent_to = self.ledger.controller
         age = call.answered_after_s if self.ledger.checks_answer_age else None
         extra = {"not_counted_ok": True} if self.ledger.answers_not_counted else {}

@@ -567,3 +567,44 @@ def test_a_new_routers_first_feedback_on_an_answer_of_the_run_before_is_not_coun
     assert isinstance(answer, NotCounted), answer
     assert controller.core.stats_snapshot()["feedback_previous_run"] == 1
     assert router.ledger.kept() == (0, 0)  # the empty report asked nothing to be kept
+
+
+def test_a_new_router_asks_the_controller_once_and_feedback_goes_on_while_it_is_away():
+    """The ask is one empty report, whatever the feedback calls meanwhile: with the controller
+    away (its record call fails), each call would wait a report's timeout before its own. What
+    was not heard goes as to the previous release, until the next interval's report is answered."""
+    clock = FakeClock()
+    records: list[int] = []
+    sent: list[dict] = []
+
+    class Controller:
+        away = True
+
+        async def record(self, report: IntervalReport) -> ReportAnswer:
+            records.append(report.seq)
+            if self.away:
+                raise ControllerUnavailable("the controller cannot be reached now")
+            return ReportAnswer("c1", 0, 0, 0, checks_answer_age=True, answers_not_counted=True)
+
+        async def feedback(self, *args, **kwargs):
+            sent.append(kwargs)
+            return "v2"
+
+    controller = Controller()
+    router = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                        request_id=lambda: "req", clock=clock, sleep=clock.sleep)
+
+    async def feedback(i: int) -> None:
+        await router.send_feedback(FeedbackCall(f"a{i}#n", "correct", None, True, "v2", None, -1, 940.0))
+
+    async def scenario() -> None:
+        await asyncio.gather(*(feedback(i) for i in range(5)))
+        controller.away = False
+        await router.flush_once()  # the interval's report: the empty one kept goes now
+        await feedback(5)
+
+    asyncio.run(scenario())
+    # Asked once (1); the interval's flush sent it again, answered, and its own (2: the 5 kept wait).
+    assert records == [1, 1, 2]
+    assert [kwargs for kwargs in sent if not kwargs.get("resent")] == (
+        [{"answered_after_s": None}] * 5 + [{"answered_after_s": 940.0, "not_counted_ok": True}])
