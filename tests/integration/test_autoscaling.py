@@ -77,9 +77,13 @@ def load(serve_instance, name, tmp_path):
 def test_each_version_scales_with_its_weight_through_a_canary(http, serve_instance, deployed,
                                                               model_repo, tmp_path):
     cfg = experiment(model_repo, placement="isolated", weights={"v1": 100})
-    for version, min_replicas in zip(cfg["versions"], (0, 1)):
+    # v1 (min 0) held at its first replica for 20 s idle: else it went to 0 in the ~10 s the app
+    # took to come up (downscale_delay_s 3), and the load began with its cold start, which took
+    # 19 s in one full run on 2 cores: 12 requests past the load's 10-s timeout.
+    holds = ({"downscale_to_zero_delay_s": 20}, {})
+    for version, min_replicas, hold in zip(cfg["versions"], (0, 1), holds):
         version["batching"] = SLOW_BATCHING
-        version["deployment"] = {"autoscaling_config": autoscaling(min_replicas),
+        version["deployment"] = {"autoscaling_config": autoscaling(min_replicas, **hold),
                                  "ray_actor_options": {"num_cpus": 0.1}}
     cfg["rollout"] = {
         "strategy": "canary", "stable": "v1", "candidate": "v2", "gates": [],
