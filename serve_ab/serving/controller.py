@@ -43,6 +43,7 @@ from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.config.serve_file import CONTROLLER_DEPLOYMENT
 from serve_ab.analysis.accumulate import ExperimentStats
 from serve_ab.analysis.report_model import Report
+from serve_ab.analysis.saved_looks import readable_looks
 from serve_ab.rollout.feedback import PENDING_TTL_S, REQUEST_TTL_S, FeedbackJoin
 from serve_ab.rollout.gates import PromQLResult
 from serve_ab.rollout.windows import GateWindows, window_stats
@@ -324,19 +325,17 @@ class ControllerCore:
             self.epoch = 0
 
     def _restore_sequential(self, saved: Any) -> dict[str, Any] | None:
-        """The report's sequential state as the last save left it, ``{metric: {variant: look}}``;
-        None (the tests start afresh, logged) for one of another shape: build_report refuses
-        it, and every report and run record after the restart failed on it."""
+        """The report's sequential state as the last save left it, ``{metric: {variant: look}}``,
+        less every look of another shape (logged; its tests start afresh): build_report raised
+        on one, and every report and run record after the restart failed on it for as long as
+        the row stayed in the store."""
         if saved is None:
             return None
-        if isinstance(saved, Mapping) and all(
-                isinstance(looks, Mapping) and all(isinstance(look, Mapping) for look in looks.values())
-                for looks in saved.values()):
-            return dict(saved)
-        logger.warning("serve-ab controller could not read the saved sequential tests of %s (a %s, not "
-                       "{metric: {variant: look}}); the report's sequential tests start afresh",
-                       self.cfg.model, type(saved).__name__)
-        return None
+        kept, dropped = readable_looks(saved)
+        if dropped:
+            logger.warning("serve-ab controller could not read the saved sequential tests of %s (%s); those "
+                           "tests start afresh", self.cfg.model, "; ".join(dropped))
+        return kept or None
 
     def _warn_unset_env(self) -> None:
         """Say at start which secrets' variables are missing, not at the first request that

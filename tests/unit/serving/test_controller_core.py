@@ -1530,7 +1530,14 @@ def test_routing_epochs_stay_within_what_a_feedback_token_can_name():
     assert restarted.snapshot().epoch < again.snapshot().epoch < 2 * EPOCHS_SKIPPED_AT_RESTART
 
 
-@pytest.mark.parametrize("sequential", ["damaged", [1, 2], {"correct": [1]}, {"correct": {"v2": [1, 2]}}])
+@pytest.mark.parametrize("sequential", [
+    "damaged", [1, 2], {"correct": [1]}, {"correct": {"v2": [1, 2]}},
+    # A look of the right outer shape, damaged within: build_report raised on the first two,
+    # and the report's schema refused the third's verdict.
+    {"correct": {"v2": {"seq": "x"}}},
+    {"correct": {"v2": {"tau": 0.01, "seq": {"p": "0.2", "lo": -0.1, "hi": 0.3, "looks": 4, "units": 400}}}},
+    {"correct": {"v2": {"decided": "maybe"}}},
+])
 def test_a_saved_sequential_state_that_cannot_be_read_starts_the_tests_afresh(sequential, caplog):
     """The report's sequential state saved with the figures, of another shape (a hand edit, a
     bug): build_report refused it, so after the restart every report (GET /experiment/report)
