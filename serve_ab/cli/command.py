@@ -165,6 +165,34 @@ def lowered_weight_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str
     return out
 
 
+def autoscaling_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
+    """A warning for each ``downscale_to_zero_delay_s`` Ray will ignore (the deployment never
+    goes to zero: ``min_replicas`` is 1 or more), and for a blue-green's blue whose hold on its
+    last replica the builder raises to ``keep_blue_s`` (:mod:`serve_ab.serving.keep_warm`), so
+    that the deployed value is no surprise."""
+    from serve_ab.serving.keep_warm import raised_holds
+
+    where = f"{prefix}." if prefix else ""
+    out = []
+    deployments = [("router", cfg.router)] + [(f"versions.{index}.deployment", version.deployment)
+                                              for index, version in enumerate(cfg.versions) if version.deployment]
+    for path, deployment in deployments:
+        scaling = deployment.autoscaling_config
+        if scaling is not None and scaling.min_replicas > 0 and scaling.downscale_to_zero_delay_s is not None:
+            out.append(f"{where}{path}.autoscaling_config.downscale_to_zero_delay_s: "
+                       f"{scaling.downscale_to_zero_delay_s:g} has no effect with min_replicas "
+                       f"{scaling.min_replicas} (Ray holds a last replica only for a deployment that may scale "
+                       "to zero); set min_replicas: 0, or leave it out")
+    for hold in raised_holds(cfg):
+        given = (f"its {hold.held_s:g} s" if hold.zero_delay_set
+                 else f"downscale_delay_s's {hold.held_s:g} s (it is unset)")
+        out.append(f"{where}versions.{hold.index}.deployment.autoscaling_config.downscale_to_zero_delay_s: blue "
+                   f"({hold.version!r}) may scale to zero, so it is deployed with {hold.keep_blue_s:g} s "
+                   f"(rollout.blue_green.keep_blue_s), not {given}: its last replica stays warm that long after "
+                   "the switch, for an instant rollback")
+    return out
+
+
 def undeclared_inputs_warnings(cfg: ExperimentConfig, prefix: str = "") -> list[str]:
     """A warning for each python version that names no inputs: and whose class has no
     input_spec attribute: it fails to load unless the class sets one in __init__ or load(),
@@ -283,7 +311,8 @@ def _validate_experiment(args: Any, prefix: str, check_files: bool, warnings: li
     except ConfigError as err:
         return errors_under(prefix, err.errors), None
     warnings += (multi_node_warnings(cfg, prefix) + small_canary_warnings(cfg, prefix)
-                 + lowered_weight_warnings(cfg, prefix) + unset_env_warnings(cfg, prefix))
+                 + lowered_weight_warnings(cfg, prefix) + unset_env_warnings(cfg, prefix)
+                 + autoscaling_warnings(cfg, prefix))
     if not load_models:  # loading says for certain whether the inputs are known
         warnings += undeclared_inputs_warnings(cfg, prefix)
     if not check_files:

@@ -396,3 +396,39 @@ def test_a_port_no_socket_binds_is_refused_by_field(tmp_path, capsys):
         assert cli.main(["validate", str(path)]) == 1
         assert f"  - {section}.port: {port} is not a TCP port (0 to 65535), e.g. 8000" in \
             capsys.readouterr().out
+
+
+def test_autoscaling_settings_ray_ignores_or_serve_ab_raises_are_warned_about(tmp_path, capsys):
+    # A hold on the last replica of a deployment that never goes to zero did nothing, silently;
+    # blue's hold raised to keep_blue_s showed only in the app's log once deployed.
+    import yaml
+
+    serve_file = yaml.safe_load((REPO_ROOT / "configs" / "blue_green.yaml").read_text())
+    args = serve_file["applications"][0]["args"]
+    args["placement"] = "isolated"
+    args.pop("router", None)
+    args["rollout"]["blue_green"]["keep_blue_s"] = 120
+    stable = args["rollout"]["stable"]
+    for version in args["versions"]:
+        version["deployment"] = {"autoscaling_config": (
+            {"min_replicas": 0, "max_replicas": 2, "downscale_delay_s": 10} if version["name"] == stable
+            else {"min_replicas": 1, "max_replicas": 2, "downscale_to_zero_delay_s": 60})}
+    path = tmp_path / "blue_green_isolated.yaml"
+    path.write_text(yaml.safe_dump(serve_file))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0  # advice, not an error
+    out = capsys.readouterr().out
+    blue = next(i for i, v in enumerate(args["versions"]) if v["name"] == stable)
+    where = "warning: applications.0.args.versions"
+    assert (f"{where}.{1 - blue}.deployment.autoscaling_config.downscale_to_zero_delay_s: 60 has no effect with "
+            "min_replicas 1") in out
+    assert (f"{where}.{blue}.deployment.autoscaling_config.downscale_to_zero_delay_s: blue ({stable!r}) may scale "
+            "to zero, so it is deployed with 120 s (rollout.blue_green.keep_blue_s), not downscale_delay_s's 10 s "
+            "(it is unset)") in out
+    assert "INFO" not in out  # the builder's log line is not validate's output
+
+    # Held long enough already, and no hold where none can act: nothing to say.
+    for version in args["versions"]:
+        version["deployment"] = {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}  # 600 s >= 120
+    path.write_text(yaml.safe_dump(serve_file))
+    assert cli.main(["validate", "--no-check-files", str(path)]) == 0
+    assert "downscale_to_zero_delay_s" not in capsys.readouterr().out
