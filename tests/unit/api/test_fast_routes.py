@@ -209,3 +209,46 @@ def test_a_client_gone_mid_body_gets_no_answer_and_logs_no_error(caplog):
              "query_string": b""}
     asyncio.run(app(scope, receive, send))
     assert sent == [] and "failed" not in caplog.text
+
+
+def test_a_body_read_cancelled_by_rays_proxy_is_a_client_gone_not_a_server_error(caplog):
+    """A client that leaves mid-request: Ray Serve's replica may raise its proxy's cancelled
+    read (RayTaskError(TaskCancelledError)) from receive() instead of a disconnect message.
+    Live it was logged as an ERROR with a traceback and answered 500 (1 of 122 clients gone)."""
+    from ray.exceptions import RayTaskError, TaskCancelledError
+
+    async def predict(request: Request):
+        return json_response({"body": len(await read_body(request, 1024))})
+
+    app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise RayTaskError("ProxyActor.receive_asgi_messages", "traceback", TaskCancelledError()).as_instanceof_cause()
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
+             "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    assert sent == [] and "failed" not in caplog.text
+
+
+def test_another_error_reading_the_body_is_still_a_server_error(caplog):
+    async def predict(request: Request):
+        return json_response({"body": len(await read_body(request, 1024))})
+
+    app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise RuntimeError("the proxy broke")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
+             "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 500 and "failed" in caplog.text
