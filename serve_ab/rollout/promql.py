@@ -97,7 +97,12 @@ class _QueryError(ValueError):
 
 def _parse(response: httpx.Response, endpoint: str) -> float | None:
     """The value in an /api/v1/query answer (NaN as given); None for an empty one;
-    _QueryError for anything else."""
+    _QueryError for anything else.
+
+    Every level of the body is checked for the shape Prometheus' API gives it: a proxy or
+    another server on that port can answer 200 with JSON of another shape, which must be a
+    failed query (the gate holds), never an exception that leaves the gate judging its last
+    answer."""
     try:
         body = response.json()
     except ValueError:
@@ -109,10 +114,16 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
         raise _QueryError(f"Prometheus answered HTTP {response.status_code}"
                           + (f", {kind}: {detail}" if detail else f": {str(body)[:200]}"))
     data = body.get("data") or {}
+    if not isinstance(data, dict):
+        raise _QueryError(f"the answer from {endpoint} is not Prometheus' query API: its data is "
+                          f"{str(data)[:200]!r}, not an object with resultType and result")
     result_type, result = data.get("resultType"), data.get("result")
     if result_type == "scalar":
         sample = result
     elif result_type == "vector":
+        if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
+            raise _QueryError(f"the answer from {endpoint} is not Prometheus' query API: a vector's result "
+                              f"is {str(result)[:200]!r}, not a list of samples")
         if not result:
             return None
         if len(result) > 1:
@@ -123,9 +134,13 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
     else:
         raise _QueryError(f"the query returned a {result_type}; a gate needs an instant scalar or a "
                           "one-sample vector (a range selector [5m] needs a function such as rate())")
+    # Prometheus gives [time, "value"]; a JSON true is no number, though float() takes it as 1.
+    if not isinstance(sample, list) or len(sample) != 2 or isinstance(sample[1], bool) \
+            or not isinstance(sample[1], (str, int, float)):
+        raise _QueryError(f"cannot read a number from the sample {sample!r}")
     try:
         value = float(sample[1])
-    except (TypeError, ValueError, IndexError):
+    except ValueError:
         raise _QueryError(f"cannot read a number from the sample {sample!r}") from None
     return value  # NaN included: run_query() tells it apart from an empty answer
 
@@ -227,6 +242,11 @@ class PromQLPoller:
         err: Any = task.exception()
         if err is not None:  # run_query() does not raise; this is a bug, kept out of the tick loop
             logger.error("serve-ab promql refresh failed: %r", err)
+            # Each gate gets this refresh's failure as its answer: kept, the previous answers
+            # would go on passing the gates (they were asked this step) as if just asked.
+            asked_at_s = self._started_at_s if self._started_at_s is not None else 0.0
+            self.latest = {name: PromQLResult(query, None, f"the promql refresh failed: {err!r}", asked_at_s=asked_at_s)
+                           for name, query in rendered_queries(self.rollout, self.model, self.app).items()}
             return
         self.latest = task.result()
         for name, answer in self.latest.items():

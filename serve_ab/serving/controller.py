@@ -61,13 +61,20 @@ from serve_ab.api.access_log import drop_routine_calls
 from serve_ab.rollout.failure_log import FailingSpell
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.api.status import ActionAnswer, ControllerInfo, NotSaved, RolloutStatus
-from serve_ab.errors import Forbidden, InvalidInput, ServeAbError, StoreUnavailable, UnknownAction
+from serve_ab.errors import (
+    ControllerUnavailable,
+    Forbidden,
+    InvalidInput,
+    ServeAbError,
+    StoreUnavailable,
+    UnknownAction,
+)
 from serve_ab.serving.app_claim import app_running, this_app
 from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH
 from serve_ab.serving.core.messages import (
     Action, Actor, IntervalReport, Mirror, NotCounted, Refused, ReportAnswer, RoutingSnapshot)
 from serve_ab.serving.core.run_config import config_digest, config_fingerprint
-from serve_ab.serving.reports import ReportNumbers, RouterReports
+from serve_ab.serving.reports import ReportNumbers, RestartCatchUp, RouterReports
 
 logger = logging.getLogger("ray.serve")
 
@@ -259,6 +266,8 @@ class ControllerCore:
         self.config_digest = config_digest(cfg)
         self._other_config_routers: set[str] = set()  # logged once each
         self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
+        # Restored from a save: /metrics waits for the routers to send what it lacks.
+        self.catch_up = RestartCatchUp(self.numbers.merged, clock())
         # Joined feedback goes to the totals (self.stats) and, in a rollout, the gates' windows.
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
@@ -673,6 +682,7 @@ class ControllerCore:
         if report.seq and report.controller_seen is not None and report.controller_seen != self.name:
             return self.numbers.answer(self.name, report.router, restarted=True), False
         changed = self.record(report) if self.numbers.is_new(report) else False
+        self.catch_up.received(report, self.name)
         return (self.numbers.answer(self.name, report.router) if report.seq else None), changed
 
     def _other_config(self, report: IntervalReport) -> ReportAnswer:
@@ -996,6 +1006,18 @@ class ControllerCore:
                     and r.candidate != (self.cfg.shadow.version if self.cfg.shadow else None)):
                 mirrors.append(Mirror(r.candidate, settings.validation_mirror_pct))
         return mirrors
+
+    def metrics(self, app: str) -> tuple[bytes, str]:
+        """The Prometheus exposition of the figures: (body, content type). Raises
+        ControllerUnavailable (a 503) while a restarted controller waits for its routers to
+        send what its last save lacks (:class:`RestartCatchUp`): a failed scrape leaves a gap,
+        where counters lower than the last scrape's would be taken for a reset."""
+        from serve_ab.serving.metrics import render
+
+        holding = self.catch_up.holding(self.clock())
+        if holding is not None:
+            raise ControllerUnavailable(holding)
+        return render(self.cfg, self.stats_snapshot(samples=False), self.status(), app)
 
     def stats_snapshot(self, samples: bool = True) -> dict[str, Any]:
         return self.stats.snapshot(self.clock(), samples=samples)
@@ -1396,9 +1418,7 @@ class ExperimentController:
 
     async def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition of this app's figures: (body, content type)."""
-        from serve_ab.serving.metrics import render
-
-        return render(self.core.cfg, self.core.stats_snapshot(samples=False), self.core.status(), self._claimant.app)
+        return self.core.metrics(self._claimant.app)
 
     async def act(self, action: Action, body: ActionRequest, actor: Actor | None = None) -> dict[str, Any] | Refused:
         if self._not_holding is not None:

@@ -12,8 +12,11 @@ own ``ray_serve_*`` series carry) and ``model``; per-version series carry ``vers
 shadow metrics, the shadow version). Two apps may serve one model (an A/B test beside a
 canary, each with its own state store): scraped by one Prometheus, their series would be the
 same but for the scrape's own labels, and a dashboard or a promql gate selecting by model
-would add the other app's requests to its own; ``application`` keeps them apart. Counters restart from 0 when the controller restarts, which
-``rate()`` and ``increase()`` handle; ``serve_ab_stats_start_time_seconds`` says when.
+would add the other app's requests to its own; ``application`` keeps them apart. A restarted
+controller carries the counters on from its last save (its ``/metrics`` waits until the routers
+sent what that save lacks: serving/reports.py, ``RestartCatchUp``); a new run (a changed
+config) starts them from 0, which ``rate()`` and ``increase()`` handle;
+``serve_ab_stats_start_time_seconds`` says when the run started.
 
 Per version:
 

@@ -12,14 +12,15 @@ so. Silence is noticed when another router's report comes, and a restarted contr
 only the routers that reported to it.
 
 :class:`ReportNumbers` keeps each router's last report merged and saved, so that no report
-is merged twice and a restarted controller is sent what its last save lacks.
+is merged twice and a restarted controller is sent what its last save lacks;
+:class:`RestartCatchUp` holds a restarted controller's ``/metrics`` until it has been sent it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from serve_ab.serving.core.messages import IntervalReport, ReportAnswer
@@ -154,3 +155,44 @@ class ReportNumbers:
         return ReportAnswer(controller, saved, self.captures, self.saved_captures,
                             restarted=restarted, restored_seq=saved if restarted else 0, checks_answer_age=True,
                             answers_not_counted=True)
+
+
+#: The longest a restarted controller holds /metrics for routers that have not caught up: an
+#: idle router reports every IDLE_REPORT_S (20 s), and one that died never does.
+CATCH_UP_MAX_S = 30.0
+
+
+class RestartCatchUp:
+    """Which routers have yet to send a restarted controller what its last save lacked.
+
+    The figures a controller restores are its last save's; the routers send it the rest
+    (serving/core/ledger.py) at their next report, then the feedback they kept. A scrape in
+    between read counters below the previous scrape's (live: 3,727 requests, then 3,559 two
+    seconds later, then 3,770), which Prometheus takes for a counter reset: ``rate()`` over
+    every window holding that scrape counted the whole run again (146 requests a second for
+    30 s, against 14 sent). So ``/metrics`` waits until each router the save knew has sent a
+    report made after it heard of this controller (not ``resent``: a router sends its reports
+    again and its feedback in one flush, so its next report comes after all of it), has
+    stopped, or ``CATCH_UP_MAX_S`` went by.
+    """
+
+    def __init__(self, routers: Iterable[str], now_s: float, max_s: float = CATCH_UP_MAX_S) -> None:
+        self.waiting = set(routers)
+        self.until_s = now_s + max_s
+        self.started_s = now_s
+
+    def received(self, report: IntervalReport, controller: str) -> None:
+        """A report this controller took (merged, or known already)."""
+        if report.router in self.waiting and (report.last or (report.controller_seen == controller
+                                                              and not report.resent)):
+            self.waiting.discard(report.router)
+
+    def holding(self, now_s: float) -> str | None:
+        """Why /metrics must wait now, or None."""
+        if not self.waiting or now_s >= self.until_s:
+            self.waiting.clear()
+            return None
+        return (f"the controller restarted {now_s - self.started_s:.0f}s ago from its last save, and "
+                f"{len(self.waiting)} router replica(s) have not sent it again what that save lacks: counters "
+                "read now would be lower than before the restart, which Prometheus takes for a reset; retry in "
+                "a few seconds")

@@ -179,8 +179,8 @@ class ReportLedger:
             # A new controller, with our reports up to restored_seq (its last save): the
             # others, this one included, go again in order, and every feedback kept.
             self.controller = answer.controller
-            self._reports = {seq: (sent, False) for seq, (sent, _) in self._reports.items()
-                             if seq > answer.restored_seq}
+            self._reports = {seq: (dataclasses.replace(sent, resent=True), False)
+                             for seq, (sent, _) in self._reports.items() if seq > answer.restored_seq}
             self._feedback_again.extend(kept.call for kept in self._feedback)
             self._feedback.clear()
             self._bound_feedback()

@@ -74,6 +74,9 @@ class IntervalReport:
     # The digest of the config the router serves (serving/core/run_config.py): a controller
     # merges only its own run's. None: a router of an older release, merged as it comes.
     config: str | None = None
+    # Sent again to a controller that restarted since it was made (ReportLedger.answered): a
+    # restarted controller answers /metrics once each router it knew sent one that is not.
+    resent: bool = False
 
 
 @dataclass(frozen=True)

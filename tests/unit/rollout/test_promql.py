@@ -157,6 +157,64 @@ def test_errors_are_reported_with_the_query_and_never_raise(prometheus, caplog, 
     assert len(warnings) == 2 and all(query in w and expected in w for w in warnings)
 
 
+NOT_THE_API = "is not Prometheus' query API"
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"status": "success", "data": "x"}, NOT_THE_API + ": its data is 'x'"),
+    ({"status": "success", "data": [1]}, NOT_THE_API + ": its data is '[1]'"),
+    ({"status": "success", "data": {"resultType": "vector", "result": {"a": 1}}}, NOT_THE_API + ": a vector's result"),
+    ({"status": "success", "data": {"resultType": "vector", "result": "abc"}}, NOT_THE_API + ": a vector's result"),
+    ({"status": "success", "data": {"resultType": "vector", "result": [5]}}, NOT_THE_API + ": a vector's result"),
+    ({"status": "success", "data": {"resultType": "scalar", "result": [1, True]}}, "cannot read a number"),
+    ({"status": "success", "data": {"resultType": "scalar", "result": [1, "0.5", 2]}}, "cannot read a number"),
+])
+def test_an_answer_of_another_shape_is_a_failed_query_not_an_exception(prometheus, body, expected):
+    """A server answering 200 with JSON of another shape (a proxy's, another service's on
+    Prometheus' port): five such shapes raised out of run_query (AttributeError, KeyError),
+    which PromQLPoller logged and dropped, so the gate went on judging its last answer and
+    passed; a JSON ``true`` was read as the value 1, a sample of three items as its second."""
+    prometheus.answer("q", body)
+    result = run(run_query(prometheus.url, "q", 2, log=False))
+    assert result.value is None and expected in result.error, result.error
+
+
+def test_a_refresh_that_raises_leaves_no_earlier_answer_to_pass_the_gate(prometheus, monkeypatch):
+    """Were a refresh ever to raise (run_query should not), the gates must not go on reading
+    the answers of the refresh before it, which they would take for this step's evidence."""
+    import serve_ab.rollout.promql as promql
+
+    config = rollout_config(prometheus.url)
+    rendered = rendered_queries(config, "digits", "digits-ab")
+    prometheus.answer(rendered["error_ratio"], vector("0.01"))
+
+    async def settle(poller: PromQLPoller, now_s: float) -> None:
+        poller.poll(now_s)
+        deadline = time.monotonic() + 10
+        while poller.refreshing:
+            assert time.monotonic() < deadline, "a refresh never completed"
+            await asyncio.sleep(0.005)
+        poller.poll(now_s)
+
+    async def broken(*_args, **_kwargs):
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    async def scenario():
+        poller = PromQLPoller(config, "digits", "digits-ab", refresh_s=5.0)
+        await settle(poller, 100.0)
+        passed = evaluate_gate(GATE, candidate_with(poller.latest["error_ratio"]), STABLE, 50).verdict
+        monkeypatch.setattr(promql, "fetch_promql_values", broken)
+        await settle(poller, 105.0)
+        return passed, poller.latest
+
+    passed, latest = run(scenario())
+    assert passed is GateVerdict.PASS
+    answer = latest["error_ratio"]
+    assert answer.value is None and answer.asked_at_s == 105.0 and "AttributeError" in answer.error
+    assert set(latest) == {"error_ratio", "latency_vs_stable"}
+    assert evaluate_gate(GATE, candidate_with(answer), STABLE, 50).verdict is GateVerdict.INCONCLUSIVE
+
+
 def test_unreachable_and_slow_prometheus_are_errors_naming_the_endpoint(prometheus):
     closed = f"http://127.0.0.1:{free_port()}"
     result = run(run_query(closed, "up", 2))

@@ -608,3 +608,68 @@ def test_a_new_router_asks_the_controller_once_and_feedback_goes_on_while_it_is_
     assert records == [1, 1, 2]
     assert [kwargs for kwargs in sent if not kwargs.get("resent")] == (
         [{"answered_after_s": None}] * 5 + [{"answered_after_s": 940.0, "not_counted_ok": True}])
+
+
+# -- /metrics across a restart --------------------------------------------------------------------
+
+def scraped_requests(controller: KillableController) -> float | None:
+    """serve_ab_requests_total summed over versions, as a scrape reads it; None: the scrape
+    failed (503), which Prometheus records as a gap."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        body, _ = controller.core.metrics("digits-ab")
+    except ControllerUnavailable:
+        return None
+    return sum(sample.value for family in text_string_to_metric_families(body.decode())
+               for sample in family.samples if sample.name == "serve_ab_requests_total")
+
+
+def test_a_restarted_controller_answers_no_scrape_below_the_last_until_its_routers_sent_again(pair):
+    """Live (2 routers, 14 req/s, save every 30 s): the first scrape after a controller's kill
+    read 3,559 requests where the one before read 3,727, and the next 3,770: Prometheus took
+    the dip for a counter reset, and rate() gave 146 requests a second for 30 s. The restarted
+    controller's /metrics now fails (503, a gap in Prometheus) until each router it knew has
+    sent again what its last save lacked; no scrape it answers reads fewer than before."""
+    router, controller = pair
+    serve_and_report(router, controller, range(1000, 1001), feedback=False)
+    served = 1 + serve_and_report(router, controller, range(0, 40))
+    controller.core.save_stats()
+    served += serve_and_report(router, controller, range(40, 90))  # merged, not saved
+    before = scraped_requests(controller)
+    assert before == served == 91
+    controller.kill()
+    assert controller.core.stats_snapshot()["versions"]["v1"]["requests"] + \
+        controller.core.stats_snapshot()["versions"]["v2"]["requests"] == 41  # the save's figures
+    assert scraped_requests(controller) is None
+    with pytest.raises(ControllerUnavailable, match=r"1 router replica\(s\) have not sent it again"):
+        controller.core.metrics("digits-ab")
+    # The router's next report is answered "restarted": it sends its reports again, then its
+    # feedback, all in that flush; only a report made after it is news of the next interval.
+    served += serve_and_report(router, controller, range(90, 95))
+    assert controller.counts()[0] == served and scraped_requests(controller) is None
+    served += serve_and_report(router, controller, range(95, 96))
+    assert scraped_requests(controller) == served >= before
+
+
+def test_a_router_that_never_reports_again_holds_metrics_at_most_catch_up_max_s(pair):
+    from serve_ab.serving.reports import CATCH_UP_MAX_S
+
+    router, controller = pair
+    serve_and_report(router, controller, range(0, 10))
+    controller.core.save_stats()
+    controller.kill()  # and the router is never heard of again (its replica died with it)
+    assert scraped_requests(controller) is None
+    controller.clock.advance(CATCH_UP_MAX_S - 1)
+    assert scraped_requests(controller) is None
+    controller.clock.advance(1)
+    assert scraped_requests(controller) == 10
+
+
+def test_a_controller_without_a_save_to_restore_answers_metrics_at_once(pair):
+    router, controller = pair
+    assert scraped_requests(controller) == 0
+    serve_and_report(router, controller, range(0, 3))
+    assert scraped_requests(controller) == 3
+    controller.kill()  # nothing saved: nothing the routers could lower
+    assert scraped_requests(controller) == 0
