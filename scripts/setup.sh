@@ -11,10 +11,14 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-# torch first, pinned: an unpinned torch with none installed pulls a multi-GB CUDA build;
-# 2.13.0 is a CPU build that satisfies pyproject's range.
+# torch first, pinned, and the CPU build: PyPI's Linux torch, 2.13.0 too, is the CUDA build,
+# which pulls some 20 nvidia-* packages (GBs). PyTorch's CPU index holds it as 2.13.0+cpu,
+# which pip prefers to PyPI's 2.13.0 (a local version sorts above its release); a pip that
+# finds +cpu wheels elsewhere (find-links) takes those. --no-deps: torch's own requirements
+# come from PyPI with the next install, so the extra index is asked about torch alone (an
+# index that cannot be reached costs its retries once, not once per package).
 if ! python -c "import torch" >/dev/null 2>&1; then
-  python -m pip install -q "torch==2.13.0"
+  python -m pip install -q --no-deps "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 python -m pip install -q -e ".[dev]"
 
