@@ -227,7 +227,8 @@ def parse_body(model: type[BaseModel], body: Any, error: type[InvalidInput] = In
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise error("; ".join(format_validation_error(err, model=model))) from None
+        # A JSON body, not a config file: no hints of how YAML reads an unquoted value.
+        raise error("; ".join(format_validation_error(err, model=model, yaml_hints=False))) from None
 
 
 def predict_inputs(body: Any) -> Any:

@@ -150,6 +150,29 @@ def test_bad_v2_input(app, case, body, message):
     assert message in response.json()["error"]
 
 
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v2/models/digits/infer", {"id": 5, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                     "data": ROW}]}, 400, "id: Input should be a valid string (got 5)"),
+    ("/v2/models/digits/infer", {"inputs": [{"name": 7, "datatype": "FP32", "shape": [1, 64], "data": ROW}]}, 400,
+     "inputs.0.name: Input should be a valid string (got 7)"),
+    ("/feedback", {"request_id": 5, "feedback_token": "t", "name": "correct", "converted": True}, 400,
+     "request_id: Input should be a valid string (got 5)"),
+    ("/feedback", {"request_id": "r", "feedback_token": True, "name": "correct", "converted": True}, 400,
+     "feedback_token: Input should be a valid string (got True)"),
+    ("/feedback", {"request_id": "r", "feedback_token": "t", "name": "correct", "value": "1e2"}, 400,
+     "value: Input should be a valid number (got '1e2')"),
+    ("/rollout/pause", {"reason": 5}, 422, "reason: Input should be a valid string (got 5)"),
+])
+def test_a_json_body_of_the_wrong_type_is_told_so_without_yaml_advice(app, path, body, status, message):
+    """A JSON client that sent 5 sent a number: the 4xx names the field and the value, with
+    none of the config files' hints ("YAML reads that unquoted value as the number 5 ...
+    quote it"), which a tritonclient or curl user cannot act on."""
+    client, _ = app
+    response = client.post(path, json=body, headers=AUTH)
+    assert response.status_code == status, response.text
+    assert response.json() == {"error": message}
+
+
 def test_unknown_model_and_version_are_404(app):
     client, _ = app
     for response in (
