@@ -213,6 +213,12 @@ class V2InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, description="Echoed in the response.")
+    # Not in the protocol's $inference_request, but KServe's own Python client
+    # (InferenceRESTClient, InferRequest.to_rest) puts it in every body, and KServe's server
+    # reads past it: refused as an unknown key, no KServe client could call this server.
+    model_name: str | None = Field(
+        None, description="The model's name, as KServe's Python client sends it; when given, the model in the path."
+    )
     parameters: dict[str, Any] | None = Field(
         None, description="Request parameters; the experiment's assignment field is read here."
     )
@@ -227,7 +233,8 @@ def parse_body(model: type[BaseModel], body: Any, error: type[InvalidInput] = In
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise error("; ".join(format_validation_error(err, model=model))) from None
+        # A JSON body, not a config file: no hints of how YAML reads an unquoted value.
+        raise error("; ".join(format_validation_error(err, model=model, yaml_hints=False))) from None
 
 
 def predict_inputs(body: Any) -> Any:

@@ -489,7 +489,8 @@ def _fetch_status(url: str, method: str, path: str, **request: Any) -> RolloutSt
     try:
         return model.from_answer(answer)
     except ValidationError as err:  # as an answer that is not JSON: the app answered, not as a serve-ab app does
-        raise RequestFailed(f"error: unexpected answer from {url}{path}: {format_validation_error(err)[0]}",
+        problem = format_validation_error(err, yaml_hints=False)[0]  # JSON from the app, not YAML
+        raise RequestFailed(f"error: unexpected answer from {url}{path}: {problem}",
                             f"hint: is {url} a serve-ab app, of a version this serve-ab reads?") from None
 
 

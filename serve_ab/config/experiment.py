@@ -1174,10 +1174,12 @@ _MESSAGE_CHARS = 1000
 
 
 def format_validation_error(err: ValidationError, prefix: str = "",
-                            model: type[BaseModel] | None = None) -> list[str]:
+                            model: type[BaseModel] | None = None, yaml_hints: bool = True) -> list[str]:
     """One line per error: field path, what is wrong or valid, and the value received (cut to
     about 200 characters: YAML aliases can make it megabytes). With the ``model`` validated,
-    a key it does not know also gets the nearest valid key and the valid ones."""
+    a key it does not know also gets the nearest valid key and the valid ones. ``yaml_hints``:
+    say how YAML may have read a value the way it came (a config file's); False for a JSON
+    request body, where 5 was sent as a number and "1e2" quoted, and the hint would mislead."""
     lines = []
     for item in err.errors(include_url=False):
         path = ".".join(part for part in (prefix, *_error_path(item["loc"])) if part != "") or ROOT_PATH
@@ -1200,7 +1202,8 @@ def format_validation_error(err: ValidationError, prefix: str = "",
         elif item["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key (got {shown_value(received)}){unknown_key_hint(model, item['loc'])}")
         else:
-            hint = _yaml_number_hint(item["type"], received) or _yaml_text_hint(item["type"], received)
+            hint = (_yaml_number_hint(item["type"], received) or _yaml_text_hint(item["type"], received)) \
+                if yaml_hints else ""
             lines.append(f"{path}: {message} (got {shown_value(received)}){hint}")
     return lines
 

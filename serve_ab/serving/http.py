@@ -362,6 +362,10 @@ class V2Endpoints:
         core = self.core
         self.check(model, pinned)
         parsed = parse_body(V2InferRequest, body.header)
+        if parsed.model_name is not None and parsed.model_name != model:
+            # The body and the path name two models: serving the path's would answer for the other.
+            raise InvalidInput(f"the body's model_name {parsed.model_name[:200]!r} is not the model in the path, "
+                               f"{model!r}; send the path's model name, or none")
         arrays = binary_inputs(parsed, body.tensors)
         choice = core.choose(core.decision.key_from(parsed.parameters, headers), pinned)
         input_spec, output_spec = await core.interface()
@@ -472,8 +476,8 @@ async def v2_infer_version(model: str, version: str, request: Request, s: Served
 
 
 # The keys a V2 infer request is read by: the request's, a tensor's and an output's.
-_V2_KEYS = {name: quoted_key(name) for name in ("inputs", "outputs", "id", "parameters", "name", "shape",
-                                               "datatype", "data")}
+_V2_KEYS = {name: quoted_key(name) for name in ("inputs", "outputs", "id", "model_name", "parameters", "name",
+                                               "shape", "datatype", "data")}
 
 
 def v2_key_counts(header: Any, key_field: str | None, quoted_field: bytes | None = None) -> dict[bytes, int]:

@@ -150,6 +150,67 @@ def test_bad_v2_input(app, case, body, message):
     assert message in response.json()["error"]
 
 
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v2/models/digits/infer", {"id": 5, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                     "data": ROW}]}, 400, "id: Input should be a valid string (got 5)"),
+    ("/v2/models/digits/infer", {"inputs": [{"name": 7, "datatype": "FP32", "shape": [1, 64], "data": ROW}]}, 400,
+     "inputs.0.name: Input should be a valid string (got 7)"),
+    ("/feedback", {"request_id": 5, "feedback_token": "t", "name": "correct", "converted": True}, 400,
+     "request_id: Input should be a valid string (got 5)"),
+    ("/feedback", {"request_id": "r", "feedback_token": True, "name": "correct", "converted": True}, 400,
+     "feedback_token: Input should be a valid string (got True)"),
+    ("/feedback", {"request_id": "r", "feedback_token": "t", "name": "correct", "value": "1e2"}, 400,
+     "value: Input should be a valid number (got '1e2')"),
+    ("/rollout/pause", {"reason": 5}, 422, "reason: Input should be a valid string (got 5)"),
+])
+def test_a_json_body_of_the_wrong_type_is_told_so_without_yaml_advice(app, path, body, status, message):
+    """A JSON client that sent 5 sent a number: the 4xx names the field and the value, with
+    none of the config files' hints ("YAML reads that unquoted value as the number 5 ...
+    quote it"), which a tritonclient or curl user cannot act on."""
+    client, _ = app
+    response = client.post(path, json=body, headers=AUTH)
+    assert response.status_code == status, response.text
+    assert response.json() == {"error": message}
+
+
+def test_kserve_clients_bodies_naming_the_model_are_served(app):
+    """KServe's Python client (kserve.InferenceRESTClient, InferRequest.to_rest) puts
+    ``model_name`` in every V2 body, JSON or binary; KServe's server reads past it. Refused as
+    an unknown key, no KServe client could call serve-ab. It is served, and must name the
+    model of the path: a body for another model is a 400 naming both."""
+    client, _ = app
+    plain = client.post("/v2/models/digits/infer", json=v2_body([ROW], parameters={"user_id": "kim"}))
+    # As kserve 0.21 sends it: id, model_name, inputs, parameters.
+    kserve = {"id": "0b6f0c1e-5f0e-4a43-9d1c-2f3e4a5b6c7d", "model_name": "digits",
+              **v2_body([ROW], parameters={"user_id": "kim"})}
+    response = client.post("/v2/models/digits/infer", json=kserve)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == plain.json()["model_version"]
+    assert response.json()["outputs"] == plain.json()["outputs"]
+    assert response.json()["id"] == kserve["id"]
+
+    # Its binary form: the JSON (model_name included), then the raw tensor bytes.
+    header = json.dumps({"id": "k-2", "model_name": "digits", "parameters": {"user_id": "kim"},
+                         "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    binary = client.post("/v2/models/digits/infer", content=header + np.asarray([ROW], dtype=np.float32).tobytes(),
+                         headers={"inference-header-content-length": str(len(header)),
+                                  "content-type": "application/octet-stream"})
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["outputs"] == plain.json()["outputs"]
+
+    other = client.post("/v2/models/digits/infer", json={**kserve, "model_name": "cats"})
+    assert other.status_code == 400, other.text
+    assert other.json() == {"error": "the body's model_name 'cats' is not the model in the path, 'digits'; "
+                                     "send the path's model name, or none"}
+    twice = json.dumps(kserve).replace('"model_name": "digits"', '"model_name": "cats", "model_name": "digits"')
+    refused = client.post("/v2/models/digits/infer", content=twice, headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and 'duplicate key "model_name"' in refused.json()["error"], refused.text
+    wrong_type = client.post("/v2/models/digits/infer", json={**kserve, "model_name": 5})
+    assert wrong_type.status_code == 400
+    assert wrong_type.json() == {"error": "model_name: Input should be a valid string (got 5)"}
+
+
 def test_unknown_model_and_version_are_404(app):
     client, _ = app
     for response in (
