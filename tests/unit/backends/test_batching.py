@@ -265,17 +265,56 @@ def test_a_request_the_model_refuses_fails_alone_not_its_whole_batch():
     assert (batcher.batches_run, batcher.requests_run) == (1, 3)
 
 
-def test_a_model_that_fails_every_call_fails_each_request_of_the_batch():
-    model = RowSum()
-    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
-    batches = [np.full((1, 3), -7.0, np.float32) for _ in range(3)]
+class Down:
+    """A model failing every call the same way (a dependency down, a broken device)."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, ...]] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape)
+        raise TimeoutError("the feature store did not answer within 1 s")
+
+
+def test_a_model_that_fails_every_call_is_not_asked_again_for_each_request_of_the_batch():
+    """Asked again request by request, a model failing every call was called once more per
+    request, on the replica's loop: failing after 50 ms, it held the loop 0.95 s for a batch
+    of 16 (17 calls) instead of 0.05 s. Once the first two requests alone fail as each other,
+    the rest get that error unasked."""
+    model = Down()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=16, batch_wait_timeout_s=0.05)
+    batches = [np.full((1, 3), float(i), np.float32) for i in range(16)]
 
     async def go():
         return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
 
-    assert all(isinstance(r, RuntimeError) for r in asyncio.run(go()))
-    assert model.calls == [(3, 3), (1, 3), (1, 3), (1, 3)]
+    results = asyncio.run(go())
+    assert all(isinstance(r, TimeoutError) and "feature store" in str(r) for r in results)
+    assert model.calls == [(16, 3), (1, 3), (1, 3)]
     assert batcher.requests_run == 0
+
+
+def test_two_refused_requests_first_in_a_batch_do_not_fail_the_others():
+    """Each refused value is its own error: the model is not taken to be failing every call."""
+
+    class Refuses(RowSum):
+        def predict(self, batch):
+            self.calls.append(batch.shape)
+            if (batch < 0).any():
+                raise RuntimeError(f"refuses {batch.min():g}")
+            return batch.sum(axis=1, keepdims=True)
+
+    model = Refuses()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    batches = [np.full((1, 3), v, np.float32) for v in (-1.0, -2.0, 1.0, 2.0)]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, RuntimeError) for r in results] == [True, True, False, False]
+    np.testing.assert_array_equal(results[3], np.full((1, 1), 6.0))
+    assert len(model.calls) == 5
 
 
 def test_requests_of_different_dtypes_are_not_cast_to_each_other():
