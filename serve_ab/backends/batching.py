@@ -155,8 +155,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # First call, or a new event loop (a test's asyncio.run): the old loop's
-            # futures can never be answered, so they are dropped with it.
-            self._pending.clear()
+            # futures can never be answered, so they are dropped with it. A worker of this
+            # loop that ended leaves its queue to the new one.
+            if self._worker is not None and self._worker.get_loop() is not loop:
+                self._pending.clear()
             self._wakeup = None
             self._worker = loop.create_task(self._work())
         future = loop.create_future()
@@ -200,6 +202,18 @@ class Batcher:
             for _, future in taken:
                 if not future.done():
                     future.set_exception(err)
+            return
+        except BaseException as err:
+            # Not an Exception (SystemExit from a model's library, asyncio.CancelledError
+            # raised by its own code): it ended this worker with the batch unanswered, and
+            # the next request's new worker dropped the requests queued behind it, every one
+            # of them waiting for good. Each gets a model error (a 502) naming it.
+            failed = RuntimeError(f"the model raised {type(err).__name__}: {err}")
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(failed)
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                raise  # the process is asked to stop: so it does, with this batch answered
             return
         self.batches_run += 1
         for (_, future), output in zip(taken, outputs):

@@ -343,3 +343,33 @@ def test_named_inputs_of_different_widths_are_each_answered():
         return await asyncio.gather(*(batcher.predict(b) for b in batches))
 
     assert [out.ravel().tolist() for out in asyncio.run(go())] == [[3.0, 3.0], [6.0, 6.0], [3.0, 3.0]]
+
+
+class _NotAnException(BaseException):
+    """What a model's own code may raise that is no Exception (as asyncio.CancelledError is)."""
+
+
+def test_a_model_raising_what_is_no_exception_fails_its_batch_not_every_later_request():
+    """It ended the batcher's worker with the batch unanswered, and the next request's new
+    worker dropped the requests queued meanwhile: each of them waited for good."""
+
+    class Raises:
+        def predict(self, batch):
+            if (batch < 0).any():
+                raise _NotAnException("the model's library gave up")
+            return batch.sum(axis=1, keepdims=True)
+
+    batcher = Batcher(lambda b: predict_together(Raises(), b), max_batch_size=2, batch_wait_timeout_s=0)
+    batches = [np.full((1, 2), v, np.float32) for v in (-1.0, 1.0, 2.0, 3.0)]
+
+    async def go():
+        tasks = [asyncio.ensure_future(batcher.predict(b)) for b in batches]
+        for _ in range(20):  # no timer: the loop's own turns answer every request
+            await asyncio.sleep(0)
+        return tasks, [task.done() for task in tasks]
+
+    tasks, answered = asyncio.run(go())
+    assert answered == [True] * 4
+    assert [type(task.exception()) for task in tasks[:2]] == [RuntimeError, RuntimeError]
+    assert "the model raised _NotAnException: the model's library gave up" in str(tasks[0].exception())
+    np.testing.assert_array_equal(tasks[3].result(), np.full((1, 1), 6.0))
