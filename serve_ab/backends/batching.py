@@ -35,8 +35,9 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch |
     sent with 3 columns by one request and 5 by another) go to the model in one call per
     shape: stacked, the whole batch would fail for a mix no request of it got wrong. For the
     same reason a stacked call the model raises for is made again for each request alone
-    (:func:`_predict_each`): the request it refuses fails, its neighbours are answered; a
-    model failing every call is asked twice more, not once per request."""
+    (:func:`_predict_each`), and so is one whose answer does not have the batch's rows (a
+    model that drops a row it cannot score): the request it refuses fails, its neighbours
+    are answered; a model failing every call is asked twice more, not once per request."""
     if len(batches) == 1:
         return [predictor.predict(batches[0])]
     first = _row_shape(batches[0])
@@ -49,14 +50,23 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch |
     sizes = [batch_size(b) for b in batches]
     # Checked before cutting: outputs with a row too few or too many would hand one
     # request's rows to another (or none at all), each cut looking plausible on its own.
+    # Such an answer is asked for again request by request, as a call that raised is: a
+    # model that drops the row it cannot score failed every request of its batch, each
+    # counted as the version's error and sent to the fallback (16 for one at a batch of 16).
+    if _miscounted(outputs, sum(sizes)) is not None:
+        return _predict_each(predictor, batches)
+    return split_outputs(outputs, sizes)
+
+
+def _miscounted(outputs: Batch, rows: int) -> str | None:
+    """What is wrong with ``outputs`` for ``rows`` input rows, if anything: not arrays of one
+    row per input row."""
     for array in (outputs.values() if isinstance(outputs, dict) else (outputs,)):
         if not getattr(array, "ndim", 0):
-            raise BadOutput(f"the model answered {type(array).__name__}, not an array of one row per "
-                            f"input row, for a batch of {len(sizes)} requests; none of them is answered")
-        if array.shape[0] != sum(sizes):
-            raise BadOutput(f"the model answered {array.shape[0]} rows for a batch of {sum(sizes)} rows "
-                            f"from {len(sizes)} requests; no request of that batch is answered")
-    return split_outputs(outputs, sizes)
+            return f"{type(array).__name__}, not an array of one row per input row"
+        if array.shape[0] != rows:
+            return f"{array.shape[0]} rows for {rows} input rows"
+    return None
 
 
 #: Requests of a failed stacked call asked alone before a model failing each the same way is
@@ -84,7 +94,12 @@ def _predict_each(predictor: Predictor, batches: list[Batch]) -> list[Batch | Ex
             results.append(same[-1])
             continue
         try:
-            results.append(predictor.predict(batch))
+            outputs = predictor.predict(batch)
+            wrong = _miscounted(outputs, batch_size(batch))
+            if wrong is not None:
+                raise BadOutput(f"the model answered {wrong}, asked for this request alone after its batch's "
+                                "answer did not fit the batch either")
+            results.append(outputs)
         except Exception as err:  # noqa: BLE001 - this request fails, its neighbours are answered
             results.append(err)
             if len(results) == len(same) + 1 and all(_same_error(err, e) for e in same):

@@ -182,8 +182,16 @@ class DropsARow(Doubler):
 
 def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     """Cut anyway, its outputs would hand one request another's rows (or none): the audit's
-    three concurrent requests got one row and two empty 200s."""
-    batcher = Batcher(lambda b: predict_together(DropsARow(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    three concurrent requests got one row and two empty 200s. Asked alone, it miscounts each
+    request's rows too: the first two tell, the third is not asked."""
+    calls = []
+
+    class Counted(DropsARow):
+        def predict(self, batch):
+            calls.append(batch.shape[0])
+            return super().predict(batch)
+
+    batcher = Batcher(lambda b: predict_together(Counted(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
 
     async def go():
         return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(3)),
@@ -191,7 +199,35 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
 
     results = asyncio.run(go())
     assert all(isinstance(r, BadOutput) for r in results), results
-    assert "answered 2 rows for a batch of 3 rows from 3 requests" in str(results[0])
+    assert "answered 0 rows for 1 input rows" in str(results[0])
+    assert calls == [3, 1, 1]
+
+
+class DropsRowsItCannotScore(Doubler):
+    """A model that leaves out the rows it cannot score (here: a negative value)."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return super().predict(batch)[(batch >= 0).all(axis=1)]
+
+
+def test_a_request_whose_row_the_model_drops_fails_alone_not_its_whole_batch():
+    """Stacked, the dropped row left the batch a row short, and every request of it failed
+    (BadOutput: each counted as the version's error, assigned ones sent to the fallback),
+    where a model raising for that row fails its request alone. Asked again request by
+    request, as for a call that raised."""
+    batcher = Batcher(lambda b: predict_together(DropsRowsItCannotScore(), b), max_batch_size=8,
+                      batch_wait_timeout_s=0.05)
+    rows = [_rows(i, n=2) for i in range(4)]
+    rows[1][0, 0] = -1.0
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(r) for r in rows), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, BadOutput) for r in results] == [False, True, False, False]
+    assert "answered 1 rows for 2 input rows" in str(results[1])
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(results[i], DropsRowsItCannotScore().predict(rows[i]))
 
 
 class RowSum:
