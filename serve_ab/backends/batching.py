@@ -76,7 +76,8 @@ PROBES_BEFORE_GIVING_UP = 2
 
 
 def _predict_each(predictor: Predictor, batches: list[Batch]) -> list[Batch | Exception]:
-    """Each request's rows alone, after the model raised for them stacked: a model that
+    """Each request's rows alone, after the model raised for them stacked (or answered them
+    with another number of rows, checked here for each request too): a model that
     refuses one request's values (raising for the whole call) would otherwise fail every
     request batched with it, each of which it answers alone (live: 45 such requests in 600
     at concurrency 16 took 323 others down with them, 502s).
@@ -97,8 +98,7 @@ def _predict_each(predictor: Predictor, batches: list[Batch]) -> list[Batch | Ex
             outputs = predictor.predict(batch)
             wrong = _miscounted(outputs, batch_size(batch))
             if wrong is not None:
-                raise BadOutput(f"the model answered {wrong}, asked for this request alone after its batch's "
-                                "answer did not fit the batch either")
+                raise BadOutput(f"the model answered {wrong}, asked for this request's rows alone")
             results.append(outputs)
         except Exception as err:  # noqa: BLE001 - this request fails, its neighbours are answered
             results.append(err)
