@@ -191,10 +191,16 @@ def _outside(estimate: float, interval: list[float | None]) -> bool:
 
 def _outside_estimates(out: dict[str, Any]) -> str:
     """The estimates shown that lie outside the intervals shown beside them, in words ('' if none)."""
-    return " and ".join(f"{what} {estimate:.4g} is outside its interval [{lo:.4g}, {hi:.4g}]"
+    return " and ".join(f"{what} {estimate:.4g} is outside its interval [{_bound(lo, '-inf')}, {_bound(hi, 'inf')}]"
                         for what, estimate, (lo, hi) in (("the estimate", out["abs_lift"], out["abs_ci"]),
                                                          ("the relative lift", out["rel_lift"], out["rel_ci"]))
                         if estimate is not None and _outside(estimate, [lo, hi]))
+
+
+def _bound(value: float | None, missing: str) -> str:
+    # A relative interval is open on a side where Fieller's set was unbounded (the control's
+    # value near 0): its estimate can lie past the other bound.
+    return missing if value is None else f"{value:.4g}"
 
 
 def _add_note(out: dict[str, Any], said: str) -> None:

@@ -464,3 +464,17 @@ def test_a_relative_lift_outside_its_intersected_interval_is_said():
     assert not rel_lo <= out["rel_lift"] <= rel_hi
     assert out["verdict_note"].startswith(f"at this look the relative lift {out['rel_lift']:.4g} is outside its "
                                           f"interval [{rel_lo:.4g}, {rel_hi:.4g}]")
+
+
+def test_a_relative_lift_outside_an_interval_open_on_one_side_is_said_not_raised():
+    """A mean near 0 in the control (a margin, a profit) leaves Fieller's set unbounded, so
+    the intersected relative interval may keep a lower bound and no upper one. Its estimate
+    below that bound was written into the note as [56.4, None]: TypeError at every report
+    (45 of 12,000 looks of random walks with such controls)."""
+    mean = MetricSpec("margin", "mean", "feedback", "feedback/margin", "increase", "per report", True)
+    previous = {"tau": 1e-3, "seq": {"p": 0.5, "lo": -1.0, "hi": 1.0, "looks": 3, "estimate": 0.0, "tau": 1e-3,
+                                     "units": 100, "rel_lo": 50.0, "rel_hi": None, "rel": "diff_over_abs_control"}}
+    out, state = _look(mean, _ratio(-0.000699, 1e-6, 1e-8), previous)
+    assert out["rel_ci"] == [50.0, None] and out["rel_lift"] == pytest.approx(-700.0)
+    assert "the relative lift -700 is outside its interval [50, inf]" in out["verdict_note"]
+    assert state["seq"]["rel_hi"] is None

@@ -182,8 +182,16 @@ class DropsARow(Doubler):
 
 def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     """Cut anyway, its outputs would hand one request another's rows (or none): the audit's
-    three concurrent requests got one row and two empty 200s."""
-    batcher = Batcher(lambda b: predict_together(DropsARow(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    three concurrent requests got one row and two empty 200s. Asked alone, it miscounts each
+    request's rows too: the first two tell, the third is not asked."""
+    calls = []
+
+    class Counted(DropsARow):
+        def predict(self, batch):
+            calls.append(batch.shape[0])
+            return super().predict(batch)
+
+    batcher = Batcher(lambda b: predict_together(Counted(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
 
     async def go():
         return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(3)),
@@ -191,7 +199,35 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
 
     results = asyncio.run(go())
     assert all(isinstance(r, BadOutput) for r in results), results
-    assert "answered 2 rows for a batch of 3 rows from 3 requests" in str(results[0])
+    assert "answered 0 rows for 1 input rows" in str(results[0])
+    assert calls == [3, 1, 1]
+
+
+class DropsRowsItCannotScore(Doubler):
+    """A model that leaves out the rows it cannot score (here: a negative value)."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return super().predict(batch)[(batch >= 0).all(axis=1)]
+
+
+def test_a_request_whose_row_the_model_drops_fails_alone_not_its_whole_batch():
+    """Stacked, the dropped row left the batch a row short, and every request of it failed
+    (BadOutput: each counted as the version's error, assigned ones sent to the fallback),
+    where a model raising for that row fails its request alone. Asked again request by
+    request, as for a call that raised."""
+    batcher = Batcher(lambda b: predict_together(DropsRowsItCannotScore(), b), max_batch_size=8,
+                      batch_wait_timeout_s=0.05)
+    rows = [_rows(i, n=2) for i in range(4)]
+    rows[1][0, 0] = -1.0
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(r) for r in rows), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, BadOutput) for r in results] == [False, True, False, False]
+    assert "answered 1 rows for 2 input rows" in str(results[1])
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(results[i], DropsRowsItCannotScore().predict(rows[i]))
 
 
 class RowSum:
@@ -265,17 +301,56 @@ def test_a_request_the_model_refuses_fails_alone_not_its_whole_batch():
     assert (batcher.batches_run, batcher.requests_run) == (1, 3)
 
 
-def test_a_model_that_fails_every_call_fails_each_request_of_the_batch():
-    model = RowSum()
-    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
-    batches = [np.full((1, 3), -7.0, np.float32) for _ in range(3)]
+class Down:
+    """A model failing every call the same way (a dependency down, a broken device)."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, ...]] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape)
+        raise TimeoutError("the feature store did not answer within 1 s")
+
+
+def test_a_model_that_fails_every_call_is_not_asked_again_for_each_request_of_the_batch():
+    """Asked again request by request, a model failing every call was called once more per
+    request, on the replica's loop: failing after 50 ms, it held the loop 0.95 s for a batch
+    of 16 (17 calls) instead of 0.05 s. Once the first two requests alone fail as each other,
+    the rest get that error unasked."""
+    model = Down()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=16, batch_wait_timeout_s=0.05)
+    batches = [np.full((1, 3), float(i), np.float32) for i in range(16)]
 
     async def go():
         return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
 
-    assert all(isinstance(r, RuntimeError) for r in asyncio.run(go()))
-    assert model.calls == [(3, 3), (1, 3), (1, 3), (1, 3)]
+    results = asyncio.run(go())
+    assert all(isinstance(r, TimeoutError) and "feature store" in str(r) for r in results)
+    assert model.calls == [(16, 3), (1, 3), (1, 3)]
     assert batcher.requests_run == 0
+
+
+def test_two_refused_requests_first_in_a_batch_do_not_fail_the_others():
+    """Each refused value is its own error: the model is not taken to be failing every call."""
+
+    class Refuses(RowSum):
+        def predict(self, batch):
+            self.calls.append(batch.shape)
+            if (batch < 0).any():
+                raise RuntimeError(f"refuses {batch.min():g}")
+            return batch.sum(axis=1, keepdims=True)
+
+    model = Refuses()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    batches = [np.full((1, 3), v, np.float32) for v in (-1.0, -2.0, 1.0, 2.0)]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, RuntimeError) for r in results] == [True, True, False, False]
+    np.testing.assert_array_equal(results[3], np.full((1, 1), 6.0))
+    assert len(model.calls) == 5
 
 
 def test_requests_of_different_dtypes_are_not_cast_to_each_other():
@@ -304,3 +379,33 @@ def test_named_inputs_of_different_widths_are_each_answered():
         return await asyncio.gather(*(batcher.predict(b) for b in batches))
 
     assert [out.ravel().tolist() for out in asyncio.run(go())] == [[3.0, 3.0], [6.0, 6.0], [3.0, 3.0]]
+
+
+class _NotAnException(BaseException):
+    """What a model's own code may raise that is no Exception (as asyncio.CancelledError is)."""
+
+
+def test_a_model_raising_what_is_no_exception_fails_its_batch_not_every_later_request():
+    """It ended the batcher's worker with the batch unanswered, and the next request's new
+    worker dropped the requests queued meanwhile: each of them waited for good."""
+
+    class Raises:
+        def predict(self, batch):
+            if (batch < 0).any():
+                raise _NotAnException("the model's library gave up")
+            return batch.sum(axis=1, keepdims=True)
+
+    batcher = Batcher(lambda b: predict_together(Raises(), b), max_batch_size=2, batch_wait_timeout_s=0)
+    batches = [np.full((1, 2), v, np.float32) for v in (-1.0, 1.0, 2.0, 3.0)]
+
+    async def go():
+        tasks = [asyncio.ensure_future(batcher.predict(b)) for b in batches]
+        for _ in range(20):  # no timer: the loop's own turns answer every request
+            await asyncio.sleep(0)
+        return tasks, [task.done() for task in tasks]
+
+    tasks, answered = asyncio.run(go())
+    assert answered == [True] * 4
+    assert [type(task.exception()) for task in tasks[:2]] == [RuntimeError, RuntimeError]
+    assert "the model raised _NotAnException: the model's library gave up" in str(tasks[0].exception())
+    np.testing.assert_array_equal(tasks[3].result(), np.full((1, 1), 6.0))

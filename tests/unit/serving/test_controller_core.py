@@ -1454,6 +1454,51 @@ def test_a_restarted_controller_carries_on_with_the_reports_sequential_tests():
     assert lo <= after.sequential.ci[0] and after.sequential.ci[1] <= hi  # a running intersection
 
 
+_FROZEN = {"verdict": "better", "abs_ci": [0.01, 0.2], "rel_ci": [0.02, 0.4], "p_adjusted": 0.01, "p_value": 0.005,
+           "level": 0.025, "abs_lift": 0.1, "rel_lift": 0.25, "n_variant": 150, "n_control": 150}
+
+
+def _seq(**changes):
+    return {"tau": 0.05, "seq": {"p": 0.5, "lo": -0.5, "hi": 0.5, "looks": 3, "estimate": 0.0, "tau": 0.05,
+                                 "units": 10, **changes}}
+
+
+@pytest.mark.parametrize("sequential_on, look", [
+    # Each fitted the restart's check, and the report raised at every look after it (TypeError,
+    # ValidationError, KeyError, OverflowError): a None where the report formats a number, a
+    # key present with None (the report tests the key), a level the report's schema refuses.
+    (True, _seq(restart={"look": 2, "units": 5, "from": [None, 0.1], "count": 1})),
+    (True, _seq(lo=None, hi=-1.0)),  # this look restarts from it, and saves from: [None, -1.0]
+    (True, {**_seq(), "tau": 1e200}),  # squared: OverflowError
+    (False, {"frozen": {**_FROZEN, "level": None}}),
+    (False, {"frozen": {**_FROZEN, "level": float("nan")}}),
+    (False, {"frozen": {k: v for k, v in {**_FROZEN, "p_value": None}.items() if k != "n_variant"}}),
+    (False, {"frozen": {"verdict": "better", "abs_ci": None}}),
+])
+def test_a_saved_look_the_report_cannot_read_is_dropped_though_it_looks_like_one(sequential_on, look, caplog):
+    from serve_ab.analysis.report import build_report
+
+    cfg = ab_experiment(analysis={"sequential": sequential_on, "metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    clock.advance(1.0)
+    for version, converted in (("v1", 80), ("v2", 100)):
+        report(core, clock, version, converted, correct=True)
+        clock.advance(1.0)  # request ids name the second
+        report(core, clock, version, 200 - converted, correct=False)
+    core.save_stats()
+    row = store.load(f"stats:{core.run_id}")
+    whole = _seq() if sequential_on else {"frozen": _FROZEN}  # the same look undamaged: kept, and read
+    for saved, dropped in ((whole, False), (look, True)):
+        caplog.clear()
+        store.save(f"stats:{core.run_id}", {**row, "sequential": json.loads(json.dumps({"correct": {"v2": saved}}))})
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            restarted = ControllerCore(cfg, store, clock)
+        build_report(restarted.cfg, restarted.stats_snapshot(samples=True), restarted.weights(),
+                     restarted.sequential_state, restarted.run_id)
+        assert ("could not read the saved sequential tests" in caplog.text) is dropped
+
+
 class _DecisionDuringCreate(MemoryStateStore):
     """A store whose ``create`` of the rollout's row answers with the older row it holds and,
     before the controller's next call, takes a newer decision (the loop's save, racing the
