@@ -70,16 +70,22 @@ async def run_query(url: str, query: str, timeout_s: float,
     # Said without a password (http://user:pass@prometheus:9090): the error is logged and goes
     # into the gate's reason, the rollout's history and its notifications.
     shown = redact_url(endpoint)
-    try:
+
+    async def get() -> httpx.Response:
         if client is None:
             async with httpx.AsyncClient(timeout=timeout_s) as own:
-                response = await own.get(endpoint, params={"query": query})
-        else:
-            response = await client.get(endpoint, params={"query": query}, timeout=timeout_s)
+                return await own.get(endpoint, params={"query": query})
+        return await client.get(endpoint, params={"query": query}, timeout=timeout_s)
+
+    try:
+        # httpx's timeout bounds each read, not the answer: a body trickled a byte at a time
+        # (a proxy, a stalled Prometheus) took 6 s under timeout_s 1, and would have taken as
+        # long as it kept trickling, while the gate judged the refresh before.
+        response = await asyncio.wait_for(get(), timeout_s)
         value = _parse(response, shown)
-    except (httpx.HTTPError, _QueryError) as err:
+    except (httpx.HTTPError, _QueryError, asyncio.TimeoutError) as err:
         reason = str(err) or type(err).__name__
-        if isinstance(err, httpx.TimeoutException):
+        if isinstance(err, (httpx.TimeoutException, asyncio.TimeoutError)):
             reason = f"no answer from {shown} within timeout_s {timeout_s:g}"
         elif isinstance(err, httpx.TransportError):
             reason = f"cannot reach {shown}: {type(err).__name__}: {err}"

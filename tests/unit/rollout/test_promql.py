@@ -226,6 +226,39 @@ def test_unreachable_and_slow_prometheus_are_errors_naming_the_endpoint(promethe
     assert result.error == f"no answer from {prometheus.url}/api/v1/query within timeout_s 0.2"
 
 
+def test_an_answer_trickled_past_timeout_s_is_a_timeout_not_a_value():
+    """httpx's timeout bounds each read: a body sent a byte every 0.3 s (a stalled proxy)
+    never waited 0.5 s for one, so run_query(timeout_s=0.5) waited for the whole body and
+    judged it (measured: timeout_s 1 answered after 6.1 s with the value), while the poller's
+    gates went on reading the refresh before. timeout_s bounds the whole answer."""
+    body = json.dumps(vector("0.001")).encode()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.3 if i < 10 else 0.0)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ServedInThread(Trickle)
+    try:
+        result = run(run_query(server.url, "q", 0.5, log=False))
+    finally:
+        server.close()
+    assert result.value is None
+    assert result.error == f"no answer from {server.url}/api/v1/query within timeout_s 0.5"
+
+
 def test_a_password_in_the_prometheus_url_is_in_no_error_or_log_line(prometheus, caplog):
     # The error is logged and is the gate's reason: it goes into the rollout's history, its
     # status and its notifications (a Slack channel), so basic auth's password must not.
