@@ -117,10 +117,14 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
     if not isinstance(body, dict) or response.status_code != 200 or body.get("status") != "success":
         detail = body.get("error") if isinstance(body, dict) else None
         kind = body.get("errorType") if isinstance(body, dict) else None
-        raise _QueryError(f"Prometheus answered HTTP {response.status_code}"
-                          + (f", {kind}: {detail}" if detail else f": {str(body)[:200]}"))
-    data = body.get("data") or {}
-    if not isinstance(data, dict):
+        # errorType is optional (a proxy's error body may give only error): without it the
+        # reason read "HTTP 200, None: rate limited".
+        status = f"Prometheus answered HTTP {response.status_code}"
+        if kind and detail:
+            raise _QueryError(f"{status}, {kind}: {detail}")
+        raise _QueryError(f"{status}: {detail if detail else str(body)[:200]}")
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("resultType") is None:
         raise _QueryError(f"the answer from {endpoint} is not Prometheus' query API: its data is "
                           f"{str(data)[:200]!r}, not an object with resultType and result")
     result_type, result = data.get("resultType"), data.get("result")

@@ -166,6 +166,8 @@ NOT_THE_API = "is not Prometheus' query API"
     ({"status": "success", "data": {"resultType": "vector", "result": {"a": 1}}}, NOT_THE_API + ": a vector's result"),
     ({"status": "success", "data": {"resultType": "vector", "result": "abc"}}, NOT_THE_API + ": a vector's result"),
     ({"status": "success", "data": {"resultType": "vector", "result": [5]}}, NOT_THE_API + ": a vector's result"),
+    ({"status": "success"}, NOT_THE_API + ": its data is 'None'"),
+    ({"status": "success", "data": {}}, NOT_THE_API + ": its data is '{}'"),
     ({"status": "success", "data": {"resultType": "scalar", "result": [1, True]}}, "cannot read a number"),
     ({"status": "success", "data": {"resultType": "scalar", "result": [1, "0.5", 2]}}, "cannot read a number"),
 ])
@@ -177,6 +179,20 @@ def test_an_answer_of_another_shape_is_a_failed_query_not_an_exception(prometheu
     prometheus.answer("q", body)
     result = run(run_query(prometheus.url, "q", 2, log=False))
     assert result.value is None and expected in result.error, result.error
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"status": "error", "error": "rate limited"}, "Prometheus answered HTTP 200: rate limited"),
+    ({"status": "error", "error": 5}, "Prometheus answered HTTP 200: 5"),
+    ({"status": "error", "errorType": "timeout", "error": "query timed out"},
+     "Prometheus answered HTTP 200, timeout: query timed out"),
+])
+def test_an_error_without_error_type_says_no_none(prometheus, body, expected):
+    """errorType is optional where a proxy answers for Prometheus: the reason read
+    "Prometheus answered HTTP 200, None: rate limited"; a body {"status": "success"} without
+    data read "the query returned a None"."""
+    prometheus.answer("q", body)
+    assert run(run_query(prometheus.url, "q", 2, log=False)).error == expected
 
 
 def test_a_refresh_that_raises_leaves_no_earlier_answer_to_pass_the_gate(prometheus, monkeypatch):
