@@ -70,16 +70,22 @@ async def run_query(url: str, query: str, timeout_s: float,
     # Said without a password (http://user:pass@prometheus:9090): the error is logged and goes
     # into the gate's reason, the rollout's history and its notifications.
     shown = redact_url(endpoint)
-    try:
+
+    async def get() -> httpx.Response:
         if client is None:
             async with httpx.AsyncClient(timeout=timeout_s) as own:
-                response = await own.get(endpoint, params={"query": query})
-        else:
-            response = await client.get(endpoint, params={"query": query}, timeout=timeout_s)
+                return await own.get(endpoint, params={"query": query})
+        return await client.get(endpoint, params={"query": query}, timeout=timeout_s)
+
+    try:
+        # httpx's timeout bounds each read, not the answer: a body trickled a byte at a time
+        # (a proxy, a stalled Prometheus) took 6 s under timeout_s 1, and would have taken as
+        # long as it kept trickling, while the gate judged the refresh before.
+        response = await asyncio.wait_for(get(), timeout_s)
         value = _parse(response, shown)
-    except (httpx.HTTPError, _QueryError) as err:
+    except (httpx.HTTPError, _QueryError, asyncio.TimeoutError) as err:
         reason = str(err) or type(err).__name__
-        if isinstance(err, httpx.TimeoutException):
+        if isinstance(err, (httpx.TimeoutException, asyncio.TimeoutError)):
             reason = f"no answer from {shown} within timeout_s {timeout_s:g}"
         elif isinstance(err, httpx.TransportError):
             reason = f"cannot reach {shown}: {type(err).__name__}: {err}"
@@ -111,10 +117,14 @@ def _parse(response: httpx.Response, endpoint: str) -> float | None:
     if not isinstance(body, dict) or response.status_code != 200 or body.get("status") != "success":
         detail = body.get("error") if isinstance(body, dict) else None
         kind = body.get("errorType") if isinstance(body, dict) else None
-        raise _QueryError(f"Prometheus answered HTTP {response.status_code}"
-                          + (f", {kind}: {detail}" if detail else f": {str(body)[:200]}"))
-    data = body.get("data") or {}
-    if not isinstance(data, dict):
+        # errorType is optional (a proxy's error body may give only error): without it the
+        # reason read "HTTP 200, None: rate limited".
+        status = f"Prometheus answered HTTP {response.status_code}"
+        if kind and detail:
+            raise _QueryError(f"{status}, {kind}: {detail}")
+        raise _QueryError(f"{status}: {detail if detail else str(body)[:200]}")
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("resultType") is None:
         raise _QueryError(f"the answer from {endpoint} is not Prometheus' query API: its data is "
                           f"{str(data)[:200]!r}, not an object with resultType and result")
     result_type, result = data.get("resultType"), data.get("result")

@@ -152,6 +152,15 @@ def _revision(row: Any) -> int:
 _IDLE_FIELDS = frozenset({"now_s", "reported_from_minute", "report_seqs"})
 
 
+def _routers_to_wait_for(saved_stats: Mapping[str, Any] | None, merged: Mapping[str, int]) -> set[str]:
+    """The routers a controller restored from ``saved_stats`` waits for before it answers
+    /metrics: those live at the save that number their reports (``merged``)."""
+    live = (saved_stats or {}).get("routers_live")
+    if not isinstance(live, list):  # saved by a release before the field
+        return set(merged)
+    return {str(router) for router in live} & set(merged)
+
+
 def _figures_digest(stats: Mapping[str, Any]) -> bytes:
     """The figures' row less what moves on while nothing is served: _IDLE_FIELDS, and each
     sequential test's look count, which every 5-s refresh of the report raises (a look at the
@@ -266,8 +275,9 @@ class ControllerCore:
         self.config_digest = config_digest(cfg)
         self._other_config_routers: set[str] = set()  # logged once each
         self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
-        # Restored from a save: /metrics waits for the routers to send what it lacks.
-        self.catch_up = RestartCatchUp(self.numbers.merged, clock())
+        # Restored from a save: /metrics waits for the routers live at the save to send what it
+        # lacks (a save of a release before routers_live: every router it numbers).
+        self.catch_up = RestartCatchUp(_routers_to_wait_for(saved_stats, self.numbers.merged), clock())
         # Joined feedback goes to the totals (self.stats) and, in a rollout, the gates' windows.
         # Remembered for as long as an answer's feedback token is valid, so no replay counts twice.
         self.feedback = FeedbackJoin(on_emit=self._feedback_joined, keep_events=False,
@@ -377,6 +387,11 @@ class ControllerCore:
         since_s = self._keys_written_s
         state = self.stats.to_state(now_s)
         state["report_seqs"] = seqs
+        # The routers a controller restarted from this save waits for (RestartCatchUp): the live
+        # ones that number their reports, and those a restarted controller still waits for (not
+        # heard of since, yet). Not an idle field: a router stopping or going silent is rare,
+        # and a row left naming it held every restart's /metrics CATCH_UP_MAX_S.
+        state["routers_live"] = sorted((self.reports.live(now_s) | self.catch_up.pending(now_s)) & seqs.keys())
         state["sequential"] = self.sequential_state
         state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
                                                            in self._epoch_weights.items()]}

@@ -24,9 +24,11 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from serve_ab.api.errors import client_message, error_headers, http_status
 from serve_ab.config import MetricsAppConfig  # its schema lives with the others, for serve-ab validate
 from serve_ab.config.experiment import metrics_export_env, with_env_vars
 from serve_ab.config.serve_file import METRICS_DEPLOYMENT
+from serve_ab.errors import ServeAbError
 
 metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
 
@@ -45,6 +47,10 @@ class MetricsEndpoint:
         controller = serve.get_deployment_handle("Controller", self.experiment_app)
         try:
             body, content_type = await controller.metrics.remote()
+        except ServeAbError as err:  # the controller's own answer (a restart's hold): its status and why
+            status = http_status(err)
+            return JSONResponse({"error": f"no metrics from app {self.experiment_app!r}: {client_message(err)}"},
+                                status_code=status, headers=error_headers(status))
         except Exception as err:  # the experiment app is not running (yet): not this app's fault
             return JSONResponse({"error": f"no metrics from app {self.experiment_app!r}: {type(err).__name__}"},
                                 status_code=503)

@@ -166,6 +166,8 @@ NOT_THE_API = "is not Prometheus' query API"
     ({"status": "success", "data": {"resultType": "vector", "result": {"a": 1}}}, NOT_THE_API + ": a vector's result"),
     ({"status": "success", "data": {"resultType": "vector", "result": "abc"}}, NOT_THE_API + ": a vector's result"),
     ({"status": "success", "data": {"resultType": "vector", "result": [5]}}, NOT_THE_API + ": a vector's result"),
+    ({"status": "success"}, NOT_THE_API + ": its data is 'None'"),
+    ({"status": "success", "data": {}}, NOT_THE_API + ": its data is '{}'"),
     ({"status": "success", "data": {"resultType": "scalar", "result": [1, True]}}, "cannot read a number"),
     ({"status": "success", "data": {"resultType": "scalar", "result": [1, "0.5", 2]}}, "cannot read a number"),
 ])
@@ -177,6 +179,20 @@ def test_an_answer_of_another_shape_is_a_failed_query_not_an_exception(prometheu
     prometheus.answer("q", body)
     result = run(run_query(prometheus.url, "q", 2, log=False))
     assert result.value is None and expected in result.error, result.error
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"status": "error", "error": "rate limited"}, "Prometheus answered HTTP 200: rate limited"),
+    ({"status": "error", "error": 5}, "Prometheus answered HTTP 200: 5"),
+    ({"status": "error", "errorType": "timeout", "error": "query timed out"},
+     "Prometheus answered HTTP 200, timeout: query timed out"),
+])
+def test_an_error_without_error_type_says_no_none(prometheus, body, expected):
+    """errorType is optional where a proxy answers for Prometheus: the reason read
+    "Prometheus answered HTTP 200, None: rate limited"; a body {"status": "success"} without
+    data read "the query returned a None"."""
+    prometheus.answer("q", body)
+    assert run(run_query(prometheus.url, "q", 2, log=False)).error == expected
 
 
 def test_a_refresh_that_raises_leaves_no_earlier_answer_to_pass_the_gate(prometheus, monkeypatch):
@@ -224,6 +240,39 @@ def test_unreachable_and_slow_prometheus_are_errors_naming_the_endpoint(promethe
     result = run(run_query(prometheus.url, "slow", 0.2))
     assert result.value is None
     assert result.error == f"no answer from {prometheus.url}/api/v1/query within timeout_s 0.2"
+
+
+def test_an_answer_trickled_past_timeout_s_is_a_timeout_not_a_value():
+    """httpx's timeout bounds each read: a body sent a byte every 0.3 s (a stalled proxy)
+    never waited 0.5 s for one, so run_query(timeout_s=0.5) waited for the whole body and
+    judged it (measured: timeout_s 1 answered after 6.1 s with the value), while the poller's
+    gates went on reading the refresh before. timeout_s bounds the whole answer."""
+    body = json.dumps(vector("0.001")).encode()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.3 if i < 10 else 0.0)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ServedInThread(Trickle)
+    try:
+        result = run(run_query(server.url, "q", 0.5, log=False))
+    finally:
+        server.close()
+    assert result.value is None
+    assert result.error == f"no answer from {server.url}/api/v1/query within timeout_s 0.5"
 
 
 def test_a_password_in_the_prometheus_url_is_in_no_error_or_log_line(prometheus, caplog):

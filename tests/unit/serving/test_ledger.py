@@ -673,3 +673,27 @@ def test_a_controller_without_a_save_to_restore_answers_metrics_at_once(pair):
     assert scraped_requests(controller) == 3
     controller.kill()  # nothing saved: nothing the routers could lower
     assert scraped_requests(controller) == 0
+
+
+def test_a_router_that_stopped_before_the_save_does_not_hold_a_restarted_controllers_metrics(pair):
+    """The save keeps a router's report number an hour after its last report (NUMBERS_KEPT_S),
+    and the restarted controller waited for every router numbered there: one scaled down (its
+    last report sent) five minutes before the save held /metrics the whole CATCH_UP_MAX_S (30
+    s on the fake clock) while the live router had caught up in 2 s, at every restart."""
+    router, controller = pair
+    gone = RouterCore(experiment(), {"v1": FakeVersion(1), "v2": FakeVersion(2)}, controller,
+                      request_id=lambda: "req", clock=controller.clock, sleep=controller.clock.sleep)
+    gone.replica = "router-scaled-down"
+    served = serve_and_report(router, controller, range(0, 10), feedback=False)
+    served += serve_and_report(gone, controller, range(10, 20), feedback=False)
+    asyncio.run(gone.flush_once(last=True))  # the replica stops
+    controller.clock.advance(300)
+    served += serve_and_report(router, controller, range(20, 30), feedback=False)
+    controller.core.save_stats()
+    served += serve_and_report(router, controller, range(30, 40), feedback=False)
+    controller.kill()
+    assert scraped_requests(controller) is None  # the live router has yet to send its last 10
+    served += serve_and_report(router, controller, range(40, 41), feedback=False)  # answered "restarted"
+    controller.clock.advance(1)
+    served += serve_and_report(router, controller, range(41, 42), feedback=False)
+    assert scraped_requests(controller) == served == 42

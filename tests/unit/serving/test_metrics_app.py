@@ -31,3 +31,40 @@ def test_good_arguments_bind_one_deployment(monkeypatch):
     # Serve's metrics moved to Ray once a second, as in the experiment's own deployments.
     options = app._bound_deployment.ray_actor_options
     assert options["runtime_env"] == {"env_vars": {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}}
+
+
+def test_a_controller_holding_metrics_after_a_restart_is_answered_with_its_reason(monkeypatch):
+    """A restarted controller answers /metrics with ControllerUnavailable until its routers
+    caught up (serving/reports.py, RestartCatchUp); through Ray it arrives wrapped, and the
+    metrics app answered {"error": "no metrics from app 'digits': RayTaskError(ControllerUnavailable)"},
+    as if the app were not running, without the hold's reason."""
+    import asyncio
+    import json
+
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayTaskError
+
+    from serve_ab.errors import ControllerUnavailable
+    from serve_ab.serving import metrics_app
+
+    reason = "the controller restarted 3s ago from its last save, and 1 router replica(s) have not sent it again"
+    try:
+        raise ControllerUnavailable(reason)
+    except ControllerUnavailable as err:  # as Ray hands a replica's exception to its caller
+        wrapped = RayTaskError("metrics", "Traceback ...", err).as_instanceof_cause()
+
+    class Handle:
+        class metrics:
+            @staticmethod
+            async def remote():
+                raise wrapped
+
+    monkeypatch.setattr(metrics_app.serve, "get_deployment_handle", lambda name, app: Handle)
+    # The class as written (serve.ingress subclasses it); no replica's ASGI wrapper is made.
+    written = next(k for k in metrics_app.MetricsEndpoint.func_or_class.__mro__ if "metrics" in vars(k))
+    endpoint = SimpleNamespace(experiment_app="digits")
+    response = asyncio.run(written.metrics(endpoint))
+    assert isinstance(wrapped, ControllerUnavailable)
+    assert response.status_code == 503
+    assert json.loads(response.body) == {"error": f"no metrics from app 'digits': {reason}"}
