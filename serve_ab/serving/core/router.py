@@ -146,6 +146,9 @@ class RouterCore:
                 version.has_fallback = functools.partial(self.has_fallback, name)
         self._flush_lock = asyncio.Lock()
         self._reported_s = clock()  # when this router last made a report (IDLE_REPORT_S)
+        # A report is due at the next flush even if idle: a new controller was just heard of,
+        # and it holds /metrics until this router sent it a report made for it (RestartCatchUp).
+        self._report_now = False
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -487,6 +490,8 @@ class RouterCore:
                     logger.info("serve-ab router: controller reachable again after %.1fs",
                                 self.clock() - unreachable_since_s)
                     unreachable_since_s = None
+                    # Likely a restarted controller: tell it now what it lacks, idle or not.
+                    self._report_now = True
                 if self.apply(snapshot):
                     # In a task: the next long poll (a rollback, say) never waits on this call.
                     self._reporting.add(report := asyncio.get_running_loop().create_task(self.flush_once()))
@@ -522,7 +527,8 @@ class RouterCore:
             aggregate = None if ask else self.observations.drain()
             failed = self.failed_versions()
             idle_too_long = self.clock() - self._reported_s >= IDLE_REPORT_S
-            due = aggregate is not None or failed or self.ledger.waiting() or last or idle_too_long
+            due = (aggregate is not None or failed or self.ledger.waiting() or last or idle_too_long
+                   or self._report_now)
             if ask:  # an empty report, unless one not sent yet goes now and is answered as well
                 due = self.ledger.next_unsent() is None
             if due:
@@ -532,6 +538,7 @@ class RouterCore:
                                                                  failed_versions=failed, last=last,
                                                                  config=self.config_digest)))
                 self._reported_s = self.clock()
+                self._report_now = False
             while (report := self.ledger.next_unsent()) is not None:
                 mark = self.ledger.mark()
                 try:
@@ -548,6 +555,11 @@ class RouterCore:
                                exc_info=not away)
                     return
                 self.ledger.answered(report, answer, mark)
+                if answer is not None and answer.restarted:
+                    # The reports sent again now are marked so; a restarted controller holds its
+                    # /metrics until one made after them comes, so an idle router sends one at the
+                    # next interval rather than at its next heartbeat (up to IDLE_REPORT_S on).
+                    self._report_now = True
                 if answer is not None and answer.other_config:  # kept for a controller of this config
                     return
             await self._send_feedback_again()

@@ -13,7 +13,7 @@ from serve_ab.config import parse_experiment
 from serve_ab.errors import ControllerUnavailable, Forbidden, ServeAbError
 from serve_ab.serving.controller import ControllerCore
 from serve_ab.serving.core.ledger import MAX_KEPT_REPORTS, FeedbackCall, ReportLedger
-from serve_ab.serving.core.messages import IntervalReport, NotCounted, Refused, ReportAnswer
+from serve_ab.serving.core.messages import IntervalReport, NotCounted, Refused, ReportAnswer, RoutingSnapshot
 from serve_ab.serving.core.router import RouterCore
 from serve_ab.store.state import MemoryStateStore
 from tests.support.fakes import FakeClock, FakeVersion
@@ -43,10 +43,26 @@ class KillableController:
         self.core = ControllerCore(experiment(), self.store, clock)
         self.lose_answers = 0
         self.down = False
+        self._polls: list[asyncio.Future] = []
         self.feedback_away = False  # feedback calls fail as Ray's errors reach the router
 
     def kill(self) -> None:
         self.core = ControllerCore(experiment(), self.store, self.clock)
+        for poll in self._polls:  # a long poll to the dead replica fails, as Ray's call does
+            if not poll.done():
+                poll.set_exception(ConnectionError("controller died"))
+        self._polls = []
+
+    async def wait_for_update(self, known_epoch: int) -> RoutingSnapshot:
+        """The routing long poll: the snapshot at once if its epoch is new, else a wait that
+        only a kill ends."""
+        if self.down:
+            raise ConnectionError("controller restarting")
+        snapshot = self.core.snapshot()
+        if snapshot.epoch != known_epoch:
+            return snapshot
+        self._polls.append(poll := asyncio.get_running_loop().create_future())
+        return await poll
 
     async def record(self, report: IntervalReport) -> ReportAnswer:
         if self.down:
@@ -697,3 +713,36 @@ def test_a_router_that_stopped_before_the_save_does_not_hold_a_restarted_control
     controller.clock.advance(1)
     served += serve_and_report(router, controller, range(41, 42), feedback=False)
     assert scraped_requests(controller) == served == 42
+
+
+def test_an_idle_router_lets_a_restarted_controller_answer_metrics_within_a_few_intervals(pair):
+    """An idle router whose reports the last save holds reports every IDLE_REPORT_S (20 s):
+    it was heard by a restarted controller only at that heartbeat, and sent the report made
+    for it (not one sent again, which RestartCatchUp waits for) only at the heartbeat after,
+    so a quiet app's /metrics answered 503 the whole CATCH_UP_MAX_S (30 s) after every
+    controller restart. The router now reports as soon as its long poll reaches the new
+    controller, and once more at the next interval after sending the rest again."""
+    router, controller = pair
+    interval_s = router.cfg.controller.report_interval_s
+
+    async def go() -> float:
+        router.apply(await controller.wait_for_update(-1))
+        follower = asyncio.get_running_loop().create_task(router.follow())
+        for user in range(15):
+            await router.serve_choice(ROW, f"user-{user}", None)
+        await router.flush_once()
+        controller.core.save_stats()
+        await controller.clock.sleep(interval_s)
+        await router.flush_once()  # hears that the save has it all: nothing waits to be sent again
+        assert scraped_requests(controller) == 15 and not router.ledger.waiting()
+        controller.kill()
+        killed_s = controller.clock()
+        while scraped_requests(controller) is None and controller.clock() - killed_s < 60:
+            await controller.clock.sleep(interval_s)  # idle: the router's flush loop, one interval
+            await router.flush_once()
+        follower.cancel()
+        return controller.clock() - killed_s
+
+    released_after_s = asyncio.run(go())
+    assert scraped_requests(controller) == 15
+    assert released_after_s <= 3 * interval_s + 1.0  # the long poll's retry, then two intervals
