@@ -37,7 +37,7 @@ def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch |
     same reason a stacked call the model raises for is made again for each request alone
     (:func:`_predict_each`), and so is one whose answer does not have the batch's rows (a
     model that drops a row it cannot score): the request it refuses fails, its neighbours
-    are answered; a model failing every call is asked twice more, not once per request."""
+    are answered; a model failing every call is asked three times more, not once per request."""
     if len(batches) == 1:
         return [predictor.predict(batches[0])]
     first = _row_shape(batches[0])
@@ -70,7 +70,7 @@ def _miscounted(outputs: Batch, rows: int) -> str | None:
 
 
 #: Requests of a failed stacked call asked alone before a model failing each the same way is
-#: taken to be failing every call: two, so that one refused request first in the batch is
+#: suspected of failing every call: two, so that one refused request first in the batch is
 #: not taken for a model that is down.
 PROBES_BEFORE_GIVING_UP = 2
 
@@ -83,28 +83,57 @@ def _predict_each(predictor: Predictor, batches: list[Batch]) -> list[Batch | Ex
     at concurrency 16 took 323 others down with them, 502s).
 
     Unless the first requests asked alone all fail with the same error (its type and text):
-    the model is then failing every call (a dependency down, a broken device), and the rest of
-    the batch gets that error without asking. Asking each of them held the replica's loop, on
-    which the batch runs, for a call per request, at the speed the model fails: a model that
-    fails after 50 ms held it 0.95 s for a batch of 16 (17 calls), not 0.05 s, and the
-    colocated router's every version waited."""
+    the model may then be failing every call (a dependency down, a broken device), and the
+    rest of the batch is asked in one call (:func:`_predict_rest`), not one call each. Asking
+    each of them held the replica's loop, on which the batch runs, for a call per request, at
+    the speed the model fails: a model that fails after 50 ms held it 0.95 s for a batch of 16
+    (17 calls), not 0.05 s, and the colocated router's every version waited."""
     results: list[Batch | Exception] = []
     same: list[Exception] = []  # the first requests' errors, while each is the one before's
-    for batch in batches:
+    for i, batch in enumerate(batches):
         if len(same) == PROBES_BEFORE_GIVING_UP:
-            results.append(same[-1])
-            continue
+            return results + _predict_rest(predictor, batches[i:], same[-1])
         try:
-            outputs = predictor.predict(batch)
-            wrong = _miscounted(outputs, batch_size(batch))
-            if wrong is not None:
-                raise BadOutput(f"the model answered {wrong}, asked for this request's rows alone")
-            results.append(outputs)
+            results.append(_predict_alone(predictor, batch))
         except Exception as err:  # noqa: BLE001 - this request fails, its neighbours are answered
             results.append(err)
             if len(results) == len(same) + 1 and all(_same_error(err, e) for e in same):
                 same.append(err)
     return results
+
+
+def _predict_alone(predictor: Predictor, batch: Batch) -> Batch:
+    outputs = predictor.predict(batch)
+    wrong = _miscounted(outputs, batch_size(batch))
+    if wrong is not None:
+        raise BadOutput(f"the model answered {wrong}, asked for this request's rows alone")
+    return outputs
+
+
+def _predict_rest(predictor: Predictor, rest: list[Batch], probed: Exception) -> list[Batch | Exception]:
+    """The requests after the first ones asked alone, which all failed as ``probed``: asked in
+    one call. The same error twice need not mean the model is down: a message that does not
+    name the value (sklearn's 'Input X contains NaN.', a one-row request's row left out: '0
+    rows for 1 input rows') is the same for every request refused for it, and the rest of a
+    batch whose first two were refused got their error unasked (8 of 8 failed for 2 refused).
+    Answered, the rest are served; failed the same way (the same error, or rows miscounted
+    after miscounted ones), they get ``probed``, as from a model failing every call: 4 calls a
+    batch, whatever its size. A rest that holds a request refused alike fails with it (the
+    price of not asking each); failed in another way, each is asked alone, by the same rule."""
+    if len(rest) == 1:  # its own call is the one asked alone
+        try:
+            return [_predict_alone(predictor, rest[0])]
+        except Exception as err:  # noqa: BLE001 - this request fails alone
+            return [err]
+    try:
+        outputs = predictor.predict(concat_batches(rest))
+    except Exception as err:  # noqa: BLE001 - judged below: the model down, or something else
+        if _same_error(err, probed):
+            return [probed] * len(rest)
+        return _predict_each(predictor, rest)
+    if _miscounted(outputs, sum(batch_size(b) for b in rest)) is not None:
+        return [probed] * len(rest) if isinstance(probed, BadOutput) else _predict_each(predictor, rest)
+    return split_outputs(outputs, [batch_size(b) for b in rest])
 
 
 def _same_error(a: BaseException, b: BaseException) -> bool:

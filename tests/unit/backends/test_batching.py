@@ -183,7 +183,7 @@ class DropsARow(Doubler):
 def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     """Cut anyway, its outputs would hand one request another's rows (or none): the audit's
     three concurrent requests got one row and two empty 200s. Asked alone, it miscounts each
-    request's rows too: the first two tell, the third is not asked."""
+    request's rows too: the first two tell, and the rest (the third) is asked once."""
     calls = []
 
     class Counted(DropsARow):
@@ -200,7 +200,7 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     results = asyncio.run(go())
     assert all(isinstance(r, BadOutput) for r in results), results
     assert "answered 0 rows for 1 input rows" in str(results[0])
-    assert calls == [3, 1, 1]
+    assert calls == [3, 1, 1, 1]
 
 
 class DropsRowsItCannotScore(Doubler):
@@ -316,7 +316,7 @@ def test_a_model_that_fails_every_call_is_not_asked_again_for_each_request_of_th
     """Asked again request by request, a model failing every call was called once more per
     request, on the replica's loop: failing after 50 ms, it held the loop 0.95 s for a batch
     of 16 (17 calls) instead of 0.05 s. Once the first two requests alone fail as each other,
-    the rest get that error unasked."""
+    the rest are asked in one call, and failing the same way get that error: 4 calls."""
     model = Down()
     batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=16, batch_wait_timeout_s=0.05)
     batches = [np.full((1, 3), float(i), np.float32) for i in range(16)]
@@ -326,7 +326,7 @@ def test_a_model_that_fails_every_call_is_not_asked_again_for_each_request_of_th
 
     results = asyncio.run(go())
     assert all(isinstance(r, TimeoutError) and "feature store" in str(r) for r in results)
-    assert model.calls == [(16, 3), (1, 3), (1, 3)]
+    assert model.calls == [(16, 3), (1, 3), (1, 3), (14, 3)]
     assert batcher.requests_run == 0
 
 
@@ -351,6 +351,85 @@ def test_two_refused_requests_first_in_a_batch_do_not_fail_the_others():
     assert [isinstance(r, RuntimeError) for r in results] == [True, True, False, False]
     np.testing.assert_array_equal(results[3], np.full((1, 1), 6.0))
     assert len(model.calls) == 5
+
+
+class RefusesNegatives(RowSum):
+    """A model refusing a negative value with one message whatever the value (as sklearn's
+    'Input X contains NaN.' or torch's 'index out of range in self' are the same for every
+    request that holds one)."""
+
+    def predict(self, batch):
+        self.calls.append(batch.shape)
+        if (batch < 0).any():
+            raise ValueError("Input contains a negative value")
+        return batch.sum(axis=1, keepdims=True)
+
+
+def test_two_requests_refused_alike_first_in_a_batch_do_not_fail_the_good_ones_after_them():
+    """The first two requests asked alone failed with the same type and text, so the rest of
+    the batch got that error unasked, as if the model were down: with the two refused
+    requests first in a batch of 8, the 6 good ones after them failed too (8 of 8 where 2
+    are the model's to refuse). The rest are asked together once: the model answering
+    them shows it is up."""
+    model = RefusesNegatives()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    values = (-1.0, -2.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    batches = [np.full((1, 3), v, np.float32) for v in values]
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(b) for b in batches), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, ValueError) for r in results] == [True, True] + [False] * 6, results
+    for value, result in zip(values[2:], results[2:]):
+        np.testing.assert_array_equal(result, np.full((1, 1), 3 * value))
+    # The stacked batch, the two refused alone, then the six left in one call.
+    assert model.calls == [(8, 3), (1, 3), (1, 3), (6, 3)]
+    assert batcher.requests_run == 6
+
+
+def test_a_rest_failing_otherwise_than_the_first_two_is_asked_request_by_request():
+    """The rest asked together failed, but not as the first two did: not a model down, so each
+    is asked alone, and only the one the model refuses fails."""
+
+    class AlsoRefusesLarge(RefusesNegatives):
+        def predict(self, batch):
+            if (batch > 100).any():
+                self.calls.append(batch.shape)
+                raise RuntimeError(f"refuses {batch.max():g}")
+            return super().predict(batch)
+
+    model = AlsoRefusesLarge()
+    values = (-1.0, -2.0, 1.0, 200.0, 3.0)
+    results = predict_together(model, [np.full((1, 3), v, np.float32) for v in values])
+    assert [type(r).__name__ for r in results] == ["ValueError", "ValueError", "ndarray", "RuntimeError", "ndarray"]
+    np.testing.assert_array_equal(results[4], np.full((1, 1), 9.0))
+    assert model.calls == [(5, 3), (1, 3), (1, 3), (3, 3), (1, 3), (1, 3), (1, 3)]
+
+
+def test_two_requests_whose_rows_the_model_drops_first_in_a_batch_do_not_fail_the_others():
+    """One-row requests whose row the model leaves out are each told 'answered 0 rows for 1
+    input rows', the same text: before, the rest of the batch got that BadOutput unasked (8
+    of 8 failed, each counted as the version's output error, for 2 dropped rows)."""
+    calls = []
+
+    class Counted(DropsRowsItCannotScore):
+        def predict(self, batch):
+            calls.append(batch.shape[0])
+            return super().predict(batch)
+
+    batcher = Batcher(lambda b: predict_together(Counted(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    rows = [_rows(i, n=1) for i in range(8)]
+    rows[0][0, 0] = rows[1][0, 0] = -1.0
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(r) for r in rows), return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert [isinstance(r, BadOutput) for r in results] == [True, True] + [False] * 6, results
+    for i in range(2, 8):
+        np.testing.assert_array_equal(results[i], rows[i] * 2)
+    assert calls == [8, 1, 1, 6]
 
 
 def test_requests_of_different_dtypes_are_not_cast_to_each_other():
