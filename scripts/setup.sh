@@ -16,9 +16,13 @@ fi
 # which pip prefers to PyPI's 2.13.0 (a local version sorts above its release); a pip that
 # finds +cpu wheels elsewhere (find-links) takes those. --no-deps: torch's own requirements
 # come from PyPI with the next install, so the extra index is asked about torch alone (an
-# index that cannot be reached costs its retries once, not once per package).
+# index that cannot be reached costs its retries once, not once per package). --timeout and
+# --retries bound what an index that never answers costs: a machine whose firewall drops the
+# connection (rather than failing its name at once, as here: ~11 s of retries) would otherwise
+# wait PIP_DEFAULT_TIMEOUT on each of pip's 6 tries (18 min at 180 s).
 if ! python -c "import torch" >/dev/null 2>&1; then
-  python -m pip install -q --no-deps "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+  python -m pip install -q --no-deps --timeout 30 --retries 2 "torch==2.13.0" \
+    --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 python -m pip install -q -e ".[dev]"
 

@@ -62,6 +62,10 @@ def test_torch_comes_from_the_cpu_index_before_the_package(run_setup_sh):
     assert "--index-url" not in torch_call, torch_call
     # torch's own requirements come from PyPI with the package's install, not from that index.
     assert "--no-deps" in torch_call, torch_call
+    # An index that never answers costs at most (1 + retries) x timeout, not pip's default
+    # 6 tries of PIP_DEFAULT_TIMEOUT (180 s here: 18 min).
+    timeout_s, retries = (int(torch_call[torch_call.index(flag) + 1]) for flag in ("--timeout", "--retries"))
+    assert (1 + retries) * timeout_s <= 120, torch_call
     assert package_call[-2:] == ["-e", ".[dev]"], package_call
 
 
