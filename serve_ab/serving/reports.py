@@ -182,7 +182,9 @@ class RestartCatchUp:
     as ``routers_live``), not every router whose report number the save keeps: those stay an
     hour (``NUMBERS_KEPT_S``), and a router scaled down, replaced by a redeploy or crashed
     before the save never reports again (measured: one such router held every restart's
-    ``/metrics`` the whole 30 s while the live one had caught up in 2 s).
+    ``/metrics`` the whole 30 s while the live one had caught up in 2 s). A router that
+    crashed less than ``STALE_S`` before the save still counts as live there (an idle one
+    reports only every 20 s), so that restart waits ``CATCH_UP_MAX_S`` for it.
     """
 
     def __init__(self, routers: Iterable[str], now_s: float, max_s: float = CATCH_UP_MAX_S) -> None:
