@@ -12,12 +12,8 @@ import pytest
 from serve_ab.analysis.comparisons import Family, MetricSpec, fixed_p, judge
 from serve_ab.analysis.saved_looks import SavedLook, readable_looks
 from serve_ab.analysis.units import RatioComparison
+from tests.unit.analysis.test_comparisons import CORRECT, ERRORS, LATENCY
 
-ERRORS = MetricSpec("error_rate", "conversion", "requests", "error_rate", "decrease", "errors per request", True,
-                    ("abs", 0.01))
-LATENCY = MetricSpec("latency_ms", "mean", "requests", "latency_ms", "decrease", "ms per request", True,
-                     ("relative", 0.10))
-CORRECT = MetricSpec("correct", "conversion", "feedback", "feedback/correct", "increase", "rate per report", True)
 FAMILY = Family(size=3, alpha=0.05, correction="holm")
 
 

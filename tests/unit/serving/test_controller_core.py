@@ -1463,6 +1463,21 @@ def _seq(**changes):
                                  "units": 10, **changes}}
 
 
+def _saved_conversion_run(sequential_on: bool = True):
+    """A run with a conversion metric, 200 reports on each of v1 and v2 (80 and 100 converted),
+    saved: (cfg, store, clock, core, the saved figures' row)."""
+    cfg = ab_experiment(analysis={"sequential": sequential_on, "metrics": [{"name": "correct", "kind": "conversion"}]})
+    store, clock = MemoryStateStore(), FakeClock()
+    core = ControllerCore(cfg, store, clock)
+    clock.advance(1.0)
+    for version, converted in (("v1", 80), ("v2", 100)):
+        report(core, clock, version, converted, correct=True)
+        clock.advance(1.0)  # request ids name the second
+        report(core, clock, version, 200 - converted, correct=False)
+    core.save_stats()
+    return cfg, store, clock, core, store.load(f"stats:{core.run_id}")
+
+
 @pytest.mark.parametrize("sequential_on, look", [
     # Each fitted the restart's check, and the report raised at every look after it (TypeError,
     # ValidationError, KeyError, OverflowError): a None where the report formats a number, a
@@ -1478,16 +1493,7 @@ def _seq(**changes):
 def test_a_saved_look_the_report_cannot_read_is_dropped_though_it_looks_like_one(sequential_on, look, caplog):
     from serve_ab.analysis.report import build_report
 
-    cfg = ab_experiment(analysis={"sequential": sequential_on, "metrics": [{"name": "correct", "kind": "conversion"}]})
-    store, clock = MemoryStateStore(), FakeClock()
-    core = ControllerCore(cfg, store, clock)
-    clock.advance(1.0)
-    for version, converted in (("v1", 80), ("v2", 100)):
-        report(core, clock, version, converted, correct=True)
-        clock.advance(1.0)  # request ids name the second
-        report(core, clock, version, 200 - converted, correct=False)
-    core.save_stats()
-    row = store.load(f"stats:{core.run_id}")
+    cfg, store, clock, core, row = _saved_conversion_run(sequential_on)
     whole = _seq() if sequential_on else {"frozen": _FROZEN}  # the same look undamaged: kept, and read
     for saved, dropped in ((whole, False), (look, True)):
         caplog.clear()
@@ -1589,16 +1595,7 @@ def test_a_saved_sequential_state_that_cannot_be_read_starts_the_tests_afresh(se
     and every run record failed, for as long as the row stayed. It is logged and dropped."""
     from serve_ab.analysis.report import build_report
 
-    cfg = ab_experiment(analysis={"metrics": [{"name": "correct", "kind": "conversion"}]})
-    store, clock = MemoryStateStore(), FakeClock()
-    core = ControllerCore(cfg, store, clock)
-    clock.advance(1.0)
-    for version, converted in (("v1", 80), ("v2", 100)):
-        report(core, clock, version, converted, correct=True)
-        clock.advance(1.0)  # request ids name the second
-        report(core, clock, version, 200 - converted, correct=False)
-    core.save_stats()
-    row = store.load(f"stats:{core.run_id}")
+    cfg, store, clock, core, row = _saved_conversion_run()
     store.save(f"stats:{core.run_id}", {**row, "sequential": sequential})
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         restarted = ControllerCore(cfg, store, clock)
