@@ -192,15 +192,14 @@ def test_json_response_writes_numpy_with_tolist_digits_and_nan_as_null():
     assert json.loads(body) == {"outputs": [[0.1, None]]}
 
 
-def test_a_client_gone_mid_body_gets_no_answer_and_logs_no_error(caplog):
+def _predict_reading_body_with(receive) -> list[dict]:
+    """What a /predict route that reads its body sends when the ASGI server's ``receive`` is
+    ``receive``."""
     async def predict(request: Request):
         return json_response({"body": len(await read_body(request, 1024))})
 
     app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
     sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -208,7 +207,14 @@ def test_a_client_gone_mid_body_gets_no_answer_and_logs_no_error(caplog):
     scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
              "query_string": b""}
     asyncio.run(app(scope, receive, send))
-    assert sent == [] and "failed" not in caplog.text
+    return sent
+
+
+def test_a_client_gone_mid_body_gets_no_answer_and_logs_no_error(caplog):
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    assert _predict_reading_body_with(receive) == [] and "failed" not in caplog.text
 
 
 def test_a_body_read_cancelled_by_rays_proxy_is_a_client_gone_not_a_server_error(caplog):
@@ -217,38 +223,15 @@ def test_a_body_read_cancelled_by_rays_proxy_is_a_client_gone_not_a_server_error
     Live it was logged as an ERROR with a traceback and answered 500 (1 of 122 clients gone)."""
     from ray.exceptions import RayTaskError, TaskCancelledError
 
-    async def predict(request: Request):
-        return json_response({"body": len(await read_body(request, 1024))})
-
-    app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
-    sent: list[dict] = []
-
     async def receive() -> dict:
         raise RayTaskError("ProxyActor.receive_asgi_messages", "traceback", TaskCancelledError()).as_instanceof_cause()
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
-             "query_string": b""}
-    asyncio.run(app(scope, receive, send))
-    assert sent == [] and "failed" not in caplog.text
+    assert _predict_reading_body_with(receive) == [] and "failed" not in caplog.text
 
 
 def test_another_error_reading_the_body_is_still_a_server_error(caplog):
-    async def predict(request: Request):
-        return json_response({"body": len(await read_body(request, 1024))})
-
-    app = FastRoutes(FastAPI(), [FastRoute("POST", "/predict", predict)])
-    sent: list[dict] = []
-
     async def receive() -> dict:
         raise RuntimeError("the proxy broke")
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [],
-             "query_string": b""}
-    asyncio.run(app(scope, receive, send))
+    sent = _predict_reading_body_with(receive)
     assert sent[0]["status"] == 500 and "failed" in caplog.text
