@@ -195,6 +195,17 @@ def test_an_error_without_error_type_says_no_none(prometheus, body, expected):
     assert run(run_query(prometheus.url, "q", 2, log=False)).error == expected
 
 
+async def _refreshed(poller: PromQLPoller, now_s: float) -> None:
+    """A poll at ``now_s``, its refresh run to the end (a real HTTP query to the fake server,
+    bounded by a 10-s guard, not timed), and a poll that collects it."""
+    poller.poll(now_s)
+    deadline = time.monotonic() + 10
+    while poller.refreshing:
+        assert time.monotonic() < deadline, "a refresh never completed"
+        await asyncio.sleep(0.005)
+    poller.poll(now_s)
+
+
 def test_a_refresh_that_raises_leaves_no_earlier_answer_to_pass_the_gate(prometheus, monkeypatch):
     """Were a refresh ever to raise (run_query should not), the gates must not go on reading
     the answers of the refresh before it, which they would take for this step's evidence."""
@@ -204,23 +215,15 @@ def test_a_refresh_that_raises_leaves_no_earlier_answer_to_pass_the_gate(prometh
     rendered = rendered_queries(config, "digits", "digits-ab")
     prometheus.answer(rendered["error_ratio"], vector("0.01"))
 
-    async def settle(poller: PromQLPoller, now_s: float) -> None:
-        poller.poll(now_s)
-        deadline = time.monotonic() + 10
-        while poller.refreshing:
-            assert time.monotonic() < deadline, "a refresh never completed"
-            await asyncio.sleep(0.005)
-        poller.poll(now_s)
-
     async def broken(*_args, **_kwargs):
         raise AttributeError("'str' object has no attribute 'get'")
 
     async def scenario():
         poller = PromQLPoller(config, "digits", "digits-ab", refresh_s=5.0)
-        await settle(poller, 100.0)
+        await _refreshed(poller, 100.0)
         passed = evaluate_gate(GATE, candidate_with(poller.latest["error_ratio"]), STABLE, 50).verdict
         monkeypatch.setattr(promql, "fetch_promql_values", broken)
-        await settle(poller, 105.0)
+        await _refreshed(poller, 105.0)
         return passed, poller.latest
 
     passed, latest = run(scenario())
@@ -519,14 +522,6 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
     prometheus.answer(rendered["latency_vs_stable"], vector("1.0"))
     down = {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"}
 
-    async def refresh(poller: PromQLPoller, now_s: float) -> None:
-        poller.poll(now_s)
-        deadline = time.monotonic() + 10
-        while poller.refreshing:
-            assert time.monotonic() < deadline, "a refresh never completed"
-            await asyncio.sleep(0.005)
-        poller.poll(now_s)  # collects it; the next is not due yet
-
     def lines() -> list[str]:
         return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "promql" in r.getMessage()]
 
@@ -534,16 +529,16 @@ def test_a_lasting_failure_is_logged_when_it_starts_changes_every_5_minutes_and_
         poller = PromQLPoller(config, "digits", "digits-ab", refresh_s=30.0)
         prometheus.answer(rendered["error_ratio"], down, status=503)
         for now_s in range(0, 605, 30):  # 21 failed refreshes over 10 minutes
-            await refresh(poller, float(now_s))
+            await _refreshed(poller, float(now_s))
         assert poller.latest["error_ratio"].error and poller.latest["latency_vs_stable"].value == 1.0
         outage = lines()
         prometheus.answer(rendered["error_ratio"], {"status": "error", "errorType": "bad_data",
                                                     "error": "parse error"}, status=400)
-        await refresh(poller, 630.0)
-        await refresh(poller, 660.0)
+        await _refreshed(poller, 630.0)
+        await _refreshed(poller, 660.0)
         prometheus.answer(rendered["error_ratio"], vector("0.01"))
-        await refresh(poller, 690.0)
-        await refresh(poller, 720.0)
+        await _refreshed(poller, 690.0)
+        await _refreshed(poller, 720.0)
         return outage, lines()[len(outage):]
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):
