@@ -485,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code (see ``serve_ab/cli/options.py``)."""
     from serve_ab.cli.options import ExitCode
 
+    _hold_standard_fds()
     try:
         code = _run(argv)
         # Flushed here, not at exit: a reader that went away (`serve-ab runs | head -1`) is seen
@@ -509,6 +510,25 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     return code
+
+
+def _hold_standard_fds() -> None:
+    """Put /dev/null on whichever of fds 0-2 is closed (`serve-ab validate ... >&-`).
+
+    A closed standard fd's number is the lowest free one, so the next file the process opens takes
+    it: gRPC's epoll fd (``validate`` loads Ray, which loads gRPC), a config file, a socket. Anything
+    then writing to "stdout" at the C level, or a child inheriting fd 1, writes into that file; with
+    fd 1 closed, gRPC printed an epoll error on stderr about 1 run in 50. Daemons hold the three
+    numbers the same way. Python's own ``sys.stdout`` stays ``None``: printing still writes nothing.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the open below takes this number, being the lowest free one
+            held = os.open(os.devnull, os.O_RDWR)
+            if held != fd:  # not expected, but then hold this number explicitly
+                os.dup2(held, fd)
+                os.close(held)
 
 
 def _run(argv: list[str] | None) -> int:
