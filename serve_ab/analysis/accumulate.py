@@ -141,6 +141,17 @@ class VersionStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     predictions: collections.Counter = field(default_factory=collections.Counter)
     feedback: dict[str, FeedbackTotals] = field(default_factory=dict)
+    # Of ``latency``, the successful answers the split did not assign (pinned, a fallback's):
+    # the arms of the A/B report read the assigned ones' percentiles as ``latency`` less these.
+    # Kept as the rare part, so that nothing is added per request where every one is assigned.
+    unassigned_latency_ms: LogHistogram = field(default_factory=LogHistogram)
+
+    def __setstate__(self, state: dict) -> None:
+        # A router older than ``unassigned_latency_ms`` (during a rolling upgrade): none known,
+        # so its pinned answers' latencies stay in the arms' percentiles, as they were before.
+        self.__dict__.update(state)
+        if "unassigned_latency_ms" not in state:
+            self.unassigned_latency_ms = LogHistogram()
 
     def add(self, latency_ms: float, error_kind: str | None, predicted_class: int | None,
             assigned: bool) -> None:
@@ -150,17 +161,22 @@ class VersionStats:
             self.errors[error_kind] += 1
         else:
             self.latency.add(latency_ms)
+            if not assigned:
+                self.unassigned_latency_ms.add(latency_ms)
             if predicted_class is not None:
                 self.predictions[predicted_class] += 1
 
     def add_many(self, latencies_ms: np.ndarray, error_kinds: list[str], predicted_classes: list[int],
-                 requests: int, assigned: int) -> None:
+                 requests: int, assigned: int, unassigned_latencies_ms: np.ndarray | None = None) -> None:
         """What :meth:`add` of ``requests`` rows leaves: ``assigned`` of them assigned, the
-        failed ones' ``error_kinds``, the successful ones' latencies and predicted classes."""
+        failed ones' ``error_kinds``, the successful ones' latencies and predicted classes;
+        ``unassigned_latencies_ms``: those of the successful ones not assigned (None: none)."""
         self.requests += requests
         self.assigned += assigned
         self.errors.update(error_kinds)
         self.latency.add_many(latencies_ms)
+        if unassigned_latencies_ms is not None:
+            self.unassigned_latency_ms.add_many(unassigned_latencies_ms)
         self.predictions.update(predicted_classes)
 
     def merge(self, other: VersionStats) -> None:
@@ -170,16 +186,20 @@ class VersionStats:
         self.retried += other.retried
         self.errors.update(other.errors)
         self.latency.merge(other.latency)
+        self.unassigned_latency_ms.merge(other.unassigned_latency_ms)
         self.predictions.update(other.predictions)
 
     def to_dict(self, samples: bool) -> dict[str, Any]:
+        latency = self.latency.to_dict(samples)
+        if samples and self.unassigned_latency_ms.count:
+            latency["unassigned_sketch_ms"] = self.unassigned_latency_ms.to_wire()
         return {
             "requests": self.requests,
             "assigned": self.assigned,
             "retried": self.retried,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
-            "latency": self.latency.to_dict(samples),
+            "latency": latency,
             "predictions": {str(k): v for k, v in sorted(self.predictions.items())},
             "feedback": {name: totals.to_dict() for name, totals in sorted(self.feedback.items())},
         }
@@ -616,7 +636,9 @@ class ExperimentStats:
             {"started_at_s", "now_s",
              "versions": {name: {"requests", "assigned", "retried", "errors", "errors_by_kind",
                                  "latency": {"count", "sum_s", "buckets_le_s", "bucket_counts",
-                                             "sketch_ms" (when samples: LogHistogram.to_wire())},
+                                             "sketch_ms" (when samples: LogHistogram.to_wire()),
+                                             "unassigned_sketch_ms" (when samples and some were: of
+                                                 those, the answers the split did not assign)},
                                  "predictions": {class: n}, "units": distinct keys or None,
                                  "feedback": {name: {"kind": "conversion", "n", "successes"}
                                                   | {"kind": "mean", "n", "sum", "sum_sq"}}}},
@@ -696,6 +718,8 @@ class ExperimentStats:
             version.retried = saved.get("retried", 0)  # absent from states saved before it
             version.errors.update(saved["errors_by_kind"])
             _restore_latency(version.latency, saved["latency"])
+            if version.latency.sketch.count:  # the part of a whole restored (not one saved with other buckets)
+                version.unassigned_latency_ms = LogHistogram.from_wire(saved["latency"].get("unassigned_sketch_ms"))
             version.predictions.update({int(k): n for k, n in saved["predictions"].items()})
             for metric, totals in saved["feedback"].items():
                 restored = version.feedback[metric] = FeedbackTotals(totals["kind"], totals["n"])

@@ -203,10 +203,13 @@ class IntervalAggregate:
                 stats = self.versions.get(version)
                 if stats is None:
                     stats = self.versions[version] = VersionStats()
-                good = live[ok[live]].tolist()
+                good_index = live[ok[live]]
+                good = good_index.tolist()
+                live_assigned = int(assigned_mask[live].sum())
+                unassigned = good_index[~assigned_mask[good_index]] if live_assigned < live.size else None
                 stats.add_many(latency_ms[good], [error_kinds[i] for i in live.tolist() if error_kinds[i] is not None],
                                [classes[i] for i in good if classes[i] is not None], int(live.size),
-                               int(assigned_mask[live].sum()))
+                               live_assigned, None if unassigned is None else latency_ms[unassigned])
         # Per split, in the order splits were first served (as row by row): assigned answers.
         by_split: dict[int, dict[str, list[int]]] = {}
         for i in np.flatnonzero(assigned_mask & ~mirrored_mask).tolist():

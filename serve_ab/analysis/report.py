@@ -529,8 +529,11 @@ def _ratio_arm(tables: list[tuple[np.ndarray, SplitTotals]], index: int, version
     units = int(np.count_nonzero(n) + keyless[0])
     out: dict[str, Any] = {"n": units, "total": total_n, "value": None, "ci": None, "p50": None, "p95": None}
     if latency is not None:
-        summary = _latency_summary(latency)
-        out.update(p50=summary["p50"], p95=summary["p95"])
+        # The answers the split assigned it, as the value's: the version's sketch less its
+        # pinned and fallback answers' (pooled over the splits, descriptive like the value).
+        sketch = _sketch(latency).without(LogHistogram.from_wire(latency.get("unassigned_sketch_ms")))
+        if sketch.count:
+            out.update(p50=sketch.quantile(0.50), p95=sketch.quantile(0.95))
     if total_n <= 0:
         return out
     value = total_s / total_n

@@ -142,8 +142,9 @@ class RatioArm(_Model):
     ci: Interval | None = Field(description="at 1 - alpha: a mean's delta-method interval per unit; a rate's "
                                 "Wilson interval on its effective trials (rate (1 - rate) / variance, at most "
                                 "the trials; every trial at a rate of 0 or 1)")
-    p50: Num | None = Field(description="latency only: median of the latency sample, ms (descriptive)")
-    p95: Num | None = Field(description="latency only: 95th percentile of the latency sample, ms (descriptive)")
+    p50: Num | None = Field(description="latency only: median latency of the successful requests the split "
+                            "assigned the version, over every split, ms (descriptive; within 1%)")
+    p95: Num | None = Field(description="latency only: 95th percentile of the same, ms (descriptive; within 1%)")
 
 
 class PowerPlan(_Model):

@@ -150,6 +150,30 @@ class LogHistogram:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
 
+    def without(self, part: LogHistogram) -> LogHistogram:
+        """The values of this histogram that are not ``part``'s, where ``part`` counted a subset
+        of them (the same buckets everywhere make the difference exact, bucket by bucket): e.g.
+        a version's latencies less its pinned answers'. Its minimum and maximum are the
+        representatives of its lowest and highest buckets, within the sketch's 1% as every
+        other rank (the exact ones may have been ``part``'s); the counts of 1 - x are dropped.
+        A ``part`` that is not a subset (counts above this one's) leaves 0 in those buckets."""
+        out = LogHistogram()
+        if not part.count:
+            out.merge(self)
+            out.complement = None
+            return out
+        out.counts = np.maximum(self.counts - part.counts, 0)
+        out.count = int(out.counts.sum())
+        if out.count:
+            used = np.flatnonzero(out.counts)
+            ends = _representative(np.array([used[0], used[-1]]))
+            out.min = min(max(float(ends[0]), self.min), self.max)
+            out.max = min(max(float(ends[1]), self.min), self.max)
+            # The sum less the part's, unless the part was not a subset (then the buckets' own).
+            out.total = self.total - part.total if out.count == self.count - part.count else \
+                float(_representative(used) @ out.counts[used])
+        return out
+
     def copy(self) -> LogHistogram:
         out = LogHistogram(self.complement is not None)
         out.merge(self)

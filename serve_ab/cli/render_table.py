@@ -190,7 +190,7 @@ def _kind(metric: MetricResult) -> str:
 
 
 def _arm_rows(metric: MetricResult, exp: Experiment) -> list[list[str]]:
-    """The arms (pooled over splits: descriptive); latency adds its sample's p50 and p95."""
+    """The arms (pooled over splits: descriptive); latency adds p50 and p95 of its assigned requests."""
     kind = _kind(metric)
     confidence = f"{1 - exp.alpha:.0%} CI"
     header = ["version", "units", metric.value_is, confidence]

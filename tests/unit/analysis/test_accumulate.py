@@ -293,3 +293,23 @@ def test_a_state_saved_before_agreements_were_kept_per_user_restores_them_as_key
     del state["shadow"]["agreement_groups"]
     groups = ExperimentStats.from_state(state, shadow_version="v2").shadow.agreement_groups
     assert (groups.counts[-1], groups.sums[-1], groups.counts.sum()) == (10, 7, 10)
+
+
+def test_an_older_routers_version_figures_without_unassigned_latencies_merge_as_all_assigned():
+    """During a rolling upgrade a router older than ``unassigned_latency_ms`` sends versions
+    pickled without it: merged, not a crash of the controller; its pinned answers' latencies
+    are then not known apart (the arms' percentiles count them, as that release's did)."""
+    import pickle
+
+    from serve_ab.analysis.aggregate import IntervalAggregate
+
+    aggregate = IntervalAggregate()
+    aggregate.served_rows([("v1", 10.0, None, 0, None, 3, True, False, 0, None),
+                           ("v1", 90.0, None, 0, None, 4, False, False, 0, None)], {0: {"v1": 100}})
+    assert aggregate.versions["v1"].unassigned_latency_ms.count == 1
+    del aggregate.versions["v1"].__dict__["unassigned_latency_ms"]  # as the older code's had none
+    old = pickle.loads(pickle.dumps(aggregate))
+    figures = ExperimentStats(["v1"], 0.0)
+    figures.merge(1.0, old)
+    latency = figures.snapshot(2.0)["versions"]["v1"]["latency"]
+    assert latency["count"] == 2 and "unassigned_sketch_ms" not in latency

@@ -1165,6 +1165,32 @@ def test_requests_pinned_to_the_shadow_make_it_no_variant_of_the_test():
     assert report.variants["v3"].role == "shadow"  # not variant+shadow: only pinned requests
 
 
+def test_an_arms_latency_percentiles_are_its_assigned_answers_not_its_pinned_or_fallback_ones():
+    # They came from the version's whole sketch: 40 slow pinned answers in 340 made v1's p95
+    # the pinned ones' 200 ms beside a value (the mean per assigned request) of about 11.
+    rng = np.random.default_rng(5)
+    weights = {"v1": 50, "v2": 50}
+    interval = IntervalAggregate()
+    assigned = {"v1": rng.uniform(10.0, 12.0, 300), "v2": rng.uniform(20.0, 22.0, 300)}
+    rows = [(v, float(ms), None, 0, None, (0 if v == "v1" else NUM_BUCKETS // 2) + i % 97, True, False, 0, None)
+            for v in ("v1", "v2") for i, ms in enumerate(assigned[v])]
+    rows += [("v1", 200.0 + i, None, 0, None, i, False, False, 0, None) for i in range(40)]  # QA's, pinned
+    rows += [("v2", 500.0, None, 0, None, i, False, False, 0, None) for i in range(5)]  # a fallback's retries
+    interval.served_rows(rows, {0: weights})
+    figures = ExperimentStats(["v1", "v2"], 0.0)
+    figures.merge(1.0, interval)
+    # Through a save and a restart, as the controller's report after one reads it.
+    restored = ExperimentStats.from_state(json.loads(json.dumps(figures.to_state(2.0))))
+    report, _ = build_report(make_cfg(shadow=None, weights=weights), restored.snapshot(2.0), weights)
+    arms = _metric(report, "latency_ms").arms
+    for v in ("v1", "v2"):
+        for q in (50, 95):
+            assert getattr(arms[v], f"p{q}") == pytest.approx(np.percentile(assigned[v], q), rel=SKETCH_REL), (v, q)
+    # The version's own figures still count every answer it gave.
+    assert report.variants["v1"].latency_ms.p95 == pytest.approx(np.percentile(
+        np.concatenate([assigned["v1"], 200.0 + np.arange(40)]), 95), rel=SKETCH_REL)
+
+
 def test_an_arm_with_no_errors_gets_an_interval_above_zero_and_one_error_a_wider_one():
     # The delta method gave "0 errors in 683 users" the interval [0, 0], drawn as no bar (an
     # audit of the HTML plots). With no spread to measure a design effect by, every request

@@ -174,3 +174,20 @@ def test_a_malformed_complement_is_refused_with_a_value_error_naming_it():
             LogHistogram.from_wire(bad)
     assert np.array_equal(LogHistogram.from_wire(good).complement,
                           LogHistogram.of(np.array([0.5, 0.9, 0.99]), complement=True).complement)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_histogram_less_a_part_of_its_values_is_the_histogram_of_the_rest(seed):
+    rng = np.random.default_rng(seed)
+    rest, part = rng.lognormal(2.0, 0.5, 500), rng.lognormal(5.0, 0.3, 60)
+    whole = LogHistogram.of(np.concatenate([rest, part]))
+    left = whole.without(LogHistogram.of(part))
+    alone = LogHistogram.of(rest)
+    assert np.array_equal(left.counts, alone.counts) and left.count == alone.count == 500
+    assert left.total == pytest.approx(rest.sum(), rel=1e-12)
+    for q in (0.0, 0.05, 0.5, 0.95, 1.0):  # the ends too: within 1%, as every other rank
+        assert left.quantile(q) == pytest.approx(np.quantile(rest, q), rel=RELATIVE_ACCURACY)
+    assert whole.without(LogHistogram()).quantile(0.5) == whole.quantile(0.5)
+    assert whole.without(whole).count == 0 and np.isnan(whole.without(whole).quantile(0.5))
+    # A "part" that is not one (counts above the whole's) leaves no negative count.
+    assert LogHistogram.of(rest).without(LogHistogram.of(part)).count == 500
