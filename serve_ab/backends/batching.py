@@ -11,13 +11,14 @@ a machine where Ray cannot be installed.
 Example::
 
     batcher = Batcher(partial(predict_together, predictor), max_batch_size=16,
-                      batch_wait_timeout_s=0.002)
+                      batch_wait_timeout_s=0.002, on_batch=sizes.append)
     rows_out = await batcher.predict(rows_in)   # from many tasks at once
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +26,8 @@ from serve_ab.backends.base import Batch, Predictor, batch_size, concat_batches,
 from serve_ab.errors import BadOutput
 
 __all__ = ["Batcher", "predict_together"]
+
+logger = logging.getLogger(__name__)
 
 
 def predict_together(predictor: Predictor, batches: list[Batch]) -> list[Batch | Exception]:
@@ -174,7 +177,8 @@ class Batcher:
     """
 
     def __init__(self, run_batch: Callable[[list[Batch]], list[Batch]], *,
-                 max_batch_size: int, batch_wait_timeout_s: float):
+                 max_batch_size: int, batch_wait_timeout_s: float,
+                 on_batch: Callable[[int], None] | None = None):
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r} "
                              "(e.g. max_batch_size=16)")
@@ -182,6 +186,8 @@ class Batcher:
             raise ValueError(f"batch_wait_timeout_s must be >= 0; got {batch_wait_timeout_s!r} "
                              "(e.g. batch_wait_timeout_s=0.002)")
         self.run_batch = run_batch
+        #: Told each batch's number of requests once they have their answers (a metric).
+        self.on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         #: Batches run and requests answered so far (what a benchmark checks batches fill).
@@ -232,7 +238,19 @@ class Batcher:
             self._wakeup = None
             taken = [self._pending.popleft()
                      for _ in range(min(self.max_batch_size, len(self._pending)))]
-            self._run([(batch, future) for batch, future in taken if not future.cancelled()])
+            taken = [(batch, future) for batch, future in taken if not future.cancelled()]
+            self._run(taken)
+            if taken and self.on_batch is not None:
+                self._tell(len(taken))
+
+    def _tell(self, requests: int) -> None:
+        """``on_batch``, after the batch's answers (its callers do not wait for it). A metric
+        that fails must not end the worker: the requests queued behind would wait for good."""
+        try:
+            self.on_batch(requests)
+        except Exception:  # noqa: BLE001 - logged once, and the batches go on untold
+            logger.exception("serve-ab batcher: recording a batch's size failed; no more are recorded")
+            self.on_batch = None
 
     def _run(self, taken: list[tuple[Batch, asyncio.Future]]) -> None:
         if not taken:

@@ -15,6 +15,7 @@ from pathlib import Path
 from serve_ab.backends import Batcher, load_predictor, predict_together
 from serve_ab.backends.base import Batch, InputSpec, OutputSpec
 from serve_ab.config.experiment import VersionConfig
+from serve_ab.serving.batch_metrics import batch_size_recorder
 from serve_ab.serving.core.versions import Version, load_each
 
 logger = logging.getLogger("ray.serve")
@@ -42,6 +43,7 @@ class LoadedVersion:
                 partial(predict_together, self.predictor),
                 max_batch_size=version.batching.max_batch_size,
                 batch_wait_timeout_s=version.batching.batch_wait_timeout_s,
+                on_batch=batch_size_recorder(self.name),
             )
         logger.info(
             "serve-ab loaded version %s (%s on %s) from %s",

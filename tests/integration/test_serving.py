@@ -314,3 +314,23 @@ def test_isolated_versions_are_their_own_deployments(apps):
     assert set(deployments) == {"Router", "Controller", "version-v1", "version-v2"}
     # Colocated: the versions live in the router's replicas; the controller only keeps figures.
     assert set(serve.status().applications["colocated"].deployments) == {"Router", "Controller"}
+
+
+def test_a_batching_versions_batch_sizes_reach_rays_metrics_agent(http, apps):
+    """serve-ab's batcher is not @serve.batch, so Ray's serve_actual_batch_size says nothing
+    of it: each batch's size goes through Ray Serve's metrics API as serve_ab_batch_size."""
+    import ray
+
+    rows = [{"inputs": [DIGIT_ROW], "user_id": f"batch-{i}"} for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:  # concurrent, so that batches of several form
+        codes = list(pool.map(lambda body: predict(http, apps, "isolated", body).status_code, rows))
+    assert codes == [200] * 40
+    port = ray._private.worker._global_node.metrics_export_port
+
+    def exported():
+        text = http.get(f"http://127.0.0.1:{port}/metrics").text
+        return [line for line in text.splitlines() if line.startswith("ray_serve_ab_batch_size_count{")
+                and 'application="isolated"' in line and 'deployment="version-v1"' in line]
+
+    lines = wait_for(exported, "ray_serve_ab_batch_size of isolated's v1 on Ray's metrics agent", timeout_s=60)
+    assert 'version="v1"' in lines[0] and float(lines[0].rsplit(" ", 1)[1]) >= 1

@@ -117,6 +117,49 @@ def test_a_wrong_number_of_results_is_an_error_not_a_hang():
     assert all(isinstance(r, RuntimeError) and "1 results for 2 requests" in str(r) for r in results)
 
 
+def test_each_batch_run_is_told_its_number_of_requests_after_its_answers():
+    model, told, answered = Doubler(), [], []
+
+    def on_batch(requests):
+        told.append((requests, len(answered)))  # how many callers had their answers by then
+
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=4, batch_wait_timeout_s=0.05,
+                      on_batch=on_batch)
+
+    async def go():
+        async def one(i):
+            out = await batcher.predict(_rows(i, n=2))
+            answered.append(i)
+            return out
+
+        gone = asyncio.ensure_future(batcher.predict(_rows(99)))
+        calls = [asyncio.ensure_future(one(i)) for i in range(9)]
+        await asyncio.sleep(0)
+        gone.cancel()  # left out of its batch: not counted in its size
+        return await asyncio.gather(*calls)
+
+    asyncio.run(go())
+    assert [requests for requests, _ in told] == [3, 4, 2] and model.calls == [6, 8, 4]  # 99 took a place
+    assert told[0][1] == 0  # told before its callers ran on: their futures were set first
+    assert (batcher.batches_run, batcher.requests_run) == (3, 9)
+
+
+def test_a_batch_size_recorder_that_fails_is_dropped_and_the_batches_go_on(caplog):
+    def broken(requests):
+        raise RuntimeError("metrics agent gone")
+
+    model = Doubler()
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=2, batch_wait_timeout_s=0.01,
+                      on_batch=broken)
+
+    async def go():
+        return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(5)))
+
+    results = asyncio.run(go())
+    assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(5)] and model.calls == [2, 2, 1]
+    assert batcher.on_batch is None and caplog.text.count("recording a batch's size failed") == 1
+
+
 def test_a_cancelled_request_is_left_out_of_its_batch():
     model = Doubler()
     batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
