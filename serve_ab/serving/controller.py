@@ -306,6 +306,14 @@ class ControllerCore:
         # a restarted controller that began them afresh showed 2 looks where there had been 10,
         # a p-value gone from 0.47 to 1, tau re-tuned to later data and a sequence wider again.
         self.sequential_state = self._restore_sequential((saved_stats or {}).get("sequential"))
+        if saved_stats is not None and "sequential" not in saved_stats:
+            # Figures saved by a release that kept no sequential state (an upgrade from before
+            # 2026-12-07): nothing to resume, so the tests start over; said, as a report's looks
+            # going from 13 to 1 (live, on such an upgrade) would otherwise read as a fault.
+            logger.warning("serve-ab controller: the saved figures of %s hold no sequential tests (saved by an "
+                           "earlier serve-ab, which did not keep them): the report's sequential tests start "
+                           "afresh from this restart (looks from 1, tau set again at the first look, verdicts "
+                           "reached before not kept); the figures themselves carry on", self.cfg.model)
         self.snapshot()
         self.notifier = NotificationSender.maybe(cfg.notifications)
         self._warn_unset_env()

@@ -407,6 +407,40 @@ def test_restore_refuses_a_state_of_another_rollout():
         Rollout.from_dict(canary(), {**saved, "schema": 99}, FakeClock(1000.0))
 
 
+# The keys the previous release's RolloutState.from_dict reads (db32c8e, 2026-12-06): it
+# refuses a row holding any other, and a rollback to it then failed to start the app's
+# controller and routers ("rollout state has unknown keys ['entries_total']", live).
+PREVIOUS_RELEASE_KEYS = frozenset({
+    "schema", "strategy", "stable", "candidate", "phase", "weights", "started_at_s", "step_index",
+    "step_started_at_s", "window_since_s", "failures_total", "failures_consecutive", "last_analysis_at_s",
+    "step_verdict", "analyses_in_step", "passes_in_step", "step_verdict_counted", "last_analysis_reason",
+    "held_since_s", "paused_by", "paused_at_s", "resume_phase", "validation_passed", "switched_at_s",
+    "finished_at_s", "retire_version", "retire_at_s", "confirm_answer", "confirmed_at_s", "restarted_at_s",
+    "revision", "history"})
+
+
+def test_a_saved_rollout_under_max_history_entries_is_one_the_previous_release_reads():
+    """A downgrade mid-rollout: the entry count is saved only once the history dropped entries
+    (the previous release cannot read it then, and refuses the row by name); before that, the
+    row holds only keys the previous release knows, and reads back with the same count."""
+    from serve_ab.rollout.machine import MAX_HISTORY
+
+    clock = FakeClock(1000.0)
+    rollout = Rollout(canary(), clock)
+    rollout.tick(healthy())
+    clock.advance(10)
+    rollout.pause()
+    rollout.resume()
+    saved = json.loads(json.dumps(rollout.to_dict()))
+    assert set(saved) <= PREVIOUS_RELEASE_KEYS, sorted(set(saved) - PREVIOUS_RELEASE_KEYS)
+    assert Rollout.from_dict(canary(), saved, clock).state.entries_total == rollout.state.entries_total >= 3
+    for _ in range(MAX_HISTORY + 5):
+        rollout.pause(actor={"name": "retry-loop", "role": "operator"})
+    saved = json.loads(json.dumps(rollout.to_dict()))
+    assert len(saved["history"]) == MAX_HISTORY and saved["entries_total"] == rollout.state.entries_total > MAX_HISTORY
+    assert Rollout.from_dict(canary(), saved, clock).state.entries_total == rollout.state.entries_total
+
+
 def test_actions_that_change_nothing_never_push_out_the_reason_for_the_phase():
     """History keeps its last MAX_HISTORY entries; a script retrying abort on an aborted
     rollout must not make the status forget which gate aborted it."""

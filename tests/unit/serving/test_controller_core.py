@@ -1505,6 +1505,23 @@ def test_a_saved_look_the_report_cannot_read_is_dropped_though_it_looks_like_one
         assert ("could not read the saved sequential tests" in caplog.text) is dropped
 
 
+def test_figures_saved_by_a_release_without_sequential_state_say_the_tests_start_afresh(caplog):
+    """An upgrade from a release that saved no sequential state (db32c8e): the figures carry on
+    and the report's sequential tests start over. That was silent: live, the report's looks
+    went from 13 to 1 and tau changed at the upgrade with nothing in the log to say why."""
+    cfg, store, clock, core, row = _saved_conversion_run()
+    # As db32c8e wrote it (live): none of the keys added since.
+    older = {k: v for k, v in row.items()
+             if k not in ("sequential", "epochs", "routers_live", "reported_from_minute", "feedback_previous_run")}
+    for saved, said in ((row, False), ({**row, "sequential": None}, False), (older, True)):
+        caplog.clear()
+        store.save(f"stats:{core.run_id}", saved)
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            restarted = ControllerCore(cfg, store, clock)
+        assert ("hold no sequential tests" in caplog.text) is said, caplog.text
+        assert restarted.stats_snapshot()["versions"]["v2"]["feedback"]["correct"]["n"] == 200
+
+
 class _DecisionDuringCreate(MemoryStateStore):
     """A store whose ``create`` of the rollout's row answers with the older row it holds and,
     before the controller's next call, takes a newer decision (the loop's save, racing the
