@@ -18,13 +18,16 @@ through a DeploymentHandle across apps; the experiment app answers 404 on ``/met
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from serve_ab.api.errors import client_message, error_headers, http_status
+from serve_ab.api.grpc.servicer import METHODS as GRPC_METHODS
 from serve_ab.config import MetricsAppConfig  # its schema lives with the others, for serve-ab validate
 from serve_ab.config.experiment import metrics_export_env, with_env_vars
 from serve_ab.config.serve_file import METRICS_DEPLOYMENT
@@ -33,6 +36,22 @@ from serve_ab.errors import ServeAbError
 metrics_api = FastAPI(title="serve-ab metrics", docs_url=None, redoc_url=None)
 
 
+def _no_grpc(rpc: str) -> Callable[..., Awaitable[Any]]:
+    """The method Ray's gRPC proxy calls for ``rpc`` on this app: UNIMPLEMENTED, naming the app
+    to call. The proxy reaches any application named in the 'application' metadata; without
+    these, an inference call aimed here was INTERNAL, its details Ray's traceback (the
+    replica's pid, IP and actor id)."""
+    response_type = GRPC_METHODS[rpc][1]
+
+    async def answer(self: Any, request: Any, grpc_context: Any) -> Any:
+        grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        grpc_context.set_details(f"this application serves only GET <route_prefix>/metrics over HTTP, no gRPC; "
+                                 f"call the experiment's application, {self.experiment_app!r}, in the "
+                                 "'application' metadata")
+        return response_type()
+
+    answer.__name__ = answer.__qualname__ = rpc
+    return answer
 
 
 @serve.deployment(name=METRICS_DEPLOYMENT, num_replicas=1, max_ongoing_requests=100)
@@ -55,6 +74,13 @@ class MetricsEndpoint:
             return JSONResponse({"error": f"no metrics from app {self.experiment_app!r}: {type(err).__name__}"},
                                 status_code=503)
         return Response(content=body, media_type=content_type)
+
+    ServerLive = _no_grpc("ServerLive")
+    ServerReady = _no_grpc("ServerReady")
+    ModelReady = _no_grpc("ModelReady")
+    ServerMetadata = _no_grpc("ServerMetadata")
+    ModelMetadata = _no_grpc("ModelMetadata")
+    ModelInfer = _no_grpc("ModelInfer")
 
 
 def build(args: dict[str, Any]) -> Any:

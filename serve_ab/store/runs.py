@@ -391,14 +391,16 @@ def recorder_at(location: str | Path, *, password: str | None = None, prefix: st
     return RunRecorder(Path(text))
 
 
-def _without_passwords(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``config`` with a password in ``controller.store_url`` masked: records and MLflow params
-    are read by more people than may write to the store."""
-    controller = config.get("controller") if isinstance(config, Mapping) else None
-    url = controller.get("store_url") if isinstance(controller, Mapping) else None
-    if not isinstance(url, str) or redact_url(url) == url:
-        return config
-    return {**config, "controller": {**controller, "store_url": redact_url(url)}}
+def _without_passwords(config: Any) -> Any:
+    """``config`` with the password of every URL in it masked (``controller.store_url``, a
+    Prometheus' ``url`` with basic auth, ``http://user:pass@prometheus:9090``): records and
+    MLflow params are read by more people than may write to the store, and the logs, status
+    and gate reasons already say those URLs without it."""
+    if isinstance(config, Mapping):
+        return {key: _without_passwords(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_without_passwords(value) for value in config]
+    return redact_url(config) if isinstance(config, str) else config
 
 
 def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:

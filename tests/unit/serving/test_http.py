@@ -282,6 +282,33 @@ def test_control_needs_the_token_and_a_strict_body(app):
         (Action.PROMOTE, True, None), (Action.WEIGHTS, False, {"v1": 80.0, "v2": 20.0})]
 
 
+def test_an_app_with_no_token_refuses_every_action_and_pin_whatever_is_sent():
+    """No token configured is closed, not open (README, Security): every action and every pin
+    is a 401 naming the variable to set, whatever bearer is sent; reads stay open, or closed
+    too with protect_reads. Nothing reaches the controller."""
+    for protect_reads in (False, True):
+        make_app("colocated", control={"protect_reads": protect_reads})
+        served = routes.served()
+        routes.use_core(routes.Served(served.core, ControlAuth(served.core.cfg.control, [])))
+        controller = served.core.controller
+        try:
+            client = TestClient(routes.app, raise_server_exceptions=False)
+            for action in [a.value for a in Action]:
+                for headers in ({}, AUTH, {"authorization": "Bearer "}, {"authorization": "bearer anything-at-all-here"}):
+                    response = client.post(f"/rollout/{action}", headers=headers, json={})
+                    assert response.status_code == 401, (action, headers, response.text)
+                    assert "control actions is disabled" in response.json()["error"]
+                    assert "SERVE_AB_CONTROL_TOKEN" in response.json()["error"]
+            pinned = client.post("/predict", json={"inputs": [ROW], "user_id": "a"},
+                                 headers={"x-serve-ab-version": "v2", **AUTH})
+            assert pinned.status_code == 401 and "pinning a version is disabled" in pinned.json()["error"]
+            assert client.post("/v2/models/digits/versions/v2/infer", headers=AUTH).status_code == 401
+            assert client.get("/rollout/status", headers=AUTH).status_code == (401 if protect_reads else 200)
+            assert controller.actions == []
+        finally:
+            routes.use_core(None)
+
+
 def test_figures_and_openapi(app):
     client, _ = app
     assert client.get("/experiment/report").json() == {"schema": 1}

@@ -68,3 +68,30 @@ def test_a_controller_holding_metrics_after_a_restart_is_answered_with_its_reaso
     assert isinstance(wrapped, ControllerUnavailable)
     assert response.status_code == 503
     assert json.loads(response.body) == {"error": f"no metrics from app 'digits': {reason}"}
+
+
+@pytest.mark.parametrize("rpc", ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                                 "ModelInfer"])
+def test_a_grpc_call_aimed_at_the_metrics_app_is_unimplemented_naming_the_experiment_app(rpc):
+    """Ray's gRPC proxy calls the method named after the RPC on whichever app the 'application'
+    metadata names. Live, ModelInfer with application=digits-metrics was INTERNAL, with Ray's
+    traceback (the replica's pid, IP and actor id) as its details: the metrics app has no such method."""
+    import asyncio
+    import inspect
+
+    import grpc
+
+    from serve_ab.api.grpc.servicer import METHODS
+    from serve_ab.serving import metrics_app
+    from tests.unit.serving.test_grpc_v2 import FakeContext
+
+    written = next(k for k in metrics_app.MetricsEndpoint.func_or_class.__mro__ if "metrics" in vars(k))
+    method = getattr(written, rpc)
+    # Ray passes the call's context only to a method with a parameter of this name.
+    assert "grpc_context" in inspect.signature(method).parameters
+    context = FakeContext()
+    endpoint = type("Endpoint", (), {"experiment_app": "digits"})()
+    response = asyncio.run(method(endpoint, METHODS[rpc][0](), grpc_context=context))
+    assert type(response) is METHODS[rpc][1]
+    assert context.code == grpc.StatusCode.UNIMPLEMENTED
+    assert "serves only GET <route_prefix>/metrics" in context.details and "'digits'" in context.details

@@ -129,6 +129,24 @@ def test_other_sqlite_files_and_bad_inputs_are_refused(tmp_path):
         recorder.save("r", CONFIG, report(1), 0.0, float("inf"))
 
 
+def test_a_password_in_any_url_of_the_config_is_masked_in_the_record(tmp_path):
+    # Live audit: a promql gate's Prometheus behind basic auth kept its password in the run
+    # record (which `serve-ab runs` and `report --from-record` read, and MLflow's params), while
+    # the logs, status and gate reasons said the URL without it; only store_url was masked.
+    config = {**CONFIG, "controller": {"store_url": "redis://:s3cret-store@redis:6379/0"},
+              "rollout": {"analysis": {"prometheus": {"url": "http://ops:s3cret-prom@prometheus:9090"}},
+                          "gates": [{"metric": "promql", "name": "p95",
+                                     "prometheus": {"url": "https://ops:s3cret-gate@prom.internal/p"}}]}}
+    recorder = RunRecorder(tmp_path / "runs.sqlite")
+    recorder.save("run-a", config, report(1), started_at_s=1.0, updated_at_s=2.0)
+    saved = recorder.load("run-a").config
+    assert saved["rollout"]["analysis"]["prometheus"]["url"] == "http://ops:***@prometheus:9090"
+    assert saved["rollout"]["gates"][0]["prometheus"]["url"] == "https://ops:***@prom.internal/p"
+    assert saved["controller"]["store_url"] == "redis://:***@redis:6379/0"
+    assert (saved["versions"], saved["weights"]) == (CONFIG["versions"], CONFIG["weights"])  # the rest as given
+    assert "s3cret" not in (tmp_path / "runs.sqlite").read_bytes().decode("utf-8", "replace")
+
+
 def test_mlflow_params_are_flat():
     params = mlflow_params(CONFIG)
     assert params["weights.v1"] == "50.0" and params["versions.v2.path"] == "m/v2.pt2"
