@@ -313,6 +313,63 @@ def test_manual_weights_start_the_window_afresh():
     assert core.last_window["since_s"] == changed_s and 0 < core.last_window["requests"]["v2"] <= 30  # not the 20 s at 10%
 
 
+def _served(clock: FakeClock, version: str, n: int, epoch: int) -> list[ServedRequest]:
+    """``n`` assigned requests of ``version``, each of a user of its own, routed at ``epoch``."""
+    return [ServedRequest(clock(), version, 3.0, None, 1, 0.9, f"{version}-{epoch}-{clock()}-{i}",
+                          next(_NEXT_USER) * 7919, True, False, split=epoch) for i in range(n)]
+
+
+def _weights_changed_within_a_second(clock: FakeClock) -> tuple[ControllerCore, int, int]:
+    """A canary at 10% for 2 s whose weights an operator then sets to 50/50, 0.3 s into a
+    second (as a real change is): the core, and the routing epochs before and after."""
+    core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    before = core.snapshot().epoch
+    _seconds_at(core, clock, before, 2)
+    clock.advance(0.3)
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}), OPERATOR)
+    core.act(Action.RESUME)  # the controller's next tick comes 0.25 s later (tick_s)
+    return core, before, core.snapshot().epoch
+
+
+def _seconds_at(core: ControllerCore, clock: FakeClock, epoch: int, seconds: int) -> None:
+    for _ in range(seconds):
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch), core=core))
+        core.tick()
+
+
+def test_a_report_in_a_steps_first_second_counts_in_its_window():
+    """A report that arrives after a change of weights, before the step's first look and in
+    the same second, is the step's evidence: the window was summed from whole seconds at
+    that look, and dropped it: up to a second of a router's traffic."""
+    clock = FakeClock(1_000_000.0)
+    core, _, epoch = _weights_changed_within_a_second(clock)
+    changed_s = clock()
+    clock.advance(0.2)
+    core.record(report_of(_served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch), core=core))
+    _seconds_at(core, clock, epoch, 5)  # the first look, 5 s into the weights
+    assert core.last_window["since_s"] == changed_s
+    assert core.last_window["requests"] == {"v1": 6 * 9, "v2": 6 * 1}
+
+
+def test_a_report_of_the_weights_before_does_not_count_in_the_new_step():
+    """What a router served at the old weights and reports as it applies the new ones (or
+    sends late, not having heard of them) arrives after the change: filed by arrival, it
+    counted in the new weights' window, which it was not served by."""
+    clock = FakeClock(1_000_000.0)
+    core, before, epoch = _weights_changed_within_a_second(clock)
+    clock.advance(0.9)  # in the next second, so not lost with the first one's (above)
+    core.record(report_of(_served(clock, "v1", 40, before) + _served(clock, "v2", 4, before), core=core))
+    clock.advance(0.05)  # a router that applied 50/50 between two requests: one report of both
+    mixed = _served(clock, "v1", 5, before) + _served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch)
+    core.record(report_of(mixed, core=core))
+    _seconds_at(core, clock, epoch, 5)
+    # The mixed report counts whole: the gates' figures do not tell its requests apart by weights.
+    assert core.last_window["requests"] == {"v1": 5 + 9 + 5 * 9, "v2": 6 * 1}
+
+
 def test_feedback_waits_two_report_intervals_for_its_request():
     """With routers reporting every 60 s, one router's report must not expire feedback whose
     request another router reports up to a minute later."""
