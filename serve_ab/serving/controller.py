@@ -282,6 +282,7 @@ class ControllerCore:
         self.config_digest = config_digest(cfg)
         self._other_config_routers: set[str] = set()  # logged once each
         self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
+        self.reports.restore_counts((saved_stats or {}).get("routers_counted"))
         # Restored from a save: /metrics waits for the routers live at the save to send what it
         # lacks (a save of a release before routers_live: every router it numbers).
         self.catch_up = RestartCatchUp(_routers_to_wait_for(saved_stats, self.numbers.merged), clock())
@@ -400,6 +401,7 @@ class ControllerCore:
         # and a row left naming it held every restart's /metrics CATCH_UP_MAX_S.
         state["routers_live"] = sorted((self.reports.live(now_s) | self.catch_up.pending(now_s)) & seqs.keys())
         state["sequential"] = self.sequential_state
+        state["routers_counted"] = self.reports.counts()  # counters, so they never go back at a restart
         state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
                                                            in self._epoch_weights.items()]}
         # The first minute whose row of counted feedback may still be in the store: the next run

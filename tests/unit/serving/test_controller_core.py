@@ -370,6 +370,30 @@ def test_a_report_of_the_weights_before_does_not_count_in_the_new_step():
     assert core.last_window["requests"] == {"v1": 5 + 9 + 5 * 9, "v2": 6 * 1}
 
 
+def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
+    """A router killed, counted lost a minute later, then the controller killed: the new
+    controller showed routers_lost_total 0 (live), a counter going back, while what that
+    router served after its last report is still missing from the figures."""
+    import dataclasses
+
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    core.record(report_of(router="killed"))
+    core.record(dataclasses.replace(report_of(router="alive"), delayed_intervals=2))
+    clock.advance(61.0)
+    core.record(report_of(router="alive"))
+    assert (core.status().routers.routers_lost_total, core.status().routers.delayed_intervals_total) == (1, 2)
+    core.save_stats()
+    restarted = ControllerCore(experiment(), store, clock)
+    restarted.record(dataclasses.replace(report_of(router="alive"), delayed_intervals=1))
+    routers = restarted.status().routers
+    assert (routers.routers_lost_total, routers.delayed_intervals_total) == (1, 3)
+    body = restarted.metrics("digits-canary")[0].decode()
+    assert 'serve_ab_routers_lost_total{application="digits-canary",model="digits"} 1.0' in body
+
+
 def test_feedback_waits_two_report_intervals_for_its_request():
     """With routers reporting every 60 s, one router's report must not expire feedback whose
     request another router reports up to a minute later."""
