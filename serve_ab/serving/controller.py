@@ -781,8 +781,13 @@ class ControllerCore:
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
-        self.stats.record_feedback(t_s, version, name, value, converted, unit, self._split_weights(split))
-        if self.rollout is not None:
+        weights = self._split_weights(split)
+        self.stats.record_feedback(t_s, version, name, value, converted, unit, weights)
+        # Feedback on an answer routed by other weights (the step before's, sent after the
+        # change) is no evidence for the weights now, as its request was not (_routed_by_now);
+        # an epoch this controller never published (a router's before a restart) counts by time.
+        if self.rollout is not None and (weights is None or _same_weights(weights, self.weights())):
+            self.gate_windows.begin_step(self.rollout.window_since_s)
             self.gate_windows.add_feedback(t_s, version, name, value, converted, unit)
 
     def _split_weights(self, epoch: int) -> dict[str, float] | None:

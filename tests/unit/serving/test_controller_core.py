@@ -370,6 +370,23 @@ def test_a_report_of_the_weights_before_does_not_count_in_the_new_step():
     assert core.last_window["requests"] == {"v1": 5 + 9 + 5 * 9, "v2": 6 * 1}
 
 
+def test_feedback_on_an_answer_of_the_weights_before_does_not_count_in_the_new_step():
+    """A client's feedback comes seconds after its answer: on answers served just before a
+    change of weights, it arrived in the new step and counted in its feedback gate's window,
+    though its request is kept out of it (the report of the weights before)."""
+    clock = FakeClock(1_000_000.0)
+    core, before, epoch = _weights_changed_within_a_second(clock)
+    clock.advance(1.5)
+    for i, split in enumerate([before] * 3 + [epoch] * 2):
+        core.feedback.add(f"v2-answer-{i}", "correct", None, i % 2 == 0, clock(), version="v2",
+                          unit=7919 * (i + 1), split=split)
+    outcomes = core.gate_windows.window(core.rollout.window_since_s, step=True).outcomes
+    assert outcomes["v2"]["correct"].counts.sum() == 2  # the two answers of the new weights
+    # The run's figures (the A/B report's, per split) still count all five.
+    assert ('serve_ab_feedback_total{application="digits-canary",metric="correct",model="digits",version="v2"} 5.0'
+            in core.metrics("digits-canary")[0].decode())
+
+
 def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
     """A router killed, counted lost a minute later, then the controller killed: the new
     controller showed routers_lost_total 0 (live), a counter going back, while what that
