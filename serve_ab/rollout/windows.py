@@ -2,7 +2,8 @@
 
 The controller files each router's per-version :class:`GateAggregate` under the second it
 arrived (its own clock), unless every request in it was routed by other weights than the
-current ones (the step before's), and each joined feedback under the second the client sent it. A
+current ones (the step before's), and each joined feedback under the second the client sent it
+(unless its answer was routed by other weights). A
 rollout's analysis reads the whole current step, or its last ``window_s``: the step's total
 is kept as a running merge (so a look costs versions and metrics, not requests, feedback or
 seconds held), and the last few minutes are kept per second, from which a new step's total
