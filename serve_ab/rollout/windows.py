@@ -1,7 +1,9 @@
 """The gates' windows, merged from the routers' interval aggregates and joined feedback (pure).
 
 The controller files each router's per-version :class:`GateAggregate` under the second it
-arrived (its own clock), and each joined feedback under the second the client sent it. A
+arrived (its own clock), unless every request in it was routed by other weights than the
+current ones (the step before's), and each joined feedback under the second the client sent it
+(unless its answer was routed by other weights). A
 rollout's analysis reads the whole current step, or its last ``window_s``: the step's total
 is kept as a running merge (so a look costs versions and metrics, not requests, feedback or
 seconds held), and the last few minutes are kept per second, from which a new step's total
@@ -106,6 +108,15 @@ class GateWindows:
         self._slot(t_s).add_feedback(version, name, value, converted, unit)
         if t_s >= self._since_s:
             self._since.add_feedback(version, name, value, converted, unit)
+
+    def begin_step(self, start_s: float) -> None:
+        """Start the running total of the step that began at ``start_s``, if it has not begun:
+        called before anything is added, so that what arrives from ``start_s`` on counts in
+        the step, the rest of its first second included. Started only at the step's first
+        look, it was summed from whole seconds and lost what came between the step's start
+        and that look within the same second (a router's report, up to a second of traffic)."""
+        if start_s != self._since_s:
+            self.window(start_s, step=True)
 
     def _slot(self, t_s: float) -> _Totals:
         start = math.floor(t_s / self.slot_s) * self.slot_s

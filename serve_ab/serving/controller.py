@@ -42,6 +42,7 @@ from ray import serve
 from serve_ab.config.experiment import ExperimentConfig, parse_experiment
 from serve_ab.config.serve_file import CONTROLLER_DEPLOYMENT
 from serve_ab.analysis.accumulate import ExperimentStats
+from serve_ab.analysis.aggregate import IntervalAggregate
 from serve_ab.analysis.report_model import Report
 from serve_ab.analysis.saved_looks import readable_looks
 from serve_ab.rollout.feedback import PENDING_TTL_S, REQUEST_TTL_S, FeedbackJoin
@@ -137,6 +138,12 @@ class Checkpoint:
     kept: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # Of those, the rows this controller's copy wins over the store's (the feedback key).
     owned: frozenset[str] = frozenset()
+
+
+def _same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """Whether two routings give every version the same percent (a version missing from one,
+    such as a retired one a router dropped, has 0 there)."""
+    return all(math.isclose(a.get(v, 0.0), b.get(v, 0.0), abs_tol=1e-9) for v in a.keys() | b.keys())
 
 
 def _revision(row: Any) -> int:
@@ -275,6 +282,7 @@ class ControllerCore:
         self.config_digest = config_digest(cfg)
         self._other_config_routers: set[str] = set()  # logged once each
         self.numbers = ReportNumbers(clock, (saved_stats or {}).get("report_seqs"))
+        self.reports.restore_counts((saved_stats or {}).get("routers_counted"))
         # Restored from a save: /metrics waits for the routers live at the save to send what it
         # lacks (a save of a release before routers_live: every router it numbers).
         self.catch_up = RestartCatchUp(_routers_to_wait_for(saved_stats, self.numbers.merged), clock())
@@ -401,6 +409,7 @@ class ControllerCore:
         # and a row left naming it held every restart's /metrics CATCH_UP_MAX_S.
         state["routers_live"] = sorted((self.reports.live(now_s) | self.catch_up.pending(now_s)) & seqs.keys())
         state["sequential"] = self.sequential_state
+        state["routers_counted"] = self.reports.counts()  # counters, so they never go back at a restart
         state["epochs"] = {"last": self.epoch, "weights": [[epoch, weights] for epoch, weights
                                                            in self._epoch_weights.items()]}
         # The first minute whose row of counted feedback may still be in the store: the next run
@@ -624,8 +633,8 @@ class ControllerCore:
         that began after the save, a save of an older release, a row that cannot be read) the
         step's gates start from the reports after the restart, as they used to: they wait
         longer for evidence, and its alpha spent carries on, so no verdict is looser. Reports
-        of the step before that routers send again are filed in the current step's window, as
-        any report arriving after a step change is (they are stamped on arrival)."""
+        of the step before that routers send again are kept out of the current step's window,
+        as any report whose requests were all routed by other weights is (:meth:`_routed_by_now`)."""
         if not saved or self.rollout is None:
             return
         try:
@@ -735,8 +744,9 @@ class ControllerCore:
         now = self.clock()
         aggregate = report.aggregate
         failed_changed = self.reports.received(report, now)
-        if self.rollout is not None:  # windows are only read by a rollout's gates
+        if self.rollout is not None and self._routed_by_now(aggregate):  # only a rollout's gates read windows
             agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+            self.gate_windows.begin_step(self.rollout.window_since_s)
             self.gate_windows.add(now, aggregate.gates, agreements)
         self.stats.merge(now, aggregate)
         # Only when feedback comes without tokens: it is joined by the ids of assigned
@@ -750,6 +760,18 @@ class ControllerCore:
             # Routers learn of it with the next epoch: a failed version gets no traffic.
             self.epoch += 1
         return failed_changed
+
+    def _routed_by_now(self, aggregate: IntervalAggregate) -> bool:
+        """Whether a report is evidence for the weights routed now: not when each of its
+        assigned requests was routed by other weights. Such a report is the step before's,
+        which a router sends as soon as it applies new weights, or a router's that has not
+        heard of them yet; filed by arrival, it counted in the new step's window, unless it
+        came within the step's first second before its first look. A report of mirrored
+        copies only, or of a router too old to name its splits, is filed by arrival."""
+        if not aggregate.splits:
+            return True
+        now = self.weights()
+        return any(_same_weights(split.weights_pct, now) for split in aggregate.splits.values())
 
     def answer_of_earlier_run(self, answered_after_s: float | None) -> NotCounted | None:
         """Feedback on an answer given before this run started (its token says when) belongs
@@ -767,8 +789,13 @@ class ControllerCore:
 
     def _feedback_joined(self, version: str, name: str, value: float | None,
                          converted: bool | None, t_s: float, unit: int | None = None, split: int = -1) -> None:
-        self.stats.record_feedback(t_s, version, name, value, converted, unit, self._split_weights(split))
-        if self.rollout is not None:
+        weights = self._split_weights(split)
+        self.stats.record_feedback(t_s, version, name, value, converted, unit, weights)
+        # Feedback on an answer routed by other weights (the step before's, sent after the
+        # change) is no evidence for the weights now, as its request was not (_routed_by_now);
+        # an epoch this controller never published (a router's before a restart) counts by time.
+        if self.rollout is not None and (weights is None or _same_weights(weights, self.weights())):
+            self.gate_windows.begin_step(self.rollout.window_since_s)
             self.gate_windows.add_feedback(t_s, version, name, value, converted, unit)
 
     def _split_weights(self, epoch: int) -> dict[str, float] | None:

@@ -80,6 +80,23 @@ class RouterReports:
                        "controller.report_interval_s of its requests, and, had this controller restarted since, "
                        "what its saves lacked)", name, now_s - seen.last_report_s, last)
 
+    def counts(self) -> dict[str, int]:
+        """The counters a restarted controller carries on, saved with the run's figures."""
+        return {"lost": self.routers_lost_total, "delayed_intervals": self.delayed_intervals_total}
+
+    def restore_counts(self, saved: object) -> None:
+        """Carry on the counters :meth:`counts` saved. A restart set them to 0: a router lost
+        before it vanished from status, and ``serve_ab_routers_lost_total`` went back from 1
+        to 0 (live: a router killed, counted lost 60 s later, then the controller killed),
+        though what that router served after its last report is still missing from the
+        figures. A save of a release before, or a value that cannot be a count, leaves 0."""
+        if not isinstance(saved, Mapping):
+            return
+        for key, attribute in (("lost", "routers_lost_total"), ("delayed_intervals", "delayed_intervals_total")):
+            value = saved.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, attribute, value)
+
     def failed_versions(self, now_s: float) -> dict[str, str]:
         """Versions some live router could not load, with the first such router's error. One
         that sent its last report serves no more: its failure kept the version's weight at 0

@@ -479,9 +479,10 @@ class RouterCore:
     async def follow(self) -> None:
         """Apply every new snapshot as soon as the controller has it (a long poll).
 
-        At a change of weights, what was served under the old ones is reported at once: the
-        controller files reports by arrival, so the new step's gate windows start clean rather
-        than with up to ``report_interval_s`` of the step before."""
+        At a change of weights, what was served under the old ones is reported at once, in a
+        report of the old weights' requests only, which the controller keeps out of the new
+        step's gate windows (it files the others by arrival); otherwise the next report would
+        mix up to ``report_interval_s`` of the step before into the new step's."""
         unreachable_since_s: float | None = None  # one line an outage, not one a retry
         while True:
             try:

@@ -313,6 +313,104 @@ def test_manual_weights_start_the_window_afresh():
     assert core.last_window["since_s"] == changed_s and 0 < core.last_window["requests"]["v2"] <= 30  # not the 20 s at 10%
 
 
+def _served(clock: FakeClock, version: str, n: int, epoch: int) -> list[ServedRequest]:
+    """``n`` assigned requests of ``version``, each of a user of its own, routed at ``epoch``."""
+    return [ServedRequest(clock(), version, 3.0, None, 1, 0.9, f"{version}-{epoch}-{clock()}-{i}",
+                          next(_NEXT_USER) * 7919, True, False, split=epoch) for i in range(n)]
+
+
+def _weights_changed_within_a_second(clock: FakeClock) -> tuple[ControllerCore, int, int]:
+    """A canary at 10% for 2 s whose weights an operator then sets to 50/50, 0.3 s into a
+    second (as a real change is): the core, and the routing epochs before and after."""
+    core = ControllerCore(experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    before = core.snapshot().epoch
+    _seconds_at(core, clock, before, 2)
+    clock.advance(0.3)
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}), OPERATOR)
+    core.act(Action.RESUME)  # the controller's next tick comes 0.25 s later (tick_s)
+    return core, before, core.snapshot().epoch
+
+
+def _seconds_at(core: ControllerCore, clock: FakeClock, epoch: int, seconds: int) -> None:
+    for _ in range(seconds):
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch), core=core))
+        core.tick()
+
+
+def test_a_report_in_a_steps_first_second_counts_in_its_window():
+    """A report that arrives after a change of weights, before the step's first look and in
+    the same second, is the step's evidence: the window was summed from whole seconds at
+    that look, and dropped it: up to a second of a router's traffic."""
+    clock = FakeClock(1_000_000.0)
+    core, _, epoch = _weights_changed_within_a_second(clock)
+    changed_s = clock()
+    clock.advance(0.2)
+    core.record(report_of(_served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch), core=core))
+    _seconds_at(core, clock, epoch, 5)  # the first look, 5 s into the weights
+    assert core.last_window["since_s"] == changed_s
+    assert core.last_window["requests"] == {"v1": 6 * 9, "v2": 6 * 1}
+
+
+def test_a_report_of_the_weights_before_does_not_count_in_the_new_step():
+    """What a router served at the old weights and reports as it applies the new ones (or
+    sends late, not having heard of them) arrives after the change: filed by arrival, it
+    counted in the new weights' window, which it was not served by."""
+    clock = FakeClock(1_000_000.0)
+    core, before, epoch = _weights_changed_within_a_second(clock)
+    clock.advance(0.9)  # in the next second, so not lost with the first one's (above)
+    core.record(report_of(_served(clock, "v1", 40, before) + _served(clock, "v2", 4, before), core=core))
+    clock.advance(0.05)  # a router that applied 50/50 between two requests: one report of both
+    mixed = _served(clock, "v1", 5, before) + _served(clock, "v1", 9, epoch) + _served(clock, "v2", 1, epoch)
+    core.record(report_of(mixed, core=core))
+    _seconds_at(core, clock, epoch, 5)
+    # The mixed report counts whole: the gates' figures do not tell its requests apart by weights.
+    assert core.last_window["requests"] == {"v1": 5 + 9 + 5 * 9, "v2": 6 * 1}
+
+
+def test_feedback_on_an_answer_of_the_weights_before_does_not_count_in_the_new_step():
+    """A client's feedback comes seconds after its answer: on answers served just before a
+    change of weights, it arrived in the new step and counted in its feedback gate's window,
+    though its request is kept out of it (the report of the weights before)."""
+    clock = FakeClock(1_000_000.0)
+    core, before, epoch = _weights_changed_within_a_second(clock)
+    clock.advance(1.5)
+    for i, split in enumerate([before] * 3 + [epoch] * 2):
+        core.feedback.add(f"v2-answer-{i}", "correct", None, i % 2 == 0, clock(), version="v2",
+                          unit=7919 * (i + 1), split=split)
+    outcomes = core.gate_windows.window(core.rollout.window_since_s, step=True).outcomes
+    assert outcomes["v2"]["correct"].counts.sum() == 2  # the two answers of the new weights
+    # The run's figures (the A/B report's, per split) still count all five.
+    assert ('serve_ab_feedback_total{application="digits-canary",metric="correct",model="digits",version="v2"} 5.0'
+            in core.metrics("digits-canary")[0].decode())
+
+
+def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
+    """A router killed, counted lost a minute later, then the controller killed: the new
+    controller showed routers_lost_total 0 (live), a counter going back, while what that
+    router served after its last report is still missing from the figures."""
+    import dataclasses
+
+    clock = FakeClock()
+    store = MemoryStateStore()
+    core = ControllerCore(experiment(), store, clock)
+    core.tick()
+    core.record(report_of(router="killed"))
+    core.record(dataclasses.replace(report_of(router="alive"), delayed_intervals=2))
+    clock.advance(61.0)
+    core.record(report_of(router="alive"))
+    assert (core.status().routers.routers_lost_total, core.status().routers.delayed_intervals_total) == (1, 2)
+    core.save_stats()
+    restarted = ControllerCore(experiment(), store, clock)
+    restarted.record(dataclasses.replace(report_of(router="alive"), delayed_intervals=1))
+    routers = restarted.status().routers
+    assert (routers.routers_lost_total, routers.delayed_intervals_total) == (1, 3)
+    body = restarted.metrics("digits-canary")[0].decode()
+    assert 'serve_ab_routers_lost_total{application="digits-canary",model="digits"} 1.0' in body
+
+
 def test_feedback_waits_two_report_intervals_for_its_request():
     """With routers reporting every 60 s, one router's report must not expire feedback whose
     request another router reports up to a minute later."""
