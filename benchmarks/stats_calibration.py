@@ -304,6 +304,8 @@ LIMIT_SRM_AA = 0.005  # the flag's threshold is p < 0.001; room for the MC noise
 LIMIT_AA = 0.06
 POWER_TOLERANCE = 0.05
 LIMIT_GATE = 0.05
+# A check misses where the rate's one-sided bound at this confidence is past its limit.
+CHECK_CONFIDENCE = 0.99
 
 # Scenario 9: CUPED with returning users.
 CUPED_USERS = 2000
@@ -367,6 +369,14 @@ class Rate:
     def mc_se(self) -> float:
         p = self.value
         return math.sqrt(p * (1 - p) / self.reps) if self.reps else math.nan
+
+    def bounds(self, confidence: float = 0.99) -> tuple[float, float]:
+        """One-sided Clopper-Pearson bounds (lower, upper), each at ``confidence``: where the
+        true rate may lie given the Monte Carlo noise of ``reps`` repetitions."""
+        lower = 0.0 if self.hits == 0 else float(stats.beta.ppf(1 - confidence, self.hits, self.reps - self.hits + 1))
+        upper = 1.0 if self.hits == self.reps else float(stats.beta.ppf(confidence, self.hits + 1,
+                                                                        self.reps - self.hits))
+        return lower, upper
 
     def to_dict(self) -> dict[str, Any]:
         return {"rate": self.value, "mc_se": self.mc_se, "hits": self.hits, "reps": self.reps}
@@ -1084,41 +1094,61 @@ def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]
             for case in outcomes[0]}
 
 
+def judge_rate(rate: Rate, *, at_most: float | None = None, at_least: float | None = None,
+               exact: float | None = None) -> tuple[bool, bool]:
+    """(within, point_within): whether ``rate`` keeps its limits up to Monte Carlo error (its
+    one-sided CHECK_CONFIDENCE Clopper-Pearson bound on the limit's side of it), and whether its
+    point estimate does. ``exact``: a figure with no noise to allow (every run applied CUPED)."""
+    if exact is not None:
+        return rate.value == exact, rate.value == exact
+    lower, upper = rate.bounds(CHECK_CONFIDENCE)
+    within = (at_most is None or lower <= at_most) and (at_least is None or upper >= at_least)
+    point = (at_most is None or rate.value <= at_most) and (at_least is None or rate.value >= at_least)
+    return within, point
+
+
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
            gates: dict[str, dict[str, Rate]], rare: dict[str, Any],
            clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate],
            srm: dict[str, dict[str, Any]], cuped: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
-    beside it, so a reader can tell a miss from noise)."""
+    """What issue #11 asks, figure by figure: each rate against its limit, up to Monte Carlo
+    error. ``within`` is false (MISS) only where the rate's one-sided 99% Clopper-Pearson bound
+    is past the limit, i.e. the repetitions show the limit broken, not merely a point estimate
+    a hit or two past it: at the quick mode's 12 A/A reps one false positive is 8.3%, over a
+    6% limit, and six such "misses" came up in quick runs where 2,000-4,000 reps of the same
+    cases put each rate at or below its limit (2026-12-07: the 90/10 A/A's fixed p 3.0 +- 0.3%,
+    CUPED's 5.3 +- 0.5%). ``point_within`` is the point estimate's own reading ("ok~" where
+    only Monte Carlo noise puts it past the limit)."""
     out = []
 
-    def check(what: str, rate: Rate, ok: bool, limit: str) -> None:
-        out.append({"check": what, "limit": limit, **rate.to_dict(), "within": ok})
+    def check(what: str, rate: Rate, limit: str, at_most: float | None = None, at_least: float | None = None,
+              exact: float | None = None) -> None:
+        ok, point = judge_rate(rate, at_most=at_most, at_least=at_least, exact=exact)
+        out.append({"check": what, "limit": limit, **rate.to_dict(), "bounds_99": list(rate.bounds(CHECK_CONFIDENCE)),
+                    "within": ok, "point_within": point})
 
     for metric, row in aa.items():
         for key, label in (("fixed_p_lt_alpha_final", "fixed p < 0.05 at the final look"),
                            ("verdict_any_look", "any verdict over 10 looks")):
-            check(f"A/A {metric}: {label}", row[key], row[key].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+            check(f"A/A {metric}: {label}", row[key], f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     better = power["better"]
-    check("power at the planned n (better)", better, abs(better.value - TARGET_POWER) <= POWER_TOLERANCE,
-          f"{TARGET_POWER} ± {POWER_TOLERANCE}")
-    check("canary A/A: any verdict", canary["aa_any_verdict"], canary["aa_any_verdict"].value <= ALPHA,
-          f"<= {ALPHA}")
+    check("power at the planned n (better)", better, f"{TARGET_POWER} ± {POWER_TOLERANCE}",
+          at_most=TARGET_POWER + POWER_TOLERANCE, at_least=TARGET_POWER - POWER_TOLERANCE)
+    check("canary A/A: any verdict", canary["aa_any_verdict"], f"<= {ALPHA}", at_most=ALPHA)
     worse = canary["drop_worse"]
-    check("canary 20% drop: WORSE", worse, worse.value >= TARGET_POWER - POWER_TOLERANCE,
-          f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})")
-    check("90/10, 1% rate, A/A: any verdict over 30 looks", rare["aa_any_verdict"],
-          rare["aa_any_verdict"].value <= ALPHA, f"<= {ALPHA}")
+    check("canary 20% drop: WORSE", worse, f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})",
+          at_least=TARGET_POWER - POWER_TOLERANCE)
+    check("90/10, 1% rate, A/A: any verdict over 30 looks", rare["aa_any_verdict"], f"<= {ALPHA}", at_most=ALPHA)
     check("90/10, 1% rate, A/A: fixed p < 0.05 at the last look", rare["aa_fixed_p_lt_alpha_final"],
-          rare["aa_fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+          f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     for n in GATE_BAD_WINDOWS:
         rate = gates[f"bad_{n}"]["pass"]
-        check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate,
-              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+        check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate, f"<= {LIMIT_GATE}",
+              at_most=LIMIT_GATE)
     for n in GATE_DRIFT_WINDOWS:
         rate = gates[f"drift_{n}"]["fail"]
-        check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate,
-              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+        check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate, f"<= {LIMIT_GATE}",
+              at_most=LIMIT_GATE)
     for case, (metric, users, per_user, icc, _) in CLUSTER_CASES.items():
         if "healthy" in case or case.endswith("_wrong"):
             continue  # a power figure, or what a wrong assumption costs: shown in its table
@@ -1141,28 +1171,27 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
             sample += f", max_user_icc {CLUSTER_ASSUMED_ICC[case]:g}"
         # At most alpha up to Monte Carlo error (DESIGN.md): a case where the gate is exact (the
         # assumed max_user_icc true) sits at alpha itself, 0.046 +- 0.002 in 12,000 reps.
-        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA + 2 * rate.mc_se,
-              f"<= {ALPHA} + 2 MC SE")
+        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, f"<= {ALPHA}", at_most=ALPHA)
     for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
         if case.startswith("aa_") and not keyless:
             check(f"shadow flip test, no shift, {users} users x {per_user}, ICC {icc:g}: class 0 significant",
-                  flips[case], flips[case].value <= ALPHA, f"<= {ALPHA}")
+                  flips[case], f"<= {ALPHA}", at_most=ALPHA)
     flagged = srm["aa"]["sequential"]["any_look"]
     check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
-          flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
+          f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})", at_most=LIMIT_SRM_AA)
     for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3"),
                         ("drift_aa", f"v1, v1/v2, v1/v3, +{CUPED_SEASON:g} from the 2nd period"),
                         ("late_aa", f"{CUPED_LATE_SHARE:.0%} of v1 alone's outcomes late")):
         on = cuped[case]["cuped_on"]
         any_verdict = Rate(on["better"].hits + on["worse"].hits, on["better"].reps)
-        check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict,
-              any_verdict.value <= ALPHA, f"<= {ALPHA}")
+        check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict, f"<= {ALPHA}",
+              at_most=ALPHA)
         check(f"CUPED A/A, {label}: fixed p < 0.05 at the last look", on["fixed_p_lt_alpha_final"],
-              on["fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+              f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     for case in ("late_aa", "late_lift"):  # late outcomes of the pre-period keep it a pre-period
         applied = cuped[case]["cuped_on"]["applied"]
         check(f"CUPED, {CUPED_LATE_SHARE:.0%} of the pre-period's outcomes late ({case}): applied", applied,
-              applied.value == 1.0, "= 1")
+              "= 1", exact=1.0)
     return out
 
 
@@ -1263,7 +1292,8 @@ def print_tables(result: dict[str, Any]) -> None:
 
     print("\nChecks (issue #11):")
     for item in result["checks"]:
-        mark = "ok  " if item["within"] else "MISS"
+        # "ok~": the point estimate is past the limit by less than the Monte Carlo error.
+        mark = ("ok  " if item["point_within"] else "ok~ ") if item["within"] else "MISS"
         print(f"  {mark} {item['check']:<62} {item['rate']:.3f} ± {item['mc_se']:.3f}  ({item['limit']})")
     print(f"\nwall time {result['wall_s']:.0f} s with {result['workers']} worker(s)", flush=True)
 
