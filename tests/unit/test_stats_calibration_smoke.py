@@ -63,6 +63,19 @@ def test_quick_run_ends_with_one_json_line_of_every_figure():
     assert cuped["third_aa"]["cuped_on"]["applied"]["rate"] == 0.0  # v3's buckets were v2's
     assert cuped["late_aa"]["cuped_on"]["applied"]["rate"] == 1.0  # late outcomes keep the pre-period
 
+    users_hit = report["users_hit"]["cases"]
+    assert set(users_hit) == {"whales_1000_sigma1.5", "whales_2000_sigma2", "peek_restarts", "returning_aa",
+                              "returning_drop", "gate_looks_error_at_bound_keyed_icc0.1",
+                              "gate_looks_error_at_bound_keyless", "gate_looks_error_healthy_0.7_keyed_icc0.1",
+                              "gate_looks_p95_at_bound_keyed_icc0.1"}
+    for case, row in users_hit.items():
+        assert all(RATE_KEYS <= set(rate) for rate in row.values())
+        flags = {"pass_any", "fail_any", "both"} if case.startswith("gate_looks_") else {
+            f"{m}_{f}" for m in ("converted", "revenue") for f in ("verdict_any", "fixed_p_final", "fixed_p_any")}
+        assert flags <= set(row), case
+    scenario_10 = ("whales_", "peek_", "returning_", "gate_looks_")
+    assert sum(item["check"].startswith(scenario_10) for item in report["checks"]) == 24
+
 
 def test_score_drift_alone_runs_every_score_drift_case_through_the_wire():
     from benchmarks import stats_calibration
