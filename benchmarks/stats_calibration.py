@@ -6,6 +6,8 @@
                                                      # through the wire and GateWindows
     python -m benchmarks.stats_calibration           # about 12 min wall on 2 cores (706 s on
                                                      # 2026-12-06, scenario 9 some 65 s of it;
+                                                     # scenario 10, 2026-12-07, an estimated
+                                                     # 3 min more;
                                                      # 1,000 A/A reps, 400 power, 200 canary,
                                                      # 400 per CUPED case)
 
@@ -117,6 +119,20 @@ otherwise (alpha 0.05, Holm, sequential mSPRT verdicts, power 0.8).
    moved) and the requests recorded as routers report them; a late outcome used to extend
    its split's period past the variant's start, and CUPED was then applied in 0 of 30 runs.
 
+10. What users hit that the above do not cover (each through the same pipeline):
+   ``whales_*``: an A/A on revenue per report, 90% zeros and the rest lognormal (log SD 2, a
+   user effect), and a conversion, from users whose numbers of reports are lognormal (log SD
+   1.5 or 2: a few send hundreds); the verdicts (any of 10 looks) and the fixed p at the last.
+   ``peek_restarts``: an A/A read at 100 looks, the controller restarted twice (its figures
+   and sequential looks through JSON and ``readable_looks``, as its store keeps them).
+   ``returning_*``: the same users at every step of a 5 -> 20 -> 50 -> 100% canary (a bucket
+   moves from v1 to v2 as the weight grows), conversion and mean trending down alike in both
+   arms; and the candidate's conversion 20% lower (power, not checked). ``gate_looks_*``: one
+   step analysed 60 times as its window grows, each analysis at ``alpha_for_look(k)`` for a
+   fail and a pass: a candidate at ``error_rate``'s or ``latency_p95_ms``'s bound must pass
+   at most alpha over the step, one at 0.7 of the max fail at most alpha, and none may both
+   pass and fail (flip on noise).
+
 Scenarios 2, 3 and 5 feed the conversion feedback only (no ``record`` of the requests), which
 leaves their metric's path through the pipeline unchanged and halves their cost.
 
@@ -156,7 +172,8 @@ from serve_ab.config.rollout import Gate
 from serve_ab.analysis.sketch import LogHistogram
 from serve_ab.analysis.aggregate import GateAggregate, IntervalAggregate
 from serve_ab.rollout.feedback import FeedbackJoin
-from serve_ab.rollout.gates import Observation, evaluate_gates
+from serve_ab.analysis.saved_looks import readable_looks
+from serve_ab.rollout.gates import Observation, alpha_for_look, evaluate_gates
 from serve_ab.rollout.windows import GateWindows, window_stats
 from serve_ab.routing import NUM_BUCKETS, SplitTable
 
@@ -304,6 +321,8 @@ LIMIT_SRM_AA = 0.005  # the flag's threshold is p < 0.001; room for the MC noise
 LIMIT_AA = 0.06
 POWER_TOLERANCE = 0.05
 LIMIT_GATE = 0.05
+# A check misses where the rate's one-sided bound at this confidence is past its limit.
+CHECK_CONFIDENCE = 0.99
 
 # Scenario 9: CUPED with returning users.
 CUPED_USERS = 2000
@@ -325,6 +344,36 @@ CUPED_CASES = {  # case: (each period's weights, the last read at looks; each ve
     "late_lift": ([{"v1": 100.0}, {"v1": 50.0, "v2": 50.0}], {"v2": CUPED_LIFT}, "v2", ()),
 }
 CUPED_LATE_SHARE = 0.2  # late_*: the share of the pre-period's reports sent in the second period
+
+# Scenario 10: what users hit that the scenarios above do not cover (2026-12-07).
+# Heavy-tailed revenue with whales: 90% of reports 0, the rest lognormal (log SD 2, a user
+# effect of 30% of the log variance), a user's reports lognormal in number (log SD 1.5 or 2:
+# the top users send hundreds), a conversion beside it (ICC 0.3); A/A, 10 looks.
+WHALE_CASES = {  # case: (users, mean reports per user, activity log SD)
+    "whales_1000_sigma1.5": (1000, 5.0, 1.5),
+    "whales_2000_sigma2": (2000, 5.0, 2.0),
+}
+WHALE_ZERO_SHARE, WHALE_LOG_SD, WHALE_ICC = 0.9, 2.0, 0.3
+# Peeking: an A/A read at PEEK_LOOKS evenly spaced looks (a refresh every few seconds for
+# hours) from PEEK_FIRST users on, the controller restarted (figures and sequential looks
+# through JSON, as its store keeps them) at each of PEEK_RESTARTS.
+PEEK_USERS, PEEK_LOOKS, PEEK_FIRST, PEEK_RESTARTS, PEEK_PER_USER = 10_000, 100, 100, (33, 66), 3
+# A canary's steps with the same users returning in each (a bucket moves from v1 to v2 as the
+# weight grows), a base conversion falling from 0.5 to 0.2 and a mean falling by 5 over the
+# steps; 3 looks a step. A/A, and a 20% drop of the conversion as a power figure.
+RETURN_STEPS_PCT, RETURN_USERS, RETURN_VISITS_PER_STEP, RETURN_LOOKS_PER_STEP = (5.0, 20.0, 50.0, 100.0), 6000, 2.0, 3
+# Gates read at every analysis of one step (60 analyses, 5 s apart), the window growing by 50
+# users x 4 requests a side each time, judged at alpha_for_look(k) for a fail and for a pass
+# (a set_weight step ends on its first pass): error_rate max 0.02 (keyed, ICC 0.1; keyless),
+# latency_p95_ms at the true p95 (keyed, ICC 0.1). At the bound a pass is false; below it
+# (0.7 of the max) a fail is.
+GATE_LOOKS, GATE_LOOK_USERS, GATE_LOOK_PER_USER, GATE_LOOK_ERROR_MAX = 60, 50, 4, 0.02
+GATE_LOOK_CASES = {  # case: (metric, true value over the max, ICC, keyless)
+    "error_at_bound_keyed_icc0.1": ("error_rate", 1.0, 0.1, False),
+    "error_at_bound_keyless": ("error_rate", 1.0, 0.0, True),
+    "error_healthy_0.7_keyed_icc0.1": ("error_rate", 0.7, 0.1, False),
+    "p95_at_bound_keyed_icc0.1": ("latency_p95_ms", 1.0, 0.1, False),
+}
 
 VERSIONS = ("v1", "v2")
 CONVERSION, MEAN = "converted", "revenue"
@@ -367,6 +416,14 @@ class Rate:
     def mc_se(self) -> float:
         p = self.value
         return math.sqrt(p * (1 - p) / self.reps) if self.reps else math.nan
+
+    def bounds(self, confidence: float = 0.99) -> tuple[float, float]:
+        """One-sided Clopper-Pearson bounds (lower, upper), each at ``confidence``: where the
+        true rate may lie given the Monte Carlo noise of ``reps`` repetitions."""
+        lower = 0.0 if self.hits == 0 else float(stats.beta.ppf(1 - confidence, self.hits, self.reps - self.hits + 1))
+        upper = 1.0 if self.hits == self.reps else float(stats.beta.ppf(confidence, self.hits + 1,
+                                                                        self.reps - self.hits))
+        return lower, upper
 
     def to_dict(self) -> dict[str, Any]:
         return {"rate": self.value, "mc_se": self.mc_se, "hits": self.hits, "reps": self.reps}
@@ -983,13 +1040,169 @@ def cuped_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
             for on in (True, False)}
 
 
+# ---- 10. what users hit: whales, peeking across restarts, returning users, gates at every look ----------
+
+
+def _feedback_config(weights_pct: Mapping[str, float]) -> ExperimentConfig:
+    return experiment(weights_pct)  # a conversion and a mean: a family of 4
+
+
+def _verdicts(report, out: dict[str, Any]) -> None:
+    """Per feedback metric: a verdict at any look so far, and the fixed p < alpha at this one."""
+    for metric in (CONVERSION, MEAN):
+        c = comparison(report, metric)
+        out[f"{metric}_verdict_any"] = out.get(f"{metric}_verdict_any", False) or decided(c) is not None
+        out[f"{metric}_fixed_p_final"] = c is not None and c.p_value is not None and c.p_value < ALPHA
+        out[f"{metric}_fixed_p_any"] = out.get(f"{metric}_fixed_p_any", False) or out[f"{metric}_fixed_p_final"]
+
+
+def whales_rep(seed: np.random.SeedSequence, case: str) -> dict[str, Any]:
+    """A/A on skewed revenue per report and a conversion, from users whose numbers of reports
+    are lognormal (a few whales send most), at 10 looks over the reports in time order."""
+    users, mean_reports, activity_sd = WHALE_CASES[case]
+    rng = np.random.default_rng(seed)
+    weights = {"v1": 50.0, "v2": 50.0}
+    cfg = _feedback_config(weights)
+    units, arms = route(rng, SplitTable.from_weights(weights), users)
+    reports = np.maximum(1, np.round(rng.lognormal(math.log(mean_reports) - activity_sd ** 2 / 2, activity_sd,
+                                                   users))).astype(int)
+    concentration = 1.0 / WHALE_ICC - 1.0
+    buys = rng.beta((1 - WHALE_ZERO_SHARE) * concentration, WHALE_ZERO_SHARE * concentration, users)
+    user_log = rng.normal(-WHALE_LOG_SD ** 2 / 2, math.sqrt(WHALE_ICC) * WHALE_LOG_SD, users)
+    who = np.repeat(np.arange(users), reports)
+    who = who[rng.permutation(who.size)]  # arrivals in time order
+    bought = rng.random(who.size) < buys[who]
+    revenue = np.where(bought, np.exp(user_log[who] + rng.normal(0, math.sqrt(1 - WHALE_ICC) * WHALE_LOG_SD,
+                                                                  who.size)), 0.0)
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    st.set_weights(weights)
+    state, out = None, {}
+    for look, (lo, hi) in enumerate(look_bounds(who.size, LOOKS), start=1):
+        for i, did_buy, value in zip(who[lo:hi].tolist(), bought[lo:hi].tolist(), revenue[lo:hi].tolist()):
+            st.record_feedback(look, arms[i], CONVERSION, None, did_buy, unit=units[i], split=weights)
+            st.record_feedback(look, arms[i], MEAN, value, None, unit=units[i], split=weights)
+        report, state = build_report(cfg, st.snapshot(float(look)), weights, state)
+        _verdicts(report, out)
+    return out
+
+
+def _restarted(st: ExperimentStats, state: dict[str, Any] | None, now_s: float) -> tuple[ExperimentStats, Any]:
+    """A controller restart: the figures and the sequential looks through JSON, read back as
+    the controller reads them (``readable_looks``)."""
+    figures = ExperimentStats.from_state(json.loads(json.dumps(st.to_state(now_s))), feedback_kinds=FEEDBACK_KINDS)
+    looks, dropped = readable_looks(json.loads(json.dumps(state))) if state is not None else (None, [])
+    if dropped:
+        raise AssertionError(f"a saved look could not be read back: {dropped}")
+    return figures, looks
+
+
+def peek_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    """A/A read at PEEK_LOOKS looks, restarted at PEEK_RESTARTS; users of ICC 0.3."""
+    rng = np.random.default_rng(seed)
+    weights = {"v1": 50.0, "v2": 50.0}
+    cfg = _feedback_config(weights)
+    units, arms = route(rng, SplitTable.from_weights(weights), PEEK_USERS)
+    conversion = beta_rates(rng, AA_CONVERSION, PEEK_USERS)
+    level = rng.normal(AA_REVENUE_MEAN, math.sqrt(ICC) * AA_REVENUE_SD, PEEK_USERS)
+    converted = rng.random((PEEK_USERS, PEEK_PER_USER)) < conversion[:, None]
+    revenue = level[:, None] + rng.normal(0, math.sqrt(1 - ICC) * AA_REVENUE_SD, (PEEK_USERS, PEEK_PER_USER))
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    st.set_weights(weights)
+    edges = [0, *np.linspace(PEEK_FIRST, PEEK_USERS, PEEK_LOOKS).round().astype(int).tolist()]
+    state, out = None, {}
+    for look, (lo, hi) in enumerate(itertools.pairwise(edges), start=1):
+        for i in range(lo, hi):
+            for did, value in zip(converted[i].tolist(), revenue[i].tolist()):
+                st.record_feedback(look, arms[i], CONVERSION, None, did, unit=units[i], split=weights)
+                st.record_feedback(look, arms[i], MEAN, value, None, unit=units[i], split=weights)
+        if look in PEEK_RESTARTS:
+            st, state = _restarted(st, state, float(look))
+        report, state = build_report(cfg, st.snapshot(float(look)), weights, state)
+        _verdicts(report, out)
+    return out
+
+
+def returning_rep(seed: np.random.SeedSequence, drop: float) -> dict[str, Any]:
+    """The same users at every step of RETURN_STEPS_PCT, conversion and mean trending down
+    over time alike in both arms (the candidate's conversion ``drop`` lower)."""
+    rng = np.random.default_rng(seed)
+    cfg = _feedback_config({"v1": 100 - RETURN_STEPS_PCT[0], "v2": RETURN_STEPS_PCT[0]})
+    units = [int(u) for u in rng.integers(0, 2**63, size=RETURN_USERS)]
+    logit_user = rng.normal(0.0, 1.0, RETURN_USERS)  # a user's propensity, kept at every step
+    level_user = rng.normal(0.0, 2.0, RETURN_USERS)
+    steps = len(RETURN_STEPS_PCT)
+    st = ExperimentStats(VERSIONS, 0.0, feedback_kinds=FEEDBACK_KINDS)
+    state, out = None, {}
+    for step, share in enumerate(RETURN_STEPS_PCT):
+        weights = {"v1": 100.0 - share, "v2": share}
+        st.set_weights(weights, float(step))
+        table = SplitTable.from_weights(weights)
+        arms = [table.version_for_bucket(u % NUM_BUCKETS) for u in units]
+        who = np.repeat(np.arange(RETURN_USERS), rng.poisson(RETURN_VISITS_PER_STEP, RETURN_USERS))
+        t = step + rng.random(who.size)
+        order = np.argsort(t)
+        who, t = who[order], t[order]
+        base = CANARY_BASE_FROM + (CANARY_BASE_TO - CANARY_BASE_FROM) * t / steps
+        rate = 1.0 / (1.0 + np.exp(-(np.log(base / (1 - base)) + logit_user[who])))
+        rate = np.where(np.array([arms[i] == "v2" for i in who.tolist()]), rate * (1 - drop), rate)
+        converted = rng.random(who.size) < rate
+        revenue = AA_REVENUE_MEAN - 5.0 * t / steps + level_user[who] + rng.normal(0, AA_REVENUE_SD, who.size)
+        for lo, hi in look_bounds(who.size, RETURN_LOOKS_PER_STEP):
+            for i, t_s, did, value in zip(who[lo:hi].tolist(), t[lo:hi].tolist(), converted[lo:hi].tolist(),
+                                          revenue[lo:hi].tolist()):
+                st.record_feedback(t_s, arms[i], CONVERSION, None, did, unit=units[i], split=weights)
+                st.record_feedback(t_s, arms[i], MEAN, value, None, unit=units[i], split=weights)
+            report, state = build_report(cfg, st.snapshot(float(t[hi - 1])), weights, state)
+            _verdicts(report, out)
+            c = comparison(report, CONVERSION)
+            out["conversion_worse"] = out.get("conversion_worse", False) or decided(c) == "worse"
+    return out
+
+
+def gate_looks_rep(seed: np.random.SeedSequence) -> dict[str, Any]:
+    """Each GATE_LOOK_CASES case once: one step's analyses, the window growing; whether the
+    gate ever passed, ever failed, and both."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for case, (metric, over_max, icc, keyless) in GATE_LOOK_CASES.items():
+        if metric == "error_rate":
+            gate = Gate.model_validate({"metric": metric, "max": GATE_LOOK_ERROR_MAX})
+        else:
+            gate = Gate.model_validate({"metric": metric, "max": CLUSTER_P95_MAX_MS / over_max})
+        aggregate = IntervalAggregate()
+        seen = {"pass": False, "fail": False}
+        for look in range(1, GATE_LOOKS + 1):
+            rows: list[tuple] = []
+            for version, rate in (("v2", GATE_LOOK_ERROR_MAX * over_max), ("v1", GATE_LOOK_ERROR_MAX / 2)):
+                for unit in _user_rows(rng, version, GATE_LOOK_USERS):
+                    unit_or_none = None if keyless else unit
+                    if metric == "error_rate":
+                        user_rate = rng.beta(rate * (1 - icc) / icc, (1 - rate) * (1 - icc) / icc) if icc else rate
+                        rows += [(version, 5.0, "error" if failed else None, None if failed else 0, None, unit_or_none,
+                                  True, False, 0, None)
+                                 for failed in (rng.random(GATE_LOOK_PER_USER) < user_rate).tolist()]
+                    else:
+                        log_ms = (math.log(AA_LATENCY_MEDIAN_MS) + rng.normal(0, CLUSTER_LOG_SD * math.sqrt(icc))
+                                  + rng.normal(0, CLUSTER_LOG_SD * math.sqrt(1 - icc), GATE_LOOK_PER_USER))
+                        rows += [(version, float(ms), None, 0, None, unit_or_none, True, False, 0, None)
+                                 for ms in np.exp(log_ms)]
+            aggregate.served_rows(rows, {})
+            windows = window_stats(aggregate.gates, versions=VERSIONS)
+            alpha = alpha_for_look(ALPHA, look)
+            (result,) = evaluate_gates([gate], windows["v2"], windows["v1"], 10, alpha=alpha, pass_alpha=alpha)
+            seen[result.verdict.value] = True
+        out[case] = {"pass_any": seen["pass"], "fail_any": seen["fail"], "both": seen["pass"] and seen["fail"]}
+    return out
+
+
 # ---- running the repetitions -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "rare": rare_rep,
     "aa": aa_rep, "power": power_rep, "canary": canary_rep, "gates": gates_rep,
     "clustered_gates": clustered_gates_rep, "shadow_flips": shadow_flips_rep, "srm": srm_rep,
-    "cuped": cuped_rep,
+    "cuped": cuped_rep, "whales": whales_rep, "peek": peek_rep, "returning": returning_rep,
+    "gate_looks": gate_looks_rep,
 }
 
 
@@ -1078,47 +1291,99 @@ def summarise_cuped(by_case: Mapping[str, list[dict[str, Any]]]) -> dict[str, di
     return out
 
 
+def summarise_users_hit(by_case: Mapping[str, list[dict[str, Any]]],
+                        gate_looks: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
+    """Every flag of scenario 10's cases as a rate over its repetitions."""
+    rows = {case: {flag: count(o[flag] for o in outcomes) for flag in outcomes[0]}
+            for case, outcomes in by_case.items()}
+    for case in GATE_LOOK_CASES:
+        rows[f"gate_looks_{case}"] = {flag: count(o[case][flag] for o in gate_looks) for flag in gate_looks[0][case]}
+    return rows
+
+
+def users_hit_checks(rows: Mapping[str, Mapping[str, Rate]]) -> list[dict[str, Any]]:
+    """Scenario 10's checks: an A/A's verdicts at most alpha, its fixed p at the last look at
+    most LIMIT_AA; a gate at its bound passes, and below it fails, at most alpha over a step."""
+    out = []
+    for case, row in rows.items():
+        if case == "returning_drop":
+            continue  # a power figure, shown in its table
+        if case.startswith("gate_looks_"):
+            name = case.removeprefix("gate_looks_")
+            flag = "fail_any" if "healthy" in name else "pass_any"
+            limits = {flag: ALPHA, "both": ALPHA}
+        else:
+            name = case
+            limits = {f"{m}_{f}": limit for m in (CONVERSION, MEAN)
+                      for f, limit in (("verdict_any", ALPHA), ("fixed_p_final", LIMIT_AA))}
+        for flag, limit in limits.items():
+            ok, point = judge_rate(row[flag], at_most=limit)
+            out.append({"check": f"{case}: {flag}", "limit": f"<= {limit}", **row[flag].to_dict(),
+                        "bounds_99": list(row[flag].bounds(CHECK_CONFIDENCE)), "within": ok, "point_within": point})
+    return out
+
+
 def summarise_gates(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Rate]]:
     return {case: {verdict: count(o[case] == verdict for o in outcomes)
                    for verdict in ("pass", "fail", "inconclusive")}
             for case in outcomes[0]}
 
 
+def judge_rate(rate: Rate, *, at_most: float | None = None, at_least: float | None = None,
+               exact: float | None = None) -> tuple[bool, bool]:
+    """(within, point_within): whether ``rate`` keeps its limits up to Monte Carlo error (its
+    one-sided CHECK_CONFIDENCE Clopper-Pearson bound on the limit's side of it), and whether its
+    point estimate does. ``exact``: a figure with no noise to allow (every run applied CUPED)."""
+    if exact is not None:
+        return rate.value == exact, rate.value == exact
+    lower, upper = rate.bounds(CHECK_CONFIDENCE)
+    within = (at_most is None or lower <= at_most) and (at_least is None or upper >= at_least)
+    point = (at_most is None or rate.value <= at_most) and (at_least is None or rate.value >= at_least)
+    return within, point
+
+
 def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
            gates: dict[str, dict[str, Rate]], rare: dict[str, Any],
            clustered: dict[str, dict[str, Rate]], flips: dict[str, Rate],
            srm: dict[str, dict[str, Any]], cuped: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """What issue #11 asks, figure by figure: a point estimate against its limit (the MC SE is
-    beside it, so a reader can tell a miss from noise)."""
+    """What issue #11 asks, figure by figure: each rate against its limit, up to Monte Carlo
+    error. ``within`` is false (MISS) only where the rate's one-sided 99% Clopper-Pearson bound
+    is past the limit, i.e. the repetitions show the limit broken, not merely a point estimate
+    a hit or two past it: at the quick mode's 12 A/A reps one false positive is 8.3%, over a
+    6% limit, and six such "misses" came up in quick runs where 2,000-4,000 reps of the same
+    cases put each rate at or below its limit (2026-12-07: the 90/10 A/A's fixed p 3.0 +- 0.3%,
+    CUPED's 5.3 +- 0.5%). ``point_within`` is the point estimate's own reading ("ok~" where
+    only Monte Carlo noise puts it past the limit)."""
     out = []
 
-    def check(what: str, rate: Rate, ok: bool, limit: str) -> None:
-        out.append({"check": what, "limit": limit, **rate.to_dict(), "within": ok})
+    def check(what: str, rate: Rate, limit: str, at_most: float | None = None, at_least: float | None = None,
+              exact: float | None = None) -> None:
+        ok, point = judge_rate(rate, at_most=at_most, at_least=at_least, exact=exact)
+        out.append({"check": what, "limit": limit, **rate.to_dict(), "bounds_99": list(rate.bounds(CHECK_CONFIDENCE)),
+                    "within": ok, "point_within": point})
 
     for metric, row in aa.items():
         for key, label in (("fixed_p_lt_alpha_final", "fixed p < 0.05 at the final look"),
                            ("verdict_any_look", "any verdict over 10 looks")):
-            check(f"A/A {metric}: {label}", row[key], row[key].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+            check(f"A/A {metric}: {label}", row[key], f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     better = power["better"]
-    check("power at the planned n (better)", better, abs(better.value - TARGET_POWER) <= POWER_TOLERANCE,
-          f"{TARGET_POWER} ± {POWER_TOLERANCE}")
-    check("canary A/A: any verdict", canary["aa_any_verdict"], canary["aa_any_verdict"].value <= ALPHA,
-          f"<= {ALPHA}")
+    check("power at the planned n (better)", better, f"{TARGET_POWER} ± {POWER_TOLERANCE}",
+          at_most=TARGET_POWER + POWER_TOLERANCE, at_least=TARGET_POWER - POWER_TOLERANCE)
+    check("canary A/A: any verdict", canary["aa_any_verdict"], f"<= {ALPHA}", at_most=ALPHA)
     worse = canary["drop_worse"]
-    check("canary 20% drop: WORSE", worse, worse.value >= TARGET_POWER - POWER_TOLERANCE,
-          f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})")
-    check("90/10, 1% rate, A/A: any verdict over 30 looks", rare["aa_any_verdict"],
-          rare["aa_any_verdict"].value <= ALPHA, f"<= {ALPHA}")
+    check("canary 20% drop: WORSE", worse, f">= {TARGET_POWER - POWER_TOLERANCE} (sized for power {TARGET_POWER})",
+          at_least=TARGET_POWER - POWER_TOLERANCE)
+    check("90/10, 1% rate, A/A: any verdict over 30 looks", rare["aa_any_verdict"], f"<= {ALPHA}", at_most=ALPHA)
     check("90/10, 1% rate, A/A: fixed p < 0.05 at the last look", rare["aa_fixed_p_lt_alpha_final"],
-          rare["aa_fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+          f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     for n in GATE_BAD_WINDOWS:
         rate = gates[f"bad_{n}"]["pass"]
-        check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate,
-              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+        check(f"gate error_rate <= {GATE_ERROR_MAX}, 5% errors, window {n}: pass", rate, f"<= {LIMIT_GATE}",
+              at_most=LIMIT_GATE)
     for n in GATE_DRIFT_WINDOWS:
         rate = gates[f"drift_{n}"]["fail"]
-        check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate,
-              rate.value <= LIMIT_GATE, f"<= {LIMIT_GATE}")
+        check(f"gate drift_psi <= {GATE_DRIFT_MAX}, no drift, {n} per side: fail", rate, f"<= {LIMIT_GATE}",
+              at_most=LIMIT_GATE)
     for case, (metric, users, per_user, icc, _) in CLUSTER_CASES.items():
         if "healthy" in case or case.endswith("_wrong"):
             continue  # a power figure, or what a wrong assumption costs: shown in its table
@@ -1141,28 +1406,27 @@ def checks(aa: dict[str, Any], power: dict[str, Any], canary: dict[str, Any],
             sample += f", max_user_icc {CLUSTER_ASSUMED_ICC[case]:g}"
         # At most alpha up to Monte Carlo error (DESIGN.md): a case where the gate is exact (the
         # assumed max_user_icc true) sits at alpha itself, 0.046 +- 0.002 in 12,000 reps.
-        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, rate.value <= ALPHA + 2 * rate.mc_se,
-              f"<= {ALPHA} + 2 MC SE")
+        check(f"gate {metric}, {what}, {sample}: {wrong}", rate, f"<= {ALPHA}", at_most=ALPHA)
     for case, (users, per_user, icc, _, keyless) in FLIP_CASES.items():
         if case.startswith("aa_") and not keyless:
             check(f"shadow flip test, no shift, {users} users x {per_user}, ICC {icc:g}: class 0 significant",
-                  flips[case], flips[case].value <= ALPHA, f"<= {ALPHA}")
+                  flips[case], f"<= {ALPHA}", at_most=ALPHA)
     flagged = srm["aa"]["sequential"]["any_look"]
     check(f"SRM, healthy 50/50, read at {SRM_LOOKS} looks to {SRM_USERS:,} users: flagged at any look", flagged,
-          flagged.value <= LIMIT_SRM_AA, f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})")
+          f"<= {LIMIT_SRM_AA} (threshold p < {SRM_THRESHOLD_P})", at_most=LIMIT_SRM_AA)
     for case, label in (("pre_aa", "after v1 alone"), ("third_aa", "v3 joining v1/v2, v2 at +3"),
                         ("drift_aa", f"v1, v1/v2, v1/v3, +{CUPED_SEASON:g} from the 2nd period"),
                         ("late_aa", f"{CUPED_LATE_SHARE:.0%} of v1 alone's outcomes late")):
         on = cuped[case]["cuped_on"]
         any_verdict = Rate(on["better"].hits + on["worse"].hits, on["better"].reps)
-        check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict,
-              any_verdict.value <= ALPHA, f"<= {ALPHA}")
+        check(f"CUPED A/A, {label}: any verdict over {CUPED_LOOKS} looks", any_verdict, f"<= {ALPHA}",
+              at_most=ALPHA)
         check(f"CUPED A/A, {label}: fixed p < 0.05 at the last look", on["fixed_p_lt_alpha_final"],
-              on["fixed_p_lt_alpha_final"].value <= LIMIT_AA, f"<= {LIMIT_AA}")
+              f"<= {LIMIT_AA}", at_most=LIMIT_AA)
     for case in ("late_aa", "late_lift"):  # late outcomes of the pre-period keep it a pre-period
         applied = cuped[case]["cuped_on"]["applied"]
         check(f"CUPED, {CUPED_LATE_SHARE:.0%} of the pre-period's outcomes late ({case}): applied", applied,
-              applied.value == 1.0, "= 1")
+              "= 1", exact=1.0)
     return out
 
 
@@ -1261,9 +1525,21 @@ def print_tables(result: dict[str, Any]) -> None:
                   f"{_r(f['fixed_p_lt_alpha_final']):>17} {_r(f['applied']):>15} "
                   f"{f['mean_variance_reduction']:>12.2f} {f['mean_abs_lift']:>+10.3f}")
 
+    c10 = result["users_hit"]
+    print(f"\n10. What users hit: A/A revenue with whales (90% zeros, lognormal sigma {WHALE_LOG_SD:g}; "
+          f"{c10['reps']['whales']} reps), {PEEK_LOOKS} looks with restarts at {list(PEEK_RESTARTS)} ({c10['reps']['peek']} reps), returning "
+          f"users at {'/'.join(f'{w:g}' for w in RETURN_STEPS_PCT)}% with a trend ({c10['reps']['returning']} reps), "
+          f"gates at each of {GATE_LOOKS} analyses of a step ({c10['reps']['gate_looks']} reps)")
+    print(f"  {'case':<42} {'figure':<26} {'rate':>15}")
+    for case, row in c10["cases"].items():
+        for flag, rate in row.items():
+            print(f"  {case:<42} {flag:<26} {_r(rate):>15}")
+            case = ""
+
     print("\nChecks (issue #11):")
     for item in result["checks"]:
-        mark = "ok  " if item["within"] else "MISS"
+        # "ok~": the point estimate is past the limit by less than the Monte Carlo error.
+        mark = ("ok  " if item["point_within"] else "ok~ ") if item["within"] else "MISS"
         print(f"  {mark} {item['check']:<62} {item['rate']:.3f} ± {item['mc_se']:.3f}  ({item['limit']})")
     print(f"\nwall time {result['wall_s']:.0f} s with {result['workers']} worker(s)", flush=True)
 
@@ -1314,6 +1590,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   for i, lost in enumerate(SRM_LOST)}}
         cuped = {case: run_reps(pool, "cuped", 13 + i, mode.power_reps, args.seed, case=case)
                  for i, case in enumerate(CUPED_CASES)}
+        users_hit = {
+            **{case: run_reps(pool, "whales", 20 + i, mode.power_reps, args.seed, case=case)
+               for i, case in enumerate(WHALE_CASES)},
+            "peek_restarts": run_reps(pool, "peek", 23, mode.canary_reps, args.seed),
+            "returning_aa": run_reps(pool, "returning", 24, mode.canary_reps, args.seed, drop=0.0),
+            "returning_drop": run_reps(pool, "returning", 25, max(2, mode.canary_reps // 2), args.seed,
+                                       drop=CANARY_DROP),
+        }
+        gate_looks = run_reps(pool, "gate_looks", 26, mode.power_reps, args.seed)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -1326,6 +1611,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flip_rows = {case: count(o[case] for o in flips) for case in FLIP_CASES}
     srm_rows = summarise_srm(srm)
     cuped_rows = summarise_cuped(cuped)
+    users_hit_rows = summarise_users_hit(users_hit, gate_looks)
     result = {
         **header,
         "config": {"alpha": ALPHA, "icc": ICC, "requests_per_user": REQUESTS_PER_USER,
@@ -1344,8 +1630,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "lost_reps": max(2, mode.power_reps // 4), "lost_users": SRM_LOST_USERS, "cases": srm_rows},
         "cuped": {"reps": mode.power_reps, "users": CUPED_USERS, "looks": CUPED_LOOKS, "lift": CUPED_LIFT,
                   "cases": cuped_rows},
+        "users_hit": {"reps": {"whales": mode.power_reps, "peek": mode.canary_reps, "returning": mode.canary_reps,
+                               "gate_looks": mode.power_reps}, "cases": users_hit_rows},
         "checks": checks(aa_rows, power_rows, canary_rows, gate_rows, rare_rows, clustered_rows, flip_rows,
-                         srm_rows, cuped_rows),
+                         srm_rows, cuped_rows) + users_hit_checks(users_hit_rows),
         "load_after": load_now(),
     }
     result["wall_s"] = time.perf_counter() - started
