@@ -814,10 +814,11 @@ class ControllerCore:
         :class:`StoreUnavailable` when the decision could not be saved; then nothing was
         applied, and the next tick decides again.
         """
+        moved = self._weights_moved()
         if self.rollout is None:
-            return False
+            return moved
         if not self._window_restored:
-            return self._tick(promql, webhooks)
+            return self._tick(promql, webhooks) or moved
         last_analysis = self.last_analysis
         try:
             changed = self._tick(promql, webhooks)
@@ -833,7 +834,21 @@ class ControllerCore:
             raise
         if self.last_analysis is not last_analysis:  # a look read it: from now on it is this controller's own
             self._window_restored = False
-        return changed
+        return changed or moved
+
+    def _weights_moved(self) -> bool:
+        """Start a new routing epoch where the weights routed now are not the ones the current
+        epoch published; whether it did. They move with no decision and no report when a router
+        that could not load a version falls silent (crashed, its node lost): its failure stops
+        counting after ``STALE_S`` and the version's share comes back. The epoch stayed, so
+        routers heard of it only when their long poll timed out, under that same epoch, whose
+        published weights were overwritten: feedback on its answers routed by the old weights
+        was filed under the new ones, into the gates' window too."""
+        published = self._epoch_weights.get(self.epoch)
+        if published is None or published == self.weights():
+            return False
+        self.epoch += 1
+        return True
 
     def _tick(self, promql: Mapping[str, PromQLResult] | None,
               webhooks: WebhookAnswers | None) -> bool:
@@ -1032,6 +1047,7 @@ class ControllerCore:
     def snapshot(self) -> RoutingSnapshot:
         """What routers need: the weights of every version, what may be unloaded, and which
         versions get copies of live requests."""
+        self._weights_moved()  # each epoch one routing: a poll that timed out gets the new weights' epoch
         weights = self.weights()
         if self._epoch_weights.get(self.epoch) != weights:
             self._epoch_weights[self.epoch] = weights

@@ -23,6 +23,7 @@ from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import ActionRefused, Conflict, StoreUnavailable, UnknownAction
 from serve_ab.serving.core.messages import Action, Actor, Mirror
+from serve_ab.serving.reports import STALE_S
 from tests.support.reports import ServedRequest, ShadowPair, report_of
 from tests.support.fakes import FailingStore, FakeClock
 
@@ -385,6 +386,38 @@ def test_feedback_on_an_answer_of_the_weights_before_does_not_count_in_the_new_s
     # The run's figures (the A/B report's, per split) still count all five.
     assert ('serve_ab_feedback_total{application="digits-canary",metric="correct",model="digits",version="v2"} 5.0'
             in core.metrics("digits-canary")[0].decode())
+
+
+def test_weights_that_move_when_a_failed_router_falls_silent_start_a_new_epoch():
+    """A router that could not load the stable sends its traffic to the candidate (weights()
+    0/100 at the 20% step); it crashes, and a minute later its failure stops counting: the
+    weights are 80/20 again with no decision and no report. The epoch stayed: routers heard
+    of it only when their long poll timed out, under the epoch that had routed 0/100, whose
+    weights were overwritten, so feedback on the candidate's answers of the 0/100 routing
+    counted in the 80/20 step's gate window."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(steps=[{"set_weight": 20}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    clock.advance(1.0)
+    core.record(report_of([], router="router-2", failed_versions={"v1": "failed to load"}, core=core))
+    failed = core.snapshot()
+    assert failed.weights == {"v1": 0.0, "v2": 100.0}
+    woken = []  # ticks that told the loop to wake the routers' long polls
+    for _ in range(int(STALE_S) + 2):  # router-1 reports on; router-2 is silent
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v2", 10, failed.epoch), router="router-1", core=core))
+        woken.append(core.tick())
+    now = core.snapshot()
+    assert now.weights == {"v1": 80.0, "v2": 20.0}
+    assert now.epoch != failed.epoch and woken.count(True) == 1
+    # Feedback on answers the 0/100 routing gave stays out of the 80/20 window; on the new epoch's, in.
+    clock.advance(0.5)
+    for i, split in enumerate([failed.epoch] * 3 + [now.epoch] * 2):
+        core.feedback.add(f"v2-answer-{i}", "correct", None, True, clock(), version="v2", unit=7919 * (i + 1),
+                          split=split)
+    outcomes = core.gate_windows.window(core.rollout.window_since_s, step=True).outcomes
+    assert outcomes["v2"]["correct"].counts.sum() == 2
 
 
 def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
