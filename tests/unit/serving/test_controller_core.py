@@ -420,6 +420,38 @@ def test_weights_that_move_when_a_failed_router_falls_silent_start_a_new_epoch()
     assert outcomes["v2"]["correct"].counts.sum() == 2
 
 
+def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_new_steps_window():
+    """The README's claim: what routers served at the old weights and send again to a
+    restarted controller (its last save came before the change) is not the new step's evidence."""
+    clock = FakeClock(1_000_000.0)
+    store = MemoryStateStore()
+    held = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}}, {"set_weight": 100}])
+    core = ControllerCore(held, store, clock)
+    core.tick()
+    before = core.snapshot().epoch
+    _seconds_at(core, clock, before, 2)
+    core.save_stats()
+    unsaved = []  # what the routers keep until a save holds it, and send again (ledger.py)
+    for _ in range(2):
+        clock.advance(1.0)
+        unsaved.append(report_of(_served(clock, "v1", 9, before) + _served(clock, "v2", 1, before), core=core))
+        core.record(unsaved[-1])
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}), OPERATOR)
+    core.act(Action.RESUME)
+    epoch = core.snapshot().epoch
+    for _ in range(2):
+        clock.advance(1.0)
+        unsaved.append(report_of(_served(clock, "v1", 5, epoch) + _served(clock, "v2", 5, epoch), core=core))
+        core.record(unsaved[-1])
+
+    restarted = ControllerCore(held, store, clock)
+    assert restarted.weights() == {"v1": 50.0, "v2": 50.0}
+    for sent_again in unsaved:
+        restarted.record(sent_again)
+    window = restarted.gate_windows.window(restarted.rollout.window_since_s, step=True)
+    assert {v: gate.requests for v, gate in window.gates.items()} == {"v1": 2 * 5, "v2": 2 * 5}
+
+
 def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
     """A router killed, counted lost a minute later, then the controller killed: the new
     controller showed routers_lost_total 0 (live), a counter going back, while what that
