@@ -53,7 +53,7 @@ from serve_ab.rollout.notify import NotificationSender, events_from_history
 from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller, unset_env_vars
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
-from serve_ab.config.rollout import PauseStep, Strategy
+from serve_ab.config.rollout import WEIGHT_RESOLUTION_PCT, PauseStep, Strategy
 from serve_ab.store.claim import HEARTBEAT_S, Held, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, feedback_key_row, rollout_key
 from serve_ab.store.runs import open_recorder
@@ -141,9 +141,13 @@ class Checkpoint:
 
 
 def _same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
-    """Whether two routings give every version the same percent (a version missing from one,
-    such as a retired one a router dropped, has 0 there)."""
-    return all(math.isclose(a.get(v, 0.0), b.get(v, 0.0), abs_tol=1e-9) for v in a.keys() | b.keys())
+    """Whether two routings give every version the same buckets (a version missing from one,
+    such as a retired one a router dropped, has none there). Routers route by whole buckets and
+    name their splits by the table's weights, while a weight is taken to 1e-6 of a bucket
+    (``set_weight: 0.500000005`` routes 0.5%): compared to 1e-9, every report of such a step was
+    kept out of its gates, which then waited for evidence until the progress deadline."""
+    return all(round(a.get(v, 0.0) / WEIGHT_RESOLUTION_PCT) == round(b.get(v, 0.0) / WEIGHT_RESOLUTION_PCT)
+               for v in a.keys() | b.keys())
 
 
 def _revision(row: Any) -> int:

@@ -16,6 +16,7 @@ from serve_ab.api.status import HistoryEntry, NotificationCounts
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import Phase, RolloutError
+from serve_ab.routing import SplitTable
 from serve_ab.serving.controller import EPOCHS_SKIPPED_AT_RESTART, RESTART_SLACK_S, ControllerCore
 from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH, FeedbackSigner
 from serve_ab.store.keys import rollout_key
@@ -450,6 +451,25 @@ def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_n
         restarted.record(sent_again)
     window = restarted.gate_windows.window(restarted.rollout.window_since_s, step=True)
     assert {v: gate.requests for v, gate in window.gates.items()} == {"v1": 2 * 5, "v2": 2 * 5}
+
+
+def test_a_weight_the_router_rounds_to_whole_buckets_still_gets_its_reports_into_the_window():
+    """The config takes a weight to 1e-6 of a bucket; routers route by whole buckets and name
+    their splits by their table's weights (0.5 for 0.500000005). Compared to 1e-9, none of
+    their reports was the step's evidence: 0 requests in its window after 10 s."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(steps=[{"set_weight": 0.500000005}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    snapshot = core.snapshot()
+    routed = SplitTable.from_weights(snapshot.weights).weights_pct()  # as RouterCore.apply names its split
+    assert routed == {"v1": 99.5, "v2": 0.5} != snapshot.weights
+    for _ in range(10):
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v1", 9, snapshot.epoch) + _served(clock, "v2", 1, snapshot.epoch),
+                              weights=routed))
+        core.tick()
+    assert core.last_window["requests"] == {"v1": 90, "v2": 10}
 
 
 def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
