@@ -53,7 +53,7 @@ from serve_ab.rollout.notify import NotificationSender, events_from_history
 from serve_ab.rollout.webhook import WebhookAnswers, WebhookPoller, unset_env_vars
 from serve_ab.rollout.machine import Phase, Rollout, RolloutError
 from serve_ab.rollout.validation import validate_green
-from serve_ab.config.rollout import PauseStep, Strategy
+from serve_ab.config.rollout import WEIGHT_RESOLUTION_PCT, PauseStep, Strategy
 from serve_ab.store.claim import HEARTBEAT_S, Held, Renewal, hold_claim, renew_claim
 from serve_ab.store.keys import claim_key, feedback_key, feedback_key_row, rollout_key
 from serve_ab.store.runs import open_recorder
@@ -141,9 +141,13 @@ class Checkpoint:
 
 
 def _same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
-    """Whether two routings give every version the same percent (a version missing from one,
-    such as a retired one a router dropped, has 0 there)."""
-    return all(math.isclose(a.get(v, 0.0), b.get(v, 0.0), abs_tol=1e-9) for v in a.keys() | b.keys())
+    """Whether two routings give every version the same buckets (a version missing from one,
+    such as a retired one a router dropped, has none there). Routers route by whole buckets and
+    name their splits by the table's weights, while a weight is taken to 1e-6 of a bucket
+    (``set_weight: 0.500000005`` routes 0.5%): compared to 1e-9, every report of such a step was
+    kept out of its gates, which then waited for evidence until the progress deadline."""
+    return all(round(a.get(v, 0.0) / WEIGHT_RESOLUTION_PCT) == round(b.get(v, 0.0) / WEIGHT_RESOLUTION_PCT)
+               for v in a.keys() | b.keys())
 
 
 def _revision(row: Any) -> int:
@@ -814,10 +818,11 @@ class ControllerCore:
         :class:`StoreUnavailable` when the decision could not be saved; then nothing was
         applied, and the next tick decides again.
         """
+        moved = self._weights_moved()
         if self.rollout is None:
-            return False
+            return moved
         if not self._window_restored:
-            return self._tick(promql, webhooks)
+            return self._tick(promql, webhooks) or moved
         last_analysis = self.last_analysis
         try:
             changed = self._tick(promql, webhooks)
@@ -833,7 +838,21 @@ class ControllerCore:
             raise
         if self.last_analysis is not last_analysis:  # a look read it: from now on it is this controller's own
             self._window_restored = False
-        return changed
+        return changed or moved
+
+    def _weights_moved(self) -> bool:
+        """Start a new routing epoch where the weights routed now are not the ones the current
+        epoch published; whether it did. They move with no decision and no report when a router
+        that could not load a version falls silent (crashed, its node lost): its failure stops
+        counting after ``STALE_S`` and the version's share comes back. The epoch stayed, so
+        routers heard of it only when their long poll timed out, under that same epoch, whose
+        published weights were overwritten: feedback on its answers routed by the old weights
+        was filed under the new ones, into the gates' window too."""
+        published = self._epoch_weights.get(self.epoch)
+        if published is None or published == self.weights():
+            return False
+        self.epoch += 1
+        return True
 
     def _tick(self, promql: Mapping[str, PromQLResult] | None,
               webhooks: WebhookAnswers | None) -> bool:
@@ -1032,6 +1051,7 @@ class ControllerCore:
     def snapshot(self) -> RoutingSnapshot:
         """What routers need: the weights of every version, what may be unloaded, and which
         versions get copies of live requests."""
+        self._weights_moved()  # each epoch one routing: a poll that timed out gets the new weights' epoch
         weights = self.weights()
         if self._epoch_weights.get(self.epoch) != weights:
             self._epoch_weights[self.epoch] = weights

@@ -16,6 +16,7 @@ from serve_ab.api.status import HistoryEntry, NotificationCounts
 from serve_ab.config.experiment import parse_experiment
 from serve_ab.rollout.feedback import PENDING_TTL_S, FeedbackJoin
 from serve_ab.rollout.machine import Phase, RolloutError
+from serve_ab.routing import SplitTable
 from serve_ab.serving.controller import EPOCHS_SKIPPED_AT_RESTART, RESTART_SLACK_S, ControllerCore
 from serve_ab.serving.core.feedback_token import MAX_TOKEN_EPOCH, FeedbackSigner
 from serve_ab.store.keys import rollout_key
@@ -23,6 +24,7 @@ from serve_ab.store.state import MemoryStateStore, SqliteStateStore
 from serve_ab.api.schemas import ActionRequest
 from serve_ab.errors import ActionRefused, Conflict, StoreUnavailable, UnknownAction
 from serve_ab.serving.core.messages import Action, Actor, Mirror
+from serve_ab.serving.reports import STALE_S
 from tests.support.reports import ServedRequest, ShadowPair, report_of
 from tests.support.fakes import FailingStore, FakeClock
 
@@ -385,6 +387,89 @@ def test_feedback_on_an_answer_of_the_weights_before_does_not_count_in_the_new_s
     # The run's figures (the A/B report's, per split) still count all five.
     assert ('serve_ab_feedback_total{application="digits-canary",metric="correct",model="digits",version="v2"} 5.0'
             in core.metrics("digits-canary")[0].decode())
+
+
+def test_weights_that_move_when_a_failed_router_falls_silent_start_a_new_epoch():
+    """A router that could not load the stable sends its traffic to the candidate (weights()
+    0/100 at the 20% step); it crashes, and a minute later its failure stops counting: the
+    weights are 80/20 again with no decision and no report. The epoch stayed: routers heard
+    of it only when their long poll timed out, under the epoch that had routed 0/100, whose
+    weights were overwritten, so feedback on the candidate's answers of the 0/100 routing
+    counted in the 80/20 step's gate window."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(steps=[{"set_weight": 20}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    clock.advance(1.0)
+    core.record(report_of([], router="router-2", failed_versions={"v1": "failed to load"}, core=core))
+    failed = core.snapshot()
+    assert failed.weights == {"v1": 0.0, "v2": 100.0}
+    woken = []  # ticks that told the loop to wake the routers' long polls
+    for _ in range(int(STALE_S) + 2):  # router-1 reports on; router-2 is silent
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v2", 10, failed.epoch), router="router-1", core=core))
+        woken.append(core.tick())
+    now = core.snapshot()
+    assert now.weights == {"v1": 80.0, "v2": 20.0}
+    assert now.epoch != failed.epoch and woken.count(True) == 1
+    # Feedback on answers the 0/100 routing gave stays out of the 80/20 window; on the new epoch's, in.
+    clock.advance(0.5)
+    for i, split in enumerate([failed.epoch] * 3 + [now.epoch] * 2):
+        core.feedback.add(f"v2-answer-{i}", "correct", None, True, clock(), version="v2", unit=7919 * (i + 1),
+                          split=split)
+    outcomes = core.gate_windows.window(core.rollout.window_since_s, step=True).outcomes
+    assert outcomes["v2"]["correct"].counts.sum() == 2
+
+
+def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_new_steps_window():
+    """The README's claim: what routers served at the old weights and send again to a
+    restarted controller (its last save came before the change) is not the new step's evidence."""
+    clock = FakeClock(1_000_000.0)
+    store = MemoryStateStore()
+    held = experiment(steps=[{"set_weight": 10}, {"pause": {"duration": "1h"}}, {"set_weight": 100}])
+    core = ControllerCore(held, store, clock)
+    core.tick()
+    before = core.snapshot().epoch
+    _seconds_at(core, clock, before, 2)
+    core.save_stats()
+    unsaved = []  # what the routers keep until a save holds it, and send again (ledger.py)
+    for _ in range(2):
+        clock.advance(1.0)
+        unsaved.append(report_of(_served(clock, "v1", 9, before) + _served(clock, "v2", 1, before), core=core))
+        core.record(unsaved[-1])
+    core.act(Action.WEIGHTS, ActionRequest(weights={"v1": 50, "v2": 50}), OPERATOR)
+    core.act(Action.RESUME)
+    epoch = core.snapshot().epoch
+    for _ in range(2):
+        clock.advance(1.0)
+        unsaved.append(report_of(_served(clock, "v1", 5, epoch) + _served(clock, "v2", 5, epoch), core=core))
+        core.record(unsaved[-1])
+
+    restarted = ControllerCore(held, store, clock)
+    assert restarted.weights() == {"v1": 50.0, "v2": 50.0}
+    for sent_again in unsaved:
+        restarted.record(sent_again)
+    window = restarted.gate_windows.window(restarted.rollout.window_since_s, step=True)
+    assert {v: gate.requests for v, gate in window.gates.items()} == {"v1": 2 * 5, "v2": 2 * 5}
+
+
+def test_a_weight_the_router_rounds_to_whole_buckets_still_gets_its_reports_into_the_window():
+    """The config takes a weight to 1e-6 of a bucket; routers route by whole buckets and name
+    their splits by their table's weights (0.5 for 0.500000005). Compared to 1e-9, none of
+    their reports was the step's evidence: 0 requests in its window after 10 s."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(steps=[{"set_weight": 0.500000005}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    snapshot = core.snapshot()
+    routed = SplitTable.from_weights(snapshot.weights).weights_pct()  # as RouterCore.apply names its split
+    assert routed == {"v1": 99.5, "v2": 0.5} != snapshot.weights
+    for _ in range(10):
+        clock.advance(1.0)
+        core.record(report_of(_served(clock, "v1", 9, snapshot.epoch) + _served(clock, "v2", 1, snapshot.epoch),
+                              weights=routed))
+        core.tick()
+    assert core.last_window["requests"] == {"v1": 90, "v2": 10}
 
 
 def test_a_restarted_controller_carries_on_its_counts_of_lost_routers_and_delayed_reports():
