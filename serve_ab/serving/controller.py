@@ -1034,10 +1034,15 @@ class ControllerCore:
     def weights(self) -> dict[str, float]:
         """The weights of every version now, in listing order. A version some router could not
         load gets none: its share goes to the rollout's stable, or else the first version listed
-        that loaded (the control)."""
+        that loaded (the control). A rollout's stable keeps its own: moved, it went to the
+        candidate, 100% of every router's traffic on a version still being tried (an aborted
+        one too) because one router could not load the stable. Kept, the routers that loaded it
+        serve it, and one that did not serves its share by its fallback, request by request."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
         failed = self.reports.failed_versions(self.clock())
+        if self.cfg.rollout is not None:
+            failed = {name: why for name, why in failed.items() if name != self.cfg.rollout.stable}
         healthy = [name for name in weights if name not in failed]
         if self.cfg.rollout is not None and self.cfg.rollout.stable in healthy:
             healthy.insert(0, self.cfg.rollout.stable)

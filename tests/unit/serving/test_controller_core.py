@@ -390,35 +390,46 @@ def test_feedback_on_an_answer_of_the_weights_before_does_not_count_in_the_new_s
 
 
 def test_weights_that_move_when_a_failed_router_falls_silent_start_a_new_epoch():
-    """A router that could not load the stable sends its traffic to the candidate (weights()
-    0/100 at the 20% step); it crashes, and a minute later its failure stops counting: the
-    weights are 80/20 again with no decision and no report. The epoch stayed: routers heard
-    of it only when their long poll timed out, under the epoch that had routed 0/100, whose
-    weights were overwritten, so feedback on the candidate's answers of the 0/100 routing
-    counted in the 80/20 step's gate window."""
+    """A router that could not load the A/B's control sends its share to the variant (weights()
+    0/100); it crashes, and a minute later its failure stops counting: the weights are 50/50
+    again with no decision and no report. The epoch stayed: routers heard of it only when their
+    long poll timed out, under the epoch that had routed 0/100, whose weights were overwritten,
+    so feedback on the variant's answers of the 0/100 routing was filed under 50/50."""
     clock = FakeClock(1_000_000.0)
-    core = ControllerCore(experiment(steps=[{"set_weight": 20}, {"pause": {"duration": "1h"}},
-                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core = ControllerCore(ab_experiment(), MemoryStateStore(), clock)
     core.tick()
     clock.advance(1.0)
     core.record(report_of([], router="router-2", failed_versions={"v1": "failed to load"}, core=core))
     failed = core.snapshot()
-    assert failed.weights == {"v1": 0.0, "v2": 100.0}
+    assert failed.weights == {"v1": 0.0, "v2": 100.0, "v3": 0.0}
     woken = []  # ticks that told the loop to wake the routers' long polls
     for _ in range(int(STALE_S) + 2):  # router-1 reports on; router-2 is silent
         clock.advance(1.0)
         core.record(report_of(_served(clock, "v2", 10, failed.epoch), router="router-1", core=core))
         woken.append(core.tick())
     now = core.snapshot()
-    assert now.weights == {"v1": 80.0, "v2": 20.0}
+    assert now.weights == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
     assert now.epoch != failed.epoch and woken.count(True) == 1
-    # Feedback on answers the 0/100 routing gave stays out of the 80/20 window; on the new epoch's, in.
-    clock.advance(0.5)
-    for i, split in enumerate([failed.epoch] * 3 + [now.epoch] * 2):
-        core.feedback.add(f"v2-answer-{i}", "correct", None, True, clock(), version="v2", unit=7919 * (i + 1),
-                          split=split)
-    outcomes = core.gate_windows.window(core.rollout.window_since_s, step=True).outcomes
-    assert outcomes["v2"]["correct"].counts.sum() == 2
+    # Each epoch keeps the one routing it published: the answers of the 0/100 one are its own.
+    assert core._split_weights(failed.epoch) == {"v1": 0.0, "v2": 100.0, "v3": 0.0}
+    assert core._split_weights(now.epoch) == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+
+
+def test_a_stable_a_router_could_not_load_keeps_its_share_and_the_candidate_gets_only_its_step():
+    """Moved as any failed version's share is, the stable's went to the candidate: at the 20%
+    step one router that could not load v1 gave v2 100% of every router's traffic (and after
+    an abort too, a candidate judged bad). The routers that loaded v1 serve it; the one that
+    did not serves its share by its fallback, request by request."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(steps=[{"set_weight": 20}, {"pause": {"duration": "1h"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    clock.advance(1.0)
+    core.record(report_of([], router="router-2", failed_versions={"v1": "failed to load"}, core=core))
+    assert core.snapshot().weights == {"v1": 80.0, "v2": 20.0}
+    assert core.status().failed_versions == {"v1": "failed to load (router replica router-2)"}
+    core.act(Action.ABORT, ActionRequest(reason="v2 is slow"), OPERATOR)
+    assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
 
 
 def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_new_steps_window():
