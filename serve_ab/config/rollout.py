@@ -310,7 +310,9 @@ def display_url(url: str) -> str:
     return _URL_USERINFO.sub(r"\1***@", url.split("?", 1)[0].split("#", 1)[0], count=1)
 
 
-_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+# Up to the authority's last @ (see serve_ab/store/url.py): a bare @ in a password is the
+# password's, and the first one would leave the rest of it shown.
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.IGNORECASE)
 
 
 class ReceiverType(str, Enum):

@@ -23,7 +23,11 @@ STORE_URL_EXAMPLES = "sqlite:///.serve-ab/state.sqlite, redis://redis.internal:6
 # takes only Redis).
 _REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS), e.g. redis://redis.internal:6379/0"
 REDIS_DEFAULT_PORT = 6379
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@]*)@", re.IGNORECASE)
+# The user information is all of the authority (up to the first /, ? or #) before its last @, as
+# urlsplit reads it: a password with a bare @ (redis://app:s3cr@t@redis) is one the store
+# accepts and sends whole, so stopping at the first @ showed the rest of it; and an @ after
+# a ? is the query's (https://h:8443?to=ops@example.com), not a password's end.
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/?#]*)@", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,22 @@ def test_with_stdout_closed_no_file_the_command_opens_takes_fd_1():
     assert (result.returncode, result.stderr) == (0, os.devnull)
 
 
+def test_a_child_of_the_command_inherits_the_held_fds():
+    """Held with os.open, the fds were close-on-exec: a child (Ray's processes, a shell) started
+    with fd 0 and fd 1 closed again, and its first file took fd 1. What the child finds there."""
+    child = ("import os, sys\n"
+             "for fd in (0, 1):\n"
+             "    try:\n        sys.stderr.write(os.readlink(f'/proc/self/fd/{fd}') + ' ')\n"
+             "    except OSError:\n        sys.stderr.write('closed ')\n")
+    code = ("import subprocess, sys; from serve_ab.cli.command import main; "
+            f"main(['validate', '--no-check-files', {str(GOOD)!r}]); "
+            f"subprocess.run([sys.executable, '-c', {child!r}], check=True)")
+    result = subprocess.run([sys.executable, "-c", code], stdout=None, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO_ROOT, timeout=60, check=False,
+                            preexec_fn=lambda: (os.close(0), os.close(1)))
+    assert (result.returncode, result.stderr) == (0, f"{os.devnull} {os.devnull} ")
+
+
 def test_ctrl_c_ends_the_command_with_130_and_no_traceback():
     result = _serve_ab("import sys; from serve_ab.cli import command\n"
                        "def interrupted(*args, **kwargs):\n    raise KeyboardInterrupt\n"

@@ -71,6 +71,25 @@ def test_a_password_is_never_in_an_error():
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
+def test_a_password_with_a_bare_at_sign_is_masked_whole():
+    # The store reads the password up to the authority's last @ (urlsplit's rpartition) and
+    # accepts it; the mask stopped at the first @ and showed the rest of it in every log line,
+    # error and run record ('redis://app:***@t-pw@redis:6379/0').
+    url = "redis://app:s3cr@t-pw@redis:6379/0"
+    assert parse_store_url(url).password == "s3cr@t-pw"
+    assert redact_url(url) == "redis://app:***@redis:6379/0"
+    [error] = errors_of(store_url="redis://app:s3cr@t-pw@h:bad/0")
+    assert "t-pw" not in error and "redis://app:***@h:bad/0" in error
+
+
+def test_an_at_sign_in_a_query_is_no_user_information():
+    # A webhook URL with no path before its query: the @ is the query's, the host and port stay.
+    url = "https://alerts.example.com:8443?to=ops@example.com"
+    assert redact_url(url) == url
+    assert redact_url("https://ops:pw@alerts.example.com:8443?to=ops@example.com") == \
+        "https://ops:***@alerts.example.com:8443?to=ops@example.com"
+
+
 def test_store_password_env_needs_redis_and_excludes_a_password_in_the_url():
     assert "only read with a redis store_url" in errors_of(store_password_env="REDIS_PASSWORD")[0]
     [error] = errors_of(store_url="redis://:pw@h/0", store_password_env="REDIS_PASSWORD")

@@ -480,6 +480,14 @@ def test_an_endpoint_away_is_logged_when_it_starts_every_5_minutes_and_when_it_a
                      "(21 asks)"]
 
 
+def test_a_password_with_a_bare_at_sign_is_shown_as_no_part_of_it():
+    # The HTTP client takes the user information up to the authority's last @: all of it is the
+    # password, and display_url named the endpoint 'http://***@ss@prom:9090/x'.
+    from serve_ab.config.rollout import display_url
+
+    assert display_url("http://admin:p@ss@prom:9090/x?token=t0k") == "http://***@prom:9090/x"
+
+
 def test_a_password_in_a_webhook_url_is_in_no_result_or_log_line(hooks, caplog):
     # display_url dropped a query's token but kept user:password@ (or a token as the user):
     # the target and error are logged, and are the gate's reason and the step's status.

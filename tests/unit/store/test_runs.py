@@ -147,6 +147,19 @@ def test_a_password_in_any_url_of_the_config_is_masked_in_the_record(tmp_path):
     assert "s3cret" not in (tmp_path / "runs.sqlite").read_bytes().decode("utf-8", "replace")
 
 
+def test_a_url_in_the_record_keeps_its_host_and_loses_all_of_its_password(tmp_path):
+    # Every string of the config is masked now: a password with a bare @ kept its end, and a
+    # hook URL whose query holds an @ was recorded with the query's domain as its host.
+    hook = "https://alerts.example.com:8443?to=ops@example.com"
+    config = {**CONFIG, "controller": {"store_url": "redis://app:s3cr@t-pw@redis:6379/0"},
+              "notifications": {"receivers": [{"type": "webhook", "url": hook}]}}
+    recorder = RunRecorder(tmp_path / "runs.sqlite")
+    recorder.save("run-a", config, report(1), started_at_s=1.0, updated_at_s=2.0)
+    saved = recorder.load("run-a").config
+    assert saved["controller"]["store_url"] == "redis://app:***@redis:6379/0"
+    assert saved["notifications"]["receivers"][0]["url"] == hook
+
+
 def test_mlflow_params_are_flat():
     params = mlflow_params(CONFIG)
     assert params["weights.v1"] == "50.0" and params["versions.v2.path"] == "m/v2.pt2"
