@@ -750,8 +750,14 @@ class ControllerCore:
         failed_changed = self.reports.received(report, now)
         if self.rollout is not None and self._routed_by_now(aggregate):  # only a rollout's gates read windows
             agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+            # A version this router could not load was never called: its 'unavailable' answers
+            # there say nothing of how it serves. Counted, a stable one router could not load
+            # (it keeps its share, weights()) erred half its requests with two routers, and a
+            # candidate at 10x its error rate passed an error_rate ratio gate of 1.5 (0.39x).
+            gates = {version: gate for version, gate in aggregate.gates.items()
+                     if version not in report.failed_versions}
             self.gate_windows.begin_step(self.rollout.window_since_s)
-            self.gate_windows.add(now, aggregate.gates, agreements)
+            self.gate_windows.add(now, gates, agreements)
         self.stats.merge(now, aggregate)
         # Only when feedback comes without tokens: it is joined by the ids of assigned
         # answers (intention to treat: the version the split chose).
