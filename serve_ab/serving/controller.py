@@ -1043,12 +1043,19 @@ class ControllerCore:
         that loaded (the control). A rollout's stable keeps its own: moved, it went to the
         candidate, 100% of every router's traffic on a version still being tried (an aborted
         one too) because one router could not load the stable. Kept, the routers that loaded it
-        serve it, and one that did not serves its share by its fallback, request by request."""
+        serve it, and one that did not serves its share by its fallback, request by request.
+        So does a promoted candidate: the stable now."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
         failed = self.reports.failed_versions(self.clock())
         if self.cfg.rollout is not None:
-            failed = {name: why for name, why in failed.items() if name != self.cfg.rollout.stable}
+            # Promoted, the candidate is the one serving: moved to the config's stable, its share
+            # rolled every router back to it unasked (status: promoted), and after the retire
+            # every replica started since, while those that had unloaded it refused the routing.
+            kept = {self.cfg.rollout.stable}
+            if self.rollout is not None and self.rollout.phase is Phase.PROMOTED:
+                kept.add(self.cfg.rollout.candidate)
+            failed = {name: why for name, why in failed.items() if name not in kept}
         healthy = [name for name in weights if name not in failed]
         if self.cfg.rollout is not None and self.cfg.rollout.stable in healthy:
             healthy.insert(0, self.cfg.rollout.stable)

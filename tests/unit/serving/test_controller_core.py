@@ -466,6 +466,28 @@ def test_the_unavailable_errors_of_a_stable_a_router_could_not_load_do_not_pass_
     assert core.last_window["errors"]["v1"] <= core.last_window["requests"]["v1"] * 0.05
 
 
+def test_a_promoted_candidate_a_router_could_not_load_keeps_its_share():
+    """Promoted, v2 serves everything; v1 is kept for retire_after_s, then retired. One router
+    that could not load v2 (a new replica on a node without its file) moved v2's share to the
+    config's stable, v1: a silent rollback of every router while status said promoted, and
+    after the retire 100% on v1 for every replica started since, while the older ones, which
+    unloaded v1, refused the routing as another config's. The promoted candidate keeps its
+    share, as a stable does; the router that could not load it serves by its fallback."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.act(Action.PROMOTE, ActionRequest(full=True), OPERATOR)
+    assert core.status().phase == "promoted" and core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
+    clock.advance(1.0)
+    core.record(report_of([], router="router-2", failed_versions={"v2": "failed to load"}, core=core))
+    assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
+    clock.advance(10)
+    core.tick()
+    core.record(report_of([], router="router-2", failed_versions={"v2": "failed to load"}, core=core))
+    snapshot = core.snapshot()
+    assert snapshot.weights == {"v1": 0.0, "v2": 100.0} and snapshot.retired == ("v1",)
+    assert core.status().failed_versions == {"v2": "failed to load (router replica router-2)"}
+
+
 def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_new_steps_window():
     """The README's claim: what routers served at the old weights and send again to a
     restarted controller (its last save came before the change) is not the new step's evidence."""
