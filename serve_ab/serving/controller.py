@@ -750,8 +750,14 @@ class ControllerCore:
         failed_changed = self.reports.received(report, now)
         if self.rollout is not None and self._routed_by_now(aggregate):  # only a rollout's gates read windows
             agreements = {version: shadow.agreement_groups for version, shadow in aggregate.shadow.items()}
+            # A version this router could not load was never called: its 'unavailable' answers
+            # there say nothing of how it serves. Counted, a stable one router could not load
+            # (it keeps its share, weights()) erred half its requests with two routers, and a
+            # candidate at 10x its error rate passed an error_rate ratio gate of 1.5 (0.39x).
+            gates = {version: gate for version, gate in aggregate.gates.items()
+                     if version not in report.failed_versions}
             self.gate_windows.begin_step(self.rollout.window_since_s)
-            self.gate_windows.add(now, aggregate.gates, agreements)
+            self.gate_windows.add(now, gates, agreements)
         self.stats.merge(now, aggregate)
         # Only when feedback comes without tokens: it is joined by the ids of assigned
         # answers (intention to treat: the version the split chose).
@@ -1037,12 +1043,19 @@ class ControllerCore:
         that loaded (the control). A rollout's stable keeps its own: moved, it went to the
         candidate, 100% of every router's traffic on a version still being tried (an aborted
         one too) because one router could not load the stable. Kept, the routers that loaded it
-        serve it, and one that did not serves its share by its fallback, request by request."""
+        serve it, and one that did not serves its share by its fallback, request by request.
+        So does a promoted candidate: the stable now."""
         weights = {v.name: 0.0 for v in self.cfg.versions}
         weights.update(self.rollout.weights if self.rollout is not None else self.cfg.weights_pct())
         failed = self.reports.failed_versions(self.clock())
         if self.cfg.rollout is not None:
-            failed = {name: why for name, why in failed.items() if name != self.cfg.rollout.stable}
+            # Promoted, the candidate is the one serving: moved to the config's stable, its share
+            # rolled every router back to it unasked (status: promoted), and after the retire
+            # every replica started since, while those that had unloaded it refused the routing.
+            kept = {self.cfg.rollout.stable}
+            if self.rollout is not None and self.rollout.phase is Phase.PROMOTED:
+                kept.add(self.cfg.rollout.candidate)
+            failed = {name: why for name, why in failed.items() if name not in kept}
         healthy = [name for name in weights if name not in failed]
         if self.cfg.rollout is not None and self.cfg.rollout.stable in healthy:
             healthy.insert(0, self.cfg.rollout.stable)

@@ -300,7 +300,8 @@ class _SnapshotCollector(Collector):
             "was lost): what each served after its last report is not counted.", labels=["model"])
         lost.add_metric([model], routers.routers_lost_total)
         failed = GaugeMetricFamily(PREFIX + "version_load_failed",
-                                   "1 when some router replica could not load the version (it gets no traffic).",
+                                   "1 when some router replica could not load the version: it gets no traffic, unless it is "
+                                   "the rollout's stable (or promoted candidate), whose share that router serves by its fallback.",
                                    labels=["model", "version"])
         broken = self.status.failed_versions
         for version in self.snapshot["versions"]:

@@ -432,6 +432,62 @@ def test_a_stable_a_router_could_not_load_keeps_its_share_and_the_candidate_gets
     assert core.snapshot().weights == {"v1": 100.0, "v2": 0.0}
 
 
+def test_the_unavailable_errors_of_a_stable_a_router_could_not_load_do_not_pass_a_ratio_gate():
+    """The router that could not load v1 answers v1's share 'unavailable' (and retries it on
+    v2): none of those calls reached v1, so they say nothing of how v1 serves. Counted in its
+    gate window, they were half v1's requests, and a v2 with 10x v1's error rate passed an
+    error_rate ratio gate of 1.5 (0.39x) and was promoted; kept out, it fails the gate."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(gates=[{"metric": "error_rate", "max_ratio_to_stable": 1.5}],
+                                     steps=[{"set_weight": 20}, {"pause": {"duration": "20s"}},
+                                            {"set_weight": 100}]), MemoryStateStore(), clock)
+    core.tick()
+    assert core.snapshot().weights == {"v1": 80.0, "v2": 20.0}
+    served = itertools.count()
+
+    def rows(version: str, n: int, errors: int, kind: str) -> list[ServedRequest]:
+        return [ServedRequest(clock(), version, 3.0, kind if i < errors else None, 1, 0.9,
+                              f"{version}-{next(served)}", next(_NEXT_USER) * 7919, True, False, split=core.epoch)
+                for i in range(n)]
+
+    for _ in range(40):
+        clock.advance(1.0)
+        # router-1 loaded both: v1 errs 2%, v2 20%.
+        core.record(report_of(rows("v1", 100, 2, "model") + rows("v2", 25, 5, "model"), core=core))
+        # router-2 could not load v1: its share fails there at once, unavailable.
+        core.record(report_of(rows("v1", 100, 100, "unavailable") + rows("v2", 25, 5, "model"),
+                              router="router-2", failed_versions={"v1": "failed to load"}, core=core))
+        core.tick()
+        if core.rollout.done:
+            break
+    status = core.status()
+    assert status.phase == "aborted", (status.phase, status.reason)
+    assert "error_rate" in status.reason
+    assert core.last_window["errors"]["v1"] <= core.last_window["requests"]["v1"] * 0.05
+
+
+def test_a_promoted_candidate_a_router_could_not_load_keeps_its_share():
+    """Promoted, v2 serves everything; v1 is kept for retire_after_s, then retired. One router
+    that could not load v2 (a new replica on a node without its file) moved v2's share to the
+    config's stable, v1: a silent rollback of every router while status said promoted, and
+    after the retire 100% on v1 for every replica started since, while the older ones, which
+    unloaded v1, refused the routing as another config's. The promoted candidate keeps its
+    share, as a stable does; the router that could not load it serves by its fallback."""
+    clock = FakeClock(1_000_000.0)
+    core = ControllerCore(experiment(), MemoryStateStore(), clock)
+    core.act(Action.PROMOTE, ActionRequest(full=True), OPERATOR)
+    assert core.status().phase == "promoted" and core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
+    clock.advance(1.0)
+    core.record(report_of([], router="router-2", failed_versions={"v2": "failed to load"}, core=core))
+    assert core.snapshot().weights == {"v1": 0.0, "v2": 100.0}
+    clock.advance(10)
+    core.tick()
+    core.record(report_of([], router="router-2", failed_versions={"v2": "failed to load"}, core=core))
+    snapshot = core.snapshot()
+    assert snapshot.weights == {"v1": 0.0, "v2": 100.0} and snapshot.retired == ("v1",)
+    assert core.status().failed_versions == {"v2": "failed to load (router replica router-2)"}
+
+
 def test_reports_of_the_step_before_sent_again_after_a_restart_stay_out_of_the_new_steps_window():
     """The README's claim: what routers served at the old weights and send again to a
     restarted controller (its last save came before the change) is not the new step's evidence."""

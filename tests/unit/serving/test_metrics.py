@@ -280,6 +280,16 @@ def test_names_follow_prometheus_conventions_and_are_documented(rollout_scrape):
         assert full in readme, f"{full} is not in the README's Metrics section"
 
 
+def test_the_load_failed_gauge_says_a_rollouts_stable_still_has_its_share(rollout_scrape):
+    """A rollout's stable (or promoted candidate) some router could not load keeps its share
+    (ControllerCore.weights): the gauge's help, and the README's row, said it got no traffic."""
+    _, _, families, _ = rollout_scrape
+    help_text = families["serve_ab_version_load_failed"].documentation
+    assert "stable" in help_text and "fallback" in help_text, help_text
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"| `serve_ab_version_load_failed` | gauge | {help_text.rstrip('.')} |" in readme
+
+
 def test_render_uses_a_fresh_registry_and_no_global_state(rollout_scrape):
     cfg, snap, _, _ = rollout_scrape
     status = rollout_status(cfg)
