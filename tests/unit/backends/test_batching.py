@@ -227,14 +227,8 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     """Cut anyway, its outputs would hand one request another's rows (or none): the audit's
     three concurrent requests got one row and two empty 200s. Asked alone, it miscounts each
     request's rows too: the first two tell, and the rest (the third) is asked once."""
-    calls = []
-
-    class Counted(DropsARow):
-        def predict(self, batch):
-            calls.append(batch.shape[0])
-            return super().predict(batch)
-
-    batcher = Batcher(lambda b: predict_together(Counted(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    model = DropsARow()  # a Doubler: it records the rows of each call
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
 
     async def go():
         return await asyncio.gather(*(batcher.predict(_rows(i, n=1)) for i in range(3)),
@@ -243,7 +237,7 @@ def test_a_model_miscounting_a_batchs_rows_fails_every_request_of_it():
     results = asyncio.run(go())
     assert all(isinstance(r, BadOutput) for r in results), results
     assert "answered 0 rows for 1 input rows" in str(results[0])
-    assert calls == [3, 1, 1, 1]
+    assert model.calls == [3, 1, 1, 1]
 
 
 class DropsRowsItCannotScore(Doubler):
@@ -454,14 +448,8 @@ def test_two_requests_whose_rows_the_model_drops_first_in_a_batch_do_not_fail_th
     """One-row requests whose row the model leaves out are each told 'answered 0 rows for 1
     input rows', the same text: before, the rest of the batch got that BadOutput unasked (8
     of 8 failed, each counted as the version's output error, for 2 dropped rows)."""
-    calls = []
-
-    class Counted(DropsRowsItCannotScore):
-        def predict(self, batch):
-            calls.append(batch.shape[0])
-            return super().predict(batch)
-
-    batcher = Batcher(lambda b: predict_together(Counted(), b), max_batch_size=8, batch_wait_timeout_s=0.05)
+    model = DropsRowsItCannotScore()  # a Doubler: it records the rows of each call
+    batcher = Batcher(lambda b: predict_together(model, b), max_batch_size=8, batch_wait_timeout_s=0.05)
     rows = [_rows(i, n=1) for i in range(8)]
     rows[0][0, 0] = rows[1][0, 0] = -1.0
 
@@ -472,7 +460,7 @@ def test_two_requests_whose_rows_the_model_drops_first_in_a_batch_do_not_fail_th
     assert [isinstance(r, BadOutput) for r in results] == [True, True] + [False] * 6, results
     for i in range(2, 8):
         np.testing.assert_array_equal(results[i], rows[i] * 2)
-    assert calls == [8, 1, 1, 6]
+    assert model.calls == [8, 1, 1, 6]
 
 
 def test_requests_of_different_dtypes_are_not_cast_to_each_other():
